@@ -1,0 +1,293 @@
+"""Model files: the one place that loads and saves them.
+
+A model file is ``torch.save`` of a plain dict (loaded with ``weights_only=True``, so
+nothing is unpickled beyond tensors and plain Python values)::
+
+    {
+        "format": "napari-unet-model",
+        "format_version": 1,
+        "config": {...},            # UNetConfig.to_dict()
+        "state_dict": {...},        # tensors
+        "representation": "bg-interior-boundary" | "foreground",
+        "normalization": {"kind": "percentile", "low": 1.0, "high": 99.8},
+        "metadata": {...},          # name, base model, date, data, metrics, ...
+    }
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .device import select_device
+from .model import UNet, UNetConfig
+
+FORMAT = "napari-unet-model"
+FORMAT_VERSION = 1
+MODEL_SUFFIX = ".pt"
+DEFAULT_MODEL_NAME = "nuclei"
+
+#: Output representations understood by predict/train.
+#: "bg-interior-boundary": 3 classes, instances from interior seeds + watershed.
+#: "foreground": 2 classes (the paper's), instances from connected components.
+REPRESENTATIONS = {"bg-interior-boundary": 3, "foreground": 2}
+
+DEFAULT_NORMALIZATION = {"kind": "percentile", "low": 1.0, "high": 99.8}
+
+
+class ModelFileError(ValueError):
+    """A file that is not a usable napari-unet model (message says why)."""
+
+
+@dataclass
+class SegmentationModel:
+    """A network together with what is needed to use it on images.
+
+    Attributes
+    ----------
+    net : UNet
+        The network (in eval mode after loading).
+    representation : str
+        How outputs map to instances, a key of ``REPRESENTATIONS``.
+    normalization : dict
+        How to normalise an image before the network (percentiles per image).
+    metadata : dict
+        Name, provenance and metrics; plain Python values only.
+    """
+
+    net: UNet
+    representation: str = "bg-interior-boundary"
+    normalization: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_NORMALIZATION))
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.representation not in REPRESENTATIONS:
+            raise ModelFileError(
+                f"Unknown output representation {self.representation!r}; "
+                f"known: {', '.join(REPRESENTATIONS)}."
+            )
+        expected = REPRESENTATIONS[self.representation]
+        if self.net.config.n_classes != expected:
+            raise ModelFileError(
+                f"Representation {self.representation!r} needs {expected} output classes, "
+                f"the network has {self.net.config.n_classes}."
+            )
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata.get("name", "unnamed"))
+
+    @property
+    def in_channels(self) -> int:
+        return self.net.config.in_channels
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def to(self, device: torch.device | str | None) -> "SegmentationModel":
+        self.net.to(select_device(device) if not isinstance(device, torch.device) else device)
+        return self
+
+    def copy(self) -> "SegmentationModel":
+        """A deep copy (weights included), e.g. to fine-tune without touching the original."""
+        return SegmentationModel(
+            copy.deepcopy(self.net),
+            self.representation,
+            dict(self.normalization),
+            copy.deepcopy(self.metadata),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        state = {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "config": self.net.config.to_dict(),
+            "state_dict": state,
+            "representation": self.representation,
+            "normalization": dict(self.normalization),
+            "metadata": _plain(self.metadata),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "model") -> "SegmentationModel":
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ModelFileError(f"{source} is not a napari-unet model file.")
+        version = data.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+            raise ModelFileError(
+                f"{source} has model format version {version!r}; this napari-unet reads versions up to "
+                f"{FORMAT_VERSION}. Update napari-unet to use it."
+            )
+        try:
+            net = UNet.from_config(UNetConfig.from_dict(data["config"]))
+            net.load_state_dict(data["state_dict"])
+        except (KeyError, TypeError, RuntimeError, ValueError) as exc:
+            raise ModelFileError(f"{source} is damaged or incomplete: {exc}".splitlines()[0]) from exc
+        net.eval()
+        return cls(
+            net,
+            data.get("representation", "bg-interior-boundary"),
+            dict(data.get("normalization") or DEFAULT_NORMALIZATION),
+            dict(data.get("metadata") or {}),
+        )
+
+
+def _plain(value: Any) -> Any:
+    """Metadata reduced to types that ``weights_only=True`` loads."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+# ---------------------------------------------------------------------- files
+def save_model(model: SegmentationModel, path: str | os.PathLike) -> Path:
+    """Write ``model`` to ``path`` atomically (temporary file, fsync, rename).
+
+    A crash or a full disk never leaves a half-written file in place of a good one:
+    either the old file or the complete new one is there.
+
+    Raises
+    ------
+    OSError
+        If the folder cannot be written (read-only, disk full); the previous file is intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(model.to_dict(), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def read_model_file(path: str | os.PathLike, device: torch.device | str | None = "cpu") -> SegmentationModel:
+    """Load a model file safely (``weights_only=True``) and check its format version."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"Model file not found: {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for junk files
+        raise ModelFileError(
+            f"{path.name} is not a napari-unet model file (it could not be read as one)."
+        ) from exc
+    model = SegmentationModel.from_dict(data, source=path.name)
+    model.metadata.setdefault("name", path.stem)
+    model.metadata["path"] = str(path)
+    return model.to(select_device(device))
+
+
+# ---------------------------------------------------------------------- names
+def builtin_models_dir() -> Path:
+    """Folder of the models shipped inside the package."""
+    return Path(__file__).resolve().parent.parent / "models"
+
+
+def user_models_dir() -> Path:
+    """The user's model folder (platformdirs), overridable with ``NAPARI_UNET_MODELS``."""
+    env = os.environ.get("NAPARI_UNET_MODELS")
+    if env:
+        return Path(env)
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("napari-unet", appauthor=False)) / "models"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    path: Path
+    builtin: bool
+
+
+def list_models() -> list[ModelEntry]:
+    """Built-in models first (default first), then the user's, by name."""
+    entries = []
+    for builtin, folder in ((True, builtin_models_dir()), (False, user_models_dir())):
+        if folder.is_dir():
+            files = sorted(folder.glob(f"*{MODEL_SUFFIX}"), key=lambda p: (p.stem != DEFAULT_MODEL_NAME, p.stem))
+            entries.extend(ModelEntry(p.stem, p, builtin) for p in files if not p.name.startswith("."))
+    return entries
+
+
+_SAFE_NAME = re.compile(r"^[\w][\w .+-]{0,80}$")
+
+
+def check_model_name(name: str) -> str:
+    """Return ``name`` stripped, or raise ``ValueError`` saying what is wrong with it."""
+    name = (name or "").strip()
+    if not _SAFE_NAME.match(name) or name.endswith(MODEL_SUFFIX):
+        raise ValueError(
+            f"Model name {name!r} is not usable: use letters, digits, spaces, '.', '+', '-' or '_' "
+            "(at most 80 characters), without a file extension."
+        )
+    if any(e.builtin and e.name == name for e in list_models()):
+        raise ValueError(f"{name!r} is the name of a built-in model; choose another name.")
+    return name
+
+
+def resolve_model_path(name_or_path: str | os.PathLike | None = None) -> Path:
+    """Path of a model given by name (built-in or user) or file path; None = the default."""
+    if name_or_path is None or str(name_or_path) == "":
+        name_or_path = DEFAULT_MODEL_NAME
+    text = str(name_or_path)
+    candidate = Path(text).expanduser()
+    if candidate.suffix == MODEL_SUFFIX or os.sep in text or candidate.is_file():
+        if not candidate.is_file():
+            raise ModelFileError(f"Model file not found: {candidate}")
+        return candidate
+    for entry in list_models():
+        if entry.name == text:
+            return entry.path
+    known = ", ".join(e.name for e in list_models()) or "none"
+    raise ModelFileError(f"No model named {text!r}. Known models: {known}.")
+
+
+def load_model(
+    name_or_path: str | os.PathLike | None = None, device: torch.device | str | None = None
+) -> SegmentationModel:
+    """Load a model by name or path (None = the default built-in model) onto ``device``.
+
+    Parameters
+    ----------
+    name_or_path : str, path or None
+        A built-in or user model name, or a ``.pt`` file.
+    device : str, torch.device or None
+        None/"auto" picks cuda, then mps, then cpu.
+    """
+    return read_model_file(resolve_model_path(name_or_path), device=select_device(device))
+
+
+def user_model_path(name: str) -> Path:
+    return user_models_dir() / f"{check_model_name(name)}{MODEL_SUFFIX}"
+
+
+def stamp_metadata(model: SegmentationModel, **fields: Any) -> None:
+    """Add fields (and the current UTC date) to the model's metadata."""
+    model.metadata.update(fields)
+    model.metadata.setdefault("date", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))

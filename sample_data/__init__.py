@@ -1,0 +1,1 @@
+"""Sample images shipped with napari-unet (installed as ``napari_unet.sample_data``)."""
