@@ -1,0 +1,1 @@
+"""Dock widgets (thin: they run core generators in napari thread workers)."""

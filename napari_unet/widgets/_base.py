@@ -1,0 +1,117 @@
+"""Small pieces shared by the dock widgets: workers, notifications, viewer geometry.
+
+Nothing here imports torch: widgets import it lazily so napari starts fast.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.utils.notifications import show_error, show_info, show_warning
+
+if TYPE_CHECKING:
+    import napari
+
+log = logging.getLogger(__name__)
+
+
+def one_line(exc: BaseException | str) -> str:
+    """The first line of an error message, never empty."""
+    text = str(exc).strip()
+    if not text and isinstance(exc, BaseException):
+        text = type(exc).__name__
+    return text.splitlines()[0] if text else "unknown error"
+
+
+def notify_error(what: str, exc: BaseException | str) -> None:
+    """Show a one-line error notification (never a traceback dialog)."""
+    log.debug("%s failed", what, exc_info=isinstance(exc, BaseException))
+    show_error(f"{what}: {one_line(exc)}")
+
+
+def notify_info(message: str) -> None:
+    show_info(message)
+
+
+def notify_warning(message: str) -> None:
+    show_warning(message)
+
+
+def start_worker(
+    generator: Generator[Any, None, Any],
+    *,
+    yielded: Callable[[Any], None] | None = None,
+    returned: Callable[[Any], None] | None = None,
+    errored: Callable[[BaseException], None] | None = None,
+    finished: Callable[[], None] | None = None,
+):
+    """Run a core generator in a napari thread worker and connect its signals.
+
+    Errors in the worker go to ``errored`` (on the main thread), never up the stack.
+    The returned worker's ``quit()`` stops the generator at its next yield.
+    """
+    from napari.qt.threading import create_worker
+
+    worker = create_worker(lambda: (yield from generator), _start_thread=False, _ignore_errors=True)
+    if yielded:
+        worker.yielded.connect(yielded)
+    if returned:
+        worker.returned.connect(returned)
+    if errored:
+        worker.errored.connect(errored)
+    if finished:
+        worker.finished.connect(finished)
+    worker.start()
+    return worker
+
+
+def format_seconds(seconds: float | None) -> str:
+    """'42 s', '3 min 05 s', '1 h 02 min' (or '' for None)."""
+    if seconds is None or not np.isfinite(seconds):
+        return ""
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    minutes, sec = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {sec:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def spatial_ndim(layer: "napari.layers.Layer") -> int:
+    """Trailing axes that make one plane: 3 for RGB layers (Y, X, colour), else 2."""
+    return 3 if getattr(layer, "rgb", False) else 2
+
+
+def current_plane_index(viewer: "napari.Viewer", layer: "napari.layers.Layer") -> tuple[int, ...]:
+    """Indices along the layer's non-plane axes of the slice the viewer shows now."""
+    n_lead = layer.ndim - spatial_ndim(layer)
+    if n_lead <= 0:
+        return ()
+    data_point = np.asarray(layer.world_to_data(viewer.dims.point))
+    # world_to_data returns the layer's non-displayed + displayed coordinates in data order
+    coords = data_point[-layer.ndim :][:n_lead]
+    shape = layer.data.shape[:n_lead]
+    return tuple(int(np.clip(np.round(c), 0, s - 1)) for c, s in zip(coords, shape))
+
+
+def visible_region(layer: "napari.layers.Layer", plane_shape: tuple[int, int]) -> tuple[slice, slice]:
+    """(rows, cols) slices of the plane that the canvas shows at the current zoom.
+
+    Uses the layer's ``corner_pixels`` (updated by napari on every draw); falls back to
+    the whole plane when the layer was never drawn.
+    """
+    corners = np.asarray(layer.corner_pixels)
+    n = spatial_ndim(layer)
+    yx = corners[:, -n:][:, :2] if n == 3 else corners[:, -2:]
+    (y0, x0), (y1, x1) = yx
+    h, w = plane_shape
+    y0, y1 = int(np.clip(y0, 0, h)), int(np.clip(y1 + 1, 0, h))
+    x0, x1 = int(np.clip(x0, 0, w)), int(np.clip(x1 + 1, 0, w))
+    if y1 - y0 < 2 or x1 - x0 < 2:
+        return slice(0, h), slice(0, w)
+    return slice(y0, y1), slice(x0, x1)

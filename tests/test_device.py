@@ -1,0 +1,38 @@
+"""Device choice: cuda, then mps, then cpu; overridable; described for people."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from napari_unet.core.device import available_devices, describe_device, select_device
+
+
+def test_auto_picks_the_best_available(monkeypatch):
+    monkeypatch.delenv("NAPARI_UNET_DEVICE", raising=False)
+    best = available_devices()[0]
+    assert select_device().type == best
+    assert select_device("auto").type == best
+    assert available_devices()[-1] == "cpu"
+
+
+def test_cpu_override_and_environment(monkeypatch):
+    monkeypatch.setenv("NAPARI_UNET_DEVICE", "cpu")
+    assert select_device() == torch.device("cpu")
+    assert select_device("cpu") == torch.device("cpu")
+
+
+def test_describe_cpu_mentions_threads():
+    text = describe_device("cpu")
+    assert text.startswith("CPU") and f"{torch.get_num_threads()} threads" in text
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_missing_gpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="no CUDA GPU is available"):
+        select_device("cuda")
+
+
+def test_unknown_device_is_a_clear_error():
+    with pytest.raises(ValueError, match="choose one of"):
+        select_device("tpu")

@@ -1,0 +1,70 @@
+"""Layering and manifest: the core stays free of Qt/napari; every manifest entry imports."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+import yaml
+from npe2 import PluginManager, PluginManifest
+
+from napari_unet.cli.gui import DOCKED_WIDGETS
+
+
+def test_core_does_not_import_gui_packages():
+    code = (
+        "import sys, napari_unet.core, napari_unet.core.predict, napari_unet.core.train;"
+        "bad = [m for m in ('qtpy', 'napari', 'magicgui', 'PyQt5', 'PySide6') if m in sys.modules];"
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_importing_the_package_is_cheap():
+    code = "import sys, napari_unet; print('torch' in sys.modules, 'napari' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def _manifest() -> PluginManifest:
+    pm = PluginManager.instance()
+    pm.discover()
+    return pm.get_manifest("napari-unet")
+
+
+def test_manifest_is_found_and_valid():
+    manifest = _manifest()
+    assert manifest.name == "napari-unet"
+    assert {w.display_name for w in manifest.contributions.widgets} >= {"Segment"}
+    result = subprocess.run(
+        [sys.executable, "-m", "npe2", "validate", "napari-unet"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_python_name_in_the_manifest_imports():
+    manifest = _manifest()
+    assert manifest.contributions.commands
+    for command in manifest.contributions.commands:
+        module_name, _, attr = command.python_name.partition(":")
+        module = importlib.import_module(module_name)
+        obj = module
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        assert callable(obj), command.python_name
+
+
+def test_top_level_manifest_is_the_packaged_one():
+    from importlib.resources import files
+
+    packaged = yaml.safe_load(files("napari_unet").joinpath("napari.yaml").read_text())
+    with open(__import__("pathlib").Path(__file__).parents[1] / "napari.yaml") as fh:
+        top = yaml.safe_load(fh)
+    assert packaged == top
+
+
+def test_gui_docks_contributed_widgets():
+    names = {w.display_name for w in _manifest().contributions.widgets}
+    assert set(DOCKED_WIDGETS) <= names
