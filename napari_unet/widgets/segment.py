@@ -1,0 +1,472 @@
+"""The Segment dock widget: run the U-Net on the current slice, the visible field of
+view or the whole stack, in a thread worker, into "<image> masks".
+
+The network runs in :func:`napari_unet.core.predict` generators inside a napari thread
+worker; results come back plane by plane through ``yielded`` and are written into the
+Labels layer on the main thread. Probability maps of the last run are kept, so the
+threshold and minimum size re-apply without running the network again. Slices the user
+corrected (see ``_corrections.CorrectedSlices``) are skipped unless the user ticks
+"Overwrite slices I corrected".
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Generator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSlider,
+    Label,
+    ProgressBar,
+    PushButton,
+    RadioButtons,
+    SpinBox,
+)
+
+from ._base import (
+    current_plane_index,
+    format_seconds,
+    notify_error,
+    notify_info,
+    notify_warning,
+    one_line,
+    spatial_ndim,
+    start_worker,
+    visible_region,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+log = logging.getLogger(__name__)
+
+SCOPE_SLICE = "Current slice"
+SCOPE_VIEW = "Visible field of view"
+SCOPE_STACK = "Whole stack"
+NO_CHANNEL_AXIS = "none"
+#: Pixels of real image context added around a field of view before predicting.
+VIEW_CONTEXT = 32
+#: Probability maps kept for re-thresholding (float16), at most this many bytes.
+PROBABILITY_CACHE_BYTES = 512 * 2**20
+
+
+@dataclass
+class PlaneResult:
+    """Masks of one plane (or of a region of it), produced in the worker."""
+
+    index: tuple[int, ...]
+    region: tuple[slice, slice]
+    labels: np.ndarray  # int32, shape of the region
+    probabilities: np.ndarray  # float16 (C, h, w) over ``context`` region
+    inner: tuple[slice, slice]  # where ``region`` lies inside the probability map
+    representation: str = "bg-interior-boundary"
+
+
+def masks_layer_name(image_name: str) -> str:
+    return f"{image_name} masks"
+
+
+#: Key of the corrected-slices list in a Labels layer's metadata (see _corrections.py).
+CORRECTED_KEY = "napari_unet_corrected"
+
+
+def corrected_planes(layer) -> set[tuple[int, ...]]:
+    """Plane indices the user corrected in ``layer`` (as tuples)."""
+    stored = layer.metadata.get(CORRECTED_KEY) or []
+    return {tuple(int(i) for i in plane) for plane in stored}
+
+
+def _load_model_cached(cache: dict, path: str, device: str | None):
+    from napari_unet.core.checkpoint import read_model_file
+
+    key = (path, Path(path).stat().st_mtime_ns, device)
+    if key not in cache:
+        cache.clear()
+        cache[key] = read_model_file(path, device=device)
+    return cache[key]
+
+
+class SegmentWidget(Container):
+    """Dock widget "Segment": pick image, model and scope; Segment / Cancel."""
+
+    def __init__(self, viewer: "napari.viewer.Viewer") -> None:
+        super().__init__(labels=True)
+        self._viewer = viewer
+        self._worker = None
+        self._model_cache: dict = {}
+        self._extra_models: dict[str, str] = {}
+        self._probabilities: OrderedDict[tuple[str, tuple[int, ...]], PlaneResult] = OrderedDict()
+        self._last_layer_name: str | None = None
+        self._run_started = 0.0
+
+        self._image_combo = ComboBox(label="Image", choices=self._image_choices, nullable=False)
+        self._channel_axis = ComboBox(
+            label="Channel axis",
+            choices=self._channel_axis_choices,
+            tooltip="Axis holding channels: the whole-stack run keeps it at the channel shown now.",
+        )
+        self._model_combo = ComboBox(label="Model", choices=self._model_choices)
+        self._add_model_button = PushButton(text="Add model file…")
+        self._scope = RadioButtons(label="Segment", choices=[SCOPE_SLICE, SCOPE_VIEW, SCOPE_STACK], value=SCOPE_SLICE)
+        self._threshold = FloatSlider(label="Threshold", min=0.05, max=0.95, step=0.05, value=0.5,
+                                      tooltip="Probability above which a pixel belongs to a cell.")
+        self._min_size = SpinBox(label="Min. size (px)", min=0, max=100_000, value=15,
+                                 tooltip="Objects smaller than this are removed.")
+        self._overwrite = CheckBox(text="Overwrite slices I corrected", value=False)
+        self._run_button = PushButton(text="Segment")
+        self._cancel_button = PushButton(text="Cancel", enabled=False)
+        self._progress = ProgressBar(label="Progress", min=0, max=100, value=0, visible=False)
+        self._status = Label(label="Status", value="")
+        self._device_label = Label(label="Device", value="")
+        self.extend([
+            self._image_combo, self._channel_axis, self._model_combo, self._add_model_button,
+            self._scope, self._threshold, self._min_size, self._overwrite,
+            self._run_button, self._cancel_button, self._progress, self._status, self._device_label,
+        ])
+
+        self._run_button.changed.connect(self.run)
+        self._cancel_button.changed.connect(self.cancel)
+        self._add_model_button.changed.connect(self._ask_model_file)
+        self._image_combo.changed.connect(lambda *_: self._channel_axis.reset_choices())
+        self._threshold.changed.connect(self._rethreshold)
+        self._min_size.changed.connect(self._rethreshold)
+        viewer.layers.events.inserted.connect(self.reset_choices)
+        viewer.layers.events.removed.connect(self.reset_choices)
+        viewer.layers.events.moved.connect(self.reset_choices)
+        self._show_device()
+        self._register()
+
+    # ------------------------------------------------------------------ choices
+    def _image_choices(self, _widget=None) -> list[tuple[str, Any]]:
+        from napari.layers import Image
+
+        return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Image)]
+
+    def _channel_axis_choices(self, _widget=None) -> list[tuple[str, Any]]:
+        choices: list[tuple[str, Any]] = [(NO_CHANNEL_AXIS, None)]
+        layer = self._image_combo.value if hasattr(self, "_image_combo") else None
+        if layer is not None:
+            for axis in range(layer.ndim - spatial_ndim(layer)):
+                choices.append((f"axis {axis} (size {layer.data.shape[axis]})", axis))
+        return choices
+
+    def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
+        from napari_unet.core.checkpoint import list_models
+
+        choices = [(f"{e.name}{'' if e.builtin else ' (yours)'}", str(e.path)) for e in list_models()]
+        choices += [(name, path) for name, path in self._extra_models.items()]
+        return choices
+
+    def reset_choices(self, *_args) -> None:
+        super().reset_choices()
+
+    def _ask_model_file(self, *_args) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getOpenFileName(self.native, "Choose a napari-unet model", "", "Models (*.pt)")
+        if path:
+            self.add_model_file(path)
+
+    def add_model_file(self, path: str | Path) -> None:
+        """Offer a model file in the Model list and select it."""
+        path = str(Path(path).resolve())
+        self._extra_models[f"{Path(path).stem} (file)"] = path
+        self._model_combo.reset_choices()
+        self._model_combo.value = path
+
+    def select_model(self, path: str | Path) -> None:
+        """Select the model at ``path`` (adding it to the list if needed)."""
+        path = str(Path(path).resolve())
+        self._model_combo.reset_choices()
+        if path not in [value for _label, value in self._model_choices()]:
+            self.add_model_file(path)
+        else:
+            self._model_combo.value = path
+
+    def _show_device(self) -> None:
+        try:
+            from napari_unet.core.device import describe_device, select_device
+
+            self._device_label.value = describe_device(select_device())
+        except Exception as exc:  # a broken torch install must not break the widget
+            self._device_label.value = f"unknown ({one_line(exc)})"
+
+    def _register(self) -> None:
+        try:
+            from ._registry import register_widget
+        except ImportError:
+            return
+        register_widget(self._viewer, "segment", self)
+
+    # ------------------------------------------------------------------ layers
+    def _masks_layer(self, image) -> "napari.layers.Labels":
+        """The "<image> masks" layer, created (zeros, int32, same plane shape) if missing."""
+        from napari.layers import Labels
+
+        name = masks_layer_name(image.name)
+        shape = image.data.shape[:-1] if image.rgb else image.data.shape
+        if name in self._viewer.layers:
+            layer = self._viewer.layers[name]
+            if not isinstance(layer, Labels) or tuple(layer.data.shape) != tuple(shape):
+                raise ValueError(
+                    f"A layer named {name!r} exists but is not a Labels layer of shape {tuple(shape)}; "
+                    "rename or remove it."
+                )
+            return layer
+        n = len(shape)
+        return self._viewer.add_labels(
+            np.zeros(shape, dtype=np.int32),
+            name=name,
+            scale=image.scale[:n],
+            translate=image.translate[:n],
+        )
+
+    # ------------------------------------------------------------------ run
+    def _planes_for_scope(self, image, scope: str) -> list[tuple[int, ...]]:
+        n_lead = image.ndim - spatial_ndim(image)
+        current = current_plane_index(self._viewer, image)
+        if scope != SCOPE_STACK or n_lead == 0:
+            return [current]
+        ranges: list[Iterable[int]] = [range(s) for s in image.data.shape[:n_lead]]
+        channel_axis = self._channel_axis.value
+        if channel_axis is not None and channel_axis < n_lead:
+            ranges[channel_axis] = [current[channel_axis]]
+        return [tuple(i) for i in itertools.product(*ranges)]
+
+    def run(self, *_args) -> None:
+        """Segment what the Scope says; results stream into "<image> masks"."""
+        if self._worker is not None:
+            notify_warning("A segmentation is already running; wait for it or press Cancel.")
+            return
+        image = self._image_combo.value
+        if image is None:
+            notify_error("Segment", "open an image first (File > Open, or File > Open Sample).")
+            return
+        model_path = self._model_combo.value
+        if not model_path:
+            notify_error("Segment", "no model available: add a model file or reinstall napari-unet.")
+            return
+        try:
+            masks = self._masks_layer(image)
+            scope = self._scope.value
+            planes = self._planes_for_scope(image, scope)
+            plane_shape = tuple(image.data.shape[-3:-1] if image.rgb else image.data.shape[-2:])
+            region = visible_region(image, plane_shape) if scope == SCOPE_VIEW else (slice(None), slice(None))
+        except ValueError as exc:
+            notify_error("Segment", exc)
+            return
+        skipped = []
+        if not self._overwrite.value:
+            protected = corrected_planes(masks)
+            skipped = [p for p in planes if p in protected]
+            planes = [p for p in planes if p not in protected]
+        if skipped:
+            shown = ", ".join(str(p) for p in skipped[:5]) + (" …" if len(skipped) > 5 else "")
+            notify_warning(
+                f"Skipped {len(skipped)} slice(s) you corrected ({shown}); tick 'Overwrite slices I "
+                "corrected' to replace them."
+            )
+        if not planes:
+            self._status.value = "Nothing to segment: every chosen slice is a corrected one."
+            return
+        self._last_layer_name = masks.name
+        generator = segment_planes(
+            model_path,
+            image.data,
+            planes,
+            region,
+            rgb=bool(image.rgb),
+            threshold=float(self._threshold.value),
+            min_size=int(self._min_size.value),
+            model_cache=self._model_cache,
+        )
+        self._start(generator, f"Segmenting {len(planes)} slice(s)" if len(planes) > 1 else "Segmenting")
+
+    def segment_current_view(self, model_path: str | Path | None = None) -> None:
+        """Segment the current slice (or field of view) again, e.g. with a new model."""
+        if model_path is not None:
+            self.select_model(model_path)
+        if self._scope.value == SCOPE_STACK:
+            self._scope.value = SCOPE_SLICE
+        self.run()
+
+    def cancel(self, *_args) -> None:
+        """Stop the running worker between tiles; what was written so far stays."""
+        if self._worker is not None:
+            self._worker.quit()
+            self._status.value = "Cancelling…"
+
+    def _start(self, generator: Generator, message: str) -> None:
+        self._run_started = time.perf_counter()
+        self._status.value = message + "…"
+        self._progress.value = 0
+        self._progress.visible = True
+        self._run_button.enabled = False
+        self._cancel_button.enabled = True
+        self._worker = start_worker(
+            generator,
+            yielded=self._on_yielded,
+            errored=self._on_error,
+            finished=self._on_finished,
+        )
+
+    # ------------------------------------------------------------------ results
+    def _on_yielded(self, item: Any) -> None:
+        from napari_unet.core.events import Progress
+
+        if isinstance(item, Progress):
+            self._progress.value = int(round(100 * item.fraction))
+            eta = format_seconds(item.eta)
+            self._status.value = item.message + (f" — {eta} left" if eta else "")
+        elif isinstance(item, PlaneResult):
+            self._write_plane(item)
+
+    def _write_plane(self, result: PlaneResult) -> None:
+        name = self._last_layer_name
+        if name is None or name not in self._viewer.layers:
+            return  # the user removed the masks layer meanwhile
+        layer = self._viewer.layers[name]
+        plane = layer.data[result.index] if result.index else layer.data
+        rows, cols = result.region
+        full = (rows.start in (0, None) and cols.start in (0, None)
+                and (rows.stop is None or rows.stop >= plane.shape[0])
+                and (cols.stop is None or cols.stop >= plane.shape[1]))
+        labels = result.labels
+        if not full:
+            outside = plane.copy()
+            outside[rows, cols] = 0
+            offset = int(outside.max())
+            labels = np.where(labels > 0, labels + offset, 0).astype(plane.dtype)
+        plane[rows, cols] = labels
+        layer.refresh()
+        self._remember(name, result)
+
+    def _remember(self, layer_name: str, result: PlaneResult) -> None:
+        key = (layer_name, result.index)
+        self._probabilities.pop(key, None)
+        self._probabilities[key] = result
+        total = sum(r.probabilities.nbytes for r in self._probabilities.values())
+        while total > PROBABILITY_CACHE_BYTES and len(self._probabilities) > 1:
+            _key, old = self._probabilities.popitem(last=False)
+            total -= old.probabilities.nbytes
+
+    def _on_error(self, exc: BaseException) -> None:
+        notify_error("Segmentation failed", exc)
+        self._status.value = f"Failed: {one_line(exc)}"
+
+    def _on_finished(self) -> None:
+        took = time.perf_counter() - self._run_started
+        if not self._status.value.startswith(("Failed", "Cancelling")):
+            self._status.value = f"Done in {format_seconds(took)}"
+        elif self._status.value.startswith("Cancelling"):
+            self._status.value = f"Cancelled after {format_seconds(took)}; finished slices kept."
+        self.last_run_seconds = took
+        self._progress.visible = False
+        self._run_button.enabled = True
+        self._cancel_button.enabled = False
+        self._worker = None
+
+    # ------------------------------------------------------------------ re-threshold
+    def _rethreshold(self, *_args) -> None:
+        """Apply a new threshold / minimum size to the kept probability maps."""
+        if self._worker is not None or not self._probabilities:
+            return
+        name = self._last_layer_name
+        if name is None or name not in self._viewer.layers:
+            return
+        protected = set() if self._overwrite.value else corrected_planes(self._viewer.layers[name])
+        cached = [r for (layer_name, idx), r in self._probabilities.items() if layer_name == name and idx not in protected]
+        if not cached:
+            return
+        generator = rethreshold_planes(cached, float(self._threshold.value), int(self._min_size.value))
+        self._start(generator, "Applying threshold")
+
+
+# ---------------------------------------------------------------------- worker bodies
+def _plane(data, index: tuple[int, ...]) -> np.ndarray:
+    arr = data[index] if index else data
+    return np.asarray(arr.compute() if hasattr(arr, "compute") else arr)
+
+
+def _context(region: tuple[slice, slice], shape: tuple[int, int]) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """Region grown by VIEW_CONTEXT px of real image (clipped), and the region inside it."""
+    rows, cols = region
+    r0, r1 = rows.start or 0, shape[0] if rows.stop is None else rows.stop
+    c0, c1 = cols.start or 0, shape[1] if cols.stop is None else cols.stop
+    R0, R1 = max(0, r0 - VIEW_CONTEXT), min(shape[0], r1 + VIEW_CONTEXT)
+    C0, C1 = max(0, c0 - VIEW_CONTEXT), min(shape[1], c1 + VIEW_CONTEXT)
+    return (slice(R0, R1), slice(C0, C1)), (slice(r0 - R0, r1 - R0), slice(c0 - C0, c1 - C0))
+
+
+def segment_planes(
+    model_path: str,
+    data,
+    planes: list[tuple[int, ...]],
+    region: tuple[slice, slice],
+    *,
+    rgb: bool,
+    threshold: float,
+    min_size: int,
+    model_cache: dict | None = None,
+    device: str | None = None,
+) -> Generator[Any, None, None]:
+    """Worker body: yields Progress events and one PlaneResult per plane."""
+    from napari_unet.core.events import Progress
+    from napari_unet.core.predict import iter_predict_probabilities, probabilities_to_labels
+
+    start = time.perf_counter()
+    yield Progress(0, len(planes), message="Loading the model")
+    model = _load_model_cached(model_cache if model_cache is not None else {}, model_path, device)
+    for n, index in enumerate(planes):
+        plane = _plane(data, index)
+        shape = plane.shape[:2]
+        context, inner = _context(region, shape)
+        crop = plane[context]
+        gen = iter_predict_probabilities(model, crop)
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                probs = stop.value
+                break
+            where = f" of slice {n + 1}/{len(planes)}" if len(planes) > 1 else ""
+            yield Progress(
+                n * 1000 + int(1000 * event.fraction),
+                len(planes) * 1000,
+                plane=n,
+                elapsed=time.perf_counter() - start,
+                message=f"tile {event.done}/{event.total}{where}",
+            )
+        labels = probabilities_to_labels(probs, threshold=threshold, min_size=min_size,
+                                         representation=model.representation)
+        reg = (slice(context[0].start + inner[0].start, context[0].start + inner[0].stop),
+               slice(context[1].start + inner[1].start, context[1].start + inner[1].stop))
+        yield PlaneResult(index, reg, labels[inner].astype(np.int32), probs.astype(np.float16), inner,
+                          model.representation)
+        yield Progress((n + 1) * 1000, len(planes) * 1000, plane=n, elapsed=time.perf_counter() - start,
+                       message=f"slice {n + 1}/{len(planes)} done")
+
+
+def rethreshold_planes(
+    cached: list[PlaneResult], threshold: float, min_size: int
+) -> Generator[Any, None, None]:
+    """Worker body: new labels from kept probabilities (no network run)."""
+    from napari_unet.core.events import Progress
+    from napari_unet.core.predict import probabilities_to_labels
+
+    for n, result in enumerate(cached):
+        labels = probabilities_to_labels(result.probabilities.astype(np.float32), threshold=threshold,
+                                         min_size=min_size, representation=result.representation)
+        yield PlaneResult(result.index, result.region, labels[result.inner].astype(np.int32),
+                          result.probabilities, result.inner, result.representation)
+        yield Progress(n + 1, len(cached), message=f"slice {n + 1}/{len(cached)}")

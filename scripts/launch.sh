@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The README's run command ("bash scripts/launch.sh"): installs napari-unet with napari
+# and Qt into ./.venv, then opens napari with the plugin's widgets docked and a sample image.
+# Arguments are passed to `napari-unet gui` (e.g. image paths, --sample c2c12_timelapse).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+  echo "napari-unet needs Python 3.10 or newer (found $("$PY" --version 2>&1))." >&2; exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv || { echo "Could not create a virtual environment: on Debian/Ubuntu run 'sudo apt-get install python3-venv' first." >&2; exit 1; }
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+# torch 2.13.0 first: a range would let pip pick a newer, much larger build
+.venv/bin/python -m pip install -q "torch==2.13.0" -e ".[all]"
+exec .venv/bin/napari-unet gui "$@"

@@ -1,0 +1,188 @@
+"""The Segment dock widget in a real napari viewer: scopes, workers, protection of corrections."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+from napari.utils.notifications import notification_manager
+
+from napari_unet.widgets.segment import (
+    CORRECTED_KEY,
+    SCOPE_SLICE,
+    SCOPE_STACK,
+    SCOPE_VIEW,
+    SegmentWidget,
+    masks_layer_name,
+)
+
+
+@pytest.fixture
+def c2c12_stack(data_dir) -> np.ndarray:
+    """Four 96x96 frames of the real C2C12 phase-contrast time-lapse (CC-BY 4.0)."""
+    return tifffile.imread(data_dir / "c2c12_timelapse" / "images.tif")[:4, :96, :96]
+
+
+@pytest.fixture
+def notifications():
+    seen: list[str] = []
+
+    def _record(event):
+        seen.append(str(event.notification.message) if hasattr(event, "notification") else str(event))
+
+    notification_manager.notification_ready.connect(_record)
+    yield seen
+    notification_manager.notification_ready.disconnect(_record)
+
+
+@pytest.fixture
+def widget(make_napari_viewer, tiny_model_path):
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    assert isinstance(widget, SegmentWidget)
+    widget.add_model_file(tiny_model_path)
+    return viewer, widget
+
+
+def _wait(qtbot, widget, timeout=60_000):
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=timeout)
+
+
+def test_widget_docks_and_shows_device(widget):
+    viewer, w = widget
+    assert w._device_label.value.startswith(("CPU", "GPU"))
+    assert w._model_combo.value.endswith("tiny.pt")
+    assert w._scope.value == SCOPE_SLICE
+
+
+def test_current_slice_writes_only_that_slice(widget, qtbot, c2c12_stack):
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack, name="c2c12")
+    w.reset_choices()
+    w._image_combo.value = image
+    w._min_size.value = 0
+    w._threshold.value = 0.05
+    viewer.dims.set_current_step(0, 2)
+    w._run_button.clicked.emit()
+    _wait(qtbot, w)
+    masks = viewer.layers[masks_layer_name("c2c12")]
+    assert masks.data.shape == c2c12_stack.shape and masks.data.dtype == np.int32
+    assert masks.data[[0, 1, 3]].max() == 0  # only slice 2 was segmented
+    assert w._status.value.startswith("Done")
+    assert w.last_run_seconds > 0
+
+
+def test_corrected_slice_is_never_overwritten_without_consent(widget, qtbot, c2c12_stack, notifications):
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack, name="c2c12")
+    masks = viewer.add_labels(np.zeros(c2c12_stack.shape, np.int32), name=masks_layer_name("c2c12"))
+    masks.data[1, 10:20, 10:20] = 7
+    masks.metadata[CORRECTED_KEY] = [[1]]
+    before = masks.data.copy()
+    w.reset_choices()
+    w._image_combo.value = image
+    w._threshold.value = 0.05
+    w._min_size.value = 0
+    w._scope.value = SCOPE_STACK
+    w._run_button.clicked.emit()
+    _wait(qtbot, w)
+    assert np.array_equal(masks.data[1], before[1])  # the correction survived
+    assert any("Skipped 1 slice" in m for m in notifications)
+    # explicit consent: the corrected slice is replaced
+    w._overwrite.value = True
+    viewer.dims.set_current_step(0, 1)
+    w._scope.value = SCOPE_SLICE
+    w._run_button.clicked.emit()
+    _wait(qtbot, w)
+    assert not np.array_equal(masks.data[1], before[1])
+
+
+def test_whole_stack_keeps_event_loop_running_and_can_cancel(widget, qtbot, c2c12_stack):
+    from qtpy.QtCore import QTimer
+
+    viewer, w = widget
+    stack = np.concatenate([c2c12_stack] * 4)  # 16 planes
+    image = viewer.add_image(stack, name="long")
+    w.reset_choices()
+    w._image_combo.value = image
+    w._scope.value = SCOPE_STACK
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(1))
+    timer.start(10)
+    w._run_button.clicked.emit()
+    qtbot.waitUntil(lambda: viewer.layers[masks_layer_name("long")] is not None and w._progress.value > 0,
+                    timeout=60_000)
+    assert w._cancel_button.enabled
+    w._cancel_button.clicked.emit()
+    _wait(qtbot, w)
+    timer.stop()
+    assert len(ticks) > 5  # the Qt event loop ran while the network worked
+    assert w._status.value.startswith(("Cancelled", "Done"))
+    assert w._run_button.enabled and not w._cancel_button.enabled
+
+
+def test_field_of_view_writes_inside_the_view(widget, qtbot, c2c12_stack):
+    viewer, w = widget
+    plane = c2c12_stack[0]
+    image = viewer.add_image(plane, name="plane")
+    image.corner_pixels = np.array([[16, 24], [63, 71]])  # what a zoomed-in canvas shows
+    w.reset_choices()
+    w._image_combo.value = image
+    w._scope.value = SCOPE_VIEW
+    w._threshold.value = 0.05
+    w._min_size.value = 0
+    masks = viewer.add_labels(np.full(plane.shape, 0, np.int32), name=masks_layer_name("plane"))
+    masks.data[:5, :5] = 3  # outside the view: must stay
+    w._run_button.clicked.emit()
+    _wait(qtbot, w)
+    outside = np.ones(plane.shape, bool)
+    outside[16:64, 24:72] = False
+    assert masks.data[:5, :5].tolist() == np.full((5, 5), 3).tolist()
+    assert masks.data[outside & (np.indices(plane.shape).sum(0) > 10)].max() == 0
+
+
+def test_threshold_change_reapplies_without_the_network(widget, qtbot, c2c12_stack):
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack[0], name="one")
+    w.reset_choices()
+    w._image_combo.value = image
+    w._threshold.value = 0.05
+    w._min_size.value = 0
+    w._run_button.clicked.emit()
+    _wait(qtbot, w)
+    masks = viewer.layers[masks_layer_name("one")]
+    low = (masks.data > 0).sum()
+    w._model_cache.clear()  # no model loaded: only the kept probabilities can serve
+    w._threshold.value = 0.95
+    _wait(qtbot, w)
+    assert (masks.data > 0).sum() <= low
+    assert w._status.value.startswith("Done")
+
+
+def test_errors_are_notifications(widget, qtbot, tmp_path, notifications):
+    viewer, w = widget
+    w._run_button.clicked.emit()  # no image yet
+    assert any("open an image first" in m for m in notifications)
+    bogus = tmp_path / "bogus.pt"
+    bogus.write_text("not a model")
+    image = viewer.add_image(np.random.default_rng(0).random((32, 32)), name="noise")
+    w.reset_choices()
+    w._image_combo.value = image
+    w.add_model_file(bogus)
+    w._run_button.clicked.emit()
+    _wait(qtbot, w)
+    assert any("not a napari-unet model file" in m for m in notifications)
+    assert w._status.value.startswith("Failed")
+
+
+def test_nan_image_is_a_clear_notification(widget, qtbot, notifications):
+    viewer, w = widget
+    data = np.ones((40, 40), np.float32)
+    data[3, 3] = np.nan
+    image = viewer.add_image(data, name="nan")
+    w.reset_choices()
+    w._image_combo.value = image
+    w._run_button.clicked.emit()
+    _wait(qtbot, w)
+    assert any("NaN" in m for m in notifications)
