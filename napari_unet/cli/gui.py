@@ -7,7 +7,7 @@ from pathlib import Path
 
 #: Widgets docked by ``gui``, in this order (display names from napari.yaml).
 DOCKED_WIDGETS = ("Load stack", "Segment", "Fine-tune")
-DEFAULT_SAMPLE = "dsb_fluorescence"
+DEFAULT_SAMPLE = "nuclei_fluorescence_2d"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,609 @@
+"""Open microscopy files: TIFF (plain, BigTIFF, ImageJ, OME), OME-Zarr and folders of 2D images.
+
+Each opener returns an :class:`_Opened`: the metadata (:class:`StackInfo`) read without touching
+pixel data, and two callables that give the pixels lazily (dask) or in memory (numpy).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._axes import AxesError, check_axes, guess_axes, normalize_file_axes
+
+log = logging.getLogger(__name__)
+
+TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
+PLANE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+
+# length units to micrometres; time units to seconds
+_LENGTH_TO_UM = {
+    "um": 1.0, "µm": 1.0, "μm": 1.0, "\\u00b5m": 1.0, "micron": 1.0, "microns": 1.0,
+    "micrometer": 1.0, "micrometre": 1.0, "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3,
+    "mm": 1e3, "millimeter": 1e3, "millimetre": 1e3, "cm": 1e4, "centimeter": 1e4, "m": 1e6,
+    "meter": 1e6, "metre": 1e6, "å": 1e-4, "angstrom": 1e-4,
+}
+_TIME_TO_S = {"s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0, "ms": 1e-3, "millisecond": 1e-3,
+              "min": 60.0, "minute": 60.0, "h": 3600.0, "hour": 3600.0}
+
+
+class StackReadError(ValueError):
+    """A file or folder looks like microscopy data but cannot be read (empty, corrupt, truncated,
+    unsupported shape). The message says what is wrong, in one line."""
+
+
+@dataclass
+class StackInfo:
+    """What a stack is, known before its pixels are read.
+
+    Attributes
+    ----------
+    path : str
+        The file or folder.
+    name : str
+        Layer name (file name without extension).
+    format : str
+        ``"tiff"``, ``"imagej-tiff"``, ``"ome-tiff"``, ``"ome-zarr"``, ``"image-folder"`` or ``"image"``.
+    shape : tuple of int
+        Shape of the full-resolution array, one entry per letter of ``axes``.
+    dtype : numpy.dtype
+        Pixel type.
+    axes : str
+        One letter per dimension from ``TCZYXS`` (``S`` = RGB samples, last).
+    scale : dict
+        Physical size per axis letter: micrometres for Z, Y, X, seconds for T. Axes without a
+        calibration are missing (size 1 is used).
+    channel_names : list of str or None
+        One name per channel when the file names its channels.
+    n_levels : int
+        Number of resolution levels (pyramids in OME-TIFF / OME-Zarr).
+    axes_from_file : bool
+        False when the axes were guessed from the shape (the metadata said nothing).
+    """
+
+    path: str
+    name: str
+    format: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    axes: str
+    scale: dict[str, float] = field(default_factory=dict)
+    channel_names: list[str] | None = None
+    n_levels: int = 1
+    axes_from_file: bool = True
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the full-resolution array in memory, in bytes."""
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+    def scale_for(self, axes: str) -> tuple[float, ...]:
+        """Physical size per letter of ``axes`` (1.0 where unknown)."""
+        return tuple(float(self.scale.get(a, 1.0)) for a in axes)
+
+    def with_axes(self, axes: str) -> StackInfo:
+        """A copy whose axes are ``axes`` (checked against the shape); calibrations follow letters."""
+        axes = check_axes(axes, self.shape)
+        scale = {a: v for a, v in self.scale.items() if a in axes}
+        names = self.channel_names if "C" in axes and self.channel_names and \
+            len(self.channel_names) == self.shape[axes.index("C")] else None
+        return replace(self, axes=axes, scale=scale, channel_names=names, axes_from_file=True)
+
+    def describe(self) -> str:
+        """One-line human summary: shape, axes, dtype, pixel size, size in memory."""
+        dims = " × ".join(f"{a}{n}" for a, n in zip(self.axes, self.shape, strict=True))
+        parts = [f"{dims} ({self.axes}{'' if self.axes_from_file else ', guessed'})", str(np.dtype(self.dtype))]
+        cal = []
+        for a in "ZYX":
+            if a in self.scale:
+                cal.append(f"{a} {self.scale[a]:.4g} µm")
+        if "T" in self.scale:
+            cal.append(f"T {self.scale['T']:.4g} s")
+        parts.append("pixel size " + ", ".join(cal) if cal else "pixel size unknown")
+        parts.append(_human_bytes(self.nbytes))
+        if self.channel_names:
+            parts.append("channels " + ", ".join(self.channel_names))
+        return "; ".join(parts)
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"  # pragma: no cover
+
+
+@dataclass
+class _Opened:
+    info: StackInfo
+    load: Callable[[], np.ndarray]  # full-resolution array in memory
+    lazy: Callable[[], list[Any]]  # dask arrays, one per resolution level
+
+
+def natural_key(name: str) -> list[Any]:
+    """Sort key for "natural" order: ``img2`` before ``img10``."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+def stack_name(path: str | os.PathLike) -> str:
+    """Layer name for a file or folder: its name without (double) extension."""
+    p = Path(path)
+    name = p.name
+    for ext in (".ome.tiff", ".ome.tif", ".ome.zarr", ".zarr", *TIFF_SUFFIXES, ".png", ".jpg", ".jpeg"):
+        if name.lower().endswith(ext) and len(name) > len(ext):
+            return name[: -len(ext)]
+    return name
+
+
+# --------------------------------------------------------------------------------------- detection
+def is_ome_zarr(path: Path) -> bool:
+    """True for a folder that is a Zarr group (``.zarr`` name or Zarr metadata inside)."""
+    return path.is_dir() and (
+        path.suffix.lower() == ".zarr" or (path / ".zattrs").exists() or (path / "zarr.json").exists()
+    )
+
+
+def list_plane_files(folder: Path) -> list[Path]:
+    """2D image files (tif, png, jpg) of a folder in natural sort order (hidden files skipped)."""
+    files = [
+        f for f in folder.iterdir()
+        if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in PLANE_SUFFIXES
+    ]
+    return sorted(files, key=lambda f: natural_key(f.name))
+
+
+def detect_kind(path: str | os.PathLike) -> str | None:
+    """``"tiff"``, ``"ome-zarr"``, ``"image-folder"``, ``"image"`` or None (not something we read)."""
+    p = Path(path)
+    if p.is_dir():
+        if is_ome_zarr(p):
+            return "ome-zarr"
+        try:
+            return "image-folder" if list_plane_files(p) else None
+        except OSError:
+            return None
+    low = p.name.lower()
+    if low.endswith(TIFF_SUFFIXES):
+        return "tiff"
+    if low.endswith((".png", ".jpg", ".jpeg")):
+        return "image"
+    return None
+
+
+def open_any(path: str | os.PathLike) -> _Opened:
+    """Open ``path`` (metadata only) with the opener its kind calls for.
+
+    Raises
+    ------
+    StackReadError
+        When the path is missing, of an unknown kind, empty, corrupt or of unsupported shape.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise StackReadError(f"'{p}' does not exist")
+    kind = detect_kind(p)
+    if kind is None:
+        if p.is_dir():
+            raise StackReadError(f"folder '{p.name}' holds no .tif, .png or .jpg images and is not a Zarr group")
+        raise StackReadError(f"'{p.name}' is not a file type napari-unet reads (TIFF, OME-Zarr, PNG, JPEG)")
+    opener = {"tiff": _open_tiff, "ome-zarr": _open_zarr, "image-folder": _open_folder, "image": _open_image}
+    try:
+        opened = opener[kind](p)
+    except StackReadError:
+        raise
+    except AxesError as e:
+        raise StackReadError(f"cannot read '{p.name}': {e}") from e
+    except MemoryError as e:
+        raise StackReadError(f"cannot read '{p.name}': not enough memory for its metadata") from e
+    except Exception as e:  # corrupt files raise anything from struct.error to KeyError
+        raise StackReadError(f"cannot read '{p.name}': {type(e).__name__}: {e}") from e
+    _check_shape(opened.info)
+    return opened
+
+
+def _check_shape(info: StackInfo) -> None:
+    if any(s == 0 for s in info.shape):
+        raise StackReadError(
+            f"cannot read '{info.name}': it has an empty axis (shape {info.shape}, axes {info.axes}); "
+            "there are no pixels to show"
+        )
+
+
+# -------------------------------------------------------------------------------------------- TIFF
+def _open_tiff(p: Path) -> _Opened:
+    import tifffile
+
+    size = p.stat().st_size
+    if size == 0:
+        raise StackReadError(f"cannot read '{p.name}': the file is empty (0 bytes)")
+    with open(p, "rb") as f:
+        head = f.read(4)
+    if head[:2] not in (b"II", b"MM") or len(head) < 4:
+        raise StackReadError(
+            f"cannot read '{p.name}': it is not a TIFF file (no TIFF header), although its name ends in "
+            f"'{p.suffix}'"
+        )
+    with _TiffWarnings() as warned:
+        try:
+            tif = tifffile.TiffFile(p)
+        except Exception as e:
+            raise StackReadError(f"cannot read '{p.name}': corrupt or truncated TIFF ({e})") from e
+        try:
+            series = tif.series[0] if tif.series else None
+        except Exception:
+            tif.close()
+            raise
+    try:
+        if series is None:
+            raise StackReadError(f"cannot read '{p.name}': the TIFF holds no images")
+        broken = [m for m in warned if "invalid page offset" in m or "corrupt" in m or "truncat" in m]
+        if broken:
+            raise StackReadError(f"cannot read '{p.name}': the file is truncated or corrupt ({broken[0]})")
+        ij = tif.imagej_metadata if tif.is_imagej else None
+        if ij and series.kind.lower() != "imagej" and int(ij.get("images", 1)) > len(tif.pages):
+            raise StackReadError(
+                f"cannot read '{p.name}': the file is truncated (ImageJ metadata lists {ij['images']} "
+                f"images, the file holds {len(tif.pages)})"
+            )
+        shape = tuple(int(s) for s in series.shape)
+        file_axes = series.axes
+        _check_tiff_complete(p, tif, series, size)
+        fmt = "ome-tiff" if tif.is_ome else "imagej-tiff" if tif.is_imagej else "tiff"
+        known = bool(set(file_axes.upper()) - set("QIYXS")) or len(shape) <= 2 or (
+            len(shape) == 3 and file_axes.upper() == "YXS"
+        )
+        axes = normalize_file_axes(file_axes, shape)
+        scale: dict[str, float] = {}
+        names: list[str] | None = None
+        if tif.is_ome:
+            scale, names = _ome_tiff_calibration(tif.ome_metadata or "")
+        elif tif.is_imagej:
+            scale = _imagej_calibration(tif)
+        else:
+            scale = _resolution_calibration(tif.pages.first)
+        scale = {a: v for a, v in scale.items() if a in axes and np.isfinite(v) and v > 0}
+        if names is not None and ("C" not in axes or len(names) != shape[axes.index("C")]):
+            names = None
+        n_levels = len(series.levels)
+        info = StackInfo(
+            path=str(p), name=stack_name(p), format=fmt, shape=shape, dtype=np.dtype(series.dtype),
+            axes=axes, scale=scale, channel_names=names, n_levels=n_levels, axes_from_file=known,
+        )
+    finally:
+        tif.close()  # metadata is all we need now; pixels are read by load() / lazy()
+
+    def load() -> np.ndarray:
+        try:
+            with tifffile.TiffFile(p) as t:
+                return t.series[0].asarray()
+        except MemoryError as e:
+            raise StackReadError(f"'{p.name}' ({_human_bytes(info.nbytes)}) does not fit in memory; "
+                                 "open it lazily instead") from e
+        except Exception as e:
+            raise StackReadError(f"cannot read the pixels of '{p.name}': {e} (is the file truncated?)") from e
+
+    def lazy() -> list[Any]:
+        import dask.array as da
+        import zarr
+
+        # the zarr stores keep this TiffFile open for as long as the dask arrays live
+        lazy_tif = tifffile.TiffFile(p)
+        levels = []
+        for level in range(n_levels):
+            store = lazy_tif.series[0].aszarr(level=level)
+            levels.append(da.from_zarr(zarr.open_array(store, mode="r")))
+        return levels
+
+    return _Opened(info, load, lazy)
+
+
+class _TiffWarnings(logging.Handler):
+    """Collect what tifffile logs while a file is opened (it logs, rather than raises, on many
+    kinds of corruption)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = re.sub(r"<tifffile\.[^>]*>\s*", "", record.getMessage())
+        self.messages.append(" ".join(message.split()))
+
+    def __enter__(self) -> list[str]:
+        logging.getLogger("tifffile").addHandler(self)
+        return self.messages
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger("tifffile").removeHandler(self)
+
+
+def _check_tiff_complete(p: Path, tif: Any, series: Any, size: int) -> None:
+    """Raise when the pixel data the TIFF points to lies beyond the end of the file (truncated)."""
+    itemsize = np.dtype(series.dtype).itemsize
+    offset = getattr(series, "dataoffset", None)
+    if offset is not None:
+        end = int(offset) + int(np.prod(series.shape, dtype=np.int64)) * itemsize
+        if end > size:
+            raise StackReadError(
+                f"cannot read '{p.name}': the file is truncated ({_human_bytes(size)} on disk, "
+                f"the image needs {_human_bytes(end)})"
+            )
+        return
+    pages = [pg for pg in (series.pages[0], series.pages[-1]) if pg is not None]
+    for page in pages:
+        ends = [int(o) + int(b) for o, b in zip(page.dataoffsets, page.databytecounts, strict=False)]
+        if ends and max(ends) > size:
+            raise StackReadError(
+                f"cannot read '{p.name}': the file is truncated (image data runs past the end of the file)"
+            )
+    expected = int(np.prod(series.shape, dtype=np.int64))
+    if expected == 0:
+        raise StackReadError(f"cannot read '{p.name}': it has an empty axis (shape {tuple(series.shape)})")
+
+
+def _unit_factor(unit: str | None, table: dict[str, float]) -> float | None:
+    if unit is None:
+        return None
+    return table.get(str(unit).strip().lower().replace("\\u00b5", "µ"))
+
+
+def _ome_tiff_calibration(xml: str) -> tuple[dict[str, float], list[str] | None]:
+    scale: dict[str, float] = {}
+    names: list[str] | None = None
+    if not xml:
+        return scale, names
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        log.warning("OME-XML metadata is not valid XML; ignoring calibration")
+        return scale, names
+    pixels = next((el for el in root.iter() if el.tag.endswith("}Pixels") or el.tag == "Pixels"), None)
+    if pixels is None:
+        return scale, names
+    for a in "XYZ":
+        v = pixels.get(f"PhysicalSize{a}")
+        if v is not None:
+            f = _unit_factor(pixels.get(f"PhysicalSize{a}Unit", "µm"), _LENGTH_TO_UM)
+            if f is not None:
+                scale[a] = float(v) * f
+    t = pixels.get("TimeIncrement")
+    if t is not None:
+        f = _unit_factor(pixels.get("TimeIncrementUnit", "s"), _TIME_TO_S)
+        if f is not None:
+            scale["T"] = float(t) * f
+    chans = [el for el in pixels if el.tag.endswith("Channel")]
+    if chans and all(c.get("Name") for c in chans):
+        names = [str(c.get("Name")) for c in chans]
+    return scale, names
+
+
+def _imagej_calibration(tif: Any) -> dict[str, float]:
+    meta = tif.imagej_metadata or {}
+    unit = meta.get("unit", None)
+    f = _unit_factor(unit, _LENGTH_TO_UM) if unit else None
+    scale: dict[str, float] = {}
+    if f is not None:
+        page = tif.pages.first
+        for a, tag in (("X", "XResolution"), ("Y", "YResolution")):
+            v = _pixel_size_from_tag(page, tag)
+            if v is not None:
+                scale[a] = v * f
+        if "spacing" in meta:
+            scale["Z"] = float(meta["spacing"]) * f
+    if meta.get("finterval"):
+        tf = _unit_factor(meta.get("tunit", "s"), _TIME_TO_S) or 1.0
+        scale["T"] = float(meta["finterval"]) * tf
+    return scale
+
+
+def _pixel_size_from_tag(page: Any, tag: str) -> float | None:
+    t = page.tags.get(tag)
+    if t is None:
+        return None
+    num, den = t.value
+    if num == 0:
+        return None
+    return den / num
+
+
+def _resolution_calibration(page: Any) -> dict[str, float]:
+    unit_tag = page.tags.get("ResolutionUnit")
+    unit = int(unit_tag.value) if unit_tag is not None else 2
+    # 3 = centimetre, 4 = millimetre, 5 = micrometre; inches (2) are nearly always screen DPI
+    factor = {3: 1e4, 4: 1e3, 5: 1.0}.get(unit)
+    scale: dict[str, float] = {}
+    if factor is not None:
+        for a, tag in (("X", "XResolution"), ("Y", "YResolution")):
+            v = _pixel_size_from_tag(page, tag)
+            if v is not None:
+                scale[a] = v * factor
+    return scale
+
+
+# ---------------------------------------------------------------------------------------- OME-Zarr
+def _open_zarr(p: Path) -> _Opened:
+    import zarr
+
+    try:
+        group = zarr.open_group(str(p), mode="r")
+    except Exception as e:
+        raise StackReadError(f"cannot read '{p.name}': not a readable Zarr group ({e})") from e
+    attrs = dict(group.attrs)
+    ome = attrs.get("ome", attrs)
+    multiscales = ome.get("multiscales")
+    if not multiscales:
+        raise StackReadError(f"cannot read '{p.name}': the Zarr group has no OME 'multiscales' metadata")
+    ms = multiscales[0]
+    datasets = ms.get("datasets") or []
+    if not datasets:
+        raise StackReadError(f"cannot read '{p.name}': OME-Zarr 'multiscales' lists no datasets")
+    arrays = [group[d["path"]] for d in datasets]
+    shape = tuple(int(s) for s in arrays[0].shape)
+    raw_axes = ms.get("axes")
+    scale: dict[str, float] = {}
+    if raw_axes:
+        names = [a["name"] if isinstance(a, dict) else str(a) for a in raw_axes]
+        letters = "".join(n[:1].upper() if n.lower() in ("t", "c", "z", "y", "x") else "Q" for n in names)
+        axes = normalize_file_axes(letters, shape)
+        known = True
+        level_scale = _zarr_scale(datasets[0].get("coordinateTransformations"), len(shape))
+        global_scale = _zarr_scale(ms.get("coordinateTransformations"), len(shape))
+        for i, a in enumerate(axes):
+            unit = raw_axes[i].get("unit") if isinstance(raw_axes[i], dict) else None
+            v = level_scale[i] * global_scale[i]
+            if a in "ZYX":
+                f = _unit_factor(unit, _LENGTH_TO_UM) if unit else None
+                if f is not None or v != 1.0:
+                    scale[a] = v * (f or 1.0)
+            elif a == "T":
+                f = _unit_factor(unit, _TIME_TO_S) if unit else None
+                if f is not None or v != 1.0:
+                    scale[a] = v * (f or 1.0)
+    else:  # OME-Zarr 0.1/0.2 have no axes: always TCZYX
+        axes = "TCZYX"[-len(shape):] if len(shape) <= 5 else normalize_file_axes("Q" * len(shape), shape)
+        known = len(shape) == 5
+    chan_names = None
+    omero = ome.get("omero") or attrs.get("omero")
+    if omero and "C" in axes:
+        chans = omero.get("channels") or []
+        labels = [c.get("label") for c in chans]
+        if len(labels) == shape[axes.index("C")] and all(labels):
+            chan_names = [str(x) for x in labels]
+    info = StackInfo(
+        path=str(p), name=stack_name(p), format="ome-zarr", shape=shape, dtype=np.dtype(arrays[0].dtype),
+        axes=axes, scale=scale, channel_names=chan_names, n_levels=len(arrays), axes_from_file=known,
+    )
+
+    def load() -> np.ndarray:
+        try:
+            return np.asarray(arrays[0][...])
+        except Exception as e:
+            raise StackReadError(f"cannot read the pixels of '{p.name}': {e}") from e
+
+    def lazy() -> list[Any]:
+        import dask.array as da
+
+        return [da.from_zarr(a) for a in arrays]
+
+    return _Opened(info, load, lazy)
+
+
+def _zarr_scale(transforms: Any, ndim: int) -> list[float]:
+    out = [1.0] * ndim
+    for t in transforms or []:
+        if t.get("type") == "scale" and len(t.get("scale", [])) == ndim:
+            out = [a * float(b) for a, b in zip(out, t["scale"], strict=True)]
+    return out
+
+
+# ------------------------------------------------------------------------------- folders and images
+def _read_plane(f: Path) -> np.ndarray:
+    if f.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        return tifffile.imread(f)
+    from PIL import Image
+
+    with Image.open(f) as im:
+        if im.mode in ("I;16", "I;16B", "I;16L"):
+            return np.asarray(im).astype(np.uint16)
+        return np.asarray(im)
+
+
+def _plane_header(f: Path) -> tuple[tuple[int, ...], np.dtype]:
+    if f.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        with tifffile.TiffFile(f) as t:
+            s = t.series[0]
+            return tuple(s.shape), np.dtype(s.dtype)
+    from PIL import Image
+
+    with Image.open(f) as im:
+        w, h = im.size
+        mode_info = {
+            "L": ((), np.uint8), "1": ((), np.bool_), "P": ((), np.uint8), "RGB": ((3,), np.uint8),
+            "RGBA": ((4,), np.uint8), "I;16": ((), np.uint16), "I;16B": ((), np.uint16),
+            "I;16L": ((), np.uint16), "I": ((), np.int32), "F": ((), np.float32), "LA": ((2,), np.uint8),
+        }
+        if im.mode not in mode_info:
+            arr = np.asarray(im)
+            return tuple(arr.shape), arr.dtype
+        extra, dt = mode_info[im.mode]
+        return (h, w, *extra), np.dtype(dt)
+
+
+def _open_image(p: Path) -> _Opened:
+    if p.stat().st_size == 0:
+        raise StackReadError(f"cannot read '{p.name}': the file is empty (0 bytes)")
+    shape, dtype = _plane_header(p)
+    axes = guess_axes(shape, rgb=len(shape) == 3 and shape[-1] in (3, 4))
+    info = StackInfo(path=str(p), name=stack_name(p), format="image", shape=shape, dtype=dtype, axes=axes,
+                     axes_from_file=True)
+
+    def load() -> np.ndarray:
+        return _read_plane(p)
+
+    def lazy() -> list[Any]:
+        import dask
+        import dask.array as da
+
+        return [da.from_delayed(dask.delayed(_read_plane)(p), shape=shape, dtype=dtype)]
+
+    return _Opened(info, load, lazy)
+
+
+def _open_folder(p: Path) -> _Opened:
+    files = list_plane_files(p)
+    empty = [f.name for f in files if f.stat().st_size == 0]
+    if empty:
+        raise StackReadError(f"cannot read folder '{p.name}': file '{empty[0]}' is empty (0 bytes)")
+    try:
+        headers = [_plane_header(f) for f in files]
+    except Exception as e:
+        raise StackReadError(f"cannot read folder '{p.name}': one of its images is unreadable ({e})") from e
+    plane_shape, dtype = headers[0]
+    for f, (s, d) in zip(files, headers, strict=True):
+        if s != plane_shape:
+            raise StackReadError(
+                f"cannot stack folder '{p.name}': '{f.name}' has shape {s} but '{files[0].name}' has "
+                f"{plane_shape}; all images must have the same size"
+            )
+        if d != dtype:
+            dtype = np.promote_types(dtype, d)
+    shape = (len(files), *plane_shape)
+    rgb = len(plane_shape) == 3 and plane_shape[-1] in (3, 4)
+    axes = guess_axes(shape, rgb=rgb)
+    info = StackInfo(
+        path=str(p), name=stack_name(p), format="image-folder", shape=shape, dtype=np.dtype(dtype),
+        axes=axes, axes_from_file=False,
+    )
+
+    def load() -> np.ndarray:
+        out = np.empty(shape, dtype=dtype)
+        for i, f in enumerate(files):
+            try:
+                out[i] = _read_plane(f)
+            except Exception as e:
+                raise StackReadError(f"cannot read '{f.name}' in folder '{p.name}': {e}") from e
+        return out
+
+    def lazy() -> list[Any]:
+        import dask
+        import dask.array as da
+
+        planes = [
+            da.from_delayed(dask.delayed(_read_plane)(f), shape=plane_shape, dtype=dtype) for f in files
+        ]
+        return [da.stack(planes)]
+
+    return _Opened(info, load, lazy)

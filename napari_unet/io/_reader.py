@@ -1,0 +1,298 @@
+"""Read microscopy stacks into arrays and napari layer data; the npe2 reader contribution."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ._formats import StackInfo, StackReadError, detect_kind, open_any
+
+log = logging.getLogger(__name__)
+
+#: Stacks above this size (bytes) open lazily when ``lazy=None``.
+LAZY_THRESHOLD_BYTES = 1 << 30
+
+LayerData = tuple[Any, dict[str, Any], str]
+
+_MAGENTA_GREEN = ["magenta", "green"]
+_CMYBGR = ["cyan", "magenta", "yellow", "blue", "green", "red"]
+
+
+def available_memory() -> int | None:
+    """Bytes of RAM available now, or None when it cannot be told."""
+    try:
+        import psutil  # optional
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001 - psutil missing or failing
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def should_open_lazily(nbytes: int) -> bool:
+    """True when an array of ``nbytes`` would not fit comfortably in memory
+    (above 1 GiB, or above a quarter of the RAM available now)."""
+    if nbytes > LAZY_THRESHOLD_BYTES:
+        return True
+    free = available_memory()
+    return free is not None and nbytes > free // 4
+
+
+def inspect_stack(path: str | os.PathLike, axes: str | None = None) -> StackInfo:
+    """Read only the metadata of a stack: shape, axes, dtype, pixel size, channel names.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        A TIFF file, an OME-Zarr folder, a folder of 2D images, or a PNG/JPEG file.
+    axes : str, optional
+        Axis letters (``TCZYXS``) that override the file's, one per dimension.
+
+    Returns
+    -------
+    StackInfo
+
+    Raises
+    ------
+    StackReadError
+        A ``ValueError`` with a one-line message when the path cannot be read.
+    """
+    info = open_any(path).info
+    return info.with_axes(axes) if axes else info
+
+
+def read_stack(
+    path: str | os.PathLike, lazy: bool | None = None, axes: str | None = None
+) -> tuple[Any, StackInfo]:
+    """Read a microscopy stack.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        A TIFF (plain, BigTIFF, ImageJ hyperstack, OME-TIFF) file, an OME-Zarr folder, a folder of
+        2D images (tif/png/jpg, stacked in natural sort order), or a PNG/JPEG file.
+    lazy : bool, optional
+        True: return a dask array that reads planes only when they are used. False: read everything
+        into a numpy array. None (default): lazy when the stack is larger than 1 GiB or than a
+        quarter of the available memory.
+    axes : str, optional
+        Axis letters from ``TCZYXS`` overriding the file's (for example ``"TYX"`` for a 3D TIFF that
+        is really a time-lapse).
+
+    Returns
+    -------
+    data : numpy.ndarray or dask.array.Array
+        Full-resolution pixels, shape ``info.shape`` (for example ``(T, Z, C, Y, X)`` in the order
+        given by ``info.axes``).
+    info : StackInfo
+        Axes, physical scale per axis, channel names, format, name.
+
+    Raises
+    ------
+    StackReadError
+        A ``ValueError`` with a one-line message: missing, empty, corrupt, truncated or unsupported.
+    """
+    levels, info = _read_levels(path, lazy=lazy, axes=axes)
+    return levels[0], info
+
+
+def _read_levels(
+    path: str | os.PathLike, lazy: bool | None = None, axes: str | None = None
+) -> tuple[list[Any], StackInfo]:
+    opened = open_any(path)
+    info = opened.info.with_axes(axes) if axes else opened.info
+    if lazy is None:
+        lazy = should_open_lazily(info.nbytes)
+    if lazy:
+        levels = opened.lazy()
+    else:
+        levels = [opened.load()]
+    if tuple(levels[0].shape) != tuple(info.shape):
+        raise StackReadError(
+            f"cannot read '{info.name}': the pixel data has shape {tuple(levels[0].shape)} but the "
+            f"metadata says {info.shape} (the file may be truncated)"
+        )
+    return levels, info
+
+
+# ----------------------------------------------------------------------------------- layer data
+def sample_plane_indices(shape: tuple[int, ...], axes: str, channel: int | None = None) -> tuple[Any, ...]:
+    """Index of the middle plane (middle of every T, Z; given channel), Y and X subsampled to at most
+    about 1024 × 1024 pixels. Used to estimate contrast limits without reading a whole stack."""
+    idx: list[Any] = []
+    for a, n in zip(axes, shape, strict=True):
+        if a == "C":
+            idx.append(channel if channel is not None else 0)
+        elif a in "YX":
+            idx.append(slice(None, None, max(1, int(np.ceil(n / 1024)))))
+        elif a == "S":
+            idx.append(slice(None))
+        else:
+            idx.append(n // 2)
+    return tuple(idx)
+
+
+def contrast_limits_from_sample(sample: np.ndarray) -> tuple[float, float]:
+    """Contrast limits (0.1 and 99.9 percentiles) of a sample of pixels, never empty."""
+    s = np.asarray(sample)
+    if s.dtype == bool:
+        return (0.0, 1.0)
+    finite = s[np.isfinite(s)] if np.issubdtype(s.dtype, np.floating) else s.ravel()
+    if finite.size == 0:
+        return (0.0, 1.0)
+    lo, hi = (float(v) for v in np.percentile(finite, [0.1, 99.9]))
+    if hi <= lo:
+        lo, hi = float(finite.min()), float(finite.max())
+    if hi <= lo:
+        hi = lo + 1.0
+    return (lo, hi)
+
+
+def _as_levels(levels: list[Any]) -> Any:
+    return levels if len(levels) > 1 else levels[0]
+
+
+def stack_layer_data(levels: list[Any] | Any, info: StackInfo) -> list[LayerData]:
+    """napari layer data for a stack: one image layer per channel, scaled and named.
+
+    Parameters
+    ----------
+    levels : array or list of arrays
+        Full-resolution array (or all resolution levels, largest first), shape ``info.shape``.
+    info : StackInfo
+        Metadata from :func:`read_stack` / :func:`inspect_stack`.
+
+    Returns
+    -------
+    list of (data, meta, "image")
+        ``meta`` has ``name``, ``scale``, ``axis_labels``, ``units``, ``contrast_limits``, ``rgb``,
+        ``multiscale``, ``colormap``, ``blending`` and ``metadata["napari_unet"]`` (path, axes, channel).
+    """
+    if not isinstance(levels, list):
+        levels = [levels]
+    axes = info.axes
+    rgb = axes.endswith("S")
+    layer_axes = "".join(a for a in axes if a not in "CS")
+    common: dict[str, Any] = {
+        "scale": info.scale_for(layer_axes),
+        "axis_labels": tuple(a.lower() for a in layer_axes),
+        "units": tuple(_unit(a, info) for a in layer_axes),
+        "rgb": rgb,
+        "multiscale": len(levels) > 1,
+    }
+    # contrast from the smallest level that is still reasonably large (cheap to read)
+    sample_level = levels[-1] if len(levels) > 1 else levels[0]
+    sample_shape = tuple(sample_level.shape)
+    if "C" not in axes:
+        meta = dict(common, name=info.name)
+        if not rgb:
+            sample = np.asarray(sample_level[sample_plane_indices(sample_shape, axes)])
+            meta["contrast_limits"] = contrast_limits_from_sample(sample)
+            meta["colormap"] = "gray"
+        meta["metadata"] = {"napari_unet": _layer_metadata(info, None)}
+        return [(_as_levels(levels), meta, "image")]
+
+    c_axis = axes.index("C")
+    n = info.shape[c_axis]
+    names = info.channel_names or [f"ch{i}" for i in range(n)]
+    cmaps = ["gray"] if n == 1 else _MAGENTA_GREEN if n == 2 else _CMYBGR
+    out: list[LayerData] = []
+    for i in range(n):
+        index = (slice(None),) * c_axis + (i,)
+        chan_levels = [lev[index] for lev in levels]
+        meta = dict(common, name=f"{info.name} [{names[i]}]" if n > 1 or info.channel_names else info.name)
+        if not rgb:
+            sample = np.asarray(sample_level[sample_plane_indices(sample_shape, axes, i)])
+            meta["contrast_limits"] = contrast_limits_from_sample(sample)
+        meta["colormap"] = cmaps[i % len(cmaps)]
+        meta["blending"] = "translucent_no_depth" if i == 0 else "additive"
+        meta["metadata"] = {"napari_unet": _layer_metadata(info, i)}
+        out.append((_as_levels(chan_levels), meta, "image"))
+    return out
+
+
+def _unit(axis: str, info: StackInfo) -> str:
+    if axis in info.scale:
+        return "second" if axis == "T" else "micrometer"
+    return "pixel"
+
+
+def _layer_metadata(info: StackInfo, channel: int | None) -> dict[str, Any]:
+    return {
+        "path": info.path,
+        "format": info.format,
+        "axes": info.axes,
+        "layer_axes": "".join(a for a in info.axes if a not in "CS"),
+        "channel": channel,
+        "channel_name": (info.channel_names[channel] if info.channel_names and channel is not None else None),
+        "scale": dict(info.scale),
+    }
+
+
+def read_layer_data(
+    path: str | os.PathLike, lazy: bool | None = None, axes: str | None = None
+) -> list[LayerData]:
+    """Read ``path`` and return napari layer data (see :func:`stack_layer_data`).
+
+    Raises
+    ------
+    StackReadError
+        With a one-line message when the path cannot be read.
+    """
+    levels, info = _read_levels(path, lazy=lazy, axes=axes)
+    return stack_layer_data(levels, info)
+
+
+# ------------------------------------------------------------------------------- npe2 reader
+def napari_get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
+    """npe2 reader contribution: a reader function for paths napari-unet understands, else None.
+
+    TIFF files are always accepted (a broken one gets a clear notification from the reader
+    function); folders are accepted when they are Zarr groups or hold 2D images.
+    """
+    if isinstance(path, list):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    path = os.fspath(path)
+    kind = detect_kind(path)
+    if kind not in ("tiff", "ome-zarr", "image-folder"):
+        return None
+    if kind == "ome-zarr":  # accept only OME-Zarr images (with multiscales); others are not ours
+        try:
+            import zarr
+
+            attrs = dict(zarr.open_group(path, mode="r").attrs)
+        except Exception:  # noqa: BLE001 - not a Zarr group we can open: napari moves on
+            return None
+        if "multiscales" not in attrs.get("ome", attrs):
+            return None
+    return reader_function
+
+
+def reader_function(path: str | list[str]) -> list[LayerData]:
+    """Read one path into layer data; on a broken file show a napari error notification and return
+    napari's "no layers" sentinel ``[(None,)]`` so that no exception reaches the user."""
+    if isinstance(path, list):
+        path = path[0]
+    try:
+        return read_layer_data(path)
+    except StackReadError as e:
+        log.warning("%s", e)
+        _notify_error(str(e))
+        return [(None,)]  # type: ignore[list-item]
+
+
+def _notify_error(message: str) -> None:
+    try:
+        from napari.utils.notifications import show_error
+    except ImportError:  # pragma: no cover - io is usable without napari
+        return
+    show_error(message)

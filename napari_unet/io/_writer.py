@@ -1,0 +1,208 @@
+"""Write label images to TIFF, atomically; the npe2 writer contribution."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._axes import AxesError, check_axes, guess_axes
+
+log = logging.getLogger(__name__)
+
+_IMAGEJ_ORDER = "TZCYX"
+
+
+class LabelsWriteError(ValueError):
+    """Labels cannot be written (bad values, shape, or destination); nothing was changed on disk."""
+
+
+def check_labels(labels: Any) -> np.ndarray:
+    """Check that ``labels`` is a label image and return it as a numpy array.
+
+    Raises
+    ------
+    LabelsWriteError
+        For float or non-numeric data, negative values, an empty axis or fewer than 2 dimensions.
+    """
+    arr = np.asarray(labels)
+    if arr.dtype == bool:
+        return arr.astype(np.uint8)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise LabelsWriteError(
+            f"labels must be integers (0 = background, 1, 2, ... = objects), got {arr.dtype} data; "
+            "convert the layer to labels first (for example with skimage.measure.label)"
+        )
+    if arr.ndim < 2:
+        raise LabelsWriteError(f"labels need at least 2 dimensions (Y, X), got shape {arr.shape}")
+    if arr.ndim > 5:
+        raise LabelsWriteError(f"labels with {arr.ndim} dimensions (shape {arr.shape}) are not supported: "
+                               "at most T, Z, C, Y, X")
+    if arr.size == 0:
+        raise LabelsWriteError(f"labels have an empty axis (shape {arr.shape}); nothing to write")
+    if np.issubdtype(arr.dtype, np.signedinteger) and arr.min() < 0:
+        raise LabelsWriteError(
+            f"labels contain negative values (minimum {int(arr.min())}); label ids must be 0 or positive"
+        )
+    return arr
+
+
+def _labels_dtype(arr: np.ndarray) -> np.dtype:
+    top = int(arr.max()) if arr.size else 0
+    if top <= np.iinfo(np.uint16).max:
+        return np.dtype(np.uint16)
+    if top <= np.iinfo(np.uint32).max:
+        return np.dtype(np.uint32)
+    raise LabelsWriteError(f"label id {top} is too large for a TIFF label image (maximum {2**32 - 1})")
+
+
+def write_labels(
+    path: str | os.PathLike,
+    labels: Any,
+    scale: Sequence[float] | None = None,
+    axes: str | None = None,
+) -> Path:
+    """Write a label image to a compressed TIFF, atomically.
+
+    The file is written to a temporary file in the destination folder and then renamed over
+    ``path``, so a crash never leaves a half-written file in place of a good one.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        Destination, ending in ``.tif`` or ``.tiff``.
+    labels : array-like of int, shape (..., Y, X)
+        Label ids, 0 = background; 2 to 5 dimensions.
+    scale : sequence of float, optional
+        Physical size per axis of ``labels`` (micrometres for Z, Y, X; seconds for T).
+    axes : str, optional
+        Axis letters of ``labels`` from ``TZCYX`` (default guessed: ``YX``, ``ZYX``, ``TZYX``, ...).
+
+    Returns
+    -------
+    pathlib.Path
+        The written file.
+
+    Notes
+    -----
+    Labels that fit in uint16 are saved as an ImageJ hyperstack (opens in Fiji/ImageJ with its
+    calibration); larger ids as uint32 OME-TIFF. Both are zlib-compressed and store the pixel size
+    (resolution tags, plus ImageJ ``spacing``/``finterval`` or OME ``PhysicalSize*``).
+
+    Raises
+    ------
+    LabelsWriteError
+        A ``ValueError`` when labels or arguments are invalid; the destination is left untouched.
+    """
+    import tifffile
+
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        raise LabelsWriteError(f"label files are TIFF: '{path.name}' should end in .tif or .tiff")
+    if path.is_dir():
+        raise LabelsWriteError(f"'{path}' is a folder; give a file name ending in .tif")
+    if not path.parent.is_dir():
+        raise LabelsWriteError(f"folder '{path.parent}' does not exist")
+    arr = check_labels(labels)
+    try:
+        axes = check_axes(axes, arr.shape) if axes else guess_axes(arr.shape)
+    except AxesError as e:
+        raise LabelsWriteError(str(e)) from e
+    if "S" in axes:
+        raise LabelsWriteError("labels cannot have an RGB (S) axis")
+    if scale is None:
+        scale = [1.0] * arr.ndim
+    scale = [float(s) for s in scale]
+    if len(scale) != arr.ndim:
+        raise LabelsWriteError(f"scale has {len(scale)} values but the labels have {arr.ndim} dimensions")
+    if not all(np.isfinite(s) and s > 0 for s in scale):
+        raise LabelsWriteError(f"scale values must be positive numbers, got {scale}")
+    dtype = _labels_dtype(arr)
+
+    # reorder to ImageJ/OME order (T, Z, C, Y, X subset) so that both can read the axes
+    order = [axes.index(a) for a in _IMAGEJ_ORDER if a in axes]
+    data = np.ascontiguousarray(np.transpose(arr, order).astype(dtype, copy=False))
+    out_axes = "".join(axes[i] for i in order)
+    sizes = {a: scale[axes.index(a)] for a in axes}
+    resolution = (1.0 / sizes["X"], 1.0 / sizes["Y"])
+    kwargs: dict[str, Any] = {"compression": "zlib", "resolution": resolution}
+    if dtype == np.uint16:
+        meta: dict[str, Any] = {"axes": out_axes, "unit": "um"}
+        if "Z" in sizes:
+            meta["spacing"] = sizes["Z"]
+        if "T" in sizes:
+            meta["finterval"] = sizes["T"]
+        # ImageJ reads XResolution as pixels per metadata 'unit' (here micrometre)
+        kwargs.update(imagej=True, metadata=meta)
+    else:
+        meta = {"axes": out_axes, "PhysicalSizeX": sizes["X"], "PhysicalSizeXUnit": "µm",
+                "PhysicalSizeY": sizes["Y"], "PhysicalSizeYUnit": "µm"}
+        if "Z" in sizes:
+            meta.update(PhysicalSizeZ=sizes["Z"], PhysicalSizeZUnit="µm")
+        if "T" in sizes:
+            meta.update(TimeIncrement=sizes["T"], TimeIncrementUnit="s")
+        kwargs.update(ome=True, metadata=meta, resolutionunit="CENTIMETER", bigtiff=data.nbytes > 2**31)
+        kwargs["resolution"] = (1e4 / sizes["X"], 1e4 / sizes["Y"])
+
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.tif", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        tifffile.imwrite(tmp, data, **kwargs)
+        with open(tmp, "rb+") as fh:  # make sure the bytes are on disk before the rename
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    log.info("wrote labels %s %s to %s", data.shape, dtype, path)
+    return path
+
+
+def _axes_from_layer_meta(meta: dict[str, Any], ndim: int) -> str | None:
+    """Axis letters for a labels layer: napari-unet metadata, else single-letter axis labels."""
+    md = meta.get("metadata") or {}
+    nu = md.get("napari_unet") if isinstance(md, dict) else None
+    if isinstance(nu, dict):
+        la = nu.get("layer_axes") or nu.get("axes")
+        if isinstance(la, str) and len(la) == ndim:
+            return la
+    labels = meta.get("axis_labels")
+    if labels and len(labels) == ndim:
+        letters = "".join(str(a).upper() for a in labels)
+        if len(letters) == ndim and set(letters) <= set("TZCYX"):
+            return letters
+    return None
+
+
+def napari_write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
+    """npe2 single-layer writer for Labels layers: a compressed, atomic TIFF.
+
+    Bad labels (negative or float values, empty axis, ...) show a napari error notification with
+    the reason and return no written paths; the destination is left untouched. (A ``ValueError``
+    raised here would be swallowed by napari's ``layers.save`` into a misleading warning.)
+    """
+    if isinstance(data, list):  # multiscale labels: save the full resolution
+        data = data[0]
+    arr = np.asarray(data)
+    try:
+        axes = _axes_from_layer_meta(meta, arr.ndim)
+        written = write_labels(path, arr, scale=meta.get("scale"), axes=axes)
+    except (LabelsWriteError, OSError) as e:
+        message = f"Labels not saved to '{Path(path).name}': {e}"
+        log.warning("%s", message)
+        try:
+            from napari.utils.notifications import show_error
+
+            show_error(message)
+        except ImportError:  # pragma: no cover
+            pass
+        return []
+    return [str(written)]

@@ -1,0 +1,163 @@
+"""The "Load stack" dock widget: pick a file or folder, check and correct its axes, load it.
+
+Thin: metadata and pixels come from :mod:`napari_unet.io`; reading runs in a napari thread worker
+so that a large in-memory load does not freeze the window.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, RadioButtons
+
+from napari_unet.io import StackInfo, inspect_stack, read_layer_data
+from napari_unet.io._axes import AxesError
+from napari_unet.io._formats import StackReadError
+from napari_unet.io._reader import should_open_lazily
+from napari_unet.io._settings import get_setting, update_settings
+
+if TYPE_CHECKING:
+    import napari
+
+log = logging.getLogger(__name__)
+
+LOADING_CHOICES = {"auto": None, "lazy": True, "in memory": False}
+_FILE_FILTER = "Microscopy images (*.tif *.tiff *.btf *.png *.jpg *.jpeg *.zattrs *.zgroup zarr.json)"
+
+
+class LoadWidget(Container):
+    """Dock widget that opens a microscopy stack with the axes the user confirms.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+        The viewer that receives the image layers.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=True)
+        self._viewer = viewer
+        self._stack_info: StackInfo | None = None
+        self._worker: Any = None
+        last = get_setting("last_folder")
+        start = Path(last) if last and Path(last).is_dir() else Path.home()
+
+        self._source = RadioButtons(
+            choices=["file", "folder"], value="file", label="Open", orientation="horizontal",
+            tooltip="A file (TIFF, OME-TIFF, PNG/JPEG), or a folder (OME-Zarr, or 2D images stacked in order)",
+        )
+        self._path = FileEdit(mode="r", label="Path", filter=_FILE_FILTER, value=start)
+        self._info = Label(value="Choose a file or a folder.", label="Detected")
+        self._axes = LineEdit(
+            value="", label="Axes",
+            tooltip="One letter per dimension, from T (time), C (channel), Z, Y, X, S (RGB, last); "
+            "for example TYX for a time-lapse stored as a 3D TIFF",
+        )
+        self._loading = ComboBox(
+            choices=list(LOADING_CHOICES), value="auto", label="Loading",
+            tooltip="lazy: read only the planes on screen (large files); in memory: read everything now; "
+            "auto: lazy above 1 GB or a quarter of free memory",
+        )
+        self._load_button = PushButton(text="Load")
+        self._load_button.enabled = False
+        self._status = Label(value="", label="")
+        self.extend([self._source, self._path, self._info, self._axes, self._loading, self._load_button,
+                     self._status])
+
+        self._source.changed.connect(self._on_source_changed)
+        self._path.changed.connect(self._on_path_changed)
+        self._axes.changed.connect(self._on_axes_changed)
+        self._load_button.changed.connect(self._on_load)
+
+    # ------------------------------------------------------------------------------ reactions
+    def _on_source_changed(self, value: str) -> None:
+        self._path.mode = "d" if value == "folder" else "r"
+
+    def _selected_path(self) -> Path | None:
+        value = self._path.value
+        if value is None or str(value) in ("", "."):
+            return None
+        p = Path(value)
+        # a file picked inside an OME-Zarr folder means the folder
+        for parent in (p, *p.parents):
+            if parent.suffix.lower() == ".zarr" and parent.is_dir():
+                return parent
+        return p
+
+    def _on_path_changed(self, *_: Any) -> None:
+        self._stack_info = None
+        self._load_button.enabled = False
+        self._status.value = ""
+        path = self._selected_path()
+        if path is None or not path.exists():
+            self._info.value = "Choose a file or a folder."
+            return
+        if path.is_dir() and self._source.value == "file" and path.suffix.lower() != ".zarr":
+            self._info.value = "Choose a file, or switch Open to 'folder'."
+            return
+        update_settings(last_folder=str(path.parent if path.is_file() or path.suffix == ".zarr" else path))
+        try:
+            info = inspect_stack(path)
+        except (StackReadError, AxesError) as e:
+            self._info.value = str(e)
+            self._axes.value = ""
+            return
+        self._stack_info = info
+        with self._axes.changed.blocked():
+            self._axes.value = info.axes
+        self._show_info(info)
+        self._load_button.enabled = True
+
+    def _show_info(self, info: StackInfo) -> None:
+        mode = "lazy" if should_open_lazily(info.nbytes) else "in memory"
+        self._info.value = f"{info.describe()}; auto: {mode}"
+
+    def _on_axes_changed(self, value: str) -> None:
+        if self._stack_info is None:
+            return
+        try:
+            info = self._stack_info.with_axes(value)
+        except AxesError as e:
+            self._info.value = f"Axes: {e}"
+            self._load_button.enabled = False
+            return
+        self._show_info(info)
+        self._load_button.enabled = True
+
+    # ------------------------------------------------------------------------------- loading
+    def _on_load(self, *_: Any) -> None:
+        from napari.qt.threading import create_worker
+
+        path = self._selected_path()
+        if path is None or self._stack_info is None:
+            return
+        axes = self._axes.value.strip().upper() or None
+        lazy = LOADING_CHOICES[self._loading.value]
+        self._load_button.enabled = False
+        self._status.value = f"Loading {path.name}..."
+        worker = create_worker(read_layer_data, path, lazy=lazy, axes=axes, _start_thread=False)
+        worker.returned.connect(self._on_loaded)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        worker.start()
+
+    def _on_loaded(self, layer_data: list[tuple[Any, dict[str, Any], str]]) -> None:
+        names = []
+        for data, meta, layer_type in layer_data:
+            layer = getattr(self._viewer, f"add_{layer_type}")(data, **meta)
+            names.append(layer.name)
+        self._status.value = f"Loaded {', '.join(names)}"
+
+    def _on_error(self, exc: BaseException) -> None:
+        from napari.utils.notifications import show_error
+
+        message = str(exc) if isinstance(exc, ValueError) else f"Loading failed: {type(exc).__name__}: {exc}"
+        self._status.value = message
+        show_error(message)
+
+    def _on_finished(self) -> None:
+        self._load_button.enabled = self._stack_info is not None
+        self._worker = None

@@ -1,0 +1,199 @@
+"""Reader: real TIFF / OME-TIFF / BigTIFF / OME-Zarr / image folders opened through napari."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet.io import inspect_stack, read_layer_data, read_stack
+from napari_unet.io._reader import napari_get_reader
+
+PLUGIN = "napari-unet"
+
+
+def _hyperstack(path: Path) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 4000, size=(3, 4, 2, 24, 32), dtype=np.uint16)  # T Z C Y X
+    data[:, :, 1] //= 4  # channel 2 dimmer
+    tifffile.imwrite(
+        path, data, imagej=True, resolution=(1 / 0.25, 1 / 0.25),
+        metadata={"axes": "TZCYX", "spacing": 1.5, "unit": "um", "finterval": 30.0},
+    )
+    return data
+
+
+def test_imagej_hyperstack_splits_channels_with_scale(make_napari_viewer, tmp_path):
+    path = tmp_path / "cells.tif"
+    data = _hyperstack(path)
+    viewer = make_napari_viewer()
+    layers = viewer.open(path, plugin=PLUGIN)
+    assert [ly.name for ly in layers] == ["cells [ch0]", "cells [ch1]"]
+    for c, layer in enumerate(layers):
+        assert layer.data.shape == (3, 4, 24, 32)  # T Z Y X, channel split off
+        np.testing.assert_allclose(layer.scale, [30.0, 1.5, 0.25, 0.25])
+        assert tuple(layer.axis_labels) == ("t", "z", "y", "x")
+        np.testing.assert_array_equal(np.asarray(layer.data[2, 1]), data[2, 1, c])
+        assert layer.metadata["napari_unet"]["axes"] == "TZCYX"
+    # contrast limits come from the data, per channel
+    lo0, hi0 = layers[0].contrast_limits
+    lo1, hi1 = layers[1].contrast_limits
+    assert 3000 < hi0 <= 4000 and hi1 < 1100 and lo0 < 100
+
+
+def test_ome_tiff_channel_names_and_physical_size(make_napari_viewer, tmp_path):
+    path = tmp_path / "embryo.ome.tif"
+    data = np.arange(2 * 3 * 5 * 16 * 20, dtype=np.uint16).reshape(2, 3, 5, 16, 20)  # T C Z Y X
+    tifffile.imwrite(
+        path, data, ome=True,
+        metadata={"axes": "TCZYX", "PhysicalSizeX": 0.4, "PhysicalSizeY": 0.4, "PhysicalSizeZ": 2.0,
+                  "TimeIncrement": 60.0, "Channel": {"Name": ["DAPI", "GFP", "RFP"]}},
+    )
+    info = inspect_stack(path)
+    assert info.format == "ome-tiff" and info.axes == "TCZYX"
+    assert info.channel_names == ["DAPI", "GFP", "RFP"]
+    viewer = make_napari_viewer()
+    layers = viewer.open(path, plugin=PLUGIN)
+    assert [ly.name for ly in layers] == ["embryo [DAPI]", "embryo [GFP]", "embryo [RFP]"]
+    assert layers[1].data.shape == (2, 5, 16, 20)
+    np.testing.assert_allclose(layers[1].scale, [60.0, 2.0, 0.4, 0.4])
+    np.testing.assert_array_equal(np.asarray(layers[2].data), data[:, 2])
+
+
+def test_bigtiff_plain_with_axes_and_resolution_in_cm(make_napari_viewer, tmp_path):
+    path = tmp_path / "big.tif"
+    data = np.random.default_rng(1).random((6, 20, 24)).astype(np.float32)
+    # 1 pixel = 0.5 µm -> 20000 pixels per cm
+    tifffile.imwrite(path, data, bigtiff=True, metadata={"axes": "ZYX"},
+                     resolution=(20000, 20000), resolutionunit="CENTIMETER")
+    assert tifffile.TiffFile(path).is_bigtiff
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(path, plugin=PLUGIN)
+    assert layer.data.shape == (6, 20, 24)
+    np.testing.assert_allclose(layer.scale, [1.0, 0.5, 0.5])
+    assert tuple(layer.axis_labels) == ("z", "y", "x")
+    np.testing.assert_allclose(np.asarray(layer.data), data)
+
+
+def _write_ome_zarr(path: Path, data: np.ndarray) -> None:
+    import zarr
+
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    root.create_array("0", data=data, chunks=(1, 1, 1, 32, 32))
+    root.create_array("1", data=data[..., ::2, ::2], chunks=(1, 1, 1, 32, 32))
+    root.attrs["multiscales"] = [{
+        "version": "0.4",
+        "name": "organoid",
+        "axes": [
+            {"name": "t", "type": "time", "unit": "second"},
+            {"name": "c", "type": "channel"},
+            {"name": "z", "type": "space", "unit": "micrometer"},
+            {"name": "y", "type": "space", "unit": "micrometer"},
+            {"name": "x", "type": "space", "unit": "micrometer"},
+        ],
+        "datasets": [
+            {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [10.0, 1, 2.0, 0.3, 0.3]}]},
+            {"path": "1", "coordinateTransformations": [{"type": "scale", "scale": [10.0, 1, 2.0, 0.6, 0.6]}]},
+        ],
+    }]
+    root.attrs["omero"] = {"channels": [{"label": "nuclei"}, {"label": "membrane"}]}
+
+
+def test_ome_zarr_v04_multiscale(make_napari_viewer, tmp_path):
+    path = tmp_path / "organoid.zarr"
+    data = np.random.default_rng(2).integers(0, 255, size=(2, 2, 3, 64, 64), dtype=np.uint8)
+    _write_ome_zarr(path, data)
+    info = inspect_stack(path)
+    assert (info.format, info.axes, info.n_levels) == ("ome-zarr", "TCZYX", 2)
+    assert info.scale == {"T": 10.0, "Z": 2.0, "Y": 0.3, "X": 0.3}
+    viewer = make_napari_viewer()
+    layers = viewer.open(path, plugin=PLUGIN)
+    assert [ly.name for ly in layers] == ["organoid [nuclei]", "organoid [membrane]"]
+    # small: read in memory, full resolution only
+    assert not layers[0].multiscale and layers[0].data.shape == (2, 3, 64, 64)
+    np.testing.assert_allclose(layers[1].scale, [10.0, 2.0, 0.3, 0.3])
+    np.testing.assert_array_equal(np.asarray(layers[1].data[1, 2]), data[1, 1, 2])
+    # lazily: every resolution level, as a napari multiscale image
+    viewer.layers.clear()
+    (nuclei, _membrane) = [viewer.add_image(d, **m) for d, m, _ in read_layer_data(path, lazy=True)]
+    assert nuclei.multiscale and len(nuclei.data) == 2
+    assert nuclei.data[0].shape == (2, 3, 64, 64) and nuclei.data[1].shape == (2, 3, 32, 32)
+    np.testing.assert_array_equal(np.asarray(nuclei.data[0][1, 2]), data[1, 0, 2])
+
+
+def test_folder_of_images_in_natural_order(make_napari_viewer, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in (1, 2, 10, 3):  # natural order 1, 2, 3, 10 (not 1, 10, 2, 3)
+        Image.fromarray(np.full((12, 16), i, dtype=np.uint8)).save(folder / f"frame_{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    assert napari_get_reader(str(folder)) is not None
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(folder, plugin=PLUGIN)
+    assert layer.name == "frames" and layer.data.shape == (4, 12, 16)
+    assert [int(np.asarray(layer.data[i])[0, 0]) for i in range(4)] == [1, 2, 3, 10]
+    # axes can be corrected (a folder of frames is a time-lapse)
+    arr, info = read_stack(folder, lazy=True, axes="TYX")
+    assert info.axes == "TYX" and arr.shape == (4, 12, 16) and not isinstance(arr, np.ndarray)
+
+
+def test_lazy_read_touches_no_pixels_until_sliced(tmp_path):
+    path = tmp_path / "stack.tif"
+    data = _hyperstack(path)
+    arr, info = read_stack(path, lazy=True)
+    assert not isinstance(arr, np.ndarray) and arr.shape == data.shape
+    np.testing.assert_array_equal(arr[1, 3, 0].compute(), data[1, 3, 0])
+    arr2, _ = read_stack(path, lazy=None)  # small: auto = in memory
+    assert isinstance(arr2, np.ndarray)
+
+
+def test_rgb_tiff_is_one_rgb_layer(make_napari_viewer, tmp_path):
+    path = tmp_path / "he.tif"
+    rgb = np.random.default_rng(3).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    tifffile.imwrite(path, rgb, photometric="rgb")
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(path, plugin=PLUGIN)
+    assert layer.rgb and layer.data.shape == (40, 50, 3)
+
+
+def test_axes_are_guessed_when_metadata_is_missing(tmp_path):
+    path = tmp_path / "plain.tif"
+    tifffile.imwrite(path, np.zeros((5, 16, 16), np.uint8), metadata=None)
+    info = inspect_stack(path)
+    assert info.axes == "ZYX" and not info.axes_from_file
+    assert inspect_stack(path, axes="tyx").axes == "TYX"
+
+
+@pytest.mark.parametrize("name", ["image.png", "data.csv"])
+def test_other_files_are_not_ours(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"x")
+    assert napari_get_reader(str(path)) is None
+
+
+def test_non_ome_zarr_and_empty_folder_are_not_ours(tmp_path):
+    import zarr
+
+    z = tmp_path / "plain.zarr"
+    zarr.open_group(str(z), mode="w").create_array("a", shape=(4, 4), dtype="u1")
+    assert napari_get_reader(str(z)) is None
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert napari_get_reader(str(empty)) is None
+
+
+def test_auto_opens_lazily_above_the_threshold(make_napari_viewer, tmp_path, monkeypatch):
+    import napari_unet.io._reader as reader
+
+    path = tmp_path / "stack.tif"
+    data = _hyperstack(path)
+    monkeypatch.setattr(reader, "LAZY_THRESHOLD_BYTES", data.nbytes // 2)  # "too big for memory"
+    viewer = make_napari_viewer()
+    layers = viewer.open(path, plugin=PLUGIN)
+    assert all(not isinstance(ly.data, np.ndarray) for ly in layers)  # dask, nothing read yet
+    viewer.dims.set_current_step(0, 2)
+    np.testing.assert_array_equal(np.asarray(layers[1].data[2, 0]), data[2, 0, 1])

@@ -1,0 +1,72 @@
+"""Labels writer: dtype, compression, axes and pixel size kept, atomic, through napari and the API."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet.io import inspect_stack, read_stack, write_labels
+
+
+def test_write_labels_uint16_imagej_with_pixel_size(tmp_path, dsb_fluo_crop):
+    _image, labels = dsb_fluo_crop  # int32 instance ids from DSB2018
+    stack = np.stack([labels, labels[::-1]])  # Z Y X
+    path = write_labels(tmp_path / "masks.tif", stack, scale=(2.0, 0.5, 0.5))
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_imagej and tif.series[0].axes == "ZYX"
+        assert tif.series[0].dtype == np.uint16
+        assert tif.pages.first.compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+        np.testing.assert_array_equal(tif.asarray(), stack)
+    info = inspect_stack(path)
+    assert info.axes == "ZYX" and info.scale == pytest.approx({"Z": 2.0, "Y": 0.5, "X": 0.5})
+    assert [p.name for p in tmp_path.iterdir()] == ["masks.tif"]  # no temporary file left
+
+
+def test_write_labels_uint32_ome_when_ids_exceed_uint16(tmp_path):
+    labels = np.zeros((3, 10, 12), np.int64)  # T Y X
+    labels[1, 2:5, 3:6] = 70_000
+    labels[2, 0, 0] = 3
+    path = write_labels(tmp_path / "big_ids.tiff", labels, scale=(60.0, 0.2, 0.2), axes="TYX")
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_ome and tif.series[0].dtype == np.uint32 and tif.series[0].axes == "TYX"
+    arr, info = read_stack(path, lazy=False)
+    np.testing.assert_array_equal(arr, labels)
+    assert info.axes == "TYX" and info.scale == pytest.approx({"T": 60.0, "Y": 0.2, "X": 0.2})
+
+
+def test_axes_are_reordered_for_imagej(tmp_path):
+    labels = np.arange(2 * 3 * 4 * 5, dtype=np.uint8).reshape(2, 3, 4, 5)  # Z T Y X
+    path = write_labels(tmp_path / "zt.tif", labels, axes="ZTYX")
+    arr, info = read_stack(path, lazy=False)
+    assert info.axes == "TZYX"
+    np.testing.assert_array_equal(arr, labels.transpose(1, 0, 2, 3))
+
+
+def test_napari_writer_saves_labels_layer_with_scale(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    labels = np.zeros((4, 20, 20), np.int32)
+    labels[1, 5:10, 5:10] = 1
+    labels[3, 2:4, 10:15] = 2
+    viewer.add_labels(labels, name="cells", scale=(3.0, 0.65, 0.65))
+    out = tmp_path / "cells_labels.tif"
+    written = viewer.layers.save(str(out), plugin="napari-unet")
+    assert written == [str(out)]
+    (layer,) = viewer.open(out, plugin="napari-unet")
+    np.testing.assert_array_equal(np.asarray(layer.data), labels)
+    np.testing.assert_allclose(layer.scale, [3.0, 0.65, 0.65])
+
+
+def test_crash_during_write_keeps_the_good_file(tmp_path, monkeypatch):
+    good = np.ones((8, 8), np.uint16)
+    path = write_labels(tmp_path / "keep.tif", good)
+    before = path.read_bytes()
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(tifffile, "imwrite", boom)
+    with pytest.raises(OSError, match="disk full"):
+        write_labels(path, np.full((8, 8), 7, np.uint16))
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.tif"]

@@ -1,0 +1,97 @@
+"""The "Load stack" dock widget in a real viewer: detect, correct axes, load lazily or in memory."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+
+@pytest.fixture
+def widget(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Load stack")
+    return viewer, widget
+
+
+def _load(qtbot, widget):
+    assert widget._load_button.enabled
+    widget._load_button.clicked.emit()
+    # the worker sets widget._worker back to None when it has finished (layers added)
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=20_000)
+
+
+def test_detects_and_loads_a_timelapse_with_corrected_axes(qtbot, widget, tmp_path):
+    viewer, w = widget
+    path = tmp_path / "timelapse.tif"
+    data = np.random.default_rng(0).integers(0, 255, (6, 32, 40), dtype=np.uint8)
+    tifffile.imwrite(path, data)  # no axes metadata: looks like a Z stack
+    w._path.value = path
+    assert "ZYX" in w._info.value and "guessed" in w._info.value and "6" in w._info.value
+    assert w._axes.value == "ZYX"
+    w._axes.value = "TYX"  # the user knows better
+    assert "TYX" in w._info.value
+    w._loading.value = "lazy"
+    _load(qtbot, w)
+    (layer,) = viewer.layers
+    assert layer.name == "timelapse" and layer.data.shape == (6, 32, 40)
+    assert tuple(layer.axis_labels) == ("t", "y", "x")
+    assert not isinstance(layer.data, np.ndarray)  # lazy (dask)
+    np.testing.assert_array_equal(np.asarray(layer.data[4]), data[4])
+    # the folder is remembered for next time, in the settings file
+    settings = Path(os.environ["NAPARI_UNET_CONFIG_DIR"]) / "settings.json"
+    assert json.loads(settings.read_text())["last_folder"] == str(tmp_path)
+
+
+def test_loads_hyperstack_in_memory_with_channels_and_scale(qtbot, widget, tmp_path):
+    viewer, w = widget
+    path = tmp_path / "hyper.tif"
+    data = np.random.default_rng(1).integers(0, 999, (2, 3, 2, 16, 16), dtype=np.uint16)
+    tifffile.imwrite(path, data, imagej=True, resolution=(2.0, 2.0),
+                     metadata={"axes": "TZCYX", "unit": "um", "spacing": 3.0})
+    w._path.value = path
+    assert "0.5 µm" in w._info.value and w._axes.value == "TZCYX"
+    w._loading.value = "in memory"
+    _load(qtbot, w)
+    assert [ly.name for ly in viewer.layers] == ["hyper [ch0]", "hyper [ch1]"]
+    assert all(isinstance(ly.data, np.ndarray) for ly in viewer.layers)
+    np.testing.assert_allclose(viewer.layers[1].scale, [1.0, 3.0, 0.5, 0.5])
+
+
+def test_folder_mode_and_bad_inputs(qtbot, widget, tmp_path):
+    from PIL import Image
+
+    viewer, w = widget
+    folder = tmp_path / "planes"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((8, 9), i, np.uint8)).save(folder / f"p{i}.png")
+    w._source.value = "folder"
+    assert w._path.mode.value == "d"
+    w._path.value = folder
+    assert w._axes.value == "ZYX"
+    # an impossible axes string disables Load and says why
+    w._axes.value = "ZZX"
+    assert not w._load_button.enabled and "more than once" in w._info.value
+    w._axes.value = "TYX"
+    _load(qtbot, w)
+    assert viewer.layers[0].data.shape == (3, 8, 9)
+    # a broken file: a message, no Load button
+    w._source.value = "file"
+    bad = tmp_path / "broken.tif"
+    bad.write_text("not a tiff")
+    w._path.value = bad
+    assert "not a TIFF" in w._info.value and not w._load_button.enabled
+
+
+def test_remembers_last_folder(make_napari_viewer, tmp_path):
+    from napari_unet.io._settings import update_settings
+    from napari_unet.widgets.load import LoadWidget
+
+    update_settings(last_folder=str(tmp_path))
+    w = LoadWidget(make_napari_viewer())
+    assert Path(w._path.value) == tmp_path
