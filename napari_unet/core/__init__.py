@@ -28,9 +28,16 @@ _LAZY = {
     "predict_probabilities": "predict",
     "segment": "predict",
     "probabilities_to_labels": "predict",
+    "iter_predict_probabilities": "predict",
+    "iter_segment": "predict",
+    "PredictionStopped": "predict",
     "finetune": "train",
     "run_finetune": "train",
     "average_precision": "metrics",
+    "matching": "metrics",
+    "dice": "metrics",
+    "labels_to_targets": "targets",
+    "border_weights": "targets",
 }
 
 

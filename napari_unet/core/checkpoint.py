@@ -148,7 +148,9 @@ def _plain(value: Any) -> Any:
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
+    if isinstance(value, str):
+        return str(value)  # plain str: subclasses (e.g. torch.__version__) do not load with weights_only
+    if isinstance(value, (int, float, bool)) or value is None:
         return value
     if hasattr(value, "item"):
         return value.item()

@@ -1,0 +1,185 @@
+"""Fine-tuning benchmark: training speed and the human-in-the-loop simulation.
+
+1. Speed: optimisation steps per second of the default network configuration
+   (patch 256, batch 4 and patch 128, batch 8) on ``--device``.
+2. Human in the loop: start from the default model, take the ground truth of one frame
+   of a time-lapse as the user's "correction", fine-tune for a fixed time budget
+   (default 120 s on CPU, 30 s on GPU) and report AP@0.5 on the *other* frames before and
+   after, beside the time taken. Data: ``c2c12_timelapse`` (phase contrast, CC-BY) and
+   ``ctc_sim_plus`` (simulated fluorescence, dev only).
+
+Usage::
+
+    python benchmarks/bench_finetune.py                      # CPU, writes benchmarks/RESULTS.md
+    python benchmarks/bench_finetune.py --device cuda
+    python benchmarks/bench_finetune.py --skip-speed --datasets c2c12_timelapse --budget 60
+
+Results are appended/replaced in the "Fine-tuning" section of ``benchmarks/RESULTS.md``
+(other sections are left alone) unless ``--no-write``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DATA = Path("/work/shared/data")
+if not DATA.is_dir():
+    DATA = ROOT.parent / "shared" / "data"
+
+SECTION = "## Fine-tuning"
+
+
+def speed(device, patch: int, batch: int, n_steps: int = 10) -> float:
+    """Steps per second of the default configuration on random-looking real-sized patches."""
+    import torch
+
+    from napari_unet.core.checkpoint import SegmentationModel
+    from napari_unet.core.events import TrainStep
+    from napari_unet.core.model import UNet
+    from napari_unet.core.train import finetune
+
+    rng = np.random.default_rng(0)
+    image = rng.random((512, 512)).astype(np.float32)
+    yy, xx = np.mgrid[0:512, 0:512]
+    labels = np.zeros((512, 512), np.int32)
+    for k in range(1, 60):
+        cy, cx = rng.integers(20, 492, size=2)
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 < 144] = k
+    torch.manual_seed(0)
+    model = SegmentationModel(UNet(1, 3, 16, 4, "same", "batch"))
+    times = []
+    for event in finetune(model, [image], [labels], steps=n_steps + 2, patch_size=patch, batch_size=batch,
+                          val_fraction=0, device=device):
+        if isinstance(event, TrainStep):
+            times.append(event.step_time)
+    return 1.0 / float(np.median(times[2:]))
+
+
+def load_timelapse(name: str) -> tuple[np.ndarray, np.ndarray]:
+    import tifffile
+
+    folder = DATA / name
+    return tifffile.imread(folder / "images.tif"), tifffile.imread(folder / "labels.tif").astype(np.int32)
+
+
+def mean_ap(model, images, labels, device) -> float:
+    from napari_unet.core.metrics import average_precision
+    from napari_unet.core.predict import segment
+
+    return float(np.mean([average_precision(lab, segment(model, img, device=device)) for img, lab in zip(images, labels)]))
+
+
+def hitl(name: str, device, budget: float, frame: int, eval_every: int, seed: int) -> dict:
+    from napari_unet.core.checkpoint import load_model
+    from napari_unet.core.train import run_finetune
+
+    images, labels = load_timelapse(name)
+    n = images.shape[0]
+    others = [i for i in range(n) if i != frame][::eval_every]
+    base = load_model(None, device=device)
+    t = time.perf_counter()
+    before = mean_ap(base, images[others], labels[others], device)
+    t_eval = time.perf_counter() - t
+    t = time.perf_counter()
+    tuned = run_finetune(base, [images[frame]], [labels[frame]], time_budget=budget, device=device, seed=seed)
+    t_train = time.perf_counter() - t
+    after = mean_ap(tuned, images[others], labels[others], device)
+    meta = tuned.metadata
+    return {
+        "dataset": name,
+        "frame": frame,
+        "eval_frames": len(others),
+        "shape": "x".join(map(str, images.shape[1:])),
+        "before": before,
+        "after": after,
+        "train_s": t_train,
+        "steps": meta["steps"],
+        "selected_step": meta["training"]["selected_step"],
+        "val_ap50": meta["val_ap50"],
+        "eval_s": t_eval,
+    }
+
+
+def write_results(text: str, path: Path) -> None:
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    block = f"{SECTION}\n\n{text.strip()}\n\n"
+    new = pattern.sub(lambda _m: block, old) if pattern.search(old) else old.rstrip() + "\n\n" + block
+    fd, tmp = tempfile.mkstemp(prefix=".RESULTS.", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(new)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--budget", type=float, default=None, help="fine-tuning seconds (default 120 CPU, 30 GPU)")
+    parser.add_argument("--datasets", nargs="+", default=["c2c12_timelapse", "ctc_sim_plus"])
+    parser.add_argument("--frame", type=int, default=0, help="frame whose ground truth is the correction")
+    parser.add_argument("--eval-every", type=int, default=1, help="evaluate every k-th other frame")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from napari_unet.core.checkpoint import load_model
+    from napari_unet.core.device import describe_device, select_device
+
+    device = select_device(args.device)
+    budget = args.budget or (30.0 if device.type == "cuda" else 120.0)
+    machine = f"{describe_device(device)}, {platform.machine()}, torch {torch.__version__}"
+    base = load_model(None, device="cpu")
+    lines = [
+        f"Run {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} on {machine} "
+        f"(`python benchmarks/bench_finetune.py --device {args.device}`). Base model: `{base.name}` "
+        f"({base.metadata.get('steps', '?')} training steps, DSB val AP@0.5 {base.metadata.get('val_ap50', '?')}).",
+        "",
+    ]
+    if not args.skip_speed:
+        lines += ["Training speed, UNet(base_width=16, depth=4, same, batch norm):", "",
+                  "| patch | batch | steps/s | patches/s |", "| --- | --- | --- | --- |"]
+        for patch, batch in ((256, 4), (128, 8)):
+            sps = speed(device, patch, batch)
+            print(f"speed: patch {patch} batch {batch}: {sps:.2f} steps/s")
+            lines.append(f"| {patch} | {batch} | {sps:.2f} | {sps * batch:.1f} |")
+        lines.append("")
+    lines += [
+        f"Human in the loop: ground truth of frame {args.frame} as the correction, fine-tuning for {budget:.0f} s "
+        "(AdamW, defaults of `finetune`: patch 256, batch 4, band validation), AP@0.5 on the other frames:",
+        "",
+        "| data | frame size | other frames | AP@0.5 before | AP@0.5 after | steps (selected) | fine-tune s |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in args.datasets:
+        r = hitl(name, device, budget, args.frame, args.eval_every, args.seed)
+        print(f"{name}: AP@0.5 {r['before']:.3f} -> {r['after']:.3f} in {r['train_s']:.0f} s ({r['steps']} steps)")
+        lines.append(
+            f"| {name} | {r['shape']} | {r['eval_frames']} | {r['before']:.3f} | {r['after']:.3f} | "
+            f"{r['steps']} ({r['selected_step']}) | {r['train_s']:.0f} |"
+        )
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_write:
+        write_results(text, args.results)
+        print(f"wrote {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

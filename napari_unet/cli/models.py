@@ -1,0 +1,64 @@
+"""``napari-unet models``: list the built-in and user models (name, kind, path, metric)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "models",
+        help="list the built-in and user models",
+        description="List the built-in models and the user's models (name, kind, validation AP@0.5, path).",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
+    p.set_defaults(run=run)
+
+
+def model_rows() -> list[dict[str, Any]]:
+    """One dict per model: name, kind ("builtin"/"user"), path, val_ap50 (or None), base_model, date."""
+    from napari_unet.core.checkpoint import ModelFileError, list_models, read_model_file
+
+    rows = []
+    for entry in list_models():
+        row: dict[str, Any] = {
+            "name": entry.name,
+            "kind": "builtin" if entry.builtin else "user",
+            "path": str(entry.path),
+            "val_ap50": None,
+            "base_model": None,
+            "date": None,
+            "error": None,
+        }
+        try:
+            meta = read_model_file(entry.path, device="cpu").metadata
+        except ModelFileError as exc:
+            row["error"] = str(exc)
+        else:
+            ap = meta.get("val_ap50")
+            row["val_ap50"] = float(ap) if isinstance(ap, (int, float)) else None
+            row["base_model"] = meta.get("base_model")
+            row["date"] = meta.get("date")
+        rows.append(row)
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    from napari_unet.core.checkpoint import user_models_dir
+
+    rows = model_rows()
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    if not rows:
+        print(f"no models found (user models go to {user_models_dir()})")
+        return 0
+    width = max(4, *(len(r["name"]) for r in rows))
+    print(f"{'name':<{width}}  {'kind':<7}  {'AP@0.5':>6}  path")
+    for r in rows:
+        ap = f"{r['val_ap50']:.3f}" if r["val_ap50"] is not None else ("broken" if r["error"] else "-")
+        print(f"{r['name']:<{width}}  {r['kind']:<7}  {ap:>6}  {r['path']}")
+    print(f"user model folder: {user_models_dir()}")
+    return 0

@@ -1,0 +1,249 @@
+"""``napari-unet train``: fine-tune a model on images and their instance labels.
+
+::
+
+    napari-unet train --images img.tif --labels masks.tif --out my-cells \\
+        [--from nuclei] [--steps 300 | --time-budget 120] [--device auto]
+
+``--images`` / ``--labels`` take files (2D images, or stacks: every plane is one
+example) or folders of 2D files (pairs matched by file stem, else by sorted order).
+``--out`` is a model name (saved in the user's model folder, listed by
+``napari-unet models``) or a ``.pt`` path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import CLIError
+
+log = logging.getLogger(__name__)
+
+_PLANE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="fine-tune a model on images and their instance labels",
+        description="Fine-tune a model (a copy; the original is kept) on images and instance labels.",
+    )
+    p.add_argument("--images", nargs="+", required=True, metavar="PATH",
+                   help="image files (2D or stacks: each plane is one example) or folders of 2D images")
+    p.add_argument("--labels", nargs="+", required=True, metavar="PATH",
+                   help="instance label files or folders, in the same order as --images")
+    p.add_argument("--out", required=True, metavar="MODEL",
+                   help="name of the new model (saved in the user model folder) or a .pt file path")
+    p.add_argument("--from", dest="base", default=None, metavar="NAME|PATH",
+                   help="model to start from (default: the built-in model)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, default=None, help="optimisation steps")
+    budget.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                        help="train for this many seconds (default if neither is given: 200 steps)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    p.add_argument("--patch-size", type=int, default=256, help="training patch side in pixels (default 256)")
+    p.add_argument("--batch-size", type=int, default=4, help="patches per step (default 4)")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="part held out for validation (whole images, or a band of each; default 0.2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model of that name/path")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+# ---------------------------------------------------------------------- reading
+def _read_file(path: Path) -> tuple[np.ndarray, str]:
+    """(array, axes) of one file, through napari_unet.io when available."""
+    try:
+        from napari_unet.io import read_stack
+    except ImportError:  # pragma: no cover - io not there
+        read_stack = None
+    if read_stack is not None:
+        data, info = read_stack(path, lazy=False)
+        return np.asarray(data), info.axes
+    if path.suffix.lower() in (".tif", ".tiff"):  # pragma: no cover
+        import tifffile
+
+        arr = tifffile.imread(path)
+    else:  # pragma: no cover
+        from skimage.io import imread
+
+        arr = imread(path)
+    axes = "YX" if arr.ndim == 2 else ("YXS" if arr.shape[-1] in (3, 4) and arr.ndim == 3 else "TYX"[-arr.ndim:])
+    return np.asarray(arr), axes
+
+
+def _planes(arr: np.ndarray, axes: str, path: Path, is_labels: bool) -> list[np.ndarray]:
+    """Split a stack into 2D planes ((H, W) or (H, W, 3) RGB)."""
+    rgb = axes.endswith("S")
+    spatial = 3 if rgb else 2
+    if arr.ndim < spatial:
+        raise CLIError(f"{path} is not an image (shape {arr.shape}).")
+    if is_labels and rgb:
+        raise CLIError(f"{path} looks like a colour image; label files must hold one integer per pixel.")
+    if "C" in axes and not is_labels:
+        c = axes.index("C")
+        if arr.shape[c] != 1:
+            raise CLIError(
+                f"{path} has {arr.shape[c]} channels; save the channel to train on as its own file."
+            )
+    lead = arr.shape[: arr.ndim - spatial]
+    flat = arr.reshape((-1,) + arr.shape[arr.ndim - spatial:]) if lead else arr[None]
+    return [flat[i] for i in range(flat.shape[0])]
+
+
+def _list_folder(folder: Path) -> list[Path]:
+    from napari_unet.io import natural_key
+
+    files = [f for f in folder.iterdir()
+             if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in _PLANE_SUFFIXES]
+    if not files:
+        raise CLIError(f"folder {folder} holds no images ({', '.join(_PLANE_SUFFIXES)})")
+    return sorted(files, key=lambda f: natural_key(f.name))
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".ome.tif", ".ome.tiff"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _pair_files(image_paths: list[str], label_paths: list[str]) -> list[tuple[Path, Path]]:
+    """(image file, labels file) pairs from the command line arguments."""
+    if len(image_paths) != len(label_paths):
+        raise CLIError(
+            f"got {len(image_paths)} --images but {len(label_paths)} --labels; give one labels path per image path"
+        )
+    pairs: list[tuple[Path, Path]] = []
+    for img_text, lab_text in zip(image_paths, label_paths):
+        img, lab = Path(img_text).expanduser(), Path(lab_text).expanduser()
+        for p in (img, lab):
+            if not p.exists():
+                raise CLIError(f"not found: {p}")
+        if img.is_dir() != lab.is_dir():
+            raise CLIError(f"{img} and {lab}: give two files or two folders")
+        if not img.is_dir():
+            pairs.append((img, lab))
+            continue
+        imgs, labs = _list_folder(img), _list_folder(lab)
+        lab_by_stem = {_stem(p): p for p in labs}
+        if all(_stem(p) in lab_by_stem for p in imgs):
+            pairs.extend((p, lab_by_stem[_stem(p)]) for p in imgs)
+        elif len(imgs) == len(labs):
+            pairs.extend(zip(imgs, labs))
+        else:
+            raise CLIError(
+                f"{img} holds {len(imgs)} images but {lab} holds {len(labs)} label files, and their names "
+                "do not match; use the same file names (stems) in both folders"
+            )
+    return pairs
+
+
+def read_examples(image_paths: list[str], label_paths: list[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Lists of 2D image planes and label planes read from files and folders."""
+    images: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    for img_path, lab_path in _pair_files(image_paths, label_paths):
+        img_planes = _planes(*_read_file(img_path), img_path, is_labels=False)
+        lab_planes = _planes(*_read_file(lab_path), lab_path, is_labels=True)
+        if len(img_planes) != len(lab_planes):
+            raise CLIError(
+                f"{img_path.name} has {len(img_planes)} planes but {lab_path.name} has {len(lab_planes)}"
+            )
+        for k, (a, b) in enumerate(zip(img_planes, lab_planes)):
+            if a.shape[:2] != b.shape:
+                raise CLIError(
+                    f"plane {k} of {img_path.name} is {a.shape[:2]} but its labels in {lab_path.name} are {b.shape}"
+                )
+        images.extend(img_planes)
+        labels.extend(lab_planes)
+    return images, labels
+
+
+def _out_path(text: str, overwrite: bool) -> Path:
+    from napari_unet.core.checkpoint import MODEL_SUFFIX, user_model_path
+
+    if text.endswith(MODEL_SUFFIX) or os.sep in text or "/" in text:
+        path = Path(text).expanduser()
+    else:
+        path = user_model_path(text)
+    if path.exists() and not overwrite:
+        raise CLIError(f"{path} exists; choose another name or pass --overwrite")
+    return path
+
+
+# ---------------------------------------------------------------------- run
+def run(args: argparse.Namespace) -> int:
+    from napari_unet.core.checkpoint import load_model, save_model
+    from napari_unet.core.events import TrainStep, Validation
+    from napari_unet.core.train import DEFAULT_STEPS, finetune
+
+    if args.steps is not None and args.steps < 1:
+        raise CLIError("--steps must be at least 1")
+    if args.time_budget is not None and args.time_budget <= 0:
+        raise CLIError("--time-budget must be a positive number of seconds")
+    out = _out_path(args.out, args.overwrite)
+    images, labels = read_examples(args.images, args.labels)
+    base = load_model(args.base, device=args.device)
+    print(f"fine-tuning {base.name!r} on {len(images)} example(s), device {base.device}")
+
+    steps = args.steps
+    if steps is None and args.time_budget is None:
+        steps = DEFAULT_STEPS
+    gen = finetune(
+        base, images, labels, steps=steps, time_budget=args.time_budget, lr=args.lr,
+        patch_size=args.patch_size, batch_size=args.batch_size, augment=not args.no_augment,
+        val_fraction=args.val_fraction, device=args.device, seed=args.seed,
+    )
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps if steps else int(args.time_budget), unit="step" if steps else "s",
+                   desc="training", leave=True)
+    last_val: Validation | None = None
+    try:
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as done:
+                result = done.value
+                break
+            if isinstance(event, TrainStep) and bar is not None:
+                if steps:
+                    bar.update(1)
+                else:
+                    bar.n = min(int(event.elapsed), bar.total)
+                    bar.refresh()
+                bar.set_postfix(loss=f"{event.loss:.3f}")
+            elif isinstance(event, Validation):
+                last_val = event
+                log.info("step %d: validation AP@0.5 %.3f", event.step, event.ap50)
+    finally:
+        if bar is not None:
+            bar.close()
+        gen.close()
+    result.metadata["name"] = out.stem
+    save_model(result, out)
+    meta = result.metadata
+    if meta.get("val_ap50") is not None:
+        print(
+            f"validation AP@0.5 {meta['val_ap50']:.3f} (Dice {meta['val_dice']:.3f}) at step "
+            f"{meta['training']['selected_step']} of {meta['steps']}"
+            + (f"; before training {result.metadata['training']['history'][0]['ap50']:.3f}"
+               if meta["training"]["history"] and meta["training"]["history"][0]["step"] == 0 else "")
+        )
+    else:
+        print("no validation (val fraction 0)")
+    print(f"saved {out} ({meta['steps']} steps, {meta['training_time_s']:.0f} s)")
+    return 0

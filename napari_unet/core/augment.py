@@ -1,0 +1,290 @@
+"""Data augmentation for training: geometry (flips, rotations, scale, the paper's elastic
+deformation), random crops and intensity jitter.
+
+Everything works on numpy arrays, an image ``(C, H, W)`` float32 (already normalised)
+and its instance labels ``(H, W)``, with a ``numpy.random.Generator`` for
+reproducibility. Labels are always resampled with nearest neighbour so that instance
+ids survive.
+
+:func:`sample_patch` is what training uses: it composes crop, flip, rotation, scale
+and elastic deformation into *one* coordinate map and samples the image (linear) and
+labels (nearest) once, directly from the whole plane, with mirror padding where the
+patch reaches beyond the plane (a plane smaller than the patch is fine). The single
+resampling is faster and sharper than chaining the transforms. The separate functions
+(:func:`flip_rot90`, :func:`elastic_deform`, :func:`random_crop`, ...) are the same
+operations one at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Which augmentations :func:`sample_patch` and :func:`intensity_jitter` apply.
+
+    Attributes
+    ----------
+    flip : bool
+        Random horizontal/vertical flips.
+    rotate : {"any", "90", "none"}
+        Rotation by any angle, by multiples of 90 degrees, or none.
+    scale : tuple of float
+        Range of the zoom factor (log-uniform); (1, 1) turns it off.
+    elastic_prob : float
+        Probability of the paper's elastic deformation for a patch.
+    elastic_grid : int
+        Coarse grid of random displacements (the paper: 3 x 3).
+    elastic_sigma : float
+        Standard deviation of the displacements in pixels (the paper: 10).
+    gain, offset, gamma : tuple of float
+        Ranges of the intensity jitter on the normalised image (gamma log-uniform).
+    noise : float
+        Maximum standard deviation of added Gaussian noise.
+    """
+
+    flip: bool = True
+    rotate: str = "any"
+    scale: tuple[float, float] = (0.8, 1.25)
+    elastic_prob: float = 0.5
+    elastic_grid: int = 3
+    elastic_sigma: float = 10.0
+    gain: tuple[float, float] = (0.8, 1.25)
+    offset: tuple[float, float] = (-0.1, 0.1)
+    gamma: tuple[float, float] = (0.8, 1.25)
+    noise: float = 0.03
+
+
+NO_AUGMENT = AugmentConfig(
+    flip=False, rotate="none", scale=(1.0, 1.0), elastic_prob=0.0, gain=(1.0, 1.0),
+    offset=(0.0, 0.0), gamma=(1.0, 1.0), noise=0.0,
+)
+
+
+def _check_pair(image: np.ndarray, labels: np.ndarray | None) -> None:
+    if image.ndim != 3:
+        raise ValueError(f"Expected an image of shape (channels, height, width), got {image.shape}.")
+    if labels is not None and labels.shape != image.shape[1:]:
+        raise ValueError(f"Image {image.shape[1:]} and labels {labels.shape} must have the same height and width.")
+
+
+# ------------------------------------------------------------------ one at a time
+def flip_rot90(
+    image: np.ndarray, labels: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random flips and a random multiple of 90-degree rotation (the 8 symmetries of a square).
+
+    Parameters
+    ----------
+    image : ndarray
+        (C, H, W).
+    labels : ndarray
+        (H, W).
+
+    Returns
+    -------
+    image, labels : ndarray
+        (C, H', W') and (H', W'), with (H', W') = (H, W) or (W, H); contiguous copies.
+    """
+    _check_pair(image, labels)
+    k = int(rng.integers(4))
+    image = np.rot90(image, k, axes=(1, 2))
+    labels = np.rot90(labels, k)
+    if rng.random() < 0.5:
+        image, labels = image[:, :, ::-1], labels[:, ::-1]
+    return np.ascontiguousarray(image), np.ascontiguousarray(labels)
+
+
+def coarse_displacements(
+    shape: tuple[int, int], rng: np.random.Generator, grid: int = 3, sigma: float = 10.0
+) -> np.ndarray:
+    """Smooth random displacement field (the paper's elastic deformation).
+
+    Displacements drawn from N(0, sigma^2) on a ``grid`` x ``grid`` coarse grid spanning
+    the plane are interpolated bicubically (cubic spline) to every pixel.
+
+    Returns
+    -------
+    ndarray
+        (2, H, W) float32 displacements (rows, columns) in pixels.
+    """
+    if grid < 2:
+        raise ValueError(f"The elastic grid must be at least 2 x 2, got {grid}.")
+    h, w = shape
+    coarse = rng.normal(0.0, sigma, size=(2, grid, grid))
+    yy = np.linspace(0, grid - 1, h)
+    xx = np.linspace(0, grid - 1, w)
+    coords = np.stack(np.meshgrid(yy, xx, indexing="ij"))
+    out = np.empty((2, h, w), dtype=np.float32)
+    for axis in range(2):
+        out[axis] = ndi.map_coordinates(coarse[axis], coords, order=3, mode="nearest")
+    return out
+
+
+def _sample(
+    image: np.ndarray, labels: np.ndarray | None, coords: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Sample (C, H, W) image (linear) and (H, W) labels (nearest) at (2, h, w) coords, mirrored."""
+    out = np.empty((image.shape[0],) + coords.shape[1:], dtype=np.float32)
+    for c in range(image.shape[0]):
+        ndi.map_coordinates(image[c], coords, output=out[c], order=1, mode="mirror")
+    lab = None
+    if labels is not None:
+        lab = ndi.map_coordinates(labels, np.rint(coords), order=0, mode="mirror")
+    return out, lab
+
+
+def elastic_deform(
+    image: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    grid: int = 3,
+    sigma: float = 10.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The paper's elastic deformation of an image (linear) and its labels (nearest).
+
+    Parameters
+    ----------
+    image : ndarray
+        (C, H, W) float.
+    labels : ndarray
+        (H, W) integer labels.
+    grid, sigma : int, float
+        Coarse grid size and displacement standard deviation in pixels.
+
+    Returns
+    -------
+    image, labels : ndarray
+        Same shapes as the inputs (mirror padding at the edges).
+    """
+    _check_pair(image, labels)
+    h, w = labels.shape
+    disp = coarse_displacements((h, w), rng, grid, sigma)
+    coords = np.mgrid[0:h, 0:w].astype(np.float32) + disp
+    out, lab = _sample(np.asarray(image, np.float32), labels, coords)
+    return out, lab.astype(labels.dtype, copy=False)
+
+
+def pad_to(image: np.ndarray, labels: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Pad (reflect) image and labels at the end so that they are at least ``size`` (h, w)."""
+    _check_pair(image, labels)
+    h, w = labels.shape
+    ph, pw = max(0, size[0] - h), max(0, size[1] - w)
+    if ph == 0 and pw == 0:
+        return image, labels
+    # "symmetric" works for any pad width (np.pad repeats reflection as needed)
+    image = np.pad(image, ((0, 0), (0, ph), (0, pw)), mode="symmetric")
+    labels = np.pad(labels, ((0, ph), (0, pw)), mode="symmetric")
+    return image, labels
+
+
+def random_crop(
+    image: np.ndarray, labels: np.ndarray, size: int | tuple[int, int], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A random ``size`` crop of image and labels (reflect-padded first if the plane is smaller).
+
+    Returns
+    -------
+    image, labels : ndarray
+        (C, h, w) and (h, w).
+    """
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    image, labels = pad_to(image, labels, size)
+    h, w = labels.shape
+    y = int(rng.integers(h - size[0] + 1))
+    x = int(rng.integers(w - size[1] + 1))
+    return image[:, y : y + size[0], x : x + size[1]].copy(), labels[y : y + size[0], x : x + size[1]].copy()
+
+
+def intensity_jitter(
+    image: np.ndarray, rng: np.random.Generator, config: AugmentConfig = AugmentConfig()
+) -> np.ndarray:
+    """Random gamma, gain, offset and noise on a normalised (C, H, W) image.
+
+    ``x -> gain * sign(x) * |x|**gamma + offset + noise``, the same for all channels.
+    Returns a new float32 array.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    gamma = math.exp(rng.uniform(math.log(config.gamma[0]), math.log(config.gamma[1])))
+    gain = rng.uniform(*config.gain)
+    offset = rng.uniform(*config.offset)
+    out = np.sign(image) * np.abs(image) ** gamma if gamma != 1.0 else image.copy()
+    out = out * gain + offset
+    if config.noise > 0:
+        std = rng.uniform(0, config.noise)
+        out = out + rng.normal(0.0, std, size=out.shape).astype(np.float32)
+    return out.astype(np.float32, copy=False)
+
+
+# ------------------------------------------------------------------ all in one
+def sample_patch(
+    image: np.ndarray,
+    labels: np.ndarray,
+    size: int | tuple[int, int],
+    rng: np.random.Generator,
+    config: AugmentConfig | None = AugmentConfig(),
+) -> tuple[np.ndarray, np.ndarray]:
+    """One random training patch: crop + flip + rotation + scale + elastic, sampled once.
+
+    Parameters
+    ----------
+    image : ndarray
+        (C, H, W) float32 normalised image.
+    labels : ndarray
+        (H, W) integer instance labels.
+    size : int or (int, int)
+        Patch size (h, w). The plane may be smaller (mirror padding).
+    rng : numpy.random.Generator
+    config : AugmentConfig or None
+        None (or :data:`NO_AUGMENT`) gives a plain random crop. Intensity jitter is
+        applied too when ``config`` asks for it.
+
+    Returns
+    -------
+    image : ndarray
+        (C, h, w) float32.
+    labels : ndarray
+        (h, w) labels of the same dtype.
+    """
+    _check_pair(image, labels)
+    size = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
+    config = config or NO_AUGMENT
+    h, w = labels.shape
+    ph, pw = size
+    # patch centre: anywhere such that the patch overlaps the plane mostly
+    cy = rng.uniform(min(ph / 2, h / 2), max(h - ph / 2, h / 2))
+    cx = rng.uniform(min(pw / 2, w / 2), max(w - pw / 2, w / 2))
+    yy, xx = np.mgrid[0:ph, 0:pw].astype(np.float32)
+    yy -= (ph - 1) / 2.0
+    xx -= (pw - 1) / 2.0
+    lo, hi = config.scale
+    scale = math.exp(rng.uniform(math.log(lo), math.log(hi))) if hi > lo else lo
+    if config.rotate == "any":
+        angle = rng.uniform(0, 2 * math.pi)
+    elif config.rotate == "90":
+        angle = int(rng.integers(4)) * math.pi / 2
+    else:
+        angle = 0.0
+    flip = -1.0 if (config.flip and rng.random() < 0.5) else 1.0
+    cos, sin = math.cos(angle) * scale, math.sin(angle) * scale
+    xx = xx * flip
+    src_y = cos * yy - sin * xx
+    src_x = sin * yy + cos * xx
+    if config.elastic_prob > 0 and rng.random() < config.elastic_prob:
+        disp = coarse_displacements(size, rng, config.elastic_grid, config.elastic_sigma)
+        src_y += disp[0]
+        src_x += disp[1]
+    coords = np.stack([src_y + cy - 0.5, src_x + cx - 0.5])
+    if angle == 0.0 and scale == 1.0 and flip == 1.0 and coords.shape and not (config.elastic_prob > 0):
+        coords = np.rint(coords)
+    out, lab = _sample(np.asarray(image, np.float32), labels, coords)
+    if config is not NO_AUGMENT and (
+        config.gain != (1.0, 1.0) or config.offset != (0.0, 0.0) or config.gamma != (1.0, 1.0) or config.noise > 0
+    ):
+        out = intensity_jitter(out, rng, config)
+    return out, lab.astype(labels.dtype, copy=False)

@@ -1,0 +1,74 @@
+"""``napari-unet train`` and ``napari-unet models`` end to end on a real DSB2018 crop."""
+
+from __future__ import annotations
+
+import numpy as np
+import tifffile
+
+from napari_unet.cli import main
+from napari_unet.core.checkpoint import read_model_file
+
+
+def _write_pair(folder, image, labels, stem="crop"):
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "labels").mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(folder / "images" / f"{stem}.tif", image)
+    tifffile.imwrite(folder / "labels" / f"{stem}.tif", labels.astype(np.uint16))
+    return folder / "images" / f"{stem}.tif", folder / "labels" / f"{stem}.tif"
+
+
+def test_train_files_to_path_and_models_lists_it(tmp_path, dsb_fluo_crop, tiny_model_path, capsys):
+    image, labels = dsb_fluo_crop
+    img, lab = _write_pair(tmp_path, image, labels)
+    out = tmp_path / "out" / "mine.pt"
+    rc = main(["train", "--images", str(img), "--labels", str(lab), "--out", str(out),
+               "--from", str(tiny_model_path), "--steps", "3", "--patch-size", "32", "--batch-size", "2",
+               "--device", "cpu", "--no-progress"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "validation AP@0.5" in captured.out and "saved" in captured.out
+    model = read_model_file(out)
+    assert model.metadata["steps"] == 3 and model.metadata["base_model"] == "tiny"
+    assert model.metadata["name"] == "mine"
+
+
+def test_train_stack_and_folders_to_user_model(tmp_path, dsb_fluo_crop, tiny_model_path, capsys):
+    image, labels = dsb_fluo_crop
+    # a 2-plane stack: each plane is one example
+    stack_img, stack_lab = tmp_path / "stack.tif", tmp_path / "stack_labels.tif"
+    tifffile.imwrite(stack_img, np.stack([image, image[::-1]]))
+    tifffile.imwrite(stack_lab, np.stack([labels, labels[::-1]]).astype(np.uint16))
+    # folders with matching stems
+    _write_pair(tmp_path / "f", image[:96], labels[:96], stem="a")
+    _write_pair(tmp_path / "f", image[:, :100], labels[:, :100], stem="b")
+    rc = main(["train", "--images", str(stack_img), str(tmp_path / "f" / "images"),
+               "--labels", str(stack_lab), str(tmp_path / "f" / "labels"), "--out", "my cells",
+               "--from", str(tiny_model_path), "--steps", "2", "--patch-size", "32", "--batch-size", "1",
+               "--no-progress"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert "on 4 example(s)" in out.out
+    rc = main(["models"])
+    listing = capsys.readouterr().out
+    assert rc == 0 and "my cells" in listing and "user" in listing
+
+
+def test_train_user_errors_are_one_line(tmp_path, dsb_fluo_crop, tiny_model_path, capsys):
+    image, labels = dsb_fluo_crop
+    img, lab = _write_pair(tmp_path, image, labels)
+    base = ["--from", str(tiny_model_path), "--steps", "1", "--no-progress"]
+    rc = main(["train", "--images", str(img), str(img), "--labels", str(lab), "--out", str(tmp_path / "x.pt"), *base])
+    err = capsys.readouterr().err
+    assert rc == 2 and "one labels path per image path" in err and "Traceback" not in err
+    empty = tmp_path / "empty.tif"
+    tifffile.imwrite(empty, np.zeros_like(labels, dtype=np.uint16))
+    rc = main(["train", "--images", str(img), "--labels", str(empty), "--out", str(tmp_path / "x.pt"), *base])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Nothing to learn from" in err
+    small = tmp_path / "small.tif"
+    tifffile.imwrite(small, labels[:50].astype(np.uint16))
+    rc = main(["train", "--images", str(img), "--labels", str(small), "--out", str(tmp_path / "x.pt"), *base])
+    assert rc == 2 and "labels" in capsys.readouterr().err
+    rc = main(["train", "--images", str(tmp_path / "nope.tif"), "--labels", str(lab), "--out", "x", *base])
+    assert rc == 2 and "not found" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()

@@ -1,0 +1,172 @@
+"""Fine-tuning engine: events, stop, copy semantics, validation split, bad inputs, learning."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet.core.checkpoint import SegmentationModel, read_model_file, save_model
+from napari_unet.core.events import TrainStep, Validation
+from napari_unet.core.model import UNet
+from napari_unet.core.train import DEFAULT_STEPS, finetune, prepare_examples, run_finetune, split_examples
+
+
+def _tiny(depth: int = 3, padding: str = "same", width: int = 4, representation: str = "bg-interior-boundary"):
+    torch.manual_seed(0)
+    n_classes = 3 if representation == "bg-interior-boundary" else 2
+    net = UNet(in_channels=1, n_classes=n_classes, base_width=width, depth=depth, padding=padding, norm="batch")
+    return SegmentationModel(net.eval(), representation, metadata={"name": "tiny"})
+
+
+def _drain(gen):
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as done:
+            return events, done.value
+
+
+def test_finetune_on_real_crop_yields_events_and_returns_copy(dsb_fluo_crop):
+    image, labels = dsb_fluo_crop
+    model = _tiny()
+    before = {k: v.clone() for k, v in model.net.state_dict().items()}
+    events, result = _drain(finetune(model, [image], [labels], steps=3, patch_size=32, batch_size=2,
+                                     validate_every=2, device="cpu"))
+    steps = [e for e in events if isinstance(e, TrainStep)]
+    vals = [e for e in events if isinstance(e, Validation)]
+    assert [s.step for s in steps] == [1, 2, 3]
+    assert all(s.total_steps == 3 and np.isfinite(s.loss) and s.lr > 0 for s in steps)
+    assert steps[-1].fraction == pytest.approx(1.0)
+    assert [v.step for v in vals] == [0, 2, 3]  # before training, every 2 steps, at the end
+    assert all(0.0 <= v.ap50 <= 1.0 for v in vals)
+    # the input model is untouched, the result is another object
+    for k, v in model.net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert result is not model and result.net is not model.net
+    meta = result.metadata
+    assert meta["base_model"] == "tiny" and meta["n_examples"] == 1 and meta["steps"] == 3
+    assert meta["val_ap50"] == max(v.ap50 for v in vals)
+    assert meta["training"]["val_split"] == "band" and "date" in meta and "CPU" in meta["device"]
+    assert not result.net.training
+
+
+def test_a_few_dozen_steps_lower_the_loss(dsb_fluo_crop):
+    image, labels = dsb_fluo_crop
+    model = _tiny(depth=2, width=8)
+    events, result = _drain(finetune(model, [image], [labels], steps=40, patch_size=64, batch_size=4, lr=3e-3,
+                                     augment=False, val_fraction=0, from_scratch=True, device="cpu", seed=1))
+    losses = [e.loss for e in events if isinstance(e, TrainStep)]
+    assert len(losses) == 40
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+    assert result.metadata["val_ap50"] is None  # no validation asked
+
+
+def test_stop_right_after_start_returns_unchanged_copy(dsb_fluo_crop):
+    image, labels = dsb_fluo_crop
+    model = _tiny()
+    stop = threading.Event()
+    stop.set()
+    events, result = _drain(finetune(model, [image], [labels], steps=5, patch_size=32, stop=stop))
+    assert events == [] and result.metadata["steps"] == 0 and result.metadata["training"]["stopped_early"]
+    for (k, a), b in zip(model.net.state_dict().items(), result.net.state_dict().values()):
+        assert torch.equal(a, b.cpu()), k
+
+
+def test_stop_flag_between_steps_and_close(dsb_fluo_crop):
+    image, labels = dsb_fluo_crop
+    stop = threading.Event()
+    gen = finetune(_tiny(), [image], [labels], patch_size=32, batch_size=1, stop=stop, val_fraction=0)
+    seen = []
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as done:
+            result = done.value
+            break
+        seen.append(event)
+        if len(seen) == 2:
+            stop.set()
+    assert len(seen) == 2 and seen[0].total_steps == DEFAULT_STEPS  # neither steps nor budget: default
+    assert result.metadata["steps"] == 2
+    gen = finetune(_tiny(), [image], [labels], steps=50, patch_size=32, batch_size=1, val_fraction=0)
+    next(gen)
+    gen.close()  # stops cleanly between steps
+    with pytest.raises(StopIteration):
+        next(gen)
+
+
+def test_time_budget_and_valid_padding(dsb_fluo_crop):
+    image, labels = dsb_fluo_crop
+    model = _tiny(depth=2, padding="valid")
+    events, result = _drain(finetune(model, [image], [labels], time_budget=1.0, patch_size=48, batch_size=1,
+                                     device="cpu"))
+    steps = [e for e in events if isinstance(e, TrainStep)]
+    assert steps and steps[0].total_steps is None
+    assert steps[-1].elapsed < 10
+    assert result.metadata["training"]["patch_size"] == model.net.valid_input_size(48)
+
+
+def test_rgb_and_foreground_representation_and_save(tmp_path, dsb_fluo_crop):
+    image, labels = dsb_fluo_crop
+    rgb = np.stack([image] * 3, axis=-1)
+    model = _tiny(representation="foreground")
+    result = run_finetune(model, [rgb, image[:100, :90]], [labels, labels[:100, :90]], steps=2,
+                          patch_size=32, batch_size=2)
+    assert result.representation == "foreground"
+    path = save_model(result, tmp_path / "ft.pt")
+    loaded = read_model_file(path)
+    assert loaded.metadata["steps"] == 2 and loaded.metadata["base_model"] == "tiny"
+
+
+def test_split_whole_planes_or_bands(dsb_fluo_crop):
+    image, labels = dsb_fluo_crop
+    model = _tiny()
+    one = prepare_examples(model, [image], [labels])
+    train, val = split_examples(one, 0.25, np.random.default_rng(0))
+    assert len(train) == len(val) == 1
+    assert train[0].labels.shape == (96, 128) and val[0].labels.shape == (32, 128)
+    five = prepare_examples(model, [image] * 5, [labels] * 5)
+    train, val = split_examples(five, 0.2, np.random.default_rng(0))
+    assert len(train) == 4 and len(val) == 1 and val[0].labels.shape == (128, 128)
+    assert split_examples(five, 0.0, np.random.default_rng(0)) == (five, [])
+
+
+def test_bad_inputs(dsb_fluo_crop):
+    image, labels = dsb_fluo_crop
+    model = _tiny()
+    with pytest.raises(ValueError, match="No training examples"):
+        next(finetune(model, [], [], steps=1))
+    with pytest.raises(ValueError, match="[Nn]othing to learn from"):
+        next(finetune(model, [image], [np.zeros_like(labels)], steps=1))
+    with pytest.raises(ValueError, match="same pixels"):
+        next(finetune(model, [image], [labels[:64]], steps=1))
+    with pytest.raises(ValueError, match="non-integer"):
+        next(finetune(model, [image], [labels.astype(np.float32) + 0.5], steps=1))
+    with pytest.raises(ValueError, match="negative"):
+        next(finetune(model, [image], [-labels], steps=1))
+    with pytest.raises(ValueError, match="one label image per image"):
+        next(finetune(model, [image, image], [labels], steps=1))
+    with pytest.raises(ValueError, match="time_budget"):
+        next(finetune(model, [image], [labels], time_budget=-1))
+    # an all-background example beside a labelled one is fine (it teaches background)
+    result = run_finetune(model, [image, image], [labels, np.zeros_like(labels)], steps=1, patch_size=32,
+                          batch_size=1, val_fraction=0)
+    assert result.metadata["steps"] == 1
+
+
+def test_patch_threads_give_the_same_training(dsb_fluo_crop):
+    """Patches prepared by worker threads (GPU default) equal the serial ones: same losses."""
+    image, labels = dsb_fluo_crop
+    runs = []
+    for workers in (0, 2):
+        events, _ = _drain(finetune(_tiny(), [image], [labels], steps=3, patch_size=32, batch_size=2,
+                                    val_fraction=0, workers=workers, device="cpu", seed=3))
+        runs.append([e.loss for e in events])
+    np.testing.assert_allclose(runs[0], runs[1], rtol=1e-5)
+    # a callable works as a stop flag too
+    events, result = _drain(finetune(_tiny(), [image], [labels], steps=3, patch_size=32, stop=lambda: True))
+    assert events == [] and result.metadata["steps"] == 0
