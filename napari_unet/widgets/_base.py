@@ -99,19 +99,45 @@ def current_plane_index(viewer: "napari.Viewer", layer: "napari.layers.Layer") -
     return tuple(int(np.clip(np.round(c), 0, s - 1)) for c, s in zip(coords, shape))
 
 
-def visible_region(layer: "napari.layers.Layer", plane_shape: tuple[int, int]) -> tuple[slice, slice]:
-    """(rows, cols) slices of the plane that the canvas shows at the current zoom.
+def viewer_camera(viewer: "napari.Viewer"):
+    """The viewer's camera (``viewer.scene.camera`` from napari 0.9, ``viewer.camera`` before)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
 
-    Uses the layer's ``corner_pixels`` (updated by napari on every draw); falls back to
-    the whole plane when the layer was never drawn.
+
+def canvas_size(viewer: "napari.Viewer") -> tuple[int, int] | None:
+    """(height, width) of the canvas in screen pixels, or None where napari does not tell."""
+    size = getattr(getattr(viewer, "canvas", None), "size", None)
+    if size is None:
+        size = getattr(viewer, "_canvas_size", None)
+    return None if size is None else (int(size[-2]), int(size[-1]))
+
+
+def visible_region(
+    viewer: "napari.Viewer", layer: "napari.layers.Layer", plane_shape: tuple[int, int]
+) -> tuple[slice, slice]:
+    """(rows, cols) slices of the layer's plane that the canvas shows at the current zoom.
+
+    Computed from the camera (centre, zoom) and the canvas size, so it is right even
+    before napari has drawn the new view; clipped to the plane.
     """
-    corners = np.asarray(layer.corner_pixels)
+    h, w = plane_shape
+    camera = viewer_camera(viewer)
+    canvas = canvas_size(viewer)
+    zoom = float(camera.zoom)
+    if canvas is None or min(canvas) <= 1 or zoom <= 0:
+        return slice(0, h), slice(0, w)
+    half = np.asarray(canvas, dtype=float) / zoom / 2
+    center = np.asarray(camera.center[-2:], dtype=float)
+    point = np.asarray(viewer.dims.point, dtype=float)
+    lo, hi = point.copy(), point.copy()
+    lo[-2:], hi[-2:] = center - half, center + half
+    corners = np.stack([layer.world_to_data(lo), layer.world_to_data(hi)])
     n = spatial_ndim(layer)
     yx = corners[:, -n:][:, :2] if n == 3 else corners[:, -2:]
-    (y0, x0), (y1, x1) = yx
-    h, w = plane_shape
-    y0, y1 = int(np.clip(y0, 0, h)), int(np.clip(y1 + 1, 0, h))
-    x0, x1 = int(np.clip(x0, 0, w)), int(np.clip(x1 + 1, 0, w))
+    (y0, x0), (y1, x1) = np.sort(yx, axis=0)
+    y0, y1 = int(np.clip(np.floor(y0), 0, h)), int(np.clip(np.ceil(y1) + 1, 0, h))
+    x0, x1 = int(np.clip(np.floor(x0), 0, w)), int(np.clip(np.ceil(x1) + 1, 0, w))
     if y1 - y0 < 2 or x1 - x0 < 2:
-        return slice(0, h), slice(0, w)
+        raise ValueError("the image is not in view: pan or zoom to it, or segment the current slice.")
     return slice(y0, y1), slice(x0, x1)

@@ -18,8 +18,9 @@ from collections import OrderedDict
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import napari
 import numpy as np
 from magicgui.widgets import (
     CheckBox,
@@ -44,9 +45,7 @@ from ._base import (
     start_worker,
     visible_region,
 )
-
-if TYPE_CHECKING:
-    import napari
+from ._corrections import CorrectedSlices
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +75,9 @@ def masks_layer_name(image_name: str) -> str:
     return f"{image_name} masks"
 
 
-#: Key of the corrected-slices list in a Labels layer's metadata (see _corrections.py).
-CORRECTED_KEY = "napari_unet_corrected"
-
-
 def corrected_planes(layer) -> set[tuple[int, ...]]:
-    """Plane indices the user corrected in ``layer`` (as tuples)."""
-    stored = layer.metadata.get(CORRECTED_KEY) or []
-    return {tuple(int(i) for i in plane) for plane in stored}
+    """Plane indices the user corrected in ``layer``; starts tracking the layer's edits."""
+    return set(CorrectedSlices.for_layer(layer).planes)
 
 
 def _load_model_cached(cache: dict, path: str, device: str | None):
@@ -99,7 +93,7 @@ def _load_model_cached(cache: dict, path: str, device: str | None):
 class SegmentWidget(Container):
     """Dock widget "Segment": pick image, model and scope; Segment / Cancel."""
 
-    def __init__(self, viewer: "napari.viewer.Viewer") -> None:
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         self._viewer = viewer
         self._worker = None
@@ -108,6 +102,9 @@ class SegmentWidget(Container):
         self._probabilities: OrderedDict[tuple[str, tuple[int, ...]], PlaneResult] = OrderedDict()
         self._last_layer_name: str | None = None
         self._run_started = 0.0
+        self._cancelled = False
+        self._failed = False
+        self.last_run_seconds: float | None = None
 
         self._image_combo = ComboBox(label="Image", choices=self._image_choices, nullable=False)
         self._channel_axis = ComboBox(
@@ -222,14 +219,16 @@ class SegmentWidget(Container):
                     f"A layer named {name!r} exists but is not a Labels layer of shape {tuple(shape)}; "
                     "rename or remove it."
                 )
-            return layer
-        n = len(shape)
-        return self._viewer.add_labels(
-            np.zeros(shape, dtype=np.int32),
-            name=name,
-            scale=image.scale[:n],
-            translate=image.translate[:n],
-        )
+        else:
+            n = len(shape)
+            layer = self._viewer.add_labels(
+                np.zeros(shape, dtype=np.int32),
+                name=name,
+                scale=image.scale[:n],
+                translate=image.translate[:n],
+            )
+        CorrectedSlices.for_layer(layer)  # from now on, brush/fill/erase edits mark slices corrected
+        return layer
 
     # ------------------------------------------------------------------ run
     def _planes_for_scope(self, image, scope: str) -> list[tuple[int, ...]]:
@@ -261,7 +260,7 @@ class SegmentWidget(Container):
             scope = self._scope.value
             planes = self._planes_for_scope(image, scope)
             plane_shape = tuple(image.data.shape[-3:-1] if image.rgb else image.data.shape[-2:])
-            region = visible_region(image, plane_shape) if scope == SCOPE_VIEW else (slice(None), slice(None))
+            region = visible_region(self._viewer, image, plane_shape) if scope == SCOPE_VIEW else (slice(None), slice(None))
         except ValueError as exc:
             notify_error("Segment", exc)
             return
@@ -303,11 +302,14 @@ class SegmentWidget(Container):
     def cancel(self, *_args) -> None:
         """Stop the running worker between tiles; what was written so far stays."""
         if self._worker is not None:
+            self._cancelled = True
             self._worker.quit()
             self._status.value = "Cancelling…"
 
     def _start(self, generator: Generator, message: str) -> None:
         self._run_started = time.perf_counter()
+        self._cancelled = False
+        self._failed = False
         self._status.value = message + "…"
         self._progress.value = 0
         self._progress.visible = True
@@ -324,7 +326,7 @@ class SegmentWidget(Container):
     def _on_yielded(self, item: Any) -> None:
         from napari_unet.core.events import Progress
 
-        if isinstance(item, Progress):
+        if isinstance(item, Progress) and not self._cancelled:
             self._progress.value = int(round(100 * item.fraction))
             eta = format_seconds(item.eta)
             self._status.value = item.message + (f" — {eta} left" if eta else "")
@@ -361,15 +363,16 @@ class SegmentWidget(Container):
             total -= old.probabilities.nbytes
 
     def _on_error(self, exc: BaseException) -> None:
+        self._failed = True
         notify_error("Segmentation failed", exc)
         self._status.value = f"Failed: {one_line(exc)}"
 
     def _on_finished(self) -> None:
         took = time.perf_counter() - self._run_started
-        if not self._status.value.startswith(("Failed", "Cancelling")):
-            self._status.value = f"Done in {format_seconds(took)}"
-        elif self._status.value.startswith("Cancelling"):
+        if self._cancelled:
             self._status.value = f"Cancelled after {format_seconds(took)}; finished slices kept."
+        elif not self._failed:
+            self._status.value = f"Done in {format_seconds(took)}"
         self.last_run_seconds = took
         self._progress.visible = False
         self._run_button.enabled = True

@@ -1,0 +1,441 @@
+"""Which 2D planes of a masks Labels layer the user corrected.
+
+A correction of slice 17 of a time-lapse makes slice 17 a training example for fine-tuning,
+and the Segment widget must never overwrite it. :class:`CorrectedSlices` attaches to a napari
+``Labels`` layer and listens to the layer's own edit events:
+
+- brush, eraser, fill, polygon and ``data_setitem`` all end in one undo-history item, which the
+  layer announces with ``layer.events.paint(value=[atoms])``; each atom carries the changed
+  region (``slice_key`` of a mask edit, or the index arrays of ``data_setitem``);
+- undo and redo emit no event of their own, so the attached layer's ``undo``/``redo`` are
+  wrapped: the history item about to be replayed tells which planes change.
+
+A plane is named by its indices along the leading (non-plane) axes: ``(17,)`` in a (T, Y, X)
+stack, ``(3, 2)`` in (T, Z, Y, X), ``()`` for a single 2D image. The last two axes are the plane.
+
+The set lives in ``layer.metadata["napari_unet_corrected"]`` as a sorted list of lists of ints
+(plain JSON), so it travels with the layer; :func:`save_corrected_list` /
+:func:`load_corrected_list` keep it beside a saved labels file as ``<labels>.corrected.json``.
+
+This module has no Qt code; it needs napari only for the layer it is given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import os
+import tempfile
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from psygnal import Signal
+
+log = logging.getLogger(__name__)
+
+#: Key of the corrected-plane list in a Labels layer's metadata.
+CORRECTED_KEY = "napari_unet_corrected"
+#: Suffix of the sidecar file written beside a labels file.
+SIDECAR_SUFFIX = ".corrected.json"
+SIDECAR_FORMAT = "napari-unet-corrected-slices"
+
+Plane = tuple[int, ...]
+
+#: Planes touched by one edit above this number are not listed one by one (a 3D brush
+#: through a huge stack); the edit still marks every plane it touched.
+_MAX_PLANES_PER_EDIT = 1_000_000
+
+
+# ---------------------------------------------------------------------- plain helpers
+def as_plane(plane: Any) -> Plane:
+    """A plane index as a tuple of Python ints (accepts ints, lists, tuples, numpy ints)."""
+    if isinstance(plane, (int, np.integer)):
+        return (int(plane),)
+    try:
+        return tuple(int(i) for i in plane)
+    except TypeError as exc:
+        raise ValueError(f"A plane index must be a sequence of integers, got {plane!r}.") from exc
+
+
+def planes_in_metadata(metadata: dict | None) -> list[Plane]:
+    """Sorted, unique planes stored in a layer's metadata (empty when none)."""
+    stored = (metadata or {}).get(CORRECTED_KEY) or []
+    try:
+        return sorted({as_plane(p) for p in stored})
+    except ValueError:
+        log.warning("Ignoring a malformed %r entry in layer metadata: %r", CORRECTED_KEY, stored)
+        return []
+
+
+def planes_of_region(key: Sequence[Any], n_lead: int, shape: Sequence[int]) -> set[Plane]:
+    """Planes touched by an edit of ``data[key]``.
+
+    Parameters
+    ----------
+    key : sequence
+        One entry per axis of the data: slices (a mask edit's bounding box) or integer index
+        arrays (``data_setitem``'s fancy index).
+    n_lead : int
+        Number of leading (non-plane) axes: ``data.ndim - 2``.
+    shape : sequence of int
+        Shape of the data (to resolve open slices).
+    """
+    if n_lead <= 0:
+        return {()}
+    lead = list(key[:n_lead])
+    if all(isinstance(k, slice) for k in lead):
+        ranges = [range(*k.indices(int(s))) for k, s in zip(lead, shape)]
+        count = int(np.prod([len(r) for r in ranges]))
+        if count > _MAX_PLANES_PER_EDIT:
+            log.warning("One edit touched %d planes; listing the first %d.", count, _MAX_PLANES_PER_EDIT)
+        return {tuple(p) for p in itertools.islice(itertools.product(*ranges), _MAX_PLANES_PER_EDIT)}
+    arrays = []
+    for k, s in zip(lead, shape):
+        if isinstance(k, slice):  # a mix of slices and arrays: expand the slice
+            return _planes_of_mixed(lead, shape)
+        arrays.append(np.asarray(k, dtype=np.int64).ravel())
+    if not arrays or arrays[0].size == 0:
+        return set()
+    stacked = np.unique(np.stack(arrays, axis=1), axis=0)
+    return {tuple(int(v) for v in row) for row in stacked}
+
+
+def _planes_of_mixed(lead: list[Any], shape: Sequence[int]) -> set[Plane]:
+    options = []
+    for k, s in zip(lead, shape):
+        if isinstance(k, slice):
+            options.append(list(range(*k.indices(int(s)))))
+        else:
+            options.append(sorted({int(v) for v in np.asarray(k).ravel()}))
+    return {tuple(p) for p in itertools.product(*options)}
+
+
+def planes_of_history_item(item: Iterable[Any], ndim: int, shape: Sequence[int]) -> set[Plane]:
+    """Planes changed by one napari Labels undo-history item (a list of atoms).
+
+    An atom is either a mask edit with a ``slice_key`` attribute (brush, eraser, fill,
+    polygon) or a ``(indices, old_values, new_values)`` tuple (``data_setitem``).
+    """
+    n_lead = ndim - 2
+    planes: set[Plane] = set()
+    for atom in item or ():
+        key = getattr(atom, "slice_key", None)
+        if key is None:
+            try:
+                key = atom[0]
+            except (TypeError, IndexError, KeyError):
+                log.debug("Unknown history atom %r ignored", type(atom))
+                continue
+        if not isinstance(key, tuple):
+            key = (key,)
+        planes |= planes_of_region(key, n_lead, shape)
+    return planes
+
+
+# ---------------------------------------------------------------------- sidecar file
+def sidecar_path(labels_path: str | os.PathLike) -> Path:
+    """``<labels file>.corrected.json`` beside the labels file."""
+    path = Path(labels_path)
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def save_corrected_list(labels_path: str | os.PathLike, planes: Iterable[Any] | dict | Any) -> Path:
+    """Write the corrected planes beside a saved labels file, atomically.
+
+    Parameters
+    ----------
+    labels_path : path
+        The labels file (e.g. ``cells masks.tif``); the list goes to
+        ``cells masks.tif.corrected.json``.
+    planes : iterable of plane indices, a layer metadata dict, or a Labels layer
+        What to store. A dict or a layer is read through ``CORRECTED_KEY``.
+
+    Returns
+    -------
+    Path
+        The sidecar file written.
+
+    Raises
+    ------
+    OSError
+        If the folder cannot be written; an earlier sidecar stays intact.
+    """
+    if hasattr(planes, "metadata") and not isinstance(planes, dict):
+        planes = planes.metadata
+    if isinstance(planes, dict):
+        plane_list = planes_in_metadata(planes)
+    else:
+        plane_list = sorted({as_plane(p) for p in planes})
+    target = sidecar_path(labels_path)
+    payload = {
+        "format": SIDECAR_FORMAT,
+        "version": 1,
+        "labels_file": Path(labels_path).name,
+        "planes": [list(p) for p in plane_list],
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(payload, fh, indent=1)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return target
+
+
+def load_corrected_list(labels_path: str | os.PathLike) -> list[Plane]:
+    """Corrected planes stored beside ``labels_path`` (empty list when there is no sidecar).
+
+    Raises
+    ------
+    ValueError
+        If the sidecar exists but is not a corrected-slices list.
+    """
+    target = sidecar_path(labels_path)
+    if not target.is_file():
+        return []
+    try:
+        data = json.loads(target.read_text(encoding="utf-8"))
+        planes = data["planes"] if isinstance(data, dict) else data
+        return sorted({as_plane(p) for p in planes})
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"{target.name} is not a list of corrected slices ({exc}); delete or fix it."
+        ) from exc
+
+
+# ---------------------------------------------------------------------- the tracker
+_TRACKERS: "weakref.WeakKeyDictionary[Any, CorrectedSlices]" = weakref.WeakKeyDictionary()
+
+
+class CorrectedSlices:
+    """The set of corrected planes of one Labels layer, kept up to date from its edits.
+
+    Use :meth:`for_layer` to get the one tracker of a layer (widgets share it). The set is
+    stored in ``layer.metadata[CORRECTED_KEY]`` (the source of truth: a reader that fills
+    the metadata, or the Segment widget reading it, see the same list).
+
+    Attributes
+    ----------
+    changed : psygnal.Signal
+        Emitted (no arguments) whenever the set changes.
+    """
+
+    changed = Signal()
+
+    def __init__(self, layer: Any) -> None:
+        if getattr(layer, "ndim", 0) < 2:
+            raise ValueError("Corrected slices need a Labels layer with at least 2 dimensions.")
+        self._layer_ref = weakref.ref(layer)
+        self._suspended = 0
+        self._attached = False
+        self._original_undo = None
+        self._original_redo = None
+        # normalise whatever is stored (lists from a reader, tuples, ...)
+        self._write(planes_in_metadata(layer.metadata))
+        self.attach()
+
+    # ---------------------------------------------------------------- creation
+    @classmethod
+    def for_layer(cls, layer: Any) -> "CorrectedSlices":
+        """The tracker of ``layer``, created and attached on first use."""
+        for _ in range(5):  # napari hands plugins PublicOnlyProxy objects: track the layer itself
+            inner = getattr(layer, "__wrapped__", None)
+            if inner is None:
+                break
+            layer = inner
+        tracker = _TRACKERS.get(layer)
+        if tracker is None:
+            tracker = cls(layer)
+            _TRACKERS[layer] = tracker
+        elif not tracker._attached:
+            tracker.attach()
+        return tracker
+
+    @property
+    def layer(self) -> Any:
+        layer = self._layer_ref()
+        if layer is None:
+            raise RuntimeError("The Labels layer of these corrected slices no longer exists.")
+        return layer
+
+    @property
+    def n_lead(self) -> int:
+        """Number of leading (non-plane) axes of the layer."""
+        return self.layer.ndim - 2
+
+    # ---------------------------------------------------------------- listening
+    def attach(self) -> None:
+        """Listen to the layer's edits (paint event; undo/redo wrapped)."""
+        if self._attached:
+            return
+        layer = self.layer
+        layer.events.paint.connect(self._on_paint)
+        layer.events.data.connect(self._on_data_replaced)
+        self._original_undo = layer.undo
+        self._original_redo = layer.redo
+        tracker_ref = weakref.ref(self)
+        original_undo, original_redo = self._original_undo, self._original_redo
+
+        def undo() -> None:
+            tracker = tracker_ref()
+            if tracker is not None:
+                tracker._before_replay("_undo_history")
+            original_undo()
+
+        def redo() -> None:
+            tracker = tracker_ref()
+            if tracker is not None:
+                tracker._before_replay("_redo_history")
+            original_redo()
+
+        layer.undo = undo
+        layer.redo = redo
+        self._attached = True
+
+    def detach(self) -> None:
+        """Stop listening (the stored list stays in the layer's metadata)."""
+        if not self._attached:
+            return
+        layer = self._layer_ref()
+        if layer is not None:
+            layer.events.paint.disconnect(self._on_paint)
+            layer.events.data.disconnect(self._on_data_replaced)
+            for name in ("undo", "redo"):
+                if name in vars(layer):
+                    delattr(layer, name)
+        self._attached = False
+
+    @contextlib.contextmanager
+    def suspended(self) -> Iterator[None]:
+        """Edits made inside this block are not recorded (e.g. writing model output)."""
+        self._suspended += 1
+        try:
+            yield
+        finally:
+            self._suspended -= 1
+
+    def _on_paint(self, event: Any) -> None:
+        if self._suspended:
+            return
+        layer = self.layer
+        self.update(planes_of_history_item(getattr(event, "value", None), layer.ndim, layer.data.shape))
+
+    def _before_replay(self, history_name: str) -> None:
+        if self._suspended:
+            return
+        layer = self.layer
+        history = getattr(layer, history_name, None)
+        if history:
+            self.update(planes_of_history_item(history[-1], layer.ndim, layer.data.shape))
+
+    def _on_data_replaced(self, event: Any = None) -> None:
+        """``layer.data = new`` of another shape: drop planes that no longer exist."""
+        layer = self.layer
+        if layer.ndim < 2:
+            return
+        shape = layer.data.shape[: layer.ndim - 2]
+        kept = [p for p in self.planes if len(p) == len(shape) and all(0 <= i < s for i, s in zip(p, shape))]
+        if kept != self.planes:
+            self._write(kept)
+            self.changed.emit()
+
+    # ---------------------------------------------------------------- the set
+    @property
+    def planes(self) -> list[Plane]:
+        """Corrected planes, sorted."""
+        return planes_in_metadata(self.layer.metadata)
+
+    def _write(self, planes: Iterable[Plane]) -> None:
+        self.layer.metadata[CORRECTED_KEY] = [list(p) for p in sorted(set(planes))]
+
+    def _check(self, plane: Any) -> Plane:
+        plane = as_plane(plane)
+        layer = self.layer
+        shape = layer.data.shape[: self.n_lead]
+        if len(plane) != len(shape) or not all(0 <= i < s for i, s in zip(plane, shape)):
+            raise ValueError(
+                f"Slice {plane} does not exist in {layer.name!r} (leading axes of size {tuple(shape)})."
+            )
+        return plane
+
+    def update(self, planes: Iterable[Any]) -> bool:
+        """Mark several planes; returns True if the set changed."""
+        new = {self._check(p) for p in planes}
+        current = set(self.planes)
+        if new <= current:
+            return False
+        self._write(current | new)
+        self.changed.emit()
+        return True
+
+    def mark(self, plane: Any) -> bool:
+        """Mark one plane as corrected (e.g. "this slice is right as it is")."""
+        return self.update([plane])
+
+    def unmark(self, plane: Any) -> bool:
+        """Remove one plane from the set; returns True if it was there."""
+        plane = as_plane(plane)
+        current = set(self.planes)
+        if plane not in current:
+            return False
+        current.discard(plane)
+        self._write(current)
+        self.changed.emit()
+        return True
+
+    def clear(self) -> None:
+        if self.planes:
+            self._write([])
+            self.changed.emit()
+
+    def __contains__(self, plane: Any) -> bool:
+        try:
+            return as_plane(plane) in set(self.planes)
+        except ValueError:
+            return False
+
+    def __iter__(self) -> Iterator[Plane]:
+        return iter(self.planes)
+
+    def __len__(self) -> int:
+        return len(self.planes)
+
+    def __repr__(self) -> str:
+        layer = self._layer_ref()
+        name = getattr(layer, "name", "?")
+        return f"CorrectedSlices({name!r}, {self.planes})"
+
+    # ---------------------------------------------------------------- files
+    def save(self, labels_path: str | os.PathLike) -> Path:
+        """Write the list beside a saved labels file (see :func:`save_corrected_list`)."""
+        return save_corrected_list(labels_path, self.planes)
+
+    def load(self, labels_path: str | os.PathLike) -> list[Plane]:
+        """Add the planes stored beside ``labels_path`` (planes outside the layer are ignored)."""
+        shape = self.layer.data.shape[: self.n_lead]
+        found = [
+            p for p in load_corrected_list(labels_path)
+            if len(p) == len(shape) and all(0 <= i < s for i, s in zip(p, shape))
+        ]
+        self.update(found)
+        return found
+
+
+def format_plane(plane: Plane) -> str:
+    """Human-readable name of a plane: "slice 17", "slice (3, 2)", "the image"."""
+    if not plane:
+        return "the image"
+    if len(plane) == 1:
+        return f"slice {plane[0]}"
+    return f"slice {tuple(plane)}"

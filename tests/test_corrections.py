@@ -1,0 +1,147 @@
+"""Corrected slices: a Labels layer records which planes the user changed, through its own edits."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from napari.layers import Labels
+
+from napari_unet.widgets._corrections import (
+    CORRECTED_KEY,
+    CorrectedSlices,
+    load_corrected_list,
+    save_corrected_list,
+    sidecar_path,
+)
+from napari_unet.widgets._registry import get_widget, register_widget, unregister_widget
+
+
+@pytest.fixture
+def stack_layer() -> Labels:
+    layer = Labels(np.zeros((5, 32, 32), dtype=np.int32), name="cells masks")
+    layer.brush_size = 5
+    return layer
+
+
+def test_brush_fill_polygon_setitem_mark_their_planes(stack_layer):
+    layer = stack_layer
+    tracker = CorrectedSlices.for_layer(layer)
+    assert CorrectedSlices.for_layer(layer) is tracker  # one tracker per layer
+    assert tracker.planes == []
+
+    layer.paint((2, 10, 10), 3)  # what the brush does on slice 2
+    assert tracker.planes == [(2,)]
+    assert layer.data[2, 10, 10] == 3
+
+    layer.fill((4, 1, 1), 2)  # the fill bucket on slice 4
+    assert tracker.planes == [(2,), (4,)]
+    assert (layer.data[4] == 2).all()
+
+    layer.paint_polygon([(1, 2, 2), (1, 2, 12), (1, 12, 12)], 4)
+    layer.data_setitem((np.array([3, 3]), np.array([1, 2]), np.array([1, 1])), 5)
+    assert tracker.planes == [(1,), (2,), (3,), (4,)]
+
+    layer.paint((2, 20, 20), 6)  # a second edit of slice 2 is not listed twice
+    assert tracker.planes == [(1,), (2,), (3,), (4,)]
+    assert layer.metadata[CORRECTED_KEY] == [[1], [2], [3], [4]]  # plain JSON lists
+    assert len(tracker) == 4 and (2,) in tracker and (0,) not in tracker
+
+
+def test_eraser_undo_and_redo_mark_planes(stack_layer):
+    layer = stack_layer
+    layer.data[0, 5:15, 5:15] = 7  # segmentation written directly: not a correction
+    tracker = CorrectedSlices.for_layer(layer)
+    layer.paint((0, 10, 10), 0)  # eraser = painting background
+    assert tracker.planes == [(0,)]
+    assert layer.data[0, 10, 10] == 0
+
+    layer.paint((3, 10, 10), 1)
+    tracker.clear()
+    layer.undo()  # the undo changed slice 3 back
+    assert layer.data[3, 10, 10] == 0
+    assert tracker.planes == [(3,)]
+    tracker.clear()
+    layer.redo()
+    assert layer.data[3, 10, 10] == 1
+    assert tracker.planes == [(3,)]
+
+
+def test_2d_layer_and_4d_layer(stack_layer):
+    flat = Labels(np.zeros((16, 16), dtype=np.int32))
+    t2 = CorrectedSlices.for_layer(flat)
+    flat.paint((4, 4), 1)
+    assert t2.planes == [()]
+
+    tz = Labels(np.zeros((2, 3, 16, 16), dtype=np.uint16))
+    t4 = CorrectedSlices.for_layer(tz)
+    tz.paint((1, 2, 8, 8), 9)
+    assert t4.planes == [(1, 2)]
+    # a 3D brush edits several planes at once: all of them are listed
+    tz.n_edit_dimensions = 3
+    tz.brush_size = 3
+    tz.paint((0, 1, 8, 8), 4)
+    assert t4.planes == [(0, 0), (0, 1), (0, 2), (1, 2)]
+
+
+def test_mark_unmark_and_bad_plane(stack_layer):
+    tracker = CorrectedSlices.for_layer(stack_layer)
+    seen = []
+    tracker.changed.connect(lambda: seen.append(tracker.planes))
+    assert tracker.mark(3) is True
+    assert tracker.mark((3,)) is False  # already there
+    assert tracker.unmark(3) is True and tracker.unmark(3) is False
+    assert seen == [[(3,)], []]
+    with pytest.raises(ValueError, match="does not exist"):
+        tracker.mark(9)
+
+
+def test_metadata_from_a_reader_is_used_and_survives(stack_layer):
+    stack_layer.metadata[CORRECTED_KEY] = [[4], (1,), [4]]  # e.g. read from a sidecar
+    tracker = CorrectedSlices.for_layer(stack_layer)
+    assert tracker.planes == [(1,), (4,)]
+    assert stack_layer.metadata[CORRECTED_KEY] == [[1], [4]]
+
+
+def test_sidecar_round_trip_is_atomic(tmp_path, stack_layer):
+    labels_file = tmp_path / "cells masks.tif"
+    tracker = CorrectedSlices.for_layer(stack_layer)
+    stack_layer.paint((2, 3, 3), 1)
+    stack_layer.paint((0, 3, 3), 1)
+    written = tracker.save(labels_file)
+    assert written == sidecar_path(labels_file) == tmp_path / "cells masks.tif.corrected.json"
+    assert json.loads(written.read_text())["planes"] == [[0], [2]]
+    assert [p.name for p in tmp_path.iterdir()] == [written.name]  # no temporary file left
+    assert load_corrected_list(labels_file) == [(0,), (2,)]
+
+    # reopen: a fresh layer gets the list back
+    reopened = Labels(np.zeros((5, 32, 32), dtype=np.int32))
+    assert CorrectedSlices.for_layer(reopened).load(labels_file) == [(0,), (2,)]
+    assert reopened.metadata[CORRECTED_KEY] == [[0], [2]]
+
+    # the writer can pass the layer or its metadata
+    save_corrected_list(labels_file, {CORRECTED_KEY: [[4]]})
+    assert load_corrected_list(labels_file) == [(4,)]
+    assert load_corrected_list(tmp_path / "other.tif") == []
+    written.write_text("not json")
+    with pytest.raises(ValueError, match="corrected slices"):
+        load_corrected_list(labels_file)
+
+
+def test_registry_keeps_weak_references():
+    class Viewer:  # any object with identity stands for a viewer here
+        pass
+
+    class Widget:
+        pass
+
+    viewer, widget = Viewer(), Widget()
+    register_widget(viewer, "segment", widget)
+    assert get_widget(viewer, "segment") is widget
+    assert get_widget(viewer, "finetune") is None
+    unregister_widget(viewer, "segment", widget)
+    assert get_widget(viewer, "segment") is None
+    register_widget(viewer, "segment", widget)
+    del widget
+    assert get_widget(viewer, "segment") is None
