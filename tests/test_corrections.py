@@ -145,3 +145,23 @@ def test_registry_keeps_weak_references():
     register_widget(viewer, "segment", widget)
     del widget
     assert get_widget(viewer, "segment") is None
+
+
+def test_corrected_list_survives_save_and_reopen(make_napari_viewer, tmp_path):
+    """Saving the masks with napari's File > Save and opening the file again keeps the list."""
+    viewer = make_napari_viewer()
+    masks = viewer.add_labels(np.zeros((3, 32, 32), np.int32), name="cells masks")
+    tracker = CorrectedSlices.for_layer(masks)
+    masks.brush_size = 3
+    masks.paint((2, 10, 10), 5)
+    tracker.mark((0,))
+    path = tmp_path / "cells masks.tif"
+    viewer.layers.selection.clear()
+    viewer.layers.selection.add(masks)
+    viewer.layers.save(str(path), selected=True, plugin="napari-unet")
+    assert path.is_file() and sidecar_path(path).is_file()
+    viewer.layers.clear()
+    (layer,) = viewer.open(str(path), plugin="napari-unet")
+    assert layer.__class__.__name__ == "Labels"
+    assert CorrectedSlices.for_layer(layer).planes == [(0,), (2,)]
+    assert layer.data[2, 10, 10] == 5

@@ -227,7 +227,6 @@ def run(args: argparse.Namespace) -> int:
                     bar.refresh()
                 bar.set_postfix(loss=f"{event.loss:.3f}")
             elif isinstance(event, Validation):
-                last_val = event
                 log.info("step %d: validation AP@0.5 %.3f", event.step, event.ap50)
     finally:
         if bar is not None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ._corrected import CORRECTED_KEY, load_corrected_list, sidecar_path
 from ._formats import StackInfo, StackReadError, detect_kind, open_any
 
 log = logging.getLogger(__name__)
@@ -283,11 +284,25 @@ def reader_function(path: str | list[str]) -> list[LayerData]:
     if isinstance(path, list):
         path = path[0]
     try:
-        return read_layer_data(path)
-    except StackReadError as e:
+        layers = read_layer_data(path)
+        if sidecar_path(path).is_file():  # a labels file saved by napari-unet
+            return [as_labels_layer(layer, load_corrected_list(path)) for layer in layers]
+        return layers
+    except (StackReadError, ValueError) as e:
         log.warning("%s", e)
         _notify_error(str(e))
         return [(None,)]  # type: ignore[list-item]
+
+
+_IMAGE_ONLY_KEYS = ("contrast_limits", "rgb", "colormap", "gamma", "interpolation2d", "interpolation3d")
+
+
+def as_labels_layer(layer: LayerData, corrected: list[tuple[int, ...]]) -> LayerData:
+    """An image layer tuple turned into a Labels layer tuple carrying the corrected-slices list."""
+    data, meta, _kind = layer
+    meta = {k: v for k, v in dict(meta).items() if k not in _IMAGE_ONLY_KEYS}
+    meta["metadata"] = {**meta.get("metadata", {}), CORRECTED_KEY: [list(p) for p in corrected]}
+    return (data, meta, "labels")
 
 
 def _notify_error(message: str) -> None:

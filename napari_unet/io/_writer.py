@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ._axes import AxesError, check_axes, guess_axes
+from ._corrected import save_corrected_list
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +196,8 @@ def napari_write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]
     try:
         axes = _axes_from_layer_meta(meta, arr.ndim)
         written = write_labels(path, arr, scale=meta.get("scale"), axes=axes)
+        # the corrected-slices list travels beside the file (and marks it as labels)
+        save_corrected_list(written, meta.get("metadata") or {})
     except (LabelsWriteError, OSError) as e:
         message = f"Labels not saved to '{Path(path).name}': {e}"
         log.warning("%s", message)

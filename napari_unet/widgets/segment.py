@@ -38,7 +38,6 @@ from ._base import (
     current_plane_index,
     format_seconds,
     notify_error,
-    notify_info,
     notify_warning,
     one_line,
     spatial_ndim,

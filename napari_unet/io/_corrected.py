@@ -1,0 +1,127 @@
+"""The corrected-slices list of a labels file, kept beside it as ``<labels>.corrected.json``.
+
+Plain JSON, no napari: the labels writer saves it, the reader restores it into the layer's
+metadata (key :data:`CORRECTED_KEY`), and the widgets track edits into it
+(``napari_unet.widgets._corrections``). A labels file written by napari-unet always has this
+sidecar (possibly with an empty list), which is also how the reader knows to open the file
+as a Labels layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: Key of the corrected-plane list in a Labels layer's metadata.
+CORRECTED_KEY = "napari_unet_corrected"
+#: Suffix of the sidecar file written beside a labels file.
+SIDECAR_SUFFIX = ".corrected.json"
+SIDECAR_FORMAT = "napari-unet-corrected-slices"
+
+Plane = tuple[int, ...]
+
+
+def as_plane(plane: Any) -> Plane:
+    """A plane index as a tuple of Python ints (accepts ints, lists, tuples, numpy ints)."""
+    if isinstance(plane, (int, np.integer)):
+        return (int(plane),)
+    try:
+        return tuple(int(i) for i in plane)
+    except TypeError as exc:
+        raise ValueError(f"A plane index must be a sequence of integers, got {plane!r}.") from exc
+
+
+def planes_in_metadata(metadata: dict | None) -> list[Plane]:
+    """Sorted, unique planes stored in a layer's metadata (empty when none)."""
+    stored = (metadata or {}).get(CORRECTED_KEY) or []
+    try:
+        return sorted({as_plane(p) for p in stored})
+    except ValueError:
+        log.warning("Ignoring a malformed %r entry in layer metadata: %r", CORRECTED_KEY, stored)
+        return []
+
+
+def sidecar_path(labels_path: str | os.PathLike) -> Path:
+    """``<labels file>.corrected.json`` beside the labels file."""
+    path = Path(labels_path)
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def save_corrected_list(labels_path: str | os.PathLike, planes: Iterable[Any] | dict | Any) -> Path:
+    """Write the corrected planes beside a saved labels file, atomically.
+
+    Parameters
+    ----------
+    labels_path : path
+        The labels file (e.g. ``cells masks.tif``); the list goes to
+        ``cells masks.tif.corrected.json``.
+    planes : iterable of plane indices, a layer metadata dict, or a Labels layer
+        What to store. A dict or a layer is read through ``CORRECTED_KEY``.
+
+    Returns
+    -------
+    Path
+        The sidecar file written.
+
+    Raises
+    ------
+    OSError
+        If the folder cannot be written; an earlier sidecar stays intact.
+    """
+    if hasattr(planes, "metadata") and not isinstance(planes, dict):
+        planes = planes.metadata
+    if isinstance(planes, dict):
+        plane_list = planes_in_metadata(planes)
+    else:
+        plane_list = sorted({as_plane(p) for p in planes})
+    target = sidecar_path(labels_path)
+    payload = {
+        "format": SIDECAR_FORMAT,
+        "version": 1,
+        "labels_file": Path(labels_path).name,
+        "planes": [list(p) for p in plane_list],
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(payload, fh, indent=1)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return target
+
+
+def load_corrected_list(labels_path: str | os.PathLike) -> list[Plane]:
+    """Corrected planes stored beside ``labels_path`` (empty list when there is no sidecar).
+
+    Raises
+    ------
+    ValueError
+        If the sidecar exists but is not a corrected-slices list.
+    """
+    target = sidecar_path(labels_path)
+    if not target.is_file():
+        return []
+    try:
+        data = json.loads(target.read_text(encoding="utf-8"))
+        planes = data["planes"] if isinstance(data, dict) else data
+        return sorted({as_plane(p) for p in planes})
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"{target.name} is not a list of corrected slices ({exc}); delete or fix it."
+        ) from exc
