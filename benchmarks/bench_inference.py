@@ -1,0 +1,319 @@
+"""Inference benchmark: tiled prediction vs MONAI sliding windows vs one whole-image pass.
+
+Run (CPU, the figures in RESULTS.md)::
+
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_inference.py
+
+and on a GPU (bf16 autocast, channels-last, several tiles per batch)::
+
+    python benchmarks/bench_inference.py --gpu
+
+Parts:
+
+1. A 2048 x 2048 plane (a 4 x 4 mosaic of ISBI 2012 EM slices, real data) through the
+   default model's network: ``predict_probabilities`` (automatic tiles) and ``segment``;
+   MONAI's ``sliding_window_inference`` with the same network, tile and overlap; one
+   forward pass over the whole image (upper bound). Also at a fixed 512-pixel tile.
+   Median time, megapixels/s, ratios and useful GFLOP/s beside a measured matmul peak.
+2. Latency of "segment the current slice": a 1024 x 1024 plane, default model, CPU.
+3. Peak memory of a whole-stack run streamed from a memory-mapped TIFF into a
+   memory-mapped output, for two stack lengths (memory must not grow with the stack).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from napari_unet.core import SegmentationModel, UNet
+from napari_unet.core.predict import predict_probabilities, segment
+from napari_unet.core.preprocess import prepare_plane
+from napari_unet.core.tiling import default_halo, plan_tiles
+
+DATA = ROOT.parent / "shared" / "data"
+
+
+def default_model(device: str) -> tuple[SegmentationModel, str]:
+    path = ROOT / "napari_unet" / "models" / "nuclei.pt"
+    if path.is_file():
+        from napari_unet.core import load_model
+
+        return load_model(path, device=device), "napari_unet/models/nuclei.pt"
+    torch.manual_seed(0)
+    net = UNet(in_channels=1, n_classes=3, base_width=16, depth=4, padding="same", norm="batch").eval()
+    model = SegmentationModel(net, "bg-interior-boundary", metadata={"name": "untrained-default-config"})
+    return model.to(device), "untrained UNet(1, 3, base_width=16, depth=4, same, batch) (nuclei.pt absent)"
+
+
+def test_image(size: int) -> np.ndarray:
+    """A size x size mosaic of ISBI 2012 slices (real EM data), or noise if absent."""
+    vol_path = DATA / "isbi2012" / "volume.tif"
+    if vol_path.is_file():
+        import tifffile
+
+        vol = tifffile.imread(vol_path)
+        n = -(-size // vol.shape[1])
+        rows = [np.concatenate([vol[(r * n + c) % len(vol)] for c in range(n)], axis=1) for r in range(n)]
+        return np.ascontiguousarray(np.concatenate(rows, axis=0)[:size, :size])
+    return (np.random.default_rng(0).random((size, size)) * 255).astype(np.uint8)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device, repeats: int, warmup: bool = False) -> list[float]:
+    if warmup:  # first calls create oneDNN / cuDNN plans for the shapes (the median absorbs it otherwise)
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def matmul_peak_gflops(device: torch.device, dtype: torch.dtype) -> float:
+    n = 4096 if device.type == "cuda" else 2048
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    reps = 20 if device.type == "cuda" else 3
+    t = min(timed(lambda: [a @ b for _ in range(reps)], device, 3, warmup=True)) / reps
+    return 2 * n**3 / t / 1e9
+
+
+def flops_per_pixel(net: torch.nn.Module, device: torch.device) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, net.config.in_channels, 256, 256, device=device)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        net(x)
+    return counter.get_total_flops() / (256 * 256)
+
+
+def bench_2048(model: SegmentationModel, args, device: torch.device) -> dict:
+    from monai.inferers import sliding_window_inference
+
+    image = test_image(args.size)
+    net = model.net
+    amp = torch.bfloat16 if (args.gpu and torch.cuda.is_bf16_supported()) else (torch.float16 if args.gpu else None)
+    precision = "auto" if args.gpu else "fp32"
+    channels_last = bool(args.gpu)
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    fpp = flops_per_pixel(net, device)
+    useful_gflop = fpp * args.size**2 / 1e9
+    peak = matmul_peak_gflops(device, torch.float32)
+    peak_amp = matmul_peak_gflops(device, amp) if amp is not None else None
+    results: dict = {"image": f"{args.size}x{args.size} (ISBI 2012 mosaic)", "flops_per_pixel": fpp,
+                     "useful_gflop": useful_gflop, "matmul_peak_gflops_fp32": peak,
+                     "matmul_peak_gflops_amp": peak_amp, "runs": []}
+    mp = args.size**2 / 1e6
+
+    def whole():
+        chw = prepare_plane(image, 1, model.normalization)
+        x = torch.from_numpy(chw)[None].to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            p = torch.softmax(net(x).float(), 1)
+        return p.cpu().numpy()
+
+    # All variants run round-robin (whole, ours, segment, MONAI, ... then again) so that the
+    # load of other processes on a shared machine affects them alike; medians are reported.
+    configs = []
+    for tile in (None, 512):
+        if tile is None:  # what the engine chooses automatically
+            from napari_unet.core.predict import _Engine
+
+            eng = _Engine(model, None, None, None, None, precision, channels_last)
+            plan, batch = eng.plan((args.size, args.size)), eng.batch_size
+        else:
+            plan = plan_tiles((args.size, args.size), net, tile, None)
+            batch = 8 if args.gpu else 1
+        configs.append((tile, plan, batch))
+
+    def make_fns(plan, batch):
+        roi = plan.tile_shape
+        overlap = 2 * default_halo(net) / roi[0]
+        kw = dict(tile_size=roi[0], batch_size=batch, precision=precision, channels_last=channels_last)
+
+        def ours():
+            return predict_probabilities(model, image, **kw)
+
+        def ours_segment():
+            return segment(model, image, **kw)
+
+        def monai():
+            chw = prepare_plane(image, 1, model.normalization)
+            x = torch.from_numpy(chw)[None].to(device)
+            with torch.inference_mode(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                p = sliding_window_inference(
+                    x, roi_size=roi, sw_batch_size=batch, predictor=net, overlap=overlap,
+                    mode="constant", padding_mode="reflect",
+                )
+                p = torch.softmax(p.float(), 1)
+            return p.cpu().numpy()
+
+        return {"predict": ours, "segment": ours_segment, "monai": monai}, overlap
+
+    fns = {"whole": whole}
+    overlaps = {}
+    for i, (tile, plan, batch) in enumerate(configs):
+        f, overlaps[i] = make_fns(plan, batch)
+        fns.update({f"{k}@{i}": v for k, v in f.items()})
+    times = {k: [] for k in fns}
+    for r in range(args.repeats):
+        for k, fn in fns.items():
+            times[k] += timed(fn, device, 1)
+            print(f"  repeat {r + 1}: {k} {times[k][-1]:.2f} s", flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    results["all_times_s"] = times
+    results["whole_image_pass_s"] = med["whole"]
+    for i, (tile, plan, batch) in enumerate(configs):
+        m_ours, m_seg, m_monai = med[f"predict@{i}"], med[f"segment@{i}"], med[f"monai@{i}"]
+        roi = plan.tile_shape
+        run = {
+            "tile": f"{'auto ' if tile is None else ''}{roi[0]}x{roi[1]}", "tiles": plan.n_tiles, "batch": batch,
+            "overlap_px": 2 * default_halo(net), "overlap_fraction": round(overlaps[i], 3),
+            "predict_probabilities_s": m_ours, "segment_s": m_seg, "monai_s": m_monai,
+            "predict_mpix_s": mp / m_ours, "monai_mpix_s": mp / m_monai, "whole_mpix_s": mp / med["whole"],
+            "speedup_vs_monai": m_monai / m_ours, "fraction_of_whole_pass": med["whole"] / m_ours,
+            "useful_gflops": useful_gflop / m_ours, "monai_useful_gflops": useful_gflop / m_monai,
+        }
+        results["runs"].append(run)
+        print(json.dumps(run), flush=True)
+    results["whole_useful_gflops"] = useful_gflop / results["whole_image_pass_s"]
+    return results
+
+
+def bench_slice_latency(model: SegmentationModel, repeats: int) -> dict:
+    image = test_image(1024)
+    segment(model, image[:256, :256])  # warm-up
+    times = timed(lambda: segment(model, image), torch.device("cpu"), repeats, warmup=True)
+    return {"plane": "1024x1024", "median_s": statistics.median(times), "all_s": times}
+
+
+_STACK_CHILD = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+from napari_unet.batch import segment_to_ome_zarr
+from napari_unet.core import load_model, SegmentationModel, UNet
+from napari_unet.io import read_stack
+import torch
+try:
+    model = load_model(sys.argv[1] + "/napari_unet/models/nuclei.pt", device="cpu")
+except Exception:
+    torch.manual_seed(0)
+    model = SegmentationModel(UNet(1, 3, 16, 4, "same", "batch").eval())
+data, info = read_stack(sys.argv[2], lazy=True)  # dask array over tifffile's zarr store
+t0 = time.perf_counter()
+segment_to_ome_zarr(model, data, sys.argv[3], axes="ZYX")
+# VmHWM: peak resident memory of this process (ru_maxrss would include the parent's before exec)
+hwm_kb = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+print(json.dumps({"planes": data.shape[0], "plane": list(data.shape[1:]), "input_gb": data.nbytes / 1e9,
+                  "seconds": time.perf_counter() - t0, "peak_rss_mb": hwm_kb / 1024}))
+"""
+
+
+def bench_stack_memory(lengths: list[int], plane: int, content_planes: int = 2) -> list[dict]:
+    """Peak memory of ``read_stack(lazy=True)`` + ``batch.segment_to_ome_zarr`` over stacks of
+    uint16 planes on disk. ``content_planes`` planes (spread over the stack) hold EM images and
+    go through the network; the others are constant (read, found empty, written as zeros): the
+    point is that memory does not grow with the stack, and the network time stays affordable."""
+    import tifffile
+
+    out = []
+    base = test_image(plane).astype(np.uint16) * 200
+    empty = np.full((plane, plane), 100, dtype=np.uint16)
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+        for n in lengths:
+            src = Path(tmp) / f"stack{n}.tif"
+            content = set(np.linspace(0, n - 1, content_planes).astype(int).tolist())
+            with tifffile.TiffWriter(src, bigtiff=True) as tw:  # plane by plane: never in memory
+                for i in range(n):
+                    tw.write(np.roll(base, 37 * i, axis=1) if i in content else empty, contiguous=True,
+                             photometric="minisblack", metadata={"axes": "ZYX"} if i == 0 else None)
+            res = subprocess.run(
+                [sys.executable, "-c", _STACK_CHILD, str(ROOT), str(src), str(Path(tmp) / f"out{n}.ome.zarr")],
+                capture_output=True, text=True,
+            )
+            if res.returncode:
+                print(res.stderr[-2000:])
+                raise SystemExit("stack benchmark failed")
+            row = json.loads(res.stdout.strip().splitlines()[-1])
+            row["content_planes"] = len(content)
+            print(json.dumps(row), flush=True)
+            out.append(row)
+            src.unlink()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gpu", action="store_true", help="CUDA with bf16/fp16 autocast and channels-last")
+    parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--stack", default="64,256", help="stack lengths for the memory test ('' to skip)")
+    parser.add_argument("--stack-plane", type=int, default=2048)
+    parser.add_argument("--only-stack", action="store_true", help="run only the stack memory test")
+    parser.add_argument("--json", default=None, help="write all figures to this file")
+    args = parser.parse_args()
+    device = torch.device("cuda" if args.gpu else "cpu")
+    if args.gpu and not torch.cuda.is_available():
+        sys.exit("--gpu needs a CUDA GPU")
+    if args.only_stack:
+        print(json.dumps(bench_stack_memory([int(v) for v in args.stack.split(",")], args.stack_plane)))
+        return
+    model, model_desc = default_model(str(device))
+    info = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": _machine(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "model": model_desc,
+    }
+    print(json.dumps(info), flush=True)
+    info["bench"] = bench_2048(model, args, device)
+    cpu_model, _ = default_model("cpu")
+    info["slice_latency"] = bench_slice_latency(cpu_model, args.repeats)
+    print(json.dumps(info["slice_latency"]), flush=True)
+    if args.stack:
+        info["stack_memory"] = bench_stack_memory([int(s) for s in args.stack.split(",")], args.stack_plane)
+    info["max_rss_mb_parent"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.json:
+        Path(args.json).write_text(json.dumps(info, indent=1))
+    print(json.dumps(info, indent=1))
+
+
+def _machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        name = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name}, {os.cpu_count()} cores"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""Whole-stack and folder segmentation through dask, on local threads or a dask.distributed cluster.
+
+The stack is chunked by 2D plane (each chunk holds whole planes: the overlap that tiles
+need lives inside a plane, so chunks need no overlap with each other). Each worker loads
+the model once, segments its planes with :func:`napari_unet.core.segment`, and the labels
+are streamed into an OME-Zarr (NGFF 0.4, zarr format 2) as planes finish: memory stays
+bounded by (threads x one plane) whatever the size of the stack.
+
+Example::
+
+    from napari_unet.batch import segment_to_ome_zarr
+    segment_to_ome_zarr(model, dask_stack, "out/cells_masks.ome.zarr",
+                        scheduler="tcp://10.0.0.5:8786")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from napari_unet.core.checkpoint import SegmentationModel, read_model_file
+from napari_unet.core.instances import DEFAULT_MIN_SIZE, DEFAULT_THRESHOLD
+from napari_unet.core.predict import stack_layout
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ModelSpec", "segment_to_ome_zarr", "write_ome_zarr_labels_metadata"]
+
+
+class ModelSpec:
+    """A picklable reference to a model that workers load once and keep.
+
+    Holds the model file's path when the model came from a file that workers can read
+    (shared file system), else the serialised model itself (a few MB).
+    """
+
+    _cache: ClassVar[dict[str, SegmentationModel]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, model: SegmentationModel, device: str | None = None, use_path: bool = True) -> None:
+        path = model.metadata.get("path")
+        self.device = device
+        if use_path and path and Path(path).is_file():
+            self.path: str | None = str(path)
+            self.payload: bytes | None = None
+            self.key = f"{path}:{os.path.getmtime(path)}"
+        else:
+            import torch
+
+            buf = io.BytesIO()
+            torch.save(model.to_dict(), buf)
+            self.path = None
+            self.payload = buf.getvalue()
+            self.key = hashlib.sha1(self.payload).hexdigest()
+
+    def __dask_tokenize__(self) -> str:
+        return self.key
+
+    def get(self) -> SegmentationModel:
+        """The model, loaded on first use in this process (thread-safe)."""
+        with ModelSpec._lock:
+            model = ModelSpec._cache.get(self.key)
+            if model is None:
+                if self.path is not None:
+                    model = read_model_file(self.path, device=self.device or "cpu")
+                else:
+                    import torch
+
+                    data = torch.load(io.BytesIO(self.payload), map_location="cpu", weights_only=True)
+                    model = SegmentationModel.from_dict(data).to(self.device or "cpu")
+                ModelSpec._cache[self.key] = model
+        return model
+
+
+def _segment_block(block: np.ndarray, spec: ModelSpec, options: dict[str, Any], rgb: bool, n_lead: int) -> np.ndarray:
+    """Segment every plane of one chunk (..., H, W[, 3]) -> (..., H, W) int32."""
+    from napari_unet.core.predict import segment
+
+    model = spec.get()
+    lead = block.shape[:n_lead]
+    plane_shape = block.shape[n_lead : n_lead + 2]
+    out = np.zeros(lead + plane_shape, dtype=np.int32)
+    # one model per process: threads take turns on it (torch uses all cores per call anyway)
+    with _model_locks.setdefault(spec.key, threading.Lock()):
+        for idx in np.ndindex(*lead) if lead else [()]:
+            out[idx] = segment(model, np.asarray(block[idx]), rgb=rgb, **options)
+    return out
+
+
+_model_locks: dict[str, threading.Lock] = {}
+
+
+def write_ome_zarr_labels_metadata(group: Any, axes: str, scale: Sequence[float] | None, name: str) -> None:
+    """OME-NGFF 0.4 ``multiscales`` metadata (one level, dataset "0") on a zarr group."""
+    kinds = {"T": ("time", "second"), "C": ("channel", None), "Z": ("space", "micrometer"),
+             "Y": ("space", "micrometer"), "X": ("space", "micrometer")}
+    axes_meta = []
+    for letter in axes:
+        kind, unit = kinds.get(letter, ("space", None))
+        entry: dict[str, Any] = {"name": letter.lower(), "type": kind}
+        if unit and scale is not None:
+            entry["unit"] = unit
+        axes_meta.append(entry)
+    group.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "name": name,
+            "axes": axes_meta,
+            "datasets": [
+                {
+                    "path": "0",
+                    "coordinateTransformations": [
+                        {"type": "scale", "scale": [float(s) for s in (scale or [1.0] * len(axes))]}
+                    ],
+                }
+            ],
+        }
+    ]
+    group.attrs["image-label"] = {"version": "0.4", "source": {"image": "../../"}}
+
+
+def _default_axes(n: int) -> str:
+    return {2: "YX", 3: "ZYX", 4: "TZYX"}.get(n, "TZYX"[-n:] if n <= 4 else "Q" * n)
+
+
+def segment_to_ome_zarr(
+    model: SegmentationModel,
+    image: Any,
+    out_path: str | os.PathLike,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    min_size: int = DEFAULT_MIN_SIZE,
+    rgb: bool | None = None,
+    scheduler: str | Any | None = None,
+    tile_size: int | None = None,
+    device: str | None = None,
+    axes: str | None = None,
+    scale: Sequence[float] | None = None,
+    overwrite: bool = False,
+    show_progress: bool = False,
+) -> Path:
+    """Segment a stack plane by plane with dask and write the labels to an OME-Zarr.
+
+    Parameters
+    ----------
+    model : SegmentationModel
+        The model (sent to workers once: by path when it came from a file, else serialised).
+    image : array-like
+        (..., H, W) or (..., H, W, 3); numpy, memory map, zarr or dask array. Only whole
+        planes are read by each task.
+    out_path : str or PathLike
+        Destination folder (``.ome.zarr``); written under a temporary name and renamed
+        when complete.
+    threshold, min_size : float, int
+        Post-processing (see :func:`napari_unet.core.probabilities_to_labels`).
+    rgb : bool, optional
+        Whether the last axis is colour (default: if it has 3 or 4 entries).
+    scheduler : str or distributed.Client, optional
+        None: dask's local threads. An address ("tcp://host:8786") or a ``Client``: that
+        dask.distributed cluster (workers must be able to import napari_unet; the model
+        path, if used, must be readable by them).
+    tile_size, device : optional
+        Passed to :func:`napari_unet.core.segment` on the workers.
+    axes : str, optional
+        Axis letters of the labels (e.g. "TZYX"); default guessed from the number of axes.
+    scale : sequence of float, optional
+        Physical pixel size per labels axis.
+    overwrite : bool
+        Replace an existing ``out_path``.
+    show_progress : bool
+        Print a progress bar (local: dask's ProgressBar; distributed: its progress bar).
+
+    Returns
+    -------
+    Path
+        ``out_path``; labels (..., H, W) int32 in its dataset "0".
+    """
+    import dask
+    import dask.array as da
+    import zarr
+
+    out_path = Path(out_path)
+    if out_path.exists() and not overwrite:
+        raise FileExistsError(f"{out_path} exists; remove it or pass overwrite=True (--overwrite).")
+    layout = stack_layout(tuple(image.shape), rgb)
+    n_lead = len(layout.lead_shape)
+    if not isinstance(image, da.Array):
+        image = da.from_array(image, chunks=(1,) * n_lead + tuple(image.shape[n_lead:]), asarray=True)
+    else:
+        image = image.rechunk((1,) * n_lead + tuple(image.shape[n_lead:]))
+    spec = ModelSpec(model, device=device)
+    options = {"threshold": threshold, "min_size": min_size, "tile_size": tile_size}
+    drop = (image.ndim - 1,) if layout.rgb else ()
+    labels = image.map_blocks(
+        _segment_block, spec, options, layout.rgb, n_lead,
+        dtype=np.int32, drop_axis=drop, chunks=image.chunks[: n_lead + 2],
+        name="napari-unet-segment-" + uuid.uuid4().hex[:8],
+    )
+    axes = axes or _default_axes(labels.ndim)
+    if len(axes) != labels.ndim:
+        raise ValueError(f"axes {axes!r} has {len(axes)} letters but the labels have {labels.ndim} axes.")
+
+    tmp = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        group = zarr.open_group(str(tmp), mode="w", zarr_format=2)
+        chunk_plane = tuple(min(s, 2048) for s in layout.plane_shape)
+        target = group.create_array(
+            "0", shape=labels.shape, chunks=(1,) * n_lead + chunk_plane, dtype=np.int32, fill_value=0,
+        )
+        write_ome_zarr_labels_metadata(group, axes, scale, out_path.name.split(".")[0])
+        store = da.store(labels, target, lock=False, compute=False)
+        _compute(store, scheduler, show_progress, dask)
+        if out_path.exists():
+            shutil.rmtree(out_path)
+        os.replace(tmp, out_path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_path
+
+
+def _compute(task: Any, scheduler: str | Any | None, show_progress: bool, dask: Any) -> None:
+    if scheduler is None:
+        if show_progress:
+            from dask.diagnostics import ProgressBar
+
+            with ProgressBar():
+                dask.compute(task, scheduler="threads")
+        else:
+            dask.compute(task, scheduler="threads")
+        return
+    from distributed import Client
+
+    own = not isinstance(scheduler, Client)
+    client = Client(scheduler) if own else scheduler
+    try:
+        future = client.compute(task)
+        if show_progress:
+            from distributed import progress
+
+            progress(future)
+        future.result()
+    finally:
+        if own:
+            client.close()

@@ -1,0 +1,600 @@
+"""Tiled U-Net inference: probabilities and instance labels for images of any size.
+
+Public API (all also available from :mod:`napari_unet.core`):
+
+* :func:`iter_predict_probabilities` / :func:`predict_probabilities`: class probabilities.
+* :func:`iter_segment` / :func:`segment`: int32 instance labels.
+* :func:`probabilities_to_labels`: labels from kept probabilities (new threshold or
+  minimum size without running the network again).
+
+The ``iter_*`` forms are generators: they yield a :class:`~napari_unet.core.events.Progress`
+after every tile and *return* the result (``StopIteration.value``; ``result = yield from
+gen`` in a generator, or a napari ``thread_worker``'s ``returned`` signal). They stop
+between tiles when closed (``gen.close()``) or when ``should_stop()`` returns True
+(:class:`PredictionStopped` is raised). The plain functions run them to the end.
+
+Images: a 2D plane (H, W) or (H, W, 3) RGB, or a stack of them (..., H, W) /
+(..., H, W, 3) with at most two extra axes (e.g. time and z), processed plane by plane.
+Arrays may be lazy (memory maps, zarr, dask): only one plane is read at a time, and an
+``out`` array (memory map, zarr) keeps memory bounded for stacks larger than RAM.
+
+The overlap-tile geometry is in :mod:`napari_unet.core.tiling`; post-processing in
+:mod:`napari_unet.core.instances`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import time
+import weakref
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .checkpoint import SegmentationModel
+from .device import free_memory_bytes, select_device
+from .events import Progress
+from .instances import DEFAULT_MIN_SIZE, DEFAULT_THRESHOLD, probabilities_to_labels
+from .preprocess import ImageError, is_constant, prepare_plane
+from .tiling import TilePlan, choose_tile_and_batch, mirror_pad, plan_tiles
+
+log = logging.getLogger(__name__)
+
+#: Extra axes (beyond the 2D plane and the RGB axis) that a stack may have.
+MAX_STACK_AXES = 2
+#: Memory for activations on the CPU (bytes); a quarter of the free memory if less.
+CPU_MEMORY_BUDGET = 3 * 1024**3
+#: Fraction of the GPU's free memory used for activations.
+GPU_MEMORY_FRACTION = 0.5
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+__all__ = [
+    "PredictionStopped",
+    "iter_predict_probabilities",
+    "iter_segment",
+    "predict_probabilities",
+    "probabilities_to_labels",
+    "run_to_end",
+    "segment",
+    "stack_layout",
+]
+
+
+class PredictionStopped(RuntimeError):
+    """Raised inside a prediction generator when ``should_stop()`` returned True."""
+
+
+# --------------------------------------------------------------------- images
+@dataclass(frozen=True)
+class StackLayout:
+    """How an image array splits into 2D planes.
+
+    Attributes
+    ----------
+    lead_shape : tuple of int
+        Shape of the extra (stack) axes; () for one plane.
+    plane_shape : tuple of int
+        (H, W).
+    rgb : bool
+        True when the last axis holds colour.
+    """
+
+    lead_shape: tuple[int, ...]
+    plane_shape: tuple[int, int]
+    rgb: bool
+
+    @property
+    def n_planes(self) -> int:
+        return int(np.prod(self.lead_shape)) if self.lead_shape else 1
+
+    def indices(self) -> list[tuple[int, ...]]:
+        return list(np.ndindex(*self.lead_shape)) if self.lead_shape else [()]
+
+
+def stack_layout(shape: tuple[int, ...], rgb: bool | None = None) -> StackLayout:
+    """Split an image shape into stack axes, plane and colour; raise a clear error if it cannot.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Shape of the image: (H, W), (H, W, 3), (..., H, W) or (..., H, W, 3).
+    rgb : bool, optional
+        Whether the last axis is colour. Default: yes if it has 3 or 4 entries (as napari).
+    """
+    shape = tuple(int(s) for s in shape)
+    ndim = len(shape)
+    if rgb is None:
+        rgb = ndim >= 3 and shape[-1] in (3, 4)
+    if rgb and (ndim < 3 or shape[-1] not in (3, 4)):
+        raise ImageError(
+            f"rgb=True needs a last axis of 3 (or 4) colours, but the image has shape {shape}."
+        )
+    n_spatial = 3 if rgb else 2
+    if ndim < n_spatial:
+        raise ImageError(
+            f"Expected a 2D image (height, width){' with colour last' if rgb else ''}, got shape {shape}."
+        )
+    lead = shape[:-n_spatial]
+    plane = shape[ndim - n_spatial : ndim - n_spatial + 2]
+    if len(lead) > MAX_STACK_AXES:
+        axes = ", ".join(f"axis {i} (size {s})" for i, s in enumerate(lead))
+        raise ImageError(
+            f"The image has {ndim} axes (shape {shape}): {axes} come before the 2D plane, but at most "
+            f"{MAX_STACK_AXES} stack axes (e.g. time and z) can be segmented. Choose one index along "
+            f"{len(lead) - MAX_STACK_AXES} of them (e.g. a channel: image[:, 0] for axis 1), or say which axis "
+            "holds the colour/channels."
+        )
+    if min(plane) < 1 or any(s < 1 for s in lead):
+        raise ImageError(f"The image is empty (shape {shape}).")
+    return StackLayout(lead, (int(plane[0]), int(plane[1])), bool(rgb))
+
+
+def _read_plane(image: Any, idx: tuple[int, ...]) -> np.ndarray:
+    plane = image[idx] if idx else image
+    if hasattr(plane, "compute"):  # dask
+        plane = plane.compute()
+    return np.asarray(plane)
+
+
+def _check_finite(plane: np.ndarray, where: str) -> None:
+    if np.issubdtype(plane.dtype, np.floating) and not np.isfinite(plane).all():
+        raise ImageError(
+            f"The image holds NaN or infinite values{where}; replace them (e.g. with 0) before segmenting."
+        )
+
+
+# --------------------------------------------------------------------- engine
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def _cpu_budget() -> int:
+    try:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        free = 8 * 1024**3
+    return int(min(CPU_MEMORY_BUDGET, free // 4))
+
+
+def _resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype, or None for float32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
+    if precision == "fp32":
+        return None
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    if device.type == "cpu" and dtype == torch.float16:
+        raise ValueError("fp16 is not supported on the CPU; use fp32 or bf16.")
+    return dtype
+
+
+class _Engine:
+    """Runs the network over the tiles of planes; keeps tile and batch sizes across planes."""
+
+    def __init__(
+        self,
+        model: SegmentationModel,
+        device: str | torch.device | None,
+        tile_size: int | None,
+        batch_size: int | None,
+        halo: int | None,
+        precision: str,
+        channels_last: bool | None,
+    ) -> None:
+        self.model = model
+        if device is not None:
+            model.to(select_device(device))
+        self.device = model.device
+        self.net = model.net
+        self.amp_dtype = _resolve_precision(precision, self.device)
+        bytes_per_value = 2 if self.amp_dtype is not None else 4
+        if self.device.type == "cuda":
+            free = free_memory_bytes(self.device) or 4 * 1024**3
+            budget = int(free * GPU_MEMORY_FRACTION)
+        else:
+            budget = _cpu_budget()
+        auto_tile, auto_batch = choose_tile_and_batch(self.net, budget, bytes_per_value)
+        if self.device.type == "cpu":
+            auto_batch = 1  # on a CPU one big tile beats several small ones
+        self.max_tile = int(tile_size) if tile_size else auto_tile
+        self.batch_size = int(batch_size) if batch_size else auto_batch
+        if self.max_tile < 1 or self.batch_size < 1:
+            raise ValueError("tile_size and batch_size must be positive.")
+        self.halo = halo
+        self.channels_last = self.device.type == "cuda" if channels_last is None else bool(channels_last)
+        self.n_classes = self.net.config.n_classes
+        self.run_net: torch.nn.Module | None = None  # built on first use, in eval mode
+        self._plan_cache: dict[tuple[int, int], TilePlan] = {}
+        log.debug(
+            "inference on %s: max tile %d, batch %d, autocast %s",
+            self.device, self.max_tile, self.batch_size, self.amp_dtype,
+        )
+
+    def plan(self, shape: tuple[int, int]) -> TilePlan:
+        if shape not in self._plan_cache:
+            self._plan_cache[shape] = plan_tiles(shape, self.net, self.max_tile, self.halo)
+        return self._plan_cache[shape]
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        autocast = (
+            torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+            if self.amp_dtype is not None
+            else contextlib.nullcontext()
+        )
+        # inference_mode is thread-local state: enter it around the forward pass only, never
+        # across a yield, or a generator abandoned in a pooled worker thread leaks it there.
+        with torch.inference_mode():
+            if self.run_net is None:
+                self.run_net = inference_net(self.net, self.channels_last)
+            with autocast:
+                logits = self.run_net(x)
+        probs = torch.softmax(logits.float(), dim=1)
+        return probs.cpu().numpy()
+
+    def iter_plane(self, plane: np.ndarray, counter: Callable[[], None]) -> Generator[None, None, np.ndarray]:
+        """Probabilities (n_classes, H, W) of one plane; yields after each tile."""
+        shape = (int(plane.shape[0]), int(plane.shape[1]))
+        if is_constant(plane):
+            log.warning("A plane of the image is constant: nothing to segment there (empty labels).")
+            plan = self.plan(shape)
+            for _ in range(plan.n_tiles):
+                counter()
+                yield
+            probs = np.zeros((self.n_classes, *shape), dtype=np.float32)
+            probs[0] = 1.0
+            return probs
+        chw = prepare_plane(plane, self.net.config.in_channels, self.model.normalization)
+        while True:
+            plan = self.plan(shape)
+            try:
+                return (yield from self._iter_tiles(chw, plan, counter))
+            except _Replan:
+                continue
+
+    def _iter_tiles(self, chw: np.ndarray, plan: TilePlan, counter: Callable[[], None]) -> Generator[None, None, np.ndarray]:
+        padded = mirror_pad(chw, plan)
+        H, W = chw.shape[1:]
+        out = np.empty((self.n_classes, H, W), dtype=np.float32)
+        ty, tx = plan.tile_shape
+        origins = plan.origins()
+        pos = 0
+        while pos < len(origins):
+            chunk = origins[pos : pos + self.batch_size]
+            batch = np.stack([padded[:, y : y + ty, x : x + tx] for y, x in chunk])
+            try:
+                probs = self._forward(batch)
+            except (torch.OutOfMemoryError, RuntimeError) as exc:
+                if not _is_oom(exc):
+                    raise
+                self._shrink_after_oom(plan)
+                continue
+            for (y, x), p in zip(chunk, probs):
+                iy, ix = y // plan.y.step, x // plan.x.step
+                y0, x0 = iy * plan.y.step, ix * plan.x.step
+                hy = min(plan.y.step, H - y0)
+                hx = min(plan.x.step, W - x0)
+                out[:, y0 : y0 + hy, x0 : x0 + hx] = p[
+                    :, plan.y.crop : plan.y.crop + hy, plan.x.crop : plan.x.crop + hx
+                ]
+                counter()
+                yield
+            pos += len(chunk)
+        return out
+
+    def _shrink_after_oom(self, plan: TilePlan) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if self.batch_size > 1:
+            self.batch_size //= 2
+            log.warning("Out of memory: %d tiles per batch from now on.", self.batch_size)
+            return
+        smallest = plan_tiles((1, 1), self.net, 1, self.halo).tile_shape[0]
+        if max(plan.tile_shape) <= smallest:
+            raise MemoryError(
+                "Out of memory even with the smallest tile; close other programs or use the CPU (--device cpu)."
+            )
+        self.max_tile = max(smallest, max(plan.tile_shape) // 2)
+        self._plan_cache.clear()
+        log.warning("Out of memory: tiles of at most %d pixels from now on.", self.max_tile)
+        raise _Replan
+
+
+class _Replan(Exception):
+    pass
+
+
+_INFERENCE_NETS: weakref.WeakKeyDictionary[torch.nn.Module, tuple[Any, torch.nn.Module]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _fingerprint(net: torch.nn.Module, channels_last: bool) -> tuple[Any, ...]:
+    """Changes whenever weights or statistics change in place (optimiser steps, loading)."""
+    tensors = list(net.parameters()) + list(net.buffers())
+    return (channels_last, str(tensors[0].device), tuple(t._version for t in tensors), tuple(id(t) for t in tensors))
+
+
+def inference_net(net: torch.nn.Module, channels_last: bool = False) -> torch.nn.Module:
+    """An eval-mode copy of ``net`` with batch normalisation folded into the convolutions.
+
+    Same results to float rounding, one pass less over every feature map. The copy is
+    cached and rebuilt when ``net``'s weights change (e.g. after fine-tuning steps);
+    ``net`` itself is never modified. Networks without batch normalisation are used as
+    they are (unless ``channels_last`` asks for a converted copy).
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    from .model import DoubleConv
+
+    has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    if not has_bn and not channels_last:
+        return net
+    key = _fingerprint(net, channels_last)
+    cached = _INFERENCE_NETS.get(net)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    fused = copy.deepcopy(net).eval()
+    for module in fused.modules():
+        if isinstance(module, DoubleConv):
+            for i in (0, 3):
+                if isinstance(module[i], torch.nn.Conv2d) and isinstance(module[i + 1], torch.nn.BatchNorm2d):
+                    module[i] = fuse_conv_bn_eval(module[i], module[i + 1])
+                    module[i + 1] = torch.nn.Identity()
+    if channels_last:
+        fused = fused.to(memory_format=torch.channels_last)
+    for p in fused.parameters():
+        p.requires_grad_(False)
+    _INFERENCE_NETS[net] = (key, fused)
+    return fused
+
+
+@contextlib.contextmanager
+def _eval_mode(net: torch.nn.Module):
+    was_training = net.training
+    net.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            net.train()
+
+
+def _allocate(out: Any, shape: tuple[int, ...], dtype: Any) -> Any:
+    if out is None:
+        return np.zeros(shape, dtype=dtype)
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"out has shape {tuple(out.shape)}, expected {shape}.")
+    return out
+
+
+def _iter_planes(
+    model: SegmentationModel,
+    image: Any,
+    rgb: bool | None,
+    engine_kwargs: dict[str, Any],
+    should_stop: Callable[[], bool] | None,
+    per_plane: Callable[[tuple[int, ...], np.ndarray], None],
+) -> Generator[Progress, None, StackLayout]:
+    """Shared loop: prepares each plane, runs the tiles, hands the probabilities to ``per_plane``."""
+    if not isinstance(model, SegmentationModel):
+        raise TypeError(f"model must be a SegmentationModel (see napari_unet.core.load_model), got {type(model).__name__}.")
+    if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
+        image = np.asarray(image)
+    layout = stack_layout(tuple(image.shape), rgb)
+    engine = _Engine(model, **engine_kwargs)
+    start = time.perf_counter()
+    plan = engine.plan(layout.plane_shape)
+    state = {"done": 0, "total": plan.n_tiles * layout.n_planes}
+    n_planes = layout.n_planes
+    with _eval_mode(engine.net):
+        for k, idx in enumerate(layout.indices()):
+            plane = _read_plane(image, idx)
+            where = f" (plane {idx})" if idx else ""
+            _check_finite(plane, where)
+            tiles_here = engine.plan(layout.plane_shape).n_tiles
+            tile_in_plane = {"n": 0}
+
+            def counter(tile_in_plane: dict[str, int] = tile_in_plane) -> None:
+                state["done"] += 1
+                tile_in_plane["n"] += 1
+
+            gen = engine.iter_plane(plane, counter)
+            while True:
+                if should_stop is not None and should_stop():
+                    gen.close()
+                    raise PredictionStopped("Prediction stopped.")
+                try:
+                    next(gen)
+                except StopIteration as stop:
+                    probs = stop.value
+                    break
+                tiles_now = engine.plan(layout.plane_shape).n_tiles
+                if tiles_now != tiles_here:  # re-planned after running out of memory
+                    state["total"] = state["done"] - tile_in_plane["n"] + tiles_now * (n_planes - k)
+                    tiles_here = tiles_now
+                yield Progress(
+                    done=state["done"],
+                    total=max(state["total"], state["done"]),
+                    plane=k,
+                    elapsed=time.perf_counter() - start,
+                    message=f"tile {tile_in_plane['n']}/{tiles_here} of plane {k + 1}/{n_planes}",
+                )
+            per_plane(idx, probs)
+    return layout
+
+
+# --------------------------------------------------------------------- public
+def iter_predict_probabilities(
+    model: SegmentationModel,
+    image: Any,
+    *,
+    rgb: bool | None = None,
+    tile_size: int | None = None,
+    batch_size: int | None = None,
+    halo: int | None = None,
+    device: str | torch.device | None = None,
+    precision: str = "auto",
+    channels_last: bool | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    out: Any = None,
+) -> Generator[Progress, None, Any]:
+    """Class probabilities of an image or stack, tile by tile (generator).
+
+    Parameters
+    ----------
+    model : SegmentationModel
+        Network, representation and normalisation (e.g. from :func:`~napari_unet.core.load_model`).
+    image : array-like
+        (H, W) grey, (H, W, 3) RGB, or a stack (..., H, W) / (..., H, W, 3) with at most
+        two stack axes. Lazy arrays (memory map, zarr, dask) are read one plane at a time.
+    rgb : bool, optional
+        Whether the last axis is colour; default: yes if it has 3 or 4 entries.
+    tile_size : int, optional
+        Largest network input side; default: chosen from the device's free memory.
+        The tiles are balanced (and aligned) so they may be smaller.
+    batch_size : int, optional
+        Tiles per forward pass; default: from free memory on a GPU, 1 on the CPU.
+    halo : int, optional
+        "same" networks: context around each tile; default the receptive radius (exact
+        results). A smaller halo is faster but no longer exact.
+    device : str or torch.device, optional
+        Moves the model there first ("cpu", "cuda", "mps"); default: where the model is.
+    precision : {"auto", "fp32", "bf16", "fp16"}
+        "auto" uses bf16 (or fp16) autocast on CUDA and float32 elsewhere.
+    channels_last : bool, optional
+        Channels-last memory format (default: on CUDA only).
+    should_stop : callable, optional
+        Checked between tiles; when it returns True, :class:`PredictionStopped` is raised.
+    out : array-like, optional
+        Where to write the result (e.g. a memory map or zarr array) of the shape below.
+
+    Yields
+    ------
+    Progress
+        After each tile (``done``/``total`` count tiles over all planes).
+
+    Returns
+    -------
+    ndarray
+        (n_classes, H, W) float32 probabilities (summing to 1 per pixel) for a 2D image,
+        (*stack, n_classes, H, W) for a stack; ``out`` if given.
+
+    Raises
+    ------
+    ImageError
+        Image of a shape that cannot be segmented, NaN or infinite values, or an RGB
+        image for a model of other than 1 or 3 channels.
+    """
+    engine_kwargs = {
+        "device": device, "tile_size": tile_size, "batch_size": batch_size, "halo": halo,
+        "precision": precision, "channels_last": channels_last,
+    }
+    if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
+        image = np.asarray(image)
+    layout = stack_layout(tuple(image.shape), rgb)
+    n_classes = model.net.config.n_classes
+    result = _allocate(out, layout.lead_shape + (n_classes,) + layout.plane_shape, np.float32)
+
+    def keep(idx: tuple[int, ...], probs: np.ndarray) -> None:
+        result[idx] = probs
+
+    yield from _iter_planes(model, image, layout.rgb, engine_kwargs, should_stop, keep)
+    return result
+
+
+def iter_segment(
+    model: SegmentationModel,
+    image: Any,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    min_size: int = DEFAULT_MIN_SIZE,
+    rgb: bool | None = None,
+    tile_size: int | None = None,
+    batch_size: int | None = None,
+    halo: int | None = None,
+    device: str | torch.device | None = None,
+    precision: str = "auto",
+    channels_last: bool | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    out: Any = None,
+) -> Generator[Progress, None, Any]:
+    """Instance labels of an image or stack, tile by tile (generator).
+
+    Same arguments as :func:`iter_predict_probabilities`, plus ``threshold`` and
+    ``min_size`` (see :func:`probabilities_to_labels`). Planes are post-processed as
+    soon as they are predicted: only one plane of probabilities is held at a time.
+
+    Returns
+    -------
+    ndarray
+        (H, W) int32 labels for a 2D image, (*stack, H, W) for a stack (labels are
+        numbered per plane); ``out`` if given (written plane by plane).
+    """
+    from .instances import _check_args
+
+    _check_args(threshold, min_size)
+    engine_kwargs = {
+        "device": device, "tile_size": tile_size, "batch_size": batch_size, "halo": halo,
+        "precision": precision, "channels_last": channels_last,
+    }
+    if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
+        image = np.asarray(image)
+    layout = stack_layout(tuple(image.shape), rgb)
+    result = _allocate(out, layout.lead_shape + layout.plane_shape, np.int32)
+    representation = model.representation
+
+    def keep(idx: tuple[int, ...], probs: np.ndarray) -> None:
+        result[idx] = probabilities_to_labels(probs, threshold, min_size, representation)
+
+    yield from _iter_planes(model, image, layout.rgb, engine_kwargs, should_stop, keep)
+    return result
+
+
+def run_to_end(gen: Generator[Any, None, Any], callback: Callable[[Any], None] | None = None) -> Any:
+    """Exhaust a generator (calling ``callback`` on every event) and return its return value."""
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if callback is not None:
+            callback(event)
+
+
+def predict_probabilities(model: SegmentationModel, image: Any, **kwargs: Any) -> Any:
+    """Class probabilities; see :func:`iter_predict_probabilities` for the arguments.
+
+    Returns
+    -------
+    ndarray
+        (n_classes, H, W) float32, or (*stack, n_classes, H, W) for a stack.
+    """
+    return run_to_end(iter_predict_probabilities(model, image, **kwargs))
+
+
+def segment(model: SegmentationModel, image: Any, **kwargs: Any) -> Any:
+    """Instance labels; see :func:`iter_segment` for the arguments.
+
+    Returns
+    -------
+    ndarray
+        int32 labels of the image's spatial shape: (H, W) or (*stack, H, W).
+    """
+    return run_to_end(iter_segment(model, image, **kwargs))

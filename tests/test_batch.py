@@ -1,0 +1,58 @@
+"""Whole-stack prediction through dask: local threads and a local dask.distributed cluster."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_unet.core import load_model, segment
+
+
+@pytest.fixture
+def stack(dsb_fluo_crop) -> np.ndarray:
+    image, _ = dsb_fluo_crop
+    return np.stack([image[:64, :72], image[64:, :72], image[:64, 56:], image[64:, 56:]]).reshape(2, 2, 64, 72)
+
+
+def _expected(model, stack):
+    return np.stack([[segment(model, p) for p in row] for row in stack])
+
+
+def test_local_threads_match_core(tmp_path, stack, tiny_model_path):
+    import dask.array as da
+    import zarr
+
+    from napari_unet.batch import segment_to_ome_zarr
+    from napari_unet.io._reader import read_stack
+
+    model = load_model(tiny_model_path, device="cpu")
+    lazy = da.from_array(stack, chunks=(1, 2, 32, 72))  # deliberately not chunked by plane
+    out = segment_to_ome_zarr(model, lazy, tmp_path / "s_masks.ome.zarr", axes="TZYX", scale=[1, 2, 0.5, 0.5])
+    labels = np.asarray(zarr.open_group(str(out), mode="r")["0"][...])
+    np.testing.assert_array_equal(labels, _expected(model, stack))
+    # the project's reader opens it back with its axes and pixel size
+    _, info = read_stack(out)
+    assert info.axes == "TZYX" and info.scale.get("Z") == 2
+    with pytest.raises(FileExistsError):
+        segment_to_ome_zarr(model, stack, out)
+    assert not list(tmp_path.glob(".*tmp"))  # no temporary folder left behind
+
+
+def test_distributed_cluster_matches_core(tmp_path, stack, tiny_model_path):
+    import zarr
+    from distributed import Client, LocalCluster
+
+    from napari_unet.batch import segment_to_ome_zarr
+
+    model = load_model(tiny_model_path, device="cpu")
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        out = segment_to_ome_zarr(model, stack[0], tmp_path / "d.ome.zarr", scheduler=cluster.scheduler_address,
+                                  min_size=0)
+        # a model without a file travels serialised
+        model.metadata.pop("path")
+        with Client(cluster) as client:
+            out2 = segment_to_ome_zarr(model, stack[1], tmp_path / "e.ome.zarr", scheduler=client, min_size=0)
+    labels = np.asarray(zarr.open_group(str(out), mode="r")["0"][...])
+    np.testing.assert_array_equal(labels, np.stack([segment(model, p, min_size=0) for p in stack[0]]))
+    labels2 = np.asarray(zarr.open_group(str(out2), mode="r")["0"][...])
+    np.testing.assert_array_equal(labels2, np.stack([segment(model, p, min_size=0) for p in stack[1]]))

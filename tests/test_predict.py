@@ -1,0 +1,377 @@
+"""Tiled inference: exactness against whole-image passes, stacks, progress, stop, bad inputs.
+
+Models here are small *untrained* networks (random weights, fixed seed): exactness of the
+tiling does not depend on training. Images are real DSB2018 crops where the content matters.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet.core import (
+    ImageError,
+    ModelFileError,
+    SegmentationModel,
+    UNet,
+    load_model,
+    predict_probabilities,
+    probabilities_to_labels,
+    save_model,
+    segment,
+)
+from napari_unet.core.predict import (
+    PredictionStopped,
+    iter_predict_probabilities,
+    iter_segment,
+    run_to_end,
+)
+from napari_unet.core.tiling import default_halo, plan_tiles, receptive_radius
+
+
+def _model(padding: str = "same", n_classes: int = 3, in_channels: int = 1, depth: int = 3,
+           width: int = 4, norm: str | None = "batch", seed: int = 0) -> SegmentationModel:
+    torch.manual_seed(seed)
+    net = UNet(in_channels=in_channels, n_classes=n_classes, base_width=width, depth=depth,
+               padding=padding, norm=norm)
+    if norm == "batch":  # non-trivial running statistics, as in a trained model
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    net.eval()
+    rep = "bg-interior-boundary" if n_classes == 3 else "foreground"
+    return SegmentationModel(net, rep)
+
+
+def _reference_same(model: SegmentationModel, image: np.ndarray) -> np.ndarray:
+    """One whole-image pass over the image mirror-padded by the halo (and to the divisor)."""
+    from napari_unet.core.preprocess import prepare_plane
+
+    net = model.net
+    halo, div = default_halo(net), net.divisor
+    chw = prepare_plane(image, net.config.in_channels, model.normalization)
+    H, W = chw.shape[1:]
+    ph = -(-H // div) * div - H
+    pw = -(-W // div) * div - W
+    padded = np.pad(chw, ((0, 0), (halo, halo + ph), (halo, halo + pw)), mode="reflect")
+    with torch.inference_mode():
+        out = torch.softmax(net(torch.from_numpy(padded)[None]), 1)[0].numpy()
+    return out[:, halo : halo + H, halo : halo + W]
+
+
+def _reference_valid(model: SegmentationModel, image: np.ndarray) -> np.ndarray:
+    """The paper's scheme without tiles: mirror-pad by the margin, one pass, crop."""
+    from napari_unet.core.preprocess import prepare_plane
+
+    net = model.net
+    m = net.margin
+    chw = prepare_plane(image, net.config.in_channels, model.normalization)
+    H, W = chw.shape[1:]
+    div = net.divisor
+    # any valid input >= image + 2 * margin whose output is aligned with the pooling grid
+    th = net.valid_input_size(H + 2 * m)
+    tw = net.valid_input_size(W + 2 * m)
+    padded = np.pad(chw, ((0, 0), (m, th - H - m), (m, tw - W - m)), mode="reflect")
+    assert div > 1
+    with torch.inference_mode():
+        out = torch.softmax(net(torch.from_numpy(padded)[None]), 1)[0].numpy()
+    return out[:, :H, :W]
+
+
+@pytest.fixture(scope="module")
+def real_image(data_dir) -> np.ndarray:
+    """A DSB2018 fluorescence crop (CC0) of a size that is no multiple of anything."""
+    import csv
+
+    from skimage.io import imread
+
+    with open(data_dir / "dsb2018" / "manifest.csv") as fh:
+        row = next(r for r in csv.DictReader(fh) if r["split"] == "val" and r["kind"] == "grey_dark")
+    image = imread(data_dir / "dsb2018" / "images" / f"{row['id']}.png")
+    if image.ndim == 3:
+        image = image[..., :3].mean(-1)
+    return np.ascontiguousarray(image[:117, :101]).astype(np.float32)
+
+
+# ----------------------------------------------------------------- exactness
+def test_receptive_radius_bounds_the_real_dependency():
+    """Changing one input pixel never changes outputs farther away than the radius."""
+    model = _model("same", depth=3)
+    net = model.net
+    r = receptive_radius(net)
+    x = torch.rand(1, 1, 96, 96)
+    y = x.clone()
+    y[0, 0, 48, 48] += 5.0
+    with torch.inference_mode():
+        diff = (net(x) - net(y)).abs().amax(1)[0].numpy()
+    rows, cols = np.nonzero(diff > 0)
+    assert len(rows) > 0
+    assert np.abs(rows - 48).max() <= r and np.abs(cols - 48).max() <= r
+    assert default_halo(net) % net.divisor == 0 and default_halo(net) >= r
+
+
+@pytest.mark.parametrize("depth,shape", [(3, (117, 101)), (2, (75, 130))])
+def test_tiled_equals_whole_image_same(real_image, depth, shape):
+    model = _model("same", depth=depth)
+    image = np.resize(real_image, shape).astype(np.float32) if shape != real_image.shape else real_image
+    plan = plan_tiles(image.shape, model.net, 80)
+    assert plan.n_tiles >= 4  # several tiles, sizes not multiples of the tile
+    tiled = predict_probabilities(model, image, tile_size=80, batch_size=3)
+    whole = _reference_same(model, image)
+    assert tiled.shape == (3, *image.shape)
+    np.testing.assert_allclose(tiled, whole, atol=2e-5)
+    # no seams: the result does not depend on where the tiles are
+    other = predict_probabilities(model, image, tile_size=120)
+    np.testing.assert_allclose(tiled, other, atol=2e-5)
+    np.testing.assert_allclose(tiled.sum(0), 1.0, atol=1e-5)
+
+
+def test_tiled_equals_whole_image_valid(real_image):
+    model = _model("valid", n_classes=2, depth=3, norm=None)
+    plan = plan_tiles(real_image.shape, model.net, 64)
+    assert plan.n_tiles >= 9 and plan.y.step % model.net.divisor == 0
+    tiled = predict_probabilities(model, real_image, tile_size=64, batch_size=4)
+    whole = _reference_valid(model, real_image)
+    # exact up to float rounding (the same arithmetic in differently sized convolutions)
+    np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-6)
+    assert np.array_equal(tiled.argmax(0), whole.argmax(0))
+
+
+def test_paper_unet_tiled_equals_whole(real_image):
+    """UNet.paper() (31M parameters) on a small image: smallest valid tiles vs one pass."""
+    torch.manual_seed(0)
+    model = SegmentationModel(UNet.paper().eval(), "foreground")
+    image = real_image[:40, :36]
+    smallest = plan_tiles((1, 1), model.net, 1).tile_shape[0]
+    start = time.perf_counter()
+    tiled = predict_probabilities(model, image, tile_size=smallest)
+    plan = plan_tiles(image.shape, model.net, smallest)
+    assert plan.n_tiles >= 4
+    whole = _reference_valid(model, image)
+    np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-6)
+    assert time.perf_counter() - start < 60
+
+
+# ----------------------------------------------------------------- stacks, colour
+def test_stack_equals_planes_and_rgb(real_image):
+    model = _model("same")
+    stack = np.stack([real_image, real_image[::-1], real_image * 2 + 7])[None]  # (1, 3, H, W)
+    probs = predict_probabilities(model, stack, tile_size=96)
+    assert probs.shape == (1, 3, 3, *real_image.shape)
+    np.testing.assert_allclose(probs[0, 1], predict_probabilities(model, real_image[::-1], tile_size=96), atol=1e-6)
+    # percentile normalisation per plane: an affine change of intensities changes nothing
+    np.testing.assert_allclose(probs[0, 2], probs[0, 0], atol=1e-5)
+    labels = segment(model, stack, tile_size=96)
+    assert labels.shape == (1, 3, *real_image.shape) and labels.dtype == np.int32
+
+    rgb_model = _model("same", in_channels=3)
+    rgb = np.stack([real_image, real_image * 0.5, real_image[::-1]], axis=-1).astype(np.uint8)
+    out = predict_probabilities(rgb_model, rgb)
+    assert out.shape == (3, *real_image.shape)
+    rgb_stack = np.stack([rgb, rgb])
+    labels = segment(rgb_model, rgb_stack, rgb=True)
+    assert labels.shape == (2, *real_image.shape)
+    np.testing.assert_array_equal(labels[0], labels[1])
+
+
+def test_grey_image_with_rgb_model_is_converted(real_image):
+    """Documented conversion: a grey plane is repeated into the 3 channels of an RGB model."""
+    model = _model("same", in_channels=3)
+    grey = predict_probabilities(model, real_image)
+    as_rgb = predict_probabilities(model, np.repeat(real_image[..., None], 3, axis=-1))
+    np.testing.assert_allclose(grey, as_rgb, atol=1e-6)
+
+
+def test_rgb_image_for_two_channel_model_is_refused(real_image):
+    model = _model("same", in_channels=2)
+    rgb = np.repeat(real_image[..., None], 3, axis=-1)
+    with pytest.raises(ImageError, match="channels"):
+        predict_probabilities(model, rgb)
+
+
+# ----------------------------------------------------------------- events, stop, out
+def test_progress_events_and_stop(real_image):
+    model = _model("same")
+    stack = np.stack([real_image, real_image])
+    n = plan_tiles(real_image.shape, model.net, 80).n_tiles
+    events = []
+    result = run_to_end(iter_predict_probabilities(model, stack, tile_size=80), events.append)
+    assert result.shape == (2, 3, *real_image.shape)
+    assert [e.done for e in events] == list(range(1, 2 * n + 1))
+    assert all(e.total == 2 * n for e in events)
+    assert events[-1].fraction == 1.0 and events[-1].plane == 1
+    assert events[0].message.startswith("tile 1/") and "plane 1/2" in events[0].message
+
+    calls = {"n": 0}
+
+    def stop_after_three() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    gen = iter_segment(model, stack, tile_size=80, should_stop=stop_after_three)
+    seen = []
+    with pytest.raises(PredictionStopped):
+        for event in gen:
+            seen.append(event)
+    assert len(seen) == 3
+
+    gen = iter_predict_probabilities(model, stack, tile_size=80)
+    next(gen)
+    gen.close()  # a napari worker's quit(): no error, nothing more computed
+    with pytest.raises(StopIteration):
+        next(gen)
+
+
+def test_stack_streams_into_memory_map(tmp_path, real_image):
+    model = _model("same")
+    stack = np.stack([real_image, real_image[:, ::-1], real_image[::-1, ::-1] * 3])
+    src = np.lib.format.open_memmap(tmp_path / "in.npy", mode="w+", dtype=np.float32, shape=stack.shape)
+    src[:] = stack
+    src.flush()
+    src = np.load(tmp_path / "in.npy", mmap_mode="r")
+    out = np.lib.format.open_memmap(tmp_path / "out.npy", mode="w+", dtype=np.int32, shape=stack.shape)
+    result = segment(model, src, out=out, tile_size=96)
+    assert result is out
+    np.testing.assert_array_equal(np.asarray(out[1]), segment(model, stack[1], tile_size=96))
+
+
+class _OOMOnLargeBatches(UNet):
+    """A real UNet whose forward pass runs out of 'memory' above a pixel budget."""
+
+    limit_pixels = 12000
+
+    def forward(self, x):
+        if x.shape[0] * x.shape[-1] * x.shape[-2] > self.limit_pixels:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().forward(x)
+
+
+def test_out_of_memory_halves_batch_then_tile(real_image, caplog):
+    torch.manual_seed(0)
+    net = _OOMOnLargeBatches(1, 3, 4, 3, "same", "batch").eval()
+    model = SegmentationModel(net, "bg-interior-boundary")
+    reference = SegmentationModel(UNet(1, 3, 4, 3, "same", "batch").eval(), "bg-interior-boundary")
+    reference.net.load_state_dict(net.state_dict())
+    with caplog.at_level(logging.WARNING):
+        events = []
+        probs = run_to_end(iter_predict_probabilities(model, real_image, tile_size=160, batch_size=4),
+                           events.append)
+    assert "tiles per batch" in caplog.text and "tiles of at most" in caplog.text
+    np.testing.assert_allclose(probs, _reference_same(reference, real_image), atol=2e-5)
+    assert events[-1].done == events[-1].total
+
+
+# ----------------------------------------------------------------- instances
+def _touching_cells() -> np.ndarray:
+    """Probabilities of two touching discs with a boundary band around each."""
+    from skimage.draw import disk
+    from skimage.segmentation import find_boundaries
+
+    truth = np.zeros((64, 80), dtype=np.int32)
+    truth[disk((32, 26), 14)] = 1
+    truth[disk((32, 52), 14)] = 2  # overlaps disc 1: they touch along a line
+    truth[disk((8, 70), 2)] = 3  # 13 pixels: small debris
+    boundary = find_boundaries(truth, mode="inner")
+    probs = np.zeros((3, *truth.shape), dtype=np.float32)
+    probs[0] = truth == 0
+    probs[2] = boundary
+    probs[1] = (truth > 0) & ~boundary
+    return probs * 0.9 + 0.1 / 3
+
+
+def test_touching_cells_are_separated_and_thresholds_are_cheap():
+    probs = _touching_cells()
+    labels = probabilities_to_labels(probs, threshold=0.5, min_size=20)
+    assert labels.dtype == np.int32 and labels.max() == 2
+    left, right = labels[32, 20], labels[32, 58]
+    assert left and right and left != right
+    assert probabilities_to_labels(probs, threshold=0.5, min_size=0).max() == 3  # debris kept
+    assert probabilities_to_labels(probs, threshold=0.99, min_size=0).max() == 0  # nothing that sure
+    fg = np.stack([probs[0], probs[1] + probs[2]])
+    merged = probabilities_to_labels(fg, threshold=0.5, min_size=20)  # foreground: one blob
+    assert merged.max() == 1
+    stack = probabilities_to_labels(np.stack([probs, probs]), 0.5, 20)
+    assert stack.shape == (2, 64, 80) and stack.max() == 2
+    with pytest.raises(ValueError, match="threshold"):
+        probabilities_to_labels(probs, threshold=1.5)
+
+
+def test_segment_returns_int32_labels_of_spatial_shape(real_image):
+    model = _model("same")
+    labels = segment(model, real_image, threshold=0.4, min_size=0)
+    assert labels.shape == real_image.shape and labels.dtype == np.int32
+    assert labels.max() >= 0
+    probs = predict_probabilities(model, real_image)
+    np.testing.assert_array_equal(labels, probabilities_to_labels(probs, 0.4, 0))
+
+
+# ----------------------------------------------------------------- bad inputs
+def test_constant_image_gives_empty_labels_and_a_warning(caplog):
+    model = _model("same")
+    with caplog.at_level(logging.WARNING):
+        labels = segment(model, np.full((50, 40), 7, dtype=np.uint16))
+    assert labels.shape == (50, 40) and not labels.any()
+    assert "constant" in caplog.text
+    assert not segment(model, np.zeros((20, 20), dtype=np.uint8)).any()
+
+
+def test_nan_values_are_refused_clearly():
+    model = _model("same")
+    image = np.random.default_rng(0).random((40, 40)).astype(np.float32)
+    image[3, 4] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        segment(model, image)
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_one_pixel_image(padding):
+    model = _model(padding, n_classes=3, norm=None)
+    assert segment(model, np.array([[5.0]])).shape == (1, 1)
+    probs = predict_probabilities(model, np.arange(7, dtype=np.float32)[None])
+    assert probs.shape == (3, 1, 7)
+
+
+def test_five_axes_without_a_choice_is_a_clear_error():
+    model = _model("same")
+    with pytest.raises(ImageError, match=r"axis 0 \(size 2\).*axis 2 \(size 4\).*Choose one index"):
+        segment(model, np.zeros((2, 3, 4, 16, 16), dtype=np.float32))
+
+
+def test_model_file_that_is_not_a_model(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"this is not a model")
+    with pytest.raises(ModelFileError, match="not a napari-unet model"):
+        load_model(junk)
+
+
+def test_saved_model_round_trip_predicts_the_same(tmp_path, real_image):
+    model = _model("same")
+    path = save_model(model, tmp_path / "m.pt")
+    loaded = load_model(path, device="cpu")
+    np.testing.assert_allclose(predict_probabilities(loaded, real_image),
+                               predict_probabilities(model, real_image), atol=1e-6)
+
+
+def test_inference_net_folds_batch_norm_and_follows_weight_changes():
+    from napari_unet.core.predict import inference_net
+
+    model = _model("same")
+    net = model.net
+    fused = inference_net(net)
+    assert fused is not net and not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # the original is untouched
+    x = torch.rand(1, 1, 40, 48)
+    with torch.inference_mode():
+        np.testing.assert_allclose(fused(x).numpy(), net(x).numpy(), atol=1e-5)
+    assert inference_net(net) is fused  # cached
+    with torch.no_grad():
+        net.head.bias.add_(1.0)  # e.g. a fine-tuning step
+    refreshed = inference_net(net)
+    assert refreshed is not fused
+    with torch.inference_mode():
+        np.testing.assert_allclose(refreshed(x).numpy(), net(x).numpy(), atol=1e-5)
