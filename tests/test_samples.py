@@ -35,6 +35,7 @@ def test_sample_opens_with_ground_truth(make_napari_viewer, key):
     image, labels = layers
     assert image._type_string == "image" and labels._type_string == "labels"
     expected = {"nuclei_fluorescence_2d": (256, 256), "nuclei_stained_2d": (256, 320),
+                "nuclei_fluorescence_fields": (4, 256, 256),
                 "c2c12_timelapse": (10, 234, 234), "nuclei_3d": (31, 61, 57)}[key]
     assert labels.data.shape == expected
     assert image.data.shape[: len(expected)] == expected

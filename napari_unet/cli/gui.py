@@ -7,7 +7,7 @@ from pathlib import Path
 
 #: Widgets docked by ``gui``, in this order (display names from napari.yaml).
 DOCKED_WIDGETS = ("Load stack", "Segment", "Fine-tune")
-DEFAULT_SAMPLE = "nuclei_fluorescence_2d"
+DEFAULT_SAMPLE = "nuclei_fluorescence_fields"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,17 +20,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def open_viewer(paths: list[str], sample: str | None, show: bool = True):
-    """A napari viewer with the plugin's widgets docked and ``paths`` (or a sample) open."""
-    import napari
+def populate_viewer(viewer, paths: list[str], sample: str | None) -> dict:
+    """Dock the plugin's widgets in ``viewer`` and open ``paths`` (or a sample).
+
+    Returns the docked widgets by display name.
+    """
     from npe2 import PluginManager
 
-    viewer = napari.Viewer(title="napari-unet", show=show)
     manifest = PluginManager.instance().get_manifest("napari-unet")
     known = {w.display_name for w in manifest.contributions.widgets or []}
-    for name in DOCKED_WIDGETS:
+    docked = {}
+    for name in DOCKED_WIDGETS:  # tabbed on the right; Segment in front
         if name in known:
-            viewer.window.add_plugin_dock_widget("napari-unet", name, tabify=False)
+            _dock, docked[name] = viewer.window.add_plugin_dock_widget("napari-unet", name, tabify=True)
+    if "Segment" in docked:
+        show_dock(viewer, "Segment")
     if paths:
         for path in paths:
             viewer.open(path, plugin="napari-unet")
@@ -40,7 +44,18 @@ def open_viewer(paths: list[str], sample: str | None, show: bool = True):
             viewer.open_sample("napari-unet", sample)
         elif samples:
             raise ValueError(f"No sample named {sample!r}; choose one of: {', '.join(sorted(samples))}.")
-    return viewer
+    return docked
+
+
+def show_dock(viewer, name: str) -> None:
+    """Bring the plugin's dock widget ``name`` to the front of its tab group."""
+    from qtpy.QtWidgets import QDockWidget
+
+    for dock in viewer.window._qt_window.findChildren(QDockWidget):
+        if dock.windowTitle().startswith(name):
+            dock.show()
+            dock.raise_()
+            return
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     for path in args.paths:
         if not Path(path).exists():
             raise ValueError(f"No such file or folder: {path}")
-    viewer = open_viewer(args.paths, args.sample)
+    viewer = napari.Viewer(title="napari-unet")
+    populate_viewer(viewer, args.paths, args.sample)
     if args.screenshot:
         from qtpy.QtCore import QTimer
 

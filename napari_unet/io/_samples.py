@@ -51,6 +51,16 @@ SAMPLES: tuple[SampleInfo, ...] = (
         licence="CC0 1.0",
     ),
     SampleInfo(
+        key="nuclei_fluorescence_fields",
+        display_name="Nuclei, fluorescence, 4 fields of view (DSB2018)",
+        image_file="dsb2018_fluorescence_fields.tif",
+        labels_file="dsb2018_fluorescence_fields_labels.tif",
+        axes="TYX",
+        description="Four fluorescent-nuclei fields of similar look as a stack, 4 x 256 x 256, uint8",
+        source="2018 Data Science Bowl (BBBC038, Caicedo et al. 2019), fixed masks",
+        licence="CC0 1.0",
+    ),
+    SampleInfo(
         key="nuclei_stained_2d",
         display_name="Nuclei, stained tissue RGB 2D (DSB2018)",
         image_file="dsb2018_stained_nuclei.tif",
@@ -138,6 +148,11 @@ def sample_layer_data(key: str) -> list[tuple[Any, dict[str, Any], str]]:
 def nuclei_fluorescence_2d() -> list[tuple[Any, dict[str, Any], str]]:
     """Sample: 2D fluorescent nuclei (DSB2018, CC0) with ground truth."""
     return sample_layer_data("nuclei_fluorescence_2d")
+
+
+def nuclei_fluorescence_fields() -> list[tuple[Any, dict[str, Any], str]]:
+    """Sample: four 2D fluorescent-nuclei fields as a stack (DSB2018, CC0) with ground truth."""
+    return sample_layer_data("nuclei_fluorescence_fields")
 
 
 def nuclei_stained_2d() -> list[tuple[Any, dict[str, Any], str]]:

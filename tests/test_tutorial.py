@@ -1,0 +1,125 @@
+"""The README's run command and its illustrated tutorial, in a real napari window.
+
+``test_gui_command_opens_napari_with_the_plugin`` runs ``napari-unet gui`` (what
+``scripts/launch.sh`` ends with) in a subprocess on the test display and checks its screenshot.
+``test_tutorial_walkthrough`` is the tutorial of the README, step by step; with
+``NAPARI_UNET_WRITE_DOCS=1`` it (re)writes the README's pictures in ``docs/images/``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from skimage.io import imread
+
+from napari_unet.cli.gui import DOCKED_WIDGETS, populate_viewer
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "images"
+
+
+def _looks_like_a_window(png: Path) -> np.ndarray:
+    img = imread(png)
+    assert img.ndim == 3 and img.shape[0] > 300 and img.shape[1] > 500
+    assert img[..., :3].std() > 10  # not a blank frame
+    return img
+
+
+def test_gui_command_opens_napari_with_the_plugin(tmp_path):
+    shot = tmp_path / "gui.png"
+    env = dict(os.environ)
+    result = subprocess.run(
+        [sys.executable, "-m", "napari_unet.cli", "gui", "--screenshot", str(shot)],
+        capture_output=True, text=True, timeout=240, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    _looks_like_a_window(shot)
+
+
+def test_gui_command_rejects_a_missing_file():
+    result = subprocess.run(
+        [sys.executable, "-m", "napari_unet.cli", "gui", "/nonexistent/cells.tif"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "napari-unet: error: No such file or folder: /nonexistent/cells.tif"
+
+
+def test_tutorial_walkthrough(make_napari_viewer, qtbot, tmp_path):
+    from napari_unet.cli.gui import show_dock
+
+    write_docs = os.environ.get("NAPARI_UNET_WRITE_DOCS") == "1"
+    out = DOCS if write_docs else tmp_path
+    out.mkdir(parents=True, exist_ok=True)
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1400, 860)
+    docked = populate_viewer(viewer, [], "nuclei_fluorescence_fields")  # what `napari-unet gui` opens
+    assert set(docked) == set(DOCKED_WIDGETS)
+    segment, finetune = docked["Segment"], docked["Fine-tune"]
+    shots = []
+
+    def shoot(name: str) -> None:
+        viewer.reset_view()
+        qtbot.wait(300)
+        path = out / f"tutorial-{name}.png"
+        viewer.screenshot(str(path), canvas_only=False, flash=False)
+        shots.append(_looks_like_a_window(path))
+
+    # 1. the sample: 4 fields of view of fluorescent nuclei (and their ground truth, hidden)
+    image = viewer.layers["nuclei_fluorescence_fields"]
+    viewer.layers["nuclei_fluorescence_fields ground truth"].visible = False
+    viewer.dims.set_current_step(0, 0)
+    shoot("1-open")
+
+    # 2. segment the current field with the built-in model
+    segment.reset_choices()
+    segment._image_combo.value = image
+    assert segment._model_combo.value.endswith("nuclei.pt")
+    segment._run_button.clicked.emit()
+    qtbot.waitUntil(lambda: segment._worker is None, timeout=120_000)
+    masks = viewer.layers["nuclei_fluorescence_fields masks"]
+    assert masks.data[0].max() > 5 and not masks.data[1:].any()  # found nuclei, only in field 0
+    shoot("2-segment")
+
+    # 3. correct with the brush: paint a missed nucleus, erase a false one
+    show_dock(viewer, "Fine-tune")
+    viewer.layers.selection.active = masks
+    masks.brush_size = 12
+    masks.mode = "paint"
+    masks.paint((0, 60, 60), int(masks.data.max()) + 1)
+    masks.paint((0, 20, 200), 0)
+    assert finetune._corrected_info.value.startswith("1")
+    shoot("3-correct")
+
+    # 4. fine-tune on the correction: the loss curve fills in
+    finetune._steps.value = 6
+    finetune._patch_size.value = 128
+    finetune._batch_size.value = 2
+    finetune._name.value = "my-nuclei"
+    finetune._start_button.native.click()
+    qtbot.waitUntil(lambda: finetune._worker is None, timeout=240_000)
+    assert len(finetune._history["loss"]) == 6 and finetune._history["ap50"]
+    shoot("4-finetune")
+
+    # 5. on to the next field: segment it with the new model; field 0 stays as corrected
+    qtbot.waitUntil(lambda: segment._worker is None, timeout=120_000)
+    corrected = masks.data[0].copy()
+    show_dock(viewer, "Segment")
+    assert segment._model_combo.value.endswith("my-nuclei.pt")
+    viewer.dims.set_current_step(0, 1)
+    segment._run_button.clicked.emit()
+    qtbot.waitUntil(lambda: segment._worker is None, timeout=120_000)
+    assert masks.data[1].max() > 5
+    np.testing.assert_array_equal(masks.data[0], corrected)
+    shoot("5-segment-again")
+
+    # 6. save the corrected labels (File > Save Selected Layers...)
+    saved = tmp_path / "nuclei masks.tif"
+    viewer.layers.selection.active = masks
+    viewer.layers.save(str(saved), selected=True, plugin="napari-unet")
+    assert saved.is_file()
+    assert len(shots) == 5
