@@ -194,11 +194,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --steps or --time-budget")
 
     import torch
-    from tqdm import tqdm
 
+    from napari_unet.cli._progress import TrainingBar
     from napari_unet.core.checkpoint import SegmentationModel, save_model
     from napari_unet.core.device import describe_device, select_device
-    from napari_unet.core.events import TrainStep, Validation
+    from napari_unet.core.events import run_to_end
     from napari_unet.core.model import UNet
     from napari_unet.core.predict import segment
     from napari_unet.core.train import finetune
@@ -235,24 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         from_scratch=True,
     )
-    bar = tqdm(total=args.steps or int(args.time_budget), unit="step" if args.steps else "s")
-    result = None
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as done:
-            result = done.value
-            break
-        if isinstance(event, TrainStep):
-            if args.steps:
-                bar.update(1)
-            else:
-                bar.n = min(int(event.elapsed), bar.total)
-                bar.refresh()
-            bar.set_postfix(loss=f"{event.loss:.3f}", lr=f"{event.lr:.1e}")
-        elif isinstance(event, Validation):
-            tqdm.write(f"step {event.step}: val AP@0.5 {event.ap50:.3f}  Dice {event.dice:.3f}  "
-                       f"loss {event.loss:.4f}{'  (best)' if event.is_best else ''}")
+    bar = TrainingBar(args.steps, args.time_budget)
+    result = run_to_end(gen, bar)
     bar.close()
     train_meta = dict(result.metadata)
 

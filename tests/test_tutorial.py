@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 from skimage.io import imread
 
 from napari_unet.cli.gui import DOCKED_WIDGETS, populate_viewer

@@ -184,8 +184,9 @@ def _out_path(text: str, overwrite: bool) -> Path:
 
 # ---------------------------------------------------------------------- run
 def run(args: argparse.Namespace) -> int:
+    from napari_unet.cli._progress import TrainingBar
     from napari_unet.core.checkpoint import load_model, save_model
-    from napari_unet.core.events import TrainStep, Validation
+    from napari_unet.core.events import run_to_end
     from napari_unet.core.train import DEFAULT_STEPS, finetune
 
     if args.steps is not None and args.steps < 1:
@@ -205,32 +206,11 @@ def run(args: argparse.Namespace) -> int:
         patch_size=args.patch_size, batch_size=args.batch_size, augment=not args.no_augment,
         val_fraction=args.val_fraction, device=args.device, seed=args.seed,
     )
-    bar = None
-    if not args.no_progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=steps if steps else int(args.time_budget), unit="step" if steps else "s",
-                   desc="training", leave=True)
-    last_val: Validation | None = None
+    bar = TrainingBar(steps, args.time_budget, enabled=not args.no_progress)
     try:
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as done:
-                result = done.value
-                break
-            if isinstance(event, TrainStep) and bar is not None:
-                if steps:
-                    bar.update(1)
-                else:
-                    bar.n = min(int(event.elapsed), bar.total)
-                    bar.refresh()
-                bar.set_postfix(loss=f"{event.loss:.3f}")
-            elif isinstance(event, Validation):
-                log.info("step %d: validation AP@0.5 %.3f", event.step, event.ap50)
+        result = run_to_end(gen, bar)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         gen.close()
     result.metadata["name"] = out.stem
     save_model(result, out)

@@ -20,12 +20,13 @@ import copy
 import datetime as _dt
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from napari_unet._atomic import atomic_write
 
 from .device import select_device
 from .model import UNet, UNetConfig
@@ -170,20 +171,8 @@ def save_model(model: SegmentationModel, path: str | os.PathLike) -> Path:
         If the folder cannot be written (read-only, disk full); the previous file is intact.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(model.to_dict(), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_write(path, "wb") as fh:
+        torch.save(model.to_dict(), fh)
     return path
 
 

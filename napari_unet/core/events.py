@@ -6,7 +6,9 @@ thread worker's ``yielded`` signal, the CLI drives a progress bar with them.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -67,3 +69,14 @@ class Validation:
     loss: float
     is_best: bool
     best_ap50: float
+
+
+def run_to_end(gen: Generator[Any, None, Any], callback: Callable[[Any], None] | None = None) -> Any:
+    """Exhaust a generator (calling ``callback`` on every event) and return its return value."""
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if callback is not None:
+            callback(event)

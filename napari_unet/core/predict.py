@@ -39,7 +39,7 @@ import torch
 
 from .checkpoint import SegmentationModel
 from .device import free_memory_bytes, select_device
-from .events import Progress
+from .events import Progress, run_to_end
 from .instances import DEFAULT_MIN_SIZE, DEFAULT_THRESHOLD, probabilities_to_labels
 from .preprocess import ImageError, is_constant, prepare_plane
 from .tiling import TilePlan, choose_tile_and_batch, mirror_pad, plan_tiles
@@ -565,17 +565,6 @@ def iter_segment(
 
     yield from _iter_planes(model, image, layout.rgb, engine_kwargs, should_stop, keep)
     return result
-
-
-def run_to_end(gen: Generator[Any, None, Any], callback: Callable[[Any], None] | None = None) -> Any:
-    """Exhaust a generator (calling ``callback`` on every event) and return its return value."""
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if callback is not None:
-            callback(event)
 
 
 def predict_probabilities(model: SegmentationModel, image: Any, **kwargs: Any) -> Any:

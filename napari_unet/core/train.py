@@ -48,8 +48,8 @@ import logging
 import math
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Generator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 

@@ -9,16 +9,16 @@ as a Labels layer.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from napari_unet._atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -91,18 +91,9 @@ def save_corrected_list(labels_path: str | os.PathLike, planes: Iterable[Any] | 
         "labels_file": Path(labels_path).name,
         "planes": [list(p) for p in plane_list],
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=1)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_write(target, "w") as fh:
+        json.dump(payload, fh, indent=1)
+        fh.write("\n")
     return target
 
 

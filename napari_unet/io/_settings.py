@@ -6,13 +6,13 @@ The file is ``<user_config_dir("napari-unet")>/settings.json``; the environment 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from napari_unet._atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +53,7 @@ def update_settings(**values: Any) -> None:
     data = read_settings()
     data.update(values)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".settings.", suffix=".json", dir=folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(data, fh, indent=2)
-            os.replace(tmp, folder / SETTINGS_FILE)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        with atomic_write(folder / SETTINGS_FILE, "w") as fh:
+            json.dump(data, fh, indent=2)
     except OSError as e:
         log.warning("could not save settings to %s: %s", folder, e)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from napari_unet._atomic import atomic_write
 
 from ._axes import AxesError, check_axes, guess_axes
 from ._corrected import save_corrected_list
@@ -151,18 +151,8 @@ def write_labels(
         kwargs.update(ome=True, metadata=meta, resolutionunit="CENTIMETER", bigtiff=data.nbytes > 2**31)
         kwargs["resolution"] = (1e4 / sizes["X"], 1e4 / sizes["Y"])
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.tif", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        tifffile.imwrite(tmp, data, **kwargs)
-        with open(tmp, "rb+") as fh:  # make sure the bytes are on disk before the rename
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    with atomic_write(path, "wb") as fh:
+        tifffile.imwrite(fh, data, **kwargs)
     log.info("wrote labels %s %s to %s", data.shape, dtype, path)
     return path
 

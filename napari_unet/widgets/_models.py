@@ -13,6 +13,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from napari_unet._atomic import atomic_write
+
 
 def user_model_entries() -> list:
     """``ModelEntry`` of the user's own models (not the built-in ones)."""
@@ -128,17 +130,8 @@ def export_model(name: str, destination: str | os.PathLike) -> Path:
         destination = destination.with_name(destination.name + MODEL_SUFFIX)
     if destination.resolve() == entry.path.resolve():
         raise ValueError("Choose another file to export to: that is the model file itself.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(entry.path, "rb") as src:
-            shutil.copyfileobj(src, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, destination)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_write(destination, "wb") as out, open(entry.path, "rb") as src:
+        shutil.copyfileobj(src, out)
     return destination
 
 
