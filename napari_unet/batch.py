@@ -29,7 +29,6 @@ from typing import Any, ClassVar
 import numpy as np
 
 from napari_unet.core.checkpoint import SegmentationModel, read_model_file
-from napari_unet.core.instances import DEFAULT_MIN_SIZE, DEFAULT_THRESHOLD
 from napari_unet.core.predict import stack_layout
 
 log = logging.getLogger(__name__)
@@ -138,8 +137,8 @@ def segment_to_ome_zarr(
     image: Any,
     out_path: str | os.PathLike,
     *,
-    threshold: float = DEFAULT_THRESHOLD,
-    min_size: int = DEFAULT_MIN_SIZE,
+    threshold: float | None = None,
+    min_size: int | None = None,
     rgb: bool | None = None,
     scheduler: str | Any | None = None,
     tile_size: int | None = None,
@@ -161,8 +160,9 @@ def segment_to_ome_zarr(
     out_path : str or PathLike
         Destination folder (``.ome.zarr``); written under a temporary name and renamed
         when complete.
-    threshold, min_size : float, int
-        Post-processing (see :func:`napari_unet.core.probabilities_to_labels`).
+    threshold, min_size : float, int, optional
+        Post-processing (see :func:`napari_unet.core.probabilities_to_labels`); None = the
+        model's own (``model.postprocessing``).
     rgb : bool, optional
         Whether the last axis is colour (default: if it has 3 or 4 entries).
     scheduler : str or distributed.Client, optional
@@ -199,7 +199,12 @@ def segment_to_ome_zarr(
     else:
         image = image.rechunk((1,) * n_lead + tuple(image.shape[n_lead:]))
     spec = ModelSpec(model, device=device)
-    options = {"threshold": threshold, "min_size": min_size, "tile_size": tile_size}
+    defaults = model.postprocessing
+    options = {
+        "threshold": defaults["threshold"] if threshold is None else threshold,
+        "min_size": defaults["min_size"] if min_size is None else min_size,
+        "tile_size": tile_size,
+    }
     drop = (image.ndim - 1,) if layout.rgb else ()
     labels = image.map_blocks(
         _segment_block, spec, options, layout.rgb, n_lead,

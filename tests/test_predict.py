@@ -375,3 +375,16 @@ def test_inference_net_folds_batch_norm_and_follows_weight_changes():
     assert refreshed is not fused
     with torch.inference_mode():
         np.testing.assert_allclose(refreshed(x).numpy(), net(x).numpy(), atol=1e-5)
+
+
+def test_segment_uses_the_models_own_postprocessing_unless_given(dsb_fluo_crop, tiny_model_path):
+    from napari_unet.core.checkpoint import read_model_file
+
+    image, _labels = dsb_fluo_crop
+    model = read_model_file(tiny_model_path)
+    model.metadata["postprocessing"] = {"threshold": 0.05, "min_size": 0}
+    loose = segment(model, image)
+    assert np.array_equal(loose, segment(model, image, threshold=0.05, min_size=0))
+    model.metadata["postprocessing"] = {"threshold": 0.95, "min_size": 10_000}
+    assert segment(model, image).max() == 0  # nothing is that large
+    assert np.array_equal(segment(model, image, threshold=0.05, min_size=0), loose)

@@ -222,3 +222,15 @@ def test_nan_image_is_a_clear_notification(widget, qtbot, notifications):
     w._run_button.clicked.emit()
     _wait(qtbot, w)
     assert any("NaN" in m for m in notifications)
+
+
+def test_model_choice_brings_its_own_threshold_and_min_size(widget, tmp_path):
+    from napari_unet.core.checkpoint import read_model_file, save_model
+
+    viewer, w = widget
+    model = read_model_file(w._model_combo.value)
+    model.metadata["postprocessing"] = {"threshold": 0.65, "min_size": 40}
+    tuned = save_model(model, tmp_path / "tuned.pt")
+    w.add_model_file(tuned)
+    assert w._threshold.value == pytest.approx(0.65)
+    assert w._min_size.value == 40

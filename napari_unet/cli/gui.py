@@ -41,7 +41,12 @@ def populate_viewer(viewer, paths: list[str], sample: str | None) -> dict:
     elif sample and sample != "none":
         samples = {s.key for s in manifest.contributions.sample_data or []}
         if sample in samples:
-            viewer.open_sample("napari-unet", sample)
+            layers = viewer.open_sample("napari-unet", sample)
+            for layer in layers:  # the ground truth is there to compare with, not to confuse
+                if layer.name.endswith("ground truth"):
+                    layer.visible = False
+                else:
+                    viewer.layers.selection.active = layer
         elif samples:
             raise ValueError(f"No sample named {sample!r}; choose one of: {', '.join(sorted(samples))}.")
     return docked
@@ -64,10 +69,13 @@ def run(args: argparse.Namespace) -> int:
     for path in args.paths:
         if not Path(path).exists():
             raise ValueError(f"No such file or folder: {path}")
+    from qtpy.QtCore import QTimer
+
     viewer = napari.Viewer(title="napari-unet")
     populate_viewer(viewer, args.paths, args.sample)
+
+    QTimer.singleShot(300, viewer.reset_view)  # fit the image once the docks have their size
     if args.screenshot:
-        from qtpy.QtCore import QTimer
 
         def _shoot() -> None:
             viewer.screenshot(str(args.screenshot), canvas_only=False, flash=False)

@@ -32,8 +32,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--model", default=None, metavar="NAME|PATH",
                    help="model name (see 'napari-unet models') or .pt file; default: the built-in model")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold in (0, 1) (default 0.5)")
-    p.add_argument("--min-size", type=int, default=16, help="remove objects smaller than this many pixels")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="probability threshold in (0, 1) (default: the model's own, usually about 0.5)")
+    p.add_argument("--min-size", type=int, default=None,
+                   help="remove objects smaller than this many pixels (default: the model's own)")
     p.add_argument("--tile", type=int, default=None, metavar="PIXELS",
                    help="largest tile side (default: from free memory)")
     p.add_argument("--channel", type=int, default=None,
@@ -109,7 +111,6 @@ def run(args: argparse.Namespace) -> int:
     from napari_unet.core import load_model
     from napari_unet.core.instances import _check_args
 
-    _check_args(args.threshold, args.min_size)
     use_dask = args.dask or args.scheduler is not None
     inputs = _expand_inputs(args.inputs, args.folder_as_stack)
     out_dir = Path(args.out).expanduser()
@@ -117,6 +118,10 @@ def run(args: argparse.Namespace) -> int:
     device = None if args.device == "auto" else args.device
     model = load_model(args.model, device=device)
     log.info("model %s on %s", model.name, model.device)
+    # the model's own post-processing unless given
+    args.threshold = model.postprocessing["threshold"] if args.threshold is None else args.threshold
+    args.min_size = model.postprocessing["min_size"] if args.min_size is None else args.min_size
+    _check_args(args.threshold, args.min_size)
     for path in inputs:
         name = path.name
         stem = name.split(".")[0] if name.lower().endswith((".ome.tif", ".ome.tiff", ".ome.zarr")) else path.stem

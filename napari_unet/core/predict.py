@@ -40,7 +40,7 @@ import torch
 from .checkpoint import SegmentationModel
 from .device import free_memory_bytes, select_device
 from .events import Progress, run_to_end
-from .instances import DEFAULT_MIN_SIZE, DEFAULT_THRESHOLD, probabilities_to_labels
+from .instances import probabilities_to_labels
 from .preprocess import ImageError, is_constant, prepare_plane
 from .tiling import TilePlan, choose_tile_and_batch, mirror_pad, plan_tiles
 
@@ -523,8 +523,8 @@ def iter_segment(
     model: SegmentationModel,
     image: Any,
     *,
-    threshold: float = DEFAULT_THRESHOLD,
-    min_size: int = DEFAULT_MIN_SIZE,
+    threshold: float | None = None,
+    min_size: int | None = None,
     rgb: bool | None = None,
     tile_size: int | None = None,
     batch_size: int | None = None,
@@ -538,7 +538,8 @@ def iter_segment(
     """Instance labels of an image or stack, tile by tile (generator).
 
     Same arguments as :func:`iter_predict_probabilities`, plus ``threshold`` and
-    ``min_size`` (see :func:`probabilities_to_labels`). Planes are post-processed as
+    ``min_size`` (see :func:`probabilities_to_labels`; None = the model's own, from
+    ``model.postprocessing``). Planes are post-processed as
     soon as they are predicted: only one plane of probabilities is held at a time.
 
     Returns
@@ -549,6 +550,8 @@ def iter_segment(
     """
     from .instances import _check_args
 
+    threshold = model.postprocessing["threshold"] if threshold is None else threshold
+    min_size = model.postprocessing["min_size"] if min_size is None else min_size
     _check_args(threshold, min_size)
     engine_kwargs = {
         "device": device, "tile_size": tile_size, "batch_size": batch_size, "halo": halo,

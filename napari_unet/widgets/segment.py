@@ -136,10 +136,12 @@ class SegmentWidget(Container):
         self._image_combo.changed.connect(lambda *_: self._channel_axis.reset_choices())
         self._threshold.changed.connect(self._rethreshold)
         self._min_size.changed.connect(self._rethreshold)
+        self._model_combo.changed.connect(self._on_model_changed)
         viewer.layers.events.inserted.connect(self.reset_choices)
         viewer.layers.events.removed.connect(self.reset_choices)
         viewer.layers.events.moved.connect(self.reset_choices)
         self._show_device()
+        self._on_model_changed()
         self._register()
 
     # ------------------------------------------------------------------ choices
@@ -188,6 +190,24 @@ class SegmentWidget(Container):
             self.add_model_file(path)
         else:
             self._model_combo.value = path
+
+    def _on_model_changed(self, *_args) -> None:
+        """A new model: forget the old model's probabilities, take its threshold and min. size."""
+        self._probabilities.clear()
+        path = self._model_combo.value
+        if not path:
+            return
+        from napari_unet.core.checkpoint import ModelFileError, read_model_metadata
+
+        try:
+            stored = read_model_metadata(path).get("postprocessing") or {}
+        except (ModelFileError, OSError):
+            return  # a broken file is reported when the user segments with it
+        with self._threshold.changed.blocked(), self._min_size.changed.blocked():
+            if "threshold" in stored:
+                self._threshold.value = float(stored["threshold"])
+            if "min_size" in stored:
+                self._min_size.value = int(stored["min_size"])
 
     def _show_device(self) -> None:
         try:
