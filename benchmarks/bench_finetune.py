@@ -81,7 +81,7 @@ def mean_ap(model, images, labels, device) -> float:
     return float(np.mean([average_precision(lab, segment(model, img, device=device)) for img, lab in zip(images, labels)]))
 
 
-def hitl(name: str, device, budget: float, frame: int, eval_every: int, seed: int) -> dict:
+def hitl(name: str, device, budget: float, frame: int, eval_every: int, seed: int, **train_kw) -> dict:
     from napari_unet.core.checkpoint import load_model
     from napari_unet.core.train import run_finetune
 
@@ -93,7 +93,8 @@ def hitl(name: str, device, budget: float, frame: int, eval_every: int, seed: in
     before = mean_ap(base, images[others], labels[others], device)
     t_eval = time.perf_counter() - t
     t = time.perf_counter()
-    tuned = run_finetune(base, [images[frame]], [labels[frame]], time_budget=budget, device=device, seed=seed)
+    tuned = run_finetune(base, [images[frame]], [labels[frame]], time_budget=budget, device=device, seed=seed,
+                         **train_kw)
     t_train = time.perf_counter() - t
     after = mean_ap(tuned, images[others], labels[others], device)
     meta = tuned.metadata
@@ -131,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frame", type=int, default=0, help="frame whose ground truth is the correction")
     parser.add_argument("--eval-every", type=int, default=1, help="evaluate every k-th other frame")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--patch-size", type=int, default=None, help="fine-tuning patch (default: finetune's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="fine-tuning batch (default: finetune's)")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
@@ -161,13 +164,15 @@ def main(argv: list[str] | None = None) -> int:
         lines.append("")
     lines += [
         f"Human in the loop: ground truth of frame {args.frame} as the correction, fine-tuning for {budget:.0f} s "
-        "(AdamW, defaults of `finetune`: patch 256, batch 4, band validation), AP@0.5 on the other frames:",
+        f"(AdamW, patch {args.patch_size or 256}, batch {args.batch_size or 4}, band validation; "
+        f"`--patch-size {args.patch_size or 256} --batch-size {args.batch_size or 4}`), AP@0.5 on the other frames:",
         "",
         "| data | frame size | other frames | AP@0.5 before | AP@0.5 after | steps (selected) | fine-tune s |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in args.datasets:
-        r = hitl(name, device, budget, args.frame, args.eval_every, args.seed)
+        train_kw = {k: v for k, v in (("patch_size", args.patch_size), ("batch_size", args.batch_size)) if v}
+        r = hitl(name, device, budget, args.frame, args.eval_every, args.seed, **train_kw)
         print(f"{name}: AP@0.5 {r['before']:.3f} -> {r['after']:.3f} in {r['train_s']:.0f} s ({r['steps']} steps)")
         lines.append(
             f"| {name} | {r['shape']} | {r['eval_frames']} | {r['before']:.3f} | {r['after']:.3f} | "
