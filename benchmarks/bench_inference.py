@@ -235,7 +235,16 @@ print(json.dumps({"planes": data.shape[0], "plane": list(data.shape[1:]), "input
 """
 
 
-def bench_stack_memory(lengths: list[int], plane: int, content_planes: int = 2) -> list[dict]:
+def _memory_cgroup(limit_gb: float) -> Path:
+    """A cgroup-v1 memory cgroup capped at ``limit_gb`` (Linux, root): RAM smaller than the stack."""
+    group = Path("/sys/fs/cgroup/memory/napari_unet_bench")
+    group.mkdir(exist_ok=True)
+    (group / "memory.limit_in_bytes").write_text(str(int(limit_gb * 2**30)))
+    return group
+
+
+def bench_stack_memory(lengths: list[int], plane: int, content_planes: int = 2,
+                       memory_limit_gb: float | None = None) -> list[dict]:
     """Peak memory of ``read_stack(lazy=True)`` + ``batch.segment_to_ome_zarr`` over stacks of
     uint16 planes on disk. ``content_planes`` planes (spread over the stack) hold EM images and
     go through the network; the others are constant (read, found empty, written as zeros): the
@@ -253,15 +262,23 @@ def bench_stack_memory(lengths: list[int], plane: int, content_planes: int = 2) 
                 for i in range(n):
                     tw.write(np.roll(base, 37 * i, axis=1) if i in content else empty, contiguous=True,
                              photometric="minisblack", metadata={"axes": "ZYX"} if i == 0 else None)
+            preexec = None
+            if memory_limit_gb:
+                procs = _memory_cgroup(memory_limit_gb) / "cgroup.procs"
+
+                def preexec() -> None:  # runs in the child before exec: join the capped cgroup
+                    procs.write_text(str(os.getpid()))
+
             res = subprocess.run(
                 [sys.executable, "-c", _STACK_CHILD, str(ROOT), str(src), str(Path(tmp) / f"out{n}.ome.zarr")],
-                capture_output=True, text=True,
+                capture_output=True, text=True, preexec_fn=preexec,
             )
             if res.returncode:
                 print(res.stderr[-2000:])
                 raise SystemExit("stack benchmark failed")
             row = json.loads(res.stdout.strip().splitlines()[-1])
             row["content_planes"] = len(content)
+            row["memory_limit_gb"] = memory_limit_gb
             print(json.dumps(row), flush=True)
             out.append(row)
             src.unlink()
@@ -276,13 +293,17 @@ def main() -> None:
     parser.add_argument("--stack", default="64,256", help="stack lengths for the memory test ('' to skip)")
     parser.add_argument("--stack-plane", type=int, default=2048)
     parser.add_argument("--only-stack", action="store_true", help="run only the stack memory test")
+    parser.add_argument("--memory-limit-gb", type=float, default=None,
+                        help="run the stack test in a memory cgroup capped at this size (Linux, root), "
+                             "so that the stack is larger than the RAM the process may use")
     parser.add_argument("--json", default=None, help="write all figures to this file")
     args = parser.parse_args()
     device = torch.device("cuda" if args.gpu else "cpu")
     if args.gpu and not torch.cuda.is_available():
         sys.exit("--gpu needs a CUDA GPU")
     if args.only_stack:
-        print(json.dumps(bench_stack_memory([int(v) for v in args.stack.split(",")], args.stack_plane)))
+        print(json.dumps(bench_stack_memory([int(v) for v in args.stack.split(",")], args.stack_plane,
+                                            memory_limit_gb=args.memory_limit_gb)))
         return
     model, model_desc = default_model(str(device))
     info = {
@@ -296,7 +317,8 @@ def main() -> None:
     info["slice_latency"] = bench_slice_latency(cpu_model, args.repeats)
     print(json.dumps(info["slice_latency"]), flush=True)
     if args.stack:
-        info["stack_memory"] = bench_stack_memory([int(s) for s in args.stack.split(",")], args.stack_plane)
+        info["stack_memory"] = bench_stack_memory([int(s) for s in args.stack.split(",")], args.stack_plane,
+                                                    memory_limit_gb=args.memory_limit_gb)
     info["max_rss_mb_parent"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.json:
         Path(args.json).write_text(json.dumps(info, indent=1))
