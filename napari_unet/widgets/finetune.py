@@ -11,6 +11,9 @@
 3. The best model is saved atomically in the user's model folder, appears in every model
    list, and the current view is segmented again with it (corrected planes are left alone).
 
+Gathering and checking the examples lives in :mod:`._examples`, the worker body that trains
+and saves in :mod:`._training_job`.
+
 torch is imported lazily (inside functions and the worker) so napari starts fast.
 """
 
@@ -19,7 +22,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +43,17 @@ from psygnal import Signal
 
 from ._base import current_plane_index, format_seconds, notify_error, notify_info, notify_warning, one_line
 from ._corrections import CorrectedSlices, format_plane
+from ._examples import (
+    Example,
+    FolderSource,
+    LayerPairSource,
+    _check_pair_shapes,
+    _plane_of,
+    as_label_plane,
+    check_examples,
+    examples_from_folders,
+    examples_from_layers,
+)
 from ._models import (
     check_models_dir_writable,
     delete_model,
@@ -50,6 +63,7 @@ from ._models import (
     user_model_entries,
 )
 from ._registry import get_widget, register_widget
+from ._training_job import TrainingResult, _segment_plane_body, train_and_save
 
 if TYPE_CHECKING:
     import napari
@@ -58,272 +72,7 @@ log = logging.getLogger(__name__)
 
 #: The live plot is redrawn at most this often (seconds).
 PLOT_INTERVAL = 0.3
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
-#: Suffixes tried when matching a labels file to an image file by name.
-LABEL_NAME_SUFFIXES = ("", "_masks", "_mask", "_labels", "_label", "_seg", " masks")
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
-
-
-# ---------------------------------------------------------------------- training examples
-@dataclass
-class Example:
-    """One 2D training example: an image plane and its instance labels."""
-
-    image: np.ndarray  # (H, W) or (H, W, 3|4)
-    labels: np.ndarray  # (H, W) int32
-    source: str  # "c2c12 masks, slice 17"
-
-
-@dataclass
-class LayerPairSource:
-    """Extra examples from another image/labels layer pair (gathered at Start)."""
-
-    image_name: str
-    labels_name: str
-
-    @property
-    def description(self) -> str:
-        return f"layers {self.image_name!r} + {self.labels_name!r}"
-
-
-@dataclass
-class FolderSource:
-    """Extra examples read from folders of image and label files (read when added)."""
-
-    image_dir: Path
-    labels_dir: Path
-    examples: list[Example] = field(default_factory=list)
-
-    @property
-    def description(self) -> str:
-        return f"folder {self.image_dir.name}/ ({len(self.examples)} examples)"
-
-
-def as_label_plane(labels: Any, where: str) -> np.ndarray:
-    """Labels as int32, or raise ``ValueError`` (floats with fractions, negative ids, ...)."""
-    arr = np.asarray(labels)
-    if arr.dtype == bool:
-        return arr.astype(np.int32)
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.isfinite(arr).all() or not np.array_equal(arr, np.round(arr)):
-            raise ValueError(
-                f"{where} holds floating-point values with fractions; labels must be whole numbers "
-                "(0 = background, 1, 2, ... one per cell). Use a Labels layer or an integer label image."
-            )
-    elif not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"{where} has data type {arr.dtype}; labels must be integers (0 = background).")
-    if arr.size and arr.min() < 0:
-        raise ValueError(f"{where} holds negative values; labels must be 0 (background) or positive ids.")
-    if arr.size and arr.max() > np.iinfo(np.int32).max:
-        raise ValueError(f"{where} holds label ids too large for int32.")
-    return arr.astype(np.int32, copy=True)
-
-
-def _plane_of(data: Any, index: tuple[int, ...]) -> np.ndarray:
-    arr = data[index] if index else data
-    if hasattr(arr, "compute"):
-        arr = arr.compute()
-    return np.array(arr, copy=True)
-
-
-def _check_pair_shapes(image: Any, labels: Any) -> None:
-    """Raise ValueError unless the labels layer covers exactly the image's planes."""
-    rgb = bool(getattr(image, "rgb", False))
-    image_shape = tuple(image.data.shape[:-1] if rgb else image.data.shape)
-    labels_shape = tuple(labels.data.shape)
-    if image_shape != labels_shape:
-        raise ValueError(
-            f"Image {image.name!r} has shape {image_shape} but labels {labels.name!r} have shape "
-            f"{labels_shape}; they must have the same shape. Pick the masks made for this image."
-        )
-    if len(labels_shape) < 2:
-        raise ValueError(f"Labels {labels.name!r} must be at least 2D.")
-
-
-def examples_from_layers(image: Any, labels: Any, planes: list[tuple[int, ...]] | None = None) -> list[Example]:
-    """Training examples from an image layer and a labels layer (Labels or Image layer).
-
-    Parameters
-    ----------
-    image, labels : napari layers
-        Same shape (the image may have an extra RGB axis).
-    planes : list of tuples or None
-        Plane indices (leading axes) to use; None = every plane.
-
-    Raises
-    ------
-    ValueError
-        Different shapes, or labels that are not whole numbers.
-    """
-    _check_pair_shapes(image, labels)
-    n_lead = labels.ndim - 2
-    if planes is None:
-        planes = [tuple(int(i) for i in idx) for idx in np.ndindex(*labels.data.shape[:n_lead])]
-    examples = []
-    for plane in planes:
-        where = f"{labels.name!r}" + (f", {format_plane(plane)}" if plane else "")
-        lab = as_label_plane(_plane_of(labels.data, plane), where)
-        img = _plane_of(image.data, plane)
-        examples.append(Example(img, lab, where))
-    return examples
-
-
-def _read_image_file(path: Path) -> np.ndarray:
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        return np.asarray(tifffile.imread(path))
-    from skimage.io import imread
-
-    return np.asarray(imread(path))
-
-
-def _match_labels_file(image_path: Path, labels_dir: Path) -> Path | None:
-    candidates = {p.stem: p for p in labels_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-    for suffix in LABEL_NAME_SUFFIXES:
-        found = candidates.get(image_path.stem + suffix)
-        if found is not None:
-            return found
-    return None
-
-
-def examples_from_folders(image_dir: str | Path, labels_dir: str | Path) -> list[Example]:
-    """Training examples from a folder of images and a folder of label images.
-
-    Files are matched by name ("a.tif" with "a.tif", "a_masks.tif", "a_labels.png", ...).
-    A 2D image (grey or RGB) gives one example; a stack (N, H, W) with labels (N, H, W)
-    gives N.
-
-    Raises
-    ------
-    ValueError
-        Missing folders, no matching pairs, different shapes, labels that are not integers.
-    """
-    image_dir, labels_dir = Path(image_dir), Path(labels_dir)
-    for folder, what in ((image_dir, "image"), (labels_dir, "labels")):
-        if not folder.is_dir():
-            raise ValueError(f"The {what} folder {folder} does not exist; choose an existing folder.")
-    examples: list[Example] = []
-    images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    unmatched = []
-    for image_path in images:
-        labels_path = _match_labels_file(image_path, labels_dir)
-        if labels_path is None or labels_path.resolve() == image_path.resolve():
-            unmatched.append(image_path.name)
-            continue
-        image = _read_image_file(image_path)
-        labels = as_label_plane(_read_image_file(labels_path), labels_path.name)
-        rgb = image.ndim == labels.ndim + 1 and image.shape[-1] in (3, 4)
-        image_shape = image.shape[:-1] if rgb else image.shape
-        if tuple(image_shape) != tuple(labels.shape) or labels.ndim not in (2, 3):
-            raise ValueError(
-                f"{image_path.name} has shape {image.shape} but {labels_path.name} has {labels.shape}; "
-                "an image and its labels must have the same height and width."
-            )
-        if labels.ndim == 2:
-            examples.append(Example(image, labels, image_path.name))
-        else:
-            for i in range(labels.shape[0]):
-                examples.append(Example(image[i], labels[i], f"{image_path.name}, slice {i}"))
-    if not examples:
-        raise ValueError(
-            f"No image in {image_dir} has a label file of the same name in {labels_dir} "
-            "(e.g. cells1.tif and cells1.tif or cells1_masks.tif)."
-        )
-    if unmatched:
-        log.info("No labels for %d image(s): %s", len(unmatched), ", ".join(unmatched[:5]))
-    return examples
-
-
-def check_examples(examples: list[Example]) -> None:
-    """Raise ValueError when the examples cannot teach the model anything."""
-    if not examples:
-        raise ValueError(
-            "No corrected slice yet: correct the masks of at least one slice (brush, eraser, fill) "
-            "or press 'Mark current slice as correct', then Start."
-        )
-    for ex in examples:
-        img_shape = ex.image.shape[:2]
-        if tuple(img_shape) != tuple(ex.labels.shape):
-            raise ValueError(f"{ex.source}: image {ex.image.shape} and labels {ex.labels.shape} differ in size.")
-    if not any(ex.labels.any() for ex in examples):
-        raise ValueError(
-            "The corrected slices contain no cells (only background); paint at least one cell "
-            "so the model can learn what a cell looks like."
-        )
-
-
-# ---------------------------------------------------------------------- worker body
-@dataclass
-class TrainingResult:
-    """What the training worker hands back to the main thread."""
-
-    model: Any  # SegmentationModel or None (stopped before the first step)
-    path: Path | None  # where it was saved, None if it was not
-    save_error: BaseException | None
-    steps: int
-    target: Path | None = None
-
-
-def train_and_save(
-    base_model_path: str,
-    examples: list[Example],
-    target: Path,
-    *,
-    name: str,
-    settings: dict[str, Any],
-    stop: threading.Event,
-):
-    """Worker body: load the base model, fine-tune it (yielding TrainStep/Validation events),
-    then save the best model atomically to ``target``.
-
-    Returns a :class:`TrainingResult`; a save failure is returned (not raised) so the
-    trained model is kept and can be saved again.
-    """
-    from napari_unet.core.checkpoint import read_model_file, save_model, stamp_metadata
-    from napari_unet.core.events import TrainStep
-    from napari_unet.core.train import finetune
-
-    base = read_model_file(base_model_path, device="cpu")
-    gen = finetune(
-        base,
-        [ex.image for ex in examples],
-        [ex.labels for ex in examples],
-        stop=stop,
-        **settings,
-    )
-    steps = 0
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as done:
-            model = done.value
-            break
-        if isinstance(event, TrainStep):
-            steps = event.step
-        yield event
-    if model is None or steps == 0:
-        return TrainingResult(None, None, None, steps, target)
-    model.metadata["name"] = name
-    model.metadata.pop("path", None)
-    model.metadata.setdefault("base_model", base.name)
-    model.metadata.setdefault("n_examples", len(examples))
-    model.metadata["examples"] = [ex.source for ex in examples][:200]
-    model.metadata.setdefault("steps", steps)
-    stamp_metadata(model)  # adds the date when the engine did not
-    try:
-        path = save_model(model, target)
-    except OSError as exc:
-        return TrainingResult(model, None, exc, steps, target)
-    return TrainingResult(model, path, None, steps, target)
-
-
-def _segment_plane_body(model_path: str, image_plane: np.ndarray, rgb: bool) -> np.ndarray:
-    from napari_unet.core.checkpoint import read_model_file
-    from napari_unet.core.predict import segment
-
-    model = read_model_file(model_path)
-    return segment(model, image_plane, rgb=rgb)
 
 
 # ---------------------------------------------------------------------- the widget

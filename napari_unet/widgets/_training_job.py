@@ -1,0 +1,90 @@
+"""The bodies of the Fine-tune widget's thread workers (no Qt).
+
+:func:`train_and_save` loads the base model, fine-tunes it with
+:func:`napari_unet.core.train.finetune` (passing on its progress events) and saves the best
+model atomically, handing back a :class:`TrainingResult`; :func:`_segment_plane_body`
+segments one plane with the new model. torch is imported lazily, inside these functions.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._examples import Example
+
+
+@dataclass
+class TrainingResult:
+    """What the training worker hands back to the main thread."""
+
+    model: Any  # SegmentationModel or None (stopped before the first step)
+    path: Path | None  # where it was saved, None if it was not
+    save_error: BaseException | None
+    steps: int
+    target: Path | None = None
+
+
+def train_and_save(
+    base_model_path: str,
+    examples: list[Example],
+    target: Path,
+    *,
+    name: str,
+    settings: dict[str, Any],
+    stop: threading.Event,
+):
+    """Worker body: load the base model, fine-tune it (yielding TrainStep/Validation events),
+    then save the best model atomically to ``target``.
+
+    Returns a :class:`TrainingResult`; a save failure is returned (not raised) so the
+    trained model is kept and can be saved again.
+    """
+    from napari_unet.core.checkpoint import read_model_file, save_model, stamp_metadata
+    from napari_unet.core.events import TrainStep
+    from napari_unet.core.train import finetune
+
+    base = read_model_file(base_model_path, device="cpu")
+    gen = finetune(
+        base,
+        [ex.image for ex in examples],
+        [ex.labels for ex in examples],
+        stop=stop,
+        **settings,
+    )
+    steps = 0
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as done:
+            model = done.value
+            break
+        if isinstance(event, TrainStep):
+            steps = event.step
+        yield event
+    if model is None or steps == 0:
+        return TrainingResult(None, None, None, steps, target)
+    model.metadata["name"] = name
+    model.metadata.pop("path", None)
+    model.metadata.setdefault("base_model", base.name)
+    model.metadata.setdefault("n_examples", len(examples))
+    model.metadata["examples"] = [ex.source for ex in examples][:200]
+    model.metadata.setdefault("steps", steps)
+    stamp_metadata(model)  # adds the date when the engine did not
+    try:
+        path = save_model(model, target)
+    except OSError as exc:
+        return TrainingResult(model, None, exc, steps, target)
+    return TrainingResult(model, path, None, steps, target)
+
+
+def _segment_plane_body(model_path: str, image_plane: np.ndarray, rgb: bool) -> np.ndarray:
+    from napari_unet.core.checkpoint import read_model_file
+    from napari_unet.core.predict import segment
+
+    model = read_model_file(model_path)
+    return segment(model, image_plane, rgb=rgb)
