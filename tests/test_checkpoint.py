@@ -1,0 +1,87 @@
+"""Model files: safe loading (no unpickling), format versions, names, the built-in default."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+from napari_unet.core.checkpoint import (
+    FORMAT_VERSION,
+    ModelFileError,
+    SegmentationModel,
+    check_model_name,
+    list_models,
+    load_model,
+    read_model_file,
+    read_model_metadata,
+    save_model,
+    user_model_path,
+)
+from napari_unet.core.model import UNet
+
+
+class _Payload:
+    """Stands for malicious code in a pickle: loading must never build it."""
+
+    built = False
+
+    def __reduce__(self):
+        return (_Payload._mark, ())
+
+    @staticmethod
+    def _mark():
+        _Payload.built = True
+        return {}
+
+
+def test_builtin_default_model_loads_offline_with_its_metadata():
+    model = load_model()
+    assert model.name == "nuclei" and model.representation == "bg-interior-boundary"
+    assert model.metadata["model_card"]["data"].startswith("DSB2018")
+    assert 0 < model.postprocessing["threshold"] < 1
+    assert list_models()[0].name == "nuclei" and list_models()[0].builtin
+
+
+def test_round_trip_keeps_weights_and_metadata(tmp_path):
+    torch.manual_seed(0)
+    model = SegmentationModel(UNet(1, 3, 4, 2, "same", "batch"), metadata={"name": "mine", "val_ap50": 0.9})
+    path = save_model(model, tmp_path / "mine.pt")
+    again = read_model_file(path)
+    for (k, a), (_k, b) in zip(model.net.state_dict().items(), again.net.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert read_model_metadata(path)["val_ap50"] == 0.9
+
+
+def test_pickled_code_is_never_run(tmp_path):
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as fh:
+        pickle.dump({"format": "napari-unet-model", "x": _Payload()}, fh)
+    with pytest.raises(ModelFileError, match="not a napari-unet model file"):
+        read_model_file(path)
+    assert not _Payload.built
+
+
+def test_newer_format_version_is_refused_with_advice(tmp_path):
+    data = SegmentationModel(UNet(1, 3, 4, 2, "same")).to_dict()
+    data["format_version"] = FORMAT_VERSION + 1
+    torch.save(data, tmp_path / "future.pt")
+    with pytest.raises(ModelFileError, match="Update napari-unet"):
+        read_model_file(tmp_path / "future.pt")
+
+
+def test_damaged_weights_are_a_clear_error(tmp_path):
+    data = SegmentationModel(UNet(1, 3, 4, 2, "same")).to_dict()
+    data["state_dict"].popitem()
+    torch.save(data, tmp_path / "broken.pt")
+    with pytest.raises(ModelFileError, match="damaged or incomplete"):
+        read_model_file(tmp_path / "broken.pt")
+
+
+def test_model_names_are_checked():
+    assert check_model_name("  my cells v2 ") == "my cells v2"
+    for bad in ("", "../escape", "a/b", "x.pt", "nuclei"):
+        with pytest.raises(ValueError):
+            check_model_name(bad)
+    assert user_model_path("mine").name == "mine.pt"
