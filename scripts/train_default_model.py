@@ -122,8 +122,8 @@ def evaluate(rows: list[dict], segment_fn) -> dict:
     return out
 
 
-THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
-MIN_SIZES = (0, 8, 16, 32)
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+MIN_SIZES = (0, 8, 16, 32, 48)
 
 
 def tune_postprocessing(model, rows: list[dict], device) -> tuple[dict, list[np.ndarray]]:
