@@ -49,7 +49,13 @@ def test_finetune_on_real_crop_yields_events_and_returns_copy(dsb_fluo_crop):
     assert result is not model and result.net is not model.net
     meta = result.metadata
     assert meta["base_model"] == "tiny" and meta["n_examples"] == 1 and meta["steps"] == 3
-    assert meta["val_ap50"] == max(v.ap50 for v in vals)
+    training = meta["training"]
+    if training["selection_metric"] == "loss":  # few held-out nuclei: the loss decides
+        chosen = min(vals, key=lambda v: v.loss)
+        assert training["n_val_objects"] < 10 and "validation loss" in training["selection_note"]
+    else:
+        chosen = max(vals, key=lambda v: v.ap50)
+    assert meta["val_ap50"] == chosen.ap50 and training["selected_step"] == chosen.step
     assert meta["training"]["val_split"] == "band" and "date" in meta and "CPU" in meta["device"]
     assert not result.net.training
 
@@ -128,11 +134,56 @@ def test_split_whole_planes_or_bands(dsb_fluo_crop):
     one = prepare_examples(model, [image], [labels])
     train, val = split_examples(one, 0.25, np.random.default_rng(0))
     assert len(train) == len(val) == 1
-    assert train[0].labels.shape == (96, 128) and val[0].labels.shape == (32, 128)
+    assert {train[0].labels.shape, val[0].labels.shape} in ({(96, 128), (32, 128)}, {(128, 96), (128, 32)})
+    assert train[0].labels.max() > 0 and val[0].labels.max() > 0
     five = prepare_examples(model, [image] * 5, [labels] * 5)
     train, val = split_examples(five, 0.2, np.random.default_rng(0))
     assert len(train) == 4 and len(val) == 1 and val[0].labels.shape == (128, 128)
     assert split_examples(five, 0.0, np.random.default_rng(0)) == (five, [])
+
+
+def test_band_follows_the_objects_on_a_real_c2c12_frame(data_dir):
+    """Frame 0 of the C2C12 time-lapse has its 8 cells in the upper two thirds: the far-end band
+    of the default order would hold none, so an edge strip with cells is held out instead."""
+    import tifffile
+
+    image = tifffile.imread(data_dir / "c2c12_timelapse" / "images.tif")[0]
+    labels = tifffile.imread(data_dir / "c2c12_timelapse" / "labels.tif")[0].astype(np.int32)
+    assert labels[187:].max() == 0  # the old band (bottom 20 %) is pure background
+    (ex,) = prepare_examples(_tiny(), [image], [labels])
+    train, val = split_examples([ex], 0.2, np.random.default_rng(0))
+    n_total = len(np.unique(labels)) - 1
+    n_val = len(np.unique(val[0].labels)) - 1
+    assert n_val >= 1 and train[0].labels.max() > 0
+    assert train[0].labels.size + val[0].labels.size == labels.size
+    assert n_val <= n_total // 2
+
+
+def test_few_held_out_objects_are_judged_by_the_loss(data_dir):
+    """C2C12 frame 0: the band holds 2 cells, AP@0.5 over them is 0, 1/3, 1/2, 2/3 or 1."""
+    import tifffile
+
+    image = tifffile.imread(data_dir / "c2c12_timelapse" / "images.tif")[0]
+    labels = tifffile.imread(data_dir / "c2c12_timelapse" / "labels.tif")[0].astype(np.int32)
+    events, result = _drain(finetune(_tiny(), [image], [labels], steps=4, patch_size=64, batch_size=2,
+                                     validate_every=2, device="cpu"))
+    vals = [e for e in events if isinstance(e, Validation)]
+    training = result.metadata["training"]
+    assert training["selection_metric"] == "loss" and 1 <= training["n_val_objects"] < 10
+    best = min(vals, key=lambda v: v.loss)
+    assert training["selected_step"] == best.step and result.metadata["val_loss"] == best.loss
+
+
+def test_validation_without_objects_keeps_the_latest_weights(dsb_fluo_crop):
+    image, labels = dsb_fluo_crop
+    one = np.where(labels == labels[labels > 0][0], 1, 0).astype(np.int32)  # a single nucleus
+    events, result = _drain(finetune(_tiny(), [image], [one], steps=2, patch_size=32, batch_size=2,
+                                     validate_every=1, device="cpu"))
+    training = result.metadata["training"]
+    assert training["val_split"] == "band"
+    assert training["selected"] == "latest" and training["selected_step"] == 2
+    assert "no object" in training["selection_note"]
+    assert [e.step for e in events if isinstance(e, Validation)] == [0, 1, 2]
 
 
 def test_bad_inputs(dsb_fluo_crop):

@@ -25,11 +25,16 @@ Recipe
 * AdamW (weight decay 1e-4), learning rate warm-up over the first 5% then cosine decay
   to 5% of ``lr``, driven by the fraction of steps or of the time budget done.
 * Validation split: held-out whole planes when there are enough examples
-  (``floor(n * val_fraction) >= 1``), otherwise a band (``val_fraction`` of the longer
-  side, at the end of that axis) of every plane that training crops never see. The
-  metric is the DSB2018 AP at IoU 0.5 of whole-plane segmentation (ties broken by the
-  validation loss). A validation at step 0 measures the input model, so the returned
-  model is never worse on the validation data than the one given.
+  (``floor(n * val_fraction) >= 1``), otherwise a band (``val_fraction`` of one side,
+  along the edge that holds about that share of the objects) of every plane that
+  training crops never see. The metric is the DSB2018 AP at IoU 0.5 of whole-plane
+  segmentation (ties broken by the validation loss); with fewer than
+  ``MIN_VAL_OBJECTS_FOR_AP`` held-out objects the validation loss alone decides, as AP
+  over a handful of objects is mostly noise. A validation at step 0 measures
+  the input model, so the returned model is never worse on the validation data than
+  the one given. When the held-out part holds no object at all (a single labelled
+  object, say) the metric cannot tell models apart: the latest weights are returned
+  and the metadata says why.
 * Batch normalisation: when fine-tuning (``freeze_norm=None`` with a trained input
   model, i.e. anything but ``from_scratch=True``), BatchNorm layers stay in eval mode:
   their running statistics are kept and only their affine parameters learn. Statistics
@@ -69,6 +74,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STEPS = 200
 MIN_PLANE_SIZE = 8
+#: With fewer held-out objects than this, the best weights are chosen by the validation
+#: loss rather than by AP@0.5 (with 2 objects AP only takes the values 0, 1/3, 1/2, 2/3, 1).
+MIN_VAL_OBJECTS_FOR_AP = 10
 
 
 class StopFlag(Protocol):
@@ -150,9 +158,12 @@ def split_examples(
     """Training and validation parts: whole planes if there are enough, else a band of each.
 
     With ``n`` planes and ``k = floor(n * val_fraction)``: if ``k >= 1`` and the remaining
-    planes hold objects, ``k`` random planes are held out; otherwise the last
-    ``val_fraction`` of the longer side of every plane is held out (training crops
-    never see it).
+    planes hold objects, ``k`` random planes are held out; otherwise a band of every plane
+    (``val_fraction`` of one side, along one of its four edges) is held out and training
+    crops never see it. The band is the edge strip whose objects come closest to
+    ``val_fraction`` of the plane's objects while leaving some to train on (see
+    :func:`_choose_band`): a band of pure background would measure nothing but false
+    positives, and would keep the base model whenever it predicts nothing there.
     """
     if val_fraction <= 0:
         return examples, []
@@ -168,21 +179,60 @@ def split_examples(
             return train, val
     train, val = [], []
     for e in examples:
-        h, w = e.labels.shape
-        axis = 0 if h >= w else 1
-        length = (h, w)[axis]
-        cut = int(round(length * (1 - val_fraction)))
-        cut = min(max(cut, MIN_PLANE_SIZE), length - MIN_PLANE_SIZE) if length >= 2 * MIN_PLANE_SIZE else length
-        if cut >= length:
+        band = _choose_band(e.labels, val_fraction)
+        if band is None:
             train.append(e)
             continue
+        axis, start, stop = band
+        keep = (slice(0, start) if start > 0 else slice(stop, None))
+        take = slice(start, stop)
         if axis == 0:
-            train.append(_Example(e.image[:, :cut], e.labels[:cut], e.source))
-            val.append(_Example(e.image[:, cut:], e.labels[cut:], e.source))
+            train.append(_Example(e.image[:, keep], e.labels[keep], e.source))
+            val.append(_Example(e.image[:, take], e.labels[take], e.source))
         else:
-            train.append(_Example(e.image[:, :, :cut], e.labels[:, :cut], e.source))
-            val.append(_Example(e.image[:, :, cut:], e.labels[:, cut:], e.source))
+            train.append(_Example(e.image[:, :, keep], e.labels[:, keep], e.source))
+            val.append(_Example(e.image[:, :, take], e.labels[:, take], e.source))
     return train, val
+
+
+def _choose_band(labels: np.ndarray, val_fraction: float) -> tuple[int, int, int] | None:
+    """The validation band of one plane as ``(axis, start, stop)``, or None if too small.
+
+    Candidates are the four edge strips, ``val_fraction`` of the side they cut (the
+    longer side's strips first, the far end before the near one: the order used when
+    objects do not decide). An object counts for a strip when most of its pixels lie in
+    it. The chosen strip holds at least one object and leaves at least one to train on
+    if any strip can; among those, the one whose count is closest to ``val_fraction``
+    of all objects.
+    """
+    h, w = labels.shape
+    axes = (0, 1) if h >= w else (1, 0)
+    candidates = []
+    for axis in axes:
+        length = labels.shape[axis]
+        if length < 2 * MIN_PLANE_SIZE:
+            continue
+        size = int(round(length * val_fraction))
+        size = min(max(size, MIN_PLANE_SIZE), length - MIN_PLANE_SIZE)
+        candidates += [(axis, length - size, length), (axis, 0, size)]
+    if not candidates:
+        return None
+    sizes = np.bincount(labels.ravel())
+    n_objects = int(np.count_nonzero(sizes[1:]))
+    if n_objects == 0:
+        return candidates[0]
+    target = max(1.0, val_fraction * n_objects)
+
+    def rank(band: tuple[int, int, int]) -> tuple[int, float]:
+        axis, start, stop = band
+        part = labels[start:stop] if axis == 0 else labels[:, start:stop]
+        inside = np.bincount(part.ravel(), minlength=sizes.size)
+        held = int(np.count_nonzero(2 * inside[1:] > sizes[1:]))
+        usable = held >= 1 and n_objects - held >= 1
+        # unusable strips: prefer the one taking fewest objects away from training
+        return (0, abs(held - target)) if usable else (1, float(held))
+
+    return min(candidates, key=rank)  # min() keeps the first of equals: the default order
 
 
 # ---------------------------------------------------------------------- network helpers
@@ -415,6 +465,20 @@ def finetune(
     for e in val_ex:
         cls, wts = labels_to_targets(e.labels, work.representation, boundary_width, w0, sigma)
         val_planes.append(_ValPlane(e.image, e.labels, cls, wts, e.source))
+    selection_note = None
+    n_val_objects = sum(int(np.count_nonzero(np.bincount(vp.labels.ravel())[1:])) for vp in val_planes)
+    criterion = "ap50"
+    if val_planes and select == "best":
+        if n_val_objects == 0:
+            select = "latest"
+            selection_note = "the validation part holds no object, so the latest weights were kept"
+            log.warning("No object in the validation part: %s.", selection_note)
+        elif n_val_objects < MIN_VAL_OBJECTS_FOR_AP:
+            criterion = "loss"
+            selection_note = (
+                f"the validation part holds only {n_val_objects} object(s), so the best weights were chosen "
+                "by the validation loss (AP over so few objects moves in big, noisy steps)"
+            )
 
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     warmup = 0.05
@@ -456,7 +520,10 @@ def finetune(
             losses.append(float((nll * w).sum() / w.sum()))
         _set_train_mode(net, freeze_norm)
         ap, dc, loss = float(np.mean(aps)), float(np.mean(dices)), float(np.mean(losses))
-        improved = ap > best["ap50"] + 1e-12 or (abs(ap - best["ap50"]) <= 1e-12 and loss < best["loss"])
+        if criterion == "loss":
+            improved = loss < best["loss"] - 1e-12
+        else:
+            improved = ap > best["ap50"] + 1e-12 or (abs(ap - best["ap50"]) <= 1e-12 and loss < best["loss"])
         if improved:
             best.update(ap50=ap, loss=loss, dice=dc, step=step,
                         state={k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
@@ -602,6 +669,9 @@ def finetune(
     )
     meta["training"] = {
         "selected": select,
+        "selection_note": selection_note,
+        "selection_metric": criterion if select == "best" else None,
+        "n_val_objects": n_val_objects,
         "selected_step": chosen.get("step"),
         "latest_val_ap50": latest_val.get("ap50"),
         "latest_val_step": latest_val.get("step"),
