@@ -25,6 +25,10 @@ Usage::
     python scripts/train_default_model.py --steps 20000 --device cuda            # on a GPU
     python scripts/train_default_model.py --finalize run.pt --patch-size 128     # re-tune/evaluate a file
 
+A run can go on from a model this script wrote (``--resume MODEL``): the weights, BatchNorm
+statistics and recorded stages carry over, a new warm-up + cosine schedule starts, and
+the card lists every stage. The shipped model's stages are listed in ``MODEL_CARD.md``.
+
 The model is written atomically to ``--out`` with a model card in its metadata, and
 ``MODEL_CARD.md`` beside it.
 """
@@ -154,8 +158,8 @@ def model_card_markdown(meta: dict) -> str:
     lines = [
         "# napari-unet default model: `nuclei`",
         "",
-        f"Trained {meta['date']} with `scripts/train_default_model.py` ({card['training']['steps']} steps, "
-        f"{card['training']['time_s'] / 60:.1f} min on {card['training']['hardware']}).",
+        (f"Trained {meta['date']} with `scripts/train_default_model.py` ({card['training']['steps']} steps, "
+         f"{card['training']['time_s'] / 60:.1f} min on {card['training']['hardware']}; stages below)."),
         "",
         "## Data",
         "",
@@ -205,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--validations", type=int, default=10, help="validations over the run")
+    parser.add_argument("--resume", type=Path, metavar="MODEL",
+                        help="go on training from MODEL (a file this script wrote) instead of from scratch")
+    parser.add_argument("--repeat-kind", action="append", default=[], metavar="KIND=N",
+                        help="sample the train images of KIND N times as often (e.g. color=2)")
     parser.add_argument("--no-card", action="store_true", help="do not write MODEL_CARD.md")
     parser.add_argument("--finalize", type=Path, metavar="MODEL",
                         help="skip training: tune post-processing, evaluate and write the card for MODEL "
@@ -230,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         result = read_model_file(args.finalize, device=device)
         train_meta = dict(result.metadata)
     else:
-        result = train(args, train_rows, val_rows, device)
+        result = train(args, _repeat_kinds(train_rows, args.repeat_kind), val_rows, device)
         train_meta = dict(result.metadata)
     return finalize(result, train_meta, train_rows, val_rows, args, device)
 
@@ -243,9 +251,17 @@ def train(args: argparse.Namespace, train_rows: list[dict], val_rows: list[dict]
     from napari_unet.core.model import UNet
     from napari_unet.core.train import finetune
 
-    net = UNet(in_channels=1, n_classes=3, base_width=args.base_width, depth=args.depth,
-               padding="same", norm="batch")
-    model = SegmentationModel(net, "bg-interior-boundary", metadata={"name": "nuclei"})
+    if args.resume:
+        from napari_unet.core.checkpoint import read_model_file
+
+        model = read_model_file(args.resume, device=device)
+        stages = list(model.metadata.get("stages") or [_stage_record(model.metadata, None)])
+        print(f"resuming from {args.resume} ({sum(s['steps'] for s in stages)} steps in {len(stages)} stage(s))")
+    else:
+        net = UNet(in_channels=1, n_classes=3, base_width=args.base_width, depth=args.depth,
+                   padding="same", norm="batch")
+        model = SegmentationModel(net, "bg-interior-boundary", metadata={"name": "nuclei"})
+        stages = []
     if args.steps:
         validate_every: int | float = max(1, args.steps // args.validations)
     else:
@@ -262,15 +278,49 @@ def train(args: argparse.Namespace, train_rows: list[dict], val_rows: list[dict]
         patch_size=args.patch_size,
         batch_size=args.batch_size,
         validate_every=validate_every,
-        validate_start=False,
+        validate_start=bool(args.resume),  # a resumed run never ends worse than it started
         device=device,
         seed=args.seed,
-        from_scratch=True,
+        from_scratch=True,  # BatchNorm statistics keep learning, also when resuming
     )
     bar = TrainingBar(args.steps, args.time_budget)
     result = run_to_end(gen, bar)
     bar.close()
+    result.metadata["stages"] = stages + [_stage_record(result.metadata, args)]
     return result
+
+
+def _stage_record(meta: dict, args: argparse.Namespace | None) -> dict:
+    """One training stage for the card: steps, time, device and the options that matter."""
+    training = meta.get("training", {})
+    record = {
+        "steps": int(meta.get("steps") or 0),
+        "time_s": float(meta.get("training_time_s") or 0.0),
+        "device": meta.get("device"),
+        "patch_size": training.get("patch_size"),
+        "batch_size": training.get("batch_size"),
+        "lr": training.get("lr"),
+        "selected_step": training.get("selected_step"),
+    }
+    if args is not None:
+        record["resumed_from"] = str(args.resume.name) if args.resume else None
+        record["repeat_kind"] = list(args.repeat_kind)
+        record["seed"] = args.seed
+    return record
+
+
+def _repeat_kinds(rows: list[dict], specs: list[str]) -> list[dict]:
+    """``rows`` with the rows of each ``KIND=N`` spec present N times (uniform sampling over the list)."""
+    out = list(rows)
+    for spec in specs:
+        kind, _, times = spec.partition("=")
+        if not times.isdigit() or int(times) < 1:
+            raise SystemExit(f"--repeat-kind expects KIND=N with N >= 1, got {spec!r}.")
+        chosen = [r for r in rows if r["kind"] == kind]
+        if not chosen:
+            raise SystemExit(f"--repeat-kind: no train image of kind {kind!r}.")
+        out += chosen * (int(times) - 1)
+    return out
 
 
 def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[dict],
@@ -293,6 +343,9 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
     result.net.to("cpu")
     n_params = sum(p.numel() for p in result.net.parameters())
     training = train_meta["training"]
+    stages = train_meta.get("stages") or [_stage_record(train_meta, None)]
+    total_steps = sum(st["steps"] for st in stages)
+    total_time = round(sum(st["time_s"] for st in stages), 1)
     card = {
         "data": (
             f"DSB2018 (BBBC038, Caicedo et al. 2019, CC0; community-fixed masks), train split: {len(train_rows)} "
@@ -314,11 +367,18 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
                                f"(best mean AP@0.5 on val over thresholds {THRESHOLDS} x sizes {MIN_SIZES})",
             "seed": args.seed,
             "selection": f"best val AP@0.5 among {len(training['history'])} validations "
-                         f"(step {training['selected_step']})",
+                         f"(step {training['selected_step']} of the last stage)",
+            "stages": "; ".join(
+                f"{i + 1}: {st['steps']} steps, {st['time_s'] / 60:.0f} min, patch {st['patch_size']} x "
+                f"{st['batch_size']}, lr {st['lr']}"
+                + (f", resumed from {st['resumed_from']}" if st.get("resumed_from") else ", from scratch")
+                + (f", {' '.join(st['repeat_kind'])} sampling" if st.get("repeat_kind") else "")
+                for i, st in enumerate(stages)
+            ),
         },
         "training": {
-            "steps": train_meta["steps"],
-            "time_s": train_meta["training_time_s"],
+            "steps": total_steps,
+            "time_s": total_time,
             "hardware": describe_device(device) + f" ({platform.processor() or platform.machine()})",
             "torch": str(torch.__version__),
         },
@@ -337,8 +397,9 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
         "val_ap50": val_scores["all"]["ap50"],
         "val_ap75": val_scores["all"]["ap75"],
         "val_dice": val_scores["all"]["dice"],
-        "steps": train_meta["steps"],
-        "training_time_s": train_meta["training_time_s"],
+        "steps": total_steps,
+        "training_time_s": total_time,
+        "stages": stages,
         "device": train_meta["device"],
         "n_examples": train_meta["n_examples"],
         "model_card": card,
