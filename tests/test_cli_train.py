@@ -30,6 +30,9 @@ def test_train_files_to_path_and_models_lists_it(tmp_path, dsb_fluo_crop, tiny_m
     model = read_model_file(out)
     assert model.metadata["steps"] == 3 and model.metadata["base_model"] == "tiny"
     assert model.metadata["name"] == "mine"
+    # how the weights were chosen is said, not hidden (few nuclei in the held-out band of this crop)
+    note = model.metadata["training"]["selection_note"]
+    assert (f"note: {note}" in captured.out) if note else ("note:" not in captured.out)
 
 
 def test_train_stack_and_folders_to_user_model(tmp_path, dsb_fluo_crop, tiny_model_path, capsys):

@@ -178,6 +178,15 @@ def test_training_keeps_gui_alive_saves_and_resegments(widget, c2c12, qtbot, bas
     assert w._history["loss"] and all(np.isfinite(w._history["loss"]))
     assert w._progress.value == 1000
     assert w._best_label.value.startswith("validation AP50")
+    # the status says which weights were kept (step 0 = the base, or the best step and by what)
+    kept, training = meta["training"]["selected_step"], meta["training"]
+    assert w._status.value.startswith("Saved 'base-tuned' after 12 steps")
+    if training["selected"] == "latest":  # this 128 x 128 crop has few cells: none may be held out
+        assert training["n_val_objects"] == 0 and "latest weights (no object was held out" in w._status.value
+    elif kept == 0:
+        assert "starting weights" in w._status.value
+    else:
+        assert f"step {kept} (best" in w._status.value
     assert trained[0] in w._base_model.choices  # listed for the next round
     assert w._name.value == "base-tuned-2"  # the next run gets a fresh name
 

@@ -224,5 +224,7 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         print("no validation (val fraction 0)")
+    if meta["training"].get("selection_note"):
+        print(f"note: {meta['training']['selection_note']}")
     print(f"saved {out} ({meta['steps']} steps, {meta['training_time_s']:.0f} s)")
     return 0

@@ -472,7 +472,7 @@ def finetune(
         if n_val_objects == 0:
             select = "latest"
             selection_note = "the validation part holds no object, so the latest weights were kept"
-            log.warning("No object in the validation part: %s.", selection_note)
+            log.warning("Fine-tuning: %s.", selection_note)
         elif n_val_objects < MIN_VAL_OBJECTS_FOR_AP:
             criterion = "loss"
             selection_note = (

@@ -76,6 +76,21 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 
 # ---------------------------------------------------------------------- the widget
+def _kept_weights(metadata: dict) -> str:
+    """One sentence on which weights were kept and why (from the fine-tuning metadata)."""
+    training = metadata.get("training") or {}
+    step = training.get("selected_step")
+    if step is None:
+        return ""
+    if training.get("selected") == "latest":
+        why = "no object was held out for validation" if training.get("n_val_objects") == 0 else "as asked"
+        return f"Kept the latest weights ({why})."
+    if step == 0:
+        return "Kept the starting weights: no step did better on the held-out part."
+    by = "validation loss" if training.get("selection_metric") == "loss" else "validation AP@0.5"
+    return f"Kept the weights of step {step} (best {by})."
+
+
 class FinetuneWidget(Container):
     """Dock widget "Fine-tune": corrected slices, settings, Start / Stop, live curves, models.
 
@@ -581,7 +596,9 @@ class FinetuneWidget(Container):
             )
             return
         metric = result.model.metadata.get("val_ap50")
-        self._status.value = f"Saved {result.path.stem!r} after {result.steps} steps ({took})."
+        self._status.value = f"Saved {result.path.stem!r} after {result.steps} steps ({took}). " + _kept_weights(
+            result.model.metadata
+        )
         notify_info(f"Fine-tuned model saved as {result.path.stem!r}.")
         log.info("Saved fine-tuned model %s (metric %s)", result.path, metric)
         self._after_saved(result.path)
