@@ -108,6 +108,8 @@ def hitl(name: str, device, budget: float, frame: int, eval_every: int, seed: in
         "train_s": t_train,
         "steps": meta["steps"],
         "selected_step": meta["training"]["selected_step"],
+        "kept_by": (meta["training"].get("selection_metric") or meta["training"]["selected"]).replace("ap50", "AP@0.5"),
+        "val_objects": meta["training"].get("n_val_objects"),
         "val_ap50": meta["val_ap50"],
         "eval_s": t_eval,
     }
@@ -164,11 +166,12 @@ def main(argv: list[str] | None = None) -> int:
         lines.append("")
     lines += [
         f"Human in the loop: ground truth of frame {args.frame} as the correction, fine-tuning for {budget:.0f} s "
-        f"(AdamW, patch {args.patch_size or 256}, batch {args.batch_size or 4}, band validation; "
+        f"(AdamW, patch {args.patch_size or 256}, batch {args.batch_size or 4}, validation on an edge band of that frame; "
         f"`--patch-size {args.patch_size or 256} --batch-size {args.batch_size or 4}`), AP@0.5 on the other frames:",
         "",
-        "| data | frame size | other frames | AP@0.5 before | AP@0.5 after | steps (selected) | fine-tune s |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| data | frame size | other frames | AP@0.5 before | AP@0.5 after | steps (kept) | kept by (held-out cells) "
+        "| fine-tune s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in args.datasets:
         train_kw = {k: v for k, v in (("patch_size", args.patch_size), ("batch_size", args.batch_size)) if v}
@@ -176,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: AP@0.5 {r['before']:.3f} -> {r['after']:.3f} in {r['train_s']:.0f} s ({r['steps']} steps)")
         lines.append(
             f"| {name} | {r['shape']} | {r['eval_frames']} | {r['before']:.3f} | {r['after']:.3f} | "
-            f"{r['steps']} ({r['selected_step']}) | {r['train_s']:.0f} |"
+            f"{r['steps']} ({r['selected_step']}) | {r['kept_by']} ({r['val_objects']}) | {r['train_s']:.0f} |"
         )
     text = "\n".join(lines)
     print(text)
