@@ -42,6 +42,10 @@ def test_builtin_default_model_loads_offline_with_its_metadata():
     assert model.metadata["model_card"]["data"].startswith("DSB2018")
     assert 0 < model.postprocessing["threshold"] < 1
     assert list_models()[0].name == "nuclei" and list_models()[0].builtin
+    assert "path" not in torch.load(model.metadata["path"], weights_only=True)["metadata"]
+    # the card's training stages add up to the recorded totals
+    stages = model.metadata["stages"]
+    assert sum(st["steps"] for st in stages) == model.metadata["steps"]
 
 
 def test_round_trip_keeps_weights_and_metadata(tmp_path):
@@ -52,6 +56,10 @@ def test_round_trip_keeps_weights_and_metadata(tmp_path):
     for (k, a), (_k, b) in zip(model.net.state_dict().items(), again.net.state_dict().items()):
         assert torch.equal(a, b), k
     assert read_model_metadata(path)["val_ap50"] == 0.9
+    # where a copy was read from is not written into the next file
+    assert again.metadata["path"] == str(path)
+    copy_path = save_model(again, tmp_path / "copy.pt")
+    assert "path" not in torch.load(copy_path, weights_only=True)["metadata"]
 
 
 def test_pickled_code_is_never_run(tmp_path):

@@ -126,7 +126,8 @@ class SegmentationModel:
             "state_dict": state,
             "representation": self.representation,
             "normalization": dict(self.normalization),
-            "metadata": _plain(self.metadata),
+            # "path" is where this copy was read from: a fact about this machine, not the model
+            "metadata": _plain({k: v for k, v in self.metadata.items() if k != "path"}),
         }
 
     @classmethod
