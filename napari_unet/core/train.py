@@ -382,8 +382,10 @@ def finetune(
     boundary_width, w0, sigma :
         Target parameters, see :func:`napari_unet.core.targets.labels_to_targets`.
     select : {"best", "latest"}
-        Return the weights with the best validation AP@0.5 (ties: lower validation loss)
-        or the latest ones.
+        Return the weights with the best validation AP@0.5 (ties: lower validation loss;
+        the loss alone with fewer than ``MIN_VAL_OBJECTS_FOR_AP`` held-out objects; the
+        latest weights when none is held out), or the latest ones. The metadata's
+        ``training`` entry records the choice (``selection_metric``, ``selection_note``).
     workers : int, optional
         Threads preparing patches (augmentation, targets) ahead of the network; None:
         0 on the CPU (the network needs the cores), up to 8 on a GPU.
