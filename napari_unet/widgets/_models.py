@@ -89,7 +89,6 @@ def rename_model(name: str, new_name: str) -> Path:
         raise ValueError(f"A model named {new_name!r} already exists; choose another name.")
     model = read_model_file(entry.path, device="cpu")
     model.metadata["name"] = new_name
-    model.metadata.pop("path", None)
     save_model(model, target)
     try:
         entry.path.unlink()

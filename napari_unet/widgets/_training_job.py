@@ -69,7 +69,6 @@ def train_and_save(
     if model is None or steps == 0:
         return TrainingResult(None, None, None, steps, target)
     model.metadata["name"] = name
-    model.metadata.pop("path", None)
     model.metadata.setdefault("base_model", base.name)
     model.metadata.setdefault("n_examples", len(examples))
     model.metadata["examples"] = [ex.source for ex in examples][:200]
