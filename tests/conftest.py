@@ -24,6 +24,22 @@ def _user_dirs(tmp_path_factory, monkeypatch):
     yield
 
 
+@pytest.fixture
+def notifications():
+    """The messages of the napari notifications shown during the test, in order."""
+    from napari.utils.notifications import notification_manager
+
+    seen: list[str] = []
+
+    def _record(event):
+        notification = getattr(event, "notification", event)  # an event or the Notification itself
+        seen.append(str(getattr(notification, "message", notification)))
+
+    notification_manager.notification_ready.connect(_record)
+    yield seen
+    notification_manager.notification_ready.disconnect(_record)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The shared microscopy data (../shared/data), skipped where it is absent."""

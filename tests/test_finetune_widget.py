@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from napari.utils.notifications import notification_manager
 
 from napari_unet.widgets._corrections import CorrectedSlices
 from napari_unet.widgets.finetune import FinetuneWidget
@@ -36,18 +35,6 @@ def base_model() -> Path:
     torch.manual_seed(0)
     net = UNet(in_channels=1, n_classes=3, base_width=4, depth=2, padding="same", norm="batch").eval()
     return save_model(SegmentationModel(net, metadata={"name": "base"}), user_model_path("base"))
-
-
-@pytest.fixture
-def notifications():
-    seen: list[str] = []
-
-    def _record(event):
-        seen.append(str(getattr(event, "message", event)))  # the Notification itself
-
-    notification_manager.notification_ready.connect(_record)
-    yield seen
-    notification_manager.notification_ready.disconnect(_record)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
-from napari.utils.notifications import notification_manager
 
 from napari_unet.widgets._corrections import CORRECTED_KEY
 from napari_unet.widgets.segment import (
@@ -24,18 +23,6 @@ def c2c12_stack(data_dir) -> np.ndarray:
 
 
 @pytest.fixture
-def notifications():
-    seen: list[str] = []
-
-    def _record(event):
-        seen.append(str(event.notification.message) if hasattr(event, "notification") else str(event))
-
-    notification_manager.notification_ready.connect(_record)
-    yield seen
-    notification_manager.notification_ready.disconnect(_record)
-
-
-@pytest.fixture
 def widget(make_napari_viewer, tiny_model_path):
     viewer = make_napari_viewer()
     _dock, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
@@ -48,6 +35,18 @@ def _wait(qtbot, widget, timeout=60_000):
     qtbot.waitUntil(lambda: widget._worker is None, timeout=timeout)
 
 
+def _segment(w, qtbot, image, scope=None):
+    """Segment ``image`` with settings under which the tiny untrained model finds objects."""
+    w.reset_choices()
+    w._image_combo.value = image
+    w._threshold.value = 0.05
+    w._min_size.value = 0
+    if scope is not None:
+        w._scope.value = scope
+    w._run_button.clicked.emit()
+    _wait(qtbot, w)
+
+
 def test_widget_docks_and_shows_device(widget):
     viewer, w = widget
     assert w._device_label.value.startswith(("CPU", "GPU"))
@@ -58,13 +57,8 @@ def test_widget_docks_and_shows_device(widget):
 def test_current_slice_writes_only_that_slice(widget, qtbot, c2c12_stack):
     viewer, w = widget
     image = viewer.add_image(c2c12_stack, name="c2c12")
-    w.reset_choices()
-    w._image_combo.value = image
-    w._min_size.value = 0
-    w._threshold.value = 0.05
     viewer.dims.set_current_step(0, 2)
-    w._run_button.clicked.emit()
-    _wait(qtbot, w)
+    _segment(w, qtbot, image)
     masks = viewer.layers[masks_layer_name("c2c12")]
     assert masks.data.shape == c2c12_stack.shape and masks.data.dtype == np.int32
     assert masks.data[[0, 1, 3]].max() == 0  # only slice 2 was segmented
@@ -79,13 +73,7 @@ def test_corrected_slice_is_never_overwritten_without_consent(widget, qtbot, c2c
     masks.data[1, 10:20, 10:20] = 7
     masks.metadata[CORRECTED_KEY] = [[1]]
     before = masks.data.copy()
-    w.reset_choices()
-    w._image_combo.value = image
-    w._threshold.value = 0.05
-    w._min_size.value = 0
-    w._scope.value = SCOPE_STACK
-    w._run_button.clicked.emit()
-    _wait(qtbot, w)
+    _segment(w, qtbot, image, SCOPE_STACK)
     assert np.array_equal(masks.data[1], before[1])  # the correction survived
     assert any("Skipped 1 slice" in m for m in notifications)
     # explicit consent: the corrected slice is replaced
@@ -100,13 +88,8 @@ def test_corrected_slice_is_never_overwritten_without_consent(widget, qtbot, c2c
 def test_brush_edit_in_segmented_layer_protects_the_slice(widget, qtbot, c2c12_stack, notifications):
     viewer, w = widget
     image = viewer.add_image(c2c12_stack, name="c2c12")
-    w.reset_choices()
-    w._image_combo.value = image
-    w._threshold.value = 0.05
-    w._min_size.value = 0
     viewer.dims.set_current_step(0, 3)
-    w._run_button.clicked.emit()
-    _wait(qtbot, w)
+    _segment(w, qtbot, image)
     masks = viewer.layers[masks_layer_name("c2c12")]
     masks.brush_size = 5
     masks.paint((3, 40, 40), 99)  # what the brush does
@@ -164,13 +147,7 @@ def test_field_of_view_writes_inside_the_view(widget, qtbot, c2c12_stack):
     rows, cols = visible_region(viewer, image, plane.shape)
     assert 0 < rows.stop - rows.start < plane.shape[0] and 0 < cols.stop - cols.start < plane.shape[1]
     y0, y1, x0, x1 = rows.start, rows.stop - 1, cols.start, cols.stop - 1
-    w.reset_choices()
-    w._image_combo.value = image
-    w._scope.value = SCOPE_VIEW
-    w._threshold.value = 0.05
-    w._min_size.value = 0
-    w._run_button.clicked.emit()
-    _wait(qtbot, w)
+    _segment(w, qtbot, image, SCOPE_VIEW)
     inside = np.zeros(plane.shape, bool)
     inside[y0 : y1 + 1, x0 : x1 + 1] = True
     assert masks.data[:5, :5].tolist() == np.full((5, 5), 3).tolist()
@@ -181,12 +158,7 @@ def test_field_of_view_writes_inside_the_view(widget, qtbot, c2c12_stack):
 def test_threshold_change_reapplies_without_the_network(widget, qtbot, c2c12_stack):
     viewer, w = widget
     image = viewer.add_image(c2c12_stack[0], name="one")
-    w.reset_choices()
-    w._image_combo.value = image
-    w._threshold.value = 0.05
-    w._min_size.value = 0
-    w._run_button.clicked.emit()
-    _wait(qtbot, w)
+    _segment(w, qtbot, image)
     masks = viewer.layers[masks_layer_name("one")]
     low = (masks.data > 0).sum()
     w._model_cache.clear()  # no model loaded: only the kept probabilities can serve
