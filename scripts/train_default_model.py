@@ -24,6 +24,8 @@ Usage::
     python scripts/train_default_model.py --time-budget 4200 --patch-size 128   # CPU, about 70 min
     python scripts/train_default_model.py --steps 20000 --device cuda            # on a GPU
     python scripts/train_default_model.py --finalize run.pt --patch-size 128     # re-tune/evaluate a file
+    python scripts/train_default_model.py --reproduce napari_unet/models/nuclei.pt --out retrained/nuclei.pt
+                                                     # retrain the shipped model, every recorded stage
 
 A run can go on from a model this script wrote (``--resume MODEL``): the weights, BatchNorm
 statistics and recorded stages carry over, a new warm-up + cosine schedule starts, and
@@ -189,8 +191,15 @@ def model_card_markdown(meta: dict) -> str:
         "",
         "## Reproduce",
         "",
-        "From the repository root, with ../shared/data in place (fixed seeds; `--steps` repeats each stage "
-        "step for step, where the original runs were driven by a time budget on a 2-core CPU):",
+        ("From the repository root, with ../shared/data in place, one command retrains this model from scratch "
+         "(fixed seeds; every recorded stage is repeated step for step, where the original runs were driven by "
+         "a time budget on a 2-core CPU):"),
+        "",
+        "```bash",
+        "python scripts/train_default_model.py --reproduce napari_unet/models/nuclei.pt --out retrained/nuclei.pt",
+        "```",
+        "",
+        "It runs these stages, one after the other (stage files are written beside `--out`):",
         "",
         "```bash",
         *reproduce_commands(meta.get("stages") or []),
@@ -204,7 +213,7 @@ def model_card_markdown(meta: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--time-budget", type=float, default=None, help="seconds of training")
@@ -226,9 +235,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finalize", type=Path, metavar="MODEL",
                         help="skip training: tune post-processing, evaluate and write the card for MODEL "
                              "(a file this script trained; give the same recipe options)")
+    parser.add_argument("--reproduce", type=Path, metavar="MODEL",
+                        help="retrain MODEL (default: the shipped model) from scratch: run every stage recorded "
+                             "in its metadata, step for step, and write the result to --out")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if args.reproduce:
+        return reproduce(args.reproduce, args.out, args.data, args.device)
     if args.steps is None and args.time_budget is None and args.finalize is None:
-        parser.error("give --steps, --time-budget or --finalize")
+        parser.error("give --steps, --time-budget, --finalize or --reproduce")
 
     import torch
 
@@ -295,24 +314,56 @@ def train(args: argparse.Namespace, train_rows: list[dict], val_rows: list[dict]
     bar = TrainingBar(args.steps, args.time_budget)
     result = run_to_end(gen, bar)
     bar.close()
-    result.metadata["stages"] = stages + [_stage_record(result.metadata, args)]
+    record = _stage_record(result.metadata, args)
+    record["base_width"] = result.net.config.base_width
+    record["depth"] = result.net.config.depth
+    result.metadata["stages"] = stages + [record]
     return result
 
 
-def reproduce_commands(stages: list[dict]) -> list[str]:
-    """Shell commands that retrain the recorded stages one after the other (by step counts)."""
-    lines = []
+def stage_arguments(stages: list[dict], out: str = "napari_unet/models/nuclei.pt") -> list[list[str]]:
+    """Command-line arguments that retrain the recorded ``stages`` one after the other, step for step.
+
+    Stage ``i`` (from 1) writes ``stage{i}.pt`` beside ``out``; the last one writes ``out``.
+    """
+    out_path = Path(out)
+    argvs = []
     for i, st in enumerate(stages):
-        out = "napari_unet/models/nuclei.pt" if i == len(stages) - 1 else f"stage{i + 1}.pt"
-        opts = [f"--steps {st['steps']}", f"--patch-size {st['patch_size']}", f"--batch-size {st['batch_size']}",
-                f"--lr {st['lr']}", f"--seed {st.get('seed', 0)}"]
-        if i:
-            opts.append(f"--resume stage{i}.pt")
-        opts += [f"--repeat-kind {k}" for k in st.get("repeat_kind") or []]
-        if i < len(stages) - 1:
-            opts.append("--no-card")
-        lines.append(f"python scripts/train_default_model.py {' '.join(opts)} --out {out}")
-    return lines
+        last = i == len(stages) - 1
+        argv = ["--steps", str(st["steps"]), "--patch-size", str(st["patch_size"]),
+                "--batch-size", str(st["batch_size"]), "--lr", str(st["lr"]), "--seed", str(st.get("seed", 0))]
+        if i == 0:
+            argv += ["--base-width", str(st.get("base_width", 16)), "--depth", str(st.get("depth", 4))]
+        else:
+            argv += ["--resume", str(out_path.with_name(f"stage{i}.pt"))]
+        for kind in st.get("repeat_kind") or []:
+            argv += ["--repeat-kind", kind]
+        if not last:
+            argv.append("--no-card")
+        argv += ["--out", str(out_path if last else out_path.with_name(f"stage{i + 1}.pt"))]
+        argvs.append(argv)
+    return argvs
+
+
+def reproduce_commands(stages: list[dict], out: str = "retrained/nuclei.pt") -> list[str]:
+    """Shell commands that retrain the recorded stages one after the other (by step counts)."""
+    return [f"python scripts/train_default_model.py {' '.join(argv)}" for argv in stage_arguments(stages, out)]
+
+
+def reproduce(model_path: Path, out: Path, data: Path, device: str) -> int:
+    """Run every stage recorded in ``model_path`` from scratch, the last one writing ``out``."""
+    from napari_unet.core.checkpoint import read_model_file
+
+    stages = read_model_file(model_path).metadata.get("stages")
+    if not stages:
+        raise SystemExit(f"{model_path} records no training stages: it was not written by this script.")
+    argvs = stage_arguments(stages, str(out))
+    for i, argv in enumerate(argvs, 1):
+        print(f"stage {i} of {len(argvs)}: {' '.join(argv)}", flush=True)
+        code = main(argv + ["--data", str(data), "--device", device])
+        if code:
+            return code
+    return 0
 
 
 def _stage_record(meta: dict, args: argparse.Namespace | None) -> dict:
