@@ -384,20 +384,25 @@ def _allocate(out: Any, shape: tuple[int, ...], dtype: Any) -> Any:
     return out
 
 
-def _iter_planes(
+def _predict_planes(
     model: SegmentationModel,
     image: Any,
     rgb: bool | None,
-    engine_kwargs: dict[str, Any],
     should_stop: Callable[[], bool] | None,
-    per_plane: Callable[[tuple[int, ...], np.ndarray], None],
-) -> Generator[Progress, None, StackLayout]:
-    """Shared loop: prepares each plane, runs the tiles, hands the probabilities to ``per_plane``."""
+    out: Any,
+    item_shape: tuple[int, ...],
+    dtype: Any,
+    per_plane: Callable[[np.ndarray], np.ndarray],
+    **engine_kwargs: Any,
+) -> Generator[Progress, None, Any]:
+    """Shared loop: prepares each plane, runs the tiles and stores ``per_plane(probabilities)``
+    of each plane into the result (``out``, or a new array of shape ``(*stack, *item_shape, H, W)``)."""
     if not isinstance(model, SegmentationModel):
         raise TypeError(f"model must be a SegmentationModel (see napari_unet.core.load_model), got {type(model).__name__}.")
     if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
         image = np.asarray(image)
     layout = stack_layout(tuple(image.shape), rgb)
+    result = _allocate(out, layout.lead_shape + item_shape + layout.plane_shape, dtype)
     engine = _Engine(model, **engine_kwargs)
     start = time.perf_counter()
     plan = engine.plan(layout.plane_shape)
@@ -436,8 +441,8 @@ def _iter_planes(
                     elapsed=time.perf_counter() - start,
                     message=f"tile {tile_in_plane['n']}/{tiles_here} of plane {k + 1}/{n_planes}",
                 )
-            per_plane(idx, probs)
-    return layout
+            result[idx] = per_plane(probs)
+    return result
 
 
 # --------------------------------------------------------------------- public
@@ -502,21 +507,11 @@ def iter_predict_probabilities(
         Image of a shape that cannot be segmented, NaN or infinite values, or an RGB
         image for a model of other than 1 or 3 channels.
     """
-    engine_kwargs = {
-        "device": device, "tile_size": tile_size, "batch_size": batch_size, "halo": halo,
-        "precision": precision, "channels_last": channels_last,
-    }
-    if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
-        image = np.asarray(image)
-    layout = stack_layout(tuple(image.shape), rgb)
-    n_classes = model.net.config.n_classes
-    result = _allocate(out, layout.lead_shape + (n_classes,) + layout.plane_shape, np.float32)
-
-    def keep(idx: tuple[int, ...], probs: np.ndarray) -> None:
-        result[idx] = probs
-
-    yield from _iter_planes(model, image, layout.rgb, engine_kwargs, should_stop, keep)
-    return result
+    return (yield from _predict_planes(
+        model, image, rgb, should_stop, out, (model.net.config.n_classes,), np.float32, lambda probs: probs,
+        device=device, tile_size=tile_size, batch_size=batch_size, halo=halo, precision=precision,
+        channels_last=channels_last,
+    ))
 
 
 def iter_segment(
@@ -553,21 +548,13 @@ def iter_segment(
     threshold = model.postprocessing["threshold"] if threshold is None else threshold
     min_size = model.postprocessing["min_size"] if min_size is None else min_size
     _check_args(threshold, min_size)
-    engine_kwargs = {
-        "device": device, "tile_size": tile_size, "batch_size": batch_size, "halo": halo,
-        "precision": precision, "channels_last": channels_last,
-    }
-    if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
-        image = np.asarray(image)
-    layout = stack_layout(tuple(image.shape), rgb)
-    result = _allocate(out, layout.lead_shape + layout.plane_shape, np.int32)
     representation = model.representation
-
-    def keep(idx: tuple[int, ...], probs: np.ndarray) -> None:
-        result[idx] = probabilities_to_labels(probs, threshold, min_size, representation)
-
-    yield from _iter_planes(model, image, layout.rgb, engine_kwargs, should_stop, keep)
-    return result
+    return (yield from _predict_planes(
+        model, image, rgb, should_stop, out, (), np.int32,
+        lambda probs: probabilities_to_labels(probs, threshold, min_size, representation),
+        device=device, tile_size=tile_size, batch_size=batch_size, halo=halo, precision=precision,
+        channels_last=channels_last,
+    ))
 
 
 def predict_probabilities(model: SegmentationModel, image: Any, **kwargs: Any) -> Any:
