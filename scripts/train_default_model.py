@@ -235,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--finalize", type=Path, metavar="MODEL",
                         help="skip training: tune post-processing, evaluate and write the card for MODEL "
                              "(a file this script trained; give the same recipe options)")
-    parser.add_argument("--reproduce", type=Path, metavar="MODEL",
+    parser.add_argument("--reproduce", type=Path, metavar="MODEL", nargs="?",
+                        const=ROOT / "napari_unet" / "models" / "nuclei.pt",
                         help="retrain MODEL (default: the shipped model) from scratch: run every stage recorded "
                              "in its metadata, step for step, and write the result to --out")
     return parser
@@ -321,7 +322,7 @@ def train(args: argparse.Namespace, train_rows: list[dict], val_rows: list[dict]
     return result
 
 
-def stage_arguments(stages: list[dict], out: str = "napari_unet/models/nuclei.pt") -> list[list[str]]:
+def stage_arguments(stages: list[dict], out: str) -> list[list[str]]:
     """Command-line arguments that retrain the recorded ``stages`` one after the other, step for step.
 
     Stage ``i`` (from 1) writes ``stage{i}.pt`` beside ``out``; the last one writes ``out``.
@@ -352,9 +353,12 @@ def reproduce_commands(stages: list[dict], out: str = "retrained/nuclei.pt") -> 
 
 def reproduce(model_path: Path, out: Path, data: Path, device: str) -> int:
     """Run every stage recorded in ``model_path`` from scratch, the last one writing ``out``."""
-    from napari_unet.core.checkpoint import read_model_file
+    from napari_unet.core.checkpoint import ModelFileError, read_model_file
 
-    stages = read_model_file(model_path).metadata.get("stages")
+    try:
+        stages = read_model_file(model_path).metadata.get("stages")
+    except ModelFileError as exc:
+        raise SystemExit(f"--reproduce: {exc}") from None
     if not stages:
         raise SystemExit(f"{model_path} records no training stages: it was not written by this script.")
     argvs = stage_arguments(stages, str(out))
