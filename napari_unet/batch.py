@@ -199,12 +199,8 @@ def segment_to_ome_zarr(
     else:
         image = image.rechunk((1,) * n_lead + tuple(image.shape[n_lead:]))
     spec = ModelSpec(model, device=device)
-    defaults = model.postprocessing
-    options = {
-        "threshold": defaults["threshold"] if threshold is None else threshold,
-        "min_size": defaults["min_size"] if min_size is None else min_size,
-        "tile_size": tile_size,
-    }
+    threshold, min_size = model.resolve_postprocessing(threshold, min_size)
+    options = {"threshold": threshold, "min_size": min_size, "tile_size": tile_size}
     drop = (image.ndim - 1,) if layout.rgb else ()
     labels = image.map_blocks(
         _segment_block, spec, options, layout.rgb, n_lead,

@@ -119,8 +119,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=device)
     log.info("model %s on %s", model.name, model.device)
     # the model's own post-processing unless given
-    args.threshold = model.postprocessing["threshold"] if args.threshold is None else args.threshold
-    args.min_size = model.postprocessing["min_size"] if args.min_size is None else args.min_size
+    args.threshold, args.min_size = model.resolve_postprocessing(args.threshold, args.min_size)
     _check_args(args.threshold, args.min_size)
     for path in inputs:
         name = path.name

@@ -29,6 +29,7 @@ import torch
 from napari_unet._atomic import atomic_write
 
 from .device import select_device
+from .instances import DEFAULT_MIN_SIZE, DEFAULT_THRESHOLD
 from .model import UNet, UNetConfig
 
 FORMAT = "napari-unet-model"
@@ -92,9 +93,15 @@ class SegmentationModel:
         validation data when it was made; 0.5 and 16 px otherwise)."""
         stored = self.metadata.get("postprocessing") or {}
         return {
-            "threshold": float(stored.get("threshold", 0.5)),
-            "min_size": int(stored.get("min_size", 16)),
+            "threshold": float(stored.get("threshold", DEFAULT_THRESHOLD)),
+            "min_size": int(stored.get("min_size", DEFAULT_MIN_SIZE)),
         }
+
+    def resolve_postprocessing(self, threshold: float | None, min_size: int | None) -> tuple[float, int]:
+        """``(threshold, min_size)`` as given, the model's own (:attr:`postprocessing`) where None."""
+        own = self.postprocessing
+        return (own["threshold"] if threshold is None else threshold,
+                own["min_size"] if min_size is None else min_size)
 
     @property
     def in_channels(self) -> int:

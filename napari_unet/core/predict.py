@@ -545,8 +545,7 @@ def iter_segment(
     """
     from .instances import _check_args
 
-    threshold = model.postprocessing["threshold"] if threshold is None else threshold
-    min_size = model.postprocessing["min_size"] if min_size is None else min_size
+    threshold, min_size = model.resolve_postprocessing(threshold, min_size)
     _check_args(threshold, min_size)
     representation = model.representation
     return (yield from _predict_planes(
