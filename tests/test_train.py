@@ -142,13 +142,20 @@ def test_split_whole_planes_or_bands(dsb_fluo_crop):
     assert split_examples(five, 0.0, np.random.default_rng(0)) == (five, [])
 
 
-def test_band_follows_the_objects_on_a_real_c2c12_frame(data_dir):
-    """Frame 0 of the C2C12 time-lapse has its 8 cells in the upper two thirds: the far-end band
-    of the default order would hold none, so an edge strip with cells is held out instead."""
+@pytest.fixture(scope="module")
+def c2c12_frame0(data_dir) -> tuple[np.ndarray, np.ndarray]:
+    """Frame 0 of the C2C12 phase-contrast time-lapse (CC-BY 4.0) and its 8 labelled cells."""
     import tifffile
 
     image = tifffile.imread(data_dir / "c2c12_timelapse" / "images.tif")[0]
     labels = tifffile.imread(data_dir / "c2c12_timelapse" / "labels.tif")[0].astype(np.int32)
+    return image, labels
+
+
+def test_band_follows_the_objects_on_a_real_c2c12_frame(c2c12_frame0):
+    """Frame 0 of the C2C12 time-lapse has its 8 cells in the upper two thirds: the far-end band
+    of the default order would hold none, so an edge strip with cells is held out instead."""
+    image, labels = c2c12_frame0
     assert labels[187:].max() == 0  # the old band (bottom 20 %) is pure background
     (ex,) = prepare_examples(_tiny(), [image], [labels])
     train, val = split_examples([ex], 0.2, np.random.default_rng(0))
@@ -159,12 +166,9 @@ def test_band_follows_the_objects_on_a_real_c2c12_frame(data_dir):
     assert n_val <= n_total // 2
 
 
-def test_few_held_out_objects_are_judged_by_the_loss(data_dir):
+def test_few_held_out_objects_are_judged_by_the_loss(c2c12_frame0):
     """C2C12 frame 0: the band holds 2 cells, AP@0.5 over them is 0, 1/3, 1/2, 2/3 or 1."""
-    import tifffile
-
-    image = tifffile.imread(data_dir / "c2c12_timelapse" / "images.tif")[0]
-    labels = tifffile.imread(data_dir / "c2c12_timelapse" / "labels.tif")[0].astype(np.int32)
+    image, labels = c2c12_frame0
     events, result = _drain(finetune(_tiny(), [image], [labels], steps=4, patch_size=64, batch_size=2,
                                      validate_every=2, device="cpu"))
     vals = [e for e in events if isinstance(e, Validation)]
