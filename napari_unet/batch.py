@@ -135,6 +135,7 @@ def segment_to_ome_zarr(
     threshold: float | None = None,
     min_size: int | None = None,
     rgb: bool | None = None,
+    diameter: float | str | None = "auto",
     scheduler: str | Any | None = None,
     tile_size: int | None = None,
     device: str | None = None,
@@ -160,6 +161,9 @@ def segment_to_ome_zarr(
         model's own (``model.postprocessing``).
     rgb : bool, optional
         Whether the last axis is colour (default: if it has 3 or 4 entries).
+    diameter : float or "auto"
+        Object diameter in pixels (see :func:`napari_unet.core.predict.iter_planes`); "auto"
+        estimates it on each plane (each plane is a task of its own).
     scheduler : str or distributed.Client, optional
         None: dask's local threads. An address ("tcp://host:8786") or a ``Client``: that
         dask.distributed cluster (workers must be able to import napari_unet; the model
@@ -195,7 +199,7 @@ def segment_to_ome_zarr(
         image = image.rechunk((1,) * n_lead + tuple(image.shape[n_lead:]))
     spec = ModelSpec(model, device=device)
     threshold, min_size = model.resolve_postprocessing(threshold, min_size)
-    options = {"threshold": threshold, "min_size": min_size, "tile_size": tile_size}
+    options = {"threshold": threshold, "min_size": min_size, "tile_size": tile_size, "diameter": diameter}
     drop = (image.ndim - 1,) if layout.rgb else ()
     labels = image.map_blocks(
         _segment_block, spec, options, layout.rgb,

@@ -36,6 +36,9 @@ def add_parser(subparsers: Any) -> None:
                    help="probability threshold in (0, 1) (default: the model's own, usually about 0.5)")
     p.add_argument("--min-size", type=int, default=None,
                    help="remove objects smaller than this many pixels (default: the model's own)")
+    p.add_argument("--diameter", default="auto", metavar="PIXELS|auto",
+                   help="typical object diameter in pixels (or '8um' with the file's pixel size); the image is "
+                        "rescaled to the model's own object size. Default 'auto': estimated per image")
     p.add_argument("--tile", type=int, default=None, metavar="PIXELS",
                    help="largest tile side (default: from free memory)")
     p.add_argument("--channel", type=int, default=None,
@@ -128,12 +131,13 @@ def run(args: argparse.Namespace) -> int:
         data, axes = _select_channel(data, axes, args.channel, name)
         rgb = axes.endswith("S")
         label_axes = axes[:-1] if rgb else axes
+        diameter = _diameter(args.diameter, scale, name)
         if use_dask:
             from napari_unet.batch import segment_to_ome_zarr
 
             target = out_dir / f"{stem}_masks.ome.zarr"
             segment_to_ome_zarr(
-                model, data, target, threshold=args.threshold, min_size=args.min_size, rgb=rgb,
+                model, data, target, threshold=args.threshold, min_size=args.min_size, rgb=rgb, diameter=diameter,
                 scheduler=args.scheduler, tile_size=args.tile, axes=label_axes,
                 scale=[scale.get(a, 1.0) for a in label_axes], overwrite=args.overwrite,
                 show_progress=not args.no_progress,
@@ -142,20 +146,33 @@ def run(args: argparse.Namespace) -> int:
             target = out_dir / f"{stem}_masks.tif"
             if target.exists() and not args.overwrite:
                 raise CLIError(f"{target} exists; pass --overwrite to replace it")
-            labels = _segment_with_bar(model, data, rgb, args, name)
+            labels = _segment_with_bar(model, data, rgb, diameter, args, name)
             _write_tif(target, labels, label_axes, scale)
         print(f"{path} -> {target}")
     return 0
 
 
-def _segment_with_bar(model: Any, data: Any, rgb: bool, args: argparse.Namespace, name: str) -> Any:
+def _diameter(text: str, scale: dict[str, float], name: str) -> float | None:
+    """``--diameter`` in pixels of this input (None: auto), or a one-line error."""
+    from napari_unet.core.preprocess import ImageError
+    from napari_unet.core.scale import parse_diameter
+
+    pixel_size = scale.get("X")
+    try:
+        return parse_diameter(text, pixel_size if pixel_size and pixel_size != 1.0 else None)
+    except ImageError as exc:
+        raise CLIError(f"{name}: {exc}") from None
+
+
+def _segment_with_bar(model: Any, data: Any, rgb: bool, diameter: float | None, args: argparse.Namespace,
+                      name: str) -> Any:
     from tqdm import tqdm
 
     from napari_unet.core.events import run_to_end
     from napari_unet.core.predict import iter_segment
 
     gen = iter_segment(model, data, threshold=args.threshold, min_size=args.min_size, rgb=rgb,
-                       tile_size=args.tile)
+                       diameter=diameter, tile_size=args.tile)
     bar = tqdm(total=None, desc=name, unit="tile", disable=args.no_progress, file=sys.stderr, leave=False)
 
     def show(event: Any) -> None:

@@ -97,6 +97,33 @@ class SegmentationModel:
             "min_size": int(stored.get("min_size", DEFAULT_MIN_SIZE)),
         }
 
+    @property
+    def diameter(self) -> float | None:
+        """Object diameter (pixels) this model segments best at: calibrated on its validation
+        images when it was made (``metadata["diameter"]``), else the median diameter of its
+        training objects (``metadata["training_diameter"]``), else None (images are used at
+        their own scale)."""
+        for key in ("diameter", "training_diameter"):
+            value = self.metadata.get(key)
+            if isinstance(value, (int, float)) and value > 0:
+                return float(value)
+        return None
+
+    @property
+    def object_size(self):
+        """The object sizes this model segments well (:class:`~napari_unet.core.scale.ObjectSize`):
+        around :attr:`diameter`, or the range ``metadata["diameter_range"]`` measured when it was
+        made; None when the model does not know its diameter."""
+        from .scale import ObjectSize
+
+        diameter = self.diameter
+        if diameter is None:
+            return None
+        span = self.metadata.get("diameter_range")
+        if isinstance(span, (list, tuple)) and len(span) == 2 and 0 < float(span[0]) <= diameter <= float(span[1]):
+            return ObjectSize(diameter, float(span[0]), float(span[1]))
+        return ObjectSize.around(diameter)
+
     def resolve_postprocessing(self, threshold: float | None, min_size: int | None) -> tuple[float, int]:
         """``(threshold, min_size)`` as given, the model's own (:attr:`postprocessing`) where None."""
         own = self.postprocessing

@@ -43,6 +43,7 @@ from .device import free_memory_bytes, select_device
 from .events import Progress, run_to_end
 from .instances import probabilities_to_labels
 from .preprocess import ImageError, is_constant, prepare_plane
+from .scale import min_size_at
 from .stack import MAX_STACK_AXES, StackLayout, Window, check_finite, read_plane, stack_layout
 from .tiling import TilePlan, choose_tile_and_batch, mirror_pad, plan_tiles
 
@@ -335,6 +336,12 @@ class PlaneResult:
         Where ``region`` lies inside ``probabilities``.
     representation : str
         How the classes turn into instances (see :func:`probabilities_to_labels`).
+    diameter : float or None
+        Object diameter (image pixels) used: given, or estimated; None if unknown.
+    scale : float
+        Factor the plane was rescaled by before the network (1: its own scale).
+    note : str
+        What the user should know about the sizing ("" when all went as expected).
     """
 
     index: tuple[int, ...]
@@ -343,6 +350,9 @@ class PlaneResult:
     probabilities: np.ndarray
     inner: Window
     representation: str
+    diameter: float | None = None
+    scale: float = 1.0
+    note: str = ""
 
     def relabel(self, threshold: float, min_size: int, keep_dtype: Any = None) -> "PlaneResult":
         """The same plane post-processed with another threshold / minimum size (no network run).
@@ -351,7 +361,7 @@ class PlaneResult:
         to halve a cache); default as they are.
         """
         probs = self.probabilities.astype(np.float32, copy=False)
-        labels = probabilities_to_labels(probs, threshold, min_size, self.representation)
+        labels = probabilities_to_labels(probs, threshold, min_size_at(min_size, self.scale), self.representation)
         kept = self.probabilities if keep_dtype is None else self.probabilities.astype(keep_dtype, copy=False)
         return dataclasses.replace(self, labels=labels[self.inner].astype(np.int32, copy=False), probabilities=kept)
 
@@ -377,13 +387,14 @@ def iter_planes(
     region: Window | None = None,
     context: int = 0,
     rgb: bool | None = None,
+    diameter: float | str | None = "auto",
     threshold: float | None = None,
     min_size: int | None = None,
     labels: bool = True,
     should_stop: Callable[[], bool] | None = None,
     **engine_options: Any,
 ) -> Generator[Progress | PlaneResult, None, None]:
-    """The one plane loop: read, predict and post-process planes of an image or stack.
+    """The one plane loop: read, rescale to the model's object size, predict and post-process planes.
 
     Every path that segments uses it: :func:`iter_segment` / :func:`iter_predict_probabilities`
     (and through them the CLI and the OME-Zarr batch path) and the Segment widget (current
@@ -392,7 +403,7 @@ def iter_planes(
     Parameters
     ----------
     model : SegmentationModel
-        Network, representation, normalisation and post-processing defaults.
+        Network, representation, normalisation, object diameter and post-processing defaults.
     image : array-like
         (H, W[, 3]) or a stack (..., H, W[, 3]); lazy arrays are read one window at a time.
     planes : list of tuple of int, optional
@@ -404,8 +415,15 @@ def iter_planes(
         plane), so objects cut by the region's edge are judged with their surroundings.
     rgb : bool, optional
         Whether the last axis is colour; default: yes if it has 3 or 4 entries.
+    diameter : float, "auto", None or "native"
+        Object diameter in the image's pixels: the image is rescaled by
+        ``model.diameter / diameter`` (within 15% of 1: not rescaled) and the probabilities
+        come back on the image's own grid. "auto" (or None) estimates it on the first plane
+        (see :class:`~napari_unet.core.scale.DiameterSearch`) and keeps it for the others.
+        Models that do not know their diameter run at the image's own scale, as does "native".
     threshold, min_size : optional
         Post-processing (see :func:`probabilities_to_labels`); None = the model's own.
+        ``min_size`` counts pixels at the model's scale (it follows the rescaling).
     labels : bool
         Post-process to instance labels (False: probabilities only).
     should_stop : callable, optional
@@ -428,58 +446,134 @@ def iter_planes(
     planes = layout.indices() if planes is None else [layout.check_index(p) for p in planes]
     region, window, inner = plane_window(region, layout.plane_shape, context)
     window_shape = (window[0].stop - window[0].start, window[1].stop - window[1].start)
-    engine = _Engine(model, **engine_options)
-    tiles = _TileCount(engine, window_shape, len(planes))
-    with _eval_mode(engine.net):
+    runner = _PlaneRunner(_Engine(model, **engine_options), len(planes), should_stop)
+    sizing = _Sizing.choose(model, diameter, window_shape)
+    with _eval_mode(runner.engine.net):
         for k, idx in enumerate(planes):
             plane = read_plane(image, idx, window)
             check_finite(plane, f" (plane {idx})" if idx else "")
-            probs = yield from tiles.run_plane(engine.iter_plane(plane, tiles.count), k, should_stop)
+            probs = None
+            if sizing.search is not None:  # the first plane tells the object size
+                probs = yield from sizing.estimate(runner, plane, k, threshold, min_size)
+            if probs is None:
+                probs = yield from runner.at_scale(plane, sizing.scale, k)
             plane_labels = None
             if labels:
-                plane_labels = probabilities_to_labels(probs, threshold, min_size, model.representation)[inner]
-            yield PlaneResult(idx, region, plane_labels, probs, inner, model.representation)
+                plane_labels = probabilities_to_labels(
+                    probs, threshold, min_size_at(min_size, sizing.scale), model.representation
+                )[inner]
+            yield PlaneResult(idx, region, plane_labels, probs, inner, model.representation,
+                              sizing.diameter, sizing.scale, sizing.note)
 
 
-class _TileCount:
-    """Progress over the tiles of all planes (the count changes if out of memory forces a re-plan)."""
+class _PlaneRunner:
+    """Runs planes through the engine at a scale, counting tiles over all planes for progress
+    (the count changes with the scale and if running out of memory forces smaller tiles)."""
 
-    def __init__(self, engine: _Engine, shape: tuple[int, int], n_planes: int) -> None:
-        self.engine, self.shape, self.n_planes = engine, shape, n_planes
+    def __init__(self, engine: _Engine, n_planes: int, should_stop: Callable[[], bool] | None) -> None:
+        self.engine, self.n_planes, self.should_stop = engine, n_planes, should_stop
         self.done = 0
-        self.total = engine.plan(shape).n_tiles * n_planes
-        self.in_plane = 0
+        self.total = 0
         self.start = time.perf_counter()
 
-    def count(self) -> None:
-        self.done += 1
-        self.in_plane += 1
+    def at_scale(self, plane: np.ndarray, scale: float, k: int) -> Generator[Progress, None, np.ndarray]:
+        """Probabilities (C, H, W) of ``plane`` on its own grid, the network run at ``scale``."""
+        from .scale import resize_image, resize_probabilities
 
-    def run_plane(
-        self, gen: Generator[None, None, np.ndarray], k: int, should_stop: Callable[[], bool] | None
-    ) -> Generator[Progress, None, np.ndarray]:
-        """Drive one plane's tile generator, yielding progress; returns its probabilities."""
-        self.in_plane = 0
-        tiles_here = self.engine.plan(self.shape).n_tiles
+        scaled = resize_image(plane, scale)
+        probs = yield from self._run(scaled, k)
+        return resize_probabilities(probs, plane.shape[:2])
+
+    def _run(self, plane: np.ndarray, k: int) -> Generator[Progress, None, np.ndarray]:
+        shape = (int(plane.shape[0]), int(plane.shape[1]))
+        tiles_here = self.engine.plan(shape).n_tiles
+        self.total = max(self.total, self.done + tiles_here * (self.n_planes - k))
+        in_plane = 0
+
+        def count() -> None:
+            nonlocal in_plane
+            self.done += 1
+            in_plane += 1
+
+        gen = self.engine.iter_plane(plane, count)
         while True:
-            if should_stop is not None and should_stop():
+            if self.should_stop is not None and self.should_stop():
                 gen.close()
                 raise PredictionStopped("Prediction stopped.")
             try:
                 next(gen)
             except StopIteration as stop:
                 return stop.value
-            tiles_now = self.engine.plan(self.shape).n_tiles
+            tiles_now = self.engine.plan(shape).n_tiles
             if tiles_now != tiles_here:  # re-planned after running out of memory
-                self.total = self.done - self.in_plane + tiles_now * (self.n_planes - k)
+                self.total = self.done - in_plane + tiles_now * (self.n_planes - k)
                 tiles_here = tiles_now
             yield Progress(
                 done=self.done,
                 total=max(self.total, self.done),
                 plane=k,
                 elapsed=time.perf_counter() - self.start,
-                message=f"tile {self.in_plane}/{tiles_here} of plane {k + 1}/{self.n_planes}",
+                message=f"tile {in_plane}/{tiles_here} of plane {k + 1}/{self.n_planes}",
             )
+
+
+@dataclass
+class _Sizing:
+    """The scale planes run at: fixed (a given diameter), or found on the first plane."""
+
+    size: Any  # the model's ObjectSize, or None
+    scale: float = 1.0
+    diameter: float | None = None
+    note: str = ""
+    search: Any = None  # a DiameterSearch until the first plane has been sized
+
+    @classmethod
+    def choose(cls, model: SegmentationModel, diameter: float | str | None, plane_shape: tuple[int, int]) -> "_Sizing":
+        from .scale import DiameterSearch, check_diameter
+
+        own = model.object_size
+        word = diameter.strip().lower() if isinstance(diameter, str) else None
+        if word == "native":
+            return cls(own)
+        if diameter is None or word == "auto":
+            if own is None:  # an older model file: it works at the image's own scale, as it always did
+                return cls(None)
+            return cls(own, search=DiameterSearch(own))
+        value = check_diameter(diameter, plane_shape)
+        if own is None:
+            return cls(None, diameter=value, note=(
+                "the model does not record the object size it was trained at, so the image was "
+                "segmented at its own scale"))
+        return cls(own, scale=own.scale_for(value), diameter=value)
+
+    def estimate(
+        self, runner: _PlaneRunner, plane: np.ndarray, k: int, threshold: float, min_size: int
+    ) -> Generator[Progress, None, np.ndarray | None]:
+        """Passes over ``plane`` (or its centre) until the diameter is known; returns the
+        probabilities of the final pass when it covered the whole plane (else None)."""
+        from .scale import ESTIMATE_CROP, central_crop, resize_image
+
+        search, self.search = self.search, None
+        crop = central_crop(plane, ESTIMATE_CROP)
+        whole = crop.shape[:2] == plane.shape[:2]
+        kept: dict[float, np.ndarray] = {}
+        representation = runner.engine.model.representation
+        while (scale := search.next_scale()) is not None:
+            probs = yield from runner._run(resize_image(crop, scale), k)
+            found = probabilities_to_labels(probs, threshold, min_size, representation)
+            search.found(found, scale)
+            if whole:
+                kept[scale] = probs
+        self.scale = search.final_scale
+        self.diameter = search.diameter
+        self.note = search.note
+        if self.note:
+            log.warning("Object diameter: %s.", self.note)
+        if self.scale in kept:
+            from .scale import resize_probabilities
+
+            return resize_probabilities(kept[self.scale], plane.shape[:2])
+        return None
 
 
 def iter_rethreshold(
@@ -520,6 +614,7 @@ def iter_predict_probabilities(
     image: Any,
     *,
     rgb: bool | None = None,
+    diameter: float | str | None = "auto",
     tile_size: int | None = None,
     batch_size: int | None = None,
     halo: int | None = None,
@@ -540,6 +635,8 @@ def iter_predict_probabilities(
         two stack axes. Lazy arrays (memory map, zarr, dask) are read one plane at a time.
     rgb : bool, optional
         Whether the last axis is colour; default: yes if it has 3 or 4 entries.
+    diameter : float, "auto" or None
+        Object diameter in pixels; "auto"/None estimates it (see :func:`iter_planes`).
     tile_size : int, optional
         Largest network input side; default: chosen from the device's free memory.
         The tiles are balanced (and aligned) so they may be smaller.
@@ -579,7 +676,8 @@ def iter_predict_probabilities(
     image, layout = _prepare(model, image, rgb)
     result = _allocate(out, layout.lead_shape + (model.net.config.n_classes,) + layout.plane_shape, np.float32)
     planes = iter_planes(
-        model, image, rgb=rgb, labels=False, should_stop=should_stop, device=device, tile_size=tile_size,
+        model, image, rgb=rgb, diameter=diameter, labels=False, should_stop=should_stop, device=device,
+        tile_size=tile_size,
         batch_size=batch_size, halo=halo, precision=precision, channels_last=channels_last,
     )
     return (yield from _collect(planes, result, "probabilities"))
@@ -592,6 +690,7 @@ def iter_segment(
     threshold: float | None = None,
     min_size: int | None = None,
     rgb: bool | None = None,
+    diameter: float | str | None = "auto",
     tile_size: int | None = None,
     batch_size: int | None = None,
     halo: int | None = None,
@@ -617,7 +716,8 @@ def iter_segment(
     image, layout = _prepare(model, image, rgb)
     result = _allocate(out, layout.lead_shape + layout.plane_shape, np.int32)
     planes = iter_planes(
-        model, image, rgb=rgb, threshold=threshold, min_size=min_size, should_stop=should_stop,
+        model, image, rgb=rgb, diameter=diameter, threshold=threshold, min_size=min_size,
+        should_stop=should_stop,
         device=device, tile_size=tile_size, batch_size=batch_size, halo=halo, precision=precision,
         channels_last=channels_last,
     )

@@ -1,0 +1,257 @@
+"""Object size: every model segments best at its own object diameter.
+
+A model records the diameter (pixels) of the objects it segments best
+(``metadata["diameter"]``, see :attr:`SegmentationModel.diameter`). An image whose objects
+are of another size is rescaled before the network, and the probabilities are brought back
+to the image's own pixel grid before post-processing, so the labels always have the
+image's shape.
+
+A model segments objects of a range of sizes equally well (:class:`ObjectSize`): images whose
+objects lie in it run at their own resolution, others are rescaled to the nearest end of it.
+
+The object diameter of an image is given by the user or estimated (:class:`DiameterSearch`):
+a pass at the image's own scale, the median equivalent diameter ``2 sqrt(area / pi)`` of
+what it found, then a pass at the scale that diameter asks for, until two passes agree
+within :data:`SCALE_TOLERANCE`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .preprocess import ImageError
+
+log = logging.getLogger(__name__)
+
+#: Rescaling within this fraction of 1 is not worth a pass (nor the interpolation).
+SCALE_TOLERANCE = 0.15
+#: Passes at most when estimating the diameter (the last one is used).
+MAX_ESTIMATE_PASSES = 3
+#: Scales tried, in order, when a pass finds nothing (objects far larger than the model's).
+COARSER_SCALES = (0.5, 0.25)
+#: Estimation passes on planes larger than this (per side) run on a central crop of it.
+ESTIMATE_CROP = 1024
+#: Smallest and largest rescaling applied (a typo of 1000 px must not make a 1 px image).
+MIN_SCALE, MAX_SCALE = 1 / 16, 8.0
+
+__all__ = [
+    "DiameterSearch",
+    "check_diameter",
+    "equivalent_diameters",
+    "median_diameter",
+    "min_size_at",
+    "parse_diameter",
+    "resize_image",
+    "ObjectSize",
+    "resize_probabilities",
+]
+
+
+def equivalent_diameters(labels: np.ndarray) -> np.ndarray:
+    """Equivalent diameter ``2 sqrt(area / pi)`` of every object of a labels array (any ndim: area
+    is the pixel count of 2D objects; for 3D use per-plane labels)."""
+    labels = np.asarray(labels)
+    if labels.size == 0 or labels.max() <= 0:
+        return np.zeros(0)
+    areas = np.bincount(labels.ravel().astype(np.int64))[1:]
+    areas = areas[areas > 0]
+    return 2.0 * np.sqrt(areas / np.pi)
+
+
+def median_diameter(labels: np.ndarray) -> float | None:
+    """Median equivalent diameter of the objects of ``labels`` (pixels), None when it has none."""
+    diameters = equivalent_diameters(labels)
+    return float(np.median(diameters)) if diameters.size else None
+
+
+def check_diameter(diameter: Any, plane_shape: tuple[int, int] | None = None) -> float:
+    """A diameter given by a user as a float, or a clear :class:`ImageError`.
+
+    It must be a finite number above 0 and, when the plane shape is known, at most half the
+    plane's shorter side (an object cannot be larger than the image).
+    """
+    try:
+        value = float(diameter)
+    except (TypeError, ValueError):
+        raise ImageError(f"The object diameter must be a number of pixels or 'auto', got {diameter!r}.") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ImageError(f"The object diameter must be a positive number of pixels, got {diameter!r}.")
+    if plane_shape is not None and value > min(plane_shape) / 2:
+        raise ImageError(
+            f"An object diameter of {value:g} px is more than half of the image ({plane_shape[0]} x "
+            f"{plane_shape[1]} px); give the diameter of one cell, in pixels."
+        )
+    return value
+
+
+_UNITS_UM = {"um": 1.0, "µm": 1.0, "μm": 1.0, "micron": 1.0, "microns": 1.0, "nm": 1e-3, "mm": 1e3}
+
+
+def parse_diameter(text: Any, pixel_size_um: float | None = None) -> float | None:
+    """A diameter as a user types it: ``"auto"`` (or empty) -> None; ``"12"`` or ``"12 px"`` ->
+    12.0 pixels; ``"5 um"`` (µm, nm, mm) -> pixels through ``pixel_size_um`` (µm per pixel).
+
+    Raises :class:`ImageError` with a clear message for anything else (a physical size
+    without a known pixel size included). The value itself is checked by :func:`check_diameter`.
+    """
+    if text is None:
+        return None
+    if isinstance(text, (int, float)):
+        return check_diameter(text)
+    words = str(text).strip().lower().replace(",", ".")
+    if words in ("", "auto"):
+        return None
+    for unit in ("px", "pixels", "pixel", *_UNITS_UM):
+        if words.endswith(unit) and words[: -len(unit)].strip():
+            number = words[: -len(unit)].strip()
+            if unit in _UNITS_UM:
+                if not pixel_size_um:
+                    raise ImageError(
+                        f"The object diameter {text!r} is a physical size, but the image has no pixel "
+                        "size: give it in pixels."
+                    )
+                return check_diameter(check_diameter(number) * _UNITS_UM[unit] / pixel_size_um)
+            return check_diameter(number)
+    return check_diameter(words)
+
+
+@dataclass(frozen=True)
+class ObjectSize:
+    """The object sizes a model segments well, and how an image is rescaled to reach them.
+
+    Attributes
+    ----------
+    diameter : float
+        The model's own object diameter (pixels): where it segments best.
+    low, high : float
+        Diameters it segments as well as at ``diameter`` (a model trained on objects of many
+        sizes handles a range; one trained at a fixed diameter, about +-15%). Images whose
+        objects lie in the range run at their own resolution; others are rescaled to the
+        nearest end of the range.
+    """
+
+    diameter: float
+    low: float
+    high: float
+
+    @classmethod
+    def around(cls, diameter: float) -> "ObjectSize":
+        """A model that works at one diameter (within :data:`SCALE_TOLERANCE`)."""
+        return cls(diameter, diameter / (1 + SCALE_TOLERANCE), diameter * (1 + SCALE_TOLERANCE))
+
+    def scale_for(self, diameter: float | None) -> float:
+        """The factor that brings objects of ``diameter`` px into the range (1 when they are in it,
+        when it is within :data:`SCALE_TOLERANCE` of 1, or when the diameter is unknown)."""
+        if not diameter:
+            return 1.0
+        target = min(max(diameter, self.low), self.high)
+        scale = float(np.clip(target / diameter, MIN_SCALE, MAX_SCALE))
+        return 1.0 if abs(scale - 1.0) <= SCALE_TOLERANCE else scale
+
+
+def min_size_at(min_size: int, scale: float) -> int:
+    """A minimum object size counted at the model's scale, in pixels of an image that was
+    rescaled by ``scale`` to reach it."""
+    return int(round(min_size / scale**2)) if min_size else 0
+
+
+def scaled_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
+    """(H, W) after rescaling by ``scale`` (at least 1 pixel each)."""
+    return (max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale)))
+
+
+def resize_image(plane: np.ndarray, scale: float) -> np.ndarray:
+    """A 2D plane (H, W) or (H, W, C) rescaled by ``scale`` as float32 (linear interpolation,
+    with a Gaussian anti-aliasing filter when shrinking)."""
+    from skimage.transform import resize
+
+    if scale == 1.0:
+        return plane
+    shape = scaled_shape(plane.shape[:2], scale)
+    return resize(
+        np.asarray(plane, dtype=np.float32), shape + tuple(plane.shape[2:]), order=1,
+        anti_aliasing=scale < 1.0, preserve_range=True,
+    ).astype(np.float32, copy=False)
+
+
+def resize_probabilities(probs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(C, h, w) class probabilities brought to (C, H, W) by linear interpolation (sums stay 1)."""
+    if tuple(probs.shape[1:]) == tuple(shape):
+        return probs
+    zoom = (1.0, shape[0] / probs.shape[1], shape[1] / probs.shape[2])
+    out = ndi.zoom(probs, zoom, order=1, mode="nearest", grid_mode=True)
+    if tuple(out.shape[1:]) != tuple(shape):  # rounding of the zoom factors
+        out = out[:, : shape[0], : shape[1]]
+        out = np.pad(out, ((0, 0), (0, shape[0] - out.shape[1]), (0, shape[1] - out.shape[2])), mode="edge")
+    return out.astype(np.float32, copy=False)
+
+
+def central_crop(plane: np.ndarray, size: int) -> np.ndarray:
+    """The central (at most ``size`` x ``size``) part of a plane."""
+    h, w = plane.shape[:2]
+    y0, x0 = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    return plane[y0 : y0 + size, x0 : x0 + size]
+
+
+@dataclass
+class DiameterSearch:
+    """Finds the object diameter of an image, pass by pass (driven by the plane loop).
+
+    ``next_scale()`` says at which scale to run the network next (None: done); ``found(labels,
+    scale)`` reports what that pass found (labels on the rescaled grid). ``diameter`` is the
+    estimate in the image's own pixels, ``note`` says what happened when it is not plain.
+    """
+
+    size: ObjectSize
+    passes: list[tuple[float, float | None]] = field(default_factory=list)  # (scale, diameter in image px)
+    diameter: float | None = None
+    note: str = ""
+    _next: float | None = 1.0
+
+    def next_scale(self) -> float | None:
+        return self._next
+
+    def found(self, labels_at_scale: np.ndarray, scale: float) -> None:
+        at_scale = median_diameter(labels_at_scale)
+        estimate = None if at_scale is None else at_scale / scale
+        self.passes.append((scale, estimate))
+        if estimate is None:
+            self._next = self._coarser()
+            if self._next is None:
+                self.diameter = None
+                self.note = (
+                    "no object found at any scale: segmented at the image's own scale (type the "
+                    "object diameter if the cells are missed)"
+                )
+            return
+        self.diameter = estimate
+        wanted = self.size.scale_for(estimate)
+        agrees = abs(wanted / scale - 1.0) <= SCALE_TOLERANCE
+        if agrees or len(self.passes) >= MAX_ESTIMATE_PASSES or self._tried(wanted):
+            self._next = None
+        else:
+            self._next = wanted
+
+    @property
+    def final_scale(self) -> float:
+        """The scale of the pass whose result stands (the last one that found objects, else 1)."""
+        found = [s for s, d in self.passes if d is not None]
+        return found[-1] if found else 1.0
+
+    def _coarser(self) -> float | None:
+        if any(d is not None for _s, d in self.passes):
+            return None
+        tried = {s for s, _d in self.passes}
+        for scale in COARSER_SCALES:
+            if scale not in tried:
+                return scale
+        return None
+
+    def _tried(self, scale: float) -> bool:
+        return any(abs(s / scale - 1.0) <= SCALE_TOLERANCE for s, _d in self.passes)

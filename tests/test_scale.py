@@ -1,0 +1,193 @@
+"""Object size: diameters, rescaling, the automatic estimate and bad diameters."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet.cli import main
+from napari_unet.core import load_model
+from napari_unet.core.predict import PlaneResult, iter_planes, segment
+from napari_unet.core.preprocess import ImageError
+from napari_unet.core.scale import (
+    DiameterSearch,
+    check_diameter,
+    median_diameter,
+    min_size_at,
+    parse_diameter,
+    resize_image,
+    resize_probabilities,
+    ObjectSize,
+)
+
+
+def _upscale_labels(labels: np.ndarray, factor: int) -> np.ndarray:
+    return np.kron(labels, np.ones((factor, factor), dtype=labels.dtype))
+
+
+@pytest.fixture(scope="module")
+def dsb_val_fluo(data_dir) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Three DSB2018 val fluorescence images (CC0) with their labels."""
+    from skimage.io import imread
+
+    root = data_dir / "dsb2018"
+    with open(root / "manifest.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["split"] == "val" and r["kind"] == "grey_dark"]
+    rows = sorted(rows, key=lambda r: r["id"])[:3]
+    return [(imread(root / "images" / f"{r['id']}.png"), imread(root / "labels" / f"{r['id']}.png")) for r in rows]
+
+
+# ------------------------------------------------------------------ plain functions
+def test_median_diameter_of_discs():
+    from skimage.draw import disk
+
+    labels = np.zeros((200, 200), np.int32)
+    for i, (r, c) in enumerate([(40, 40), (40, 140), (140, 90)], start=1):
+        labels[disk((r, c), 15)] = i
+    assert median_diameter(labels) == pytest.approx(30, rel=0.03)
+    assert median_diameter(np.zeros((5, 5), np.int32)) is None
+
+
+@pytest.mark.parametrize("text, expected", [("auto", None), ("", None), ("12", 12.0), ("12 px", 12.0),
+                                            (" 7,5 ", 7.5), ("4 um", 8.0), ("4µm", 8.0), ("500 nm", 1.0)])
+def test_parse_diameter(text, expected):
+    assert parse_diameter(text, pixel_size_um=0.5) == expected
+
+
+@pytest.mark.parametrize("bad", ["0", "-3", "nan", "inf", "big", "3 um"])
+def test_bad_diameters_say_why(bad):
+    with pytest.raises(ImageError, match="diameter"):
+        parse_diameter(bad)  # no pixel size: a physical size cannot be used
+
+
+def test_diameter_larger_than_half_the_image_is_refused():
+    with pytest.raises(ImageError, match="more than half of the image"):
+        check_diameter(60, (100, 300))
+    assert check_diameter(50, (100, 300)) == 50
+
+
+def test_scale_brings_objects_into_the_models_range():
+    one = ObjectSize.around(14)
+    assert one.scale_for(15) == 1.0  # within 15 %
+    assert one.scale_for(28) == pytest.approx(16.1 / 28, rel=0.01)  # to the range's upper end
+    assert one.scale_for(None) == 1.0
+    wide = ObjectSize(17, 11, 30)
+    assert wide.scale_for(12) == 1.0 and wide.scale_for(29) == 1.0  # in range: the image's own scale
+    assert wide.scale_for(60) == 0.5 and wide.scale_for(5.5) == 2.0
+    assert min_size_at(16, 0.5) == 64 and min_size_at(0, 0.5) == 0
+
+
+def test_resized_probabilities_keep_their_sums():
+    rng = np.random.default_rng(0)
+    probs = rng.random((3, 37, 53)).astype(np.float32)
+    probs /= probs.sum(0)
+    back = resize_probabilities(probs, (111, 160))
+    assert back.shape == (3, 111, 160)
+    np.testing.assert_allclose(back.sum(0), 1.0, atol=1e-5)
+    assert resize_image(np.zeros((40, 60, 3), np.uint8), 0.5).shape == (20, 30, 3)
+
+
+def test_diameter_search_converges_and_falls_back():
+    from skimage.draw import disk
+
+    def discs(radius: float, size: int = 256) -> np.ndarray:
+        labels = np.zeros((size, size), np.int32)
+        for i, c in enumerate(range(radius * 2, size - radius * 2, int(radius * 3)), start=1):
+            labels[disk((size // 2, c), radius, shape=labels.shape)] = i
+        return labels
+
+    search = DiameterSearch(ObjectSize(14, 12, 16))
+    assert search.next_scale() == 1.0
+    search.found(discs(28), 1.0)  # objects of ~56 px: a pass at 16/56
+    assert search.next_scale() == pytest.approx(16 / 56, rel=0.05)
+    search.found(discs(8), search.next_scale())  # at that scale they measure ~16 px
+    assert search.next_scale() is None
+    assert search.diameter == pytest.approx(56, rel=0.05) and search.final_scale == pytest.approx(16 / 56, rel=0.05)
+
+    empty = DiameterSearch(ObjectSize(14, 12, 16))
+    while (scale := empty.next_scale()) is not None:
+        empty.found(np.zeros((64, 64), np.int32), scale)
+    assert [s for s, _d in empty.passes] == [1.0, 0.5, 0.25]
+    assert empty.diameter is None and empty.final_scale == 1.0 and "no object found" in empty.note
+
+
+# ------------------------------------------------------------------ with the built-in model
+def test_builtin_model_knows_its_diameter():
+    model = load_model(device="cpu")
+    assert 8 <= model.diameter <= 30
+    assert model.metadata["training_diameter"] > 0
+
+
+@pytest.mark.parametrize("factor", [2, 3])
+def test_estimate_finds_the_size_of_upscaled_nuclei(dsb_val_fluo, factor):
+    from skimage.transform import rescale
+
+    model = load_model(device="cpu")
+    for image, labels in dsb_val_fluo:
+        big = rescale(image.astype(np.float32), factor, order=3, preserve_range=True)
+        truth = median_diameter(_upscale_labels(labels, factor))
+        result = next(i for i in iter_planes(model, big) if isinstance(i, PlaneResult))
+        assert result.diameter == pytest.approx(truth, rel=0.15)
+        assert result.labels.shape == big.shape
+
+
+def test_estimate_on_simulated_nuclei(data_dir):
+    model = load_model(device="cpu")
+    frames = tifffile.imread(data_dir / "ctc_sim_plus" / "images.tif", key=[0, 15])
+    truths = tifffile.imread(data_dir / "ctc_sim_plus" / "labels.tif", key=[0, 15])
+    for frame, truth in zip(frames, truths):
+        result = next(i for i in iter_planes(model, frame) if isinstance(i, PlaneResult))
+        assert result.diameter == pytest.approx(median_diameter(truth), rel=0.15)
+
+
+def test_upscaled_nuclei_segment_as_well_as_native(dsb_val_fluo):
+    from skimage.transform import rescale
+
+    from napari_unet.core.metrics import average_precision
+
+    model = load_model(device="cpu")
+    native, upscaled = [], []
+    for image, labels in dsb_val_fluo:
+        native.append(average_precision(labels, segment(model, image)))
+        big = rescale(image.astype(np.float32), 2, order=3, preserve_range=True)
+        upscaled.append(average_precision(_upscale_labels(labels, 2), segment(model, big)))
+    assert np.mean(upscaled) >= np.mean(native) - 0.05
+
+
+def test_cli_refuses_a_bad_diameter_and_writes_nothing(tmp_path, dsb_val_fluo, capsys):
+    image = dsb_val_fluo[0][0]
+    tifffile.imwrite(tmp_path / "a.tif", image)
+    for bad in ("-2", "nan", str(image.shape[0])):
+        rc = main(["predict", str(tmp_path / "a.tif"), "--out", str(tmp_path / "out"), "--diameter", bad,
+                   "--no-progress"])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and "diameter" in err and len(err.splitlines()) == 1
+    assert not list((tmp_path / "out").glob("*")) if (tmp_path / "out").exists() else True
+
+
+def test_widget_diameter_field(make_napari_viewer, qtbot, dsb_val_fluo, notifications):
+    from napari_unet.widgets.segment import masks_layer_name
+
+    image, _labels = dsb_val_fluo[0]
+    viewer = make_napari_viewer()
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    layer = viewer.add_image(image, name="nuclei")
+    w.reset_choices()
+    w._image_combo.value = layer
+    w._diameter.value = "-1"
+    w._run_button.clicked.emit()
+    assert w._worker is None and any("diameter" in m for m in notifications)
+    assert masks_layer_name("nuclei") not in viewer.layers or viewer.layers[masks_layer_name("nuclei")].data.max() == 0
+
+    w._diameter.value = "auto"
+    w._run_button.clicked.emit()
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+    assert "estimated" in w._diameter_used.value
+    masks = viewer.layers[masks_layer_name("nuclei")]
+    assert masks.data.max() > 5
+    masks.selected_label = int(np.bincount(masks.data.ravel())[1:].argmax()) + 1
+    w.diameter_from_selected_label()
+    assert float(w._diameter.value) > 3
