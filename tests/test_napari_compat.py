@@ -168,3 +168,25 @@ def test_raise_plugin_dock_brings_a_tab_to_the_front(make_napari_viewer, qtbot):
     raise_plugin_dock(viewer, "napari-unet", "Fine-tune")
     qtbot.waitUntil(lambda: not docks["Fine-tune"].visibleRegion().isEmpty(), timeout=3000)
     assert dock.visibleRegion().isEmpty()
+
+
+def test_no_napari_internals_outside_the_compat_module():
+    import re
+    from pathlib import Path
+
+    import napari_unet
+
+    internal = re.compile(
+        r"(viewer|window|layer|layers|camera|dims|canvas|scene)\._[a-z]|\._qt_|\bqt_viewer\b|__wrapped__"
+        r"|_undo_history|_redo_history|_canvas_size|_dock_widgets"
+    )
+    package = Path(napari_unet.__file__).parent
+    found = [
+        f"{path.relative_to(package)}:{number}: {line.strip()}"
+        for path in sorted(package.rglob("*.py"))
+        if path.name != "_napari_compat.py"
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if internal.search(line)
+    ]
+    assert len(list(package.rglob("*.py"))) > 20  # the scan did read the package
+    assert not found, "napari internals used outside widgets/_napari_compat.py:\n" + "\n".join(found)
