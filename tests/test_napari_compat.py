@@ -179,6 +179,7 @@ def test_no_napari_internals_outside_the_compat_module():
     internal = re.compile(
         r"(viewer|window|layer|layers|camera|dims|canvas|scene)\._[a-z]|\._qt_|\bqt_viewer\b|__wrapped__"
         r"|_undo_history|_redo_history|_canvas_size|_dock_widgets"
+        r"|\bnapari(\.[a-z]\w*)*\._[a-z]"  # a private napari module
     )
     package = Path(napari_unet.__file__).parent
     found = [
