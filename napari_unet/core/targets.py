@@ -38,37 +38,10 @@ import math
 import numpy as np
 from scipy import ndimage as ndi
 
+from .labels import check_labels
+
 REPRESENTATION_CLASSES = {"bg-interior-boundary": 3, "foreground": 2}
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
-
-
-def check_labels(labels: np.ndarray, name: str = "labels") -> np.ndarray:
-    """Validate a 2D instance label image and return it as int32/int64.
-
-    Raises
-    ------
-    ValueError
-        If ``labels`` is not 2D, holds non-integer values or negative values.
-    """
-    arr = np.asarray(labels)
-    if arr.ndim != 2:
-        raise ValueError(f"The {name} must be one 2D plane (height, width), got shape {arr.shape}.")
-    if arr.dtype == bool:
-        return arr.astype(np.int32)
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.isfinite(arr).all() or np.any(np.mod(arr, 1) != 0):
-            raise ValueError(
-                f"The {name} hold non-integer values: use a Labels layer (whole numbers, 0 = background, "
-                "one number per object), not an image of probabilities."
-            )
-        arr = arr.astype(np.int64)
-    elif not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"The {name} must hold whole numbers (instance labels), got dtype {arr.dtype}.")
-    if arr.size and arr.min() < 0:
-        raise ValueError(f"The {name} hold negative values; labels must be 0 (background) or positive.")
-    if arr.dtype.itemsize > 4 or arr.dtype == np.uint32:
-        arr = arr.astype(np.int64)
-    return arr
 
 
 def _disk(radius: int) -> np.ndarray:
