@@ -34,6 +34,7 @@ size of objects, not with the image area times the number of objects.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -217,3 +218,17 @@ def labels_to_targets(
             apply = classes == BACKGROUND
         weights = weights + np.where(apply, term, 0.0).astype(np.float32)
     return classes, weights.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class TargetRecipe:
+    """How a run turns labels into training targets: :func:`labels_to_targets` with these settings."""
+
+    representation: str = "bg-interior-boundary"
+    boundary_width: int = 2
+    w0: float = 10.0
+    sigma: float = 5.0
+
+    def __call__(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(H, W) labels -> (classes, weights), see :func:`labels_to_targets`."""
+        return labels_to_targets(labels, self.representation, self.boundary_width, self.w0, self.sigma)
