@@ -153,7 +153,8 @@ class Trainer:
                     yield self.validator(self.net, run.steps)
                     last_val_step, last_val_time = run.steps, time.perf_counter()
             # the final weights (not after a stop: the user wants the result now)
-            if self.validator is not None and run.steps > 0 and last_val_step != run.steps and not run.stopped_early:
+            final_unseen = run.steps > 0 and last_val_step != run.steps
+            if self.validator is not None and final_unseen and not run.stopped_early:
                 yield self.validator(self.net, run.steps)
         finally:
             self.sampler.close()
@@ -171,8 +172,8 @@ class Trainer:
         elapsed = now - t0
         frac = self.budget.fraction(run.steps, elapsed)
         eta = elapsed * (1 - frac) / frac if frac > 0 else None
-        return TrainStep(step=run.steps, total_steps=self.budget.steps, loss=loss, lr=lr, step_time=now - started,
-                         elapsed=elapsed, fraction=frac, eta=eta)
+        return TrainStep(step=run.steps, total_steps=self.budget.steps, loss=loss, lr=lr,
+                         step_time=now - started, elapsed=elapsed, fraction=frac, eta=eta)
 
 
 # ---------------------------------------------------------------------- the generator
@@ -273,16 +274,16 @@ def finetune(
     freeze_norm = (not from_scratch) if freeze_norm is None else bool(freeze_norm)
     targets = TargetRecipe(model.representation, boundary_width, w0, sigma)
     work = model.copy()
-    net = work.net.to(dev)
-    net.requires_grad_(True)
+    net = work.net.to(dev).requires_grad_(True)
     geometry = PatchGeometry.for_network(net, patch_size, max(max(e.labels.shape) for e in split.train))
     planes = validation_planes(split.val, targets)
     n_val_objects = count_held_out_objects(planes)
     tracker = BestWeights(SelectionRule.for_validation(select, len(planes), n_val_objects))
     aug_config = augment if isinstance(augment, AugmentConfig) else (AugmentConfig() if augment else NO_AUGMENT)
+    n_workers = _patch_workers(workers, dev)
     trainer = Trainer(
         net=net,
-        sampler=PatchSampler(split.train, geometry, targets, aug_config, batch_size, rng, _patch_workers(workers, dev)),
+        sampler=PatchSampler(split.train, geometry, targets, aug_config, batch_size, rng, n_workers),
         optimiser=Optimiser(net, lr, weight_decay, dev, amp_dtype),
         schedule=WarmupCosine(lr),
         budget=RunBudget(steps, time_budget),
