@@ -61,20 +61,10 @@ class FolderSource:
 
 def as_label_plane(labels: Any, where: str) -> np.ndarray:
     """Labels as int32, or raise ``ValueError`` (floats with fractions, negative ids, ...)."""
-    arr = np.asarray(labels)
-    if arr.dtype == bool:
-        return arr.astype(np.int32)
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.isfinite(arr).all() or not np.array_equal(arr, np.round(arr)):
-            raise ValueError(
-                f"{where} holds floating-point values with fractions; labels must be whole numbers "
-                "(0 = background, 1, 2, ... one per cell). Use a Labels layer or an integer label image."
-            )
-    elif not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"{where} has data type {arr.dtype}; labels must be integers (0 = background).")
-    if arr.size and arr.min() < 0:
-        raise ValueError(f"{where} holds negative values; labels must be 0 (background) or positive ids.")
-    if arr.size and arr.max() > np.iinfo(np.int32).max:
+    from napari_unet.core.labels import check_labels  # lazily: napari_unet.core imports torch
+
+    arr = check_labels(labels, f"labels in {where}", ndim=None)
+    if arr.max() > np.iinfo(np.int32).max:
         raise ValueError(f"{where} holds label ids too large for int32.")
     return arr.astype(np.int32, copy=True)
 
