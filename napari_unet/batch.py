@@ -81,19 +81,14 @@ class ModelSpec:
         return model
 
 
-def _segment_block(block: np.ndarray, spec: ModelSpec, options: dict[str, Any], rgb: bool, n_lead: int) -> np.ndarray:
-    """Segment every plane of one chunk (..., H, W[, 3]) -> (..., H, W) int32."""
+def _segment_block(block: np.ndarray, spec: ModelSpec, options: dict[str, Any], rgb: bool) -> np.ndarray:
+    """Segment every plane of one chunk (..., H, W[, 3]) -> (..., H, W) int32 (core's plane loop)."""
     from napari_unet.core.predict import segment
 
     model = spec.get()
-    lead = block.shape[:n_lead]
-    plane_shape = block.shape[n_lead : n_lead + 2]
-    out = np.zeros(lead + plane_shape, dtype=np.int32)
     # one model per process: threads take turns on it (torch uses all cores per call anyway)
     with _model_locks.setdefault(spec.key, threading.Lock()):
-        for idx in np.ndindex(*lead) if lead else [()]:
-            out[idx] = segment(model, np.asarray(block[idx]), rgb=rgb, **options)
-    return out
+        return segment(model, block, rgb=rgb, **options)
 
 
 _model_locks: dict[str, threading.Lock] = {}
@@ -203,7 +198,7 @@ def segment_to_ome_zarr(
     options = {"threshold": threshold, "min_size": min_size, "tile_size": tile_size}
     drop = (image.ndim - 1,) if layout.rgb else ()
     labels = image.map_blocks(
-        _segment_block, spec, options, layout.rgb, n_lead,
+        _segment_block, spec, options, layout.rgb,
         dtype=np.int32, drop_axis=drop, chunks=image.chunks[: n_lead + 2],
         name="napari-unet-segment-" + uuid.uuid4().hex[:8],
     )

@@ -151,20 +151,19 @@ def run(args: argparse.Namespace) -> int:
 def _segment_with_bar(model: Any, data: Any, rgb: bool, args: argparse.Namespace, name: str) -> Any:
     from tqdm import tqdm
 
+    from napari_unet.core.events import run_to_end
     from napari_unet.core.predict import iter_segment
 
     gen = iter_segment(model, data, threshold=args.threshold, min_size=args.min_size, rgb=rgb,
                        tile_size=args.tile)
     bar = tqdm(total=None, desc=name, unit="tile", disable=args.no_progress, file=sys.stderr, leave=False)
+
+    def show(event: Any) -> None:
+        bar.total = event.total
+        bar.update(event.done - bar.n)
+
     try:
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            if bar.total != event.total:
-                bar.total = event.total
-            bar.update(event.done - bar.n)
+        return run_to_end(gen, show)
     finally:
         gen.close()
         bar.close()

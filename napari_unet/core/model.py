@@ -50,8 +50,8 @@ class UNetConfig:
     n_classes: int = 2
     base_width: int = 64
     depth: int = 5
-    padding: str = "valid"
-    norm: str | None = None
+    padding: Padding = "valid"
+    norm: Norm = None
 
     def validate(self) -> None:
         """Raise ``ValueError`` with a message that says what to change."""
@@ -87,7 +87,7 @@ class UNetConfig:
         return cls(**known)
 
 
-def _norm_layer(kind: str | None, channels: int) -> nn.Module:
+def _norm_layer(kind: Norm, channels: int) -> nn.Module:
     if kind == "batch":
         return nn.BatchNorm2d(channels)
     if kind == "group":
@@ -104,7 +104,7 @@ class DoubleConv(nn.Sequential):
     (N, out_ch, H, W) for "same".
     """
 
-    def __init__(self, in_ch: int, out_ch: int, padding: str, norm: str | None) -> None:
+    def __init__(self, in_ch: int, out_ch: int, padding: Padding, norm: Norm) -> None:
         pad = 1 if padding == "same" else 0
         bias = norm is None
         super().__init__(
@@ -115,6 +115,23 @@ class DoubleConv(nn.Sequential):
             _norm_layer(norm, out_ch),
             nn.ReLU(inplace=True),
         )
+
+    def fuse_batch_norm(self) -> None:
+        """Fold each batch normalisation into the convolution before it (eval mode only).
+
+        Same outputs to float rounding, one pass less over every feature map: used for
+        inference copies (see :func:`napari_unet.core.predict.inference_net`), never on a
+        network that will be trained again. Other normalisations are left as they are.
+        """
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+        if self.training:
+            raise RuntimeError("fuse_batch_norm() needs eval mode: batch statistics are folded in.")
+        for i in (0, 3):
+            conv, norm = self[i], self[i + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+                self[i] = fuse_conv_bn_eval(conv, norm)
+                self[i + 1] = nn.Identity()
 
 
 def center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -127,7 +144,7 @@ def center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
 class Up(nn.Module):
     """2x2 transposed convolution (halving channels), copy-and-crop skip, double conv."""
 
-    def __init__(self, in_ch: int, out_ch: int, padding: str, norm: str | None) -> None:
+    def __init__(self, in_ch: int, out_ch: int, padding: Padding, norm: Norm) -> None:
         super().__init__()
         self.up = nn.ConvTranspose2d(in_ch, out_ch, kernel_size=2, stride=2)
         self.conv = DoubleConv(2 * out_ch, out_ch, padding, norm)
@@ -235,11 +252,11 @@ class UNet(nn.Module):
         return self.head(x)
 
 
-def _shrink(padding: str) -> int:
+def _shrink(padding: Padding) -> int:
     return 4 if padding == "valid" else 0
 
 
-def unet_output_size(size: int, depth: int, padding: str = "valid") -> int:
+def unet_output_size(size: int, depth: int, padding: Padding = "valid") -> int:
     """Output size along one axis of a U-Net with ``depth`` levels for an input of ``size``.
 
     Raises ``ValueError`` with the nearest valid sizes if ``size`` does not fit.
@@ -273,7 +290,7 @@ def unet_output_size(size: int, depth: int, padding: str = "valid") -> int:
     return s
 
 
-def _bottom_to_input(bottom: int, depth: int, padding: str) -> int:
+def _bottom_to_input(bottom: int, depth: int, padding: Padding) -> int:
     shrink = _shrink(padding)
     s = bottom + shrink
     for _ in range(depth - 1):
@@ -281,7 +298,7 @@ def _bottom_to_input(bottom: int, depth: int, padding: str) -> int:
     return s
 
 
-def valid_input_size(min_size: int, depth: int, padding: str = "valid") -> int:
+def valid_input_size(min_size: int, depth: int, padding: Padding = "valid") -> int:
     """Smallest input size >= ``min_size`` that a U-Net with ``depth`` levels accepts."""
     bottom = 1
     while _bottom_to_input(bottom, depth, padding) < min_size:
@@ -292,7 +309,7 @@ def valid_input_size(min_size: int, depth: int, padding: str = "valid") -> int:
     return _bottom_to_input(bottom, depth, padding)
 
 
-def _valid_below(size: int, depth: int, padding: str) -> int | None:
+def _valid_below(size: int, depth: int, padding: Padding) -> int | None:
     if padding == "same":
         d = 2 ** (depth - 1)
         v = (int(size) // d) * d

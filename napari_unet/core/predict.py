@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import os
 import time
@@ -42,12 +43,11 @@ from .device import free_memory_bytes, select_device
 from .events import Progress, run_to_end
 from .instances import probabilities_to_labels
 from .preprocess import ImageError, is_constant, prepare_plane
+from .stack import MAX_STACK_AXES, StackLayout, Window, check_finite, read_plane, stack_layout
 from .tiling import TilePlan, choose_tile_and_batch, mirror_pad, plan_tiles
 
 log = logging.getLogger(__name__)
 
-#: Extra axes (beyond the 2D plane and the RGB axis) that a stack may have.
-MAX_STACK_AXES = 2
 #: Memory for activations on the CPU (bytes); a quarter of the free memory if less.
 CPU_MEMORY_BUDGET = 3 * 1024**3
 #: Fraction of the GPU's free memory used for activations.
@@ -56,7 +56,10 @@ GPU_MEMORY_FRACTION = 0.5
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 __all__ = [
+    "PlaneResult",
     "PredictionStopped",
+    "iter_planes",
+    "iter_rethreshold",
     "iter_predict_probabilities",
     "iter_segment",
     "predict_probabilities",
@@ -69,85 +72,6 @@ __all__ = [
 
 class PredictionStopped(RuntimeError):
     """Raised inside a prediction generator when ``should_stop()`` returned True."""
-
-
-# --------------------------------------------------------------------- images
-@dataclass(frozen=True)
-class StackLayout:
-    """How an image array splits into 2D planes.
-
-    Attributes
-    ----------
-    lead_shape : tuple of int
-        Shape of the extra (stack) axes; () for one plane.
-    plane_shape : tuple of int
-        (H, W).
-    rgb : bool
-        True when the last axis holds colour.
-    """
-
-    lead_shape: tuple[int, ...]
-    plane_shape: tuple[int, int]
-    rgb: bool
-
-    @property
-    def n_planes(self) -> int:
-        return int(np.prod(self.lead_shape)) if self.lead_shape else 1
-
-    def indices(self) -> list[tuple[int, ...]]:
-        return list(np.ndindex(*self.lead_shape)) if self.lead_shape else [()]
-
-
-def stack_layout(shape: tuple[int, ...], rgb: bool | None = None) -> StackLayout:
-    """Split an image shape into stack axes, plane and colour; raise a clear error if it cannot.
-
-    Parameters
-    ----------
-    shape : tuple of int
-        Shape of the image: (H, W), (H, W, 3), (..., H, W) or (..., H, W, 3).
-    rgb : bool, optional
-        Whether the last axis is colour. Default: yes if it has 3 or 4 entries (as napari).
-    """
-    shape = tuple(int(s) for s in shape)
-    ndim = len(shape)
-    if rgb is None:
-        rgb = ndim >= 3 and shape[-1] in (3, 4)
-    if rgb and (ndim < 3 or shape[-1] not in (3, 4)):
-        raise ImageError(
-            f"rgb=True needs a last axis of 3 (or 4) colours, but the image has shape {shape}."
-        )
-    n_spatial = 3 if rgb else 2
-    if ndim < n_spatial:
-        raise ImageError(
-            f"Expected a 2D image (height, width){' with colour last' if rgb else ''}, got shape {shape}."
-        )
-    lead = shape[:-n_spatial]
-    plane = shape[ndim - n_spatial : ndim - n_spatial + 2]
-    if len(lead) > MAX_STACK_AXES:
-        axes = ", ".join(f"axis {i} (size {s})" for i, s in enumerate(lead))
-        raise ImageError(
-            f"The image has {ndim} axes (shape {shape}): {axes} come before the 2D plane, but at most "
-            f"{MAX_STACK_AXES} stack axes (e.g. time and z) can be segmented. Choose one index along "
-            f"{len(lead) - MAX_STACK_AXES} of them (e.g. a channel: image[:, 0] for axis 1), or say which axis "
-            "holds the colour/channels."
-        )
-    if min(plane) < 1 or any(s < 1 for s in lead):
-        raise ImageError(f"The image is empty (shape {shape}).")
-    return StackLayout(lead, (int(plane[0]), int(plane[1])), bool(rgb))
-
-
-def _read_plane(image: Any, idx: tuple[int, ...]) -> np.ndarray:
-    plane = image[idx] if idx else image
-    if hasattr(plane, "compute"):  # dask
-        plane = plane.compute()
-    return np.asarray(plane)
-
-
-def _check_finite(plane: np.ndarray, where: str) -> None:
-    if np.issubdtype(plane.dtype, np.floating) and not np.isfinite(plane).all():
-        raise ImageError(
-            f"The image holds NaN or infinite values{where}; replace them (e.g. with 0) before segmenting."
-        )
 
 
 # --------------------------------------------------------------------- engine
@@ -188,12 +112,12 @@ class _Engine:
     def __init__(
         self,
         model: SegmentationModel,
-        device: str | torch.device | None,
-        tile_size: int | None,
-        batch_size: int | None,
-        halo: int | None,
-        precision: str,
-        channels_last: bool | None,
+        device: str | torch.device | None = None,
+        tile_size: int | None = None,
+        batch_size: int | None = None,
+        halo: int | None = None,
+        precision: str = "auto",
+        channels_last: bool | None = None,
     ) -> None:
         self.model = model
         if device is not None:
@@ -339,8 +263,6 @@ def inference_net(net: torch.nn.Module, channels_last: bool = False) -> torch.nn
     ``net`` itself is never modified. Networks without batch normalisation are used as
     they are (unless ``channels_last`` asks for a converted copy).
     """
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
     from .model import DoubleConv
 
     has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
@@ -353,10 +275,7 @@ def inference_net(net: torch.nn.Module, channels_last: bool = False) -> torch.nn
     fused = copy.deepcopy(net).eval()
     for module in fused.modules():
         if isinstance(module, DoubleConv):
-            for i in (0, 3):
-                if isinstance(module[i], torch.nn.Conv2d) and isinstance(module[i + 1], torch.nn.BatchNorm2d):
-                    module[i] = fuse_conv_bn_eval(module[i], module[i + 1])
-                    module[i + 1] = torch.nn.Identity()
+            module.fuse_batch_norm()
     if channels_last:
         fused = fused.to(memory_format=torch.channels_last)
     for p in fused.parameters():
@@ -384,64 +303,214 @@ def _allocate(out: Any, shape: tuple[int, ...], dtype: Any) -> Any:
     return out
 
 
-def _predict_planes(
-    model: SegmentationModel,
-    image: Any,
-    rgb: bool | None,
-    should_stop: Callable[[], bool] | None,
-    out: Any,
-    item_shape: tuple[int, ...],
-    dtype: Any,
-    per_plane: Callable[[np.ndarray], np.ndarray],
-    **engine_kwargs: Any,
-) -> Generator[Progress, None, Any]:
-    """Shared loop: prepares each plane, runs the tiles and stores ``per_plane(probabilities)``
-    of each plane into the result (``out``, or a new array of shape ``(*stack, *item_shape, H, W)``)."""
+# --------------------------------------------------------------------- the plane loop
+def _prepare(model: SegmentationModel, image: Any, rgb: bool | None) -> tuple[Any, StackLayout]:
+    """Check the model, make ``image`` indexable and split it into planes."""
     if not isinstance(model, SegmentationModel):
-        raise TypeError(f"model must be a SegmentationModel (see napari_unet.core.load_model), got {type(model).__name__}.")
+        raise TypeError(
+            f"model must be a SegmentationModel (see napari_unet.core.load_model), got {type(model).__name__}."
+        )
     if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
         image = np.asarray(image)
-    layout = stack_layout(tuple(image.shape), rgb)
-    result = _allocate(out, layout.lead_shape + item_shape + layout.plane_shape, dtype)
-    engine = _Engine(model, **engine_kwargs)
-    start = time.perf_counter()
-    plan = engine.plan(layout.plane_shape)
-    state = {"done": 0, "total": plan.n_tiles * layout.n_planes}
-    n_planes = layout.n_planes
+    return image, stack_layout(tuple(image.shape), rgb)
+
+
+@dataclass(frozen=True)
+class PlaneResult:
+    """What :func:`iter_planes` made of one plane (or of a window of it).
+
+    Attributes
+    ----------
+    index : tuple of int
+        The plane's index along the stack axes; () for a 2D image.
+    region : (slice, slice)
+        The part of the plane that ``labels`` covers (plane coordinates, concrete bounds).
+    labels : ndarray or None
+        int32 instance labels of ``region``'s shape (numbered from 1 in this region), or
+        None when only probabilities were asked for.
+    probabilities : ndarray
+        (n_classes, h, w) float32 probabilities over the window that was predicted: the
+        region plus up to ``context`` pixels of real image around it.
+    inner : (slice, slice)
+        Where ``region`` lies inside ``probabilities``.
+    representation : str
+        How the classes turn into instances (see :func:`probabilities_to_labels`).
+    """
+
+    index: tuple[int, ...]
+    region: Window
+    labels: np.ndarray | None
+    probabilities: np.ndarray
+    inner: Window
+    representation: str
+
+    def relabel(self, threshold: float, min_size: int, keep_dtype: Any = None) -> "PlaneResult":
+        """The same plane post-processed with another threshold / minimum size (no network run).
+
+        ``keep_dtype``: store the probabilities in this dtype in the result (e.g. float16
+        to halve a cache); default as they are.
+        """
+        probs = self.probabilities.astype(np.float32, copy=False)
+        labels = probabilities_to_labels(probs, threshold, min_size, self.representation)
+        kept = self.probabilities if keep_dtype is None else self.probabilities.astype(keep_dtype, copy=False)
+        return dataclasses.replace(self, labels=labels[self.inner].astype(np.int32, copy=False), probabilities=kept)
+
+
+def plane_window(region: Window | None, plane_shape: tuple[int, int], context: int) -> tuple[Window, Window, Window]:
+    """``(region, window, inner)``: a region of a plane with concrete bounds, the region grown by
+    ``context`` pixels of real image (clipped to the plane), and the region inside that window."""
+    region = region or (slice(None), slice(None))
+    bounds = [sl.indices(n)[:2] for sl, n in zip(region, plane_shape)]
+    if any(stop <= start for start, stop in bounds):
+        raise ImageError(f"The region to segment is empty ({region} of a {plane_shape} plane).")
+    grown = [(max(0, a - context), min(n, b + context)) for (a, b), n in zip(bounds, plane_shape)]
+    as_slices = lambda pairs: (slice(*pairs[0]), slice(*pairs[1]))  # noqa: E731
+    inner = [(a - g0, b - g0) for (a, b), (g0, _g1) in zip(bounds, grown)]
+    return as_slices(bounds), as_slices(grown), as_slices(inner)
+
+
+def iter_planes(
+    model: SegmentationModel,
+    image: Any,
+    *,
+    planes: list[tuple[int, ...]] | None = None,
+    region: Window | None = None,
+    context: int = 0,
+    rgb: bool | None = None,
+    threshold: float | None = None,
+    min_size: int | None = None,
+    labels: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+    **engine_options: Any,
+) -> Generator[Progress | PlaneResult, None, None]:
+    """The one plane loop: read, predict and post-process planes of an image or stack.
+
+    Every path that segments uses it: :func:`iter_segment` / :func:`iter_predict_probabilities`
+    (and through them the CLI and the OME-Zarr batch path) and the Segment widget (current
+    slice, field of view, whole stack).
+
+    Parameters
+    ----------
+    model : SegmentationModel
+        Network, representation, normalisation and post-processing defaults.
+    image : array-like
+        (H, W[, 3]) or a stack (..., H, W[, 3]); lazy arrays are read one window at a time.
+    planes : list of tuple of int, optional
+        Indices (along the stack axes) of the planes to run, in this order; default all.
+    region : (slice, slice), optional
+        Part of each plane to segment (e.g. the field of view); default the whole plane.
+    context : int
+        Pixels of real image around ``region`` that the network also sees (clipped to the
+        plane), so objects cut by the region's edge are judged with their surroundings.
+    rgb : bool, optional
+        Whether the last axis is colour; default: yes if it has 3 or 4 entries.
+    threshold, min_size : optional
+        Post-processing (see :func:`probabilities_to_labels`); None = the model's own.
+    labels : bool
+        Post-process to instance labels (False: probabilities only).
+    should_stop : callable, optional
+        Checked between tiles; when it returns True, :class:`PredictionStopped` is raised.
+    **engine_options
+        ``tile_size``, ``batch_size``, ``halo``, ``device``, ``precision``, ``channels_last``
+        (see :func:`iter_predict_probabilities`).
+
+    Yields
+    ------
+    Progress or PlaneResult
+        A :class:`Progress` after every tile (tiles counted over all planes), and one
+        :class:`PlaneResult` when a plane is done.
+    """
+    image, layout = _prepare(model, image, rgb)
+    if labels:
+        from .instances import _check_args
+
+        threshold, min_size = _check_args(*model.resolve_postprocessing(threshold, min_size))
+    planes = layout.indices() if planes is None else [layout.check_index(p) for p in planes]
+    region, window, inner = plane_window(region, layout.plane_shape, context)
+    window_shape = (window[0].stop - window[0].start, window[1].stop - window[1].start)
+    engine = _Engine(model, **engine_options)
+    tiles = _TileCount(engine, window_shape, len(planes))
     with _eval_mode(engine.net):
-        for k, idx in enumerate(layout.indices()):
-            plane = _read_plane(image, idx)
-            where = f" (plane {idx})" if idx else ""
-            _check_finite(plane, where)
-            tiles_here = engine.plan(layout.plane_shape).n_tiles
-            tile_in_plane = {"n": 0}
+        for k, idx in enumerate(planes):
+            plane = read_plane(image, idx, window)
+            check_finite(plane, f" (plane {idx})" if idx else "")
+            probs = yield from tiles.run_plane(engine.iter_plane(plane, tiles.count), k, should_stop)
+            plane_labels = None
+            if labels:
+                plane_labels = probabilities_to_labels(probs, threshold, min_size, model.representation)[inner]
+            yield PlaneResult(idx, region, plane_labels, probs, inner, model.representation)
 
-            def counter(tile_in_plane: dict[str, int] = tile_in_plane) -> None:
-                state["done"] += 1
-                tile_in_plane["n"] += 1
 
-            gen = engine.iter_plane(plane, counter)
-            while True:
-                if should_stop is not None and should_stop():
-                    gen.close()
-                    raise PredictionStopped("Prediction stopped.")
-                try:
-                    next(gen)
-                except StopIteration as stop:
-                    probs = stop.value
-                    break
-                tiles_now = engine.plan(layout.plane_shape).n_tiles
-                if tiles_now != tiles_here:  # re-planned after running out of memory
-                    state["total"] = state["done"] - tile_in_plane["n"] + tiles_now * (n_planes - k)
-                    tiles_here = tiles_now
-                yield Progress(
-                    done=state["done"],
-                    total=max(state["total"], state["done"]),
-                    plane=k,
-                    elapsed=time.perf_counter() - start,
-                    message=f"tile {tile_in_plane['n']}/{tiles_here} of plane {k + 1}/{n_planes}",
-                )
-            result[idx] = per_plane(probs)
+class _TileCount:
+    """Progress over the tiles of all planes (the count changes if out of memory forces a re-plan)."""
+
+    def __init__(self, engine: _Engine, shape: tuple[int, int], n_planes: int) -> None:
+        self.engine, self.shape, self.n_planes = engine, shape, n_planes
+        self.done = 0
+        self.total = engine.plan(shape).n_tiles * n_planes
+        self.in_plane = 0
+        self.start = time.perf_counter()
+
+    def count(self) -> None:
+        self.done += 1
+        self.in_plane += 1
+
+    def run_plane(
+        self, gen: Generator[None, None, np.ndarray], k: int, should_stop: Callable[[], bool] | None
+    ) -> Generator[Progress, None, np.ndarray]:
+        """Drive one plane's tile generator, yielding progress; returns its probabilities."""
+        self.in_plane = 0
+        tiles_here = self.engine.plan(self.shape).n_tiles
+        while True:
+            if should_stop is not None and should_stop():
+                gen.close()
+                raise PredictionStopped("Prediction stopped.")
+            try:
+                next(gen)
+            except StopIteration as stop:
+                return stop.value
+            tiles_now = self.engine.plan(self.shape).n_tiles
+            if tiles_now != tiles_here:  # re-planned after running out of memory
+                self.total = self.done - self.in_plane + tiles_now * (self.n_planes - k)
+                tiles_here = tiles_now
+            yield Progress(
+                done=self.done,
+                total=max(self.total, self.done),
+                plane=k,
+                elapsed=time.perf_counter() - self.start,
+                message=f"tile {self.in_plane}/{tiles_here} of plane {k + 1}/{self.n_planes}",
+            )
+
+
+def iter_rethreshold(
+    results: list[PlaneResult], threshold: float, min_size: int, keep_dtype: Any = None
+) -> Generator[Progress | PlaneResult, None, None]:
+    """New labels for kept :class:`PlaneResult` s (no network run): one result and one
+    :class:`Progress` per plane."""
+    from .instances import _check_args
+
+    threshold, min_size = _check_args(threshold, min_size)
+    start = time.perf_counter()
+    for n, result in enumerate(results):
+        yield result.relabel(threshold, min_size, keep_dtype)
+        yield Progress(n + 1, len(results), plane=n, elapsed=time.perf_counter() - start,
+                       message=f"plane {n + 1}/{len(results)}")
+
+
+def _collect(
+    plane_results: Generator[Progress | PlaneResult, None, None],
+    result: Any,
+    field: str,
+) -> Generator[Progress, None, Any]:
+    """Forward the progress of :func:`iter_planes`, storing each plane's ``field`` into ``result``."""
+    try:
+        for item in plane_results:
+            if isinstance(item, PlaneResult):
+                result[item.index] = getattr(item, field)
+            else:
+                yield item
+    finally:
+        plane_results.close()
     return result
 
 
@@ -507,11 +576,13 @@ def iter_predict_probabilities(
         Image of a shape that cannot be segmented, NaN or infinite values, or an RGB
         image for a model of other than 1 or 3 channels.
     """
-    return (yield from _predict_planes(
-        model, image, rgb, should_stop, out, (model.net.config.n_classes,), np.float32, lambda probs: probs,
-        device=device, tile_size=tile_size, batch_size=batch_size, halo=halo, precision=precision,
-        channels_last=channels_last,
-    ))
+    image, layout = _prepare(model, image, rgb)
+    result = _allocate(out, layout.lead_shape + (model.net.config.n_classes,) + layout.plane_shape, np.float32)
+    planes = iter_planes(
+        model, image, rgb=rgb, labels=False, should_stop=should_stop, device=device, tile_size=tile_size,
+        batch_size=batch_size, halo=halo, precision=precision, channels_last=channels_last,
+    )
+    return (yield from _collect(planes, result, "probabilities"))
 
 
 def iter_segment(
@@ -543,17 +614,14 @@ def iter_segment(
         (H, W) int32 labels for a 2D image, (*stack, H, W) for a stack (labels are
         numbered per plane); ``out`` if given (written plane by plane).
     """
-    from .instances import _check_args
-
-    threshold, min_size = model.resolve_postprocessing(threshold, min_size)
-    _check_args(threshold, min_size)
-    representation = model.representation
-    return (yield from _predict_planes(
-        model, image, rgb, should_stop, out, (), np.int32,
-        lambda probs: probabilities_to_labels(probs, threshold, min_size, representation),
+    image, layout = _prepare(model, image, rgb)
+    result = _allocate(out, layout.lead_shape + layout.plane_shape, np.int32)
+    planes = iter_planes(
+        model, image, rgb=rgb, threshold=threshold, min_size=min_size, should_stop=should_stop,
         device=device, tile_size=tile_size, batch_size=batch_size, halo=halo, precision=precision,
         channels_last=channels_last,
-    ))
+    )
+    return (yield from _collect(planes, result, "labels"))
 
 
 def predict_probabilities(model: SegmentationModel, image: Any, **kwargs: Any) -> Any:

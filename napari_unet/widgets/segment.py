@@ -11,14 +11,14 @@ corrected (see ``_corrections.CorrectedSlices``) are skipped unless the user tic
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Generator, Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import napari
 import numpy as np
@@ -46,6 +46,9 @@ from ._base import (
 )
 from ._corrections import CorrectedSlices
 
+if TYPE_CHECKING:
+    from napari_unet.core.predict import PlaneResult
+
 log = logging.getLogger(__name__)
 
 SCOPE_SLICE = "Current slice"
@@ -56,18 +59,6 @@ NO_CHANNEL_AXIS = "none"
 VIEW_CONTEXT = 32
 #: Probability maps kept for re-thresholding (float16), at most this many bytes.
 PROBABILITY_CACHE_BYTES = 512 * 2**20
-
-
-@dataclass
-class PlaneResult:
-    """Masks of one plane (or of a region of it), produced in the worker."""
-
-    index: tuple[int, ...]
-    region: tuple[slice, slice]
-    labels: np.ndarray  # int32, shape of the region
-    probabilities: np.ndarray  # float16 (C, h, w) over ``context`` region
-    inner: tuple[slice, slice]  # where ``region`` lies inside the probability map
-    representation: str = "bg-interior-boundary"
 
 
 def masks_layer_name(image_name: str) -> str:
@@ -344,6 +335,7 @@ class SegmentWidget(Container):
     # ------------------------------------------------------------------ results
     def _on_yielded(self, item: Any) -> None:
         from napari_unet.core.events import Progress
+        from napari_unet.core.predict import PlaneResult
 
         if isinstance(item, Progress) and not self._cancelled:
             self._progress.value = int(round(100 * item.fraction))
@@ -410,26 +402,13 @@ class SegmentWidget(Container):
         cached = [r for (layer_name, idx), r in self._probabilities.items() if layer_name == name and idx not in protected]
         if not cached:
             return
-        generator = rethreshold_planes(cached, float(self._threshold.value), int(self._min_size.value))
+        from napari_unet.core.predict import iter_rethreshold
+
+        generator = iter_rethreshold(cached, float(self._threshold.value), int(self._min_size.value))
         self._start(generator, "Applying threshold")
 
 
 # ---------------------------------------------------------------------- worker bodies
-def _plane(data, index: tuple[int, ...]) -> np.ndarray:
-    arr = data[index] if index else data
-    return np.asarray(arr.compute() if hasattr(arr, "compute") else arr)
-
-
-def _context(region: tuple[slice, slice], shape: tuple[int, int]) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
-    """Region grown by VIEW_CONTEXT px of real image (clipped), and the region inside it."""
-    rows, cols = region
-    r0, r1 = rows.start or 0, shape[0] if rows.stop is None else rows.stop
-    c0, c1 = cols.start or 0, shape[1] if cols.stop is None else cols.stop
-    R0, R1 = max(0, r0 - VIEW_CONTEXT), min(shape[0], r1 + VIEW_CONTEXT)
-    C0, C1 = max(0, c0 - VIEW_CONTEXT), min(shape[1], c1 + VIEW_CONTEXT)
-    return (slice(R0, R1), slice(C0, C1)), (slice(r0 - R0, r1 - R0), slice(c0 - C0, c1 - C0))
-
-
 def segment_planes(
     model_path: str,
     data,
@@ -442,53 +421,15 @@ def segment_planes(
     model_cache: dict | None = None,
     device: str | None = None,
 ) -> Generator[Any, None, None]:
-    """Worker body: yields Progress events and one PlaneResult per plane."""
+    """Worker body: loads the model, then core's plane loop (Progress events and one
+    :class:`~napari_unet.core.predict.PlaneResult` per plane, probabilities as float16)."""
     from napari_unet.core.events import Progress
-    from napari_unet.core.predict import iter_predict_probabilities, probabilities_to_labels
+    from napari_unet.core.predict import PlaneResult, iter_planes
 
-    start = time.perf_counter()
     yield Progress(0, len(planes), message="Loading the model")
     model = _load_model_cached(model_cache if model_cache is not None else {}, model_path, device)
-    for n, index in enumerate(planes):
-        plane = _plane(data, index)
-        shape = plane.shape[:2]
-        context, inner = _context(region, shape)
-        crop = plane[context]
-        gen = iter_predict_probabilities(model, crop)
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as stop:
-                probs = stop.value
-                break
-            where = f" of slice {n + 1}/{len(planes)}" if len(planes) > 1 else ""
-            yield Progress(
-                n * 1000 + int(1000 * event.fraction),
-                len(planes) * 1000,
-                plane=n,
-                elapsed=time.perf_counter() - start,
-                message=f"tile {event.done}/{event.total}{where}",
-            )
-        labels = probabilities_to_labels(probs, threshold=threshold, min_size=min_size,
-                                         representation=model.representation)
-        reg = (slice(context[0].start + inner[0].start, context[0].start + inner[0].stop),
-               slice(context[1].start + inner[1].start, context[1].start + inner[1].stop))
-        yield PlaneResult(index, reg, labels[inner].astype(np.int32), probs.astype(np.float16), inner,
-                          model.representation)
-        yield Progress((n + 1) * 1000, len(planes) * 1000, plane=n, elapsed=time.perf_counter() - start,
-                       message=f"slice {n + 1}/{len(planes)} done")
-
-
-def rethreshold_planes(
-    cached: list[PlaneResult], threshold: float, min_size: int
-) -> Generator[Any, None, None]:
-    """Worker body: new labels from kept probabilities (no network run)."""
-    from napari_unet.core.events import Progress
-    from napari_unet.core.predict import probabilities_to_labels
-
-    for n, result in enumerate(cached):
-        labels = probabilities_to_labels(result.probabilities.astype(np.float32), threshold=threshold,
-                                         min_size=min_size, representation=result.representation)
-        yield PlaneResult(result.index, result.region, labels[result.inner].astype(np.int32),
-                          result.probabilities, result.inner, result.representation)
-        yield Progress(n + 1, len(cached), message=f"slice {n + 1}/{len(cached)}")
+    for item in iter_planes(model, data, planes=planes, region=region, context=VIEW_CONTEXT, rgb=rgb,
+                            threshold=threshold, min_size=min_size):
+        if isinstance(item, PlaneResult):  # kept for re-thresholding: half the memory
+            item = dataclasses.replace(item, probabilities=item.probabilities.astype(np.float16))
+        yield item

@@ -1,0 +1,128 @@
+"""How an image array splits into 2D planes, and how one plane (or a window of it) is read.
+
+Every path that segments (the Segment widget, the CLI, the OME-Zarr batch path, training
+example gathering) reads planes through :func:`read_plane`, so lazy arrays (memory maps,
+zarr, dask) are read one plane at a time everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .preprocess import ImageError
+
+#: Extra axes (beyond the 2D plane and the RGB axis) that a stack may have.
+MAX_STACK_AXES = 2
+
+#: A window of a plane: (rows, columns).
+Window = tuple[slice, slice]
+
+__all__ = ["MAX_STACK_AXES", "StackLayout", "Window", "check_finite", "read_plane", "stack_layout"]
+
+
+@dataclass(frozen=True)
+class StackLayout:
+    """How an image array splits into 2D planes.
+
+    Attributes
+    ----------
+    lead_shape : tuple of int
+        Shape of the extra (stack) axes; () for one plane.
+    plane_shape : tuple of int
+        (H, W).
+    rgb : bool
+        True when the last axis holds colour.
+    """
+
+    lead_shape: tuple[int, ...]
+    plane_shape: tuple[int, int]
+    rgb: bool
+
+    @property
+    def n_planes(self) -> int:
+        return int(np.prod(self.lead_shape)) if self.lead_shape else 1
+
+    def indices(self) -> list[tuple[int, ...]]:
+        """Every plane index, in order."""
+        return list(np.ndindex(*self.lead_shape)) if self.lead_shape else [()]
+
+    def check_index(self, index: tuple[int, ...]) -> tuple[int, ...]:
+        """``index`` as a tuple of ints, or a clear error when it is not a plane of this stack."""
+        index = tuple(int(i) for i in index)
+        if len(index) != len(self.lead_shape) or any(
+            not 0 <= i < n for i, n in zip(index, self.lead_shape)
+        ):
+            raise ImageError(
+                f"Plane {index} is not in a stack of {self.lead_shape or 'one'} plane(s)."
+            )
+        return index
+
+
+def stack_layout(shape: tuple[int, ...], rgb: bool | None = None) -> StackLayout:
+    """Split an image shape into stack axes, plane and colour; raise a clear error if it cannot.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Shape of the image: (H, W), (H, W, 3), (..., H, W) or (..., H, W, 3).
+    rgb : bool, optional
+        Whether the last axis is colour. Default: yes if it has 3 or 4 entries (as napari).
+    """
+    shape = tuple(int(s) for s in shape)
+    ndim = len(shape)
+    if rgb is None:
+        rgb = ndim >= 3 and shape[-1] in (3, 4)
+    if rgb and (ndim < 3 or shape[-1] not in (3, 4)):
+        raise ImageError(
+            f"rgb=True needs a last axis of 3 (or 4) colours, but the image has shape {shape}."
+        )
+    n_spatial = 3 if rgb else 2
+    if ndim < n_spatial:
+        raise ImageError(
+            f"Expected a 2D image (height, width){' with colour last' if rgb else ''}, got shape {shape}."
+        )
+    lead = shape[:-n_spatial]
+    plane = shape[ndim - n_spatial : ndim - n_spatial + 2]
+    if len(lead) > MAX_STACK_AXES:
+        axes = ", ".join(f"axis {i} (size {s})" for i, s in enumerate(lead))
+        raise ImageError(
+            f"The image has {ndim} axes (shape {shape}): {axes} come before the 2D plane, but at most "
+            f"{MAX_STACK_AXES} stack axes (e.g. time and z) can be segmented. Choose one index along "
+            f"{len(lead) - MAX_STACK_AXES} of them (e.g. a channel: image[:, 0] for axis 1), or say which axis "
+            "holds the colour/channels."
+        )
+    if min(plane) < 1 or any(s < 1 for s in lead):
+        raise ImageError(f"The image is empty (shape {shape}).")
+    return StackLayout(lead, (int(plane[0]), int(plane[1])), bool(rgb))
+
+
+def read_plane(image: Any, index: tuple[int, ...] = (), window: Window | None = None) -> np.ndarray:
+    """One plane ``image[index]`` (or a window of it) as a numpy array.
+
+    Only that plane (window) is read from lazy arrays: memory maps, zarr, dask.
+
+    Parameters
+    ----------
+    image : array-like
+        (..., H, W) or (..., H, W, C).
+    index : tuple of int
+        Index along the stack axes; () for a single plane.
+    window : (slice, slice), optional
+        Rows and columns to read; default the whole plane.
+    """
+    key = tuple(index) + (tuple(window) if window is not None else ())
+    plane = image[key] if key else image
+    if hasattr(plane, "compute"):  # dask
+        plane = plane.compute()
+    return np.asarray(plane)
+
+
+def check_finite(plane: np.ndarray, where: str = "") -> None:
+    """Raise :class:`ImageError` when a float plane holds NaN or infinite values."""
+    if np.issubdtype(plane.dtype, np.floating) and not np.isfinite(plane).all():
+        raise ImageError(
+            f"The image holds NaN or infinite values{where}; replace them (e.g. with 0) before segmenting."
+        )
