@@ -94,19 +94,15 @@ def _targets(inputs: list[Path], out_dir: Path, suffix: str) -> list[Path]:
 
 def _read(path: Path) -> tuple[Any, str, dict[str, float]]:
     """(array, axes, scale per axis letter) of an input."""
-    try:
-        from napari_unet.io import read_stack
-    except ImportError:  # io/__init__ does not export it (yet)
-        from napari_unet.io._reader import read_stack
+    from napari_unet.io import read_stack
+
     data, info = read_stack(path)
     return data, info.axes, dict(info.scale)
 
 
 def _write_tif(path: Path, labels: Any, axes: str, scale: dict[str, float]) -> None:
-    try:
-        from napari_unet.io import write_labels
-    except ImportError:
-        from napari_unet.io._writer import write_labels
+    from napari_unet.io import write_labels
+
     write_labels(path, labels, scale=[scale.get(a, 1.0) for a in axes], axes=axes)
 
 

@@ -63,24 +63,11 @@ def add_parser(subparsers: Any) -> None:
 
 # ---------------------------------------------------------------------- reading
 def _read_file(path: Path) -> tuple[np.ndarray, str]:
-    """(array, axes) of one file, through napari_unet.io when available."""
-    try:
-        from napari_unet.io import read_stack
-    except ImportError:  # pragma: no cover - io not there
-        read_stack = None
-    if read_stack is not None:
-        data, info = read_stack(path, lazy=False)
-        return np.asarray(data), info.axes
-    if path.suffix.lower() in (".tif", ".tiff"):  # pragma: no cover
-        import tifffile
+    """(array, axes) of one file, in memory."""
+    from napari_unet.io import read_stack
 
-        arr = tifffile.imread(path)
-    else:  # pragma: no cover
-        from skimage.io import imread
-
-        arr = imread(path)
-    axes = "YX" if arr.ndim == 2 else ("YXS" if arr.shape[-1] in (3, 4) and arr.ndim == 3 else "TYX"[-arr.ndim:])
-    return np.asarray(arr), axes
+    data, info = read_stack(path, lazy=False)
+    return np.asarray(data), info.axes
 
 
 def _planes(arr: np.ndarray, axes: str, path: Path, is_labels: bool) -> list[np.ndarray]:
