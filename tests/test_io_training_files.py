@@ -172,3 +172,17 @@ def test_widget_folders_refuse_an_image_given_as_labels(tmp_path, dsb_fluo_crop)
     _files(tmp_path / "lab", ["a.tif"], image)
     with pytest.raises(ValueError, match="intensity image"):
         examples_from_folders(tmp_path / "img", tmp_path / "lab")
+
+
+def test_palette_png_labels_read_the_same_in_both(tmp_path, pair):
+    # the widget read PNGs with skimage, which turns a palette PNG into RGB colours
+    image, labels = pair
+    images = _files(tmp_path / "img", ["a.tif"], image)
+    (tmp_path / "lab").mkdir()
+    palette = Image.fromarray(labels.astype(np.uint8), mode="P")
+    palette.putpalette(list(np.random.default_rng(0).integers(0, 256, 768)))
+    palette.save(tmp_path / "lab" / "a_masks.png")
+    _images, cli_labels = read_examples([str(images)], [str(tmp_path / "lab")])
+    (example,) = examples_from_folders(images, tmp_path / "lab")
+    np.testing.assert_array_equal(cli_labels[0], labels)
+    np.testing.assert_array_equal(example.labels, labels)

@@ -126,13 +126,11 @@ def examples_from_layers(image: Any, labels: Any, planes: list[tuple[int, ...]] 
 
 
 def _read_image_file(path: Path) -> np.ndarray:
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
+    """The pixels of an image or labels file, read as ``napari-unet train`` reads them."""
+    from napari_unet.io import read_stack
 
-        return np.asarray(tifffile.imread(path))
-    from skimage.io import imread
-
-    return np.asarray(imread(path))
+    data, _info = read_stack(path, lazy=False)
+    return np.asarray(data)
 
 
 def examples_from_folders(image_dir: str | Path, labels_dir: str | Path) -> list[Example]:
