@@ -30,6 +30,7 @@ import numpy as np
 
 from napari_unet.core.checkpoint import SegmentationModel, read_model_file
 from napari_unet.core.predict import stack_layout
+from napari_unet.io import guess_axes
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +124,6 @@ def write_ome_zarr_labels_metadata(group: Any, axes: str, scale: Sequence[float]
     group.attrs["image-label"] = {"version": "0.4", "source": {"image": "../../"}}
 
 
-def _default_axes(n: int) -> str:
-    return {2: "YX", 3: "ZYX", 4: "TZYX"}.get(n, "TZYX"[-n:] if n <= 4 else "Q" * n)
-
-
 def segment_to_ome_zarr(
     model: SegmentationModel,
     image: Any,
@@ -206,7 +203,7 @@ def segment_to_ome_zarr(
         dtype=np.int32, drop_axis=drop, chunks=image.chunks[: n_lead + 2],
         name="napari-unet-segment-" + uuid.uuid4().hex[:8],
     )
-    axes = axes or _default_axes(labels.ndim)
+    axes = axes or guess_axes(labels.shape)
     if len(axes) != labels.ndim:
         raise ValueError(f"axes {axes!r} has {len(axes)} letters but the labels have {labels.ndim} axes.")
 

@@ -14,6 +14,10 @@ Recipe (the model card written next to the model repeats it):
 * training: :func:`napari_unet.core.train.finetune` with ``from_scratch=True`` (BatchNorm
   statistics updated), AdamW, warm-up + cosine schedule, weighted cross-entropy with the
   paper's border weights, flips/rotations/scale/elastic/intensity augmentation, fixed seed.
+  The run is finetune's own trainer: patch sampling, schedule, validation with best-weights
+  tracking and the model's metadata are the parts in ``napari_unet.core`` (``patches``,
+  ``schedule``, ``validation``, ``train_metadata``), and the model card describes the loss,
+  schedule and selection from those parts and the metadata they wrote.
 
 * post-processing: the probability threshold and minimum object size are chosen on ``val``
   (a small grid, from probabilities computed once) and stored in the model file, where
@@ -214,6 +218,8 @@ def model_card_markdown(meta: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from napari_unet.core.schedule import DEFAULT_VALIDATIONS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--time-budget", type=float, default=None, help="seconds of training")
@@ -226,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--patch-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--validations", type=int, default=10, help="validations over the run")
+    parser.add_argument("--validations", type=int, default=DEFAULT_VALIDATIONS, help="validations over the run")
     parser.add_argument("--resume", type=Path, metavar="MODEL",
                         help="go on training from MODEL (a file this script wrote) instead of from scratch")
     parser.add_argument("--repeat-kind", action="append", default=[], metavar="KIND=N",
@@ -278,6 +284,7 @@ def train(args: argparse.Namespace, train_rows: list[dict], val_rows: list[dict]
     from napari_unet.core.checkpoint import SegmentationModel
     from napari_unet.core.events import run_to_end
     from napari_unet.core.model import UNet
+    from napari_unet.core.schedule import validation_interval
     from napari_unet.core.train import finetune
 
     if args.resume:
@@ -291,10 +298,6 @@ def train(args: argparse.Namespace, train_rows: list[dict], val_rows: list[dict]
                    padding="same", norm="batch")
         model = SegmentationModel(net, "bg-interior-boundary", metadata={"name": "nuclei"})
         stages = []
-    if args.steps:
-        validate_every: int | float = max(1, args.steps // args.validations)
-    else:
-        validate_every = float(args.time_budget) / args.validations
     gen = finetune(
         model,
         [r["image"] for r in train_rows],
@@ -306,7 +309,7 @@ def train(args: argparse.Namespace, train_rows: list[dict], val_rows: list[dict]
         lr=args.lr,
         patch_size=args.patch_size,
         batch_size=args.batch_size,
-        validate_every=validate_every,
+        validate_every=validation_interval(args.validations, args.steps, args.time_budget),
         validate_start=bool(args.resume),  # a resumed run never ends worse than it started
         device=device,
         seed=args.seed,
@@ -371,17 +374,10 @@ def reproduce(model_path: Path, out: Path, data: Path, device: str) -> int:
 
 
 def _stage_record(meta: dict, args: argparse.Namespace | None) -> dict:
-    """One training stage for the card: steps, time, device and the options that matter."""
-    training = meta.get("training", {})
-    record = {
-        "steps": int(meta.get("steps") or 0),
-        "time_s": float(meta.get("training_time_s") or 0.0),
-        "device": meta.get("device"),
-        "patch_size": training.get("patch_size"),
-        "batch_size": training.get("batch_size"),
-        "lr": training.get("lr"),
-        "selected_step": training.get("selected_step"),
-    }
+    """One training stage for the card: the run as the metadata records it, and this script's options."""
+    from napari_unet.core.train_metadata import run_record
+
+    record = run_record(meta)
     if args is not None:
         record["resumed_from"] = str(args.resume.name) if args.resume else None
         record["repeat_kind"] = list(args.repeat_kind)
@@ -411,6 +407,9 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
     from napari_unet._atomic import atomic_write
     from napari_unet.core.checkpoint import save_model
     from napari_unet.core.device import describe_device
+    from napari_unet.core.optimise import describe_loss
+    from napari_unet.core.schedule import WarmupCosine
+    from napari_unet.core.validation import describe_selection
 
     result.net.eval()
     t_eval = time.perf_counter()
@@ -437,17 +436,17 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
             "network": f"UNet(in_channels=1, n_classes=3, base_width={result.net.config.base_width}, "
                        f"depth={result.net.config.depth}, padding='same', norm='batch'), {n_params:,} parameters",
             "representation": "bg-interior-boundary (2 px inner boundary band), watershed from interior seeds",
-            "loss": "pixel-weighted cross-entropy, class balance 1/sqrt(freq) + border term w0=10, sigma=5 px",
+            "loss": describe_loss(training.get("w0", 10.0), training.get("sigma", 5.0)),
             "augmentation": "crop, flips, any rotation, scale 0.8-1.25, elastic (3x3 grid, sigma 10 px, p=0.5), "
                             "gain/offset/gamma/noise",
-            "optimiser": f"AdamW lr {args.lr} (warm-up 5%, cosine to 5%), weight decay 1e-4, "
+            "optimiser": f"AdamW lr {args.lr} ({WarmupCosine(args.lr).describe()}), "
+                         f"weight decay {training.get('weight_decay', 1e-4):g}, "
                          f"batch {args.batch_size} x {training['patch_size']} px patches",
             "normalisation": "per-image percentiles 1-99.8 to 0-1",
             "post-processing": f"threshold {postprocessing['threshold']}, min. size {postprocessing['min_size']} px "
                                f"(best mean AP@0.5 on val over thresholds {THRESHOLDS} x sizes {MIN_SIZES})",
             "seed": args.seed,
-            "selection": f"best val AP@0.5 among {len(training['history'])} validations "
-                         f"(step {training['selected_step']} of the last stage)",
+            "selection": f"{describe_selection(training)} (step {training['selected_step']} of the last stage)",
             "stages": "; ".join(
                 f"{i + 1}: {st['steps']} steps, {st['time_s'] / 60:.0f} min, patch {st['patch_size']} x "
                 f"{st['batch_size']}, lr {st['lr']}"

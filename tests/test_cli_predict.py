@@ -6,9 +6,14 @@ the built-in default model exists.
 
 from __future__ import annotations
 
+import pickle
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tifffile
+from PIL import Image
 
 from napari_unet.cli import main
 from napari_unet.core import load_model, segment
@@ -78,7 +83,8 @@ def test_existing_output_is_kept_without_overwrite(tmp_path, images, tiny_model_
     out.mkdir()
     (out / "a_masks.tif").write_bytes(b"precious")
     rc = main(["predict", str(images / "a.tif"), "--out", str(out), "--model", str(tiny_model_path)])
-    assert rc == 2 and "--overwrite" in capsys.readouterr().err
+    # skipped, and said so (issue #17: a rerun finishes a batch instead of failing on "exists")
+    assert rc == 0 and "--overwrite" in capsys.readouterr().err
     assert (out / "a_masks.tif").read_bytes() == b"precious"
 
 
@@ -119,3 +125,85 @@ def test_multichannel_stack_needs_a_channel(tmp_path, dsb_fluo_crop, tiny_model_
     assert rc == 0
     masks = tifffile.imread(tmp_path / "o" / "two_masks.tif")
     np.testing.assert_array_equal(masks, segment(load_model(tiny_model_path, device="cpu"), stack[1]))
+
+
+# ---------------------------------------------------------------------- issue #17
+def test_two_inputs_with_one_output_name_are_refused_before_any_work(tmp_path, images, tiny_model_path,
+                                                                     capsys):
+    other = tmp_path / "in2"
+    other.mkdir()
+    (other / "a.tif").write_bytes((images / "b.tif").read_bytes())
+    out = tmp_path / "o"
+    rc = main(["predict", str(images / "a.tif"), str(other / "a.tif"), "--out", str(out),
+               "--model", str(tiny_model_path), "--overwrite", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert str(images / "a.tif") in err and str(other / "a.tif") in err and "a_masks.tif" in err
+    assert not out.exists()
+    # x.tif and x.png in one folder: the same
+    Image.fromarray(tifffile.imread(images / "b.tif")).save(images / "a.png")
+    rc = main(["predict", str(images), "--out", str(out), "--model", str(tiny_model_path), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "a.png" in err and "a.tif" in err and not out.exists()
+
+
+def test_batch_goes_on_after_a_bad_file_and_a_rerun_skips_what_exists(tmp_path, images, tiny_model_path,
+                                                                      capsys):
+    (images / "a2.tif").write_text("not an image")
+    out = tmp_path / "o"
+    args = ["predict", str(images), "--out", str(out), "--model", str(tiny_model_path), "--no-progress"]
+    rc = main(args)
+    captured = capsys.readouterr()
+    assert rc == 2
+    assert sorted(p.name for p in out.iterdir()) == ["a_masks.tif", "b_masks.tif"]
+    assert "not a TIFF" in captured.err and captured.err.strip().splitlines()[-1].endswith(
+        "1 of 3 inputs failed (see above): a2.tif")
+    assert "b_masks.tif" in captured.out
+    done = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    (images / "a2.tif").unlink()
+    tifffile.imwrite(images / "a2.tif", tifffile.imread(images / "a.tif")[:40])
+    rc = main(args)
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert captured.err.count("skipped") == 2 and "a2_masks.tif" in captured.out
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name in done} == done
+    assert (out / "a2_masks.tif").exists()
+
+
+def test_tile_below_the_model_minimum_is_refused_and_zero_means_auto(tmp_path, images, tiny_model_path,
+                                                                     capsys):
+    out = tmp_path / "o"
+    base = [str(images / "a.tif"), "--out", str(out), "--model", str(tiny_model_path), "--no-progress"]
+    for tile in ("1", "100", "-5"):
+        rc = main(["predict", *base, "--tile", tile])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1 and "at least 128 pixels" in err, err
+    assert not out.exists()
+    rc = main(["predict", *base, "--tile", "0"])
+    assert rc == 0
+    np.testing.assert_array_equal(
+        tifffile.imread(out / "a_masks.tif"),
+        segment(load_model(tiny_model_path, device="cpu"), tifffile.imread(images / "a.tif")))
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    assert "0 or not given: automatic" in " ".join(capsys.readouterr().out.split())
+
+
+def test_model_folder_is_a_one_line_error(tmp_path, images, capsys):
+    for model in (str(images), str(images) + "/"):
+        rc = main(["predict", str(images / "a.tif"), "--out", str(tmp_path / "o"), "--model", model])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1 and "is a folder, not a model file" in err, err
+
+
+def test_no_torch_warning_before_the_error_of_a_foreign_pickle(tmp_path, images):
+    foreign = tmp_path / "foreign.pt"
+    with open(foreign, "wb") as fh:
+        pickle.dump({"weights": [1, 2, 3]}, fh, protocol=5)
+    result = subprocess.run(
+        [sys.executable, "-m", "napari_unet.cli", "predict", str(images / "a.tif"),
+         "--out", str(tmp_path / "o"), "--model", str(foreign)], capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "napari-unet: error: foreign.pt is not a napari-unet model file " \
+        "(it could not be read as one)."

@@ -75,3 +75,48 @@ def test_train_user_errors_are_one_line(tmp_path, dsb_fluo_crop, tiny_model_path
     rc = main(["train", "--images", str(tmp_path / "nope.tif"), "--labels", str(lab), "--out", "x", *base])
     assert rc == 2 and "not found" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
+
+
+# ---------------------------------------------------------------------- issue #17
+def test_an_image_given_as_labels_is_refused(tmp_path, dsb_fluo_crop, tiny_model_path, capsys):
+    image, labels = dsb_fluo_crop
+    img, _lab = _write_pair(tmp_path, image, labels)
+    out = tmp_path / "x.pt"
+    rc = main(["train", "--images", str(img), "--labels", str(img), "--out", str(out),
+               "--from", str(tiny_model_path), "--steps", "1", "--patch-size", "32", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "crop.tif looks like an intensity image" in err, err
+    assert not out.exists()
+
+
+def test_out_paths_get_pt_and_folders_are_refused(tmp_path, dsb_fluo_crop, tiny_model_path, capsys,
+                                                   monkeypatch):
+    image, labels = dsb_fluo_crop
+    img, lab = _write_pair(tmp_path, image, labels)
+    base = ["train", "--images", str(img), "--labels", str(lab), "--from", str(tiny_model_path),
+            "--steps", "1", "--patch-size", "32", "--batch-size", "1", "--no-progress"]
+    (tmp_path / "foo").mkdir()
+    for out in ("foo/", str(tmp_path / "foo"), "new/"):
+        monkeypatch.chdir(tmp_path)
+        rc = main([*base, "--out", out])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1 and "is a folder" in err and ".pt" in err, err
+    assert list((tmp_path / "foo").iterdir()) == [] and not (tmp_path / "new").exists()
+    monkeypatch.chdir(tmp_path / "foo")
+    rc = main([*base, "--out", "../x"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert (tmp_path / "x.pt").is_file() and not (tmp_path / "x").exists()
+    assert read_model_file(tmp_path / "x.pt").metadata["name"] == "x"
+
+
+def test_time_budget_must_be_a_finite_positive_number(tmp_path, dsb_fluo_crop, tiny_model_path, capsys):
+    image, labels = dsb_fluo_crop
+    img, lab = _write_pair(tmp_path, image, labels)
+    for budget, shown in (("nan", "nan"), ("inf", "inf"), ("-1", "-1.0")):
+        rc = main(["train", "--images", str(img), "--labels", str(lab), "--out", str(tmp_path / "x.pt"),
+                   "--from", str(tiny_model_path), "--time-budget", budget, "--no-progress"])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2, err
+        assert err == f"napari-unet: error: --time-budget must be a positive number of seconds, got {shown}"
+    assert not (tmp_path / "x.pt").exists()

@@ -160,12 +160,17 @@ def test_upscaled_nuclei_segment_as_well_as_native(dsb_val_fluo):
 def test_cli_refuses_a_bad_diameter_and_writes_nothing(tmp_path, dsb_val_fluo, capsys):
     image = dsb_val_fluo[0][0]
     tifffile.imwrite(tmp_path / "a.tif", image)
-    for bad in ("-2", "nan", str(image.shape[0])):
+    for bad in ("-2", "nan", "0"):  # refused before any work
         rc = main(["predict", str(tmp_path / "a.tif"), "--out", str(tmp_path / "out"), "--diameter", bad,
                    "--no-progress"])
         err = capsys.readouterr().err.strip()
         assert rc == 2 and "diameter" in err and len(err.splitlines()) == 1
-    assert not list((tmp_path / "out").glob("*")) if (tmp_path / "out").exists() else True
+    # larger than half the image: that input fails, with the reason, and nothing is written
+    rc = main(["predict", str(tmp_path / "a.tif"), "--out", str(tmp_path / "out"), "--diameter",
+               str(image.shape[0]), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "more than half of the image" in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_widget_diameter_field(make_napari_viewer, qtbot, dsb_val_fluo, notifications):

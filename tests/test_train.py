@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from napari_unet.core.checkpoint import SegmentationModel, read_model_file, save_model
-from napari_unet.core.events import TrainStep, Validation
+from napari_unet.core.events import TrainStep, Validation, run_to_end
 from napari_unet.core.model import UNet
 from napari_unet.core.train import DEFAULT_STEPS, finetune, prepare_examples, run_finetune, split_examples
 
@@ -23,11 +23,7 @@ def _tiny(depth: int = 3, padding: str = "same", width: int = 4, representation:
 
 def _drain(gen):
     events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as done:
-            return events, done.value
+    return events, run_to_end(gen, events.append)
 
 
 def test_finetune_on_real_crop_yields_events_and_returns_copy(dsb_fluo_crop):

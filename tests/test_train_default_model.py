@@ -11,6 +11,9 @@ import torch
 from skimage.io import imsave
 
 from napari_unet.core.checkpoint import load_model, read_model_file
+from napari_unet.core.optimise import describe_loss
+from napari_unet.core.schedule import WarmupCosine
+from napari_unet.core.validation import describe_selection
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,3 +88,9 @@ def test_reproduce_retrains_a_two_stage_model_weight_for_weight(tmp_path):
     assert retrained.net.config.base_width == 4
     for (name, a), b in zip(original.net.state_dict().items(), retrained.net.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+    # the card describes the loss, schedule and selection from the trainer's own parts
+    card = (again.parent / "MODEL_CARD.md").read_text()
+    training = retrained.metadata["training"]
+    assert describe_loss(training["w0"], training["sigma"]) in card
+    assert f"AdamW lr 0.001 ({WarmupCosine(0.001).describe()})" in card
+    assert f"{describe_selection(training)} (step {training['selected_step']} of the last stage)" in card

@@ -55,7 +55,7 @@ def test_tutorial_walkthrough(make_napari_viewer, qtbot, tmp_path):
     out = DOCS if write_docs else tmp_path
     out.mkdir(parents=True, exist_ok=True)
     viewer = make_napari_viewer(show=True)
-    viewer.window._qt_window.resize(1400, 860)
+    viewer.window.resize(1400, 860)
     docked = populate_viewer(viewer, [], "nuclei_fluorescence_fields")  # what `napari-unet gui` opens
     assert set(docked) == set(DOCKED_WIDGETS)
     segment, finetune = docked["Segment"], docked["Fine-tune"]

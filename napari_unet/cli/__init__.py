@@ -14,10 +14,19 @@ import sys
 from napari_unet import __version__
 
 SUBCOMMANDS = ("gui", "predict", "train", "models")
+#: ``--device`` is checked by :func:`napari_unet.core.device.select_device` when the command runs
+#: (not with argparse choices: building the parser must not import torch).
+DEVICE_HELP = "where the network runs: auto (the default: cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"
 
 
 class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an error's message (its type name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,8 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         print("napari-unet: interrupted", file=sys.stderr)
         return 130
     except (CLIError, ValueError, OSError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"napari-unet: error: {message}", file=sys.stderr)
+        print(f"napari-unet: error: {one_line(exc)}", file=sys.stderr)
         return 2
 
 

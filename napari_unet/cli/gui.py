@@ -54,13 +54,9 @@ def populate_viewer(viewer, paths: list[str], sample: str | None) -> dict:
 
 def show_dock(viewer, name: str) -> None:
     """Bring the plugin's dock widget ``name`` to the front of its tab group."""
-    from qtpy.QtWidgets import QDockWidget
+    from napari_unet.widgets._napari_compat import raise_plugin_dock
 
-    for dock in viewer.window._qt_window.findChildren(QDockWidget):
-        if dock.windowTitle().startswith(name):
-            dock.show()
-            dock.raise_()
-            return
+    raise_plugin_dock(viewer, "napari-unet", name)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,6 +3,12 @@
 Writes ``DIR/<stem>_masks.tif`` (int labels, the input's stack axes and pixel size) for
 each input; with ``--dask`` (or ``--scheduler ADDRESS``) ``DIR/<stem>_masks.ome.zarr``,
 computed plane by plane on dask's local threads or a dask.distributed cluster.
+
+A batch is checked before any work: two inputs with one output name (``a/x.tif`` and
+``b/x.tif``, or ``x.tif`` and ``x.png``) are refused. Then an input that fails (unreadable,
+wrong channel count) is reported and the others go on; the failed ones are listed at the
+end (exit status 2). Outputs that exist are skipped (said on stderr) unless ``--overwrite``,
+so a rerun finishes what a failed batch left.
 """
 
 from __future__ import annotations
@@ -13,11 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import CLIError
+from . import DEVICE_HELP, CLIError, one_line
 
 log = logging.getLogger(__name__)
-
-_IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".zarr")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -31,7 +35,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the masks (created if missing)")
     p.add_argument("--model", default=None, metavar="NAME|PATH",
                    help="model name (see 'napari-unet models') or .pt file; default: the built-in model")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
     p.add_argument("--threshold", type=float, default=None,
                    help="probability threshold in (0, 1) (default: the model's own, usually about 0.5)")
     p.add_argument("--min-size", type=int, default=None,
@@ -40,7 +44,8 @@ def add_parser(subparsers: Any) -> None:
                    help="typical object diameter in pixels (or '8um' with the file's pixel size); the image is "
                         "rescaled to the model's own object size. Default 'auto': estimated per image")
     p.add_argument("--tile", type=int, default=None, metavar="PIXELS",
-                   help="largest tile side (default: from free memory)")
+                   help="largest tile side in pixels (a side too small for the model is refused, with the "
+                        "model's minimum); 0 or not given: automatic, from free memory")
     p.add_argument("--channel", type=int, default=None,
                    help="channel to segment in a multi-channel (non-RGB) stack")
     p.add_argument("--folder-as-stack", action="store_true",
@@ -56,42 +61,51 @@ def add_parser(subparsers: Any) -> None:
 def _expand_inputs(inputs: list[str], folder_as_stack: bool = False) -> list[Path]:
     """Files as given; folders of images are expanded (one input per image), except OME-Zarr
     folders and, with ``folder_as_stack``, every folder (read as one stack)."""
+    from napari_unet.io import READABLE_SUFFIXES, is_ome_zarr, natural_key
+
     paths: list[Path] = []
     for text in inputs:
         path = Path(text).expanduser()
         if not path.exists():
             raise CLIError(f"input not found: {path}")
-        if path.is_dir() and not (folder_as_stack or _is_stack_folder(path)):
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES
-                           and not p.name.startswith("."))
+        if path.is_dir() and not (folder_as_stack or is_ome_zarr(path)):
+            found = sorted((p for p in path.iterdir() if p.suffix.lower() in READABLE_SUFFIXES
+                            and not p.name.startswith(".")), key=lambda p: natural_key(p.name))
             if not found:
-                raise CLIError(f"folder {path} holds no images ({', '.join(_IMAGE_SUFFIXES)})")
+                raise CLIError(f"folder {path} holds no images ({', '.join(READABLE_SUFFIXES)})")
             paths.extend(found)
         else:
             paths.append(path)
     return paths
 
 
-def _is_stack_folder(path: Path) -> bool:
-    """An OME-Zarr folder is one stack (a folder of plain images is a list of inputs)."""
-    return path.suffix.lower() == ".zarr" or (path / ".zattrs").exists() or (path / "zarr.json").exists()
+def _targets(inputs: list[Path], out_dir: Path, suffix: str) -> list[Path]:
+    """``out_dir/<name>_masks<suffix>`` per input; refuses two inputs with one output."""
+    from napari_unet.io import stack_name
+
+    targets = [out_dir / f"{stack_name(path)}_masks{suffix}" for path in inputs]
+    first: dict[Path, Path] = {}
+    for path, target in zip(inputs, targets):
+        if target in first:
+            raise CLIError(
+                f"{first[target]} and {path} would both be written to {target}; "
+                "rename one or segment them into different --out folders"
+            )
+        first[target] = path
+    return targets
 
 
 def _read(path: Path) -> tuple[Any, str, dict[str, float]]:
     """(array, axes, scale per axis letter) of an input."""
-    try:
-        from napari_unet.io import read_stack
-    except ImportError:  # io/__init__ does not export it (yet)
-        from napari_unet.io._reader import read_stack
+    from napari_unet.io import read_stack
+
     data, info = read_stack(path)
     return data, info.axes, dict(info.scale)
 
 
 def _write_tif(path: Path, labels: Any, axes: str, scale: dict[str, float]) -> None:
-    try:
-        from napari_unet.io import write_labels
-    except ImportError:
-        from napari_unet.io._writer import write_labels
+    from napari_unet.io import write_labels
+
     write_labels(path, labels, scale=[scale.get(a, 1.0) for a in axes], axes=axes)
 
 
@@ -113,42 +127,40 @@ def _select_channel(data: Any, axes: str, channel: int | None, name: str) -> tup
 def run(args: argparse.Namespace) -> int:
     from napari_unet.core import load_model
     from napari_unet.core.instances import _check_args
+    from napari_unet.core.tiling import min_tile_size
 
     use_dask = args.dask or args.scheduler is not None
     inputs = _expand_inputs(args.inputs, args.folder_as_stack)
     out_dir = Path(args.out).expanduser()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    targets = _targets(inputs, out_dir, ".ome.zarr" if use_dask else ".tif")
     device = None if args.device == "auto" else args.device
     model = load_model(args.model, device=device)
     log.info("model %s on %s", model.name, model.device)
     # the model's own post-processing unless given
     args.threshold, args.min_size = model.resolve_postprocessing(args.threshold, args.min_size)
     _check_args(args.threshold, args.min_size)
-    for path in inputs:
-        name = path.name
-        stem = name.split(".")[0] if name.lower().endswith((".ome.tif", ".ome.tiff", ".ome.zarr")) else path.stem
-        data, axes, scale = _read(path)
-        data, axes = _select_channel(data, axes, args.channel, name)
-        rgb = axes.endswith("S")
-        label_axes = axes[:-1] if rgb else axes
-        diameter = _diameter(args.diameter, scale, name)
-        if use_dask:
-            from napari_unet.batch import segment_to_ome_zarr
-
-            target = out_dir / f"{stem}_masks.ome.zarr"
-            segment_to_ome_zarr(
-                model, data, target, threshold=args.threshold, min_size=args.min_size, rgb=rgb, diameter=diameter,
-                scheduler=args.scheduler, tile_size=args.tile, axes=label_axes,
-                scale=[scale.get(a, 1.0) for a in label_axes], overwrite=args.overwrite,
-                show_progress=not args.no_progress,
-            )
-        else:
-            target = out_dir / f"{stem}_masks.tif"
-            if target.exists() and not args.overwrite:
-                raise CLIError(f"{target} exists; pass --overwrite to replace it")
-            labels = _segment_with_bar(model, data, rgb, diameter, args, name)
-            _write_tif(target, labels, label_axes, scale)
+    if args.tile and args.tile < min_tile_size(model.net):
+        raise CLIError(
+            f"--tile {args.tile} is too small for model {model.name!r}: give at least "
+            f"{min_tile_size(model.net)} pixels, or 0 for automatic"
+        )
+    _diameter(args.diameter, {"X": 1.0}, "--diameter")  # a bad value stops everything, before any work
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failed: list[Path] = []
+    for path, target in zip(inputs, targets):
+        if target.exists() and not args.overwrite:
+            print(f"napari-unet: {path}: skipped, {target} exists (--overwrite replaces it)", file=sys.stderr)
+            continue
+        try:
+            _segment_one(model, path, target, args, use_dask)
+        except (CLIError, ValueError, OSError) as exc:
+            print(f"napari-unet: {path}: {one_line(exc)}", file=sys.stderr)
+            failed.append(path)
+            continue
         print(f"{path} -> {target}")
+    if failed:
+        names = ", ".join(p.name for p in failed[:10]) + (", ..." if len(failed) > 10 else "")
+        raise CLIError(f"{len(failed)} of {len(inputs)} inputs failed (see above): {names}")
     return 0
 
 
@@ -162,6 +174,28 @@ def _diameter(text: str, scale: dict[str, float], name: str) -> float | None:
         return parse_diameter(text, pixel_size if pixel_size and pixel_size != 1.0 else None)
     except ImageError as exc:
         raise CLIError(f"{name}: {exc}") from None
+
+
+def _segment_one(model: Any, path: Path, target: Path, args: argparse.Namespace, use_dask: bool) -> None:
+    """Segment one input into ``target``."""
+    name = path.name
+    data, axes, scale = _read(path)
+    data, axes = _select_channel(data, axes, args.channel, name)
+    rgb = axes.endswith("S")
+    label_axes = axes[:-1] if rgb else axes
+    diameter = _diameter(args.diameter, scale, name)
+    if use_dask:
+        from napari_unet.batch import segment_to_ome_zarr
+
+        segment_to_ome_zarr(
+            model, data, target, threshold=args.threshold, min_size=args.min_size, rgb=rgb, diameter=diameter,
+            scheduler=args.scheduler, tile_size=args.tile, axes=label_axes,
+            scale=[scale.get(a, 1.0) for a in label_axes], overwrite=args.overwrite,
+            show_progress=not args.no_progress,
+        )
+    else:
+        labels = _segment_with_bar(model, data, rgb, diameter, args, name)
+        _write_tif(target, labels, label_axes, scale)
 
 
 def _segment_with_bar(model: Any, data: Any, rgb: bool, diameter: float | None, args: argparse.Namespace,

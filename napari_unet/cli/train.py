@@ -6,26 +6,26 @@
         [--from nuclei] [--steps 300 | --time-budget 120] [--device auto]
 
 ``--images`` / ``--labels`` take files (2D images, or stacks: every plane is one
-example) or folders of 2D files (pairs matched by file stem, else by sorted order).
+example) or folders of 2D files, paired by name with
+:func:`napari_unet.io.pair_images_with_labels` (the rule the Fine-tune widget uses).
 ``--out`` is a model name (saved in the user's model folder, listed by
-``napari-unet models``) or a ``.pt`` path.
+``napari-unet models``) or a file path (``.pt`` is added when missing).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import CLIError
+from . import DEVICE_HELP, CLIError
 
 log = logging.getLogger(__name__)
-
-_PLANE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -37,16 +37,18 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--images", nargs="+", required=True, metavar="PATH",
                    help="image files (2D or stacks: each plane is one example) or folders of 2D images")
     p.add_argument("--labels", nargs="+", required=True, metavar="PATH",
-                   help="instance label files or folders, in the same order as --images")
+                   help="instance label files or folders, in the same order as --images; in a folder "
+                        "the labels of NAME.tif are NAME.tif, NAME_masks.tif, NAME_labels.png, ...")
     p.add_argument("--out", required=True, metavar="MODEL",
-                   help="name of the new model (saved in the user model folder) or a .pt file path")
+                   help="name of the new model (saved in the user model folder) or a file path "
+                        "(with a folder in it; .pt is added when missing)")
     p.add_argument("--from", dest="base", default=None, metavar="NAME|PATH",
                    help="model to start from (default: the built-in model)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, default=None, help="optimisation steps")
     budget.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                         help="train for this many seconds (default if neither is given: 200 steps)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
     p.add_argument("--patch-size", type=int, default=256, help="training patch side in pixels (default 256)")
     p.add_argument("--batch-size", type=int, default=4, help="patches per step (default 4)")
@@ -61,24 +63,11 @@ def add_parser(subparsers: Any) -> None:
 
 # ---------------------------------------------------------------------- reading
 def _read_file(path: Path) -> tuple[np.ndarray, str]:
-    """(array, axes) of one file, through napari_unet.io when available."""
-    try:
-        from napari_unet.io import read_stack
-    except ImportError:  # pragma: no cover - io not there
-        read_stack = None
-    if read_stack is not None:
-        data, info = read_stack(path, lazy=False)
-        return np.asarray(data), info.axes
-    if path.suffix.lower() in (".tif", ".tiff"):  # pragma: no cover
-        import tifffile
+    """(array, axes) of one file, in memory."""
+    from napari_unet.io import read_stack
 
-        arr = tifffile.imread(path)
-    else:  # pragma: no cover
-        from skimage.io import imread
-
-        arr = imread(path)
-    axes = "YX" if arr.ndim == 2 else ("YXS" if arr.shape[-1] in (3, 4) and arr.ndim == 3 else "TYX"[-arr.ndim:])
-    return np.asarray(arr), axes
+    data, info = read_stack(path, lazy=False)
+    return np.asarray(data), info.axes
 
 
 def _planes(arr: np.ndarray, axes: str, path: Path, is_labels: bool) -> list[np.ndarray]:
@@ -100,26 +89,10 @@ def _planes(arr: np.ndarray, axes: str, path: Path, is_labels: bool) -> list[np.
     return [flat[i] for i in range(flat.shape[0])]
 
 
-def _list_folder(folder: Path) -> list[Path]:
-    from napari_unet.io import natural_key
-
-    files = [f for f in folder.iterdir()
-             if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in _PLANE_SUFFIXES]
-    if not files:
-        raise CLIError(f"folder {folder} holds no images ({', '.join(_PLANE_SUFFIXES)})")
-    return sorted(files, key=lambda f: natural_key(f.name))
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".ome.tif", ".ome.tiff"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
-
-
 def _pair_files(image_paths: list[str], label_paths: list[str]) -> list[tuple[Path, Path]]:
     """(image file, labels file) pairs from the command line arguments."""
+    from napari_unet.io import pair_images_with_labels
+
     if len(image_paths) != len(label_paths):
         raise CLIError(
             f"got {len(image_paths)} --images but {len(label_paths)} --labels; give one labels path per image path"
@@ -132,30 +105,23 @@ def _pair_files(image_paths: list[str], label_paths: list[str]) -> list[tuple[Pa
                 raise CLIError(f"not found: {p}")
         if img.is_dir() != lab.is_dir():
             raise CLIError(f"{img} and {lab}: give two files or two folders")
-        if not img.is_dir():
-            pairs.append((img, lab))
-            continue
-        imgs, labs = _list_folder(img), _list_folder(lab)
-        lab_by_stem = {_stem(p): p for p in labs}
-        if all(_stem(p) in lab_by_stem for p in imgs):
-            pairs.extend((p, lab_by_stem[_stem(p)]) for p in imgs)
-        elif len(imgs) == len(labs):
-            pairs.extend(zip(imgs, labs))
+        if img.is_dir():
+            pairs.extend(pair_images_with_labels(img, lab))
         else:
-            raise CLIError(
-                f"{img} holds {len(imgs)} images but {lab} holds {len(labs)} label files, and their names "
-                "do not match; use the same file names (stems) in both folders"
-            )
+            pairs.append((img, lab))
     return pairs
 
 
 def read_examples(image_paths: list[str], label_paths: list[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Lists of 2D image planes and label planes read from files and folders."""
+    from napari_unet.io import check_labels_not_an_image
+
     images: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     for img_path, lab_path in _pair_files(image_paths, label_paths):
         img_planes = _planes(*_read_file(img_path), img_path, is_labels=False)
         lab_planes = _planes(*_read_file(lab_path), lab_path, is_labels=True)
+        check_labels_not_an_image(np.stack(lab_planes), lab_path.name)
         if len(img_planes) != len(lab_planes):
             raise CLIError(
                 f"{img_path.name} has {len(img_planes)} planes but {lab_path.name} has {len(lab_planes)}"
@@ -171,10 +137,19 @@ def read_examples(image_paths: list[str], label_paths: list[str]) -> tuple[list[
 
 
 def _out_path(text: str, overwrite: bool) -> Path:
+    """Where ``--out`` saves: a model name goes to the user model folder, a path gets ``.pt``."""
     from napari_unet.core.checkpoint import MODEL_SUFFIX, user_model_path
 
-    if text.endswith(MODEL_SUFFIX) or os.sep in text or "/" in text:
+    separators = {os.sep, "/"} | ({os.altsep} if os.altsep else set())
+    if text.endswith(MODEL_SUFFIX) or any(sep in text for sep in separators):
         path = Path(text).expanduser()
+        if text[-1] in separators or path.is_dir() or path.name in ("", ".", ".."):
+            raise CLIError(
+                f"--out {text} is a folder; give a model file path such as "
+                f"{path / ('my-model' + MODEL_SUFFIX)} or a model name"
+            )
+        if path.suffix != MODEL_SUFFIX:
+            path = path.with_name(path.name + MODEL_SUFFIX)
     else:
         path = user_model_path(text)
     if path.exists() and not overwrite:
@@ -186,13 +161,17 @@ def _out_path(text: str, overwrite: bool) -> Path:
 def run(args: argparse.Namespace) -> int:
     from napari_unet.cli._progress import TrainingBar
     from napari_unet.core.checkpoint import load_model, save_model
+    from napari_unet.core.device import select_device
     from napari_unet.core.events import run_to_end
     from napari_unet.core.train import DEFAULT_STEPS, finetune
 
     if args.steps is not None and args.steps < 1:
         raise CLIError("--steps must be at least 1")
-    if args.time_budget is not None and args.time_budget <= 0:
-        raise CLIError("--time-budget must be a positive number of seconds")
+    if args.time_budget is not None and not (math.isfinite(args.time_budget) and args.time_budget > 0):
+        raise CLIError(f"--time-budget must be a positive number of seconds, got {args.time_budget}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise CLIError(f"--lr must be a positive number, got {args.lr}")
+    select_device(args.device)  # an unknown or missing device is refused before any reading
     out = _out_path(args.out, args.overwrite)
     images, labels = read_examples(args.images, args.labels)
     base = load_model(args.base, device=args.device)

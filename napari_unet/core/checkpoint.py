@@ -20,6 +20,7 @@ import copy
 import datetime as _dt
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,10 +223,18 @@ def save_model(model: SegmentationModel, path: str | os.PathLike) -> Path:
 
 
 def _load_dict(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise ModelFileError(
+            f"{path} is a folder, not a model file: give a {MODEL_SUFFIX} file or a model name."
+        )
     if not path.is_file():
         raise ModelFileError(f"Model file not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about pickles of another protocol before failing on them: the
+            # one-line error below says what matters
+            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds for junk files
         raise ModelFileError(
             f"{path.name} is not a napari-unet model file (it could not be read as one)."
@@ -306,12 +315,14 @@ def resolve_model_path(name_or_path: str | os.PathLike | None = None) -> Path:
     text = str(name_or_path)
     candidate = Path(text).expanduser()
     if candidate.suffix == MODEL_SUFFIX or os.sep in text or candidate.is_file():
-        if not candidate.is_file():
+        if not candidate.exists():
             raise ModelFileError(f"Model file not found: {candidate}")
-        return candidate
+        return candidate  # a folder is refused when read, in one place
     for entry in list_models():
         if entry.name == text:
             return entry.path
+    if candidate.is_dir():
+        return candidate
     known = ", ".join(e.name for e in list_models()) or "none"
     raise ModelFileError(f"No model named {text!r}. Known models: {known}.")
 

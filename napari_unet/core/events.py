@@ -72,11 +72,18 @@ class Validation:
 
 
 def run_to_end(gen: Generator[Any, None, Any], callback: Callable[[Any], None] | None = None) -> Any:
-    """Exhaust a generator (calling ``callback`` on every event) and return its return value."""
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if callback is not None:
-            callback(event)
+    """Exhaust a generator (calling ``callback`` on every event) and return its return value.
+
+    If ``callback`` raises (or the run is interrupted), the generator is closed before the
+    error propagates, so that its ``finally`` blocks (worker threads, files) run at once.
+    """
+    try:
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            if callback is not None:
+                callback(event)
+    finally:
+        gen.close()

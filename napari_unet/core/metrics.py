@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .labels import check_labels
+
 
 @dataclass(frozen=True)
 class Matching:
@@ -63,20 +65,6 @@ class Matching:
         return 2 * self.tp / denom if denom else 1.0
 
 
-def _check_labels(labels: np.ndarray, name: str) -> np.ndarray:
-    arr = np.asarray(labels)
-    if arr.dtype == bool:
-        arr = arr.astype(np.int32)
-    if not np.issubdtype(arr.dtype, np.integer):
-        if np.issubdtype(arr.dtype, np.floating) and np.all(np.mod(arr, 1) == 0):
-            arr = arr.astype(np.int64)
-        else:
-            raise ValueError(f"{name} must be integer instance labels, got dtype {arr.dtype}.")
-    if arr.size and arr.min() < 0:
-        raise ValueError(f"{name} must not hold negative labels.")
-    return arr
-
-
 def _sequential(labels: np.ndarray) -> tuple[np.ndarray, int]:
     """Relabel to 0..N with N the number of distinct non-zero labels."""
     values, inverse = np.unique(labels.ravel(), return_inverse=True)
@@ -98,8 +86,8 @@ def iou_matrix(gt_labels: np.ndarray, pred_labels: np.ndarray) -> np.ndarray:
     ndarray
         (n_true, n_pred) float64 IoU matrix, objects in increasing label order.
     """
-    gt = _check_labels(gt_labels, "The ground-truth labels")
-    pred = _check_labels(pred_labels, "The predicted labels")
+    gt = check_labels(gt_labels, "ground-truth labels", ndim=None)
+    pred = check_labels(pred_labels, "predicted labels", ndim=None)
     if gt.shape != pred.shape:
         raise ValueError(f"Ground truth {gt.shape} and prediction {pred.shape} must have the same shape.")
     gt, n_true = _sequential(gt)

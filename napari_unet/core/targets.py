@@ -34,41 +34,15 @@ size of objects, not with the image area times the number of objects.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
 
+from .labels import check_labels
+
 REPRESENTATION_CLASSES = {"bg-interior-boundary": 3, "foreground": 2}
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
-
-
-def check_labels(labels: np.ndarray, name: str = "labels") -> np.ndarray:
-    """Validate a 2D instance label image and return it as int32/int64.
-
-    Raises
-    ------
-    ValueError
-        If ``labels`` is not 2D, holds non-integer values or negative values.
-    """
-    arr = np.asarray(labels)
-    if arr.ndim != 2:
-        raise ValueError(f"The {name} must be one 2D plane (height, width), got shape {arr.shape}.")
-    if arr.dtype == bool:
-        return arr.astype(np.int32)
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.isfinite(arr).all() or np.any(np.mod(arr, 1) != 0):
-            raise ValueError(
-                f"The {name} hold non-integer values: use a Labels layer (whole numbers, 0 = background, "
-                "one number per object), not an image of probabilities."
-            )
-        arr = arr.astype(np.int64)
-    elif not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"The {name} must hold whole numbers (instance labels), got dtype {arr.dtype}.")
-    if arr.size and arr.min() < 0:
-        raise ValueError(f"The {name} hold negative values; labels must be 0 (background) or positive.")
-    if arr.dtype.itemsize > 4 or arr.dtype == np.uint32:
-        arr = arr.astype(np.int64)
-    return arr
 
 
 def _disk(radius: int) -> np.ndarray:
@@ -244,3 +218,17 @@ def labels_to_targets(
             apply = classes == BACKGROUND
         weights = weights + np.where(apply, term, 0.0).astype(np.float32)
     return classes, weights.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class TargetRecipe:
+    """How a run turns labels into training targets: :func:`labels_to_targets` with these settings."""
+
+    representation: str = "bg-interior-boundary"
+    boundary_width: int = 2
+    w0: float = 10.0
+    sigma: float = 5.0
+
+    def __call__(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(H, W) labels -> (classes, weights), see :func:`labels_to_targets`."""
+        return labels_to_targets(labels, self.representation, self.boundary_width, self.w0, self.sigma)

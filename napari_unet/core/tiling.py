@@ -34,6 +34,9 @@ import numpy as np
 
 from .model import UNet
 
+#: Smallest tile side chosen or accepted (pixels): below it the per-tile overhead dominates.
+MIN_TILE = 128
+
 
 def receptive_radius(net: UNet) -> int:
     """Pixels of context on each side that one output pixel of ``net`` can depend on.
@@ -217,7 +220,7 @@ def estimate_bytes_per_pixel(net: UNet, bytes_per_value: int = 4) -> int:
 
 
 def choose_tile_and_batch(
-    net: UNet, memory_bytes: int, bytes_per_value: int = 4, max_tile: int = 2048, min_tile: int = 128
+    net: UNet, memory_bytes: int, bytes_per_value: int = 4, max_tile: int = 2048, min_tile: int = MIN_TILE
 ) -> tuple[int, int]:
     """Largest tile side (and tiles per batch) whose activations fit ``memory_bytes``.
 
@@ -235,3 +238,15 @@ def choose_tile_and_batch(
     side = max(min_tile, min(max_tile, side // div * div))
     batch = max(1, int(pixels // (side * side)))
     return side, min(batch, 16)
+
+
+def min_tile_size(net: UNet) -> int:
+    """Smallest tile side worth asking for with ``net``.
+
+    At least :data:`MIN_TILE`, and at least three times the context each tile re-reads on a
+    side (the halo of "same" networks, the margin of "valid" ones), so that each tile adds
+    at least as many new pixels as that context: smaller tiles multiply the tiles of a plane
+    (a 1024 x 1024 plane in 8-pixel steps is 16,384 tiles) for the same result.
+    """
+    context = default_halo(net) if net.config.padding == "same" else net.margin
+    return int(net.valid_input_size(max(MIN_TILE, 3 * context)))

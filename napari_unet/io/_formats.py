@@ -21,8 +21,14 @@ from ._axes import AxesError, check_axes, guess_axes, normalize_file_axes
 
 log = logging.getLogger(__name__)
 
+#: File name endings of TIFF files (plain, BigTIFF, ImageJ, OME); one may hold a whole stack.
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
-PLANE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+#: Endings of stacks: TIFF files and Zarr groups (``.zarr``, ``.ome.zarr`` folders).
+STACK_SUFFIXES = (*TIFF_SUFFIXES, ".zarr")
+#: Endings of 2D image files: the planes of an image folder, the files of a training folder.
+PLANE_IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+#: Every ending napari-unet reads, stacks and planes.
+READABLE_SUFFIXES = tuple(dict.fromkeys((*STACK_SUFFIXES, *PLANE_IMAGE_SUFFIXES)))
 
 # length units to micrometres; time units to seconds
 _LENGTH_TO_UM = {
@@ -138,25 +144,28 @@ def stack_name(path: str | os.PathLike) -> str:
     """Layer name for a file or folder: its name without (double) extension."""
     p = Path(path)
     name = p.name
-    for ext in (".ome.tiff", ".ome.tif", ".ome.zarr", ".zarr", *TIFF_SUFFIXES, ".png", ".jpg", ".jpeg"):
+    for ext in (".ome.tiff", ".ome.tif", ".ome.zarr", *READABLE_SUFFIXES):
         if name.lower().endswith(ext) and len(name) > len(ext):
             return name[: -len(ext)]
     return name
 
 
 # --------------------------------------------------------------------------------------- detection
-def is_ome_zarr(path: Path) -> bool:
-    """True for a folder that is a Zarr group (``.zarr`` name or Zarr metadata inside)."""
+def is_ome_zarr(path: str | os.PathLike) -> bool:
+    """True for a folder that is a Zarr group (``.zarr`` name or Zarr metadata inside): one stack,
+    where a folder of plain images is many."""
+    path = Path(path)
     return path.is_dir() and (
         path.suffix.lower() == ".zarr" or (path / ".zattrs").exists() or (path / "zarr.json").exists()
     )
 
 
 def list_plane_files(folder: Path) -> list[Path]:
-    """2D image files (tif, png, jpg) of a folder in natural sort order (hidden files skipped)."""
+    """2D image files (:data:`PLANE_IMAGE_SUFFIXES`) of a folder in natural sort order (hidden
+    files skipped)."""
     files = [
-        f for f in folder.iterdir()
-        if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in PLANE_SUFFIXES
+        f for f in Path(folder).iterdir()
+        if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in PLANE_IMAGE_SUFFIXES
     ]
     return sorted(files, key=lambda f: natural_key(f.name))
 
@@ -174,7 +183,7 @@ def detect_kind(path: str | os.PathLike) -> str | None:
     low = p.name.lower()
     if low.endswith(TIFF_SUFFIXES):
         return "tiff"
-    if low.endswith((".png", ".jpg", ".jpeg")):
+    if low.endswith(PLANE_IMAGE_SUFFIXES):
         return "image"
     return None
 
@@ -193,8 +202,11 @@ def open_any(path: str | os.PathLike) -> _Opened:
     kind = detect_kind(p)
     if kind is None:
         if p.is_dir():
-            raise StackReadError(f"folder '{p.name}' holds no .tif, .png or .jpg images and is not a Zarr group")
-        raise StackReadError(f"'{p.name}' is not a file type napari-unet reads (TIFF, OME-Zarr, PNG, JPEG)")
+            endings = ", ".join(PLANE_IMAGE_SUFFIXES)
+            raise StackReadError(f"folder '{p.name}' holds no images ({endings}) and is not a Zarr group")
+        raise StackReadError(
+            f"'{p.name}' is not a file type napari-unet reads (TIFF, OME-Zarr, PNG, JPEG, BMP)"
+        )
     opener = {"tiff": _open_tiff, "ome-zarr": _open_zarr, "image-folder": _open_folder, "image": _open_image}
     try:
         opened = opener[kind](p)

@@ -25,33 +25,21 @@ class LabelsWriteError(ValueError):
 
 
 def check_labels(labels: Any) -> np.ndarray:
-    """Check that ``labels`` is a label image and return it as a numpy array.
+    """Check that ``labels`` is a label image of 2 to 5 dimensions and return it as an integer array.
+
+    The rules are :func:`napari_unet.core.labels.check_labels`'s.
 
     Raises
     ------
     LabelsWriteError
-        For float or non-numeric data, negative values, an empty axis or fewer than 2 dimensions.
+        For fractions or non-numeric data, negative values, an empty axis, fewer than 2 or more than 5 dimensions.
     """
-    arr = np.asarray(labels)
-    if arr.dtype == bool:
-        return arr.astype(np.uint8)
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise LabelsWriteError(
-            f"labels must be integers (0 = background, 1, 2, ... = objects), got {arr.dtype} data; "
-            "convert the layer to labels first (for example with skimage.measure.label)"
-        )
-    if arr.ndim < 2:
-        raise LabelsWriteError(f"labels need at least 2 dimensions (Y, X), got shape {arr.shape}")
-    if arr.ndim > 5:
-        raise LabelsWriteError(f"labels with {arr.ndim} dimensions (shape {arr.shape}) are not supported: "
-                               "at most T, Z, C, Y, X")
-    if arr.size == 0:
-        raise LabelsWriteError(f"labels have an empty axis (shape {arr.shape}); nothing to write")
-    if np.issubdtype(arr.dtype, np.signedinteger) and arr.min() < 0:
-        raise LabelsWriteError(
-            f"labels contain negative values (minimum {int(arr.min())}); label ids must be 0 or positive"
-        )
-    return arr
+    from napari_unet.core.labels import check_labels as check_label_values  # core's package imports torch
+
+    try:
+        return check_label_values(labels, "labels", ndim=(2, 5))
+    except ValueError as exc:
+        raise LabelsWriteError(str(exc)) from None
 
 
 def _labels_dtype(arr: np.ndarray) -> np.dtype:

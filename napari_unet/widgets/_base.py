@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from ._napari_compat import canvas_size, viewer_camera  # noqa: F401  (re-exported for the widgets)
+
 if TYPE_CHECKING:
     import napari
 
@@ -97,20 +99,6 @@ def current_plane_index(viewer: "napari.Viewer", layer: "napari.layers.Layer") -
     coords = data_point[-layer.ndim :][:n_lead]
     shape = layer.data.shape[:n_lead]
     return tuple(int(np.clip(np.round(c), 0, s - 1)) for c, s in zip(coords, shape))
-
-
-def viewer_camera(viewer: "napari.Viewer"):
-    """The viewer's camera (``viewer.scene.camera`` from napari 0.9, ``viewer.camera`` before)."""
-    scene = getattr(viewer, "scene", None)
-    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
-
-
-def canvas_size(viewer: "napari.Viewer") -> tuple[int, int] | None:
-    """(height, width) of the canvas in screen pixels, or None where napari does not tell."""
-    size = getattr(getattr(viewer, "canvas", None), "size", None)
-    if size is None:
-        size = getattr(viewer, "_canvas_size", None)
-    return None if size is None else (int(size[-2]), int(size[-1]))
 
 
 def visible_region(

@@ -8,7 +8,11 @@ and the Segment widget must never overwrite it. :class:`CorrectedSlices` attache
   layer announces with ``layer.events.paint(value=[atoms])``; each atom carries the changed
   region (``slice_key`` of a mask edit, or the index arrays of ``data_setitem``);
 - undo and redo emit no event of their own, so the attached layer's ``undo``/``redo`` are
-  wrapped: the history item about to be replayed tells which planes change.
+  wrapped (:func:`~._napari_compat.watch_labels_replay`): the history item about to be
+  replayed tells which planes change.
+
+Reading napari's history items and wrapping undo/redo touch napari internals: both live in
+:mod:`._napari_compat`, with the other napari-version-sensitive pieces.
 
 A plane is named by its indices along the leading (non-plane) axes: ``(17,)`` in a (T, Y, X)
 stack, ``(3, 2)`` in (T, Z, Y, X), ``()`` for a single 2D image. The last two axes are the plane.
@@ -27,7 +31,7 @@ import itertools
 import logging
 import os
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +50,8 @@ from napari_unet.io._corrected import (  # noqa: F401  (re-exported for the widg
     save_corrected_list,
     sidecar_path,
 )
+
+from ._napari_compat import edited_regions, unwrap_proxy, watch_labels_replay
 
 #: Planes touched by one edit above this number are not listed one by one (a 3D brush
 #: through a huge stack); the edit still marks every plane it touched.
@@ -99,21 +105,11 @@ def _planes_of_mixed(lead: list[Any], shape: Sequence[int]) -> set[Plane]:
 def planes_of_history_item(item: Iterable[Any], ndim: int, shape: Sequence[int]) -> set[Plane]:
     """Planes changed by one napari Labels undo-history item (a list of atoms).
 
-    An atom is either a mask edit with a ``slice_key`` attribute (brush, eraser, fill,
-    polygon) or a ``(indices, old_values, new_values)`` tuple (``data_setitem``).
+    The atoms are read by :func:`~._napari_compat.edited_regions` (their form is napari's own).
     """
     n_lead = ndim - 2
     planes: set[Plane] = set()
-    for atom in item or ():
-        key = getattr(atom, "slice_key", None)
-        if key is None:
-            try:
-                key = atom[0]
-            except (TypeError, IndexError, KeyError):
-                log.debug("Unknown history atom %r ignored", type(atom))
-                continue
-        if not isinstance(key, tuple):
-            key = (key,)
+    for key in edited_regions(item):
         planes |= planes_of_region(key, n_lead, shape)
     return planes
 
@@ -144,8 +140,7 @@ class CorrectedSlices:
         self._layer_ref = weakref.ref(layer)
         self._suspended = 0
         self._attached = False
-        self._original_undo = None
-        self._original_redo = None
+        self._unwatch_replay: Callable[[], None] | None = None
         # normalise whatever is stored (lists from a reader, tuples, ...)
         self._write(planes_in_metadata(layer.metadata))
         self.attach()
@@ -154,11 +149,7 @@ class CorrectedSlices:
     @classmethod
     def for_layer(cls, layer: Any) -> "CorrectedSlices":
         """The tracker of ``layer``, created and attached on first use."""
-        for _ in range(5):  # napari hands plugins PublicOnlyProxy objects: track the layer itself
-            inner = getattr(layer, "__wrapped__", None)
-            if inner is None:
-                break
-            layer = inner
+        layer = unwrap_proxy(layer)  # napari hands plugins PublicOnlyProxy objects: track the layer itself
         tracker = _TRACKERS.get(layer)
         if tracker is None:
             tracker = cls(layer)
@@ -187,25 +178,14 @@ class CorrectedSlices:
         layer = self.layer
         layer.events.paint.connect(self._on_paint)
         layer.events.data.connect(self._on_data_replaced)
-        self._original_undo = layer.undo
-        self._original_redo = layer.redo
-        tracker_ref = weakref.ref(self)
-        original_undo, original_redo = self._original_undo, self._original_redo
+        tracker_ref = weakref.ref(self)  # the layer's undo/redo wrappers must not keep the tracker alive
 
-        def undo() -> None:
+        def before_replay(item: list[Any] | None) -> None:
             tracker = tracker_ref()
             if tracker is not None:
-                tracker._before_replay("_undo_history")
-            original_undo()
+                tracker._before_replay(item)
 
-        def redo() -> None:
-            tracker = tracker_ref()
-            if tracker is not None:
-                tracker._before_replay("_redo_history")
-            original_redo()
-
-        layer.undo = undo
-        layer.redo = redo
+        self._unwatch_replay = watch_labels_replay(layer, before_replay)
         self._attached = True
 
     def detach(self) -> None:
@@ -216,9 +196,9 @@ class CorrectedSlices:
         if layer is not None:
             layer.events.paint.disconnect(self._on_paint)
             layer.events.data.disconnect(self._on_data_replaced)
-            for name in ("undo", "redo"):
-                if name in vars(layer):
-                    delattr(layer, name)
+        if self._unwatch_replay is not None:
+            self._unwatch_replay()
+            self._unwatch_replay = None
         self._attached = False
 
     @contextlib.contextmanager
@@ -236,13 +216,11 @@ class CorrectedSlices:
         layer = self.layer
         self.update(planes_of_history_item(getattr(event, "value", None), layer.ndim, layer.data.shape))
 
-    def _before_replay(self, history_name: str) -> None:
-        if self._suspended:
+    def _before_replay(self, item: list[Any] | None) -> None:
+        if self._suspended or not item:
             return
         layer = self.layer
-        history = getattr(layer, history_name, None)
-        if history:
-            self.update(planes_of_history_item(history[-1], layer.ndim, layer.data.shape))
+        self.update(planes_of_history_item(item, layer.ndim, layer.data.shape))
 
     def _on_data_replaced(self, event: Any = None) -> None:
         """``layer.data = new`` of another shape: drop planes that no longer exist."""

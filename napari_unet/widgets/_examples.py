@@ -3,7 +3,8 @@
 Plain logic over arrays and napari layers (no Qt): an :class:`Example` is one 2D image plane
 with its instance labels; examples come from the planes of an image/labels layer pair
 (:func:`examples_from_layers`) or from folders of image and label files
-(:func:`examples_from_folders`), labels are checked to be whole non-negative ids
+(:func:`examples_from_folders`, paired by :func:`napari_unet.io.pair_images_with_labels`, the
+rule ``napari-unet train`` uses), labels are checked to be whole non-negative ids
 (:func:`as_label_plane`), and :func:`check_examples` refuses sets that cannot teach anything.
 """
 
@@ -19,10 +20,6 @@ import numpy as np
 from ._corrections import format_plane
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
-#: Suffixes tried when matching a labels file to an image file by name.
-LABEL_NAME_SUFFIXES = ("", "_masks", "_mask", "_labels", "_label", "_seg", " masks")
 
 
 @dataclass
@@ -61,20 +58,10 @@ class FolderSource:
 
 def as_label_plane(labels: Any, where: str) -> np.ndarray:
     """Labels as int32, or raise ``ValueError`` (floats with fractions, negative ids, ...)."""
-    arr = np.asarray(labels)
-    if arr.dtype == bool:
-        return arr.astype(np.int32)
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.isfinite(arr).all() or not np.array_equal(arr, np.round(arr)):
-            raise ValueError(
-                f"{where} holds floating-point values with fractions; labels must be whole numbers "
-                "(0 = background, 1, 2, ... one per cell). Use a Labels layer or an integer label image."
-            )
-    elif not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"{where} has data type {arr.dtype}; labels must be integers (0 = background).")
-    if arr.size and arr.min() < 0:
-        raise ValueError(f"{where} holds negative values; labels must be 0 (background) or positive ids.")
-    if arr.size and arr.max() > np.iinfo(np.int32).max:
+    from napari_unet.core.labels import check_labels  # lazily: napari_unet.core imports torch
+
+    arr = check_labels(labels, f"labels in {where}", ndim=None)
+    if arr.max() > np.iinfo(np.int32).max:
         raise ValueError(f"{where} holds label ids too large for int32.")
     return arr.astype(np.int32, copy=True)
 
@@ -129,50 +116,33 @@ def examples_from_layers(image: Any, labels: Any, planes: list[tuple[int, ...]] 
 
 
 def _read_image_file(path: Path) -> np.ndarray:
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
+    """The pixels of an image or labels file, read as ``napari-unet train`` reads them."""
+    from napari_unet.io import read_stack
 
-        return np.asarray(tifffile.imread(path))
-    from skimage.io import imread
-
-    return np.asarray(imread(path))
-
-
-def _match_labels_file(image_path: Path, labels_dir: Path) -> Path | None:
-    candidates = {p.stem: p for p in labels_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-    for suffix in LABEL_NAME_SUFFIXES:
-        found = candidates.get(image_path.stem + suffix)
-        if found is not None:
-            return found
-    return None
+    data, _info = read_stack(path, lazy=False)
+    return np.asarray(data)
 
 
 def examples_from_folders(image_dir: str | Path, labels_dir: str | Path) -> list[Example]:
     """Training examples from a folder of images and a folder of label images.
 
-    Files are matched by name ("a.tif" with "a.tif", "a_masks.tif", "a_labels.png", ...).
-    A 2D image (grey or RGB) gives one example; a stack (N, H, W) with labels (N, H, W)
-    gives N.
+    Files are paired by :func:`napari_unet.io.pair_images_with_labels` ("a.tif" with "a.tif",
+    "a_masks.tif", "a_labels.png", ...; images without labels are left out). A 2D image (grey
+    or RGB) gives one example; a stack (N, H, W) with labels (N, H, W) gives N.
 
     Raises
     ------
     ValueError
-        Missing folders, no matching pairs, different shapes, labels that are not integers.
+        Missing folders, files that do not pair, different shapes, labels that are not integers
+        or look like an intensity image.
     """
-    image_dir, labels_dir = Path(image_dir), Path(labels_dir)
-    for folder, what in ((image_dir, "image"), (labels_dir, "labels")):
-        if not folder.is_dir():
-            raise ValueError(f"The {what} folder {folder} does not exist; choose an existing folder.")
+    from napari_unet.io import check_labels_not_an_image, pair_images_with_labels
+
     examples: list[Example] = []
-    images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    unmatched = []
-    for image_path in images:
-        labels_path = _match_labels_file(image_path, labels_dir)
-        if labels_path is None or labels_path.resolve() == image_path.resolve():
-            unmatched.append(image_path.name)
-            continue
+    for image_path, labels_path in pair_images_with_labels(image_dir, labels_dir):
         image = _read_image_file(image_path)
         labels = as_label_plane(_read_image_file(labels_path), labels_path.name)
+        check_labels_not_an_image(labels, labels_path.name)
         rgb = image.ndim == labels.ndim + 1 and image.shape[-1] in (3, 4)
         image_shape = image.shape[:-1] if rgb else image.shape
         if tuple(image_shape) != tuple(labels.shape) or labels.ndim not in (2, 3):
@@ -185,13 +155,6 @@ def examples_from_folders(image_dir: str | Path, labels_dir: str | Path) -> list
         else:
             for i in range(labels.shape[0]):
                 examples.append(Example(image[i], labels[i], f"{image_path.name}, slice {i}"))
-    if not examples:
-        raise ValueError(
-            f"No image in {image_dir} has a label file of the same name in {labels_dir} "
-            "(e.g. cells1.tif and cells1.tif or cells1_masks.tif)."
-        )
-    if unmatched:
-        log.info("No labels for %d image(s): %s", len(unmatched), ", ".join(unmatched[:5]))
     return examples
 
 

@@ -11,18 +11,10 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
+from ._napari_compat import unwrap_proxy as _unwrap  # npe2 hands widgets a proxy viewer
+
 # id(viewer) -> (weak reference to the viewer, {kind: weak reference to the widget})
 _REGISTRY: dict[int, tuple[weakref.ref, dict[str, weakref.ref]]] = {}
-
-
-def _unwrap(obj: Any) -> Any:
-    """The object behind napari's ``PublicOnlyProxy`` (npe2 hands widgets a proxy viewer)."""
-    for _ in range(5):
-        inner = getattr(obj, "__wrapped__", None)
-        if inner is None:
-            break
-        obj = inner
-    return obj
 
 
 def _prune() -> None:

@@ -72,7 +72,6 @@ log = logging.getLogger(__name__)
 
 #: The live plot is redrawn at most this often (seconds).
 PLOT_INTERVAL = 0.3
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 
 # ---------------------------------------------------------------------- the widget
@@ -151,6 +150,8 @@ class FinetuneWidget(Container):
         self._augment = CheckBox(text="Augmentation (flips, rotations, intensity)", value=True)
         # advanced
         self._batch_size = SpinBox(label="Batch size", min=1, max=64, value=4)
+        from napari_unet.core.device import DEVICE_CHOICES  # not at the top: no torch on import
+
         self._device = ComboBox(label="Device", choices=list(DEVICE_CHOICES), value="auto")
         self._seed = SpinBox(label="Random seed", min=0, max=2**31 - 1, value=0)
         # --- run

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, RadioButtons
 
-from napari_unet.io import StackInfo, inspect_stack, read_layer_data
+from napari_unet.io import PLANE_IMAGE_SUFFIXES, TIFF_SUFFIXES, StackInfo, inspect_stack, read_layer_data
 from napari_unet.io._axes import AxesError
 from napari_unet.io._formats import StackReadError
 from napari_unet.io._reader import should_open_lazily
@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOADING_CHOICES = {"auto": None, "lazy": True, "in memory": False}
-_FILE_FILTER = "Microscopy images (*.tif *.tiff *.btf *.png *.jpg *.jpeg *.zattrs *.zgroup zarr.json)"
+_FILE_FILTER = "Microscopy images ({} *.zattrs *.zgroup zarr.json)".format(
+    " ".join(f"*{s}" for s in dict.fromkeys((*TIFF_SUFFIXES, *PLANE_IMAGE_SUFFIXES)))
+)
 
 
 class LoadWidget(Container):

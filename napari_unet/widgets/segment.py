@@ -111,7 +111,9 @@ class SegmentWidget(Container):
         self._scope = RadioButtons(label="Segment", choices=[SCOPE_SLICE, SCOPE_VIEW, SCOPE_STACK], value=SCOPE_SLICE)
         self._threshold = FloatSlider(label="Threshold", min=0.05, max=0.95, step=0.05, value=0.5,
                                       tooltip="Probability above which a pixel belongs to a cell.")
-        self._min_size = SpinBox(label="Min. size (px)", min=0, max=100_000, value=15,
+        from napari_unet.core.instances import DEFAULT_MIN_SIZE  # not at the top: no torch on import
+
+        self._min_size = SpinBox(label="Min. size (px)", min=0, max=100_000, value=DEFAULT_MIN_SIZE,
                                  tooltip="Objects smaller than this are removed (pixels at the model's scale).")
         self._diameter = LineEdit(
             label="Object diameter", value=DIAMETER_AUTO,

@@ -1,0 +1,223 @@
+"""Training examples: labelled planes checked and normalised, and the part held out to validate.
+
+:func:`prepare_examples` turns image/label pairs into :class:`TrainingExample` objects
+(normalised the way prediction does), :func:`split_examples` holds out whole planes or an
+edge band of each plane, and :func:`training_split` puts both together for a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .checkpoint import SegmentationModel
+from .labels import check_labels
+from .preprocess import prepare_plane
+
+log = logging.getLogger(__name__)
+
+MIN_PLANE_SIZE = 8
+
+
+@dataclass
+class TrainingExample:
+    """One labelled plane, ready for training."""
+
+    image: np.ndarray  # (C, H, W) float32 normalised
+    labels: np.ndarray  # (H, W) int32
+    source: int  # index of the input plane
+
+
+def _as_list(images: Any, labels: Any) -> tuple[list, list]:
+    if isinstance(images, np.ndarray) and isinstance(labels, np.ndarray):
+        lab = np.asarray(labels)
+        if lab.ndim == 2:
+            return [images], [labels]
+        if lab.ndim == 3:
+            return list(images), list(labels)
+    if images is None or labels is None:
+        raise ValueError("Give images and labels to train on (lists of 2D planes).")
+    return list(images), list(labels)
+
+
+def prepare_examples(
+    model: SegmentationModel, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], what: str = "training"
+) -> list[TrainingExample]:
+    """Check image/label pairs and normalise the images the way prediction does.
+
+    Raises
+    ------
+    ValueError
+        No examples, different counts, mismatched shapes, non-integer or negative labels.
+    """
+    images, labels = _as_list(images, labels)
+    if len(images) == 0:
+        raise ValueError(
+            f"No {what} examples: give at least one image with its labels (draw or correct some objects first)."
+        )
+    if len(images) != len(labels):
+        raise ValueError(f"Got {len(images)} images but {len(labels)} label images; give one label image per image.")
+    out = []
+    for i, (img, lab) in enumerate(zip(images, labels)):
+        img = np.asarray(img)
+        lab = check_labels(lab, name=f"labels of example {i + 1}")
+        if img.shape[:2] != lab.shape:
+            raise ValueError(
+                f"Example {i + 1}: the image is {img.shape[:2]} but its labels are {lab.shape}; "
+                "they must cover the same pixels."
+            )
+        if min(lab.shape) < MIN_PLANE_SIZE:
+            raise ValueError(
+                f"Example {i + 1} is only {lab.shape} pixels; training needs planes of at least "
+                f"{MIN_PLANE_SIZE} x {MIN_PLANE_SIZE}."
+            )
+        chw = prepare_plane(img, model.in_channels, model.normalization)
+        out.append(TrainingExample(chw, lab.astype(np.int32, copy=False), i))
+    return out
+
+
+def has_objects(examples: Sequence[TrainingExample]) -> bool:
+    """True when at least one example holds an object."""
+    return any(bool(e.labels.max() > 0) for e in examples)
+
+
+def count_objects(labels: np.ndarray) -> int:
+    """Number of distinct objects (non-zero ids) in a label image."""
+    return int(np.count_nonzero(np.bincount(labels.ravel())[1:]))
+
+
+def split_examples(
+    examples: list[TrainingExample], val_fraction: float, rng: np.random.Generator
+) -> tuple[list[TrainingExample], list[TrainingExample]]:
+    """Training and validation parts: whole planes if there are enough, else a band of each.
+
+    With ``n`` planes and ``k = floor(n * val_fraction)``: if ``k >= 1`` and the remaining
+    planes hold objects, ``k`` random planes are held out; otherwise a band of every plane
+    (``val_fraction`` of one side, along one of its four edges) is held out and training
+    crops never see it. The band is the edge strip whose objects come closest to
+    ``val_fraction`` of the plane's objects while leaving some to train on (see
+    :func:`choose_band`): a band of pure background would measure nothing but false
+    positives, and would keep the base model whenever it predicts nothing there.
+    """
+    if val_fraction <= 0:
+        return examples, []
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}.")
+    n = len(examples)
+    k = int(math.floor(n * val_fraction + 1e-9))
+    if 1 <= k < n:
+        order = rng.permutation(n)
+        val = [examples[i] for i in sorted(order[:k])]
+        train = [examples[i] for i in sorted(order[k:])]
+        if has_objects(train):
+            return train, val
+    train, val = [], []
+    for e in examples:
+        band = choose_band(e.labels, val_fraction)
+        if band is None:
+            train.append(e)
+            continue
+        axis, start, stop = band
+        keep = (slice(0, start) if start > 0 else slice(stop, None))
+        take = slice(start, stop)
+        if axis == 0:
+            train.append(TrainingExample(e.image[:, keep], e.labels[keep], e.source))
+            val.append(TrainingExample(e.image[:, take], e.labels[take], e.source))
+        else:
+            train.append(TrainingExample(e.image[:, :, keep], e.labels[:, keep], e.source))
+            val.append(TrainingExample(e.image[:, :, take], e.labels[:, take], e.source))
+    return train, val
+
+
+def choose_band(labels: np.ndarray, val_fraction: float) -> tuple[int, int, int] | None:
+    """The validation band of one plane as ``(axis, start, stop)``, or None if too small.
+
+    Candidates are the four edge strips, ``val_fraction`` of the side they cut (the
+    longer side's strips first, the far end before the near one: the order used when
+    objects do not decide). An object counts for a strip when most of its pixels lie in
+    it. The chosen strip holds at least one object and leaves at least one to train on
+    if any strip can; among those, the one whose count is closest to ``val_fraction``
+    of all objects.
+    """
+    h, w = labels.shape
+    axes = (0, 1) if h >= w else (1, 0)
+    candidates = []
+    for axis in axes:
+        length = labels.shape[axis]
+        if length < 2 * MIN_PLANE_SIZE:
+            continue
+        size = int(round(length * val_fraction))
+        size = min(max(size, MIN_PLANE_SIZE), length - MIN_PLANE_SIZE)
+        candidates += [(axis, length - size, length), (axis, 0, size)]
+    if not candidates:
+        return None
+    sizes = np.bincount(labels.ravel())
+    n_objects = int(np.count_nonzero(sizes[1:]))
+    if n_objects == 0:
+        return candidates[0]
+    target = max(1.0, val_fraction * n_objects)
+
+    def rank(band: tuple[int, int, int]) -> tuple[int, float]:
+        axis, start, stop = band
+        part = labels[start:stop] if axis == 0 else labels[:, start:stop]
+        inside = np.bincount(part.ravel(), minlength=sizes.size)
+        held = int(np.count_nonzero(2 * inside[1:] > sizes[1:]))
+        usable = held >= 1 and n_objects - held >= 1
+        # unusable strips: prefer the one taking fewest objects away from training
+        return (0, abs(held - target)) if usable else (1, float(held))
+
+    return min(candidates, key=rank)  # min() keeps the first of equals: the default order
+
+
+@dataclass
+class TrainingSplit:
+    """The examples of a run: all of them, the part trained on and the part held out.
+
+    ``kind`` is how the held-out part was made: "explicit" (given), "planes", "band" or
+    "none" (nothing held out).
+    """
+
+    examples: list[TrainingExample]
+    train: list[TrainingExample]
+    val: list[TrainingExample]
+    kind: str
+
+
+def training_split(
+    model: SegmentationModel,
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    val_images: Sequence[np.ndarray] | None,
+    val_labels: Sequence[np.ndarray] | None,
+    val_fraction: float,
+    rng: np.random.Generator,
+) -> TrainingSplit:
+    """Prepare the examples and hold out a validation part (explicit, or see :func:`split_examples`).
+
+    Raises
+    ------
+    ValueError
+        Bad examples (see :func:`prepare_examples`), or no object in any label image.
+    """
+    examples = prepare_examples(model, images, labels)
+    if not has_objects(examples):
+        raise ValueError(
+            "Nothing to learn from: every label image is empty (only background). "
+            "Label or correct at least one object before fine-tuning."
+        )
+    if val_images is not None or val_labels is not None:
+        train = examples
+        val = prepare_examples(model, val_images or [], val_labels or [], what="validation")
+        kind = "explicit"
+    else:
+        train, val = split_examples(examples, val_fraction, rng)
+        kind = "none" if not val else ("planes" if len(train) < len(examples) else "band")
+    if not has_objects(train):
+        train = examples  # every object fell in the validation part: train on all
+        log.warning("All labelled objects are in the validation part; training on everything.")
+    return TrainingSplit(examples, train, val, kind)

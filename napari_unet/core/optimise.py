@@ -1,0 +1,132 @@
+"""One optimisation step: the loss, mixed precision and the optimiser.
+
+* The loss is the pixel-weighted cross-entropy of the paper (eq. 1): per-pixel weights
+  from :func:`napari_unet.core.targets.labels_to_targets` (class balance and the border
+  term). :func:`weighted_cross_entropy` takes logits (training),
+  :func:`weighted_nll` the class probabilities of a whole plane (validation): the same
+  number from the two ends of the network.
+* Mixed precision on CUDA: bf16 autocast where supported, else fp16 with a GradScaler.
+* :class:`Optimiser`: AdamW, one step per batch at the learning rate it is given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+
+def weighted_cross_entropy(logits: torch.Tensor, classes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted mean cross-entropy of (B, K, H, W) logits against (B, H, W) classes and weights."""
+    ce = F.cross_entropy(logits.float(), classes, reduction="none")
+    return (ce * weights).sum() / weights.sum().clamp_min(1e-6)
+
+
+def weighted_nll(probs: np.ndarray, classes: np.ndarray, weights: np.ndarray) -> float:
+    """The same loss from (K, H, W) probabilities of one plane and its (H, W) classes and weights."""
+    p = torch.from_numpy(np.clip(probs, 1e-7, 1.0))
+    nll = -torch.log(p.gather(0, torch.from_numpy(classes.astype(np.int64))[None]))[0]
+    w = torch.from_numpy(weights)
+    return float((nll * w).sum() / w.sum())
+
+
+def describe_loss(w0: float, sigma: float) -> str:
+    """The loss in words, for model cards."""
+    return f"pixel-weighted cross-entropy, class balance 1/sqrt(freq) + border term w0={w0:g}, sigma={sigma:g} px"
+
+
+def autocast_dtype(device: torch.device, mixed_precision: bool | None) -> torch.dtype | None:
+    """The autocast dtype for ``device`` (None: float32). ``mixed_precision=None``: on for CUDA only."""
+    if device.type != "cuda":
+        if mixed_precision:
+            log.info("Mixed precision is only used on CUDA; training in float32 on %s.", device)
+        return None
+    if mixed_precision is False:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def forward(net: torch.nn.Module, x: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:
+    """``net(x)``, under autocast to ``amp_dtype`` when one is given."""
+    if amp_dtype is None:
+        return net(x)
+    with torch.autocast(device_type=x.device.type, dtype=amp_dtype):
+        return net(x)
+
+
+def set_train_mode(net: torch.nn.Module, freeze_norm: bool) -> None:
+    """Training mode, with BatchNorm layers kept in eval mode (statistics frozen) if ``freeze_norm``."""
+    net.train()
+    if freeze_norm:
+        for m in net.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+@contextlib.contextmanager
+def evaluation_mode(net: torch.nn.Module):
+    """Put ``net`` in eval mode for the ``with`` block, then give every module its mode back."""
+    modes = [(m, m.training) for m in net.modules()]
+    net.eval()
+    try:
+        yield net
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+@dataclass
+class Batch:
+    """A batch of patches: (B, C, h, w) float32 images, (B, h', w') classes and loss weights."""
+
+    images: np.ndarray
+    classes: np.ndarray
+    weights: np.ndarray
+
+
+class Optimiser:
+    """AdamW on ``net``'s parameters, one :meth:`step` per batch (fp16 runs through a GradScaler)."""
+
+    def __init__(
+        self, net: torch.nn.Module, lr: float, weight_decay: float, device: torch.device,
+        amp_dtype: torch.dtype | None = None,
+    ) -> None:
+        self.net = net
+        self.device = device
+        self.amp_dtype = amp_dtype
+        self.optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+
+    def step(self, batch: Batch, lr: float, step: int) -> float:
+        """One update at learning rate ``lr``; returns the batch loss.
+
+        Raises
+        ------
+        FloatingPointError
+            The loss is not finite (``step`` names the step in the message).
+        """
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        x = torch.from_numpy(batch.images).to(self.device, non_blocking=True)
+        c = torch.from_numpy(batch.classes.astype(np.int64)).to(self.device, non_blocking=True)
+        w = torch.from_numpy(batch.weights).to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = weighted_cross_entropy(forward(self.net, x, self.amp_dtype), c, w)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"The training loss became {value} at step {step}; try a lower learning rate.")
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        return value

@@ -1,0 +1,129 @@
+"""Training patches: their size for a network, and batches of them sampled ahead of the network.
+
+:class:`PatchGeometry` is the input patch a network takes and the part of it the loss
+sees; :class:`PatchSampler` draws batches of augmented patches with their targets from
+the training examples, on worker threads that prepare the next batch while the network
+trains on this one. Each patch has its own seed drawn from the run's generator, so the
+patches are the same with or without threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .augment import AugmentConfig, sample_patch
+from .examples import TrainingExample
+from .optimise import Batch
+from .targets import TargetRecipe
+
+
+@dataclass(frozen=True)
+class PatchGeometry:
+    """An input patch of ``in_size`` pixels and the ``out_size`` pixels of output it gives."""
+
+    in_size: int
+    out_size: int
+
+    @property
+    def crop(self) -> int:
+        """Pixels cut from each side of a patch's targets to match the output (valid padding)."""
+        return (self.in_size - self.out_size) // 2
+
+    @classmethod
+    def for_network(cls, net: torch.nn.Module, patch_size: int, largest: int) -> PatchGeometry:
+        """The patch ``net`` takes for a wish of ``patch_size`` pixels, when planes are at most ``largest``.
+
+        The patch is rounded up to a size the network takes, and shrunk to the largest
+        plane (plus the network's margin) when all planes are smaller than the wish.
+        """
+        want = min(int(patch_size), largest + 2 * net.margin)
+        in_size = net.valid_input_size(max(want, 1))
+        return cls(in_size, net.output_size(in_size))
+
+
+def build_patch(
+    example: TrainingExample, seed: int, geometry: PatchGeometry, targets: TargetRecipe, augment: AugmentConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One augmented patch of ``example`` and its targets: ((C, in, in) image, (out, out) classes, weights)."""
+    img, lab = sample_patch(example.image, example.labels, geometry.in_size, np.random.default_rng(seed), augment)
+    cls, wts = targets(lab)
+    c, n = geometry.crop, geometry.out_size
+    if c:
+        cls = cls[c : c + n, c : c + n]
+        wts = wts[c : c + n, c : c + n]
+    return img, cls, wts
+
+
+class PatchSampler:
+    """Batches of ``batch_size`` random patches of ``examples`` (uniform over the examples).
+
+    With ``workers > 0``, threads build the patches and the next batch is prepared while
+    the caller trains on the current one. Close it (or use it as a context manager) to
+    stop the threads.
+    """
+
+    def __init__(
+        self,
+        examples: Sequence[TrainingExample],
+        geometry: PatchGeometry,
+        targets: TargetRecipe,
+        augment: AugmentConfig,
+        batch_size: int,
+        rng: np.random.Generator,
+        workers: int = 0,
+    ) -> None:
+        self.examples = list(examples)
+        self.geometry = geometry
+        self.targets = targets
+        self.augment = augment
+        self.batch_size = batch_size
+        self.rng = rng
+        self.workers = workers
+        self._pool: ThreadPoolExecutor | None = None  # started by the first batch
+        self._pending: list[Future] | None = None
+
+    def _picks(self) -> list[tuple[int, int]]:
+        # per-patch seeds drawn from the run's generator: the same patches with or without threads
+        n = len(self.examples)
+        return [(int(self.rng.integers(n)), int(self.rng.integers(2**63 - 1))) for _ in range(self.batch_size)]
+
+    def _build(self, pick: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return build_patch(self.examples[pick[0]], pick[1], self.geometry, self.targets, self.augment)
+
+    def next_batch(self, prefetch: bool = True) -> Batch:
+        """The next batch; with threads and ``prefetch``, the one after it starts being built."""
+        if self.workers <= 0:
+            patches = [self._build(p) for p in self._picks()]
+        else:
+            pending = self._pending if self._pending is not None else self._submit()
+            self._pending = self._submit() if prefetch else None
+            patches = [f.result() for f in pending]
+        xs, cs, ws = zip(*patches)
+        return Batch(np.stack(xs), np.stack(cs), np.stack(ws))
+
+    def _submit(self) -> list[Future]:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="napari-unet-patches")
+        return [self._pool.submit(self._build, p) for p in self._picks()]
+
+    def close(self) -> None:
+        """Stop the worker threads (patches being built are finished, queued ones dropped).
+
+        A later batch starts them again.
+        """
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool = None
+        self._pending = None
+
+    def __enter__(self) -> PatchSampler:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

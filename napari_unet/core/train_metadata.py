@@ -1,0 +1,117 @@
+"""What a trained model records about its training: the ``metadata`` of the model file.
+
+:func:`trained_metadata` writes it at the end of :func:`napari_unet.core.train.finetune`;
+:func:`run_record` reads one run back (for the stages of a model trained in several runs).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .checkpoint import SegmentationModel
+from .examples import TrainingSplit
+from .validation import BestWeights, Scores
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The settings of a run that the model records (``patch_size``: the input patch the network took)."""
+
+    patch_size: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    augment: bool
+    freeze_norm: bool
+    mixed_precision: str  # "off", "bfloat16" or "float16"
+    seed: int
+    boundary_width: int
+    w0: float
+    sigma: float
+
+
+@dataclass
+class RunSummary:
+    """How a run went: steps done, whether it was stopped, the training losses and its duration (s)."""
+
+    steps: int = 0
+    stopped_early: bool = False
+    losses: list[float] = field(default_factory=list)
+    training_time: float = 0.0
+
+    @property
+    def final_train_loss(self) -> float | None:
+        """Mean training loss of the last 10 steps (None before the first)."""
+        return float(np.mean(self.losses[-10:])) if self.losses else None
+
+
+def trained_metadata(
+    base: SegmentationModel,
+    *,
+    from_scratch: bool,
+    split: TrainingSplit,
+    n_val_planes: int,
+    n_val_objects: int,
+    tracker: BestWeights,
+    chosen: Scores,
+    run: RunSummary,
+    recipe: Recipe,
+    device: str,
+) -> dict[str, Any]:
+    """The metadata of a model trained from ``base``: its own (less its path) updated with this run's.
+
+    Top level: name, base model, date, examples, steps, the kept weights' validation scores,
+    time and device. ``training``: how the kept weights were chosen (``selected``,
+    ``selection_metric``, ``selection_note``, ``selected_step``), the split, the recipe,
+    the final training loss and every validation (``history``).
+    """
+    meta = {k: v for k, v in copy.deepcopy(base.metadata).items() if k not in ("path",)}
+    meta.update(
+        name=base.name if from_scratch else f"{base.name}-finetuned",
+        base_model=None if from_scratch else base.name,
+        date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        n_examples=len(split.examples),
+        steps=run.steps,
+        val_ap50=chosen.ap50,
+        val_dice=chosen.dice,
+        val_loss=chosen.loss,
+        training_time_s=round(run.training_time, 2),
+        device=device,
+    )
+    rule, latest = tracker.rule, tracker.latest
+    meta["training"] = {
+        "selected": rule.select,
+        "selection_note": rule.note,
+        "selection_metric": rule.recorded_metric,
+        "n_val_objects": n_val_objects,
+        "selected_step": chosen.step,
+        "latest_val_ap50": latest.ap50 if latest else None,
+        "latest_val_step": latest.step if latest else None,
+        "stopped_early": run.stopped_early,
+        "n_train_planes": len(split.train),
+        "n_val_planes": n_val_planes,
+        "val_split": split.kind,
+        **asdict(recipe),
+        "final_train_loss": run.final_train_loss,
+        "history": tracker.history,
+    }
+    return meta
+
+
+def run_record(meta: dict[str, Any]) -> dict[str, Any]:
+    """One training run as a model's metadata records it: steps, time, device and the options that matter."""
+    training = meta.get("training", {})
+    return {
+        "steps": int(meta.get("steps") or 0),
+        "time_s": float(meta.get("training_time_s") or 0.0),
+        "device": meta.get("device"),
+        "patch_size": training.get("patch_size"),
+        "batch_size": training.get("batch_size"),
+        "lr": training.get("lr"),
+        "selected_step": training.get("selected_step"),
+    }

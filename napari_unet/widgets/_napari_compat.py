@@ -1,0 +1,172 @@
+"""Every use of napari internals (and of napari version differences) in napari-unet, in one place.
+
+napari's public API does not yet cover everything the plugin needs: undo/redo of a Labels layer
+emits no event, the canvas size became public only in 0.9, plugin widgets are handed a
+``PublicOnlyProxy`` instead of the viewer. Each need is one small function here, with what it
+was checked against and what it degrades to when napari changes; ``tests/test_napari_compat.py``
+runs each one on a real viewer and fails with a message naming the napari attribute involved.
+
+"Checked against" below means: run by the test suite on napari 0.9.2 (the installed version),
+and the code paths read in the sources of napari 0.5.0, 0.6.0, 0.7.0 and 0.8.0.
+
+Nothing else in the package may touch a napari attribute that starts with ``_``.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import napari
+
+log = logging.getLogger(__name__)
+
+#: History item handed to :func:`watch_labels_replay` callbacks when napari no longer exposes
+#: the undo/redo history: the replay happens, but which pixels it changes is unknown.
+UNKNOWN_ITEM = None
+
+
+def unwrap_proxy(obj: Any) -> Any:
+    """The object behind napari's ``PublicOnlyProxy`` (or ``obj`` itself when it is no proxy).
+
+    napari hands a plugin widget a ``PublicOnlyProxy`` of the viewer, and every layer or model
+    reached through it is a proxy too; two proxies of one layer are different objects, so
+    whatever is keyed by object (the corrected-slices tracker, the widget registry) must use
+    the object behind them.
+
+    Checked against: napari 0.5.0 to 0.9.2, where the proxy is a ``wrapt.ObjectProxy`` that
+    exposes the wrapped object as ``__wrapped__``. Degrades to: returning ``obj`` unchanged
+    (proxies of one layer then count as different layers).
+    """
+    for _ in range(5):  # a proxy of a proxy is not made by napari, but cheap to allow
+        inner = getattr(obj, "__wrapped__", None)
+        if inner is None:
+            break
+        obj = inner
+    return obj
+
+
+def edited_regions(item: Iterable[Any] | None) -> list[tuple[Any, ...]]:
+    """Index keys into ``layer.data`` of the pixels one Labels edit changed.
+
+    ``item`` is one undo-history item of a napari ``Labels`` layer: the ``value`` of its public
+    ``events.paint`` event, or what :func:`watch_labels_replay` hands its callback. Each key has
+    one entry per data axis: slices (the bounding box of a brush, eraser, fill or polygon edit)
+    or integer index arrays (``data_setitem``).
+
+    Checked against: napari 0.5.0 to 0.9.2. Up to 0.7 every atom of the item is a tuple
+    ``(indices, old_values, new_values)``; from 0.8 a mask edit is a ``_MaskedPaintAtom`` with a
+    ``slice_key`` (its bounding box) and ``data_setitem`` is still the tuple. Degrades to:
+    atoms of an unknown form are skipped (logged at debug level), so their planes are not
+    marked corrected.
+    """
+    keys: list[tuple[Any, ...]] = []
+    for atom in item or ():
+        key = getattr(atom, "slice_key", None)
+        if key is None:
+            try:
+                key = atom[0]
+            except (TypeError, IndexError, KeyError):
+                log.debug("Unknown napari Labels history atom %r ignored", type(atom))
+                continue
+        keys.append(key if isinstance(key, tuple) else (key,))
+    return keys
+
+
+def _last_history_item(layer: Any, history_name: str) -> list[Any] | None:
+    history = getattr(layer, history_name, None)
+    if history is None:
+        log.warning(
+            "napari's Labels no longer has %s: undo/redo will not mark slices as corrected.", history_name
+        )
+        return UNKNOWN_ITEM
+    return list(history[-1]) if len(history) else []
+
+
+def watch_labels_replay(layer: Any, before_replay: Callable[[list[Any] | None], None]) -> Callable[[], None]:
+    """Call ``before_replay(item)`` each time ``layer.undo()`` or ``layer.redo()`` replays an edit.
+
+    napari's ``Labels.undo``/``redo`` emit no event of their own (``events.paint`` fires only
+    for new edits), so the layer's ``undo`` and ``redo`` are wrapped on the instance; the
+    wrapper reads the history item about to be replayed (``_undo_history[-1]`` or
+    ``_redo_history[-1]``), hands it to ``before_replay`` (``[]`` when there is nothing to
+    replay) and then replays it. napari's Ctrl+Z / Ctrl+Shift+Z key bindings call
+    ``layer.undo()`` / ``layer.redo()``, so they reach the wrapper.
+
+    Returns a function that removes the wrapper again.
+
+    Checked against: napari 0.5.0 to 0.9.2 (``Labels._undo_history`` and ``_redo_history`` are
+    deques of history items, the last one replayed next). Degrades to: when napari no longer
+    has these attributes, undo and redo still work and ``before_replay`` gets ``None``
+    (:data:`UNKNOWN_ITEM`), with a warning in the log.
+    """
+    layer = unwrap_proxy(layer)
+    original_undo, original_redo = layer.undo, layer.redo
+
+    def undo() -> None:
+        before_replay(_last_history_item(layer, "_undo_history"))
+        original_undo()
+
+    def redo() -> None:
+        before_replay(_last_history_item(layer, "_redo_history"))
+        original_redo()
+
+    token = object()  # names our wrappers; ``unwatch`` holds no reference to them or to the layer
+    undo.napari_unet_watch = redo.napari_unet_watch = token  # type: ignore[attr-defined]
+    layer.undo = undo
+    layer.redo = redo
+    layer_ref = weakref.ref(layer)
+
+    def unwatch() -> None:
+        target = layer_ref()
+        if target is None:
+            return
+        for name in ("undo", "redo"):
+            if getattr(vars(target).get(name), "napari_unet_watch", None) is token:  # only our own
+                delattr(target, name)
+
+    return unwatch
+
+
+def viewer_camera(viewer: "napari.Viewer") -> Any:
+    """The viewer's camera model.
+
+    Checked against: napari 0.9.2 (public ``viewer.scene.camera``; ``viewer.camera`` is
+    deprecated there) and 0.5.0 to 0.8.0 (public ``viewer.camera``, no ``scene``). Degrades to:
+    nothing, both are public.
+    """
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+
+
+def canvas_size(viewer: "napari.Viewer") -> tuple[int, int] | None:
+    """(height, width) of the viewer's canvas in screen pixels, or None where napari does not tell.
+
+    Checked against: napari 0.9.2 (public ``viewer.canvas.size``) and 0.5.0 to 0.8.0 (private
+    ``ViewerModel._canvas_size``, read on the viewer behind a plugin's proxy). Degrades to:
+    None, and callers use the whole plane instead of the visible part.
+    """
+    size = getattr(getattr(viewer, "canvas", None), "size", None)
+    if size is None:
+        size = getattr(unwrap_proxy(viewer), "_canvas_size", None)
+    return None if size is None else (int(size[-2]), int(size[-1]))
+
+
+def raise_plugin_dock(viewer: "napari.Viewer", plugin: str, widget_name: str) -> Any:
+    """Show the dock of a plugin widget and bring it to the front of its tab group.
+
+    Uses only public API: ``viewer.window.add_plugin_dock_widget`` docks the widget, or returns
+    the dock it already has (a ``QDockWidget``), and Qt's ``QDockWidget.raise_()`` makes a
+    tabified dock the current tab. Returns that dock.
+
+    Checked against: napari 0.5.0 to 0.9.2 (``add_plugin_dock_widget`` returns
+    ``(dock, widget)`` and the existing pair for a widget already docked). Degrades to: a
+    second dock of the widget if napari stopped returning the existing one.
+    """
+    dock, _widget = viewer.window.add_plugin_dock_widget(plugin, widget_name)
+    dock.show()
+    dock.raise_()
+    return dock

@@ -1,0 +1,193 @@
+"""The napari internals napari-unet relies on (``widgets/_napari_compat.py``), on a real viewer.
+
+Each test runs one compat function the way the widgets use it and fails with a message that
+names the napari attribute that changed, so that a napari upgrade that breaks one of them is
+caught here, not by a user whose corrections silently stop being recorded.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from napari_unet.widgets._napari_compat import (
+    canvas_size,
+    edited_regions,
+    raise_plugin_dock,
+    unwrap_proxy,
+    viewer_camera,
+    watch_labels_replay,
+)
+
+
+def _covers(key: tuple, point: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    """True when ``data[key]`` includes the pixel ``point``."""
+    mask = np.zeros(shape, bool)
+    mask[key] = True
+    return bool(mask[point])
+
+
+@pytest.fixture
+def labels(make_napari_viewer):
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(np.zeros((4, 24, 24), dtype=np.int32), name="masks")
+    layer.brush_size = 3
+    return viewer, layer
+
+
+def test_unwrap_proxy_reaches_the_viewer_behind_a_plugin_widget(make_napari_viewer):
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.zeros((8, 8)), name="img")
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Load stack")
+    handed = widget._viewer  # what napari gave the widget's constructor
+    assert unwrap_proxy(handed) is viewer, (
+        f"napari handed the widget a {type(handed).__name__} whose object is not reachable as "
+        "`__wrapped__` (napari.utils._proxies.PublicOnlyProxy changed): widgets and trackers "
+        "keyed by viewer or layer would see one object per proxy"
+    )
+    assert unwrap_proxy(handed.layers["img"]) is layer, "a layer reached through the proxy viewer is not unwrapped"
+    assert unwrap_proxy(layer) is layer and unwrap_proxy(None) is None  # not a proxy: unchanged
+
+
+def test_edited_regions_of_every_labels_edit(labels):
+    _viewer, layer = labels
+    items = []
+    layer.events.paint.connect(lambda event: items.append(event.value))
+    edits = [  # (edit, a pixel it changes, its value after)
+        (lambda: layer.paint((1, 10, 10), 3), (1, 10, 10), 3),  # brush
+        (lambda: layer.paint((1, 10, 10), 0), (1, 10, 10), 0),  # eraser
+        (lambda: layer.fill((2, 0, 0), 5), (2, 23, 23), 5),  # fill bucket
+        (lambda: layer.paint_polygon([(3, 2, 2), (3, 2, 12), (3, 12, 12)], 4), (3, 3, 10), 4),
+        (lambda: layer.data_setitem((np.array([0]), np.array([5]), np.array([6])), 7), (0, 5, 6), 7),
+    ]
+    for edit, point, value in edits:
+        before = len(items)
+        edit()
+        assert layer.data[point] == value  # the edit itself happened
+        assert len(items) == before + 1, "napari's Labels.events.paint no longer fires once per edit"
+        keys = edited_regions(items[-1])
+        assert keys and all(len(k) == layer.ndim for k in keys), (
+            f"napari's Labels history item {items[-1]!r} has atoms that are neither a "
+            "`_MaskedPaintAtom` with `slice_key` nor an `(indices, old_values, new_values)` tuple"
+        )
+        assert any(_covers(k, point, layer.data.shape) for k in keys), (
+            f"the edited pixel {point} is outside the regions {keys} read from napari's history atoms"
+        )
+    assert edited_regions(None) == [] and edited_regions([object()]) == []  # unknown atoms: skipped
+
+
+def test_watch_labels_replay_sees_undo_redo_and_the_key_bindings(labels):
+    from app_model.types import KeyCode, KeyMod
+    from napari.layers import Labels
+    from napari.utils.key_bindings import coerce_keybinding
+
+    _viewer, layer = labels
+    assert hasattr(layer, "_undo_history") and hasattr(layer, "_redo_history"), (
+        "napari's Labels no longer has `_undo_history` / `_redo_history`: undo and redo of a "
+        "correction cannot tell which slice they change"
+    )
+    seen = []
+    unwatch = watch_labels_replay(layer, seen.append)
+    layer.paint((2, 12, 12), 9)
+    layer.undo()
+    assert layer.data[2, 12, 12] == 0
+    assert len(seen) == 1 and any(_covers(k, (2, 12, 12), layer.data.shape) for k in edited_regions(seen[0])), (
+        f"the item read from napari's `Labels._undo_history[-1]` before undo ({seen}) is not the edit undone"
+    )
+    layer.redo()
+    assert layer.data[2, 12, 12] == 9
+    assert len(seen) == 2 and any(_covers(k, (2, 12, 12), layer.data.shape) for k in edited_regions(seen[1])), (
+        f"the item read from napari's `Labels._redo_history[-1]` before redo ({seen[1:]}) is not the edit redone"
+    )
+    layer.redo()  # nothing left to redo: the callback hears an empty item
+    assert seen[-1] == []
+
+    # Ctrl+Z and Ctrl+Shift+Z, as napari binds them on Labels, go through layer.undo()/redo()
+    for keys, value in ((KeyMod.CtrlCmd | KeyCode.KeyZ, 0), (KeyMod.CtrlCmd | KeyMod.Shift | KeyCode.KeyZ, 9)):
+        handler = Labels.class_keymap.get(coerce_keybinding(keys))
+        assert handler is not None, f"napari's Labels.class_keymap no longer binds {coerce_keybinding(keys)}"
+        before = len(seen)
+        handler(layer)
+        assert layer.data[2, 12, 12] == value
+        assert len(seen) == before + 1, (
+            f"napari's {coerce_keybinding(keys)} binding on Labels ({handler.__name__}) no longer calls "
+            "layer.undo()/layer.redo(): key presses would bypass the corrected-slices tracker"
+        )
+
+    unwatch()
+    assert "undo" not in vars(layer) and "redo" not in vars(layer)  # napari's own methods again
+    layer.undo()
+    assert layer.data[2, 12, 12] == 0 and len(seen) == 5
+
+
+def test_canvas_size_and_camera_follow_the_window(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Load stack")
+    proxy = widget._viewer
+    sizes = []
+    for width in (900, 1300):
+        viewer.window.resize(width, 800)
+        qtbot.wait(200)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)  # no private access through the proxy
+            warnings.simplefilter("error", DeprecationWarning)
+            size = canvas_size(proxy)
+            camera = viewer_camera(proxy)
+        assert size is not None, (
+            "napari exposes the canvas size neither as `viewer.canvas.size` (0.9) nor as "
+            "`ViewerModel._canvas_size` (0.5-0.8): the field-of-view scope segments the whole plane"
+        )
+        assert 100 < size[0] < 800 and 100 < size[1] < width, f"canvas size {size} in a {width}x800 window"
+        assert size == canvas_size(viewer)
+        assert unwrap_proxy(camera) is unwrap_proxy(viewer_camera(viewer))
+        sizes.append(size)
+    assert sizes[1][1] > sizes[0][1], f"canvas width did not follow the window: {sizes}"
+    camera = viewer_camera(viewer)
+    camera.zoom = 2.5
+    assert viewer_camera(viewer).zoom == pytest.approx(2.5) and len(camera.center) >= 2
+
+
+def test_raise_plugin_dock_brings_a_tab_to_the_front(make_napari_viewer, qtbot):
+    from qtpy.QtWidgets import QDockWidget
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1300, 800)
+    docks = {}
+    for name in ("Load stack", "Fine-tune"):
+        docks[name], _widget = viewer.window.add_plugin_dock_widget("napari-unet", name, tabify=True)
+    qtbot.wait(100)
+    dock = raise_plugin_dock(viewer, "napari-unet", "Load stack")
+    assert dock is docks["Load stack"], (
+        "napari's Window.add_plugin_dock_widget no longer returns the existing dock of a widget already docked"
+    )
+    assert isinstance(dock, QDockWidget), f"add_plugin_dock_widget returned a {type(dock).__name__}, not a QDockWidget"
+    qtbot.waitUntil(lambda: not dock.visibleRegion().isEmpty(), timeout=3000)
+    assert docks["Fine-tune"].visibleRegion().isEmpty()  # tabified behind it
+    raise_plugin_dock(viewer, "napari-unet", "Fine-tune")
+    qtbot.waitUntil(lambda: not docks["Fine-tune"].visibleRegion().isEmpty(), timeout=3000)
+    assert dock.visibleRegion().isEmpty()
+
+
+def test_no_napari_internals_outside_the_compat_module():
+    import re
+    from pathlib import Path
+
+    import napari_unet
+
+    internal = re.compile(
+        r"(viewer|window|layer|layers|camera|dims|canvas|scene)\._[a-z]|\._qt_|\bqt_viewer\b|__wrapped__"
+        r"|_undo_history|_redo_history|_canvas_size|_dock_widgets"
+        r"|\bnapari(\.[a-z]\w*)*\._[a-z]"  # a private napari module
+    )
+    package = Path(napari_unet.__file__).parent
+    found = [
+        f"{path.relative_to(package)}:{number}: {line.strip()}"
+        for path in sorted(package.rglob("*.py"))
+        if path.name != "_napari_compat.py"
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if internal.search(line)
+    ]
+    assert len(list(package.rglob("*.py"))) > 20  # the scan did read the package
+    assert not found, "napari internals used outside widgets/_napari_compat.py:\n" + "\n".join(found)

@@ -1,0 +1,270 @@
+"""The parts finetune is made of: schedule, patch sampler, loss and optimiser step, validation
+with best-weights tracking, metadata. Real small U-Nets and a real DSB2018 crop."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet.core.augment import NO_AUGMENT, AugmentConfig
+from napari_unet.core.checkpoint import SegmentationModel
+from napari_unet.core.events import TrainStep, Validation, run_to_end
+from napari_unet.core.examples import prepare_examples
+from napari_unet.core.instances import probabilities_to_labels
+from napari_unet.core.metrics import average_precision, dice
+from napari_unet.core.model import UNet
+from napari_unet.core.optimise import (
+    Batch,
+    Optimiser,
+    evaluation_mode,
+    set_train_mode,
+    weighted_cross_entropy,
+    weighted_nll,
+)
+from napari_unet.core.patches import PatchGeometry, PatchSampler
+from napari_unet.core.schedule import (
+    DEFAULT_VALIDATIONS,
+    RunBudget,
+    ValidationCadence,
+    WarmupCosine,
+    validation_interval,
+)
+from napari_unet.core.targets import TargetRecipe
+from napari_unet.core.train import Trainer, run_finetune
+from napari_unet.core.train_metadata import run_record
+from napari_unet.core.validation import (
+    MIN_VAL_OBJECTS_FOR_AP,
+    BestWeights,
+    Scores,
+    SelectionRule,
+    Validator,
+    describe_selection,
+    forward_plane,
+    validation_planes,
+)
+
+CPU = torch.device("cpu")
+
+
+def _net(padding: str = "same", depth: int = 2, n_classes: int = 3) -> UNet:
+    torch.manual_seed(0)
+    return UNet(in_channels=1, n_classes=n_classes, base_width=4, depth=depth, padding=padding, norm="batch")
+
+
+def _examples(crop):
+    image, labels = crop
+    model = SegmentationModel(_net().eval(), "bg-interior-boundary", metadata={"name": "tiny"})
+    return prepare_examples(model, [image], [labels])
+
+
+# ---------------------------------------------------------------------- schedule
+def test_warmup_then_cosine_to_the_floor():
+    schedule = WarmupCosine(1e-3)
+    assert schedule(0.0) == pytest.approx(2e-5)  # warm-up starts at 2 % of lr
+    assert schedule(0.025) == pytest.approx(0.5e-3)
+    assert schedule(0.05) == pytest.approx(1e-3)  # peak at the end of the warm-up
+    after = [schedule(f) for f in np.linspace(0.05, 1.0, 20)]
+    assert all(a >= b for a, b in zip(after, after[1:]))
+    assert schedule(1.0) == pytest.approx(0.05e-3) and schedule(1.7) == schedule(1.0)
+    assert schedule.describe() == "warm-up 5%, cosine to 5%"
+    assert WarmupCosine(1.0, warmup=0.1, floor=0.0)(1.0) == pytest.approx(0.0)
+
+
+def test_run_budget_by_steps_time_or_both():
+    by_steps = RunBudget(steps=10)
+    assert by_steps.fraction(5, 999.0) == 0.5 and not by_steps.finished(9, 1e6) and by_steps.finished(10, 0.0)
+    assert by_steps.is_last_step(10) and not by_steps.is_last_step(9)
+    by_time = RunBudget(time_budget=4.0)
+    assert by_time.fraction(1000, 1.0) == 0.25 and by_time.finished(0, 4.0) and not by_time.is_last_step(10**6)
+    both = RunBudget(steps=10, time_budget=4.0)
+    assert both.fraction(2, 2.0) == 0.5 and both.fraction(8, 2.0) == 0.8  # the further of the two
+    assert both.fraction(20, 9.0) == 1.0
+    assert both.finished(3, 4.0) and both.finished(10, 0.1) and not both.finished(3, 1.0)
+
+
+def test_validation_cadence_from_the_finetune_setting():
+    assert validation_interval(10, 95, None) == 9 and validation_interval(10, 5, 60.0) == 1
+    assert validation_interval(4, None, 60.0) == 15.0 and validation_interval(4, None, None) is None
+    assert ValidationCadence.from_setting(None, 200, None) == ValidationCadence(every_steps=200 // DEFAULT_VALIDATIONS)
+    assert ValidationCadence.from_setting(None, None, 30.0) == ValidationCadence(every_seconds=3.0)
+    assert ValidationCadence.from_setting(0, 10, None) == ValidationCadence(every_steps=1)
+    assert ValidationCadence.from_setting(2.5, 10, None) == ValidationCadence(every_seconds=2.5)
+    assert ValidationCadence.from_setting(None, 0, None) == ValidationCadence()
+    steps = ValidationCadence(every_steps=3)
+    assert [s for s in range(1, 10) if steps.due(s, 0.0, 0.0)] == [3, 6, 9]
+    seconds = ValidationCadence(every_seconds=2.0)
+    assert seconds.due(1, now=12.0, last_time=10.0) and not seconds.due(1, now=11.9, last_time=10.0)
+    assert not ValidationCadence().due(3, 100.0, 0.0)
+
+
+# ---------------------------------------------------------------------- patches
+def test_patch_geometry_fits_the_network_and_the_planes():
+    same = PatchGeometry.for_network(_net("same", depth=3), 102, largest=500)
+    assert same.in_size == 104 and same.out_size == 104 and same.crop == 0  # multiple of 4
+    assert PatchGeometry.for_network(_net("same", depth=3), 256, largest=60).in_size == 60
+    valid_net = _net("valid", depth=2)
+    valid = PatchGeometry.for_network(valid_net, 48, largest=500)
+    assert valid.in_size == valid_net.valid_input_size(48) and valid.out_size == valid_net.output_size(valid.in_size)
+    assert valid.crop == valid_net.margin > 0
+
+
+def test_sampler_gives_batches_of_patches_and_targets(dsb_fluo_crop):
+    examples = _examples(dsb_fluo_crop)
+    net = _net("valid")
+    geometry = PatchGeometry.for_network(net, 48, 128)
+    sampler = PatchSampler(examples, geometry, TargetRecipe(), AugmentConfig(), 3, np.random.default_rng(0))
+    batch = sampler.next_batch()
+    n_in, n_out = geometry.in_size, geometry.out_size
+    assert batch.images.shape == (3, 1, n_in, n_in) and batch.images.dtype == np.float32
+    assert batch.classes.shape == batch.weights.shape == (3, n_out, n_out)
+    assert set(np.unique(batch.classes)) <= {0, 1, 2} and batch.weights.min() >= 0.1
+    with torch.no_grad():  # the targets cover exactly what the network outputs
+        assert net.eval()(torch.from_numpy(batch.images)).shape[-2:] == batch.classes.shape[-2:]
+
+
+def test_threads_prefetch_the_same_patches(dsb_fluo_crop):
+    examples = _examples(dsb_fluo_crop)
+    geometry = PatchGeometry.for_network(_net(), 32, 128)
+    runs = []
+    for workers in (0, 2):
+        with PatchSampler(examples, geometry, TargetRecipe(), AugmentConfig(), 2, np.random.default_rng(5),
+                          workers=workers) as sampler:
+            runs.append([sampler.next_batch(prefetch=i < 2) for i in range(3)])
+            assert (sampler._pool is not None) == (workers > 0)
+        assert sampler._pool is None  # closed on leaving the block
+    for serial, threaded in zip(*runs):
+        np.testing.assert_array_equal(serial.images, threaded.images)
+        np.testing.assert_array_equal(serial.classes, threaded.classes)
+    plain = PatchSampler(examples, geometry, TargetRecipe(), NO_AUGMENT, 1, np.random.default_rng(5), workers=1)
+    plain.next_batch()
+    plain.close()
+    assert plain.next_batch().images.shape[0] == 1  # a closed sampler starts its threads again
+    plain.close()
+
+
+# ---------------------------------------------------------------------- loss and optimiser step
+def test_training_and_validation_losses_are_the_same_number(dsb_fluo_crop):
+    _, labels = dsb_fluo_crop
+    classes, weights = TargetRecipe()(labels)
+    logits = torch.randn(1, 3, *labels.shape, generator=torch.Generator().manual_seed(0))
+    from_logits = weighted_cross_entropy(logits, torch.from_numpy(classes[None].astype(np.int64)),
+                                         torch.from_numpy(weights[None]))
+    from_probs = weighted_nll(torch.softmax(logits, 1)[0].numpy(), classes, weights)
+    assert from_probs == pytest.approx(float(from_logits), rel=1e-4)
+
+
+def test_optimiser_step_learns_and_refuses_a_non_finite_loss(dsb_fluo_crop):
+    examples = _examples(dsb_fluo_crop)
+    net = _net()
+    sampler = PatchSampler(examples, PatchGeometry.for_network(net, 64, 128), TargetRecipe(), NO_AUGMENT, 4,
+                           np.random.default_rng(1))
+    batch = sampler.next_batch()
+    optimiser = Optimiser(net, 3e-3, 1e-4, CPU)
+    set_train_mode(net, freeze_norm=False)
+    losses = [optimiser.step(batch, 3e-3, step) for step in range(1, 16)]
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < 0.8 * losses[0]
+    assert optimiser.optimizer.param_groups[0]["lr"] == 3e-3
+    broken = Batch(np.full_like(batch.images, np.nan), batch.classes, batch.weights)
+    with pytest.raises(FloatingPointError, match="at step 16; try a lower learning rate"):
+        optimiser.step(broken, 3e-3, 16)
+
+
+def test_evaluation_mode_gives_every_module_its_mode_back():
+    net = _net()
+    set_train_mode(net, freeze_norm=True)
+    before = [m.training for m in net.modules()]
+    assert net.training and not all(before)  # BatchNorm layers stay in eval mode
+    with evaluation_mode(net):
+        assert not any(m.training for m in net.modules())
+    assert [m.training for m in net.modules()] == before
+
+
+# ---------------------------------------------------------------------- selection rules and tracking
+def test_selection_rule_follows_the_held_out_objects():
+    assert SelectionRule.for_validation("best", 0, 0) == SelectionRule("best", "ap50", None)
+    assert SelectionRule.for_validation("latest", 3, 50) == SelectionRule("latest", "ap50", None)
+    none = SelectionRule.for_validation("best", 1, 0)
+    assert none.select == "latest" and "no object" in none.note and none.recorded_metric is None
+    few = SelectionRule.for_validation("best", 1, MIN_VAL_OBJECTS_FOR_AP - 1)
+    assert few.metric == "loss" and f"only {MIN_VAL_OBJECTS_FOR_AP - 1} object(s)" in few.note
+    assert SelectionRule.for_validation("best", 2, MIN_VAL_OBJECTS_FOR_AP) == SelectionRule("best", "ap50")
+
+
+def test_ap_rule_breaks_ties_by_loss_and_loss_rule_ignores_ap():
+    ap_rule, loss_rule = SelectionRule(), SelectionRule("best", "loss")
+    best = Scores(2, ap50=0.5, dice=0.7, loss=0.30)
+    assert ap_rule.improves(Scores(0, 0.0, 0.0, 9.0), None) and loss_rule.improves(Scores(0, 0.0, 0.0, 9.0), None)
+    assert ap_rule.improves(Scores(4, 0.6, 0.7, 0.90), best)
+    assert ap_rule.improves(Scores(4, 0.5, 0.7, 0.29), best) and not ap_rule.improves(Scores(4, 0.5, 0.7, 0.31), best)
+    assert not ap_rule.improves(Scores(4, 0.4, 0.9, 0.01), best)
+    assert loss_rule.improves(Scores(4, 0.0, 0.0, 0.29), best) and not loss_rule.improves(Scores(4, 1.0, 1.0, 0.31), best)
+
+
+def test_best_weights_keeps_the_best_and_reports_the_latest():
+    net = _net()
+    tracker = BestWeights(SelectionRule())
+    first = {k: v.clone() for k, v in net.state_dict().items()}
+    assert tracker.record(Scores(0, 0.4, 0.6, 0.5), net)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    assert not tracker.record(Scores(5, 0.3, 0.6, 0.4), net)  # worse AP: not kept
+    assert tracker.latest.step == 5 and [h["step"] for h in tracker.history] == [0, 5]
+    assert tracker.keep(net, final_step=5) == Scores(0, 0.4, 0.6, 0.5)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, first[k]), k  # the best weights are back in the network
+    latest = BestWeights(SelectionRule("latest"))
+    latest.record(Scores(3, 0.9, 0.9, 0.1), net)
+    assert latest.keep(net, final_step=3) == Scores(3, 0.9, 0.9, 0.1)
+    assert latest.keep(net, final_step=4) == Scores(4)  # the final weights were never validated
+
+
+def test_validator_scores_with_the_metrics_and_the_prediction_post_processing(dsb_fluo_crop):
+    examples = _examples(dsb_fluo_crop)
+    planes = validation_planes(examples, TargetRecipe())
+    net = _net()
+    set_train_mode(net, freeze_norm=True)
+    tracker = BestWeights(SelectionRule())
+    event = Validator(planes, tracker, CPU, None, "bg-interior-boundary")(net, 7)
+    assert isinstance(event, Validation) and event.step == 7 and event.is_best and event.best_ap50 == event.ap50
+    assert net.training  # back in training mode
+    with torch.no_grad():
+        probs = forward_plane(net.eval(), planes[0].image, CPU)
+    pred = probabilities_to_labels(probs, representation="bg-interior-boundary")
+    assert event.ap50 == average_precision(planes[0].labels, pred) and event.dice == dice(planes[0].labels, pred)
+    assert event.loss == weighted_nll(probs, planes[0].classes, planes[0].weights)
+
+
+# ---------------------------------------------------------------------- the loop and the metadata
+def test_trainer_runs_its_parts_and_stops(dsb_fluo_crop):
+    examples = _examples(dsb_fluo_crop)
+    net = _net()
+    sampler = PatchSampler(examples, PatchGeometry.for_network(net, 32, 128), TargetRecipe(), NO_AUGMENT, 2,
+                           np.random.default_rng(0))
+    trainer = Trainer(net, sampler, Optimiser(net, 1e-3, 1e-4, CPU), WarmupCosine(1e-3), RunBudget(steps=4),
+                      ValidationCadence(every_steps=2))
+    events: list = []
+    run = run_to_end(trainer.run(), events.append)
+    assert [e.step for e in events] == [1, 2, 3, 4] and all(isinstance(e, TrainStep) for e in events)
+    assert [e.lr for e in events] == [WarmupCosine(1e-3)(f) for f in (0.0, 0.25, 0.5, 0.75)]
+    assert run.steps == 4 and len(run.losses) == 4 and not run.stopped_early
+    assert run.final_train_loss == pytest.approx(np.mean(run.losses))
+    events.clear()
+    calls = iter([False, False, True])
+    run = run_to_end(trainer.run(stopped=lambda: next(calls)), events.append)
+    assert run.steps == 2 and run.stopped_early and len(events) == 2
+
+
+def test_run_record_reads_back_what_finetune_wrote(dsb_fluo_crop):
+    image, labels = dsb_fluo_crop
+    model = SegmentationModel(_net().eval(), "bg-interior-boundary", metadata={"name": "tiny"})
+    result = run_finetune(model, [image], [labels], steps=2, patch_size=32, batch_size=2, validate_every=1,
+                          device="cpu")
+    record = run_record(result.metadata)
+    training = result.metadata["training"]
+    assert record["steps"] == 2 and (record["patch_size"], record["batch_size"], record["lr"]) == (32, 2, 1e-3)
+    assert record["selected_step"] == training["selected_step"] and record["device"] == result.metadata["device"]
+    assert describe_selection(training).endswith(f"among {len(training['history'])} validations")
