@@ -1,0 +1,89 @@
+"""Object size: AP@0.5 and time on DSB2018 val fluorescence images rescaled 0.5x to 4x.
+
+For each rescaling of the images (bicubic; labels by nearest neighbour) it prints the mean
+AP@0.5 and the seconds per image of the built-in model
+
+* ``fixed``: at the image's own scale (``diameter="native"``, what napari-unet did before),
+* ``auto``: with the automatic object diameter (the default now),
+
+and, for ``auto``, the median ratio of the estimated to the true diameter.
+
+    python benchmarks/bench_scale.py                  # all 39 val fluorescence images
+    python benchmarks/bench_scale.py --limit 12 --factors 0.5 1 2 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(os.environ.get("NAPARI_UNET_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def load(limit: int | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    from skimage.io import imread
+
+    root = DATA / "dsb2018"
+    with open(root / "manifest.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["split"] == "val" and r["kind"] == "grey_dark"]
+    rows = sorted(rows, key=lambda r: r["id"])[:limit]
+    return [(imread(root / "images" / f"{r['id']}.png"), imread(root / "labels" / f"{r['id']}.png")) for r in rows]
+
+
+def rescaled(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    from skimage.transform import rescale
+
+    if factor == 1:
+        return image, labels
+    img = rescale(image.astype(np.float32), factor, order=3, preserve_range=True, anti_aliasing=factor < 1)
+    lab = rescale(labels, factor, order=0, preserve_range=True, anti_aliasing=False).astype(np.int32)
+    return img, lab
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, default=None, help="first N images (by id)")
+    parser.add_argument("--factors", type=float, nargs="+", default=[0.5, 1, 2, 3, 4])
+    args = parser.parse_args()
+
+    import torch
+
+    from napari_unet.core import load_model
+    from napari_unet.core.metrics import average_precision
+    from napari_unet.core.predict import PlaneResult, iter_planes
+    from napari_unet.core.scale import median_diameter
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = load_model(device="cpu")
+    pairs = load(args.limit)
+    print(f"napari-unet bench_scale  {time.strftime('%Y-%m-%d')}  {platform.processor() or platform.machine()}"
+          f"  {os.cpu_count()} cores  torch {torch.__version__}")
+    print(f"model {model.name}: diameter {model.diameter:g} px, range {model.object_size.low:.1f}-"
+          f"{model.object_size.high:.1f} px; {len(pairs)} DSB2018 val fluorescence images")
+    print(f"{'factor':>6} | {'fixed AP':>8} {'s/img':>6} | {'auto AP':>8} {'s/img':>6} | {'est/true':>8}")
+    for factor in args.factors:
+        row = {}
+        for mode in ("native", "auto"):
+            aps, ratios, took = [], [], 0.0
+            for image, labels in pairs:
+                img, lab = rescaled(image, labels, factor)
+                start = time.perf_counter()
+                result = next(i for i in iter_planes(model, img, diameter=mode) if isinstance(i, PlaneResult))
+                took += time.perf_counter() - start
+                aps.append(average_precision(lab, result.labels))
+                truth = median_diameter(lab)
+                if mode == "auto" and result.diameter and truth:
+                    ratios.append(result.diameter / truth)
+            row[mode] = (float(np.mean(aps)), took / len(pairs), float(np.median(ratios)) if ratios else float("nan"))
+        (fa, ft, _), (aa, at, ratio) = row["native"], row["auto"]
+        print(f"{factor:>6g} | {fa:>8.3f} {ft:>6.2f} | {aa:>8.3f} {at:>6.2f} | {ratio:>8.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
