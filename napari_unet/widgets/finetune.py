@@ -54,14 +54,6 @@ from ._examples import (
     examples_from_folders,
     examples_from_layers,
 )
-from ._models import (
-    check_models_dir_writable,
-    delete_model,
-    export_model,
-    rename_model,
-    suggest_model_name,
-    user_model_entries,
-)
 from ._registry import get_widget, register_widget
 from ._training_job import TrainingResult, _segment_plane_body, train_and_save
 
@@ -267,12 +259,14 @@ class FinetuneWidget(Container):
         return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, (Labels, Image))]
 
     def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
-        from napari_unet.core.checkpoint import list_models
+        from napari_unet.core.catalog import list_models
 
-        return [(f"{e.name}{'' if e.builtin else ' (yours)'}", str(e.path)) for e in list_models()]
+        return [(e.label, str(e.path)) for e in list_models()]
 
     def _user_model_choices(self, _widget=None) -> list[str]:
-        return [e.name for e in user_model_entries()]
+        from napari_unet.core.catalog import user_models
+
+        return [e.name for e in user_models()]
 
     def _corrected_choices(self, _widget=None) -> list[tuple[str, Any]]:
         if self._tracker is None:
@@ -338,6 +332,8 @@ class FinetuneWidget(Container):
     def _suggest_name(self, *_args) -> None:
         path = self._base_model.value
         base = Path(path).stem if path else "model"
+        from napari_unet.core.catalog import suggest_model_name
+
         self._name.value = suggest_model_name(base)
 
     def _show_device(self) -> None:
@@ -487,7 +483,7 @@ class FinetuneWidget(Container):
         if self._worker is not None:
             notify_warning("Fine-tuning is already running; press Stop first.")
             return
-        from napari_unet.core.checkpoint import check_model_name, user_model_path
+        from napari_unet.core.catalog import check_model_name, check_models_dir_writable, user_model_path
 
         base_path = self._base_model.value
         try:
@@ -703,6 +699,8 @@ class FinetuneWidget(Container):
         if not name:
             notify_error("Rename model", "you have no models of your own yet.")
             return
+        from napari_unet.core.catalog import rename_model
+
         try:
             rename_model(name, new_name)
         except (ValueError, OSError) as exc:
@@ -719,6 +717,8 @@ class FinetuneWidget(Container):
             return
         if not self._ask_confirmation(f"Delete your model {name!r}? This cannot be undone."):
             return
+        from napari_unet.core.catalog import delete_model
+
         try:
             delete_model(name)
         except (ValueError, OSError) as exc:
@@ -739,9 +739,12 @@ class FinetuneWidget(Container):
 
     def export_model(self, destination: str | Path, name: str | None = None) -> Path | None:
         """Copy the chosen model (or ``name``) to ``destination``; returns the file written."""
-        name = name or self._manage_combo.value
+        from napari_unet.core.catalog import export_model, find_model
+
+        chosen = name is None  # the user's model chosen in the list, or any model by name
+        name = self._manage_combo.value if chosen else name
         try:
-            written = export_model(name, destination)
+            written = export_model(find_model(name, user_only=True).path if chosen else name, destination)
         except (ValueError, OSError) as exc:
             notify_error("Export model", exc)
             return None
