@@ -11,6 +11,7 @@ import pytest
 import tifffile
 
 from napari_unet.widgets._corrections import CorrectedSlices
+from napari_unet.widgets._registry import get_widget
 from napari_unet.widgets.finetune import FinetuneWidget
 
 FAST = dict(steps=6, patch=64, batch=2)
@@ -42,11 +43,11 @@ def widget(make_napari_viewer, base_model):
     viewer = make_napari_viewer()
     _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
     assert isinstance(w, FinetuneWidget)
-    w._steps.value = FAST["steps"]
-    w._patch_size.value = FAST["patch"]
-    w._batch_size.value = FAST["batch"]
-    w._device.value = "cpu"
-    w._base_model.value = str(base_model)  # the tiny model, not a built-in one
+    w.settings_panel._steps.value = FAST["steps"]
+    w.settings_panel._patch_size.value = FAST["patch"]
+    w.settings_panel._batch_size.value = FAST["batch"]
+    w.settings_panel._device.value = "cpu"
+    w.settings_panel._base_model.value = str(base_model)  # the tiny model, not a built-in one
     return viewer, w
 
 
@@ -57,7 +58,7 @@ def _add_pair(viewer, images, labels, name="c2c12"):
 
 
 def _wait(qtbot, w, timeout=120_000):
-    qtbot.waitUntil(lambda: w._worker is None, timeout=timeout)
+    qtbot.waitUntil(lambda: w.run_panel._worker is None, timeout=timeout)
 
 
 def _user_models():
@@ -71,39 +72,40 @@ def test_widget_docks_with_defaults(widget, base_model):
     viewer, w = widget
     from napari_unet.core.checkpoint import list_models
 
-    assert FinetuneWidget(viewer)._base_model.value == str(list_models()[0].path)  # default: the first
-    assert str(base_model) in w._base_model.choices
-    assert w._name.value == "base-tuned"
-    assert w._device_label.value.startswith("CPU")
-    assert w._augment.value is True
-    assert w._start_button.enabled and not w._stop_button.enabled
-    assert not w._advanced._collapsible.isExpanded()  # the rest hides behind "Advanced"
-    assert w._canvas.figure is w._figure
+    assert FinetuneWidget(viewer).settings_panel._base_model.value == str(list_models()[0].path)  # the first
+    assert str(base_model) in w.settings_panel._base_model.choices
+    assert w.settings_panel._name.value == "base-tuned"
+    assert w.run_panel._device_label.value.startswith("CPU")
+    assert w.settings_panel._augment.value is True
+    assert w.run_panel._start_button.enabled and not w.run_panel._stop_button.enabled
+    assert not w.settings_panel._advanced._collapsible.isExpanded()  # the rest hides behind "Advanced"
+    assert w.run_panel.curves.canvas.figure is w.run_panel.curves.figure
 
 
 def test_corrected_list_mark_unmark_and_jump(widget, c2c12):
     viewer, w = widget
     images, labels = c2c12
     _image, masks = _add_pair(viewer, images, np.zeros_like(labels))
-    assert w._labels_combo.value is masks  # "<image> masks" chosen by itself
-    assert "none yet" in w._corrected_info.value
+    assert w.corrected_panel._labels_combo.value is masks  # "<image> masks" chosen by itself
+    assert "none yet" in w.corrected_panel._corrected_info.value
 
     masks.paint((2, 40, 40), 5)  # the brush on slice 2
-    assert w._corrected_info.value.startswith("1: slice 2")
-    assert list(w._corrected_list.choices) == [(2,)]
+    assert w.corrected_panel._corrected_info.value.startswith("1: slice 2")
+    assert list(w.corrected_panel._corrected_list.choices) == [(2,)]
 
     viewer.dims.set_current_step(0, 1)
-    w._mark_button.native.click()  # slice 1 is right as it is
+    w.corrected_panel._mark_button.native.click()  # slice 1 is right as it is
     assert CorrectedSlices.for_layer(masks).planes == [(1,), (2,)]
-    assert w._corrected_info.value.startswith("2: slice 1, slice 2")
+    assert w.corrected_panel._corrected_info.value.startswith("2: slice 1, slice 2")
 
-    assert list(w._corrected_list.choices) == [(1,), (2,)]  # sorted, whatever the order of edits
-    w._corrected_list.value = [(2,)]
-    w._jump_button.native.click()
+    # sorted, whatever the order of edits
+    assert list(w.corrected_panel._corrected_list.choices) == [(1,), (2,)]
+    w.corrected_panel._corrected_list.value = [(2,)]
+    w.corrected_panel._jump_button.native.click()
     assert viewer.dims.current_step[0] == 2
 
-    w._corrected_list.value = [(1,)]
-    w._unmark_button.native.click()
+    w.corrected_panel._corrected_list.value = [(1,)]
+    w.corrected_panel._unmark_button.native.click()
     assert CorrectedSlices.for_layer(masks).planes == [(2,)]
 
 
@@ -119,27 +121,28 @@ def test_training_keeps_gui_alive_saves_and_resegments(widget, c2c12, qtbot, bas
     _image, masks = _add_pair(viewer, images, labels.copy())
     tracker = CorrectedSlices.for_layer(masks)
     viewer.dims.set_current_step(0, 0)
-    w._mark_button.native.click()  # slice 0: the ground truth, accepted as correct
+    w.corrected_panel._mark_button.native.click()  # slice 0: the ground truth, accepted as correct
     viewer.dims.set_current_step(0, 2)
     masks.data[2] = 77  # what a segmentation left there (not a correction)
     base_bytes = base_model.read_bytes()
-    w._steps.value = 12
+    w.settings_panel._steps.value = 12
 
     trained = []
     w.model_trained.connect(trained.append)
     ticks = []
     timer = QTimer()
-    timer.timeout.connect(lambda: ticks.append(w._worker is not None))
+    timer.timeout.connect(lambda: ticks.append(w.run_panel._worker is not None))
     painted_while_running = []
 
     def paint_now():
-        painted_while_running.append(w._worker is not None and w._worker.is_running)
+        painted_while_running.append(w.run_panel._worker is not None and w.run_panel._worker.is_running)
         masks.paint((1, 64, 64), 9)  # the brush on slice 1 during training
 
     timer.start(10)
-    w._start_button.native.click()
-    assert w._worker is not None and not w._start_button.enabled and w._stop_button.enabled
-    qtbot.waitUntil(lambda: len(w._history["step"]) >= 1, timeout=60_000)
+    w.run_panel._start_button.native.click()
+    run = w.run_panel
+    assert run._worker is not None and not run._start_button.enabled and run._stop_button.enabled
+    qtbot.waitUntil(lambda: len(w.run_panel.curves.history["step"]) >= 1, timeout=60_000)
     paint_now()
     _wait(qtbot, w)
     timer.stop()
@@ -162,23 +165,27 @@ def test_training_keeps_gui_alive_saves_and_resegments(widget, c2c12, qtbot, bas
     assert meta["date"] and meta["steps"] == 12 and meta["n_examples"] == 1
     assert meta["examples"] == ["'c2c12 masks', slice 0"]
     assert "val_ap50" in meta
-    assert w._history["loss"] and all(np.isfinite(w._history["loss"]))
-    assert w._progress.value == 1000
-    assert w._best_label.value.startswith("validation AP50")
+    assert w.run_panel.curves.history["loss"] and all(np.isfinite(w.run_panel.curves.history["loss"]))
+    assert w.run_panel._progress.value == 1000
+    assert w.run_panel._best_label.value.startswith("validation AP50")
     # the status says which weights were kept (step 0 = the base, or the best step and by what)
     kept, training = meta["training"]["selected_step"], meta["training"]
-    assert w._status.value.startswith("Saved 'base-tuned' after 12 steps")
+    assert w.run_panel._status.value.startswith("Saved 'base-tuned' after 12 steps")
     if training["selected"] == "latest":  # this 128 x 128 crop has few cells: none may be held out
-        assert training["n_val_objects"] == 0 and "latest weights (no object was held out" in w._status.value
+        assert training["n_val_objects"] == 0
+        assert "latest weights (no object was held out" in w.run_panel._status.value
     elif kept == 0:
-        assert "starting weights" in w._status.value
+        assert "starting weights" in w.run_panel._status.value
     else:
-        assert f"step {kept} (best" in w._status.value
-    assert trained[0] in w._base_model.choices  # listed for the next round
-    assert w._name.value == "base-tuned-2"  # the next run gets a fresh name
+        assert f"step {kept} (best" in w.run_panel._status.value
+    assert trained[0] in w.settings_panel._base_model.choices  # listed for the next round
+    assert w.settings_panel._name.value == "base-tuned-2"  # the next run gets a fresh name
 
-    # the current slice (2) was segmented again by the new model; corrected slices kept
-    qtbot.waitUntil(lambda: w._segment_worker is None, timeout=60_000)
+    # the current slice (2) was segmented again by the new model, through the Segment widget
+    # (docked for it, as none was there); corrected slices kept
+    segment = get_widget(viewer, "segment")
+    assert segment is not None and segment._model_combo.value == trained[0]
+    qtbot.waitUntil(lambda: segment._worker is None, timeout=60_000)
     assert not (masks.data[2] == 77).all()
     np.testing.assert_array_equal(masks.data[0], truth[0])
     assert masks.data[1, 64, 64] == 9
@@ -188,24 +195,24 @@ def test_training_keeps_gui_alive_saves_and_resegments(widget, c2c12, qtbot, bas
 def test_no_corrected_slice_gives_a_clear_notification(widget, c2c12, notifications):
     viewer, w = widget
     _add_pair(viewer, *c2c12)
-    w._start_button.native.click()
-    assert w._worker is None
+    w.run_panel._start_button.native.click()
+    assert w.run_panel._worker is None
     assert any("No corrected slice yet" in m for m in notifications)
-    assert w._start_button.enabled
+    assert w.run_panel._start_button.enabled
 
 
 def test_steps_and_time_budget_settings(widget, c2c12, notifications):
     viewer, w = widget
     _add_pair(viewer, *c2c12)
-    w._mark_button.native.click()
-    w._steps.value = 0
-    w._time_budget.value = 0.0
-    w._start_button.native.click()
-    assert w._worker is None
+    w.corrected_panel._mark_button.native.click()
+    w.settings_panel._steps.value = 0
+    w.settings_panel._time_budget.value = 0.0
+    w.run_panel._start_button.native.click()
+    assert w.run_panel._worker is None
     assert any("set a number of steps or a time budget" in m for m in notifications)
-    w._time_budget.value = 1.5
-    w._advanced._collapsible.expand(animate=False)
-    w._batch_size.value = 3
+    w.settings_panel._time_budget.value = 1.5
+    w.settings_panel._advanced._collapsible.expand(animate=False)
+    w.settings_panel._batch_size.value = 3
     settings = w.training_settings()
     assert settings["steps"] is None and settings["time_budget"] == 90.0
     assert settings["batch_size"] == 3 and settings["augment"] is True and settings["device"] == "cpu"
@@ -219,8 +226,8 @@ def test_all_background_correction_is_refused(widget, c2c12, notifications):
     masks.fill((1, 12, 12), 0)  # the user removes it: slice 1 has no cells at all
     assert CorrectedSlices.for_layer(masks).planes == [(1,)]
     assert not masks.data[1].any()
-    w._start_button.native.click()
-    assert w._worker is None
+    w.run_panel._start_button.native.click()
+    assert w.run_panel._worker is None
     assert any("contain no cells" in m for m in notifications)
 
 
@@ -230,8 +237,8 @@ def test_image_and_labels_of_different_shapes(widget, c2c12, notifications):
     viewer.add_image(images, name="c2c12")
     masks = viewer.add_labels(labels[:, :100, :100].copy(), name="c2c12 masks")
     masks.paint((0, 50, 50), 3)
-    w._start_button.native.click()
-    assert w._worker is None
+    w.run_panel._start_button.native.click()
+    assert w.run_panel._worker is None
     assert any("must have the same shape" in m for m in notifications)
 
 
@@ -241,22 +248,22 @@ def test_labels_of_floats_are_refused(widget, c2c12, notifications, tmp_path):
     image = viewer.add_image(images, name="c2c12")
     # label files often open as Image layers; these hold fractions, not label ids
     floats = viewer.add_image(labels.astype(np.float32) * 0.5, name="float labels")
-    w._extra_image_combo.value = image
-    w._extra_labels_combo.value = floats
-    w._add_pair_button.native.click()
+    w.examples_panel._extra_image_combo.value = image
+    w.examples_panel._extra_labels_combo.value = floats
+    w.examples_panel._add_pair_button.native.click()
     assert any("floating-point values with fractions" in m for m in notifications)
-    assert w._extra_sources == []
+    assert w.examples_panel._extra_sources == []
 
     (tmp_path / "img").mkdir()
     (tmp_path / "lab").mkdir()
     tifffile.imwrite(tmp_path / "img" / "a.tif", images[0])
     tifffile.imwrite(tmp_path / "lab" / "a_masks.tif", labels[0].astype(np.float32) + 0.25)
-    w._image_folder.value = tmp_path / "img"
-    w._labels_folder.value = tmp_path / "lab"
+    w.examples_panel._image_folder.value = tmp_path / "img"
+    w.examples_panel._labels_folder.value = tmp_path / "lab"
     n_before = len(notifications)
-    w._add_folder_button.native.click()
+    w.examples_panel._add_folder_button.native.click()
     assert any("floating-point" in m for m in notifications[n_before:])
-    assert w._extra_sources == []
+    assert w.examples_panel._extra_sources == []
 
 
 def test_extra_examples_from_layers_and_folders(widget, c2c12, tmp_path):
@@ -266,44 +273,44 @@ def test_extra_examples_from_layers_and_folders(widget, c2c12, tmp_path):
     masks.paint((0, 5, 5), 1)
     other_image = viewer.add_image(images[1], name="other")
     other_labels = viewer.add_image(labels[1].astype(np.uint16), name="other labels")  # a tif opened as Image
-    w._extra_image_combo.value = other_image
-    w._extra_labels_combo.value = other_labels
-    w._add_pair_button.native.click()
+    w.examples_panel._extra_image_combo.value = other_image
+    w.examples_panel._extra_labels_combo.value = other_labels
+    w.examples_panel._add_pair_button.native.click()
     (tmp_path / "img").mkdir()
     (tmp_path / "lab").mkdir()
     for i in range(2):
         tifffile.imwrite(tmp_path / "img" / f"f{i}.tif", images[i])
         tifffile.imwrite(tmp_path / "lab" / f"f{i}_labels.tif", labels[i].astype(np.uint16))
     tifffile.imwrite(tmp_path / "img" / "unlabelled.tif", images[2])
-    w._image_folder.value = tmp_path / "img"
-    w._labels_folder.value = tmp_path / "lab"
-    w._add_folder_button.native.click()
-    assert len(w._extra_list.choices) == 2
+    w.examples_panel._image_folder.value = tmp_path / "img"
+    w.examples_panel._labels_folder.value = tmp_path / "lab"
+    w.examples_panel._add_folder_button.native.click()
+    assert len(w.examples_panel._extra_list.choices) == 2
 
     examples = w.gather_examples()
     assert [e.source for e in examples] == [
         "'c2c12 masks', slice 0", "'other labels'", "f0.tif", "f1.tif",
     ]
     np.testing.assert_array_equal(examples[2].labels, labels[0])
-    w._extra_list.value = [0]
-    w._remove_extra_button.native.click()
+    w.examples_panel._extra_list.value = [0]
+    w.examples_panel._remove_extra_button.native.click()
     assert len(w.gather_examples()) == 3
 
 
 def test_stop_right_after_start(widget, c2c12, qtbot, notifications):
     viewer, w = widget
     _image, masks = _add_pair(viewer, *c2c12)
-    w._mark_button.native.click()
-    w._steps.value = 100_000
+    w.corrected_panel._mark_button.native.click()
+    w.settings_panel._steps.value = 100_000
     t0 = time.perf_counter()
-    w._start_button.native.click()
-    w._stop_button.native.click()
-    assert not w._stop_button.enabled
+    w.run_panel._start_button.native.click()
+    w.run_panel._stop_button.native.click()
+    assert not w.run_panel._stop_button.enabled
     _wait(qtbot, w, timeout=60_000)
     assert time.perf_counter() - t0 < 60
-    assert w._start_button.enabled and not w._stop_button.enabled
-    assert len(w._history["step"]) < 100  # it did not run on
-    if not w._history["step"]:
+    assert w.run_panel._start_button.enabled and not w.run_panel._stop_button.enabled
+    assert len(w.run_panel.curves.history["step"]) < 100  # it did not run on
+    if not w.run_panel.curves.history["step"]:
         assert "base-tuned" not in _user_models()
         assert any("no model was saved" in m for m in notifications)
     else:  # the stop came after some steps: the best model so far is saved
@@ -313,30 +320,30 @@ def test_stop_right_after_start(widget, c2c12, qtbot, notifications):
 def test_error_inside_the_worker_is_a_notification(widget, c2c12, qtbot, notifications, base_model):
     viewer, w = widget
     _image, masks = _add_pair(viewer, *c2c12)
-    w._mark_button.native.click()
+    w.corrected_panel._mark_button.native.click()
     base_model.write_bytes(b"this is not a model anymore")  # damaged after it was listed
-    w._start_button.native.click()
-    assert w._worker is not None
+    w.run_panel._start_button.native.click()
+    assert w.run_panel._worker is not None
     _wait(qtbot, w)
     assert any(m.startswith("Fine-tuning failed:") and "not a napari-unet model" in m for m in notifications)
     assert all("\n" not in m for m in notifications)  # one line, no traceback
-    assert w._status.value.startswith("Failed")
-    assert w._start_button.enabled and not w._stop_button.enabled
+    assert w.run_panel._status.value.startswith("Failed")
+    assert w.run_panel._start_button.enabled and not w.run_panel._stop_button.enabled
     masks.paint((2, 10, 10), 4)  # the GUI keeps working
-    assert w._corrected_info.value.startswith("2:")
+    assert w.corrected_panel._corrected_info.value.startswith("2:")
 
 
 def test_unwritable_model_folder_refuses_to_start(widget, c2c12, notifications, monkeypatch, tmp_path, base_model):
     viewer, w = widget
     _add_pair(viewer, *c2c12)
-    w._mark_button.native.click()
+    w.corrected_panel._mark_button.native.click()
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a regular file where the model folder should be")
     # mkdir fails here even for root, unlike a chmod'ed folder
     monkeypatch.setenv("NAPARI_UNET_MODELS", str(blocker / "models"))
     before = base_model.read_bytes()
-    w._start_button.native.click()
-    assert w._worker is None
+    w.run_panel._start_button.native.click()
+    assert w.run_panel._worker is None
     assert any("cannot be written" in m and "NAPARI_UNET_MODELS" in m for m in notifications)
     assert base_model.read_bytes() == before
 
@@ -348,13 +355,13 @@ def test_save_failure_keeps_previous_model_and_save_again(widget, c2c12, qtbot, 
 
     viewer, w = widget
     _add_pair(viewer, *c2c12)
-    w._mark_button.native.click()
+    w.corrected_panel._mark_button.native.click()
     folder = base_model.parent
     previous = save_model(read_model_file(base_model), folder / "mine.pt")
     previous_bytes = previous.read_bytes()
-    w._base_model.value = str(base_model)
-    w._name.value = "mine"
-    w._steps.value = 5000
+    w.settings_panel._base_model.value = str(base_model)
+    w.settings_panel._name.value = "mine"
+    w.settings_panel._steps.value = 5000
     moved = folder.with_name("models-elsewhere")
 
     def break_folder(_event):
@@ -363,18 +370,18 @@ def test_save_failure_keeps_previous_model_and_save_again(widget, c2c12, qtbot, 
             folder.write_text("not a folder any more")
             w.stop()
 
-    w._start_button.native.click()
-    w._worker.yielded.connect(break_folder)
+    w.run_panel._start_button.native.click()
+    w.run_panel._worker.yielded.connect(break_folder)
     _wait(qtbot, w)
     assert any(m.startswith("Could not save the fine-tuned model") and "Save again" in m for m in notifications)
-    assert not w._save_again_button.native.isHidden()
+    assert not w.run_panel._save_again_button.native.isHidden()
     assert (moved / "mine.pt").read_bytes() == previous_bytes  # the previous model is intact
     assert sorted(p.name for p in moved.iterdir()) == ["base.pt", "mine.pt"]  # no temp files
 
     folder.unlink()
     os.replace(moved, folder)
-    w._save_again_button.native.click()
-    assert w._save_again_button.native.isHidden()
+    w.run_panel._save_again_button.native.click()
+    assert w.run_panel._save_again_button.native.isHidden()
     assert (folder / "mine.pt").read_bytes() != previous_bytes
     assert read_model_file(folder / "mine.pt").metadata["base_model"] == "base"
 
@@ -387,16 +394,17 @@ def test_rename_delete_with_confirmation_and_export(widget, base_model, tmp_path
     from napari_unet.core.checkpoint import read_model_file
 
     viewer, w = widget
-    w._manage_combo.reset_choices()
-    assert w._manage_combo.value == "base"
-    w._rename_edit.value = "nuclei v2"
-    w._rename_button.native.click()
+    w.models_panel._manage_combo.reset_choices()
+    assert w.models_panel._manage_combo.value == "base"
+    w.models_panel._rename_edit.value = "nuclei v2"
+    w.models_panel._rename_button.native.click()
     assert set(_user_models()) == {"nuclei v2"}
     assert read_model_file(_user_models()["nuclei v2"]).metadata["name"] == "nuclei v2"
-    assert "nuclei v2 (yours)" in [w._base_model.native.itemText(i) for i in range(w._base_model.native.count())]
+    base_list = w.settings_panel._base_model.native
+    assert "nuclei v2 (yours)" in [base_list.itemText(i) for i in range(base_list.count())]
 
-    w._rename_edit.value = "bad/name"
-    w._rename_button.native.click()
+    w.models_panel._rename_edit.value = "bad/name"
+    w.models_panel._rename_button.native.click()
     assert any("is not usable" in m for m in notifications)
 
     out = w.export_model(tmp_path / "shared copy")
@@ -409,9 +417,9 @@ def test_rename_delete_with_confirmation_and_export(widget, base_model, tmp_path
             box.button(button).click()
 
     QTimer.singleShot(200, lambda: answer(QMessageBox.No))
-    w._delete_button.native.click()
+    w.models_panel._delete_button.native.click()
     assert "nuclei v2" in _user_models()  # "No" keeps it
     QTimer.singleShot(200, lambda: answer(QMessageBox.Yes))
-    w._delete_button.native.click()
+    w.models_panel._delete_button.native.click()
     assert _user_models() == {}
-    assert w._manage_combo.choices == ()
+    assert w.models_panel._manage_combo.choices == ()

@@ -14,7 +14,8 @@ from napari_unet.cli.gui import DOCKED_WIDGETS
 
 def test_core_does_not_import_gui_packages():
     code = (
-        "import sys, napari_unet.core, napari_unet.core.predict, napari_unet.core.train;"
+        "import sys, napari_unet.core, napari_unet.core.catalog, napari_unet.core.predict,"
+        " napari_unet.core.train;"
         "bad = [m for m in ('qtpy', 'napari', 'magicgui', 'PyQt5', 'PyQt6', 'PySide6') if m in sys.modules];"
         "print(','.join(bad))"
     )

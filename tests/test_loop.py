@@ -12,6 +12,7 @@ import tifffile
 from skimage.measure import regionprops
 
 from napari_unet.widgets._corrections import CorrectedSlices
+from napari_unet.widgets._registry import get_widget
 from napari_unet.widgets.finetune import FinetuneWidget
 
 
@@ -40,10 +41,11 @@ def test_correct_finetune_resegment_loop(make_napari_viewer, qtbot, data_dir, ba
     viewer.window.add_dock_widget(segment, name="Segment")
     _dock, finetune = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
     assert isinstance(finetune, FinetuneWidget)
-    for w, value in ((finetune._steps, 10), (finetune._patch_size, 64), (finetune._batch_size, 2)):
+    settings = finetune.settings_panel
+    for w, value in ((settings._steps, 10), (settings._patch_size, 64), (settings._batch_size, 2)):
         w.value = value
-    finetune._device.value = "cpu"
-    finetune._base_model.value = str(base_model)
+    settings._device.value = "cpu"
+    settings._base_model.value = str(base_model)
 
     # 1. open a real stack and segment slice 1 with the base model (Segment widget)
     image = viewer.add_image(images, name="c2c12")
@@ -54,8 +56,9 @@ def test_correct_finetune_resegment_loop(make_napari_viewer, qtbot, data_dir, ba
     segment._run_button.clicked.emit()
     qtbot.waitUntil(lambda: segment._worker is None, timeout=60_000)
     masks = viewer.layers["c2c12 masks"]
-    assert finetune._image_combo.value is image and finetune._labels_combo.value is masks
-    assert "none yet" in finetune._corrected_info.value
+    corrected_panel = finetune.corrected_panel
+    assert corrected_panel._image_combo.value is image and corrected_panel._labels_combo.value is masks
+    assert "none yet" in finetune.corrected_panel._corrected_info.value
 
     # 2. correct slice 1 with the layer's own tools: brush a few cells, fill one with a new id
     masks.brush_size = 9
@@ -69,7 +72,7 @@ def test_correct_finetune_resegment_loop(make_napari_viewer, qtbot, data_dir, ba
 
     # 3. the slice is listed as corrected (and stored with the layer)
     assert CorrectedSlices.for_layer(masks).planes == [(1,)]
-    assert finetune._corrected_info.value == "1: slice 1"
+    assert finetune.corrected_panel._corrected_info.value == "1: slice 1"
     assert masks.metadata["napari_unet_corrected"] == [[1]]
     corrected = masks.data[1].copy()
 
@@ -78,16 +81,16 @@ def test_correct_finetune_resegment_loop(make_napari_viewer, qtbot, data_dir, ba
     masks.data[2] = 77
     trained: list[str] = []
     finetune.model_trained.connect(trained.append)
-    finetune._start_button.native.click()
-    assert finetune._worker is not None
-    qtbot.waitUntil(lambda: finetune._worker is None, timeout=120_000)
-    assert trained, finetune._status.value
+    finetune.run_panel._start_button.native.click()
+    assert finetune.run_panel._worker is not None
+    qtbot.waitUntil(lambda: finetune.run_panel._worker is None, timeout=120_000)
+    assert trained, finetune.run_panel._status.value
 
     # 5. the new model is listed everywhere and slice 2 was segmented again with it
     new_path = trained[0]
     assert Path(new_path).stem in [e.name for e in list_models()]
-    # the Fine-tune widget (given a proxy viewer by npe2) found the docked Segment widget
-    assert segment._model_combo.value == new_path and finetune._segment_worker is None
+    # the Fine-tune widget (given a proxy viewer by npe2) found the docked Segment widget, docked no other
+    assert segment._model_combo.value == new_path and get_widget(viewer, "segment") is segment
     qtbot.waitUntil(lambda: segment._worker is None, timeout=60_000)
     assert not (masks.data[2] == 77).any()
     assert segment._status.value.startswith("Done")

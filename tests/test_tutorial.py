@@ -91,17 +91,17 @@ def test_tutorial_walkthrough(make_napari_viewer, qtbot, tmp_path):
     masks.mode = "paint"
     masks.paint((0, 60, 60), int(masks.data.max()) + 1)
     masks.paint((0, 20, 200), 0)
-    assert finetune._corrected_info.value.startswith("1")
+    assert finetune.corrected_panel._corrected_info.value.startswith("1")
     shoot("3-correct")
 
     # 4. fine-tune on the correction: the loss curve fills in
-    finetune._steps.value = 6
-    finetune._patch_size.value = 128
-    finetune._batch_size.value = 2
-    finetune._name.value = "my-nuclei"
-    finetune._start_button.native.click()
-    qtbot.waitUntil(lambda: finetune._worker is None, timeout=240_000)
-    assert len(finetune._history["loss"]) == 6 and finetune._history["ap50"]
+    finetune.settings_panel._steps.value = 6
+    finetune.settings_panel._patch_size.value = 128
+    finetune.settings_panel._batch_size.value = 2
+    finetune.settings_panel._name.value = "my-nuclei"
+    finetune.run_panel._start_button.native.click()
+    qtbot.waitUntil(lambda: finetune.run_panel._worker is None, timeout=240_000)
+    assert len(finetune.run_panel.curves.history["loss"]) == 6 and finetune.run_panel.curves.history["ap50"]
     shoot("4-finetune")
 
     # 5. on to the next field: segment it with the new model; field 0 stays as corrected

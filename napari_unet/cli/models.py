@@ -1,4 +1,8 @@
-"""``napari-unet models``: list the built-in and user models (name, kind, path, metric)."""
+"""``napari-unet models``: list the built-in and user models (name, kind, path, metric).
+
+The list comes from :mod:`napari_unet.core.catalog`; each row is read from the model file's
+metadata only (no network is built), so listing stays quick however many models there are.
+"""
 
 from __future__ import annotations
 
@@ -18,8 +22,12 @@ def add_parser(subparsers: Any) -> None:
 
 
 def model_rows() -> list[dict[str, Any]]:
-    """One dict per model: name, kind ("builtin"/"user"), path, val_ap50 (or None), base_model, date."""
-    from napari_unet.core.checkpoint import ModelFileError, list_models, read_model_file
+    """One dict per model: name, kind ("builtin"/"user"), path, val_ap50 (or None), base_model, date.
+
+    A file that cannot be read as a model gets its reason in "error" (and None elsewhere).
+    """
+    from napari_unet.core.catalog import list_models
+    from napari_unet.core.checkpoint import ModelFileError, read_model_metadata
 
     rows = []
     for entry in list_models():
@@ -33,7 +41,7 @@ def model_rows() -> list[dict[str, Any]]:
             "error": None,
         }
         try:
-            meta = read_model_file(entry.path, device="cpu").metadata
+            meta = read_model_metadata(entry.path)
         except ModelFileError as exc:
             row["error"] = str(exc)
         else:
@@ -46,7 +54,7 @@ def model_rows() -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_unet.core.checkpoint import user_models_dir
+    from napari_unet.core.catalog import user_models_dir
 
     rows = model_rows()
     if args.json:

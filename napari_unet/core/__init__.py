@@ -10,15 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .checkpoint import (
-    DEFAULT_MODEL_NAME,
-    ModelFileError,
-    SegmentationModel,
-    list_models,
-    load_model,
-    save_model,
-    user_models_dir,
-)
+from .catalog import DEFAULT_MODEL_NAME, list_models, user_models_dir
+from .checkpoint import ModelFileError, SegmentationModel, load_model, save_model
 from .device import describe_device, select_device
 from .model import UNet, UNetConfig, count_parameters
 from .preprocess import ImageError

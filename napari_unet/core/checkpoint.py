@@ -12,6 +12,9 @@ nothing is unpickled beyond tensors and plain Python values)::
         "normalization": {"kind": "percentile", "low": 1.0, "high": 99.8},
         "metadata": {...},          # name, base model, date, data, metrics, ...
     }
+
+Which models exist and what they are called (folders, names, list, rename, delete, export)
+is :mod:`.catalog`'s job; its older names are still importable from here.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import os
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +37,6 @@ from .model import UNet, UNetConfig
 
 FORMAT = "napari-unet-model"
 FORMAT_VERSION = 1
-MODEL_SUFFIX = ".pt"
-DEFAULT_MODEL_NAME = "nuclei"
 
 #: Output representations understood by predict/train.
 #: "bg-interior-boundary": 3 classes, instances from interior seeds + watershed.
@@ -225,7 +225,7 @@ def save_model(model: SegmentationModel, path: str | os.PathLike) -> Path:
 def _load_dict(path: Path) -> dict[str, Any]:
     if path.is_dir():
         raise ModelFileError(
-            f"{path} is a folder, not a model file: give a {MODEL_SUFFIX} file or a model name."
+            f"{path} is a folder, not a model file: give a .pt file or a model name."
         )
     if not path.is_file():
         raise ModelFileError(f"Model file not found: {path}")
@@ -259,72 +259,20 @@ def read_model_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return dict(data.get("metadata") or {})
 
 
-# ---------------------------------------------------------------------- names
-def builtin_models_dir() -> Path:
-    """Folder of the models shipped inside the package."""
-    return Path(__file__).resolve().parent.parent / "models"
+# ---------------------------------------------------------------------- names (moved to .catalog)
+#: Names that lived here before the catalog had its own module; still importable from here.
+_CATALOG_NAMES = frozenset({
+    "MODEL_SUFFIX", "DEFAULT_MODEL_NAME", "ModelEntry", "builtin_models_dir", "user_models_dir",
+    "list_models", "check_model_name", "resolve_model_path", "user_model_path",
+})
 
 
-def user_models_dir() -> Path:
-    """The user's model folder (platformdirs), overridable with ``NAPARI_UNET_MODELS``."""
-    env = os.environ.get("NAPARI_UNET_MODELS")
-    if env:
-        return Path(env)
-    from platformdirs import user_data_dir
+def __getattr__(name: str) -> Any:
+    if name in _CATALOG_NAMES:
+        from . import catalog
 
-    return Path(user_data_dir("napari-unet", appauthor=False)) / "models"
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    name: str
-    path: Path
-    builtin: bool
-
-
-def list_models() -> list[ModelEntry]:
-    """Built-in models first (default first), then the user's, by name."""
-    entries = []
-    for builtin, folder in ((True, builtin_models_dir()), (False, user_models_dir())):
-        if folder.is_dir():
-            files = sorted(folder.glob(f"*{MODEL_SUFFIX}"), key=lambda p: (p.stem != DEFAULT_MODEL_NAME, p.stem))
-            entries.extend(ModelEntry(p.stem, p, builtin) for p in files if not p.name.startswith("."))
-    return entries
-
-
-_SAFE_NAME = re.compile(r"^[\w][\w .+-]{0,80}$")
-
-
-def check_model_name(name: str) -> str:
-    """Return ``name`` stripped, or raise ``ValueError`` saying what is wrong with it."""
-    name = (name or "").strip()
-    if not _SAFE_NAME.match(name) or name.endswith(MODEL_SUFFIX):
-        raise ValueError(
-            f"Model name {name!r} is not usable: use letters, digits, spaces, '.', '+', '-' or '_' "
-            "(at most 80 characters), without a file extension."
-        )
-    if any(e.builtin and e.name == name for e in list_models()):
-        raise ValueError(f"{name!r} is the name of a built-in model; choose another name.")
-    return name
-
-
-def resolve_model_path(name_or_path: str | os.PathLike | None = None) -> Path:
-    """Path of a model given by name (built-in or user) or file path; None = the default."""
-    if name_or_path is None or str(name_or_path) == "":
-        name_or_path = DEFAULT_MODEL_NAME
-    text = str(name_or_path)
-    candidate = Path(text).expanduser()
-    if candidate.suffix == MODEL_SUFFIX or os.sep in text or candidate.is_file():
-        if not candidate.exists():
-            raise ModelFileError(f"Model file not found: {candidate}")
-        return candidate  # a folder is refused when read, in one place
-    for entry in list_models():
-        if entry.name == text:
-            return entry.path
-    if candidate.is_dir():
-        return candidate
-    known = ", ".join(e.name for e in list_models()) or "none"
-    raise ModelFileError(f"No model named {text!r}. Known models: {known}.")
+        return getattr(catalog, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_model(
@@ -339,11 +287,9 @@ def load_model(
     device : str, torch.device or None
         None/"auto" picks cuda, then mps, then cpu.
     """
+    from .catalog import resolve_model_path
+
     return read_model_file(resolve_model_path(name_or_path), device=select_device(device))
-
-
-def user_model_path(name: str) -> Path:
-    return user_models_dir() / f"{check_model_name(name)}{MODEL_SUFFIX}"
 
 
 def stamp_metadata(model: SegmentationModel, **fields: Any) -> None:

@@ -1,9 +1,9 @@
-"""The bodies of the Fine-tune widget's thread workers (no Qt).
+"""The body of the Fine-tune widget's training worker (no Qt).
 
 :func:`train_and_save` loads the base model, fine-tunes it with
 :func:`napari_unet.core.train.finetune` (passing on its progress events) and saves the best
-model atomically, handing back a :class:`TrainingResult`; :func:`_segment_plane_body`
-segments one plane with the new model. torch is imported lazily, inside these functions.
+model atomically, handing back a :class:`TrainingResult`. Segmenting with the new model is
+the Segment widget's job. torch is imported lazily, inside the function.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from ._examples import Example
 
@@ -79,11 +77,3 @@ def train_and_save(
     except OSError as exc:
         return TrainingResult(model, None, exc, steps, target)
     return TrainingResult(model, path, None, steps, target)
-
-
-def _segment_plane_body(model_path: str, image_plane: np.ndarray, rgb: bool) -> np.ndarray:
-    from napari_unet.core.checkpoint import read_model_file
-    from napari_unet.core.predict import segment
-
-    model = read_model_file(model_path)
-    return segment(model, image_plane, rgb=rgb)

@@ -1,0 +1,255 @@
+"""The model catalog: where models live, what they are called, and managing the user's own.
+
+Two folders hold models: the built-in ones shipped inside the package
+(:func:`builtin_models_dir`) and the user's (:func:`user_models_dir`, overridable with
+``NAPARI_UNET_MODELS``). A model's name is its file name without ``.pt``. Built-in names are
+reserved: a new user model cannot take one.
+
+This module answers every "which model?" question for the GUI, the CLI and scripts: the
+list (:func:`list_models`), a name or a path to a file (:func:`resolve_model_path`), a new
+name checked (:func:`check_model_name`) or suggested (:func:`suggest_model_name`), and the
+user's models renamed, deleted or exported (:func:`rename_model`, :func:`delete_model`,
+:func:`export_model`). Reading and writing a model file is :mod:`.checkpoint`'s job; every
+file written here goes through :func:`napari_unet._atomic.atomic_write`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from napari_unet._atomic import atomic_write
+
+from .checkpoint import ModelFileError, read_model_file, save_model
+
+MODEL_SUFFIX = ".pt"
+DEFAULT_MODEL_NAME = "nuclei"
+
+_SAFE_NAME = re.compile(r"^[\w][\w .+-]{0,80}$")
+
+
+# ---------------------------------------------------------------------- folders
+def builtin_models_dir() -> Path:
+    """Folder of the models shipped inside the package."""
+    return Path(__file__).resolve().parent.parent / "models"
+
+
+def user_models_dir() -> Path:
+    """The user's model folder (platformdirs), overridable with ``NAPARI_UNET_MODELS``."""
+    env = os.environ.get("NAPARI_UNET_MODELS")
+    if env:
+        return Path(env)
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("napari-unet", appauthor=False)) / "models"
+
+
+def check_models_dir_writable(folder: str | os.PathLike | None = None) -> Path:
+    """Make sure new models can be written into ``folder`` (default: the user's model folder).
+
+    Creates the folder if needed and writes (then removes) a small temporary file.
+
+    Raises
+    ------
+    OSError
+        With a message that names the folder and says what to do.
+    """
+    folder = Path(folder) if folder is not None else user_models_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+        try:
+            os.write(fd, b"napari-unet")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(tmp)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise OSError(
+            exc.errno,
+            f"The model folder {folder} cannot be written ({reason}); free disk space, fix its "
+            "permissions or point NAPARI_UNET_MODELS at a writable folder",
+        ) from exc
+    return folder
+
+
+# ---------------------------------------------------------------------- the list
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model file of the catalog: its name, where it is, and whether it is built in."""
+
+    name: str
+    path: Path
+    builtin: bool
+
+    @property
+    def label(self) -> str:
+        """The name as model lists show it: "nuclei", "my cells (yours)"."""
+        return self.name if self.builtin else f"{self.name} (yours)"
+
+
+def list_models() -> list[ModelEntry]:
+    """Built-in models first (default first), then the user's, by name."""
+    entries = []
+    for builtin, folder in ((True, builtin_models_dir()), (False, user_models_dir())):
+        if folder.is_dir():
+            files = sorted(folder.glob(f"*{MODEL_SUFFIX}"), key=lambda p: (p.stem != DEFAULT_MODEL_NAME, p.stem))
+            entries.extend(ModelEntry(p.stem, p, builtin) for p in files if not p.name.startswith("."))
+    return entries
+
+
+def user_models() -> list[ModelEntry]:
+    """The user's own models (not the built-in ones), by name."""
+    return [e for e in list_models() if not e.builtin]
+
+
+def find_model(name: str, *, user_only: bool = False) -> ModelEntry:
+    """The model called ``name``: a built-in one first (their names are reserved), then the user's.
+
+    Parameters
+    ----------
+    name : str
+        A model name (file name without ``.pt``).
+    user_only : bool
+        Look only among the user's models.
+
+    Raises
+    ------
+    ModelFileError
+        (a ``ValueError``) If no such model exists; the message lists the known names.
+    """
+    entries = user_models() if user_only else list_models()
+    for entry in entries:
+        if entry.name == name:
+            return entry
+    known = ", ".join(e.name for e in entries) or "none"
+    raise ModelFileError(f"No model named {name!r}. Known models: {known}.")
+
+
+def resolve_model_path(name_or_path: str | os.PathLike | None = None) -> Path:
+    """Path of a model given by name (built-in or user) or file path; None = the default."""
+    if name_or_path is None or str(name_or_path) == "":
+        name_or_path = DEFAULT_MODEL_NAME
+    text = str(name_or_path)
+    candidate = Path(text).expanduser()
+    if candidate.suffix == MODEL_SUFFIX or os.sep in text or candidate.is_file():
+        if not candidate.exists():
+            raise ModelFileError(f"Model file not found: {candidate}")
+        return candidate  # a folder is refused when read, in one place
+    if candidate.is_dir() and not any(e.name == text for e in list_models()):
+        return candidate
+    return find_model(text).path
+
+
+# ---------------------------------------------------------------------- names
+def check_model_name(name: str) -> str:
+    """Return ``name`` stripped, or raise ``ValueError`` saying what is wrong with it."""
+    name = (name or "").strip()
+    if not _SAFE_NAME.match(name) or name.endswith(MODEL_SUFFIX):
+        raise ValueError(
+            f"Model name {name!r} is not usable: use letters, digits, spaces, '.', '+', '-' or '_' "
+            "(at most 80 characters), without a file extension."
+        )
+    if any(e.builtin and e.name == name for e in list_models()):
+        raise ValueError(f"{name!r} is the name of a built-in model; choose another name.")
+    return name
+
+
+def user_model_path(name: str) -> Path:
+    """Where the user's model ``name`` is (or would be) stored; the name is checked first."""
+    return user_models_dir() / f"{check_model_name(name)}{MODEL_SUFFIX}"
+
+
+def suggest_model_name(base: str) -> str:
+    """A free user-model name derived from ``base``: "nuclei-tuned", "nuclei-tuned-2", ..."""
+    taken = {e.name for e in list_models()}
+    stem = base
+    if stem.endswith("-tuned"):
+        stem = stem[: -len("-tuned")]
+    stem = stem.rsplit("-tuned-", 1)[0]
+    stem = (stem or "model")[:60]
+    candidate = f"{stem}-tuned"
+    n = 2
+    while candidate in taken:
+        candidate = f"{stem}-tuned-{n}"
+        n += 1
+    return candidate
+
+
+# ---------------------------------------------------------------------- managing the user's models
+def _own_model(name: str, action: str) -> ModelEntry:
+    """The user's model ``name``, or a ``ValueError`` that says why it cannot be ``action``."""
+    try:
+        return find_model(name, user_only=True)
+    except ModelFileError:
+        if any(e.builtin and e.name == name for e in list_models()):
+            raise ValueError(f"{name!r} is a built-in model; built-in models cannot be {action}.") from None
+        raise
+
+
+def rename_model(name: str, new_name: str) -> Path:
+    """Rename one of the user's models (file and the name stored inside it); returns the new path.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is built-in or unknown, ``new_name`` is not usable or already taken.
+    OSError
+        If the folder cannot be written (the old file stays as it was).
+    """
+    entry = _own_model(name, "renamed")
+    new_name = check_model_name(new_name)
+    if new_name == name:
+        return entry.path
+    target = user_model_path(new_name)
+    if target.exists():
+        raise ValueError(f"A model named {new_name!r} already exists; choose another name.")
+    model = read_model_file(entry.path, device="cpu")
+    model.metadata["name"] = new_name
+    save_model(model, target)
+    try:
+        entry.path.unlink()
+    except OSError:
+        with contextlib.suppress(OSError):  # keep exactly one copy
+            target.unlink()
+        raise
+    return target
+
+
+def delete_model(name: str) -> Path:
+    """Delete one of the user's models; returns the path removed.
+
+    Raises
+    ------
+    ValueError
+        If the model is built-in or unknown.
+    """
+    entry = _own_model(name, "deleted")
+    entry.path.unlink()
+    return entry.path
+
+
+def export_model(name_or_path: str | os.PathLike, destination: str | os.PathLike) -> Path:
+    """Copy a model (a name as :func:`resolve_model_path` takes it, or a file) to ``destination``.
+
+    ``destination`` is a file (``.pt`` added if missing) or a folder (the model's file name is
+    kept). The copy is written atomically: a failure leaves any earlier file there intact.
+    Returns the file written.
+    """
+    source = resolve_model_path(name_or_path)
+    destination = Path(destination).expanduser()
+    if destination.is_dir():
+        destination = destination / source.name
+    if destination.suffix != MODEL_SUFFIX:
+        destination = destination.with_name(destination.name + MODEL_SUFFIX)
+    if destination.resolve() == source.resolve():
+        raise ValueError("Choose another file to export to: that is the model file itself.")
+    with atomic_write(destination, "wb") as out, open(source, "rb") as src:
+        shutil.copyfileobj(src, out)
+    return destination

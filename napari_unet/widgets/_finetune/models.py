@@ -1,0 +1,122 @@
+"""The models panel: rename, delete (after a confirmation) and export the user's own models.
+
+The work is done by :mod:`napari_unet.core.catalog`; this panel turns its errors into
+notifications.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from magicgui.widgets import ComboBox, Container, LineEdit, PushButton
+from psygnal import Signal
+
+from .._base import notify_error, notify_info
+
+
+def _user_model_choices(_widget=None) -> list[str]:
+    from napari_unet.core.catalog import user_models
+
+    return [e.name for e in user_models()]
+
+
+class ModelsPanel(Container):
+    """Your models, New name, Rename, Delete…, Export….
+
+    Signals
+    -------
+    models_changed()
+        A model was renamed or deleted (other model lists should be reloaded).
+    """
+
+    models_changed = Signal()
+
+    def __init__(self) -> None:
+        super().__init__(labels=True)
+        self._manage_combo = ComboBox(label="Your models", choices=_user_model_choices)
+        self._rename_edit = LineEdit(label="New name")
+        self._rename_button = PushButton(text="Rename")
+        self._delete_button = PushButton(text="Delete…")
+        self._export_button = PushButton(text="Export…")
+        self.extend([
+            self._manage_combo, self._rename_edit, self._rename_button, self._delete_button, self._export_button,
+        ])
+        self._rename_button.changed.connect(self._rename_clicked)
+        self._delete_button.changed.connect(self._delete_clicked)
+        self._export_button.changed.connect(self._export_clicked)
+
+    def refresh(self, *_args) -> None:
+        """Reload the list of the user's models."""
+        self._manage_combo.reset_choices()
+
+    def set_running(self, running: bool) -> None:
+        """No renaming or deleting while a model is being trained."""
+        self._rename_button.enabled = not running
+        self._delete_button.enabled = not running
+
+    def _chosen(self, what: str) -> str | None:
+        name = self._manage_combo.value
+        if not name:
+            notify_error(what, "you have no models of your own yet.")
+        return name or None
+
+    def _ask_confirmation(self, text: str) -> bool:
+        from qtpy.QtWidgets import QMessageBox
+
+        box = QMessageBox(QMessageBox.Question, "napari-unet", text, QMessageBox.Yes | QMessageBox.No, self.native)
+        box.setDefaultButton(QMessageBox.No)
+        return box.exec_() == QMessageBox.Yes
+
+    def _rename_clicked(self, *_args) -> None:
+        from napari_unet.core.catalog import rename_model
+
+        name, new_name = self._chosen("Rename model"), self._rename_edit.value
+        if name is None:
+            return
+        try:
+            rename_model(name, new_name)
+        except (ValueError, OSError) as exc:
+            notify_error("Rename model", exc)
+            return
+        self.refresh()
+        self._manage_combo.value = new_name.strip()
+        self._rename_edit.value = ""
+        self.models_changed.emit()
+
+    def _delete_clicked(self, *_args) -> None:
+        from napari_unet.core.catalog import delete_model
+
+        name = self._chosen("Delete model")
+        if name is None or not self._ask_confirmation(f"Delete your model {name!r}? This cannot be undone."):
+            return
+        try:
+            delete_model(name)
+        except (ValueError, OSError) as exc:
+            notify_error("Delete model", exc)
+            return
+        self.refresh()
+        self.models_changed.emit()
+
+    def _export_clicked(self, *_args) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        name = self._chosen("Export model")
+        if name is None:
+            return
+        path, _ = QFileDialog.getSaveFileName(self.native, "Export model", f"{name}.pt", "Models (*.pt)")
+        if path:
+            self.export_model(path)
+
+    def export_model(self, destination: str | Path, name: str | None = None) -> Path | None:
+        """Copy the chosen model (or the model ``name``) to ``destination``; returns the file written."""
+        from napari_unet.core.catalog import export_model, find_model
+
+        chosen = name is None  # the user's model chosen in the list, or any model by name
+        name = self._manage_combo.value if chosen else name
+        try:
+            written = export_model(find_model(name, user_only=True).path if chosen else name, destination)
+        except (ValueError, OSError) as exc:
+            notify_error("Export model", exc)
+            return None
+        notify_info(f"Exported {name!r} to {written}.")
+        return written

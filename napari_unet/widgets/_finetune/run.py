@@ -1,0 +1,214 @@
+"""The run panel: Start / Stop, progress, status, the best score so far and the live curves.
+
+Training runs :func:`napari_unet.widgets._training_job.train_and_save` in a napari thread
+worker: its progress events come back through ``yielded`` (progress bar, time left, curves)
+while the viewer stays usable, and its :class:`~napari_unet.widgets._training_job.TrainingResult`
+through ``returned``. A model that could not be saved is kept for "Save again".
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from magicgui.widgets import Container, Label, ProgressBar, PushButton
+from psygnal import Signal
+
+from .._base import format_seconds, notify_error, notify_info, one_line
+from .._examples import Example
+from .._training_job import TrainingResult, train_and_save
+from .curves import LiveCurves
+
+log = logging.getLogger(__name__)
+
+
+def _kept_weights(metadata: dict) -> str:
+    """One sentence on which weights were kept and why (from the fine-tuning metadata)."""
+    training = metadata.get("training") or {}
+    step = training.get("selected_step")
+    if step is None:
+        return ""
+    if training.get("selected") == "latest":
+        why = "no object was held out for validation" if training.get("n_val_objects") == 0 else "as asked"
+        return f"Kept the latest weights ({why})."
+    if step == 0:
+        return "Kept the starting weights: no step did better on the held-out part."
+    by = "validation loss" if training.get("selection_metric") == "loss" else "validation AP@0.5"
+    return f"Kept the weights of step {step} (best {by})."
+
+
+class TrainingRunPanel(Container):
+    """Start, Stop, Progress, Status, Best, Device, Save again; it feeds ``curves``.
+
+    The owner places ``curves.canvas`` (below this panel in the Fine-tune widget).
+
+    Signals
+    -------
+    start_requested()
+        Start was pressed (the owner checks the inputs and calls :meth:`launch`).
+    running_changed(bool)
+        A run started (True) or ended (False).
+    saved(str)
+        Path of a model this panel saved.
+    """
+
+    start_requested = Signal()
+    running_changed = Signal(bool)
+    saved = Signal(str)
+
+    def __init__(self, curves: LiveCurves) -> None:
+        super().__init__(labels=True)
+        self.curves = curves
+        self._worker = None
+        self._stop_event: threading.Event | None = None
+        self._run_started = 0.0
+        self._pending: TrainingResult | None = None
+        self._last_result: TrainingResult | None = None
+        self._start_button = PushButton(text="Start")
+        self._stop_button = PushButton(text="Stop", enabled=False)
+        self._progress = ProgressBar(label="Progress", min=0, max=1000, value=0)
+        self._status = Label(label="Status", value="Correct some slices, then Start.")
+        self._best_label = Label(label="Best", value="–")
+        self._device_label = Label(label="Device", value="")
+        for label in (self._status, self._best_label):
+            label.native.setWordWrap(True)
+        self._save_again_button = PushButton(text="Save again", visible=False)
+        self.extend([
+            self._start_button, self._stop_button, self._progress, self._status, self._best_label,
+            self._device_label, self._save_again_button,
+        ])
+
+        self._start_button.changed.connect(lambda *_: self.start_requested.emit())
+        self._stop_button.changed.connect(self.stop)
+        self._save_again_button.changed.connect(self._save_again)
+        self.native.destroyed.connect(self._on_destroyed)
+
+    @property
+    def is_running(self) -> bool:
+        return self._worker is not None
+
+    def set_status(self, text: str) -> None:
+        self._status.value = text
+
+    def show_device(self, choice: str | None) -> None:
+        """Say which device ``choice`` (None = auto) means on this machine."""
+        try:
+            from napari_unet.core.device import describe_device, select_device
+
+            self._device_label.value = describe_device(select_device(choice))
+        except Exception as exc:  # a broken torch install must not break the widget
+            self._device_label.value = f"unknown ({one_line(exc)})"
+
+    # ------------------------------------------------------------------ run
+    def launch(self, base_path: str, examples: list[Example], target: Path, *, name: str,
+               settings: dict[str, Any]) -> None:
+        """Fine-tune ``base_path`` on ``examples`` in a thread worker; save the result to ``target``."""
+        self._stop_event = threading.Event()
+        self.curves.clear()
+        self._run_started = time.perf_counter()
+        self._pending = None
+        self._save_again_button.visible = False
+        self._progress.value = 0
+        self._best_label.value = "–"
+        self._status.value = f"Fine-tuning on {len(examples)} example(s)…"
+        self._set_running(True)
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(
+            train_and_save, base_path, examples, target, name=name, settings=settings, stop=self._stop_event,
+            _start_thread=False, _ignore_errors=True,
+        )
+        worker.yielded.connect(self._on_yielded)
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        worker.start()
+
+    def stop(self, *_args) -> None:
+        """Ask the training to stop after the current step; the best model so far is kept."""
+        if self._stop_event is not None and self._worker is not None:
+            self._stop_event.set()
+            self._status.value = "Stopping after this step…"
+            self._stop_button.enabled = False
+
+    def _set_running(self, running: bool) -> None:
+        self._start_button.enabled = not running
+        self._stop_button.enabled = running
+        self.running_changed.emit(running)
+
+    def _on_destroyed(self, *_args) -> None:
+        if self._stop_event is not None:
+            self._stop_event.set()
+
+    # ------------------------------------------------------------------ worker signals
+    def _on_yielded(self, event: Any) -> None:
+        from napari_unet.core.events import TrainStep, Validation
+
+        if isinstance(event, TrainStep):
+            self.curves.add_step(event.step, event.loss)
+            self._progress.value = int(round(1000 * min(1.0, max(0.0, event.fraction))))
+            total = f"/{event.total_steps}" if event.total_steps else ""
+            left = format_seconds(event.eta)
+            self._status.value = f"step {event.step}{total}, loss {event.loss:.3f}" + (f" — {left} left" if left else "")
+        elif isinstance(event, Validation):
+            self.curves.add_validation(event.step, event.ap50)
+            self._best_label.value = f"validation AP50 {event.best_ap50:.3f}" + (
+                f" (at step {event.step})" if event.is_best else f" (now {event.ap50:.3f})")
+        self.curves.redraw()
+
+    def _on_returned(self, result: TrainingResult) -> None:
+        self._last_result = result
+        took = format_seconds(time.perf_counter() - self._run_started)
+        if result.model is None:
+            self._status.value = "Stopped before the first step; no model was saved."
+            notify_info("Fine-tuning stopped before the first step; no model was saved.")
+            return
+        if result.path is None:
+            self._pending = result
+            self._save_again_button.visible = True
+            self._status.value = "Trained, but the model could not be saved."
+            folder = result.target.parent if result.target is not None else "the model folder"
+            notify_error(
+                "Could not save the fine-tuned model",
+                f"{folder}: {one_line(result.save_error or 'unknown error')}. Free disk space or fix the "
+                "folder, then press 'Save again'.",
+            )
+            return
+        metric = result.model.metadata.get("val_ap50")
+        self._status.value = f"Saved {result.path.stem!r} after {result.steps} steps ({took}). " + _kept_weights(
+            result.model.metadata
+        )
+        notify_info(f"Fine-tuned model saved as {result.path.stem!r}.")
+        log.info("Saved fine-tuned model %s (metric %s)", result.path, metric)
+        self.saved.emit(str(result.path))
+
+    def _save_again(self, *_args) -> None:
+        result = self._pending
+        if result is None or result.target is None:
+            return
+        from napari_unet.core.checkpoint import save_model
+
+        try:
+            path = save_model(result.model, result.target)
+        except OSError as exc:
+            notify_error("Could not save the fine-tuned model", exc)
+            return
+        self._pending = None
+        self._save_again_button.visible = False
+        self._status.value = f"Saved {path.stem!r}."
+        self.saved.emit(str(path))
+
+    def _on_error(self, exc: BaseException) -> None:
+        notify_error("Fine-tuning failed", exc)
+        self._status.value = f"Failed: {one_line(exc)}"
+
+    def _on_finished(self) -> None:
+        self.curves.redraw(force=True)
+        self._set_running(False)
+        self._progress.value = self._progress.value if self._status.value.startswith("Failed") else 1000
+        self._worker = None
+        self._stop_event = None

@@ -1,0 +1,102 @@
+"""The training-settings panel: base model, new model name, steps, time budget and the rest.
+
+What is rarely changed (batch size, device, random seed) hides behind "Advanced".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEdit, SpinBox
+
+from .ui import collapsible
+
+
+
+def _model_choices(_widget=None) -> list[tuple[str, str]]:
+    from napari_unet.core.catalog import list_models
+
+    return [(e.label, str(e.path)) for e in list_models()]
+
+
+class TrainingSettingsPanel(Container):
+    """Base model, New model name, Steps, Time budget, Learning rate, Patch size, Augmentation."""
+
+    def __init__(self) -> None:
+        super().__init__(labels=True)
+        self._base_model = ComboBox(label="Base model", choices=_model_choices)
+        self._name = LineEdit(label="New model name")
+        self._steps = SpinBox(label="Steps", min=0, max=1_000_000, step=50, value=300,
+                              tooltip="Training steps (0 = only the time budget limits the run).")
+        self._time_budget = FloatSpinBox(label="Time budget (min)", min=0.0, max=24 * 60, step=1.0, value=0.0,
+                                         tooltip="Stop after this many minutes (0 = no limit); whichever comes first.")
+        self._lr = FloatSpinBox(label="Learning rate", min=1e-6, max=1.0, step=1e-4, value=1e-3,
+                                tooltip="Peak AdamW learning rate (warm-up, then cosine decay).")
+        self._lr.native.setDecimals(6)
+        self._patch_size = SpinBox(label="Patch size", min=32, max=1024, step=16, value=256)
+        self._augment = CheckBox(text="Augmentation (flips, rotations, intensity)", value=True)
+        self._batch_size = SpinBox(label="Batch size", min=1, max=64, value=4)
+        from napari_unet.core.device import DEVICE_CHOICES  # not at the top: no torch on import
+
+        self._device = ComboBox(label="Device", choices=list(DEVICE_CHOICES), value="auto")
+        self._seed = SpinBox(label="Random seed", min=0, max=2**31 - 1, value=0)
+        self.extend([
+            self._base_model, self._name, self._steps, self._time_budget, self._lr, self._patch_size, self._augment,
+        ])
+        self._advanced = Container(widgets=[self._batch_size, self._device, self._seed], labels=True)
+        self.native.layout().addWidget(collapsible("Advanced", self._advanced))
+
+        self._base_model.changed.connect(self.suggest_name)
+        self.suggest_name()
+
+    @property
+    def base_model_path(self) -> str | None:
+        """The file of the chosen base model (None when there is no model at all)."""
+        return self._base_model.value or None
+
+    @property
+    def model_name(self) -> str:
+        """The new model's name as typed (unchecked)."""
+        return str(self._name.value)
+
+    def device_choice(self) -> str | None:
+        """The chosen device, None for "auto"."""
+        value = self._device.value
+        return None if value in (None, "auto") else value
+
+    def training_settings(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`napari_unet.core.train.finetune` from the widgets."""
+        steps = int(self._steps.value)
+        minutes = float(self._time_budget.value)
+        if steps <= 0 and minutes <= 0:
+            raise ValueError("set a number of steps or a time budget (both are 0).")
+        return {
+            "steps": steps if steps > 0 else None,
+            "time_budget": minutes * 60.0 if minutes > 0 else None,
+            "lr": float(self._lr.value),
+            "patch_size": int(self._patch_size.value),
+            "batch_size": int(self._batch_size.value),
+            "augment": bool(self._augment.value),
+            "device": self.device_choice(),
+            "seed": int(self._seed.value),
+        }
+
+    def refresh_models(self, *_args) -> None:
+        """Reload the base-model list, keeping the chosen model when it is still there."""
+        current = self._base_model.value
+        self._base_model.reset_choices()
+        if current in [v for _l, v in _model_choices()]:
+            self._base_model.value = current
+
+    def suggest_name(self, *_args) -> None:
+        """Fill in a free name derived from the base model ("nuclei-tuned", "nuclei-tuned-2", ...)."""
+        from napari_unet.core.catalog import suggest_model_name
+
+        path = self._base_model.value
+        self._name.value = suggest_model_name(Path(path).stem if path else "model")
+
+    def set_running(self, running: bool) -> None:
+        """While training runs, the base model and the name cannot change."""
+        self._base_model.enabled = not running
+        self._name.enabled = not running

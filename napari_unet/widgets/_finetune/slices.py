@@ -1,0 +1,159 @@
+"""The corrected-slices panel: which image and masks layer to learn from, and which slices.
+
+The user corrects masks in "<image> masks" (brush, eraser, fill, polygon, undo); each changed
+plane is recorded by :class:`~napari_unet.widgets._corrections.CorrectedSlices` and listed
+here. A plane can be marked correct without editing, unmarked, or jumped to.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import ComboBox, Container, Label, PushButton, Select
+from napari.layers import Image, Labels
+
+from .._base import current_plane_index, notify_error
+from .._corrections import CorrectedSlices, format_plane
+from .._examples import Example, examples_from_layers
+from .ui import layer_choices
+
+if TYPE_CHECKING:
+    import napari
+
+
+class CorrectedSlicesPanel(Container):
+    """Image, Masks, the corrected slices and Mark / Unmark / Go to."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=True)
+        self._viewer = viewer
+        self._tracker: CorrectedSlices | None = None
+        self._image_combo = ComboBox(label="Image", choices=lambda _w=None: layer_choices(viewer, Image))
+        self._labels_combo = ComboBox(label="Masks", choices=lambda _w=None: layer_choices(viewer, Labels),
+                                      tooltip="The Labels layer you correct; its changed slices are the examples.")
+        self._corrected_info = Label(label="Corrected", value="")
+        self._corrected_info.native.setWordWrap(True)
+        self._corrected_list = Select(label="Slices", choices=self._corrected_choices)
+        self._corrected_list.native.setMaximumHeight(110)
+        self._mark_button = PushButton(text="Mark current slice as correct")
+        self._unmark_button = PushButton(text="Unmark selected")
+        self._jump_button = PushButton(text="Go to selected")
+        self.extend([
+            self._image_combo, self._labels_combo, self._corrected_info, self._corrected_list,
+            self._mark_button, self._unmark_button, self._jump_button,
+        ])
+
+        self._image_combo.changed.connect(self._on_image_changed)
+        self._labels_combo.changed.connect(self._on_labels_changed)
+        self._mark_button.changed.connect(self.mark_current_slice)
+        self._unmark_button.changed.connect(self.unmark_selected)
+        self._jump_button.changed.connect(self.jump_to_selected)
+        for event in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.moved):
+            event.connect(self._on_layers_changed)
+        self._on_image_changed()
+        self._on_labels_changed()
+
+    # ------------------------------------------------------------------ layers
+    @property
+    def corrections(self) -> CorrectedSlices | None:
+        """The tracker of the chosen masks layer."""
+        return self._tracker
+
+    def _corrected_choices(self, _widget=None) -> list[tuple[str, Any]]:
+        if self._tracker is None:
+            return []
+        return [(format_plane(p), p) for p in self._tracker.planes]
+
+    def _on_layers_changed(self, event: Any = None) -> None:
+        self._image_combo.reset_choices()
+        self._labels_combo.reset_choices()
+        # a new "<image> masks" layer (e.g. made by the Segment widget) is the one to correct
+        added = getattr(event, "value", None) if getattr(event, "type", "") == "inserted" else None
+        image = self._image_combo.value
+        if added is not None and image is not None and getattr(added, "name", None) == f"{image.name} masks":
+            self._on_image_changed()
+
+    def _on_image_changed(self, *_args) -> None:
+        """Select "<image> masks" when it exists."""
+        image = self._image_combo.value
+        if image is None:
+            return
+        wanted = f"{image.name} masks"
+        for name, layer in layer_choices(self._viewer, Labels):
+            if name == wanted:
+                self._labels_combo.value = layer
+                break
+
+    def _on_labels_changed(self, *_args) -> None:
+        layer = self._labels_combo.value
+        if self._tracker is not None:
+            try:
+                self._tracker.changed.disconnect(self._update_corrected)
+            except (ValueError, RuntimeError):
+                pass
+        self._tracker = CorrectedSlices.for_layer(layer) if layer is not None else None
+        if self._tracker is not None:
+            self._tracker.changed.connect(self._update_corrected)
+        self._update_corrected()
+
+    def _update_corrected(self, *_args) -> None:
+        planes = self._tracker.planes if self._tracker is not None else []
+        if not planes:
+            self._corrected_info.value = "none yet: correct masks or mark a slice"
+        else:
+            shown = ", ".join(format_plane(p) for p in planes[:6]) + (" …" if len(planes) > 6 else "")
+            self._corrected_info.value = f"{len(planes)}: {shown}"
+        selected = [p for p in (self._corrected_list.value or []) if p in planes]
+        self._corrected_list.native.clear()  # rebuild so that the list stays sorted
+        self._corrected_list.reset_choices()
+        if selected:
+            self._corrected_list.value = selected
+
+    # ------------------------------------------------------------------ actions
+    def mark_current_slice(self, *_args) -> None:
+        """Mark the slice shown now as correct (a training example) without editing it."""
+        layer = self._labels_combo.value
+        if layer is None or self._tracker is None:
+            notify_error("Mark slice", "choose a masks (Labels) layer first.")
+            return
+        self._tracker.mark(current_plane_index(self._viewer, layer))
+
+    def unmark_selected(self, *_args) -> None:
+        """Take the selected slices off the list (their masks stay as they are)."""
+        if self._tracker is None:
+            return
+        for plane in list(self._corrected_list.value or []):
+            self._tracker.unmark(plane)
+
+    def jump_to_selected(self, *_args) -> None:
+        """Show the first selected slice."""
+        selected = list(self._corrected_list.value or [])
+        if selected:
+            self.jump_to(selected[0])
+
+    def jump_to(self, plane: tuple[int, ...]) -> None:
+        """Show ``plane`` of the masks layer in the viewer (sets the dims sliders)."""
+        layer = self._labels_combo.value
+        if layer is None or not plane:
+            return
+        offset = self._viewer.dims.ndim - layer.ndim
+        for axis, index in enumerate(plane):
+            world = float(layer.translate[axis]) + float(layer.scale[axis]) * int(index)
+            self._viewer.dims.set_point(axis + offset, world)
+
+    # ------------------------------------------------------------------ examples
+    def examples(self) -> list[Example]:
+        """The corrected planes of the chosen image as training examples (unchecked).
+
+        Raises
+        ------
+        ValueError
+            Slices are corrected but no image is chosen, or the layers do not match.
+        """
+        planes = self._tracker.planes if self._tracker is not None else []
+        if not planes:
+            return []
+        image = self._image_combo.value
+        if image is None:
+            raise ValueError("choose the image whose masks you corrected.")
+        return examples_from_layers(image, self._labels_combo.value, planes)

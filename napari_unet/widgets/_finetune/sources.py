@@ -1,0 +1,136 @@
+"""The extra-examples panel: training examples beyond the corrected slices.
+
+They come from other image/labels layer pairs (read when training starts, so later edits
+count) or from folders of image and label files (read when added).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, Select
+from napari.layers import Image, Labels
+
+from .._base import notify_error, notify_info
+from .._corrections import CorrectedSlices
+from .._examples import (
+    Example,
+    FolderSource,
+    LayerPairSource,
+    _check_pair_shapes,
+    as_label_plane,
+    examples_from_folders,
+    examples_from_layers,
+)
+from .ui import layer_choices
+
+if TYPE_CHECKING:
+    import napari
+
+
+class ExtraExamplesPanel(Container):
+    """Other image + its labels ("Add layer pair"), image + label folders ("Add folders")."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=True)
+        self._viewer = viewer
+        self._extra_sources: list[LayerPairSource | FolderSource] = []
+        self._extra_image_combo = ComboBox(label="Other image", choices=lambda _w=None: layer_choices(viewer, Image))
+        self._extra_labels_combo = ComboBox(label="Its labels",
+                                            choices=lambda _w=None: layer_choices(viewer, Labels, Image),
+                                            tooltip="A Labels layer, or an Image layer holding label ids.")
+        self._add_pair_button = PushButton(text="Add layer pair")
+        self._image_folder = FileEdit(label="Image folder", mode="d")
+        self._labels_folder = FileEdit(label="Label folder", mode="d")
+        self._add_folder_button = PushButton(text="Add folders")
+        self._extra_list = Select(label="Extra examples", choices=self._extra_choices)
+        self._extra_list.native.setMaximumHeight(80)
+        self._remove_extra_button = PushButton(text="Remove selected examples")
+        self.extend([
+            self._extra_image_combo, self._extra_labels_combo, self._add_pair_button,
+            self._image_folder, self._labels_folder, self._add_folder_button,
+            self._extra_list, self._remove_extra_button,
+        ])
+
+        self._add_pair_button.changed.connect(self._add_pair_clicked)
+        self._add_folder_button.changed.connect(self._add_folder_clicked)
+        self._remove_extra_button.changed.connect(self._remove_extra_clicked)
+        for event in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.moved):
+            event.connect(self._on_layers_changed)
+
+    def _extra_choices(self, _widget=None) -> list[tuple[str, int]]:
+        return [(src.description, i) for i, src in enumerate(self._extra_sources)]
+
+    def _on_layers_changed(self, *_args) -> None:
+        self._extra_image_combo.reset_choices()
+        self._extra_labels_combo.reset_choices()
+
+    # ------------------------------------------------------------------ adding and removing
+    def _add_pair_clicked(self, *_args) -> None:
+        image, labels = self._extra_image_combo.value, self._extra_labels_combo.value
+        if image is None or labels is None:
+            notify_error("Add examples", "choose an image layer and a labels layer first.")
+            return
+        try:
+            self.add_layer_pair(image, labels)
+        except ValueError as exc:
+            notify_error("Add examples", exc)
+
+    def add_layer_pair(self, image: Any, labels: Any) -> None:
+        """Use another image/labels layer pair as extra examples (checked now, read at Start)."""
+        if labels is image:
+            raise ValueError("choose two different layers: an image and its labels.")
+        _check_pair_shapes(image, labels)
+        as_label_plane(labels.data[(0,) * (labels.ndim - 2)] if labels.ndim > 2 else labels.data,
+                       f"{labels.name!r}")
+        source = LayerPairSource(image.name, labels.name)
+        if any(isinstance(s, LayerPairSource) and s == source for s in self._extra_sources):
+            return
+        self._extra_sources.append(source)
+        self._extra_list.reset_choices()
+
+    def _add_folder_clicked(self, *_args) -> None:
+        try:
+            self.add_example_folders(self._image_folder.value, self._labels_folder.value)
+        except (ValueError, OSError) as exc:
+            notify_error("Add examples", exc)
+
+    def add_example_folders(self, image_dir: str | Path, labels_dir: str | Path) -> int:
+        """Read image/label file pairs from two folders as extra examples; returns how many."""
+        if not str(image_dir).strip() or str(image_dir) == "." or not str(labels_dir).strip():
+            raise ValueError("choose an image folder and a label folder first.")
+        examples = examples_from_folders(image_dir, labels_dir)
+        self._extra_sources.append(FolderSource(Path(image_dir), Path(labels_dir), examples))
+        self._extra_list.reset_choices()
+        notify_info(f"Added {len(examples)} examples from {Path(image_dir).name}/.")
+        return len(examples)
+
+    def _remove_extra_clicked(self, *_args) -> None:
+        chosen = set(self._extra_list.value or [])
+        self._extra_sources = [s for i, s in enumerate(self._extra_sources) if i not in chosen]
+        self._extra_list.reset_choices()
+
+    # ------------------------------------------------------------------ examples
+    def examples(self) -> list[Example]:
+        """The examples of every extra source, in the order they were added (unchecked).
+
+        Raises
+        ------
+        ValueError
+            A layer of a pair was removed, or its layers no longer match.
+        """
+        examples: list[Example] = []
+        layers = self._viewer.layers
+        for source in self._extra_sources:
+            if isinstance(source, FolderSource):
+                examples += source.examples
+                continue
+            if source.image_name not in layers or source.labels_name not in layers:
+                raise ValueError(f"{source.description}: a layer was removed; remove this extra source.")
+            extra_labels = layers[source.labels_name]
+            extra_planes = None
+            if extra_labels.metadata.get("napari_unet_corrected"):
+                extra_planes = CorrectedSlices.for_layer(extra_labels).planes
+            examples += examples_from_layers(layers[source.image_name], extra_labels, extra_planes)
+        return examples

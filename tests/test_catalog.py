@@ -1,0 +1,153 @@
+"""The model catalog on real model files: the built-in model and copies of it in the user's
+folder (a fresh temporary folder per test, see conftest)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from napari_unet.cli import main
+from napari_unet.core import catalog, checkpoint
+from napari_unet.core.catalog import (
+    ModelEntry,
+    builtin_models_dir,
+    check_models_dir_writable,
+    delete_model,
+    export_model,
+    find_model,
+    list_models,
+    rename_model,
+    resolve_model_path,
+    suggest_model_name,
+    user_models,
+    user_models_dir,
+)
+from napari_unet.core.checkpoint import ModelFileError, read_model_file, read_model_metadata
+
+BUILTIN = builtin_models_dir() / "nuclei.pt"
+
+
+@pytest.fixture
+def mine() -> Path:
+    """The built-in model copied into the user's folder as "mine"."""
+    folder = user_models_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copyfile(BUILTIN, folder / "mine.pt"))
+
+
+def test_list_find_and_resolve(mine):
+    entries = list_models()
+    assert entries[0] == ModelEntry("nuclei", BUILTIN, True)  # the default first
+    assert entries[-1] == ModelEntry("mine", mine, False)
+    assert user_models() == [entries[-1]]
+    assert [e.label for e in (entries[0], entries[-1])] == ["nuclei", "mine (yours)"]
+    assert find_model("mine").path == mine
+    with pytest.raises(ModelFileError, match=r"No model named 'nuclei'\. Known models: mine\."):
+        find_model("nuclei", user_only=True)
+
+    assert resolve_model_path(None) == BUILTIN
+    assert resolve_model_path("mine") == mine
+    assert resolve_model_path(str(mine)) == mine
+    with pytest.raises(ModelFileError, match="Model file not found"):
+        resolve_model_path(mine.with_name("gone.pt"))
+    with pytest.raises(ModelFileError, match=r"No model named 'nope'\. Known models: nuclei.*mine"):
+        resolve_model_path("nope")
+
+
+def test_checkpoint_still_exports_the_catalog_names():
+    for name in ("list_models", "resolve_model_path", "user_model_path", "check_model_name", "MODEL_SUFFIX",
+                 "DEFAULT_MODEL_NAME", "ModelEntry", "builtin_models_dir", "user_models_dir"):
+        assert getattr(checkpoint, name) is getattr(catalog, name), name
+    with pytest.raises(AttributeError):
+        checkpoint.no_such_name  # noqa: B018
+
+
+def test_rename_moves_the_file_and_the_stored_name(mine):
+    weights = read_model_file(mine).net.state_dict()
+    new = rename_model("mine", "  my cells v2 ")
+    assert new == user_models_dir() / "my cells v2.pt"
+    assert not mine.exists() and [e.name for e in user_models()] == ["my cells v2"]
+    assert read_model_metadata(new)["name"] == "my cells v2"
+    again = read_model_file(new).net.state_dict()
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
+    assert rename_model("my cells v2", "my cells v2") == new  # same name: nothing to do
+
+    shutil.copyfile(BUILTIN, mine)
+    with pytest.raises(ValueError, match="already exists"):
+        rename_model("mine", "my cells v2")
+    with pytest.raises(ValueError, match="is not usable"):
+        rename_model("mine", "bad/name")
+    with pytest.raises(ValueError, match="name of a built-in model"):
+        rename_model("mine", "nuclei")
+    with pytest.raises(ValueError, match="built-in models cannot be renamed"):
+        rename_model("nuclei", "other")
+    with pytest.raises(ModelFileError, match="No model named 'ghost'"):
+        rename_model("ghost", "other")
+    assert sorted(p.name for p in user_models_dir().iterdir()) == ["mine.pt", "my cells v2.pt"]
+
+
+def test_delete_only_the_users_models(mine):
+    before = BUILTIN.read_bytes()
+    with pytest.raises(ValueError, match="built-in models cannot be deleted"):
+        delete_model("nuclei")
+    assert BUILTIN.read_bytes() == before
+    assert delete_model("mine") == mine
+    assert not mine.exists() and user_models() == []
+    with pytest.raises(ModelFileError, match="No model named 'mine'"):
+        delete_model("mine")
+
+
+def test_export_to_a_file_or_a_folder(mine, tmp_path):
+    out = export_model("mine", tmp_path / "shared copy")
+    assert out == tmp_path / "shared copy.pt" and out.read_bytes() == mine.read_bytes()
+    assert export_model("nuclei", tmp_path) == tmp_path / "nuclei.pt"  # built-in models too
+    assert (tmp_path / "nuclei.pt").read_bytes() == BUILTIN.read_bytes()
+    out.write_bytes(b"an older file")
+    assert export_model(mine, out) == out and out.read_bytes() == mine.read_bytes()  # replaced
+    with pytest.raises(ValueError, match="that is the model file itself"):
+        export_model("mine", user_models_dir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nuclei.pt", "shared copy.pt"]  # no temp files
+
+
+def test_new_names_and_the_model_folder(mine, tmp_path, monkeypatch):
+    assert suggest_model_name("nuclei") == "nuclei-tuned"
+    shutil.copyfile(BUILTIN, user_models_dir() / "nuclei-tuned.pt")
+    assert suggest_model_name("nuclei") == "nuclei-tuned-2"
+    assert suggest_model_name("nuclei-tuned") == "nuclei-tuned-2"
+    assert suggest_model_name("") == "model-tuned"
+
+    assert check_models_dir_writable() == user_models_dir()
+    assert sorted(p.name for p in user_models_dir().iterdir()) == ["mine.pt", "nuclei-tuned.pt"]
+    blocker = tmp_path / "a file"
+    blocker.write_text("where the model folder should be")
+    monkeypatch.setenv("NAPARI_UNET_MODELS", str(blocker / "models"))
+    with pytest.raises(OSError, match="cannot be written.*NAPARI_UNET_MODELS"):
+        check_models_dir_writable()
+
+
+def test_cli_lists_models_from_their_metadata(mine, capsys):
+    """Rows come from the metadata alone: a file whose weights are damaged is still listed with
+    its score (the network is never built), a file that is no model at all is "broken"."""
+    data = torch.load(mine, weights_only=True)
+    data["state_dict"].popitem()
+    data["metadata"]["val_ap50"] = 0.5
+    torch.save(data, mine)
+    with pytest.raises(ModelFileError, match="damaged"):
+        read_model_file(mine)
+    (user_models_dir() / "junk.pt").write_bytes(b"not a model")
+
+    assert main(["models", "--json"]) == 0
+    import json
+
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["mine"]["val_ap50"] == 0.5 and rows["mine"]["error"] is None and rows["mine"]["kind"] == "user"
+    assert rows["nuclei"]["kind"] == "builtin" and rows["nuclei"]["val_ap50"] is not None
+    assert rows["junk"]["error"] and "not a napari-unet model" in rows["junk"]["error"]
+    assert main(["models"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert [line.split()[:3] for line in table[1:4]] == [["nuclei", "builtin", f"{rows['nuclei']['val_ap50']:.3f}"],
+                                                          ["junk", "user", "broken"], ["mine", "user", "0.500"]]
+    assert table[-1] == f"user model folder: {user_models_dir()}"
