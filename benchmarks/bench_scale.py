@@ -49,6 +49,7 @@ def rescaled(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[np.n
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=None, help="first N images (by id)")
+    parser.add_argument("--model", default=None, help="model name or file (default: the built-in model)")
     parser.add_argument("--factors", type=float, nargs="+", default=[0.5, 1, 2, 3, 4])
     args = parser.parse_args()
 
@@ -60,7 +61,7 @@ def main() -> None:
     from napari_unet.core.scale import median_diameter
 
     torch.set_num_threads(os.cpu_count() or 1)
-    model = load_model(device="cpu")
+    model = load_model(args.model, device="cpu")
     pairs = load(args.limit)
     print(f"napari-unet bench_scale  {time.strftime('%Y-%m-%d')}  {platform.processor() or platform.machine()}"
           f"  {os.cpu_count()} cores  torch {torch.__version__}")

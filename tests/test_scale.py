@@ -196,3 +196,34 @@ def test_widget_diameter_field(make_napari_viewer, qtbot, dsb_val_fluo, notifica
     masks.selected_label = int(np.bincount(masks.data.ravel())[1:].argmax()) + 1
     w.diameter_from_selected_label()
     assert float(w._diameter.value) > 3
+
+
+# ------------------------------------------------------------------ training at the model's scale
+def test_training_examples_are_brought_to_the_models_object_size(data_dir):
+    from napari_unet.core.examples import prepare_examples
+
+    model = load_model(device="cpu")
+    image = tifffile.imread(data_dir / "c2c12_timelapse" / "images.tif", key=0)
+    labels = tifffile.imread(data_dir / "c2c12_timelapse" / "labels.tif", key=0).astype(np.int32)
+    (example,) = prepare_examples(model, [image], [labels])
+    truth = median_diameter(labels)
+    assert truth > model.object_size.high  # whole cells: larger than the nuclei the model knows
+    assert example.scale == pytest.approx(model.object_size.scale_for(truth))
+    assert example.labels.shape == tuple(round(s * example.scale) for s in labels.shape)
+    assert median_diameter(example.labels) == pytest.approx(truth * example.scale, rel=0.1)
+    assert set(np.unique(example.labels)) <= set(np.unique(labels))  # ids kept, none invented
+
+
+def test_a_model_trained_from_scratch_records_its_training_diameter(dsb_fluo_crop):
+    from napari_unet.core.checkpoint import SegmentationModel
+    from napari_unet.core.events import run_to_end
+    from napari_unet.core.model import UNet
+    from napari_unet.core.train import finetune
+
+    image, labels = dsb_fluo_crop
+    net = UNet(in_channels=1, n_classes=3, base_width=4, depth=3, padding="same", norm="batch")
+    fresh = SegmentationModel(net, "bg-interior-boundary", metadata={"name": "fresh"})
+    assert fresh.diameter is None
+    model = run_to_end(finetune(fresh, [image], [labels], steps=2, patch_size=64, batch_size=2, from_scratch=True))
+    assert model.metadata["training_diameter"] == pytest.approx(median_diameter(labels), rel=0.01)
+    assert model.diameter == pytest.approx(median_diameter(labels), rel=0.01)

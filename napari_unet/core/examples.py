@@ -31,6 +31,7 @@ class TrainingExample:
     image: np.ndarray  # (C, H, W) float32 normalised
     labels: np.ndarray  # (H, W) int32
     source: int  # index of the input plane
+    scale: float = 1.0  # factor the plane was rescaled by to reach the model's object size
 
 
 def _as_list(images: Any, labels: Any) -> tuple[list, list]:
@@ -48,7 +49,8 @@ def _as_list(images: Any, labels: Any) -> tuple[list, list]:
 def prepare_examples(
     model: SegmentationModel, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], what: str = "training"
 ) -> list[TrainingExample]:
-    """Check image/label pairs and normalise the images the way prediction does.
+    """Check image/label pairs, bring them to the model's object size (see :func:`at_model_scale`)
+    and normalise the images the way prediction does.
 
     Raises
     ------
@@ -76,9 +78,26 @@ def prepare_examples(
                 f"Example {i + 1} is only {lab.shape} pixels; training needs planes of at least "
                 f"{MIN_PLANE_SIZE} x {MIN_PLANE_SIZE}."
             )
+        img, lab, scale = at_model_scale(model, img, lab)
         chw = prepare_plane(img, model.in_channels, model.normalization)
-        out.append(TrainingExample(chw, lab.astype(np.int32, copy=False), i))
+        out.append(TrainingExample(chw, lab.astype(np.int32, copy=False), i, scale))
     return out
+
+
+def at_model_scale(model: SegmentationModel, image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """An example rescaled so that its objects (median diameter from its own labels) have the size
+    the model segments at, as prediction rescales images (image linear, labels nearest)."""
+    from skimage.transform import resize
+
+    from .scale import median_diameter, resize_image, scaled_shape
+
+    size = model.object_size
+    scale = size.scale_for(median_diameter(labels)) if size is not None else 1.0
+    if scale == 1.0 or min(scaled_shape(labels.shape, scale)) < MIN_PLANE_SIZE:
+        return image, labels, 1.0
+    shape = scaled_shape(labels.shape, scale)
+    small = resize(labels, shape, order=0, preserve_range=True, anti_aliasing=False).astype(labels.dtype)
+    return resize_image(image, scale), small, scale
 
 
 def has_objects(examples: Sequence[TrainingExample]) -> bool:
@@ -126,11 +145,11 @@ def split_examples(
         keep = (slice(0, start) if start > 0 else slice(stop, None))
         take = slice(start, stop)
         if axis == 0:
-            train.append(TrainingExample(e.image[:, keep], e.labels[keep], e.source))
-            val.append(TrainingExample(e.image[:, take], e.labels[take], e.source))
+            train.append(TrainingExample(e.image[:, keep], e.labels[keep], e.source, e.scale))
+            val.append(TrainingExample(e.image[:, take], e.labels[take], e.source, e.scale))
         else:
-            train.append(TrainingExample(e.image[:, :, keep], e.labels[:, keep], e.source))
-            val.append(TrainingExample(e.image[:, :, take], e.labels[:, take], e.source))
+            train.append(TrainingExample(e.image[:, :, keep], e.labels[:, keep], e.source, e.scale))
+            val.append(TrainingExample(e.image[:, :, take], e.labels[:, take], e.source, e.scale))
     return train, val
 
 

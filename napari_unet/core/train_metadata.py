@@ -83,6 +83,10 @@ def trained_metadata(
         training_time_s=round(run.training_time, 2),
         device=device,
     )
+    if from_scratch and base.diameter is None:  # its object size: that of the objects it learnt from
+        from .calibrate import training_diameter
+
+        meta["training_diameter"] = round(training_diameter([e.labels for e in split.examples]), 2)
     rule, latest = tracker.rule, tracker.latest
     meta["training"] = {
         "selected": rule.select,
