@@ -233,6 +233,11 @@ class DiameterSearch:
         self.diameter = estimate
         wanted = self.size.scale_for(estimate)
         agrees = abs(wanted / scale - 1.0) <= SCALE_TOLERANCE
+        if agrees and len(self.passes) == 1 and at_scale > self.size.diameter:
+            # a first look at objects a little larger than the model's own can see pieces of much
+            # larger ones: confirm at the scale that brings them exactly to the model's diameter
+            wanted = float(np.clip(self.size.diameter / estimate, MIN_SCALE, MAX_SCALE))
+            agrees = False
         if agrees or len(self.passes) >= MAX_ESTIMATE_PASSES or self._tried(wanted):
             self._next = None
         else:
@@ -254,4 +259,4 @@ class DiameterSearch:
         return None
 
     def _tried(self, scale: float) -> bool:
-        return any(abs(s / scale - 1.0) <= SCALE_TOLERANCE for s, _d in self.passes)
+        return any(abs(s / scale - 1.0) <= 0.02 for s, _d in self.passes)
