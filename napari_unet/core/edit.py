@@ -173,19 +173,23 @@ def next_free_label(labels) -> int:
 
 def relabel_sequential(labels: np.ndarray) -> LabelEdit:
     """Renumber the objects 1..N in the order of their current ids (background stays 0)."""
-    from skimage.segmentation import relabel_sequential as _skimage_relabel
-
     labels = _check_labels(labels)
-    if labels.min(initial=0) < 0:
-        raise ValueError("Labels must not hold negative ids.")
-    # scikit-image's Cython code wants a writable buffer (it does not write to it)
-    source = labels if labels.flags.writeable else labels.copy()
-    renumbered, _forward, _inverse = _skimage_relabel(source)
-    renumbered = renumbered.astype(labels.dtype, copy=False)
+    ids, _sizes = _object_sizes(labels)
+    if ids.size == 0 or int(ids[-1]) == ids.size:
+        return _empty_edit(labels, f"the objects are already numbered 1 to {ids.size}")
+    table = _id_table(labels, ids)
+    if table is not None:
+        table[ids] = np.arange(1, ids.size + 1, dtype=labels.dtype)
+        renumbered = table[labels]
+    else:  # ids too sparse for a lookup table
+        from skimage.segmentation import relabel_sequential as _skimage_relabel
+
+        # scikit-image's Cython code wants a writable buffer (it does not write to it)
+        source = labels if labels.flags.writeable else labels.copy()
+        renumbered = _skimage_relabel(source)[0].astype(labels.dtype, copy=False)
     changed = renumbered != labels
     whole = tuple(slice(0, s) for s in labels.shape)
-    n = int(renumbered.max(initial=0))
-    return _edit(labels, whole, renumbered, changed, f"renumbered the objects 1 to {n}")
+    return _edit(labels, whole, renumbered, changed, f"renumbered the objects 1 to {ids.size}")
 
 
 # ---------------------------------------------------------------------- delete, merge
@@ -374,6 +378,100 @@ def _holes(crop: np.ndarray, label_id: int) -> np.ndarray:
     return ndi.binary_fill_holes(obj) & ~obj & (crop == 0)
 
 
+def _enclosed_background(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The background pixels cut off from the array's border, and the objects next to them.
+
+    Returns
+    -------
+    pixels : np.ndarray
+        (m,) flat indices into ``labels`` of the enclosed background pixels.
+    regions : np.ndarray
+        (m,) their background region (face-connected), numbered from 1.
+    pairs : np.ndarray
+        (k, 2) sorted unique (region, object id) pairs of face neighbours, int64.
+    """
+    labels = np.ascontiguousarray(labels)
+    regions, n = ndi.label(labels == 0)
+    outside = np.zeros(n + 1, dtype=bool)
+    outside[0] = True  # the objects themselves
+    for axis in range(labels.ndim):
+        for end in (0, -1):
+            outside[np.take(regions, end, axis=axis)] = True
+    flat = regions.ravel()
+    pixels = np.flatnonzero(~outside[flat])
+    regions = flat[pixels].astype(np.int64)
+    # an enclosed pixel is off the border, so its face neighbours are at +- one stride in the flat array
+    strides = [int(np.prod(labels.shape[a + 1 :])) for a in range(labels.ndim)]
+    flat_labels = labels.ravel()
+    found = []
+    for step in strides:
+        for offset in (step, -step):
+            neighbour = flat_labels[pixels + offset]
+            touch = neighbour != 0
+            found.append(np.stack([regions[touch], neighbour[touch].astype(np.int64)], axis=1))
+    pairs = np.concatenate(found) if found else np.zeros((0, 2), dtype=np.int64)
+    return pixels, regions, (np.unique(pairs, axis=0) if pairs.size else pairs)
+
+
+def _fill_every_hole(labels: np.ndarray) -> LabelEdit:
+    """Holes of every object, as many separate fills would find them, in a few passes.
+
+    A background region cut off from the border that touches one object only is a hole of that
+    object. One that touches several (the gap between touching cells, or a ring around an object
+    nested in another's hole) can only be a hole of an object whose box holds all the others: those
+    few objects are filled one by one. Nested objects win: they are written last.
+    """
+    pixels, regions, pairs = _enclosed_background(labels)
+    if pairs.size == 0:
+        return _empty_edit(labels, "no object has holes")
+    region_ids, first, counts = np.unique(pairs[:, 0], return_index=True, return_counts=True)
+    found = []  # (object id, box, holes in the box) of the objects filled one by one
+    in_multi = np.repeat(counts > 1, counts)  # pairs are sorted by region
+    if in_multi.any():
+        multi_pairs = pairs[in_multi]
+        objects = np.unique(multi_pairs[:, 1])
+        boxes = dict(_object_boxes(labels, only=objects.astype(labels.dtype)))
+        # (object, axis, start/stop) for each pair; a candidate's box holds the union of its group's boxes
+        corners = np.array([[(b.start, b.stop) for b in boxes[int(i)]] for i in multi_pairs[:, 1]])
+        group_starts = np.flatnonzero(np.r_[True, multi_pairs[1:, 0] != multi_pairs[:-1, 0]])
+        group_size = np.diff(np.r_[group_starts, len(multi_pairs)])
+        low = np.repeat(np.minimum.reduceat(corners[:, :, 0], group_starts, axis=0), group_size, axis=0)
+        high = np.repeat(np.maximum.reduceat(corners[:, :, 1], group_starts, axis=0), group_size, axis=0)
+        holds_all = np.all((corners[:, :, 0] <= low) & (corners[:, :, 1] >= high), axis=1)
+        for object_id in np.unique(multi_pairs[holds_all, 1]).tolist():
+            box = boxes[object_id]
+            holes = _holes(labels[box], object_id)
+            if holes.any():
+                found.append((object_id, box, holes))
+        found.sort(key=lambda item: -item[2].size)  # larger boxes first
+    # regions next to one object only: straight to that object
+    owner = np.zeros(int(region_ids.max()) + 1, dtype=np.int64)
+    single = counts == 1
+    owner[region_ids[single]] = pairs[first[single], 1]
+    direct_owner = owner[regions]
+    direct = np.unravel_index(pixels[direct_owner != 0], labels.shape)
+    direct_owner = direct_owner[direct_owner != 0].astype(labels.dtype)
+    boxes_all = [box for _id, box, _holes in found]
+    if direct_owner.size:
+        boxes_all.append(tuple(slice(int(c.min()), int(c.max()) + 1) for c in direct))
+    if not boxes_all:
+        return _empty_edit(labels, "no object has holes")
+    region = tuple(slice(min(b[a].start for b in boxes_all), max(b[a].stop for b in boxes_all))
+                   for a in range(labels.ndim))
+    values = labels[region].copy()
+    changed = np.zeros(values.shape, dtype=bool)
+    for object_id, box, holes in found:
+        local = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(box, region))
+        values[local][holes] = object_id
+        changed[local] |= holes
+    local = tuple(c - r.start for c, r in zip(direct, region))
+    values[local] = direct_owner  # written last: the most nested owner
+    changed[local] = True
+    filled = {int(i) for i, _b, _h in found} | set(np.unique(direct_owner).tolist())
+    return _edit(labels, region, values, changed,
+                 f"filled {int(changed.sum())} px of holes in {len(filled)} object(s)")
+
+
 def fill_holes(labels: np.ndarray, label_id: int | None = None) -> LabelEdit:
     """Give the background enclosed by an object that object's id.
 
@@ -397,26 +495,7 @@ def fill_holes(labels: np.ndarray, label_id: int | None = None) -> LabelEdit:
         n = int(holes.sum())
         message = f"filled {n} px of holes in object {label_id}" if n else f"object {label_id} has no holes"
         return _edit(labels, box, values, holes, message)
-    found = []  # (object id, box, holes in the box)
-    for object_id, box in _object_boxes(labels):
-        holes = _holes(labels[box], object_id)
-        if holes.any():
-            found.append((object_id, box, holes))
-    if not found:
-        return _empty_edit(labels, "no object has holes")
-    # larger boxes first: an object nested in another's hole fills its own holes last
-    found.sort(key=lambda item: -item[2].size)
-    region = tuple(
-        slice(min(f[1][a].start for f in found), max(f[1][a].stop for f in found)) for a in range(labels.ndim)
-    )
-    values = labels[region].copy()
-    changed = np.zeros(values.shape, dtype=bool)
-    for object_id, box, holes in found:
-        local = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(box, region))
-        values[local][holes] = object_id
-        changed[local] |= holes
-    message = f"filled {int(changed.sum())} px of holes in {len(found)} object(s)"
-    return _edit(labels, region, values, changed, message)
+    return _fill_every_hole(labels)
 
 
 def remove_small(labels: np.ndarray, min_size: int) -> LabelEdit:
@@ -429,7 +508,12 @@ def remove_small(labels: np.ndarray, min_size: int) -> LabelEdit:
     small = ids[sizes < min_size]
     if small.size == 0:
         return _empty_edit(labels, f"no object under {min_size} px")
-    mask = np.isin(labels, small)
+    table = _id_table(labels, ids, dtype=bool)
+    if table is not None:
+        table[small] = True
+        mask = table[labels]
+    else:
+        mask = np.isin(labels, small)
     box = bounding_box(mask)
     assert box is not None
     values = labels[box].copy()
@@ -437,12 +521,16 @@ def remove_small(labels: np.ndarray, min_size: int) -> LabelEdit:
     return LabelEdit(box, values, f"removed {small.size} object(s) under {min_size} px")
 
 
+#: Ids up to this many times the number of pixels are counted and mapped with lookup tables.
+_DENSE_IDS = 4
+
+
 def _object_sizes(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ids in use (background excluded) and their pixel counts."""
+    """Ids in use (sorted, background excluded) and their pixel counts."""
     if labels.size == 0:
         return np.zeros(0, dtype=labels.dtype), np.zeros(0, dtype=np.intp)
     low, high = int(labels.min()), int(labels.max())
-    if low >= 0 and high <= 4 * labels.size:  # one counting pass
+    if low >= 0 and high <= _DENSE_IDS * labels.size:  # one counting pass
         counts = np.bincount(labels.ravel(), minlength=high + 1)
         ids = np.flatnonzero(counts)
         ids = ids[ids != 0]
@@ -452,9 +540,23 @@ def _object_sizes(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ids[keep], counts[keep]
 
 
-def _object_boxes(labels: np.ndarray) -> list[tuple[int, Region]]:
-    """(id, bounding box) of every object."""
-    if labels.size and labels.min() >= 0 and labels.max() <= 4 * labels.size:  # one pass
-        return [(i + 1, b) for i, b in enumerate(ndi.find_objects(labels)) if b is not None]
-    ids, _sizes = _object_sizes(labels)
+def _dense(labels: np.ndarray, ids: np.ndarray) -> bool:
+    """True when ids (sorted) are few and small enough to index a lookup table."""
+    return not ids.size or (int(ids[0]) >= 0 and int(ids[-1]) <= _DENSE_IDS * labels.size)
+
+
+def _id_table(labels: np.ndarray, ids: np.ndarray, dtype: np.dtype | type | None = None) -> np.ndarray | None:
+    """A zero lookup table indexed by id (``table[labels]`` maps every pixel), or None when the
+    ids (sorted, all those of ``labels``) are negative or too sparse for one."""
+    if not _dense(labels, ids):
+        return None
+    return np.zeros(int(ids[-1]) + 1 if ids.size else 1, dtype=dtype or labels.dtype)
+
+
+def _object_boxes(labels: np.ndarray, only: np.ndarray | None = None) -> list[tuple[int, Region]]:
+    """(id, bounding box) of every object (or of the ids in ``only``)."""
+    ids, _sizes = _object_sizes(labels) if only is None else (only, None)
+    if _dense(labels, ids):  # one pass (ids outside 1..max_label are ignored)
+        boxes = ndi.find_objects(labels, max_label=int(ids[-1]) if ids.size else 0)
+        return [(int(i), boxes[int(i) - 1]) for i in ids if boxes[int(i) - 1] is not None]
     return [(int(i), _object(labels, int(i))[0]) for i in ids]
