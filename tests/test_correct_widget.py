@@ -46,20 +46,12 @@ def pixels(labels: np.ndarray, label: int) -> np.ndarray:
     return np.argwhere(labels == label)
 
 
-def inside(labels: np.ndarray, label: int) -> tuple[int, int]:
-    """A pixel well inside the object: the one farthest from its edge."""
-    from scipy import ndimage as ndi
-
-    distance = ndi.distance_transform_edt(labels == label)
-    return tuple(int(v) for v in np.unravel_index(np.argmax(distance), labels.shape))
-
-
 def test_widget_lists_the_masks_layer_and_its_shortcuts(correcting):
     viewer, layer, widget, _mouse = correcting
     assert widget.tools is not None and widget.tools.layer is layer
     text = widget._shortcuts.value
     assert [line.split(":")[0] for line in text.splitlines()] == [key for key, _ in SHORTCUTS]
-    assert "D: Delete: click an object" in text
+    assert "D: delete: click an object" in text
     # the layer was opened with ids up to 17: "new object" is 18, not 1
     assert layer.selected_label == 18
 
@@ -68,7 +60,7 @@ def test_click_to_delete_marks_the_plane_and_undoes(correcting, c2c12_masks):
     viewer, layer, widget, mouse = correcting
     mouse.key(Qt.Key.Key_D)
     assert widget._mode.value == MODE_DELETE and layer.mouse_pan is False
-    mouse.click(inside(c2c12_masks[FRAME], 5))
+    mouse.click(mouse.inside(c2c12_masks[FRAME], 5))
     assert not (layer.data[FRAME] == 5).any()
     changed = c2c12_masks[FRAME] == 5
     np.testing.assert_array_equal(layer.data[FRAME][~changed], c2c12_masks[FRAME][~changed])
@@ -87,9 +79,9 @@ def test_merge_split_by_line_and_by_seeds(correcting, c2c12_masks):
     # merge: G, then object 2 and object 1: 1 joins 2
     mouse.key(Qt.Key.Key_G)
     assert widget._mode.value == MODE_MERGE
-    mouse.click(inside(frame, 2))
+    mouse.click(mouse.inside(frame, 2))
     assert "Object 2 picked" in widget._status.value
-    mouse.click(inside(frame, 1))
+    mouse.click(mouse.inside(frame, 1))
     assert not (layer.data[FRAME] == 1).any()
     assert (layer.data[FRAME] == 2).sum() == (frame == 2).sum() + (frame == 1).sum()
 
@@ -129,7 +121,7 @@ def test_merge_split_by_line_and_by_seeds(correcting, c2c12_masks):
 
 def test_fill_holes_and_new_object_keys(correcting, c2c12_masks, qtbot):
     viewer, layer, widget, mouse = correcting
-    centre = inside(c2c12_masks[FRAME], 3)
+    centre = mouse.inside(c2c12_masks[FRAME], 3)
     hole = (FRAME, slice(centre[0] - 2, centre[0] + 3), slice(centre[1] - 2, centre[1] + 3))
     assert (layer.data[hole] == 3).all()
     layer.data[hole] = 0  # a hole in object 3, made before the test (not a correction)
@@ -154,8 +146,8 @@ def test_bad_clicks_notify_and_change_nothing(correcting, c2c12_masks, notificat
     mouse.key(Qt.Key.Key_D)
     mouse.click((2, 2))  # background
     mouse.key(Qt.Key.Key_G)
-    mouse.click(inside(frame, 4))
-    mouse.click(inside(frame, 4))  # the same object twice
+    mouse.click(mouse.inside(frame, 4))
+    mouse.click(mouse.inside(frame, 4))  # the same object twice
     mouse.key(Qt.Key.Key_S)
     mouse.drag([(2, 2), (2, 40)])  # a line through background only
     rows, cols = pixels(frame, 3).T

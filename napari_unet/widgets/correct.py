@@ -51,12 +51,12 @@ MODES = (MODE_OFF, MODE_DELETE, MODE_MERGE, MODE_SPLIT)
 
 #: Key -> what it does, as shown in the widget and the README.
 SHORTCUTS = (
-    ("D", "Delete: click an object"),
-    ("G", "Merge: click two objects"),
-    ("S", "Split: draw a line across an object, or click two seeds in it"),
-    ("H", "Fill holes of the objects in this slice"),
-    ("N", "New object: paint with the next free id"),
-    ("Ctrl+Z", "Undo (Ctrl+Shift+Z: redo)"),
+    ("D", "delete: click an object"),
+    ("G", "merge: click two objects"),
+    ("S", "split: a line across, or two seeds"),
+    ("H", "fill holes in this slice"),
+    ("N", "new object: the next free id"),
+    ("Ctrl+Z", "undo (Ctrl+Shift+Z: redo)"),
 )
 MODE_KEYS = {"D": MODE_DELETE, "G": MODE_MERGE, "S": MODE_SPLIT}
 
