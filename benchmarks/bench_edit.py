@@ -87,7 +87,9 @@ def hole_centres(labels: np.ndarray, targets: list[int]) -> dict[int, tuple[int,
     """The pixel of each target object farthest from its edge."""
     centres = {}
     for t in targets:
-        box, obj = edit._object(labels, t)
+        mask = labels == t
+        box = edit.bounding_box(mask)
+        obj = mask[box]
         local = np.unravel_index(np.argmax(ndi.distance_transform_edt(obj)), obj.shape)
         centres[t] = tuple(int(b.start + c) for b, c in zip(box, local))
     return centres

@@ -8,6 +8,7 @@ import pytest
 import tifffile
 from qtpy.QtCore import Qt
 
+from napari_unet.widgets._base import viewer_camera
 from napari_unet.widgets._corrections import CorrectedSlices
 from napari_unet.widgets.correct import (
     MODE_DELETE,
@@ -59,8 +60,14 @@ def test_widget_lists_the_masks_layer_and_its_shortcuts(correcting):
 def test_click_to_delete_marks_the_plane_and_undoes(correcting, c2c12_masks):
     viewer, layer, widget, mouse = correcting
     mouse.key(Qt.Key.Key_D)
-    assert widget._mode.value == MODE_DELETE and layer.mouse_pan is False
-    mouse.click(mouse.inside(c2c12_masks[FRAME], 5))
+    assert widget._mode.value == MODE_DELETE and layer.mode == "pan_zoom"
+    centre = mouse.inside(c2c12_masks[FRAME], 5)
+    camera = viewer_camera(viewer)
+    before = tuple(camera.center)
+    mouse.drag([centre, (centre[0] + 30, centre[1] + 30)])  # a drag pans the view, deletes nothing
+    np.testing.assert_array_equal(layer.data, c2c12_masks)
+    assert tuple(camera.center) != before
+    mouse.click(centre)
     assert not (layer.data[FRAME] == 5).any()
     changed = c2c12_masks[FRAME] == 5
     np.testing.assert_array_equal(layer.data[FRAME][~changed], c2c12_masks[FRAME][~changed])
@@ -87,7 +94,7 @@ def test_merge_split_by_line_and_by_seeds(correcting, c2c12_masks):
 
     # split by a line: S, then a drag right across object 3 (from background to background)
     mouse.key(Qt.Key.Key_S)
-    assert widget._mode.value == MODE_SPLIT and layer.mode == "pan_zoom"
+    assert widget._mode.value == MODE_SPLIT and layer.mode == "pan_zoom" and layer.mouse_pan is False
     rows, cols = pixels(frame, 3).T
     col = int(np.median(cols))
     path = [(r, col) for r in np.linspace(rows.min() - 4, rows.max() + 4, 8)]

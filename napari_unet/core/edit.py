@@ -22,6 +22,7 @@ from scipy import ndimage as ndi
 
 __all__ = [
     "LabelEdit",
+    "bounding_box",
     "delete_object",
     "fill_holes",
     "merge_objects",

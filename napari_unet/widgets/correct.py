@@ -60,8 +60,9 @@ SHORTCUTS = (
 )
 MODE_KEYS = {"D": MODE_DELETE, "G": MODE_MERGE, "S": MODE_SPLIT}
 
-#: A press and release closer than this (in pixels of the plane) is a click, not a line.
-CLICK_TOLERANCE = 2.0
+#: A press and release closer than this (screen pixels) is a click; farther, a drag (a split line,
+#: or a pan of the view with the other tools).
+CLICK_TOLERANCE = 4.0
 
 Plane = tuple[int, ...]
 
@@ -191,7 +192,7 @@ class ObjectTools:
             layer.cursor = "standard"
         else:
             layer.mode = "pan_zoom"  # napari's brush must not paint while we click
-            layer.mouse_pan = False  # a drag draws a split line, not a pan
+            layer.mouse_pan = mode != MODE_SPLIT  # a drag pans the view, or draws a split line
             layer.cursor = "crosshair"
         self.mode_changed.emit(mode)
         self.status.emit(_MODE_HINTS[mode])
@@ -240,9 +241,10 @@ class ObjectTools:
         except EditError as exc:
             notify_error(mode, exc)
             return
-        path = [start]
+        path, screen = [start], [np.asarray(event.pos, dtype=float)]
         yield
         while True:  # moves while the button is down, then the release
+            screen.append(np.asarray(event.pos, dtype=float))
             try:
                 path.append(self._point(event)[1])
             except EditError:
@@ -250,10 +252,10 @@ class ObjectTools:
             if event.type != "mouse_move":
                 break
             yield
-        moved = max(float(np.abs(p - start).max()) for p in path)
-        if mode == MODE_SPLIT and moved >= CLICK_TOLERANCE:
+        dragged = max(float(np.abs(p - screen[0]).max()) for p in screen) >= CLICK_TOLERANCE
+        if mode == MODE_SPLIT and dragged:
             self._run(mode, self.split_line, plane, np.array(path))
-        else:
+        elif not dragged:  # with the other tools a drag moved the view
             self.click(plane, start)
 
     def click(self, plane: Plane, yx: Any) -> None:
