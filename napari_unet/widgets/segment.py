@@ -45,6 +45,7 @@ from ._base import (
     visible_region,
 )
 from ._corrections import CorrectedSlices
+from .correct import select_next_free_label
 
 if TYPE_CHECKING:
     from napari_unet.core.predict import PlaneResult
@@ -366,6 +367,10 @@ class SegmentWidget(Container):
         layer.refresh()
         self._remember(name, result)
 
+    def kept_result(self, layer_name: str, index: tuple[int, ...]) -> PlaneResult | None:
+        """The last result (with its probabilities) written to plane ``index`` of ``layer_name``."""
+        return self._probabilities.get((layer_name, tuple(index)))
+
     def _remember(self, layer_name: str, result: PlaneResult) -> None:
         key = (layer_name, result.index)
         self._probabilities.pop(key, None)
@@ -387,6 +392,8 @@ class SegmentWidget(Container):
         elif not self._failed:
             self._status.value = f"Done in {format_seconds(took)}"
         self.last_run_seconds = took
+        if self._last_layer_name in self._viewer.layers:  # the brush must not reuse a model's id
+            select_next_free_label(self._viewer.layers[self._last_layer_name])
         self._progress.visible = False
         self._run_button.enabled = True
         self._cancel_button.enabled = False
