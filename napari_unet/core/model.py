@@ -119,6 +119,8 @@ class DoubleConv(nn.Sequential):
 
 def center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Crop the last two axes of ``x`` to (height, width) around the centre."""
+    if x.shape[-2] == height and x.shape[-1] == width:  # "same" networks: nothing to crop
+        return x  # (and no shape arithmetic in an exported ONNX graph)
     dy = (x.shape[-2] - height) // 2
     dx = (x.shape[-1] - width) // 2
     return x[..., dy : dy + height, dx : dx + width]
