@@ -25,10 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _model(in_channels: int = 1, padding: str = "same", n_classes: int = 3, seed: int = 0,
-           net_class: type[UNet] = UNet) -> SegmentationModel:
+           net_class: type[UNet] = UNet, norm: str | None = "batch") -> SegmentationModel:
     torch.manual_seed(seed)
     net = net_class(in_channels=in_channels, n_classes=n_classes, base_width=4, depth=3, padding=padding,
-                    norm="batch")
+                    norm=norm)
     for m in net.modules():  # non-trivial running statistics, as in a trained model
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.2, 0.2)
@@ -61,18 +61,18 @@ def _fresh_sessions():
 
 
 @pytest.mark.parametrize(
-    ("in_channels", "padding", "shape", "tile"),
+    ("in_channels", "padding", "norm", "shape", "tile"),
     [
-        (1, "same", (117, 101), None),  # one tile, odd size
-        (1, "same", (203, 157), 96),  # tiled, odd size
-        (3, "same", (99, 131, 3), None),  # RGB
-        (3, "same", (150, 97, 3), 80),  # RGB, tiled
-        (1, "valid", (121, 99), None),  # the paper's unpadded convolutions (crop in the graph)
-        (1, "valid", (190, 173), 120),
+        (1, "same", "batch", (117, 101), None),  # one tile, odd size
+        (1, "same", "batch", (203, 157), 96),  # tiled, odd size
+        (3, "same", "batch", (99, 131, 3), None),  # RGB
+        (3, "same", "batch", (150, 97, 3), 80),  # RGB, tiled
+        (1, "valid", "batch", (121, 99), None),  # the paper's unpadded convolutions (crop in the graph)
+        (1, "valid", None, (190, 173), 120),  # and without normalisation (convolutions with bias)
     ],
 )
-def test_onnx_and_torch_give_the_same_probabilities(in_channels, padding, shape, tile):
-    model = _model(in_channels, padding)
+def test_onnx_and_torch_give_the_same_probabilities(in_channels, padding, norm, shape, tile):
+    model = _model(in_channels, padding, norm=norm)
     image = _image(shape)
     onnx = predict_probabilities(model, image, tile_size=tile, engine="onnx")
     files = _cache_files()
