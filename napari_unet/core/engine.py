@@ -270,12 +270,7 @@ class _ExportNet(torch.nn.Module):
         from .model import center_crop
 
         net = self.net
-        skips = []
-        for i, block in enumerate(net.down):
-            x = block(x)
-            if i < len(net.down) - 1:
-                skips.append(x)
-                x = net.pool(x)
+        x, skips = net.encode(x)
         for up, (on_skip, on_up), rest, skip in zip(net.up, self.first, self.rest, reversed(skips)):
             u = up.up(x)
             skip = center_crop(skip, u.shape[-2], u.shape[-1])

@@ -224,14 +224,19 @@ class UNet(nn.Module):
             self.output_size(int(size))
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The contracting path: the bottleneck's features and the skips, finest first."""
         skips = []
         for i, block in enumerate(self.down):
             x = block(x)
             if i < len(self.down) - 1:
                 skips.append(x)
                 x = self.pool(x)
+        return x, skips
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        x, skips = self.encode(x)
         for block, skip in zip(self.up, reversed(skips)):
             x = block(x, skip)
         return self.head(x)
