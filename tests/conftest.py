@@ -1,4 +1,4 @@
-"""Shared fixtures: every test gets its own (empty) user model and settings folders."""
+"""Shared fixtures: every test gets its own (empty) user model, settings and cache folders."""
 
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ if not DATA.is_dir():  # CI: a fresh clone with shared/ beside it
 
 @pytest.fixture(autouse=True)
 def _user_dirs(tmp_path_factory, monkeypatch):
-    """Point the user's model and settings folders at fresh temporary folders."""
+    """Point the user's model, settings and cache folders at fresh temporary folders."""
     root = tmp_path_factory.mktemp("user")
     monkeypatch.setenv("NAPARI_UNET_MODELS", str(root / "models"))
     monkeypatch.setenv("NAPARI_UNET_CONFIG_DIR", str(root / "config"))
+    monkeypatch.setenv("NAPARI_UNET_CACHE_DIR", str(root / "cache"))
     yield
 
 

@@ -206,8 +206,10 @@ class SegmentWidget(Container):
     def _show_device(self) -> None:
         try:
             from napari_unet.core.device import describe_device, select_device
+            from napari_unet.core.engine import describe_engine
 
-            self._device_label.value = describe_device(select_device())
+            device = select_device()
+            self._device_label.value = f"{describe_device(device)}, {describe_engine(device)}"
         except Exception as exc:  # a broken torch install must not break the widget
             self._device_label.value = f"unknown ({one_line(exc)})"
 
