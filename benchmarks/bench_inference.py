@@ -1,8 +1,10 @@
-"""Inference benchmark: tiled prediction vs MONAI sliding windows vs one whole-image pass.
+"""Inference benchmark: engines, tiled prediction vs MONAI sliding windows vs one whole-image pass.
 
 Run (CPU, the figures in RESULTS.md)::
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_inference.py
+
+``--only-engines`` runs part 0 alone (a few minutes on 2 cores), ``--only-per-core`` part 0b.
 
 and on a GPU (bf16 autocast, channels-last, several tiles per batch)::
 
@@ -10,6 +12,14 @@ and on a GPU (bf16 autocast, channels-last, several tiles per batch)::
 
 Parts:
 
+0. Engines (CPU): the BN-folded network + softmax through torch eager and through ONNX
+   Runtime (``core.engine``) on 1024 x 1024 and 2048 x 2048 inputs, beside the fp32 matmul
+   rate measured in the same rounds (so the same machine and load), with the fraction of it
+   reached; then "current slice" end to end (``core.segment`` of a 1024 x 1024 plane) with
+   its breakdown (normalisation, the network on the mirror-padded tile, post-processing,
+   the float16 copy the GUI keeps) and its ratio to the 1024 x 1024 forward alone.
+   0b. The same forward passes on one thread, in CPU seconds: the engines' work per core,
+   which other processes' load hardly changes.
 1. A 2048 x 2048 plane (a 4 x 4 mosaic of ISBI 2012 EM slices, real data) through the
    default model's network: ``predict_probabilities`` (automatic tiles) and ``segment``;
    MONAI's ``sliding_window_inference`` with the same network, tile and overlap; one
@@ -206,6 +216,161 @@ def bench_2048(model: SegmentationModel, args, device: torch.device) -> dict:
     return results
 
 
+def bench_engines(model: SegmentationModel, repeats: int, sizes: tuple[int, ...] = (1024, 2048)) -> dict:
+    """Part 0: torch eager vs ONNX Runtime forward, the matmul rate, "current slice" end to end.
+
+    Every measurement runs once per round, round after round, so that other processes' load
+    falls on all of them alike; the best (least disturbed) and the median are reported.
+    """
+    from napari_unet.core.engine import cpu_threads, onnx_network
+    from napari_unet.core.instances import probabilities_to_labels
+    from napari_unet.core.predict import _Engine, inference_net
+    from napari_unet.core.tiling import mirror_pad
+
+    cpu = torch.device("cpu")
+    fpp = flops_per_pixel(model.net, cpu)
+    fused = inference_net(model.net)
+    t0 = time.perf_counter()
+    network = onnx_network(model.net)  # exported (or read from the cache) once
+    setup_s = time.perf_counter() - t0
+    inputs = {n: prepare_plane(test_image(n), 1, model.normalization)[None] for n in sizes}
+
+    def torch_forward(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return torch.softmax(fused(torch.from_numpy(x)), 1).numpy()
+
+    n_mm = 2048
+    a, b = torch.randn(n_mm, n_mm), torch.randn(n_mm, n_mm)
+
+    def matmul() -> None:
+        for _ in range(3):
+            a @ b
+
+    plane = test_image(1024)
+    engine = _Engine(model, "cpu", None, None, None, "fp32", None)
+    plan = engine.plan(plane.shape)
+    parts: dict[str, list[float]] = {k: [] for k in ("normalise", "network_tile", "labels", "float16_copy")}
+
+    def current_slice_parts() -> None:
+        t = time.perf_counter()
+        chw = prepare_plane(plane, 1, model.normalization)
+        parts["normalise"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        tile = mirror_pad(chw, plan)[None]
+        p = network(tile)[0, :, plan.y.crop : plan.y.crop + 1024, plan.x.crop : plan.x.crop + 1024]
+        parts["network_tile"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        probabilities_to_labels(p, *model.resolve_postprocessing(None, None), model.representation)
+        parts["labels"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        p.astype(np.float16)
+        parts["float16_copy"].append(time.perf_counter() - t)
+
+    fns = {"matmul": matmul}
+    for n in sizes:
+        fns[f"torch_{n}"] = lambda x=inputs[n]: torch_forward(x)
+        fns[f"onnx_{n}"] = lambda x=inputs[n]: network(x)
+    fns["segment_1024"] = lambda: segment(model, plane, device="cpu")
+    fns["slice_parts"] = current_slice_parts
+    for fn in fns.values():  # warm-up: oneDNN/ONNX Runtime plans for the shapes
+        fn()
+    for v in parts.values():
+        v.clear()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    loads = []
+    for r in range(repeats):
+        for k, fn in fns.items():
+            times[k] += timed(fn, cpu, 1)
+        loads.append(os.getloadavg()[0])
+        print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items())
+              + f" (load {loads[-1]:.1f})", flush=True)
+
+    def stats(values: list[float]) -> dict:
+        return {"best_s": min(values), "median_s": statistics.median(values), "all_s": values}
+
+    mm_flop = 3 * 2 * n_mm**3
+    out: dict = {
+        "threads": {"torch": torch.get_num_threads(), "onnxruntime": cpu_threads()},
+        "onnx_export_or_load_s": setup_s, "flops_per_pixel": fpp, "load_average_per_round": loads,
+        "matmul_gflops": {"best": mm_flop / min(times["matmul"]) / 1e9,
+                          "median": mm_flop / statistics.median(times["matmul"]) / 1e9},
+        "forward": {}, "current_slice": {},
+    }
+    for n in sizes:
+        gflop = fpp * n * n / 1e9
+        row = {"gflop": gflop, "torch": stats(times[f"torch_{n}"]), "onnx": stats(times[f"onnx_{n}"])}
+        for stat in ("best", "median"):
+            t_onnx, t_torch = row["onnx"][f"{stat}_s"], row["torch"][f"{stat}_s"]
+            mm = out["matmul_gflops"][stat]
+            row[f"{stat}_onnx_speedup"] = t_torch / t_onnx
+            row[f"{stat}_onnx_gflops"] = gflop / t_onnx
+            row[f"{stat}_torch_gflops"] = gflop / t_torch
+            row[f"{stat}_onnx_fraction_of_matmul"] = gflop / t_onnx / mm
+        out["forward"][f"{n}x{n}"] = row
+        print(json.dumps({k: v for k, v in row.items() if k not in ("torch", "onnx")}), flush=True)
+    seg = stats(times["segment_1024"])
+    fwd = out["forward"]["1024x1024"]["onnx"]
+    out["current_slice"] = {
+        "tile": f"{plan.tile_shape[0]}x{plan.tile_shape[1]}", "segment": seg,
+        "parts_median_s": {k: statistics.median(v) for k, v in parts.items()},
+        "best_ratio_to_forward_1024": seg["best_s"] / fwd["best_s"],
+        "median_ratio_to_forward_1024": seg["median_s"] / fwd["median_s"],
+    }
+    print(json.dumps({k: v for k, v in out["current_slice"].items() if k != "segment"}), flush=True)
+    return out
+
+
+def bench_per_core(model: SegmentationModel, repeats: int, size: int = 1024) -> dict:
+    """Part 0b: one thread each, CPU seconds (``time.process_time``) rather than wall time.
+
+    On a shared machine the wall time of a 2-thread run mostly measures the other
+    processes; the CPU time of a single thread measures the work itself (cache sharing
+    still costs something). GFLOP per CPU second of torch eager and ONNX Runtime beside
+    the same thread's fp32 matmul rate.
+    """
+    import onnxruntime as ort
+
+    from napari_unet.core.engine import _session_options, onnx_network
+    from napari_unet.core.predict import inference_net
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fused = inference_net(model.net)
+        options = _session_options(ort)
+        options.intra_op_num_threads = 1
+        path = onnx_network(model.net).path
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        x = prepare_plane(test_image(size), 1, model.normalization)[None]
+        a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+
+        def torch_forward() -> None:
+            with torch.inference_mode():
+                torch.softmax(fused(torch.from_numpy(x)), 1).numpy()
+
+        fns = {"matmul": lambda: [a @ b for _ in range(10)], "torch": torch_forward,
+               "onnx": lambda: session.run(None, {"image": x})}
+        flop = {"matmul": 10 * 2 * 1024**3, "torch": flops_per_pixel(model.net, torch.device("cpu")) * size * size}
+        flop["onnx"] = flop["torch"]
+        for fn in fns.values():
+            fn()
+        cpu_s: dict[str, list[float]] = {k: [] for k in fns}
+        for _ in range(repeats):
+            for k, fn in fns.items():
+                t = time.process_time()
+                fn()
+                cpu_s[k].append(time.process_time() - t)
+    finally:
+        torch.set_num_threads(threads)
+    out = {k: {"best_cpu_s": min(v), "gflop_per_cpu_s": flop[k] / min(v) / 1e9} for k, v in cpu_s.items()}
+    out["onnx_speedup"] = min(cpu_s["torch"]) / min(cpu_s["onnx"])
+    out["onnx_fraction_of_matmul"] = out["onnx"]["gflop_per_cpu_s"] / out["matmul"]["gflop_per_cpu_s"]
+    out["torch_fraction_of_matmul"] = out["torch"]["gflop_per_cpu_s"] / out["matmul"]["gflop_per_cpu_s"]
+    out["input"] = f"{size}x{size}"
+    print(json.dumps(out), flush=True)
+    return out
+
+
 def bench_slice_latency(model: SegmentationModel, repeats: int) -> dict:
     image = test_image(1024)
     segment(model, image[:256, :256])  # warm-up
@@ -293,6 +458,10 @@ def main() -> None:
     parser.add_argument("--stack", default="64,256", help="stack lengths for the memory test ('' to skip)")
     parser.add_argument("--stack-plane", type=int, default=2048)
     parser.add_argument("--only-stack", action="store_true", help="run only the stack memory test")
+    parser.add_argument("--only-engines", action="store_true",
+                        help="run only part 0: torch vs ONNX Runtime, matmul rate, current slice")
+    parser.add_argument("--only-per-core", action="store_true",
+                        help="run only part 0b: one thread each, CPU time (for shared machines)")
     parser.add_argument("--memory-limit-gb", type=float, default=None,
                         help="run the stack test in a memory cgroup capped at this size (Linux, root), "
                              "so that the stack is larger than the RAM the process may use")
@@ -312,8 +481,15 @@ def main() -> None:
         "model": model_desc,
     }
     print(json.dumps(info), flush=True)
-    info["bench"] = bench_2048(model, args, device)
     cpu_model, _ = default_model("cpu")
+    if not args.only_per_core:
+        info["engines"] = bench_engines(cpu_model, args.repeats)
+    info["per_core"] = bench_per_core(cpu_model, args.repeats)
+    if args.only_engines or args.only_per_core:
+        if args.json:
+            Path(args.json).write_text(json.dumps(info, indent=1))
+        return
+    info["bench"] = bench_2048(model, args, device)
     info["slice_latency"] = bench_slice_latency(cpu_model, args.repeats)
     print(json.dumps(info["slice_latency"]), flush=True)
     if args.stack:
@@ -328,13 +504,15 @@ def main() -> None:
 def _machine(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    name = platform.processor()
+    name, out = platform.processor(), ""
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
         name = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
     except (OSError, StopIteration):
         pass
-    return f"{name}, {os.cpu_count()} cores"
+    flags = next((line.split(":", 1)[1].split() for line in out.splitlines() if line.startswith("Flags")), [])
+    simd = " ".join(f for f in flags if f.startswith(("avx", "fma", "amx", "f16c")))
+    return f"{name}, {os.cpu_count()} cores, flags: {simd or 'unknown'}"
 
 
 if __name__ == "__main__":

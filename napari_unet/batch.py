@@ -140,6 +140,7 @@ def segment_to_ome_zarr(
     scale: Sequence[float] | None = None,
     overwrite: bool = False,
     show_progress: bool = False,
+    engine: str | None = None,
 ) -> Path:
     """Segment a stack plane by plane with dask and write the labels to an OME-Zarr.
 
@@ -165,7 +166,7 @@ def segment_to_ome_zarr(
         None: dask's local threads. An address ("tcp://host:8786") or a ``Client``: that
         dask.distributed cluster (workers must be able to import napari_unet; the model
         path, if used, must be readable by them).
-    tile_size, device : optional
+    tile_size, device, engine : optional
         Passed to :func:`napari_unet.core.segment` on the workers.
     axes : str, optional
         Axis letters of the labels (e.g. "TZYX"); default guessed from the number of axes.
@@ -196,7 +197,8 @@ def segment_to_ome_zarr(
         image = image.rechunk((1,) * n_lead + tuple(image.shape[n_lead:]))
     spec = ModelSpec(model, device=device)
     threshold, min_size = model.resolve_postprocessing(threshold, min_size)
-    options = {"threshold": threshold, "min_size": min_size, "tile_size": tile_size, "diameter": diameter}
+    options = {"threshold": threshold, "min_size": min_size, "tile_size": tile_size, "diameter": diameter,
+               "engine": engine}
     drop = (image.ndim - 1,) if layout.rgb else ()
     labels = image.map_blocks(
         _segment_block, spec, options, layout.rgb,

@@ -1,4 +1,4 @@
-"""Shared fixtures: every test gets its own (empty) user model and settings folders."""
+"""Shared fixtures: every test gets its own (empty) user model, settings and cache folders."""
 
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ if not DATA.is_dir():  # CI: a fresh clone with shared/ beside it
 
 @pytest.fixture(autouse=True)
 def _user_dirs(tmp_path_factory, monkeypatch):
-    """Point the user's model and settings folders at fresh temporary folders."""
+    """Point the user's model, settings and cache folders at fresh temporary folders."""
     root = tmp_path_factory.mktemp("user")
     monkeypatch.setenv("NAPARI_UNET_MODELS", str(root / "models"))
     monkeypatch.setenv("NAPARI_UNET_CONFIG_DIR", str(root / "config"))
+    monkeypatch.setenv("NAPARI_UNET_CACHE_DIR", str(root / "cache"))
     yield
 
 
@@ -77,3 +78,57 @@ def tiny_model_path(tmp_path) -> Path:
     net = UNet(in_channels=1, n_classes=3, base_width=4, depth=3, padding="same", norm="batch").eval()
     model = SegmentationModel(net, "bg-interior-boundary", metadata={"name": "tiny"})
     return save_model(model, tmp_path / "tiny.pt")
+
+
+class CanvasMouse:
+    """Real Qt mouse and key events on a shown viewer's canvas, at data pixels of the plane shown
+    (layers at scale 1, no rotation): what a user's hand does, through vispy and napari."""
+
+    def __init__(self, viewer, qtbot) -> None:
+        self.viewer, self.qtbot = viewer, qtbot
+        self.canvas = viewer.window._qt_viewer.canvas.native
+
+    def _pos(self, yx):
+        from qtpy.QtCore import QPoint
+
+        from napari_unet.widgets._base import viewer_camera
+
+        camera = viewer_camera(self.viewer)
+        y, x = (np.asarray(yx, dtype=float) - np.asarray(camera.center[-2:])) * camera.zoom + np.array(
+            [self.canvas.height(), self.canvas.width()]) / 2
+        return QPoint(int(round(x)), int(round(y)))
+
+    @staticmethod
+    def inside(labels: np.ndarray, label: int) -> tuple[int, int]:
+        """Where a user clicks on an object: its pixel farthest from its edge."""
+        from scipy import ndimage as ndi
+
+        distance = ndi.distance_transform_edt(labels == label)
+        return tuple(int(v) for v in np.unravel_index(np.argmax(distance), labels.shape))
+
+    def click(self, yx) -> None:
+        self.drag([yx])
+
+    def drag(self, path) -> None:
+        """Press at the first point, move through the others, release at the last."""
+        from qtpy.QtCore import Qt
+
+        self.qtbot.mousePress(self.canvas, Qt.MouseButton.LeftButton, pos=self._pos(path[0]))
+        for yx in path[1:]:
+            self.qtbot.mouseMove(self.canvas, self._pos(yx))
+            self.qtbot.wait(5)
+        self.qtbot.mouseRelease(self.canvas, Qt.MouseButton.LeftButton, pos=self._pos(path[-1]))
+        self.qtbot.wait(10)
+
+    def key(self, key, modifier=None) -> None:
+        from qtpy.QtCore import Qt
+
+        self.canvas.setFocus()
+        self.qtbot.keyClick(self.canvas, key, modifier or Qt.KeyboardModifier.NoModifier)
+        self.qtbot.wait(10)
+
+
+@pytest.fixture
+def canvas_mouse(qtbot):
+    """``canvas_mouse(viewer)``: a :class:`CanvasMouse` on a viewer made with ``show=True``."""
+    return lambda viewer: CanvasMouse(viewer, qtbot)

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from qtpy.QtCore import Qt
 from skimage.io import imread
 
 from napari_unet.cli.gui import DOCKED_WIDGETS, populate_viewer
@@ -48,7 +49,7 @@ def test_gui_command_rejects_a_missing_file():
     assert result.stderr.strip() == "napari-unet: error: No such file or folder: /nonexistent/cells.tif"
 
 
-def test_tutorial_walkthrough(make_napari_viewer, qtbot, tmp_path):
+def test_tutorial_walkthrough(make_napari_viewer, qtbot, tmp_path, canvas_mouse):
     from napari_unet.cli.gui import show_dock
 
     write_docs = os.environ.get("NAPARI_UNET_WRITE_DOCS") == "1"
@@ -84,17 +85,36 @@ def test_tutorial_walkthrough(make_napari_viewer, qtbot, tmp_path):
     assert masks.data[0].max() > 5 and not masks.data[1:].any()  # found nuclei, only in field 0
     shoot("2-segment")
 
-    # 3. correct with the brush: paint a missed nucleus, erase a false one
-    show_dock(viewer, "Fine-tune")
+    # 3. correct with the object tools (delete the smallest nucleus, split the largest with a line)
+    #    and the brush (a new object with a fresh id)
+    correct = docked["Correct"]
+    show_dock(viewer, "Correct")
     viewer.layers.selection.active = masks
+    assert correct.tools.layer is masks
+    viewer.reset_view()
+    qtbot.wait(100)
+    mouse = canvas_mouse(viewer)
+    field = masks.data[0].copy()
+    sizes = np.bincount(field.ravel())
+    sizes[0] = 0
+    smallest = int(np.argmin(np.where(sizes > 0, sizes, sizes.max() + 1)))
+    largest = int(np.argmax(sizes))
+    mouse.key(Qt.Key.Key_D)
+    mouse.click(mouse.inside(field, smallest))
+    assert not (masks.data[0] == smallest).any()
+    mouse.key(Qt.Key.Key_S)
+    rows, cols = np.nonzero(field == largest)
+    mouse.drag([(r, int(np.median(cols))) for r in np.linspace(rows.min() - 3, rows.max() + 3, 6)])
+    assert set(np.unique(masks.data[0][field == largest])) == {largest, int(masks.data.max())}
+    mouse.key(Qt.Key.Key_N)  # new object: the next free id, with the brush
+    assert masks.selected_label == masks.data.max() + 1 and masks.mode == "paint"
     masks.brush_size = 12
-    masks.mode = "paint"
-    masks.paint((0, 60, 60), int(masks.data.max()) + 1)
-    masks.paint((0, 20, 200), 0)
+    masks.paint((0, 60, 60), masks.selected_label)
     assert finetune.corrected_panel._corrected_info.value.startswith("1")
     shoot("3-correct")
 
     # 4. fine-tune on the correction: the loss curve fills in
+    show_dock(viewer, "Fine-tune")
     finetune.settings_panel._steps.value = 6
     finetune.settings_panel._patch_size.value = 128
     finetune.settings_panel._batch_size.value = 2

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 #: Widgets docked by ``gui``, in this order (display names from napari.yaml).
-DOCKED_WIDGETS = ("Load stack", "Segment", "Fine-tune")
+DOCKED_WIDGETS = ("Load stack", "Segment", "Correct", "Fine-tune")
 DEFAULT_SAMPLE = "nuclei_fluorescence_fields"
 
 

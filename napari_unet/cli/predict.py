@@ -36,6 +36,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--model", default=None, metavar="NAME|PATH",
                    help="model name (see 'napari-unet models') or .pt file; default: the built-in model")
     p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
+    p.add_argument("--engine", default="auto", choices=("auto", "torch", "onnx"),
+                   help="what runs the network (default: ONNX Runtime on the CPU, torch on a GPU; "
+                        "or NAPARI_UNET_ENGINE)")
     p.add_argument("--threshold", type=float, default=None,
                    help="probability threshold in (0, 1) (default: the model's own, usually about 0.5)")
     p.add_argument("--min-size", type=int, default=None,
@@ -135,7 +138,12 @@ def run(args: argparse.Namespace) -> int:
     targets = _targets(inputs, out_dir, ".ome.zarr" if use_dask else ".tif")
     device = None if args.device == "auto" else args.device
     model = load_model(args.model, device=device)
-    log.info("model %s on %s", model.name, model.device)
+    from napari_unet.core.engine import resolve_engine
+
+    engine = resolve_engine(args.engine, model.device)
+    log.info("model %s on %s, engine %s", model.name, model.device, engine.describe())
+    if engine.reason:
+        print(f"napari-unet: the network runs with {engine.describe()}", file=sys.stderr)
     # the model's own post-processing unless given
     args.threshold, args.min_size = model.resolve_postprocessing(args.threshold, args.min_size)
     _check_args(args.threshold, args.min_size)
@@ -191,7 +199,7 @@ def _segment_one(model: Any, path: Path, target: Path, args: argparse.Namespace,
             model, data, target, threshold=args.threshold, min_size=args.min_size, rgb=rgb, diameter=diameter,
             scheduler=args.scheduler, tile_size=args.tile, axes=label_axes,
             scale=[scale.get(a, 1.0) for a in label_axes], overwrite=args.overwrite,
-            show_progress=not args.no_progress,
+            show_progress=not args.no_progress, engine=args.engine,
         )
     else:
         labels = _segment_with_bar(model, data, rgb, diameter, args, name)
@@ -206,7 +214,7 @@ def _segment_with_bar(model: Any, data: Any, rgb: bool, diameter: float | None, 
     from napari_unet.core.predict import iter_segment
 
     gen = iter_segment(model, data, threshold=args.threshold, min_size=args.min_size, rgb=rgb,
-                       diameter=diameter, tile_size=args.tile)
+                       diameter=diameter, tile_size=args.tile, engine=args.engine)
     bar = tqdm(total=None, desc=name, unit="tile", disable=args.no_progress, file=sys.stderr, leave=False)
 
     def show(event: Any) -> None:

@@ -21,6 +21,8 @@ from .metrics import average_precision
 from .predict import iter_predict_probabilities, probabilities_to_labels
 from .scale import equivalent_diameters, median_diameter, min_size_at, resize_image, resize_probabilities
 
+#: Mean AP@0.5 differences below this are taken as ties (see :attr:`Calibration.best`).
+CALIBRATION_MARGIN = 0.02
 #: Object diameters (pixels) tried by default.
 DEFAULT_CANDIDATES = (10.0, 12.0, 14.0, 16.0, 18.0, 20.0, 24.0, 28.0)
 
@@ -36,7 +38,15 @@ class Calibration:
 
     @property
     def best(self) -> float:
-        return float(self.candidates[int(np.argmax(self.mean_ap))])
+        """The smallest candidate within :data:`CALIBRATION_MARGIN` of the best mean AP.
+
+        Why the smallest: the automatic estimate is reliable when objects measure at most the
+        model's diameter (larger ones can be cut in pieces that look like the model's size), and
+        smaller objects mean fewer pixels through the network. Differences below the margin are
+        within the noise of a few dozen validation images.
+        """
+        top = max(self.mean_ap)
+        return float(min(c for c, a in zip(self.candidates, self.mean_ap) if a >= top - CALIBRATION_MARGIN))
 
     def table(self) -> dict[str, float]:
         return {f"{d:g}": round(float(a), 4) for d, a in zip(self.candidates, self.mean_ap)}

@@ -136,6 +136,8 @@ class DoubleConv(nn.Sequential):
 
 def center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Crop the last two axes of ``x`` to (height, width) around the centre."""
+    if x.shape[-2] == height and x.shape[-1] == width:  # "same" networks: nothing to crop
+        return x  # (and no shape arithmetic in an exported ONNX graph)
     dy = (x.shape[-2] - height) // 2
     dx = (x.shape[-1] - width) // 2
     return x[..., dy : dy + height, dx : dx + width]
@@ -239,14 +241,19 @@ class UNet(nn.Module):
             self.output_size(int(size))
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The contracting path: the bottleneck's features and the skips, finest first."""
         skips = []
         for i, block in enumerate(self.down):
             x = block(x)
             if i < len(self.down) - 1:
                 skips.append(x)
                 x = self.pool(x)
+        return x, skips
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        x, skips = self.encode(x)
         for block, skip in zip(self.up, reversed(skips)):
             x = block(x, skip)
         return self.head(x)

@@ -40,6 +40,7 @@ import torch
 
 from .checkpoint import SegmentationModel
 from .device import free_memory_bytes, select_device
+from .engine import NetworkRunner
 from .events import Progress, run_to_end
 from .instances import probabilities_to_labels
 from .preprocess import ImageError, is_constant, prepare_plane
@@ -119,6 +120,7 @@ class _Engine:
         halo: int | None = None,
         precision: str = "auto",
         channels_last: bool | None = None,
+        engine: str | None = None,
     ) -> None:
         self.model = model
         if device is not None:
@@ -143,6 +145,8 @@ class _Engine:
         self.channels_last = self.device.type == "cuda" if channels_last is None else bool(channels_last)
         self.n_classes = self.net.config.n_classes
         self.run_net: torch.nn.Module | None = None  # built on first use, in eval mode
+        # ONNX Runtime on the CPU unless torch is asked for (see core.engine)
+        self.runner = NetworkRunner(self.net, self.device, engine, self.amp_dtype is not None)
         self._plan_cache: dict[tuple[int, int], TilePlan] = {}
         log.debug(
             "inference on %s: max tile %d, batch %d, autocast %s",
@@ -155,6 +159,9 @@ class _Engine:
         return self._plan_cache[shape]
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
+        probs = self.runner.probabilities(batch)
+        if probs is not None:
+            return probs
         x = torch.from_numpy(batch).to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -621,6 +628,7 @@ def iter_predict_probabilities(
     device: str | torch.device | None = None,
     precision: str = "auto",
     channels_last: bool | None = None,
+    engine: str | None = None,
     should_stop: Callable[[], bool] | None = None,
     out: Any = None,
 ) -> Generator[Progress, None, Any]:
@@ -651,6 +659,10 @@ def iter_predict_probabilities(
         "auto" uses bf16 (or fp16) autocast on CUDA and float32 elsewhere.
     channels_last : bool, optional
         Channels-last memory format (default: on CUDA only).
+    engine : {"auto", "torch", "onnx"}, optional
+        What runs the network: default ("auto", or ``NAPARI_UNET_ENGINE``) ONNX Runtime
+        on the CPU and torch on CUDA/MPS; torch also where ONNX Runtime cannot run
+        (see :mod:`napari_unet.core.engine`). Same probabilities either way.
     should_stop : callable, optional
         Checked between tiles; when it returns True, :class:`PredictionStopped` is raised.
     out : array-like, optional
@@ -678,7 +690,7 @@ def iter_predict_probabilities(
     planes = iter_planes(
         model, image, rgb=rgb, diameter=diameter, labels=False, should_stop=should_stop, device=device,
         tile_size=tile_size,
-        batch_size=batch_size, halo=halo, precision=precision, channels_last=channels_last,
+        batch_size=batch_size, halo=halo, precision=precision, channels_last=channels_last, engine=engine,
     )
     return (yield from _collect(planes, result, "probabilities"))
 
@@ -697,6 +709,7 @@ def iter_segment(
     device: str | torch.device | None = None,
     precision: str = "auto",
     channels_last: bool | None = None,
+    engine: str | None = None,
     should_stop: Callable[[], bool] | None = None,
     out: Any = None,
 ) -> Generator[Progress, None, Any]:
@@ -719,7 +732,7 @@ def iter_segment(
         model, image, rgb=rgb, diameter=diameter, threshold=threshold, min_size=min_size,
         should_stop=should_stop,
         device=device, tile_size=tile_size, batch_size=batch_size, halo=halo, precision=precision,
-        channels_last=channels_last,
+        channels_last=channels_last, engine=engine,
     )
     return (yield from _collect(planes, result, "labels"))
 

@@ -47,6 +47,7 @@ from ._base import (
     visible_region,
 )
 from ._corrections import CorrectedSlices
+from .correct import select_next_free_label
 
 if TYPE_CHECKING:
     from napari_unet.core.predict import PlaneResult
@@ -219,8 +220,10 @@ class SegmentWidget(Container):
     def _show_device(self) -> None:
         try:
             from napari_unet.core.device import describe_device, select_device
+            from napari_unet.core.engine import describe_engine
 
-            self._device_label.value = describe_device(select_device())
+            device = select_device()
+            self._device_label.value = f"{describe_device(device)}, {describe_engine(device)}"
         except Exception as exc:  # a broken torch install must not break the widget
             self._device_label.value = f"unknown ({one_line(exc)})"
 
@@ -384,6 +387,10 @@ class SegmentWidget(Container):
         layer.refresh()
         self._remember(name, result)
 
+    def kept_result(self, layer_name: str, index: tuple[int, ...]) -> PlaneResult | None:
+        """The last result (with its probabilities) written to plane ``index`` of ``layer_name``."""
+        return self._probabilities.get((layer_name, tuple(index)))
+
     def _show_sizing(self, result: PlaneResult) -> None:
         """Say which object diameter the run used (and any note about it, once per run)."""
         if result.diameter is None:
@@ -447,6 +454,8 @@ class SegmentWidget(Container):
         elif not self._failed:
             self._status.value = f"Done in {format_seconds(took)}"
         self.last_run_seconds = took
+        if self._last_layer_name in self._viewer.layers:  # the brush must not reuse a model's id
+            select_next_free_label(self._viewer.layers[self._last_layer_name])
         self._progress.visible = False
         self._run_button.enabled = True
         self._cancel_button.enabled = False

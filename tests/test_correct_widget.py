@@ -1,0 +1,195 @@
+"""The Correct dock widget in a real napari window: object tools driven by mouse and keyboard on a
+plane of the real C2C12 time-lapse masks (ids kept over time), with undo and the corrected-slice list."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+from qtpy.QtCore import Qt
+
+from napari_unet.widgets._base import viewer_camera
+from napari_unet.widgets._corrections import CorrectedSlices
+from napari_unet.widgets.correct import (
+    MODE_DELETE,
+    MODE_MERGE,
+    MODE_OFF,
+    MODE_SPLIT,
+    SHORTCUTS,
+    CorrectWidget,
+)
+
+FRAME = 3
+
+
+@pytest.fixture
+def c2c12_masks(data_dir) -> np.ndarray:
+    """The C2C12 ground truth, (10, 234, 234) uint16: frame 3 holds ids 1-8, the stack up to 17."""
+    labels = tifffile.imread(data_dir / "c2c12_timelapse" / "labels.tif")
+    assert sorted(np.unique(labels[FRAME]))[-1] == 8 and labels.max() == 17
+    return labels
+
+
+@pytest.fixture
+def correcting(make_napari_viewer, canvas_mouse, c2c12_masks, qtbot):
+    """A shown viewer on frame 3 of "c2c12 masks", the Correct widget docked."""
+    viewer = make_napari_viewer(show=True)
+    layer = viewer.add_labels(c2c12_masks.copy(), name="c2c12 masks")
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Correct")
+    assert isinstance(widget, CorrectWidget)
+    viewer.dims.set_current_step(0, FRAME)
+    viewer.layers.selection.active = layer
+    qtbot.wait(100)
+    return viewer, layer, widget, canvas_mouse(viewer)
+
+
+def pixels(labels: np.ndarray, label: int) -> np.ndarray:
+    return np.argwhere(labels == label)
+
+
+def test_widget_lists_the_masks_layer_and_its_shortcuts(correcting):
+    viewer, layer, widget, _mouse = correcting
+    assert widget.tools is not None and widget.tools.layer is layer
+    text = widget._shortcuts.value
+    assert [line.split(":")[0] for line in text.splitlines()] == [key for key, _ in SHORTCUTS]
+    assert "D: delete: click an object" in text
+    # the layer was opened with ids up to 17: "new object" is 18, not 1
+    assert layer.selected_label == 18
+
+
+def test_click_to_delete_marks_the_plane_and_undoes(correcting, c2c12_masks):
+    viewer, layer, widget, mouse = correcting
+    mouse.key(Qt.Key.Key_D)
+    assert widget._mode.value == MODE_DELETE and layer.mode == "pan_zoom"
+    centre = mouse.inside(c2c12_masks[FRAME], 5)
+    camera = viewer_camera(viewer)
+    before = tuple(camera.center)
+    mouse.drag([centre, (centre[0] + 30, centre[1] + 30)])  # a drag pans the view, deletes nothing
+    np.testing.assert_array_equal(layer.data, c2c12_masks)
+    assert tuple(camera.center) != before
+    mouse.click(centre)
+    assert not (layer.data[FRAME] == 5).any()
+    changed = c2c12_masks[FRAME] == 5
+    np.testing.assert_array_equal(layer.data[FRAME][~changed], c2c12_masks[FRAME][~changed])
+    np.testing.assert_array_equal(np.delete(layer.data, FRAME, 0), np.delete(c2c12_masks, FRAME, 0))
+    assert CorrectedSlices.for_layer(layer).planes == [(FRAME,)]
+    assert widget._status.value.startswith(f"Deleted object 5 ({changed.sum()} px) in slice {FRAME}")
+    mouse.key(Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)  # napari's undo
+    np.testing.assert_array_equal(layer.data, c2c12_masks)
+    mouse.key(Qt.Key.Key_D)  # the same key again: back to napari's tools
+    assert widget._mode.value == MODE_OFF and layer.mouse_pan is True
+
+
+def test_merge_split_by_line_and_by_seeds(correcting, c2c12_masks):
+    viewer, layer, widget, mouse = correcting
+    frame = c2c12_masks[FRAME]
+    # merge: G, then object 2 and object 1: 1 joins 2
+    mouse.key(Qt.Key.Key_G)
+    assert widget._mode.value == MODE_MERGE
+    mouse.click(mouse.inside(frame, 2))
+    assert "Object 2 picked" in widget._status.value
+    mouse.click(mouse.inside(frame, 1))
+    assert not (layer.data[FRAME] == 1).any()
+    assert (layer.data[FRAME] == 2).sum() == (frame == 2).sum() + (frame == 1).sum()
+
+    # split by a line: S, then a drag right across object 3 (from background to background)
+    mouse.key(Qt.Key.Key_S)
+    assert widget._mode.value == MODE_SPLIT and layer.mode == "pan_zoom" and layer.mouse_pan is False
+    rows, cols = pixels(frame, 3).T
+    col = int(np.median(cols))
+    path = [(r, col) for r in np.linspace(rows.min() - 4, rows.max() + 4, 8)]
+    mouse.drag(path)
+    new = 18  # the stack's next free id (ids 9-17 live in other frames), not the frame's (9)
+    parts = [layer.data[FRAME] == 3, layer.data[FRAME] == new]
+    assert all(p.any() for p in parts)
+    assert parts[0].sum() + parts[1].sum() == (frame == 3).sum()
+    left, right = sorted(parts, key=lambda p: np.argwhere(p)[:, 1].mean())
+    assert np.argwhere(left)[:, 1].max() <= col + 1 and np.argwhere(right)[:, 1].min() >= col - 1
+
+    # split by two seeds: two clicks in object 6, at its two ends
+    rows, cols = pixels(frame, 6).T
+    top = (rows.min() + 3, int(np.median(cols[rows <= rows.min() + 3])))
+    bottom = (rows.max() - 3, int(np.median(cols[rows >= rows.max() - 3])))
+    mouse.click(top)
+    assert "Seed 1 on object 6" in widget._status.value
+    mouse.click(bottom)
+    assert (layer.data[FRAME] == new + 1).any() and (layer.data[FRAME] == 6).any()
+    assert ((layer.data[FRAME] == 6) | (layer.data[FRAME] == new + 1)).sum() == (frame == 6).sum()
+    assert "Split object 6 into 2" in widget._status.value
+
+    untouched = ~np.isin(frame, [1, 2, 3, 6])
+    np.testing.assert_array_equal(layer.data[FRAME][untouched], frame[untouched])
+    np.testing.assert_array_equal(np.delete(layer.data, FRAME, 0), np.delete(c2c12_masks, FRAME, 0))
+    assert CorrectedSlices.for_layer(layer).planes == [(FRAME,)]
+    for _ in range(3):  # three edits, three undo steps
+        layer.undo()
+    np.testing.assert_array_equal(layer.data, c2c12_masks)
+
+
+def test_fill_holes_and_new_object_keys(correcting, c2c12_masks, qtbot):
+    viewer, layer, widget, mouse = correcting
+    centre = mouse.inside(c2c12_masks[FRAME], 3)
+    hole = (FRAME, slice(centre[0] - 2, centre[0] + 3), slice(centre[1] - 2, centre[1] + 3))
+    assert (layer.data[hole] == 3).all()
+    layer.data[hole] = 0  # a hole in object 3, made before the test (not a correction)
+    layer.refresh()
+    mouse.key(Qt.Key.Key_H)
+    np.testing.assert_array_equal(layer.data, c2c12_masks)
+    assert widget._status.value == f"Filled 25 px of holes in 1 object(s) in slice {FRAME}."
+    assert CorrectedSlices.for_layer(layer).planes == [(FRAME,)]
+
+    layer.selected_label = 1
+    mouse.key(Qt.Key.Key_N)
+    assert layer.selected_label == 18 and layer.mode == "paint"
+    # paint the new object with napari's brush: it gets the fresh id
+    layer.brush_size = 5
+    mouse.click((5, 5))
+    assert layer.data[FRAME, 5, 5] == 18
+
+
+def test_bad_clicks_notify_and_change_nothing(correcting, c2c12_masks, notifications):
+    viewer, layer, widget, mouse = correcting
+    frame = c2c12_masks[FRAME]
+    mouse.key(Qt.Key.Key_D)
+    mouse.click((2, 2))  # background
+    mouse.key(Qt.Key.Key_G)
+    mouse.click(mouse.inside(frame, 4))
+    mouse.click(mouse.inside(frame, 4))  # the same object twice
+    mouse.key(Qt.Key.Key_S)
+    mouse.drag([(2, 2), (2, 40)])  # a line through background only
+    rows, cols = pixels(frame, 3).T
+    mouse.drag([(int(np.median(rows)), cols.min() - 4), (int(np.median(rows)), int(np.median(cols)))])
+    np.testing.assert_array_equal(layer.data, c2c12_masks)
+    assert CorrectedSlices.for_layer(layer).planes == []
+    assert notifications == [
+        "Delete: there is no object under the cursor: click inside an object.",
+        "Merge: Merging needs two different objects; got object 4.",
+        "Split: the line crosses no object: draw it across the object to split.",
+        "Split: The line does not cut object 3 in two: draw it right across, from background to background.",
+    ]
+
+
+def test_segment_then_split_on_the_kept_probabilities(make_napari_viewer, dsb_fluo_crop, qtbot):
+    image, _truth = dsb_fluo_crop
+    viewer = make_napari_viewer()
+    _dock, segment = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Correct")
+    viewer.add_image(image, name="nuclei")
+    segment.reset_choices()
+    segment._run_button.clicked.emit()
+    qtbot.waitUntil(lambda: segment._worker is None, timeout=120_000)
+    masks = viewer.layers["nuclei masks"]
+    assert widget.tools is not None and widget.tools.layer is masks
+    assert masks.selected_label == masks.data.max() + 1  # after the run: the next free id
+    before = masks.data.copy()
+    sizes = np.bincount(before.ravel())
+    sizes[0] = 0
+    target = int(np.argmax(sizes))
+    rows, cols = pixels(before, target).T
+    left = pixels(before, target)[np.argmin(cols)]
+    right = pixels(before, target)[np.argmax(cols)]
+    widget.tools.mode = MODE_SPLIT
+    widget.tools.click((), left)
+    widget.tools.click((), right)
+    assert widget._status.value.endswith("(on the kept probabilities)")
+    assert set(np.unique(masks.data[before == target])) == {target, before.max() + 1}

@@ -1,0 +1,331 @@
+"""Object tools on real instance labels (DSB2018 nuclei, C2C12 frames, synthetic 3D nuclei)."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+from skimage.draw import disk
+from skimage.io import imread
+
+from napari_unet.core.edit import (
+    LabelEdit,
+    delete_object,
+    fill_holes,
+    merge_objects,
+    next_free_label,
+    relabel_sequential,
+    remove_small,
+    split_object,
+)
+
+
+# ---------------------------------------------------------------------- real labels
+@pytest.fixture(scope="module")
+def crowded(data_dir) -> np.ndarray:
+    """The DSB2018 fluorescence field with the most nuclei (520 x 696, 369 objects)."""
+    with open(data_dir / "dsb2018" / "manifest.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["kind"] == "grey_dark"]
+    row = max(rows, key=lambda r: int(r["n_objects"]))
+    labels = imread(data_dir / "dsb2018" / "labels" / f"{row['id']}.png").astype(np.int32)
+    assert len(np.unique(labels)) - 1 == int(row["n_objects"]) > 300
+    labels.setflags(write=False)  # no operation may change its input
+    return labels
+
+
+@pytest.fixture(scope="module")
+def volume(data_dir) -> np.ndarray:
+    """StarDist's synthetic 3D nuclei (31, 61, 57)."""
+    labels = tifffile.imread(data_dir / "nuclei3d_synthetic" / "labels.tif")
+    labels.setflags(write=False)
+    return labels
+
+
+def touching_pair(labels: np.ndarray) -> tuple[int, int]:
+    """The two touching objects whose smaller one is largest (two clear nuclei side by side)."""
+    pairs = set()
+    for a, b in ((labels[..., :-1], labels[..., 1:]), (labels[..., :-1, :], labels[..., 1:, :])):
+        touch = (a != b) & (a > 0) & (b > 0)
+        pairs |= set(zip(a[touch].tolist(), b[touch].tolist()))
+    sizes = np.bincount(labels.ravel())
+    return max(pairs, key=lambda p: (min(sizes[p[0]], sizes[p[1]]), p))
+
+
+def areas(labels: np.ndarray) -> np.ndarray:
+    return np.bincount(labels.ravel(), minlength=int(labels.max()) + 1)
+
+
+def applied(labels: np.ndarray, edit: LabelEdit) -> np.ndarray:
+    out = labels.copy()
+    edit.apply(out)
+    return out
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+def assert_only_region_changed(before: np.ndarray, after: np.ndarray, edit: LabelEdit) -> None:
+    outside = np.ones(before.shape, dtype=bool)
+    outside[edit.region] = False
+    np.testing.assert_array_equal(before[outside], after[outside])
+
+
+# ---------------------------------------------------------------------- delete, merge
+def test_delete_object_removes_only_that_object(crowded):
+    target = 100
+    edit = delete_object(crowded, target)
+    after = applied(crowded, edit)
+    assert not (after == target).any()
+    before_areas, after_areas = areas(crowded), areas(after)
+    assert after_areas[0] == before_areas[0] + before_areas[target]
+    others = np.arange(1, len(before_areas)) != target
+    np.testing.assert_array_equal(after_areas[1:][others], before_areas[1:][others])
+    assert_only_region_changed(crowded, after, edit)
+    # the region is the object's bounding box, no more
+    rows, cols = np.nonzero(crowded == target)
+    assert edit.region == (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+    assert edit.message == f"deleted object {target} ({before_areas[target]} px)"
+
+
+def test_merge_objects_keeps_the_first_id_and_leaves_neighbours(crowded):
+    a, b = touching_pair(crowded)
+    edit = merge_objects(crowded, [a, b])
+    after = applied(crowded, edit)
+    assert not (after == b).any()
+    assert (after == a).sum() == (crowded == a).sum() + (crowded == b).sum()
+    untouched = (crowded != a) & (crowded != b)
+    np.testing.assert_array_equal(after[untouched], crowded[untouched])
+    # the region is the bounding box of what changed: object b
+    rows, cols = np.nonzero(crowded == b)
+    assert edit.region == (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda lab: merge_objects(lab, [7, 7]), "Merging needs two different objects; got object 7."),
+        (lambda lab: merge_objects(lab, [7, 9999]), "There is no object 9999 in these labels."),
+        (lambda lab: delete_object(lab, 9999), "There is no object 9999 in these labels."),
+        (lambda lab: delete_object(lab, 0), "Object ids are whole numbers above 0 (0 is the background), got 0."),
+        (lambda lab: fill_holes(lab, 9999), "There is no object 9999 in these labels."),
+        (lambda lab: split_object(lab, 9999, seeds=[(0, 0), (1, 1)]), "There is no object 9999 in these labels."),
+        (lambda lab: remove_small(lab, -1), "The minimum size must be 0 or more pixels, got -1."),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_changes_nothing(crowded, call, message):
+    before = crowded.copy()
+    with pytest.raises(ValueError) as info:
+        call(crowded)
+    assert str(info.value) == message
+    np.testing.assert_array_equal(crowded, before)
+
+
+# ---------------------------------------------------------------------- split
+def test_split_with_seeds_undoes_a_merge_on_the_distance_transform(crowded):
+    a, b = touching_pair(crowded)
+    merged = applied(crowded, merge_objects(crowded, [a, b]))
+    seeds = [np.argwhere(crowded == i).mean(axis=0) for i in (a, b)]
+    edit = split_object(merged, a, seeds=seeds)
+    after = applied(merged, edit)
+    new = edit.new_labels[0]
+    assert new == next_free_label(merged) == crowded.max() + 1
+    # two parts that match the two original nuclei
+    assert iou(after == a, crowded == a) > 0.8 or iou(after == a, crowded == b) > 0.8
+    assert max(iou(after == new, crowded == a), iou(after == new, crowded == b)) > 0.8
+    assert (after == a).sum() >= (after == new).sum()  # the largest part keeps the id
+    untouched = (merged != a)
+    np.testing.assert_array_equal(after[untouched], merged[untouched])
+    assert_only_region_changed(merged, after, edit)
+
+
+def test_split_follows_the_probabilities_when_given(crowded):
+    a, b = touching_pair(crowded)
+    merged = applied(crowded, merge_objects(crowded, [a, b]))
+    # probabilities that put the border between the two parts elsewhere than the distance
+    # transform would: a valley along one column through the merged object
+    rows, cols = np.nonzero(merged == a)
+    valley = int(np.percentile(cols, 30))
+    probabilities = np.ones(merged.shape, dtype=np.float32)
+    probabilities[:, valley] = 0.0
+    seeds = [(rows[cols == cols.min()].mean(), cols.min()), (rows[cols == cols.max()].mean(), cols.max())]
+    edit = split_object(merged, a, seeds=seeds, probabilities=probabilities)
+    after = applied(merged, edit)
+    new = edit.new_labels[0]
+    parts = [after == a, after == new]
+    left = next(p for p in parts if p[:, : valley - 1].any())
+    assert not left[:, valley + 1 :].any()  # the parts meet at the valley
+    without = applied(merged, split_object(merged, a, seeds=seeds))
+    assert not np.array_equal(without, after)
+
+
+def test_split_along_a_line(crowded):
+    target = int(np.argmax(areas(crowded)[1:])) + 1  # the largest nucleus
+    rows, cols = np.nonzero(crowded == target)
+    mid = int(np.median(rows))
+    line = [(mid, cols.min() - 3), (mid, cols.max() + 3)]  # right across, background to background
+    edit = split_object(crowded, target, line=line)
+    after = applied(crowded, edit)
+    new = edit.new_labels
+    assert len(new) == 1 and new[0] == crowded.max() + 1
+    top, bottom = after == target, after == new[0]
+    assert top.sum() + bottom.sum() == (crowded == target).sum()
+    # each part lies on one side of the line (its own pixels joined one part or the other)
+    sides = [np.nonzero(part)[0] for part in (top, bottom)]
+    assert sorted([(s.min() >= mid, s.max() <= mid) for s in sides]) == [(False, True), (True, False)]
+    untouched = crowded != target
+    np.testing.assert_array_equal(after[untouched], crowded[untouched])
+
+
+def test_split_line_that_misses_or_does_not_cut_is_refused(crowded):
+    target = int(np.argmax(areas(crowded)[1:])) + 1
+    rows, cols = np.nonzero(crowded == target)
+    mid = int(np.median(rows))
+    far = [(0, 0), (0, 5)]
+    with pytest.raises(ValueError, match=f"^The line misses object {target}: draw it across the object.$"):
+        split_object(crowded, target, line=far)
+    half_way = [(mid, cols.min() - 3), (mid, int(np.median(cols)))]  # stops inside the object
+    with pytest.raises(ValueError, match=f"^The line does not cut object {target} in two"):
+        split_object(crowded, target, line=half_way)
+    outside_seed = [(rows[0], cols[0]), (0, 0)]
+    with pytest.raises(ValueError, match=f"is not on object {target}: put every seed inside the object."):
+        split_object(crowded, target, seeds=outside_seed)
+    with pytest.raises(ValueError, match="either seeds or a line"):
+        split_object(crowded, target)
+
+
+def test_split_needs_a_free_id_in_the_dtype():
+    labels = np.zeros((20, 40), dtype=np.uint8)
+    labels[5:15, 5:35] = 255
+    with pytest.raises(ValueError, match="No free object id left in uint8 labels"):
+        split_object(labels, 255, seeds=[(10, 8), (10, 30)])
+    labels[0, 0] = 1
+    edit = split_object(labels, 255, seeds=[(10, 8), (10, 30)], new_label=2)
+    assert edit.new_labels == (2,)
+
+
+# ---------------------------------------------------------------------- clean-up
+def test_fill_holes_fills_background_only(crowded):
+    big = int(np.argmax(areas(crowded)[1:])) + 1
+    rows, cols = np.nonzero(crowded == big)
+    centre = (int(rows.mean()), int(cols.mean()))
+    holed = crowded.copy()
+    hole = np.zeros(crowded.shape, dtype=bool)
+    hole[disk(centre, 3, shape=crowded.shape)] = True
+    assert (crowded[hole] == big).all()
+    holed[hole] = 0
+    holed[centre] = 5000  # an object of one pixel inside the hole: not background, kept
+    one = fill_holes(holed, big)
+    after = applied(holed, one)
+    assert after[centre] == 5000
+    expected = crowded.copy()
+    expected[centre] = 5000
+    np.testing.assert_array_equal(after, expected)
+    assert one.message == f"filled {int(hole.sum()) - 1} px of holes in object {big}"
+    # every object at once: the same, and nothing else moves
+    every = fill_holes(holed)
+    np.testing.assert_array_equal(applied(holed, every), expected)
+    assert fill_holes(crowded).is_empty  # the ground truth has no holes
+
+
+def test_fill_every_hole_matches_one_fill_per_object(crowded):
+    """Filling every hole at once gives what separate per-object fills give (nested objects win)."""
+    rng = np.random.default_rng(0)
+    holed = crowded.copy()
+    sizes = areas(crowded)
+    for target in rng.choice(np.flatnonzero(sizes > 200), size=20, replace=False):
+        rows, cols = np.nonzero(crowded == target)
+        centre = (int(rows.mean()), int(cols.mean()))
+        if crowded[centre] == target:
+            holed[disk(centre, 2, shape=crowded.shape)] = 0
+            if target % 2:  # a small object nested in the hole
+                holed[centre] = 6000 + target
+    reference = holed.copy()
+    ids = [i for i in np.unique(holed) if i]
+    boxes = {i: fill_holes(holed, i) for i in ids}
+    for i in sorted(ids, key=lambda i: -(holed == i).sum()):  # larger first: nested ones written last
+        edit = boxes[i]
+        if not edit.is_empty:
+            target = reference[edit.region]
+            target[edit.values == i] = i
+    every = fill_holes(holed)
+    np.testing.assert_array_equal(applied(holed, every), reference)
+    assert not np.array_equal(reference, holed)
+
+
+def test_remove_small(crowded):
+    sizes = areas(crowded)
+    small = set(np.flatnonzero((sizes < 40) & (np.arange(len(sizes)) > 0)).tolist())
+    assert 0 < len(small) < 50
+    edit = remove_small(crowded, 40)
+    after = applied(crowded, edit)
+    assert set(np.unique(after).tolist()) == set(np.unique(crowded).tolist()) - small
+    kept = ~np.isin(crowded, list(small))
+    np.testing.assert_array_equal(after[kept], crowded[kept])
+    assert edit.message == f"removed {len(small)} object(s) under 40 px"
+    assert remove_small(crowded, 1).is_empty
+
+
+def test_next_free_label_and_relabel_sequential(crowded):
+    assert next_free_label(crowded) == int(crowded.max()) + 1
+    assert next_free_label(np.zeros((4, 4), np.uint16)) == 1
+    gappy = applied(crowded, delete_object(crowded, 3))
+    gappy = applied(gappy, delete_object(gappy, 50))
+    edit = relabel_sequential(gappy)
+    after = applied(gappy, edit)
+    n = len(np.unique(crowded)) - 3
+    assert set(np.unique(after).tolist()) == set(range(n + 1))
+    # same partition: each old id maps to exactly one new id
+    pairs = np.unique(np.stack([gappy.ravel(), after.ravel()]), axis=1)
+    assert pairs.shape[1] == n + 1
+    assert np.array_equal(after[gappy < 3], gappy[gappy < 3])  # ids below the first gap stay
+    assert relabel_sequential(crowded).is_empty  # already 1..N: nothing to do
+
+
+def test_changes_are_the_pixels_apply_writes(crowded):
+    edit = delete_object(crowded, 42)
+    indices, values = edit.changes(crowded)
+    assert len(indices) == 2 and (values == 0).all()
+    assert len(values) == (crowded == 42).sum()
+    via_changes = crowded.copy()
+    via_changes[indices] = values
+    np.testing.assert_array_equal(via_changes, applied(crowded, edit))
+    empty = remove_small(crowded, 0)
+    idx, vals = empty.changes(crowded)
+    assert empty.is_empty and len(idx) == 2 and idx[0].size == 0 and vals.size == 0
+
+
+# ---------------------------------------------------------------------- 3D
+def test_operations_on_a_3d_volume(volume):
+    a, b = touching_pair(volume)
+    merged = applied(volume, merge_objects(volume, [a, b]))
+    assert (merged == a).sum() == (volume == a).sum() + (volume == b).sum()
+    seeds = [np.argwhere(volume == i).mean(axis=0) for i in (a, b)]
+    split = split_object(merged, a, seeds=seeds)
+    after = applied(merged, split)
+    new = split.new_labels[0]
+    assert max(iou(after == new, volume == a), iou(after == new, volume == b)) > 0.7
+    assert len(split.region) == 3
+    deleted = applied(volume, delete_object(volume, a))
+    assert not (deleted == a).any() and (deleted == b).sum() == (volume == b).sum()
+    # a cavity inside a nucleus is filled in 3D
+    zz, yy, xx = np.nonzero(volume == a)
+    centre = (int(np.median(zz)), int(np.median(yy)), int(np.median(xx)))
+    cavity = volume.copy()
+    cavity[centre] = 0
+    filled = fill_holes(cavity, a)
+    assert filled.region == tuple(slice(c, c + 1) for c in centre)
+    np.testing.assert_array_equal(applied(cavity, filled), volume)
+
+
+def test_core_edit_imports_no_gui():
+    code = (
+        "import sys, napari_unet.core.edit;"
+        "print(','.join(m for m in ('qtpy', 'napari', 'magicgui') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
