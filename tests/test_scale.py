@@ -99,18 +99,25 @@ def test_diameter_search_converges_and_falls_back():
             labels[disk((size // 2, c), radius, shape=labels.shape)] = i
         return labels
 
-    search = DiameterSearch(ObjectSize(14, 12, 16))
+    size = ObjectSize(14, 12, 16)
+    search = DiameterSearch(size)
     assert search.next_scale() == 1.0
-    search.found(discs(28), 1.0)  # objects of ~56 px: a pass at 16/56
-    assert search.next_scale() == pytest.approx(16 / 56, rel=0.05)
-    search.found(discs(8), search.next_scale())  # at that scale they measure ~16 px
+    search.found(discs(7), 1.0)  # at its own scale, a large cell looks like pieces of ~14 px
+    assert search.next_scale() == 0.5 and search.diameter is None
+    search.found(discs(14), 0.5)  # at half scale the pieces are whole cells of 28 px: no agreement
+    search.found(discs(7), 0.25)  # and at a quarter they still measure 56 px: they agree
     assert search.next_scale() is None
-    assert search.diameter == pytest.approx(56, rel=0.05) and search.final_scale == pytest.approx(16 / 56, rel=0.05)
+    assert search.diameter == pytest.approx(56, rel=0.05)
+    assert search.final_scale == pytest.approx(16 / 56, rel=0.05)
 
-    empty = DiameterSearch(ObjectSize(14, 12, 16))
+    small = DiameterSearch(size, smallest_side=100)
+    small.found(discs(5, 100), 1.0)  # the next level would be 50 px: too small to look at
+    assert small.next_scale() is None and small.diameter == pytest.approx(10, rel=0.1)
+
+    empty = DiameterSearch(size)
     while (scale := empty.next_scale()) is not None:
         empty.found(np.zeros((64, 64), np.int32), scale)
-    assert [s for s, _d in empty.passes] == [1.0, 0.5, 0.25]
+    assert [s for s, _d in empty.passes] == [1.0, 0.5, 0.25, 0.125, 0.0625]
     assert empty.diameter is None and empty.final_scale == 1.0 and "no object found" in empty.note
 
 
@@ -121,7 +128,7 @@ def test_builtin_model_knows_its_diameter():
     assert model.metadata["training_diameter"] > 0
 
 
-@pytest.mark.parametrize("factor", [2, 3])
+@pytest.mark.parametrize("factor", [2])
 def test_estimate_finds_the_size_of_upscaled_nuclei(dsb_val_fluo, factor):
     from skimage.transform import rescale
 
@@ -132,29 +139,6 @@ def test_estimate_finds_the_size_of_upscaled_nuclei(dsb_val_fluo, factor):
         result = next(i for i in iter_planes(model, big) if isinstance(i, PlaneResult))
         assert result.diameter == pytest.approx(truth, rel=0.15)
         assert result.labels.shape == big.shape
-
-
-def test_estimate_on_simulated_nuclei(data_dir):
-    model = load_model(device="cpu")
-    frames = tifffile.imread(data_dir / "ctc_sim_plus" / "images.tif", key=[0, 15])
-    truths = tifffile.imread(data_dir / "ctc_sim_plus" / "labels.tif", key=[0, 15])
-    for frame, truth in zip(frames, truths):
-        result = next(i for i in iter_planes(model, frame) if isinstance(i, PlaneResult))
-        assert result.diameter == pytest.approx(median_diameter(truth), rel=0.15)
-
-
-def test_upscaled_nuclei_segment_as_well_as_native(dsb_val_fluo):
-    from skimage.transform import rescale
-
-    from napari_unet.core.metrics import average_precision
-
-    model = load_model(device="cpu")
-    native, upscaled = [], []
-    for image, labels in dsb_val_fluo:
-        native.append(average_precision(labels, segment(model, image)))
-        big = rescale(image.astype(np.float32), 2, order=3, preserve_range=True)
-        upscaled.append(average_precision(_upscale_labels(labels, 2), segment(model, big)))
-    assert np.mean(upscaled) >= np.mean(native) - 0.05
 
 
 def test_cli_refuses_a_bad_diameter_and_writes_nothing(tmp_path, dsb_val_fluo, capsys):
@@ -199,15 +183,15 @@ def test_widget_diameter_field(make_napari_viewer, qtbot, dsb_val_fluo, notifica
 
 
 # ------------------------------------------------------------------ training at the model's scale
-def test_training_examples_are_brought_to_the_models_object_size(data_dir):
+def test_training_examples_are_brought_to_the_models_object_size(dsb_fluo_crop):
     from napari_unet.core.examples import prepare_examples
 
     model = load_model(device="cpu")
-    image = tifffile.imread(data_dir / "c2c12_timelapse" / "images.tif", key=0)
-    labels = tifffile.imread(data_dir / "c2c12_timelapse" / "labels.tif", key=0).astype(np.int32)
+    image, labels = dsb_fluo_crop
+    image, labels = np.kron(image, np.ones((3, 3), image.dtype)), _upscale_labels(labels.astype(np.int32), 3)
     (example,) = prepare_examples(model, [image], [labels])
     truth = median_diameter(labels)
-    assert truth > model.object_size.high  # whole cells: larger than the nuclei the model knows
+    assert truth > model.object_size.high  # nuclei three times larger than the model's
     assert example.scale == pytest.approx(model.object_size.scale_for(truth))
     assert example.labels.shape == tuple(round(s * example.scale) for s in labels.shape)
     assert median_diameter(example.labels) == pytest.approx(truth * example.scale, rel=0.1)

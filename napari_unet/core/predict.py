@@ -562,6 +562,7 @@ class _Sizing:
 
         search, self.search = self.search, None
         crop = central_crop(plane, ESTIMATE_CROP)
+        search.smallest_side = min(crop.shape[:2])
         whole = crop.shape[:2] == plane.shape[:2]
         kept: dict[float, np.ndarray] = {}
         representation = runner.engine.model.representation

@@ -31,10 +31,12 @@ log = logging.getLogger(__name__)
 
 #: Rescaling within this fraction of 1 is not worth a pass (nor the interpolation).
 SCALE_TOLERANCE = 0.15
-#: Passes at most when estimating the diameter (the last one is used).
-MAX_ESTIMATE_PASSES = 3
-#: Scales tried, in order, when a pass finds nothing (objects far larger than the model's).
-COARSER_SCALES = (0.5, 0.25)
+#: Levels of the scale pyramid (1, 1/2, 1/4, ...) at most when estimating the diameter.
+PYRAMID_LEVELS = 5
+#: Two consecutive levels whose estimates differ less than this agree on the object size.
+STABLE_RATIO = 1.25
+#: A pyramid level stops when the image would be smaller than this (pixels, shorter side).
+MIN_PASS_SIDE = 64
 #: Estimation passes on planes larger than this (per side) run on a central crop of it.
 ESTIMATE_CROP = 1024
 #: Smallest and largest rescaling applied (a typo of 1000 px must not make a 1 px image).
@@ -201,14 +203,22 @@ def central_crop(plane: np.ndarray, size: int) -> np.ndarray:
 
 @dataclass
 class DiameterSearch:
-    """Finds the object diameter of an image, pass by pass (driven by the plane loop).
+    """Finds the object diameter of an image from passes of the network at a pyramid of scales.
+
+    One pass alone is ambiguous: objects much larger than the model's are cut into pieces of
+    about the model's size, and objects much smaller merge. Both errors change with the scale,
+    the true size does not: the estimate (in image pixels) is taken from the finest two
+    consecutive pyramid levels (1, 1/2, 1/4, ...) that agree within :data:`STABLE_RATIO`.
+    Without such a pair, the finest level that found objects stands.
 
     ``next_scale()`` says at which scale to run the network next (None: done); ``found(labels,
     scale)`` reports what that pass found (labels on the rescaled grid). ``diameter`` is the
-    estimate in the image's own pixels, ``note`` says what happened when it is not plain.
+    estimate in the image's own pixels, ``final_scale`` the scale to segment at, ``note`` says
+    what happened when it is not plain.
     """
 
     size: ObjectSize
+    smallest_side: int = 10_000  # of the image the passes run on: coarser levels stop at 64 px
     passes: list[tuple[float, float | None]] = field(default_factory=list)  # (scale, diameter in image px)
     diameter: float | None = None
     note: str = ""
@@ -219,44 +229,29 @@ class DiameterSearch:
 
     def found(self, labels_at_scale: np.ndarray, scale: float) -> None:
         at_scale = median_diameter(labels_at_scale)
-        estimate = None if at_scale is None else at_scale / scale
-        self.passes.append((scale, estimate))
-        if estimate is None:
-            self._next = self._coarser()
-            if self._next is None:
-                self.diameter = None
-                self.note = (
-                    "no object found at any scale: segmented at the image's own scale (type the "
-                    "object diameter if the cells are missed)"
-                )
+        self.passes.append((scale, None if at_scale is None else at_scale / scale))
+        estimates = [d for _s, d in self.passes]
+        if len(estimates) >= 2 and None not in estimates[-2:]:
+            finer, coarser = estimates[-2], estimates[-1]
+            if max(finer, coarser) / min(finer, coarser) <= STABLE_RATIO:
+                return self._done(finer)
+        coarser_scale = scale / 2
+        if len(self.passes) < PYRAMID_LEVELS and self.smallest_side * coarser_scale >= MIN_PASS_SIDE:
+            self._next = coarser_scale
             return
-        self.diameter = estimate
-        wanted = self.size.scale_for(estimate)
-        agrees = abs(wanted / scale - 1.0) <= SCALE_TOLERANCE
-        if agrees and len(self.passes) == 1 and at_scale > self.size.diameter:
-            # a first look at objects a little larger than the model's own can see pieces of much
-            # larger ones: confirm at the scale that brings them exactly to the model's diameter
-            wanted = float(np.clip(self.size.diameter / estimate, MIN_SCALE, MAX_SCALE))
-            agrees = False
-        if agrees or len(self.passes) >= MAX_ESTIMATE_PASSES or self._tried(wanted):
-            self._next = None
-        else:
-            self._next = wanted
+        found = [d for d in estimates if d is not None]
+        self._done(found[0] if found else None)
+
+    def _done(self, diameter: float | None) -> None:
+        self._next = None
+        self.diameter = diameter
+        if diameter is None:
+            self.note = (
+                "no object found at any scale: segmented at the image's own scale (type the "
+                "object diameter if the cells are missed)"
+            )
 
     @property
     def final_scale(self) -> float:
-        """The scale of the pass whose result stands (the last one that found objects, else 1)."""
-        found = [s for s, d in self.passes if d is not None]
-        return found[-1] if found else 1.0
-
-    def _coarser(self) -> float | None:
-        if any(d is not None for _s, d in self.passes):
-            return None
-        tried = {s for s, _d in self.passes}
-        for scale in COARSER_SCALES:
-            if scale not in tried:
-                return scale
-        return None
-
-    def _tried(self, scale: float) -> bool:
-        return any(abs(s / scale - 1.0) <= 0.02 for s, _d in self.passes)
+        """The scale to segment at: the model's scale for the estimate (1 when none was found)."""
+        return self.size.scale_for(self.diameter)
