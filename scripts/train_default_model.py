@@ -146,7 +146,8 @@ def tune_postprocessing(model, rows: list[dict], device) -> tuple[dict, list[np.
     from napari_unet.core.metrics import average_precision
     from napari_unet.core.predict import predict_probabilities
 
-    probs = [predict_probabilities(model, r["image"], device=device) for r in rows]
+    # at the images' own scale: the recipe trains and tunes on DSB2018 as it is
+    probs = [predict_probabilities(model, r["image"], device=device, diameter="native") for r in rows]
     best = None
     for t in THRESHOLDS:
         for m in MIN_SIZES:

@@ -445,11 +445,11 @@ def iter_planes(
         A :class:`Progress` after every tile (tiles counted over all planes), and one
         :class:`PlaneResult` when a plane is done.
     """
-    image, layout = _prepare(model, image, rgb)
-    if labels:
-        from .instances import _check_args
+    from .instances import _check_args
 
-        threshold, min_size = _check_args(*model.resolve_postprocessing(threshold, min_size))
+    image, layout = _prepare(model, image, rgb)
+    # also without labels: measuring the object size post-processes the estimation passes
+    threshold, min_size = _check_args(*model.resolve_postprocessing(threshold, min_size))
     planes = layout.indices() if planes is None else [layout.check_index(p) for p in planes]
     region, window, inner = plane_window(region, layout.plane_shape, context)
     window_shape = (window[0].stop - window[0].start, window[1].stop - window[1].start)
