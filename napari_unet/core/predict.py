@@ -45,7 +45,7 @@ from .events import Progress, run_to_end
 from .instances import probabilities_to_labels
 from .preprocess import ImageError, is_constant, prepare_plane
 from .scale import min_size_at
-from .stack import MAX_STACK_AXES, StackLayout, Window, check_finite, read_plane, stack_layout
+from .stack import MAX_STACK_AXES, StackLayout, Window, check_finite, read_plane, stack_layout  # noqa: F401  (MAX_STACK_AXES: re-exported)
 from .tiling import TilePlan, choose_tile_and_batch, mirror_pad, plan_tiles
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,6 @@ corrected (see ``_corrections.CorrectedSlices``) are skipped unless the user tic
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 import time
@@ -28,7 +27,6 @@ from magicgui.widgets import (
     Container,
     FloatSlider,
     Label,
-    LineEdit,
     ProgressBar,
     PushButton,
     RadioButtons,
@@ -39,7 +37,6 @@ from ._base import (
     current_plane_index,
     format_seconds,
     notify_error,
-    notify_info,
     notify_warning,
     one_line,
     spatial_ndim,
@@ -47,6 +44,8 @@ from ._base import (
     visible_region,
 )
 from ._corrections import CorrectedSlices
+from ._diameter import DiameterControls
+from ._segment_job import segment_planes
 from .correct import select_next_free_label
 
 if TYPE_CHECKING:
@@ -58,9 +57,6 @@ SCOPE_SLICE = "Current slice"
 SCOPE_VIEW = "Visible field of view"
 SCOPE_STACK = "Whole stack"
 NO_CHANNEL_AXIS = "none"
-DIAMETER_AUTO = "auto"
-#: Pixels of real image context added around a field of view before predicting.
-VIEW_CONTEXT = 32
 #: Probability maps kept for re-thresholding (float16), at most this many bytes.
 PROBABILITY_CACHE_BYTES = 512 * 2**20
 
@@ -72,16 +68,6 @@ def masks_layer_name(image_name: str) -> str:
 def corrected_planes(layer) -> set[tuple[int, ...]]:
     """Plane indices the user corrected in ``layer``; starts tracking the layer's edits."""
     return set(CorrectedSlices.for_layer(layer).planes)
-
-
-def _load_model_cached(cache: dict, path: str, device: str | None):
-    from napari_unet.core.checkpoint import read_model_file
-
-    key = (path, Path(path).stat().st_mtime_ns, device)
-    if key not in cache:
-        cache.clear()
-        cache[key] = read_model_file(path, device=device)
-    return cache[key]
 
 
 class SegmentWidget(Container):
@@ -98,7 +84,6 @@ class SegmentWidget(Container):
         self._run_started = 0.0
         self._cancelled = False
         self._failed = False
-        self._last_note = ""
         self.last_run_seconds: float | None = None
 
         self._image_combo = ComboBox(label="Image", choices=self._image_choices, nullable=False)
@@ -116,14 +101,8 @@ class SegmentWidget(Container):
 
         self._min_size = SpinBox(label="Min. size (px)", min=0, max=100_000, value=DEFAULT_MIN_SIZE,
                                  tooltip="Objects smaller than this are removed (pixels at the model's scale).")
-        self._diameter = LineEdit(
-            label="Object diameter", value=DIAMETER_AUTO,
-            tooltip="Typical cell diameter: 'auto' estimates it; or pixels ('25'), or a physical size "
-                    "('8 um') when the image has a pixel size. The image is rescaled to the model's own "
-                    "object size before the network; the masks keep the image's shape.",
-        )
-        self._diameter_from_label = PushButton(text="Diameter from selected label")
-        self._diameter_used = Label(label="Diameter used", value="")
+        self._sizing = DiameterControls()
+        self._diameter, self._diameter_used = self._sizing.field, self._sizing.used
         self._overwrite = CheckBox(text="Overwrite slices I corrected", value=False)
         self._run_button = PushButton(text="Segment")
         self._cancel_button = PushButton(text="Cancel", enabled=False)
@@ -132,7 +111,7 @@ class SegmentWidget(Container):
         self._device_label = Label(label="Device", value="")
         self.extend([
             self._image_combo, self._channel_axis, self._model_combo, self._add_model_button,
-            self._scope, self._diameter, self._diameter_from_label, self._diameter_used,
+            self._scope, *self._sizing.widgets,
             self._threshold, self._min_size, self._overwrite,
             self._run_button, self._cancel_button, self._progress, self._status, self._device_label,
         ])
@@ -140,7 +119,7 @@ class SegmentWidget(Container):
         self._run_button.changed.connect(self.run)
         self._cancel_button.changed.connect(self.cancel)
         self._add_model_button.changed.connect(self._ask_model_file)
-        self._diameter_from_label.changed.connect(self.diameter_from_selected_label)
+        self._sizing.from_label_button.changed.connect(self.diameter_from_selected_label)
         self._image_combo.changed.connect(lambda *_: self._channel_axis.reset_choices())
         self._threshold.changed.connect(self._rethreshold)
         self._min_size.changed.connect(self._rethreshold)
@@ -286,7 +265,7 @@ class SegmentWidget(Container):
             return
         try:
             plane_shape = tuple(image.data.shape[-3:-1] if image.rgb else image.data.shape[-2:])
-            diameter = self._chosen_diameter(image, plane_shape)  # checked before anything is written
+            diameter = self._sizing.chosen(image, plane_shape)  # checked before anything is written
             masks = self._masks_layer(image)
             scope = self._scope.value
             planes = self._planes_for_scope(image, scope)
@@ -339,7 +318,7 @@ class SegmentWidget(Container):
 
     def _start(self, generator: Generator, message: str) -> None:
         self._run_started = time.perf_counter()
-        self._last_note = ""
+        self._sizing.new_run()
         self._cancelled = False
         self._failed = False
         self._status.value = message + "…"
@@ -365,7 +344,7 @@ class SegmentWidget(Container):
             self._status.value = item.message + (f" — {eta} left" if eta else "")
         elif isinstance(item, PlaneResult):
             self._write_plane(item)
-            self._show_sizing(item)
+            self._sizing.show(item)
 
     def _write_plane(self, result: PlaneResult) -> None:
         name = self._last_layer_name
@@ -391,47 +370,12 @@ class SegmentWidget(Container):
         """The last result (with its probabilities) written to plane ``index`` of ``layer_name``."""
         return self._probabilities.get((layer_name, tuple(index)))
 
-    def _show_sizing(self, result: PlaneResult) -> None:
-        """Say which object diameter the run used (and any note about it, once per run)."""
-        if result.diameter is None:
-            text = "image's own scale"
-        else:
-            how = "estimated" if self._diameter.value.strip().lower() in ("", DIAMETER_AUTO) else "given"
-            text = f"{result.diameter:.0f} px ({how})"
-            if result.scale != 1.0:
-                text += f", image scaled x{result.scale:.2f}"
-        self._diameter_used.value = text
-        if result.note and result.note != self._last_note:
-            notify_info(f"Object diameter: {result.note}.")
-        self._last_note = result.note
-
-    def _chosen_diameter(self, image, plane_shape: tuple[int, ...]) -> float | None:
-        """The diameter in the field (None for auto), in pixels; a clear ValueError otherwise."""
-        from napari_unet.core.scale import check_diameter, parse_diameter
-
-        pixel_size = float(image.scale[-1]) if float(image.scale[-1]) != 1.0 else None
-        diameter = parse_diameter(self._diameter.value, pixel_size)
-        return None if diameter is None else check_diameter(diameter, plane_shape[:2])
-
     def diameter_from_selected_label(self, *_args) -> None:
-        """Fill the diameter with the equivalent diameter of the masks layer's selected label
-        (in the slice shown): one well-drawn cell tells the size of the others."""
-        from napari_unet.core.scale import median_diameter
-
+        """Take the object diameter from the masks layer's selected label (see DiameterControls)."""
         image = self._image_combo.value
         name = masks_layer_name(image.name) if image is not None else None
-        if name is None or name not in self._viewer.layers:
-            notify_warning("Segment or draw a cell first: its label gives the diameter.")
-            return
-        layer = self._viewer.layers[name]
-        index = current_plane_index(self._viewer, layer)
-        plane = np.asarray(layer.data[index] if index else layer.data)
-        selected = int(layer.selected_label)
-        diameter = median_diameter((plane == selected).astype(np.int32))
-        if diameter is None:
-            notify_warning(f"Label {selected} is not in the slice shown: pick a cell with the picker first.")
-            return
-        self._diameter.value = f"{diameter:.1f}"
+        masks = self._viewer.layers[name] if name is not None and name in self._viewer.layers else None
+        self._sizing.from_selected_label(self._viewer, masks)
 
     def _remember(self, layer_name: str, result: PlaneResult) -> None:
         key = (layer_name, result.index)
@@ -477,31 +421,3 @@ class SegmentWidget(Container):
 
         generator = iter_rethreshold(cached, float(self._threshold.value), int(self._min_size.value))
         self._start(generator, "Applying threshold")
-
-
-# ---------------------------------------------------------------------- worker bodies
-def segment_planes(
-    model_path: str,
-    data,
-    planes: list[tuple[int, ...]],
-    region: tuple[slice, slice],
-    *,
-    rgb: bool,
-    threshold: float,
-    min_size: int,
-    diameter: float | None = None,
-    model_cache: dict | None = None,
-    device: str | None = None,
-) -> Generator[Any, None, None]:
-    """Worker body: loads the model, then core's plane loop (Progress events and one
-    :class:`~napari_unet.core.predict.PlaneResult` per plane, probabilities as float16)."""
-    from napari_unet.core.events import Progress
-    from napari_unet.core.predict import PlaneResult, iter_planes
-
-    yield Progress(0, len(planes), message="Loading the model")
-    model = _load_model_cached(model_cache if model_cache is not None else {}, model_path, device)
-    for item in iter_planes(model, data, planes=planes, region=region, context=VIEW_CONTEXT, rgb=rgb,
-                            diameter=diameter, threshold=threshold, min_size=min_size):
-        if isinstance(item, PlaneResult):  # kept for re-thresholding: half the memory
-            item = dataclasses.replace(item, probabilities=item.probabilities.astype(np.float16))
-        yield item

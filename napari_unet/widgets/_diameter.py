@@ -1,0 +1,80 @@
+"""The Segment widget's object-diameter controls: "auto", a typed size (px or µm), or one cell's.
+
+Kept apart from the Segment widget: parsing and checking the field, taking the size of the
+selected label, and saying which diameter a run used (and why, when something was unusual).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import Label, LineEdit, PushButton
+
+from ._base import current_plane_index, notify_info, notify_warning
+
+DIAMETER_AUTO = "auto"
+
+
+class DiameterControls:
+    """The "Object diameter" field, its "from selected label" button and the "Diameter used" line."""
+
+    def __init__(self) -> None:
+        self.field = LineEdit(
+            label="Object diameter", value=DIAMETER_AUTO,
+            tooltip="Typical cell diameter: 'auto' estimates it; or pixels ('25'), or a physical size "
+                    "('8 um') when the image has a pixel size. The image is rescaled to the model's own "
+                    "object size before the network; the masks keep the image's shape.",
+        )
+        self.from_label_button = PushButton(text="Diameter from selected label")
+        self.used = Label(label="Diameter used", value="")
+        self._last_note = ""
+
+    @property
+    def widgets(self) -> list[Any]:
+        return [self.field, self.from_label_button, self.used]
+
+    @property
+    def is_auto(self) -> bool:
+        return self.field.value.strip().lower() in ("", DIAMETER_AUTO)
+
+    def chosen(self, image: Any, plane_shape: tuple[int, ...]) -> float | None:
+        """The diameter in the field in pixels (None for auto); a clear ValueError otherwise."""
+        from napari_unet.core.scale import check_diameter, parse_diameter
+
+        pixel_size = float(image.scale[-1]) if float(image.scale[-1]) != 1.0 else None
+        diameter = parse_diameter(self.field.value, pixel_size)
+        return None if diameter is None else check_diameter(diameter, plane_shape[:2])
+
+    def new_run(self) -> None:
+        self._last_note = ""
+
+    def show(self, result: Any) -> None:
+        """Say which object diameter a run used (and any note about it, once per run)."""
+        if result.diameter is None:
+            text = "image's own scale"
+        else:
+            text = f"{result.diameter:.0f} px ({'estimated' if self.is_auto else 'given'})"
+            if result.scale != 1.0:
+                text += f", image scaled x{result.scale:.2f}"
+        self.used.value = text
+        if result.note and result.note != self._last_note:
+            notify_info(f"Object diameter: {result.note}.")
+        self._last_note = result.note
+
+    def from_selected_label(self, viewer: Any, masks: Any) -> None:
+        """Fill the field with the equivalent diameter of ``masks``' selected label (in the slice
+        shown): one well-drawn cell tells the size of the others."""
+        from napari_unet.core.scale import median_diameter
+
+        if masks is None:
+            notify_warning("Segment or draw a cell first: its label gives the diameter.")
+            return
+        index = current_plane_index(viewer, masks)
+        plane = np.asarray(masks.data[index] if index else masks.data)
+        selected = int(masks.selected_label)
+        diameter = median_diameter((plane == selected).astype(np.int32))
+        if diameter is None:
+            notify_warning(f"Label {selected} is not in the slice shown: pick a cell with the picker first.")
+            return
+        self.field.value = f"{diameter:.1f}"
