@@ -1,0 +1,354 @@
+"""Object tools on one Labels layer: the mouse modes and keys behind the Correct widget.
+
+:class:`ObjectTools` binds delete / merge / split clicks and lines, fill holes and "new object" to
+a Labels layer; every edit is :mod:`napari_unet.core.edit`'s, written with the layer's public
+``data_setitem`` (one undo step, the plane marked corrected through the layer's paint event).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from psygnal import Signal
+
+from napari_unet.core import edit as core_edit
+
+from ._base import current_plane_index, notify_error
+from ._corrections import CorrectedSlices, format_plane
+from ._registry import _unwrap, get_widget
+
+if TYPE_CHECKING:
+    import napari
+
+log = logging.getLogger(__name__)
+
+MODE_OFF = "Off"
+MODE_DELETE = "Delete"
+MODE_MERGE = "Merge"
+MODE_SPLIT = "Split"
+MODES = (MODE_OFF, MODE_DELETE, MODE_MERGE, MODE_SPLIT)
+
+#: Key -> what it does, as shown in the widget and the README.
+SHORTCUTS = (
+    ("D", "delete: click an object"),
+    ("G", "merge: click two objects"),
+    ("S", "split: a line across, or two seeds"),
+    ("H", "fill holes in this slice"),
+    ("N", "new object: the next free id"),
+    ("Ctrl+Z", "undo (Ctrl+Shift+Z: redo)"),
+)
+MODE_KEYS = {"D": MODE_DELETE, "G": MODE_MERGE, "S": MODE_SPLIT}
+
+#: A press and release closer than this (screen pixels) is a click; farther, a drag (a split line,
+#: or a pan of the view with the other tools).
+CLICK_TOLERANCE = 4.0
+
+Plane = tuple[int, ...]
+
+
+class EditError(ValueError):
+    """A user action that cannot be done (shown as a notification; nothing changes)."""
+
+
+# ---------------------------------------------------------------------- layer helpers
+def select_next_free_label(layer: "napari.layers.Labels") -> int | None:
+    """Make ``layer.selected_label`` the next free id of the whole layer (its max + 1).
+
+    Only for labels held in memory (a lazily read file would be read whole); returns the id
+    chosen, or None where nothing was done.
+    """
+    if not isinstance(layer.data, np.ndarray) or layer.data.ndim < 2:
+        return None
+    label = core_edit.next_free_label(layer.data)
+    if label <= np.iinfo(layer.data.dtype).max:
+        layer.selected_label = label
+        return label
+    return None
+
+
+def plane_of(layer: "napari.layers.Labels", plane: Plane) -> np.ndarray:
+    """The (Y, X) plane ``plane`` of the layer's data: a view, not a copy."""
+    data = layer.data
+    if not isinstance(data, np.ndarray):
+        raise EditError(f"{layer.name!r} is read lazily from its file; object tools need labels in memory.")
+    return data[plane] if plane else data
+
+
+def apply_edit(layer: "napari.layers.Labels", plane: Plane, edit: core_edit.LabelEdit) -> int:
+    """Write an edit computed on plane ``plane`` into the layer as one undo-history item.
+
+    Goes through the layer's public ``data_setitem`` with the changed pixels only: napari records
+    the old values for undo, refreshes the changed region, and emits the paint event that marks
+    the plane as corrected. Returns the number of pixels changed.
+    """
+    indices, values = edit.changes(plane_of(layer, plane))
+    if values.size == 0:
+        return 0
+    lead = tuple(np.full(values.size, i, dtype=np.intp) for i in plane)
+    layer.data_setitem(lead + indices, values)
+    return int(values.size)
+
+
+def object_probabilities(viewer: Any, layer: "napari.layers.Labels", plane: Plane,
+                         box: tuple[slice, slice]) -> np.ndarray | None:
+    """The Segment widget's kept "inside an object" probability for ``plane``, as a plane-sized
+    array, when its last run covered the box ``box`` of that plane; None otherwise."""
+    segment = get_widget(viewer, "segment")
+    kept = getattr(segment, "kept_result", None)
+    result = kept(layer.name, plane) if kept is not None else None
+    if result is None or result.probabilities.shape[0] < 2:
+        return None
+    shape = plane_of(layer, plane).shape
+    rows, cols = (slice(*s.indices(n)[:2]) for s, n in zip(result.region, shape))
+    if not (rows.start <= box[0].start and box[0].stop <= rows.stop
+            and cols.start <= box[1].start and box[1].stop <= cols.stop):
+        return None
+    probabilities = np.zeros(shape, dtype=np.float32)
+    probabilities[rows, cols] = result.probabilities[1][result.inner]  # channel 1: object (interior)
+    return probabilities
+
+
+# ---------------------------------------------------------------------- the tools
+class ObjectTools:
+    """Mouse and key bindings of the object tools on one Labels layer.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+        The viewer showing the layer (for the current slice and the Segment widget).
+    layer : napari.layers.Labels
+        The masks layer to edit; its edits are tracked by :class:`CorrectedSlices`.
+    """
+
+    #: Emitted with the new mode when the click tool changes.
+    mode_changed = Signal(str)
+    #: Emitted with a one-line message after every action (or pending step).
+    status = Signal(str)
+
+    def __init__(self, viewer: Any, layer: "napari.layers.Labels") -> None:
+        self._viewer = viewer
+        self.layer = _unwrap(layer)
+        self._mode = MODE_OFF
+        self._pending: tuple[Plane, int, tuple[float, float]] | None = None  # merge or seed: first click
+        CorrectedSlices.for_layer(self.layer)
+        self.layer.mouse_drag_callbacks.append(self._on_mouse)
+        self.layer.events.mode.connect(self._on_layer_mode)
+        self._keys = {
+            **{key: (lambda _layer, m=mode: self.toggle_mode(m)) for key, mode in MODE_KEYS.items()},
+            "H": lambda _layer: self.fill_holes(),
+            "N": lambda _layer: self.new_object(),
+        }
+        for key, action in self._keys.items():
+            self.layer.bind_key(key, action, overwrite=True)
+
+    def detach(self) -> None:
+        """Remove the bindings from the layer (leaving napari's own tools as they were)."""
+        self.mode = MODE_OFF
+        if self._on_mouse in self.layer.mouse_drag_callbacks:
+            self.layer.mouse_drag_callbacks.remove(self._on_mouse)
+        self.layer.events.mode.disconnect(self._on_layer_mode)
+        for key, action in self._keys.items():
+            if self.layer.keymap.get(_keybinding(key)) is action:
+                self.layer.bind_key(key, None)
+
+    # ---------------------------------------------------------------- mode
+    @property
+    def mode(self) -> str:
+        """The click tool: ``"Off"`` (napari's tools), ``"Delete"``, ``"Merge"`` or ``"Split"``."""
+        return self._mode
+
+    @mode.setter
+    def mode(self, mode: str) -> None:
+        if mode not in MODES:
+            raise ValueError(f"Unknown tool {mode!r}; choose one of {', '.join(MODES)}.")
+        self._pending = None
+        if mode == self._mode:
+            return
+        self._mode = mode
+        layer = self.layer
+        if mode == MODE_OFF:
+            layer.mouse_pan = layer.mode == "pan_zoom"
+            layer.cursor = "standard"
+        else:
+            layer.mode = "pan_zoom"  # napari's brush must not paint while we click
+            layer.mouse_pan = mode != MODE_SPLIT  # a drag pans the view, or draws a split line
+            layer.cursor = "crosshair"
+        self.mode_changed.emit(mode)
+        self.status.emit(_MODE_HINTS[mode])
+
+    def toggle_mode(self, mode: str) -> None:
+        """Switch to ``mode``, or back to napari's tools if it is on already (the key pressed again)."""
+        self.mode = MODE_OFF if self.mode == mode else mode
+
+    def _on_layer_mode(self, event: Any = None) -> None:
+        if self._mode != MODE_OFF and self.layer.mode != "pan_zoom":  # the user picked a napari tool
+            self._mode = MODE_OFF
+            self._pending = None
+            self.mode_changed.emit(MODE_OFF)
+
+    # ---------------------------------------------------------------- mouse
+    def _point(self, event: Any) -> tuple[Plane, np.ndarray]:
+        """(plane, (y, x) in data pixels) of a mouse event."""
+        layer = self.layer
+        offset = len(event.position) - layer.ndim
+        displayed = [d - offset for d in event.dims_displayed]
+        if len(displayed) != 2:
+            raise EditError("switch to the 2D view (Ctrl+Y) to edit objects.")
+        if displayed != [layer.ndim - 2, layer.ndim - 1]:
+            raise EditError("show the Y-X plane (the last two axes) to edit objects.")
+        data = np.asarray(layer.world_to_data(event.position), dtype=float)[-layer.ndim:]
+        lead_shape = layer.data.shape[: layer.ndim - 2]
+        plane = tuple(int(np.clip(np.round(c), 0, s - 1)) for c, s in zip(data[: layer.ndim - 2], lead_shape))
+        return plane, data[-2:]
+
+    def _id_at(self, plane: Plane, yx: np.ndarray) -> int:
+        labels = plane_of(self.layer, plane)
+        y, x = (int(np.floor(c + 0.5)) for c in yx)
+        if not (0 <= y < labels.shape[0] and 0 <= x < labels.shape[1]):
+            raise EditError("click inside the image.")
+        label = int(labels[y, x])
+        if label == 0:
+            raise EditError("there is no object under the cursor: click inside an object.")
+        return label
+
+    def _on_mouse(self, layer: Any, event: Any):
+        if self._mode == MODE_OFF or layer.mode != "pan_zoom" or getattr(event, "button", 1) != 1:
+            return
+        mode = self._mode
+        try:
+            plane, start = self._point(event)
+        except EditError as exc:
+            notify_error(mode, exc)
+            return
+        path, screen = [start], [np.asarray(event.pos, dtype=float)]
+        yield
+        while True:  # moves while the button is down, then the release
+            screen.append(np.asarray(event.pos, dtype=float))
+            try:
+                path.append(self._point(event)[1])
+            except EditError:
+                pass
+            if event.type != "mouse_move":
+                break
+            yield
+        dragged = max(float(np.abs(p - screen[0]).max()) for p in screen) >= CLICK_TOLERANCE
+        if mode == MODE_SPLIT and dragged:
+            self._run(mode, self.split_line, plane, np.array(path))
+        elif not dragged:  # with the other tools a drag moved the view
+            self.click(plane, start)
+
+    def click(self, plane: Plane, yx: Any) -> None:
+        """What a click at ``yx`` (data pixels) of ``plane`` does in the current mode."""
+        self._run(self._mode, self._click, tuple(plane), np.asarray(yx, dtype=float))
+
+    def _click(self, plane: Plane, yx: np.ndarray) -> str | None:
+        if self._mode == MODE_OFF:
+            return None
+        label = self._id_at(plane, yx)
+        if self._mode == MODE_DELETE:
+            return self._apply(plane, core_edit.delete_object(plane_of(self.layer, plane), label))
+        pending, self._pending = self._pending, None
+        if pending is None or pending[0] != plane:
+            self._pending = (plane, label, tuple(yx))
+            if self._mode == MODE_MERGE:
+                return f"Object {label} picked: click the object to merge into it."
+            return f"Seed 1 on object {label}: click a second seed in it (or drag a line across it)."
+        first_plane, first_label, first_yx = pending
+        labels = plane_of(self.layer, plane)
+        if self._mode == MODE_MERGE:
+            return self._apply(plane, core_edit.merge_objects(labels, [first_label, label]))
+        if label != first_label:
+            raise EditError(f"the second seed is on object {label}, the first on object {first_label}: "
+                            "put both seeds in the object to split.")
+        return self._split(plane, label, seeds=[first_yx, tuple(yx)])
+
+    def split_line(self, plane: Plane, path: np.ndarray) -> str:
+        """Split the object that the polyline ``path`` ((N, 2) data pixels) crosses most."""
+        from skimage.draw import line
+
+        labels = plane_of(self.layer, plane)
+        points = np.round(path).astype(int)
+        crossed = []
+        for (r0, c0), (r1, c1) in zip(points[:-1], points[1:]):
+            rr, cc = line(r0, c0, r1, c1)
+            inside = (rr >= 0) & (rr < labels.shape[0]) & (cc >= 0) & (cc < labels.shape[1])
+            crossed.append(labels[rr[inside], cc[inside]])
+        values = np.concatenate(crossed) if crossed else np.zeros(0, labels.dtype)
+        values = values[values != 0]
+        if values.size == 0:
+            raise EditError("the line crosses no object: draw it across the object to split.")
+        ids, counts = np.unique(values, return_counts=True)
+        return self._split(plane, int(ids[np.argmax(counts)]), line=path)
+
+    def _split(self, plane: Plane, label: int, **how: Any) -> str:
+        labels = plane_of(self.layer, plane)
+        box = core_edit.bounding_box(labels == label)
+        probabilities = object_probabilities(self._viewer, self.layer, plane, box) if box else None
+        edit = core_edit.split_object(labels, label, probabilities=probabilities,
+                                      new_label=core_edit.next_free_label(self.layer.data), **how)
+        message = self._apply(plane, edit)
+        return message + (" (on the kept probabilities)" if probabilities is not None else "")
+
+    # ---------------------------------------------------------------- actions on the slice
+    def current_plane(self) -> Plane:
+        """The plane of the layer that the viewer shows now."""
+        return current_plane_index(self._viewer, self.layer)
+
+    def fill_holes(self) -> None:
+        """Fill the holes of every object of the current plane."""
+        self._run("Fill holes", lambda plane: self._apply(
+            plane, core_edit.fill_holes(plane_of(self.layer, plane))), self.current_plane())
+
+    def remove_small(self, min_size: int) -> None:
+        """Delete the objects under ``min_size`` pixels of the current plane."""
+        self._run("Remove small objects", lambda plane: self._apply(
+            plane, core_edit.remove_small(plane_of(self.layer, plane), min_size)), self.current_plane())
+
+    def new_object(self) -> None:
+        """Select the next free id and napari's brush, to paint a new object."""
+        def action() -> str:
+            label = select_next_free_label(self.layer)
+            if label is None:
+                raise EditError("no free id: the labels are not in memory or their type is full.")
+            self.mode = MODE_OFF
+            self.layer.mode = "paint"
+            return f"New object: painting with id {label}."
+        self._run("New object", action)
+
+    # ---------------------------------------------------------------- plumbing
+    def _apply(self, plane: Plane, edit: core_edit.LabelEdit) -> str:
+        apply_edit(self.layer, plane, edit)
+        where = f" in {format_plane(plane)}" if plane else ""
+        return f"{edit.message[:1].upper()}{edit.message[1:]}{where}."
+
+    def _run(self, what: str, action: Callable[..., str | None], *args: Any) -> None:
+        """Run an action; a refusal is a one-line notification and changes nothing."""
+        try:
+            message = action(*args)
+        except ValueError as exc:  # EditError and core_edit's checks
+            self._pending = None
+            notify_error(what, exc)
+            self.status.emit(f"{what}: {exc}")
+            return
+        if message:
+            self.status.emit(message)
+
+
+def _keybinding(key: str) -> Any:
+    from napari.utils.key_bindings import coerce_keybinding
+
+    return coerce_keybinding(key)
+
+
+_MODE_HINTS = {
+    MODE_OFF: "napari's brush, eraser and fill are active.",
+    MODE_DELETE: "Delete: click an object.",
+    MODE_MERGE: "Merge: click two objects; the second joins the first.",
+    MODE_SPLIT: "Split: drag a line across an object, or click two seeds in it.",
+}
+
+
+# ---------------------------------------------------------------------- the widget
