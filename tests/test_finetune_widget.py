@@ -191,6 +191,28 @@ def test_training_keeps_gui_alive_saves_and_resegments(widget, c2c12, qtbot, bas
     assert masks.data[1, 64, 64] == 9
 
 
+def test_after_training_on_the_only_corrected_slice_the_next_one_is_segmented(widget, c2c12, qtbot, notifications):
+    """The slice shown is the only corrected one: the re-segmentation moves to the next slice
+    instead of saying "Nothing to segment", and says which."""
+    viewer, w = widget
+    images, labels = c2c12
+    _image, masks = _add_pair(viewer, images, labels.copy())
+    masks.data[1:] = 77  # what an earlier segmentation left there
+    viewer.dims.set_current_step(0, 0)
+    w.corrected_panel._mark_button.native.click()  # slice 0, the one shown, is the only example
+    w.run_panel._start_button.native.click()
+    _wait(qtbot, w)
+    segment = get_widget(viewer, "segment")
+    assert segment is not None
+    qtbot.waitUntil(lambda: segment._worker is None, timeout=60_000)
+    message = "Slice 0 is one you corrected: segmenting slice 1 instead."
+    assert message in notifications
+    assert viewer.dims.current_step[0] == 1
+    assert not (masks.data[1] == 77).all() and (masks.data[2] == 77).all()
+    np.testing.assert_array_equal(masks.data[0], labels[0])
+    assert segment._status.value.startswith("Done")
+
+
 # ---------------------------------------------------------------------- bad inputs
 def test_no_corrected_slice_gives_a_clear_notification(widget, c2c12, notifications):
     viewer, w = widget

@@ -84,6 +84,13 @@ def format_seconds(seconds: float | None) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+def wrap_text(*labels: Any) -> None:
+    """Let magicgui ``Label`` widgets (status lines) wrap, so that long messages are shown
+    whole in a narrow dock instead of being cut off at its edge."""
+    for label in labels:
+        label.native.setWordWrap(True)
+
+
 def spatial_ndim(layer: "napari.layers.Layer") -> int:
     """Trailing axes that make one plane: 3 for RGB layers (Y, X, colour), else 2."""
     return 3 if getattr(layer, "rgb", False) else 2
@@ -99,6 +106,16 @@ def current_plane_index(viewer: "napari.Viewer", layer: "napari.layers.Layer") -
     coords = data_point[-layer.ndim :][:n_lead]
     shape = layer.data.shape[:n_lead]
     return tuple(int(np.clip(np.round(c), 0, s - 1)) for c, s in zip(coords, shape))
+
+
+def show_plane(viewer: "napari.Viewer", layer: "napari.layers.Layer", plane: tuple[int, ...]) -> None:
+    """Move the viewer's sliders to ``plane`` (indices along the layer's non-plane axes)."""
+    if not plane:
+        return
+    offset = viewer.dims.ndim - layer.ndim
+    for axis, index in enumerate(plane):
+        world = float(layer.translate[axis]) + float(layer.scale[axis]) * int(index)
+        viewer.dims.set_point(axis + offset, world)
 
 
 def visible_region(

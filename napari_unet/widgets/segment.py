@@ -42,11 +42,14 @@ from ._base import (
     notify_info,
     notify_warning,
     one_line,
+    show_plane,
     spatial_ndim,
     start_worker,
     visible_region,
+    wrap_text,
 )
-from ._corrections import CorrectedSlices
+from ._corrections import CorrectedSlices, format_plane
+from ._napari_compat import unwrap_proxy
 
 if TYPE_CHECKING:
     from napari_unet.core.predict import PlaneResult
@@ -98,6 +101,9 @@ class SegmentWidget(Container):
         self._cancelled = False
         self._failed = False
         self._last_note = ""
+        self._run_layers: tuple[Any, ...] = ()  # the image and masks layers of the running job
+        self._abandoned = ""  # why the running job was given up ("" while it is not)
+        self._empty_planes: list[EmptyPlane] = []  # planes of this run where nothing was found
         self.last_run_seconds: float | None = None
 
         self._image_combo = ComboBox(label="Image", choices=self._image_choices, nullable=False)
@@ -129,6 +135,7 @@ class SegmentWidget(Container):
         self._progress = ProgressBar(label="Progress", min=0, max=100, value=0, visible=False)
         self._status = Label(label="Status", value="")
         self._device_label = Label(label="Device", value="")
+        wrap_text(self._status, self._diameter_used)
         self.extend([
             self._image_combo, self._channel_axis, self._model_combo, self._add_model_button,
             self._scope, self._diameter, self._diameter_from_label, self._diameter_used,
@@ -146,6 +153,7 @@ class SegmentWidget(Container):
         self._model_combo.changed.connect(self._on_model_changed)
         viewer.layers.events.inserted.connect(self.reset_choices)
         viewer.layers.events.removed.connect(self.reset_choices)
+        viewer.layers.events.removed.connect(self._on_layer_removed)
         viewer.layers.events.moved.connect(self.reset_choices)
         self._show_device()
         self._on_model_changed()
@@ -303,9 +311,11 @@ class SegmentWidget(Container):
                 "corrected' to replace them."
             )
         if not planes:
-            self._status.value = "Nothing to segment: every chosen slice is a corrected one."
+            what = f"{format_plane(skipped[0])} is" if len(skipped) == 1 else "every chosen slice is"
+            self._status.value = f"Nothing to segment: {what} one you corrected."
             return
         self._last_layer_name = masks.name
+        self._run_layers = (image, masks)
         generator = segment_planes(
             model_path,
             image.data,
@@ -320,12 +330,43 @@ class SegmentWidget(Container):
         self._start(generator, f"Segmenting {len(planes)} slice(s)" if len(planes) > 1 else "Segmenting")
 
     def segment_current_view(self, model_path: str | Path | None = None) -> None:
-        """Segment the current slice (or field of view) again, e.g. with a new model."""
+        """Segment the current slice (or field of view) again, e.g. with a new model.
+
+        When the slice shown is one the user corrected (e.g. the only example of a
+        fine-tuning), the viewer moves to the next slice that is not, and that one is
+        segmented; the status says which.
+        """
         if model_path is not None:
             self.select_model(model_path)
         if self._scope.value == SCOPE_STACK:
             self._scope.value = SCOPE_SLICE
+        moved = self._move_past_corrected_slice()
         self.run()
+        if moved and self._worker is not None:
+            self._status.value = moved
+            notify_info(moved)
+
+    def _move_past_corrected_slice(self) -> str:
+        """Show the next slice the user did not correct when the current one is corrected;
+        returns what was done ("" when nothing moved)."""
+        image = self._image_combo.value
+        if image is None or self._overwrite.value:
+            return ""
+        name = masks_layer_name(image.name)
+        if name not in self._viewer.layers:
+            return ""
+        protected = corrected_planes(self._viewer.layers[name])
+        current = current_plane_index(self._viewer, image)
+        if current not in protected:
+            return ""
+        planes = self._planes_for_scope(image, SCOPE_STACK)  # in order, the channel shown kept
+        at = planes.index(current) if current in planes else -1
+        following = planes[at + 1:] + planes[:max(at, 0)]
+        target = next((p for p in following if p not in protected), None)
+        if target is None:
+            return ""
+        show_plane(self._viewer, image, target)
+        return f"{_sentence(format_plane(current))} is one you corrected: segmenting {format_plane(target)} instead."
 
     def cancel(self, *_args) -> None:
         """Stop the running worker between tiles; what was written so far stays."""
@@ -339,6 +380,8 @@ class SegmentWidget(Container):
         self._last_note = ""
         self._cancelled = False
         self._failed = False
+        self._abandoned = ""
+        self._empty_planes = []
         self._status.value = message + "…"
         self._progress.value = 0
         self._progress.visible = True
@@ -360,9 +403,11 @@ class SegmentWidget(Container):
             self._progress.value = int(round(100 * item.fraction))
             eta = format_seconds(item.eta)
             self._status.value = item.message + (f" — {eta} left" if eta else "")
-        elif isinstance(item, PlaneResult):
+        elif isinstance(item, PlaneResult) and not self._abandoned:
             self._write_plane(item)
             self._show_sizing(item)
+        elif isinstance(item, EmptyPlane):
+            self._empty_planes.append(item)
 
     def _write_plane(self, result: PlaneResult) -> None:
         name = self._last_layer_name
@@ -440,12 +485,42 @@ class SegmentWidget(Container):
         notify_error("Segmentation failed", exc)
         self._status.value = f"Failed: {one_line(exc)}"
 
+    def _on_layer_removed(self, event: Any = None) -> None:
+        """The image or the masks layer of the running job was removed: give the job up."""
+        removed = unwrap_proxy(getattr(event, "value", None))
+        running = [unwrap_proxy(layer) for layer in self._run_layers]
+        if self._worker is None or self._abandoned or not any(removed is layer for layer in running):
+            return
+        kind = "image" if removed is running[0] else "masks"
+        self._abandoned = f"the {kind} layer {removed.name!r} was removed"
+        self._worker.quit()
+        self._status.value = f"Stopping: {self._abandoned}…"
+
+    def _report_empty_planes(self) -> None:
+        """One warning for the planes of this run where nothing was found (constant ones first)."""
+        constant = [e.index for e in self._empty_planes if e.constant]
+        others = [e.index for e in self._empty_planes if not e.constant]
+        if constant:
+            verb = "has" if len(constant) == 1 else "have"
+            notify_warning(f"{_sentence(_planes_text(constant))} {verb} a single value everywhere: nothing to "
+                           "segment there (masks left empty).")
+        if others:
+            notify_warning(f"No objects found in {_planes_text(others)}: try a lower threshold or another "
+                           "object diameter.")
+
     def _on_finished(self) -> None:
         took = time.perf_counter() - self._run_started
-        if self._cancelled:
+        if self._abandoned:
+            message = f"Segmentation abandoned: {self._abandoned}; finished slices kept."
+            self._status.value = message
+            notify_warning(message)
+        elif self._cancelled:
             self._status.value = f"Cancelled after {format_seconds(took)}; finished slices kept."
         elif not self._failed:
             self._status.value = f"Done in {format_seconds(took)}"
+        if not self._failed and not self._abandoned:
+            self._report_empty_planes()
+        self._run_layers = ()
         self.last_run_seconds = took
         self._progress.visible = False
         self._run_button.enabled = True
@@ -470,7 +545,24 @@ class SegmentWidget(Container):
         self._start(generator, "Applying threshold")
 
 
+def _planes_text(planes: list[tuple[int, ...]]) -> str:
+    """"slice 2, slice 5", at most five named."""
+    return ", ".join(format_plane(p) for p in planes[:5]) + (" …" if len(planes) > 5 else "")
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 # ---------------------------------------------------------------------- worker bodies
+@dataclasses.dataclass(frozen=True)
+class EmptyPlane:
+    """Yielded by :func:`segment_planes` after a plane in which nothing was found."""
+
+    index: tuple[int, ...]
+    constant: bool  # the segmented part of the plane holds one value only
+
+
 def segment_planes(
     model_path: str,
     data,
@@ -485,9 +577,12 @@ def segment_planes(
     device: str | None = None,
 ) -> Generator[Any, None, None]:
     """Worker body: loads the model, then core's plane loop (Progress events and one
-    :class:`~napari_unet.core.predict.PlaneResult` per plane, probabilities as float16)."""
+    :class:`~napari_unet.core.predict.PlaneResult` per plane, probabilities as float16), and
+    an :class:`EmptyPlane` after a plane where nothing was found."""
     from napari_unet.core.events import Progress
     from napari_unet.core.predict import PlaneResult, iter_planes
+    from napari_unet.core.preprocess import is_constant
+    from napari_unet.core.stack import read_plane
 
     yield Progress(0, len(planes), message="Loading the model")
     model = _load_model_cached(model_cache if model_cache is not None else {}, model_path, device)
@@ -496,3 +591,5 @@ def segment_planes(
         if isinstance(item, PlaneResult):  # kept for re-thresholding: half the memory
             item = dataclasses.replace(item, probabilities=item.probabilities.astype(np.float16))
         yield item
+        if isinstance(item, PlaneResult) and item.labels is not None and not item.labels.any():
+            yield EmptyPlane(item.index, is_constant(read_plane(data, item.index, item.region)))

@@ -17,7 +17,7 @@ from typing import Any
 from magicgui.widgets import Container, Label, ProgressBar, PushButton
 from psygnal import Signal
 
-from .._base import format_seconds, notify_error, notify_info, one_line
+from .._base import format_seconds, notify_error, notify_info, one_line, wrap_text
 from .._examples import Example
 from .._training_job import TrainingResult, train_and_save
 from .curves import LiveCurves
@@ -73,8 +73,7 @@ class TrainingRunPanel(Container):
         self._status = Label(label="Status", value="Correct some slices, then Start.")
         self._best_label = Label(label="Best", value="–")
         self._device_label = Label(label="Device", value="")
-        for label in (self._status, self._best_label):
-            label.native.setWordWrap(True)
+        wrap_text(self._status, self._best_label)
         self._save_again_button = PushButton(text="Save again", visible=False)
         self.extend([
             self._start_button, self._stop_button, self._progress, self._status, self._best_label,
