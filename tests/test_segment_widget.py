@@ -287,3 +287,21 @@ def test_long_status_lines_wrap_in_a_narrow_dock(make_napari_viewer, qtbot):
             assert native.wordWrap(), label.label
             assert native.minimumSizeHint().width() < 300, label.label  # never forces the dock wider
             assert native.height() >= native.heightForWidth(native.width()), label.label  # all lines shown
+
+
+def test_closing_the_viewer_mid_run_is_quiet(widget, qtbot, data_dir):
+    """viewer.close() during a whole-stack run: the worker stops and its last signals do not
+    reach the deleted widgets (no "wrapped C/C++ object has been deleted" errors)."""
+    from qtpy.QtCore import QThreadPool
+
+    viewer, w = widget
+    stack = tifffile.imread(data_dir / "c2c12_timelapse" / "images.tif")
+    image = viewer.add_image(np.tile(stack, (2, 2, 2)), name="long")
+    w.reset_choices()
+    w._image_combo.value = image
+    w._scope.value = SCOPE_STACK
+    w._run_button.clicked.emit()
+    qtbot.waitUntil(lambda: w._progress.value > 0, timeout=60_000)
+    viewer.close()
+    assert QThreadPool.globalInstance().waitForDone(60_000)  # the worker stopped
+    qtbot.waitUntil(lambda: w._worker is None, timeout=10_000)  # and its signals were handled

@@ -84,6 +84,16 @@ def format_seconds(seconds: float | None) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+def qt_alive(widget: Any) -> bool:
+    """Whether a magicgui widget's Qt widget still exists: a worker's last signals can arrive
+    after the viewer (and the dock widget with it) was closed."""
+    try:
+        widget.native.objectName()
+    except RuntimeError:  # "wrapped C/C++ object ... has been deleted"
+        return False
+    return True
+
+
 def wrap_text(*labels: Any) -> None:
     """Let magicgui ``Label`` widgets (status lines) wrap, so that long messages are shown
     whole in a narrow dock instead of being cut off at its edge."""

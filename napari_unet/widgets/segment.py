@@ -42,6 +42,7 @@ from ._base import (
     notify_info,
     notify_warning,
     one_line,
+    qt_alive,
     show_plane,
     spatial_ndim,
     start_worker,
@@ -399,6 +400,8 @@ class SegmentWidget(Container):
         from napari_unet.core.events import Progress
         from napari_unet.core.predict import PlaneResult
 
+        if not qt_alive(self):
+            return
         if isinstance(item, Progress) and not self._cancelled:
             self._progress.value = int(round(100 * item.fraction))
             eta = format_seconds(item.eta)
@@ -482,6 +485,9 @@ class SegmentWidget(Container):
 
     def _on_error(self, exc: BaseException) -> None:
         self._failed = True
+        if not qt_alive(self):  # the viewer was closed meanwhile
+            log.debug("Segmentation failed after its widget was closed", exc_info=exc)
+            return
         notify_error("Segmentation failed", exc)
         self._status.value = f"Failed: {one_line(exc)}"
 
@@ -510,6 +516,9 @@ class SegmentWidget(Container):
 
     def _on_finished(self) -> None:
         took = time.perf_counter() - self._run_started
+        if not qt_alive(self):  # the viewer was closed meanwhile
+            self._worker = None
+            return
         if self._abandoned:
             message = f"Segmentation abandoned: {self._abandoned}; finished slices kept."
             self._status.value = message
