@@ -6,6 +6,7 @@ Nothing here imports torch: widgets import it lazily so napari starts fast.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +69,56 @@ def start_worker(
         worker.finished.connect(finished)
     worker.start()
     return worker
+
+
+_WARMED_UP: set[str] = set()
+_WARM_UP_LOCK = threading.Lock()
+
+
+def _warm_up_segmenting() -> None:
+    import napari_unet.core.predict  # noqa: F401
+    import napari_unet.core.scale  # noqa: F401
+    from napari.layers import Labels
+
+    Labels(np.zeros((2, 2), np.int32))  # a throwaway model object: no Qt, no viewer
+    from vispy.visuals.line.dash_atlas import DashAtlas
+
+    DashAtlas()  # its patterns are cached for the process (pure numpy, no OpenGL)
+
+
+def _warm_up_training() -> None:
+    import torch
+
+    import napari_unet.core.train  # noqa: F401
+
+    weight = torch.zeros(1, requires_grad=True)  # one optimiser step: torch imports a lot on the first
+    (weight * 2).sum().backward()
+    torch.optim.AdamW([weight]).step()
+
+
+_WARM_UPS = {"segmenting": _warm_up_segmenting, "training": _warm_up_training}
+
+
+def warm_up_in_background(*what: str) -> None:
+    """Start, once per process and kind, a background thread doing the one-time work that a
+    first segmentation ("segmenting") or training ("training") would otherwise do on the main
+    thread or while holding up the window: imports, napari's first Labels layer (its imports,
+    the label colormap, vispy's dash patterns for the layer's outline overlays), torch's first
+    optimiser step. Failures are ignored: the work is then done later, as before."""
+    with _WARM_UP_LOCK:
+        todo = [name for name in what if name not in _WARMED_UP]
+        _WARMED_UP.update(todo)
+    if not todo:
+        return
+
+    def warm_up() -> None:
+        for name in todo:
+            try:
+                _WARM_UPS[name]()
+            except Exception:  # noqa: BLE001 - an optimisation only
+                log.debug("warm-up %r failed", name, exc_info=True)
+
+    threading.Thread(target=warm_up, name="napari-unet warm-up", daemon=True).start()
 
 
 def format_seconds(seconds: float | None) -> str:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from magicgui.widgets import Container
 from psygnal import Signal
 
-from ._base import notify_error, notify_warning, one_line
+from ._base import notify_error, notify_warning, one_line, warm_up_in_background
 from ._corrections import CorrectedSlices
 from ._examples import Example, check_examples
 from ._finetune.curves import LiveCurves
@@ -86,6 +86,7 @@ class FinetuneWidget(Container):
         self.model_trained.connect(self.resegment_current_view)
         self.run_panel.show_device(self.settings_panel.device_choice())
         register_widget(viewer, "finetune", self)
+        warm_up_in_background("segmenting", "training")  # the first run then holds up the window less
 
     @property
     def corrections(self) -> CorrectedSlices | None:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import napari
 import numpy as np
+from qtpy.QtCore import QTimer
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -47,6 +48,7 @@ from ._base import (
     spatial_ndim,
     start_worker,
     visible_region,
+    warm_up_in_background,
     wrap_text,
 )
 from ._corrections import CorrectedSlices, format_plane
@@ -159,6 +161,7 @@ class SegmentWidget(Container):
         self._show_device()
         self._on_model_changed()
         self._register()
+        warm_up_in_background("segmenting")  # the first click then does not import or set up on the main thread
 
     # ------------------------------------------------------------------ choices
     def _image_choices(self, _widget=None) -> list[tuple[str, Any]]:
@@ -256,12 +259,16 @@ class SegmentWidget(Container):
                 )
         else:
             n = len(shape)
+            # shown from the next turn of the event loop: napari then draws it (compiling its
+            # shaders) apart from creating it, two shorter pauses of the window instead of one
             layer = self._viewer.add_labels(
                 np.zeros(shape, dtype=np.int32),
                 name=name,
                 scale=image.scale[:n],
                 translate=image.translate[:n],
+                visible=False,
             )
+            QTimer.singleShot(50, lambda: setattr(layer, "visible", True))
         CorrectedSlices.for_layer(layer)  # from now on, brush/fill/erase edits mark slices corrected
         return layer
 

@@ -156,7 +156,7 @@ class TrainingRunPanel(Container):
                settings: dict[str, Any]) -> None:
         """Fine-tune ``base_path`` on ``examples`` in a thread worker; save the result to ``target``."""
         self._stop_event = threading.Event()
-        self.curves.clear()
+        self.curves.clear(settings.get("steps"))
         self._run_started = time.perf_counter()
         self._pending = None
         self._save_again_button.visible = False
