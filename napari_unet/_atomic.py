@@ -3,6 +3,8 @@
 The content goes to a temporary file in the destination folder, is flushed to disk, and then
 renamed over the destination. A crash, a full disk or a read-only folder therefore never leaves
 a half-written file in place of a good one: either the old file or the complete new one is there.
+:func:`atomic_write_all` does the same for several files that belong together (a labels TIFF and
+its corrected-slices list): all of them are replaced, or none.
 Plain Python only, so that every layer (core, io, widgets) can use it.
 """
 
@@ -10,16 +12,133 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+#: Characters of the destination's name kept in a temporary file's name (names are limited
+#: to 255 bytes on most file systems, and the temporary name adds a prefix and a suffix).
+_NAME_KEPT = 100
 
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _temporary_beside(path: Path, suffix: str) -> Path:
+    """A new empty file in ``path``'s folder, named after ``path`` (hidden, short enough)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:_NAME_KEPT]}.", suffix=suffix, dir=path.parent)
+    os.close(fd)  # reopened by name, so that the handle's ``name`` is a path (tifffile uses it)
+    return Path(tmp)
+
+
+class AtomicFiles:
+    """Files written to temporary files first and put in place together by :meth:`commit`.
+
+    Use it through :func:`atomic_write_all`.
+    """
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[Path, Path]] = []  # (temporary, destination)
+
+    @contextlib.contextmanager
+    def open(self, path: str | os.PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
+        """Open a temporary file beside ``path`` (created with its folder); it replaces ``path``
+        at :meth:`commit`."""
+        if mode not in ("wb", "w"):
+            raise ValueError(f"atomic_write mode must be 'wb' or 'w', got {mode!r}")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _temporary_beside(path, ".tmp")
+        self._staged.append((tmp, path))
+        with open(tmp, mode, encoding=(encoding or "utf-8") if mode == "w" else None) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; use the user's usual mode
+
+    def commit(self) -> None:
+        """Rename every temporary file over its destination; when one rename fails, the
+        destinations already replaced get their old content back (or are removed when they
+        did not exist) and the error is raised."""
+        replaced: list[tuple[Path, Path | None]] = []  # (destination, backup of its old content)
+        backup: Path | None = None
+        try:
+            for tmp, dest in self._staged:
+                backup = self._backup(dest)
+                os.replace(tmp, dest)
+                replaced.append((dest, backup))
+                backup = None
+        except BaseException:
+            if backup is not None:  # the file that failed kept its content: drop its backup
+                with contextlib.suppress(OSError):
+                    os.unlink(backup)
+            for dest, old in reversed(replaced):
+                with contextlib.suppress(OSError):
+                    if old is None:
+                        os.unlink(dest)
+                    else:
+                        os.replace(old, dest)
+            self.discard()
+            raise
+        for _dest, old in replaced:
+            if old is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(old)
+        self._staged = []
+
+    def discard(self) -> None:
+        """Remove the temporary files not yet in place."""
+        for tmp, _dest in self._staged:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        self._staged = []
+
+    def _backup(self, dest: Path) -> Path | None:
+        """A second name for ``dest``'s current content (None if there is no such file), so
+        that it can be restored; only needed when more than one file is committed."""
+        if len(self._staged) < 2 or not dest.is_file():
+            return None
+        backup = _temporary_beside(dest, ".bak")
+        try:
+            os.unlink(backup)
+            os.link(dest, backup)  # the old content under a second name, no copy
+        except OSError:  # no hard links on this file system
+            try:
+                shutil.copy2(dest, backup)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(backup)
+                raise
+        return backup
+
+
+@contextlib.contextmanager
+def atomic_write_all() -> Iterator[AtomicFiles]:
+    """Write several files so that all of them are replaced, or none.
+
+    Each ``files.open(path, mode)`` inside the block writes a temporary file beside ``path``;
+    when the block ends without an error, all of them are renamed over their destinations. If
+    the block raises, or a rename fails (a folder in the way, a name too long), every
+    destination keeps its old content and the temporary files are removed.
+
+    Examples
+    --------
+    >>> with atomic_write_all() as files:                       # doctest: +SKIP
+    ...     with files.open("cells.tif", "wb") as fh: fh.write(tiff_bytes)
+    ...     with files.open("cells.tif.corrected.json", "w") as fh: fh.write(text)
+    """
+    files = AtomicFiles()
+    try:
+        yield files
+    except BaseException:
+        files.discard()
+        raise
+    files.commit()
 
 
 @contextlib.contextmanager
@@ -41,20 +160,5 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
         If the folder cannot be written (read-only, disk full); ``path`` is left untouched and
         the temporary file removed.
     """
-    if mode not in ("wb", "w"):
-        raise ValueError(f"atomic_write mode must be 'wb' or 'w', got {mode!r}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)  # reopened by name, so that the handle's ``name`` is a path (tifffile uses it)
-    try:
-        with open(tmp, mode, encoding=(encoding or "utf-8") if mode == "w" else None) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; use the user's usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_write_all() as files, files.open(path, mode, encoding) as fh:
+        yield fh

@@ -30,3 +30,37 @@ def test_failure_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
             raise RuntimeError("disk full")
     assert target.read_text() == "good"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.json"]
+
+
+def test_several_files_are_all_replaced_or_none(tmp_path):
+    from napari_unet._atomic import atomic_write_all
+
+    old, new_file, blocked = tmp_path / "labels.tif", tmp_path / "new.json", tmp_path / "side.json"
+    old.write_bytes(b"old labels")
+    blocked.mkdir()  # a folder where the last file goes: its rename fails after the others
+    with pytest.raises(OSError):
+        with atomic_write_all() as files:
+            with files.open(old, "wb") as fh:
+                fh.write(b"new labels")
+            with files.open(new_file, "w") as fh:
+                fh.write("a file that did not exist")
+            with files.open(blocked, "w") as fh:
+                fh.write("cannot go there")
+    assert old.read_bytes() == b"old labels"  # put back
+    assert not new_file.exists()  # removed again
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.tif", "side.json"]  # no temporary left
+
+    with atomic_write_all() as files:
+        with files.open(old, "wb") as fh:
+            fh.write(b"new labels")
+        with files.open(new_file, "w") as fh:
+            fh.write("both")
+    assert old.read_bytes() == b"new labels" and new_file.read_text() == "both"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.tif", "new.json", "side.json"]
+
+
+def test_long_names_get_short_temporary_names(tmp_path):
+    target = tmp_path / ("y" * 250 + ".tif")  # a legal name; ".<name>.<random>.tmp" would not be
+    with atomic_write(target, "wb") as fh:
+        fh.write(b"ok")
+    assert target.read_bytes() == b"ok"

@@ -165,3 +165,21 @@ def test_corrected_list_survives_save_and_reopen(make_napari_viewer, tmp_path):
     assert layer.__class__.__name__ == "Labels"
     assert CorrectedSlices.for_layer(layer).planes == [(0,), (2,)]
     assert layer.data[2, 10, 10] == 5
+
+
+@pytest.mark.parametrize("broken", ["not json", '{"planes": [["a"]]}', '{"format": 1}'])
+def test_broken_corrected_list_opens_the_labels_with_a_warning(make_napari_viewer, tmp_path, broken, notifications):
+    """A damaged "<name>.tif.corrected.json" does not keep the labels from opening."""
+    viewer = make_napari_viewer()
+    masks = viewer.add_labels(np.zeros((3, 32, 32), np.int32), name="cells masks")
+    CorrectedSlices.for_layer(masks).mark((1,))
+    masks.data[2, 4:8, 4:8] = 3
+    path = tmp_path / "cells masks.tif"
+    viewer.layers.save(str(path), selected=False, plugin="napari-unet")
+    sidecar_path(path).write_text(broken)
+    viewer.layers.clear()
+    (layer,) = viewer.open(str(path), plugin="napari-unet")
+    assert layer.__class__.__name__ == "Labels"
+    assert layer.data[2, 5, 5] == 3
+    assert CorrectedSlices.for_layer(layer).planes == []
+    assert any("without their list of corrected slices" in m and "corrected.json" in m for m in notifications)

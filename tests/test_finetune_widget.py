@@ -61,6 +61,15 @@ def _wait(qtbot, w, timeout=120_000):
     qtbot.waitUntil(lambda: w.run_panel._worker is None, timeout=timeout)
 
 
+def _answer(w, replace: bool) -> None:
+    """Click a button of the open "replace your model?" question."""
+    from qtpy.QtWidgets import QMessageBox
+
+    box = w.replace_question
+    assert box is not None and box.isVisible()
+    box.button(QMessageBox.Yes if replace else QMessageBox.No).click()
+
+
 def _user_models():
     from napari_unet.core.checkpoint import list_models
 
@@ -189,6 +198,83 @@ def test_training_keeps_gui_alive_saves_and_resegments(widget, c2c12, qtbot, bas
     assert not (masks.data[2] == 77).all()
     np.testing.assert_array_equal(masks.data[0], truth[0])
     assert masks.data[1, 64, 64] == 9
+
+
+def test_after_training_on_the_only_corrected_slice_the_next_one_is_segmented(widget, c2c12, qtbot, notifications):
+    """The slice shown is the only corrected one: the re-segmentation moves to the next slice
+    instead of saying "Nothing to segment", and says which."""
+    viewer, w = widget
+    images, labels = c2c12
+    _image, masks = _add_pair(viewer, images, labels.copy())
+    masks.data[1:] = 77  # what an earlier segmentation left there
+    viewer.dims.set_current_step(0, 0)
+    w.corrected_panel._mark_button.native.click()  # slice 0, the one shown, is the only example
+    w.run_panel._start_button.native.click()
+    _wait(qtbot, w)
+    segment = get_widget(viewer, "segment")
+    assert segment is not None
+    qtbot.waitUntil(lambda: segment._worker is None, timeout=60_000)
+    message = "Slice 0 is one you corrected: segmenting slice 1 instead."
+    assert message in notifications
+    assert viewer.dims.current_step[0] == 1
+    assert not (masks.data[1] == 77).all() and (masks.data[2] == 77).all()
+    np.testing.assert_array_equal(masks.data[0], labels[0])
+    assert segment._status.value.startswith("Done")
+
+
+def test_a_name_that_exists_is_replaced_only_after_asking(widget, c2c12, qtbot, base_model, notifications):
+    """Fine-tuning under the name of an existing model (here the base model itself) asks
+    first: "Keep it" starts nothing and leaves the file alone, "Replace" trains and replaces it."""
+    viewer, w = widget
+    _add_pair(viewer, *c2c12)
+    w.corrected_panel._mark_button.native.click()
+    before = base_model.read_bytes()
+    w.settings_panel._name.value = "base"
+    w.run_panel._start_button.native.click()
+    box = w.replace_question
+    assert w.run_panel._worker is None  # nothing runs while the question is open
+    assert "'base' exists" in box.text() and "the base model of this run" in box.text()
+    w.run_panel._start_button.native.click()  # a second Start does not ask twice
+    assert w.replace_question is box
+    _answer(w, replace=False)
+    assert w.replace_question is None and w.run_panel._worker is None
+    assert w.run_panel._status.value.startswith("Not started: 'base' is taken")
+    assert base_model.read_bytes() == before
+
+    w.run_panel._start_button.native.click()
+    _answer(w, replace=True)
+    assert w.run_panel._worker is not None
+    _wait(qtbot, w)
+    assert base_model.read_bytes() != before
+    from napari_unet.core.checkpoint import read_model_file
+
+    assert read_model_file(base_model).metadata["steps"] == FAST["steps"]
+    assert "Fine-tuned model saved as 'base'." in notifications
+    segment = get_widget(viewer, "segment")  # segments the view again with it: let it finish
+    qtbot.waitUntil(lambda: segment._worker is None, timeout=60_000)
+
+
+def test_closing_the_viewer_mid_training_keeps_the_best_model(widget, c2c12, qtbot, caplog):
+    """viewer.close() during a long run: the training stops after its current step and the
+    best model so far is saved before close() returns; nothing is drawn into the closed widget."""
+    import logging
+
+    viewer, w = widget
+    _add_pair(viewer, *c2c12)
+    w.corrected_panel._mark_button.native.click()
+    w.settings_panel._steps.value = 100_000
+    w.run_panel._start_button.native.click()
+    qtbot.waitUntil(lambda: len(w.run_panel.curves.history["step"]) >= 2, timeout=60_000)
+    assert "base-tuned" not in _user_models()
+    with caplog.at_level(logging.INFO, logger="napari_unet"):
+        viewer.close()
+        assert "base-tuned" in _user_models()  # saved before close() returned
+        qtbot.wait(300)  # the worker's last signals are delivered: to the log only
+    from napari_unet.core.checkpoint import read_model_file
+
+    steps = read_model_file(_user_models()["base-tuned"]).metadata["steps"]
+    assert 2 <= steps < 1000
+    assert "best model so far" in caplog.text and "base-tuned.pt" in caplog.text
 
 
 # ---------------------------------------------------------------------- bad inputs
@@ -371,6 +457,7 @@ def test_save_failure_keeps_previous_model_and_save_again(widget, c2c12, qtbot, 
             w.stop()
 
     w.run_panel._start_button.native.click()
+    _answer(w, replace=True)  # "mine" exists: the widget asks first
     w.run_panel._worker.yielded.connect(break_folder)
     _wait(qtbot, w)
     assert any(m.startswith("Could not save the fine-tuned model") and "Save again" in m for m in notifications)

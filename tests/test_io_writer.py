@@ -70,3 +70,40 @@ def test_crash_during_write_keeps_the_good_file(tmp_path, monkeypatch):
         write_labels(path, np.full((8, 8), 7, np.uint16))
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["keep.tif"]
+
+
+@pytest.mark.parametrize("obstacle", ["name too long for the list", "folder"])
+def test_labels_and_their_corrected_list_are_written_both_or_neither(tmp_path, obstacle, notifications):
+    """When the corrected-slices list cannot be written beside the TIFF (its name would be too
+    long, or a folder has its name), the TIFF already there is not replaced either."""
+    from napari_unet.io._corrected import sidecar_path
+    from napari_unet.io._writer import napari_write_labels
+
+    # 244 characters: the TIFF's name is legal, "<name>.corrected.json" (259) is not
+    name = ("x" * 240 + ".tif") if obstacle.startswith("name") else "cells masks.tif"
+    path = tmp_path / name
+    write_labels(path, np.ones((8, 8), np.uint16))  # the good file of an earlier save
+    before = path.read_bytes()
+    if obstacle == "folder":
+        sidecar_path(path).mkdir()
+    new = np.full((8, 8), 7, np.int32)
+    written = napari_write_labels(str(path), new, {"metadata": {"napari_unet_corrected": [[0]]}})
+    assert written == []
+    assert path.read_bytes() == before  # the old TIFF, not the new one
+    assert any("Labels not saved" in m and "nothing was changed" in m for m in notifications)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([name] + ([sidecar_path(path).name] if obstacle == "folder" else []))
+
+
+def test_a_240_character_name_gets_its_labels_and_list(tmp_path):
+    """"<240 characters>.corrected.json" is 255 characters, a legal name: both files are written
+    (the temporary files have shorter names than their destinations)."""
+    from napari_unet.io._corrected import load_corrected_list, sidecar_path
+    from napari_unet.io._writer import napari_write_labels
+
+    path = tmp_path / ("x" * 236 + ".tif")
+    write_labels(path, np.ones((8, 8), np.uint16))
+    new = np.full((8, 8), 7, np.int32)
+    assert napari_write_labels(str(path), new, {"metadata": {"napari_unet_corrected": [[0]]}}) == [str(path)]
+    np.testing.assert_array_equal(tifffile.imread(path), new)
+    assert len(sidecar_path(path).name) == 255 and load_corrected_list(path) == [(0,)]

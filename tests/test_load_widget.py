@@ -95,3 +95,27 @@ def test_remembers_last_folder(make_napari_viewer, tmp_path):
     update_settings(last_folder=str(tmp_path))
     w = LoadWidget(make_napari_viewer())
     assert Path(w._path.value) == tmp_path
+
+
+def test_missing_path_is_a_notification(qtbot, widget, tmp_path, notifications):
+    """A typed path that does not exist, or a file deleted after it was chosen, is said out loud."""
+    from qtpy.QtCore import Qt
+
+    viewer, w = widget
+    line = w._path.line_edit.native
+    line.clear()
+    missing = tmp_path / "no such.tif"
+    qtbot.keyClicks(line, str(missing))
+    qtbot.keyClick(line, Qt.Key_Return)
+    assert any("no such file or folder" in m and "no such.tif" in m for m in notifications)
+    assert w._info.value == f"No such file or folder: {missing}" and not w._load_button.enabled
+
+    path = tmp_path / "gone.tif"
+    tifffile.imwrite(path, np.zeros((8, 8), np.uint8))
+    w._path.value = path
+    assert w._load_button.enabled
+    path.unlink()  # moved away before Load
+    w._load_button.clicked.emit()
+    assert w._worker is None and len(viewer.layers) == 0
+    assert any("gone.tif no longer exists" in m for m in notifications)
+    assert "No such file or folder" in w._info.value

@@ -206,3 +206,102 @@ def test_model_choice_brings_its_own_threshold_and_min_size(widget, tmp_path):
     w.add_model_file(tuned)
     assert w._threshold.value == pytest.approx(0.65)
     assert w._min_size.value == 40
+
+
+# ---------------------------------------------------------------------- nothing silent (issue #17)
+def test_constant_slice_is_a_notification(widget, qtbot, c2c12_stack, notifications):
+    viewer, w = widget
+    stack = c2c12_stack.copy()
+    stack[1] = 37  # a blank frame
+    image = viewer.add_image(stack, name="blank")
+    viewer.dims.set_current_step(0, 1)
+    _segment(w, qtbot, image)
+    assert not viewer.layers[masks_layer_name("blank")].data[1].any()
+    assert any(m.startswith("Slice 1 has a single value everywhere") for m in notifications)
+
+    plain = viewer.add_image(np.full((40, 40), 5, np.uint8), name="flat")
+    _segment(w, qtbot, plain)
+    assert any(m.startswith("The image has a single value everywhere") for m in notifications)
+
+
+def test_removing_the_image_mid_run_abandons_it(widget, qtbot, data_dir, notifications):
+    viewer, w = widget
+    stack = tifffile.imread(data_dir / "c2c12_timelapse" / "images.tif")
+    image = viewer.add_image(np.tile(stack, (2, 2, 2)), name="going")  # 20 planes of 468 x 468
+    w.reset_choices()
+    w._image_combo.value = image
+    w._scope.value = SCOPE_STACK
+    w._run_button.clicked.emit()
+    qtbot.waitUntil(lambda: w._progress.value > 0, timeout=60_000)
+    viewer.layers.remove(image)
+    _wait(qtbot, w)
+    expected = "Segmentation abandoned: the image layer 'going' was removed; finished slices kept."
+    assert w._status.value == expected  # not "Done"
+    assert expected in notifications
+    assert w._run_button.enabled
+
+
+def test_segment_none_model_is_a_type_error():
+    from napari_unet.core import segment
+
+    with pytest.raises(TypeError, match="model must be a SegmentationModel"):
+        segment(None, np.zeros((32, 32), np.uint8))
+
+
+def test_corrected_2d_image_says_so_in_plain_words(widget, c2c12_stack):
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack[0], name="one")
+    masks = viewer.add_labels(np.zeros((96, 96), np.int32), name=masks_layer_name("one"))
+    masks.metadata[CORRECTED_KEY] = [[]]
+    w.reset_choices()
+    w._image_combo.value = image
+    w._run_button.clicked.emit()
+    assert w._worker is None
+    assert w._status.value == "Nothing to segment: the image is one you corrected."
+
+
+def test_long_status_lines_wrap_in_a_narrow_dock(make_napari_viewer, qtbot):
+    """Status lines are shown whole, on several lines, never cut off at the dock's edge."""
+    from qtpy.QtWidgets import QApplication
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(900, 900)
+    _d1, seg = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    _d2, tune = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune", tabify=True)
+    _d3, load = viewer.window.add_plugin_dock_widget("napari-unet", "Load stack", tabify=True)
+    text = ("Saved 'my-model' after 300 steps (2 min 05 s). Kept the weights of step 250 (best "
+            "validation AP@0.5); the next uncorrected slice is being segmented with it now.")
+    status_lines = {
+        _d1: [seg._status, seg._diameter_used],
+        _d2: [tune.run_panel._status, tune.run_panel._best_label],
+        _d3: [load._status, load._info],
+    }
+    for dock, labels in status_lines.items():
+        for label in labels:
+            label.value = text
+        dock.raise_()
+        qtbot.wait(200)
+        for label in labels:
+            native = label.native
+            assert native.isVisible(), label.label
+            assert native.wordWrap(), label.label
+            assert native.minimumSizeHint().width() < 300, label.label  # never forces the dock wider
+            assert native.height() >= native.heightForWidth(native.width()), label.label  # all lines shown
+
+
+def test_closing_the_viewer_mid_run_is_quiet(widget, qtbot, data_dir):
+    """viewer.close() during a whole-stack run: the worker stops and its last signals do not
+    reach the deleted widgets (no "wrapped C/C++ object has been deleted" errors)."""
+    from qtpy.QtCore import QThreadPool
+
+    viewer, w = widget
+    stack = tifffile.imread(data_dir / "c2c12_timelapse" / "images.tif")
+    image = viewer.add_image(np.tile(stack, (2, 2, 2)), name="long")
+    w.reset_choices()
+    w._image_combo.value = image
+    w._scope.value = SCOPE_STACK
+    w._run_button.clicked.emit()
+    qtbot.waitUntil(lambda: w._progress.value > 0, timeout=60_000)
+    viewer.close()
+    assert QThreadPool.globalInstance().waitForDone(60_000)  # the worker stopped
+    qtbot.waitUntil(lambda: w._worker is None, timeout=10_000)  # and its signals were handled

@@ -57,8 +57,28 @@ def sidecar_path(labels_path: str | os.PathLike) -> Path:
     return path.with_name(path.name + SIDECAR_SUFFIX)
 
 
+def corrected_list_text(labels_path: str | os.PathLike, planes: Iterable[Any] | dict | Any) -> str:
+    """The JSON text of the corrected-slices list of ``labels_path`` (see :func:`save_corrected_list`)."""
+    if hasattr(planes, "metadata") and not isinstance(planes, dict):
+        planes = planes.metadata
+    if isinstance(planes, dict):
+        plane_list = planes_in_metadata(planes)
+    else:
+        plane_list = sorted({as_plane(p) for p in planes})
+    payload = {
+        "format": SIDECAR_FORMAT,
+        "version": 1,
+        "labels_file": Path(labels_path).name,
+        "planes": [list(p) for p in plane_list],
+    }
+    return json.dumps(payload, indent=1) + "\n"
+
+
 def save_corrected_list(labels_path: str | os.PathLike, planes: Iterable[Any] | dict | Any) -> Path:
     """Write the corrected planes beside a saved labels file, atomically.
+
+    (The labels writer writes the labels file and this list together, both or neither: see
+    :func:`napari_unet.io.write_labels`'s ``corrected``.)
 
     Parameters
     ----------
@@ -78,22 +98,9 @@ def save_corrected_list(labels_path: str | os.PathLike, planes: Iterable[Any] | 
     OSError
         If the folder cannot be written; an earlier sidecar stays intact.
     """
-    if hasattr(planes, "metadata") and not isinstance(planes, dict):
-        planes = planes.metadata
-    if isinstance(planes, dict):
-        plane_list = planes_in_metadata(planes)
-    else:
-        plane_list = sorted({as_plane(p) for p in planes})
     target = sidecar_path(labels_path)
-    payload = {
-        "format": SIDECAR_FORMAT,
-        "version": 1,
-        "labels_file": Path(labels_path).name,
-        "planes": [list(p) for p in plane_list],
-    }
     with atomic_write(target, "w") as fh:
-        json.dump(payload, fh, indent=1)
-        fh.write("\n")
+        fh.write(corrected_list_text(labels_path, planes))
     return target
 
 

@@ -285,13 +285,25 @@ def reader_function(path: str | list[str]) -> list[LayerData]:
         path = path[0]
     try:
         layers = read_layer_data(path)
-        if sidecar_path(path).is_file():  # a labels file saved by napari-unet
-            return [as_labels_layer(layer, load_corrected_list(path)) for layer in layers]
-        return layers
     except (StackReadError, ValueError) as e:
         log.warning("%s", e)
-        _notify_error(str(e))
+        _notify(str(e))
         return [(None,)]  # type: ignore[list-item]
+    if sidecar_path(path).is_file():  # a labels file saved by napari-unet
+        return [as_labels_layer(layer, _stored_corrected_planes(path)) for layer in layers]
+    return layers
+
+
+def _stored_corrected_planes(path: str) -> list[tuple[int, ...]]:
+    """The corrected slices stored beside ``path``; a broken list is reported (a warning
+    notification) and the labels open without it."""
+    try:
+        return load_corrected_list(path)
+    except (ValueError, OSError) as e:
+        message = f"Opened the labels without their list of corrected slices: {e}"
+        log.warning("%s", message)
+        _notify(message, warning=True)
+        return []
 
 
 _IMAGE_ONLY_KEYS = ("contrast_limits", "rgb", "colormap", "gamma", "interpolation2d", "interpolation3d")
@@ -305,9 +317,9 @@ def as_labels_layer(layer: LayerData, corrected: list[tuple[int, ...]]) -> Layer
     return (data, meta, "labels")
 
 
-def _notify_error(message: str) -> None:
+def _notify(message: str, warning: bool = False) -> None:
     try:
-        from napari.utils.notifications import show_error
+        from napari.utils.notifications import show_error, show_warning
     except ImportError:  # pragma: no cover - io is usable without napari
         return
-    show_error(message)
+    (show_warning if warning else show_error)(message)

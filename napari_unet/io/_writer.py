@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from napari_unet._atomic import atomic_write
+from napari_unet._atomic import atomic_write_all
 
 from ._axes import AxesError, check_axes, guess_axes
-from ._corrected import save_corrected_list
+from ._corrected import corrected_list_text, sidecar_path
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +56,14 @@ def write_labels(
     labels: Any,
     scale: Sequence[float] | None = None,
     axes: str | None = None,
+    corrected: Any = None,
 ) -> Path:
-    """Write a label image to a compressed TIFF, atomically.
+    """Write a label image to a compressed TIFF, atomically (with its corrected-slices list).
 
     The file is written to a temporary file in the destination folder and then renamed over
-    ``path``, so a crash never leaves a half-written file in place of a good one.
+    ``path``, so a crash never leaves a half-written file in place of a good one. With
+    ``corrected``, the list of corrected slices is written beside it
+    (``<name>.corrected.json``) in the same way, and both files are replaced or neither.
 
     Parameters
     ----------
@@ -72,6 +75,9 @@ def write_labels(
         Physical size per axis of ``labels`` (micrometres for Z, Y, X; seconds for T).
     axes : str, optional
         Axis letters of ``labels`` from ``TZCYX`` (default guessed: ``YX``, ``ZYX``, ``TZYX``, ...).
+    corrected : iterable of plane indices, or a layer metadata dict, optional
+        The corrected slices to store beside the file (see
+        :func:`napari_unet.io._corrected.save_corrected_list`); None: no list is written.
 
     Returns
     -------
@@ -88,6 +94,9 @@ def write_labels(
     ------
     LabelsWriteError
         A ``ValueError`` when labels or arguments are invalid; the destination is left untouched.
+    OSError
+        When a file cannot be written or put in place (disk full, a folder in the way, a name
+        too long); the labels file and its list are then both left as they were.
     """
     import tifffile
 
@@ -139,8 +148,12 @@ def write_labels(
         kwargs.update(ome=True, metadata=meta, resolutionunit="CENTIMETER", bigtiff=data.nbytes > 2**31)
         kwargs["resolution"] = (1e4 / sizes["X"], 1e4 / sizes["Y"])
 
-    with atomic_write(path, "wb") as fh:
-        tifffile.imwrite(fh, data, **kwargs)
+    with atomic_write_all() as files:
+        with files.open(path, "wb") as fh:
+            tifffile.imwrite(fh, data, **kwargs)
+        if corrected is not None:
+            with files.open(sidecar_path(path), "w") as fh:
+                fh.write(corrected_list_text(path, corrected))
     log.info("wrote labels %s %s to %s", data.shape, dtype, path)
     return path
 
@@ -162,7 +175,8 @@ def _axes_from_layer_meta(meta: dict[str, Any], ndim: int) -> str | None:
 
 
 def napari_write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
-    """npe2 single-layer writer for Labels layers: a compressed, atomic TIFF.
+    """npe2 single-layer writer for Labels layers: a compressed, atomic TIFF and, beside it, the
+    list of corrected slices (both written, or neither).
 
     Bad labels (negative or float values, empty axis, ...) show a napari error notification with
     the reason and return no written paths; the destination is left untouched. (A ``ValueError``
@@ -173,11 +187,10 @@ def napari_write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]
     arr = np.asarray(data)
     try:
         axes = _axes_from_layer_meta(meta, arr.ndim)
-        written = write_labels(path, arr, scale=meta.get("scale"), axes=axes)
         # the corrected-slices list travels beside the file (and marks it as labels)
-        save_corrected_list(written, meta.get("metadata") or {})
+        written = write_labels(path, arr, scale=meta.get("scale"), axes=axes, corrected=meta.get("metadata") or {})
     except (LabelsWriteError, OSError) as e:
-        message = f"Labels not saved to '{Path(path).name}': {e}"
+        message = f"Labels not saved to '{Path(path).name}' (nothing was changed on disk): {e}"
         log.warning("%s", message)
         try:
             from napari.utils.notifications import show_error

@@ -6,6 +6,7 @@ Nothing here imports torch: widgets import it lazily so napari starts fast.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +71,56 @@ def start_worker(
     return worker
 
 
+_WARMED_UP: set[str] = set()
+_WARM_UP_LOCK = threading.Lock()
+
+
+def _warm_up_segmenting() -> None:
+    import napari_unet.core.predict  # noqa: F401
+    import napari_unet.core.scale  # noqa: F401
+    from napari.layers import Labels
+
+    Labels(np.zeros((2, 2), np.int32))  # a throwaway model object: no Qt, no viewer
+    from vispy.visuals.line.dash_atlas import DashAtlas
+
+    DashAtlas()  # its patterns are cached for the process (pure numpy, no OpenGL)
+
+
+def _warm_up_training() -> None:
+    import torch
+
+    import napari_unet.core.train  # noqa: F401
+
+    weight = torch.zeros(1, requires_grad=True)  # one optimiser step: torch imports a lot on the first
+    (weight * 2).sum().backward()
+    torch.optim.AdamW([weight]).step()
+
+
+_WARM_UPS = {"segmenting": _warm_up_segmenting, "training": _warm_up_training}
+
+
+def warm_up_in_background(*what: str) -> None:
+    """Start, once per process and kind, a background thread doing the one-time work that a
+    first segmentation ("segmenting") or training ("training") would otherwise do on the main
+    thread or while holding up the window: imports, napari's first Labels layer (its imports,
+    the label colormap, vispy's dash patterns for the layer's outline overlays), torch's first
+    optimiser step. Failures are ignored: the work is then done later, as before."""
+    with _WARM_UP_LOCK:
+        todo = [name for name in what if name not in _WARMED_UP]
+        _WARMED_UP.update(todo)
+    if not todo:
+        return
+
+    def warm_up() -> None:
+        for name in todo:
+            try:
+                _WARM_UPS[name]()
+            except Exception:  # noqa: BLE001 - an optimisation only
+                log.debug("warm-up %r failed", name, exc_info=True)
+
+    threading.Thread(target=warm_up, name="napari-unet warm-up", daemon=True).start()
+
+
 def format_seconds(seconds: float | None) -> str:
     """'42 s', '3 min 05 s', '1 h 02 min' (or '' for None)."""
     if seconds is None or not np.isfinite(seconds):
@@ -82,6 +133,23 @@ def format_seconds(seconds: float | None) -> str:
         return f"{minutes} min {sec:02d} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min"
+
+
+def qt_alive(widget: Any) -> bool:
+    """Whether a magicgui widget's Qt widget still exists: a worker's last signals can arrive
+    after the viewer (and the dock widget with it) was closed."""
+    try:
+        widget.native.objectName()
+    except RuntimeError:  # "wrapped C/C++ object ... has been deleted"
+        return False
+    return True
+
+
+def wrap_text(*labels: Any) -> None:
+    """Let magicgui ``Label`` widgets (status lines) wrap, so that long messages are shown
+    whole in a narrow dock instead of being cut off at its edge."""
+    for label in labels:
+        label.native.setWordWrap(True)
 
 
 def spatial_ndim(layer: "napari.layers.Layer") -> int:
@@ -99,6 +167,16 @@ def current_plane_index(viewer: "napari.Viewer", layer: "napari.layers.Layer") -
     coords = data_point[-layer.ndim :][:n_lead]
     shape = layer.data.shape[:n_lead]
     return tuple(int(np.clip(np.round(c), 0, s - 1)) for c, s in zip(coords, shape))
+
+
+def show_plane(viewer: "napari.Viewer", layer: "napari.layers.Layer", plane: tuple[int, ...]) -> None:
+    """Move the viewer's sliders to ``plane`` (indices along the layer's non-plane axes)."""
+    if not plane:
+        return
+    offset = viewer.dims.ndim - layer.ndim
+    for axis, index in enumerate(plane):
+        world = float(layer.translate[axis]) + float(layer.scale[axis]) * int(index)
+        viewer.dims.set_point(axis + offset, world)
 
 
 def visible_region(

@@ -27,6 +27,14 @@ def _load_model_cached(cache: dict, path: str, device: str | None):
     return cache[key]
 
 
+@dataclasses.dataclass(frozen=True)
+class EmptyPlane:
+    """Yielded by :func:`segment_planes` after a plane in which nothing was found."""
+
+    index: tuple[int, ...]
+    constant: bool  # the segmented part of the plane holds one value only
+
+
 def segment_planes(
     model_path: str,
     data,
@@ -41,9 +49,12 @@ def segment_planes(
     device: str | None = None,
 ) -> Generator[Any, None, None]:
     """Worker body: loads the model, then core's plane loop (Progress events and one
-    :class:`~napari_unet.core.predict.PlaneResult` per plane, probabilities as float16)."""
+    :class:`~napari_unet.core.predict.PlaneResult` per plane, probabilities as float16), and
+    an :class:`EmptyPlane` after a plane where nothing was found."""
     from napari_unet.core.events import Progress
     from napari_unet.core.predict import PlaneResult, iter_planes
+    from napari_unet.core.preprocess import is_constant
+    from napari_unet.core.stack import read_plane
 
     yield Progress(0, len(planes), message="Loading the model")
     model = _load_model_cached(model_cache if model_cache is not None else {}, model_path, device)
@@ -52,3 +63,5 @@ def segment_planes(
         if isinstance(item, PlaneResult):  # kept for re-thresholding: half the memory
             item = dataclasses.replace(item, probabilities=item.probabilities.astype(np.float16))
         yield item
+        if isinstance(item, PlaneResult) and item.labels is not None and not item.labels.any():
+            yield EmptyPlane(item.index, is_constant(read_plane(data, item.index, item.region)))

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from magicgui.widgets import Container
 from psygnal import Signal
 
-from ._base import notify_error, notify_info, notify_warning, one_line
+from ._base import notify_error, notify_warning, one_line, warm_up_in_background
 from ._corrections import CorrectedSlices
 from ._examples import Example, check_examples
 from ._finetune.curves import LiveCurves
@@ -30,7 +30,7 @@ from ._finetune.run import TrainingRunPanel
 from ._finetune.settings import TrainingSettingsPanel
 from ._finetune.slices import CorrectedSlicesPanel
 from ._finetune.sources import ExtraExamplesPanel
-from ._finetune.ui import collapsible
+from ._finetune.ui import ask, collapsible
 from ._registry import get_widget, register_widget
 
 if TYPE_CHECKING:
@@ -61,6 +61,8 @@ class FinetuneWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=False)
         self._viewer = viewer
+        #: The open "replace your model?" question (a QMessageBox), None when none is open.
+        self.replace_question = None
         self.corrected_panel = CorrectedSlicesPanel(viewer)
         self.settings_panel = TrainingSettingsPanel()
         self.examples_panel = ExtraExamplesPanel(viewer)
@@ -84,6 +86,7 @@ class FinetuneWidget(Container):
         self.model_trained.connect(self.resegment_current_view)
         self.run_panel.show_device(self.settings_panel.device_choice())
         register_widget(viewer, "finetune", self)
+        warm_up_in_background("segmenting", "training")  # the first run then holds up the window less
 
     @property
     def corrections(self) -> CorrectedSlices | None:
@@ -109,9 +112,16 @@ class FinetuneWidget(Container):
 
     # ------------------------------------------------------------------ run
     def start(self, *_args) -> None:
-        """Check the inputs and start fine-tuning in a thread worker."""
+        """Check the inputs and start fine-tuning in a thread worker.
+
+        When a model of the new name exists (the base model included), the user is asked
+        first (:attr:`replace_question`); training starts only after "Replace".
+        """
         if self.run_panel.is_running:
             notify_warning("Fine-tuning is already running; press Stop first.")
+            return
+        if self.replace_question is not None:
+            self.replace_question.raise_()
             return
         from napari_unet.core.catalog import check_model_name, check_models_dir_writable, user_model_path
 
@@ -128,10 +138,33 @@ class FinetuneWidget(Container):
             notify_error("Cannot start fine-tuning", exc)
             self.run_panel.set_status(f"Not started: {one_line(exc)}")
             return
+        def launch() -> None:
+            self.run_panel.show_device(settings["device"])
+            self.run_panel.launch(base_path, examples, target, name=name, settings=settings)
+
         if target.exists():
-            notify_info(f"The new model will replace your model {name!r} when training ends.")
-        self.run_panel.show_device(settings["device"])
-        self.run_panel.launch(base_path, examples, target, name=name, settings=settings)
+            self._ask_to_replace(name, Path(base_path).resolve() == target.resolve(), launch)
+        else:
+            launch()
+
+    def _ask_to_replace(self, name: str, is_base: bool, launch) -> None:
+        """Ask before a run whose model would replace the user's model ``name``."""
+        which = "your model" + (" (the base model of this run)" if is_base else "")
+
+        def answered(replace: bool) -> None:
+            self.replace_question = None
+            if replace:
+                launch()
+            else:
+                self.run_panel.set_status(f"Not started: {name!r} is taken; choose another new model name.")
+
+        self.run_panel.set_status(f"{name!r} exists: replace it?")
+        self.replace_question = ask(
+            self.native,
+            f"A model named {name!r} exists: {which}. Fine-tuning will replace it with the new model "
+            "when training ends. Replace it?",
+            answered, yes="Replace", no="Keep it",
+        )
 
     def stop(self, *_args) -> None:
         """Ask the training to stop after the current step; the best model so far is kept."""

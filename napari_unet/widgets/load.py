@@ -18,6 +18,8 @@ from napari_unet.io._formats import StackReadError
 from napari_unet.io._reader import should_open_lazily
 from napari_unet.io._settings import get_setting, update_settings
 
+from ._base import notify_error, notify_warning, wrap_text
+
 if TYPE_CHECKING:
     import napari
 
@@ -43,6 +45,7 @@ class LoadWidget(Container):
         self._viewer = viewer
         self._stack_info: StackInfo | None = None
         self._worker: Any = None
+        self._missing_notified: Path | None = None
         last = get_setting("last_folder")
         start = Path(last) if last and Path(last).is_dir() else Path.home()
 
@@ -65,11 +68,14 @@ class LoadWidget(Container):
         self._load_button = PushButton(text="Load")
         self._load_button.enabled = False
         self._status = Label(value="", label="")
+        wrap_text(self._info, self._status)
         self.extend([self._source, self._path, self._info, self._axes, self._loading, self._load_button,
                      self._status])
 
         self._source.changed.connect(self._on_source_changed)
         self._path.changed.connect(self._on_path_changed)
+        # typed paths: say that one is missing once the typing is done (Enter, or leaving the field)
+        self._path.line_edit.native.editingFinished.connect(self._notify_missing_path)
         self._axes.changed.connect(self._on_axes_changed)
         self._load_button.changed.connect(self._on_load)
 
@@ -93,9 +99,13 @@ class LoadWidget(Container):
         self._load_button.enabled = False
         self._status.value = ""
         path = self._selected_path()
-        if path is None or not path.exists():
+        if path is None:
             self._info.value = "Choose a file or a folder."
             return
+        if not path.exists():
+            self._info.value = f"No such file or folder: {path}"
+            return
+        self._missing_notified = None
         if path.is_dir() and self._source.value == "file" and path.suffix.lower() != ".zarr":
             self._info.value = "Choose a file, or switch Open to 'folder'."
             return
@@ -111,6 +121,12 @@ class LoadWidget(Container):
             self._axes.value = info.axes
         self._show_info(info)
         self._load_button.enabled = True
+
+    def _notify_missing_path(self) -> None:
+        path = self._selected_path()
+        if path is not None and not path.exists() and path != self._missing_notified:
+            self._missing_notified = path  # once, though Enter and leaving the field both end an edit
+            notify_warning(f"Load stack: no such file or folder: {path}")
 
     def _show_info(self, info: StackInfo) -> None:
         mode = "lazy" if should_open_lazily(info.nbytes) else "in memory"
@@ -134,6 +150,11 @@ class LoadWidget(Container):
 
         path = self._selected_path()
         if path is None or self._stack_info is None:
+            notify_error("Load stack", self._info.value or "choose a file or a folder first.")
+            return
+        if not path.exists():  # moved or deleted since it was chosen
+            notify_error("Load stack", f"{path} no longer exists.")
+            self._on_path_changed()
             return
         axes = self._axes.value.strip().upper() or None
         lazy = LOADING_CHOICES[self._loading.value]

@@ -37,15 +37,21 @@ from ._base import (
     current_plane_index,
     format_seconds,
     notify_error,
+    notify_info,
     notify_warning,
     one_line,
+    qt_alive,
     spatial_ndim,
     start_worker,
     visible_region,
+    warm_up_in_background,
+    wrap_text,
 )
-from ._corrections import CorrectedSlices
+from ._corrections import format_plane
 from ._diameter import DiameterControls
-from ._segment_job import segment_planes
+from ._masks import _planes_text, _sentence, corrected_planes, masks_layer_for, masks_layer_name, move_past_corrected_slice
+from ._napari_compat import unwrap_proxy
+from ._segment_job import EmptyPlane, segment_planes
 from .correct import select_next_free_label
 
 if TYPE_CHECKING:
@@ -59,15 +65,6 @@ SCOPE_STACK = "Whole stack"
 NO_CHANNEL_AXIS = "none"
 #: Probability maps kept for re-thresholding (float16), at most this many bytes.
 PROBABILITY_CACHE_BYTES = 512 * 2**20
-
-
-def masks_layer_name(image_name: str) -> str:
-    return f"{image_name} masks"
-
-
-def corrected_planes(layer) -> set[tuple[int, ...]]:
-    """Plane indices the user corrected in ``layer``; starts tracking the layer's edits."""
-    return set(CorrectedSlices.for_layer(layer).planes)
 
 
 class SegmentWidget(Container):
@@ -84,6 +81,9 @@ class SegmentWidget(Container):
         self._run_started = 0.0
         self._cancelled = False
         self._failed = False
+        self._run_layers: tuple[Any, ...] = ()  # the image and masks layers of the running job
+        self._abandoned = ""  # why the running job was given up ("" while it is not)
+        self._empty_planes: list[EmptyPlane] = []  # planes of this run where nothing was found
         self.last_run_seconds: float | None = None
 
         self._image_combo = ComboBox(label="Image", choices=self._image_choices, nullable=False)
@@ -109,6 +109,7 @@ class SegmentWidget(Container):
         self._progress = ProgressBar(label="Progress", min=0, max=100, value=0, visible=False)
         self._status = Label(label="Status", value="")
         self._device_label = Label(label="Device", value="")
+        wrap_text(self._status, self._diameter_used)
         self.extend([
             self._image_combo, self._channel_axis, self._model_combo, self._add_model_button,
             self._scope, *self._sizing.widgets,
@@ -126,10 +127,12 @@ class SegmentWidget(Container):
         self._model_combo.changed.connect(self._on_model_changed)
         viewer.layers.events.inserted.connect(self.reset_choices)
         viewer.layers.events.removed.connect(self.reset_choices)
+        viewer.layers.events.removed.connect(self._on_layer_removed)
         viewer.layers.events.moved.connect(self.reset_choices)
         self._show_device()
         self._on_model_changed()
         self._register()
+        warm_up_in_background("segmenting")  # the first click then does not import or set up on the main thread
 
     # ------------------------------------------------------------------ choices
     def _image_choices(self, _widget=None) -> list[tuple[str, Any]]:
@@ -215,28 +218,7 @@ class SegmentWidget(Container):
 
     # ------------------------------------------------------------------ layers
     def _masks_layer(self, image) -> "napari.layers.Labels":
-        """The "<image> masks" layer, created (zeros, int32, same plane shape) if missing."""
-        from napari.layers import Labels
-
-        name = masks_layer_name(image.name)
-        shape = image.data.shape[:-1] if image.rgb else image.data.shape
-        if name in self._viewer.layers:
-            layer = self._viewer.layers[name]
-            if not isinstance(layer, Labels) or tuple(layer.data.shape) != tuple(shape):
-                raise ValueError(
-                    f"A layer named {name!r} exists but is not a Labels layer of shape {tuple(shape)}; "
-                    "rename or remove it."
-                )
-        else:
-            n = len(shape)
-            layer = self._viewer.add_labels(
-                np.zeros(shape, dtype=np.int32),
-                name=name,
-                scale=image.scale[:n],
-                translate=image.translate[:n],
-            )
-        CorrectedSlices.for_layer(layer)  # from now on, brush/fill/erase edits mark slices corrected
-        return layer
+        return masks_layer_for(self._viewer, image)
 
     # ------------------------------------------------------------------ run
     def _planes_for_scope(self, image, scope: str) -> list[tuple[int, ...]]:
@@ -285,9 +267,11 @@ class SegmentWidget(Container):
                 "corrected' to replace them."
             )
         if not planes:
-            self._status.value = "Nothing to segment: every chosen slice is a corrected one."
+            what = f"{format_plane(skipped[0])} is" if len(skipped) == 1 else "every chosen slice is"
+            self._status.value = f"Nothing to segment: {what} one you corrected."
             return
         self._last_layer_name = masks.name
+        self._run_layers = (image, masks)
         generator = segment_planes(
             model_path,
             image.data,
@@ -302,12 +286,30 @@ class SegmentWidget(Container):
         self._start(generator, f"Segmenting {len(planes)} slice(s)" if len(planes) > 1 else "Segmenting")
 
     def segment_current_view(self, model_path: str | Path | None = None) -> None:
-        """Segment the current slice (or field of view) again, e.g. with a new model."""
+        """Segment the current slice (or field of view) again, e.g. with a new model.
+
+        When the slice shown is one the user corrected (e.g. the only example of a
+        fine-tuning), the viewer moves to the next slice that is not, and that one is
+        segmented; the status says which.
+        """
         if model_path is not None:
             self.select_model(model_path)
         if self._scope.value == SCOPE_STACK:
             self._scope.value = SCOPE_SLICE
+        moved = self._move_past_corrected_slice()
         self.run()
+        if moved and self._worker is not None:
+            self._status.value = moved
+            notify_info(moved)
+
+    def _move_past_corrected_slice(self) -> str:
+        """Show the next slice the user did not correct when the current one is corrected;
+        returns what was done ("" when nothing moved)."""
+        image = self._image_combo.value
+        if image is None or self._overwrite.value:
+            return ""
+        # in order, the channel shown kept
+        return move_past_corrected_slice(self._viewer, image, self._planes_for_scope(image, SCOPE_STACK))
 
     def cancel(self, *_args) -> None:
         """Stop the running worker between tiles; what was written so far stays."""
@@ -321,6 +323,8 @@ class SegmentWidget(Container):
         self._sizing.new_run()
         self._cancelled = False
         self._failed = False
+        self._abandoned = ""
+        self._empty_planes = []
         self._status.value = message + "…"
         self._progress.value = 0
         self._progress.visible = True
@@ -338,13 +342,17 @@ class SegmentWidget(Container):
         from napari_unet.core.events import Progress
         from napari_unet.core.predict import PlaneResult
 
+        if not qt_alive(self):
+            return
         if isinstance(item, Progress) and not self._cancelled:
             self._progress.value = int(round(100 * item.fraction))
             eta = format_seconds(item.eta)
             self._status.value = item.message + (f" — {eta} left" if eta else "")
-        elif isinstance(item, PlaneResult):
+        elif isinstance(item, PlaneResult) and not self._abandoned:
             self._write_plane(item)
             self._sizing.show(item)
+        elif isinstance(item, EmptyPlane):
+            self._empty_planes.append(item)
 
     def _write_plane(self, result: PlaneResult) -> None:
         name = self._last_layer_name
@@ -388,15 +396,51 @@ class SegmentWidget(Container):
 
     def _on_error(self, exc: BaseException) -> None:
         self._failed = True
+        if not qt_alive(self):  # the viewer was closed meanwhile
+            log.debug("Segmentation failed after its widget was closed", exc_info=exc)
+            return
         notify_error("Segmentation failed", exc)
         self._status.value = f"Failed: {one_line(exc)}"
 
+    def _on_layer_removed(self, event: Any = None) -> None:
+        """The image or the masks layer of the running job was removed: give the job up."""
+        removed = unwrap_proxy(getattr(event, "value", None))
+        running = [unwrap_proxy(layer) for layer in self._run_layers]
+        if self._worker is None or self._abandoned or not any(removed is layer for layer in running):
+            return
+        kind = "image" if removed is running[0] else "masks"
+        self._abandoned = f"the {kind} layer {removed.name!r} was removed"
+        self._worker.quit()
+        self._status.value = f"Stopping: {self._abandoned}…"
+
+    def _report_empty_planes(self) -> None:
+        """One warning for the planes of this run where nothing was found (constant ones first)."""
+        constant = [e.index for e in self._empty_planes if e.constant]
+        others = [e.index for e in self._empty_planes if not e.constant]
+        if constant:
+            verb = "has" if len(constant) == 1 else "have"
+            notify_warning(f"{_sentence(_planes_text(constant))} {verb} a single value everywhere: nothing to "
+                           "segment there (masks left empty).")
+        if others:
+            notify_warning(f"No objects found in {_planes_text(others)}: try a lower threshold or another "
+                           "object diameter.")
+
     def _on_finished(self) -> None:
         took = time.perf_counter() - self._run_started
-        if self._cancelled:
+        if not qt_alive(self):  # the viewer was closed meanwhile
+            self._worker = None
+            return
+        if self._abandoned:
+            message = f"Segmentation abandoned: {self._abandoned}; finished slices kept."
+            self._status.value = message
+            notify_warning(message)
+        elif self._cancelled:
             self._status.value = f"Cancelled after {format_seconds(took)}; finished slices kept."
         elif not self._failed:
             self._status.value = f"Done in {format_seconds(took)}"
+        if not self._failed and not self._abandoned:
+            self._report_empty_planes()
+        self._run_layers = ()
         self.last_run_seconds = took
         if self._last_layer_name in self._viewer.layers:  # the brush must not reuse a model's id
             select_next_free_label(self._viewer.layers[self._last_layer_name])

@@ -4,6 +4,10 @@ Training runs :func:`napari_unet.widgets._training_job.train_and_save` in a napa
 worker: its progress events come back through ``yielded`` (progress bar, time left, curves)
 while the viewer stays usable, and its :class:`~napari_unet.widgets._training_job.TrainingResult`
 through ``returned``. A model that could not be saved is kept for "Save again".
+
+Closing the viewer during training keeps the best model so far: napari asks every running
+task to quit when its window closes, and this worker's ``quit`` means "stop after this
+step, save the best weights" (see :class:`TrainingWorker`).
 """
 
 from __future__ import annotations
@@ -11,18 +15,64 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from magicgui.widgets import Container, Label, ProgressBar, PushButton
+from napari.qt.threading import GeneratorWorker
 from psygnal import Signal
 
-from .._base import format_seconds, notify_error, notify_info, one_line
+from .._base import format_seconds, notify_error, notify_info, one_line, wrap_text
 from .._examples import Example
 from .._training_job import TrainingResult, train_and_save
 from .curves import LiveCurves
 
 log = logging.getLogger(__name__)
+
+#: When the window closes during training, it waits at most this long (seconds) for the
+#: training to stop after its current step and save the best model so far.
+CLOSE_WAIT_SECONDS = 30.0
+
+
+def _train_then_signal(done: threading.Event, *args: Any, **kwargs: Any):
+    """:func:`train_and_save`, setting ``done`` once it has ended (saved, stopped or failed)."""
+    try:
+        return (yield from train_and_save(*args, **kwargs))
+    finally:
+        done.set()
+
+
+class TrainingWorker(GeneratorWorker):
+    """A training worker whose ``quit()`` keeps the work: it asks the training to stop after
+    the current step and waits (at most :data:`CLOSE_WAIT_SECONDS`) until the best model so
+    far is saved, instead of abandoning the generator as napari's workers do.
+
+    napari calls ``quit()`` on every running task when the viewer's window closes.
+
+    Attributes
+    ----------
+    stop_event, done : threading.Event
+        Set to stop the training; set by the worker body once it has ended.
+    on_quit : callable or None
+        Called first by ``quit()`` (the panel detaches itself from the worker).
+    """
+
+    def __init__(self, func, done: threading.Event, *args: Any, **kwargs: Any) -> None:
+        super().__init__(func, done, *args, **kwargs)
+        self.stop_event: threading.Event = kwargs["stop"]
+        self.done = done
+        self.on_quit: Callable[[], None] | None = None
+
+    def quit(self) -> None:
+        if self.done.is_set():
+            return
+        if self.on_quit is not None:
+            self.on_quit()
+        self.stop_event.set()
+        if not self.done.wait(CLOSE_WAIT_SECONDS):
+            log.warning("Fine-tuning did not stop within %.0f s of closing; it goes on in the background "
+                        "and saves its model when it ends.", CLOSE_WAIT_SECONDS)
 
 
 def _kept_weights(metadata: dict) -> str:
@@ -73,8 +123,7 @@ class TrainingRunPanel(Container):
         self._status = Label(label="Status", value="Correct some slices, then Start.")
         self._best_label = Label(label="Best", value="–")
         self._device_label = Label(label="Device", value="")
-        for label in (self._status, self._best_label):
-            label.native.setWordWrap(True)
+        wrap_text(self._status, self._best_label)
         self._save_again_button = PushButton(text="Save again", visible=False)
         self.extend([
             self._start_button, self._stop_button, self._progress, self._status, self._best_label,
@@ -107,7 +156,7 @@ class TrainingRunPanel(Container):
                settings: dict[str, Any]) -> None:
         """Fine-tune ``base_path`` on ``examples`` in a thread worker; save the result to ``target``."""
         self._stop_event = threading.Event()
-        self.curves.clear()
+        self.curves.clear(settings.get("steps"))
         self._run_started = time.perf_counter()
         self._pending = None
         self._save_again_button.visible = False
@@ -118,9 +167,10 @@ class TrainingRunPanel(Container):
         from napari.qt.threading import create_worker
 
         worker = create_worker(
-            train_and_save, base_path, examples, target, name=name, settings=settings, stop=self._stop_event,
-            _start_thread=False, _ignore_errors=True,
+            _train_then_signal, threading.Event(), base_path, examples, target, name=name, settings=settings,
+            stop=self._stop_event, _start_thread=False, _ignore_errors=True, _worker_class=TrainingWorker,
         )
+        worker.on_quit = self._detach
         worker.yielded.connect(self._on_yielded)
         worker.returned.connect(self._on_returned)
         worker.errored.connect(self._on_error)
@@ -141,8 +191,24 @@ class TrainingRunPanel(Container):
         self.running_changed.emit(running)
 
     def _on_destroyed(self, *_args) -> None:
+        self._detach()
         if self._stop_event is not None:
             self._stop_event.set()
+
+    def _detach(self) -> None:
+        """The viewer is closing: the worker's results go to the log, not to this panel (its
+        widgets are being deleted) nor on to the Segment widget."""
+        worker = self._worker
+        if worker is None:
+            return
+        for signal, slot in ((worker.yielded, self._on_yielded), (worker.returned, self._on_returned),
+                             (worker.errored, self._on_error), (worker.finished, self._on_finished)):
+            try:
+                signal.disconnect(slot)
+            except (TypeError, RuntimeError):  # already disconnected
+                pass
+        worker.returned.connect(_log_result)
+        self._worker = None
 
     # ------------------------------------------------------------------ worker signals
     def _on_yielded(self, event: Any) -> None:
@@ -212,3 +278,13 @@ class TrainingRunPanel(Container):
         self._progress.value = self._progress.value if self._status.value.startswith("Failed") else 1000
         self._worker = None
         self._stop_event = None
+
+
+def _log_result(result: TrainingResult) -> None:
+    """What became of a run whose panel was closed (the viewer closed during training)."""
+    if result.path is not None:
+        log.info("The viewer closed during fine-tuning: the best model so far (%d steps) was saved to %s.",
+                 result.steps, result.path)
+    elif result.model is not None:
+        log.warning("The viewer closed during fine-tuning and the model could not be saved to %s: %s",
+                    result.target, result.save_error)

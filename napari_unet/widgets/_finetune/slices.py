@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import ComboBox, Container, Label, PushButton, Select
 from napari.layers import Image, Labels
 
-from .._base import current_plane_index, notify_error
+from .._base import current_plane_index, notify_error, show_plane, wrap_text
 from .._corrections import CorrectedSlices, format_plane
 from .._examples import Example, examples_from_layers
 from .ui import layer_choices
@@ -32,7 +32,7 @@ class CorrectedSlicesPanel(Container):
         self._labels_combo = ComboBox(label="Masks", choices=lambda _w=None: layer_choices(viewer, Labels),
                                       tooltip="The Labels layer you correct; its changed slices are the examples.")
         self._corrected_info = Label(label="Corrected", value="")
-        self._corrected_info.native.setWordWrap(True)
+        wrap_text(self._corrected_info)
         self._corrected_list = Select(label="Slices", choices=self._corrected_choices)
         self._corrected_list.native.setMaximumHeight(110)
         self._mark_button = PushButton(text="Mark current slice as correct")
@@ -134,12 +134,8 @@ class CorrectedSlicesPanel(Container):
     def jump_to(self, plane: tuple[int, ...]) -> None:
         """Show ``plane`` of the masks layer in the viewer (sets the dims sliders)."""
         layer = self._labels_combo.value
-        if layer is None or not plane:
-            return
-        offset = self._viewer.dims.ndim - layer.ndim
-        for axis, index in enumerate(plane):
-            world = float(layer.translate[axis]) + float(layer.scale[axis]) * int(index)
-            self._viewer.dims.set_point(axis + offset, world)
+        if layer is not None:
+            show_plane(self._viewer, layer, plane)
 
     # ------------------------------------------------------------------ examples
     def examples(self) -> list[Example]:

@@ -1,7 +1,8 @@
-"""Small UI pieces the Fine-tune panels share: layer choices and collapsible boxes."""
+"""Small UI pieces the Fine-tune panels share: layer choices, collapsible boxes, questions."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -22,3 +23,27 @@ def collapsible(title: str, box: Container):
     widget.addWidget(box.native)
     box._collapsible = widget  # for tests and to expand it from code
     return widget
+
+
+def ask(parent: Any, text: str, on_answer: Callable[[bool], None], *, yes: str = "Yes", no: str = "No"):
+    """Ask a yes/no question without blocking: the box opens (modal to ``parent``'s window)
+    and ``on_answer(True)`` or ``on_answer(False)`` is called once it is answered or closed.
+
+    Returns the ``QMessageBox`` (its ``button(QMessageBox.Yes)`` / ``No`` can be clicked from
+    code, as a test does); "No" is the default and what closing the box means.
+    """
+    from qtpy.QtWidgets import QMessageBox
+
+    box = QMessageBox(QMessageBox.Question, "napari-unet", text, QMessageBox.Yes | QMessageBox.No, parent)
+    box.button(QMessageBox.Yes).setText(yes)
+    box.button(QMessageBox.No).setText(no)
+    box.setDefaultButton(QMessageBox.No)
+    box.setEscapeButton(QMessageBox.No)
+
+    def answered(_result: int) -> None:
+        on_answer(box.standardButton(box.clickedButton()) == QMessageBox.Yes)
+        box.deleteLater()
+
+    box.finished.connect(answered)
+    box.open()
+    return box

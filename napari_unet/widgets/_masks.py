@@ -1,0 +1,81 @@
+"""The "<image> masks" Labels layer of the Segment widget: its name, creation and corrected slices."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import QTimer
+
+from ._corrections import CorrectedSlices, format_plane
+
+if TYPE_CHECKING:
+    import napari
+
+
+def masks_layer_name(image_name: str) -> str:
+    return f"{image_name} masks"
+
+
+def corrected_planes(layer) -> set[tuple[int, ...]]:
+    """Plane indices the user corrected in ``layer``; starts tracking the layer's edits."""
+    return set(CorrectedSlices.for_layer(layer).planes)
+
+
+def masks_layer_for(viewer: Any, image: Any) -> "napari.layers.Labels":
+    """The "<image> masks" layer, created (zeros, int32, same plane shape) if missing."""
+    from napari.layers import Labels
+
+    name = masks_layer_name(image.name)
+    shape = image.data.shape[:-1] if image.rgb else image.data.shape
+    if name in viewer.layers:
+        layer = viewer.layers[name]
+        if not isinstance(layer, Labels) or tuple(layer.data.shape) != tuple(shape):
+            raise ValueError(
+                f"A layer named {name!r} exists but is not a Labels layer of shape {tuple(shape)}; "
+                "rename or remove it."
+            )
+    else:
+        n = len(shape)
+        # shown from the next turn of the event loop: napari then draws it (compiling its
+        # shaders) apart from creating it, two shorter pauses of the window instead of one
+        layer = viewer.add_labels(
+            np.zeros(shape, dtype=np.int32),
+            name=name,
+            scale=image.scale[:n],
+            translate=image.translate[:n],
+            visible=False,
+        )
+        QTimer.singleShot(50, lambda: setattr(layer, "visible", True))
+    CorrectedSlices.for_layer(layer)  # from now on, brush/fill/erase edits mark slices corrected
+    return layer
+
+
+def _planes_text(planes: list[tuple[int, ...]]) -> str:
+    """"slice 2, slice 5", at most five named."""
+    return ", ".join(format_plane(p) for p in planes[:5]) + (" …" if len(planes) > 5 else "")
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def move_past_corrected_slice(viewer: Any, image: Any, planes: list[tuple[int, ...]]) -> str:
+    """When the slice shown of ``image`` is one the user corrected, show the next one (in
+    ``planes``' order, wrapping) that is not; returns what was done ("" when nothing moved)."""
+    from ._base import current_plane_index, show_plane
+
+    name = masks_layer_name(image.name)
+    if name not in viewer.layers:
+        return ""
+    protected = corrected_planes(viewer.layers[name])
+    current = current_plane_index(viewer, image)
+    if current not in protected:
+        return ""
+    at = planes.index(current) if current in planes else -1
+    following = planes[at + 1:] + planes[:max(at, 0)]
+    target = next((p for p in following if p not in protected), None)
+    if target is None:
+        return ""
+    show_plane(viewer, image, target)
+    return f"{_sentence(format_plane(current))} is one you corrected: segmenting {format_plane(target)} instead."
