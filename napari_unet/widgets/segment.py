@@ -49,7 +49,14 @@ from ._base import (
 )
 from ._corrections import format_plane
 from ._diameter import DiameterControls
-from ._masks import _planes_text, _sentence, corrected_planes, masks_layer_for, masks_layer_name, move_past_corrected_slice
+from ._masks import (
+    _planes_text,
+    _sentence,
+    corrected_planes,
+    masks_layer_for,
+    masks_layer_name,
+    move_past_corrected_slice,
+)
 from ._napari_compat import unwrap_proxy
 from ._segment_job import EmptyPlane, segment_planes
 from .correct import select_next_free_label
