@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 import napari
 import numpy as np
-from qtpy.QtCore import QTimer
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -35,6 +34,7 @@ from magicgui.widgets import (
     RadioButtons,
     SpinBox,
 )
+from qtpy.QtCore import QTimer
 
 from ._base import (
     current_plane_index,
