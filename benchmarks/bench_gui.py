@@ -236,7 +236,7 @@ def phase_finetune(viewer: Any, image_layer: Any, masks_layer: Any, meter: Stall
     meter.start()
     t0 = time.perf_counter()
     tune.run_panel._start_button.native.click()
-    if tune.replace_question is not None:
+    if getattr(tune, "replace_question", None) is not None:
         raise RuntimeError("the new model name is taken; use an empty model folder (NAPARI_UNET_MODELS)")
     wait_until(lambda: tune.run_panel._worker is None, timeout)
     took = time.perf_counter() - t0

@@ -262,10 +262,7 @@ def test_corrected_2d_image_says_so_in_plain_words(widget, c2c12_stack):
 
 def test_long_status_lines_wrap_in_a_narrow_dock(make_napari_viewer, qtbot):
     """Status lines are shown whole, on several lines, never cut off at the dock's edge."""
-    from qtpy.QtWidgets import QApplication
-
     viewer = make_napari_viewer(show=True)
-    viewer.window._qt_window.resize(900, 900)
     _d1, seg = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
     _d2, tune = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune", tabify=True)
     _d3, load = viewer.window.add_plugin_dock_widget("napari-unet", "Load stack", tabify=True)
