@@ -32,7 +32,6 @@ from magicgui.widgets import (
     RadioButtons,
     SpinBox,
 )
-from qtpy.QtCore import QTimer
 
 from ._base import (
     current_plane_index,
