@@ -10,9 +10,9 @@ A model segments objects of a range of sizes equally well (:class:`ObjectSize`):
 objects lie in it run at their own resolution, others are rescaled to the nearest end of it.
 
 The object diameter of an image is given by the user or estimated (:class:`DiameterSearch`):
-a pass at the image's own scale, the median equivalent diameter ``2 sqrt(area / pi)`` of
-what it found, then a pass at the scale that diameter asks for, until two passes agree
-within :data:`SCALE_TOLERANCE`.
+passes of the network at a pyramid of scales (1, 1/2, 1/4, ...), the median equivalent diameter
+``2 sqrt(area / pi)`` of what each found, and the finest two consecutive levels that agree
+within :data:`STABLE_RATIO`.
 """
 
 from __future__ import annotations
