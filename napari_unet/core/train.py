@@ -69,7 +69,7 @@ from .augment import NO_AUGMENT, AugmentConfig
 from .checkpoint import SegmentationModel
 from .device import describe_device, select_device
 from .events import TrainStep, Validation, run_to_end
-from .examples import MIN_PLANE_SIZE, prepare_examples, split_examples, training_split
+from .examples import MIN_PLANE_SIZE, TrainingSplit, prepare_examples, split_examples, training_split
 from .optimise import Optimiser, autocast_dtype, set_train_mode
 from .patches import PatchGeometry, PatchSampler
 from .schedule import RunBudget, ValidationCadence, WarmupCosine
@@ -94,8 +94,10 @@ __all__ = [
     "MIN_PLANE_SIZE",
     "MIN_VAL_OBJECTS_FOR_AP",
     "StopFlag",
+    "PreparedRun",
     "Trainer",
     "finetune",
+    "prepare_run",
     "forward_plane",
     "prepare_examples",
     "run_finetune",
@@ -125,17 +127,24 @@ class Trainer:
     freeze_norm: bool = False
 
     def run(
-        self, stopped: Callable[[], bool] = lambda: False, validate_start: bool = True
+        self, stopped: Callable[[], bool] = lambda: False, validate_start: bool = True,
+        start: RunSummary | None = None,
     ) -> Generator[TrainStep | Validation, None, RunSummary]:
         """Train until the budget is spent or ``stopped()``, yielding a :class:`TrainStep` per step
         and a :class:`Validation` per validation (at step 0 if ``validate_start``, as the cadence
-        says, and of the final weights unless stopped); return a :class:`RunSummary`."""
-        run = RunSummary()
-        t0 = time.perf_counter()
-        last_val_step, last_val_time = -1, t0
+        says, and of the final weights unless stopped); return a :class:`RunSummary`.
+
+        ``start``: the summary of the run so far when it goes on from a checkpoint (see
+        :mod:`napari_unet.core.resume`): steps, losses and time carry on from it, and the
+        schedule, budget and cadence see one run.
+        """
+        run = RunSummary() if start is None else RunSummary(start.steps, False, list(start.losses),
+                                                              start.training_time)
+        t0 = time.perf_counter() - run.training_time
+        last_val_step, last_val_time = (-1 if start is None else run.steps), time.perf_counter()
         try:
             set_train_mode(self.net, self.freeze_norm)
-            if self.validator is not None and validate_start and not stopped():
+            if self.validator is not None and validate_start and start is None and not stopped():
                 yield self.validator(self.net, 0)
                 last_val_step, last_val_time = 0, time.perf_counter()
             while True:
@@ -266,6 +275,84 @@ def finetune(
     ValueError
         Bad inputs (the message says what to fix), e.g. nothing to learn from.
     """
+    prepared = prepare_run(
+        model, images, labels, steps=steps, time_budget=time_budget, lr=lr, weight_decay=weight_decay,
+        patch_size=patch_size, batch_size=batch_size, augment=augment, val_fraction=val_fraction,
+        val_images=val_images, val_labels=val_labels, validate_every=validate_every, device=device, seed=seed,
+        mixed_precision=mixed_precision, freeze_norm=freeze_norm, from_scratch=from_scratch,
+        boundary_width=boundary_width, w0=w0, sigma=sigma, select=select, workers=workers,
+    )
+    run = yield from prepared.trainer.run(_stop_check(stop), validate_start)
+    return prepared.result(run)
+
+
+@dataclass
+class PreparedRun:
+    """A run ready to go: its :class:`Trainer`, the weights tracker and what the metadata records.
+
+    :func:`finetune` is ``prepare_run`` + ``trainer.run`` + :meth:`result`; a run trained
+    in legs (:mod:`napari_unet.core.resume`) restores a checkpoint into it between the
+    first and the second.
+    """
+
+    base: SegmentationModel
+    work: SegmentationModel
+    trainer: Trainer
+    tracker: BestWeights
+    split: TrainingSplit
+    n_val_planes: int
+    n_val_objects: int
+    recipe: Recipe
+    device: torch.device
+    from_scratch: bool
+
+    def result(self, run: RunSummary) -> SegmentationModel:
+        """The trained model: the kept weights (see :class:`BestWeights`), eval mode, with its metadata."""
+        net = self.trainer.net
+        chosen = self.tracker.keep(net, run.steps)
+        net.eval()
+        self.work.metadata = trained_metadata(
+            self.base, from_scratch=self.from_scratch, split=self.split, n_val_planes=self.n_val_planes,
+            n_val_objects=self.n_val_objects, tracker=self.tracker, chosen=chosen, run=run, recipe=self.recipe,
+            device=describe_device(self.device),
+        )
+        return self.work
+
+
+def prepare_run(
+    model: SegmentationModel,
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    *,
+    steps: int | None = None,
+    time_budget: float | None = None,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    patch_size: int = 256,
+    batch_size: int = 4,
+    augment: bool | AugmentConfig = True,
+    val_fraction: float = 0.2,
+    val_images: Sequence[np.ndarray] | None = None,
+    val_labels: Sequence[np.ndarray] | None = None,
+    validate_every: int | float | None = None,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    mixed_precision: bool | None = None,
+    freeze_norm: bool | None = None,
+    from_scratch: bool = False,
+    boundary_width: int = 2,
+    w0: float = 10.0,
+    sigma: float = 5.0,
+    select: str = "best",
+    workers: int | None = None,
+) -> PreparedRun:
+    """Check the arguments and build the parts of a run (arguments as :func:`finetune` takes them).
+
+    Raises
+    ------
+    ValueError
+        Bad inputs (the message says what to fix).
+    """
     steps = _check_arguments(model, steps, time_budget, lr, batch_size, select, workers)
     rng = np.random.default_rng(seed)
     split = training_split(model, images, labels, val_images, val_labels, val_fraction, rng)
@@ -291,17 +378,10 @@ def finetune(
         validator=Validator(planes, tracker, dev, amp_dtype, model.representation) if planes else None,
         freeze_norm=freeze_norm,
     )
-    run = yield from trainer.run(_stop_check(stop), validate_start)
-    chosen = tracker.keep(net, run.steps)
-    net.eval()
     precision = str(amp_dtype).replace("torch.", "") if amp_dtype else "off"
     recipe = Recipe(geometry.in_size, batch_size, lr, weight_decay, bool(augment), freeze_norm, precision, seed,
                     boundary_width, w0, sigma)
-    work.metadata = trained_metadata(
-        model, from_scratch=from_scratch, split=split, n_val_planes=len(planes), n_val_objects=n_val_objects,
-        tracker=tracker, chosen=chosen, run=run, recipe=recipe, device=describe_device(dev),
-    )
-    return work
+    return PreparedRun(model, work, trainer, tracker, split, len(planes), n_val_objects, recipe, dev, from_scratch)
 
 
 def _check_arguments(

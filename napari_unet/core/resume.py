@@ -1,0 +1,139 @@
+"""Training in legs: the whole state of a run in one checkpoint file, and a run that goes on from it.
+
+A long training (the built-in models, trained on a CPU across working sessions) runs in
+legs. :func:`capture` takes everything the rest of the run depends on from a
+:class:`~napari_unet.core.train.PreparedRun` and the run so far:
+
+* the model (network configuration, current weights and BatchNorm statistics, metadata),
+* the optimiser's state (AdamW moments; the GradScaler's for fp16),
+* the random state of patch sampling and augmentation (each patch's seed is drawn from
+  one generator) and torch's CPU generator,
+* the run so far (steps, training losses, seconds trained) and the validations (history,
+  the best weights and their scores),
+* ``extra``: what the caller needs to build the same run again (its recipe options).
+
+:func:`save_checkpoint` writes it atomically, :func:`load_checkpoint` reads it back with
+``torch.load(weights_only=True)`` (plain dicts, lists, numbers, strings and tensors only),
+and :func:`restore` puts it into a run prepared with the same options, which then
+continues with ``trainer.run(start=...)``. On the CPU without patch threads, a run cut
+into legs takes the same steps as one run (tests check it bit for bit); with patch
+threads (GPU) the batch being prepared when the checkpoint was taken is drawn anew.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from napari_unet._atomic import atomic_write
+
+from .checkpoint import SegmentationModel
+from .train import PreparedRun
+from .train_metadata import RunSummary
+from .validation import Scores
+
+#: Format of the checkpoint dict; a file of another version is refused with a clear message.
+CHECKPOINT_VERSION = 1
+
+__all__ = ["CHECKPOINT_VERSION", "CheckpointError", "capture", "load_checkpoint", "restore", "save_checkpoint"]
+
+
+class CheckpointError(ValueError):
+    """A training checkpoint that cannot be used (missing, not one, another version or recipe)."""
+
+
+def _cpu_state(module_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module_state.items()}
+
+
+def _scores(value: dict | None) -> Scores | None:
+    return None if value is None else Scores(**value)
+
+
+def capture(prepared: PreparedRun, run: RunSummary, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The state of ``prepared`` after ``run`` (see the module docs), as a dict ``torch.save`` can write."""
+    trainer, tracker = prepared.trainer, prepared.tracker
+    work = prepared.work
+    model = SegmentationModel(trainer.net, work.representation, work.normalization, dict(work.metadata))
+    scaler = trainer.optimiser.scaler
+    return {
+        "version": CHECKPOINT_VERSION,
+        "model": model.to_dict(),
+        "optimizer": trainer.optimiser.optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "sampler_rng": trainer.sampler.rng.bit_generator.state,
+        "torch_rng": torch.get_rng_state(),
+        "run": {
+            "steps": run.steps,
+            "training_time": float(run.training_time),
+            "losses": torch.tensor(run.losses, dtype=torch.float32),
+        },
+        "tracker": {
+            "best": asdict(tracker.best) if tracker.best is not None else None,
+            "latest": asdict(tracker.latest) if tracker.latest is not None else None,
+            "history": list(tracker.history),
+            "weights": tracker._state,
+        },
+        "extra": dict(extra or {}),
+    }
+
+
+def restore(prepared: PreparedRun, state: dict[str, Any]) -> RunSummary:
+    """Put a captured ``state`` into ``prepared`` (a run built with the same options); the run so far.
+
+    The network's weights are expected to come from ``state["model"]`` already (the run
+    is prepared from that model); they are loaded again here so that either way works.
+    """
+    trainer, tracker = prepared.trainer, prepared.tracker
+    trainer.net.load_state_dict(SegmentationModel.from_dict(state["model"]).net.state_dict())
+    trainer.optimiser.optimizer.load_state_dict(state["optimizer"])
+    if trainer.optimiser.scaler is not None and state.get("scaler"):
+        trainer.optimiser.scaler.load_state_dict(state["scaler"])
+    trainer.sampler.close()  # nothing prepared ahead with the old random state
+    trainer.sampler.rng.bit_generator.state = state["sampler_rng"]
+    torch.set_rng_state(state["torch_rng"])
+    saved = state["tracker"]
+    tracker.best = _scores(saved["best"])
+    tracker.latest = _scores(saved["latest"])
+    tracker.history = list(saved["history"])
+    tracker._state = saved["weights"]
+    r = state["run"]
+    return RunSummary(steps=int(r["steps"]), losses=[float(x) for x in r["losses"].tolist()],
+                      training_time=float(r["training_time"]))
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``state`` to ``path`` atomically (the previous checkpoint stays until the new one is whole)."""
+    path = Path(path)
+    with atomic_write(path, "wb") as fh:
+        torch.save(state, fh)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
+
+    Raises
+    ------
+    CheckpointError
+        No such file, not a checkpoint, or a checkpoint of another format version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"No training checkpoint at {path}: start a run first (without --resume).")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for junk files
+        raise CheckpointError(f"{path} is not a training checkpoint (it could not be read as one).") from exc
+    if not isinstance(state, dict) or "version" not in state:
+        raise CheckpointError(f"{path} is not a training checkpoint.")
+    if state["version"] != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path} is a checkpoint of format {state['version']}; this version reads format {CHECKPOINT_VERSION}."
+        )
+    return state
+

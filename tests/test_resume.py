@@ -1,0 +1,123 @@
+"""Training in legs: a run cut by a checkpoint goes on exactly as one run would."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet.core.checkpoint import SegmentationModel
+from napari_unet.core.events import TrainStep, Validation
+from napari_unet.core.model import UNet
+from napari_unet.core.optimise import autocast_dtype, cpu_has_fast_bf16
+from napari_unet.core.resume import CheckpointError, capture, load_checkpoint, restore, save_checkpoint
+from napari_unet.core.train import prepare_run
+
+STEPS = 6
+OPTIONS = dict(steps=STEPS, patch_size=48, batch_size=2, lr=3e-3, validate_every=2, device="cpu", seed=3,
+               from_scratch=True, workers=0)
+
+
+def _fresh() -> SegmentationModel:
+    torch.manual_seed(0)
+    net = UNet(in_channels=1, n_classes=3, base_width=4, depth=3, padding="same", norm="batch")
+    return SegmentationModel(net, "bg-interior-boundary", metadata={"name": "legs"})
+
+
+def _drive(gen):
+    """Drive a trainer's run to its end; return (events, run summary)."""
+    events = []
+    try:
+        while True:
+            events.append(next(gen))
+    except StopIteration as done:
+        return events, done.value
+
+
+@pytest.fixture
+def one_thread():
+    """Bit-for-bit comparisons need one reduction order."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_two_legs_equal_one_run(dsb_fluo_crop, tmp_path, one_thread):
+    image, labels = dsb_fluo_crop
+
+    one = prepare_run(_fresh(), [image], [labels], **OPTIONS)
+    events_one, run_one = _drive(one.trainer.run())
+    straight = one.result(run_one)
+
+    # leg 1: stopped after 3 steps (as a leg's time limit stops it), checkpointed to disk
+    first = prepare_run(_fresh(), [image], [labels], **OPTIONS)
+    done = {"n": 0}
+
+    def stopped() -> bool:
+        return done["n"] >= 3
+
+    gen = first.trainer.run(stopped)
+    leg1 = []
+    try:
+        while True:
+            e = next(gen)
+            leg1.append(e)
+            if isinstance(e, TrainStep):
+                done["n"] = e.step
+    except StopIteration as end:
+        run1 = end.value
+    assert run1.steps == 3 and run1.stopped_early
+    path = save_checkpoint(capture(first, run1, {"leg": 1}), tmp_path / "training" / "checkpoint.pt")
+    del first, gen
+
+    # leg 2: a new process would do this: the model from the checkpoint, the same options, restore, go on
+    state = load_checkpoint(path)
+    assert state["extra"] == {"leg": 1} and state["run"]["steps"] == 3
+    second = prepare_run(SegmentationModel.from_dict(state["model"]), [image], [labels], **OPTIONS)
+    start = restore(second, state)
+    events_two, run2 = _drive(second.trainer.run(start=start))
+    resumed = second.result(run2)
+
+    steps_one = [e for e in events_one if isinstance(e, TrainStep)]
+    steps_legs = [e for e in leg1 + events_two if isinstance(e, TrainStep)]
+    assert [e.step for e in steps_legs] == list(range(1, STEPS + 1))
+    assert [e.loss for e in steps_legs] == [e.loss for e in steps_one]  # same patches, same updates
+    assert [e.lr for e in steps_legs] == [e.lr for e in steps_one]  # one schedule over both legs
+    vals_one = [(v.step, v.ap50, v.loss) for v in events_one if isinstance(v, Validation)]
+    vals_legs = [(v.step, v.ap50, v.loss) for v in leg1 + events_two if isinstance(v, Validation)]
+    assert vals_legs == vals_one  # no second step-0 validation when resuming
+    for k, v in straight.net.state_dict().items():
+        assert torch.equal(v, resumed.net.state_dict()[k]), k
+    assert resumed.metadata["steps"] == STEPS and resumed.metadata["training"]["history"] == \
+        straight.metadata["training"]["history"]
+
+
+def test_checkpoint_errors_are_one_line(tmp_path):
+    with pytest.raises(CheckpointError, match="No training checkpoint"):
+        load_checkpoint(tmp_path / "none.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a training checkpoint"):
+        load_checkpoint(junk)
+    other = tmp_path / "other.pt"
+    torch.save({"version": 99}, other)
+    with pytest.raises(CheckpointError, match="format 99"):
+        load_checkpoint(other)
+
+
+def test_cpu_mixed_precision_only_where_the_cpu_has_bf16():
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu, None) is None and autocast_dtype(cpu, False) is None
+    assert autocast_dtype(cpu, True) == (torch.bfloat16 if cpu_has_fast_bf16() else None)
+
+
+def test_bf16_training_on_cpu_runs_when_available(dsb_fluo_crop):
+    if not cpu_has_fast_bf16():
+        pytest.skip("this CPU has no bfloat16 instructions")
+    image, labels = dsb_fluo_crop
+    run = prepare_run(_fresh(), [image], [labels], **{**OPTIONS, "steps": 2, "mixed_precision": True})
+    events, summary = _drive(run.trainer.run())
+    model = run.result(summary)
+    assert model.metadata["training"]["mixed_precision"] == "bfloat16"
+    assert all(np.isfinite(e.loss) for e in events if isinstance(e, TrainStep))
