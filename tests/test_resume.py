@@ -121,3 +121,38 @@ def test_bf16_training_on_cpu_runs_when_available(dsb_fluo_crop):
     model = run.result(summary)
     assert model.metadata["training"]["mixed_precision"] == "bfloat16"
     assert all(np.isfinite(e.loss) for e in events if isinstance(e, TrainStep))
+
+
+def test_legs_write_checkpoints_and_say_when_the_run_is_finished(dsb_fluo_crop, tmp_path):
+    from napari_unet.core.resume import iter_leg
+
+    image, labels = dsb_fluo_crop
+    path = tmp_path / "checkpoint.pt"
+    first = prepare_run(_fresh(), [image], [labels], **OPTIONS)
+    seen = []
+
+    def after_two() -> bool:
+        return sum(isinstance(e, TrainStep) for e in seen) >= 2
+
+    gen = iter_leg(first, path, stop=after_two, checkpoint_every=0.0, extra={"leg": 1})
+    try:
+        while True:
+            seen.append(next(gen))
+    except StopIteration as end:
+        run, finished = end.value
+    assert run.steps == 2 and not finished and path.is_file()
+    state = load_checkpoint(path)
+    assert state["run"]["steps"] == 2 and state["extra"] == {"leg": 1}
+    assert [h["step"] for h in state["tracker"]["history"]] == [0]  # no validation once the leg is stopped
+
+    second = prepare_run(SegmentationModel.from_dict(state["model"]), [image], [labels], **OPTIONS)
+    gen = iter_leg(second, path, start=restore(second, state), leg_seconds=3600.0)
+    rest = []
+    try:
+        while True:
+            rest.append(next(gen))
+    except StopIteration as end:
+        run, finished = end.value
+    assert finished and run.steps == STEPS
+    assert [e.step for e in rest if isinstance(e, TrainStep)] == list(range(3, STEPS + 1))
+    assert load_checkpoint(path)["run"]["steps"] == STEPS

@@ -15,7 +15,8 @@ legs. :func:`capture` takes everything the rest of the run depends on from a
 :func:`save_checkpoint` writes it atomically, :func:`load_checkpoint` reads it back with
 ``torch.load(weights_only=True)`` (plain dicts, lists, numbers, strings and tensors only),
 and :func:`restore` puts it into a run prepared with the same options, which then
-continues with ``trainer.run(start=...)``. On the CPU without patch threads, a run cut
+continues with ``trainer.run(start=...)``; :func:`iter_leg` runs one leg of a run that
+way and writes the checkpoint as it goes. On the CPU without patch threads, a run cut
 into legs takes the same steps as one run (tests check it bit for bit); with patch
 threads (GPU) the batch being prepared when the checkpoint was taken is drawn anew.
 """
@@ -23,6 +24,8 @@ threads (GPU) the batch being prepared when the checkpoint was taken is drawn an
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable, Generator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,7 @@ import torch
 from napari_unet._atomic import atomic_write
 
 from .checkpoint import SegmentationModel
+from .events import TrainStep, Validation
 from .train import PreparedRun
 from .train_metadata import RunSummary
 from .validation import Scores
@@ -39,7 +43,9 @@ from .validation import Scores
 #: Format of the checkpoint dict; a file of another version is refused with a clear message.
 CHECKPOINT_VERSION = 1
 
-__all__ = ["CHECKPOINT_VERSION", "CheckpointError", "capture", "load_checkpoint", "restore", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_VERSION", "CheckpointError", "capture", "iter_leg", "load_checkpoint", "restore", "save_checkpoint",
+]
 
 
 class CheckpointError(ValueError):
@@ -137,3 +143,48 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         )
     return state
 
+
+
+def iter_leg(
+    prepared: PreparedRun,
+    checkpoint_path: str | os.PathLike,
+    *,
+    start: RunSummary | None = None,
+    leg_seconds: float | None = None,
+    checkpoint_every: float = 600.0,
+    extra: dict[str, Any] | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> Generator[TrainStep | Validation, None, tuple[RunSummary, bool]]:
+    """One leg of a run: train from ``start`` (None: the beginning) for ``leg_seconds`` at most.
+
+    Yields the trainer's events. The state is written to ``checkpoint_path`` after a
+    validation once ``checkpoint_every`` seconds have passed since the last write (a
+    validation ends a step cleanly: nothing is left half-recorded), and at the end of
+    the leg. Returns the run so far and whether the whole run is finished (its budget
+    spent), so that the caller knows to write the model.
+    """
+    t_leg = time.monotonic()
+
+    def stopped() -> bool:
+        out_of_time = leg_seconds is not None and time.monotonic() - t_leg >= leg_seconds
+        return out_of_time or (stop is not None and bool(stop()))
+
+    so_far = start or RunSummary()
+    steps, losses, elapsed = so_far.steps, list(so_far.losses), so_far.training_time
+    last_save = time.monotonic()
+    gen = prepared.trainer.run(stopped, validate_start=start is None, start=start)
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as end:
+            run = end.value
+            break
+        if isinstance(event, TrainStep):
+            steps, elapsed = event.step, event.elapsed
+            losses.append(event.loss)
+        yield event
+        if isinstance(event, Validation) and time.monotonic() - last_save >= checkpoint_every:
+            save_checkpoint(capture(prepared, RunSummary(steps, False, losses, elapsed), extra), checkpoint_path)
+            last_save = time.monotonic()
+    save_checkpoint(capture(prepared, run, extra), checkpoint_path)
+    return run, prepared.trainer.budget.finished(run.steps, run.training_time)
