@@ -42,7 +42,6 @@ The model is written atomically to ``--out`` with a model card in its metadata, 
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import platform
 import sys
@@ -54,6 +53,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import builtin_data  # noqa: E402  (beside this script)
+import training_legs  # noqa: E402
 
 DEFAULT_DATA = Path("/work/shared/data/dsb2018")
 if not DEFAULT_DATA.is_dir():
@@ -61,20 +64,16 @@ if not DEFAULT_DATA.is_dir():
 
 
 def load_split(data: Path, split: str) -> list[dict]:
-    """Rows of the manifest for ``split`` with their image and labels loaded."""
-    from skimage.io import imread
+    """Rows of the DSB2018 manifest for ``split`` with their image and labels loaded."""
+    return builtin_data.nuclei_rows(data, split)
 
-    with open(data / "manifest.csv") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["split"] == split]
-    if not rows:
-        raise SystemExit(f"No '{split}' rows in {data / 'manifest.csv'}.")
-    for r in rows:
-        img = imread(data / "images" / f"{r['id']}.png")
-        if img.ndim == 3:
-            img = img[..., :3]
-        r["image"] = img
-        r["labels"] = imread(data / "labels" / f"{r['id']}.png").astype(np.int32)
-    return rows
+
+def load_rows(args: argparse.Namespace, split: str) -> list[dict]:
+    """The ``split`` rows of the model's data (``--data``: the dsb2018 folder for nuclei, the shared
+    data folder for cells; default: found beside the repository)."""
+    if args.model == "cells":
+        return builtin_data.cells_rows(args.data or builtin_data.shared_data(ROOT), split)
+    return load_split(args.data or DEFAULT_DATA, split)
 
 
 def otsu_watershed(image: np.ndarray) -> np.ndarray:
@@ -111,12 +110,13 @@ def _drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
 
 
 def evaluate(rows: list[dict], segment_fn) -> dict:
-    """AP@0.5, AP@0.75 and Dice per image kind and over all images (means over images)."""
+    """AP@0.5, AP@0.75 and Dice per image kind and over all images (means over images);
+    ``segment_fn(row)`` gives the labels of a row's image."""
     from napari_unet.core.metrics import average_precision, dice
 
     per_kind: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
     for r in rows:
-        pred = segment_fn(r["image"])
+        pred = segment_fn(r)
         scores = (
             average_precision(r["labels"], pred, 0.5),
             average_precision(r["labels"], pred, 0.75),
@@ -136,6 +136,14 @@ THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MIN_SIZES = (0, 8, 16, 32, 48)
 
 
+def oracle_diameter(model, row: dict):
+    """The diameter to segment ``row`` with when its labels are known: "native" for a model without
+    an object size, else the median diameter of the row's labels."""
+    from napari_unet.core.scale import median_diameter
+
+    return "native" if model.diameter is None else median_diameter(row["labels"])
+
+
 def tune_postprocessing(model, rows: list[dict], device) -> tuple[dict, list[np.ndarray]]:
     """Threshold and minimum size with the best mean AP@0.5 on ``rows`` (the val split).
 
@@ -146,8 +154,10 @@ def tune_postprocessing(model, rows: list[dict], device) -> tuple[dict, list[np.
     from napari_unet.core.metrics import average_precision
     from napari_unet.core.predict import predict_probabilities
 
-    # at the images' own scale: the recipe trains and tunes on DSB2018 as it is
-    probs = [predict_probabilities(model, r["image"], device=device, diameter="native") for r in rows]
+    # each image at the scale the model was trained at: its own (a model trained on the images as
+    # they are), or rescaled so that its objects (median diameter of its labels) have the model's size
+    probs = [predict_probabilities(model, r["image"], device=device, engine="torch",
+                                   diameter=oracle_diameter(model, r)) for r in rows]
     best = None
     for t in THRESHOLDS:
         for m in MIN_SIZES:
@@ -160,10 +170,40 @@ def tune_postprocessing(model, rows: list[dict], device) -> tuple[dict, list[np.
     return {"threshold": t, "min_size": m}, labels
 
 
+MODEL_TEXT = {
+    "nuclei": {
+        "title": "napari-unet default model: `nuclei`",
+        "description": "Nuclei in 2D fluorescence, bright-field and stained-tissue images (DSB2018).",
+        "data": ("DSB2018 (BBBC038, Caicedo et al. 2019, CC0; community-fixed masks), train split: {n_train} "
+                 "images (kinds: {train_kinds}); selection and figures on the val split: {n_val} images (kinds: "
+                 "{val_kinds}). Colour images are converted to grey by the mean of R, G, B (the shared "
+                 "preprocessing), at training and inference."),
+        "validation": "DSB2018 `val` split",
+        "limits": ("Trained on 2D nuclei images only (fluorescence mostly: 362 of 450 training images are "
+                   "dark-field); bright-field and H&E kinds are few, so expect lower quality there. Not for whole "
+                   "cells or 3D: fine-tune it on your own corrections for those."),
+    },
+    "cells": {
+        "title": "napari-unet built-in model: `cells`",
+        "description": "Whole cells in 2D phase-contrast and DIC / bright-field images (Usiigaci, BBBC030).",
+        "data": ("Usiigaci (Tsai et al. 2019, MIT; phase contrast, kind `phase`) and BBBC030 (Koos et al. 2016, "
+                 "CC BY 3.0, not shipped; DIC, kind `dic`; fragments left by filling its outlines dropped): every "
+                 "7th field of each held out for validation. Train: {n_train} fields (kinds: {train_kinds}); "
+                 "selection and figures on val: {n_val} fields (kinds: {val_kinds}). The C2C12 time-lapse "
+                 "(CC-BY 4.0) is never trained on (it is the fine-tuning benchmark); no whole-cell fluorescence "
+                 "data was available. Images are rescaled so that cells measure the model's diameter."),
+        "validation": "val fields of Usiigaci and BBBC030",
+        "limits": ("Trained on phase contrast (one lab, 10x) and DIC (CHO cells) only; no fluorescence-cytoplasm "
+                   "images: fine-tune it on your own corrections for those, and for other microscopes."),
+    },
+}
+
+
 def model_card_markdown(meta: dict) -> str:
     card = meta["model_card"]
+    text = MODEL_TEXT[meta.get("name", "nuclei")]
     lines = [
-        "# napari-unet default model: `nuclei`",
+        f"# {text['title']}",
         "",
         (f"Trained {meta['date']} with `scripts/train_default_model.py` ({card['training']['steps']} steps, "
          f"{card['training']['time_s'] / 60:.1f} min on {card['training']['hardware']}; stages below)."),
@@ -179,7 +219,7 @@ def model_card_markdown(meta: dict) -> str:
         lines.append(f"- {key}: {value}")
     lines += [
         "",
-        "## Validation (DSB2018 `val` split, whole-image segmentation, means over images)",
+        f"## Validation ({text['validation']}, whole-image segmentation, means over images)",
         "",
         "| image kind | n | AP@0.5 | AP@0.75 | Dice | Otsu+watershed AP@0.5 | AP@0.75 | Dice |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -190,6 +230,18 @@ def model_card_markdown(meta: dict) -> str:
             f"| {kind} | {v['n']} | {v['ap50']:.3f} | {v['ap75']:.3f} | {v['dice']:.3f} | "
             f"{b.get('ap50', float('nan')):.3f} | {b.get('ap75', float('nan')):.3f} | {b.get('dice', float('nan')):.3f} |"
         )
+    if card.get("val_auto_diameter"):
+        lines += [
+            "",
+            ("The figures above segment each image at its objects' known size (the median diameter of its "
+             "labels, brought to the model's diameter). Out of the box, with the diameter estimated from the image "
+             "(`diameter=\"auto\"`, the default):"),
+            "",
+            "| image kind | n | AP@0.5 | AP@0.75 | Dice |",
+            "| --- | --- | --- | --- | --- |",
+            *(f"| {kind} | {v['n']} | {v['ap50']:.3f} | {v['ap75']:.3f} | {v['dice']:.3f} |"
+              for kind, v in _ordered(card["val_auto_diameter"])),
+        ]
     lines += [
         "",
         "AP@t = TP / (TP + FP + FN) with one-to-one matching at IoU > t (DSB2018 / StarDist definition).",
@@ -201,7 +253,8 @@ def model_card_markdown(meta: dict) -> str:
          "a time budget on a 2-core CPU):"),
         "",
         "```bash",
-        "python scripts/train_default_model.py --reproduce napari_unet/models/nuclei.pt --out retrained/nuclei.pt",
+        f"python scripts/train_default_model.py --reproduce napari_unet/models/{meta.get('name', 'nuclei')}.pt "
+        f"--out retrained/{meta.get('name', 'nuclei')}.pt",
         "```",
         "",
         "It runs these stages, one after the other (stage files are written beside `--out`):",
@@ -225,17 +278,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--time-budget", type=float, default=None, help="seconds of training")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", type=Path, default=ROOT / "napari_unet" / "models" / "nuclei.pt")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: napari_unet/models/<model>.pt; in legs training/<model>/<model>.pt")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--model", choices=("nuclei", "cells"), default="nuclei",
+                        help="which built-in model: nuclei (DSB2018) or cells (Usiigaci phase contrast + BBBC030 DIC)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="the dsb2018 folder (nuclei) or the shared data folder (cells); default: found")
+    parser.add_argument("--diameter", type=float, default=None,
+                        help="train at this object diameter (px): every image is rescaled so that its objects "
+                             "have it, and the model records it (default: the images as they are)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="bf16: mixed precision where the CPU (AVX-512 BF16, AMX) or GPU has it")
+    parser.add_argument("--leg-minutes", type=float, default=None,
+                        help="train in legs of this many minutes, the state in --checkpoint-dir (see training_legs.py)")
+    parser.add_argument("--checkpoint-dir", type=Path, default=None, help="default: training/<model>")
+    parser.add_argument("--checkpoint-every", type=float, default=600.0, help="seconds between checkpoints in a leg")
     parser.add_argument("--base-width", type=int, default=16)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--patch-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--validations", type=int, default=DEFAULT_VALIDATIONS, help="validations over the run")
-    parser.add_argument("--resume", type=Path, metavar="MODEL",
-                        help="go on training from MODEL (a file this script wrote) instead of from scratch")
+    parser.add_argument("--resume", nargs="?", const=training_legs.RESUME_LEGS, default=None, type=Path,
+                        metavar="MODEL",
+                        help="alone: go on with the run in --checkpoint-dir where its last leg stopped; with MODEL "
+                             "(a file this script wrote): a new stage from it instead of from scratch")
     parser.add_argument("--repeat-kind", action="append", default=[], metavar="KIND=N",
                         help="sample the train images of KIND N times as often (e.g. color=2)")
     parser.add_argument("--no-card", action="store_true", help="do not write MODEL_CARD.md")
@@ -252,8 +320,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.out_given = args.out is not None
+    if args.out is None:
+        args.out = ROOT / "napari_unet" / "models" / f"{args.model}.pt"
     if args.reproduce:
-        return reproduce(args.reproduce, args.out, args.data, args.device)
+        return reproduce(args.reproduce, args.out, args.data or DEFAULT_DATA, args.device)
+    if args.leg_minutes is not None or args.resume is training_legs.RESUME_LEGS:
+        if args.leg_minutes is None:
+            args.leg_minutes = 120.0
+        return training_legs.run_legs(args, load_rows, finalize, _stage_record)
     if args.steps is None and args.time_budget is None and args.finalize is None:
         parser.error("give --steps, --time-budget, --finalize or --reproduce")
 
@@ -266,8 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     np.random.seed(args.seed)
     device = select_device(args.device)
     t_load = time.perf_counter()
-    train_rows = load_split(args.data, "train")
-    val_rows = load_split(args.data, "val")
+    train_rows = load_rows(args, "train")
+    val_rows = load_rows(args, "val")
     print(f"loaded {len(train_rows)} train and {len(val_rows)} val images in {time.perf_counter() - t_load:.1f} s")
 
     if args.finalize:
@@ -337,6 +412,12 @@ def stage_arguments(stages: list[dict], out: str) -> list[list[str]]:
         last = i == len(stages) - 1
         argv = ["--steps", str(st["steps"]), "--patch-size", str(st["patch_size"]),
                 "--batch-size", str(st["batch_size"]), "--lr", str(st["lr"]), "--seed", str(st.get("seed", 0))]
+        if st.get("model", "nuclei") != "nuclei":
+            argv += ["--model", st["model"]]
+        if st.get("diameter"):
+            argv += ["--diameter", f"{st['diameter']:g}"]
+        if st.get("precision", "fp32") != "fp32":
+            argv += ["--precision", st["precision"]]
         if i == 0:
             argv += ["--base-width", str(st.get("base_width", 16)), "--depth", str(st.get("depth", 4))]
         else:
@@ -383,6 +464,9 @@ def _stage_record(meta: dict, args: argparse.Namespace | None) -> dict:
         record["resumed_from"] = str(args.resume.name) if args.resume else None
         record["repeat_kind"] = list(args.repeat_kind)
         record["seed"] = args.seed
+        record["model"] = args.model
+        record["diameter"] = args.diameter
+        record["precision"] = args.precision
     return record
 
 
@@ -412,12 +496,20 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
     from napari_unet.core.schedule import WarmupCosine
     from napari_unet.core.validation import describe_selection
 
+    text = MODEL_TEXT[args.model]
     result.net.eval()
     t_eval = time.perf_counter()
     postprocessing, val_labels = tune_postprocessing(result, val_rows, device)
     by_image = {id(r["image"]): lab for r, lab in zip(val_rows, val_labels)}
-    val_scores = evaluate(val_rows, lambda img: by_image[id(img)])
-    baseline = evaluate(val_rows, otsu_watershed)
+    val_scores = evaluate(val_rows, lambda r: by_image[id(r["image"])])
+    baseline = evaluate(val_rows, lambda r: otsu_watershed(r["image"]))
+    val_auto = None
+    if result.diameter is not None:  # what a user gets: the diameter estimated from the image
+        from napari_unet.core.predict import segment
+
+        result.metadata["postprocessing"] = postprocessing
+        val_auto = evaluate(val_rows, lambda r: segment(result, r["image"], diameter="auto", device=device,
+                                                        engine="torch"))
     print(f"evaluation {time.perf_counter() - t_eval:.1f} s")
 
     result.net.to("cpu")
@@ -427,12 +519,8 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
     total_steps = sum(st["steps"] for st in stages)
     total_time = round(sum(st["time_s"] for st in stages), 1)
     card = {
-        "data": (
-            f"DSB2018 (BBBC038, Caicedo et al. 2019, CC0; community-fixed masks), train split: {len(train_rows)} "
-            f"images (kinds: {dict(sorted(_count(train_rows).items()))}); selection and figures on the val split: "
-            f"{len(val_rows)} images (kinds: {dict(sorted(_count(val_rows).items()))}). Colour images are converted "
-            "to grey by the mean of R, G, B (the shared preprocessing), at training and inference."
-        ),
+        "data": text["data"].format(n_train=len(train_rows), train_kinds=dict(sorted(_count(train_rows).items())),
+                                    n_val=len(val_rows), val_kinds=dict(sorted(_count(val_rows).items()))),
         "recipe": {
             "network": f"UNet(in_channels=1, n_classes=3, base_width={result.net.config.base_width}, "
                        f"depth={result.net.config.depth}, padding='same', norm='batch'), {n_params:,} parameters",
@@ -463,17 +551,14 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
             "torch": str(torch.__version__),
         },
         "val": val_scores,
+        "val_auto_diameter": val_auto,
         "baseline_otsu_watershed": baseline,
-        "limits": (
-            "Trained on 2D nuclei images only (fluorescence mostly: 362 of 450 training images are dark-field); "
-            "bright-field and H&E kinds are few, so expect lower quality there. Not for whole cells or 3D: "
-            "fine-tune it on your own corrections for those."
-        ),
+        "limits": text["limits"],
     }
     result.metadata = {
-        "name": "nuclei",
+        "name": args.model,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "description": "Nuclei in 2D fluorescence, bright-field and stained-tissue images (DSB2018).",
+        "description": text["description"],
         "val_ap50": val_scores["all"]["ap50"],
         "val_ap75": val_scores["all"]["ap75"],
         "val_dice": val_scores["all"]["dice"],
@@ -485,12 +570,13 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
         "model_card": card,
         "postprocessing": postprocessing,
         "training": training,
+        **{k: train_meta[k] for k in ("diameter", "training_diameter", "diameter_range", "legs") if k in train_meta},
     }
     path = save_model(result, args.out)
     size_mb = path.stat().st_size / 1e6
     print(f"wrote {path} ({size_mb:.2f} MB)")
     if not args.no_card:
-        card_path = path.parent / "MODEL_CARD.md"
+        card_path = path.parent / ("MODEL_CARD.md" if args.model == "nuclei" else f"MODEL_CARD_{args.model}.md")
         with atomic_write(card_path, "w") as fh:
             fh.write(model_card_markdown(result.metadata))
         print(f"wrote {card_path}")

@@ -7,6 +7,7 @@ import importlib.util
 from pathlib import Path
 
 import tifffile
+import pytest
 import torch
 from skimage.io import imsave
 
@@ -94,3 +95,32 @@ def test_reproduce_retrains_a_two_stage_model_weight_for_weight(tmp_path):
     assert describe_loss(training["w0"], training["sigma"]) in card
     assert f"AdamW lr 0.001 ({WarmupCosine(0.001).describe()})" in card
     assert f"{describe_selection(training)} (step {training['selected_step']} of the last stage)" in card
+
+
+def test_legs_resume_and_finish_with_a_log_and_a_model(tmp_path):
+    script = _script()
+    data = _tiny_dsb(tmp_path / "dsb")
+    folder = tmp_path / "training" / "nuclei"
+    recipe = ["--steps", "4", "--validations", "2", "--patch-size", "64", "--batch-size", "2", "--base-width", "4",
+              "--depth", "2", "--diameter", "17", "--data", str(data), "--device", "cpu",
+              "--checkpoint-dir", str(folder), "--no-card"]
+    # leg 1 ends at once (its minutes are spent by the step-0 validation): the state is kept, no model yet
+    assert script.main([*recipe, "--leg-minutes", "0.0001"]) == 0
+    assert (folder / "checkpoint.pt").is_file() and not (folder / "nuclei.pt").exists()
+    # a second start of the same run is refused: the checkpoint is never overwritten by accident
+    with pytest.raises(SystemExit, match="under way"):
+        script.main([*recipe, "--leg-minutes", "5"])
+    # leg 2 goes on with the recorded recipe and, the steps done, writes the model
+    assert script.main(["--resume", "--leg-minutes", "5", "--checkpoint-dir", str(folder), "--data", str(data),
+                        "--device", "cpu", "--no-card"]) == 0
+    model = read_model_file(folder / "nuclei.pt")
+    assert model.metadata["steps"] == 4 and model.diameter == 17.0
+    assert [leg["leg"] for leg in model.metadata["legs"]] == [1, 2]
+    assert model.metadata["legs"][-1]["to_step"] == 4
+    log = (folder.parent / "LOG.md").read_text().splitlines()
+    assert sum(line.startswith("| 20") for line in log) == 2 and "| nuclei | 2 | 0-4 | 4 |" in log[-1]
+    with pytest.raises(SystemExit, match="finished"):
+        script.main(["--resume", "--checkpoint-dir", str(folder), "--data", str(data), "--device", "cpu"])
+    # the stage of a leg-trained model retrains in one go with the same recipe
+    argv = script.stage_arguments(model.metadata["stages"], "out/nuclei.pt")[0]
+    assert argv[argv.index("--diameter") + 1] == "17" and "--resume" not in argv
