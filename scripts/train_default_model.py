@@ -290,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "have it, and the model records it (default: the images as they are)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="bf16: mixed precision where the CPU (AVX-512 BF16, AMX) or GPU has it")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's own); 1 when other work shares the machine: "
+                             "threads that wait for each other on a busy CPU cost more than they bring")
     parser.add_argument("--leg-minutes", type=float, default=None,
                         help="train in legs of this many minutes, the state in --checkpoint-dir (see training_legs.py)")
     parser.add_argument("--checkpoint-dir", type=Path, default=None, help="default: training/<model>")
@@ -323,6 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out_given = args.out is not None
     if args.out is None:
         args.out = ROOT / "napari_unet" / "models" / f"{args.model}.pt"
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.reproduce:
         return reproduce(args.reproduce, args.out, args.data or DEFAULT_DATA, args.device)
     if args.leg_minutes is not None or args.resume is training_legs.RESUME_LEGS:

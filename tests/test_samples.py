@@ -17,7 +17,7 @@ def test_samples_are_listed_in_the_manifest_and_small():
     manifest = yaml.safe_load(files("napari_unet").joinpath("napari.yaml").read_text())
     keys = [s["key"] for s in manifest["contributions"]["sample_data"]]
     assert keys == SAMPLE_KEYS
-    assert {"nuclei_fluorescence_2d", "nuclei_stained_2d", "c2c12_timelapse", "nuclei_3d"} <= set(keys)
+    assert {"nuclei_fluorescence_2d", "nuclei_stained_2d", "c2c12_timelapse", "cells_phase_2d", "nuclei_3d"} <= set(keys)
     package = files("napari_unet.sample_data")
     total = sum(package.joinpath(n).stat().st_size if hasattr(package.joinpath(n), "stat")
                 else len(package.joinpath(n).read_bytes())
@@ -36,7 +36,7 @@ def test_sample_opens_with_ground_truth(make_napari_viewer, key):
     assert image._type_string == "image" and labels._type_string == "labels"
     expected = {"nuclei_fluorescence_2d": (256, 256), "nuclei_stained_2d": (256, 320),
                 "nuclei_fluorescence_fields": (4, 256, 256),
-                "c2c12_timelapse": (10, 234, 234), "nuclei_3d": (31, 61, 57)}[key]
+                "c2c12_timelapse": (10, 234, 234), "cells_phase_2d": (1022, 1024), "nuclei_3d": (31, 61, 57)}[key]
     assert labels.data.shape == expected
     assert image.data.shape[: len(expected)] == expected
     assert image.rgb == (key == "nuclei_stained_2d")

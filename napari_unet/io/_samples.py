@@ -81,6 +81,16 @@ SAMPLES: tuple[SampleInfo, ...] = (
         licence="CC-BY 4.0",
     ),
     SampleInfo(
+        key="cells_phase_2d",
+        display_name="Whole cells, phase contrast 2D (Usiigaci)",
+        image_file="usiigaci_phase_cells.tif",
+        labels_file="usiigaci_phase_cells_labels.tif",
+        axes="YX",
+        description="Migrating cells, 10x phase contrast, 1022 x 1024 uint16, 57 hand-outlined cells",
+        source="Usiigaci (Tsai et al. 2019, SoftwareX 9:230), field set6, OIST",
+        licence="MIT",
+    ),
+    SampleInfo(
         key="nuclei_3d",
         display_name="Nuclei 3D, synthetic (StarDist)",
         image_file="nuclei3d_synthetic.tif",
@@ -163,6 +173,11 @@ def nuclei_stained_2d() -> list[tuple[Any, dict[str, Any], str]]:
 def c2c12_timelapse() -> list[tuple[Any, dict[str, Any], str]]:
     """Sample: C2C12 phase-contrast time-lapse (Ker et al. 2018, CC-BY 4.0) with ground truth."""
     return sample_layer_data("c2c12_timelapse")
+
+
+def cells_phase_2d() -> list[tuple[Any, dict[str, Any], str]]:
+    """Sample: whole cells in phase contrast (Usiigaci, MIT) with ground truth."""
+    return sample_layer_data("cells_phase_2d")
 
 
 def nuclei_3d() -> list[tuple[Any, dict[str, Any], str]]:

@@ -1,0 +1,90 @@
+"""What kind of microscopy image a plane is, to propose the built-in model that fits it.
+
+Two numbers of the plane's grey values tell the common cases apart:
+
+* ``dark_spread``: how far the darkest pixels (1st percentile) lie below the median, in units
+  of the pixel noise (estimated from differences of neighbouring pixels, robustly). In
+  fluorescence the median pixel is background and nothing is darker than it but noise
+  (a few noise units); phase contrast and DIC have real dark structures (cell bodies,
+  shadows, halos) tens of noise units below the background.
+* ``bright_spread``: (99th percentile - median) / (median - 1st percentile), after light
+  smoothing: far above 1 for bright objects on a dark background, far below 1 for dark
+  objects on a bright one (stained nuclei in bright field), near 1 for transmitted-light
+  images whose structures go both ways.
+
+:func:`image_modality` names the kind; :func:`suggest_model` maps it to a built-in model:
+``nuclei`` for fluorescence, bright-field and colour (stained-tissue) nuclei images,
+``cells`` for phase contrast and DIC. It is a proposal: the user can always choose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Below this many noise units between the 1st percentile and the median, the background is
+#: flat and dark: fluorescence.
+FLAT_DARK_BACKGROUND = 5.0
+#: Below this ``bright_spread``, the objects are darker than a bright background.
+DARK_ON_BRIGHT = 0.3
+#: Pixels sampled from large planes (every n-th row and column) to keep this well under 50 ms.
+MAX_SIDE = 1024
+
+MODALITIES = ("fluorescence", "bright-field", "colour", "transmitted")
+MODEL_FOR = {"fluorescence": "nuclei", "bright-field": "nuclei", "colour": "nuclei", "transmitted": "cells"}
+
+
+@dataclass(frozen=True)
+class Modality:
+    """The kind of image (one of :data:`MODALITIES`) and the numbers that decided it."""
+
+    kind: str
+    dark_spread: float
+    bright_spread: float
+
+
+def _grey(plane: np.ndarray) -> tuple[np.ndarray, bool]:
+    a = np.asarray(plane)
+    colour = a.ndim == 3 and a.shape[-1] in (3, 4)
+    if colour:
+        rgb = a[..., :3].astype(np.float32)
+        colour = bool(np.ptp(rgb - rgb.mean(-1, keepdims=True)) > 0)  # grey stored as RGB is not colour
+        a = rgb.mean(-1)
+    if a.ndim != 2:
+        raise ValueError(f"Expected one 2D plane (H, W) or (H, W, 3), got shape {np.shape(plane)}.")
+    step = max(1, int(np.ceil(max(a.shape) / MAX_SIDE)))
+    return np.asarray(a[::step, ::step], dtype=np.float32), colour
+
+
+def image_modality(plane: np.ndarray) -> Modality:
+    """The kind of microscopy image ``plane`` is (see the module docs)."""
+    from scipy.ndimage import gaussian_filter
+
+    grey, colour = _grey(plane)
+    lo, med, hi = np.percentile(grey, (1, 50, 99.8))
+    span = float(hi - lo)
+    if span <= 0:
+        return Modality("fluorescence", 0.0, 0.0)  # a flat plane: nothing to tell
+    diffs = np.diff(grey, axis=1).ravel()
+    noise = 1.4826 * float(np.median(np.abs(diffs - np.median(diffs)))) / np.sqrt(2)
+    noise = max(noise, 0.01 * span)  # quantised, flat backgrounds: no measurable noise
+    dark_spread = float(med - lo) / noise
+    s_lo, s_med, s_hi = np.percentile(gaussian_filter(grey, 2), (1, 50, 99))
+    bright_spread = float(s_hi - s_med) / max(float(s_med - s_lo), 1e-6 * span)
+    if colour:
+        kind = "colour"
+    elif dark_spread < FLAT_DARK_BACKGROUND:
+        kind = "fluorescence"
+    elif bright_spread < DARK_ON_BRIGHT:
+        kind = "bright-field"
+    else:
+        kind = "transmitted"
+    return Modality(kind, round(dark_spread, 2), round(bright_spread, 3))
+
+
+def suggest_model(plane: np.ndarray, available: Iterable[str] = ("nuclei", "cells")) -> str | None:
+    """The built-in model that fits ``plane`` among ``available`` (None when it is not there)."""
+    name = MODEL_FOR[image_modality(plane).kind]
+    return name if name in set(available) else None
