@@ -9,7 +9,7 @@ import pytest
 import tifffile
 from skimage.io import imread
 
-from napari_unet.core.modality import image_modality, suggest_model
+from napari_unet.core.modality import image_modality, propose_model
 from napari_unet.io import load_sample
 
 
@@ -21,7 +21,7 @@ from napari_unet.io import load_sample
 def test_samples_get_the_model_that_fits(key, kind, model):
     image, _, _ = load_sample(key)
     assert image_modality(image).kind == kind
-    assert suggest_model(image) == model
+    assert propose_model(image) == model
 
 
 def test_real_images_of_each_kind(data_dir):
@@ -29,8 +29,8 @@ def test_real_images_of_each_kind(data_dir):
     dic = [imread(p) for p in sorted((data_dir / "bbbc030_dic" / "images").glob("*.png"))[:5]]
     nuclei3d = tifffile.imread(data_dir / "nuclei3d_synthetic" / "image.tif")
     sim = tifffile.imread(data_dir / "ctc_sim_plus" / "images.tif")[:3]
-    assert {suggest_model(p) for p in [*c2c12[:3], *dic]} == {"cells"}
-    assert {suggest_model(p) for p in [*nuclei3d[::10], *sim]} == {"nuclei"}
+    assert {propose_model(p) for p in [*c2c12[:3], *dic]} == {"cells"}
+    assert {propose_model(p) for p in [*nuclei3d[::10], *sim]} == {"nuclei"}
     with open(data_dir / "dsb2018" / "manifest.csv") as fh:
         bright = [r["id"] for r in csv.DictReader(fh) if r["kind"] == "grey_bright"][:3]
     for name in bright:
@@ -40,7 +40,7 @@ def test_real_images_of_each_kind(data_dir):
 
 def test_only_available_models_are_proposed_and_bad_planes_are_refused():
     image, _, _ = load_sample("cells_phase_2d")
-    assert suggest_model(image, available=["nuclei"]) is None
+    assert propose_model(image, available=["nuclei"]) is None
     assert image_modality(np.zeros((32, 32), np.uint8)).kind == "fluorescence"  # flat: nothing to tell
     with pytest.raises(ValueError, match="one 2D plane"):
         image_modality(np.zeros((4, 32, 32)))

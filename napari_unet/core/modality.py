@@ -12,7 +12,7 @@ Two numbers of the plane's grey values tell the common cases apart:
   objects on a bright one (stained nuclei in bright field), near 1 for transmitted-light
   images whose structures go both ways.
 
-:func:`image_modality` names the kind; :func:`suggest_model` maps it to a built-in model:
+:func:`image_modality` names the kind; :func:`propose_model` maps it to a built-in model:
 ``nuclei`` for fluorescence, bright-field and colour (stained-tissue) nuclei images,
 ``cells`` for phase contrast and DIC. It is a proposal: the user can always choose.
 """
@@ -84,7 +84,7 @@ def image_modality(plane: np.ndarray) -> Modality:
     return Modality(kind, round(dark_spread, 2), round(bright_spread, 3))
 
 
-def suggest_model(plane: np.ndarray, available: Iterable[str] = ("nuclei", "cells")) -> str | None:
+def propose_model(plane: np.ndarray, available: Iterable[str] = ("nuclei", "cells")) -> str | None:
     """The built-in model that fits ``plane`` among ``available`` (None when it is not there)."""
     name = MODEL_FOR[image_modality(plane).kind]
     return name if name in set(available) else None
