@@ -237,9 +237,10 @@ def model_card_markdown(meta: dict) -> str:
              "labels, brought to the model's diameter). Out of the box, with the diameter estimated from the image "
              "(`diameter=\"auto\"`, the default):"),
             "",
-            "| image kind | n | AP@0.5 | AP@0.75 | Dice |",
-            "| --- | --- | --- | --- | --- |",
-            *(f"| {kind} | {v['n']} | {v['ap50']:.3f} | {v['ap75']:.3f} | {v['dice']:.3f} |"
+            "| image kind | n | AP@0.5 | AP@0.75 | Dice | model it replaces, AP@0.5 |",
+            "| --- | --- | --- | --- | --- | --- |",
+            *(f"| {kind} | {v['n']} | {v['ap50']:.3f} | {v['ap75']:.3f} | {v['dice']:.3f} | "
+              f"{(card.get('shipped_auto_diameter') or {}).get(kind, {}).get('ap50', float('nan')):.3f} |"
               for kind, v in _ordered(card["val_auto_diameter"])),
         ]
     lines += [
@@ -517,6 +518,7 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
         result.metadata["postprocessing"] = postprocessing
         val_auto = evaluate(val_rows, lambda r: segment(result, r["image"], diameter="auto", device=device,
                                                         engine="torch"))
+    shipped = shipped_scores(args, val_rows, device)
     print(f"evaluation {time.perf_counter() - t_eval:.1f} s")
 
     result.net.to("cpu")
@@ -559,6 +561,7 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
         },
         "val": val_scores,
         "val_auto_diameter": val_auto,
+        "shipped_auto_diameter": shipped,
         "baseline_otsu_watershed": baseline,
         "limits": text["limits"],
     }
@@ -583,7 +586,7 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
     size_mb = path.stat().st_size / 1e6
     print(f"wrote {path} ({size_mb:.2f} MB)")
     if not args.no_card:
-        card_path = path.parent / ("MODEL_CARD.md" if args.model == "nuclei" else f"MODEL_CARD_{args.model}.md")
+        card_path = path.parent / card_name(args.model)
         with atomic_write(card_path, "w") as fh:
             fh.write(model_card_markdown(result.metadata))
         print(f"wrote {card_path}")
@@ -591,7 +594,33 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
         b = baseline[kind]
         print(f"{kind:12s} n={v['n']:3d}  U-Net AP@0.5 {v['ap50']:.3f} AP@0.75 {v['ap75']:.3f} Dice {v['dice']:.3f}"
               f"   | Otsu+ws AP@0.5 {b['ap50']:.3f} AP@0.75 {b['ap75']:.3f} Dice {b['dice']:.3f}")
+    if shipped and val_auto:
+        better = all(val_auto[k]["ap50"] > shipped[k]["ap50"] for k in shipped if k != "all")
+        for kind, v in _ordered(val_auto):
+            print(f"{kind:12s} out of the box (auto diameter): new AP@0.5 {v['ap50']:.3f}, "
+                  f"shipped {shipped.get(kind, {}).get('ap50', float('nan')):.3f}")
+        print("the new model beats the shipped one on every kind: ship it by copying "
+              f"{path} and {path.parent / card_name(args.model)} into napari_unet/models/" if better else
+              "the new model does not beat the shipped one on every kind: keep the shipped model")
     return 0
+
+
+def card_name(model: str) -> str:
+    """The model card's file name beside a model file."""
+    return "MODEL_CARD.md" if model == "nuclei" else f"MODEL_CARD_{model}.md"
+
+
+def shipped_scores(args: argparse.Namespace, val_rows: list[dict], device) -> dict | None:
+    """The shipped model of the same name on ``val_rows``, out of the box (None: none shipped, or
+    it is the file being written)."""
+    from napari_unet.core.checkpoint import read_model_file
+    from napari_unet.core.predict import segment
+
+    path = ROOT / "napari_unet" / "models" / f"{args.model}.pt"
+    if not path.is_file() or Path(args.out).resolve() == path.resolve():
+        return None
+    shipped = read_model_file(path, device=device)
+    return evaluate(val_rows, lambda r: segment(shipped, r["image"], diameter="auto", device=device, engine="torch"))
 
 
 def _ordered(scores: dict) -> list:
