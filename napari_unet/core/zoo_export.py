@@ -91,13 +91,14 @@ def package_halo(net: UNet) -> int:
 def input_size_rule(net: UNet) -> tuple[int, int]:
     """``(min, step)``: the input sizes ``min + n * step`` the package declares.
 
-    Every such size goes through the network, and for "same" networks leaves an output
-    larger than twice the halo (the spec requires it).
+    Every such size goes through the network and leaves an output of at least one pixel
+    ("valid" networks lose ``2 * margin``), larger than twice the halo for "same" networks
+    (the spec requires it).
     """
     step = net.divisor
     if net.config.padding == "same":
         return net.valid_input_size(2 * package_halo(net) + 1), step
-    return net.valid_input_size(1), step
+    return net.valid_input_size(2 * net.margin + 1), step
 
 
 def model_name_for_package(name: str) -> str:
@@ -159,6 +160,8 @@ def _cover(raw: np.ndarray, probs: np.ndarray, representation: str, path: Path) 
     import imageio.v3 as iio
 
     grey = raw[0].mean(axis=0)
+    dy, dx = (grey.shape[0] - probs.shape[2]) // 2, (grey.shape[1] - probs.shape[3]) // 2
+    grey = grey[dy:dy + probs.shape[2], dx:dx + probs.shape[3]]  # "valid" networks: the output's part
     lo, hi = np.percentile(grey, [1, 99.8])
     grey = np.clip((grey - lo) / max(hi - lo, 1e-6), 0, 1)
     if representation == "bg-interior-boundary":
@@ -270,7 +273,7 @@ def build_description(model: SegmentationModel, folder: Path, *, authors: list[s
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings: the size checks run once while tracing
         traced = torch.jit.trace(probs_net, torch.from_numpy(raw), check_trace=False)
-    torch.jit.save(traced, str(folder / "weights_torchscript.pt"))
+        torch.jit.save(traced, str(folder / "weights_torchscript.pt"))
     try:
         (folder / "weights.onnx").write_bytes(export_onnx(net))
     except EngineUnavailable as exc:
@@ -279,8 +282,8 @@ def build_description(model: SegmentationModel, folder: Path, *, authors: list[s
     np.save(folder / "test_output.npy", expected)
     import tifffile
 
-    tifffile.imwrite(folder / "sample_input.tif", raw[0])  # (C, H, W): for people and viewers
-    tifffile.imwrite(folder / "sample_output.tif", expected[0])
+    tifffile.imwrite(folder / "sample_input.tif", raw[0], photometric="minisblack")  # (C, H, W): for viewers
+    tifffile.imwrite(folder / "sample_output.tif", expected[0], photometric="minisblack")
     _cover(raw, expected, model.representation, folder / "cover.png")
     (folder / "README.md").write_text(_documentation(model, halo, (minimum, step)), encoding="utf-8")
 

@@ -65,6 +65,14 @@ def is_bioimageio_package(path: str | os.PathLike) -> bool:
     return p.suffix.lower() == ".zip" or name.endswith(PACKAGE_FILE_NAMES)
 
 
+def package_location(path: str | os.PathLike) -> Path:
+    """Where a package is: the folder for its ``bioimageio.yaml`` / ``rdf.yaml``, else ``path``."""
+    p = Path(path)
+    if p.is_file() and p.name.lower().endswith(PACKAGE_FILE_NAMES):
+        return p.parent
+    return p
+
+
 def _yaml_text(path: Path) -> str:
     """The package description's text (zip member, file in a folder, or the file itself)."""
     if path.is_dir():
