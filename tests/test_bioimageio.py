@@ -299,3 +299,55 @@ def test_plugin_and_widgets_import_without_bioimageio():
             "print([m for m in sys.modules if m.startswith('bioimageio')])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------------- widgets
+def test_segment_widget_runs_a_zoo_package(make_napari_viewer, qtbot, example_package, dsb_fluo_crop,
+                                           notifications):
+    from napari_unet.widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer()
+    # the image first: the widget's warm-up thread builds a Labels layer, and pint's unit registry
+    # (which every layer uses) is not safe to initialise from two threads at once
+    image = viewer.add_image(dsb_fluo_crop[0], name="nuclei")
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    assert isinstance(w, SegmentWidget)
+    w.add_model_file(example_package / "bioimageio.yaml")  # the file inside: the folder is the package
+    assert w._model_combo.value == str(example_package)
+    assert any(label == "bioimageio_unet2d_nuclei_broad (BioImage.IO)" for label, _ in w._model_choices())
+    w.reset_choices()
+    w._image_combo.value = image
+    w._run_button.clicked.emit()
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+    masks = viewer.layers["nuclei masks"].data
+    assert masks.max() > 5, notifications
+
+
+def test_segment_widget_reports_an_unusable_package(make_napari_viewer, qtbot, tmp_path, example_package,
+                                                    notifications):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((64, 64), np.float32) + np.eye(64), name="x")  # before: see above
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    folder = _variant(example_package, tmp_path, _add_z)
+    w.add_model_file(folder)
+    w.reset_choices()
+    w._image_combo.value = image
+    w._run_button.clicked.emit()
+    qtbot.waitUntil(lambda: w._worker is None, timeout=60_000)
+    assert any("2D models only" in m for m in notifications)
+
+
+def test_manage_models_exports_a_package(make_napari_viewer, qtbot, tmp_path, notifications):
+    from napari_unet.core.checkpoint import save_model, user_model_path
+
+    save_model(_tiny_model("same"), user_model_path("mine"))
+    viewer = make_napari_viewer()
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
+    panel = w.models_panel
+    panel.refresh()
+    panel._manage_combo.value = "mine"
+    worker = panel.export_package(tmp_path / "mine.zip")
+    assert worker is not None and not panel._export_button.enabled
+    qtbot.waitUntil(lambda: panel._export_button.enabled, timeout=60_000)
+    assert any("as a BioImage.IO package" in m for m in notifications), notifications
+    assert isinstance(read_model_file(tmp_path / "mine.zip").net, UNet)
