@@ -151,7 +151,7 @@ def test_example_package_reproduces_its_test_output(example_package):
     from napari_unet.core.zoo_import import PackagedNetwork
 
     model = read_model_file(example_package)
-    assert isinstance(model.net, PackagedNetwork) and model.representation == "foreground"
+    assert isinstance(model.net, PackagedNetwork) and model.representation == "foreground-watershed"
     descr = load_model_description(example_package, perform_io_checks=False)
     tolerance = descr.config.bioimageio.reproducibility_tolerance
     rel, abs_ = (tolerance[0].relative_tolerance, tolerance[0].absolute_tolerance) if tolerance else (1e-3, 1e-3)
@@ -172,6 +172,17 @@ def test_example_package_segments_nuclei_with_our_tiling(example_package, dsb_fl
         labels = segment(model, image, engine=engine, diameter="native")
         assert labels.shape == image.shape
         assert average_precision(truth, labels, 0.5) > 0.5, engine
+
+
+def test_foreground_watershed_splits_touching_nuclei():
+    from napari_unet.core.instances import probabilities_to_labels
+
+    yy, xx = np.mgrid[:64, :96]
+    fg = ((yy - 32) ** 2 + (xx - 34) ** 2 < 15**2) | ((yy - 32) ** 2 + (xx - 60) ** 2 < 15**2)  # two touching discs
+    probs = np.stack([1.0 - fg, fg]).astype(np.float32)
+    assert probabilities_to_labels(probs, 0.5, 0, "foreground").max() == 1
+    split = probabilities_to_labels(probs, 0.5, 0, "foreground-watershed")
+    assert split.max() == 2 and split[32, 34] != split[32, 60] and (split > 0).sum() == fg.sum()
 
 
 def test_foreign_package_cannot_be_fine_tuned_or_saved(example_package, tmp_path, dsb_fluo_crop):

@@ -41,7 +41,9 @@ FORMAT_VERSION = 1
 #: Output representations understood by predict/train.
 #: "bg-interior-boundary": 3 classes, instances from interior seeds + watershed.
 #: "foreground": 2 classes (the paper's), instances from connected components.
-REPRESENTATIONS = {"bg-interior-boundary": 3, "foreground": 2}
+#: "foreground-watershed": 2 classes, split by a distance watershed (BioImage.IO packages that
+#: give a foreground probability only; never trained here).
+REPRESENTATIONS = {"bg-interior-boundary": 3, "foreground": 2, "foreground-watershed": 2}
 
 DEFAULT_NORMALIZATION = {"kind": "percentile", "low": 1.0, "high": 99.8}
 

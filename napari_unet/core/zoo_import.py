@@ -8,7 +8,9 @@ Two kinds of package are read:
   :class:`~napari_unet.core.checkpoint.SegmentationModel`: it segments exactly as the original
   did, runs through ONNX Runtime or torch like any other, and can be fine-tuned again.
 * **Other 2D models** with one input of one channel and one output holding a foreground
-  probability (1 channel), foreground and boundaries (2), or napari-unet's classes: the network is
+  probability (1 channel: instances by a distance watershed, ``"foreground-watershed"``),
+  foreground and boundaries (2: seeds away from boundaries, grown by watershed on the boundary
+  probability, ``"bg-interior-boundary"``), or napari-unet's classes: the network is
   a :class:`PackagedNetwork`, which runs the package's own weights (ONNX through ONNX Runtime on
   the CPU, TorchScript, or a state dict with the package's architecture) after the package's
   own preprocessing (applied per plane by ``bioimageio.core``) and before its postprocessing (per
@@ -345,7 +347,7 @@ def _representation(output: Any, name: str) -> tuple[str, str]:
                                     or (value_range[1] is not None and value_range[1] > 1)):
         raise ModelFileError(f"{name}: its output ranges over {tuple(value_range)}, not probabilities in [0, 1].")
     if len(names) == 1:
-        return "foreground", "probability"
+        return "foreground-watershed", "probability"
     if len(names) == 2 and names[0].startswith(("background", "bg")):
         return "foreground", "classes"
     if len(names) == 2 and "bound" in names[1]:
