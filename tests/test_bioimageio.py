@@ -318,8 +318,6 @@ def test_segment_widget_runs_a_zoo_package(make_napari_viewer, qtbot, example_pa
     from napari_unet.widgets.segment import SegmentWidget
 
     viewer = make_napari_viewer()
-    # the image first: the widget's warm-up thread builds a Labels layer, and pint's unit registry
-    # (which every layer uses) is not safe to initialise from two threads at once
     image = viewer.add_image(dsb_fluo_crop[0], name="nuclei")
     _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
     assert isinstance(w, SegmentWidget)
@@ -337,7 +335,7 @@ def test_segment_widget_runs_a_zoo_package(make_napari_viewer, qtbot, example_pa
 def test_segment_widget_reports_an_unusable_package(make_napari_viewer, qtbot, tmp_path, example_package,
                                                     notifications):
     viewer = make_napari_viewer()
-    image = viewer.add_image(np.zeros((64, 64), np.float32) + np.eye(64), name="x")  # before: see above
+    image = viewer.add_image(np.zeros((64, 64), np.float32) + np.eye(64), name="x")
     _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
     folder = _variant(example_package, tmp_path, _add_z)
     w.add_model_file(folder)
