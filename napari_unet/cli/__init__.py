@@ -1,4 +1,4 @@
-"""Command line: ``napari-unet {gui,predict,train,models} ...``.
+"""Command line: ``napari-unet {gui,predict,train,models,export} ...``.
 
 Each sub-command lives in its own module with ``add_parser(subparsers)`` and
 ``run(args) -> int``. User errors print one line and exit non-zero, never a traceback.
@@ -13,7 +13,7 @@ import sys
 
 from napari_unet import __version__
 
-SUBCOMMANDS = ("gui", "predict", "train", "models")
+SUBCOMMANDS = ("gui", "predict", "train", "models", "export")
 #: ``--device`` is checked by :func:`napari_unet.core.device.select_device` when the command runs
 #: (not with argparse choices: building the parser must not import torch).
 DEVICE_HELP = "where the network runs: auto (the default: cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"

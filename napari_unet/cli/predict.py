@@ -34,7 +34,8 @@ def add_parser(subparsers: Any) -> None:
                    help="image or stack files (TIFF, OME-Zarr, PNG, JPEG) or folders of them")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the masks (created if missing)")
     p.add_argument("--model", default=None, metavar="NAME|PATH",
-                   help="model name (see 'napari-unet models') or .pt file; default: the built-in model")
+                   help="model name (see 'napari-unet models'), .pt file, or BioImage.IO package (.zip or a folder "
+                        "with bioimageio.yaml); default: the built-in model")
     p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
     p.add_argument("--engine", default="auto", choices=("auto", "torch", "onnx"),
                    help="what runs the network (default: ONNX Runtime on the CPU, torch on a GPU; "

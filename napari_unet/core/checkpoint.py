@@ -41,7 +41,9 @@ FORMAT_VERSION = 1
 #: Output representations understood by predict/train.
 #: "bg-interior-boundary": 3 classes, instances from interior seeds + watershed.
 #: "foreground": 2 classes (the paper's), instances from connected components.
-REPRESENTATIONS = {"bg-interior-boundary": 3, "foreground": 2}
+#: "foreground-watershed": 2 classes, split by a distance watershed (BioImage.IO packages that
+#: give a foreground probability only; never trained here).
+REPRESENTATIONS = {"bg-interior-boundary": 3, "foreground": 2, "foreground-watershed": 2}
 
 DEFAULT_NORMALIZATION = {"kind": "percentile", "low": 1.0, "high": 99.8}
 
@@ -152,7 +154,23 @@ class SegmentationModel:
             copy.deepcopy(self.metadata),
         )
 
+    def prepare_plane(self, plane: Any) -> Any:
+        """A (H, W) or (H, W, 3) plane as the network's normalised (C, H, W) float32 input:
+        :func:`~napari_unet.core.preprocess.prepare_plane` with this model's normalisation, or the
+        network's own preprocessing (networks of BioImage.IO packages bring theirs)."""
+        own = getattr(self.net, "prepare_plane", None)
+        if own is not None:
+            return own(plane)
+        from .preprocess import prepare_plane
+
+        return prepare_plane(plane, self.in_channels, self.normalization)
+
     def to_dict(self) -> dict[str, Any]:
+        if not isinstance(self.net, UNet):
+            raise ModelFileError(
+                f"{self.name} runs the network of a BioImage.IO package: it cannot be saved or fine-tuned as a "
+                "napari-unet model (only napari-unet's own networks can)."
+            )
         state = {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
         return {
             "format": FORMAT,
@@ -242,8 +260,18 @@ def _load_dict(path: Path) -> dict[str, Any]:
 
 
 def read_model_file(path: str | os.PathLike, device: torch.device | str | None = "cpu") -> SegmentationModel:
-    """Load a model file safely (``weights_only=True``) and check its format version."""
+    """Load a model file safely (``weights_only=True``) and check its format version.
+
+    A BioImage.IO package (a ``.zip``, or a folder with ``bioimageio.yaml``) is read by
+    :func:`napari_unet.core.zoo_import.read_bioimageio_model`.
+    """
     path = Path(path)
+    from .zoo_import import is_bioimageio_package
+
+    if is_bioimageio_package(path):
+        from .zoo_import import read_bioimageio_model
+
+        return read_bioimageio_model(path, device=device)
     model = SegmentationModel.from_dict(_load_dict(path), source=path.name)
     model.metadata.setdefault("name", path.stem)
     model.metadata["path"] = str(path)
@@ -253,6 +281,12 @@ def read_model_file(path: str | os.PathLike, device: torch.device | str | None =
 def read_model_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The metadata of a model file (name, metrics, post-processing), without building the network."""
     path = Path(path)
+    from .zoo_import import is_bioimageio_package
+
+    if is_bioimageio_package(path):
+        from .zoo_import import read_package_metadata
+
+        return read_package_metadata(path)
     data = _load_dict(path)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ModelFileError(f"{path.name} is not a napari-unet model file.")

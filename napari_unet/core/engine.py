@@ -477,6 +477,9 @@ class NetworkRunner:
                  mixed_precision: bool = False) -> None:
         self.net = net
         self.choice = resolve_engine(engine, device, mixed_precision)
+        packaged = getattr(net, "packaged_engine", None)  # a BioImage.IO package's network runs its own weights
+        if packaged is not None:
+            self.choice = packaged(self.choice)
 
     @property
     def name(self) -> str:
@@ -484,6 +487,9 @@ class NetworkRunner:
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray | None:
         """(N, n_classes, H, W) float32 probabilities of a (N, C, H, W) batch, or None for torch."""
+        run_packaged = getattr(self.net, "run_packaged", None)
+        if run_packaged is not None:
+            return run_packaged(batch, self.choice.name)
         if self.choice.name != "onnx":
             return None
         try:

@@ -259,6 +259,18 @@ class UNet(nn.Module):
         return self.head(x)
 
 
+class UNetProbabilities(UNet):
+    """A :class:`UNet` whose output is the softmax over its classes (probabilities, not logits).
+
+    Same arguments and state dict as :class:`UNet`. It is what exported BioImage.IO packages
+    run in every weight format (see :mod:`napari_unet.core.zoo_export`): this file is
+    shipped in them as the architecture, so it must import nothing but torch.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(super().forward(x), dim=1)
+
+
 def _shrink(padding: Padding) -> int:
     return 4 if padding == "valid" else 0
 

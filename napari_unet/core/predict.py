@@ -43,7 +43,7 @@ from .device import free_memory_bytes, select_device
 from .engine import NetworkRunner
 from .events import Progress, run_to_end
 from .instances import probabilities_to_labels
-from .preprocess import ImageError, is_constant, prepare_plane
+from .preprocess import ImageError, is_constant
 from .scale import min_size_at
 from .stack import MAX_STACK_AXES, StackLayout, Window, check_finite, read_plane, stack_layout  # noqa: F401  (MAX_STACK_AXES: re-exported)
 from .tiling import TilePlan, choose_tile_and_batch, mirror_pad, plan_tiles
@@ -138,6 +138,9 @@ class _Engine:
         if self.device.type == "cpu":
             auto_batch = 1  # on a CPU one big tile beats several small ones
         self.max_tile = int(tile_size) if tile_size else auto_tile
+        largest = getattr(self.net, "max_tile", None)  # networks of packages that take one tile size
+        if largest:
+            self.max_tile = min(self.max_tile, int(largest))
         self.batch_size = int(batch_size) if batch_size else auto_batch
         if self.max_tile < 1 or self.batch_size < 1:
             raise ValueError("tile_size and batch_size must be positive.")
@@ -192,7 +195,7 @@ class _Engine:
             probs = np.zeros((self.n_classes, *shape), dtype=np.float32)
             probs[0] = 1.0
             return probs
-        chw = prepare_plane(plane, self.net.config.in_channels, self.model.normalization)
+        chw = self.model.prepare_plane(plane)
         while True:
             plan = self.plan(shape)
             try:

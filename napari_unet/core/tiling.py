@@ -62,7 +62,9 @@ def default_halo(net: UNet) -> int:
     if net.config.padding == "valid":
         return 0
     div = net.divisor
-    return int(math.ceil(receptive_radius(net) / div) * div)
+    own = getattr(net, "halo", None)  # networks of BioImage.IO packages say theirs
+    radius = int(own) if own is not None else receptive_radius(net)
+    return int(math.ceil(radius / div) * div)
 
 
 @dataclass(frozen=True)

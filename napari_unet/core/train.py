@@ -401,6 +401,11 @@ def _check_arguments(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr}.")
+    from .model import UNet
+
+    if not isinstance(model.net, UNet):
+        raise ValueError(f"{model.name} runs the network of a BioImage.IO package made elsewhere: only napari-unet's "
+                         "own networks can be fine-tuned (start from a napari-unet model).")
     if model.representation not in ("bg-interior-boundary", "foreground"):
         raise ValueError(f"Cannot train representation {model.representation!r}.")
     if steps is None and time_budget is None:

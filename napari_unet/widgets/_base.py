@@ -99,6 +99,18 @@ def _warm_up_training() -> None:
 _WARM_UPS = {"segmenting": _warm_up_segmenting, "training": _warm_up_training}
 
 
+def _unit_registry_ready() -> None:
+    """Build pint's unit registry (every napari layer's transform asks it for "pixel") here, on
+    the calling thread: its lazy first build is not thread-safe, and a layer made on the main
+    thread while the warm-up thread builds one failed with "'pixel' is not defined"."""
+    try:
+        import pint
+
+        pint.get_application_registry().pixel  # noqa: B018 - the attribute access builds it
+    except Exception:  # noqa: BLE001 - napari builds it later, as before
+        log.debug("pint's unit registry could not be built", exc_info=True)
+
+
 def warm_up_in_background(*what: str) -> None:
     """Start, once per process and kind, a background thread doing the one-time work that a
     first segmentation ("segmenting") or training ("training") would otherwise do on the main
@@ -110,6 +122,8 @@ def warm_up_in_background(*what: str) -> None:
         _WARMED_UP.update(todo)
     if not todo:
         return
+    if "segmenting" in todo:
+        _unit_registry_ready()
 
     def warm_up() -> None:
         for name in todo:

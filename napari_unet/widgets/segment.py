@@ -168,14 +168,22 @@ class SegmentWidget(Container):
     def _ask_model_file(self, *_args) -> None:
         from qtpy.QtWidgets import QFileDialog
 
-        path, _ = QFileDialog.getOpenFileName(self.native, "Choose a napari-unet model", "", "Models (*.pt)")
+        path, _ = QFileDialog.getOpenFileName(
+            self.native, "Choose a napari-unet model or a BioImage.IO package", "",
+            "Models (*.pt *.zip bioimageio.yaml rdf.yaml);;napari-unet models (*.pt);;"
+            "BioImage.IO packages (*.zip bioimageio.yaml rdf.yaml)")
         if path:
             self.add_model_file(path)
 
     def add_model_file(self, path: str | Path) -> None:
-        """Offer a model file in the Model list and select it."""
-        path = str(Path(path).resolve())
-        self._extra_models[f"{Path(path).stem} (file)"] = path
+        """Offer a model file (``.pt``) or a BioImage.IO package (``.zip``, a folder with
+        ``bioimageio.yaml``, or that file) in the Model list and select it. A file that cannot be
+        used is reported (one line) when segmenting with it, as for a damaged ``.pt``."""
+        from napari_unet.core.zoo_import import is_bioimageio_package, package_location
+
+        package = is_bioimageio_package(path)
+        path = str(package_location(Path(path).resolve()))
+        self._extra_models[f"{Path(path).stem} ({'BioImage.IO' if package else 'file'})"] = path
         self._model_combo.reset_choices()
         self._model_combo.value = path
 

@@ -1,7 +1,8 @@
 """The models panel: rename, delete (after a confirmation) and export the user's own models.
 
-The work is done by :mod:`napari_unet.core.catalog`; this panel turns its errors into
-notifications.
+The work is done by :mod:`napari_unet.core.catalog` and, for BioImage.IO packages,
+:mod:`napari_unet.core.zoo_export` (in a thread worker: it takes a few seconds); this panel
+turns their errors into notifications.
 """
 
 from __future__ import annotations
@@ -12,6 +13,18 @@ from magicgui.widgets import ComboBox, Container, LineEdit, PushButton
 from psygnal import Signal
 
 from .._base import notify_error, notify_info
+
+
+PACKAGE_FILTER = "BioImage.IO model package (*.zip)"
+MODEL_FILTER = "napari-unet model (*.pt)"
+
+
+def _export_package_job(source, destination: Path):
+    """Worker body: the BioImage.IO export (a generator, so that it runs in a thread worker)."""
+    from napari_unet.core.zoo_export import export_bioimageio
+
+    yield None
+    return export_bioimageio(source, destination)
 
 
 def _user_model_choices(_widget=None) -> list[str]:
@@ -103,9 +116,44 @@ class ModelsPanel(Container):
         name = self._chosen("Export model")
         if name is None:
             return
-        path, _ = QFileDialog.getSaveFileName(self.native, "Export model", f"{name}.pt", "Models (*.pt)")
-        if path:
+        path, chosen_filter = QFileDialog.getSaveFileName(
+            self.native, "Export model", f"{name}.zip", f"{PACKAGE_FILTER};;{MODEL_FILTER}")
+        if not path:
+            return
+        if Path(path).suffix.lower() not in (".zip", ".pt"):
+            path += ".pt" if chosen_filter == MODEL_FILTER else ".zip"
+        if Path(path).suffix.lower() == ".zip":
+            self.export_package(path)
+        else:
             self.export_model(path)
+
+    def export_package(self, destination: str | Path, name: str | None = None):
+        """Write the chosen model (or the model ``name``) as a BioImage.IO package, in a thread
+        worker; returns the worker (None if the model is unknown). A notification says where it
+        went, or why it failed."""
+        from napari_unet.core.catalog import find_model
+
+        from .._base import start_worker
+
+        chosen = name is None
+        name = self._manage_combo.value if chosen else name
+        try:
+            source = find_model(name, user_only=True).path if chosen else name
+        except (ValueError, OSError) as exc:
+            notify_error("Export model", exc)
+            return None
+        self._export_button.enabled = False
+
+        def done(written: Path) -> None:
+            notify_info(f"Exported {name!r} as a BioImage.IO package to {written}.")
+
+        def finished() -> None:
+            self._export_button.enabled = True
+
+        self._export_worker = start_worker(
+            _export_package_job(source, Path(destination)), returned=done,
+            errored=lambda exc: notify_error("Export model", exc), finished=finished)
+        return self._export_worker
 
     def export_model(self, destination: str | Path, name: str | None = None) -> Path | None:
         """Copy the chosen model (or the model ``name``) to ``destination``; returns the file written."""

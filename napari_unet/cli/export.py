@@ -1,0 +1,44 @@
+"""``napari-unet export NAME OUT``: a model as a BioImage.IO package (``OUT.zip``) or a copy (``OUT.pt``).
+
+A ``.zip`` destination (or any name without ``.pt``) gets a BioImage.IO model package (format
+0.5; see :mod:`napari_unet.core.zoo_export`), which ilastik, deepImageJ, QuPath, Fiji and the
+BioImage.IO tools run; a ``.pt`` destination gets a copy of the napari-unet model file.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help="export a model as a BioImage.IO package (.zip) or a napari-unet file (.pt)",
+        description="Write a model as a BioImage.IO model package (OUT.zip: weights as pytorch_state_dict, "
+                    "torchscript and onnx, test tensors, cover, documentation) or copy its napari-unet file (OUT.pt).",
+    )
+    p.add_argument("model", metavar="NAME|PATH", help="model name (see 'napari-unet models') or .pt file")
+    p.add_argument("out", metavar="OUT", help="the file to write: .zip for BioImage.IO (default), .pt for a copy")
+    p.add_argument("--author", action="append", default=None, metavar="NAME",
+                   help="author of the package (repeat for several; default: napari-unet developers for built-in "
+                        "models, 'napari-unet user' for yours)")
+    p.add_argument("--license", default="BSD-3-Clause", metavar="SPDX",
+                   help="licence of the package, an SPDX id (default BSD-3-Clause)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    out = Path(args.out).expanduser()
+    if out.suffix.lower() == ".pt":
+        from napari_unet.core.catalog import export_model
+
+        written = export_model(args.model, out)
+    else:
+        from napari_unet.core.zoo_export import export_bioimageio
+
+        written = export_bioimageio(args.model, out, authors=args.author, license=args.license)
+    print(written)
+    return 0

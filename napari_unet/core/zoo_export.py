@@ -1,0 +1,437 @@
+"""Export a model as a BioImage.IO model package (format 0.5), for the Model Zoo and its tools.
+
+The package (a zip) is described with ``bioimageio.spec``'s model classes and holds:
+
+* the weights three ways, all giving the same class probabilities: ``pytorch_state_dict``
+  (architecture: :mod:`napari_unet.core.model` itself, shipped as ``unet.py``, which imports
+  nothing but torch; callable :class:`~napari_unet.core.model.UNetProbabilities`, kwargs the
+  :class:`~napari_unet.core.model.UNetConfig`), ``torchscript`` (traced) and ``onnx`` (the
+  export of the ONNX Runtime engine, :func:`napari_unet.core.engine.export_onnx`);
+* input ``raw`` (batch, channel, y, x) with sizes ``min + n * step`` that follow the network's
+  size rule, and our normalisation as ``scale_range`` (per image and channel, our percentiles);
+* output ``probabilities`` (batch, channel, y, x), one channel per class (named), with a halo
+  for "same" networks (the context tiles need) or a negative size offset for "valid" ones;
+* test input and output tensors from a real sample image (computed by napari-unet itself, so
+  ``bioimageio.core``'s ``test_model`` checks that the package's preprocessing matches ours), a
+  cover image, the model card as documentation, authors, licence, citations, and everything
+  napari-unet needs to read the model back (``config: napari-unet: ...``: network, output
+  representation, normalisation, object diameter, post-processing, metadata).
+
+No network access: every file is local and nothing is downloaded. ``bioimageio.spec`` is
+imported here only (not when napari-unet is imported); it is the optional extra
+``napari-unet[bioimageio]``.
+
+Differences between our normalisation and ``scale_range`` (see :func:`.preprocess.normalize`):
+``scale_range`` divides by ``(high - low + 1e-6)``, and we take the percentiles of every k-th
+pixel on planes of 1024 pixels or more per side (k = side // 512); neither changes the
+probabilities beyond float rounding on ordinary images.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_unet._atomic import atomic_write
+
+from .checkpoint import ModelFileError, SegmentationModel, _plain, load_model
+from .model import UNet, UNetProbabilities
+
+log = logging.getLogger(__name__)
+
+#: Key of napari-unet's own section in the package's ``config``.
+CONFIG_KEY = "napari-unet"
+INPUT_ID = "raw"
+OUTPUT_ID = "probabilities"
+#: Output channel names per representation (the order of the network's classes).
+CHANNEL_NAMES = {
+    "bg-interior-boundary": ["background", "interior", "boundary"],
+    "foreground": ["background", "foreground"],
+}
+#: The sample image the test tensors and the cover are made from (DSB2018, CC0).
+SAMPLE_IMAGE = "dsb2018_fluorescence_nuclei.tif"
+DEFAULT_LICENSE = "BSD-3-Clause"
+CITATIONS = (
+    ("Ronneberger O., Fischer P., Brox T. U-Net: Convolutional Networks for Biomedical Image "
+     "Segmentation. MICCAI 2015.", "10.1007/978-3-319-24574-4_28"),
+    ("Caicedo J.C. et al. Nucleus segmentation across imaging experiments: the 2018 Data Science Bowl. "
+     "Nature Methods 16, 2019 (training data of the built-in model).", "10.1038/s41592-019-0612-7"),
+)
+TAGS = ["napari-unet", "unet", "unet2d", "pytorch", "2d", "segmentation", "instance-segmentation",
+        "nuclei", "fluorescence-light-microscopy"]
+
+
+def _import_spec() -> Any:
+    try:
+        from bioimageio.spec.model import v0_5
+    except ImportError as exc:
+        raise ModelFileError(
+            "Exporting to BioImage.IO needs bioimageio.spec: pip install 'napari-unet[bioimageio]'."
+        ) from exc
+    return v0_5
+
+
+def package_halo(net: UNet) -> int:
+    """Output pixels on each side of a tile that lack context: the halo ("same" networks;
+    0 for "valid" ones, whose outputs only cover pixels with all their context)."""
+    from .tiling import default_halo
+
+    return default_halo(net)
+
+
+def input_size_rule(net: UNet) -> tuple[int, int]:
+    """``(min, step)``: the input sizes ``min + n * step`` the package declares.
+
+    Every such size goes through the network and leaves an output of at least one pixel
+    ("valid" networks lose ``2 * margin``), larger than twice the halo for "same" networks
+    (the spec requires it).
+    """
+    step = net.divisor
+    if net.config.padding == "same":
+        return net.valid_input_size(2 * package_halo(net) + 1), step
+    return net.valid_input_size(2 * net.margin + 1), step
+
+
+def model_name_for_package(name: str) -> str:
+    """The model's name in the characters the spec allows (letters, digits, ``_+- ()``)."""
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+- ()")
+    clean = "".join(c if c in allowed else "-" for c in str(name)).strip() or "model"
+    return f"napari-unet {clean}"[:64]
+
+
+# ---------------------------------------------------------------------- test tensors
+def _sample_plane() -> np.ndarray:
+    import tifffile
+
+    path = Path(__file__).resolve().parents[2] / "sample_data" / SAMPLE_IMAGE
+    if not path.is_file():  # installed: sample_data is the package napari_unet.sample_data
+        path = Path(__file__).resolve().parents[1] / "sample_data" / SAMPLE_IMAGE
+    return np.asarray(tifffile.imread(path))
+
+
+def _fit_to_rule(plane: np.ndarray, minimum: int, step: int) -> np.ndarray:
+    """The central crop of ``plane`` whose sides are the largest valid sizes (mirror-padded
+    up to ``minimum`` where the plane is smaller)."""
+    out = plane
+    for axis in (0, 1):
+        size = out.shape[axis]
+        if size < minimum:
+            before = (minimum - size) // 2
+            pad = [(0, 0)] * out.ndim
+            pad[axis] = (before, minimum - size - before)
+            out = np.pad(out, pad, mode="reflect")
+            continue
+        valid = minimum + (size - minimum) // step * step
+        start = (size - valid) // 2
+        out = np.take(out, np.arange(start, start + valid), axis=axis)
+    return out
+
+
+def make_test_tensors(model: SegmentationModel, plane: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(input, output)``: (1, C, H, W) float32 raw image and (1, n_classes, H, W) float32
+    probabilities, made by napari-unet's own preprocessing and one whole-image pass."""
+    from .preprocess import as_channels_first, normalize
+
+    net = model.net
+    plane = _sample_plane() if plane is None else np.asarray(plane)
+    minimum, step = input_size_rule(net)
+    raw = as_channels_first(plane, net.config.in_channels)  # RGB -> grey as in napari-unet
+    raw = np.moveaxis(_fit_to_rule(np.moveaxis(raw, 0, -1), minimum, step), -1, 0)
+    x = normalize(raw.copy(), model.normalization)
+    probs_net = UNetProbabilities.from_config(net.config)
+    probs_net.load_state_dict(net.state_dict())
+    probs_net.eval()
+    with torch.no_grad():
+        out = probs_net(torch.from_numpy(x[None]).float()).numpy()
+    return raw[None].astype(np.float32), out.astype(np.float32)
+
+
+def _cover(raw: np.ndarray, probs: np.ndarray, representation: str, path: Path) -> None:
+    """A 2:1 PNG: the input image (normalised) beside the foreground probability in colour."""
+    import imageio.v3 as iio
+
+    grey = raw[0].mean(axis=0)
+    dy, dx = (grey.shape[0] - probs.shape[2]) // 2, (grey.shape[1] - probs.shape[3]) // 2
+    grey = grey[dy:dy + probs.shape[2], dx:dx + probs.shape[3]]  # "valid" networks: the output's part
+    lo, hi = np.percentile(grey, [1, 99.8])
+    grey = np.clip((grey - lo) / max(hi - lo, 1e-6), 0, 1)
+    if representation == "bg-interior-boundary":
+        interior, boundary = probs[0, 1], probs[0, 2]
+        colour = np.stack([boundary, interior, 0.35 * grey + 0.3 * interior], axis=-1)
+    else:
+        fg = probs[0, 1]
+        colour = np.stack([fg, fg, 0.35 * grey], axis=-1)
+    left = np.repeat(grey[..., None], 3, axis=-1)
+    image = (np.clip(np.concatenate([left, colour], axis=1), 0, 1) * 255).astype(np.uint8)
+    iio.imwrite(path, image)
+
+
+# ---------------------------------------------------------------------- documentation
+def _documentation(model: SegmentationModel, halo: int, rule: tuple[int, int]) -> str:
+    meta = model.metadata
+    card_text = ""
+    card = Path(__file__).resolve().parents[1] / "models" / "MODEL_CARD.md"
+    if meta.get("name") == "nuclei" and _is_builtin(model) and card.is_file():
+        card_text = card.read_text(encoding="utf-8")
+    lines = [f"# {model_name_for_package(model.name)}", "",
+             str(meta.get("description") or "A U-Net for 2D cell or nucleus instance segmentation, "
+                 "made with napari-unet."), "",
+             "## How to use it", "",
+             f"- Input `{INPUT_ID}`: one 2D image, {model.in_channels} channel(s)"
+             + (" (grey; napari-unet turns colour images into grey by the mean of R, G and B)."
+                if model.in_channels == 1 else "."),
+             f"  Sizes `{rule[0]} + n * {rule[1]}` pixels per side. Preprocessing: percentiles "
+             f"{model.normalization.get('low', 1.0)} and {model.normalization.get('high', 99.8)} of each "
+             "image mapped to 0 and 1 (`scale_range`, not clipped).",
+             f"- Output `{OUTPUT_ID}`: class probabilities ({', '.join(CHANNEL_NAMES[model.representation])})"
+             + (f"; crop a halo of {halo} pixels from each side of a tile." if halo else "."),
+             "- Instances: " + ("seeds where p(interior) > threshold, grown by watershed on p(boundary) within "
+                                "p(interior) + p(boundary) > threshold"
+                                if model.representation == "bg-interior-boundary"
+                                else "connected components of p(foreground) > threshold")
+             + f"; threshold {model.postprocessing['threshold']}, objects under "
+             f"{model.postprocessing['min_size']} pixels removed.",
+             ]
+    if model.diameter is not None:
+        lines.append(f"- Object diameter: {model.diameter:.1f} pixels. Rescale images whose objects are of "
+                     "another size by model diameter / object diameter first (napari-unet does this itself).")
+    lines += ["", "In napari-unet: *Segment > Add model file…* or `napari-unet predict --model THIS.zip`.",
+              "The package holds the same weights as pytorch_state_dict, torchscript and onnx.", ""]
+    if card_text:
+        lines += ["## Model card", "", card_text.replace("\n# ", "\n### ").replace("\n## ", "\n### ")]
+    else:
+        lines += ["## Training", ""]
+        recipe = (meta.get("model_card") or {}).get("recipe") or {}
+        for key, value in recipe.items():
+            lines.append(f"- {key}: {value}")
+        for key in ("base_model", "date", "steps", "training_time_s", "n_examples", "device"):
+            if key in meta:
+                lines.append(f"- {key}: {meta[key]}")
+        lines += ["", "## Validation", ""]
+        metrics = {k: meta[k] for k in ("val_ap50", "val_ap75", "val_dice") if isinstance(meta.get(k), (int, float))}
+        if metrics:
+            lines += ["Measured on the validation part of its training data:", ""]
+            lines += [f"- {k}: {v:.3f}" for k, v in metrics.items()]
+        else:
+            lines.append("No validation figures were recorded for this model.")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _napari_unet_config(model: SegmentationModel) -> dict[str, Any]:
+    return _plain({
+        "format": "napari-unet-model",
+        "format_version": 1,
+        "unet_config": model.net.config.to_dict(),
+        "representation": model.representation,
+        "normalization": dict(model.normalization),
+        "diameter": model.diameter,
+        "postprocessing": model.postprocessing,
+        "metadata": {k: v for k, v in model.metadata.items() if k != "path"},
+    })
+
+
+# ---------------------------------------------------------------------- the package
+def build_description(model: SegmentationModel, folder: Path, *, authors: list[str] | None = None,
+                      license: str = DEFAULT_LICENSE, plane: np.ndarray | None = None) -> Any:
+    """Write the package's files into ``folder`` and return its ``ModelDescr`` (validated)."""
+    v0_5 = _import_spec()
+    from bioimageio.spec.model.v0_5 import (
+        ArchitectureFromFileDescr, Author, AxisId, BatchAxis, ChannelAxis, CiteEntry, Config, Doi,
+        EnsureDtypeDescr, EnsureDtypeKwargs, FileDescr, Identifier, InputTensorDescr,
+        IntervalOrRatioDataDescr, LicenseId, OnnxWeightsDescr, OutputTensorDescr, ParameterizedSize,
+        PytorchStateDictWeightsDescr, ScaleRangeDescr, ScaleRangeKwargs, SizeReference, SpaceInputAxis,
+        SpaceOutputAxis, SpaceOutputAxisWithHalo, TensorId, TorchscriptWeightsDescr, Version, WeightsDescr,
+    )
+
+    from .engine import ONNX_OPSET, EngineUnavailable, export_onnx
+
+    net = model.net.to("cpu").eval()
+    if not isinstance(net, UNet):
+        raise ModelFileError("Only napari-unet's own networks can be exported to BioImage.IO.")
+    config = net.config
+    halo = package_halo(net)
+    minimum, step = input_size_rule(net)
+
+    # files
+    arch = folder / "unet.py"
+    shutil.copyfile(Path(__file__).resolve().parent / "model.py", arch)
+    state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    torch.save(state, folder / "weights.pt")
+    probs_net = UNetProbabilities.from_config(config)
+    probs_net.load_state_dict(state)
+    probs_net.eval()
+    raw, expected = make_test_tensors(model, plane)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings: the size checks run once while tracing
+        traced = torch.jit.trace(probs_net, torch.from_numpy(raw), check_trace=False)
+        torch.jit.save(traced, str(folder / "weights_torchscript.pt"))
+    try:
+        (folder / "weights.onnx").write_bytes(export_onnx(net))
+    except EngineUnavailable as exc:
+        raise ModelFileError(f"The network could not be exported to ONNX: {exc}") from exc
+    np.save(folder / "test_input.npy", raw)
+    np.save(folder / "test_output.npy", expected)
+    import tifffile
+
+    tifffile.imwrite(folder / "sample_input.tif", raw[0], photometric="minisblack")  # (C, H, W): for viewers
+    tifffile.imwrite(folder / "sample_output.tif", expected[0], photometric="minisblack")
+    _cover(raw, expected, model.representation, folder / "cover.png")
+    (folder / "README.md").write_text(_documentation(model, halo, (minimum, step)), encoding="utf-8")
+
+    # description
+    in_names = ["grey"] if config.in_channels == 1 else (
+        ["red", "green", "blue"] if config.in_channels == 3 else [f"channel{i}" for i in range(config.in_channels)])
+    space_in = [SpaceInputAxis(id=AxisId(a), size=ParameterizedSize(min=minimum, step=step)) for a in ("y", "x")]
+    low, high = float(model.normalization.get("low", 1.0)), float(model.normalization.get("high", 99.8))
+    inputs = [InputTensorDescr(
+        id=TensorId(INPUT_ID),
+        description="a 2D image" + (" (grey: colour images averaged over R, G and B)" if config.in_channels == 1 else ""),
+        axes=[BatchAxis(), ChannelAxis(channel_names=[Identifier(n) for n in in_names]), *space_in],
+        test_tensor=FileDescr(source=folder / "test_input.npy"),
+        sample_tensor=FileDescr(source=folder / "sample_input.tif"),
+        data=IntervalOrRatioDataDescr(type="float32"),
+        preprocessing=[
+            EnsureDtypeDescr(kwargs=EnsureDtypeKwargs(dtype="float32")),
+            ScaleRangeDescr(kwargs=ScaleRangeKwargs(axes=[AxisId("y"), AxisId("x")], min_percentile=low,
+                                                    max_percentile=high)),
+        ],
+    )]
+    if config.padding == "same":
+        space_out = [SpaceOutputAxisWithHalo(id=AxisId(a), halo=halo,
+                                             size=SizeReference(tensor_id=TensorId(INPUT_ID), axis_id=AxisId(a)))
+                     for a in ("y", "x")]
+    else:
+        space_out = [SpaceOutputAxis(id=AxisId(a), size=SizeReference(
+            tensor_id=TensorId(INPUT_ID), axis_id=AxisId(a), offset=-2 * net.margin)) for a in ("y", "x")]
+    outputs = [OutputTensorDescr(
+        id=TensorId(OUTPUT_ID),
+        description="class probabilities (softmax over the classes)",
+        axes=[BatchAxis(), ChannelAxis(channel_names=[Identifier(n) for n in CHANNEL_NAMES[model.representation]]),
+              *space_out],
+        test_tensor=FileDescr(source=folder / "test_output.npy"),
+        sample_tensor=FileDescr(source=folder / "sample_output.tif"),
+        data=IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
+    )]
+    torch_version = Version(torch.__version__.split("+")[0])
+    weights = WeightsDescr(
+        pytorch_state_dict=PytorchStateDictWeightsDescr(
+            source=folder / "weights.pt",
+            architecture=ArchitectureFromFileDescr(source=arch, callable=Identifier("UNetProbabilities"),
+                                                   kwargs=config.to_dict()),
+            pytorch_version=torch_version,
+        ),
+        torchscript=TorchscriptWeightsDescr(source=folder / "weights_torchscript.pt", pytorch_version=torch_version,
+                                            parent="pytorch_state_dict"),
+        onnx=OnnxWeightsDescr(source=folder / "weights.onnx", opset_version=ONNX_OPSET, parent="pytorch_state_dict"),
+    )
+    names = authors or (["napari-unet developers"] if _is_builtin(model) else ["napari-unet user"])
+    description = str(model.metadata.get("description") or
+                      "U-Net for 2D cell/nucleus instance segmentation made with napari-unet").strip()
+    return v0_5.ModelDescr(
+        name=model_name_for_package(model.name),
+        description=description[:1024],
+        authors=[Author(name=n.replace("/", "-")) for n in names],
+        cite=[CiteEntry(text=text, doi=Doi(doi)) for text, doi in CITATIONS],
+        license=LicenseId(license),
+        documentation=FileDescr(source=folder / "README.md"),
+        covers=[FileDescr(source=folder / "cover.png")],
+        tags=list(TAGS),
+        inputs=inputs,
+        outputs=outputs,
+        weights=weights,
+        timestamp=_dt.datetime.now(_dt.timezone.utc),
+        config=Config(**{CONFIG_KEY: _napari_unet_config(model)}),
+    )
+
+
+def first_error(exc: BaseException) -> str:
+    """One line from an exception: the first pydantic error (where and what), or the first line."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        try:
+            first = errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ()))
+            return f"{where}: {first.get('msg', '')}".strip(": ").splitlines()[0]
+        except Exception:  # not a pydantic error after all
+            pass
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _is_builtin(model: SegmentationModel) -> bool:
+    from .catalog import builtin_models_dir
+
+    path = model.metadata.get("path")
+    return bool(path) and Path(path).resolve().parent == builtin_models_dir().resolve()
+
+
+def export_bioimageio(model: SegmentationModel | str | os.PathLike, destination: str | os.PathLike, *,
+                      authors: list[str] | None = None, license: str = DEFAULT_LICENSE,
+                      plane: np.ndarray | None = None) -> Path:
+    """Write ``model`` (a model, a name or a ``.pt`` file) as a BioImage.IO package (zip).
+
+    Parameters
+    ----------
+    model : SegmentationModel, str or path
+        The model, or a name / file as :func:`~napari_unet.core.load_model` takes it.
+    destination : path
+        The zip to write (``.zip`` added when missing); written atomically.
+    authors : list of str, optional
+        Author names (default: "napari-unet developers" for built-in models, else "napari-unet user").
+    license : str
+        SPDX licence id of the package (default BSD-3-Clause, napari-unet's).
+    plane : ndarray, optional
+        (H, W) image for the test tensors and cover (default: a DSB2018 sample, CC0).
+
+    Returns
+    -------
+    Path
+        The file written.
+
+    Raises
+    ------
+    ModelFileError
+        bioimageio.spec missing, a network that cannot be exported, or an invalid package
+        (the message says why).
+    OSError
+        The destination cannot be written (an earlier file there stays intact).
+    """
+    if not isinstance(model, SegmentationModel):
+        model = load_model(model, device="cpu")
+    destination = Path(destination).expanduser()
+    if destination.suffix.lower() != ".zip":
+        destination = destination.with_name(destination.name + ".zip")
+    _import_spec()
+    from bioimageio.spec import save_bioimageio_package
+    from bioimageio.spec._internal.validation_context import ValidationContext
+
+    device = model.device
+    try:
+        with tempfile.TemporaryDirectory(prefix="napari-unet-bioimageio-") as tmp:
+            folder = Path(tmp) / "package"
+            folder.mkdir()
+            with ValidationContext(root=folder, perform_io_checks=True, log_warnings=False), \
+                    warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # bioimageio.spec's notes while packaging
+                descr = build_description(model, folder, authors=authors, license=license, plane=plane)
+                zipped = save_bioimageio_package(descr, output_path=Path(tmp) / "package.zip")
+            with atomic_write(destination, "wb") as out, open(zipped, "rb") as src:
+                shutil.copyfileobj(src, out)
+    except (ValueError, TypeError) as exc:
+        if isinstance(exc, ModelFileError):
+            raise
+        raise ModelFileError(f"The BioImage.IO package could not be made: {first_error(exc)}") from exc
+    finally:
+        model.to(device)
+    log.info("Wrote the BioImage.IO package %s", destination)
+    return destination
+

@@ -1,0 +1,594 @@
+"""Read BioImage.IO model packages (a zip, or a folder with ``bioimageio.yaml`` / ``rdf.yaml``).
+
+Two kinds of package are read:
+
+* **napari-unet's own** (made by :mod:`.zoo_export`; its ``config`` holds a ``napari-unet``
+  section): the :class:`~napari_unet.core.model.UNet` is rebuilt from that section and its
+  ``pytorch_state_dict`` weights (``weights_only=True``), so the model is a plain
+  :class:`~napari_unet.core.checkpoint.SegmentationModel`: it segments exactly as the original
+  did, runs through ONNX Runtime or torch like any other, and can be fine-tuned again.
+* **Other 2D models** with one input of one channel and one output holding a foreground
+  probability (1 channel: instances by a distance watershed, ``"foreground-watershed"``),
+  foreground and boundaries (2: seeds away from boundaries, grown by watershed on the boundary
+  probability, ``"bg-interior-boundary"``), or napari-unet's classes: the network is
+  a :class:`PackagedNetwork`, which runs the package's own weights (ONNX through ONNX Runtime on
+  the CPU, TorchScript, or a state dict with the package's architecture) after the package's
+  own preprocessing (applied per plane by ``bioimageio.core``) and before its postprocessing (per
+  tile). It has the geometry the tiling of :mod:`.tiling` needs (size step, halo), so it goes
+  through the same tiles, object scale and instances (threshold + watershed) as our networks.
+
+Anything else (3D or time axes, several inputs or outputs, several input channels, weights in
+another format, files missing or only on the web) is refused with a one-line
+:class:`~napari_unet.core.checkpoint.ModelFileError`. Nothing is downloaded: sources on the
+web are refused, local files are read in place.
+
+``bioimageio.spec`` / ``bioimageio.core`` (the extra ``napari-unet[bioimageio]``) are imported
+only when a package is read. Reading a package's state-dict weights with an architecture of its
+own runs that architecture's Python code (as ``bioimageio.core`` does); ONNX and TorchScript
+weights, preferred when present, run no Python code from the package.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import threading
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import FORMAT, ModelFileError, SegmentationModel
+from .device import select_device
+
+log = logging.getLogger(__name__)
+
+PACKAGE_FILE_NAMES = ("bioimageio.yaml", "rdf.yaml")
+CONFIG_KEY = "napari-unet"
+#: Weight formats run here, in the order they are preferred.
+WEIGHT_FORMATS = ("onnx", "torchscript", "pytorch_state_dict")
+#: Halo used when a package does not give one (pixels).
+DEFAULT_PACKAGE_HALO = 32
+
+
+# ---------------------------------------------------------------------- finding packages
+def is_bioimageio_package(path: str | os.PathLike) -> bool:
+    """True for a ``.zip``, a ``bioimageio.yaml`` / ``rdf.yaml`` file, or a folder holding one."""
+    p = Path(path)
+    if p.is_dir():
+        return any((p / name).is_file() for name in PACKAGE_FILE_NAMES)
+    name = p.name.lower()
+    return p.suffix.lower() == ".zip" or name.endswith(PACKAGE_FILE_NAMES)
+
+
+def package_location(path: str | os.PathLike) -> Path:
+    """Where a package is: the folder for its ``bioimageio.yaml`` / ``rdf.yaml``, else ``path``."""
+    p = Path(path)
+    if p.is_file() and p.name.lower().endswith(PACKAGE_FILE_NAMES):
+        return p.parent
+    return p
+
+
+def _yaml_text(path: Path) -> str:
+    """The package description's text (zip member, file in a folder, or the file itself)."""
+    if path.is_dir():
+        for name in PACKAGE_FILE_NAMES:
+            if (path / name).is_file():
+                return (path / name).read_text(encoding="utf-8")
+        raise ModelFileError(f"{path} holds no bioimageio.yaml or rdf.yaml: it is not a BioImage.IO package.")
+    if path.suffix.lower() == ".zip":
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+                for name in PACKAGE_FILE_NAMES:
+                    if name in names:
+                        return zf.read(name).decode("utf-8")
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise ModelFileError(f"{path.name} is not a readable zip file ({exc}).") from exc
+        raise ModelFileError(f"{path.name} holds no bioimageio.yaml or rdf.yaml: it is not a BioImage.IO package.")
+    return path.read_text(encoding="utf-8")
+
+
+def read_package_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """Name, post-processing and (for napari-unet's packages) the model's metadata, from the
+    package's description only (quick; no bioimageio import, no weights read)."""
+    import yaml
+
+    p = Path(path)
+    if not p.exists():
+        raise ModelFileError(f"Model package not found: {p}")
+    try:
+        data = yaml.safe_load(_yaml_text(p))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{p.name}: its description is not valid YAML.") from exc
+    if not isinstance(data, dict):
+        raise ModelFileError(f"{p.name}: its description is not a BioImage.IO description.")
+    own = (data.get("config") or {}).get(CONFIG_KEY) or {}
+    meta = dict(own.get("metadata") or {}) if isinstance(own, dict) else {}
+    if isinstance(own, dict) and isinstance(own.get("postprocessing"), dict):
+        meta.setdefault("postprocessing", own["postprocessing"])
+    meta.setdefault("name", str(data.get("name") or p.stem))
+    return meta
+
+
+# ---------------------------------------------------------------------- bioimageio access
+def _import_bioimageio() -> Any:
+    try:
+        import bioimageio.core  # noqa: F401
+        import bioimageio.spec
+    except ImportError as exc:
+        raise ModelFileError(
+            "Reading BioImage.IO packages needs bioimageio.core: pip install 'napari-unet[bioimageio]'."
+        ) from exc
+    return bioimageio.spec
+
+
+def _one_line(exc: BaseException | str) -> str:
+    from .zoo_export import first_error
+
+    return first_error(exc) if isinstance(exc, BaseException) else (str(exc).strip().splitlines() or [""])[0]
+
+
+def load_package_description(path: str | os.PathLike) -> Any:
+    """The package's model description (format 0.5; older ones are converted), without any IO
+    check beyond reading the description: nothing is downloaded, no file is hashed.
+
+    Raises
+    ------
+    ModelFileError
+        Missing, not a package, invalid, or not a model (one line).
+    """
+    spec = _import_bioimageio()
+    from bioimageio.spec import InvalidDescr
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ModelFileError(f"Model package not found: {p}")
+    _yaml_text(p)  # a clear message for folders and zips that are no packages
+    try:
+        descr = spec.load_description(p, perform_io_checks=False, format_version="latest")
+    except (ValueError, OSError, KeyError, zipfile.BadZipFile) as exc:
+        raise ModelFileError(f"{p.name} could not be read as a BioImage.IO package: {_one_line(exc)}") from exc
+    if isinstance(descr, InvalidDescr):
+        reason = _one_line(descr.validation_summary.format() if hasattr(descr, "validation_summary") else "")
+        errors = [e for d in descr.validation_summary.details for e in d.errors]
+        if errors:
+            where = ".".join(str(x) for x in errors[0].loc)
+            reason = f"{where}: {errors[0].msg}".strip(": ").splitlines()[0]
+        raise ModelFileError(f"{p.name} is not a valid BioImage.IO description ({reason}).")
+    if getattr(descr, "type", None) != "model":
+        raise ModelFileError(f"{p.name} describes a BioImage.IO {getattr(descr, 'type', 'resource')}, not a model.")
+    return descr
+
+
+def _package_bytes(source: Any, what: str, name: str) -> bytes:
+    """The content of one of the package's files; refuses web addresses (no downloads)."""
+    from bioimageio.spec.utils import download
+
+    text = str(source)
+    if text.startswith(("http://", "https://")):
+        raise ModelFileError(
+            f"{name}: its {what} is only on the web ({text}); napari-unet does not download at run time: "
+            "get the complete package (a zip with all files) first."
+        )
+    try:
+        return download(source).read()
+    except (OSError, KeyError, ValueError) as exc:
+        raise ModelFileError(f"{name}: the package lacks its {what} ({text}).") from exc
+
+
+# ---------------------------------------------------------------------- reading
+def read_bioimageio_model(path: str | os.PathLike, device: torch.device | str | None = "cpu") -> SegmentationModel:
+    """A :class:`SegmentationModel` from a BioImage.IO package (see the module docstring).
+
+    Raises
+    ------
+    ModelFileError
+        With one line saying why the package cannot be used.
+    """
+    p = Path(path).expanduser()
+    descr = load_package_description(p)
+    name = p.name
+    model = _own_model(descr, name)
+    if model is None:
+        model = SegmentationModel(*_packaged_network(descr, name), metadata={
+            "name": str(descr.name), "description": str(descr.description), "bioimageio": True,
+        })
+    model.metadata.setdefault("name", p.stem)
+    model.metadata["path"] = str(p)
+    return model.to(select_device(device))
+
+
+def _own_model(descr: Any, name: str) -> SegmentationModel | None:
+    """napari-unet's model back from its own package (None for other packages)."""
+    extra = descr.config.model_extra or {}
+    own = extra.get(CONFIG_KEY)
+    weights = descr.weights.pytorch_state_dict
+    if not isinstance(own, dict) or "unet_config" not in own or weights is None:
+        return None
+    data = _package_bytes(weights.source, "pytorch_state_dict weights", name)
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for damaged files
+        raise ModelFileError(f"{name}: its pytorch_state_dict weights could not be read safely.") from exc
+    return SegmentationModel.from_dict({
+        "format": FORMAT,
+        "format_version": own.get("format_version", 1),
+        "config": own["unet_config"],
+        "state_dict": state,
+        "representation": own.get("representation", "bg-interior-boundary"),
+        "normalization": own.get("normalization"),
+        "metadata": dict(own.get("metadata") or {}),
+    }, source=name)
+
+
+# ---------------------------------------------------------------------- other packages
+@dataclass(frozen=True)
+class PackageGeometry:
+    """What prediction and tiling read from ``net.config`` (as for a "same" U-Net).
+
+    ``depth`` is ``log2(size step) + 1`` (the poolings of a U-Net with that step), ``base_width``
+    only sizes the memory estimate of a tile.
+    """
+
+    in_channels: int = 1
+    n_classes: int = 2
+    base_width: int = 32
+    depth: int = 4
+    padding: str = "same"
+    norm: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where batch, channel, y and x are in a package tensor (None: no such axis)."""
+
+    order: tuple[str, ...]  # the package's axis order, as "batch", "channel", "y", "x"
+
+    def to_package(self, x: np.ndarray) -> np.ndarray:
+        """(N, C, H, W) -> the package's axis order (N must be 1 without a batch axis, C 1 without channels)."""
+        canon = ["batch", "channel", "y", "x"]
+        for axis, kind in ((1, "channel"), (0, "batch")):
+            if kind not in self.order:
+                x = x.squeeze(axis)
+                canon.remove(kind)
+        return np.transpose(x, [canon.index(k) for k in self.order])
+
+    def from_package(self, x: np.ndarray) -> np.ndarray:
+        """The package's axis order -> (N, C, H, W)."""
+        present = [k for k in ("batch", "channel", "y", "x") if k in self.order]
+        x = np.transpose(x, [self.order.index(k) for k in present])
+        if "batch" not in self.order:
+            x = x[None]
+        if "channel" not in self.order:
+            x = x[:, None]
+        return x
+
+
+def _layout(tensor: Any, name: str, what: str) -> _Layout:
+    order: list[str] = []
+    space = 0
+    for axis in tensor.axes:
+        kind = axis.type
+        if kind == "space":
+            space += 1
+            order.append("y" if space == 1 else "x")
+        elif kind in ("batch", "channel"):
+            order.append(kind)
+        else:
+            raise ModelFileError(f"{name}: its {what} has a {kind} axis; napari-unet runs 2D models only.")
+    if space != 2:
+        raise ModelFileError(f"{name}: its {what} has {space} space axes; napari-unet runs 2D models only.")
+    return _Layout(tuple(order))
+
+
+def _space_axes(tensor: Any) -> list[Any]:
+    return [a for a in tensor.axes if a.type == "space"]
+
+
+def _input_rule(tensor: Any, name: str) -> tuple[int, int, int | None]:
+    """``(min, step, fixed)`` of the input's y and x sizes (``fixed``: the one size it takes)."""
+    from bioimageio.spec.model.v0_5 import ParameterizedSize
+
+    rules = set()
+    for axis in _space_axes(tensor):
+        size = axis.size
+        if isinstance(size, int):
+            rules.add((size, 1, size))
+        elif isinstance(size, ParameterizedSize):
+            rules.add((size.min, size.step, None))
+        else:
+            raise ModelFileError(f"{name}: its input's {axis.id} size ({type(size).__name__}) is not a size napari-unet "
+                                 "can tile (a fixed size or min + n * step).")
+    if len(rules) != 1:
+        raise ModelFileError(f"{name}: its input's y and x follow different size rules; napari-unet needs one rule.")
+    return rules.pop()
+
+
+def _output_geometry(output: Any, input_id: str, input_rule: tuple[int, int, int | None], name: str) -> tuple[int, int]:
+    """``(halo, offset)`` of the output's y and x: context to crop, and output size - input size."""
+    from bioimageio.spec.model.v0_5 import SizeReference
+
+    halos, offsets = set(), set()
+    for axis in _space_axes(output):
+        size = axis.size
+        if isinstance(size, SizeReference) and str(size.tensor_id) == input_id:
+            offset = int(size.offset)
+        elif isinstance(size, int) and input_rule[2] is not None:
+            offset = size - input_rule[2]
+        else:
+            raise ModelFileError(f"{name}: its output's {axis.id} size does not follow the input's, so it cannot be "
+                                 "tiled.")
+        if float(getattr(axis, "scale", 1.0)) != 1.0 or offset > 0 or offset % 2:
+            raise ModelFileError(f"{name}: its output is not on the input's pixel grid (scale or size offset).")
+        halos.add(int(getattr(axis, "halo", 0) or 0))
+        offsets.add(offset)
+    if len(halos) != 1 or len(offsets) != 1:
+        raise ModelFileError(f"{name}: its output's y and x have different halos or sizes.")
+    return halos.pop(), offsets.pop()
+
+
+def _representation(output: Any, name: str) -> tuple[str, str]:
+    """``(representation, mapping)``: how the output channels become napari-unet's classes."""
+    channel = next((a for a in output.axes if a.type == "channel"), None)
+    names = [str(n).lower() for n in channel.channel_names] if channel is not None else ["probability"]
+    data = getattr(output, "data", None)
+    value_range = getattr(data, "range", None)
+    if value_range is not None and ((value_range[0] is not None and value_range[0] < 0)
+                                    or (value_range[1] is not None and value_range[1] > 1)):
+        raise ModelFileError(f"{name}: its output ranges over {tuple(value_range)}, not probabilities in [0, 1].")
+    if len(names) == 1:
+        return "foreground-watershed", "probability"
+    if len(names) == 2 and names[0].startswith(("background", "bg")):
+        return "foreground", "classes"
+    if len(names) == 2 and "bound" in names[1]:
+        return "bg-interior-boundary", "foreground+boundary"
+    if len(names) == 3 and names[0].startswith(("background", "bg")) and "bound" in names[2]:
+        return "bg-interior-boundary", "classes"
+    raise ModelFileError(
+        f"{name}: its output has channels {', '.join(names)}; napari-unet needs a foreground probability "
+        "(1 channel), or foreground and boundaries (2)."
+    )
+
+
+def _weights_formats(descr: Any, name: str) -> list[str]:
+    present = [f for f, w in descr.weights if w is not None]
+    usable = [f for f in WEIGHT_FORMATS if f in present]
+    if not usable:
+        raise ModelFileError(
+            f"{name}: its weights are {', '.join(present) or 'missing'}; napari-unet runs onnx, torchscript "
+            "or pytorch_state_dict weights."
+        )
+    return usable
+
+
+def _packaged_network(descr: Any, name: str) -> tuple["PackagedNetwork", str, dict[str, Any]]:
+    """The network, its representation and the normalisation note for a SegmentationModel."""
+    if len(descr.inputs) != 1:
+        raise ModelFileError(f"{name}: the model takes {len(descr.inputs)} inputs; napari-unet gives it one image.")
+    if len(descr.outputs) != 1:
+        raise ModelFileError(f"{name}: the model gives {len(descr.outputs)} outputs; napari-unet reads one.")
+    inp, out = descr.inputs[0], descr.outputs[0]
+    in_layout, out_layout = _layout(inp, name, "input"), _layout(out, name, "output")
+    channel = next((a for a in inp.axes if a.type == "channel"), None)
+    n_in = len(channel.channel_names) if channel is not None else 1
+    if n_in != 1:
+        raise ModelFileError(f"{name}: the model takes {n_in} input channels; napari-unet gives it one (grey).")
+    batch = next((a for a in inp.axes if a.type == "batch"), None)
+    one_per_batch = batch is None or getattr(batch, "size", None) == 1
+    rule = _input_rule(inp, name)
+    halo, offset = _output_geometry(out, str(inp.id), rule, name)
+    representation, mapping = _representation(out, name)
+    formats = _weights_formats(descr, name)
+    from bioimageio.core.proc_setup import setup_pre_and_postprocessing
+
+    procs = setup_pre_and_postprocessing(descr, dataset_for_initial_statistics=[])
+    post = [op for op in procs.post]
+    if any(getattr(op, "required_measures", ()) for op in post):
+        raise ModelFileError(f"{name}: its postprocessing needs statistics of the whole output, which tiled "
+                             "prediction cannot give.")
+    net = PackagedNetwork(
+        descr, name, formats, in_layout, out_layout, rule, halo, offset, mapping,
+        n_classes=3 if representation == "bg-interior-boundary" else 2, one_per_batch=one_per_batch,
+        preprocessing=procs.pre, postprocessing=post,
+    )
+    return net, representation, {"kind": "bioimageio", "preprocessing": [p.id for p in inp.preprocessing]}
+
+
+class PackagedNetwork(nn.Module):
+    """The network of a BioImage.IO package, seen by prediction as a "same" U-Net.
+
+    ``prepare_plane`` applies the package's preprocessing to a whole plane; ``run_packaged``
+    runs a batch of tiles ((N, 1, h, w) float32, any h and w) through the package's weights and
+    postprocessing and returns napari-unet's class probabilities (N, n_classes, h, w): tiles are
+    mirror-padded to a size the package takes (and by the margin of networks whose output is
+    smaller than their input), and the output cropped back.
+    """
+
+    outputs_probabilities = True
+
+    def __init__(self, descr: Any, name: str, formats: list[str], in_layout: _Layout, out_layout: _Layout,
+                 rule: tuple[int, int, int | None], halo: int, offset: int, mapping: str, *, n_classes: int,
+                 one_per_batch: bool, preprocessing: list[Any], postprocessing: list[Any]) -> None:
+        super().__init__()
+        self.descr, self.package_name, self.formats = descr, name, formats
+        self.in_layout, self.out_layout = in_layout, out_layout
+        self.min_size, self.size_step, self.fixed_size = rule
+        self.margin_in = -offset // 2  # input pixels lost on each side
+        self.mapping = mapping
+        self.one_per_batch = one_per_batch
+        self._pre, self._post = preprocessing, postprocessing
+        self.input_id, self.output_id = str(descr.inputs[0].id), str(descr.outputs[0].id)
+        self.config = PackageGeometry(1, n_classes, 32, int(math.log2(self.divisor)) + 1)
+        own_halo = halo if halo > 0 else DEFAULT_PACKAGE_HALO
+        self.halo = int(math.ceil(own_halo / self.divisor) * self.divisor)
+        self.max_tile = self.fixed_size - 2 * self.margin_in if self.fixed_size is not None else None
+        self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)  # where the model "is" (device)
+        self._backends: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ geometry (as UNet)
+    @property
+    def divisor(self) -> int:
+        """Tile origins are multiples of this: the size step, or for a package of one fixed size the
+        largest power of two (up to 32) dividing it, so tiles keep the pooling grid of the image."""
+        if self.fixed_size is None:
+            return max(1, self.size_step)
+        return math.gcd(self.fixed_size, 32)
+
+    @property
+    def margin(self) -> int:
+        return 0  # the margin of "valid" packages is mirror-padded inside run_packaged
+
+    def valid_input_size(self, min_size: int) -> int:
+        return max(self.divisor, int(math.ceil(int(min_size) / self.divisor) * self.divisor))
+
+    def output_size(self, size: int) -> int:
+        return int(size)
+
+    def _package_size(self, size: int) -> int:
+        """Smallest size >= ``size`` the package takes."""
+        if self.fixed_size is not None:
+            if size > self.fixed_size:
+                raise ValueError(f"{self.package_name} takes tiles of {self.fixed_size} pixels only, got {size}.")
+            return self.fixed_size
+        if size <= self.min_size:
+            return self.min_size
+        return self.min_size + int(math.ceil((size - self.min_size) / self.size_step)) * self.size_step
+
+    # ------------------------------------------------------------------ engines
+    def packaged_engine(self, choice: Any) -> Any:
+        """The engine that runs this package, given what was asked (an ``EngineChoice``)."""
+        if choice.name == "onnx" and "onnx" in self.formats:
+            return choice
+        torch_formats = [f for f in self.formats if f != "onnx"]
+        if torch_formats:
+            reason = choice.reason or ("the package has no ONNX weights" if choice.name == "onnx" else "")
+            return choice.fall_back(reason) if choice.name == "onnx" else choice
+        return type(choice)("onnx", choice.requested, "")  # ONNX weights only: ONNX Runtime, on the CPU
+
+    def _backend(self, engine: str) -> tuple[str, Any]:
+        with self._lock:
+            kind = "onnx" if engine == "onnx" and "onnx" in self.formats else next(
+                (f for f in self.formats if f != "onnx"), "onnx")
+            if kind not in self._backends:
+                self._backends[kind] = self._load(kind)
+            return kind, self._backends[kind]
+
+    def _load(self, kind: str) -> Any:
+        weights = getattr(self.descr.weights, kind)
+        if kind == "onnx":
+            from .engine import _import_onnxruntime, _session_options
+
+            ort = _import_onnxruntime()
+            data = _package_bytes(weights.source, "onnx weights", self.package_name)
+            try:
+                return ort.InferenceSession(data, _session_options(ort), providers=["CPUExecutionProvider"])
+            except Exception as exc:  # onnxruntime's own exception classes
+                raise ModelFileError(f"{self.package_name}: ONNX Runtime cannot load its onnx weights "
+                                     f"({_one_line(exc)}).") from exc
+        device = self.anchor.device
+        if kind == "torchscript":
+            data = _package_bytes(weights.source, "torchscript weights", self.package_name)
+            try:
+                module = torch.jit.load(io.BytesIO(data), map_location=device)
+            except Exception as exc:
+                raise ModelFileError(f"{self.package_name}: its torchscript weights cannot be loaded "
+                                     f"({_one_line(exc)}).") from exc
+            return module.eval()
+        _package_bytes(weights.source, "pytorch_state_dict weights", self.package_name)  # local and present
+        from bioimageio.core.backends.pytorch_backend import load_torch_model
+
+        try:
+            module = load_torch_model(weights, load_state=True, devices=[str(device)])
+        except Exception as exc:  # the package's own code may raise anything
+            raise ModelFileError(f"{self.package_name}: its pytorch_state_dict weights cannot be loaded "
+                                 f"({_one_line(exc)}).") from exc
+        return module.eval()
+
+    # ------------------------------------------------------------------ processing
+    def _sample(self, member: str, array: np.ndarray, axes: Any) -> Any:
+        from bioimageio.core import Sample, Tensor
+
+        return Sample(members={member: Tensor.from_numpy(array, dims=[a.id for a in axes])}, stat={}, id=0)
+
+    def prepare_plane(self, plane: np.ndarray) -> np.ndarray:
+        """(H, W) or (H, W, 3) plane -> (1, H, W) float32 after the package's preprocessing
+        (colour averaged to grey first, as for napari-unet's own models)."""
+        from .preprocess import ImageError, as_channels_first
+
+        chw = as_channels_first(plane, 1)
+        if not np.isfinite(chw).all():
+            raise ImageError("The image holds NaN or infinite values; replace them (e.g. with 0) before segmenting.")
+        sample = self._sample(self.input_id, self.in_layout.to_package(chw[None]), self.descr.inputs[0].axes)
+        for op in self._pre:
+            op(sample)
+        data = np.asarray(sample.members[self.input_id].data.values, dtype=np.float32)
+        return np.ascontiguousarray(self.in_layout.from_package(data)[0])
+
+    def _postprocess(self, out: np.ndarray) -> np.ndarray:
+        if self._post:
+            sample = self._sample(self.output_id, out, self.descr.outputs[0].axes)
+            for op in self._post:
+                op(sample)
+            out = np.asarray(sample.members[self.output_id].data.values)
+        return self.out_layout.from_package(out).astype(np.float32, copy=False)
+
+    def _classes(self, out: np.ndarray) -> np.ndarray:
+        """(N, k, h, w) package output (probabilities) -> (N, n_classes, h, w) napari-unet classes."""
+        out = np.clip(out, 0.0, 1.0)
+        if self.mapping == "probability":
+            p = out[:, :1]
+            return np.concatenate([1.0 - p, p], axis=1)
+        if self.mapping == "foreground+boundary":
+            fg, boundary = out[:, :1], out[:, 1:2]
+            return np.concatenate([1.0 - fg, fg * (1.0 - boundary), fg * boundary], axis=1)
+        return out / np.maximum(out.sum(axis=1, keepdims=True), 1e-6)
+
+    def _run_one(self, kind: str, backend: Any, x: np.ndarray) -> np.ndarray:
+        x = self.in_layout.to_package(x)
+        if kind == "onnx":
+            name = backend.get_inputs()[0].name
+            try:
+                return backend.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+            except Exception as exc:
+                text = str(exc)
+                if "alloc" in text.lower() or "memory" in text.lower():
+                    raise RuntimeError(f"ONNX Runtime ran out of memory: {text.splitlines()[0]}") from exc
+                raise
+        with torch.inference_mode():
+            y = backend(torch.from_numpy(np.ascontiguousarray(x)).to(self.anchor.device))
+            if isinstance(y, (tuple, list)):
+                y = y[0]
+            return y.float().cpu().numpy()
+
+    def run_packaged(self, batch: np.ndarray, engine: str) -> np.ndarray:
+        """(N, 1, h, w) float32 tiles -> (N, n_classes, h, w) float32 class probabilities."""
+        kind, backend = self._backend(engine)
+        n, _c, h, w = batch.shape
+        m = self.margin_in
+        x = batch
+        if m:
+            x = np.pad(x, ((0, 0), (0, 0), (m, m), (m, m)), mode="reflect")
+        sy, sx = self._package_size(x.shape[2]), self._package_size(x.shape[3])
+        if (sy, sx) != x.shape[2:]:
+            mode = "reflect" if min(x.shape[2:]) > 1 and sy - x.shape[2] < x.shape[2] and sx - x.shape[3] < x.shape[3] \
+                else "symmetric"
+            x = np.pad(x, ((0, 0), (0, 0), (0, sy - x.shape[2]), (0, sx - x.shape[3])), mode=mode)
+        chunks = [x[i:i + 1] for i in range(n)] if self.one_per_batch else [x]
+        outs = [self._postprocess(self._run_one(kind, backend, chunk)) for chunk in chunks]
+        out = np.concatenate(outs, axis=0)[:, :, :h, :w]
+        return np.ascontiguousarray(self._classes(out), dtype=np.float32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities of a (N, 1, h, w) batch (torch in and out; see :meth:`run_packaged`)."""
+        return torch.from_numpy(self.run_packaged(x.detach().cpu().numpy(), "torch")).to(x.device)

@@ -1,0 +1,362 @@
+"""BioImage.IO model packages: export (valid, passes bioimageio.core's test_model), import of our
+own packages (identical labels, fine-tunable) and of the spec's example model, and one-line
+reasons for packages that cannot be used. Everything runs with the network switched off."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import yaml
+
+pytest.importorskip("bioimageio.core")
+
+from napari_unet.core.checkpoint import ModelFileError, SegmentationModel, read_model_file  # noqa: E402
+from napari_unet.core.model import UNet  # noqa: E402
+
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "dsb2018_fluorescence_nuclei.tif"
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    """Any attempt to reach the internet fails loudly (packages are read and tested offline)."""
+    real_connect = socket.socket.connect
+
+    def connect(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            raise OSError(f"network access during a BioImage.IO test: {address}")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+
+
+@pytest.fixture(scope="module")
+def shipped_package(tmp_path_factory) -> Path:
+    """The built-in model exported once for the module."""
+    from napari_unet.core.zoo_export import export_bioimageio
+
+    return export_bioimageio("nuclei", tmp_path_factory.mktemp("export") / "nuclei")
+
+
+@pytest.fixture(scope="module")
+def example_package(data_dir) -> Path:
+    path = data_dir / "bioimageio_unet2d_nuclei_broad"
+    if not (path / "bioimageio.yaml").is_file():
+        pytest.skip("the BioImage.IO example package is not in the shared data")
+    return path
+
+
+def _tiny_model(padding: str) -> SegmentationModel:
+    import torch
+
+    torch.manual_seed(0)
+    net = UNet(in_channels=1, n_classes=2, base_width=4, depth=3, padding=padding,
+               norm="batch" if padding == "same" else None).eval()
+    return SegmentationModel(net, "foreground", metadata={"name": f"tiny {padding}", "diameter": 12.0})
+
+
+# ---------------------------------------------------------------------- export
+def test_exported_package_is_valid_and_passes_test_model(shipped_package):
+    from bioimageio.core import test_model
+    from bioimageio.spec import load_model_description
+
+    assert shipped_package.name == "nuclei.zip"
+    assert not [p for p in shipped_package.parent.iterdir() if p.name.startswith(".")]  # no temporary files
+    descr = load_model_description(shipped_package, perform_io_checks=True)
+    assert descr.format_version.startswith("0.5")
+    assert {f for f, w in descr.weights if w is not None} == {"pytorch_state_dict", "torchscript", "onnx"}
+    assert [a.id for a in descr.inputs[0].axes] == ["batch", "channel", "y", "x"]
+    assert descr.inputs[0].axes[2].size.step == 8  # the network's size rule: multiples of 2**(depth-1)
+    assert descr.inputs[0].preprocessing[1].kwargs.max_percentile == 99.8
+    assert descr.outputs[0].axes[1].channel_names == ["background", "interior", "boundary"]
+    assert descr.outputs[0].axes[2].halo == 64
+    assert {str(c.doi) for c in descr.cite} == {"10.1007/978-3-319-24574-4_28", "10.1038/s41592-019-0612-7"}
+    own = descr.config.model_extra["napari-unet"]
+    assert own["diameter"] == pytest.approx(14.0) and own["unet_config"]["depth"] == 4
+    summary = test_model(shipped_package)
+    failed = [(d.name, [e.msg for e in d.errors]) for d in summary.details if d.status == "failed"]
+    assert summary.status == "passed", failed
+    assert sum("Reproduce test outputs" in d.name for d in summary.details) == 3  # every weight format
+
+
+def test_valid_padding_network_exports_and_passes_test_model(tmp_path):
+    from bioimageio.core import test_model
+    from bioimageio.spec import load_model_description
+
+    from napari_unet.core.zoo_export import export_bioimageio
+
+    model = _tiny_model("valid")
+    path = export_bioimageio(model, tmp_path / "valid.zip", authors=["A. Tester"])
+    descr = load_model_description(path, perform_io_checks=True)
+    offset = descr.outputs[0].axes[2].size.offset
+    assert offset == -2 * model.net.margin < 0
+    assert descr.authors[0].name == "A. Tester"
+    summary = test_model(path, weight_format="torchscript")
+    assert summary.status == "passed", [e.msg for d in summary.details for e in d.errors]
+
+
+def test_export_writes_atomically_and_refuses_bad_licence(tmp_path):
+    from napari_unet.core.zoo_export import export_bioimageio
+
+    target = tmp_path / "m.zip"
+    target.write_bytes(b"an earlier export")
+    with pytest.raises(ModelFileError, match="license"):
+        export_bioimageio(_tiny_model("same"), target, license="not-a-licence")
+    assert target.read_bytes() == b"an earlier export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.zip"]
+
+
+# ---------------------------------------------------------------------- our packages back
+def test_round_trip_gives_identical_labels(shipped_package):
+    from napari_unet.core import load_model, segment
+
+    original = load_model("nuclei", device="cpu")
+    imported = read_model_file(shipped_package)
+    assert isinstance(imported.net, UNet)
+    assert imported.net.config == original.net.config
+    assert imported.diameter == original.diameter and imported.postprocessing == original.postprocessing
+    image = tifffile.imread(SAMPLE)
+    expected = segment(original, image)
+    assert expected.max() > 20
+    np.testing.assert_array_equal(segment(imported, image), expected)
+
+
+def test_imported_own_package_fine_tunes_again(tmp_path, dsb_fluo_crop):
+    from napari_unet.core.train import run_finetune
+    from napari_unet.core.zoo_export import export_bioimageio
+
+    path = export_bioimageio(_tiny_model("same"), tmp_path / "tiny.zip")
+    imported = read_model_file(path)
+    image, labels = dsb_fluo_crop
+    tuned = run_finetune(imported, [image], [labels], steps=2, patch_size=64, batch_size=2, device="cpu",
+                         validate_every=None, validate_start=False)
+    assert isinstance(tuned.net, UNet)
+    assert tuned.metadata["name"].startswith("tiny same")
+    before = imported.net.state_dict()["head.weight"]
+    assert not np.allclose(tuned.net.state_dict()["head.weight"].numpy(), before.numpy())
+
+
+# ---------------------------------------------------------------------- the spec's example model
+def test_example_package_reproduces_its_test_output(example_package):
+    from bioimageio.spec import load_model_description
+
+    from napari_unet.core.zoo_import import PackagedNetwork
+
+    model = read_model_file(example_package)
+    assert isinstance(model.net, PackagedNetwork) and model.representation == "foreground-watershed"
+    descr = load_model_description(example_package, perform_io_checks=False)
+    tolerance = descr.config.bioimageio.reproducibility_tolerance
+    rel, abs_ = (tolerance[0].relative_tolerance, tolerance[0].absolute_tolerance) if tolerance else (1e-3, 1e-3)
+    x = np.load(example_package / "test_input.npy")[0, 0]
+    expected = np.load(example_package / "test_output.npy")[0, 0]
+    for engine in ("onnx", "torch"):
+        probs = model.net.run_packaged(model.prepare_plane(x)[None], engine)[0, 1]
+        np.testing.assert_allclose(probs, expected, rtol=rel, atol=abs_)
+
+
+def test_example_package_segments_nuclei_with_our_tiling(example_package, dsb_fluo_crop):
+    from napari_unet.core import segment
+    from napari_unet.core.metrics import average_precision
+
+    model = read_model_file(example_package)
+    image, truth = dsb_fluo_crop
+    for engine in ("onnx", "torch"):
+        labels = segment(model, image, engine=engine, diameter="native")
+        assert labels.shape == image.shape
+        assert average_precision(truth, labels, 0.5) > 0.5, engine
+
+
+def test_foreground_watershed_splits_touching_nuclei():
+    from napari_unet.core.instances import probabilities_to_labels
+
+    yy, xx = np.mgrid[:64, :96]
+    fg = ((yy - 32) ** 2 + (xx - 34) ** 2 < 15**2) | ((yy - 32) ** 2 + (xx - 60) ** 2 < 15**2)  # two touching discs
+    probs = np.stack([1.0 - fg, fg]).astype(np.float32)
+    assert probabilities_to_labels(probs, 0.5, 0, "foreground").max() == 1
+    split = probabilities_to_labels(probs, 0.5, 0, "foreground-watershed")
+    assert split.max() == 2 and split[32, 34] != split[32, 60] and (split > 0).sum() == fg.sum()
+
+
+def test_foreign_package_cannot_be_fine_tuned_or_saved(example_package, tmp_path, dsb_fluo_crop):
+    from napari_unet.core.checkpoint import save_model
+    from napari_unet.core.train import run_finetune
+
+    model = read_model_file(example_package)
+    with pytest.raises(ValueError, match="only napari-unet's own networks can be fine-tuned"):
+        run_finetune(model, [dsb_fluo_crop[0]], [dsb_fluo_crop[1]], steps=1)
+    with pytest.raises(ModelFileError, match="cannot be saved"):
+        save_model(model, tmp_path / "x.pt")
+    assert not (tmp_path / "x.pt").exists()
+
+
+# ---------------------------------------------------------------------- what cannot be used
+def _variant(example_package: Path, tmp_path: Path, change) -> Path:
+    folder = tmp_path / "variant"
+    shutil.copytree(example_package, folder)
+    for f in folder.iterdir():
+        f.chmod(0o644)
+    data = yaml.safe_load((folder / "bioimageio.yaml").read_text())
+    change(data, folder)
+    (folder / "bioimageio.yaml").write_text(yaml.safe_dump(data))
+    return folder
+
+
+def _add_z(data, _folder):
+    data["inputs"][0]["axes"].insert(2, {"type": "space", "id": "z", "size": 16})
+    data["outputs"][0]["axes"].insert(2, {"type": "space", "id": "z", "size": {"tensor_id": "raw", "axis_id": "z"}})
+
+
+def _two_inputs(data, _folder):
+    second = dict(data["inputs"][0], id="mask")
+    second["axes"] = [dict(a) for a in data["inputs"][0]["axes"]]
+    data["inputs"].append(second)
+
+
+def _three_channels(data, _folder):
+    data["inputs"][0]["axes"][1]["channel_names"] = ["r", "g", "b"]
+
+
+def _keras_only(data, folder):
+    (folder / "weights.h5").write_bytes(b"not really keras")
+    data["weights"] = {"keras_hdf5": {"source": "weights.h5", "tensorflow_version": "2.15"}}
+
+
+def _missing_files(_data, folder):
+    (folder / "weights.onnx").unlink()
+    (folder / "weights.pt").unlink()
+
+
+def _weights_on_the_web(data, _folder):
+    data["weights"] = {"torchscript": {"source": "https://example.com/weights.pt", "pytorch_version": "2.5"}}
+
+
+def _two_unknown_channels(data, _folder):
+    data["outputs"][0]["axes"][1]["channel_names"] = ["cells", "nuclei"]
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    (_add_z, "2D models only"),
+    (_two_inputs, "takes 2 inputs"),
+    (_three_channels, "3 input channels"),
+    (_keras_only, "its weights are keras_hdf5"),
+    (_missing_files, "lacks its"),
+    (_weights_on_the_web, "only on the web"),
+    (_two_unknown_channels, "needs a foreground probability"),
+])
+def test_unusable_packages_get_a_one_line_reason(example_package, tmp_path, change, reason):
+    from napari_unet.core import load_model
+
+    folder = _variant(example_package, tmp_path, change)
+    with pytest.raises(ModelFileError, match=reason) as info:
+        model = load_model(folder, device="cpu")
+        model.net.run_packaged(np.zeros((1, 1, 64, 64), np.float32), "onnx")  # weights are read at first use
+    assert "\n" not in str(info.value)
+
+
+def test_not_a_package_is_a_one_line_reason(tmp_path):
+    from napari_unet.core import load_model
+
+    junk = tmp_path / "junk.zip"
+    junk.write_bytes(b"not a zip")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "bioimageio.yaml").write_text("type: dataset\nname: x\n")
+    for source, reason in ((junk, "not a readable zip"), (empty, "not a valid BioImage.IO description|not a model"),
+                           (tmp_path / "gone.zip", "not found")):
+        with pytest.raises(ModelFileError, match=reason) as info:
+            load_model(source, device="cpu")
+        assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------------- command line
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env_code = ("import socket, sys; real = socket.socket.connect\n"
+                "def connect(self, address):\n"
+                "    if self.family in (socket.AF_INET, socket.AF_INET6): raise OSError('network used')\n"
+                "    return real(self, address)\n"
+                "socket.socket.connect = connect\n"
+                "from napari_unet.cli import main; sys.exit(main(sys.argv[1:]))")
+    return subprocess.run([sys.executable, "-c", env_code, *args], capture_output=True, text=True)
+
+
+def test_cli_exports_and_predicts_with_packages(tmp_path, example_package, dsb_fluo_crop):
+    from napari_unet.core.checkpoint import save_model
+
+    tiny = save_model(_tiny_model("same"), tmp_path / "tiny.pt")
+    result = _cli("export", str(tiny), str(tmp_path / "tiny-package.zip"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "tiny-package.zip").is_file()
+    image = tmp_path / "nuclei.tif"
+    tifffile.imwrite(image, dsb_fluo_crop[0])
+    result = _cli("predict", str(image), "--out", str(tmp_path / "masks"), "--model", str(example_package),
+                  "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert tifffile.imread(tmp_path / "masks" / "nuclei_masks.tif").max() > 5
+    bad = _cli("predict", str(image), "--out", str(tmp_path / "m2"), "--model", str(tmp_path / "tiny.pt.zip"))
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "not found" in bad.stderr
+
+
+def test_plugin_and_widgets_import_without_bioimageio():
+    code = ("import sys, napari_unet, napari_unet.core.predict, napari_unet.core.checkpoint, "
+            "napari_unet.widgets.segment, napari_unet.widgets.finetune, napari_unet.cli; "
+            "print([m for m in sys.modules if m.startswith('bioimageio')])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------------- widgets
+def test_segment_widget_runs_a_zoo_package(make_napari_viewer, qtbot, example_package, dsb_fluo_crop,
+                                           notifications):
+    from napari_unet.widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(dsb_fluo_crop[0], name="nuclei")
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    assert isinstance(w, SegmentWidget)
+    w.add_model_file(example_package / "bioimageio.yaml")  # the file inside: the folder is the package
+    assert w._model_combo.value == str(example_package)
+    assert any(label == "bioimageio_unet2d_nuclei_broad (BioImage.IO)" for label, _ in w._model_choices())
+    w.reset_choices()
+    w._image_combo.value = image
+    w._run_button.clicked.emit()
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+    masks = viewer.layers["nuclei masks"].data
+    assert masks.max() > 5, notifications
+
+
+def test_segment_widget_reports_an_unusable_package(make_napari_viewer, qtbot, tmp_path, example_package,
+                                                    notifications):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((64, 64), np.float32) + np.eye(64), name="x")
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    folder = _variant(example_package, tmp_path, _add_z)
+    w.add_model_file(folder)
+    w.reset_choices()
+    w._image_combo.value = image
+    w._run_button.clicked.emit()
+    qtbot.waitUntil(lambda: w._worker is None, timeout=60_000)
+    assert any("2D models only" in m for m in notifications)
+
+
+def test_manage_models_exports_a_package(make_napari_viewer, qtbot, tmp_path, notifications):
+    from napari_unet.core.checkpoint import save_model, user_model_path
+
+    save_model(_tiny_model("same"), user_model_path("mine"))
+    viewer = make_napari_viewer()
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
+    panel = w.models_panel
+    panel.refresh()
+    panel._manage_combo.value = "mine"
+    worker = panel.export_package(tmp_path / "mine.zip")
+    assert worker is not None and not panel._export_button.enabled
+    qtbot.waitUntil(lambda: panel._export_button.enabled, timeout=60_000)
+    assert any("as a BioImage.IO package" in m for m in notifications), notifications
+    assert isinstance(read_model_file(tmp_path / "mine.zip").net, UNet)
