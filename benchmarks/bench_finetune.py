@@ -81,14 +81,15 @@ def mean_ap(model, images, labels, device) -> float:
     return float(np.mean([average_precision(lab, segment(model, img, device=device)) for img, lab in zip(images, labels)]))
 
 
-def hitl(name: str, device, budget: float, frame: int, eval_every: int, seed: int, **train_kw) -> dict:
+def hitl(name: str, device, budget: float, frame: int, eval_every: int, seed: int, base_name: str | None = None,
+         **train_kw) -> dict:
     from napari_unet.core.checkpoint import load_model
     from napari_unet.core.train import run_finetune
 
     images, labels = load_timelapse(name)
     n = images.shape[0]
     others = [i for i in range(n) if i != frame][::eval_every]
-    base = load_model(None, device=device)
+    base = load_model(base_name, device=device)
     t = time.perf_counter()
     before = mean_ap(base, images[others], labels[others], device)
     t_eval = time.perf_counter() - t
@@ -100,6 +101,7 @@ def hitl(name: str, device, budget: float, frame: int, eval_every: int, seed: in
     meta = tuned.metadata
     return {
         "dataset": name,
+        "base": base.name,
         "frame": frame,
         "eval_frames": len(others),
         "shape": "x".join(map(str, images.shape[1:])),
@@ -131,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--budget", type=float, default=None, help="fine-tuning seconds (default 120 CPU, 30 GPU)")
     parser.add_argument("--datasets", nargs="+", default=["c2c12_timelapse", "ctc_sim_plus"])
+    parser.add_argument("--models", nargs="+", default=None,
+                        help="built-in base models to fine-tune (default: every built-in model)")
     parser.add_argument("--frame", type=int, default=0, help="frame whose ground truth is the correction")
     parser.add_argument("--eval-every", type=int, default=1, help="evaluate every k-th other frame")
     parser.add_argument("--seed", type=int, default=0)
@@ -149,11 +153,15 @@ def main(argv: list[str] | None = None) -> int:
     device = select_device(args.device)
     budget = args.budget or (30.0 if device.type == "cuda" else 120.0)
     machine = f"{describe_device(device)}, {platform.machine()}, torch {torch.__version__}"
-    base = load_model(None, device="cpu")
+    from napari_unet.core.catalog import list_models
+
+    models = args.models or [e.name for e in list_models() if e.builtin]
+    bases = [load_model(m, device="cpu") for m in models]
     lines = [
         f"Run {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} on {machine} "
-        f"(`python benchmarks/bench_finetune.py --device {args.device}`). Base model: `{base.name}` "
-        f"({base.metadata.get('steps', '?')} training steps, DSB val AP@0.5 {base.metadata.get('val_ap50', '?')}).",
+        f"(`python benchmarks/bench_finetune.py --device {args.device}`). Base models: "
+        + ", ".join(f"`{b.name}` ({b.metadata.get('steps', '?')} training steps, val AP@0.5 "
+                    f"{b.metadata.get('val_ap50', '?')})" for b in bases) + ".",
         "",
     ]
     if not args.skip_speed:
@@ -169,18 +177,20 @@ def main(argv: list[str] | None = None) -> int:
         f"(AdamW, patch {args.patch_size or 256}, batch {args.batch_size or 4}, validation on an edge band of that frame; "
         f"`--patch-size {args.patch_size or 256} --batch-size {args.batch_size or 4}`), AP@0.5 on the other frames:",
         "",
-        "| data | frame size | other frames | AP@0.5 before | AP@0.5 after | steps (kept) | kept by (held-out cells) "
-        "| fine-tune s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| data | base model | frame size | other frames | AP@0.5 before | AP@0.5 after | steps (kept) "
+        "| kept by (held-out cells) | fine-tune s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    train_kw = {k: v for k, v in (("patch_size", args.patch_size), ("batch_size", args.batch_size)) if v}
     for name in args.datasets:
-        train_kw = {k: v for k, v in (("patch_size", args.patch_size), ("batch_size", args.batch_size)) if v}
-        r = hitl(name, device, budget, args.frame, args.eval_every, args.seed, **train_kw)
-        print(f"{name}: AP@0.5 {r['before']:.3f} -> {r['after']:.3f} in {r['train_s']:.0f} s ({r['steps']} steps)")
-        lines.append(
-            f"| {name} | {r['shape']} | {r['eval_frames']} | {r['before']:.3f} | {r['after']:.3f} | "
-            f"{r['steps']} ({r['selected_step']}) | {r['kept_by']} ({r['val_objects']}) | {r['train_s']:.0f} |"
-        )
+        for model_name in models:
+            r = hitl(name, device, budget, args.frame, args.eval_every, args.seed, base_name=model_name, **train_kw)
+            print(f"{name} from {model_name}: AP@0.5 {r['before']:.3f} -> {r['after']:.3f} in {r['train_s']:.0f} s "
+                  f"({r['steps']} steps)")
+            lines.append(
+                f"| {name} | {r['base']} | {r['shape']} | {r['eval_frames']} | {r['before']:.3f} | {r['after']:.3f} | "
+                f"{r['steps']} ({r['selected_step']}) | {r['kept_by']} ({r['val_objects']}) | {r['train_s']:.0f} |"
+            )
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
