@@ -109,11 +109,10 @@ class _ProbabilityStore:
     """Sums of (foreground, interior) probabilities over the views: in memory for small
     volumes, else a float16 memory map in a temporary folder (removed by :meth:`close`)."""
 
-    def __init__(self, shape: tuple[int, int, int], workdir: str | None = None,
-                 in_memory_bytes: int = IN_MEMORY_PROBABILITIES) -> None:
+    def __init__(self, shape: tuple[int, int, int], workdir: str | None = None) -> None:
         self.folder: str | None = None
         full = (2, *shape)
-        if 4 * int(np.prod(full)) <= in_memory_bytes:
+        if 4 * int(np.prod(full)) <= IN_MEMORY_PROBABILITIES:
             self.data: np.ndarray = np.zeros(full, dtype=np.float32)
         else:
             self.folder = tempfile.mkdtemp(prefix="napari-unet-3d-", dir=workdir)
