@@ -528,5 +528,24 @@ def iter_segment_stack_3d(
     t_axis = axes.index("T")
     for t in range(shape[t_axis]):
         key = tuple(t if i == t_axis else slice(None) for i in range(len(shape)))
-        labels[key] = yield from iter_segment_volume(model, image[key], **kwargs)
+        yield from iter_segment_volume(model, image[key], out=_TimePoint(labels, t_axis, t), **kwargs)
     return labels
+
+
+class _TimePoint:
+    """One time point of a labels array as a (Z, Y, X) ``out``: blocks are written through."""
+
+    def __init__(self, array: Any, axis: int, t: int) -> None:
+        self.array, self.axis, self.t = array, axis, t
+        self.shape = tuple(s for i, s in enumerate(array.shape) if i != axis)
+
+    def _key(self, index: Any) -> tuple[Any, ...]:
+        index = list(index) if isinstance(index, tuple) else [index]
+        index += [slice(None)] * (len(self.shape) - len(index))
+        return tuple(index[: self.axis] + [self.t] + index[self.axis:])
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.array[self._key(index)]
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        self.array[self._key(index)] = value
