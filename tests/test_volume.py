@@ -171,3 +171,14 @@ def test_stop_ends_the_run_and_removes_the_temporary_probabilities(tiny_model_pa
     # and a whole run through the memory map works
     labels = segment_volume(model, image, diameter="native", workdir=str(work), threshold=0.3)
     assert labels.shape == image.shape and list(work.iterdir()) == []
+
+
+def test_seed_maxima_are_those_of_a_maximum_filter():
+    from napari_unet.core.volume_instances import _ellipsoid, _maxima
+
+    values = ndi.gaussian_filter(np.random.default_rng(0).random((30, 50, 60)), 2)
+    footprint = _ellipsoid([3.0, 5.0, 4.5])
+    expected = (values >= ndi.maximum_filter(values, footprint=footprint, mode="nearest")) & (values > 0.45)
+    found = _maxima(values, values > 0.45, footprint)
+    assert found.any()
+    np.testing.assert_array_equal(found, expected)

@@ -154,8 +154,7 @@ def iter_watershed_blocks(
         foreground = block[0] > threshold
         if foreground.any():
             smooth = ndi.gaussian_filter(block[1], sigma, mode="nearest", truncate=4.0)
-            peaks = (smooth >= ndi.maximum_filter(smooth, footprint=footprint, mode="nearest"))
-            peaks &= foreground & (smooth > SEED_FLOOR)
+            peaks = _maxima(smooth, foreground & (smooth > SEED_FLOOR), footprint)
             markers = _markers(peaks, ext, shape, margin, seed_ids)
             if markers.any():
                 result = watershed(-smooth, markers, mask=foreground, connectivity=1).astype(np.int32, copy=False)
@@ -177,6 +176,25 @@ def iter_watershed_blocks(
         labels[core] = lut[np.asarray(labels[core])]
         yield make((len(blocks) + k + 1) / n_steps, f"3D objects: numbering, block {k + 1}/{len(blocks)}")
     return labels
+
+
+def _maxima(values: np.ndarray, where: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+    """Voxels of ``where`` whose value is the largest within ``footprint`` around them.
+
+    The same as ``values >= maximum_filter(values, footprint=footprint)`` but in a fraction of
+    the time for large footprints: candidates are the 3x3x3 maxima, and only they are compared
+    with their whole neighbourhood.
+    """
+    candidates = where & (values >= ndi.maximum_filter(values, size=3, mode="nearest"))
+    peaks = np.zeros(values.shape, dtype=bool)
+    radius = [s // 2 for s in footprint.shape]
+    for c in np.argwhere(candidates):
+        lo = [max(0, ci - r) for ci, r in zip(c, radius)]
+        hi = [min(n, ci + r + 1) for ci, r, n in zip(c, radius, values.shape)]
+        window = values[tuple(slice(a, b) for a, b in zip(lo, hi))]
+        fp = footprint[tuple(slice(a - ci + r, b - ci + r) for a, b, ci, r in zip(lo, hi, c, radius))]
+        peaks[tuple(c)] = values[tuple(c)] >= window[fp].max()
+    return peaks
 
 
 def _markers(peaks: np.ndarray, ext: tuple[slice, ...], shape: tuple[int, ...], margin: np.ndarray,
