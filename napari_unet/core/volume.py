@@ -366,7 +366,7 @@ def _iter_3d(model, volume, spacing, diameter, orthogonal, threshold, min_size, 
             store.add((result.index[0],), result.probabilities, result.representation)
 
         yield from _forward(
-            iter_planes(model, volume, planes=_middle_first(nz), diameter=diameter, labels=False,
+            iter_planes(model, volume, rgb=False, planes=_middle_first(nz), diameter=diameter, labels=False,
                         threshold=threshold, min_size=min_size, should_stop=should_stop, to_model_diameter=True,
                         **engine_options),
             stages, "xy", "xy planes", add_xy)
@@ -391,7 +391,7 @@ def _iter_3d(model, volume, spacing, diameter, orthogonal, threshold, min_size, 
                     store.add(key, probs, result.representation)
 
                 yield from _forward(
-                    iter_planes(model, side, diameter=side_diameter, labels=False, threshold=threshold,
+                    iter_planes(model, side, rgb=False, diameter=side_diameter, labels=False, threshold=threshold,
                                 min_size=min_size, should_stop=should_stop, to_model_diameter=True,
                                 **engine_options),
                     stages, stage, f"{stage} planes", add_side)
@@ -436,7 +436,8 @@ def _iter_stitch(model, volume, diameter, threshold, min_size, should_stop, out,
     mid = nz // 2
     got: dict[int, Any] = {}
     yield from _forward(
-        iter_planes(model, volume, planes=[(mid,)], diameter=diameter, threshold=threshold, min_size=min_size,
+        iter_planes(model, volume, rgb=False, planes=[(mid,)], diameter=diameter, threshold=threshold,
+                    min_size=min_size,
                     should_stop=should_stop, **engine_options),
         stages, "middle", "xy planes", lambda r: got.__setitem__(r.index[0], r))
     first = got[mid]
@@ -456,7 +457,7 @@ def _iter_stitch(model, volume, diameter, threshold, min_size, should_stop, out,
 
     rest = [(i,) for i in range(nz) if i != mid]
     yield from _forward(
-        iter_planes(model, volume, planes=rest, diameter=rest_diameter, threshold=threshold,
+        iter_planes(model, volume, rgb=False, planes=rest, diameter=rest_diameter, threshold=threshold,
                     min_size=min_size, should_stop=should_stop, **engine_options),
         stages, "xy", "xy planes", take)
     return labels
