@@ -141,6 +141,7 @@ def segment_to_ome_zarr(
     overwrite: bool = False,
     show_progress: bool = False,
     engine: str | None = None,
+    objects_3d: dict[str, Any] | None = None,
 ) -> Path:
     """Segment a stack plane by plane with dask and write the labels to an OME-Zarr.
 
@@ -176,6 +177,12 @@ def segment_to_ome_zarr(
         Replace an existing ``out_path``.
     show_progress : bool
         Print a progress bar (local: dask's ProgressBar; distributed: its progress bar).
+    objects_3d : dict, optional
+        3D objects instead of planes: keyword arguments of
+        :func:`napari_unet.core.volume.iter_segment_volume` (``spacing``, ``mode``,
+        ``orthogonal``; ``{}`` for the defaults). ``axes`` (or the guess) must hold Z; each
+        (Z, Y, X) volume is segmented in this process, in blocks, and written to the OME-Zarr
+        block by block (memory stays bounded); ``scheduler`` is refused.
 
     Returns
     -------
@@ -191,6 +198,10 @@ def segment_to_ome_zarr(
         raise FileExistsError(f"{out_path} exists; remove it or pass overwrite=True (--overwrite).")
     layout = stack_layout(tuple(image.shape), rgb)
     n_lead = len(layout.lead_shape)
+    if objects_3d is not None:
+        return _volumes_to_ome_zarr(model, image, out_path, layout, axes, scale, objects_3d, scheduler,
+                                    dict(threshold=threshold, min_size=min_size, diameter=diameter,
+                                         tile_size=tile_size, device=device, engine=engine), show_progress)
     if not isinstance(image, da.Array):
         image = da.from_array(image, chunks=(1,) * n_lead + tuple(image.shape[n_lead:]), asarray=True)
     else:
@@ -220,6 +231,57 @@ def segment_to_ome_zarr(
         write_ome_zarr_labels_metadata(group, axes, scale, out_path.name.split(".")[0])
         store = da.store(labels, target, lock=False, compute=False)
         _compute(store, scheduler, show_progress, dask)
+        if out_path.exists():
+            shutil.rmtree(out_path)
+        os.replace(tmp, out_path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_path
+
+
+def _volumes_to_ome_zarr(model: SegmentationModel, image: Any, out_path: Path, layout: Any, axes: str | None,
+                         scale: Sequence[float] | None, objects_3d: dict[str, Any], scheduler: Any,
+                         options: dict[str, Any], show_progress: bool) -> Path:
+    """3D objects of every (Z, Y, X) volume of ``image``, written block by block to an OME-Zarr."""
+    import zarr
+
+    from napari_unet.core.events import Progress, run_to_end
+    from napari_unet.core.volume import iter_segment_stack_3d
+
+    if scheduler is not None:
+        raise ValueError("3D objects are computed in this process (whole volumes, in blocks): drop the scheduler.")
+    if layout.rgb:
+        raise ValueError("3D objects need a grey z-stack, not an RGB one.")
+    axes = (axes or guess_axes(image.shape)).upper()
+    if len(axes) != len(image.shape):
+        raise ValueError(f"axes {axes!r} has {len(axes)} letters but the image has {len(image.shape)} axes.")
+    if "Z" not in axes:
+        raise ValueError(f"3D objects need a Z axis, but the axes are {axes!r}.")
+    shape = tuple(int(s) for s in image.shape)
+    tmp = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        group = zarr.open_group(str(tmp), mode="w", zarr_format=2)
+        chunks = tuple(1 if a not in "ZYX" else (min(s, 64) if a == "Z" else min(s, 512)) for a, s in zip(axes, shape))
+        target = group.create_array("0", shape=shape, chunks=chunks, dtype=np.int32, fill_value=0)
+        write_ome_zarr_labels_metadata(group, axes, scale, out_path.name.split(".")[0])
+        bar = None
+        if show_progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=None, desc=out_path.name, unit="step", leave=False)
+
+        def show(event: Any) -> None:
+            if bar is not None and isinstance(event, Progress):
+                bar.total = event.total
+                bar.update(event.done - bar.n)
+
+        try:
+            run_to_end(iter_segment_stack_3d(model, image, axes, out=target, **objects_3d, **options), show)
+        finally:
+            if bar is not None:
+                bar.close()
         if out_path.exists():
             shutil.rmtree(out_path)
         os.replace(tmp, out_path)

@@ -54,6 +54,17 @@ def add_parser(subparsers: Any) -> None:
                    help="channel to segment in a multi-channel (non-RGB) stack")
     p.add_argument("--folder-as-stack", action="store_true",
                    help="read each folder of 2D images as one stack (one masks file) instead of image by image")
+    p.add_argument("--3d", dest="objects_3d", action="store_true",
+                   help="segment z-stacks into 3D objects (ids unique in each volume; needs a Z axis; time points "
+                        "stay apart)")
+    p.add_argument("--voxel-size", default=None, metavar="DZ,DY,DX",
+                   help="with --3d: voxel size (default: the file's; isotropic, with a warning, if it has none)")
+    p.add_argument("--3d-mode", dest="mode_3d", default="3d", choices=("3d", "stitch"),
+                   help="with --3d: '3d' (3D watershed, default) or 'stitch' (link plane objects by overlap, for "
+                        "very anisotropic stacks)")
+    p.add_argument("--orthogonal", default="auto", choices=("auto", "on", "off"),
+                   help="with --3d: also predict the yz and xz planes (default auto: when the voxels are within "
+                        "2x of isotropic)")
     p.add_argument("--dask", action="store_true", help="compute through dask, writing OME-Zarr")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="dask.distributed scheduler address (implies --dask)")
@@ -154,6 +165,9 @@ def run(args: argparse.Namespace) -> int:
             f"{min_tile_size(model.net)} pixels, or 0 for automatic"
         )
     _diameter(args.diameter, {"X": 1.0}, "--diameter")  # a bad value stops everything, before any work
+    args.voxel_size = _voxel_size(args.voxel_size)
+    if not args.objects_3d and (args.voxel_size is not None or args.mode_3d != "3d" or args.orthogonal != "auto"):
+        raise CLIError("--voxel-size, --3d-mode and --orthogonal go with --3d")
     out_dir.mkdir(parents=True, exist_ok=True)
     failed: list[Path] = []
     for path, target in zip(inputs, targets):
@@ -185,6 +199,37 @@ def _diameter(text: str, scale: dict[str, float], name: str) -> float | None:
         raise CLIError(f"{name}: {exc}") from None
 
 
+def _voxel_size(text: str | None) -> tuple[float, float, float] | None:
+    """``--voxel-size DZ,DY,DX`` as three positive numbers, or a one-line error."""
+    if text is None:
+        return None
+    from napari_unet.core.preprocess import ImageError
+    from napari_unet.core.volume import check_spacing
+
+    try:
+        values = [float(v) for v in str(text).replace(" ", "").split(",")]
+        return check_spacing(values)[0]
+    except (ValueError, ImageError):
+        raise CLIError(f"--voxel-size {text!r}: give three positive numbers DZ,DY,DX (e.g. 2,0.5,0.5)") from None
+
+
+def _options_3d(args: argparse.Namespace, axes: str, scale: dict[str, float], rgb: bool, name: str
+                ) -> dict[str, Any] | None:
+    """Keyword arguments of the 3D path for one input (None without --3d), or a one-line error."""
+    if not args.objects_3d:
+        return None
+    if rgb or "Z" not in axes:
+        raise CLIError(f"--3d needs a z-stack, but {name} has axes {axes} (no Z axis): segment it without --3d")
+    spacing = args.voxel_size
+    if spacing is None and "Z" in scale:
+        spacing = (scale["Z"], scale.get("Y", 1.0), scale.get("X", 1.0))
+    if spacing is None:
+        print(f"napari-unet: {name}: the file does not say its voxel size: isotropic voxels assumed "
+              "(give --voxel-size DZ,DY,DX)", file=sys.stderr)
+    orthogonal = {"auto": None, "on": True, "off": False}[args.orthogonal]
+    return {"spacing": spacing, "mode": args.mode_3d, "orthogonal": orthogonal}
+
+
 def _segment_one(model: Any, path: Path, target: Path, args: argparse.Namespace, use_dask: bool) -> None:
     """Segment one input into ``target``."""
     name = path.name
@@ -193,6 +238,7 @@ def _segment_one(model: Any, path: Path, target: Path, args: argparse.Namespace,
     rgb = axes.endswith("S")
     label_axes = axes[:-1] if rgb else axes
     diameter = _diameter(args.diameter, scale, name)
+    options_3d = _options_3d(args, label_axes, scale, rgb, name)
     if use_dask:
         from napari_unet.batch import segment_to_ome_zarr
 
@@ -200,25 +246,39 @@ def _segment_one(model: Any, path: Path, target: Path, args: argparse.Namespace,
             model, data, target, threshold=args.threshold, min_size=args.min_size, rgb=rgb, diameter=diameter,
             scheduler=args.scheduler, tile_size=args.tile, axes=label_axes,
             scale=[scale.get(a, 1.0) for a in label_axes], overwrite=args.overwrite,
-            show_progress=not args.no_progress, engine=args.engine,
+            show_progress=not args.no_progress, engine=args.engine, objects_3d=options_3d,
         )
     else:
-        labels = _segment_with_bar(model, data, rgb, diameter, args, name)
+        labels = _segment_with_bar(model, data, rgb, diameter, args, name, label_axes, options_3d)
         _write_tif(target, labels, label_axes, scale)
 
 
 def _segment_with_bar(model: Any, data: Any, rgb: bool, diameter: float | None, args: argparse.Namespace,
-                      name: str) -> Any:
+                      name: str, axes: str = "", options_3d: dict[str, Any] | None = None) -> Any:
     from tqdm import tqdm
 
-    from napari_unet.core.events import run_to_end
+    from napari_unet.core.events import Progress, run_to_end
     from napari_unet.core.predict import iter_segment
 
-    gen = iter_segment(model, data, threshold=args.threshold, min_size=args.min_size, rgb=rgb,
-                       diameter=diameter, tile_size=args.tile, engine=args.engine)
-    bar = tqdm(total=None, desc=name, unit="tile", disable=args.no_progress, file=sys.stderr, leave=False)
+    options = {"threshold": args.threshold, "min_size": args.min_size, "diameter": diameter,
+               "tile_size": args.tile, "engine": args.engine}
+    if options_3d is not None:
+        from napari_unet.core.volume import iter_segment_stack_3d
+
+        gen = iter_segment_stack_3d(model, data, axes, **options_3d, **options)
+    else:
+        gen = iter_segment(model, data, rgb=rgb, **options)
+    bar = tqdm(total=None, desc=name, unit="tile" if options_3d is None else "step", disable=args.no_progress,
+               file=sys.stderr, leave=False)
+    said: set[str] = set()
 
     def show(event: Any) -> None:
+        if not isinstance(event, Progress):  # a note of the 3D path (e.g. an assumed voxel size): once
+            message = getattr(event, "message", str(event))
+            if message not in said and "voxel size is unknown" not in message:  # that one is said above
+                said.add(message)
+                bar.write(f"napari-unet: {name}: {message}", file=sys.stderr)
+            return
         bar.total = event.total
         bar.update(event.done - bar.n)
 

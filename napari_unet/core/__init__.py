@@ -23,6 +23,8 @@ _LAZY = {
     "probabilities_to_labels": "predict",
     "iter_predict_probabilities": "predict",
     "iter_segment": "predict",
+    "iter_segment_volume": "volume",
+    "segment_volume": "volume",
     "PredictionStopped": "predict",
     "finetune": "train",
     "run_finetune": "train",

@@ -402,6 +402,7 @@ def iter_planes(
     min_size: int | None = None,
     labels: bool = True,
     should_stop: Callable[[], bool] | None = None,
+    to_model_diameter: bool = False,
     **engine_options: Any,
 ) -> Generator[Progress | PlaneResult, None, None]:
     """The one plane loop: read, rescale to the model's object size, predict and post-process planes.
@@ -438,6 +439,10 @@ def iter_planes(
         Post-process to instance labels (False: probabilities only).
     should_stop : callable, optional
         Checked between tiles; when it returns True, :class:`PredictionStopped` is raised.
+    to_model_diameter : bool
+        Rescale so that the diameter meets the model's own diameter, not just the nearest end
+        of the range of sizes it segments well (the planes of a z-stack cut every object at
+        all heights, so their typical cross-section is brought to the model's centre).
     **engine_options
         ``tile_size``, ``batch_size``, ``halo``, ``device``, ``precision``, ``channels_last``
         (see :func:`iter_predict_probabilities`).
@@ -457,7 +462,7 @@ def iter_planes(
     region, window, inner = plane_window(region, layout.plane_shape, context)
     window_shape = (window[0].stop - window[0].start, window[1].stop - window[1].start)
     runner = _PlaneRunner(_Engine(model, **engine_options), len(planes), should_stop)
-    sizing = _Sizing.choose(model, diameter, window_shape)
+    sizing = _Sizing.choose(model, diameter, window_shape, to_model_diameter)
     with _eval_mode(runner.engine.net):
         for k, idx in enumerate(planes):
             plane = read_plane(image, idx, window)
@@ -538,10 +543,13 @@ class _Sizing:
     search: Any = None  # a DiameterSearch until the first plane has been sized
 
     @classmethod
-    def choose(cls, model: SegmentationModel, diameter: float | str | None, plane_shape: tuple[int, int]) -> "_Sizing":
-        from .scale import DiameterSearch, check_diameter
+    def choose(cls, model: SegmentationModel, diameter: float | str | None, plane_shape: tuple[int, int],
+               to_model_diameter: bool = False) -> "_Sizing":
+        from .scale import DiameterSearch, ObjectSize, check_diameter
 
         own = model.object_size
+        if own is not None and to_model_diameter:
+            own = ObjectSize(own.diameter, own.diameter, own.diameter)
         word = diameter.strip().lower() if isinstance(diameter, str) else None
         if word == "native":
             return cls(own)
@@ -752,12 +760,29 @@ def predict_probabilities(model: SegmentationModel, image: Any, **kwargs: Any) -
     return run_to_end(iter_predict_probabilities(model, image, **kwargs))
 
 
-def segment(model: SegmentationModel, image: Any, **kwargs: Any) -> Any:
+def segment(model: SegmentationModel, image: Any, *, axes: str | None = None, **kwargs: Any) -> Any:
     """Instance labels; see :func:`iter_segment` for the arguments.
+
+    With ``axes`` naming a Z axis (``"ZYX"``, ``"TZYX"``), the objects are 3D: see
+    :func:`napari_unet.core.volume.iter_segment_volume` for the extra arguments (``spacing=(dz,
+    dy, dx)``, ``mode``, ``orthogonal``), e.g. ``segment(model, volume, axes="ZYX",
+    spacing=(2.0, 0.5, 0.5))``. Other ``axes`` (e.g. ``"TYX"``) segment plane by plane.
 
     Returns
     -------
     ndarray
-        int32 labels of the image's spatial shape: (H, W) or (*stack, H, W).
+        int32 labels of the image's spatial shape: (H, W) or (*stack, H, W); 3D: ids unique
+        per volume.
     """
+    if axes is not None and "Z" in str(axes).upper():
+        from .volume import iter_segment_stack_3d
+
+        if not hasattr(image, "shape"):
+            image = np.asarray(image)
+        return run_to_end(iter_segment_stack_3d(model, image, axes, **kwargs))
+    if axes is not None:
+        if not hasattr(image, "shape"):
+            image = np.asarray(image)
+        if len(str(axes)) != len(image.shape):
+            raise ImageError(f"axes {axes!r} must name each of the {len(image.shape)} axes of the image.")
     return run_to_end(iter_segment(model, image, **kwargs))

@@ -79,3 +79,36 @@ def move_past_corrected_slice(viewer: Any, image: Any, planes: list[tuple[int, .
         return ""
     show_plane(viewer, image, target)
     return f"{_sentence(format_plane(current))} is one you corrected: segmenting {format_plane(target)} instead."
+
+
+def write_plane(layer: Any, result: Any) -> None:
+    """Write a :class:`~napari_unet.core.predict.PlaneResult`'s labels into its plane of ``layer``
+    (a region's new ids start above the ids outside it)."""
+    plane = layer.data[result.index] if result.index else layer.data
+    rows, cols = result.region
+    full = (rows.start in (0, None) and cols.start in (0, None)
+            and (rows.stop is None or rows.stop >= plane.shape[0])
+            and (cols.stop is None or cols.stop >= plane.shape[1]))
+    labels = result.labels
+    if not full:
+        outside = plane.copy()
+        outside[rows, cols] = 0
+        offset = int(outside.max())
+        labels = np.where(labels > 0, labels + offset, 0).astype(plane.dtype)
+    plane[rows, cols] = labels
+    layer.refresh()
+
+
+def report_empty_planes(empty_planes: list[Any]) -> None:
+    """One warning for the planes of a run where nothing was found (constant ones first)."""
+    from ._base import notify_warning
+
+    constant = [e.index for e in empty_planes if e.constant]
+    others = [e.index for e in empty_planes if not e.constant]
+    if constant:
+        verb = "has" if len(constant) == 1 else "have"
+        notify_warning(f"{_sentence(_planes_text(constant))} {verb} a single value everywhere: nothing to "
+                       "segment there (masks left empty).")
+    if others:
+        notify_warning(f"No objects found in {_planes_text(others)}: try a lower threshold or another "
+                       "object diameter.")

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import napari
-import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -50,14 +49,15 @@ from ._base import (
 from ._corrections import format_plane
 from ._diameter import DiameterControls
 from ._masks import (
-    _planes_text,
-    _sentence,
     corrected_planes,
     masks_layer_for,
     masks_layer_name,
     move_past_corrected_slice,
+    report_empty_planes,
+    write_plane,
 )
 from ._napari_compat import unwrap_proxy
+from ._segment3d import ThreeDControls, VolumeResult, plan_3d_run, write_volume_result
 from ._segment_job import EmptyPlane, segment_planes
 from .correct import select_next_free_label
 
@@ -109,6 +109,7 @@ class SegmentWidget(Container):
         self._min_size = SpinBox(label="Min. size (px)", min=0, max=100_000, value=DEFAULT_MIN_SIZE,
                                  tooltip="Objects smaller than this are removed (pixels at the model's scale).")
         self._sizing = DiameterControls()
+        self._three_d = ThreeDControls(lambda: self._image_combo.value)
         self._diameter, self._diameter_used = self._sizing.field, self._sizing.used
         self._overwrite = CheckBox(text="Overwrite slices I corrected", value=False)
         self._run_button = PushButton(text="Segment")
@@ -119,7 +120,7 @@ class SegmentWidget(Container):
         wrap_text(self._status, self._diameter_used)
         self.extend([
             self._image_combo, self._channel_axis, self._model_combo, self._add_model_button,
-            self._scope, *self._sizing.widgets,
+            self._scope, *self._three_d.widgets, *self._sizing.widgets,
             self._threshold, self._min_size, self._overwrite,
             self._run_button, self._cancel_button, self._progress, self._status, self._device_label,
         ])
@@ -129,6 +130,7 @@ class SegmentWidget(Container):
         self._add_model_button.changed.connect(self._ask_model_file)
         self._sizing.from_label_button.changed.connect(self.diameter_from_selected_label)
         self._image_combo.changed.connect(lambda *_: self._channel_axis.reset_choices())
+        self._image_combo.changed.connect(lambda *_: self._three_d.refresh())
         self._threshold.changed.connect(self._rethreshold)
         self._min_size.changed.connect(self._rethreshold)
         self._model_combo.changed.connect(self._on_model_changed)
@@ -164,6 +166,7 @@ class SegmentWidget(Container):
 
     def reset_choices(self, *_args) -> None:
         super().reset_choices()
+        self._three_d.refresh()
 
     def _ask_model_file(self, *_args) -> None:
         from qtpy.QtWidgets import QFileDialog
@@ -265,6 +268,12 @@ class SegmentWidget(Container):
             diameter = self._sizing.chosen(image, plane_shape)  # checked before anything is written
             masks = self._masks_layer(image)
             scope = self._scope.value
+            if self._three_d.active:  # whole volumes: the field of view does not apply
+                generator, message = plan_3d_run(self, image, masks, diameter)
+                if generator is not None:
+                    self._last_layer_name, self._run_layers = masks.name, (image, masks)
+                    self._start(generator, message)
+                return
             planes = self._planes_for_scope(image, scope)
             region = visible_region(self._viewer, image, plane_shape) if scope == SCOPE_VIEW else (slice(None), slice(None))
         except ValueError as exc:
@@ -368,25 +377,16 @@ class SegmentWidget(Container):
             self._sizing.show(item)
         elif isinstance(item, EmptyPlane):
             self._empty_planes.append(item)
+        elif isinstance(item, VolumeResult) and not self._abandoned:
+            write_volume_result(self, item)
+        elif hasattr(item, "message"):  # a note of the 3D path (an assumed voxel size, ...)
+            notify_info(item.message)
 
     def _write_plane(self, result: PlaneResult) -> None:
         name = self._last_layer_name
         if name is None or name not in self._viewer.layers:
             return  # the user removed the masks layer meanwhile
-        layer = self._viewer.layers[name]
-        plane = layer.data[result.index] if result.index else layer.data
-        rows, cols = result.region
-        full = (rows.start in (0, None) and cols.start in (0, None)
-                and (rows.stop is None or rows.stop >= plane.shape[0])
-                and (cols.stop is None or cols.stop >= plane.shape[1]))
-        labels = result.labels
-        if not full:
-            outside = plane.copy()
-            outside[rows, cols] = 0
-            offset = int(outside.max())
-            labels = np.where(labels > 0, labels + offset, 0).astype(plane.dtype)
-        plane[rows, cols] = labels
-        layer.refresh()
+        write_plane(self._viewer.layers[name], result)
         self._remember(name, result)
 
     def kept_result(self, layer_name: str, index: tuple[int, ...]) -> PlaneResult | None:
@@ -428,18 +428,6 @@ class SegmentWidget(Container):
         self._worker.quit()
         self._status.value = f"Stopping: {self._abandoned}…"
 
-    def _report_empty_planes(self) -> None:
-        """One warning for the planes of this run where nothing was found (constant ones first)."""
-        constant = [e.index for e in self._empty_planes if e.constant]
-        others = [e.index for e in self._empty_planes if not e.constant]
-        if constant:
-            verb = "has" if len(constant) == 1 else "have"
-            notify_warning(f"{_sentence(_planes_text(constant))} {verb} a single value everywhere: nothing to "
-                           "segment there (masks left empty).")
-        if others:
-            notify_warning(f"No objects found in {_planes_text(others)}: try a lower threshold or another "
-                           "object diameter.")
-
     def _on_finished(self) -> None:
         took = time.perf_counter() - self._run_started
         if not qt_alive(self):  # the viewer was closed meanwhile
@@ -454,7 +442,7 @@ class SegmentWidget(Container):
         elif not self._failed:
             self._status.value = f"Done in {format_seconds(took)}"
         if not self._failed and not self._abandoned:
-            self._report_empty_planes()
+            report_empty_planes(self._empty_planes)
         self._run_layers = ()
         self.last_run_seconds = took
         if self._last_layer_name in self._viewer.layers:  # the brush must not reuse a model's id

@@ -1,0 +1,552 @@
+"""3D objects from a z-stack: the 2D network on planes, 3D instances honouring the voxel size.
+
+:func:`iter_segment_volume` turns a (Z, Y, X) volume into int32 labels whose ids are unique
+in the volume (one nucleus = one id over all the planes it spans). Two modes:
+
+``"3d"`` (default)
+    Every xy plane runs through core's plane loop (:func:`~napari_unet.core.predict.iter_planes`:
+    same tiling, engine and object-size rescaling as 2D). With orthogonal views on (default when
+    the voxels are within 2x of isotropic) the yz and xz planes run too, after z is resampled to
+    the xy pixel size, and the class probabilities of the views are averaged (as Cellpose does).
+    Instances come from a seeded 3D watershed (:mod:`napari_unet.core.volume_instances`) whose
+    smoothing and seed spacing are set in physical units from the object diameter.
+``"stitch"``
+    Per-plane 2D labels linked across z by overlap (IoU): for stacks too anisotropic for 3D.
+
+Any size: the probabilities of a large volume go to a temporary memory map (deleted at the
+end, also on error or cancel), and the watershed runs in overlapping blocks, so memory stays
+bounded by a block (see :data:`~napari_unet.core.volume_instances.BLOCK_VOXELS`); ``out`` (a
+memory map or zarr array) keeps the labels out of memory too.
+
+Progress and stop work as for 2D: the generator yields :class:`~napari_unet.core.events.Progress`
+(and :class:`VolumeNote` for what the user should know, e.g. an assumed voxel size), stops
+when closed or when ``should_stop()`` returns True, and *returns* the labels.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .checkpoint import SegmentationModel
+from .events import Progress, run_to_end
+from .preprocess import ImageError
+
+log = logging.getLogger(__name__)
+
+MODES = ("3d", "stitch")
+#: Orthogonal (yz, xz) views are on by default when dz / dx lies within this factor of 1.
+ORTHOGONAL_MAX_ANISOTROPY = 2.0
+#: Probability volumes larger than this (bytes, in memory as float32) go to a temporary memory map.
+IN_MEMORY_PROBABILITIES = 512 * 2**20
+#: Planes of a side view read from the volume at once: at most this many bytes.
+SIDE_SLAB_BYTES = 128 * 2**20
+#: Stitch mode: a plane's object continues an object of the plane above when their IoU is at least this.
+STITCH_IOU = 0.25
+
+__all__ = [
+    "MODES", "VolumeNote", "check_spacing", "iter_segment_stack_3d", "iter_segment_volume", "segment_volume",
+    "stitch_plane",
+]
+
+
+@dataclass(frozen=True)
+class VolumeNote:
+    """Something the user should know about a 3D run (yielded once, before the work)."""
+
+    message: str
+
+
+def check_spacing(spacing: Sequence[float] | None) -> tuple[tuple[float, float, float], bool]:
+    """``((dz, dy, dx), given)``: the voxel size as floats, isotropic (1, 1, 1) when None.
+
+    Raises :class:`ImageError` for anything but three positive finite numbers.
+    """
+    if spacing is None:
+        return (1.0, 1.0, 1.0), False
+    try:
+        values = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError):
+        raise ImageError(f"The voxel size must be three numbers (dz, dy, dx), got {spacing!r}.") from None
+    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ImageError(f"The voxel size must be three positive numbers (dz, dy, dx), got {spacing!r}.")
+    return values, True  # type: ignore[return-value]
+
+
+def _check_volume(volume: Any) -> Any:
+    if not hasattr(volume, "shape") or not hasattr(volume, "__getitem__"):
+        volume = np.asarray(volume)
+    shape = tuple(int(s) for s in volume.shape)
+    if len(shape) == 2:
+        raise ImageError(
+            f"3D objects need a z-stack (Z, Y, X), but this image is a single 2D plane {shape}: "
+            "segment it in 2D."
+        )
+    if len(shape) != 3:
+        raise ImageError(
+            f"3D objects need one grey (Z, Y, X) volume, got shape {shape}: choose one time point and "
+            "one channel first (RGB stacks are not segmented in 3D)."
+        )
+    if shape[0] < 2:
+        raise ImageError(
+            f"The z-stack has a single plane (shape {shape}): there is nothing to join in 3D; segment it in 2D."
+        )
+    if min(shape) < 1:
+        raise ImageError(f"The volume is empty (shape {shape}).")
+    return volume
+
+
+# --------------------------------------------------------------------- probability store
+class _ProbabilityStore:
+    """Sums of (foreground, interior) probabilities over the views: in memory for small
+    volumes, else a float16 memory map in a temporary folder (removed by :meth:`close`)."""
+
+    def __init__(self, shape: tuple[int, int, int], workdir: str | None = None) -> None:
+        self.folder: str | None = None
+        full = (2, *shape)
+        if 4 * int(np.prod(full)) <= IN_MEMORY_PROBABILITIES:
+            self.data: np.ndarray = np.zeros(full, dtype=np.float32)
+        else:
+            self.folder = tempfile.mkdtemp(prefix="napari-unet-3d-", dir=workdir)
+            self.data = np.lib.format.open_memmap(
+                f"{self.folder}/probabilities.npy", mode="w+", dtype=np.float16, shape=full)
+        self.views = 0
+
+    def add(self, key: tuple[Any, ...], probs: np.ndarray, representation: str) -> None:
+        """Add the (C, ...) class probabilities of one plane at ``key`` (index of a (Z, Y, X) volume)."""
+        fg, interior = _foreground_interior(probs, representation)
+        self.data[(0, *key)] += fg.astype(self.data.dtype, copy=False)
+        self.data[(1, *key)] += interior.astype(self.data.dtype, copy=False)
+
+    def close(self) -> None:
+        data, self.data = self.data, None  # type: ignore[assignment]
+        if isinstance(data, np.memmap):
+            data._mmap.close()  # type: ignore[attr-defined]
+        del data
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+
+
+def _foreground_interior(probs: np.ndarray, representation: str) -> tuple[np.ndarray, np.ndarray]:
+    """(foreground, interior) probability planes of (C, ...) class probabilities."""
+    if representation == "bg-interior-boundary":
+        return probs[1] + probs[2], probs[1]
+    return probs[1], probs[1]  # "foreground": the foreground is its own interior
+
+
+# --------------------------------------------------------------------- side views
+class _SidePlanes:
+    """The yz (``axis=2``) or xz (``axis=1``) planes of a (Z, Y, X) volume as a stack of 2D
+    planes (N, Z', W), z resampled by ``z_factor`` (dz / dx) to the xy pixel size.
+
+    Reads the volume in slabs of neighbouring planes (lazy arrays chunked by z plane are not
+    read once per side plane) and keeps one slab.
+    """
+
+    def __init__(self, volume: Any, axis: int, z_factor: float) -> None:
+        self.volume, self.axis, self.z_factor = volume, axis, z_factor
+        nz, ny, nx = (int(s) for s in volume.shape)
+        self.n = nx if axis == 2 else ny
+        self.width = ny if axis == 2 else nx
+        self.nz = nz
+        self.nz_resampled = max(1, int(round(nz * z_factor)))
+        self.shape = (self.n, self.nz_resampled, self.width)
+        self.dtype = volume.dtype
+        plane_bytes = nz * self.width * np.dtype(volume.dtype).itemsize
+        self.slab = max(1, min(self.n, SIDE_SLAB_BYTES // max(1, plane_bytes)))
+        self._cached: tuple[int, np.ndarray] | None = None
+
+    def _plane(self, i: int) -> np.ndarray:
+        start = (i // self.slab) * self.slab
+        if self._cached is None or self._cached[0] != start:
+            stop = min(self.n, start + self.slab)
+            key = (slice(None), slice(None), slice(start, stop)) if self.axis == 2 else (
+                slice(None), slice(start, stop), slice(None))
+            slab = _read(self.volume, key)
+            # planes first: (n, Z, W)
+            slab = np.moveaxis(slab, self.axis, 0)
+            self._cached = (start, slab)
+        plane = self._cached[1][i - start]
+        if self.nz_resampled != self.nz:
+            from skimage.transform import resize
+
+            plane = resize(plane.astype(np.float32), (self.nz_resampled, self.width), order=1,
+                           anti_aliasing=self.nz_resampled < self.nz, preserve_range=True).astype(np.float32)
+        return plane
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if not isinstance(key, tuple):
+            key = (key,)
+        plane = self._plane(int(key[0]))
+        return plane[key[1:]] if len(key) > 1 else plane
+
+    def back_to_volume(self, probs: np.ndarray) -> np.ndarray:
+        """(C, Z', W) probabilities of a side plane on the volume's own z grid (C, Z, W)."""
+        if self.nz_resampled == self.nz:
+            return probs
+        from .scale import resize_probabilities
+
+        # resize_probabilities works on (C, h, w) planes: z is h here
+        return resize_probabilities(probs, (self.nz, self.width))
+
+
+def _read(array: Any, key: tuple[slice, ...]) -> np.ndarray:
+    part = array[key]
+    if hasattr(part, "compute"):  # dask
+        part = part.compute()
+    return np.asarray(part)
+
+
+# --------------------------------------------------------------------- progress
+class _Stages:
+    """One progress bar over the stages of a 3D run, weighted by the voxels each handles."""
+
+    UNITS = 10_000
+
+    def __init__(self, weights: dict[str, float]) -> None:
+        total = sum(weights.values()) or 1.0
+        self.starts: dict[str, float] = {}
+        at = 0.0
+        for name, w in weights.items():
+            self.starts[name] = at
+            at += w / total
+        self.shares = {name: w / total for name, w in weights.items()}
+        self.start = time.perf_counter()
+
+    def event(self, stage: str, fraction: float, message: str, plane: int = 0) -> Progress:
+        done = self.starts[stage] + self.shares[stage] * min(max(fraction, 0.0), 1.0)
+        return Progress(done=int(round(done * self.UNITS)), total=self.UNITS, plane=plane,
+                        elapsed=time.perf_counter() - self.start, message=message)
+
+
+def _forward(planes_gen: Generator, stages: _Stages, stage: str, label: str,
+             on_result: Callable[[Any], None]) -> Generator[Progress, None, None]:
+    """Run :func:`iter_planes` to the end: progress re-scaled into the stage, results to ``on_result``."""
+    from .predict import PlaneResult
+
+    try:
+        for item in planes_gen:
+            if isinstance(item, PlaneResult):
+                on_result(item)
+            else:
+                yield stages.event(stage, item.fraction, f"{label}: {item.message}", item.plane)
+    finally:
+        planes_gen.close()
+
+
+# --------------------------------------------------------------------- public
+def iter_segment_volume(
+    model: SegmentationModel,
+    volume: Any,
+    *,
+    spacing: Sequence[float] | None = None,
+    diameter: float | str | None = "auto",
+    mode: str = "3d",
+    orthogonal: bool | None = None,
+    threshold: float | None = None,
+    min_size: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    out: Any = None,
+    workdir: str | None = None,
+    block_voxels: int | None = None,
+    **engine_options: Any,
+) -> Generator[Progress | VolumeNote, None, Any]:
+    """3D instance labels of a (Z, Y, X) volume (generator).
+
+    Parameters
+    ----------
+    model : SegmentationModel
+        A 2D model (e.g. :func:`~napari_unet.core.load_model`'s built-in one).
+    volume : array-like
+        (Z, Y, X) grey values, Z >= 2; lazy arrays (memory map, zarr, dask) are read plane by
+        plane (side views: in slabs).
+    spacing : (dz, dy, dx), optional
+        Voxel size (any one unit). None: isotropic voxels are assumed, and a :class:`VolumeNote`
+        says so.
+    diameter : float, "auto", None or "native"
+        Object diameter in xy pixels (as for 2D, see :func:`~napari_unet.core.predict.iter_planes`);
+        "auto" estimates it on the middle plane and keeps it for every view.
+    mode : {"3d", "stitch"}
+        "3d": seeded 3D watershed on the (averaged) probabilities; "stitch": per-plane labels
+        linked across z by IoU (for very anisotropic stacks).
+    orthogonal : bool, optional
+        Also run the yz and xz planes (z resampled to the xy pixel size) and average the views
+        ("3d" mode). Default: on when dz / dx is within 2x of 1 and the stack is deep enough.
+    threshold, min_size : optional
+        Post-processing; None = the model's own. ``min_size`` (pixels of a 2D object at the
+        model's scale) becomes the volume of a ball of that cross-section.
+    should_stop : callable, optional
+        Checked between tiles and blocks; when it returns True,
+        :class:`~napari_unet.core.predict.PredictionStopped` is raised.
+    out : array-like, optional
+        (Z, Y, X) int32 array to write the labels to (memory map, zarr).
+    workdir : str, optional
+        Folder for the temporary probability memory map of large volumes (default: the system's).
+    block_voxels : int, optional
+        Voxels per watershed block, halo included (default
+        :data:`~napari_unet.core.volume_instances.BLOCK_VOXELS`).
+    **engine_options
+        ``tile_size``, ``batch_size``, ``device``, ``precision``, ``engine``... as for 2D.
+
+    Yields
+    ------
+    Progress or VolumeNote
+        Progress over the whole run (network passes and post-processing), notes first.
+
+    Returns
+    -------
+    ndarray
+        (Z, Y, X) int32 labels numbered 1..N over the volume; ``out`` if given.
+
+    Raises
+    ------
+    ImageError
+        Not a (Z, Y, X) volume, a single z plane, a bad voxel size, or a bad ``mode``.
+    """
+    from .instances import _check_args
+    from .predict import _prepare
+
+    if mode not in MODES:
+        raise ImageError(f"mode must be one of {', '.join(MODES)}, got {mode!r}.")
+    volume = _check_volume(volume)
+    _prepare(model, volume, False)  # the model is a model, the planes are planes
+    spacing_t, given = check_spacing(spacing)
+    threshold, min_size = _check_args(*model.resolve_postprocessing(threshold, min_size))
+    shape = tuple(int(s) for s in volume.shape)
+    if out is not None and tuple(out.shape) != shape:
+        raise ValueError(f"out has shape {tuple(out.shape)}, expected {shape}.")
+    if not given:
+        yield VolumeNote("The voxel size is unknown: isotropic voxels (dz = dy = dx) were assumed; give the "
+                         "voxel size (z, y, x) if the planes are further apart than the pixels.")
+    dz, _dy, dx = spacing_t
+    anisotropy = dz / dx
+    if mode == "stitch":
+        return (yield from _iter_stitch(model, volume, diameter, threshold, min_size, should_stop, out,
+                                        engine_options))
+    if orthogonal is None:
+        orthogonal = 1 / ORTHOGONAL_MAX_ANISOTROPY <= anisotropy <= ORTHOGONAL_MAX_ANISOTROPY
+        if not orthogonal:
+            yield VolumeNote(f"The z planes are {anisotropy:.3g}x the pixel size apart: only xy planes are "
+                             "predicted (no yz / xz views); try stitching if the objects come out wrong.")
+    return (yield from _iter_3d(model, volume, spacing_t, diameter, bool(orthogonal), threshold, min_size,
+                                should_stop, out, workdir, block_voxels, engine_options))
+
+
+def _middle_first(n: int) -> list[tuple[int]]:
+    """Plane order that starts with the middle plane (the object size is estimated on it)."""
+    mid = n // 2
+    return [(mid,)] + [(i,) for i in range(n) if i != mid]
+
+
+def _iter_3d(model, volume, spacing, diameter, orthogonal, threshold, min_size, should_stop, out, workdir,
+             block_voxels, engine_options) -> Generator[Progress | VolumeNote, None, Any]:
+    from .predict import iter_planes
+    from .volume_instances import iter_watershed_blocks
+
+    nz, ny, nx = (int(s) for s in volume.shape)
+    z_factor = spacing[0] / spacing[2]
+    nzr = max(1, int(round(nz * z_factor)))
+    weights = {"xy": nz * ny * nx, "yz": nx * nzr * ny if orthogonal else 0.0,
+               "xz": ny * nzr * nx if orthogonal else 0.0, "post": 0.3 * nz * ny * nx}
+    stages = _Stages(weights)
+    store = _ProbabilityStore((nz, ny, nx), workdir)
+    found: dict[str, Any] = {}
+    try:
+        def add_xy(result) -> None:
+            found.setdefault("first", result)
+            store.add((result.index[0],), result.probabilities, result.representation)
+
+        yield from _forward(
+            iter_planes(model, volume, rgb=False, planes=_middle_first(nz), diameter=diameter, labels=False,
+                        threshold=threshold, min_size=min_size, should_stop=should_stop, to_model_diameter=True,
+                        **engine_options),
+            stages, "xy", "xy planes", add_xy)
+        store.views += 1
+        first = found["first"]
+        xy_diameter = first.diameter
+        if first.note:
+            yield VolumeNote(f"Object diameter: {first.note}.")
+        side_diameter: float | str = xy_diameter if xy_diameter else "native"
+        if orthogonal and xy_diameter and nzr < 2 * xy_diameter:
+            yield VolumeNote(f"The stack is only {nzr} px deep (at the xy pixel size), less than two objects "
+                             f"of {xy_diameter:.3g} px: only xy planes are predicted (no yz / xz views).")
+            orthogonal = False
+        if orthogonal:
+            for axis, stage in ((2, "yz"), (1, "xz")):
+                side = _SidePlanes(volume, axis, z_factor)
+
+                def add_side(result, side=side, axis=axis) -> None:
+                    probs = side.back_to_volume(result.probabilities)
+                    i = result.index[0]
+                    key = (slice(None), slice(None), i) if axis == 2 else (slice(None), i, slice(None))
+                    store.add(key, probs, result.representation)
+
+                yield from _forward(
+                    iter_planes(model, side, rgb=False, diameter=side_diameter, labels=False, threshold=threshold,
+                                min_size=min_size, should_stop=should_stop, to_model_diameter=True,
+                                **engine_options),
+                    stages, stage, f"{stage} planes", add_side)
+                store.views += 1
+        scale = first.scale
+        object_diameter = xy_diameter if xy_diameter else (model.diameter or _fallback_diameter(ny, nx))
+        labels = yield from iter_watershed_blocks(
+            store.data, store.views, spacing, object_diameter, threshold, _min_volume(min_size, scale, spacing),
+            out=out, should_stop=should_stop, block_voxels=block_voxels,
+            progress=lambda f, msg: stages.event("post", f, msg))
+        return labels
+    finally:
+        store.close()
+
+
+def _fallback_diameter(ny: int, nx: int) -> float:
+    """An object diameter when neither the image nor the model tells one (pixels)."""
+    return float(max(4.0, min(ny, nx) / 16))
+
+
+def _min_volume(min_size: int, scale: float, spacing: Sequence[float]) -> int:
+    """Voxels of a ball whose cross-section is ``min_size`` pixels at the model's scale."""
+    if not min_size:
+        return 0
+    dz, dy, dx = spacing
+    diameter_px = 2.0 * math.sqrt(min_size / math.pi) / scale  # image pixels (xy)
+    d = diameter_px * dx  # physical
+    return int(round(math.pi / 6 * d**3 / (dz * dy * dx)))
+
+
+# --------------------------------------------------------------------- stitch mode
+def _iter_stitch(model, volume, diameter, threshold, min_size, should_stop, out,
+                 engine_options) -> Generator[Progress | VolumeNote, None, Any]:
+    """Per-plane labels, each object joined to the object of the plane above it overlaps most
+    (IoU >= :data:`STITCH_IOU`, one to one), ids unique in the volume."""
+    from .predict import iter_planes
+
+    nz, ny, nx = (int(s) for s in volume.shape)
+    labels = np.zeros((nz, ny, nx), dtype=np.int32) if out is None else out
+    stages = _Stages({"middle": 1.0, "xy": nz - 1.0})
+    # the middle plane first, alone: it tells the object size for the others
+    mid = nz // 2
+    got: dict[int, Any] = {}
+    yield from _forward(
+        iter_planes(model, volume, rgb=False, planes=[(mid,)], diameter=diameter, threshold=threshold,
+                    min_size=min_size,
+                    should_stop=should_stop, **engine_options),
+        stages, "middle", "xy planes", lambda r: got.__setitem__(r.index[0], r))
+    first = got[mid]
+    if first.note:
+        yield VolumeNote(f"Object diameter: {first.note}.")
+    rest_diameter: float | str = first.diameter if first.diameter else "native"
+    state: dict[str, Any] = {"z": 0, "above": None, "next_id": 1}
+
+    def take(result: Any) -> None:
+        """Keep a plane's result; link the planes that are next in z order (the middle came first)."""
+        got[result.index[0]] = result
+        while state["z"] in got:
+            plane, state["next_id"] = stitch_plane(got.pop(state["z"]).labels, state["above"], state["next_id"])
+            labels[state["z"]] = plane
+            state["above"] = plane
+            state["z"] += 1
+
+    rest = [(i,) for i in range(nz) if i != mid]
+    yield from _forward(
+        iter_planes(model, volume, rgb=False, planes=rest, diameter=rest_diameter, threshold=threshold,
+                    min_size=min_size, should_stop=should_stop, **engine_options),
+        stages, "xy", "xy planes", take)
+    return labels
+
+
+def stitch_plane(plane: np.ndarray, above: np.ndarray | None, next_id: int) -> tuple[np.ndarray, int]:
+    """Relabel one plane's 2D objects: an object whose IoU with an object of ``above`` (the
+    previous plane, already relabelled) is at least :data:`STITCH_IOU` takes its id (one to
+    one, largest IoU first), the others new ids from ``next_id``. Returns (plane, next free id)."""
+    plane = np.asarray(plane)
+    n = int(plane.max()) if plane.size else 0
+    if n == 0:
+        return np.zeros(plane.shape, dtype=np.int32), next_id
+    lut = np.zeros(n + 1, dtype=np.int64)
+    if above is not None and above.any():
+        ids_above, inverse = np.unique(above, return_inverse=True)
+        inverse = inverse.reshape(above.shape)
+        m = ids_above.size
+        overlap = np.bincount(plane.ravel().astype(np.int64) * m + inverse.ravel(),
+                              minlength=(n + 1) * m).reshape(n + 1, m)
+        area_plane = np.bincount(plane.ravel(), minlength=n + 1)
+        area_above = np.bincount(inverse.ravel(), minlength=m)
+        union = area_plane[:, None] + area_above[None, :] - overlap
+        iou = np.where(union > 0, overlap / np.maximum(union, 1), 0.0)
+        iou[0, :] = 0
+        iou[:, ids_above == 0] = 0
+        rows, cols = np.nonzero(iou >= STITCH_IOU)
+        order = np.argsort(-iou[rows, cols], kind="stable")
+        used_rows, used_cols = set(), set()
+        for k in order:
+            r, c = int(rows[k]), int(cols[k])
+            if r in used_rows or c in used_cols:
+                continue
+            used_rows.add(r)
+            used_cols.add(c)
+            lut[r] = ids_above[c]
+    present = np.bincount(plane.ravel(), minlength=n + 1) > 0
+    fresh = np.flatnonzero(present & (lut == 0))
+    fresh = fresh[fresh > 0]
+    lut[fresh] = np.arange(next_id, next_id + fresh.size)
+    return lut[plane].astype(np.int32), next_id + int(fresh.size)
+
+
+def segment_volume(model: SegmentationModel, volume: Any, **kwargs: Any) -> Any:
+    """3D instance labels; see :func:`iter_segment_volume` for the arguments."""
+    return run_to_end(iter_segment_volume(model, volume, **kwargs))
+
+
+def iter_segment_stack_3d(
+    model: SegmentationModel, image: Any, axes: str, *, out: Any = None, **kwargs: Any
+) -> Generator[Progress | VolumeNote, None, Any]:
+    """3D labels of an image whose axes are named (``"ZYX"``, ``"TZYX"``, ``"ZTYX"``...): every
+    time point is one volume (ids unique per volume). Returns labels of the image's shape."""
+    axes = str(axes).strip().upper()
+    shape = tuple(int(s) for s in image.shape)
+    if len(axes) != len(shape) or len(set(axes)) != len(axes):
+        raise ImageError(f"axes {axes!r} must name each of the {len(shape)} axes of the image (shape {shape}) once.")
+    if "Z" not in axes:
+        raise ImageError(f"3D objects need a Z axis, but the axes are {axes!r}: segment the planes in 2D.")
+    extra = sorted(set(axes) - set("TZYX"))
+    if extra or not axes.endswith("YX"):
+        raise ImageError(
+            f"3D objects need axes made of T, Z, Y, X with Y and X last, got {axes!r} (choose one channel first)."
+        )
+    if "T" not in axes:
+        return (yield from iter_segment_volume(model, image, out=out, **kwargs))
+    # "TZYX" or "ZTYX": without T, a (Z, Y, X) volume
+    labels = np.zeros(shape, dtype=np.int32) if out is None else out
+    t_axis = axes.index("T")
+    for t in range(shape[t_axis]):
+        key = tuple(t if i == t_axis else slice(None) for i in range(len(shape)))
+        yield from iter_segment_volume(model, image[key], out=_TimePoint(labels, t_axis, t), **kwargs)
+    return labels
+
+
+class _TimePoint:
+    """One time point of a labels array as a (Z, Y, X) ``out``: blocks are written through."""
+
+    def __init__(self, array: Any, axis: int, t: int) -> None:
+        self.array, self.axis, self.t = array, axis, t
+        self.shape = tuple(s for i, s in enumerate(array.shape) if i != axis)
+
+    def _key(self, index: Any) -> tuple[Any, ...]:
+        index = list(index) if isinstance(index, tuple) else [index]
+        index += [slice(None)] * (len(self.shape) - len(index))
+        return tuple(index[: self.axis] + [self.t] + index[self.axis:])
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.array[self._key(index)]
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        self.array[self._key(index)] = value

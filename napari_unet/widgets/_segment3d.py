@@ -1,0 +1,212 @@
+"""The Segment widget's "3D objects" controls and worker body.
+
+A z-stack can be segmented into 3D objects (core's :func:`~napari_unet.core.volume.iter_segment_volume`):
+one id per nucleus over all the planes it spans. The Z axis comes from the layer's axis labels
+(the reader names them from the file), else the user picks it; the voxel size from the layer's
+scale (else isotropic voxels are assumed, and a notification says so). Other stack axes (time)
+stay apart: each of their indices is one volume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Generator
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox
+
+from ._base import spatial_ndim
+
+__all__ = ["ThreeDControls", "VolumeResult", "segment_volumes", "write_volume"]
+
+
+def z_axis_of(layer: Any) -> int | None:
+    """The index of the layer's Z axis among its stack axes, when its axis labels say (else None)."""
+    n_lead = layer.ndim - spatial_ndim(layer)
+    labels = [str(a).lower() for a in (getattr(layer, "axis_labels", None) or ())][:n_lead]
+    if "z" in labels:
+        return labels.index("z")
+    axes = ((getattr(layer, "metadata", None) or {}).get("napari_unet") or {}).get("layer_axes")
+    if isinstance(axes, str) and len(axes) == layer.ndim and "Z" in axes[:n_lead]:
+        return axes.index("Z")
+    return None
+
+
+class ThreeDControls:
+    """"3D objects" check box and "Z axis" choice (shown for images with stack axes)."""
+
+    def __init__(self, image_getter: Any) -> None:
+        self._image = image_getter
+        self.enabled = CheckBox(
+            text="3D objects", value=False,
+            tooltip="Join the planes of a z-stack into 3D objects (one id per cell over the planes it spans). "
+                    "Time points stay apart. Uses the layer's scale as the voxel size.",
+        )
+        self.z_axis = ComboBox(label="Z axis", choices=self._choices, visible=False,
+                               tooltip="The stack axis that is depth (z).")
+        self.available = False  # the image shown has stack axes and is grey
+        self.enabled.changed.connect(self._on_toggled)
+
+    @property
+    def widgets(self) -> list[Any]:
+        return [self.enabled, self.z_axis]
+
+    def _choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        layer = self._image()
+        if layer is None or getattr(layer, "rgb", False):
+            return []
+        n_lead = layer.ndim - spatial_ndim(layer)
+        labels = list(getattr(layer, "axis_labels", None) or [])
+        return [(f"axis {i} ({labels[i] if i < len(labels) else '?'}, size {layer.data.shape[i]})", i)
+                for i in range(n_lead)]
+
+    def refresh(self) -> None:
+        """Offer the option only for grey images with stack axes; pick the Z axis the layer names."""
+        layer = self._image()
+        usable = layer is not None and not getattr(layer, "rgb", False) and layer.ndim > 2
+        self.available = usable
+        self.enabled.visible = usable
+        if not usable:
+            self.enabled.value = False
+        self.z_axis.reset_choices()
+        if usable:
+            found = z_axis_of(layer)
+            choices = [value for _label, value in self._choices()]
+            value = found if found is not None else (choices[-1] if choices else None)
+            if value is not None:
+                self.z_axis.value = value
+        self.z_axis.visible = bool(self.enabled.value and usable)
+
+    def _on_toggled(self, *_args: Any) -> None:
+        self.z_axis.visible = bool(self.enabled.value)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.enabled.value and self.available)
+
+
+def voxel_size(layer: Any, z_axis: int) -> tuple[float, float, float] | None:
+    """(dz, dy, dx) from the layer's scale, None when it holds no calibration (all ones)."""
+    scale = [float(s) for s in layer.scale]
+    spacing = (scale[z_axis], scale[-2], scale[-1])
+    return None if all(s == 1.0 for s in spacing) else spacing
+
+
+def volume_indices(shape: tuple[int, ...], z_axis: int, current: tuple[int, ...], whole_stack: bool,
+                   channel_axis: int | None) -> list[tuple[Any, ...]]:
+    """Indices (along the stack axes, ``slice(None)`` at Z) of the volumes to segment: the one
+    shown, or every one of the stack (the channel shown kept)."""
+    import itertools
+
+    ranges: list[Any] = []
+    for axis, size in enumerate(shape):
+        if axis == z_axis:
+            ranges.append([slice(None)])
+        elif whole_stack and axis != channel_axis:
+            ranges.append(range(size))
+        else:
+            ranges.append([current[axis]])
+    return [tuple(i) for i in itertools.product(*ranges)]
+
+
+@dataclasses.dataclass(frozen=True)
+class VolumeResult:
+    """Yielded by :func:`segment_volumes` when a volume is done."""
+
+    index: tuple[Any, ...]  # along the stack axes, slice(None) at Z
+    labels: np.ndarray  # (Z, Y, X) int32, ids unique in the volume
+
+
+def segment_volumes(model_path: str, data: Any, volumes: list[tuple[Any, ...]], *, spacing: Any,
+                    threshold: float, min_size: int, diameter: float | None, model_cache: dict | None = None,
+                    device: str | None = None) -> Generator[Any, None, None]:
+    """Worker body: load the model, then core's 3D path on each volume (Progress, VolumeNote and
+    one :class:`VolumeResult` per volume)."""
+    from napari_unet.core.events import Progress
+    from napari_unet.core.volume import iter_segment_volume
+
+    from ._segment_job import _load_model_cached
+
+    yield Progress(0, 1, message="Loading the model")
+    model = _load_model_cached(model_cache if model_cache is not None else {}, model_path, device)
+    for k, index in enumerate(volumes):
+        gen = iter_segment_volume(model, data[index], spacing=spacing, diameter=diameter, threshold=threshold,
+                                  min_size=min_size)
+        try:
+            while True:
+                try:
+                    event = next(gen)
+                except StopIteration as stop:
+                    yield VolumeResult(index, stop.value)
+                    break
+                if isinstance(event, Progress) and len(volumes) > 1:
+                    event = dataclasses.replace(event, message=f"volume {k + 1}/{len(volumes)}: {event.message}")
+                yield event
+        finally:
+            gen.close()
+
+
+def write_volume(layer: Any, result: VolumeResult, z_axis: int, protected: set[tuple[int, ...]]) -> int:
+    """Write a volume's labels into the masks layer, leaving the planes the user corrected as they
+    are (new ids start above theirs). Returns how many corrected planes were kept."""
+    labels = np.asarray(result.labels)
+    planes = []
+    for z in range(labels.shape[0]):
+        plane = tuple(z if i == z_axis else i_ for i, i_ in enumerate(result.index))
+        planes.append(plane)
+    kept = [k for k, plane in enumerate(planes) if plane in protected]
+    if kept:
+        top = max(int(np.asarray(layer.data[planes[k]]).max()) for k in kept)
+        labels = np.where(labels > 0, labels + top, 0).astype(np.int32)
+    for k, plane in enumerate(planes):
+        if k not in kept:
+            layer.data[plane] = labels[k]
+    layer.refresh()
+    return len(kept)
+
+
+def plan_3d_run(widget: Any, image: Any, masks: Any, diameter: float | None) -> tuple[Any, str]:
+    """The worker body and status text of a 3D run of the Segment widget (``(None, "")`` and a
+    notification when there is nothing to run). Forgets the widget's kept 2D probabilities of
+    ``masks``: moving the threshold must not put plane results back over 3D objects."""
+    from ._base import current_plane_index, notify_error
+    from .segment import SCOPE_STACK
+
+    z_axis = widget._three_d.z_axis.value
+    if z_axis is None or image.data.shape[z_axis] < 2:
+        size = 1 if z_axis is None else image.data.shape[z_axis]
+        notify_error("Segment", f"3D objects need a Z axis of more than one plane (this one has {size}); "
+                     "untick '3D objects' to segment the planes.")
+        return None, ""
+    if z_axis == widget._channel_axis.value:
+        notify_error("Segment", "The Z axis cannot also be the channel axis: choose another one.")
+        return None, ""
+    n_lead = image.ndim - spatial_ndim(image)
+    current = current_plane_index(widget._viewer, image)
+    volumes = volume_indices(tuple(image.data.shape[:n_lead]), z_axis, current,
+                             widget._scope.value == SCOPE_STACK, widget._channel_axis.value)
+    for key in [k for k in widget._probabilities if k[0] == masks.name]:
+        del widget._probabilities[key]
+    generator = segment_volumes(
+        widget._model_combo.value, image.data, volumes, spacing=voxel_size(image, z_axis),
+        threshold=float(widget._threshold.value), min_size=int(widget._min_size.value), diameter=diameter,
+        model_cache=widget._model_cache,
+    )
+    what = f"{len(volumes)} volumes" if len(volumes) > 1 else "the volume"
+    return generator, f"Segmenting {what} into 3D objects"
+
+
+def write_volume_result(widget: Any, result: VolumeResult) -> None:
+    """The Segment widget got a finished volume: into its masks layer, corrected planes kept."""
+    from ._base import notify_warning
+    from ._masks import corrected_planes
+
+    name = widget._last_layer_name
+    if name is None or name not in widget._viewer.layers:
+        return  # the user removed the masks layer meanwhile
+    masks = widget._viewer.layers[name]
+    protected = set() if widget._overwrite.value else corrected_planes(masks)
+    if write_volume(masks, result, widget._three_d.z_axis.value, protected):
+        notify_warning("Slices you corrected were left as they are (the new objects around them got new ids); "
+                       "tick 'Overwrite slices I corrected' to replace them.")

@@ -1,0 +1,78 @@
+"""``napari-unet predict --3d``: 3D objects from z-stacks, TIFF and OME-Zarr; bad inputs write nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet.cli import main
+from napari_unet.core import load_model, segment
+
+
+@pytest.fixture(scope="module")
+def nuclei3d(data_dir) -> np.ndarray:
+    """A crop of StarDist's synthetic 3D nuclei (BSD-3), (31, 36, 36)."""
+    return tifffile.imread(data_dir / "nuclei3d_synthetic" / "image.tif")[:, :36, :36]
+
+
+def test_predict_3d_writes_3d_objects_with_the_files_voxel_size(tmp_path, nuclei3d, capsys):
+    tifffile.imwrite(tmp_path / "stack.tif", nuclei3d, imagej=True, resolution=(1 / 0.5, 1 / 0.5),
+                     metadata={"axes": "ZYX", "spacing": 1.0, "unit": "um"})
+    rc = main(["predict", str(tmp_path / "stack.tif"), "--out", str(tmp_path / "o"), "--3d", "--no-progress"])
+    assert rc == 0
+    masks = tifffile.imread(tmp_path / "o" / "stack_masks.tif")
+    expected = segment(load_model(device="cpu"), nuclei3d, axes="ZYX", spacing=(1.0, 0.5, 0.5))
+    assert expected.max() > 3
+    np.testing.assert_array_equal(masks, expected)
+    assert "isotropic" not in capsys.readouterr().err  # the file said its voxel size
+
+    # OME-Zarr through the batch path: the same labels
+    import zarr
+
+    rc = main(["predict", str(tmp_path / "stack.tif"), "--out", str(tmp_path / "z"), "--3d", "--dask",
+               "--no-progress"])
+    assert rc == 0
+    written = zarr.open_group(str(tmp_path / "z" / "stack_masks.ome.zarr"), mode="r")
+    np.testing.assert_array_equal(np.asarray(written["0"][...]), expected)
+    assert [a["name"] for a in written.attrs["multiscales"][0]["axes"]] == ["z", "y", "x"]
+
+
+def test_predict_3d_without_voxel_size_assumes_isotropic_and_says_so(tmp_path, nuclei3d, capsys):
+    tifffile.imwrite(tmp_path / "plain.tif", nuclei3d[:12])
+    rc = main(["predict", str(tmp_path / "plain.tif"), "--out", str(tmp_path / "o"), "--3d", "--no-progress",
+               "--orthogonal", "off", "--voxel-size", "1,1,1"])
+    assert rc == 0 and "isotropic" not in capsys.readouterr().err
+    rc = main(["predict", str(tmp_path / "plain.tif"), "--out", str(tmp_path / "o2"), "--3d", "--no-progress",
+               "--3d-mode", "stitch"])
+    assert rc == 0
+    assert "isotropic voxels assumed" in capsys.readouterr().err
+    assert tifffile.imread(tmp_path / "o2" / "plain_masks.tif").shape == (12, 36, 36)
+
+
+@pytest.mark.parametrize(
+    "image, extra, message",
+    [
+        (np.zeros((40, 40), np.uint8), [], "needs a z-stack"),
+        (np.zeros((1, 40, 40), np.uint8), [], "needs a z-stack"),  # a Z axis of one plane is no Z axis
+        (np.zeros((4, 40, 40), np.uint8), ["--voxel-size", "1,0,1"], "--voxel-size"),
+    ],
+)
+def test_predict_3d_bad_inputs_fail_in_one_line_and_write_nothing(tmp_path, tiny_model_path, image, extra,
+                                                                   message, capsys):
+    tifffile.imwrite(tmp_path / "bad.tif", image, imagej=image.ndim == 3, metadata={"axes": "ZYX"}
+                     if image.ndim == 3 else None)
+    out = tmp_path / "o"
+    rc = main(["predict", str(tmp_path / "bad.tif"), "--out", str(out), "--3d", "--model", str(tiny_model_path),
+               "--no-progress", *extra])
+    assert rc != 0
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_3d_options_need_3d(tmp_path, tiny_model_path, capsys):
+    tifffile.imwrite(tmp_path / "s.tif", np.zeros((4, 40, 40), np.uint8))
+    rc = main(["predict", str(tmp_path / "s.tif"), "--out", str(tmp_path / "o"), "--model", str(tiny_model_path),
+               "--voxel-size", "2,1,1"])
+    assert rc != 0 and "go with --3d" in capsys.readouterr().err

@@ -1,0 +1,89 @@
+"""The Segment widget's "3D objects": 3D labels in the masks layer, corrections kept and used for
+fine-tuning, clear notifications for what cannot be segmented in 3D."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet.widgets._corrections import CORRECTED_KEY, CorrectedSlices
+from napari_unet.widgets.segment import SegmentWidget, masks_layer_name
+
+
+@pytest.fixture(scope="module")
+def nuclei3d(data_dir) -> np.ndarray:
+    """A crop of StarDist's synthetic 3D nuclei (BSD-3), (31, 36, 40)."""
+    return tifffile.imread(data_dir / "nuclei3d_synthetic" / "image.tif")[:, :36, :40]
+
+
+@pytest.fixture
+def widget(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    assert isinstance(widget, SegmentWidget)
+    return viewer, widget  # the built-in model: 3D objects need real ones
+
+
+def _run(w, qtbot, image):
+    w.reset_choices()
+    w._image_combo.value = image
+    w._three_d.enabled.value = True
+    w._run_button.clicked.emit()
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+
+
+def test_3d_objects_fill_the_masks_layer_and_corrections_are_kept_and_learnt(widget, qtbot, nuclei3d,
+                                                                              notifications):
+    from napari_unet.core.volume import segment_volume
+    from napari_unet.widgets._examples import examples_from_layers
+
+    viewer, w = widget
+    image = viewer.add_image(nuclei3d, name="nuclei", scale=(1.0, 0.5, 0.5), axis_labels=("z", "y", "x"))
+    w.reset_choices()
+    w._image_combo.value = image
+    assert w._three_d.available and w._three_d.z_axis.value == 0
+    _run(w, qtbot, image)
+    masks = viewer.layers[masks_layer_name("nuclei")]
+    assert tuple(masks.scale) == tuple(image.scale)
+    labels = np.asarray(masks.data)
+    expected = segment_volume(w._model_cache[next(iter(w._model_cache))], nuclei3d, spacing=(1.0, 0.5, 0.5))
+    np.testing.assert_array_equal(labels, expected)  # the core's 3D path, ids unique in the volume
+    spans = [len(np.unique(np.nonzero(labels == k)[0])) for k in range(1, int(labels.max()) + 1)]
+    assert labels.max() > 5 and np.median(spans) >= 3  # objects span planes with one id
+    assert w._status.value.startswith("Done")
+    assert not any("isotropic" in m for m in notifications)  # the layer's scale is the voxel size
+
+    # the user corrects plane 12 with the brush: it is marked, kept by the next 3D run, and learnt from
+    masks.brush_size = 4
+    masks.paint((12, 20, 20), 500)
+    assert masks.metadata[CORRECTED_KEY] == [[12]]
+    corrected = np.asarray(masks.data[12]).copy()
+    _run(w, qtbot, image)
+    np.testing.assert_array_equal(masks.data[12], corrected)
+    assert any("left as they are" in m for m in notifications)
+    others = np.asarray(masks.data[[11, 13]])
+    assert not np.isin(np.unique(others[others > 0]), np.unique(corrected[corrected > 0])).any()
+    examples = examples_from_layers(image, masks, CorrectedSlices.for_layer(masks).planes)
+    assert len(examples) == 1
+    np.testing.assert_array_equal(examples[0].labels, corrected)
+    np.testing.assert_array_equal(examples[0].image, nuclei3d[12])
+
+
+def test_3d_without_voxel_size_says_isotropic_and_bad_inputs_are_notifications(widget, qtbot, nuclei3d,
+                                                                                notifications):
+    viewer, w = widget
+    image = viewer.add_image(nuclei3d[10:22], name="plain")
+    _run(w, qtbot, image)
+    assert any("isotropic" in m for m in notifications)
+    assert viewer.layers[masks_layer_name("plain")].data.max() > 0
+
+    flat = viewer.add_image(nuclei3d[:1], name="one plane")
+    _run(w, qtbot, flat)
+    assert any("Z axis of more than one plane" in m for m in notifications)
+    assert viewer.layers[masks_layer_name("one plane")].data.max() == 0  # nothing written
+
+    plane = viewer.add_image(nuclei3d[0], name="2d")
+    w.reset_choices()
+    w._image_combo.value = plane
+    assert not w._three_d.available and not w._three_d.active  # no Z axis: no 3D option

@@ -1,0 +1,184 @@
+"""3D objects from z-stacks (core.volume): one id per object over the planes it spans, two ids
+for objects touching in z, blocks that agree with one piece, stitching, bad inputs, cancel."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from napari_unet.core import ImageError, load_model
+from napari_unet.core.events import run_to_end
+from napari_unet.core.metrics import average_precision, matching
+from napari_unet.core.predict import PredictionStopped, segment
+from napari_unet.core.volume import VolumeNote, iter_segment_volume, segment_volume, stitch_plane
+from napari_unet.core.volume_instances import block_plan, instances_3d
+
+
+def _balls(shape, centres, radius) -> np.ndarray:
+    """Labels of balls (radius in voxels, may be per axis) at ``centres``: 1, 2, ..."""
+    grid = np.indices(shape, dtype=float)
+    labels = np.zeros(shape, dtype=np.int32)
+    radius = np.broadcast_to(np.asarray(radius, dtype=float), (3,))
+    for k, c in enumerate(centres, start=1):
+        inside = sum(((g - ci) / r) ** 2 for g, ci, r in zip(grid, c, radius)) <= 1.0
+        labels[inside & (labels == 0)] = k
+    return labels
+
+
+def _nuclei_volume(labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A fluorescence-like volume of the objects: bright blurred nuclei, darker seams, noise."""
+    rng = np.random.default_rng(seed)
+    inside = np.zeros(labels.shape, dtype=float)
+    for k in range(1, int(labels.max()) + 1):  # each nucleus bright inside, dimmer at its edge
+        inside = np.maximum(inside, ndi.distance_transform_edt(labels == k))
+    image = 20 + 200 * np.clip(inside / 3.0, 0, 1)
+    image = ndi.gaussian_filter(image, 1.0) + rng.normal(0, 6, labels.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(device="cpu")  # the built-in model: real objects need a real network
+
+
+@pytest.fixture(scope="module")
+def stacked():
+    """Two nuclei touching in z (same x, y) and a third one beside them, isotropic voxels."""
+    truth = _balls((36, 40, 56), [(10, 20, 16), (24, 20, 16), (17, 20, 40)], 7.0)
+    return _nuclei_volume(truth), truth
+
+
+def test_an_object_spanning_planes_gets_one_id_and_objects_touching_in_z_two(model, stacked):
+    image, truth = stacked
+    labels = segment_volume(model, image, spacing=(1.0, 1.0, 1.0))
+    assert labels.dtype == np.int32 and labels.shape == image.shape
+    top, bottom, beside = (labels[c] for c in [(10, 20, 16), (24, 20, 16), (17, 20, 40)])
+    assert top and bottom and beside
+    assert len({top, bottom, beside}) == 3  # the two stacked nuclei are two objects
+    # each nucleus is one id over all the planes it spans
+    for k, label in zip((1, 2, 3), (top, bottom, beside)):
+        planes = np.unique(np.nonzero(truth == k)[0])
+        ids = [np.bincount(labels[z][truth[z] == k]).argmax() for z in planes[2:-2]]
+        assert set(ids) == {label}
+    assert matching(truth, labels).tp == 3
+
+
+def test_segment_with_zyx_axes_is_the_3d_path_and_notes_a_missing_voxel_size(model, stacked):
+    image = stacked[0][6:30, 4:36, 24:56]  # the nucleus beside the stacked ones
+    options = {"diameter": 14.0}
+    events = []
+    labels = run_to_end(iter_segment_volume(model, image, **options), events.append)
+    notes = [e.message for e in events if isinstance(e, VolumeNote)]
+    assert any("voxel size is unknown" in n and "isotropic" in n for n in notes)
+    assert labels.max() > 0
+    np.testing.assert_array_equal(segment(model, image, axes="ZYX", **options), labels)
+    over_time = segment(model, np.stack([image, image]), axes="TZYX", spacing=(1, 1, 1), **options)
+    np.testing.assert_array_equal(over_time[1], labels)
+
+
+def test_anisotropic_voxels_resample_the_side_views(model):
+    """Planes twice as far apart as the pixels: the same nuclei sampled every other plane."""
+    truth = _balls((36, 40, 56), [(10, 20, 16), (24, 20, 16), (17, 20, 40)], 7.0)[::2]
+    image = _nuclei_volume(truth, seed=1)
+    labels = segment_volume(model, image, spacing=(2.0, 1.0, 1.0))
+    assert matching(truth, labels).tp == 3
+
+
+def test_blocks_give_the_labels_of_one_piece():
+    truth = _balls((30, 60, 60), [(8, 12, 12), (20, 12, 12), (14, 40, 30), (15, 20, 45), (15, 45, 50)], 6.0)
+    probs = np.zeros((3, *truth.shape), dtype=np.float32)
+    inner = ndi.binary_erosion(truth > 0, iterations=2) & (truth > 0)
+    probs[1] = ndi.gaussian_filter(inner.astype(np.float32), 1.0)
+    probs[2] = np.clip((truth > 0) - probs[1], 0, 1)
+    probs[0] = 1 - probs[1] - probs[2]
+    whole = instances_3d(probs, diameter=12.0, threshold=0.5)
+    assert len(block_plan(truth.shape, (6, 6, 6), 8_000)) > 4
+    from napari_unet.core.volume_instances import iter_watershed_blocks
+
+    stacked = np.stack([probs[1] + probs[2], probs[1]])
+    pieces = run_to_end(iter_watershed_blocks(stacked, 1, (1, 1, 1), 12.0, 0.5, 0, block_voxels=8_000))
+    assert matching(whole, pieces).tp == int(whole.max()) == int(pieces.max()) == 5
+    assert average_precision(truth, pieces) == 1.0
+
+
+def test_stitch_links_overlapping_plane_objects_one_to_one():
+    above = np.zeros((10, 10), dtype=np.int32)
+    above[1:5, 1:5] = 7
+    plane = np.zeros((10, 10), dtype=np.int32)
+    plane[1:5, 2:6] = 1  # overlaps object 7
+    plane[6:9, 6:9] = 2  # new
+    linked, next_id = stitch_plane(plane, above, 8)
+    assert linked[2, 3] == 7 and linked[7, 7] == 8 and next_id == 9
+    first, next_id = stitch_plane(plane, None, 1)
+    assert set(np.unique(first)) == {0, 1, 2} and next_id == 3
+
+
+def test_stitch_mode_gives_unique_ids_over_the_volume(model, stacked):
+    image, truth = stacked
+    labels = segment_volume(model, image, mode="stitch")
+    beside = labels[17, 20, 40]
+    assert beside and np.all(labels[12:23, 20, 40] == beside)  # one id over the planes it spans
+
+
+@pytest.mark.parametrize(
+    "image, kwargs, message",
+    [
+        (np.zeros((32, 32), np.uint8), {}, "single 2D plane"),
+        (np.zeros((1, 32, 32), np.uint8), {}, "single plane"),
+        (np.zeros((4, 3, 32, 32), np.uint8), {}, "one grey"),
+        (np.zeros((4, 32, 32), np.uint8), {"spacing": (1, 0, 1)}, "voxel size"),
+        (np.zeros((4, 32, 32), np.uint8), {"spacing": (1, 1)}, "voxel size"),
+        (np.zeros((4, 32, 32), np.uint8), {"mode": "4d"}, "mode"),
+    ],
+)
+def test_bad_volumes_are_refused_with_a_clear_message(tiny_model_path, image, kwargs, message):
+    model = load_model(tiny_model_path, device="cpu")
+    with pytest.raises(ImageError, match=message):
+        segment_volume(model, image, **kwargs)
+
+
+def test_bad_axes_are_refused(tiny_model_path):
+    model = load_model(tiny_model_path, device="cpu")
+    with pytest.raises(ImageError, match="Y and X last"):
+        segment(model, np.zeros((4, 2, 32, 32), np.uint8), axes="ZCYX")
+
+
+def test_stop_ends_the_run_and_removes_the_temporary_probabilities(tiny_model_path, tmp_path, monkeypatch):
+    import napari_unet.core.volume as volume
+
+    monkeypatch.setattr(volume, "IN_MEMORY_PROBABILITIES", 0)  # a memory map even for a small stack
+    model = load_model(tiny_model_path, device="cpu")
+    image = np.random.default_rng(0).integers(0, 255, (6, 64, 64), dtype=np.uint8)
+    work = tmp_path / "work"
+    work.mkdir()
+    calls = []
+
+    def stop_after_some():
+        calls.append(1)
+        return len(calls) > 8
+
+    with pytest.raises(PredictionStopped):
+        segment_volume(model, image, diameter="native", workdir=str(work), should_stop=stop_after_some)
+    assert list(work.iterdir()) == []
+    # closing the generator half way also cleans up
+    gen = iter_segment_volume(model, image, diameter="native", workdir=str(work))
+    for _ in range(5):
+        next(gen)
+    assert len(list(work.iterdir())) == 1
+    gen.close()
+    assert list(work.iterdir()) == []
+    # and a whole run through the memory map works
+    labels = segment_volume(model, image, diameter="native", workdir=str(work), threshold=0.3)
+    assert labels.shape == image.shape and list(work.iterdir()) == []
+
+
+def test_seed_maxima_are_those_of_a_maximum_filter():
+    from napari_unet.core.volume_instances import _ellipsoid, _maxima
+
+    values = ndi.gaussian_filter(np.random.default_rng(0).random((30, 50, 60)), 2)
+    footprint = _ellipsoid([3.0, 5.0, 4.5])
+    expected = (values >= ndi.maximum_filter(values, footprint=footprint, mode="nearest")) & (values > 0.45)
+    found = _maxima(values, values > 0.45, footprint)
+    assert found.any()
+    np.testing.assert_array_equal(found, expected)
