@@ -240,7 +240,7 @@ def model_card_markdown(meta: dict) -> str:
             "| image kind | n | AP@0.5 | AP@0.75 | Dice | model it replaces, AP@0.5 |",
             "| --- | --- | --- | --- | --- | --- |",
             *(f"| {kind} | {v['n']} | {v['ap50']:.3f} | {v['ap75']:.3f} | {v['dice']:.3f} | "
-              f"{(card.get('shipped_auto_diameter') or {}).get(kind, {}).get('ap50', float('nan')):.3f} |"
+              f"{_ap_or_dash((card.get('shipped_auto_diameter') or {}).get(kind))} |"
               for kind, v in _ordered(card["val_auto_diameter"])),
         ]
     lines += [
@@ -250,8 +250,8 @@ def model_card_markdown(meta: dict) -> str:
         "## Reproduce",
         "",
         ("From the repository root, with ../shared/data in place, one command retrains this model from scratch "
-         "(fixed seeds; every recorded stage is repeated step for step, where the original runs were driven by "
-         "a time budget on a 2-core CPU):"),
+         "(fixed seeds; every recorded stage is repeated step for step, also where the original run was driven "
+         "by a time budget or cut into legs):"),
         "",
         "```bash",
         f"python scripts/train_default_model.py --reproduce napari_unet/models/{meta.get('name', 'nuclei')}.pt "
@@ -261,7 +261,7 @@ def model_card_markdown(meta: dict) -> str:
         "It runs these stages, one after the other (stage files are written beside `--out`):",
         "",
         "```bash",
-        *reproduce_commands(meta.get("stages") or []),
+        *reproduce_commands(meta.get("stages") or [], f"retrained/{meta.get('name', 'nuclei')}.pt"),
         "```",
         "",
         "## Limits",
@@ -603,6 +603,11 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
               f"{path} and {path.parent / card_name(args.model)} into napari_unet/models/" if better else
               "the new model does not beat the shipped one on every kind: keep the shipped model")
     return 0
+
+
+def _ap_or_dash(scores: dict | None) -> str:
+    """AP@0.5 of a scores entry for a table cell ("-" when there is none)."""
+    return f"{scores['ap50']:.3f}" if scores else "-"
 
 
 def card_name(model: str) -> str:

@@ -141,8 +141,10 @@ def run_legs(args: argparse.Namespace, load_rows, finalize, stage_record) -> int
             setattr(args, key, value)
         model = SegmentationModel.from_dict(state["model"])
         legs = list(state["extra"].get("legs") or [])
-        if state["run"]["steps"] >= args.steps:
-            raise SystemExit(f"The run in {folder} is finished ({args.steps} steps); its model is {args.out}.")
+        done = args.out if args.out_given else folder / f"{args.model}.pt"
+        if state["run"]["steps"] >= args.steps and Path(done).is_file():
+            raise SystemExit(f"The run in {folder} is finished ({args.steps} steps); its model is {done}.")
+        # a finished run without its model (the last leg stopped before writing it): this leg writes it
     else:
         if ckpt.exists():
             raise SystemExit(f"A run is under way in {folder}: go on with --resume, or move the folder away "
@@ -205,7 +207,9 @@ def run_legs(args: argparse.Namespace, load_rows, finalize, stage_record) -> int
         return 0
     result = prepared.result(run)
     args.resume = None  # one stage from scratch, trained in legs (listed in "legs")
-    result.metadata["stages"] = [stage_record(result.metadata, args)]
+    stage = stage_record(result.metadata, args)
+    stage.update(base_width=result.net.config.base_width, depth=result.net.config.depth)
+    result.metadata["stages"] = [stage]
     result.metadata["legs"] = extra["legs"]
     args.out = out
     return finalize(result, dict(result.metadata), train_rows, val_rows, args, device)

@@ -57,6 +57,7 @@ from ._masks import (
     write_plane,
 )
 from ._napari_compat import unwrap_proxy
+from ._proposal import ModelProposal
 from ._segment3d import ThreeDControls, VolumeResult, plan_3d_run, write_volume_result
 from ._segment_job import EmptyPlane, segment_planes
 from .correct import select_next_free_label
@@ -101,6 +102,8 @@ class SegmentWidget(Container):
         )
         self._model_combo = ComboBox(label="Model", choices=self._model_choices)
         self._add_model_button = PushButton(text="Add model file…")
+        self._proposal = ModelProposal(viewer, self._image_combo, self._model_combo, self._model_choices)
+        self._model_hint = self._proposal.hint
         self._scope = RadioButtons(label="Segment", choices=[SCOPE_SLICE, SCOPE_VIEW, SCOPE_STACK], value=SCOPE_SLICE)
         self._threshold = FloatSlider(label="Threshold", min=0.05, max=0.95, step=0.05, value=0.5,
                                       tooltip="Probability above which a pixel belongs to a cell.")
@@ -119,7 +122,7 @@ class SegmentWidget(Container):
         self._device_label = Label(label="Device", value="")
         wrap_text(self._status, self._diameter_used)
         self.extend([
-            self._image_combo, self._channel_axis, self._model_combo, self._add_model_button,
+            self._image_combo, self._channel_axis, self._model_combo, self._model_hint, self._add_model_button,
             self._scope, *self._three_d.widgets, *self._sizing.widgets,
             self._threshold, self._min_size, self._overwrite,
             self._run_button, self._cancel_button, self._progress, self._status, self._device_label,
@@ -131,6 +134,8 @@ class SegmentWidget(Container):
         self._sizing.from_label_button.changed.connect(self.diameter_from_selected_label)
         self._image_combo.changed.connect(lambda *_: self._channel_axis.reset_choices())
         self._image_combo.changed.connect(lambda *_: self._three_d.refresh())
+        self._image_combo.changed.connect(self._proposal.refresh)
+        self._model_combo.changed.connect(self._proposal.model_changed)
         self._threshold.changed.connect(self._rethreshold)
         self._min_size.changed.connect(self._rethreshold)
         self._model_combo.changed.connect(self._on_model_changed)
@@ -140,6 +145,7 @@ class SegmentWidget(Container):
         viewer.layers.events.moved.connect(self.reset_choices)
         self._show_device()
         self._on_model_changed()
+        self._proposal.refresh()
         self._register()
         warm_up_in_background("segmenting")  # the first click then does not import or set up on the main thread
 

@@ -1,0 +1,97 @@
+"""The model Segment proposes for an image: nuclei for fluorescence and stained nuclei, cells for
+phase contrast and DIC (:mod:`napari_unet.core.modality`), always overridable.
+
+The proposal looks at the plane on screen (a 2D plane, subsampled to at most 1024 px a side:
+a few tens of milliseconds). It switches the Model list only while the user has not chosen a
+model by hand, and only between built-in models; the hint line says what it proposed and why.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_unet.core.stack import read_plane
+
+from ._base import current_plane_index
+
+#: What each kind of image is called in the hint.
+KIND_WORDS = {
+    "fluorescence": "fluorescence image",
+    "bright-field": "bright-field image with dark nuclei",
+    "colour": "colour (stained) image",
+    "transmitted": "phase-contrast / DIC image",
+}
+
+
+def shown_plane(viewer: Any, layer: Any) -> np.ndarray:
+    """The 2D plane of ``layer`` on screen, (H, W) or (H, W, 3), subsampled to about 1024 px a side
+    (a multiscale layer's coarsest level)."""
+    index = current_plane_index(viewer, layer)
+    data = layer.data[-1] if getattr(layer, "multiscale", False) else layer.data
+    plane = read_plane(data, index)
+    step = max(1, int(np.ceil(max(plane.shape[:2]) / 1024)))
+    return plane[::step, ::step]
+
+
+def proposal_for(viewer: Any, layer: Any, builtin: dict[str, str]) -> tuple[str | None, str]:
+    """(path of the proposed built-in model or None, the hint) for the image ``layer``.
+
+    ``builtin`` maps built-in model names to their paths.
+    """
+    from napari_unet.core.modality import MODEL_FOR, image_modality
+
+    try:
+        modality = image_modality(shown_plane(viewer, layer))
+    except (ValueError, IndexError, TypeError):
+        return None, ""  # not a plane the proposal can read: nothing to say
+    name = MODEL_FOR[modality.kind]
+    words = KIND_WORDS[modality.kind]
+    if name not in builtin:
+        return None, f"Looks like a {words}: no built-in '{name}' model here."
+    return builtin[name], f"Proposed '{name}' for this {words} (choose another model if you like)."
+
+
+def builtin_paths(choices: list[tuple[str, str]]) -> dict[str, str]:
+    """Built-in model names and paths among the Model list's (label, path) choices."""
+    from napari_unet.core.catalog import builtin_models_dir
+
+    folder = builtin_models_dir().resolve()
+    return {Path(path).stem: path for _label, path in choices if Path(path).resolve().parent == folder}
+
+
+class ModelProposal:
+    """The hint line under Segment's Model list, and the rule: switch the list to the proposed
+    built-in model for each chosen image until the user picks a model (then only say it)."""
+
+    def __init__(self, viewer: Any, image_combo: Any, model_combo: Any, choices: Any) -> None:
+        from magicgui.widgets import Label
+
+        from ._base import wrap_text
+
+        self.hint = Label(label="", value="")
+        wrap_text(self.hint)
+        self.user_chose = False
+        self._viewer, self._images, self._models, self._choices = viewer, image_combo, model_combo, choices
+        self._switching = False
+
+    def model_changed(self, *_args: Any) -> None:
+        """Connected to the Model list: a change this class did not make is the user's choice."""
+        if not self._switching:
+            self.user_chose = True
+
+    def refresh(self, *_args: Any) -> None:
+        """Propose a model for the chosen image; switch to it unless the user chose one."""
+        image = self._images.value
+        if image is None:
+            self.hint.value = ""
+            return
+        path, self.hint.value = proposal_for(self._viewer, image, builtin_paths(self._choices()))
+        if path and not self.user_chose and path != self._models.value:
+            self._switching = True
+            try:
+                self._models.value = path
+            finally:
+                self._switching = False
