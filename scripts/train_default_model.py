@@ -134,6 +134,7 @@ def evaluate(rows: list[dict], segment_fn) -> dict:
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MIN_SIZES = (0, 8, 16, 32, 48)
+SEED_FRACTIONS = (0.0, 0.05, 0.1, 0.2)
 
 
 def oracle_diameter(model, row: dict):
@@ -145,29 +146,41 @@ def oracle_diameter(model, row: dict):
 
 
 def tune_postprocessing(model, rows: list[dict], device) -> tuple[dict, list[np.ndarray]]:
-    """Threshold and minimum size with the best mean AP@0.5 on ``rows`` (the val split).
+    """Threshold, minimum size and smallest seed (a fraction of the model's object area) with the
+    best mean AP@0.5 on ``rows`` (the val split).
 
-    The network runs once per image; the grid only re-runs the instance extraction.
-    Returns the chosen values and the labels they give for each row.
+    The network runs once per image; the grid only re-runs the instance extraction. Sizes are
+    counted at the model's scale, as at inference. Returns the chosen values and the labels
+    they give for each row.
     """
-    from napari_unet.core.instances import probabilities_to_labels
+    import math
+
+    from napari_unet.core.instances import _remove_small_and_relabel, probabilities_to_labels
     from napari_unet.core.metrics import average_precision
     from napari_unet.core.predict import predict_probabilities
+    from napari_unet.core.scale import min_size_at
 
     # each image at the scale the model was trained at: its own (a model trained on the images as
     # they are), or rescaled so that its objects (median diameter of its labels) have the model's size
-    probs = [predict_probabilities(model, r["image"], device=device, engine="torch",
-                                   diameter=oracle_diameter(model, r)) for r in rows]
+    diameters = [oracle_diameter(model, r) for r in rows]
+    probs = [predict_probabilities(model, r["image"], device=device, engine="torch", diameter=d)
+             for r, d in zip(rows, diameters)]
+    scales = [1.0 if d == "native" else model.diameter / d for d in diameters]
+    seeds = SEED_FRACTIONS if model.diameter is not None and model.representation == "bg-interior-boundary" else (0.0,)
     best = None
     for t in THRESHOLDS:
-        for m in MIN_SIZES:
-            labels = [probabilities_to_labels(p, t, m, model.representation) for p in probs]
-            score = float(np.mean([average_precision(r["labels"], lab, 0.5) for r, lab in zip(rows, labels)]))
-            if best is None or score > best[0] + 1e-9:
-                best = (score, t, m, labels)
-    score, t, m, labels = best
-    print(f"post-processing on val: threshold {t}, min. size {m} px -> AP@0.5 {score:.3f}")
-    return {"threshold": t, "min_size": m}, labels
+        for f in seeds:
+            seed_px = int(round(f * math.pi * (model.diameter / 2) ** 2)) if f else 0
+            found = [probabilities_to_labels(p, t, 0, model.representation, min_seed=min_size_at(seed_px, s))
+                     for p, s in zip(probs, scales)]
+            for m in MIN_SIZES:
+                labels = [_remove_small_and_relabel(lab, min_size_at(m, s)) for lab, s in zip(found, scales)]
+                score = float(np.mean([average_precision(r["labels"], lab, 0.5) for r, lab in zip(rows, labels)]))
+                if best is None or score > best[0] + 1e-9:
+                    best = (score, t, m, f, labels)
+    score, t, m, f, labels = best
+    print(f"post-processing on val: threshold {t}, min. size {m} px, seed fraction {f} -> AP@0.5 {score:.3f}")
+    return {"threshold": t, "min_size": m, "seed_fraction": f}, labels
 
 
 MODEL_TEXT = {
@@ -541,8 +554,10 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
                          f"weight decay {training.get('weight_decay', 1e-4):g}, "
                          f"batch {args.batch_size} x {training['patch_size']} px patches",
             "normalisation": "per-image percentiles 1-99.8 to 0-1",
-            "post-processing": f"threshold {postprocessing['threshold']}, min. size {postprocessing['min_size']} px "
-                               f"(best mean AP@0.5 on val over thresholds {THRESHOLDS} x sizes {MIN_SIZES})",
+            "post-processing": f"threshold {postprocessing['threshold']}, min. size {postprocessing['min_size']} px, "
+                               f"seeds from {postprocessing['seed_fraction']} of the object area "
+                               f"(best mean AP@0.5 on val over thresholds {THRESHOLDS} x sizes {MIN_SIZES} x "
+                               f"seed fractions {SEED_FRACTIONS})",
             "seed": args.seed,
             "selection": f"{describe_selection(training)} (step {training['selected_step']} of the last stage)",
             "stages": "; ".join(

@@ -389,3 +389,57 @@ def test_segment_uses_the_models_own_postprocessing_unless_given(dsb_fluo_crop, 
     model.metadata["postprocessing"] = {"threshold": 0.95, "min_size": 10_000}
     assert segment(model, image).max() == 0  # nothing is that large
     assert np.array_equal(segment(model, image, threshold=0.05, min_size=0), loose)
+
+
+def _cell_with_a_thin_neck() -> np.ndarray:
+    """(3, 60, 90) probabilities: a cell whose interior narrows to nothing at a neck, leaving a
+    small interior part (a protrusion) beyond it, and apart from it a small round object."""
+    probs = np.zeros((3, 60, 90), np.float32)
+    probs[0] = 1.0
+    yy, xx = np.mgrid[:60, :90]
+    body = ((yy - 30) ** 2 + (xx - 25) ** 2) < 18**2
+    arm = (np.abs(yy - 30) <= 3) & (xx >= 40) & (xx < 62)
+    small = ((yy - 30) ** 2 + (xx - 80) ** 2) < 4**2
+    for mask in (body, arm, small):
+        probs[:, mask] = np.array([[0.05], [0.1], [0.85]])  # boundary first
+    interior_body = ((yy - 30) ** 2 + (xx - 25) ** 2) < 15**2
+    interior_arm = (np.abs(yy - 30) <= 1) & (xx >= 54) & (xx < 60)  # 18 px, cut off from the body
+    interior_small = ((yy - 30) ** 2 + (xx - 80) ** 2) < 2**2
+    for mask in (interior_body, interior_arm, interior_small):
+        probs[:, mask] = np.array([[0.02], [0.9], [0.08]])
+    return probs
+
+
+def test_small_seeds_join_their_neighbour_and_isolated_small_objects_stay():
+    probs = _cell_with_a_thin_neck()
+    every_seed = probabilities_to_labels(probs, 0.5, 0)
+    assert every_seed.max() == 3  # body, arm, small object
+    labels = probabilities_to_labels(probs, 0.5, 0, min_seed=30)
+    assert labels.max() == 2
+    assert labels[30, 25] == labels[30, 58] != 0  # the arm belongs to the body
+    assert labels[30, 80] not in (0, labels[30, 25])  # the small object, alone, is still an object
+    # only the interior-boundary representation has seeds: the others take and ignore it
+    fg = np.stack([probs[0], probs[1] + probs[2]])
+    assert np.array_equal(probabilities_to_labels(fg, 0.5, 0, min_seed=30), probabilities_to_labels(fg, 0.5, 0))
+
+
+def test_the_smallest_seed_is_a_fraction_of_the_models_object_area(tiny_model_path):
+    from napari_unet.core.checkpoint import read_model_file
+    from napari_unet.core.instances import DEFAULT_SEED_FRACTION
+
+    model = read_model_file(tiny_model_path)
+    model.metadata.pop("diameter", None)
+    model.metadata.pop("training_diameter", None)
+    assert model.min_seed == 0  # no object size known: every seed counts
+    model.metadata["diameter"] = 20.0
+    assert model.postprocessing["seed_fraction"] == DEFAULT_SEED_FRACTION
+    assert model.min_seed == round(DEFAULT_SEED_FRACTION * np.pi * 100)
+    model.metadata["postprocessing"] = {"threshold": 0.5, "min_size": 0, "seed_fraction": 0.2}
+    assert model.min_seed == round(0.2 * np.pi * 100)
+    # and segment uses it: with seeds as large as whole objects, no image gives more objects
+    image = np.zeros((64, 64), np.uint8)
+    image[10:30, 10:30] = 200
+    image[40:50, 40:60] = 180
+    many = segment(model, image, diameter="native").max()
+    model.metadata["postprocessing"]["seed_fraction"] = 5.0
+    assert segment(model, image, diameter="native").max() <= many

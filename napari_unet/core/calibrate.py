@@ -72,6 +72,11 @@ def iter_calibrate_diameter(
     The model's own threshold and minimum size are used (the minimum size follows the scale).
     """
     threshold, min_size = model.resolve_postprocessing(None, None)
+    seed_fraction = model.postprocessing["seed_fraction"]
+
+    def seed_area(target: float) -> int:  # the model's smallest seed if its diameter were target
+        return int(round(seed_fraction * np.pi * (target / 2) ** 2))
+
     pairs = [(img, lab, median_diameter(lab)) for img, lab in zip(images, labels)]
     pairs = [(img, lab, d) for img, lab, d in pairs if d is not None]
     if not pairs:
@@ -84,7 +89,8 @@ def iter_calibrate_diameter(
             scale = target / diameter
             probs = yield from iter_predict_probabilities(model, resize_image(image, scale), diameter="native")
             probs = resize_probabilities(probs, truth.shape)
-            found = probabilities_to_labels(probs, threshold, min_size_at(min_size, scale), model.representation)
+            found = probabilities_to_labels(probs, threshold, min_size_at(min_size, scale), model.representation,
+                                            min_seed=min_size_at(seed_area(target), scale))
             scores.append(average_precision(truth, found))
             done += 1
             yield Progress(done, total, message=f"diameter {target:g} px, image {len(scores)}/{len(pairs)}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ import torch
 from napari_unet._atomic import atomic_write
 
 from .device import select_device
-from .instances import DEFAULT_MIN_SIZE, DEFAULT_THRESHOLD
+from .instances import DEFAULT_MIN_SIZE, DEFAULT_SEED_FRACTION, DEFAULT_THRESHOLD
 from .model import UNet, UNetConfig
 
 FORMAT = "napari-unet-model"
@@ -92,13 +93,25 @@ class SegmentationModel:
 
     @property
     def postprocessing(self) -> dict[str, float]:
-        """Threshold and minimum object size this model works best with (tuned on its
-        validation data when it was made; 0.5 and 16 px otherwise)."""
+        """Threshold, minimum object size and smallest seed (a fraction of the object area, see
+        :attr:`min_seed`) this model works best with (tuned on its validation data when it was
+        made; 0.5, 16 px and 0.05 otherwise)."""
         stored = self.metadata.get("postprocessing") or {}
         return {
             "threshold": float(stored.get("threshold", DEFAULT_THRESHOLD)),
             "min_size": int(stored.get("min_size", DEFAULT_MIN_SIZE)),
+            "seed_fraction": float(stored.get("seed_fraction", DEFAULT_SEED_FRACTION)),
         }
+
+    @property
+    def min_seed(self) -> int:
+        """Smallest interior part (pixels at the model's scale) that seeds an object of its own:
+        ``postprocessing["seed_fraction"]`` of the area of an object of the model's
+        :attr:`diameter`; 0 when the model does not know its diameter."""
+        diameter = self.diameter
+        if diameter is None:
+            return 0
+        return int(round(self.postprocessing["seed_fraction"] * math.pi * (diameter / 2) ** 2))
 
     @property
     def diameter(self) -> float | None:

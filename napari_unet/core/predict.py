@@ -352,6 +352,8 @@ class PlaneResult:
         Factor the plane was rescaled by before the network (1: its own scale).
     note : str
         What the user should know about the sizing ("" when all went as expected).
+    min_seed : int
+        The model's smallest seed (pixels at its scale; see ``SegmentationModel.min_seed``).
     """
 
     index: tuple[int, ...]
@@ -363,6 +365,7 @@ class PlaneResult:
     diameter: float | None = None
     scale: float = 1.0
     note: str = ""
+    min_seed: int = 0
 
     def relabel(self, threshold: float, min_size: int, keep_dtype: Any = None) -> "PlaneResult":
         """The same plane post-processed with another threshold / minimum size (no network run).
@@ -371,7 +374,8 @@ class PlaneResult:
         to halve a cache); default as they are.
         """
         probs = self.probabilities.astype(np.float32, copy=False)
-        labels = probabilities_to_labels(probs, threshold, min_size_at(min_size, self.scale), self.representation)
+        labels = probabilities_to_labels(probs, threshold, min_size_at(min_size, self.scale), self.representation,
+                                         min_seed=min_size_at(self.min_seed, self.scale))
         kept = self.probabilities if keep_dtype is None else self.probabilities.astype(keep_dtype, copy=False)
         return dataclasses.replace(self, labels=labels[self.inner].astype(np.int32, copy=False), probabilities=kept)
 
@@ -475,10 +479,11 @@ def iter_planes(
             plane_labels = None
             if labels:
                 plane_labels = probabilities_to_labels(
-                    probs, threshold, min_size_at(min_size, sizing.scale), model.representation
+                    probs, threshold, min_size_at(min_size, sizing.scale), model.representation,
+                    min_seed=min_size_at(model.min_seed, sizing.scale),
                 )[inner]
             yield PlaneResult(idx, region, plane_labels, probs, inner, model.representation,
-                              sizing.diameter, sizing.scale, sizing.note)
+                              sizing.diameter, sizing.scale, sizing.note, model.min_seed)
 
 
 class _PlaneRunner:
