@@ -211,3 +211,13 @@ def test_a_model_trained_from_scratch_records_its_training_diameter(dsb_fluo_cro
     model = run_to_end(finetune(fresh, [image], [labels], steps=2, patch_size=64, batch_size=2, from_scratch=True))
     assert model.metadata["training_diameter"] == pytest.approx(median_diameter(labels), rel=0.01)
     assert model.diameter == pytest.approx(median_diameter(labels), rel=0.01)
+
+
+def test_estimate_finds_the_size_of_nuclei_four_times_the_models(data_dir):
+    """SIM+ nuclei (~55 px; the built-in model's diameter is 14 px): large objects, cut into pieces
+    at the finer pyramid levels, are measured at the coarser level of the agreeing pair."""
+    frames = tifffile.imread(data_dir / "ctc_sim_plus" / "images.tif")
+    truths = tifffile.imread(data_dir / "ctc_sim_plus" / "labels.tif")
+    model = load_model(device="cpu")
+    result = next(i for i in iter_planes(model, frames[10]) if isinstance(i, PlaneResult))
+    assert result.diameter == pytest.approx(median_diameter(truths[10]), rel=0.15)

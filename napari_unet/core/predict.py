@@ -581,10 +581,12 @@ class _Sizing:
         search.smallest_side = min(crop.shape[:2])
         whole = crop.shape[:2] == plane.shape[:2]
         kept: dict[float, np.ndarray] = {}
-        representation = runner.engine.model.representation
+        model = runner.engine.model
         while (scale := search.next_scale()) is not None:
             probs = yield from runner._run(resize_image(crop, scale), k)
-            found = probabilities_to_labels(probs, threshold, min_size, representation)
+            # the passes' objects are made as the final ones are (at the model's scale here)
+            found = probabilities_to_labels(probs, threshold, min_size, model.representation,
+                                            min_seed=model.min_seed)
             search.found(found, scale)
             if whole:
                 kept[scale] = probs
