@@ -12,6 +12,8 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv || { echo "Could not create a virtual environment: on Debian/Ubuntu run 'sudo apt-get install python3-venv' first." >&2; exit 1; }
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-# torch 2.13.0 first: a range would let pip pick a newer, much larger build
-.venv/bin/python -m pip install -q "torch==2.13.0" -e ".[all]"
+# torch 2.13.0 first: a range would let pip pick a newer, much larger build. A regular (not
+# editable) install: setuptools prints a screen of warnings for editable ones, and a user who
+# only runs the plugin has nothing to edit (pip install -e ".[all]" for development).
+.venv/bin/python -m pip install -q "torch==2.13.0" ".[all]"
 exec .venv/bin/napari-unet gui "$@"
