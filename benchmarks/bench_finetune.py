@@ -92,6 +92,8 @@ def evaluate(model, images, labels, device) -> tuple[float, float | None]:
         truth = median_diameter(lab)
         if result.diameter is not None and truth:
             errors.append(abs(result.diameter / truth - 1))
+            print(f"  diameter: estimate {result.diameter:.1f} px, true median {truth:.1f} px, "
+                  f"{int(lab.max())} objects; AP@0.5 {aps[-1]:.3f}", flush=True)
     return float(np.mean(aps)), (max(errors) if errors else None)
 
 
