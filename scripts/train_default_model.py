@@ -153,9 +153,7 @@ def tune_postprocessing(model, rows: list[dict], device) -> tuple[dict, list[np.
     counted at the model's scale, as at inference. Returns the chosen values and the labels
     they give for each row.
     """
-    import math
-
-    from napari_unet.core.instances import _remove_small_and_relabel, probabilities_to_labels
+    from napari_unet.core.instances import _remove_small_and_relabel, probabilities_to_labels, seed_pixels
     from napari_unet.core.metrics import average_precision
     from napari_unet.core.predict import predict_probabilities
     from napari_unet.core.scale import min_size_at
@@ -170,7 +168,7 @@ def tune_postprocessing(model, rows: list[dict], device) -> tuple[dict, list[np.
     best = None
     for t in THRESHOLDS:
         for f in seeds:
-            seed_px = int(round(f * math.pi * (model.diameter / 2) ** 2)) if f else 0
+            seed_px = seed_pixels(f, model.diameter) if f else 0
             found = [probabilities_to_labels(p, t, 0, model.representation, min_seed=min_size_at(seed_px, s))
                      for p, s in zip(probs, scales)]
             for m in MIN_SIZES:

@@ -18,6 +18,7 @@ import numpy as np
 from .checkpoint import SegmentationModel
 from .events import Progress
 from .metrics import average_precision
+from .instances import seed_pixels
 from .predict import iter_predict_probabilities, probabilities_to_labels
 from .scale import equivalent_diameters, median_diameter, min_size_at, resize_image, resize_probabilities
 
@@ -73,10 +74,6 @@ def iter_calibrate_diameter(
     """
     threshold, min_size = model.resolve_postprocessing(None, None)
     seed_fraction = model.postprocessing["seed_fraction"]
-
-    def seed_area(target: float) -> int:  # the model's smallest seed if its diameter were target
-        return int(round(seed_fraction * np.pi * (target / 2) ** 2))
-
     pairs = [(img, lab, median_diameter(lab)) for img, lab in zip(images, labels)]
     pairs = [(img, lab, d) for img, lab, d in pairs if d is not None]
     if not pairs:
@@ -90,7 +87,7 @@ def iter_calibrate_diameter(
             probs = yield from iter_predict_probabilities(model, resize_image(image, scale), diameter="native")
             probs = resize_probabilities(probs, truth.shape)
             found = probabilities_to_labels(probs, threshold, min_size_at(min_size, scale), model.representation,
-                                            min_seed=min_size_at(seed_area(target), scale))
+                                            min_seed=min_size_at(seed_pixels(seed_fraction, target), scale))
             scores.append(average_precision(truth, found))
             done += 1
             yield Progress(done, total, message=f"diameter {target:g} px, image {len(scores)}/{len(pairs)}")

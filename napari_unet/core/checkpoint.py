@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
-import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ import torch
 from napari_unet._atomic import atomic_write
 
 from .device import select_device
-from .instances import DEFAULT_MIN_SIZE, DEFAULT_SEED_FRACTION, DEFAULT_THRESHOLD
+from .instances import DEFAULT_MIN_SIZE, DEFAULT_SEED_FRACTION, DEFAULT_THRESHOLD, seed_pixels
 from .model import UNet, UNetConfig
 
 FORMAT = "napari-unet-model"
@@ -111,7 +110,7 @@ class SegmentationModel:
         diameter = self.diameter
         if diameter is None:
             return 0
-        return int(round(self.postprocessing["seed_fraction"] * math.pi * (diameter / 2) ** 2))
+        return seed_pixels(self.postprocessing["seed_fraction"], diameter)
 
     @property
     def diameter(self) -> float | None:

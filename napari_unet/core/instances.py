@@ -23,6 +23,7 @@ Objects smaller than ``min_size`` pixels are removed; labels are renumbered 1..N
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -55,6 +56,12 @@ def _check_args(threshold: float, min_size: int) -> tuple[float, int]:
     if min_size < 0:
         raise ValueError(f"The minimum object size must be 0 or more pixels, got {min_size}.")
     return threshold, min_size
+
+
+def seed_pixels(fraction: float, diameter: float) -> int:
+    """Smallest seed (pixels) of a model whose objects measure ``diameter``: ``fraction`` of the
+    area of a disc of that diameter (see :attr:`SegmentationModel.min_seed`)."""
+    return int(round(fraction * math.pi * (diameter / 2) ** 2))
 
 
 def _remove_small_and_relabel(labels: np.ndarray, min_size: int) -> np.ndarray:
