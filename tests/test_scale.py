@@ -121,6 +121,44 @@ def test_diameter_search_converges_and_falls_back():
     assert empty.diameter is None and empty.final_scale == 1.0 and "no object found" in empty.note
 
 
+def test_diameter_search_starts_at_the_prior_and_checks_it():
+    from skimage.draw import disk
+
+    def discs(radius: float, size: int = 256) -> np.ndarray:
+        labels = np.zeros((size, size), np.int32)
+        for i, c in enumerate(range(int(radius * 2), size - int(radius * 2), int(radius * 3)), start=1):
+            labels[disk((size // 2, c), radius, shape=labels.shape)] = i
+        return labels
+
+    size = ObjectSize(30, 26, 34)  # a whole-cell model; the user's cells are 12 px
+    search = DiameterSearch(size, prior=12.0)
+    first = search.next_scale()
+    assert first == pytest.approx(26 / 12)
+    search.found(discs(13), first)  # 26 px at that scale: 12 px in the image, as the prior says
+    assert search.next_scale() is None and search.diameter == pytest.approx(12, rel=0.05)
+    assert search.final_scale == first  # that pass is the final one
+    assert search.passes == []  # no pyramid
+
+    assert search.checks == [(first, pytest.approx(12, rel=0.05))]
+
+    other = DiameterSearch(size, prior=12.0)  # images at five times the magnification
+    other.found(discs(65, 1024), other.next_scale())  # 130 px there: 60 px objects, not the prior's 12
+    second = other.next_scale()
+    assert other.diameter is None and second == pytest.approx(34 / 60, rel=0.05)  # where 60 px objects fit
+    other.found(discs(17), second)  # 60 px objects again: the size is confirmed
+    assert other.next_scale() is None and other.diameter == pytest.approx(60, rel=0.05)
+    assert other.final_scale == second
+
+    unsure = DiameterSearch(size, prior=12.0)
+    first = unsure.next_scale()
+    unsure.found(discs(65, 1024), first)  # 60 px objects ...
+    unsure.found(discs(5), unsure.next_scale())  # ... but 18 px ones where those should fit
+    assert unsure.next_scale() is None and unsure.diameter == 12.0 and unsure.final_scale == first
+
+    tiny = DiameterSearch(size, prior=300.0, smallest_side=100)  # its pass would be 10 px wide
+    assert tiny.next_scale() == 1.0
+
+
 # ------------------------------------------------------------------ with the built-in model
 def test_builtin_model_knows_its_diameter():
     model = load_model(device="cpu")
@@ -221,3 +259,25 @@ def test_estimate_finds_the_size_of_nuclei_four_times_the_models(data_dir):
     model = load_model(device="cpu")
     result = next(i for i in iter_planes(model, frames[10]) if isinstance(i, PlaneResult))
     assert result.diameter == pytest.approx(median_diameter(truths[10]), rel=0.15)
+
+
+def test_a_fine_tuned_model_records_the_size_of_its_data(dsb_fluo_crop):
+    """The diameter of the user's objects, in the user's pixels (not the rescaled training grid),
+    is where the automatic diameter starts on their other images; from scratch there is none."""
+    from napari_unet.core.checkpoint import SegmentationModel
+    from napari_unet.core.events import run_to_end
+    from napari_unet.core.model import UNet
+    from napari_unet.core.train import finetune
+
+    image, labels = dsb_fluo_crop
+    image, labels = np.kron(image, np.ones((3, 3), image.dtype)), _upscale_labels(labels.astype(np.int32), 3)
+    base = load_model(device="cpu")
+    assert base.data_diameter is None
+    tuned = run_to_end(finetune(base, [image], [labels], steps=2, patch_size=64, batch_size=2))
+    assert tuned.data_diameter == pytest.approx(median_diameter(labels), rel=0.1)
+    assert tuned.diameter == base.diameter  # the model's own scale is its base's
+
+    net = UNet(in_channels=1, n_classes=3, base_width=4, depth=3, padding="same", norm="batch")
+    fresh = SegmentationModel(net, "bg-interior-boundary", metadata={"name": "fresh", "data_diameter": 40.0})
+    scratch = run_to_end(finetune(fresh, [image], [labels], steps=2, patch_size=64, batch_size=2, from_scratch=True))
+    assert scratch.data_diameter is None

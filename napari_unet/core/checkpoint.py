@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -122,6 +123,16 @@ class SegmentationModel:
             value = self.metadata.get(key)
             if isinstance(value, (int, float)) and value > 0:
                 return float(value)
+        return None
+
+    @property
+    def data_diameter(self) -> float | None:
+        """Median object diameter (pixels of the user's images) of the data this model was last
+        fine-tuned on (``metadata["data_diameter"]``): where the automatic diameter starts on
+        images of the same kind. None for a model that was not fine-tuned."""
+        value = self.metadata.get("data_diameter")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+            return float(value)
         return None
 
     @property

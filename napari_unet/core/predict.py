@@ -561,7 +561,7 @@ class _Sizing:
         if diameter is None or word == "auto":
             if own is None:  # an older model file: it works at the image's own scale, as it always did
                 return cls(None)
-            return cls(own, search=DiameterSearch(own))
+            return cls(own, search=DiameterSearch(own, prior=model.data_diameter))
         value = check_diameter(diameter, plane_shape)
         if own is None:
             return cls(None, diameter=value, note=(

@@ -87,6 +87,12 @@ def trained_metadata(
         from .calibrate import training_diameter
 
         meta["training_diameter"] = round(training_diameter([e.labels for e in split.examples]), 2)
+    if from_scratch:
+        meta.pop("data_diameter", None)
+    else:  # where the automatic diameter starts on this user's other images
+        data = data_diameter(split.examples)
+        if data is not None:
+            meta["data_diameter"] = round(data, 2)
     rule, latest = tracker.rule, tracker.latest
     meta["training"] = {
         "selected": rule.select,
@@ -105,6 +111,16 @@ def trained_metadata(
         "history": tracker.history,
     }
     return meta
+
+
+def data_diameter(examples) -> float | None:
+    """Median equivalent diameter of the objects of training examples in their images' own pixels
+    (each example's labels were rescaled by ``example.scale``); None when they hold no object."""
+    from .scale import equivalent_diameters
+
+    sizes = [equivalent_diameters(e.labels) / e.scale for e in examples]
+    sizes = np.concatenate(sizes) if sizes else np.zeros(0)
+    return float(np.median(sizes)) if sizes.size else None
 
 
 def run_record(meta: dict[str, Any]) -> dict[str, Any]:
