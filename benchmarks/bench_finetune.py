@@ -97,8 +97,8 @@ def evaluate(model, images, labels, device) -> tuple[float, float | None]:
     return float(np.mean(aps)), (max(errors) if errors else None)
 
 
-def hitl(name: str, device, budget: float, frame: int, eval_every: int, seed: int, base_name: str | None = None,
-         **train_kw) -> dict:
+def hitl(name: str, device, budget: float | None, frame: int, eval_every: int, seed: int, base_name: str | None = None,
+         compare_prior: bool = False, **train_kw) -> dict:
     from napari_unet.core.checkpoint import load_model
     from napari_unet.core.train import run_finetune
 
@@ -110,10 +110,17 @@ def hitl(name: str, device, budget: float, frame: int, eval_every: int, seed: in
     before = mean_ap(base, images[others], labels[others], device)
     t_eval = time.perf_counter() - t
     t = time.perf_counter()
-    tuned = run_finetune(base, [images[frame]], [labels[frame]], time_budget=budget, device=device, seed=seed,
-                         **train_kw)
+    if budget is not None:
+        train_kw["time_budget"] = budget
+    tuned = run_finetune(base, [images[frame]], [labels[frame]], device=device, seed=seed, **train_kw)
     t_train = time.perf_counter() - t
     after, diameter_error = evaluate(tuned, images[others], labels[others], device)
+    without = None
+    if compare_prior and tuned.metadata.get("data_diameter"):  # the search as for a model that was not fine-tuned
+        prior = tuned.metadata.pop("data_diameter")
+        print(f"  without the recorded size of the data ({prior} px):")
+        without = evaluate(tuned, images[others], labels[others], device)
+        tuned.metadata["data_diameter"] = prior
     meta = tuned.metadata
     return {
         "dataset": name,
@@ -131,6 +138,7 @@ def hitl(name: str, device, budget: float, frame: int, eval_every: int, seed: in
         "val_ap50": meta["val_ap50"],
         "eval_s": t_eval,
         "diameter_error": diameter_error,
+        "without_prior": without,  # (AP@0.5, largest diameter error) without the data's recorded size
     }
 
 
@@ -157,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--patch-size", type=int, default=None, help="fine-tuning patch (default: finetune's)")
     parser.add_argument("--batch-size", type=int, default=None, help="fine-tuning batch (default: finetune's)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="fine-tune for this many steps instead of a time budget (load-independent)")
+    parser.add_argument("--compare-prior", action="store_true",
+                        help="also score the fine-tuned model without the recorded object size of its data")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
@@ -189,8 +201,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"speed: patch {patch} batch {batch}: {sps:.2f} steps/s")
             lines.append(f"| {patch} | {batch} | {sps:.2f} | {sps * batch:.1f} |")
         lines.append("")
+    how_long = f"{args.steps} steps" if args.steps else f"{budget:.0f} s"
     lines += [
-        f"Human in the loop: ground truth of frame {args.frame} as the correction, fine-tuning for {budget:.0f} s "
+        f"Human in the loop: ground truth of frame {args.frame} as the correction, fine-tuning for {how_long} "
         f"(AdamW, patch {args.patch_size or 256}, batch {args.batch_size or 4}, validation on an edge band of that frame; "
         f"`--patch-size {args.patch_size or 256} --batch-size {args.batch_size or 4}`), AP@0.5 on the other frames:",
         "",
@@ -198,10 +211,14 @@ def main(argv: list[str] | None = None) -> int:
         "| kept by (held-out cells) | fine-tune s | largest diameter estimate error after |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    train_kw = {k: v for k, v in (("patch_size", args.patch_size), ("batch_size", args.batch_size)) if v}
+    train_kw = {k: v for k, v in (("patch_size", args.patch_size), ("batch_size", args.batch_size),
+                                  ("steps", args.steps)) if v}
+    if args.steps:
+        budget = None
     for name in args.datasets:
         for model_name in models:
-            r = hitl(name, device, budget, args.frame, args.eval_every, args.seed, base_name=model_name, **train_kw)
+            r = hitl(name, device, budget, args.frame, args.eval_every, args.seed, base_name=model_name,
+                     compare_prior=args.compare_prior, **dict(train_kw))
             err = "-" if r["diameter_error"] is None else f"{100 * r['diameter_error']:.0f}%"
             print(f"{name} from {model_name}: AP@0.5 {r['before']:.3f} -> {r['after']:.3f} in {r['train_s']:.0f} s "
                   f"({r['steps']} steps); fine-tuned model's diameter estimates off by at most {err}")
@@ -209,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {name} | {r['base']} | {r['shape']} | {r['eval_frames']} | {r['before']:.3f} | {r['after']:.3f} | "
                 f"{r['steps']} ({r['selected_step']}) | {r['kept_by']} ({r['val_objects']}) | {r['train_s']:.0f} | {err} |"
             )
+            if r["without_prior"] is not None:
+                ap, e = r["without_prior"]
+                print(f"  without the data's recorded size: AP@0.5 {ap:.3f}, diameter estimates off by at most "
+                      f"{'-' if e is None else f'{100 * e:.0f}%'}")
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
