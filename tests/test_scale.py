@@ -90,15 +90,17 @@ def test_resized_probabilities_keep_their_sums():
     assert resize_image(np.zeros((40, 60, 3), np.uint8), 0.5).shape == (20, 30, 3)
 
 
-def test_diameter_search_converges_and_falls_back():
+def discs(radius: int, size: int = 256) -> np.ndarray:
+    """A row of discs of ``radius`` across a size x size plane, as labels."""
     from skimage.draw import disk
 
-    def discs(radius: float, size: int = 256) -> np.ndarray:
-        labels = np.zeros((size, size), np.int32)
-        for i, c in enumerate(range(radius * 2, size - radius * 2, int(radius * 3)), start=1):
-            labels[disk((size // 2, c), radius, shape=labels.shape)] = i
-        return labels
+    labels = np.zeros((size, size), np.int32)
+    for i, c in enumerate(range(radius * 2, size - radius * 2, radius * 3), start=1):
+        labels[disk((size // 2, c), radius, shape=labels.shape)] = i
+    return labels
 
+
+def test_diameter_search_converges_and_falls_back():
     size = ObjectSize(14, 12, 16)
     search = DiameterSearch(size)
     assert search.next_scale() == 1.0
@@ -122,14 +124,6 @@ def test_diameter_search_converges_and_falls_back():
 
 
 def test_diameter_search_starts_at_the_prior_and_checks_it():
-    from skimage.draw import disk
-
-    def discs(radius: float, size: int = 256) -> np.ndarray:
-        labels = np.zeros((size, size), np.int32)
-        for i, c in enumerate(range(int(radius * 2), size - int(radius * 2), int(radius * 3)), start=1):
-            labels[disk((size // 2, c), radius, shape=labels.shape)] = i
-        return labels
-
     size = ObjectSize(30, 26, 34)  # a whole-cell model; the user's cells are 12 px
     search = DiameterSearch(size, prior=12.0)
     first = search.next_scale()
