@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.datasets:
         for model_name in models:
             r = hitl(name, device, budget, args.frame, args.eval_every, args.seed, base_name=model_name,
-                     compare_prior=args.compare_prior, **dict(train_kw))
+                     compare_prior=args.compare_prior, **train_kw)
             err = "-" if r["diameter_error"] is None else f"{100 * r['diameter_error']:.0f}%"
             print(f"{name} from {model_name}: AP@0.5 {r['before']:.3f} -> {r['after']:.3f} in {r['train_s']:.0f} s "
                   f"({r['steps']} steps); fine-tuned model's diameter estimates off by at most {err}")

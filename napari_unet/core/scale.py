@@ -269,10 +269,8 @@ class DiameterSearch:
             return self._check_prior(scale, estimate)
         self.passes.append((scale, estimate))
         estimates = [d for _s, d in self.passes]
-        if len(estimates) >= 2 and None not in estimates[-2:]:
-            finer, coarser = estimates[-2], estimates[-1]
-            if max(finer, coarser) / min(finer, coarser) <= STABLE_RATIO:
-                return self._done(coarser)
+        if len(estimates) >= 2 and _agree(*estimates[-2:]):  # take the coarser of the two
+            return self._done(estimates[-1])
         coarser_scale = scale / 2
         if len(self.passes) < PYRAMID_LEVELS and self._fits(coarser_scale):
             self._next = coarser_scale
