@@ -325,6 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--finalize", type=Path, metavar="MODEL",
                         help="skip training: tune post-processing, evaluate and write the card for MODEL "
                              "(a file this script trained; give the same recipe options)")
+    parser.add_argument("--rescore", type=Path, metavar="MODEL",
+                        help="skip training: measure MODEL (a file this script wrote) out of the box again, beside "
+                             "the shipped model of the same name, and rewrite its card (after a change to the "
+                             "automatic diameter); the weights and post-processing stay as they are")
     parser.add_argument("--reproduce", type=Path, metavar="MODEL", nargs="?",
                         const=ROOT / "napari_unet" / "models" / "nuclei.pt",
                         help="retrain MODEL (default: the shipped model) from scratch: run every stage recorded "
@@ -344,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.reproduce:
         return reproduce(args.reproduce, args.out, args.data or DEFAULT_DATA, args.device)
+    if args.rescore:
+        return rescore(args.rescore, args)
     if args.leg_minutes is not None or args.resume is training_legs.RESUME_LEGS:
         if args.leg_minutes is None:
             args.leg_minutes = 120.0
@@ -615,6 +621,38 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
         print("the new model beats the shipped one on every kind: ship it by copying "
               f"{path} and {path.parent / card_name(args.model)} into napari_unet/models/" if better else
               "the new model does not beat the shipped one on every kind: keep the shipped model")
+    return 0
+
+
+def rescore(path: Path, args: argparse.Namespace) -> int:
+    """``--rescore``: the out-of-the-box figures of a finished model and of the shipped one, both
+    measured with today's code, stored in the model's card (model file rewritten atomically)."""
+    from napari_unet.core.checkpoint import read_model_file, save_model
+    from napari_unet.core.device import select_device
+    from napari_unet.core.predict import segment
+    from napari_unet._atomic import atomic_write
+
+    device = select_device(args.device)
+    model = read_model_file(path, device=device)
+    card = model.metadata.get("model_card")
+    if not isinstance(card, dict) or model.diameter is None:
+        print(f"error: {path} has no model card or no object diameter: train or --finalize it first", file=sys.stderr)
+        return 2
+    args.model = model.metadata.get("name", args.model)
+    args.out = path
+    val_rows = load_rows(args, "val")
+    card["val_auto_diameter"] = evaluate(
+        val_rows, lambda r: segment(model, r["image"], diameter="auto", device=device, engine="torch"))
+    card["shipped_auto_diameter"] = shipped_scores(args, val_rows, device)
+    model.net.to("cpu")
+    save_model(model, path)
+    if not args.no_card:
+        with atomic_write(path.parent / card_name(args.model), "w") as fh:
+            fh.write(model_card_markdown(model.metadata))
+    shipped = card["shipped_auto_diameter"] or {}
+    for kind, v in _ordered(card["val_auto_diameter"]):
+        print(f"{kind:12s} out of the box (auto diameter): AP@0.5 {v['ap50']:.3f}, "
+              f"shipped {_ap_or_dash(shipped.get(kind))}")
     return 0
 
 

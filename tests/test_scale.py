@@ -112,6 +112,17 @@ def test_diameter_search_converges_and_falls_back():
     assert search.diameter == pytest.approx(56, rel=0.05)
     assert search.final_scale == pytest.approx(16 / 56, rel=0.05)
 
+    # of two agreeing levels, the one where the objects looked nearest the model's size stands
+    model_17 = ObjectSize(17, 15, 19)
+    merged = DiameterSearch(model_17)  # 14 px nuclei: at half scale (7 px) neighbours merge
+    merged.found(discs(7), merged.next_scale())  # 14 px at scale 1
+    merged.found(discs(4), merged.next_scale())  # 8 px at scale 1/2: "16 px" objects
+    assert merged.next_scale() is None and merged.diameter == pytest.approx(14, rel=0.05)
+    cut = DiameterSearch(model_17)  # 32 px nuclei: at scale 1 some are cut in pieces
+    cut.found(discs(14), cut.next_scale())  # 28 px at scale 1
+    cut.found(discs(8), cut.next_scale())  # 16 px at scale 1/2: 32 px objects
+    assert cut.next_scale() is None and cut.diameter == pytest.approx(32, rel=0.1)
+
     small = DiameterSearch(size, smallest_side=100)
     small.found(discs(5, 100), 1.0)  # the next level would be 50 px: too small to look at
     assert small.next_scale() is None and small.diameter == pytest.approx(10, rel=0.1)
@@ -247,7 +258,8 @@ def test_a_model_trained_from_scratch_records_its_training_diameter(dsb_fluo_cro
 
 def test_estimate_finds_the_size_of_nuclei_four_times_the_models(data_dir):
     """SIM+ nuclei (~55 px; the built-in model's diameter is 14 px): large objects, cut into pieces
-    at the finer pyramid levels, are measured at the coarser level of the agreeing pair."""
+    at the finer pyramid levels, are measured at the level of the agreeing pair where they look
+    nearest the model's size (the coarser one)."""
     frames = tifffile.imread(data_dir / "ctc_sim_plus" / "images.tif")
     truths = tifffile.imread(data_dir / "ctc_sim_plus" / "labels.tif")
     model = load_model(device="cpu")

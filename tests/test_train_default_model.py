@@ -121,6 +121,14 @@ def test_legs_resume_and_finish_with_a_log_and_a_model(tmp_path):
     assert sum(line.startswith("| 20") for line in log) == 2 and "| nuclei | 2 | 0-4 | 4 |" in log[-1]
     with pytest.raises(SystemExit, match="finished"):
         script.main(["--resume", "--checkpoint-dir", str(folder), "--data", str(data), "--device", "cpu"])
+    # --rescore measures the finished model out of the box again beside the shipped one, weights untouched
+    assert script.main(["--rescore", str(folder / "nuclei.pt"), "--data", str(data), "--device", "cpu"]) == 0
+    rescored = read_model_file(folder / "nuclei.pt")
+    card = rescored.metadata["model_card"]
+    assert card["val_auto_diameter"]["all"]["n"] == card["val"]["all"]["n"]
+    assert card["shipped_auto_diameter"]["all"]["n"] == card["val"]["all"]["n"]
+    assert all(torch.equal(a, b) for a, b in zip(model.net.state_dict().values(), rescored.net.state_dict().values()))
+    assert "model it replaces" in (folder / "MODEL_CARD.md").read_text()
     # the stage of a leg-trained model retrains in one go with the same recipe
     argv = script.stage_arguments(model.metadata["stages"], "out/nuclei.pt")[0]
     assert argv[argv.index("--diameter") + 1] == "17" and "--resume" not in argv
