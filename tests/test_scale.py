@@ -112,7 +112,7 @@ def test_diameter_search_converges_and_falls_back():
     assert search.diameter == pytest.approx(56, rel=0.05)
     assert search.final_scale == pytest.approx(16 / 56, rel=0.05)
 
-    # of two agreeing levels, the one where the objects looked nearest the model's size stands
+    # of two agreeing levels the finer stands, unless the objects looked larger there than the model's range
     model_17 = ObjectSize(17, 15, 19)
     merged = DiameterSearch(model_17)  # 14 px nuclei: at half scale (7 px) neighbours merge
     merged.found(discs(7), merged.next_scale())  # 14 px at scale 1
@@ -258,8 +258,8 @@ def test_a_model_trained_from_scratch_records_its_training_diameter(dsb_fluo_cro
 
 def test_estimate_finds_the_size_of_nuclei_four_times_the_models(data_dir):
     """SIM+ nuclei (~55 px; the built-in model's diameter is 14 px): large objects, cut into pieces
-    at the finer pyramid levels, are measured at the level of the agreeing pair where they look
-    nearest the model's size (the coarser one)."""
+    at the finer pyramid levels, are measured at the coarser level of the agreeing pair (at the
+    finer one they look larger than the sizes the model segments well)."""
     frames = tifffile.imread(data_dir / "ctc_sim_plus" / "images.tif")
     truths = tifffile.imread(data_dir / "ctc_sim_plus" / "labels.tif")
     model = load_model(device="cpu")

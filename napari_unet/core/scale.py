@@ -214,12 +214,12 @@ class DiameterSearch:
     about the model's size, and objects much smaller merge. Both errors change with the scale,
     the true size does not: the estimate (in image pixels) is taken from the finest two
     consecutive pyramid levels (1, 1/2, 1/4, ...) that agree within :data:`STABLE_RATIO`,
-    and of the two from the one where the objects appeared nearest the model's own diameter:
-    objects larger than the model's are cut into pieces less at the coarser level (the finer
-    one came out up to 22% small on 2x-upscaled DSB2018 nuclei and on the SIM+ frames, whose
-    objects are 2-4x the model's size), and objects smaller than the model's merge less at the
-    finer level (9 px nuclei came out at 12 px at scale 1 but 15 px at scale 1/2, with a model
-    of 17 px). Without such a pair, the finest level that found objects stands.
+    and of the two from the finer one, unless the objects looked larger there than the sizes the
+    model segments well (``size.high``): then from the coarser one. Objects larger than the
+    model's are cut into pieces at the finer level (it came out up to 22% small on 2x-upscaled
+    DSB2018 nuclei and on the SIM+ frames, whose objects are 2-4x the model's size); smaller ones
+    merge more at the coarser level (9 px nuclei came out at 12 px at scale 1 but 15 px at scale
+    1/2, with a model of 17 px). Without such a pair, the finest level that found objects stands.
 
     With a ``prior`` (the object diameter of the data a fine-tuned model learnt from, in the
     user's pixels), the passes start where objects of that size reach the model's size. What
@@ -272,18 +272,16 @@ class DiameterSearch:
         self.passes.append((scale, estimate))
         estimates = [d for _s, d in self.passes]
         if len(estimates) >= 2 and _agree(*estimates[-2:]):
-            return self._done(self._nearer_the_model(*self.passes[-2:]))
+            (finer_scale, finer), (_s, coarser) = self.passes[-2:]
+            # objects larger than the model's may be cut in pieces at the finer level; smaller ones
+            # merge more at the coarser level
+            return self._done(coarser if finer * finer_scale > self.size.high else finer)
         coarser_scale = scale / 2
         if len(self.passes) < PYRAMID_LEVELS and self._fits(coarser_scale):
             self._next = coarser_scale
             return
         found = [d for d in estimates if d is not None]
         self._done(found[0] if found else None)
-
-    def _nearer_the_model(self, *passes: tuple[float, float]) -> float:
-        """Of passes ``(scale, estimate)``, the estimate of the one where the objects appeared
-        nearest the model's own diameter (``estimate * scale``, on a log scale)."""
-        return min(passes, key=lambda p: abs(math.log(p[1] * p[0] / self.size.diameter)))[1]
 
     def _check_prior(self, scale: float, estimate: float | None) -> None:
         """One of the (at most two) passes that test the prior."""
