@@ -53,9 +53,11 @@ class Calibration:
         return {f"{d:g}": round(float(a), 4) for d, a in zip(self.candidates, self.mean_ap)}
 
 
-def training_diameter(labels: Sequence[np.ndarray]) -> float:
-    """Median equivalent diameter of all objects of a set of label images (pixels)."""
-    diameters = np.concatenate([equivalent_diameters(lab) for lab in labels] or [np.zeros(0)])
+def training_diameter(labels: Sequence[np.ndarray], scales: Sequence[float] | None = None) -> float:
+    """Median equivalent diameter of all objects of a set of label images (pixels); with ``scales``
+    (the factor each labels image was rescaled by), in the pixels of the images before rescaling."""
+    scales = [1.0] * len(labels) if scales is None else scales
+    diameters = np.concatenate([equivalent_diameters(lab) / s for lab, s in zip(labels, scales)] or [np.zeros(0)])
     if diameters.size == 0:
         raise ValueError("The labels hold no object: no diameter can be measured.")
     return float(np.median(diameters))

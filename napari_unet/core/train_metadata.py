@@ -116,11 +116,12 @@ def trained_metadata(
 def data_diameter(examples) -> float | None:
     """Median equivalent diameter of the objects of training examples in their images' own pixels
     (each example's labels were rescaled by ``example.scale``); None when they hold no object."""
-    from .scale import equivalent_diameters
+    from .calibrate import training_diameter
 
-    sizes = [equivalent_diameters(e.labels) / e.scale for e in examples]
-    sizes = np.concatenate(sizes) if sizes else np.zeros(0)
-    return float(np.median(sizes)) if sizes.size else None
+    try:
+        return training_diameter([e.labels for e in examples], [e.scale for e in examples])
+    except ValueError:  # no object
+        return None
 
 
 def run_record(meta: dict[str, Any]) -> dict[str, Any]:
