@@ -160,6 +160,16 @@ def test_diameter_search_starts_at_the_prior_and_checks_it():
     unsure.found(discs(5), unsure.next_scale())  # ... but 18 px ones where those should fit
     assert unsure.next_scale() is None and unsure.diameter == 12.0 and unsure.final_scale == first
 
+    # two agreeing passes: the finer one measures (at the coarser one small cells merge more)
+    wide = ObjectSize(30, 26, 36)
+    merging = DiameterSearch(wide, prior=10.0)
+    first = merging.next_scale()  # 2.6
+    merging.found(discs(17), first)  # 34 px there: 13 px cells, 30% over the prior
+    second = merging.next_scale()
+    assert second == pytest.approx(26 / 13.1, rel=0.05)
+    merging.found(discs(15), second)  # 30 px there: "15 px" cells, in agreement, but merged more
+    assert merging.next_scale() is None and merging.diameter == pytest.approx(13.1, rel=0.05)
+
     tiny = DiameterSearch(size, prior=300.0, smallest_side=100)  # its pass would be 10 px wide
     assert tiny.next_scale() == 1.0
 

@@ -272,16 +272,20 @@ class DiameterSearch:
         self.passes.append((scale, estimate))
         estimates = [d for _s, d in self.passes]
         if len(estimates) >= 2 and _agree(*estimates[-2:]):
-            (finer_scale, finer), (_s, coarser) = self.passes[-2:]
-            # objects larger than the model's may be cut in pieces at the finer level; smaller ones
-            # merge more at the coarser level
-            return self._done(coarser if finer * finer_scale > self.size.high else finer)
+            return self._done(self._of_agreeing(*self.passes[-2:])[1])
         coarser_scale = scale / 2
         if len(self.passes) < PYRAMID_LEVELS and self._fits(coarser_scale):
             self._next = coarser_scale
             return
         found = [d for d in estimates if d is not None]
         self._done(found[0] if found else None)
+
+    def _of_agreeing(self, a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
+        """Of two passes ``(scale, estimate)`` that agree, the one to believe: the finer, unless the
+        objects looked larger there than the sizes the model segments well. Objects larger than the
+        model's may be cut into pieces at the finer scale; smaller ones merge more at the coarser."""
+        finer, coarser = (a, b) if a[0] >= b[0] else (b, a)
+        return coarser if finer[1] * finer[0] > self.size.high else finer
 
     def _check_prior(self, scale: float, estimate: float | None) -> None:
         """One of the (at most two) passes that test the prior."""
@@ -298,7 +302,8 @@ class DiameterSearch:
             return self._done(self.prior, reuse=scale)
         first_scale, first = self.checks[0]
         if _agree(estimate, first):  # both passes see objects of that other size
-            return self._done(estimate, reuse=scale)
+            chosen_scale, chosen = self._of_agreeing((first_scale, first), (scale, estimate))
+            return self._done(chosen, reuse=chosen_scale)
         self._done(self.prior, reuse=first_scale)
 
     def _done(self, diameter: float | None, reuse: float | None = None) -> None:
