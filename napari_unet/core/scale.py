@@ -225,7 +225,8 @@ class DiameterSearch:
     user's pixels), the passes start where objects of that size reach the model's size. What
     that pass finds stands when it agrees with the prior within :data:`STABLE_RATIO`. When it
     does not, a second pass runs where what it found would reach the model's size: if the two
-    agree, the objects are of that other size (another magnification); if not, neither pass is
+    agree, the objects are of that other size (another magnification; of the two passes, the
+    same rule as in the pyramid says which one measures it); if not, neither pass is
     self-consistent (the model is unsure of these objects) and the prior stands. Objects several
     times smaller than a model's only merge at the pyramid's scales, so their size cannot be
     found from scale 1 down; a model fine-tuned on them has seen them and starts at their size.
