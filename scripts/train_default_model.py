@@ -514,7 +514,6 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
     """Tune post-processing on val, evaluate beside the classic pipeline, write model and card."""
     import torch
 
-    from napari_unet._atomic import atomic_write
     from napari_unet.core.checkpoint import save_model
     from napari_unet.core.device import describe_device
     from napari_unet.core.optimise import describe_loss
@@ -530,11 +529,8 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
     baseline = evaluate(val_rows, lambda r: otsu_watershed(r["image"]))
     val_auto = None
     if result.diameter is not None:  # what a user gets: the diameter estimated from the image
-        from napari_unet.core.predict import segment
-
         result.metadata["postprocessing"] = postprocessing
-        val_auto = evaluate(val_rows, lambda r: segment(result, r["image"], diameter="auto", device=device,
-                                                        engine="torch"))
+        val_auto = out_of_the_box(result, val_rows, device)
     shipped = shipped_scores(args, val_rows, device)
     print(f"evaluation {time.perf_counter() - t_eval:.1f} s")
 
@@ -605,19 +601,14 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
     size_mb = path.stat().st_size / 1e6
     print(f"wrote {path} ({size_mb:.2f} MB)")
     if not args.no_card:
-        card_path = path.parent / card_name(args.model)
-        with atomic_write(card_path, "w") as fh:
-            fh.write(model_card_markdown(result.metadata))
-        print(f"wrote {card_path}")
+        print(f"wrote {write_card(path, result.metadata)}")
     for kind, v in _ordered(val_scores):
         b = baseline[kind]
         print(f"{kind:12s} n={v['n']:3d}  U-Net AP@0.5 {v['ap50']:.3f} AP@0.75 {v['ap75']:.3f} Dice {v['dice']:.3f}"
               f"   | Otsu+ws AP@0.5 {b['ap50']:.3f} AP@0.75 {b['ap75']:.3f} Dice {b['dice']:.3f}")
     if shipped and val_auto:
         better = all(val_auto[k]["ap50"] > shipped[k]["ap50"] for k in shipped if k != "all")
-        for kind, v in _ordered(val_auto):
-            print(f"{kind:12s} out of the box (auto diameter): new AP@0.5 {v['ap50']:.3f}, "
-                  f"shipped {shipped.get(kind, {}).get('ap50', float('nan')):.3f}")
+        _print_beside_shipped(val_auto, shipped)
         print("the new model beats the shipped one on every kind: ship it by copying "
               f"{path} and {path.parent / card_name(args.model)} into napari_unet/models/" if better else
               "the new model does not beat the shipped one on every kind: keep the shipped model")
@@ -629,8 +620,6 @@ def rescore(path: Path, args: argparse.Namespace) -> int:
     measured with today's code, stored in the model's card (model file rewritten atomically)."""
     from napari_unet.core.checkpoint import read_model_file, save_model
     from napari_unet.core.device import select_device
-    from napari_unet.core.predict import segment
-    from napari_unet._atomic import atomic_write
 
     device = select_device(args.device)
     model = read_model_file(path, device=device)
@@ -641,19 +630,37 @@ def rescore(path: Path, args: argparse.Namespace) -> int:
     args.model = model.metadata.get("name", args.model)
     args.out = path
     val_rows = load_rows(args, "val")
-    card["val_auto_diameter"] = evaluate(
-        val_rows, lambda r: segment(model, r["image"], diameter="auto", device=device, engine="torch"))
+    card["val_auto_diameter"] = out_of_the_box(model, val_rows, device)
     card["shipped_auto_diameter"] = shipped_scores(args, val_rows, device)
     model.net.to("cpu")
     save_model(model, path)
     if not args.no_card:
-        with atomic_write(path.parent / card_name(args.model), "w") as fh:
-            fh.write(model_card_markdown(model.metadata))
-    shipped = card["shipped_auto_diameter"] or {}
-    for kind, v in _ordered(card["val_auto_diameter"]):
-        print(f"{kind:12s} out of the box (auto diameter): AP@0.5 {v['ap50']:.3f}, "
-              f"shipped {_ap_or_dash(shipped.get(kind))}")
+        write_card(path, model.metadata)
+    _print_beside_shipped(card["val_auto_diameter"], card["shipped_auto_diameter"] or {})
     return 0
+
+
+def out_of_the_box(model, val_rows: list[dict], device) -> dict:
+    """Scores of ``model`` on ``val_rows`` as a user gets them: the diameter estimated from each image."""
+    from napari_unet.core.predict import segment
+
+    return evaluate(val_rows, lambda r: segment(model, r["image"], diameter="auto", device=device, engine="torch"))
+
+
+def write_card(path: Path, meta: dict) -> Path:
+    """The model card of the model file ``path`` (metadata ``meta``), written atomically beside it."""
+    from napari_unet._atomic import atomic_write
+
+    card_path = path.parent / card_name(meta.get("name", "nuclei"))
+    with atomic_write(card_path, "w") as fh:
+        fh.write(model_card_markdown(meta))
+    return card_path
+
+
+def _print_beside_shipped(val_auto: dict, shipped: dict) -> None:
+    for kind, v in _ordered(val_auto):
+        print(f"{kind:12s} out of the box (auto diameter): new AP@0.5 {v['ap50']:.3f}, "
+              f"shipped {_ap_or_dash(shipped.get(kind))}")
 
 
 def _ap_or_dash(scores: dict | None) -> str:
@@ -670,13 +677,11 @@ def shipped_scores(args: argparse.Namespace, val_rows: list[dict], device) -> di
     """The shipped model of the same name on ``val_rows``, out of the box (None: none shipped, or
     it is the file being written)."""
     from napari_unet.core.checkpoint import read_model_file
-    from napari_unet.core.predict import segment
 
     path = ROOT / "napari_unet" / "models" / f"{args.model}.pt"
     if not path.is_file() or Path(args.out).resolve() == path.resolve():
         return None
-    shipped = read_model_file(path, device=device)
-    return evaluate(val_rows, lambda r: segment(shipped, r["image"], diameter="auto", device=device, engine="torch"))
+    return out_of_the_box(read_model_file(path, device=device), val_rows, device)
 
 
 def _ordered(scores: dict) -> list:
