@@ -321,6 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "(a file this script wrote): a new stage from it instead of from scratch")
     parser.add_argument("--repeat-kind", action="append", default=[], metavar="KIND=N",
                         help="sample the train images of KIND N times as often (e.g. color=2)")
+    parser.add_argument("--augment-upscaled", type=float, default=0.0, metavar="P",
+                        help="probability that a patch is made to look enlarged 1.5-4x (as inference enlarges "
+                             "images of small objects): core.augment's upscaled_prob (default 0)")
+    parser.add_argument("--augment-gradient", type=float, default=0.0, metavar="A",
+                        help="uneven illumination: a random linear ramp of up to A (normalised intensity) "
+                             "across each patch (default 0)")
     parser.add_argument("--no-card", action="store_true", help="do not write MODEL_CARD.md")
     parser.add_argument("--finalize", type=Path, metavar="MODEL",
                         help="skip training: tune post-processing, evaluate and write the card for MODEL "
@@ -415,6 +421,7 @@ def train(args: argparse.Namespace, train_rows: list[dict], val_rows: list[dict]
         device=device,
         seed=args.seed,
         from_scratch=True,  # BatchNorm statistics keep learning, also when resuming
+        augment=training_legs.augment_config(args),
     )
     bar = TrainingBar(args.steps, args.time_budget)
     result = run_to_end(gen, bar)
@@ -449,6 +456,10 @@ def stage_arguments(stages: list[dict], out: str) -> list[list[str]]:
             argv += ["--resume", str(out_path.with_name(f"stage{i}.pt"))]
         for kind in st.get("repeat_kind") or []:
             argv += ["--repeat-kind", kind]
+        if st.get("augment_upscaled"):
+            argv += ["--augment-upscaled", f"{st['augment_upscaled']:g}"]
+        if st.get("augment_gradient"):
+            argv += ["--augment-gradient", f"{st['augment_gradient']:g}"]
         if not last:
             argv.append("--no-card")
         argv += ["--out", str(out_path if last else out_path.with_name(f"stage{i + 1}.pt"))]
@@ -488,6 +499,10 @@ def _stage_record(meta: dict, args: argparse.Namespace | None) -> dict:
     if args is not None:
         record["resumed_from"] = str(args.resume.name) if args.resume else None
         record["repeat_kind"] = list(args.repeat_kind)
+        if getattr(args, "augment_upscaled", 0.0):
+            record["augment_upscaled"] = args.augment_upscaled
+        if getattr(args, "augment_gradient", 0.0):
+            record["augment_gradient"] = args.augment_gradient
         record["seed"] = args.seed
         record["model"] = args.model
         record["diameter"] = args.diameter
@@ -549,7 +564,11 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
             "representation": "bg-interior-boundary (2 px inner boundary band), watershed from interior seeds",
             "loss": describe_loss(training.get("w0", 10.0), training.get("sigma", 5.0)),
             "augmentation": "crop, flips, any rotation, scale 0.8-1.25, elastic (3x3 grid, sigma 10 px, p=0.5), "
-                            "gain/offset/gamma/noise",
+                            "gain/offset/gamma/noise" + (
+                                "; in the stages that say so, the look of an image enlarged 1.5-4x (shrunk, "
+                                "noise, enlarged back) and linear illumination ramps"
+                                if any(st.get("augment_upscaled") or st.get("augment_gradient") for st in stages)
+                                else ""),
             "optimiser": f"AdamW lr {args.lr} ({WarmupCosine(args.lr).describe()}), "
                          f"weight decay {training.get('weight_decay', 1e-4):g}, "
                          f"batch {args.batch_size} x {training['patch_size']} px patches",
@@ -565,6 +584,8 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
                 f"{st['batch_size']}, lr {st['lr']}"
                 + (f", resumed from {st['resumed_from']}" if st.get("resumed_from") else ", from scratch")
                 + (f", {' '.join(st['repeat_kind'])} sampling" if st.get("repeat_kind") else "")
+                + (f", enlarged look p={st['augment_upscaled']:g}" if st.get("augment_upscaled") else "")
+                + (f", illumination ramps up to {st['augment_gradient']:g}" if st.get("augment_gradient") else "")
                 for i, st in enumerate(stages)
             ),
         },

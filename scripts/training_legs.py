@@ -34,7 +34,7 @@ RESUME_LEGS = _ResumeLegs()
 
 #: The options that make up a run's recipe: recorded in the checkpoint, restored by ``--resume``.
 RECIPE_KEYS = ("model", "steps", "patch_size", "batch_size", "lr", "seed", "base_width", "depth", "diameter",
-               "repeat_kind", "validations", "precision")
+               "repeat_kind", "validations", "precision", "augment_upscaled", "augment_gradient")
 
 LOG_HEADER = (
     "# Training log of the built-in models\n\n"
@@ -118,6 +118,14 @@ def append_log(log_path: Path, record: dict) -> None:
         fh.write(text)
 
 
+def augment_config(args: argparse.Namespace):
+    """The augmentation of a run: core.augment's defaults, with the recipe's extra options."""
+    from napari_unet.core.augment import AugmentConfig
+
+    return AugmentConfig(upscaled_prob=getattr(args, "augment_upscaled", 0.0) or 0.0,
+                         gradient=getattr(args, "augment_gradient", 0.0) or 0.0)
+
+
 def run_legs(args: argparse.Namespace, load_rows, finalize, stage_record) -> int:
     """One leg of a run (a new one, or ``--resume``); finalize the model when its steps are done."""
     import torch
@@ -165,7 +173,7 @@ def run_legs(args: argparse.Namespace, load_rows, finalize, stage_record) -> int
         val_images=[r["image"] for r in val_rows], val_labels=[r["labels"] for r in val_rows],
         steps=args.steps, lr=args.lr, patch_size=args.patch_size, batch_size=args.batch_size,
         validate_every=validation_interval(args.validations, args.steps, None), device=device, seed=args.seed,
-        mixed_precision=args.precision == "bf16", from_scratch=True,
+        mixed_precision=args.precision == "bf16", from_scratch=True, augment=augment_config(args),
     )
     start = restore(prepared, state) if resuming else None
     first_step = start.steps if start else 0

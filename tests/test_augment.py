@@ -10,7 +10,9 @@ from napari_unet.core.augment import (
     AugmentConfig,
     coarse_displacements,
     elastic_deform,
+    enlarged_look,
     flip_rot90,
+    illumination_ramp,
     intensity_jitter,
     random_crop,
     sample_patch,
@@ -91,6 +93,37 @@ def test_intensity_jitter():
     assert (np.argsort(out.ravel()) == np.argsort(image.ravel())).all()
     same = intensity_jitter(image, rng, NO_AUGMENT)
     np.testing.assert_allclose(same, image)
+
+
+def test_enlarged_look_and_illumination_ramp():
+    rng = np.random.default_rng(0)
+    image, labels = _pair(64, 64)
+    # an image that was 3x smaller, noise at that size, enlarged back: same shape, same objects,
+    # and its noise is smooth (neighbouring pixels correlate), unlike white noise at full size
+    out = enlarged_look(np.zeros((1, 64, 64), np.float32), rng, 3.0, 0.1)
+    assert out.shape == (1, 64, 64) and out.dtype == np.float32
+    assert 0.02 < out.std() < 0.1
+    neighbours = np.corrcoef(out[0, :, :-1].ravel(), out[0, :, 1:].ravel())[0, 1]
+    assert neighbours > 0.5
+    clean = enlarged_look(image, rng, 2.0, 0.0)
+    assert np.mean(np.rint(clean[0]) == labels) > 0.9
+    # a ramp: mean 0, linear, a total rise of at most the amplitude
+    ramp = illumination_ramp((40, 50), rng, 0.5)
+    assert abs(ramp.mean()) < 1e-3 and np.ptp(ramp) <= 0.5 + 1e-6
+    assert np.allclose(np.diff(ramp, 2, axis=0), 0, atol=1e-5) and np.allclose(np.diff(ramp, 2, axis=1), 0, atol=1e-5)
+
+
+def test_the_extra_augmentations_are_off_by_default_and_keep_the_random_stream():
+    image, labels = _pair()
+    default = sample_patch(image, labels, 32, np.random.default_rng(7))
+    explicit = sample_patch(image, labels, 32, np.random.default_rng(7), AugmentConfig(upscaled_prob=0.0, gradient=0.0))
+    np.testing.assert_array_equal(default[0], explicit[0])
+    both = AugmentConfig(noise=0.0, gain=(1, 1), offset=(0, 0), gamma=(1, 1), upscaled_prob=1.0, gradient=0.4)
+    img, lab = sample_patch(image, labels, 32, np.random.default_rng(7), both)
+    plain = sample_patch(image, labels, 32, np.random.default_rng(7), AugmentConfig(
+        noise=0.0, gain=(1, 1), offset=(0, 0), gamma=(1, 1)))
+    np.testing.assert_array_equal(lab, plain[1])  # the labels never change
+    assert img.shape == (1, 32, 32) and not np.allclose(img, plain[0])
 
 
 def test_shape_errors():

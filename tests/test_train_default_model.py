@@ -77,7 +77,8 @@ def test_reproduce_retrains_a_two_stage_model_weight_for_weight(tmp_path):
     assert script.main(["--steps", "3", "--base-width", "4", "--depth", "2", "--seed", "3", "--no-card",
                         "--out", str(stage1), *common]) == 0
     assert script.main(["--steps", "2", "--lr", "0.001", "--seed", "4", "--resume", str(stage1),
-                        "--repeat-kind", "grey_dark=2", "--out", str(final), *common]) == 0
+                        "--repeat-kind", "grey_dark=2", "--augment-upscaled", "0.5", "--augment-gradient", "0.3",
+                        "--out", str(final), *common]) == 0
     original = read_model_file(final)
     assert [st["steps"] for st in original.metadata["stages"]] == [3, 2]
 
@@ -86,6 +87,9 @@ def test_reproduce_retrains_a_two_stage_model_weight_for_weight(tmp_path):
     retrained = read_model_file(again)
     assert (again.parent / "stage1.pt").is_file() and (again.parent / "MODEL_CARD.md").is_file()
     assert retrained.metadata["stages"][-1]["repeat_kind"] == ["grey_dark=2"]
+    assert retrained.metadata["stages"][-1]["augment_upscaled"] == 0.5
+    assert retrained.metadata["stages"][-1]["augment_gradient"] == 0.3
+    assert "augment_upscaled" not in retrained.metadata["stages"][0]
     assert retrained.net.config.base_width == 4
     for (name, a), b in zip(original.net.state_dict().items(), retrained.net.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-6), name

@@ -46,6 +46,19 @@ class AugmentConfig:
         Ranges of the intensity jitter on the normalised image (gamma log-uniform).
     noise : float
         Maximum standard deviation of added Gaussian noise.
+    upscaled_prob : float
+        Probability that a patch is made to look like an image of small objects that inference
+        enlarged to the model's object size: shrunk by a factor drawn from ``upscaled``
+        (log-uniform), given noise at that size (up to ``noise``) and brought back by linear
+        interpolation, as :func:`napari_unet.core.scale.resize_image` does. A model trained on
+        images that were only ever shrunk to its size has seen neither the smooth, blotchy
+        noise nor the soft edges of enlarged ones. 0 (the default) turns it off.
+    upscaled : tuple of float
+        Range of the enlargement simulated by ``upscaled_prob``.
+    gradient : float
+        Largest amplitude (normalised intensity from one side of the patch to the other) of a
+        random linear ramp added to the patch: uneven illumination, a vignetted field. 0 (the
+        default) turns it off.
     """
 
     flip: bool = True
@@ -58,6 +71,9 @@ class AugmentConfig:
     offset: tuple[float, float] = (-0.1, 0.1)
     gamma: tuple[float, float] = (0.8, 1.25)
     noise: float = 0.03
+    upscaled_prob: float = 0.0
+    upscaled: tuple[float, float] = (1.5, 4.0)
+    gradient: float = 0.0
 
 
 NO_AUGMENT = AugmentConfig(
@@ -221,6 +237,33 @@ def intensity_jitter(
     return out.astype(np.float32, copy=False)
 
 
+def enlarged_look(image: np.ndarray, rng: np.random.Generator, factor: float, noise: float) -> np.ndarray:
+    """A (C, H, W) image as it would look had it been ``factor`` times smaller, with noise of
+    standard deviation ``noise`` at that size, and enlarged back to (H, W) linearly."""
+    from .scale import resize_image
+
+    chw = np.asarray(image, dtype=np.float32)
+    small = resize_image(np.moveaxis(chw, 0, -1), 1.0 / factor)
+    if noise > 0:
+        small = small + rng.normal(0.0, noise, size=small.shape).astype(np.float32)
+    h, w = chw.shape[1:]
+    back = ndi.zoom(small, (h / small.shape[0], w / small.shape[1], 1), order=1, mode="nearest", grid_mode=True)
+    back = back[:h, :w]
+    if back.shape[:2] != (h, w):  # rounding of the zoom factors
+        back = np.pad(back, ((0, h - back.shape[0]), (0, w - back.shape[1]), (0, 0)), mode="edge")
+    return np.moveaxis(back, -1, 0).astype(np.float32, copy=False)
+
+
+def illumination_ramp(shape: tuple[int, int], rng: np.random.Generator, amplitude: float) -> np.ndarray:
+    """A random linear ramp over an (H, W) patch, of total rise up to ``amplitude``, mean 0."""
+    h, w = shape
+    angle = rng.uniform(0, 2 * math.pi)
+    rise = rng.uniform(0, amplitude)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    along = math.sin(angle) * (yy / max(h - 1, 1) - 0.5) + math.cos(angle) * (xx / max(w - 1, 1) - 0.5)
+    return (rise * along).astype(np.float32)
+
+
 # ------------------------------------------------------------------ all in one
 def sample_patch(
     image: np.ndarray,
@@ -287,4 +330,10 @@ def sample_patch(
         config.gain != (1.0, 1.0) or config.offset != (0.0, 0.0) or config.gamma != (1.0, 1.0) or config.noise > 0
     ):
         out = intensity_jitter(out, rng, config)
+    if config.upscaled_prob > 0 and rng.random() < config.upscaled_prob:
+        lo, hi = config.upscaled
+        factor = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+        out = enlarged_look(out, rng, factor, rng.uniform(0, config.noise))
+    if config.gradient > 0:
+        out = out + illumination_ramp(out.shape[1:], rng, config.gradient)
     return out, lab.astype(labels.dtype, copy=False)
