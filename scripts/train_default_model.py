@@ -327,6 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--augment-gradient", type=float, default=0.0, metavar="A",
                         help="uneven illumination: a random linear ramp of up to A (normalised intensity) "
                              "across each patch (default 0)")
+    parser.add_argument("--within-stage", action="store_true",
+                        help="with --resume MODEL: keep the best weights of this stage's own validations, not "
+                             "MODEL's when none scores higher (a stage that trades a little val AP for "
+                             "robustness, e.g. with --augment-gradient)")
     parser.add_argument("--no-card", action="store_true", help="do not write MODEL_CARD.md")
     parser.add_argument("--finalize", type=Path, metavar="MODEL",
                         help="skip training: tune post-processing, evaluate and write the card for MODEL "
@@ -417,7 +421,8 @@ def train(args: argparse.Namespace, train_rows: list[dict], val_rows: list[dict]
         patch_size=args.patch_size,
         batch_size=args.batch_size,
         validate_every=validation_interval(args.validations, args.steps, args.time_budget),
-        validate_start=bool(args.resume),  # a resumed run never ends worse than it started
+        # a resumed run never ends worse than it started, unless asked to keep this stage's own best
+        validate_start=bool(args.resume) and not args.within_stage,
         device=device,
         seed=args.seed,
         from_scratch=True,  # BatchNorm statistics keep learning, also when resuming
@@ -456,6 +461,8 @@ def stage_arguments(stages: list[dict], out: str) -> list[list[str]]:
             argv += ["--resume", str(out_path.with_name(f"stage{i}.pt"))]
         for kind in st.get("repeat_kind") or []:
             argv += ["--repeat-kind", kind]
+        if st.get("within_stage"):
+            argv.append("--within-stage")
         if st.get("augment_upscaled"):
             argv += ["--augment-upscaled", f"{st['augment_upscaled']:g}"]
         if st.get("augment_gradient"):
@@ -499,6 +506,8 @@ def _stage_record(meta: dict, args: argparse.Namespace | None) -> dict:
     if args is not None:
         record["resumed_from"] = str(args.resume.name) if args.resume else None
         record["repeat_kind"] = list(args.repeat_kind)
+        if getattr(args, "within_stage", False):
+            record["within_stage"] = True
         if getattr(args, "augment_upscaled", 0.0):
             record["augment_upscaled"] = args.augment_upscaled
         if getattr(args, "augment_gradient", 0.0):
@@ -585,6 +594,7 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
                 + (f", resumed from {st['resumed_from']}" if st.get("resumed_from") else ", from scratch")
                 + (f", {' '.join(st['repeat_kind'])} sampling" if st.get("repeat_kind") else "")
                 + (f", enlarged look p={st['augment_upscaled']:g}" if st.get("augment_upscaled") else "")
+                + (", its own best validation kept" if st.get("within_stage") else "")
                 + (f", illumination ramps up to {st['augment_gradient']:g}" if st.get("augment_gradient") else "")
                 for i, st in enumerate(stages)
             ),

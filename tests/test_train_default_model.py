@@ -78,7 +78,7 @@ def test_reproduce_retrains_a_two_stage_model_weight_for_weight(tmp_path):
                         "--out", str(stage1), *common]) == 0
     assert script.main(["--steps", "2", "--lr", "0.001", "--seed", "4", "--resume", str(stage1),
                         "--repeat-kind", "grey_dark=2", "--augment-upscaled", "0.5", "--augment-gradient", "0.3",
-                        "--out", str(final), *common]) == 0
+                        "--within-stage", "--out", str(final), *common]) == 0
     original = read_model_file(final)
     assert [st["steps"] for st in original.metadata["stages"]] == [3, 2]
 
@@ -89,6 +89,7 @@ def test_reproduce_retrains_a_two_stage_model_weight_for_weight(tmp_path):
     assert retrained.metadata["stages"][-1]["repeat_kind"] == ["grey_dark=2"]
     assert retrained.metadata["stages"][-1]["augment_upscaled"] == 0.5
     assert retrained.metadata["stages"][-1]["augment_gradient"] == 0.3
+    assert retrained.metadata["stages"][-1]["within_stage"] is True
     assert "augment_upscaled" not in retrained.metadata["stages"][0]
     assert retrained.net.config.base_width == 4
     for (name, a), b in zip(original.net.state_dict().items(), retrained.net.state_dict().values()):
