@@ -461,6 +461,8 @@ def stage_arguments(stages: list[dict], out: str) -> list[list[str]]:
             argv += ["--resume", str(out_path.with_name(f"stage{i}.pt"))]
         for kind in st.get("repeat_kind") or []:
             argv += ["--repeat-kind", kind]
+        if st.get("validations"):
+            argv += ["--validations", str(st["validations"])]
         if st.get("within_stage"):
             argv.append("--within-stage")
         if st.get("augment_upscaled"):
@@ -506,6 +508,7 @@ def _stage_record(meta: dict, args: argparse.Namespace | None) -> dict:
     if args is not None:
         record["resumed_from"] = str(args.resume.name) if args.resume else None
         record["repeat_kind"] = list(args.repeat_kind)
+        record["validations"] = args.validations  # which steps are validated decides the weights kept
         if getattr(args, "within_stage", False):
             record["within_stage"] = True
         if getattr(args, "augment_upscaled", 0.0):

@@ -90,6 +90,7 @@ def test_reproduce_retrains_a_two_stage_model_weight_for_weight(tmp_path):
     assert retrained.metadata["stages"][-1]["augment_upscaled"] == 0.5
     assert retrained.metadata["stages"][-1]["augment_gradient"] == 0.3
     assert retrained.metadata["stages"][-1]["within_stage"] is True
+    assert [st["validations"] for st in retrained.metadata["stages"]] == [10, 10]
     assert "augment_upscaled" not in retrained.metadata["stages"][0]
     assert retrained.net.config.base_width == 4
     for (name, a), b in zip(original.net.state_dict().items(), retrained.net.state_dict().values()):
