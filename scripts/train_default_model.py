@@ -509,11 +509,11 @@ def _stage_record(meta: dict, args: argparse.Namespace | None) -> dict:
         record["resumed_from"] = str(args.resume.name) if args.resume else None
         record["repeat_kind"] = list(args.repeat_kind)
         record["validations"] = args.validations  # which steps are validated decides the weights kept
-        if getattr(args, "within_stage", False):
+        if args.within_stage:
             record["within_stage"] = True
-        if getattr(args, "augment_upscaled", 0.0):
+        if args.augment_upscaled:
             record["augment_upscaled"] = args.augment_upscaled
-        if getattr(args, "augment_gradient", 0.0):
+        if args.augment_gradient:
             record["augment_gradient"] = args.augment_gradient
         record["seed"] = args.seed
         record["model"] = args.model
@@ -597,8 +597,8 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
                 + (f", resumed from {st['resumed_from']}" if st.get("resumed_from") else ", from scratch")
                 + (f", {' '.join(st['repeat_kind'])} sampling" if st.get("repeat_kind") else "")
                 + (f", enlarged look p={st['augment_upscaled']:g}" if st.get("augment_upscaled") else "")
-                + (", its own best validation kept" if st.get("within_stage") else "")
                 + (f", illumination ramps up to {st['augment_gradient']:g}" if st.get("augment_gradient") else "")
+                + (", its own best validation kept" if st.get("within_stage") else "")
                 for i, st in enumerate(stages)
             ),
         },

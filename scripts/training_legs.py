@@ -122,8 +122,7 @@ def augment_config(args: argparse.Namespace):
     """The augmentation of a run: core.augment's defaults, with the recipe's extra options."""
     from napari_unet.core.augment import AugmentConfig
 
-    return AugmentConfig(upscaled_prob=getattr(args, "augment_upscaled", 0.0) or 0.0,
-                         gradient=getattr(args, "augment_gradient", 0.0) or 0.0)
+    return AugmentConfig(upscaled_prob=args.augment_upscaled, gradient=args.augment_gradient)
 
 
 def run_legs(args: argparse.Namespace, load_rows, finalize, stage_record) -> int:

@@ -240,18 +240,13 @@ def intensity_jitter(
 def enlarged_look(image: np.ndarray, rng: np.random.Generator, factor: float, noise: float) -> np.ndarray:
     """A (C, H, W) image as it would look had it been ``factor`` times smaller, with noise of
     standard deviation ``noise`` at that size, and enlarged back to (H, W) linearly."""
-    from .scale import resize_image
+    from .scale import resize_image, resize_probabilities
 
     chw = np.asarray(image, dtype=np.float32)
-    small = resize_image(np.moveaxis(chw, 0, -1), 1.0 / factor)
+    small = np.moveaxis(resize_image(np.moveaxis(chw, 0, -1), 1.0 / factor), -1, 0)
     if noise > 0:
         small = small + rng.normal(0.0, noise, size=small.shape).astype(np.float32)
-    h, w = chw.shape[1:]
-    back = ndi.zoom(small, (h / small.shape[0], w / small.shape[1], 1), order=1, mode="nearest", grid_mode=True)
-    back = back[:h, :w]
-    if back.shape[:2] != (h, w):  # rounding of the zoom factors
-        back = np.pad(back, ((0, h - back.shape[0]), (0, w - back.shape[1]), (0, 0)), mode="edge")
-    return np.moveaxis(back, -1, 0).astype(np.float32, copy=False)
+    return resize_probabilities(small, chw.shape[1:])  # any (C, h, w) array, linearly
 
 
 def illumination_ramp(shape: tuple[int, int], rng: np.random.Generator, amplitude: float) -> np.ndarray:
