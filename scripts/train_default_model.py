@@ -541,6 +541,7 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
     """Tune post-processing on val, evaluate beside the classic pipeline, write model and card."""
     import torch
 
+    from napari_unet.core.augment import AugmentConfig
     from napari_unet.core.checkpoint import save_model
     from napari_unet.core.device import describe_device
     from napari_unet.core.optimise import describe_loss
@@ -575,12 +576,9 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
                        f"depth={result.net.config.depth}, padding='same', norm='batch'), {n_params:,} parameters",
             "representation": "bg-interior-boundary (2 px inner boundary band), watershed from interior seeds",
             "loss": describe_loss(training.get("w0", 10.0), training.get("sigma", 5.0)),
-            "augmentation": "crop, flips, any rotation, scale 0.8-1.25, elastic (3x3 grid, sigma 10 px, p=0.5), "
-                            "gain/offset/gamma/noise" + (
-                                "; in the stages that say so, the look of an image enlarged 1.5-4x (shrunk, "
-                                "noise, enlarged back) and linear illumination ramps"
-                                if any(st.get("augment_upscaled") or st.get("augment_gradient") for st in stages)
-                                else ""),
+            "augmentation": AugmentConfig().describe() + (
+                f"; in the stages that say so, {AugmentConfig().describe_upscaled()} and linear illumination ramps"
+                if any(st.get("augment_upscaled") or st.get("augment_gradient") for st in stages) else ""),
             "optimiser": f"AdamW lr {args.lr} ({WarmupCosine(args.lr).describe()}), "
                          f"weight decay {training.get('weight_decay', 1e-4):g}, "
                          f"batch {args.batch_size} x {training['patch_size']} px patches",

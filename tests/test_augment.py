@@ -126,6 +126,15 @@ def test_the_extra_augmentations_are_off_by_default_and_keep_the_random_stream()
     assert img.shape == (1, 32, 32) and not np.allclose(img, plain[0])
 
 
+def test_describe_names_what_is_on_with_its_ranges():
+    assert AugmentConfig().describe() == ("crop, flips, any rotation, scale 0.8-1.25, elastic (3x3 grid, sigma 10 px, "
+                                          "p=0.5), gain/offset/gamma/noise")
+    assert NO_AUGMENT.describe() == "crop"
+    extra = AugmentConfig(rotate="90", upscaled_prob=0.25, upscaled=(2, 3), gradient=0.5).describe()
+    assert "90-degree rotations" in extra and "enlarged 2-3x" in extra and "(p=0.25)" in extra
+    assert extra.endswith("linear illumination ramps up to 0.5")
+
+
 def test_shape_errors():
     image, labels = _pair()
     with pytest.raises(ValueError, match="same height and width"):

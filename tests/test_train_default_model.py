@@ -11,6 +11,7 @@ import pytest
 import torch
 from skimage.io import imsave
 
+from napari_unet.core.augment import AugmentConfig
 from napari_unet.core.checkpoint import load_model, read_model_file
 from napari_unet.core.optimise import describe_loss
 from napari_unet.core.schedule import WarmupCosine
@@ -99,6 +100,7 @@ def test_reproduce_retrains_a_two_stage_model_weight_for_weight(tmp_path):
     card = (again.parent / "MODEL_CARD.md").read_text()
     training = retrained.metadata["training"]
     assert describe_loss(training["w0"], training["sigma"]) in card
+    assert AugmentConfig().describe() in card
     assert f"AdamW lr 0.001 ({WarmupCosine(0.001).describe()})" in card
     assert f"{describe_selection(training)} (step {training['selected_step']} of the last stage)" in card
 

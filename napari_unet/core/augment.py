@@ -75,6 +75,34 @@ class AugmentConfig:
     upscaled: tuple[float, float] = (1.5, 4.0)
     gradient: float = 0.0
 
+    def describe(self) -> str:
+        """A short description for model cards, e.g. ``crop, flips, any rotation, scale 0.8-1.25, ...``."""
+        parts = ["crop"]
+        if self.flip:
+            parts.append("flips")
+        if self.rotate != "none":
+            parts.append("any rotation" if self.rotate == "any" else "90-degree rotations")
+        if self.scale[0] != 1.0 or self.scale[1] != 1.0:
+            parts.append(f"scale {self.scale[0]:g}-{self.scale[1]:g}")
+        if self.elastic_prob > 0:
+            parts.append(f"elastic ({self.elastic_grid}x{self.elastic_grid} grid, sigma {self.elastic_sigma:g} px, "
+                         f"p={self.elastic_prob:g})")
+        jitter = [name for name, value, off in (("gain", self.gain, (1.0, 1.0)), ("offset", self.offset, (0.0, 0.0)),
+                                                ("gamma", self.gamma, (1.0, 1.0)), ("noise", self.noise, 0.0))
+                  if value != off]
+        if jitter:
+            parts.append("/".join(jitter))
+        if self.upscaled_prob > 0:
+            parts.append(f"{self.describe_upscaled()} (p={self.upscaled_prob:g})")
+        if self.gradient > 0:
+            parts.append(f"linear illumination ramps up to {self.gradient:g}")
+        return ", ".join(parts)
+
+    def describe_upscaled(self) -> str:
+        """What ``upscaled_prob`` does, with this config's range of enlargements."""
+        return (f"the look of an image enlarged {self.upscaled[0]:g}-{self.upscaled[1]:g}x "
+                "(shrunk, noise, enlarged back)")
+
 
 NO_AUGMENT = AugmentConfig(
     flip=False, rotate="none", scale=(1.0, 1.0), elastic_prob=0.0, gain=(1.0, 1.0),
