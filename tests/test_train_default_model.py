@@ -140,3 +140,16 @@ def test_legs_resume_and_finish_with_a_log_and_a_model(tmp_path):
     # the stage of a leg-trained model retrains in one go with the same recipe
     argv = script.stage_arguments(model.metadata["stages"], "out/nuclei.pt")[0]
     assert argv[argv.index("--diameter") + 1] == "17" and "--resume" not in argv
+
+
+def test_a_new_model_is_shipped_only_when_no_kind_gets_worse_and_all_gets_better():
+    beats = _script().beats_shipped
+
+    def scores(**aps):
+        return {k: {"ap50": v} for k, v in aps.items()}
+
+    shipped = scores(all=0.853, phase=0.748, dic=0.9235)
+    assert beats(scores(all=0.869, phase=0.787, dic=0.9235), shipped)  # a tie on one kind is not a loss
+    assert not beats(scores(all=0.869, phase=0.787, dic=0.920), shipped)  # worse on one kind
+    assert not beats(scores(all=0.853, phase=0.748, dic=0.9235), shipped)  # the same model
+    assert not beats(scores(all=0.8531, phase=0.7484, dic=0.9235), shipped)  # better only past the card's decimals
