@@ -153,3 +153,6 @@ def test_a_new_model_is_shipped_only_when_no_kind_gets_worse_and_all_gets_better
     assert not beats(scores(all=0.869, phase=0.787, dic=0.920), shipped)  # worse on one kind
     assert not beats(scores(all=0.853, phase=0.748, dic=0.9235), shipped)  # the same model
     assert not beats(scores(all=0.8531, phase=0.7484, dic=0.9235), shipped)  # better only past the card's decimals
+    # the nuclei model's rule (issue #15): better on every kind, a tie is not enough
+    assert not beats(scores(all=0.869, phase=0.787, dic=0.9235), shipped, ties=False)
+    assert beats(scores(all=0.869, phase=0.787, dic=0.930), shipped, ties=False)
