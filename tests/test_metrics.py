@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_unet.core.metrics import average_precision, dice, iou_matrix, matching
+from napari_unet.core.metrics import ERROR_KINDS, average_precision, dice, error_kinds, iou_matrix, matching
 
 
 def _example() -> tuple[np.ndarray, np.ndarray]:
@@ -97,3 +97,38 @@ def test_bad_inputs():
         matching(gt, pred, 1.5)
     with pytest.raises(ValueError, match="negative"):
         average_precision(-gt, pred)
+
+
+def test_error_kinds_by_hand():
+    """One object of each kind on a 20 x 20 grid (every unmatched pair has IoU exactly 0.5)."""
+    gt = np.zeros((20, 20), np.int32)
+    pred = np.zeros((20, 20), np.int32)
+    gt[0:5, 0:5], gt[0:5, 5:10] = 1, 2      # two touching objects ...
+    pred[0:5, 0:10] = 11                    # ... found as one: both merged
+    gt[10:15, 0:10] = 3                     # one object ...
+    pred[10:15, 0:5], pred[10:15, 5:10] = 12, 13  # ... found as two halves: split
+    gt[16:20, 0:4] = 4                      # not found: missed
+    gt[0:4, 12:16] = 5
+    pred[0:8, 12:16] = 14                   # twice its size: too large
+    gt[10:18, 12:16] = 6
+    pred[10:14, 12:16] = 15                 # half its size: too small
+    gt[16:20, 6:10] = 7
+    pred[16:20, 6:10] = 16                  # found
+    pred[16:20, 16:20] = 17                 # on background: spurious
+    counts = error_kinds(gt, pred)
+    assert list(counts) == list(ERROR_KINDS)
+    assert counts == {"found": 1, "merged": 2, "missed": 1, "split": 1, "too_large": 1, "too_small": 1,
+                      "spurious": 1, "wrong_other": 5}
+    m = matching(gt, pred)
+    assert counts["found"] == m.tp
+    assert sum(counts[k] for k in ("merged", "missed", "split", "too_large", "too_small")) == m.fn
+    assert counts["spurious"] + counts["wrong_other"] == m.fp
+
+
+def test_error_kinds_empty_and_bad_threshold():
+    gt = np.zeros((8, 8), np.int32)
+    gt[2:5, 2:5] = 1
+    assert error_kinds(gt, np.zeros_like(gt))["missed"] == 1
+    assert error_kinds(np.zeros_like(gt), gt)["spurious"] == 1
+    with pytest.raises(ValueError, match="0.5"):
+        error_kinds(gt, gt, 0.3)

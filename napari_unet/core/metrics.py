@@ -73,6 +73,20 @@ def _sequential(labels: np.ndarray) -> tuple[np.ndarray, int]:
     return (inverse + 1).reshape(labels.shape), values.size
 
 
+def _overlap(gt_labels: np.ndarray, pred_labels: np.ndarray) -> np.ndarray:
+    """Pixels shared by every ground-truth and predicted object, background first: an
+    (n_true + 1, n_pred + 1) int64 matrix, objects in increasing label order."""
+    gt = check_labels(gt_labels, "ground-truth labels", ndim=None)
+    pred = check_labels(pred_labels, "predicted labels", ndim=None)
+    if gt.shape != pred.shape:
+        raise ValueError(f"Ground truth {gt.shape} and prediction {pred.shape} must have the same shape.")
+    gt, n_true = _sequential(gt)
+    pred, n_pred = _sequential(pred)
+    return np.bincount(
+        (gt.ravel() * (n_pred + 1) + pred.ravel()).astype(np.int64), minlength=(n_true + 1) * (n_pred + 1)
+    ).reshape(n_true + 1, n_pred + 1)
+
+
 def iou_matrix(gt_labels: np.ndarray, pred_labels: np.ndarray) -> np.ndarray:
     """IoU of every ground-truth object with every predicted object.
 
@@ -86,15 +100,7 @@ def iou_matrix(gt_labels: np.ndarray, pred_labels: np.ndarray) -> np.ndarray:
     ndarray
         (n_true, n_pred) float64 IoU matrix, objects in increasing label order.
     """
-    gt = check_labels(gt_labels, "ground-truth labels", ndim=None)
-    pred = check_labels(pred_labels, "predicted labels", ndim=None)
-    if gt.shape != pred.shape:
-        raise ValueError(f"Ground truth {gt.shape} and prediction {pred.shape} must have the same shape.")
-    gt, n_true = _sequential(gt)
-    pred, n_pred = _sequential(pred)
-    overlap = np.bincount(
-        (gt.ravel() * (n_pred + 1) + pred.ravel()).astype(np.int64), minlength=(n_true + 1) * (n_pred + 1)
-    ).reshape(n_true + 1, n_pred + 1)
+    overlap = _overlap(gt_labels, pred_labels)
     area_true = overlap.sum(axis=1, keepdims=True)
     area_pred = overlap.sum(axis=0, keepdims=True)
     union = area_true + area_pred - overlap
@@ -170,3 +176,58 @@ def dice(gt_labels: np.ndarray, pred_labels: np.ndarray) -> float:
         raise ValueError(f"Ground truth {gt.shape} and prediction {pred.shape} must have the same shape.")
     total = int(gt.sum()) + int(pred.sum())
     return 2.0 * int(np.logical_and(gt, pred).sum()) / total if total else 1.0
+
+
+#: The kinds of :func:`error_kinds`, in the order a report lists them.
+ERROR_KINDS = ("found", "merged", "missed", "split", "too_large", "too_small", "spurious", "wrong_other")
+
+
+def error_kinds(gt_labels: np.ndarray, pred_labels: np.ndarray, threshold: float = 0.5) -> dict[str, int]:
+    """Why objects are not matched at IoU > ``threshold`` (0.5 or more): a count per kind.
+
+    Ground-truth objects: ``found`` (matched), else ``merged`` (the prediction that holds most
+    of it also holds more than half of another ground-truth object), ``missed`` (predictions
+    cover less than half of it), ``split`` (two predictions hold more than a fifth of it each),
+    ``too_large`` / ``too_small`` (one prediction, whose outline is off). Unmatched
+    predictions: ``spurious`` (mostly on background), else ``wrong_other`` (the pieces of
+    splits, merges and poor outlines). So found + merged + missed + split + too_large +
+    too_small is the number of ground-truth objects, and found + spurious + wrong_other the
+    number of predictions.
+    """
+    threshold = float(threshold)
+    if not 0.5 <= threshold < 1.0:
+        raise ValueError(f"The IoU threshold must be in [0.5, 1), got {threshold}.")
+    overlap = _overlap(gt_labels, pred_labels)
+    area_true = overlap.sum(axis=1)[1:]
+    area_pred = overlap.sum(axis=0)[1:]
+    inter = overlap[1:, 1:]
+    counts = dict.fromkeys(ERROR_KINDS, 0)
+    n_true, n_pred = inter.shape
+    if n_true == 0 or n_pred == 0:
+        counts["missed"], counts["spurious"] = n_true, n_pred
+        return counts
+    union = area_true[:, None] + area_pred[None, :] - inter
+    matched = inter / np.maximum(union, 1) > threshold  # one-to-one for thresholds >= 0.5
+    share_of_true = inter / np.maximum(area_true[:, None], 1)  # (true, pred): part of each true object
+    holds = share_of_true > 0.5  # the prediction holds more than half of the true object
+    for g in range(n_true):
+        if matched[g].any():
+            counts["found"] += 1
+            continue
+        share = share_of_true[g]
+        if share.sum() < 0.5:
+            counts["missed"] += 1
+        elif int((share > 0.2).sum()) >= 2:
+            counts["split"] += 1
+        else:
+            p = int(share.argmax())
+            others = holds[:, p].copy()
+            others[g] = False
+            if others.any():
+                counts["merged"] += 1
+            else:
+                counts["too_large" if area_pred[p] > area_true[g] else "too_small"] += 1
+    on_objects = inter.sum(axis=0) / np.maximum(area_pred, 1)
+    for p in np.flatnonzero(~matched.any(axis=0)):
+        counts["spurious" if on_objects[p] < 0.5 else "wrong_other"] += 1
+    return counts

@@ -1,0 +1,77 @@
+"""Why a built-in model misses objects: error kinds on its val images, by image kind.
+
+For one model (default: the shipped ``nuclei``), out of the box (automatic diameter, the model's
+own post-processing, the default engine), every object of the val split counted at IoU 0.5
+(:func:`napari_unet.core.metrics.error_kinds`): ground-truth objects found, merged with a
+neighbour, missed, split, or with an outline too large / too small; predictions on background
+(spurious) or otherwise wrong (pieces of splits, merges and poor outlines). It tells which lever
+to pull: merges call for better splitting of touching objects, misses for detection.
+
+Usage::
+
+    python benchmarks/bench_errors.py                                   # shipped nuclei, DSB2018 val
+    python benchmarks/bench_errors.py --model cells --threads 2
+    python benchmarks/bench_errors.py --model training/nuclei/nuclei.pt --kind nuclei
+
+Prints a Markdown table with the machine and date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="nuclei", help="a built-in model's name or a model file")
+    parser.add_argument("--kind", choices=("nuclei", "cells"), default=None,
+                        help="which val data (default: from the model's name)")
+    parser.add_argument("--data", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    parser.add_argument("--iou", type=float, default=0.5, help="IoU threshold (0.5 or more)")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from bench_model_card import KIND_ORDER, cpu_line, val_rows
+    from napari_unet.core.checkpoint import load_model
+    from napari_unet.core.metrics import ERROR_KINDS, error_kinds
+    from napari_unet.core.predict import segment
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(args.model, device="cpu")
+    kind = args.kind or ("cells" if "cells" in str(model.name) else "nuclei")
+    rows = val_rows(kind, args.data)
+    totals: dict[str, Counter] = defaultdict(Counter)
+    for n, r in enumerate(rows, 1):
+        counts = error_kinds(r["labels"], segment(model, r["image"], diameter="auto"), args.iou)
+        for key in (r["kind"], "all"):
+            totals[key].update(counts)
+            totals[key]["objects"] += sum(counts[k] for k in ERROR_KINDS[:6])
+        print(f"  {n}/{len(rows)} {r['kind']}: found {counts['found']}, merged {counts['merged']}", flush=True)
+    lines = [
+        f"`python benchmarks/bench_errors.py --model {args.model}`, "
+        f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu_line()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}; out of the box, {len(rows)} val images, every object counted at IoU {args.iou:g}.",
+        "",
+        "| image kind | objects | " + " | ".join(k.replace("_", " ") for k in ERROR_KINDS) + " |",
+        "| --- | ---: | " + " | ".join("---:" for _ in ERROR_KINDS) + " |",
+    ]
+    for k in sorted(totals, key=lambda k: KIND_ORDER.index(k) if k in KIND_ORDER else 99):
+        c = totals[k]
+        lines.append(f"| {k} | {c['objects']} | " + " | ".join(str(c[e]) for e in ERROR_KINDS) + " |")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
