@@ -30,27 +30,19 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bench_model_card import KIND_ORDER, cpu_line, model_and_rows, model_arguments
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="nuclei", help="a built-in model's name or a model file")
-    parser.add_argument("--kind", choices=("nuclei", "cells"), default=None,
-                        help="which val data (default: from the model's name)")
-    parser.add_argument("--data", type=Path, default=None)
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    model_arguments(parser)
     parser.add_argument("--iou", type=float, default=0.5, help="IoU threshold (0.5 or more)")
     args = parser.parse_args(argv)
 
     import torch
 
-    from bench_model_card import KIND_ORDER, cpu_line, val_rows
-    from napari_unet.core.checkpoint import load_model
     from napari_unet.core.metrics import ERROR_KINDS, error_kinds
     from napari_unet.core.predict import segment
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model = load_model(args.model, device="cpu")
-    kind = args.kind or ("cells" if "cells" in str(model.name) else "nuclei")
-    rows = val_rows(kind, args.data)
+    model, rows = model_and_rows(args)
     totals: dict[str, Counter] = defaultdict(Counter)
     for n, r in enumerate(rows, 1):
         counts = error_kinds(r["labels"], segment(model, r["image"], diameter="auto"), args.iou)

@@ -117,16 +117,17 @@ def timings(model, plane: np.ndarray, repeats: int = 3) -> tuple[float, float]:
     return slice_s, forward_s
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that name a model and its val data (shared with bench_errors.py)."""
     parser.add_argument("--model", default="nuclei", help="a built-in model's name or a model file")
     parser.add_argument("--kind", choices=("nuclei", "cells"), default=None,
                         help="which val data (default: from the model's name)")
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    parser.add_argument("--skip-speed", action="store_true")
-    args = parser.parse_args(argv)
 
+
+def model_and_rows(args: argparse.Namespace):
+    """The model of ``--model`` on the CPU (with ``--threads``) and the val rows of its data."""
     import torch
 
     from napari_unet.core.checkpoint import load_model
@@ -135,7 +136,18 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     model = load_model(args.model, device="cpu")
     kind = args.kind or ("cells" if "cells" in str(model.name) else "nuclei")
-    rows = val_rows(kind, args.data)
+    return model, val_rows(kind, args.data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    model_arguments(parser)
+    parser.add_argument("--skip-speed", action="store_true")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    model, rows = model_and_rows(args)
     n_params = sum(p.numel() for p in model.net.parameters())
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from bench_inference import flops_per_pixel
