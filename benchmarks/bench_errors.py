@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from napari_unet.core.metrics import ERROR_KINDS, error_kinds
+    from napari_unet.core.metrics import ERROR_KINDS, TRUE_OBJECT_KINDS, error_kinds
     from napari_unet.core.predict import segment
 
     model, rows = model_and_rows(args)
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         counts = error_kinds(r["labels"], segment(model, r["image"], diameter="auto"), args.iou)
         for key in (r["kind"], "all"):
             totals[key].update(counts)
-            totals[key]["objects"] += sum(counts[k] for k in ERROR_KINDS[:6])
+            totals[key]["objects"] += sum(counts[k] for k in TRUE_OBJECT_KINDS)
         print(f"  {n}/{len(rows)} {r['kind']}: found {counts['found']}, merged {counts['merged']}", flush=True)
     lines = [
         f"`python benchmarks/bench_errors.py --model {args.model}`, "

@@ -100,7 +100,11 @@ def iou_matrix(gt_labels: np.ndarray, pred_labels: np.ndarray) -> np.ndarray:
     ndarray
         (n_true, n_pred) float64 IoU matrix, objects in increasing label order.
     """
-    overlap = _overlap(gt_labels, pred_labels)
+    return _iou(_overlap(gt_labels, pred_labels))
+
+
+def _iou(overlap: np.ndarray) -> np.ndarray:
+    """(n_true, n_pred) IoU of the objects of an :func:`_overlap` matrix."""
     area_true = overlap.sum(axis=1, keepdims=True)
     area_pred = overlap.sum(axis=0, keepdims=True)
     union = area_true + area_pred - overlap
@@ -178,8 +182,10 @@ def dice(gt_labels: np.ndarray, pred_labels: np.ndarray) -> float:
     return 2.0 * int(np.logical_and(gt, pred).sum()) / total if total else 1.0
 
 
-#: The kinds of :func:`error_kinds`, in the order a report lists them.
-ERROR_KINDS = ("found", "merged", "missed", "split", "too_large", "too_small", "spurious", "wrong_other")
+#: The kinds of :func:`error_kinds` that ground-truth objects fall in (they add up to their number).
+TRUE_OBJECT_KINDS = ("found", "merged", "missed", "split", "too_large", "too_small")
+#: All kinds of :func:`error_kinds`, in the order a report lists them.
+ERROR_KINDS = TRUE_OBJECT_KINDS + ("spurious", "wrong_other")
 
 
 def error_kinds(gt_labels: np.ndarray, pred_labels: np.ndarray, threshold: float = 0.5) -> dict[str, int]:
@@ -206,8 +212,7 @@ def error_kinds(gt_labels: np.ndarray, pred_labels: np.ndarray, threshold: float
     if n_true == 0 or n_pred == 0:
         counts["missed"], counts["spurious"] = n_true, n_pred
         return counts
-    union = area_true[:, None] + area_pred[None, :] - inter
-    matched = inter / np.maximum(union, 1) > threshold  # one-to-one for thresholds >= 0.5
+    matched = _iou(overlap) > threshold  # one-to-one for thresholds >= 0.5
     share_of_true = inter / np.maximum(area_true[:, None], 1)  # (true, pred): part of each true object
     holds = share_of_true > 0.5  # the prediction holds more than half of the true object
     for g in range(n_true):
