@@ -327,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--augment-gradient", type=float, default=0.0, metavar="A",
                         help="uneven illumination: a random linear ramp of up to A (normalised intensity) "
                              "across each patch (default 0)")
+    parser.add_argument("--augment-texture", type=float, default=0.0, metavar="P",
+                        help="probability that the objects of a patch get uneven brightness (their own contrast, "
+                             "brighter and dimmer parts inside): core.augment's texture_prob (default 0)")
     parser.add_argument("--within-stage", action="store_true",
                         help="with --resume MODEL: keep the best weights of this stage's own validations, not "
                              "MODEL's when none scores higher (a stage that trades a little val AP for "
@@ -469,6 +472,8 @@ def stage_arguments(stages: list[dict], out: str) -> list[list[str]]:
             argv += ["--augment-upscaled", f"{st['augment_upscaled']:g}"]
         if st.get("augment_gradient"):
             argv += ["--augment-gradient", f"{st['augment_gradient']:g}"]
+        if st.get("augment_texture"):
+            argv += ["--augment-texture", f"{st['augment_texture']:g}"]
         if not last:
             argv.append("--no-card")
         argv += ["--out", str(out_path if last else out_path.with_name(f"stage{i + 1}.pt"))]
@@ -515,6 +520,8 @@ def _stage_record(meta: dict, args: argparse.Namespace | None) -> dict:
             record["augment_upscaled"] = args.augment_upscaled
         if args.augment_gradient:
             record["augment_gradient"] = args.augment_gradient
+        if args.augment_texture:
+            record["augment_texture"] = args.augment_texture
         record["seed"] = args.seed
         record["model"] = args.model
         record["diameter"] = args.diameter
@@ -578,7 +585,9 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
             "loss": describe_loss(training.get("w0", 10.0), training.get("sigma", 5.0)),
             "augmentation": AugmentConfig().describe() + (
                 f"; in the stages that say so, {AugmentConfig().describe_upscaled()} and linear illumination ramps"
-                if any(st.get("augment_upscaled") or st.get("augment_gradient") for st in stages) else ""),
+                if any(st.get("augment_upscaled") or st.get("augment_gradient") for st in stages) else "")
+                + (f"; in the stages that say so, {AugmentConfig().describe_texture()}"
+                   if any(st.get("augment_texture") for st in stages) else ""),
             "optimiser": f"AdamW lr {args.lr} ({WarmupCosine(args.lr).describe()}), "
                          f"weight decay {training.get('weight_decay', 1e-4):g}, "
                          f"batch {args.batch_size} x {training['patch_size']} px patches",
@@ -596,6 +605,7 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
                 + (f", {' '.join(st['repeat_kind'])} sampling" if st.get("repeat_kind") else "")
                 + (f", enlarged look p={st['augment_upscaled']:g}" if st.get("augment_upscaled") else "")
                 + (f", illumination ramps up to {st['augment_gradient']:g}" if st.get("augment_gradient") else "")
+                + (f", uneven object brightness p={st['augment_texture']:g}" if st.get("augment_texture") else "")
                 + (", its own best validation kept" if st.get("within_stage") else "")
                 for i, st in enumerate(stages)
             ),

@@ -34,7 +34,8 @@ RESUME_LEGS = _ResumeLegs()
 
 #: The options that make up a run's recipe: recorded in the checkpoint, restored by ``--resume``.
 RECIPE_KEYS = ("model", "steps", "patch_size", "batch_size", "lr", "seed", "base_width", "depth", "diameter",
-               "repeat_kind", "validations", "precision", "augment_upscaled", "augment_gradient")
+               "repeat_kind", "validations", "precision", "augment_upscaled", "augment_gradient",
+               "augment_texture")
 
 LOG_HEADER = (
     "# Training log of the built-in models\n\n"
@@ -122,7 +123,8 @@ def augment_config(args: argparse.Namespace):
     """The augmentation of a run: core.augment's defaults, with the recipe's extra options."""
     from napari_unet.core.augment import AugmentConfig
 
-    return AugmentConfig(upscaled_prob=args.augment_upscaled, gradient=args.augment_gradient)
+    return AugmentConfig(upscaled_prob=args.augment_upscaled, gradient=args.augment_gradient,
+                         texture_prob=getattr(args, "augment_texture", 0.0) or 0.0)
 
 
 def run_legs(args: argparse.Namespace, load_rows, finalize, stage_record) -> int:

@@ -14,6 +14,7 @@ from napari_unet.core.augment import (
     flip_rot90,
     illumination_ramp,
     intensity_jitter,
+    object_texture,
     random_crop,
     sample_patch,
 )
@@ -124,6 +125,26 @@ def test_the_extra_augmentations_are_off_by_default_and_keep_the_random_stream()
         noise=0.0, gain=(1, 1), offset=(0, 0), gamma=(1, 1)))
     np.testing.assert_array_equal(lab, plain[1])  # the labels never change
     assert img.shape == (1, 32, 32) and not np.allclose(img, plain[0])
+
+
+def test_object_texture_changes_objects_only_and_keeps_their_polarity():
+    rng = np.random.default_rng(3)
+    _image, labels = _pair(64, 64)
+    for background, objects in ((0.1, 0.8), (0.9, 0.3)):  # fluorescence-like, then stained tissue
+        image = np.where(labels > 0, objects, background).astype(np.float32)[None]
+        out = object_texture(image, labels, rng)
+        assert out.shape == image.shape and out.dtype == np.float32
+        np.testing.assert_array_equal(out[0][labels == 0], image[0][labels == 0])
+        inside = out[0][labels > 0]
+        assert np.all(np.sign(inside - background) == np.sign(objects - background))  # bright stays bright
+        assert inside.std() > 0.01  # uneven: contrast per object and a field inside each
+        means = [out[0][labels == k].mean() for k in (1, 2, 3)]
+        assert np.ptp(means) > 0.01
+    blank = np.zeros((1, 16, 16), np.float32)
+    assert object_texture(blank, np.zeros((16, 16), np.int32), rng) is blank  # nothing to texture
+    _img, lab = sample_patch(image, labels, 32, np.random.default_rng(7), AugmentConfig(texture_prob=1.0))
+    np.testing.assert_array_equal(lab, sample_patch(image, labels, 32, np.random.default_rng(7))[1])
+    assert "uneven brightness (contrast x0.5-2" in AugmentConfig(texture_prob=0.5).describe()
 
 
 def test_describe_names_what_is_on_with_its_ranges():

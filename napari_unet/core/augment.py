@@ -55,6 +55,14 @@ class AugmentConfig:
         noise nor the soft edges of enlarged ones. 0 (the default) turns it off.
     upscaled : tuple of float
         Range of the enlargement simulated by ``upscaled_prob``.
+    texture_prob : float
+        Probability that the objects of a patch get uneven brightness (:func:`object_texture`):
+        each object's contrast to the background scaled by its own factor, and a smooth random
+        field of brighter and dimmer parts inside it (chromocentres, nucleoli, uneven staining).
+        A model that saw only evenly stained objects cuts such objects into their bright parts.
+        0 (the default) turns it off.
+    texture : tuple of float
+        Range of the per-object contrast factor (log-uniform) of ``texture_prob``.
     gradient : float
         Largest amplitude (normalised intensity from one side of the patch to the other) of a
         random linear ramp added to the patch: uneven illumination, a vignetted field. 0 (the
@@ -74,6 +82,8 @@ class AugmentConfig:
     upscaled_prob: float = 0.0
     upscaled: tuple[float, float] = (1.5, 4.0)
     gradient: float = 0.0
+    texture_prob: float = 0.0
+    texture: tuple[float, float] = (0.5, 2.0)
 
     def describe(self) -> str:
         """A short description for model cards, e.g. ``crop, flips, any rotation, scale 0.8-1.25, ...``."""
@@ -96,7 +106,14 @@ class AugmentConfig:
             parts.append(f"{self.describe_upscaled()} (p={self.upscaled_prob:g})")
         if self.gradient > 0:
             parts.append(f"linear illumination ramps up to {self.gradient:g}")
+        if self.texture_prob > 0:
+            parts.append(f"{self.describe_texture()} (p={self.texture_prob:g})")
         return ", ".join(parts)
+
+    def describe_texture(self) -> str:
+        """What ``texture_prob`` does, with this config's range of contrasts."""
+        return (f"objects of uneven brightness (contrast x{self.texture[0]:g}-{self.texture[1]:g} per object, "
+                "a smooth random field inside)")
 
     def describe_upscaled(self) -> str:
         """What ``upscaled_prob`` does, with this config's range of enlargements."""
@@ -287,6 +304,51 @@ def illumination_ramp(shape: tuple[int, int], rng: np.random.Generator, amplitud
     return (rise * along).astype(np.float32)
 
 
+def object_texture(
+    image: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    contrast: tuple[float, float] = (0.5, 2.0),
+    cell: float = 6.0,
+    amplitude: float = 0.6,
+) -> np.ndarray:
+    """Objects of uneven brightness, for either polarity (bright or dark objects).
+
+    Every object's difference to the background (the median of the pixels outside objects, per
+    channel) is multiplied by its own factor, log-uniform in ``contrast``, times a smooth random
+    field ``exp(a z)``: ``z`` Gaussian noise on a grid of ``cell`` pixels, interpolated cubically,
+    ``a`` uniform in (0, ``amplitude``). Background pixels are left as they are.
+
+    Parameters
+    ----------
+    image : ndarray
+        (C, H, W) float32 normalised patch.
+    labels : ndarray
+        (H, W) instance labels of the patch.
+
+    Returns
+    -------
+    ndarray
+        A new (C, H, W) float32 array (the image itself when the patch has no object or no background).
+    """
+    _check_pair(image, labels)
+    foreground = labels > 0
+    if not foreground.any() or foreground.all():
+        return image
+    h, w = labels.shape
+    background = np.median(image[:, ~foreground], axis=1).astype(np.float32)[:, None, None]
+    ids, inverse = np.unique(labels, return_inverse=True)
+    lo, hi = math.log(contrast[0]), math.log(contrast[1])
+    factors = np.exp(rng.uniform(lo, hi, size=ids.size)).astype(np.float32)
+    gain = factors[inverse.reshape(h, w)]
+    grid = (int(math.ceil(h / cell)) + 3, int(math.ceil(w / cell)) + 3)
+    coarse = rng.normal(0.0, 1.0, size=grid).astype(np.float32)
+    field = ndi.zoom(coarse, cell, order=3)[1 : h + 1, 1 : w + 1]
+    gain = gain * np.exp(rng.uniform(0.0, amplitude) * field)
+    gain = np.where(foreground, gain, np.float32(1.0)).astype(np.float32)
+    return (background + (np.asarray(image, np.float32) - background) * gain).astype(np.float32, copy=False)
+
+
 # ------------------------------------------------------------------ all in one
 def sample_patch(
     image: np.ndarray,
@@ -349,6 +411,8 @@ def sample_patch(
     if angle == 0.0 and scale == 1.0 and flip == 1.0 and coords.shape and not (config.elastic_prob > 0):
         coords = np.rint(coords)
     out, lab = _sample(np.asarray(image, np.float32), labels, coords)
+    if config.texture_prob > 0 and rng.random() < config.texture_prob:
+        out = object_texture(out, lab, rng, config.texture)
     if config is not NO_AUGMENT and (
         config.gain != (1.0, 1.0) or config.offset != (0.0, 0.0) or config.gamma != (1.0, 1.0) or config.noise > 0
     ):
