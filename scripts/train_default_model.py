@@ -330,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--augment-texture", type=float, default=0.0, metavar="P",
                         help="probability that the objects of a patch get uneven brightness (their own contrast, "
                              "brighter and dimmer parts inside): core.augment's texture_prob (default 0)")
+    parser.add_argument("--texture-contrast", type=float, nargs=2, default=[0.5, 2.0], metavar=("LO", "HI"),
+                        help="range of each object's contrast factor with --augment-texture (default 0.5 2; "
+                             "1 1: only the texture inside)")
     parser.add_argument("--within-stage", action="store_true",
                         help="with --resume MODEL: keep the best weights of this stage's own validations, not "
                              "MODEL's when none scores higher (a stage that trades a little val AP for "
@@ -359,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    from napari_unet.core.device import keep_freed_memory
+
+    keep_freed_memory()  # each step's buffers are reused instead of mapped and zeroed again
     if args.reproduce:
         return reproduce(args.reproduce, args.out, args.data or DEFAULT_DATA, args.device)
     if args.rescore:
@@ -474,6 +480,8 @@ def stage_arguments(stages: list[dict], out: str) -> list[list[str]]:
             argv += ["--augment-gradient", f"{st['augment_gradient']:g}"]
         if st.get("augment_texture"):
             argv += ["--augment-texture", f"{st['augment_texture']:g}"]
+            lo, hi = st.get("texture_contrast") or (0.5, 2.0)
+            argv += ["--texture-contrast", f"{lo:g}", f"{hi:g}"]
         if not last:
             argv.append("--no-card")
         argv += ["--out", str(out_path if last else out_path.with_name(f"stage{i + 1}.pt"))]
@@ -522,6 +530,7 @@ def _stage_record(meta: dict, args: argparse.Namespace | None) -> dict:
             record["augment_gradient"] = args.augment_gradient
         if args.augment_texture:
             record["augment_texture"] = args.augment_texture
+            record["texture_contrast"] = list(args.texture_contrast)
         record["seed"] = args.seed
         record["model"] = args.model
         record["diameter"] = args.diameter
@@ -605,7 +614,9 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
                 + (f", {' '.join(st['repeat_kind'])} sampling" if st.get("repeat_kind") else "")
                 + (f", enlarged look p={st['augment_upscaled']:g}" if st.get("augment_upscaled") else "")
                 + (f", illumination ramps up to {st['augment_gradient']:g}" if st.get("augment_gradient") else "")
-                + (f", uneven object brightness p={st['augment_texture']:g}" if st.get("augment_texture") else "")
+                + (f", uneven object brightness p={st['augment_texture']:g} (contrast "
+                   f"{'-'.join(f'{c:g}' for c in st.get('texture_contrast') or (0.5, 2.0))})"
+                   if st.get("augment_texture") else "")
                 + (", its own best validation kept" if st.get("within_stage") else "")
                 for i, st in enumerate(stages)
             ),

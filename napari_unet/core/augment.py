@@ -63,6 +63,8 @@ class AugmentConfig:
         0 (the default) turns it off.
     texture : tuple of float
         Range of the per-object contrast factor (log-uniform) of ``texture_prob``.
+    texture_edge : float
+        Pixels from an object's outline over which its inner texture fades in (0: none).
     gradient : float
         Largest amplitude (normalised intensity from one side of the patch to the other) of a
         random linear ramp added to the patch: uneven illumination, a vignetted field. 0 (the
@@ -84,6 +86,7 @@ class AugmentConfig:
     gradient: float = 0.0
     texture_prob: float = 0.0
     texture: tuple[float, float] = (0.5, 2.0)
+    texture_edge: float = 3.0
 
     def describe(self) -> str:
         """A short description for model cards, e.g. ``crop, flips, any rotation, scale 0.8-1.25, ...``."""
@@ -112,8 +115,10 @@ class AugmentConfig:
 
     def describe_texture(self) -> str:
         """What ``texture_prob`` does, with this config's range of contrasts."""
-        return (f"objects of uneven brightness (contrast x{self.texture[0]:g}-{self.texture[1]:g} per object, "
-                "a smooth random field inside)")
+        contrast = (f"contrast x{self.texture[0]:g}-{self.texture[1]:g} per object, "
+                    if self.texture[0] != 1.0 or self.texture[1] != 1.0 else "")
+        edges = f" away from the outline ({self.texture_edge:g} px)" if self.texture_edge > 0 else ""
+        return f"objects of uneven brightness ({contrast}a smooth random field inside{edges})"
 
     def describe_upscaled(self) -> str:
         """What ``upscaled_prob`` does, with this config's range of enlargements."""
@@ -311,13 +316,16 @@ def object_texture(
     contrast: tuple[float, float] = (0.5, 2.0),
     cell: float = 6.0,
     amplitude: float = 0.6,
+    edge: float = 3.0,
 ) -> np.ndarray:
     """Objects of uneven brightness, for either polarity (bright or dark objects).
 
     Every object's difference to the background (the median of the pixels outside objects, per
     channel) is multiplied by its own factor, log-uniform in ``contrast``, times a smooth random
-    field ``exp(a z)``: ``z`` Gaussian noise on a grid of ``cell`` pixels, interpolated cubically,
-    ``a`` uniform in (0, ``amplitude``). Background pixels are left as they are.
+    field ``exp(a z w)``: ``z`` Gaussian noise on a grid of ``cell`` pixels, interpolated cubically,
+    ``a`` uniform in (0, ``amplitude``), and ``w`` rising from 0 on an object's outline to 1 at
+    ``edge`` pixels inside it, so that the texture does not move the object's edges (``edge=0``:
+    everywhere). Background pixels are left as they are.
 
     Parameters
     ----------
@@ -344,7 +352,14 @@ def object_texture(
     grid = (int(math.ceil(h / cell)) + 3, int(math.ceil(w / cell)) + 3)
     coarse = rng.normal(0.0, 1.0, size=grid).astype(np.float32)
     field = ndi.zoom(coarse, cell, order=3)[1 : h + 1, 1 : w + 1]
-    gain = gain * np.exp(rng.uniform(0.0, amplitude) * field)
+    strength = rng.uniform(0.0, amplitude) * field
+    if edge > 0:  # no texture on the outlines (outer or between touching objects), full strength inside
+        from skimage.segmentation import find_boundaries
+
+        outline = find_boundaries(labels, mode="inner") & foreground
+        inside = ndi.distance_transform_edt(~outline)
+        strength = strength * np.clip(inside / edge, 0.0, 1.0).astype(np.float32)
+    gain = gain * np.exp(strength)
     gain = np.where(foreground, gain, np.float32(1.0)).astype(np.float32)
     return (background + (np.asarray(image, np.float32) - background) * gain).astype(np.float32, copy=False)
 
@@ -412,7 +427,7 @@ def sample_patch(
         coords = np.rint(coords)
     out, lab = _sample(np.asarray(image, np.float32), labels, coords)
     if config.texture_prob > 0 and rng.random() < config.texture_prob:
-        out = object_texture(out, lab, rng, config.texture)
+        out = object_texture(out, lab, rng, config.texture, edge=config.texture_edge)
     if config is not NO_AUGMENT and (
         config.gain != (1.0, 1.0) or config.offset != (0.0, 0.0) or config.gamma != (1.0, 1.0) or config.noise > 0
     ):

@@ -79,3 +79,33 @@ def free_memory_bytes(device: torch.device | str) -> int | None:
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
     return None
+
+
+#: glibc's mallopt parameters (malloc.h): M_TRIM_THRESHOLD and M_TOP_PAD.
+_M_TRIM_THRESHOLD, _M_TOP_PAD = -1, -2
+
+
+def keep_freed_memory(trim_threshold: int = 1 << 30, top_pad: int = 256 << 20) -> bool:
+    """Let this process keep memory it frees (Linux with glibc) instead of handing it back at once.
+
+    A training step on the CPU allocates and frees the same large buffers (activations,
+    gradients, patches) every time; by default glibc returns freed memory at the top of the heap
+    to the system, and the next step maps it again and the kernel zeroes every page: system time
+    that was a third of a training step on a 2-core machine (benchmarks/RESULTS.md). Raising
+    the trim threshold and the top padding keeps those pages. For processes that end after
+    training (the CLI, the training script), not for the long-lived napari window, which would
+    keep its largest footprint. Returns True when the setting took effect.
+    """
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_TRIM_THRESHOLD, int(trim_threshold))) and bool(mallopt(_M_TOP_PAD, int(top_pad)))
