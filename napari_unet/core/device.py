@@ -81,18 +81,21 @@ def free_memory_bytes(device: torch.device | str) -> int | None:
     return None
 
 
-#: glibc's mallopt parameters (malloc.h): M_TRIM_THRESHOLD and M_TOP_PAD.
-_M_TRIM_THRESHOLD, _M_TOP_PAD = -1, -2
+#: glibc's mallopt parameters (malloc.h): M_TRIM_THRESHOLD, M_TOP_PAD and M_MMAP_THRESHOLD.
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 
 
-def keep_freed_memory(trim_threshold: int = 1 << 30, top_pad: int = 256 << 20) -> bool:
+def keep_freed_memory(trim_threshold: int = 1 << 30, top_pad: int = 256 << 20, mmap_threshold: int = 32 << 20) -> bool:
     """Let this process keep memory it frees (Linux with glibc) instead of handing it back at once.
 
     A training step on the CPU allocates and frees the same large buffers (activations,
     gradients, patches) every time; by default glibc returns freed memory at the top of the heap
     to the system, and the next step maps it again and the kernel zeroes every page: system time
-    that was a third of a training step on a 2-core machine (benchmarks/RESULTS.md). Raising
-    the trim threshold and the top padding keeps those pages. For processes that end after
+    that was a sixth of a training step on a 2-core machine (benchmarks/RESULTS.md). Raising
+    the trim threshold and the top padding keeps those pages; the mmap threshold must be set with
+    them (to glibc's largest, 32 MB on 64-bit), as setting either of the others fixes it at its
+    128 kB start, and every buffer above that would be mapped and zeroed each time (slower than
+    not tuning at all). For processes that end after
     training (the CLI, the training script), not for the long-lived napari window, which would
     keep its largest footprint. Returns True when the setting took effect.
     """
@@ -108,4 +111,5 @@ def keep_freed_memory(trim_threshold: int = 1 << 30, top_pad: int = 256 << 20) -
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_TRIM_THRESHOLD, int(trim_threshold))) and bool(mallopt(_M_TOP_PAD, int(top_pad)))
+    return all(mallopt(param, int(value)) == 1 for param, value in (
+        (_M_MMAP_THRESHOLD, mmap_threshold), (_M_TRIM_THRESHOLD, trim_threshold), (_M_TOP_PAD, top_pad)))
