@@ -595,8 +595,9 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
             "augmentation": AugmentConfig().describe() + (
                 f"; in the stages that say so, {AugmentConfig().describe_upscaled()} and linear illumination ramps"
                 if any(st.get("augment_upscaled") or st.get("augment_gradient") for st in stages) else "")
-                + (f"; in the stages that say so, {AugmentConfig().describe_texture()}"
-                   if any(st.get("augment_texture") for st in stages) else ""),
+                + "".join(f"; in stage {i + 1}, " + AugmentConfig(
+                    texture=tuple(st.get("texture_contrast") or (0.5, 2.0))).describe_texture()
+                    for i, st in enumerate(stages) if st.get("augment_texture")),
             "optimiser": f"AdamW lr {args.lr} ({WarmupCosine(args.lr).describe()}), "
                          f"weight decay {training.get('weight_decay', 1e-4):g}, "
                          f"batch {args.batch_size} x {training['patch_size']} px patches",
