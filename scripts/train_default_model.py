@@ -362,9 +362,6 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    from napari_unet.core.device import keep_freed_memory
-
-    keep_freed_memory()  # each step's buffers are reused instead of mapped and zeroed again
     if args.reproduce:
         return reproduce(args.reproduce, args.out, args.data or DEFAULT_DATA, args.device)
     if args.rescore:
@@ -765,4 +762,7 @@ def _count(rows: list[dict]) -> dict[str, int]:
 
 
 if __name__ == "__main__":
+    from napari_unet.core.device import keep_freed_memory
+
+    keep_freed_memory()  # a process of its own: each step's buffers are reused, not mapped and zeroed again
     sys.exit(main())

@@ -119,7 +119,9 @@ def test_whole_stack_keeps_event_loop_running_and_can_cancel(widget, qtbot, data
     w._run_button.clicked.emit()
     masks = viewer.layers[masks_layer_name("long")]
     # the user waits until the progress bar moves, then cancels (a fixed wait let a fast machine finish)
-    qtbot.waitUntil(lambda: w._progress.value >= 5 or w._worker is None, timeout=120_000)
+    started = time.perf_counter()
+    qtbot.waitUntil(lambda: (w._progress.value >= 5 and time.perf_counter() - started > 0.6) or w._worker is None,
+                    timeout=120_000)
     assert w._worker is not None and w._cancel_button.enabled
     w._cancel_button.clicked.emit()
     _wait(qtbot, w)

@@ -55,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
+    if argv is None and args.command == "train":
+        # run from the command line: the process ends after training, so each step's buffers are
+        # kept for the next step (not when main() is called inside another program, e.g. the tests)
+        from napari_unet.core.device import keep_freed_memory
+
+        keep_freed_memory()
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:

@@ -161,7 +161,7 @@ def _out_path(text: str, overwrite: bool) -> Path:
 def run(args: argparse.Namespace) -> int:
     from napari_unet.cli._progress import TrainingBar
     from napari_unet.core.checkpoint import load_model, save_model
-    from napari_unet.core.device import keep_freed_memory, select_device
+    from napari_unet.core.device import select_device
     from napari_unet.core.events import run_to_end
     from napari_unet.core.train import DEFAULT_STEPS, finetune
 
@@ -180,7 +180,6 @@ def run(args: argparse.Namespace) -> int:
     steps = args.steps
     if steps is None and args.time_budget is None:
         steps = DEFAULT_STEPS
-    keep_freed_memory()  # this process ends after training: reuse each step's buffers
     gen = finetune(
         base, images, labels, steps=steps, time_budget=args.time_budget, lr=args.lr,
         patch_size=args.patch_size, batch_size=args.batch_size, augment=not args.no_augment,
