@@ -95,9 +95,9 @@ def keep_freed_memory(trim_threshold: int = 1 << 30, top_pad: int = 256 << 20, m
     the trim threshold and the top padding keeps those pages; the mmap threshold must be set with
     them (to glibc's largest, 32 MB on 64-bit), as setting either of the others fixes it at its
     128 kB start, and every buffer above that would be mapped and zeroed each time (slower than
-    not tuning at all). For processes that end after
-    training (the CLI, the training script), not for the long-lived napari window, which would
-    keep its largest footprint. Returns True when the setting took effect.
+    not tuning at all). For processes that end after training (``napari-unet train``, the training
+    script), not for the long-lived napari window, which would keep its largest footprint.
+    Returns True when the setting took effect.
     """
     import ctypes
     import ctypes.util
