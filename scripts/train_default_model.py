@@ -477,8 +477,7 @@ def stage_arguments(stages: list[dict], out: str) -> list[list[str]]:
             argv += ["--augment-gradient", f"{st['augment_gradient']:g}"]
         if st.get("augment_texture"):
             argv += ["--augment-texture", f"{st['augment_texture']:g}"]
-            lo, hi = st.get("texture_contrast") or (0.5, 2.0)
-            argv += ["--texture-contrast", f"{lo:g}", f"{hi:g}"]
+            argv += ["--texture-contrast", *(f"{c:g}" for c in st["texture_contrast"])]
         if not last:
             argv.append("--no-card")
         argv += ["--out", str(out_path if last else out_path.with_name(f"stage{i + 1}.pt"))]
@@ -593,7 +592,7 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
                 f"; in the stages that say so, {AugmentConfig().describe_upscaled()} and linear illumination ramps"
                 if any(st.get("augment_upscaled") or st.get("augment_gradient") for st in stages) else "")
                 + "".join(f"; in stage {i + 1}, " + AugmentConfig(
-                    texture=tuple(st.get("texture_contrast") or (0.5, 2.0))).describe_texture()
+                    texture=tuple(st["texture_contrast"])).describe_texture()
                     for i, st in enumerate(stages) if st.get("augment_texture")),
             "optimiser": f"AdamW lr {args.lr} ({WarmupCosine(args.lr).describe()}), "
                          f"weight decay {training.get('weight_decay', 1e-4):g}, "
@@ -613,7 +612,7 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
                 + (f", enlarged look p={st['augment_upscaled']:g}" if st.get("augment_upscaled") else "")
                 + (f", illumination ramps up to {st['augment_gradient']:g}" if st.get("augment_gradient") else "")
                 + (f", uneven object brightness p={st['augment_texture']:g} (contrast "
-                   f"{'-'.join(f'{c:g}' for c in st.get('texture_contrast') or (0.5, 2.0))})"
+                   f"{'-'.join(f'{c:g}' for c in st['texture_contrast'])})"
                    if st.get("augment_texture") else "")
                 + (", its own best validation kept" if st.get("within_stage") else "")
                 for i, st in enumerate(stages)

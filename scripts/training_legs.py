@@ -124,8 +124,7 @@ def augment_config(args: argparse.Namespace):
     from napari_unet.core.augment import AugmentConfig
 
     return AugmentConfig(upscaled_prob=args.augment_upscaled, gradient=args.augment_gradient,
-                         texture_prob=getattr(args, "augment_texture", 0.0) or 0.0,
-                         texture=tuple(getattr(args, "texture_contrast", None) or (0.5, 2.0)))
+                         texture_prob=args.augment_texture, texture=tuple(args.texture_contrast))
 
 
 def run_legs(args: argparse.Namespace, load_rows, finalize, stage_record) -> int:
