@@ -511,6 +511,7 @@ def reproduce(model_path: Path, out: Path, data: Path, device: str) -> int:
 
 def _stage_record(meta: dict, args: argparse.Namespace | None) -> dict:
     """One training stage for the card: the run as the metadata records it, and this script's options."""
+    from napari_unet.core.augment import AugmentConfig
     from napari_unet.core.train_metadata import run_record
 
     record = run_record(meta)
@@ -527,6 +528,7 @@ def _stage_record(meta: dict, args: argparse.Namespace | None) -> dict:
         if args.augment_texture:
             record["augment_texture"] = args.augment_texture
             record["texture_contrast"] = list(args.texture_contrast)
+            record["texture_edge"] = AugmentConfig().texture_edge  # the fading the stage trained with
         record["seed"] = args.seed
         record["model"] = args.model
         record["diameter"] = args.diameter
@@ -592,7 +594,8 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
                 f"; in the stages that say so, {AugmentConfig().describe_upscaled()} and linear illumination ramps"
                 if any(st.get("augment_upscaled") or st.get("augment_gradient") for st in stages) else "")
                 + "".join(f"; in stage {i + 1}, " + AugmentConfig(
-                    texture=tuple(st["texture_contrast"])).describe_texture()
+                    texture=tuple(st["texture_contrast"]),
+                    texture_edge=st.get("texture_edge", AugmentConfig().texture_edge)).describe_texture()
                     for i, st in enumerate(stages) if st.get("augment_texture")),
             "optimiser": f"AdamW lr {args.lr} ({WarmupCosine(args.lr).describe()}), "
                          f"weight decay {training.get('weight_decay', 1e-4):g}, "

@@ -79,7 +79,7 @@ def test_reproduce_retrains_a_two_stage_model_weight_for_weight(tmp_path):
                         "--out", str(stage1), *common]) == 0
     assert script.main(["--steps", "2", "--lr", "0.001", "--seed", "4", "--resume", str(stage1),
                         "--repeat-kind", "grey_dark=2", "--augment-upscaled", "0.5", "--augment-gradient", "0.3",
-                        "--within-stage", "--out", str(final), *common]) == 0
+                        "--augment-texture", "0.5", "--texture-contrast", "0.7", "1.4", "--within-stage", "--out", str(final), *common]) == 0
     original = read_model_file(final)
     assert [st["steps"] for st in original.metadata["stages"]] == [3, 2]
 
@@ -91,6 +91,8 @@ def test_reproduce_retrains_a_two_stage_model_weight_for_weight(tmp_path):
     assert retrained.metadata["stages"][-1]["augment_upscaled"] == 0.5
     assert retrained.metadata["stages"][-1]["augment_gradient"] == 0.3
     assert retrained.metadata["stages"][-1]["within_stage"] is True
+    last = retrained.metadata["stages"][-1]
+    assert (last["augment_texture"], last["texture_contrast"], last["texture_edge"]) == (0.5, [0.7, 1.4], 3.0)
     assert [st["validations"] for st in retrained.metadata["stages"]] == [10, 10]
     assert "augment_upscaled" not in retrained.metadata["stages"][0]
     assert retrained.net.config.base_width == 4
@@ -101,6 +103,7 @@ def test_reproduce_retrains_a_two_stage_model_weight_for_weight(tmp_path):
     training = retrained.metadata["training"]
     assert describe_loss(training["w0"], training["sigma"]) in card
     assert AugmentConfig().describe() in card
+    assert AugmentConfig(texture=(0.7, 1.4), texture_edge=3.0).describe_texture() in card
     assert f"AdamW lr 0.001 ({WarmupCosine(0.001).describe()})" in card
     assert f"{describe_selection(training)} (step {training['selected_step']} of the last stage)" in card
 
