@@ -123,6 +123,18 @@ def test_diameter_search_converges_and_falls_back():
     cut.found(discs(8), cut.next_scale())  # 16 px at scale 1/2: 32 px objects
     assert cut.next_scale() is None and cut.diameter == pytest.approx(32, rel=0.1)
 
+    # no two levels agree: the finest level whose objects were within the model's range stands
+    # (objects larger than the range there are merged neighbours or pieces of larger objects)
+    merged_first = DiameterSearch(model_17, smallest_side=256)  # 15 px nuclei, neighbours merged at scale 1
+    merged_first.found(discs(17), merged_first.next_scale())  # "35 px" at scale 1: above the range
+    merged_first.found(discs(4), merged_first.next_scale())  # 7.6 px at 1/2: 15 px
+    merged_first.found(discs(15), merged_first.next_scale())  # 31 px at 1/4: "124 px"; 1/8 is too small
+    assert merged_first.next_scale() is None and merged_first.diameter == pytest.approx(15, rel=0.1)
+    all_large = DiameterSearch(model_17, smallest_side=256)  # no level within the range: the coarsest
+    for radius in (20, 17, 12):
+        all_large.found(discs(radius), all_large.next_scale())
+    assert all_large.next_scale() is None and all_large.diameter == pytest.approx(24 / 0.25, rel=0.1)
+
     small = DiameterSearch(size, smallest_side=100)
     small.found(discs(5, 100), 1.0)  # the next level would be 50 px: too small to look at
     assert small.next_scale() is None and small.diameter == pytest.approx(10, rel=0.1)

@@ -219,7 +219,10 @@ class DiameterSearch:
     model's are cut into pieces at the finer level (it came out up to 22% small on 2x-upscaled
     DSB2018 nuclei and on the SIM+ frames, whose objects are 2-4x the model's size); smaller ones
     merge more at the coarser level (9 px nuclei came out at 12 px at scale 1 but 15 px at scale
-    1/2, with a model of 17 px). Without such a pair, the finest level that found objects stands.
+    1/2, with a model of 17 px). Without such a pair, the finest level whose objects looked no
+    larger than ``size.high`` stands (a nuclei model trained with uneven object brightness merged
+    16 px stained nuclei at scale 1 into "35 px" objects, and the next levels did not agree),
+    else the coarsest level that found objects.
 
     With a ``prior`` (the object diameter of the data a fine-tuned model learnt from, in the
     user's pixels), the passes start where objects of that size reach the model's size. What
@@ -278,8 +281,17 @@ class DiameterSearch:
         if len(self.passes) < PYRAMID_LEVELS and self._fits(coarser_scale):
             self._next = coarser_scale
             return
-        found = [d for d in estimates if d is not None]
-        self._done(found[0] if found else None)
+        self._done(self._without_agreement())
+
+    def _without_agreement(self) -> float | None:
+        """No two levels agree: the finest level whose objects looked no larger than the sizes the
+        model segments well (larger ones are merged neighbours or pieces of still larger
+        objects), else the coarsest level that found objects."""
+        found = [(scale, estimate) for scale, estimate in self.passes if estimate is not None]
+        for scale, estimate in found:
+            if estimate * scale <= self.size.high:
+                return estimate
+        return found[-1][1] if found else None
 
     def _of_agreeing(self, a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
         """Of two passes ``(scale, estimate)`` that agree, the one to believe: the finer, unless the
