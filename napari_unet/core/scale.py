@@ -287,18 +287,24 @@ class DiameterSearch:
         """No two levels agree: the finest level whose objects looked no larger than the sizes the
         model segments well (larger ones are merged neighbours or pieces of still larger
         objects), else the coarsest level that found objects."""
-        found = [(scale, estimate) for scale, estimate in self.passes if estimate is not None]
-        for scale, estimate in found:
-            if estimate * scale <= self.size.high:
-                return estimate
-        return found[-1][1] if found else None
+        found = [p for p in self.passes if p[1] is not None]
+        if not found:
+            return None
+        within = [p for p in found if not self._too_large(p)]
+        return (within[0] if within else found[-1])[1]
+
+    def _too_large(self, level: tuple[float, float]) -> bool:
+        """Whether the objects of a pass ``(scale, estimate)`` looked larger there than the sizes the
+        model segments well (such objects may be merged neighbours or pieces of larger ones)."""
+        scale, estimate = level
+        return estimate * scale > self.size.high
 
     def _of_agreeing(self, a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
         """Of two passes ``(scale, estimate)`` that agree, the one to believe: the finer, unless the
         objects looked larger there than the sizes the model segments well. Objects larger than the
         model's may be cut into pieces at the finer scale; smaller ones merge more at the coarser."""
         finer, coarser = (a, b) if a[0] >= b[0] else (b, a)
-        return coarser if finer[1] * finer[0] > self.size.high else finer
+        return coarser if self._too_large(finer) else finer
 
     def _check_prior(self, scale: float, estimate: float | None) -> None:
         """One of the (at most two) passes that test the prior."""
