@@ -511,7 +511,6 @@ def reproduce(model_path: Path, out: Path, data: Path, device: str) -> int:
 
 def _stage_record(meta: dict, args: argparse.Namespace | None) -> dict:
     """One training stage for the card: the run as the metadata records it, and this script's options."""
-    from napari_unet.core.augment import AugmentConfig
     from napari_unet.core.train_metadata import run_record
 
     record = run_record(meta)
@@ -528,7 +527,7 @@ def _stage_record(meta: dict, args: argparse.Namespace | None) -> dict:
         if args.augment_texture:
             record["augment_texture"] = args.augment_texture
             record["texture_contrast"] = list(args.texture_contrast)
-            record["texture_edge"] = AugmentConfig().texture_edge  # the fading the stage trained with
+            record["texture_edge"] = training_legs.augment_config(args).texture_edge  # the fading it trained with
         record["seed"] = args.seed
         record["model"] = args.model
         record["diameter"] = args.diameter
