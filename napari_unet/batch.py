@@ -157,7 +157,7 @@ def segment_to_ome_zarr(
         when complete.
     threshold, min_size : float, int, optional
         Post-processing (see :func:`napari_unet.core.probabilities_to_labels`); None = the
-        model's own (``model.postprocessing``).
+        model's own (``model.postprocessing_for`` the kind of each plane).
     rgb : bool, optional
         Whether the last axis is colour (default: if it has 3 or 4 entries).
     diameter : float or "auto"
@@ -207,7 +207,9 @@ def segment_to_ome_zarr(
     else:
         image = image.rechunk((1,) * n_lead + tuple(image.shape[n_lead:]))
     spec = ModelSpec(model, device=device)
-    threshold, min_size = model.resolve_postprocessing(threshold, min_size)
+    from napari_unet.core.instances import _check_args
+
+    _check_args(*model.resolve_postprocessing(threshold, min_size))  # values given: before any task runs
     options = {"threshold": threshold, "min_size": min_size, "tile_size": tile_size, "diameter": diameter,
                "engine": engine}
     drop = (image.ndim - 1,) if layout.rgb else ()

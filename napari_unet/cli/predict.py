@@ -41,7 +41,8 @@ def add_parser(subparsers: Any) -> None:
                    help="what runs the network (default: ONNX Runtime on the CPU, torch on a GPU; "
                         "or NAPARI_UNET_ENGINE)")
     p.add_argument("--threshold", type=float, default=None,
-                   help="probability threshold in (0, 1) (default: the model's own, usually about 0.5)")
+                   help="probability threshold in (0, 1) (default: the model's own, usually about 0.5; its own for "
+                        "the kind of image where it has one, e.g. colour images for 'nuclei')")
     p.add_argument("--min-size", type=int, default=None,
                    help="remove objects smaller than this many pixels (default: the model's own)")
     p.add_argument("--diameter", default="auto", metavar="PIXELS|auto",
@@ -156,9 +157,8 @@ def run(args: argparse.Namespace) -> int:
     log.info("model %s on %s, engine %s", model.name, model.device, engine.describe())
     if engine.reason:
         print(f"napari-unet: the network runs with {engine.describe()}", file=sys.stderr)
-    # the model's own post-processing unless given
-    args.threshold, args.min_size = model.resolve_postprocessing(args.threshold, args.min_size)
-    _check_args(args.threshold, args.min_size)
+    # values given are checked before any work; the rest stay None: the model's own, for the kind of image
+    _check_args(*model.resolve_postprocessing(args.threshold, args.min_size))
     if args.tile and args.tile < min_tile_size(model.net):
         raise CLIError(
             f"--tile {args.tile} is too small for model {model.name!r}: give at least "

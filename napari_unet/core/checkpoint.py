@@ -96,22 +96,31 @@ class SegmentationModel:
         """Threshold, minimum object size and smallest seed (a fraction of the object area, see
         :attr:`min_seed`) this model works best with (tuned on its validation data when it was
         made; 0.5, 16 px and 0.05 otherwise)."""
-        stored = self.metadata.get("postprocessing") or {}
-        return {
-            "threshold": float(stored.get("threshold", DEFAULT_THRESHOLD)),
-            "min_size": int(stored.get("min_size", DEFAULT_MIN_SIZE)),
-            "seed_fraction": float(stored.get("seed_fraction", DEFAULT_SEED_FRACTION)),
-        }
+        return postprocessing_settings(self.metadata)
+
+    @property
+    def postprocessing_by_kind(self) -> dict[str, dict[str, float]]:
+        """Post-processing of its own for some kinds of image (see :func:`postprocessing_by_kind`);
+        ``{}`` for most models."""
+        return postprocessing_by_kind(self.metadata)
+
+    def postprocessing_for(self, kind: str | None) -> dict[str, float]:
+        """:attr:`postprocessing` for an image of ``kind`` (its own setting, if the model has one)."""
+        return postprocessing_settings(self.metadata, kind)
 
     @property
     def min_seed(self) -> int:
         """Smallest interior part (pixels at the model's scale) that seeds an object of its own:
         ``postprocessing["seed_fraction"]`` of the area of an object of the model's
         :attr:`diameter`; 0 when the model does not know its diameter."""
+        return self.min_seed_for(None)
+
+    def min_seed_for(self, kind: str | None) -> int:
+        """:attr:`min_seed` for an image of ``kind`` (see :meth:`postprocessing_for`)."""
         diameter = self.diameter
         if diameter is None:
             return 0
-        return seed_pixels(self.postprocessing["seed_fraction"], diameter)
+        return seed_pixels(self.postprocessing_for(kind)["seed_fraction"], diameter)
 
     @property
     def diameter(self) -> float | None:
@@ -150,9 +159,12 @@ class SegmentationModel:
             return ObjectSize(diameter, float(span[0]), float(span[1]))
         return ObjectSize.around(diameter)
 
-    def resolve_postprocessing(self, threshold: float | None, min_size: int | None) -> tuple[float, int]:
-        """``(threshold, min_size)`` as given, the model's own (:attr:`postprocessing`) where None."""
-        own = self.postprocessing
+    def resolve_postprocessing(
+        self, threshold: float | None, min_size: int | None, kind: str | None = None
+    ) -> tuple[float, int]:
+        """``(threshold, min_size)`` as given, the model's own where None (for an image of ``kind``:
+        see :meth:`postprocessing_for`)."""
+        own = self.postprocessing_for(kind)
         return (own["threshold"] if threshold is None else threshold,
                 own["min_size"] if min_size is None else min_size)
 
@@ -228,6 +240,49 @@ class SegmentationModel:
             dict(data.get("normalization") or DEFAULT_NORMALIZATION),
             dict(data.get("metadata") or {}),
         )
+
+
+def postprocessing_settings(metadata: dict[str, Any], kind: str | None = None) -> dict[str, float]:
+    """Threshold, minimum size and seed fraction recorded in a model's ``metadata``: its own for
+    images of ``kind`` when it has them (:func:`postprocessing_by_kind`), else its general ones
+    (``metadata["postprocessing"]``; 0.5, 16 px and 0.05 where it records none)."""
+    if kind is not None:
+        own = postprocessing_by_kind(metadata).get(kind)
+        if own is not None:
+            return own
+    stored = metadata.get("postprocessing")
+    stored = stored if isinstance(stored, dict) else {}
+    return {
+        "threshold": float(stored.get("threshold", DEFAULT_THRESHOLD)),
+        "min_size": int(stored.get("min_size", DEFAULT_MIN_SIZE)),
+        "seed_fraction": float(stored.get("seed_fraction", DEFAULT_SEED_FRACTION)),
+    }
+
+
+def postprocessing_by_kind(metadata: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Post-processing of its own for some kinds of image (keys of
+    :data:`~napari_unet.core.modality.MODALITIES`, told from the image itself by
+    :func:`~napari_unet.core.modality.image_modality`), recorded in a model's ``metadata``
+    (``"postprocessing_by_kind"``): tuned on the model's training images of that kind when it was
+    made, kept only where it beat the general setting there. Values a kind does not give are the
+    general ones; unknown kinds and values that are not finite numbers are ignored."""
+    stored = metadata.get("postprocessing_by_kind")
+    if not isinstance(stored, dict):
+        return {}
+    from .modality import MODALITIES
+
+    general = postprocessing_settings(metadata)
+    out = {}
+    for kind, values in stored.items():
+        if kind not in MODALITIES or not isinstance(values, dict):
+            continue
+        merged = dict(general)
+        for key, cast in (("threshold", float), ("min_size", int), ("seed_fraction", float)):
+            value = values.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                merged[key] = cast(value)
+        out[kind] = merged
+    return out
 
 
 def _plain(value: Any) -> Any:

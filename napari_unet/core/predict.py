@@ -353,7 +353,10 @@ class PlaneResult:
     note : str
         What the user should know about the sizing ("" when all went as expected).
     min_seed : int
-        The model's smallest seed (pixels at its scale; see ``SegmentationModel.min_seed``).
+        The model's smallest seed (pixels at its scale; see ``SegmentationModel.min_seed_for``).
+    kind : str or None
+        The kind of image whose own post-processing the model used (see
+        ``SegmentationModel.postprocessing_by_kind``); None when it used its general one.
     """
 
     index: tuple[int, ...]
@@ -366,6 +369,7 @@ class PlaneResult:
     scale: float = 1.0
     note: str = ""
     min_seed: int = 0
+    kind: str | None = None
 
     def relabel(self, threshold: float, min_size: int, keep_dtype: Any = None) -> "PlaneResult":
         """The same plane post-processed with another threshold / minimum size (no network run).
@@ -460,8 +464,13 @@ def iter_planes(
     from .instances import _check_args
 
     image, layout = _prepare(model, image, rgb)
-    # also without labels: measuring the object size post-processes the estimation passes
-    threshold, min_size = _check_args(*model.resolve_postprocessing(threshold, min_size))
+    # also without labels: measuring the object size post-processes the estimation passes, with the
+    # values given or the model's general ones (the automatic diameter was tuned with those); the
+    # labels get the model's own for the kind of image where it has them (told on the first plane)
+    given = threshold, min_size
+    threshold, min_size = _check_args(*model.resolve_postprocessing(*given))
+    min_seed = model.min_seed
+    kind = None
     planes = layout.indices() if planes is None else [layout.check_index(p) for p in planes]
     region, window, inner = plane_window(region, layout.plane_shape, context)
     window_shape = (window[0].stop - window[0].start, window[1].stop - window[1].start)
@@ -472,18 +481,38 @@ def iter_planes(
             plane = read_plane(image, idx, window)
             check_finite(plane, f" (plane {idx})" if idx else "")
             probs = None
-            if sizing.search is not None:  # the first plane tells the object size
-                probs = yield from sizing.estimate(runner, plane, k, threshold, min_size)
+            if sizing.search is not None:  # the first plane tells the object size ...
+                probs = yield from sizing.estimate(runner, plane, k, threshold, min_size, min_seed)
+            if k == 0 and (kind := postprocessing_kind(model, plane)) is not None:  # ... and the kind of image
+                threshold, min_size = _check_args(*model.resolve_postprocessing(*given, kind))
+                min_seed = model.min_seed_for(kind)
             if probs is None:
                 probs = yield from runner.at_scale(plane, sizing.scale, k)
             plane_labels = None
             if labels:
                 plane_labels = probabilities_to_labels(
                     probs, threshold, min_size_at(min_size, sizing.scale), model.representation,
-                    min_seed=min_size_at(model.min_seed, sizing.scale),
+                    min_seed=min_size_at(min_seed, sizing.scale),
                 )[inner]
             yield PlaneResult(idx, region, plane_labels, probs, inner, model.representation,
-                              sizing.diameter, sizing.scale, sizing.note, model.min_seed)
+                              sizing.diameter, sizing.scale, sizing.note, min_seed, kind)
+
+
+def postprocessing_kind(model: SegmentationModel, plane: np.ndarray) -> str | None:
+    """The kind of image (:func:`~napari_unet.core.modality.image_modality`) of ``plane`` when
+    ``model`` has a post-processing of its own for it, else None (the general one applies).
+    Only models with such settings look at the plane (tens of milliseconds), and only when it can
+    be of one of their kinds."""
+    kinds = model.postprocessing_by_kind
+    if not kinds or (np.ndim(plane) == 2 and set(kinds) <= {"colour"}):
+        return None  # (a grey plane is never a colour image: no need to look)
+    from .modality import image_modality
+
+    try:
+        kind = image_modality(plane).kind
+    except ValueError:  # not a plane the kinds are told on (e.g. several channels): the general one
+        return None
+    return kind if kind in kinds else None
 
 
 class _PlaneRunner:
@@ -570,7 +599,7 @@ class _Sizing:
         return cls(own, scale=own.scale_for(value), diameter=value)
 
     def estimate(
-        self, runner: _PlaneRunner, plane: np.ndarray, k: int, threshold: float, min_size: int
+        self, runner: _PlaneRunner, plane: np.ndarray, k: int, threshold: float, min_size: int, min_seed: int
     ) -> Generator[Progress, None, np.ndarray | None]:
         """Passes over ``plane`` (or its centre) until the diameter is known; returns the
         probabilities of the final pass when it covered the whole plane (else None)."""
@@ -585,8 +614,7 @@ class _Sizing:
         while (scale := search.next_scale()) is not None:
             probs = yield from runner._run(resize_image(crop, scale), k)
             # the passes' objects are made as the final ones are (at the model's scale here)
-            found = probabilities_to_labels(probs, threshold, min_size, model.representation,
-                                            min_seed=model.min_seed)
+            found = probabilities_to_labels(probs, threshold, min_size, model.representation, min_seed=min_seed)
             search.found(found, scale)
             if whole:
                 kept[scale] = probs

@@ -63,7 +63,8 @@ def trained_metadata(
     recipe: Recipe,
     device: str,
 ) -> dict[str, Any]:
-    """The metadata of a model trained from ``base``: its own (less its path) updated with this run's.
+    """The metadata of a model trained from ``base``: its own (less its path and its post-processing
+    per kind of image) updated with this run's.
 
     Top level: name, base model, date, examples, steps, the kept weights' validation scores,
     time and device. ``training``: how the kept weights were chosen (``selected``,
@@ -83,6 +84,9 @@ def trained_metadata(
         training_time_s=round(run.training_time, 2),
         device=device,
     )
+    # settings per kind of image were tuned for the base's weights on the base's data, and are not
+    # measured for the new ones: the trained model uses its general setting on every image
+    meta.pop("postprocessing_by_kind", None)
     if from_scratch and base.diameter is None:  # its object size: that of the objects it learnt from
         from .calibrate import training_diameter
 

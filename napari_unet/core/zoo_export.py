@@ -199,7 +199,10 @@ def _documentation(model: SegmentationModel, halo: int, rule: tuple[int, int]) -
                                 if model.representation == "bg-interior-boundary"
                                 else "connected components of p(foreground) > threshold")
              + f"; threshold {model.postprocessing['threshold']}, objects under "
-             f"{model.postprocessing['min_size']} pixels removed.",
+             f"{model.postprocessing['min_size']} pixels removed"
+             + "".join(f"; for {kind} images threshold {v['threshold']}, objects under {v['min_size']} pixels "
+                       "removed" for kind, v in sorted(model.postprocessing_by_kind.items()))
+             + ".",
              ]
     if model.diameter is not None:
         lines.append(f"- Object diameter: {model.diameter:.1f} pixels. Rescale images whose objects are of "
@@ -235,6 +238,7 @@ def _napari_unet_config(model: SegmentationModel) -> dict[str, Any]:
         "normalization": dict(model.normalization),
         "diameter": model.diameter,
         "postprocessing": model.postprocessing,
+        **({"postprocessing_by_kind": model.postprocessing_by_kind} if model.postprocessing_by_kind else {}),
         "metadata": {k: v for k, v in model.metadata.items() if k != "path"},
     })
 

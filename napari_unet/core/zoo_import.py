@@ -111,8 +111,9 @@ def read_package_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise ModelFileError(f"{p.name}: its description is not a BioImage.IO description.")
     own = (data.get("config") or {}).get(CONFIG_KEY) or {}
     meta = dict(own.get("metadata") or {}) if isinstance(own, dict) else {}
-    if isinstance(own, dict) and isinstance(own.get("postprocessing"), dict):
-        meta.setdefault("postprocessing", own["postprocessing"])
+    for key in ("postprocessing", "postprocessing_by_kind"):
+        if isinstance(own, dict) and isinstance(own.get(key), dict):
+            meta.setdefault(key, own[key])
     meta.setdefault("name", str(data.get("name") or p.stem))
     return meta
 

@@ -36,19 +36,29 @@ def shown_plane(viewer: Any, layer: Any) -> np.ndarray:
     return plane[::step, ::step]
 
 
-def proposal_for(viewer: Any, layer: Any, builtin: dict[str, str]) -> tuple[str | None, str]:
-    """(path of the proposed built-in model or None, the hint) for the image ``layer``.
+def shown_kind(viewer: Any, layer: Any) -> str | None:
+    """The kind of image (:data:`~napari_unet.core.modality.MODALITIES`) of the plane of ``layer`` on
+    screen, or None when it is not a plane the kinds are told on."""
+    from napari_unet.core.modality import image_modality
+
+    try:
+        return image_modality(shown_plane(viewer, layer)).kind
+    except (ValueError, IndexError, TypeError):
+        return None
+
+
+def proposal_for(kind: str | None, builtin: dict[str, str]) -> tuple[str | None, str]:
+    """(path of the proposed built-in model or None, the hint) for an image of ``kind``
+    (:func:`shown_kind`; None: nothing to propose).
 
     ``builtin`` maps built-in model names to their paths.
     """
-    from napari_unet.core.modality import MODEL_FOR, image_modality
+    from napari_unet.core.modality import MODEL_FOR
 
-    try:
-        modality = image_modality(shown_plane(viewer, layer))
-    except (ValueError, IndexError, TypeError):
-        return None, ""  # not a plane the proposal can read: nothing to say
-    name = MODEL_FOR[modality.kind]
-    words = KIND_WORDS[modality.kind]
+    if kind is None:
+        return None, ""
+    name = MODEL_FOR[kind]
+    words = KIND_WORDS[kind]
     if name not in builtin:
         return None, f"Looks like a {words}: no built-in '{name}' model here."
     return builtin[name], f"Proposed '{name}' for this {words} (choose another model if you like)."
@@ -74,6 +84,8 @@ class ModelProposal:
         self.hint = Label(label="", value="")
         wrap_text(self.hint)
         self.user_chose = False
+        #: The kind of the chosen image's plane on screen (None: no image, or not told).
+        self.kind: str | None = None
         self._viewer, self._images, self._models, self._choices = viewer, image_combo, model_combo, choices
         self._switching = False
 
@@ -85,10 +97,8 @@ class ModelProposal:
     def refresh(self, *_args: Any) -> None:
         """Propose a model for the chosen image; switch to it unless the user chose one."""
         image = self._images.value
-        if image is None:
-            self.hint.value = ""
-            return
-        path, self.hint.value = proposal_for(self._viewer, image, builtin_paths(self._choices()))
+        self.kind = None if image is None else shown_kind(self._viewer, image)
+        path, self.hint.value = proposal_for(self.kind, builtin_paths(self._choices()))
         if path and not self.user_chose and path != self._models.value:
             self._switching = True
             try:

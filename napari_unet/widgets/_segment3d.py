@@ -119,7 +119,7 @@ class VolumeResult:
 
 
 def segment_volumes(model_path: str, data: Any, volumes: list[tuple[Any, ...]], *, spacing: Any,
-                    threshold: float, min_size: int, diameter: float | None, model_cache: dict | None = None,
+                    threshold: float | None, min_size: int | None, diameter: float | None, model_cache: dict | None = None,
                     device: str | None = None) -> Generator[Any, None, None]:
     """Worker body: load the model, then core's 3D path on each volume (Progress, VolumeNote and
     one :class:`VolumeResult` per volume)."""
@@ -188,9 +188,10 @@ def plan_3d_run(widget: Any, image: Any, masks: Any, diameter: float | None) -> 
                              widget._scope.value == SCOPE_STACK, widget._channel_axis.value)
     for key in [k for k in widget._probabilities if k[0] == masks.name]:
         del widget._probabilities[key]
+    threshold, min_size = widget._postprocessing_given()
     generator = segment_volumes(
         widget._model_combo.value, image.data, volumes, spacing=voxel_size(image, z_axis),
-        threshold=float(widget._threshold.value), min_size=int(widget._min_size.value), diameter=diameter,
+        threshold=threshold, min_size=min_size, diameter=diameter,
         model_cache=widget._model_cache,
     )
     what = f"{len(volumes)} volumes" if len(volumes) > 1 else "the volume"

@@ -42,13 +42,14 @@ def segment_planes(
     region: tuple[slice, slice],
     *,
     rgb: bool,
-    threshold: float,
-    min_size: int,
+    threshold: float | None,
+    min_size: int | None,
     diameter: float | None = None,
     model_cache: dict | None = None,
     device: str | None = None,
 ) -> Generator[Any, None, None]:
-    """Worker body: loads the model, then core's plane loop (Progress events and one
+    """Worker body: loads the model, then core's plane loop (``threshold`` / ``min_size`` None: the
+    model's own for the kind of image; Progress events and one
     :class:`~napari_unet.core.predict.PlaneResult` per plane, probabilities as float16), and
     an :class:`EmptyPlane` after a plane where nothing was found."""
     from napari_unet.core.events import Progress

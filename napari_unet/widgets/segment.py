@@ -57,7 +57,7 @@ from ._masks import (
     write_plane,
 )
 from ._napari_compat import unwrap_proxy
-from ._proposal import ModelProposal
+from ._proposal import KIND_WORDS, ModelProposal
 from ._segment3d import ThreeDControls, VolumeResult, plan_3d_run, write_volume_result
 from ._segment_job import EmptyPlane, segment_planes
 from .correct import select_next_free_label
@@ -102,6 +102,8 @@ class SegmentWidget(Container):
         )
         self._model_combo = ComboBox(label="Model", choices=self._model_choices)
         self._add_model_button = PushButton(text="Add model file…")
+        self._postprocessing_kind: str | None = None  # the kind whose setting the controls show
+        self._postprocessing_applied: dict | None = None
         self._proposal = ModelProposal(viewer, self._image_combo, self._model_combo, self._model_choices)
         self._model_hint = self._proposal.hint
         self._scope = RadioButtons(label="Segment", choices=[SCOPE_SLICE, SCOPE_VIEW, SCOPE_STACK], value=SCOPE_SLICE)
@@ -135,6 +137,7 @@ class SegmentWidget(Container):
         self._image_combo.changed.connect(lambda *_: self._channel_axis.reset_choices())
         self._image_combo.changed.connect(lambda *_: self._three_d.refresh())
         self._image_combo.changed.connect(self._proposal.refresh)
+        self._image_combo.changed.connect(self._on_image_kind)  # after the proposal: it tells the kind
         self._model_combo.changed.connect(self._proposal.model_changed)
         self._threshold.changed.connect(self._rethreshold)
         self._min_size.changed.connect(self._rethreshold)
@@ -146,6 +149,7 @@ class SegmentWidget(Container):
         self._show_device()
         self._on_model_changed()
         self._proposal.refresh()
+        self._on_image_kind()
         self._register()
         warm_up_in_background("segmenting")  # the first click then does not import or set up on the main thread
 
@@ -208,20 +212,52 @@ class SegmentWidget(Container):
     def _on_model_changed(self, *_args) -> None:
         """A new model: forget the old model's probabilities, take its threshold and min. size."""
         self._probabilities.clear()
+        self._apply_model_postprocessing(force=True)
+
+    def _on_image_kind(self, *_args) -> None:
+        """Another image: when the model has post-processing of its own for that kind of image
+        (or had for the last one), the Threshold and Min. size controls take it."""
+        self._apply_model_postprocessing(force=False)
+
+    def _apply_model_postprocessing(self, force: bool) -> None:
+        """Set Threshold and Min. size to the model's own for the chosen image's kind (see
+        :func:`~napari_unet.core.checkpoint.postprocessing_settings`); the tooltip says which.
+        Unless ``force``, only when that setting is not the one the controls started from (a
+        value the user set stays while the image kind does not change the model's setting)."""
         path = self._model_combo.value
         if not path:
             return
-        from napari_unet.core.checkpoint import ModelFileError, read_model_metadata
+        from napari_unet.core.checkpoint import ModelFileError, postprocessing_settings, read_model_metadata
 
         try:
-            stored = read_model_metadata(path).get("postprocessing") or {}
+            metadata = read_model_metadata(path)
         except (ModelFileError, OSError):
             return  # a broken file is reported when the user segments with it
+        kind = self._proposal.kind
+        own = postprocessing_settings(metadata, kind)
+        if own == postprocessing_settings(metadata):
+            kind = None  # the general setting applies to this image
+        if not force and (kind, own) == (self._postprocessing_kind, self._postprocessing_applied):
+            return  # the same setting: keep what the user set
+        self._postprocessing_kind, self._postprocessing_applied = kind, own
         with self._threshold.changed.blocked(), self._min_size.changed.blocked():
-            if "threshold" in stored:
-                self._threshold.value = float(stored["threshold"])
-            if "min_size" in stored:
-                self._min_size.value = int(stored["min_size"])
+            self._threshold.value = float(own["threshold"])
+            self._min_size.value = int(own["min_size"])
+        which = f"this model's own for {KIND_WORDS.get(kind, kind)}s" if kind else "this model's own"
+        self._threshold.tooltip = f"Probability above which a pixel belongs to a cell ({which}: {own['threshold']:g})."
+        self._min_size.tooltip = (f"Objects smaller than this are removed (pixels at the model's scale; {which}: "
+                                  f"{int(own['min_size'])}).")
+
+    def _postprocessing_given(self) -> tuple[float | None, int | None]:
+        """``(threshold, min_size)`` to segment with: None, None (the model's own, for the kind of
+        image the core tells on the plane, which also keeps the estimate of the object size on the
+        model's general setting) while the controls show the setting they were given, else the
+        user's values."""
+        values = float(self._threshold.value), int(self._min_size.value)
+        own = self._postprocessing_applied
+        if own is not None and abs(values[0] - own["threshold"]) < 1e-6 and values[1] == int(own["min_size"]):
+            return None, None
+        return values
 
     def _show_device(self) -> None:
         try:
@@ -302,14 +338,15 @@ class SegmentWidget(Container):
             return
         self._last_layer_name = masks.name
         self._run_layers = (image, masks)
+        threshold, min_size = self._postprocessing_given()
         generator = segment_planes(
             model_path,
             image.data,
             planes,
             region,
             rgb=bool(image.rgb),
-            threshold=float(self._threshold.value),
-            min_size=int(self._min_size.value),
+            threshold=threshold,
+            min_size=min_size,
             diameter=diameter,
             model_cache=self._model_cache,
         )
