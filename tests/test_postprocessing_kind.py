@@ -211,3 +211,22 @@ def test_a_trained_model_drops_the_settings_per_kind_of_its_base(dsb_fluo_crop):
     assert tuned.postprocessing == general == tuned.postprocessing_for("fluorescence")
     assert base.postprocessing_by_kind  # the base is untouched
 
+
+def test_cli_uses_the_models_setting_for_a_colour_image(tmp_path):
+    """`napari-unet predict` without --threshold leaves the choice to the core: the built-in nuclei
+    model's colour setting for a stained RGB image, as the Python API gives it."""
+    import tifffile
+
+    from napari_unet.cli import main
+
+    rgb, _, _ = load_sample("nuclei_stained_2d")
+    model = load_model("nuclei")
+    assert model.postprocessing_by_kind.get("colour")  # the shipped model has one
+    tifffile.imwrite(tmp_path / "stained.tif", rgb, photometric="rgb")
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "stained.tif"), "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+    masks = tifffile.imread(out / "stained_masks.tif")
+    np.testing.assert_array_equal(masks, segment(model, rgb, device="cpu"))
+    colour = _plane(model, rgb)
+    assert colour.kind == "colour"
+    np.testing.assert_array_equal(masks > 0, colour.labels > 0)
