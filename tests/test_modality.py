@@ -44,3 +44,23 @@ def test_only_available_models_are_proposed_and_bad_planes_are_refused():
     assert image_modality(np.zeros((32, 32), np.uint8)).kind == "fluorescence"  # flat: nothing to tell
     with pytest.raises(ValueError, match="one 2D plane"):
         image_modality(np.zeros((4, 32, 32)))
+
+
+def test_dense_fluorescence_is_fluorescence(data_dir):
+    """Nuclei that fill so much of the field that the median pixel lies in one: the dark side no
+    longer tells fluorescence (dark_spread over 5), the bright side does (bright_spread far above 1).
+    Whole phase-contrast fields keep their kind."""
+    from napari_unet.core.modality import BRIGHT_ON_DARK, FLAT_DARK_BACKGROUND
+
+    folder = data_dir / "dsb2018" / "images"
+    dense = [p for p in sorted(folder.glob("*.png"))
+             if p.name.startswith(("5bda829acd82", "2869fad54664", "07fb37aafa66"))]
+    assert len(dense) == 3
+    for path in dense:
+        image = imread(path)
+        image = image[..., :3].mean(-1) if image.ndim == 3 else image  # RGBA files of grey images
+        m = image_modality(image)
+        assert m.dark_spread > FLAT_DARK_BACKGROUND and m.bright_spread > BRIGHT_ON_DARK
+        assert m.kind == "fluorescence" and propose_model(image) == "nuclei"
+    phase = tifffile.imread(data_dir / "usiigaci_phase" / "images.tif")
+    assert {image_modality(p).kind for p in phase} == {"transmitted"}
