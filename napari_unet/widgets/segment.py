@@ -104,6 +104,7 @@ class SegmentWidget(Container):
         self._add_model_button = PushButton(text="Add model file…")
         self._postprocessing_kind: str | None = None  # the kind whose setting the controls show
         self._postprocessing_applied: dict | None = None
+        self._metadata_cache: dict[tuple[str, int], dict] = {}  # (model path, mtime) -> its metadata
         self._proposal = ModelProposal(viewer, self._image_combo, self._model_combo, self._model_choices)
         self._model_hint = self._proposal.hint
         self._scope = RadioButtons(label="Segment", choices=[SCOPE_SLICE, SCOPE_VIEW, SCOPE_STACK], value=SCOPE_SLICE)
@@ -230,7 +231,10 @@ class SegmentWidget(Container):
         from napari_unet.core.checkpoint import ModelFileError, postprocessing_settings, read_model_metadata
 
         try:
-            metadata = read_model_metadata(path)
+            key = (str(path), Path(path).stat().st_mtime_ns)  # a file replaced on disk is read again
+            metadata = self._metadata_cache.get(key)
+            if metadata is None:  # (read once: image changes must not reload a large file each time)
+                metadata = self._metadata_cache[key] = read_model_metadata(path)
         except (ModelFileError, OSError):
             return  # a broken file is reported when the user segments with it
         kind = self._proposal.kind
