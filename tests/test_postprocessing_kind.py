@@ -43,13 +43,14 @@ def test_settings_per_kind_are_read_with_care():
             "colour": {"threshold": 0.6, "n_images": 79},  # values not given are the general ones
             "no-such-kind": {"threshold": 0.1},
             "fluorescence": {"threshold": float("nan"), "min_size": True},  # not numbers: ignored
+            "transmitted": {"threshold": 1.5, "min_size": -3, "seed_fraction": 2.0},  # out of range: ignored
             "bright-field": "0.4",
         },
     }
     kinds = postprocessing_by_kind(meta)
-    assert set(kinds) == {"colour", "fluorescence"}
+    assert set(kinds) == {"colour", "fluorescence", "transmitted"}
     assert kinds["colour"] == {"threshold": 0.6, "min_size": 32, "seed_fraction": 0.05}
-    assert kinds["fluorescence"] == postprocessing_settings(meta)
+    assert kinds["fluorescence"] == kinds["transmitted"] == postprocessing_settings(meta)
     assert postprocessing_settings(meta, "colour")["threshold"] == 0.6
     assert postprocessing_settings(meta, "transmitted") == postprocessing_settings(meta) == meta["postprocessing"]
     assert postprocessing_by_kind({"postprocessing_by_kind": ["colour"]}) == {}
@@ -165,6 +166,7 @@ def test_segment_shows_the_models_setting_for_the_kind_of_image(make_napari_view
     w._image_combo.value = viewer.layers["stained"]
     assert w._threshold.value == pytest.approx(COLOUR["threshold"])
     assert w._min_size.value == COLOUR["min_size"]
+    assert w._model_metadata() is w._model_metadata()  # read once, not at every image change
     assert "colour" in w._threshold.tooltip
     assert w._postprocessing_given() == (None, None)  # the model's own: the core applies it per kind
     w._run_button.clicked.emit()
@@ -183,7 +185,7 @@ def test_segment_shows_the_models_setting_for_the_kind_of_image(make_napari_view
     w._threshold.value = 0.4
     w._image_combo.value = viewer.layers["fluo 2"]
     assert w._threshold.value == pytest.approx(0.4)
-    assert w._postprocessing_given() == (pytest.approx(0.4), general["min_size"])
+    assert w._postprocessing_given() == (pytest.approx(0.4), None)  # min. size still the model's own
     w._image_combo.value = viewer.layers["stained"]
     assert w._threshold.value == pytest.approx(COLOUR["threshold"])
 
@@ -230,3 +232,62 @@ def test_cli_uses_the_models_setting_for_a_colour_image(tmp_path):
     colour = _plane(model, rgb)
     assert colour.kind == "colour"
     np.testing.assert_array_equal(masks > 0, colour.labels > 0)
+
+
+def test_segment_on_an_rgb_stack_follows_the_kind_the_core_used(make_napari_viewer, tmp_path, qtbot):
+    """An RGB time stack: the slice on screen is told apart (napari's ``ndim`` leaves out the colour
+    axis), current slice segments that slice only, and after a whole-stack run whose first plane
+    is of another kind, the controls show the setting the core used for it."""
+    from napari_unet.widgets.segment import SCOPE_STACK, SegmentWidget
+
+    model = _model_with_colour_setting()
+    general = model.postprocessing
+    path = save_model(model, tmp_path / "with_colour.pt")
+    stained, _, _ = load_sample("nuclei_stained_2d")
+    grey_as_rgb = np.repeat(stained.mean(-1, keepdims=True).astype(np.uint8), 3, axis=-1)  # plane 0: no colour
+    stack = np.stack([grey_as_rgb, stained])
+    viewer = make_napari_viewer()
+    w = SegmentWidget(viewer)
+    layer = viewer.add_image(stack, name="stack", rgb=True)
+    viewer.dims.set_current_step(0, 1)
+    w.reset_choices()
+    w.add_model_file(path)
+    w._image_combo.value = layer
+    w._proposal.refresh()
+    w._on_image_kind()
+    assert w._proposal.kind == "colour"
+    assert w._threshold.value == pytest.approx(COLOUR["threshold"])
+
+    w._run_button.clicked.emit()  # current slice: plane 1 only
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+    masks = viewer.layers["stack masks"].data
+    assert masks.shape == stack.shape[:3] and masks[1].any() and not masks[0].any()
+    np.testing.assert_array_equal(masks[1] > 0, _plane(model, stained).labels > 0)
+
+    w._scope.value = SCOPE_STACK
+    w._overwrite.value = True
+    w._run_button.clicked.emit()  # the core tells the kind on plane 0: not colour
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+    assert viewer.layers["stack masks"].data[0].any()
+    assert w._threshold.value == pytest.approx(general["threshold"])
+    assert w._min_size.value == general["min_size"]
+
+
+def test_a_setting_the_controls_cannot_show_is_shown_as_their_nearest(make_napari_viewer, tmp_path):
+    """A model file whose colour threshold (0.97) is beyond the slider (0.95 at most): no error, the
+    slider shows 0.95, and segmenting uses what it shows."""
+    from napari_unet.widgets.segment import SegmentWidget
+
+    model = load_model("nuclei")
+    model.metadata["postprocessing_by_kind"] = {"colour": {"threshold": 0.97, "min_size": 10**7}}
+    path = save_model(model, tmp_path / "extreme.pt")
+    viewer = make_napari_viewer()
+    w = SegmentWidget(viewer)
+    rgb, _, _ = load_sample("nuclei_stained_2d")
+    viewer.add_image(rgb, name="stained", rgb=True)
+    w.reset_choices()
+    w.add_model_file(path)
+    w._image_combo.value = viewer.layers["stained"]
+    assert w._threshold.value == pytest.approx(w._threshold.max)
+    assert w._min_size.value == w._min_size.max
+    assert w._postprocessing_given() == (pytest.approx(w._threshold.max), w._min_size.max)

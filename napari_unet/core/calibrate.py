@@ -139,7 +139,7 @@ def iter_tune_postprocessing_by_kind(
 
     if model.diameter is None or model.representation != "bg-interior-boundary":
         return {}  # seeds and sizes follow the object diameter: nothing to tune per kind without it
-    general_model = model.copy() if model.postprocessing_by_kind else model
+    general_model = model.copy() if "postprocessing_by_kind" in model.metadata else model
     general_model.metadata.pop("postprocessing_by_kind", None)  # tuned against the general setting alone
     general = general_model.postprocessing
     groups: dict[str, list[int]] = {}

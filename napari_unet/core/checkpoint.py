@@ -259,13 +259,22 @@ def postprocessing_settings(metadata: dict[str, Any], kind: str | None = None) -
     }
 
 
+#: The values a setting per kind of image may give: name, type, and the range a model file's value must be in.
+_PER_KIND_VALUES = (
+    ("threshold", float, lambda v: 0.0 < v < 1.0),
+    ("min_size", int, lambda v: v >= 0),
+    ("seed_fraction", float, lambda v: 0.0 <= v < 1.0),
+)
+
+
 def postprocessing_by_kind(metadata: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Post-processing of its own for some kinds of image (keys of
     :data:`~napari_unet.core.modality.MODALITIES`, told from the image itself by
     :func:`~napari_unet.core.modality.image_modality`), recorded in a model's ``metadata``
     (``"postprocessing_by_kind"``): tuned on the model's training images of that kind when it was
     made, kept only where it beat the general setting there. Values a kind does not give are the
-    general ones; unknown kinds and values that are not finite numbers are ignored."""
+    general ones; unknown kinds, values that are not numbers and values out of range (a threshold
+    not strictly between 0 and 1, a negative size, a seed fraction not in [0, 1)) are ignored."""
     stored = metadata.get("postprocessing_by_kind")
     if not isinstance(stored, dict):
         return {}
@@ -277,9 +286,10 @@ def postprocessing_by_kind(metadata: dict[str, Any]) -> dict[str, dict[str, floa
         if kind not in MODALITIES or not isinstance(values, dict):
             continue
         merged = dict(general)
-        for key, cast in (("threshold", float), ("min_size", int), ("seed_fraction", float)):
+        for key, cast, valid in _PER_KIND_VALUES:
             value = values.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+                    and valid(value):
                 merged[key] = cast(value)
         out[kind] = merged
     return out

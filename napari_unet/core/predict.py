@@ -411,6 +411,7 @@ def iter_planes(
     labels: bool = True,
     should_stop: Callable[[], bool] | None = None,
     to_model_diameter: bool = False,
+    by_kind: bool = True,
     **engine_options: Any,
 ) -> Generator[Progress | PlaneResult, None, None]:
     """The one plane loop: read, rescale to the model's object size, predict and post-process planes.
@@ -451,6 +452,11 @@ def iter_planes(
         Rescale so that the diameter meets the model's own diameter, not just the nearest end
         of the range of sizes it segments well (the planes of a z-stack cut every object at
         all heights, so their typical cross-section is brought to the model's centre).
+    by_kind : bool
+        Post-process the labels with the model's own setting for the kind of image where it has
+        one (told on the first plane, see :func:`postprocessing_kind`; the seed rule follows the
+        kind also where ``threshold`` / ``min_size`` are given). False: its general setting (the
+        3D path, whose volumes are not the 2D images the settings were tuned on).
     **engine_options
         ``tile_size``, ``batch_size``, ``halo``, ``device``, ``precision``, ``channels_last``
         (see :func:`iter_predict_probabilities`).
@@ -483,7 +489,7 @@ def iter_planes(
             probs = None
             if sizing.search is not None:  # the first plane tells the object size ...
                 probs = yield from sizing.estimate(runner, plane, k, threshold, min_size, min_seed)
-            if k == 0 and (kind := postprocessing_kind(model, plane)) is not None:  # ... and the kind of image
+            if k == 0 and by_kind and (kind := postprocessing_kind(model, plane)) is not None:  # ... and the kind
                 threshold, min_size = _check_args(*model.resolve_postprocessing(*given, kind))
                 min_seed = model.min_seed_for(kind)
             if probs is None:
@@ -763,8 +769,8 @@ def iter_segment(
     """Instance labels of an image or stack, tile by tile (generator).
 
     Same arguments as :func:`iter_predict_probabilities`, plus ``threshold`` and
-    ``min_size`` (see :func:`probabilities_to_labels`; None = the model's own, from
-    ``model.postprocessing``). Planes are post-processed as
+    ``min_size`` (see :func:`probabilities_to_labels`; None = the model's own, for the kind of
+    image of the first plane where it has one: ``model.postprocessing_for``). Planes are post-processed as
     soon as they are predicted: only one plane of probabilities is held at a time.
 
     Returns

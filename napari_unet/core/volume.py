@@ -282,8 +282,9 @@ def iter_segment_volume(
         Also run the yz and xz planes (z resampled to the xy pixel size) and average the views
         ("3d" mode). Default: on when dz / dx is within 2x of 1 and the stack is deep enough.
     threshold, min_size : optional
-        Post-processing; None = the model's own. ``min_size`` (pixels of a 2D object at the
-        model's scale) becomes the volume of a ball of that cross-section.
+        Post-processing; None = the model's own general setting (volumes do not use its settings
+        per kind of image). ``min_size`` (pixels of a 2D object at the model's scale) becomes the
+        volume of a ball of that cross-section.
     should_stop : callable, optional
         Checked between tiles and blocks; when it returns True,
         :class:`~napari_unet.core.predict.PredictionStopped` is raised.
@@ -366,9 +367,9 @@ def _iter_3d(model, volume, spacing, diameter, orthogonal, threshold, min_size, 
             store.add((result.index[0],), result.probabilities, result.representation)
 
         yield from _forward(
-            iter_planes(model, volume, rgb=False, planes=_middle_first(nz), diameter=diameter, labels=False,
-                        threshold=threshold, min_size=min_size, should_stop=should_stop, to_model_diameter=True,
-                        **engine_options),
+            iter_planes(model, volume, rgb=False, by_kind=False, planes=_middle_first(nz), diameter=diameter,
+                        labels=False, threshold=threshold, min_size=min_size, should_stop=should_stop,
+                        to_model_diameter=True, **engine_options),
             stages, "xy", "xy planes", add_xy)
         store.views += 1
         first = found["first"]
@@ -391,9 +392,9 @@ def _iter_3d(model, volume, spacing, diameter, orthogonal, threshold, min_size, 
                     store.add(key, probs, result.representation)
 
                 yield from _forward(
-                    iter_planes(model, side, rgb=False, diameter=side_diameter, labels=False, threshold=threshold,
-                                min_size=min_size, should_stop=should_stop, to_model_diameter=True,
-                                **engine_options),
+                    iter_planes(model, side, rgb=False, by_kind=False, diameter=side_diameter, labels=False,
+                                threshold=threshold, min_size=min_size, should_stop=should_stop,
+                                to_model_diameter=True, **engine_options),
                     stages, stage, f"{stage} planes", add_side)
                 store.views += 1
         scale = first.scale
@@ -436,7 +437,7 @@ def _iter_stitch(model, volume, diameter, threshold, min_size, should_stop, out,
     mid = nz // 2
     got: dict[int, Any] = {}
     yield from _forward(
-        iter_planes(model, volume, rgb=False, planes=[(mid,)], diameter=diameter, threshold=threshold,
+        iter_planes(model, volume, rgb=False, by_kind=False, planes=[(mid,)], diameter=diameter, threshold=threshold,
                     min_size=min_size,
                     should_stop=should_stop, **engine_options),
         stages, "middle", "xy planes", lambda r: got.__setitem__(r.index[0], r))
@@ -457,7 +458,7 @@ def _iter_stitch(model, volume, diameter, threshold, min_size, should_stop, out,
 
     rest = [(i,) for i in range(nz) if i != mid]
     yield from _forward(
-        iter_planes(model, volume, rgb=False, planes=rest, diameter=rest_diameter, threshold=threshold,
+        iter_planes(model, volume, rgb=False, by_kind=False, planes=rest, diameter=rest_diameter, threshold=threshold,
                     min_size=min_size, should_stop=should_stop, **engine_options),
         stages, "xy", "xy planes", take)
     return labels

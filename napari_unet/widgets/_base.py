@@ -166,14 +166,15 @@ def wrap_text(*labels: Any) -> None:
         label.native.setWordWrap(True)
 
 
-def spatial_ndim(layer: "napari.layers.Layer") -> int:
-    """Trailing axes that make one plane: 3 for RGB layers (Y, X, colour), else 2."""
-    return 3 if getattr(layer, "rgb", False) else 2
+def lead_ndim(layer: "napari.layers.Layer") -> int:
+    """The layer's stack axes (time, z, channels...) in front of its planes. napari's ``layer.ndim``
+    never counts an RGB layer's colour axis, so this is ``layer.ndim - 2`` for every layer."""
+    return max(0, int(layer.ndim) - 2)
 
 
 def current_plane_index(viewer: "napari.Viewer", layer: "napari.layers.Layer") -> tuple[int, ...]:
     """Indices along the layer's non-plane axes of the slice the viewer shows now."""
-    n_lead = layer.ndim - spatial_ndim(layer)
+    n_lead = lead_ndim(layer)
     if n_lead <= 0:
         return ()
     data_point = np.asarray(layer.world_to_data(viewer.dims.point))
@@ -213,8 +214,7 @@ def visible_region(
     lo, hi = point.copy(), point.copy()
     lo[-2:], hi[-2:] = center - half, center + half
     corners = np.stack([layer.world_to_data(lo), layer.world_to_data(hi)])
-    n = spatial_ndim(layer)
-    yx = corners[:, -n:][:, :2] if n == 3 else corners[:, -2:]
+    yx = corners[:, -2:]  # world_to_data gives the layer's ndim coordinates: never a colour one
     (y0, x0), (y1, x1) = np.sort(yx, axis=0)
     y0, y1 = int(np.clip(np.floor(y0), 0, h)), int(np.clip(np.ceil(y1) + 1, 0, h))
     x0, x1 = int(np.clip(np.floor(x0), 0, w)), int(np.clip(np.ceil(x1) + 1, 0, w))

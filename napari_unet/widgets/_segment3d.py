@@ -16,14 +16,14 @@ from typing import Any
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox
 
-from ._base import spatial_ndim
+from ._base import lead_ndim
 
 __all__ = ["ThreeDControls", "VolumeResult", "segment_volumes", "write_volume"]
 
 
 def z_axis_of(layer: Any) -> int | None:
     """The index of the layer's Z axis among its stack axes, when its axis labels say (else None)."""
-    n_lead = layer.ndim - spatial_ndim(layer)
+    n_lead = lead_ndim(layer)
     labels = [str(a).lower() for a in (getattr(layer, "axis_labels", None) or ())][:n_lead]
     if "z" in labels:
         return labels.index("z")
@@ -56,7 +56,7 @@ class ThreeDControls:
         layer = self._image()
         if layer is None or getattr(layer, "rgb", False):
             return []
-        n_lead = layer.ndim - spatial_ndim(layer)
+        n_lead = lead_ndim(layer)
         labels = list(getattr(layer, "axis_labels", None) or [])
         return [(f"axis {i} ({labels[i] if i < len(labels) else '?'}, size {layer.data.shape[i]})", i)
                 for i in range(n_lead)]
@@ -182,7 +182,7 @@ def plan_3d_run(widget: Any, image: Any, masks: Any, diameter: float | None) -> 
     if z_axis == widget._channel_axis.value:
         notify_error("Segment", "The Z axis cannot also be the channel axis: choose another one.")
         return None, ""
-    n_lead = image.ndim - spatial_ndim(image)
+    n_lead = lead_ndim(image)
     current = current_plane_index(widget._viewer, image)
     volumes = volume_indices(tuple(image.data.shape[:n_lead]), z_axis, current,
                              widget._scope.value == SCOPE_STACK, widget._channel_axis.value)

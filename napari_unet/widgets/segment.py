@@ -35,12 +35,12 @@ from magicgui.widgets import (
 from ._base import (
     current_plane_index,
     format_seconds,
+    lead_ndim,
     notify_error,
     notify_info,
     notify_warning,
     one_line,
     qt_alive,
-    spatial_ndim,
     start_worker,
     visible_region,
     warm_up_in_background,
@@ -71,6 +71,8 @@ SCOPE_SLICE = "Current slice"
 SCOPE_VIEW = "Visible field of view"
 SCOPE_STACK = "Whole stack"
 NO_CHANNEL_AXIS = "none"
+#: ``kind`` of :meth:`SegmentWidget._apply_model_postprocessing` when the proposal's look at the plane decides.
+_PROPOSED = object()
 #: Probability maps kept for re-thresholding (float16), at most this many bytes.
 PROBABILITY_CACHE_BYTES = 512 * 2**20
 
@@ -105,6 +107,7 @@ class SegmentWidget(Container):
         self._postprocessing_kind: str | None = None  # the kind whose setting the controls show
         self._postprocessing_applied: dict | None = None
         self._metadata_cache: dict[tuple[str, int], dict] = {}  # (model path, mtime) -> its metadata
+        self._run_given: tuple[float | None, int | None] = (None, None)  # what the last run was given
         self._proposal = ModelProposal(viewer, self._image_combo, self._model_combo, self._model_choices)
         self._model_hint = self._proposal.hint
         self._scope = RadioButtons(label="Segment", choices=[SCOPE_SLICE, SCOPE_VIEW, SCOPE_STACK], value=SCOPE_SLICE)
@@ -164,7 +167,7 @@ class SegmentWidget(Container):
         choices: list[tuple[str, Any]] = [(NO_CHANNEL_AXIS, None)]
         layer = self._image_combo.value if hasattr(self, "_image_combo") else None
         if layer is not None:
-            for axis in range(layer.ndim - spatial_ndim(layer)):
+            for axis in range(lead_ndim(layer)):
                 choices.append((f"axis {axis} (size {layer.data.shape[axis]})", axis))
         return choices
 
@@ -220,48 +223,74 @@ class SegmentWidget(Container):
         (or had for the last one), the Threshold and Min. size controls take it."""
         self._apply_model_postprocessing(force=False)
 
-    def _apply_model_postprocessing(self, force: bool) -> None:
-        """Set Threshold and Min. size to the model's own for the chosen image's kind (see
-        :func:`~napari_unet.core.checkpoint.postprocessing_settings`); the tooltip says which.
-        Unless ``force``, only when that setting is not the one the controls started from (a
-        value the user set stays while the image kind does not change the model's setting)."""
+    def _model_metadata(self) -> dict | None:
+        """The chosen model's metadata, read once per file version (path, mtime): image changes
+        must not reload a large file each time. None without a model or for a broken file (it is
+        reported when the user segments with it)."""
         path = self._model_combo.value
         if not path:
-            return
-        from napari_unet.core.checkpoint import ModelFileError, postprocessing_settings, read_model_metadata
+            return None
+        from napari_unet.core.checkpoint import ModelFileError, read_model_metadata
 
         try:
             key = (str(path), Path(path).stat().st_mtime_ns)  # a file replaced on disk is read again
-            metadata = self._metadata_cache.get(key)
-            if metadata is None:  # (read once: image changes must not reload a large file each time)
-                metadata = self._metadata_cache[key] = read_model_metadata(path)
+            if key not in self._metadata_cache:
+                self._metadata_cache[key] = read_model_metadata(path)
         except (ModelFileError, OSError):
-            return  # a broken file is reported when the user segments with it
-        kind = self._proposal.kind
+            return None
+        return self._metadata_cache[key]
+
+    def _apply_model_postprocessing(self, force: bool, kind: Any = _PROPOSED, only: tuple[str, ...] = ()) -> None:
+        """Set Threshold and Min. size to the model's own for the chosen image's kind (see
+        :func:`~napari_unet.core.checkpoint.postprocessing_settings`; ``kind``: this kind, or None
+        for the general setting, instead of the kind the proposal told); the tooltip says which.
+        Unless ``force``, only when that setting is not the one the controls started from (a value
+        the user set stays while the image kind does not change the model's setting). ``only``:
+        the controls to set (default both)."""
+        metadata = self._model_metadata()
+        if metadata is None:
+            return
+        from napari_unet.core.checkpoint import postprocessing_settings
+
+        kind = self._proposal.kind if kind is _PROPOSED else kind
         own = postprocessing_settings(metadata, kind)
         if own == postprocessing_settings(metadata):
             kind = None  # the general setting applies to this image
         if not force and (kind, own) == (self._postprocessing_kind, self._postprocessing_applied):
             return  # the same setting: keep what the user set
+        threshold = min(max(float(own["threshold"]), self._threshold.min), self._threshold.max)
+        min_size = min(max(int(own["min_size"]), self._min_size.min), self._min_size.max)
+        # a value the controls cannot show (a model file's own) is shown as their nearest, and that is
+        # what segmenting then uses (it differs from the model's: _postprocessing_given passes it on)
         self._postprocessing_kind, self._postprocessing_applied = kind, own
         with self._threshold.changed.blocked(), self._min_size.changed.blocked():
-            self._threshold.value = float(own["threshold"])
-            self._min_size.value = int(own["min_size"])
+            if not only or "threshold" in only:
+                self._threshold.value = threshold
+            if not only or "min_size" in only:
+                self._min_size.value = min_size
         which = f"this model's own for {KIND_WORDS.get(kind, kind)}s" if kind else "this model's own"
         self._threshold.tooltip = f"Probability above which a pixel belongs to a cell ({which}: {own['threshold']:g})."
         self._min_size.tooltip = (f"Objects smaller than this are removed (pixels at the model's scale; {which}: "
                                   f"{int(own['min_size'])}).")
 
     def _postprocessing_given(self) -> tuple[float | None, int | None]:
-        """``(threshold, min_size)`` to segment with: None, None (the model's own, for the kind of
-        image the core tells on the plane, which also keeps the estimate of the object size on the
-        model's general setting) while the controls show the setting they were given, else the
-        user's values."""
-        values = float(self._threshold.value), int(self._min_size.value)
+        """``(threshold, min_size)`` to segment with: None for a control that shows the model's own
+        setting (the core then takes it for the kind of image it tells on the plane, and estimates
+        the object size with the model's general setting), else the user's value."""
+        threshold, min_size = float(self._threshold.value), int(self._min_size.value)
         own = self._postprocessing_applied
-        if own is not None and abs(values[0] - own["threshold"]) < 1e-6 and values[1] == int(own["min_size"]):
-            return None, None
-        return values
+        if own is None:
+            return threshold, min_size
+        return (None if abs(threshold - own["threshold"]) < 1e-6 else threshold,
+                None if min_size == own["min_size"] else min_size)
+
+    def _follow_kind_of(self, result: Any) -> None:
+        """After a plane the core post-processed for a kind of image (its own look at the plane: the
+        whole stack's first plane, the field of view), the controls the run left to the model show
+        the setting it used, so that moving them re-thresholds from there."""
+        left = tuple(name for name, value in zip(("threshold", "min_size"), self._run_given) if value is None)
+        if left and result.kind != self._postprocessing_kind:
+            self._apply_model_postprocessing(force=True, kind=result.kind, only=left)
 
     def _show_device(self) -> None:
         try:
@@ -286,7 +315,7 @@ class SegmentWidget(Container):
 
     # ------------------------------------------------------------------ run
     def _planes_for_scope(self, image, scope: str) -> list[tuple[int, ...]]:
-        n_lead = image.ndim - spatial_ndim(image)
+        n_lead = lead_ndim(image)
         current = current_plane_index(self._viewer, image)
         if scope != SCOPE_STACK or n_lead == 0:
             return [current]
@@ -342,7 +371,7 @@ class SegmentWidget(Container):
             return
         self._last_layer_name = masks.name
         self._run_layers = (image, masks)
-        threshold, min_size = self._postprocessing_given()
+        threshold, min_size = self._run_given = self._postprocessing_given()
         generator = segment_planes(
             model_path,
             image.data,
@@ -422,6 +451,7 @@ class SegmentWidget(Container):
         elif isinstance(item, PlaneResult) and not self._abandoned:
             self._write_plane(item)
             self._sizing.show(item)
+            self._follow_kind_of(item)
         elif isinstance(item, EmptyPlane):
             self._empty_planes.append(item)
         elif isinstance(item, VolumeResult) and not self._abandoned:
