@@ -64,3 +64,16 @@ def test_dense_fluorescence_is_fluorescence(data_dir):
         assert m.kind == "fluorescence" and propose_model(image) == "nuclei"
     phase = tifffile.imread(data_dir / "usiigaci_phase" / "images.tif")
     assert {image_modality(p).kind for p in phase} == {"transmitted"}
+
+
+def test_pseudo_coloured_fluorescence_is_not_stained_tissue():
+    """Nuclei shown in blue (a DAPI look-up table saved as RGB), or two fluorescence channels merged,
+    are fluorescence; stained tissue stays colour."""
+    grey, _, _ = load_sample("nuclei_fluorescence_2d")
+    blue = np.zeros(grey.shape + (3,), np.uint8)
+    blue[..., 2] = grey
+    fields, _, _ = load_sample("nuclei_fluorescence_fields")
+    merged = np.stack([fields[1], np.zeros_like(fields[0]), fields[0]], axis=-1)  # two channels, red and blue
+    assert image_modality(blue).kind == image_modality(merged).kind == "fluorescence"
+    stained, _, _ = load_sample("nuclei_stained_2d")
+    assert image_modality(stained).kind == "colour"

@@ -13,6 +13,10 @@ Two numbers of the plane's grey values tell the common cases apart:
   objects on a bright one (stained nuclei in bright field), near 1 for transmitted-light
   images whose structures go both ways.
 
+A colour plane (RGB that is not grey) is a stained-tissue ``colour`` image unless its grey
+values say fluorescence (pseudo-coloured or merged fluorescence channels: DSB2018's 91 stained
+images all have dark_spread >= 25 and bright_spread <= 1.1).
+
 :func:`image_modality` names the kind; :func:`propose_model` maps it to a built-in model:
 ``nuclei`` for fluorescence, bright-field and colour (stained-tissue) nuclei images,
 ``cells`` for phase contrast and DIC. It is a proposal: the user can always choose.
@@ -82,9 +86,10 @@ def image_modality(plane: np.ndarray) -> Modality:
     dark_spread = float(med - lo) / noise
     s_lo, s_med, s_hi = np.percentile(gaussian_filter(grey, 2), (1, 50, 99))
     bright_spread = float(s_hi - s_med) / max(float(s_med - s_lo), 1e-6 * span)
-    if colour:
+    fluorescence = dark_spread < FLAT_DARK_BACKGROUND or bright_spread > BRIGHT_ON_DARK
+    if colour and not fluorescence:  # (pseudo-coloured or merged fluorescence channels stay fluorescence)
         kind = "colour"
-    elif dark_spread < FLAT_DARK_BACKGROUND or bright_spread > BRIGHT_ON_DARK:
+    elif fluorescence:
         kind = "fluorescence"
     elif bright_spread < DARK_ON_BRIGHT:
         kind = "bright-field"
