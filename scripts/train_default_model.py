@@ -406,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.reproduce:
         return reproduce(args.reproduce, args.out, args.data or DEFAULT_DATA, args.device)
+    if args.tune_kinds and not args.rescore:
+        parser.error("--tune-kinds goes with --rescore MODEL (training tunes them at its end by itself)")
     if args.rescore:
         return rescore(args.rescore, args)
     if args.leg_minutes is not None or args.resume is training_legs.RESUME_LEGS:
@@ -739,7 +741,10 @@ def rescore(path: Path, args: argparse.Namespace) -> int:
         if isinstance(recipe, dict) and isinstance(recipe.get("post-processing"), str):
             recipe["post-processing"] = recipe["post-processing"].split("; for ")[0] + describe_by_kind(by_kind)
     card["val_auto_diameter"] = out_of_the_box(model, val_rows, device)
-    card["shipped_auto_diameter"] = shipped_scores(args, val_rows, device)
+    shipped = ROOT / "napari_unet" / "models" / f"{args.model}.pt"
+    if not (shipped.is_file() and _same_weights(model, read_model_file(shipped, device=device))):
+        card["shipped_auto_diameter"] = shipped_scores(args, val_rows, device)
+    # (else MODEL is the shipped model itself, e.g. re-tuned: its card keeps the model it replaced)
     model.net.to("cpu")
     save_model(model, path)
     if not args.no_card:
@@ -792,6 +797,15 @@ def _ap_or_dash(scores: dict | None) -> str:
 def card_name(model: str) -> str:
     """The model card's file name beside a model file."""
     return "MODEL_CARD.md" if model == "nuclei" else f"MODEL_CARD_{model}.md"
+
+
+def _same_weights(a, b) -> bool:
+    """Whether two models hold the same network weights."""
+    import torch
+
+    sa, sb = a.net.state_dict(), b.net.state_dict()
+    return sa.keys() == sb.keys() and all(
+        sa[k].shape == sb[k].shape and torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
 
 
 def shipped_scores(args: argparse.Namespace, val_rows: list[dict], device) -> dict | None:
