@@ -619,7 +619,8 @@ class _Sizing:
         model = runner.engine.model
         while (scale := search.next_scale()) is not None:
             probs = yield from runner._run(resize_image(crop, scale), k)
-            # the passes' objects are made as the final ones are (at the model's scale here)
+            # the passes' objects are made as the final ones are (at the model's scale here), with the
+            # general post-processing or the values given: a kind's own setting is for the labels only
             found = probabilities_to_labels(probs, threshold, min_size, model.representation, min_seed=min_seed)
             search.found(found, scale)
             if whole:
