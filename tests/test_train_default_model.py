@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import shutil
 from pathlib import Path
 
 import tifffile
@@ -140,6 +141,19 @@ def test_legs_resume_and_finish_with_a_log_and_a_model(tmp_path):
     assert card["shipped_auto_diameter"]["all"]["n"] == card["val"]["all"]["n"]
     assert all(torch.equal(a, b) for a, b in zip(model.net.state_dict().values(), rescored.net.state_dict().values()))
     assert "model it replaces" in (folder / "MODEL_CARD.md").read_text()
+    # --tune-kinds goes with --rescore only; the shipped model itself, rescored and tuned again, keeps
+    # the figures of the model it replaced in its card
+    with pytest.raises(SystemExit):
+        script.main(["--tune-kinds", "--data", str(data), "--device", "cpu"])
+    shipped = tmp_path / "copy" / "nuclei.pt"
+    shipped.parent.mkdir()
+    shutil.copy(script.ROOT / "napari_unet" / "models" / "nuclei.pt", shipped)
+    replaced = read_model_file(shipped).metadata["model_card"]["shipped_auto_diameter"]
+    assert script.main(["--rescore", str(shipped), "--tune-kinds", "--data", str(data), "--device", "cpu",
+                        "--no-card"]) == 0
+    retuned = read_model_file(shipped)
+    assert retuned.metadata["model_card"]["shipped_auto_diameter"] == replaced
+    assert retuned.postprocessing_by_kind == {}  # the tiny data has no kind with 20 train images
     # the stage of a leg-trained model retrains in one go with the same recipe
     argv = script.stage_arguments(model.metadata["stages"], "out/nuclei.pt")[0]
     assert argv[argv.index("--diameter") + 1] == "17" and "--resume" not in argv
