@@ -184,7 +184,9 @@ def tune_postprocessing(model, rows: list[dict], device) -> tuple[dict, list[np.
 def tune_by_kind(model, rows: list[dict], val_rows: list[dict], device) -> dict:
     """Post-processing of its own per kind of image, tuned on ``rows`` (the train split) out of the
     box (:func:`napari_unet.core.calibrate.iter_tune_postprocessing_by_kind`, the grid of
-    :func:`tune_postprocessing`); kinds where it does not beat the general setting get none.
+    :func:`tune_postprocessing`); kinds where it does not beat the general setting get none. The
+    result replaces ``model``'s ``metadata["postprocessing_by_kind"]`` (removed when empty) and is
+    returned.
 
     The general setting is tuned on ``val_rows``, most of them of one kind (by
     :func:`~napari_unet.core.modality.image_modality`): that kind keeps it, only the others are
@@ -203,6 +205,9 @@ def tune_by_kind(model, rows: list[dict], val_rows: list[dict], device) -> dict:
     by_kind = run_to_end(iter_tune_postprocessing_by_kind(
         model, [r["image"] for r in rows], [r["labels"] for r in rows], THRESHOLDS, MIN_SIZES, SEED_FRACTIONS,
         kinds=kinds, seed=0, device=device, engine="torch"))
+    model.metadata.pop("postprocessing_by_kind", None)
+    if by_kind:
+        model.metadata["postprocessing_by_kind"] = by_kind
     for kind, v in by_kind.items():
         print(f"post-processing for {kind} images (train, {v['n_images']} images): threshold {v['threshold']}, "
               f"min. size {v['min_size']} px, seed fraction {v['seed_fraction']} -> AP@0.5 {v['ap50']:.3f} "
@@ -615,10 +620,7 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
     val_auto, by_kind = None, {}
     if result.diameter is not None:  # what a user gets: the diameter estimated from the image
         result.metadata["postprocessing"] = postprocessing
-        result.metadata.pop("postprocessing_by_kind", None)  # tuned again, against this general setting
-        by_kind = tune_by_kind(result, train_rows, val_rows, device)
-        if by_kind:
-            result.metadata["postprocessing_by_kind"] = by_kind
+        by_kind = tune_by_kind(result, train_rows, val_rows, device)  # tuned again, against this general setting
         val_auto = out_of_the_box(result, val_rows, device)
     shipped = shipped_scores(args, val_rows, device)
     print(f"evaluation {time.perf_counter() - t_eval:.1f} s")
@@ -733,17 +735,16 @@ def rescore(path: Path, args: argparse.Namespace) -> int:
     args.out = path
     val_rows = load_rows(args, "val")
     if args.tune_kinds:
-        model.metadata.pop("postprocessing_by_kind", None)
         by_kind = tune_by_kind(model, load_rows(args, "train"), val_rows, device)
-        if by_kind:
-            model.metadata["postprocessing_by_kind"] = by_kind
         recipe = card.get("recipe")
         if isinstance(recipe, dict) and isinstance(recipe.get("post-processing"), str):
             recipe["post-processing"] = recipe["post-processing"].split("; for ")[0] + describe_by_kind(by_kind)
     card["val_auto_diameter"] = out_of_the_box(model, val_rows, device)
-    shipped = ROOT / "napari_unet" / "models" / f"{args.model}.pt"
-    if not (shipped.is_file() and _same_weights(model, read_model_file(shipped, device=device))):
-        card["shipped_auto_diameter"] = shipped_scores(args, val_rows, device)
+    from napari_unet.core.engine import weights_key
+
+    shipped = shipped_model(args, device)
+    if shipped is None or weights_key(shipped.net) != weights_key(model.net):
+        card["shipped_auto_diameter"] = shipped_scores(args, val_rows, device, shipped)
     # (else MODEL is the shipped model itself, e.g. re-tuned: its card keeps the model it replaced)
     model.net.to("cpu")
     save_model(model, path)
@@ -799,24 +800,21 @@ def card_name(model: str) -> str:
     return "MODEL_CARD.md" if model == "nuclei" else f"MODEL_CARD_{model}.md"
 
 
-def _same_weights(a, b) -> bool:
-    """Whether two models hold the same network weights."""
-    import torch
-
-    sa, sb = a.net.state_dict(), b.net.state_dict()
-    return sa.keys() == sb.keys() and all(
-        sa[k].shape == sb[k].shape and torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
-
-
-def shipped_scores(args: argparse.Namespace, val_rows: list[dict], device) -> dict | None:
-    """The shipped model of the same name on ``val_rows``, out of the box (None: none shipped, or
-    it is the file being written)."""
+def shipped_model(args: argparse.Namespace, device):
+    """The shipped model of the same name (None: none shipped)."""
     from napari_unet.core.checkpoint import read_model_file
 
     path = ROOT / "napari_unet" / "models" / f"{args.model}.pt"
+    return read_model_file(path, device=device) if path.is_file() else None
+
+
+def shipped_scores(args: argparse.Namespace, val_rows: list[dict], device, shipped=None) -> dict | None:
+    """The shipped model of the same name (``shipped`` when already read) on ``val_rows``, out of
+    the box (None: none shipped, or it is the file being written)."""
+    path = ROOT / "napari_unet" / "models" / f"{args.model}.pt"
     if not path.is_file() or Path(args.out).resolve() == path.resolve():
         return None
-    return out_of_the_box(read_model_file(path, device=device), val_rows, device)
+    return out_of_the_box(shipped or shipped_model(args, device), val_rows, device)
 
 
 def _ordered(scores: dict) -> list:
