@@ -66,6 +66,21 @@ def test_current_slice_writes_only_that_slice(widget, qtbot, c2c12_stack):
     assert w.last_run_seconds > 0
 
 
+def test_multiscale_image_is_segmented_at_full_resolution(widget, qtbot, c2c12_stack, notifications):
+    """A pyramid (OME-Zarr / pyramidal OME-TIFF, opened lazily) is segmented from its finest level."""
+    viewer, w = widget
+    image = viewer.add_image([c2c12_stack, c2c12_stack[:, ::2, ::2]], multiscale=True, name="pyramid")
+    viewer.dims.set_current_step(0, 1)
+    _segment(w, qtbot, image)
+    masks = viewer.layers[masks_layer_name("pyramid")]
+    assert masks.data.shape == c2c12_stack.shape
+    assert w._status.value.startswith("Done"), w._status.value
+    assert masks.data[1].max() > 0 and masks.data[[0, 2, 3]].max() == 0
+    _segment(w, qtbot, image, SCOPE_STACK)
+    assert all(masks.data[t].max() > 0 for t in range(len(c2c12_stack)))
+    assert not [m for m in notifications if "failed" in m.lower()]
+
+
 def test_corrected_slice_is_never_overwritten_without_consent(widget, qtbot, c2c12_stack, notifications):
     viewer, w = widget
     image = viewer.add_image(c2c12_stack, name="c2c12")

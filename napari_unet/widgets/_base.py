@@ -172,6 +172,12 @@ def lead_ndim(layer: "napari.layers.Layer") -> int:
     return max(0, int(layer.ndim) - 2)
 
 
+def full_resolution(layer: "napari.layers.Layer") -> Any:
+    """The layer's pixels at full resolution: a multiscale layer's (pyramidal OME-Zarr or
+    OME-TIFF) finest level, else ``layer.data``."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
 def current_plane_index(viewer: "napari.Viewer", layer: "napari.layers.Layer") -> tuple[int, ...]:
     """Indices along the layer's non-plane axes of the slice the viewer shows now."""
     n_lead = lead_ndim(layer)

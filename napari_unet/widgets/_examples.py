@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ._base import full_resolution
 from ._corrections import format_plane
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ def examples_from_layers(image: Any, labels: Any, planes: list[tuple[int, ...]] 
     for plane in planes:
         where = f"{labels.name!r}" + (f", {format_plane(plane)}" if plane else "")
         lab = as_label_plane(_plane_of(labels.data, plane), where)
-        img = _plane_of(image.data, plane)
+        img = _plane_of(full_resolution(image), plane)
         examples.append(Example(img, lab, where))
     return examples
 

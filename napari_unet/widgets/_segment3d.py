@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox
 
-from ._base import lead_ndim
+from ._base import full_resolution, lead_ndim
 
 __all__ = ["ThreeDControls", "VolumeResult", "segment_volumes", "write_volume"]
 
@@ -190,7 +190,7 @@ def plan_3d_run(widget: Any, image: Any, masks: Any, diameter: float | None) -> 
         del widget._probabilities[key]
     threshold, min_size = widget._postprocessing_given()
     generator = segment_volumes(
-        widget._model_combo.value, image.data, volumes, spacing=voxel_size(image, z_axis),
+        widget._model_combo.value, full_resolution(image), volumes, spacing=voxel_size(image, z_axis),
         threshold=threshold, min_size=min_size, diameter=diameter,
         model_cache=widget._model_cache,
     )

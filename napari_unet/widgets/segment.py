@@ -35,6 +35,7 @@ from magicgui.widgets import (
 from ._base import (
     current_plane_index,
     format_seconds,
+    full_resolution,
     lead_ndim,
     notify_error,
     notify_info,
@@ -374,7 +375,7 @@ class SegmentWidget(Container):
         threshold, min_size = self._run_given = self._postprocessing_given()
         generator = segment_planes(
             model_path,
-            image.data,
+            full_resolution(image),
             planes,
             region,
             rgb=bool(image.rgb),
