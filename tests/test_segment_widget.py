@@ -81,6 +81,29 @@ def test_multiscale_image_is_segmented_at_full_resolution(widget, qtbot, c2c12_s
     assert not [m for m in notifications if "failed" in m.lower()]
 
 
+def test_masks_of_a_time_lapse_keep_its_axes_and_save_as_one(widget, qtbot, c2c12_stack, tmp_path, notifications):
+    """The masks layer takes its image's axis labels and units: one calibration for napari (no
+    "inconsistent units" warning) and a time-lapse saved as a time-lapse, not as a z-stack."""
+    import napari
+
+    viewer, w = widget
+    path = tmp_path / "tl.tif"
+    tifffile.imwrite(path, c2c12_stack, imagej=True, resolution=(1 / 0.65, 1 / 0.65),
+                     metadata={"axes": "TYX", "finterval": 300, "unit": "um"})
+    (image,) = viewer.open(path, plugin="napari-unet")
+    _segment(w, qtbot, image)
+    masks = viewer.layers[masks_layer_name(image.name)]
+    assert tuple(masks.axis_labels) == tuple(image.axis_labels) == ("t", "y", "x")
+    assert tuple(masks.units) == tuple(image.units)
+    assert not [m for m in notifications if "units" in m.lower()]
+    (saved,) = napari.save_layers(str(tmp_path / "tl_masks.tif"), [masks], plugin="napari-unet")
+    with tifffile.TiffFile(saved) as tif:
+        assert tif.series[0].axes == "TYX"
+    (reopened,) = viewer.open(saved, plugin="napari-unet")
+    assert tuple(reopened.axis_labels) == ("t", "y", "x")
+    np.testing.assert_allclose(reopened.scale, image.scale)
+
+
 def test_corrected_slice_is_never_overwritten_without_consent(widget, qtbot, c2c12_stack, notifications):
     viewer, w = widget
     image = viewer.add_image(c2c12_stack, name="c2c12")

@@ -45,10 +45,27 @@ def masks_layer_for(viewer: Any, image: Any) -> "napari.layers.Labels":
             scale=image.scale[:n],
             translate=image.translate[:n],
             visible=False,
+            **_axes_of(image, n),
         )
         QTimer.singleShot(50, lambda: setattr(layer, "visible", True))
     CorrectedSlices.for_layer(layer)  # from now on, brush/fill/erase edits mark slices corrected
     return layer
+
+
+def _axes_of(image: Any, n: int) -> dict[str, Any]:
+    """What the masks layer takes over from its image's axes: their labels and units (so that
+    napari draws both with one calibration, and the labels writer knows a time axis from a z
+    axis) and napari-unet's axis letters of the layer, read from the file."""
+    out: dict[str, Any] = {}
+    for key in ("axis_labels", "units"):
+        values = getattr(image, key, None)
+        if values is not None and len(values) >= n:
+            out[key] = tuple(values)[-n:] if n else ()
+    source = (image.metadata or {}).get("napari_unet") if isinstance(image.metadata, dict) else None
+    axes = source.get("layer_axes") if isinstance(source, dict) else None
+    if isinstance(axes, str) and len(axes) == n:
+        out["metadata"] = {"napari_unet": {"layer_axes": axes}}
+    return out
 
 
 def _planes_text(planes: list[tuple[int, ...]]) -> str:
