@@ -119,6 +119,19 @@ def test_corrected_list_mark_unmark_and_jump(widget, c2c12):
 
 
 # ---------------------------------------------------------------------- a real run
+def test_masks_of_a_renamed_image_are_chosen_without_error(widget, c2c12):
+    """The image was renamed in the layer list, then Segment made "<new name> masks": the panel
+    picks that layer (its masks list is rebuilt before the image list selects from it)."""
+    viewer, w = widget
+    images, labels = c2c12
+    image = viewer.add_image(images, name="img")
+    image.name = "embryo1"
+    masks = viewer.add_labels(np.zeros_like(labels), name="embryo1 masks")
+    panel = w.corrected_panel
+    panel._image_combo.value = image
+    assert panel._labels_combo.value is masks
+
+
 def test_training_keeps_gui_alive_saves_and_resegments(widget, c2c12, qtbot, base_model):
     """Train in the worker while a QTimer ticks and the user paints; the model is saved with
     its metadata, listed, and the current (uncorrected) slice is segmented again."""

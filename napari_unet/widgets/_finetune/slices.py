@@ -65,8 +65,9 @@ class CorrectedSlicesPanel(Container):
         return [(format_plane(p), p) for p in self._tracker.planes]
 
     def _on_layers_changed(self, event: Any = None) -> None:
-        self._image_combo.reset_choices()
+        # masks first: a new image choice selects its masks layer, which must be a choice by then
         self._labels_combo.reset_choices()
+        self._image_combo.reset_choices()
         # a new "<image> masks" layer (e.g. made by the Segment widget) is the one to correct
         added = getattr(event, "value", None) if getattr(event, "type", "") == "inserted" else None
         image = self._image_combo.value
@@ -81,7 +82,10 @@ class CorrectedSlicesPanel(Container):
         wanted = f"{image.name} masks"
         for name, layer in layer_choices(self._viewer, Labels):
             if name == wanted:
-                self._labels_combo.value = layer
+                if layer not in self._labels_combo.choices:
+                    self._labels_combo.reset_choices()
+                if layer in self._labels_combo.choices:
+                    self._labels_combo.value = layer
                 break
 
     def _on_labels_changed(self, *_args) -> None:
