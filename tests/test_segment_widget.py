@@ -343,3 +343,30 @@ def test_closing_the_viewer_mid_run_is_quiet(widget, qtbot, data_dir):
     viewer.close()
     assert QThreadPool.globalInstance().waitForDone(60_000)  # the worker stopped
     qtbot.waitUntil(lambda: w._worker is None, timeout=10_000)  # and its signals were handled
+
+
+def test_physical_diameters_and_voxel_sizes_follow_the_layers_units():
+    """'3 um' on a layer of 65 nm pixels is 46 px (not 0.05 px); a stack calibrated at 1 um is
+    calibrated, not "voxel size unknown"; a diameter under a pixel is refused."""
+    from napari.layers import Image
+
+    from napari_unet.core.preprocess import ImageError
+    from napari_unet.widgets._diameter import DiameterControls, pixel_size_um
+    from napari_unet.widgets._segment3d import voxel_size
+
+    nm = Image(np.zeros((64, 64)), scale=(65, 65), units=("nm", "nm"))
+    assert pixel_size_um(nm) == pytest.approx(0.065)
+    controls = DiameterControls()
+    controls.field.value = "3 um"
+    assert controls.chosen(nm, (1000, 1000)) == pytest.approx(3 / 0.065)
+    controls.field.value = "0.5"
+    with pytest.raises(ImageError, match="less than one pixel"):
+        controls.chosen(nm, (1000, 1000))
+    assert pixel_size_um(Image(np.zeros((8, 8)))) is None  # uncalibrated
+    assert pixel_size_um(Image(np.zeros((8, 8)), scale=(0.5, 0.5))) == 0.5  # no unit: micrometres
+    one_um = Image(np.zeros((4, 8, 8)), units=("um", "um", "um"))
+    assert voxel_size(one_um, 0) == (1.0, 1.0, 1.0)
+    mixed = Image(np.zeros((4, 8, 8)), scale=(2, 130, 130), units=("um", "nm", "nm"))
+    assert voxel_size(mixed, 0) == pytest.approx((2.0, 0.13, 0.13))
+    assert voxel_size(Image(np.zeros((4, 8, 8))), 0) is None
+    assert voxel_size(Image(np.zeros((4, 8, 8)), scale=(3, 1, 1)), 0) == (3.0, 1.0, 1.0)

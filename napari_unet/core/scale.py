@@ -76,7 +76,8 @@ def median_diameter(labels: np.ndarray) -> float | None:
 def check_diameter(diameter: Any, plane_shape: tuple[int, int] | None = None) -> float:
     """A diameter given by a user as a float, or a clear :class:`ImageError`.
 
-    It must be a finite number above 0 and, when the plane shape is known, at most half the
+    It must be a finite number of at least one pixel (a smaller object cannot be seen; the image
+    would be enlarged many times over) and, when the plane shape is known, at most half the
     plane's shorter side (an object cannot be larger than the image).
     """
     try:
@@ -85,6 +86,9 @@ def check_diameter(diameter: Any, plane_shape: tuple[int, int] | None = None) ->
         raise ImageError(f"The object diameter must be a number of pixels or 'auto', got {diameter!r}.") from None
     if not math.isfinite(value) or value <= 0:
         raise ImageError(f"The object diameter must be a positive number of pixels, got {diameter!r}.")
+    if value < 1:
+        raise ImageError(f"An object diameter of {value:.3g} px is less than one pixel; give the diameter of "
+                         "one cell (in pixels, or with its unit: '8 um').")
     if plane_shape is not None and value > min(plane_shape) / 2:
         raise ImageError(
             f"An object diameter of {value:g} px is more than half of the image ({plane_shape[0]} x "

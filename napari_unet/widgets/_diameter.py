@@ -16,6 +16,17 @@ from ._base import current_plane_index, notify_info, notify_warning
 DIAMETER_AUTO = "auto"
 
 
+def pixel_size_um(layer: Any) -> float | None:
+    """Micrometres per pixel along x of ``layer``, from its scale in its unit (nm, um, mm, ...);
+    a scale without a length unit counts as micrometres; None for an uncalibrated layer."""
+    scale = float(layer.scale[-1])
+    units = getattr(layer, "units", None)
+    try:
+        return float((scale * units[-1]).to("micrometer").magnitude)
+    except Exception:  # no unit, "pixel" or another dimension (pint raises several kinds)
+        return scale if scale != 1.0 else None
+
+
 class DiameterControls:
     """The "Object diameter" field, its "from selected label" button and the "Diameter used" line."""
 
@@ -42,8 +53,7 @@ class DiameterControls:
         """The diameter in the field in pixels (None for auto); a clear ValueError otherwise."""
         from napari_unet.core.scale import check_diameter, parse_diameter
 
-        pixel_size = float(image.scale[-1]) if float(image.scale[-1]) != 1.0 else None
-        diameter = parse_diameter(self.field.value, pixel_size)
+        diameter = parse_diameter(self.field.value, pixel_size_um(image))
         return None if diameter is None else check_diameter(diameter, plane_shape[:2])
 
     def new_run(self) -> None:

@@ -87,10 +87,16 @@ class ThreeDControls:
 
 
 def voxel_size(layer: Any, z_axis: int) -> tuple[float, float, float] | None:
-    """(dz, dy, dx) from the layer's scale, None when it holds no calibration (all ones)."""
-    scale = [float(s) for s in layer.scale]
-    spacing = (scale[z_axis], scale[-2], scale[-1])
-    return None if all(s == 1.0 for s in spacing) else spacing
+    """(dz, dy, dx) from the layer's scale: in micrometres when its units are lengths (nm, um, ...,
+    one unit per axis), else as they are; None when it holds no calibration (all ones, no units)."""
+    axes = (z_axis, layer.ndim - 2, layer.ndim - 1)
+    scale = [float(layer.scale[a]) for a in axes]
+    units = getattr(layer, "units", None)
+    try:
+        return tuple(float((s * units[a]).to("micrometer").magnitude) for s, a in zip(scale, axes))
+    except Exception:  # no units, "pixel" or another dimension (pint raises several kinds)
+        pass
+    return None if all(s == 1.0 for s in scale) else (scale[0], scale[1], scale[2])
 
 
 def volume_indices(shape: tuple[int, ...], z_axis: int, current: tuple[int, ...], whole_stack: bool,
