@@ -193,3 +193,24 @@ def test_segment_then_split_on_the_kept_probabilities(make_napari_viewer, dsb_fl
     widget.tools.click((), right)
     assert widget._status.value.endswith("(on the kept probabilities)")
     assert set(np.unique(masks.data[before == target])) == {target, before.max() + 1}
+
+
+def test_save_masks_writes_the_tiff_and_its_corrected_list(correcting, tmp_path, data_dir):
+    """Save masks… uses napari-unet's writer whatever napari's own dialog would offer first: the
+    TIFF and its list of corrected slices, reopened together; the name proposed sits beside the
+    image's file."""
+    from napari_unet.widgets.correct import default_masks_path
+
+    viewer, layer, widget, _mouse = correcting
+    CorrectedSlices.for_layer(layer).mark((FRAME,))
+    written = widget.save_masks(tmp_path / "frames")  # ".tif" added
+    assert written == [str(tmp_path / "frames.tif")]
+    assert (tmp_path / "frames.tif.corrected.json").is_file()
+    (reopened,) = viewer.open(tmp_path / "frames.tif", plugin="napari-unet")
+    assert reopened.__class__.__name__ == "Labels"
+    np.testing.assert_array_equal(reopened.data, layer.data)
+    assert CorrectedSlices.for_layer(reopened).planes == [(FRAME,)]
+    assert "Saved" in widget._status.value
+    (image,) = viewer.open(data_dir / "c2c12_timelapse" / "images.tif", plugin="napari-unet")
+    image.name = "c2c12"
+    assert default_masks_path(viewer, layer) == data_dir / "c2c12_timelapse" / "c2c12 masks.tif"

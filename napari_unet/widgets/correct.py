@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, Label, PushButton, RadioButtons, SpinBox
 
-from ._base import notify_error
+from ._base import notify_error, notify_info
 from ._object_tools import MODE_OFF, MODES, SHORTCUTS, ObjectTools, select_next_free_label
 from ._object_tools import MODE_DELETE, MODE_MERGE, MODE_SPLIT  # noqa: F401  (re-exported)
 from ._registry import _unwrap, register_widget
@@ -60,11 +61,15 @@ class CorrectWidget(Container):
         self._small_button = PushButton(text="Remove smaller objects")
         shortcuts = "\n".join(f"{key}: {what}" for key, what in SHORTCUTS)
         self._shortcuts = Label(label="Shortcuts", value=shortcuts)
+        self._save_button = PushButton(
+            text="Save masks…",
+            tooltip="A compressed TIFF, with the list of corrected slices beside it "
+                    "(<name>.tif.corrected.json): both written, or neither. File > Open restores both.")
         self._status = Label(label="Status", value="")
         self._status.native.setWordWrap(True)
         self.extend([
             self._layer_combo, self._mode, self._fill_button, self._new_button,
-            self._min_size, self._small_button, self._shortcuts, self._status,
+            self._min_size, self._small_button, self._save_button, self._shortcuts, self._status,
         ])
 
         self._layer_combo.changed.connect(self._on_layer)
@@ -73,6 +78,7 @@ class CorrectWidget(Container):
         self._new_button.changed.connect(lambda *_: self._with_tools(lambda t: t.new_object()))
         self._small_button.changed.connect(
             lambda *_: self._with_tools(lambda t: t.remove_small(int(self._min_size.value))))
+        self._save_button.changed.connect(self._on_save_clicked)
         for layer in viewer.layers:  # labels opened before the widget: new objects get fresh ids too
             if isinstance(layer, Labels):
                 select_next_free_label(layer)
@@ -127,6 +133,38 @@ class CorrectWidget(Container):
             return
         action(self.tools)
 
+    # ---------------------------------------------------------------- saving
+    def _on_save_clicked(self, *_args) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        layer = self._layer_combo.value
+        if layer is None:
+            notify_error("Save masks", "there is no labels layer: segment an image first.")
+            return
+        # Qt's save dialog asks before replacing an existing file
+        path, _filter = QFileDialog.getSaveFileName(
+            self.native, f"Save {layer.name!r}", str(default_masks_path(self._viewer, layer)),
+            "TIFF (*.tif *.tiff)")
+        if path:
+            self.save_masks(path)
+
+    def save_masks(self, path: str | Path) -> list[str]:
+        """Write the chosen masks layer with napari-unet's labels writer (a TIFF and the list of
+        its corrected slices, atomically); returns the paths written ([] on failure, which the
+        writer reports in a notification)."""
+        layer = self._layer_combo.value
+        if layer is None:
+            notify_error("Save masks", "there is no labels layer: segment an image first.")
+            return []
+        path = Path(path)
+        if path.suffix.lower() not in (".tif", ".tiff"):
+            path = path.with_name(path.name + ".tif")
+        written = layer.save(str(path), plugin="napari-unet") or []
+        if written:
+            self._status.value = f"Saved {layer.name!r} to {path} (with its list of corrected slices)."
+            notify_info(f"Saved {layer.name!r} to {path}.")
+        return list(written)
+
     # ---------------------------------------------------------------- mode and status
     def _on_mode_choice(self, mode: str) -> None:
         if self.tools is None:
@@ -144,3 +182,19 @@ class CorrectWidget(Container):
 
     def _show_status(self, message: str) -> None:
         self._status.value = message
+
+
+def default_masks_path(viewer: Any, layer: Any) -> Path:
+    """Where Save masks proposes to write ``layer``: "<layer name>.tif" in the folder of its image's
+    file ("<image> masks" -> the layer "<image>"), else in the current folder."""
+    folder = Path.cwd()
+    image_name = layer.name[: -len(" masks")] if layer.name.endswith(" masks") else None
+    if image_name and image_name in viewer.layers:
+        image = viewer.layers[image_name]
+        source = getattr(getattr(image, "source", None), "path", None)
+        meta = image.metadata.get("napari_unet") if isinstance(image.metadata, dict) else None
+        source = source or (meta.get("path") if isinstance(meta, dict) else None)
+        if source and Path(source).parent.is_dir():
+            folder = Path(source).parent
+    safe = "".join(c if c.isalnum() or c in " ._-" else "_" for c in layer.name).strip() or "masks"
+    return folder / f"{safe}.tif"
