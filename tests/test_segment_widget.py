@@ -113,7 +113,7 @@ def test_corrected_slice_is_never_overwritten_without_consent(widget, qtbot, c2c
     before = masks.data.copy()
     _segment(w, qtbot, image, SCOPE_STACK)
     assert np.array_equal(masks.data[1], before[1])  # the correction survived
-    assert any("Skipped 1 slice" in m for m in notifications)
+    assert any("Skipped a slice you corrected (slice 1)" in m for m in notifications)
     # explicit consent: the corrected slice is replaced
     w._overwrite.value = True
     viewer.dims.set_current_step(0, 1)
@@ -121,6 +121,35 @@ def test_corrected_slice_is_never_overwritten_without_consent(widget, qtbot, c2c
     w._run_button.clicked.emit()
     _wait(qtbot, w)
     assert not np.array_equal(masks.data[1], before[1])
+
+
+def test_renaming_the_masks_layer_mid_run_keeps_writing_into_it(widget, qtbot, c2c12_stack, notifications):
+    """The user renames "<image> masks" while the whole stack runs: the rest of the stack still
+    lands in that layer (under its new name), and re-thresholding follows it."""
+    from napari_unet.core.predict import PlaneResult
+
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack, name="c2c12")
+    w.reset_choices()
+    w._image_combo.value = image
+    w._threshold.value, w._min_size.value, w._scope.value = 0.05, 0, SCOPE_STACK
+    w._run_button.clicked.emit()
+    renamed = []
+
+    def rename_after_first_plane(item):
+        if isinstance(item, PlaneResult) and not renamed:
+            viewer.layers[masks_layer_name("c2c12")].name = "my masks"
+            renamed.append(item.index)
+
+    w._worker.yielded.connect(rename_after_first_plane)  # runs after the widget wrote the plane
+    _wait(qtbot, w)
+    assert renamed == [(0,)]
+    masks = viewer.layers["my masks"]
+    assert all(masks.data[t].max() > 0 for t in range(len(c2c12_stack)))
+    assert w._status.value.startswith("Done")
+    w._min_size.value = 10_000  # re-applied to the kept probabilities of the renamed layer
+    _wait(qtbot, w)
+    assert masks.data.max() == 0  # no object of 96 x 96 planes is that large
 
 
 def test_brush_edit_in_segmented_layer_protects_the_slice(widget, qtbot, c2c12_stack, notifications):
@@ -136,7 +165,7 @@ def test_brush_edit_in_segmented_layer_protects_the_slice(widget, qtbot, c2c12_s
     w._run_button.clicked.emit()  # same slice again
     _wait(qtbot, w)
     assert np.array_equal(masks.data[3], edited)
-    assert any("Skipped 1 slice" in m for m in notifications)
+    assert any("Skipped a slice you corrected (slice 3)" in m for m in notifications)
 
 
 def test_whole_stack_keeps_event_loop_running_and_can_cancel(widget, qtbot, data_dir):

@@ -209,10 +209,9 @@ def write_volume_result(widget: Any, result: VolumeResult) -> None:
     from ._base import notify_warning
     from ._masks import corrected_planes
 
-    name = widget._last_layer_name
-    if name is None or name not in widget._viewer.layers:
+    masks = widget._running_masks()
+    if masks is None:
         return  # the user removed the masks layer meanwhile
-    masks = widget._viewer.layers[name]
     protected = set() if widget._overwrite.value else corrected_planes(masks)
     if write_volume(masks, result, widget._three_d.z_axis.value, protected):
         notify_warning("Slices you corrected were left as they are (the new objects around them got new ids); "

@@ -361,11 +361,12 @@ class SegmentWidget(Container):
             skipped = [p for p in planes if p in protected]
             planes = [p for p in planes if p not in protected]
         if skipped:
-            shown = ", ".join(str(p) for p in skipped[:5]) + (" …" if len(skipped) > 5 else "")
-            notify_warning(
-                f"Skipped {len(skipped)} slice(s) you corrected ({shown}); tick 'Overwrite slices I "
-                "corrected' to replace them."
-            )
+            shown = ", ".join(format_plane(p) for p in skipped[:5]) + (" …" if len(skipped) > 5 else "")
+            if skipped == [()]:
+                what = "the image, which you corrected"
+            else:
+                what = (f"{len(skipped)} slices you corrected" if len(skipped) > 1 else "a slice you corrected") + f" ({shown})"
+            notify_warning(f"Skipped {what}; tick 'Overwrite slices I corrected' to replace them.")
         if not planes:
             what = f"{format_plane(skipped[0])} is" if len(skipped) == 1 else "every chosen slice is"
             self._status.value = f"Nothing to segment: {what} one you corrected."
@@ -461,11 +462,26 @@ class SegmentWidget(Container):
             notify_info(item.message)
 
     def _write_plane(self, result: PlaneResult) -> None:
-        name = self._last_layer_name
-        if name is None or name not in self._viewer.layers:
-            return  # the user removed the masks layer meanwhile
-        write_plane(self._viewer.layers[name], result)
-        self._remember(name, result)
+        masks = self._running_masks()
+        if masks is None:
+            return  # the user removed the masks layer meanwhile (the run is being abandoned)
+        write_plane(masks, result)
+        self._remember(masks.name, result)
+
+    def _running_masks(self) -> Any:
+        """The masks layer of the running job, followed if the user renamed it meanwhile (its
+        kept probabilities follow too); None once it was removed."""
+        if len(self._run_layers) < 2:
+            return None
+        target = unwrap_proxy(self._run_layers[1])
+        masks = next((layer for layer in self._viewer.layers if unwrap_proxy(layer) is target), None)
+        if masks is not None and masks.name != self._last_layer_name:
+            old = self._last_layer_name
+            self._probabilities = OrderedDict(
+                ((masks.name if name == old else name, index), result)
+                for (name, index), result in self._probabilities.items())
+            self._last_layer_name = masks.name
+        return masks
 
     def kept_result(self, layer_name: str, index: tuple[int, ...]) -> PlaneResult | None:
         """The last result (with its probabilities) written to plane ``index`` of ``layer_name``."""
@@ -545,4 +561,5 @@ class SegmentWidget(Container):
         from napari_unet.core.predict import iter_rethreshold
 
         generator = iter_rethreshold(cached, float(self._threshold.value), int(self._min_size.value))
+        self._run_layers = (None, self._viewer.layers[name])  # no image needed: only the masks are written
         self._start(generator, "Applying threshold")
