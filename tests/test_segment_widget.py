@@ -152,6 +152,29 @@ def test_renaming_the_masks_layer_mid_run_keeps_writing_into_it(widget, qtbot, c
     assert masks.data.max() == 0  # no object of 96 x 96 planes is that large
 
 
+def test_min_size_moved_during_a_run_is_applied_when_it_ends(widget, qtbot, c2c12_stack):
+    from napari_unet.core.predict import PlaneResult
+
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack, name="c2c12")
+    w.reset_choices()
+    w._image_combo.value = image
+    w._threshold.value, w._min_size.value, w._scope.value = 0.05, 0, SCOPE_STACK
+    w._run_button.clicked.emit()
+    moved = []
+
+    def move_after_first_plane(item):
+        if isinstance(item, PlaneResult) and not moved:
+            w._min_size.value = 10_000  # no object of these 96 x 96 planes is that large
+            moved.append(item.index)
+
+    w._worker.yielded.connect(move_after_first_plane)
+    _wait(qtbot, w)
+    assert moved
+    masks = viewer.layers[masks_layer_name("c2c12")]
+    qtbot.waitUntil(lambda: w._worker is None and masks.data.max() == 0, timeout=30_000)
+
+
 def test_brush_edit_in_segmented_layer_protects_the_slice(widget, qtbot, c2c12_stack, notifications):
     viewer, w = widget
     image = viewer.add_image(c2c12_stack, name="c2c12")

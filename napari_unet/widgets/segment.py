@@ -94,6 +94,7 @@ class SegmentWidget(Container):
         self._failed = False
         self._run_layers: tuple[Any, ...] = ()  # the image and masks layers of the running job
         self._abandoned = ""  # why the running job was given up ("" while it is not)
+        self._rethreshold_pending = False  # Threshold / Min. size moved during a run: apply them after it
         self._empty_planes: list[EmptyPlane] = []  # planes of this run where nothing was found
         self.last_run_seconds: float | None = None
 
@@ -545,11 +546,20 @@ class SegmentWidget(Container):
         self._run_button.enabled = True
         self._cancel_button.enabled = False
         self._worker = None
+        pending, self._rethreshold_pending = self._rethreshold_pending, False
+        if pending and not self._failed and not self._abandoned:
+            from qtpy.QtCore import QTimer
+
+            QTimer.singleShot(0, self._rethreshold)
 
     # ------------------------------------------------------------------ re-threshold
     def _rethreshold(self, *_args) -> None:
-        """Apply a new threshold / minimum size to the kept probability maps."""
-        if self._worker is not None or not self._probabilities:
+        """Apply a new threshold / minimum size to the kept probability maps (after the running job,
+        when one runs: its planes too then get the values the user chose meanwhile)."""
+        if self._worker is not None:
+            self._rethreshold_pending = True
+            return
+        if not self._probabilities:
             return
         name = self._last_layer_name
         if name is None or name not in self._viewer.layers:
