@@ -175,6 +175,27 @@ def test_min_size_moved_during_a_run_is_applied_when_it_ends(widget, qtbot, c2c1
     qtbot.waitUntil(lambda: w._worker is None and masks.data.max() == 0, timeout=30_000)
 
 
+def test_an_edited_slice_unmarked_as_corrected_keeps_its_edits_on_rethreshold(widget, qtbot, c2c12_stack,
+                                                                               notifications):
+    """Unmarking a corrected slice says its masks stay as they are: a later threshold change does
+    not put the model's objects back over the user's edits (only with Overwrite ticked)."""
+    from napari_unet.widgets._corrections import CorrectedSlices
+
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack, name="c2c12")
+    _segment(w, qtbot, image, SCOPE_STACK)
+    masks = viewer.layers[masks_layer_name("c2c12")]
+    masks.brush_size = 5
+    masks.paint((2, 40, 40), 99)  # an edit: slice 2 is corrected
+    CorrectedSlices.for_layer(masks).unmark((2,))  # then taken off the list
+    edited = masks.data[2].copy()
+    w._min_size.value = 10_000  # no model object of these planes is that large
+    _wait(qtbot, w)
+    qtbot.waitUntil(lambda: masks.data[0].max() == 0, timeout=30_000)
+    np.testing.assert_array_equal(masks.data[2], edited)
+    assert any("Left 1 slice you edited as they are (slice 2)" in m for m in notifications)
+
+
 def test_brush_edit_in_segmented_layer_protects_the_slice(widget, qtbot, c2c12_stack, notifications):
     viewer, w = widget
     image = viewer.add_image(c2c12_stack, name="c2c12")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import napari
+import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -95,6 +96,7 @@ class SegmentWidget(Container):
         self._run_layers: tuple[Any, ...] = ()  # the image and masks layers of the running job
         self._abandoned = ""  # why the running job was given up ("" while it is not)
         self._rethreshold_pending = False  # Threshold / Min. size moved during a run: apply them after it
+        self._written: dict[tuple[str, tuple[int, ...]], int] = {}  # checksum of each kept plane as written
         self._empty_planes: list[EmptyPlane] = []  # planes of this run where nothing was found
         self.last_run_seconds: float | None = None
 
@@ -468,6 +470,7 @@ class SegmentWidget(Container):
             return  # the user removed the masks layer meanwhile (the run is being abandoned)
         write_plane(masks, result)
         self._remember(masks.name, result)
+        self._written[(masks.name, result.index)] = _checksum(masks, result)
 
     def _running_masks(self) -> Any:
         """The masks layer of the running job, followed if the user renamed it meanwhile (its
@@ -481,6 +484,8 @@ class SegmentWidget(Container):
             self._probabilities = OrderedDict(
                 ((masks.name if name == old else name, index), result)
                 for (name, index), result in self._probabilities.items())
+            self._written = {(masks.name if name == old else name, index): value
+                             for (name, index), value in self._written.items()}
             self._last_layer_name = masks.name
         return masks
 
@@ -564,8 +569,16 @@ class SegmentWidget(Container):
         name = self._last_layer_name
         if name is None or name not in self._viewer.layers:
             return
-        protected = set() if self._overwrite.value else corrected_planes(self._viewer.layers[name])
+        masks = self._viewer.layers[name]
+        protected = set() if self._overwrite.value else corrected_planes(masks)
         cached = [r for (layer_name, idx), r in self._probabilities.items() if layer_name == name and idx not in protected]
+        # a plane edited since it was segmented (then unmarked as corrected) keeps the user's edits
+        edited = [r for r in cached if self._written.get((name, r.index)) != _checksum(masks, r)]
+        if edited and not self._overwrite.value:
+            cached = [r for r in cached if r not in edited]
+            notify_info(f"Left {_plural(len(edited), 'slice')} you edited as they are "
+                        f"({', '.join(format_plane(r.index) for r in edited[:5])}); tick 'Overwrite "
+                        "slices I corrected' to apply the new values there too.")
         if not cached:
             return
         from napari_unet.core.predict import iter_rethreshold
@@ -573,3 +586,16 @@ class SegmentWidget(Container):
         generator = iter_rethreshold(cached, float(self._threshold.value), int(self._min_size.value))
         self._run_layers = (None, self._viewer.layers[name])  # no image needed: only the masks are written
         self._start(generator, "Applying threshold")
+
+
+def _checksum(masks: Any, result: Any) -> int:
+    """CRC of the region of ``masks`` that ``result`` covers (to tell whether the user edited it)."""
+    import zlib
+
+    plane = masks.data[result.index] if result.index else masks.data
+    rows, cols = result.region
+    return zlib.crc32(np.ascontiguousarray(plane[rows, cols]).tobytes())
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
