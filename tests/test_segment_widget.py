@@ -212,7 +212,7 @@ def test_brush_edit_in_segmented_layer_protects_the_slice(widget, qtbot, c2c12_s
     assert any("Skipped a slice you corrected (slice 3)" in m for m in notifications)
 
 
-def test_whole_stack_keeps_event_loop_running_and_can_cancel(widget, qtbot, data_dir):
+def test_whole_stack_keeps_event_loop_running_and_can_cancel(widget, qtbot, data_dir, notifications):
     import time
 
     from qtpy.QtCore import QTimer
@@ -242,6 +242,7 @@ def test_whole_stack_keeps_event_loop_running_and_can_cancel(widget, qtbot, data
     assert w._status.value.startswith("Cancelled")
     assert not masks.data[-1].any()  # stopped before the end of the stack
     assert w._run_button.enabled and not w._cancel_button.enabled
+    assert not [m for m in notifications if "tile" in m or "plane" in m]  # no stray progress lines
 
 
 def test_field_of_view_writes_inside_the_view(widget, qtbot, c2c12_stack):

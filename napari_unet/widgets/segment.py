@@ -449,10 +449,11 @@ class SegmentWidget(Container):
 
         if not qt_alive(self):
             return
-        if isinstance(item, Progress) and not self._cancelled:
-            self._progress.value = int(round(100 * item.fraction))
-            eta = format_seconds(item.eta)
-            self._status.value = item.message + (f" — {eta} left" if eta else "")
+        if isinstance(item, Progress):
+            if not self._cancelled:  # after Cancel, the last steps' progress says nothing
+                self._progress.value = int(round(100 * item.fraction))
+                eta = format_seconds(item.eta)
+                self._status.value = item.message + (f" — {eta} left" if eta else "")
         elif isinstance(item, PlaneResult) and not self._abandoned:
             self._write_plane(item)
             self._sizing.show(item)
