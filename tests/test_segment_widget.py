@@ -196,6 +196,20 @@ def test_an_edited_slice_unmarked_as_corrected_keeps_its_edits_on_rethreshold(wi
     assert any("Left 1 slice you edited as they are (slice 2)" in m for m in notifications)
 
 
+def test_rethreshold_says_which_slices_it_cannot_reach(widget, qtbot, c2c12_stack, notifications, monkeypatch):
+    """Probabilities are kept up to a memory cap: slices segmented before the cap keep their masks
+    when the threshold moves, and a notification says so."""
+    import napari_unet.widgets.segment as segment_module
+
+    monkeypatch.setattr(segment_module, "PROBABILITY_CACHE_BYTES", 1)  # only the last plane is kept
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack, name="c2c12")
+    _segment(w, qtbot, image, SCOPE_STACK)
+    w._min_size.value = 10_000
+    _wait(qtbot, w)
+    assert any("segmented before (slice 0, slice 1, slice 2) keep their masks" in m for m in notifications)
+
+
 def test_brush_edit_in_segmented_layer_protects_the_slice(widget, qtbot, c2c12_stack, notifications):
     viewer, w = widget
     image = viewer.add_image(c2c12_stack, name="c2c12")

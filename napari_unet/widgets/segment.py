@@ -97,6 +97,7 @@ class SegmentWidget(Container):
         self._abandoned = ""  # why the running job was given up ("" while it is not)
         self._rethreshold_pending = False  # Threshold / Min. size moved during a run: apply them after it
         self._written: dict[tuple[str, tuple[int, ...]], int] = {}  # checksum of each kept plane as written
+        self._dropped: set[tuple[str, tuple[int, ...]]] = set()  # planes whose probabilities were not kept
         self._empty_planes: list[EmptyPlane] = []  # planes of this run where nothing was found
         self.last_run_seconds: float | None = None
 
@@ -487,6 +488,7 @@ class SegmentWidget(Container):
                 for (name, index), result in self._probabilities.items())
             self._written = {(masks.name if name == old else name, index): value
                              for (name, index), value in self._written.items()}
+            self._dropped = {(masks.name if name == old else name, index) for name, index in self._dropped}
             self._last_layer_name = masks.name
         return masks
 
@@ -507,8 +509,11 @@ class SegmentWidget(Container):
         self._probabilities[key] = result
         total = sum(r.probabilities.nbytes for r in self._probabilities.values())
         while total > PROBABILITY_CACHE_BYTES and len(self._probabilities) > 1:
-            _key, old = self._probabilities.popitem(last=False)
+            dropped, old = self._probabilities.popitem(last=False)
+            self._written.pop(dropped, None)
+            self._dropped.add(dropped)
             total -= old.probabilities.nbytes
+        self._dropped.discard(key)
 
     def _on_error(self, exc: BaseException) -> None:
         self._failed = True
@@ -580,6 +585,13 @@ class SegmentWidget(Container):
             notify_info(f"Left {_plural(len(edited), 'slice')} you edited as they are "
                         f"({', '.join(format_plane(r.index) for r in edited[:5])}); tick 'Overwrite "
                         "slices I corrected' to apply the new values there too.")
+        dropped = sorted(index for layer_name, index in self._dropped if layer_name == name)
+        if dropped:
+            notify_info(f"The new values apply to the {len(cached)} slices segmented last; "
+                        f"{_plural(len(dropped), 'slice')} segmented before ({', '.join(format_plane(p) for p in dropped[:5])}"
+                        f"{' …' if len(dropped) > 5 else ''}) keep their masks: segment them again for the new values "
+                        "(the probabilities of a run are kept up to "
+                        f"{PROBABILITY_CACHE_BYTES // 2**20} MB).")
         if not cached:
             return
         from napari_unet.core.predict import iter_rethreshold
