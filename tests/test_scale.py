@@ -311,3 +311,21 @@ def test_a_fine_tuned_model_records_the_size_of_its_data(dsb_fluo_crop):
     fresh = SegmentationModel(net, "bg-interior-boundary", metadata={"name": "fresh", "data_diameter": 40.0})
     scratch = run_to_end(finetune(fresh, [image], [labels], steps=2, patch_size=64, batch_size=2, from_scratch=True))
     assert scratch.data_diameter is None
+
+
+def test_a_stack_whose_first_plane_holds_no_object_is_sized_on_the_next(dsb_val_fluo):
+    """A time-lapse that starts with an empty frame: the automatic diameter comes from the first
+    plane where the model finds objects (it was the image's own scale for the whole stack)."""
+    from skimage.transform import rescale
+
+    model = load_model(device="cpu")
+    image, _truth = dsb_val_fluo[0]
+    big = rescale(image.astype(np.float32), 2, order=3, preserve_range=True)  # not at the model's size
+    rng = np.random.default_rng(0)
+    empty = (np.median(big) + rng.normal(0, 3, big.shape)).astype(big.dtype)  # camera noise only
+    results = [r for r in iter_planes(model, np.stack([empty, big])) if isinstance(r, PlaneResult)]
+    assert results[0].diameter is None and "next plane" in results[0].note
+    alone = next(r for r in iter_planes(model, big) if isinstance(r, PlaneResult))
+    assert results[1].diameter == pytest.approx(alone.diameter) and results[1].scale == alone.scale
+    assert "plane 2" in results[1].note
+    np.testing.assert_array_equal(results[1].labels, alone.labels)

@@ -439,7 +439,8 @@ def iter_planes(
         Object diameter in the image's pixels: the image is rescaled by
         ``model.diameter / diameter`` (within 15% of 1: not rescaled) and the probabilities
         come back on the image's own grid. "auto" (or None) estimates it on the first plane
-        (see :class:`~napari_unet.core.scale.DiameterSearch`) and keeps it for the others.
+        (see :class:`~napari_unet.core.scale.DiameterSearch`; on the next ones, up to
+        :data:`ESTIMATE_RETRY_PLANES`, while none holds objects) and keeps it for the others.
         Models that do not know their diameter run at the image's own scale, as does "native".
     threshold, min_size : optional
         Post-processing (see :func:`probabilities_to_labels`); None = the model's own.
@@ -572,6 +573,11 @@ class _PlaneRunner:
             )
 
 
+#: With the automatic diameter, a stack whose first plane holds no object the model finds (before
+#: the cells come in, a blank frame) is sized on the next planes, up to this many more.
+ESTIMATE_RETRY_PLANES = 4
+
+
 @dataclass
 class _Sizing:
     """The scale planes run at: fixed (a given diameter), or found on the first plane."""
@@ -580,7 +586,10 @@ class _Sizing:
     scale: float = 1.0
     diameter: float | None = None
     note: str = ""
-    search: Any = None  # a DiameterSearch until the first plane has been sized
+    search: Any = None  # a DiameterSearch until a plane has been sized
+    prior: float | None = None  # the search's prior (a fine-tuned model's data diameter)
+    #: planes after the first that are searched too while no object has been found on any
+    retries: int = 0
 
     @classmethod
     def choose(cls, model: SegmentationModel, diameter: float | str | None, plane_shape: tuple[int, int],
@@ -596,7 +605,8 @@ class _Sizing:
         if diameter is None or word == "auto":
             if own is None:  # an older model file: it works at the image's own scale, as it always did
                 return cls(None)
-            return cls(own, search=DiameterSearch(own, prior=model.data_diameter))
+            return cls(own, search=DiameterSearch(own, prior=model.data_diameter), prior=model.data_diameter,
+                       retries=ESTIMATE_RETRY_PLANES)
         value = check_diameter(diameter, plane_shape)
         if own is None:
             return cls(None, diameter=value, note=(
@@ -628,6 +638,14 @@ class _Sizing:
         self.scale = search.final_scale
         self.diameter = search.diameter
         self.note = search.note
+        if self.diameter is None and self.retries > 0:  # an empty first plane: size the next one
+            from .scale import DiameterSearch
+
+            self.retries -= 1
+            self.search = DiameterSearch(self.size, prior=self.prior)
+            self.note += "; the next plane is looked at"
+        elif self.diameter is not None and k > 0:
+            self.note = f"estimated on plane {k + 1}, the first where objects were found"
         if self.note:
             log.warning("Object diameter: %s.", self.note)
         if self.scale in kept:
