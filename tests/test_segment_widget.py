@@ -458,3 +458,13 @@ def test_physical_diameters_and_voxel_sizes_follow_the_layers_units():
     assert voxel_size(mixed, 0) == pytest.approx((2.0, 0.13, 0.13))
     assert voxel_size(Image(np.zeros((4, 8, 8))), 0) is None
     assert voxel_size(Image(np.zeros((4, 8, 8)), scale=(3, 1, 1)), 0) == (3.0, 1.0, 1.0)
+
+
+def test_renamed_layers_show_their_new_names_in_the_lists(widget, c2c12_stack):
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack, name="img")
+    w.reset_choices()
+    w._image_combo.value = image
+    image.name = "embryo1"
+    assert w._image_combo.native.currentText() == "embryo1"
+    assert w._image_combo.value is image

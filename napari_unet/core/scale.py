@@ -83,7 +83,8 @@ def check_diameter(diameter: Any, plane_shape: tuple[int, int] | None = None) ->
     try:
         value = float(diameter)
     except (TypeError, ValueError):
-        raise ImageError(f"The object diameter must be a number of pixels or 'auto', got {diameter!r}.") from None
+        raise ImageError(f"The object diameter must be a number of pixels, a size with its unit ('8 um') or "
+                         f"'auto', got {diameter!r}.") from None
     if not math.isfinite(value) or value <= 0:
         raise ImageError(f"The object diameter must be a positive number of pixels, got {diameter!r}.")
     if value < 1:

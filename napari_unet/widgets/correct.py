@@ -84,6 +84,7 @@ class CorrectWidget(Container):
                 select_next_free_label(layer)
         viewer.layers.events.inserted.connect(self._on_inserted)
         viewer.layers.events.removed.connect(self._on_removed)
+        viewer.layers.events.renamed.connect(lambda *_: self._layer_combo.reset_choices())
         self._on_layer()
         register_widget(viewer, "correct", self)
 

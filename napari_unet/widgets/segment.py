@@ -153,6 +153,7 @@ class SegmentWidget(Container):
         self._model_combo.changed.connect(self._on_model_changed)
         viewer.layers.events.inserted.connect(self.reset_choices)
         viewer.layers.events.removed.connect(self.reset_choices)
+        viewer.layers.events.renamed.connect(self.reset_choices)  # the lists show the new name
         viewer.layers.events.removed.connect(self._on_layer_removed)
         viewer.layers.events.moved.connect(self.reset_choices)
         self._show_device()
@@ -358,6 +359,7 @@ class SegmentWidget(Container):
             region = visible_region(self._viewer, image, plane_shape) if scope == SCOPE_VIEW else (slice(None), slice(None))
         except ValueError as exc:
             notify_error("Segment", exc)
+            self._status.value = f"Not started: {one_line(exc)}"
             return
         skipped = []
         if not self._overwrite.value:

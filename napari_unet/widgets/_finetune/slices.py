@@ -48,7 +48,8 @@ class CorrectedSlicesPanel(Container):
         self._mark_button.changed.connect(self.mark_current_slice)
         self._unmark_button.changed.connect(self.unmark_selected)
         self._jump_button.changed.connect(self.jump_to_selected)
-        for event in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.moved):
+        for event in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.moved,
+                      viewer.layers.events.renamed):
             event.connect(self._on_layers_changed)
         self._on_image_changed()
         self._on_labels_changed()

@@ -56,7 +56,8 @@ class ExtraExamplesPanel(Container):
         self._add_pair_button.changed.connect(self._add_pair_clicked)
         self._add_folder_button.changed.connect(self._add_folder_clicked)
         self._remove_extra_button.changed.connect(self._remove_extra_clicked)
-        for event in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.moved):
+        for event in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.moved,
+                      viewer.layers.events.renamed):
             event.connect(self._on_layers_changed)
 
     def _extra_choices(self, _widget=None) -> list[tuple[str, int]]:
