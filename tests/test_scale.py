@@ -224,6 +224,22 @@ def test_cli_refuses_a_bad_diameter_and_writes_nothing(tmp_path, dsb_val_fluo, c
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+def test_cli_takes_a_diameter_in_micrometres_through_the_files_pixel_size(tmp_path, dsb_val_fluo, capsys):
+    image = dsb_val_fluo[0][0]
+    tifffile.imwrite(tmp_path / "cal.tif", image, imagej=True, resolution=(1 / 0.5, 1 / 0.5), metadata={"unit": "um"})
+    tifffile.imwrite(tmp_path / "px.tif", image, imagej=True, resolution=(1 / 0.5, 1 / 0.5), metadata={"unit": "um"})
+    assert main(["predict", str(tmp_path / "cal.tif"), "--out", str(tmp_path / "um"), "--diameter", "8um",
+                 "--no-progress"]) == 0
+    assert main(["predict", str(tmp_path / "px.tif"), "--out", str(tmp_path / "px"), "--diameter", "16",
+                 "--no-progress"]) == 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "um" / "cal_masks.tif"),
+                                  tifffile.imread(tmp_path / "px" / "px_masks.tif"))  # 8 um = 16 px of 0.5 um
+    tifffile.imwrite(tmp_path / "plain.tif", image)  # no pixel size: a physical diameter cannot be used
+    assert main(["predict", str(tmp_path / "plain.tif"), "--out", str(tmp_path / "x"), "--diameter", "8um",
+                 "--no-progress"]) == 2
+    assert "no pixel size" in capsys.readouterr().err
+
+
 def test_widget_diameter_field(make_napari_viewer, qtbot, dsb_val_fluo, notifications):
     from napari_unet.widgets.segment import masks_layer_name
 

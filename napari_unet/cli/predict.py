@@ -164,7 +164,9 @@ def run(args: argparse.Namespace) -> int:
             f"--tile {args.tile} is too small for model {model.name!r}: give at least "
             f"{min_tile_size(model.net)} pixels, or 0 for automatic"
         )
-    _diameter(args.diameter, {"X": 1.0}, "--diameter")  # a bad value stops everything, before any work
+    # a bad value stops everything, before any work (a physical size is checked against each
+    # file's own pixel size later: any one serves to check the words here)
+    _diameter(args.diameter, {"X": 0.5}, "--diameter")
     args.voxel_size = _voxel_size(args.voxel_size)
     if not args.objects_3d and (args.voxel_size is not None or args.mode_3d != "3d" or args.orthogonal != "auto"):
         raise CLIError("--voxel-size, --3d-mode and --orthogonal go with --3d")
