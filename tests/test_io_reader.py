@@ -197,3 +197,28 @@ def test_auto_opens_lazily_above_the_threshold(make_napari_viewer, tmp_path, mon
     assert all(not isinstance(ly.data, np.ndarray) for ly in layers)  # dask, nothing read yet
     viewer.dims.set_current_step(0, 2)
     np.testing.assert_array_equal(np.asarray(layers[1].data[2, 0]), data[2, 0, 1])
+
+
+def test_grey_with_alpha_and_two_channel_planes_are_not_read_as_stacks(tmp_path, dsb_fluo_crop, caplog):
+    """A grey+alpha PNG is its grey plane; an (H, W, 2) TIFF is two channels of one plane (it was
+    read as H planes 2 pixels wide); an OME-XML pixel size that is no number ("0,5") leaves that
+    axis uncalibrated, with a warning, instead of the file failing to open."""
+    from PIL import Image
+
+    from napari_unet.io._formats import open_any
+
+    image = dsb_fluo_crop[0]
+    grey = image if image.ndim == 2 else image[..., 0]
+    grey = grey.astype(np.uint8)
+    Image.fromarray(np.dstack([grey, np.full_like(grey, 255)]), "LA").save(tmp_path / "la.png")
+    opened = open_any(tmp_path / "la.png")
+    assert opened.info.axes == "YX"
+    np.testing.assert_array_equal(opened.load(), grey)
+    tifffile.imwrite(tmp_path / "two.tif", np.stack([grey, grey // 2], -1))
+    opened = open_any(tmp_path / "two.tif")
+    assert opened.info.axes == "YXC" and opened.info.shape == (*grey.shape, 2)
+    tifffile.imwrite(tmp_path / "comma.ome.tif", grey, ome=True,
+                     metadata={"axes": "YX", "PhysicalSizeX": "0,5", "PhysicalSizeY": 0.5})
+    opened = open_any(tmp_path / "comma.ome.tif")
+    assert opened.info.scale == {"Y": 0.5}
+    assert "not a number" in caplog.text

@@ -47,6 +47,10 @@ def guess_axes(shape: Sequence[int], rgb: bool = False) -> str:
             f"{ndim}-dimensional data (shape {tuple(shape)}) is not supported: napari-unet reads at "
             "most 5 axes (T, C, Z, Y, X) plus RGB colour"
         )
+    if not rgb and n_lead >= 1 and shape[-1] == 2 and min(shape[-3], shape[-2]) >= 16:
+        # (H, W, 2): two channels last (grey + alpha, two stains), not H planes 2 pixels wide
+        lead = "".join(g for g in _GUESS_ORDER if g != "C")[: n_lead - 1][::-1]
+        return lead + "YXC"
     lead = _GUESS_ORDER[:n_lead][::-1]
     return lead + tail
 
@@ -68,8 +72,8 @@ def normalize_file_axes(axes: str, shape: Sequence[int]) -> str:
         Axis letters from :data:`KNOWN_AXES`, unique, one per dimension.
     """
     axes = axes.upper()
-    if len(axes) != len(shape):
-        return guess_axes(shape, rgb=_looks_rgb(shape))
+    if len(axes) != len(shape) or (axes.endswith("YX") and set(axes[:-2]) <= _UNKNOWN_TIFF_AXES):
+        return guess_axes(shape, rgb=_looks_rgb(shape))  # the file names no axis of its own
     letters = list(axes)
     # 'S' is only meaningful as a last axis of 3/4 colour samples
     for i, a in enumerate(letters):

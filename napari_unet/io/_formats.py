@@ -368,6 +368,15 @@ def _unit_factor(unit: str | None, table: dict[str, float]) -> float | None:
     return table.get(str(unit).strip().lower().replace("\\u00b5", "µ"))
 
 
+def _set_calibration(scale: dict[str, float], axis: str, value: str, factor: float, what: str) -> None:
+    """``scale[axis] = value * factor``; a value that is no number (e.g. "0,5") is skipped with a
+    warning: the image still opens, uncalibrated along that axis."""
+    try:
+        scale[axis] = float(value) * factor
+    except ValueError:
+        log.warning("The OME-XML %s %r is not a number: the %s axis is left uncalibrated.", what, value, axis)
+
+
 def _ome_tiff_calibration(xml: str) -> tuple[dict[str, float], list[str] | None]:
     scale: dict[str, float] = {}
     names: list[str] | None = None
@@ -386,12 +395,12 @@ def _ome_tiff_calibration(xml: str) -> tuple[dict[str, float], list[str] | None]
         if v is not None:
             f = _unit_factor(pixels.get(f"PhysicalSize{a}Unit", "µm"), _LENGTH_TO_UM)
             if f is not None:
-                scale[a] = float(v) * f
+                _set_calibration(scale, a, v, f, f"PhysicalSize{a}")
     t = pixels.get("TimeIncrement")
     if t is not None:
         f = _unit_factor(pixels.get("TimeIncrementUnit", "s"), _TIME_TO_S)
         if f is not None:
-            scale["T"] = float(t) * f
+            _set_calibration(scale, "T", t, f, "TimeIncrement")
     chans = [el for el in pixels if el.tag.endswith("Channel")]
     if chans and all(c.get("Name") for c in chans):
         names = [str(c.get("Name")) for c in chans]
@@ -528,6 +537,8 @@ def _read_plane(f: Path) -> np.ndarray:
     with Image.open(f) as im:
         if im.mode in ("I;16", "I;16B", "I;16L"):
             return np.asarray(im).astype(np.uint16)
+        if im.mode == "LA":  # grey with transparency: the grey values are the image
+            return np.asarray(im.convert("L"))
         return np.asarray(im)
 
 
@@ -545,7 +556,7 @@ def _plane_header(f: Path) -> tuple[tuple[int, ...], np.dtype]:
         mode_info = {
             "L": ((), np.uint8), "1": ((), np.bool_), "P": ((), np.uint8), "RGB": ((3,), np.uint8),
             "RGBA": ((4,), np.uint8), "I;16": ((), np.uint16), "I;16B": ((), np.uint16),
-            "I;16L": ((), np.uint16), "I": ((), np.int32), "F": ((), np.float32), "LA": ((2,), np.uint8),
+            "I;16L": ((), np.uint16), "I": ((), np.int32), "F": ((), np.float32), "LA": ((), np.uint8),
         }
         if im.mode not in mode_info:
             arr = np.asarray(im)
