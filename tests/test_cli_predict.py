@@ -207,3 +207,25 @@ def test_no_torch_warning_before_the_error_of_a_foreign_pickle(tmp_path, images)
     assert result.returncode == 2
     assert result.stderr.strip() == "napari-unet: error: foreign.pt is not a napari-unet model file " \
         "(it could not be read as one)."
+
+
+def test_rerun_into_the_input_folder_does_not_segment_the_masks(tmp_path, images, tiny_model_path, capsys):
+    """--out the input folder, twice: the second run skips what exists and does not take the
+    masks of the first for images (no a_masks_masks.tif)."""
+    for _ in range(2):
+        rc = main(["predict", str(images), "--out", str(images), "--model", str(tiny_model_path), "--no-progress"])
+        assert rc == 0
+    assert sorted(p.name for p in images.iterdir()) == ["a.tif", "a_masks.tif", "b.tif", "b_masks.tif"]
+    assert "left out 2 file(s) named *_masks.tif" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("out", ["result.tif", "a_masks_file"])
+def test_out_that_is_a_file_is_a_one_line_error(tmp_path, images, tiny_model_path, capsys, out):
+    target = tmp_path / out
+    if out == "a_masks_file":
+        target.write_text("not a folder")
+    rc = main(["predict", str(images / "a.tif"), "--out", str(target), "--model", str(tiny_model_path),
+               "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "give the folder the masks go to" in err
+    assert not (tmp_path / "result.tif").exists() or out != "result.tif"

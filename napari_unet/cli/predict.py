@@ -87,12 +87,31 @@ def _expand_inputs(inputs: list[str], folder_as_stack: bool = False) -> list[Pat
         if path.is_dir() and not (folder_as_stack or is_ome_zarr(path)):
             found = sorted((p for p in path.iterdir() if p.suffix.lower() in READABLE_SUFFIXES
                             and not p.name.startswith(".")), key=lambda p: natural_key(p.name))
+            # masks written there by an earlier run (--out the input folder) are not images to segment
+            outputs = [p for p in found if _is_masks_name(p.name)]
+            if outputs:
+                print(f"napari-unet: {path}: left out {len(outputs)} file(s) named *_masks.tif "
+                      "(masks, as this command writes them; name one to segment it anyway)", file=sys.stderr)
+                found = [p for p in found if p not in outputs]
             if not found:
                 raise CLIError(f"folder {path} holds no images ({', '.join(READABLE_SUFFIXES)})")
             paths.extend(found)
         else:
             paths.append(path)
     return paths
+
+
+def _is_masks_name(name: str) -> bool:
+    return name.lower().endswith(("_masks.tif", "_masks.tiff", "_masks.ome.zarr"))
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """``--out`` is a folder: an existing file, or a new name that looks like one, is refused."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CLIError(f"--out {out_dir} is a file: give the folder the masks go to (DIR/<name>_masks.tif)")
+    if not out_dir.exists() and out_dir.suffix.lower() in (".tif", ".tiff", ".png", ".zarr"):
+        raise CLIError(f"--out {out_dir} looks like a file name: give the folder the masks go to "
+                       "(they are named <name>_masks.tif after each input)")
 
 
 def _targets(inputs: list[Path], out_dir: Path, suffix: str) -> list[Path]:
@@ -148,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
     use_dask = args.dask or args.scheduler is not None
     inputs = _expand_inputs(args.inputs, args.folder_as_stack)
     out_dir = Path(args.out).expanduser()
+    _check_out_dir(out_dir)
     targets = _targets(inputs, out_dir, ".ome.zarr" if use_dask else ".tif")
     device = None if args.device == "auto" else args.device
     model = load_model(args.model, device=device)
