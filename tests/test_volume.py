@@ -129,6 +129,7 @@ def test_stitch_mode_gives_unique_ids_over_the_volume(model, stacked):
         (np.zeros((4, 3, 32, 32), np.uint8), {}, "one grey"),
         (np.zeros((4, 32, 32), np.uint8), {"spacing": (1, 0, 1)}, "voxel size"),
         (np.zeros((4, 32, 32), np.uint8), {"spacing": (1, 1)}, "voxel size"),
+        (np.zeros((4, 32, 32), np.uint8), {"spacing": (2e-6, 0.5, 0.5)}, "one unit"),  # z in metres
         (np.zeros((4, 32, 32), np.uint8), {"mode": "4d"}, "mode"),
     ],
 )
@@ -182,3 +183,23 @@ def test_seed_maxima_are_those_of_a_maximum_filter():
     found = _maxima(values, values > 0.45, footprint)
     assert found.any()
     np.testing.assert_array_equal(found, expected)
+
+
+def test_z_planes_much_closer_than_the_pixels_keep_memory_bounded():
+    """Footprint, smoothing and halo of the 3D watershed never reach beyond the volume (a z step
+    500x finer than the pixels asked for a footprint thousands of planes deep)."""
+    from napari_unet.core.volume_instances import instances_3d
+
+    probabilities = np.zeros((3, 6, 40, 40), np.float32)
+    probabilities[1, :, 10:20, 10:20] = 1.0
+    probabilities[0] = 1.0 - probabilities[1]
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        labels = instances_3d(probabilities, diameter=10, spacing=(1e-4, 1, 1), threshold=0.5)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert labels.shape == (6, 40, 40) and labels.max() == 1
+    assert peak < 50e6, f"{peak / 1e6:.0f} MB"  # the uncapped footprint alone was 100k planes deep

@@ -65,6 +65,11 @@ class VolumeNote:
     message: str
 
 
+#: A voxel size whose sides differ more than this is taken for a mistake (units mixed up: z in
+#: metres, x in micrometres); microscopes' z steps are at most a few hundred times their pixels.
+MAX_VOXEL_RATIO = 1000.0
+
+
 def check_spacing(spacing: Sequence[float] | None) -> tuple[tuple[float, float, float], bool]:
     """``((dz, dy, dx), given)``: the voxel size as floats, isotropic (1, 1, 1) when None.
 
@@ -78,6 +83,11 @@ def check_spacing(spacing: Sequence[float] | None) -> tuple[tuple[float, float, 
         raise ImageError(f"The voxel size must be three numbers (dz, dy, dx), got {spacing!r}.") from None
     if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
         raise ImageError(f"The voxel size must be three positive numbers (dz, dy, dx), got {spacing!r}.")
+    if max(values) / min(values) > MAX_VOXEL_RATIO:
+        raise ImageError(
+            f"The voxel size {values} has sides more than {MAX_VOXEL_RATIO:g}x apart: give all three in "
+            "one unit (e.g. micrometres: 2, 0.5, 0.5)."
+        )
     return values, True  # type: ignore[return-value]
 
 

@@ -137,6 +137,10 @@ def iter_watershed_blocks(
     shape = tuple(int(s) for s in probabilities.shape[1:])
     labels = np.zeros(shape, dtype=np.int32) if out is None else out
     sigma, radius, halo = _scales(diameter, spacing)
+    # along an axis much finer than x (z planes closer than the pixels) these reach far beyond the
+    # volume: no more than the volume itself is needed, nor held in memory
+    extent = np.asarray(shape[-3:], dtype=float)
+    sigma, radius, halo = np.minimum(sigma, extent), np.minimum(radius, extent), np.minimum(halo, extent.astype(int))
     margin = np.ceil(4 * sigma + radius).astype(int)
     footprint = _ellipsoid(radius)
     blocks = block_plan(shape, halo, block_voxels or BLOCK_VOXELS)
