@@ -127,6 +127,21 @@ def test_multichannel_stack_needs_a_channel(tmp_path, dsb_fluo_crop, tiny_model_
     np.testing.assert_array_equal(masks, segment(load_model(tiny_model_path, device="cpu"), stack[1]))
 
 
+def test_channel_of_an_rgb_image_is_that_colour(tmp_path, dsb_fluo_crop, tiny_model_path, capsys):
+    image, _ = dsb_fluo_crop
+    grey = image[:64, :64] if image.ndim == 2 else image[:64, :64, 0]
+    rgb = np.dstack([np.zeros_like(grey), np.zeros_like(grey), grey])  # nuclei in blue
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    rc = main(["predict", str(tmp_path / "rgb.tif"), "--out", str(tmp_path / "o"), "--model", str(tiny_model_path),
+               "--channel", "2", "--no-progress"])
+    assert rc == 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "o" / "rgb_masks.tif"),
+                                  segment(load_model(tiny_model_path, device="cpu"), grey))
+    rc = main(["predict", str(tmp_path / "rgb.tif"), "--out", str(tmp_path / "o2"), "--model", str(tiny_model_path),
+               "--channel", "3", "--no-progress"])
+    assert rc == 2 and "--channel must be in 0..2" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------- issue #17
 def test_two_inputs_with_one_output_name_are_refused_before_any_work(tmp_path, images, tiny_model_path,
                                                                      capsys):

@@ -52,7 +52,8 @@ def add_parser(subparsers: Any) -> None:
                    help="largest tile side in pixels (a side too small for the model is refused, with the "
                         "model's minimum); 0 or not given: automatic, from free memory")
     p.add_argument("--channel", type=int, default=None,
-                   help="channel to segment in a multi-channel (non-RGB) stack")
+                   help="channel to segment in a multi-channel stack, or colour of an RGB image "
+                        "(0 red, 1 green, 2 blue; default for RGB: the mean of the colours)")
     p.add_argument("--folder-as-stack", action="store_true",
                    help="read each folder of 2D images as one stack (one masks file) instead of image by image")
     p.add_argument("--3d", dest="objects_3d", action="store_true",
@@ -145,7 +146,13 @@ def _write_tif(path: Path, labels: Any, axes: str, scale: dict[str, float]) -> N
 
 
 def _select_channel(data: Any, axes: str, channel: int | None, name: str) -> tuple[Any, str]:
-    if "C" not in axes:
+    if "C" not in axes and axes.endswith("S") and channel is not None:
+        # one colour of an RGB(A) image (e.g. nuclei in blue), rather than the mean of the colours
+        n = data.shape[-1]
+        if not 0 <= channel < n:
+            raise CLIError(f"{name} is an RGB image of {n} colours; --channel must be in 0..{n - 1}")
+        return data[..., channel], axes[:-1]
+    if "C" not in axes:  # one grey channel (a batch may mix such files with multi-channel ones)
         return data, axes
     c_axis = axes.index("C")
     n = data.shape[c_axis]

@@ -347,7 +347,7 @@ def iter_segment_volume(
         orthogonal = 1 / ORTHOGONAL_MAX_ANISOTROPY <= anisotropy <= ORTHOGONAL_MAX_ANISOTROPY
         if not orthogonal:
             yield VolumeNote(f"The z planes are {anisotropy:.3g}x the pixel size apart: only xy planes are "
-                             "predicted (no yz / xz views); try stitching if the objects come out wrong.")
+                             "predicted (no yz / xz views).")
     return (yield from _iter_3d(model, volume, spacing_t, diameter, bool(orthogonal), threshold, min_size,
                                 should_stop, out, workdir, block_voxels, engine_options))
 
