@@ -221,3 +221,22 @@ def test_patch_threads_give_the_same_training(dsb_fluo_crop):
     # a callable works as a stop flag too
     events, result = _drain(finetune(_tiny(), [image], [labels], steps=3, patch_size=32, stop=lambda: True))
     assert events == [] and result.metadata["steps"] == 0
+
+
+def test_a_binary_mask_is_split_into_its_separate_objects(dsb_fluo_crop, caplog):
+    """0/255 masks (or every cell painted with label 1) train on each separate piece as an object,
+    with a warning: as one object they taught neither the borders between cells nor their number."""
+    from scipy import ndimage as ndi
+
+    from napari_unet.core import SegmentationModel, UNet
+    from napari_unet.core.examples import prepare_examples
+
+    image, labels = dsb_fluo_crop
+    mask = ((labels > 0) * 255).astype(np.uint8)
+    net = UNet(in_channels=1, n_classes=3, base_width=4, depth=2, padding="same", norm="batch")
+    (example,) = prepare_examples(SegmentationModel(net), [image], [mask])
+    n_pieces = ndi.label(mask > 0)[1]
+    assert n_pieces > 5 and int(example.labels.max()) == n_pieces
+    assert "like a mask" in caplog.text
+    (as_given,) = prepare_examples(SegmentationModel(net), [image], [labels])  # instance labels stay as they are
+    np.testing.assert_array_equal(as_given.labels, labels.astype(np.int32))

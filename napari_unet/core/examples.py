@@ -68,6 +68,7 @@ def prepare_examples(
     for i, (img, lab) in enumerate(zip(images, labels)):
         img = np.asarray(img)
         lab = check_labels(lab, name=f"labels of example {i + 1}")
+        lab = _objects_of_a_mask(lab, f"example {i + 1}")
         if img.shape[:2] != lab.shape:
             raise ValueError(
                 f"Example {i + 1}: the image is {img.shape[:2]} but its labels are {lab.shape}; "
@@ -82,6 +83,25 @@ def prepare_examples(
         chw = prepare_plane(img, model.in_channels, model.normalization)
         out.append(TrainingExample(chw, lab.astype(np.int32, copy=False), i, scale))
     return out
+
+
+def _objects_of_a_mask(labels: np.ndarray, where: str) -> np.ndarray:
+    """Labels holding one id over several separate pieces are a mask (e.g. 0/255, or every cell
+    painted with label 1), not instance labels: each piece becomes an object of its own, with a
+    warning (touching cells stay one object). Trained on as one object, such a mask taught the
+    model neither the cells' borders with each other nor their number."""
+    ids = np.unique(labels[labels != 0])
+    if len(ids) != 1:
+        return labels
+    from scipy import ndimage as ndi
+
+    pieces, n = ndi.label(labels != 0)
+    if n < 2:
+        return labels
+    log.warning("The labels of %s hold one value (%s) over %d separate objects, like a mask: each separate "
+                "piece is taken as an object of its own (touching cells stay one; give one id per cell to "
+                "separate them).", where, ids[0], n)
+    return pieces.astype(np.int32)
 
 
 def at_model_scale(model: SegmentationModel, image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
