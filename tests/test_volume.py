@@ -143,6 +143,12 @@ def test_bad_axes_are_refused(tiny_model_path):
     model = load_model(tiny_model_path, device="cpu")
     with pytest.raises(ImageError, match="Y and X last"):
         segment(model, np.zeros((4, 2, 32, 32), np.uint8), axes="ZCYX")
+    two = np.zeros((32, 32, 2), np.uint8)
+    for axes in ("YXC", "CYX", "XY", "AB", "TT"):  # planes: only T in front, Y and X last
+        with pytest.raises(ImageError, match="axes"):
+            segment(model, two if axes != "CYX" else two.transpose(2, 0, 1), axes=axes)
+    assert segment(model, np.zeros((2, 32, 32), np.uint8), axes="TYX").shape == (2, 32, 32)
+    assert segment(model, np.zeros((32, 32, 3), np.uint8), axes="YXS").shape == (32, 32)
 
 
 def test_stop_ends_the_run_and_removes_the_temporary_probabilities(tiny_model_path, tmp_path, monkeypatch):

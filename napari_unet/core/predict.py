@@ -843,6 +843,15 @@ def segment(model: SegmentationModel, image: Any, *, axes: str | None = None, **
     if axes is not None:
         if not hasattr(image, "shape"):
             image = np.asarray(image)
-        if len(str(axes)) != len(image.shape):
-            raise ImageError(f"axes {axes!r} must name each of the {len(image.shape)} axes of the image.")
+        letters = str(axes).upper()
+        if len(letters) != len(image.shape) or len(set(letters)) != len(letters):
+            raise ImageError(f"axes {axes!r} must name each of the {len(image.shape)} axes of the image once.")
+        if set(letters) - set("TYXS") or not letters.rstrip("S").endswith("YX") or letters.count("S") > 1 \
+                or ("S" in letters and not letters.endswith("S")):
+            raise ImageError(
+                f"axes {axes!r}: planes are segmented along T (time) with Y and X last, or YXS for RGB; "
+                "choose one channel (C) first, or name Z for 3D objects."
+            )
+        if letters.endswith("S"):
+            kwargs.setdefault("rgb", True)
     return run_to_end(iter_segment(model, image, **kwargs))
