@@ -363,3 +363,12 @@ def test_manage_models_exports_a_package(make_napari_viewer, qtbot, tmp_path, no
     qtbot.waitUntil(lambda: panel._export_button.enabled, timeout=60_000)
     assert any("as a BioImage.IO package" in m for m in notifications), notifications
     assert isinstance(read_model_file(tmp_path / "mine.zip").net, UNet)
+
+
+def test_a_diameter_given_to_a_model_without_one_is_said_to_be_unused(example_package, dsb_fluo_crop, caplog):
+    from napari_unet.core import segment
+
+    model = read_model_file(example_package)
+    labels = segment(model, dsb_fluo_crop[0], diameter=20)
+    assert labels.shape == dsb_fluo_crop[0].shape[:2]
+    assert "the diameter given was not used" in caplog.text

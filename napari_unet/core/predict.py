@@ -609,9 +609,10 @@ class _Sizing:
                        retries=ESTIMATE_RETRY_PLANES)
         value = check_diameter(diameter, plane_shape)
         if own is None:
-            return cls(None, diameter=value, note=(
-                "the model does not record the object size it was trained at, so the image was "
-                "segmented at its own scale"))
+            note = ("the model does not record the object size it was trained at, so the diameter given "
+                    "was not used: the image was segmented at its own scale")
+            log.warning("Object diameter: %s.", note)
+            return cls(None, diameter=value, note=note)
         return cls(own, scale=own.scale_for(value), diameter=value)
 
     def estimate(
