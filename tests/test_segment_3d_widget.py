@@ -53,6 +53,9 @@ def test_3d_objects_fill_the_masks_layer_and_corrections_are_kept_and_learnt(wid
     assert labels.max() > 5 and np.median(spans) >= 3  # objects span planes with one id
     assert w._status.value.startswith("Done")
     assert not any("isotropic" in m for m in notifications)  # the layer's scale is the voxel size
+    w._threshold.value = 0.9  # 3D objects are not re-thresholded plane by plane: it says so
+    assert "not re-thresholded" in w._status.value
+    np.testing.assert_array_equal(masks.data, labels)
 
     # the user corrects plane 12 with the brush: it is marked, kept by the next 3D run, and learnt from
     masks.brush_size = 4

@@ -194,6 +194,7 @@ def plan_3d_run(widget: Any, image: Any, masks: Any, diameter: float | None) -> 
                              widget._scope.value == SCOPE_STACK, widget._channel_axis.value)
     for key in [k for k in widget._probabilities if k[0] == masks.name]:
         del widget._probabilities[key]
+    widget._three_d_layers.add(masks.name)  # its masks are 3D objects: not re-thresholded plane by plane
     threshold, min_size = widget._postprocessing_given()
     generator = segment_volumes(
         widget._model_combo.value, full_resolution(image), volumes, spacing=voxel_size(image, z_axis),

@@ -98,6 +98,7 @@ class SegmentWidget(Container):
         self._rethreshold_pending = False  # Threshold / Min. size moved during a run: apply them after it
         self._written: dict[tuple[str, tuple[int, ...]], int] = {}  # checksum of each kept plane as written
         self._dropped: set[tuple[str, tuple[int, ...]]] = set()  # planes whose probabilities were not kept
+        self._three_d_layers: set[str] = set()  # masks layers whose last run made 3D objects
         self._empty_planes: list[EmptyPlane] = []  # planes of this run where nothing was found
         self.last_run_seconds: float | None = None
 
@@ -473,6 +474,7 @@ class SegmentWidget(Container):
         if masks is None:
             return  # the user removed the masks layer meanwhile (the run is being abandoned)
         write_plane(masks, result)
+        self._three_d_layers.discard(masks.name)
         self._remember(masks.name, result)
         self._written[(masks.name, result.index)] = _checksum(masks, result)
 
@@ -572,9 +574,13 @@ class SegmentWidget(Container):
         if self._worker is not None:
             self._rethreshold_pending = True
             return
+        name = self._last_layer_name
+        if name in self._three_d_layers:
+            self._status.value = ("Threshold and Min. size apply from the next run: 3D objects are not "
+                                  "re-thresholded from kept probabilities.")
+            return
         if not self._probabilities:
             return
-        name = self._last_layer_name
         if name is None or name not in self._viewer.layers:
             return
         masks = self._viewer.layers[name]
