@@ -275,7 +275,9 @@ class TrainingRunPanel(Container):
     def _on_finished(self) -> None:
         self.curves.redraw(force=True)
         self._set_running(False)
-        self._progress.value = self._progress.value if self._status.value.startswith("Failed") else 1000
+        stopped = self._stop_event is not None and self._stop_event.is_set()
+        if not (stopped or self._status.value.startswith("Failed")):  # a stopped run shows how far it got
+            self._progress.value = 1000
         self._worker = None
         self._stop_event = None
 
