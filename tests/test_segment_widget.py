@@ -468,3 +468,14 @@ def test_renamed_layers_show_their_new_names_in_the_lists(widget, c2c12_stack):
     image.name = "embryo1"
     assert w._image_combo.native.currentText() == "embryo1"
     assert w._image_combo.value is image
+
+
+def test_transposed_view_is_said_before_segmenting_the_yx_plane(widget, qtbot, c2c12_stack, notifications):
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack, name="c2c12")
+    _segment(w, qtbot, image)
+    assert not [m for m in notifications if "transposed" in m]
+    viewer.dims.order = (1, 0, 2)  # the canvas now shows T-X cuts
+    w._run_button.clicked.emit()
+    _wait(qtbot, w)
+    assert any("transposed" in m for m in notifications)
