@@ -313,6 +313,11 @@ def test_runs_reuse_their_memory_and_give_it_back_when_idle(monkeypatch):
         time.sleep(0.2)
     kept = _resident_mb() - before
     assert kept < 150, f"{kept:.0f} MB still kept {eng.ARENA_KEEP_S} s after the last run"
+    pending = set(eng._RELEASE_TIMERS)
+    small = batch[:, :, :64, :64]
+    for _ in range(3):
+        network(small)
+    assert len(eng._RELEASE_TIMERS - pending) == 1  # one release pending per network, not one per run
     probs = network(batch)  # and the network still runs after giving its memory back
     np.testing.assert_allclose(probs, network(batch), atol=1e-6)
     network.release_memory()

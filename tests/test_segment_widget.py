@@ -447,6 +447,8 @@ def test_physical_diameters_and_voxel_sizes_follow_the_layers_units():
     controls = DiameterControls()
     controls.field.value = "3 um"
     assert controls.chosen(nm, (1000, 1000)) == pytest.approx(3 / 0.065)
+    controls.field.value = "0.8 um"  # a small physical size is many pixels of 65 nm
+    assert controls.chosen(nm, (1000, 1000)) == pytest.approx(0.8 / 0.065)
     controls.field.value = "0.5"
     with pytest.raises(ImageError, match="less than one pixel"):
         controls.chosen(nm, (1000, 1000))

@@ -240,3 +240,10 @@ def test_a_binary_mask_is_split_into_its_separate_objects(dsb_fluo_crop, caplog)
     assert "like a mask" in caplog.text
     (as_given,) = prepare_examples(SegmentationModel(net), [image], [labels])  # instance labels stay as they are
     np.testing.assert_array_equal(as_given.labels, labels.astype(np.int32))
+    one = np.zeros((96, 96), np.int32)
+    one[20:60, 20:60] = 3
+    one[80, 80] = 3  # a stray brush pixel
+    for k in range(15):  # a thin diagonal part, joined at the corners only
+        one[60 + k, 60 + k] = 3
+    (single,) = prepare_examples(SegmentationModel(net), [image[:96, :96]], [one])
+    np.testing.assert_array_equal(single.labels, one)  # one object as drawn, not split

@@ -192,8 +192,8 @@ def run(args: argparse.Namespace) -> int:
             f"{min_tile_size(model.net)} pixels, or 0 for automatic"
         )
     # a bad value stops everything, before any work (a physical size is checked against each
-    # file's own pixel size later: any one serves to check the words here)
-    _diameter(args.diameter, {"X": 0.5}, "--diameter")
+    # file's own pixel size later: a tiny one here checks the words without refusing small sizes)
+    _diameter(args.diameter, {"X": 1e-9}, "--diameter")
     args.voxel_size = _voxel_size(args.voxel_size)
     if not args.objects_3d and (args.voxel_size is not None or args.mode_3d != "3d" or args.orthogonal != "auto"):
         raise CLIError("--voxel-size, --3d-mode and --orthogonal go with --3d")

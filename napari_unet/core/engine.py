@@ -370,20 +370,16 @@ class OnnxNetwork:
             log.debug("Releasing ONNX Runtime's memory failed: %s", exc)
 
     def _schedule_release(self) -> None:
-        timer = threading.Timer(ARENA_KEEP_S, self._release_from_timer)
+        # the timer holds the network weakly: a network the session cache dropped is not kept alive
+        timer = threading.Timer(ARENA_KEEP_S, _release_from_timer, args=(weakref.ref(self),))
         timer.daemon = True
         with self._timer_lock:
             if self._timer is not None:
                 self._timer.cancel()
+                _RELEASE_TIMERS.discard(self._timer)
             self._timer = timer
             _RELEASE_TIMERS.add(timer)
         timer.start()
-
-    def _release_from_timer(self) -> None:
-        try:
-            self.release_memory()
-        finally:
-            _RELEASE_TIMERS.discard(threading.current_thread())
 
     def _cancel_release(self) -> None:
         with self._timer_lock:
@@ -413,6 +409,15 @@ def _run_options(shrink: bool) -> Any:
             options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         _RUN_OPTIONS[shrink] = options
     return _RUN_OPTIONS[shrink]
+
+
+def _release_from_timer(network_ref: weakref.ref) -> None:
+    try:
+        network = network_ref()
+        if network is not None:
+            network.release_memory()
+    finally:
+        _RELEASE_TIMERS.discard(threading.current_thread())
 
 
 @atexit.register

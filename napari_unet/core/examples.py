@@ -85,6 +85,12 @@ def prepare_examples(
     return out
 
 
+#: A labels plane with one id is split into its pieces only when at least two of them have a real
+#: size: this many pixels, and this fraction of the largest piece.
+MASK_PIECE_MIN_PX = 4
+MASK_PIECE_MIN_FRACTION = 0.05
+
+
 def _objects_of_a_mask(labels: np.ndarray, where: str) -> np.ndarray:
     """Labels holding one id over several separate pieces are a mask (e.g. 0/255, or every cell
     painted with label 1), not instance labels: each piece becomes an object of its own, with a
@@ -95,8 +101,12 @@ def _objects_of_a_mask(labels: np.ndarray, where: str) -> np.ndarray:
         return labels
     from scipy import ndimage as ndi
 
-    pieces, n = ndi.label(labels != 0)
+    pieces, n = ndi.label(labels != 0, structure=np.ones((3, 3), bool))  # diagonal pixels join
     if n < 2:
+        return labels
+    areas = np.bincount(pieces.ravel())[1:]
+    # one cell and a stray brush pixel is not a mask of several cells: pieces of a real size count
+    if np.count_nonzero(areas >= max(MASK_PIECE_MIN_PX, MASK_PIECE_MIN_FRACTION * areas.max())) < 2:
         return labels
     log.warning("The labels of %s hold one value (%s) over %d separate objects, like a mask: each separate "
                 "piece is taken as an object of its own (touching cells stay one; give one id per cell to "

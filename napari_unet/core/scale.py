@@ -98,6 +98,18 @@ def check_diameter(diameter: Any, plane_shape: tuple[int, int] | None = None) ->
     return value
 
 
+def _positive(number: str, text: Any) -> float:
+    """The number of a physical size (any size above 0: "0.8 um" is fine; the pixels it makes are
+    checked by :func:`check_diameter`)."""
+    try:
+        value = float(number)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise ImageError(f"The object diameter must be a positive size, got {text!r}.")
+    return value
+
+
 _UNITS_UM = {"um": 1.0, "µm": 1.0, "μm": 1.0, "micron": 1.0, "microns": 1.0, "nm": 1e-3, "mm": 1e3}
 
 
@@ -124,7 +136,7 @@ def parse_diameter(text: Any, pixel_size_um: float | None = None) -> float | Non
                         f"The object diameter {text!r} is a physical size, but the image has no pixel "
                         "size: give it in pixels."
                     )
-                return check_diameter(check_diameter(number) * _UNITS_UM[unit] / pixel_size_um)
+                return check_diameter(_positive(number, text) * _UNITS_UM[unit] / pixel_size_um)
             return check_diameter(number)
     return check_diameter(words)
 
