@@ -481,3 +481,25 @@ def test_transposed_view_is_said_before_segmenting_the_yx_plane(widget, qtbot, c
     w._run_button.clicked.emit()
     _wait(qtbot, w)
     assert any("transposed" in m for m in notifications)
+
+
+def test_kept_results_follow_a_rename_after_the_run_and_go_with_a_removed_layer(widget, qtbot, c2c12_stack,
+                                                                               notifications):
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack, name="c2c12")
+    _segment(w, qtbot, image, SCOPE_STACK)
+    masks = viewer.layers[masks_layer_name("c2c12")]
+    masks.name = "mine"  # renamed after the run: moving Min. size still re-thresholds it
+    w._min_size.value = 10_000
+    _wait(qtbot, w)
+    assert masks.data.max() == 0
+    assert w.kept_result("mine", (0,)) is not None
+    viewer.layers.remove(masks)  # removed, then segmented again: nothing of the old layer comes back
+    w._min_size.value = 0
+    w._scope.value = SCOPE_SLICE
+    w._run_button.clicked.emit()
+    _wait(qtbot, w)
+    w._min_size.value = 5
+    _wait(qtbot, w)
+    assert not [m for m in notifications if "you edited" in m]
+    assert w.kept_result("mine", (1,)) is None

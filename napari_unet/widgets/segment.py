@@ -99,6 +99,7 @@ class SegmentWidget(Container):
         self._written: dict[tuple[str, tuple[int, ...]], int] = {}  # checksum of each kept plane as written
         self._dropped: set[tuple[str, tuple[int, ...]]] = set()  # planes whose probabilities were not kept
         self._three_d_layers: set[str] = set()  # masks layers whose last run made 3D objects
+        self._last_masks: Any = None  # the masks layer last segmented into (the object behind any proxy)
         self._empty_planes: list[EmptyPlane] = []  # planes of this run where nothing was found
         self.last_run_seconds: float | None = None
 
@@ -354,6 +355,7 @@ class SegmentWidget(Container):
                 generator, message = plan_3d_run(self, image, masks, diameter)
                 if generator is not None:
                     self._last_layer_name, self._run_layers = masks.name, (image, masks)
+                    self._last_masks = unwrap_proxy(masks)
                     self._start(generator, message)
                 return
             planes = self._planes_for_scope(image, scope)
@@ -383,6 +385,7 @@ class SegmentWidget(Container):
             return
         self._last_layer_name = masks.name
         self._run_layers = (image, masks)
+        self._last_masks = unwrap_proxy(masks)
         threshold, min_size = self._run_given = self._postprocessing_given()
         generator = segment_planes(
             model_path,
@@ -486,21 +489,42 @@ class SegmentWidget(Container):
         kept probabilities follow too); None once it was removed."""
         if len(self._run_layers) < 2:
             return None
-        target = unwrap_proxy(self._run_layers[1])
+        self._last_masks = unwrap_proxy(self._run_layers[1])
+        return self._follow_last_masks()
+
+    def _follow_last_masks(self) -> Any:
+        """The masks layer last segmented into (found by identity: the user may have renamed it; the
+        kept results then follow its new name), or None when it was removed."""
+        target = self._last_masks
+        if target is None:
+            return None
         masks = next((layer for layer in self._viewer.layers if unwrap_proxy(layer) is target), None)
         if masks is not None and masks.name != self._last_layer_name:
             old = self._last_layer_name
+            self._forget(masks.name)  # (results kept under the new name belonged to a removed layer)
             self._probabilities = OrderedDict(
                 ((masks.name if name == old else name, index), result)
                 for (name, index), result in self._probabilities.items())
             self._written = {(masks.name if name == old else name, index): value
                              for (name, index), value in self._written.items()}
             self._dropped = {(masks.name if name == old else name, index) for name, index in self._dropped}
+            if old in self._three_d_layers:
+                self._three_d_layers.discard(old)
+                self._three_d_layers.add(masks.name)
             self._last_layer_name = masks.name
         return masks
 
+    def _forget(self, layer_name: str) -> None:
+        """Drop what was kept for a masks layer of that name (removed, or its name taken)."""
+        self._probabilities = OrderedDict((k, r) for k, r in self._probabilities.items() if k[0] != layer_name)
+        self._written = {k: v for k, v in self._written.items() if k[0] != layer_name}
+        self._dropped = {k for k in self._dropped if k[0] != layer_name}
+        self._three_d_layers.discard(layer_name)
+
     def kept_result(self, layer_name: str, index: tuple[int, ...]) -> PlaneResult | None:
         """The last result (with its probabilities) written to plane ``index`` of ``layer_name``."""
+        if self._worker is None:
+            self._follow_last_masks()
         return self._probabilities.get((layer_name, tuple(index)))
 
     def diameter_from_selected_label(self, *_args) -> None:
@@ -533,6 +557,10 @@ class SegmentWidget(Container):
     def _on_layer_removed(self, event: Any = None) -> None:
         """The image or the masks layer of the running job was removed: give the job up."""
         removed = unwrap_proxy(getattr(event, "value", None))
+        if removed is not None and not any(removed is unwrap_proxy(layer) for layer in self._run_layers):
+            self._forget(removed.name)  # its kept results must not come back in a new layer of that name
+            if removed is self._last_masks:
+                self._last_masks = None
         running = [unwrap_proxy(layer) for layer in self._run_layers]
         if self._worker is None or self._abandoned or not any(removed is layer for layer in running):
             return
@@ -577,6 +605,8 @@ class SegmentWidget(Container):
         if self._worker is not None:
             self._rethreshold_pending = True
             return
+        if self._follow_last_masks() is None:
+            return  # nothing segmented yet, or its masks layer was removed
         name = self._last_layer_name
         if name in self._three_d_layers:
             self._status.value = ("Threshold and Min. size apply from the next run: 3D objects are not "
