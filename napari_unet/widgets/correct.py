@@ -142,12 +142,12 @@ class CorrectWidget(Container):
         if layer is None:
             notify_error("Save masks", "there is no labels layer: segment an image first.")
             return
-        # Qt's save dialog asks before replacing an existing file
-        path, _filter = QFileDialog.getSaveFileName(
-            self.native, f"Save {layer.name!r}", str(default_masks_path(self._viewer, layer)),
-            "TIFF (*.tif *.tiff)")
-        if path:
-            self.save_masks(path)
+        dialog = QFileDialog(self.native, f"Save {layer.name!r}", str(default_masks_path(self._viewer, layer)),
+                             "TIFF (*.tif *.tiff)")
+        dialog.setAcceptMode(QFileDialog.AcceptMode.AcceptSave)
+        dialog.setDefaultSuffix("tif")  # a name typed without it: Qt asks about replacing "name.tif" itself
+        if dialog.exec() and dialog.selectedFiles():
+            self.save_masks(dialog.selectedFiles()[0])
 
     def save_masks(self, path: str | Path) -> list[str]:
         """Write the chosen masks layer with napari-unet's labels writer (a TIFF and the list of
