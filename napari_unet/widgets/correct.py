@@ -144,7 +144,8 @@ class CorrectWidget(Container):
             return
         dialog = QFileDialog(self.native, f"Save {layer.name!r}", str(default_masks_path(self._viewer, layer)),
                              "TIFF (*.tif *.tiff)")
-        dialog.setAcceptMode(QFileDialog.AcceptMode.AcceptSave)
+        accept_save = getattr(QFileDialog, "AcceptSave", None) or QFileDialog.AcceptMode.AcceptSave  # PyQt5 / 6
+        dialog.setAcceptMode(accept_save)
         dialog.setDefaultSuffix("tif")  # a name typed without it: Qt asks about replacing "name.tif" itself
         if dialog.exec() and dialog.selectedFiles():
             self.save_masks(dialog.selectedFiles()[0])
