@@ -107,3 +107,22 @@ def test_a_240_character_name_gets_its_labels_and_list(tmp_path):
     assert napari_write_labels(str(path), new, {"metadata": {"napari_unet_corrected": [[0]]}}) == [str(path)]
     np.testing.assert_array_equal(tifffile.imread(path), new)
     assert len(sidecar_path(path).name) == 255 and load_corrected_list(path) == [(0,)]
+
+
+def test_uncalibrated_labels_claim_no_pixel_size_and_units_are_converted(tmp_path):
+    """Labels of an uncalibrated image are written without a pixel size (they claimed 1 um, and
+    reopened beside the image napari warned of inconsistent units); a layer in nanometres is
+    written in micrometres."""
+    import napari
+    from napari.layers import Labels
+
+    labels = np.zeros((3, 32, 32), np.int32)
+    labels[:, 5:15, 5:15] = 1
+    write_labels(tmp_path / "plain.tif", labels, axes="TYX")
+    assert inspect_stack(tmp_path / "plain.tif").scale == {}
+    layer = Labels(labels[0], scale=(65, 65), units=("nm", "nm"))
+    (path,) = napari.save_layers(str(tmp_path / "nm.tif"), [layer], plugin="napari-unet")
+    scale = inspect_stack(path).scale
+    assert scale["X"] == pytest.approx(0.065) and scale["Y"] == pytest.approx(0.065)
+    (path,) = napari.save_layers(str(tmp_path / "px.tif"), [Labels(labels[0])], plugin="napari-unet")
+    assert inspect_stack(path).scale == {}

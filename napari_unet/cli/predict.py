@@ -142,7 +142,7 @@ def _read(path: Path) -> tuple[Any, str, dict[str, float]]:
 def _write_tif(path: Path, labels: Any, axes: str, scale: dict[str, float]) -> None:
     from napari_unet.io import write_labels
 
-    write_labels(path, labels, scale=[scale.get(a, 1.0) for a in axes], axes=axes)
+    write_labels(path, labels, scale=[scale.get(a) for a in axes], axes=axes)  # None: not calibrated
 
 
 def _select_channel(data: Any, axes: str, channel: int | None, name: str) -> tuple[Any, str]:

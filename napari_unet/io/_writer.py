@@ -115,11 +115,12 @@ def write_labels(
     if "S" in axes:
         raise LabelsWriteError("labels cannot have an RGB (S) axis")
     if scale is None:
-        scale = [1.0] * arr.ndim
-    scale = [float(s) for s in scale]
+        scale = [None] * arr.ndim
+    # None: that axis is not calibrated (no pixel size is claimed for it in the file)
+    scale = [None if s is None else float(s) for s in scale]
     if len(scale) != arr.ndim:
         raise LabelsWriteError(f"scale has {len(scale)} values but the labels have {arr.ndim} dimensions")
-    if not all(np.isfinite(s) and s > 0 for s in scale):
+    if not all(s is None or (np.isfinite(s) and s > 0) for s in scale):
         raise LabelsWriteError(f"scale values must be positive numbers, got {scale}")
     dtype = _labels_dtype(arr)
 
@@ -127,26 +128,34 @@ def write_labels(
     order = [axes.index(a) for a in _IMAGEJ_ORDER if a in axes]
     data = np.ascontiguousarray(np.transpose(arr, order).astype(dtype, copy=False))
     out_axes = "".join(axes[i] for i in order)
-    sizes = {a: scale[axes.index(a)] for a in axes}
-    resolution = (1.0 / sizes["X"], 1.0 / sizes["Y"])
-    kwargs: dict[str, Any] = {"compression": "zlib", "resolution": resolution}
+    sizes = {a: scale[axes.index(a)] for a in axes if scale[axes.index(a)] is not None}
+    if ("X" in sizes) != ("Y" in sizes):  # a pixel size is one for both or for neither
+        sizes.setdefault("X", sizes.get("Y"))
+        sizes.setdefault("Y", sizes.get("X"))
+    plane = "X" in sizes
+    kwargs: dict[str, Any] = {"compression": "zlib"}
     if dtype == np.uint16:
-        meta: dict[str, Any] = {"axes": out_axes, "unit": "um"}
-        if "Z" in sizes:
-            meta["spacing"] = sizes["Z"]
+        meta: dict[str, Any] = {"axes": out_axes}
+        if plane:
+            # ImageJ reads XResolution as pixels per metadata 'unit' (here micrometre)
+            meta["unit"] = "um"
+            kwargs["resolution"] = (1.0 / sizes["X"], 1.0 / sizes["Y"])
+            if "Z" in sizes:
+                meta["spacing"] = sizes["Z"]
         if "T" in sizes:
             meta["finterval"] = sizes["T"]
-        # ImageJ reads XResolution as pixels per metadata 'unit' (here micrometre)
         kwargs.update(imagej=True, metadata=meta)
     else:
-        meta = {"axes": out_axes, "PhysicalSizeX": sizes["X"], "PhysicalSizeXUnit": "µm",
-                "PhysicalSizeY": sizes["Y"], "PhysicalSizeYUnit": "µm"}
-        if "Z" in sizes:
-            meta.update(PhysicalSizeZ=sizes["Z"], PhysicalSizeZUnit="µm")
+        meta = {"axes": out_axes}
+        if plane:
+            meta.update(PhysicalSizeX=sizes["X"], PhysicalSizeXUnit="µm", PhysicalSizeY=sizes["Y"],
+                        PhysicalSizeYUnit="µm")
+            kwargs.update(resolutionunit="CENTIMETER", resolution=(1e4 / sizes["X"], 1e4 / sizes["Y"]))
+            if "Z" in sizes:
+                meta.update(PhysicalSizeZ=sizes["Z"], PhysicalSizeZUnit="µm")
         if "T" in sizes:
             meta.update(TimeIncrement=sizes["T"], TimeIncrementUnit="s")
-        kwargs.update(ome=True, metadata=meta, resolutionunit="CENTIMETER", bigtiff=data.nbytes > 2**31)
-        kwargs["resolution"] = (1e4 / sizes["X"], 1e4 / sizes["Y"])
+        kwargs.update(ome=True, metadata=meta, bigtiff=data.nbytes > 2**31)
 
     with atomic_write_all() as files:
         with files.open(path, "wb") as fh:
@@ -174,6 +183,27 @@ def _axes_from_layer_meta(meta: dict[str, Any], ndim: int) -> str | None:
     return None
 
 
+def _physical_scale(meta: dict[str, Any], ndim: int) -> list[float | None] | None:
+    """The layer's pixel size per axis in micrometres (seconds for time) from its scale and units;
+    None for an axis without calibration (scale 1 in pixels), so that the file claims none."""
+    scale = meta.get("scale")
+    if scale is None or len(scale) != ndim:
+        return None
+    units = meta.get("units")
+    out: list[float | None] = []
+    for k, value in enumerate(scale):
+        unit = units[k] if units is not None and len(units) == ndim else None
+        for target in ("micrometer", "second"):
+            try:
+                out.append(float((float(value) * unit).to(target).magnitude))
+                break
+            except Exception:  # no unit, "pixel", or another dimension (pint raises several kinds)
+                continue
+        else:
+            out.append(None if float(value) == 1.0 else float(value))  # a bare scale: micrometres
+    return out
+
+
 def napari_write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     """npe2 single-layer writer for Labels layers: a compressed, atomic TIFF and, beside it, the
     list of corrected slices (both written, or neither).
@@ -188,7 +218,8 @@ def napari_write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]
     try:
         axes = _axes_from_layer_meta(meta, arr.ndim)
         # the corrected-slices list travels beside the file (and marks it as labels)
-        written = write_labels(path, arr, scale=meta.get("scale"), axes=axes, corrected=meta.get("metadata") or {})
+        written = write_labels(path, arr, scale=_physical_scale(meta, arr.ndim), axes=axes,
+                               corrected=meta.get("metadata") or {})
     except (LabelsWriteError, OSError) as e:
         message = f"Labels not saved to '{Path(path).name}' (nothing was changed on disk): {e}"
         log.warning("%s", message)
