@@ -74,6 +74,12 @@ def test_train_user_errors_are_one_line(tmp_path, dsb_fluo_crop, tiny_model_path
     assert rc == 2 and "labels" in capsys.readouterr().err
     rc = main(["train", "--images", str(tmp_path / "nope.tif"), "--labels", str(lab), "--out", "x", *base])
     assert rc == 2 and "not found" in capsys.readouterr().err
+    for option, value in (("--val-fraction", "-0.5"), ("--val-fraction", "1"), ("--patch-size", "3"),
+                          ("--batch-size", "0")):
+        rc = main(["train", "--images", str(img), "--labels", str(lab), "--out", str(tmp_path / "x.pt"), *base,
+                   option, value])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and option in err and len(err.splitlines()) == 1, (option, value, err)
     assert not (tmp_path / "x.pt").exists()
 
 

@@ -25,6 +25,9 @@ import numpy as np
 
 from . import DEVICE_HELP, CLIError
 
+#: The smallest --patch-size taken (smaller patches hold no whole cell and no context).
+MIN_PATCH = 32
+
 log = logging.getLogger(__name__)
 
 
@@ -171,6 +174,12 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--time-budget must be a positive number of seconds, got {args.time_budget}")
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise CLIError(f"--lr must be a positive number, got {args.lr}")
+    if not (math.isfinite(args.val_fraction) and 0 <= args.val_fraction < 1):
+        raise CLIError(f"--val-fraction must be at least 0 and below 1 (0: no validation), got {args.val_fraction}")
+    if args.patch_size < MIN_PATCH:
+        raise CLIError(f"--patch-size must be at least {MIN_PATCH} pixels, got {args.patch_size}")
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
     select_device(args.device)  # an unknown or missing device is refused before any reading
     out = _out_path(args.out, args.overwrite)
     images, labels = read_examples(args.images, args.labels)
