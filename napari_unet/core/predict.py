@@ -147,6 +147,7 @@ class _Engine:
         self.halo = halo
         self.channels_last = self.device.type == "cuda" if channels_last is None else bool(channels_last)
         self.n_classes = self.net.config.n_classes
+        self._said_constant = False
         self.run_net: torch.nn.Module | None = None  # built on first use, in eval mode
         # ONNX Runtime on the CPU unless torch is asked for (see core.engine)
         self.runner = NetworkRunner(self.net, self.device, engine, self.amp_dtype is not None)
@@ -187,7 +188,9 @@ class _Engine:
         """Probabilities (n_classes, H, W) of one plane; yields after each tile."""
         shape = (int(plane.shape[0]), int(plane.shape[1]))
         if is_constant(plane):
-            log.warning("A plane of the image is constant: nothing to segment there (empty labels).")
+            if not self._said_constant:  # once per engine: the estimation passes see the plane again
+                log.warning("A plane of the image is constant: nothing to segment there (empty labels).")
+                self._said_constant = True
             plan = self.plan(shape)
             for _ in range(plan.n_tiles):
                 counter()
