@@ -132,6 +132,24 @@ def test_masks_of_a_renamed_image_are_chosen_without_error(widget, c2c12):
     assert panel._labels_combo.value is masks
 
 
+def test_the_image_follows_the_masks_chosen(widget, c2c12):
+    """Two images of one size (two channels of one file): the masks of the second are paired with
+    the second, whichever image the list showed first."""
+    viewer, w = widget
+    images, labels = c2c12
+    first = viewer.add_image(images, name="chan [DAPI]")
+    second = viewer.add_image(images[:, ::-1], name="chan [GFP]")
+    panel = w.corrected_panel
+    panel._image_combo.value = first
+    masks = viewer.add_labels(np.zeros_like(labels), name="chan [GFP] masks")  # Segment made it
+    assert panel._labels_combo.value is masks and panel._image_combo.value is second
+    other = viewer.add_labels(np.zeros_like(labels), name="chan [DAPI] masks")
+    panel._labels_combo.value = masks
+    assert panel._image_combo.value is second
+    panel._labels_combo.value = other
+    assert panel._image_combo.value is first
+
+
 def test_training_keeps_gui_alive_saves_and_resegments(widget, c2c12, qtbot, base_model):
     """Train in the worker while a QTimer ticks and the user paints; the model is saved with
     its metadata, listed, and the current (uncorrected) slice is segmented again."""

@@ -69,11 +69,23 @@ class CorrectedSlicesPanel(Container):
         # masks first: a new image choice selects its masks layer, which must be a choice by then
         self._labels_combo.reset_choices()
         self._image_combo.reset_choices()
-        # a new "<image> masks" layer (e.g. made by the Segment widget) is the one to correct
+        # a new "<image> masks" layer (e.g. made by the Segment widget) is the one to correct, with its image
         added = getattr(event, "value", None) if getattr(event, "type", "") == "inserted" else None
-        image = self._image_combo.value
-        if added is not None and image is not None and getattr(added, "name", None) == f"{image.name} masks":
-            self._on_image_changed()
+        if added is not None and isinstance(added, Labels):
+            image = self._image_of(added)
+            if image is not None:
+                if self._image_combo.value is image:
+                    self._on_image_changed()
+                else:
+                    self._image_combo.value = image  # (which selects its masks)
+
+    def _image_of(self, masks: Any) -> Any:
+        """The image layer "<name>" of a masks layer "<name> masks", if it is one of the choices."""
+        name = getattr(masks, "name", "")
+        if not name.endswith(" masks"):
+            return None
+        base = name[: -len(" masks")]
+        return next((layer for layer in self._image_combo.choices if getattr(layer, "name", None) == base), None)
 
     def _on_image_changed(self, *_args) -> None:
         """Select "<image> masks" when it exists."""
@@ -91,6 +103,9 @@ class CorrectedSlicesPanel(Container):
 
     def _on_labels_changed(self, *_args) -> None:
         layer = self._labels_combo.value
+        image = self._image_of(layer) if layer is not None else None
+        if image is not None and self._image_combo.value is not image:
+            self._image_combo.value = image  # the masks of "chan [GFP]" are not examples of "chan [DAPI]"
         if self._tracker is not None:
             try:
                 self._tracker.changed.disconnect(self._update_corrected)
