@@ -513,11 +513,17 @@ def test_rename_delete_with_confirmation_and_export(widget, base_model, tmp_path
     from napari_unet.core.checkpoint import read_model_file
 
     viewer, w = widget
+    _dock, segment = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    segment._model_combo.reset_choices()
+    segment._model_combo.value = str(base_model)
     w.models_panel._manage_combo.reset_choices()
     assert w.models_panel._manage_combo.value == "base"
     w.models_panel._rename_edit.value = "nuclei v2"
     w.models_panel._rename_button.native.click()
     assert set(_user_models()) == {"nuclei v2"}
+    # chosen as the base model here and in Segment: it stays chosen there, under its new name
+    assert Path(w.settings_panel._base_model.value).stem == "nuclei v2"
+    assert Path(segment._model_combo.value).stem == "nuclei v2"
     assert read_model_file(_user_models()["nuclei v2"]).metadata["name"] == "nuclei v2"
     base_list = w.settings_panel._base_model.native
     assert "nuclei v2 (yours)" in [base_list.itemText(i) for i in range(base_list.count())]
@@ -542,3 +548,4 @@ def test_rename_delete_with_confirmation_and_export(widget, base_model, tmp_path
     w.models_panel._delete_button.native.click()
     assert _user_models() == {}
     assert w.models_panel._manage_combo.choices == ()
+    assert all(Path(v).exists() for v in segment._model_combo.choices)  # Segment no longer offers it

@@ -16,7 +16,7 @@ model catalog in :mod:`napari_unet.core.catalog`. torch is imported lazily so na
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import Container
 from psygnal import Signal
@@ -82,7 +82,8 @@ class FinetuneWidget(Container):
         self.run_panel.running_changed.connect(self.settings_panel.set_running)
         self.run_panel.running_changed.connect(self.models_panel.set_running)
         self.run_panel.saved.connect(self._on_model_saved)
-        self.models_panel.models_changed.connect(self.settings_panel.refresh_models)
+        self.models_panel.model_renamed.connect(self._on_model_renamed)
+        self.models_panel.models_changed.connect(self.refresh_models)
         self.model_trained.connect(self.resegment_current_view)
         self.run_panel.show_device(self.settings_panel.device_choice())
         register_widget(viewer, "finetune", self)
@@ -170,14 +171,36 @@ class FinetuneWidget(Container):
         """Ask the training to stop after the current step; the best model so far is kept."""
         self.run_panel.stop()
 
-    def refresh_models(self) -> None:
-        """Reload the model lists (after training, renaming, deleting)."""
+    def refresh_models(self, *_args) -> None:
+        """Reload the model lists (after training, renaming, deleting), Segment's too."""
         self.settings_panel.refresh_models()
         self.models_panel.refresh()
+        segment = get_widget(self._viewer, "segment")
+        if segment is not None:
+            segment._model_combo.reset_choices()
 
     def export_model(self, destination: str | Path, name: str | None = None) -> Path | None:
         """Copy the chosen model of "Manage models" (or ``name``) to ``destination``."""
         return self.models_panel.export_model(destination, name)
+
+    def _on_model_renamed(self, old_path: str, new_path: str) -> None:
+        """A model renamed under Manage models stays chosen where it was chosen (the base model
+        here, the model of Segment), under its new name."""
+        def same(a: Any, b: str) -> bool:
+            return bool(a) and Path(str(a)).resolve() == Path(b).resolve()
+
+        combos = [self.settings_panel._base_model]
+        segment = get_widget(self._viewer, "segment")
+        if segment is not None:
+            combos.append(segment._model_combo)
+        chosen = [combo for combo in combos if same(combo.value, old_path)]
+        self.settings_panel.refresh_models()
+        for combo in combos:
+            combo.reset_choices()
+        for combo in chosen:
+            match = next((v for v in combo.choices if same(v, new_path)), None)
+            if match is not None:
+                combo.value = match
 
     def _on_model_saved(self, path: str) -> None:
         self.refresh_models()

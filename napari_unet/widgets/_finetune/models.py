@@ -43,6 +43,7 @@ class ModelsPanel(Container):
     """
 
     models_changed = Signal()
+    model_renamed = Signal(str, str)  # old path, new path (emitted before models_changed)
 
     def __init__(self) -> None:
         super().__init__(labels=True)
@@ -86,14 +87,18 @@ class ModelsPanel(Container):
         name, new_name = self._chosen("Rename model"), self._rename_edit.value
         if name is None:
             return
+        from napari_unet.core.catalog import user_model_path
+
         try:
-            rename_model(name, new_name)
+            old_path = user_model_path(name)
+            new_path = rename_model(name, new_name)
         except (ValueError, OSError) as exc:
             notify_error("Rename model", exc)
             return
         self.refresh()
         self._manage_combo.value = new_name.strip()
         self._rename_edit.value = ""
+        self.model_renamed.emit(str(old_path), str(new_path))
         self.models_changed.emit()
 
     def _delete_clicked(self, *_args) -> None:
