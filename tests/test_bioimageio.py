@@ -297,6 +297,15 @@ def test_cli_exports_and_predicts_with_packages(tmp_path, example_package, dsb_f
     result = _cli("export", str(tiny), str(tmp_path / "tiny-package.zip"))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "tiny-package.zip").is_file()
+    # an existing file is not replaced without --overwrite (a user's model among them)
+    before = tiny.read_bytes()
+    again = _cli("export", str(tmp_path / "tiny-package.zip"), str(tiny))
+    assert again.returncode == 2 and "--overwrite" in again.stderr and tiny.read_bytes() == before
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    inside = _cli("export", str(tiny), str(folder))  # a folder: the package goes inside it
+    assert inside.returncode == 0, inside.stderr
+    assert (folder / "tiny.zip").is_file()
     image = tmp_path / "nuclei.tif"
     tifffile.imwrite(image, dsb_fluo_crop[0])
     result = _cli("predict", str(image), "--out", str(tmp_path / "masks"), "--model", str(example_package),

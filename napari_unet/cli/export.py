@@ -25,13 +25,21 @@ def add_parser(subparsers: Any) -> None:
                         "models, 'napari-unet user' for yours)")
     p.add_argument("--license", default="BSD-3-Clause", metavar="SPDX",
                    help="licence of the package, an SPDX id (default BSD-3-Clause)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT when it exists")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from . import CLIError
+
     out = Path(args.out).expanduser()
+    if out.is_dir():  # a folder: the package goes inside it, named after the model
+        out = out / f"{Path(str(args.model)).stem}.zip"
+    target = out if out.suffix.lower() in (".pt", ".zip") else out.with_name(out.name + ".zip")
+    if target.exists() and not args.overwrite:
+        raise CLIError(f"{target} exists; choose another name or pass --overwrite")
     if out.suffix.lower() == ".pt":
         from napari_unet.core.catalog import export_model
 
