@@ -222,3 +222,19 @@ def test_grey_with_alpha_and_two_channel_planes_are_not_read_as_stacks(tmp_path,
     opened = open_any(tmp_path / "comma.ome.tif")
     assert opened.info.scale == {"Y": 0.5}
     assert "not a number" in caplog.text
+
+
+def test_bioformats2raw_layout_opens_its_first_image(tmp_path):
+    """bioformats2raw writes each image of a file as a group 0, 1, ... under the top folder."""
+    import zarr
+
+    path = tmp_path / "converted.ome.zarr"
+    data = np.random.default_rng(3).integers(0, 255, size=(2, 2, 3, 64, 64), dtype=np.uint8)
+    top = zarr.open_group(str(path), mode="w", zarr_format=2)
+    top.attrs["bioformats2raw.layout"] = 3
+    top.create_group("OME")
+    _write_ome_zarr(path / "0", data)
+    info = inspect_stack(path)
+    assert (info.format, info.axes, info.shape) == ("ome-zarr", "TCZYX", data.shape)
+    image, _info = read_stack(path)
+    np.testing.assert_array_equal(np.asarray(image), data)

@@ -251,6 +251,9 @@ def _open_tiff(p: Path) -> _Opened:
             raise StackReadError(f"cannot read '{p.name}': corrupt or truncated TIFF ({e})") from e
         try:
             series = tif.series[0] if tif.series else None
+            if len(tif.series) > 1:
+                log.warning("'%s' holds %d image series (positions, or planes written one by one); the first "
+                            "one, %s, is read.", p.name, len(tif.series), "x".join(map(str, tif.series[0].shape)))
         except Exception:
             tif.close()
             raise
@@ -461,6 +464,15 @@ def _open_zarr(p: Path) -> _Opened:
     attrs = dict(group.attrs)
     ome = attrs.get("ome", attrs)
     multiscales = ome.get("multiscales")
+    if not multiscales and "0" in group and not hasattr(group["0"], "shape"):
+        # bioformats2raw layout (the usual converter output): the images are groups 0, 1, ...
+        series = [k for k in group.group_keys() if k.isdigit()]
+        if len(series) > 1:
+            log.warning("'%s' holds %d images (series); the first one (0) is opened.", p.name, len(series))
+        group = group["0"]
+        attrs = dict(group.attrs)
+        ome = attrs.get("ome", attrs)
+        multiscales = ome.get("multiscales")
     if not multiscales:
         raise StackReadError(f"cannot read '{p.name}': the Zarr group has no OME 'multiscales' metadata")
     ms = multiscales[0]
