@@ -119,3 +119,21 @@ def test_missing_path_is_a_notification(qtbot, widget, tmp_path, notifications):
     assert w._worker is None and len(viewer.layers) == 0
     assert any("gone.tif no longer exists" in m for m in notifications)
     assert "No such file or folder" in w._info.value
+
+
+def test_switching_to_folder_after_the_hint_takes_the_folder_and_home_is_expanded(widget, tmp_path, monkeypatch):
+    from PIL import Image
+
+    _viewer, w = widget
+    folder = tmp_path / "planes"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((8, 9), i, np.uint8)).save(folder / f"p{i}.png")
+    w._source.value = "file"
+    w._path.value = folder
+    assert "switch Open to 'folder'" in w._info.value and not w._load_button.enabled
+    w._source.value = "folder"  # as the hint says: the folder chosen is now taken
+    assert w._load_button.enabled and w._axes.value == "ZYX"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    w._path.value = "~/planes"
+    assert w._load_button.enabled

@@ -82,12 +82,13 @@ class LoadWidget(Container):
     # ------------------------------------------------------------------------------ reactions
     def _on_source_changed(self, value: str) -> None:
         self._path.mode = "d" if value == "folder" else "r"
+        self._on_path_changed()  # the path chosen may now be what Open asks for
 
     def _selected_path(self) -> Path | None:
         value = self._path.value
         if value is None or str(value) in ("", "."):
             return None
-        p = Path(value)
+        p = Path(str(value).strip()).expanduser()  # a typed "~/data/cells.tif"
         # a file picked inside an OME-Zarr folder means the folder
         for parent in (p, *p.parents):
             if parent.suffix.lower() == ".zarr" and parent.is_dir():
