@@ -118,6 +118,11 @@ def test_new_names_and_the_model_folder(mine, tmp_path, monkeypatch):
     assert suggest_model_name("nuclei") == "nuclei-tuned-2"
     assert suggest_model_name("nuclei-tuned") == "nuclei-tuned-2"
     assert suggest_model_name("") == "model-tuned"
+    from napari_unet.core.catalog import check_model_name
+
+    assert check_model_name("a" * 80) == "a" * 80
+    with pytest.raises(ValueError, match="at most 80"):  # as the message says
+        check_model_name("a" * 81)
 
     assert check_models_dir_writable() == user_models_dir()
     assert sorted(p.name for p in user_models_dir().iterdir()) == ["mine.pt", "nuclei-tuned.pt"]

@@ -30,7 +30,7 @@ from .checkpoint import ModelFileError, read_model_file, save_model
 MODEL_SUFFIX = ".pt"
 DEFAULT_MODEL_NAME = "nuclei"
 
-_SAFE_NAME = re.compile(r"^[\w][\w .+-]{0,80}$")
+_SAFE_NAME = re.compile(r"^[\w][\w .+-]{0,79}$")  # at most 80 characters
 
 
 # ---------------------------------------------------------------------- folders
