@@ -137,3 +137,20 @@ def test_switching_to_folder_after_the_hint_takes_the_folder_and_home_is_expande
     monkeypatch.setenv("HOME", str(tmp_path))
     w._path.value = "~/planes"
     assert w._load_button.enabled
+
+
+def test_a_saved_masks_file_loads_as_labels_with_its_corrected_slices(qtbot, widget, tmp_path):
+    from napari_unet.io import write_labels
+    from napari_unet.widgets._corrections import CorrectedSlices
+
+    viewer, w = widget
+    labels = np.zeros((3, 32, 32), np.int32)
+    labels[1, 5:15, 5:15] = 4
+    write_labels(tmp_path / "cells masks.tif", labels, axes="TYX", corrected=[(1,)])
+    w._source.value = "file"
+    w._path.value = tmp_path / "cells masks.tif"
+    _load(qtbot, w)
+    layer = viewer.layers["cells masks"]
+    assert layer.__class__.__name__ == "Labels"
+    np.testing.assert_array_equal(layer.data, labels)
+    assert CorrectedSlices.for_layer(layer).planes == [(1,)]

@@ -161,7 +161,7 @@ class LoadWidget(Container):
         lazy = LOADING_CHOICES[self._loading.value]
         self._load_button.enabled = False
         self._status.value = f"Loading {path.name}..."
-        worker = create_worker(read_layer_data, path, lazy=lazy, axes=axes, _start_thread=False)
+        worker = create_worker(_read_layers, path, lazy=lazy, axes=axes, _start_thread=False)
         worker.returned.connect(self._on_loaded)
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
@@ -185,3 +185,16 @@ class LoadWidget(Container):
     def _on_finished(self) -> None:
         self._load_button.enabled = self._stack_info is not None
         self._worker = None
+
+
+def _read_layers(path: Any, lazy: bool | None = None, axes: str | None = None) -> list[tuple[Any, dict[str, Any], str]]:
+    """The layers of ``path``; a labels file saved by napari-unet (its list of corrected slices
+    beside it) opens as a Labels layer with that list, as File > Open does."""
+    from napari_unet.io._corrected import sidecar_path
+    from napari_unet.io._reader import _stored_corrected_planes, as_labels_layer
+
+    layers = read_layer_data(path, lazy=lazy, axes=axes)
+    if sidecar_path(str(path)).is_file():
+        corrected = _stored_corrected_planes(str(path))
+        return [as_labels_layer(layer, corrected) for layer in layers]
+    return layers
