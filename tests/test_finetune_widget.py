@@ -549,3 +549,17 @@ def test_rename_delete_with_confirmation_and_export(widget, base_model, tmp_path
     assert _user_models() == {}
     assert w.models_panel._manage_combo.choices == ()
     assert all(Path(v).exists() for v in segment._model_combo.choices)  # Segment no longer offers it
+
+
+def test_after_training_on_a_corrected_2d_image_it_is_not_segmented_again_nor_warned(widget, c2c12, qtbot,
+                                                                                       notifications):
+    viewer, w = widget
+    images, labels = c2c12
+    _image, _masks = _add_pair(viewer, images[0], labels[0].copy())
+    w.corrected_panel._mark_button.native.click()
+    w.run_panel._start_button.native.click()
+    _wait(qtbot, w)
+    segment = get_widget(viewer, "segment")
+    assert segment is not None and segment._worker is None
+    assert "not segmented again" in segment._status.value
+    assert not [m for m in notifications if "Skipped" in m]

@@ -412,10 +412,24 @@ class SegmentWidget(Container):
         if self._scope.value == SCOPE_STACK:
             self._scope.value = SCOPE_SLICE
         moved = self._move_past_corrected_slice()
+        if not moved and self._shown_plane_is_corrected():
+            # every slice was corrected (a 2D image, say): nothing to segment, and no warning for it
+            self._status.value = ("The new model is chosen. The slice shown is one you corrected, so it was not "
+                                  "segmented again: segment another image or slice with it.")
+            return
         self.run()
         if moved and self._worker is not None:
             self._status.value = moved
             notify_info(moved)
+
+    def _shown_plane_is_corrected(self) -> bool:
+        image = self._image_combo.value
+        if image is None or self._overwrite.value:
+            return False
+        name = masks_layer_name(image.name)
+        if name not in self._viewer.layers:
+            return False
+        return current_plane_index(self._viewer, image) in corrected_planes(self._viewer.layers[name])
 
     def _move_past_corrected_slice(self) -> str:
         """Show the next slice the user did not correct when the current one is corrected;
