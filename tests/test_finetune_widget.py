@@ -563,3 +563,15 @@ def test_after_training_on_a_corrected_2d_image_it_is_not_segmented_again_nor_wa
     assert segment is not None and segment._worker is None
     assert "not segmented again" in segment._status.value
     assert not [m for m in notifications if "Skipped" in m]
+
+
+def test_marking_an_empty_slice_says_what_it_teaches(widget, c2c12, notifications):
+    viewer, w = widget
+    images, labels = c2c12
+    empty = labels.copy()
+    empty[2] = 0
+    _add_pair(viewer, images, empty)
+    viewer.dims.set_current_step(0, 2)
+    w.corrected_panel._mark_button.native.click()
+    assert any("holds no object" in m for m in notifications)
+    assert w.corrected_panel.corrections.planes == [(2,)]

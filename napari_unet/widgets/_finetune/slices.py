@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, PushButton, Select
 from napari.layers import Image, Labels
 
-from .._base import current_plane_index, notify_error, show_plane, wrap_text
+from .._base import current_plane_index, notify_error, notify_warning, show_plane, wrap_text
 from .._corrections import CorrectedSlices, format_plane
 from .._examples import Example, examples_from_layers
 from .ui import layer_choices
@@ -136,7 +137,12 @@ class CorrectedSlicesPanel(Container):
         if layer is None or self._tracker is None:
             notify_error("Mark slice", "choose a masks (Labels) layer first.")
             return
-        self._tracker.mark(current_plane_index(self._viewer, layer))
+        plane = current_plane_index(self._viewer, layer)
+        self._tracker.mark(plane)
+        data = np.asarray(layer.data[plane] if plane else layer.data)
+        if not data.any():
+            notify_warning(f"{format_plane(plane).capitalize()} holds no object: marked as correct, it teaches the "
+                           "model that there are no cells there. Unmark it if cells were missed.")
 
     def unmark_selected(self, *_args) -> None:
         """Take the selected slices off the list (their masks stay as they are)."""
