@@ -383,7 +383,7 @@ def test_labels_of_floats_are_refused(widget, c2c12, notifications, tmp_path):
     assert w.examples_panel._extra_sources == []
 
 
-def test_extra_examples_from_layers_and_folders(widget, c2c12, tmp_path):
+def test_extra_examples_from_layers_and_folders(widget, c2c12, tmp_path, notifications):
     viewer, w = widget
     images, labels = c2c12
     _image, masks = _add_pair(viewer, images, labels.copy())
@@ -403,6 +403,7 @@ def test_extra_examples_from_layers_and_folders(widget, c2c12, tmp_path):
     w.examples_panel._labels_folder.value = tmp_path / "lab"
     w.examples_panel._add_folder_button.native.click()
     assert len(w.examples_panel._extra_list.choices) == 2
+    assert any("Left out 1 image(s) without a labels file: unlabelled.tif" in m for m in notifications)
 
     examples = w.gather_examples()
     assert [e.source for e in examples] == [

@@ -99,12 +99,17 @@ class ExtraExamplesPanel(Container):
 
     def add_example_folders(self, image_dir: str | Path, labels_dir: str | Path) -> int:
         """Read image/label file pairs from two folders as extra examples; returns how many."""
-        if not str(image_dir).strip() or str(image_dir) == "." or not str(labels_dir).strip():
+        if any(not str(d).strip() or str(d) == "." for d in (image_dir, labels_dir)):
             raise ValueError("choose an image folder and a label folder first.")
         examples = examples_from_folders(image_dir, labels_dir)
         self._extra_sources.append(FolderSource(Path(image_dir), Path(labels_dir), examples))
         self._extra_list.reset_choices()
-        notify_info(f"Added {len(examples)} examples from {Path(image_dir).name}/.")
+        left_out = _images_without_labels(Path(image_dir), Path(labels_dir))
+        message = f"Added {len(examples)} examples from {Path(image_dir).name}/."
+        if left_out:
+            message += (f" Left out {len(left_out)} image(s) without a labels file: {', '.join(left_out[:5])}"
+                        f"{' …' if len(left_out) > 5 else ''}.")
+        notify_info(message)
         return len(examples)
 
     def _remove_extra_clicked(self, *_args) -> None:
@@ -135,3 +140,13 @@ class ExtraExamplesPanel(Container):
                 extra_planes = CorrectedSlices.for_layer(extra_labels).planes
             examples += examples_from_layers(layers[source.image_name], extra_labels, extra_planes)
         return examples
+
+
+def _images_without_labels(image_dir: Path, labels_dir: Path) -> list[str]:
+    """Names of the images of ``image_dir`` that got no labels file (and are no labels file)."""
+    from napari_unet.io import pair_images_with_labels
+    from napari_unet.io._formats import list_plane_files
+
+    pairs = pair_images_with_labels(image_dir, labels_dir)
+    used = {p for pair in pairs for p in pair}
+    return [p.name for p in list_plane_files(image_dir) if p not in used]
