@@ -207,9 +207,14 @@ def test_training_keeps_gui_alive_saves_and_resegments(widget, c2c12, qtbot, bas
     assert "val_ap50" in meta
     assert w.run_panel.curves.history["loss"] and all(np.isfinite(w.run_panel.curves.history["loss"]))
     assert w.run_panel._progress.value == 1000
-    assert w.run_panel._best_label.value.startswith("validation AP50")
     # the status says which weights were kept (step 0 = the base, or the best step and by what)
     kept, training = meta["training"]["selected_step"], meta["training"]
+    best = w.run_panel._best_label.value
+    if training.get("n_val_objects") == 0:  # no AP measured: no "best AP" shown
+        assert best == "– (no object was held out for validation)"
+    else:
+        assert best.startswith("validation AP50")
+        assert ("chosen by validation loss" in best) == (training.get("selection_metric") == "loss")
     assert w.run_panel._status.value.startswith("Saved 'base-tuned' after 12 steps")
     if training["selected"] == "latest":  # this 128 x 128 crop has few cells: none may be held out
         assert training["n_val_objects"] == 0

@@ -248,6 +248,11 @@ class TrainingRunPanel(Container):
         self._status.value = f"Saved {result.path.stem!r} after {result.steps} steps ({took}). " + _kept_weights(
             result.model.metadata
         )
+        training = result.model.metadata.get("training") or {}
+        if training.get("n_val_objects") == 0:  # no AP was measured: none to show as the best
+            self._best_label.value = "– (no object was held out for validation)"
+        elif training.get("selection_metric") == "loss" and "loss" not in self._best_label.value:
+            self._best_label.value += "; the weights kept were chosen by validation loss"
         notify_info(f"Fine-tuned model saved as {result.path.stem!r}.")
         log.info("Saved fine-tuned model %s (metric %s)", result.path, metric)
         self.saved.emit(str(result.path))
