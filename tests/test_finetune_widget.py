@@ -418,6 +418,15 @@ def test_extra_examples_from_layers_and_folders(widget, c2c12, tmp_path, notific
     w.examples_panel._extra_list.value = [0]
     w.examples_panel._remove_extra_button.native.click()
     assert len(w.gather_examples()) == 3
+    # a second folder of the same name: its own row, removable on its own
+    (tmp_path / "other" / "img").mkdir(parents=True)
+    tifffile.imwrite(tmp_path / "other" / "img" / "g0.tif", images[2])
+    tifffile.imwrite(tmp_path / "other" / "img" / "g0_labels.tif", labels[2].astype(np.uint16))
+    w.examples_panel._image_folder.value = tmp_path / "other" / "img"
+    w.examples_panel._labels_folder.value = tmp_path / "other" / "img"
+    w.examples_panel._add_folder_button.native.click()
+    rows = w.examples_panel._extra_list.native
+    assert rows.count() == 2 and rows.item(0).text() != rows.item(1).text()
 
 
 def test_stop_right_after_start(widget, c2c12, qtbot, notifications):

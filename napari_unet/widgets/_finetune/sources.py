@@ -61,7 +61,8 @@ class ExtraExamplesPanel(Container):
             event.connect(self._on_layers_changed)
 
     def _extra_choices(self, _widget=None) -> list[tuple[str, int]]:
-        return [(src.description, i) for i, src in enumerate(self._extra_sources)]
+        # numbered: two folders named alike ("images/") are two rows, each removable
+        return [(f"{i + 1}. {src.description}", i) for i, src in enumerate(self._extra_sources)]
 
     def _on_layers_changed(self, *_args) -> None:
         self._extra_image_combo.reset_choices()
