@@ -398,6 +398,7 @@ def test_extra_examples_from_layers_and_folders(widget, c2c12, tmp_path, notific
     w.examples_panel._extra_image_combo.value = other_image
     w.examples_panel._extra_labels_combo.value = other_labels
     w.examples_panel._add_pair_button.native.click()
+    other_labels.name = "other masks"  # renamed after adding: the pair follows it
     (tmp_path / "img").mkdir()
     (tmp_path / "lab").mkdir()
     for i in range(2):
@@ -412,7 +413,7 @@ def test_extra_examples_from_layers_and_folders(widget, c2c12, tmp_path, notific
 
     examples = w.gather_examples()
     assert [e.source for e in examples] == [
-        "'c2c12 masks', slice 0", "'other labels'", "f0.tif", "f1.tif",
+        "'c2c12 masks', slice 0", "'other masks'", "f0.tif", "f1.tif",
     ]
     np.testing.assert_array_equal(examples[2].labels, labels[0])
     w.examples_panel._extra_list.value = [0]

@@ -38,10 +38,19 @@ class LayerPairSource:
 
     image_name: str
     labels_name: str
+    # the layers themselves (behind napari's proxies), so that a renamed layer is still found
+    image_layer: Any = field(default=None, compare=False, repr=False)
+    labels_layer: Any = field(default=None, compare=False, repr=False)
 
     @property
     def description(self) -> str:
         return f"layers {self.image_name!r} + {self.labels_name!r}"
+
+    def follow_renames(self) -> None:
+        """Take the current names of the layers (a rename in the layer list)."""
+        for attr, layer in (("image_name", self.image_layer), ("labels_name", self.labels_layer)):
+            if layer is not None:
+                setattr(self, attr, layer.name)
 
 
 @dataclass

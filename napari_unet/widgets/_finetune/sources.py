@@ -14,6 +14,7 @@ from napari.layers import Image, Labels
 
 from .._base import notify_error, notify_info
 from .._corrections import CorrectedSlices
+from .._napari_compat import unwrap_proxy
 from .._examples import (
     Example,
     FolderSource,
@@ -67,6 +68,10 @@ class ExtraExamplesPanel(Container):
     def _on_layers_changed(self, *_args) -> None:
         self._extra_image_combo.reset_choices()
         self._extra_labels_combo.reset_choices()
+        for source in self._extra_sources:  # a layer of a pair renamed: the pair follows it
+            if isinstance(source, LayerPairSource):
+                source.follow_renames()
+        self._extra_list.reset_choices()
 
     # ------------------------------------------------------------------ adding and removing
     def _add_pair_clicked(self, *_args) -> None:
@@ -86,7 +91,7 @@ class ExtraExamplesPanel(Container):
         _check_pair_shapes(image, labels)
         as_label_plane(labels.data[(0,) * (labels.ndim - 2)] if labels.ndim > 2 else labels.data,
                        f"{labels.name!r}")
-        source = LayerPairSource(image.name, labels.name)
+        source = LayerPairSource(image.name, labels.name, unwrap_proxy(image), unwrap_proxy(labels))
         if any(isinstance(s, LayerPairSource) and s == source for s in self._extra_sources):
             return
         self._extra_sources.append(source)
