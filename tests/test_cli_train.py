@@ -126,3 +126,23 @@ def test_time_budget_must_be_a_finite_positive_number(tmp_path, dsb_fluo_crop, t
         assert rc == 2, err
         assert err == f"napari-unet: error: --time-budget must be a positive number of seconds, got {shown}"
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_train_takes_ome_zarr_stacks(tmp_path, dsb_fluo_crop, tiny_model_path, capsys):
+    """An OME-Zarr folder is one stack (images and labels), not a folder of files to pair."""
+    import zarr
+
+    image, labels = dsb_fluo_crop
+    grey = image if image.ndim == 2 else image[..., 0]
+    for name, data in (("img.ome.zarr", grey[None]), ("lab.ome.zarr", labels[None].astype(np.uint16))):
+        root = zarr.open_group(str(tmp_path / name), mode="w", zarr_format=2)
+        root.create_array("0", data=data)
+        root.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": "z", "type": "space"},
+                                                                  {"name": "y", "type": "space"},
+                                                                  {"name": "x", "type": "space"}],
+                                      "datasets": [{"path": "0", "coordinateTransformations": [
+                                          {"type": "scale", "scale": [1, 1, 1]}]}]}]
+    rc = main(["train", "--images", str(tmp_path / "img.ome.zarr"), "--labels", str(tmp_path / "lab.ome.zarr"),
+               "--out", str(tmp_path / "z.pt"), "--from", str(tiny_model_path), "--steps", "1", "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    assert (tmp_path / "z.pt").is_file()

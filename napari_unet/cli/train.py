@@ -94,7 +94,7 @@ def _planes(arr: np.ndarray, axes: str, path: Path, is_labels: bool) -> list[np.
 
 def _pair_files(image_paths: list[str], label_paths: list[str]) -> list[tuple[Path, Path]]:
     """(image file, labels file) pairs from the command line arguments."""
-    from napari_unet.io import pair_images_with_labels
+    from napari_unet.io import is_ome_zarr, pair_images_with_labels
 
     if len(image_paths) != len(label_paths):
         raise CLIError(
@@ -106,9 +106,11 @@ def _pair_files(image_paths: list[str], label_paths: list[str]) -> list[tuple[Pa
         for p in (img, lab):
             if not p.exists():
                 raise CLIError(f"not found: {p}")
-        if img.is_dir() != lab.is_dir():
-            raise CLIError(f"{img} and {lab}: give two files or two folders")
-        if img.is_dir():
+        # an OME-Zarr folder is one stack, as a file is; other folders hold files to pair
+        img_folder, lab_folder = (p.is_dir() and not is_ome_zarr(p) for p in (img, lab))
+        if img_folder != lab_folder:
+            raise CLIError(f"{img} and {lab}: give two files (or OME-Zarr stacks) or two folders")
+        if img_folder:
             pairs.extend(pair_images_with_labels(img, lab))
         else:
             pairs.append((img, lab))
