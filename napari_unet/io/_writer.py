@@ -189,18 +189,18 @@ def _physical_scale(meta: dict[str, Any], ndim: int) -> list[float | None] | Non
     scale = meta.get("scale")
     if scale is None or len(scale) != ndim:
         return None
+    from ._units import in_unit
+
     units = meta.get("units")
     out: list[float | None] = []
     for k, value in enumerate(scale):
         unit = units[k] if units is not None and len(units) == ndim else None
-        for target in ("micrometer", "second"):
-            try:
-                out.append(float((float(value) * unit).to(target).magnitude))
-                break
-            except Exception:  # no unit, "pixel", or another dimension (pint raises several kinds)
-                continue
-        else:
-            out.append(None if float(value) == 1.0 else float(value))  # a bare scale: micrometres
+        physical = in_unit(value, unit, "micrometer")
+        if physical is None:
+            physical = in_unit(value, unit, "second")
+        if physical is None:  # no unit, or "pixel": a bare scale counts as micrometres
+            physical = None if float(value) == 1.0 else float(value)
+        out.append(physical)
     return out
 
 

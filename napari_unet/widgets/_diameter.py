@@ -19,12 +19,14 @@ DIAMETER_AUTO = "auto"
 def pixel_size_um(layer: Any) -> float | None:
     """Micrometres per pixel along x of ``layer``, from its scale in its unit (nm, um, mm, ...);
     a scale without a length unit counts as micrometres; None for an uncalibrated layer."""
+    from napari_unet.io._units import in_unit
+
     scale = float(layer.scale[-1])
     units = getattr(layer, "units", None)
-    try:
-        return float((scale * units[-1]).to("micrometer").magnitude)
-    except Exception:  # no unit, "pixel" or another dimension (pint raises several kinds)
-        return scale if scale != 1.0 else None
+    micrometres = in_unit(scale, units[-1]) if units else None
+    if micrometres is not None:
+        return micrometres
+    return scale if scale != 1.0 else None
 
 
 class DiameterControls:

@@ -91,11 +91,12 @@ def voxel_size(layer: Any, z_axis: int) -> tuple[float, float, float] | None:
     one unit per axis), else as they are; None when it holds no calibration (all ones, no units)."""
     axes = (z_axis, layer.ndim - 2, layer.ndim - 1)
     scale = [float(layer.scale[a]) for a in axes]
+    from napari_unet.io._units import in_unit
+
     units = getattr(layer, "units", None)
-    try:
-        return tuple(float((s * units[a]).to("micrometer").magnitude) for s, a in zip(scale, axes))
-    except Exception:  # no units, "pixel" or another dimension (pint raises several kinds)
-        pass
+    micrometres = [in_unit(s, units[a]) for s, a in zip(scale, axes)] if units else [None]
+    if all(v is not None for v in micrometres):
+        return (micrometres[0], micrometres[1], micrometres[2])
     return None if all(s == 1.0 for s in scale) else (scale[0], scale[1], scale[2])
 
 
