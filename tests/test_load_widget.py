@@ -18,6 +18,17 @@ def widget(make_napari_viewer):
     return viewer, widget
 
 
+def _planes_folder(tmp_path, n: int):
+    """A folder of ``n`` 8 x 9 PNG planes p0.png, p1.png, ... (plane i holds the value i)."""
+    from PIL import Image
+
+    folder = tmp_path / "planes"
+    folder.mkdir()
+    for i in range(n):
+        Image.fromarray(np.full((8, 9), i, np.uint8)).save(folder / f"p{i}.png")
+    return folder
+
+
 def _load(qtbot, widget):
     assert widget._load_button.enabled
     widget._load_button.clicked.emit()
@@ -63,13 +74,8 @@ def test_loads_hyperstack_in_memory_with_channels_and_scale(qtbot, widget, tmp_p
 
 
 def test_folder_mode_and_bad_inputs(qtbot, widget, tmp_path):
-    from PIL import Image
-
     viewer, w = widget
-    folder = tmp_path / "planes"
-    folder.mkdir()
-    for i in range(3):
-        Image.fromarray(np.full((8, 9), i, np.uint8)).save(folder / f"p{i}.png")
+    folder = _planes_folder(tmp_path, 3)
     w._source.value = "folder"
     assert w._path.mode.value == "d"
     w._path.value = folder
@@ -122,13 +128,8 @@ def test_missing_path_is_a_notification(qtbot, widget, tmp_path, notifications):
 
 
 def test_switching_to_folder_after_the_hint_takes_the_folder_and_home_is_expanded(widget, tmp_path, monkeypatch):
-    from PIL import Image
-
     _viewer, w = widget
-    folder = tmp_path / "planes"
-    folder.mkdir()
-    for i in range(2):
-        Image.fromarray(np.full((8, 9), i, np.uint8)).save(folder / f"p{i}.png")
+    folder = _planes_folder(tmp_path, 2)
     w._source.value = "file"
     w._path.value = folder
     assert "switch Open to 'folder'" in w._info.value and not w._load_button.enabled

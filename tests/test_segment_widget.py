@@ -47,6 +47,27 @@ def _segment(w, qtbot, image, scope=None):
     _wait(qtbot, w)
 
 
+def _run_stack_doing_after_first_plane(w, image, action) -> list:
+    """Start a whole-stack run (settings under which the tiny model finds objects) and call
+    ``action()`` once, right after the widget wrote the first plane; returns the list that then
+    holds that plane's index."""
+    from napari_unet.core.predict import PlaneResult
+
+    w.reset_choices()
+    w._image_combo.value = image
+    w._threshold.value, w._min_size.value, w._scope.value = 0.05, 0, SCOPE_STACK
+    w._run_button.clicked.emit()
+    done: list = []
+
+    def after_first_plane(item):
+        if isinstance(item, PlaneResult) and not done:
+            action()
+            done.append(item.index)
+
+    w._worker.yielded.connect(after_first_plane)  # connected after the widget's own: runs after the write
+    return done
+
+
 def test_widget_docks_and_shows_device(widget):
     viewer, w = widget
     assert w._device_label.value.startswith(("CPU", "GPU"))
@@ -126,22 +147,10 @@ def test_corrected_slice_is_never_overwritten_without_consent(widget, qtbot, c2c
 def test_renaming_the_masks_layer_mid_run_keeps_writing_into_it(widget, qtbot, c2c12_stack, notifications):
     """The user renames "<image> masks" while the whole stack runs: the rest of the stack still
     lands in that layer (under its new name), and re-thresholding follows it."""
-    from napari_unet.core.predict import PlaneResult
-
     viewer, w = widget
     image = viewer.add_image(c2c12_stack, name="c2c12")
-    w.reset_choices()
-    w._image_combo.value = image
-    w._threshold.value, w._min_size.value, w._scope.value = 0.05, 0, SCOPE_STACK
-    w._run_button.clicked.emit()
-    renamed = []
-
-    def rename_after_first_plane(item):
-        if isinstance(item, PlaneResult) and not renamed:
-            viewer.layers[masks_layer_name("c2c12")].name = "my masks"
-            renamed.append(item.index)
-
-    w._worker.yielded.connect(rename_after_first_plane)  # runs after the widget wrote the plane
+    renamed = _run_stack_doing_after_first_plane(
+        w, image, lambda: setattr(viewer.layers[masks_layer_name("c2c12")], "name", "my masks"))
     _wait(qtbot, w)
     assert renamed == [(0,)]
     masks = viewer.layers["my masks"]
@@ -153,22 +162,10 @@ def test_renaming_the_masks_layer_mid_run_keeps_writing_into_it(widget, qtbot, c
 
 
 def test_min_size_moved_during_a_run_is_applied_when_it_ends(widget, qtbot, c2c12_stack):
-    from napari_unet.core.predict import PlaneResult
-
     viewer, w = widget
     image = viewer.add_image(c2c12_stack, name="c2c12")
-    w.reset_choices()
-    w._image_combo.value = image
-    w._threshold.value, w._min_size.value, w._scope.value = 0.05, 0, SCOPE_STACK
-    w._run_button.clicked.emit()
-    moved = []
-
-    def move_after_first_plane(item):
-        if isinstance(item, PlaneResult) and not moved:
-            w._min_size.value = 10_000  # no object of these 96 x 96 planes is that large
-            moved.append(item.index)
-
-    w._worker.yielded.connect(move_after_first_plane)
+    # no object of these 96 x 96 planes is 10,000 pixels large
+    moved = _run_stack_doing_after_first_plane(w, image, lambda: setattr(w._min_size, "value", 10_000))
     _wait(qtbot, w)
     assert moved
     masks = viewer.layers[masks_layer_name("c2c12")]
