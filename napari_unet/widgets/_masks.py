@@ -77,18 +77,25 @@ def _sentence(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+def shown_plane_corrected(viewer: Any, image: Any) -> bool:
+    """Whether the slice of ``image`` shown now is one the user corrected in "<image> masks"."""
+    from ._base import current_plane_index
+
+    name = masks_layer_name(image.name)
+    if name not in viewer.layers:
+        return False
+    return current_plane_index(viewer, image) in corrected_planes(viewer.layers[name])
+
+
 def move_past_corrected_slice(viewer: Any, image: Any, planes: list[tuple[int, ...]]) -> str:
     """When the slice shown of ``image`` is one the user corrected, show the next one (in
     ``planes``' order, wrapping) that is not; returns what was done ("" when nothing moved)."""
     from ._base import current_plane_index, show_plane
 
-    name = masks_layer_name(image.name)
-    if name not in viewer.layers:
+    if not shown_plane_corrected(viewer, image):
         return ""
-    protected = corrected_planes(viewer.layers[name])
+    protected = corrected_planes(viewer.layers[masks_layer_name(image.name)])
     current = current_plane_index(viewer, image)
-    if current not in protected:
-        return ""
     at = planes.index(current) if current in planes else -1
     following = planes[at + 1:] + planes[:max(at, 0)]
     target = next((p for p in following if p not in protected), None)

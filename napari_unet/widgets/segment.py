@@ -56,6 +56,7 @@ from ._masks import (
     masks_layer_name,
     move_past_corrected_slice,
     report_empty_planes,
+    shown_plane_corrected,
     write_plane,
 )
 from ._napari_compat import unwrap_proxy
@@ -424,12 +425,7 @@ class SegmentWidget(Container):
 
     def _shown_plane_is_corrected(self) -> bool:
         image = self._image_combo.value
-        if image is None or self._overwrite.value:
-            return False
-        name = masks_layer_name(image.name)
-        if name not in self._viewer.layers:
-            return False
-        return current_plane_index(self._viewer, image) in corrected_planes(self._viewer.layers[name])
+        return image is not None and not self._overwrite.value and shown_plane_corrected(self._viewer, image)
 
     def _move_past_corrected_slice(self) -> str:
         """Show the next slice the user did not correct when the current one is corrected;
@@ -619,24 +615,22 @@ class SegmentWidget(Container):
         if self._worker is not None:
             self._rethreshold_pending = True
             return
-        if self._follow_last_masks() is None:
+        masks = self._follow_last_masks()
+        if masks is None:
             return  # nothing segmented yet, or its masks layer was removed
-        name = self._last_layer_name
+        name = masks.name
         if name in self._three_d_layers:
             self._status.value = ("Threshold and Min. size apply from the next run: 3D objects are not "
                                   "re-thresholded from kept probabilities.")
             return
         if not self._probabilities:
             return
-        if name is None or name not in self._viewer.layers:
-            return
-        masks = self._viewer.layers[name]
         protected = set() if self._overwrite.value else corrected_planes(masks)
         cached = [r for (layer_name, idx), r in self._probabilities.items() if layer_name == name and idx not in protected]
         # a plane edited since it was segmented (then unmarked as corrected) keeps the user's edits
         edited = [r for r in cached if self._written.get((name, r.index)) != _checksum(masks, r)]
         if edited and not self._overwrite.value:
-            cached = [r for r in cached if r not in edited]
+            cached = [r for r in cached if all(r is not e for e in edited)]
             notify_info(f"Left {_plural(len(edited), 'slice')} you edited as they are "
                         f"({', '.join(format_plane(r.index) for r in edited[:5])}); tick 'Overwrite "
                         "slices I corrected' to apply the new values there too.")
@@ -652,7 +646,7 @@ class SegmentWidget(Container):
         from napari_unet.core.predict import iter_rethreshold
 
         generator = iter_rethreshold(cached, float(self._threshold.value), int(self._min_size.value))
-        self._run_layers = (None, self._viewer.layers[name])  # no image needed: only the masks are written
+        self._run_layers = (None, masks)  # no image needed: only the masks are written
         self._start(generator, "Applying threshold")
 
 
