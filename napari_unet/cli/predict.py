@@ -102,8 +102,12 @@ def _expand_inputs(inputs: list[str], folder_as_stack: bool = False) -> list[Pat
     return paths
 
 
+#: What ``predict`` adds to an input's name for its masks file (``<name>_masks.tif``).
+MASKS_SUFFIX = "_masks"
+
+
 def _is_masks_name(name: str) -> bool:
-    return name.lower().endswith(("_masks.tif", "_masks.tiff", "_masks.ome.zarr"))
+    return name.lower().endswith(tuple(MASKS_SUFFIX + end for end in (".tif", ".tiff", ".ome.zarr")))
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -119,7 +123,7 @@ def _targets(inputs: list[Path], out_dir: Path, suffix: str) -> list[Path]:
     """``out_dir/<name>_masks<suffix>`` per input; refuses two inputs with one output."""
     from napari_unet.io import stack_name
 
-    targets = [out_dir / f"{stack_name(path)}_masks{suffix}" for path in inputs]
+    targets = [out_dir / f"{stack_name(path)}{MASKS_SUFFIX}{suffix}" for path in inputs]
     first: dict[Path, Path] = {}
     for path, target in zip(inputs, targets):
         if target in first:

@@ -13,8 +13,16 @@ if TYPE_CHECKING:
     import napari
 
 
+MASKS_SUFFIX = " masks"
+
+
 def masks_layer_name(image_name: str) -> str:
-    return f"{image_name} masks"
+    return f"{image_name}{MASKS_SUFFIX}"
+
+
+def image_name_of_masks(masks_name: str) -> str | None:
+    """"cells" for a masks layer named "cells masks"; None for a name that is no such name."""
+    return masks_name[: -len(MASKS_SUFFIX)] if masks_name.endswith(MASKS_SUFFIX) else None
 
 
 def corrected_planes(layer) -> set[tuple[int, ...]]:

@@ -190,7 +190,9 @@ def default_masks_path(viewer: Any, layer: Any) -> Path:
     """Where Save masks proposes to write ``layer``: "<layer name>.tif" in the folder of its image's
     file ("<image> masks" -> the layer "<image>"), else in the current folder."""
     folder = Path.cwd()
-    image_name = layer.name[: -len(" masks")] if layer.name.endswith(" masks") else None
+    from ._masks import image_name_of_masks
+
+    image_name = image_name_of_masks(layer.name)
     if image_name and image_name in viewer.layers:
         image = viewer.layers[image_name]
         source = getattr(getattr(image, "source", None), "path", None)

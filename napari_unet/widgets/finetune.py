@@ -194,7 +194,6 @@ class FinetuneWidget(Container):
         if segment is not None:
             combos.append(segment._model_combo)
         chosen = [combo for combo in combos if same(combo.value, old_path)]
-        self.settings_panel.refresh_models()
         for combo in combos:
             combo.reset_choices()
         for combo in chosen:

@@ -16,6 +16,7 @@ from napari.layers import Image, Labels
 from .._base import current_plane_index, notify_error, notify_warning, show_plane, wrap_text
 from .._corrections import CorrectedSlices, format_plane
 from .._examples import Example, examples_from_layers
+from .._masks import image_name_of_masks
 from .ui import layer_choices
 
 if TYPE_CHECKING:
@@ -82,10 +83,9 @@ class CorrectedSlicesPanel(Container):
 
     def _image_of(self, masks: Any) -> Any:
         """The image layer "<name>" of a masks layer "<name> masks", if it is one of the choices."""
-        name = getattr(masks, "name", "")
-        if not name.endswith(" masks"):
+        base = image_name_of_masks(getattr(masks, "name", ""))
+        if base is None:
             return None
-        base = name[: -len(" masks")]
         return next((layer for layer in self._image_combo.choices if getattr(layer, "name", None) == base), None)
 
     def _on_image_changed(self, *_args) -> None:
