@@ -15,6 +15,7 @@ import pytest
 from napari_unet.widgets._napari_compat import (
     canvas_size,
     edited_regions,
+    layers_added_unselected,
     raise_plugin_dock,
     unwrap_proxy,
     viewer_camera,
@@ -168,6 +169,21 @@ def test_raise_plugin_dock_brings_a_tab_to_the_front(make_napari_viewer, qtbot):
     raise_plugin_dock(viewer, "napari-unet", "Fine-tune")
     qtbot.waitUntil(lambda: not docks["Fine-tune"].visibleRegion().isEmpty(), timeout=3000)
     assert dock.visibleRegion().isEmpty()
+
+
+def test_layers_added_unselected_leaves_the_selection_alone(make_napari_viewer):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((8, 8)), name="image")
+    assert viewer.layers.selection.active is image
+    with layers_added_unselected(viewer):
+        masks = viewer.add_labels(np.zeros((8, 8), np.int32), name="masks")
+    assert viewer.layers.selection.active is image, (
+        "napari selected a layer added inside layers_added_unselected: "
+        "SelectableEventedList._activate_on_insert no longer does what it did"
+    )
+    assert masks not in viewer.layers.selection
+    later = viewer.add_labels(np.zeros((8, 8), np.int32), name="later")
+    assert viewer.layers.selection.active is later  # napari's own behaviour is back after the block
 
 
 def test_no_napari_internals_outside_the_compat_module():

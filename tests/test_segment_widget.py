@@ -85,6 +85,8 @@ def test_current_slice_writes_only_that_slice(widget, qtbot, c2c12_stack):
     assert masks.data[[0, 1, 3]].max() == 0  # only slice 2 was segmented
     assert w._status.value.startswith("Done")
     assert w.last_run_seconds > 0
+    # made apart from the layer, in later turns of the event loop: shown, and ready for the brush
+    qtbot.waitUntil(lambda: masks.visible and viewer.layers.selection.active is masks, timeout=3000)
 
 
 def test_multiscale_image_is_segmented_at_full_resolution(widget, qtbot, c2c12_stack, notifications):

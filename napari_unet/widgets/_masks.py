@@ -8,6 +8,7 @@ import numpy as np
 from qtpy.QtCore import QTimer
 
 from ._corrections import CorrectedSlices, format_plane
+from ._napari_compat import layers_added_unselected
 
 if TYPE_CHECKING:
     import napari
@@ -45,19 +46,29 @@ def masks_layer_for(viewer: Any, image: Any) -> "napari.layers.Labels":
             )
     else:
         n = len(shape)
-        # shown from the next turn of the event loop: napari then draws it (compiling its
-        # shaders) apart from creating it, two shorter pauses of the window instead of one
-        layer = viewer.add_labels(
-            np.zeros(shape, dtype=np.int32),
-            name=name,
-            scale=image.scale[:n],
-            translate=image.translate[:n],
-            visible=False,
-            **_axes_of(image, n),
-        )
-        QTimer.singleShot(50, lambda: setattr(layer, "visible", True))
+        # napari creates the layer, lays out its controls and draws it (compiling shaders) in
+        # three later turns of the event loop, not all in this one: three shorter pauses of
+        # the window instead of one long one (bench_gui.py)
+        with layers_added_unselected(viewer):
+            layer = viewer.add_labels(
+                np.zeros(shape, dtype=np.int32),
+                name=name,
+                scale=image.scale[:n],
+                translate=image.translate[:n],
+                visible=False,
+                **_axes_of(image, n),
+            )
+        QTimer.singleShot(30, lambda: _select(viewer, layer))
+        QTimer.singleShot(80, lambda: setattr(layer, "visible", True))
     CorrectedSlices.for_layer(layer)  # from now on, brush/fill/erase edits mark slices corrected
     return layer
+
+
+def _select(viewer: Any, layer: Any) -> None:
+    """Make the new masks layer the selected one (ready for the brush), as napari does with every
+    new layer, unless it was removed meanwhile."""
+    if layer in viewer.layers:
+        viewer.layers.selection.active = layer
 
 
 def _axes_of(image: Any, n: int) -> dict[str, Any]:
