@@ -195,13 +195,11 @@ def test_an_edited_slice_unmarked_as_corrected_keeps_its_edits_on_rethreshold(wi
     assert any("Left 1 slice you edited as they are (slice 2)" in m for m in notifications)
 
 
-def test_rethreshold_says_which_slices_it_cannot_reach(widget, qtbot, c2c12_stack, notifications, monkeypatch):
+def test_rethreshold_says_which_slices_it_cannot_reach(widget, qtbot, c2c12_stack, notifications):
     """Probabilities are kept up to a memory cap: slices segmented before the cap keep their masks
     when the threshold moves, and a notification says so."""
-    import napari_unet.widgets.segment as segment_module
-
-    monkeypatch.setattr(segment_module, "PROBABILITY_CACHE_BYTES", 1)  # only the last plane is kept
     viewer, w = widget
+    w._kept.cap_bytes = 1  # only the last plane is kept
     image = viewer.add_image(c2c12_stack, name="c2c12")
     _segment(w, qtbot, image, SCOPE_STACK)
     w._min_size.value = 10_000
@@ -492,8 +490,9 @@ def test_kept_results_follow_a_rename_after_the_run_and_go_with_a_removed_layer(
     w._min_size.value = 10_000
     _wait(qtbot, w)
     assert masks.data.max() == 0
-    assert w.kept_result("mine", (0,)) is not None
+    assert w.kept_result(masks, (0,)) is not None
     viewer.layers.remove(masks)  # removed, then segmented again: nothing of the old layer comes back
+    assert w.kept_result(masks, (0,)) is None
     w._min_size.value = 0
     w._scope.value = SCOPE_SLICE
     w._run_button.clicked.emit()
@@ -501,4 +500,5 @@ def test_kept_results_follow_a_rename_after_the_run_and_go_with_a_removed_layer(
     w._min_size.value = 5
     _wait(qtbot, w)
     assert not [m for m in notifications if "you edited" in m]
-    assert w.kept_result("mine", (1,)) is None
+    new = viewer.layers[masks_layer_name("c2c12")]
+    assert sum(w.kept_result(new, (i,)) is not None for i in range(4)) == 1  # the slice just segmented

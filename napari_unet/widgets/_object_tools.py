@@ -98,7 +98,7 @@ def object_probabilities(viewer: Any, layer: "napari.layers.Labels", plane: Plan
     array, when its last run covered the box ``box`` of that plane; None otherwise."""
     segment = get_widget(viewer, "segment")
     kept = getattr(segment, "kept_result", None)
-    result = kept(layer.name, plane) if kept is not None else None
+    result = kept(layer, plane) if kept is not None else None
     if result is None or result.probabilities.shape[0] < 2:
         return None
     shape = plane_of(layer, plane).shape

@@ -193,8 +193,7 @@ def plan_3d_run(widget: Any, image: Any, masks: Any, diameter: float | None) -> 
     current = current_plane_index(widget._viewer, image)
     volumes = volume_indices(tuple(image.data.shape[:n_lead]), z_axis, current,
                              widget._scope.value == SCOPE_STACK, widget._channel_axis.value)
-    widget._forget(masks.name)  # planes' kept results no longer describe these masks
-    widget._three_d_layers.add(masks.name)  # its masks are 3D objects: not re-thresholded plane by plane
+    widget._kept.made_3d(masks)  # 3D objects: not re-thresholded plane by plane from kept results
     threshold, min_size = widget._postprocessing_given()
     generator = segment_volumes(
         widget._model_combo.value, full_resolution(image), volumes, spacing=voxel_size(image, z_axis),

@@ -14,7 +14,6 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Generator, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +49,7 @@ from ._base import (
 )
 from ._corrections import format_plane
 from ._diameter import DiameterControls
+from ._kept import KeptResults
 from ._masks import (
     corrected_planes,
     masks_layer_for,
@@ -89,17 +89,13 @@ class SegmentWidget(Container):
         self._worker = None
         self._model_cache: dict = {}
         self._extra_models: dict[str, str] = {}
-        self._probabilities: OrderedDict[tuple[str, tuple[int, ...]], PlaneResult] = OrderedDict()
-        self._last_layer_name: str | None = None
+        self._kept = KeptResults(PROBABILITY_CACHE_BYTES)  # probabilities etc. of each masks layer's planes
         self._run_started = 0.0
         self._cancelled = False
         self._failed = False
         self._run_layers: tuple[Any, ...] = ()  # the image and masks layers of the running job
         self._abandoned = ""  # why the running job was given up ("" while it is not)
         self._rethreshold_pending = False  # Threshold / Min. size moved during a run: apply them after it
-        self._written: dict[tuple[str, tuple[int, ...]], int] = {}  # checksum of each kept plane as written
-        self._dropped: set[tuple[str, tuple[int, ...]]] = set()  # planes whose probabilities were not kept
-        self._three_d_layers: set[str] = set()  # masks layers whose last run made 3D objects
         self._last_masks: Any = None  # the masks layer last segmented into (the object behind any proxy)
         self._empty_planes: list[EmptyPlane] = []  # planes of this run where nothing was found
         self.last_run_seconds: float | None = None
@@ -224,7 +220,7 @@ class SegmentWidget(Container):
 
     def _on_model_changed(self, *_args) -> None:
         """A new model: forget the old model's probabilities, take its threshold and min. size."""
-        self._probabilities.clear()
+        self._kept.clear_probabilities()
         self._apply_model_postprocessing(force=True)
 
     def _on_image_kind(self, *_args) -> None:
@@ -355,7 +351,7 @@ class SegmentWidget(Container):
             if self._three_d.active:  # whole volumes: the field of view does not apply
                 generator, message = plan_3d_run(self, image, masks, diameter)
                 if generator is not None:
-                    self._last_layer_name, self._run_layers = masks.name, (image, masks)
+                    self._run_layers = (image, masks)
                     self._last_masks = unwrap_proxy(masks)
                     self._start(generator, message)
                 return
@@ -384,7 +380,6 @@ class SegmentWidget(Container):
             what = f"{format_plane(skipped[0])} is" if len(skipped) == 1 else "every chosen slice is"
             self._status.value = f"Nothing to segment: {what} one you corrected."
             return
-        self._last_layer_name = masks.name
         self._run_layers = (image, masks)
         self._last_masks = unwrap_proxy(masks)
         threshold, min_size = self._run_given = self._postprocessing_given()
@@ -490,52 +485,27 @@ class SegmentWidget(Container):
         if masks is None:
             return  # the user removed the masks layer meanwhile (the run is being abandoned)
         write_plane(masks, result)
-        self._three_d_layers.discard(masks.name)
-        self._remember(masks.name, result)
-        self._written[(masks.name, result.index)] = _checksum(masks, result)
+        self._kept.keep(masks, result, _checksum(masks, result))
 
     def _running_masks(self) -> Any:
-        """The masks layer of the running job, followed if the user renamed it meanwhile (its
-        kept probabilities follow too); None once it was removed."""
+        """The masks layer of the running job (whatever its name now); None once it was removed."""
         if len(self._run_layers) < 2:
             return None
         self._last_masks = unwrap_proxy(self._run_layers[1])
         return self._follow_last_masks()
 
     def _follow_last_masks(self) -> Any:
-        """The masks layer last segmented into (found by identity: the user may have renamed it; the
-        kept results then follow its new name), or None when it was removed."""
+        """The masks layer last segmented into, found by identity (the user may have renamed it),
+        or None when it was removed."""
         target = self._last_masks
         if target is None:
             return None
-        masks = next((layer for layer in self._viewer.layers if unwrap_proxy(layer) is target), None)
-        if masks is not None and masks.name != self._last_layer_name:
-            old = self._last_layer_name
-            self._forget(masks.name)  # (results kept under the new name belonged to a removed layer)
-            self._probabilities = OrderedDict(
-                ((masks.name if name == old else name, index), result)
-                for (name, index), result in self._probabilities.items())
-            self._written = {(masks.name if name == old else name, index): value
-                             for (name, index), value in self._written.items()}
-            self._dropped = {(masks.name if name == old else name, index) for name, index in self._dropped}
-            if old in self._three_d_layers:
-                self._three_d_layers.discard(old)
-                self._three_d_layers.add(masks.name)
-            self._last_layer_name = masks.name
-        return masks
+        return next((layer for layer in self._viewer.layers if unwrap_proxy(layer) is target), None)
 
-    def _forget(self, layer_name: str) -> None:
-        """Drop what was kept for a masks layer of that name (removed, or its name taken)."""
-        self._probabilities = OrderedDict((k, r) for k, r in self._probabilities.items() if k[0] != layer_name)
-        self._written = {k: v for k, v in self._written.items() if k[0] != layer_name}
-        self._dropped = {k for k in self._dropped if k[0] != layer_name}
-        self._three_d_layers.discard(layer_name)
-
-    def kept_result(self, layer_name: str, index: tuple[int, ...]) -> PlaneResult | None:
-        """The last result (with its probabilities) written to plane ``index`` of ``layer_name``."""
-        if self._worker is None:
-            self._follow_last_masks()
-        return self._probabilities.get((layer_name, tuple(index)))
+    def kept_result(self, layer: Any, index: tuple[int, ...]) -> PlaneResult | None:
+        """The last result (with its probabilities) written to plane ``index`` of the masks layer
+        ``layer`` (None when it was not kept)."""
+        return self._kept.result(layer, index)
 
     def diameter_from_selected_label(self, *_args) -> None:
         """Take the object diameter from the masks layer's selected label (see DiameterControls)."""
@@ -543,18 +513,6 @@ class SegmentWidget(Container):
         name = masks_layer_name(image.name) if image is not None else None
         masks = self._viewer.layers[name] if name is not None and name in self._viewer.layers else None
         self._sizing.from_selected_label(self._viewer, masks)
-
-    def _remember(self, layer_name: str, result: PlaneResult) -> None:
-        key = (layer_name, result.index)
-        self._probabilities.pop(key, None)
-        self._probabilities[key] = result
-        total = sum(r.probabilities.nbytes for r in self._probabilities.values())
-        while total > PROBABILITY_CACHE_BYTES and len(self._probabilities) > 1:
-            dropped, old = self._probabilities.popitem(last=False)
-            self._written.pop(dropped, None)
-            self._dropped.add(dropped)
-            total -= old.probabilities.nbytes
-        self._dropped.discard(key)
 
     def _on_error(self, exc: BaseException) -> None:
         self._failed = True
@@ -565,10 +523,11 @@ class SegmentWidget(Container):
         self._status.value = f"Failed: {one_line(exc)}"
 
     def _on_layer_removed(self, event: Any = None) -> None:
-        """The image or the masks layer of the running job was removed: give the job up."""
+        """A layer was removed: what was kept for it goes; when it is the image or the masks layer
+        of the running job, the job is given up."""
         removed = unwrap_proxy(getattr(event, "value", None))
-        if removed is not None and not any(removed is unwrap_proxy(layer) for layer in self._run_layers):
-            self._forget(removed.name)  # its kept results must not come back in a new layer of that name
+        if removed is not None:
+            self._kept.forget(removed)
             if removed is self._last_masks:
                 self._last_masks = None
         running = [unwrap_proxy(layer) for layer in self._run_layers]
@@ -596,8 +555,9 @@ class SegmentWidget(Container):
             report_empty_planes(self._empty_planes)
         self._run_layers = ()
         self.last_run_seconds = took
-        if self._last_layer_name in self._viewer.layers:  # the brush must not reuse a model's id
-            select_next_free_label(self._viewer.layers[self._last_layer_name])
+        masks = self._follow_last_masks()
+        if masks is not None:  # the brush must not reuse a model's id
+            select_next_free_label(masks)
         self._progress.visible = False
         self._run_button.enabled = True
         self._cancel_button.enabled = False
@@ -618,23 +578,20 @@ class SegmentWidget(Container):
         masks = self._follow_last_masks()
         if masks is None:
             return  # nothing segmented yet, or its masks layer was removed
-        name = masks.name
-        if name in self._three_d_layers:
+        if self._kept.is_3d(masks):
             self._status.value = ("Threshold and Min. size apply from the next run: 3D objects are not "
                                   "re-thresholded from kept probabilities.")
             return
-        if not self._probabilities:
-            return
         protected = set() if self._overwrite.value else corrected_planes(masks)
-        cached = [r for (layer_name, idx), r in self._probabilities.items() if layer_name == name and idx not in protected]
+        cached = [r for r in self._kept.results(masks) if r.index not in protected]
         # a plane edited since it was segmented (then unmarked as corrected) keeps the user's edits
-        edited = [r for r in cached if self._written.get((name, r.index)) != _checksum(masks, r)]
+        edited = [r for r in cached if self._kept.written(masks, r.index) != _checksum(masks, r)]
         if edited and not self._overwrite.value:
             cached = [r for r in cached if all(r is not e for e in edited)]
             notify_info(f"Left {_plural(len(edited), 'slice')} you edited as they are "
                         f"({', '.join(format_plane(r.index) for r in edited[:5])}); tick 'Overwrite "
                         "slices I corrected' to apply the new values there too.")
-        dropped = sorted(index for layer_name, index in self._dropped if layer_name == name)
+        dropped = self._kept.dropped(masks)
         if dropped:
             notify_info(f"The new values apply to the {len(cached)} slices segmented last; "
                         f"{_plural(len(dropped), 'slice')} segmented before ({', '.join(format_plane(p) for p in dropped[:5])}"

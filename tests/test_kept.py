@@ -1,0 +1,45 @@
+"""What the Segment widget keeps per masks layer (widgets/_kept.py), with real Labels layers."""
+
+from __future__ import annotations
+
+import numpy as np
+from napari.layers import Labels
+
+from napari_unet.core.predict import PlaneResult
+from napari_unet.widgets._kept import KeptResults
+
+WHOLE = (slice(0, 8), slice(0, 8))
+
+
+def _result(index: tuple[int, ...]) -> PlaneResult:
+    probabilities = np.zeros((3, 8, 8), np.float32)  # 768 bytes
+    return PlaneResult(index, WHOLE, np.zeros((8, 8), np.int32), probabilities, WHOLE, "classes")
+
+
+def test_records_follow_the_layer_object_not_its_name():
+    kept = KeptResults(cap_bytes=10**6)
+    a, b = Labels(np.zeros((3, 8, 8), np.int32), name="x masks"), Labels(np.zeros((3, 8, 8), np.int32), name="x masks")
+    kept.keep(a, _result((0,)), checksum=7)
+    a.name = "renamed"
+    assert kept.result(a, (0,)) is not None and kept.written(a, (0,)) == 7
+    assert kept.result(b, (0,)) is None  # same name, another layer
+    kept.made_3d(b)
+    assert kept.is_3d(b) and not kept.is_3d(a)
+    kept.keep(b, _result((1,)), checksum=1)  # a plane run later: no longer 3D objects
+    assert not kept.is_3d(b)
+    kept.forget(a)
+    assert kept.result(a, (0,)) is None and kept.results(a) == [] and kept.results(b)[0].index == (1,)
+
+
+def test_the_memory_cap_drops_the_oldest_planes_of_any_layer_and_says_which():
+    kept = KeptResults(cap_bytes=2 * 768)
+    a, b = Labels(np.zeros((3, 8, 8), np.int32)), Labels(np.zeros((3, 8, 8), np.int32))
+    kept.keep(a, _result((0,)), 1)
+    kept.keep(b, _result((0,)), 2)
+    kept.keep(a, _result((1,)), 3)  # over the cap: a's plane 0, kept first, goes
+    assert [r.index for r in kept.results(a)] == [(1,)] and kept.dropped(a) == [(0,)]
+    assert kept.written(a, (0,)) is None and kept.result(b, (0,)) is not None
+    kept.keep(a, _result((0,)), 4)  # segmented again: kept, no longer dropped; b's plane goes
+    assert kept.dropped(a) == [] and kept.dropped(b) == [(0,)]
+    kept.clear_probabilities()
+    assert not kept and kept.results(a) == [] and kept.dropped(b) == []
