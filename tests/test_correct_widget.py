@@ -105,6 +105,7 @@ def test_merge_split_by_line_and_by_seeds(correcting, c2c12_masks):
     assert parts[0].sum() + parts[1].sum() == (frame == 3).sum()
     left, right = sorted(parts, key=lambda p: np.argwhere(p)[:, 1].mean())
     assert np.argwhere(left)[:, 1].max() <= col + 1 and np.argwhere(right)[:, 1].min() >= col - 1
+    assert layer.selected_label not in np.unique(layer.data)  # the brush paints a new cell, not the new piece
 
     # split by two seeds: two clicks in object 6, at its two ends
     rows, cols = pixels(frame, 6).T

@@ -321,6 +321,8 @@ class ObjectTools:
     # ---------------------------------------------------------------- plumbing
     def _apply(self, plane: Plane, edit: core_edit.LabelEdit) -> str:
         apply_edit(self.layer, plane, edit)
+        if edit.new_labels and self.layer.selected_label in edit.new_labels:
+            select_next_free_label(self.layer)  # the brush must not paint a new cell with a split piece's id
         where = f" in {format_plane(plane)}" if plane else ""
         return f"{edit.message[:1].upper()}{edit.message[1:]}{where}."
 
