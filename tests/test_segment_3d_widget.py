@@ -90,3 +90,30 @@ def test_3d_without_voxel_size_says_isotropic_and_bad_inputs_are_notifications(w
     w.reset_choices()
     w._image_combo.value = plane
     assert not w._three_d.available and not w._three_d.active  # no Z axis: no 3D option
+
+
+def test_the_z_axis_chosen_stays_and_time_is_never_z(widget, qtbot, nuclei3d):
+    viewer, w = widget
+    stack = np.stack([nuclei3d[8:14, :32, :32]] * 2, axis=1)  # (6, 2, 32, 32): no axis labels
+    image = viewer.add_image(stack, name="zt")
+    w.reset_choices()
+    w._image_combo.value = image
+    w._three_d.enabled.value = True
+    assert w._three_d.z_axis.value == 1  # nothing names Z: the last stack axis is proposed
+    w._three_d.z_axis.value = 0  # the user says axis 0 is depth
+    viewer.add_points(name="other")  # any layer added refreshes the choices: the user's stays
+    assert w._three_d.z_axis.value == 0
+    w._run_button.clicked.emit()  # the masks layer made at the start must not reset it either
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+    assert w._three_d.z_axis.value == 0
+    written = np.asarray(viewer.layers[masks_layer_name("zt")].data).reshape(6, 2, -1).any(-1)
+    t = viewer.dims.current_step[1]
+    assert written[:, t].sum() >= 3 and not written[:, 1 - t].any()  # one volume along axis 0
+
+    lapse = viewer.add_image(stack[:, 0], name="lapse", axis_labels=("t", "y", "x"))
+    w.reset_choices()
+    w._image_combo.value = lapse
+    assert not w._three_d.available and not w._three_d.active  # time is no depth: no 3D option
+    tzyx = viewer.add_image(stack.transpose(1, 0, 2, 3), name="tzyx", axis_labels=("t", "z", "y", "x"))
+    w._image_combo.value = tzyx
+    assert [value for _label, value in w._three_d._choices()] == [1] and w._three_d.z_axis.value == 1

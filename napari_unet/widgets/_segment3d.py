@@ -21,14 +21,34 @@ from ._base import full_resolution, lead_ndim
 __all__ = ["ThreeDControls", "VolumeResult", "segment_volumes", "write_volume"]
 
 
+#: Stack axes named so are never depth: time points and channels stay apart.
+NOT_DEPTH_LABELS = frozenset({"t", "time", "c", "ch", "channel", "channels"})
+
+
+def _layer_axes(layer: Any) -> str | None:
+    """napari-unet's axis letters of the layer ("TZYX"), read from the file, when it has them."""
+    axes = ((getattr(layer, "metadata", None) or {}).get("napari_unet") or {}).get("layer_axes")
+    return axes if isinstance(axes, str) and len(axes) == layer.ndim else None
+
+
+def depth_candidates(layer: Any) -> list[int]:
+    """The stack axes that may be Z: all but those the layer names time or channel (its axis
+    labels, or its axis letters from the file)."""
+    labels = [str(a).lower() for a in (getattr(layer, "axis_labels", None) or ())]
+    letters = _layer_axes(layer)
+    return [i for i in range(lead_ndim(layer))
+            if not (i < len(labels) and labels[i] in NOT_DEPTH_LABELS)
+            and not (letters is not None and letters[i] in "TC")]
+
+
 def z_axis_of(layer: Any) -> int | None:
     """The index of the layer's Z axis among its stack axes, when its axis labels say (else None)."""
     n_lead = lead_ndim(layer)
     labels = [str(a).lower() for a in (getattr(layer, "axis_labels", None) or ())][:n_lead]
     if "z" in labels:
         return labels.index("z")
-    axes = ((getattr(layer, "metadata", None) or {}).get("napari_unet") or {}).get("layer_axes")
-    if isinstance(axes, str) and len(axes) == layer.ndim and "Z" in axes[:n_lead]:
+    axes = _layer_axes(layer)
+    if axes is not None and "Z" in axes[:n_lead]:
         return axes.index("Z")
     return None
 
@@ -45,7 +65,8 @@ class ThreeDControls:
         )
         self.z_axis = ComboBox(label="Z axis", choices=self._choices, visible=False,
                                tooltip="The stack axis that is depth (z).")
-        self.available = False  # the image shown has stack axes and is grey
+        self.available = False  # the image shown is grey and has a stack axis that may be depth
+        self._shown: Any = None  # the layer the choices were made for (the object behind any proxy)
         self.enabled.changed.connect(self._on_toggled)
 
     @property
@@ -56,26 +77,34 @@ class ThreeDControls:
         layer = self._image()
         if layer is None or getattr(layer, "rgb", False):
             return []
-        n_lead = lead_ndim(layer)
         labels = list(getattr(layer, "axis_labels", None) or [])
         return [(f"axis {i} ({labels[i] if i < len(labels) else '?'}, size {layer.data.shape[i]})", i)
-                for i in range(n_lead)]
+                for i in depth_candidates(layer)]
 
     def refresh(self) -> None:
-        """Offer the option only for grey images with stack axes; pick the Z axis the layer names."""
+        """Offer the option only for grey images with a stack axis that may be depth; for a new
+        image, pick the Z axis the layer names (else the last candidate). The user's choice stays
+        while the image stays (layers added, removed or renamed call this too)."""
+        from ._napari_compat import unwrap_proxy
+
         layer = self._image()
-        usable = layer is not None and not getattr(layer, "rgb", False) and layer.ndim > 2
+        chosen = self.z_axis.value
+        choices = [value for _label, value in self._choices()]
+        usable = layer is not None and not getattr(layer, "rgb", False) and layer.ndim > 2 and bool(choices)
         self.available = usable
         self.enabled.visible = usable
         if not usable:
             self.enabled.value = False
+        same_image = layer is not None and unwrap_proxy(layer) is self._shown
+        self._shown = unwrap_proxy(layer) if layer is not None else None
         self.z_axis.reset_choices()
         if usable:
             found = z_axis_of(layer)
-            choices = [value for _label, value in self._choices()]
-            value = found if found is not None else (choices[-1] if choices else None)
-            if value is not None:
-                self.z_axis.value = value
+            if same_image and chosen in choices:
+                value = chosen
+            else:
+                value = found if found in choices else choices[-1]
+            self.z_axis.value = value
         self.z_axis.visible = bool(self.enabled.value and usable)
 
     def _on_toggled(self, *_args: Any) -> None:
@@ -154,9 +183,12 @@ def segment_volumes(model_path: str, data: Any, volumes: list[tuple[Any, ...]], 
             gen.close()
 
 
-def write_volume(layer: Any, result: VolumeResult, z_axis: int, protected: set[tuple[int, ...]]) -> int:
+def write_volume(layer: Any, result: VolumeResult, protected: set[tuple[int, ...]]) -> int:
     """Write a volume's labels into the masks layer, leaving the planes the user corrected as they
-    are (new ids start above theirs). Returns how many corrected planes were kept."""
+    are (new ids start above theirs). Returns how many corrected planes were kept. The Z axis is
+    the one the run segmented along (``slice(None)`` in the result's index), whatever the Z axis
+    control says now."""
+    z_axis = next(i for i, value in enumerate(result.index) if isinstance(value, slice))
     labels = np.asarray(result.labels)
     planes = []
     for z in range(labels.shape[0]):
@@ -213,6 +245,6 @@ def write_volume_result(widget: Any, result: VolumeResult) -> None:
     if masks is None:
         return  # the user removed the masks layer meanwhile
     protected = set() if widget._overwrite.value else corrected_planes(masks)
-    if write_volume(masks, result, widget._three_d.z_axis.value, protected):
+    if write_volume(masks, result, protected):
         notify_warning("Slices you corrected were left as they are (the new objects around them got new ids); "
                        "tick 'Overwrite slices I corrected' to replace them.")
