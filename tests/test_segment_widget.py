@@ -502,3 +502,16 @@ def test_kept_results_follow_a_rename_after_the_run_and_go_with_a_removed_layer(
     assert not [m for m in notifications if "you edited" in m]
     new = viewer.layers[masks_layer_name("c2c12")]
     assert sum(w.kept_result(new, (i,)) is not None for i in range(4)) == 1  # the slice just segmented
+
+
+def test_an_8_bit_masks_layer_is_widened_before_the_model_writes(widget, qtbot, c2c12_stack, notifications):
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack, name="c2c12")
+    narrow = np.zeros(c2c12_stack.shape, np.uint8)  # as napari's "New labels layer" makes them
+    narrow[3, 10:20, 10:20] = 7
+    masks = viewer.add_labels(narrow, name=masks_layer_name("c2c12"))
+    viewer.dims.set_current_step(0, 0)
+    _segment(w, qtbot, image)
+    assert masks.data.dtype == np.int32 and masks.data[0].max() > 0  # ids past 255 cannot wrap
+    assert (masks.data[3, 10:20, 10:20] == 7).all() and masks.data[3].sum() == 7 * 100
+    assert any("made 32-bit" in m for m in notifications)

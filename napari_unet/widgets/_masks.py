@@ -44,6 +44,7 @@ def masks_layer_for(viewer: Any, image: Any) -> "napari.layers.Labels":
                 f"A layer named {name!r} exists but is not a Labels layer of shape {tuple(shape)}; "
                 "rename or remove it."
             )
+        _widen(layer)
     else:
         n = len(shape)
         # napari creates the layer, lays out its controls and draws it (compiling shaders) in
@@ -62,6 +63,22 @@ def masks_layer_for(viewer: Any, image: Any) -> "napari.layers.Labels":
         QTimer.singleShot(80, lambda: setattr(layer, "visible", True))
     CorrectedSlices.for_layer(layer)  # from now on, brush/fill/erase edits mark slices corrected
     return layer
+
+
+def _widen(layer: Any) -> None:
+    """Give an existing masks layer of 8- or 16-bit labels (napari's "New labels layer" makes
+    8-bit ones) 32-bit ones, values kept: a model's ids go past 255 and would wrap around there
+    (objects merged into others or into the background)."""
+    from ._base import notify_info
+
+    dtype = np.dtype(layer.data.dtype)
+    if dtype.kind in "iu" and np.iinfo(dtype).max >= np.iinfo(np.int32).max:
+        return
+    if not isinstance(layer.data, np.ndarray) or dtype.kind not in "iub":
+        raise ValueError(f"The layer {layer.name!r} holds {dtype} labels that cannot take the model's ids; "
+                         "rename or remove it.")
+    layer.data = layer.data.astype(np.int32)
+    notify_info(f"{layer.name!r} held {dtype} labels: made 32-bit (values kept), so that the model's ids fit.")
 
 
 def _select(viewer: Any, layer: Any) -> None:
