@@ -17,6 +17,7 @@ from napari_unet.widgets._napari_compat import (
     edited_regions,
     layers_added_unselected,
     raise_plugin_dock,
+    reset_labels_history,
     unwrap_proxy,
     viewer_camera,
     watch_labels_replay,
@@ -184,6 +185,15 @@ def test_layers_added_unselected_leaves_the_selection_alone(make_napari_viewer):
     assert masks not in viewer.layers.selection
     later = viewer.add_labels(np.zeros((8, 8), np.int32), name="later")
     assert viewer.layers.selection.active is later  # napari's own behaviour is back after the block
+
+
+def test_reset_labels_history_leaves_nothing_to_undo(labels):
+    _viewer, layer = labels
+    layer.paint((1, 12, 12), 5)
+    layer.data[1] = 9  # rewritten in place, as a segmentation is
+    reset_labels_history(layer)
+    layer.undo()
+    assert (layer.data[1] == 9).all(), "Labels._reset_history no longer forgets the undo history"
 
 
 def test_no_napari_internals_outside_the_compat_module():

@@ -515,3 +515,22 @@ def test_an_8_bit_masks_layer_is_widened_before_the_model_writes(widget, qtbot, 
     assert masks.data.dtype == np.int32 and masks.data[0].max() > 0  # ids past 255 cannot wrap
     assert (masks.data[3, 10:20, 10:20] == 7).all() and masks.data[3].sum() == 7 * 100
     assert any("made 32-bit" in m for m in notifications)
+
+
+def test_undo_after_segmenting_again_does_not_replay_old_edits(widget, qtbot, c2c12_stack):
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack, name="c2c12")
+    viewer.dims.set_current_step(0, 0)
+    _segment(w, qtbot, image)
+    masks = viewer.layers[masks_layer_name("c2c12")]
+    masks.brush_size = 6
+    before_edit = np.asarray(masks.data[0, 42:55, 42:55]).copy()
+    masks.paint((0, 48, 48), 999)  # an edit on the first masks
+    w._overwrite.value = True
+    w._threshold.value, w._min_size.value = 0.95, 0
+    w._run_button.clicked.emit()  # the slice segmented again over it, with other masks
+    _wait(qtbot, w)
+    again = np.asarray(masks.data).copy()
+    assert not (again == 999).any() and not np.array_equal(again[0, 42:55, 42:55], before_edit)
+    masks.undo()  # Ctrl+Z: the old edit must not come back into the new masks
+    np.testing.assert_array_equal(masks.data, again)

@@ -8,7 +8,7 @@ import numpy as np
 from qtpy.QtCore import QTimer
 
 from ._corrections import CorrectedSlices, format_plane
-from ._napari_compat import layers_added_unselected
+from ._napari_compat import layers_added_unselected, reset_labels_history
 
 if TYPE_CHECKING:
     import napari
@@ -156,6 +156,7 @@ def write_plane(layer: Any, result: Any) -> None:
         offset = int(outside.max())
         labels = np.where(labels > 0, labels + offset, 0).astype(plane.dtype)
     plane[rows, cols] = labels
+    reset_labels_history(layer)  # undoing must not replay edits made on the masks this replaced
     layer.refresh()
 
 

@@ -196,3 +196,20 @@ def layers_added_unselected(viewer: "napari.Viewer") -> Iterator[None]:
     finally:
         if known:
             layers._activate_on_insert = before
+
+
+def reset_labels_history(layer: Any) -> None:
+    """Forget the undo/redo history of a Labels layer whose data napari-unet rewrote in place.
+
+    napari itself forgets it when a layer's data is replaced (``layer.data = ...``); writing a
+    segmentation into the existing array does not, and Ctrl+Z would then replay the user's old
+    edits into the new masks (stale ids among the new objects).
+
+    Checked against: napari 0.9.2 (``Labels._reset_history``, which the ``data`` setter calls).
+    Degrades to: the history kept, as before.
+    """
+    reset = getattr(unwrap_proxy(layer), "_reset_history", None)
+    if callable(reset):
+        reset()
+    else:
+        log.debug("napari's Labels has no _reset_history: undo history kept after a segmentation")

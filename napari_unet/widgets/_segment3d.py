@@ -17,6 +17,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox
 
 from ._base import full_resolution, lead_ndim
+from ._napari_compat import reset_labels_history
 
 __all__ = ["ThreeDControls", "VolumeResult", "segment_volumes", "write_volume"]
 
@@ -201,6 +202,7 @@ def write_volume(layer: Any, result: VolumeResult, protected: set[tuple[int, ...
     for k, plane in enumerate(planes):
         if k not in kept:
             layer.data[plane] = labels[k]
+    reset_labels_history(layer)  # undoing must not replay edits made on the masks this replaced
     layer.refresh()
     return len(kept)
 
