@@ -8,7 +8,7 @@ import pytest
 import tifffile
 
 from napari_unet.widgets._corrections import CORRECTED_KEY, CorrectedSlices
-from napari_unet.widgets.segment import SegmentWidget, masks_layer_name
+from napari_unet.widgets.segment import SCOPE_STACK, SegmentWidget, masks_layer_name
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +76,12 @@ def test_3d_objects_fill_the_masks_layer_and_corrections_are_kept_and_learnt(wid
 def test_3d_without_voxel_size_says_isotropic_and_bad_inputs_are_notifications(widget, qtbot, nuclei3d,
                                                                                 notifications):
     viewer, w = widget
-    image = viewer.add_image(nuclei3d[10:22], name="plain")
+    image = viewer.add_image(np.stack([nuclei3d[10:22, :24, :24]] * 3), name="plain")  # (t, z, y, x)
+    w.reset_choices()
+    w._image_combo.value = image
+    w._scope.value = SCOPE_STACK
     _run(w, qtbot, image)
-    assert any("isotropic" in m for m in notifications)
+    assert len([m for m in notifications if "isotropic" in m]) == 1  # said once, not once a volume
     assert viewer.layers[masks_layer_name("plain")].data.max() > 0
 
     flat = viewer.add_image(nuclei3d[:1], name="one plane")

@@ -98,6 +98,7 @@ class SegmentWidget(Container):
         self._rethreshold_pending = False  # Threshold / Min. size moved during a run: apply them after it
         self._last_masks: Any = None  # the masks layer last segmented into (the object behind any proxy)
         self._empty_planes: list[EmptyPlane] = []  # planes of this run where nothing was found
+        self._notes_said: set[str] = set()  # the notes of this run already shown
         self.last_run_seconds: float | None = None
 
         self._image_combo = ComboBox(label="Image", choices=self._image_choices, nullable=False)
@@ -445,6 +446,7 @@ class SegmentWidget(Container):
         self._failed = False
         self._abandoned = ""
         self._empty_planes = []
+        self._notes_said = set()
         self._status.value = message + "…"
         self._progress.value = 0
         self._progress.visible = True
@@ -477,7 +479,8 @@ class SegmentWidget(Container):
             self._empty_planes.append(item)
         elif isinstance(item, VolumeResult) and not self._abandoned:
             write_volume_result(self, item)
-        elif hasattr(item, "message"):  # a note of the 3D path (an assumed voxel size, ...)
+        elif hasattr(item, "message") and item.message not in self._notes_said:
+            self._notes_said.add(item.message)  # a note of the 3D path (an assumed voxel size, ...), once a run
             notify_info(item.message)
 
     def _write_plane(self, result: PlaneResult) -> None:
