@@ -155,3 +155,43 @@ def test_a_saved_masks_file_loads_as_labels_with_its_corrected_slices(qtbot, wid
     assert layer.__class__.__name__ == "Labels"
     np.testing.assert_array_equal(layer.data, labels)
     assert CorrectedSlices.for_layer(layer).planes == [(1,)]
+
+
+def test_a_folder_leaves_masks_files_out_and_a_changed_folder_is_looked_at_again(qtbot, widget, tmp_path,
+                                                                                 notifications):
+    from PIL import Image
+
+    viewer, w = widget
+    folder = _planes_folder(tmp_path, 3)
+    for i in range(3):  # what `napari-unet predict FOLDER --out FOLDER` writes beside the planes
+        tifffile.imwrite(folder / f"p{i}_masks.tif", np.full((8, 9), 1, np.uint16))
+    w._source.value = "folder"
+    w._path.value = folder
+    assert "Z3" in w._info.value and "left out 3 masks file(s)" in w._info.value
+    Image.fromarray(np.full((8, 9), 3, np.uint8)).save(folder / "p3.png")  # a plane added meanwhile
+    w._load_button.clicked.emit()
+    assert not viewer.layers and any("changed since you chose it" in m for m in notifications)
+    assert "Z4" in w._info.value
+    _load(qtbot, w)
+    np.testing.assert_array_equal(viewer.layers[0].data[:, 0, 0], [0, 1, 2, 3])  # the planes alone
+
+
+def test_a_plane_that_cannot_be_read_is_one_message(qtbot, widget, tmp_path, notifications):
+    import sys
+
+    viewer, w = widget
+    folder = _planes_folder(tmp_path, 4)
+    raw = (folder / "p2.png").read_bytes()
+    w._source.value = "folder"
+    w._path.value = folder
+    (folder / "p2.png").write_bytes(raw[:50])  # its header reads, its pixels do not
+    raised = []
+    hook, sys.excepthook = sys.excepthook, lambda *args: raised.append(args)
+    try:
+        w._load_button.clicked.emit()
+        qtbot.waitUntil(lambda: w._worker is None, timeout=20_000)
+        qtbot.wait(50)
+    finally:
+        sys.excepthook = hook
+    assert not raised and not viewer.layers
+    assert any("cannot read 'p2.png'" in m for m in notifications)

@@ -85,6 +85,7 @@ class StackInfo:
     channel_names: list[str] | None = None
     n_levels: int = 1
     axes_from_file: bool = True
+    left_out: tuple[str, ...] = ()  # files of a folder that are not planes of the stack (masks)
 
     @property
     def nbytes(self) -> int:
@@ -117,6 +118,9 @@ class StackInfo:
         parts.append(_human_bytes(self.nbytes))
         if self.channel_names:
             parts.append("channels " + ", ".join(self.channel_names))
+        if self.left_out:
+            shown = ", ".join(self.left_out[:3]) + (" …" if len(self.left_out) > 3 else "")
+            parts.append(f"left out {len(self.left_out)} masks file(s): {shown}")
         return "; ".join(parts)
 
 
@@ -597,8 +601,38 @@ def _open_image(p: Path) -> _Opened:
     return _Opened(info, load, lazy)
 
 
+def masks_files_among(files: list[Path]) -> list[Path]:
+    """The files of a folder's listing that hold masks of another image rather than an image: a
+    file with a napari-unet list of corrected slices beside it, or one named like the labels of
+    another file there ("p0_masks.tif" beside "p0.png", the names the CLI writes)."""
+    from ._corrected import sidecar_path
+    from ._training_files import LABEL_NAME_SUFFIXES
+
+    stems = {_stem(f).lower() for f in files}
+    out = []
+    for f in files:
+        stem = _stem(f).lower()
+        named = any(stem.endswith(end) and stem[: -len(end)] in stems for end in LABEL_NAME_SUFFIXES if end)
+        if named or sidecar_path(f).is_file():
+            out.append(f)
+    return out
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for end in sorted(PLANE_IMAGE_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(end):
+            return name[: -len(end)]
+    return path.stem
+
+
 def _open_folder(p: Path) -> _Opened:
     files = list_plane_files(p)
+    masks = masks_files_among(files)
+    if masks and len(masks) < len(files):
+        log.warning("Folder '%s': %d masks file(s) left out of the stack (%s).", p.name, len(masks),
+                    ", ".join(f.name for f in masks[:3]) + (" …" if len(masks) > 3 else ""))
+        files = [f for f in files if f not in masks]
     empty = [f.name for f in files if f.stat().st_size == 0]
     if empty:
         raise StackReadError(f"cannot read folder '{p.name}': file '{empty[0]}' is empty (0 bytes)")
@@ -620,7 +654,7 @@ def _open_folder(p: Path) -> _Opened:
     axes = guess_axes(shape, rgb=rgb)
     info = StackInfo(
         path=str(p), name=stack_name(p), format="image-folder", shape=shape, dtype=np.dtype(dtype),
-        axes=axes, axes_from_file=False,
+        axes=axes, axes_from_file=False, left_out=tuple(f.name for f in masks if f not in files),
     )
 
     def load() -> np.ndarray:

@@ -157,11 +157,24 @@ class LoadWidget(Container):
             notify_error("Load stack", f"{path} no longer exists.")
             self._on_path_changed()
             return
+        try:  # the file or folder may have changed since it was chosen (a file saved into the folder)
+            now = inspect_stack(path)
+        except (StackReadError, AxesError) as e:
+            notify_error("Load stack", e)
+            self._on_path_changed()
+            return
+        if (now.shape, now.dtype, now.left_out) != (self._stack_info.shape, self._stack_info.dtype,
+                                                     self._stack_info.left_out):
+            self._on_path_changed()
+            notify_warning(f"Load stack: {path.name} changed since you chose it; check what it holds now "
+                           "and press Load again.")
+            return
         axes = self._axes.value.strip().upper() or None
         lazy = LOADING_CHOICES[self._loading.value]
         self._load_button.enabled = False
         self._status.value = f"Loading {path.name}..."
-        worker = create_worker(_read_layers, path, lazy=lazy, axes=axes, _start_thread=False)
+        # errors are shown by _on_error alone (without _ignore_errors superqt raises them again)
+        worker = create_worker(_read_layers, path, lazy=lazy, axes=axes, _start_thread=False, _ignore_errors=True)
         worker.returned.connect(self._on_loaded)
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
