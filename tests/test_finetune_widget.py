@@ -258,6 +258,43 @@ def test_after_training_on_the_only_corrected_slice_the_next_one_is_segmented(wi
     assert segment._status.value.startswith("Done")
 
 
+def test_the_image_learnt_from_is_segmented_again_not_the_one_segment_shows(widget, c2c12, qtbot, notifications):
+    viewer, w = widget
+    images, labels = c2c12
+    _a, a_masks = _add_pair(viewer, images, labels.copy(), name="a")
+    b, b_masks = _add_pair(viewer, images, labels.copy(), name="b")
+    a_masks.data[:] = 55  # what the user has on image a: never touched by a run on b
+    b_masks.data[1:] = 77
+    _dock, segment = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    segment._image_combo.value = viewer.layers["a"]  # Segment shows image a
+    w.corrected_panel._image_combo.value = b
+    viewer.dims.set_current_step(0, 0)
+    w.corrected_panel._mark_button.native.click()  # slice 0 of b is the example
+    w.run_panel._start_button.native.click()
+    _wait(qtbot, w)
+    qtbot.waitUntil(lambda: segment._worker is None, timeout=60_000)
+    assert (a_masks.data == 55).all()
+    assert not (b_masks.data[1] == 77).all() and segment._image_combo.value.name == "b"
+    assert not [m for m in notifications if m.startswith("Segment")]
+
+
+def test_after_training_on_files_alone_segment_only_chooses_the_model(widget, c2c12, qtbot, tmp_path, notifications):
+    viewer, w = widget
+    images, labels = c2c12
+    for i in range(2):
+        tifffile.imwrite(tmp_path / f"f{i}.tif", images[i])
+        tifffile.imwrite(tmp_path / f"f{i}_masks.tif", labels[i])
+    assert w.examples_panel.add_example_folders(tmp_path, tmp_path) == 2
+    name = w.settings_panel.model_name
+    w.run_panel._start_button.native.click()
+    _wait(qtbot, w)
+    segment = get_widget(viewer, "segment")
+    assert segment is not None and segment._worker is None
+    assert "new model is chosen" in segment._status.value
+    assert Path(segment._model_combo.value).resolve() == Path(_user_models()[name]).resolve()
+    assert not [m for m in notifications if "open an image first" in m]
+
+
 def test_a_name_that_exists_is_replaced_only_after_asking(widget, c2c12, qtbot, base_model, notifications):
     """Fine-tuning under the name of an existing model (here the base model itself) asks
     first: "Keep it" starts nothing and leaves the file alone, "Replace" trains and replaces it."""

@@ -63,6 +63,7 @@ class FinetuneWidget(Container):
         self._viewer = viewer
         #: The open "replace your model?" question (a QMessageBox), None when none is open.
         self.replace_question = None
+        self._trained_on: Any = None  # the image layer the last run learnt from (None: files alone)
         self.corrected_panel = CorrectedSlicesPanel(viewer)
         self.settings_panel = TrainingSettingsPanel()
         self.examples_panel = ExtraExamplesPanel(viewer)
@@ -139,7 +140,11 @@ class FinetuneWidget(Container):
             notify_error("Cannot start fine-tuning", exc)
             self.run_panel.set_status(f"Not started: {one_line(exc)}")
             return
+        # the image whose corrected slices this run learns from: segmented again when it ends
+        corrected_image = self.corrected_panel.corrected_image
+
         def launch() -> None:
+            self._trained_on = corrected_image
             self.run_panel.show_device(settings["device"])
             self.run_panel.launch(base_path, examples, target, name=name, settings=settings)
 
@@ -208,16 +213,17 @@ class FinetuneWidget(Container):
 
     # ------------------------------------------------------------------ re-segmentation
     def resegment_current_view(self, model_path: str | Path) -> None:
-        """Have the Segment widget of this viewer segment the current view with ``model_path``.
+        """Have the Segment widget of this viewer segment the image this run learnt from (its
+        current view, past the slices the user corrected) with ``model_path``.
 
-        The Segment widget is docked first when it is not there. It selects the model and
-        leaves the slices the user corrected alone.
+        The Segment widget is docked first when it is not there. When the run learnt from files
+        alone (or the image was removed meanwhile), Segment only selects the new model.
         """
         segment = get_widget(self._viewer, "segment") or self._dock_segment_widget()
         if segment is None:
             return
         try:
-            segment.segment_current_view(str(model_path))
+            segment.use_new_model(str(model_path), self._trained_on)
         except Exception as exc:  # never break the loop over the other widget
             notify_error("Segmenting again", exc)
 

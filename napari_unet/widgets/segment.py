@@ -397,6 +397,19 @@ class SegmentWidget(Container):
         )
         self._start(generator, f"Segmenting {len(planes)} slice(s)" if len(planes) > 1 else "Segmenting")
 
+    def use_new_model(self, model_path: str | Path, image: Any = None) -> None:
+        """A new (fine-tuned) model: select it and segment ``image`` with it (its current view,
+        see :meth:`segment_current_view`); with no image (or one no longer open), only select it."""
+        target = unwrap_proxy(image) if image is not None else None
+        self.reset_choices()
+        match = next((c for c in self._image_combo.choices if target is not None and unwrap_proxy(c) is target), None)
+        if match is None:
+            self.select_model(model_path)
+            self._status.value = "The new model is chosen: segment an image with it."
+            return
+        self._image_combo.value = match
+        self.segment_current_view(model_path)
+
     def segment_current_view(self, model_path: str | Path | None = None) -> None:
         """Segment the current slice (or field of view) again, e.g. with a new model.
 

@@ -62,6 +62,11 @@ class CorrectedSlicesPanel(Container):
         """The tracker of the chosen masks layer."""
         return self._tracker
 
+    @property
+    def corrected_image(self) -> Any:
+        """The chosen image when slices of its masks are corrected (the examples come from it), else None."""
+        return self._image_combo.value if self._tracker is not None and self._tracker.planes else None
+
     def _corrected_choices(self, _widget=None) -> list[tuple[str, Any]]:
         if self._tracker is None:
             return []
