@@ -234,10 +234,17 @@ def test_cli_takes_a_diameter_in_micrometres_through_the_files_pixel_size(tmp_pa
                  "--no-progress"]) == 0
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "um" / "cal_masks.tif"),
                                   tifffile.imread(tmp_path / "px" / "px_masks.tif"))  # 8 um = 16 px of 0.5 um
+    tifffile.imwrite(tmp_path / "one.tif", image, imagej=True, resolution=(1, 1), metadata={"unit": "um"})
+    assert main(["predict", str(tmp_path / "one.tif"), "--out", str(tmp_path / "one"), "--diameter", "16um",
+                 "--no-progress"]) == 0  # pixels of exactly 1 um are a pixel size too
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "one" / "one_masks.tif"),
+                                  tifffile.imread(tmp_path / "px" / "px_masks.tif"))
+    capsys.readouterr()
     tifffile.imwrite(tmp_path / "plain.tif", image)  # no pixel size: a physical diameter cannot be used
     assert main(["predict", str(tmp_path / "plain.tif"), "--out", str(tmp_path / "x"), "--diameter", "8um",
                  "--no-progress"]) == 2
-    assert "no pixel size" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no pixel size" in err and "plain.tif: plain.tif" not in err  # the file named once
 
 
 def test_widget_diameter_field(make_napari_viewer, qtbot, dsb_val_fluo, notifications):

@@ -220,16 +220,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _diameter(text: str, scale: dict[str, float], name: str) -> float | None:
-    """``--diameter`` in pixels of this input (None: auto), or a one-line error."""
+def _diameter(text: str, scale: dict[str, float], name: str | None) -> float | None:
+    """``--diameter`` in pixels of this input (None: auto), or a one-line error (led by ``name``
+    when given: the batch loop names the file itself)."""
     from napari_unet.core.preprocess import ImageError
     from napari_unet.core.scale import parse_diameter
 
     pixel_size = scale.get("X")
     try:
-        return parse_diameter(text, pixel_size if pixel_size and pixel_size != 1.0 else None)
+        return parse_diameter(text, pixel_size)  # only calibrated axes are in the scale: 1.0 is a real 1 µm
     except ImageError as exc:
-        raise CLIError(f"{name}: {exc}") from None
+        raise CLIError(f"{name}: {exc}" if name else str(exc)) from None
 
 
 def _voxel_size(text: str | None) -> tuple[float, float, float] | None:
@@ -270,7 +271,7 @@ def _segment_one(model: Any, path: Path, target: Path, args: argparse.Namespace,
     data, axes = _select_channel(data, axes, args.channel, name)
     rgb = axes.endswith("S")
     label_axes = axes[:-1] if rgb else axes
-    diameter = _diameter(args.diameter, scale, name)
+    diameter = _diameter(args.diameter, scale, None)
     options_3d = _options_3d(args, label_axes, scale, rgb, name)
     if use_dask:
         from napari_unet.batch import segment_to_ome_zarr
