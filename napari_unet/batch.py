@@ -121,7 +121,7 @@ def write_ome_zarr_labels_metadata(group: Any, axes: str, scale: Sequence[float]
             ],
         }
     ]
-    group.attrs["image-label"] = {"version": "0.4", "source": {"image": "../../"}}
+    group.attrs["image-label"] = {"version": "0.4"}  # labels (a standalone group: no source image path)
 
 
 def segment_to_ome_zarr(

@@ -17,6 +17,8 @@ from PIL import Image
 
 from napari_unet.cli import main
 from napari_unet.core import load_model, segment
+from napari_unet.io._corrected import CORRECTED_KEY
+from napari_unet.io._reader import napari_get_reader
 
 
 @pytest.fixture
@@ -44,6 +46,9 @@ def test_predict_file_and_folder(tmp_path, images, tiny_model_path, capsys):
     assert rc == 0
     assert sorted(p.name for p in out.iterdir()) == ["a_masks.tif", "b_masks.tif"]
     assert tifffile.imread(out / "b_masks.tif").shape == (128, 70)
+    ((data, meta, kind),) = napari_get_reader(str(out / "a_masks.tif"))(str(out / "a_masks.tif"))
+    assert kind == "labels" and meta["metadata"][CORRECTED_KEY] == []  # masks to correct in napari
+    np.testing.assert_array_equal(np.asarray(data), masks)
 
 
 def test_predict_stack_keeps_its_shape(tmp_path, dsb_fluo_crop, tiny_model_path):
@@ -99,6 +104,8 @@ def test_predict_with_dask_writes_ome_zarr(tmp_path, images, tiny_model_path):
     expected = segment(load_model(tiny_model_path, device="cpu"), tifffile.imread(images / "a.tif"))
     np.testing.assert_array_equal(labels, expected)
     assert group.attrs["multiscales"][0]["axes"][-1]["name"] == "x"
+    path = str(tmp_path / "o" / "a_masks.ome.zarr")
+    assert [kind for _data, _meta, kind in napari_get_reader(path)(path)] == ["labels"]
 
 
 def test_folder_as_stack(tmp_path, dsb_fluo_crop, tiny_model_path):

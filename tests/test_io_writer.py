@@ -126,3 +126,26 @@ def test_uncalibrated_labels_claim_no_pixel_size_and_units_are_converted(tmp_pat
     assert scale["X"] == pytest.approx(0.065) and scale["Y"] == pytest.approx(0.065)
     (path,) = napari.save_layers(str(tmp_path / "px.tif"), [Labels(labels[0])], plugin="napari-unet")
     assert inspect_stack(path).scale == {}
+
+
+def test_labels_written_again_without_a_list_leave_no_stale_corrected_slices(tmp_path):
+    from napari_unet.io._corrected import CORRECTED_KEY
+    from napari_unet.io._reader import reader_function
+
+    path = tmp_path / "t_masks.tif"
+    write_labels(path, np.ones((3, 8, 8), np.uint16), axes="ZYX", corrected=[0, 2])  # the user's corrections
+    write_labels(path, np.full((3, 8, 8), 2, np.uint16), axes="ZYX")  # raw predictions over them
+    ((data, meta, kind),) = reader_function(str(path))
+    assert kind == "labels" and meta["metadata"][CORRECTED_KEY] == []
+    assert (np.asarray(data) == 2).all()
+
+
+def test_integer_files_named_as_masks_open_as_labels_and_others_as_images(tmp_path):
+    from napari_unet.io._reader import reader_function
+
+    tifffile.imwrite(tmp_path / "cells_cp_masks.tif", np.ones((8, 8), np.uint16))  # e.g. Cellpose's
+    tifffile.imwrite(tmp_path / "cells_labels.tif", np.ones((8, 8), np.float32))  # not integers
+    tifffile.imwrite(tmp_path / "cells.tif", np.ones((8, 8), np.uint16))
+    kinds = {name: reader_function(str(tmp_path / name))[0][2]
+             for name in ("cells_cp_masks.tif", "cells_labels.tif", "cells.tif")}
+    assert kinds == {"cells_cp_masks.tif": "labels", "cells_labels.tif": "image", "cells.tif": "image"}

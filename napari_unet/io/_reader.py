@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
@@ -291,7 +292,42 @@ def reader_function(path: str | list[str]) -> list[LayerData]:
         return [(None,)]  # type: ignore[list-item]
     if sidecar_path(path).is_file():  # a labels file saved by napari-unet
         return [as_labels_layer(layer, _stored_corrected_planes(path)) for layer in layers]
+    if _is_ome_zarr_labels(path) or _named_as_labels(path, layers):  # masks to correct, none corrected yet
+        return [as_labels_layer(layer, []) for layer in layers]
     return layers
+
+
+def _named_as_labels(path: str | os.PathLike, layers: list[LayerData]) -> bool:
+    """Whether ``path`` holds masks by its name and content: one grey layer of integers whose name
+    ends like a labels file's (``cells_masks.tif``, what ``napari-unet predict`` writes;
+    ``_labels``, ``_seg``, ...; see :data:`~napari_unet.io.LABEL_NAME_SUFFIXES`)."""
+    from ._formats import stack_name
+    from ._training_files import LABEL_NAME_SUFFIXES
+
+    if len(layers) != 1:
+        return False
+    data, meta, _kind = layers[0]
+    first = data[0] if isinstance(data, (list, tuple)) else data  # a multiscale image: its levels
+    if meta.get("rgb") or np.dtype(first.dtype).kind not in "iu":
+        return False
+    name = stack_name(Path(path)).lower()
+    return any(end and name.endswith(end) for end in LABEL_NAME_SUFFIXES)
+
+
+def _is_ome_zarr_labels(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an OME-Zarr group whose attributes mark it as labels ("image-label")."""
+    from ._formats import is_ome_zarr
+
+    if not is_ome_zarr(path):
+        return False
+    try:
+        import zarr
+
+        attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+    except Exception:  # noqa: BLE001 - not readable as a group: the image reader has its say
+        return False
+    ome = attrs.get("ome") if isinstance(attrs.get("ome"), dict) else attrs  # NGFF 0.5 nests it
+    return "image-label" in ome
 
 
 def _stored_corrected_planes(path: str) -> list[tuple[int, ...]]:

@@ -77,7 +77,9 @@ def write_labels(
         Axis letters of ``labels`` from ``TZCYX`` (default guessed: ``YX``, ``ZYX``, ``TZYX``, ...).
     corrected : iterable of plane indices, or a layer metadata dict, optional
         The corrected slices to store beside the file (see
-        :func:`napari_unet.io._corrected.save_corrected_list`); None: no list is written.
+        :func:`napari_unet.io._corrected.save_corrected_list`); None: no list is written, and a
+        list left beside an earlier file of that name is emptied with the same commit (the new
+        labels' slices were not corrected by anyone).
 
     Returns
     -------
@@ -160,11 +162,20 @@ def write_labels(
     with atomic_write_all() as files:
         with files.open(path, "wb") as fh:
             tifffile.imwrite(fh, data, **kwargs)
+        if corrected is None and _exists(sidecar_path(path)):
+            corrected = []
         if corrected is not None:
             with files.open(sidecar_path(path), "w") as fh:
                 fh.write(corrected_list_text(path, corrected))
     log.info("wrote labels %s %s to %s", data.shape, dtype, path)
     return path
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long for the file system: no such file
+        return False
 
 
 def _axes_from_layer_meta(meta: dict[str, Any], ndim: int) -> str | None:
