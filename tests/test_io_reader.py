@@ -101,6 +101,25 @@ def _write_ome_zarr(path: Path, data: np.ndarray) -> None:
     root.attrs["omero"] = {"channels": [{"label": "nuclei"}, {"label": "membrane"}]}
 
 
+def test_ome_zarr_axes_named_in_words_are_read_by_their_type(tmp_path):
+    import zarr
+
+    path = tmp_path / "chan.ome.zarr"
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    root.create_array("0", data=np.zeros((2, 3, 16, 16), np.uint8))
+    root.attrs["multiscales"] = [{
+        "version": "0.4",
+        "axes": [{"name": "time", "type": "time"}, {"name": "channel", "type": "channel"},
+                 {"name": "y", "type": "space", "unit": "micrometer"},
+                 {"name": "x", "type": "space", "unit": "micrometer"}],
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1, 1, 0.5, 0.5]}]}],
+    }]
+    root.attrs["omero"] = {"channels": [{"label": "DAPI"}, {"label": "GFP"}, {"label": "BF"}]}
+    info = inspect_stack(path)
+    assert info.axes == "TCYX" and info.channel_names == ["DAPI", "GFP", "BF"]  # not a Z axis of channels
+    assert info.scale == {"Y": 0.5, "X": 0.5}
+
+
 def test_ome_zarr_v04_multiscale(make_napari_viewer, tmp_path):
     path = tmp_path / "organoid.zarr"
     data = np.random.default_rng(2).integers(0, 255, size=(2, 2, 3, 64, 64), dtype=np.uint8)

@@ -458,6 +458,29 @@ def _resolution_calibration(page: Any) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------- OME-Zarr
+def _zarr_axis_letters(raw_axes: list[Any]) -> str:
+    """Axis letters of OME-Zarr ``axes``: by each axis' ``type`` first (NGFF 0.4 lets names be
+    anything: "channel", "time", "depth"), then its name (t, c, z, y, x); the last two space axes
+    not named so are Y and X, one before them Z. Unknown axes are "Q" (guessed from the shape)."""
+    names = [str(a.get("name", "") if isinstance(a, dict) else a).lower() for a in raw_axes]
+    types = [str(a.get("type", "")).lower() if isinstance(a, dict) else "" for a in raw_axes]
+    letters = []
+    for name, kind in zip(names, types):
+        if name in ("t", "c", "z", "y", "x"):
+            letters.append(name.upper())
+        elif kind == "time" or name == "time":
+            letters.append("T")
+        elif kind == "channel" or name in ("channel", "channels", "ch"):
+            letters.append("C")
+        else:
+            letters.append("S" if kind == "space" else "Q")  # a space axis of another name: placed below
+    spare = [i for i, letter in enumerate(letters) if letter == "S"]
+    free = [letter for letter in "ZYX" if letter not in letters]
+    for i, letter in zip(reversed(spare), reversed(free)):  # the last spare space axes are Y, X, then Z
+        letters[i] = letter
+    return "".join("Q" if letter == "S" else letter for letter in letters)
+
+
 def _open_zarr(p: Path) -> _Opened:
     import zarr
 
@@ -488,9 +511,7 @@ def _open_zarr(p: Path) -> _Opened:
     raw_axes = ms.get("axes")
     scale: dict[str, float] = {}
     if raw_axes:
-        names = [a["name"] if isinstance(a, dict) else str(a) for a in raw_axes]
-        letters = "".join(n[:1].upper() if n.lower() in ("t", "c", "z", "y", "x") else "Q" for n in names)
-        axes = normalize_file_axes(letters, shape)
+        axes = normalize_file_axes(_zarr_axis_letters(raw_axes), shape)
         known = True
         level_scale = _zarr_scale(datasets[0].get("coordinateTransformations"), len(shape))
         global_scale = _zarr_scale(ms.get("coordinateTransformations"), len(shape))
