@@ -43,6 +43,24 @@ def test_axes_are_reordered_for_imagej(tmp_path):
     np.testing.assert_array_equal(arr, labels.transpose(1, 0, 2, 3))
 
 
+def test_labels_of_a_z_t_layer_come_back_in_its_order_with_their_corrected_slices(tmp_path):
+    import json
+
+    from napari_unet.io._corrected import CORRECTED_KEY
+    from napari_unet.io._reader import reader_function
+
+    labels = np.zeros((4, 2, 16, 16), np.uint16)  # Z T Y X, as an OME-TIFF of order XYTZ opens
+    labels[3, 1, 4:8, 4:8] = 7  # the slice the user corrected: z 3, t 1
+    path = write_labels(tmp_path / "zt_masks.tif", labels, scale=(2.0, 10.0, 0.5, 0.5), axes="ZTYX",
+                        corrected=[(3, 1)])
+    stored = json.loads((tmp_path / "zt_masks.tif.corrected.json").read_text())
+    assert stored["planes"] == [[1, 3]] and stored["layer_axes"] == "ZTYX"  # the file is T, Z
+    ((data, meta, kind),) = reader_function(str(path))
+    assert kind == "labels" and data.shape == (4, 2, 16, 16) and tuple(meta["axis_labels"]) == ("z", "t", "y", "x")
+    assert tuple(meta["scale"]) == (2.0, 10.0, 0.5, 0.5) and meta["metadata"][CORRECTED_KEY] == [[3, 1]]
+    np.testing.assert_array_equal(np.asarray(data), labels)
+
+
 def test_napari_writer_saves_labels_layer_with_scale(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     labels = np.zeros((4, 20, 20), np.int32)

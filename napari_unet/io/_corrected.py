@@ -57,8 +57,13 @@ def sidecar_path(labels_path: str | os.PathLike) -> Path:
     return path.with_name(path.name + SIDECAR_SUFFIX)
 
 
-def corrected_list_text(labels_path: str | os.PathLike, planes: Iterable[Any] | dict | Any) -> str:
-    """The JSON text of the corrected-slices list of ``labels_path`` (see :func:`save_corrected_list`)."""
+def corrected_list_text(labels_path: str | os.PathLike, planes: Iterable[Any] | dict | Any,
+                        layer_axes: str | None = None) -> str:
+    """The JSON text of the corrected-slices list of ``labels_path`` (see :func:`save_corrected_list`).
+
+    The planes index the file's own stack axes. ``layer_axes``: the axis order of the layer the
+    labels came from, when the file stores them in another (ImageJ's T, Z order): the reader
+    puts them back in that order."""
     if hasattr(planes, "metadata") and not isinstance(planes, dict):
         planes = planes.metadata
     if isinstance(planes, dict):
@@ -71,6 +76,8 @@ def corrected_list_text(labels_path: str | os.PathLike, planes: Iterable[Any] | 
         "labels_file": Path(labels_path).name,
         "planes": [list(p) for p in plane_list],
     }
+    if layer_axes:
+        payload["layer_axes"] = layer_axes
     return json.dumps(payload, indent=1) + "\n"
 
 
@@ -102,6 +109,17 @@ def save_corrected_list(labels_path: str | os.PathLike, planes: Iterable[Any] | 
     with atomic_write(target, "w") as fh:
         fh.write(corrected_list_text(labels_path, planes))
     return target
+
+
+def stored_layer_axes(labels_path: str | os.PathLike) -> str | None:
+    """The axis order of the layer the labels came from, when the sidecar records one that differs
+    from the file's (see :func:`corrected_list_text`); None otherwise or when it cannot be read."""
+    try:
+        data = json.loads(sidecar_path(labels_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    axes = data.get("layer_axes") if isinstance(data, dict) else None
+    return axes if isinstance(axes, str) and axes.isalpha() else None
 
 
 def load_corrected_list(labels_path: str | os.PathLike) -> list[Plane]:

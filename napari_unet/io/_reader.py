@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ._corrected import CORRECTED_KEY, load_corrected_list, sidecar_path
+from ._corrected import CORRECTED_KEY, load_corrected_list, sidecar_path, stored_layer_axes
 from ._formats import StackInfo, StackReadError, detect_kind, open_any
 
 log = logging.getLogger(__name__)
@@ -291,10 +291,35 @@ def reader_function(path: str | list[str]) -> list[LayerData]:
         _notify(str(e))
         return [(None,)]  # type: ignore[list-item]
     if sidecar_path(path).is_file():  # a labels file saved by napari-unet
-        return [as_labels_layer(layer, _stored_corrected_planes(path)) for layer in layers]
+        corrected = _stored_corrected_planes(path)
+        layer_axes = stored_layer_axes(path)
+        if layer_axes is not None and len(layers) == 1:  # stored in ImageJ's order: back to the layer's
+            layers, corrected = _in_axes_order(layers[0], layer_axes, corrected)
+        return [as_labels_layer(layer, corrected) for layer in layers]
     if _is_ome_zarr_labels(path) or _named_as_labels(path, layers):  # masks to correct, none corrected yet
         return [as_labels_layer(layer, []) for layer in layers]
     return layers
+
+
+def _in_axes_order(layer: LayerData, target: str, corrected: list[tuple[int, ...]]
+                   ) -> tuple[list[LayerData], list[tuple[int, ...]]]:
+    """``layer`` (and its corrected planes) with its axes transposed into the order ``target``
+    (unchanged when its axes are not a reordering of ``target``'s)."""
+    data, meta, kind = layer
+    source = ((meta.get("metadata") or {}).get("napari_unet") or {}).get("layer_axes")
+    if not isinstance(source, str) or sorted(source) != sorted(target) or source == target:
+        return [layer], corrected
+    order = [source.index(a) for a in target]
+    levels = data if isinstance(data, list) else [data]
+    moved = [level.transpose(order) for level in levels]
+    meta = dict(meta)
+    for key in ("scale", "axis_labels", "units", "translate"):
+        if meta.get(key) is not None and len(meta[key]) == len(order):
+            meta[key] = tuple(meta[key][i] for i in order)
+    meta["metadata"] = {**meta["metadata"], "napari_unet": {**meta["metadata"]["napari_unet"], "layer_axes": target}}
+    lead = [source[:-2].index(a) for a in target[:-2]]
+    planes = [tuple(p[i] for i in lead) for p in corrected if len(p) == len(lead)]
+    return [(moved if isinstance(data, list) else moved[0], meta, kind)], planes
 
 
 def _named_as_labels(path: str | os.PathLike, layers: list[LayerData]) -> bool:

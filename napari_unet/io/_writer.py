@@ -159,6 +159,11 @@ def write_labels(
             meta.update(TimeIncrement=sizes["T"], TimeIncrementUnit="s")
         kwargs.update(ome=True, metadata=meta, bigtiff=data.nbytes > 2**31)
 
+    layer_axes = None
+    if out_axes != axes:  # stored in ImageJ's order: the list follows the file, and says the layer's order
+        layer_axes = axes
+        if corrected is not None:
+            corrected = _planes_in_file_order(corrected, axes, out_axes, path)
     with atomic_write_all() as files:
         with files.open(path, "wb") as fh:
             tifffile.imwrite(fh, data, **kwargs)
@@ -166,9 +171,22 @@ def write_labels(
             corrected = []
         if corrected is not None:
             with files.open(sidecar_path(path), "w") as fh:
-                fh.write(corrected_list_text(path, corrected))
+                fh.write(corrected_list_text(path, corrected, layer_axes))
     log.info("wrote labels %s %s to %s", data.shape, dtype, path)
     return path
+
+
+def _planes_in_file_order(corrected: Any, axes: str, out_axes: str, path: Path) -> list[tuple[int, ...]]:
+    """Corrected plane indices along the stack axes of ``axes`` (all but Y, X) re-indexed along
+    those of ``out_axes``, the order the file stores."""
+    from ._corrected import as_plane, planes_in_metadata
+
+    if hasattr(corrected, "metadata") and not isinstance(corrected, dict):
+        corrected = corrected.metadata
+    planes = planes_in_metadata(corrected) if isinstance(corrected, dict) else [as_plane(p) for p in corrected]
+    lead, out_lead = axes[:-2], out_axes[:-2]
+    order = [lead.index(a) for a in out_lead]
+    return [tuple(p[i] for i in order) for p in planes if len(p) == len(lead)]
 
 
 def _exists(path: Path) -> bool:
