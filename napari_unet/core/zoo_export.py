@@ -357,6 +357,17 @@ def build_description(model: SegmentationModel, folder: Path, *, authors: list[s
     )
 
 
+def check_license(license: str) -> str:
+    """``license`` when it is an SPDX licence id the model zoo takes, else a one-line ModelFileError."""
+    from bioimageio.spec.model.v0_5 import LicenseId
+
+    try:
+        return str(LicenseId(str(license).strip()))
+    except (ValueError, TypeError):
+        raise ModelFileError(f"unknown SPDX license id {license!r}: give one such as MIT, BSD-3-Clause, "
+                             "Apache-2.0 or CC-BY-4.0 (https://spdx.org/licenses/).") from None
+
+
 def first_error(exc: BaseException) -> str:
     """One line from an exception: the first pydantic error (where and what), or the first line."""
     errors = getattr(exc, "errors", None)
@@ -409,6 +420,8 @@ def export_bioimageio(model: SegmentationModel | str | os.PathLike, destination:
     OSError
         The destination cannot be written (an earlier file there stays intact).
     """
+    _import_spec()
+    license = check_license(license)  # before any work: a typo must not cost the whole packaging
     if not isinstance(model, SegmentationModel):
         model = load_model(model, device="cpu")
     destination = Path(destination).expanduser()
