@@ -183,3 +183,33 @@ def test_broken_corrected_list_opens_the_labels_with_a_warning(make_napari_viewe
     assert layer.data[2, 5, 5] == 3
     assert CorrectedSlices.for_layer(layer).planes == []
     assert any("without their list of corrected slices" in m and "corrected.json" in m for m in notifications)
+
+
+def test_an_edit_across_slices_marks_them_and_says_what_that_means_once(make_napari_viewer, notifications):
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(np.zeros((5, 32, 32), dtype=np.int32), name="cells masks")
+    layer.brush_size = 5
+    tracker = CorrectedSlices.for_layer(layer)
+    viewer.dims.order = (1, 0, 2)  # "transpose": the canvas shows Z-X cuts through the stack
+    layer.paint((2, 10, 10), 3)
+    touched = sorted({int(z) for z in np.nonzero(layer.data == 3)[0]})
+    assert len(touched) > 1  # a few pixels of several Y-X slices
+    assert tracker.planes == [(z,) for z in touched]  # kept from re-segmentation: the user's edit
+    layer.paint((2, 20, 20), 4)
+    said = [m for m in notifications if "marked them all as corrected" in m]
+    assert len(said) == 1 and "Unmark those you did not check" in said[0]  # once: what it means for training
+
+
+def test_mark_current_slice_refuses_a_transposed_view(make_napari_viewer, notifications):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((5, 32, 32), np.float32), name="cells")
+    layer = viewer.add_labels(np.zeros((5, 32, 32), dtype=np.int32), name="cells masks")
+    _dock, tune = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
+    tune.corrected_panel._labels_combo.value = layer
+    viewer.dims.order = (1, 0, 2)
+    tune.corrected_panel.mark_current_slice()
+    assert CorrectedSlices.for_layer(layer).planes == []
+    assert any("Y-X view" in m for m in notifications)
+    viewer.dims.order = (0, 1, 2)
+    tune.corrected_panel.mark_current_slice()
+    assert CorrectedSlices.for_layer(layer).planes == [(viewer.dims.current_step[0],)]

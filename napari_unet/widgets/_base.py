@@ -178,6 +178,15 @@ def full_resolution(layer: "napari.layers.Layer") -> Any:
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
 
 
+def shows_yx_planes(viewer: Any, layer: Any) -> bool:
+    """Whether the canvas shows the layer's own planes (its last two axes, in either order)."""
+    dims = viewer.dims
+    if dims.ndisplay != 2:
+        return True  # a 3D view: the slider position says which plane
+    offset = dims.ndim - int(layer.ndim)
+    return set(dims.displayed) == {offset + layer.ndim - 2, offset + layer.ndim - 1}
+
+
 def current_plane_index(viewer: "napari.Viewer", layer: "napari.layers.Layer") -> tuple[int, ...]:
     """Indices along the layer's non-plane axes of the slice the viewer shows now."""
     n_lead = lead_ndim(layer)

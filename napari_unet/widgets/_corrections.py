@@ -11,6 +11,11 @@ and the Segment widget must never overwrite it. :class:`CorrectedSlices` attache
   wrapped (:func:`~._napari_compat.watch_labels_replay`): the history item about to be
   replayed tells which planes change.
 
+One edit changes one plane when it is made on the Y-X slices. An edit that spans several (made
+in a view that shows another cut through the stack, axes transposed, or with a 3D brush) marks
+them all, so that no run overwrites the user's edit; as each of them becomes a training example
+whole, a notification says so once per layer (and how to unmark the ones not checked).
+
 Reading napari's history items and wrapping undo/redo touch napari internals: both live in
 :mod:`._napari_compat`, with the other napari-version-sensitive pieces.
 
@@ -139,6 +144,7 @@ class CorrectedSlices:
             raise ValueError("Corrected slices need a Labels layer with at least 2 dimensions.")
         self._layer_ref = weakref.ref(layer)
         self._suspended = 0
+        self._said_spanning = False
         self._attached = False
         self._unwatch_replay: Callable[[], None] | None = None
         # normalise whatever is stored (lists from a reader, tuples, ...)
@@ -214,13 +220,25 @@ class CorrectedSlices:
         if self._suspended:
             return
         layer = self.layer
-        self.update(planes_of_history_item(getattr(event, "value", None), layer.ndim, layer.data.shape))
+        self._record(planes_of_history_item(getattr(event, "value", None), layer.ndim, layer.data.shape))
 
     def _before_replay(self, item: list[Any] | None) -> None:
         if self._suspended or not item:
             return
         layer = self.layer
-        self.update(planes_of_history_item(item, layer.ndim, layer.data.shape))
+        self._record(planes_of_history_item(item, layer.ndim, layer.data.shape))
+
+    def _record(self, planes: set[Plane]) -> None:
+        """Mark the planes one edit changed; one across several planes is said once (see the module)."""
+        self.update(planes)
+        if len(planes) > 1 and not self._said_spanning:
+            self._said_spanning = True
+            from ._base import notify_warning
+
+            notify_warning(f"An edit across {len(planes)} slices (a view of another cut through the stack, or a "
+                           "3D brush) marked them all as corrected: they are kept from re-segmentation, and "
+                           "fine-tuning learns each whole Y-X slice as correct. Unmark those you did not check "
+                           "(Fine-tune, corrected slices).")
 
     def _on_data_replaced(self, event: Any = None) -> None:
         """``layer.data = new`` of another shape: drop planes that no longer exist."""

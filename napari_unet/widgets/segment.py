@@ -42,6 +42,7 @@ from ._base import (
     notify_warning,
     one_line,
     qt_alive,
+    shows_yx_planes,
     start_worker,
     visible_region,
     warm_up_in_background,
@@ -358,7 +359,7 @@ class SegmentWidget(Container):
                 return
             planes = self._planes_for_scope(image, scope)
             region = visible_region(self._viewer, image, plane_shape) if scope == SCOPE_VIEW else (slice(None), slice(None))
-            if scope != SCOPE_STACK and not _shows_yx_planes(self._viewer, image):
+            if scope != SCOPE_STACK and not shows_yx_planes(self._viewer, image):
                 notify_warning("The view shows another cut through the stack than its Y-X planes (axes "
                                "transposed or rolled): the Y-X plane at the current position is segmented.")
         except ValueError as exc:
@@ -635,11 +636,3 @@ def _checksum(masks: Any, result: Any) -> int:
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
-
-def _shows_yx_planes(viewer: Any, layer: Any) -> bool:
-    """Whether the canvas shows the layer's own planes (its last two axes, in either order)."""
-    dims = viewer.dims
-    if dims.ndisplay != 2:
-        return True  # a 3D view: the slider position says which plane
-    offset = dims.ndim - int(layer.ndim)
-    return set(dims.displayed) == {offset + layer.ndim - 2, offset + layer.ndim - 1}

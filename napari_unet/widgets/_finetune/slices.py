@@ -13,7 +13,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, PushButton, Select
 from napari.layers import Image, Labels
 
-from .._base import current_plane_index, notify_error, notify_warning, show_plane, wrap_text
+from .._base import current_plane_index, notify_error, notify_warning, show_plane, shows_yx_planes, wrap_text
 from .._corrections import CorrectedSlices, format_plane
 from .._examples import Example, examples_from_layers
 from .._masks import image_name_of_masks
@@ -141,6 +141,10 @@ class CorrectedSlicesPanel(Container):
         layer = self._labels_combo.value
         if layer is None or self._tracker is None:
             notify_error("Mark slice", "choose a masks (Labels) layer first.")
+            return
+        if not shows_yx_planes(self._viewer, layer):
+            notify_error("Mark slice", "the view shows another cut through the stack than its Y-X slices (axes "
+                         "transposed or rolled): go back to the Y-X view to mark the slice shown there.")
             return
         plane = current_plane_index(self._viewer, layer)
         self._tracker.mark(plane)
