@@ -15,9 +15,9 @@ import pytest
 from napari_unet.widgets._napari_compat import (
     canvas_size,
     edited_regions,
+    forget_labels_history,
     layers_added_unselected,
     raise_plugin_dock,
-    reset_labels_history,
     unwrap_proxy,
     viewer_camera,
     watch_labels_replay,
@@ -187,13 +187,21 @@ def test_layers_added_unselected_leaves_the_selection_alone(make_napari_viewer):
     assert viewer.layers.selection.active is later  # napari's own behaviour is back after the block
 
 
-def test_reset_labels_history_leaves_nothing_to_undo(labels):
+def test_forget_labels_history_drops_only_the_steps_that_touch_a_region(labels):
     _viewer, layer = labels
     layer.paint((1, 12, 12), 5)
-    layer.data[1] = 9  # rewritten in place, as a segmentation is
-    reset_labels_history(layer)
-    layer.undo()
-    assert (layer.data[1] == 9).all(), "Labels._reset_history no longer forgets the undo history"
+    layer.paint((3, 12, 12), 6)
+    with layer.block_history():  # a brush stroke in progress (napari's staged steps) is left alone
+        layer.paint((2, 12, 12), 7)
+        layer.data[1] = 9  # slice 1 rewritten in place, as a segmentation is
+        forget_labels_history(layer, lambda item: any(_covers(key, (1, 12, 12), layer.data.shape)
+                                                      for key in edited_regions(item)))
+    layer.undo()  # the stroke, committed after the block
+    assert layer.data[2, 12, 12] == 0, "forget_labels_history dropped napari's staged steps of a stroke"
+    layer.undo()  # slice 3's edit: kept
+    assert layer.data[3, 12, 12] == 0
+    layer.undo()  # nothing left: slice 1's step was dropped
+    assert (layer.data[1] == 9).all(), "Labels._undo_history no longer holds the steps undo() replays"
 
 
 def test_no_napari_internals_outside_the_compat_module():

@@ -8,7 +8,7 @@ import numpy as np
 from qtpy.QtCore import QTimer
 
 from ._corrections import CorrectedSlices, format_plane
-from ._napari_compat import layers_added_unselected, reset_labels_history
+from ._napari_compat import forget_labels_history, layers_added_unselected
 
 if TYPE_CHECKING:
     import napari
@@ -156,8 +156,18 @@ def write_plane(layer: Any, result: Any) -> None:
         offset = int(outside.max())
         labels = np.where(labels > 0, labels + offset, 0).astype(plane.dtype)
     plane[rows, cols] = labels
-    reset_labels_history(layer)  # undoing must not replay edits made on the masks this replaced
+    forget_history_of_planes(layer, [result.index])  # Ctrl+Z must not replay edits of the masks replaced
     layer.refresh()
+
+
+def forget_history_of_planes(layer: Any, planes: list[tuple[int, ...]]) -> None:
+    """Drop the layer's undo/redo steps that edited any of ``planes`` (just rewritten)."""
+    from ._corrections import planes_of_history_item
+
+    written = {tuple(p) for p in planes}
+    if written:
+        forget_labels_history(layer, lambda item: bool(
+            written & planes_of_history_item(item, layer.ndim, layer.data.shape)))
 
 
 def report_empty_planes(empty_planes: list[Any]) -> None:

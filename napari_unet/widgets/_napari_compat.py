@@ -198,18 +198,23 @@ def layers_added_unselected(viewer: "napari.Viewer") -> Iterator[None]:
             layers._activate_on_insert = before
 
 
-def reset_labels_history(layer: Any) -> None:
-    """Forget the undo/redo history of a Labels layer whose data napari-unet rewrote in place.
+def forget_labels_history(layer: Any, touches: Callable[[list[Any]], bool]) -> None:
+    """Drop the undo/redo steps of a Labels layer for which ``touches(item)`` is true: those that
+    edited a region napari-unet has just rewritten in place (a segmentation written over a slice).
+    Ctrl+Z would otherwise replay such a step into the new masks (stale ids among the new objects);
+    the steps of other slices stay, and so does a brush stroke in progress (napari's staged steps).
 
-    napari itself forgets it when a layer's data is replaced (``layer.data = ...``); writing a
-    segmentation into the existing array does not, and Ctrl+Z would then replay the user's old
-    edits into the new masks (stale ids among the new objects).
-
-    Checked against: napari 0.9.2 (``Labels._reset_history``, which the ``data`` setter calls).
-    Degrades to: the history kept, as before.
+    Checked against: napari 0.9.2 (``Labels._undo_history`` and ``_redo_history``, deques of
+    history items, as read by :func:`watch_labels_replay`). Degrades to: the history kept, as
+    before.
     """
-    reset = getattr(unwrap_proxy(layer), "_reset_history", None)
-    if callable(reset):
-        reset()
-    else:
-        log.debug("napari's Labels has no _reset_history: undo history kept after a segmentation")
+    layer = unwrap_proxy(layer)
+    for name in ("_undo_history", "_redo_history"):
+        history = getattr(layer, name, None)
+        if history is None or not hasattr(history, "clear"):
+            log.debug("napari's Labels has no %s: undo history kept after a segmentation", name)
+            continue
+        kept = [item for item in history if not touches(list(item))]
+        if len(kept) != len(history):
+            history.clear()
+            history.extend(kept)

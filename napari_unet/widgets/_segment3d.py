@@ -17,7 +17,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox
 
 from ._base import full_resolution, lead_ndim
-from ._napari_compat import reset_labels_history
+from ._masks import forget_history_of_planes
 
 __all__ = ["ThreeDControls", "VolumeResult", "segment_volumes", "write_volume"]
 
@@ -202,7 +202,7 @@ def write_volume(layer: Any, result: VolumeResult, protected: set[tuple[int, ...
     for k, plane in enumerate(planes):
         if k not in kept:
             layer.data[plane] = labels[k]
-    reset_labels_history(layer)  # undoing must not replay edits made on the masks this replaced
+    forget_history_of_planes(layer, [p for k, p in enumerate(planes) if k not in kept])  # see write_plane
     layer.refresh()
     return len(kept)
 
