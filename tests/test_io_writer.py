@@ -59,6 +59,12 @@ def test_labels_of_a_z_t_layer_come_back_in_its_order_with_their_corrected_slice
     assert kind == "labels" and data.shape == (4, 2, 16, 16) and tuple(meta["axis_labels"]) == ("z", "t", "y", "x")
     assert tuple(meta["scale"]) == (2.0, 10.0, 0.5, 0.5) and meta["metadata"][CORRECTED_KEY] == [[3, 1]]
     np.testing.assert_array_equal(np.asarray(data), labels)
+    assert stored["version"] == 2  # older readers must not take these planes for the layer's order
+
+    # without a list (napari-unet predict): the layer's order is recorded all the same
+    other = write_labels(tmp_path / "cli_masks.tif", labels, axes="ZTYX")
+    ((data, meta, kind),) = reader_function(str(other))
+    assert kind == "labels" and data.shape == (4, 2, 16, 16) and meta["metadata"][CORRECTED_KEY] == []
 
 
 def test_napari_writer_saves_labels_layer_with_scale(make_napari_viewer, tmp_path):

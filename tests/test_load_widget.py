@@ -195,3 +195,20 @@ def test_a_plane_that_cannot_be_read_is_one_message(qtbot, widget, tmp_path, not
         sys.excepthook = hook
     assert not raised and not viewer.layers
     assert any("cannot read 'p2.png'" in m for m in notifications)
+
+
+def test_masks_open_as_labels_in_their_layer_order_as_with_file_open(qtbot, widget, tmp_path):
+    from napari_unet.io import write_labels
+
+    viewer, w = widget
+    labels = np.zeros((4, 2, 8, 9), np.uint16)
+    labels[3, 1, 2:4, 2:4] = 5
+    write_labels(tmp_path / "zt masks.tif", labels, axes="ZTYX", corrected=[(3, 1)])  # stored T, Z
+    tifffile.imwrite(tmp_path / "cells_masks.tif", np.ones((8, 9), np.uint16))  # as predict writes them
+    for name in ("zt masks.tif", "cells_masks.tif"):
+        w._path.value = tmp_path / name
+        _load(qtbot, w)
+    zt, cells = viewer.layers
+    assert type(zt).__name__ == "Labels" and zt.data.shape == (4, 2, 8, 9) and zt.data[3, 1, 2, 2] == 5
+    assert zt.metadata["napari_unet_corrected"] == [[3, 1]]
+    assert type(cells).__name__ == "Labels"

@@ -27,6 +27,8 @@ CORRECTED_KEY = "napari_unet_corrected"
 #: Suffix of the sidecar file written beside a labels file.
 SIDECAR_SUFFIX = ".corrected.json"
 SIDECAR_FORMAT = "napari-unet-corrected-slices"
+#: The newest version of the sidecar this code reads (2 adds the layer's axis order).
+SIDECAR_VERSION = 2
 
 Plane = tuple[int, ...]
 
@@ -72,7 +74,7 @@ def corrected_list_text(labels_path: str | os.PathLike, planes: Iterable[Any] | 
         plane_list = sorted({as_plane(p) for p in planes})
     payload = {
         "format": SIDECAR_FORMAT,
-        "version": 1,
+        "version": 2 if layer_axes else 1,  # 2: the planes follow the file's axis order, given beside
         "labels_file": Path(labels_path).name,
         "planes": [list(p) for p in plane_list],
     }
@@ -135,6 +137,9 @@ def load_corrected_list(labels_path: str | os.PathLike) -> list[Plane]:
         return []
     try:
         data = json.loads(target.read_text(encoding="utf-8"))
+        version = data.get("version", 1) if isinstance(data, dict) else 1
+        if not isinstance(version, int) or version > SIDECAR_VERSION:
+            raise ValueError(f"it is of version {version!r}, written by a newer napari-unet: update napari-unet")
         planes = data["planes"] if isinstance(data, dict) else data
         return sorted({as_plane(p) for p in planes})
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:

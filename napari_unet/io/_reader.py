@@ -290,7 +290,16 @@ def reader_function(path: str | list[str]) -> list[LayerData]:
         log.warning("%s", e)
         _notify(str(e))
         return [(None,)]  # type: ignore[list-item]
-    if sidecar_path(path).is_file():  # a labels file saved by napari-unet
+    return as_labels_where_masks(path, layers)
+
+
+def as_labels_where_masks(path: str | os.PathLike, layers: list[LayerData]) -> list[LayerData]:
+    """The layers read from ``path`` as Labels layers when the file holds masks: a labels file
+    saved by napari-unet (its list of corrected slices beside it; back in the layer's axis order
+    when the file stores another), OME-Zarr labels, or integers named like a labels file. File >
+    Open and the Load stack widget both go through here."""
+    path = str(path)
+    if sidecar_path(path).is_file():
         corrected = _stored_corrected_planes(path)
         layer_axes = stored_layer_axes(path)
         if layer_axes is not None and len(layers) == 1:  # stored in ImageJ's order: back to the layer's

@@ -167,8 +167,8 @@ def write_labels(
     with atomic_write_all() as files:
         with files.open(path, "wb") as fh:
             tifffile.imwrite(fh, data, **kwargs)
-        if corrected is None and _exists(sidecar_path(path)):
-            corrected = []
+        if corrected is None and (_exists(sidecar_path(path)) or layer_axes is not None):
+            corrected = []  # a stale list emptied; or the layer's axis order recorded for the reader
         if corrected is not None:
             with files.open(sidecar_path(path), "w") as fh:
                 fh.write(corrected_list_text(path, corrected, layer_axes))

@@ -201,13 +201,8 @@ class LoadWidget(Container):
 
 
 def _read_layers(path: Any, lazy: bool | None = None, axes: str | None = None) -> list[tuple[Any, dict[str, Any], str]]:
-    """The layers of ``path``; a labels file saved by napari-unet (its list of corrected slices
-    beside it) opens as a Labels layer with that list, as File > Open does."""
-    from napari_unet.io._corrected import sidecar_path
-    from napari_unet.io._reader import _stored_corrected_planes, as_labels_layer
+    """The layers of ``path``; masks (a labels file saved by napari-unet with its list of corrected
+    slices, OME-Zarr labels, a file named like masks) open as Labels layers, as File > Open does."""
+    from napari_unet.io._reader import as_labels_where_masks
 
-    layers = read_layer_data(path, lazy=lazy, axes=axes)
-    if sidecar_path(str(path)).is_file():
-        corrected = _stored_corrected_planes(str(path))
-        return [as_labels_layer(layer, corrected) for layer in layers]
-    return layers
+    return as_labels_where_masks(path, read_layer_data(path, lazy=lazy, axes=axes))
