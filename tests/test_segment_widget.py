@@ -537,3 +537,14 @@ def test_undo_after_segmenting_again_does_not_replay_old_edits(widget, qtbot, c2
     assert not (masks.data[2] == 888).any()
     masks.undo()
     np.testing.assert_array_equal(masks.data[0], again[0])
+
+
+def test_a_masks_layer_read_lazily_is_refused_before_the_run(widget, qtbot, c2c12_stack, notifications):
+    import dask.array as da
+
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack, name="c2c12")
+    viewer.add_labels(da.zeros(c2c12_stack.shape, dtype=np.int32, chunks=(1, 96, 96)), name=masks_layer_name("c2c12"))
+    _segment(w, qtbot, image)
+    assert any("read lazily" in m for m in notifications) and w._status.value.startswith("Not started")
+    assert w.last_run_seconds is None  # nothing ran (it wrote into copies of the file's blocks before)

@@ -44,7 +44,6 @@ def masks_layer_for(viewer: Any, image: Any) -> "napari.layers.Labels":
                 f"A layer named {name!r} exists but is not a Labels layer of shape {tuple(shape)}; "
                 "rename or remove it."
             )
-        _widen(layer)
     else:
         n = len(shape)
         # napari creates the layer, lays out its controls and draws it (compiling shaders) in
@@ -65,18 +64,27 @@ def masks_layer_for(viewer: Any, image: Any) -> "napari.layers.Labels":
     return layer
 
 
-def _widen(layer: Any) -> None:
-    """Give an existing masks layer of 8- or 16-bit labels (napari's "New labels layer" makes
-    8-bit ones) 32-bit ones, values kept: a model's ids go past 255 and would wrap around there
-    (objects merged into others or into the background)."""
+def ready_for_writing(layer: Any) -> None:
+    """Make sure a run can write into the masks layer, just before it starts: its labels must be in
+    memory (a layer read lazily from its file would take nothing, silently), and 8- or 16-bit labels
+    (napari's "New labels layer" makes 8-bit ones) become 32-bit, values kept: a model's ids go past
+    255 and would wrap around there (objects merged into others or into the background).
+
+    Raises
+    ------
+    ValueError
+        The labels are not in memory, or not integers.
+    """
     from ._base import notify_info
 
+    if not isinstance(layer.data, np.ndarray):
+        raise ValueError(f"The layer {layer.name!r} is read lazily from its file, so nothing can be written into "
+                         "it: open it in memory (Load stack, Loading: in memory), or rename or remove it.")
     dtype = np.dtype(layer.data.dtype)
     if dtype.kind in "iu" and np.iinfo(dtype).max >= np.iinfo(np.int32).max:
         return
-    if not isinstance(layer.data, np.ndarray) or dtype.kind not in "iub":
-        raise ValueError(f"The layer {layer.name!r} holds {dtype} labels that cannot take the model's ids; "
-                         "rename or remove it.")
+    if dtype.kind not in "iub":
+        raise ValueError(f"The layer {layer.name!r} holds {dtype} values, not labels: rename or remove it.")
     layer.data = layer.data.astype(np.int32)
     notify_info(f"{layer.name!r} held {dtype} labels: made 32-bit (values kept), so that the model's ids fit.")
 

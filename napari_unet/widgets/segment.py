@@ -54,6 +54,7 @@ from ._kept import KeptResults
 from ._masks import (
     corrected_planes,
     masks_layer_for,
+    ready_for_writing,
     masks_layer_name,
     move_past_corrected_slice,
     report_empty_planes,
@@ -353,6 +354,7 @@ class SegmentWidget(Container):
             if self._three_d.active:  # whole volumes: the field of view does not apply
                 generator, message = plan_3d_run(self, image, masks, diameter)
                 if generator is not None:
+                    ready_for_writing(masks)
                     self._run_layers = (image, masks)
                     self._last_masks = unwrap_proxy(masks)
                     self._start(generator, message)
@@ -381,6 +383,12 @@ class SegmentWidget(Container):
         if not planes:
             what = f"{format_plane(skipped[0])} is" if len(skipped) == 1 else "every chosen slice is"
             self._status.value = f"Nothing to segment: {what} one you corrected."
+            return
+        try:
+            ready_for_writing(masks)
+        except ValueError as exc:
+            notify_error("Segment", exc)
+            self._status.value = f"Not started: {one_line(exc)}"
             return
         self._run_layers = (image, masks)
         self._last_masks = unwrap_proxy(masks)
