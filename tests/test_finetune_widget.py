@@ -276,6 +276,7 @@ def test_the_image_learnt_from_is_segmented_again_not_the_one_segment_shows(widg
     assert (a_masks.data == 55).all()
     assert not (b_masks.data[1] == 77).all() and segment._image_combo.value.name == "b"
     assert not [m for m in notifications if m.startswith("Segment")]
+    assert w._trained_on() is b  # held weakly: a removed image does not stay in memory for it
 
 
 def test_after_training_on_files_alone_segment_only_chooses_the_model(widget, c2c12, qtbot, tmp_path, notifications):

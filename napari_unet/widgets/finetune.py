@@ -15,6 +15,7 @@ model catalog in :mod:`napari_unet.core.catalog`. torch is imported lazily so na
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ from ._finetune.settings import TrainingSettingsPanel
 from ._finetune.slices import CorrectedSlicesPanel
 from ._finetune.sources import ExtraExamplesPanel
 from ._finetune.ui import ask, collapsible
+from ._napari_compat import unwrap_proxy
 from ._registry import get_widget, register_widget
 
 if TYPE_CHECKING:
@@ -63,7 +65,7 @@ class FinetuneWidget(Container):
         self._viewer = viewer
         #: The open "replace your model?" question (a QMessageBox), None when none is open.
         self.replace_question = None
-        self._trained_on: Any = None  # the image layer the last run learnt from (None: files alone)
+        self._trained_on: Any = None  # weak reference to the image layer the last run learnt from (None: files)
         self.corrected_panel = CorrectedSlicesPanel(viewer)
         self.settings_panel = TrainingSettingsPanel()
         self.examples_panel = ExtraExamplesPanel(viewer)
@@ -144,7 +146,8 @@ class FinetuneWidget(Container):
         corrected_image = self.corrected_panel.corrected_image
 
         def launch() -> None:
-            self._trained_on = corrected_image
+            # weakly: a removed image must not stay in memory until the next run
+            self._trained_on = weakref.ref(unwrap_proxy(corrected_image)) if corrected_image is not None else None
             self.run_panel.show_device(settings["device"])
             self.run_panel.launch(base_path, examples, target, name=name, settings=settings)
 
@@ -223,7 +226,7 @@ class FinetuneWidget(Container):
         if segment is None:
             return
         try:
-            segment.use_new_model(str(model_path), self._trained_on)
+            segment.use_new_model(str(model_path), self._trained_on() if self._trained_on is not None else None)
         except Exception as exc:  # never break the loop over the other widget
             notify_error("Segmenting again", exc)
 
