@@ -261,15 +261,53 @@ def test_widget_diameter_field(make_napari_viewer, qtbot, dsb_val_fluo, notifica
     assert w._worker is None and any("diameter" in m for m in notifications)
     assert masks_layer_name("nuclei") not in viewer.layers or viewer.layers[masks_layer_name("nuclei")].data.max() == 0
 
+    # a cell drawn in a Labels layer of its own, before any masks exist, gives the diameter
+    drawn = viewer.add_labels(np.zeros(image.shape[:2], np.int32), name="drawn")
+    yy, xx = np.mgrid[:image.shape[0], :image.shape[1]]
+    drawn.data[(yy - 40) ** 2 + (xx - 40) ** 2 <= 10 ** 2] = 1
+    drawn.selected_label = 1
+    w.diameter_from_selected_label()
+    assert float(w._diameter.value) == pytest.approx(20, abs=1)
+    viewer.layers.selection.active = layer
+
     w._diameter.value = "auto"
     w._run_button.clicked.emit()
     qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
     assert "estimated" in w._diameter_used.value
     masks = viewer.layers[masks_layer_name("nuclei")]
     assert masks.data.max() > 5
+    notes = len([m for m in notifications if m.startswith("Object diameter")])
+    w._diameter.value = "25"  # typed after the run, then Threshold moved: the run's diameter was estimated
+    w._threshold.value = 0.6
+    qtbot.waitUntil(lambda: w._worker is None, timeout=60_000)
+    assert "estimated" in w._diameter_used.value
+    assert len([m for m in notifications if m.startswith("Object diameter")]) == notes  # not said again
+    masks.selected_label = 0
+    w.diameter_from_selected_label()
+    assert w._diameter.value == "25" and any("background" in m for m in notifications)
     masks.selected_label = int(np.bincount(masks.data.ravel())[1:].argmax()) + 1
     w.diameter_from_selected_label()
     assert float(w._diameter.value) > 3
+
+
+def test_a_typed_diameter_fits_a_zoomed_in_field_of_view(make_napari_viewer, qtbot, dsb_val_fluo, notifications):
+    from napari_unet.widgets.segment import SCOPE_VIEW, masks_layer_name
+
+    image, _labels = dsb_val_fluo[0]
+    viewer = make_napari_viewer(show=True)
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    layer = viewer.add_image(image, name="nuclei")
+    w.reset_choices()
+    w._image_combo.value = layer
+    viewer.camera.zoom = 30  # a few big cells fill the view: the view is far smaller than twice 60 px
+    viewer.camera.center = (0, image.shape[0] / 2, image.shape[1] / 2)
+    w._scope.value = SCOPE_VIEW
+    w._diameter.value = "60"
+    w._run_button.clicked.emit()
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+    assert not [m for m in notifications if "more than half" in m]
+    assert w._status.value.startswith("Done") and "60 px (given)" in w._diameter_used.value
+    assert masks_layer_name("nuclei") in viewer.layers
 
 
 # ------------------------------------------------------------------ training at the model's scale
@@ -350,5 +388,30 @@ def test_a_stack_whose_first_plane_holds_no_object_is_sized_on_the_next(dsb_val_
     assert results[0].diameter is None and "next plane" in results[0].note
     alone = next(r for r in iter_planes(model, big) if isinstance(r, PlaneResult))
     assert results[1].diameter == pytest.approx(alone.diameter) and results[1].scale == alone.scale
-    assert "plane 2" in results[1].note
+    assert "index 1" in results[1].note
     np.testing.assert_array_equal(results[1].labels, alone.labels)
+
+
+def test_the_objects_segmented_at_the_estimate_measure_it_again():
+    from napari_unet.core.predict import _Sizing
+
+    model = load_model(device="cpu")
+    size = model.object_size
+    yy, xx = np.mgrid[:200, :200]
+
+    def discs(diameter: float) -> np.ndarray:
+        labels = np.zeros((200, 200), np.int32)
+        for n, (y, x) in enumerate([(30, 30), (30, 120), (120, 30), (120, 120), (170, 170)], 1):
+            labels[(yy - y) ** 2 + (xx - x) ** 2 <= (diameter / 2) ** 2] = n
+        return labels
+
+    # estimated 12 px (merged pairs, say), but at that scale the objects measure 6 px: 6 px it is
+    sizing = _Sizing(size, scale=size.scale_for(12.0), diameter=12.0, check_pending=True)
+    assert sizing.check(discs(6.0)) and sizing.diameter == pytest.approx(median_diameter(discs(6.0)))
+    assert sizing.scale == pytest.approx(size.scale_for(sizing.diameter)) and not sizing.check_pending
+    # they measure what was estimated: nothing to do
+    sizing = _Sizing(size, scale=size.scale_for(12.0), diameter=12.0, check_pending=True)
+    assert not sizing.check(discs(12.5)) and sizing.diameter == 12.0
+    # objects that measure larger at that scale are merged by the model at its own size: it stands
+    sizing = _Sizing(size, scale=size.scale_for(12.0), diameter=12.0, check_pending=True)
+    assert not sizing.check(discs(30.0)) and sizing.diameter == 12.0
