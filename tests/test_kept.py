@@ -41,5 +41,6 @@ def test_the_memory_cap_drops_the_oldest_planes_of_any_layer_and_says_which():
     assert kept.written(a, (0,)) is None and kept.result(b, (0,)) is not None
     kept.keep(a, _result((0,)), 4)  # segmented again: kept, no longer dropped; b's plane goes
     assert kept.dropped(a) == [] and kept.dropped(b) == [(0,)]
-    kept.clear_probabilities()
+    kept.forget(a)
+    kept.forget(b)
     assert not kept and kept.results(a) == [] and kept.dropped(b) == []

@@ -174,6 +174,35 @@ def test_min_size_moved_during_a_run_is_applied_when_it_ends(widget, qtbot, c2c1
     qtbot.waitUntil(lambda: w._worker is None and masks.data.max() == 0, timeout=30_000)
 
 
+def test_cancel_after_moving_min_size_says_cancelled_and_what_was_applied(widget, qtbot, c2c12_stack):
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack, name="c2c12")
+
+    def move_then_cancel():
+        w._min_size.value = 10_000
+        w.cancel()
+
+    assert _run_stack_doing_after_first_plane(w, image, move_then_cancel) is not None
+    masks = viewer.layers[masks_layer_name("c2c12")]
+    qtbot.waitUntil(lambda: w._worker is None and "applied" in w._status.value, timeout=30_000)
+    assert w._status.value.startswith("Cancelled after") and masks.data.max() == 0
+
+
+def test_masks_made_before_another_model_was_chosen_still_re_threshold(widget, qtbot, c2c12_stack, tmp_path):
+    import shutil
+
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack, name="c2c12")
+    _segment(w, qtbot, image)
+    masks = viewer.layers[masks_layer_name("c2c12")]
+    assert masks.data.max() > 0
+    first = w._model_combo.value
+    w.add_model_file(shutil.copy(first, tmp_path / "other.pt"))  # another model chosen (the proposal does so)
+    w.select_model(first)  # and back
+    w._min_size.value = 10_000
+    qtbot.waitUntil(lambda: w._worker is None and masks.data.max() == 0, timeout=30_000)
+
+
 def test_an_edited_slice_unmarked_as_corrected_keeps_its_edits_on_rethreshold(widget, qtbot, c2c12_stack,
                                                                                notifications):
     """Unmarking a corrected slice says its masks stay as they are: a later threshold change does

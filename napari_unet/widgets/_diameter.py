@@ -42,6 +42,7 @@ class DiameterControls:
         self.from_label_button = PushButton(text="Diameter from selected label")
         self.used = Label(label="Diameter used", value="")
         self._last_note = ""
+        self._run_auto = True  # whether the last run was given "Auto" (set when it starts)
 
     @property
     def widgets(self) -> list[Any]:
@@ -60,13 +61,14 @@ class DiameterControls:
 
     def new_run(self) -> None:
         self._last_note = ""
+        self._run_auto = self.is_auto  # what the run was given, whatever the field says later
 
     def show(self, result: Any) -> None:
         """Say which object diameter a run used (and any note about it, once per run)."""
         if result.diameter is None:
             text = "image's own scale"
         else:
-            text = f"{result.diameter:.0f} px ({'estimated' if self.is_auto else 'given'})"
+            text = f"{result.diameter:.0f} px ({'estimated' if self._run_auto else 'given'})"
             if result.scale != 1.0:
                 text += f", image scaled x{result.scale:.2f}"
         self.used.value = text
@@ -85,6 +87,9 @@ class DiameterControls:
         index = current_plane_index(viewer, masks)
         plane = np.asarray(masks.data[index] if index else masks.data)
         selected = int(masks.selected_label)
+        if selected == 0:
+            notify_warning("The label selected is the background (0): pick a cell with the color picker first.")
+            return
         diameter = median_diameter((plane == selected).astype(np.int32))
         if diameter is None:
             notify_warning(f"Label {selected} is not in the slice shown: pick a cell with the picker first.")

@@ -87,16 +87,6 @@ class KeptResults:
         """Drop everything kept for ``layer`` (removed, or filled by other means)."""
         self._drop_record(id(unwrap_proxy(layer)))
 
-    def clear_probabilities(self) -> None:
-        """Another model: no kept probabilities apply any more (3D flags stay: they describe the
-        layers' contents)."""
-        for key, record in list(self._records.items()):
-            for index in record.results:
-                self._order.pop((key, index), None)
-            record.results.clear()
-            record.written.clear()
-            record.dropped.clear()
-
     # ------------------------------------------------------------------ reading
     def result(self, layer: Any, index: Plane) -> Any:
         """The last result written to plane ``index`` of ``layer`` (None when not kept)."""

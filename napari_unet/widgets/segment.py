@@ -101,6 +101,8 @@ class SegmentWidget(Container):
         self._last_masks: Any = None  # the masks layer last segmented into (the object behind any proxy)
         self._empty_planes: list[EmptyPlane] = []  # planes of this run where nothing was found
         self._notes_said: set[str] = set()  # the notes of this run already shown
+        self._rethresholding = False  # the job running applies a new threshold (no network run)
+        self._after_cancel = ""  # the status of a cancelled run, kept while its re-threshold follows
         self.last_run_seconds: float | None = None
 
         self._image_combo = ComboBox(label="Image", choices=self._image_choices, nullable=False)
@@ -222,8 +224,8 @@ class SegmentWidget(Container):
             self._model_combo.value = path
 
     def _on_model_changed(self, *_args) -> None:
-        """A new model: forget the old model's probabilities, take its threshold and min. size."""
-        self._kept.clear_probabilities()
+        """A new model: take its threshold and min. size (the masks made before keep their kept
+        probabilities: moving Threshold still re-thresholds them)."""
         self._apply_model_postprocessing(force=True)
 
     def _on_image_kind(self, *_args) -> None:
@@ -461,9 +463,12 @@ class SegmentWidget(Container):
             self._worker.quit()
             self._status.value = "Cancelling…"
 
-    def _start(self, generator: Generator, message: str) -> None:
+    def _start(self, generator: Generator, message: str, rethreshold: bool = False) -> None:
         self._run_started = time.perf_counter()
-        self._sizing.new_run()
+        self._rethresholding = rethreshold
+        if not self._rethresholding:  # the object-size notes are the network run's, once
+            self._sizing.new_run()
+            self._after_cancel = ""
         self._cancelled = False
         self._failed = False
         self._abandoned = ""
@@ -495,7 +500,8 @@ class SegmentWidget(Container):
                 self._status.value = item.message + (f" — {eta} left" if eta else "")
         elif isinstance(item, PlaneResult) and not self._abandoned:
             self._write_plane(item)
-            self._sizing.show(item)
+            if not self._rethresholding:
+                self._sizing.show(item)
             self._follow_kind_of(item)
         elif isinstance(item, EmptyPlane):
             self._empty_planes.append(item)
@@ -534,9 +540,15 @@ class SegmentWidget(Container):
 
     def diameter_from_selected_label(self, *_args) -> None:
         """Take the object diameter from the masks layer's selected label (see DiameterControls)."""
+        from napari.layers import Labels
+
         image = self._image_combo.value
         name = masks_layer_name(image.name) if image is not None else None
         masks = self._viewer.layers[name] if name is not None and name in self._viewer.layers else None
+        active = self._viewer.layers.selection.active
+        if isinstance(active, Labels) and image is not None and tuple(active.data.shape[-2:]) == tuple(
+                (image.data.shape[-3:-1] if image.rgb else image.data.shape[-2:])):
+            masks = active  # a cell drawn in a Labels layer of the image's size (before any masks exist)
         self._sizing.from_selected_label(self._viewer, masks)
 
     def _on_error(self, exc: BaseException) -> None:
@@ -573,7 +585,9 @@ class SegmentWidget(Container):
             self._status.value = message
             notify_warning(message)
         elif self._cancelled:
-            self._status.value = f"Cancelled after {format_seconds(took)}; finished slices kept."
+            self._status.value = self._after_cancel = f"Cancelled after {format_seconds(took)}; finished slices kept."
+        elif self._rethresholding and self._after_cancel and not self._failed:
+            self._status.value = f"{self._after_cancel} The new Threshold / Min. size were applied to them."
         elif not self._failed:
             self._status.value = f"Done in {format_seconds(took)}"
         if not self._failed and not self._abandoned:
@@ -629,7 +643,7 @@ class SegmentWidget(Container):
 
         generator = iter_rethreshold(cached, float(self._threshold.value), int(self._min_size.value))
         self._run_layers = (None, masks)  # no image needed: only the masks are written
-        self._start(generator, "Applying threshold")
+        self._start(generator, "Applying threshold", rethreshold=True)
 
 
 def _checksum(masks: Any, result: Any) -> int:
