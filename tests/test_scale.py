@@ -390,6 +390,9 @@ def test_a_stack_whose_first_plane_holds_no_object_is_sized_on_the_next(dsb_val_
     assert results[1].diameter == pytest.approx(alone.diameter) and results[1].scale == alone.scale
     assert "index 1" in results[1].note
     np.testing.assert_array_equal(results[1].labels, alone.labels)
+    # the empty plane is segmented again at that size, so that every plane of the run has it
+    assert len(results) == 3 and results[2].index == (0,) and results[2].scale == alone.scale
+    assert results[2].diameter == pytest.approx(alone.diameter)
 
 
 def test_the_objects_segmented_at_the_estimate_measure_it_again():

@@ -577,3 +577,30 @@ def test_a_masks_layer_read_lazily_is_refused_before_the_run(widget, qtbot, c2c1
     _segment(w, qtbot, image)
     assert any("read lazily" in m for m in notifications) and w._status.value.startswith("Not started")
     assert w.last_run_seconds is None  # nothing ran (it wrote into copies of the file's blocks before)
+
+
+def test_whole_stack_with_an_empty_first_slice_segments_it_again_at_the_size_found(widget, qtbot, data_dir,
+                                                                                   notifications):
+    from skimage.io import imread
+
+    import csv
+
+    from napari_unet.core.catalog import resolve_model_path
+
+    viewer, w = widget
+    w.select_model(resolve_model_path("nuclei"))  # the built-in model: it finds nothing in camera noise
+    with open(data_dir / "dsb2018" / "manifest.csv") as fh:
+        row = next(r for r in csv.DictReader(fh) if r["split"] == "val" and r["kind"] == "grey_dark")
+    frame = imread(data_dir / "dsb2018" / "images" / f"{row['id']}.png")
+    rng = np.random.default_rng(0)
+    empty = (np.median(frame) + rng.normal(0, 2, frame.shape)).clip(0, 255).astype(frame.dtype)
+    image = viewer.add_image(np.stack([empty, frame, frame]), name="lapse")
+    w.reset_choices()
+    w._image_combo.value = image
+    w._scope.value = SCOPE_STACK
+    w._run_button.clicked.emit()
+    _wait(qtbot, w, timeout=120_000)
+    masks = viewer.layers[masks_layer_name("lapse")]
+    first, second = w.kept_result(masks, (0,)), w.kept_result(masks, (1,))
+    assert second.diameter is not None and first.scale == second.scale and first.diameter == second.diameter
+    assert masks.data[1].max() > 0

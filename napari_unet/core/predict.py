@@ -488,6 +488,7 @@ def iter_planes(
     # a typed diameter is checked against the plane: a zoomed-in field of view of big cells is fine
     sizing = _Sizing.choose(model, diameter, layout.plane_shape, to_model_diameter)
     sizing.retries = min(sizing.retries, max(len(planes) - 1, 0))  # only planes that follow
+    unsized: list[tuple[int, tuple[int, ...]]] = []  # planes segmented while no plane had told the size
     with _eval_mode(runner.engine.net):
         for k, idx in enumerate(planes):
             plane = read_plane(image, idx, window)
@@ -517,6 +518,16 @@ def iter_planes(
                     plane_labels = labels_of(probs, (threshold, min_size, min_seed)) if labels else None
             yield PlaneResult(idx, region, plane_labels, probs, inner, model.representation,
                               sizing.diameter, sizing.scale, sizing.note, min_seed, kind)
+            if sized_here and sizing.search is not None:  # nothing found to size on: the next plane is tried
+                unsized.append((k, idx))
+            elif sized_here and sizing.diameter is not None:
+                # the planes before, segmented at the image's own scale, again at the size now known
+                for k0, idx0 in unsized:
+                    probs = yield from runner.at_scale(read_plane(image, idx0, window), sizing.scale, k0)
+                    plane_labels = labels_of(probs, (threshold, min_size, min_seed)) if labels else None
+                    yield PlaneResult(idx0, region, plane_labels, probs, inner, model.representation,
+                                      sizing.diameter, sizing.scale, sizing.note, min_seed, kind)
+                unsized.clear()
 
 
 def postprocessing_kind(model: SegmentationModel, plane: np.ndarray) -> str | None:

@@ -499,6 +499,8 @@ class SegmentWidget(Container):
                 eta = format_seconds(item.eta)
                 self._status.value = item.message + (f" — {eta} left" if eta else "")
         elif isinstance(item, PlaneResult) and not self._abandoned:
+            # a plane segmented again (at the size a later plane told) is judged by its last result
+            self._empty_planes = [e for e in self._empty_planes if e.index != item.index]
             self._write_plane(item)
             if not self._rethresholding:
                 self._sizing.show(item)
