@@ -21,7 +21,7 @@ def test_records_follow_the_layer_object_not_its_name():
     a, b = Labels(np.zeros((3, 8, 8), np.int32), name="x masks"), Labels(np.zeros((3, 8, 8), np.int32), name="x masks")
     kept.keep(a, _result((0,)), checksum=7)
     a.name = "renamed"
-    assert kept.result(a, (0,)) is not None and kept.written(a, (0,)) == 7
+    assert kept.result(a, (0,)) is not None and kept.written(a, _result((0,))) == 7
     assert kept.result(b, (0,)) is None  # same name, another layer
     kept.made_3d(b)
     assert kept.is_3d(b) and not kept.is_3d(a)
@@ -38,9 +38,24 @@ def test_the_memory_cap_drops_the_oldest_planes_of_any_layer_and_says_which():
     kept.keep(b, _result((0,)), 2)
     kept.keep(a, _result((1,)), 3)  # over the cap: a's plane 0, kept first, goes
     assert [r.index for r in kept.results(a)] == [(1,)] and kept.dropped(a) == [(0,)]
-    assert kept.written(a, (0,)) is None and kept.result(b, (0,)) is not None
+    assert kept.written(a, _result((0,))) is None and kept.result(b, (0,)) is not None
     kept.keep(a, _result((0,)), 4)  # segmented again: kept, no longer dropped; b's plane goes
     assert kept.dropped(a) == [] and kept.dropped(b) == [(0,)]
     kept.forget(a)
     kept.forget(b)
     assert not kept and kept.results(a) == [] and kept.dropped(b) == []
+
+
+def test_fields_of_view_of_one_plane_are_kept_apart_until_a_whole_plane_covers_them():
+    kept = KeptResults(cap_bytes=10**6)
+    layer = Labels(np.zeros((2, 8, 16), np.int32))
+    left, right = (slice(0, 8), slice(0, 8)), (slice(0, 8), slice(8, 16))
+    for region in (left, right):
+        kept.keep(layer, PlaneResult((0,), region, np.zeros((8, 8), np.int32), np.zeros((3, 8, 8), np.float32),
+                                     WHOLE, "classes"), checksum=1)
+    assert [r.region for r in kept.results(layer)] == [left, right]  # both re-threshold
+    assert kept.result(layer, (0,)).region == right  # the last one first
+    whole = (slice(0, 8), slice(0, 16))
+    kept.keep(layer, PlaneResult((0,), whole, np.zeros((8, 16), np.int32), np.zeros((3, 8, 16), np.float32),
+                                 (slice(0, 8), slice(0, 16)), "classes"), checksum=2)
+    assert [r.region for r in kept.results(layer)] == [whole]  # it overwrote both

@@ -9,7 +9,9 @@ say which planes it cannot reach), and whether the layer's last run made 3D obje
 not re-thresholded plane by plane).
 
 Records are keyed by the layer object behind any napari proxy, never by name: a renamed layer
-keeps its record, and a new layer that takes a removed one's name starts empty.
+keeps its record, and a new layer that takes a removed one's name starts empty. Within a record,
+a result is kept per plane and region: fields of view of one plane segmented one after the
+other are all kept (a later result drops those whose region it covers).
 """
 
 from __future__ import annotations
@@ -22,13 +24,27 @@ from typing import Any
 from ._napari_compat import unwrap_proxy
 
 Plane = tuple[int, ...]
+Region = tuple[tuple[int, int], tuple[int, int]]
+Key = tuple[Plane, Region]  # a plane's index and the region of it a result covers
+
+
+def _key(result: Any) -> Key:
+    rows, cols = result.region
+    return tuple(result.index), ((rows.start, rows.stop), (cols.start, cols.stop))
+
+
+def _covers(outer: Region, inner: Region) -> bool:
+    def within(o: tuple[Any, Any], i: tuple[Any, Any]) -> bool:
+        lo, hi = o
+        return (lo is None or (i[0] is not None and i[0] >= lo)) and (hi is None or (i[1] is not None and i[1] <= hi))
+    return within(outer[0], inner[0]) and within(outer[1], inner[1])
 
 
 @dataclass
 class _Record:
     layer: weakref.ref
-    results: dict[Plane, Any] = field(default_factory=dict)  # index -> PlaneResult
-    written: dict[Plane, int] = field(default_factory=dict)  # index -> checksum of the plane as written
+    results: dict[Key, Any] = field(default_factory=dict)  # (index, region) -> PlaneResult
+    written: dict[Key, int] = field(default_factory=dict)  # (index, region) -> checksum of it as written
     dropped: set[Plane] = field(default_factory=set)
     three_d: bool = False
 
@@ -39,7 +55,7 @@ class KeptResults:
     def __init__(self, cap_bytes: int) -> None:
         self.cap_bytes = int(cap_bytes)
         self._records: dict[int, _Record] = {}
-        self._order: OrderedDict[tuple[int, Plane], None] = OrderedDict()  # least recently kept first
+        self._order: OrderedDict[tuple[int, Key], None] = OrderedDict()  # least recently kept first
 
     def _record(self, layer: Any, create: bool = False) -> _Record | None:
         layer = unwrap_proxy(layer)
@@ -55,8 +71,8 @@ class KeptResults:
     def _drop_record(self, key: int) -> None:
         record = self._records.pop(key, None)
         if record is not None:
-            for index in record.results:
-                self._order.pop((key, index), None)
+            for k in record.results:
+                self._order.pop((key, k), None)
 
     # ------------------------------------------------------------------ writing
     def keep(self, layer: Any, result: Any, checksum: int) -> None:
@@ -65,18 +81,25 @@ class KeptResults:
         record = self._record(layer, create=True)
         key = id(unwrap_proxy(layer))
         record.three_d = False
-        record.results[result.index] = result
-        record.written[result.index] = checksum
-        record.dropped.discard(result.index)
-        self._order.pop((key, result.index), None)
-        self._order[(key, result.index)] = None
+        new = _key(result)
+        if new in record.results:  # the same region again (re-thresholded): its place in the order stays
+            record.results[new], record.written[new] = result, checksum
+            return
+        for old in [k for k in record.results if k[0] == new[0] and _covers(new[1], k[1])]:  # overwritten
+            record.results.pop(old)
+            record.written.pop(old, None)
+            self._order.pop((key, old), None)
+        record.results[new] = result
+        record.written[new] = checksum
+        record.dropped.discard(new[0])
+        self._order[(key, new)] = None
         total = sum(r.probabilities.nbytes for rec in self._records.values() for r in rec.results.values())
         while total > self.cap_bytes and len(self._order) > 1:
-            (old_key, index), _ = self._order.popitem(last=False)
-            old = self._records[old_key]
-            total -= old.results.pop(index).probabilities.nbytes
-            old.written.pop(index, None)
-            old.dropped.add(index)
+            (old_key, old), _ = self._order.popitem(last=False)
+            rec = self._records[old_key]
+            total -= rec.results.pop(old).probabilities.nbytes
+            rec.written.pop(old, None)
+            rec.dropped.add(old[0])
 
     def made_3d(self, layer: Any) -> None:
         """``layer`` now holds 3D objects: its planes' kept results no longer describe it."""
@@ -90,8 +113,16 @@ class KeptResults:
     # ------------------------------------------------------------------ reading
     def result(self, layer: Any, index: Plane) -> Any:
         """The last result written to plane ``index`` of ``layer`` (None when not kept)."""
+        of_plane = self.results_of_plane(layer, index)
+        return of_plane[0] if of_plane else None
+
+    def results_of_plane(self, layer: Any, index: Plane) -> list[Any]:
+        """The kept results of plane ``index`` of ``layer`` (its regions), the last written first."""
+        key, index = id(unwrap_proxy(layer)), tuple(index)
         record = self._record(layer)
-        return None if record is None else record.results.get(tuple(index))
+        if record is None:
+            return []
+        return [record.results[k] for lk, k in reversed(self._order) if lk == key and k[0] == index]
 
     def results(self, layer: Any) -> list[Any]:
         """The kept results of ``layer``, oldest first."""
@@ -99,12 +130,13 @@ class KeptResults:
         if record is None:
             return []
         key = id(unwrap_proxy(layer))
-        return [record.results[index] for k, index in self._order if k == key]
+        return [record.results[k] for lk, k in self._order if lk == key]
 
-    def written(self, layer: Any, index: Plane) -> int | None:
-        """Checksum of plane ``index`` of ``layer`` as it was written (None when not kept)."""
+    def written(self, layer: Any, result: Any) -> int | None:
+        """Checksum of the region of ``layer`` that ``result`` covers, as it was written (None when
+        not kept)."""
         record = self._record(layer)
-        return None if record is None else record.written.get(tuple(index))
+        return None if record is None else record.written.get(_key(result))
 
     def dropped(self, layer: Any) -> list[Plane]:
         """Planes of ``layer`` whose probabilities were dropped for the memory cap, sorted."""

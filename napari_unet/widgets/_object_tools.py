@@ -97,14 +97,16 @@ def object_probabilities(viewer: Any, layer: "napari.layers.Labels", plane: Plan
     """The Segment widget's kept "inside an object" probability for ``plane``, as a plane-sized
     array, when its last run covered the box ``box`` of that plane; None otherwise."""
     segment = get_widget(viewer, "segment")
-    kept = getattr(segment, "kept_result", None)
-    result = kept(layer, plane) if kept is not None else None
-    if result is None or result.probabilities.shape[0] < 2:
-        return None
+    kept = getattr(segment, "kept_results", None)
     shape = plane_of(layer, plane).shape
-    rows, cols = (slice(*s.indices(n)[:2]) for s, n in zip(result.region, shape))
-    if not (rows.start <= box[0].start and box[0].stop <= rows.stop
-            and cols.start <= box[1].start and box[1].stop <= cols.stop):
+    for result in kept(layer, plane) if kept is not None else []:  # the last written region that covers it
+        if result.probabilities.shape[0] < 2:
+            continue
+        rows, cols = (slice(*s.indices(n)[:2]) for s, n in zip(result.region, shape))
+        if (rows.start <= box[0].start and box[0].stop <= rows.stop
+                and cols.start <= box[1].start and box[1].stop <= cols.stop):
+            break
+    else:
         return None
     probabilities = np.zeros(shape, dtype=np.float32)
     probabilities[rows, cols] = result.probabilities[1][result.inner]  # channel 1: object (interior)

@@ -540,6 +540,10 @@ class SegmentWidget(Container):
         ``layer`` (None when it was not kept)."""
         return self._kept.result(layer, index)
 
+    def kept_results(self, layer: Any, index: tuple[int, ...]) -> list[PlaneResult]:
+        """The kept results of plane ``index`` of ``layer`` (one per region), the last written first."""
+        return self._kept.results_of_plane(layer, index)
+
     def diameter_from_selected_label(self, *_args) -> None:
         """Take the object diameter from the masks layer's selected label (see DiameterControls)."""
         from napari.layers import Labels
@@ -626,7 +630,7 @@ class SegmentWidget(Container):
         protected = set() if self._overwrite.value else corrected_planes(masks)
         cached = [r for r in self._kept.results(masks) if r.index not in protected]
         # a plane edited since it was segmented (then unmarked as corrected) keeps the user's edits
-        edited = [r for r in cached if self._kept.written(masks, r.index) != _checksum(masks, r)]
+        edited = [r for r in cached if self._kept.written(masks, r) != _checksum(masks, r)]
         if edited and not self._overwrite.value:
             cached = [r for r in cached if all(r is not e for e in edited)]
             notify_info(f"Left {_plural(len(edited), 'slice')} you edited as they are "
