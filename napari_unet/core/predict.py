@@ -511,8 +511,10 @@ def iter_planes(
                 )[inner]
 
             plane_labels = labels_of(probs, (threshold, min_size, min_seed)) if labels else None
-            if sized_here and sizing.check_pending:  # the objects segmented at that size measure it again,
-                # made as the estimate passes made theirs (a kind's own setting is for the labels only)
+            # the objects segmented at that size measure it again, made as the estimate passes made theirs
+            # (a kind's own setting is for the labels only); not the planes of a z-stack, which cut every
+            # object at all heights: their cross-sections measure smaller than the objects
+            if sized_here and sizing.check_pending and not to_model_diameter:
                 if sizing.check(labels_of(probs, search_setting)):
                     probs = yield from runner.at_scale(plane, sizing.scale, k)
                     plane_labels = labels_of(probs, (threshold, min_size, min_seed)) if labels else None
