@@ -31,7 +31,8 @@ def _umask() -> int:
 
 def _temporary_beside(path: Path, suffix: str) -> Path:
     """A new empty file in ``path``'s folder, named after ``path`` (hidden, short enough)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:_NAME_KEPT]}.", suffix=suffix, dir=path.parent)
+    kept = path.name.encode("utf-8")[:_NAME_KEPT].decode("utf-8", errors="ignore")  # bytes: file names are
+    fd, tmp = tempfile.mkstemp(prefix=f".{kept}.", suffix=suffix, dir=path.parent)
     os.close(fd)  # reopened by name, so that the handle's ``name`` is a path (tifffile uses it)
     return Path(tmp)
 

@@ -64,3 +64,7 @@ def test_long_names_get_short_temporary_names(tmp_path):
     with atomic_write(target, "wb") as fh:
         fh.write(b"ok")
     assert target.read_bytes() == b"ok"
+    wide = tmp_path / ("細胞" * 40 + ".pt")  # 80 characters, 243 bytes: the name limit counts bytes
+    with atomic_write(wide, "wb") as fh:
+        fh.write(b"ok")
+    assert wide.read_bytes() == b"ok"

@@ -114,6 +114,21 @@ def test_out_paths_get_pt_and_folders_are_refused(tmp_path, dsb_fluo_crop, tiny_
     assert rc == 0, captured.err
     assert (tmp_path / "x.pt").is_file() and not (tmp_path / "x").exists()
     assert read_model_file(tmp_path / "x.pt").metadata["name"] == "x"
+    rc = main([*base, "--out", "../Y.PT"])  # an upper-case suffix is a model file all the same
+    assert rc == 0 and (tmp_path / "Y.PT").is_file() and not (tmp_path / "Y.PT.pt").exists()
+
+
+def test_a_model_folder_that_cannot_be_written_is_refused_before_training(tmp_path, dsb_fluo_crop,
+                                                                          tiny_model_path, capsys, monkeypatch):
+    image, labels = dsb_fluo_crop
+    img, lab = _write_pair(tmp_path, image, labels)
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("NAPARI_UNET_MODELS", str(tmp_path / "a-file" / "models"))
+    rc = main(["train", "--images", str(img), "--labels", str(lab), "--from", str(tiny_model_path),
+               "--steps", "1", "--patch-size", "32", "--batch-size", "1", "--no-progress", "--out", "mine"])
+    captured = capsys.readouterr()
+    assert rc == 2 and "cannot be written" in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert "fine-tuning" not in captured.out  # refused before reading the examples or training
 
 
 def test_time_budget_must_be_a_finite_positive_number(tmp_path, dsb_fluo_crop, tiny_model_path, capsys):

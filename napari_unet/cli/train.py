@@ -146,14 +146,14 @@ def _out_path(text: str, overwrite: bool) -> Path:
     from napari_unet.core.checkpoint import MODEL_SUFFIX, user_model_path
 
     separators = {os.sep, "/"} | ({os.altsep} if os.altsep else set())
-    if text.endswith(MODEL_SUFFIX) or any(sep in text for sep in separators):
+    if text.lower().endswith(MODEL_SUFFIX) or any(sep in text for sep in separators):
         path = Path(text).expanduser()
         if text[-1] in separators or path.is_dir() or path.name in ("", ".", ".."):
             raise CLIError(
                 f"--out {text} is a folder; give a model file path such as "
                 f"{path / ('my-model' + MODEL_SUFFIX)} or a model name"
             )
-        if path.suffix != MODEL_SUFFIX:
+        if path.suffix.lower() != MODEL_SUFFIX:
             path = path.with_name(path.name + MODEL_SUFFIX)
     else:
         path = user_model_path(text)
@@ -165,6 +165,7 @@ def _out_path(text: str, overwrite: bool) -> Path:
 # ---------------------------------------------------------------------- run
 def run(args: argparse.Namespace) -> int:
     from napari_unet.cli._progress import TrainingBar
+    from napari_unet.core.catalog import check_models_dir_writable
     from napari_unet.core.checkpoint import load_model, save_model
     from napari_unet.core.device import select_device
     from napari_unet.core.events import run_to_end
@@ -184,6 +185,10 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
     select_device(args.device)  # an unknown or missing device is refused before any reading
     out = _out_path(args.out, args.overwrite)
+    try:  # before any reading or training: a run whose model cannot be saved is lost
+        check_models_dir_writable(out.parent)
+    except OSError as exc:
+        raise CLIError(str(exc.strerror or exc)) from None
     images, labels = read_examples(args.images, args.labels)
     base = load_model(args.base, device=args.device)
     print(f"fine-tuning {base.name!r} on {len(images)} example(s), device {base.device}")

@@ -138,7 +138,7 @@ def resolve_model_path(name_or_path: str | os.PathLike | None = None) -> Path:
         name_or_path = DEFAULT_MODEL_NAME
     text = str(name_or_path)
     candidate = Path(text).expanduser()
-    if candidate.suffix == MODEL_SUFFIX or os.sep in text or candidate.is_file():
+    if candidate.suffix.lower() == MODEL_SUFFIX or os.sep in text or candidate.is_file():
         if not candidate.exists():
             raise ModelFileError(f"Model file not found: {candidate}")
         return candidate  # a folder is refused when read, in one place
@@ -246,7 +246,7 @@ def export_model(name_or_path: str | os.PathLike, destination: str | os.PathLike
     destination = Path(destination).expanduser()
     if destination.is_dir():
         destination = destination / source.name
-    if destination.suffix != MODEL_SUFFIX:
+    if destination.suffix.lower() != MODEL_SUFFIX:
         destination = destination.with_name(destination.name + MODEL_SUFFIX)
     if destination.resolve() == source.resolve():
         raise ValueError("Choose another file to export to: that is the model file itself.")
