@@ -586,6 +586,20 @@ def test_rename_delete_with_confirmation_and_export(widget, base_model, tmp_path
     w.models_panel._rename_button.native.click()
     assert any("is not usable" in m for m in notifications)
 
+    # a file named as downloads are ("… (1)"), not a name one could type: renamed all the same
+    import shutil
+
+    odd = shutil.copy(_user_models()["nuclei v2"], Path(_user_models()["nuclei v2"]).with_name("my cells (1).pt"))
+    w.models_panel.refresh()
+    w.models_panel._manage_combo.value = "my cells (1)"
+    w.models_panel._rename_edit.value = "my cells"
+    w.models_panel._rename_button.native.click()
+    assert "my cells" in _user_models() and not Path(odd).exists()
+    from napari_unet.core.catalog import delete_model
+
+    delete_model("my cells")
+    w.models_panel.refresh()
+
     out = w.export_model(tmp_path / "shared copy")
     assert out == tmp_path / "shared copy.pt"
     assert out.read_bytes() == _user_models()["nuclei v2"].read_bytes()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tifffile
@@ -624,3 +626,17 @@ def test_two_fields_of_view_of_one_slice_both_re_threshold(make_napari_viewer, q
     for result in kept:
         expected = result.relabel(0.3, 0).labels > 0
         np.testing.assert_array_equal(masks.data[result.region] > 0, expected)
+
+
+def test_two_model_files_of_one_name_are_both_listed(widget, tiny_model_path, tmp_path):
+    import shutil
+
+    _viewer, w = widget
+    paths = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        paths.append(str(Path(shutil.copy(tiny_model_path, tmp_path / folder / "model.pt")).resolve()))
+        w.add_model_file(paths[-1])
+    w.add_model_file(paths[0])  # the same file again: listed once
+    listed = [value for _label, value in w._model_choices()]
+    assert all(listed.count(p) == 1 for p in paths) and w._model_combo.value == paths[0]

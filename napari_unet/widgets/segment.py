@@ -210,7 +210,14 @@ class SegmentWidget(Container):
 
         package = is_bioimageio_package(path)
         path = str(package_location(Path(path).resolve()))
-        self._extra_models[f"{Path(path).stem} ({'BioImage.IO' if package else 'file'})"] = path
+        if path not in self._extra_models.values():  # a second "model.pt" of another folder: both listed
+            label = base = f"{Path(path).stem} ({'BioImage.IO' if package else 'file'})"
+            if label in self._extra_models:
+                label = base = f"{Path(path).stem} ({'BioImage.IO' if package else 'file'}, {Path(path).parent.name})"
+            n = 2
+            while label in self._extra_models:
+                label, n = f"{base} #{n}", n + 1
+            self._extra_models[label] = path
         self._model_combo.reset_choices()
         self._model_combo.value = path
 

@@ -87,10 +87,12 @@ class ModelsPanel(Container):
         name, new_name = self._chosen("Rename model"), self._rename_edit.value
         if name is None:
             return
-        from napari_unet.core.catalog import user_model_path
+        from napari_unet.core.catalog import find_model
 
         try:
-            old_path = user_model_path(name)
+            # the file as it is (a name such as "my cells (1)", or one hidden by a built-in's, is not
+            # a name one can give a new model, yet it is the user's model to rename)
+            old_path = find_model(name, user_only=True).path
             new_path = rename_model(name, new_name)
         except (ValueError, OSError) as exc:
             notify_error("Rename model", exc)
