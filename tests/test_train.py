@@ -247,3 +247,15 @@ def test_a_binary_mask_is_split_into_its_separate_objects(dsb_fluo_crop, caplog)
         one[60 + k, 60 + k] = 3
     (single,) = prepare_examples(SegmentationModel(net), [image[:96, :96]], [one])
     np.testing.assert_array_equal(single.labels, one)  # one object as drawn, not split
+
+
+def test_a_fine_tuned_model_does_not_carry_the_bases_scores_and_card(dsb_fluo_crop):
+    from napari_unet.core import load_model
+
+    image, labels = dsb_fluo_crop
+    base = load_model("nuclei", device="cpu")
+    assert {"val_ap75", "model_card", "stages"} <= set(base.metadata)  # the shipped model's own record
+    _events, tuned = _drain(finetune(base, [image], [labels], steps=1, patch_size=64, batch_size=1, device="cpu"))
+    meta = tuned.metadata
+    assert not {"val_ap75", "model_card", "stages", "legs"} & set(meta)  # never measured for the new weights
+    assert meta["base_model"] == "nuclei" and meta["description"].startswith("Fine-tuned from 'nuclei'")

@@ -50,6 +50,10 @@ class RunSummary:
         return float(np.mean(self.losses[-10:])) if self.losses else None
 
 
+#: Keys of a base model's metadata that describe its own training and evaluation.
+_NOT_INHERITED = ("path", "val_ap75", "stages", "legs", "model_card", "description")
+
+
 def trained_metadata(
     base: SegmentationModel,
     *,
@@ -71,7 +75,11 @@ def trained_metadata(
     ``selection_metric``, ``selection_note``, ``selected_step``), the split, the recipe,
     the final training loss and every validation (``history``).
     """
-    meta = {k: v for k, v in copy.deepcopy(base.metadata).items() if k not in ("path",)}
+    # what describes the base's own training and evaluation is not carried over: the new model has
+    # its own scores, and its export must not print the base's recipe and card as its own
+    meta = {k: v for k, v in copy.deepcopy(base.metadata).items() if k not in _NOT_INHERITED}
+    if not from_scratch and base.metadata.get("description"):
+        meta["description"] = f"Fine-tuned from {base.name!r} ({str(base.metadata['description']).strip()})"
     meta.update(
         name=base.name if from_scratch else f"{base.name}-finetuned",
         base_model=None if from_scratch else base.name,
