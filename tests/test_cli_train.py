@@ -161,3 +161,12 @@ def test_train_takes_ome_zarr_stacks(tmp_path, dsb_fluo_crop, tiny_model_path, c
                "--out", str(tmp_path / "z.pt"), "--from", str(tiny_model_path), "--steps", "1", "--no-progress"])
     assert rc == 0, capsys.readouterr().err
     assert (tmp_path / "z.pt").is_file()
+
+
+def test_a_time_budget_too_short_for_one_step_saves_nothing(tmp_path, dsb_fluo_crop, tiny_model_path, capsys):
+    image, labels = dsb_fluo_crop
+    img, lab = _write_pair(tmp_path, image, labels)
+    rc = main(["train", "--images", str(img), "--labels", str(lab), "--from", str(tiny_model_path),
+               "--time-budget", "1e-9", "--patch-size", "32", "--batch-size", "1", "--no-progress",
+               "--out", str(tmp_path / "m.pt")])
+    assert rc == 2 and "nothing was learnt" in capsys.readouterr().err and not (tmp_path / "m.pt").exists()

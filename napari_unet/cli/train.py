@@ -207,6 +207,9 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.close()
         gen.close()
+    if not result.metadata.get("steps"):  # an unchanged copy of the base must not be saved as trained
+        raise CLIError("the time budget ended before the first training step: nothing was learnt and no model "
+                       "was saved; give a longer --time-budget (or --steps)")
     result.metadata["name"] = out.stem
     save_model(result, out)
     meta = result.metadata
