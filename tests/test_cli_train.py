@@ -170,3 +170,16 @@ def test_a_time_budget_too_short_for_one_step_saves_nothing(tmp_path, dsb_fluo_c
                "--time-budget", "1e-9", "--patch-size", "32", "--batch-size", "1", "--no-progress",
                "--out", str(tmp_path / "m.pt")])
     assert rc == 2 and "nothing was learnt" in capsys.readouterr().err and not (tmp_path / "m.pt").exists()
+
+
+def test_a_stack_of_three_planes_without_axes_trains_as_three_examples(tmp_path, dsb_fluo_crop, tiny_model_path,
+                                                                       capsys):
+    image, labels = dsb_fluo_crop
+    tifffile.imwrite(tmp_path / "st3.tif", np.stack([image] * 3))  # no axes: 3 planes look like channels
+    tifffile.imwrite(tmp_path / "st3_lab.tif", np.stack([labels.astype(np.uint16)] * 3))
+    rc = main(["train", "--images", str(tmp_path / "st3.tif"), "--labels", str(tmp_path / "st3_lab.tif"),
+               "--from", str(tiny_model_path), "--steps", "1", "--patch-size", "32", "--batch-size", "1",
+               "--no-progress", "--out", str(tmp_path / "m.pt")])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "on 3 example(s)" in captured.out

@@ -65,23 +65,25 @@ def add_parser(subparsers: Any) -> None:
 
 
 # ---------------------------------------------------------------------- reading
-def _read_file(path: Path) -> tuple[np.ndarray, str]:
-    """(array, axes) of one file, in memory."""
+def _read_file(path: Path) -> tuple[np.ndarray, str, bool]:
+    """(array, axes, whether the file says its axes) of one file, in memory."""
     from napari_unet.io import read_stack
 
     data, info = read_stack(path, lazy=False)
-    return np.asarray(data), info.axes
+    return np.asarray(data), info.axes, info.axes_from_file
 
 
-def _planes(arr: np.ndarray, axes: str, path: Path, is_labels: bool) -> list[np.ndarray]:
-    """Split a stack into 2D planes ((H, W) or (H, W, 3) RGB)."""
+def _planes(arr: np.ndarray, axes: str, path: Path, is_labels: bool, channels_are_planes: bool = False
+            ) -> list[np.ndarray]:
+    """Split a stack into 2D planes ((H, W) or (H, W, 3) RGB); ``channels_are_planes``: a guessed
+    channel axis is a stack of planes (its labels file has as many)."""
     rgb = axes.endswith("S")
     spatial = 3 if rgb else 2
     if arr.ndim < spatial:
         raise CLIError(f"{path} is not an image (shape {arr.shape}).")
     if is_labels and rgb:
         raise CLIError(f"{path} looks like a colour image; label files must hold one integer per pixel.")
-    if "C" in axes and not is_labels:
+    if "C" in axes and not is_labels and not channels_are_planes:
         c = axes.index("C")
         if arr.shape[c] != 1:
             raise CLIError(
@@ -124,8 +126,12 @@ def read_examples(image_paths: list[str], label_paths: list[str]) -> tuple[list[
     images: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     for img_path, lab_path in _pair_files(image_paths, label_paths):
-        img_planes = _planes(*_read_file(img_path), img_path, is_labels=False)
-        lab_planes = _planes(*_read_file(lab_path), lab_path, is_labels=True)
+        img, img_axes, img_told = _read_file(img_path)
+        lab_planes = _planes(*_read_file(lab_path)[:2], lab_path, is_labels=True)
+        # 3 or 4 planes without axes in the file look like channels; with as many labels planes they are planes
+        guessed_planes = ("C" in img_axes and not img_told and not img_axes.endswith("S")
+                          and img.shape[img_axes.index("C")] == len(lab_planes))
+        img_planes = _planes(img, img_axes, img_path, is_labels=False, channels_are_planes=guessed_planes)
         check_labels_not_an_image(np.stack(lab_planes), lab_path.name)
         if len(img_planes) != len(lab_planes):
             raise CLIError(
