@@ -188,6 +188,8 @@ def test_cancel_after_moving_min_size_says_cancelled_and_what_was_applied(widget
     masks = viewer.layers[masks_layer_name("c2c12")]
     qtbot.waitUntil(lambda: w._worker is None and "applied" in w._status.value, timeout=30_000)
     assert w._status.value.startswith("Cancelled after") and masks.data.max() == 0
+    w._min_size.value = 0  # a later move is a re-threshold of its own: "Done"
+    qtbot.waitUntil(lambda: w._worker is None and w._status.value.startswith("Done"), timeout=30_000)
 
 
 def test_masks_made_before_another_model_was_chosen_still_re_threshold(widget, qtbot, c2c12_stack, tmp_path):

@@ -599,8 +599,9 @@ class SegmentWidget(Container):
             notify_warning(message)
         elif self._cancelled:
             self._status.value = self._after_cancel = f"Cancelled after {format_seconds(took)}; finished slices kept."
-        elif self._rethresholding and self._after_cancel and not self._failed:
+        elif self._rethresholding and self._after_cancel and not self._failed:  # the one that followed the cancel
             self._status.value = f"{self._after_cancel} The new Threshold / Min. size were applied to them."
+            self._after_cancel = ""
         elif not self._failed:
             self._status.value = f"Done in {format_seconds(took)}"
         if not self._failed and not self._abandoned:
