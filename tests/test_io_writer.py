@@ -61,6 +61,13 @@ def test_labels_of_a_z_t_layer_come_back_in_its_order_with_their_corrected_slice
     np.testing.assert_array_equal(np.asarray(data), labels)
     assert stored["version"] == 2  # older readers must not take these planes for the layer's order
 
+    # a list of a newer version is refused whole: neither its planes nor its axis order are used
+    sidecar = tmp_path / "zt_masks.tif.corrected.json"
+    sidecar.write_text(json.dumps({**stored, "version": 3}))
+    ((data, meta, kind),) = reader_function(str(path))
+    assert data.shape == (2, 4, 16, 16) and meta["metadata"][CORRECTED_KEY] == []
+    sidecar.write_text(json.dumps(stored))
+
     # without a list (napari-unet predict): the layer's order is recorded all the same
     other = write_labels(tmp_path / "cli_masks.tif", labels, axes="ZTYX")
     ((data, meta, kind),) = reader_function(str(other))

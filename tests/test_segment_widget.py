@@ -610,7 +610,8 @@ def test_whole_stack_with_an_empty_first_slice_segments_it_again_at_the_size_fou
     assert masks.data[1].max() > 0
 
 
-def test_two_fields_of_view_of_one_slice_both_re_threshold(make_napari_viewer, qtbot, tiny_model_path, c2c12_stack):
+def test_two_fields_of_view_of_one_slice_both_re_threshold(make_napari_viewer, qtbot, tiny_model_path, c2c12_stack,
+                                                              notifications):
     viewer = make_napari_viewer(show=True)
     _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
     w.add_model_file(tiny_model_path)
@@ -620,14 +621,17 @@ def test_two_fields_of_view_of_one_slice_both_re_threshold(make_napari_viewer, q
     for x in (40, 340):
         viewer.camera.center = (48, x)
         _segment(w, qtbot, image, SCOPE_VIEW)
+    viewer.camera.center = (48, 290)  # a third field, overlapping the second one without covering it
+    _segment(w, qtbot, image, SCOPE_VIEW)
     masks = viewer.layers[masks_layer_name("wide")]
     kept = w.kept_results(masks, ())
+    assert len(kept) == 3
+    kept = kept[1:]  # the two first fields, as above
     assert len(kept) == 2 and kept[0].region[1].start > kept[1].region[1].stop  # both fields, apart
     w._threshold.value = 0.3  # both fields are re-thresholded, not only the last one
     qtbot.waitUntil(lambda: w._worker is None and w._status.value.startswith("Done"), timeout=30_000)
-    for result in kept:
-        expected = result.relabel(0.3, 0).labels > 0
-        np.testing.assert_array_equal(masks.data[result.region] > 0, expected)
+    assert not [m for m in notifications if "you edited" in m]  # the overlap was the run's, not the user's
+    np.testing.assert_array_equal(masks.data[kept[1].region] > 0, kept[1].relabel(0.3, 0).labels > 0)
 
 
 def test_two_model_files_of_one_name_are_both_listed(widget, tiny_model_path, tmp_path):

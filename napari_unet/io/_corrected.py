@@ -120,7 +120,9 @@ def stored_layer_axes(labels_path: str | os.PathLike) -> str | None:
         data = json.loads(sidecar_path(labels_path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    axes = data.get("layer_axes") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not isinstance(data.get("version", 1), int) or data.get("version", 1) > SIDECAR_VERSION:
+        return None  # a newer sidecar is refused whole (see load_corrected_list), not read in part
+    axes = data.get("layer_axes")
     return axes if isinstance(axes, str) and axes.isalpha() else None
 
 

@@ -101,6 +101,12 @@ class KeptResults:
             rec.written.pop(old, None)
             rec.dropped.add(old[0])
 
+    def rewritten(self, layer: Any, result: Any, checksum: int) -> None:
+        """A run (not the user) changed part of the region of a kept ``result``: its checksum now."""
+        record = self._record(layer)
+        if record is not None and _key(result) in record.written:
+            record.written[_key(result)] = checksum
+
     def made_3d(self, layer: Any) -> None:
         """``layer`` now holds 3D objects: its planes' kept results no longer describe it."""
         self.forget(layer)

@@ -77,14 +77,19 @@ def ready_for_writing(layer: Any) -> None:
     """
     from ._base import notify_info
 
-    if not isinstance(layer.data, np.ndarray):
-        raise ValueError(f"The layer {layer.name!r} is read lazily from its file, so nothing can be written into "
-                         "it: open it in memory (Load stack, Loading: in memory), or rename or remove it.")
+    if getattr(layer, "multiscale", False):
+        raise ValueError(f"The layer {layer.name!r} holds several resolutions (a pyramid), which cannot be written "
+                         "plane by plane: rename or remove it, and segment again into a new masks layer.")
+    if not isinstance(layer.data, np.ndarray):  # dask (read lazily), zarr, ...: a plane read is a copy
+        raise ValueError(f"The layer {layer.name!r} is not held in memory (read lazily from its file), so nothing "
+                         "can be written into it: open it in memory (Load stack, Loading: in memory), or rename or "
+                         "remove it.")
     dtype = np.dtype(layer.data.dtype)
     if dtype.kind in "iu" and np.iinfo(dtype).max >= np.iinfo(np.int32).max:
         return
     if dtype.kind not in "iub":
-        raise ValueError(f"The layer {layer.name!r} holds {dtype} values, not labels: rename or remove it.")
+        raise ValueError(f"The layer {layer.name!r} holds {dtype} values, which cannot take the model's ids: "
+                         "rename or remove it.")
     layer.data = layer.data.astype(np.int32)
     notify_info(f"{layer.name!r} held {dtype} labels: made 32-bit (values kept), so that the model's ids fit.")
 

@@ -361,9 +361,9 @@ class SegmentWidget(Container):
             masks = self._masks_layer(image)
             scope = self._scope.value
             if self._three_d.active:  # whole volumes: the field of view does not apply
+                ready_for_writing(masks)  # (before planning, which forgets the layer's kept results)
                 generator, message = plan_3d_run(self, image, masks, diameter)
                 if generator is not None:
-                    ready_for_writing(masks)
                     self._run_layers = (image, masks)
                     self._last_masks = unwrap_proxy(masks)
                     self._start(generator, message)
@@ -526,6 +526,9 @@ class SegmentWidget(Container):
             return  # the user removed the masks layer meanwhile (the run is being abandoned)
         write_plane(masks, result)
         self._kept.keep(masks, result, _checksum(masks, result))
+        for other in self._kept.results_of_plane(masks, result.index):  # fields of view it overlaps: the
+            if other is not result and _overlap(other.region, result.region):  # run changed them, not the user
+                self._kept.rewritten(masks, other, _checksum(masks, other))
 
     def _running_masks(self) -> Any:
         """The masks layer of the running job (whatever its name now); None once it was removed."""
@@ -658,6 +661,11 @@ class SegmentWidget(Container):
         generator = iter_rethreshold(cached, float(self._threshold.value), int(self._min_size.value))
         self._run_layers = (None, masks)  # no image needed: only the masks are written
         self._start(generator, "Applying threshold", rethreshold=True)
+
+
+def _overlap(a: Any, b: Any) -> bool:
+    """Whether two regions ``(rows, cols)`` of a plane (slices with concrete bounds) share pixels."""
+    return all(x.start < y.stop and y.start < x.stop for x, y in zip(a, b))
 
 
 def _checksum(masks: Any, result: Any) -> int:
