@@ -59,6 +59,21 @@ def sidecar_path(labels_path: str | os.PathLike) -> Path:
     return path.with_name(path.name + SIDECAR_SUFFIX)
 
 
+def planes_given(planes: Iterable[Any] | dict | Any) -> list[Plane]:
+    """Sorted, unique planes from an iterable of plane indices, a layer metadata dict or a layer."""
+    if hasattr(planes, "metadata") and not isinstance(planes, dict):
+        planes = planes.metadata
+    if isinstance(planes, dict):
+        return planes_in_metadata(planes)
+    return sorted({as_plane(p) for p in planes})
+
+
+def _version_known(data: Any) -> bool:
+    """Whether a parsed sidecar is of a version this code reads (a plain list is version 1)."""
+    version = data.get("version", 1) if isinstance(data, dict) else 1
+    return isinstance(version, int) and version <= SIDECAR_VERSION
+
+
 def corrected_list_text(labels_path: str | os.PathLike, planes: Iterable[Any] | dict | Any,
                         layer_axes: str | None = None) -> str:
     """The JSON text of the corrected-slices list of ``labels_path`` (see :func:`save_corrected_list`).
@@ -66,12 +81,7 @@ def corrected_list_text(labels_path: str | os.PathLike, planes: Iterable[Any] | 
     The planes index the file's own stack axes. ``layer_axes``: the axis order of the layer the
     labels came from, when the file stores them in another (ImageJ's T, Z order): the reader
     puts them back in that order."""
-    if hasattr(planes, "metadata") and not isinstance(planes, dict):
-        planes = planes.metadata
-    if isinstance(planes, dict):
-        plane_list = planes_in_metadata(planes)
-    else:
-        plane_list = sorted({as_plane(p) for p in planes})
+    plane_list = planes_given(planes)
     payload = {
         "format": SIDECAR_FORMAT,
         "version": 2 if layer_axes else 1,  # 2: the planes follow the file's axis order, given beside
@@ -120,7 +130,7 @@ def stored_layer_axes(labels_path: str | os.PathLike) -> str | None:
         data = json.loads(sidecar_path(labels_path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(data, dict) or not isinstance(data.get("version", 1), int) or data.get("version", 1) > SIDECAR_VERSION:
+    if not isinstance(data, dict) or not _version_known(data):
         return None  # a newer sidecar is refused whole (see load_corrected_list), not read in part
     axes = data.get("layer_axes")
     return axes if isinstance(axes, str) and axes.isalpha() else None
@@ -139,9 +149,9 @@ def load_corrected_list(labels_path: str | os.PathLike) -> list[Plane]:
         return []
     try:
         data = json.loads(target.read_text(encoding="utf-8"))
-        version = data.get("version", 1) if isinstance(data, dict) else 1
-        if not isinstance(version, int) or version > SIDECAR_VERSION:
-            raise ValueError(f"it is of version {version!r}, written by a newer napari-unet: update napari-unet")
+        if not _version_known(data):
+            raise ValueError(f"it is of version {data.get('version')!r}, written by a newer napari-unet: "
+                             "update napari-unet")
         planes = data["planes"] if isinstance(data, dict) else data
         return sorted({as_plane(p) for p in planes})
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:

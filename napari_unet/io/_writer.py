@@ -163,7 +163,7 @@ def write_labels(
     if out_axes != axes:  # stored in ImageJ's order: the list follows the file, and says the layer's order
         layer_axes = axes
         if corrected is not None:
-            corrected = _planes_in_file_order(corrected, axes, out_axes, path)
+            corrected = _planes_in_file_order(corrected, axes, out_axes)
     with atomic_write_all() as files:
         with files.open(path, "wb") as fh:
             tifffile.imwrite(fh, data, **kwargs)
@@ -176,14 +176,12 @@ def write_labels(
     return path
 
 
-def _planes_in_file_order(corrected: Any, axes: str, out_axes: str, path: Path) -> list[tuple[int, ...]]:
+def _planes_in_file_order(corrected: Any, axes: str, out_axes: str) -> list[tuple[int, ...]]:
     """Corrected plane indices along the stack axes of ``axes`` (all but Y, X) re-indexed along
     those of ``out_axes``, the order the file stores."""
-    from ._corrected import as_plane, planes_in_metadata
+    from ._corrected import planes_given
 
-    if hasattr(corrected, "metadata") and not isinstance(corrected, dict):
-        corrected = corrected.metadata
-    planes = planes_in_metadata(corrected) if isinstance(corrected, dict) else [as_plane(p) for p in corrected]
+    planes = planes_given(corrected)
     lead, out_lead = axes[:-2], out_axes[:-2]
     order = [lead.index(a) for a in out_lead]
     return [tuple(p[i] for i in order) for p in planes if len(p) == len(lead)]
