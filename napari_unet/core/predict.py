@@ -503,21 +503,22 @@ def iter_planes(
             if probs is None:
                 probs = yield from runner.at_scale(plane, sizing.scale, k)
 
-            def labels_of(probs: np.ndarray, setting: tuple[float, int, int]) -> np.ndarray:
-                threshold, min_size, min_seed = setting
+            def labels_of(probs: np.ndarray, setting: tuple[float, int, int] | None = None) -> np.ndarray:
+                """Instances of ``probs`` at the plane's scale: the labels' setting, or ``setting``."""
+                threshold_, min_size_, min_seed_ = setting or (threshold, min_size, min_seed)
                 return probabilities_to_labels(
-                    probs, threshold, min_size_at(min_size, sizing.scale), model.representation,
-                    min_seed=min_size_at(min_seed, sizing.scale),
+                    probs, threshold_, min_size_at(min_size_, sizing.scale), model.representation,
+                    min_seed=min_size_at(min_seed_, sizing.scale),
                 )[inner]
 
-            plane_labels = labels_of(probs, (threshold, min_size, min_seed)) if labels else None
+            plane_labels = labels_of(probs) if labels else None
             # the objects segmented at that size measure it again, made as the estimate passes made theirs
             # (a kind's own setting is for the labels only); not the planes of a z-stack, which cut every
             # object at all heights: their cross-sections measure smaller than the objects
             if sized_here and sizing.check_pending and not to_model_diameter:
                 if sizing.check(labels_of(probs, search_setting)):
                     probs = yield from runner.at_scale(plane, sizing.scale, k)
-                    plane_labels = labels_of(probs, (threshold, min_size, min_seed)) if labels else None
+                    plane_labels = labels_of(probs) if labels else None
             yield PlaneResult(idx, region, plane_labels, probs, inner, model.representation,
                               sizing.diameter, sizing.scale, sizing.note, min_seed, kind)
             # nothing found to size on: the next plane is tried (a z-stack's consumer adds each plane's
@@ -528,7 +529,7 @@ def iter_planes(
                 # the planes before, segmented at the image's own scale, again at the size now known
                 for k0, idx0 in unsized:
                     probs = yield from runner.at_scale(read_plane(image, idx0, window), sizing.scale, k0)
-                    plane_labels = labels_of(probs, (threshold, min_size, min_seed)) if labels else None
+                    plane_labels = labels_of(probs) if labels else None
                     yield PlaneResult(idx0, region, plane_labels, probs, inner, model.representation,
                                       sizing.diameter, sizing.scale, sizing.note, min_seed, kind)
                 unsized.clear()

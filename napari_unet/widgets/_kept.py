@@ -101,6 +101,15 @@ class KeptResults:
             rec.written.pop(old, None)
             rec.dropped.add(old[0])
 
+    def overlapping(self, layer: Any, result: Any) -> list[Any]:
+        """The other kept results of ``result``'s plane whose regions share pixels with its region."""
+        region = _key(result)[1]
+
+        def shares(other: Region) -> bool:
+            return all(lo < o_hi and o_lo < hi for (lo, hi), (o_lo, o_hi) in zip(region, other))
+        return [other for other in self.results_of_plane(layer, result.index)
+                if other is not result and shares(_key(other)[1])]
+
     def rewritten(self, layer: Any, result: Any, checksum: int) -> None:
         """A run (not the user) changed part of the region of a kept ``result``: its checksum now."""
         record = self._record(layer)

@@ -31,12 +31,17 @@ def corrected_planes(layer) -> set[tuple[int, ...]]:
     return set(CorrectedSlices.for_layer(layer).planes)
 
 
+def labels_shape(image: Any) -> tuple[int, ...]:
+    """The shape of labels for ``image`` (an RGB image's without its colour axis)."""
+    return tuple(image.data.shape[:-1] if image.rgb else image.data.shape)
+
+
 def masks_layer_for(viewer: Any, image: Any) -> "napari.layers.Labels":
     """The "<image> masks" layer, created (zeros, int32, same plane shape) if missing."""
     from napari.layers import Labels
 
     name = masks_layer_name(image.name)
-    shape = image.data.shape[:-1] if image.rgb else image.data.shape
+    shape = labels_shape(image)
     if name in viewer.layers:
         layer = viewer.layers[name]
         if not isinstance(layer, Labels) or tuple(layer.data.shape) != tuple(shape):

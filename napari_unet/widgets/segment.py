@@ -53,6 +53,7 @@ from ._diameter import DiameterControls
 from ._kept import KeptResults
 from ._masks import (
     corrected_planes,
+    labels_shape,
     masks_layer_for,
     ready_for_writing,
     masks_layer_name,
@@ -356,7 +357,7 @@ class SegmentWidget(Container):
             notify_error("Segment", "no model available: add a model file or reinstall napari-unet.")
             return
         try:
-            plane_shape = tuple(image.data.shape[-3:-1] if image.rgb else image.data.shape[-2:])
+            plane_shape = labels_shape(image)[-2:]
             diameter = self._sizing.chosen(image, plane_shape)  # checked before anything is written
             masks = self._masks_layer(image)
             scope = self._scope.value
@@ -526,9 +527,8 @@ class SegmentWidget(Container):
             return  # the user removed the masks layer meanwhile (the run is being abandoned)
         write_plane(masks, result)
         self._kept.keep(masks, result, _checksum(masks, result))
-        for other in self._kept.results_of_plane(masks, result.index):  # fields of view it overlaps: the
-            if other is not result and _overlap(other.region, result.region):  # run changed them, not the user
-                self._kept.rewritten(masks, other, _checksum(masks, other))
+        for other in self._kept.overlapping(masks, result):  # the run changed them there, not the user
+            self._kept.rewritten(masks, other, _checksum(masks, other))
 
     def _running_masks(self) -> Any:
         """The masks layer of the running job (whatever its name now); None once it was removed."""
@@ -562,8 +562,7 @@ class SegmentWidget(Container):
         name = masks_layer_name(image.name) if image is not None else None
         masks = self._viewer.layers[name] if name is not None and name in self._viewer.layers else None
         active = self._viewer.layers.selection.active
-        if isinstance(active, Labels) and image is not None and tuple(active.data.shape[-2:]) == tuple(
-                (image.data.shape[-3:-1] if image.rgb else image.data.shape[-2:])):
+        if isinstance(active, Labels) and image is not None and tuple(active.data.shape[-2:]) == labels_shape(image)[-2:]:
             masks = active  # a cell drawn in a Labels layer of the image's size (before any masks exist)
         self._sizing.from_selected_label(self._viewer, masks)
 
@@ -661,11 +660,6 @@ class SegmentWidget(Container):
         generator = iter_rethreshold(cached, float(self._threshold.value), int(self._min_size.value))
         self._run_layers = (None, masks)  # no image needed: only the masks are written
         self._start(generator, "Applying threshold", rethreshold=True)
-
-
-def _overlap(a: Any, b: Any) -> bool:
-    """Whether two regions ``(rows, cols)`` of a plane (slices with concrete bounds) share pixels."""
-    return all(x.start < y.stop and y.start < x.stop for x, y in zip(a, b))
 
 
 def _checksum(masks: Any, result: Any) -> int:
