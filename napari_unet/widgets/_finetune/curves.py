@@ -139,6 +139,10 @@ class LiveCurves:
         return changed
 
     def _draw_now(self) -> None:
+        try:  # (a draw already queued can come after Qt deleted the canvas, before its "destroyed")
+            self.canvas.objectName()
+        except RuntimeError:
+            self._alive = False
         if not self._alive:
             return
         h = self.history
