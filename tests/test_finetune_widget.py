@@ -643,3 +643,18 @@ def test_marking_an_empty_slice_says_what_it_teaches(widget, c2c12, notification
     w.corrected_panel._mark_button.native.click()
     assert any("holds no object" in m for m in notifications)
     assert w.corrected_panel.corrections.planes == [(2,)]
+
+
+def test_mark_refuses_a_slice_the_stack_does_not_have(make_napari_viewer, data_dir, notifications):
+    """A 4-frame masks layer beside a 10-frame image, the slider at frame 7: Mark does not mark
+    the last frame of the short one."""
+    viewer = make_napari_viewer()
+    frames = tifffile.imread(data_dir / "c2c12_timelapse" / "images.tif")[:, :96, :96]
+    viewer.add_image(frames, name="long")
+    masks = viewer.add_labels(np.zeros((4, 96, 96), np.int32), name="short masks")
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
+    viewer.dims.set_current_step(0, 7)
+    widget.corrected_panel._labels_combo.value = masks
+    widget.corrected_panel._mark_button.native.click()
+    assert CorrectedSlices.for_layer(masks).planes == []
+    assert any("'short masks' has no slice" in m for m in notifications)

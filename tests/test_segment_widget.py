@@ -646,3 +646,141 @@ def test_two_model_files_of_one_name_are_both_listed(widget, tiny_model_path, tm
     w.add_model_file(paths[0])  # the same file again: listed once
     listed = [value for _label, value in w._model_choices()]
     assert all(listed.count(p) == 1 for p in paths) and w._model_combo.value == paths[0]
+
+
+def test_a_slice_corrected_during_a_whole_stack_run_is_not_overwritten(widget, qtbot, c2c12_stack, notifications):
+    """The user paints on slice 3 while the run is on slice 0: the run leaves slice 3 as the user
+    made it (and its undo step), and says so."""
+    from napari_unet.widgets._corrections import CorrectedSlices
+
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack, name="c2c12")
+
+    def correct_slice_3():
+        masks = viewer.layers[masks_layer_name("c2c12")]
+        masks.brush_size = 5
+        masks.paint((3, 48, 48), 999)
+
+    painted = _run_stack_doing_after_first_plane(w, image, correct_slice_3)
+    _wait(qtbot, w)
+    masks = viewer.layers[masks_layer_name("c2c12")]
+    assert painted == [(0,)]
+    assert (masks.data[3] == 999).any() and (3,) in CorrectedSlices.for_layer(masks)
+    assert all(masks.data[t].max() > 0 for t in (1, 2))  # the others were written
+    assert any("slice 3" in m and "while" in m for m in notifications)
+    masks.undo()  # the user's stroke is still one undo step
+    assert not (masks.data[3] == 999).any()
+
+
+def test_a_corrected_slice_replaced_with_consent_is_no_longer_listed_as_corrected(widget, qtbot, c2c12_stack,
+                                                                                   notifications):
+    """Overwrite ticked: the corrected slice holds the model's masks again, so it is no longer a
+    training example (Fine-tune would learn the raw prediction as if the user had checked it)."""
+    from napari_unet.widgets._corrections import CorrectedSlices
+
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack, name="c2c12")
+    _segment(w, qtbot, image, SCOPE_STACK)
+    masks = viewer.layers[masks_layer_name("c2c12")]
+    masks.paint((1, 50, 50), 999)
+    assert (1,) in CorrectedSlices.for_layer(masks)
+    w._overwrite.value = True
+    viewer.dims.set_current_step(0, 1)
+    _segment(w, qtbot, image, SCOPE_SLICE)
+    assert not (masks.data[1] == 999).any()
+    assert (1,) not in CorrectedSlices.for_layer(masks)
+    assert any("slice 1" in m and "no longer" in m for m in notifications)
+
+
+def test_moving_the_threshold_never_rewrites_corrected_slices_even_with_overwrite_ticked(widget, qtbot, c2c12_stack):
+    """'Overwrite slices I corrected' is for the runs the user starts; a moved Threshold re-applies
+    kept probabilities and leaves every corrected slice alone."""
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack, name="c2c12")
+    _segment(w, qtbot, image, SCOPE_STACK)
+    masks = viewer.layers[masks_layer_name("c2c12")]
+    masks.paint((1, 50, 50), 999)
+    w._overwrite.value = True
+    viewer.dims.set_current_step(0, 2)
+    _segment(w, qtbot, image, SCOPE_SLICE)  # a run of slice 2 only, with consent
+    assert (masks.data[1] == 999).any()
+    w._threshold.value = 0.3
+    _wait(qtbot, w)
+    assert (masks.data[1] == 999).any()
+
+
+def test_segmenting_again_after_fine_tuning_ignores_overwrite(widget, qtbot, c2c12_stack, tiny_model_path):
+    """The re-segmentation that follows fine-tuning is not a run the user started: the corrected
+    slice shown (the training example) stays, even with 'Overwrite slices I corrected' ticked."""
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack, name="c2c12")
+    _segment(w, qtbot, image, SCOPE_STACK)
+    masks = viewer.layers[masks_layer_name("c2c12")]
+    viewer.dims.set_current_step(0, 1)
+    masks.paint((1, 50, 50), 999)
+    w._overwrite.value = True
+    w.use_new_model(str(tiny_model_path), image)
+    _wait(qtbot, w)
+    assert (masks.data[1] == 999).any()
+    assert viewer.dims.current_step[0] == 2  # the next slice not corrected was segmented instead
+
+
+def test_field_of_view_in_a_transposed_view_segments_the_whole_yx_plane(widget, qtbot, c2c12_stack, notifications):
+    """A T-X view's field of view is no part of a Y-X plane: the plane at the position is
+    segmented whole, as the message says (not a strip cut with the wrong axes)."""
+    from napari_unet.widgets._base import viewer_camera
+
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack, name="c2c12")
+    viewer.dims.order = (1, 0, 2)  # the canvas shows T-X cuts at a Y
+    viewer.dims.set_current_step(1, 48)
+    viewer.dims.set_current_step(0, 2)
+    camera = viewer_camera(viewer)
+    camera.center = (1, 48)
+    camera.zoom = 4 * camera.zoom
+    _segment(w, qtbot, image, SCOPE_VIEW)
+    masks = viewer.layers[masks_layer_name("c2c12")]
+    written = [t for t in range(len(c2c12_stack)) if masks.data[t].any()]
+    assert written == [2]
+    rows, cols = w._kept.results(masks)[0].region
+    assert rows.indices(96) == cols.indices(96) == (0, 96, 1)  # the whole plane
+    assert any("transposed" in m and "whole" in m for m in notifications)
+
+
+def test_current_slice_of_a_stack_shorter_than_the_viewers_position_is_refused(widget, qtbot, c2c12_stack,
+                                                                                  data_dir, notifications):
+    """Two time-lapses of 4 and 10 frames, the slider at frame 7: the short one has no slice
+    there (napari shows nothing of it), so neither Segment nor Mark picks its last frame."""
+    viewer, w = widget
+    short = viewer.add_image(c2c12_stack, name="short")
+    viewer.add_image(tifffile.imread(data_dir / "c2c12_timelapse" / "images.tif")[:, :96, :96], name="long")
+    viewer.dims.set_current_step(0, 7)
+    _segment(w, qtbot, short, SCOPE_SLICE)
+    assert masks_layer_name("short") not in viewer.layers or not viewer.layers[masks_layer_name("short")].data.any()
+    assert w._status.value.startswith("Not started") and "no slice" in w._status.value
+    assert any("'short' has no slice" in m for m in notifications)
+
+
+def test_a_new_model_arriving_during_a_run_is_chosen_without_moving_the_view(widget, qtbot, c2c12_stack,
+                                                                            tiny_model_path, tmp_path):
+    """Fine-tuning ends while the user's whole-stack run goes on: the new model is chosen, and
+    neither the scope nor the slider moves (nor a false "segmenting slice 1 instead")."""
+    import shutil
+
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack, name="c2c12")
+    new_model = tmp_path / "tuned.pt"
+    shutil.copy(tiny_model_path, new_model)
+    states = []
+
+    def model_arrives():
+        w.use_new_model(str(new_model), image)
+        states.append((w._scope.value, viewer.dims.current_step[0], w._status.value))
+
+    before = viewer.dims.current_step[0]
+    _run_stack_doing_after_first_plane(w, image, model_arrives)
+    _wait(qtbot, w)
+    (scope, step, status), = states
+    assert scope == SCOPE_STACK and step == before
+    assert "new model is chosen" in status and "running" in status
+    assert Path(w._model_combo.value).name == "tuned.pt"

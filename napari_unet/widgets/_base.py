@@ -187,8 +187,15 @@ def shows_yx_planes(viewer: Any, layer: Any) -> bool:
     return set(dims.displayed) == {offset + layer.ndim - 2, offset + layer.ndim - 1}
 
 
-def current_plane_index(viewer: "napari.Viewer", layer: "napari.layers.Layer") -> tuple[int, ...]:
-    """Indices along the layer's non-plane axes of the slice the viewer shows now."""
+def current_plane_index(viewer: "napari.Viewer", layer: "napari.layers.Layer", strict: bool = False) -> tuple[int, ...]:
+    """Indices along the layer's non-plane axes of the slice the viewer shows now (the nearest one
+    when the viewer's position lies outside the layer, as with a stack shorter than another).
+
+    Raises
+    ------
+    ValueError
+        ``strict`` and the layer has no slice at the viewer's position (napari shows nothing of it).
+    """
     n_lead = lead_ndim(layer)
     if n_lead <= 0:
         return ()
@@ -196,7 +203,14 @@ def current_plane_index(viewer: "napari.Viewer", layer: "napari.layers.Layer") -
     # world_to_data returns the layer's non-displayed + displayed coordinates in data order
     coords = data_point[-layer.ndim :][:n_lead]
     shape = layer.data.shape[:n_lead]
-    return tuple(int(np.clip(np.round(c), 0, s - 1)) for c, s in zip(coords, shape))
+    index = tuple(int(np.round(c)) for c in coords)
+    if strict:
+        for axis, (i, s) in enumerate(zip(index, shape)):
+            if not 0 <= i < s:
+                label = viewer.dims.axis_labels[viewer.dims.ndim - layer.ndim + axis]
+                raise ValueError(f"{layer.name!r} has no slice at the viewer's position ({label} = {i}; it has {s} "
+                                 f"along that axis): move the slider into it.")
+    return tuple(int(np.clip(i, 0, s - 1)) for i, s in zip(index, shape))
 
 
 def show_plane(viewer: "napari.Viewer", layer: "napari.layers.Layer", plane: tuple[int, ...]) -> None:

@@ -178,6 +178,41 @@ def write_plane(layer: Any, result: Any) -> None:
     layer.refresh()
 
 
+def protect_or_release_corrected(layer: Any, planes: list[tuple[int, ...]], run: Any) -> bool:
+    """Before a run writes ``planes`` into the masks ``layer``: False when one of them is now a
+    corrected slice and the run may not replace it (the user corrected it while the run was going:
+    recorded in ``run._corrected_meanwhile``); with consent (``run.run_overwrites_corrected``) the
+    corrected slices written are unmarked (they will hold the model's masks, no training example
+    any more; recorded in ``run._replaced_corrected``) and True is returned."""
+    corrected = corrected_planes(layer)
+    hit = [tuple(p) for p in planes if tuple(p) in corrected]
+    if not hit:
+        return True
+    if not run.run_overwrites_corrected:
+        run._corrected_meanwhile.extend(p for p in hit if p not in run._corrected_meanwhile)
+        return False
+    slices = CorrectedSlices.for_layer(layer)
+    for plane in hit:
+        slices.unmark(plane)
+        if plane not in run._replaced_corrected:
+            run._replaced_corrected.append(plane)
+    return True
+
+
+def report_corrected_during_run(meanwhile: list[tuple[int, ...]], replaced: list[tuple[int, ...]]) -> None:
+    """The run's notes on corrected slices: those it left because the user corrected them while it
+    was going, those it replaced with the user's consent (no longer corrected)."""
+    from ._base import notify_info, notify_warning
+
+    if meanwhile:
+        verb = "it" if len(meanwhile) == 1 else "them"
+        notify_warning(f"Left {_planes_text(meanwhile)} as you corrected {verb} while the run was going.")
+    if replaced:
+        verb = "is" if len(replaced) == 1 else "are"
+        notify_info(f"Replaced {_planes_text(replaced)}, which you had corrected: {verb} no longer listed as "
+                    "corrected (not a training example); correct or mark again to make it one.")
+
+
 def forget_history_of_planes(layer: Any, planes: list[tuple[int, ...]]) -> None:
     """Drop the layer's undo/redo steps that edited any of ``planes`` (just rewritten)."""
     from ._corrections import planes_of_history_item

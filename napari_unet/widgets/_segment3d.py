@@ -184,17 +184,19 @@ def segment_volumes(model_path: str, data: Any, volumes: list[tuple[Any, ...]], 
             gen.close()
 
 
+def volume_planes(result: VolumeResult) -> list[tuple[int, ...]]:
+    """The planes of the masks layer that a volume's labels go to, in Z order."""
+    z_axis = next(i for i, value in enumerate(result.index) if isinstance(value, slice))
+    return [tuple(z if i == z_axis else i_ for i, i_ in enumerate(result.index)) for z in range(result.labels.shape[0])]
+
+
 def write_volume(layer: Any, result: VolumeResult, protected: set[tuple[int, ...]]) -> int:
     """Write a volume's labels into the masks layer, leaving the planes the user corrected as they
     are (new ids start above theirs). Returns how many corrected planes were kept. The Z axis is
     the one the run segmented along (``slice(None)`` in the result's index), whatever the Z axis
     control says now."""
-    z_axis = next(i for i, value in enumerate(result.index) if isinstance(value, slice))
     labels = np.asarray(result.labels)
-    planes = []
-    for z in range(labels.shape[0]):
-        plane = tuple(z if i == z_axis else i_ for i, i_ in enumerate(result.index))
-        planes.append(plane)
+    planes = volume_planes(result)
     kept = [k for k, plane in enumerate(planes) if plane in protected]
     if kept:
         top = max(int(np.asarray(layer.data[planes[k]]).max()) for k in kept)
@@ -224,7 +226,7 @@ def plan_3d_run(widget: Any, image: Any, masks: Any, diameter: float | None) -> 
         notify_error("Segment", "The Z axis cannot also be the channel axis: choose another one.")
         return None, ""
     n_lead = lead_ndim(image)
-    current = current_plane_index(widget._viewer, image)
+    current = current_plane_index(widget._viewer, image, strict=widget._scope.value != SCOPE_STACK)
     volumes = volume_indices(tuple(image.data.shape[:n_lead]), z_axis, current,
                              widget._scope.value == SCOPE_STACK, widget._channel_axis.value)
     widget._kept.made_3d(masks)  # 3D objects: not re-thresholded plane by plane from kept results
@@ -241,12 +243,16 @@ def plan_3d_run(widget: Any, image: Any, masks: Any, diameter: float | None) -> 
 def write_volume_result(widget: Any, result: VolumeResult) -> None:
     """The Segment widget got a finished volume: into its masks layer, corrected planes kept."""
     from ._base import notify_warning
-    from ._masks import corrected_planes
+    from ._masks import corrected_planes, protect_or_release_corrected
 
     masks = widget._running_masks()
     if masks is None:
         return  # the user removed the masks layer meanwhile
-    protected = set() if widget._overwrite.value else corrected_planes(masks)
+    if widget.run_overwrites_corrected:  # (the corrected planes replaced are unmarked)
+        protect_or_release_corrected(masks, volume_planes(result), widget)
+        protected = set()
+    else:  # also those corrected while the run was going
+        protected = corrected_planes(masks)
     if write_volume(masks, result, protected):
         notify_warning("Slices you corrected were left as they are (the new objects around them got new ids); "
                        "tick 'Overwrite slices I corrected' to replace them.")

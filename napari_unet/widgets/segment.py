@@ -58,6 +58,8 @@ from ._masks import (
     ready_for_writing,
     masks_layer_name,
     move_past_corrected_slice,
+    protect_or_release_corrected,
+    report_corrected_during_run,
     report_empty_planes,
     shown_plane_corrected,
     write_plane,
@@ -90,6 +92,9 @@ class SegmentWidget(Container):
         super().__init__(labels=True)
         self._viewer = viewer
         self._worker = None
+        self.run_overwrites_corrected = False  # whether the running job may replace corrected slices
+        self._corrected_meanwhile: list[tuple[int, ...]] = []
+        self._replaced_corrected: list[tuple[int, ...]] = []
         self._model_cache: dict = {}
         self._extra_models: dict[str, str] = {}
         self._kept = KeptResults(PROBABILITY_CACHE_BYTES)  # probabilities etc. of each masks layer's planes
@@ -334,7 +339,7 @@ class SegmentWidget(Container):
     # ------------------------------------------------------------------ run
     def _planes_for_scope(self, image, scope: str) -> list[tuple[int, ...]]:
         n_lead = lead_ndim(image)
-        current = current_plane_index(self._viewer, image)
+        current = current_plane_index(self._viewer, image, strict=scope != SCOPE_STACK)
         if scope != SCOPE_STACK or n_lead == 0:
             return [current]
         ranges: list[Iterable[int]] = [range(s) for s in image.data.shape[:n_lead]]
@@ -343,8 +348,10 @@ class SegmentWidget(Container):
             ranges[channel_axis] = [current[channel_axis]]
         return [tuple(i) for i in itertools.product(*ranges)]
 
-    def run(self, *_args) -> None:
-        """Segment what the Scope says; results stream into "<image> masks"."""
+    def run(self, *_args, keep_corrected: bool = False) -> None:
+        """Segment what the Scope says; results stream into "<image> masks". Slices the user
+        corrected are replaced only when 'Overwrite slices I corrected' is ticked and the run is
+        not ``keep_corrected`` (one the user did not start, such as the one after fine-tuning)."""
         if self._worker is not None:
             notify_warning("A segmentation is already running; wait for it or press Cancel.")
             return
@@ -356,6 +363,7 @@ class SegmentWidget(Container):
         if not model_path:
             notify_error("Segment", "no model available: add a model file or reinstall napari-unet.")
             return
+        overwrite = bool(self._overwrite.value) and not keep_corrected
         try:
             plane_shape = labels_shape(image)[-2:]
             diameter = self._sizing.chosen(image, plane_shape)  # checked before anything is written
@@ -367,19 +375,23 @@ class SegmentWidget(Container):
                 if generator is not None:
                     self._run_layers = (image, masks)
                     self._last_masks = unwrap_proxy(masks)
-                    self._start(generator, message)
+                    self._start(generator, message, overwrite=overwrite)
                 return
             planes = self._planes_for_scope(image, scope)
-            region = visible_region(self._viewer, image, plane_shape) if scope == SCOPE_VIEW else (slice(None), slice(None))
-            if scope != SCOPE_STACK and not shows_yx_planes(self._viewer, image):
+            yx_view = shows_yx_planes(self._viewer, image)
+            # (a field of view of another cut is no part of a Y-X plane: the plane is segmented whole)
+            region = visible_region(self._viewer, image, plane_shape) if scope == SCOPE_VIEW and yx_view else (
+                slice(None), slice(None))
+            if scope != SCOPE_STACK and not yx_view:
+                whole = ", whole" if scope == SCOPE_VIEW else ""
                 notify_warning("The view shows another cut through the stack than its Y-X planes (axes "
-                               "transposed or rolled): the Y-X plane at the current position is segmented.")
+                               f"transposed or rolled): the Y-X plane at the current position is segmented{whole}.")
         except ValueError as exc:
             notify_error("Segment", exc)
             self._status.value = f"Not started: {one_line(exc)}"
             return
         skipped = []
-        if not self._overwrite.value:
+        if not overwrite:
             protected = corrected_planes(masks)
             skipped = [p for p in planes if p in protected]
             planes = [p for p in planes if p not in protected]
@@ -414,12 +426,18 @@ class SegmentWidget(Container):
             diameter=diameter,
             model_cache=self._model_cache,
         )
-        self._start(generator, f"Segmenting {len(planes)} slice(s)" if len(planes) > 1 else "Segmenting")
+        self._start(generator, f"Segmenting {len(planes)} slice(s)" if len(planes) > 1 else "Segmenting",
+                    overwrite=overwrite)
 
     def use_new_model(self, model_path: str | Path, image: Any = None) -> None:
         """A new (fine-tuned) model: select it and segment ``image`` with it (its current view,
         see :meth:`segment_current_view`); with no image (or one no longer open), only select it."""
         target = unwrap_proxy(image) if image is not None else None
+        if self._worker is not None:  # the user's run goes on: the view, scope and slider stay as they are
+            self.select_model(model_path)
+            self._status.value = ("The new model is chosen; a segmentation is running: segment with the new "
+                                  "model when it has finished.")
+            return
         self.reset_choices()
         match = next((c for c in self._image_combo.choices if target is not None and unwrap_proxy(c) is target), None)
         if match is None:
@@ -434,7 +452,8 @@ class SegmentWidget(Container):
 
         When the slice shown is one the user corrected (e.g. the only example of a
         fine-tuning), the viewer moves to the next slice that is not, and that one is
-        segmented; the status says which.
+        segmented; the status says which. Corrected slices are never replaced by this run, whatever
+        'Overwrite slices I corrected' says: the user did not start it.
         """
         if model_path is not None:
             self.select_model(model_path)
@@ -446,20 +465,20 @@ class SegmentWidget(Container):
             self._status.value = ("The new model is chosen. The slice shown is one you corrected, so it was not "
                                   "segmented again: segment another image or slice with it.")
             return
-        self.run()
+        self.run(keep_corrected=True)
         if moved and self._worker is not None:
             self._status.value = moved
             notify_info(moved)
 
     def _shown_plane_is_corrected(self) -> bool:
         image = self._image_combo.value
-        return image is not None and not self._overwrite.value and shown_plane_corrected(self._viewer, image)
+        return image is not None and shown_plane_corrected(self._viewer, image)
 
     def _move_past_corrected_slice(self) -> str:
         """Show the next slice the user did not correct when the current one is corrected;
         returns what was done ("" when nothing moved)."""
         image = self._image_combo.value
-        if image is None or self._overwrite.value:
+        if image is None:
             return ""
         # in order, the channel shown kept
         return move_past_corrected_slice(self._viewer, image, self._planes_for_scope(image, SCOPE_STACK))
@@ -471,8 +490,11 @@ class SegmentWidget(Container):
             self._worker.quit()
             self._status.value = "Cancelling…"
 
-    def _start(self, generator: Generator, message: str, rethreshold: bool = False) -> None:
+    def _start(self, generator: Generator, message: str, rethreshold: bool = False, overwrite: bool = False) -> None:
         self._run_started = time.perf_counter()
+        self.run_overwrites_corrected = overwrite
+        self._corrected_meanwhile = []  # slices corrected during the run: left as the user made them
+        self._replaced_corrected = []  # corrected slices replaced (with consent): no longer corrected
         self._rethresholding = rethreshold
         if not self._rethresholding:  # the object-size notes are the network run's, once
             self._sizing.new_run()
@@ -525,6 +547,8 @@ class SegmentWidget(Container):
         masks = self._running_masks()
         if masks is None:
             return  # the user removed the masks layer meanwhile (the run is being abandoned)
+        if not protect_or_release_corrected(masks, [result.index], self):
+            return
         write_plane(masks, result)
         self._kept.keep(masks, result, _checksum(masks, result))
         for other in self._kept.overlapping(masks, result):  # the run changed them there, not the user
@@ -608,6 +632,7 @@ class SegmentWidget(Container):
             self._status.value = f"Done in {format_seconds(took)}"
         if not self._failed and not self._abandoned:
             report_empty_planes(self._empty_planes)
+        report_corrected_during_run(self._corrected_meanwhile, self._replaced_corrected)
         self._run_layers = ()
         self.last_run_seconds = took
         masks = self._follow_last_masks()
@@ -637,15 +662,16 @@ class SegmentWidget(Container):
             self._status.value = ("Threshold and Min. size apply from the next run: 3D objects are not "
                                   "re-thresholded from kept probabilities.")
             return
-        protected = set() if self._overwrite.value else corrected_planes(masks)
+        # corrected slices keep the user's masks ('Overwrite slices I corrected' is for the runs the
+        # user starts), and so does a plane edited since it was segmented (then unmarked as corrected)
+        protected = corrected_planes(masks)
         cached = [r for r in self._kept.results(masks) if r.index not in protected]
-        # a plane edited since it was segmented (then unmarked as corrected) keeps the user's edits
         edited = [r for r in cached if self._kept.written(masks, r) != _checksum(masks, r)]
-        if edited and not self._overwrite.value:
+        if edited:
             cached = [r for r in cached if all(r is not e for e in edited)]
             notify_info(f"Left {_plural(len(edited), 'slice')} you edited as they are "
-                        f"({', '.join(format_plane(r.index) for r in edited[:5])}); tick 'Overwrite "
-                        "slices I corrected' to apply the new values there too.")
+                        f"({', '.join(format_plane(r.index) for r in edited[:5])}); segment them again with "
+                        "'Overwrite slices I corrected' ticked for masks made with the new values.")
         dropped = self._kept.dropped(masks)
         if dropped:
             notify_info(f"The new values apply to the {len(cached)} slices segmented last; "

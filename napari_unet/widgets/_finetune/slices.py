@@ -146,7 +146,11 @@ class CorrectedSlicesPanel(Container):
             notify_error("Mark slice", "the view shows another cut through the stack than its Y-X slices (axes "
                          "transposed or rolled): go back to the Y-X view to mark the slice shown there.")
             return
-        plane = current_plane_index(self._viewer, layer)
+        try:
+            plane = current_plane_index(self._viewer, layer, strict=True)
+        except ValueError as exc:
+            notify_error("Mark slice", exc)
+            return
         self._tracker.mark(plane)
         data = np.asarray(layer.data[plane] if plane else layer.data)
         if not data.any():
