@@ -251,3 +251,30 @@ def test_out_that_is_a_file_is_a_one_line_error(tmp_path, images, tiny_model_pat
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "give the folder the masks go to" in err
     assert not (tmp_path / "result.tif").exists() or out != "result.tif"
+
+
+def test_masks_of_a_2d_time_lapse_open_with_the_axes_of_its_image(tmp_path, dsb_fluo_crop, tiny_model_path):
+    """An OME-Zarr time-lapse of single planes (T, C, Z = 3, 1, 1): its masks keep the Z of size 1,
+    which the TIFF does not store, so napari shows each time point's own labels."""
+    import zarr
+
+    image, _ = dsb_fluo_crop
+    movie = np.stack([np.roll(image[:64, :64], 9 * t, axis=1) for t in range(3)])[:, None, None]
+    path = tmp_path / "movie.ome.zarr"
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    group.create_array("0", shape=movie.shape, dtype=movie.dtype, chunks=(1, 1, 1, 64, 64))[...] = movie
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": [
+        {"name": "t", "type": "time", "unit": "second"}, {"name": "c", "type": "channel"},
+        {"name": "z", "type": "space", "unit": "micrometer"}, {"name": "y", "type": "space", "unit": "micrometer"},
+        {"name": "x", "type": "space", "unit": "micrometer"}],
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [60, 1, 1, 0.5, 0.5]}]}]}]
+    rc = main(["predict", str(path), "--out", str(tmp_path / "o"), "--model", str(tiny_model_path), "--no-progress"])
+    assert rc == 0
+    ((image_data, image_meta, _),) = napari_get_reader(str(path))(str(path))
+    masks = str(tmp_path / "o" / "movie_masks.tif")
+    ((data, meta, kind),) = napari_get_reader(masks)(masks)
+    assert kind == "labels" and data.shape == image_data.shape == (3, 1, 64, 64)
+    assert tuple(meta["axis_labels"]) == tuple(image_meta["axis_labels"]) == ("t", "z", "y", "x")
+    assert tuple(meta["scale"])[0] == 60.0 and tuple(meta["scale"])[2:] == (0.5, 0.5)
+    model = load_model(tiny_model_path, device="cpu")
+    np.testing.assert_array_equal(np.asarray(data)[2, 0], segment(model, movie[2, 0, 0]))

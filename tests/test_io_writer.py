@@ -180,3 +180,28 @@ def test_integer_files_named_as_masks_open_as_labels_and_others_as_images(tmp_pa
     kinds = {name: reader_function(str(tmp_path / name))[0][2]
              for name in ("cells_cp_masks.tif", "cells_labels.tif", "cells.tif")}
     assert kinds == {"cells_cp_masks.tif": "labels", "cells_labels.tif": "image", "cells.tif": "image"}
+
+
+def test_labels_with_an_axis_of_size_1_come_back_with_it_and_their_corrected_slices(tmp_path):
+    """Neither ImageJ nor OME-TIFF keeps a stack axis of size 1 (T, Z=1 reads as T): the list
+    beside the file says the layer's axes, and the reader puts the axis back."""
+    from napari_unet.io._corrected import CORRECTED_KEY
+    from napari_unet.io._reader import reader_function
+
+    for top, name in ((7, "tz_masks.tif"), (70_000, "tz_ome_masks.tif")):  # ImageJ, then OME-TIFF
+        labels = np.zeros((3, 1, 16, 16), np.uint32)  # T Z Y X
+        labels[2, 0, 4:8, 4:8] = top
+        path = write_labels(tmp_path / name, labels, scale=(60.0, 2.0, 0.5, 0.5), axes="TZYX", corrected=[(2, 0)])
+        assert read_stack(path)[1].axes == "TYX"  # what the file itself says
+        ((data, meta, kind),) = reader_function(str(path))
+        assert kind == "labels" and data.shape == (3, 1, 16, 16) and tuple(meta["axis_labels"]) == tuple("tzyx")
+        assert tuple(meta["scale"])[::2] == (60.0, 0.5) and meta["metadata"][CORRECTED_KEY] == [[2, 0]]
+        np.testing.assert_array_equal(np.asarray(data), labels)
+
+    labels = np.zeros((1, 3, 16, 16), np.uint16)  # Z=1 before T: put back, then in the layer's order
+    labels[0, 1, 2:5, 2:5] = 1
+    path = write_labels(tmp_path / "zt_masks.tif", labels, axes="ZTYX", corrected=[(0, 1)])
+    ((data, meta, kind),) = reader_function(str(path))
+    assert data.shape == (1, 3, 16, 16) and tuple(meta["axis_labels"]) == tuple("ztyx")
+    assert meta["metadata"][CORRECTED_KEY] == [[0, 1]]
+    np.testing.assert_array_equal(np.asarray(data), labels)

@@ -78,9 +78,9 @@ def corrected_list_text(labels_path: str | os.PathLike, planes: Iterable[Any] | 
                         layer_axes: str | None = None) -> str:
     """The JSON text of the corrected-slices list of ``labels_path`` (see :func:`save_corrected_list`).
 
-    The planes index the file's own stack axes. ``layer_axes``: the axis order of the layer the
-    labels came from, when the file stores them in another (ImageJ's T, Z order): the reader
-    puts them back in that order."""
+    The planes index the file's own stack axes (size-1 ones included). ``layer_axes``: the axes
+    of the layer the labels came from, when the file stores them in another order (ImageJ's T, Z)
+    or reads back without some (of size 1): the reader puts them back."""
     plane_list = planes_given(planes)
     payload = {
         "format": SIDECAR_FORMAT,

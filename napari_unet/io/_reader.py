@@ -312,21 +312,30 @@ def as_labels_where_masks(path: str | os.PathLike, layers: list[LayerData]) -> l
 
 def _in_axes_order(layer: LayerData, target: str, corrected: list[tuple[int, ...]]
                    ) -> tuple[list[LayerData], list[tuple[int, ...]]]:
-    """``layer`` (and its corrected planes) with its axes transposed into the order ``target``
-    (unchanged when its axes are not a reordering of ``target``'s)."""
+    """``layer`` (and its corrected planes) with the axes ``target``: its axes of size 1 that the
+    file does not keep put back, then transposed into that order (unchanged when its axes are not
+    ``target``'s, or some of them, in the order the writer stores them)."""
+    from ._writer import _IMAGEJ_ORDER
+
     data, meta, kind = layer
     source = ((meta.get("metadata") or {}).get("napari_unet") or {}).get("layer_axes")
-    if not isinstance(source, str) or sorted(source) != sorted(target) or source == target:
+    stored = "".join(a for a in _IMAGEJ_ORDER if a in target)  # the file's axes, size-1 ones included
+    if (not isinstance(source, str) or source == target or sorted(stored) != sorted(target)
+            or "".join(a for a in stored if a in source) != source):
         return [layer], corrected
-    order = [source.index(a) for a in target]
+    expand = tuple(slice(None) if a in source else None for a in stored)
+    order = [stored.index(a) for a in target]
     levels = data if isinstance(data, list) else [data]
-    moved = [level.transpose(order) for level in levels]
+    moved = [level[expand].transpose(order) for level in levels]
     meta = dict(meta)
     for key in ("scale", "axis_labels", "units", "translate"):
-        if meta.get(key) is not None and len(meta[key]) == len(order):
-            meta[key] = tuple(meta[key][i] for i in order)
+        if meta.get(key) is not None and len(meta[key]) == len(source):
+            put_back = {"scale": 1.0, "units": "pixel", "translate": 0.0}  # an axis of size 1 put back
+            values = [meta[key][source.index(a)] if a in source else put_back.get(key, a.lower())
+                      for a in stored]
+            meta[key] = tuple(values[i] for i in order)
     meta["metadata"] = {**meta["metadata"], "napari_unet": {**meta["metadata"]["napari_unet"], "layer_axes": target}}
-    lead = [source[:-2].index(a) for a in target[:-2]]
+    lead = [stored[:-2].index(a) for a in target[:-2]]
     planes = [tuple(p[i] for i in lead) for p in corrected if len(p) == len(lead)]
     return [(moved if isinstance(data, list) else moved[0], meta, kind)], planes
 

@@ -160,7 +160,10 @@ def write_labels(
         kwargs.update(ome=True, metadata=meta, bigtiff=data.nbytes > 2**31)
 
     layer_axes = None
-    if out_axes != axes:  # stored in ImageJ's order: the list follows the file, and says the layer's order
+    # what the file reads back as: ImageJ's order, without the stack axes of size 1 (neither ImageJ nor
+    # OME-TIFF readers keep those: a T, Z=1 stack reads as T alone)
+    read_axes = "".join(a for a, n in zip(out_axes, data.shape) if n > 1 or a in "YX")
+    if read_axes != axes:  # the list follows the file (all its axes) and says the layer's axes
         layer_axes = axes
         if corrected is not None:
             corrected = _planes_in_file_order(corrected, axes, out_axes)
