@@ -169,6 +169,21 @@ def test_two_inputs_with_one_output_name_are_refused_before_any_work(tmp_path, i
     assert rc == 2 and "a.png" in err and "a.tif" in err and not out.exists()
 
 
+def test_an_input_that_is_another_inputs_output_is_refused_before_any_work(tmp_path, images, tiny_model_path,
+                                                                          capsys, monkeypatch):
+    """a.tif and a_masks.tif (masks of an earlier run, named to be segmented) into their own folder:
+    a.tif's masks would overwrite an input, which would then be segmented."""
+    masks = images / "a_masks.tif"
+    tifffile.imwrite(masks, np.arange(100 * 90, dtype=np.uint16).reshape(100, 90) % 7)
+    before = masks.read_bytes()
+    monkeypatch.chdir(images)  # --out "." is the inputs' folder too
+    rc = main(["predict", str(images / "a.tif"), str(masks), "--out", ".", "--model", str(tiny_model_path),
+               "--overwrite", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "also an input" in err and str(masks) in err
+    assert masks.read_bytes() == before and not (images / "a_masks_masks.tif").exists()
+
+
 def test_batch_goes_on_after_a_bad_file_and_a_rerun_skips_what_exists(tmp_path, images, tiny_model_path,
                                                                       capsys):
     (images / "a2.tif").write_text("not an image")

@@ -5,7 +5,8 @@ each input; with ``--dask`` (or ``--scheduler ADDRESS``) ``DIR/<stem>_masks.ome.
 computed plane by plane on dask's local threads or a dask.distributed cluster.
 
 A batch is checked before any work: two inputs with one output name (``a/x.tif`` and
-``b/x.tif``, or ``x.tif`` and ``x.png``) are refused. Then an input that fails (unreadable,
+``b/x.tif``, or ``x.tif`` and ``x.png``), and an input that is another's output (``a.tif`` and
+``a_masks.tif`` with ``--out`` their folder), are refused. Then an input that fails (unreadable,
 wrong channel count) is reported and the others go on; the failed ones are listed at the
 end (exit status 2). Outputs that exist are skipped (said on stderr) unless ``--overwrite``,
 so a rerun finishes what a failed batch left.
@@ -120,12 +121,19 @@ def _check_out_dir(out_dir: Path) -> None:
 
 
 def _targets(inputs: list[Path], out_dir: Path, suffix: str) -> list[Path]:
-    """``out_dir/<name>_masks<suffix>`` per input; refuses two inputs with one output."""
+    """``out_dir/<name>_masks<suffix>`` per input; refuses two inputs with one output, and an
+    output that is an input (it would be overwritten, then segmented)."""
     from napari_unet.io import stack_name
 
     targets = [out_dir / f"{stack_name(path)}{MASKS_SUFFIX}{suffix}" for path in inputs]
     first: dict[Path, Path] = {}
+    given = {path.resolve(): path for path in inputs}
     for path, target in zip(inputs, targets):
+        if target.resolve() in given:
+            raise CLIError(
+                f"the masks of {path} would be written over {given[target.resolve()]}, which is also an "
+                "input; leave that one out or segment into another --out folder"
+            )
         if target in first:
             raise CLIError(
                 f"{first[target]} and {path} would both be written to {target}; "
