@@ -95,15 +95,18 @@ def _segment_block(block: np.ndarray, spec: ModelSpec, options: dict[str, Any], 
 _model_locks: dict[str, threading.Lock] = {}
 
 
-def write_ome_zarr_labels_metadata(group: Any, axes: str, scale: Sequence[float] | None, name: str) -> None:
-    """OME-NGFF 0.4 ``multiscales`` metadata (one level, dataset "0") on a zarr group."""
+def write_ome_zarr_labels_metadata(group: Any, axes: str, scale: Sequence[float | None] | None,
+                                   name: str) -> None:
+    """OME-NGFF 0.4 ``multiscales`` metadata (one level, dataset "0") on a zarr group; an axis
+    without a pixel size (``scale`` None, or None for it) gets scale 1 and no unit."""
     kinds = {"T": ("time", "second"), "C": ("channel", None), "Z": ("space", "micrometer"),
              "Y": ("space", "micrometer"), "X": ("space", "micrometer")}
+    scale = list(scale) if scale is not None else [None] * len(axes)
     axes_meta = []
-    for letter in axes:
+    for letter, size in zip(axes, scale):
         kind, unit = kinds.get(letter, ("space", None))
         entry: dict[str, Any] = {"name": letter.lower(), "type": kind}
-        if unit and scale is not None:
+        if unit and size is not None:  # not calibrated: no unit (a reader takes the scale for pixels)
             entry["unit"] = unit
         axes_meta.append(entry)
     group.attrs["multiscales"] = [
@@ -115,7 +118,7 @@ def write_ome_zarr_labels_metadata(group: Any, axes: str, scale: Sequence[float]
                 {
                     "path": "0",
                     "coordinateTransformations": [
-                        {"type": "scale", "scale": [float(s) for s in (scale or [1.0] * len(axes))]}
+                        {"type": "scale", "scale": [1.0 if s is None else float(s) for s in scale]}
                     ],
                 }
             ],
@@ -137,7 +140,7 @@ def segment_to_ome_zarr(
     tile_size: int | None = None,
     device: str | None = None,
     axes: str | None = None,
-    scale: Sequence[float] | None = None,
+    scale: Sequence[float | None] | None = None,
     overwrite: bool = False,
     show_progress: bool = False,
     engine: str | None = None,
@@ -172,7 +175,7 @@ def segment_to_ome_zarr(
     axes : str, optional
         Axis letters of the labels (e.g. "TZYX"); default guessed from the number of axes.
     scale : sequence of float, optional
-        Physical pixel size per labels axis.
+        Physical pixel size per labels axis (None for an axis without one: no unit is written).
     overwrite : bool
         Replace an existing ``out_path``.
     show_progress : bool
@@ -243,7 +246,7 @@ def segment_to_ome_zarr(
 
 
 def _volumes_to_ome_zarr(model: SegmentationModel, image: Any, out_path: Path, layout: Any, axes: str | None,
-                         scale: Sequence[float] | None, objects_3d: dict[str, Any], scheduler: Any,
+                         scale: Sequence[float | None] | None, objects_3d: dict[str, Any], scheduler: Any,
                          options: dict[str, Any], show_progress: bool) -> Path:
     """3D objects of every (Z, Y, X) volume of ``image``, written block by block to an OME-Zarr."""
     import zarr

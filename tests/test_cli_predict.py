@@ -108,6 +108,29 @@ def test_predict_with_dask_writes_ome_zarr(tmp_path, images, tiny_model_path):
     assert [kind for _data, _meta, kind in napari_get_reader(path)(path)] == ["labels"]
 
 
+def test_dask_masks_claim_no_pixel_size_the_input_has_not(tmp_path, images, dsb_fluo_crop, tiny_model_path):
+    """An uncalibrated image's OME-Zarr masks have no units (not 1 µm); a stack with a pixel size
+    but no z spacing keeps the pixel size only."""
+    import zarr
+
+    from napari_unet.io import read_stack
+
+    image, _ = dsb_fluo_crop
+    stack = np.stack([image[:64, :64], image[64:, 64:]])
+    tifffile.imwrite(tmp_path / "zstack.tif", stack, imagej=True, resolution=(2.0, 2.0),
+                     metadata={"axes": "ZYX", "unit": "um"})
+    rc = main(["predict", str(images / "a.tif"), str(tmp_path / "zstack.tif"), "--out", str(tmp_path / "o"),
+               "--model", str(tiny_model_path), "--dask", "--no-progress"])
+    assert rc == 0
+    plain, zstack = tmp_path / "o" / "a_masks.ome.zarr", tmp_path / "o" / "zstack_masks.ome.zarr"
+    axes = zarr.open_group(str(plain), mode="r").attrs["multiscales"][0]["axes"]
+    assert [a.get("unit") for a in axes] == [None, None]
+    assert read_stack(plain)[1].scale == {}
+    axes = zarr.open_group(str(zstack), mode="r").attrs["multiscales"][0]["axes"]
+    assert [a.get("unit") for a in axes] == [None, "micrometer", "micrometer"]
+    assert read_stack(zstack)[1].scale == {"Y": 0.5, "X": 0.5}
+
+
 def test_folder_as_stack(tmp_path, dsb_fluo_crop, tiny_model_path):
     image, _ = dsb_fluo_crop
     folder = tmp_path / "planes"

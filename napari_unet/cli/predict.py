@@ -287,7 +287,7 @@ def _segment_one(model: Any, path: Path, target: Path, args: argparse.Namespace,
         segment_to_ome_zarr(
             model, data, target, threshold=args.threshold, min_size=args.min_size, rgb=rgb, diameter=diameter,
             scheduler=args.scheduler, tile_size=args.tile, axes=label_axes,
-            scale=[scale.get(a, 1.0) for a in label_axes], overwrite=args.overwrite,
+            scale=[scale.get(a) for a in label_axes], overwrite=args.overwrite,
             show_progress=not args.no_progress, engine=args.engine, objects_3d=options_3d,
         )
     else:
