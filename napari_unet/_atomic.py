@@ -29,12 +29,25 @@ def _umask() -> int:
     return mask
 
 
+def _kept_name(path: Path) -> str:
+    """The start of ``path``'s name that a temporary name beside it keeps (hidden, short enough)."""
+    return path.name.encode("utf-8")[:_NAME_KEPT].decode("utf-8", errors="ignore")  # bytes: file names are
+
+
 def _temporary_beside(path: Path, suffix: str) -> Path:
     """A new empty file in ``path``'s folder, named after ``path`` (hidden, short enough)."""
-    kept = path.name.encode("utf-8")[:_NAME_KEPT].decode("utf-8", errors="ignore")  # bytes: file names are
-    fd, tmp = tempfile.mkstemp(prefix=f".{kept}.", suffix=suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{_kept_name(path)}.", suffix=suffix, dir=path.parent)
     os.close(fd)  # reopened by name, so that the handle's ``name`` is a path (tifffile uses it)
     return Path(tmp)
+
+
+def temporary_folder_beside(path: str | os.PathLike) -> Path:
+    """A new empty folder in ``path``'s folder, named after ``path`` (hidden, short enough even
+    for a long name): where a folder (an OME-Zarr) is written before it is renamed to ``path``."""
+    path = Path(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{_kept_name(path)}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders; use the user's usual mode
+    return tmp
 
 
 class AtomicFiles:

@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from napari_unet._atomic import temporary_folder_beside
 from napari_unet.core.checkpoint import SegmentationModel, read_model_file
 from napari_unet.core.predict import stack_layout
 from napari_unet.io import guess_axes
@@ -225,8 +226,8 @@ def segment_to_ome_zarr(
     if len(axes) != labels.ndim:
         raise ValueError(f"axes {axes!r} has {len(axes)} letters but the labels have {labels.ndim} axes.")
 
-    tmp = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex[:8]}.tmp")
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_folder_beside(out_path)
     try:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=2)
         chunk_plane = tuple(min(s, 2048) for s in layout.plane_shape)
@@ -264,8 +265,8 @@ def _volumes_to_ome_zarr(model: SegmentationModel, image: Any, out_path: Path, l
     if "Z" not in axes:
         raise ValueError(f"3D objects need a Z axis, but the axes are {axes!r}.")
     shape = tuple(int(s) for s in image.shape)
-    tmp = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex[:8]}.tmp")
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_folder_beside(out_path)
     try:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=2)
         chunks = tuple(1 if a not in "ZYX" else (min(s, 64) if a == "Z" else min(s, 512)) for a, s in zip(axes, shape))

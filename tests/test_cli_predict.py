@@ -131,6 +131,28 @@ def test_dask_masks_claim_no_pixel_size_the_input_has_not(tmp_path, images, dsb_
     assert read_stack(zstack)[1].scale == {"Y": 0.5, "X": 0.5}
 
 
+@pytest.mark.parametrize("extra", [[], ["--3d", "--voxel-size", "1,1,1", "--orthogonal", "off"]])
+def test_dask_writes_the_masks_of_a_long_file_name(tmp_path, dsb_fluo_crop, tiny_model_path, extra):
+    """A 232-character name: the temporary folder of the OME-Zarr is named short enough (it was
+    "File name too long"), and the masks get the user's usual folder mode."""
+    import os
+
+    import zarr
+
+    image, _ = dsb_fluo_crop
+    path = tmp_path / f"{'c' * 232}.tif"
+    tifffile.imwrite(path, np.stack([image[:64, :64], image[64:, 64:], image[:64, 64:]]), photometric="minisblack")
+    rc = main(["predict", str(path), "--out", str(tmp_path / "o"), "--model", str(tiny_model_path), "--dask",
+               "--no-progress", *extra])
+    assert rc == 0
+    masks = tmp_path / "o" / f"{'c' * 232}_masks.ome.zarr"
+    assert [p.name for p in (tmp_path / "o").iterdir()] == [masks.name]  # no temporary folder left
+    mask = os.umask(0)
+    os.umask(mask)
+    assert masks.stat().st_mode & 0o777 == 0o777 & ~mask
+    assert zarr.open_group(str(masks), mode="r")["0"].shape == (3, 64, 64)
+
+
 def test_folder_as_stack(tmp_path, dsb_fluo_crop, tiny_model_path):
     image, _ = dsb_fluo_crop
     folder = tmp_path / "planes"
