@@ -96,6 +96,28 @@ def _segment_block(block: np.ndarray, spec: ModelSpec, options: dict[str, Any], 
 _model_locks: dict[str, threading.Lock] = {}
 
 
+def _stack_diameter(model: SegmentationModel, image: Any, layout: Any, diameter: float | str | None,
+                    **options: Any) -> float | str | None:
+    """The diameter every plane of a stack is segmented at: "auto" told here, once, as the plain
+    plane loop tells it (:func:`~napari_unet.core.predict.iter_planes`: on the first plane, or the
+    next ones while none holds objects), rather than by each plane's task on its own plane."""
+    from napari_unet.core.predict import ESTIMATE_RETRY_PLANES, PlaneResult, iter_planes
+
+    auto = diameter is None or (isinstance(diameter, str) and diameter.strip().lower() == "auto")
+    planes = layout.indices()
+    if not auto or model.object_size is None or len(planes) < 2:
+        return diameter  # a number, "native", one plane, or a model that works at the image's own scale
+    results = iter_planes(model, image, planes=planes[: ESTIMATE_RETRY_PLANES + 1], rgb=layout.rgb,
+                          diameter=diameter, labels=False, **options)
+    try:
+        for item in results:
+            if isinstance(item, PlaneResult) and item.diameter is not None:
+                return float(item.diameter)
+    finally:
+        results.close()
+    return "native"  # no objects on the planes looked at: the plain loop keeps the image's own scale
+
+
 def write_ome_zarr_labels_metadata(group: Any, axes: str, scale: Sequence[float | None] | None,
                                    name: str) -> None:
     """OME-NGFF 0.4 ``multiscales`` metadata (one level, dataset "0") on a zarr group; an axis
@@ -166,7 +188,8 @@ def segment_to_ome_zarr(
         Whether the last axis is colour (default: if it has 3 or 4 entries).
     diameter : float or "auto"
         Object diameter in pixels (see :func:`napari_unet.core.predict.iter_planes`); "auto"
-        estimates it on each plane (each plane is a task of its own).
+        estimates it here on the first plane (the next ones while none holds objects) and every
+        plane's task segments at that size, as the plain plane loop does.
     scheduler : str or distributed.Client, optional
         None: dask's local threads. An address ("tcp://host:8786") or a ``Client``: that
         dask.distributed cluster (workers must be able to import napari_unet; the model
@@ -214,6 +237,8 @@ def segment_to_ome_zarr(
     from napari_unet.core.instances import _check_args
 
     _check_args(*model.resolve_postprocessing(threshold, min_size))  # values given: before any task runs
+    diameter = _stack_diameter(model, image, layout, diameter, threshold=threshold, min_size=min_size,
+                               tile_size=tile_size, device=device, engine=engine)
     options = {"threshold": threshold, "min_size": min_size, "tile_size": tile_size, "diameter": diameter,
                "engine": engine}
     drop = (image.ndim - 1,) if layout.rgb else ()

@@ -338,3 +338,25 @@ def test_masks_of_a_2d_time_lapse_open_with_the_axes_of_its_image(tmp_path, dsb_
     assert tuple(meta["scale"])[0] == 60.0 and tuple(meta["scale"])[2:] == (0.5, 0.5)
     model = load_model(tiny_model_path, device="cpu")
     np.testing.assert_array_equal(np.asarray(data)[2, 0], segment(model, movie[2, 0, 0]))
+
+
+def test_dask_segments_a_stack_at_the_diameter_the_plain_run_finds_on_its_first_plane(tmp_path, data_dir):
+    """--diameter auto: the size is told on the first plane and kept for the stack, with or
+    without --dask (each plane's task estimated its own: other labels)."""
+    import csv
+
+    import zarr
+    from skimage.io import imread
+
+    with open(data_dir / "dsb2018" / "manifest.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["split"] == "val" and r["kind"] == "grey_dark"][:4]
+    planes = [imread(data_dir / "dsb2018" / "images" / f"{r['id']}.png") for r in rows]
+    stack = np.stack([(p[..., :3].mean(-1) if p.ndim == 3 else p)[:128, :128].astype(np.uint8) for p in planes])
+    tifffile.imwrite(tmp_path / "stack.tif", stack, imagej=True, metadata={"axes": "TYX"})
+    for extra in ([], ["--dask"]):
+        rc = main(["predict", str(tmp_path / "stack.tif"), "--out", str(tmp_path / "o"), "--no-progress", *extra])
+        assert rc == 0
+    plain = tifffile.imread(tmp_path / "o" / "stack_masks.tif")
+    with_dask = np.asarray(zarr.open_group(str(tmp_path / "o" / "stack_masks.ome.zarr"), mode="r")["0"][...])
+    assert plain.shape == (4, 128, 128) and plain.max() > 3
+    np.testing.assert_array_equal(with_dask, plain)
