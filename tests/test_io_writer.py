@@ -205,3 +205,22 @@ def test_labels_with_an_axis_of_size_1_come_back_with_it_and_their_corrected_sli
     assert data.shape == (1, 3, 16, 16) and tuple(meta["axis_labels"]) == tuple("ztyx")
     assert meta["metadata"][CORRECTED_KEY] == [[0, 1]]
     np.testing.assert_array_equal(np.asarray(data), labels)
+
+
+def test_saved_masks_come_back_where_their_image_is(make_napari_viewer, tmp_path):
+    """A TIFF holds no offset: the labels' translate (here in nanometres, the file in µm) travels
+    in the list beside the file, so that reopened masks lie over their image again."""
+    viewer = make_napari_viewer()
+    labels = np.zeros((3, 20, 20), np.int32)
+    labels[1, 5:10, 5:10] = 1
+    viewer.add_labels(labels, name="cells masks", scale=(1.0, 500.0, 500.0), translate=(0.0, 10_000.0, 20_000.0),
+                      units=("pixel", "nm", "nm"))
+    out = tmp_path / "cells masks.tif"
+    assert viewer.layers.save(str(out), plugin="napari-unet") == [str(out)]
+    (layer,) = viewer.open(out, plugin="napari-unet")
+    np.testing.assert_allclose(layer.scale, [1.0, 0.5, 0.5])  # micrometres
+    np.testing.assert_allclose(layer.translate, [0.0, 10.0, 20.0])
+    # labels without an offset write no list for it
+    plain = tmp_path / "plain.tif"
+    write_labels(plain, labels[1], translate=(0.0, 0.0))
+    assert not (tmp_path / "plain.tif.corrected.json").exists()

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,12 +76,13 @@ def _version_known(data: Any) -> bool:
 
 
 def corrected_list_text(labels_path: str | os.PathLike, planes: Iterable[Any] | dict | Any,
-                        layer_axes: str | None = None) -> str:
+                        layer_axes: str | None = None, translate: Sequence[float] | None = None) -> str:
     """The JSON text of the corrected-slices list of ``labels_path`` (see :func:`save_corrected_list`).
 
     The planes index the file's own stack axes (size-1 ones included). ``layer_axes``: the axes
     of the layer the labels came from, when the file stores them in another order (ImageJ's T, Z)
-    or reads back without some (of size 1): the reader puts them back."""
+    or reads back without some (of size 1): the reader puts them back. ``translate``: the layer's
+    offset per axis (in its axis order), which a TIFF does not hold, when it has one."""
     plane_list = planes_given(planes)
     payload = {
         "format": SIDECAR_FORMAT,
@@ -90,6 +92,8 @@ def corrected_list_text(labels_path: str | os.PathLike, planes: Iterable[Any] | 
     }
     if layer_axes:
         payload["layer_axes"] = layer_axes
+    if translate is not None:
+        payload["translate"] = [float(t) for t in translate]
     return json.dumps(payload, indent=1) + "\n"
 
 
@@ -123,17 +127,31 @@ def save_corrected_list(labels_path: str | os.PathLike, planes: Iterable[Any] | 
     return target
 
 
-def stored_layer_axes(labels_path: str | os.PathLike) -> str | None:
-    """The axis order of the layer the labels came from, when the sidecar records one that differs
-    from the file's (see :func:`corrected_list_text`); None otherwise or when it cannot be read."""
+def _sidecar_entry(labels_path: str | os.PathLike, key: str) -> Any:
+    """One entry of the sidecar of ``labels_path`` (None when absent or unreadable)."""
     try:
         data = json.loads(sidecar_path(labels_path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict) or not _version_known(data):
         return None  # a newer sidecar is refused whole (see load_corrected_list), not read in part
-    axes = data.get("layer_axes")
+    return data.get(key)
+
+
+def stored_layer_axes(labels_path: str | os.PathLike) -> str | None:
+    """The axis order of the layer the labels came from, when the sidecar records one that differs
+    from the file's (see :func:`corrected_list_text`); None otherwise or when it cannot be read."""
+    axes = _sidecar_entry(labels_path, "layer_axes")
     return axes if isinstance(axes, str) and axes.isalpha() else None
+
+
+def stored_translate(labels_path: str | os.PathLike) -> tuple[float, ...] | None:
+    """The layer's offset per axis (its own axis order) recorded beside the labels, if any."""
+    values = _sidecar_entry(labels_path, "translate")
+    if not isinstance(values, list) or not values or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        return None
+    return tuple(float(v) for v in values)
 
 
 def load_corrected_list(labels_path: str | os.PathLike) -> list[Plane]:

@@ -57,6 +57,7 @@ def write_labels(
     scale: Sequence[float] | None = None,
     axes: str | None = None,
     corrected: Any = None,
+    translate: Sequence[float] | None = None,
 ) -> Path:
     """Write a label image to a compressed TIFF, atomically (with its corrected-slices list).
 
@@ -80,6 +81,9 @@ def write_labels(
         :func:`napari_unet.io._corrected.save_corrected_list`); None: no list is written, and a
         list left beside an earlier file of that name is emptied with the same commit (the new
         labels' slices were not corrected by anyone).
+    translate : sequence of float, optional
+        The labels' offset per axis (in the units of ``scale``), which a TIFF does not hold: kept
+        in the list beside the file when not all zero, for the reader to put back.
 
     Returns
     -------
@@ -124,6 +128,12 @@ def write_labels(
         raise LabelsWriteError(f"scale has {len(scale)} values but the labels have {arr.ndim} dimensions")
     if not all(s is None or (np.isfinite(s) and s > 0) for s in scale):
         raise LabelsWriteError(f"scale values must be positive numbers, got {scale}")
+    if translate is not None:
+        translate = [float(t) for t in translate]
+        if len(translate) != arr.ndim or not all(np.isfinite(translate)):
+            raise LabelsWriteError(f"translate must be {arr.ndim} finite numbers, got {translate}")
+        if not any(translate):
+            translate = None
     dtype = _labels_dtype(arr)
 
     # reorder to ImageJ/OME order (T, Z, C, Y, X subset) so that both can read the axes
@@ -170,11 +180,11 @@ def write_labels(
     with atomic_write_all() as files:
         with files.open(path, "wb") as fh:
             tifffile.imwrite(fh, data, **kwargs)
-        if corrected is None and (_exists(sidecar_path(path)) or layer_axes is not None):
-            corrected = []  # a stale list emptied; or the layer's axis order recorded for the reader
+        if corrected is None and (_exists(sidecar_path(path)) or layer_axes is not None or translate is not None):
+            corrected = []  # a stale list emptied; or the layer's axes or offset recorded for the reader
         if corrected is not None:
             with files.open(sidecar_path(path), "w") as fh:
-                fh.write(corrected_list_text(path, corrected, layer_axes))
+                fh.write(corrected_list_text(path, corrected, layer_axes, translate))
     log.info("wrote labels %s %s to %s", data.shape, dtype, path)
     return path
 
@@ -234,6 +244,17 @@ def _physical_scale(meta: dict[str, Any], ndim: int) -> list[float | None] | Non
     return out
 
 
+def _physical_translate(meta: dict[str, Any], ndim: int) -> list[float] | None:
+    """The layer's offset per axis in the units its file's pixel size is written in (see
+    :func:`_physical_scale`; an axis without calibration keeps its offset as it is)."""
+    translate, scale = meta.get("translate"), meta.get("scale")
+    if translate is None or len(translate) != ndim:
+        return None
+    physical = _physical_scale(meta, ndim) or [None] * ndim
+    return [float(t) * (p / float(s) if p is not None and s else 1.0)
+            for t, p, s in zip(translate, physical, scale if scale is not None else [None] * ndim)]
+
+
 def napari_write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     """npe2 single-layer writer for Labels layers: a compressed, atomic TIFF and, beside it, the
     list of corrected slices (both written, or neither).
@@ -249,7 +270,7 @@ def napari_write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]
         axes = _axes_from_layer_meta(meta, arr.ndim)
         # the corrected-slices list travels beside the file (and marks it as labels)
         written = write_labels(path, arr, scale=_physical_scale(meta, arr.ndim), axes=axes,
-                               corrected=meta.get("metadata") or {})
+                               corrected=meta.get("metadata") or {}, translate=_physical_translate(meta, arr.ndim))
     except (LabelsWriteError, OSError) as e:
         message = f"Labels not saved to '{Path(path).name}' (nothing was changed on disk): {e}"
         log.warning("%s", message)
