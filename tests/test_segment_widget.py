@@ -784,3 +784,48 @@ def test_a_new_model_arriving_during_a_run_is_chosen_without_moving_the_view(wid
     assert scope == SCOPE_STACK and step == before
     assert "new model is chosen" in status and "running" in status
     assert Path(w._model_combo.value).name == "tuned.pt"
+
+
+def test_moving_min_size_re_applies_to_the_image_chosen_in_segment(widget, qtbot, c2c12_stack):
+    """Two images segmented one after the other, then the first chosen again: a moved Min. size
+    changes the first image's masks, not those of the last run."""
+    viewer, w = widget
+    a = viewer.add_image(c2c12_stack[0], name="a")
+    b = viewer.add_image(c2c12_stack[1], name="b")
+    _segment(w, qtbot, a, SCOPE_SLICE)
+    _segment(w, qtbot, b, SCOPE_SLICE)
+    masks_a, masks_b = viewer.layers["a masks"], viewer.layers["b masks"]
+    before_b = masks_b.data.copy()
+    assert masks_a.data.any()
+    w._image_combo.value = a
+    w._min_size.value = 10_000  # no object of a 96 x 96 plane is that large
+    _wait(qtbot, w)
+    assert not masks_a.data.any()
+    np.testing.assert_array_equal(masks_b.data, before_b)
+    c = viewer.add_image(c2c12_stack[2], name="c")  # never segmented: nothing to re-apply, and it is said
+    w.reset_choices()
+    w._image_combo.value = c
+    w._min_size.value = 0
+    _wait(qtbot, w)
+    assert "apply when you segment 'c'" in w._status.value
+    np.testing.assert_array_equal(masks_b.data, before_b)
+
+
+def test_moving_min_size_when_every_kept_slice_is_corrected_says_so(widget, qtbot, c2c12_stack):
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack[0], name="one")
+    _segment(w, qtbot, image)
+    masks = viewer.layers[masks_layer_name("one")]
+    masks.paint((48, 48), 999)
+    w._min_size.value = 10_000
+    _wait(qtbot, w)
+    assert (masks.data == 999).any()
+    assert "every slice kept is one you corrected" in w._status.value
+
+
+def test_removing_the_masks_layer_mid_run_does_not_promise_kept_slices(widget, qtbot, c2c12_stack, notifications):
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack, name="c2c12")
+    _run_stack_doing_after_first_plane(w, image, lambda: viewer.layers.remove(masks_layer_name("c2c12")))
+    _wait(qtbot, w)
+    assert w._status.value == "Segmentation abandoned: the masks layer 'c2c12 masks' was removed."

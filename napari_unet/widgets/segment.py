@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+import weakref
 from collections.abc import Generator, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -105,6 +106,7 @@ class SegmentWidget(Container):
         self._abandoned = ""  # why the running job was given up ("" while it is not)
         self._rethreshold_pending = False  # Threshold / Min. size moved during a run: apply them after it
         self._last_masks: Any = None  # the masks layer last segmented into (the object behind any proxy)
+        self._last_image: Any = None  # a weak reference to the image of the last run
         self._empty_planes: list[EmptyPlane] = []  # planes of this run where nothing was found
         self._notes_said: set[str] = set()  # the notes of this run already shown
         self._rethresholding = False  # the job running applies a new threshold (no network run)
@@ -375,6 +377,7 @@ class SegmentWidget(Container):
                 if generator is not None:
                     self._run_layers = (image, masks)
                     self._last_masks = unwrap_proxy(masks)
+                    self._last_image = weakref.ref(unwrap_proxy(image))
                     self._start(generator, message, overwrite=overwrite)
                 return
             planes = self._planes_for_scope(image, scope)
@@ -414,6 +417,7 @@ class SegmentWidget(Container):
             return
         self._run_layers = (image, masks)
         self._last_masks = unwrap_proxy(masks)
+        self._last_image = weakref.ref(unwrap_proxy(image))
         threshold, min_size = self._run_given = self._postprocessing_given()
         generator = segment_planes(
             model_path,
@@ -610,7 +614,9 @@ class SegmentWidget(Container):
         if self._worker is None or self._abandoned or not any(removed is layer for layer in running):
             return
         kind = "image" if removed is running[0] else "masks"
-        self._abandoned = f"the {kind} layer {removed.name!r} was removed"
+        # (the slices finished so far stay in the masks layer, unless that is what was removed)
+        self._abandoned = f"the {kind} layer {removed.name!r} was removed" + (
+            "; finished slices kept" if kind == "image" else "")
         self._worker.quit()
         self._status.value = f"Stopping: {self._abandoned}…"
 
@@ -620,7 +626,7 @@ class SegmentWidget(Container):
             self._worker = None
             return
         if self._abandoned:
-            message = f"Segmentation abandoned: {self._abandoned}; finished slices kept."
+            message = f"Segmentation abandoned: {self._abandoned}."
             self._status.value = message
             notify_warning(message)
         elif self._cancelled:
@@ -649,15 +655,31 @@ class SegmentWidget(Container):
             QTimer.singleShot(0, self._rethreshold)
 
     # ------------------------------------------------------------------ re-threshold
+    def _masks_to_rethreshold(self) -> Any:
+        """The masks layer whose kept results a moved Threshold / Min. size re-applies: the last
+        run's (whatever it is named now) while its image is the one chosen, else the chosen image's
+        "<image> masks" when results of it are kept (None, and the status says so, when none are)."""
+        image = self._image_combo.value
+        last_image = (self._last_image or _never)()
+        if image is None or unwrap_proxy(image) is last_image:
+            return self._follow_last_masks()
+        name = masks_layer_name(image.name)
+        masks = self._viewer.layers[name] if name in self._viewer.layers else None
+        if masks is None or not self._kept.results(masks):
+            self._status.value = (f"The new Threshold and Min. size apply when you segment {image.name!r}: none of "
+                                  "its masks are kept to re-apply them to.")
+            return None
+        return masks
+
     def _rethreshold(self, *_args) -> None:
         """Apply a new threshold / minimum size to the kept probability maps (after the running job,
         when one runs: its planes too then get the values the user chose meanwhile)."""
         if self._worker is not None:
             self._rethreshold_pending = True
             return
-        masks = self._follow_last_masks()
+        masks = self._masks_to_rethreshold()
         if masks is None:
-            return  # nothing segmented yet, or its masks layer was removed
+            return  # nothing segmented yet, or its masks layer was removed (or said by the call above)
         if self._kept.is_3d(masks):
             self._status.value = ("Threshold and Min. size apply from the next run: 3D objects are not "
                                   "re-thresholded from kept probabilities.")
@@ -680,12 +702,19 @@ class SegmentWidget(Container):
                         "(the probabilities of a run are kept up to "
                         f"{PROBABILITY_CACHE_BYTES // 2**20} MB).")
         if not cached:
+            if self._kept.results(masks):
+                self._status.value = ("Nothing to re-apply Threshold and Min. size to: every slice kept is one you "
+                                      "corrected or edited.")
             return
         from napari_unet.core.predict import iter_rethreshold
 
         generator = iter_rethreshold(cached, float(self._threshold.value), int(self._min_size.value))
         self._run_layers = (None, masks)  # no image needed: only the masks are written
         self._start(generator, "Applying threshold", rethreshold=True)
+
+
+def _never(*_args: Any) -> None:
+    return None
 
 
 def _checksum(masks: Any, result: Any) -> int:
