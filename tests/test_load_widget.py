@@ -53,6 +53,7 @@ def test_detects_and_loads_a_timelapse_with_corrected_axes(qtbot, widget, tmp_pa
     assert tuple(layer.axis_labels) == ("t", "y", "x")
     assert not isinstance(layer.data, np.ndarray)  # lazy (dask)
     np.testing.assert_array_equal(np.asarray(layer.data[4]), data[4])
+    assert Path(layer.source.path) == path  # as File > Open tells (napari's layer info; Segment's owner check)
     # the folder is remembered for next time, in the settings file
     settings = Path(os.environ["NAPARI_UNET_CONFIG_DIR"]) / "settings.json"
     assert json.loads(settings.read_text())["last_folder"] == str(tmp_path)

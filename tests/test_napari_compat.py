@@ -17,6 +17,7 @@ from napari_unet.widgets._napari_compat import (
     edited_regions,
     forget_labels_history,
     layers_added_unselected,
+    opened_from,
     raise_plugin_dock,
     unwrap_proxy,
     viewer_camera,
@@ -185,6 +186,15 @@ def test_layers_added_unselected_leaves_the_selection_alone(make_napari_viewer):
     assert masks not in viewer.layers.selection
     later = viewer.add_labels(np.zeros((8, 8), np.int32), name="later")
     assert viewer.layers.selection.active is later  # napari's own behaviour is back after the block
+
+
+def test_opened_from_gives_layers_their_file(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    with opened_from(tmp_path / "img.tif"):
+        layer = viewer.add_image(np.zeros((4, 4)))
+    after = viewer.add_image(np.zeros((4, 4)))
+    assert str(layer.source.path) == str(tmp_path / "img.tif"), "napari.layers._source.layer_source changed"
+    assert after.source.path is None
 
 
 def test_forget_labels_history_drops_only_the_steps_that_touch_a_region(labels):

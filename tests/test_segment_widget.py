@@ -829,3 +829,34 @@ def test_removing_the_masks_layer_mid_run_does_not_promise_kept_slices(widget, q
     _run_stack_doing_after_first_plane(w, image, lambda: viewer.layers.remove(masks_layer_name("c2c12")))
     _wait(qtbot, w)
     assert w._status.value == "Segmentation abandoned: the masks layer 'c2c12 masks' was removed."
+
+
+def test_masks_of_a_closed_image_are_not_taken_for_another_file_of_the_same_name(widget, qtbot, c2c12_stack,
+                                                                                  tmp_path, notifications):
+    """pos1/img.tif segmented and corrected, closed; pos2/img.tif opened: its layer is also "img",
+    but "img masks" holds pos1's corrections. Segment and Fine-tune refuse them for pos2; the
+    same file opened again takes its masks back."""
+    viewer, w = widget
+    for folder, frames in (("pos1", c2c12_stack), ("pos2", c2c12_stack[:, ::-1].copy())):
+        (tmp_path / folder).mkdir()
+        tifffile.imwrite(tmp_path / folder / "img.tif", frames, metadata={"axes": "TYX"}, imagej=True)
+    (pos1,) = viewer.open(tmp_path / "pos1" / "img.tif", plugin="napari-unet")
+    _segment(w, qtbot, pos1, SCOPE_STACK)
+    masks = viewer.layers["img masks"]
+    masks.paint((1, 40, 40), 999)
+    kept = masks.data.copy()
+    viewer.layers.remove(pos1)
+    (pos2,) = viewer.open(tmp_path / "pos2" / "img.tif", plugin="napari-unet")
+    assert pos2.name == "img"
+    _segment(w, qtbot, pos2, SCOPE_STACK)
+    np.testing.assert_array_equal(masks.data, kept)  # nothing of pos2 written over pos1's masks
+    assert any("holds the masks of another image named 'img'" in m and "pos1" in m for m in notifications)
+    _dock, tune = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
+    tune.corrected_panel._image_combo.value = pos2
+    tune.corrected_panel._labels_combo.value = masks
+    with pytest.raises(ValueError, match="another image named 'img'"):
+        tune.gather_examples()
+    viewer.layers.remove(pos2)
+    (again,) = viewer.open(tmp_path / "pos1" / "img.tif", plugin="napari-unet")
+    _segment(w, qtbot, again, SCOPE_STACK)  # pos1 again: its masks, the corrected slice kept
+    assert (masks.data[1] == 999).any() and masks.data[2].any()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import weakref
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtCore import QTimer
 
 from ._corrections import CorrectedSlices, format_plane
-from ._napari_compat import forget_labels_history, layers_added_unselected
+from ._napari_compat import forget_labels_history, layers_added_unselected, unwrap_proxy
 
 if TYPE_CHECKING:
     import napari
@@ -36,6 +38,45 @@ def labels_shape(image: Any) -> tuple[int, ...]:
     return tuple(image.data.shape[:-1] if image.rgb else image.data.shape)
 
 
+#: masks layer -> (weak reference to the image layer it was made for, that image's file or None)
+_OWNERS: "weakref.WeakKeyDictionary[Any, tuple[Any, str | None]]" = weakref.WeakKeyDictionary()
+
+
+def _file_of(image: Any) -> str | None:
+    path = getattr(getattr(image, "source", None), "path", None)
+    return str(Path(path).resolve()) if path else None
+
+
+def check_masks_of(viewer: Any, masks: Any, image: Any) -> None:
+    """Make sure ``masks`` ("<name> masks", found by name) are ``image``'s: refused when they were
+    made for another image of that name that is gone (closed, then another file of the same name
+    opened: pos1/img.tif, then pos2/img.tif) or still open under another name. Masks opened from
+    a file or made by hand, and an image of the same file opened again, are taken as its own; masks
+    of another name are paired with the image by the user's choice, not checked.
+
+    Raises
+    ------
+    ValueError
+        The masks belong to another image.
+    """
+    masks, image = unwrap_proxy(masks), unwrap_proxy(image)
+    if masks.name != masks_layer_name(image.name):
+        return
+    owner = _OWNERS.get(masks)
+    if owner is not None:
+        made_for, made_from = owner[0](), owner[1]
+        if made_for is image:
+            return
+        if made_for is not None and any(unwrap_proxy(layer) is made_for for layer in viewer.layers):
+            raise ValueError(f"{masks.name!r} holds the masks of the image {made_for.name!r} (renamed since): rename "
+                             f"or remove that masks layer to segment or train with {image.name!r}.")
+        now_from = _file_of(image)
+        if made_from is not None and now_from is not None and made_from != now_from:
+            raise ValueError(f"{masks.name!r} holds the masks of another image named {image.name!r} ({made_from}), "
+                             f"which was closed: rename or remove that masks layer to use this one ({now_from}).")
+    _OWNERS[masks] = (weakref.ref(image), _file_of(image))
+
+
 def masks_layer_for(viewer: Any, image: Any) -> "napari.layers.Labels":
     """The "<image> masks" layer, created (zeros, int32, same plane shape) if missing."""
     from napari.layers import Labels
@@ -49,6 +90,7 @@ def masks_layer_for(viewer: Any, image: Any) -> "napari.layers.Labels":
                 f"A layer named {name!r} exists but is not a Labels layer of shape {tuple(shape)}; "
                 "rename or remove it."
             )
+        check_masks_of(viewer, layer, image)
     else:
         n = len(shape)
         # napari creates the layer, lays out its controls and draws it (compiling shaders) in
@@ -63,6 +105,7 @@ def masks_layer_for(viewer: Any, image: Any) -> "napari.layers.Labels":
                 visible=False,
                 **_axes_of(image, n),
             )
+        _OWNERS[unwrap_proxy(layer)] = (weakref.ref(unwrap_proxy(image)), _file_of(image))
         QTimer.singleShot(30, lambda: _select(viewer, layer))
         QTimer.singleShot(80, lambda: setattr(layer, "visible", True))
     CorrectedSlices.for_layer(layer)  # from now on, brush/fill/erase edits mark slices corrected

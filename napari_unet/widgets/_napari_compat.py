@@ -218,3 +218,18 @@ def forget_labels_history(layer: Any, touches: Callable[[list[Any]], bool]) -> N
         if len(kept) != len(history):
             history.clear()
             history.extend(kept)
+
+
+@contextlib.contextmanager
+def opened_from(path: Any) -> Iterator[None]:
+    """Layers made inside get ``path`` as their source, as File > Open gives its layers (napari
+    shows it in the layer's info; it tells apart two images of one name). napari's
+    ``layers._source.layer_source`` context (0.4.x to 0.9.2); nothing when it is gone."""
+    try:
+        from napari.layers._source import layer_source
+    except ImportError:
+        log.debug("napari.layers._source.layer_source is gone: layers from Load stack get no source")
+        yield
+        return
+    with layer_source(path=str(path), reader_plugin="napari-unet"):
+        yield

@@ -179,13 +179,17 @@ class LoadWidget(Container):
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
         self._worker = worker
+        self._loading_path = path
         worker.start()
 
     def _on_loaded(self, layer_data: list[tuple[Any, dict[str, Any], str]]) -> None:
+        from ._napari_compat import opened_from
+
         names = []
-        for data, meta, layer_type in layer_data:
-            layer = getattr(self._viewer, f"add_{layer_type}")(data, **meta)
-            names.append(layer.name)
+        with opened_from(self._loading_path):
+            for data, meta, layer_type in layer_data:
+                layer = getattr(self._viewer, f"add_{layer_type}")(data, **meta)
+                names.append(layer.name)
         self._status.value = f"Loaded {', '.join(names)}"
 
     def _on_error(self, exc: BaseException) -> None:

@@ -16,7 +16,7 @@ from napari.layers import Image, Labels
 from .._base import current_plane_index, notify_error, notify_warning, show_plane, shows_yx_planes, wrap_text
 from .._corrections import CorrectedSlices, format_plane
 from .._examples import Example, examples_from_layers
-from .._masks import image_name_of_masks
+from .._masks import check_masks_of, image_name_of_masks
 from .ui import layer_choices
 
 if TYPE_CHECKING:
@@ -191,4 +191,7 @@ class CorrectedSlicesPanel(Container):
         image = self._image_combo.value
         if image is None:
             raise ValueError("choose the image whose masks you corrected.")
-        return examples_from_layers(image, self._labels_combo.value, planes)
+        masks = self._labels_combo.value
+        if masks is not None:
+            check_masks_of(self._viewer, masks, image)
+        return examples_from_layers(image, masks, planes)
