@@ -360,3 +360,37 @@ def test_dask_segments_a_stack_at_the_diameter_the_plain_run_finds_on_its_first_
     with_dask = np.asarray(zarr.open_group(str(tmp_path / "o" / "stack_masks.ome.zarr"), mode="r")["0"][...])
     assert plain.shape == (4, 128, 128) and plain.max() > 3
     np.testing.assert_array_equal(with_dask, plain)
+
+
+def test_a_stack_read_lazily_is_segmented_without_its_labels_in_memory(tmp_path, dsb_fluo_crop, tiny_model_path,
+                                                                       monkeypatch):
+    """A stack too large to read whole (read lazily) gets its labels in a temporary file and its
+    TIFF written plane by plane: memory does not grow with the stack (the int32 labels and a
+    16-bit copy of them were held whole: 6 bytes per pixel of an 8-bit stack)."""
+    import tracemalloc
+
+    from napari_unet.io import _reader, _writer
+
+    image, _ = dsb_fluo_crop
+    monkeypatch.setattr(_reader, "LAZY_THRESHOLD_BYTES", 0)  # what a stack over 1 GiB gets
+    monkeypatch.setattr(_writer, "WRITE_BY_PLANES_BYTES", 0, raising=False)
+    stack = np.zeros((300, 256, 256), np.uint8)  # 19.7 MB; blank planes but two (no network there)
+    stack[7, :64, :80] = stack[200, :64, :80] = image[:64, :80]
+    tifffile.imwrite(tmp_path / "big.tif", stack, imagej=True, metadata={"axes": "TYX"})
+    tifffile.imwrite(tmp_path / "small.tif", stack[195:205], imagej=True, metadata={"axes": "TYX"})
+    args = ["--out", str(tmp_path / "o"), "--model", str(tiny_model_path), "--no-progress"]
+    assert main(["predict", str(tmp_path / "small.tif"), *args]) == 0  # the same path once: its imports made
+    (tmp_path / "o" / "small_masks.tif").unlink()
+    tracemalloc.start()
+    try:
+        rc = main(["predict", str(tmp_path / "big.tif"), *args])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert rc == 0
+    masks = tifffile.imread(tmp_path / "o" / "big_masks.tif")
+    model = load_model(tiny_model_path, device="cpu")
+    np.testing.assert_array_equal(masks[200], segment(model, stack[200]))
+    assert masks.shape == stack.shape and not masks[8].any()
+    assert peak < 25e6, f"{peak / 1e6:.0f} MB traced (the labels alone are 79 MB as int32)"
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["big_masks.tif"]  # no temporary file left

@@ -15,8 +15,11 @@ so a rerun finishes what a failed batch left.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -291,12 +294,28 @@ def _segment_one(model: Any, path: Path, target: Path, args: argparse.Namespace,
             show_progress=not args.no_progress, engine=args.engine, objects_3d=options_3d,
         )
     else:
-        labels = _segment_with_bar(model, data, rgb, diameter, args, name, label_axes, options_3d)
-        _write_tif(target, labels, label_axes, scale)
+        with _labels_buffer(data, rgb, target) as out:
+            labels = _segment_with_bar(model, data, rgb, diameter, args, name, label_axes, options_3d, out)
+            _write_tif(target, labels, label_axes, scale)
+
+
+@contextlib.contextmanager
+def _labels_buffer(data: Any, rgb: bool, target: Path) -> Iterator[Any]:
+    """Where the labels of a stack read lazily (a large file) are put before the TIFF is written:
+    a temporary file beside the output (removed when done, even after a crash), not memory, which
+    would need 4 bytes per pixel; None (in memory) for an image read whole."""
+    import numpy as np
+
+    if isinstance(data, np.ndarray):
+        yield None
+        return
+    shape = tuple(data.shape[:-1] if rgb else data.shape)
+    with tempfile.TemporaryFile(dir=target.parent, prefix=".napari-unet-labels-") as fh:
+        yield np.memmap(fh, dtype=np.int32, mode="w+", shape=shape)
 
 
 def _segment_with_bar(model: Any, data: Any, rgb: bool, diameter: float | None, args: argparse.Namespace,
-                      name: str, axes: str = "", options_3d: dict[str, Any] | None = None) -> Any:
+                      name: str, axes: str = "", options_3d: dict[str, Any] | None = None, out: Any = None) -> Any:
     from tqdm import tqdm
 
     from napari_unet.core.events import Progress, run_to_end
@@ -307,9 +326,9 @@ def _segment_with_bar(model: Any, data: Any, rgb: bool, diameter: float | None, 
     if options_3d is not None:
         from napari_unet.core.volume import iter_segment_stack_3d
 
-        gen = iter_segment_stack_3d(model, data, axes, **options_3d, **options)
+        gen = iter_segment_stack_3d(model, data, axes, out=out, **options_3d, **options)
     else:
-        gen = iter_segment(model, data, rgb=rgb, **options)
+        gen = iter_segment(model, data, rgb=rgb, out=out, **options)
     bar = tqdm(total=None, desc=name, unit="tile" if options_3d is None else "step", disable=args.no_progress,
                file=sys.stderr, leave=False)
     said: set[str] = set()

@@ -24,6 +24,10 @@ class LabelsWriteError(ValueError):
     """Labels cannot be written (bad values, shape, or destination); nothing was changed on disk."""
 
 
+#: Labels larger than this (as written) are converted and written one plane at a time.
+WRITE_BY_PLANES_BYTES = 16 * 2**20
+
+
 def check_labels(labels: Any) -> np.ndarray:
     """Check that ``labels`` is a label image of 2 to 5 dimensions and return it as an integer array.
 
@@ -138,7 +142,8 @@ def write_labels(
 
     # reorder to ImageJ/OME order (T, Z, C, Y, X subset) so that both can read the axes
     order = [axes.index(a) for a in _IMAGEJ_ORDER if a in axes]
-    data = np.ascontiguousarray(np.transpose(arr, order).astype(dtype, copy=False))
+    data = np.transpose(arr, order)  # a view: large stacks are converted and written plane by plane
+    nbytes = data.size * dtype.itemsize
     out_axes = "".join(axes[i] for i in order)
     sizes = {a: scale[axes.index(a)] for a in axes if scale[axes.index(a)] is not None}
     if ("X" in sizes) != ("Y" in sizes):  # a pixel size is one for both or for neither
@@ -167,7 +172,7 @@ def write_labels(
                 meta.update(PhysicalSizeZ=sizes["Z"], PhysicalSizeZUnit="µm")
         if "T" in sizes:
             meta.update(TimeIncrement=sizes["T"], TimeIncrementUnit="s")
-        kwargs.update(ome=True, metadata=meta, bigtiff=data.nbytes > 2**31)
+        kwargs.update(ome=True, metadata=meta, bigtiff=nbytes > 2**31)
 
     layer_axes = None
     # what the file reads back as: ImageJ's order, without the stack axes of size 1 (neither ImageJ nor
@@ -179,7 +184,12 @@ def write_labels(
             corrected = _planes_in_file_order(corrected, axes, out_axes)
     with atomic_write_all() as files:
         with files.open(path, "wb") as fh:
-            tifffile.imwrite(fh, data, **kwargs)
+            if nbytes > WRITE_BY_PLANES_BYTES and data.ndim > 2:  # no whole converted copy in memory
+                planes = (np.ascontiguousarray(data[i]).astype(dtype, copy=False)
+                          for i in np.ndindex(*data.shape[:-2]))
+                tifffile.imwrite(fh, planes, shape=data.shape, dtype=dtype, **kwargs)
+            else:
+                tifffile.imwrite(fh, np.ascontiguousarray(data.astype(dtype, copy=False)), **kwargs)
         if corrected is None and (_exists(sidecar_path(path)) or layer_axes is not None or translate is not None):
             corrected = []  # a stale list emptied; or the layer's axes or offset recorded for the reader
         if corrected is not None:
