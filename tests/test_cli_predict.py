@@ -394,3 +394,12 @@ def test_a_stack_read_lazily_is_segmented_without_its_labels_in_memory(tmp_path,
     assert masks.shape == stack.shape and not masks[8].any()
     assert peak < 25e6, f"{peak / 1e6:.0f} MB traced (the labels alone are 79 MB as int32)"
     assert [p.name for p in (tmp_path / "o").iterdir()] == ["big_masks.tif"]  # no temporary file left
+
+
+def test_messages_about_one_input_of_a_batch_name_it(tmp_path, images, tiny_model_path, caplog):
+    tifffile.imwrite(tmp_path / "blank.tif", np.full((64, 64), 9, np.uint8))
+    rc = main(["predict", str(images / "a.tif"), str(tmp_path / "blank.tif"), "--out", str(tmp_path / "o"),
+               "--model", str(tiny_model_path), "--no-progress"])
+    assert rc == 0
+    said = [r.getMessage() for r in caplog.records if "constant" in r.getMessage()]
+    assert said and all(m.startswith(f"napari-unet: {tmp_path / 'blank.tif'}: ") for m in said)

@@ -219,7 +219,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"napari-unet: {path}: skipped, {target} exists (--overwrite replaces it)", file=sys.stderr)
             continue
         try:
-            _segment_one(model, path, target, args, use_dask)
+            with _messages_about(path):
+                _segment_one(model, path, target, args, use_dask)
         except (CLIError, ValueError, OSError) as exc:
             print(f"napari-unet: {path}: {one_line(exc)}", file=sys.stderr)
             failed.append(path)
@@ -229,6 +230,24 @@ def run(args: argparse.Namespace) -> int:
         names = ", ".join(p.name for p in failed[:10]) + (", ..." if len(failed) > 10 else "")
         raise CLIError(f"{len(failed)} of {len(inputs)} inputs failed (see above): {names}")
     return 0
+
+
+@contextlib.contextmanager
+def _messages_about(path: Path) -> Iterator[None]:
+    """Messages logged while ``path`` is segmented (a constant plane, no object found at any scale,
+    ...) say which input of the batch they are about, as the CLI's own lines do."""
+    def named(record: logging.LogRecord) -> bool:
+        record.msg, record.args = f"napari-unet: {path}: {record.getMessage()}", ()
+        return True
+
+    handlers = list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(named)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(named)
 
 
 def _diameter(text: str, scale: dict[str, float], name: str | None) -> float | None:
