@@ -397,9 +397,20 @@ def test_a_stack_read_lazily_is_segmented_without_its_labels_in_memory(tmp_path,
 
 
 def test_messages_about_one_input_of_a_batch_name_it(tmp_path, images, tiny_model_path, caplog):
+    import io
+    import logging
+
     tifffile.imwrite(tmp_path / "blank.tif", np.full((64, 64), 9, np.uint8))
-    rc = main(["predict", str(images / "a.tif"), str(tmp_path / "blank.tif"), "--out", str(tmp_path / "o"),
-               "--model", str(tiny_model_path), "--no-progress"])
+    extra = io.StringIO()
+    handler = logging.StreamHandler(extra)  # a program calling main() may have handlers of its own
+    logging.getLogger().addHandler(handler)
+    try:
+        rc = main(["predict", str(images / "a.tif"), str(tmp_path / "blank.tif"), "--out", str(tmp_path / "o"),
+                   "--model", str(tiny_model_path), "--no-progress"])
+    finally:
+        logging.getLogger().removeHandler(handler)
     assert rc == 0
     said = [r.getMessage() for r in caplog.records if "constant" in r.getMessage()]
-    assert said and all(m.startswith(f"napari-unet: {tmp_path / 'blank.tif'}: ") for m in said)
+    named = f"napari-unet: {tmp_path / 'blank.tif'}: "
+    assert said and all(m.startswith(named) and m.count("napari-unet:") == 1 for m in said)
+    assert extra.getvalue().count(named) == 1

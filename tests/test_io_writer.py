@@ -220,7 +220,13 @@ def test_saved_masks_come_back_where_their_image_is(make_napari_viewer, tmp_path
     (layer,) = viewer.open(out, plugin="napari-unet")
     np.testing.assert_allclose(layer.scale, [1.0, 0.5, 0.5])  # micrometres
     np.testing.assert_allclose(layer.translate, [0.0, 10.0, 20.0])
+    # a Z spacing the file cannot keep (Y, X uncalibrated): the offset stays two planes
+    viewer.add_labels(labels, name="z masks", scale=(3.0, 1.0, 1.0), translate=(6.0, 0.0, 0.0),
+                      units=("micrometer", "pixel", "pixel"))
+    assert viewer.layers["z masks"].save(str(tmp_path / "z masks.tif"), plugin="napari-unet")
+    (z,) = viewer.open(tmp_path / "z masks.tif", plugin="napari-unet")
+    np.testing.assert_allclose(np.asarray(z.translate) / np.asarray(z.scale), [2.0, 0.0, 0.0])
     # labels without an offset write no list for it
     plain = tmp_path / "plain.tif"
-    write_labels(plain, labels[1], translate=(0.0, 0.0))
+    write_labels(plain, labels[1], offset=(0.0, 0.0))
     assert not (tmp_path / "plain.tif.corrected.json").exists()

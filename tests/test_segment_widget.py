@@ -860,3 +860,55 @@ def test_masks_of_a_closed_image_are_not_taken_for_another_file_of_the_same_name
     (again,) = viewer.open(tmp_path / "pos1" / "img.tif", plugin="napari-unet")
     _segment(w, qtbot, again, SCOPE_STACK)  # pos1 again: its masks, the corrected slice kept
     assert (masks.data[1] == 999).any() and masks.data[2].any()
+
+
+def test_moving_min_size_follows_the_chosen_image_back_and_forth(widget, qtbot, c2c12_stack):
+    viewer, w = widget
+    a = viewer.add_image(c2c12_stack[0], name="a")
+    b = viewer.add_image(c2c12_stack[1], name="b")
+    _segment(w, qtbot, a, SCOPE_SLICE)
+    _segment(w, qtbot, b, SCOPE_SLICE)
+    w._image_combo.value = a
+    w._min_size.value = 10_000
+    _wait(qtbot, w)
+    w._min_size.value = 0  # a's objects back
+    _wait(qtbot, w)
+    w._image_combo.value = b
+    w._min_size.value = 9_999
+    _wait(qtbot, w)
+    assert not viewer.layers["b masks"].data.any() and viewer.layers["a masks"].data.any()
+
+
+def test_min_size_moved_during_a_run_reaches_that_runs_masks_whatever_image_is_chosen(widget, qtbot, c2c12_stack):
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack, name="c2c12")
+    other = viewer.add_image(c2c12_stack[0], name="other")
+
+    def choose_other_and_move():
+        w._image_combo.value = other
+        w._min_size.value = 10_000
+
+    _run_stack_doing_after_first_plane(w, image, choose_other_and_move)
+    _wait(qtbot, w)
+    qtbot.waitUntil(lambda: w._worker is None and not viewer.layers[masks_layer_name("c2c12")].data.any(),
+                    timeout=30_000)
+
+
+def test_with_overwrite_ticked_a_slice_corrected_during_the_run_is_still_kept(widget, qtbot, c2c12_stack,
+                                                                             notifications):
+    """Consent given at the start covers the corrections made before it, not a stroke made while
+    the run goes on."""
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack, name="c2c12")
+    w._overwrite.value = True
+
+    def correct_slice_3():
+        masks = viewer.layers[masks_layer_name("c2c12")]
+        masks.brush_size = 5
+        masks.paint((3, 48, 48), 999)
+
+    _run_stack_doing_after_first_plane(w, image, correct_slice_3)
+    _wait(qtbot, w)
+    masks = viewer.layers[masks_layer_name("c2c12")]
+    assert (masks.data[3] == 999).any()
+    assert any("slice 3" in m and "while the run" in m for m in notifications)

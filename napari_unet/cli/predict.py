@@ -237,7 +237,9 @@ def _messages_about(path: Path) -> Iterator[None]:
     """Messages logged while ``path`` is segmented (a constant plane, no object found at any scale,
     ...) say which input of the batch they are about, as the CLI's own lines do."""
     def named(record: logging.LogRecord) -> bool:
-        record.msg, record.args = f"napari-unet: {path}: {record.getMessage()}", ()
+        if not getattr(record, "napari_unet_named", False):  # once, whatever the number of handlers
+            record.msg, record.args = f"napari-unet: {path}: {record.getMessage()}", ()
+            record.napari_unet_named = True
         return True
 
     handlers = list(logging.getLogger().handlers)

@@ -76,13 +76,13 @@ def _version_known(data: Any) -> bool:
 
 
 def corrected_list_text(labels_path: str | os.PathLike, planes: Iterable[Any] | dict | Any,
-                        layer_axes: str | None = None, translate: Sequence[float] | None = None) -> str:
+                        layer_axes: str | None = None, offset: Sequence[float] | None = None) -> str:
     """The JSON text of the corrected-slices list of ``labels_path`` (see :func:`save_corrected_list`).
 
     The planes index the file's own stack axes (size-1 ones included). ``layer_axes``: the axes
     of the layer the labels came from, when the file stores them in another order (ImageJ's T, Z)
-    or reads back without some (of size 1): the reader puts them back. ``translate``: the layer's
-    offset per axis (in its axis order), which a TIFF does not hold, when it has one."""
+    or reads back without some (of size 1): the reader puts them back. ``offset``: the layer's
+    offset per axis in pixels (its axis order), which a TIFF does not hold, when it has one."""
     plane_list = planes_given(planes)
     payload = {
         "format": SIDECAR_FORMAT,
@@ -92,8 +92,8 @@ def corrected_list_text(labels_path: str | os.PathLike, planes: Iterable[Any] | 
     }
     if layer_axes:
         payload["layer_axes"] = layer_axes
-    if translate is not None:
-        payload["translate"] = [float(t) for t in translate]
+    if offset is not None:
+        payload["offset_pixels"] = [float(t) for t in offset]
     return json.dumps(payload, indent=1) + "\n"
 
 
@@ -145,9 +145,9 @@ def stored_layer_axes(labels_path: str | os.PathLike) -> str | None:
     return axes if isinstance(axes, str) and axes.isalpha() else None
 
 
-def stored_translate(labels_path: str | os.PathLike) -> tuple[float, ...] | None:
-    """The layer's offset per axis (its own axis order) recorded beside the labels, if any."""
-    values = _sidecar_entry(labels_path, "translate")
+def stored_offset(labels_path: str | os.PathLike) -> tuple[float, ...] | None:
+    """The layer's offset per axis in pixels (its own axis order) recorded beside the labels, if any."""
+    values = _sidecar_entry(labels_path, "offset_pixels")
     if not isinstance(values, list) or not values or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
         return None

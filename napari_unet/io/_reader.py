@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ._corrected import CORRECTED_KEY, load_corrected_list, sidecar_path, stored_layer_axes, stored_translate
+from ._corrected import CORRECTED_KEY, load_corrected_list, sidecar_path, stored_layer_axes, stored_offset
 from ._formats import StackInfo, StackReadError, detect_kind, open_any
 
 log = logging.getLogger(__name__)
@@ -304,11 +304,13 @@ def as_labels_where_masks(path: str | os.PathLike, layers: list[LayerData]) -> l
         layer_axes = stored_layer_axes(path)
         if layer_axes is not None and len(layers) == 1:  # stored in ImageJ's order: back to the layer's
             layers, corrected = _in_axes_order(layers[0], layer_axes, corrected)
-        translate = stored_translate(path)
-        if translate is not None and len(layers) == 1:  # (a TIFF holds no offset)
+        offset = stored_offset(path)
+        if offset is not None and len(layers) == 1:  # (a TIFF holds no offset)
             data, meta, kind = layers[0]
-            if len(translate) == (data[0] if isinstance(data, list) else data).ndim:
-                layers = [(data, {**meta, "translate": translate}, kind)]
+            scale = meta.get("scale")
+            if len(offset) == (data[0] if isinstance(data, list) else data).ndim:
+                scale = scale if scale is not None and len(scale) == len(offset) else [1.0] * len(offset)
+                layers = [(data, {**meta, "translate": tuple(o * float(s) for o, s in zip(offset, scale))}, kind)]
         return [as_labels_layer(layer, corrected) for layer in layers]
     if _is_ome_zarr_labels(path) or _named_as_labels(path, layers):  # masks to correct, none corrected yet
         return [as_labels_layer(layer, []) for layer in layers]

@@ -61,7 +61,7 @@ def write_labels(
     scale: Sequence[float] | None = None,
     axes: str | None = None,
     corrected: Any = None,
-    translate: Sequence[float] | None = None,
+    offset: Sequence[float] | None = None,
 ) -> Path:
     """Write a label image to a compressed TIFF, atomically (with its corrected-slices list).
 
@@ -85,9 +85,10 @@ def write_labels(
         :func:`napari_unet.io._corrected.save_corrected_list`); None: no list is written, and a
         list left beside an earlier file of that name is emptied with the same commit (the new
         labels' slices were not corrected by anyone).
-    translate : sequence of float, optional
-        The labels' offset per axis (in the units of ``scale``), which a TIFF does not hold: kept
-        in the list beside the file when not all zero, for the reader to put back.
+    offset : sequence of float, optional
+        The labels' offset per axis in pixels (napari's translate over its scale), which a TIFF
+        does not hold: kept in the list beside the file when not all zero, for the reader to
+        put back (as a translate in the units of the pixel size it reads).
 
     Returns
     -------
@@ -132,12 +133,12 @@ def write_labels(
         raise LabelsWriteError(f"scale has {len(scale)} values but the labels have {arr.ndim} dimensions")
     if not all(s is None or (np.isfinite(s) and s > 0) for s in scale):
         raise LabelsWriteError(f"scale values must be positive numbers, got {scale}")
-    if translate is not None:
-        translate = [float(t) for t in translate]
-        if len(translate) != arr.ndim or not all(np.isfinite(translate)):
-            raise LabelsWriteError(f"translate must be {arr.ndim} finite numbers, got {translate}")
-        if not any(translate):
-            translate = None
+    if offset is not None:
+        offset = [float(t) for t in offset]
+        if len(offset) != arr.ndim or not all(np.isfinite(offset)):
+            raise LabelsWriteError(f"offset must be {arr.ndim} finite numbers, got {offset}")
+        if not any(offset):
+            offset = None
     dtype = _labels_dtype(arr)
 
     # reorder to ImageJ/OME order (T, Z, C, Y, X subset) so that both can read the axes
@@ -190,11 +191,11 @@ def write_labels(
                 tifffile.imwrite(fh, planes, shape=data.shape, dtype=dtype, **kwargs)
             else:
                 tifffile.imwrite(fh, np.ascontiguousarray(data.astype(dtype, copy=False)), **kwargs)
-        if corrected is None and (_exists(sidecar_path(path)) or layer_axes is not None or translate is not None):
+        if corrected is None and (_exists(sidecar_path(path)) or layer_axes is not None or offset is not None):
             corrected = []  # a stale list emptied; or the layer's axes or offset recorded for the reader
         if corrected is not None:
             with files.open(sidecar_path(path), "w") as fh:
-                fh.write(corrected_list_text(path, corrected, layer_axes, translate))
+                fh.write(corrected_list_text(path, corrected, layer_axes, offset))
     log.info("wrote labels %s %s to %s", data.shape, dtype, path)
     return path
 
@@ -254,15 +255,14 @@ def _physical_scale(meta: dict[str, Any], ndim: int) -> list[float | None] | Non
     return out
 
 
-def _physical_translate(meta: dict[str, Any], ndim: int) -> list[float] | None:
-    """The layer's offset per axis in the units its file's pixel size is written in (see
-    :func:`_physical_scale`; an axis without calibration keeps its offset as it is)."""
+def _offset_pixels(meta: dict[str, Any], ndim: int) -> list[float] | None:
+    """The layer's offset per axis in pixels (its translate over its scale: whatever the file
+    keeps of the pixel size, the offset comes back on the same pixel)."""
     translate, scale = meta.get("translate"), meta.get("scale")
     if translate is None or len(translate) != ndim:
         return None
-    physical = _physical_scale(meta, ndim) or [None] * ndim
-    return [float(t) * (p / float(s) if p is not None and s else 1.0)
-            for t, p, s in zip(translate, physical, scale if scale is not None else [None] * ndim)]
+    scale = scale if scale is not None and len(scale) == ndim else [1.0] * ndim
+    return [float(t) / float(s) if s else 0.0 for t, s in zip(translate, scale)]
 
 
 def napari_write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
@@ -280,7 +280,7 @@ def napari_write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]
         axes = _axes_from_layer_meta(meta, arr.ndim)
         # the corrected-slices list travels beside the file (and marks it as labels)
         written = write_labels(path, arr, scale=_physical_scale(meta, arr.ndim), axes=axes,
-                               corrected=meta.get("metadata") or {}, translate=_physical_translate(meta, arr.ndim))
+                               corrected=meta.get("metadata") or {}, offset=_offset_pixels(meta, arr.ndim))
     except (LabelsWriteError, OSError) as e:
         message = f"Labels not saved to '{Path(path).name}' (nothing was changed on disk): {e}"
         log.warning("%s", message)

@@ -221,25 +221,28 @@ def write_plane(layer: Any, result: Any) -> None:
     layer.refresh()
 
 
-def protect_or_release_corrected(layer: Any, planes: list[tuple[int, ...]], run: Any) -> bool:
-    """Before a run writes ``planes`` into the masks ``layer``: False when one of them is now a
-    corrected slice and the run may not replace it (the user corrected it while the run was going:
-    recorded in ``run._corrected_meanwhile``); with consent (``run.run_overwrites_corrected``) the
-    corrected slices written are unmarked (they will hold the model's masks, no training example
-    any more; recorded in ``run._replaced_corrected``) and True is returned."""
+def planes_to_keep(layer: Any, planes: list[tuple[int, ...]], run: Any) -> set[tuple[int, ...]]:
+    """Before a run writes ``planes`` into the masks ``layer``: those it must leave as they are,
+    the corrected slices it may not replace. It may replace only the slices corrected when it
+    started, and only with the user's consent ('Overwrite slices I corrected': ``run._replaceable``);
+    those are unmarked (they will hold the model's masks, no training example any more; recorded
+    in ``run._replaced_corrected``). Slices corrected while it was going are always kept (recorded
+    in ``run._corrected_meanwhile``)."""
     corrected = corrected_planes(layer)
-    hit = [tuple(p) for p in planes if tuple(p) in corrected]
-    if not hit:
-        return True
-    if not run.run_overwrites_corrected:
-        run._corrected_meanwhile.extend(p for p in hit if p not in run._corrected_meanwhile)
-        return False
+    keep: set[tuple[int, ...]] = set()
     slices = CorrectedSlices.for_layer(layer)
-    for plane in hit:
-        slices.unmark(plane)
-        if plane not in run._replaced_corrected:
-            run._replaced_corrected.append(plane)
-    return True
+    for plane in (tuple(p) for p in planes):
+        if plane not in corrected:
+            continue
+        if plane in run._replaceable:
+            slices.unmark(plane)
+            if plane not in run._replaced_corrected:
+                run._replaced_corrected.append(plane)
+            continue
+        keep.add(plane)
+        if plane not in run._corrected_at_start and plane not in run._corrected_meanwhile:
+            run._corrected_meanwhile.append(plane)
+    return keep
 
 
 def report_corrected_during_run(meanwhile: list[tuple[int, ...]], replaced: list[tuple[int, ...]]) -> None:
@@ -251,9 +254,10 @@ def report_corrected_during_run(meanwhile: list[tuple[int, ...]], replaced: list
         verb = "it" if len(meanwhile) == 1 else "them"
         notify_warning(f"Left {_planes_text(meanwhile)} as you corrected {verb} while the run was going.")
     if replaced:
-        verb = "is" if len(replaced) == 1 else "are"
-        notify_info(f"Replaced {_planes_text(replaced)}, which you had corrected: {verb} no longer listed as "
-                    "corrected (not a training example); correct or mark again to make it one.")
+        one = len(replaced) == 1
+        notify_info(f"Replaced {_planes_text(replaced)}, which you had corrected: {'it is' if one else 'they are'} no "
+                    f"longer listed as corrected (not {'a training example' if one else 'training examples'}); correct "
+                    f"or mark {'it' if one else 'them'} again to make {'it one' if one else 'them examples'}.")
 
 
 def forget_history_of_planes(layer: Any, planes: list[tuple[int, ...]]) -> None:

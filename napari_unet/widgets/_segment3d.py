@@ -243,16 +243,13 @@ def plan_3d_run(widget: Any, image: Any, masks: Any, diameter: float | None) -> 
 def write_volume_result(widget: Any, result: VolumeResult) -> None:
     """The Segment widget got a finished volume: into its masks layer, corrected planes kept."""
     from ._base import notify_warning
-    from ._masks import corrected_planes, protect_or_release_corrected
+    from ._masks import planes_to_keep
 
     masks = widget._running_masks()
     if masks is None:
         return  # the user removed the masks layer meanwhile
-    if widget.run_overwrites_corrected:  # (the corrected planes replaced are unmarked)
-        protect_or_release_corrected(masks, volume_planes(result), widget)
-        protected = set()
-    else:  # also those corrected while the run was going
-        protected = corrected_planes(masks)
-    if write_volume(masks, result, protected):
+    protected = planes_to_keep(masks, volume_planes(result), widget)  # (those replaced are unmarked)
+    # (slices corrected while the run went on are reported when it ends)
+    if write_volume(masks, result, protected) and protected - set(widget._corrected_meanwhile):
         notify_warning("Slices you corrected were left as they are (the new objects around them got new ids); "
                        "tick 'Overwrite slices I corrected' to replace them.")

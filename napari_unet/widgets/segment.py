@@ -59,7 +59,7 @@ from ._masks import (
     ready_for_writing,
     masks_layer_name,
     move_past_corrected_slice,
-    protect_or_release_corrected,
+    planes_to_keep,
     report_corrected_during_run,
     report_empty_planes,
     shown_plane_corrected,
@@ -93,7 +93,9 @@ class SegmentWidget(Container):
         super().__init__(labels=True)
         self._viewer = viewer
         self._worker = None
-        self.run_overwrites_corrected = False  # whether the running job may replace corrected slices
+        # the running job's corrected slices: when it started, those it may replace (with consent)
+        self._corrected_at_start: set[tuple[int, ...]] = set()
+        self._replaceable: set[tuple[int, ...]] = set()
         self._corrected_meanwhile: list[tuple[int, ...]] = []
         self._replaced_corrected: list[tuple[int, ...]] = []
         self._model_cache: dict = {}
@@ -378,7 +380,7 @@ class SegmentWidget(Container):
                     self._run_layers = (image, masks)
                     self._last_masks = unwrap_proxy(masks)
                     self._last_image = weakref.ref(unwrap_proxy(image))
-                    self._start(generator, message, overwrite=overwrite)
+                    self._start(generator, message, overwrite=overwrite, masks=masks)
                 return
             planes = self._planes_for_scope(image, scope)
             yx_view = shows_yx_planes(self._viewer, image)
@@ -431,7 +433,7 @@ class SegmentWidget(Container):
             model_cache=self._model_cache,
         )
         self._start(generator, f"Segmenting {len(planes)} slice(s)" if len(planes) > 1 else "Segmenting",
-                    overwrite=overwrite)
+                    overwrite=overwrite, masks=masks)
 
     def use_new_model(self, model_path: str | Path, image: Any = None) -> None:
         """A new (fine-tuned) model: select it and segment ``image`` with it (its current view,
@@ -494,9 +496,11 @@ class SegmentWidget(Container):
             self._worker.quit()
             self._status.value = "Cancelling…"
 
-    def _start(self, generator: Generator, message: str, rethreshold: bool = False, overwrite: bool = False) -> None:
+    def _start(self, generator: Generator, message: str, rethreshold: bool = False, overwrite: bool = False,
+               masks: Any = None) -> None:
         self._run_started = time.perf_counter()
-        self.run_overwrites_corrected = overwrite
+        self._corrected_at_start = corrected_planes(masks) if masks is not None else set()
+        self._replaceable = self._corrected_at_start if overwrite else set()
         self._corrected_meanwhile = []  # slices corrected during the run: left as the user made them
         self._replaced_corrected = []  # corrected slices replaced (with consent): no longer corrected
         self._rethresholding = rethreshold
@@ -551,7 +555,7 @@ class SegmentWidget(Container):
         masks = self._running_masks()
         if masks is None:
             return  # the user removed the masks layer meanwhile (the run is being abandoned)
-        if not protect_or_release_corrected(masks, [result.index], self):
+        if planes_to_keep(masks, [result.index], self):
             return
         write_plane(masks, result)
         self._kept.keep(masks, result, _checksum(masks, result))
@@ -652,7 +656,8 @@ class SegmentWidget(Container):
         if pending and not self._failed and not self._abandoned:
             from qtpy.QtCore import QTimer
 
-            QTimer.singleShot(0, self._rethreshold)
+            # the run's own masks get the values the user chose while it ran (whatever image is chosen now)
+            QTimer.singleShot(0, lambda: self._rethreshold_layer(self._follow_last_masks()))
 
     # ------------------------------------------------------------------ re-threshold
     def _masks_to_rethreshold(self) -> Any:
@@ -669,17 +674,25 @@ class SegmentWidget(Container):
             self._status.value = (f"The new Threshold and Min. size apply when you segment {image.name!r}: none of "
                                   "its masks are kept to re-apply them to.")
             return None
+        self._last_image = weakref.ref(unwrap_proxy(image))  # (the re-threshold makes them the last masks)
         return masks
 
     def _rethreshold(self, *_args) -> None:
-        """Apply a new threshold / minimum size to the kept probability maps (after the running job,
-        when one runs: its planes too then get the values the user chose meanwhile)."""
+        """Apply a new threshold / minimum size to the kept probability maps of the chosen image's
+        masks (after the running job, when one runs: its planes then get the values the user chose
+        meanwhile)."""
         if self._worker is not None:
             self._rethreshold_pending = True
             return
-        masks = self._masks_to_rethreshold()
+        self._rethreshold_layer(self._masks_to_rethreshold())
+
+    def _rethreshold_layer(self, masks: Any) -> None:
+        """Re-apply Threshold / Min. size to the kept results of the masks layer ``masks``."""
+        if self._worker is not None:  # a run started meanwhile: after it
+            self._rethreshold_pending = True
+            return
         if masks is None:
-            return  # nothing segmented yet, or its masks layer was removed (or said by the call above)
+            return  # nothing segmented yet, or its masks layer was removed (or said by the caller)
         if self._kept.is_3d(masks):
             self._status.value = ("Threshold and Min. size apply from the next run: 3D objects are not "
                                   "re-thresholded from kept probabilities.")
@@ -710,7 +723,7 @@ class SegmentWidget(Container):
 
         generator = iter_rethreshold(cached, float(self._threshold.value), int(self._min_size.value))
         self._run_layers = (None, masks)  # no image needed: only the masks are written
-        self._start(generator, "Applying threshold", rethreshold=True)
+        self._start(generator, "Applying threshold", rethreshold=True, masks=masks)
 
 
 def _never(*_args: Any) -> None:
