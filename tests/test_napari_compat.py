@@ -16,6 +16,7 @@ from napari_unet.widgets._napari_compat import (
     canvas_size,
     edited_regions,
     forget_labels_history,
+    labels_edit_history,
     layers_added_unselected,
     opened_from,
     raise_plugin_dock,
@@ -171,6 +172,16 @@ def test_raise_plugin_dock_brings_a_tab_to_the_front(make_napari_viewer, qtbot):
     raise_plugin_dock(viewer, "napari-unet", "Fine-tune")
     qtbot.waitUntil(lambda: not docks["Fine-tune"].visibleRegion().isEmpty(), timeout=3000)
     assert dock.visibleRegion().isEmpty()
+
+
+def test_labels_edit_history_lists_the_edits_that_can_be_undone(labels):
+    _viewer, labels = labels
+    labels.paint((1, 5, 5), 7)
+    labels.paint((2, 5, 5), 8)
+    labels.undo()
+    history = labels_edit_history(labels)
+    assert len(history) == 1, "napari's Labels._undo_history changed"
+    assert any(_covers(key, (1, 5, 5), labels.data.shape) for key in edited_regions(history[0]))
 
 
 def test_layers_added_unselected_leaves_the_selection_alone(make_napari_viewer):

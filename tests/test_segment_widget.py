@@ -912,3 +912,21 @@ def test_with_overwrite_ticked_a_slice_corrected_during_the_run_is_still_kept(wi
     masks = viewer.layers[masks_layer_name("c2c12")]
     assert (masks.data[3] == 999).any()
     assert any("slice 3" in m and "while the run" in m for m in notifications)
+
+
+def test_slices_painted_by_hand_before_the_plugin_was_opened_are_never_overwritten(make_napari_viewer, qtbot,
+                                                                                   c2c12_stack, tiny_model_path,
+                                                                                   notifications):
+    """In plain napari the user paints in "<image> masks" (a layer of their own), then opens
+    Segment and segments the whole stack: the painted slice is a corrected one."""
+    viewer = make_napari_viewer()
+    image = viewer.add_image(c2c12_stack, name="c2c12")
+    masks = viewer.add_labels(np.zeros(c2c12_stack.shape, np.int32), name=masks_layer_name("c2c12"))
+    masks.brush_size = 6
+    masks.paint((1, 48, 48), 999)
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    w.add_model_file(tiny_model_path)
+    _segment(w, qtbot, image, SCOPE_STACK)
+    assert (masks.data[1] == 999).sum() > 20
+    assert masks.data[2].any()
+    assert any("Skipped a slice you corrected (slice 1)" in m for m in notifications)

@@ -56,7 +56,7 @@ from napari_unet.io._corrected import (  # noqa: F401  (re-exported for the widg
     sidecar_path,
 )
 
-from ._napari_compat import edited_regions, unwrap_proxy, watch_labels_replay
+from ._napari_compat import edited_regions, labels_edit_history, unwrap_proxy, watch_labels_replay
 
 #: Planes touched by one edit above this number are not listed one by one (a 3D brush
 #: through a huge stack); the edit still marks every plane it touched.
@@ -149,7 +149,20 @@ class CorrectedSlices:
         self._unwatch_replay: Callable[[], None] | None = None
         # normalise whatever is stored (lists from a reader, tuples, ...)
         self._write(planes_in_metadata(layer.metadata))
+        self._mark_earlier_edits(layer)
         self.attach()
+
+    def _mark_earlier_edits(self, layer: Any) -> None:
+        """The slices the user edited before any widget watched the layer (brush strokes in a layer
+        painted by hand, in plain napari, before the plugin's docks were opened): the edits napari
+        can still undo tell them."""
+        shape = layer.data.shape[: layer.ndim - 2]
+        planes: set[Plane] = set()
+        for item in labels_edit_history(layer):
+            planes |= planes_of_history_item(item, layer.ndim, layer.data.shape)
+        planes = {p for p in planes if len(p) == len(shape) and all(0 <= i < s for i, s in zip(p, shape))}
+        if planes:
+            self.update(planes)
 
     # ---------------------------------------------------------------- creation
     @classmethod

@@ -87,6 +87,21 @@ def _last_history_item(layer: Any, history_name: str) -> list[Any] | None:
     return list(history[-1]) if len(history) else []
 
 
+def labels_edit_history(layer: Any) -> list[list[Any]]:
+    """The edits a Labels layer can undo now (its undo history items, oldest first): those made
+    before napari-unet started to watch the layer.
+
+    Checked against: napari 0.5.0 to 0.9.2 (``Labels._undo_history``, a deque of history items).
+    Degrades to: ``[]`` (those earlier edits are not known), with a warning in the log.
+    """
+    history = getattr(unwrap_proxy(layer), "_undo_history", None)
+    if history is None:
+        log.warning("napari's Labels no longer has _undo_history: edits made before napari-unet watched a "
+                    "layer do not mark slices as corrected.")
+        return []
+    return [list(item) for item in history]
+
+
 def watch_labels_replay(layer: Any, before_replay: Callable[[list[Any] | None], None]) -> Callable[[], None]:
     """Call ``before_replay(item)`` each time ``layer.undo()`` or ``layer.redo()`` replays an edit.
 
