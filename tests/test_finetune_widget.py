@@ -658,3 +658,27 @@ def test_mark_refuses_a_slice_the_stack_does_not_have(make_napari_viewer, data_d
     widget.corrected_panel._mark_button.native.click()
     assert CorrectedSlices.for_layer(masks).planes == []
     assert any("'short masks' has no slice" in m for m in notifications)
+
+
+def test_base_model_follows_the_model_segment_uses_until_the_user_picks_one(make_napari_viewer):
+    """A phase-contrast image segmented with `cells`: fine-tuning starts from `cells` (not the
+    first model of the list), and from the model just fine-tuned once Segment uses it; a base
+    the user picks stays."""
+    from pathlib import Path as P
+
+    from napari_unet.core.catalog import resolve_model_path
+
+    viewer = make_napari_viewer()
+    _d1, segment = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    segment.select_model(resolve_model_path("cells"))
+    _d2, tune = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune", tabify=True)
+    base = lambda: P(tune.settings_panel.base_model_path).resolve()  # noqa: E731
+    assert base() == P(resolve_model_path("cells")).resolve()
+    assert tune.settings_panel.model_name.startswith("cells-tuned")
+    segment.select_model(resolve_model_path("nuclei"))
+    assert base() == P(resolve_model_path("nuclei")).resolve()
+    tune.settings_panel._base_model.value = str(resolve_model_path("cells"))  # the user's own choice
+    segment.select_model(resolve_model_path("nuclei"))
+    segment.select_model(resolve_model_path("cells"))
+    segment.select_model(resolve_model_path("nuclei"))
+    assert base() == P(resolve_model_path("cells")).resolve()

@@ -90,6 +90,9 @@ class FinetuneWidget(Container):
         self.model_trained.connect(self.resegment_current_view)
         self.run_panel.show_device(self.settings_panel.device_choice())
         register_widget(viewer, "finetune", self)
+        segment = get_widget(viewer, "segment")
+        if segment is not None:  # the base model: the one Segment uses (see TrainingSettingsPanel.follow)
+            self.settings_panel.follow(segment._model_combo.value)
         warm_up_in_background("segmenting", "training")  # the first run then holds up the window less
 
     @property

@@ -242,8 +242,14 @@ class SegmentWidget(Container):
 
     def _on_model_changed(self, *_args) -> None:
         """A new model: take its threshold and min. size (the masks made before keep their kept
-        probabilities: moving Threshold still re-thresholds them)."""
+        probabilities: moving Threshold still re-thresholds them). Fine-tune's base model follows
+        (unless the user chose one there)."""
+        from ._registry import get_widget
+
         self._apply_model_postprocessing(force=True)
+        finetune = get_widget(self._viewer, "finetune")
+        if finetune is not None:
+            finetune.settings_panel.follow(self._model_combo.value)
 
     def _on_image_kind(self, *_args) -> None:
         """Another image: when the model has post-processing of its own for that kind of image

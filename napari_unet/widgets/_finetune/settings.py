@@ -48,6 +48,9 @@ class TrainingSettingsPanel(Container):
         self.native.layout().addWidget(collapsible("Advanced", self._advanced))
 
         self._base_model.changed.connect(self.suggest_name)
+        self._base_model.changed.connect(self._on_base_chosen)
+        self._setting_base = False  # the base set by the code (follow, refresh), not by the user
+        self.user_chose_base = False
         self.suggest_name()
 
     @property
@@ -85,9 +88,34 @@ class TrainingSettingsPanel(Container):
     def refresh_models(self, *_args) -> None:
         """Reload the base-model list, keeping the chosen model when it is still there."""
         current = self._base_model.value
-        self._base_model.reset_choices()
-        if current in [v for _l, v in _model_choices()]:
-            self._base_model.value = current
+        self._setting_base = True
+        try:
+            self._base_model.reset_choices()
+            if current in [v for _l, v in _model_choices()]:
+                self._base_model.value = current
+        finally:
+            self._setting_base = False
+
+    def _on_base_chosen(self, *_args) -> None:
+        if not self._setting_base:
+            self.user_chose_base = True
+
+    def follow(self, model_path: str | None) -> None:
+        """Take ``model_path`` (the model Segment uses, a model just fine-tuned) as the base model,
+        unless the user chose a base here: the next fine-tuning builds on the model whose masks
+        were corrected. A model that is not in the list (a BioImage.IO package) is not followed."""
+        if self.user_chose_base or not model_path:
+            return
+        self.refresh_models()
+        target = Path(str(model_path)).resolve()
+        match = next((v for v in self._base_model.choices if v and Path(str(v)).resolve() == target), None)
+        if match is None or match == self._base_model.value:
+            return
+        self._setting_base = True
+        try:
+            self._base_model.value = match
+        finally:
+            self._setting_base = False
 
     def suggest_name(self, *_args) -> None:
         """Fill in a free name derived from the base model ("nuclei-tuned", "nuclei-tuned-2", ...)."""
