@@ -142,3 +142,18 @@ def test_tutorial_walkthrough(make_napari_viewer, qtbot, tmp_path, canvas_mouse)
     viewer.layers.save(str(saved), selected=True, plugin="napari-unet")
     assert saved.is_file()
     assert len(shots) == 5
+
+
+def test_gui_opens_files_its_reader_does_not_take_with_naparis(make_napari_viewer, tmp_path, dsb_fluo_crop):
+    """`napari-unet gui cells.png`: a PNG (not a file type of napari-unet's reader) opens with
+    napari's own, beside a TIFF opened with napari-unet's."""
+    import tifffile
+    from PIL import Image
+
+    image, _ = dsb_fluo_crop
+    Image.fromarray(image).save(tmp_path / "cells.png")
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack([image, image]))
+    viewer = make_napari_viewer()
+    populate_viewer(viewer, [str(tmp_path / "cells.png"), str(tmp_path / "stack.tif")], None)
+    assert [layer.name for layer in viewer.layers] == ["cells", "stack"]
+    np.testing.assert_array_equal(np.asarray(viewer.layers["cells"].data), image)

@@ -37,7 +37,10 @@ def populate_viewer(viewer, paths: list[str], sample: str | None) -> dict:
         show_dock(viewer, "Segment")
     if paths:
         for path in paths:
-            viewer.open(path, plugin="napari-unet")
+            try:
+                viewer.open(path, plugin="napari-unet")
+            except ValueError:  # a file napari-unet's reader does not take (a PNG, a JPEG): napari's own
+                viewer.open(path)
     elif sample and sample != "none":
         samples = {s.key for s in manifest.contributions.sample_data or []}
         if sample in samples:
