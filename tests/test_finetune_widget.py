@@ -682,3 +682,23 @@ def test_base_model_follows_the_model_segment_uses_until_the_user_picks_one(make
     segment.select_model(resolve_model_path("cells"))
     segment.select_model(resolve_model_path("nuclei"))
     assert base() == P(resolve_model_path("cells")).resolve()
+
+
+def test_deleting_the_model_segment_uses_goes_back_to_the_proposed_one(make_napari_viewer, data_dir):
+    import shutil
+    from pathlib import Path as P
+
+    from napari_unet.core.catalog import delete_model, resolve_model_path, user_model_path
+
+    viewer = make_napari_viewer()
+    viewer.add_image(tifffile.imread(data_dir / "c2c12_timelapse" / "images.tif")[0], name="phase")
+    _d1, segment = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    _d2, tune = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune", tabify=True)
+    mine = user_model_path("my cells")
+    mine.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(resolve_model_path("cells"), mine)
+    segment.select_model(mine)  # the user's choice
+    delete_model("my cells")
+    tune.refresh_models()  # what Manage models > Delete does next
+    assert P(segment._model_combo.value).resolve() == P(resolve_model_path("cells")).resolve()  # proposed
+    assert "'my cells' is gone" in segment._status.value and "'cells'" in segment._status.value

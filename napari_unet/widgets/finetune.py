@@ -188,7 +188,7 @@ class FinetuneWidget(Container):
         self.models_panel.refresh()
         segment = get_widget(self._viewer, "segment")
         if segment is not None:
-            segment._model_combo.reset_choices()
+            segment.refresh_models()
 
     def export_model(self, destination: str | Path, name: str | None = None) -> Path | None:
         """Copy the chosen model of "Manage models" (or ``name``) to ``destination``."""

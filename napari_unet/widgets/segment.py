@@ -198,6 +198,21 @@ class SegmentWidget(Container):
         choices += [(name, path) for name, path in self._extra_models.items()]
         return choices
 
+    def refresh_models(self) -> None:
+        """Reload the Model list (models trained, renamed or deleted under Fine-tune). When the chosen
+        model is gone, the model proposed for the image is chosen again (not the list's first), and
+        the status says so."""
+        before = self._model_combo.value
+        gone = bool(before) and before not in [value for _label, value in self._model_choices()]
+        self._model_combo.reset_choices()
+        if not gone:
+            return
+        self._proposal.user_chose = False  # the list's fallback is nobody's choice
+        self._proposal.refresh()
+        now = self._model_combo.value
+        self._status.value = (f"The model {Path(before).stem!r} is gone; "
+                              f"{'now using ' + repr(Path(now).stem) if now else 'no model left'}.")
+
     def reset_choices(self, *_args) -> None:
         super().reset_choices()
         self._three_d.refresh()
