@@ -702,3 +702,17 @@ def test_deleting_the_model_segment_uses_goes_back_to_the_proposed_one(make_napa
     tune.refresh_models()  # what Manage models > Delete does next
     assert P(segment._model_combo.value).resolve() == P(resolve_model_path("cells")).resolve()  # proposed
     assert "'my cells' is gone" in segment._status.value and "'cells'" in segment._status.value
+
+
+def test_a_layer_pair_leaves_out_the_slices_nobody_labelled(widget, c2c12, notifications):
+    """A stack segmented slice by slice and added as a layer pair: its empty slices were never
+    segmented, and are not taught as "no cells here"."""
+    viewer, w = widget
+    images, labels = c2c12
+    partly = np.zeros_like(labels)
+    partly[2] = labels[2]
+    image, masks = _add_pair(viewer, images, partly, name="other")
+    w.examples_panel.add_layer_pair(image, masks)
+    examples = w.examples_panel.examples()
+    assert len(examples) == 1
+    assert any("left out" in m and f"{len(labels) - 1} slices with no labels" in m for m in notifications)

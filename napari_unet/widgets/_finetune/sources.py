@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, Select
 from napari.layers import Image, Labels
 
@@ -144,8 +145,24 @@ class ExtraExamplesPanel(Container):
             extra_planes = None
             if extra_labels.metadata.get("napari_unet_corrected"):
                 extra_planes = CorrectedSlices.for_layer(extra_labels).planes
+            elif extra_labels.ndim > 2:
+                extra_planes = _labelled_planes(extra_labels, source.description)
             examples += examples_from_layers(layers[source.image_name], extra_labels, extra_planes)
         return examples
+
+
+def _labelled_planes(labels: Any, description: str) -> list[tuple[int, ...]]:
+    """The planes of a labels stack without a corrected list that hold labels: an empty one was
+    most likely never segmented nor drawn (a stack segmented slice by slice), and would teach the
+    model that there are no cells there. Those left out are said once."""
+    every = [tuple(int(i) for i in index) for index in np.ndindex(*labels.data.shape[: labels.ndim - 2])]
+    kept = [plane for plane in every if np.asarray(labels.data[plane]).any()]
+    if len(kept) < len(every):
+        n = len(every) - len(kept)
+        notify_info(f"{description}: left out {n} {'slice' if n == 1 else 'slices'} with no labels (never segmented "
+                    "or drawn, most likely); mark a slice as correct (Corrected slices) to teach that it holds "
+                    "no cells.")
+    return kept
 
 
 def _images_without_labels(image_dir: Path, labels_dir: Path) -> list[str]:
