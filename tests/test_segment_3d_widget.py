@@ -120,3 +120,22 @@ def test_the_z_axis_chosen_stays_and_time_is_never_z(widget, qtbot, nuclei3d):
     tzyx = viewer.add_image(stack.transpose(1, 0, 2, 3), name="tzyx", axis_labels=("t", "z", "y", "x"))
     w._image_combo.value = tzyx
     assert [value for _label, value in w._three_d._choices()] == [1] and w._three_d.z_axis.value == 1
+
+
+def test_segmenting_again_after_fine_tuning_in_3d_runs_the_volume_without_moving(widget, qtbot, nuclei3d,
+                                                                                  notifications):
+    from napari_unet.core.catalog import resolve_model_path
+
+    viewer, w = widget
+    image = viewer.add_image(nuclei3d, name="nuclei", axis_labels=("z", "y", "x"))
+    _run(w, qtbot, image)
+    masks = viewer.layers[masks_layer_name("nuclei")]
+    viewer.dims.set_current_step(0, 15)
+    masks.brush_size = 4
+    masks.paint((15, 20, 20), 500)
+    corrected = np.asarray(masks.data[15]).copy()
+    w.use_new_model(resolve_model_path("nuclei"), image)  # what Fine-tune does when it has saved a model
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+    assert viewer.dims.current_step[0] == 15  # no "segmenting slice 16 instead": the volume is one piece
+    assert not any("instead" in m for m in notifications)
+    np.testing.assert_array_equal(masks.data[15], corrected)

@@ -486,6 +486,9 @@ class SegmentWidget(Container):
             self.select_model(model_path)
         if self._scope.value == SCOPE_STACK:
             self._scope.value = SCOPE_SLICE
+        if self._three_d.active:  # the volume shown, whole: its corrected planes are kept as they are
+            self.run(keep_corrected=True)
+            return
         moved = self._move_past_corrected_slice()
         if not moved and self._shown_plane_is_corrected():
             # every slice was corrected (a 2D image, say): nothing to segment, and no warning for it
