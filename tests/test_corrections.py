@@ -213,3 +213,21 @@ def test_mark_current_slice_refuses_a_transposed_view(make_napari_viewer, notifi
     viewer.dims.order = (0, 1, 2)
     tune.corrected_panel.mark_current_slice()
     assert CorrectedSlices.for_layer(layer).planes == [(viewer.dims.current_step[0],)]
+
+
+def test_earlier_edits_across_slices_are_said_and_edits_of_other_axes_ignored(make_napari_viewer, notifications):
+    from napari_unet.widgets._corrections import CorrectedSlices
+
+    viewer = make_napari_viewer()
+    flat = viewer.add_labels(np.zeros((64, 64), np.int32), name="flat")
+    flat.brush_size = 8
+    flat.paint((30, 30), 3)  # a 2D edit, then the data becomes a stack: the old edit is not a slice
+    flat.data = np.zeros((50, 64, 64), np.int32)
+    assert CorrectedSlices.for_layer(flat).planes == []
+    deep = viewer.add_labels(np.zeros((40, 64, 64), np.int32), name="deep")
+    deep.n_edit_dimensions = 3
+    deep.brush_size = 6
+    deep.paint((20, 30, 30), 5)  # a 3D brush before the plugin watched the layer
+    planes = CorrectedSlices.for_layer(deep).planes
+    assert len(planes) > 1
+    assert any(f"An edit across {len(planes)} slices" in m for m in notifications)

@@ -716,3 +716,53 @@ def test_a_layer_pair_leaves_out_the_slices_nobody_labelled(widget, c2c12, notif
     examples = w.examples_panel.examples()
     assert len(examples) == 1
     assert any("left out" in m and f"{len(labels) - 1} slices with no labels" in m for m in notifications)
+
+
+def test_a_fully_labelled_layer_pair_gives_every_slice_even_one_touched_up_by_hand(make_napari_viewer, c2c12):
+    viewer = make_napari_viewer()
+    images, labels = c2c12
+    image = viewer.add_image(images, name="gt")
+    truth = viewer.add_labels(labels.copy(), name="gt labels")
+    truth.brush_size = 3
+    truth.paint((1, 20, 20), 77)  # a touch-up in plain napari, before Fine-tune is opened
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
+    w.examples_panel.add_layer_pair(image, truth)
+    assert len(w.examples_panel.examples()) == len(labels)
+
+
+def test_the_base_model_follows_again_after_the_users_base_is_deleted_and_through_renames(make_napari_viewer):
+    import shutil
+    from pathlib import Path as P
+
+    from napari_unet.core.catalog import delete_model, rename_model, resolve_model_path, user_model_path
+
+    viewer = make_napari_viewer()
+    _d1, segment = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    _d2, tune = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune", tabify=True)
+    mine = user_model_path("mine")
+    mine.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(resolve_model_path("cells"), mine)
+    base = lambda: P(tune.settings_panel.base_model_path).resolve()  # noqa: E731
+    segment.select_model(mine)  # followed ...
+    assert base() == mine.resolve()
+    renamed = rename_model("mine", "mine2")
+    tune._on_model_renamed(str(mine), str(renamed))  # what Manage models > Rename does next
+    assert base() == P(renamed).resolve()
+    segment.select_model(resolve_model_path("nuclei"))  # ... and still followed after the rename
+    assert base() == P(resolve_model_path("nuclei")).resolve()
+    tune.settings_panel._base_model.value = str(renamed)  # the user's own base, then deleted
+    delete_model("mine2")
+    tune.refresh_models()
+    assert base() == P(segment._model_combo.value).resolve()
+
+
+def test_following_segments_model_keeps_a_name_the_user_typed(make_napari_viewer):
+    from napari_unet.core.catalog import resolve_model_path
+
+    viewer = make_napari_viewer()
+    _d1, segment = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    _d2, tune = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune", tabify=True)
+    segment.select_model(resolve_model_path("nuclei"))
+    tune.settings_panel._name.value = "my experiment"
+    segment.select_model(resolve_model_path("cells"))
+    assert tune.settings_panel.model_name == "my experiment"

@@ -189,6 +189,7 @@ class FinetuneWidget(Container):
         segment = get_widget(self._viewer, "segment")
         if segment is not None:
             segment.refresh_models()
+            self.settings_panel.follow(segment._model_combo.value)
 
     def export_model(self, destination: str | Path, name: str | None = None) -> Path | None:
         """Copy the chosen model of "Manage models" (or ``name``) to ``destination``."""
@@ -205,16 +206,17 @@ class FinetuneWidget(Container):
         if segment is not None:
             combos.append(segment._model_combo)
         chosen = [combo for combo in combos if same(combo.value, old_path)]
-        for combo in combos:
-            combo.reset_choices()
-        for combo in chosen:
-            match = next((v for v in combo.choices if same(v, new_path)), None)
-            if match is not None:
-                combo.value = match
+        with self.settings_panel.code_sets_base():  # the same model under its new name: nobody's new choice
+            for combo in combos:
+                combo.reset_choices()
+            for combo in chosen:
+                match = next((v for v in combo.choices if same(v, new_path)), None)
+                if match is not None:
+                    combo.value = match
 
     def _on_model_saved(self, path: str) -> None:
         self.refresh_models()
-        self.settings_panel.suggest_name()
+        self.settings_panel.suggest_name(force=True)  # the name just used is taken now
         self.model_trained.emit(path)
 
     # ------------------------------------------------------------------ re-segmentation

@@ -5,6 +5,8 @@ What is rarely changed (batch size, device, random seed) hides behind "Advanced"
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,7 @@ class TrainingSettingsPanel(Container):
         self._base_model.changed.connect(self._on_base_chosen)
         self._setting_base = False  # the base set by the code (follow, refresh), not by the user
         self.user_chose_base = False
+        self._suggested = ""  # the last name suggested (a name the user typed is kept)
         self.suggest_name()
 
     @property
@@ -88,13 +91,21 @@ class TrainingSettingsPanel(Container):
     def refresh_models(self, *_args) -> None:
         """Reload the base-model list, keeping the chosen model when it is still there."""
         current = self._base_model.value
-        self._setting_base = True
-        try:
+        with self.code_sets_base():
             self._base_model.reset_choices()
             if current in [v for _l, v in _model_choices()]:
                 self._base_model.value = current
+            elif current:  # the chosen base is gone (deleted): back to following Segment's model
+                self.user_chose_base = False
+
+    @contextlib.contextmanager
+    def code_sets_base(self) -> Iterator[None]:
+        """Changes of the base model made inside are not the user's choice (see :meth:`follow`)."""
+        self._setting_base, before = True, self._setting_base
+        try:
+            yield
         finally:
-            self._setting_base = False
+            self._setting_base = before
 
     def _on_base_chosen(self, *_args) -> None:
         if not self._setting_base:
@@ -111,18 +122,18 @@ class TrainingSettingsPanel(Container):
         match = next((v for v in self._base_model.choices if v and Path(str(v)).resolve() == target), None)
         if match is None or match == self._base_model.value:
             return
-        self._setting_base = True
-        try:
+        with self.code_sets_base():
             self._base_model.value = match
-        finally:
-            self._setting_base = False
 
-    def suggest_name(self, *_args) -> None:
-        """Fill in a free name derived from the base model ("nuclei-tuned", "nuclei-tuned-2", ...)."""
+    def suggest_name(self, *_args, force: bool = False) -> None:
+        """Fill in a free name derived from the base model ("nuclei-tuned", "nuclei-tuned-2", ...),
+        unless the user typed a name of their own (``force``: after a model was saved under it)."""
         from napari_unet.core.catalog import suggest_model_name
 
+        if not force and self._name.value not in ("", self._suggested):
+            return
         path = self._base_model.value
-        self._name.value = suggest_model_name(Path(path).stem if path else "model")
+        self._name.value = self._suggested = suggest_model_name(Path(path).stem if path else "model")
 
     def set_running(self, running: bool) -> None:
         """While training runs, the base model and the name cannot change."""

@@ -15,6 +15,7 @@ from napari.layers import Image, Labels
 
 from .._base import notify_error, notify_info
 from .._corrections import CorrectedSlices
+from .._masks import image_name_of_masks
 from .._napari_compat import unwrap_proxy
 from .._examples import (
     Example,
@@ -143,7 +144,9 @@ class ExtraExamplesPanel(Container):
                 raise ValueError(f"{source.description}: a layer was removed; remove this extra source.")
             extra_labels = layers[source.labels_name]
             extra_planes = None
-            if extra_labels.metadata.get("napari_unet_corrected"):
+            # a masks layer ("<image> masks") teaches its corrected slices; other labels are ground
+            # truth, every slice with labels (its corrected list, if any, only says which were touched up)
+            if image_name_of_masks(extra_labels.name) is not None and extra_labels.metadata.get("napari_unet_corrected"):
                 extra_planes = CorrectedSlices.for_layer(extra_labels).planes
             elif extra_labels.ndim > 2:
                 extra_planes = _labelled_planes(extra_labels, source.description)
