@@ -139,3 +139,5 @@ def test_segmenting_again_after_fine_tuning_in_3d_runs_the_volume_without_moving
     assert viewer.dims.current_step[0] == 15  # no "segmenting slice 16 instead": the volume is one piece
     assert not any("instead" in m for m in notifications)
     np.testing.assert_array_equal(masks.data[15], corrected)
+    kept = [m for m in notifications if "left as they are" in m]
+    assert kept and "tick" not in kept[-1]  # Overwrite does not apply to this run: not offered

@@ -251,5 +251,5 @@ def write_volume_result(widget: Any, result: VolumeResult) -> None:
     protected = planes_to_keep(masks, volume_planes(result), widget)  # (those replaced are unmarked)
     # (slices corrected while the run went on are reported when it ends)
     if write_volume(masks, result, protected) and protected - set(widget._corrected_meanwhile):
-        notify_warning("Slices you corrected were left as they are (the new objects around them got new ids); "
-                       "tick 'Overwrite slices I corrected' to replace them.")
+        notify_warning("Slices you corrected were left as they are (the new objects around them got new ids)" + (
+            "." if widget.run_keeps_corrected else "; tick 'Overwrite slices I corrected' to replace them."))

@@ -94,6 +94,7 @@ class SegmentWidget(Container):
         self._viewer = viewer
         self._worker = None
         # the running job's corrected slices: when it started, those it may replace (with consent)
+        self.run_keeps_corrected = False  # a run the user did not start (after fine-tuning)
         self._corrected_at_start: set[tuple[int, ...]] = set()
         self._replaceable: set[tuple[int, ...]] = set()
         self._corrected_meanwhile: list[tuple[int, ...]] = []
@@ -389,6 +390,7 @@ class SegmentWidget(Container):
             notify_error("Segment", "no model available: add a model file or reinstall napari-unet.")
             return
         overwrite = bool(self._overwrite.value) and not keep_corrected
+        self.run_keeps_corrected = keep_corrected  # (then Overwrite is no remedy to offer)
         try:
             plane_shape = labels_shape(image)[-2:]
             diameter = self._sizing.chosen(image, plane_shape)  # checked before anything is written
