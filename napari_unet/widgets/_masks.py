@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,12 @@ def _file_of(image: Any) -> str | None:
     return str(Path(path).resolve()) if path else None
 
 
+def _record_owner(masks: Any, image: Any) -> None:
+    """``masks`` hold ``image``'s masks from now on (see :func:`check_masks_of`)."""
+    image = unwrap_proxy(image)
+    _OWNERS[unwrap_proxy(masks)] = (weakref.ref(image), _file_of(image))
+
+
 def check_masks_of(viewer: Any, masks: Any, image: Any) -> None:
     """Make sure ``masks`` ("<name> masks", found by name) are ``image``'s: refused when they were
     made for another image of that name that is gone (closed, then another file of the same name
@@ -74,7 +81,7 @@ def check_masks_of(viewer: Any, masks: Any, image: Any) -> None:
         if made_from is not None and now_from is not None and made_from != now_from:
             raise ValueError(f"{masks.name!r} holds the masks of another image named {image.name!r} ({made_from}), "
                              f"which was closed: rename or remove that masks layer to use this one ({now_from}).")
-    _OWNERS[masks] = (weakref.ref(image), _file_of(image))
+    _record_owner(masks, image)
 
 
 def masks_layer_for(viewer: Any, image: Any) -> "napari.layers.Labels":
@@ -105,7 +112,7 @@ def masks_layer_for(viewer: Any, image: Any) -> "napari.layers.Labels":
                 visible=False,
                 **_axes_of(image, n),
             )
-        _OWNERS[unwrap_proxy(layer)] = (weakref.ref(unwrap_proxy(image)), _file_of(image))
+        _record_owner(layer, image)
         QTimer.singleShot(30, lambda: _select(viewer, layer))
         QTimer.singleShot(80, lambda: setattr(layer, "visible", True))
     CorrectedSlices.for_layer(layer)  # from now on, brush/fill/erase edits mark slices corrected
@@ -221,43 +228,60 @@ def write_plane(layer: Any, result: Any) -> None:
     layer.refresh()
 
 
-def planes_to_keep(layer: Any, planes: list[tuple[int, ...]], run: Any) -> set[tuple[int, ...]]:
-    """Before a run writes ``planes`` into the masks ``layer``: those it must leave as they are,
-    the corrected slices it may not replace. It may replace only the slices corrected when it
-    started, and only with the user's consent ('Overwrite slices I corrected': ``run._replaceable``);
-    those are unmarked (they will hold the model's masks, no training example any more; recorded
-    in ``run._replaced_corrected``). Slices corrected while it was going are always kept (recorded
-    in ``run._corrected_meanwhile``)."""
-    corrected = corrected_planes(layer)
-    keep: set[tuple[int, ...]] = set()
-    slices = CorrectedSlices.for_layer(layer)
-    for plane in (tuple(p) for p in planes):
-        if plane not in corrected:
-            continue
-        if plane in run._replaceable:
-            slices.unmark(plane)
-            if plane not in run._replaced_corrected:
-                run._replaced_corrected.append(plane)
-            continue
-        keep.add(plane)
-        if plane not in run._corrected_at_start and plane not in run._corrected_meanwhile:
-            run._corrected_meanwhile.append(plane)
-    return keep
+@dataclasses.dataclass
+class RunCorrections:
+    """What one run of Segment does with the corrected slices of its masks layer. It may replace
+    only the slices corrected when it started, and only with the user's consent ('Overwrite
+    slices I corrected': ``replaceable``); those it replaces are unmarked (they will hold the
+    model's masks, no training example any more: ``replaced``). Slices corrected while it goes on
+    are always kept (``meanwhile``)."""
 
+    at_start: set[tuple[int, ...]] = dataclasses.field(default_factory=set)
+    replaceable: set[tuple[int, ...]] = dataclasses.field(default_factory=set)
+    #: a run the user did not start (the one after fine-tuning): Overwrite is no remedy to offer
+    automatic: bool = False
+    meanwhile: list[tuple[int, ...]] = dataclasses.field(default_factory=list)
+    replaced: list[tuple[int, ...]] = dataclasses.field(default_factory=list)
 
-def report_corrected_during_run(meanwhile: list[tuple[int, ...]], replaced: list[tuple[int, ...]]) -> None:
-    """The run's notes on corrected slices: those it left because the user corrected them while it
-    was going, those it replaced with the user's consent (no longer corrected)."""
-    from ._base import notify_info, notify_warning
+    @classmethod
+    def start(cls, masks: Any, overwrite: bool, automatic: bool = False) -> "RunCorrections":
+        """A run into ``masks`` (None: none yet) starts now, with or without the user's consent."""
+        at_start = corrected_planes(masks) if masks is not None else set()
+        return cls(at_start, at_start if overwrite else set(), automatic)
 
-    if meanwhile:
-        verb = "it" if len(meanwhile) == 1 else "them"
-        notify_warning(f"Left {_planes_text(meanwhile)} as you corrected {verb} while the run was going.")
-    if replaced:
-        one = len(replaced) == 1
-        notify_info(f"Replaced {_planes_text(replaced)}, which you had corrected: {'it is' if one else 'they are'} no "
-                    f"longer listed as corrected (not {'a training example' if one else 'training examples'}); correct "
-                    f"or mark {'it' if one else 'them'} again to make {'it one' if one else 'them examples'}.")
+    def planes_to_keep(self, layer: Any, planes: list[tuple[int, ...]]) -> set[tuple[int, ...]]:
+        """Before the run writes ``planes`` into the masks ``layer``: those it must leave as they
+        are; the corrected ones it may replace are unmarked here."""
+        corrected = corrected_planes(layer)
+        keep: set[tuple[int, ...]] = set()
+        slices = CorrectedSlices.for_layer(layer)
+        for plane in (tuple(p) for p in planes):
+            if plane not in corrected:
+                continue
+            if plane in self.replaceable:
+                slices.unmark(plane)
+                if plane not in self.replaced:
+                    self.replaced.append(plane)
+                continue
+            keep.add(plane)
+            if plane not in self.at_start and plane not in self.meanwhile:
+                self.meanwhile.append(plane)
+        return keep
+
+    def report(self) -> None:
+        """The run's notes on corrected slices: those it left because the user corrected them
+        while it was going, those it replaced with the user's consent (no longer corrected)."""
+        from ._base import notify_info, notify_warning
+
+        if self.meanwhile:
+            verb = "it" if len(self.meanwhile) == 1 else "them"
+            notify_warning(f"Left {_planes_text(self.meanwhile)} as you corrected {verb} while the run was going.")
+        if self.replaced:
+            one = len(self.replaced) == 1
+            notify_info(f"Replaced {_planes_text(self.replaced)}, which you had corrected: "
+                        f"{'it is' if one else 'they are'} no longer listed as corrected (not "
+                        f"{'a training example' if one else 'training examples'}); correct or mark "
+                        f"{'it' if one else 'them'} again to make {'it one' if one else 'them examples'}.")
 
 
 def forget_history_of_planes(layer: Any, planes: list[tuple[int, ...]]) -> None:

@@ -243,13 +243,13 @@ def plan_3d_run(widget: Any, image: Any, masks: Any, diameter: float | None) -> 
 def write_volume_result(widget: Any, result: VolumeResult) -> None:
     """The Segment widget got a finished volume: into its masks layer, corrected planes kept."""
     from ._base import notify_warning
-    from ._masks import planes_to_keep
 
     masks = widget._running_masks()
     if masks is None:
         return  # the user removed the masks layer meanwhile
-    protected = planes_to_keep(masks, volume_planes(result), widget)  # (those replaced are unmarked)
+    corrections = widget._run_corrections
+    protected = corrections.planes_to_keep(masks, volume_planes(result))  # (those replaced are unmarked)
     # (slices corrected while the run went on are reported when it ends)
-    if write_volume(masks, result, protected) and protected - set(widget._corrected_meanwhile):
+    if write_volume(masks, result, protected) and protected - set(corrections.meanwhile):
         notify_warning("Slices you corrected were left as they are (the new objects around them got new ids)" + (
-            "." if widget.run_keeps_corrected else "; tick 'Overwrite slices I corrected' to replace them."))
+            "." if corrections.automatic else "; tick 'Overwrite slices I corrected' to replace them."))

@@ -59,8 +59,7 @@ from ._masks import (
     ready_for_writing,
     masks_layer_name,
     move_past_corrected_slice,
-    planes_to_keep,
-    report_corrected_during_run,
+    RunCorrections,
     report_empty_planes,
     shown_plane_corrected,
     write_plane,
@@ -93,12 +92,7 @@ class SegmentWidget(Container):
         super().__init__(labels=True)
         self._viewer = viewer
         self._worker = None
-        # the running job's corrected slices: when it started, those it may replace (with consent)
-        self.run_keeps_corrected = False  # a run the user did not start (after fine-tuning)
-        self._corrected_at_start: set[tuple[int, ...]] = set()
-        self._replaceable: set[tuple[int, ...]] = set()
-        self._corrected_meanwhile: list[tuple[int, ...]] = []
-        self._replaced_corrected: list[tuple[int, ...]] = []
+        self._run_corrections = RunCorrections()  # what the running job does with corrected slices
         self._model_cache: dict = {}
         self._extra_models: dict[str, str] = {}
         self._kept = KeptResults(PROBABILITY_CACHE_BYTES)  # probabilities etc. of each masks layer's planes
@@ -390,7 +384,6 @@ class SegmentWidget(Container):
             notify_error("Segment", "no model available: add a model file or reinstall napari-unet.")
             return
         overwrite = bool(self._overwrite.value) and not keep_corrected
-        self.run_keeps_corrected = keep_corrected  # (then Overwrite is no remedy to offer)
         try:
             plane_shape = labels_shape(image)[-2:]
             diameter = self._sizing.chosen(image, plane_shape)  # checked before anything is written
@@ -400,10 +393,8 @@ class SegmentWidget(Container):
                 ready_for_writing(masks)  # (before planning, which forgets the layer's kept results)
                 generator, message = plan_3d_run(self, image, masks, diameter)
                 if generator is not None:
-                    self._run_layers = (image, masks)
-                    self._last_masks = unwrap_proxy(masks)
-                    self._last_image = weakref.ref(unwrap_proxy(image))
-                    self._start(generator, message, overwrite=overwrite, masks=masks)
+                    self._remember_run(image, masks)
+                    self._start(generator, message, overwrite=overwrite, masks=masks, automatic=keep_corrected)
                 return
             planes = self._planes_for_scope(image, scope)
             yx_view = shows_yx_planes(self._viewer, image)
@@ -440,9 +431,7 @@ class SegmentWidget(Container):
             notify_error("Segment", exc)
             self._status.value = f"Not started: {one_line(exc)}"
             return
-        self._run_layers = (image, masks)
-        self._last_masks = unwrap_proxy(masks)
-        self._last_image = weakref.ref(unwrap_proxy(image))
+        self._remember_run(image, masks)
         threshold, min_size = self._run_given = self._postprocessing_given()
         generator = segment_planes(
             model_path,
@@ -456,7 +445,13 @@ class SegmentWidget(Container):
             model_cache=self._model_cache,
         )
         self._start(generator, f"Segmenting {len(planes)} slice(s)" if len(planes) > 1 else "Segmenting",
-                    overwrite=overwrite, masks=masks)
+                    overwrite=overwrite, masks=masks, automatic=keep_corrected)
+
+    def _remember_run(self, image: Any, masks: Any) -> None:
+        """The layers of the run about to start: written to now, re-thresholded later."""
+        self._run_layers = (image, masks)
+        self._last_masks = unwrap_proxy(masks)
+        self._last_image = weakref.ref(unwrap_proxy(image))
 
     def use_new_model(self, model_path: str | Path, image: Any = None) -> None:
         """A new (fine-tuned) model: select it and segment ``image`` with it (its current view,
@@ -523,12 +518,9 @@ class SegmentWidget(Container):
             self._status.value = "Cancelling…"
 
     def _start(self, generator: Generator, message: str, rethreshold: bool = False, overwrite: bool = False,
-               masks: Any = None) -> None:
+               masks: Any = None, automatic: bool = False) -> None:
         self._run_started = time.perf_counter()
-        self._corrected_at_start = corrected_planes(masks) if masks is not None else set()
-        self._replaceable = self._corrected_at_start if overwrite else set()
-        self._corrected_meanwhile = []  # slices corrected during the run: left as the user made them
-        self._replaced_corrected = []  # corrected slices replaced (with consent): no longer corrected
+        self._run_corrections = RunCorrections.start(masks, overwrite, automatic)
         self._rethresholding = rethreshold
         if not self._rethresholding:  # the object-size notes are the network run's, once
             self._sizing.new_run()
@@ -581,7 +573,7 @@ class SegmentWidget(Container):
         masks = self._running_masks()
         if masks is None:
             return  # the user removed the masks layer meanwhile (the run is being abandoned)
-        if planes_to_keep(masks, [result.index], self):
+        if self._run_corrections.planes_to_keep(masks, [result.index]):
             return
         write_plane(masks, result)
         self._kept.keep(masks, result, _checksum(masks, result))
@@ -668,7 +660,7 @@ class SegmentWidget(Container):
             self._status.value = f"Done in {format_seconds(took)}"
         if not self._failed and not self._abandoned:
             report_empty_planes(self._empty_planes)
-        report_corrected_during_run(self._corrected_meanwhile, self._replaced_corrected)
+        self._run_corrections.report()
         self._run_layers = ()
         self.last_run_seconds = took
         masks = self._follow_last_masks()
@@ -691,7 +683,7 @@ class SegmentWidget(Container):
         run's (whatever it is named now) while its image is the one chosen, else the chosen image's
         "<image> masks" when results of it are kept (None, and the status says so, when none are)."""
         image = self._image_combo.value
-        last_image = (self._last_image or _never)()
+        last_image = self._last_image() if self._last_image is not None else None
         if image is None or unwrap_proxy(image) is last_image:
             return self._follow_last_masks()
         name = masks_layer_name(image.name)
@@ -750,10 +742,6 @@ class SegmentWidget(Container):
         generator = iter_rethreshold(cached, float(self._threshold.value), int(self._min_size.value))
         self._run_layers = (None, masks)  # no image needed: only the masks are written
         self._start(generator, "Applying threshold", rethreshold=True, masks=masks)
-
-
-def _never(*_args: Any) -> None:
-    return None
 
 
 def _checksum(masks: Any, result: Any) -> int:
