@@ -127,31 +127,23 @@ def save_corrected_list(labels_path: str | os.PathLike, planes: Iterable[Any] | 
     return target
 
 
-def _sidecar_entry(labels_path: str | os.PathLike, key: str) -> Any:
-    """One entry of the sidecar of ``labels_path`` (None when absent or unreadable)."""
+def stored_layout(labels_path: str | os.PathLike) -> tuple[str | None, tuple[float, ...] | None]:
+    """What the sidecar of ``labels_path`` records of the layer the labels came from (see
+    :func:`corrected_list_text`), read once: its axes when they differ from the file's, and its
+    offset per axis in pixels (its own axis order); None for each when absent or unreadable."""
     try:
         data = json.loads(sidecar_path(labels_path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
+        return None, None
     if not isinstance(data, dict) or not _version_known(data):
-        return None  # a newer sidecar is refused whole (see load_corrected_list), not read in part
-    return data.get(key)
-
-
-def stored_layer_axes(labels_path: str | os.PathLike) -> str | None:
-    """The axis order of the layer the labels came from, when the sidecar records one that differs
-    from the file's (see :func:`corrected_list_text`); None otherwise or when it cannot be read."""
-    axes = _sidecar_entry(labels_path, "layer_axes")
-    return axes if isinstance(axes, str) and axes.isalpha() else None
-
-
-def stored_offset(labels_path: str | os.PathLike) -> tuple[float, ...] | None:
-    """The layer's offset per axis in pixels (its own axis order) recorded beside the labels, if any."""
-    values = _sidecar_entry(labels_path, "offset_pixels")
+        return None, None  # a newer sidecar is refused whole (see load_corrected_list), not read in part
+    axes, values = data.get("layer_axes"), data.get("offset_pixels")
+    if not isinstance(axes, str) or not axes.isalpha():
+        axes = None
     if not isinstance(values, list) or not values or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
-        return None
-    return tuple(float(v) for v in values)
+        return axes, None
+    return axes, tuple(float(v) for v in values)
 
 
 def load_corrected_list(labels_path: str | os.PathLike) -> list[Plane]:

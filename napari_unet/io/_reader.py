@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ._corrected import CORRECTED_KEY, load_corrected_list, sidecar_path, stored_layer_axes, stored_offset
+from ._corrected import CORRECTED_KEY, load_corrected_list, sidecar_path, stored_layout
 from ._formats import StackInfo, StackReadError, detect_kind, open_any
 
 log = logging.getLogger(__name__)
@@ -301,10 +301,9 @@ def as_labels_where_masks(path: str | os.PathLike, layers: list[LayerData]) -> l
     path = str(path)
     if sidecar_path(path).is_file():
         corrected = _stored_corrected_planes(path)
-        layer_axes = stored_layer_axes(path)
+        layer_axes, offset = stored_layout(path)
         if layer_axes is not None and len(layers) == 1:  # stored in ImageJ's order: back to the layer's
             layers, corrected = _in_axes_order(layers[0], layer_axes, corrected)
-        offset = stored_offset(path)
         if offset is not None and len(layers) == 1:  # (a TIFF holds no offset)
             data, meta, kind = layers[0]
             scale = meta.get("scale")
