@@ -93,7 +93,7 @@ class TrainingSettingsPanel(Container):
         current = self._base_model.value
         with self.code_sets_base():
             self._base_model.reset_choices()
-            if current in [v for _l, v in _model_choices()]:
+            if current in self._base_model.choices:
                 self._base_model.value = current
             elif current:  # the chosen base is gone (deleted): back to following Segment's model
                 self.user_chose_base = False
@@ -117,9 +117,15 @@ class TrainingSettingsPanel(Container):
         were corrected. A model that is not in the list (a BioImage.IO package) is not followed."""
         if self.user_chose_base or not model_path:
             return
-        self.refresh_models()
         target = Path(str(model_path)).resolve()
-        match = next((v for v in self._base_model.choices if v and Path(str(v)).resolve() == target), None)
+
+        def in_list() -> Any:
+            return next((v for v in self._base_model.choices if v and Path(str(v)).resolve() == target), None)
+
+        match = in_list()
+        if match is None:  # a model saved since the list was made: the folder is read again
+            self.refresh_models()
+            match = in_list()
         if match is None or match == self._base_model.value:
             return
         with self.code_sets_base():
