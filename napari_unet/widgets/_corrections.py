@@ -163,10 +163,8 @@ class CorrectedSlices:
         """The slices the user edited before any widget watched the layer (brush strokes in a layer
         painted by hand, in plain napari, before the plugin's docks were opened): the edits napari
         can still undo tell them."""
-        shape = layer.data.shape[: layer.ndim - 2]
         for item in labels_edit_history(layer):
-            planes = planes_of_history_item(item, layer.ndim, layer.data.shape)
-            planes = {p for p in planes if len(p) == len(shape) and all(0 <= i < s for i, s in zip(p, shape))}
+            planes = {p for p in planes_of_history_item(item, layer.ndim, layer.data.shape) if self._exists(p)}
             if planes:
                 self._record(planes)  # (an edit across several slices is said, as when it is made)
 
@@ -264,8 +262,7 @@ class CorrectedSlices:
         layer = self.layer
         if layer.ndim < 2:
             return
-        shape = layer.data.shape[: layer.ndim - 2]
-        kept = [p for p in self.planes if len(p) == len(shape) and all(0 <= i < s for i, s in zip(p, shape))]
+        kept = [p for p in self.planes if self._exists(p)]
         if kept != self.planes:
             self._write(kept)
             self.changed.emit()
@@ -279,11 +276,16 @@ class CorrectedSlices:
     def _write(self, planes: Iterable[Plane]) -> None:
         self.layer.metadata[CORRECTED_KEY] = [list(p) for p in sorted(set(planes))]
 
+    def _exists(self, plane: Plane) -> bool:
+        """Whether the layer has the plane ``plane`` (indices along its leading axes)."""
+        shape = self.layer.data.shape[: self.n_lead]
+        return len(plane) == len(shape) and all(0 <= i < s for i, s in zip(plane, shape))
+
     def _check(self, plane: Any) -> Plane:
         plane = as_plane(plane)
         layer = self.layer
         shape = layer.data.shape[: self.n_lead]
-        if len(plane) != len(shape) or not all(0 <= i < s for i, s in zip(plane, shape)):
+        if not self._exists(plane):
             raise ValueError(
                 f"Slice {plane} does not exist in {layer.name!r} (leading axes of size {tuple(shape)})."
             )

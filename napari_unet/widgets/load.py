@@ -175,18 +175,17 @@ class LoadWidget(Container):
         self._status.value = f"Loading {path.name}..."
         # errors are shown by _on_error alone (without _ignore_errors superqt raises them again)
         worker = create_worker(_read_layers, path, lazy=lazy, axes=axes, _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(self._on_loaded)
+        worker.returned.connect(lambda layer_data: self._on_loaded(layer_data, path))
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
         self._worker = worker
-        self._loading_path = path
         worker.start()
 
-    def _on_loaded(self, layer_data: list[tuple[Any, dict[str, Any], str]]) -> None:
+    def _on_loaded(self, layer_data: list[tuple[Any, dict[str, Any], str]], path: Path) -> None:
         from ._napari_compat import opened_from
 
         names = []
-        with opened_from(self._loading_path):
+        with opened_from(path):
             for data, meta, layer_type in layer_data:
                 layer = getattr(self._viewer, f"add_{layer_type}")(data, **meta)
                 names.append(layer.name)
