@@ -19,6 +19,7 @@ from napari_unet.widgets._napari_compat import (
     labels_edit_history,
     layers_added_unselected,
     opened_from,
+    overlays_shown_later,
     raise_plugin_dock,
     unwrap_proxy,
     viewer_camera,
@@ -197,6 +198,28 @@ def test_layers_added_unselected_leaves_the_selection_alone(make_napari_viewer):
     assert masks not in viewer.layers.selection
     later = viewer.add_labels(np.zeros((8, 8), np.int32), name="later")
     assert viewer.layers.selection.active is later  # napari's own behaviour is back after the block
+
+
+def test_overlays_shown_later_are_built_when_shown(make_napari_viewer):
+    from napari.layers import Labels
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32)), name="image")
+    layer = Labels(np.zeros((32, 32), np.int32), name="masks")
+    overlays = [layer._overlays[key] for key in ("polygon", "brush_stroke")]
+    shows = overlays_shown_later(layer)
+    assert len(shows) == 2, "a new Labels layer has no visible 'polygon' and 'brush_stroke' in Layer._overlays"
+    viewer.add_layer(layer)
+    built = viewer.window._qt_viewer.canvas._layer_overlay_to_visual[layer]
+    assert not any(overlay in built for overlay in overlays), (
+        "napari built the visuals of hidden overlays with the layer (VispyCanvas._update_layer_overlays "
+        "no longer waits for their visible event): adding a Labels layer is one long pause again"
+    )
+    for show in shows:
+        show()
+    assert all(overlay.visible and overlay in built for overlay in overlays)
+    layer.mode = "paint"  # the brush outline is back for the brush
+    assert layer._overlays["brush_stroke"].enabled and built[layer._overlays["brush_stroke"]] is not None
 
 
 def test_opened_from_gives_layers_their_file(make_napari_viewer, tmp_path):
