@@ -143,6 +143,42 @@ def test_split_with_seeds_undoes_a_merge_on_the_distance_transform(crowded):
     assert_only_region_changed(merged, after, edit)
 
 
+def test_split_with_seeds_undoes_merges_of_every_touching_pair(crowded):
+    """Each pair of touching nuclei of the real field, merged, then split from a seed at each
+    nucleus' centre: the parts match the nuclei. Plain flooding of the distance transform gave
+    the seed that first reached the merged object's ridge nearly all of it when there is no neck
+    between the two (a sliver for the other): 45 of 155 such pairs of DSB2018 val fields."""
+    from scipy import ndimage as ndi
+
+    ious = []
+    for a in np.unique(crowded)[1:60]:
+        mask = crowded == a
+        around = np.unique(crowded[ndi.binary_dilation(mask) & ~mask])
+        around = around[(around != 0) & (around > a)]
+        if around.size == 0:
+            continue
+        b = int(around[0])
+        seeds = [tuple(np.round(np.argwhere(crowded == i).mean(axis=0)).astype(int)) for i in (a, b)]
+        if crowded[seeds[0]] != a or crowded[seeds[1]] != b:
+            continue
+        merged = applied(crowded, merge_objects(crowded, [int(a), b]))
+        after = applied(merged, split_object(merged, int(a), seeds=seeds))
+        part = after == after[seeds[0]]
+        ious.append(iou(part, crowded == a))
+    assert len(ious) >= 20
+    assert np.median(ious) > 0.9 and np.mean(np.array(ious) < 0.6) < 0.1, np.round(ious, 2)
+
+
+def test_split_with_seeds_cuts_an_object_without_a_neck_between_the_seeds():
+    labels = np.zeros((40, 60), dtype=np.int32)
+    labels[5:25, 5:55] = 1  # two cells fused in a bar, no neck
+    after = applied(labels, split_object(labels, 1, seeds=[(15, 8), (15, 50)]))
+    left, right = (after == 1).sum(), (after == 2).sum()
+    assert min(left, right) >= 0.4 * (left + right)
+    cols = np.argwhere(after == after[15, 8])[:, 1]
+    assert cols.max() <= 31  # the cut lies between the seeds, near their middle (29)
+
+
 def test_split_follows_the_probabilities_when_given(crowded):
     a, b = touching_pair(crowded)
     merged = applied(crowded, merge_objects(crowded, [a, b]))

@@ -38,6 +38,11 @@ Region = tuple[slice, ...]
 #: the largest piece; smaller slivers (a line that wobbles along the edge) join their neighbour.
 MIN_PIECE_FRACTION = 0.05
 
+#: Compactness of the seeded watershed of a split without probabilities (the landscape is the
+#: distance to the object's edge, in pixels): parts still meet at a neck, and an object without
+#: one is cut between its seeds instead of going almost whole to one of them.
+SPLIT_COMPACTNESS = 0.3
+
 
 @dataclass(frozen=True)
 class LabelEdit:
@@ -353,9 +358,13 @@ def split_object(
         markers = _line_markers(labels, label_id, box, obj, line)
     if probabilities is not None:
         landscape = -np.asarray(probabilities[box], dtype=np.float32)
+        parts = watershed(landscape, markers=markers, mask=obj)
     else:
-        landscape = -ndi.distance_transform_edt(obj)
-    parts = watershed(landscape, markers=markers, mask=obj)
+        # the distance to the object's edge (the box's border is background too: the object
+        # touches it), with a compact watershed: plain flooding lets the seed that first reaches
+        # the ridge of a neckless object take all of it, leaving the other a sliver
+        distance = ndi.distance_transform_edt(np.pad(obj, 1))[(slice(1, -1),) * obj.ndim]
+        parts = watershed(-distance, markers=markers, mask=obj, compactness=SPLIT_COMPACTNESS)
     n_parts = int(parts.max())
     sizes = np.bincount(parts.ravel(), minlength=n_parts + 1)[1:]
     order = np.argsort(-sizes, kind="stable") + 1  # largest part first: it keeps the id
