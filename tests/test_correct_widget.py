@@ -215,3 +215,52 @@ def test_save_masks_writes_the_tiff_and_its_corrected_list(correcting, tmp_path,
     (image,) = viewer.open(data_dir / "c2c12_timelapse" / "images.tif", plugin="napari-unet")
     image.name = "c2c12"
     assert default_masks_path(viewer, layer) == data_dir / "c2c12_timelapse" / "c2c12 masks.tif"
+
+
+def test_tools_never_edit_a_plane_that_is_not_shown(make_napari_viewer, canvas_mouse, c2c12_masks, data_dir,
+                                                    qtbot, notifications):
+    """Masks of the first 5 frames over the 10-frame time-lapse, the slider on frame 8 (napari
+    shows no masks there): a click, H and "Remove smaller objects" refuse instead of editing frame 4
+    unseen; so do H and "Remove smaller objects" when the 2D view shows a T-X cut."""
+    images = tifffile.imread(data_dir / "c2c12_timelapse" / "images.tif")
+    masks = c2c12_masks[:5].copy()
+    from scipy import ndimage as ndi
+
+    label = int(np.unique(masks[4])[1])
+    distance = ndi.distance_transform_edt(masks[4] == label)
+    centre = tuple(int(v) for v in np.unravel_index(np.argmax(distance), distance.shape))
+    masks[4, centre[0] - 1 : centre[0] + 2, centre[1] - 1 : centre[1] + 2] = 0  # a hole in it
+    masks[4, 0:2, 0:2] = 99  # a speck
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(images, name="c2c12")
+    layer = viewer.add_labels(masks.copy(), name="c2c12 masks")
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Correct")
+    viewer.layers.selection.active = layer
+    viewer.dims.set_current_step(0, 8)
+    qtbot.wait(100)
+    mouse = canvas_mouse(viewer)
+    mouse.key(Qt.Key.Key_D)
+    mouse.click(mouse.inside(c2c12_masks[4], label))
+    mouse.key(Qt.Key.Key_D)
+    mouse.key(Qt.Key.Key_H)
+    widget._small_button.clicked.emit()
+    np.testing.assert_array_equal(layer.data, masks)
+    assert CorrectedSlices.for_layer(layer).planes == []
+    assert len(notifications) == 3 and all("no slice at the viewer's position" in n for n in notifications)
+
+    viewer.dims.set_current_step(0, 4)
+    viewer.dims.order = (1, 0, 2)  # a T-X cut through the stack
+    qtbot.wait(50)
+    mouse.key(Qt.Key.Key_H)
+    widget._small_button.clicked.emit()
+    np.testing.assert_array_equal(layer.data, masks)
+    assert notifications[3:] == ["Fill holes: show the Y-X plane (the last two axes) to edit objects.",
+                                 "Remove small objects: show the Y-X plane (the last two axes) to edit objects."]
+
+    viewer.dims.order = (0, 1, 2)  # back on the Y-X plane of frame 4: both work
+    qtbot.wait(50)
+    mouse.key(Qt.Key.Key_H)
+    widget._small_button.clicked.emit()
+    assert (layer.data[4, centre[0] - 1 : centre[0] + 2, centre[1] - 1 : centre[1] + 2] == label).all()
+    assert not (layer.data == 99).any()
+    assert CorrectedSlices.for_layer(layer).planes == [(4,)]

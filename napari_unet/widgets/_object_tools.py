@@ -203,7 +203,9 @@ class ObjectTools:
             raise EditError("show the Y-X plane (the last two axes) to edit objects.")
         data = np.asarray(layer.world_to_data(event.position), dtype=float)[-layer.ndim:]
         lead_shape = layer.data.shape[: layer.ndim - 2]
-        plane = tuple(int(np.clip(np.round(c), 0, s - 1)) for c, s in zip(data[: layer.ndim - 2], lead_shape))
+        plane = tuple(int(np.round(c)) for c in data[: layer.ndim - 2])
+        if not all(0 <= i < s for i, s in zip(plane, lead_shape)):  # napari shows none of its planes here
+            raise EditError(f"{layer.name!r} has no slice at the viewer's position: move the slider into it.")
         return plane, data[-2:]
 
     def _id_at(self, plane: Plane, yx: np.ndarray) -> int:
@@ -296,18 +298,37 @@ class ObjectTools:
 
     # ---------------------------------------------------------------- actions on the slice
     def current_plane(self) -> Plane:
-        """The plane of the layer that the viewer shows now."""
-        return current_plane_index(self._viewer, self.layer)
+        """The Y-X plane of the layer that the viewer shows now.
+
+        Raises
+        ------
+        EditError
+            The 2D view shows another cut through the layer (axes transposed), or the viewer's
+            position lies outside the layer (napari shows none of its planes there): an edit of
+            "the current plane" would change a plane the user does not see.
+        """
+        layer, dims = self.layer, self._viewer.dims
+        offset = dims.ndim - layer.ndim
+        displayed = [d - offset for d in dims.displayed]
+        if dims.ndisplay == 2 and displayed != [layer.ndim - 2, layer.ndim - 1]:
+            raise EditError("show the Y-X plane (the last two axes) to edit objects.")
+        try:
+            return current_plane_index(self._viewer, layer, strict=True)
+        except ValueError as exc:
+            raise EditError(str(exc)) from None
 
     def fill_holes(self) -> None:
         """Fill the holes of every object of the current plane."""
-        self._run("Fill holes", lambda plane: self._apply(
-            plane, core_edit.fill_holes(plane_of(self.layer, plane))), self.current_plane())
+        self._run("Fill holes", lambda: self._apply_on_current(core_edit.fill_holes))
 
     def remove_small(self, min_size: int) -> None:
         """Delete the objects under ``min_size`` pixels of the current plane."""
-        self._run("Remove small objects", lambda plane: self._apply(
-            plane, core_edit.remove_small(plane_of(self.layer, plane), min_size)), self.current_plane())
+        self._run("Remove small objects", lambda: self._apply_on_current(
+            lambda labels: core_edit.remove_small(labels, min_size)))
+
+    def _apply_on_current(self, operation: Callable[[np.ndarray], core_edit.LabelEdit]) -> str:
+        plane = self.current_plane()
+        return self._apply(plane, operation(plane_of(self.layer, plane)))
 
     def new_object(self) -> None:
         """Select the next free id and napari's brush, to paint a new object."""
