@@ -179,6 +179,17 @@ def test_split_with_seeds_cuts_an_object_without_a_neck_between_the_seeds():
     assert cols.max() <= 31  # the cut lies between the seeds, near their middle (29)
 
 
+def test_split_on_smooth_probabilities_cuts_an_object_without_a_neck_between_the_seeds():
+    from scipy import ndimage as ndi
+
+    labels = np.zeros((40, 60), dtype=np.int32)
+    labels[5:25, 5:55] = 1  # two cells fused in a bar, no neck, no dip in the probability
+    probabilities = ndi.gaussian_filter(np.where(labels > 0, 0.99, 0.01).astype(np.float32), 2)
+    after = applied(labels, split_object(labels, 1, seeds=[(15, 8), (15, 50)], probabilities=probabilities))
+    left, right = (after == 1).sum(), (after == 2).sum()
+    assert min(left, right) >= 0.4 * (left + right)  # not one part and a sliver
+
+
 def test_split_follows_the_probabilities_when_given(crowded):
     a, b = touching_pair(crowded)
     merged = applied(crowded, merge_objects(crowded, [a, b]))
