@@ -133,6 +133,24 @@ def test_round_trip_gives_identical_labels(shipped_package):
     np.testing.assert_array_equal(segment(imported, image), expected)
 
 
+def test_a_package_exported_as_pt_is_a_model_file(shipped_package, tmp_path, example_package):
+    """`napari-unet export PACKAGE.zip OUT.pt` once copied the zip's bytes into OUT.pt: a file that
+    no napari-unet could read. It is the model the package holds, as a napari-unet model file."""
+    from napari_unet.core.catalog import export_model
+    from napari_unet.core.checkpoint import read_model_metadata
+
+    out = export_model(shipped_package, tmp_path / "back.pt")
+    model = read_model_file(out)  # raised ModelFileError: "not a napari-unet model file"
+    assert isinstance(model.net, UNet) and read_model_metadata(out)["name"] == "nuclei"
+    original = read_model_file(shipped_package)
+    for key, value in original.net.state_dict().items():
+        assert np.array_equal(model.net.state_dict()[key].numpy(), value.numpy()), key
+    assert export_model(shipped_package, tmp_path) == tmp_path / "nuclei.pt"  # a folder: named after the zip
+    with pytest.raises(ModelFileError, match="BioImage.IO package"):  # a package made elsewhere has no such file
+        export_model(example_package, tmp_path / "foreign.pt")
+    assert not (tmp_path / "foreign.pt").exists()
+
+
 def test_imported_own_package_fine_tunes_again(tmp_path, dsb_fluo_crop):
     from napari_unet.core.train import run_finetune
     from napari_unet.core.zoo_export import export_bioimageio

@@ -240,16 +240,24 @@ def export_model(name_or_path: str | os.PathLike, destination: str | os.PathLike
 
     ``destination`` is a file (``.pt`` added if missing) or a folder (the model's file name is
     kept). The copy is written atomically: a failure leaves any earlier file there intact.
-    Returns the file written.
+    A BioImage.IO package made by napari-unet (a zip or a folder) is written as the napari-unet
+    model file it holds, not copied byte for byte (other packages cannot be: a
+    ``ModelFileError`` says why). Returns the file written.
     """
+    from .zoo_import import is_bioimageio_package, package_location
+
     source = resolve_model_path(name_or_path)
+    package = is_bioimageio_package(source)
     destination = Path(destination).expanduser()
     if destination.is_dir():
-        destination = destination / source.name
+        name = package_location(source).name
+        destination = destination / (Path(name).stem + MODEL_SUFFIX if package else name)
     if destination.suffix.lower() != MODEL_SUFFIX:
         destination = destination.with_name(destination.name + MODEL_SUFFIX)
     if destination.resolve() == source.resolve():
         raise ValueError("Choose another file to export to: that is the model file itself.")
+    if package:  # a zip is no model file: the model it holds is saved as one
+        return save_model(read_model_file(source, device="cpu"), destination)
     with atomic_write(destination, "wb") as out, open(source, "rb") as src:
         shutil.copyfileobj(src, out)
     return destination
