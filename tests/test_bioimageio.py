@@ -400,3 +400,22 @@ def test_a_diameter_given_to_a_model_without_one_is_said_to_be_unused(example_pa
     labels = segment(model, dsb_fluo_crop[0], diameter=20)
     assert labels.shape == dsb_fluo_crop[0].shape[:2]
     assert "the diameter given was not used" in caplog.text
+
+
+def test_cli_exports_models_with_dots_in_their_names_into_a_folder(tmp_path, capsys):
+    """Exported into a folder, "cells v1.2" was named "cells v1.zip", so "cells v1.1" and "cells v1.2"
+    went to one file (refused, or with --overwrite the first package silently replaced)."""
+    from napari_unet.cli import main
+    from napari_unet.core.catalog import user_model_path
+    from napari_unet.core.checkpoint import save_model
+
+    for name in ("cells v1.1", "cells v1.2"):
+        model = _tiny_model("same")
+        model.metadata["name"] = name
+        save_model(model, user_model_path(name))
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    for name in ("cells v1.1", "cells v1.2"):
+        assert main(["export", name, str(folder)]) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == ["cells v1.1.zip", "cells v1.2.zip"]
+    assert read_model_file(folder / "cells v1.2.zip").metadata["name"] == "cells v1.2"

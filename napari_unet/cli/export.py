@@ -36,7 +36,12 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out).expanduser()
     if out.is_dir():  # a folder: the package goes inside it, named after the model
-        out = out / f"{Path(str(args.model)).stem}.zip"
+        from napari_unet.core.catalog import resolve_model_path
+        from napari_unet.core.zoo_import import package_location
+
+        # the model's whole name: "cells v1.2" is not "cells v1" (Path.stem would cut it there)
+        source = package_location(resolve_model_path(args.model))
+        out = out / f"{source.stem if source.suffix.lower() in ('.pt', '.zip') else source.name}.zip"
     target = out if out.suffix.lower() in (".pt", ".zip") else out.with_name(out.name + ".zip")
     if target.exists() and not args.overwrite:
         raise CLIError(f"{target} exists; choose another name or pass --overwrite")
