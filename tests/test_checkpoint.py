@@ -87,6 +87,25 @@ def test_damaged_weights_are_a_clear_error(tmp_path):
         read_model_file(tmp_path / "broken.pt")
 
 
+@pytest.mark.parametrize("key, value", [("metadata", "mine"), ("normalization", [1.0, 99.8])])
+def test_a_damaged_metadata_or_normalisation_entry_is_a_clear_error(tmp_path, key, value, capsys):
+    """A model file whose metadata (or normalisation) was no dict raised a bare ValueError/TypeError
+    (a traceback in the CLI), and one such file in the model folder made `napari-unet models` fail."""
+    from napari_unet.cli import main
+
+    data = SegmentationModel(UNet(1, 3, 4, 2, "same")).to_dict()
+    data[key] = value
+    path = user_model_path("damaged")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(data, path)
+    with pytest.raises(ModelFileError, match="damaged or incomplete"):
+        read_model_file(path)
+    save_model(SegmentationModel(UNet(1, 3, 4, 2, "same"), metadata={"name": "good"}), user_model_path("good"))
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "good" in out and ("broken" in out) == (key == "metadata")
+
+
 def test_model_names_are_checked():
     assert check_model_name("  my cells v2 ") == "my cells v2"
     for bad in ("", "../escape", "a/b", "x.pt", "nuclei"):

@@ -237,9 +237,17 @@ class SegmentationModel:
         return cls(
             net,
             data.get("representation", "bg-interior-boundary"),
-            dict(data.get("normalization") or DEFAULT_NORMALIZATION),
-            dict(data.get("metadata") or {}),
+            dict(_dict_entry(data, "normalization", source) or DEFAULT_NORMALIZATION),
+            dict(_dict_entry(data, "metadata", source) or {}),
         )
+
+
+def _dict_entry(data: dict[str, Any], key: str, source: str) -> dict[str, Any] | None:
+    """``data[key]`` when it is a dict (None when absent), else a one-line ModelFileError."""
+    value = data.get(key)
+    if value is not None and not isinstance(value, dict):
+        raise ModelFileError(f"{source} is damaged or incomplete: its {key} is a {type(value).__name__}, not a dict.")
+    return value
 
 
 def postprocessing_settings(metadata: dict[str, Any], kind: str | None = None) -> dict[str, float]:
@@ -378,7 +386,7 @@ def read_model_metadata(path: str | os.PathLike) -> dict[str, Any]:
     data = _load_dict(path)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ModelFileError(f"{path.name} is not a napari-unet model file.")
-    return dict(data.get("metadata") or {})
+    return dict(_dict_entry(data, "metadata", path.name) or {})
 
 
 # ---------------------------------------------------------------------- names (moved to .catalog)
