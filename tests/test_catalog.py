@@ -133,6 +133,17 @@ def test_new_names_and_the_model_folder(mine, tmp_path, monkeypatch):
         check_models_dir_writable()
 
 
+@pytest.mark.parametrize("name", ["cells.PT", "cells.Pt"])
+def test_a_name_ending_in_pt_in_any_case_is_refused(name):
+    """"cells.PT" was accepted as a model name (saved as "cells.PT.pt" and listed), yet every
+    command given that name took it for a file path: "Model file not found: cells.PT"."""
+    from napari_unet.core.catalog import check_model_name
+
+    with pytest.raises(ValueError, match="without a file extension"):
+        check_model_name(name)
+    assert check_model_name("cells v1.2") == "cells v1.2"  # other dots stay usable
+
+
 def test_cli_lists_models_from_their_metadata(mine, capsys):
     """Rows come from the metadata alone: a file whose weights are damaged is still listed with
     its score (the network is never built), a file that is no model at all is "broken"."""

@@ -151,7 +151,7 @@ def resolve_model_path(name_or_path: str | os.PathLike | None = None) -> Path:
 def check_model_name(name: str) -> str:
     """Return ``name`` stripped, or raise ``ValueError`` saying what is wrong with it."""
     name = (name or "").strip()
-    if not _SAFE_NAME.match(name) or name.endswith(MODEL_SUFFIX):
+    if not _SAFE_NAME.match(name) or name.lower().endswith(MODEL_SUFFIX):
         raise ValueError(
             f"Model name {name!r} is not usable: use letters, digits, spaces, '.', '+', '-' or '_' "
             "(at most 80 characters), without a file extension."
