@@ -402,6 +402,23 @@ def test_a_diameter_given_to_a_model_without_one_is_said_to_be_unused(example_pa
     assert "the diameter given was not used" in caplog.text
 
 
+def test_a_package_zip_without_its_weights_is_a_one_line_reason(shipped_package, tmp_path):
+    """A zip that lost a file (e.g. repacked by hand) raised a TypeError from inside bioimageio.spec:
+    a traceback from `napari-unet predict --model` instead of the package's one-line reason."""
+    import zipfile
+
+    damaged = tmp_path / "damaged.zip"
+    with zipfile.ZipFile(shipped_package) as src, zipfile.ZipFile(damaged, "w") as dst:
+        for item in src.infolist():
+            if item.filename != "weights.pt":
+                dst.writestr(item, src.read(item.filename))
+    with pytest.raises(ModelFileError, match="lacks its pytorch_state_dict weights"):
+        read_model_file(damaged)
+    result = _cli("export", str(damaged), str(tmp_path / "back.pt"))
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
+    assert "lacks" in result.stderr and not (tmp_path / "back.pt").exists()
+
+
 def test_cli_exports_models_with_dots_in_their_names_into_a_folder(tmp_path, capsys):
     """Exported into a folder, "cells v1.2" was named "cells v1.zip", so "cells v1.1" and "cells v1.2"
     went to one file (refused, or with --overwrite the first package silently replaced)."""

@@ -180,7 +180,7 @@ def _package_bytes(source: Any, what: str, name: str) -> bytes:
         )
     try:
         return download(source).read()
-    except (OSError, KeyError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - bioimageio.spec raises e.g. TypeError for a file missing from a zip
         raise ModelFileError(f"{name}: the package lacks its {what} ({text}).") from exc
 
 
