@@ -183,3 +183,30 @@ def test_a_stack_of_three_planes_without_axes_trains_as_three_examples(tmp_path,
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "on 3 example(s)" in captured.out
+
+
+def test_a_model_saved_under_that_name_during_training_is_kept(tmp_path, dsb_fluo_crop, tiny_model_path):
+    """--out was free when the run started; something else (Fine-tune in the GUI, another run)
+    saved a model there meanwhile: neither model is lost."""
+    import os
+    import subprocess
+    import sys
+
+    image, labels = dsb_fluo_crop
+    img, lab = _write_pair(tmp_path, image, labels)
+    out = tmp_path / "mine.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "napari_unet.cli", "train", "--images", str(img), "--labels", str(lab),
+         "--out", str(out), "--from", str(tiny_model_path), "--steps", "40", "--patch-size", "32",
+         "--batch-size", "2", "--device", "cpu", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stdout:  # training has begun: the name was checked and found free
+        if line.startswith("fine-tuning"):
+            break
+    out.write_bytes(tiny_model_path.read_bytes())  # the other model, saved meanwhile
+    rest, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert out.read_bytes() == tiny_model_path.read_bytes()  # the other model is intact
+    assert "mine.pt was saved by something else during training" in err and "mine-2.pt" in err
+    assert read_model_file(tmp_path / "mine-2.pt").metadata["name"] == "mine-2"

@@ -18,6 +18,7 @@ import argparse
 import logging
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,14 @@ def _out_path(text: str, overwrite: bool) -> Path:
     return path
 
 
+def _free_path(path: Path) -> Path:
+    """``path`` with the first free ``-2``, ``-3``, ... added to its name."""
+    k = 2
+    while (candidate := path.with_name(f"{path.stem}-{k}{path.suffix}")).exists():
+        k += 1
+    return candidate
+
+
 # ---------------------------------------------------------------------- run
 def run(args: argparse.Namespace) -> int:
     from napari_unet.cli._progress import TrainingBar
@@ -216,6 +225,10 @@ def run(args: argparse.Namespace) -> int:
     if not result.metadata.get("steps"):  # an unchanged copy of the base must not be saved as trained
         raise CLIError("the time budget ended before the first training step: nothing was learnt and no model "
                        "was saved; give a longer --time-budget (or --steps)")
+    if out.exists() and not args.overwrite:  # made while this run trained (Fine-tune in the GUI, another run)
+        taken, out = out, _free_path(out)
+        print(f"{taken} was saved by something else during training and is kept; this model goes to {out.name}",
+              file=sys.stderr)
     result.metadata["name"] = out.stem
     save_model(result, out)
     meta = result.metadata
