@@ -328,6 +328,31 @@ def test_a_name_that_exists_is_replaced_only_after_asking(widget, c2c12, qtbot, 
     qtbot.waitUntil(lambda: segment._worker is None, timeout=60_000)
 
 
+def test_a_model_saved_under_the_name_during_the_run_is_kept(widget, c2c12, qtbot, base_model, notifications):
+    """The name was free at Start (nothing asked); another model is saved under it while the run
+    trains (the CLI, another napari): it is kept, the tuned model goes to NAME-2, and both say so."""
+    from napari_unet.core.checkpoint import read_model_file, user_model_path
+
+    viewer, w = widget
+    _add_pair(viewer, *c2c12)
+    w.corrected_panel._mark_button.native.click()
+    w.settings_panel._steps.value = 60
+    w.settings_panel._name.value = "mine"
+    w.run_panel._start_button.native.click()
+    assert w.replace_question is None  # free at Start
+    qtbot.waitUntil(lambda: len(w.run_panel.curves.history["step"]) >= 1, timeout=60_000)
+    other = user_model_path("mine")
+    other.write_bytes(base_model.read_bytes())  # saved meanwhile by something else
+    _wait(qtbot, w)
+    assert other.read_bytes() == base_model.read_bytes()  # not replaced unasked
+    tuned = read_model_file(user_model_path("mine-2"))
+    assert tuned.metadata["name"] == "mine-2" and tuned.metadata["steps"] > 0
+    assert any("fine-tuned model is saved as 'mine-2'" in n for n in notifications)
+    assert "Saved 'mine-2'" in w.run_panel._status.value and "is kept" in w.run_panel._status.value
+    segment = get_widget(viewer, "segment")  # segments the view again with it: let it finish
+    qtbot.waitUntil(lambda: segment._worker is None, timeout=60_000)
+
+
 def test_closing_the_viewer_mid_training_keeps_the_best_model(widget, c2c12, qtbot, caplog):
     """viewer.close() during a long run: the training stops after its current step and the
     best model so far is saved before close() returns; nothing is drawn into the closed widget."""

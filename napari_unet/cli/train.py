@@ -169,18 +169,10 @@ def _out_path(text: str, overwrite: bool) -> Path:
     return path
 
 
-def _free_path(path: Path) -> Path:
-    """``path`` with the first free ``-2``, ``-3``, ... added to its name."""
-    k = 2
-    while (candidate := path.with_name(f"{path.stem}-{k}{path.suffix}")).exists():
-        k += 1
-    return candidate
-
-
 # ---------------------------------------------------------------------- run
 def run(args: argparse.Namespace) -> int:
     from napari_unet.cli._progress import TrainingBar
-    from napari_unet.core.catalog import check_models_dir_writable
+    from napari_unet.core.catalog import check_models_dir_writable, free_model_path
     from napari_unet.core.checkpoint import load_model, save_model
     from napari_unet.core.device import select_device
     from napari_unet.core.events import run_to_end
@@ -226,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("the time budget ended before the first training step: nothing was learnt and no model "
                        "was saved; give a longer --time-budget (or --steps)")
     if out.exists() and not args.overwrite:  # made while this run trained (Fine-tune in the GUI, another run)
-        taken, out = out, _free_path(out)
+        taken, out = out, free_model_path(out)
         print(f"{taken} was saved by something else during training and is kept; this model goes to {out.name}",
               file=sys.stderr)
     result.metadata["name"] = out.stem

@@ -166,6 +166,17 @@ def user_model_path(name: str) -> Path:
     return user_models_dir() / f"{check_model_name(name)}{MODEL_SUFFIX}"
 
 
+def free_model_path(path: str | os.PathLike) -> Path:
+    """``path`` when no file is there, else the first free ``NAME-2.pt``, ``NAME-3.pt``, ... beside it:
+    where a trained model goes when its name was taken while it trained (nothing replaced unasked)."""
+    path = Path(path)
+    candidate, k = path, 2
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}-{k}{path.suffix}")
+        k += 1
+    return candidate
+
+
 def suggest_model_name(base: str) -> str:
     """A free user-model name derived from ``base``: "nuclei-tuned", "nuclei-tuned-2", ..."""
     taken = {e.name for e in list_models()}

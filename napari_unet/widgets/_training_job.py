@@ -35,12 +35,15 @@ def train_and_save(
     name: str,
     settings: dict[str, Any],
     stop: threading.Event,
+    replace: bool = False,
 ):
     """Worker body: load the base model, fine-tune it (yielding TrainStep/Validation events),
     then save the best model atomically to ``target``.
 
     Returns a :class:`TrainingResult`; a save failure is returned (not raised) so the
-    trained model is kept and can be saved again.
+    trained model is kept and can be saved again. ``replace``: the user agreed, when the run
+    started, to replace the model at ``target``; without it, a model saved there while this run
+    trained is kept, and this one goes to the first free ``NAME-2``, ``NAME-3``, ...
     """
     from napari_unet.core.checkpoint import read_model_file, save_model, stamp_metadata
     from napari_unet.core.events import TrainStep
@@ -72,6 +75,11 @@ def train_and_save(
     model.metadata["examples"] = [ex.source for ex in examples][:200]
     model.metadata.setdefault("steps", steps)
     stamp_metadata(model)  # adds the date when the engine did not
+    if not replace and target.exists():  # saved by something else while this run trained: kept
+        from napari_unet.core.catalog import free_model_path
+
+        target = free_model_path(target)
+        model.metadata["name"] = target.stem
     try:
         path = save_model(model, target)
     except OSError as exc:

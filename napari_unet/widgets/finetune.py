@@ -152,7 +152,9 @@ class FinetuneWidget(Container):
             # weakly: a removed image must not stay in memory until the next run
             self._trained_on = weakref.ref(unwrap_proxy(corrected_image)) if corrected_image is not None else None
             self.run_panel.show_device(settings["device"])
-            self.run_panel.launch(base_path, examples, target, name=name, settings=settings)
+            # a model there now is one the user agreed to replace (asked just before)
+            self.run_panel.launch(base_path, examples, target, name=name, settings=settings,
+                                  replace=target.exists())
 
         if target.exists():
             self._ask_to_replace(name, Path(base_path).resolve() == target.resolve(), launch)

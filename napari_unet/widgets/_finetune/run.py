@@ -23,7 +23,7 @@ from magicgui.widgets import Container, Label, ProgressBar, PushButton
 from napari.qt.threading import GeneratorWorker
 from psygnal import Signal
 
-from .._base import format_seconds, notify_error, notify_info, one_line, wrap_text
+from .._base import format_seconds, notify_error, notify_info, notify_warning, one_line, wrap_text
 from .._examples import Example
 from .._training_job import TrainingResult, train_and_save
 from .curves import LiveCurves
@@ -115,6 +115,7 @@ class TrainingRunPanel(Container):
         self._worker = None
         self._stop_event: threading.Event | None = None
         self._run_started = 0.0
+        self._run_name = ""  # the model name the run was started with
         self._pending: TrainingResult | None = None
         self._last_result: TrainingResult | None = None
         self._start_button = PushButton(text="Start")
@@ -153,9 +154,11 @@ class TrainingRunPanel(Container):
 
     # ------------------------------------------------------------------ run
     def launch(self, base_path: str, examples: list[Example], target: Path, *, name: str,
-               settings: dict[str, Any]) -> None:
-        """Fine-tune ``base_path`` on ``examples`` in a thread worker; save the result to ``target``."""
+               settings: dict[str, Any], replace: bool = False) -> None:
+        """Fine-tune ``base_path`` on ``examples`` in a thread worker; save the result to ``target``
+        (replacing a model there only when ``replace``: the user agreed to it)."""
         self._stop_event = threading.Event()
+        self._run_name = name
         self.curves.clear(settings.get("steps"))
         self._run_started = time.perf_counter()
         self._pending = None
@@ -168,7 +171,7 @@ class TrainingRunPanel(Container):
 
         worker = create_worker(
             _train_then_signal, threading.Event(), base_path, examples, target, name=name, settings=settings,
-            stop=self._stop_event, _start_thread=False, _ignore_errors=True, _worker_class=TrainingWorker,
+            replace=replace, stop=self._stop_event, _start_thread=False, _ignore_errors=True, _worker_class=TrainingWorker,
         )
         worker.on_quit = self._detach
         worker.yielded.connect(self._on_yielded)
@@ -253,7 +256,13 @@ class TrainingRunPanel(Container):
             self._best_label.value = "– (no object was held out for validation)"
         elif training.get("selection_metric") == "loss" and "loss" not in self._best_label.value:
             self._best_label.value += "; the weights kept were chosen by validation loss"
-        notify_info(f"Fine-tuned model saved as {result.path.stem!r}.")
+        if self._run_name and result.path.stem != self._run_name:
+            self._status.value += (f" ({self._run_name!r} was saved by something else while this run trained, and "
+                                   "is kept.)")
+            notify_warning(f"A model named {self._run_name!r} was saved while this run trained; it is kept, and the "
+                           f"fine-tuned model is saved as {result.path.stem!r}.")
+        else:
+            notify_info(f"Fine-tuned model saved as {result.path.stem!r}.")
         log.info("Saved fine-tuned model %s (metric %s)", result.path, metric)
         self.saved.emit(str(result.path))
 
