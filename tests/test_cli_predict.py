@@ -414,3 +414,28 @@ def test_messages_about_one_input_of_a_batch_name_it(tmp_path, images, tiny_mode
     named = f"napari-unet: {tmp_path / 'blank.tif'}: "
     assert said and all(m.startswith(named) and m.count("napari-unet:") == 1 for m in said)
     assert extra.getvalue().count(named) == 1
+
+
+def test_without_model_each_input_gets_the_built_in_model_that_fits_it(tmp_path, data_dir, images, capsys):
+    """No --model: a phase-contrast field (Usiigaci, MIT) is segmented with 'cells' and fluorescent
+    nuclei with 'nuclei', as Segment proposes them in the GUI; stderr says which, once per change."""
+    from napari_unet.core import load_model
+    from napari_unet.core.metrics import average_precision
+    from napari_unet.core.predict import segment
+
+    phase = tifffile.imread(data_dir / "usiigaci_phase" / "images.tif", key=0)[:384, :384]
+    truth = tifffile.imread(data_dir / "usiigaci_phase" / "labels.tif", key=0)[:384, :384]
+    tifffile.imwrite(tmp_path / "phase.tif", phase)
+    rc = main(["predict", str(tmp_path / "phase.tif"), str(images / "a.tif"), "--out", str(tmp_path / "o"),
+               "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "phase.tif: model 'cells' for this phase-contrast / DIC image" in err
+    assert "a.tif: model 'nuclei' for this fluorescence image" in err
+    got = tifffile.imread(tmp_path / "o" / "phase_masks.tif")
+    np.testing.assert_array_equal(got, segment(load_model("cells"), phase))
+    assert average_precision(truth, got) > 0.5  # the nuclei model finds almost none of these cells
+
+    rc = main(["predict", str(tmp_path / "phase.tif"), "--out", str(tmp_path / "o2"), "--no-progress",
+               "--model", "nuclei"])
+    assert rc == 0 and "model '" not in capsys.readouterr().err  # a model given is used as given

@@ -39,7 +39,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the masks (created if missing)")
     p.add_argument("--model", default=None, metavar="NAME|PATH",
                    help="model name (see 'napari-unet models'), .pt file, or BioImage.IO package (.zip or a folder "
-                        "with bioimageio.yaml); default: the built-in model")
+                        "with bioimageio.yaml); default: the built-in model that fits each input, told from its "
+                        "first plane ('nuclei' for fluorescence and stained nuclei, 'cells' for phase contrast "
+                        "and DIC), said on stderr")
     p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
     p.add_argument("--engine", default="auto", choices=("auto", "torch", "onnx"),
                    help="what runs the network (default: ONNX Runtime on the CPU, torch on a GPU; "
@@ -181,8 +183,62 @@ def _select_channel(data: Any, axes: str, channel: int | None, name: str) -> tup
     return data[index], axes.replace("C", "")
 
 
+class _ModelChoice:
+    """The model of each input: the one given with ``--model``, or else the built-in model that
+    fits the input's first plane (:func:`~napari_unet.core.modality.image_modality`, as Segment
+    proposes in the GUI), each loaded once; a change of model is said on stderr."""
+
+    def __init__(self, given: str | None, device: str | None) -> None:
+        from napari_unet.core import load_model
+
+        self._device = device
+        self.given = load_model(given, device=device) if given is not None else None
+        self._loaded: dict[str, Any] = {}
+        self._last: str | None = None
+
+    def _load(self, name: str | None) -> Any:
+        from napari_unet.core import load_model
+        from napari_unet.core.checkpoint import ModelFileError
+
+        if name not in self._loaded:
+            try:
+                self._loaded[name] = load_model(name, device=self._device)
+            except ModelFileError:  # that built-in model is not installed: the default one
+                self._loaded[name] = self._load(None) if name is not None else load_model(None, device=self._device)
+        return self._loaded[name]
+
+    def candidates(self) -> list[Any]:
+        """Every model a run may use (values given are checked against each before any work)."""
+        if self.given is not None:
+            return [self.given]
+        from napari_unet.core.modality import MODEL_FOR
+
+        return [self._load(name) for name in dict.fromkeys(MODEL_FOR.values())]
+
+    def for_input(self, data: Any, rgb: bool, name: str) -> Any:
+        if self.given is not None:
+            return self.given
+        import numpy as np
+
+        from napari_unet.core.modality import KIND_WORDS, MODEL_FOR, image_modality
+        from napari_unet.core.stack import read_plane
+
+        try:
+            plane = read_plane(data, (0,) * (data.ndim - (3 if rgb else 2)))
+            step = max(1, int(np.ceil(max(plane.shape[:2]) / 1024)))  # a few tens of ms, as in the GUI
+            kind = image_modality(plane[::step, ::step]).kind
+        except (ValueError, IndexError, TypeError):  # not a plane kinds are told on: the default model
+            kind = None
+        model_name = MODEL_FOR[kind] if kind is not None else None
+        model = self._load(model_name)
+        if model.name != self._last:
+            why = f"for this {KIND_WORDS[kind]}" if kind is not None else "(the default)"
+            print(f"napari-unet: {name}: model '{model.name}' {why}; --model chooses another", file=sys.stderr)
+            self._last = model.name
+        return model
+
+
 def run(args: argparse.Namespace) -> int:
-    from napari_unet.core import load_model
     from napari_unet.core.instances import _check_args
     from napari_unet.core.tiling import min_tile_size
 
@@ -192,20 +248,23 @@ def run(args: argparse.Namespace) -> int:
     _check_out_dir(out_dir)
     targets = _targets(inputs, out_dir, ".ome.zarr" if use_dask else ".tif")
     device = None if args.device == "auto" else args.device
-    model = load_model(args.model, device=device)
+    models = _ModelChoice(args.model, device)
     from napari_unet.core.engine import resolve_engine
 
-    engine = resolve_engine(args.engine, model.device)
-    log.info("model %s on %s, engine %s", model.name, model.device, engine.describe())
+    candidates = models.candidates()
+    engine = resolve_engine(args.engine, candidates[0].device)
+    log.info("model %s on %s, engine %s", "/".join(m.name for m in candidates), candidates[0].device,
+             engine.describe())
     if engine.reason:
         print(f"napari-unet: the network runs with {engine.describe()}", file=sys.stderr)
-    # values given are checked before any work; the rest stay None: the model's own, for the kind of image
-    _check_args(*model.resolve_postprocessing(args.threshold, args.min_size))
-    if args.tile and args.tile < min_tile_size(model.net):
-        raise CLIError(
-            f"--tile {args.tile} is too small for model {model.name!r}: give at least "
-            f"{min_tile_size(model.net)} pixels, or 0 for automatic"
-        )
+    for model in candidates:
+        # values given are checked before any work; the rest stay None: the model's own, for the kind of image
+        _check_args(*model.resolve_postprocessing(args.threshold, args.min_size))
+        if args.tile and args.tile < min_tile_size(model.net):
+            raise CLIError(
+                f"--tile {args.tile} is too small for model {model.name!r}: give at least "
+                f"{min_tile_size(model.net)} pixels, or 0 for automatic"
+            )
     # a bad value stops everything, before any work (a physical size is checked against each
     # file's own pixel size later: a tiny one here checks the words without refusing small sizes)
     _diameter(args.diameter, {"X": 1e-9}, "--diameter")
@@ -220,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         try:
             with _messages_about(path):
-                _segment_one(model, path, target, args, use_dask)
+                _segment_one(models, path, target, args, use_dask)
         except (CLIError, ValueError, OSError) as exc:
             print(f"napari-unet: {path}: {one_line(exc)}", file=sys.stderr)
             failed.append(path)
@@ -296,12 +355,13 @@ def _options_3d(args: argparse.Namespace, axes: str, scale: dict[str, float], rg
     return {"spacing": spacing, "mode": args.mode_3d, "orthogonal": orthogonal}
 
 
-def _segment_one(model: Any, path: Path, target: Path, args: argparse.Namespace, use_dask: bool) -> None:
+def _segment_one(models: _ModelChoice, path: Path, target: Path, args: argparse.Namespace, use_dask: bool) -> None:
     """Segment one input into ``target``."""
     name = path.name
     data, axes, scale = _read(path)
     data, axes = _select_channel(data, axes, args.channel, name)
     rgb = axes.endswith("S")
+    model = models.for_input(data, rgb, name)
     label_axes = axes[:-1] if rgb else axes
     diameter = _diameter(args.diameter, scale, None)
     options_3d = _options_3d(args, label_axes, scale, rgb, name)

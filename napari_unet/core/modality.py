@@ -47,6 +47,13 @@ MAX_SIDE = 1024
 
 MODALITIES = ("fluorescence", "bright-field", "colour", "transmitted")
 MODEL_FOR = {"fluorescence": "nuclei", "bright-field": "nuclei", "colour": "nuclei", "transmitted": "cells"}
+#: How each kind is named in messages ("Proposed 'cells' for this phase-contrast / DIC image").
+KIND_WORDS = {
+    "fluorescence": "fluorescence image",
+    "bright-field": "bright-field image with dark nuclei",
+    "colour": "colour (stained) image",
+    "transmitted": "phase-contrast / DIC image",
+}
 
 
 @dataclass(frozen=True)

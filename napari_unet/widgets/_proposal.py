@@ -13,17 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from napari_unet.core.modality import KIND_WORDS  # what each kind is called in the hint
 from napari_unet.core.stack import read_plane
 
 from ._base import current_plane_index
-
-#: What each kind of image is called in the hint.
-KIND_WORDS = {
-    "fluorescence": "fluorescence image",
-    "bright-field": "bright-field image with dark nuclei",
-    "colour": "colour (stained) image",
-    "transmitted": "phase-contrast / DIC image",
-}
 
 
 def shown_plane(viewer: Any, layer: Any) -> np.ndarray:
