@@ -17,7 +17,7 @@ import numpy as np
 
 from .checkpoint import SegmentationModel
 from .labels import check_labels
-from .preprocess import prepare_plane
+from .preprocess import prepare_plane, without_spikes
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,8 @@ def prepare_examples(
                 f"Example {i + 1} is only {lab.shape} pixels; training needs planes of at least "
                 f"{MIN_PLANE_SIZE} x {MIN_PLANE_SIZE}."
             )
-        img, lab, scale = at_model_scale(model, img, lab)
+        # hot pixels set to their neighbours' level before the rescale blurs them, as for prediction
+        img, lab, scale = at_model_scale(model, without_spikes(img), lab)
         chw = prepare_plane(img, model.in_channels, model.normalization)
         out.append(TrainingExample(chw, lab.astype(np.int32, copy=False), i, scale))
     return out

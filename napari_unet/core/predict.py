@@ -43,7 +43,7 @@ from .device import free_memory_bytes, select_device
 from .engine import NetworkRunner
 from .events import Progress, run_to_end
 from .instances import probabilities_to_labels
-from .preprocess import ImageError, is_constant
+from .preprocess import ImageError, is_constant, without_spikes
 from .scale import min_size_at
 from .stack import MAX_STACK_AXES, StackLayout, Window, check_finite, read_plane, stack_layout  # noqa: F401  (MAX_STACK_AXES: re-exported)
 from .tiling import TilePlan, choose_tile_and_batch, mirror_pad, plan_tiles
@@ -493,6 +493,7 @@ def iter_planes(
         for k, idx in enumerate(planes):
             plane = read_plane(image, idx, window)
             check_finite(plane, f" (plane {idx})" if idx else "")
+            plane = without_spikes(plane)  # hot pixels: before any rescaling blurs them
             probs = None
             sized_here = sizing.search is not None
             if sized_here:  # the first plane tells the object size ...
@@ -528,7 +529,8 @@ def iter_planes(
             elif sized_here and sizing.diameter is not None:
                 # the planes before, segmented at the image's own scale, again at the size now known
                 for k0, idx0 in unsized:
-                    probs = yield from runner.at_scale(read_plane(image, idx0, window), sizing.scale, k0)
+                    plane0 = without_spikes(read_plane(image, idx0, window))
+                    probs = yield from runner.at_scale(plane0, sizing.scale, k0)
                     plane_labels = labels_of(probs) if labels else None
                     yield PlaneResult(idx0, region, plane_labels, probs, inner, model.representation,
                                       sizing.diameter, sizing.scale, sizing.note, min_seed, kind)
