@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_unet._shapes import channels_last
+
 from .checkpoint import SegmentationModel
 from .device import free_memory_bytes, select_device
 from .engine import NetworkRunner
@@ -326,6 +328,8 @@ def _prepare(model: SegmentationModel, image: Any, rgb: bool | None) -> tuple[An
         )
     if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
         image = np.asarray(image)
+    if rgb is not True and channels_last(tuple(image.shape)) and int(image.shape[-1]) == 1:
+        image = image[..., 0]  # (H, W, 1): one channel last (as the readers take it), the plane itself
     return image, stack_layout(tuple(image.shape), rgb)
 
 

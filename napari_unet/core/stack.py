@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_unet._shapes import channels_last
+
 from .preprocess import ImageError
 
 #: Extra axes (beyond the 2D plane and the RGB axis) that a stack may have.
@@ -70,6 +72,10 @@ def stack_layout(shape: tuple[int, ...], rgb: bool | None = None) -> StackLayout
         Shape of the image: (H, W), (H, W, 3), (..., H, W) or (..., H, W, 3).
     rgb : bool, optional
         Whether the last axis is colour. Default: yes if it has 3 or 4 entries (as napari).
+
+    A last axis of 1 or 2 entries after a plane of at least 16 x 16 pixels holds channels (as
+    :func:`napari_unet.io.guess_axes` reads such files): 2 channels are refused with a message
+    that says how to pick one (a single channel is taken as the plane by the plane loop).
     """
     shape = tuple(int(s) for s in shape)
     ndim = len(shape)
@@ -78,6 +84,15 @@ def stack_layout(shape: tuple[int, ...], rgb: bool | None = None) -> StackLayout
     if rgb and (ndim < 3 or shape[-1] not in (3, 4)):
         raise ImageError(
             f"rgb=True needs a last axis of 3 (or 4) colours, but the image has shape {shape}."
+        )
+    if not rgb and channels_last(shape):
+        # as the readers take such files (io.guess_axes): channels, not planes 1 or 2 pixels wide
+        n = shape[-1]
+        stack = f"image[..., {n - 1}]" if n == 2 else "image[..., 0]"
+        raise ImageError(
+            f"The image has shape {shape}: its last axis looks like {n} channel(s) of {shape[-3]} x {shape[-2]} "
+            f"planes, not {int(np.prod(shape[:-2]))} plane(s) {n} pixel(s) wide. Segment one channel: "
+            f"{stack} (e.g. the nuclei stain for the 'nuclei' model)."
         )
     n_spatial = 3 if rgb else 2
     if ndim < n_spatial:

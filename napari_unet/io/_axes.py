@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from napari_unet._shapes import channels_last
+
 #: Letters napari-unet understands, in the canonical (ImageJ / OME "TCZYX") order.
 KNOWN_AXES = "TCZYXS"
 #: Order in which unknown leading axes are named, innermost first.
@@ -47,8 +49,9 @@ def guess_axes(shape: Sequence[int], rgb: bool = False) -> str:
             f"{ndim}-dimensional data (shape {tuple(shape)}) is not supported: napari-unet reads at "
             "most 5 axes (T, C, Z, Y, X) plus RGB colour"
         )
-    if not rgb and n_lead >= 1 and shape[-1] == 2 and min(shape[-3], shape[-2]) >= 16:
+    if not rgb and channels_last(shape):
         # (H, W, 2): two channels last (grey + alpha, two stains), not H planes 2 pixels wide
+        # (core.stack.stack_layout follows the same rule for arrays)
         lead = "".join(g for g in _GUESS_ORDER if g != "C")[: n_lead - 1][::-1]
         return lead + "YXC"
     lead = _GUESS_ORDER[:n_lead][::-1]
