@@ -59,7 +59,8 @@ def add_parser(subparsers: Any) -> None:
                         "model's minimum); 0 or not given: automatic, from free memory")
     p.add_argument("--channel", type=int, default=None,
                    help="channel to segment in a multi-channel stack, or colour of an RGB image "
-                        "(0 red, 1 green, 2 blue; default for RGB: the mean of the colours)")
+                        "(0 red, 1 green, 2 blue; default for RGB: the most nuclei-like colour of merged "
+                        "fluorescence channels, said on stderr, else the mean of the colours)")
     p.add_argument("--folder-as-stack", action="store_true",
                    help="read each folder of 2D images as one stack (one masks file) instead of image by image")
     p.add_argument("--3d", dest="objects_3d", action="store_true",

@@ -364,6 +364,9 @@ class PlaneResult:
     kind : str or None
         The kind of image whose own post-processing the model used (see
         ``SegmentationModel.postprocessing_by_kind``); None when it used its general one.
+    colour : int or None
+        The colour of an RGB image that was segmented on its own (0 red, 1 green, 2 blue; see
+        :func:`~napari_unet.core.channels.nuclear_colour`); None: a grey plane, or the mean of the colours.
     """
 
     index: tuple[int, ...]
@@ -377,6 +380,7 @@ class PlaneResult:
     note: str = ""
     min_seed: int = 0
     kind: str | None = None
+    colour: int | None = None
 
     def relabel(self, threshold: float, min_size: int, keep_dtype: Any = None) -> "PlaneResult":
         """The same plane post-processed with another threshold / minimum size (no network run).
@@ -419,6 +423,7 @@ def iter_planes(
     should_stop: Callable[[], bool] | None = None,
     to_model_diameter: bool = False,
     by_kind: bool = True,
+    colour: int | str | None = "auto",
     **engine_options: Any,
 ) -> Generator[Progress | PlaneResult, None, None]:
     """The one plane loop: read, rescale to the model's object size, predict and post-process planes.
@@ -465,6 +470,11 @@ def iter_planes(
         one (told on the first plane, see :func:`postprocessing_kind`; the seed rule follows the
         kind also where ``threshold`` / ``min_size`` are given). False: its general setting (the
         3D path, whose volumes are not the 2D images the settings were tuned on).
+    colour : "auto", "mean" or int
+        RGB images for a 1-channel model: "auto" (or None) segments the most nuclei-like colour of a
+        merge of fluorescence channels (told on the first plane, see
+        :func:`~napari_unet.core.channels.nuclear_colour`; a warning says which) and the mean of the
+        colours of other colour images; "mean" always the mean; 0, 1, 2 that colour.
     **engine_options
         ``tile_size``, ``batch_size``, ``halo``, ``device``, ``precision``, ``channels_last``
         (see :func:`iter_predict_probabilities`).
@@ -489,15 +499,23 @@ def iter_planes(
     planes = layout.indices() if planes is None else [layout.check_index(p) for p in planes]
     region, window, inner = plane_window(region, layout.plane_shape, context)
     runner = _PlaneRunner(_Engine(model, **engine_options), len(planes), should_stop)
+    colour = _check_colour(colour, layout)
+
+    def read(idx: tuple[int, ...]) -> np.ndarray:
+        plane = read_plane(image, idx, window)
+        plane = plane if colour is None else plane[..., colour]
+        check_finite(plane, f" (plane {idx})" if idx else "")
+        return without_spikes(plane)  # hot pixels: before any rescaling blurs them
+
     # a typed diameter is checked against the plane: a zoomed-in field of view of big cells is fine
     sizing = _Sizing.choose(model, diameter, layout.plane_shape, to_model_diameter)
     sizing.retries = min(sizing.retries, max(len(planes) - 1, 0))  # only planes that follow
     unsized: list[tuple[int, tuple[int, ...]]] = []  # planes segmented while no plane had told the size
     with _eval_mode(runner.engine.net):
         for k, idx in enumerate(planes):
-            plane = read_plane(image, idx, window)
-            check_finite(plane, f" (plane {idx})" if idx else "")
-            plane = without_spikes(plane)  # hot pixels: before any rescaling blurs them
+            if k == 0 and colour == "auto":
+                colour = _auto_colour(model, read_plane(image, idx, window))
+            plane = read(idx)
             probs = None
             sized_here = sizing.search is not None
             if sized_here:  # the first plane tells the object size ...
@@ -525,7 +543,7 @@ def iter_planes(
                     probs = yield from runner.at_scale(plane, sizing.scale, k)
                     plane_labels = labels_of(probs) if labels else None
             yield PlaneResult(idx, region, plane_labels, probs, inner, model.representation,
-                              sizing.diameter, sizing.scale, sizing.note, min_seed, kind)
+                              sizing.diameter, sizing.scale, sizing.note, min_seed, kind, colour)
             # nothing found to size on: the next plane is tried (a z-stack's consumer adds each plane's
             # probabilities once into its volume: its planes are not segmented twice)
             if sized_here and sizing.search is not None and not to_model_diameter:
@@ -533,12 +551,41 @@ def iter_planes(
             elif sized_here and sizing.diameter is not None:
                 # the planes before, segmented at the image's own scale, again at the size now known
                 for k0, idx0 in unsized:
-                    plane0 = without_spikes(read_plane(image, idx0, window))
-                    probs = yield from runner.at_scale(plane0, sizing.scale, k0)
+                    probs = yield from runner.at_scale(read(idx0), sizing.scale, k0)
                     plane_labels = labels_of(probs) if labels else None
                     yield PlaneResult(idx0, region, plane_labels, probs, inner, model.representation,
-                                      sizing.diameter, sizing.scale, sizing.note, min_seed, kind)
+                                      sizing.diameter, sizing.scale, sizing.note, min_seed, kind, colour)
                 unsized.clear()
+
+
+def _check_colour(colour: int | str | None, layout: StackLayout) -> int | str | None:
+    """``colour`` of :func:`iter_planes` checked: an int (a colour), "auto" (told on the first plane)
+    or None (grey planes, or the mean of the colours)."""
+    word = colour.strip().lower() if isinstance(colour, str) else colour
+    if word is None:
+        word = "auto"
+    if word not in ("auto", "mean") and not (isinstance(word, (int, np.integer)) and not isinstance(word, bool)):
+        raise ValueError(f"colour must be 'auto', 'mean' or 0, 1, 2 (red, green, blue); got {colour!r}.")
+    if not layout.rgb or word == "mean":
+        return None
+    if word == "auto":
+        return "auto"
+    if not 0 <= int(word) < 3:
+        raise ImageError(f"colour {word} is not a colour of an RGB image: give 0 (red), 1 (green) or 2 (blue).")
+    return int(word)
+
+
+def _auto_colour(model: SegmentationModel, plane: np.ndarray) -> int | None:
+    """The colour of an RGB ``plane`` a 1-channel ``model`` segments on its own (None: the mean),
+    said once in a warning."""
+    if model.in_channels != 1:
+        return None  # a 3-channel model takes the colours as they are
+    from .channels import colour_note, nuclear_colour
+
+    colour = nuclear_colour(plane)
+    if colour is not None:
+        log.warning("Colour: %s.", colour_note(colour))
+    return colour
 
 
 def postprocessing_kind(model: SegmentationModel, plane: np.ndarray) -> str | None:
@@ -771,6 +818,7 @@ def iter_predict_probabilities(
     engine: str | None = None,
     should_stop: Callable[[], bool] | None = None,
     out: Any = None,
+    colour: int | str | None = "auto",
 ) -> Generator[Progress, None, Any]:
     """Class probabilities of an image or stack, tile by tile (generator).
 
@@ -783,6 +831,9 @@ def iter_predict_probabilities(
         two stack axes. Lazy arrays (memory map, zarr, dask) are read one plane at a time.
     rgb : bool, optional
         Whether the last axis is colour; default: yes if it has 3 or 4 entries.
+    colour : "auto", "mean" or int
+        Which colour of an RGB image a 1-channel model segments: "auto" the most nuclei-like one of a
+        merge of fluorescence channels, else the mean (see :func:`iter_planes`).
     diameter : float, "auto" or None
         Object diameter in pixels; "auto"/None estimates it (see :func:`iter_planes`).
     tile_size : int, optional
@@ -828,7 +879,8 @@ def iter_predict_probabilities(
     image, layout = _prepare(model, image, rgb)
     result = _allocate(out, layout.lead_shape + (model.net.config.n_classes,) + layout.plane_shape, np.float32)
     planes = iter_planes(
-        model, image, rgb=rgb, diameter=diameter, labels=False, should_stop=should_stop, device=device,
+        model, image, rgb=rgb, colour=colour, diameter=diameter, labels=False, should_stop=should_stop,
+        device=device,
         tile_size=tile_size,
         batch_size=batch_size, halo=halo, precision=precision, channels_last=channels_last, engine=engine,
     )
@@ -852,6 +904,7 @@ def iter_segment(
     engine: str | None = None,
     should_stop: Callable[[], bool] | None = None,
     out: Any = None,
+    colour: int | str | None = "auto",
 ) -> Generator[Progress, None, Any]:
     """Instance labels of an image or stack, tile by tile (generator).
 
@@ -869,7 +922,7 @@ def iter_segment(
     image, layout = _prepare(model, image, rgb)
     result = _allocate(out, layout.lead_shape + layout.plane_shape, np.int32)
     planes = iter_planes(
-        model, image, rgb=rgb, diameter=diameter, threshold=threshold, min_size=min_size,
+        model, image, rgb=rgb, colour=colour, diameter=diameter, threshold=threshold, min_size=min_size,
         should_stop=should_stop,
         device=device, tile_size=tile_size, batch_size=batch_size, halo=halo, precision=precision,
         channels_last=channels_last, engine=engine,

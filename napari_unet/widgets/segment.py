@@ -560,6 +560,7 @@ class SegmentWidget(Container):
             self._write_plane(item)
             if not self._rethresholding:
                 self._sizing.show(item)
+                self._say_colour(item)
             self._follow_kind_of(item)
         elif isinstance(item, EmptyPlane):
             self._empty_planes.append(item)
@@ -568,6 +569,18 @@ class SegmentWidget(Container):
         elif hasattr(item, "message") and item.message not in self._notes_said:
             self._notes_said.add(item.message)  # a note of the 3D path (an assumed voxel size, ...), once a run
             notify_info(item.message)
+
+    def _say_colour(self, result: PlaneResult) -> None:
+        """Once a run: which colour of an RGB image was segmented on its own (a merge of fluorescence
+        channels: the most nuclei-like one, not the mean of the colours)."""
+        if result.colour is None:
+            return
+        from napari_unet.core.channels import colour_note
+
+        note = colour_note(result.colour)
+        if note not in self._notes_said:
+            self._notes_said.add(note)
+            notify_info(note[0].upper() + note[1:] + ".")
 
     def _write_plane(self, result: PlaneResult) -> None:
         masks = self._running_masks()
