@@ -138,3 +138,61 @@ def test_segment_widget_says_which_colour_of_a_merge_it_segmented(make_napari_vi
     masks = np.asarray(viewer.layers[masks_layer_name("merge")].data)
     assert average_precision(labels, masks) > 0.6
     assert sum("blue channel" in n for n in notifications) == 1
+
+
+@pytest.fixture(scope="module")
+def two_channel_files(tmp_path_factory, nuclei) -> Path:
+    """(cytoplasm, nuclei) as a TIFF that names no axes, an ImageJ CYX and an OME-TIFF CYX with names."""
+    image, labels = nuclei
+    two = np.stack([cytoplasm(labels, image), image.astype(np.float32)]).clip(0, 255).astype(np.uint8)
+    folder = tmp_path_factory.mktemp("two_channels")
+    tifffile.imwrite(folder / "plain.tif", two)
+    tifffile.imwrite(folder / "imagej.tif", two, imagej=True, metadata={"axes": "CYX"})
+    tifffile.imwrite(folder / "ome.ome.tif", two, ome=True, metadata={"axes": "CYX", "Channel": {"Name": ["cyto", "DAPI"]}})
+    return folder
+
+
+def test_cli_says_a_short_first_axis_of_a_file_without_axes_is_taken_as_planes(two_channel_files, tmp_path, capsys):
+    from napari_unet.cli import main
+
+    assert main(["predict", str(two_channel_files / "plain.tif"), "--out", str(tmp_path), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "axis 0 (2 entries) is taken as z planes" in err and "--channel" in err
+    assert tifffile.imread(tmp_path / "plain_masks.tif").shape[0] == 2
+
+
+@pytest.mark.parametrize("how", [["--channel", "1"], ["--axes", "CYX", "--channel", "1"]])
+def test_cli_channel_of_a_file_without_axes_segments_that_channel(two_channel_files, nuclei, tmp_path, how, capsys):
+    """--channel was ignored for a (2, H, W) TIFF that names no axes: both planes were segmented,
+    the nuclei one at the object size told on the cytoplasm (AP@0.5 0.778 instead of 1.0 in the hunt)."""
+    from napari_unet.cli import main
+
+    _image, labels = nuclei
+    assert main(["predict", str(two_channel_files / "plain.tif"), "--out", str(tmp_path), "--no-progress", *how]) == 0
+    masks = tifffile.imread(tmp_path / "plain_masks.tif")
+    assert masks.shape == labels.shape
+    assert average_precision(labels, masks) > 0.6
+
+
+def test_cli_names_the_channels_of_a_file_that_has_them(two_channel_files, tmp_path, nuclei, capsys):
+    from napari_unet.cli import main
+
+    assert main(["predict", str(two_channel_files / "ome.ome.tif"), "--out", str(tmp_path), "--no-progress"]) != 0
+    assert "0 cyto, 1 DAPI" in capsys.readouterr().err
+    _image, labels = nuclei
+    for name in ("ome.ome.tif", "imagej.tif"):
+        assert main(["predict", str(two_channel_files / name), "--out", str(tmp_path), "--channel", "1",
+                     "--no-progress"]) == 0
+    for stem in ("ome", "imagej"):
+        assert average_precision(labels, tifffile.imread(tmp_path / f"{stem}_masks.tif")) > 0.6
+
+
+def test_reader_says_a_short_first_axis_of_a_file_without_axes_is_taken_as_planes(two_channel_files, notifications):
+    from napari_unet.io._reader import reader_function
+
+    layers = reader_function(str(two_channel_files / "plain.tif"))
+    assert len(layers) == 1 and np.shape(layers[0][0]) == (2, 256, 256)
+    assert any("taken as z planes" in n and "type C" in n for n in notifications)
+    notifications.clear()
+    layers = reader_function(str(two_channel_files / "imagej.tif"))
+    assert len(layers) == 2 and not any("taken as" in n for n in notifications)  # a layer per channel

@@ -58,9 +58,13 @@ def add_parser(subparsers: Any) -> None:
                    help="largest tile side in pixels (a side too small for the model is refused, with the "
                         "model's minimum); 0 or not given: automatic, from free memory")
     p.add_argument("--channel", type=int, default=None,
-                   help="channel to segment in a multi-channel stack, or colour of an RGB image "
-                        "(0 red, 1 green, 2 blue; default for RGB: the most nuclei-like colour of merged "
+                   help="channel to segment in a multi-channel stack (in a file that names no axes: its first "
+                        "axis if it has at most 4 entries), or colour of an RGB image (0 red, 1 green, 2 blue; default for RGB: the most nuclei-like colour of merged "
                         "fluorescence channels, said on stderr, else the mean of the colours)")
+    p.add_argument("--axes", default=None, metavar="LETTERS",
+                   help="axis letters of the inputs, one per axis from TCZYXS (e.g. CYX for two channels of one "
+                        "plane, TYX for a time-lapse), for files that do not name their axes or name them wrong; "
+                        "default: the file's (guessed when it names none)")
     p.add_argument("--folder-as-stack", action="store_true",
                    help="read each folder of 2D images as one stack (one masks file) instead of image by image")
     p.add_argument("--3d", dest="objects_3d", action="store_true",
@@ -149,12 +153,11 @@ def _targets(inputs: list[Path], out_dir: Path, suffix: str) -> list[Path]:
     return targets
 
 
-def _read(path: Path) -> tuple[Any, str, dict[str, float]]:
-    """(array, axes, scale per axis letter) of an input."""
+def _read(path: Path, axes: str | None = None) -> tuple[Any, Any]:
+    """(array, StackInfo) of an input; ``axes`` (``--axes``) overrides the file's."""
     from napari_unet.io import read_stack
 
-    data, info = read_stack(path)
-    return data, info.axes, dict(info.scale)
+    return read_stack(path, axes=axes)
 
 
 def _write_tif(path: Path, labels: Any, axes: str, scale: dict[str, float]) -> None:
@@ -163,7 +166,21 @@ def _write_tif(path: Path, labels: Any, axes: str, scale: dict[str, float]) -> N
     write_labels(path, labels, scale=[scale.get(a) for a in axes], axes=axes)  # None: not calibrated
 
 
-def _select_channel(data: Any, axes: str, channel: int | None, name: str) -> tuple[Any, str]:
+def _select_channel(data: Any, axes: str, channel: int | None, name: str, axes_from_file: bool = True,
+                    names: list[str] | None = None) -> tuple[Any, str]:
+    """The channel to segment (``--channel``) of an input, and the axes left; for a file that names
+    no axes, a short first axis guessed as Z/T is said (or, with ``--channel``, taken as channels)."""
+    from napari_unet.io._axes import planes_not_channels_note, short_guessed_axis
+
+    short = short_guessed_axis(data.shape, axes, axes_from_file) if not axes.endswith("S") else None
+    if short is not None and channel is not None:
+        print(f"napari-unet: {name}: the file does not name its axes: its axis {short} ({data.shape[short]} "
+              f"entries) is taken as channels for --channel (--axes to say otherwise)", file=sys.stderr)
+        axes = axes[:short] + "C" + axes[short + 1:]
+    elif short is not None:
+        note = planes_not_channels_note(data.shape, axes, axes_from_file)
+        print(f"napari-unet: {name}: {note}, segment one with --channel N (or give --axes, e.g. "
+              f"{axes[:short] + 'C' + axes[short + 1:]})", file=sys.stderr)
     if "C" not in axes and axes.endswith("S") and channel is not None:
         # one colour of an RGB(A) image (e.g. nuclei in blue), rather than the mean of the colours
         n = data.shape[-1]
@@ -176,7 +193,9 @@ def _select_channel(data: Any, axes: str, channel: int | None, name: str) -> tup
     n = data.shape[c_axis]
     if channel is None:
         if n != 1:
-            raise CLIError(f"{name} has {n} channels (axes {axes}); choose one with --channel 0..{n - 1}")
+            named = f": {', '.join(f'{i} {c}' for i, c in enumerate(names))}" if names and len(names) == n else ""
+            raise CLIError(f"{name} has {n} channels (axes {axes}){named}; choose one with --channel 0..{n - 1} "
+                           "(the nuclei stain for the 'nuclei' model)")
         channel = 0
     if not 0 <= channel < n:
         raise CLIError(f"{name} has {n} channels; --channel must be in 0..{n - 1}")
@@ -359,8 +378,9 @@ def _options_3d(args: argparse.Namespace, axes: str, scale: dict[str, float], rg
 def _segment_one(models: _ModelChoice, path: Path, target: Path, args: argparse.Namespace, use_dask: bool) -> None:
     """Segment one input into ``target``."""
     name = path.name
-    data, axes, scale = _read(path)
-    data, axes = _select_channel(data, axes, args.channel, name)
+    data, info = _read(path, getattr(args, "axes", None))
+    axes, scale = info.axes, dict(info.scale)
+    data, axes = _select_channel(data, axes, args.channel, name, info.axes_from_file, info.channel_names)
     rgb = axes.endswith("S")
     model = models.for_input(data, rgb, name)
     label_axes = axes[:-1] if rgb else axes

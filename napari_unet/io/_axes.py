@@ -126,3 +126,31 @@ def check_axes(axes: str, shape: Sequence[int]) -> str:
     if "S" in axes and (axes[-1] != "S" or shape[-1] not in (3, 4)):
         raise AxesError("S (RGB colour samples) must be the last axis and have size 3 or 4")
     return axes
+
+
+#: A leading axis of at most this many entries, guessed as Z or T for a file that names no axes,
+#: may just as well hold channels (nuclei and cytoplasm): the user is told how to say so.
+SHORT_AXIS = 4
+
+
+def short_guessed_axis(shape: Sequence[int], axes: str, axes_from_file: bool) -> int | None:
+    """The first leading axis that was guessed as Z or T (the file names no axes) and has at most
+    :data:`SHORT_AXIS` entries: it may be channels. None when there is none."""
+    if axes_from_file or "C" in axes:
+        return None
+    for i, (letter, n) in enumerate(zip(axes, shape)):
+        if letter in "ZT" and 1 < int(n) <= SHORT_AXIS:
+            return i
+    return None
+
+
+def planes_not_channels_note(shape: Sequence[int], axes: str, axes_from_file: bool) -> str:
+    """A sentence saying that a short leading axis of a file that names no axes was taken as planes
+    ("" when there is no such axis); the caller adds how to say it holds channels."""
+    i = short_guessed_axis(shape, axes, axes_from_file)
+    if i is None:
+        return ""
+    what = {"Z": "z planes", "T": "time points"}[axes[i]]
+    return (f"the file does not name its axes: its axis {i} ({int(shape[i])} entries) is taken as {what} "
+            f"({axes}), segmented one by one at the object size told on the first; "
+            "if they are channels (e.g. cytoplasm and nuclei)")

@@ -235,6 +235,8 @@ def _layer_metadata(info: StackInfo, channel: int | None) -> dict[str, Any]:
         "channel": channel,
         "channel_name": (info.channel_names[channel] if info.channel_names and channel is not None else None),
         "scale": dict(info.scale),
+        "axes_from_file": info.axes_from_file,
+        "shape": tuple(int(n) for n in info.shape),
     }
 
 
@@ -290,7 +292,29 @@ def reader_function(path: str | list[str]) -> list[LayerData]:
         log.warning("%s", e)
         _notify(str(e))
         return [(None,)]  # type: ignore[list-item]
+    _say_planes_not_channels(path, layers)
     return as_labels_where_masks(path, layers)
+
+
+def planes_not_channels_hint(meta: dict[str, Any]) -> str:
+    """For a stack read from a file that names no axes, whose short first axis was taken as planes:
+    what was done and how to read it as channels ("" otherwise). ``meta``: a layer's
+    ``metadata["napari_unet"]``."""
+    from ._axes import planes_not_channels_note
+
+    note = planes_not_channels_note(meta.get("shape", ()), meta.get("axes", ""), meta.get("axes_from_file", True))
+    if not note:
+        return ""
+    return (note[0].upper() + note[1:] + ", open it with the Load stack widget and type C for that axis in "
+            "Axes: each channel becomes a layer, and Segment runs on the layer you choose (the nuclei one).")
+
+
+def _say_planes_not_channels(path: str | os.PathLike, layers: list[LayerData]) -> None:
+    meta = layers[0][1].get("metadata", {}).get("napari_unet", {}) if layers and len(layers[0]) > 1 else {}
+    hint = planes_not_channels_hint(meta)
+    if hint:
+        log.warning("%s: %s", Path(path).name, hint)
+        _notify(f"{Path(path).name}: {hint}", warning=True)
 
 
 def as_labels_where_masks(path: str | os.PathLike, layers: list[LayerData]) -> list[LayerData]:

@@ -130,8 +130,12 @@ class LoadWidget(Container):
             notify_warning(f"Load stack: no such file or folder: {path}")
 
     def _show_info(self, info: StackInfo) -> None:
+        from napari_unet.io._axes import planes_not_channels_note
+
         mode = "lazy" if should_open_lazily(info.nbytes) else "in memory"
-        self._info.value = f"{info.describe()}; auto: {mode}"
+        note = planes_not_channels_note(info.shape, info.axes, info.axes_from_file)
+        hint = f". {note[0].upper() + note[1:]}, type C for that axis in Axes" if note else ""
+        self._info.value = f"{info.describe()}; auto: {mode}{hint}"
 
     def _on_axes_changed(self, value: str) -> None:
         if self._stack_info is None:
