@@ -207,6 +207,28 @@ def test_labels_with_an_axis_of_size_1_come_back_with_it_and_their_corrected_sli
     np.testing.assert_array_equal(np.asarray(data), labels)
 
 
+def test_saved_masks_come_back_with_their_layers_calibration(make_napari_viewer, tmp_path):
+    """What a TIFF cannot say travels beside it: a bare scale without a unit (it reopened in
+    micrometres, beside an image in pixels), and the spacing of an axis of size 1 (it reopened as
+    1 pixel, beside an image in micrometres)."""
+    viewer = make_napari_viewer()
+    labels = np.zeros((3, 1, 20, 20), np.int32)
+    labels[1, 0, 5:10, 5:10] = 1
+    viewer.add_labels(labels, name="tz masks", scale=(60.0, 2.0, 0.5, 0.5),
+                      units=("second", "micrometer", "micrometer", "micrometer"), axis_labels=tuple("tzyx"))
+    viewer.add_labels(labels[:, 0], name="bare masks", scale=(1.0, 0.25, 0.25))  # napari's units: pixel
+    for name in ("tz masks", "bare masks"):
+        layer = viewer.layers[name]
+        assert layer.save(str(tmp_path / f"{name}.tif"), plugin="napari-unet")
+        (back,) = viewer.open(tmp_path / f"{name}.tif", plugin="napari-unet")
+        np.testing.assert_allclose(back.scale, layer.scale)
+        assert [str(u) for u in back.units] == [str(u) for u in layer.units]
+    # a file that says its calibration as the layer had it: nothing of it in the list beside it
+    viewer.add_labels(labels[:, 0], name="um masks", scale=(1.0, 0.5, 0.5), units=("pixel", "um", "um"))
+    assert viewer.layers["um masks"].save(str(tmp_path / "um masks.tif"), plugin="napari-unet")
+    assert "layer_scale" not in (tmp_path / "um masks.tif.corrected.json").read_text()
+
+
 def test_saved_masks_come_back_where_their_image_is(make_napari_viewer, tmp_path):
     """A TIFF holds no offset: the labels' translate (here in nanometres, the file in µm) travels
     in the list beside the file, so that reopened masks lie over their image again."""
@@ -217,15 +239,18 @@ def test_saved_masks_come_back_where_their_image_is(make_napari_viewer, tmp_path
                       units=("pixel", "nm", "nm"))
     out = tmp_path / "cells masks.tif"
     assert viewer.layers.save(str(out), plugin="napari-unet") == [str(out)]
+    assert inspect_stack(out).scale["X"] == pytest.approx(0.5)  # the file itself in micrometres (Fiji)
     (layer,) = viewer.open(out, plugin="napari-unet")
-    np.testing.assert_allclose(layer.scale, [1.0, 0.5, 0.5])  # micrometres
-    np.testing.assert_allclose(layer.translate, [0.0, 10.0, 20.0])
-    # a Z spacing the file cannot keep (Y, X uncalibrated): the offset stays two planes
+    np.testing.assert_allclose(layer.scale, [1.0, 500.0, 500.0])  # back in the layer's own units
+    assert [str(u) for u in layer.units] == ["pixel", "nanometer", "nanometer"]
+    np.testing.assert_allclose(layer.translate, [0.0, 10_000.0, 20_000.0])
+    # a Z spacing the file cannot keep (Y, X uncalibrated): kept beside it, and the offset two planes
     viewer.add_labels(labels, name="z masks", scale=(3.0, 1.0, 1.0), translate=(6.0, 0.0, 0.0),
                       units=("micrometer", "pixel", "pixel"))
     assert viewer.layers["z masks"].save(str(tmp_path / "z masks.tif"), plugin="napari-unet")
     (z,) = viewer.open(tmp_path / "z masks.tif", plugin="napari-unet")
-    np.testing.assert_allclose(np.asarray(z.translate) / np.asarray(z.scale), [2.0, 0.0, 0.0])
+    np.testing.assert_allclose(z.scale, [3.0, 1.0, 1.0])
+    np.testing.assert_allclose(z.translate, [6.0, 0.0, 0.0])
     # labels without an offset write no list for it
     plain = tmp_path / "plain.tif"
     write_labels(plain, labels[1], offset=(0.0, 0.0))

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,13 +77,17 @@ def _version_known(data: Any) -> bool:
 
 
 def corrected_list_text(labels_path: str | os.PathLike, planes: Iterable[Any] | dict | Any,
-                        layer_axes: str | None = None, offset: Sequence[float] | None = None) -> str:
+                        layer_axes: str | None = None, offset: Sequence[float] | None = None,
+                        calibration: tuple[Sequence[float], Sequence[str]] | None = None) -> str:
     """The JSON text of the corrected-slices list of ``labels_path`` (see :func:`save_corrected_list`).
 
     The planes index the file's own stack axes (size-1 ones included). ``layer_axes``: the axes
     of the layer the labels came from, when the file stores them in another order (ImageJ's T, Z)
     or reads back without some (of size 1): the reader puts them back. ``offset``: the layer's
-    offset per axis in pixels (its axis order), which a TIFF does not hold, when it has one."""
+    offset per axis in pixels (its axis order), which a TIFF does not hold, when it has one.
+    ``calibration``: the layer's scale and unit names per axis (its axis order), when the file
+    cannot say them as they were (a Z spacing with Y, X uncalibrated, an axis of size 1, a bare
+    scale without a unit): the reader gives them back."""
     plane_list = planes_given(planes)
     payload = {
         "format": SIDECAR_FORMAT,
@@ -94,6 +99,9 @@ def corrected_list_text(labels_path: str | os.PathLike, planes: Iterable[Any] | 
         payload["layer_axes"] = layer_axes
     if offset is not None:
         payload["offset_pixels"] = [float(t) for t in offset]
+    if calibration is not None:
+        payload["layer_scale"] = [float(v) for v in calibration[0]]
+        payload["layer_units"] = [str(u) for u in calibration[1]]
     return json.dumps(payload, indent=1) + "\n"
 
 
@@ -127,23 +135,41 @@ def save_corrected_list(labels_path: str | os.PathLike, planes: Iterable[Any] | 
     return target
 
 
-def stored_layout(labels_path: str | os.PathLike) -> tuple[str | None, tuple[float, ...] | None]:
-    """What the sidecar of ``labels_path`` records of the layer the labels came from (see
-    :func:`corrected_list_text`), read once: its axes when they differ from the file's, and its
-    offset per axis in pixels (its own axis order); None for each when absent or unreadable."""
+@dataclass(frozen=True)
+class StoredLayout:
+    """What the sidecar of a labels file records of the layer the labels came from (see
+    :func:`corrected_list_text`); None for what it does not record (or records unreadably)."""
+
+    axes: str | None = None  # the layer's axes, when they differ from the file's
+    offset: tuple[float, ...] | None = None  # per axis in pixels, the layer's axis order
+    scale: tuple[float, ...] | None = None  # the layer's own scale and units, when the file
+    units: tuple[str, ...] | None = None  # cannot say them as they were
+
+
+def _numbers(values: Any, positive: bool = False) -> tuple[float, ...] | None:
+    if not isinstance(values, list) or not values or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 or not positive)
+            for v in values):
+        return None
+    return tuple(float(v) for v in values)
+
+
+def stored_layout(labels_path: str | os.PathLike) -> StoredLayout:
+    """What the sidecar of ``labels_path`` records of the layer the labels came from, read once."""
     try:
         data = json.loads(sidecar_path(labels_path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None, None
+        return StoredLayout()
     if not isinstance(data, dict) or not _version_known(data):
-        return None, None  # a newer sidecar is refused whole (see load_corrected_list), not read in part
-    axes, values = data.get("layer_axes"), data.get("offset_pixels")
+        return StoredLayout()  # a newer sidecar is refused whole (see load_corrected_list), not read in part
+    axes = data.get("layer_axes")
     if not isinstance(axes, str) or not axes.isalpha():
         axes = None
-    if not isinstance(values, list) or not values or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
-        return axes, None
-    return axes, tuple(float(v) for v in values)
+    scale, units = _numbers(data.get("layer_scale"), positive=True), data.get("layer_units")
+    if (scale is None or not isinstance(units, list) or len(units) != len(scale)
+            or not all(isinstance(u, str) and u for u in units)):
+        scale, units = None, None
+    return StoredLayout(axes, _numbers(data.get("offset_pixels")), scale, tuple(units) if units else None)
 
 
 def load_corrected_list(labels_path: str | os.PathLike) -> list[Plane]:

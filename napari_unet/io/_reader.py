@@ -325,9 +325,14 @@ def as_labels_where_masks(path: str | os.PathLike, layers: list[LayerData]) -> l
     path = str(path)
     if sidecar_path(path).is_file():
         corrected = _stored_corrected_planes(path)
-        layer_axes, offset = stored_layout(path)
-        if layer_axes is not None and len(layers) == 1:  # stored in ImageJ's order: back to the layer's
-            layers, corrected = _in_axes_order(layers[0], layer_axes, corrected)
+        stored = stored_layout(path)
+        offset = stored.offset
+        if stored.axes is not None and len(layers) == 1:  # stored in ImageJ's order: back to the layer's
+            layers, corrected = _in_axes_order(layers[0], stored.axes, corrected)
+        if stored.scale is not None and len(layers) == 1:  # the layer's own calibration, which the file could not say
+            data, meta, kind = layers[0]
+            if len(stored.scale) == (data[0] if isinstance(data, list) else data).ndim:
+                layers = [(data, {**meta, "scale": stored.scale, "units": stored.units}, kind)]
         if offset is not None and len(layers) == 1:  # (a TIFF holds no offset)
             data, meta, kind = layers[0]
             scale = meta.get("scale")

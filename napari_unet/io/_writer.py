@@ -62,6 +62,7 @@ def write_labels(
     axes: str | None = None,
     corrected: Any = None,
     offset: Sequence[float] | None = None,
+    calibration: tuple[Sequence[float], Sequence[Any]] | None = None,
 ) -> Path:
     """Write a label image to a compressed TIFF, atomically (with its corrected-slices list).
 
@@ -89,6 +90,11 @@ def write_labels(
         The labels' offset per axis in pixels (napari's translate over its scale), which a TIFF
         does not hold: kept in the list beside the file when not all zero, for the reader to
         put back (as a translate in the units of the pixel size it reads).
+    calibration : (scale, units), optional
+        The layer's own scale and units per axis (napari's; units as pint units or names). When
+        the file cannot say them as they were (a unit other than micrometres and seconds, a
+        bare scale without a unit, a Z spacing while Y and X have none, an axis of size 1),
+        they are kept in the list beside the file, and the reader gives the layer them back.
 
     Returns
     -------
@@ -183,6 +189,9 @@ def write_labels(
         layer_axes = axes
         if corrected is not None:
             corrected = _planes_in_file_order(corrected, axes, out_axes)
+    # what the file says (a Z spacing only beside an X, Y pixel size)
+    said = {a: v for a, v in sizes.items() if plane or a == "T"}
+    kept = _calibration_to_keep(calibration, axes, said, read_axes)
     with atomic_write_all() as files:
         with files.open(path, "wb") as fh:
             if nbytes > WRITE_BY_PLANES_BYTES and data.ndim > 2:  # no whole converted copy in memory
@@ -191,13 +200,36 @@ def write_labels(
                 tifffile.imwrite(fh, planes, shape=data.shape, dtype=dtype, **kwargs)
             else:
                 tifffile.imwrite(fh, np.ascontiguousarray(data.astype(dtype, copy=False)), **kwargs)
-        if corrected is None and (_exists(sidecar_path(path)) or layer_axes is not None or offset is not None):
-            corrected = []  # a stale list emptied; or the layer's axes or offset recorded for the reader
+        if corrected is None and (_exists(sidecar_path(path)) or layer_axes is not None or offset is not None
+                                  or kept is not None):
+            corrected = []  # a stale list emptied; or the layer's axes, offset or calibration recorded for the reader
         if corrected is not None:
             with files.open(sidecar_path(path), "w") as fh:
-                fh.write(corrected_list_text(path, corrected, layer_axes, offset))
+                fh.write(corrected_list_text(path, corrected, layer_axes, offset, kept))
     log.info("wrote labels %s %s to %s", data.shape, dtype, path)
     return path
+
+
+def _calibration_to_keep(calibration: tuple[Sequence[float], Sequence[Any]] | None, axes: str,
+                         sizes: dict[str, float], read_axes: str) -> tuple[list[float], list[str]] | None:
+    """The layer's scale and unit names (``calibration``, in ``axes`` order) when the file will not
+    read back as them: each axis reads back as its pixel size in micrometres (seconds for T) when
+    the file has one (``sizes``), else as 1 pixel (also an axis of size 1, not in ``read_axes``)."""
+    if calibration is None:
+        return None
+    scale, units = calibration
+    if scale is None or units is None or len(scale) != len(axes) or len(units) != len(axes):
+        return None
+    names = [str(u) for u in units]
+    for a, value, name in zip(axes, scale, names):
+        if a in read_axes and a in sizes:
+            expected = "second" if a == "T" else "micrometer"
+            same = name == expected and np.isclose(float(value), sizes[a], rtol=1e-6)
+        else:
+            same = name in ("pixel", "None") and float(value) == 1.0
+        if not same:
+            return [float(v) for v in scale], names
+    return None
 
 
 def _planes_in_file_order(corrected: Any, axes: str, out_axes: str) -> list[tuple[int, ...]]:
@@ -280,7 +312,8 @@ def napari_write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]
         axes = _axes_from_layer_meta(meta, arr.ndim)
         # the corrected-slices list travels beside the file (and marks it as labels)
         written = write_labels(path, arr, scale=_physical_scale(meta, arr.ndim), axes=axes,
-                               corrected=meta.get("metadata") or {}, offset=_offset_pixels(meta, arr.ndim))
+                               corrected=meta.get("metadata") or {}, offset=_offset_pixels(meta, arr.ndim),
+                               calibration=(meta.get("scale"), meta.get("units")))
     except (LabelsWriteError, OSError) as e:
         message = f"Labels not saved to '{Path(path).name}' (nothing was changed on disk): {e}"
         log.warning("%s", message)
