@@ -38,7 +38,7 @@ import numpy as np
 
 from .checkpoint import SegmentationModel
 from .events import Progress, run_to_end
-from .preprocess import ImageError
+from .preprocess import ImageError, without_spikes
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +189,9 @@ class _SidePlanes:
         if self.nz_resampled != self.nz:
             from skimage.transform import resize
 
+            # hot pixels out before z is resampled: stretched along z they are no longer isolated, and
+            # the plane loop (which takes them out of every plane it reads) would leave them in
+            plane = without_spikes(plane)
             plane = resize(plane.astype(np.float32), (self.nz_resampled, self.width), order=1,
                            anti_aliasing=self.nz_resampled < self.nz, preserve_range=True).astype(np.float32)
         return plane
