@@ -584,6 +584,43 @@ def test_save_failure_keeps_previous_model_and_save_again(widget, c2c12, qtbot, 
     assert read_model_file(folder / "mine.pt").metadata["base_model"] == "base"
 
 
+def test_save_again_keeps_a_model_saved_under_the_name_meanwhile(widget, c2c12, qtbot, notifications, base_model):
+    """The name was free at Start (nothing asked) and the save failed; before 'Save again' another
+    model was saved under that name (the CLI, another napari): it is kept, as at the run's end, and
+    the tuned model goes to NAME-2 (Save again replaced it unasked)."""
+    from napari_unet.core.checkpoint import read_model_file
+
+    viewer, w = widget
+    _add_pair(viewer, *c2c12)
+    w.corrected_panel._mark_button.native.click()
+    folder = base_model.parent
+    w.settings_panel._name.value = "mine"
+    w.settings_panel._steps.value = 5000
+    moved = folder.with_name("models-elsewhere")
+
+    def break_folder(_event):
+        if not moved.exists():
+            os.replace(folder, moved)
+            folder.write_text("not a folder any more")
+            w.stop()
+
+    w.run_panel._start_button.native.click()
+    assert w.replace_question is None  # free at Start
+    w.run_panel._worker.yielded.connect(break_folder)
+    _wait(qtbot, w)
+    assert not w.run_panel._save_again_button.native.isHidden()
+    folder.unlink()
+    os.replace(moved, folder)
+    other = folder / "mine.pt"
+    other.write_bytes(base_model.read_bytes())  # saved meanwhile by something else
+    w.run_panel._save_again_button.native.click()
+    assert w.run_panel._save_again_button.native.isHidden()
+    assert other.read_bytes() == base_model.read_bytes()  # not replaced unasked
+    tuned = read_model_file(folder / "mine-2.pt")
+    assert tuned.metadata["name"] == "mine-2" and tuned.metadata["steps"] > 0
+    assert any("fine-tuned model is saved as 'mine-2'" in n for n in notifications)
+
+
 # ---------------------------------------------------------------------- manage models
 def test_rename_delete_with_confirmation_and_export(widget, base_model, tmp_path, notifications, qtbot):
     from qtpy.QtCore import QTimer

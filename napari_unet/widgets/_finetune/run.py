@@ -116,6 +116,7 @@ class TrainingRunPanel(Container):
         self._stop_event: threading.Event | None = None
         self._run_started = 0.0
         self._run_name = ""  # the model name the run was started with
+        self._replace = False  # whether the user agreed, at Start, to replace a model of that name
         self._pending: TrainingResult | None = None
         self._last_result: TrainingResult | None = None
         self._start_button = PushButton(text="Start")
@@ -159,6 +160,7 @@ class TrainingRunPanel(Container):
         (replacing a model there only when ``replace``: the user agreed to it)."""
         self._stop_event = threading.Event()
         self._run_name = name
+        self._replace = replace
         self.curves.clear(settings.get("steps"))
         self._run_started = time.perf_counter()
         self._pending = None
@@ -272,14 +274,24 @@ class TrainingRunPanel(Container):
             return
         from napari_unet.core.checkpoint import save_model
 
+        target = result.target
+        if not self._replace and target.exists():  # saved by something else since: kept, as at the run's end
+            from napari_unet.core.catalog import free_model_path
+
+            target = free_model_path(target)
+            result.model.metadata["name"] = target.stem
         try:
-            path = save_model(result.model, result.target)
+            path = save_model(result.model, target)
         except OSError as exc:
             notify_error("Could not save the fine-tuned model", exc)
             return
         self._pending = None
         self._save_again_button.visible = False
         self._status.value = f"Saved {path.stem!r}."
+        if path != result.target:
+            self._status.value += f" ({result.target.stem!r} was saved by something else meanwhile, and is kept.)"
+            notify_warning(f"A model named {result.target.stem!r} was saved meanwhile; it is kept, and the "
+                           f"fine-tuned model is saved as {path.stem!r}.")
         self.saved.emit(str(path))
 
     def _on_error(self, exc: BaseException) -> None:
