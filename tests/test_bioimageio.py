@@ -151,6 +151,23 @@ def test_a_package_exported_as_pt_is_a_model_file(shipped_package, tmp_path, exa
     assert not (tmp_path / "foreign.pt").exists()
 
 
+def test_a_package_folder_exported_into_a_folder_keeps_its_whole_name(shipped_package, tmp_path):
+    """A package unpacked into the folder "nuclei v1.2", exported into a folder: the model file is
+    "nuclei v1.2.pt" (Path.stem made it "nuclei v1.pt", as the CLI once named zips)."""
+    import zipfile
+
+    from napari_unet.core.catalog import export_model
+
+    unpacked = tmp_path / "nuclei v1.2"
+    with zipfile.ZipFile(shipped_package) as zf:
+        zf.extractall(unpacked)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert export_model(unpacked, out) == out / "nuclei v1.2.pt"
+    assert isinstance(read_model_file(out / "nuclei v1.2.pt").net, UNet)
+    assert export_model(shipped_package, out) == out / "nuclei.pt"  # a zip: named without its .zip
+
+
 def test_imported_own_package_fine_tunes_again(tmp_path, dsb_fluo_crop):
     from napari_unet.core.train import run_finetune
     from napari_unet.core.zoo_export import export_bioimageio

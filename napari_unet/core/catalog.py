@@ -261,8 +261,10 @@ def export_model(name_or_path: str | os.PathLike, destination: str | os.PathLike
     package = is_bioimageio_package(source)
     destination = Path(destination).expanduser()
     if destination.is_dir():
-        name = package_location(source).name
-        destination = destination / (Path(name).stem + MODEL_SUFFIX if package else name)
+        name = package_location(source).name  # a folder's whole name: "cells v1.2" is not "cells v1"
+        if package and name.lower().endswith(".zip"):
+            name = name[: -len(".zip")]
+        destination = destination / (name + MODEL_SUFFIX if package else name)
     if destination.suffix.lower() != MODEL_SUFFIX:
         destination = destination.with_name(destination.name + MODEL_SUFFIX)
     if destination.resolve() == source.resolve():
