@@ -168,3 +168,15 @@ def test_cli_lists_models_from_their_metadata(mine, capsys):
                                                           ["cells", "builtin", f"{rows['cells']['val_ap50']:.3f}"],
                                                           ["junk", "user", "broken"], ["mine", "user", "0.500"]]
     assert table[-1] == f"user model folder: {user_models_dir()}"
+
+
+def test_a_free_model_path_is_a_name_that_still_works(tmp_path):
+    """NAME-2 for a model whose name has the most characters allowed stays a usable name."""
+    from napari_unet.core.catalog import MAX_NAME_LENGTH, check_model_name, free_model_path
+
+    name = "c" * MAX_NAME_LENGTH
+    (tmp_path / f"{name}.pt").write_bytes(b"")
+    free = free_model_path(tmp_path / f"{name}.pt")
+    assert free.suffix == ".pt" and not free.exists() and free.stem.endswith("-2")
+    assert check_model_name(free.stem) == free.stem
+    assert free_model_path(tmp_path / "other.pt") == tmp_path / "other.pt"  # free as it is

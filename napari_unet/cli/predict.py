@@ -394,6 +394,7 @@ def _segment_one(models: _ModelChoice, path: Path, target: Path, args: argparse.
             scheduler=args.scheduler, tile_size=args.tile, axes=label_axes,
             scale=[scale.get(a) for a in label_axes], overwrite=args.overwrite,
             show_progress=not args.no_progress, engine=args.engine, objects_3d=options_3d,
+            device=None if args.device == "auto" else args.device,
         )
     else:
         with _labels_buffer(data, rgb, target) as out:

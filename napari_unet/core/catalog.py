@@ -30,7 +30,8 @@ from .checkpoint import ModelFileError, read_model_file, save_model
 MODEL_SUFFIX = ".pt"
 DEFAULT_MODEL_NAME = "nuclei"
 
-_SAFE_NAME = re.compile(r"^[\w][\w .+-]{0,79}$")  # at most 80 characters
+MAX_NAME_LENGTH = 80
+_SAFE_NAME = re.compile(r"^[\w][\w .+-]{0,79}$")  # at most MAX_NAME_LENGTH characters
 
 
 # ---------------------------------------------------------------------- folders
@@ -172,7 +173,9 @@ def free_model_path(path: str | os.PathLike) -> Path:
     path = Path(path)
     candidate, k = path, 2
     while candidate.exists():
-        candidate = path.with_name(f"{path.stem}-{k}{path.suffix}")
+        # within a model name's 80 characters (check_model_name), so that the name still works
+        stem = path.stem[: max(1, MAX_NAME_LENGTH - len(f"-{k}"))]
+        candidate = path.with_name(f"{stem}-{k}{path.suffix}")
         k += 1
     return candidate
 
