@@ -118,6 +118,22 @@ def _stack_diameter(model: SegmentationModel, image: Any, layout: Any, diameter:
     return "native"  # no objects on the planes looked at: the plain loop keeps the image's own scale
 
 
+def _stack_colour(model: SegmentationModel, image: Any, layout: Any) -> int | str:
+    """The colour every plane of an RGB stack is segmented in: told here once on the first plane,
+    as the plain plane loop tells it (:func:`~napari_unet.core.channels.nuclear_colour`), rather
+    than by each plane's task on its own plane; "mean" for grey stacks and other colour images."""
+    if not layout.rgb or model.in_channels != 1:
+        return "mean"
+    from napari_unet.core.channels import colour_note, nuclear_colour
+    from napari_unet.core.stack import read_plane
+
+    colour = nuclear_colour(read_plane(image, layout.indices()[0]))
+    if colour is None:
+        return "mean"
+    log.warning("Colour: %s.", colour_note(colour))
+    return colour
+
+
 def write_ome_zarr_labels_metadata(group: Any, axes: str, scale: Sequence[float | None] | None,
                                    name: str) -> None:
     """OME-NGFF 0.4 ``multiscales`` metadata (one level, dataset "0") on a zarr group; an axis
@@ -237,10 +253,11 @@ def segment_to_ome_zarr(
     from napari_unet.core.instances import _check_args
 
     _check_args(*model.resolve_postprocessing(threshold, min_size))  # values given: before any task runs
+    colour = _stack_colour(model, image, layout)
     diameter = _stack_diameter(model, image, layout, diameter, threshold=threshold, min_size=min_size,
-                               tile_size=tile_size, device=device, engine=engine)
+                               tile_size=tile_size, device=device, engine=engine, colour=colour)
     options = {"threshold": threshold, "min_size": min_size, "tile_size": tile_size, "diameter": diameter,
-               "engine": engine}
+               "engine": engine, "colour": colour}
     drop = (image.ndim - 1,) if layout.rgb else ()
     labels = image.map_blocks(
         _segment_block, spec, options, layout.rgb,

@@ -196,3 +196,20 @@ def test_reader_says_a_short_first_axis_of_a_file_without_axes_is_taken_as_plane
     notifications.clear()
     layers = reader_function(str(two_channel_files / "imagej.tif"))
     assert len(layers) == 2 and not any("taken as" in n for n in notifications)  # a layer per channel
+
+
+
+def test_dask_batch_tells_the_colour_of_a_merge_once_for_the_stack(model, nuclei, composite, caplog, tmp_path):
+    """A time-lapse of RGB merges through the dask batch path: the colour is told on the first
+    plane for the whole stack (said once), as the plain plane loop does, not by each plane's task."""
+    import zarr
+
+    from napari_unet.batch import segment_to_ome_zarr
+
+    stack = np.stack([composite, composite[::-1]])
+    with caplog.at_level("WARNING", logger="napari_unet"):
+        out = segment_to_ome_zarr(model, stack, tmp_path / "merge_masks.ome.zarr", rgb=True, show_progress=False)
+    said = [r.getMessage() for r in caplog.records if "blue channel" in r.getMessage()]
+    assert len(said) == 1
+    labels = np.asarray(zarr.open_group(str(out), mode="r")["0"][...])
+    np.testing.assert_array_equal(labels, segment(model, stack, rgb=True))
