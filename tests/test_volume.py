@@ -227,3 +227,25 @@ def test_hot_pixels_are_taken_out_of_the_side_views_before_z_is_resampled(model)
         float(clean_side[i].max()) for i in range(image.shape[2]))
     labels = segment_volume(model, hot, spacing=(3.0, 1.0, 1.0), orthogonal=True)
     assert matching(truth, labels).tp == 3  # 0 when the side views saw the hot pixels
+
+
+@pytest.fixture(scope="module")
+def synthetic_nuclei(data_dir):
+    """StarDist's synthetic 3D nuclei (31, 61, 57), 51 objects (BSD-3)."""
+    import tifffile
+
+    folder = data_dir / "nuclei3d_synthetic"
+    return tifffile.imread(folder / "image.tif"), tifffile.imread(folder / "labels.tif").astype(np.int32)
+
+
+def test_planes_twice_as_far_apart_as_the_pixels_keep_the_side_views_useful(model, synthetic_nuclei):
+    """Every other plane of the synthetic nuclei, dz = 2 dx: the yz / xz views (on by default up to
+    2x) help instead of ruining the result. Their planes stretched in z to the xy pixel size gave
+    3D AP@0.5 0.095 (xy planes alone 0.62); on a square grid of the z step, weighted dx / dz, 0.72."""
+    from napari_unet.core.volume import _SidePlanes
+
+    image, truth = (a[::2] for a in synthetic_nuclei)
+    labels = segment_volume(model, image, spacing=(2.0, 1.0, 1.0))
+    assert average_precision(truth, labels) >= 0.65
+    side = _SidePlanes(image, 2, 2.0)
+    assert side.shape == (57, 16, 30) and side[0].shape == (16, 30)  # z kept, y shrunk to the z step

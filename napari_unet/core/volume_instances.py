@@ -88,7 +88,7 @@ def block_plan(shape: Sequence[int], halo: Sequence[int], block_voxels: int = BL
 
 def iter_watershed_blocks(
     probabilities: Any,
-    n_views: int,
+    n_views: float,
     spacing: Sequence[float],
     diameter: float,
     threshold: float,
@@ -104,10 +104,10 @@ def iter_watershed_blocks(
     Parameters
     ----------
     probabilities : array-like
-        (2, Z, Y, X): sums over ``n_views`` views of the foreground and interior probabilities
+        (2, Z, Y, X): (weighted) sums over views of the foreground and interior probabilities
         (numpy array or memory map; read one block at a time).
-    n_views : int
-        Views summed (the sums are divided by it).
+    n_views : float
+        The views' weights summed (the sums are divided by it): the number of views when each weighs 1.
     spacing : (dz, dy, dx)
         Voxel size.
     diameter : float
