@@ -100,7 +100,8 @@ def _stack_diameter(model: SegmentationModel, image: Any, layout: Any, diameter:
                     **options: Any) -> float | str | None:
     """The diameter every plane of a stack is segmented at: "auto" told here, once, as the plain
     plane loop tells it (:func:`~napari_unet.core.predict.iter_planes`: on the first plane, or the
-    next ones while none holds objects), rather than by each plane's task on its own plane."""
+    next ones while none holds enough objects to measure), rather than by each plane's task on its
+    own plane."""
     from napari_unet.core.predict import ESTIMATE_RETRY_PLANES, PlaneResult, iter_planes
 
     auto = diameter is None or (isinstance(diameter, str) and diameter.strip().lower() == "auto")
@@ -204,8 +205,8 @@ def segment_to_ome_zarr(
         Whether the last axis is colour (default: if it has 3 or 4 entries).
     diameter : float or "auto"
         Object diameter in pixels (see :func:`napari_unet.core.predict.iter_planes`); "auto"
-        estimates it here on the first plane (the next ones while none holds objects) and every
-        plane's task segments at that size, as the plain plane loop does.
+        estimates it here on the first plane (the next ones while none holds enough objects to
+        measure) and every plane's task segments at that size, as the plain plane loop does.
     scheduler : str or distributed.Client, optional
         None: dask's local threads. An address ("tcp://host:8786") or a ``Client``: that
         dask.distributed cluster (workers must be able to import napari_unet; the model

@@ -265,7 +265,10 @@ class DiameterSearch:
     passes: list[tuple[float, float | None]] = field(default_factory=list)  # pyramid (scale, diameter in image px)
     checks: list[tuple[float, float | None]] = field(default_factory=list)  # the passes that tested the prior
     diameter: float | None = None
+    #: objects of the pass (or passes) the estimate came from: how much it rests on
+    count: int = 0
     note: str = ""
+    _counts: dict[float, int] = field(default_factory=dict)  # objects found, by the scale of the pass
     _next: float | None = None
     _started: bool = False
     _testing_prior: bool = False
@@ -286,6 +289,7 @@ class DiameterSearch:
 
     def found(self, labels_at_scale: np.ndarray, scale: float) -> None:
         self._started = True
+        self._counts[scale] = int(np.count_nonzero(np.bincount(np.asarray(labels_at_scale).ravel())[1:]))
         at_scale = median_diameter(labels_at_scale)
         estimate = None if at_scale is None else at_scale / scale
         if self._testing_prior:
@@ -346,6 +350,9 @@ class DiameterSearch:
         self._next, self._testing_prior = None, False
         self.diameter = diameter
         self._reuse = reuse
+        # the passes that measured this diameter (none when the prior stands untested: those that tested it)
+        own = [self._counts[s] for s, d in self.passes + self.checks if d is not None and d == diameter]
+        self.count = max(own or [self._counts[s] for s, _d in self.checks] or [0])
         if diameter is None:
             self.note = (
                 "no object found at any scale: segmented at the image's own scale (type the "

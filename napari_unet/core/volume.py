@@ -410,7 +410,7 @@ def _iter_3d(model, volume, spacing, diameter, orthogonal, threshold, min_size, 
     found: dict[str, Any] = {}
     try:
         def add_xy(result) -> None:
-            found.setdefault("first", result)
+            found["last"] = result  # the size is known by then (the first planes may have been looked at only)
             store.add((result.index[0],), result.probabilities, result.representation)
 
         yield from _forward(
@@ -419,7 +419,7 @@ def _iter_3d(model, volume, spacing, diameter, orthogonal, threshold, min_size, 
                         to_model_diameter=True, **engine_options),
             stages, "xy", "xy planes", add_xy)
         store.views += 1
-        first = found["first"]
+        first = found["last"]
         xy_diameter = first.diameter
         if first.note:
             yield VolumeNote(f"Object diameter: {first.note}.")
