@@ -269,3 +269,22 @@ def test_no_napari_internals_outside_the_compat_module():
     ]
     assert len(list(package.rglob("*.py"))) > 20  # the scan did read the package
     assert not found, "napari internals used outside widgets/_napari_compat.py:\n" + "\n".join(found)
+
+
+def test_adding_a_layer_does_not_remake_the_docked_widgets_radio_buttons(make_napari_viewer):
+    """napari resets the choices of every docked widget when a layer is added; magicgui's radio
+    buttons then delete every button and make it anew, and Qt lays the dock out again (80-190 ms
+    a widget): the fixed ones of Load stack, Segment and Correct are left as they are."""
+    from qtpy.QtWidgets import QRadioButton
+
+    viewer = make_napari_viewer()
+    widgets = [viewer.window.add_plugin_dock_widget("napari-unet", name)[1]
+               for name in ("Load stack", "Segment", "Correct")]
+    before = [w.native.findChildren(QRadioButton) for w in widgets]
+    assert all(len(buttons) >= 2 for buttons in before)
+    viewer.add_image(np.zeros((16, 16)), name="image")
+    viewer.add_labels(np.zeros((16, 16), np.int32), name="image masks")
+    after = [w.native.findChildren(QRadioButton) for w in widgets]
+    assert after == before  # the same button objects, none made anew
+    segment = widgets[1]
+    assert segment._image_combo.value is viewer.layers["image"]  # lists that follow the layers still do

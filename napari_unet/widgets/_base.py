@@ -11,6 +11,7 @@ from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from magicgui.widgets import RadioButtons
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ._napari_compat import canvas_size, viewer_camera  # noqa: F401  (re-exported for the widgets)
@@ -19,6 +20,20 @@ if TYPE_CHECKING:
     import napari
 
 log = logging.getLogger(__name__)
+
+
+def FixedRadioButtons(**kwargs: Any) -> RadioButtons:  # noqa: N802  (stands for a widget class)
+    """magicgui radio buttons whose choices never change.
+
+    napari calls ``reset_choices`` of every docked widget each time a layer is added or removed,
+    and magicgui's radio buttons then delete every button and make it anew, after which Qt lays
+    out and repaints the dock: 80-190 ms of the window not answering per widget on a 2-core
+    machine (sampled in ``bench_gui.py --diagnose`` when Segment adds its masks layer, with
+    Load stack, Segment and Correct docked). Choices that never change need no reset.
+    """
+    buttons = RadioButtons(**kwargs)
+    buttons.reset_choices = lambda *_args: None  # type: ignore[method-assign]
+    return buttons
 
 
 def one_line(exc: BaseException | str) -> str:

@@ -29,9 +29,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from magicgui.widgets import ComboBox, Container, Label, PushButton, RadioButtons, SpinBox
+from magicgui.widgets import ComboBox, Container, Label, PushButton, SpinBox
 
-from ._base import notify_error, notify_info
+from ._base import FixedRadioButtons, notify_error, notify_info
 from ._object_tools import MODE_OFF, MODES, SHORTCUTS, ObjectTools, select_next_free_label
 from ._object_tools import MODE_DELETE, MODE_MERGE, MODE_SPLIT  # noqa: F401  (re-exported)
 from ._registry import _unwrap, register_widget
@@ -53,7 +53,7 @@ class CorrectWidget(Container):
         self.tools: ObjectTools | None = None
 
         self._layer_combo = ComboBox(label="Masks", choices=self._labels_choices)
-        self._mode = RadioButtons(label="Click tool", choices=MODES, value=MODE_OFF,
+        self._mode = FixedRadioButtons(label="Click tool", choices=MODES, value=MODE_OFF,
                                   tooltip="Off: napari's brush, eraser and fill. D, G, S switch tools.")
         self._fill_button = PushButton(text="Fill holes (H)")
         self._new_button = PushButton(text="New object (N)")

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, RadioButtons
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton
 
 from napari_unet.io import PLANE_IMAGE_SUFFIXES, TIFF_SUFFIXES, StackInfo, inspect_stack, read_layer_data
 from napari_unet.io._axes import AxesError
@@ -18,7 +18,7 @@ from napari_unet.io._formats import StackReadError
 from napari_unet.io._reader import should_open_lazily
 from napari_unet.io._settings import get_setting, update_settings
 
-from ._base import notify_error, notify_warning, wrap_text
+from ._base import FixedRadioButtons, notify_error, notify_warning, wrap_text
 
 if TYPE_CHECKING:
     import napari
@@ -49,7 +49,7 @@ class LoadWidget(Container):
         last = get_setting("last_folder")
         start = Path(last) if last and Path(last).is_dir() else Path.home()
 
-        self._source = RadioButtons(
+        self._source = FixedRadioButtons(
             choices=["file", "folder"], value="file", label="Open", orientation="horizontal",
             tooltip="A file (TIFF, OME-TIFF, PNG/JPEG), or a folder (OME-Zarr, or 2D images stacked in order)",
         )

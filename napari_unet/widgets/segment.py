@@ -29,11 +29,11 @@ from magicgui.widgets import (
     Label,
     ProgressBar,
     PushButton,
-    RadioButtons,
     SpinBox,
 )
 
 from ._base import (
+    FixedRadioButtons,
     current_plane_index,
     format_seconds,
     full_resolution,
@@ -124,7 +124,8 @@ class SegmentWidget(Container):
         self._run_given: tuple[float | None, int | None] = (None, None)  # what the last run was given
         self._proposal = ModelProposal(viewer, self._image_combo, self._model_combo, self._model_choices)
         self._model_hint = self._proposal.hint
-        self._scope = RadioButtons(label="Segment", choices=[SCOPE_SLICE, SCOPE_VIEW, SCOPE_STACK], value=SCOPE_SLICE)
+        self._scope = FixedRadioButtons(label="Segment", choices=[SCOPE_SLICE, SCOPE_VIEW, SCOPE_STACK],
+                                        value=SCOPE_SLICE)
         self._threshold = FloatSlider(label="Threshold", min=0.05, max=0.95, step=0.05, value=0.5,
                                       tooltip="Probability above which a pixel belongs to a cell.")
         from napari_unet.core.instances import DEFAULT_MIN_SIZE  # not at the top: no torch on import
