@@ -77,3 +77,51 @@ def test_pseudo_coloured_fluorescence_is_not_stained_tissue():
     assert image_modality(blue).kind == image_modality(merged).kind == "fluorescence"
     stained, _, _ = load_sample("nuclei_stained_2d")
     assert image_modality(stained).kind == "colour"
+
+
+def _with_background(image, field, amount):
+    """``image`` plus ``field`` (0..1) scaled to ``amount`` of its range, as float32."""
+    a = np.asarray(image, np.float64)
+    return (a + field * amount * np.ptp(a)).astype(np.float32)
+
+
+def _vignetted(image, strength=0.7):
+    """Off-centre vignetting: full brightness at (0.3, 0.3) of the field, falling quadratically."""
+    h, w = image.shape[:2]
+    y, x = np.mgrid[0:h, 0:w]
+    gain = 1 - strength * ((y - 0.3 * h) ** 2 + (x - 0.3 * w) ** 2) / (0.6 * (h * h + w * w))
+    return (np.asarray(image, np.float64) * gain).astype(np.float32)
+
+
+def test_fluorescence_on_a_smooth_background_is_fluorescence(data_dir):
+    """An additive ramp (either way) or vignetting puts the darkest pixels of a fluorescence field far
+    below its median, as in phase contrast: the kind is told once the smooth background is off."""
+    sim = tifffile.imread(data_dir / "ctc_sim_plus" / "images.tif")[0]
+    with open(data_dir / "dsb2018" / "manifest.csv") as fh:
+        name = next(r["id"] for r in csv.DictReader(fh) if r["split"] == "val" and r["kind"] == "grey_dark")
+    dsb = imread(data_dir / "dsb2018" / "images" / f"{name}.png")
+    for image in (sim, dsb):
+        h, w = image.shape
+        x = np.linspace(0, 1, w)[None, :]
+        y = np.linspace(0, 1, h)[:, None]
+        for changed in (_with_background(image, x, 0.5), _with_background(image, 1 - x, 0.25),
+                        _with_background(image, (2 - x - y) / 2, 1.0), _vignetted(image)):
+            assert image_modality(changed).kind == "fluorescence"
+            assert propose_model(changed) == "nuclei"
+
+
+def test_transmitted_light_with_vignetting_or_hot_pixels_is_transmitted(data_dir):
+    """DIC with vignetting was told bright field (its dark corners outweigh the bright side), and a few
+    hot pixels at the dtype's maximum made phase contrast look like a flat fluorescence background."""
+    dic = [imread(p) for p in sorted((data_dir / "bbbc030_dic" / "images").glob("*.png"))[:3]]
+    for image in dic:
+        assert image_modality(_vignetted(image)).kind == "transmitted"
+        assert propose_model(_vignetted(image)) == "cells"
+    phase = tifffile.imread(data_dir / "c2c12_timelapse" / "images.tif")[:3]
+    rng = np.random.default_rng(0)
+    for image in phase:
+        hot = image.astype(np.uint16) * 16  # (12 bits in 16, as a camera writes them)
+        hot.flat[rng.choice(hot.size, int(0.003 * hot.size), replace=False)] = 65535
+        m = image_modality(hot)
+        assert m.kind == "transmitted" and m.dark_spread > 5
+        assert propose_model(hot) == "cells"

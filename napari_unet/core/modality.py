@@ -13,6 +13,17 @@ Two numbers of the plane's grey values tell the common cases apart:
   objects on a bright one (stained nuclei in bright field), near 1 for transmitted-light
   images whose structures go both ways.
 
+Both are measured twice: on the plane as it is, and once a smooth background is taken off
+(:func:`_background`: a paraboloid, ``1, x, y, x² + y²``, fitted robustly to the densest grey
+level of 8 x 8 tiles). An additive ramp or a vignette (brighter centre or brighter edges, of any
+centre) puts the 1st percentile of a fluorescence plane far below its median, like phase contrast;
+without it, the background is flat and dark again. A plane is fluorescence when either says so: the
+fit follows dense clusters of nuclei too (it raises ``dark_spread`` there), so it only ever adds
+fluorescence calls, and only when the background it found varies by more than
+``BACKGROUND_VARIATION`` noise units. Isolated hot (or dead) pixels are clipped to their
+neighbours first: a few of them at the dtype's maximum set the 99.8th percentile, and with it the
+noise floor, and made phase contrast look like a flat fluorescence background.
+
 A colour plane (RGB that is not grey) is a stained-tissue ``colour`` image unless its grey
 values say fluorescence (pseudo-coloured or merged fluorescence channels: DSB2018's 91 stained
 images all have dark_spread >= 25 and bright_spread <= 1.1).
@@ -42,6 +53,13 @@ DARK_ON_BRIGHT = 0.3
 #: 7 more samples right than they turned wrong (benchmarks/bench_modality.py), and 6 tells 17 of
 #: the 18 whole images right, 8 only 13.
 BRIGHT_ON_DARK = 6.0
+#: A smooth background that varies by more than this many noise units over the plane is taken off
+#: for a second look (see the module docs); below it the plane counts as flat.
+BACKGROUND_VARIATION = 5.0
+#: Tiles per side whose densest grey level (the middle of the shortest interval holding half of
+#: their pixels: the background of fluorescence, phase contrast and bright field alike) the
+#: background is fitted to.
+BACKGROUND_TILES = 8
 #: Pixels sampled from large planes (every n-th row and column) to keep this well under 50 ms.
 MAX_SIDE = 1024
 
@@ -78,22 +96,94 @@ def _grey(plane: np.ndarray) -> tuple[np.ndarray, bool]:
     return np.asarray(a[::step, ::step], dtype=np.float32), colour
 
 
-def image_modality(plane: np.ndarray) -> Modality:
-    """The kind of microscopy image ``plane`` is (see the module docs)."""
+def _despeckle(grey: np.ndarray, margin: float) -> np.ndarray:
+    """``grey`` with each pixel clipped to within ``margin`` of its four neighbours' range: isolated
+    hot and dead pixels take their neighbours' values, everything else is left as it is."""
+    p = np.pad(grey, 1, mode="edge")
+    near = np.stack([p[:-2, 1:-1], p[2:, 1:-1], p[1:-1, :-2], p[1:-1, 2:]])
+    return np.clip(grey, near.min(0) - margin, near.max(0) + margin)
+
+
+def _background(grey: np.ndarray) -> np.ndarray:
+    """A smooth background of ``grey``: ``a + b x + c y + d (x² + y²)`` (a ramp, and a vignette of any
+    centre, brighter or darker in the middle; x and y in the same units so it stays round on oblong
+    planes), fitted to the densest grey level of each of ``BACKGROUND_TILES`` x ``BACKGROUND_TILES``
+    tiles, leaving out tiles far from the fit (dense nuclei, a large cell) and fitting again."""
+    h, w = grey.shape
+    n = min(BACKGROUND_TILES, h // 2, w // 2)
+    if n < 2:
+        return np.zeros_like(grey)
+    ys, xs = np.linspace(0, h, n + 1).astype(int), np.linspace(0, w, n + 1).astype(int)
+    level, cy, cx = [], [], []
+    for i in range(n):
+        for j in range(n):
+            tile = grey[ys[i]:ys[i + 1], xs[j]:xs[j + 1]]
+            step = max(1, int(np.sqrt(tile.size / 4096)))
+            v = np.sort(tile[::step, ::step], axis=None)
+            k = v.size // 2
+            a = int(np.argmin(v[k:] - v[:v.size - k]))
+            level.append((v[a] + v[a + k]) / 2)
+            cy.append((ys[i] + ys[i + 1] - 1) / 2)
+            cx.append((xs[j] + xs[j + 1] - 1) / 2)
+    side = float(max(h, w))
+
+    def terms(y, x):
+        y, x = y / side, x / side
+        return [np.ones_like(x * y), x, y, x * x + y * y]
+
+    z = np.asarray(level, np.float64)
+    design = np.stack(terms(np.asarray(cy), np.asarray(cx)), 1)
+    keep = np.ones(z.size, bool)
+    for _ in range(5):
+        coef = np.linalg.lstsq(design[keep], z[keep], rcond=None)[0]
+        residual = z - design @ coef
+        scale = 1.4826 * float(np.median(np.abs(residual[keep])))
+        new = np.abs(residual) <= 3 * scale
+        if new.sum() < design.shape[1] + 2 or (new == keep).all():
+            break
+        keep = new
+    surface = sum(c * t for c, t in zip(coef, terms(np.arange(h, dtype=np.float64)[:, None],
+                                                     np.arange(w, dtype=np.float64)[None, :])))
+    return np.asarray(surface, np.float32)
+
+
+def _spreads(grey: np.ndarray, noise: float) -> tuple[float, float, float] | None:
+    """(dark_spread, bright_spread, noise with its floor) of ``grey``; None for a flat plane."""
     from scipy.ndimage import gaussian_filter
 
-    grey, colour = _grey(plane)
     lo, med, hi = np.percentile(grey, (1, 50, 99.8))
     span = float(hi - lo)
     if span <= 0:
-        return Modality("fluorescence", 0.0, 0.0)  # a flat plane: nothing to tell
-    diffs = np.diff(grey, axis=1).ravel()
-    noise = 1.4826 * float(np.median(np.abs(diffs - np.median(diffs)))) / np.sqrt(2)
+        return None
     noise = max(noise, 0.01 * span)  # quantised, flat backgrounds: no measurable noise
     dark_spread = float(med - lo) / noise
     s_lo, s_med, s_hi = np.percentile(gaussian_filter(grey, 2), (1, 50, 99))
     bright_spread = float(s_hi - s_med) / max(float(s_med - s_lo), 1e-6 * span)
-    fluorescence = dark_spread < FLAT_DARK_BACKGROUND or bright_spread > BRIGHT_ON_DARK
+    return dark_spread, bright_spread, noise
+
+
+def _says_fluorescence(dark_spread: float, bright_spread: float) -> bool:
+    return dark_spread < FLAT_DARK_BACKGROUND or bright_spread > BRIGHT_ON_DARK
+
+
+def image_modality(plane: np.ndarray) -> Modality:
+    """The kind of microscopy image ``plane`` is (see the module docs)."""
+    grey, colour = _grey(plane)
+    diffs = np.diff(grey, axis=1).ravel()
+    noise = 1.4826 * float(np.median(np.abs(diffs - np.median(diffs)))) / np.sqrt(2)
+    grey = _despeckle(grey, 3 * noise)
+    spreads = _spreads(grey, noise)
+    if spreads is None:
+        return Modality("fluorescence", 0.0, 0.0)  # a flat plane: nothing to tell
+    dark_spread, bright_spread, floor = spreads
+    fluorescence = _says_fluorescence(dark_spread, bright_spread)
+    if not fluorescence:
+        background = _background(grey)
+        if float(np.ptp(background)) > BACKGROUND_VARIATION * floor:
+            flat = _spreads(grey - background, noise)
+            if flat is not None:  # (the plane without its smooth background decides)
+                dark_spread, bright_spread, _ = flat
+                fluorescence = _says_fluorescence(dark_spread, bright_spread)
     if colour and not fluorescence:  # (pseudo-coloured or merged fluorescence channels stay fluorescence)
         kind = "colour"
     elif fluorescence:
