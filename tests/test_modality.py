@@ -125,3 +125,14 @@ def test_transmitted_light_with_vignetting_or_hot_pixels_is_transmitted(data_dir
         m = image_modality(hot)
         assert m.kind == "transmitted" and m.dark_spread > 5
         assert propose_model(hot) == "cells"
+
+
+def test_small_crops_of_phase_contrast_stay_transmitted(data_dir):
+    """On a crop of a few cells a fitted background follows the cells themselves: none is fitted
+    on planes under BACKGROUND_MIN_SIDE (C2C12 128-px crops were called fluorescence)."""
+    import tifffile
+
+    frames = tifffile.imread(data_dir / "c2c12_timelapse" / "images.tif")
+    crops = [f[y:y + 128, x:x + 128] for f in frames for y in (0, 106) for x in (0, 106)]
+    kinds = [image_modality(c).kind for c in crops]
+    assert kinds.count("transmitted") >= 0.95 * len(crops), kinds
