@@ -17,6 +17,7 @@ from napari_unet.core.scale import (
     check_diameter,
     median_diameter,
     min_size_at,
+    object_diameters,
     parse_diameter,
     resize_image,
     resize_probabilities,
@@ -318,7 +319,7 @@ def test_training_examples_are_brought_to_the_models_object_size(dsb_fluo_crop):
     image, labels = dsb_fluo_crop
     image, labels = np.kron(image, np.ones((3, 3), image.dtype)), _upscale_labels(labels.astype(np.int32), 3)
     (example,) = prepare_examples(model, [image], [labels])
-    truth = median_diameter(labels)
+    truth = float(np.median(object_diameters(labels)))  # the labels' size, specks (cut slivers) left out
     assert truth > model.object_size.high  # nuclei three times larger than the model's
     assert example.scale == pytest.approx(model.object_size.scale_for(truth))
     assert example.labels.shape == tuple(round(s * example.scale) for s in labels.shape)
@@ -337,8 +338,9 @@ def test_a_model_trained_from_scratch_records_its_training_diameter(dsb_fluo_cro
     fresh = SegmentationModel(net, "bg-interior-boundary", metadata={"name": "fresh"})
     assert fresh.diameter is None
     model = run_to_end(finetune(fresh, [image], [labels], steps=2, patch_size=64, batch_size=2, from_scratch=True))
-    assert model.metadata["training_diameter"] == pytest.approx(median_diameter(labels), rel=0.01)
-    assert model.diameter == pytest.approx(median_diameter(labels), rel=0.01)
+    size = float(np.median(object_diameters(labels)))  # specks (cut slivers) left out
+    assert model.metadata["training_diameter"] == pytest.approx(size, rel=0.01)
+    assert model.diameter == pytest.approx(size, rel=0.01)
 
 
 def test_estimate_finds_the_size_of_nuclei_four_times_the_models(data_dir):
@@ -445,3 +447,25 @@ def test_the_objects_segmented_at_the_estimate_measure_it_again():
     # objects that measure larger at that scale are merged by the model at its own size: it stands
     sizing = _Sizing(size, scale=size.scale_for(12.0), diameter=12.0, check_pending=True)
     assert not sizing.check(discs(30.0)) and sizing.diameter == 12.0
+
+
+def test_specks_in_a_users_labels_do_not_set_their_size(data_dir):
+    """Eraser or brush leftovers among real cells (Usiigaci phase contrast, MIT): the size training
+    rescales an example by, and a fine-tuned model records, is the cells', not the specks'."""
+    from napari_unet.core.calibrate import training_diameter
+    from napari_unet.core.examples import at_model_scale
+    from napari_unet.core.scale import median_diameter
+
+    image = tifffile.imread(data_dir / "usiigaci_phase" / "images.tif", key=0)
+    labels = tifffile.imread(data_dir / "usiigaci_phase" / "labels.tif", key=0).astype(np.int32)
+    specked = labels.copy()
+    rng = np.random.default_rng(0)
+    n = int(specked.max())
+    for k in range(int(1.2 * len(np.unique(labels)))):  # more specks than cells
+        y, x = rng.integers(0, labels.shape[0] - 3), rng.integers(0, labels.shape[1] - 3)
+        specked[y:y + 2, x:x + 2] = n + 1 + k
+    cells = median_diameter(labels)
+    assert median_diameter(specked) < 0.5 * cells  # what a plain median makes of them
+    assert training_diameter([specked]) == pytest.approx(cells, rel=0.1)
+    model = load_model("cells", device="cpu")
+    assert at_model_scale(model, image, specked)[2] == pytest.approx(at_model_scale(model, image, labels)[2], rel=0.1)

@@ -20,7 +20,7 @@ from .events import Progress
 from .metrics import average_precision
 from .instances import seed_pixels
 from .predict import iter_predict_probabilities, probabilities_to_labels
-from .scale import equivalent_diameters, median_diameter, min_size_at, resize_image, resize_probabilities
+from .scale import median_diameter, min_size_at, object_diameters, resize_image, resize_probabilities
 
 #: Mean AP@0.5 differences below this are taken as ties (see :attr:`Calibration.best`).
 CALIBRATION_MARGIN = 0.02
@@ -67,7 +67,7 @@ def training_diameter(labels: Sequence[np.ndarray], scales: Sequence[float] | No
     """Median equivalent diameter of all objects of a set of label images (pixels); with ``scales``
     (the factor each labels image was rescaled by), in the pixels of the images before rescaling."""
     scales = [1.0] * len(labels) if scales is None else scales
-    diameters = np.concatenate([equivalent_diameters(lab) / s for lab, s in zip(labels, scales)] or [np.zeros(0)])
+    diameters = np.concatenate([object_diameters(lab) / s for lab, s in zip(labels, scales)] or [np.zeros(0)])
     if diameters.size == 0:
         raise ValueError("The labels hold no object: no diameter can be measured.")
     return float(np.median(diameters))

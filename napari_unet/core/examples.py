@@ -120,10 +120,11 @@ def at_model_scale(model: SegmentationModel, image: np.ndarray, labels: np.ndarr
     the model segments at, as prediction rescales images (image linear, labels nearest)."""
     from skimage.transform import resize
 
-    from .scale import median_diameter, resize_image, scaled_shape
+    from .scale import object_diameters, resize_image, scaled_shape
 
     size = model.object_size
-    scale = size.scale_for(median_diameter(labels)) if size is not None else 1.0
+    diameters = object_diameters(labels)  # specks left out
+    scale = size.scale_for(float(np.median(diameters)) if diameters.size else None) if size is not None else 1.0
     if scale == 1.0 or min(scaled_shape(labels.shape, scale)) < MIN_PLANE_SIZE:
         return image, labels, 1.0
     shape = scaled_shape(labels.shape, scale)

@@ -48,6 +48,7 @@ __all__ = [
     "check_diameter",
     "equivalent_diameters",
     "median_diameter",
+    "object_diameters",
     "min_size_at",
     "parse_diameter",
     "resize_image",
@@ -65,6 +66,24 @@ def equivalent_diameters(labels: np.ndarray) -> np.ndarray:
     areas = np.bincount(labels.ravel().astype(np.int64))[1:]
     areas = areas[areas > 0]
     return 2.0 * np.sqrt(areas / np.pi)
+
+
+#: Objects of a user's labels smaller than this fraction of their 90th-percentile area are
+#: fragments (eraser or brush leftovers, specks), not objects: left out of the labels' size.
+FRAGMENT_FRACTION = 0.05
+
+
+def object_diameters(labels: np.ndarray) -> np.ndarray:
+    """Equivalent diameters of the objects of a labels image, fragments left out (see
+    :data:`FRAGMENT_FRACTION`): the size of a user's labels, which training rescales them by and a
+    fine-tuned model records. A dozen specks among 23 cells made it 8 px instead of 54 (BBBC030),
+    and the field was then trained enlarged 3.6x (a few steps in a time budget), and segmented so
+    ever after."""
+    diameters = equivalent_diameters(labels)
+    if diameters.size == 0:
+        return diameters
+    areas = np.pi * (diameters / 2.0) ** 2
+    return diameters[areas >= FRAGMENT_FRACTION * np.percentile(areas, 90)]
 
 
 def median_diameter(labels: np.ndarray) -> float | None:
