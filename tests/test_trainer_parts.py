@@ -190,7 +190,7 @@ def test_selection_rule_follows_the_held_out_objects():
     assert none.select == "latest" and "no object" in none.note and none.recorded_metric is None
     few = SelectionRule.for_validation("best", 1, MIN_VAL_OBJECTS_FOR_AP - 1)
     assert few.metric == "loss" and f"only {MIN_VAL_OBJECTS_FOR_AP - 1} object(s)" in few.note
-    assert SelectionRule.for_validation("best", 2, MIN_VAL_OBJECTS_FOR_AP) == SelectionRule("best", "ap50")
+    assert SelectionRule.for_validation("best", 2, 20) == SelectionRule("best", "ap50", ap_margin=0.05)
 
 
 def test_ap_rule_breaks_ties_by_loss_and_loss_rule_ignores_ap():
@@ -200,6 +200,10 @@ def test_ap_rule_breaks_ties_by_loss_and_loss_rule_ignores_ap():
     assert ap_rule.improves(Scores(4, 0.6, 0.7, 0.90), best)
     assert ap_rule.improves(Scores(4, 0.5, 0.7, 0.29), best) and not ap_rule.improves(Scores(4, 0.5, 0.7, 0.31), best)
     assert not ap_rule.improves(Scores(4, 0.4, 0.9, 0.01), best)
+    # held-out objects are few: a gain of less than one object's worth counts only with a lower loss
+    noisy = SelectionRule.for_validation("best", 1, 15)
+    assert not noisy.improves(Scores(30, 0.5 + 0.058, 0.7, 0.31), best)  # Usiigaci: one cell more, loss up
+    assert noisy.improves(Scores(30, 0.5 + 0.058, 0.7, 0.29), best) and noisy.improves(Scores(30, 0.6, 0.7, 0.9), best)
     assert loss_rule.improves(Scores(4, 0.0, 0.0, 0.29), best) and not loss_rule.improves(Scores(4, 1.0, 1.0, 0.31), best)
 
 
