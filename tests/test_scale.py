@@ -469,3 +469,21 @@ def test_specks_in_a_users_labels_do_not_set_their_size(data_dir):
     assert training_diameter([specked]) == pytest.approx(cells, rel=0.1)
     model = load_model("cells", device="cpu")
     assert at_model_scale(model, image, specked)[2] == pytest.approx(at_model_scale(model, image, labels)[2], rel=0.1)
+
+
+def test_nuclei_far_larger_than_a_crop_of_the_plane_are_measured_whole(data_dir):
+    """SIM+ nuclei enlarged 3x (about 150 px): the coarse passes of the estimate, which measure large
+    objects, see a shrunk view of the whole plane's centre, not a 1024 px crop of it shrunk (a few
+    nuclei, mostly cut by the crop: measured at 11 px, AP 0)."""
+    from scipy import ndimage as ndi
+
+    from napari_unet.core.metrics import average_precision
+
+    frame = tifffile.imread(data_dir / "ctc_sim_plus" / "images.tif", key=20).astype(np.float32)
+    truth = tifffile.imread(data_dir / "ctc_sim_plus" / "labels.tif", key=20).astype(np.int32)
+    image = ndi.zoom(frame, 3, order=1)
+    truth = _upscale_labels(truth, 3)
+    results = [r for r in iter_planes(load_model("nuclei", device="cpu"), image) if isinstance(r, PlaneResult)]
+    (result,) = results
+    assert result.diameter == pytest.approx(median_diameter(truth), rel=0.25)
+    assert average_precision(truth, result.labels) > 0.5
