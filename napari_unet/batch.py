@@ -126,9 +126,12 @@ def _stack_colour(model: SegmentationModel, image: Any, layout: Any) -> int | st
     if not layout.rgb or model.in_channels != 1:
         return "mean"
     from napari_unet.core.channels import colour_note, nuclear_colour
-    from napari_unet.core.stack import read_plane
+    from napari_unet.core.stack import check_finite, read_plane
 
-    colour = nuclear_colour(read_plane(image, layout.indices()[0]))
+    index = layout.indices()[0]
+    plane = read_plane(image, index)
+    check_finite(plane, f" (plane {index})" if index else "")  # its own message, before the colours are measured
+    colour = nuclear_colour(plane)
     if colour is None:
         return "mean"
     log.warning("Colour: %s.", colour_note(colour))

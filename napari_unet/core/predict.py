@@ -516,7 +516,9 @@ def iter_planes(
     with _eval_mode(runner.engine.net):
         for k, idx in enumerate(planes):
             if k == 0 and colour == "auto":
-                colour = _auto_colour(model, read_plane(image, idx, window))
+                first = read_plane(image, idx, window)
+                check_finite(first, f" (plane {idx})" if idx else "")  # its own message, before the colours are measured
+                colour = _auto_colour(model, first)
             plane = read(idx)
             probs = None
             sized_here = sizing.search is not None
