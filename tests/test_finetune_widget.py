@@ -296,6 +296,26 @@ def test_after_training_on_files_alone_segment_only_chooses_the_model(widget, c2
     assert not [m for m in notifications if "open an image first" in m]
 
 
+def test_labels_that_look_partial_are_said_when_the_run_starts(widget, data_dir, qtbot, notifications):
+    """A labels layer of a whole C2C12 frame with 2 of its 8 cells drawn: a warning says that the
+    unlabelled cells are learnt as background (the run goes on)."""
+    from napari_unet.core.catalog import resolve_model_path
+
+    viewer, w = widget
+    image = tifffile.imread(data_dir / "c2c12_timelapse" / "images.tif", key=0)
+    labels = tifffile.imread(data_dir / "c2c12_timelapse" / "labels.tif", key=0).astype(np.int32)
+    ids = [i for i in np.unique(labels) if i][:2]
+    _add_pair(viewer, image, np.where(np.isin(labels, ids), labels, 0))
+    w.corrected_panel._mark_button.native.click()
+    w.settings_panel._base_model.value = str(resolve_model_path("cells"))
+    w.settings_panel._steps.value = 2
+    w.run_panel._start_button.native.click()
+    _wait(qtbot, w)
+    assert any("learnt as background" in n and "2 labelled" in n for n in notifications)
+    segment = get_widget(viewer, "segment")  # segments the view again with the new model: let it finish
+    qtbot.waitUntil(lambda: segment._worker is None, timeout=60_000)
+
+
 def test_a_name_that_exists_is_replaced_only_after_asking(widget, c2c12, qtbot, base_model, notifications):
     """Fine-tuning under the name of an existing model (here the base model itself) asks
     first: "Keep it" starts nothing and leaves the file alone, "Replace" trains and replaces it."""

@@ -71,6 +71,13 @@ class Validation:
     best_ap50: float
 
 
+@dataclass(frozen=True)
+class TrainNote:
+    """Something the user should know about a fine-tuning run before it goes on (one line)."""
+
+    message: str
+
+
 def run_to_end(gen: Generator[Any, None, Any], callback: Callable[[Any], None] | None = None) -> Any:
     """Exhaust a generator (calling ``callback`` on every event) and return its return value.
 

@@ -68,7 +68,7 @@ import torch
 from .augment import NO_AUGMENT, AugmentConfig
 from .checkpoint import SegmentationModel
 from .device import describe_device, select_device
-from .events import TrainStep, Validation, run_to_end
+from .events import TrainNote, TrainStep, Validation, run_to_end
 from .examples import MIN_PLANE_SIZE, TrainingSplit, prepare_examples, split_examples, training_split
 from .optimise import Optimiser, autocast_dtype, set_train_mode
 from .patches import PatchGeometry, PatchSampler
@@ -214,7 +214,7 @@ def finetune(
     select: str = "best",
     workers: int | None = None,
     stop: StopFlag | None = None,
-) -> Generator[TrainStep | Validation, None, SegmentationModel]:
+) -> Generator[TrainNote | TrainStep | Validation, None, SegmentationModel]:
     """Fine-tune a copy of ``model`` on labelled planes, yielding progress events.
 
     Parameters
@@ -263,7 +263,8 @@ def finetune(
 
     Yields
     ------
-    TrainStep, Validation
+    TrainNote, TrainStep, Validation
+        A note first for each example that looks labelled in part (:func:`partial_labels_notes`).
 
     Returns
     -------
@@ -282,8 +283,52 @@ def finetune(
         mixed_precision=mixed_precision, freeze_norm=freeze_norm, from_scratch=from_scratch,
         boundary_width=boundary_width, w0=w0, sigma=sigma, select=select, workers=workers,
     )
+    notes = [] if from_scratch else partial_labels_notes(prepared.work, prepared.split.train, prepared.device)
+    for note in notes:  # (an untrained model tells nothing)
+        log.warning("Fine-tuning: %s", note)
+        yield TrainNote(note)
     run = yield from prepared.trainer.run(_stop_check(stop), validate_start)
     return prepared.result(run)
+
+
+#: The starting model finding at least this many objects where nothing is labelled in a training
+#: example (and at least as many as are labelled there) says the example was labelled in part.
+PARTIAL_MIN_UNLABELLED = 3
+
+
+def partial_labels_notes(model: SegmentationModel, examples: Sequence[Any], device: torch.device,
+                         limit: int = 4, largest: int = 2048 * 2048) -> list[str]:
+    """Notes on training examples that look labelled in part: every pixel left unlabelled is learnt
+    as background, so cells left out teach the model to miss cells (2 of 8 C2C12 cells labelled:
+    AP@0.5 0.50 -> 0.00 after fine-tuning, while the held-out part of the same labels agreed).
+    Told by ``model`` (the starting model) finding objects away from every labelled one; the first
+    ``limit`` examples of at most ``largest`` pixels are looked at (one network pass each)."""
+    from scipy import ndimage as ndi
+
+    from .examples import count_objects
+    from .instances import probabilities_to_labels
+    from .optimise import evaluation_mode
+    from .validation import forward_plane
+
+    notes: list[str] = []
+    net = model.net
+    with evaluation_mode(net), torch.inference_mode():
+        for example in list(examples)[:limit]:
+            if example.labels.size > largest:
+                continue
+            labelled = count_objects(example.labels)
+            found = probabilities_to_labels(forward_plane(net, example.image, device),
+                                            representation=model.representation)
+            near = ndi.binary_dilation(example.labels > 0, iterations=2)
+            unlabelled = len(np.unique(found[found > 0])) - len(np.unique(found[near & (found > 0)]))
+            if unlabelled >= max(PARTIAL_MIN_UNLABELLED, labelled):
+                notes.append(
+                    f"example {example.source + 1}: the model finds {unlabelled} objects where nothing is labelled "
+                    f"({labelled} labelled); every unlabelled pixel is learnt as background, so cells left out "
+                    "teach it to miss cells. Label every cell of the slice (or segment it first and correct the "
+                    "masks)."
+                )
+    return notes
 
 
 @dataclass

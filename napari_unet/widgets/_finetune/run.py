@@ -217,8 +217,11 @@ class TrainingRunPanel(Container):
 
     # ------------------------------------------------------------------ worker signals
     def _on_yielded(self, event: Any) -> None:
-        from napari_unet.core.events import TrainStep, Validation
+        from napari_unet.core.events import TrainNote, TrainStep, Validation
 
+        if isinstance(event, TrainNote):  # e.g. labels that look partial: said, the run goes on
+            notify_warning(f"Fine-tuning: {event.message}")
+            return
         if isinstance(event, TrainStep):
             self.curves.add_step(event.step, event.loss)
             self._progress.value = int(round(1000 * min(1.0, max(0.0, event.fraction))))
