@@ -125,17 +125,14 @@ def _stack_colour(model: SegmentationModel, image: Any, layout: Any) -> int | st
     than by each plane's task on its own plane; "mean" for grey stacks and other colour images."""
     if not layout.rgb or model.in_channels != 1:
         return "mean"
-    from napari_unet.core.channels import colour_note, nuclear_colour
+    from napari_unet.core.predict import auto_colour
     from napari_unet.core.stack import check_finite, read_plane
 
     index = layout.indices()[0]
     plane = read_plane(image, index)
     check_finite(plane, f" (plane {index})" if index else "")  # its own message, before the colours are measured
-    colour = nuclear_colour(plane)
-    if colour is None:
-        return "mean"
-    log.warning("Colour: %s.", colour_note(colour))
-    return colour
+    colour = auto_colour(model, plane)
+    return "mean" if colour is None else colour
 
 
 def write_ome_zarr_labels_metadata(group: Any, axes: str, scale: Sequence[float | None] | None,

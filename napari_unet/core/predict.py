@@ -503,8 +503,9 @@ def iter_planes(
     runner = _PlaneRunner(_Engine(model, **engine_options), len(planes), should_stop)
     colour = _check_colour(colour, layout)
 
-    def read(idx: tuple[int, ...]) -> np.ndarray:
-        plane = read_plane(image, idx, window)
+    def read(idx: tuple[int, ...], raw: np.ndarray | None = None) -> np.ndarray:
+        """Plane ``idx`` as the network gets it (``raw``: the plane already read)."""
+        plane = read_plane(image, idx, window) if raw is None else raw
         plane = plane if colour is None else plane[..., colour]
         check_finite(plane, f" (plane {idx})" if idx else "")
         return without_spikes(plane)  # hot pixels: before any rescaling blurs them
@@ -515,11 +516,12 @@ def iter_planes(
     unsized: list[tuple[int, tuple[int, ...]]] = []  # planes segmented while no plane had told the size
     with _eval_mode(runner.engine.net):
         for k, idx in enumerate(planes):
+            first = None
             if k == 0 and colour == "auto":
                 first = read_plane(image, idx, window)
                 check_finite(first, f" (plane {idx})" if idx else "")  # its own message, before the colours are measured
-                colour = _auto_colour(model, first)
-            plane = read(idx)
+                colour = auto_colour(model, first)
+            plane = read(idx, first)
             probs = None
             sized_here = sizing.search is not None
             if sized_here:  # the first plane tells the object size ...
@@ -579,9 +581,9 @@ def _check_colour(colour: int | str | None, layout: StackLayout) -> int | str | 
     return int(word)
 
 
-def _auto_colour(model: SegmentationModel, plane: np.ndarray) -> int | None:
-    """The colour of an RGB ``plane`` a 1-channel ``model`` segments on its own (None: the mean),
-    said once in a warning."""
+def auto_colour(model: SegmentationModel, plane: np.ndarray) -> int | None:
+    """The colour of an RGB ``plane`` (finite values) a 1-channel ``model`` segments on its own
+    (None: the mean), said once in a warning; the plane loop and the dask batch tell it so."""
     if model.in_channels != 1:
         return None  # a 3-channel model takes the colours as they are
     from .channels import colour_note, nuclear_colour
