@@ -70,6 +70,20 @@ def _answer(w, replace: bool) -> None:
     box.button(QMessageBox.Yes if replace else QMessageBox.No).click()
 
 
+def _folder_that_breaks(w, folder: Path):
+    """(where ``folder`` goes, a ``yielded`` slot): at the run's first event the model folder is moved
+    away and a file put in its place (the save then fails), and the run is stopped."""
+    moved = folder.with_name("models-elsewhere")
+
+    def break_folder(_event):
+        if not moved.exists():
+            os.replace(folder, moved)
+            folder.write_text("not a folder any more")
+            w.stop()
+
+    return moved, break_folder
+
+
 def _user_models():
     from napari_unet.core.checkpoint import list_models
 
@@ -579,13 +593,7 @@ def test_save_failure_keeps_previous_model_and_save_again(widget, c2c12, qtbot, 
     w.settings_panel._base_model.value = str(base_model)
     w.settings_panel._name.value = "mine"
     w.settings_panel._steps.value = 5000
-    moved = folder.with_name("models-elsewhere")
-
-    def break_folder(_event):
-        if not moved.exists():
-            os.replace(folder, moved)
-            folder.write_text("not a folder any more")
-            w.stop()
+    moved, break_folder = _folder_that_breaks(w, folder)
 
     w.run_panel._start_button.native.click()
     _answer(w, replace=True)  # "mine" exists: the widget asks first
@@ -616,13 +624,7 @@ def test_save_again_keeps_a_model_saved_under_the_name_meanwhile(widget, c2c12, 
     folder = base_model.parent
     w.settings_panel._name.value = "mine"
     w.settings_panel._steps.value = 5000
-    moved = folder.with_name("models-elsewhere")
-
-    def break_folder(_event):
-        if not moved.exists():
-            os.replace(folder, moved)
-            folder.write_text("not a folder any more")
-            w.stop()
+    moved, break_folder = _folder_that_breaks(w, folder)
 
     w.run_panel._start_button.native.click()
     assert w.replace_question is None  # free at Start
