@@ -326,23 +326,29 @@ def as_labels_where_masks(path: str | os.PathLike, layers: list[LayerData]) -> l
     if sidecar_path(path).is_file():
         corrected = _stored_corrected_planes(path)
         stored = stored_layout(path)
-        offset = stored.offset
         if stored.axes is not None and len(layers) == 1:  # stored in ImageJ's order: back to the layer's
             layers, corrected = _in_axes_order(layers[0], stored.axes, corrected)
-        if stored.scale is not None and len(layers) == 1:  # the layer's own calibration, which the file could not say
-            data, meta, kind = layers[0]
-            if len(stored.scale) == (data[0] if isinstance(data, list) else data).ndim:
-                layers = [(data, {**meta, "scale": stored.scale, "units": stored.units}, kind)]
-        if offset is not None and len(layers) == 1:  # (a TIFF holds no offset)
-            data, meta, kind = layers[0]
-            scale = meta.get("scale")
-            if len(offset) == (data[0] if isinstance(data, list) else data).ndim:
-                scale = scale if scale is not None and len(scale) == len(offset) else [1.0] * len(offset)
-                layers = [(data, {**meta, "translate": tuple(o * float(s) for o, s in zip(offset, scale))}, kind)]
+        if len(layers) == 1:
+            layers = [_with_stored_calibration(layers[0], stored)]
         return [as_labels_layer(layer, corrected) for layer in layers]
     if _is_ome_zarr_labels(path) or _named_as_labels(path, layers):  # masks to correct, none corrected yet
         return [as_labels_layer(layer, []) for layer in layers]
     return layers
+
+
+def _with_stored_calibration(layer: LayerData, stored: Any) -> LayerData:
+    """``layer`` with what its sidecar keeps and a TIFF cannot say: the layer's own scale and units,
+    and its offset (in pixels, as a translate in the scale it now has); each only when it has one
+    value per axis."""
+    data, meta, kind = layer
+    ndim = (data[0] if isinstance(data, list) else data).ndim
+    if stored.scale is not None and len(stored.scale) == ndim:
+        meta = {**meta, "scale": stored.scale, "units": stored.units}
+    if stored.offset is not None and len(stored.offset) == ndim:
+        scale = meta.get("scale")
+        scale = scale if scale is not None and len(scale) == ndim else [1.0] * ndim
+        meta = {**meta, "translate": tuple(o * float(s) for o, s in zip(stored.offset, scale))}
+    return data, meta, kind
 
 
 def _in_axes_order(layer: LayerData, target: str, corrected: list[tuple[int, ...]]
