@@ -156,29 +156,30 @@ def write_labels(
     if ("X" in sizes) != ("Y" in sizes):  # a pixel size is one for both or for neither
         sizes.setdefault("X", sizes.get("Y"))
         sizes.setdefault("Y", sizes.get("X"))
-    plane = "X" in sizes
+    # what the file says: a Z spacing only beside an X, Y pixel size (the reader's calibration rule)
+    said = {a: v for a, v in sizes.items() if "X" in sizes or a == "T"}
     kwargs: dict[str, Any] = {"compression": "zlib"}
     if dtype == np.uint16:
         meta: dict[str, Any] = {"axes": out_axes}
-        if plane:
+        if "X" in said:
             # ImageJ reads XResolution as pixels per metadata 'unit' (here micrometre)
             meta["unit"] = "um"
-            kwargs["resolution"] = (1.0 / sizes["X"], 1.0 / sizes["Y"])
-            if "Z" in sizes:
-                meta["spacing"] = sizes["Z"]
-        if "T" in sizes:
-            meta["finterval"] = sizes["T"]
+            kwargs["resolution"] = (1.0 / said["X"], 1.0 / said["Y"])
+        if "Z" in said:
+            meta["spacing"] = said["Z"]
+        if "T" in said:
+            meta["finterval"] = said["T"]
         kwargs.update(imagej=True, metadata=meta)
     else:
         meta = {"axes": out_axes}
-        if plane:
-            meta.update(PhysicalSizeX=sizes["X"], PhysicalSizeXUnit="µm", PhysicalSizeY=sizes["Y"],
+        if "X" in said:
+            meta.update(PhysicalSizeX=said["X"], PhysicalSizeXUnit="µm", PhysicalSizeY=said["Y"],
                         PhysicalSizeYUnit="µm")
-            kwargs.update(resolutionunit="CENTIMETER", resolution=(1e4 / sizes["X"], 1e4 / sizes["Y"]))
-            if "Z" in sizes:
-                meta.update(PhysicalSizeZ=sizes["Z"], PhysicalSizeZUnit="µm")
-        if "T" in sizes:
-            meta.update(TimeIncrement=sizes["T"], TimeIncrementUnit="s")
+            kwargs.update(resolutionunit="CENTIMETER", resolution=(1e4 / said["X"], 1e4 / said["Y"]))
+        if "Z" in said:
+            meta.update(PhysicalSizeZ=said["Z"], PhysicalSizeZUnit="µm")
+        if "T" in said:
+            meta.update(TimeIncrement=said["T"], TimeIncrementUnit="s")
         kwargs.update(ome=True, metadata=meta, bigtiff=nbytes > 2**31)
 
     layer_axes = None
@@ -189,8 +190,6 @@ def write_labels(
         layer_axes = axes
         if corrected is not None:
             corrected = _planes_in_file_order(corrected, axes, out_axes)
-    # what the file says (a Z spacing only beside an X, Y pixel size)
-    said = {a: v for a, v in sizes.items() if plane or a == "T"}
     kept = _calibration_to_keep(calibration, axes, said, read_axes)
     with atomic_write_all() as files:
         with files.open(path, "wb") as fh:
