@@ -224,7 +224,9 @@ class _ModelChoice:
             try:
                 self._loaded[name] = load_model(name, device=self._device)
             except ModelFileError:  # that built-in model is not installed: the default one
-                self._loaded[name] = self._load(None) if name is not None else load_model(None, device=self._device)
+                if name is None:
+                    raise
+                self._loaded[name] = self._load(None)
         return self._loaded[name]
 
     def candidates(self) -> list[Any]:
