@@ -421,10 +421,10 @@ def _iter_3d(model, volume, spacing, diameter, orthogonal, threshold, min_size, 
                         to_model_diameter=True, **engine_options),
             stages, "xy", "xy planes", add_xy)
         store.views += 1
-        first = found["last"]
-        xy_diameter = first.diameter
-        if first.note:
-            yield VolumeNote(f"Object diameter: {first.note}.")
+        sized = found["last"]
+        xy_diameter = sized.diameter
+        if sized.note:
+            yield VolumeNote(f"Object diameter: {sized.note}.")
         if orthogonal and xy_diameter and nzr < 2 * xy_diameter:
             yield VolumeNote(f"The stack is only {nzr} px deep (at the xy pixel size), less than two objects "
                              f"of {xy_diameter:.3g} px: only xy planes are predicted (no yz / xz views).")
@@ -448,7 +448,7 @@ def _iter_3d(model, volume, spacing, diameter, orthogonal, threshold, min_size, 
                                 to_model_diameter=True, **engine_options),
                     stages, stage, f"{stage} planes", add_side)
                 store.views += weight
-        scale = first.scale
+        scale = sized.scale
         object_diameter = xy_diameter if xy_diameter else (model.diameter or _fallback_diameter(ny, nx))
         labels = yield from iter_watershed_blocks(
             store.data, store.views, spacing, object_diameter, threshold, _min_volume(min_size, scale, spacing),
