@@ -172,8 +172,8 @@ def _out_path(text: str, overwrite: bool) -> Path:
 # ---------------------------------------------------------------------- run
 def run(args: argparse.Namespace) -> int:
     from napari_unet.cli._progress import TrainingBar
-    from napari_unet.core.catalog import check_models_dir_writable, free_model_path
-    from napari_unet.core.checkpoint import load_model, save_model
+    from napari_unet.core.catalog import check_models_dir_writable, save_without_replacing
+    from napari_unet.core.checkpoint import load_model
     from napari_unet.core.device import select_device
     from napari_unet.core.events import run_to_end
     from napari_unet.core.train import DEFAULT_STEPS, finetune
@@ -217,12 +217,11 @@ def run(args: argparse.Namespace) -> int:
     if not result.metadata.get("steps"):  # an unchanged copy of the base must not be saved as trained
         raise CLIError("the time budget ended before the first training step: nothing was learnt and no model "
                        "was saved; give a longer --time-budget (or --steps)")
-    if out.exists() and not args.overwrite:  # made while this run trained (Fine-tune in the GUI, another run)
-        taken, out = out, free_model_path(out)
-        print(f"{taken} was saved by something else during training and is kept; this model goes to {out.name}",
+    # a model saved there while this run trained (Fine-tune in the GUI, another run) is kept
+    saved = save_without_replacing(result, out, args.overwrite)
+    if saved != out:
+        print(f"{out} was saved by something else during training and is kept; this model goes to {saved.name}",
               file=sys.stderr)
-    result.metadata["name"] = out.stem
-    save_model(result, out)
     meta = result.metadata
     if meta.get("val_ap50") is not None:
         print(
@@ -235,5 +234,5 @@ def run(args: argparse.Namespace) -> int:
         print("no validation (val fraction 0)")
     if meta["training"].get("selection_note"):
         print(f"note: {meta['training']['selection_note']}")
-    print(f"saved {out} ({meta['steps']} steps, {meta['training_time_s']:.0f} s)")
+    print(f"saved {saved} ({meta['steps']} steps, {meta['training_time_s']:.0f} s)")
     return 0

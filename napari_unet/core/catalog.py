@@ -25,7 +25,7 @@ from pathlib import Path
 
 from napari_unet._atomic import atomic_write
 
-from .checkpoint import ModelFileError, read_model_file, save_model
+from .checkpoint import ModelFileError, SegmentationModel, read_model_file, save_model
 
 MODEL_SUFFIX = ".pt"
 DEFAULT_MODEL_NAME = "nuclei"
@@ -178,6 +178,16 @@ def free_model_path(path: str | os.PathLike) -> Path:
         candidate = path.with_name(f"{stem}-{k}{path.suffix}")
         k += 1
     return candidate
+
+
+def save_without_replacing(model: SegmentationModel, path: str | os.PathLike, replace: bool = False) -> Path:
+    """Save a newly trained ``model`` to ``path`` (atomically), or, when a model is there and the
+    user did not agree to ``replace`` it (another run, the CLI or another napari saved it while
+    this one trained), to :func:`free_model_path` beside it; the model's name follows the file.
+    Returns the file written."""
+    path = Path(path) if replace else free_model_path(path)
+    model.metadata["name"] = path.stem
+    return save_model(model, path)
 
 
 def suggest_model_name(base: str) -> str:

@@ -45,7 +45,7 @@ def train_and_save(
     started, to replace the model at ``target``; without it, a model saved there while this run
     trained is kept, and this one goes to the first free ``NAME-2``, ``NAME-3``, ...
     """
-    from napari_unet.core.checkpoint import read_model_file, save_model, stamp_metadata
+    from napari_unet.core.checkpoint import read_model_file, stamp_metadata
     from napari_unet.core.events import TrainStep
     from napari_unet.core.train import finetune
 
@@ -75,13 +75,10 @@ def train_and_save(
     model.metadata["examples"] = [ex.source for ex in examples][:200]
     model.metadata.setdefault("steps", steps)
     stamp_metadata(model)  # adds the date when the engine did not
-    if not replace and target.exists():  # saved by something else while this run trained: kept
-        from napari_unet.core.catalog import free_model_path
+    from napari_unet.core.catalog import save_without_replacing
 
-        target = free_model_path(target)
-        model.metadata["name"] = target.stem
     try:
-        path = save_model(model, target)
+        path = save_without_replacing(model, target, replace)
     except OSError as exc:
         return TrainingResult(model, None, exc, steps, target)
     return TrainingResult(model, path, None, steps, target)

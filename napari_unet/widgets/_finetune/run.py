@@ -275,16 +275,10 @@ class TrainingRunPanel(Container):
         result = self._pending
         if result is None or result.target is None:
             return
-        from napari_unet.core.checkpoint import save_model
+        from napari_unet.core.catalog import save_without_replacing
 
-        target = result.target
-        if not self._replace and target.exists():  # saved by something else since: kept, as at the run's end
-            from napari_unet.core.catalog import free_model_path
-
-            target = free_model_path(target)
-            result.model.metadata["name"] = target.stem
-        try:
-            path = save_model(result.model, target)
+        try:  # a model saved under the name since is kept, as at the run's end
+            path = save_without_replacing(result.model, result.target, self._replace)
         except OSError as exc:
             notify_error("Could not save the fine-tuned model", exc)
             return
