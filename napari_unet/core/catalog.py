@@ -31,7 +31,7 @@ MODEL_SUFFIX = ".pt"
 DEFAULT_MODEL_NAME = "nuclei"
 
 MAX_NAME_LENGTH = 80
-_SAFE_NAME = re.compile(r"^[\w][\w .+-]{0,79}$")  # at most MAX_NAME_LENGTH characters
+_SAFE_NAME = re.compile(rf"^[\w][\w .+-]{{0,{MAX_NAME_LENGTH - 1}}}$")
 
 
 # ---------------------------------------------------------------------- folders
