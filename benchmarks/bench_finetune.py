@@ -98,7 +98,7 @@ def evaluate(model, images, labels, device) -> tuple[float, float | None]:
 
 
 def hitl(name: str, device, budget: float | None, frame: int, eval_every: int, seed: int, base_name: str | None = None,
-         compare_prior: bool = False, **train_kw) -> dict:
+         compare_prior: bool = False, keep_objects: int | None = None, **train_kw) -> dict:
     from napari_unet.core.checkpoint import load_model
     from napari_unet.core.train import run_finetune
 
@@ -112,7 +112,13 @@ def hitl(name: str, device, budget: float | None, frame: int, eval_every: int, s
     t = time.perf_counter()
     if budget is not None:
         train_kw["time_budget"] = budget
-    tuned = run_finetune(base, [images[frame]], [labels[frame]], device=device, seed=seed, **train_kw)
+    correction = labels[frame]
+    if keep_objects:  # the user drew only some of the frame's cells on an empty labels layer
+        ids = np.unique(correction[correction > 0])
+        chosen = np.random.default_rng(seed).choice(ids, size=min(keep_objects, ids.size), replace=False)
+        correction = np.where(np.isin(correction, chosen), correction, 0)
+        print(f"  correction: {len(chosen)} of the frame's {ids.size} cells labelled")
+    tuned = run_finetune(base, [images[frame]], [correction], device=device, seed=seed, **train_kw)
     t_train = time.perf_counter() - t
     after, diameter_error = evaluate(tuned, images[others], labels[others], device)
     without = None
@@ -169,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="fine-tune for this many steps instead of a time budget (load-independent)")
     parser.add_argument("--compare-prior", action="store_true",
                         help="also score the fine-tuned model without the recorded object size of its data")
+    parser.add_argument("--keep-objects", type=int, default=None,
+                        help="label only this many (random) cells of the correction frame, the rest left unlabelled")
+    parser.add_argument("--labelled", choices=("auto", "all", "some"), default=None,
+                        help="finetune's labelled= (default: finetune's)")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
@@ -212,13 +222,13 @@ def main(argv: list[str] | None = None) -> int:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     train_kw = {k: v for k, v in (("patch_size", args.patch_size), ("batch_size", args.batch_size),
-                                  ("steps", args.steps)) if v}
+                                  ("steps", args.steps), ("labelled", args.labelled)) if v}
     if args.steps:
         budget = None
     for name in args.datasets:
         for model_name in models:
             r = hitl(name, device, budget, args.frame, args.eval_every, args.seed, base_name=model_name,
-                     compare_prior=args.compare_prior, **train_kw)
+                     compare_prior=args.compare_prior, keep_objects=args.keep_objects, **train_kw)
             err = "-" if r["diameter_error"] is None else f"{100 * r['diameter_error']:.0f}%"
             print(f"{name} from {model_name}: AP@0.5 {r['before']:.3f} -> {r['after']:.3f} in {r['train_s']:.0f} s "
                   f"({r['steps']} steps); fine-tuned model's diameter estimates off by at most {err}")

@@ -23,12 +23,14 @@ def test_train_files_to_path_and_models_lists_it(tmp_path, dsb_fluo_crop, tiny_m
     out = tmp_path / "out" / "mine.pt"
     rc = main(["train", "--images", str(img), "--labels", str(lab), "--out", str(out),
                "--from", str(tiny_model_path), "--steps", "3", "--patch-size", "32", "--batch-size", "2",
-               "--device", "cpu", "--no-progress"])
+               "--device", "cpu", "--no-progress", "--labelled", "some"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "validation AP@0.5" in captured.out and "saved" in captured.out
     model = read_model_file(out)
     assert model.metadata["steps"] == 3 and model.metadata["base_model"] == "tiny"
+    # "some": learnt from the labelled cells and their surroundings only, and recorded
+    assert model.metadata["training"]["labelled"] == "some" and model.metadata["training"]["partial_examples"] == [1]
     assert model.metadata["name"] == "mine"
     # how the weights were chosen is said, not hidden (few nuclei in the held-out band of this crop)
     note = model.metadata["training"]["selection_note"]

@@ -312,7 +312,8 @@ def test_after_training_on_files_alone_segment_only_chooses_the_model(widget, c2
 
 def test_labels_that_look_partial_are_said_when_the_run_starts(widget, data_dir, qtbot, notifications):
     """A labels layer of a whole C2C12 frame with 2 of its 8 cells drawn: a warning says that the
-    unlabelled cells are learnt as background (the run goes on)."""
+    slice looks labelled in part and is learnt from where it is known (the run goes on); with
+    "Cells labelled: All" the run takes the user's word and says nothing."""
     from napari_unet.core.catalog import resolve_model_path
 
     viewer, w = widget
@@ -325,8 +326,16 @@ def test_labels_that_look_partial_are_said_when_the_run_starts(widget, data_dir,
     w.settings_panel._steps.value = 2
     w.run_panel._start_button.native.click()
     _wait(qtbot, w)
-    assert any("learnt as background" in n and "2 labelled" in n for n in notifications)
+    assert any("labelled in part" in n and "2 labelled" in n for n in notifications)
     segment = get_widget(viewer, "segment")  # segments the view again with the new model: let it finish
+    qtbot.waitUntil(lambda: segment._worker is None, timeout=60_000)
+    assert w.settings_panel.training_settings()["labelled"] == "auto"
+    notifications.clear()
+    w.settings_panel._labelled.value = "all"
+    assert w.settings_panel.training_settings()["labelled"] == "all"
+    w.run_panel._start_button.native.click()
+    _wait(qtbot, w)
+    assert not any("labelled in part" in n for n in notifications)
     qtbot.waitUntil(lambda: segment._worker is None, timeout=60_000)
 
 

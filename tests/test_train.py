@@ -263,8 +263,8 @@ def test_a_fine_tuned_model_does_not_carry_the_bases_scores_and_card(dsb_fluo_cr
 
 def test_labels_that_look_partial_are_said_before_training(dsb_fluo_crop, caplog):
     """Two nuclei labelled of a field full of them: every unlabelled nucleus would be learnt as
-    background (C2C12, 2 of 8 cells: AP 0.50 -> 0.00 after fine-tuning). A note says so before the
-    first step; a field labelled in full gets none."""
+    background (C2C12, 2 of 8 cells: AP 0.50 -> 0.00 after fine-tuning), so the plane is learnt from
+    where it is known only, and a note says so before the first step; a field labelled in full gets none."""
     from napari_unet.core import load_model
     from napari_unet.core.events import TrainNote, TrainStep
 
@@ -287,6 +287,6 @@ def test_labels_that_look_partial_are_said_before_training(dsb_fluo_crop, caplog
         seen = events(partial)
     notes = [e for e in seen if isinstance(e, TrainNote)]
     assert len(notes) == 1 and isinstance(seen[0], TrainNote)  # before the first step
-    assert "2 labelled" in notes[0].message and "learnt as background" in notes[0].message
-    assert any("learnt as background" in r.getMessage() for r in caplog.records)
+    assert "2 labelled" in notes[0].message and "labelled in part" in notes[0].message
+    assert any("labelled in part" in r.getMessage() for r in caplog.records)
     assert not any(isinstance(e, TrainNote) for e in events(labels))

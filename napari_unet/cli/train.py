@@ -59,6 +59,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--val-fraction", type=float, default=0.2,
                    help="part held out for validation (whole images, or a band of each; default 0.2)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--labelled", choices=("auto", "all", "some"), default="auto",
+                   help="are all cells of a label image labelled? all: what is not labelled is background; some: "
+                        "learn only from the labelled cells and the background around them; auto (default): told "
+                        "per image by what the starting model finds where nothing is labelled")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model of that name/path")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -206,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
     gen = finetune(
         base, images, labels, steps=steps, time_budget=args.time_budget, lr=args.lr,
         patch_size=args.patch_size, batch_size=args.batch_size, augment=not args.no_augment,
-        val_fraction=args.val_fraction, device=args.device, seed=args.seed,
+        val_fraction=args.val_fraction, device=args.device, seed=args.seed, labelled=args.labelled,
     )
     bar = TrainingBar(steps, args.time_budget, enabled=not args.no_progress)
     try:

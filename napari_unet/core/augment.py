@@ -371,6 +371,7 @@ def sample_patch(
     size: int | tuple[int, int],
     rng: np.random.Generator,
     config: AugmentConfig | None = AugmentConfig(),
+    centre: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One random training patch: crop + flip + rotation + scale + elastic, sampled once.
 
@@ -386,6 +387,9 @@ def sample_patch(
     config : AugmentConfig or None
         None (or :data:`NO_AUGMENT`) gives a plain random crop. Intensity jitter is
         applied too when ``config`` asks for it.
+    centre : (float, float), optional
+        The patch's centre (row, column) in the plane; None: drawn so that the patch
+        overlaps the plane mostly.
 
     Returns
     -------
@@ -399,9 +403,11 @@ def sample_patch(
     config = config or NO_AUGMENT
     h, w = labels.shape
     ph, pw = size
-    # patch centre: anywhere such that the patch overlaps the plane mostly
-    cy = rng.uniform(min(ph / 2, h / 2), max(h - ph / 2, h / 2))
-    cx = rng.uniform(min(pw / 2, w / 2), max(w - pw / 2, w / 2))
+    if centre is None:  # anywhere such that the patch overlaps the plane mostly
+        cy = rng.uniform(min(ph / 2, h / 2), max(h - ph / 2, h / 2))
+        cx = rng.uniform(min(pw / 2, w / 2), max(w - pw / 2, w / 2))
+    else:
+        cy, cx = centre
     yy, xx = np.mgrid[0:ph, 0:pw].astype(np.float32)
     yy -= (ph - 1) / 2.0
     xx -= (pw - 1) / 2.0

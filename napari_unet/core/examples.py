@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,14 @@ class TrainingExample:
     labels: np.ndarray  # (H, W) int32
     source: int  # index of the input plane
     scale: float = 1.0  # factor the plane was rescaled by to reach the model's object size
+    #: (H, W) bool: the pixels whose class is known, for a plane labelled in part (see
+    #: :mod:`napari_unet.core.partial`); None: every pixel (what is not labelled is background)
+    known: np.ndarray | None = None
+
+    def part(self, rows: slice, cols: slice) -> TrainingExample:
+        """The example cut to ``rows`` x ``cols`` (views, not copies)."""
+        known = None if self.known is None else self.known[rows, cols]
+        return TrainingExample(self.image[:, rows, cols], self.labels[rows, cols], self.source, self.scale, known)
 
 
 def _as_list(images: Any, labels: Any) -> tuple[list, list]:
@@ -176,12 +184,13 @@ def split_examples(
         axis, start, stop = band
         keep = (slice(0, start) if start > 0 else slice(stop, None))
         take = slice(start, stop)
+        every = slice(None)
         if axis == 0:
-            train.append(TrainingExample(e.image[:, keep], e.labels[keep], e.source, e.scale))
-            val.append(TrainingExample(e.image[:, take], e.labels[take], e.source, e.scale))
+            train.append(e.part(keep, every))
+            val.append(e.part(take, every))
         else:
-            train.append(TrainingExample(e.image[:, :, keep], e.labels[:, keep], e.source, e.scale))
-            val.append(TrainingExample(e.image[:, :, take], e.labels[:, take], e.source, e.scale))
+            train.append(e.part(every, keep))
+            val.append(e.part(every, take))
     return train, val
 
 
@@ -230,13 +239,20 @@ class TrainingSplit:
     """The examples of a run: all of them, the part trained on and the part held out.
 
     ``kind`` is how the held-out part was made: "explicit" (given), "planes", "band" or
-    "none" (nothing held out).
+    "none" (nothing held out). ``notes``: what the user should hear about the examples
+    before training (see ``mark`` in :func:`training_split`).
     """
 
     examples: list[TrainingExample]
     train: list[TrainingExample]
     val: list[TrainingExample]
     kind: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def partial(self) -> list[int]:
+        """Input planes (indices) learnt from in part: only where their class is known."""
+        return sorted({e.source for e in self.examples if e.known is not None})
 
 
 def training_split(
@@ -247,8 +263,13 @@ def training_split(
     val_labels: Sequence[np.ndarray] | None,
     val_fraction: float,
     rng: np.random.Generator,
+    mark: Callable[[list[TrainingExample]], list[str]] | None = None,
 ) -> TrainingSplit:
     """Prepare the examples and hold out a validation part (explicit, or see :func:`split_examples`).
+
+    ``mark``: called on the prepared examples (and on explicit validation examples) before
+    the split, e.g. to give the examples labelled in part their ``known`` mask
+    (:func:`napari_unet.core.partial.mark_partial`); the notes it returns are the split's.
 
     Raises
     ------
@@ -261,9 +282,12 @@ def training_split(
             "Nothing to learn from: every label image is empty (only background). "
             "Label or correct at least one object before fine-tuning."
         )
+    notes = mark(examples) if mark is not None else []
     if val_images is not None or val_labels is not None:
         train = examples
         val = prepare_examples(model, val_images or [], val_labels or [], what="validation")
+        if mark is not None:
+            mark(val)  # (said for the training examples; validation ones are only scored where known)
         kind = "explicit"
     else:
         train, val = split_examples(examples, val_fraction, rng)
@@ -271,4 +295,4 @@ def training_split(
     if not has_objects(train):
         train = examples  # every object fell in the validation part: train on all
         log.warning("All labelled objects are in the validation part; training on everything.")
-    return TrainingSplit(examples, train, val, kind)
+    return TrainingSplit(examples, train, val, kind, notes)

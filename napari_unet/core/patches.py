@@ -47,12 +47,31 @@ class PatchGeometry:
         return cls(in_size, net.output_size(in_size))
 
 
+#: Label value that carries "class unknown" through a patch's augmentation (plane labelled in part).
+UNKNOWN = -1
+
+
 def build_patch(
     example: TrainingExample, seed: int, geometry: PatchGeometry, targets: TargetRecipe, augment: AugmentConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One augmented patch of ``example`` and its targets: ((C, in, in) image, (out, out) classes, weights)."""
-    img, lab = sample_patch(example.image, example.labels, geometry.in_size, np.random.default_rng(seed), augment)
-    cls, wts = targets(lab)
+    """One augmented patch of ``example`` and its targets: ((C, in, in) image, (out, out) classes, weights).
+
+    An example labelled in part (``example.known``) gives patches centred on a known pixel
+    (within a quarter patch), whose unknown pixels weigh nothing in the loss.
+    """
+    rng = np.random.default_rng(seed)
+    if example.known is None:
+        img, lab = sample_patch(example.image, example.labels, geometry.in_size, rng, augment)
+        cls, wts = targets(lab)
+    else:
+        rows, cols = np.nonzero(example.known)
+        pick = int(rng.integers(rows.size))
+        jitter = rng.uniform(-0.25, 0.25, size=2) * geometry.out_size
+        centre = (rows[pick] + 0.5 + jitter[0], cols[pick] + 0.5 + jitter[1])
+        marked = np.where(example.known, example.labels, UNKNOWN)
+        img, lab = sample_patch(example.image, marked, geometry.in_size, rng, augment, centre=centre)
+        known = lab != UNKNOWN
+        cls, wts = targets(np.where(known, lab, 0), known)
     c, n = geometry.crop, geometry.out_size
     if c:
         cls = cls[c : c + n, c : c + n]
@@ -78,7 +97,8 @@ class PatchSampler:
         rng: np.random.Generator,
         workers: int = 0,
     ) -> None:
-        self.examples = list(examples)
+        # (a plane labelled in part where nothing is labelled has nothing to teach)
+        self.examples = [e for e in examples if e.known is None or e.known.any()] or list(examples)
         self.geometry = geometry
         self.targets = targets
         self.augment = augment

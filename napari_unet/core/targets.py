@@ -184,6 +184,7 @@ def labels_to_targets(
     boundary_width: int = 2,
     w0: float = 10.0,
     sigma: float = 5.0,
+    known: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Instance labels -> (classes, weights) for the network's loss.
 
@@ -197,18 +198,21 @@ def labels_to_targets(
         Width in pixels of the boundary band ("bg-interior-boundary" only).
     w0, sigma : float
         Border weight parameters (``w0 = 0`` turns the border term off).
+    known : ndarray, optional
+        (H, W) bool: the pixels whose class is known (a plane labelled in part); the others
+        weigh 0 and do not count in the class balance. None: every pixel.
 
     Returns
     -------
     classes : ndarray
         (H, W) uint8 class indices.
     weights : ndarray
-        (H, W) float32 per-pixel loss weights (>= 0.1).
+        (H, W) float32 per-pixel loss weights (>= 0.1; 0 where the class is not known).
     """
     labels = check_labels(labels)
     classes = labels_to_classes(labels, representation, boundary_width)
     n_classes = REPRESENTATION_CLASSES[representation]
-    weights = class_balance(classes, n_classes)[classes]
+    weights = class_balance(classes if known is None else classes[known], n_classes)[classes]
     if w0 > 0 and labels.max() > 0:
         d1, d2 = _two_nearest(labels, 3.0 * sigma)
         term = w0 * np.exp(-((d1 + d2) ** 2) / (2.0 * sigma * sigma))
@@ -217,6 +221,8 @@ def labels_to_targets(
         else:
             apply = classes == BACKGROUND
         weights = weights + np.where(apply, term, 0.0).astype(np.float32)
+    if known is not None:
+        weights = np.where(known, weights, 0.0)
     return classes, weights.astype(np.float32)
 
 
@@ -229,6 +235,7 @@ class TargetRecipe:
     w0: float = 10.0
     sigma: float = 5.0
 
-    def __call__(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(H, W) labels -> (classes, weights), see :func:`labels_to_targets`."""
-        return labels_to_targets(labels, self.representation, self.boundary_width, self.w0, self.sigma)
+    def __call__(self, labels: np.ndarray, known: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(H, W) labels (and the pixels whose class is known) -> (classes, weights), see
+        :func:`labels_to_targets`."""
+        return labels_to_targets(labels, self.representation, self.boundary_width, self.w0, self.sigma, known)

@@ -71,6 +71,7 @@ from .device import describe_device, select_device
 from .events import TrainNote, TrainStep, Validation, run_to_end
 from .examples import MIN_PLANE_SIZE, TrainingSplit, prepare_examples, split_examples, training_split
 from .optimise import Optimiser, autocast_dtype, set_train_mode
+from .partial import check_labelled, mark_partial
 from .patches import PatchGeometry, PatchSampler
 from .schedule import RunBudget, ValidationCadence, WarmupCosine
 from .targets import TargetRecipe
@@ -213,6 +214,7 @@ def finetune(
     sigma: float = 5.0,
     select: str = "best",
     workers: int | None = None,
+    labelled: str = "auto",
     stop: StopFlag | None = None,
 ) -> Generator[TrainNote | TrainStep | Validation, None, SegmentationModel]:
     """Fine-tune a copy of ``model`` on labelled planes, yielding progress events.
@@ -258,13 +260,18 @@ def finetune(
         metadata's ``training`` entry records the choice) or the latest ones.
     workers : int, optional
         Threads preparing patches ahead of the network; None: 0 on the CPU, up to 8 on a GPU.
+    labelled : {"auto", "all", "some"}
+        Whether every cell of a training plane is labelled ("all": what is not labelled is
+        background), only some ("some": only the labelled cells and the background around
+        them are learnt from), or either, told per plane by the starting model ("auto"); see
+        :mod:`napari_unet.core.partial`.
     stop : object with ``is_set()``, or a callable returning bool, optional
         Checked before every step; when set, training ends and the model is returned.
 
     Yields
     ------
     TrainNote, TrainStep, Validation
-        A note first for each example that looks labelled in part (:func:`partial_labels_notes`).
+        A note first for each example found labelled in part ("auto", see ``labelled``).
 
     Returns
     -------
@@ -281,54 +288,13 @@ def finetune(
         patch_size=patch_size, batch_size=batch_size, augment=augment, val_fraction=val_fraction,
         val_images=val_images, val_labels=val_labels, validate_every=validate_every, device=device, seed=seed,
         mixed_precision=mixed_precision, freeze_norm=freeze_norm, from_scratch=from_scratch,
-        boundary_width=boundary_width, w0=w0, sigma=sigma, select=select, workers=workers,
+        boundary_width=boundary_width, w0=w0, sigma=sigma, select=select, workers=workers, labelled=labelled,
     )
-    notes = [] if from_scratch else partial_labels_notes(prepared.work, prepared.split.train, prepared.device)
-    for note in notes:  # (an untrained model tells nothing)
+    for note in prepared.split.notes:
         log.warning("Fine-tuning: %s", note)
         yield TrainNote(note)
     run = yield from prepared.trainer.run(_stop_check(stop), validate_start)
     return prepared.result(run)
-
-
-#: The starting model finding at least this many objects where nothing is labelled in a training
-#: example (and at least as many as are labelled there) says the example was labelled in part.
-PARTIAL_MIN_UNLABELLED = 3
-
-
-def partial_labels_notes(model: SegmentationModel, examples: Sequence[Any], device: torch.device,
-                         limit: int = 4, largest: int = 2048 * 2048) -> list[str]:
-    """Notes on training examples that look labelled in part: every pixel left unlabelled is learnt
-    as background, so cells left out teach the model to miss cells (2 of 8 C2C12 cells labelled:
-    AP@0.5 0.50 -> 0.00 after fine-tuning, while the held-out part of the same labels agreed).
-    Told by ``model`` (the starting model) finding objects away from every labelled one; the first
-    ``limit`` examples of at most ``largest`` pixels are looked at (one network pass each)."""
-    from scipy import ndimage as ndi
-
-    from .examples import count_objects
-    from .instances import probabilities_to_labels
-    from .optimise import evaluation_mode
-    from .validation import forward_plane
-
-    notes: list[str] = []
-    net = model.net
-    with evaluation_mode(net), torch.inference_mode():
-        for example in list(examples)[:limit]:
-            if example.labels.size > largest:
-                continue
-            labelled = count_objects(example.labels)
-            found = probabilities_to_labels(forward_plane(net, example.image, device),
-                                            representation=model.representation)
-            near = ndi.binary_dilation(example.labels > 0, iterations=2)
-            unlabelled = len(np.unique(found[found > 0])) - len(np.unique(found[near & (found > 0)]))
-            if unlabelled >= max(PARTIAL_MIN_UNLABELLED, labelled):
-                notes.append(
-                    f"example {example.source + 1}: the model finds {unlabelled} objects where nothing is labelled "
-                    f"({labelled} labelled); every unlabelled pixel is learnt as background, so cells left out "
-                    "teach it to miss cells. Label every cell of the slice (or segment it first and correct the "
-                    "masks)."
-                )
-    return notes
 
 
 @dataclass
@@ -390,6 +356,7 @@ def prepare_run(
     sigma: float = 5.0,
     select: str = "best",
     workers: int | None = None,
+    labelled: str = "auto",
 ) -> PreparedRun:
     """Check the arguments and build the parts of a run (arguments as :func:`finetune` takes them).
 
@@ -399,9 +366,14 @@ def prepare_run(
         Bad inputs (the message says what to fix).
     """
     steps = _check_arguments(model, steps, time_budget, lr, batch_size, select, workers)
+    check_labelled(labelled)
     rng = np.random.default_rng(seed)
-    split = training_split(model, images, labels, val_images, val_labels, val_fraction, rng)
     dev = select_device(device)
+
+    def mark(examples: list) -> list[str]:  # planes labelled in part learn only where they are known
+        return mark_partial(model, examples, dev, labelled, untrained=from_scratch)
+
+    split = training_split(model, images, labels, val_images, val_labels, val_fraction, rng, mark)
     amp_dtype = autocast_dtype(dev, mixed_precision)
     freeze_norm = (not from_scratch) if freeze_norm is None else bool(freeze_norm)
     targets = TargetRecipe(model.representation, boundary_width, w0, sigma)
@@ -425,7 +397,7 @@ def prepare_run(
     )
     precision = str(amp_dtype).replace("torch.", "") if amp_dtype else "off"
     recipe = Recipe(geometry.in_size, batch_size, lr, weight_decay, bool(augment), freeze_norm, precision, seed,
-                    boundary_width, w0, sigma)
+                    boundary_width, w0, sigma, labelled)
     return PreparedRun(model, work, trainer, tracker, split, len(planes), n_val_objects, recipe, dev, from_scratch)
 
 

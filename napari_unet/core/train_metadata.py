@@ -33,6 +33,7 @@ class Recipe:
     boundary_width: int
     w0: float
     sigma: float
+    labelled: str = "all"  # "auto", "all" or "some": see napari_unet.core.partial
 
 
 @dataclass
@@ -118,6 +119,7 @@ def trained_metadata(
         "n_train_planes": len(split.train),
         "n_val_planes": n_val_planes,
         "val_split": split.kind,
+        "partial_examples": [i + 1 for i in split.partial],  # learnt from the labelled cells only
         **asdict(recipe),
         "final_train_loss": run.final_train_loss,
         "history": tracker.history,

@@ -42,18 +42,33 @@ _TIE = 1e-12
 
 @dataclass
 class ValPlane:
-    """A held-out plane: (C, H, W) image, (H, W) labels, and its loss targets."""
+    """A held-out plane: (C, H, W) image, (H, W) labels, its loss targets, and the pixels whose
+    class is known (None: all; see :mod:`napari_unet.core.partial`)."""
 
     image: np.ndarray
     labels: np.ndarray
     classes: np.ndarray
     weights: np.ndarray
     source: int
+    known: np.ndarray | None = None
 
 
 def validation_planes(examples: Sequence[TrainingExample], targets: TargetRecipe) -> list[ValPlane]:
-    """The held-out examples with their (classes, weights) targets."""
-    return [ValPlane(e.image, e.labels, *targets(e.labels), e.source) for e in examples]
+    """The held-out examples with their (classes, weights) targets (those where nothing is known left out)."""
+    return [ValPlane(e.image, e.labels, *targets(e.labels, e.known), e.source, e.known) for e in examples
+            if e.known is None or e.known.any()]
+
+
+def where_known(pred: np.ndarray, known: np.ndarray | None) -> np.ndarray:
+    """Predicted objects that lie mostly where the class is known (the others are left out of
+    the scores: nobody said whether they are cells); all of them when every pixel is known."""
+    if known is None:
+        return pred
+    total = np.bincount(pred.ravel())
+    inside = np.bincount(pred[known].ravel(), minlength=total.size)
+    keep = 2 * inside > total
+    keep[0] = True
+    return np.where(keep[pred], pred, 0)
 
 
 def count_held_out_objects(planes: Sequence[ValPlane]) -> int:
@@ -103,9 +118,9 @@ def score_planes(
     aps, dices, losses = [], [], []
     for vp in planes:
         probs = forward_plane(net, vp.image, device, amp_dtype)
-        pred = probabilities_to_labels(probs, representation=representation)
+        pred = where_known(probabilities_to_labels(probs, representation=representation), vp.known)
         aps.append(average_precision(vp.labels, pred, 0.5))
-        dices.append(dice(vp.labels, pred))
+        dices.append(dice(vp.labels, pred) if vp.known is None else dice(vp.labels[vp.known], pred[vp.known]))
         losses.append(weighted_nll(probs, vp.classes, vp.weights))
     return Scores(step, float(np.mean(aps)), float(np.mean(dices)), float(np.mean(losses)))
 

@@ -23,7 +23,7 @@ def _model_choices(_widget=None) -> list[tuple[str, str]]:
 
 
 class TrainingSettingsPanel(Container):
-    """Base model, New model name, Steps, Time budget, Learning rate, Patch size, Augmentation."""
+    """Base model, New model name, Steps, Time budget, Learning rate, Patch size, Augmentation, Cells labelled."""
 
     def __init__(self) -> None:
         super().__init__(labels=True)
@@ -38,6 +38,14 @@ class TrainingSettingsPanel(Container):
         self._lr.native.setDecimals(6)
         self._patch_size = SpinBox(label="Patch size", min=32, max=1024, step=16, value=256)
         self._augment = CheckBox(text="Augmentation (flips, rotations, intensity)", value=True)
+        self._labelled = ComboBox(
+            label="Cells labelled", value="auto",
+            choices=[("Auto (told per slice)", "auto"), ("All (the rest is background)", "all"),
+                     ("Some (learn from those only)", "some")],
+            tooltip="Whether every cell of a corrected slice is labelled. Unlabelled pixels are learnt as background "
+                    "only when all are; with some, only the labelled cells and the background around them are "
+                    "learnt from. Auto tells it per slice by what the base model finds where nothing is labelled.",
+        )
         self._batch_size = SpinBox(label="Batch size", min=1, max=64, value=4)
         from napari_unet.core.device import DEVICE_CHOICES  # not at the top: no torch on import
 
@@ -45,6 +53,7 @@ class TrainingSettingsPanel(Container):
         self._seed = SpinBox(label="Random seed", min=0, max=2**31 - 1, value=0)
         self.extend([
             self._base_model, self._name, self._steps, self._time_budget, self._lr, self._patch_size, self._augment,
+            self._labelled,
         ])
         self._advanced = Container(widgets=[self._batch_size, self._device, self._seed], labels=True)
         self.native.layout().addWidget(collapsible("Advanced", self._advanced))
@@ -86,6 +95,7 @@ class TrainingSettingsPanel(Container):
             "augment": bool(self._augment.value),
             "device": self.device_choice(),
             "seed": int(self._seed.value),
+            "labelled": str(self._labelled.value),
         }
 
     def refresh_models(self, *_args) -> None:
