@@ -395,10 +395,11 @@ def test_a_stack_whose_first_plane_holds_no_object_is_sized_on_the_next(dsb_val_
     # the empty plane is segmented again at that size, so that every plane of the run has it
     assert len(results) == 3 and results[2].index == (0,) and results[2].scale == alone.scale
     assert results[2].diameter == pytest.approx(alone.diameter)
-    # not the planes of a z-stack: the 3D path adds each plane's probabilities into its volume once
+    # the planes of a z-stack too: the 3D path's xy view takes the later result of a plane
     volume = [r for r in iter_planes(model, np.stack([empty, big]), to_model_diameter=True)
               if isinstance(r, PlaneResult)]
-    assert [r.index for r in volume] == [(0,), (1,)]
+    assert [r.index for r in volume] == [(0,), (1,), (0,)]
+    assert volume[0].scale == 1.0 and volume[2].scale == volume[1].scale != 1.0
 
 
 def test_a_noise_only_first_frame_does_not_set_the_size_of_a_time_lapse(data_dir):

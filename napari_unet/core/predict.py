@@ -550,9 +550,9 @@ def iter_planes(
                     plane_labels = labels_of(probs) if labels else None
             yield PlaneResult(idx, region, plane_labels, probs, inner, model.representation,
                               sizing.diameter, sizing.scale, sizing.note, min_seed, kind, colour)
-            # nothing found to size on: the next plane is tried (a z-stack's consumer adds each plane's
-            # probabilities once into its volume: its planes are not segmented twice)
-            if sized_here and sizing.search is not None and not to_model_diameter:
+            # nothing found to size on: the next plane is tried, and this one comes again at the size
+            # found (the later result of a plane replaces the earlier: the 3D path's xy view too)
+            if sized_here and sizing.search is not None:
                 unsized.append((k, idx))
             elif sized_here and sizing.diameter is not None:
                 # the planes before, segmented at the image's own scale, again at the size now known

@@ -132,14 +132,20 @@ class _ProbabilityStore:
                 f"{self.folder}/probabilities.npy", mode="w+", dtype=np.float16, shape=full)
         self.views = 0.0  # the sum of the views' weights
 
-    def add(self, key: tuple[Any, ...], probs: np.ndarray, representation: str, weight: float = 1.0) -> None:
+    def add(self, key: tuple[Any, ...], probs: np.ndarray, representation: str, weight: float = 1.0,
+            replace: bool = False) -> None:
         """Add the (C, ...) class probabilities of one plane at ``key`` (index of a (Z, Y, X) volume),
-        times ``weight`` (the view's)."""
+        times ``weight`` (the view's); ``replace``: set them instead (the first view, whose planes
+        may come twice: see :func:`_iter_3d`)."""
         fg, interior = _foreground_interior(probs, representation)
         if weight != 1.0:
             fg, interior = fg * weight, interior * weight
-        self.data[(0, *key)] += fg.astype(self.data.dtype, copy=False)
-        self.data[(1, *key)] += interior.astype(self.data.dtype, copy=False)
+        if replace:
+            self.data[(0, *key)] = fg
+            self.data[(1, *key)] = interior
+        else:
+            self.data[(0, *key)] += fg.astype(self.data.dtype, copy=False)
+            self.data[(1, *key)] += interior.astype(self.data.dtype, copy=False)
 
     def close(self) -> None:
         data, self.data = self.data, None  # type: ignore[assignment]
@@ -413,7 +419,9 @@ def _iter_3d(model, volume, spacing, diameter, orthogonal, threshold, min_size, 
     try:
         def add_xy(result) -> None:
             found["last"] = result  # the size is known by then (the first planes may have been looked at only)
-            store.add((result.index[0],), result.probabilities, result.representation)
+            # planes run while the size was still unknown (too few objects in the middle plane) come
+            # again once it is: the later result replaces the earlier (the xy view is the first one)
+            store.add((result.index[0],), result.probabilities, result.representation, replace=True)
 
         yield from _forward(
             iter_planes(model, volume, rgb=False, by_kind=False, planes=_middle_first(nz), diameter=diameter,
