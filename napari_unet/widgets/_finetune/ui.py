@@ -21,6 +21,8 @@ def collapsible(title: str, box: Container):
 
     widget = QCollapsible(title)
     widget.addWidget(box.native)
+    # never squeezed below its header (a dock short of height cut the "Advanced" title in half)
+    widget.setMinimumHeight(widget.sizeHint().height())
     box._collapsible = widget  # for tests and to expand it from code
     return widget
 
