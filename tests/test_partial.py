@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
-import torch
+from scipy import ndimage as ndi
 
 from napari_unet.core.augment import AugmentConfig
 from napari_unet.core.checkpoint import load_model
@@ -18,9 +18,6 @@ from napari_unet.core.patches import PatchGeometry, build_patch
 from napari_unet.core.targets import TargetRecipe
 from napari_unet.core.train import finetune
 from napari_unet.core.validation import validation_planes, where_known
-
-CPU = torch.device("cpu")
-
 
 def _some(labels: np.ndarray, n: int) -> np.ndarray:
     ids = [i for i in np.unique(labels) if i][:n]
@@ -56,7 +53,7 @@ def test_a_plane_labelled_in_part_is_told_and_learnt_only_where_known(dsb_fluo_c
     image, labels = dsb_fluo_crop
     partial = _some(labels, 2)
     examples = prepare_examples(nuclei, [image, image], [partial, labels])
-    notes = mark_partial(nuclei, examples, CPU, "auto")
+    notes = mark_partial(nuclei, examples, "auto")
     assert len(notes) == 1 and "example 1 looks labelled in part" in notes[0] and "2 labelled" in notes[0]
     known, full = examples[0].known, examples[1].known
     assert full is None and known is not None
@@ -69,16 +66,46 @@ def test_a_plane_labelled_in_part_is_told_and_learnt_only_where_known(dsb_fluo_c
     assert 0.05 < known.mean() < 0.9
 
     fresh = prepare_examples(nuclei, [image, image], [partial, labels])
-    assert mark_partial(nuclei, fresh, CPU, "all") == [] and all(e.known is None for e in fresh)
-    assert mark_partial(nuclei, fresh, CPU, "some") == [] and all(e.known is not None for e in fresh)
+    assert mark_partial(nuclei, fresh, "all") == [] and all(e.known is None for e in fresh)
+    assert mark_partial(nuclei, fresh, "some") == [] and all(e.known is not None for e in fresh)
     with pytest.raises(ValueError, match="labelled must be one of"):
-        mark_partial(nuclei, fresh, CPU, "half")
+        mark_partial(nuclei, fresh, "half")
+
+
+def test_neighbours_touching_a_labelled_cell_are_left_out_and_empty_or_unchecked_planes_said(
+        dsb_fluo_crop, nuclei):
+    from napari_unet.core import partial
+
+    image, labels = dsb_fluo_crop
+    example = prepare_examples(nuclei, [image], [labels])[0]
+    # nuclei labelled whose neighbours touch them: every other object found, touching or not, is left out
+    lab = example.labels
+    crowded = [i for i in np.unique(lab)[1:]
+               if np.setdiff1d(lab[ndi.binary_dilation(lab == i, iterations=2)], [0, i]).size][:3]
+    some = np.where(np.isin(lab, crowded), lab, 0)
+    result = partial.find_unlabelled(nuclei, example.image, some)
+    found = result.found
+    inside = np.bincount(found[some > 0].ravel(), minlength=found.max() + 1)
+    others = (found > 0) & (inside[found] == 0)
+    touching = np.unique(found[ndi.binary_dilation(some > 0, iterations=partial.NEAR_PX) & others])
+    assert touching.size >= 1  # (this crop has neighbours touching the labelled nuclei)
+    assert result.mask[others].all() and not result.mask[some > 0].any()
+    # an empty plane where the model finds nuclei is said; planes after the 8th are said unchecked
+    empty = prepare_examples(nuclei, [image], [np.zeros_like(labels)])
+    notes = mark_partial(nuclei, empty, "auto")
+    assert len(notes) == 1 and "has no labelled object, yet the model finds" in notes[0]
+    assert empty[0].known is None
+    many = prepare_examples(nuclei, [image] * (partial.AUTO_LIMIT + 1), [labels] * (partial.AUTO_LIMIT + 1))
+    notes = mark_partial(nuclei, many, "auto")
+    assert notes == [f"examples {partial.AUTO_LIMIT + 1} were not looked at for cells left unlabelled (only the "
+                     f"first {partial.AUTO_LIMIT}, of at most 4 Mpx, are): they are taken as labelled in full. If "
+                     "they are not, say so (Cells labelled: Some; --labelled some)."]
 
 
 def test_patches_of_a_plane_labelled_in_part_weigh_nothing_where_unknown(dsb_fluo_crop, nuclei):
     image, labels = dsb_fluo_crop
     example = prepare_examples(nuclei, [image], [_some(labels, 2)])[0]
-    mark_partial(nuclei, [example], CPU, "some")
+    mark_partial(nuclei, [example], "some")
     geometry = PatchGeometry(48, 48)
     recipe = TargetRecipe()
     with_unknown = 0

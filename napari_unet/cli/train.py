@@ -61,8 +61,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--labelled", choices=("auto", "all", "some"), default="auto",
                    help="are all cells of a label image labelled? all: what is not labelled is background; some: "
-                        "learn only from the labelled cells and the background around them; auto (default): told "
-                        "per image by what the starting model finds where nothing is labelled")
+                        "learn from the labelled cells, and as background from what lies around them and wherever "
+                        "the starting model finds no cell (cells it finds that are not labelled are left out); "
+                        "auto (default): told per image by what the starting model finds where nothing is labelled")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model of that name/path")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -67,13 +67,12 @@ def check_labelled(labelled: str) -> str:
 
 
 def ring_width(model: SegmentationModel, labels: np.ndarray) -> int:
-    """Pixels of known background around each labelled object of an example at the model's scale."""
+    """Pixels of known background around each labelled object of an example: half the labelled
+    objects' median diameter (the model's own when nothing is labelled), at least RING_MIN_PX."""
     from .scale import object_diameters
 
-    diameter = model.diameter
-    if not diameter:
-        sizes = object_diameters(labels)
-        diameter = float(np.median(sizes)) if sizes.size else 0.0
+    sizes = object_diameters(labels)
+    diameter = float(np.median(sizes)) if sizes.size else float(model.diameter or 0.0)
     return max(RING_MIN_PX, int(round(RING_FRACTION * diameter)))
 
 
@@ -95,29 +94,39 @@ def known_region(labels: np.ndarray, ring: int, left_out: np.ndarray | None = No
 
 @dataclass
 class Unlabelled:
-    """What the starting model finds in a training example away from every labelled object."""
+    """What the starting model finds in a training example beside the labelled objects."""
 
     count: int  # objects found away from every labelled one
-    mask: np.ndarray  # their pixels, grown by NEAR_PX (bool, the example's shape)
+    mask: np.ndarray  # pixels of the objects found that are not labelled ones, grown by NEAR_PX (bool)
     found: np.ndarray  # every object found (labels)
 
 
-def find_unlabelled(model: SegmentationModel, image: np.ndarray, labels: np.ndarray,
-                    device: torch.device) -> Unlabelled:
-    """Objects the starting model finds in a (C, H, W) example that no labelled object comes near."""
+def find_unlabelled(model: SegmentationModel, image: np.ndarray, labels: np.ndarray) -> Unlabelled:
+    """Objects the starting model finds in a (C, H, W) example that are not labelled ones (on the
+    device its network is on).
+
+    ``count``: those that no labelled object comes within NEAR_PX of (what tells a plane labelled
+    in part). ``mask``: every found object that is not mostly labelled, touching or not (a
+    neighbour of a labelled cell in a crowded field must not be learnt as background), grown by
+    NEAR_PX, less the labelled pixels."""
     from scipy import ndimage as ndi
 
     from .instances import probabilities_to_labels
     from .optimise import evaluation_mode
     from .validation import forward_plane
 
+    device = next(model.net.parameters()).device
     with evaluation_mode(model.net), torch.inference_mode():
         found = probabilities_to_labels(forward_plane(model.net, image, device), representation=model.representation)
-    near = ndi.binary_dilation(labels > 0, iterations=NEAR_PX)
+    objects = labels > 0
+    near = ndi.binary_dilation(objects, iterations=NEAR_PX)
     touching = np.unique(found[near & (found > 0)])
-    away = (found > 0) & ~np.isin(found, touching)
-    count = len(np.unique(found[away]))
-    mask = ndi.binary_dilation(away, iterations=NEAR_PX) & ~(labels > 0) if count else away
+    count = len(np.setdiff1d(np.unique(found[found > 0]), touching))
+    area = np.bincount(found.ravel())
+    labelled_area = np.bincount(found[objects].ravel(), minlength=area.size)
+    other = 2 * labelled_area <= area  # found objects that are not mostly a labelled one
+    other[0] = False
+    mask = ndi.binary_dilation(other[found], iterations=NEAR_PX) & ~objects
     return Unlabelled(count, mask, found)
 
 
@@ -126,13 +135,15 @@ def looks_partial(found: Unlabelled, n_labelled: int) -> bool:
     return found.count >= max(PARTIAL_MIN_UNLABELLED, n_labelled)
 
 
-def mark_partial(model: SegmentationModel, examples: Sequence, device: torch.device, labelled: str,
-                 untrained: bool = False) -> list[str]:
+def mark_partial(model: SegmentationModel, examples: Sequence, labelled: str, untrained: bool = False) -> list[str]:
     """Give the examples labelled in part (as ``labelled`` says, see the module docs) their known
-    mask (``example.known``); return a note for each of them, to tell the user.
+    mask (``example.known``); return the notes to tell the user: each example found labelled in
+    part, an empty example where the model finds cells, examples not looked at.
 
-    ``untrained``: the model tells nothing (training from scratch): "auto" marks nothing and
-    "some" keeps a ring around the labelled objects without leaving any found object out.
+    ``model``: the starting model, on the device to run it on. ``untrained``: it tells nothing
+    (training from scratch): "auto" marks nothing and "some" keeps a ring around the labelled
+    objects without leaving any found object out; so do planes over :data:`AUTO_LARGEST` pixels
+    (the starting model is not run on them).
     """
     from .examples import count_objects
 
@@ -140,13 +151,23 @@ def mark_partial(model: SegmentationModel, examples: Sequence, device: torch.dev
     if labelled == "all" or (labelled == "auto" and untrained):
         return []
     notes = []
+    unchecked = []
     for k, example in enumerate(examples):
         n_labelled = count_objects(example.labels)
-        if labelled == "auto" and (k >= AUTO_LIMIT or example.labels.size > AUTO_LARGEST or n_labelled == 0):
+        too_large = example.labels.size > AUTO_LARGEST
+        if labelled == "auto" and (k >= AUTO_LIMIT or too_large):
+            unchecked.append(example.source + 1)
             continue
-        found = None if untrained else find_unlabelled(model, example.image, example.labels, device)
-        if labelled == "auto" and not looks_partial(found, n_labelled):
-            continue
+        found = None if untrained or too_large else find_unlabelled(model, example.image, example.labels)
+        if labelled == "auto":
+            if n_labelled == 0:
+                if found.count >= PARTIAL_MIN_UNLABELLED:
+                    notes.append(f"example {example.source + 1} has no labelled object, yet the model finds "
+                                 f"{found.count}: all of it is learnt as background. If cells were left unlabelled "
+                                 "there, label them or leave the slice out.")
+                continue
+            if not looks_partial(found, n_labelled):
+                continue
         ring = ring_width(model, example.labels)
         if found is None:
             example.known = known_region(example.labels, ring)
@@ -163,4 +184,9 @@ def mark_partial(model: SegmentationModel, examples: Sequence, device: torch.dev
         else:
             log.info("Example %d: learning from the labelled cells and the background (%.0f%% of it).",
                      example.source + 1, 100 * share)
+    if unchecked:
+        which = ", ".join(map(str, unchecked[:5])) + (", ..." if len(unchecked) > 5 else "")
+        notes.append(f"examples {which} were not looked at for cells left unlabelled (only the first {AUTO_LIMIT}, "
+                     f"of at most {AUTO_LARGEST // 2**20} Mpx, are): they are taken as labelled in full. If they "
+                     "are not, say so (Cells labelled: Some; --labelled some).")
     return notes

@@ -52,23 +52,24 @@ UNKNOWN = -1
 
 
 def build_patch(
-    example: TrainingExample, seed: int, geometry: PatchGeometry, targets: TargetRecipe, augment: AugmentConfig
+    example: TrainingExample, seed: int, geometry: PatchGeometry, targets: TargetRecipe, augment: AugmentConfig,
+    marked: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One augmented patch of ``example`` and its targets: ((C, in, in) image, (out, out) classes, weights).
 
     An example labelled in part (``example.known``) gives patches centred on a known pixel
-    (within a quarter patch), whose unknown pixels weigh nothing in the loss.
+    (within a quarter patch), whose unknown pixels weigh nothing in the loss. ``marked``: its
+    labels with UNKNOWN where the class is unknown (:func:`marked_labels`), when already made.
     """
     rng = np.random.default_rng(seed)
     if example.known is None:
         img, lab = sample_patch(example.image, example.labels, geometry.in_size, rng, augment)
         cls, wts = targets(lab)
     else:
-        rows, cols = np.nonzero(example.known)
-        pick = int(rng.integers(rows.size))
+        y, x = _known_pixel(example.known, rng)
         jitter = rng.uniform(-0.25, 0.25, size=2) * geometry.out_size
-        centre = (rows[pick] + 0.5 + jitter[0], cols[pick] + 0.5 + jitter[1])
-        marked = np.where(example.known, example.labels, UNKNOWN)
+        centre = (y + 0.5 + jitter[0], x + 0.5 + jitter[1])
+        marked = marked_labels(example) if marked is None else marked
         img, lab = sample_patch(example.image, marked, geometry.in_size, rng, augment, centre=centre)
         known = lab != UNKNOWN
         cls, wts = targets(np.where(known, lab, 0), known)
@@ -77,6 +78,25 @@ def build_patch(
         cls = cls[c : c + n, c : c + n]
         wts = wts[c : c + n, c : c + n]
     return img, cls, wts
+
+
+def marked_labels(example: TrainingExample) -> np.ndarray:
+    """The labels of an example labelled in part with UNKNOWN where the class is not known."""
+    return np.where(example.known, example.labels, UNKNOWN)
+
+
+def _known_pixel(known: np.ndarray, rng: np.random.Generator, tries: int = 64) -> tuple[int, int]:
+    """A random pixel where ``known`` is True: drawn over the plane until one is (a known part of
+    a few percent takes some dozens of draws), else among all of them (no per-patch pass over a
+    large plane in the usual case)."""
+    h, w = known.shape
+    for _ in range(tries):
+        y, x = int(rng.integers(h)), int(rng.integers(w))
+        if known[y, x]:
+            return y, x
+    flat = np.flatnonzero(known)
+    y, x = divmod(int(flat[int(rng.integers(flat.size))]), w)
+    return y, x
 
 
 class PatchSampler:
@@ -97,8 +117,9 @@ class PatchSampler:
         rng: np.random.Generator,
         workers: int = 0,
     ) -> None:
-        # (a plane labelled in part where nothing is labelled has nothing to teach)
+        # (a plane labelled in part where nothing is known has nothing to teach)
         self.examples = [e for e in examples if e.known is None or e.known.any()] or list(examples)
+        self._marked = [None if e.known is None else marked_labels(e) for e in self.examples]  # made once
         self.geometry = geometry
         self.targets = targets
         self.augment = augment
@@ -114,7 +135,8 @@ class PatchSampler:
         return [(int(self.rng.integers(n)), int(self.rng.integers(2**63 - 1))) for _ in range(self.batch_size)]
 
     def _build(self, pick: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return build_patch(self.examples[pick[0]], pick[1], self.geometry, self.targets, self.augment)
+        return build_patch(self.examples[pick[0]], pick[1], self.geometry, self.targets, self.augment,
+                           self._marked[pick[0]])
 
     def next_batch(self, prefetch: bool = True) -> Batch:
         """The next batch; with threads and ``prefetch``, the one after it starts being built."""

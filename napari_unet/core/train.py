@@ -369,16 +369,16 @@ def prepare_run(
     check_labelled(labelled)
     rng = np.random.default_rng(seed)
     dev = select_device(device)
+    work = model.copy()
+    net = work.net.to(dev).requires_grad_(True)
 
     def mark(examples: list) -> list[str]:  # planes labelled in part learn only where they are known
-        return mark_partial(model, examples, dev, labelled, untrained=from_scratch)
+        return mark_partial(work, examples, labelled, untrained=from_scratch)
 
     split = training_split(model, images, labels, val_images, val_labels, val_fraction, rng, mark)
     amp_dtype = autocast_dtype(dev, mixed_precision)
     freeze_norm = (not from_scratch) if freeze_norm is None else bool(freeze_norm)
     targets = TargetRecipe(model.representation, boundary_width, w0, sigma)
-    work = model.copy()
-    net = work.net.to(dev).requires_grad_(True)
     geometry = PatchGeometry.for_network(net, patch_size, max(max(e.labels.shape) for e in split.train))
     planes = validation_planes(split.val, targets)
     n_val_objects = count_held_out_objects(planes)

@@ -43,8 +43,10 @@ class TrainingSettingsPanel(Container):
             choices=[("Auto (told per slice)", "auto"), ("All (the rest is background)", "all"),
                      ("Some (learn from those only)", "some")],
             tooltip="Whether every cell of a corrected slice is labelled. Unlabelled pixels are learnt as background "
-                    "only when all are; with some, only the labelled cells and the background around them are "
-                    "learnt from. Auto tells it per slice by what the base model finds where nothing is labelled.",
+                    "only when all are; with some, the labelled cells are learnt from, and as background what lies "
+                    "around them and wherever the base model finds no cell (cells it finds that are not labelled "
+                    "are left out; cells it misses are to be drawn). Auto tells it per slice by what the base model "
+                    "finds where nothing is labelled.",
         )
         self._batch_size = SpinBox(label="Batch size", min=1, max=64, value=4)
         from napari_unet.core.device import DEVICE_CHOICES  # not at the top: no torch on import
