@@ -59,6 +59,22 @@ def test_valid_sizes_helpers_agree_with_the_network():
         unet_output_size(570, 5)
 
 
+def test_the_smallest_valid_input_leaves_an_output():
+    """The paper's network took 140 px as its smallest input and 'gave' -44 px out: a patch size
+    of 128 then trained on nothing (every patch's targets empty). Its smallest input is 188 (4 out)."""
+    from napari_unet.core.patches import PatchGeometry
+
+    assert valid_input_size(1, 5) == 188 and unet_output_size(188, 5) == 4
+    with pytest.raises(ValueError, match="leaves an output.*nearest valid sizes: 188"):
+        unet_output_size(140, 5)
+    geometry = PatchGeometry.for_network(UNet.paper(), 128, largest=1000)
+    assert geometry.in_size == 188 and geometry.out_size == 4
+    small = UNet(base_width=4, depth=3, padding="valid").eval()
+    size = small.valid_input_size(1)
+    with torch.no_grad():
+        assert small(torch.zeros(1, 1, size, size)).shape[-1] == small.output_size(size) > 0
+
+
 def test_forward_and_backward_on_cpu():
     torch.manual_seed(0)
     net = UNet(in_channels=1, n_classes=3, base_width=4, depth=3, padding="same", norm="batch")

@@ -291,14 +291,14 @@ def unet_output_size(size: int, depth: int, padding: Padding = "valid") -> int:
         s //= 2
     if ok:
         s -= shrink
-        ok = s > 0
+        ok = s >= _smallest_bottom(depth, padding)
     if not ok:
         lower = _valid_below(size, depth, padding)
         upper = valid_input_size(size, depth, padding)
         if padding == "same":
             hint = f"a multiple of {2 ** (depth - 1)}"
         else:
-            hint = "a size that stays even before every pooling and positive at the bottom"
+            hint = "a size that stays even before every pooling and leaves an output"
         near = f"{lower} or {upper}" if lower else f"{upper}"
         raise ValueError(
             f"Input size {size} does not fit a {padding!r} U-Net with {depth} levels: it needs {hint} "
@@ -307,6 +307,20 @@ def unet_output_size(size: int, depth: int, padding: Padding = "valid") -> int:
     for _ in range(depth - 1):
         s = 2 * s - shrink
     return s
+
+
+def _smallest_bottom(depth: int, padding: Padding) -> int:
+    """The smallest size at the bottom level from which the way up still leaves an output (a
+    valid 5-level network needs 4: 1 left 140 px in, -44 out)."""
+    shrink = _shrink(padding)
+    bottom = 1
+    while True:
+        s = bottom
+        for _ in range(depth - 1):
+            s = 2 * s - shrink
+        if s > 0:
+            return bottom
+        bottom += 1
 
 
 def _bottom_to_input(bottom: int, depth: int, padding: Padding) -> int:
@@ -319,7 +333,7 @@ def _bottom_to_input(bottom: int, depth: int, padding: Padding) -> int:
 
 def valid_input_size(min_size: int, depth: int, padding: Padding = "valid") -> int:
     """Smallest input size >= ``min_size`` that a U-Net with ``depth`` levels accepts."""
-    bottom = 1
+    bottom = _smallest_bottom(depth, padding)
     while _bottom_to_input(bottom, depth, padding) < min_size:
         bottom += 1
     if padding == "same":
@@ -333,7 +347,7 @@ def _valid_below(size: int, depth: int, padding: Padding) -> int | None:
         d = 2 ** (depth - 1)
         v = (int(size) // d) * d
         return v or None
-    bottom = 1
+    bottom = _smallest_bottom(depth, padding)
     best = None
     while (s := _bottom_to_input(bottom, depth, padding)) <= size:
         best = s
