@@ -19,6 +19,7 @@ from napari_unet.core.scale import (
     min_size_at,
     object_diameters,
     parse_diameter,
+    pixel_correlation,
     resize_image,
     resize_probabilities,
     ObjectSize,
@@ -147,6 +148,57 @@ def test_diameter_search_converges_and_falls_back():
     assert empty.diameter is None and empty.final_scale == 1.0 and "no object found" in empty.note
 
 
+def test_diameter_search_looks_finer_for_tiny_objects():
+    """Objects far smaller than the model's (4-5 px nuclei of a 10x objective, for a 14 px model) are
+    lost to the minimum size at the image's own scale, or merge: enlarged passes (2x, then 4x) find
+    them when the two agree, and the image is segmented enlarged."""
+    size = ObjectSize.around(14)
+    search = DiameterSearch(size)
+    search.found(np.zeros((80, 80), np.int32), search.next_scale())  # nothing at the image's own scale
+    assert search.next_scale() == 2.0 and search.diameter is None
+    search.found(discs(5), 2.0)  # 10 px there: 5 px objects
+    assert search.next_scale() == 4.0
+    search.found(discs(9), 4.0)  # 18 px there: 4.5 px, in agreement
+    assert search.next_scale() is None and search.passes == [(1.0, None)]
+    # of the two, the finer unless its objects looked larger than the model's range (as in the pyramid)
+    assert search.diameter == pytest.approx(median_diameter(discs(5)) / 2)
+    assert search.count == len(np.unique(discs(5))) - 1
+    assert search.final_scale == pytest.approx(size.low / search.diameter, rel=0.01)
+
+    # objects far below the model's size (less than half its range's lower end) also look finer
+    small = DiameterSearch(size)
+    small.found(discs(2), small.next_scale())  # many 4 px objects
+    assert small.next_scale() == 2.0
+    small.found(discs(4), 2.0)  # 4 px
+    small.found(discs(7), 4.0)  # 3.5 px: agrees, and its objects were within the range there
+    assert small.next_scale() is None and small.diameter == pytest.approx(median_diameter(discs(7)) / 4)
+
+    # no two enlarged passes agree (noise, or one or two large objects): the pyramid as before
+    unsure = DiameterSearch(size, smallest_side=256)
+    unsure.found(discs(40), unsure.next_scale())  # one 80 px object
+    for scale, radius in ((2.0, 30), (4.0, 12)):
+        assert unsure.next_scale() == scale
+        unsure.found(discs(radius), scale)
+    assert unsure.next_scale() == 0.5
+    unsure.found(discs(20), 0.5)  # 80 px: agrees with the image's own scale
+    assert unsure.next_scale() is None and unsure.diameter == pytest.approx(80, rel=0.05)
+    assert [s for s, _d in unsure.passes] == [1.0, 0.5]
+
+    # an image of pixel noise (a blank frame): enlarged, its noise looks like 2-3 px objects; not looked for
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:200, :300]
+    camera = rng.poisson(90 * np.exp(-((yy - 100) ** 2 + (xx - 150) ** 2) / 4e4))  # uneven illumination
+    assert abs(pixel_correlation(camera)) < 0.05
+    noise = DiameterSearch(size, correlation=pixel_correlation(camera))
+    noise.found(np.zeros((200, 300), np.int32), noise.next_scale())
+    assert noise.next_scale() == 0.5 and noise.fine == []
+
+    # objects the model finds at the image's own scale: no enlarged pass
+    plain = DiameterSearch(size)
+    plain.found(discs(7), plain.next_scale())
+    assert plain.next_scale() == 0.5 and plain.fine == []
+
+
 def test_diameter_search_starts_at_the_prior_and_checks_it():
     size = ObjectSize(30, 26, 34)  # a whole-cell model; the user's cells are 12 px
     search = DiameterSearch(size, prior=12.0)
@@ -207,6 +259,27 @@ def test_estimate_finds_the_size_of_upscaled_nuclei(dsb_val_fluo, factor):
         result = next(i for i in iter_planes(model, big) if isinstance(i, PlaneResult))
         assert result.diameter == pytest.approx(truth, rel=0.15)
         assert result.labels.shape == big.shape
+
+
+def test_tiny_nuclei_are_found_and_segmented_enlarged(dsb_val_fluo):
+    """DSB2018 val nuclei shrunk to about 4 px (a 10x objective; anti-aliased, labels nearest): the
+    pass at the image's own scale finds none of them (below the minimum size), the enlarged passes
+    do. Before, nothing was found and nothing segmented (AP 0)."""
+    from skimage.transform import resize
+
+    from napari_unet.core.metrics import average_precision
+
+    model = load_model(device="cpu")
+    for image, labels in dsb_val_fluo[:2]:
+        factor = 4.0 / median_diameter(labels)
+        shape = (round(image.shape[0] * factor), round(image.shape[1] * factor))
+        small = resize(image.astype(np.float32), shape, order=1, anti_aliasing=True, preserve_range=True)
+        truth = resize(labels, shape, order=0, anti_aliasing=False, preserve_range=True).astype(np.int32)
+        assert pixel_correlation(small) > 0.5  # structure of a few pixels, not noise
+        result = next(i for i in iter_planes(model, small) if isinstance(i, PlaneResult))
+        assert result.diameter == pytest.approx(median_diameter(truth), rel=0.25)
+        assert result.scale > 2 and result.labels.shape == shape
+        assert average_precision(truth, result.labels) > 0.6
 
 
 def test_cli_refuses_a_bad_diameter_and_writes_nothing(tmp_path, dsb_val_fluo, capsys):

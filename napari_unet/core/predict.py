@@ -46,7 +46,7 @@ from .engine import NetworkRunner
 from .events import Progress, run_to_end
 from .instances import probabilities_to_labels
 from .preprocess import ImageError, is_constant, without_spikes
-from .scale import min_size_at
+from .scale import MIN_OBJECTS, min_size_at
 from .stack import MAX_STACK_AXES, StackLayout, Window, check_finite, read_plane, stack_layout  # noqa: F401  (MAX_STACK_AXES: re-exported)
 from .tiling import TilePlan, choose_tile_and_batch, mirror_pad, plan_tiles
 
@@ -670,8 +670,8 @@ ESTIMATE_RETRY_PLANES = 4
 #: (the first and up to :data:`ESTIMATE_RETRY_PLANES` more) shows more: the median of one or two
 #: objects is one blob's size, and a noise-only first frame gives one (a blank first frame of a
 #: SIM+ time-lapse set 33 px for 54 px nuclei, and the stack's AP@0.5 fell from 0.80 to 0.64).
-#: With three, one stray blob no longer sets the median.
-ESTIMATE_MIN_OBJECTS = 3
+#: With three, one stray blob no longer sets the median (the same count as an estimate pass's own).
+ESTIMATE_MIN_OBJECTS = MIN_OBJECTS
 
 
 @dataclass(frozen=True)
@@ -758,18 +758,20 @@ class _Sizing:
     ) -> Generator[Progress, None, np.ndarray | None]:
         """Passes over ``plane`` (or its centre) until the diameter is known; returns the
         probabilities of the final pass when it covered the whole plane (else None)."""
-        from .scale import ESTIMATE_CROP, central_crop, resize_image
+        from .scale import ESTIMATE_CROP, central_crop, pixel_correlation, resize_image
 
         search, self.search = self.search, None
         search.smallest_side = min(plane.shape[:2])
+        if search.prior is None:  # whether enlarged passes may look for tiny objects (not noise)
+            search.correlation = pixel_correlation(central_crop(plane, ESTIMATE_CROP))
         kept: dict[float, np.ndarray] = {}
         model = runner.engine.model
         while (scale := search.next_scale()) is not None:
             # the centre of the plane that is at most ESTIMATE_CROP a side once rescaled: a shrunk pass
             # sees a larger part (a crop taken first left the coarse passes, which measure large
             # objects, a few objects mostly cut by the crop's edge: SIM+ nuclei enlarged 3x were
-            # measured at 11 px for 144)
-            crop = central_crop(plane, int(np.ceil(ESTIMATE_CROP / min(scale, 1.0))))
+            # measured at 11 px for 144), an enlarged one a smaller part (a 4x pass is no 4096 px)
+            crop = central_crop(plane, int(np.ceil(ESTIMATE_CROP / scale)))
             probs = yield from runner._run(resize_image(crop, scale), k)
             # the passes' objects are made as the final ones are (at the model's scale here), with the
             # general post-processing or the values given: a kind's own setting is for the labels only
