@@ -229,6 +229,20 @@ def test_hot_pixels_are_taken_out_of_the_side_views_before_z_is_resampled(model)
     assert matching(truth, labels).tp == 3  # 0 when the side views saw the hot pixels
 
 
+def test_objects_narrower_than_the_plane_step_get_no_side_views(model):
+    """Planes 3 px apart and objects of 2.5 px (typed, or estimated on tiny nuclei): a yz / xz view's
+    pixel is one plane step, so its objects would be under a pixel; that raised "less than one
+    pixel". Only the xy planes are predicted, and a note says why."""
+    truth = _balls((36, 40, 56), [(10, 20, 16), (24, 20, 16), (17, 20, 40)], 7.0)[::3]
+    image = _nuclei_volume(truth, seed=1)
+    events = []
+    labels = run_to_end(iter_segment_volume(model, image, spacing=(3.0, 1.0, 1.0), orthogonal=True, diameter=2.5),
+                        events.append)
+    notes = [e.message for e in events if isinstance(e, VolumeNote)]
+    assert any("narrower than the planes are apart" in n and "only xy planes" in n for n in notes)
+    assert labels.shape == image.shape
+
+
 @pytest.fixture(scope="module")
 def synthetic_nuclei(data_dir):
     """StarDist's synthetic 3D nuclei (31, 61, 57), 51 objects (BSD-3)."""

@@ -437,10 +437,16 @@ def _iter_3d(model, volume, spacing, diameter, orthogonal, threshold, min_size, 
             yield VolumeNote(f"The stack is only {nzr} px deep (at the xy pixel size), less than two objects "
                              f"of {xy_diameter:.3g} px: only xy planes are predicted (no yz / xz views).")
             orthogonal = False
+        sides = {axis: _SidePlanes(volume, axis, z_factor) for axis in (2, 1)} if orthogonal else {}
+        if sides and xy_diameter and xy_diameter < max(side.pixel for side in sides.values()):
+            # a side view's pixel is one plane step wide: no object there to segment (nor a diameter)
+            yield VolumeNote(f"The objects ({xy_diameter:.3g} px) are narrower than the planes are apart "
+                             f"({z_factor:.3g} px): only xy planes are predicted (no yz / xz views).")
+            orthogonal = False
         if orthogonal:
             weight = side_view_weight(z_factor)
             for axis, stage in ((2, "yz"), (1, "xz")):
-                side = _SidePlanes(volume, axis, z_factor)
+                side = sides[axis]
                 # the side plane's pixels are side.pixel xy pixels wide: its objects measure that much less
                 side_diameter: float | str = xy_diameter / side.pixel if xy_diameter else "native"
 
