@@ -193,6 +193,14 @@ def test_diameter_search_looks_finer_for_tiny_objects():
     noise.found(np.zeros((200, 300), np.int32), noise.next_scale())
     assert noise.next_scale() == 0.5 and noise.fine == []
 
+    # an empty field (a textured background): the model sees no specks under the minimum size either
+    empty = DiameterSearch(size)
+    empty.found(np.zeros((200, 300), np.int32), empty.next_scale(), specks=lambda: discs(40)[:200, :300])
+    assert empty.next_scale() == 0.5 and empty.fine == []
+    specks = DiameterSearch(size)  # tiny nuclei: specks where the model saw them, dropped by the minimum size
+    specks.found(np.zeros((256, 256), np.int32), specks.next_scale(), specks=lambda: discs(2))
+    assert specks.next_scale() == 2.0
+
     # objects the model finds at the image's own scale: no enlarged pass
     plain = DiameterSearch(size)
     plain.found(discs(7), plain.next_scale())

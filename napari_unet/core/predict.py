@@ -776,7 +776,8 @@ class _Sizing:
             # the passes' objects are made as the final ones are (at the model's scale here), with the
             # general post-processing or the values given: a kind's own setting is for the labels only
             found = probabilities_to_labels(probs, threshold, min_size, model.representation, min_seed=min_seed)
-            search.found(found, scale)
+            search.found(found, scale, specks=lambda probs=probs: probabilities_to_labels(
+                probs, threshold, 0, model.representation, min_seed=0))
             if crop.shape[:2] == plane.shape[:2]:
                 kept[scale] = probs
         first_found = self.best is None

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +64,7 @@ __all__ = [
     "FINE_SCALES",
     "MIN_OBJECTS",
     "check_diameter",
+    "count_objects",
     "equivalent_diameters",
     "median_diameter",
     "object_diameters",
@@ -102,6 +104,11 @@ def object_diameters(labels: np.ndarray) -> np.ndarray:
         return diameters
     areas = np.pi * (diameters / 2.0) ** 2
     return diameters[areas >= FRAGMENT_FRACTION * np.percentile(areas, 90)]
+
+
+def count_objects(labels: np.ndarray) -> int:
+    """How many objects (labels other than 0) a labels array holds."""
+    return int(np.count_nonzero(np.bincount(np.asarray(labels).ravel())[1:]))
 
 
 def median_diameter(labels: np.ndarray) -> float | None:
@@ -302,7 +309,8 @@ class DiameterSearch:
     model) are lost to the minimum size at scale 1 or merge there, and only merge more below it.
     When the pass at scale 1 finds fewer than :data:`MIN_OBJECTS` objects, or objects less than
     half ``size.low``, in an image with structure of a few pixels (:func:`pixel_correlation`, not
-    a blank frame of camera noise), enlarged passes at :data:`FINE_SCALES` (2x, then 4x) follow:
+    a blank frame of camera noise) where the model sees specks under the minimum size (not an
+    empty field), enlarged passes at :data:`FINE_SCALES` (2x, then 4x) follow:
     when the two agree (the same rule says which one measures) and that one rests on
     :data:`MIN_OBJECTS` objects or more, that is the size; otherwise the pyramid goes on from
     scale 1 as above. (39 DSB2018 val fluorescence images shrunk so that their nuclei measure
@@ -357,9 +365,13 @@ class DiameterSearch:
     def _fits(self, scale: float) -> bool:
         return self.smallest_side * scale >= MIN_PASS_SIDE
 
-    def found(self, labels_at_scale: np.ndarray, scale: float) -> None:
+    def found(self, labels_at_scale: np.ndarray, scale: float,
+              specks: Callable[[], np.ndarray] | None = None) -> None:
+        """What the pass at ``scale`` found; ``specks``: the same pass's objects without the minimum
+        size (asked for only when the pass at scale 1 may have missed tiny objects, see
+        :meth:`_tiny`; None: taken as there)."""
         self._started = True
-        self._counts[scale] = int(np.count_nonzero(np.bincount(np.asarray(labels_at_scale).ravel())[1:]))
+        self._counts[scale] = count_objects(labels_at_scale)
         at_scale = median_diameter(labels_at_scale)
         estimate = None if at_scale is None else at_scale / scale
         if self._testing_prior:
@@ -367,7 +379,7 @@ class DiameterSearch:
         if scale > 1.0:
             return self._finer(scale, estimate)
         self.passes.append((scale, estimate))
-        if len(self.passes) == 1 and self._tiny(scale, estimate):
+        if len(self.passes) == 1 and self._tiny(scale, estimate, specks):
             self._next = FINE_SCALES[0]
             return
         self._coarser()
@@ -383,14 +395,19 @@ class DiameterSearch:
             return
         self._done(self._without_agreement())
 
-    def _tiny(self, scale: float, estimate: float | None) -> bool:
+    def _tiny(self, scale: float, estimate: float | None, specks: Callable[[], np.ndarray] | None) -> bool:
         """Whether the pass at the image's own scale may have missed objects too small for the
         model: it found fewer than :data:`MIN_OBJECTS`, or objects less than half the smallest size
-        the model segments well (``size.low``), in an image with structure of a few pixels
-        (:data:`MIN_PIXEL_CORRELATION`)."""
+        the model segments well (``size.low``); in an image with structure of a few pixels
+        (:data:`MIN_PIXEL_CORRELATION`), and where the model did see :data:`MIN_OBJECTS` objects
+        or more when the minimum size is not applied (tiny nuclei show as specks under it). An
+        empty field of a textured background (DIC) shows none, nor do one or two large cells: their
+        enlarged passes found 130-220 "objects" of 6-11 px in the background's texture."""
+        if self._counts[scale] >= MIN_OBJECTS and estimate * scale >= self.size.low / 2:
+            return False
         if self.correlation is not None and self.correlation < MIN_PIXEL_CORRELATION:
             return False
-        return self._counts[scale] < MIN_OBJECTS or estimate * scale < self.size.low / 2
+        return specks is None or count_objects(specks()) >= MIN_OBJECTS
 
     def _finer(self, scale: float, estimate: float | None) -> None:
         """One of the enlarged passes (:data:`FINE_SCALES`); after the last, the estimate when the
