@@ -1,7 +1,9 @@
-"""Object size: AP@0.5 and time on DSB2018 val fluorescence images rescaled 0.5x to 4x.
+"""Object size: AP@0.5 and time on DSB2018 val fluorescence images rescaled 0.2x to 4x.
 
-For each rescaling of the images (bicubic; labels by nearest neighbour) it prints the mean
-AP@0.5 and the seconds per image of the built-in model
+For each rescaling of the images (bicubic; labels by nearest neighbour), and for each object size
+of ``--diameters`` (every image rescaled so that its nuclei measure that many pixels at the median:
+the tiny nuclei of a 10x objective), it prints the mean AP@0.5 and the seconds per image of the
+built-in model
 
 * ``fixed``: at the image's own scale (``diameter="native"``, what napari-unet did before),
 * ``auto``: with the automatic object diameter (the default now),
@@ -10,6 +12,7 @@ and, for ``auto``, the median ratio of the estimated to the true diameter.
 
     python benchmarks/bench_scale.py                  # all 39 val fluorescence images
     python benchmarks/bench_scale.py --limit 12 --factors 0.5 1 2 3
+    python benchmarks/bench_scale.py --factors 0.25 0.2 --diameters 4 3   # small and tiny nuclei
 """
 
 from __future__ import annotations
@@ -50,7 +53,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=None, help="first N images (by id)")
     parser.add_argument("--model", default=None, help="model name or file (default: the built-in model)")
-    parser.add_argument("--factors", type=float, nargs="+", default=[0.5, 1, 2, 3, 4])
+    parser.add_argument("--factors", type=float, nargs="+", default=[0.2, 0.25, 0.5, 1, 2, 3, 4])
+    parser.add_argument("--diameters", type=float, nargs="*", default=[4],
+                        help="also rescale every image so that its nuclei measure this many pixels")
     args = parser.parse_args()
 
     import torch
@@ -68,12 +73,14 @@ def main() -> None:
     print(f"model {model.name}: diameter {model.diameter:g} px, range {model.object_size.low:.1f}-"
           f"{model.object_size.high:.1f} px; {len(pairs)} DSB2018 val fluorescence images")
     print(f"{'factor':>6} | {'fixed AP':>8} {'s/img':>6} | {'auto AP':>8} {'s/img':>6} | {'est/true':>8}")
-    for factor in args.factors:
+    rows = [(f"{f:g}", lambda _labels, f=f: f) for f in args.factors]
+    rows += [(f"{d:g} px", lambda labels, d=d: d / median_diameter(labels)) for d in args.diameters]
+    for name, factor_of in rows:
         row = {}
         for mode in ("native", "auto"):
             aps, ratios, took = [], [], 0.0
             for image, labels in pairs:
-                img, lab = rescaled(image, labels, factor)
+                img, lab = rescaled(image, labels, factor_of(labels))
                 start = time.perf_counter()
                 result = next(i for i in iter_planes(model, img, diameter=mode) if isinstance(i, PlaneResult))
                 took += time.perf_counter() - start
@@ -83,7 +90,7 @@ def main() -> None:
                     ratios.append(result.diameter / truth)
             row[mode] = (float(np.mean(aps)), took / len(pairs), float(np.median(ratios)) if ratios else float("nan"))
         (fa, ft, _), (aa, at, ratio) = row["native"], row["auto"]
-        print(f"{factor:>6g} | {fa:>8.3f} {ft:>6.2f} | {aa:>8.3f} {at:>6.2f} | {ratio:>8.2f}", flush=True)
+        print(f"{name:>6} | {fa:>8.3f} {ft:>6.2f} | {aa:>8.3f} {at:>6.2f} | {ratio:>8.2f}", flush=True)
 
 
 if __name__ == "__main__":
