@@ -38,11 +38,8 @@ SCALE_TOLERANCE = 0.15
 PYRAMID_LEVELS = 5
 #: Two consecutive levels whose estimates differ less than this agree on the object size.
 STABLE_RATIO = 1.25
-#: A pyramid level stops when the image would be smaller than this (pixels, shorter side). Large
-#: objects in a small window need the coarse levels: SIM+ nuclei of 45 px in a 192 px window were
-#: measured at 16-19 px with 64 here (the 48 px level, where they reach the model's size, was not
-#: looked at), 32-35 px with 32.
-MIN_PASS_SIDE = 32
+#: A pyramid level stops when the image would be smaller than this (pixels, shorter side).
+MIN_PASS_SIDE = 64
 #: Estimation passes on planes larger than this (per side) run on a central crop of it.
 ESTIMATE_CROP = 1024
 #: Enlarged passes of the estimate, in this order until two consecutive ones agree, when the
@@ -338,7 +335,7 @@ class DiameterSearch:
     """
 
     size: ObjectSize
-    smallest_side: int = 10_000  # of the image the passes run on: coarser levels stop at 32 px
+    smallest_side: int = 10_000  # of the image the passes run on: coarser levels stop at 64 px
     prior: float | None = None  # diameter (image px) to try first
     passes: list[tuple[float, float | None]] = field(default_factory=list)  # pyramid (scale, diameter in image px)
     checks: list[tuple[float, float | None]] = field(default_factory=list)  # the passes that tested the prior
