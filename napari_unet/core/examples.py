@@ -18,6 +18,7 @@ import numpy as np
 from .checkpoint import SegmentationModel
 from .labels import check_labels
 from .preprocess import prepare_plane, without_spikes
+from .scale import count_objects  # noqa: F401  (re-exported: the examples' object count)
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +144,6 @@ def at_model_scale(model: SegmentationModel, image: np.ndarray, labels: np.ndarr
 def has_objects(examples: Sequence[TrainingExample]) -> bool:
     """True when at least one example holds an object."""
     return any(bool(e.labels.max() > 0) for e in examples)
-
-
-def count_objects(labels: np.ndarray) -> int:
-    """Number of distinct objects (non-zero ids) in a label image."""
-    return int(np.count_nonzero(np.bincount(labels.ravel())[1:]))
 
 
 def split_examples(
