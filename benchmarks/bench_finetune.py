@@ -179,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="label only this many (random) cells of the correction frame, the rest left unlabelled")
     parser.add_argument("--labelled", choices=("auto", "all", "some"), default=None,
                         help="finetune's labelled= (default: finetune's)")
+    parser.add_argument("--val-fraction", type=float, default=None, help="finetune's val_fraction (default: finetune's)")
+    parser.add_argument("--select", choices=("best", "latest"), default=None, help="finetune's select (default: finetune's)")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
@@ -222,7 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     train_kw = {k: v for k, v in (("patch_size", args.patch_size), ("batch_size", args.batch_size),
-                                  ("steps", args.steps), ("labelled", args.labelled)) if v}
+                                  ("steps", args.steps), ("labelled", args.labelled),
+                                  ("select", args.select)) if v}
+    if args.val_fraction is not None:
+        train_kw["val_fraction"] = args.val_fraction
     if args.steps:
         budget = None
     for name in args.datasets:
