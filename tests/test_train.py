@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from napari_unet.core.checkpoint import SegmentationModel, read_model_file, save_model
-from napari_unet.core.events import TrainStep, Validation, run_to_end
+from napari_unet.core.events import TrainNote, TrainStep, Validation, run_to_end
 from napari_unet.core.model import UNet
 from napari_unet.core.train import DEFAULT_STEPS, finetune, prepare_examples, run_finetune, split_examples
 
@@ -175,15 +175,33 @@ def test_few_held_out_objects_are_judged_by_the_loss(c2c12_frame0):
 
 
 def test_validation_without_objects_keeps_the_latest_weights(dsb_fluo_crop):
+    """Held-out images given without any object: the metric cannot tell models apart."""
     image, labels = dsb_fluo_crop
-    one = np.where(labels == labels[labels > 0][0], 1, 0).astype(np.int32)  # a single nucleus
-    events, result = _drain(finetune(_tiny(), [image], [one], steps=2, patch_size=32, batch_size=2,
+    events, result = _drain(finetune(_tiny(), [image], [labels], steps=2, patch_size=32, batch_size=2,
+                                     val_images=[image], val_labels=[np.zeros_like(labels)],
                                      validate_every=1, device="cpu"))
     training = result.metadata["training"]
-    assert training["val_split"] == "band"
+    assert training["val_split"] == "explicit"
     assert training["selected"] == "latest" and training["selected_step"] == 2
     assert "no object" in training["selection_note"]
     assert [e.step for e in events if isinstance(e, Validation)] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("n_labelled", [1, 2])
+def test_one_or_two_labelled_objects_are_all_trained_on(dsb_fluo_crop, n_labelled):
+    """With one or two labelled nuclei, a held-out band would take one of them: its loss alone would
+    pick the weights, and training would lose half of what it has. Nothing is held out, the last
+    weights are kept, and the user is told."""
+    image, labels = dsb_fluo_crop
+    ids = [i for i in np.unique(labels) if i][:n_labelled]
+    few = np.where(np.isin(labels, ids), labels, 0).astype(np.int32)
+    events, result = _drain(finetune(_tiny(), [image], [few], steps=2, patch_size=32, batch_size=2,
+                                     validate_every=1, device="cpu", labelled="all"))
+    training = result.metadata["training"]
+    assert training["val_split"] == "none" and training["selected"] == "latest"
+    assert result.metadata["steps"] == 2 and not any(isinstance(e, Validation) for e in events)
+    notes = [e.message for e in events if isinstance(e, TrainNote)]
+    assert any(f"only {n_labelled} labelled" in n and "last weights" in n for n in notes), notes
 
 
 def test_bad_inputs(dsb_fluo_crop):

@@ -184,7 +184,7 @@ def test_evaluation_mode_gives_every_module_its_mode_back():
 
 # ---------------------------------------------------------------------- selection rules and tracking
 def test_selection_rule_follows_the_held_out_objects():
-    assert SelectionRule.for_validation("best", 0, 0) == SelectionRule("best", "ap50", None)
+    assert SelectionRule.for_validation("best", 0, 0) == SelectionRule("latest", "ap50", None)  # nothing held out
     assert SelectionRule.for_validation("latest", 3, 50) == SelectionRule("latest", "ap50", None)
     none = SelectionRule.for_validation("best", 1, 0)
     assert none.select == "latest" and "no object" in none.note and none.recorded_metric is None

@@ -18,11 +18,16 @@ import numpy as np
 from .checkpoint import SegmentationModel
 from .labels import check_labels
 from .preprocess import prepare_plane, without_spikes
-from .scale import count_objects  # noqa: F401  (re-exported: the examples' object count)
+from .scale import count_objects  # (also re-exported: the examples' object count)
 
 log = logging.getLogger(__name__)
 
 MIN_PLANE_SIZE = 8
+#: A held-out part with fewer labelled objects than this is not held out: one object's loss
+#: picks weights by chance, and training loses one of very few objects. Measured with 2, 4 of 8
+#: C2C12 cells and 2, 5 of 30 SIM+ nuclei labelled (benchmarks/RESULTS.md, "Very few labelled
+#: cells"): training on all of them and keeping the last weights did as well or better.
+MIN_HELD_OUT_OBJECTS = 2
 
 
 @dataclass
@@ -158,6 +163,8 @@ def split_examples(
     ``val_fraction`` of the plane's objects while leaving some to train on (see
     :func:`choose_band`): a band of pure background would measure nothing but false
     positives, and would keep the base model whenever it predicts nothing there.
+    Nothing is held out when the held-out part would hold fewer than
+    :data:`MIN_HELD_OUT_OBJECTS` objects (a few labelled cells: all are trained on).
     """
     if val_fraction <= 0:
         return examples, []
@@ -170,7 +177,7 @@ def split_examples(
         val = [examples[i] for i in sorted(order[:k])]
         train = [examples[i] for i in sorted(order[k:])]
         if has_objects(train):
-            return train, val
+            return _enough_held_out(examples, train, val)
     train, val = [], []
     for e in examples:
         band = choose_band(e.labels, val_fraction)
@@ -187,6 +194,15 @@ def split_examples(
         else:
             train.append(e.part(every, keep))
             val.append(e.part(every, take))
+    return _enough_held_out(examples, train, val)
+
+
+def _enough_held_out(
+    examples: list[TrainingExample], train: list[TrainingExample], val: list[TrainingExample]
+) -> tuple[list[TrainingExample], list[TrainingExample]]:
+    """``(train, val)``, or every example and nothing held out when ``val`` holds too few objects."""
+    if sum(count_objects(e.labels) for e in val) < MIN_HELD_OUT_OBJECTS:
+        return examples, []
     return train, val
 
 
@@ -288,6 +304,13 @@ def training_split(
     else:
         train, val = split_examples(examples, val_fraction, rng)
         kind = "none" if not val else ("planes" if len(train) < len(examples) else "band")
+        if val_fraction > 0 and not val:
+            n = sum(count_objects(e.labels) for e in examples)
+            small = all(min(e.labels.shape) < 2 * MIN_PLANE_SIZE for e in examples)
+            why = "the slices are too small to hold a part out" if small else (
+                f"only {n} labelled {'object' if n == 1 else 'objects'}, too few to hold some out")
+            notes.append(f"nothing held out to check the model ({why}): it learns from everything labelled "
+                         "and the last weights are kept.")
     if not has_objects(train):
         train = examples  # every object fell in the validation part: train on all
         log.warning("All labelled objects are in the validation part; training on everything.")

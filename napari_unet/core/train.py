@@ -35,13 +35,14 @@ Recipe
 * Validation split: held-out whole planes when there are enough examples
   (``floor(n * val_fraction) >= 1``), otherwise a band (``val_fraction`` of one side,
   along the edge that holds about that share of the objects) of every plane that
-  training crops never see. The metric is the DSB2018 AP at IoU 0.5 of whole-plane
-  segmentation (ties broken by the validation loss); with fewer than
-  ``MIN_VAL_OBJECTS_FOR_AP`` held-out objects the validation loss alone decides, as AP
-  over a handful of objects is mostly noise. A validation at step 0 measures
-  the input model, so the returned model is never worse on the validation data than
-  the one given. When the held-out part holds no object at all (a single labelled
-  object, say) the metric cannot tell models apart: the latest weights are returned
+  training crops never see; nothing is held out when that part would hold fewer than
+  ``MIN_HELD_OUT_OBJECTS`` (2) labelled objects (the latest weights are returned). The
+  metric is the DSB2018 AP at IoU 0.5 of whole-plane segmentation (ties broken by the
+  validation loss); with fewer than ``MIN_VAL_OBJECTS_FOR_AP`` held-out objects the
+  validation loss alone decides, as AP over a handful of objects is mostly noise. A
+  validation at step 0 measures the input model, so the returned model is never worse on
+  the validation data than the one given. When given validation images hold no object
+  at all the metric cannot tell models apart: the latest weights are returned
   and the metadata says why.
 * Batch normalisation: when fine-tuning (``freeze_norm=None`` with a trained input
   model, i.e. anything but ``from_scratch=True``), BatchNorm layers stay in eval mode:

@@ -140,7 +140,9 @@ class SelectionRule:
     @classmethod
     def for_validation(cls, select: str, n_planes: int, n_objects: int) -> SelectionRule:
         """The rule for a run asked to keep ``select`` weights, validated on ``n_planes`` holding ``n_objects``."""
-        if not n_planes or select != "best":
+        if not n_planes:
+            return cls("latest")  # nothing to choose by: the weights returned are the last ones
+        if select != "best":
             return cls(select)
         if n_objects == 0:
             note = "the validation part holds no object, so the latest weights were kept"
