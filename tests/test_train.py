@@ -65,6 +65,8 @@ def test_a_few_dozen_steps_lower_the_loss(dsb_fluo_crop):
     assert len(losses) == 40
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
     assert result.metadata["val_ap50"] is None  # no validation asked
+    # an untrained model tells nothing about unlabelled cells: "auto" learnt every plane as labelled in full
+    assert result.metadata["training"]["labelled"] == "all" and result.metadata["training"]["partial_examples"] == []
 
 
 def test_stop_right_after_start_returns_unchanged_copy(dsb_fluo_crop):
