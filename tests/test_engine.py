@@ -19,6 +19,7 @@ import torch
 
 from napari_unet.core import SegmentationModel, UNet, load_model
 from napari_unet.core import engine as eng
+from napari_unet.core.device import give_freed_memory_back
 from napari_unet.core.events import run_to_end
 from napari_unet.core.predict import PredictionStopped, iter_predict_probabilities, predict_probabilities
 
@@ -290,17 +291,7 @@ def _resident_mb() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
-def _give_free_heap_back() -> None:
-    """glibc keeps freed heap memory resident; hand it back so that what follows is measured from there."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
+@pytest.mark.timing
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="resident memory read from /proc (Linux)")
 def test_runs_reuse_their_memory_and_give_it_back_when_idle(monkeypatch):
     """ONNX Runtime's arena (reused between the operators of a run, a large speed-up on the CPU)
@@ -312,7 +303,7 @@ def test_runs_reuse_their_memory_and_give_it_back_when_idle(monkeypatch):
     network = eng.onnx_network(model.net)
     network.release_memory()
     batch = np.random.default_rng(0).standard_normal((1, 1, 1024, 1024)).astype(np.float32)
-    _give_free_heap_back()  # else the arena may grow into memory earlier tests freed: no change in RSS
+    give_freed_memory_back()  # else the arena may grow into memory earlier tests freed: no change in RSS
     before = _resident_mb()
     for _ in range(2):
         probs = network(batch)

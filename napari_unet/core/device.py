@@ -85,6 +85,28 @@ def free_memory_bytes(device: torch.device | str) -> int | None:
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 
 
+def give_freed_memory_back() -> bool:
+    """Hand the memory this process has freed but glibc still holds back to the system (Linux
+    with glibc; ``malloc_trim``). glibc keeps freed blocks from its heap resident, and once a
+    large mapped block is freed it serves later blocks of that size from the heap: memory a
+    library freed (ONNX Runtime's arena after a big tile) would stay resident in the napari
+    window. A few milliseconds. Returns True when it ran.
+    """
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
+    return True
+
+
 def keep_freed_memory(trim_threshold: int = 1 << 30, top_pad: int = 256 << 20, mmap_threshold: int = 32 << 20) -> bool:
     """Let this process keep memory it frees (Linux with glibc) instead of handing it back at once.
 

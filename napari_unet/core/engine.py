@@ -39,6 +39,8 @@ import torch
 
 from napari_unet._atomic import atomic_write
 
+from .device import give_freed_memory_back
+
 log = logging.getLogger(__name__)
 
 ENGINES = ("auto", "torch", "onnx")
@@ -368,6 +370,7 @@ class OnnxNetwork:
                              _run_options(shrink=True))
         except Exception as exc:  # never worth an error: the memory is only kept longer
             log.debug("Releasing ONNX Runtime's memory failed: %s", exc)
+        give_freed_memory_back()  # what the arena freed, glibc may keep resident otherwise
 
     def _schedule_release(self) -> None:
         # the timer holds the network weakly: a network the session cache dropped is not kept alive

@@ -148,12 +148,18 @@ class LiveCurves:
         h = self.history
         self._loss_line.set_data(h["step"], h["loss"])
         self._val_line.set_data(h["val_step"], h["ap50"])
-        if self._fit_axes() or self._full_needed or self._background is None:
-            self.canvas.draw()  # the whole figure; _on_full_draw adds the curves
+        try:  # (and the canvas can be deleted while a whole figure is drawn, the viewer closing)
+            if self._fit_axes() or self._full_needed or self._background is None:
+                self.canvas.draw()  # the whole figure; _on_full_draw adds the curves
+                return
+            self.canvas.restore_region(self._background)
+            self._draw_curves()
+            self.canvas.blit(self.figure.bbox)
+        except RuntimeError as exc:
+            if "deleted" not in str(exc):
+                raise
+            self._alive = False
             return
-        self.canvas.restore_region(self._background)
-        self._draw_curves()
-        self.canvas.blit(self.figure.bbox)
         self.quick_draws += 1
 
     def _on_full_draw(self, _event: Any = None) -> None:
