@@ -26,6 +26,7 @@ def bench_gui():
     return module
 
 
+@pytest.mark.timing
 def test_no_stall_over_a_second_segmenting_and_fine_tuning(make_napari_viewer, qtbot, data_dir, bench_gui):
     image, truth = bench_gui.dsb_mosaic(data_dir)
     assert image.shape == (1024, 1024)

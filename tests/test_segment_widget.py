@@ -259,6 +259,7 @@ def test_brush_edit_in_segmented_layer_protects_the_slice(widget, qtbot, c2c12_s
     assert any("Skipped a slice you corrected (slice 3)" in m for m in notifications)
 
 
+@pytest.mark.timing
 def test_whole_stack_keeps_event_loop_running_and_can_cancel(widget, qtbot, data_dir, notifications):
     import time
 
