@@ -763,7 +763,7 @@ class _Sizing:
         search, self.search = self.search, None
         search.smallest_side = min(plane.shape[:2])
         if search.prior is None:  # whether enlarged passes may look for tiny objects (not noise)
-            search.correlation = pixel_correlation(central_crop(plane, ESTIMATE_CROP))
+            search.correlation = lambda: pixel_correlation(central_crop(plane, ESTIMATE_CROP))  # (rarely needed)
         kept: dict[float, np.ndarray] = {}
         model = runner.engine.model
         while (scale := search.next_scale()) is not None:

@@ -340,8 +340,9 @@ class DiameterSearch:
     passes: list[tuple[float, float | None]] = field(default_factory=list)  # pyramid (scale, diameter in image px)
     checks: list[tuple[float, float | None]] = field(default_factory=list)  # the passes that tested the prior
     fine: list[tuple[float, float | None]] = field(default_factory=list)  # enlarged passes, as ``passes``
-    #: of the image (see :func:`pixel_correlation`; None: not known, taken as structured)
-    correlation: float | None = None
+    #: of the image (see :func:`pixel_correlation`), or a function that measures it (called only
+    #: when the pass at scale 1 asks whether to look for tiny objects); None: taken as structured
+    correlation: float | Callable[[], float] | None = None
     diameter: float | None = None
     #: objects of the pass (or passes) the estimate came from: how much it rests on
     count: int = 0
@@ -405,7 +406,8 @@ class DiameterSearch:
         enlarged passes found 130-220 "objects" of 6-11 px in the background's texture."""
         if self._counts[scale] >= MIN_OBJECTS and estimate * scale >= self.size.low / 2:
             return False
-        if self.correlation is not None and self.correlation < MIN_PIXEL_CORRELATION:
+        correlation = self.correlation() if callable(self.correlation) else self.correlation
+        if correlation is not None and correlation < MIN_PIXEL_CORRELATION:
             return False
         return specks is None or count_objects(specks()) >= MIN_OBJECTS
 
