@@ -306,7 +306,7 @@ def training_split(
         kind = "none" if not val else ("planes" if len(train) < len(examples) else "band")
         if val_fraction > 0 and not val:
             n = sum(count_objects(e.labels) for e in examples)
-            small = all(min(e.labels.shape) < 2 * MIN_PLANE_SIZE for e in examples)
+            small = all(choose_band(e.labels, val_fraction) is None for e in examples)  # (no band to take)
             why = "the slices are too small to hold a part out" if small else (
                 f"only {n} labelled {'object' if n == 1 else 'objects'}, too few to hold some out")
             notes.append(f"nothing held out to check the model ({why}): it learns from everything labelled "
