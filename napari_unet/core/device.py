@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 
@@ -93,18 +94,28 @@ def give_freed_memory_back() -> bool:
     window. A few milliseconds. Returns True when it ran.
     """
     import ctypes
-    import ctypes.util
-    import sys
 
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc
+    trim = _glibc_function("malloc_trim")
+    if trim is None:
         return False
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     trim(0)
     return True
+
+
+def _glibc_function(name: str) -> Any:
+    """A function of the C library on Linux (a ctypes function), None where there is none of that
+    name (not Linux, or not glibc: musl has no mallopt)."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
 
 
 def keep_freed_memory(trim_threshold: int = 1 << 30, top_pad: int = 256 << 20, mmap_threshold: int = 32 << 20) -> bool:
@@ -122,15 +133,9 @@ def keep_freed_memory(trim_threshold: int = 1 << 30, top_pad: int = 256 << 20, m
     Returns True when the setting took effect.
     """
     import ctypes
-    import ctypes.util
-    import sys
 
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+    mallopt = _glibc_function("mallopt")
+    if mallopt is None:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return all(mallopt(param, int(value)) == 1 for param, value in (
