@@ -377,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--texture-contrast", type=float, nargs=2, default=[0.5, 2.0], metavar=("LO", "HI"),
                         help="range of each object's contrast factor with --augment-texture (default 0.5 2; "
                              "1 1: only the texture inside)")
+    parser.add_argument("--augment-debris", type=float, default=0.0, metavar="P",
+                        help="probability that a patch gets a few bright foreign blobs near its objects (dead "
+                             "cells, dust), left out of the loss: core.augment's debris_prob (default 0)")
     parser.add_argument("--within-stage", action="store_true",
                         help="with --resume MODEL: keep the best weights of this stage's own validations, not "
                              "MODEL's when none scores higher (a stage that trades a little val AP for "
@@ -527,6 +530,8 @@ def stage_arguments(stages: list[dict], out: str) -> list[list[str]]:
         if st.get("augment_texture"):
             argv += ["--augment-texture", f"{st['augment_texture']:g}"]
             argv += ["--texture-contrast", *(f"{c:g}" for c in st["texture_contrast"])]
+        if st.get("augment_debris"):
+            argv += ["--augment-debris", f"{st['augment_debris']:g}"]
         if not last:
             argv.append("--no-card")
         argv += ["--out", str(out_path if last else out_path.with_name(f"stage{i + 1}.pt"))]
@@ -577,6 +582,8 @@ def _stage_record(meta: dict, args: argparse.Namespace | None) -> dict:
             record["augment_texture"] = args.augment_texture
             record["texture_contrast"] = list(args.texture_contrast)
             record["texture_edge"] = training_legs.augment_config(args).texture_edge  # the fading it trained with
+        if args.augment_debris:
+            record["augment_debris"] = args.augment_debris
         record["seed"] = args.seed
         record["model"] = args.model
         record["diameter"] = args.diameter
@@ -645,7 +652,9 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
                 + "".join(f"; in stage {i + 1}, " + AugmentConfig(
                     texture=tuple(st["texture_contrast"]),
                     texture_edge=st.get("texture_edge", AugmentConfig().texture_edge)).describe_texture()
-                    for i, st in enumerate(stages) if st.get("augment_texture")),
+                    for i, st in enumerate(stages) if st.get("augment_texture"))
+                + "".join(f"; in stage {i + 1}, {AugmentConfig().describe_debris()}"
+                          for i, st in enumerate(stages) if st.get("augment_debris")),
             "optimiser": f"AdamW lr {args.lr} ({WarmupCosine(args.lr).describe()}), "
                          f"weight decay {training.get('weight_decay', 1e-4):g}, "
                          f"batch {args.batch_size} x {training['patch_size']} px patches",
@@ -666,6 +675,7 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
                 + (f", uneven object brightness p={st['augment_texture']:g} (contrast "
                    f"{'-'.join(f'{c:g}' for c in st['texture_contrast'])})"
                    if st.get("augment_texture") else "")
+                + (f", bright debris p={st['augment_debris']:g}" if st.get("augment_debris") else "")
                 + (", its own best validation kept" if st.get("within_stage") else "")
                 for i, st in enumerate(stages)
             ),

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from napari_unet.core.augment import (
     NO_AUGMENT,
     AugmentConfig,
+    bright_debris,
     coarse_displacements,
     elastic_deform,
     enlarged_look,
@@ -145,6 +147,30 @@ def test_object_texture_changes_objects_only_and_keeps_their_polarity():
     _img, lab = sample_patch(image, labels, 32, np.random.default_rng(7), AugmentConfig(texture_prob=1.0))
     np.testing.assert_array_equal(lab, sample_patch(image, labels, 32, np.random.default_rng(7))[1])
     assert "uneven brightness (contrast x0.5-2" in AugmentConfig(texture_prob=0.5).describe()
+
+
+def test_bright_debris_lies_in_the_background_and_outshines_the_objects():
+    rng = np.random.default_rng(4)
+    labels = np.zeros((96, 96), np.int32)
+    labels[10:26, 10:26] = 1
+    labels[60:78, 50:66] = 2
+    labels[30:44, 70:86] = 3
+    near = ndi.distance_transform_edt(labels == 0) <= 2  # the objects and 2 px around them
+    for background, objects in ((0.1, 0.6), (0.9, 0.4)):  # fluorescence-like, then stained tissue
+        image = np.where(labels > 0, objects, background).astype(np.float32)[None]
+        out, debris = bright_debris(image, labels, rng, brightness=(3.0, 3.0))
+        assert out.shape == image.shape and out.dtype == np.float32 and debris.any()
+        assert not (debris & near).any()  # never over an object nor its margin
+        np.testing.assert_array_equal(out[0][~debris], image[0][~debris])  # only the debris changed
+        peak = background + 3.0 * (objects - background)
+        assert np.isclose(out[0][debris], peak, atol=1e-5).any()  # 3x the objects' contrast, same polarity
+        assert np.all(np.abs(out[0][debris] - background) <= abs(peak - background) + 1e-5)
+    blank = np.zeros((1, 16, 16), np.float32)
+    assert bright_debris(blank, np.zeros((16, 16), np.int32), rng) == (blank, None)  # no object: nothing
+    full = np.ones((16, 16), np.int32)
+    assert bright_debris(blank, full, rng)[1] is None  # no background: nothing
+    assert "bright debris" in AugmentConfig(debris_prob=0.3).describe() and "(p=0.3)" in AugmentConfig(
+        debris_prob=0.3).describe()
 
 
 def test_describe_names_what_is_on_with_its_ranges():

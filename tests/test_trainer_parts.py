@@ -125,6 +125,22 @@ def test_sampler_gives_batches_of_patches_and_targets(dsb_fluo_crop):
         assert net.eval()(torch.from_numpy(batch.images)).shape[-2:] == batch.classes.shape[-2:]
 
 
+def test_debris_pixels_weigh_nothing_in_the_loss(dsb_fluo_crop):
+    examples = _examples(dsb_fluo_crop)
+    geometry = PatchGeometry.for_network(_net(), 64, 128)
+    plain = PatchSampler(examples, geometry, TargetRecipe(), NO_AUGMENT, 4, np.random.default_rng(2))
+    debris = PatchSampler(examples, geometry, TargetRecipe(), AugmentConfig(
+        flip=False, rotate="none", scale=(1.0, 1.0), elastic_prob=0.0, gain=(1.0, 1.0), offset=(0.0, 0.0),
+        gamma=(1.0, 1.0), noise=0.0, debris_prob=1.0), 4, np.random.default_rng(2))
+    before, after = plain.next_batch(), debris.next_batch()
+    c, n = geometry.crop, geometry.out_size
+    changed = (after.images != before.images).any(axis=1)[:, c : c + n, c : c + n]  # same crops: only the debris
+    assert changed.any()
+    assert np.all(after.weights[changed] == 0)  # its class is unknown: no loss there
+    assert after.weights[~changed].min() >= 0.1  # elsewhere the same classes, all in the loss
+    assert np.all(after.classes[~changed] == before.classes[~changed])
+
+
 def test_threads_prefetch_the_same_patches(dsb_fluo_crop):
     examples = _examples(dsb_fluo_crop)
     geometry = PatchGeometry.for_network(_net(), 32, 128)

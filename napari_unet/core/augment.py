@@ -65,6 +65,14 @@ class AugmentConfig:
         Range of the per-object contrast factor (log-uniform) of ``texture_prob``.
     texture_edge : float
         Pixels from an object's outline over which its inner texture fades in (0: none).
+    debris_prob : float
+        Probability that a patch gets a few bright foreign objects (:func:`bright_debris`): dead
+        cells, dust, precipitates, several times brighter than the objects, in the background
+        near them. Where the debris lies the class is left unknown (no loss), so the network
+        learns only that the objects around it stay what they are. 0 (the default) turns it off.
+    debris_brightness : tuple of float
+        Range of the debris's contrast to the background, in multiples of the objects'
+        (log-uniform).
     gradient : float
         Largest amplitude (normalised intensity from one side of the patch to the other) of a
         random linear ramp added to the patch: uneven illumination, a vignetted field. 0 (the
@@ -87,6 +95,8 @@ class AugmentConfig:
     texture_prob: float = 0.0
     texture: tuple[float, float] = (0.5, 2.0)
     texture_edge: float = 3.0
+    debris_prob: float = 0.0
+    debris_brightness: tuple[float, float] = (2.0, 10.0)
 
     def describe(self) -> str:
         """A short description for model cards, e.g. ``crop, flips, any rotation, scale 0.8-1.25, ...``."""
@@ -111,7 +121,15 @@ class AugmentConfig:
             parts.append(f"linear illumination ramps up to {self.gradient:g}")
         if self.texture_prob > 0:
             parts.append(f"{self.describe_texture()} (p={self.texture_prob:g})")
+        if self.debris_prob > 0:
+            parts.append(f"{self.describe_debris()} (p={self.debris_prob:g})")
         return ", ".join(parts)
+
+    def describe_debris(self) -> str:
+        """What ``debris_prob`` does, with this config's range of brightness."""
+        lo, hi = self.debris_brightness
+        return (f"bright debris near the objects ({lo:g}-{hi:g}x their contrast, "
+                "its own pixels left out of the loss)")
 
     def describe_texture(self) -> str:
         """What ``texture_prob`` does, with this config's range of contrasts."""
@@ -362,6 +380,81 @@ def object_texture(
     gain = gain * np.exp(strength)
     gain = np.where(foreground, gain, np.float32(1.0)).astype(np.float32)
     return (background + (np.asarray(image, np.float32) - background) * gain).astype(np.float32, copy=False)
+
+
+def bright_debris(
+    image: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    brightness: tuple[float, float] = (2.0, 10.0),
+    count: tuple[int, int] = (1, 4),
+    margin: float = 2.0,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A few bright foreign blobs in the background of a patch, for either polarity.
+
+    Between ``count`` blobs (ellipses of 0.4-1.5x the patch's typical object diameter, any
+    orientation, soft edges) are placed on background pixels more than ``margin`` pixels from
+    any object (nothing closer changes); their difference to the background (the median outside objects, per channel)
+    is that of the objects (the 90th percentile of their difference) times a factor
+    log-uniform in ``brightness``. Real debris is not only round or only in gaps, but what
+    this teaches is the neighbourhood: objects next to something far brighter than them.
+
+    Parameters
+    ----------
+    image : ndarray
+        (C, H, W) float32 normalised patch.
+    labels : ndarray
+        (H, W) labels of the patch (> 0: objects; 0 background; negative: unknown, avoided).
+
+    Returns
+    -------
+    image : ndarray
+        A new (C, H, W) float32 array, or ``image`` itself when the patch has no object or
+        no free background.
+    debris : ndarray or None
+        (H, W) bool: the pixels the debris changed, whose class is no longer known; None
+        when nothing was added.
+    """
+    _check_pair(image, labels)
+    objects = labels > 0
+    background_px = labels == 0
+    n_objects = np.unique(labels[objects]).size
+    if n_objects == 0 or not background_px.any():
+        return image, None
+    h, w = labels.shape
+    away = background_px & (ndi.distance_transform_edt(~objects) > margin)  # where debris may change pixels
+    sigma = rng.uniform(0.5, 1.5)  # its soft edge
+    free = away & (ndi.distance_transform_edt(away) > 2.0 * sigma)  # where its sharp outline may lie
+    free_idx = np.flatnonzero(free)
+    if free_idx.size == 0:
+        return image, None
+    chw = np.asarray(image, np.float32)
+    background = np.median(chw[:, background_px], axis=1).astype(np.float32)
+    difference = chw[:, objects] - background[:, None]
+    # the objects' contrast, of either sign: the 90th percentile of |difference| with its sign
+    sign = np.sign(np.median(difference, axis=1))
+    sign[sign == 0] = 1.0
+    contrast = sign * np.percentile(np.abs(difference), 90, axis=1)
+    diameter = 2.0 * math.sqrt(objects.sum() / n_objects / math.pi)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    blobs = np.zeros((h, w), bool)
+    for _ in range(int(rng.integers(count[0], count[1] + 1))):
+        centre = int(free_idx[int(rng.integers(free_idx.size))])
+        cy, cx = divmod(centre, w)
+        size = diameter * math.exp(rng.uniform(math.log(0.4), math.log(1.5))) / 2.0
+        ratio = rng.uniform(0.6, 1.0)
+        angle = rng.uniform(0, math.pi)
+        dy, dx = yy - cy, xx - cx
+        along = dy * math.cos(angle) + dx * math.sin(angle)
+        across = -dy * math.sin(angle) + dx * math.cos(angle)
+        blobs |= (along / size) ** 2 + (across / (size * ratio)) ** 2 <= 1.0
+    blobs &= free
+    alpha = np.maximum(ndi.gaussian_filter(blobs.astype(np.float32), sigma), blobs.astype(np.float32))
+    alpha[~away] = 0.0  # never over an object nor its margin
+    factor = math.exp(rng.uniform(math.log(brightness[0]), math.log(brightness[1])))
+    value = (background + factor * contrast).astype(np.float32)[:, None, None]
+    out = chw * (1.0 - alpha) + value * alpha
+    return out.astype(np.float32, copy=False), alpha > 0
 
 
 # ------------------------------------------------------------------ all in one

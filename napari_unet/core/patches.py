@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .augment import AugmentConfig, sample_patch
+from .augment import AugmentConfig, bright_debris, sample_patch
 from .examples import TrainingExample
 from .optimise import Batch
 from .targets import TargetRecipe
@@ -58,13 +58,14 @@ def build_patch(
     """One augmented patch of ``example`` and its targets: ((C, in, in) image, (out, out) classes, weights).
 
     An example labelled in part (``example.known``) gives patches centred on a known pixel
-    (within a quarter patch), whose unknown pixels weigh nothing in the loss. ``marked``: its
+    (within a quarter patch), whose unknown pixels weigh nothing in the loss; so do the pixels
+    of the bright debris that ``augment.debris_prob`` adds. ``marked``: its
     labels with UNKNOWN where the class is unknown (:func:`marked_labels`), when already made.
     """
     rng = np.random.default_rng(seed)
     if example.known is None:
         img, lab = sample_patch(example.image, example.labels, geometry.in_size, rng, augment)
-        cls, wts = targets(lab)
+        known = None
     else:
         y, x = _known_pixel(example.known, rng)
         jitter = rng.uniform(-0.25, 0.25, size=2) * geometry.out_size
@@ -72,6 +73,13 @@ def build_patch(
         marked = marked_labels(example) if marked is None else marked
         img, lab = sample_patch(example.image, marked, geometry.in_size, rng, augment, centre=centre)
         known = lab != UNKNOWN
+    if augment.debris_prob > 0 and rng.random() < augment.debris_prob:
+        img, debris = bright_debris(img, lab, rng, augment.debris_brightness)
+        if debris is not None:
+            known = ~debris if known is None else known & ~debris
+    if known is None:
+        cls, wts = targets(lab)
+    else:
         cls, wts = targets(np.where(known, lab, 0), known)
     c, n = geometry.crop, geometry.out_size
     if c:
