@@ -71,12 +71,15 @@ def _answer(w, replace: bool) -> None:
 
 
 def _folder_that_breaks(w, folder: Path):
-    """(where ``folder`` goes, a ``yielded`` slot): at the run's first event the model folder is moved
-    away and a file put in its place (the save then fails), and the run is stopped."""
+    """(where ``folder`` goes, a ``yielded`` slot): at the run's first training step the model folder
+    is moved away and a file put in its place (the save then fails), and the run is stopped. (At an
+    earlier event, the run could stop before its first step: nothing to save.)"""
+    from napari_unet.core.events import TrainStep
+
     moved = folder.with_name("models-elsewhere")
 
-    def break_folder(_event):
-        if not moved.exists():
+    def break_folder(event):
+        if isinstance(event, TrainStep) and not moved.exists():
             os.replace(folder, moved)
             folder.write_text("not a folder any more")
             w.stop()
@@ -102,7 +105,7 @@ def test_widget_docks_with_defaults(widget, base_model):
     assert w.settings_panel._augment.value is True
     assert w.run_panel._start_button.enabled and not w.run_panel._stop_button.enabled
     assert not w.settings_panel._advanced._collapsible.isExpanded()  # the rest hides behind "Advanced"
-    assert w.run_panel.curves.canvas.figure is w.run_panel.curves.figure
+    assert w.run_panel.curves.canvas.parent() is not None  # the live curves are in the widget
 
 
 def test_corrected_list_mark_unmark_and_jump(widget, c2c12):
