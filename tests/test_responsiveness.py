@@ -50,33 +50,54 @@ def test_no_stall_over_a_second_segmenting_and_fine_tuning(make_napari_viewer, q
     assert stalls["ticks"] > 20 and stalls["max"] < LOOSE_BOUND, stalls
 
 
-def test_curves_redraw_lines_only_and_stop_when_deleted(qtbot):
+def test_curves_paint_both_lines_keep_their_axes_and_stop_when_deleted(qtbot):
     from qtpy.QtCore import QCoreApplication, QEvent
+    from qtpy.QtGui import QColor
 
-    from napari_unet.widgets._finetune.curves import LiveCurves
+    from napari_unet.widgets._finetune.curves import AP_COLOUR, LOSS_COLOUR, LiveCurves
 
     curves = LiveCurves()
     curves.canvas.resize(400, 180)
     curves.canvas.show()
     curves.clear(total_steps=200)
-    qtbot.waitUntil(lambda: curves.full_draws >= 1)
+    qtbot.waitUntil(lambda: curves.paints >= 1)
     for step in range(1, 201):
-        curves.add_step(step, 0.8 / step**0.3)
+        curves.add_step(step, 0.8 / step**0.3 if step != 7 else float("nan"))  # a refused step's loss
         if step % 20 == 0:
             curves.add_validation(step, step / 250)
         curves.redraw(force=True)
-        qtbot.wait(1)
+        if step % 10 == 0:
+            qtbot.wait(1)
     qtbot.wait(50)
-    assert curves.quick_draws >= 50  # the lines over a saved background
-    assert curves.full_draws <= 3  # the axes drawn again only when they had to change
+    assert curves.paints >= 10  # painted as the run went on
+    assert curves.xlim == (0.0, 200.0)  # the step axis spans the run from the start
+    assert curves.loss_lim == (0.0, 1.0)  # the first losses (0.8) fit: never moved
+    image = curves.canvas.grab().toImage()
+    colours = {image.pixelColor(x, y).name() for x in range(image.width()) for y in range(image.height())}
+    assert QColor(LOSS_COLOUR).name() in colours and QColor(AP_COLOUR).name() in colours  # both curves drawn
 
     curves.add_step(201, 0.1)
     curves.redraw(force=True)  # a redraw pending when the widget goes away
     curves.canvas.deleteLater()
     QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
-    drawn = curves.full_draws + curves.quick_draws
+    painted = curves.paints
     curves.add_step(202, 0.1)
     curves.redraw(force=True)  # a late signal of the training worker
     qtbot.wait(50)
-    assert curves.full_draws + curves.quick_draws == drawn  # nothing drawn into the deleted canvas
+    assert curves.paints == painted  # nothing painted into the deleted widget
     assert np.isclose(curves.history["loss"][-1], 0.1)
+
+
+def test_curve_ticks_and_long_runs():
+    from napari_unet.widgets._finetune.curves import column_envelope, nice_ticks, tick_text
+
+    assert nice_ticks(0, 200) == [0, 50, 100, 150, 200]
+    assert nice_ticks(0, 1.2, 4) == pytest.approx([0, 0.5, 1.0])
+    assert nice_ticks(0, 3000) == [0, 1000, 2000, 3000] and tick_text(2000, 1000) == "2k"
+    assert tick_text(0.5, 0.5) == "0.5" and tick_text(0.25, 0.05) == "0.25" and tick_text(150, 50) == "150"
+    x = np.arange(1, 100_001, dtype=float)
+    y = np.sin(x)
+    xs, ys = column_envelope(x, y, 0, 100_000, 300)
+    assert xs.size <= 600 and np.all(np.diff(xs) >= 0)  # at most two points per pixel column, in order
+    assert ys.max() == y.max() and ys.min() == y.min()  # the spikes survive
+    assert column_envelope(x[:50], y[:50], 0, 100, 300)[0].size == 50  # few points: all of them

@@ -1,43 +1,170 @@
-"""The live training curves: loss and validation AP@0.5 against the step (matplotlib in Qt).
+"""The live training curves: loss and validation AP@0.5 against the step, painted by Qt.
 
-Drawing must not freeze napari while training runs, so a whole figure (axes, ticks, labels:
-tens of milliseconds, far more on a busy CPU) is drawn only when the axes change; a new point
-only redraws the two curves over a saved copy of the background (matplotlib "blitting"). The
-axes change rarely: the step axis spans the whole run when its number of steps is known (else
-it doubles when full), the loss axis grows by half when a loss leaves it, AP@0.5 is 0 to 1.
+Drawing must not freeze napari while training runs. A matplotlib figure took 80-120 ms of the
+main thread for each whole-figure draw (ticks and labels laid out) on a laptop-class CPU, so the
+chart is a plain Qt widget instead: two axes, a few ticks and two polylines painted with
+``QPainter`` in a millisecond or two, in the colours of napari's theme (the widget's palette).
+Long runs are drawn at most two points per pixel column (the loss's low and high in it).
 
-Every draw goes through a timer owned by the canvas, so nothing is drawn after the canvas is
-deleted (the Fine-tune widget closed with its viewer).
+The axes change rarely, so the curves do not jump: the step axis spans the whole run when its
+number of steps is known (else it doubles when full), the loss axis grows by half when a loss
+leaves it, AP@0.5 is 0 to 1. Paints are asked for at most every :data:`PLOT_INTERVAL` seconds;
+Qt merges requests and paints nothing once the widget is deleted (the Fine-tune widget closed
+with its viewer).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
+import numpy as np
+
 #: The curves are redrawn at most this often (seconds).
 PLOT_INTERVAL = 0.3
-#: Margins of the axes in the figure (fractions), fixed so that no draw has to lay text out twice.
-MARGINS = {"left": 0.14, "right": 0.86, "bottom": 0.24, "top": 0.95}
+#: Colours of the two curves (and their axes' labels).
+LOSS_COLOUR = "#4c9be8"
+AP_COLOUR = "#f28e2b"
 
 
-def _curves_canvas_class():
-    from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-    from qtpy.QtCore import QTimer
+def nice_ticks(low: float, high: float, most: int = 5) -> list[float]:
+    """Round tick values (1, 2 or 5 times a power of ten apart) from ``low`` to ``high``, at most ``most``."""
+    span = high - low
+    if not math.isfinite(span) or span <= 0:
+        return [low]
+    for factor in (1.0, 2.0, 5.0, 10.0, 20.0, 50.0):
+        step = factor * 10.0 ** math.floor(math.log10(span / most))
+        first = math.ceil(low / step - 1e-9) * step
+        ticks = [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
+        if len(ticks) <= most:
+            return ticks
+    return [low, high]
 
-    class CurvesCanvas(FigureCanvasQTAgg):
-        """A matplotlib canvas whose idle draws run on a timer it owns (deleted with it)."""
 
-        def __init__(self, figure: Any, on_timer: Any) -> None:
-            super().__init__(figure)
-            self.timer = QTimer(self)
-            self.timer.setSingleShot(True)
-            self.timer.timeout.connect(on_timer)
+def tick_text(value: float, step: float) -> str:
+    """A tick's label with as many decimals as the ticks' spacing needs (1000 and more as 1k)."""
+    if abs(value) >= 1000 and step >= 1000 and value % 1000 == 0:
+        return f"{value / 1000:g}k"
+    decimals = max(0, -math.floor(math.log10(step))) if step > 0 else 0
+    return f"{value:.{decimals}f}"
 
-        def draw_idle(self) -> None:  # matplotlib's own idle draws (resizes) come here too
-            self.timer.start(0)
 
-    return CurvesCanvas
+def column_envelope(x: np.ndarray, y: np.ndarray, x0: float, x1: float, columns: int) -> tuple[np.ndarray, np.ndarray]:
+    """Points of a curve to draw in ``columns`` pixel columns spanning [x0, x1]: all of them when
+    there are few, else the lowest and the highest of each column, in order."""
+    if x.size <= 2 * columns or columns < 1:
+        return x, y
+    col = np.clip(((x - x0) / max(x1 - x0, 1e-12) * columns).astype(np.int64), 0, columns - 1)
+    starts = np.flatnonzero(np.r_[True, col[1:] != col[:-1]])
+    lows = np.minimum.reduceat(y, starts)
+    highs = np.maximum.reduceat(y, starts)
+    centres = np.add.reduceat(x, starts) / np.diff(np.r_[starts, x.size])
+    return np.repeat(centres, 2), np.column_stack([lows, highs]).ravel()
+
+
+def _chart_class():
+    from qtpy.QtCore import QPointF, QRectF, Qt
+    from qtpy.QtGui import QColor, QFontMetrics, QPainter, QPainterPath, QPen, QPolygonF
+    from qtpy.QtWidgets import QSizePolicy, QWidget
+
+    class CurvesChart(QWidget):
+        """The widget that paints a :class:`LiveCurves`."""
+
+        def __init__(self, curves: LiveCurves) -> None:
+            super().__init__()
+            self._curves = curves
+            self.setMinimumHeight(170)
+            self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+            self.setToolTip("Training loss (blue, left axis) and validation AP50 (orange, right axis, 0 to 1) "
+                            "against the training step")
+
+        def paintEvent(self, _event: Any) -> None:  # noqa: N802 (Qt's name)
+            painter = QPainter(self)
+            try:
+                painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+                self._paint(painter)
+            finally:
+                painter.end()
+            self._curves.paints += 1
+
+        def _paint(self, painter: Any) -> None:
+            curves = self._curves
+            palette = self.palette()
+            text = palette.color(palette.ColorRole.WindowText)
+            grid = QColor(text)
+            grid.setAlpha(50)
+            font = painter.font()
+            font.setPointSizeF(max(6.0, font.pointSizeF() * 0.8))
+            painter.setFont(font)
+            metrics = QFontMetrics(font)
+            line = metrics.height()
+            (x0, x1), (l0, l1) = curves.xlim, curves.loss_lim
+            x_ticks, loss_ticks, ap_ticks = nice_ticks(x0, x1), nice_ticks(l0, l1, 4), [0.0, 0.5, 1.0]
+            x_step = x_ticks[1] - x_ticks[0] if len(x_ticks) > 1 else 1.0
+            l_step = loss_ticks[1] - loss_ticks[0] if len(loss_ticks) > 1 else 1.0
+            loss_labels = [tick_text(v, l_step) for v in loss_ticks]
+            left = max(metrics.horizontalAdvance(s) for s in loss_labels) + line + 8
+            right = metrics.horizontalAdvance("0.5") + line + 8
+            plot = QRectF(left, line * 0.6, max(10.0, self.width() - left - right),
+                          max(10.0, self.height() - 2.4 * line - 8))
+
+            def px(x: float) -> float:
+                return plot.left() + (x - x0) / max(x1 - x0, 1e-12) * plot.width()
+
+            def py(y: float, low: float, high: float) -> float:
+                return plot.bottom() - (y - low) / max(high - low, 1e-12) * plot.height()
+
+            # grid, frame and ticks
+            painter.setPen(QPen(grid, 1))
+            for v in x_ticks:
+                painter.drawLine(QPointF(px(v), plot.top()), QPointF(px(v), plot.bottom()))
+            for v in loss_ticks:
+                painter.drawLine(QPointF(plot.left(), py(v, l0, l1)), QPointF(plot.right(), py(v, l0, l1)))
+            painter.setPen(QPen(text, 1))
+            painter.drawRect(plot)
+            centre = Qt.AlignmentFlag.AlignCenter
+            for v in x_ticks:
+                painter.drawText(QRectF(px(v) - 40, plot.bottom() + 2, 80, line), centre, tick_text(v, x_step))
+            painter.drawText(QRectF(plot.left(), plot.bottom() + line + 2, plot.width(), line), centre, "step")
+            loss_colour, ap_colour = QColor(LOSS_COLOUR), QColor(AP_COLOUR)
+            painter.setPen(QPen(loss_colour, 1))
+            right_align = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
+            left_align = Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter
+            for v, s in zip(loss_ticks, loss_labels):
+                painter.drawText(QRectF(0, py(v, l0, l1) - line / 2, left - 4, line), right_align, s)
+            painter.setPen(QPen(ap_colour, 1))
+            for v in ap_ticks:
+                painter.drawText(QRectF(plot.right() + 4, py(v, 0, 1) - line / 2, right, line), left_align,
+                                 tick_text(v, 0.5))
+            # the axes' names along the outer edges, read upwards on the left and downwards on the right
+            for label, colour, x, angle in (("loss", loss_colour, 0.0, -90), ("AP50", ap_colour, self.width(), 90)):
+                painter.save()
+                painter.setPen(QPen(colour, 1))
+                painter.translate(x, plot.center().y())
+                painter.rotate(angle)
+                painter.drawText(QRectF(-plot.height() / 2, 0, plot.height(), line), centre, label)
+                painter.restore()
+
+            # the curves, clipped to the plot
+            painter.setClipRect(plot)
+            h = curves.history
+            steps, losses = np.asarray(h["step"], float), np.asarray(h["loss"], float)
+            finite = np.isfinite(losses)
+            if finite.any():
+                xs, ys = column_envelope(steps[finite], losses[finite], x0, x1, int(plot.width()))
+                painter.setPen(QPen(loss_colour, 1.2))
+                painter.drawPolyline(QPolygonF([QPointF(px(x), py(y, l0, l1)) for x, y in zip(xs, ys)]))
+            if h["val_step"]:
+                points = [QPointF(px(x), py(y, 0, 1)) for x, y in zip(h["val_step"], h["ap50"])]
+                painter.setPen(QPen(ap_colour, 1.2))
+                painter.drawPolyline(QPolygonF(points))
+                dots = QPainterPath()
+                for p in points:
+                    dots.addEllipse(p, 2.5, 2.5)
+                painter.fillPath(dots, ap_colour)
+
+    return CurvesChart
 
 
 class LiveCurves:
@@ -47,59 +174,37 @@ class LiveCurves:
     ----------
     history : dict of list
         "step"/"loss" of every training step, "val_step"/"ap50" of every validation.
-    canvas, figure
-        The Qt canvas to put in a layout, and its matplotlib figure.
+    canvas : QWidget
+        The chart to put in a layout.
     total_steps : int or None
         Length of the step axis when the run's number of steps is known.
-    full_draws, quick_draws : int
-        How many whole-figure draws and curve-only draws were made (for tests and benchmarks).
+    xlim, loss_lim : (float, float)
+        The step axis and the loss axis as drawn.
+    paints : int
+        How many times the chart was painted (for tests and benchmarks).
     """
 
     def __init__(self) -> None:
-        from matplotlib.figure import Figure
-
         self.history: dict[str, list[float]] = {}
         self.total_steps: int | None = None
-        self.full_draws = self.quick_draws = 0
+        self.xlim: tuple[float, float] = (0.0, 100.0)
+        self.loss_lim: tuple[float, float] = (0.0, 1.0)
+        self.paints = 0
         self._last_draw = 0.0
-        self._background: Any = None
-        self._full_needed = True
         self._alive = True
-        self.figure = Figure(figsize=(3.6, 2.2), dpi=90)
-        self.figure.subplots_adjust(**MARGINS)
-        ax = self.figure.add_subplot(111)
-        self._ax_loss = ax
-        self._ax_val = ax.twinx()
-        (self._loss_line,) = ax.plot([], [], color="tab:blue", lw=1, label="training loss", animated=True)
-        (self._val_line,) = self._ax_val.plot([], [], "o-", color="tab:orange", ms=3, lw=1, label="validation AP50",
-                                              animated=True)
-        ax.set_xlabel("step", fontsize=8)
-        ax.set_ylabel("loss", fontsize=8, color="tab:blue")
-        self._ax_val.set_ylabel("AP50", fontsize=8, color="tab:orange")
-        self._ax_val.set_ylim(0, 1)
-        for axis in (ax, self._ax_val):
-            axis.tick_params(labelsize=7)
-            axis.locator_params(nbins=4)
-        self.canvas = _curves_canvas_class()(self.figure, self._draw_now)
-        self.canvas.setMinimumHeight(170)
-        self.canvas.mpl_connect("draw_event", self._on_full_draw)
-        self.canvas.mpl_connect("resize_event", self._on_resize)
+        self.canvas = _chart_class()(self)
         self.canvas.destroyed.connect(self._on_destroyed)
         self.clear()
 
     def _on_destroyed(self, *_args) -> None:
         self._alive = False
 
-    def _on_resize(self, _event: Any = None) -> None:
-        self._full_needed = True  # the saved background has the old size
-
     def clear(self, total_steps: int | None = None) -> None:
         """Forget the curves (a new run of ``total_steps`` steps, if known) and redraw now."""
         self.history = {"step": [], "loss": [], "val_step": [], "ap50": []}
         self.total_steps = total_steps
-        self._ax_loss.set_xlim(0, total_steps or 100)
-        self._ax_loss.set_ylim(0, 1)
-        self._full_needed = True
+        self.xlim = (0.0, float(total_steps or 100))
+        self.loss_lim = (0.0, 1.0)
         self.redraw(force=True)
 
     def add_step(self, step: int, loss: float) -> None:
@@ -118,57 +223,22 @@ class LiveCurves:
         if not force and now - self._last_draw < PLOT_INTERVAL:
             return
         self._last_draw = now
-        self.canvas.timer.start(0)
-
-    # ------------------------------------------------------------------ drawing
-    def _fit_axes(self) -> bool:
-        """Widen the axes where the data left them; True if they changed."""
-        h = self.history
-        changed = False
-        last = max(h["step"][-1:] + h["val_step"][-1:], default=0)
-        x0, x1 = self._ax_loss.get_xlim()
-        if last > x1:
-            self._ax_loss.set_xlim(0, max(2 * x1, last * 1.1))
-            changed = True
-        if h["loss"]:
-            top = max(h["loss"])
-            low, high = self._ax_loss.get_ylim()
-            if top > high or (len(h["loss"]) <= 3 and top < high / 4):  # the first losses set the scale
-                self._ax_loss.set_ylim(0, top * 1.5)
-                changed = True
-        return changed
-
-    def _draw_now(self) -> None:
-        try:  # (a draw already queued can come after Qt deleted the canvas, before its "destroyed")
-            self.canvas.objectName()
+        self._fit_axes()
+        try:  # (a late signal can come after Qt deleted the widget, before its "destroyed")
+            self.canvas.update()
         except RuntimeError:
             self._alive = False
-        if not self._alive:
-            return
+
+    def _fit_axes(self) -> None:
+        """Widen the axes where the data left them."""
         h = self.history
-        self._loss_line.set_data(h["step"], h["loss"])
-        self._val_line.set_data(h["val_step"], h["ap50"])
-        try:  # (and the canvas can be deleted while a whole figure is drawn, the viewer closing)
-            if self._fit_axes() or self._full_needed or self._background is None:
-                self.canvas.draw()  # the whole figure; _on_full_draw adds the curves
-                return
-            self.canvas.restore_region(self._background)
-            self._draw_curves()
-            self.canvas.blit(self.figure.bbox)
-        except RuntimeError as exc:
-            if "deleted" not in str(exc):
-                raise
-            self._alive = False
-            return
-        self.quick_draws += 1
-
-    def _on_full_draw(self, _event: Any = None) -> None:
-        """After a whole-figure draw: keep it as the background and draw the curves on it."""
-        self._full_needed = False
-        self._background = self.canvas.copy_from_bbox(self.figure.bbox)
-        self._draw_curves()
-        self.full_draws += 1
-
-    def _draw_curves(self) -> None:
-        self._ax_loss.draw_artist(self._loss_line)
-        self._ax_val.draw_artist(self._val_line)
+        last = max(h["step"][-1:] + h["val_step"][-1:], default=0)
+        x0, x1 = self.xlim
+        if last > x1:
+            self.xlim = (0.0, max(2 * x1, last * 1.1))
+        finite = [v for v in h["loss"] if math.isfinite(v)]
+        if finite:
+            top = max(finite)
+            high = self.loss_lim[1]
+            if top > high or (len(finite) <= 3 and 0 < top < high / 4):  # the first losses set the scale
+                self.loss_lim = (0.0, top * 1.5)
