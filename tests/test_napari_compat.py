@@ -19,7 +19,7 @@ from napari_unet.widgets._napari_compat import (
     labels_edit_history,
     layers_added_unselected,
     opened_from,
-    overlays_shown_later,
+    overlays_shown_when_used,
     raise_plugin_dock,
     unwrap_proxy,
     viewer_camera,
@@ -200,26 +200,38 @@ def test_layers_added_unselected_leaves_the_selection_alone(make_napari_viewer):
     assert viewer.layers.selection.active is later  # napari's own behaviour is back after the block
 
 
-def test_overlays_shown_later_are_built_when_shown(make_napari_viewer):
+def test_overlays_are_built_when_their_tool_is_first_used(make_napari_viewer, MouseEvent):  # noqa: N803
     from napari.layers import Labels
+    from napari.utils._proxies import ReadOnlyWrapper
+    from napari.utils.interactions import mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks
 
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((32, 32)), name="image")
     layer = Labels(np.zeros((32, 32), np.int32), name="masks")
-    overlays = [layer._overlays[key] for key in ("polygon", "brush_stroke")]
-    shows = overlays_shown_later(layer)
-    assert len(shows) == 2, "a new Labels layer has no visible 'polygon' and 'brush_stroke' in Layer._overlays"
+    polygon, brush = (layer._overlays[key] for key in ("polygon", "brush_stroke"))
+    assert overlays_shown_when_used(layer) == 2, (
+        "a new Labels layer has no visible 'polygon' and 'brush_stroke' with an 'enabled' event in Layer._overlays")
     viewer.add_layer(layer)
     built = viewer.window._qt_viewer.canvas._layer_overlay_to_visual[layer]
-    assert not any(overlay in built for overlay in overlays), (
+    assert polygon not in built and brush not in built, (
         "napari built the visuals of hidden overlays with the layer (VispyCanvas._update_layer_overlays "
         "no longer waits for their visible event): adding a Labels layer is one long pause again"
     )
-    for show in shows:
-        show()
-    assert all(overlay.visible and overlay in built for overlay in overlays)
-    layer.mode = "paint"  # the brush outline is back for the brush
-    assert layer._overlays["brush_stroke"].enabled and built[layer._overlays["brush_stroke"]] is not None
+    layer.mode = "erase"
+    assert not polygon.visible and not brush.visible  # the eraser uses neither
+    layer.mode = "paint"  # napari enables the brush outline for the brush: shown, built
+    assert brush.enabled and brush.visible and built[brush] is not None and not polygon.visible
+    layer.selected_label, layer.brush_size = 3, 4
+    for callbacks, kind, position, dragging in ((mouse_press_callbacks, "mouse_press", (4, 4), False),
+                                               (mouse_move_callbacks, "mouse_move", (4, 20), True),
+                                               (mouse_release_callbacks, "mouse_release", (4, 20), False)):
+        callbacks(layer, ReadOnlyWrapper(MouseEvent(type=kind, is_dragging=dragging, position=position,
+                                                    view_direction=None, dims_displayed=(0, 1), dims_point=(0, 0))))
+    assert layer.data[4, 4] == 3 and layer.data[4, 12] == 3 and layer.data[4, 20] == 3  # the brush paints a stroke
+    layer.mode = "polygon"
+    assert polygon.enabled and polygon.visible and built[polygon] is not None
+    layer.mode = "pan_zoom"
+    assert polygon.visible and brush.visible  # shown for good (napari draws them only while enabled)
 
 
 def test_opened_from_gives_layers_their_file(make_napari_viewer, tmp_path):

@@ -89,9 +89,10 @@ def test_current_slice_writes_only_that_slice(widget, qtbot, c2c12_stack):
     assert w.last_run_seconds > 0
     # made apart from the layer, in later turns of the event loop: shown, and ready for the brush
     qtbot.waitUntil(lambda: masks.visible and viewer.layers.selection.active is masks, timeout=3000)
-    # its editing overlays (polygon, brush outline), built in later turns, are shown again
-    qtbot.waitUntil(lambda: all(o.visible for o in (masks._overlays["polygon"], masks._overlays["brush_stroke"])),
-                    timeout=3000)
+    # its editing overlays (polygon, brush outline) are built when their tool is first used
+    assert not masks._overlays["brush_stroke"].visible
+    masks.mode = "paint"
+    assert masks._overlays["brush_stroke"].visible and not masks._overlays["polygon"].visible
 
 
 def test_multiscale_image_is_segmented_at_full_resolution(widget, qtbot, c2c12_stack, notifications):

@@ -11,7 +11,7 @@ import numpy as np
 from qtpy.QtCore import QTimer
 
 from ._corrections import CorrectedSlices, format_plane
-from ._napari_compat import forget_labels_history, layers_added_unselected, overlays_shown_later, unwrap_proxy
+from ._napari_compat import forget_labels_history, layers_added_unselected, overlays_shown_when_used, unwrap_proxy
 
 if TYPE_CHECKING:
     import napari
@@ -101,8 +101,8 @@ def masks_layer_for(viewer: Any, image: Any) -> "napari.layers.Labels":
     else:
         n = len(shape)
         # napari creates the layer, lays out its controls and draws it (compiling shaders) in
-        # three later turns of the event loop, and its editing overlays in two more, not all in
-        # this one: shorter pauses of the window instead of one long one (bench_gui.py)
+        # three later turns of the event loop, not all in this one, and its editing overlays when
+        # their tool is first used: shorter pauses of the window instead of one long one (bench_gui.py)
         layer = Labels(
             np.zeros(shape, dtype=np.int32),
             name=name,
@@ -111,14 +111,12 @@ def masks_layer_for(viewer: Any, image: Any) -> "napari.layers.Labels":
             visible=False,
             **_axes_of(image, n),
         )
-        shows = overlays_shown_later(layer)
+        overlays_shown_when_used(layer)
         with layers_added_unselected(viewer):
             viewer.add_layer(layer)
         _record_owner(layer, image)
         QTimer.singleShot(30, lambda: _select(viewer, layer))
         QTimer.singleShot(80, lambda: setattr(layer, "visible", True))
-        for k, show in enumerate(shows):
-            QTimer.singleShot(130 + 50 * k, show)
     CorrectedSlices.for_layer(layer)  # from now on, brush/fill/erase edits mark slices corrected
     return layer
 
