@@ -101,3 +101,22 @@ def test_curve_ticks_and_long_runs():
     assert xs.size <= 600 and np.all(np.diff(xs) >= 0)  # at most two points per pixel column, in order
     assert ys.max() == y.max() and ys.min() == y.min()  # the spikes survive
     assert column_envelope(x[:50], y[:50], 0, 100, 300)[0].size == 50  # few points: all of them
+
+
+def test_new_masks_layer_is_selected_and_shown_in_separate_turns(make_napari_viewer, qtbot):
+    """When adding the masks layer keeps the main thread longer than the delays (a slow machine),
+    selecting it and showing it still come in separate turns of the event loop: not one long pause."""
+    import time
+
+    from qtpy.QtWidgets import QApplication
+
+    from napari_unet.widgets._masks import masks_layer_for
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((64, 64), np.float32), name="cells")
+    masks = masks_layer_for(viewer, image)
+    assert not masks.visible and viewer.layers.selection.active is not masks  # both later
+    time.sleep(0.2)  # the rest of a long turn: every delay has passed
+    QApplication.processEvents()  # one turn: the selection
+    assert viewer.layers.selection.active is masks and not masks.visible
+    qtbot.waitUntil(lambda: masks.visible, timeout=3000)  # then, in a later turn, shown

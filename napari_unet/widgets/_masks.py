@@ -115,8 +115,7 @@ def masks_layer_for(viewer: Any, image: Any) -> "napari.layers.Labels":
         with layers_added_unselected(viewer):
             viewer.add_layer(layer)
         _record_owner(layer, image)
-        QTimer.singleShot(30, lambda: _select(viewer, layer))
-        QTimer.singleShot(80, lambda: setattr(layer, "visible", True))
+        QTimer.singleShot(30, lambda: _select_then_show(viewer, layer))
     CorrectedSlices.for_layer(layer)  # from now on, brush/fill/erase edits mark slices corrected
     return layer
 
@@ -151,11 +150,16 @@ def ready_for_writing(layer: Any) -> None:
     notify_info(f"{layer.name!r} held {dtype} labels: made 32-bit (values kept), so that the model's ids fit.")
 
 
-def _select(viewer: Any, layer: Any) -> None:
+def _select_then_show(viewer: Any, layer: Any) -> None:
     """Make the new masks layer the selected one (ready for the brush), as napari does with every
-    new layer, unless it was removed meanwhile."""
+    new layer, unless it was removed meanwhile; show it 50 ms later.
+
+    The second step is timed from the first, not from the layer's creation: when adding the
+    layer took longer than the delays, timers started together would both be overdue and run in
+    one turn of the event loop, one long pause again."""
     if layer in viewer.layers:
         viewer.layers.selection.active = layer
+    QTimer.singleShot(50, lambda: setattr(layer, "visible", True))
 
 
 def _axes_of(image: Any, n: int) -> dict[str, Any]:
