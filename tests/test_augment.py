@@ -165,6 +165,9 @@ def test_bright_debris_lies_in_the_background_and_outshines_the_objects():
         peak = background + 3.0 * (objects - background)
         assert np.isclose(out[0][debris], peak, atol=1e-5).any()  # 3x the objects' contrast, same polarity
         assert np.all(np.abs(out[0][debris] - background) <= abs(peak - background) + 1e-5)
+        dimmed, debris = bright_debris(image, labels, rng, brightness=(4.0, 4.0), renormalised=1.0)
+        np.testing.assert_allclose(dimmed[0][labels > 0], background + (objects - background) / 4, atol=1e-6)
+        assert np.isclose(dimmed[0][debris], objects, atol=1e-5).any()  # the debris where the objects were
     blank = np.zeros((1, 16, 16), np.float32)
     assert bright_debris(blank, np.zeros((16, 16), np.int32), rng) == (blank, None)  # no object: nothing
     full = np.ones((16, 16), np.int32)

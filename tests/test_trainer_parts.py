@@ -131,7 +131,7 @@ def test_debris_pixels_weigh_nothing_in_the_loss(dsb_fluo_crop):
     plain = PatchSampler(examples, geometry, TargetRecipe(), NO_AUGMENT, 4, np.random.default_rng(2))
     debris = PatchSampler(examples, geometry, TargetRecipe(), AugmentConfig(
         flip=False, rotate="none", scale=(1.0, 1.0), elastic_prob=0.0, gain=(1.0, 1.0), offset=(0.0, 0.0),
-        gamma=(1.0, 1.0), noise=0.0, debris_prob=1.0), 4, np.random.default_rng(2))
+        gamma=(1.0, 1.0), noise=0.0, debris_prob=1.0, debris_renormalised=0.0), 4, np.random.default_rng(2))
     before, after = plain.next_batch(), debris.next_batch()
     c, n = geometry.crop, geometry.out_size
     changed = (after.images != before.images).any(axis=1)[:, c : c + n, c : c + n]  # same crops: only the debris

@@ -73,6 +73,9 @@ class AugmentConfig:
     debris_brightness : tuple of float
         Range of the debris's contrast to the background, in multiples of the objects'
         (log-uniform).
+    debris_renormalised : float
+        Probability that a patch with debris is scaled as per-image normalisation would scale
+        an image whose bright percentiles fall in the debris (objects dimmed by its factor).
     gradient : float
         Largest amplitude (normalised intensity from one side of the patch to the other) of a
         random linear ramp added to the patch: uneven illumination, a vignetted field. 0 (the
@@ -97,6 +100,7 @@ class AugmentConfig:
     texture_edge: float = 3.0
     debris_prob: float = 0.0
     debris_brightness: tuple[float, float] = (2.0, 10.0)
+    debris_renormalised: float = 0.5
 
     def describe(self) -> str:
         """A short description for model cards, e.g. ``crop, flips, any rotation, scale 0.8-1.25, ...``."""
@@ -128,8 +132,10 @@ class AugmentConfig:
     def describe_debris(self) -> str:
         """What ``debris_prob`` does, with this config's range of brightness."""
         lo, hi = self.debris_brightness
+        dimmed = (f", p={self.debris_renormalised:g} of those patches dimmed as per-image normalisation would"
+                  if self.debris_renormalised > 0 else "")
         return (f"bright debris near the objects ({lo:g}-{hi:g}x their contrast, "
-                "its own pixels left out of the loss)")
+                f"its own pixels left out of the loss{dimmed})")
 
     def describe_texture(self) -> str:
         """What ``texture_prob`` does, with this config's range of contrasts."""
@@ -389,6 +395,7 @@ def bright_debris(
     brightness: tuple[float, float] = (2.0, 10.0),
     count: tuple[int, int] = (1, 4),
     margin: float = 2.0,
+    renormalised: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """A few bright foreign blobs in the background of a patch, for either polarity.
 
@@ -398,6 +405,9 @@ def bright_debris(
     is that of the objects (the 90th percentile of their difference) times a factor
     log-uniform in ``brightness``. Real debris is not only round or only in gaps, but what
     this teaches is the neighbourhood: objects next to something far brighter than them.
+    With probability ``renormalised`` the patch is then scaled about its background so that the
+    debris has the objects' old contrast: what per-image percentile normalisation makes of an
+    image with much debris (its bright percentiles fall in the debris, the objects come out dim).
 
     Parameters
     ----------
@@ -454,6 +464,8 @@ def bright_debris(
     factor = math.exp(rng.uniform(math.log(brightness[0]), math.log(brightness[1])))
     value = (background + factor * contrast).astype(np.float32)[:, None, None]
     out = chw * (1.0 - alpha) + value * alpha
+    if rng.random() < renormalised:  # as the image's percentiles would be, were the debris in them
+        out = background[:, None, None] + (out - background[:, None, None]) / np.float32(factor)
     return out.astype(np.float32, copy=False), alpha > 0
 
 

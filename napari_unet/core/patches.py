@@ -74,7 +74,8 @@ def build_patch(
         img, lab = sample_patch(example.image, marked, geometry.in_size, rng, augment, centre=centre)
         known = lab != UNKNOWN
     if augment.debris_prob > 0 and rng.random() < augment.debris_prob:
-        img, debris = bright_debris(img, lab, rng, augment.debris_brightness)
+        img, debris = bright_debris(img, lab, rng, augment.debris_brightness,
+                                    renormalised=augment.debris_renormalised)
         if debris is not None:
             known = ~debris if known is None else known & ~debris
     if known is None:
