@@ -52,7 +52,7 @@ UNKNOWN = -1
 
 
 def build_patch(
-    example: TrainingExample, seed: int, geometry: PatchGeometry, targets: TargetRecipe, augment: AugmentConfig,
+    example: TrainingExample, seed: int, geometry: PatchGeometry, targets: TargetRecipe, augment: AugmentConfig | None,
     marked: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One augmented patch of ``example`` and its targets: ((C, in, in) image, (out, out) classes, weights).
@@ -73,7 +73,7 @@ def build_patch(
         marked = marked_labels(example) if marked is None else marked
         img, lab = sample_patch(example.image, marked, geometry.in_size, rng, augment, centre=centre)
         known = lab != UNKNOWN
-    if augment.debris_prob > 0 and rng.random() < augment.debris_prob:
+    if augment is not None and augment.debris_prob > 0 and rng.random() < augment.debris_prob:
         img, debris = bright_debris(img, lab, rng, augment.debris_brightness,
                                     renormalised=augment.debris_renormalised)
         if debris is not None:
