@@ -76,6 +76,7 @@ class AugmentConfig:
     debris_renormalised : float
         Probability that a patch with debris is scaled as per-image normalisation would scale
         an image whose bright percentiles fall in the debris (objects dimmed by its factor).
+        0 (the default): never; 0.5 lowered validation AP in a first run (benchmarks/RESULTS.md).
     gradient : float
         Largest amplitude (normalised intensity from one side of the patch to the other) of a
         random linear ramp added to the patch: uneven illumination, a vignetted field. 0 (the
@@ -100,7 +101,7 @@ class AugmentConfig:
     texture_edge: float = 3.0
     debris_prob: float = 0.0
     debris_brightness: tuple[float, float] = (2.0, 10.0)
-    debris_renormalised: float = 0.5
+    debris_renormalised: float = 0.0
 
     def describe(self) -> str:
         """A short description for model cards, e.g. ``crop, flips, any rotation, scale 0.8-1.25, ...``."""
