@@ -15,6 +15,7 @@ with its viewer).
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import Any
@@ -63,6 +64,7 @@ def column_envelope(x: np.ndarray, y: np.ndarray, x0: float, x1: float, columns:
     return np.repeat(centres, 2), np.column_stack([lows, highs]).ravel()
 
 
+@functools.cache  # one class for every chart (Qt is imported on first use)
 def _chart_class():
     from qtpy.QtCore import QPointF, QRectF, Qt
     from qtpy.QtGui import QColor, QFontMetrics, QPainter, QPainterPath, QPen, QPolygonF
