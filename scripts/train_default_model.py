@@ -380,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--augment-debris", type=float, default=0.0, metavar="P",
                         help="probability that a patch gets a few bright foreign blobs near its objects (dead "
                              "cells, dust), left out of the loss: core.augment's debris_prob (default 0)")
+    parser.add_argument("--augment-low-light", type=float, default=0.0, metavar="P",
+                        help="probability that a patch of a fluorescence image gets the shot and read noise of a "
+                             "camera that caught few photons: core.augment's low_light_prob (default 0)")
     parser.add_argument("--within-stage", action="store_true",
                         help="with --resume MODEL: keep the best weights of this stage's own validations, not "
                              "MODEL's when none scores higher (a stage that trades a little val AP for "
@@ -532,6 +535,8 @@ def stage_arguments(stages: list[dict], out: str) -> list[list[str]]:
             argv += ["--texture-contrast", *(f"{c:g}" for c in st["texture_contrast"])]
         if st.get("augment_debris"):
             argv += ["--augment-debris", f"{st['augment_debris']:g}"]
+        if st.get("augment_low_light"):
+            argv += ["--augment-low-light", f"{st['augment_low_light']:g}"]
         if not last:
             argv.append("--no-card")
         argv += ["--out", str(out_path if last else out_path.with_name(f"stage{i + 1}.pt"))]
@@ -584,6 +589,9 @@ def _stage_record(meta: dict, args: argparse.Namespace | None) -> dict:
             record["texture_edge"] = training_legs.augment_config(args).texture_edge  # the fading it trained with
         if args.augment_debris:
             record["augment_debris"] = args.augment_debris
+        if args.augment_low_light:
+            record["augment_low_light"] = args.augment_low_light
+            record["low_light_photons"] = list(training_legs.augment_config(args).low_light_photons)
         record["seed"] = args.seed
         record["model"] = args.model
         record["diameter"] = args.diameter
@@ -654,7 +662,10 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
                     texture_edge=st.get("texture_edge", AugmentConfig().texture_edge)).describe_texture()
                     for i, st in enumerate(stages) if st.get("augment_texture"))
                 + "".join(f"; in stage {i + 1}, {AugmentConfig().describe_debris()}"
-                          for i, st in enumerate(stages) if st.get("augment_debris")),
+                          for i, st in enumerate(stages) if st.get("augment_debris"))
+                + "".join(f"; in stage {i + 1}, " + AugmentConfig(
+                    low_light_photons=tuple(st["low_light_photons"])).describe_low_light()
+                          for i, st in enumerate(stages) if st.get("augment_low_light")),
             "optimiser": f"AdamW lr {args.lr} ({WarmupCosine(args.lr).describe()}), "
                          f"weight decay {training.get('weight_decay', 1e-4):g}, "
                          f"batch {args.batch_size} x {training['patch_size']} px patches",
@@ -676,6 +687,7 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
                    f"{'-'.join(f'{c:g}' for c in st['texture_contrast'])})"
                    if st.get("augment_texture") else "")
                 + (f", bright debris p={st['augment_debris']:g}" if st.get("augment_debris") else "")
+                + (f", low light p={st['augment_low_light']:g}" if st.get("augment_low_light") else "")
                 + (", its own best validation kept" if st.get("within_stage") else "")
                 for i, st in enumerate(stages)
             ),

@@ -35,7 +35,7 @@ RESUME_LEGS = _ResumeLegs()
 #: The options that make up a run's recipe: recorded in the checkpoint, restored by ``--resume``.
 RECIPE_KEYS = ("model", "steps", "patch_size", "batch_size", "lr", "seed", "base_width", "depth", "diameter",
                "repeat_kind", "validations", "precision", "augment_upscaled", "augment_gradient",
-               "augment_texture", "texture_contrast", "augment_debris")
+               "augment_texture", "texture_contrast", "augment_debris", "augment_low_light")
 
 LOG_HEADER = (
     "# Training log of the built-in models\n\n"
@@ -125,7 +125,7 @@ def augment_config(args: argparse.Namespace):
 
     return AugmentConfig(upscaled_prob=args.augment_upscaled, gradient=args.augment_gradient,
                          texture_prob=args.augment_texture, texture=tuple(args.texture_contrast),
-                         debris_prob=args.augment_debris)
+                         debris_prob=args.augment_debris, low_light_prob=args.augment_low_light)
 
 
 def run_legs(args: argparse.Namespace, load_rows, finalize, stage_record) -> int:

@@ -16,6 +16,7 @@ from napari_unet.core.augment import (
     flip_rot90,
     illumination_ramp,
     intensity_jitter,
+    low_light,
     object_texture,
     random_crop,
     sample_patch,
@@ -191,3 +192,27 @@ def test_shape_errors():
         flip_rot90(image, labels[:10], np.random.default_rng(0))
     with pytest.raises(ValueError, match="channels, height, width"):
         sample_patch(image[0], labels, 16, np.random.default_rng(0))
+
+
+def test_low_light_adds_shot_noise_and_normalises_as_inference_does():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:96, 0:96]
+    clean = np.zeros((1, 96, 96), np.float32)  # a normalised fluorescence patch: dark background, nuclei near 1
+    for cy, cx in ((25, 25), (30, 70), (70, 40)):
+        clean[0][(yy - cy) ** 2 + (xx - cx) ** 2 < 100] = 0.9
+    errors = []
+    for photons in (200.0, 20.0, 4.0):
+        out = low_light(clean, rng, photons=(photons, photons))
+        assert out.shape == clean.shape and out.dtype == np.float32
+        assert np.isclose(np.percentile(out, 1), 0.0, atol=1e-5) and np.isclose(np.percentile(out, 99.8), 1.0, atol=1e-5)
+        nuclei, background = out[0][clean[0] > 0], out[0][clean[0] == 0]
+        assert nuclei.mean() > background.mean() + 0.2  # still bright objects on a dark ground
+        errors.append(background.std() / (nuclei.mean() - background.mean()))
+    assert errors[0] < errors[1] < errors[2]  # fewer photons: noisier
+    # a patch of background alone keeps the whole image's scale (its reference), not stretched to 0-1
+    background_only = np.zeros((1, 32, 32), np.float32)
+    out = low_light(background_only, rng, photons=(20.0, 20.0), reference=clean.reshape(1, -1))
+    assert np.percentile(out, 99) < 0.5
+    assert "low light" in AugmentConfig(low_light_prob=0.3).describe() and "(p=0.3)" in AugmentConfig(
+        low_light_prob=0.3).describe()
+    assert "low light" not in AugmentConfig().describe()

@@ -4,6 +4,7 @@ with best-weights tracking, metadata. Real small U-Nets and a real DSB2018 crop.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch
 from napari_unet.core.augment import NO_AUGMENT, AugmentConfig
 from napari_unet.core.checkpoint import SegmentationModel
 from napari_unet.core.events import TrainStep, Validation, run_to_end
-from napari_unet.core.examples import prepare_examples
+from napari_unet.core.examples import TrainingExample, prepare_examples
 from napari_unet.core.instances import probabilities_to_labels
 from napari_unet.core.metrics import average_precision, dice
 from napari_unet.core.model import UNet
@@ -139,6 +140,21 @@ def test_debris_pixels_weigh_nothing_in_the_loss(dsb_fluo_crop):
     assert np.all(after.weights[changed] == 0)  # its class is unknown: no loss there
     assert after.weights[~changed].min() >= 0.1  # elsewhere the same classes, all in the loss
     assert np.all(after.classes[~changed] == before.classes[~changed])
+
+
+def test_low_light_noises_fluorescence_patches_only(dsb_fluo_crop):
+    examples = _examples(dsb_fluo_crop)
+    bright_ground = [TrainingExample(1.0 - ex.image, ex.labels, ex.source) for ex in examples]  # as bright field
+    geometry = PatchGeometry.for_network(_net(), 64, 128)
+    still = AugmentConfig(flip=False, rotate="none", scale=(1.0, 1.0), elastic_prob=0.0, gain=(1.0, 1.0),
+                          offset=(0.0, 0.0), gamma=(1.0, 1.0), noise=0.0)
+    noisy = replace(still, low_light_prob=1.0, low_light_photons=(10.0, 10.0))
+    for exs, changes in ((examples, True), (bright_ground, False)):
+        plain = PatchSampler(exs, geometry, TargetRecipe(), still, 4, np.random.default_rng(3)).next_batch()
+        dark = PatchSampler(exs, geometry, TargetRecipe(), noisy, 4, np.random.default_rng(3)).next_batch()
+        assert (not np.array_equal(plain.images, dark.images)) is changes
+        np.testing.assert_array_equal(plain.classes, dark.classes)  # the noise changes no class
+        np.testing.assert_array_equal(plain.weights, dark.weights)
 
 
 def test_threads_prefetch_the_same_patches(dsb_fluo_crop):

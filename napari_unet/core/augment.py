@@ -77,6 +77,15 @@ class AugmentConfig:
         Probability that a patch with debris is scaled as per-image normalisation would scale
         an image whose bright percentiles fall in the debris (objects dimmed by its factor).
         0 (the default): never; 0.5 lowered validation AP in a first run (benchmarks/RESULTS.md).
+    low_light_prob : float
+        Probability that a patch of a dark-background (fluorescence) image is shown as a camera that
+        caught few photons would show it (:func:`low_light`): shot noise and read noise, then the
+        image's percentile normalisation again. Live-cell imaging keeps the light low; the other
+        augmentations' noise (``noise``) is a few percent of the range, far less than that. 0 (the
+        default) turns it off.
+    low_light_photons : tuple of float
+        Range (log-uniform) of the photons a pixel at the top of the normalised range (1.0)
+        caught, for ``low_light_prob``.
     gradient : float
         Largest amplitude (normalised intensity from one side of the patch to the other) of a
         random linear ramp added to the patch: uneven illumination, a vignetted field. 0 (the
@@ -102,6 +111,8 @@ class AugmentConfig:
     debris_prob: float = 0.0
     debris_brightness: tuple[float, float] = (2.0, 10.0)
     debris_renormalised: float = 0.0
+    low_light_prob: float = 0.0
+    low_light_photons: tuple[float, float] = (4.0, 200.0)
 
     def describe(self) -> str:
         """A short description for model cards, e.g. ``crop, flips, any rotation, scale 0.8-1.25, ...``."""
@@ -128,7 +139,15 @@ class AugmentConfig:
             parts.append(f"{self.describe_texture()} (p={self.texture_prob:g})")
         if self.debris_prob > 0:
             parts.append(f"{self.describe_debris()} (p={self.debris_prob:g})")
+        if self.low_light_prob > 0:
+            parts.append(f"{self.describe_low_light()} (p={self.low_light_prob:g})")
         return ", ".join(parts)
+
+    def describe_low_light(self) -> str:
+        """What ``low_light_prob`` does, with this config's range of photons."""
+        lo, hi = self.low_light_photons
+        return (f"low light on fluorescence patches (shot and read noise, {lo:g}-{hi:g} photons at the top of "
+                "the range, normalised again)")
 
     def describe_debris(self) -> str:
         """What ``debris_prob`` does, with this config's range of brightness."""
@@ -468,6 +487,47 @@ def bright_debris(
     if rng.random() < renormalised:  # as the image's percentiles would be, were the debris in them
         out = background[:, None, None] + (out - background[:, None, None]) / np.float32(factor)
     return out.astype(np.float32, copy=False), alpha > 0
+
+
+#: Below this median of a normalised image (0: its 1st percentile, 1: its 99.8th), the image is
+#: mostly dark background: fluorescence, whose photons are few. Bright-field and stained-tissue
+#: images (a bright background: a median near 1) collect plenty of light and get no low light.
+DARK_BACKGROUND_MEDIAN = 0.25
+
+
+def low_light(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    photons: tuple[float, float] = (4.0, 200.0),
+    reference: np.ndarray | None = None,
+    percentiles: tuple[float, float] = (1.0, 99.8),
+) -> np.ndarray:
+    """A normalised (C, H, W) patch as a camera that caught few photons would show it.
+
+    A pixel at 1.0 (the image's high percentile) caught ``n`` photons, ``n`` log-uniform in
+    ``photons``; each pixel gets Poisson (shot) noise on ``n`` times its value (negative values
+    count as none) plus a little background light (0-2 photons), and Gaussian read noise of
+    0.5-3 photo-electrons. The result is normalised again as inference normalises an image, by
+    its ``percentiles``: those of ``reference`` ((C, K) pixels of the whole image, given the same
+    noise) when given, since a patch of background alone would otherwise be stretched to the
+    whole range; else the patch's own.
+
+    Returns a new float32 array.
+    """
+    chw = np.asarray(image, np.float32)
+    n = math.exp(rng.uniform(math.log(photons[0]), math.log(photons[1])))
+    dark = rng.uniform(0.0, 2.0)
+    read = rng.uniform(0.5, 3.0)
+
+    def exposed(x: np.ndarray) -> np.ndarray:
+        counts = rng.poisson(n * np.clip(x, 0.0, None) + dark).astype(np.float32)
+        return counts + rng.normal(0.0, read, size=x.shape).astype(np.float32)
+
+    noisy = exposed(chw)
+    sample = exposed(np.asarray(reference, np.float32)) if reference is not None else noisy.reshape(len(chw), -1)
+    lo, hi = np.percentile(sample.reshape(len(chw), -1), percentiles, axis=1)
+    span = np.maximum(hi - lo, 1e-6)
+    return ((noisy - lo[:, None, None]) / span[:, None, None]).astype(np.float32)
 
 
 # ------------------------------------------------------------------ all in one

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .augment import AugmentConfig, bright_debris, sample_patch
+from .augment import DARK_BACKGROUND_MEDIAN, AugmentConfig, bright_debris, low_light, sample_patch
 from .examples import TrainingExample
 from .optimise import Batch
 from .targets import TargetRecipe
@@ -78,6 +78,10 @@ def build_patch(
                                     renormalised=augment.debris_renormalised)
         if debris is not None:
             known = ~debris if known is None else known & ~debris
+    if augment is not None and augment.low_light_prob > 0 and rng.random() < augment.low_light_prob:
+        reference = _pixel_sample(example.image, rng)
+        if np.median(reference) < DARK_BACKGROUND_MEDIAN:  # fluorescence: few photons
+            img = low_light(img, rng, augment.low_light_photons, reference=reference)
     if known is None:
         cls, wts = targets(lab)
     else:
@@ -87,6 +91,12 @@ def build_patch(
         cls = cls[c : c + n, c : c + n]
         wts = wts[c : c + n, c : c + n]
     return img, cls, wts
+
+
+def _pixel_sample(image: np.ndarray, rng: np.random.Generator, k: int = 4096) -> np.ndarray:
+    """(C, k) pixels of a (C, H, W) image, drawn at random (with repeats)."""
+    flat = np.asarray(image).reshape(len(image), -1)
+    return flat[:, rng.integers(0, flat.shape[1], size=k)]
 
 
 def marked_labels(example: TrainingExample) -> np.ndarray:
