@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                 scores[photons].append(average_precision(truth, segment(model, x, device="cpu")))
         table[name] = [float(np.mean(scores[c])) for c in conditions]
         print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
-    print(f"{len(rows)} DSB2018 val fluorescence images (every {args.every}th), AP@0.5 with the automatic diameter; "
+    print(f"{len(rows)} DSB2018 val fluorescence images (one in {args.every}), AP@0.5 with the automatic diameter; "
           f"{platform.processor() or platform.machine()}, torch {torch.__version__}")
     header = " | ".join(["model", "clean", *(f"{p:g} photons" for p in args.photons)])
     print(f"| {header} |")
