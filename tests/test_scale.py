@@ -137,6 +137,23 @@ def test_diameter_search_converges_and_falls_back():
         all_large.found(discs(radius), all_large.next_scale())
     assert all_large.next_scale() is None and all_large.diameter == pytest.approx(24 / 0.25, rel=0.1)
 
+    # objects of the model's size at one level that shrink below its range at the next end the
+    # pyramid there: coarser levels only merge them into clumps, whose sizes can agree by chance
+    # (bright-field nuclei of 10-20 px measured 80 and 99 px at scales 1/4 and 1/8)
+    clumps = DiameterSearch(model_17, smallest_side=1024)
+    clumps.found(discs(9), clumps.next_scale())  # 18 px at scale 1, within the range (15-19 px)
+    clumps.found(discs(6), clumps.next_scale())  # 12 px at scale 1/2 ("24 px"): below the range
+    assert clumps.next_scale() is None and clumps.diameter == pytest.approx(18, rel=0.1)
+    # ... but small objects after a level that saw none of the model's size do not: they can be the
+    # texture inside objects many times that size
+    giant = DiameterSearch(model_17, smallest_side=1024)  # 137 px nuclei
+    giant.found(discs(5), giant.next_scale())  # specks of 10 px at scale 1
+    giant.found(discs(6), giant.next_scale())  # and of 12 px at 1/2 ("24 px")
+    assert giant.next_scale() == 0.25
+    giant.found(discs(15), 0.25)  # 120 px at 1/4
+    giant.found(discs(9), giant.next_scale())  # 144 px at 1/8: agrees
+    assert giant.next_scale() is None and giant.diameter == pytest.approx(137, rel=0.1)
+
     small = DiameterSearch(size, smallest_side=100)
     small.found(discs(5, 100), 1.0)  # the next level would be 50 px: too small to look at
     assert small.next_scale() is None and small.diameter == pytest.approx(10, rel=0.1)
@@ -568,4 +585,22 @@ def test_nuclei_far_larger_than_a_crop_of_the_plane_are_measured_whole(data_dir)
     results = [r for r in iter_planes(load_model("nuclei", device="cpu"), image) if isinstance(r, PlaneResult)]
     (result,) = results
     assert result.diameter == pytest.approx(median_diameter(truth), rel=0.25)
+    assert average_precision(truth, result.labels) > 0.5
+
+
+def test_bright_field_nuclei_are_not_sized_by_clumps_at_coarse_levels(data_dir):
+    """A bright-field DSB2018 train image (1024 x 1024, nuclei of 20 px): the pass at scale 1 finds
+    nuclei of the model's size, at 1/2 they look smaller than its range, and the levels below
+    merged them into clumps of 80 and 99 px that agreed: the plane was segmented at a fifth of its
+    nuclei's size (AP@0.5 0). The pyramid now stops where the objects shrank below the range."""
+    from skimage.io import imread
+
+    from napari_unet.core.metrics import average_precision
+
+    name = "8d05fb18ee0cda107d56735cafa6197a31884e0a5092dc6d41760fb92ae23ab4.png"
+    image = imread(data_dir / "dsb2018" / "images" / name)
+    image = image[..., :3] if image.ndim == 3 else image  # RGBA: no alpha
+    truth = imread(data_dir / "dsb2018" / "labels" / name).astype(np.int32)
+    (result,) = [r for r in iter_planes(load_model("nuclei", device="cpu"), image) if isinstance(r, PlaneResult)]
+    assert result.diameter == pytest.approx(median_diameter(truth), rel=0.15)
     assert average_precision(truth, result.labels) > 0.5
