@@ -340,7 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", choices=("nuclei", "cells"), default="nuclei",
                         help="which built-in model: nuclei (DSB2018) or cells (Usiigaci phase contrast + BBBC030 DIC)")
     parser.add_argument("--data", type=Path, default=None,
-                        help="the dsb2018 folder (nuclei) or the shared data folder (cells); default: found")
+                        help="the training data; for --model nuclei the dsb2018 folder (manifest.csv, images/, "
+                             "labels/), for --model cells the shared data folder that holds usiigaci_phase/ and "
+                             "bbbc030_dic/ (with --reproduce: the folder for the model retrained); default: "
+                             "/work/shared/data or ../shared/data beside the repository (its dsb2018/ for nuclei)")
     parser.add_argument("--diameter", type=float, default=None,
                         help="train at this object diameter (px): every image is rescaled so that its objects "
                              "have it, and the model records it (default: the images as they are)")
@@ -416,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     if args.reproduce:
-        return reproduce(args.reproduce, args.out, args.data or DEFAULT_DATA, args.device)
+        return reproduce(args.reproduce, args.out, args.data, args.device)  # None: each model's own default
     if args.tune_kinds and not args.rescore:
         parser.error("--tune-kinds goes with --rescore MODEL (training tunes them at its end by itself)")
     if args.rescore:
@@ -549,8 +552,9 @@ def reproduce_commands(stages: list[dict], out: str = "retrained/nuclei.pt") -> 
     return [f"python scripts/train_default_model.py {' '.join(argv)}" for argv in stage_arguments(stages, out)]
 
 
-def reproduce(model_path: Path, out: Path, data: Path, device: str) -> int:
-    """Run every stage recorded in ``model_path`` from scratch, the last one writing ``out``."""
+def reproduce(model_path: Path, out: Path, data: Path | None, device: str) -> int:
+    """Run every stage recorded in ``model_path`` from scratch, the last one writing ``out``
+    (``data``: the ``--data`` of every stage; None: the default folder of the model's data)."""
     from napari_unet.core.checkpoint import ModelFileError, read_model_file
 
     try:
@@ -562,7 +566,7 @@ def reproduce(model_path: Path, out: Path, data: Path, device: str) -> int:
     argvs = stage_arguments(stages, str(out))
     for i, argv in enumerate(argvs, 1):
         print(f"stage {i} of {len(argvs)}: {' '.join(argv)}", flush=True)
-        code = main(argv + ["--data", str(data), "--device", device])
+        code = main(argv + (["--data", str(data)] if data is not None else []) + ["--device", device])
         if code:
             return code
     return 0

@@ -114,6 +114,41 @@ def test_reproduce_retrains_a_two_stage_model_weight_for_weight(tmp_path):
     assert f"{describe_selection(training)} (step {training['selected_step']} of the last stage)" in card
 
 
+class _Loaded(Exception):
+    """Raised by a stand-in data loader: the stage got as far as reading its data."""
+
+
+@pytest.mark.parametrize("name", ["cells", "nuclei"])
+def test_reproduce_without_data_reads_each_models_own_default_folder(tmp_path, monkeypatch, name):
+    # `--reproduce napari_unet/models/cells.pt` without --data gave the cells stages the dsb2018
+    # folder, and they failed on .../dsb2018/usiigaci_phase/images.tif
+    script = _script()
+    try:
+        shared = script.builtin_data.shared_data(script.ROOT)
+    except SystemExit:
+        pytest.skip("../shared/data is not present")
+    folders = []
+
+    def loader(data, split):
+        folders.append(Path(data))
+        raise _Loaded
+
+    monkeypatch.setattr(script.builtin_data, "cells_rows", loader)
+    monkeypatch.setattr(script.builtin_data, "nuclei_rows", loader)
+    model = script.ROOT / "napari_unet" / "models" / f"{name}.pt"
+    with pytest.raises(_Loaded):
+        script.main(["--reproduce", str(model), "--out", str(tmp_path / f"{name}.pt"), "--device", "cpu"])
+    if name == "cells":
+        assert folders == [shared]
+        assert (shared / "usiigaci_phase" / "images.tif").is_file() and (shared / "bbbc030_dic").is_dir()
+    else:
+        assert folders == [script.DEFAULT_DATA]
+        assert (script.DEFAULT_DATA / "manifest.csv").is_file()
+    # --help says what --data is for each model
+    data_help = " ".join(next(a.help for a in script.build_parser()._actions if "--data" in a.option_strings).split())
+    assert "dsb2018 folder" in data_help and "usiigaci_phase/ and bbbc030_dic/" in data_help
+
+
 def test_legs_resume_and_finish_with_a_log_and_a_model(tmp_path):
     script = _script()
     data = _tiny_dsb(tmp_path / "dsb")
