@@ -85,6 +85,22 @@ def test_train_user_errors_are_one_line(tmp_path, dsb_fluo_crop, tiny_model_path
     assert not (tmp_path / "x.pt").exists()
 
 
+def test_two_labels_files_for_one_image_in_a_folder_stop_train_with_one_line(tmp_path, dsb_fluo_crop,
+                                                                                tiny_model_path, capsys):
+    image, labels = dsb_fluo_crop
+    folder = tmp_path / "both"
+    folder.mkdir()
+    tifffile.imwrite(folder / "a.tif", image)
+    for name in ("a_masks.tif", "a_labels.tif"):
+        tifffile.imwrite(folder / name, labels.astype(np.uint16))
+    out = tmp_path / "x.pt"
+    rc = main(["train", "--images", str(folder), "--labels", str(folder), "--out", str(out),
+               "--from", str(tiny_model_path), "--steps", "1", "--patch-size", "32", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "a.tif has 2 labels files" in err, err
+    assert not out.exists()
+
+
 # ---------------------------------------------------------------------- issue #17
 def test_an_image_given_as_labels_is_refused(tmp_path, dsb_fluo_crop, tiny_model_path, capsys):
     image, labels = dsb_fluo_crop

@@ -136,6 +136,35 @@ def test_exact_name_wins_and_two_candidates_are_an_error(tmp_path, pair):
         pair_images_with_labels(images, masks)
 
 
+def test_two_labels_files_with_different_endings_are_an_error(tmp_path, pair):
+    # one folder: a_labels.png was taken for an image without labels and left out with a warning;
+    # two folders: the error said a_labels.png fits no image
+    image, labels = pair
+    both = _files(tmp_path / "both", ["a.png", "b.png"], image)
+    _files(both, ["a_masks.png", "a_labels.png", "b_masks.png"], labels)
+    with pytest.raises(PairingError, match=r"^a.png has 2 labels files in .*both: a_masks.png, a_labels.png; keep one"):
+        pair_images_with_labels(both, both)
+    images = _files(tmp_path / "img", ["a.png"], image)
+    masks = _files(tmp_path / "lab", ["a_masks.png", "a_labels.png"], labels)
+    with pytest.raises(PairingError, match=r"^a.png has 2 labels files in .*lab: a_masks.png, a_labels.png; keep one"):
+        pair_images_with_labels(images, masks)
+    cli, gui = _both_ways(images, masks)
+    assert cli == gui and "a.png has 2 labels files" in cli
+
+
+def test_a_labels_file_without_its_image_in_one_folder_is_an_error(tmp_path, pair):
+    # it was taken for an image without labels and left out with a warning
+    image, labels = pair
+    both = _files(tmp_path / "both", ["a.png"], image)
+    _files(both, ["a_masks.png", "orphan_labels.png"], labels)
+    with pytest.raises(PairingError, match="labels file orphan_labels.png in .*both fits no image"):
+        pair_images_with_labels(both, both)
+    # an image with a labels-like name that has its own labels is an image, as before
+    (both / "orphan_labels.png").rename(both / "x_seg.png")
+    _files(both, ["x_seg_masks.png"], labels)
+    assert _names(pair_images_with_labels(both, both)) == [("a.png", "a_masks.png"), ("x_seg.png", "x_seg_masks.png")]
+
+
 def test_missing_or_empty_folders_and_no_pair_are_clear(tmp_path, pair):
     image, labels = pair
     with pytest.raises(PairingError, match="images folder .*nope does not exist"):

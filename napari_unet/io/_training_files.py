@@ -52,8 +52,9 @@ def pair_images_with_labels(
     :data:`LABEL_NAME_SUFFIXES` + any image ending, the endings tried in that order for all
     images before the next (so ``a.tif`` with ``a.tif`` wins over ``a_masks.tif``); ``.ome.tif``
     counts as one ending. The two folders may be one folder: then the files that are the labels
-    of another file are not images. Images without a labels file are left out (with a logged
-    warning naming them).
+    of another file are not images, and a file named with a labels ending (``x_masks.png``)
+    that is neither an image's labels nor an image with labels is a labels file that fits no
+    image. Images without a labels file are left out (with a logged warning naming them).
 
     Parameters
     ----------
@@ -68,8 +69,9 @@ def pair_images_with_labels(
     Raises
     ------
     PairingError
-        A folder is missing or holds no images; two labels files fit one image; a labels file
-        fits no image; no image has a labels file.
+        A folder is missing or holds no images; two labels files fit one image (with the same
+        ending or not: ``a_masks.png`` and ``a_labels.png``); a labels file fits no image; no
+        image has a labels file.
     """
     images_dir, labels_dir = Path(images_folder).expanduser(), Path(labels_folder).expanduser()
     for folder, what in ((images_dir, "images"), (labels_dir, "labels")):
@@ -103,14 +105,20 @@ def pair_images_with_labels(
                 claimed.add(found[0])
 
     pairs = [(image, labels_of[image]) for image in images if image in labels_of]
-    if not one_folder:
-        stray = [p.name for p in candidates if p not in claimed]
-        if stray:
-            raise PairingError(
-                f"labels file {stray[0]} in {labels_dir} fits no image in {images_dir}"
-                + (f" ({len(stray) - 1} more like it)" if len(stray) > 1 else "")
-                + f": {_rule()}."
-            )
+    # files left over that are named as labels: in two folders every one; in one folder those
+    # (not labels of another file, without labels of their own) whose name ends in a labels ending
+    if one_folder:
+        stray = [p for p in images if p not in labels_of and p not in claimed and _labels_ending(p)]
+    else:
+        stray = [p for p in candidates if p not in claimed]
+    _refuse_second_labels_files(stray, images, labels_of, labels_dir)
+    if stray:
+        raise PairingError(
+            f"labels file {stray[0].name} in {labels_dir} fits no image"
+            + ("" if one_folder else f" in {images_dir}")
+            + (f" ({len(stray) - 1} more like it)" if len(stray) > 1 else "")
+            + f": {_rule()}."
+        )
     if not pairs:
         raise PairingError(f"No image in {images_dir} has a labels file in {labels_dir}: {_rule()}.")
     unlabelled = [p.name for p in images if p not in labels_of and p not in claimed]
@@ -120,6 +128,35 @@ def pair_images_with_labels(
             ", ".join(unlabelled[:5]), ", ..." if len(unlabelled) > 5 else "",
         )
     return pairs
+
+
+def _labels_ending(path: Path) -> str:
+    """The labels ending (``"_masks"``, ...) that ``path``'s name ends in, or ``""``."""
+    name = stack_name(path)
+    return next((s for s in LABEL_NAME_SUFFIXES if s and name.endswith(s) and name != s), "")
+
+
+def _refuse_second_labels_files(
+    stray: list[Path], images: list[Path], labels_of: dict[Path, Path], labels_dir: Path
+) -> None:
+    """Raise when a left-over labels file is named for an image that already has its labels file
+    (``a_labels.png`` beside ``a_masks.png``): two labels files for one image."""
+    image_by_name = {stack_name(image): image for image in images}
+    extra: dict[Path, list[Path]] = {}
+    for path in stray:
+        name = stack_name(path)
+        for suffix in LABEL_NAME_SUFFIXES:
+            image = image_by_name.get(name[: len(name) - len(suffix)]) if name.endswith(suffix) else None
+            if image is not None and image != path and image in labels_of:
+                extra.setdefault(image, []).append(path)
+                break
+    for image in images:
+        if image in extra:
+            found = [labels_of[image], *extra[image]]
+            raise PairingError(
+                f"{image.name} has {len(found)} labels files in {labels_dir}: "
+                f"{', '.join(p.name for p in found)}; keep one."
+            )
 
 
 def check_labels_not_an_image(labels: Any, name: str = "labels") -> None:
