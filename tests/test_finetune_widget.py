@@ -442,11 +442,25 @@ def test_steps_and_time_budget_settings(widget, c2c12, notifications):
     assert w.run_panel._worker is None
     assert any("set a number of steps or a time budget" in m for m in notifications)
     w.settings_panel._time_budget.value = 1.5
+    # patch and batch: Auto by default (the network's own: 128 x 8 for the built-in models)
+    from napari_unet.widgets._finetune.settings import TrainingSettingsPanel
+
+    fresh = TrainingSettingsPanel()
+    defaults = fresh.training_settings()
+    assert defaults["patch_size"] is None and defaults["batch_size"] is None
+    for box in (fresh._patch_size, fresh._batch_size):  # shown as "Auto" at 0, the minimum
+        assert box.value == 0 == box.native.minimum() and box.native.specialValueText() == "Auto"
+    w.settings_panel._patch_size.value = 16
+    w.run_panel._start_button.native.click()
+    assert w.run_panel._worker is None
+    assert any("patch size to Auto (0) or to 32 pixels or more" in m for m in notifications)
+    w.settings_panel._patch_size.value = 192
     w.settings_panel._advanced._collapsible.expand(animate=False)
     w.settings_panel._batch_size.value = 3
     settings = w.training_settings()
     assert settings["steps"] is None and settings["time_budget"] == 90.0
-    assert settings["batch_size"] == 3 and settings["augment"] is True and settings["device"] == "cpu"
+    assert settings["batch_size"] == 3 and settings["patch_size"] == 192
+    assert settings["augment"] is True and settings["device"] == "cpu"
 
 
 def test_all_background_correction_is_refused(widget, c2c12, notifications):

@@ -310,3 +310,24 @@ def test_labels_that_look_partial_are_said_before_training(dsb_fluo_crop, caplog
     assert "2 labelled" in notes[0].message and "labelled in part" in notes[0].message
     assert any("labelled in part" in r.getMessage() for r in caplog.records)
     assert not any(isinstance(e, TrainNote) for e in events(labels))
+
+
+def test_default_patch_follows_the_network(dsb_fluo_crop):
+    # 128 px x 8 for a padded network (the built-in models; on a CPU the AP of 256 x 4 per step in
+    # half the time, benchmarks/RESULTS.md); an unpadded one keeps 256 x 4 (128 px in would leave
+    # the paper's U-Net an output of 4 px)
+    from napari_unet.core.train import default_patch
+
+    assert default_patch(_tiny().net) == (128, 8)
+    assert default_patch(UNet.paper()) == (256, 4)
+    image, labels = dsb_fluo_crop
+    big = np.tile(image, (3, 3))
+    big_labels = np.concatenate([np.concatenate([np.where(labels > 0, labels + 1000 * (3 * i + j), 0)
+                                                 for j in range(3)], axis=1) for i in range(3)], axis=0)
+    result = run_finetune(_tiny(), [big], [big_labels], steps=1, device="cpu", val_fraction=0)
+    training = result.metadata["training"]
+    assert (training["patch_size"], training["batch_size"]) == (128, 8)
+    unpadded = run_finetune(_tiny(depth=2, padding="valid"), [big], [big_labels], steps=1, device="cpu",
+                            val_fraction=0)
+    assert unpadded.metadata["training"]["batch_size"] == 4
+    assert unpadded.metadata["training"]["patch_size"] >= 256

@@ -54,8 +54,11 @@ def add_parser(subparsers: Any) -> None:
                         help="train for this many seconds (default if neither is given: 200 steps)")
     p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
-    p.add_argument("--patch-size", type=int, default=256, help="training patch side in pixels (default 256)")
-    p.add_argument("--batch-size", type=int, default=4, help="patches per step (default 4)")
+    p.add_argument("--patch-size", type=int, default=None,
+                   help="training patch side in pixels (default: 128 for a padded network such as the "
+                        "built-in models, 256 for an unpadded one)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="patches per step (default: 8 with 128 px patches, 4 with 256 px)")
     p.add_argument("--val-fraction", type=float, default=0.2,
                    help="part held out for validation (whole images, or a band of each; default 0.2)")
     p.add_argument("--seed", type=int, default=0)
@@ -191,9 +194,9 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--lr must be a positive number, got {args.lr}")
     if not (math.isfinite(args.val_fraction) and 0 <= args.val_fraction < 1):
         raise CLIError(f"--val-fraction must be at least 0 and below 1 (0: no validation), got {args.val_fraction}")
-    if args.patch_size < MIN_PATCH:
+    if args.patch_size is not None and args.patch_size < MIN_PATCH:
         raise CLIError(f"--patch-size must be at least {MIN_PATCH} pixels, got {args.patch_size}")
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
     select_device(args.device)  # an unknown or missing device is refused before any reading
     out = _out_path(args.out, args.overwrite)

@@ -97,6 +97,7 @@ __all__ = [
     "MIN_VAL_OBJECTS_FOR_AP",
     "StopFlag",
     "PreparedRun",
+    "default_patch",
     "Trainer",
     "finetune",
     "prepare_run",
@@ -187,6 +188,14 @@ class Trainer:
                          step_time=now - started, elapsed=elapsed, fraction=frac, eta=eta)
 
 
+def default_patch(net: torch.nn.Module) -> tuple[int, int]:
+    """The patch size and batch a run takes when none is given: 128 px x 8 for a padded network
+    (the built-in models are trained so; on a CPU, fine-tuning reached the AP of 256 px x 4 per
+    step in half the time: benchmarks/RESULTS.md), 256 px x 4 for an unpadded one such as the
+    paper's U-Net, whose 128 px patch would leave an output of a few pixels."""
+    return (128, 8) if getattr(net, "margin", 0) == 0 else (256, 4)
+
+
 # ---------------------------------------------------------------------- the generator
 def finetune(
     model: SegmentationModel,
@@ -197,8 +206,8 @@ def finetune(
     time_budget: float | None = None,
     lr: float = 1e-3,
     weight_decay: float = 1e-4,
-    patch_size: int = 256,
-    batch_size: int = 4,
+    patch_size: int | None = None,
+    batch_size: int | None = None,
     augment: bool | AugmentConfig = True,
     val_fraction: float = 0.2,
     val_images: Sequence[np.ndarray] | None = None,
@@ -232,9 +241,10 @@ def finetune(
         first reached ends the run; with neither, ``DEFAULT_STEPS`` steps.
     lr, weight_decay : float
         AdamW peak learning rate (warm-up, then cosine decay) and weight decay.
-    patch_size, batch_size : int
+    patch_size, batch_size : int, optional
         Input patch size (rounded up to a size the network takes, shrunk to the largest
-        training plane when all are smaller); patches per step.
+        training plane when all are smaller); patches per step. None: :func:`default_patch`
+        for the model's network (128 x 8 for a padded one).
     augment : bool or AugmentConfig
         Augmentation on (default recipe), off, or a custom configuration.
     val_fraction : float
@@ -340,8 +350,8 @@ def prepare_run(
     time_budget: float | None = None,
     lr: float = 1e-3,
     weight_decay: float = 1e-4,
-    patch_size: int = 256,
-    batch_size: int = 4,
+    patch_size: int | None = None,
+    batch_size: int | None = None,
     augment: bool | AugmentConfig = True,
     val_fraction: float = 0.2,
     val_images: Sequence[np.ndarray] | None = None,
@@ -366,6 +376,9 @@ def prepare_run(
     ValueError
         Bad inputs (the message says what to fix).
     """
+    auto_patch, auto_batch = default_patch(model.net)
+    patch_size = auto_patch if patch_size is None else patch_size
+    batch_size = auto_batch if batch_size is None else batch_size
     steps = _check_arguments(model, steps, time_budget, lr, batch_size, select, workers)
     check_labelled(labelled)
     rng = np.random.default_rng(seed)

@@ -36,7 +36,10 @@ class TrainingSettingsPanel(Container):
         self._lr = FloatSpinBox(label="Learning rate", min=1e-6, max=1.0, step=1e-4, value=1e-3,
                                 tooltip="Peak AdamW learning rate (warm-up, then cosine decay).")
         self._lr.native.setDecimals(6)
-        self._patch_size = SpinBox(label="Patch size", min=32, max=1024, step=16, value=256)
+        self._patch_size = SpinBox(label="Patch size", min=0, max=1024, step=16, value=0,
+                                   tooltip="Training patch side in pixels (Auto: 128 for the built-in models and "
+                                           "other padded networks, with batch 8; 256 for an unpadded one, batch 4).")
+        self._patch_size.native.setSpecialValueText("Auto")
         self._augment = CheckBox(text="Augmentation (flips, rotations, intensity)", value=True)
         self._labelled = ComboBox(
             label="Cells labelled", value="auto",
@@ -48,7 +51,9 @@ class TrainingSettingsPanel(Container):
                     "are left out; cells it misses are to be drawn). Auto tells it per slice by what the base model "
                     "finds where nothing is labelled.",
         )
-        self._batch_size = SpinBox(label="Batch size", min=1, max=64, value=4)
+        self._batch_size = SpinBox(label="Batch size", min=0, max=64, value=0,
+                                   tooltip="Patches per step (Auto: 8 with 128 px patches, 4 with 256 px).")
+        self._batch_size.native.setSpecialValueText("Auto")
         from napari_unet.core.device import DEVICE_CHOICES  # not at the top: no torch on import
 
         self._device = ComboBox(label="Device", choices=list(DEVICE_CHOICES), value="auto")
@@ -88,12 +93,14 @@ class TrainingSettingsPanel(Container):
         minutes = float(self._time_budget.value)
         if steps <= 0 and minutes <= 0:
             raise ValueError("set a number of steps or a time budget (both are 0).")
+        if 0 < int(self._patch_size.value) < 32:
+            raise ValueError("set the patch size to Auto (0) or to 32 pixels or more.")
         return {
             "steps": steps if steps > 0 else None,
             "time_budget": minutes * 60.0 if minutes > 0 else None,
             "lr": float(self._lr.value),
-            "patch_size": int(self._patch_size.value),
-            "batch_size": int(self._batch_size.value),
+            "patch_size": int(self._patch_size.value) or None,  # 0 (Auto): the network's default
+            "batch_size": int(self._batch_size.value) or None,
             "augment": bool(self._augment.value),
             "device": self.device_choice(),
             "seed": int(self._seed.value),
