@@ -331,3 +331,6 @@ def test_default_patch_follows_the_network(dsb_fluo_crop):
                             val_fraction=0)
     assert unpadded.metadata["training"]["batch_size"] == 4
     assert unpadded.metadata["training"]["patch_size"] >= 256
+    # a patch size given without a batch: the batch follows it
+    larger = run_finetune(_tiny(), [big], [big_labels], steps=1, patch_size=256, device="cpu", val_fraction=0)
+    assert (larger.metadata["training"]["patch_size"], larger.metadata["training"]["batch_size"]) == (256, 4)

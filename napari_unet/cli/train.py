@@ -58,7 +58,7 @@ def add_parser(subparsers: Any) -> None:
                    help="training patch side in pixels (default: 128 for a padded network such as the "
                         "built-in models, 256 for an unpadded one)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="patches per step (default: 8 with 128 px patches, 4 with 256 px)")
+                   help="patches per step (default: 8 with patches of up to 128 px, 4 with larger ones)")
     p.add_argument("--val-fraction", type=float, default=0.2,
                    help="part held out for validation (whole images, or a band of each; default 0.2)")
     p.add_argument("--seed", type=int, default=0)

@@ -244,7 +244,8 @@ def finetune(
     patch_size, batch_size : int, optional
         Input patch size (rounded up to a size the network takes, shrunk to the largest
         training plane when all are smaller); patches per step. None: :func:`default_patch`
-        for the model's network (128 x 8 for a padded one).
+        for the model's network (128 x 8 for a padded one); a batch of None with a patch size
+        given: 8 for patches up to 128 px, 4 for larger ones.
     augment : bool or AugmentConfig
         Augmentation on (default recipe), off, or a custom configuration.
     val_fraction : float
@@ -377,8 +378,9 @@ def prepare_run(
         Bad inputs (the message says what to fix).
     """
     auto_patch, auto_batch = default_patch(model.net)
+    if batch_size is None:  # follows a patch size given: as many pixels per step as the defaults
+        batch_size = auto_batch if patch_size is None else (8 if patch_size <= 128 else 4)
     patch_size = auto_patch if patch_size is None else patch_size
-    batch_size = auto_batch if batch_size is None else batch_size
     steps = _check_arguments(model, steps, time_budget, lr, batch_size, select, workers)
     check_labelled(labelled)
     rng = np.random.default_rng(seed)

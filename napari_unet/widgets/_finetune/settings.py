@@ -52,7 +52,7 @@ class TrainingSettingsPanel(Container):
                     "finds where nothing is labelled.",
         )
         self._batch_size = SpinBox(label="Batch size", min=0, max=64, value=0,
-                                   tooltip="Patches per step (Auto: 8 with 128 px patches, 4 with 256 px).")
+                                   tooltip="Patches per step (Auto: 8 with patches of up to 128 px, 4 with larger ones).")
         self._batch_size.native.setSpecialValueText("Auto")
         from napari_unet.core.device import DEVICE_CHOICES  # not at the top: no torch on import
 
