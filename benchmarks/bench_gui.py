@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import os
 import platform
 import re
@@ -67,6 +68,17 @@ class StallMeter:
         self.samples: list[tuple[float, str]] = []  # (time, stack text)
         self._watching = False
         self._main_id = threading.main_thread().ident
+        self.full_collections: list[float] = []  # seconds of each full garbage collection (any thread)
+        self._gc_started = 0.0
+
+    def _gc_probe(self, phase: str, info: dict[str, Any]) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif self._gc_started:
+            self.full_collections.append(time.perf_counter() - self._gc_started)
+            self._gc_started = 0.0
 
     def _tick(self) -> None:
         self.ticks.append(time.perf_counter())
@@ -74,6 +86,8 @@ class StallMeter:
     def start(self) -> None:
         self.ticks = [time.perf_counter()]
         self.samples = []
+        self.full_collections = []
+        gc.callbacks.append(self._gc_probe)
         self._timer.start()
         if self._diagnose:
             from qtpy.QtWidgets import QApplication
@@ -86,6 +100,8 @@ class StallMeter:
     def stop(self) -> list[float]:
         """Stop; the gaps between ticks (seconds)."""
         self._timer.stop()
+        if self._gc_probe in gc.callbacks:
+            gc.callbacks.remove(self._gc_probe)
         if self._watching:
             from qtpy.QtWidgets import QApplication
 
@@ -245,6 +261,18 @@ def phase_finetune(viewer: Any, image_layer: Any, masks_layer: Any, meter: Stall
             "steps": len(tune.run_panel.curves.history["step"])}
 
 
+def full_collection_cost(repeats: int = 3) -> dict[str, float]:
+    """What one full garbage collection costs now (the window waits that long whenever Python runs
+    one, from any thread): the shortest of a few, in seconds, and how many objects it walks and how
+    many are frozen out of its way (``gc.freeze``)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        gc.collect()
+        times.append(time.perf_counter() - start)
+    return {"seconds": min(times), "tracked": len(gc.get_objects()), "frozen": gc.get_freeze_count()}
+
+
 def run(steps: int, patch: int, batch: int, diagnose: bool, size: int = 1024) -> dict[str, Any]:
     """Both phases in a new napari window; returns their summaries (and stall samples)."""
     import napari
@@ -259,18 +287,21 @@ def run(steps: int, patch: int, batch: int, diagnose: bool, size: int = 1024) ->
         idle(5.0)  # the user looks at the image before pressing Segment
         meter = StallMeter(diagnose)
         first = phase_first_slice(viewer, layer, meter)
-        first_samples = meter.samples
+        first_samples, first_gc = meter.samples, list(meter.full_collections)
         masks = viewer.layers["mosaic masks"]
         masks.data = truth  # the user's correction: the ground truth
         idle(0.5)
         tune = phase_finetune(viewer, layer, masks, meter, steps=steps, patch=patch, batch=batch)
-        tune_samples = meter.samples
+        tune_samples, tune_gc = meter.samples, list(meter.full_collections)
+        collection = full_collection_cost()
     finally:
         viewer.close()
     return {
-        "first_slice": {**summarise(first["gaps"]), "seconds": first["seconds"], "samples": first_samples},
+        "first_slice": {**summarise(first["gaps"]), "seconds": first["seconds"], "samples": first_samples,
+                        "full_gc": first_gc},
         "finetune": {**summarise(tune["gaps"]), "seconds": tune["seconds"], "steps": tune["steps"],
-                     "samples": tune_samples},
+                     "samples": tune_samples, "full_gc": tune_gc},
+        "collection": collection,
     }
 
 
@@ -284,15 +315,21 @@ def _cpu() -> str:
     return f"{model.group(1).strip() if model else '?'}, {cpus.group(1) if cpus else '?'} CPUs"
 
 
+def _collections(seconds: list[float]) -> str:
+    """"2 (251 ms)": how many full garbage collections, the longest; "0" when none."""
+    return f"{len(seconds)} ({max(seconds) * 1000:.0f} ms)" if seconds else "0"
+
+
 def _table(results: dict[str, Any]) -> str:
-    rows = ["| phase | run time | longest stall | 99th percentile | stalls > 100 ms | stalls > 200 ms | ticks |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    rows = ["| phase | run time | longest stall | 99th percentile | stalls > 100 ms | stalls > 200 ms | ticks "
+            "| full garbage collections (longest) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     names = {"first_slice": "first current slice, 1024 x 1024", "finetune": "fine-tuning"}
     for key, name in names.items():
         r = results[key]
         label = name + (f", {r['steps']} steps" if key == "finetune" else "")
         rows.append(f"| {label} | {r['seconds']:.1f} s | {r['max'] * 1000:.0f} ms | {r['p99'] * 1000:.0f} ms "
-                    f"| {r['over_100ms']} | {r['over_200ms']} | {r['ticks']} |")
+                    f"| {r['over_100ms']} | {r['over_200ms']} | {r['ticks']} | {_collections(r['full_gc'])} |")
     return "\n".join(rows)
 
 
@@ -332,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     results = run(args.steps, args.patch_size, args.batch_size, args.diagnose)
     load_after = os.getloadavg()
     table = _table(results)
+    c = results["collection"]
+    table += (f"\n\nA full garbage collection after both phases: {c['seconds'] * 1000:.0f} ms "
+              f"({c['tracked']:,} objects walked, {c['frozen']:,} frozen out of its way).")
     print(table)
     if args.diagnose:
         for key in ("first_slice", "finetune"):

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import Container
 from psygnal import Signal
 
+from . import _heap
 from ._base import notify_error, notify_warning, one_line, warm_up_in_background
 from ._corrections import CorrectedSlices
 from ._examples import Example, check_examples
@@ -93,6 +94,7 @@ class FinetuneWidget(Container):
         segment = get_widget(viewer, "segment")
         if segment is not None:  # the base model: the one Segment uses (see TrainingSettingsPanel.follow)
             self.settings_panel.follow(segment._model_combo.value)
+        _heap.add_host(self, self.native, viewer)  # full garbage collections kept short (see _heap)
         warm_up_in_background("segmenting", "training")  # the first run then holds up the window less
 
     @property

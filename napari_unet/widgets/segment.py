@@ -32,6 +32,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 
+from . import _heap
 from ._base import (
     FixedRadioButtons,
     current_plane_index,
@@ -53,13 +54,13 @@ from ._corrections import format_plane
 from ._diameter import DiameterControls
 from ._kept import KeptResults
 from ._masks import (
+    RunCorrections,
     corrected_planes,
     labels_shape,
     masks_layer_for,
-    ready_for_writing,
     masks_layer_name,
     move_past_corrected_slice,
-    RunCorrections,
+    ready_for_writing,
     report_empty_planes,
     shown_plane_corrected,
     write_plane,
@@ -171,6 +172,7 @@ class SegmentWidget(Container):
         self._proposal.refresh()
         self._on_image_kind()
         self._register()
+        _heap.add_host(self, self.native, viewer)  # full garbage collections kept short (see _heap)
         warm_up_in_background("segmenting")  # the first click then does not import or set up on the main thread
 
     # ------------------------------------------------------------------ choices

@@ -1,0 +1,101 @@
+"""Python's full garbage collections kept short while the widgets are open (issue #17 item 10).
+
+A full collection walks every object Python tracks (over half a million with napari, Qt and
+torch loaded: 250 ms of a frozen window on a fast core, the longest pause of a first
+segmentation in ``benchmarks/bench_gui.py``). After the widgets' warm-up the heap is frozen
+(``gc.freeze``), and thawed whenever something of the user's might otherwise never be collected:
+a removed layer, a closed widget or viewer.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import weakref
+
+import numpy as np
+import pytest
+
+from napari_unet.widgets import _base, _heap
+
+
+@pytest.fixture
+def fresh_heap(monkeypatch):
+    """The warm-up as in a new process (it runs once per process), the heap thawed around the test."""
+    monkeypatch.setattr(_base, "_WARMED_UP", set())
+    monkeypatch.setattr(_heap, "_pending", [])  # (layers of earlier tests, still referenced there)
+    gc.unfreeze()
+    yield
+    gc.unfreeze()
+
+
+def test_the_warm_up_freezes_the_heap_on_the_main_thread(make_napari_viewer, qtbot, fresh_heap, monkeypatch):
+    threads = []
+    freeze = _heap.freeze_now
+    monkeypatch.setattr(_heap, "freeze_now", lambda: (threads.append(threading.current_thread()), freeze()))
+    viewer = make_napari_viewer()
+    assert not _heap.frozen()
+    viewer.window.add_plugin_dock_widget("napari-unet", "Segment")  # starts the warm-up thread
+
+    qtbot.waitUntil(_heap.frozen, timeout=60000)
+    assert threads == [threading.main_thread()]  # collected and frozen where Qt deletes its objects
+    assert gc.get_freeze_count() > 10000  # napari, Qt, torch: out of the full collections' way
+    assert gc.get_count()[2] < 10  # (just collected)
+
+
+def test_a_removed_layer_is_collected_then_the_heap_frozen_again(make_napari_viewer, qtbot, fresh_heap):
+    viewer = make_napari_viewer()
+    viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    layer = viewer.add_labels(np.zeros((512, 512), np.int32), name="old masks")  # opened before the freeze
+    _heap.freeze_now()
+    assert _heap.frozen()
+    ref = weakref.ref(layer)
+    viewer.layers.remove(layer)
+    del layer
+    assert not _heap.frozen()  # thawed at once, so that the layer can go
+
+    qtbot.waitUntil(_heap.frozen, timeout=10000)  # frozen again, once the layer was collected
+    assert ref() is None
+
+
+def test_a_removed_layer_still_referenced_keeps_the_heap_thawed(make_napari_viewer, qtbot, fresh_heap, monkeypatch):
+    monkeypatch.setattr(_heap, "_RETRY_MS", 20)
+    viewer = make_napari_viewer()
+    viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    layer = viewer.add_image(np.zeros((64, 64), np.float32), name="kept by the user's script")
+    _heap.freeze_now()
+    viewer.layers.remove(layer)  # (``layer`` is still held here)
+
+    qtbot.wait(20 * (_heap._MAX_RETRIES + 3))
+    assert not _heap.frozen()  # never frozen while it lives: it would outlive its last reference
+    ref = weakref.ref(layer)
+    del layer
+    gc.collect()
+    assert ref() is None
+
+
+def test_closing_the_viewer_thaws_the_heap_for_good(make_napari_viewer, qtbot, fresh_heap):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    assert widget in _heap._hosts
+    _heap.freeze_now()
+    assert _heap.frozen()
+    ref = weakref.ref(widget)
+    del widget
+
+    viewer.close()
+    assert not _heap.frozen()
+    assert ref() is None or ref() not in _heap._hosts  # a warm-up finishing later freezes nothing for it
+    # (napari's make_napari_viewer then collects and fails the test if the viewer's QtViewer is
+    # still alive: frozen, it would be)
+
+
+def test_on_main_thread_runs_a_function_called_from_another_thread(qtbot):
+    ran = []
+    call = _base._on_main_thread(lambda: ran.append(threading.current_thread()))
+    thread = threading.Thread(target=call)
+    thread.start()
+    thread.join()
+    assert ran == []  # queued, not run in the calling thread
+    qtbot.waitUntil(lambda: bool(ran), timeout=5000)
+    assert ran == [threading.main_thread()]
