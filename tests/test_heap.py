@@ -21,9 +21,10 @@ from napari_unet.widgets import _base, _heap
 
 @pytest.fixture
 def fresh_heap(monkeypatch):
-    """The warm-up as in a new process (it runs once per process), the heap thawed around the test."""
-    monkeypatch.setattr(_base, "_WARMED_UP", set())
-    monkeypatch.setattr(_heap, "_pending", [])  # (layers of earlier tests, still referenced there)
+    """The heap thawed around the test, no warm-up thread (its freeze would come at any time:
+    the tests freeze by hand), nothing pending from earlier tests (still referenced there)."""
+    monkeypatch.setattr(_base, "_WARMED_UP", set(_base._WARM_UPS))
+    monkeypatch.setattr(_heap, "_pending", [])
     gc.unfreeze()
     yield
     gc.unfreeze()
@@ -33,6 +34,7 @@ def test_the_warm_up_freezes_the_heap_on_the_main_thread(make_napari_viewer, qtb
     threads = []
     freeze = _heap.freeze_now
     monkeypatch.setattr(_heap, "freeze_now", lambda: (threads.append(threading.current_thread()), freeze()))
+    monkeypatch.setattr(_base, "_WARMED_UP", set())  # the warm-up as in a new process (once per process)
     viewer = make_napari_viewer()
     assert not _heap.frozen()
     viewer.window.add_plugin_dock_widget("napari-unet", "Segment")  # starts the warm-up thread
@@ -55,6 +57,24 @@ def test_a_removed_layer_is_collected_then_the_heap_frozen_again(make_napari_vie
     assert not _heap.frozen()  # thawed at once, so that the layer can go
 
     qtbot.waitUntil(_heap.frozen, timeout=10000)  # frozen again, once the layer was collected
+    assert ref() is None
+
+
+def test_a_layer_made_after_the_freeze_goes_without_thawing(make_napari_viewer, qtbot, fresh_heap, monkeypatch):
+    thawed_for = []
+    thaw = _heap._thaw_for
+    monkeypatch.setattr(_heap, "_thaw_for", lambda ref: (thawed_for.append(id(ref()) if ref else None), thaw(ref)))
+    viewer = make_napari_viewer()
+    viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    _heap.freeze_now()
+    layer = viewer.add_labels(np.zeros((512, 512), np.int32), name="masks of today")
+    ref, its_id = weakref.ref(layer), id(layer)
+    viewer.layers.remove(layer)
+    del layer
+    qtbot.wait(50)
+
+    assert its_id not in thawed_for  # not thawed for it: no full collection of the whole heap
+    gc.collect()  # (a pass over what was made since the freeze only)
     assert ref() is None
 
 

@@ -12,9 +12,10 @@ object alive is collected once and then frozen (:func:`gc.freeze`): later full p
 frozen ones and only walk what was made since. Frozen objects are never collected as cyclic
 garbage, so nothing of the user's may stay frozen past its life:
 
-* a layer removed from the viewer, or a napari-unet widget closed, thaws everything; the heap
-  is collected and frozen again once nothing holds the layer or widget any more (it may have
-  been frozen with the rest), or stays thawed if something still does after a few seconds;
+* a layer made since the last freeze is not frozen: removed, it is collected as usual;
+* a layer that was open at the last freeze, or a napari-unet widget, removed or closed, thaws
+  everything; the heap is collected and frozen again once nothing holds it any more, or stays
+  thawed if something still does after a few seconds;
 * once no napari-unet widget is left (the viewer closed), the heap stays thawed: the viewer's
   objects are collected as napari expects.
 
@@ -30,10 +31,14 @@ import time
 import weakref
 from typing import Any
 
+from ._napari_compat import unwrap_proxy
+
 log = logging.getLogger(__name__)
 
 _hosts: weakref.WeakSet[Any] = weakref.WeakSet()  # napari-unet widgets alive: they allow the freeze
 _pending: list[weakref.ref[Any]] = []  # removed layers, closed widgets: to be collected before a freeze
+_viewers: weakref.WeakSet[Any] = weakref.WeakSet()  # the hosts' viewers
+_frozen_layers: weakref.WeakSet[Any] = weakref.WeakSet()  # their layers at the last freeze: frozen with it
 _retries_left = 0
 _RETRY_MS = 1000
 _MAX_RETRIES = 5
@@ -48,6 +53,7 @@ def add_host(owner: Any, widget: Any, viewer: Any) -> None:
     """Allow the freeze while ``widget`` (``owner``'s QWidget) lives; thaw when it is destroyed
     or when a layer leaves ``viewer``. Call on the main thread."""
     _hosts.add(owner)
+    _viewers.add(unwrap_proxy(viewer))
     ref = _weak(owner)
     widget.destroyed.connect(lambda *_args: _host_destroyed(ref))
     viewer.layers.events.removed.connect(_layer_removed)
@@ -70,6 +76,9 @@ def freeze_now() -> None:
         else:
             log.debug("a removed layer or closed widget is still referenced: the heap stays thawed")
         return
+    _frozen_layers.clear()
+    for viewer in list(_viewers):
+        _frozen_layers.update(unwrap_proxy(layer) for layer in viewer.layers)
     gc.freeze()
     log.debug("heap frozen: %d objects, collection %.0f ms", gc.get_freeze_count(),
               1000 * (time.perf_counter() - start))
@@ -95,8 +104,17 @@ def _host_destroyed(ref: weakref.ref[Any] | None) -> None:
 
 
 def _layer_removed(event: Any) -> None:
-    if frozen() or _pending:
-        _thaw_for(_weak(getattr(event, "value", None)))
+    """A layer left a viewer. One made after the last freeze is not frozen: the collector takes it
+    as usual (nothing to do, no pause). One alive at the freeze is thawed with everything and the
+    heap frozen again once it was collected (a full collection: a pause as long as one before
+    the freeze); so is any layer removed while that is pending."""
+    layer = unwrap_proxy(getattr(event, "value", None))
+    try:
+        was_frozen = layer in _frozen_layers
+    except TypeError:  # (not hashable: take it as frozen)
+        was_frozen = True
+    if (was_frozen and frozen()) or (_pending and not frozen()):
+        _thaw_for(_weak(layer))
 
 
 def _weak(obj: Any) -> weakref.ref[Any] | None:
