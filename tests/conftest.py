@@ -25,6 +25,20 @@ def _user_dirs(tmp_path_factory, monkeypatch):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _no_heap_freeze(request, monkeypatch):
+    """No garbage-collector freeze (``widgets/_heap.py``) outside tests/test_heap.py: one test's
+    widget warm-up would freeze the heap in the middle of whichever test runs then."""
+    import gc
+
+    from napari_unet.widgets import _heap
+
+    if request.node.path.name != "test_heap.py":
+        monkeypatch.setattr(_heap, "enabled", False)
+    yield
+    gc.unfreeze()
+
+
 @pytest.fixture
 def notifications():
     """The messages of the napari notifications shown during the test, in order."""

@@ -25,6 +25,8 @@ def fresh_heap(monkeypatch):
     the tests freeze by hand), nothing pending from earlier tests (still referenced there)."""
     monkeypatch.setattr(_base, "_WARMED_UP", set(_base._WARM_UPS))
     monkeypatch.setattr(_heap, "_pending", [])
+    monkeypatch.setattr(_heap, "_gave_up", False)
+    monkeypatch.setattr(_heap, "_hosts", weakref.WeakSet())
     gc.unfreeze()
     yield
     gc.unfreeze()
@@ -119,3 +121,35 @@ def test_on_main_thread_runs_a_function_called_from_another_thread(qtbot):
     assert ran == []  # queued, not run in the calling thread
     qtbot.waitUntil(lambda: bool(ran), timeout=5000)
     assert ran == [threading.main_thread()]
+
+
+def test_a_dock_closed_with_its_button_gives_its_widget_back(make_napari_viewer, qtbot, fresh_heap):
+    viewer = make_napari_viewer()
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    _heap.freeze_now()
+    ref = weakref.ref(widget)
+    del widget
+
+    dock.destroyOnClose()  # napari's close button: the widget taken out of the dock, the dock deleted
+    del dock
+    qtbot.waitUntil(lambda: ref() is None or ref() not in _heap._hosts, timeout=5000)
+    assert not _heap.frozen()
+    _heap.freeze_now()  # (no widget left: nothing frozen)
+    assert not _heap.frozen()
+    gc.collect()
+    assert ref() is None  # (frozen, it would stay: nothing else would ever delete it)
+
+
+def test_a_layer_of_another_viewer_open_at_the_freeze_is_collected(make_napari_viewer, qtbot, fresh_heap):
+    viewer = make_napari_viewer()
+    viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    other = make_napari_viewer()  # no napari-unet widget there
+    layer = other.add_image(np.zeros((256, 256), np.float32), name="in the other window")
+    _heap.freeze_now()
+    assert _heap.frozen()
+    ref = weakref.ref(layer)
+    other.layers.remove(layer)
+    del layer
+
+    qtbot.waitUntil(_heap.frozen, timeout=10000)  # thawed, collected, frozen again
+    assert ref() is None

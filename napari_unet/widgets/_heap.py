@@ -10,38 +10,44 @@ starts (``benchmarks/bench_gui.py``; a ``gc.callbacks`` probe timed the pass).
 Once the widgets have warmed up (the imports done: see ``_base.warm_up_in_background``), every
 object alive is collected once and then frozen (:func:`gc.freeze`): later full passes skip the
 frozen ones and only walk what was made since. Frozen objects are never collected as cyclic
-garbage, so nothing of the user's may stay frozen past its life:
+garbage, so nothing of the user's may stay frozen past its life. What was open at the freeze is
+recorded (every viewer and its layers, napari-unet's widgets), and when one of those goes, the
+heap is thawed (:func:`gc.unfreeze`), collected, and frozen again once it was collected:
 
-* a layer made since the last freeze is not frozen: removed, it is collected as usual;
-* a layer that was open at the last freeze, or a napari-unet widget, removed or closed, thaws
-  everything; the heap is collected and frozen again once nothing holds it any more, or stays
-  thawed if something still does after a few seconds;
-* once no napari-unet widget is left (the viewer closed), the heap stays thawed: the viewer's
-  objects are collected as napari expects.
+* a layer removed, a viewer closed, a napari-unet widget destroyed or taken out of its dock;
+* layers and viewers made after the freeze are not frozen: they go as usual, with no pause;
+* when something that went is still referenced a few seconds later (a variable in napari's
+  console, say), the heap stays thawed for the rest of the session: Python collects as it does
+  without napari-unet; so it does once no napari-unet widget is left.
 
-Only plain :mod:`gc` calls; the collections run on the main thread, where Qt wants its objects
-deleted.
+The collections run on the main thread, where Qt wants its objects deleted.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import threading
 import time
 import weakref
 from typing import Any
 
-from ._napari_compat import unwrap_proxy
+from ._napari_compat import open_viewers, unwrap_proxy, window_destroyed_signal
 
 log = logging.getLogger(__name__)
 
+#: False: never freeze (the test suite, apart from tests/test_heap.py: one test's freeze would
+#: span the next ones)
+enabled = True
 _hosts: weakref.WeakSet[Any] = weakref.WeakSet()  # napari-unet widgets alive: they allow the freeze
-_pending: list[weakref.ref[Any]] = []  # removed layers, closed widgets: to be collected before a freeze
-_viewers: weakref.WeakSet[Any] = weakref.WeakSet()  # the hosts' viewers
-_frozen_layers: weakref.WeakSet[Any] = weakref.WeakSet()  # their layers at the last freeze: frozen with it
+_pending: list[weakref.ref[Any]] = []  # what went since the last freeze: to be collected before the next
+_frozen: weakref.WeakSet[Any] = weakref.WeakSet()  # viewers and layers open at the last freeze
+_watched: weakref.WeakSet[Any] = weakref.WeakSet()  # viewers whose layers and window are watched
 _retries_left = 0
+_gave_up = False
 _RETRY_MS = 1000
 _MAX_RETRIES = 5
+_caller: Any = None  # runs functions on the main thread (made there, by the first add_host)
 
 
 def frozen() -> bool:
@@ -50,38 +56,71 @@ def frozen() -> bool:
 
 
 def add_host(owner: Any, widget: Any, viewer: Any) -> None:
-    """Allow the freeze while ``widget`` (``owner``'s QWidget) lives; thaw when it is destroyed
-    or when a layer leaves ``viewer``. Call on the main thread."""
+    """Allow the freeze while ``widget`` (``owner``'s QWidget) lives in a dock; thaw when it is
+    destroyed or taken out of its dock, or when something open at the freeze goes. Main thread."""
+    global _caller
+    if _caller is None:
+        _caller = _main_thread_caller()
     _hosts.add(owner)
-    _viewers.add(unwrap_proxy(viewer))
     ref = _weak(owner)
-    widget.destroyed.connect(lambda *_args: _host_destroyed(ref))
-    viewer.layers.events.removed.connect(_layer_removed)
+    widget.destroyed.connect(lambda *_args: _host_gone(ref))
+    _watch_undocking(widget, ref)
+    _watch(unwrap_proxy(viewer))
 
 
 def freeze_now() -> None:
-    """Collect, then freeze every object alive (main thread). Nothing when no widget is alive any
-    more (the viewer was closed); put off while a removed layer or a closed widget is still
-    referenced (it might be frozen past its life): tried again a second later, a few times."""
-    global _retries_left
-    if not _hosts:
+    """Collect, then freeze every object alive (main thread). Nothing when no widget is alive (the
+    viewer was closed), when disabled or given up; put off while something that went is still
+    referenced (it might be frozen past its life): tried again a second later, a few times, then
+    given up for the session."""
+    global _retries_left, _gave_up
+    if not (enabled and _hosts) or _gave_up:
         return
     start = time.perf_counter()
     gc.collect()  # (frozen objects are skipped: cheap when most are)
+    if not _hosts:  # (that collection freed the last widget)
+        return
     _pending[:] = [ref for ref in _pending if ref() is not None]
     if _pending:
         _retries_left -= 1
         if _retries_left > 0:
             _later(_RETRY_MS, freeze_now)
         else:
-            log.debug("a removed layer or closed widget is still referenced: the heap stays thawed")
+            _gave_up = True
+            _pending.clear()
+            log.debug("something closed is still referenced: the heap stays thawed for the session")
         return
-    _frozen_layers.clear()
-    for viewer in list(_viewers):
-        _frozen_layers.update(unwrap_proxy(layer) for layer in viewer.layers)
+    viewers = [unwrap_proxy(v) for v in open_viewers()]
+    _frozen.clear()
+    for viewer in viewers:
+        _watch(viewer)
+        _frozen.add(viewer)
+        _frozen.update(unwrap_proxy(layer) for layer in viewer.layers)
     gc.freeze()
     log.debug("heap frozen: %d objects, collection %.0f ms", gc.get_freeze_count(),
               1000 * (time.perf_counter() - start))
+
+
+def _watch(viewer: Any) -> None:
+    if viewer is None or viewer in _watched:
+        return
+    _watched.add(viewer)
+    viewer.layers.events.removed.connect(_layer_removed)
+    signal = window_destroyed_signal(viewer)
+    if signal is not None:
+        ref = _weak(viewer)
+        signal.connect(lambda *_args: _went(ref))
+
+
+def _went(ref: weakref.ref[Any] | None) -> None:
+    """Something recorded at the freeze went (or anything, while a thaw is pending)."""
+    obj = ref() if ref is not None else None
+    try:
+        was_frozen = obj is None or obj in _frozen
+    except TypeError:  # (not hashable: taken as frozen)
+        was_frozen = True
+    if (was_frozen and frozen()) or (_pending and not frozen()):
+        _thaw_for(ref)
 
 
 def _thaw_for(ref: weakref.ref[Any] | None) -> None:
@@ -91,30 +130,62 @@ def _thaw_for(ref: weakref.ref[Any] | None) -> None:
     gc.unfreeze()
     if ref is not None:
         _pending.append(ref)
-    if was_frozen and _hosts:
+    if was_frozen and _hosts and not _gave_up:
         _retries_left = _MAX_RETRIES
         _later(0, freeze_now)
 
 
-def _host_destroyed(ref: weakref.ref[Any] | None) -> None:
+def _host_gone(ref: weakref.ref[Any] | None) -> None:
     owner = ref() if ref is not None else None
-    if owner is not None:
-        _hosts.discard(owner)
+    if owner is None or owner not in _hosts:  # (collected already, or told before)
+        return
+    _hosts.discard(owner)
     _thaw_for(ref)
 
 
 def _layer_removed(event: Any) -> None:
-    """A layer left a viewer. One made after the last freeze is not frozen: the collector takes it
-    as usual (nothing to do, no pause). One alive at the freeze is thawed with everything and the
-    heap frozen again once it was collected (a full collection: a pause as long as one before
-    the freeze); so is any layer removed while that is pending."""
-    layer = unwrap_proxy(getattr(event, "value", None))
-    try:
-        was_frozen = layer in _frozen_layers
-    except TypeError:  # (not hashable: take it as frozen)
-        was_frozen = True
-    if (was_frozen and frozen()) or (_pending and not frozen()):
-        _thaw_for(_weak(layer))
+    _went(_weak(unwrap_proxy(getattr(event, "value", None))))
+
+
+def _watch_undocking(widget: Any, ref: weakref.ref[Any] | None) -> None:
+    """napari's close button of a dock takes the widget out (no parent) and deletes the dock; the
+    widget itself goes only when collected, which it cannot be while frozen: that is the sign."""
+    from qtpy.QtCore import QEvent, QObject
+
+    class Undocked(QObject):
+        def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 - Qt's name
+            if event.type() == QEvent.Type.ParentChange and obj.parent() is None:
+                _host_gone(ref)
+            return False
+
+    watcher = Undocked(widget)  # (a child of the widget: lives as long as it does)
+    widget.installEventFilter(watcher)
+
+
+def _main_thread_caller() -> Any:
+    from qtpy.QtCore import QObject, Signal, Slot
+
+    class Caller(QObject):
+        call = Signal(object)
+
+        @Slot(object)
+        def run(self, fn: Any) -> None:
+            fn()
+
+    caller = Caller()  # made on the main thread: a signal sent from another is queued to it
+    caller.call.connect(caller.run)
+    return caller
+
+
+def _later(ms: int, fn: Any) -> None:
+    """Run ``fn`` on the main thread in ``ms`` ms, from whichever thread (a collection in a worker
+    thread can free a widget)."""
+    from qtpy.QtCore import QTimer
+
+    if threading.current_thread() is threading.main_thread():
+        QTimer.singleShot(ms, fn)
+    elif _caller is not None:
+        _caller.call.emit(lambda: QTimer.singleShot(ms, fn))
 
 
 def _weak(obj: Any) -> weakref.ref[Any] | None:
@@ -122,9 +193,3 @@ def _weak(obj: Any) -> weakref.ref[Any] | None:
         return weakref.ref(obj) if obj is not None else None
     except TypeError:
         return None
-
-
-def _later(ms: int, fn: Any) -> None:
-    from qtpy.QtCore import QTimer
-
-    QTimer.singleShot(ms, fn)

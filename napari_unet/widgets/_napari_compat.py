@@ -288,3 +288,33 @@ def opened_from(path: Any) -> Iterator[None]:
         return
     with layer_source(path=str(path), reader_plugin="napari-unet"):
         yield
+
+
+def open_viewers() -> list[Any]:
+    """Every napari viewer of this process that is open.
+
+    Checked against: napari 0.5.0 to 0.9.2 (``Viewer._instances``, a class-level ``WeakSet`` that
+    ``Viewer.close`` leaves). Degrades to: the current viewer only (``napari.current_viewer``).
+    """
+    import napari
+
+    instances = getattr(napari.Viewer, "_instances", None)
+    if instances is not None:
+        return list(instances)
+    log.debug("napari.Viewer has no _instances: only the current viewer is known")
+    current = napari.current_viewer()
+    return [] if current is None else [unwrap_proxy(current)]
+
+
+def window_destroyed_signal(viewer: Any) -> Any:
+    """The Qt ``destroyed`` signal of the viewer's main window, sent as the viewer closes (within
+    ``Viewer.close``), or None.
+
+    Checked against: napari 0.5.0 to 0.9.2 (``viewer.window._qt_window``, the ``QMainWindow``).
+    Degrades to: None (callers then learn of the close from the layers leaving only).
+    """
+    window = getattr(getattr(unwrap_proxy(viewer), "window", None), "_qt_window", None)
+    signal = getattr(window, "destroyed", None)
+    if signal is None:
+        log.debug("napari's window has no _qt_window: its closing is not watched")
+    return signal
