@@ -11,7 +11,7 @@ Once the widgets have warmed up (the imports done: see ``_base.warm_up_in_backgr
 object alive is collected once and then frozen (:func:`gc.freeze`): later full passes skip the
 frozen ones and only walk what was made since. Frozen objects are never collected as cyclic
 garbage, so nothing of the user's may stay frozen past its life. What was open at the freeze is
-recorded (every viewer and its layers, napari-unet's widgets), and when one of those goes, the
+recorded (every viewer, every layer alive, in a viewer or not yet, napari-unet's widgets), and when one of those goes, the
 heap is thawed (:func:`gc.unfreeze`), collected, and frozen again once it was collected:
 
 * a layer removed, a viewer closed, a napari-unet widget destroyed or taken out of its dock;
@@ -44,6 +44,7 @@ _pending: list[weakref.ref[Any]] = []  # what went since the last freeze: to be 
 _frozen: weakref.WeakSet[Any] = weakref.WeakSet()  # viewers and layers open at the last freeze
 _watched: weakref.WeakSet[Any] = weakref.WeakSet()  # viewers whose layers and window are watched
 _retries_left = 0
+_scheduled = False  # a freeze_now is due (one chain of retries at a time)
 _gave_up = False
 _RETRY_MS = 1000
 _MAX_RETRIES = 5
@@ -73,7 +74,8 @@ def freeze_now() -> None:
     viewer was closed), when disabled or given up; put off while something that went is still
     referenced (it might be frozen past its life): tried again a second later, a few times, then
     given up for the session."""
-    global _retries_left, _gave_up
+    global _retries_left, _gave_up, _scheduled
+    _scheduled = False
     if not (enabled and _hosts) or _gave_up:
         return
     start = time.perf_counter()
@@ -84,18 +86,21 @@ def freeze_now() -> None:
     if _pending:
         _retries_left -= 1
         if _retries_left > 0:
+            _scheduled = True
             _later(_RETRY_MS, freeze_now)
         else:
             _gave_up = True
             _pending.clear()
             log.debug("something closed is still referenced: the heap stays thawed for the session")
         return
-    viewers = [unwrap_proxy(v) for v in open_viewers()]
+    from napari.layers import Layer
+
     _frozen.clear()
-    for viewer in viewers:
+    for viewer in (unwrap_proxy(v) for v in open_viewers()):
         _watch(viewer)
         _frozen.add(viewer)
-        _frozen.update(unwrap_proxy(layer) for layer in viewer.layers)
+    # every layer alive, in a viewer or not yet (made by a script, added later): tens of ms
+    _frozen.update(obj for obj in gc.get_objects() if issubclass(type(obj), Layer))  # (type(): no proxy asked)
     gc.freeze()
     log.debug("heap frozen: %d objects, collection %.0f ms", gc.get_freeze_count(),
               1000 * (time.perf_counter() - start))
@@ -125,14 +130,16 @@ def _went(ref: weakref.ref[Any] | None) -> None:
 
 def _thaw_for(ref: weakref.ref[Any] | None) -> None:
     """Thaw, so that ``ref``'s object can be collected; freeze again once it was."""
-    global _retries_left
+    global _retries_left, _scheduled
     was_frozen = frozen() or bool(_pending)
     gc.unfreeze()
     if ref is not None:
         _pending.append(ref)
     if was_frozen and _hosts and not _gave_up:
         _retries_left = _MAX_RETRIES
-        _later(0, freeze_now)
+        if not _scheduled:  # (several layers removed at once: one collection, not one each)
+            _scheduled = True
+            _later(0, freeze_now)
 
 
 def _host_gone(ref: weakref.ref[Any] | None) -> None:
