@@ -169,18 +169,3 @@ def test_layers_removed_together_cost_one_collection(make_napari_viewer, qtbot, 
     qtbot.waitUntil(_heap.frozen, timeout=10000)
     assert len(calls) == 1  # one full collection for the six, not one each
 
-
-def test_a_layer_made_before_the_freeze_and_added_after_it_is_collected(make_napari_viewer, qtbot, fresh_heap):
-    from napari.layers import Image
-
-    viewer = make_napari_viewer()
-    viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
-    layer = Image(np.zeros((256, 256), np.float32), name="made by a script")  # in no viewer yet
-    _heap.freeze_now()
-    viewer.add_layer(layer)
-    ref = weakref.ref(layer)
-    viewer.layers.remove(layer)
-    del layer
-
-    qtbot.waitUntil(_heap.frozen, timeout=10000)
-    assert ref() is None

@@ -11,11 +11,14 @@ Once the widgets have warmed up (the imports done: see ``_base.warm_up_in_backgr
 object alive is collected once and then frozen (:func:`gc.freeze`): later full passes skip the
 frozen ones and only walk what was made since. Frozen objects are never collected as cyclic
 garbage, so nothing of the user's may stay frozen past its life. What was open at the freeze is
-recorded (every viewer, every layer alive, in a viewer or not yet, napari-unet's widgets), and when one of those goes, the
+recorded (every viewer and its layers, napari-unet's widgets), and when one of those goes, the
 heap is thawed (:func:`gc.unfreeze`), collected, and frozen again once it was collected:
 
 * a layer removed, a viewer closed, a napari-unet widget destroyed or taken out of its dock;
-* layers and viewers made after the freeze are not frozen: they go as usual, with no pause;
+* layers and viewers made after the freeze are not frozen: they go as usual, with no pause
+  (a layer object made before a freeze but added to a viewer only after it, by a script, is not
+  known as frozen: it stays until the next thaw; finding such objects would mean a pass over
+  every object at each freeze, 130 ms);
 * when something that went is still referenced a few seconds later (a variable in napari's
   console, say), the heap stays thawed for the rest of the session: Python collects as it does
   without napari-unet; so it does once no napari-unet widget is left.
@@ -93,14 +96,11 @@ def freeze_now() -> None:
             _pending.clear()
             log.debug("something closed is still referenced: the heap stays thawed for the session")
         return
-    from napari.layers import Layer
-
     _frozen.clear()
     for viewer in (unwrap_proxy(v) for v in open_viewers()):
         _watch(viewer)
         _frozen.add(viewer)
-    # every layer alive, in a viewer or not yet (made by a script, added later): tens of ms
-    _frozen.update(obj for obj in gc.get_objects() if issubclass(type(obj), Layer))  # (type(): no proxy asked)
+        _frozen.update(unwrap_proxy(layer) for layer in viewer.layers)
     gc.freeze()
     log.debug("heap frozen: %d objects, collection %.0f ms", gc.get_freeze_count(),
               1000 * (time.perf_counter() - start))
