@@ -112,10 +112,11 @@ def test_closing_the_viewer_thaws_the_heap_for_good(make_napari_viewer, qtbot, f
     # still alive: frozen, it would be)
 
 
-def test_on_main_thread_runs_a_function_called_from_another_thread(qtbot):
+def test_later_runs_a_function_called_from_another_thread_on_the_main_one(make_napari_viewer, qtbot, fresh_heap):
+    viewer = make_napari_viewer()
+    viewer.window.add_plugin_dock_widget("napari-unet", "Segment")  # (made the main-thread caller)
     ran = []
-    call = _base._on_main_thread(lambda: ran.append(threading.current_thread()))
-    thread = threading.Thread(target=call)
+    thread = threading.Thread(target=lambda: _heap._later(0, lambda: ran.append(threading.current_thread())))
     thread.start()
     thread.join()
     assert ran == []  # queued, not run in the calling thread

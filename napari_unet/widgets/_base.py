@@ -141,39 +141,15 @@ def warm_up_in_background(*what: str) -> None:
     if "segmenting" in todo:
         _unit_registry_ready()
 
-    done = _on_main_thread(_heap.freeze_now)  # the imports' objects are long-lived: see _heap
-
     def warm_up() -> None:
         for name in todo:
             try:
                 _WARM_UPS[name]()
             except Exception:  # noqa: BLE001 - an optimisation only
                 log.debug("warm-up %r failed", name, exc_info=True)
-        done()
+        _heap.freeze_soon()  # the imports' objects are long-lived: see _heap
 
     threading.Thread(target=warm_up, name="napari-unet warm-up", daemon=True).start()
-
-
-_RELAYS: set[Any] = set()  # relays waiting for their thread (a QObject must outlive its queued call)
-
-
-def _on_main_thread(fn: Callable[[], None]) -> Callable[[], None]:
-    """A function that any thread may call to have ``fn()`` run later on the main thread (the
-    caller of this one), through a queued Qt signal."""
-    from qtpy.QtCore import QObject, Signal, Slot
-
-    class Relay(QObject):
-        fire = Signal()
-
-        @Slot()
-        def run(self) -> None:
-            _RELAYS.discard(self)
-            fn()
-
-    relay = Relay()  # lives on this (the main) thread: a signal from another thread is queued to it
-    relay.fire.connect(relay.run)
-    _RELAYS.add(relay)
-    return relay.fire.emit
 
 
 def format_seconds(seconds: float | None) -> str:

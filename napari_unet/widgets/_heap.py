@@ -72,6 +72,12 @@ def add_host(owner: Any, widget: Any, viewer: Any) -> None:
     _watch(unwrap_proxy(viewer))
 
 
+def freeze_soon() -> None:
+    """:func:`freeze_now` on the main thread, called from any thread (the warm-up's, when done);
+    nothing before the first widget registered with :func:`add_host`."""
+    _later(0, freeze_now)
+
+
 def freeze_now() -> None:
     """Collect, then freeze every object alive (main thread). Nothing when no widget is alive (the
     viewer was closed), when disabled or given up; put off while something that went is still
