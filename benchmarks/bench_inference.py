@@ -6,7 +6,8 @@ Run (CPU, the figures in RESULTS.md)::
 
 ``--only-engines`` runs part 0 alone (a few minutes on 2 cores), ``--only-per-core`` part 0b.
 
-and on a GPU (bf16 autocast, channels-last, several tiles per batch)::
+and on a GPU (bf16 autocast, channels-last, several tiles per batch: part 1 and part 2 there, the
+CPU parts left out)::
 
     python benchmarks/bench_inference.py --gpu
 
@@ -377,11 +378,12 @@ def bench_per_core(model: SegmentationModel, repeats: int, size: int = 1024) -> 
     return out
 
 
-def bench_slice_latency(model: SegmentationModel, repeats: int) -> dict:
+def bench_slice_latency(model: SegmentationModel, repeats: int, device: torch.device | None = None) -> dict:
+    device = device or torch.device("cpu")
     image = test_image(1024)
-    segment(model, image[:256, :256])  # warm-up
-    times = timed(lambda: segment(model, image), torch.device("cpu"), repeats, warmup=True)
-    return {"plane": "1024x1024", "median_s": statistics.median(times), "all_s": times}
+    segment(model, image[:256, :256], device=device)  # warm-up
+    times = timed(lambda: segment(model, image, device=device), device, repeats, warmup=True)
+    return {"plane": "1024x1024", "device": str(device), "median_s": statistics.median(times), "all_s": times}
 
 
 _STACK_CHILD = r"""
@@ -487,6 +489,13 @@ def main() -> None:
         "model": model_desc,
     }
     print(json.dumps(info), flush=True)
+    if args.gpu:  # the GPU's own figures: part 1 and the current slice there (CPU parts: without --gpu)
+        info["bench"] = bench_2048(model, args, device)
+        info["slice_latency"] = bench_slice_latency(model, args.repeats, device)
+        if args.json:
+            Path(args.json).write_text(json.dumps(info, indent=1))
+        print(json.dumps(info, indent=1))
+        return
     cpu_model, _ = default_model("cpu")
     if not args.only_per_core:
         info["engines"] = bench_engines(cpu_model, args.repeats)
