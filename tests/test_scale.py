@@ -92,6 +92,33 @@ def test_resized_probabilities_keep_their_sums():
     assert resize_image(np.zeros((40, 60, 3), np.uint8), 0.5).shape == (20, 30, 3)
 
 
+@pytest.mark.parametrize("shape, scale", [((128, 175), 2.0), ((128, 175), 1.37), ((128, 175), 0.63),
+                                          ((75, 76), 0.25), ((37, 41, 3), 7.3), ((1, 60), 3.0),
+                                          ((5, 3), 1.7)])
+def test_resizing_is_scikit_image_and_scipy_to_float_rounding(shape, scale):
+    """The fast resizing (torch's bilinear resampling, edges redone) gives what the models were
+    trained with: scikit-image's ``resize`` (edges mirrored, anti-aliased when shrinking) for
+    images, ``ndimage.zoom`` (edges kept) for probabilities."""
+    from scipy import ndimage as ndi
+    from skimage.transform import resize
+
+    from napari_unet.core.scale import scaled_shape
+
+    rng = np.random.default_rng(1)
+    plane = ndi.gaussian_filter((rng.random(shape) * 255).astype(np.uint8), 1)
+    size = scaled_shape(shape[:2], scale)
+    expected = resize(plane.astype(np.float32), size + shape[2:], order=1, anti_aliasing=scale < 1,
+                      preserve_range=True)
+    got = resize_image(plane, scale)
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, atol=0.01)  # grey levels 0-255
+    probs = rng.random((3, *shape[:2])).astype(np.float32)
+    probs /= probs.sum(0)
+    zoom = (1.0, size[0] / shape[0], size[1] / shape[1])
+    np.testing.assert_allclose(resize_probabilities(probs, size),
+                               ndi.zoom(probs, zoom, order=1, mode="nearest", grid_mode=True), atol=1e-4)
+
+
 def discs(radius: int, size: int = 256) -> np.ndarray:
     """A row of discs of ``radius`` across a size x size plane, as labels."""
     from skimage.draw import disk

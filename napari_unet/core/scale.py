@@ -230,30 +230,83 @@ def scaled_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
     return (max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale)))
 
 
-def resize_image(plane: np.ndarray, scale: float) -> np.ndarray:
-    """A 2D plane (H, W) or (H, W, C) rescaled by ``scale`` as float32 (linear interpolation,
-    with a Gaussian anti-aliasing filter when shrinking)."""
-    from skimage.transform import resize
+def _source_taps(n_in: int, n_out: int, mirror: bool) -> tuple[Any, Any, Any]:
+    """Linear interpolation from ``n_in`` samples to ``n_out`` on pixel centres (scipy's
+    ``grid_mode=True``): for each output sample the two input indices and the weight of the
+    second. Beyond the edges, ``mirror`` reflects about the edge sample (scipy's "mirror", what
+    scikit-image's ``resize`` does by default); otherwise the edge value is kept ("nearest")."""
+    import torch
 
+    c = (torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5
+    if n_in == 1:
+        c = torch.zeros_like(c)
+    elif mirror:
+        c = torch.where(c < 0, -c, c)
+        c = torch.where(c > n_in - 1, 2 * (n_in - 1) - c, c)
+    c = c.clamp(0, n_in - 1)
+    i0 = c.floor()
+    weight = (c - i0).to(torch.float32)
+    i0 = i0.long()
+    return i0, (i0 + 1).clamp(max=n_in - 1), weight
+
+
+def _along(x: Any, axis: int, n_out: int, mirror: bool, keep: Any = None) -> Any:
+    """``x`` (C, H, W tensor) linearly resampled to ``n_out`` samples along ``axis`` (1 or 2);
+    only the output samples ``keep`` (indices) when given."""
+    i0, i1, weight = _source_taps(x.shape[axis], n_out, mirror)
+    if keep is not None:
+        i0, i1, weight = i0[keep], i1[keep], weight[keep]
+    weight = weight.view(-1, 1) if axis == 1 else weight.view(1, -1)
+    return x.index_select(axis, i0).lerp(x.index_select(axis, i1), weight)
+
+
+def linear_resize(chw: np.ndarray, shape: tuple[int, int], mirror: bool = False) -> np.ndarray:
+    """(C, h, w) float32 values brought to (C, H, W) by linear interpolation between pixel
+    centres, as ``scipy.ndimage.zoom(order=1, grid_mode=True)`` with mode "mirror" (``mirror``)
+    or "nearest" gives it to float rounding, 10-20x faster on large planes (torch's bilinear
+    resampling, on all cores; edge rows and columns that fall beyond the input redone when
+    ``mirror``)."""
+    import torch
+
+    shape = (int(shape[0]), int(shape[1]))
+    x = torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float32))
+    if tuple(x.shape[1:]) == shape:
+        return x.numpy()
+    with torch.inference_mode():
+        out = torch.nn.functional.interpolate(x[None], size=shape, mode="bilinear", align_corners=False)[0]
+        if mirror:  # torch keeps the edge value beyond the edges: redo those rows and columns
+            for axis, other in ((1, 2), (2, 1)):
+                n_in, n_out = x.shape[axis], shape[axis - 1]
+                c = (torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5
+                edge = torch.nonzero((c < 0) | (c > n_in - 1)).flatten()
+                if n_in > 1 and len(edge):
+                    part = _along(_along(x, axis, n_out, True, edge), other, shape[other - 1], True)
+                    out.index_copy_(axis, edge, part)
+        return out.numpy()
+
+
+def resize_image(plane: np.ndarray, scale: float) -> np.ndarray:
+    """A 2D plane (H, W) or (H, W, C) rescaled by ``scale`` as float32: scikit-image's ``resize``
+    (linear interpolation, edges mirrored, a Gaussian anti-aliasing filter when shrinking) to float
+    rounding, through :func:`linear_resize`."""
     if scale == 1.0:
         return plane
     shape = scaled_shape(plane.shape[:2], scale)
-    return resize(
-        np.asarray(plane, dtype=np.float32), shape + tuple(plane.shape[2:]), order=1,
-        anti_aliasing=scale < 1.0, preserve_range=True,
-    ).astype(np.float32, copy=False)
+    x = np.asarray(plane, dtype=np.float32)
+    if scale < 1.0:  # scikit-image's anti-aliasing: sigma (factor - 1) / 2 per shrunk axis
+        sigma = [max(0.0, (n / m - 1) / 2) for n, m in zip(plane.shape[:2], shape, strict=True)]
+        sigma += [0.0] * (x.ndim - 2)
+        x = ndi.gaussian_filter(x, sigma, mode="mirror")
+    if x.ndim == 2:
+        return linear_resize(x[None], shape, mirror=True)[0]
+    return np.moveaxis(linear_resize(np.moveaxis(x, -1, 0), shape, mirror=True), 0, -1)
 
 
 def resize_probabilities(probs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """(C, h, w) class probabilities brought to (C, H, W) by linear interpolation (sums stay 1)."""
     if tuple(probs.shape[1:]) == tuple(shape):
         return probs
-    zoom = (1.0, shape[0] / probs.shape[1], shape[1] / probs.shape[2])
-    out = ndi.zoom(probs, zoom, order=1, mode="nearest", grid_mode=True)
-    if tuple(out.shape[1:]) != tuple(shape):  # rounding of the zoom factors
-        out = out[:, : shape[0], : shape[1]]
-        out = np.pad(out, ((0, 0), (0, shape[0] - out.shape[1]), (0, shape[1] - out.shape[2])), mode="edge")
-    return out.astype(np.float32, copy=False)
+    return linear_resize(probs, shape)
 
 
 def central_crop(plane: np.ndarray, size: int) -> np.ndarray:
