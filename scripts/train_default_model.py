@@ -491,6 +491,7 @@ def train(args: argparse.Namespace, train_rows: list[dict], val_rows: list[dict]
         seed=args.seed,
         from_scratch=True,  # BatchNorm statistics keep learning, also when resuming
         augment=training_legs.augment_config(args),
+        **training_legs.patch_workers(device),
     )
     bar = TrainingBar(args.steps, args.time_budget)
     result = run_to_end(gen, bar)

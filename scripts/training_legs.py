@@ -64,6 +64,17 @@ def cpu_name() -> str:
     return f"{name} ({'/'.join(ext) or 'no AVX2'})"
 
 
+def patch_workers(device) -> dict:
+    """How patches are made: on a GPU, spawned processes on all cores but two (eight threads of one
+    process made about 190 patches/s on a 16-core H200 machine, GIL-bound: it trained 32 x 128 px
+    batches at 0.17 s/step, waiting on them); on the CPU, the trainer's own default (none ahead)."""
+    import os
+
+    if device.type != "cuda":
+        return {}
+    return {"workers": max(1, (os.cpu_count() or 2) - 2), "patch_processes": True}
+
+
 def machine_line(device) -> str:
     import os
 
@@ -176,6 +187,7 @@ def run_legs(args: argparse.Namespace, load_rows, finalize, stage_record) -> int
         steps=args.steps, lr=args.lr, patch_size=args.patch_size, batch_size=args.batch_size,
         validate_every=validation_interval(args.validations, args.steps, None), device=device, seed=args.seed,
         mixed_precision=args.precision == "bf16", from_scratch=True, augment=augment_config(args),
+        **patch_workers(device),
     )
     start = restore(prepared, state) if resuming else None
     first_step = start.steps if start else 0

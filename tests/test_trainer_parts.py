@@ -4,6 +4,7 @@ with best-weights tracking, metadata. Real small U-Nets and a real DSB2018 crop.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import replace
 
 import numpy as np
@@ -157,19 +158,25 @@ def test_low_light_noises_fluorescence_patches_only(dsb_fluo_crop):
         np.testing.assert_array_equal(plain.weights, dark.weights)
 
 
-def test_threads_prefetch_the_same_patches(dsb_fluo_crop):
+def test_threads_and_processes_prefetch_the_same_patches(dsb_fluo_crop):
+    """Threads, or spawned processes (for a GPU: scipy holds the GIL), make the patches that the
+    run's generator drew, in order."""
     examples = _examples(dsb_fluo_crop)
     geometry = PatchGeometry.for_network(_net(), 32, 128)
     runs = []
-    for workers in (0, 2):
+    for workers, processes in ((0, False), (2, False), (2, True)):
         with PatchSampler(examples, geometry, TargetRecipe(), AugmentConfig(), 2, np.random.default_rng(5),
-                          workers=workers) as sampler:
+                          workers=workers, processes=processes) as sampler:
             runs.append([sampler.next_batch(prefetch=i < 2) for i in range(3)])
             assert (sampler._pool is not None) == (workers > 0)
+            if processes:
+                assert len({p.pid for p in sampler._pool._processes.values()} - {os.getpid()}) >= 1
         assert sampler._pool is None  # closed on leaving the block
-    for serial, threaded in zip(*runs):
-        np.testing.assert_array_equal(serial.images, threaded.images)
-        np.testing.assert_array_equal(serial.classes, threaded.classes)
+    for serial, *parallel in zip(*runs):
+        for other in parallel:
+            np.testing.assert_array_equal(serial.images, other.images)
+            np.testing.assert_array_equal(serial.classes, other.classes)
+            np.testing.assert_array_equal(serial.weights, other.weights)
     plain = PatchSampler(examples, geometry, TargetRecipe(), NO_AUGMENT, 1, np.random.default_rng(5), workers=1)
     plain.next_batch()
     plain.close()

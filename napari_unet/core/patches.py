@@ -4,13 +4,17 @@
 sees; :class:`PatchSampler` draws batches of augmented patches with their targets from
 the training examples, on worker threads that prepare the next batch while the network
 trains on this one. Each patch has its own seed drawn from the run's generator, so the
-patches are the same with or without threads.
+patches are the same with or without threads. scipy.ndimage (the warps, distance transforms and
+filters that make a patch) holds the GIL, so threads overlap patches with the network but do not
+multiply them: for a GPU, which trains faster than one core makes patches, the sampler can use
+worker *processes* instead (``processes=True``; spawned, each given the examples once).
 """
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,12 +122,28 @@ def _known_pixel(known: np.ndarray, rng: np.random.Generator, tries: int = 64) -
     return y, x
 
 
+#: What a patch process builds from (set once per process by :func:`_start_patch_process`).
+_PROCESS_STATE: dict[str, Any] = {}
+
+
+def _start_patch_process(examples, marked, geometry, targets, augment) -> None:
+    _PROCESS_STATE.update(examples=examples, marked=marked, geometry=geometry, targets=targets,
+                          augment=augment)
+    torch.set_num_threads(1)  # the processes are the parallelism
+
+
+def _build_in_process(pick: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    st = _PROCESS_STATE
+    return build_patch(st["examples"][pick[0]], pick[1], st["geometry"], st["targets"], st["augment"],
+                       st["marked"][pick[0]])
+
+
 class PatchSampler:
     """Batches of ``batch_size`` random patches of ``examples`` (uniform over the examples).
 
-    With ``workers > 0``, threads build the patches and the next batch is prepared while
-    the caller trains on the current one. Close it (or use it as a context manager) to
-    stop the threads.
+    With ``workers > 0``, threads (or with ``processes``, spawned processes) build the
+    patches and the next batch is prepared while the caller trains on the current one.
+    Close it (or use it as a context manager) to stop them.
     """
 
     def __init__(
@@ -135,6 +155,7 @@ class PatchSampler:
         batch_size: int,
         rng: np.random.Generator,
         workers: int = 0,
+        processes: bool = False,
     ) -> None:
         # (a plane labelled in part where nothing is known has nothing to teach)
         self.examples = [e for e in examples if e.known is None or e.known.any()] or list(examples)
@@ -145,7 +166,8 @@ class PatchSampler:
         self.batch_size = batch_size
         self.rng = rng
         self.workers = workers
-        self._pool: ThreadPoolExecutor | None = None  # started by the first batch
+        self.processes = processes
+        self._pool: Executor | None = None  # started by the first batch
         self._pending: list[Future] | None = None
 
     def _picks(self) -> list[tuple[int, int]]:
@@ -169,12 +191,19 @@ class PatchSampler:
         return Batch(np.stack(xs), np.stack(cs), np.stack(ws))
 
     def _submit(self) -> list[Future]:
-        if self._pool is None:
+        if self._pool is None and self.processes:
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_start_patch_process,
+                initargs=(self.examples, self._marked, self.geometry, self.targets, self.augment),
+            )
+        elif self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="napari-unet-patches")
-        return [self._pool.submit(self._build, p) for p in self._picks()]
+        build = _build_in_process if self.processes else self._build
+        return [self._pool.submit(build, p) for p in self._picks()]
 
     def close(self) -> None:
-        """Stop the worker threads (patches being built are finished, queued ones dropped).
+        """Stop the workers (patches being built are finished, queued ones dropped).
 
         A later batch starts them again.
         """

@@ -226,6 +226,7 @@ def finetune(
     workers: int | None = None,
     labelled: str = "auto",
     stop: StopFlag | None = None,
+    patch_processes: bool = False,
 ) -> Generator[TrainNote | TrainStep | Validation, None, SegmentationModel]:
     """Fine-tune a copy of ``model`` on labelled planes, yielding progress events.
 
@@ -272,6 +273,10 @@ def finetune(
         metadata's ``training`` entry records the choice) or the latest ones.
     workers : int, optional
         Threads preparing patches ahead of the network; None: 0 on the CPU, up to 8 on a GPU.
+    patch_processes : bool
+        Processes instead of threads (``workers`` of them): patches scale with the cores, for
+        a GPU that trains faster than threads make patches (``scripts/train_default_model.py``
+        on CUDA); each process is spawned and given the training planes once.
     labelled : {"auto", "all", "some"}
         Whether every cell of a training plane is labelled ("all": what is not labelled is
         background), only some ("some": only the labelled cells and the background around
@@ -301,6 +306,7 @@ def finetune(
         val_images=val_images, val_labels=val_labels, validate_every=validate_every, device=device, seed=seed,
         mixed_precision=mixed_precision, freeze_norm=freeze_norm, from_scratch=from_scratch,
         boundary_width=boundary_width, w0=w0, sigma=sigma, select=select, workers=workers, labelled=labelled,
+        patch_processes=patch_processes,
     )
     for note in prepared.split.notes:
         log.warning("Fine-tuning: %s", note)
@@ -369,6 +375,7 @@ def prepare_run(
     select: str = "best",
     workers: int | None = None,
     labelled: str = "auto",
+    patch_processes: bool = False,
 ) -> PreparedRun:
     """Check the arguments and build the parts of a run (arguments as :func:`finetune` takes them).
 
@@ -403,7 +410,8 @@ def prepare_run(
     n_workers = _patch_workers(workers, dev)
     trainer = Trainer(
         net=net,
-        sampler=PatchSampler(split.train, geometry, targets, aug_config, batch_size, rng, n_workers),
+        sampler=PatchSampler(split.train, geometry, targets, aug_config, batch_size, rng, n_workers,
+                             patch_processes and n_workers > 0),
         optimiser=Optimiser(net, lr, weight_decay, dev, amp_dtype),
         schedule=WarmupCosine(lr),
         budget=RunBudget(steps, time_budget),
