@@ -119,6 +119,17 @@ def test_resizing_is_scikit_image_and_scipy_to_float_rounding(shape, scale):
                                ndi.zoom(probs, zoom, order=1, mode="nearest", grid_mode=True), atol=1e-4)
 
 
+def test_resizing_gives_a_new_array_and_takes_read_only_ones():
+    import warnings
+
+    plane = np.zeros((3, 3), np.float32)
+    assert not np.shares_memory(resize_image(plane, 1.1), plane)  # (3 x 3 again once rounded)
+    plane.setflags(write=False)  # a memory-mapped file's plane
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resize_image(plane, 2.0).shape == (6, 6)
+
+
 def discs(radius: int, size: int = 256) -> np.ndarray:
     """A row of discs of ``radius`` across a size x size plane, as labels."""
     from skimage.draw import disk

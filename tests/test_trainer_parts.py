@@ -184,6 +184,26 @@ def test_threads_and_processes_prefetch_the_same_patches(dsb_fluo_crop):
     plain.close()
 
 
+
+def test_a_patch_process_that_dies_is_replaced(dsb_fluo_crop):
+    """A patch process killed (for memory, say) is started again and the batch is the same."""
+    import signal
+
+    examples = _examples(dsb_fluo_crop)
+    geometry = PatchGeometry.for_network(_net(), 32, 128)
+    serial = PatchSampler(examples, geometry, TargetRecipe(), AugmentConfig(), 2, np.random.default_rng(7))
+    expected = [serial.next_batch() for _ in range(3)]
+    with PatchSampler(examples, geometry, TargetRecipe(), AugmentConfig(), 2, np.random.default_rng(7),
+                      workers=2, processes=True) as sampler:
+        got = [sampler.next_batch()]
+        first = set(sampler._pool._processes)
+        os.kill(next(iter(first)), signal.SIGKILL)
+        got += [sampler.next_batch() for _ in range(2)]
+        assert not first & set(sampler._pool._processes)  # a new pool of processes
+    for a, b in zip(expected, got):
+        np.testing.assert_array_equal(a.images, b.images)
+        np.testing.assert_array_equal(a.weights, b.weights)
+
 # ---------------------------------------------------------------------- loss and optimiser step
 def test_training_and_validation_losses_are_the_same_number(dsb_fluo_crop):
     _, labels = dsb_fluo_crop
