@@ -196,10 +196,12 @@ def test_a_patch_process_that_dies_is_replaced(dsb_fluo_crop):
     with PatchSampler(examples, geometry, TargetRecipe(), AugmentConfig(), 2, np.random.default_rng(7),
                       workers=2, processes=True) as sampler:
         got = [sampler.next_batch()]
-        first = set(sampler._pool._processes)
-        os.kill(next(iter(first)), signal.SIGKILL)
+        first = dict(sampler._pool._processes)
+        for pid, process in first.items():  # all of them: the next batches cannot be made without new ones
+            os.kill(pid, signal.SIGKILL)
+            process.join(10)
         got += [sampler.next_batch() for _ in range(2)]
-        assert not first & set(sampler._pool._processes)  # a new pool of processes
+        assert not set(first) & set(sampler._pool._processes)  # a new pool of processes
     for a, b in zip(expected, got):
         np.testing.assert_array_equal(a.images, b.images)
         np.testing.assert_array_equal(a.weights, b.weights)
