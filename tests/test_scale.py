@@ -642,3 +642,38 @@ def test_bright_field_nuclei_are_not_sized_by_clumps_at_coarse_levels(data_dir):
     (result,) = [r for r in iter_planes(load_model("nuclei", device="cpu"), image) if isinstance(r, PlaneResult)]
     assert result.diameter == pytest.approx(median_diameter(truth), rel=0.15)
     assert average_precision(truth, result.labels) > 0.5
+
+
+def _discs_at(size: int, discs: list[tuple[float, float, float]], scale: float) -> np.ndarray:
+    """Labels of a plane of ``size`` px rescaled by ``scale``: discs (row, column, radius) in the
+    plane's own pixels."""
+    from skimage.draw import disk
+
+    n = round(size * scale)
+    labels = np.zeros((n, n), np.int32)
+    for i, (r, c, radius) in enumerate(discs, start=1):
+        labels[disk((r * scale, c * scale), radius * scale, shape=labels.shape)] = i
+    return labels
+
+
+def test_levels_without_agreement_are_told_apart_by_the_objects_found_at_both():
+    model_17 = ObjectSize(17, 15, 19)
+    # large nuclei (32 px) found whole at scale 1 among fragments of others (17 px): the median at
+    # scale 1 is a fragment's; at 1/2 the large nuclei measure 16 px there, 32 px: the coarser stands
+    nuclei = [(60, 40 + 60 * i, 16) for i in range(4)]
+    fragments = [(160, 30 + 40 * i, 8.5) for i in range(5)]
+    large = DiameterSearch(model_17, smallest_side=128)  # (no level below 1/2)
+    large.found(_discs_at(256, nuclei + fragments, 1.0), large.next_scale())
+    large.found(_discs_at(256, nuclei, 0.5), large.next_scale())
+    assert large.next_scale() is None
+    assert large.passes[0][1] == pytest.approx(17, rel=0.1) and large.diameter == pytest.approx(32, rel=0.1)
+    # small nuclei (18 px) found at both levels, and clumps of others that look of the model's size
+    # at 1/2 (36 px): the finer stands
+    single = [(30, 30 + 40 * i, 9) for i in range(4)]
+    clumped = [(120 + 40 * (i // 3), 30 + 70 * (i % 3) + d, 9) for i in range(5) for d in (0, 18)]
+    small = DiameterSearch(model_17, smallest_side=128)
+    small.found(_discs_at(256, single + clumped, 1.0), small.next_scale())
+    clumps = [(120 + 40 * (i // 3), 39 + 70 * (i % 3), 18) for i in range(5)]
+    small.found(_discs_at(256, single + clumps, 0.5), small.next_scale())
+    assert small.next_scale() is None
+    assert small.passes[1][1] == pytest.approx(36, rel=0.1) and small.diameter == pytest.approx(18, rel=0.1)
