@@ -233,6 +233,14 @@ def scaled_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
     return (max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale)))
 
 
+def _source_coords(n_in: int, n_out: int) -> Any:
+    """Where each of ``n_out`` samples falls among ``n_in`` (pixel centres: scipy's
+    ``grid_mode=True``), before anything is done about the edges (float64 tensor)."""
+    import torch
+
+    return (torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5
+
+
 def _source_taps(n_in: int, n_out: int, mirror: bool) -> tuple[Any, Any, Any]:
     """Linear interpolation from ``n_in`` samples to ``n_out`` on pixel centres (scipy's
     ``grid_mode=True``): for each output sample the two input indices and the weight of the
@@ -240,7 +248,7 @@ def _source_taps(n_in: int, n_out: int, mirror: bool) -> tuple[Any, Any, Any]:
     scikit-image's ``resize`` does by default); otherwise the edge value is kept ("nearest")."""
     import torch
 
-    c = (torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5
+    c = _source_coords(n_in, n_out)
     if n_in == 1:
         c = torch.zeros_like(c)
     elif mirror:
@@ -282,7 +290,7 @@ def linear_resize(chw: np.ndarray, shape: tuple[int, int], mirror: bool = False)
         if mirror:  # torch keeps the edge value beyond the edges: redo those rows and columns
             for axis, other in ((1, 2), (2, 1)):
                 n_in, n_out = x.shape[axis], shape[axis - 1]
-                c = (torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5
+                c = _source_coords(n_in, n_out)
                 edge = torch.nonzero((c < 0) | (c > n_in - 1)).flatten()
                 if n_in > 1 and len(edge):
                     part = _along(_along(x, axis, n_out, True, edge), other, shape[other - 1], True)
@@ -507,9 +515,8 @@ class DiameterSearch:
         1/4 and 1/8)."""
         if len(self.passes) < 2:
             return False
-        (finer_scale, finer), (scale, estimate) = self.passes[-2:]
-        return (estimate is not None and estimate * scale < self.size.low
-                and finer is not None and self.size.low <= finer * finer_scale <= self.size.high)
+        scale, estimate = self.passes[-1]
+        return estimate is not None and estimate * scale < self.size.low and self._in_range(self.passes[-2])
 
     def _tiny(self, scale: float, estimate: float | None, specks: Callable[[], np.ndarray] | None) -> bool:
         """Whether the pass at the image's own scale may have missed objects too small for the
@@ -567,8 +574,6 @@ class DiameterSearch:
         found at both), against small nuclei found at both, among clumps and bands at the coarser one
         (fluorescence nuclei of 20 px: 18.2 px at scale 1, 37.1 at 1/2, 19.5 the 23 objects found
         at both)."""
-        if finer[0] not in self._labels or coarser[0] not in self._labels:
-            return False
         count, diameter = matched_diameter(self._labels[finer[0]], self._labels[coarser[0]],
                                            finer[0] / coarser[0])
         if count < MIN_OBJECTS or diameter is None:
