@@ -228,3 +228,18 @@ def test_a_model_saved_under_that_name_during_training_is_kept(tmp_path, dsb_flu
     assert out.read_bytes() == tiny_model_path.read_bytes()  # the other model is intact
     assert "mine.pt was saved by something else during training" in err and "mine-2.pt" in err
     assert read_model_file(tmp_path / "mine-2.pt").metadata["name"] == "mine-2"
+
+
+def test_a_run_whose_loss_diverges_stops_with_one_line_and_saves_nothing(tmp_path, dsb_fluo_crop, tiny_model_path,
+                                                                         capsys):
+    image, labels = dsb_fluo_crop
+    img, lab = _write_pair(tmp_path, image, labels)
+    out = tmp_path / "out" / "diverged.pt"
+    rc = main(["train", "--images", str(img), "--labels", str(lab), "--out", str(out), "--from",
+               str(tiny_model_path), "--steps", "10", "--lr", "1e12", "--patch-size", "32", "--batch-size", "2",
+               "--device", "cpu", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("napari-unet: error: ") and "lower learning rate" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists()

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("napari-unet: interrupted", file=sys.stderr)
         return 130
-    except (CLIError, ValueError, OSError) as exc:
+    except (CLIError, ValueError, OSError, ArithmeticError) as exc:  # (a training loss that became nan)
         print(f"napari-unet: error: {one_line(exc)}", file=sys.stderr)
         return 2
 
