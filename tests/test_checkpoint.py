@@ -83,8 +83,23 @@ def test_damaged_weights_are_a_clear_error(tmp_path):
     data = SegmentationModel(UNet(1, 3, 4, 2, "same")).to_dict()
     data["state_dict"].popitem()
     torch.save(data, tmp_path / "broken.pt")
-    with pytest.raises(ModelFileError, match="damaged or incomplete"):
+    with pytest.raises(ModelFileError, match="damaged or incomplete") as info:
         read_model_file(tmp_path / "broken.pt")
+    assert "Missing key" in str(info.value)  # what is wrong, not only that something is
+    data = SegmentationModel(UNet(1, 3, 4, 2, "same")).to_dict()
+    data["state_dict"]["head.weight"] = data["state_dict"]["head.weight"][:2]
+    torch.save(data, tmp_path / "shape.pt")
+    with pytest.raises(ModelFileError, match="size mismatch for head.weight"):
+        read_model_file(tmp_path / "shape.pt")
+
+
+def test_weights_that_are_not_numbers_are_refused(tmp_path):
+    """A run that diverged, saved by another program: it segmented nothing without a word."""
+    data = SegmentationModel(UNet(1, 3, 4, 2, "same")).to_dict()
+    data["state_dict"]["head.weight"][0] = float("nan")
+    torch.save(data, tmp_path / "nan.pt")
+    with pytest.raises(ModelFileError, match=r"head\.weight hold values that are not numbers"):
+        read_model_file(tmp_path / "nan.pt")
 
 
 @pytest.mark.parametrize("key, value", [("metadata", "mine"), ("normalization", [1.0, 99.8])])

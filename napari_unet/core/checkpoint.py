@@ -232,7 +232,13 @@ class SegmentationModel:
             net = UNet.from_config(UNetConfig.from_dict(data["config"]))
             net.load_state_dict(data["state_dict"])
         except (KeyError, TypeError, RuntimeError, ValueError) as exc:
-            raise ModelFileError(f"{source} is damaged or incomplete: {exc}".splitlines()[0]) from exc
+            raise ModelFileError(f"{source} is damaged or incomplete: {_first_reason(exc)}") from exc
+        broken = [name for name, t in net.state_dict().items()
+                  if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if broken:  # a run that diverged, saved by another program: it would segment nothing, silently
+            raise ModelFileError(f"{source} is damaged: its weights {', '.join(broken[:3])}"
+                                 f"{' ...' if len(broken) > 3 else ''} hold values that are not numbers (NaN or "
+                                 "infinite); train it again, with a lower learning rate if its loss diverged.")
         net.eval()
         return cls(
             net,
@@ -240,6 +246,15 @@ class SegmentationModel:
             dict(_dict_entry(data, "normalization", source) or DEFAULT_NORMALIZATION),
             dict(_dict_entry(data, "metadata", source) or {}),
         )
+
+
+def _first_reason(exc: BaseException) -> str:
+    """The first line of ``exc`` that says what is wrong: torch's state-dict errors start with a line
+    that names no tensor ("Error(s) in loading state_dict for UNet:"), the reasons follow."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):
+        return f"{lines[0]} {lines[1]}"
+    return lines[0] if lines else type(exc).__name__
 
 
 def _dict_entry(data: dict[str, Any], key: str, source: str) -> dict[str, Any] | None:
