@@ -6,6 +6,7 @@ the built-in default model exists.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import subprocess
 import sys
@@ -191,7 +192,18 @@ def test_channel_of_an_rgb_image_is_that_colour(tmp_path, dsb_fluo_crop, tiny_mo
                                   segment(load_model(tiny_model_path, device="cpu"), grey))
     rc = main(["predict", str(tmp_path / "rgb.tif"), "--out", str(tmp_path / "o2"), "--model", str(tiny_model_path),
                "--channel", "3", "--no-progress"])
-    assert rc == 2 and "--channel must be in 0..2" in capsys.readouterr().err
+    assert rc == 2 and "--channel must be 0, 1 or 2 (red, green, blue)" in capsys.readouterr().err
+    rgba = np.dstack([rgb, np.full_like(grey, 255)])
+    tifffile.imwrite(tmp_path / "rgba.tif", rgba, photometric="rgb", extrasamples=["unassalpha"])
+    rc = main(["predict", str(tmp_path / "rgba.tif"), "--out", str(tmp_path / "o3"), "--model", str(tiny_model_path),
+               "--channel", "3", "--no-progress"])
+    assert rc == 2 and "3 is its alpha" in capsys.readouterr().err
+    # a grey image has one channel: another one asked for is said, and the image segmented
+    tifffile.imwrite(tmp_path / "grey.tif", grey)
+    rc = main(["predict", str(tmp_path / "grey.tif"), "--out", str(tmp_path / "o4"), "--model", str(tiny_model_path),
+               "--channel", "1", "--no-progress"])
+    assert rc == 0 and "grey.tif: one channel only: --channel 1 left aside" in capsys.readouterr().err
+    assert (tmp_path / "o4" / "grey_masks.tif").is_file()
 
 
 # ---------------------------------------------------------------------- issue #17
@@ -439,3 +451,21 @@ def test_without_model_each_input_gets_the_built_in_model_that_fits_it(tmp_path,
     rc = main(["predict", str(tmp_path / "phase.tif"), "--out", str(tmp_path / "o2"), "--no-progress",
                "--model", "nuclei"])
     assert rc == 0 and "model '" not in capsys.readouterr().err  # a model given is used as given
+
+
+def test_the_model_is_chosen_on_the_first_plane_with_structure(tmp_path, data_dir, capsys, caplog):
+    """A phase-contrast time-lapse whose first frames are dark (camera noise alone, or one value):
+    the model is chosen on the first frame that shows something ('nuclei' was chosen on the noise),
+    and the dark frames come out empty."""
+    stack = tifffile.imread(data_dir / "c2c12_timelapse" / "images.tif")[:5].copy()
+    stack[:2] = np.random.default_rng(0).integers(0, 5, stack[:2].shape)
+    stack[2] = 0
+    tifffile.imwrite(tmp_path / "late.tif", stack, imagej=True, metadata={"axes": "TYX"})
+    with caplog.at_level(logging.WARNING):
+        rc = main(["predict", str(tmp_path / "late.tif"), "--out", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "late.tif: model 'cells' for this phase-contrast / DIC image" in err
+    assert "The plane at index 0 holds camera noise alone" in caplog.text
+    got = tifffile.imread(tmp_path / "o" / "late_masks.tif")
+    assert got.shape == stack.shape and not got[:3].any() and all(got[t].max() >= 3 for t in (3, 4))

@@ -323,6 +323,24 @@ def test_constant_image_gives_empty_labels_and_a_warning(caplog):
     assert not segment(model, np.zeros((20, 20), dtype=np.uint8)).any()
 
 
+def test_camera_noise_is_told_from_images_at_any_scale(data_dir):
+    import tifffile
+
+    from napari_unet.core.preprocess import is_camera_noise
+
+    rng = np.random.default_rng(0)
+    for noise in (rng.normal(100, 5, (512, 600)), rng.poisson(2, (300, 300)), rng.integers(0, 5, (234, 234)),
+                  (rng.normal(30, 20, (1024, 1024))).clip(0, 255).astype(np.uint8), rng.normal(0, 1, (64, 64, 3))):
+        assert is_camera_noise(noise)
+    assert not is_camera_noise(np.full((64, 64), 3.0))  # one value: see is_constant
+    for name in ("c2c12_timelapse", "ctc_sim_plus"):
+        assert not any(is_camera_noise(p) for p in tifffile.imread(data_dir / name / "images.tif")[:4])
+    # large cells under strong pixel noise show once binned (the model's coarse passes see them too)
+    yy, xx = np.mgrid[:512, :512]
+    cells = sum(((yy - y) ** 2 + (xx - x) ** 2 < 45**2) for y, x in ((100, 100), (300, 350), (420, 120)))
+    assert not is_camera_noise(cells + rng.normal(0, 3, cells.shape))
+
+
 def test_nan_values_are_refused_clearly():
     model = _model("same")
     image = np.random.default_rng(0).random((40, 40)).astype(np.float32)

@@ -65,6 +65,14 @@ def test_bad_diameters_say_why(bad):
         parse_diameter(bad)  # no pixel size: a physical size cannot be used
 
 
+def test_segment_takes_a_diameter_as_the_gui_and_cli_do(dsb_fluo_crop):
+    image, _labels = dsb_fluo_crop
+    model = load_model(device="cpu")
+    np.testing.assert_array_equal(segment(model, image, diameter="20 px"), segment(model, image, diameter=20))
+    with pytest.raises(ImageError, match="'8 um' is a physical size, but the image has no pixel size"):
+        segment(model, image, diameter="8 um")  # (the API has no pixel size to turn it into pixels)
+
+
 def test_diameter_larger_than_half_the_image_is_refused():
     with pytest.raises(ImageError, match="more than half of the image"):
         check_diameter(60, (100, 300))
@@ -521,7 +529,8 @@ def test_a_stack_whose_first_plane_holds_no_object_is_sized_on_the_next(dsb_val_
     image, _truth = dsb_val_fluo[0]
     big = rescale(image.astype(np.float32), 2, order=3, preserve_range=True)  # not at the model's size
     rng = np.random.default_rng(0)
-    empty = (np.median(big) + rng.normal(0, 3, big.shape)).astype(big.dtype)  # camera noise only
+    ramp = 10 * np.mgrid[: big.shape[0], : big.shape[1]][1] / big.shape[1]  # uneven illumination, no cell
+    empty = (np.median(big) + rng.normal(0, 3, big.shape) + ramp).astype(big.dtype)
     results = [r for r in iter_planes(model, np.stack([empty, big])) if isinstance(r, PlaneResult)]
     assert results[0].diameter is None and "next plane" in results[0].note
     alone = next(r for r in iter_planes(model, big) if isinstance(r, PlaneResult))
@@ -535,7 +544,7 @@ def test_a_stack_whose_first_plane_holds_no_object_is_sized_on_the_next(dsb_val_
     volume = [r for r in iter_planes(model, np.stack([empty, big]), to_model_diameter=True)
               if isinstance(r, PlaneResult)]
     assert [r.index for r in volume] == [(0,), (1,), (0,)]
-    assert volume[0].scale == 1.0 and volume[2].scale == volume[1].scale != 1.0
+    assert volume[2].scale == volume[1].scale != 1.0
 
 
 def test_a_noise_only_first_frame_does_not_set_the_size_of_a_time_lapse(data_dir):
@@ -548,7 +557,10 @@ def test_a_noise_only_first_frame_does_not_set_the_size_of_a_time_lapse(data_dir
     model = load_model(device="cpu")
     images = tifffile.imread(data_dir / "ctc_sim_plus" / "images.tif")[[5, 10]]
     truth = tifffile.imread(data_dir / "ctc_sim_plus" / "labels.tif")[[5, 10]]
-    blank = np.random.default_rng(0).poisson(90, images[0].shape).astype(images.dtype)  # the camera's background
+    blank = np.random.default_rng(0).poisson(90, images[0].shape).astype(np.float32)  # the camera's background
+    yy, xx = np.mgrid[: blank.shape[0], : blank.shape[1]]
+    blank[(yy - 300) ** 2 + (xx - 300) ** 2 < 20**2] += 40  # and one stray blob
+    blank = blank.astype(images.dtype)
     alone = next(r for r in iter_planes(model, images) if isinstance(r, PlaneResult))
     results = {}
     for r in iter_planes(model, np.concatenate([blank[None], images])):
@@ -559,6 +571,35 @@ def test_a_noise_only_first_frame_does_not_set_the_size_of_a_time_lapse(data_dir
     assert "index 1" in results[(1,)].note
     for t in (0, 1):
         assert average_precision(truth[t], results[(t + 1,)].labels) >= 0.75
+
+
+def test_frames_of_camera_noise_are_left_empty_and_take_no_part_in_the_size(data_dir, caplog):
+    """A time-lapse whose first frames are dark (camera noise alone): a model outlined its noise as
+    hundreds of objects of a few pixels, and each such frame took one of the planes the size is
+    looked for on. Now they come out empty, said once, and the size comes from the cells."""
+    import logging
+
+    from napari_unet.core.metrics import average_precision
+    from napari_unet.core.predict import ESTIMATE_RETRY_PLANES
+
+    model = load_model("cells", device="cpu")
+    images = tifffile.imread(data_dir / "c2c12_timelapse" / "images.tif")[[6, 7]]
+    truth = tifffile.imread(data_dir / "c2c12_timelapse" / "labels.tif")[[6, 7]]
+    rng = np.random.default_rng(0)
+    dark = rng.integers(0, 5, (ESTIMATE_RETRY_PLANES + 1, *images.shape[1:])).astype(images.dtype)
+    alone = [r for r in iter_planes(model, images) if isinstance(r, PlaneResult)]
+    with caplog.at_level(logging.WARNING, logger="napari_unet.core.predict"):
+        results = [r for r in iter_planes(model, np.concatenate([dark, images])) if isinstance(r, PlaneResult)]
+    said = [r.getMessage() for r in caplog.records if "camera noise" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("The plane at index 0 holds camera noise alone")
+    assert "constant" not in caplog.text  # (how the plane is left empty is no news)
+    assert [r.index[0] for r in results] == list(range(len(dark) + 2))  # each plane once: nothing to redo
+    assert not any(r.labels.any() for r in results[: len(dark)])
+    first = results[len(dark)]
+    assert first.diameter == pytest.approx(alone[0].diameter) and first.scale == alone[0].scale
+    for t in (0, 1):
+        np.testing.assert_array_equal(results[len(dark) + t].labels, alone[t].labels)
+        assert average_precision(truth[t], results[len(dark) + t].labels) > 0.2
 
 
 def test_the_objects_segmented_at_the_estimate_measure_it_again():

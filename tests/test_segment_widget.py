@@ -358,6 +358,12 @@ def test_nan_image_is_a_clear_notification(widget, qtbot, notifications):
     w._run_button.clicked.emit()
     _wait(qtbot, w)
     assert any("NaN" in m for m in notifications)
+    assert masks_layer_name("nan") not in viewer.layers  # the run made it and wrote nothing: not left behind
+    # a masks layer that was there before the failed run stays
+    kept = viewer.add_labels(np.zeros((40, 40), np.int32), name=masks_layer_name("nan"))
+    w._run_button.clicked.emit()
+    _wait(qtbot, w)
+    assert kept in viewer.layers
 
 
 def test_model_choice_brings_its_own_threshold_and_min_size(widget, tmp_path):
@@ -386,6 +392,14 @@ def test_constant_slice_is_a_notification(widget, qtbot, c2c12_stack, notificati
     plain = viewer.add_image(np.full((40, 40), 5, np.uint8), name="flat")
     _segment(w, qtbot, plain)
     assert any(m.startswith("The image has a single value everywhere") for m in notifications)
+
+    dark = c2c12_stack.copy()
+    dark[2] = np.random.default_rng(0).integers(0, 5, dark[2].shape)  # a dark frame: camera noise alone
+    noisy = viewer.add_image(dark, name="dark")
+    viewer.dims.set_current_step(0, 2)
+    _segment(w, qtbot, noisy)
+    assert not viewer.layers[masks_layer_name("dark")].data[2].any()
+    assert any(m.startswith("Slice 2 holds camera noise alone") for m in notifications)
 
 
 def test_removing_the_image_mid_run_abandons_it(widget, qtbot, data_dir, notifications):
@@ -597,12 +611,13 @@ def test_whole_stack_with_an_empty_first_slice_segments_it_again_at_the_size_fou
     from napari_unet.core.catalog import resolve_model_path
 
     viewer, w = widget
-    w.select_model(resolve_model_path("nuclei"))  # the built-in model: it finds nothing in camera noise
+    w.select_model(resolve_model_path("nuclei"))  # the built-in model: it finds no nucleus in the empty frame
     with open(data_dir / "dsb2018" / "manifest.csv") as fh:
         row = next(r for r in csv.DictReader(fh) if r["split"] == "val" and r["kind"] == "grey_dark")
     frame = imread(data_dir / "dsb2018" / "images" / f"{row['id']}.png")
     rng = np.random.default_rng(0)
-    empty = (np.median(frame) + rng.normal(0, 2, frame.shape)).clip(0, 255).astype(frame.dtype)
+    ramp = 10 * np.mgrid[: frame.shape[0], : frame.shape[1]][1] / frame.shape[1]  # uneven light, no cell
+    empty = (np.median(frame) + rng.normal(0, 2, frame.shape) + ramp).clip(0, 255).astype(frame.dtype)
     image = viewer.add_image(np.stack([empty, frame, frame]), name="lapse")
     w.reset_choices()
     w._image_combo.value = image

@@ -184,10 +184,13 @@ def _select_channel(data: Any, axes: str, channel: int | None, name: str, axes_f
     if "C" not in axes and axes.endswith("S") and channel is not None:
         # one colour of an RGB(A) image (e.g. nuclei in blue), rather than the mean of the colours
         n = data.shape[-1]
-        if not 0 <= channel < n:
-            raise CLIError(f"{name} is an RGB image of {n} colours; --channel must be in 0..{n - 1}")
+        if not 0 <= channel < min(n, 3):
+            alpha = " (3 is its alpha, its transparency, not a colour)" if n == 4 and channel == 3 else ""
+            raise CLIError(f"{name} is an RGB image; --channel must be 0, 1 or 2 (red, green, blue){alpha}")
         return data[..., channel], axes[:-1]
     if "C" not in axes:  # one grey channel (a batch may mix such files with multi-channel ones)
+        if channel is not None and channel != 0:
+            print(f"napari-unet: {name}: one channel only: --channel {channel} left aside", file=sys.stderr)
         return data, axes
     c_axis = axes.index("C")
     n = data.shape[c_axis]
@@ -205,8 +208,9 @@ def _select_channel(data: Any, axes: str, channel: int | None, name: str, axes_f
 
 class _ModelChoice:
     """The model of each input: the one given with ``--model``, or else the built-in model that
-    fits the input's first plane (:func:`~napari_unet.core.modality.image_modality`, as Segment
-    proposes in the GUI), each loaded once; a change of model is said on stderr."""
+    fits the input's first plane with structure (:func:`_first_plane_with_structure`;
+    :func:`~napari_unet.core.modality.image_modality`, as Segment proposes in the GUI), each loaded
+    once; a change of model is said on stderr."""
 
     def __init__(self, given: str | None, device: str | None) -> None:
         from napari_unet.core import load_model
@@ -243,12 +247,14 @@ class _ModelChoice:
         import numpy as np
 
         from napari_unet.core.modality import KIND_WORDS, MODEL_FOR, image_modality
-        from napari_unet.core.stack import read_plane
+        from napari_unet.core.preprocess import ImageError
 
         try:
-            plane = read_plane(data, (0,) * (data.ndim - (3 if rgb else 2)))
+            plane = _first_plane_with_structure(data, rgb)
             step = max(1, int(np.ceil(max(plane.shape[:2]) / 1024)))  # a few tens of ms, as in the GUI
             kind = image_modality(plane[::step, ::step]).kind
+        except ImageError:  # NaN values: the input's one line, before any model is named
+            raise
         except (ValueError, IndexError, TypeError):  # not a plane kinds are told on: the default model
             kind = None
         model_name = MODEL_FOR[kind] if kind is not None else None
@@ -258,6 +264,32 @@ class _ModelChoice:
             print(f"napari-unet: {name}: model '{model.name}' {why}; --model chooses another", file=sys.stderr)
             self._last = model.name
         return model
+
+
+#: Planes looked at from the start of a stack for one that holds more than one value or camera noise
+#: (a time-lapse whose first frames are dark), to choose the model on.
+MODEL_CHOICE_PLANES = 5
+
+
+def _first_plane_with_structure(data: Any, rgb: bool) -> Any:
+    """The first of the stack's first :data:`MODEL_CHOICE_PLANES` planes that is neither constant nor
+    camera noise alone (:func:`~napari_unet.core.preprocess.is_camera_noise`), else the first plane."""
+    import numpy as np
+
+    from napari_unet.core.preprocess import is_camera_noise, is_constant
+    from napari_unet.core.stack import check_finite, read_plane
+
+    lead = tuple(data.shape[: data.ndim - (3 if rgb else 2)])
+    first = None
+    for n, idx in enumerate(np.ndindex(*lead)):
+        if n >= MODEL_CHOICE_PLANES:
+            break
+        plane = read_plane(data, idx)
+        check_finite(plane, f" (plane {idx})" if idx else "")
+        first = plane if first is None else first
+        if not (is_constant(plane) or is_camera_noise(plane)):
+            return plane
+    return first if first is not None else read_plane(data, ())
 
 
 def run(args: argparse.Namespace) -> int:

@@ -45,7 +45,7 @@ from .device import free_memory_bytes, select_device
 from .engine import NetworkRunner
 from .events import Progress, run_to_end
 from .instances import probabilities_to_labels
-from .preprocess import ImageError, is_constant, without_spikes
+from .preprocess import ImageError, is_camera_noise, is_constant, without_spikes
 from .scale import MIN_OBJECTS, min_size_at
 from .stack import MAX_STACK_AXES, StackLayout, Window, check_finite, read_plane, stack_layout  # noqa: F401  (MAX_STACK_AXES: re-exported)
 from .tiling import TilePlan, choose_tile_and_batch, mirror_pad, plan_tiles
@@ -503,12 +503,24 @@ def iter_planes(
     runner = _PlaneRunner(_Engine(model, **engine_options), len(planes), should_stop)
     colour = _check_colour(colour, layout)
 
+    said_noise = False
+
     def read(idx: tuple[int, ...], raw: np.ndarray | None = None) -> np.ndarray:
-        """Plane ``idx`` as the network gets it (``raw``: the plane already read)."""
+        """Plane ``idx`` as the network gets it (``raw``: the plane already read); a plane of camera
+        noise alone as a constant one: nothing is segmented there."""
+        nonlocal said_noise
         plane = read_plane(image, idx, window) if raw is None else raw
         plane = plane if colour is None else plane[..., colour]
         check_finite(plane, f" (plane {idx})" if idx else "")
-        return without_spikes(plane)  # hot pixels: before any rescaling blurs them
+        plane = without_spikes(plane)  # hot pixels: before any rescaling blurs them
+        if is_camera_noise(plane):
+            if not said_noise:
+                which = f"The plane at index {', '.join(map(str, idx))}" if idx else "The image"
+                log.warning("%s holds camera noise alone (no structure at any scale): nothing is segmented "
+                            "there%s.", which, " (nor in the other planes like it)" if len(planes) > 1 else "")
+                said_noise = runner.engine._said_constant = True  # (the constant plane below is no news)
+            return np.zeros_like(plane)
+        return plane
 
     # a typed diameter is checked against the plane: a zoomed-in field of view of big cells is fine
     sizing = _Sizing.choose(model, diameter, layout.plane_shape, to_model_diameter)
@@ -523,7 +535,9 @@ def iter_planes(
                 colour = auto_colour(model, first)
             plane = read(idx, first)
             probs = None
-            sized_here = sizing.search is not None
+            # a blank plane (one value, or camera noise alone) tells no size and takes none of the
+            # planes the size may be looked for on (a time-lapse whose first frames are dark)
+            sized_here = sizing.search is not None and not is_constant(plane)
             if sized_here:  # the first plane tells the object size ...
                 probs = yield from sizing.estimate(runner, plane, k, *search_setting, index=idx)
             if k == 0 and by_kind and (kind := postprocessing_kind(model, plane)) is not None:  # ... and the kind
@@ -706,7 +720,7 @@ class _Sizing:
     @classmethod
     def choose(cls, model: SegmentationModel, diameter: float | str | None, plane_shape: tuple[int, int],
                to_model_diameter: bool = False) -> "_Sizing":
-        from .scale import DiameterSearch, ObjectSize, check_diameter
+        from .scale import DiameterSearch, ObjectSize, check_diameter, parse_diameter
 
         own = model.object_size
         if own is not None and to_model_diameter:
@@ -719,7 +733,8 @@ class _Sizing:
                 return cls(None)
             return cls(own, search=DiameterSearch(own, prior=model.data_diameter), prior=model.data_diameter,
                        retries=ESTIMATE_RETRY_PLANES)
-        value = check_diameter(diameter, plane_shape)
+        # "12 px" as the GUI and the CLI take it; "8 um" needs a pixel size, which only they know
+        value = check_diameter(parse_diameter(diameter) if isinstance(diameter, str) else diameter, plane_shape)
         if own is None:
             note = ("the model does not record the object size it was trained at, so the diameter given "
                     "was not used: the image was segmented at its own scale")

@@ -171,3 +171,59 @@ def is_constant(plane: np.ndarray) -> bool:
     """True when every pixel has the same value (nothing to segment)."""
     arr = np.asarray(plane)
     return arr.size == 0 or bool(np.all(arr == arr.flat[0]))
+
+
+#: Correlation of neighbouring pixels (:func:`~napari_unet.core.scale.pixel_correlation`) under which
+#: a plane, or a binned copy of it, holds no structure at that scale: camera noise alone. Real images
+#: measure 0.6-0.97 (502 DSB2018 images at least 0.595, C2C12, SIM+, ISBI EM, Usiigaci, BBBC030, the 3D
+#: stack's planes at least 0.63); frames of Gaussian, Poisson and 8-bit camera noise 0.009 at most
+#: from 256 x 256 px up; DSB2018 images with 2 photons at their brightest pixels 0.03 at the median.
+#: With the binned copies, none of those real planes is taken for noise, nor 100 DSB2018 images with
+#: shot noise of 2-10 photons at their brightest pixels (2 of them with 1 photon), nor disks of 90 px
+#: with a contrast of 1 in Gaussian noise of sigma 3, nor a DSB2018 image with 1% hot pixels (its
+#: hot pixels left in); 172 of 200 frames of noise are (not those with a smooth vignetting).
+NOISE_CORRELATION = 0.02
+#: Bins of :func:`is_camera_noise`: structure larger than the 8 px background of one bin shows at a
+#: coarser one (large cells in strong pixel noise: binning averages the noise away, as the model's
+#: coarse passes do).
+NOISE_BINS = (1, 2, 4, 8)
+
+
+def is_camera_noise(plane: np.ndarray, tile: int = 1024) -> bool:
+    """True when a plane holds pixel noise alone at every scale: a dark frame of a time-lapse before
+    the cells come in, an empty field. Per-image normalisation stretches such a plane's noise to the
+    full range, and a model then outlines its blobs as hundreds of objects of a few pixels (C2C12's
+    `cells` found 141-153 in frames of camera noise). In no part of the plane (tiles of at most
+    ``tile`` a side, so that a few cells at the edge of a large empty scan count) do neighbouring
+    pixels, or those of binned copies (:data:`NOISE_BINS`), correlate above :data:`NOISE_CORRELATION`
+    (or above 4 / sqrt(pixels), the spread of the correlation of noise, on small planes; the
+    brightest and darkest 1% of the differences from the background clipped, so that hot pixels do not
+    hide the structure). A constant plane is no noise (see :func:`is_constant`), nor one too small to
+    tell (under 16 px a side)."""
+    arr = np.asarray(plane)
+    if arr.ndim == 3:
+        arr = arr.mean(axis=-1)
+    if arr.ndim != 2 or min(arr.shape) < 16 or is_constant(arr):
+        return False
+    h, w = arr.shape
+    ny, nx = -(-h // tile), -(-w // tile)
+    for y in range(ny):  # tiles of equal size that cover the plane
+        for x in range(nx):
+            part = arr[y * h // ny : (y + 1) * h // ny, x * w // nx : (x + 1) * w // nx]
+            if _structured(np.asarray(part, dtype=np.float32)):
+                return False
+    return True
+
+
+def _structured(x: np.ndarray) -> bool:
+    """Whether a part of a plane shows structure at one of the scales of :data:`NOISE_BINS`."""
+    from .scale import pixel_correlation
+
+    for b in NOISE_BINS:
+        h, w = (x.shape[0] // b) * b, (x.shape[1] // b) * b
+        if min(h, w) // b < 16:
+            break
+        binned = x[:h, :w].reshape(h // b, b, w // b, b).mean(axis=(1, 3)) if b > 1 else x
+        if pixel_correlation(binned, clip=1.0) >= max(NOISE_CORRELATION, 4.0 / np.sqrt(binned.size)):
+            return True
+    return False

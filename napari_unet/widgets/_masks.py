@@ -301,15 +301,21 @@ def forget_history_of_planes(layer: Any, planes: list[tuple[int, ...]]) -> None:
 
 
 def report_empty_planes(empty_planes: list[Any]) -> None:
-    """One warning for the planes of a run where nothing was found (constant ones first)."""
+    """One warning for the planes of a run where nothing was found (constant ones first, then those of
+    camera noise alone)."""
     from ._base import notify_warning
 
     constant = [e.index for e in empty_planes if e.constant]
-    others = [e.index for e in empty_planes if not e.constant]
+    noise = [e.index for e in empty_planes if e.noise and not e.constant]
+    others = [e.index for e in empty_planes if not e.constant and e.index not in noise]
     if constant:
         verb = "has" if len(constant) == 1 else "have"
         notify_warning(f"{_sentence(_planes_text(constant))} {verb} a single value everywhere: nothing to "
                        "segment there (masks left empty).")
+    if noise:
+        verb = "holds" if len(noise) == 1 else "hold"
+        notify_warning(f"{_sentence(_planes_text(noise))} {verb} camera noise alone (no structure at any "
+                       "scale): nothing to segment there (masks left empty).")
     if others:
         notify_warning(f"No objects found in {_planes_text(others)}: try a lower threshold or another "
                        "object diameter.")

@@ -100,6 +100,7 @@ class SegmentWidget(Container):
         self._run_started = 0.0
         self._cancelled = False
         self._failed = False
+        self._new_masks: Any = None  # the masks layer the running job made (None: it was there before)
         self._run_layers: tuple[Any, ...] = ()  # the image and masks layers of the running job
         self._abandoned = ""  # why the running job was given up ("" while it is not)
         self._rethreshold_pending = False  # Threshold / Min. size moved during a run: apply them after it
@@ -390,7 +391,9 @@ class SegmentWidget(Container):
         try:
             plane_shape = labels_shape(image)[-2:]
             diameter = self._sizing.chosen(image, plane_shape)  # checked before anything is written
+            existed = masks_layer_name(image.name) in self._viewer.layers
             masks = self._masks_layer(image)
+            self._new_masks = None if existed else masks  # removed again if the run fails before writing
             scope = self._scope.value
             if self._three_d.active:  # whole volumes: the field of view does not apply
                 ready_for_writing(masks)  # (before planning, which forgets the layer's kept results)
@@ -686,6 +689,9 @@ class SegmentWidget(Container):
         self._run_button.enabled = True
         self._cancel_button.enabled = False
         self._worker = None
+        new, self._new_masks = self._new_masks, None
+        if self._failed and new is not None and new in self._viewer.layers and not np.any(new.data):
+            self._viewer.layers.remove(new)  # the run made it and wrote nothing: no empty layer left behind
         pending, self._rethreshold_pending = self._rethreshold_pending, False
         if pending and not self._failed and not self._abandoned:
             from qtpy.QtCore import QTimer
