@@ -5,7 +5,9 @@
 #   2. benchmarks/bench_inference.py --gpu (the 2048 px plane, the current slice on the GPU);
 #   3. benchmarks/bench_finetune.py --device cuda on C2C12 (fine-tuning steps/s and AP, not written);
 #   4. a leg of the built-in model's training until BUDGET seconds from the start (checkpoint in
-#      $OUT/nuclei_gpu, resumed from training/nuclei_gpu when it holds one; then copy it back there).
+#      $OUT/nuclei_gpu2, resumed from training/nuclei_gpu2 when it holds one; then copy it back there).
+#      training/nuclei_gpu holds the finished first run (6000 x 32 patches, below v3: training/LOG.md);
+#      nuclei_gpu2 is the same network trained five times longer, which only a GPU makes affordable.
 #
 # Prepare once in the checkout (these paths are ignored by git, and travel with the call):
 #   mkdir -p shared/data && cp -r ../shared/data/{dsb2018,nuclei3d_synthetic,c2c12_timelapse} shared/data/
@@ -35,16 +37,16 @@ LEG=$(( $(left) - 60 ))
 echo "== training leg of $LEG s (left $(left) s)" >> "$LOG"
 if [ "$LEG" -gt 60 ]; then
   MINUTES=$(python3 -c "print($LEG / 60)")
-  if [ -f training/nuclei_gpu/checkpoint.pt ]; then
-    mkdir -p "$OUT/nuclei_gpu" && cp training/nuclei_gpu/checkpoint.pt "$OUT/nuclei_gpu/"
+  if [ -f training/nuclei_gpu2/checkpoint.pt ]; then
+    mkdir -p "$OUT/nuclei_gpu2" && cp training/nuclei_gpu2/checkpoint.pt "$OUT/nuclei_gpu2/"
     ARGS=(--resume)
-  else  # the recipe of the run started on 2026-12-04 (training/LOG.md)
-    ARGS=(--steps 6000 --patch-size 128 --batch-size 32 --lr 0.003 --seed 0 --diameter 17 --precision bf16
+  else  # the first run's recipe (training/LOG.md, 2026-12-04), 30,000 steps instead of 6,000
+    ARGS=(--steps 30000 --patch-size 128 --batch-size 32 --lr 0.003 --seed 0 --diameter 17 --precision bf16
           --base-width 16 --depth 4 --repeat-kind color=3 --augment-texture 0.5 --texture-contrast 0.5 2)
   fi
   timeout $((LEG + 50)) python3 scripts/train_default_model.py --model nuclei --data shared/data/dsb2018 \
       --device cuda "${ARGS[@]}" --leg-minutes "$MINUTES" --checkpoint-every 60 \
-      --checkpoint-dir "$OUT/nuclei_gpu" --out "$OUT/nuclei_gpu/nuclei.pt" >> "$LOG" 2>&1
+      --checkpoint-dir "$OUT/nuclei_gpu2" --out "$OUT/nuclei_gpu2/nuclei.pt" >> "$LOG" 2>&1
   echo "train rc $?" >> "$LOG"
 fi
 echo "== done, left $(left) s" >> "$LOG"
