@@ -714,6 +714,8 @@ class _Sizing:
     retries: int = 0
     #: whether the objects segmented at the estimated size are still to be measured (see check)
     check_pending: bool = False
+    #: the plane the size was measured on holds no structure of a few pixels: never enlarged
+    unstructured: bool = False
     #: the estimate resting on the most objects of the planes sized so far (while still searching)
     best: _Estimate | None = None
 
@@ -760,6 +762,8 @@ class _Sizing:
         if measured is None or self.diameter is None or measured * (1.0 + SCALE_TOLERANCE) >= self.diameter:
             return False  # (objects that measure larger there are merged by the model at its own size)
         scale = self.size.scale_for(measured)
+        if self.unstructured:
+            scale = min(scale, max(self.scale, 1.0))
         if abs(scale / self.scale - 1.0) <= SCALE_TOLERANCE:
             return False
         log.info("Object diameter: %.1f px estimated, %.1f px measured on the objects at that scale: "
@@ -816,6 +820,10 @@ class _Sizing:
                 self.diameter, self.scale, self.note = None, search.final_scale, search.note
             else:
                 self.diameter, self.scale, self.note = best.diameter, best.scale, best.note
+                self.unstructured = best.k == k and search.unstructured  # (the check runs on this plane only)
+                if self.unstructured and best.scale < search.size.scale_for(best.diameter):
+                    self.note = ((self.note + "; ") if self.note else "") + (
+                        "the image holds no structure of a few pixels (noise): not enlarged to that size")
                 if best.k > 0 or k > 0:
                     self.note = (f"estimated on the plane at index {', '.join(map(str, best.index))}, "
                                  + ("the first of the run where objects were found" if first_found and best.k == k
