@@ -451,7 +451,8 @@ class DiameterSearch:
     checks: list[tuple[float, float | None]] = field(default_factory=list)  # the passes that tested the prior
     fine: list[tuple[float, float | None]] = field(default_factory=list)  # enlarged passes, as ``passes``
     #: of the image (see :func:`pixel_correlation`), or a function that measures it (called only
-    #: when the pass at scale 1 asks whether to look for tiny objects); None: taken as structured
+    #: when the pass at scale 1 asks whether to look for tiny objects, or the estimate would enlarge
+    #: the image; then replaced by its value); None: taken as structured
     correlation: float | Callable[[], float] | None = None
     diameter: float | None = None
     #: objects of the pass (or passes) the estimate came from: how much it rests on
@@ -536,10 +537,16 @@ class DiameterSearch:
         enlarged passes found 130-220 "objects" of 6-11 px in the background's texture."""
         if self._counts[scale] >= MIN_OBJECTS and estimate * scale >= self.size.low / 2:
             return False
-        correlation = self.correlation() if callable(self.correlation) else self.correlation
-        if correlation is not None and correlation < MIN_PIXEL_CORRELATION:
+        if self._without_small_structure():
             return False
         return specks is None or count_objects(specks()) >= MIN_OBJECTS
+
+    def _without_small_structure(self) -> bool:
+        """Whether the image holds no structure of a few pixels (:data:`MIN_PIXEL_CORRELATION`); a
+        ``correlation`` given as a function is measured once, on the first question."""
+        if callable(self.correlation):
+            self.correlation = self.correlation()
+        return self.correlation is not None and self.correlation < MIN_PIXEL_CORRELATION
 
     def _finer(self, scale: float, estimate: float | None) -> None:
         """One of the enlarged passes (:data:`FINE_SCALES`); after the last, the estimate when the
@@ -635,8 +642,7 @@ class DiameterSearch:
             # tiny objects in it (:meth:`_tiny`): what enlarging shows there is its noise (a DSB2018 image
             # with ~4 photons at its nuclei: 5 pieces of nuclei at scale 1 sized it at 8 px, and at 2.1x
             # the model outlined 52 specks of 2 px)
-            correlation = self.correlation() if callable(self.correlation) else self.correlation
-            self.unstructured = correlation is not None and correlation < MIN_PIXEL_CORRELATION
+            self.unstructured = self._without_small_structure()
         # the passes that measured this diameter (none when the prior stands untested: those that tested it)
         measured = self.passes + self.fine + self.checks
         own = [self._counts[s] for s, d in measured if d is not None and d == diameter]
