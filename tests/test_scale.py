@@ -595,6 +595,7 @@ def test_frames_of_camera_noise_are_left_empty_and_take_no_part_in_the_size(data
     assert "constant" not in caplog.text  # (how the plane is left empty is no news)
     assert [r.index[0] for r in results] == list(range(len(dark) + 2))  # each plane once: nothing to redo
     assert not any(r.labels.any() for r in results[: len(dark)])
+    assert [r.blank for r in results] == ["noise"] * len(dark) + [None, None]  # why, for the GUI's note
     first = results[len(dark)]
     assert first.diameter == pytest.approx(alone[0].diameter) and first.scale == alone[0].scale
     for t in (0, 1):

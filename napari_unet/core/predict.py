@@ -367,6 +367,10 @@ class PlaneResult:
     colour : int or None
         The colour of an RGB image that was segmented on its own (0 red, 1 green, 2 blue; see
         :func:`~napari_unet.core.channels.nuclear_colour`); None: a grey plane, or the mean of the colours.
+    blank : {"constant", "noise"} or None
+        Why nothing was segmented, when the plane (the window that was predicted, as the network
+        got it: hot pixels out, the colour chosen) had nothing to segment: one value only, or camera
+        noise alone (:func:`~napari_unet.core.preprocess.is_camera_noise`); None otherwise.
     """
 
     index: tuple[int, ...]
@@ -381,6 +385,7 @@ class PlaneResult:
     min_seed: int = 0
     kind: str | None = None
     colour: int | None = None
+    blank: str | None = None
 
     def relabel(self, threshold: float, min_size: int, keep_dtype: Any = None) -> "PlaneResult":
         """The same plane post-processed with another threshold / minimum size (no network run).
@@ -504,16 +509,18 @@ def iter_planes(
     colour = _check_colour(colour, layout)
 
     said_noise = False
+    noise_read = False  # whether the last plane read held camera noise alone
 
     def read(idx: tuple[int, ...], raw: np.ndarray | None = None) -> np.ndarray:
         """Plane ``idx`` as the network gets it (``raw``: the plane already read); a plane of camera
         noise alone as a constant one: nothing is segmented there."""
-        nonlocal said_noise
+        nonlocal said_noise, noise_read
         plane = read_plane(image, idx, window) if raw is None else raw
         plane = plane if colour is None else plane[..., colour]
         check_finite(plane, f" (plane {idx})" if idx else "")
         plane = without_spikes(plane)  # hot pixels: before any rescaling blurs them
-        if is_camera_noise(plane):
+        noise_read = is_camera_noise(plane)
+        if noise_read:
             if not said_noise:
                 which = f"The plane at index {', '.join(map(str, idx))}" if idx else "The image"
                 log.warning("%s holds camera noise alone (no structure at any scale): nothing is segmented "
@@ -537,7 +544,8 @@ def iter_planes(
             probs = None
             # a blank plane (one value, or camera noise alone) tells no size and takes none of the
             # planes the size may be looked for on (a time-lapse whose first frames are dark)
-            sized_here = sizing.search is not None and not is_constant(plane)
+            blank = "noise" if noise_read else "constant" if is_constant(plane) else None
+            sized_here = sizing.search is not None and blank is None
             if sized_here:  # the first plane tells the object size ...
                 probs = yield from sizing.estimate(runner, plane, k, *search_setting, index=idx)
             if k == 0 and by_kind and (kind := postprocessing_kind(model, plane)) is not None:  # ... and the kind
@@ -563,7 +571,7 @@ def iter_planes(
                     probs = yield from runner.at_scale(plane, sizing.scale, k)
                     plane_labels = labels_of(probs) if labels else None
             yield PlaneResult(idx, region, plane_labels, probs, inner, model.representation,
-                              sizing.diameter, sizing.scale, sizing.note, min_seed, kind, colour)
+                              sizing.diameter, sizing.scale, sizing.note, min_seed, kind, colour, blank)
             # nothing found to size on: the next plane is tried, and this one comes again at the size
             # found (the later result of a plane replaces the earlier: the 3D path's xy view too)
             if sized_here and sizing.search is not None:

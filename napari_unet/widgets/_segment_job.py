@@ -34,6 +34,7 @@ class EmptyPlane:
     index: tuple[int, ...]
     constant: bool  # the segmented part of the plane holds one value only
     noise: bool = False  # ... or camera noise alone (core.preprocess.is_camera_noise)
+    # (as the plane loop told them: PlaneResult.blank)
 
 
 def segment_planes(
@@ -55,8 +56,6 @@ def segment_planes(
     an :class:`EmptyPlane` after a plane where nothing was found."""
     from napari_unet.core.events import Progress
     from napari_unet.core.predict import PlaneResult, iter_planes
-    from napari_unet.core.preprocess import is_camera_noise, is_constant
-    from napari_unet.core.stack import read_plane
 
     yield Progress(0, len(planes), message="Loading the model")
     model = _load_model_cached(model_cache if model_cache is not None else {}, model_path, device)
@@ -66,6 +65,4 @@ def segment_planes(
             item = dataclasses.replace(item, probabilities=item.probabilities.astype(np.float16))
         yield item
         if isinstance(item, PlaneResult) and item.labels is not None and not item.labels.any():
-            raw = read_plane(data, item.index, item.region)
-            constant = is_constant(raw)
-            yield EmptyPlane(item.index, constant, not constant and is_camera_noise(raw))
+            yield EmptyPlane(item.index, item.blank == "constant", item.blank == "noise")
