@@ -386,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--augment-low-light", type=float, default=0.0, metavar="P",
                         help="probability that a patch of a fluorescence image gets the shot and read noise of a "
                              "camera that caught few photons: core.augment's low_light_prob (default 0)")
+    parser.add_argument("--augment-saturated", type=float, default=0.0, metavar="P",
+                        help="probability that a patch of a fluorescence image is clipped as an over-exposed "
+                             "camera clips it (plateaus of one value): core.augment's saturated_prob (default 0)")
     parser.add_argument("--within-stage", action="store_true",
                         help="with --resume MODEL: keep the best weights of this stage's own validations, not "
                              "MODEL's when none scores higher (a stage that trades a little val AP for "
@@ -541,6 +544,8 @@ def stage_arguments(stages: list[dict], out: str) -> list[list[str]]:
             argv += ["--augment-debris", f"{st['augment_debris']:g}"]
         if st.get("augment_low_light"):
             argv += ["--augment-low-light", f"{st['augment_low_light']:g}"]
+        if st.get("augment_saturated"):
+            argv += ["--augment-saturated", f"{st['augment_saturated']:g}"]
         if not last:
             argv.append("--no-card")
         argv += ["--out", str(out_path if last else out_path.with_name(f"stage{i + 1}.pt"))]
@@ -597,6 +602,9 @@ def _stage_record(meta: dict, args: argparse.Namespace | None) -> dict:
         if args.augment_low_light:
             record["augment_low_light"] = args.augment_low_light
             record["low_light_photons"] = list(training_legs.augment_config(args).low_light_photons)
+        if args.augment_saturated:
+            record["augment_saturated"] = args.augment_saturated
+            record["saturated_level"] = list(training_legs.augment_config(args).saturated_level)
         record["seed"] = args.seed
         record["model"] = args.model
         record["diameter"] = args.diameter
@@ -670,7 +678,10 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
                           for i, st in enumerate(stages) if st.get("augment_debris"))
                 + "".join(f"; in stage {i + 1}, " + AugmentConfig(
                     low_light_photons=tuple(st["low_light_photons"])).describe_low_light()
-                          for i, st in enumerate(stages) if st.get("augment_low_light")),
+                          for i, st in enumerate(stages) if st.get("augment_low_light"))
+                + "".join(f"; in stage {i + 1}, " + AugmentConfig(
+                    saturated_level=tuple(st["saturated_level"])).describe_saturated()
+                          for i, st in enumerate(stages) if st.get("augment_saturated")),
             "optimiser": f"AdamW lr {args.lr} ({WarmupCosine(args.lr).describe()}), "
                          f"weight decay {training.get('weight_decay', 1e-4):g}, "
                          f"batch {args.batch_size} x {training['patch_size']} px patches",
@@ -693,6 +704,7 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
                    if st.get("augment_texture") else "")
                 + (f", bright debris p={st['augment_debris']:g}" if st.get("augment_debris") else "")
                 + (f", low light p={st['augment_low_light']:g}" if st.get("augment_low_light") else "")
+                + (f", over-exposed p={st['augment_saturated']:g}" if st.get("augment_saturated") else "")
                 + (", its own best validation kept" if st.get("within_stage") else "")
                 for i, st in enumerate(stages)
             ),

@@ -35,7 +35,7 @@ RESUME_LEGS = _ResumeLegs()
 #: The options that make up a run's recipe: recorded in the checkpoint, restored by ``--resume``.
 RECIPE_KEYS = ("model", "steps", "patch_size", "batch_size", "lr", "seed", "base_width", "depth", "diameter",
                "repeat_kind", "validations", "precision", "augment_upscaled", "augment_gradient",
-               "augment_texture", "texture_contrast", "augment_debris", "augment_low_light")
+               "augment_texture", "texture_contrast", "augment_debris", "augment_low_light", "augment_saturated")
 
 LOG_HEADER = (
     "# Training log of the built-in models\n\n"
@@ -138,7 +138,8 @@ def augment_config(args: argparse.Namespace):
 
     return AugmentConfig(upscaled_prob=args.augment_upscaled, gradient=args.augment_gradient,
                          texture_prob=args.augment_texture, texture=tuple(args.texture_contrast),
-                         debris_prob=args.augment_debris, low_light_prob=args.augment_low_light)
+                         debris_prob=args.augment_debris, low_light_prob=args.augment_low_light,
+                         saturated_prob=args.augment_saturated)
 
 
 def run_legs(args: argparse.Namespace, load_rows, finalize, stage_record) -> int:

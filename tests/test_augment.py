@@ -20,6 +20,7 @@ from napari_unet.core.augment import (
     object_texture,
     random_crop,
     sample_patch,
+    saturated,
 )
 
 
@@ -216,3 +217,28 @@ def test_low_light_adds_shot_noise_and_normalises_as_inference_does():
     assert "low light" in AugmentConfig(low_light_prob=0.3).describe() and "(p=0.3)" in AugmentConfig(
         low_light_prob=0.3).describe()
     assert "low light" not in AugmentConfig().describe()
+
+
+def test_saturated_clips_the_objects_into_plateaus_and_normalises_again():
+    """An over-exposed camera: the brighter nuclei become plateaus of one value (touching ones lose
+    the grey level between them), and the image's percentiles stretch the clip level to 1."""
+    yy, xx = np.mgrid[0:96, 0:96]
+    image = np.zeros((1, 96, 96), np.float32)
+    labels = np.zeros((96, 96), np.int32)
+    for i, (cy, cx, peak) in enumerate(((25, 25, 1.0), (25, 41, 0.8), (70, 40, 0.4)), start=1):
+        r2 = (yy - cy) ** 2 + (xx - cx) ** 2
+        inside = r2 < 64
+        image[0][inside] = peak * (1.0 - r2[inside] / 128.0)  # brightest at the centre, half at the rim
+        labels[inside] = i
+    rng = np.random.default_rng(0)
+    out = saturated(image, rng, (0.3, 0.3), image.reshape(1, -1), labels.reshape(-1))
+    assert out.shape == image.shape and out.dtype == np.float32
+    assert np.isclose(out.max(), 1.0) and np.isclose(np.percentile(out, 1), 0.0, atol=1e-6)
+    assert (out[0][(labels == 1) | (labels == 2)] == out.max()).all()  # the two touching ones: one plateau
+    dim = labels == 3
+    assert np.ptp(out[0][dim]) > 0.1  # the dim one keeps part of its grey levels, in their order
+    assert np.corrcoef(out[0][dim], np.minimum(image[0][dim], 0.3 * np.percentile(image[0][labels > 0], 90)))[0, 1] > 0.999
+    # a reference without objects (or without background) leaves the patch as it is
+    np.testing.assert_array_equal(saturated(image, rng, (0.3, 0.3), image.reshape(1, -1), np.zeros(96 * 96)), image)
+    assert "over-exposed" in AugmentConfig(saturated_prob=0.2).describe()
+    assert "over-exposed" not in AugmentConfig().describe()

@@ -158,6 +158,24 @@ def test_low_light_noises_fluorescence_patches_only(dsb_fluo_crop):
         np.testing.assert_array_equal(plain.weights, dark.weights)
 
 
+def test_saturation_clips_fluorescence_patches_only(dsb_fluo_crop):
+    examples = _examples(dsb_fluo_crop)
+    bright_ground = [TrainingExample(1.0 - ex.image, ex.labels, ex.source) for ex in examples]  # as bright field
+    geometry = PatchGeometry.for_network(_net(), 64, 128)
+    still = AugmentConfig(flip=False, rotate="none", scale=(1.0, 1.0), elastic_prob=0.0, gain=(1.0, 1.0),
+                          offset=(0.0, 0.0), gamma=(1.0, 1.0), noise=0.0)
+    clipped = replace(still, saturated_prob=1.0, saturated_level=(0.3, 0.3))
+    for exs, changes in ((examples, True), (bright_ground, False)):
+        plain = PatchSampler(exs, geometry, TargetRecipe(), still, 4, np.random.default_rng(3)).next_batch()
+        over = PatchSampler(exs, geometry, TargetRecipe(), clipped, 4, np.random.default_rng(3)).next_batch()
+        assert (not np.array_equal(plain.images, over.images)) is changes
+        np.testing.assert_array_equal(plain.classes, over.classes)  # the clipping changes no class
+        np.testing.assert_array_equal(plain.weights, over.weights)
+        if changes:  # plateaus: many pixels share the top value, the order of the rest is kept
+            assert (over.images == over.images.max()).mean() > 0.01
+            assert np.corrcoef(plain.images.ravel(), over.images.ravel())[0, 1] > 0.5
+
+
 def test_threads_and_processes_prefetch_the_same_patches(dsb_fluo_crop):
     """Threads, or spawned processes (for a GPU: scipy holds the GIL), make the patches that the
     run's generator drew, in order."""

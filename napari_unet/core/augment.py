@@ -86,6 +86,14 @@ class AugmentConfig:
     low_light_photons : tuple of float
         Range (log-uniform) of the photons a pixel at the top of the normalised range (1.0)
         caught, for ``low_light_prob``.
+    saturated_prob : float
+        Probability that a patch of a dark-background (fluorescence) image is shown as an
+        over-exposed camera would show it (:func:`saturated`): clipped at a level below the
+        objects' brightness, the brighter objects plateaus of one value, then the image's percentile
+        normalisation again. 0 (the default) turns it off.
+    saturated_level : tuple of float
+        Range (log-uniform) of the clip level, in multiples of the objects' 90th percentile
+        (the image's objects, above its background), for ``saturated_prob``.
     gradient : float
         Largest amplitude (normalised intensity from one side of the patch to the other) of a
         random linear ramp added to the patch: uneven illumination, a vignetted field. 0 (the
@@ -113,6 +121,8 @@ class AugmentConfig:
     debris_renormalised: float = 0.0
     low_light_prob: float = 0.0
     low_light_photons: tuple[float, float] = (4.0, 200.0)
+    saturated_prob: float = 0.0
+    saturated_level: tuple[float, float] = (0.2, 1.0)
 
     def describe(self) -> str:
         """A short description for model cards, e.g. ``crop, flips, any rotation, scale 0.8-1.25, ...``."""
@@ -141,7 +151,15 @@ class AugmentConfig:
             parts.append(f"{self.describe_debris()} (p={self.debris_prob:g})")
         if self.low_light_prob > 0:
             parts.append(f"{self.describe_low_light()} (p={self.low_light_prob:g})")
+        if self.saturated_prob > 0:
+            parts.append(f"{self.describe_saturated()} (p={self.saturated_prob:g})")
         return ", ".join(parts)
+
+    def describe_saturated(self) -> str:
+        """What ``saturated_prob`` does, with this config's range of clip levels."""
+        lo, hi = self.saturated_level
+        return (f"over-exposed fluorescence patches (clipped at {lo:g}-{hi:g}x the objects' brightness, "
+                "normalised again)")
 
     def describe_low_light(self) -> str:
         """What ``low_light_prob`` does, with this config's range of photons."""
@@ -528,6 +546,39 @@ def low_light(
     lo, hi = np.percentile(sample.reshape(len(chw), -1), percentiles, axis=1)
     span = np.maximum(hi - lo, 1e-6)
     return ((noisy - lo[:, None, None]) / span[:, None, None]).astype(np.float32)
+
+
+def saturated(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    level: tuple[float, float],
+    reference: np.ndarray,
+    reference_labels: np.ndarray,
+    percentiles: tuple[float, float] = (1.0, 99.8),
+) -> np.ndarray:
+    """A normalised (C, H, W) patch as an over-exposed camera would show it: clipped at a level
+    between ``level[0]`` and ``level[1]`` times (log-uniform) the brightness of the image's objects
+    (the 90th percentile of ``reference`` pixels on objects, above the median of those on the
+    background, per channel; ``reference_labels``: the (K,) labels of the (C, K) ``reference``
+    pixels), so that the brighter objects become plateaus of one value and touching ones lose the
+    grey level between them; then normalised again as inference normalises the clipped image
+    (``percentiles`` of the clipped reference pixels). The patch unchanged (a copy) when the
+    reference pixels hold no object or no background.
+
+    Returns a new float32 array.
+    """
+    chw = np.asarray(image, np.float32)
+    ref = np.asarray(reference, np.float32).reshape(len(chw), -1)
+    on = np.asarray(reference_labels).reshape(-1) > 0
+    if on.all() or not on.any():
+        return chw.copy()
+    background = np.median(ref[:, ~on], axis=1)
+    bright = np.percentile(ref[:, on], 90, axis=1)
+    factor = math.exp(rng.uniform(math.log(level[0]), math.log(level[1])))
+    clip = background + factor * np.maximum(bright - background, 1e-6)
+    lo, hi = np.percentile(np.minimum(ref, clip[:, None]), percentiles, axis=1)
+    span = np.maximum(hi - lo, 1e-6)
+    return ((np.minimum(chw, clip[:, None, None]) - lo[:, None, None]) / span[:, None, None]).astype(np.float32)
 
 
 # ------------------------------------------------------------------ all in one

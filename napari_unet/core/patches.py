@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .augment import DARK_BACKGROUND_MEDIAN, AugmentConfig, bright_debris, low_light, sample_patch
+from .augment import DARK_BACKGROUND_MEDIAN, AugmentConfig, bright_debris, low_light, sample_patch, saturated
 from .examples import TrainingExample
 from .optimise import Batch
 from .targets import TargetRecipe
@@ -91,6 +91,11 @@ def build_patch(
         reference = _pixel_sample(example.image, rng)
         if np.median(reference) < DARK_BACKGROUND_MEDIAN:  # fluorescence: few photons
             img = low_light(img, rng, augment.low_light_photons, reference=reference)
+    elif augment is not None and augment.saturated_prob > 0 and rng.random() < augment.saturated_prob:
+        rows, cols = np.unravel_index(_pixel_indices(example.image, rng), example.labels.shape)
+        reference = np.asarray(example.image)[:, rows, cols]
+        if np.median(reference) < DARK_BACKGROUND_MEDIAN:  # fluorescence: an over-exposed camera
+            img = saturated(img, rng, augment.saturated_level, reference, np.asarray(example.labels)[rows, cols])
     if known is None:
         cls, wts = targets(lab)
     else:
@@ -102,10 +107,14 @@ def build_patch(
     return img, cls, wts
 
 
+def _pixel_indices(image: np.ndarray, rng: np.random.Generator, k: int = 4096) -> np.ndarray:
+    """Flat indices of ``k`` pixels of a (C, H, W) image's plane, drawn at random (with repeats)."""
+    return rng.integers(0, int(np.prod(np.shape(image)[1:])), size=k)
+
+
 def _pixel_sample(image: np.ndarray, rng: np.random.Generator, k: int = 4096) -> np.ndarray:
     """(C, k) pixels of a (C, H, W) image, drawn at random (with repeats)."""
-    flat = np.asarray(image).reshape(len(image), -1)
-    return flat[:, rng.integers(0, flat.shape[1], size=k)]
+    return np.asarray(image).reshape(len(image), -1)[:, _pixel_indices(image, rng, k)]
 
 
 def marked_labels(example: TrainingExample) -> np.ndarray:
