@@ -29,12 +29,12 @@ def _load_model_cached(cache: dict, path: str, device: str | None):
 
 @dataclasses.dataclass(frozen=True)
 class EmptyPlane:
-    """Yielded by :func:`segment_planes` after a plane in which nothing was found."""
+    """Yielded by :func:`segment_planes` after a plane in which nothing was found, with why as the
+    plane loop told it (``PlaneResult.blank``)."""
 
     index: tuple[int, ...]
     constant: bool  # the segmented part of the plane holds one value only
     noise: bool = False  # ... or camera noise alone (core.preprocess.is_camera_noise)
-    # (as the plane loop told them: PlaneResult.blank)
 
 
 def segment_planes(
