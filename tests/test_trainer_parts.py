@@ -143,37 +143,27 @@ def test_debris_pixels_weigh_nothing_in_the_loss(dsb_fluo_crop):
     assert np.all(after.classes[~changed] == before.classes[~changed])
 
 
-def test_low_light_noises_fluorescence_patches_only(dsb_fluo_crop):
+@pytest.mark.parametrize("change", [dict(low_light_prob=1.0, low_light_photons=(10.0, 10.0)),
+                                    dict(saturated_prob=1.0, saturated_level=(0.3, 0.3))],
+                         ids=["low light", "over-exposed"])
+def test_camera_looks_change_fluorescence_patches_only(dsb_fluo_crop, change):
+    """Low light (shot noise) and over-exposure (clipping) are made on fluorescence patches only,
+    and change no class."""
     examples = _examples(dsb_fluo_crop)
     bright_ground = [TrainingExample(1.0 - ex.image, ex.labels, ex.source) for ex in examples]  # as bright field
     geometry = PatchGeometry.for_network(_net(), 64, 128)
     still = AugmentConfig(flip=False, rotate="none", scale=(1.0, 1.0), elastic_prob=0.0, gain=(1.0, 1.0),
                           offset=(0.0, 0.0), gamma=(1.0, 1.0), noise=0.0)
-    noisy = replace(still, low_light_prob=1.0, low_light_photons=(10.0, 10.0))
     for exs, changes in ((examples, True), (bright_ground, False)):
         plain = PatchSampler(exs, geometry, TargetRecipe(), still, 4, np.random.default_rng(3)).next_batch()
-        dark = PatchSampler(exs, geometry, TargetRecipe(), noisy, 4, np.random.default_rng(3)).next_batch()
-        assert (not np.array_equal(plain.images, dark.images)) is changes
-        np.testing.assert_array_equal(plain.classes, dark.classes)  # the noise changes no class
-        np.testing.assert_array_equal(plain.weights, dark.weights)
-
-
-def test_saturation_clips_fluorescence_patches_only(dsb_fluo_crop):
-    examples = _examples(dsb_fluo_crop)
-    bright_ground = [TrainingExample(1.0 - ex.image, ex.labels, ex.source) for ex in examples]  # as bright field
-    geometry = PatchGeometry.for_network(_net(), 64, 128)
-    still = AugmentConfig(flip=False, rotate="none", scale=(1.0, 1.0), elastic_prob=0.0, gain=(1.0, 1.0),
-                          offset=(0.0, 0.0), gamma=(1.0, 1.0), noise=0.0)
-    clipped = replace(still, saturated_prob=1.0, saturated_level=(0.3, 0.3))
-    for exs, changes in ((examples, True), (bright_ground, False)):
-        plain = PatchSampler(exs, geometry, TargetRecipe(), still, 4, np.random.default_rng(3)).next_batch()
-        over = PatchSampler(exs, geometry, TargetRecipe(), clipped, 4, np.random.default_rng(3)).next_batch()
-        assert (not np.array_equal(plain.images, over.images)) is changes
-        np.testing.assert_array_equal(plain.classes, over.classes)  # the clipping changes no class
-        np.testing.assert_array_equal(plain.weights, over.weights)
-        if changes:  # plateaus: many pixels share the top value, the order of the rest is kept
-            assert (over.images == over.images.max()).mean() > 0.01
-            assert np.corrcoef(plain.images.ravel(), over.images.ravel())[0, 1] > 0.5
+        made = PatchSampler(exs, geometry, TargetRecipe(), replace(still, **change), 4,
+                            np.random.default_rng(3)).next_batch()
+        assert (not np.array_equal(plain.images, made.images)) is changes
+        np.testing.assert_array_equal(plain.classes, made.classes)
+        np.testing.assert_array_equal(plain.weights, made.weights)
+        if changes and "saturated_prob" in change:  # plateaus: many pixels at the top value, the rest in order
+            assert (made.images == made.images.max()).mean() > 0.01
+            assert np.corrcoef(plain.images.ravel(), made.images.ravel())[0, 1] > 0.5
 
 
 def test_threads_and_processes_prefetch_the_same_patches(dsb_fluo_crop):
