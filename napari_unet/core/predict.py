@@ -509,25 +509,23 @@ def iter_planes(
     colour = _check_colour(colour, layout)
 
     said_noise = False
-    noise_read = False  # whether the last plane read held camera noise alone
 
-    def read(idx: tuple[int, ...], raw: np.ndarray | None = None) -> np.ndarray:
-        """Plane ``idx`` as the network gets it (``raw``: the plane already read); a plane of camera
-        noise alone as a constant one: nothing is segmented there."""
-        nonlocal said_noise, noise_read
+    def read(idx: tuple[int, ...], raw: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
+        """Plane ``idx`` as the network gets it (``raw``: the plane already read), and whether it held
+        camera noise alone: such a plane comes as a constant one, nothing is segmented there."""
+        nonlocal said_noise
         plane = read_plane(image, idx, window) if raw is None else raw
         plane = plane if colour is None else plane[..., colour]
         check_finite(plane, f" (plane {idx})" if idx else "")
         plane = without_spikes(plane)  # hot pixels: before any rescaling blurs them
-        noise_read = is_camera_noise(plane)
-        if noise_read:
+        if is_camera_noise(plane):
             if not said_noise:
                 which = f"The plane at index {', '.join(map(str, idx))}" if idx else "The image"
                 log.warning("%s holds camera noise alone (no structure at any scale): nothing is segmented "
                             "there%s.", which, " (nor in the other planes like it)" if len(planes) > 1 else "")
                 said_noise = runner.engine._said_constant = True  # (the constant plane below is no news)
-            return np.zeros_like(plane)
-        return plane
+            return np.zeros_like(plane), True
+        return plane, False
 
     # a typed diameter is checked against the plane: a zoomed-in field of view of big cells is fine
     sizing = _Sizing.choose(model, diameter, layout.plane_shape, to_model_diameter)
@@ -540,11 +538,11 @@ def iter_planes(
                 first = read_plane(image, idx, window)
                 check_finite(first, f" (plane {idx})" if idx else "")  # its own message, before the colours are measured
                 colour = auto_colour(model, first)
-            plane = read(idx, first)
+            plane, noise = read(idx, first)
             probs = None
             # a blank plane (one value, or camera noise alone) tells no size and takes none of the
             # planes the size may be looked for on (a time-lapse whose first frames are dark)
-            blank = "noise" if noise_read else "constant" if is_constant(plane) else None
+            blank = "noise" if noise else "constant" if is_constant(plane) else None
             sized_here = sizing.search is not None and blank is None
             if sized_here:  # the first plane tells the object size ...
                 probs = yield from sizing.estimate(runner, plane, k, *search_setting, index=idx)
@@ -579,7 +577,7 @@ def iter_planes(
             elif sized_here and sizing.diameter is not None:
                 # the planes before, segmented at the image's own scale, again at the size now known
                 for k0, idx0 in unsized:
-                    probs = yield from runner.at_scale(read(idx0), sizing.scale, k0)
+                    probs = yield from runner.at_scale(read(idx0)[0], sizing.scale, k0)
                     plane_labels = labels_of(probs) if labels else None
                     yield PlaneResult(idx0, region, plane_labels, probs, inner, model.representation,
                                       sizing.diameter, sizing.scale, sizing.note, min_seed, kind, colour)

@@ -307,7 +307,7 @@ def report_empty_planes(empty_planes: list[Any]) -> None:
 
     constant = [e.index for e in empty_planes if e.constant]
     noise = [e.index for e in empty_planes if e.noise and not e.constant]
-    others = [e.index for e in empty_planes if not e.constant and e.index not in noise]
+    others = [e.index for e in empty_planes if not (e.constant or e.noise)]
     if constant:
         verb = "has" if len(constant) == 1 else "have"
         notify_warning(f"{_sentence(_planes_text(constant))} {verb} a single value everywhere: nothing to "
