@@ -215,16 +215,17 @@ def test_dask_batch_tells_the_colour_of_a_merge_once_for_the_stack(model, nuclei
     np.testing.assert_array_equal(labels, segment(model, stack, rgb=True))
 
 
-def test_a_merge_with_nan_is_refused_with_the_non_finite_message(model, nuclei, composite, tmp_path):
-    """An RGB float image holding a NaN: the colours are measured on the first plane before it is
-    checked, and skimage's 'autodetected range of [nan, nan]' came out instead of the plane loop's
-    message saying how to fix it; the dask batch's colour, told up front, did the same."""
+def test_a_merge_with_inf_is_refused_with_the_non_finite_message(model, nuclei, composite, tmp_path):
+    """An RGB float image holding an infinite value: the colours are measured on the first plane
+    before it is checked, and skimage's 'autodetected range of [nan, nan]' came out instead of the
+    plane loop's message saying how to fix it; the dask batch's colour, told up front, did the same.
+    (NaN marks pixels without data: filled, see test_predict.)"""
     from napari_unet.batch import segment_to_ome_zarr
 
     merge = composite.astype(np.float32)
-    merge[5, 5, 1] = np.nan
-    with pytest.raises(ImageError, match="NaN or infinite"):
+    merge[5, 5, 1] = np.inf
+    with pytest.raises(ImageError, match="infinite values"):
         segment(model, merge)
-    with pytest.raises(ImageError, match="NaN or infinite"):
+    with pytest.raises(ImageError, match="infinite values"):
         segment_to_ome_zarr(model, np.stack([merge, merge]), tmp_path / "nan.ome.zarr", rgb=True,
                             show_progress=False)

@@ -190,3 +190,29 @@ def test_a_corrected_segmentation_is_not_taken_for_a_plane_labelled_in_part(data
         seen.append(found.count)
         assert not looks_partial(found, count_objects(example.labels)), (found.count, count_objects(example.labels))
     assert max(seen) >= 3  # (the model does find objects where nothing is labelled)
+
+
+def test_a_black_border_is_learnt_from_nowhere_and_is_not_taken_for_a_part_left_unlabelled(dsb_fluo_crop):
+    """A training slice on a larger black canvas (a mosaic, a registered image): its border is filled
+    (the mirrored cells there are no cells to learn as background) and weighs nothing; the cells the
+    starting model finds in it do not make the slice look labelled in part."""
+    from napari_unet.core.checkpoint import load_model
+    from napari_unet.core.examples import prepare_examples
+    from napari_unet.core.partial import mark_partial
+
+    image, labels = dsb_fluo_crop
+    canvas = np.pad(image.astype(np.float32) * 4 + 400, ((0, 96), (0, 96)))
+    truth = np.pad(labels, ((0, 96), (0, 96)))
+    model = load_model("nuclei", device="cpu")
+    (example,) = prepare_examples(model, [canvas], [truth])
+    assert example.known is not None and not example.in_part
+    h, w = example.labels.shape
+    assert 0.3 < example.known.mean() < 0.4  # the 128 x 128 px of data in 224 x 224
+    assert example.known[: h // 3, : w // 3].all() and not example.known[-h // 4 :].any()
+    assert mark_partial(model, [example], "auto") == [] and not example.in_part
+    labelled_in_part = truth.copy()
+    labelled_in_part[labelled_in_part % 4 != 0] = 0  # a quarter of the cells drawn
+    (part,) = prepare_examples(model, [canvas], [labelled_in_part])
+    mark_partial(model, [part], "some")
+    assert part.in_part
+    assert not part.known[-part.labels.shape[0] // 4 :].any()  # still nothing learnt in the border

@@ -253,7 +253,7 @@ class _ModelChoice:
             plane = _first_plane_with_structure(data, rgb)
             step = max(1, int(np.ceil(max(plane.shape[:2]) / 1024)))  # a few tens of ms, as in the GUI
             kind = image_modality(plane[::step, ::step]).kind
-        except ImageError:  # NaN values: the input's one line, before any model is named
+        except ImageError:  # infinite values: the input's one line, before any model is named
             raise
         except (ValueError, IndexError, TypeError):  # not a plane kinds are told on: the default model
             kind = None
@@ -276,7 +276,7 @@ def _first_plane_with_structure(data: Any, rgb: bool) -> Any:
     camera noise alone (:func:`~napari_unet.core.preprocess.is_camera_noise`), else the first plane."""
     import numpy as np
 
-    from napari_unet.core.preprocess import is_camera_noise, is_constant
+    from napari_unet.core.preprocess import fill_missing, is_camera_noise, is_constant
     from napari_unet.core.stack import check_finite, read_plane
 
     lead = tuple(data.shape[: data.ndim - (3 if rgb else 2)])
@@ -286,6 +286,7 @@ def _first_plane_with_structure(data: Any, rgb: bool) -> Any:
             break
         plane = read_plane(data, idx)
         check_finite(plane, f" (plane {idx})" if idx else "")
+        plane = fill_missing(plane)[0]  # the black border of a mosaic would make any image look dark-field
         first = plane if first is None else first
         if not (is_constant(plane) or is_camera_noise(plane)):
             return plane

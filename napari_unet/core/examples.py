@@ -17,7 +17,7 @@ import numpy as np
 
 from .checkpoint import SegmentationModel
 from .labels import check_labels
-from .preprocess import prepare_plane, without_spikes
+from .preprocess import fill_missing, prepare_plane, without_spikes
 from .scale import count_objects  # (also re-exported: the examples' object count)
 
 log = logging.getLogger(__name__)
@@ -39,13 +39,18 @@ class TrainingExample:
     source: int  # index of the input plane
     scale: float = 1.0  # factor the plane was rescaled by to reach the model's object size
     #: (H, W) bool: the pixels whose class is known, for a plane labelled in part (see
-    #: :mod:`napari_unet.core.partial`); None: every pixel (what is not labelled is background)
+    #: :mod:`napari_unet.core.partial`) or holding no data in places (NaN, a mosaic's black border:
+    #: :func:`~napari_unet.core.preprocess.fill_missing`); None: every pixel (what is not labelled
+    #: is background)
     known: np.ndarray | None = None
+    #: Whether ``known`` says the plane was labelled in part (not only where it holds no data).
+    in_part: bool = False
 
     def part(self, rows: slice, cols: slice) -> TrainingExample:
         """The example cut to ``rows`` x ``cols`` (views, not copies)."""
         known = None if self.known is None else self.known[rows, cols]
-        return TrainingExample(self.image[:, rows, cols], self.labels[rows, cols], self.source, self.scale, known)
+        return TrainingExample(self.image[:, rows, cols], self.labels[rows, cols], self.source, self.scale, known,
+                               self.in_part)
 
 
 def _as_list(images: Any, labels: Any) -> tuple[list, list]:
@@ -93,10 +98,17 @@ def prepare_examples(
                 f"Example {i + 1} is only {lab.shape} pixels; training needs planes of at least "
                 f"{MIN_PLANE_SIZE} x {MIN_PLANE_SIZE}."
             )
-        # hot pixels set to their neighbours' level before the rescale blurs them, as for prediction
+        # pixels without data filled (NaN, a mosaic's black border; nothing is learnt there) and hot
+        # pixels set to their neighbours' level before the rescale blurs them, as for prediction
+        img, missing = fill_missing(img)
         img, lab, scale = at_model_scale(model, without_spikes(img), lab)
+        known = None
+        if missing is not None:
+            from skimage.transform import resize
+
+            known = ~(missing if missing.shape == lab.shape else resize(missing, lab.shape, order=0, anti_aliasing=False))
         chw = prepare_plane(img, model.in_channels, model.normalization)
-        out.append(TrainingExample(chw, lab.astype(np.int32, copy=False), i, scale))
+        out.append(TrainingExample(chw, lab.astype(np.int32, copy=False), i, scale, known))
     return out
 
 
@@ -264,7 +276,7 @@ class TrainingSplit:
     @property
     def partial(self) -> list[int]:
         """Input planes (indices) learnt from in part: only where their class is known."""
-        return sorted({e.source for e in self.examples if e.known is not None})
+        return sorted({e.source for e in self.examples if e.in_part})
 
 
 def training_split(

@@ -108,9 +108,11 @@ class Unlabelled:
     found: np.ndarray  # every object found (labels)
 
 
-def find_unlabelled(model: SegmentationModel, image: np.ndarray, labels: np.ndarray) -> Unlabelled:
+def find_unlabelled(model: SegmentationModel, image: np.ndarray, labels: np.ndarray,
+                    has_data: np.ndarray | None = None) -> Unlabelled:
     """Objects the starting model finds in a (C, H, W) example that are not labelled ones (on the
-    device its network is on).
+    device its network is on); ``has_data``: where the example holds data (None: everywhere), the
+    objects found mostly elsewhere (in a mosaic's black border, filled) left out.
 
     ``count``: those that no labelled object comes within NEAR_PX of (what tells a plane labelled
     in part). ``mask``: every found object that is not mostly labelled, touching or not (a
@@ -120,11 +122,12 @@ def find_unlabelled(model: SegmentationModel, image: np.ndarray, labels: np.ndar
 
     from .instances import probabilities_to_labels
     from .optimise import evaluation_mode
-    from .validation import forward_plane
+    from .validation import forward_plane, where_known
 
     device = next(model.net.parameters()).device
     with evaluation_mode(model.net), torch.inference_mode():
         found = probabilities_to_labels(forward_plane(model.net, image, device), representation=model.representation)
+    found = where_known(found, has_data)
     objects = labels > 0
     near = ndi.binary_dilation(objects, iterations=NEAR_PX)
     touching = np.unique(found[near & (found > 0)])
@@ -165,7 +168,7 @@ def mark_partial(model: SegmentationModel, examples: Sequence, labelled: str, un
         if labelled == "auto" and (k >= AUTO_LIMIT or too_large):
             unchecked.append(example.source + 1)
             continue
-        found = None if untrained or too_large else find_unlabelled(model, example.image, example.labels)
+        found = None if untrained or too_large else find_unlabelled(model, example.image, example.labels, example.known)
         if labelled == "auto":
             if n_labelled == 0:
                 if found.count >= PARTIAL_MIN_UNLABELLED:
@@ -177,9 +180,11 @@ def mark_partial(model: SegmentationModel, examples: Sequence, labelled: str, un
                 continue
         ring = ring_width(model, example.labels)
         if found is None:
-            example.known = known_region(example.labels, ring)
+            known = known_region(example.labels, ring)
         else:
-            example.known = known_region(example.labels, ring, found.mask, found.found)
+            known = known_region(example.labels, ring, found.mask, found.found)
+        example.known = known if example.known is None else known & example.known  # (and where it holds data)
+        example.in_part = True
         share = float(example.known.mean())
         if labelled == "auto":
             notes.append(

@@ -45,7 +45,7 @@ from .device import free_memory_bytes, select_device
 from .engine import NetworkRunner
 from .events import Progress, run_to_end
 from .instances import probabilities_to_labels
-from .preprocess import ImageError, is_camera_noise, is_constant, without_spikes
+from .preprocess import ImageError, fill_missing, is_camera_noise, is_constant, without_spikes
 from .scale import MIN_OBJECTS, min_size_at
 from .stack import MAX_STACK_AXES, StackLayout, Window, check_finite, read_plane, stack_layout  # noqa: F401  (MAX_STACK_AXES: re-exported)
 from .tiling import TilePlan, choose_tile_and_batch, mirror_pad, plan_tiles
@@ -508,15 +508,30 @@ def iter_planes(
     runner = _PlaneRunner(_Engine(model, **engine_options), len(planes), should_stop)
     colour = _check_colour(colour, layout)
 
-    said_noise = False
+    said_noise = said_missing = False
 
-    def read(idx: tuple[int, ...], raw: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
-        """Plane ``idx`` as the network gets it (``raw``: the plane already read), and whether it held
-        camera noise alone: such a plane comes as a constant one, nothing is segmented there."""
-        nonlocal said_noise
-        plane = read_plane(image, idx, window) if raw is None else raw
-        plane = plane if colour is None else plane[..., colour]
+    def load(idx: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Plane ``idx`` as read (all its colours), its pixels without data filled, and where those are
+        (:func:`~napari_unet.core.preprocess.fill_missing`)."""
+        nonlocal said_missing
+        plane = read_plane(image, idx, window)
         check_finite(plane, f" (plane {idx})" if idx else "")
+        plane, missing = fill_missing(plane)
+        if missing is not None and not said_missing:
+            log.warning("Part of the image holds no data (NaN, or a border of one value far below the rest: the "
+                        "black fill of a mosaic or of a rotated image): filled with the image around it, and "
+                        "left without objects.")
+            said_missing = True
+        return plane, missing
+
+    def read(idx: tuple[int, ...], loaded: tuple[np.ndarray, np.ndarray | None] | None = None
+             ) -> tuple[np.ndarray, bool, np.ndarray | None]:
+        """Plane ``idx`` as the network gets it (``loaded``: what :func:`load` gave for it), whether it
+        held camera noise alone (such a plane comes as a constant one, nothing is segmented there) and
+        where it holds no data."""
+        nonlocal said_noise
+        plane, missing = load(idx) if loaded is None else loaded
+        plane = plane if colour is None else plane[..., colour]
         plane = without_spikes(plane)  # hot pixels: before any rescaling blurs them
         if is_camera_noise(plane):
             if not said_noise:
@@ -524,8 +539,8 @@ def iter_planes(
                 log.warning("%s holds camera noise alone (no structure at any scale): nothing is segmented "
                             "there%s.", which, " (nor in the other planes like it)" if len(planes) > 1 else "")
                 said_noise = runner.engine._said_constant = True  # (the constant plane below is no news)
-            return np.zeros_like(plane), True
-        return plane, False
+            return np.zeros_like(plane), True, missing
+        return plane, False, missing
 
     # a typed diameter is checked against the plane: a zoomed-in field of view of big cells is fine
     sizing = _Sizing.choose(model, diameter, layout.plane_shape, to_model_diameter)
@@ -535,10 +550,9 @@ def iter_planes(
         for k, idx in enumerate(planes):
             first = None
             if k == 0 and colour == "auto":
-                first = read_plane(image, idx, window)
-                check_finite(first, f" (plane {idx})" if idx else "")  # its own message, before the colours are measured
-                colour = auto_colour(model, first)
-            plane, noise = read(idx, first)
+                first = load(idx)  # its own message for infinite values, before the colours are measured
+                colour = auto_colour(model, first[0])
+            plane, noise, missing = read(idx, first)
             probs = None
             # a blank plane (one value, or camera noise alone) tells no size and takes none of the
             # planes the size may be looked for on (a time-lapse whose first frames are dark)
@@ -551,6 +565,7 @@ def iter_planes(
                 min_seed = model.min_seed_for(kind)
             if probs is None:
                 probs = yield from runner.at_scale(plane, sizing.scale, k)
+            probs = _background_where(probs, missing)
 
             def labels_of(probs: np.ndarray, setting: tuple[float, int, int] | None = None) -> np.ndarray:
                 """Instances of ``probs`` at the plane's scale: the labels' setting, or ``setting``."""
@@ -566,7 +581,7 @@ def iter_planes(
             # object at all heights: their cross-sections measure smaller than the objects
             if sized_here and sizing.check_pending and not to_model_diameter:
                 if sizing.check(labels_of(probs, search_setting)):
-                    probs = yield from runner.at_scale(plane, sizing.scale, k)
+                    probs = _background_where((yield from runner.at_scale(plane, sizing.scale, k)), missing)
                     plane_labels = labels_of(probs) if labels else None
             yield PlaneResult(idx, region, plane_labels, probs, inner, model.representation,
                               sizing.diameter, sizing.scale, sizing.note, min_seed, kind, colour, blank)
@@ -577,11 +592,22 @@ def iter_planes(
             elif sized_here and sizing.diameter is not None:
                 # the planes before, segmented at the image's own scale, again at the size now known
                 for k0, idx0 in unsized:
-                    probs = yield from runner.at_scale(read(idx0)[0], sizing.scale, k0)
+                    plane0, _, missing0 = read(idx0)
+                    probs = _background_where((yield from runner.at_scale(plane0, sizing.scale, k0)), missing0)
                     plane_labels = labels_of(probs) if labels else None
                     yield PlaneResult(idx0, region, plane_labels, probs, inner, model.representation,
                                       sizing.diameter, sizing.scale, sizing.note, min_seed, kind, colour)
                 unsized.clear()
+
+
+def _background_where(probs: np.ndarray, missing: np.ndarray | None) -> np.ndarray:
+    """``probs`` ((C, H, W), class 0 the background in every representation) set to background, in
+    place, where the plane holds no data (``missing``: :func:`~napari_unet.core.preprocess.fill_missing`),
+    so that no object reaches there, also when the labels are made again from them."""
+    if missing is not None:
+        probs[:, missing] = 0.0
+        probs[0, missing] = 1.0
+    return probs
 
 
 def _check_colour(colour: int | str | None, layout: StackLayout) -> int | str | None:

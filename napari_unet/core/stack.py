@@ -136,8 +136,10 @@ def read_plane(image: Any, index: tuple[int, ...] = (), window: Window | None = 
 
 
 def check_finite(plane: np.ndarray, where: str = "") -> None:
-    """Raise :class:`ImageError` when a float plane holds NaN or infinite values."""
-    if np.issubdtype(plane.dtype, np.floating) and not np.isfinite(plane).all():
+    """Raise :class:`ImageError` when a float plane holds infinite values (NaN marks pixels without
+    data: :func:`~napari_unet.core.preprocess.fill_missing`)."""
+    if np.issubdtype(plane.dtype, np.floating) and np.isinf(plane).any():
         raise ImageError(
-            f"The image holds NaN or infinite values{where}; replace them (e.g. with 0) before segmenting."
+            f"The image holds infinite values{where}; replace them (e.g. with NaN for pixels without data) "
+            "before segmenting."
         )

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from napari_unet.core.modality import KIND_WORDS  # what each kind is called in the hint
+from napari_unet.core.preprocess import fill_missing
 from napari_unet.core.stack import read_plane
 
 from ._base import current_plane_index
@@ -26,7 +27,7 @@ def shown_plane(viewer: Any, layer: Any) -> np.ndarray:
     data = layer.data[-1] if getattr(layer, "multiscale", False) else layer.data
     plane = read_plane(data, index)
     step = max(1, int(np.ceil(max(plane.shape[:2]) / 1024)))
-    return plane[::step, ::step]
+    return fill_missing(plane[::step, ::step])[0]  # NaN, the black border of a mosaic: no data
 
 
 def shown_kind(viewer: Any, layer: Any) -> str | None:
