@@ -1,5 +1,5 @@
 """Images with regions that hold no data: a black border (a stitched mosaic, an image rotated or
-registered onto a larger canvas) or NaN there.
+registered onto a larger canvas), NaN there, or marks burned in (a scale bar, a time stamp).
 
 Per-image normalisation takes a black fill for the darkest thing in the image. This puts DSB2018 val
 images on such canvases and scores AP@0.5 (automatic diameter) against their truth on the same
@@ -7,8 +7,9 @@ canvas:
 
 - fluorescence images (every third val ``grey_dark`` image, made grey) as a camera gives them, on
   an offset of 100 grey levels, and the stained-tissue (``color``) val images in colour;
-- conditions: as they are; on a canvas 1.4x as tall and wide, black right and below ("black
-  border"); the same border as NaN; rotated by 25 degrees onto a black canvas (bilinear).
+- conditions: as they are; a scale bar and a time stamp burned in at the image's highest value
+  (bottom right); on a canvas 1.4x as tall and wide, black right and below ("black border"); the
+  same border as NaN; rotated by 25 degrees onto a black canvas (bilinear).
 
 Usage::
 
@@ -36,6 +37,20 @@ BORDER = 0.4
 ANGLE = 25.0
 
 
+def _marks(shape: tuple[int, int]) -> np.ndarray:
+    """Where an exported image's scale bar (a tenth of its width, 1% of its height, bottom right)
+    and time stamp (five strokes above it) are burned in."""
+    h, w = shape
+    mask = np.zeros(shape, bool)
+    mask[int(0.95 * h) : int(0.96 * h) + 1, int(0.85 * w) : int(0.95 * w)] = True
+    stroke = max(1, w // 200)
+    for k in range(5):
+        x = int(0.85 * w) + k * int(0.02 * w)
+        mask[int(0.9 * h) : int(0.93 * h), x : x + stroke] = True
+        mask[int(0.9 * h), x : x + int(0.012 * w)] = True
+    return mask
+
+
 def conditions(image: np.ndarray, truth: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The image (H, W) or (H, W, 3) and its truth on each canvas, by name."""
     from scipy import ndimage as ndi
@@ -47,8 +62,11 @@ def conditions(image: np.ndarray, truth: np.ndarray) -> dict[str, tuple[np.ndarr
         rotated = np.stack([ndi.rotate(image[..., c], ANGLE, order=1, cval=0) for c in range(3)], axis=-1)
     else:
         rotated = ndi.rotate(image, ANGLE, order=1, cval=0.0)
+    marked = image.copy()
+    marked[_marks(truth.shape)] = np.max(image, axis=(0, 1))
     return {
         "as it is": (image, truth),
+        "scale bar and time stamp burned in": (marked, truth),
         "black border": (np.pad(image, pad_image), np.pad(truth, pad)),
         "NaN border": (np.pad(image.astype(np.float32), pad_image, constant_values=np.nan), np.pad(truth, pad)),
         f"rotated {ANGLE:.0f} deg on black": (rotated, ndi.rotate(truth, ANGLE, order=0, cval=0)),

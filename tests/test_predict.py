@@ -543,6 +543,13 @@ def test_pixels_without_data_are_filled_with_the_image_mirrored():
     rgb[20:30, 20:30] = (90, 40, 120)
     out_rgb, missing_rgb = fill_missing(rgb)
     assert np.array_equal(missing_rgb, missing) and np.array_equal(out_rgb[60:, :80], rgb[58:28:-1, :80])
+    # a scale bar and a letter burned in at the highest value: marks, unlike a saturated object
+    yy, xx = np.mgrid[:120, :160]
+    marked = (100 + 800 * np.exp(-((yy - 20) ** 2 + (xx - 50) ** 2) / 60.0)).clip(None, 600).astype(np.uint16)
+    marked[114:117, 120:150] = marked[100:110, 140] = marked[100, 136:142] = 600
+    marks = fill_missing(marked)[1]
+    assert marks is not None and marks.sum() == 3 * 30 + 10 + 5 and marks[114:117, 120:150].all()
+    assert not marks[:60].any()  # the saturated object's plateau (its flank is nearly as bright) stays
     # one value alone is a constant plane (nothing to segment), not a plane without data
     assert fill_missing(np.full((20, 20), 9, np.uint8))[1] is None
     # NaN alone: a constant plane, all of it without data
@@ -577,3 +584,21 @@ def test_a_black_border_does_not_cost_the_objects(dsb_fluo_crop, border):
     assert average_precision(truth, found) > clean_ap - 0.05
     if border != "rotated":
         assert not found[128:].any() and not found[:, 128:].any()
+
+
+def test_a_burned_in_scale_bar_and_text_are_left_out(dsb_fluo_crop):
+    """A scale bar and a time stamp burned into an exported image at its highest value: the model
+    took the marks for objects (and a large bar set the top of the normalisation); they are filled
+    as pixels without data, and nothing is found on them."""
+    from napari_unet.core.metrics import average_precision
+
+    image, labels = dsb_fluo_crop
+    model = load_model("nuclei", device="cpu")
+    clean_ap = average_precision(labels, segment(model, image))
+    drawn = np.zeros(image.shape, bool)
+    drawn[118:121, 90:124] = True  # the bar
+    for x in (92, 100, 108):  # the time stamp's strokes
+        drawn[104:114, x : x + 2] = drawn[104, x : x + 6] = True
+    found = segment(model, np.where(drawn, 255, image).astype(np.uint8))
+    assert not found[drawn].any()
+    assert average_precision(labels, found) > clean_ap - 0.03
