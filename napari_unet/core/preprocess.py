@@ -194,11 +194,11 @@ def fill_missing(plane: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     missing region (see :data:`MISSING_MIN_FRACTION`, :data:`MISSING_GAP`; NaN pixels anywhere; the
     marks) is filled with the image mirrored at its edge: each pixel takes the value of its
     reflection through its nearest pixel with data (that pixel itself where the reflection has no
-    data either). So the network sees at the
-    region's edge what its tiles see at the image's own edges, and the plane keeps its statistics: a
-    constant fill of the background does not, and where objects are few the percentile
-    normalisation then stretched the plane differently (stained tissue, made grey, with a 40% border:
-    0.623 with the background's median against 0.694 mirrored, 0.685 without the border).
+    data either). So the network sees at the region's edge what its tiles see at the image's own
+    edges, and the plane keeps its statistics: a constant fill of the background does not, and where
+    objects are few the percentile normalisation then stretched the plane differently (stained
+    tissue, made grey, with a 40% border: 0.623 with the background's median against 0.694
+    mirrored, 0.685 without the border).
 
     Returns the filled plane (``plane`` itself when nothing is missing, else a copy, float32 for
     float input) and a boolean (H, W) mask of the regions that hold no data, where the plane loop
