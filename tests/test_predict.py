@@ -558,7 +558,7 @@ def test_pixels_without_data_are_filled_with_the_image_mirrored():
 
 
 @pytest.mark.parametrize("border", ["black", "nan", "rotated"])
-def test_a_black_border_does_not_cost_the_objects(dsb_fluo_crop, border):
+def test_a_black_border_does_not_cost_the_objects(dsb_fluo_crop, border, caplog):
     """A real fluorescence field (dim camera data on an offset) on a larger black canvas, as a
     stitched mosaic or a rotated, registered image comes: per-image normalisation took the black
     for the darkest thing in the image and lifted the background to mid-grey (DSB2018 val 0.815 ->
@@ -579,7 +579,10 @@ def test_a_black_border_does_not_cost_the_objects(dsb_fluo_crop, border):
     else:
         canvas = np.pad(camera, ((0, 80), (0, 80)), constant_values=np.nan if border == "nan" else 0.0)
         truth = np.pad(labels, ((0, 80), (0, 80)))
-    found = segment(model, canvas)
+    with caplog.at_level("WARNING", logger="napari_unet"):
+        found = segment(model, canvas)
+    said = [r.getMessage() for r in caplog.records if "holds no data" in r.getMessage()]
+    assert len(said) == 1 and "left without objects" in said[0]
     assert found.shape == truth.shape
     assert average_precision(truth, found) > clean_ap - 0.05
     if border != "rotated":

@@ -518,9 +518,9 @@ def iter_planes(
         check_finite(plane, f" (plane {idx})" if idx else "")
         plane, missing = fill_missing(plane)
         if missing is not None and not said_missing:
-            log.warning("Part of the image holds no data (NaN, or a border of one value far below the rest: the "
-                        "black fill of a mosaic or of a rotated image): filled with the image around it, and "
-                        "left without objects.")
+            log.warning("Part of the image holds no data (NaN, the black fill of a mosaic or of a rotated image, "
+                        "or a scale bar or time stamp burned in): filled with the image around it, and left "
+                        "without objects.")
             said_missing = True
         return plane, missing
 
