@@ -236,15 +236,22 @@ def fill_missing(plane: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         large[0] = False
         if large.any():
             no_data = large[parts] if no_data is None else no_data | large[parts]
-    # each missing pixel: the value of its reflection through its nearest pixel with data
-    ys, xs = np.nonzero(missing)
-    _, (qy, qx) = ndi.distance_transform_edt(missing, return_indices=True)
-    qy, qx = qy[ys, xs], qx[ys, xs]
-    ry, rx = 2 * qy - ys, 2 * qx - xs
-    mirrored = (ry >= 0) & (ry < h) & (rx >= 0) & (rx < w)
-    mirrored[mirrored] = ~missing[ry[mirrored], rx[mirrored]]
+    # each missing pixel: the value of its reflection through its nearest pixel with data (both are
+    # pixels with data, which the fill never changes); in blocks of rows, so that a large mosaic
+    # needs about 15 bytes a pixel (8 of them the nearest pixels' indices; 4096 x 4096: 1.7 s)
+    nearest = ndi.distance_transform_edt(missing, return_distances=False, return_indices=True)
     out = arr.astype(np.float32) if np.issubdtype(arr.dtype, np.floating) else arr.copy()
-    out[ys, xs] = out[np.where(mirrored, ry, qy), np.where(mirrored, rx, qx)]
+    rows = max(1, (1 << 20) // w)
+    for y0 in range(0, h, rows):
+        ys, xs = np.nonzero(missing[y0 : y0 + rows])
+        if ys.size == 0:
+            continue
+        ys += y0
+        qy, qx = nearest[0][ys, xs], nearest[1][ys, xs]
+        ry, rx = 2 * qy - ys, 2 * qx - xs
+        mirrored = (ry >= 0) & (ry < h) & (rx >= 0) & (rx < w)
+        mirrored[mirrored] = ~missing[ry[mirrored], rx[mirrored]]
+        out[ys, xs] = out[np.where(mirrored, ry, qy), np.where(mirrored, rx, qx)]
     return out, no_data
 
 
@@ -262,24 +269,26 @@ def _overlays(arr: np.ndarray, colour: bool, nan: np.ndarray | None) -> np.ndarr
 
     marks, count = ndi.label(at_high, structure=np.ones((3, 3), bool))
     sizes = np.bincount(marks.ravel())
-    grey = (arr.mean(axis=-1) if colour else arr).astype(np.float64)
-    if nan is not None:
-        grey = np.where(nan, np.nan, grey)
     # the pixels right beside each mark: the image's own level there (the brightest tenth: a saturated
     # object's flank is partly nearly as bright as its plateau; a burned-in mark's neighbours are the
     # background, or the objects it was written over)
     beside = ndi.maximum_filter(marks, size=3)
     beside[at_high | (nan if nan is not None else False)] = 0
-    level = np.asarray(ndi.labeled_comprehension(grey, beside, np.arange(1, count + 1), _brightest_tenth,
-                                                 np.float64, np.nan), dtype=np.float64)
-    sample = grey[:: max(1, h // 512), :: max(1, w // 512)]
-    low = float(np.nanpercentile(sample, 1.0))
+    where = beside > 0
+    level = np.asarray(ndi.labeled_comprehension(_grey(arr[where], colour), beside[where], np.arange(1, count + 1),
+                                                 _brightest_tenth, np.float64, np.nan), dtype=np.float64)
+    low = float(np.nanpercentile(_grey(arr[:: max(1, h // 512), :: max(1, w // 512)], colour), 1.0))
     top = float(np.mean(highest)) if colour else float(highest[0])
     if top - low <= 0:
         return None
     overlay = np.zeros(count + 1, bool)
     overlay[1:] = (sizes[1:] >= OVERLAY_MIN_PX) & np.isfinite(level) & (top - level >= OVERLAY_EDGE * (top - low))
     return overlay[marks] if overlay.any() else None
+
+
+def _grey(values: np.ndarray, colour: bool) -> np.ndarray:
+    """Pixel values as float64 grey (the mean of the colours)."""
+    return values.mean(axis=-1) if colour else values.astype(np.float64)
 
 
 def _brightest_tenth(values: np.ndarray) -> float:
@@ -306,7 +315,7 @@ def _lowest_regions(arr: np.ndarray, colour: bool, nan: np.ndarray | None, min_p
     if not edge.size:
         return None
     regions = np.isin(found, edge)
-    grey = arr.mean(axis=-1) if colour else arr
+    del found
     ring = ndi.binary_dilation(regions, iterations=MISSING_RING_PX) & ~ndi.binary_dilation(regions)
     other = ~regions if nan is None else ~(regions | nan)
     if not other.any():  # one value (and NaN) alone: a constant plane, nothing to fill it from
@@ -314,10 +323,12 @@ def _lowest_regions(arr: np.ndarray, colour: bool, nan: np.ndarray | None, min_p
     ring &= other
     if not ring.any():
         ring = other
-    rest = grey[other]
-    rest = rest[:: max(1, rest.size // 262144)]
+    step = max(1, int(np.sqrt(h * w / 262144)))
+    rest = _grey(arr[::step, ::step][other[::step, ::step]], colour)
+    if rest.size == 0:
+        rest = _grey(arr[other], colour)
     p1, p99 = (float(v) for v in np.percentile(rest, [1.0, 99.0]))
-    level = float(np.median(grey[ring]))
+    level = float(np.median(_grey(arr[ring], colour)))
     return regions if level - float(np.mean(lowest)) >= MISSING_GAP * max(p99 - p1, 1e-12) else None
 
 
