@@ -401,6 +401,14 @@ def test_constant_slice_is_a_notification(widget, qtbot, c2c12_stack, notificati
     assert not viewer.layers[masks_layer_name("dark")].data[2].any()
     assert any(m.startswith("Slice 2 holds camera noise alone") for m in notifications)
 
+    registered = c2c12_stack.astype(np.float32)
+    registered[3] = np.nan  # a frame that a registration moved out of the field: no data
+    moved = viewer.add_image(registered, name="moved")
+    viewer.dims.set_current_step(0, 3)
+    _segment(w, qtbot, moved)
+    assert not viewer.layers[masks_layer_name("moved")].data[3].any()
+    assert any(m.startswith("Slice 3 holds no data") for m in notifications)
+
 
 def test_removing_the_image_mid_run_abandons_it(widget, qtbot, data_dir, notifications):
     viewer, w = widget

@@ -367,10 +367,12 @@ class PlaneResult:
     colour : int or None
         The colour of an RGB image that was segmented on its own (0 red, 1 green, 2 blue; see
         :func:`~napari_unet.core.channels.nuclear_colour`); None: a grey plane, or the mean of the colours.
-    blank : {"constant", "noise"} or None
+    blank : {"constant", "noise", "no data"} or None
         Why nothing was segmented, when the plane (the window that was predicted, as the network
-        got it: hot pixels out, the colour chosen) had nothing to segment: one value only, or camera
-        noise alone (:func:`~napari_unet.core.preprocess.is_camera_noise`); None otherwise.
+        got it: hot pixels out, the colour chosen) had nothing to segment: one value only, camera
+        noise alone (:func:`~napari_unet.core.preprocess.is_camera_noise`), or no data in the region
+        segmented (NaN, a black border: :func:`~napari_unet.core.preprocess.fill_missing`); None
+        otherwise.
     """
 
     index: tuple[int, ...]
@@ -554,9 +556,10 @@ def iter_planes(
                 colour = auto_colour(model, first[0])
             plane, noise, missing = read(idx, first)
             probs = None
-            # a blank plane (one value, or camera noise alone) tells no size and takes none of the
+            # a blank plane (one value, camera noise alone, no data) tells no size and takes none of the
             # planes the size may be looked for on (a time-lapse whose first frames are dark)
-            blank = "noise" if noise else "constant" if is_constant(plane) else None
+            blank = ("noise" if noise else "no data" if missing is not None and missing[inner].all()
+                     else "constant" if is_constant(plane) else None)
             sized_here = sizing.search is not None and blank is None
             if sized_here:  # the first plane tells the object size ...
                 probs = yield from sizing.estimate(runner, plane, k, *search_setting, index=idx)

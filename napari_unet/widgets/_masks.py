@@ -301,17 +301,22 @@ def forget_history_of_planes(layer: Any, planes: list[tuple[int, ...]]) -> None:
 
 
 def report_empty_planes(empty_planes: list[Any]) -> None:
-    """One warning for the planes of a run where nothing was found (constant ones first, then those of
-    camera noise alone)."""
+    """One warning for the planes of a run where nothing was found (constant ones first, then those
+    without data, then those of camera noise alone)."""
     from ._base import notify_warning
 
     constant = [e.index for e in empty_planes if e.constant]
-    noise = [e.index for e in empty_planes if e.noise and not e.constant]
-    others = [e.index for e in empty_planes if not (e.constant or e.noise)]
+    no_data = [e.index for e in empty_planes if e.no_data and not e.constant]
+    noise = [e.index for e in empty_planes if e.noise and not (e.constant or e.no_data)]
+    others = [e.index for e in empty_planes if not (e.constant or e.noise or e.no_data)]
     if constant:
         verb = "has" if len(constant) == 1 else "have"
         notify_warning(f"{_sentence(_planes_text(constant))} {verb} a single value everywhere: nothing to "
                        "segment there (masks left empty).")
+    if no_data:
+        verb = "holds" if len(no_data) == 1 else "hold"
+        notify_warning(f"{_sentence(_planes_text(no_data))} {verb} no data (NaN, or a black border, everywhere): "
+                       "nothing to segment there (masks left empty).")
     if noise:
         verb = "holds" if len(noise) == 1 else "hold"
         notify_warning(f"{_sentence(_planes_text(noise))} {verb} camera noise alone (no structure at any "

@@ -35,6 +35,7 @@ class EmptyPlane:
     index: tuple[int, ...]
     constant: bool  # the segmented part of the plane holds one value only
     noise: bool = False  # ... or camera noise alone (core.preprocess.is_camera_noise)
+    no_data: bool = False  # ... or no data at all (NaN, a black border: core.preprocess.fill_missing)
 
 
 def segment_planes(
@@ -65,4 +66,4 @@ def segment_planes(
             item = dataclasses.replace(item, probabilities=item.probabilities.astype(np.float16))
         yield item
         if isinstance(item, PlaneResult) and item.labels is not None and not item.labels.any():
-            yield EmptyPlane(item.index, item.blank == "constant", item.blank == "noise")
+            yield EmptyPlane(item.index, item.blank == "constant", item.blank == "noise", item.blank == "no data")
