@@ -605,3 +605,18 @@ def test_a_burned_in_scale_bar_and_text_are_left_out(dsb_fluo_crop):
     found = segment(model, np.where(drawn, 255, image).astype(np.uint8))
     assert not found[drawn].any()
     assert average_precision(labels, found) > clean_ap - 0.03
+
+
+def test_a_frame_without_data_is_said_once_and_not_called_constant(dsb_fluo_crop, caplog):
+    """A time-lapse frame that registration moved out of the field (all NaN): empty labels, said as
+    a part without data, not as 'a plane of the image is constant'."""
+    model = _model("same")
+    image, _ = dsb_fluo_crop
+    stack = np.stack([image, image, image]).astype(np.float32)
+    stack[1] = np.nan
+    with caplog.at_level("WARNING", logger="napari_unet"):
+        labels = segment(model, stack, axes="TYX", diameter="native")
+    assert labels.shape == stack.shape and not labels[1].any()
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("holds no data" in m for m in messages) == 1
+    assert not any("constant" in m for m in messages)

@@ -560,6 +560,8 @@ def iter_planes(
             # planes the size may be looked for on (a time-lapse whose first frames are dark)
             blank = ("noise" if noise else "no data" if missing is not None and missing[inner].all()
                      else "constant" if is_constant(plane) else None)
+            if blank == "no data":  # said when it was read: no news that the filled plane is constant
+                runner.engine._said_constant = True
             sized_here = sizing.search is not None and blank is None
             if sized_here:  # the first plane tells the object size ...
                 probs = yield from sizing.estimate(runner, plane, k, *search_setting, index=idx)
