@@ -126,13 +126,10 @@ def _stack_colour(model: SegmentationModel, image: Any, layout: Any) -> int | st
     if not layout.rgb or model.in_channels != 1:
         return "mean"
     from napari_unet.core.predict import auto_colour
-    from napari_unet.core.preprocess import fill_missing
-    from napari_unet.core.stack import check_finite, read_plane
+    from napari_unet.core.stack import read_filled_plane
 
-    index = layout.indices()[0]
-    plane = read_plane(image, index)
-    check_finite(plane, f" (plane {index})" if index else "")  # its own message, before the colours are measured
-    colour = auto_colour(model, fill_missing(plane)[0])
+    # infinite values get their own message before the colours are measured
+    colour = auto_colour(model, read_filled_plane(image, layout.indices()[0])[0])
     return "mean" if colour is None else colour
 
 

@@ -276,17 +276,15 @@ def _first_plane_with_structure(data: Any, rgb: bool) -> Any:
     camera noise alone (:func:`~napari_unet.core.preprocess.is_camera_noise`), else the first plane."""
     import numpy as np
 
-    from napari_unet.core.preprocess import fill_missing, is_camera_noise, is_constant
-    from napari_unet.core.stack import check_finite, read_plane
+    from napari_unet.core.preprocess import is_camera_noise, is_constant
+    from napari_unet.core.stack import read_filled_plane, read_plane
 
     lead = tuple(data.shape[: data.ndim - (3 if rgb else 2)])
     first = None
     for n, idx in enumerate(np.ndindex(*lead)):
         if n >= MODEL_CHOICE_PLANES:
             break
-        plane = read_plane(data, idx)
-        check_finite(plane, f" (plane {idx})" if idx else "")
-        plane = fill_missing(plane)[0]  # the black border of a mosaic would make any image look dark-field
+        plane = read_filled_plane(data, idx)[0]  # a mosaic's black border would make any image look dark-field
         first = plane if first is None else first
         if not (is_constant(plane) or is_camera_noise(plane)):
             return plane

@@ -45,9 +45,9 @@ from .device import free_memory_bytes, select_device
 from .engine import NetworkRunner
 from .events import Progress, run_to_end
 from .instances import probabilities_to_labels
-from .preprocess import ImageError, fill_missing, is_camera_noise, is_constant, without_spikes
+from .preprocess import ImageError, is_camera_noise, is_constant, without_spikes
 from .scale import MIN_OBJECTS, min_size_at
-from .stack import MAX_STACK_AXES, StackLayout, Window, check_finite, read_plane, stack_layout  # noqa: F401  (MAX_STACK_AXES: re-exported)
+from .stack import MAX_STACK_AXES, StackLayout, Window, read_filled_plane, stack_layout  # noqa: F401  (MAX_STACK_AXES: re-exported)
 from .tiling import TilePlan, choose_tile_and_batch, mirror_pad, plan_tiles
 
 log = logging.getLogger(__name__)
@@ -516,9 +516,7 @@ def iter_planes(
         """Plane ``idx`` as read (all its colours), its pixels without data filled, and where those are
         (:func:`~napari_unet.core.preprocess.fill_missing`)."""
         nonlocal said_missing
-        plane = read_plane(image, idx, window)
-        check_finite(plane, f" (plane {idx})" if idx else "")
-        plane, missing = fill_missing(plane)
+        plane, missing = read_filled_plane(image, idx, window)
         if missing is not None and not said_missing:
             log.warning("Part of the image holds no data (NaN, the black fill of a mosaic or of a rotated image, "
                         "or a scale bar or time stamp burned in): filled with the image around it, and left "

@@ -14,7 +14,7 @@ import numpy as np
 
 from napari_unet._shapes import channels_last
 
-from .preprocess import ImageError
+from .preprocess import ImageError, fill_missing
 
 #: Extra axes (beyond the 2D plane and the RGB axis) that a stack may have.
 MAX_STACK_AXES = 2
@@ -22,7 +22,8 @@ MAX_STACK_AXES = 2
 #: A window of a plane: (rows, columns).
 Window = tuple[slice, slice]
 
-__all__ = ["MAX_STACK_AXES", "StackLayout", "Window", "check_finite", "read_plane", "stack_layout"]
+__all__ = ["MAX_STACK_AXES", "StackLayout", "Window", "check_finite", "read_filled_plane", "read_plane",
+           "stack_layout"]
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,17 @@ def read_plane(image: Any, index: tuple[int, ...] = (), window: Window | None = 
     if hasattr(plane, "compute"):  # dask
         plane = plane.compute()
     return np.asarray(plane)
+
+
+def read_filled_plane(image: Any, index: tuple[int, ...] = (), window: Window | None = None
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`read_plane`, refused when it holds infinite values (:func:`check_finite`, the message
+    naming the plane), with its pixels without data filled, and where those are
+    (:func:`~napari_unet.core.preprocess.fill_missing`): every colour of it, as read before anything
+    is measured on it."""
+    plane = read_plane(image, index, window)
+    check_finite(plane, f" (plane {index})" if index else "")
+    return fill_missing(plane)
 
 
 def check_finite(plane: np.ndarray, where: str = "") -> None:
