@@ -24,7 +24,10 @@ imported here only (not when napari-unet is imported); it is the optional extra
 Differences between our normalisation and ``scale_range`` (see :func:`.preprocess.normalize`):
 ``scale_range`` divides by ``(high - low + 1e-6)``, and we take the percentiles of every k-th
 pixel on planes of 1024 pixels or more per side (k = side // 512); neither changes the
-probabilities beyond float rounding on ordinary images.
+probabilities beyond float rounding on ordinary images. In a field with few objects in camera
+noise, napari-unet takes the objects' brightness for the top (see
+:data:`.preprocess.SPARSE_NOISE_SIGMAS`), which ``scale_range`` cannot say: the exported model sees
+such a field as plain percentiles make it (its test tensors are made that way).
 """
 
 from __future__ import annotations
@@ -146,7 +149,7 @@ def make_test_tensors(model: SegmentationModel, plane: np.ndarray | None = None)
     minimum, step = input_size_rule(net)
     raw = as_channels_first(plane, net.config.in_channels)  # RGB -> grey as in napari-unet
     raw = np.moveaxis(_fit_to_rule(np.moveaxis(raw, 0, -1), minimum, step), -1, 0)
-    x = normalize(raw.copy(), model.normalization)
+    x = normalize(raw.copy(), model.normalization, sparse_fields=False)  # the RDF's scale_range
     probs_net = UNetProbabilities.from_config(net.config)
     probs_net.load_state_dict(net.state_dict())
     probs_net.eval()
