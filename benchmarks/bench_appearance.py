@@ -1,5 +1,5 @@
 """How the built-in model copes with how other microscopes make nuclei look: uneven illumination,
-defocus and saturation.
+defocus, saturation and stripes.
 
 DSB2018's fluorescence images are mostly evenly lit, in focus and not saturated; a lab's own often
 are not. This changes DSB2018 val fluorescence images in one way at a time, segments each with the
@@ -13,7 +13,11 @@ automatic diameter and scores AP@0.5 against the ground truth of the unchanged i
 - defocus: a Gaussian blur of sigma d / 8 or d / 4 (d: the image's median nucleus diameter); the
   truth is the in-focus outline, so part of the loss at d / 4 is the blurred nuclei looking larger;
 - saturation: the image clipped at 0.5x or 0.25x the nuclei's contrast above the background (the
-  brighter nuclei become plateaus of one value).
+  brighter nuclei become plateaus of one value);
+- stripes: each row offset at random (Gaussian, sigma 0.05x or 0.15x the contrast: an sCMOS camera's
+  row noise, a scanner's flicker), each column (0.15x: a CCD's), rows gained at random (sigma 0.1x /
+  0.25x: multiplicative flicker), a sine of 7.3 rows (0.1x: banding); and Gaussian camera noise of
+  0.1x the contrast, alone and under rows offset by 0.05x. Seeded per image.
 
 Usage::
 
@@ -59,6 +63,17 @@ def variants(image: np.ndarray, truth: np.ndarray) -> dict[str, Callable[[], np.
     contrast = max(float(np.percentile(img[truth > 0], 90)) - background, 1e-6) if truth.any() else 1.0
     d = median_diameter(truth) or 10.0
     ramp, vignette = _fields(img.shape)
+    h, w = img.shape
+    rng = np.random.default_rng(h * 100_003 + w)  # the same stripes on every run and in every model's column
+
+    def lines(sigma: float, n: int) -> np.ndarray:
+        return rng.normal(0.0, sigma, n)
+
+    rows_5, rows_15 = lines(0.05 * contrast, h)[:, None], lines(0.15 * contrast, h)[:, None]
+    cols_15 = lines(0.15 * contrast, w)
+    gains_10, gains_25 = 1 + lines(0.10, h)[:, None], 1 + lines(0.25, h)[:, None]
+    noise = rng.normal(0.0, 0.1 * contrast, img.shape)
+    band = 0.1 * contrast * np.sin(2 * np.pi * np.arange(h) / 7.3)[:, None]
     return {
         "as it is": lambda: img,
         "ramp 0.5": lambda: img + 0.5 * contrast * ramp,
@@ -70,6 +85,14 @@ def variants(image: np.ndarray, truth: np.ndarray) -> dict[str, Callable[[], np.
         "blur d/4": lambda: gaussian_filter(img, d / 4),
         "saturated 0.5": lambda: np.minimum(img, background + 0.5 * contrast),
         "saturated 0.25": lambda: np.minimum(img, background + 0.25 * contrast),
+        "rows offset 0.05": lambda: img + rows_5,
+        "rows offset 0.15": lambda: img + rows_15,
+        "columns offset 0.15": lambda: img + cols_15[None, :],
+        "rows gained 0.1": lambda: background + (img - background) * gains_10,
+        "rows gained 0.25": lambda: background + (img - background) * gains_25,
+        "banding 7.3 rows 0.1": lambda: img + band,
+        "camera noise 0.1": lambda: img + noise,
+        "camera noise 0.1 + rows offset 0.05": lambda: img + noise + rows_5,
     }
 
 

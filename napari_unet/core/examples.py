@@ -17,7 +17,7 @@ import numpy as np
 
 from .checkpoint import SegmentationModel
 from .labels import check_labels
-from .preprocess import fill_missing, prepare_plane, without_spikes
+from .preprocess import fill_missing, prepare_plane, without_camera_artefacts
 from .scale import count_objects  # (also re-exported: the examples' object count)
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def prepare_examples(
         # pixels without data filled (NaN, a mosaic's black border; nothing is learnt there) and hot
         # pixels set to their neighbours' level before the rescale blurs them, as for prediction
         img, missing = fill_missing(img)
-        img, lab, scale = at_model_scale(model, without_spikes(img), lab)
+        img, lab, scale = at_model_scale(model, without_camera_artefacts(img), lab)
         known = None
         if missing is not None:
             from skimage.transform import resize

@@ -45,7 +45,7 @@ from .device import free_memory_bytes, select_device
 from .engine import NetworkRunner
 from .events import Progress, run_to_end
 from .instances import probabilities_to_labels
-from .preprocess import ImageError, is_camera_noise, is_constant, without_spikes
+from .preprocess import ImageError, is_camera_noise, is_constant, without_camera_artefacts
 from .scale import MIN_OBJECTS, min_size_at
 from .stack import MAX_STACK_AXES, StackLayout, Window, read_filled_plane, stack_layout  # noqa: F401  (MAX_STACK_AXES: re-exported)
 from .tiling import TilePlan, choose_tile_and_batch, mirror_pad, plan_tiles
@@ -532,7 +532,7 @@ def iter_planes(
         nonlocal said_noise
         plane, missing = load(idx) if loaded is None else loaded
         plane = plane if colour is None else plane[..., colour]
-        plane = without_spikes(plane)  # hot pixels: before any rescaling blurs them
+        plane = without_camera_artefacts(plane)  # hot pixels, stripes: before any rescaling blurs them
         if is_camera_noise(plane):
             if not said_noise:
                 which = f"The plane at index {', '.join(map(str, idx))}" if idx else "The image"

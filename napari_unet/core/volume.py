@@ -40,7 +40,7 @@ import numpy as np
 
 from .checkpoint import SegmentationModel
 from .events import Progress, run_to_end
-from .preprocess import ImageError, without_spikes
+from .preprocess import ImageError, without_camera_artefacts
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ class _SidePlanes:
 
             # hot pixels out before the plane is resampled: shrunk (anti-aliased) they are no longer
             # isolated, and the plane loop (which takes them out of every plane it reads) would leave them in
-            plane = without_spikes(plane)
+            plane = without_camera_artefacts(plane)
             # only ever shrinks (one axis): anti-aliased
             plane = resize(plane.astype(np.float32), self.plane_shape, order=1, anti_aliasing=True,
                            preserve_range=True).astype(np.float32)
