@@ -53,6 +53,17 @@ IN_MEMORY_PROBABILITIES = 512 * 2**20
 SIDE_SLAB_BYTES = 128 * 2**20
 #: Stitch mode: a plane's object continues an object of the plane above when their IoU is at least this.
 STITCH_IOU = 0.25
+#: Side views see the z planes on one background and brightness (see :class:`_PlaneLevels`): a side
+#: view's rows are the z planes, whose backgrounds differ (StarDist's synthetic nuclei: 182-192 grey
+#: levels, rows offset in every side view) and whose light fades with depth (that stack dimmed to 10%
+#: at its deepest plane: 3D AP@0.5 0.633 -> 0.424, xy planes alone 0.567; benchmarks/RESULTS.md "3D
+#: stacks: the planes' background and brightness"). The notes say so when the objects' contrast
+#: changes by more than this factor over the stack.
+LEVEL_RATIO = 1.5
+#: ... and the gain of a plane is kept within this factor of 1 (a trend is no reason to amplify noise).
+LEVEL_MAX_GAIN = 20.0
+#: Pixels a plane's objects (and its background) need for their brightness to be measured.
+LEVEL_MIN_PIXELS = 50
 
 __all__ = [
     "MODES", "VolumeNote", "check_spacing", "iter_segment_stack_3d", "iter_segment_volume", "segment_volume",
@@ -178,11 +189,13 @@ class _SidePlanes:
     then treats both axes of the plane alike, as for an xy plane.
 
     Reads the volume in slabs of neighbouring planes (lazy arrays chunked by z plane are not
-    read once per side plane) and keeps one slab.
+    read once per side plane) and keeps one slab. ``levels``: (background, gain) of each z plane
+    (:meth:`_PlaneLevels.levels`), applied to its row of every side plane.
     """
 
-    def __init__(self, volume: Any, axis: int, z_factor: float) -> None:
-        self.volume, self.axis, self.z_factor = volume, axis, z_factor
+    def __init__(self, volume: Any, axis: int, z_factor: float,
+                 levels: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        self.volume, self.axis, self.z_factor, self.levels = volume, axis, z_factor, levels
         nz, ny, nx = (int(s) for s in volume.shape)
         self.n = nx if axis == 2 else ny
         self.width = ny if axis == 2 else nx
@@ -208,6 +221,9 @@ class _SidePlanes:
             slab = _read(self.volume, key)
             # planes first: (n, Z, W)
             slab = np.moveaxis(slab, self.axis, 0)
+            if self.levels is not None:  # each z plane's objects at one brightness
+                background, gain = self.levels
+                slab = (slab.astype(np.float32) - background[None, :, None]) * gain[None, :, None]
             self._cached = (start, slab)
         plane = self._cached[1][i - start]
         if self.plane_shape != plane.shape:
@@ -235,6 +251,47 @@ class _SidePlanes:
 
         # resize_probabilities works on (C, h, w) planes: z is h here
         return resize_probabilities(probs, (self.nz, self.width))
+
+
+class _PlaneLevels:
+    """The brightness of each z plane's objects and background, measured on what the model found in
+    the plane (the xy view: each plane normalised on its own, it holds up when light is lost with
+    depth), so that the side views, whose rows are the z planes, can see them at one brightness."""
+
+    def __init__(self, nz: int) -> None:
+        self.background = np.full(nz, np.nan)
+        self.objects = np.full(nz, np.nan)
+        self.pixels = np.zeros(nz)
+
+    def add(self, volume: Any, z: int, probs: np.ndarray, representation: str) -> None:
+        """Measures plane ``z`` of ``volume`` (every k-th pixel of a large plane) on its xy probabilities."""
+        step = max(1, max(probs.shape[1:]) // 512)
+        values = _read(volume, (z, slice(None, None, step), slice(None, None, step))).astype(np.float32)
+        foreground = _foreground_interior(probs, representation)[0][::step, ::step]
+        on, off = foreground > 0.5, foreground < 0.1
+        if np.count_nonzero(on) >= LEVEL_MIN_PIXELS and np.count_nonzero(off) >= LEVEL_MIN_PIXELS:
+            self.background[z] = float(np.median(values[off]))
+            self.objects[z] = float(np.median(values[on]))
+            self.pixels[z] = np.count_nonzero(on)
+
+    def levels(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(background, gain) per z plane, or None when fewer than three planes held objects to
+        measure (the planes are then left as they are). The background: each plane's own (planes
+        without objects: their nearest neighbours'). The gain follows an exponential trend of the
+        objects' contrast with z (a straight line through its logarithm, each plane weighted by its
+        object pixels), not each plane's own contrast: the caps of nuclei are dimmer than their
+        middles, and brought to one brightness they ran into the nuclei above and below them in the
+        side views (0.516 against 0.633 on the synthetic stack)."""
+        contrast = self.objects - self.background
+        valid = np.isfinite(contrast) & (contrast > 0)
+        if np.count_nonzero(valid) < 3:
+            return None
+        z, known = np.arange(len(contrast)), np.flatnonzero(valid)
+        slope, intercept = np.polyfit(known, np.log(contrast[known]), 1, w=np.sqrt(self.pixels[known]))
+        trend = np.exp(intercept + slope * z)
+        background = np.interp(z, known, self.background[known])
+        gain = np.clip(float(np.median(trend)) / trend, 1 / LEVEL_MAX_GAIN, LEVEL_MAX_GAIN)
+        return background.astype(np.float32), gain.astype(np.float32)
 
 
 def _read(array: Any, key: tuple[slice, ...]) -> np.ndarray:
@@ -416,12 +473,15 @@ def _iter_3d(model, volume, spacing, diameter, orthogonal, threshold, min_size, 
     stages = _Stages(weights)
     store = _ProbabilityStore((nz, ny, nx), workdir)
     found: dict[str, Any] = {}
+    levels = _PlaneLevels(nz)
     try:
         def add_xy(result) -> None:
             found["last"] = result  # the size is known by then (the first planes may have been looked at only)
             # planes run while the size was still unknown (too few objects in the middle plane) come
             # again once it is: the later result replaces the earlier (the xy view is the first one)
             store.add((result.index[0],), result.probabilities, result.representation, replace=True)
+            if orthogonal:
+                levels.add(volume, result.index[0], result.probabilities, result.representation)
 
         yield from _forward(
             iter_planes(model, volume, rgb=False, by_kind=False, planes=_middle_first(nz), diameter=diameter,
@@ -437,7 +497,12 @@ def _iter_3d(model, volume, spacing, diameter, orthogonal, threshold, min_size, 
             yield VolumeNote(f"The stack is only {nzr} px deep (at the xy pixel size), less than two objects "
                              f"of {xy_diameter:.3g} px: only xy planes are predicted (no yz / xz views).")
             orthogonal = False
-        sides = {axis: _SidePlanes(volume, axis, z_factor) for axis in (2, 1)} if orthogonal else {}
+        plane_levels = levels.levels() if orthogonal else None
+        if plane_levels is not None and (gain := plane_levels[1]).max() > LEVEL_RATIO * gain.min():
+            yield VolumeNote(f"The planes' objects differ in brightness up to {gain.max() / gain.min():.2g}x "
+                             "(light lost with depth?): the yz / xz views see them at one brightness.")
+        sides = ({axis: _SidePlanes(volume, axis, z_factor, plane_levels) for axis in (2, 1)}
+                 if orthogonal else {})
         if sides and xy_diameter and xy_diameter < max(side.pixel for side in sides.values()):
             # a side view's pixel is one plane step wide: no object there to segment (nor a diameter)
             yield VolumeNote(f"The objects ({xy_diameter:.3g} px) are narrower than the planes are apart "
