@@ -169,6 +169,17 @@ SPIKE_FRACTION_OF_RANGE = 0.25
 _NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
 
 
+def _camera_channels(arr: np.ndarray, min_side: int) -> int | None:
+    """How many channels of a camera's plane ``arr`` holds ((H, W): 1, (H, W, 3|4) colour: 3 or 4),
+    or None when it is no plane of real numbers at least ``min_side`` a side (left as it is)."""
+    colour = arr.ndim == 3 and arr.shape[-1] in (3, 4)
+    if not (arr.ndim == 2 or colour) or min(arr.shape[:2]) < min_side or arr.dtype == bool:
+        return None
+    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        return None
+    return arr.shape[-1] if colour else 1
+
+
 def without_spikes(plane: np.ndarray) -> np.ndarray:
     """``plane`` ((H, W) grey or (H, W, 3|4) colour) with each isolated spike (see
     :data:`SPIKE_FRACTION_OF_RANGE`) set to its second brightest neighbour's value, in the plane's own
@@ -180,13 +191,12 @@ def without_spikes(plane: np.ndarray) -> np.ndarray:
     isolated, so the plane loop removes them from each plane as it is read.
     """
     arr = np.asarray(plane)
-    colour = arr.ndim == 3 and arr.shape[-1] in (3, 4)
-    if not (arr.ndim == 2 or colour) or min(arr.shape[:2]) < 3 or arr.dtype == bool:
+    channels = _camera_channels(arr, 3)
+    if channels is None:
         return arr
-    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        return arr
+    colour = arr.ndim == 3
     out = arr
-    for c in range(arr.shape[-1] if colour else 1):
+    for c in range(channels):
         channel = arr[..., c] if colour else arr
         found = _spikes(channel)
         if found is not None:
@@ -228,13 +238,12 @@ def without_stripes(plane: np.ndarray) -> np.ndarray:
     taken out when it is striped (see :data:`STRIPE_SIGMAS`), as float32; ``plane`` itself otherwise
     (and never changed)."""
     arr = np.asarray(plane)
-    colour = arr.ndim == 3 and arr.shape[-1] in (3, 4)
-    if not (arr.ndim == 2 or colour) or min(arr.shape[:2]) < 8 or arr.dtype == bool:
+    channels = _camera_channels(arr, 8)
+    if channels is None:
         return arr
-    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        return arr
+    colour = arr.ndim == 3
     out = arr
-    for c in range(arr.shape[-1] if colour else 1):
+    for c in range(channels):
         for axis in (0, 1):
             channel = out[..., c] if colour else out
             offsets = _line_offsets(channel if axis == 0 else channel.T)
