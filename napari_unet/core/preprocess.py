@@ -150,7 +150,7 @@ def _objects_high(sample: np.ndarray, low_value: float, median: float, high_valu
     x = np.asarray(sample, dtype=np.float32)
     if min(x.shape) < 3:
         return high_value
-    noise = pixel_noise(x[:: max(1, x.shape[0] // 256)])  # every other row of a large plane is enough
+    noise = pixel_noise(x[:: max(1, x.shape[0] // 256)])  # every k-th row of a large plane is enough
     if not (noise > 0 and high_value - median < SPARSE_NOISE_SIGMAS * noise
             and median - low_value < SPARSE_BACKGROUND_SIGMAS * noise):
         return high_value
