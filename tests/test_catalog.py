@@ -164,9 +164,9 @@ def test_cli_lists_models_from_their_metadata(mine, capsys):
     assert rows["junk"]["error"] and "not a napari-unet model" in rows["junk"]["error"]
     assert main(["models"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert [line.split()[:3] for line in table[1:5]] == [["nuclei", "builtin", f"{rows['nuclei']['val_ap50']:.3f}"],
-                                                          ["cells", "builtin", f"{rows['cells']['val_ap50']:.3f}"],
-                                                          ["junk", "user", "broken"], ["mine", "user", "0.500"]]
+    builtin = [[name, "builtin", f"{rows[name]['val_ap50']:.3f}"] for name in ("nuclei", "cells", "nuclei-fluo")]
+    user = [["junk", "user", "broken"], ["mine", "user", "0.500"]]
+    assert [line.split()[:3] for line in table[1:6]] == [*builtin, *user]
     assert table[-1] == f"user model folder: {user_models_dir()}"
 
 

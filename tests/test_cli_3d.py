@@ -22,7 +22,8 @@ def test_predict_3d_writes_3d_objects_with_the_files_voxel_size(tmp_path, nuclei
     rc = main(["predict", str(tmp_path / "stack.tif"), "--out", str(tmp_path / "o"), "--3d", "--no-progress"])
     assert rc == 0
     masks = tifffile.imread(tmp_path / "o" / "stack_masks.tif")
-    expected = segment(load_model(device="cpu"), nuclei3d, axes="ZYX", spacing=(1.0, 0.5, 0.5))
+    fluo = load_model("nuclei-fluo", device="cpu")  # what predict picks for a fluorescence stack
+    expected = segment(fluo, nuclei3d, axes="ZYX", spacing=(1.0, 0.5, 0.5))
     assert expected.max() > 3
     np.testing.assert_array_equal(masks, expected)
     assert "isotropic" not in capsys.readouterr().err  # the file said its voxel size

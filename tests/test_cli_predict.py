@@ -430,7 +430,7 @@ def test_messages_about_one_input_of_a_batch_name_it(tmp_path, images, tiny_mode
 
 def test_without_model_each_input_gets_the_built_in_model_that_fits_it(tmp_path, data_dir, images, capsys):
     """No --model: a phase-contrast field (Usiigaci, MIT) is segmented with 'cells' and fluorescent
-    nuclei with 'nuclei', as Segment proposes them in the GUI; stderr says which, once per change."""
+    nuclei with 'nuclei-fluo', as Segment proposes them in the GUI; stderr says which, once per change."""
     from napari_unet.core import load_model
     from napari_unet.core.metrics import average_precision
     from napari_unet.core.predict import segment
@@ -443,7 +443,7 @@ def test_without_model_each_input_gets_the_built_in_model_that_fits_it(tmp_path,
     err = capsys.readouterr().err
     assert rc == 0, err
     assert "phase.tif: model 'cells' for this phase-contrast / DIC image" in err
-    assert "a.tif: model 'nuclei' for this fluorescence image" in err
+    assert "a.tif: model 'nuclei-fluo' for this fluorescence image" in err
     got = tifffile.imread(tmp_path / "o" / "phase_masks.tif")
     np.testing.assert_array_equal(got, segment(load_model("cells"), phase))
     assert average_precision(truth, got) > 0.5  # the nuclei model finds almost none of these cells

@@ -14,7 +14,7 @@ from napari_unet.io import load_sample
 
 
 @pytest.mark.parametrize("key, kind, model", [
-    ("nuclei_fluorescence_2d", "fluorescence", "nuclei"),
+    ("nuclei_fluorescence_2d", "fluorescence", "nuclei-fluo"),
     ("nuclei_stained_2d", "colour", "nuclei"),
     ("cells_phase_2d", "transmitted", "cells"),
 ])
@@ -30,7 +30,7 @@ def test_real_images_of_each_kind(data_dir):
     nuclei3d = tifffile.imread(data_dir / "nuclei3d_synthetic" / "image.tif")
     sim = tifffile.imread(data_dir / "ctc_sim_plus" / "images.tif")[:3]
     assert {propose_model(p) for p in [*c2c12[:3], *dic]} == {"cells"}
-    assert {propose_model(p) for p in [*nuclei3d[::10], *sim]} == {"nuclei"}
+    assert {propose_model(p) for p in [*nuclei3d[::10], *sim]} == {"nuclei-fluo"}
     with open(data_dir / "dsb2018" / "manifest.csv") as fh:
         bright = [r["id"] for r in csv.DictReader(fh) if r["kind"] == "grey_bright"][:3]
     for name in bright:
@@ -61,7 +61,7 @@ def test_dense_fluorescence_is_fluorescence(data_dir):
         image = image[..., :3].mean(-1) if image.ndim == 3 else image  # RGBA files of grey images
         m = image_modality(image)
         assert m.dark_spread > FLAT_DARK_BACKGROUND and m.bright_spread > BRIGHT_ON_DARK
-        assert m.kind == "fluorescence" and propose_model(image) == "nuclei"
+        assert m.kind == "fluorescence" and propose_model(image) == "nuclei-fluo"
     phase = tifffile.imread(data_dir / "usiigaci_phase" / "images.tif")
     assert {image_modality(p).kind for p in phase} == {"transmitted"}
 
@@ -107,7 +107,7 @@ def test_fluorescence_on_a_smooth_background_is_fluorescence(data_dir):
         for changed in (_with_background(image, x, 0.5), _with_background(image, 1 - x, 0.25),
                         _with_background(image, (2 - x - y) / 2, 1.0), _vignetted(image)):
             assert image_modality(changed).kind == "fluorescence"
-            assert propose_model(changed) == "nuclei"
+            assert propose_model(changed) == "nuclei-fluo"
 
 
 def test_transmitted_light_with_vignetting_or_hot_pixels_is_transmitted(data_dir):

@@ -28,7 +28,7 @@ def test_model_follows_the_image_until_the_user_chooses(make_napari_viewer):
     viewer.add_image(nuclei, name="fluo")
     w.reset_choices()
     w._image_combo.value = viewer.layers["fluo"]
-    assert _stem(w._model_combo.value) == "nuclei"
+    assert _stem(w._model_combo.value) == "nuclei-fluo"
     assert "fluorescence" in w._model_hint.value
 
     # the user picks a model: proposals still show, but no longer switch it
@@ -36,4 +36,4 @@ def test_model_follows_the_image_until_the_user_chooses(make_napari_viewer):
     w._image_combo.value = viewer.layers["phase"]
     w._image_combo.value = viewer.layers["fluo"]
     assert _stem(w._model_combo.value) == "cells"
-    assert "Proposed 'nuclei'" in w._model_hint.value
+    assert "Proposed 'nuclei-fluo'" in w._model_hint.value

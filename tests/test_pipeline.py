@@ -46,7 +46,7 @@ def test_gui_cli_and_batch_give_identical_labels(make_napari_viewer, qtbot, tmp_
 
     from napari_unet.widgets.segment import SCOPE_SLICE, masks_layer_name
 
-    model = load_model(device="cpu")  # the built-in model: real nuclei, real objects
+    model = load_model("nuclei-fluo", device="cpu")  # proposed for fluorescence: real nuclei, real objects
     expected = segment(model, nuclei)
     assert expected.max() > 10  # the comparison is between real segmentations
 

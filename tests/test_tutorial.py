@@ -78,7 +78,7 @@ def test_tutorial_walkthrough(make_napari_viewer, qtbot, tmp_path, canvas_mouse)
     # 2. segment the current field with the built-in model
     segment.reset_choices()
     segment._image_combo.value = image
-    assert segment._model_combo.value.endswith("nuclei.pt")
+    assert segment._model_combo.value.endswith("nuclei-fluo.pt")  # the built-in model for fluorescence
     segment._run_button.clicked.emit()
     qtbot.waitUntil(lambda: segment._worker is None, timeout=120_000)
     masks = viewer.layers["nuclei_fluorescence_fields masks"]

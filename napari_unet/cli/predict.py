@@ -40,8 +40,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--model", default=None, metavar="NAME|PATH",
                    help="model name (see 'napari-unet models'), .pt file, or BioImage.IO package (.zip or a folder "
                         "with bioimageio.yaml); default: the built-in model that fits each input, told from its "
-                        "first plane ('nuclei' for fluorescence and stained nuclei, 'cells' for phase contrast "
-                        "and DIC), said on stderr")
+                        "first plane ('nuclei-fluo' for fluorescence, 'nuclei' for stained and bright-field "
+                        "nuclei, 'cells' for phase contrast and DIC), said on stderr")
     p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
     p.add_argument("--engine", default="auto", choices=("auto", "torch", "onnx"),
                    help="what runs the network (default: ONNX Runtime on the CPU, torch on a GPU; "

@@ -182,8 +182,10 @@ def _cover(raw: np.ndarray, probs: np.ndarray, representation: str, path: Path) 
 def _documentation(model: SegmentationModel, halo: int, rule: tuple[int, int]) -> str:
     meta = model.metadata
     card_text = ""
-    card = Path(__file__).resolve().parents[1] / "models" / "MODEL_CARD.md"
-    if meta.get("name") == "nuclei" and _is_builtin(model) and card.is_file():
+    name = str(meta.get("name") or "")
+    card_file = "MODEL_CARD.md" if name == "nuclei" else f"MODEL_CARD_{name}.md"  # a built-in model's card
+    card = Path(__file__).resolve().parents[1] / "models" / card_file
+    if name and _is_builtin(model) and card.is_file():
         card_text = card.read_text(encoding="utf-8")
     lines = [f"# {model_name_for_package(model.name)}", "",
              str(meta.get("description") or "A U-Net for 2D cell or nucleus instance segmentation, "

@@ -1,5 +1,5 @@
-"""The model Segment proposes for an image: nuclei for fluorescence and stained nuclei, cells for
-phase contrast and DIC (:mod:`napari_unet.core.modality`), always overridable.
+"""The model Segment proposes for an image: nuclei-fluo for fluorescence, nuclei for stained and
+bright-field nuclei, cells for phase contrast and DIC (:mod:`napari_unet.core.modality`), always overridable.
 
 The proposal looks at the plane on screen (a 2D plane, subsampled to at most 1024 px a side:
 a few tens of milliseconds). It switches the Model list only while the user has not chosen a
