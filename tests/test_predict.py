@@ -377,6 +377,18 @@ def test_a_field_with_few_objects_is_normalised_on_them_not_on_its_noise(data_di
         np.testing.assert_allclose(normalize(x[None])[0], plain(x), atol=1e-5)
 
 
+def test_small_objects_of_a_large_sparse_field_are_found_on_the_plane_not_its_sample():
+    """Nuclei of 7-9 px in a 1024 px field of noise: in the percentiles' sample (every other pixel) they
+    are 4-5 px, under the objects' smallest part after the 3 x 3 median, and the noise was stretched to
+    the full range (spread 0.22; the `nuclei-fluo` model outlined 96 of its grains in such a field)."""
+    from napari_unet.core.preprocess import normalize
+
+    field, disks = _noise_with_disks([(200, 200), (700, 301)], radius=3.5, contrast=200.0, size=1024)
+    out = normalize(field[None])[0]
+    assert out[~disks].std() < 0.05
+    assert 0.8 < np.median(out[disks]) < 1.2
+
+
 def _dsb_ids(data_dir, kinds, split="val"):
     import csv
 
