@@ -215,7 +215,7 @@ def _documentation(model: SegmentationModel, halo: int, rule: tuple[int, int]) -
     lines += ["", "In napari-unet: *Segment > Add model file…* or `napari-unet predict --model THIS.zip`.",
               "The package holds the same weights as pytorch_state_dict, torchscript and onnx.", ""]
     if card_text:
-        lines += ["## Model card", "", card_text.replace("\n# ", "\n### ").replace("\n## ", "\n### ")]
+        lines += ["## Model card", ("\n" + card_text).replace("\n# ", "\n### ").replace("\n## ", "\n### ")]
     else:
         lines += ["## Training", ""]
         recipe = (meta.get("model_card") or {}).get("recipe") or {}
