@@ -47,7 +47,9 @@ def add_parser(subparsers: Any) -> None:
                    help="name of the new model (saved in the user model folder) or a file path "
                         "(with a folder in it; .pt is added when missing)")
     p.add_argument("--from", dest="base", default=None, metavar="NAME|PATH",
-                   help="model to start from (default: the built-in model)")
+                   help="model to start from (default: the built-in model that fits the images, as predict "
+                        "and Segment choose it: 'nuclei-fluo' for fluorescence, 'nuclei' for stained and "
+                        "bright-field nuclei, 'cells' for phase contrast and DIC; said on stdout)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, default=None, help="optimisation steps")
     budget.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
@@ -177,6 +179,41 @@ def _out_path(text: str, overwrite: bool) -> Path:
     return path
 
 
+#: Examples whose kind of image is looked at to choose the base model when none is given.
+BASE_CHOICE_EXAMPLES = 8
+
+
+def _fitting_builtin(images: list[np.ndarray], device: str) -> tuple[Any, str]:
+    """The built-in model that fits most of the first :data:`BASE_CHOICE_EXAMPLES` examples (their
+    kind of image, :mod:`napari_unet.core.modality`, as ``predict`` and *Segment* choose), with the
+    words that say why; the default model when no kind can be told or that model is not installed.
+    A phase-contrast run started from ``nuclei`` (the default before) fine-tuned C2C12 to AP@0.5 0.33,
+    from ``cells`` 0.56 (benchmarks/RESULTS.md)."""
+    from collections import Counter
+
+    from napari_unet.core.checkpoint import ModelFileError, load_model
+    from napari_unet.core.modality import KIND_WORDS, MODEL_FOR, image_modality
+    from napari_unet.core.preprocess import fill_missing, is_camera_noise, is_constant
+
+    kinds = []
+    for plane in images[:BASE_CHOICE_EXAMPLES]:
+        step = max(1, int(np.ceil(max(plane.shape[:2]) / 1024)))  # a few tens of ms, as in the GUI
+        plane = fill_missing(plane[::step, ::step])[0]
+        try:
+            if not (is_constant(plane) or is_camera_noise(plane)):
+                kinds.append(image_modality(plane).kind)
+        except (ValueError, IndexError, TypeError):  # no plane kinds are told on
+            continue
+    if kinds:
+        kind = Counter(kinds).most_common(1)[0][0]
+        try:
+            model = load_model(MODEL_FOR[kind], device=device)
+            return model, f" (the built-in model for this {KIND_WORDS[kind]})"
+        except ModelFileError:
+            pass
+    return load_model(None, device=device), ""
+
+
 # ---------------------------------------------------------------------- run
 def run(args: argparse.Namespace) -> int:
     from napari_unet.cli._progress import TrainingBar
@@ -205,8 +242,9 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CLIError(str(exc.strerror or exc)) from None
     images, labels = read_examples(args.images, args.labels)
-    base = load_model(args.base, device=args.device)
-    print(f"fine-tuning {base.name!r} on {len(images)} example(s), device {base.device}")
+    base, why = (load_model(args.base, device=args.device), "") if args.base is not None \
+        else _fitting_builtin(images, args.device)
+    print(f"fine-tuning {base.name!r}{why} on {len(images)} example(s), device {base.device}")
 
     steps = args.steps
     if steps is None and args.time_budget is None:
