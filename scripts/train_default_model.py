@@ -835,8 +835,10 @@ def _ap_or_dash(scores: dict | None) -> str:
 
 
 def card_name(model: str) -> str:
-    """The model card's file name beside a model file."""
-    return "MODEL_CARD.md" if model == "nuclei" else f"MODEL_CARD_{model}.md"
+    """The model card's file name beside a model file (the package's rule)."""
+    from napari_unet.core.catalog import model_card_name
+
+    return model_card_name(model)
 
 
 def shipped_model(args: argparse.Namespace, device):

@@ -35,6 +35,11 @@ _SAFE_NAME = re.compile(rf"^[\w][\w .+-]{{0,{MAX_NAME_LENGTH - 1}}}$")
 
 
 # ---------------------------------------------------------------------- folders
+def model_card_name(name: str) -> str:
+    """The file name of a model's card beside its file ("MODEL_CARD.md" for the default model)."""
+    return "MODEL_CARD.md" if name == DEFAULT_MODEL_NAME else f"MODEL_CARD_{name}.md"
+
+
 def builtin_models_dir() -> Path:
     """Folder of the models shipped inside the package."""
     return Path(__file__).resolve().parent.parent / "models"

@@ -149,11 +149,11 @@ def compact_objects(x: np.ndarray, median: float, noise: float, bright_only: boo
 
 
 def _objects_high(sample: np.ndarray, low_value: float, median: float, high_value: float,
-                  channel: np.ndarray | None = None) -> float:
+                  channel: np.ndarray) -> float:
     """The top of the normalisation of a ``channel`` (``sample``: its pixels, subsampled; ``median``
     theirs) whose low and high percentiles ``low_value`` and ``high_value`` lie in the background's
     noise: the level of the few objects above it (see :data:`SPARSE_NOISE_SIGMAS`), found on the channel
-    itself (:data:`SPARSE_OBJECT_SIDE`; the sample when not given); ``high_value`` otherwise."""
+    itself (:data:`SPARSE_OBJECT_SIDE`); ``high_value`` otherwise."""
     x = np.asarray(sample, dtype=np.float32)
     if min(x.shape) < 3:
         return high_value
@@ -161,9 +161,8 @@ def _objects_high(sample: np.ndarray, low_value: float, median: float, high_valu
     if not (noise > 0 and high_value - median < SPARSE_NOISE_SIGMAS * noise
             and median - low_value < SPARSE_BACKGROUND_SIGMAS * noise):
         return high_value
-    if channel is not None:
-        step = max(1, -(-max(channel.shape) // SPARSE_OBJECT_SIDE))
-        x = np.asarray(channel[::step, ::step], dtype=np.float32)
+    step = max(1, -(-max(channel.shape) // SPARSE_OBJECT_SIDE))
+    x = np.asarray(channel[::step, ::step], dtype=np.float32)
     objects = compact_objects(x, median, noise, bright_only=True)
     if not objects.any():
         return high_value

@@ -183,8 +183,9 @@ def _documentation(model: SegmentationModel, halo: int, rule: tuple[int, int]) -
     meta = model.metadata
     card_text = ""
     name = str(meta.get("name") or "")
-    card_file = "MODEL_CARD.md" if name == "nuclei" else f"MODEL_CARD_{name}.md"  # a built-in model's card
-    card = Path(__file__).resolve().parents[1] / "models" / card_file
+    from .catalog import builtin_models_dir, model_card_name
+
+    card = builtin_models_dir() / model_card_name(name)
     if name and _is_builtin(model) and card.is_file():
         card_text = card.read_text(encoding="utf-8")
     lines = [f"# {model_name_for_package(model.name)}", "",
