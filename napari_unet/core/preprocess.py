@@ -133,13 +133,26 @@ def pixel_noise(x: np.ndarray) -> float:
     return (noise if noise > 0 else float(diff.std())) / np.sqrt(2.0)
 
 
+def _most_of_3x3(mask: np.ndarray) -> np.ndarray:
+    """Where at least 5 of the 9 pixels of the 3 x 3 neighbourhood (edges reflected) are in ``mask``."""
+    from scipy import ndimage as ndi
+
+    counts = ndi.uniform_filter(mask.astype(np.float32), size=3, mode="reflect")
+    return counts > 4.5 / 9  # sums of 0/1 over 9: k / 9, k >= 5
+
+
 def compact_objects(x: np.ndarray, median: float, noise: float, bright_only: bool = False) -> np.ndarray:
     """Pixels of compact objects standing out of a 2D plane's noise (see :data:`SPARSE_OBJECT_SIGMAS`):
     brighter than ``median`` (or also darker, unless ``bright_only``) by that many times ``noise``."""
     from scipy import ndimage as ndi
 
-    deviation = ndi.median_filter(np.asarray(x, dtype=np.float32), size=3, mode="reflect") - median
-    found = (deviation if bright_only else np.abs(deviation)) > SPARSE_OBJECT_SIGMAS * noise
+    x = np.asarray(x, dtype=np.float32)
+    limit = SPARSE_OBJECT_SIGMAS * noise
+    # the 3 x 3 median is beyond the limit where at least 5 of the 9 pixels are: counted (a box sum, a
+    # few times faster than the median filter on the whole plane, which the sparse rule reads)
+    found = _most_of_3x3(x > median + limit)
+    if not bright_only:
+        found |= _most_of_3x3(x < median - limit)
     parts, n = ndi.label(found)
     if n == 0:
         return found
