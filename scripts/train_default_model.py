@@ -72,8 +72,15 @@ def load_rows(args: argparse.Namespace, split: str) -> list[dict]:
     """The ``split`` rows of the model's data (``--data``: the dsb2018 folder for nuclei, the shared
     data folder for cells; default: found beside the repository)."""
     if args.model == "cells":
-        return builtin_data.cells_rows(args.data or builtin_data.shared_data(ROOT), split)
-    return load_split(args.data or DEFAULT_DATA, split)
+        rows = builtin_data.cells_rows(args.data or builtin_data.shared_data(ROOT), split)
+    else:
+        rows = load_split(args.data or DEFAULT_DATA, split)
+    kinds = getattr(args, "kinds", None)
+    if kinds:
+        rows = [r for r in rows if r["kind"] in kinds]
+        if not rows:
+            raise SystemExit(f"--kinds {' '.join(kinds)}: no {split} image of these kinds.")
+    return rows
 
 
 def otsu_watershed(image: np.ndarray) -> np.ndarray:
@@ -368,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(a file this script wrote): a new stage from it instead of from scratch")
     parser.add_argument("--repeat-kind", action="append", default=[], metavar="KIND=N",
                         help="sample the train images of KIND N times as often (e.g. color=2)")
+    parser.add_argument("--kinds", nargs="+", default=None, metavar="KIND",
+                        help="train, select and tune on these kinds of image only (e.g. grey_dark: a "
+                             "fluorescence-only stage); default: all")
     parser.add_argument("--augment-upscaled", type=float, default=0.0, metavar="P",
                         help="probability that a patch is made to look enlarged 1.5-4x (as inference enlarges "
                              "images of small objects): core.augment's upscaled_prob (default 0)")
@@ -529,6 +539,8 @@ def stage_arguments(stages: list[dict], out: str) -> list[list[str]]:
             argv += ["--resume", str(out_path.with_name(f"stage{i}.pt"))]
         for kind in st.get("repeat_kind") or []:
             argv += ["--repeat-kind", kind]
+        if st.get("kinds"):
+            argv += ["--kinds", *st["kinds"]]
         if st.get("validations"):
             argv += ["--validations", str(st["validations"])]
         if st.get("within_stage"):
@@ -586,6 +598,8 @@ def _stage_record(meta: dict, args: argparse.Namespace | None) -> dict:
     if args is not None:
         record["resumed_from"] = str(args.resume.name) if args.resume else None
         record["repeat_kind"] = list(args.repeat_kind)
+        if args.kinds:
+            record["kinds"] = list(args.kinds)
         record["validations"] = args.validations  # which steps are validated decides the weights kept
         if args.within_stage:
             record["within_stage"] = True
@@ -697,6 +711,7 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
                 f"{st['batch_size']}, lr {st['lr']}"
                 + (f", resumed from {st['resumed_from']}" if st.get("resumed_from") else ", from scratch")
                 + (f", {' '.join(st['repeat_kind'])} sampling" if st.get("repeat_kind") else "")
+                + (f", {' / '.join(st['kinds'])} images only" if st.get("kinds") else "")
                 + (f", enlarged look p={st['augment_upscaled']:g}" if st.get("augment_upscaled") else "")
                 + (f", illumination ramps up to {st['augment_gradient']:g}" if st.get("augment_gradient") else "")
                 + (f", uneven object brightness p={st['augment_texture']:g} (contrast "

@@ -35,7 +35,8 @@ RESUME_LEGS = _ResumeLegs()
 #: The options that make up a run's recipe: recorded in the checkpoint, restored by ``--resume``.
 RECIPE_KEYS = ("model", "steps", "patch_size", "batch_size", "lr", "seed", "base_width", "depth", "diameter",
                "repeat_kind", "validations", "precision", "augment_upscaled", "augment_gradient",
-               "augment_texture", "texture_contrast", "augment_debris", "augment_low_light", "augment_saturated")
+               "augment_texture", "texture_contrast", "augment_debris", "augment_low_light", "augment_saturated",
+               "kinds")
 
 LOG_HEADER = (
     "# Training log of the built-in models\n\n"

@@ -81,7 +81,8 @@ def test_reproduce_retrains_a_two_stage_model_weight_for_weight(tmp_path):
     assert script.main(["--steps", "2", "--lr", "0.001", "--seed", "4", "--resume", str(stage1),
                         "--repeat-kind", "grey_dark=2", "--augment-upscaled", "0.5", "--augment-gradient", "0.3",
                         "--augment-texture", "0.5", "--texture-contrast", "0.7", "1.4", "--augment-debris", "0.5",
-                        "--augment-low-light", "0.5", "--augment-saturated", "0.5", "--within-stage", "--out", str(final), *common]) == 0
+                        "--augment-low-light", "0.5", "--augment-saturated", "0.5", "--within-stage", "--kinds", "grey_dark",
+                        "--out", str(final), *common]) == 0
     original = read_model_file(final)
     assert [st["steps"] for st in original.metadata["stages"]] == [3, 2]
 
@@ -99,6 +100,7 @@ def test_reproduce_retrains_a_two_stage_model_weight_for_weight(tmp_path):
     assert (last["augment_low_light"], last["low_light_photons"]) == (0.5, [4.0, 200.0])
     assert (last["augment_saturated"], last["saturated_level"]) == (0.5, [0.2, 1.0])
     assert "augment_saturated" not in retrained.metadata["stages"][0]
+    assert last["kinds"] == ["grey_dark"] and "kinds" not in retrained.metadata["stages"][0]
     assert [st["validations"] for st in retrained.metadata["stages"]] == [10, 10]
     assert "augment_upscaled" not in retrained.metadata["stages"][0]
     assert retrained.net.config.base_width == 4
@@ -114,6 +116,10 @@ def test_reproduce_retrains_a_two_stage_model_weight_for_weight(tmp_path):
     assert f"in stage 2, {AugmentConfig().describe_low_light()}" in card and "low light p=0.5" in card
     assert f"in stage 2, {AugmentConfig().describe_saturated()}" in card and "over-exposed p=0.5" in card
     assert f"AdamW lr 0.001 ({WarmupCosine(0.001).describe()})" in card
+    assert "grey_dark images only" in card
+    # a kind the data lacks: one clear line, nothing trained
+    with pytest.raises(SystemExit, match="--kinds color: no train image of these kinds"):
+        script.main(["--steps", "1", "--kinds", "color", "--out", str(tmp_path / "none.pt"), *common])
     assert f"{describe_selection(training)} (step {training['selected_step']} of the last stage)" in card
 
 
