@@ -307,3 +307,81 @@ def test_plane_levels_follow_the_trend_not_each_plane():
     few = _PlaneLevels(20)
     few.add(volume, 0, probs, "bg-interior-boundary")
     assert few.levels() is None
+
+
+def _class_probabilities(truth: np.ndarray, erode: int = 2) -> np.ndarray:
+    """(3, Z, Y, X) background / interior / boundary probabilities drawn from the labels."""
+    probs = np.zeros((3, *truth.shape), dtype=np.float32)
+    inner = np.zeros(truth.shape, dtype=bool)
+    for k in range(1, int(truth.max()) + 1):
+        inner |= ndi.binary_erosion(truth == k, iterations=erode)
+    probs[1] = ndi.gaussian_filter(inner.astype(np.float32), 1.0)
+    probs[2] = np.clip((truth > 0) - probs[1], 0, 1)
+    probs[0] = 1 - probs[1] - probs[2]
+    return probs
+
+
+def test_flat_objects_on_top_of_one_another_stay_apart():
+    """Nuclei twice as wide as deep (adherent cells; or planes further apart than the voxel size
+    says), two of them touching in z: seeds half a width apart along z merged them. The objects'
+    depth over width, measured on the interior, spaces the seeds along z."""
+    from napari_unet.core.volume_instances import object_aspect
+
+    truth = _balls((24, 40, 64), [(7, 20, 18), (15, 20, 18), (11, 20, 46)], (4.0, 9.0, 9.0))
+    probs = _class_probabilities(truth, erode=1)
+    stacked = np.stack([probs[1] + probs[2], probs[1]])
+    aspect = object_aspect(stacked, 1, (1, 1, 1), 0.5)
+    assert 0.3 < aspect < 0.6
+    round_seeds = instances_3d(probs, diameter=18.0, threshold=0.5, aspect=1.0)
+    assert matching(truth, round_seeds).tp < 3  # the two on top of one another merged
+    labels = instances_3d(probs, diameter=18.0, threshold=0.5)
+    assert average_precision(truth, labels) == 1.0
+    # the same objects at their true depth (planes 2x further apart than the pixels): rounder (the
+    # interior, a boundary's width inside the outline, is relatively shorter across the thin axis)
+    assert object_aspect(stacked, 1, (2, 1, 1), 0.5) > 0.7
+    assert object_aspect(np.zeros_like(stacked), 1, (1, 1, 1), 0.5) == 1.0
+
+
+def _flat_nuclei(seed: int, shape=(40, 96, 96), n: int = 90) -> tuple[np.ndarray, np.ndarray]:
+    """(image, labels): crowded nuclei half as deep as wide (xy radius 6-9 px), of 0.4-1.6x a
+    200 grey-level contrast, blurred 1.5 px, Gaussian noise of sd 15."""
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.indices(shape)
+    labels = np.zeros(shape, dtype=np.int32)
+    for _ in range(3000):
+        r = rng.uniform(6, 9)
+        c = [rng.uniform(r / 2, shape[0] - r / 2)] + [rng.uniform(r, s - r) for s in shape[1:]]
+        inside = ((zz - c[0]) / (r / 2)) ** 2 + ((yy - c[1]) / r) ** 2 + ((xx - c[2]) / r) ** 2 <= 1
+        if labels[inside].any():
+            continue
+        labels[inside] = labels.max() + 1
+        if labels.max() == n:
+            break
+    brightness = np.concatenate([[0], rng.uniform(0.4, 1.6, int(labels.max()))])
+    image = ndi.gaussian_filter(20 + 200 * brightness[labels], 1.5) + rng.normal(0, 15, shape)
+    return image.astype(np.float32), labels
+
+
+def test_crowded_flat_nuclei_are_told_apart_in_z_and_the_note_says_so(model):
+    """Seeds spaced for round objects merged flat nuclei lying on top of one another (3D AP@0.5
+    0.89 on this volume, 0.98 now)."""
+    image, truth = _flat_nuclei(4)
+    events: list = []
+    labels = run_to_end(iter_segment_volume(model, image), events.append)
+    assert average_precision(truth, labels) >= 0.95
+    notes = [e.message for e in events if isinstance(e, VolumeNote)]
+    assert any("wider than deep" in n and "give the voxel size" in n for n in notes)
+    # with the voxel size given, the hint to give it goes (the shape is still named)
+    events.clear()
+    run_to_end(iter_segment_volume(model, image[:, :48, :48], spacing=(1, 1, 1)), events.append)
+    notes = [e.message for e in events if isinstance(e, VolumeNote)]
+    assert any("wider than deep" in n for n in notes) and not any("give the voxel size" in n for n in notes)
+
+
+def test_the_synthetic_stack_keeps_flat_nuclei_on_top_of_one_another_apart(model, synthetic_nuclei):
+    """StarDist's synthetic nuclei are about half as deep as wide (7 x 15 px): with seeds spaced
+    for round objects, some lying on top of one another merged, more or fewer as the estimated
+    diameter moved with the threshold (3D AP@0.5 0.700 / 0.786 at thresholds 0.6 / 0.7)."""
+    image, truth = synthetic_nuclei
+    scores = [average_precision(truth, segment_volume(model, image, threshold=t)) for t in (0.6, 0.7)]
+    assert min(scores) >= 0.78, scores

@@ -49,6 +49,9 @@ MODES = ("3d", "stitch")
 ORTHOGONAL_MAX_ANISOTROPY = 2.0
 #: Probability volumes larger than this (bytes, in memory as float32) go to a temporary memory map.
 IN_MEMORY_PROBABILITIES = 512 * 2**20
+#: Objects measured this flat (depth / width, :func:`~napari_unet.core.volume_instances.object_aspect`)
+#: or flatter are named in a note (seeds are spaced at their shape whatever it is).
+FLAT_NOTE_ASPECT = 0.7
 #: Planes of a side view read from the volume at once: at most this many bytes.
 SIDE_SLAB_BYTES = 128 * 2**20
 #: Stitch mode: a plane's object continues an object of the plane above when their IoU is at least this.
@@ -436,7 +439,7 @@ def iter_segment_volume(
             yield VolumeNote(f"The z planes are {anisotropy:.3g}x the pixel size apart: only xy planes are "
                              "predicted (no yz / xz views).")
     return (yield from _iter_3d(model, volume, spacing_t, diameter, bool(orthogonal), threshold, min_size,
-                                should_stop, out, workdir, block_voxels, engine_options))
+                                should_stop, out, workdir, block_voxels, engine_options, given))
 
 
 def side_view_weight(z_factor: float) -> float:
@@ -461,9 +464,9 @@ def _middle_first(n: int) -> list[tuple[int]]:
 
 
 def _iter_3d(model, volume, spacing, diameter, orthogonal, threshold, min_size, should_stop, out, workdir,
-             block_voxels, engine_options) -> Generator[Progress | VolumeNote, None, Any]:
+             block_voxels, engine_options, given_spacing=True) -> Generator[Progress | VolumeNote, None, Any]:
     from .predict import iter_planes
-    from .volume_instances import iter_watershed_blocks
+    from .volume_instances import iter_watershed_blocks, object_aspect
 
     nz, ny, nx = (int(s) for s in volume.shape)
     z_factor = spacing[0] / spacing[2]
@@ -529,10 +532,13 @@ def _iter_3d(model, volume, spacing, diameter, orthogonal, threshold, min_size, 
                 store.views += weight
         scale = sized.scale
         object_diameter = xy_diameter if xy_diameter else (model.diameter or _fallback_diameter(ny, nx))
+        aspect = object_aspect(store.data, store.views, spacing, threshold, should_stop)
+        if aspect <= FLAT_NOTE_ASPECT:
+            yield VolumeNote(_flat_note(aspect, given_spacing))
         labels = yield from iter_watershed_blocks(
-            store.data, store.views, spacing, object_diameter, threshold, _min_volume(min_size, scale, spacing),
-            out=out, should_stop=should_stop, block_voxels=block_voxels,
-            progress=lambda f, msg: stages.event("post", f, msg))
+            store.data, store.views, spacing, object_diameter, threshold,
+            _min_volume(min_size, scale, spacing, aspect), out=out, should_stop=should_stop,
+            block_voxels=block_voxels, progress=lambda f, msg: stages.event("post", f, msg), aspect=aspect)
         return labels
     finally:
         store.close()
@@ -543,14 +549,25 @@ def _fallback_diameter(ny: int, nx: int) -> float:
     return float(max(4.0, min(ny, nx) / 16))
 
 
-def _min_volume(min_size: int, scale: float, spacing: Sequence[float]) -> int:
-    """Voxels of a ball whose cross-section is ``min_size`` pixels at the model's scale."""
+def _flat_note(aspect: float, given_spacing: bool) -> str:
+    """What the user should know of objects ``aspect`` times as deep as wide."""
+    text = (f"The objects are about {1 / aspect:.2g}x wider than deep (along z): 3D objects are told "
+            "apart at that shape.")
+    if not given_spacing:
+        text += (" If the planes are further apart than the pixels, give the voxel size (z, y, x): "
+                 "the side views and object volumes depend on it.")
+    return text
+
+
+def _min_volume(min_size: int, scale: float, spacing: Sequence[float], aspect: float = 1.0) -> int:
+    """Voxels of a ball (an ellipsoid ``aspect`` times as deep as wide) whose cross-section is
+    ``min_size`` pixels at the model's scale."""
     if not min_size:
         return 0
     dz, dy, dx = spacing
     diameter_px = 2.0 * math.sqrt(min_size / math.pi) / scale  # image pixels (xy)
     d = diameter_px * dx  # physical
-    return int(round(math.pi / 6 * d**3 / (dz * dy * dx)))
+    return int(round(math.pi / 6 * d**3 * aspect / (dz * dy * dx)))
 
 
 # --------------------------------------------------------------------- stitch mode

@@ -10,6 +10,11 @@ apart as its pixels is treated as the same objects sampled more coarsely:
 * seeds: local maxima of the smoothed interior inside the foreground, at least
   ``d *`` :data:`SEED_SPACING` apart (an ellipsoidal neighbourhood in voxels), and above
   :data:`SEED_FLOOR`; two touching nuclei have two maxima at about a diameter apart;
+* along z, smoothing and seed spacing shrink with the objects' ``aspect``: their depth over
+  their width, measured on the interior probability (:func:`object_aspect`). Nuclei of
+  adherent cells are flatter than wide, and a stack whose planes are further apart than its
+  voxel size says shows any object flattened: a seed spacing of half the width would merge
+  objects lying on top of one another;
 * the watershed floods the negated smoothed interior from the seeds within the foreground;
   foreground without a seed stays background; objects smaller than ``min_volume`` are removed
   and ids are renumbered 1..N over the volume.
@@ -45,8 +50,14 @@ SEED_FLOOR = 0.3
 HALO_DIAMETERS = 1.5
 #: Voxels per block, halo included (float32 work arrays of a few times this size).
 BLOCK_VOXELS = 16 * 2**20
+#: The measured aspect (depth / width) is kept within these bounds: no flatter than planes 4x
+#: further apart than assumed, and never deeper than wide (blur along z lengthens objects there).
+ASPECT_RANGE = (0.25, 1.0)
+#: Rows of the volume read at once while measuring the aspect.
+_ASPECT_ROWS = 64
 
-__all__ = ["BLOCK_VOXELS", "block_plan", "instances_3d", "iter_watershed_blocks"]
+__all__ = ["ASPECT_RANGE", "BLOCK_VOXELS", "block_plan", "instances_3d", "iter_watershed_blocks",
+           "object_aspect"]
 
 
 def _ellipsoid(radius: Sequence[float]) -> np.ndarray:
@@ -56,15 +67,58 @@ def _ellipsoid(radius: Sequence[float]) -> np.ndarray:
     return sum((g / max(rad, 1e-9)) ** 2 for g, rad in zip(grid, radius)) <= 1.0
 
 
-def _scales(diameter: float, spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(sigma, seed radius, halo) in voxels per axis, for objects of ``diameter`` xy pixels."""
+def _scales(diameter: float, spacing: Sequence[float], aspect: float = 1.0
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sigma, seed radius, halo) in voxels per axis, for objects of ``diameter`` xy pixels and
+    ``aspect`` times as deep (z) as wide; the halo stays that of round objects."""
     spacing = np.asarray(spacing, dtype=float)
     d_phys = float(diameter) * spacing[-1]
-    sigma = d_phys * SMOOTHING / spacing
-    radius = d_phys * SEED_SPACING / spacing
+    shape = np.array([float(aspect), 1.0, 1.0])
+    sigma = d_phys * SMOOTHING * shape / spacing
+    radius = d_phys * SEED_SPACING * shape / spacing
     margin = np.ceil(4 * sigma + radius)
     halo = (margin + np.ceil(HALO_DIAMETERS * d_phys / spacing)).astype(int)
     return sigma, radius, halo
+
+
+def _mean_runs(mask: np.ndarray, axis: int, before: np.ndarray | None = None) -> tuple[int, int]:
+    """(True voxels, runs of True along ``axis``) of ``mask``; ``before``: the plane preceding
+    the mask along that axis (a run going on from it does not start again)."""
+    m = np.moveaxis(mask, axis, 0)
+    starts = int(np.count_nonzero(m[1:] & ~m[:-1]))
+    starts += int(np.count_nonzero(m[0] if before is None else m[0] & ~before))
+    return int(np.count_nonzero(m)), starts
+
+
+def object_aspect(probabilities: Any, n_views: float, spacing: Sequence[float], threshold: float,
+                  should_stop: Callable[[], bool] | None = None) -> float:
+    """The objects' depth over their width (physical units), within :data:`ASPECT_RANGE`.
+
+    Mean chord lengths of the interior (``probabilities[1] / n_views > threshold``) along z and
+    along y and x: for axis-aligned ellipsoids their ratio is that of the axes, whatever the
+    sizes. The interior rather than the foreground: the blur along z of a microscope joins
+    objects above one another in the foreground, not in their interiors. 1 when the volume has
+    no interior.
+    """
+    from .predict import PredictionStopped
+
+    _two, nz, ny, nx = (int(s) for s in probabilities.shape)
+    totals = np.zeros((3, 2), dtype=np.int64)  # per axis: voxels, runs
+    previous = None
+    for y0 in range(0, ny, _ASPECT_ROWS):
+        if should_stop is not None and should_stop():
+            raise PredictionStopped("Prediction stopped.")
+        slab = np.asarray(probabilities[1, :, y0:y0 + _ASPECT_ROWS, :], dtype=np.float32)
+        slab = slab / float(n_views) > threshold
+        totals[0] += _mean_runs(slab, 0)
+        totals[1] += _mean_runs(slab, 1, previous)
+        totals[2] += _mean_runs(slab, 2)
+        previous = slab[:, -1, :]
+    if not totals[:, 1].all():
+        return 1.0
+    chords = totals[:, 0] / totals[:, 1] * np.asarray(spacing, dtype=float)
+    width = (chords[1] + chords[2]) / 2
+    return float(np.clip(chords[0] / width, *ASPECT_RANGE))
 
 
 def block_plan(shape: Sequence[int], halo: Sequence[int], block_voxels: int = BLOCK_VOXELS
@@ -98,6 +152,7 @@ def iter_watershed_blocks(
     should_stop: Callable[[], bool] | None = None,
     block_voxels: int | None = None,
     progress: Callable[[float, str], Progress] | None = None,
+    aspect: float = 1.0,
 ) -> Generator[Progress, None, Any]:
     """3D instances from summed (foreground, interior) probabilities, block by block (generator).
 
@@ -124,6 +179,9 @@ def iter_watershed_blocks(
         Block size budget (default :data:`BLOCK_VOXELS`).
     progress : callable, optional
         ``progress(fraction, message)`` makes the :class:`Progress` yielded after each block.
+    aspect : float
+        The objects' depth over their width (see :func:`object_aspect`): scales the smoothing
+        and the seed spacing along z.
 
     Returns
     -------
@@ -136,7 +194,7 @@ def iter_watershed_blocks(
 
     shape = tuple(int(s) for s in probabilities.shape[1:])
     labels = np.zeros(shape, dtype=np.int32) if out is None else out
-    sigma, radius, halo = _scales(diameter, spacing)
+    sigma, radius, halo = _scales(diameter, spacing, aspect)
     # along an axis much finer than x (z planes closer than the pixels) these reach far beyond the
     # volume: no more than the volume itself is needed, nor held in memory
     extent = np.asarray(shape[-3:], dtype=float)
@@ -227,13 +285,18 @@ def _markers(peaks: np.ndarray, ext: tuple[slice, ...], shape: tuple[int, ...], 
 
 def instances_3d(probabilities: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0), diameter: float = 14.0,
                  threshold: float = 0.5, min_volume: int = 0, representation: str = "bg-interior-boundary",
-                 ) -> np.ndarray:
+                 aspect: float | None = None) -> np.ndarray:
     """3D instances of (C, Z, Y, X) class probabilities in one call (no blocks budget).
 
-    A convenience for kept probabilities: see :func:`iter_watershed_blocks` for the method.
+    A convenience for kept probabilities: see :func:`iter_watershed_blocks` for the method;
+    ``aspect`` None: measured (:func:`object_aspect`).
     """
     from .events import run_to_end
     from .volume import _foreground_interior
 
     fg, interior = _foreground_interior(np.asarray(probabilities, dtype=np.float32), representation)
-    return run_to_end(iter_watershed_blocks(np.stack([fg, interior]), 1, spacing, diameter, threshold, min_volume))
+    stacked = np.stack([fg, interior])
+    if aspect is None:
+        aspect = object_aspect(stacked, 1, spacing, threshold)
+    return run_to_end(iter_watershed_blocks(stacked, 1, spacing, diameter, threshold, min_volume,
+                                            aspect=aspect))
