@@ -385,3 +385,40 @@ def test_the_synthetic_stack_keeps_flat_nuclei_on_top_of_one_another_apart(model
     image, truth = synthetic_nuclei
     scores = [average_precision(truth, segment_volume(model, image, threshold=t)) for t in (0.6, 0.7)]
     assert min(scores) >= 0.78, scores
+
+
+def _random_balls(seed: int, shape: tuple[int, int, int], n: int, radius=(5.0, 8.0)) -> np.ndarray:
+    """Labels of up to ``n`` balls of random radius at random places, none overlapping."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(shape, dtype=np.int32)
+    placed: list[tuple[np.ndarray, float]] = []
+    for _ in range(20 * n):
+        r = rng.uniform(*radius)
+        c = np.array([rng.uniform(r, s - r) for s in shape])
+        if any(np.linalg.norm(c - c2) < r + r2 + 1 for c2, r2 in placed):
+            continue
+        placed.append((c, r))
+        box = tuple(slice(max(0, int(ci - r)), min(s, int(ci + r) + 2))
+                    for ci, s in zip(c, shape, strict=True))
+        grid = np.indices([b.stop - b.start for b in box], dtype=float)
+        inside = sum((g + b.start - ci) ** 2 for g, b, ci in zip(grid, box, c, strict=True)) <= r * r
+        labels[box][inside] = len(placed)
+        if len(placed) == n:
+            break
+    return labels
+
+
+def test_planes_far_apart_without_a_voxel_size_turn_the_side_views_off(model):
+    """Touching nuclei blurred along z as a microscope does, every 4th plane kept, no voxel size:
+    taken for isotropic, the side views showed the network squashed nuclei it missed (3D AP@0.5
+    0.21). Objects that look flat in the xy view alone turn them off, with a note."""
+    truth = _random_balls(0, (96, 96, 96), 150)
+    rng = np.random.default_rng(1)
+    brightness = np.concatenate([[0], rng.uniform(0.4, 1.6, int(truth.max()))])
+    image = ndi.gaussian_filter(20 + 200 * brightness[truth], (3, 1.5, 1.5)) + rng.normal(0, 15, truth.shape)
+    image, truth = image[::4].astype(np.float32), truth[::4]
+    events: list = []
+    labels = run_to_end(iter_segment_volume(model, image), events.append)
+    assert average_precision(truth, labels) >= 0.7
+    notes = [e.message for e in events if isinstance(e, VolumeNote)]
+    assert any("wider than deep" in n and "Only xy planes" in n for n in notes)

@@ -52,6 +52,14 @@ IN_MEMORY_PROBABILITIES = 512 * 2**20
 #: Objects measured this flat (depth / width, :func:`~napari_unet.core.volume_instances.object_aspect`)
 #: or flatter are named in a note (seeds are spaced at their shape whatever it is).
 FLAT_NOTE_ASPECT = 0.7
+#: Without a voxel size, objects this flat or flatter in the xy view alone (depth / width, see
+#: :data:`FLAT_NOTE_ASPECT`) turn the side views off, as planes 2x further apart than the pixels do
+#: (:data:`ORTHOGONAL_MAX_ANISOTROPY`): the side views of an isotropic grid then show the objects
+#: squashed, which the network misses (touching balls blurred along z, sampled every 3rd / 4th
+#: plane, no voxel size: 3D AP@0.5 0.68 / 0.21 with them, 0.84 / 0.82 without). The blur along z
+#: makes them look rounder than they are: flat nuclei of half their width measured 0.77-0.80 and
+#: keep the side views; every 3rd plane of round ones 0.57 (benchmarks/RESULTS.md).
+XY_FLAT_ASPECT = 0.6
 #: Planes of a side view read from the volume at once: at most this many bytes.
 SIDE_SLAB_BYTES = 128 * 2**20
 #: Stitch mode: a plane's object continues an object of the plane above when their IoU is at least this.
@@ -500,6 +508,14 @@ def _iter_3d(model, volume, spacing, diameter, orthogonal, threshold, min_size, 
             yield VolumeNote(f"The stack is only {nzr} px deep (at the xy pixel size), less than two objects "
                              f"of {xy_diameter:.3g} px: only xy planes are predicted (no yz / xz views).")
             orthogonal = False
+        xy_aspect = None
+        if orthogonal and not given_spacing:
+            xy_aspect = object_aspect(store.data, store.views, spacing, threshold, should_stop)
+            if xy_aspect <= XY_FLAT_ASPECT:
+                yield VolumeNote(f"In the xy planes the objects look {1 / xy_aspect:.2g}x wider than deep: the "
+                                 "planes are probably further apart than the pixels. Only xy planes are "
+                                 "predicted (no yz / xz views); give the voxel size (z, y, x) to have them.")
+                orthogonal = False
         plane_levels = levels.levels() if orthogonal else None
         if plane_levels is not None and (gain := plane_levels[1]).max() > LEVEL_RATIO * gain.min():
             yield VolumeNote(f"The planes' objects differ in brightness up to {gain.max() / gain.min():.2g}x "
@@ -532,8 +548,11 @@ def _iter_3d(model, volume, spacing, diameter, orthogonal, threshold, min_size, 
                 store.views += weight
         scale = sized.scale
         object_diameter = xy_diameter if xy_diameter else (model.diameter or _fallback_diameter(ny, nx))
-        aspect = object_aspect(store.data, store.views, spacing, threshold, should_stop)
-        if aspect <= FLAT_NOTE_ASPECT:
+        if xy_aspect is not None and not orthogonal:
+            aspect = xy_aspect  # (the views are the xy one alone: measured already)
+        else:
+            aspect = object_aspect(store.data, store.views, spacing, threshold, should_stop)
+        if aspect <= FLAT_NOTE_ASPECT and (orthogonal or xy_aspect is None):
             yield VolumeNote(_flat_note(aspect, given_spacing))
         labels = yield from iter_watershed_blocks(
             store.data, store.views, spacing, object_diameter, threshold,
