@@ -222,3 +222,38 @@ def test_a_new_model_is_shipped_only_when_no_kind_gets_worse_and_all_gets_better
     # the nuclei model's rule (issue #15): better on every kind, a tie is not enough
     assert not beats(scores(all=0.869, phase=0.787, dic=0.9235), shipped, ties=False)
     assert beats(scores(all=0.869, phase=0.787, dic=0.930), shipped, ties=False)
+
+
+def test_a_stage_keeps_the_post_processing_that_does_better_out_of_the_box(tmp_path, capsys):
+    """The setting tuned at the labels' object size can lose out of the box (the estimate's passes
+    segment with it too): a stage resumed from a model file also scores the setting it started
+    from, out of the box, and keeps the better one (the model file and its card agree)."""
+    script = _script()
+    data = _tiny_dsb(tmp_path / "dsb")
+    start = tmp_path / "start.pt"
+    shutil.copy(ROOT / "napari_unet" / "models" / "nuclei.pt", start)
+    parser = script.build_parser()
+    own = {k: load_model().metadata["postprocessing"][k] for k in ("threshold", "min_size", "seed_fraction")}
+    assert script.start_postprocessing(parser.parse_args(["--resume", str(start)])) == own
+    assert script.start_postprocessing(parser.parse_args(["--steps", "1"])) is None
+    assert script.start_postprocessing(parser.parse_args(["--resume"])) is None  # legs: their checkpoint
+    out = tmp_path / "next" / "nuclei.pt"
+    assert script.main(["--steps", "1", "--lr", "1e-9", "--resume", str(start), "--within-stage",
+                        "--patch-size", "64", "--batch-size", "2", "--data", str(data), "--device", "cpu",
+                        "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    kept = read_model_file(out).metadata["postprocessing"]
+    card = (out.parent / "MODEL_CARD.md").read_text()
+    tuned_line = next(line for line in printed.splitlines()
+                      if line.startswith("post-processing on val: threshold"))
+    tuned = {"threshold": float(tuned_line.split("threshold ")[1].split(",")[0]),
+             "min_size": int(tuned_line.split("min. size ")[1].split(" px")[0]),
+             "seed_fraction": float(tuned_line.split("seed fraction ")[1].split(" ")[0])}
+    if script._same_setting(tuned, own):
+        assert "out of the box: tuned setting" not in printed
+        assert script._same_setting(kept, own)
+    else:
+        assert "out of the box: tuned setting" in printed
+        from_start = "the start kept" in printed
+        assert script._same_setting(kept, own if from_start else tuned)
+        assert ("the setting of the model this stage started from" in card) is from_start
