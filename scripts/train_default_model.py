@@ -427,6 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--augment-low-light", type=float, default=0.0, metavar="P",
                         help="probability that a patch of a fluorescence image gets the shot and read noise of a "
                              "camera that caught few photons: core.augment's low_light_prob (default 0)")
+    parser.add_argument("--low-light-native", action="store_true",
+                        help="draw --augment-low-light's noise at the image's own pixel size and enlarge it "
+                             "with the image (small objects enlarged to the model's size show enlarged noise "
+                             "grains)")
     parser.add_argument("--augment-saturated", type=float, default=0.0, metavar="P",
                         help="probability that a patch of a fluorescence image is clipped as an over-exposed "
                              "camera clips it (plateaus of one value): core.augment's saturated_prob (default 0)")
@@ -587,6 +591,8 @@ def stage_arguments(stages: list[dict], out: str) -> list[list[str]]:
             argv += ["--augment-debris", f"{st['augment_debris']:g}"]
         if st.get("augment_low_light"):
             argv += ["--augment-low-light", f"{st['augment_low_light']:g}"]
+        if st.get("low_light_native"):
+            argv.append("--low-light-native")
         if st.get("augment_saturated"):
             argv += ["--augment-saturated", f"{st['augment_saturated']:g}"]
         if not last:
@@ -647,6 +653,8 @@ def _stage_record(meta: dict, args: argparse.Namespace | None) -> dict:
         if args.augment_low_light:
             record["augment_low_light"] = args.augment_low_light
             record["low_light_photons"] = list(training_legs.augment_config(args).low_light_photons)
+            if args.low_light_native:
+                record["low_light_native"] = True
         if args.augment_saturated:
             record["augment_saturated"] = args.augment_saturated
             record["saturated_level"] = list(training_legs.augment_config(args).saturated_level)
@@ -740,7 +748,8 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
                 + "".join(f"; in stage {i + 1}, {AugmentConfig().describe_debris()}"
                           for i, st in enumerate(stages) if st.get("augment_debris"))
                 + "".join(f"; in stage {i + 1}, " + AugmentConfig(
-                    low_light_photons=tuple(st["low_light_photons"])).describe_low_light()
+                    low_light_photons=tuple(st["low_light_photons"]),
+                    low_light_native=bool(st.get("low_light_native"))).describe_low_light()
                           for i, st in enumerate(stages) if st.get("augment_low_light"))
                 + "".join(f"; in stage {i + 1}, " + AugmentConfig(
                     saturated_level=tuple(st["saturated_level"])).describe_saturated()
@@ -771,6 +780,7 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
                    if st.get("augment_texture") else "")
                 + (f", bright debris p={st['augment_debris']:g}" if st.get("augment_debris") else "")
                 + (f", low light p={st['augment_low_light']:g}" if st.get("augment_low_light") else "")
+                + (" at the image's own pixel size" if st.get("low_light_native") else "")
                 + (f", over-exposed p={st['augment_saturated']:g}" if st.get("augment_saturated") else "")
                 + (", its own best validation kept" if st.get("within_stage") else "")
                 for i, st in enumerate(stages)

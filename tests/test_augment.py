@@ -219,6 +219,29 @@ def test_low_light_adds_shot_noise_and_normalises_as_inference_does():
     assert "low light" not in AugmentConfig().describe()
 
 
+def test_low_light_noise_can_be_drawn_at_the_images_own_pixel_size():
+    """An image of small objects is enlarged to the model's object size, its camera noise with it:
+    grains of several pixels. ``grain`` draws the noise on the image's own grid and enlarges it;
+    the objects' level over the background stays as without it."""
+    yy, xx = np.mgrid[0:120, 0:120]
+    clean = np.zeros((1, 120, 120), np.float32)
+    clean[0][(yy - 60) ** 2 + (xx - 60) ** 2 < 900] = 0.9
+    reference = clean.reshape(1, -1)
+
+    def neighbours(a: np.ndarray) -> float:
+        return float(np.corrcoef(a[:, 1:].ravel(), a[:, :-1].ravel())[0, 1])
+
+    fine = low_light(clean, np.random.default_rng(1), photons=(20.0, 20.0), reference=reference)
+    coarse = low_light(clean, np.random.default_rng(1), photons=(20.0, 20.0), reference=reference, grain=2.5)
+    assert coarse.shape == clean.shape and coarse.dtype == np.float32
+    assert abs(neighbours(fine[0, :20, :20])) < 0.2 and neighbours(coarse[0, :20, :20]) > 0.6
+    for out in (fine, coarse):
+        assert out[0][clean[0] > 0].mean() > out[0][clean[0] == 0].mean() + 0.4
+    config = AugmentConfig(low_light_prob=0.5, low_light_native=True)
+    assert "drawn at the image's own pixel size" in config.describe()
+    assert "own pixel size" not in AugmentConfig(low_light_prob=0.5).describe()
+
+
 def test_saturated_clips_the_objects_into_plateaus_and_normalises_again():
     """An over-exposed camera: the brighter nuclei become plateaus of one value (touching ones lose
     the grey level between them), and the image's percentiles stretch the clip level to 1."""

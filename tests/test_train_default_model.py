@@ -81,7 +81,8 @@ def test_reproduce_retrains_a_two_stage_model_weight_for_weight(tmp_path):
     assert script.main(["--steps", "2", "--lr", "0.001", "--seed", "4", "--resume", str(stage1),
                         "--repeat-kind", "grey_dark=2", "--augment-upscaled", "0.5", "--augment-gradient", "0.3",
                         "--augment-texture", "0.5", "--texture-contrast", "0.7", "1.4", "--augment-debris", "0.5",
-                        "--augment-low-light", "0.5", "--augment-saturated", "0.5", "--within-stage", "--kinds", "grey_dark",
+                        "--augment-low-light", "0.5", "--low-light-native", "--augment-saturated", "0.5",
+                        "--within-stage", "--kinds", "grey_dark",
                         "--out", str(final), *common]) == 0
     original = read_model_file(final)
     assert [st["steps"] for st in original.metadata["stages"]] == [3, 2]
@@ -98,6 +99,7 @@ def test_reproduce_retrains_a_two_stage_model_weight_for_weight(tmp_path):
     assert (last["augment_texture"], last["texture_contrast"], last["texture_edge"]) == (0.5, [0.7, 1.4], 3.0)
     assert last["augment_debris"] == 0.5 and "augment_debris" not in retrained.metadata["stages"][0]
     assert (last["augment_low_light"], last["low_light_photons"]) == (0.5, [4.0, 200.0])
+    assert last["low_light_native"] is True
     assert (last["augment_saturated"], last["saturated_level"]) == (0.5, [0.2, 1.0])
     assert "augment_saturated" not in retrained.metadata["stages"][0]
     assert last["kinds"] == ["grey_dark"] and "kinds" not in retrained.metadata["stages"][0]
@@ -113,7 +115,8 @@ def test_reproduce_retrains_a_two_stage_model_weight_for_weight(tmp_path):
     assert AugmentConfig().describe() in card
     assert AugmentConfig(texture=(0.7, 1.4), texture_edge=3.0).describe_texture() in card
     assert f"in stage 2, {AugmentConfig().describe_debris()}" in card and "bright debris p=0.5" in card
-    assert f"in stage 2, {AugmentConfig().describe_low_light()}" in card and "low light p=0.5" in card
+    assert f"in stage 2, {AugmentConfig(low_light_native=True).describe_low_light()}" in card
+    assert "low light p=0.5" in card
     assert f"in stage 2, {AugmentConfig().describe_saturated()}" in card and "over-exposed p=0.5" in card
     assert f"AdamW lr 0.001 ({WarmupCosine(0.001).describe()})" in card
     assert "grey_dark images only" in card

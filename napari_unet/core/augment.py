@@ -86,6 +86,11 @@ class AugmentConfig:
     low_light_photons : tuple of float
         Range (log-uniform) of the photons a pixel at the top of the normalised range (1.0)
         caught, for ``low_light_prob``.
+    low_light_native : bool
+        Draw the low light's noise on the image's own pixel grid and enlarge it with the image
+        (``grain`` of :func:`low_light`: the example's rescale factor), as an image of small
+        objects enlarged to the model's object size shows its camera's noise; False (the
+        default): on the patch's grid, one grain per pixel.
     saturated_prob : float
         Probability that a patch of a dark-background (fluorescence) image is shown as an
         over-exposed camera would show it (:func:`saturated`): clipped at a level below the
@@ -121,6 +126,7 @@ class AugmentConfig:
     debris_renormalised: float = 0.0
     low_light_prob: float = 0.0
     low_light_photons: tuple[float, float] = (4.0, 200.0)
+    low_light_native: bool = False
     saturated_prob: float = 0.0
     saturated_level: tuple[float, float] = (0.2, 1.0)
 
@@ -165,7 +171,8 @@ class AugmentConfig:
         """What ``low_light_prob`` does, with this config's range of photons."""
         lo, hi = self.low_light_photons
         return (f"low light on fluorescence patches (shot and read noise, {lo:g}-{hi:g} photons at the top of "
-                "the range, normalised again)")
+                "the range, " + ("drawn at the image's own pixel size and enlarged with it, "
+                                 if self.low_light_native else "") + "normalised again)")
 
     def describe_debris(self) -> str:
         """What ``debris_prob`` does, with this config's range of brightness."""
@@ -519,6 +526,7 @@ def low_light(
     photons: tuple[float, float] = (4.0, 200.0),
     reference: np.ndarray | None = None,
     percentiles: tuple[float, float] = (1.0, 99.8),
+    grain: float = 1.0,
 ) -> np.ndarray:
     """A normalised (C, H, W) patch as a camera that caught few photons would show it.
 
@@ -529,6 +537,10 @@ def low_light(
     its ``percentiles``: those of ``reference`` ((C, K) pixels of the whole image, given the same
     noise) when given, since a patch of background alone would otherwise be stretched to the
     whole range; else the patch's own.
+
+    ``grain`` > 1: the patch is an image enlarged that many times (to the model's object size), and
+    its noise is drawn on the image's own pixel grid (the patch shrunk by ``grain``, linearly) and
+    enlarged with it, linearly; the reference pixels get noise of the same spread.
 
     Returns a new float32 array.
     """
@@ -541,8 +553,26 @@ def low_light(
         counts = rng.poisson(n * np.clip(x, 0.0, None) + dark).astype(np.float32)
         return counts + rng.normal(0.0, read, size=x.shape).astype(np.float32)
 
-    noisy = exposed(chw)
-    sample = exposed(np.asarray(reference, np.float32)) if reference is not None else noisy.reshape(len(chw), -1)
+    spread = 1.0
+    if grain > 1.05 and min(chw.shape[1:]) >= 4:
+        native = tuple(max(2, int(round(side / grain))) for side in chw.shape[1:])
+        zoom_in = (1.0,) + tuple(m / side for m, side in zip(native, chw.shape[1:], strict=True))
+        small = ndi.zoom(chw, zoom_in, order=1, mode="mirror", grid_mode=True)
+        expected = n * np.clip(small, 0.0, None) + dark
+        noise = exposed(small) - expected
+        zoom_out = (1.0,) + tuple(side / m for m, side in zip(native, chw.shape[1:], strict=True))
+        enlarged = ndi.zoom(noise, zoom_out, order=1, mode="mirror", grid_mode=True)
+        enlarged = enlarged[:, : chw.shape[1], : chw.shape[2]]
+        noisy = n * np.clip(chw, 0.0, None) + dark + enlarged
+        spread = float(np.std(enlarged) / max(np.std(noise), 1e-6))
+    else:
+        noisy = exposed(chw)
+    if reference is not None:
+        ref = np.asarray(reference, np.float32)
+        expected = n * np.clip(ref, 0.0, None) + dark
+        sample = expected + spread * (exposed(ref) - expected)
+    else:
+        sample = noisy.reshape(len(chw), -1)
     lo, hi = np.percentile(sample.reshape(len(chw), -1), percentiles, axis=1)
     span = np.maximum(hi - lo, 1e-6)
     return ((noisy - lo[:, None, None]) / span[:, None, None]).astype(np.float32)

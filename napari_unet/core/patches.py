@@ -90,7 +90,8 @@ def build_patch(
     if augment is not None and augment.low_light_prob > 0 and rng.random() < augment.low_light_prob:
         reference = _pixel_sample(example.image, rng)
         if np.median(reference) < DARK_BACKGROUND_MEDIAN:  # fluorescence: few photons
-            img = low_light(img, rng, augment.low_light_photons, reference=reference)
+            grain = example.scale if augment.low_light_native else 1.0
+            img = low_light(img, rng, augment.low_light_photons, reference=reference, grain=grain)
     elif augment is not None and augment.saturated_prob > 0 and rng.random() < augment.saturated_prob:
         rows, cols = np.unravel_index(_pixel_indices(example.image, rng), example.labels.shape)
         reference = np.asarray(example.image)[:, rows, cols]
