@@ -701,8 +701,8 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
     if result.diameter is not None:  # what a user gets: the diameter estimated from the image
         result.metadata["postprocessing"] = postprocessing
         result.metadata.pop("postprocessing_by_kind", None)  # (the start's: tuned again below)
-        val_auto = out_of_the_box(result, val_rows, device)
         if start_labels is not None and not _same_setting(start, postprocessing):
+            val_auto = out_of_the_box(result, val_rows, device)
             # the setting best at the labels' own object size may not be at the estimated one (the
             # estimate's passes segment with it too): a fluorescence-only stage tuned to threshold
             # 0.9 / min. size 8 scored 0.870 at the known size, 0.827 out of the box, and 0.864 out
@@ -717,7 +717,7 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
             result.metadata["postprocessing"] = postprocessing
         # tuned again, against this general setting
         by_kind = tune_by_kind(result, train_rows, val_rows, device)
-        if by_kind:
+        if by_kind or val_auto is None:
             val_auto = out_of_the_box(result, val_rows, device)
     by_image = {id(r["image"]): lab for r, lab in zip(val_rows, val_labels)}
     val_scores = evaluate(val_rows, lambda r: by_image[id(r["image"])])
