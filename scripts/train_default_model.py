@@ -203,20 +203,18 @@ def _same_setting(a: dict, b: dict) -> bool:
 
 
 def start_postprocessing(args: argparse.Namespace) -> dict | None:
-    """The general post-processing of the model file a stage starts from (``--resume MODEL``);
-    None for a run from scratch, legs (``--resume`` alone) or a model that records none."""
+    """The general post-processing the model file a stage starts from (``--resume MODEL``)
+    segments with (:attr:`SegmentationModel.postprocessing`); None for a run from scratch or legs
+    (``--resume`` alone: their checkpoint)."""
     from napari_unet.core.checkpoint import ModelFileError, read_model_file
 
     path = args.resume
     if not isinstance(path, Path) or not path.is_file():
         return None
     try:
-        stored = read_model_file(path).metadata.get("postprocessing")
+        return read_model_file(path).postprocessing
     except ModelFileError:
         return None
-    if not isinstance(stored, dict) or not all(k in stored for k in _SETTING_KEYS):
-        return None
-    return {k: stored[k] for k in _SETTING_KEYS}
 
 
 def tune_by_kind(model, rows: list[dict], val_rows: list[dict], device) -> dict:

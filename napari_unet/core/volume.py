@@ -508,10 +508,11 @@ def _iter_3d(model, volume, spacing, diameter, orthogonal, threshold, min_size, 
             yield VolumeNote(f"The stack is only {nzr} px deep (at the xy pixel size), less than two objects "
                              f"of {xy_diameter:.3g} px: only xy planes are predicted (no yz / xz views).")
             orthogonal = False
-        xy_aspect = None
+        xy_aspect, flat_in_xy = None, False
         if orthogonal and not given_spacing:
             xy_aspect = object_aspect(store.data, store.views, spacing, threshold, should_stop)
-            if xy_aspect <= XY_FLAT_ASPECT:
+            flat_in_xy = xy_aspect <= XY_FLAT_ASPECT
+            if flat_in_xy:
                 yield VolumeNote(f"In the xy planes the objects look {1 / xy_aspect:.2g}x wider than deep: the "
                                  "planes are probably further apart than the pixels. Only xy planes are "
                                  "predicted (no yz / xz views); give the voxel size (z, y, x) to have them.")
@@ -548,11 +549,11 @@ def _iter_3d(model, volume, spacing, diameter, orthogonal, threshold, min_size, 
                 store.views += weight
         scale = sized.scale
         object_diameter = xy_diameter if xy_diameter else (model.diameter or _fallback_diameter(ny, nx))
-        if xy_aspect is not None and not orthogonal:
-            aspect = xy_aspect  # (the views are the xy one alone: measured already)
+        if flat_in_xy:
+            aspect = xy_aspect  # (the views are the xy one alone: measured already, and noted)
         else:
             aspect = object_aspect(store.data, store.views, spacing, threshold, should_stop)
-        if aspect <= FLAT_NOTE_ASPECT and (orthogonal or xy_aspect is None):
+        if aspect <= FLAT_NOTE_ASPECT and not flat_in_xy:
             yield VolumeNote(_flat_note(aspect, given_spacing))
         labels = yield from iter_watershed_blocks(
             store.data, store.views, spacing, object_diameter, threshold,

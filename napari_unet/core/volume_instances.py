@@ -81,7 +81,7 @@ def _scales(diameter: float, spacing: Sequence[float], aspect: float = 1.0
     return sigma, radius, halo
 
 
-def _mean_runs(mask: np.ndarray, axis: int, before: np.ndarray | None = None) -> tuple[int, int]:
+def _voxels_and_runs(mask: np.ndarray, axis: int, before: np.ndarray | None = None) -> tuple[int, int]:
     """(True voxels, runs of True along ``axis``) of ``mask``; ``before``: the plane preceding
     the mask along that axis (a run going on from it does not start again)."""
     m = np.moveaxis(mask, axis, 0)
@@ -110,9 +110,9 @@ def object_aspect(probabilities: Any, n_views: float, spacing: Sequence[float], 
             raise PredictionStopped("Prediction stopped.")
         slab = np.asarray(probabilities[1, :, y0:y0 + _ASPECT_ROWS, :], dtype=np.float32)
         slab = slab / float(n_views) > threshold
-        totals[0] += _mean_runs(slab, 0)
-        totals[1] += _mean_runs(slab, 1, previous)
-        totals[2] += _mean_runs(slab, 2)
+        totals[0] += _voxels_and_runs(slab, 0)
+        totals[1] += _voxels_and_runs(slab, 1, previous)
+        totals[2] += _voxels_and_runs(slab, 2)
         previous = slab[:, -1, :]
     if not totals[:, 1].all():
         return 1.0
