@@ -756,3 +756,95 @@ def test_a_frame_without_data_is_said_once_and_not_called_constant(dsb_fluo_crop
     messages = [r.getMessage() for r in caplog.records]
     assert sum("holds no data" in m for m in messages) == 1
     assert not any("constant" in m for m in messages)
+
+
+def _bright_debris(image: np.ndarray, labels: np.ndarray, brightness: float = 8.0) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` with soft discs (1.2x the median nucleus, blurred as the optics blur the nuclei) at
+    ``brightness`` times the nuclei's 90th percentile over about 1% of it, away from the nuclei;
+    and where they are."""
+    from scipy import ndimage as ndi
+
+    from napari_unet.core.scale import median_diameter
+
+    radius = 0.6 * median_diameter(labels)
+    yy, xx = np.mgrid[: image.shape[0], : image.shape[1]]
+    free = ndi.distance_transform_edt(labels == 0) > radius + 3
+    rng = np.random.default_rng(1)
+    discs = np.zeros(image.shape, bool)
+    while discs.mean() < 0.01:
+        cy, cx = rng.integers(0, image.shape[0]), rng.integers(0, image.shape[1])
+        if free[cy, cx]:
+            discs |= (yy - cy) ** 2 + (xx - cx) ** 2 < radius**2
+    level = brightness * float(np.percentile(image[labels > 0], 90))
+    blob = ndi.gaussian_filter(discs.astype(np.float32), 1.0) * level
+    return np.maximum(image.astype(np.float32), blob), discs
+
+
+def test_bright_outliers_are_told_from_the_objects_found_and_not_from_clean_planes(dsb_fluo_crop):
+    from napari_unet.core.preprocess import OUTLIER_CLIP, bright_outliers_level, object_percentile
+
+    image, labels = dsb_fluo_crop
+    ids = np.unique(labels[labels > 0])
+    assert np.array_equal(object_percentile(image, labels, 90.0),
+                          [np.percentile(image[labels == i], 90, method="lower") for i in ids])
+    assert bright_outliers_level(image, labels) is None  # a clean plane: its own range
+    debris, _ = _bright_debris(image, labels)
+    level = bright_outliers_level(debris, labels)
+    typical = np.median(object_percentile(image, labels, 90.0)) - np.percentile(image, 1.0)
+    assert level is not None and level == pytest.approx(np.percentile(debris, 1.0) + OUTLIER_CLIP * typical, rel=0.05)
+    assert bright_outliers_level(debris.max() - debris, labels) is None  # dark objects on a bright background
+    assert bright_outliers_level(debris, np.where(labels == ids[0], labels, 0)) is None  # one object: no median
+
+
+def test_bright_debris_does_not_dim_the_nuclei_around_it(data_dir, caplog, monkeypatch):
+    """Blobs 8x brighter than the nuclei over 1% of a real fluorescence field (DSB2018 val, small
+    nuclei) set the top of the normalisation, and the nuclei reached the network far dimmer than it
+    ever saw them; the plane is segmented again with the blobs clipped at twice the typical nucleus'
+    brightness."""
+    from skimage.io import imread
+
+    import napari_unet.core.preprocess as preprocess
+    from napari_unet.core.metrics import average_precision
+
+    (image_id,) = [i for i in _dsb_ids(data_dir, ("grey_dark",)) if i.startswith("9586e48a")]
+    image = imread(data_dir / "dsb2018" / "images" / f"{image_id}.png")[:128, :128]
+    labels = imread(data_dir / "dsb2018" / "labels" / f"{image_id}.png")[:128, :128].astype(np.int32)
+    model = load_model("nuclei", device="cpu")
+    clean_ap = average_precision(labels, segment(model, image))
+    debris, discs = _bright_debris(image, labels)
+    with caplog.at_level("WARNING", logger="napari_unet"):
+        found = segment(model, debris)
+    assert sum("far brighter than the others" in r.getMessage() for r in caplog.records) == 1
+    monkeypatch.setattr(preprocess, "OUTLIER_RATIO", np.inf)  # the rule off: as before it
+    before = segment(model, debris)
+    after_ap, before_ap = (average_precision(labels, _without_objects_on(found, discs)),
+                           average_precision(labels, _without_objects_on(before, discs)))
+    assert after_ap > clean_ap - 0.05
+    assert after_ap > before_ap + 0.1
+
+
+def _without_objects_on(labels: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """``labels`` without the objects mostly in ``where`` (the debris found as objects: not scored)."""
+    counts = np.bincount(labels[where].ravel(), minlength=int(labels.max()) + 1)
+    sizes = np.bincount(labels.ravel(), minlength=int(labels.max()) + 1)
+    return np.where(np.isin(labels, np.flatnonzero(2 * counts > sizes)) | where, 0, labels)
+
+
+def test_training_examples_clip_bright_debris_as_prediction_does(dsb_fluo_crop, monkeypatch):
+    """A corrected slice with bright debris trains on nuclei as bright as prediction will show
+    them (the outliers told from the user's own labels), not dimmed by the debris."""
+    import napari_unet.core.preprocess as preprocess
+    from napari_unet.core.examples import prepare_examples
+
+    image, labels = dsb_fluo_crop
+    model = load_model("nuclei", device="cpu")
+    debris, _ = _bright_debris(image, labels)
+
+    def nuclei_level(img):
+        (example,) = prepare_examples(model, [img], [labels])
+        return float(np.median(example.image[0][example.labels > 0]))
+
+    clean = nuclei_level(image)
+    assert nuclei_level(debris) > 0.6 * clean
+    monkeypatch.setattr(preprocess, "OUTLIER_RATIO", np.inf)
+    assert nuclei_level(debris) < 0.4 * clean

@@ -958,3 +958,32 @@ def test_slices_painted_by_hand_before_the_plugin_was_opened_are_never_overwritt
     assert (masks.data[1] == 999).sum() > 20
     assert masks.data[2].any()
     assert any("Skipped a slice you corrected (slice 1)" in m for m in notifications)
+
+
+def test_bright_debris_is_clipped_and_said_once(widget, qtbot, data_dir, notifications):
+    """A fluorescence slice with blobs 8x brighter than its nuclei: segmented again with them clipped
+    (the nuclei found as in the clean slice), and the user told once why."""
+    from skimage.io import imread
+    from test_predict import _bright_debris, _dsb_ids
+
+    from napari_unet.core.catalog import resolve_model_path
+    from napari_unet.core.predict import OUTLIERS_NOTE
+
+    viewer, w = widget
+    w.select_model(resolve_model_path("nuclei"))
+    (image_id,) = [i for i in _dsb_ids(data_dir, ("grey_dark",)) if i.startswith("9586e48a")]
+    frame = imread(data_dir / "dsb2018" / "images" / f"{image_id}.png")[:128, :128]
+    truth = imread(data_dir / "dsb2018" / "labels" / f"{image_id}.png")[:128, :128].astype(np.int32)
+    debris, _ = _bright_debris(frame, truth)
+    image = viewer.add_image(np.stack([debris, debris]), name="debris")
+    w.reset_choices()
+    w._image_combo.value = image
+    w._scope.value = SCOPE_STACK
+    w._run_button.clicked.emit()
+    _wait(qtbot, w, timeout=120_000)
+    masks = viewer.layers[masks_layer_name("debris")]
+    assert w.kept_result(masks, (0,)).clipped is not None and w.kept_result(masks, (1,)).clipped is not None
+    assert notifications.count(OUTLIERS_NOTE) == 1
+    from napari_unet.core.metrics import average_precision
+
+    assert average_precision(truth, np.asarray(masks.data[0])) > 0.8

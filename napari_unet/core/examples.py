@@ -17,7 +17,7 @@ import numpy as np
 
 from .checkpoint import SegmentationModel
 from .labels import check_labels
-from .preprocess import fill_missing, prepare_plane, without_camera_artefacts
+from .preprocess import bright_outliers_level, fill_missing, prepare_plane, without_camera_artefacts
 from .scale import count_objects  # (also re-exported: the examples' object count)
 
 log = logging.getLogger(__name__)
@@ -98,10 +98,14 @@ def prepare_examples(
                 f"Example {i + 1} is only {lab.shape} pixels; training needs planes of at least "
                 f"{MIN_PLANE_SIZE} x {MIN_PLANE_SIZE}."
             )
-        # pixels without data filled (NaN, a mosaic's black border; nothing is learnt there) and hot
-        # pixels set to their neighbours' level before the rescale blurs them, as for prediction
+        # pixels without data filled (NaN, a mosaic's black border; nothing is learnt there), hot
+        # pixels set to their neighbours' level before the rescale blurs them and a few objects far
+        # brighter than the labelled ones clipped, as for prediction
         img, missing = fill_missing(img)
-        img, lab, scale = at_model_scale(model, without_camera_artefacts(img), lab)
+        img = without_camera_artefacts(img)
+        if (level := bright_outliers_level(img, lab)) is not None:  # clipped as prediction clips them
+            img = np.minimum(img, np.float32(level), dtype=np.float32)
+        img, lab, scale = at_model_scale(model, img, lab)
         known = None
         if missing is not None:
             from skimage.transform import resize

@@ -45,7 +45,14 @@ from .device import free_memory_bytes, select_device
 from .engine import NetworkRunner
 from .events import Progress, run_to_end
 from .instances import probabilities_to_labels
-from .preprocess import ImageError, is_camera_noise, is_constant, without_camera_artefacts
+from .preprocess import (
+    OUTLIER_CLIP,
+    ImageError,
+    bright_outliers_level,
+    is_camera_noise,
+    is_constant,
+    without_camera_artefacts,
+)
 from .scale import MIN_OBJECTS, min_size_at
 from .stack import MAX_STACK_AXES, StackLayout, Window, read_filled_plane, stack_layout  # noqa: F401  (MAX_STACK_AXES: re-exported)
 from .tiling import TilePlan, choose_tile_and_batch, mirror_pad, plan_tiles
@@ -373,6 +380,10 @@ class PlaneResult:
         noise alone (:func:`~napari_unet.core.preprocess.is_camera_noise`), or no data in the region
         segmented (NaN, a black border: :func:`~napari_unet.core.preprocess.fill_missing`); None
         otherwise.
+    clipped : float or None
+        The value the plane was clipped at because a few objects far brighter than the others (debris,
+        dead cells) set its brightness range (:func:`~napari_unet.core.preprocess.bright_outliers_level`;
+        said by :data:`OUTLIERS_NOTE`); None when it was not.
     """
 
     index: tuple[int, ...]
@@ -388,6 +399,7 @@ class PlaneResult:
     kind: str | None = None
     colour: int | None = None
     blank: str | None = None
+    clipped: float | None = None
 
     def relabel(self, threshold: float, min_size: int, keep_dtype: Any = None) -> "PlaneResult":
         """The same plane post-processed with another threshold / minimum size (no network run).
@@ -510,7 +522,7 @@ def iter_planes(
     runner = _PlaneRunner(_Engine(model, **engine_options), len(planes), should_stop)
     colour = _check_colour(colour, layout)
 
-    said_noise = said_missing = False
+    said_noise = said_missing = said_outliers = False
 
     def load(idx: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray | None]:
         """Plane ``idx`` as read (all its colours), its pixels without data filled, and where those are
@@ -586,8 +598,17 @@ def iter_planes(
                 if sizing.check(labels_of(probs, search_setting)):
                     probs = _background_where((yield from runner.at_scale(plane, sizing.scale, k)), missing)
                     plane_labels = labels_of(probs) if labels else None
+            # a few objects far brighter than the others set the plane's brightness range: again without them
+            clipped = None if plane_labels is None else bright_outliers_level(plane[inner], plane_labels)
+            if clipped is not None:
+                if not said_outliers:
+                    log.warning(OUTLIERS_NOTE)
+                    said_outliers = True
+                plane = np.minimum(plane, np.float32(clipped), dtype=np.float32)
+                probs = _background_where((yield from runner.at_scale(plane, sizing.scale, k)), missing)
+                plane_labels = labels_of(probs)
             yield PlaneResult(idx, region, plane_labels, probs, inner, model.representation,
-                              sizing.diameter, sizing.scale, sizing.note, min_seed, kind, colour, blank)
+                              sizing.diameter, sizing.scale, sizing.note, min_seed, kind, colour, blank, clipped)
             # nothing found to size on: the next plane is tried, and this one comes again at the size
             # found (the later result of a plane replaces the earlier: the 3D path's xy view too)
             if sized_here and sizing.search is not None:
@@ -711,6 +732,11 @@ class _PlaneRunner:
             )
 
 
+#: Said (once a run) when a plane was segmented again with a few objects far brighter than the others
+#: clipped (see :func:`~napari_unet.core.preprocess.bright_outliers_level`).
+OUTLIERS_NOTE = (f"A few objects far brighter than the others (debris, dead cells) set the image's brightness "
+                 f"range: segmented again with them clipped at {OUTLIER_CLIP:g} times the typical object's "
+                 "brightness.")
 #: With the automatic diameter, a stack whose first plane holds no object the model finds (before
 #: the cells come in, a blank frame), or fewer than :data:`ESTIMATE_MIN_OBJECTS`, is sized on the
 #: next planes too, up to this many more.

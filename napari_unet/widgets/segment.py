@@ -567,6 +567,7 @@ class SegmentWidget(Container):
             if not self._rethresholding:
                 self._sizing.show(item)
                 self._say_colour(item)
+                self._say_clipped(item)
             self._follow_kind_of(item)
         elif isinstance(item, EmptyPlane):
             self._empty_planes.append(item)
@@ -575,6 +576,14 @@ class SegmentWidget(Container):
         elif hasattr(item, "message") and item.message not in self._notes_said:
             self._notes_said.add(item.message)  # a note of the 3D path (an assumed voxel size, ...), once a run
             notify_info(item.message)
+
+    def _say_clipped(self, result: PlaneResult) -> None:
+        """Once a run: a plane was segmented again with a few far brighter objects clipped."""
+        from napari_unet.core.predict import OUTLIERS_NOTE
+
+        if result.clipped is not None and OUTLIERS_NOTE not in self._notes_said:
+            self._notes_said.add(OUTLIERS_NOTE)
+            notify_info(OUTLIERS_NOTE)
 
     def _say_colour(self, result: PlaneResult) -> None:
         """Once a run: which colour of an RGB image was segmented on its own (a merge of fluorescence
