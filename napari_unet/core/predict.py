@@ -383,7 +383,8 @@ class PlaneResult:
     clipped : float or None
         The value the plane was clipped at because a few objects far brighter than the others (debris,
         dead cells) set its brightness range (:func:`~napari_unet.core.preprocess.bright_outliers_level`;
-        said by :data:`OUTLIERS_NOTE`); None when it was not.
+        said by :data:`OUTLIERS_NOTE`); with ``outliers="measure"`` the value it would be clipped at
+        (it was not); None when it was not.
     """
 
     index: tuple[int, ...]
@@ -443,6 +444,7 @@ def iter_planes(
     to_model_diameter: bool = False,
     by_kind: bool = True,
     colour: int | str | None = "auto",
+    outliers: str = "clip",
     **engine_options: Any,
 ) -> Generator[Progress | PlaneResult, None, None]:
     """The one plane loop: read, rescale to the model's object size, predict and post-process planes.
@@ -496,6 +498,12 @@ def iter_planes(
         merge of fluorescence channels (told on the first plane, see
         :func:`~napari_unet.core.channels.nuclear_colour`; a warning says which) and the mean of the
         colours of other colour images; "mean" always the mean; 0, 1, 2 that colour.
+    outliers : {"clip", "measure", "off"}
+        A plane where a few objects far brighter than the others set the brightness range
+        (:func:`~napari_unet.core.preprocess.bright_outliers_level`, on the objects found, or on the
+        foreground's connected parts without labels) is segmented again clipped ("clip"), or only
+        said in :attr:`PlaneResult.clipped` ("measure": the 3D path decides for the whole volume),
+        or not looked at ("off").
     **engine_options
         ``tile_size``, ``batch_size``, ``halo``, ``device``, ``precision``, ``channels_last``
         (see :func:`iter_predict_probabilities`).
@@ -508,6 +516,8 @@ def iter_planes(
     """
     from .instances import _check_args
 
+    if outliers not in ("clip", "measure", "off"):
+        raise ValueError(f"outliers must be 'clip', 'measure' or 'off', got {outliers!r}.")
     image, layout = _prepare(model, image, rgb)
     # also without labels: measuring the object size post-processes the estimation passes, with the
     # values given or the model's general ones (the automatic diameter was tuned with those); the
@@ -599,8 +609,11 @@ def iter_planes(
                     probs = _background_where((yield from runner.at_scale(plane, sizing.scale, k)), missing)
                     plane_labels = labels_of(probs) if labels else None
             # a few objects far brighter than the others set the plane's brightness range: again without them
-            clipped = None if plane_labels is None else bright_outliers_level(plane[inner], plane_labels)
-            if clipped is not None:
+            # (told from the objects found: the labels, or without them the foreground's connected parts)
+            clipped = None if outliers == "off" else bright_outliers_level(
+                plane[inner], plane_labels if plane_labels is not None
+                else _foreground_parts(probs[(slice(None), *inner)], threshold))
+            if clipped is not None and outliers == "clip":
                 if not said_outliers:
                     log.warning(OUTLIERS_NOTE)
                     said_outliers = True
@@ -622,6 +635,13 @@ def iter_planes(
                     yield PlaneResult(idx0, region, plane_labels, probs, inner, model.representation,
                                       sizing.diameter, sizing.scale, sizing.note, min_seed, kind, colour)
                 unsized.clear()
+
+
+def _foreground_parts(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """The connected parts of the foreground (the classes other than background over ``threshold``)."""
+    from scipy import ndimage as ndi
+
+    return ndi.label(probs[0] < 1.0 - threshold)[0]
 
 
 def _background_where(probs: np.ndarray, missing: np.ndarray | None) -> np.ndarray:

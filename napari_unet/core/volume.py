@@ -305,6 +305,17 @@ class _PlaneLevels:
         return background.astype(np.float32), gain.astype(np.float32)
 
 
+class _Clipped:
+    """A (Z, Y, X) volume read clipped at ``level`` (float32), part by part as asked for."""
+
+    def __init__(self, volume: Any, level: float) -> None:
+        self.volume, self.level = volume, np.float32(level)
+        self.shape, self.ndim, self.dtype = tuple(volume.shape), len(volume.shape), np.dtype(np.float32)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.minimum(np.asarray(_read(self.volume, key)), self.level, dtype=np.float32)
+
+
 def _read(array: Any, key: tuple[slice, ...]) -> np.ndarray:
     part = array[key]
     if hasattr(part, "compute"):  # dask
@@ -473,7 +484,7 @@ def _middle_first(n: int) -> list[tuple[int]]:
 
 def _iter_3d(model, volume, spacing, diameter, orthogonal, threshold, min_size, should_stop, out, workdir,
              block_voxels, engine_options, given_spacing=True) -> Generator[Progress | VolumeNote, None, Any]:
-    from .predict import iter_planes
+    from .predict import OUTLIERS_NOTE, iter_planes
     from .volume_instances import iter_watershed_blocks, object_aspect
 
     nz, ny, nx = (int(s) for s in volume.shape)
@@ -488,6 +499,8 @@ def _iter_3d(model, volume, spacing, diameter, orthogonal, threshold, min_size, 
     try:
         def add_xy(result) -> None:
             found["last"] = result  # the size is known by then (the first planes may have been looked at only)
+            if result.clipped is not None:
+                found.setdefault("clipped", []).append(result.clipped)
             # planes run while the size was still unknown (too few objects in the middle plane) come
             # again once it is: the later result replaces the earlier (the xy view is the first one)
             store.add((result.index[0],), result.probabilities, result.representation, replace=True)
@@ -497,10 +510,23 @@ def _iter_3d(model, volume, spacing, diameter, orthogonal, threshold, min_size, 
         yield from _forward(
             iter_planes(model, volume, rgb=False, by_kind=False, planes=_middle_first(nz), diameter=diameter,
                         labels=False, threshold=threshold, min_size=min_size, should_stop=should_stop,
-                        to_model_diameter=True, **engine_options),
+                        to_model_diameter=True, outliers="measure", **engine_options),
             stages, "xy", "xy planes", add_xy)
-        store.views += 1
         sized = found["last"]
+        if found.get("clipped"):
+            # a few objects far brighter than the others dimmed the planes through them: the whole stack
+            # clipped at one level (plane by plane, the planes at their edges were dimmed half as much,
+            # unclipped, and the objects there were cut in z), the xy view again (its size measured again)
+            volume = _Clipped(volume, float(np.median(found["clipped"])))
+            yield VolumeNote(OUTLIERS_NOTE.replace("the image's", "the stack's"))
+            yield from _forward(
+                iter_planes(model, volume, rgb=False, by_kind=False, planes=_middle_first(nz),
+                            diameter=diameter, labels=False, threshold=threshold,
+                            min_size=min_size, should_stop=should_stop, to_model_diameter=True, outliers="off",
+                            **engine_options),
+                stages, "xy", "xy planes, bright objects clipped", add_xy)
+            sized = found["last"]
+        store.views += 1
         xy_diameter = sized.diameter
         if sized.note:
             yield VolumeNote(f"Object diameter: {sized.note}.")
@@ -544,7 +570,7 @@ def _iter_3d(model, volume, spacing, diameter, orthogonal, threshold, min_size, 
                 yield from _forward(
                     iter_planes(model, side, rgb=False, by_kind=False, diameter=side_diameter, labels=False,
                                 threshold=threshold, min_size=min_size, should_stop=should_stop,
-                                to_model_diameter=True, **engine_options),
+                                to_model_diameter=True, outliers="off", **engine_options),
                     stages, stage, f"{stage} planes", add_side)
                 store.views += weight
         scale = sized.scale
