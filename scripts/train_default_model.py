@@ -432,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--augment-saturated", type=float, default=0.0, metavar="P",
                         help="probability that a patch of a fluorescence image is clipped as an over-exposed "
                              "camera clips it (plateaus of one value): core.augment's saturated_prob (default 0)")
+    parser.add_argument("--augment-spots", type=float, default=0.0, metavar="P",
+                        help="probability that the objects of a patch get small bright spots inside them "
+                             "(chromocentres, nucleoli): core.augment's spots_prob (default 0)")
     parser.add_argument("--within-stage", action="store_true",
                         help="with --resume MODEL: keep the best weights of this stage's own validations, not "
                              "MODEL's when none scores higher (a stage that trades a little val AP for "
@@ -593,6 +596,8 @@ def stage_arguments(stages: list[dict], out: str) -> list[list[str]]:
             argv.append("--low-light-native")
         if st.get("augment_saturated"):
             argv += ["--augment-saturated", f"{st['augment_saturated']:g}"]
+        if st.get("augment_spots"):
+            argv += ["--augment-spots", f"{st['augment_spots']:g}"]
         if not last:
             argv.append("--no-card")
         argv += ["--out", str(out_path if last else out_path.with_name(f"stage{i + 1}.pt"))]
@@ -653,6 +658,9 @@ def _stage_record(meta: dict, args: argparse.Namespace | None) -> dict:
             record["low_light_photons"] = list(training_legs.augment_config(args).low_light_photons)
             if args.low_light_native:
                 record["low_light_native"] = True
+        if getattr(args, "augment_spots", 0.0):
+            record["augment_spots"] = args.augment_spots
+            record["spots_brightness"] = list(training_legs.augment_config(args).spots_brightness)
         if args.augment_saturated:
             record["augment_saturated"] = args.augment_saturated
             record["saturated_level"] = list(training_legs.augment_config(args).saturated_level)
@@ -751,7 +759,10 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
                           for i, st in enumerate(stages) if st.get("augment_low_light"))
                 + "".join(f"; in stage {i + 1}, " + AugmentConfig(
                     saturated_level=tuple(st["saturated_level"])).describe_saturated()
-                          for i, st in enumerate(stages) if st.get("augment_saturated")),
+                          for i, st in enumerate(stages) if st.get("augment_saturated"))
+                + "".join(f"; in stage {i + 1}, " + AugmentConfig(
+                    spots_brightness=tuple(st["spots_brightness"])).describe_spots()
+                          for i, st in enumerate(stages) if st.get("augment_spots")),
             "optimiser": f"AdamW lr {args.lr} ({WarmupCosine(args.lr).describe()}), "
                          f"weight decay {training.get('weight_decay', 1e-4):g}, "
                          f"batch {args.batch_size} x {training['patch_size']} px patches",
@@ -780,6 +791,7 @@ def finalize(result, train_meta: dict, train_rows: list[dict], val_rows: list[di
                 + (f", low light p={st['augment_low_light']:g}" if st.get("augment_low_light") else "")
                 + (" at the image's own pixel size" if st.get("low_light_native") else "")
                 + (f", over-exposed p={st['augment_saturated']:g}" if st.get("augment_saturated") else "")
+                + (f", bright spots in the objects p={st['augment_spots']:g}" if st.get("augment_spots") else "")
                 + (", its own best validation kept" if st.get("within_stage") else "")
                 for i, st in enumerate(stages)
             ),

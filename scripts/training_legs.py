@@ -36,7 +36,7 @@ RESUME_LEGS = _ResumeLegs()
 RECIPE_KEYS = ("model", "steps", "patch_size", "batch_size", "lr", "seed", "base_width", "depth", "diameter",
                "repeat_kind", "validations", "precision", "augment_upscaled", "augment_gradient",
                "augment_texture", "texture_contrast", "augment_debris", "augment_low_light", "augment_saturated",
-               "kinds", "low_light_native")
+               "kinds", "low_light_native", "augment_spots")
 
 LOG_HEADER = (
     "# Training log of the built-in models\n\n"
@@ -141,7 +141,8 @@ def augment_config(args: argparse.Namespace):
                          texture_prob=args.augment_texture, texture=tuple(args.texture_contrast),
                          debris_prob=args.augment_debris, low_light_prob=args.augment_low_light,
                          low_light_native=bool(getattr(args, "low_light_native", False)),
-                         saturated_prob=args.augment_saturated)
+                         saturated_prob=args.augment_saturated,
+                         spots_prob=getattr(args, "augment_spots", 0.0))
 
 
 def run_legs(args: argparse.Namespace, load_rows, finalize, stage_record) -> int:

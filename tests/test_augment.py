@@ -17,6 +17,7 @@ from napari_unet.core.augment import (
     illumination_ramp,
     intensity_jitter,
     low_light,
+    object_spots,
     object_texture,
     random_crop,
     sample_patch,
@@ -265,3 +266,30 @@ def test_saturated_clips_the_objects_into_plateaus_and_normalises_again():
     np.testing.assert_array_equal(saturated(image, rng, (0.3, 0.3), image.reshape(1, -1), np.zeros(96 * 96)), image)
     assert "over-exposed" in AugmentConfig(saturated_prob=0.2).describe()
     assert "over-exposed" not in AugmentConfig().describe()
+
+
+def test_object_spots_lie_inside_the_objects_brighter_and_normalise_again():
+    """Chromocentres: small spots inside each object, brighter than it (darker for dark objects), none
+    in the background; the patch scaled back so its top percentile stays put."""
+    rng = np.random.default_rng(5)
+    labels = np.zeros((96, 96), np.int32)
+    labels[8:32, 8:32] = 1
+    labels[50:80, 40:70] = 2
+    labels[20:44, 60:84] = 3
+    for background, objects in ((0.05, 0.9), (0.9, 0.3)):  # fluorescence-like, then stained tissue
+        image = np.where(labels > 0, objects, background).astype(np.float32)[None]
+        out = object_spots(image, labels, rng, brightness=(3.0, 3.0))
+        assert out.shape == image.shape and out.dtype == np.float32
+        assert np.ptp(out[0][labels == 0]) < 1e-6  # the background one value still (at most rescaled)
+        assert np.percentile(out[0], 99.8) == pytest.approx(np.percentile(image[0], 99.8), abs=1e-3)
+        level = np.asarray(ndi.median(out[0], labels, [1, 2, 3]))[np.maximum(labels, 1) - 1]
+        contrast = abs(np.median(level) - out[0][labels == 0][0])
+        spots = (labels > 0) & ((out[0] - level) * np.sign(objects - background) > 0.3 * contrast)
+        assert spots.any()
+        per_object = [ndi.label(spots & (labels == k))[1] for k in (1, 2, 3)]
+        assert sum(n > 0 for n in per_object) >= 2 and max(per_object) <= 12  # a few an object
+    blank = np.zeros((1, 16, 16), np.float32)
+    assert object_spots(blank, np.zeros((16, 16), np.int32), rng) is blank
+    _img, lab = sample_patch(image, labels, 32, np.random.default_rng(7), AugmentConfig(spots_prob=1.0))
+    np.testing.assert_array_equal(lab, sample_patch(image, labels, 32, np.random.default_rng(7))[1])
+    assert "small bright spots inside the objects" in AugmentConfig(spots_prob=0.3).describe()

@@ -82,7 +82,7 @@ def test_reproduce_retrains_a_two_stage_model_weight_for_weight(tmp_path):
                         "--repeat-kind", "grey_dark=2", "--augment-upscaled", "0.5", "--augment-gradient", "0.3",
                         "--augment-texture", "0.5", "--texture-contrast", "0.7", "1.4", "--augment-debris", "0.5",
                         "--augment-low-light", "0.5", "--low-light-native", "--augment-saturated", "0.5",
-                        "--within-stage", "--kinds", "grey_dark",
+                        "--augment-spots", "0.5", "--within-stage", "--kinds", "grey_dark",
                         "--out", str(final), *common]) == 0
     original = read_model_file(final)
     assert [st["steps"] for st in original.metadata["stages"]] == [3, 2]
@@ -102,6 +102,8 @@ def test_reproduce_retrains_a_two_stage_model_weight_for_weight(tmp_path):
     assert last["low_light_native"] is True
     assert (last["augment_saturated"], last["saturated_level"]) == (0.5, [0.2, 1.0])
     assert "augment_saturated" not in retrained.metadata["stages"][0]
+    assert (last["augment_spots"], last["spots_brightness"]) == (0.5, [1.5, 5.0])
+    assert "augment_spots" not in retrained.metadata["stages"][0]
     assert last["kinds"] == ["grey_dark"] and "kinds" not in retrained.metadata["stages"][0]
     assert [st["validations"] for st in retrained.metadata["stages"]] == [10, 10]
     assert "augment_upscaled" not in retrained.metadata["stages"][0]
@@ -118,6 +120,7 @@ def test_reproduce_retrains_a_two_stage_model_weight_for_weight(tmp_path):
     assert f"in stage 2, {AugmentConfig(low_light_native=True).describe_low_light()}" in card
     assert "low light p=0.5" in card
     assert f"in stage 2, {AugmentConfig().describe_saturated()}" in card and "over-exposed p=0.5" in card
+    assert f"in stage 2, {AugmentConfig().describe_spots()}" in card and "bright spots in the objects p=0.5" in card
     assert f"AdamW lr 0.001 ({WarmupCosine(0.001).describe()})" in card
     assert "grey_dark images only" in card
     # a kind the data lacks: one clear line, nothing trained

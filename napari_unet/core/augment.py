@@ -99,6 +99,15 @@ class AugmentConfig:
     saturated_level : tuple of float
         Range (log-uniform) of the clip level, in multiples of the objects' 90th percentile
         (the image's objects, above its background), for ``saturated_prob``.
+    spots_prob : float
+        Probability that the objects of a patch get small bright spots inside them
+        (:func:`object_spots`): the chromocentres of mouse nuclei, nucleoli, foci, 1.5-5x the
+        object's own contrast, a few pixels across; the patch then scaled as per-image normalisation
+        scales an image whose top percentile falls in them. A model that never saw them cut such
+        nuclei into their spots (DSB2018 val fluorescence with 4 spots a nucleus at 3x: AP@0.5 0.82
+        -> 0.42). 0 (the default) turns it off.
+    spots_brightness : tuple of float
+        Range (log-uniform, per patch) of the spots' contrast, in multiples of their object's.
     gradient : float
         Largest amplitude (normalised intensity from one side of the patch to the other) of a
         random linear ramp added to the patch: uneven illumination, a vignetted field. 0 (the
@@ -129,6 +138,8 @@ class AugmentConfig:
     low_light_native: bool = False
     saturated_prob: float = 0.0
     saturated_level: tuple[float, float] = (0.2, 1.0)
+    spots_prob: float = 0.0
+    spots_brightness: tuple[float, float] = (1.5, 5.0)
 
     def describe(self) -> str:
         """A short description for model cards, e.g. ``crop, flips, any rotation, scale 0.8-1.25, ...``."""
@@ -159,6 +170,8 @@ class AugmentConfig:
             parts.append(f"{self.describe_low_light()} (p={self.low_light_prob:g})")
         if self.saturated_prob > 0:
             parts.append(f"{self.describe_saturated()} (p={self.saturated_prob:g})")
+        if self.spots_prob > 0:
+            parts.append(f"{self.describe_spots()} (p={self.spots_prob:g})")
         return ", ".join(parts)
 
     def describe_saturated(self) -> str:
@@ -181,6 +194,12 @@ class AugmentConfig:
                   if self.debris_renormalised > 0 else "")
         return (f"bright debris near the objects ({lo:g}-{hi:g}x their contrast, "
                 f"its own pixels left out of the loss{dimmed})")
+
+    def describe_spots(self) -> str:
+        """What ``spots_prob`` does, with this config's range of brightness."""
+        return (f"small bright spots inside the objects (chromocentres; 2-10 an object, "
+                f"{self.spots_brightness[0]:g}-{self.spots_brightness[1]:g}x its contrast, the patch "
+                "normalised again)")
 
     def describe_texture(self) -> str:
         """What ``texture_prob`` does, with this config's range of contrasts."""
@@ -433,6 +452,72 @@ def object_texture(
     return (background + (np.asarray(image, np.float32) - background) * gain).astype(np.float32, copy=False)
 
 
+def object_spots(
+    image: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    brightness: tuple[float, float] = (1.5, 5.0),
+    per_object: tuple[int, int] = (2, 10),
+    radius: tuple[float, float] = (0.04, 0.1),
+) -> np.ndarray:
+    """Small bright spots inside the objects (chromocentres, nucleoli, foci), for either polarity.
+
+    Each object gets ``per_object`` spots (uniform) at random pixels more than a spot's radius
+    inside it; the spots are Gaussian blobs of radius (sigma) ``radius`` times the patch's median
+    object diameter (uniform; at least 0.7 px), their peak ``brightness`` times the object's own
+    contrast to the background (log-uniform, one factor a patch), cut off at the object's outline.
+    The patch is then scaled as per-image normalisation would scale it: its 1st percentile kept,
+    its 99.8th brought back to where it was before the spots (when they raised it).
+
+    Parameters
+    ----------
+    image : ndarray
+        (C, H, W) float32 normalised patch.
+    labels : ndarray
+        (H, W) instance labels of the patch.
+
+    Returns
+    -------
+    ndarray
+        A new (C, H, W) float32 array (the image itself when the patch has no object or no background).
+    """
+    _check_pair(image, labels)
+    foreground = labels > 0
+    if not foreground.any() or foreground.all():
+        return image
+    image = np.asarray(image, np.float32)
+    lab = np.where(foreground, labels, 0).astype(np.int64)
+    background = np.median(image[:, ~foreground], axis=1).astype(np.float32)
+    counts = np.bincount(lab.ravel())
+    ids = np.flatnonzero(counts[1:]) + 1
+    diameter = float(np.median(2.0 * np.sqrt(counts[ids] / math.pi)))
+    sigma = max(0.7, rng.uniform(*radius) * diameter)
+    inside = ndi.distance_transform_edt(foreground) > sigma  # (touching objects: their seams too)
+    inner = lab[inside]
+    if inner.size == 0:
+        return image
+    # spots: random pixels of each object's inside, about per_object of them an object
+    n_spots = rng.integers(per_object[0], per_object[1] + 1, size=int(lab.max()) + 1)
+    chance = n_spots[inner] / np.maximum(np.bincount(inner, minlength=lab.max() + 1)[inner], 1)
+    chosen = rng.random(inner.size) < chance
+    points = np.zeros(lab.shape, np.float32)
+    points[np.flatnonzero(inside.ravel())[chosen] // lab.shape[1],
+           np.flatnonzero(inside.ravel())[chosen] % lab.shape[1]] = 1.0
+    spots = ndi.gaussian_filter(points, sigma) * np.float32(2 * math.pi * sigma * sigma)  # peaks of about 1
+    sums = np.stack([np.bincount(lab.ravel(), weights=image[c].ravel(), minlength=lab.max() + 1)
+                     for c in range(image.shape[0])])
+    contrast = sums / np.maximum(np.bincount(lab.ravel(), minlength=lab.max() + 1), 1) - background[:, None]
+    contrast[:, 0] = 0.0
+    factor = math.exp(rng.uniform(math.log(brightness[0]), math.log(brightness[1])))
+    out = image + (np.float32(factor) * spots)[None] * contrast[:, lab].astype(np.float32)
+    for c in range(out.shape[0]):  # normalised again: the top percentile where it was
+        lo, hi_before = np.percentile(image[c], [1.0, 99.8])
+        hi_after = float(np.percentile(out[c], 99.8))
+        if abs(hi_after - lo) > abs(hi_before - lo) > 0:
+            out[c] = lo + (out[c] - lo) * np.float32((hi_before - lo) / (hi_after - lo))
+    return out.astype(np.float32, copy=False)
+
+
 def bright_debris(
     image: np.ndarray,
     labels: np.ndarray,
@@ -681,6 +766,8 @@ def sample_patch(
     out, lab = _sample(np.asarray(image, np.float32), labels, coords)
     if config.texture_prob > 0 and rng.random() < config.texture_prob:
         out = object_texture(out, lab, rng, config.texture, edge=config.texture_edge)
+    if config.spots_prob > 0 and rng.random() < config.spots_prob:
+        out = object_spots(out, lab, rng, config.spots_brightness)
     if config is not NO_AUGMENT and (
         config.gain != (1.0, 1.0) or config.offset != (0.0, 0.0) or config.gamma != (1.0, 1.0) or config.noise > 0
     ):
