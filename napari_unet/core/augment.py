@@ -397,6 +397,14 @@ def illumination_ramp(shape: tuple[int, int], rng: np.random.Generator, amplitud
     return (rise * along).astype(np.float32)
 
 
+def _objects_of(image: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
+    """The objects' pixels of a patch (``image`` checked against ``labels``), or None when it has no
+    object or no background (nothing for the objects' augmentations to change)."""
+    _check_pair(image, labels)
+    foreground = labels > 0
+    return None if not foreground.any() or foreground.all() else foreground
+
+
 def object_texture(
     image: np.ndarray,
     labels: np.ndarray,
@@ -427,9 +435,8 @@ def object_texture(
     ndarray
         A new (C, H, W) float32 array (the image itself when the patch has no object or no background).
     """
-    _check_pair(image, labels)
-    foreground = labels > 0
-    if not foreground.any() or foreground.all():
+    foreground = _objects_of(image, labels)
+    if foreground is None:
         return image
     h, w = labels.shape
     background = np.median(image[:, ~foreground], axis=1).astype(np.float32)[:, None, None]
@@ -481,9 +488,8 @@ def object_spots(
     ndarray
         A new (C, H, W) float32 array (the image itself when the patch has no object or no background).
     """
-    _check_pair(image, labels)
-    foreground = labels > 0
-    if not foreground.any() or foreground.all():
+    foreground = _objects_of(image, labels)
+    if foreground is None:
         return image
     image = np.asarray(image, np.float32)
     lab = np.where(foreground, labels, 0).astype(np.int64)
