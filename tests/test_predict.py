@@ -25,7 +25,9 @@ from napari_unet.core import (
     segment,
 )
 from napari_unet.core.predict import (
+    PlaneResult,
     PredictionStopped,
+    iter_planes,
     iter_predict_probabilities,
     iter_segment,
     run_to_end,
@@ -815,6 +817,8 @@ def test_bright_debris_does_not_dim_the_nuclei_around_it(data_dir, caplog, monke
     with caplog.at_level("WARNING", logger="napari_unet"):
         found = segment(model, debris)
     assert sum("far brighter than the others" in r.getMessage() for r in caplog.records) == 1
+    (result,) = [r for r in iter_planes(model, debris, labels=False) if isinstance(r, PlaneResult)]
+    assert result.labels is None and result.clipped is not None  # probabilities only: clipped too
     monkeypatch.setattr(preprocess, "OUTLIER_RATIO", np.inf)  # the rule off: as before it
     before = segment(model, debris)
     after_ap, before_ap = (average_precision(labels, _without_objects_on(found, discs)),

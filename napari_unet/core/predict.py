@@ -619,7 +619,7 @@ def iter_planes(
                     said_outliers = True
                 plane = np.minimum(plane, np.float32(clipped), dtype=np.float32)
                 probs = _background_where((yield from runner.at_scale(plane, sizing.scale, k)), missing)
-                plane_labels = labels_of(probs)
+                plane_labels = labels_of(probs) if labels else None
             yield PlaneResult(idx, region, plane_labels, probs, inner, model.representation,
                               sizing.diameter, sizing.scale, sizing.note, min_seed, kind, colour, blank, clipped)
             # nothing found to size on: the next plane is tried, and this one comes again at the size
