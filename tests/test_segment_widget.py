@@ -49,6 +49,16 @@ def _segment(w, qtbot, image, scope=None):
     _wait(qtbot, w)
 
 
+def _segment_stack_as_set(w, qtbot, image):
+    """Segment the whole stack ``image`` with the model's own settings (a real model's: unlike
+    :func:`_segment`, nothing lowered for the tiny one)."""
+    w.reset_choices()
+    w._image_combo.value = image
+    w._scope.value = SCOPE_STACK
+    w._run_button.clicked.emit()
+    _wait(qtbot, w, timeout=120_000)
+
+
 def _run_stack_doing_after_first_plane(w, image, action) -> list:
     """Start a whole-stack run (settings under which the tiny model finds objects) and call
     ``action()`` once, right after the widget wrote the first plane; returns the list that then
@@ -627,11 +637,7 @@ def test_whole_stack_with_an_empty_first_slice_segments_it_again_at_the_size_fou
     ramp = 10 * np.mgrid[: frame.shape[0], : frame.shape[1]][1] / frame.shape[1]  # uneven light, no cell
     empty = (np.median(frame) + rng.normal(0, 2, frame.shape) + ramp).clip(0, 255).astype(frame.dtype)
     image = viewer.add_image(np.stack([empty, frame, frame]), name="lapse")
-    w.reset_choices()
-    w._image_combo.value = image
-    w._scope.value = SCOPE_STACK
-    w._run_button.clicked.emit()
-    _wait(qtbot, w, timeout=120_000)
+    _segment_stack_as_set(w, qtbot, image)
     masks = viewer.layers[masks_layer_name("lapse")]
     first, second = w.kept_result(masks, (0,)), w.kept_result(masks, (1,))
     assert second.diameter is not None and first.scale == second.scale and first.diameter == second.diameter
@@ -976,11 +982,7 @@ def test_bright_debris_is_clipped_and_said_once(widget, qtbot, data_dir, notific
     truth = imread(data_dir / "dsb2018" / "labels" / f"{image_id}.png")[:128, :128].astype(np.int32)
     debris, _ = _bright_debris(frame, truth)
     image = viewer.add_image(np.stack([debris, debris]), name="debris")
-    w.reset_choices()
-    w._image_combo.value = image
-    w._scope.value = SCOPE_STACK
-    w._run_button.clicked.emit()
-    _wait(qtbot, w, timeout=120_000)
+    _segment_stack_as_set(w, qtbot, image)
     masks = viewer.layers[masks_layer_name("debris")]
     assert w.kept_result(masks, (0,)).clipped is not None and w.kept_result(masks, (1,)).clipped is not None
     assert notifications.count(OUTLIERS_NOTE) == 1

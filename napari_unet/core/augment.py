@@ -507,12 +507,11 @@ def object_spots(
     chance = n_spots[inner] / np.maximum(np.bincount(inner, minlength=lab.max() + 1)[inner], 1)
     chosen = rng.random(inner.size) < chance
     points = np.zeros(lab.shape, np.float32)
-    points[np.flatnonzero(inside.ravel())[chosen] // lab.shape[1],
-           np.flatnonzero(inside.ravel())[chosen] % lab.shape[1]] = 1.0
+    points.ravel()[np.flatnonzero(inside)[chosen]] = 1.0
     spots = ndi.gaussian_filter(points, sigma) * np.float32(2 * math.pi * sigma * sigma)  # peaks of about 1
-    sums = np.stack([np.bincount(lab.ravel(), weights=image[c].ravel(), minlength=lab.max() + 1)
+    sums = np.stack([np.bincount(lab.ravel(), weights=image[c].ravel(), minlength=counts.size)
                      for c in range(image.shape[0])])
-    contrast = sums / np.maximum(np.bincount(lab.ravel(), minlength=lab.max() + 1), 1) - background[:, None]
+    contrast = sums / np.maximum(counts, 1) - background[:, None]
     contrast[:, 0] = 0.0
     factor = math.exp(rng.uniform(math.log(brightness[0]), math.log(brightness[1])))
     out = image + (np.float32(factor) * spots)[None] * contrast[:, lab].astype(np.float32)

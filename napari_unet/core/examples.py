@@ -17,7 +17,13 @@ import numpy as np
 
 from .checkpoint import SegmentationModel
 from .labels import check_labels
-from .preprocess import bright_outliers_level, fill_missing, prepare_plane, without_camera_artefacts
+from .preprocess import (
+    bright_outliers_level,
+    clipped_at,
+    fill_missing,
+    prepare_plane,
+    without_camera_artefacts,
+)
 from .scale import count_objects  # (also re-exported: the examples' object count)
 
 log = logging.getLogger(__name__)
@@ -104,7 +110,7 @@ def prepare_examples(
         img, missing = fill_missing(img)
         img = without_camera_artefacts(img)
         if (level := bright_outliers_level(img, lab)) is not None:  # clipped as prediction clips them
-            img = np.minimum(img, np.float32(level), dtype=np.float32)
+            img = clipped_at(img, level)
         img, lab, scale = at_model_scale(model, img, lab)
         known = None
         if missing is not None:

@@ -49,6 +49,7 @@ from .preprocess import (
     OUTLIER_CLIP,
     ImageError,
     bright_outliers_level,
+    clipped_at,
     is_camera_noise,
     is_constant,
     without_camera_artefacts,
@@ -617,7 +618,7 @@ def iter_planes(
                 if not said_outliers:
                     log.warning(OUTLIERS_NOTE)
                     said_outliers = True
-                plane = np.minimum(plane, np.float32(clipped), dtype=np.float32)
+                plane = clipped_at(plane, clipped)
                 probs = _background_where((yield from runner.at_scale(plane, sizing.scale, k)), missing)
                 plane_labels = labels_of(probs) if labels else None
             yield PlaneResult(idx, region, plane_labels, probs, inner, model.representation,

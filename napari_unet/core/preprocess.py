@@ -52,6 +52,23 @@ def as_channels_first(plane: np.ndarray, in_channels: int) -> np.ndarray:
     )
 
 
+#: Percentiles are taken on every k-th pixel of a plane larger than this a side (k = side // this).
+SAMPLE_SIDE = 512
+
+
+def sample_grid(shape: tuple[int, ...]) -> tuple[slice, slice]:
+    """Every k-th row and column of a plane of ``shape`` (H, W, ...): at most about
+    :data:`SAMPLE_SIDE` a side, what percentiles are measured on."""
+    return (slice(None, None, max(1, int(shape[0]) // SAMPLE_SIDE)),
+            slice(None, None, max(1, int(shape[1]) // SAMPLE_SIDE)))
+
+
+def clipped_at(plane: np.ndarray, level: float) -> np.ndarray:
+    """``plane`` clipped at ``level`` (float32): a few objects far brighter than the others capped
+    (see :func:`bright_outliers_level`)."""
+    return np.minimum(plane, np.float32(level), dtype=np.float32)
+
+
 def normalize(
     chw: np.ndarray, normalization: dict[str, Any] | None = None, sparse_fields: bool = True
 ) -> np.ndarray:
@@ -80,7 +97,7 @@ def normalize(
     out = np.empty_like(chw)
     for c in range(chw.shape[0]):
         channel = chw[c]
-        sample = channel[:: max(1, channel.shape[0] // 512), :: max(1, channel.shape[1] // 512)]
+        sample = channel[sample_grid(channel.shape)]
         lo, median, hi = (float(v) for v in np.percentile(sample, [low, 50.0, high]))
         if sparse_fields:
             hi = _objects_high(sample, lo, median, hi, channel)
@@ -222,12 +239,13 @@ def bright_outliers_level(plane: np.ndarray, labels: np.ndarray, min_objects: in
         return None
     if np.count_nonzero(np.bincount(labels.ravel())[1:]) < min_objects:
         return None
-    sample = x[:: max(1, x.shape[0] // 512), :: max(1, x.shape[1] // 512)]
+    grid = sample_grid(x.shape)
+    sample = x[grid]
     low, high = (float(v) for v in np.percentile(sample, [1.0, 99.8]))
     typical = float(np.median(object_percentile(x, labels, 90.0))) - low
     if not typical > 0 or high - low <= OUTLIER_RATIO * typical:
         return None
-    background = labels[:: max(1, x.shape[0] // 512), :: max(1, x.shape[1] // 512)] == 0
+    background = labels[grid] == 0
     if not background.any() or float(np.median(sample[background])) - low >= OUTLIER_DARK_BACKGROUND * typical:
         return None
     return low + OUTLIER_CLIP * typical
@@ -498,7 +516,7 @@ def _overlays(arr: np.ndarray, colour: bool, nan: np.ndarray | None) -> np.ndarr
     where = beside > 0
     level = np.asarray(ndi.labeled_comprehension(_grey(arr[where], colour), beside[where], np.arange(1, count + 1),
                                                  _brightest_tenth, np.float64, np.nan), dtype=np.float64)
-    low = float(np.nanpercentile(_grey(arr[:: max(1, h // 512), :: max(1, w // 512)], colour), 1.0))
+    low = float(np.nanpercentile(_grey(arr[sample_grid(arr.shape)], colour), 1.0))
     top = float(np.mean(highest)) if colour else float(highest[0])
     if top - low <= 0:
         return None

@@ -40,7 +40,7 @@ import numpy as np
 
 from .checkpoint import SegmentationModel
 from .events import Progress, run_to_end
-from .preprocess import ImageError, without_camera_artefacts
+from .preprocess import ImageError, clipped_at, without_camera_artefacts
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +313,7 @@ class _Clipped:
         self.shape, self.ndim, self.dtype = tuple(volume.shape), len(volume.shape), np.dtype(np.float32)
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        return np.minimum(np.asarray(_read(self.volume, key)), self.level, dtype=np.float32)
+        return clipped_at(np.asarray(_read(self.volume, key)), self.level)
 
 
 def _read(array: Any, key: tuple[slice, ...]) -> np.ndarray:
