@@ -432,6 +432,25 @@ def test_no_corrected_slice_gives_a_clear_notification(widget, c2c12, notificati
     assert w.run_panel._start_button.enabled
 
 
+def test_removing_the_corrected_masks_layer_clears_the_list_and_start_says_so(widget, c2c12, notifications):
+    """The masks layer the user corrected goes (the only Labels layer: the combo emits no change):
+    its slices leave the list, and Start asks for a masks layer instead of raising in the GUI."""
+    viewer, w = widget
+    _image, masks = _add_pair(viewer, *c2c12)
+    CorrectedSlices.for_layer(masks).mark((0,))
+    assert w.corrected_panel.corrections.planes == [(0,)]
+    viewer.layers.remove(masks)
+    assert w.corrected_panel.corrections is None
+    assert "none yet" in w.corrected_panel._corrected_info.value
+    w.run_panel._start_button.native.click()
+    assert w.run_panel._worker is None
+    assert any("No corrected slice yet" in m for m in notifications)
+    # and should the list still hold slices of a layer that is gone, Start says what to choose
+    w.corrected_panel._tracker = CorrectedSlices.for_layer(masks)
+    with pytest.raises(ValueError, match="choose the masks layer"):
+        w.corrected_panel.examples()
+
+
 def test_steps_and_time_budget_settings(widget, c2c12, notifications):
     viewer, w = widget
     _add_pair(viewer, *c2c12)

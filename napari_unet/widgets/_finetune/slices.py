@@ -30,6 +30,7 @@ class CorrectedSlicesPanel(Container):
         super().__init__(labels=True)
         self._viewer = viewer
         self._tracker: CorrectedSlices | None = None
+        self._tracked: Any = None  # the masks layer whose tracker that is
         self._image_combo = ComboBox(label="Image", choices=lambda _w=None: layer_choices(viewer, Image))
         self._labels_combo = ComboBox(label="Masks", choices=lambda _w=None: layer_choices(viewer, Labels),
                                       tooltip="The Labels layer you correct; its changed slices are the examples.")
@@ -76,6 +77,9 @@ class CorrectedSlicesPanel(Container):
         # masks first: a new image choice selects its masks layer, which must be a choice by then
         self._labels_combo.reset_choices()
         self._image_combo.reset_choices()
+        if self._tracker is not None and self._labels_combo.value is not self._tracked:
+            # the tracked masks layer went (the combo emits no change when its last choice goes)
+            self._on_labels_changed()
         # a new "<image> masks" layer (e.g. made by the Segment widget) is the one to correct, with its image
         added = getattr(event, "value", None) if getattr(event, "type", "") == "inserted" else None
         if added is not None and isinstance(added, Labels):
@@ -118,6 +122,7 @@ class CorrectedSlicesPanel(Container):
             except (ValueError, RuntimeError):
                 pass
         self._tracker = CorrectedSlices.for_layer(layer) if layer is not None else None
+        self._tracked = layer
         if self._tracker is not None:
             self._tracker.changed.connect(self._update_corrected)
         self._update_corrected()
@@ -192,6 +197,7 @@ class CorrectedSlicesPanel(Container):
         if image is None:
             raise ValueError("choose the image whose masks you corrected.")
         masks = self._labels_combo.value
-        if masks is not None:
-            check_masks_of(self._viewer, masks, image)
+        if masks is None:
+            raise ValueError("choose the masks layer you corrected.")
+        check_masks_of(self._viewer, masks, image)
         return examples_from_layers(image, masks, planes)
