@@ -9,6 +9,7 @@ import pytest
 import tifffile
 
 from napari_unet.widgets._corrections import CORRECTED_KEY
+from napari_unet.widgets._masks import corrected_planes
 from napari_unet.widgets.segment import (
     SCOPE_SLICE,
     SCOPE_STACK,
@@ -160,6 +161,35 @@ def test_corrected_slice_is_never_overwritten_without_consent(widget, qtbot, c2c
     w._run_button.clicked.emit()
     _wait(qtbot, w)
     assert not np.array_equal(masks.data[1], before[1])
+
+
+def test_overwriting_the_field_of_view_of_a_corrected_slice_keeps_the_rest_of_it_corrected(
+        make_napari_viewer, qtbot, tiny_model_path, c2c12_stack, notifications):
+    """With Overwrite ticked, the visible field of view of a corrected slice is replaced, but the
+    slice stays corrected: the user's corrections outside the field are kept from later runs (and
+    stay a training example)."""
+    viewer = make_napari_viewer(show=True)
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    w.add_model_file(tiny_model_path)
+    image = viewer.add_image(np.tile(c2c12_stack, (1, 2, 2)), name="c2c12")  # 4 x 192 x 192
+    masks = viewer.add_labels(np.zeros(image.data.shape, np.int32), name=masks_layer_name("c2c12"))
+    masks.data[1, 170:180, 170:180] = 500  # the user's cell, far from the field of view below
+    masks.metadata[CORRECTED_KEY] = [[1]]
+    viewer.dims.set_current_step(0, 1)
+    viewer.camera.center = (30, 30)
+    viewer.camera.zoom = 8
+    w._overwrite.value = True
+    before = masks.data[1].copy()
+    _segment(w, qtbot, image, SCOPE_VIEW)
+    assert not np.array_equal(masks.data[1], before)  # the field of view was replaced, with consent
+    assert (masks.data[1, 170:180, 170:180] == 500).all()
+    assert corrected_planes(masks) == {(1,)}
+    assert any("the rest of it is still yours" in m for m in notifications)
+    w._overwrite.value = False
+    viewer.camera.zoom = 1
+    _segment(w, qtbot, image, SCOPE_STACK)  # an ordinary run afterwards leaves the slice alone
+    assert (masks.data[1, 170:180, 170:180] == 500).all()
+    assert masks.data[2].max() > 0
 
 
 def test_renaming_the_masks_layer_mid_run_keeps_writing_into_it(widget, qtbot, c2c12_stack, notifications):

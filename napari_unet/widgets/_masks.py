@@ -215,16 +215,21 @@ def move_past_corrected_slice(viewer: Any, image: Any, planes: list[tuple[int, .
     return f"{_sentence(format_plane(current))} is one you corrected: segmenting {format_plane(target)} instead."
 
 
+def covers_plane(shape: tuple[int, ...], region: tuple[slice, slice]) -> bool:
+    """Whether ``region`` (rows, cols) covers a whole plane of ``shape`` (its last two axes)."""
+    rows, cols = region
+    return (rows.start in (0, None) and cols.start in (0, None)
+            and (rows.stop is None or rows.stop >= shape[-2])
+            and (cols.stop is None or cols.stop >= shape[-1]))
+
+
 def write_plane(layer: Any, result: Any) -> None:
     """Write a :class:`~napari_unet.core.predict.PlaneResult`'s labels into its plane of ``layer``
     (a region's new ids start above the ids outside it)."""
     plane = layer.data[result.index] if result.index else layer.data
     rows, cols = result.region
-    full = (rows.start in (0, None) and cols.start in (0, None)
-            and (rows.stop is None or rows.stop >= plane.shape[0])
-            and (cols.stop is None or cols.stop >= plane.shape[1]))
     labels = result.labels
-    if not full:
+    if not covers_plane(plane.shape, result.region):
         outside = plane.copy()
         outside[rows, cols] = 0
         offset = int(outside.max())
@@ -248,6 +253,8 @@ class RunCorrections:
     automatic: bool = False
     meanwhile: list[tuple[int, ...]] = dataclasses.field(default_factory=list)
     replaced: list[tuple[int, ...]] = dataclasses.field(default_factory=list)
+    #: corrected slices of which only a part was replaced (the field of view): they stay corrected
+    partly: list[tuple[int, ...]] = dataclasses.field(default_factory=list)
 
     @classmethod
     def start(cls, masks: Any, overwrite: bool, automatic: bool = False) -> "RunCorrections":
@@ -255,14 +262,20 @@ class RunCorrections:
         at_start = corrected_planes(masks) if masks is not None else set()
         return cls(at_start, at_start if overwrite else set(), automatic)
 
-    def planes_to_keep(self, layer: Any, planes: list[tuple[int, ...]]) -> set[tuple[int, ...]]:
+    def planes_to_keep(self, layer: Any, planes: list[tuple[int, ...]], whole: bool = True) -> set[tuple[int, ...]]:
         """Before the run writes ``planes`` into the masks ``layer``: those it must leave as they
-        are; the corrected ones it may replace are unmarked here."""
+        are; the corrected ones it may replace are unmarked here, unless it writes only a part of
+        them (``whole`` False: the field of view): the rest of such a slice is still the user's
+        correction, so it stays corrected (a training example, and kept from later runs)."""
         corrected = corrected_planes(layer)
         keep: set[tuple[int, ...]] = set()
         slices = CorrectedSlices.for_layer(layer)
         for plane in (tuple(p) for p in planes):
             if plane not in corrected:
+                continue
+            if plane in self.replaceable and not whole:
+                if plane not in self.partly:
+                    self.partly.append(plane)
                 continue
             if plane in self.replaceable:
                 slices.unmark(plane)
@@ -282,6 +295,12 @@ class RunCorrections:
         if self.meanwhile:
             verb = "it" if len(self.meanwhile) == 1 else "them"
             notify_warning(f"Left {_planes_text(self.meanwhile)} as you corrected {verb} while the run was going.")
+        if self.partly:
+            one = len(self.partly) == 1
+            notify_info(f"Replaced the part in view of {_planes_text(self.partly)}, which you had corrected: "
+                        f"the rest of {'it' if one else 'them'} is still yours, so "
+                        f"{'it stays' if one else 'they stay'} listed as corrected (the new masks in that "
+                        f"part included: check them before fine-tuning).")
         if self.replaced:
             one = len(self.replaced) == 1
             notify_info(f"Replaced {_planes_text(self.replaced)}, which you had corrected: "

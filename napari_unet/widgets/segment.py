@@ -56,6 +56,7 @@ from ._kept import KeptResults
 from ._masks import (
     RunCorrections,
     corrected_planes,
+    covers_plane,
     labels_shape,
     masks_layer_for,
     masks_layer_name,
@@ -601,7 +602,8 @@ class SegmentWidget(Container):
         masks = self._running_masks()
         if masks is None:
             return  # the user removed the masks layer meanwhile (the run is being abandoned)
-        if self._run_corrections.planes_to_keep(masks, [result.index]):
+        whole = covers_plane(masks.data.shape, result.region)
+        if self._run_corrections.planes_to_keep(masks, [result.index], whole):
             return
         write_plane(masks, result)
         self._kept.keep(masks, result, _checksum(masks, result))
