@@ -410,6 +410,27 @@ def test_manage_models_exports_a_package(make_napari_viewer, qtbot, tmp_path, no
     assert isinstance(read_model_file(tmp_path / "mine.zip").net, UNet)
 
 
+def test_closing_the_viewer_during_an_export_still_writes_the_package(make_napari_viewer, qtbot, tmp_path,
+                                                                      notifications):
+    """The export's last signal reaches a panel whose Qt parts are gone: nothing raises in the
+    event loop, and the package is written all the same."""
+    from qtpy.QtCore import QThreadPool
+
+    from napari_unet.core.checkpoint import save_model, user_model_path
+
+    save_model(_tiny_model("same"), user_model_path("mine"))
+    viewer = make_napari_viewer()
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
+    panel = w.models_panel
+    panel.refresh()
+    panel._manage_combo.value = "mine"
+    assert panel.export_package(tmp_path / "mine.zip") is not None
+    viewer.close()
+    assert QThreadPool.globalInstance().waitForDone(60_000)
+    qtbot.wait(200)  # the worker's queued signals are delivered
+    assert isinstance(read_model_file(tmp_path / "mine.zip").net, UNet)
+
+
 def test_a_diameter_given_to_a_model_without_one_is_said_to_be_unused(example_package, dsb_fluo_crop, caplog):
     from napari_unet.core import segment
 

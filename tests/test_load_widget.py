@@ -213,3 +213,22 @@ def test_masks_open_as_labels_in_their_layer_order_as_with_file_open(qtbot, widg
     assert type(zt).__name__ == "Labels" and zt.data.shape == (4, 2, 8, 9) and zt.data[3, 1, 2, 2] == 5
     assert zt.metadata["napari_unet_corrected"] == [[3, 1]]
     assert type(cells).__name__ == "Labels"
+
+
+def test_a_read_that_ends_after_the_viewer_was_closed_does_nothing(qtbot, widget, tmp_path, notifications):
+    """The user closes napari while Load stack reads a file: the worker's last signals (layers
+    read, an error, finished) reach a widget whose Qt parts are gone, and must not raise there."""
+    viewer, w = widget
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, np.arange(3 * 16 * 16, dtype=np.uint16).reshape(3, 16, 16))
+    w._path.value = str(path)
+    _load(qtbot, w)  # a first read, to have what a late one would deliver
+    layer = viewer.layers[0]
+    layer_data = [(layer.data, {"name": "late"}, "image")]
+    viewer.close()
+    w._on_loaded(layer_data, path)
+    w._on_error(ValueError("the file went"))
+    w._on_finished()
+    assert w._worker is None
+    assert "late" not in [x.name for x in viewer.layers]
+    assert any("the file went" in m for m in notifications)  # (the error still reaches the user)

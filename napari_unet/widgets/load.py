@@ -18,7 +18,7 @@ from napari_unet.io._formats import StackReadError
 from napari_unet.io._reader import should_open_lazily
 from napari_unet.io._settings import get_setting, update_settings
 
-from ._base import FixedRadioButtons, notify_error, notify_warning, wrap_text
+from ._base import FixedRadioButtons, notify_error, notify_warning, qt_alive, wrap_text
 
 if TYPE_CHECKING:
     import napari
@@ -188,6 +188,8 @@ class LoadWidget(Container):
     def _on_loaded(self, layer_data: list[tuple[Any, dict[str, Any], str]], path: Path) -> None:
         from ._napari_compat import opened_from
 
+        if not qt_alive(self._status):  # the viewer was closed while the file was read
+            return
         names = []
         with opened_from(path):
             for data, meta, layer_type in layer_data:
@@ -199,12 +201,14 @@ class LoadWidget(Container):
         from napari.utils.notifications import show_error
 
         message = str(exc) if isinstance(exc, ValueError) else f"Loading failed: {type(exc).__name__}: {exc}"
-        self._status.value = message
+        if qt_alive(self._status):
+            self._status.value = message
         show_error(message)
 
     def _on_finished(self) -> None:
-        self._load_button.enabled = self._stack_info is not None
         self._worker = None
+        if qt_alive(self._load_button):
+            self._load_button.enabled = self._stack_info is not None
 
 
 def _read_layers(path: Any, lazy: bool | None = None, axes: str | None = None) -> list[tuple[Any, dict[str, Any], str]]:

@@ -140,7 +140,7 @@ class ModelsPanel(Container):
         went, or why it failed."""
         from napari_unet.core.catalog import find_model
 
-        from .._base import start_worker
+        from .._base import qt_alive, start_worker
 
         chosen = name is None
         name = self._manage_combo.value if chosen else name
@@ -155,7 +155,8 @@ class ModelsPanel(Container):
             notify_info(f"Exported {name!r} as a BioImage.IO package to {written}.")
 
         def finished() -> None:
-            self._export_button.enabled = True
+            if qt_alive(self._export_button):  # (the viewer may have been closed meanwhile)
+                self._export_button.enabled = True
 
         self._export_worker = start_worker(
             _export_package_job(source, Path(destination)), returned=done,
