@@ -192,6 +192,30 @@ def test_overwriting_the_field_of_view_of_a_corrected_slice_keeps_the_rest_of_it
     assert masks.data[2].max() > 0
 
 
+def test_renaming_the_image_renames_its_masks_and_keeps_them(widget, qtbot, c2c12_stack):
+    """The user names the image after segmenting and correcting it: its masks follow the name
+    (Segment and Fine-tune find them by it), so the next slice lands beside the corrected one and
+    that slice stays a training example, instead of a new, empty masks layer taking over."""
+    viewer, w = widget
+    _dock, ft = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
+    image = viewer.add_image(c2c12_stack, name="img_003")
+    viewer.dims.set_current_step(0, 0)
+    _segment(w, qtbot, image, SCOPE_SLICE)
+    masks = viewer.layers[masks_layer_name("img_003")]
+    masks.paint((0, 40, 40), 321)  # the user corrects slice 0
+    image.name = "control"
+    assert masks.name == masks_layer_name("control")
+    viewer.dims.set_current_step(0, 1)
+    _segment(w, qtbot, image, SCOPE_SLICE)
+    assert [layer.name for layer in viewer.layers] == ["control", masks_layer_name("control")]
+    assert masks.data[1].max() > 0 and (masks.data[0] == 321).any()
+    assert corrected_planes(masks) == {(0,)}
+    assert ft.corrected_panel._labels_combo.value is masks
+    masks.name = "my outlines"  # masks the user named themselves keep their name
+    image.name = "control 2"
+    assert masks.name == "my outlines"
+
+
 def test_renaming_the_masks_layer_mid_run_keeps_writing_into_it(widget, qtbot, c2c12_stack, notifications):
     """The user renames "<image> masks" while the whole stack runs: the rest of the stack still
     lands in that layer (under its new name), and re-thresholding follows it."""

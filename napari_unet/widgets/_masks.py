@@ -49,9 +49,40 @@ def _file_of(image: Any) -> str | None:
 
 
 def _record_owner(masks: Any, image: Any) -> None:
-    """``masks`` hold ``image``'s masks from now on (see :func:`check_masks_of`)."""
-    image = unwrap_proxy(image)
-    _OWNERS[unwrap_proxy(masks)] = (weakref.ref(image), _file_of(image))
+    """``masks`` hold ``image``'s masks from now on (see :func:`check_masks_of`), and follow its
+    renames (see :func:`_follow_renames`)."""
+    image, masks = unwrap_proxy(image), unwrap_proxy(masks)
+    _OWNERS[masks] = (weakref.ref(image), _file_of(image))
+    _follow_renames(masks, image)
+
+
+#: the masks layer that follows each image's renames (one a image: the last one recorded)
+_FOLLOWERS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+
+
+def _follow_renames(masks: Any, image: Any) -> None:
+    """When ``image`` is renamed, its masks layer "<old name> masks" becomes "<new name> masks": the
+    masks are found by their name (Segment writes into them, Fine-tune pairs them with the image),
+    and a renamed image otherwise lost them (a new empty masks layer, the corrected slices no
+    training examples any more). Masks the user renamed themselves are left as they are."""
+    following = image in _FOLLOWERS
+    _FOLLOWERS[image] = weakref.ref(masks)
+    if following:
+        return
+    image_ref = weakref.ref(image)
+    last = {"name": image.name}
+
+    def renamed(_event: Any = None) -> None:
+        image = image_ref()
+        if image is None:
+            return
+        old, last["name"] = last["name"], image.name
+        follower = _FOLLOWERS.get(image)
+        masks = follower() if follower is not None else None
+        if masks is not None and old != image.name and masks.name == masks_layer_name(old):
+            masks.name = masks_layer_name(image.name)
+
+    image.events.name.connect(renamed)
 
 
 def check_masks_of(viewer: Any, masks: Any, image: Any) -> None:
