@@ -216,6 +216,25 @@ def test_renaming_the_image_renames_its_masks_and_keeps_them(widget, qtbot, c2c1
     assert masks.name == "my outlines"
 
 
+def test_a_hyperstack_layer_segments_its_current_slice_and_one_channel_of_the_stack(widget, qtbot, c2c12_stack):
+    """A (time, channel, z, y, x) layer, as napari opens an ImageJ hyperstack: the current slice
+    segments, and the whole stack with a channel axis chosen segments that channel's planes only."""
+    viewer, w = widget
+    data = np.stack([np.stack([c2c12_stack[:2], c2c12_stack[2:]])] * 2)  # (2, 2, 2, 96, 96)
+    image = viewer.add_image(data, name="hyper")
+    viewer.dims.set_current_step(1, 1)  # the second channel
+    _segment(w, qtbot, image, SCOPE_SLICE)
+    masks = viewer.layers[masks_layer_name("hyper")]
+    assert masks.data.shape == data.shape
+    segmented = {tuple(i) for i in np.argwhere(masks.data.any(axis=(-2, -1)))}
+    assert segmented == {tuple(viewer.dims.current_step[:3])}
+    w._channel_axis.value = 1
+    _segment(w, qtbot, image, SCOPE_STACK)
+    segmented = {tuple(i) for i in np.argwhere(masks.data.any(axis=(-2, -1)))}
+    assert segmented == {(t, 1, z) for t in range(2) for z in range(2)}
+    assert w._status.value.startswith("Done")
+
+
 def test_renaming_the_masks_layer_mid_run_keeps_writing_into_it(widget, qtbot, c2c12_stack, notifications):
     """The user renames "<image> masks" while the whole stack runs: the rest of the stack still
     lands in that layer (under its new name), and re-thresholding follows it."""

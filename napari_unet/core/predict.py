@@ -981,7 +981,8 @@ def iter_predict_probabilities(
         Network, representation and normalisation (e.g. from :func:`~napari_unet.core.load_model`).
     image : array-like
         (H, W) grey, (H, W, 3) RGB, or a stack (..., H, W) / (..., H, W, 3) with at most
-        two stack axes. Lazy arrays (memory map, zarr, dask) are read one plane at a time.
+        four stack axes (time, channels, z, ...). Lazy arrays (memory map, zarr, dask) are read
+        one plane at a time.
     rgb : bool, optional
         Whether the last axis is colour; default: yes if it has 3 or 4 entries.
     colour : "auto", "mean" or int

@@ -16,8 +16,9 @@ from napari_unet._shapes import channels_last
 
 from .preprocess import ImageError, fill_missing
 
-#: Extra axes (beyond the 2D plane and the RGB axis) that a stack may have.
-MAX_STACK_AXES = 2
+#: Extra axes (beyond the 2D plane and the RGB axis) that a stack may have: time, channels, z and
+#: one more (positions of a plate, views); the plane loop indexes them alike.
+MAX_STACK_AXES = 4
 
 #: A window of a plane: (rows, columns).
 Window = tuple[slice, slice]
@@ -106,8 +107,8 @@ def stack_layout(shape: tuple[int, ...], rgb: bool | None = None) -> StackLayout
         axes = ", ".join(f"axis {i} (size {s})" for i, s in enumerate(lead))
         raise ImageError(
             f"The image has {ndim} axes (shape {shape}): {axes} come before the 2D plane, but at most "
-            f"{MAX_STACK_AXES} stack axes (e.g. time and z) can be segmented. Choose one index along "
-            f"{len(lead) - MAX_STACK_AXES} of them (e.g. a channel: image[:, 0] for axis 1), or say which axis "
+            f"{MAX_STACK_AXES} stack axes (e.g. time, channels and z) can be segmented. Choose one index along "
+            f"{len(lead) - MAX_STACK_AXES} of them (e.g. a position: image[0] for axis 0), or say which axis "
             "holds the colour/channels."
         )
     if min(plane) < 1 or any(s < 1 for s in lead):
