@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from napari_unet.widgets._base import canvas_size, visible_region
 from napari_unet.widgets._corrections import CORRECTED_KEY
 from napari_unet.widgets._masks import corrected_planes
 from napari_unet.widgets.segment import (
@@ -235,6 +236,30 @@ def test_a_hyperstack_layer_segments_its_current_slice_and_one_channel_of_the_st
     assert w._status.value.startswith("Done")
 
 
+def test_masks_of_a_rotated_image_are_drawn_over_it_and_its_field_of_view_is_the_one_shown(
+        make_napari_viewer, qtbot, tiny_model_path, c2c12_stack):
+    """An image with a rotation (and shear, scale) from its reader or a script: its masks layer takes
+    the same transform (brush and clicks land on the cells shown), and the field of view is the part
+    of the rotated image on the canvas."""
+    viewer = make_napari_viewer(show=True)
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    w.add_model_file(tiny_model_path)
+    image = viewer.add_image(np.tile(c2c12_stack[0], (2, 2)), name="turned", rotate=45, scale=(2, 2), shear=[0.2])
+    _segment(w, qtbot, image, SCOPE_SLICE)
+    masks = viewer.layers[masks_layer_name("turned")]
+    np.testing.assert_allclose(masks._data_to_world.affine_matrix, image._data_to_world.affine_matrix, atol=1e-9)
+    target = np.array([30.0, 150.0])  # a data point of the image, far from its centre
+    viewer.camera.center = tuple(image.data_to_world(target))
+    viewer.camera.zoom = 4
+    rows, cols = visible_region(viewer, image, image.data.shape)
+    assert (rows.stop - rows.start) * (cols.stop - cols.start) < image.data.size / 4
+    half = np.asarray(canvas_size(viewer), float) / viewer.camera.zoom / 2
+    for dy, dx in ((0, 0), (-0.9, -0.9), (-0.9, 0.9), (0.9, -0.9), (0.9, 0.9)):  # the centre and the corners shown
+        y, x = np.clip(image.world_to_data(np.asarray(viewer.camera.center[-2:]) + half * (dy, dx)),
+                       0, np.asarray(image.data.shape) - 1)  # (the region is clipped to the plane)
+        assert rows.start <= y < rows.stop and cols.start <= x < cols.stop
+
+
 def test_renaming_the_masks_layer_mid_run_keeps_writing_into_it(widget, qtbot, c2c12_stack, notifications):
     """The user renames "<image> masks" while the whole stack runs: the rest of the stack still
     lands in that layer (under its new name), and re-thresholding follows it."""
@@ -389,7 +414,7 @@ def test_field_of_view_writes_inside_the_view(widget, qtbot, c2c12_stack):
     camera = viewer_camera(viewer)
     camera.center = (48, 48)
     camera.zoom = 8 * camera.zoom
-    from napari_unet.widgets._base import visible_region
+    from napari_unet.widgets._base import canvas_size, visible_region
 
     rows, cols = visible_region(viewer, image, plane.shape)
     assert 0 < rows.stop - rows.start < plane.shape[0] and 0 < cols.stop - cols.start < plane.shape[1]

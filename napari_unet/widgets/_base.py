@@ -257,11 +257,13 @@ def visible_region(
     half = np.asarray(canvas, dtype=float) / zoom / 2
     center = np.asarray(camera.center[-2:], dtype=float)
     point = np.asarray(viewer.dims.point, dtype=float)
-    lo, hi = point.copy(), point.copy()
-    lo[-2:], hi[-2:] = center - half, center + half
-    corners = np.stack([layer.world_to_data(lo), layer.world_to_data(hi)])
-    yx = corners[:, -2:]  # world_to_data gives the layer's ndim coordinates: never a colour one
-    (y0, x0), (y1, x1) = np.sort(yx, axis=0)
+    corners = []
+    for dy, dx in ((-1, -1), (-1, 1), (1, -1), (1, 1)):  # all four: a rotated or sheared layer's box
+        world = point.copy()
+        world[-2:] = center + half * (dy, dx)
+        corners.append(layer.world_to_data(world))
+    yx = np.asarray(corners)[:, -2:]  # world_to_data gives the layer's ndim coordinates: never a colour one
+    (y0, x0), (y1, x1) = yx.min(axis=0), yx.max(axis=0)
     y0, y1 = int(np.clip(np.floor(y0), 0, h)), int(np.clip(np.ceil(y1) + 1, 0, h))
     x0, x1 = int(np.clip(np.floor(x0), 0, w)), int(np.clip(np.ceil(x1) + 1, 0, w))
     if y1 - y0 < 2 or x1 - x0 < 2:

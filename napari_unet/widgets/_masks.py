@@ -141,6 +141,7 @@ def masks_layer_for(viewer: Any, image: Any) -> "napari.layers.Labels":
             translate=image.translate[:n],
             visible=False,
             **_axes_of(image, n),
+            **_transform_of(image, n),
         )
         overlays_shown_when_used(layer)
         with layers_added_unselected(viewer):
@@ -191,6 +192,14 @@ def _select_then_show(viewer: Any, layer: Any) -> None:
     if layer in viewer.layers:
         viewer.layers.selection.active = layer
     QTimer.singleShot(50, lambda: setattr(layer, "visible", True))
+
+
+def _transform_of(image: Any, n: int) -> dict[str, Any]:
+    """The image's rotation, shear and affine, so that the masks are drawn over it (brush and
+    clicks land on the cells they show); none when the layers differ in dimensions."""
+    if getattr(image, "ndim", None) != n:
+        return {}
+    return {"rotate": image.rotate, "shear": image.shear, "affine": image.affine.affine_matrix}
 
 
 def _axes_of(image: Any, n: int) -> dict[str, Any]:
