@@ -34,6 +34,27 @@ def _kept_name(path: Path) -> str:
     return path.name.encode("utf-8")[:_NAME_KEPT].decode("utf-8", errors="ignore")  # bytes: file names are
 
 
+def check_folder_writable(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` if needed and write (then remove) a small hidden file in it: whether the
+    files of a long job can be written there, asked before the job rather than after it.
+
+    Raises
+    ------
+    OSError
+        The folder cannot be made or written (its ``strerror`` says why).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+    try:
+        os.write(fd, b"napari-unet")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        os.unlink(tmp)
+    return folder
+
+
 def _temporary_beside(path: Path, suffix: str) -> Path:
     """A new empty file in ``path``'s folder, named after ``path`` (hidden, short enough)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{_kept_name(path)}.", suffix=suffix, dir=path.parent)

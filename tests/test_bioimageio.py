@@ -474,3 +474,16 @@ def test_cli_exports_models_with_dots_in_their_names_into_a_folder(tmp_path, cap
         assert main(["export", name, str(folder)]) == 0, capsys.readouterr().err
     assert sorted(p.name for p in folder.iterdir()) == ["cells v1.1.zip", "cells v1.2.zip"]
     assert read_model_file(folder / "cells v1.2.zip").metadata["name"] == "cells v1.2"
+
+
+def test_exporting_a_file_that_is_no_model_is_refused_and_writes_nothing(tmp_path, capsys):
+    """Copied byte for byte before (exit 0): the copy failed only where it was used, later."""
+    from napari_unet.cli import main
+
+    fake = tmp_path / "random.pt"
+    fake.write_bytes(np.random.default_rng(0).bytes(5000))
+    for out in ("copy.pt", "copy.zip"):
+        rc = main(["export", str(fake), str(tmp_path / out)])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1 and "random.pt" in err
+        assert not (tmp_path / out).exists()

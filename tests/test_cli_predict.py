@@ -469,3 +469,31 @@ def test_the_model_is_chosen_on_the_first_plane_with_structure(tmp_path, data_di
     assert "The plane at index 0 holds camera noise alone" in caplog.text
     got = tifffile.imread(tmp_path / "o" / "late_masks.tif")
     assert got.shape == stack.shape and not got[:3].any() and all(got[t].max() >= 3 for t in (3, 4))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux's")
+def test_an_out_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path, images, tiny_model_path,
+                                                                         capsys, monkeypatch):
+    """Checked before the batch is segmented (it failed at the end, naming a hidden temporary file)."""
+    import napari_unet.cli.predict as predict
+
+    segmented = []
+    monkeypatch.setattr(predict, "_segment_one", lambda *a, **k: segmented.append(a))
+    rc = main(["predict", str(images), "--out", "/proc/1", "--model", str(tiny_model_path), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "--out /proc/1 cannot be written" in err
+    assert ".tmp" not in err and not segmented
+
+
+def test_a_link_to_nowhere_is_kept_and_a_name_too_long_stops_only_its_input(tmp_path, images, tiny_model_path,
+                                                                            capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "a_masks.tif").symlink_to(tmp_path / "nowhere.tif")  # the user's link: kept without --overwrite
+    long_name = "a" + "x" * 247 + ".tif"  # between a.tif and b.tif; its masks' name is too long for a file
+    tifffile.imwrite(images / long_name, tifffile.imread(images / "a.tif"))
+    rc = main(["predict", str(images), "--out", str(out), "--model", str(tiny_model_path), "--no-progress"])
+    captured = capsys.readouterr()
+    assert rc == 2 and captured.err.strip().splitlines()[-1].endswith(f"1 of 3 inputs failed (see above): {long_name}")
+    assert (out / "a_masks.tif").is_symlink() and "skipped" in captured.err
+    assert (out / "b_masks.tif").exists()  # the input after the long name was segmented

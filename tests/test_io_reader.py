@@ -120,6 +120,24 @@ def test_ome_zarr_axes_named_in_words_are_read_by_their_type(tmp_path):
     assert info.scale == {"Y": 0.5, "X": 0.5}
 
 
+def test_ome_zarr_scale_of_zero_or_not_a_number_is_no_calibration(tmp_path):
+    """As for TIFF: the axis is uncalibrated (a scale of 0 was kept, then refused by the writer
+    after the segmentation, or copied into the masks of the dask path)."""
+    import zarr
+
+    path = tmp_path / "zero.ome.zarr"
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    root.create_array("0", data=np.zeros((3, 16, 16), np.uint8))
+    root.attrs["multiscales"] = [{
+        "version": "0.4",
+        "axes": [{"name": "z", "type": "space", "unit": "micrometer"},
+                 {"name": "y", "type": "space", "unit": "micrometer"},
+                 {"name": "x", "type": "space", "unit": "micrometer"}],
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": ["NaN", 0, -0.5]}]}],
+    }]
+    assert inspect_stack(path).scale == {}
+
+
 def test_ome_zarr_v04_multiscale(make_napari_viewer, tmp_path):
     path = tmp_path / "organoid.zarr"
     data = np.random.default_rng(2).integers(0, 255, size=(2, 2, 3, 64, 64), dtype=np.uint8)

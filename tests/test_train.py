@@ -334,3 +334,16 @@ def test_default_patch_follows_the_network(dsb_fluo_crop):
     # a patch size given without a batch: the batch follows it
     larger = run_finetune(_tiny(), [big], [big_labels], steps=1, patch_size=256, device="cpu", val_fraction=0)
     assert (larger.metadata["training"]["patch_size"], larger.metadata["training"]["batch_size"]) == (256, 4)
+
+
+def test_labels_with_ids_far_beyond_their_pixels_train_as_the_same_objects(dsb_fluo_crop):
+    """Ids as tracking tools write them (an offset of 4e9): every count by id took memory by the id
+    (a MemoryError traceback for one small plane); they are renumbered for training, objects kept."""
+    image, labels = dsb_fluo_crop
+    labels = labels.astype(np.int64)
+    huge = np.where(labels > 0, labels + 4_000_000_000, 0)
+    (plain,) = prepare_examples(_tiny(), [image], [labels])
+    (renumbered,) = prepare_examples(_tiny(), [image], [huge])
+    assert renumbered.labels.dtype == np.int32 and renumbered.labels.max() <= labels.size
+    np.testing.assert_array_equal(renumbered.labels > 0, plain.labels > 0)
+    assert len(np.unique(renumbered.labels)) == len(np.unique(plain.labels))

@@ -17,11 +17,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from napari_unet._atomic import check_folder_writable
 
 from . import DEVICE_HELP, CLIError, one_line
 
@@ -324,13 +327,18 @@ def run(args: argparse.Namespace) -> int:
     args.voxel_size = _voxel_size(args.voxel_size)
     if not args.objects_3d and (args.voxel_size is not None or args.mode_3d != "3d" or args.orthogonal != "auto"):
         raise CLIError("--voxel-size, --3d-mode and --orthogonal go with --3d")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:  # before any work: a batch is not segmented for hours to find then that nothing can be written
+        check_folder_writable(out_dir)
+    except OSError as exc:
+        raise CLIError(f"--out {out_dir} cannot be written ({exc.strerror or one_line(exc)}): give a folder you "
+                       "can write to") from exc
     failed: list[Path] = []
-    for path, target in zip(inputs, targets):
-        if target.exists() and not args.overwrite:
-            print(f"napari-unet: {path}: skipped, {target} exists (--overwrite replaces it)", file=sys.stderr)
-            continue
+    for path, target in zip(inputs, targets, strict=True):
         try:
+            # (lexists: a link to nowhere is the user's too)
+            if os.path.lexists(target) and not args.overwrite:
+                print(f"napari-unet: {path}: skipped, {target} exists (--overwrite replaces it)", file=sys.stderr)
+                continue
             with _messages_about(path):
                 _segment_one(models, path, target, args, use_dask)
         except (CLIError, ValueError, OSError) as exc:

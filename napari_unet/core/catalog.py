@@ -19,11 +19,10 @@ import contextlib
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from napari_unet._atomic import atomic_write
+from napari_unet._atomic import atomic_write, check_folder_writable
 
 from .checkpoint import ModelFileError, SegmentationModel, read_model_file, save_model
 
@@ -67,14 +66,7 @@ def check_models_dir_writable(folder: str | os.PathLike | None = None) -> Path:
     """
     folder = Path(folder) if folder is not None else user_models_dir()
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".write-test.", dir=folder)
-        try:
-            os.write(fd, b"napari-unet")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            os.unlink(tmp)
+        check_folder_writable(folder)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise OSError(
@@ -271,7 +263,8 @@ def export_model(name_or_path: str | os.PathLike, destination: str | os.PathLike
     kept). The copy is written atomically: a failure leaves any earlier file there intact.
     A BioImage.IO package made by napari-unet (a zip or a folder) is written as the napari-unet
     model file it holds, not copied byte for byte (other packages cannot be: a
-    ``ModelFileError`` says why). Returns the file written.
+    ``ModelFileError`` says why; so does a file that is not a model, or a damaged one). Returns
+    the file written.
     """
     from .zoo_import import is_bioimageio_package, package_location
 
@@ -287,8 +280,9 @@ def export_model(name_or_path: str | os.PathLike, destination: str | os.PathLike
         destination = destination.with_name(destination.name + MODEL_SUFFIX)
     if destination.resolve() == source.resolve():
         raise ValueError("Choose another file to export to: that is the model file itself.")
+    model = read_model_file(source, device="cpu")  # a file that is no (working) model is not passed on
     if package:  # a zip is no model file: the model it holds is saved as one
-        return save_model(read_model_file(source, device="cpu"), destination)
+        return save_model(model, destination)
     with atomic_write(destination, "wb") as out, open(source, "rb") as src:
         shutil.copyfileobj(src, out)
     return destination

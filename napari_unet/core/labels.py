@@ -72,6 +72,20 @@ def check_labels(labels: Any, name: str = "labels", *, ndim: int | tuple[int, in
     return arr
 
 
+def compact_ids(labels: np.ndarray) -> np.ndarray:
+    """``labels`` (checked integer labels) with their ids renumbered 1..N in order when they run
+    beyond the number of pixels, as int32; else as they are. Ids as tracking tools write them (a
+    global id per cell of a time-lapse, an offset of 4e9) made every count by id (``np.bincount``)
+    take memory by the id, not by the pixels: gigabytes for one small plane, or a MemoryError. The
+    objects stay the same; only their numbers change (for training and scores, never for saving)."""
+    if labels.size == 0 or int(labels.max()) <= labels.size:
+        return labels
+    ids, inverse = np.unique(labels, return_inverse=True)
+    if ids[0] != 0:  # no background: every id moves up by one
+        inverse = inverse + 1
+    return inverse.reshape(labels.shape).astype(np.int32)
+
+
 def _check_ndim(shape: tuple[int, ...], name: str, ndim: int | tuple[int, int] | None) -> None:
     if ndim is None:
         return

@@ -526,6 +526,8 @@ def _open_zarr(p: Path) -> _Opened:
                 f = _unit_factor(unit, _TIME_TO_S) if unit else None
                 if f is not None or v != 1.0:
                     scale[a] = v * (f or 1.0)
+        # as for TIFF: a scale of 0, negative or not a number is no calibration (the axis is uncalibrated)
+        scale = {a: v for a, v in scale.items() if np.isfinite(v) and v > 0}
     else:  # OME-Zarr 0.1/0.2 have no axes: always TCZYX
         axes = "TCZYX"[-len(shape):] if len(shape) <= 5 else normalize_file_axes("Q" * len(shape), shape)
         known = len(shape) == 5
