@@ -260,6 +260,22 @@ def test_masks_of_a_rotated_image_are_drawn_over_it_and_its_field_of_view_is_the
         assert rows.start <= y < rows.stop and cols.start <= x < cols.stop
 
 
+def test_a_run_that_cannot_start_leaves_no_empty_masks_layer(widget, qtbot, c2c12_stack, notifications):
+    """The field of view is off the image, or the viewer shows a slice a shorter stack lacks: the
+    run is refused with a notification, and the masks layer it had made is removed again."""
+    viewer, w = widget
+    viewer.add_image(np.zeros((8, 96, 96), np.float32), name="long")
+    short = viewer.add_image(c2c12_stack, name="short")  # 4 slices
+    viewer.dims.set_current_step(0, 6)
+    _segment(w, qtbot, short, SCOPE_SLICE)
+    assert w._status.value.startswith("Not started") and masks_layer_name("short") not in viewer.layers
+    viewer.dims.set_current_step(0, 1)
+    viewer.camera.center = (0, 5000, 5000)
+    _segment(w, qtbot, short, SCOPE_VIEW)
+    assert any("not in view" in m for m in notifications)
+    assert masks_layer_name("short") not in viewer.layers
+
+
 def test_renaming_the_masks_layer_mid_run_keeps_writing_into_it(widget, qtbot, c2c12_stack, notifications):
     """The user renames "<image> masks" while the whole stack runs: the rest of the stack still
     lands in that layer (under its new name), and re-thresholding follows it."""

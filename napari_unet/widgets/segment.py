@@ -402,6 +402,8 @@ class SegmentWidget(Container):
                 if generator is not None:
                     self._remember_run(image, masks)
                     self._start(generator, message, overwrite=overwrite, masks=masks, automatic=keep_corrected)
+                else:
+                    self._drop_new_masks()
                 return
             planes = self._planes_for_scope(image, scope)
             yx_view = shows_yx_planes(self._viewer, image)
@@ -415,6 +417,7 @@ class SegmentWidget(Container):
         except ValueError as exc:
             notify_error("Segment", exc)
             self._status.value = f"Not started: {one_line(exc)}"
+            self._drop_new_masks()
             return
         skipped = []
         if not overwrite:
@@ -682,7 +685,8 @@ class SegmentWidget(Container):
             self._status.value = message
             notify_warning(message)
         elif self._cancelled:
-            self._status.value = self._after_cancel = f"Cancelled after {format_seconds(took)}; finished slices kept."
+            kept = "nothing was segmented yet" if self._new_masks_unused() else "finished slices kept"
+            self._status.value = self._after_cancel = f"Cancelled after {format_seconds(took)}; {kept}."
         elif self._rethresholding and self._after_cancel and not self._failed:  # the one that followed the cancel
             self._status.value = f"{self._after_cancel} The new Threshold / Min. size were applied to them."
             self._after_cancel = ""
@@ -700,15 +704,28 @@ class SegmentWidget(Container):
         self._run_button.enabled = True
         self._cancel_button.enabled = False
         self._worker = None
-        new, self._new_masks = self._new_masks, None
-        if self._failed and new is not None and new in self._viewer.layers and not np.any(new.data):
-            self._viewer.layers.remove(new)  # the run made it and wrote nothing: no empty layer left behind
+        if self._failed or self._cancelled or self._abandoned:
+            self._drop_new_masks()
+        self._new_masks = None
         pending, self._rethreshold_pending = self._rethreshold_pending, False
         if pending and not self._failed and not self._abandoned:
             from qtpy.QtCore import QTimer
 
             # the run's own masks get the values the user chose while it ran (whatever image is chosen now)
             QTimer.singleShot(0, lambda: self._rethreshold_layer(self._follow_last_masks()))
+
+    def _drop_new_masks(self) -> None:
+        """Remove the masks layer this run made when nothing was written into it (a run that did
+        not start, failed, or was cancelled first): no empty layer is left behind."""
+        if self._new_masks_unused():
+            self._viewer.layers.remove(self._new_masks)
+        self._new_masks = None
+
+    def _new_masks_unused(self) -> bool:
+        """Whether the masks layer this run made is still there with no plane written into it."""
+        new = self._new_masks
+        return (new is not None and new in self._viewer.layers and not self._kept.results(new)
+                and not np.any(new.data))
 
     # ------------------------------------------------------------------ re-threshold
     def _masks_to_rethreshold(self) -> Any:
