@@ -54,12 +54,12 @@ def test_median_diameter_of_discs():
 
 
 @pytest.mark.parametrize("text, expected", [("auto", None), ("", None), ("12", 12.0), ("12 px", 12.0),
-                                            (" 7,5 ", 7.5), ("4 um", 8.0), ("4µm", 8.0), ("500 nm", 1.0)])
+                                            (" 7,5 ", 7.5), ("12,25", 12.25), ("4 um", 8.0), ("4µm", 8.0), ("500 nm", 1.0)])
 def test_parse_diameter(text, expected):
     assert parse_diameter(text, pixel_size_um=0.5) == expected
 
 
-@pytest.mark.parametrize("bad", ["0", "-3", "nan", "inf", "big", "3 um"])
+@pytest.mark.parametrize("bad", ["0", "-3", "nan", "inf", "big", "3 um", "1,000", "2,500 px"])
 def test_bad_diameters_say_why(bad):
     with pytest.raises(ImageError, match="diameter"):
         parse_diameter(bad)  # no pixel size: a physical size cannot be used

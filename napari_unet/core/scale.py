@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -171,7 +172,11 @@ def parse_diameter(text: Any, pixel_size_um: float | None = None) -> float | Non
         return None
     if isinstance(text, (int, float)):
         return check_diameter(text)
-    words = str(text).strip().lower().replace(",", ".")
+    words = str(text).strip().lower()
+    if re.search(r"\d,\d{3}(?!\d)", words):  # "1,000": a thousands separator or a decimal comma (1.000)?
+        raise ImageError(f"The object diameter {text!r} can be read two ways: write it without the comma "
+                         f"({words.replace(',', '')}) or with a decimal point ({words.replace(',', '.')}).")
+    words = words.replace(",", ".")
     if words in ("", "auto"):
         return None
     for unit in ("px", "pixels", "pixel", *_UNITS_UM):
