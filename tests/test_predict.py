@@ -695,6 +695,21 @@ def test_pixels_without_data_are_filled_with_the_image_mirrored():
     assert missing_all.all() and not out_all.any()
 
 
+@pytest.mark.parametrize("values", [(0, 1), (0, 255), (10.0, 20.0)])
+def test_a_mask_of_two_values_is_segmented_into_its_objects(dsb_fluo_crop, values):
+    """A thresholded mask (0/1, 0/255) given to split into objects: its background is no black
+    fill, its objects no burned-in marks or hot pixels (a 0/1 mask came out blank); as a boolean."""
+    from napari_unet.core.metrics import average_precision
+
+    _image, labels = dsb_fluo_crop
+    model = load_model("nuclei", device="cpu")
+    as_bool = segment(model, labels > 0)
+    assert average_precision(labels, as_bool) > 0.5
+    lo, hi = values
+    mask = np.where(labels > 0, hi, lo).astype(np.float32 if isinstance(lo, float) else np.uint8)
+    np.testing.assert_array_equal(segment(model, mask), as_bool)
+
+
 @pytest.mark.parametrize("border", ["black", "nan", "rotated"])
 def test_a_black_border_does_not_cost_the_objects(dsb_fluo_crop, border, caplog):
     """A real fluorescence field (dim camera data on an offset) on a larger black canvas, as a

@@ -320,8 +320,21 @@ STRIPE_SAMPLES = 256
 def without_camera_artefacts(plane: np.ndarray) -> np.ndarray:
     """``plane`` without isolated hot pixels (:func:`without_spikes`) and, when striped, without the
     offsets of its lines (:func:`without_stripes`): what the plane loop and the training examples
-    take from every plane as it is read, before any rescaling blurs them."""
+    take from every plane as it is read, before any rescaling blurs them. A plane of two values
+    (a mask: 0 and 1, 0 and 255) has neither: its objects are no hot pixels, its rows no stripes
+    (a 0/1 mask of a few cells came out blank)."""
+    if is_two_valued(plane):
+        return plane
     return without_stripes(without_spikes(plane))
+
+
+def is_two_valued(plane: np.ndarray) -> bool:
+    """Whether every pixel of a grey ``plane`` holds one of two values (a mask); a single pass."""
+    arr = np.asarray(plane)
+    if arr.ndim != 2 or arr.size == 0 or arr.dtype == bool:
+        return arr.dtype == bool and arr.ndim == 2
+    lo, hi = arr.min(), arr.max()
+    return bool(lo != hi and np.count_nonzero((arr == lo) | (arr == hi)) == arr.size)
 
 
 def without_stripes(plane: np.ndarray) -> np.ndarray:
@@ -448,8 +461,8 @@ def fill_missing(plane: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     colour = arr.ndim == 3 and arr.shape[-1] in (3, 4)
     if not (arr.ndim == 2 or colour) or arr.size == 0 or not np.issubdtype(arr.dtype, np.number):
         return arr, None
-    if np.iscomplexobj(arr) or arr.dtype == bool:
-        return arr, None
+    if np.iscomplexobj(arr) or arr.dtype == bool or (not colour and is_two_valued(arr)):
+        return arr, None  # (a mask's background and objects are data, not a black fill and burned-in marks)
     h, w = arr.shape[:2]
     nan = np.isnan(arr) if np.issubdtype(arr.dtype, np.floating) else None
     if nan is not None and colour:
@@ -567,6 +580,8 @@ def _lowest_regions(arr: np.ndarray, colour: bool, nan: np.ndarray | None, min_p
     if rest.size == 0:
         rest = _grey(arr[other], colour)
     p1, p99 = (float(v) for v in np.percentile(rest, [1.0, 99.0]))
+    if p99 <= p1:  # the rest is one value too: a mask (0 and 1, or 0 and 255), whose background is data
+        return None
     level = float(np.median(_grey(arr[ring], colour)))
     return regions if level - float(np.mean(lowest)) >= MISSING_GAP * max(p99 - p1, 1e-12) else None
 
