@@ -180,3 +180,15 @@ def test_a_free_model_path_is_a_name_that_still_works(tmp_path):
     assert free.suffix == ".pt" and not free.exists() and free.stem.endswith("-2")
     assert check_model_name(free.stem) == free.stem
     assert free_model_path(tmp_path / "other.pt") == tmp_path / "other.pt"  # free as it is
+
+
+def test_a_reader_that_stops_early_is_no_error():
+    """`napari-unet models --json | head`: the pipe closes before the list is written."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "napari_unet.cli", "models", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the list is written (the child takes seconds to start)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and "Broken pipe" not in err, err

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from napari_unet import __version__
@@ -66,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("napari-unet: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the output went to a reader that stopped (`napari-unet models | head`): no error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # (Python's own flush at exit must not fail again)
+        return 0
     except (CLIError, ValueError, OSError, ArithmeticError) as exc:  # (a training loss that became nan)
         print(f"napari-unet: error: {one_line(exc)}", file=sys.stderr)
         return 2

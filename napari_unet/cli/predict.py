@@ -201,7 +201,7 @@ def _select_channel(data: Any, axes: str, channel: int | None, name: str, axes_f
         if n != 1:
             named = f": {', '.join(f'{i} {c}' for i, c in enumerate(names))}" if names and len(names) == n else ""
             raise CLIError(f"{name} has {n} channels (axes {axes}){named}; choose one with --channel 0..{n - 1} "
-                           "(the nuclei stain for the 'nuclei' model)")
+                           "(for nuclei models, the nuclear stain)")
         channel = 0
     if not 0 <= channel < n:
         raise CLIError(f"{name} has {n} channels; --channel must be in 0..{n - 1}")
