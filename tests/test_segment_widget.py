@@ -276,6 +276,19 @@ def test_a_run_that_cannot_start_leaves_no_empty_masks_layer(widget, qtbot, c2c1
     assert masks_layer_name("short") not in viewer.layers
 
 
+def test_in_the_3d_view_the_slice_at_the_sliders_is_segmented_whole_and_said(widget, qtbot, c2c12_stack,
+                                                                              notifications):
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack, name="c2c12")
+    viewer.dims.set_current_step(0, 2)
+    viewer.dims.ndisplay = 3
+    _segment(w, qtbot, image, SCOPE_VIEW)
+    masks = viewer.layers[masks_layer_name("c2c12")]
+    assert [t for t in range(len(c2c12_stack)) if masks.data[t].any()] == [2]
+    assert w.kept_result(masks, (2,)).region == (slice(0, 96), slice(0, 96))  # the whole plane
+    assert any("The viewer shows 3D: slice 2" in m and "whole" in m for m in notifications)
+
+
 def test_renaming_the_masks_layer_mid_run_keeps_writing_into_it(widget, qtbot, c2c12_stack, notifications):
     """The user renames "<image> masks" while the whole stack runs: the rest of the stack still
     lands in that layer (under its new name), and re-thresholding follows it."""

@@ -407,9 +407,14 @@ class SegmentWidget(Container):
                 return
             planes = self._planes_for_scope(image, scope)
             yx_view = shows_yx_planes(self._viewer, image)
-            # (a field of view of another cut is no part of a Y-X plane: the plane is segmented whole)
-            region = visible_region(self._viewer, image, plane_shape) if scope == SCOPE_VIEW and yx_view else (
-                slice(None), slice(None))
+            in_3d = self._viewer.dims.ndisplay == 3
+            # (a field of view of another cut, or of a 3D view, is no part of a Y-X plane: the plane is segmented whole)
+            region = visible_region(self._viewer, image, plane_shape) if (
+                scope == SCOPE_VIEW and yx_view and not in_3d) else (slice(None), slice(None))
+            if in_3d and scope != SCOPE_STACK and planes != [()]:
+                whole = ", whole" if scope == SCOPE_VIEW else ""
+                notify_info(f"The viewer shows 3D: {format_plane(planes[0])}, where the sliders stand, is "
+                            f"segmented{whole} (switch to 2D to see it).")
             if scope != SCOPE_STACK and not yx_view:
                 whole = ", whole" if scope == SCOPE_VIEW else ""
                 notify_warning("The view shows another cut through the stack than its Y-X planes (axes "
