@@ -127,3 +127,13 @@ def test_model_names_are_checked():
         with pytest.raises(ValueError):
             check_model_name(bad)
     assert user_model_path("mine").name == "mine.pt"
+
+
+def test_a_torchscript_file_is_refused_in_one_line_without_torch_warnings(data_dir, recwarn):
+    """The TorchScript weights of a BioImage.IO package given as a model file: torch.load handed it to
+    torch.jit.load (two warnings) before it was refused."""
+    from napari_unet.core.checkpoint import ModelFileError, read_model_file
+
+    with pytest.raises(ModelFileError, match="is a TorchScript file"):
+        read_model_file(data_dir / "bioimageio_unet2d_nuclei_broad" / "weights.pt")
+    assert not [w for w in recwarn if "torch" in str(w.filename)]

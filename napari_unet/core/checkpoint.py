@@ -351,6 +351,19 @@ def save_model(model: SegmentationModel, path: str | os.PathLike) -> Path:
     return path
 
 
+def _is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip with the ``code/`` of a scripted module)."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as archive:
+            return any(name.split("/", 2)[1:2] == ["code"] for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def _load_dict(path: Path) -> dict[str, Any]:
     if path.is_dir():
         raise ModelFileError(
@@ -358,6 +371,11 @@ def _load_dict(path: Path) -> dict[str, Any]:
         )
     if not path.is_file():
         raise ModelFileError(f"Model file not found: {path}")
+    if _is_torchscript(path):  # (torch.load would hand it to torch.jit.load, warnings and all)
+        raise ModelFileError(
+            f"{path.name} is a TorchScript file, not a napari-unet model file: give the BioImage.IO package "
+            "it came with (its folder or .zip), or a napari-unet model."
+        )
     try:
         with warnings.catch_warnings():
             # torch warns about pickles of another protocol before failing on them: the
