@@ -136,3 +136,15 @@ def test_small_crops_of_phase_contrast_stay_transmitted(data_dir):
     crops = [f[y:y + 128, x:x + 128] for f in frames for y in (0, 106) for x in (0, 106)]
     kinds = [image_modality(c).kind for c in crops]
     assert kinds.count("transmitted") >= 0.95 * len(crops), kinds
+
+
+def test_planes_one_pixel_wide_or_high_are_told_without_numpy_warnings():
+    import warnings
+
+    from napari_unet.core.modality import image_modality
+
+    rng = np.random.default_rng(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        kinds = [image_modality(rng.random(shape).astype(np.float32)).kind for shape in ((1, 1), (1, 50), (50, 1))]
+    assert kinds == ["fluorescence"] * 3

@@ -180,7 +180,9 @@ def _says_fluorescence(dark_spread: float, bright_spread: float) -> bool:
 def image_modality(plane: np.ndarray) -> Modality:
     """The kind of microscopy image ``plane`` is (see the module docs)."""
     grey, colour = _grey(plane)
-    diffs = np.diff(grey, axis=1).ravel()
+    diffs = np.diff(grey, axis=1 if grey.shape[1] > 1 else 0).ravel()
+    if diffs.size == 0:  # a single pixel: nothing to tell
+        return Modality("fluorescence", 0.0, 0.0)
     noise = 1.4826 * float(np.median(np.abs(diffs - np.median(diffs)))) / np.sqrt(2)
     grey = _despeckle(grey, 3 * noise)
     spreads = _spreads(grey, noise)
