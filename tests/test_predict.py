@@ -495,10 +495,11 @@ def test_one_pixel_image(padding):
     assert probs.shape == (3, 1, 7)
 
 
-def test_five_axes_without_a_choice_is_a_clear_error():
+def test_more_than_four_stack_axes_is_a_clear_error():
     model = _model("same")
-    with pytest.raises(ImageError, match=r"axis 0 \(size 2\).*axis 2 \(size 4\).*Choose one index"):
-        segment(model, np.zeros((2, 3, 4, 16, 16), dtype=np.float32))
+    with pytest.raises(ImageError, match=r"axis 0 \(size 2\).*axis 4 \(size 2\).*Choose one index"):
+        segment(model, np.zeros((2, 3, 4, 1, 2, 16, 16), dtype=np.float32))
+    assert segment(model, np.zeros((2, 3, 1, 2, 16, 16), dtype=np.float32)).shape == (2, 3, 1, 2, 16, 16)
 
 
 def test_model_file_that_is_not_a_model(tmp_path):
