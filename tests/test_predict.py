@@ -696,6 +696,17 @@ def test_pixels_without_data_are_filled_with_the_image_mirrored():
     assert missing_all.all() and not out_all.any()
 
 
+def test_a_plane_of_nan_alone_is_said_to_hold_no_data_at_all(caplog):
+    model = _model("same")
+    stack = np.random.default_rng(0).random((2, 32, 32)).astype(np.float32)
+    stack[1] = np.nan
+    with caplog.at_level("WARNING", logger="napari_unet"):
+        labels = segment(model, stack)
+    said = [r.getMessage() for r in caplog.records if "no data" in r.getMessage()]
+    assert said == ["The plane at index 1 holds no data at all (NaN only): nothing is segmented there."]
+    assert not labels[1].any()
+
+
 @pytest.mark.parametrize("values", [(0, 1), (0, 255), (10.0, 20.0)])
 def test_a_mask_of_two_values_is_segmented_into_its_objects(dsb_fluo_crop, values):
     """A thresholded mask (0/1, 0/255) given to split into objects: its background is no black

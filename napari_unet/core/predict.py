@@ -540,6 +540,10 @@ def iter_planes(
         (:func:`~napari_unet.core.preprocess.fill_missing`)."""
         nonlocal said_missing
         plane, missing = read_filled_plane(image, idx, window)
+        if missing is not None and not said_missing and missing.all():
+            which = f"The plane at index {', '.join(map(str, idx))}" if idx else "The image"
+            log.warning("%s holds no data at all (NaN only): nothing is segmented there.", which)
+            said_missing = True
         if missing is not None and not said_missing:
             log.warning("Part of the image holds no data (NaN, the black fill of a mosaic or of a rotated image, "
                         "or a scale bar or time stamp burned in): filled with the image around it, and left "
