@@ -497,3 +497,11 @@ def test_a_link_to_nowhere_is_kept_and_a_name_too_long_stops_only_its_input(tmp_
     assert rc == 2 and captured.err.strip().splitlines()[-1].endswith(f"1 of 3 inputs failed (see above): {long_name}")
     assert (out / "a_masks.tif").is_symlink() and "skipped" in captured.err
     assert (out / "b_masks.tif").exists()  # the input after the long name was segmented
+
+
+def test_a_min_size_that_removes_every_object_says_so(tmp_path, images, capsys):
+    rc = main(["predict", str(images / "a.tif"), "--out", str(tmp_path / "o"), "--model", "nuclei",
+               "--min-size", "100000", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "no object is left with --min-size 100000" in err
+    assert not tifffile.imread(tmp_path / "o" / "a_masks.tif").any()

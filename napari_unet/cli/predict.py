@@ -441,6 +441,9 @@ def _segment_one(models: _ModelChoice, path: Path, target: Path, args: argparse.
     else:
         with _labels_buffer(data, rgb, target) as out:
             labels = _segment_with_bar(model, data, rgb, diameter, args, name, label_axes, options_3d, out)
+            if args.min_size and not labels.any():  # what the size search's "no object found" does not say
+                print(f"napari-unet: {name}: no object is left with --min-size {args.min_size} (objects of fewer "
+                      "pixels are removed): try a smaller one, or leave it out for the model's own", file=sys.stderr)
             _write_tif(target, labels, label_axes, scale)
 
 
