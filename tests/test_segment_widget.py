@@ -269,6 +269,7 @@ def test_a_run_that_cannot_start_leaves_no_empty_masks_layer(widget, qtbot, c2c1
     viewer.dims.set_current_step(0, 6)
     _segment(w, qtbot, short, SCOPE_SLICE)
     assert w._status.value.startswith("Not started") and masks_layer_name("short") not in viewer.layers
+    assert "(its axis 0 = 6; it has 4 along that axis)" in w._status.value  # not napari's label "-3"
     viewer.dims.set_current_step(0, 1)
     viewer.camera.center = (0, 5000, 5000)
     _segment(w, qtbot, short, SCOPE_VIEW)

@@ -224,7 +224,9 @@ def current_plane_index(viewer: "napari.Viewer", layer: "napari.layers.Layer", s
     if strict:
         for axis, (i, s) in enumerate(zip(index, shape)):
             if not 0 <= i < s:
-                label = viewer.dims.axis_labels[viewer.dims.ndim - layer.ndim + axis]
+                label = str(viewer.dims.axis_labels[viewer.dims.ndim - layer.ndim + axis])
+                if label.lstrip("-").isdigit():  # napari's own labels ("-3") name no axis to a user
+                    label = f"its axis {axis}"
                 raise ValueError(f"{layer.name!r} has no slice at the viewer's position ({label} = {i}; it has {s} "
                                  f"along that axis): move the slider into it.")
     return tuple(int(np.clip(i, 0, s - 1)) for i, s in zip(index, shape))
