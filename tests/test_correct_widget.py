@@ -257,7 +257,14 @@ def test_tools_never_edit_a_plane_that_is_not_shown(make_napari_viewer, canvas_m
     assert notifications[3:] == ["Fill holes: show the Y-X plane (the last two axes) to edit objects.",
                                  "Remove small objects: show the Y-X plane (the last two axes) to edit objects."]
 
-    viewer.dims.order = (0, 1, 2)  # back on the Y-X plane of frame 4: both work
+    viewer.dims.order = (0, 1, 2)
+    viewer.dims.ndisplay = 3  # the 3D view: the slider's frame is not the one in sight
+    qtbot.wait(50)
+    widget._small_button.clicked.emit()
+    np.testing.assert_array_equal(layer.data, masks)
+    assert notifications[-1] == "Remove small objects: switch to the 2D view (Ctrl+Y): the edit acts on the slice shown."
+
+    viewer.dims.ndisplay = 2  # back on the Y-X plane of frame 4: both work
     qtbot.wait(50)
     mouse.key(Qt.Key.Key_H)
     widget._small_button.clicked.emit()

@@ -312,6 +312,8 @@ class ObjectTools:
         displayed = [d - offset for d in dims.displayed]
         if dims.ndisplay == 2 and displayed != [layer.ndim - 2, layer.ndim - 1]:
             raise EditError("show the Y-X plane (the last two axes) to edit objects.")
+        if dims.ndisplay != 2 and layer.ndim > 2:  # the slice the sliders name is not the one in sight
+            raise EditError("switch to the 2D view (Ctrl+Y): the edit acts on the slice shown.")
         try:
             return current_plane_index(self._viewer, layer, strict=True)
         except ValueError as exc:

@@ -151,6 +151,9 @@ class CorrectedSlicesPanel(Container):
             notify_error("Mark slice", "the view shows another cut through the stack than its Y-X slices (axes "
                          "transposed or rolled): go back to the Y-X view to mark the slice shown there.")
             return
+        if self._viewer.dims.ndisplay != 2 and layer.ndim > 2:
+            notify_error("Mark slice", "switch to the 2D view (Ctrl+Y) to mark the slice you have checked.")
+            return
         try:
             plane = current_plane_index(self._viewer, layer, strict=True)
         except ValueError as exc:
