@@ -141,3 +141,16 @@ def test_segmenting_again_after_fine_tuning_in_3d_runs_the_volume_without_moving
     np.testing.assert_array_equal(masks.data[15], corrected)
     kept = [m for m in notifications if "left as they are" in m]
     assert kept and "tick" not in kept[-1]  # Overwrite does not apply to this run: not offered
+
+
+def test_a_stack_calibrated_in_x_and_y_only_has_no_voxel_size_as_in_the_cli(nuclei3d):
+    """ImageJ writes no z step of 1: the reader gives the scale (1, 0.5, 0.5) in (pixel, um, um), which
+    was taken as a 1 um step beside 0.5 um pixels; the CLI assumes isotropic voxels and says so."""
+    from napari.layers import Image
+
+    from napari_unet.widgets._segment3d import voxel_size
+
+    stack = nuclei3d[:8, :32, :32]
+    assert voxel_size(Image(stack, scale=(1, 0.5, 0.5), units=("pixel", "um", "um")), 0) is None
+    assert voxel_size(Image(stack, scale=(2, 0.5, 0.5), units=("um", "um", "um")), 0) == (2.0, 0.5, 0.5)
+    assert voxel_size(Image(stack, scale=(3, 1, 1)), 0) == (3.0, 1.0, 1.0)  # no units: the scale as it is

@@ -118,7 +118,8 @@ class ThreeDControls:
 
 def voxel_size(layer: Any, z_axis: int) -> tuple[float, float, float] | None:
     """(dz, dy, dx) from the layer's scale: in micrometres when its units are lengths (nm, um, ...,
-    one unit per axis), else as they are; None when it holds no calibration (all ones, no units)."""
+    one unit per axis), else as they are; None when it holds no calibration (all ones, no units) or
+    only some of the three axes have a length."""
     axes = (z_axis, layer.ndim - 2, layer.ndim - 1)
     scale = [float(layer.scale[a]) for a in axes]
     from napari_unet.io._units import in_unit
@@ -127,6 +128,10 @@ def voxel_size(layer: Any, z_axis: int) -> tuple[float, float, float] | None:
     micrometres = [in_unit(s, units[a]) for s, a in zip(scale, axes)] if units else [None]
     if all(v is not None for v in micrometres):
         return (micrometres[0], micrometres[1], micrometres[2])
+    if any(v is not None for v in micrometres):
+        # some axes in a length, the others in pixels (a file calibrated in x and y with no z step, as
+        # ImageJ writes a step of 1): the step between the planes is not known, as the CLI reads it
+        return None
     return None if all(s == 1.0 for s in scale) else (scale[0], scale[1], scale[2])
 
 
