@@ -154,3 +154,25 @@ def test_a_stack_calibrated_in_x_and_y_only_has_no_voxel_size_as_in_the_cli(nucl
     assert voxel_size(Image(stack, scale=(1, 0.5, 0.5), units=("pixel", "um", "um")), 0) is None
     assert voxel_size(Image(stack, scale=(2, 0.5, 0.5), units=("um", "um", "um")), 0) == (2.0, 0.5, 0.5)
     assert voxel_size(Image(stack, scale=(3, 1, 1)), 0) == (3.0, 1.0, 1.0)  # no units: the scale as it is
+
+
+def test_a_3d_run_cancelled_before_writing_leaves_the_2d_masks_re_thresholdable(widget, qtbot, nuclei3d):
+    viewer, w = widget
+    image = viewer.add_image(nuclei3d[8:20], name="s")
+    w.reset_choices()
+    w._image_combo.value = image
+    w._scope.value = SCOPE_STACK
+    w._run_button.clicked.emit()  # 2D, every plane
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+    masks = viewer.layers[masks_layer_name("s")]
+    two_d = np.asarray(masks.data).copy()
+    w._three_d.enabled.value = True
+    w._run_button.clicked.emit()
+    w.cancel()  # at once: no volume written
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+    assert np.array_equal(masks.data, two_d)
+    w._three_d.enabled.value = False
+    w._threshold.value = 0.95
+    # the 2D masks take the new threshold (they were said to be 3D objects, and kept as they were)
+    qtbot.waitUntil(lambda: w._worker is None and not np.array_equal(masks.data, two_d), timeout=60_000)
+    assert "not re-thresholded" not in w._status.value

@@ -234,7 +234,6 @@ def plan_3d_run(widget: Any, image: Any, masks: Any, diameter: float | None) -> 
     current = current_plane_index(widget._viewer, image, strict=widget._scope.value != SCOPE_STACK)
     volumes = volume_indices(tuple(image.data.shape[:n_lead]), z_axis, current,
                              widget._scope.value == SCOPE_STACK, widget._channel_axis.value)
-    widget._kept.made_3d(masks)  # 3D objects: not re-thresholded plane by plane from kept results
     threshold, min_size = widget._postprocessing_given()
     generator = segment_volumes(
         widget._model_combo.value, full_resolution(image), volumes, spacing=voxel_size(image, z_axis),
@@ -252,6 +251,9 @@ def write_volume_result(widget: Any, result: VolumeResult) -> None:
     masks = widget._running_masks()
     if masks is None:
         return  # the user removed the masks layer meanwhile
+    # 3D objects: not re-thresholded plane by plane from kept results (said when the first volume is
+    # written, not when the run starts: a run cancelled or failed before it leaves the 2D results usable)
+    widget._kept.made_3d(masks)
     corrections = widget._run_corrections
     protected = corrections.planes_to_keep(masks, volume_planes(result))  # (those replaced are unmarked)
     # (slices corrected while the run went on are reported when it ends)
