@@ -176,3 +176,22 @@ def test_a_3d_run_cancelled_before_writing_leaves_the_2d_masks_re_thresholdable(
     # the 2D masks take the new threshold (they were said to be 3D objects, and kept as they were)
     qtbot.waitUntil(lambda: w._worker is None and not np.array_equal(masks.data, two_d), timeout=60_000)
     assert "not re-thresholded" not in w._status.value
+
+
+def test_3d_with_the_field_of_view_says_it_runs_the_volume_and_clears_the_diameter_line(widget, qtbot, nuclei3d,
+                                                                                        notifications):
+    from napari_unet.widgets.segment import SCOPE_SLICE, SCOPE_VIEW
+
+    viewer, w = widget
+    image = viewer.add_image(nuclei3d[8:20], name="s")
+    w.reset_choices()
+    w._image_combo.value = image
+    w._scope.value = SCOPE_SLICE
+    w._run_button.clicked.emit()  # a 2D run: the diameter line says what it used
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+    assert w._diameter_used.value
+    w._scope.value = SCOPE_VIEW
+    _run(w, qtbot, image)
+    assert any("the field of view does not apply" in m for m in notifications)
+    assert w._diameter_used.value == ""  # not the 2D run's any more
+    assert viewer.layers[masks_layer_name("s")].data.max() > 0

@@ -61,6 +61,7 @@ class DiameterControls:
 
     def new_run(self) -> None:
         self._last_note = ""
+        self.used.value = ""  # until the run says (a 3D run does not: the last 2D run's value would stay)
         self._run_auto = self.is_auto  # what the run was given, whatever the field says later
 
     def show(self, result: Any) -> None:

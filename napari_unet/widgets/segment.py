@@ -397,6 +397,9 @@ class SegmentWidget(Container):
             self._new_masks = None if existed else masks  # removed again if the run fails before writing
             scope = self._scope.value
             if self._three_d.active:  # whole volumes: the field of view does not apply
+                if scope == SCOPE_VIEW:
+                    notify_info("3D objects are segmented in whole volumes: the field of view does not apply "
+                                "(untick '3D objects' to segment only what you see).")
                 ready_for_writing(masks)  # (before planning, which forgets the layer's kept results)
                 generator, message = plan_3d_run(self, image, masks, diameter)
                 if generator is not None:
