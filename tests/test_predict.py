@@ -696,6 +696,30 @@ def test_pixels_without_data_are_filled_with_the_image_mirrored():
     assert missing_all.all() and not out_all.any()
 
 
+@pytest.mark.parametrize("blank_at", ["start", "end"])
+def test_blank_frames_of_a_short_time_lapse_leave_its_frames_sized_as_without_them(data_dir, blank_at):
+    """Blank frames (a lamp not on yet, or off) among a few frames with few cells: the size search,
+    which looks at the next frames while too few objects are found, ran out of frames with the
+    search still open (no size taken, each frame at the scale of its own pass)."""
+    import tifffile
+
+    from napari_unet.core.predict import PlaneResult, iter_planes
+
+    real = tifffile.imread(data_dir / "c2c12_timelapse" / "images.tif")[:3, :128, :128]
+    blank = np.zeros((2, 128, 128), real.dtype)
+    model = load_model("cells", device="cpu")
+
+    def results(stack):
+        return {r.index[0]: r for r in iter_planes(model, stack) if isinstance(r, PlaneResult)}
+
+    alone = results(real)
+    offset = 2 if blank_at == "start" else 0
+    mixed = results(np.concatenate([blank, real] if blank_at == "start" else [real, blank]))
+    assert {mixed[t + offset].diameter for t in range(3)} == {alone[0].diameter} != {None}
+    for t in range(3):
+        np.testing.assert_array_equal(mixed[t + offset].labels, alone[t].labels)
+
+
 def test_a_plane_of_nan_alone_is_said_to_hold_no_data_at_all(caplog):
     model = _model("same")
     stack = np.random.default_rng(0).random((2, 32, 32)).astype(np.float32)

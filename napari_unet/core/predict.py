@@ -569,6 +569,16 @@ def iter_planes(
             return np.zeros_like(plane), True, missing
         return plane, False, missing
 
+    def segment_again(unsized: list[tuple[int, tuple[int, ...]]]) -> Generator[Progress | PlaneResult, None, None]:
+        """The planes segmented while no size was known, again at the size now known."""
+        for k0, idx0 in unsized:
+            plane0, _, missing0 = read(idx0)
+            probs0 = _background_where((yield from runner.at_scale(plane0, sizing.scale, k0)), missing0)
+            yield PlaneResult(idx0, region, labels_of(probs0) if labels else None, probs0, inner,
+                              model.representation, sizing.diameter, sizing.scale, sizing.note, min_seed, kind,
+                              colour)
+        unsized.clear()
+
     # a typed diameter is checked against the plane: a zoomed-in field of view of big cells is fine
     sizing = _Sizing.choose(model, diameter, layout.plane_shape, to_model_diameter)
     sizing.retries = min(sizing.retries, max(len(planes) - 1, 0))  # only planes that follow
@@ -633,13 +643,12 @@ def iter_planes(
                 unsized.append((k, idx))
             elif sized_here and sizing.diameter is not None:
                 # the planes before, segmented at the image's own scale, again at the size now known
-                for k0, idx0 in unsized:
-                    plane0, _, missing0 = read(idx0)
-                    probs = _background_where((yield from runner.at_scale(plane0, sizing.scale, k0)), missing0)
-                    plane_labels = labels_of(probs) if labels else None
-                    yield PlaneResult(idx0, region, plane_labels, probs, inner, model.representation,
-                                      sizing.diameter, sizing.scale, sizing.note, min_seed, kind, colour)
-                unsized.clear()
+                yield from segment_again(unsized)
+        if unsized and sizing.search is not None and sizing.best is not None:
+            # the planes ran out while the size was looked for (blank planes after the last with objects,
+            # or among a few): the best estimate so far is taken, and the planes looked at run again at it
+            sizing.take_best()
+            yield from segment_again(unsized)
 
 
 def _foreground_parts(probs: np.ndarray, threshold: float) -> np.ndarray:
@@ -856,6 +865,15 @@ class _Sizing:
                  "segmenting again at %.2f.", self.diameter, measured, scale)
         self.diameter, self.scale = measured, scale
         return True
+
+    def take_best(self) -> None:
+        """No plane is left to look at while the size is still looked for: the best estimate so far
+        stands, however few objects it rests on."""
+        best, self.best, self.search = self.best, None, None
+        self.diameter, self.scale, self.check_pending = best.diameter, best.scale, False
+        self.note = (f"estimated on the plane at index {', '.join(map(str, best.index))}, where the most objects "
+                     f"were found ({best.count}; no plane with more was left)")
+        log.warning("Object diameter: %s.", self.note)
 
     def estimate(
         self, runner: _PlaneRunner, plane: np.ndarray, k: int, threshold: float, min_size: int, min_seed: int,
