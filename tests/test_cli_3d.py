@@ -77,3 +77,15 @@ def test_3d_options_need_3d(tmp_path, tiny_model_path, capsys):
     rc = main(["predict", str(tmp_path / "s.tif"), "--out", str(tmp_path / "o"), "--model", str(tiny_model_path),
                "--voxel-size", "2,1,1"])
     assert rc != 0 and "go with --3d" in capsys.readouterr().err
+
+
+def test_three_planes_saved_without_axes_name_the_axes_that_make_them_a_z_stack(tmp_path, nuclei3d, capsys):
+    """tifffile stores (3, Y, X) without axes as the colours of one image: --3d asked for a channel,
+    then refused the channel's plane as no z-stack; the message now names --axes ZYX, which works."""
+    path = tmp_path / "three.tif"
+    tifffile.imwrite(path, nuclei3d[13:16])
+    args = ["predict", str(path), "--out", str(tmp_path / "o"), "--3d", "--model", "nuclei", "--no-progress"]
+    assert main(args) == 2
+    assert "--axes ZYX" in capsys.readouterr().err
+    assert main([*args, "--axes", "ZYX"]) == 0
+    assert tifffile.imread(tmp_path / "o" / "three_masks.tif").shape == (3, 36, 36)

@@ -170,7 +170,7 @@ def _write_tif(path: Path, labels: Any, axes: str, scale: dict[str, float]) -> N
 
 
 def _select_channel(data: Any, axes: str, channel: int | None, name: str, axes_from_file: bool = True,
-                    names: list[str] | None = None) -> tuple[Any, str]:
+                    names: list[str] | None = None, three_d: bool = False) -> tuple[Any, str]:
     """The channel to segment (``--channel``) of an input, and the axes left; for a file that names
     no axes, a short first axis guessed as Z/T is said (or, with ``--channel``, taken as channels)."""
     from napari_unet.io._axes import planes_not_channels_note, short_guessed_axis
@@ -200,8 +200,11 @@ def _select_channel(data: Any, axes: str, channel: int | None, name: str, axes_f
     if channel is None:
         if n != 1:
             named = f": {', '.join(f'{i} {c}' for i, c in enumerate(names))}" if names and len(names) == n else ""
+            # (a stack of 3 or 4 planes saved without axes reads as the colours of one image)
+            planes = (f"; or, if they are the planes of a z-stack, say so with --axes {axes.replace('C', 'Z')}"
+                      if three_d and "Z" not in axes else "")
             raise CLIError(f"{name} has {n} channels (axes {axes}){named}; choose one with --channel 0..{n - 1} "
-                           "(for nuclei models, the nuclear stain)")
+                           f"(for nuclei models, the nuclear stain){planes}")
         channel = 0
     if not 0 <= channel < n:
         raise CLIError(f"{name} has {n} channels; --channel must be in 0..{n - 1}")
@@ -422,7 +425,8 @@ def _segment_one(models: _ModelChoice, path: Path, target: Path, args: argparse.
     name = path.name
     data, info = _read(path, getattr(args, "axes", None))
     axes, scale = info.axes, dict(info.scale)
-    data, axes = _select_channel(data, axes, args.channel, name, info.axes_from_file, info.channel_names)
+    data, axes = _select_channel(data, axes, args.channel, name, info.axes_from_file, info.channel_names,
+                                 three_d=args.objects_3d)
     rgb = axes.endswith("S")
     model = models.for_input(data, rgb, name)
     label_axes = axes[:-1] if rgb else axes
