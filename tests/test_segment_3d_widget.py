@@ -87,6 +87,7 @@ def test_3d_without_voxel_size_says_isotropic_and_bad_inputs_are_notifications(w
     flat = viewer.add_image(nuclei3d[:1], name="one plane")
     _run(w, qtbot, flat)
     assert any("Z axis of more than one plane" in m for m in notifications)
+    assert w._status.value.startswith("Not started: 3D objects need a Z axis")
     assert masks_layer_name("one plane") not in viewer.layers  # nothing written, no empty layer left
 
     plane = viewer.add_image(nuclei3d[0], name="2d")

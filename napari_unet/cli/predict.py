@@ -76,8 +76,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--voxel-size", default=None, metavar="DZ,DY,DX",
                    help="with --3d: voxel size (default: the file's; isotropic, with a warning, if it has none)")
     p.add_argument("--3d-mode", dest="mode_3d", default="3d", choices=("3d", "stitch"),
-                   help="with --3d: '3d' (3D watershed, default) or 'stitch' (link plane objects by overlap, for "
-                        "very anisotropic stacks)")
+                   help="with --3d: '3d' (3D watershed, default) or 'stitch' (link each plane's objects to the "
+                        "next plane's by overlap; below '3d' on every stack measured, anisotropic ones included: "
+                        "touching nuclei chain through the stack)")
     p.add_argument("--orthogonal", default="auto", choices=("auto", "on", "off"),
                    help="with --3d: also predict the yz and xz planes (default auto: when the voxels are within "
                         "2x of isotropic)")

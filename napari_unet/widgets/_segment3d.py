@@ -224,11 +224,15 @@ def plan_3d_run(widget: Any, image: Any, masks: Any, diameter: float | None) -> 
     z_axis = widget._three_d.z_axis.value
     if z_axis is None or image.data.shape[z_axis] < 2:
         size = 1 if z_axis is None else image.data.shape[z_axis]
-        notify_error("Segment", f"3D objects need a Z axis of more than one plane (this one has {size}); "
-                     "untick '3D objects' to segment the planes.")
+        message = (f"3D objects need a Z axis of more than one plane (this one has {size}); "
+                   "untick '3D objects' to segment the planes.")
+        notify_error("Segment", message)
+        widget._status.value = f"Not started: {message}"
         return None, ""
     if z_axis == widget._channel_axis.value:
-        notify_error("Segment", "The Z axis cannot also be the channel axis: choose another one.")
+        message = "The Z axis cannot also be the channel axis: choose another one."
+        notify_error("Segment", message)
+        widget._status.value = f"Not started: {message}"
         return None, ""
     n_lead = lead_ndim(image)
     current = current_plane_index(widget._viewer, image, strict=widget._scope.value != SCOPE_STACK)
