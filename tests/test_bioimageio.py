@@ -394,7 +394,8 @@ def test_segment_widget_reports_an_unusable_package(make_napari_viewer, qtbot, t
     assert any("2D models only" in m for m in notifications)
 
 
-def test_manage_models_exports_a_package(make_napari_viewer, qtbot, tmp_path, notifications):
+def _models_panel_on_mine(make_napari_viewer):
+    """A viewer with the Fine-tune dock, its model list on a tiny user model "mine"."""
     from napari_unet.core.checkpoint import save_model, user_model_path
 
     save_model(_tiny_model("same"), user_model_path("mine"))
@@ -403,6 +404,11 @@ def test_manage_models_exports_a_package(make_napari_viewer, qtbot, tmp_path, no
     panel = w.models_panel
     panel.refresh()
     panel._manage_combo.value = "mine"
+    return viewer, panel
+
+
+def test_manage_models_exports_a_package(make_napari_viewer, qtbot, tmp_path, notifications):
+    _viewer, panel = _models_panel_on_mine(make_napari_viewer)
     worker = panel.export_package(tmp_path / "mine.zip")
     assert worker is not None and not panel._export_button.enabled
     qtbot.waitUntil(lambda: panel._export_button.enabled, timeout=60_000)
@@ -416,14 +422,7 @@ def test_closing_the_viewer_during_an_export_still_writes_the_package(make_napar
     event loop, and the package is written all the same."""
     from qtpy.QtCore import QThreadPool
 
-    from napari_unet.core.checkpoint import save_model, user_model_path
-
-    save_model(_tiny_model("same"), user_model_path("mine"))
-    viewer = make_napari_viewer()
-    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
-    panel = w.models_panel
-    panel.refresh()
-    panel._manage_combo.value = "mine"
+    viewer, panel = _models_panel_on_mine(make_napari_viewer)
     assert panel.export_package(tmp_path / "mine.zip") is not None
     viewer.close()
     assert QThreadPool.globalInstance().waitForDone(60_000)
