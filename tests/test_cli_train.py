@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tifffile
 
 from napari_unet.cli import main
@@ -263,3 +264,35 @@ def test_without_from_the_built_in_model_that_fits_the_images_is_the_base(tmp_pa
         assert rc == 0, captured.err
         assert f"fine-tuning '{base}' (the built-in model for this {words})" in captured.out
         assert read_model_file(out).metadata["base_model"] == base
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_during_training_saves_the_best_model_so_far(tmp_path, dsb_fluo_crop, tiny_model_path, capsys,
+                                                             monkeypatch, signum):
+    """Ctrl+C (or a SIGTERM from a job scheduler) in the middle of a run: it stops after its step and
+    the best model so far is saved, as Stop does in the GUI (it exited 130 with nothing saved)."""
+    import os
+    import signal
+
+    from napari_unet.cli import _progress
+
+    image, labels = dsb_fluo_crop
+    img, lab = _write_pair(tmp_path, image, labels)
+    sent = []
+    shown = _progress.TrainingBar.__call__
+
+    def interrupt_at_step_3(self, event):
+        shown(self, event)
+        if getattr(event, "step", 0) >= 3 and not sent:
+            sent.append(True)
+            os.kill(os.getpid(), getattr(signal, signum))  # as the terminal does on Ctrl+C
+
+    monkeypatch.setattr(_progress.TrainingBar, "__call__", interrupt_at_step_3)
+    out = tmp_path / "stopped.pt"
+    rc = main(["train", "--images", str(img), "--labels", str(lab), "--out", str(out), "--from", str(tiny_model_path),
+               "--steps", "500", "--patch-size", "32", "--batch-size", "2", "--device", "cpu", "--no-progress"])
+    captured = capsys.readouterr()
+    assert rc == 0 and sent, captured.err
+    assert "the best model so far is saved" in captured.err
+    assert 3 <= read_model_file(out).metadata["steps"] < 500
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are put back

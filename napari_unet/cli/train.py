@@ -15,10 +15,14 @@ example) or folders of 2D files, paired by name with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +219,30 @@ def _fitting_builtin(images: list[np.ndarray], device: str) -> tuple[Any, str]:
 
 
 # ---------------------------------------------------------------------- run
+@contextlib.contextmanager
+def _stopped_by_signals(stop: threading.Event) -> Iterator[None]:
+    """Ctrl+C (SIGINT) or SIGTERM while training: the run stops after its current step and the best
+    model so far is saved, as Stop does in the GUI (an interrupted run lost everything it had
+    learnt); a second Ctrl+C quits at once, without saving."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # (signal handlers can only be set from the main thread: main() called from elsewhere)
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+        print(f"\nnapari-unet: stopping after this step ({signal.Signals(signum).name}); the best model so far "
+              "will be saved (Ctrl+C again quits without saving)", file=sys.stderr)
+
+    before = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in before.items():
+            signal.signal(sig, old)
+
+
 def run(args: argparse.Namespace) -> int:
     from napari_unet.cli._progress import TrainingBar
     from napari_unet.core.catalog import check_models_dir_writable, save_without_replacing
@@ -249,17 +277,21 @@ def run(args: argparse.Namespace) -> int:
     steps = args.steps
     if steps is None and args.time_budget is None:
         steps = DEFAULT_STEPS
+    stop = threading.Event()
     gen = finetune(
         base, images, labels, steps=steps, time_budget=args.time_budget, lr=args.lr,
         patch_size=args.patch_size, batch_size=args.batch_size, augment=not args.no_augment,
-        val_fraction=args.val_fraction, device=args.device, seed=args.seed, labelled=args.labelled,
+        val_fraction=args.val_fraction, device=args.device, seed=args.seed, labelled=args.labelled, stop=stop,
     )
     bar = TrainingBar(steps, args.time_budget, enabled=not args.no_progress)
     try:
-        result = run_to_end(gen, bar)
+        with _stopped_by_signals(stop):
+            result = run_to_end(gen, bar)
     finally:
         bar.close()
         gen.close()
+    if stop.is_set():
+        print("napari-unet: training stopped: the best model so far is saved", file=sys.stderr)
     if not result.metadata.get("steps"):  # an unchanged copy of the base must not be saved as trained
         raise CLIError("the time budget ended before the first training step: nothing was learnt and no model "
                        "was saved; give a longer --time-budget (or --steps)")
