@@ -296,3 +296,24 @@ def test_ctrl_c_during_training_saves_the_best_model_so_far(tmp_path, dsb_fluo_c
     assert "the best model so far is saved" in captured.err
     assert 3 <= read_model_file(out).metadata["steps"] < 500
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are put back
+
+
+def test_a_full_disk_at_saving_is_one_line_and_leaves_no_file(tmp_path, dsb_fluo_crop, tiny_model_path, capsys):
+    """torch's zip writer turned the full disk into a RuntimeError: a traceback (the model is
+    serialised in memory now, and the disk's own OSError says what happened)."""
+    import subprocess
+
+    full = tmp_path / "full"
+    full.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(full)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (not root, or no privilege)")
+    try:
+        image, labels = dsb_fluo_crop
+        img, lab = _write_pair(tmp_path, image, labels)
+        rc = main(["train", "--images", str(img), "--labels", str(lab), "--out", str(full / "x.pt"),
+                   "--from", str(tiny_model_path), "--steps", "1", "--patch-size", "32", "--no-progress"])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1 and "could not be saved" in err and "No space" in err
+        assert list(full.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(full)], check=False)

@@ -296,7 +296,11 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("the time budget ended before the first training step: nothing was learnt and no model "
                        "was saved; give a longer --time-budget (or --steps)")
     # a model saved there while this run trained (Fine-tune in the GUI, another run) is kept
-    saved = save_without_replacing(result, out, args.overwrite)
+    try:
+        saved = save_without_replacing(result, out, args.overwrite)
+    except OSError as exc:
+        raise CLIError(f"the trained model could not be saved to {out} ({exc.strerror or exc}); free some space "
+                       "or give another --out, and train again") from exc
     if saved != out:
         print(f"{out} was saved by something else during training and is kept; this model goes to {saved.name}",
               file=sys.stderr)

@@ -345,9 +345,15 @@ def save_model(model: SegmentationModel, path: str | os.PathLike) -> Path:
     OSError
         If the folder cannot be written (read-only, disk full); the previous file is intact.
     """
+    import io
+
     path = Path(path)
+    # serialised in memory first: torch's zip writer turns a full disk into a RuntimeError
+    # ("enforce fail at inline_container.cc"), which no caller takes for the OSError it is
+    buffer = io.BytesIO()
+    torch.save(model.to_dict(), buffer)
     with atomic_write(path, "wb") as fh:
-        torch.save(model.to_dict(), fh)
+        fh.write(buffer.getbuffer())
     return path
 
 
