@@ -317,3 +317,18 @@ def test_a_full_disk_at_saving_is_one_line_and_leaves_no_file(tmp_path, dsb_fluo
         assert list(full.iterdir()) == []
     finally:
         subprocess.run(["umount", str(full)], check=False)
+
+
+def test_a_built_in_models_name_cannot_be_taken_by_a_path_or_in_capitals(tmp_path, dsb_fluo_crop, tiny_model_path,
+                                                                         capsys):
+    from napari_unet.core.catalog import builtin_models_dir, user_models_dir
+
+    image, labels = dsb_fluo_crop
+    img, lab = _write_pair(tmp_path, image, labels)
+    base = ["train", "--images", str(img), "--labels", str(lab), "--from", str(tiny_model_path), "--steps", "1",
+            "--patch-size", "32", "--no-progress", "--overwrite"]
+    for out in (str(user_models_dir() / "cells.pt"), "NUCLEI", str(builtin_models_dir() / "mine.pt")):
+        assert main([*base, "--out", out]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and ("built-in model" in err), err
+    assert not (user_models_dir() / "cells.pt").exists() and not (builtin_models_dir() / "mine.pt").exists()

@@ -176,11 +176,24 @@ def _out_path(text: str, overwrite: bool) -> Path:
             )
         if path.suffix.lower() != MODEL_SUFFIX:
             path = path.with_name(path.name + MODEL_SUFFIX)
+        _check_out_folder(path)
     else:
         path = user_model_path(text)
     if path.exists() and not overwrite:
         raise CLIError(f"{path} exists; choose another name or pass --overwrite")
     return path
+
+
+def _check_out_folder(path: Path) -> None:
+    """A path into the user model folder names a user model (a built-in model's name there was listed
+    beside the built-in one and never used); a path into the built-in models is refused."""
+    from napari_unet.core.catalog import builtin_models_dir, check_model_name, user_models_dir
+
+    folder = path.parent.resolve()
+    if folder == builtin_models_dir().resolve():
+        raise CLIError(f"{path} is among the built-in models, which are not replaced: give another --out")
+    if folder == user_models_dir().resolve():
+        check_model_name(path.stem)
 
 
 #: Examples whose kind of image is looked at to choose the base model when none is given.
@@ -313,7 +326,8 @@ def run(args: argparse.Namespace) -> int:
                if meta["training"]["history"] and meta["training"]["history"][0]["step"] == 0 else "")
         )
     else:
-        print("no validation (val fraction 0)")
+        print("no validation (val fraction 0)" if not args.val_fraction else
+              "no validation: too few labelled objects to hold some out (all were trained on)")
     if meta["training"].get("selection_note"):
         print(f"note: {meta['training']['selection_note']}")
     print(f"saved {saved} ({meta['steps']} steps, {meta['training_time_s']:.0f} s)")

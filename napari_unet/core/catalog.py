@@ -154,7 +154,8 @@ def check_model_name(name: str) -> str:
             f"Model name {name!r} is not usable: use letters, digits, spaces, '.', '+', '-' or '_' "
             "(at most 80 characters), without a file extension."
         )
-    if any(e.builtin and e.name == name for e in list_models()):
+    # (case aside: "NUCLEI.pt" and "nuclei.pt" are one file on macOS and Windows)
+    if any(e.builtin and e.name.lower() == name.lower() for e in list_models()):
         raise ValueError(f"{name!r} is the name of a built-in model; choose another name.")
     return name
 
