@@ -347,3 +347,21 @@ def test_labels_with_ids_far_beyond_their_pixels_train_as_the_same_objects(dsb_f
     assert renumbered.labels.dtype == np.int32 and renumbered.labels.max() <= labels.size
     np.testing.assert_array_equal(renumbered.labels > 0, plain.labels > 0)
     assert len(np.unique(renumbered.labels)) == len(np.unique(plain.labels))
+
+
+def test_plain_mistakes_of_a_script_get_messages_that_say_what_to_do(dsb_fluo_crop, tmp_path):
+    from napari_unet.core import segment
+    from napari_unet.core.preprocess import ImageError
+
+    image, labels = dsb_fluo_crop
+    model = _tiny()
+    with pytest.raises(ImageError, match="segment images of different sizes one at a time"):
+        segment(model, [image, image[:50, :60]])
+    with pytest.raises(ImageError, match="read it first"):
+        segment(model, str(tmp_path / "x.png"))
+    with pytest.raises(TypeError, match="model must be a SegmentationModel"):
+        run_finetune("nuclei", [image], [labels], steps=1)
+    with pytest.raises(TypeError, match="run_finetune returns the model"):
+        save_model(finetune(model, [image], [labels], steps=1), tmp_path / "m.pt")
+    with pytest.raises(ValueError, match=r"val_fraction must be in \[0, 1\), got -0.5"):
+        run_finetune(model, [image], [labels], steps=1, val_fraction=-0.5)

@@ -347,6 +347,10 @@ def save_model(model: SegmentationModel, path: str | os.PathLike) -> Path:
     """
     import io
 
+    if not isinstance(model, SegmentationModel):  # (e.g. the generator finetune returns: run_finetune runs it)
+        raise TypeError(f"model must be a SegmentationModel, got {type(model).__name__}"
+                        + (" (finetune is a generator of events: run_finetune returns the model)"
+                           if type(model).__name__ == "generator" else "") + ".")
     path = Path(path)
     # serialised in memory first: torch's zip writer turns a full disk into a RuntimeError
     # ("enforce fail at inline_container.cc"), which no caller takes for the OSError it is

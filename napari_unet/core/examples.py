@@ -188,10 +188,10 @@ def split_examples(
     Nothing is held out when the held-out part would hold fewer than
     :data:`MIN_HELD_OUT_OBJECTS` objects (a few labelled cells: all are trained on).
     """
-    if val_fraction <= 0:
-        return examples, []
-    if not 0 < val_fraction < 1:
+    if not 0 <= val_fraction < 1:  # (NaN too; a negative one read as "no validation" before)
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}.")
+    if val_fraction == 0:
+        return examples, []
     n = len(examples)
     k = int(math.floor(n * val_fraction + 1e-9))
     if 1 <= k < n:

@@ -334,8 +334,18 @@ def _prepare(model: SegmentationModel, image: Any, rgb: bool | None) -> tuple[An
         raise TypeError(
             f"model must be a SegmentationModel (see napari_unet.core.load_model), got {type(model).__name__}."
         )
+    if isinstance(image, (str, os.PathLike)):
+        raise ImageError(f"image must be an array, got the path {str(image)!r}: read it first (napari_unet.io or "
+                         "tifffile.imread).")
     if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
-        image = np.asarray(image)
+        try:
+            image = np.asarray(image)
+        except ValueError:  # a list of planes of different sizes
+            raise ImageError("image must be one array (a plane or a stack of planes of one size); segment images "
+                             "of different sizes one at a time.") from None
+        if image.dtype == object:
+            raise ImageError("image must be one array (a plane or a stack of planes of one size); segment images of "
+                             "different sizes one at a time.")
     if rgb is not True and channels_last(tuple(image.shape)) and int(image.shape[-1]) == 1:
         image = image[..., 0]  # (H, W, 1): one channel last (as the readers take it), the plane itself
     return image, stack_layout(tuple(image.shape), rgb)

@@ -384,6 +384,9 @@ def prepare_run(
     ValueError
         Bad inputs (the message says what to fix).
     """
+    if not isinstance(model, SegmentationModel):  # (a name, or the generator of another finetune)
+        raise TypeError(f"model must be a SegmentationModel (see napari_unet.core.load_model), got "
+                        f"{type(model).__name__}.")
     auto_patch, auto_batch = default_patch(model.net)
     if batch_size is None:  # follows a patch size given: as many pixels per step as the defaults
         batch_size = auto_batch if patch_size is None else (8 if patch_size <= 128 else 4)
