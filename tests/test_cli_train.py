@@ -148,6 +148,13 @@ def test_a_model_folder_that_cannot_be_written_is_refused_before_training(tmp_pa
     captured = capsys.readouterr()
     assert rc == 2 and "cannot be written" in captured.err and len(captured.err.strip().splitlines()) == 1
     assert "fine-tuning" not in captured.out  # refused before reading the examples or training
+    # a path of the user's own: said so, without the model folder's advice; and a negative seed
+    rc = main(["train", "--images", str(img), "--labels", str(lab), "--from", str(tiny_model_path), "--steps", "1",
+               "--no-progress", "--out", str(tmp_path / "a-file" / "x.pt")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "its folder cannot be written" in err and "NAPARI_UNET_MODELS" not in err
+    rc = main(["train", "--images", str(img), "--labels", str(lab), "--seed", "-1", "--out", "x", "--no-progress"])
+    assert rc == 2 and "--seed must be 0 or more, got -1" in capsys.readouterr().err
 
 
 def test_time_budget_must_be_a_finite_positive_number(tmp_path, dsb_fluo_crop, tiny_model_path, capsys):

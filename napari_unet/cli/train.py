@@ -258,12 +258,15 @@ def _stopped_by_signals(stop: threading.Event) -> Iterator[None]:
 
 def run(args: argparse.Namespace) -> int:
     from napari_unet.cli._progress import TrainingBar
-    from napari_unet.core.catalog import check_models_dir_writable, save_without_replacing
+    from napari_unet._atomic import check_folder_writable
+    from napari_unet.core.catalog import check_models_dir_writable, save_without_replacing, user_models_dir
     from napari_unet.core.checkpoint import load_model
     from napari_unet.core.device import select_device
     from napari_unet.core.events import run_to_end
     from napari_unet.core.train import DEFAULT_STEPS, finetune
 
+    if args.seed < 0:
+        raise CLIError(f"--seed must be 0 or more, got {args.seed}")
     if args.steps is not None and args.steps < 1:
         raise CLIError("--steps must be at least 1")
     if args.time_budget is not None and not (math.isfinite(args.time_budget) and args.time_budget > 0):
@@ -279,9 +282,14 @@ def run(args: argparse.Namespace) -> int:
     select_device(args.device)  # an unknown or missing device is refused before any reading
     out = _out_path(args.out, args.overwrite)
     try:  # before any reading or training: a run whose model cannot be saved is lost
-        check_models_dir_writable(out.parent)
+        if out.parent.resolve() == user_models_dir().resolve():
+            check_models_dir_writable(out.parent)
+        else:  # a path of the user's own: the model folder's advice (NAPARI_UNET_MODELS) does not apply
+            check_folder_writable(out.parent)
     except OSError as exc:
-        raise CLIError(str(exc.strerror or exc)) from None
+        if out.parent.resolve() == user_models_dir().resolve():
+            raise CLIError(str(exc.strerror or exc)) from None
+        raise CLIError(f"--out {out}: its folder cannot be written ({exc.strerror or exc}); give another") from None
     images, labels = read_examples(args.images, args.labels)
     base, why = (load_model(args.base, device=args.device), "") if args.base is not None \
         else _fitting_builtin(images, args.device)
