@@ -257,8 +257,8 @@ def _stopped_by_signals(stop: threading.Event) -> Iterator[None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_unet.cli._progress import TrainingBar
     from napari_unet._atomic import check_folder_writable
+    from napari_unet.cli._progress import TrainingBar
     from napari_unet.core.catalog import check_models_dir_writable, save_without_replacing, user_models_dir
     from napari_unet.core.checkpoint import load_model
     from napari_unet.core.device import select_device
