@@ -456,3 +456,16 @@ def test_bright_debris_in_a_stack_is_clipped_for_the_whole_stack(model, syntheti
     monkeypatch.setattr(preprocess, "OUTLIER_RATIO", np.inf)
     before, notes = scored(debris)
     assert ap > before + 0.3 and not any("far brighter" in n for n in notes)
+
+
+def test_a_blank_volume_is_said_so_once_and_its_side_views_are_not_run(caplog):
+    """A dark time point of a 4D stack: the xy planes are all constant; the yz and xz views said
+    'a plane of the image is constant' again each (three times in the CLI), for nothing."""
+    model = load_model("nuclei", device="cpu")
+    notes: list[str] = []
+    with caplog.at_level("WARNING", logger="napari_unet"):
+        labels = run_to_end(iter_segment_volume(model, np.zeros((20, 48, 48), np.float32), spacing=(1.0, 1.0, 1.0)),
+                            lambda e: notes.append(e.message) if isinstance(e, VolumeNote) else None)
+    assert any(n.startswith("Every plane of the volume is blank") for n in notes)
+    assert sum("is constant" in r.getMessage() for r in caplog.records) == 1
+    assert not np.asarray(labels).any()

@@ -499,6 +499,8 @@ def _iter_3d(model, volume, spacing, diameter, orthogonal, threshold, min_size, 
     try:
         def add_xy(result) -> None:
             found["last"] = result  # the size is known by then (the first planes may have been looked at only)
+            blank = found.setdefault("blank", set())
+            (blank.add if result.blank is not None else blank.discard)(result.index[0])
             if result.clipped is not None:
                 found.setdefault("clipped", []).append(result.clipped)
             # planes run while the size was still unknown (too few objects in the middle plane) come
@@ -528,6 +530,11 @@ def _iter_3d(model, volume, spacing, diameter, orthogonal, threshold, min_size, 
             sized = found["last"]
         store.views += 1
         xy_diameter = sized.diameter
+        if orthogonal and len(found.get("blank", ())) == nz:
+            # nothing in any plane (a dark time point, camera noise): the side views would find nothing either
+            yield VolumeNote("Every plane of the volume is blank (one value, camera noise alone or no data): "
+                             "nothing to segment.")
+            orthogonal = False
         if sized.note:
             yield VolumeNote(f"Object diameter: {sized.note}.")
         if orthogonal and xy_diameter and nzr < 2 * xy_diameter:
