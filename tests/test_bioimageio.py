@@ -342,6 +342,9 @@ def test_cli_exports_and_predicts_with_packages(tmp_path, example_package, dsb_f
     inside = _cli("export", str(tiny), str(folder))  # a folder: the package goes inside it
     assert inside.returncode == 0, inside.stderr
     assert (folder / "tiny.zip").is_file()
+    new_folder = _cli("export", str(tiny), str(tmp_path / "new") + "/")  # "new/": made, the package in it
+    assert new_folder.returncode == 0 and (tmp_path / "new" / "tiny.zip").is_file(), new_folder.stderr
+    assert not (tmp_path / "new.zip").exists()
     image = tmp_path / "nuclei.tif"
     tifffile.imwrite(image, dsb_fluo_crop[0])
     result = _cli("predict", str(image), "--out", str(tmp_path / "masks"), "--model", str(example_package),

@@ -34,7 +34,11 @@ def run(args: argparse.Namespace) -> int:
 
     from . import CLIError
 
+    import os
+
     out = Path(args.out).expanduser()
+    if str(args.out).endswith(("/", os.sep)) and not out.exists():  # "newdir/": a folder to make, not newdir.zip
+        out.mkdir(parents=True)
     if out.is_dir():  # a folder: the package goes inside it, named after the model
         from napari_unet.core.catalog import resolve_model_path
         from napari_unet.core.zoo_import import package_location
