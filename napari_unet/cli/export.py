@@ -30,11 +30,10 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
     from pathlib import Path
 
     from . import CLIError
-
-    import os
 
     out = Path(args.out).expanduser()
     if str(args.out).endswith(("/", os.sep)) and not out.exists():  # "newdir/": a folder to make, not newdir.zip

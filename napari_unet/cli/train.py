@@ -281,13 +281,14 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
     select_device(args.device)  # an unknown or missing device is refused before any reading
     out = _out_path(args.out, args.overwrite)
+    in_model_folder = out.parent.resolve() == user_models_dir().resolve()
     try:  # before any reading or training: a run whose model cannot be saved is lost
-        if out.parent.resolve() == user_models_dir().resolve():
+        if in_model_folder:
             check_models_dir_writable(out.parent)
         else:  # a path of the user's own: the model folder's advice (NAPARI_UNET_MODELS) does not apply
             check_folder_writable(out.parent)
     except OSError as exc:
-        if out.parent.resolve() == user_models_dir().resolve():
+        if in_model_folder:
             raise CLIError(str(exc.strerror or exc)) from None
         raise CLIError(f"--out {out}: its folder cannot be written ({exc.strerror or exc}); give another") from None
     images, labels = read_examples(args.images, args.labels)

@@ -345,12 +345,13 @@ def save_model(model: SegmentationModel, path: str | os.PathLike) -> Path:
     OSError
         If the folder cannot be written (read-only, disk full); the previous file is intact.
     """
+    import inspect
     import io
 
     if not isinstance(model, SegmentationModel):  # (e.g. the generator finetune returns: run_finetune runs it)
         raise TypeError(f"model must be a SegmentationModel, got {type(model).__name__}"
                         + (" (finetune is a generator of events: run_finetune returns the model)"
-                           if type(model).__name__ == "generator" else "") + ".")
+                           if inspect.isgenerator(model) else "") + ".")
     path = Path(path)
     # serialised in memory first: torch's zip writer turns a full disk into a RuntimeError
     # ("enforce fail at inline_container.cc"), which no caller takes for the OSError it is
@@ -366,8 +367,6 @@ def _is_torchscript(path: Path) -> bool:
     import zipfile
 
     try:
-        if not zipfile.is_zipfile(path):
-            return False
         with zipfile.ZipFile(path) as archive:
             return any(name.split("/", 2)[1:2] == ["code"] for name in archive.namelist())
     except (OSError, zipfile.BadZipFile):

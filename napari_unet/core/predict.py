@@ -338,14 +338,14 @@ def _prepare(model: SegmentationModel, image: Any, rgb: bool | None) -> tuple[An
         raise ImageError(f"image must be an array, got the path {str(image)!r}: read it first (napari_unet.io or "
                          "tifffile.imread).")
     if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
+        not_one_array = ImageError("image must be one array (a plane or a stack of planes of one size); segment "
+                                   "images of different sizes one at a time.")
         try:
             image = np.asarray(image)
         except ValueError:  # a list of planes of different sizes
-            raise ImageError("image must be one array (a plane or a stack of planes of one size); segment images "
-                             "of different sizes one at a time.") from None
+            raise not_one_array from None
         if image.dtype == object:
-            raise ImageError("image must be one array (a plane or a stack of planes of one size); segment images of "
-                             "different sizes one at a time.")
+            raise not_one_array
     if rgb is not True and channels_last(tuple(image.shape)) and int(image.shape[-1]) == 1:
         image = image[..., 0]  # (H, W, 1): one channel last (as the readers take it), the plane itself
     return image, stack_layout(tuple(image.shape), rgb)
@@ -551,8 +551,7 @@ def iter_planes(
         nonlocal said_missing
         plane, missing = read_filled_plane(image, idx, window)
         if missing is not None and not said_missing and missing.all():
-            which = f"The plane at index {', '.join(map(str, idx))}" if idx else "The image"
-            log.warning("%s holds no data at all (NaN only): nothing is segmented there.", which)
+            log.warning("%s holds no data at all (NaN only): nothing is segmented there.", _plane_named(idx))
             said_missing = True
         if missing is not None and not said_missing:
             log.warning("Part of the image holds no data (NaN, the black fill of a mosaic or of a rotated image, "
@@ -572,9 +571,8 @@ def iter_planes(
         plane = without_camera_artefacts(plane)  # hot pixels, stripes: before any rescaling blurs them
         if is_camera_noise(plane):
             if not said_noise:
-                which = f"The plane at index {', '.join(map(str, idx))}" if idx else "The image"
                 log.warning("%s holds camera noise alone (no structure at any scale): nothing is segmented "
-                            "there%s.", which, " (nor in the other planes like it)" if len(planes) > 1 else "")
+                            "there%s.", _plane_named(idx), " (nor in the other planes like it)" if len(planes) > 1 else "")
                 said_noise = runner.engine._said_constant = True  # (the constant plane below is no news)
             return np.zeros_like(plane), True, missing
         return plane, False, missing
@@ -659,6 +657,11 @@ def iter_planes(
             # or among a few): the best estimate so far is taken, and the planes looked at run again at it
             sizing.take_best()
             yield from segment_again(unsized)
+
+
+def _plane_named(idx: tuple[int, ...]) -> str:
+    """How messages name a plane: "The plane at index 2, 5", or "The image" for a 2D one."""
+    return f"The plane at index {', '.join(map(str, idx))}" if idx else "The image"
 
 
 def _foreground_parts(probs: np.ndarray, threshold: float) -> np.ndarray:

@@ -195,6 +195,12 @@ def full_resolution(layer: "napari.layers.Layer") -> Any:
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
 
 
+def hides_current_slice(viewer: Any, layer: Any) -> bool:
+    """Whether the viewer shows ``layer`` in 3D, so that the slice its sliders name is not the one in
+    sight (an edit or a mark "of the slice shown" would act on one the user does not see)."""
+    return viewer.dims.ndisplay != 2 and layer.ndim > 2
+
+
 def shows_yx_planes(viewer: Any, layer: Any) -> bool:
     """Whether the canvas shows the layer's own planes (its last two axes, in either order)."""
     dims = viewer.dims

@@ -16,7 +16,7 @@ from psygnal import Signal
 
 from napari_unet.core import edit as core_edit
 
-from ._base import current_plane_index, notify_error
+from ._base import current_plane_index, hides_current_slice, notify_error
 from ._corrections import CorrectedSlices, format_plane
 from ._registry import _unwrap, get_widget
 
@@ -312,7 +312,7 @@ class ObjectTools:
         displayed = [d - offset for d in dims.displayed]
         if dims.ndisplay == 2 and displayed != [layer.ndim - 2, layer.ndim - 1]:
             raise EditError("show the Y-X plane (the last two axes) to edit objects.")
-        if dims.ndisplay != 2 and layer.ndim > 2:  # the slice the sliders name is not the one in sight
+        if hides_current_slice(self._viewer, layer):
             raise EditError("switch to the 2D view (Ctrl+Y): the edit acts on the slice shown.")
         try:
             return current_plane_index(self._viewer, layer, strict=True)

@@ -414,12 +414,11 @@ class SegmentWidget(Container):
             # (a field of view of another cut, or of a 3D view, is no part of a Y-X plane: the plane is segmented whole)
             region = visible_region(self._viewer, image, plane_shape) if (
                 scope == SCOPE_VIEW and yx_view and not in_3d) else (slice(None), slice(None))
+            whole = ", whole" if scope == SCOPE_VIEW else ""
             if in_3d and scope != SCOPE_STACK and planes != [()]:
-                whole = ", whole" if scope == SCOPE_VIEW else ""
                 notify_info(f"The viewer shows 3D: {format_plane(planes[0])}, where the sliders stand, is "
                             f"segmented{whole} (switch to 2D to see it).")
             if scope != SCOPE_STACK and not yx_view:
-                whole = ", whole" if scope == SCOPE_VIEW else ""
                 notify_warning("The view shows another cut through the stack than its Y-X planes (axes "
                                f"transposed or rolled): the Y-X plane at the current position is segmented{whole}.")
         except ValueError as exc:

@@ -13,7 +13,15 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, PushButton, Select
 from napari.layers import Image, Labels
 
-from .._base import current_plane_index, notify_error, notify_warning, show_plane, shows_yx_planes, wrap_text
+from .._base import (
+    current_plane_index,
+    hides_current_slice,
+    notify_error,
+    notify_warning,
+    show_plane,
+    shows_yx_planes,
+    wrap_text,
+)
 from .._corrections import CorrectedSlices, format_plane
 from .._examples import Example, examples_from_layers
 from .._masks import check_masks_of, image_name_of_masks
@@ -151,7 +159,7 @@ class CorrectedSlicesPanel(Container):
             notify_error("Mark slice", "the view shows another cut through the stack than its Y-X slices (axes "
                          "transposed or rolled): go back to the Y-X view to mark the slice shown there.")
             return
-        if self._viewer.dims.ndisplay != 2 and layer.ndim > 2:
+        if hides_current_slice(self._viewer, layer):
             notify_error("Mark slice", "switch to the 2D view (Ctrl+Y) to mark the slice you have checked.")
             return
         try:
