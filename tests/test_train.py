@@ -223,6 +223,9 @@ def test_bad_inputs(dsb_fluo_crop):
         next(finetune(model, [image, image], [labels], steps=1))
     with pytest.raises(ValueError, match="time_budget"):
         next(finetune(model, [image], [labels], time_budget=-1))
+    # the image and its labels given the other way round (the CLI refuses such files by their names)
+    with pytest.raises(ValueError, match="example 1 looks like an intensity image.*other way round"):
+        next(finetune(model, [labels], [image], steps=1))
     # an all-background example beside a labelled one is fine (it teaches background)
     result = run_finetune(model, [image, image], [labels, np.zeros_like(labels)], steps=1, patch_size=32,
                           batch_size=1, val_fraction=0)

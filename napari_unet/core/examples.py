@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .checkpoint import SegmentationModel
-from .labels import check_labels, compact_ids
+from .labels import check_labels, check_labels_not_an_image, compact_ids
 from .preprocess import (
     bright_outliers_level,
     clipped_at,
@@ -92,7 +92,12 @@ def prepare_examples(
     out = []
     for i, (img, lab) in enumerate(zip(images, labels)):
         img = np.asarray(img)
-        lab = compact_ids(check_labels(lab, name=f"labels of example {i + 1}"))
+        lab = check_labels(lab, name=f"labels of example {i + 1}")
+        try:
+            check_labels_not_an_image(lab, f"The label image of example {i + 1}")
+        except ValueError as error:
+            raise ValueError(f"{error} Are the images and the labels given the other way round?") from None
+        lab = compact_ids(lab)
         lab = _objects_of_a_mask(lab, f"example {i + 1}")
         if img.shape[:2] != lab.shape:
             raise ValueError(

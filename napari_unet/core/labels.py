@@ -102,3 +102,64 @@ def _check_ndim(shape: tuple[int, ...], name: str, ndim: int | tuple[int, int] |
         raise ValueError(
             f"The {name} have {len(shape)} dimensions (shape {shape}); at most {most} are supported."
         )
+
+
+#: A labels plane with at least this many ids ...
+_IMAGE_MIN_IDS = 10
+#: ... each split on average into at least this many separate pieces is an intensity image:
+#: an object of real instance labels is one piece (measured on DSB2018, C2C12, SIM+, BBBC030:
+#: at most 1.4 pieces per id in labels, at least 17 in the images).
+_IMAGE_PIECES_PER_ID = 4
+#: So is one with thousands of ids whose pieces are mostly single pixels (a noisy 16-bit image).
+_IMAGE_MANY_IDS = 1000
+
+
+def check_labels_not_an_image(labels: Any, name: str = "labels") -> None:
+    """Refuse labels that look like an intensity image rather than instance labels.
+
+    Instance labels give each object one whole-number id over one connected piece of pixels.
+    An image given as labels by mistake has fractional values (float), or its "ids" (intensity
+    levels) are each scattered over many separate pieces, or it has thousands of ids that are
+    mostly single pixels.
+
+    Parameters
+    ----------
+    labels : array-like, (H, W) or (..., H, W)
+        A labels plane or a stack of them (each plane is checked).
+    name : str
+        What to call the labels in the message (a file name).
+
+    Raises
+    ------
+    ValueError
+        One line saying why the labels look like an image.
+    """
+    arr = np.asarray(labels)
+    hint = "give the instance labels (0 = background, one whole number per object), not an image"
+    if np.issubdtype(arr.dtype, np.floating) and (
+        not np.isfinite(arr).all() or not np.array_equal(arr, np.round(arr))
+    ):
+        raise ValueError(f"{name} holds fractional or non-finite values, like an intensity image; {hint}.")
+    if arr.ndim < 2 or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        return  # not ours to judge: the label checks of core and io say what is wrong
+    from skimage.measure import label as connected_pieces
+
+    planes = arr.reshape((-1, *arr.shape[-2:]))
+    for k, plane in enumerate(planes):
+        if np.issubdtype(plane.dtype, np.floating):
+            plane = plane.astype(np.int64)
+        n_ids = len(np.unique(plane[plane != 0]))
+        if n_ids < _IMAGE_MIN_IDS:
+            continue
+        where = name if len(planes) == 1 else f"{name} (plane {k})"
+        pieces = connected_pieces(plane, background=0, connectivity=1)
+        n_pieces = int(pieces.max())
+        if n_pieces >= _IMAGE_PIECES_PER_ID * n_ids:
+            raise ValueError(
+                f"{where} looks like an intensity image: its {n_ids} ids are scattered over "
+                f"{n_pieces} separate pieces; {hint}."
+            )
+        if n_ids >= _IMAGE_MANY_IDS and np.mean(np.bincount(pieces.ravel())[1:] == 1) > 0.5:
+            raise ValueError(
+                f"{where} has {n_ids} ids, most of them single pixels, like an intensity image; {hint}."
+            )
