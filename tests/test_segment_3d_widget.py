@@ -103,10 +103,12 @@ def test_the_z_axis_chosen_stays_and_time_is_never_z(widget, qtbot, nuclei3d):
     w.reset_choices()
     w._image_combo.value = image
     w._three_d.enabled.value = True
-    assert w._three_d.z_axis.value == 1  # nothing names Z: the last stack axis is proposed
-    w._three_d.z_axis.value = 0  # the user says axis 0 is depth
-    viewer.add_points(name="other")  # any layer added refreshes the choices: the user's stays
+    # nothing names Z: the last stack axis of more than 4 entries is proposed (2 may be channels)
     assert w._three_d.z_axis.value == 0
+    w._three_d.z_axis.value = 1  # the user says axis 1 is depth
+    viewer.add_points(name="other")  # any layer added refreshes the choices: the user's stays
+    assert w._three_d.z_axis.value == 1 and w._three_d.enabled.value
+    w._three_d.z_axis.value = 0
     w._run_button.clicked.emit()  # the masks layer made at the start must not reset it either
     qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
     assert w._three_d.z_axis.value == 0
@@ -121,6 +123,10 @@ def test_the_z_axis_chosen_stays_and_time_is_never_z(widget, qtbot, nuclei3d):
     tzyx = viewer.add_image(stack.transpose(1, 0, 2, 3), name="tzyx", axis_labels=("t", "z", "y", "x"))
     w._image_combo.value = tzyx
     assert [value for _label, value in w._three_d._choices()] == [1] and w._three_d.z_axis.value == 1
+    assert not w._three_d.enabled.value  # another image: 3D is asked for again
+    w._three_d.enabled.value = True
+    w._image_combo.value = image
+    assert not w._three_d.enabled.value and w._three_d.z_axis.value == 0
 
 
 def test_segmenting_again_after_fine_tuning_in_3d_runs_the_volume_without_moving(widget, qtbot, nuclei3d,

@@ -54,6 +54,16 @@ def z_axis_of(layer: Any) -> int | None:
     return None
 
 
+def _unnamed_depth(layer: Any, candidates: list[int]) -> int:
+    """The likeliest Z axis of a layer that names none: the last candidate with more than
+    :data:`~napari_unet.io._axes.SHORT_AXIS` entries (a stack of (Z, C, Y, X) with two channels
+    keeps its channels apart), else the last candidate."""
+    from napari_unet.io._axes import SHORT_AXIS
+
+    long = [i for i in candidates if layer.data.shape[i] > SHORT_AXIS]
+    return (long or candidates)[-1]
+
+
 class ThreeDControls:
     """"3D objects" check box and "Z axis" choice (shown for images with stack axes)."""
 
@@ -97,6 +107,8 @@ class ThreeDControls:
         if not usable:
             self.enabled.value = False
         same_image = layer is not None and unwrap_proxy(layer) is self._shown
+        if not same_image:  # another image: 3D is asked for again (a time-lapse is no z-stack)
+            self.enabled.value = False
         self._shown = unwrap_proxy(layer) if layer is not None else None
         self.z_axis.reset_choices()
         if usable:
@@ -104,7 +116,7 @@ class ThreeDControls:
             if same_image and chosen in choices:
                 value = chosen
             else:
-                value = found if found in choices else choices[-1]
+                value = found if found in choices else _unnamed_depth(layer, choices)
             self.z_axis.value = value
         self.z_axis.visible = bool(self.enabled.value and usable)
 
