@@ -39,6 +39,7 @@ def mine() -> Path:
 
 
 def test_list_find_and_resolve(mine):
+    (mine.parent / "a folder.pt").mkdir()  # a folder named like a model is no model
     entries = list_models()
     assert entries[0] == ModelEntry("nuclei", BUILTIN, True)  # the default first
     assert entries[-1] == ModelEntry("mine", mine, False)

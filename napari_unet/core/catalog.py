@@ -98,7 +98,8 @@ def list_models() -> list[ModelEntry]:
     for builtin, folder in ((True, builtin_models_dir()), (False, user_models_dir())):
         if folder.is_dir():
             files = sorted(folder.glob(f"*{MODEL_SUFFIX}"), key=lambda p: (p.stem != DEFAULT_MODEL_NAME, p.stem))
-            entries.extend(ModelEntry(p.stem, p, builtin) for p in files if not p.name.startswith("."))
+            entries.extend(ModelEntry(p.stem, p, builtin) for p in files
+                           if not p.name.startswith(".") and p.is_file())  # (a folder named x.pt is none)
     return entries
 
 
