@@ -339,3 +339,20 @@ def test_a_built_in_models_name_cannot_be_taken_by_a_path_or_in_capitals(tmp_pat
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and ("built-in model" in err), err
     assert not (user_models_dir() / "cells.pt").exists() and not (builtin_models_dir() / "mine.pt").exists()
+
+
+def test_masks_of_an_ome_tiff_with_z_before_t_pair_plane_by_plane(tmp_path):
+    """An OME-TIFF of axes ZTYX (time varying fastest) and its masks as Save masks and predict write
+    them (ImageJ's order, TZYX): each image plane is paired with its own labels, not another's."""
+    from napari_unet.cli.train import read_examples
+    from napari_unet.io import write_labels
+
+    image = np.zeros((2, 3, 64, 64), np.uint8)
+    labels = np.zeros(image.shape, np.uint16)
+    for k, (z, t) in enumerate(np.ndindex(2, 3)):
+        image[z, t, 7 * k : 7 * k + 6, 10:20] = 200
+        labels[z, t, 7 * k : 7 * k + 6, 10:20] = 1
+    tifffile.imwrite(tmp_path / "img.ome.tif", image, metadata={"axes": "ZTYX"})
+    write_labels(tmp_path / "img_masks.tif", labels, axes="ZTYX", corrected=[])
+    images, masks = read_examples([str(tmp_path / "img.ome.tif")], [str(tmp_path / "img_masks.tif")])
+    assert len(images) == 6 and all(np.array_equal(a > 0, b > 0) for a, b in zip(images, masks, strict=True))

@@ -275,3 +275,27 @@ def test_bioformats2raw_layout_opens_its_first_image(tmp_path):
     assert (info.format, info.axes, info.shape) == ("ome-zarr", "TCZYX", data.shape)
     image, _info = read_stack(path)
     np.testing.assert_array_equal(np.asarray(image), data)
+
+
+def test_y_and_x_are_moved_last_when_time_comes_after_them(tmp_path):
+    """A time-lapse stored (Y, X, T), as MATLAB writes it, told with axes YXT: read as (T, Y, X), so
+    napari shows and predict segments the Y, X planes (it segmented 6-px-wide strips before), and
+    its masks save and open again as the image's."""
+    from napari_unet.io import inspect_stack, read_layer_data, read_stack, write_labels
+
+    stack = np.zeros((40, 50, 3), np.uint8)
+    for t in range(3):
+        stack[10 + t : 20 + t, 10:20, t] = 200
+    path = tmp_path / "yxt.tif"
+    tifffile.imwrite(path, stack, photometric="minisblack")
+    data, info = read_stack(path, axes="YXT")
+    assert info.axes == "TYX" and info.shape == (3, 40, 50) and data.shape == info.shape
+    np.testing.assert_array_equal(data, np.moveaxis(stack, -1, 0))
+    assert inspect_stack(path, axes="YXT").axes == "TYX"
+    assert read_stack(path, axes="XYT")[1].shape == (3, 50, 40)  # X before Y: the planes transposed
+    ((layer, meta, _kind),) = read_layer_data(path, axes="YXT")
+    assert layer.shape == (3, 40, 50) and meta["metadata"]["napari_unet"]["layer_axes"] == "TYX"
+    # labels written with the axes of such a layer (Y, X not last) neither fail nor lose the file
+    masks = write_labels(tmp_path / "yxt_masks.tif", (stack > 0).astype(np.uint16), axes="YXT", corrected=[(1,)])
+    assert read_stack(masks)[0].shape == (3, 40, 50)
+    assert read_layer_data(masks)  # opens (it raised ValueError: substring not found)

@@ -109,6 +109,16 @@ def _planes(arr: np.ndarray, axes: str, path: Path, is_labels: bool, channels_ar
     return [flat[i] for i in range(flat.shape[0])]
 
 
+def _in_image_order(labels: np.ndarray, axes: str, image_axes: str) -> tuple[np.ndarray, str]:
+    """``labels`` with its stack axes in the image's order, when both files name the same ones in
+    another order: masks are stored as ImageJ keeps them (T before Z), an OME-TIFF may hold Z before T,
+    and the planes are paired in order."""
+    image_axes = "".join(a for a in image_axes if a not in "CS")
+    if axes == image_axes or sorted(axes) != sorted(image_axes):
+        return labels, axes
+    return labels.transpose([axes.index(a) for a in image_axes]), image_axes
+
+
 def _pair_files(image_paths: list[str], label_paths: list[str]) -> list[tuple[Path, Path]]:
     """(image file, labels file) pairs from the command line arguments."""
     from napari_unet.io import is_ome_zarr, pair_images_with_labels
@@ -142,7 +152,8 @@ def read_examples(image_paths: list[str], label_paths: list[str]) -> tuple[list[
     labels: list[np.ndarray] = []
     for img_path, lab_path in _pair_files(image_paths, label_paths):
         img, img_axes, img_told = _read_file(img_path)
-        lab_planes = _planes(*_read_file(lab_path)[:2], lab_path, is_labels=True)
+        lab, lab_axes, _told = _read_file(lab_path)
+        lab_planes = _planes(*_in_image_order(lab, lab_axes, img_axes), lab_path, is_labels=True)
         # 3 or 4 planes without axes in the file look like channels; with as many labels planes they are planes
         guessed_planes = ("C" in img_axes and not img_told and not img_axes.endswith("S")
                           and img.shape[img_axes.index("C")] == len(lab_planes))

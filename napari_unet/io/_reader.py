@@ -67,7 +67,7 @@ def inspect_stack(path: str | os.PathLike, axes: str | None = None) -> StackInfo
         A ``ValueError`` with a one-line message when the path cannot be read.
     """
     info = open_any(path).info
-    return info.with_axes(axes) if axes else info
+    return _yx_last([], info.with_axes(axes) if axes else info)[1]
 
 
 def read_stack(
@@ -121,7 +121,30 @@ def _read_levels(
             f"cannot read '{info.name}': the pixel data has shape {tuple(levels[0].shape)} but the "
             f"metadata says {info.shape} (the file may be truncated)"
         )
-    return levels, info
+    return _yx_last(levels, info)
+
+
+def yx_last_order(axes: str) -> list[int] | None:
+    """The order that puts Y, X last (before the colour samples S) when time or depth comes after them,
+    or X before Y (``"YXT"`` from MATLAB, ``"XY"`` told by ``--axes``); None when they are already
+    there. Channels may stay anywhere (``"YXC"``: they are picked by their axis)."""
+    if "".join(a for a in axes if a not in "CS")[-2:] == "YX":
+        return None
+    return [i for i, a in enumerate(axes) if a not in "YXS"] + [axes.index("Y"), axes.index("X")] + \
+        ([axes.index("S")] if "S" in axes else [])
+
+
+def _yx_last(levels: list[Any], info: StackInfo) -> tuple[list[Any], StackInfo]:
+    """``levels`` and ``info`` with Y, X moved last (:func:`yx_last_order`): napari shows and the
+    plane loop segments the last two axes as the plane."""
+    from dataclasses import replace
+
+    order = yx_last_order(info.axes)
+    if order is None:
+        return levels, info
+    moved = replace(info, axes="".join(info.axes[i] for i in order), shape=tuple(info.shape[i] for i in order))
+    log.info("%s: axes %s read as %s (Y, X last)", info.name, info.axes, moved.axes)
+    return [level.transpose(order) for level in levels], moved
 
 
 # ----------------------------------------------------------------------------------- layer data
@@ -362,6 +385,7 @@ def _in_axes_order(layer: LayerData, target: str, corrected: list[tuple[int, ...
     source = ((meta.get("metadata") or {}).get("napari_unet") or {}).get("layer_axes")
     stored = "".join(a for a in _IMAGEJ_ORDER if a in target)  # the file's axes, size-1 ones included
     if (not isinstance(source, str) or source == target or sorted(stored) != sorted(target)
+            or target[-2:] != "YX" or source[-2:] != "YX"  # (planes that are not Y, X: no mapping)
             or "".join(a for a in stored if a in source) != source):
         return [layer], corrected
     expand = tuple(slice(None) if a in source else None for a in stored)

@@ -238,6 +238,9 @@ def _planes_in_file_order(corrected: Any, axes: str, out_axes: str) -> list[tupl
 
     planes = planes_given(corrected)
     lead, out_lead = axes[:-2], out_axes[:-2]
+    if sorted(lead) != sorted(out_lead):  # the layer's planes are not its Y, X: they map to none of the file's
+        log.warning("the corrected slices of a layer with axes %s cannot be kept in a file of axes %s", axes, out_axes)
+        return []
     order = [lead.index(a) for a in out_lead]
     return [tuple(p[i] for i in order) for p in planes if len(p) == len(lead)]
 
