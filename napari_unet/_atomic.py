@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 #: Characters of the destination's name kept in a temporary file's name (names are limited
 #: to 255 bytes on most file systems, and the temporary name adds a prefix and a suffix).
@@ -53,6 +53,30 @@ def check_folder_writable(folder: str | os.PathLike) -> Path:
         os.close(fd)
         os.unlink(tmp)
     return folder
+
+
+def reserve_space(fh: Any, nbytes: int, folder: str | os.PathLike) -> None:
+    """Take ``nbytes`` of disk for the open file ``fh`` (a memory map's) before anything is written to
+    it. A memory map onto a full disk ends the process with a bus error (SIGBUS) at the first page that
+    cannot be stored: no message, no cleanup. Raises ``OSError(ENOSPC)`` with a one-line message
+    instead (``folder``: where the file is, named in the message and asked for its free space where
+    the blocks cannot be taken ahead: macOS, Windows, file systems without fallocate)."""
+    import errno
+
+    def short() -> OSError:
+        return OSError(errno.ENOSPC, f"not enough free space in {folder} for {nbytes / 2**30:.2f} GiB of "
+                                     "temporary results; free some space or write elsewhere")
+
+    try:
+        os.posix_fallocate(fh.fileno(), 0, nbytes)  # Linux: the blocks are taken now
+        return
+    except AttributeError:  # no posix_fallocate
+        pass
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise short() from None
+    if shutil.disk_usage(folder).free < nbytes:
+        raise short()
 
 
 def _temporary_beside(path: Path, suffix: str) -> Path:

@@ -505,3 +505,26 @@ def test_a_min_size_that_removes_every_object_says_so(tmp_path, images, capsys):
     err = capsys.readouterr().err
     assert rc == 0 and "no object is left with --min-size 100000" in err
     assert not tifffile.imread(tmp_path / "o" / "a_masks.tif").any()
+
+
+def test_labels_of_a_large_stack_that_the_disk_cannot_hold_are_a_one_line_error(tmp_path):
+    """The temporary labels of a stack read lazily take their disk space first: a full disk is a
+    message for that input (the others go on), where the memory map ended the process with a bus error."""
+    import shutil
+
+    import dask.array as da
+
+    from napari_unet._atomic import reserve_space
+    from napari_unet.cli import CLIError
+    from napari_unet.cli.predict import _labels_buffer
+
+    side = 1 << 16
+    planes = shutil.disk_usage(tmp_path).free // (4 * side * side) + 2  # more than the disk holds
+    stack = da.zeros((planes, side, side), dtype=np.uint8)
+    with pytest.raises(CLIError, match=r"not enough free space in .* GiB"):
+        with _labels_buffer(stack, False, tmp_path / "big_masks.tif"):
+            pass
+    assert list(tmp_path.iterdir()) == []  # nothing left behind
+    with open(tmp_path / "small", "wb") as fh:  # what fits is taken
+        reserve_space(fh, 1 << 20, tmp_path)
+    assert (tmp_path / "small").stat().st_size == 1 << 20

@@ -469,3 +469,18 @@ def test_a_blank_volume_is_said_so_once_and_its_side_views_are_not_run(caplog):
     assert any(n.startswith("Every plane of the volume is blank") for n in notes)
     assert sum("is constant" in r.getMessage() for r in caplog.records) == 1
     assert not np.asarray(labels).any()
+
+
+def test_3d_probabilities_that_the_disk_cannot_hold_are_a_clear_error(tmp_path):
+    """The memory-mapped probabilities of a large volume take their disk space first: a full disk is
+    an ImageError, and the temporary folder is removed (a bus error ended the process before)."""
+    import shutil
+
+    from napari_unet.core.preprocess import ImageError
+    from napari_unet.core.volume import _ProbabilityStore
+
+    side = 1 << 15
+    depth = shutil.disk_usage(tmp_path).free // (4 * side * side) + 2  # float16, two maps: 4 bytes a voxel
+    with pytest.raises(ImageError, match="not enough free space.*3D probabilities"):
+        _ProbabilityStore((int(depth), side, side), workdir=str(tmp_path))
+    assert list(tmp_path.iterdir()) == []

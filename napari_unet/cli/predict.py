@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from napari_unet._atomic import check_folder_writable
+from napari_unet._atomic import check_folder_writable, reserve_space
 
 from . import DEVICE_HELP, CLIError, one_line
 
@@ -464,7 +464,12 @@ def _labels_buffer(data: Any, rgb: bool, target: Path) -> Iterator[Any]:
         return
     shape = tuple(data.shape[:-1] if rgb else data.shape)
     with tempfile.TemporaryFile(dir=target.parent, prefix=".napari-unet-labels-") as fh:
+        try:
+            reserve_space(fh, int(np.prod(shape, dtype=np.int64)) * 4, target.parent)
+        except OSError as exc:
+            raise CLIError(f"{exc.strerror} (this stack's labels, while it is segmented)") from None
         yield np.memmap(fh, dtype=np.int32, mode="w+", shape=shape)
+
 
 
 def _segment_with_bar(model: Any, data: Any, rgb: bool, diameter: float | None, args: argparse.Namespace,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -37,6 +38,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from napari_unet._atomic import reserve_space
 
 from .checkpoint import SegmentationModel
 from .events import Progress, run_to_end
@@ -150,8 +153,15 @@ class _ProbabilityStore:
             self.data: np.ndarray = np.zeros(full, dtype=np.float32)
         else:
             self.folder = tempfile.mkdtemp(prefix="napari-unet-3d-", dir=workdir)
-            self.data = np.lib.format.open_memmap(
-                f"{self.folder}/probabilities.npy", mode="w+", dtype=np.float16, shape=full)
+            path = f"{self.folder}/probabilities.npy"
+            self.data = None  # type: ignore[assignment]  (for close() when the map cannot be made)
+            try:
+                self.data = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=full)
+                with open(path, "r+b") as fh:  # its blocks taken now: a full disk is an error, not a SIGBUS
+                    reserve_space(fh, os.path.getsize(path), self.folder)
+            except OSError as exc:
+                self.close()
+                raise ImageError(f"{exc.strerror or exc} (the 3D probabilities of this volume)") from None
         self.views = 0.0  # the sum of the views' weights
 
     def add(self, key: tuple[Any, ...], probs: np.ndarray, representation: str, weight: float = 1.0,
