@@ -9,7 +9,7 @@ import pytest
 import tifffile
 
 from napari_unet.io import inspect_stack, read_layer_data, read_stack
-from napari_unet.io._reader import napari_get_reader
+from napari_unet.io._reader import napari_get_reader, reader_function
 
 PLUGIN = "napari-unet"
 
@@ -176,6 +176,12 @@ def test_folder_of_images_in_natural_order(make_napari_viewer, tmp_path):
     # axes can be corrected (a folder of frames is a time-lapse)
     arr, info = read_stack(folder, lazy=True, axes="TYX")
     assert info.axes == "TYX" and arr.shape == (4, 12, 16) and not isinstance(arr, np.ndarray)
+    # an 8-bit and a 16-bit plane: the whole lazy stack computes as 16 bits, as the planes read whole do
+    Image.fromarray(np.full((12, 16), 40000, np.uint16)).save(folder / "frame_20.png")
+    lazy, info = read_stack(folder, lazy=True)
+    whole = np.asarray(lazy)
+    assert info.dtype == whole.dtype == np.uint16 and whole[-1, 0, 0] == 40000 and whole[0, 0, 0] == 1
+    np.testing.assert_array_equal(whole, read_stack(folder, lazy=False)[0])
 
 
 def test_lazy_read_touches_no_pixels_until_sliced(tmp_path):
@@ -275,6 +281,7 @@ def test_bioformats2raw_layout_opens_its_first_image(tmp_path):
     assert (info.format, info.axes, info.shape) == ("ome-zarr", "TCZYX", data.shape)
     image, _info = read_stack(path)
     np.testing.assert_array_equal(np.asarray(image), data)
+    assert napari_get_reader(str(path)) is reader_function  # File > Open takes it too (it refused it)
 
 
 def test_y_and_x_are_moved_last_when_time_comes_after_them(tmp_path):
@@ -299,3 +306,19 @@ def test_y_and_x_are_moved_last_when_time_comes_after_them(tmp_path):
     masks = write_labels(tmp_path / "yxt_masks.tif", (stack > 0).astype(np.uint16), axes="YXT", corrected=[(1,)])
     assert read_stack(masks)[0].shape == (3, 40, 50)
     assert read_layer_data(masks)  # opens (it raised ValueError: substring not found)
+
+
+def test_time_units_in_words_and_one_pixel_size_given(tmp_path):
+    """An ImageJ frame interval in hours is 3600 s each (it read as seconds), an unknown time unit
+    leaves T uncalibrated, and an OME-TIFF that gives only PhysicalSizeX has square pixels (it was
+    shown stretched, Y at 1)."""
+    plane = np.zeros((4, 32, 32), np.uint8)
+    for unit, seconds in (("hours", 7200.0), ("msec", 0.002), ("fortnights", None)):
+        path = tmp_path / f"{unit}.tif"
+        tifffile.imwrite(path, plane, imagej=True, resolution=(2, 2),
+                         metadata={"axes": "TYX", "unit": "micron", "finterval": 2.0, "tunit": unit})
+        scale = inspect_stack(path).scale
+        assert scale.get("T") == (pytest.approx(seconds) if seconds else None) and scale["X"] == 0.5
+    path = tmp_path / "x_only.ome.tif"
+    tifffile.imwrite(path, plane[0], metadata={"axes": "YX", "PhysicalSizeX": 0.25})
+    assert inspect_stack(path).scale == {"X": 0.25, "Y": 0.25}

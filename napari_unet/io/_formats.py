@@ -37,8 +37,14 @@ _LENGTH_TO_UM = {
     "mm": 1e3, "millimeter": 1e3, "millimetre": 1e3, "cm": 1e4, "centimeter": 1e4, "m": 1e6,
     "meter": 1e6, "metre": 1e6, "å": 1e-4, "angstrom": 1e-4,
 }
-_TIME_TO_S = {"s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0, "ms": 1e-3, "millisecond": 1e-3,
-              "min": 60.0, "minute": 60.0, "h": 3600.0, "hour": 3600.0}
+_TIME_TO_S = {
+    **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1.0),
+    **dict.fromkeys(("ms", "msec", "millisecond", "milliseconds"), 1e-3),
+    **dict.fromkeys(("us", "µs", "μs", "microsecond", "microseconds"), 1e-6),
+    **dict.fromkeys(("min", "mins", "minute", "minutes"), 60.0),
+    **dict.fromkeys(("h", "hr", "hrs", "hour", "hours"), 3600.0),
+    **dict.fromkeys(("d", "day", "days"), 86400.0),
+}
 
 
 class StackReadError(ValueError):
@@ -408,6 +414,9 @@ def _ome_tiff_calibration(xml: str) -> tuple[dict[str, float], list[str] | None]
         f = _unit_factor(pixels.get("TimeIncrementUnit", "s"), _TIME_TO_S)
         if f is not None:
             _set_calibration(scale, "T", t, f, "TimeIncrement")
+    for a, b in (("X", "Y"), ("Y", "X")):  # one of the two given: square pixels (as the writer keeps them)
+        if a in scale and pixels.get(f"PhysicalSize{b}") is None:
+            scale[b] = scale[a]
     chans = [el for el in pixels if el.tag.endswith("Channel")]
     if chans and all(c.get("Name") for c in chans):
         names = [str(c.get("Name")) for c in chans]
@@ -428,8 +437,11 @@ def _imagej_calibration(tif: Any) -> dict[str, float]:
         if "spacing" in meta:
             scale["Z"] = float(meta["spacing"]) * f
     if meta.get("finterval"):
-        tf = _unit_factor(meta.get("tunit", "s"), _TIME_TO_S) or 1.0
-        scale["T"] = float(meta["finterval"]) * tf
+        tf = _unit_factor(meta.get("tunit", "s"), _TIME_TO_S)
+        if tf is None:  # (not taken for seconds: 2 hours read as 2 s)
+            log.warning("The ImageJ time unit %r is not known: the T axis is left uncalibrated.", meta.get("tunit"))
+        else:
+            scale["T"] = float(meta["finterval"]) * tf
     return scale
 
 
@@ -581,6 +593,10 @@ def _read_plane(f: Path) -> np.ndarray:
         return np.asarray(im)
 
 
+def _read_plane_as(f: Path, dtype: Any) -> np.ndarray:
+    return _read_plane(f).astype(dtype, copy=False)
+
+
 def _plane_header(f: Path) -> tuple[tuple[int, ...], np.dtype]:
     if f.suffix.lower() in (".tif", ".tiff"):
         import tifffile
@@ -693,8 +709,8 @@ def _open_folder(p: Path) -> _Opened:
         import dask
         import dask.array as da
 
-        planes = [
-            da.from_delayed(dask.delayed(_read_plane)(f), shape=plane_shape, dtype=dtype) for f in files
+        planes = [  # each plane in the stack's type (an 8-bit plane beside 16-bit ones is no byte view of them)
+            da.from_delayed(dask.delayed(_read_plane_as)(f, dtype), shape=plane_shape, dtype=dtype) for f in files
         ]
         return [da.stack(planes)]
 

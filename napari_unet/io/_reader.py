@@ -299,7 +299,8 @@ def napari_get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]]
             attrs = dict(zarr.open_group(path, mode="r").attrs)
         except Exception:  # noqa: BLE001 - not a Zarr group we can open: napari moves on
             return None
-        if "multiscales" not in attrs.get("ome", attrs):
+        ome = attrs.get("ome", attrs)
+        if "multiscales" not in ome and "bioformats2raw.layout" not in ome:  # (images in groups 0, 1, ...)
             return None
     return reader_function
 
