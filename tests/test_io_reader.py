@@ -9,7 +9,8 @@ import pytest
 import tifffile
 
 from napari_unet.io import inspect_stack, read_layer_data, read_stack
-from napari_unet.io._reader import napari_get_reader, reader_function
+from napari_unet.io._formats import StackReadError
+from napari_unet.io._reader import _read_levels, napari_get_reader, reader_function
 
 PLUGIN = "napari-unet"
 
@@ -322,3 +323,28 @@ def test_time_units_in_words_and_one_pixel_size_given(tmp_path):
     path = tmp_path / "x_only.ome.tif"
     tifffile.imwrite(path, plane[0], metadata={"axes": "YX", "PhysicalSizeX": 0.25})
     assert inspect_stack(path).scale == {"X": 0.25, "Y": 0.25}
+
+
+def test_ome_zarr_with_a_missing_level_or_wrong_axes_says_so(tmp_path):
+    """A lower resolution level that is missing is left out (the others open); a missing full
+    resolution or axes that do not match the array are one-line errors (KeyError, IndexError before)."""
+    import shutil
+
+    import zarr
+
+    data = np.random.default_rng(0).integers(0, 255, size=(1, 2, 3, 64, 64), dtype=np.uint8)
+    path = tmp_path / "a.ome.zarr"
+    _write_ome_zarr(path, data)
+    shutil.rmtree(path / "1")
+    levels, info = _read_levels(path)
+    assert info.n_levels == 1 and len(levels) == 1 and levels[0].shape == data.shape
+    shutil.rmtree(path / "0")
+    with pytest.raises(StackReadError, match="full-resolution array '0'.* is missing"):
+        read_stack(path)
+    _write_ome_zarr(path, data)
+    group = zarr.open_group(str(path), mode="r+")
+    meta = group.attrs["multiscales"]
+    meta[0]["axes"] = meta[0]["axes"][1:]  # four axes named for five dimensions
+    group.attrs["multiscales"] = meta
+    with pytest.raises(StackReadError, match="names 4 axes but the array has 5 dimensions"):
+        read_stack(path)

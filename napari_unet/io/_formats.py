@@ -518,10 +518,25 @@ def _open_zarr(p: Path) -> _Opened:
     datasets = ms.get("datasets") or []
     if not datasets:
         raise StackReadError(f"cannot read '{p.name}': OME-Zarr 'multiscales' lists no datasets")
-    arrays = [group[d["path"]] for d in datasets]
+    arrays = []
+    for d in datasets:  # levels, largest first; a missing lower level ends the pyramid there
+        where = d.get("path") if isinstance(d, dict) else None
+        try:
+            level = group[str(where)]
+            level.shape  # noqa: B018 - a group where an array should be has none
+        except (KeyError, AttributeError):
+            if not arrays:
+                raise StackReadError(f"cannot read '{p.name}': its full-resolution array '{where}', listed in "
+                                     "its OME 'multiscales' metadata, is missing") from None
+            log.warning("'%s': the resolution level '%s' is missing; %d level(s) used.", p.name, where, len(arrays))
+            break
+        arrays.append(level)
     shape = tuple(int(s) for s in arrays[0].shape)
     raw_axes = ms.get("axes")
     scale: dict[str, float] = {}
+    if raw_axes and len(raw_axes) != len(shape):
+        raise StackReadError(f"cannot read '{p.name}': its OME metadata names {len(raw_axes)} axes but the array "
+                             f"has {len(shape)} dimensions (shape {shape})")
     if raw_axes:
         axes = normalize_file_axes(_zarr_axis_letters(raw_axes), shape)
         known = True
