@@ -813,6 +813,27 @@ def test_base_model_follows_the_model_segment_uses_until_the_user_picks_one(make
     assert base() == P(resolve_model_path("cells")).resolve()
 
 
+def test_a_model_file_added_in_segment_is_the_base_model(make_napari_viewer, tiny_model_path, tmp_path):
+    """Segment > Add model file...: Fine-tune builds on that model (it trained `nuclei`, the first of
+    its list, and Segment then left the added model); another network's BioImage.IO package, which
+    cannot be fine-tuned, is not taken as the base."""
+    import shutil
+    from pathlib import Path as P
+
+    viewer = make_napari_viewer()
+    _d1, segment = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    _d2, tune = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune", tabify=True)
+    colleague = P(shutil.copy(tiny_model_path, tmp_path / "colleague.pt"))
+    segment.add_model_file(colleague)
+    assert P(tune.settings_panel.base_model_path).resolve() == colleague.resolve()
+    assert tune.settings_panel.model_name.startswith("colleague-tuned")
+    package = tmp_path / "other"  # a package of another network (no napari-unet section)
+    package.mkdir()
+    (package / "rdf.yaml").write_text("format_version: 0.5.3\ntype: model\nname: other\n")
+    segment.add_model_file(package)
+    assert P(tune.settings_panel.base_model_path).resolve() == colleague.resolve()
+
+
 def test_deleting_the_model_segment_uses_goes_back_to_the_proposed_one(make_napari_viewer, data_dir):
     import shutil
     from pathlib import Path as P

@@ -118,6 +118,19 @@ def read_package_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+def is_own_package(path: str | os.PathLike) -> bool:
+    """Whether a BioImage.IO package was exported by napari-unet (it reads back as the model it was,
+    which can be fine-tuned again); False for any other package or a description that cannot be read."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(_yaml_text(Path(path)))
+    except (OSError, ModelFileError, yaml.YAMLError, UnicodeDecodeError):
+        return False
+    own = ((data.get("config") or {}).get(CONFIG_KEY) if isinstance(data, dict) else None) or {}
+    return isinstance(own, dict) and isinstance(own.get("metadata"), dict)
+
+
 # ---------------------------------------------------------------------- bioimageio access
 def _import_bioimageio() -> Any:
     try:

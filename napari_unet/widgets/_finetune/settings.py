@@ -15,11 +15,13 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEd
 from .ui import collapsible
 
 
+def fine_tunable_file(path: str) -> bool:
+    """Whether a model outside the model folders (Segment's *Add model file…*) can be a base model:
+    a napari-unet model file, or a BioImage.IO package that napari-unet exported (not another
+    network's package: that one cannot be fine-tuned)."""
+    from napari_unet.core.zoo_import import is_bioimageio_package, is_own_package
 
-def _model_choices(_widget=None) -> list[tuple[str, str]]:
-    from napari_unet.core.catalog import list_models
-
-    return [(e.label, str(e.path)) for e in list_models()]
+    return is_own_package(path) if is_bioimageio_package(path) else Path(path).is_file()
 
 
 class TrainingSettingsPanel(Container):
@@ -27,7 +29,8 @@ class TrainingSettingsPanel(Container):
 
     def __init__(self) -> None:
         super().__init__(labels=True)
-        self._base_model = ComboBox(label="Base model", choices=_model_choices)
+        self._extra_models: dict[str, str] = {}  # label -> path: files added in Segment, followed here
+        self._base_model = ComboBox(label="Base model", choices=self._model_choices)
         self._name = LineEdit(label="New model name")
         self._steps = SpinBox(label="Steps", min=0, max=1_000_000, step=50, value=300,
                               tooltip="Training steps (0 = only the time budget limits the run).")
@@ -71,6 +74,11 @@ class TrainingSettingsPanel(Container):
         self.user_chose_base = False
         self._suggested = ""  # the last name suggested (a name the user typed is kept)
         self.suggest_name()
+
+    def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
+        from napari_unet.core.catalog import list_models
+
+        return [(e.label, str(e.path)) for e in list_models()] + list(self._extra_models.items())
 
     @property
     def base_model_path(self) -> str | None:
@@ -133,7 +141,8 @@ class TrainingSettingsPanel(Container):
     def follow(self, model_path: str | None) -> None:
         """Take ``model_path`` (the model Segment uses, a model just fine-tuned) as the base model,
         unless the user chose a base here: the next fine-tuning builds on the model whose masks
-        were corrected. A model that is not in the list (a BioImage.IO package) is not followed."""
+        were corrected. A model file added in Segment (or a package napari-unet exported) joins the
+        list; another network's BioImage.IO package, which cannot be fine-tuned, is not followed."""
         if self.user_chose_base or not model_path:
             return
         target = Path(str(model_path)).resolve()
@@ -145,6 +154,13 @@ class TrainingSettingsPanel(Container):
         if match is None:  # a model saved since the list was made: the folder is read again
             self.refresh_models()
             match = in_list()
+        if match is None and fine_tunable_file(str(target)):  # a file added in Segment
+            label = f"{target.stem} ({target.parent.name})"
+            while label in self._extra_models:
+                label += "'"
+            self._extra_models[label] = match = str(target)
+            with self.code_sets_base():
+                self._base_model.reset_choices()
         if match is None or match == self._base_model.value:
             return
         with self.code_sets_base():
