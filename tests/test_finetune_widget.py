@@ -167,6 +167,35 @@ def test_the_image_follows_the_masks_chosen(widget, c2c12):
     assert panel._image_combo.value is first
 
 
+def test_examples_of_two_images_are_neither_mixed_nor_doubled_nor_silently_left_out(widget, c2c12, notifications):
+    """The masks of one image chosen with another image are refused (pos2's pixels trained with pos1's
+    labels); slices given twice (the corrected pair added again under More examples) count once (a
+    held-out slice's twin was trained on); corrected slices of masks not in the run are said."""
+    viewer, w = widget
+    images, labels = c2c12
+    pos1, masks1 = _add_pair(viewer, images, labels.copy(), name="pos1")
+    pos2, masks2 = _add_pair(viewer, images[:, ::-1].copy(), labels[:, ::-1].copy(), name="pos2")
+    panel = w.corrected_panel
+    for masks in (masks1, masks2):
+        masks.paint((0, 30, 30), 90)  # a correction in each
+    panel._labels_combo.value = masks1
+    assert [p for p in panel.corrections.planes] == [(0,)]
+    viewer.layers.remove(masks2)
+    panel._image_combo.value = pos2  # pos2 has no masks now: the panel keeps pos1's
+    assert panel._labels_combo.value is masks1
+    with pytest.raises(ValueError, match="'pos1 masks' holds the masks of 'pos1', not of 'pos2'"):
+        w.gather_examples()
+    panel._image_combo.value = pos1
+    w.examples_panel.add_layer_pair(pos1, masks1)  # the same slices again
+    assert [e.source for e in w.gather_examples()] == ["'pos1 masks', slice 0"]
+    masks2 = viewer.add_labels(labels[:, ::-1].copy(), name="pos2 masks")
+    masks2.paint((1, 30, 30), 91)
+    panel._labels_combo.value = masks1
+    assert panel._image_combo.value is pos1
+    assert [e.source for e in w.gather_examples()] == ["'pos1 masks', slice 0"]
+    assert any("corrected in 'pos2 masks' are not in this run" in m for m in notifications)
+
+
 def test_training_keeps_gui_alive_saves_and_resegments(widget, c2c12, qtbot, base_model):
     """Train in the worker while a QTimer ticks and the user paints; the model is saved with
     its metadata, listed, and the current (uncorrected) slice is segmented again."""

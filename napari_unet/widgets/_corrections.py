@@ -181,6 +181,11 @@ class CorrectedSlices:
             tracker.attach()
         return tracker
 
+    @classmethod
+    def existing(cls, layer: Any) -> "CorrectedSlices | None":
+        """The tracker of ``layer`` when it has one (none is made)."""
+        return _TRACKERS.get(unwrap_proxy(layer))
+
     @property
     def layer(self) -> Any:
         layer = self._layer_ref()

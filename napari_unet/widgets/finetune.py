@@ -111,9 +111,26 @@ class FinetuneWidget(Container):
             Missing layers, shape mismatches, labels that are not integers, no examples,
             or only background.
         """
-        examples = self.corrected_panel.examples() + self.examples_panel.examples()
+        given = self.corrected_panel.examples() + self.examples_panel.examples()
+        examples = list({ex.source: ex for ex in reversed(given)}.values())[::-1]  # a slice given twice counts once
         check_examples(examples)
+        self._say_corrections_left_out(examples)
         return examples
+
+    def _say_corrections_left_out(self, examples: list[Example]) -> None:
+        """Warn about masks layers with corrected slices that are not among the examples (another
+        image's, corrected before this one was segmented): Fine-tune learns from the masks chosen under
+        Corrected slices and the extra examples only."""
+        from napari.layers import Labels
+
+        used = {ex.source.split(",")[0] for ex in examples}
+        left = [layer.name for layer in self._viewer.layers if isinstance(layer, Labels)
+                and (tracker := CorrectedSlices.existing(layer)) is not None and tracker.planes
+                and repr(layer.name) not in used]
+        if left:
+            names = ", ".join(repr(n) for n in left)
+            notify_warning(f"The slices you corrected in {names} are not in this run: Fine-tune learns from the masks "
+                           "chosen under Corrected slices; add the others under More examples (Add layer pair).")
 
     def training_settings(self) -> dict:
         """Keyword arguments for :func:`napari_unet.core.train.finetune` from the widgets."""

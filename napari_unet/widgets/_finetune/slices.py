@@ -211,4 +211,8 @@ class CorrectedSlicesPanel(Container):
         if masks is None:
             raise ValueError("choose the masks layer you corrected.")
         check_masks_of(self._viewer, masks, image)
+        owner = self._image_of(masks)
+        if owner is not None and owner is not image:  # the masks of one image are not examples of another
+            raise ValueError(f"{masks.name!r} holds the masks of {owner.name!r}, not of {image.name!r}: choose "
+                             f"{owner.name!r} as the image, or the masks of {image.name!r} (segment it first).")
         return examples_from_layers(image, masks, planes)
