@@ -231,3 +231,18 @@ def test_earlier_edits_across_slices_are_said_and_edits_of_other_axes_ignored(ma
     planes = CorrectedSlices.for_layer(deep).planes
     assert len(planes) > 1
     assert any(f"An edit across {len(planes)} slices" in m for m in notifications)
+
+
+def test_a_run_leaves_a_slice_under_a_stroke_in_progress(stack_layer):
+    """While the mouse is down napari holds a brush stroke back (not yet in the undo history nor
+    said): a run that writes that slice then keeps it, as a slice corrected during the run, rather
+    than replacing the part painted so far."""
+    from napari_unet.widgets._masks import RunCorrections
+
+    run = RunCorrections.start(stack_layer, overwrite=False)
+    with stack_layer.block_history():  # what napari's brush does from press to release
+        stack_layer.paint((2, 10, 10), 7)
+        assert run.planes_to_keep(stack_layer, [(1,), (2,), (3,)]) == {(2,)}
+    assert run.meanwhile == [(2,)]
+    assert run.planes_to_keep(stack_layer, [(1,)]) == set()  # no stroke now, nothing corrected there
+    assert (2,) in CorrectedSlices.for_layer(stack_layer).planes  # the stroke, once ended, is a correction

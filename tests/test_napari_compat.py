@@ -21,6 +21,7 @@ from napari_unet.widgets._napari_compat import (
     opened_from,
     overlays_shown_when_used,
     raise_plugin_dock,
+    stroke_in_progress,
     unwrap_proxy,
     viewer_camera,
     watch_labels_replay,
@@ -183,6 +184,17 @@ def test_labels_edit_history_lists_the_edits_that_can_be_undone(labels):
     history = labels_edit_history(labels)
     assert len(history) == 1, "napari's Labels._undo_history changed"
     assert any(_covers(key, (1, 5, 5), labels.data.shape) for key in edited_regions(history[0]))
+
+
+def test_stroke_in_progress_is_the_edit_held_back_while_the_mouse_is_down(labels):
+    _viewer, labels = labels
+    assert stroke_in_progress(labels) == []
+    with labels.block_history():
+        labels.paint((3, 5, 5), 9)
+        stroke = stroke_in_progress(labels)
+        assert stroke, "napari's Labels._block_history/_staged_history changed"
+        assert any(_covers(key, (3, 5, 5), labels.data.shape) for key in edited_regions(stroke))
+    assert stroke_in_progress(labels) == []
 
 
 def test_layers_added_unselected_leaves_the_selection_alone(make_napari_viewer):

@@ -10,8 +10,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from qtpy.QtCore import QTimer
 
-from ._corrections import CorrectedSlices, format_plane
-from ._napari_compat import forget_labels_history, layers_added_unselected, overlays_shown_when_used, unwrap_proxy
+from ._corrections import CorrectedSlices, format_plane, planes_of_history_item
+from ._napari_compat import (
+    forget_labels_history,
+    layers_added_unselected,
+    overlays_shown_when_used,
+    stroke_in_progress,
+    unwrap_proxy,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -310,7 +316,14 @@ class RunCorrections:
         corrected = corrected_planes(layer)
         keep: set[tuple[int, ...]] = set()
         slices = CorrectedSlices.for_layer(layer)
+        # a stroke going on (mouse down) is a correction napari has not said yet: its slice is kept
+        stroke = planes_of_history_item(stroke_in_progress(layer), layer.ndim, layer.data.shape)
         for plane in (tuple(p) for p in planes):
+            if plane in stroke and plane not in corrected:
+                keep.add(plane)
+                if plane not in self.meanwhile:
+                    self.meanwhile.append(plane)
+                continue
             if plane not in corrected:
                 continue
             if plane in self.replaceable and not whole:

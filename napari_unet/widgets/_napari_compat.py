@@ -87,6 +87,23 @@ def _last_history_item(layer: Any, history_name: str) -> list[Any] | None:
     return list(history[-1]) if len(history) else []
 
 
+def stroke_in_progress(layer: Any) -> list[Any]:
+    """The edits of a brush or eraser stroke still going on in a Labels layer (mouse down): napari
+    holds them back from the undo history, and says nothing of them, until the mouse is released.
+    ``[]`` when no stroke is going on.
+
+    Checked against: napari 0.5.0 to 0.9.2 (``Labels._block_history`` set during a drag,
+    ``Labels._staged_history``, a list of atoms like a history item's).
+    Degrades to: ``[]`` (a run may then write a slice under a stroke), with a warning in the log.
+    """
+    layer = unwrap_proxy(layer)
+    if not hasattr(layer, "_block_history") or not hasattr(layer, "_staged_history"):
+        log.warning("napari's Labels no longer has _block_history/_staged_history: a stroke in progress is "
+                    "not protected from a run writing its slice.")
+        return []
+    return list(layer._staged_history) if layer._block_history else []
+
+
 def labels_edit_history(layer: Any) -> list[list[Any]]:
     """The edits a Labels layer can undo now (its undo history items, oldest first): those made
     before napari-unet started to watch the layer.
