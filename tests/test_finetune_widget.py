@@ -835,6 +835,11 @@ def test_base_model_follows_the_model_segment_uses_until_the_user_picks_one(make
     assert tune.settings_panel.model_name.startswith("cells-tuned")
     segment.select_model(resolve_model_path("nuclei"))
     assert base() == P(resolve_model_path("nuclei")).resolve()
+    tune.settings_panel.set_running(True)  # during a run its base and name stay as shown
+    segment.select_model(resolve_model_path("cells"))
+    assert base() == P(resolve_model_path("nuclei")).resolve()
+    assert tune.settings_panel.model_name.startswith("nuclei-tuned")
+    tune.settings_panel.set_running(False)
     tune.settings_panel._base_model.value = str(resolve_model_path("cells"))  # the user's own choice
     segment.select_model(resolve_model_path("nuclei"))
     segment.select_model(resolve_model_path("cells"))

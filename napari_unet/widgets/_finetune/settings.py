@@ -73,6 +73,7 @@ class TrainingSettingsPanel(Container):
         self._setting_base = False  # the base set by the code (follow, refresh), not by the user
         self.user_chose_base = False
         self._suggested = ""  # the last name suggested (a name the user typed is kept)
+        self._running = False  # a run is going: its base model and name stay as they are shown
         self.suggest_name()
 
     def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
@@ -143,7 +144,7 @@ class TrainingSettingsPanel(Container):
         unless the user chose a base here: the next fine-tuning builds on the model whose masks
         were corrected. A model file added in Segment (or a package napari-unet exported) joins the
         list; another network's BioImage.IO package, which cannot be fine-tuned, is not followed."""
-        if self.user_chose_base or not model_path:
+        if self.user_chose_base or not model_path or self._running:  # (the run's base stays shown)
             return
         target = Path(str(model_path)).resolve()
 
@@ -178,5 +179,6 @@ class TrainingSettingsPanel(Container):
 
     def set_running(self, running: bool) -> None:
         """While training runs, the base model and the name cannot change."""
+        self._running = running
         self._base_model.enabled = not running
         self._name.enabled = not running
