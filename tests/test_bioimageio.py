@@ -281,6 +281,16 @@ def _two_unknown_channels(data, _folder):
     data["outputs"][0]["axes"][1]["channel_names"] = ["cells", "nuclei"]
 
 
+
+def _one_boundary_channel(data, _folder):  # it was taken for the foreground (AP 0.03)
+    data["outputs"][0]["axes"][1]["channel_names"] = ["boundaries"]
+
+
+def _weights_swapped(data, _folder):  # damaged or replaced weights ran silently
+    for entry in data["weights"].values():
+        entry["sha256"] = "0" * 64
+
+
 @pytest.mark.parametrize(("change", "reason"), [
     (_add_z, "2D models only"),
     (_two_inputs, "takes 2 inputs"),
@@ -289,6 +299,8 @@ def _two_unknown_channels(data, _folder):
     (_missing_files, "lacks its"),
     (_weights_on_the_web, "only on the web"),
     (_two_unknown_channels, "needs a foreground probability"),
+    (_one_boundary_channel, "one output channel is 'boundaries', not a foreground probability"),
+    (_weights_swapped, "do not match the sha256"),
 ])
 def test_unusable_packages_get_a_one_line_reason(example_package, tmp_path, change, reason):
     from napari_unet.core import load_model
@@ -489,3 +501,53 @@ def test_exporting_a_file_that_is_no_model_is_refused_and_writes_nothing(tmp_pat
         err = capsys.readouterr().err.strip()
         assert rc == 2 and len(err.splitlines()) == 1 and "random.pt" in err
         assert not (tmp_path / out).exists()
+
+
+def test_packages_with_per_dataset_statistics_broken_onnx_or_x_before_y(example_package, tmp_path, dsb_fluo_crop):
+    """Statistics taken "per dataset" are each plane's own (a running measure over every plane seen
+    made the same image come out differently after another); ONNX weights that ONNX Runtime cannot
+    load give way to the package's TorchScript ones; space axes declared (x, y) are read by their ids."""
+    from napari_unet.core import segment
+
+    image, _truth = dsb_fluo_crop
+
+    def per_dataset(data, _folder):
+        for step in data["inputs"][0]["preprocessing"]:
+            if step["id"] == "zero_mean_unit_variance":
+                step["kwargs"]["axes"] = ["batch", "y", "x"]
+
+    model = read_model_file(_variant(example_package, tmp_path / "a", per_dataset))
+    first = segment(model, image, engine="onnx", diameter="native")
+    segment(model, np.ascontiguousarray(image[::-1, ::-1] * 0.2), engine="onnx", diameter="native")
+    np.testing.assert_array_equal(segment(model, image, engine="onnx", diameter="native"), first)
+
+    def broken_onnx(data, folder):
+        (folder / data["weights"]["onnx"]["source"]).write_bytes(b"not an onnx graph")
+        data["weights"]["onnx"].pop("sha256", None)
+
+    model = read_model_file(_variant(example_package, tmp_path / "b", broken_onnx))
+    assert segment(model, image, engine="onnx", diameter="native").max() > 0  # TorchScript ran
+
+    def x_before_y(data, _folder):
+        for tensor in (data["inputs"][0], data["outputs"][0]):
+            axes = tensor["axes"]
+            axes[-2], axes[-1] = axes[-1], axes[-2]
+
+    model = read_model_file(_variant(example_package, tmp_path / "c", x_before_y))
+    assert tuple(model.net.in_layout.order[-2:]) == tuple(model.net.out_layout.order[-2:]) == ("x", "y")
+
+
+def test_damaged_package_descriptions_are_one_line_reasons(example_package, tmp_path):
+    """A description that is no YAML, has a key twice, or a config that is no mapping: one line (a
+    parser's traceback, or an AttributeError in the Segment widget, before)."""
+    from napari_unet.core.checkpoint import read_model_metadata
+
+    for i, text in enumerate(("name: [unclosed\n  - : :\n", None)):
+        folder = _variant(example_package, tmp_path / str(i), lambda _d, _f: None)
+        yaml_file = folder / "bioimageio.yaml"
+        yaml_file.write_text(text if text is not None else yaml_file.read_text() + "name: again\n")
+        with pytest.raises(ModelFileError, match="could not be read as a BioImage.IO package") as info:
+            read_model_file(folder)
+        assert "\n" not in str(info.value)
+    folder = _variant(example_package, tmp_path / "cfg", lambda data, _f: data.update(config="x"))
+    assert read_model_metadata(folder)["name"]

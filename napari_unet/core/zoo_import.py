@@ -109,8 +109,9 @@ def read_package_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise ModelFileError(f"{p.name}: its description is not valid YAML.") from exc
     if not isinstance(data, dict):
         raise ModelFileError(f"{p.name}: its description is not a BioImage.IO description.")
-    own = (data.get("config") or {}).get(CONFIG_KEY) or {}
-    meta = dict(own.get("metadata") or {}) if isinstance(own, dict) else {}
+    config = data.get("config")
+    own = (config.get(CONFIG_KEY) if isinstance(config, dict) else None) or {}
+    meta = dict(own.get("metadata") or {}) if isinstance(own, dict) and isinstance(own.get("metadata"), dict) else {}
     for key in ("postprocessing", "postprocessing_by_kind"):
         if isinstance(own, dict) and isinstance(own.get(key), dict):
             meta.setdefault(key, own[key])
@@ -127,7 +128,8 @@ def is_own_package(path: str | os.PathLike) -> bool:
         data = yaml.safe_load(_yaml_text(Path(path)))
     except (OSError, ModelFileError, yaml.YAMLError, UnicodeDecodeError):
         return False
-    own = ((data.get("config") or {}).get(CONFIG_KEY) if isinstance(data, dict) else None) or {}
+    config = data.get("config") if isinstance(data, dict) else None
+    own = (config.get(CONFIG_KEY) if isinstance(config, dict) else None) or {}
     return isinstance(own, dict) and isinstance(own.get("metadata"), dict)
 
 
@@ -167,7 +169,7 @@ def load_package_description(path: str | os.PathLike) -> Any:
     _yaml_text(p)  # a clear message for folders and zips that are no packages
     try:
         descr = spec.load_description(p, perform_io_checks=False, format_version="latest")
-    except (ValueError, OSError, KeyError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # noqa: BLE001 - the YAML parser and zip reader below raise their own kinds
         raise ModelFileError(f"{p.name} could not be read as a BioImage.IO package: {_one_line(exc)}") from exc
     if isinstance(descr, InvalidDescr):
         reason = _one_line(descr.validation_summary.format() if hasattr(descr, "validation_summary") else "")
@@ -179,6 +181,19 @@ def load_package_description(path: str | os.PathLike) -> Any:
     if getattr(descr, "type", None) != "model":
         raise ModelFileError(f"{p.name} describes a BioImage.IO {getattr(descr, 'type', 'resource')}, not a model.")
     return descr
+
+
+def _weights_bytes(weights: Any, what: str, name: str) -> bytes:
+    """The file of one weights entry, checked against the sha256 the package gives for it (damaged or
+    swapped weights would run silently: the description is read without IO checks)."""
+    import hashlib
+
+    data = _package_bytes(weights.source, what, name)
+    expected = getattr(weights, "sha256", None)
+    if expected is not None and hashlib.sha256(data).hexdigest() != str(expected).lower():
+        raise ModelFileError(f"{name}: its {what} do not match the sha256 its description gives (damaged or "
+                             "replaced file).")
+    return data
 
 
 def _package_bytes(source: Any, what: str, name: str) -> bytes:
@@ -194,7 +209,9 @@ def _package_bytes(source: Any, what: str, name: str) -> bytes:
     try:
         return download(source).read()
     except Exception as exc:  # noqa: BLE001 - bioimageio.spec raises e.g. TypeError for a file missing from a zip
-        raise ModelFileError(f"{name}: the package lacks its {what} ({text}).") from exc
+        if isinstance(exc, (TypeError, KeyError, FileNotFoundError)):  # (how a file absent from a zip is said)
+            raise ModelFileError(f"{name}: the package lacks its {what} ({text}).") from exc
+        raise ModelFileError(f"{name}: its {what} ({text}) cannot be read ({_one_line(exc)}).") from exc
 
 
 # ---------------------------------------------------------------------- reading
@@ -226,7 +243,7 @@ def _own_model(descr: Any, name: str) -> SegmentationModel | None:
     weights = descr.weights.pytorch_state_dict
     if not isinstance(own, dict) or "unet_config" not in own or weights is None:
         return None
-    data = _package_bytes(weights.source, "pytorch_state_dict weights", name)
+    data = _weights_bytes(weights, "pytorch_state_dict weights", name)
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds for damaged files
@@ -295,7 +312,8 @@ def _layout(tensor: Any, name: str, what: str) -> _Layout:
         kind = axis.type
         if kind == "space":
             space += 1
-            order.append("y" if space == 1 else "x")
+            named = str(axis.id).lower()  # (b, c, x, y) exists: the ids say which is which
+            order.append(named if named in ("y", "x") and named not in order else ("y" if space == 1 else "x"))
         elif kind in ("batch", "channel"):
             order.append(kind)
         else:
@@ -360,6 +378,9 @@ def _representation(output: Any, name: str) -> tuple[str, str]:
     if value_range is not None and ((value_range[0] is not None and value_range[0] < 0)
                                     or (value_range[1] is not None and value_range[1] > 1)):
         raise ModelFileError(f"{name}: its output ranges over {tuple(value_range)}, not probabilities in [0, 1].")
+    if len(names) == 1 and any(w in names[0] for w in ("bound", "contour", "edge", "border", "membrane")):
+        raise ModelFileError(f"{name}: its one output channel is {names[0]!r}, not a foreground probability; "
+                             "napari-unet needs the cells' (or nuclei's) probability, with or without boundaries.")
     if len(names) == 1:
         return "foreground-watershed", "probability"
     if len(names) == 2 and names[0].startswith(("background", "bg")):
@@ -495,7 +516,16 @@ class PackagedNetwork(nn.Module):
             kind = "onnx" if engine == "onnx" and "onnx" in self.formats else next(
                 (f for f in self.formats if f != "onnx"), "onnx")
             if kind not in self._backends:
-                self._backends[kind] = self._load(kind)
+                try:
+                    self._backends[kind] = self._load(kind)
+                except ModelFileError as exc:
+                    others = [f for f in self.formats if f != kind]
+                    if kind != "onnx" or not others:
+                        raise
+                    log.warning("%s; its %s weights are used instead.", str(exc).rstrip("."), others[0])
+                    kind = others[0]
+                    if kind not in self._backends:
+                        self._backends[kind] = self._load(kind)
             return kind, self._backends[kind]
 
     def _load(self, kind: str) -> Any:
@@ -504,7 +534,7 @@ class PackagedNetwork(nn.Module):
             from .engine import _import_onnxruntime, _session_options
 
             ort = _import_onnxruntime()
-            data = _package_bytes(weights.source, "onnx weights", self.package_name)
+            data = _weights_bytes(weights, "onnx weights", self.package_name)
             try:
                 return ort.InferenceSession(data, _session_options(ort), providers=["CPUExecutionProvider"])
             except Exception as exc:  # onnxruntime's own exception classes
@@ -512,14 +542,14 @@ class PackagedNetwork(nn.Module):
                                      f"({_one_line(exc)}).") from exc
         device = self.anchor.device
         if kind == "torchscript":
-            data = _package_bytes(weights.source, "torchscript weights", self.package_name)
+            data = _weights_bytes(weights, "torchscript weights", self.package_name)
             try:
                 module = torch.jit.load(io.BytesIO(data), map_location=device)
             except Exception as exc:
                 raise ModelFileError(f"{self.package_name}: its torchscript weights cannot be loaded "
                                      f"({_one_line(exc)}).") from exc
             return module.eval()
-        _package_bytes(weights.source, "pytorch_state_dict weights", self.package_name)  # local and present
+        _weights_bytes(weights, "pytorch_state_dict weights", self.package_name)  # local, present and intact
         from bioimageio.core.backends.pytorch_backend import load_torch_model
 
         try:
@@ -544,10 +574,19 @@ class PackagedNetwork(nn.Module):
         if not np.isfinite(chw).all():
             raise ImageError("The image holds NaN or infinite values; replace them (e.g. with 0) before segmenting.")
         sample = self._sample(self.input_id, self.in_layout.to_package(chw[None]), self.descr.inputs[0].axes)
-        for op in self._pre:
+        for op in self._preprocessing():
             op(sample)
         data = np.asarray(sample.members[self.input_id].data.values, dtype=np.float32)
         return np.ascontiguousarray(self.in_layout.from_package(data)[0])
+
+    def _preprocessing(self) -> list[Any]:
+        """The package's preprocessing, made anew for each plane: statistics it takes "per dataset" are
+        gathered by operations that keep a running measure over every plane they see, so the same
+        plane came out differently after others had been segmented (38 nuclei on a fresh model, 0 after
+        another image). Without the package's dataset, each plane's own statistics stand for it."""
+        from bioimageio.core.proc_setup import setup_pre_and_postprocessing
+
+        return list(setup_pre_and_postprocessing(self.descr, dataset_for_initial_statistics=[]).pre)
 
     def _postprocess(self, out: np.ndarray) -> np.ndarray:
         if self._post:
