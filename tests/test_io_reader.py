@@ -348,3 +348,22 @@ def test_ome_zarr_with_a_missing_level_or_wrong_axes_says_so(tmp_path):
     group.attrs["multiscales"] = meta
     with pytest.raises(StackReadError, match="names 4 axes but the array has 5 dimensions"):
         read_stack(path)
+
+
+def test_a_tiff_of_several_series_says_only_the_first_is_read(make_napari_viewer, tmp_path, notifications, capsys):
+    """Positions written one after the other into one TIFF: the first is opened, and File > Open,
+    Load stack's info line and predict say so (only the log said it)."""
+    from napari_unet.cli import main
+
+    path = tmp_path / "positions.tif"
+    with tifffile.TiffWriter(path) as tif:
+        for k in range(3):
+            tif.write(np.full((32, 40), 10 * k, np.uint8), photometric="minisblack")
+    info = inspect_stack(path)
+    assert info.other_series == 2 and info.shape == (32, 40)
+    assert "the first of 3 images in the file" in info.describe()
+    viewer = make_napari_viewer()
+    viewer.open(path, plugin=PLUGIN)
+    assert any("holds 3 images" in m for m in notifications)
+    main(["predict", str(path), "--out", str(tmp_path / "out"), "--no-progress"])
+    assert "holds 3 images (positions or series); the first one is segmented" in capsys.readouterr().err

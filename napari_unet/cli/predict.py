@@ -426,6 +426,9 @@ def _segment_one(models: _ModelChoice, path: Path, target: Path, args: argparse.
     name = path.name
     data, info = _read(path, getattr(args, "axes", None))
     axes, scale = info.axes, dict(info.scale)
+    if info.other_series:
+        print(f"napari-unet: {name}: the file holds {info.other_series + 1} images (positions or series); the "
+              "first one is segmented", file=sys.stderr)
     data, axes = _select_channel(data, axes, args.channel, name, info.axes_from_file, info.channel_names,
                                  three_d=args.objects_3d)
     rgb = axes.endswith("S")

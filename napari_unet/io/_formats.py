@@ -92,6 +92,7 @@ class StackInfo:
     n_levels: int = 1
     axes_from_file: bool = True
     left_out: tuple[str, ...] = ()  # files of a folder that are not planes of the stack (masks)
+    other_series: int = 0  # images of the file not read (a TIFF's other series, OME-Zarr's images 1, 2, ...)
 
     @property
     def nbytes(self) -> int:
@@ -127,6 +128,8 @@ class StackInfo:
         if self.left_out:
             shown = ", ".join(self.left_out[:3]) + (" …" if len(self.left_out) > 3 else "")
             parts.append(f"left out {len(self.left_out)} masks file(s): {shown}")
+        if self.other_series:
+            parts.append(f"the first of {self.other_series + 1} images in the file (the others are not read)")
         return "; ".join(parts)
 
 
@@ -302,6 +305,7 @@ def _open_tiff(p: Path) -> _Opened:
         info = StackInfo(
             path=str(p), name=stack_name(p), format=fmt, shape=shape, dtype=np.dtype(series.dtype),
             axes=axes, scale=scale, channel_names=names, n_levels=n_levels, axes_from_file=known,
+            other_series=len(tif.series) - 1,
         )
     finally:
         tif.close()  # metadata is all we need now; pixels are read by load() / lazy()
@@ -503,11 +507,13 @@ def _open_zarr(p: Path) -> _Opened:
     attrs = dict(group.attrs)
     ome = attrs.get("ome", attrs)
     multiscales = ome.get("multiscales")
+    others = 0
     if not multiscales and "0" in group and not hasattr(group["0"], "shape"):
         # bioformats2raw layout (the usual converter output): the images are groups 0, 1, ...
         series = [k for k in group.group_keys() if k.isdigit()]
         if len(series) > 1:
             log.warning("'%s' holds %d images (series); the first one (0) is opened.", p.name, len(series))
+        others = max(0, len(series) - 1)
         group = group["0"]
         attrs = dict(group.attrs)
         ome = attrs.get("ome", attrs)
@@ -568,6 +574,7 @@ def _open_zarr(p: Path) -> _Opened:
     info = StackInfo(
         path=str(p), name=stack_name(p), format="ome-zarr", shape=shape, dtype=np.dtype(arrays[0].dtype),
         axes=axes, scale=scale, channel_names=chan_names, n_levels=len(arrays), axes_from_file=known,
+        other_series=others,
     )
 
     def load() -> np.ndarray:

@@ -260,6 +260,7 @@ def _layer_metadata(info: StackInfo, channel: int | None) -> dict[str, Any]:
         "scale": dict(info.scale),
         "axes_from_file": info.axes_from_file,
         "shape": tuple(int(n) for n in info.shape),
+        "other_series": info.other_series,
     }
 
 
@@ -339,6 +340,10 @@ def _say_planes_not_channels(path: str | os.PathLike, layers: list[LayerData]) -
     if hint:
         log.warning("%s: %s", Path(path).name, hint)
         _notify(f"{Path(path).name}: {hint}", warning=True)
+    others = meta.get("other_series") or 0
+    if others:
+        _notify(f"{Path(path).name} holds {others + 1} images (positions or series): the first one is opened; "
+                "export the others as files of their own to open them.", warning=True)
 
 
 def as_labels_where_masks(path: str | os.PathLike, layers: list[LayerData]) -> list[LayerData]:
