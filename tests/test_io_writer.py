@@ -255,3 +255,24 @@ def test_saved_masks_come_back_where_their_image_is(make_napari_viewer, tmp_path
     plain = tmp_path / "plain.tif"
     write_labels(plain, labels[1], offset=(0.0, 0.0))
     assert not (tmp_path / "plain.tif.corrected.json").exists()
+
+
+def test_saved_masks_of_a_rotated_or_registered_image_keep_their_transform(make_napari_viewer, tmp_path):
+    """Masks take their image's rotation, shear and affine matrix (Segment copies them); a TIFF holds
+    none of them: they travel in the list beside the file, so reopened masks lie over the image."""
+    viewer = make_napari_viewer()
+    labels = np.zeros((3, 40, 50), np.int32)
+    labels[1, 5:10, 5:10] = 1
+    affine = np.eye(4)
+    affine[1, 2] = 0.2  # a registration's shear
+    layer = viewer.add_labels(labels, name="cells masks", rotate=30, translate=(0.0, 5.0, 7.0), affine=affine)
+    point = (1.0, 100.0, 100.0)
+    before = layer.world_to_data(point)
+    out = tmp_path / "cells masks.tif"
+    assert layer.save(str(out), plugin="napari-unet") == [str(out)]
+    (again,) = viewer.open(out, plugin="napari-unet")
+    np.testing.assert_allclose(again.world_to_data(point), before, atol=1e-9)
+    np.testing.assert_allclose(again.affine.affine_matrix, affine)
+    plain = viewer.add_labels(labels, name="plain masks")  # no transform: none recorded
+    assert plain.save(str(tmp_path / "plain.tif"), plugin="napari-unet")
+    assert "layer_transform" not in (tmp_path / "plain.tif.corrected.json").read_text()

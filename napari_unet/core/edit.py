@@ -165,21 +165,37 @@ def _empty_edit(labels: np.ndarray, message: str) -> LabelEdit:
 def _fits(labels: np.ndarray, value: int) -> None:
     if value > np.iinfo(labels.dtype).max:
         raise ValueError(
-            f"No free object id left in {labels.dtype} labels (the highest is {np.iinfo(labels.dtype).max}); "
-            "renumber them with relabel_sequential."
+            f"No free object id left in {labels.dtype} labels (the highest is {np.iinfo(labels.dtype).max}, "
+            "and no run of free ids below it): delete objects, or save the masks and open them as 32-bit labels."
         )
 
 
 # ---------------------------------------------------------------------- ids
-def next_free_label(labels) -> int:
-    """The id for a new object: one above the highest id in use (1 for empty labels).
+#: Free ids a split given its first new id (``new_label``) may use from it: a split has two parts,
+#: or a few when a line crosses an object several times (slivers join a neighbour).
+SPLIT_ID_RUN = 64
+
+
+def next_free_label(labels, count: int = 1) -> int:
+    """The id for a new object, the first of ``count`` consecutive free ids: one above the highest
+    id in use (1 for empty labels), or, when that would not fit the labels' type (8-bit masks whose
+    255 is an object, a type's top id taken), the lowest run of free ids below it. One above the
+    type's top when there is no such run (:func:`split_object` then says no id is left).
 
     Works on any array with a ``max`` (numpy, dask); a plane, a volume or a whole stack.
-    This is one pass over the data, no copy.
+    This is one pass over the data, no copy (the search for a run reads the ids in use).
     """
     if labels.size == 0:
         return 1
-    return max(int(np.max(labels)), 0) + 1
+    top = max(int(np.max(labels)), 0)
+    dtype = np.dtype(labels.dtype)
+    if not np.issubdtype(dtype, np.integer) or top + count <= np.iinfo(dtype).max:
+        return top + 1
+    used = np.unique(np.asarray(labels))
+    used = np.concatenate([[0], used[used > 0]]).astype(np.int64)
+    gaps = np.diff(np.append(used, np.iinfo(dtype).max + 1)) - 1  # free ids after each id in use
+    fits = np.flatnonzero(gaps >= count)
+    return int(used[fits[0]]) + 1 if fits.size else top + 1
 
 
 def relabel_sequential(labels: np.ndarray) -> LabelEdit:
@@ -375,7 +391,9 @@ def split_object(
     n_parts = int(parts.max())
     sizes = np.bincount(parts.ravel(), minlength=n_parts + 1)[1:]
     order = np.argsort(-sizes, kind="stable") + 1  # largest part first: it keeps the id
-    first = next_free_label(labels) if new_label is None else _check_id(new_label)
+    first = next_free_label(labels, n_parts - 1) if new_label is None else _check_id(new_label)
+    if new_label is not None and n_parts - 1 > SPLIT_ID_RUN:
+        raise ValueError(f"The split makes {n_parts} parts, more than one split may: draw a shorter line.")
     _fits(labels, first + n_parts - 2)
     new_ids = tuple(range(first, first + n_parts - 1))
     values = labels[box].copy()

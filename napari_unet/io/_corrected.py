@@ -78,7 +78,8 @@ def _version_known(data: Any) -> bool:
 
 def corrected_list_text(labels_path: str | os.PathLike, planes: Iterable[Any] | dict | Any,
                         layer_axes: str | None = None, offset: Sequence[float] | None = None,
-                        calibration: tuple[Sequence[float], Sequence[str]] | None = None) -> str:
+                        calibration: tuple[Sequence[float], Sequence[str]] | None = None,
+                        transform: dict[str, Any] | None = None) -> str:
     """The JSON text of the corrected-slices list of ``labels_path`` (see :func:`save_corrected_list`).
 
     The planes index the file's own stack axes (size-1 ones included). ``layer_axes``: the axes
@@ -87,7 +88,8 @@ def corrected_list_text(labels_path: str | os.PathLike, planes: Iterable[Any] | 
     offset per axis in pixels (its axis order), which a TIFF does not hold, when it has one.
     ``calibration``: the layer's scale and unit names per axis (its axis order), when the file
     cannot say them as they were (a Z spacing with Y, X uncalibrated, an axis of size 1, a bare
-    scale without a unit): the reader gives them back."""
+    scale without a unit): the reader gives them back. ``transform``: the layer's rotation, shear and
+    affine matrix that are not the identity (see :func:`napari_unet.io.write_labels`)."""
     plane_list = planes_given(planes)
     payload = {
         "format": SIDECAR_FORMAT,
@@ -102,6 +104,8 @@ def corrected_list_text(labels_path: str | os.PathLike, planes: Iterable[Any] | 
     if calibration is not None:
         payload["layer_scale"] = [float(v) for v in calibration[0]]
         payload["layer_units"] = [str(u) for u in calibration[1]]
+    if transform:
+        payload["layer_transform"] = transform
     return json.dumps(payload, indent=1) + "\n"
 
 
@@ -144,6 +148,7 @@ class StoredLayout:
     offset: tuple[float, ...] | None = None  # per axis in pixels, the layer's axis order
     scale: tuple[float, ...] | None = None  # the layer's own scale and units, when the file
     units: tuple[str, ...] | None = None  # cannot say them as they were
+    transform: dict[str, Any] | None = None  # rotate, shear, affine (nested lists) that are not the identity
 
 
 def _numbers(values: Any, positive: bool = False) -> tuple[float, ...] | None:
@@ -169,7 +174,19 @@ def stored_layout(labels_path: str | os.PathLike) -> StoredLayout:
     if (scale is None or not isinstance(units, list) or len(units) != len(scale)
             or not all(isinstance(u, str) and u for u in units)):
         scale, units = None, None
-    return StoredLayout(axes, _numbers(data.get("offset_pixels")), scale, tuple(units) if units else None)
+    transform = data.get("layer_transform")
+    if not isinstance(transform, dict) or not transform or not all(
+            key in ("rotate", "shear", "affine") and _finite_array(value) for key, value in transform.items()):
+        transform = None
+    return StoredLayout(axes, _numbers(data.get("offset_pixels")), scale, tuple(units) if units else None, transform)
+
+
+def _finite_array(value: Any) -> bool:
+    try:
+        array = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        return False
+    return array.size > 0 and bool(np.isfinite(array).all())
 
 
 def load_corrected_list(labels_path: str | os.PathLike) -> list[Plane]:

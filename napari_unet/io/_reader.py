@@ -377,6 +377,11 @@ def _with_stored_calibration(layer: LayerData, stored: Any) -> LayerData:
         scale = meta.get("scale")
         scale = scale if scale is not None and len(scale) == ndim else [1.0] * ndim
         meta = {**meta, "translate": tuple(o * float(s) for o, s in zip(stored.offset, scale))}
+    sizes = {"rotate": (ndim, ndim), "shear": (ndim * (ndim - 1) // 2,), "affine": (ndim + 1, ndim + 1)}
+    for key, value in (stored.transform or {}).items():  # a rotated or registered image's masks
+        value = np.asarray(value, dtype=float)
+        if value.shape == sizes[key]:
+            meta = {**meta, key: value}
     return data, meta, kind
 
 

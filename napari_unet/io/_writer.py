@@ -63,6 +63,7 @@ def write_labels(
     corrected: Any = None,
     offset: Sequence[float] | None = None,
     calibration: tuple[Sequence[float], Sequence[Any]] | None = None,
+    transform: dict[str, Any] | None = None,
 ) -> Path:
     """Write a label image to a compressed TIFF, atomically (with its corrected-slices list).
 
@@ -95,6 +96,10 @@ def write_labels(
         the file cannot say them as they were (a unit other than micrometres and seconds, a
         bare scale without a unit, a Z spacing while Y and X have none, an axis of size 1),
         they are kept in the list beside the file, and the reader gives the layer them back.
+    transform : dict, optional
+        The layer's rotation, shear and affine matrix (napari's ``rotate``, ``shear``, ``affine``;
+        only those that are not the identity), which a TIFF does not hold: kept in the list beside
+        the file, so that masks of a rotated or registered image open over it again.
 
     Returns
     -------
@@ -200,11 +205,12 @@ def write_labels(
             else:
                 tifffile.imwrite(fh, np.ascontiguousarray(data.astype(dtype, copy=False)), **kwargs)
         if corrected is None and (_exists(sidecar_path(path)) or layer_axes is not None or offset is not None
+                                  or transform
                                   or kept is not None):
             corrected = []  # a stale list emptied; or the layer's axes, offset or calibration recorded for the reader
         if corrected is not None:
             with files.open(sidecar_path(path), "w") as fh:
-                fh.write(corrected_list_text(path, corrected, layer_axes, offset, kept))
+                fh.write(corrected_list_text(path, corrected, layer_axes, offset, kept, transform or None))
     log.info("wrote labels %s %s to %s", data.shape, dtype, path)
     return path
 
@@ -299,6 +305,20 @@ def _offset_pixels(meta: dict[str, Any], ndim: int) -> list[float] | None:
     return [float(t) / float(s) if s else 0.0 for t, s in zip(translate, scale)]
 
 
+def _transform_of(meta: dict[str, Any], ndim: int) -> dict[str, Any] | None:
+    """The layer's ``rotate``, ``shear`` and ``affine`` (as lists) that are not the identity, or None."""
+    out: dict[str, Any] = {}
+    for key, identity in (("rotate", np.eye(ndim)), ("shear", np.zeros(ndim * (ndim - 1) // 2)),
+                          ("affine", np.eye(ndim + 1))):
+        value = meta.get(key)
+        if value is None:
+            continue
+        value = np.asarray(getattr(value, "affine_matrix", value), dtype=float)
+        if value.shape == identity.shape and np.isfinite(value).all() and not np.allclose(value, identity):
+            out[key] = value.tolist()
+    return out or None
+
+
 def napari_write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     """npe2 single-layer writer for Labels layers: a compressed, atomic TIFF and, beside it, the
     list of corrected slices (both written, or neither).
@@ -315,7 +335,8 @@ def napari_write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]
         # the corrected-slices list travels beside the file (and marks it as labels)
         written = write_labels(path, arr, scale=_physical_scale(meta, arr.ndim), axes=axes,
                                corrected=meta.get("metadata") or {}, offset=_offset_pixels(meta, arr.ndim),
-                               calibration=(meta.get("scale"), meta.get("units")))
+                               calibration=(meta.get("scale"), meta.get("units")),
+                               transform=_transform_of(meta, arr.ndim))
     except (LabelsWriteError, OSError) as e:
         message = f"Labels not saved to '{Path(path).name}' (nothing was changed on disk): {e}"
         log.warning("%s", message)

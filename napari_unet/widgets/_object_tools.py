@@ -41,6 +41,8 @@ SHORTCUTS = (
     ("Ctrl+Z", "undo (Ctrl+Shift+Z: redo)"),
 )
 MODE_KEYS = {"D": MODE_DELETE, "G": MODE_MERGE, "S": MODE_SPLIT}
+#: napari's keys for its pan/zoom tool on a Labels layer: they leave the object tools too.
+PAN_ZOOM_KEYS = ("6", "Z")
 
 #: A press and release closer than this (screen pixels) is a click; farther, a drag (a split line,
 #: or a pan of the view with the other tools).
@@ -72,6 +74,8 @@ def select_next_free_label(layer: "napari.layers.Labels") -> int | None:
 def plane_of(layer: "napari.layers.Labels", plane: Plane) -> np.ndarray:
     """The (Y, X) plane ``plane`` of the layer's data: a view, not a copy."""
     data = layer.data
+    if getattr(layer, "multiscale", False):
+        raise EditError(f"{layer.name!r} is a multiscale (pyramid) layer; object tools edit single-scale labels.")
     if not isinstance(data, np.ndarray):
         raise EditError(f"{layer.name!r} is read lazily from its file; object tools need labels in memory.")
     return data[plane] if plane else data
@@ -141,6 +145,8 @@ class ObjectTools:
         self._keys = {
             **{key: (lambda _layer, m=mode: self.toggle_mode(m)) for key, mode in MODE_KEYS.items()},
             "H": lambda _layer: self.fill_holes(),
+            # napari's pan/zoom keys: the tools keep the layer in pan/zoom, so napari says no change of tool
+            **{key: (lambda _layer: self._to_pan_zoom()) for key in PAN_ZOOM_KEYS},
             "N": lambda _layer: self.new_object(),
         }
         for key, action in self._keys.items():
@@ -185,6 +191,11 @@ class ObjectTools:
         """Switch to ``mode``, or back to napari's tools if it is on already (the key pressed again)."""
         self.mode = MODE_OFF if self.mode == mode else mode
 
+    def _to_pan_zoom(self) -> None:
+        """napari's pan/zoom chosen by its key: back to napari's tools, in pan/zoom."""
+        self.mode = MODE_OFF
+        self.layer.mode = "pan_zoom"
+
     def _on_layer_mode(self, event: Any = None) -> None:
         if self._mode != MODE_OFF and self.layer.mode != "pan_zoom":  # the user picked a napari tool
             self._mode = MODE_OFF
@@ -199,7 +210,7 @@ class ObjectTools:
         displayed = [d - offset for d in event.dims_displayed]
         if len(displayed) != 2:
             raise EditError("switch to the 2D view (Ctrl+Y) to edit objects.")
-        if displayed != [layer.ndim - 2, layer.ndim - 1]:
+        if sorted(displayed) != [layer.ndim - 2, layer.ndim - 1]:  # (Y-X or, transposed, X-Y)
             raise EditError("show the Y-X plane (the last two axes) to edit objects.")
         data = np.asarray(layer.world_to_data(event.position), dtype=float)[-layer.ndim:]
         lead_shape = layer.data.shape[: layer.ndim - 2]
@@ -261,6 +272,9 @@ class ObjectTools:
                 return f"Object {label} picked: click the object to merge into it."
             return f"Seed 1 on object {label}: click a second seed in it (or drag a line across it)."
         first_plane, first_label, first_yx = pending
+        if self._id_at(plane, np.asarray(first_yx)) != first_label:  # the slice was segmented again meanwhile
+            raise EditError(f"the slice changed since object {first_label} was picked (segmented again): "
+                            "click the first object again.")
         labels = plane_of(self.layer, plane)
         if self._mode == MODE_MERGE:
             return self._apply(plane, core_edit.merge_objects(labels, [first_label, label]))
@@ -291,8 +305,8 @@ class ObjectTools:
         labels = plane_of(self.layer, plane)
         box = core_edit.bounding_box(labels == label)
         probabilities = object_probabilities(self._viewer, self.layer, plane, box) if box else None
-        edit = core_edit.split_object(labels, label, probabilities=probabilities,
-                                      new_label=core_edit.next_free_label(self.layer.data), **how)
+        first = core_edit.next_free_label(self.layer.data, core_edit.SPLIT_ID_RUN)  # (free in the whole layer)
+        edit = core_edit.split_object(labels, label, probabilities=probabilities, new_label=first, **how)
         message = self._apply(plane, edit)
         return message + (" (on the kept probabilities)" if probabilities is not None else "")
 
@@ -310,7 +324,7 @@ class ObjectTools:
         layer, dims = self.layer, self._viewer.dims
         offset = dims.ndim - layer.ndim
         displayed = [d - offset for d in dims.displayed]
-        if dims.ndisplay == 2 and displayed != [layer.ndim - 2, layer.ndim - 1]:
+        if dims.ndisplay == 2 and sorted(displayed) != [layer.ndim - 2, layer.ndim - 1]:
             raise EditError("show the Y-X plane (the last two axes) to edit objects.")
         if hides_current_slice(self._viewer, layer):
             raise EditError("switch to the 2D view (Ctrl+Y): the edit acts on the slice shown.")
