@@ -835,16 +835,17 @@ def test_base_model_follows_the_model_segment_uses_until_the_user_picks_one(make
     assert tune.settings_panel.model_name.startswith("cells-tuned")
     segment.select_model(resolve_model_path("nuclei"))
     assert base() == P(resolve_model_path("nuclei")).resolve()
-    tune.settings_panel.set_running(True)  # during a run its base and name stay as shown
+    tune.settings_panel.set_running(True)  # during a run its base and name stay as shown ...
     segment.select_model(resolve_model_path("cells"))
     assert base() == P(resolve_model_path("nuclei")).resolve()
     assert tune.settings_panel.model_name.startswith("nuclei-tuned")
-    tune.settings_panel.set_running(False)
-    tune.settings_panel._base_model.value = str(resolve_model_path("cells"))  # the user's own choice
+    tune.settings_panel.set_running(False)  # ... and the model Segment took meanwhile is followed after it
+    assert base() == P(resolve_model_path("cells")).resolve()
+    tune.settings_panel._base_model.value = str(resolve_model_path("nuclei-fluo"))  # the user's own choice
     segment.select_model(resolve_model_path("nuclei"))
     segment.select_model(resolve_model_path("cells"))
     segment.select_model(resolve_model_path("nuclei"))
-    assert base() == P(resolve_model_path("cells")).resolve()
+    assert base() == P(resolve_model_path("nuclei-fluo")).resolve()
 
 
 def test_a_model_file_added_in_segment_is_the_base_model(make_napari_viewer, tiny_model_path, tmp_path):

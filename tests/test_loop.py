@@ -45,13 +45,13 @@ def test_correct_finetune_resegment_loop(make_napari_viewer, qtbot, data_dir, ba
     for w, value in ((settings._steps, 10), (settings._patch_size, 64), (settings._batch_size, 2)):
         w.value = value
     settings._device.value = "cpu"
-    settings._base_model.value = str(base_model)
 
     # 1. open a real stack and segment slice 1 with the base model (Segment widget)
     image = viewer.add_image(images, name="c2c12")
     segment.reset_choices()
     segment._image_combo.value = image
-    segment.select_model(base_model)  # the tiny model, not a built-in one
+    segment.select_model(base_model)  # the tiny model, not a built-in one; Fine-tune's base follows it
+    assert Path(settings.base_model_path).resolve() == Path(base_model).resolve()
     viewer.dims.set_current_step(0, 1)
     segment._run_button.clicked.emit()
     qtbot.waitUntil(lambda: segment._worker is None, timeout=60_000)
@@ -91,6 +91,8 @@ def test_correct_finetune_resegment_loop(make_napari_viewer, qtbot, data_dir, ba
     assert Path(new_path).stem in [e.name for e in list_models()]
     # the Fine-tune widget (given a proxy viewer by npe2) found the docked Segment widget, docked no other
     assert segment._model_combo.value == new_path and get_widget(viewer, "segment") is segment
+    # and the next round builds on it: Fine-tune's base follows the model Segment took as the run ended
+    assert Path(settings.base_model_path).resolve() == Path(new_path).resolve()
     qtbot.waitUntil(lambda: segment._worker is None, timeout=60_000)
     assert not (masks.data[2] == 77).any()
     assert segment._status.value.startswith("Done")

@@ -74,6 +74,7 @@ class TrainingSettingsPanel(Container):
         self.user_chose_base = False
         self._suggested = ""  # the last name suggested (a name the user typed is kept)
         self._running = False  # a run is going: its base model and name stay as they are shown
+        self._follow_later: str | None = None  # the model Segment took during the run
         self.suggest_name()
 
     def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
@@ -144,7 +145,10 @@ class TrainingSettingsPanel(Container):
         unless the user chose a base here: the next fine-tuning builds on the model whose masks
         were corrected. A model file added in Segment (or a package napari-unet exported) joins the
         list; another network's BioImage.IO package, which cannot be fine-tuned, is not followed."""
-        if self.user_chose_base or not model_path or self._running:  # (the run's base stays shown)
+        if self._running:  # the run's base stays shown; the model Segment took meanwhile is followed after it
+            self._follow_later = model_path
+            return
+        if self.user_chose_base or not model_path:
             return
         target = Path(str(model_path)).resolve()
 
@@ -182,3 +186,6 @@ class TrainingSettingsPanel(Container):
         self._running = running
         self._base_model.enabled = not running
         self._name.enabled = not running
+        later, self._follow_later = self._follow_later, None
+        if not running and later:  # (the model just trained, which Segment took as the run ended)
+            self.follow(later)
