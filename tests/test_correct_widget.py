@@ -271,3 +271,33 @@ def test_tools_never_edit_a_plane_that_is_not_shown(make_napari_viewer, canvas_m
     assert (layer.data[4, centre[0] - 1 : centre[0] + 2, centre[1] - 1 : centre[1] + 2] == label).all()
     assert not (layer.data == 99).any()
     assert CorrectedSlices.for_layer(layer).planes == [(4,)]
+
+
+def test_a_pick_outlived_by_its_slice_pan_zoom_keys_and_the_transposed_view(correcting, c2c12_masks, notifications):
+    """A merge whose first object changed under the first click (the slice segmented again between
+    the clicks) is refused (another cell was merged); napari's pan/zoom key leaves the tools (a pan
+    drag then split a cell); in the transposed view (X drawn down) the tools still act."""
+    viewer, layer, widget, mouse = correcting
+    frame = c2c12_masks[FRAME]
+    mouse.key(Qt.Key.Key_G)
+    mouse.click(mouse.inside(frame, 2))
+    layer.data[FRAME][frame == 2] = 9  # what a run writing this slice does: other ids
+    layer.refresh()
+    mouse.click(mouse.inside(frame, 1))
+    assert (layer.data[FRAME] == 1).sum() == (frame == 1).sum()  # nothing merged
+    assert notifications[-1].startswith("Merge: the slice changed since object 2 was picked")
+    layer.data[FRAME] = frame
+    layer.refresh()
+
+    mouse.key(Qt.Key.Key_S)
+    assert widget._mode.value == MODE_SPLIT and layer.mouse_pan is False
+    mouse.key(Qt.Key.Key_6)  # napari's pan/zoom: the layer is in pan/zoom already, so napari says nothing
+    assert widget._mode.value == MODE_OFF and layer.mode == "pan_zoom" and layer.mouse_pan
+    rows, cols = pixels(frame, 3).T
+    mouse.drag([(r, int(np.median(cols))) for r in np.linspace(rows.min() - 4, rows.max() + 4, 8)])
+    np.testing.assert_array_equal(layer.data, c2c12_masks)  # a pan, not a split
+
+    viewer.dims.transpose()
+    mouse.key(Qt.Key.Key_D)
+    widget.tools.click((FRAME,), mouse.inside(frame, 4))
+    assert not (layer.data[FRAME] == 4).any()  # deleted (it said "show the Y-X plane")

@@ -248,8 +248,7 @@ def test_split_line_that_misses_or_does_not_cut_is_refused(crowded):
 def test_split_needs_a_free_id_in_the_dtype():
     labels = np.zeros((20, 40), dtype=np.uint8)
     labels[5:15, 5:35] = 255
-    with pytest.raises(ValueError, match="No free object id left in uint8 labels"):
-        split_object(labels, 255, seeds=[(10, 8), (10, 30)])
+    assert split_object(labels, 255, seeds=[(10, 8), (10, 30)]).new_labels == (1,)  # 255 taken: 1 is free
     labels[0, 0] = 1
     edit = split_object(labels, 255, seeds=[(10, 8), (10, 30)], new_label=2)
     assert edit.new_labels == (2,)
@@ -331,6 +330,18 @@ def test_next_free_label_and_relabel_sequential(crowded):
     assert pairs.shape[1] == n + 1
     assert np.array_equal(after[gappy < 3], gappy[gappy < 3])  # ids below the first gap stay
     assert relabel_sequential(crowded).is_empty  # already 1..N: nothing to do
+    # a type full at its top (a 0/255 mask, an id of 2**31-1): the lowest run of free ids below it
+    mask = np.zeros((8, 8), np.uint8)
+    mask[:4], mask[5:, :2] = 255, 1
+    assert next_free_label(mask) == 2 and next_free_label(mask, 100) == 2
+    assert next_free_label(np.full((2, 2), np.iinfo(np.int32).max, np.int32)) == 1
+    edit = split_object(np.where(mask == 255, 255, 0).astype(np.uint8), 255, seeds=[(1, 0), (1, 7)])
+    assert edit.new_labels == (1,)  # (it said "no free object id left")
+    full = np.zeros((20, 20), np.uint8)  # every id of uint8 in use
+    full.flat[:254] = np.arange(1, 255)
+    full[15:] = 255
+    with pytest.raises(ValueError, match="No free object id left in uint8 labels"):
+        split_object(full, 255, seeds=[(15, 0), (19, 19)])
 
 
 def test_changes_are_the_pixels_apply_writes(crowded):
