@@ -20,11 +20,13 @@ MODEL_FILTER = "napari-unet model (*.pt)"
 
 
 def _export_package_job(source, destination: Path):
-    """Worker body: the BioImage.IO export (a generator, so that it runs in a thread worker)."""
+    """Worker body: the BioImage.IO export (a generator, so that it runs in a thread worker). It
+    yields nothing before it is done: a worker asked to quit (the viewer closed) stops at a yield,
+    and one before the export left no package."""
     from napari_unet.core.zoo_export import export_bioimageio
 
-    yield None
     return export_bioimageio(source, destination)
+    yield  # noqa: B901 - unreachable: makes this a generator
 
 
 def _user_model_choices(_widget=None) -> list[str]:
