@@ -148,3 +148,29 @@ def test_planes_one_pixel_wide_or_high_are_told_without_numpy_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         kinds = [image_modality(rng.random(shape).astype(np.float32)).kind for shape in ((1, 1), (1, 50), (50, 1))]
     assert kinds == ["fluorescence"] * 3
+
+
+def test_a_large_plane_is_told_at_its_own_pixel_size(data_dir):
+    """A mosaic of 8192 px a side is told by its central part, sampled every second pixel at most: its
+    nuclei keep their size, and the fluorescence score its level (sampled every 8th pixel, as before,
+    17 px nuclei were dots of 2 px and the score fell fourfold, to the edge of phase contrast)."""
+    from napari_unet.core.modality import sample_plane
+
+    with open(data_dir / "dsb2018" / "manifest.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["kind"] == "grey_dark" and int(r["height"]) >= 256
+                and int(r["width"]) >= 256][:12]
+    tiles = []
+    for row in rows:
+        image = imread(data_dir / "dsb2018" / "images" / f"{row['id']}.png").astype(np.float32)
+        image = image[..., :3].mean(-1) if image.ndim == 3 else image
+        lo, hi = np.percentile(image, (5, 99.5))
+        tiles.append(np.clip((image[:256, :256] - lo) / (hi - lo + 1e-6), 0, 1))  # an evenly lit slide
+    rng = np.random.default_rng(0)
+    grid = rng.integers(len(tiles), size=(32, 32))
+    mosaic = (np.block([[tiles[k] for k in row] for row in grid]) * 200 + 20).astype(np.uint8)
+    assert mosaic.shape == (8192, 8192)
+    part = image_modality(mosaic[3072:5120, 3072:5120])
+    whole = image_modality(mosaic)
+    assert sample_plane(mosaic).shape == (1024, 1024) and whole.kind == part.kind == "fluorescence"
+    assert whole.bright_spread == pytest.approx(part.bright_spread, rel=0.05)
+    assert image_modality(mosaic[::8, ::8]).bright_spread < 0.5 * part.bright_spread  # (the old sampling)

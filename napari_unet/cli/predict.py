@@ -251,15 +251,11 @@ class _ModelChoice:
     def for_input(self, data: Any, rgb: bool, name: str) -> Any:
         if self.given is not None:
             return self.given
-        import numpy as np
-
         from napari_unet.core.modality import KIND_WORDS, MODEL_FOR, image_modality
         from napari_unet.core.preprocess import ImageError
 
         try:
-            plane = _first_plane_with_structure(data, rgb)
-            step = max(1, int(np.ceil(max(plane.shape[:2]) / 1024)))  # a few tens of ms, as in the GUI
-            kind = image_modality(plane[::step, ::step]).kind
+            kind = image_modality(_first_plane_with_structure(data, rgb)).kind  # (its central part when large)
         except ImageError:  # infinite values: the input's one line, before any model is named
             raise
         except (ValueError, IndexError, TypeError):  # not a plane kinds are told on: the default model

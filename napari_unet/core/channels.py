@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .modality import sample_plane  # planes sampled as image_modality samples them
+
 #: Names of the colours of an RGB image, by index.
 COLOUR_NAMES = ("red", "green", "blue")
 #: Area-weighted mean solidity of a colour's bright objects above which they are compact (nuclei:
@@ -30,8 +32,6 @@ COMPACT = 0.85
 SAME_PICTURE = 0.9
 #: Bright objects smaller than this (pixels, after subsampling) are noise, not objects.
 MIN_OBJECT = 16
-#: Pixels sampled from large planes (every n-th row and column), as image_modality does.
-MAX_SIDE = 1024
 
 
 @dataclass(frozen=True)
@@ -74,8 +74,7 @@ def nuclear_colour(plane: np.ndarray) -> int | None:
     a = np.asarray(plane)
     if a.ndim != 3 or a.shape[-1] not in (3, 4):
         return None
-    step = max(1, int(np.ceil(max(a.shape[:2]) / MAX_SIDE)))
-    rgb = np.asarray(a[::step, ::step, :3], dtype=np.float32)
+    rgb = np.asarray(sample_plane(a)[..., :3], dtype=np.float32)  # (never sparser than every 2nd pixel)
     stats = [s for c in range(3) if (s := colour_stats(rgb[..., c], c)) is not None]
     fluorescent = [s for s in stats if s.kind == "fluorescence" and s.solidity > 0]
     if not fluorescent:

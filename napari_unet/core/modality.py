@@ -68,6 +68,10 @@ BACKGROUND_TILES = 8
 BACKGROUND_MIN_SIDE = 160
 #: Pixels sampled from large planes (every n-th row and column) to keep this well under 50 ms.
 MAX_SIDE = 1024
+#: ... but never sparser than every this many: a plane larger than ``MAX_SIDE * MAX_STEP`` is told by
+#: its central part (a mosaic of 8000 px a side sampled every 8th pixel showed its 17 px nuclei as
+#: dots of 2 px, and was taken for phase contrast: AP@0.5 0.19 with `cells` against 0.77).
+MAX_STEP = 2
 
 MODALITIES = ("fluorescence", "bright-field", "colour", "transmitted")
 #: The built-in model proposed for each kind. Fluorescence gets ``nuclei-fluo``: better than ``nuclei``
@@ -103,8 +107,22 @@ def _grey(plane: np.ndarray) -> tuple[np.ndarray, bool]:
         a = rgb.mean(-1)
     if a.ndim != 2:
         raise ValueError(f"Expected one 2D plane (H, W) or (H, W, 3), got shape {np.shape(plane)}.")
-    step = max(1, int(np.ceil(max(a.shape) / MAX_SIDE)))
-    return np.asarray(a[::step, ::step], dtype=np.float32), colour
+    return np.asarray(sample_plane(a), dtype=np.float32), colour
+
+
+def central_window(shape: tuple[int, ...]) -> tuple[slice, slice]:
+    """The rows and columns of a plane of ``shape`` (H, W, ...) that tell its kind: all of it, or its
+    central ``MAX_SIDE * MAX_STEP`` pixels a side (see :data:`MAX_STEP`)."""
+    span = MAX_SIDE * MAX_STEP
+    return tuple(slice(max(0, (n - span) // 2), max(0, (n - span) // 2) + span) for n in shape[:2])
+
+
+def sample_plane(a: np.ndarray) -> np.ndarray:
+    """``a`` (H, W, ...) reduced to at most :data:`MAX_SIDE` pixels a side: every n-th row and column
+    of its :func:`central_window`, n at most :data:`MAX_STEP`."""
+    a = a[central_window(a.shape)]
+    step = max(1, int(np.ceil(max(a.shape[:2]) / MAX_SIDE)))
+    return a[::step, ::step]
 
 
 def _despeckle(grey: np.ndarray, margin: float) -> np.ndarray:

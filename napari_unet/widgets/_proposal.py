@@ -21,13 +21,18 @@ from ._base import current_plane_index
 
 
 def shown_plane(viewer: Any, layer: Any) -> np.ndarray:
-    """The 2D plane of ``layer`` on screen, (H, W) or (H, W, 3), subsampled to about 1024 px a side
-    (a multiscale layer's coarsest level)."""
+    """The 2D plane of ``layer`` on screen, (H, W) or (H, W, 3), as its kind is told: at most about
+    1024 px a side, every pixel or every second of its central part
+    (:func:`~napari_unet.core.modality.sample_plane`; a multiscale layer's full resolution, of which
+    only that part is read: its coarsest level showed nuclei as dots)."""
+    from napari_unet.core.modality import central_window, sample_plane
+
     index = current_plane_index(viewer, layer)
-    data = layer.data[-1] if getattr(layer, "multiscale", False) else layer.data
-    plane = read_plane(data, index)
-    step = max(1, int(np.ceil(max(plane.shape[:2]) / 1024)))
-    return fill_missing(plane[::step, ::step])[0]  # NaN, the black border of a mosaic: no data
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    rgb = bool(getattr(layer, "rgb", False))
+    plane_shape = tuple(data.shape[data.ndim - (3 if rgb else 2):])
+    plane = read_plane(data, index, central_window(plane_shape))
+    return fill_missing(sample_plane(plane))[0]  # NaN, the black border of a mosaic: no data
 
 
 def shown_kind(viewer: Any, layer: Any) -> str | None:
