@@ -59,3 +59,31 @@ def test_fields_of_view_of_one_plane_are_kept_apart_until_a_whole_plane_covers_t
     kept.keep(layer, PlaneResult((0,), whole, np.zeros((8, 16), np.int32), np.zeros((3, 8, 16), np.float32),
                                  (slice(0, 8), slice(0, 16)), "classes"), checksum=2)
     assert [r.region for r in kept.results(layer)] == [whole]  # it overwrote both
+
+
+def test_a_plane_larger_than_the_cap_is_not_kept_and_said_dropped():
+    """One plane's probabilities beyond the cap (a whole slide: 1.5 GB of float16 at 16000 px a side,
+    against 512 MB) are not kept, and the plane is listed as dropped; the others stay."""
+    kept = KeptResults(cap_bytes=768)
+    a = Labels(np.zeros((3, 8, 8), np.int32))
+    kept.keep(a, _result((0,)), 1)
+    big = PlaneResult((1,), WHOLE, np.zeros((8, 8), np.int32), np.zeros((3, 9, 9), np.float32), WHOLE, "classes")
+    kept.keep(a, big, 2)
+    assert [r.index for r in kept.results(a)] == [(0,)] and kept.dropped(a) == [(1,)]
+
+
+def test_masks_written_into_a_field_of_view_take_ids_above_those_around_it():
+    """The new ids of a field of view start above the highest id outside it, read from the strips
+    around it (a copy of the whole plane before: a gigabyte for a slide)."""
+    from napari_unet.widgets._masks import _max_outside, write_plane
+
+    plane = np.zeros((40, 50), np.int32)
+    plane[0, 0], plane[39, 49], plane[20, 0], plane[20, 49], plane[20, 25] = 3, 9, 4, 5, 70  # 70 inside
+    assert _max_outside(plane, slice(10, 30), slice(10, 40)) == 9
+    assert _max_outside(plane, slice(None), slice(1, 50)) == 4  # only column 0 outside (slices without ends)
+    layer = Labels(plane.copy())
+    fov = (slice(10, 30), slice(10, 40))
+    new = np.zeros((20, 30), np.int32)
+    new[5:8, 5:8] = 1
+    write_plane(layer, PlaneResult((), fov, new, np.zeros((3, 20, 30), np.float32), fov, "classes"))
+    assert layer.data[15:18, 15:18].max() == 10 and layer.data[0, 0] == 3

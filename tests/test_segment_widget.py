@@ -374,7 +374,7 @@ def test_rethreshold_says_which_slices_it_cannot_reach(widget, qtbot, c2c12_stac
     """Probabilities are kept up to a memory cap: slices segmented before the cap keep their masks
     when the threshold moves, and a notification says so."""
     viewer, w = widget
-    w._kept.cap_bytes = 1  # only the last plane is kept
+    w._kept.cap_bytes = 3 * 96 * 96 * 2  # one plane's float16 probabilities: only the last plane is kept
     image = viewer.add_image(c2c12_stack, name="c2c12")
     _segment(w, qtbot, image, SCOPE_STACK)
     w._min_size.value = 10_000

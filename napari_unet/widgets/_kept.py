@@ -89,6 +89,9 @@ class KeptResults:
             record.results.pop(old)
             record.written.pop(old, None)
             self._order.pop((key, old), None)
+        if result.probabilities.nbytes > self.cap_bytes:  # one plane beyond the cap (a whole slide): not kept
+            record.dropped.add(new[0])
+            return
         record.results[new] = result
         record.written[new] = checksum
         record.dropped.discard(new[0])

@@ -269,6 +269,14 @@ def covers_plane(shape: tuple[int, ...], region: tuple[slice, slice]) -> bool:
             and (cols.stop is None or cols.stop >= shape[-1]))
 
 
+def _max_outside(plane: np.ndarray, rows: slice, cols: slice) -> int:
+    """The highest id of ``plane`` outside the region ``rows, cols``, from the four strips around it
+    (no copy of the plane: a whole slide's is a gigabyte)."""
+    (top, bottom, _), (left, right, _) = rows.indices(plane.shape[0]), cols.indices(plane.shape[1])
+    strips = (plane[:top], plane[bottom:], plane[top:bottom, :left], plane[top:bottom, right:])
+    return max((int(strip.max()) for strip in strips if strip.size), default=0)
+
+
 def write_plane(layer: Any, result: Any) -> None:
     """Write a :class:`~napari_unet.core.predict.PlaneResult`'s labels into its plane of ``layer``
     (a region's new ids start above the ids outside it)."""
@@ -276,9 +284,7 @@ def write_plane(layer: Any, result: Any) -> None:
     rows, cols = result.region
     labels = result.labels
     if not covers_plane(plane.shape, result.region):
-        outside = plane.copy()
-        outside[rows, cols] = 0
-        offset = int(outside.max())
+        offset = _max_outside(plane, rows, cols)
         labels = np.where(labels > 0, labels + offset, 0).astype(plane.dtype)
     plane[rows, cols] = labels
     forget_history_of_planes(layer, [result.index])  # Ctrl+Z must not replay edits of the masks replaced

@@ -807,7 +807,7 @@ def _checksum(masks: Any, result: Any) -> int:
 
     plane = masks.data[result.index] if result.index else masks.data
     rows, cols = result.region
-    return zlib.crc32(np.ascontiguousarray(plane[rows, cols]).tobytes())
+    return zlib.crc32(np.ascontiguousarray(plane[rows, cols]))  # (its buffer: no copy of a whole plane)
 
 
 def _plural(n: int, word: str) -> str:
