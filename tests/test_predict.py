@@ -206,10 +206,15 @@ def test_progress_events_and_stop(real_image):
     events = []
     result = run_to_end(iter_predict_probabilities(model, stack, tile_size=80), events.append)
     assert result.shape == (2, 3, *real_image.shape)
-    assert [e.done for e in events] == list(range(1, 2 * n + 1))
+    tiles = [e for e in events if e.message.startswith("tile ")]
+    assert [e.done for e in tiles] == list(range(1, 2 * n + 1))
     assert all(e.total == 2 * n for e in events)
     assert events[-1].fraction == 1.0 and events[-1].plane == 1
     assert events[0].message.startswith("tile 1/") and "plane 1/2" in events[0].message
+    # the steps after a plane's tiles are said too (and a stop is heard there), without counting as tiles
+    steps = [e for e in events if not e.message.startswith("tile ")]
+    assert steps and all("(plane " in e.message for e in steps)
+    assert [e.done for e in events] == sorted(e.done for e in events)
 
     calls = {"n": 0}
 
@@ -223,6 +228,17 @@ def test_progress_events_and_stop(real_image):
         for event in gen:
             seen.append(event)
     assert len(seen) == 3
+
+    tiles_done = {"n": 0}  # a stop asked after a plane's last tile is heard before its labels are made
+
+    def after_the_tiles() -> bool:
+        return tiles_done["n"] >= n
+
+    gen = iter_segment(model, real_image, tile_size=80, should_stop=after_the_tiles, diameter="native")
+    with pytest.raises(PredictionStopped):
+        for event in gen:
+            assert not isinstance(event, PlaneResult)
+            tiles_done["n"] += event.message.startswith("tile ")
 
     gen = iter_predict_probabilities(model, stack, tile_size=80)
     next(gen)

@@ -623,6 +623,8 @@ def iter_planes(
                     min_seed=min_size_at(min_seed_, sizing.scale),
                 )[inner]
 
+            if labels:
+                yield from runner.stage(k, "objects from the probabilities")
             plane_labels = labels_of(probs) if labels else None
             # the objects segmented at that size measure it again, made as the estimate passes made theirs
             # (a kind's own setting is for the labels only); not the planes of a z-stack, which cut every
@@ -633,6 +635,8 @@ def iter_planes(
                     plane_labels = labels_of(probs) if labels else None
             # a few objects far brighter than the others set the plane's brightness range: again without them
             # (told from the objects found: the labels, or without them the foreground's connected parts)
+            if outliers != "off":
+                yield from runner.stage(k, "brightness of the objects checked")
             clipped = None if outliers == "off" else bright_outliers_level(
                 plane[inner], plane_labels if plane_labels is not None
                 else _foreground_parts(probs[(slice(None), *inner)], threshold))
@@ -744,7 +748,18 @@ class _PlaneRunner:
 
         scaled = resize_image(plane, scale)
         probs = yield from self._run(scaled, k)
+        if probs.shape[1:] == tuple(plane.shape[:2]):
+            return probs
+        yield from self.stage(k, "probabilities brought back to the image's pixels")
         return resize_probabilities(probs, plane.shape[:2])
+
+    def stage(self, k: int, what: str) -> Generator[Progress, None, None]:
+        """A step of plane ``k`` after its tiles (seconds on a slide of 8000 px a side): said in the
+        progress, and a point where a run asked to stop stops (cancel waited for the plane's end)."""
+        if self.should_stop is not None and self.should_stop():
+            raise PredictionStopped("Prediction stopped.")
+        yield Progress(done=self.done, total=max(self.total, self.done), plane=k,
+                       elapsed=time.perf_counter() - self.start, message=f"{what} (plane {k + 1}/{self.n_planes})")
 
     def _run(self, plane: np.ndarray, k: int) -> Generator[Progress, None, np.ndarray]:
         shape = (int(plane.shape[0]), int(plane.shape[1]))
