@@ -297,6 +297,13 @@ def test_a_pick_outlived_by_its_slice_pan_zoom_keys_and_the_transposed_view(corr
     mouse.drag([(r, int(np.median(cols))) for r in np.linspace(rows.min() - 4, rows.max() + 4, 8)])
     np.testing.assert_array_equal(layer.data, c2c12_masks)  # a pan, not a split
 
+    layer.mode = "paint"  # D, then D again: back to the brush that was in use
+    mouse.key(Qt.Key.Key_D)
+    assert layer.mode == "pan_zoom"
+    mouse.key(Qt.Key.Key_D)
+    assert widget._mode.value == MODE_OFF and layer.mode == "paint"
+    layer.mode = "pan_zoom"
+
     viewer.dims.transpose()
     mouse.key(Qt.Key.Key_D)
     widget.tools.click((FRAME,), mouse.inside(frame, 4))

@@ -139,6 +139,7 @@ class ObjectTools:
         self.layer = _unwrap(layer)
         self._mode = MODE_OFF
         self._pending: tuple[Plane, int, tuple[float, float]] | None = None  # merge or seed: first click
+        self._napari_mode = "pan_zoom"  # napari's tool in use when one of ours was turned on
         CorrectedSlices.for_layer(self.layer)
         self.layer.mouse_drag_callbacks.append(self._on_mouse)
         self.layer.events.mode.connect(self._on_layer_mode)
@@ -175,12 +176,16 @@ class ObjectTools:
         self._pending = None
         if mode == self._mode:
             return
-        self._mode = mode
+        before, self._mode = self._mode, mode
         layer = self.layer
-        if mode == MODE_OFF:
+        if mode == MODE_OFF:  # back to the napari tool that was in use (the brush), as the hint says
+            if self._napari_mode != "pan_zoom" and layer.mode == "pan_zoom":
+                layer.mode = self._napari_mode
             layer.mouse_pan = layer.mode == "pan_zoom"
             layer.cursor = "standard"
         else:
+            if before == MODE_OFF:
+                self._napari_mode = str(layer.mode)
             layer.mode = "pan_zoom"  # napari's brush must not paint while we click
             layer.mouse_pan = mode != MODE_SPLIT  # a drag pans the view, or draws a split line
             layer.cursor = "crosshair"
@@ -385,7 +390,7 @@ def _keybinding(key: str) -> Any:
 
 
 _MODE_HINTS = {
-    MODE_OFF: "napari's brush, eraser and fill are active.",
+    MODE_OFF: "napari's tools are back (brush, eraser, fill).",
     MODE_DELETE: "Delete: click an object.",
     MODE_MERGE: "Merge: click two objects; the second joins the first.",
     MODE_SPLIT: "Split: drag a line across an object, or click two seeds in it.",
