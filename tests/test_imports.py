@@ -27,6 +27,10 @@ def test_importing_the_package_is_cheap():
     code = "import sys, napari_unet; print('torch' in sys.modules, 'napari' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+    # napari's File > Open imports the reader (and with it napari_unet.io) on the main thread: no torch
+    code = "import sys, napari_unet.io, napari_unet.io._reader; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False"]
 
 
 def _manifest() -> PluginManifest:

@@ -299,7 +299,7 @@ def test_y_and_x_are_moved_last_when_time_comes_after_them(tmp_path):
     data, info = read_stack(path, axes="YXT")
     assert info.axes == "TYX" and info.shape == (3, 40, 50) and data.shape == info.shape
     np.testing.assert_array_equal(data, np.moveaxis(stack, -1, 0))
-    assert inspect_stack(path, axes="YXT").axes == "TYX"
+    assert inspect_stack(path, axes="YXT").axes == "YXT"  # the file's order, as axes= names it
     assert read_stack(path, axes="XYT")[1].shape == (3, 50, 40)  # X before Y: the planes transposed
     ((layer, meta, _kind),) = read_layer_data(path, axes="YXT")
     assert layer.shape == (3, 40, 50) and meta["metadata"]["napari_unet"]["layer_axes"] == "TYX"

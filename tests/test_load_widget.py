@@ -232,3 +232,19 @@ def test_a_read_that_ends_after_the_viewer_was_closed_does_nothing(qtbot, widget
     assert w._worker is None
     assert "late" not in [x.name for x in viewer.layers]
     assert any("the file went" in m for m in notifications)  # (the error still reaches the user)
+
+
+def test_a_file_stored_y_x_t_loads_as_time_points_of_y_x_planes(qtbot, widget, tmp_path):
+    """A time-lapse stored (Y, X, T) that says so (MATLAB): the Axes field shows the file's order,
+    and the layer is (T, Y, X), as File > Open gives it (it was loaded as planes of X by T)."""
+    viewer, w = widget
+    stack = np.zeros((40, 50, 6), np.uint8)
+    stack[10:20, 10:20, 2] = 200
+    path = tmp_path / "yxt.tif"
+    tifffile.imwrite(path, stack, photometric="minisblack", metadata={"axes": "YXT"})
+    w._path.value = path
+    assert w._axes.value == "YXT"
+    _load(qtbot, w)
+    (layer,) = viewer.layers
+    assert layer.data.shape == (6, 40, 50) and tuple(layer.axis_labels) == ("t", "y", "x")
+    assert np.asarray(layer.data[2]).max() == 200

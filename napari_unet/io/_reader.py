@@ -67,7 +67,7 @@ def inspect_stack(path: str | os.PathLike, axes: str | None = None) -> StackInfo
         A ``ValueError`` with a one-line message when the path cannot be read.
     """
     info = open_any(path).info
-    return _yx_last([], info.with_axes(axes) if axes else info)[1]
+    return info.with_axes(axes) if axes else info  # (the file's order: what ``axes`` names; read_stack moves Y, X last)
 
 
 def read_stack(

@@ -12,7 +12,6 @@ import logging
 import os
 from pathlib import Path
 
-from ..core.labels import check_labels_not_an_image  # noqa: F401  (this module's check, kept in core)
 from ._formats import PLANE_IMAGE_SUFFIXES, list_plane_files, stack_name
 
 log = logging.getLogger(__name__)
@@ -148,3 +147,11 @@ def _refuse_second_labels_files(
                 f"{image.name} has {len(found)} labels files in {labels_dir}: "
                 f"{', '.join(p.name for p in found)}; keep one."
             )
+
+
+def check_labels_not_an_image(labels, name: str = "labels") -> None:
+    """:func:`napari_unet.core.labels.check_labels_not_an_image` (imported when called: napari's reader
+    imports this package, and napari_unet.core brings torch)."""
+    from ..core.labels import check_labels_not_an_image as check
+
+    check(labels, name)
