@@ -39,7 +39,11 @@ def mine() -> Path:
 
 
 def test_list_find_and_resolve(mine):
-    (mine.parent / "a folder.pt").mkdir()  # a folder named like a model is no model
+    (mine.parent / "a folder.pt").mkdir()  # a folder named like a model is no model ...
+    (mine.parent / "nuclei-tuned.pt").mkdir()  # ... nor a free name for one
+    from napari_unet.core.catalog import suggest_model_name
+
+    assert suggest_model_name("nuclei") == "nuclei-tuned-2"
     entries = list_models()
     assert entries[0] == ModelEntry("nuclei", BUILTIN, True)  # the default first
     assert entries[-1] == ModelEntry("mine", mine, False)

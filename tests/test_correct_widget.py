@@ -273,7 +273,8 @@ def test_tools_never_edit_a_plane_that_is_not_shown(make_napari_viewer, canvas_m
     assert CorrectedSlices.for_layer(layer).planes == [(4,)]
 
 
-def test_a_pick_outlived_by_its_slice_pan_zoom_keys_and_the_transposed_view(correcting, c2c12_masks, notifications):
+def test_a_pick_outlived_by_its_slice_pan_zoom_keys_and_the_transposed_view(correcting, c2c12_masks, notifications,
+                                                                            qtbot):
     """A merge whose first object changed under the first click (the slice segmented again between
     the clicks) is refused (another cell was merged); napari's pan/zoom key leaves the tools (a pan
     drag then split a cell); in the transposed view (X drawn down) the tools still act."""
@@ -304,7 +305,10 @@ def test_a_pick_outlived_by_its_slice_pan_zoom_keys_and_the_transposed_view(corr
     assert widget._mode.value == MODE_OFF and layer.mode == "paint"
     layer.mode = "pan_zoom"
 
-    viewer.dims.transpose()
+    viewer.dims.transpose()  # X drawn down, Y across: a real click there, in screen order (x, y)
+    qtbot.wait(50)
     mouse.key(Qt.Key.Key_D)
-    widget.tools.click((FRAME,), mouse.inside(frame, 4))
+    mouse.click(tuple(reversed(mouse.inside(frame, 4))))
     assert not (layer.data[FRAME] == 4).any()  # deleted (it said "show the Y-X plane")
+    widget.tools.fill_holes()  # the slice shown, found in that view too
+    assert not any("show the Y-X plane" in m for m in notifications)

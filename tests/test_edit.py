@@ -337,6 +337,10 @@ def test_next_free_label_and_relabel_sequential(crowded):
     assert next_free_label(np.full((2, 2), np.iinfo(np.int32).max, np.int32)) == 1
     edit = split_object(np.where(mask == 255, 255, 0).astype(np.uint8), 255, seeds=[(1, 0), (1, 7)])
     assert edit.new_labels == (1,)  # (it said "no free object id left")
+    stack = np.zeros((2, 20, 40), np.uint8)  # one plane of a stack: the new id is free in the whole stack
+    stack[1].flat[:200] = np.arange(1, 201)
+    stack[0, 5:15, 5:35] = 255
+    assert split_object(stack[0], 255, seeds=[(10, 8), (10, 30)], ids_of=stack).new_labels == (201,)
     full = np.zeros((20, 20), np.uint8)  # every id of uint8 in use
     full.flat[:254] = np.arange(1, 255)
     full[15:] = 255

@@ -951,3 +951,22 @@ def test_following_segments_model_keeps_a_name_the_user_typed(make_napari_viewer
     tune.settings_panel._name.value = "my experiment"
     segment.select_model(resolve_model_path("cells"))
     assert tune.settings_panel.model_name == "my experiment"
+
+
+def test_folders_with_files_named_alike_both_count_and_names_with_commas_are_matched(widget, c2c12, tmp_path,
+                                                                                    notifications):
+    """Two example folders holding '001.tif' each give two examples (the twin rule is for corrected
+    slices given again); a masks layer whose name holds a comma is recognised as in the run."""
+    viewer, w = widget
+    images, labels = c2c12
+    for k, name in enumerate(("dsA", "dsB")):
+        for kind, data in (("images", images[k]), ("labels", labels[k])):
+            (tmp_path / name / kind).mkdir(parents=True)
+            tifffile.imwrite(tmp_path / name / kind / "001.tif", data)
+        w.examples_panel.add_example_folders(tmp_path / name / "images", tmp_path / name / "labels")
+    assert len(w.gather_examples()) == 2
+    image, masks = _add_pair(viewer, images, labels.copy(), name="well A1, pos 2")
+    masks.paint((0, 30, 30), 90)
+    w.corrected_panel._labels_combo.value = masks
+    assert len(w.gather_examples()) == 3
+    assert not any("are not in this run" in m for m in notifications)

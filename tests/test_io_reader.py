@@ -361,6 +361,11 @@ def test_a_tiff_of_several_series_says_only_the_first_is_read(make_napari_viewer
             tif.write(np.full((32, 40), 10 * k, np.uint8), photometric="minisblack")
     info = inspect_stack(path)
     assert info.other_series == 2 and info.shape == (32, 40)
+    thumbnail = tmp_path / "with_preview.tif"  # a reduced-resolution copy is no image of its own
+    with tifffile.TiffWriter(thumbnail) as tif:
+        tif.write(np.zeros((64, 64), np.uint16))
+        tif.write(np.zeros((8, 8), np.uint16), subfiletype=1)
+    assert inspect_stack(thumbnail).other_series == 0
     assert "the first of 3 images in the file" in info.describe()
     viewer = make_napari_viewer()
     viewer.open(path, plugin=PLUGIN)

@@ -69,7 +69,7 @@ def test_a_plane_larger_than_the_cap_is_not_kept_and_said_dropped():
     kept.keep(a, _result((0,)), 1)
     big = PlaneResult((1,), WHOLE, np.zeros((8, 8), np.int32), np.zeros((3, 9, 9), np.float32), WHOLE, "classes")
     kept.keep(a, big, 2)
-    assert [r.index for r in kept.results(a)] == [(0,)] and kept.dropped(a) == [(1,)]
+    assert [r.index for r in kept.results(a)] == [(0,)] and kept.too_large(a) == [(1,)] and kept.dropped(a) == []
 
 
 def test_masks_written_into_a_field_of_view_take_ids_above_those_around_it():

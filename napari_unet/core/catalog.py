@@ -199,7 +199,8 @@ def suggest_model_name(base: str) -> str:
     stem = (stem or "model")[:60]
     candidate = f"{stem}-tuned"
     n = 2
-    while candidate in taken:
+    # (a folder or other file of that name in the model folder is taken too: a model cannot be saved there)
+    while candidate in taken or os.path.lexists(user_models_dir() / f"{candidate}{MODEL_SUFFIX}"):
         candidate = f"{stem}-tuned-{n}"
         n += 1
     return candidate

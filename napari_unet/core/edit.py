@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -171,11 +172,6 @@ def _fits(labels: np.ndarray, value: int) -> None:
 
 
 # ---------------------------------------------------------------------- ids
-#: Free ids a split given its first new id (``new_label``) may use from it: a split has two parts,
-#: or a few when a line crosses an object several times (slivers join a neighbour).
-SPLIT_ID_RUN = 64
-
-
 def next_free_label(labels, count: int = 1) -> int:
     """The id for a new object, the first of ``count`` consecutive free ids: one above the highest
     id in use (1 for empty labels), or, when that would not fit the labels' type (8-bit masks whose
@@ -329,6 +325,7 @@ def split_object(
     line: Iterable[Sequence[float]] | None = None,
     probabilities: np.ndarray | None = None,
     new_label: int | None = None,
+    ids_of: Any = None,
 ) -> LabelEdit:
     """Split object ``label_id`` in parts, from seeds or along a line.
 
@@ -352,8 +349,11 @@ def split_object(
     probabilities : np.ndarray, optional
         Probability of "inside an object", same shape as ``labels``.
     new_label : int, optional
-        First id for the new parts (default: :func:`next_free_label` of ``labels``; give the
-        layer's when ``labels`` is one plane of a stack).
+        First id for the new parts (default: the first of as many free ids in a row as new parts,
+        :func:`next_free_label`, of ``ids_of``).
+    ids_of : array-like, optional
+        The labels whose ids the new parts must not take: the whole stack when ``labels`` is one
+        plane of it (default ``labels``).
 
     Returns
     -------
@@ -391,9 +391,10 @@ def split_object(
     n_parts = int(parts.max())
     sizes = np.bincount(parts.ravel(), minlength=n_parts + 1)[1:]
     order = np.argsort(-sizes, kind="stable") + 1  # largest part first: it keeps the id
-    first = next_free_label(labels, n_parts - 1) if new_label is None else _check_id(new_label)
-    if new_label is not None and n_parts - 1 > SPLIT_ID_RUN:
-        raise ValueError(f"The split makes {n_parts} parts, more than one split may: draw a shorter line.")
+    if new_label is not None:
+        first = _check_id(new_label)
+    else:  # free over ``ids_of`` (the whole stack ``labels`` is a plane of), n_parts - 1 of them in a row
+        first = next_free_label(labels if ids_of is None else ids_of, n_parts - 1)
     _fits(labels, first + n_parts - 2)
     new_ids = tuple(range(first, first + n_parts - 1))
     values = labels[box].copy()

@@ -523,6 +523,7 @@ class PackagedNetwork(nn.Module):
                     if kind != "onnx" or not others:
                         raise
                     log.warning("%s; its %s weights are used instead.", str(exc).rstrip("."), others[0])
+                    self.formats = others  # (said once: the next batches and runs go to them directly)
                     kind = others[0]
                     if kind not in self._backends:
                         self._backends[kind] = self._load(kind)

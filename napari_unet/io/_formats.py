@@ -264,9 +264,10 @@ def _open_tiff(p: Path) -> _Opened:
             raise StackReadError(f"cannot read '{p.name}': corrupt or truncated TIFF ({e})") from e
         try:
             series = tif.series[0] if tif.series else None
-            if len(tif.series) > 1:
+            others = sum(not _reduced(other) for other in tif.series[1:])  # (previews are no images of their own)
+            if others:
                 log.warning("'%s' holds %d image series (positions, or planes written one by one); the first "
-                            "one, %s, is read.", p.name, len(tif.series), "x".join(map(str, tif.series[0].shape)))
+                            "one, %s, is read.", p.name, others + 1, "x".join(map(str, tif.series[0].shape)))
         except Exception:
             tif.close()
             raise
@@ -305,7 +306,7 @@ def _open_tiff(p: Path) -> _Opened:
         info = StackInfo(
             path=str(p), name=stack_name(p), format=fmt, shape=shape, dtype=np.dtype(series.dtype),
             axes=axes, scale=scale, channel_names=names, n_levels=n_levels, axes_from_file=known,
-            other_series=len(tif.series) - 1,
+            other_series=others,
         )
     finally:
         tif.close()  # metadata is all we need now; pixels are read by load() / lazy()
@@ -353,6 +354,15 @@ class _TiffWarnings(logging.Handler):
 
     def __exit__(self, *exc: object) -> None:
         logging.getLogger("tifffile").removeHandler(self)
+
+
+def _reduced(series: Any) -> bool:
+    """Whether a TIFF series is a reduced-resolution copy of another (a thumbnail or preview page:
+    its first page's NewSubfileType says so), not an image of its own."""
+    try:
+        return bool(series.pages[0].is_reduced)
+    except (AttributeError, IndexError, TypeError):
+        return False
 
 
 def _check_tiff_complete(p: Path, tif: Any, series: Any, size: int) -> None:

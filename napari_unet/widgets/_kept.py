@@ -46,6 +46,7 @@ class _Record:
     results: dict[Key, Any] = field(default_factory=dict)  # (index, region) -> PlaneResult
     written: dict[Key, int] = field(default_factory=dict)  # (index, region) -> checksum of it as written
     dropped: set[Plane] = field(default_factory=set)
+    too_large: set[Plane] = field(default_factory=set)  # planes whose probabilities alone exceed the cap
     three_d: bool = False
 
 
@@ -90,8 +91,10 @@ class KeptResults:
             record.written.pop(old, None)
             self._order.pop((key, old), None)
         if result.probabilities.nbytes > self.cap_bytes:  # one plane beyond the cap (a whole slide): not kept
-            record.dropped.add(new[0])
+            record.too_large.add(new[0])
+            record.dropped.discard(new[0])
             return
+        record.too_large.discard(new[0])
         record.results[new] = result
         record.written[new] = checksum
         record.dropped.discard(new[0])
@@ -155,6 +158,11 @@ class KeptResults:
         not kept)."""
         record = self._record(layer)
         return None if record is None else record.written.get(_key(result))
+
+    def too_large(self, layer: Any) -> list[Plane]:
+        """Planes of ``layer`` whose probabilities alone exceed the cap (never kept), sorted."""
+        record = self._record(layer)
+        return [] if record is None else sorted(record.too_large)
 
     def dropped(self, layer: Any) -> list[Plane]:
         """Planes of ``layer`` whose probabilities were dropped for the memory cap, sorted."""

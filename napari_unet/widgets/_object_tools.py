@@ -310,8 +310,7 @@ class ObjectTools:
         labels = plane_of(self.layer, plane)
         box = core_edit.bounding_box(labels == label)
         probabilities = object_probabilities(self._viewer, self.layer, plane, box) if box else None
-        first = core_edit.next_free_label(self.layer.data, core_edit.SPLIT_ID_RUN)  # (free in the whole layer)
-        edit = core_edit.split_object(labels, label, probabilities=probabilities, new_label=first, **how)
+        edit = core_edit.split_object(labels, label, probabilities=probabilities, ids_of=self.layer.data, **how)
         message = self._apply(plane, edit)
         return message + (" (on the kept probabilities)" if probabilities is not None else "")
 

@@ -111,8 +111,11 @@ class FinetuneWidget(Container):
             Missing layers, shape mismatches, labels that are not integers, no examples,
             or only background.
         """
-        given = self.corrected_panel.examples() + self.examples_panel.examples()
-        examples = list({ex.source: ex for ex in reversed(given)}.values())[::-1]  # a slice given twice counts once
+        corrected = self.corrected_panel.examples()
+        # the corrected slices given again under More examples (their layer pair added) count once;
+        # the extra sources among themselves are not compared (two folders may hold files named alike)
+        known = {ex.source for ex in corrected}
+        examples = corrected + [ex for ex in self.examples_panel.examples() if ex.source not in known]
         check_examples(examples)
         self._say_corrections_left_out(examples)
         return examples
@@ -123,10 +126,12 @@ class FinetuneWidget(Container):
         Corrected slices and the extra examples only."""
         from napari.layers import Labels
 
-        used = {ex.source.split(",")[0] for ex in examples}
+        def used(name: str) -> bool:  # (sources read "'name'" or "'name', slice 3"; names may hold commas)
+            return any(ex.source == repr(name) or ex.source.startswith(f"{name!r}, ") for ex in examples)
+
         left = [layer.name for layer in self._viewer.layers if isinstance(layer, Labels)
                 and (tracker := CorrectedSlices.existing(layer)) is not None and tracker.planes
-                and repr(layer.name) not in used]
+                and not used(layer.name)]
         if left:
             names = ", ".join(repr(n) for n in left)
             notify_warning(f"The slices you corrected in {names} are not in this run: Fine-tune learns from the masks "

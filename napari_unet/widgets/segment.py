@@ -782,6 +782,12 @@ class SegmentWidget(Container):
             notify_info(f"Left {_plural(len(edited), 'slice')} you edited as they are "
                         f"({', '.join(format_plane(r.index) for r in edited[:5])}); segment them again with "
                         "'Overwrite slices I corrected' ticked for masks made with the new values.")
+        too_large = self._kept.too_large(masks)
+        if too_large:
+            notify_info(f"{_plural(len(too_large), 'slice').capitalize()} ({', '.join(format_plane(p) for p in too_large[:5])}"
+                        f"{' …' if len(too_large) > 5 else ''}) keep their masks: their probabilities are larger "
+                        f"than the {PROBABILITY_CACHE_BYTES // 2**20} MB kept for re-thresholding; segment again "
+                        "for the new values.")
         dropped = self._kept.dropped(masks)
         if dropped:
             notify_info(f"The new values apply to the {len(cached)} slices segmented last; "
