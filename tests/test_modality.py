@@ -174,3 +174,18 @@ def test_a_large_plane_is_told_at_its_own_pixel_size(data_dir):
     assert sample_plane(mosaic).shape == (1024, 1024) and whole.kind == part.kind == "fluorescence"
     assert whole.bright_spread == pytest.approx(part.bright_spread, rel=0.05)
     assert image_modality(mosaic[::8, ::8]).bright_spread < 0.5 * part.bright_spread  # (the old sampling)
+
+
+def test_a_large_plane_whose_middle_is_empty_is_told_by_a_quarter(data_dir):
+    """Phase-contrast fields around an empty middle (glass: flat grey and camera noise) of a 6000 px
+    plane: the middle alone tells nothing (a flat plane says fluorescence); a quarter's middle, with
+    far more structure, is looked at instead."""
+    from napari_unet.core.modality import central_window
+
+    tile = tifffile.imread(data_dir / "usiigaci_phase" / "images.tif")[0][:1000, :1000]
+    big = np.tile(tile, (6, 6))
+    middle = central_window(big.shape)
+    noise = np.random.default_rng(0).normal(0, 2, big[middle].shape)
+    big[middle] = np.clip(np.median(tile) + noise, 0, None).astype(big.dtype)
+    assert image_modality(big[middle]).kind == "fluorescence"
+    assert image_modality(big).kind == "transmitted" and propose_model(big) == "cells"

@@ -110,17 +110,41 @@ def _grey(plane: np.ndarray) -> tuple[np.ndarray, bool]:
     return np.asarray(sample_plane(a), dtype=np.float32), colour
 
 
-def central_window(shape: tuple[int, ...]) -> tuple[slice, slice]:
-    """The rows and columns of a plane of ``shape`` (H, W, ...) that tell its kind: all of it, or its
-    central ``MAX_SIDE * MAX_STEP`` pixels a side (see :data:`MAX_STEP`)."""
+def central_window(shape: tuple[int, ...], at: tuple[float, float] = (0.5, 0.5)) -> tuple[slice, slice]:
+    """The rows and columns of a plane of ``shape`` (H, W, ...) that tell its kind: all of it, or
+    ``MAX_SIDE * MAX_STEP`` pixels a side (see :data:`MAX_STEP`) centred at the fractions ``at`` of its
+    height and width (the middle by default)."""
     span = MAX_SIDE * MAX_STEP
-    return tuple(slice(max(0, (n - span) // 2), max(0, (n - span) // 2) + span) for n in shape[:2])
+    out = []
+    for n, f in zip(shape[:2], at, strict=True):
+        start = min(max(0, int(n * f) - span // 2), max(0, n - span))
+        out.append(slice(start, start + span))
+    return tuple(out)
+
+
+#: Where a plane larger than a window is looked at: its middle, or the middle of one of its quarters
+#: when that holds far more structure (:data:`EMPTY_MIDDLE`).
+QUARTER_CENTRES = ((0.25, 0.25), (0.25, 0.75), (0.75, 0.25), (0.75, 0.75))
+#: ... "far more": this many times the spread of grey values of the middle (empty glass, background).
+EMPTY_MIDDLE = 3.0
 
 
 def sample_plane(a: np.ndarray) -> np.ndarray:
-    """``a`` (H, W, ...) reduced to at most :data:`MAX_SIDE` pixels a side: every n-th row and column
-    of its :func:`central_window`, n at most :data:`MAX_STEP`."""
-    a = a[central_window(a.shape)]
+    """``a`` (H, W, ...) reduced to at most :data:`MAX_SIDE` pixels a side: every n-th row and column,
+    n at most :data:`MAX_STEP`, of all of it or of its :func:`central_window`, or (an array in memory)
+    of a quarter's middle whose grey values spread :data:`EMPTY_MIDDLE` times as far: a slide whose
+    middle is empty glass or background is told by its tissue."""
+    window = central_window(a.shape)
+
+    def structure(w: tuple[slice, slice]) -> float:
+        return float(np.std(np.asarray(a[w][::8, ::8], dtype=np.float32)))
+
+    if isinstance(a, np.ndarray) and window != central_window(a.shape, QUARTER_CENTRES[0]):
+        middle = structure(window)
+        best = max((central_window(a.shape, at) for at in QUARTER_CENTRES), key=structure)
+        if structure(best) > EMPTY_MIDDLE * middle:
+            window = best
+    a = a[window]
     step = max(1, int(np.ceil(max(a.shape[:2]) / MAX_SIDE)))
     return a[::step, ::step]
 

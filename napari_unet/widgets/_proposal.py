@@ -31,7 +31,9 @@ def shown_plane(viewer: Any, layer: Any) -> np.ndarray:
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
     rgb = bool(getattr(layer, "rgb", False))
     plane_shape = tuple(data.shape[data.ndim - (3 if rgb else 2):])
-    plane = read_plane(data, index, central_window(plane_shape))
+    # a plane in memory is handed whole (its quarters are looked at when its middle is empty); of a lazy
+    # one only the middle is read
+    plane = read_plane(data, index, None if isinstance(data, np.ndarray) else central_window(plane_shape))
     return fill_missing(sample_plane(plane))[0]  # NaN, the black border of a mosaic: no data
 
 
