@@ -438,6 +438,7 @@ def test_field_of_view_writes_inside_the_view(widget, qtbot, c2c12_stack):
     image = viewer.add_image(plane, name="plane")
     masks = viewer.add_labels(np.zeros(plane.shape, np.int32), name=masks_layer_name("plane"))
     masks.data[:5, :5] = 3  # outside the view: must stay
+    w._overwrite.value = True  # (labels napari-unet did not make are kept as the user's, unless ticked)
     # zoom in on the centre, as a user would, and let napari draw
     from napari_unet.widgets._base import viewer_camera
 
@@ -1117,3 +1118,18 @@ def test_bright_debris_is_clipped_and_said_once(widget, qtbot, data_dir, notific
     from napari_unet.core.metrics import average_precision
 
     assert average_precision(truth, np.asarray(masks.data[0])) > 0.8
+
+
+def test_labels_napari_unet_did_not_make_are_kept_as_the_users(widget, qtbot, c2c12_stack, notifications):
+    """A Labels layer named as masks that napari-unet neither made nor saved (brought from another tool,
+    painted in a new layer): its slices holding labels are the user's and no run replaces them unasked
+    (a whole-stack run replaced them, with no word and no undo)."""
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack, name="c2c12")
+    theirs = np.zeros(c2c12_stack.shape, np.int32)
+    theirs[1, 10:20, 10:20] = 50
+    masks = viewer.add_labels(theirs.copy(), name=masks_layer_name("c2c12"))
+    _segment(w, qtbot, image, SCOPE_STACK)
+    np.testing.assert_array_equal(masks.data[1], theirs[1])
+    assert masks.data[0].any() and masks.data[2].any()  # the others were segmented
+    assert any("holds labels napari-unet did not make (slice 1)" in m for m in notifications)

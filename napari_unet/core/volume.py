@@ -456,7 +456,7 @@ def iter_segment_volume(
         yield VolumeNote("The voxel size is unknown: isotropic voxels (dz = dy = dx) were assumed. The planes "
                          "of most z-stacks are 2-5x further apart than their pixels: give the voxel size "
                          "(z, y, x), else the 3D objects may come out cut or merged (planes 3x apart taken "
-                         "for isotropic: 3D AP@0.5 0.45 instead of 0.51 on synthetic nuclei).")
+                         "for isotropic: 3D AP@0.5 0.45 on synthetic nuclei, 0.51 with the voxel size given).")
     dz, _dy, dx = spacing_t
     anisotropy = dz / dx
     if mode == "stitch":

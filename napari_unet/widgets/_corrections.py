@@ -154,6 +154,9 @@ class CorrectedSlices:
         self._said_spanning = False
         self._attached = False
         self._unwatch_replay: Callable[[], None] | None = None
+        #: the layer came with a list of corrected slices (made or saved by napari-unet): its other labels
+        #: are the model's; without one, labels in it are someone's own (see _masks.masks_layer_for)
+        self.came_with_list = CORRECTED_KEY in (layer.metadata or {})
         # normalise whatever is stored (lists from a reader, tuples, ...)
         self._write(planes_in_metadata(layer.metadata))
         self._mark_earlier_edits(layer)

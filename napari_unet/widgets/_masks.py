@@ -134,7 +134,10 @@ def masks_layer_for(viewer: Any, image: Any) -> "napari.layers.Labels":
                 f"A layer named {name!r} exists but is not a Labels layer of shape {tuple(shape)}; "
                 "rename or remove it."
             )
+        taken_before = unwrap_proxy(layer) in _OWNERS
         check_masks_of(viewer, layer, image)
+        if not taken_before:
+            _keep_labels_of_someone(layer)
     else:
         n = len(shape)
         # napari creates the layer, lays out its controls and draws it (compiling shaders) in
@@ -156,6 +159,26 @@ def masks_layer_for(viewer: Any, image: Any) -> "napari.layers.Labels":
         QTimer.singleShot(30, lambda: _select_then_show(viewer, layer))
     CorrectedSlices.for_layer(layer)  # from now on, brush/fill/erase edits mark slices corrected
     return layer
+
+
+def _keep_labels_of_someone(layer: Any) -> None:
+    """A Labels layer named as masks that napari-unet neither made nor saved (labels painted in a new
+    layer, brought from another tool, the console): the slices holding labels are someone's own work,
+    marked corrected so that no run replaces them unasked (one did, whole). A layer that came with
+    its list of corrected slices (made or saved by napari-unet) is left as it says."""
+    from ._base import notify_info
+
+    tracker = CorrectedSlices.for_layer(layer)
+    data = layer.data
+    if tracker.came_with_list or not isinstance(data, np.ndarray):
+        return
+    n_lead = data.ndim - 2
+    known = set(tracker.planes)
+    held = [idx for idx in np.ndindex(*data.shape[:n_lead]) if idx not in known and data[idx].any()]
+    if held:
+        tracker.update(held)
+        notify_info(f"{layer.name!r} holds labels napari-unet did not make ({_planes_text(held)}): kept as your "
+                    "corrections (tick 'Overwrite slices I corrected' to segment them anyway).")
 
 
 def ready_for_writing(layer: Any) -> None:
