@@ -1133,3 +1133,69 @@ def test_labels_napari_unet_did_not_make_are_kept_as_the_users(widget, qtbot, c2
     np.testing.assert_array_equal(masks.data[1], theirs[1])
     assert masks.data[0].any() and masks.data[2].any()  # the others were segmented
     assert any("holds labels napari-unet did not make (slice 1)" in m for m in notifications)
+
+
+def test_flipped_read_only_replaced_or_misnamed_layers_get_clear_answers(widget, qtbot, c2c12_stack, notifications,
+                                                                         tmp_path):
+    """A flipped layer (negative scale) has pixels of the same size; read-only labels are refused before
+    the run (a traceback in the Qt slot, then "Done"); masks whose data was replaced by a smaller array
+    re-threshold what still fits (an IndexError); the diameter button on a layer that is no Labels layer
+    says so (an AttributeError), and on a multiscale one reads its full resolution (half the size)."""
+    from napari_unet.widgets._diameter import pixel_size_um
+    from napari_unet.widgets._segment3d import voxel_size
+
+    viewer, w = widget
+    flipped = viewer.add_image(c2c12_stack, name="flipped", scale=(-2.0, 0.5, -0.5), units=("um", "um", "um"))
+    assert pixel_size_um(flipped) == 0.5 and voxel_size(flipped, 0) == (2.0, 0.5, 0.5)
+    viewer.layers.remove(flipped)
+    viewer.dims.set_current_step(0, 0)
+
+    image = viewer.add_image(c2c12_stack, name="ro")
+    frozen = np.zeros(c2c12_stack.shape, np.int32)
+    frozen.flags.writeable = False
+    viewer.add_labels(frozen, name=masks_layer_name("ro"))
+    _segment(w, qtbot, image)
+    assert any("are read-only" in m for m in notifications) and w._status.value.startswith("Not started")
+
+    image = viewer.add_image(c2c12_stack, name="c2c12")
+    _segment(w, qtbot, image, SCOPE_STACK)
+    masks = viewer.layers[masks_layer_name("c2c12")]
+    masks.data = np.zeros((2, 96, 96), np.int32)  # replaced by the user (or a script): 2 of the 4 planes
+    w._min_size.value = 5
+    _wait(qtbot, w)  # (re-thresholds the planes that still fit, raising nothing)
+    assert masks.data.shape == (2, 96, 96)
+
+    viewer.layers.remove(masks)
+    viewer.add_points(name=masks_layer_name("c2c12"))  # a layer of another kind under the masks' name
+    w._image_combo.value = image
+    viewer.layers.selection.active = image
+    w.diameter_from_selected_label()
+    assert "in a Labels layer" in notifications[-1]
+    viewer.layers.remove(masks_layer_name("c2c12"))
+    cell = np.zeros((96, 96), np.int32)
+    cell[10:30, 10:30] = 7
+    pyramid = viewer.add_labels([cell, cell[::2, ::2]], name=masks_layer_name("c2c12"), multiscale=True)
+    pyramid.selected_label = 7
+    viewer.layers.selection.active = image
+    w.diameter_from_selected_label()
+    assert float(w._sizing.field.value) == pytest.approx(22.6, abs=0.1)
+
+
+def test_a_model_deleted_behind_segments_back_is_said_when_the_lists_are_made_again(widget, tiny_model_path,
+                                                                                   notifications):
+    """Any layer event makes the lists again: a chosen model whose file is gone is replaced by the one
+    proposed for the image, and a notification says so (the list's first was taken silently)."""
+    import shutil
+
+    from napari_unet.core.catalog import user_model_path
+
+    viewer, w = widget
+    mine = user_model_path("mine")
+    mine.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(tiny_model_path, mine)
+    w.reset_choices()
+    w.select_model(mine)
+    mine.unlink()
+    viewer.add_points(name="anything")  # a layer event
+    assert w._model_combo.value != str(mine)
+    assert any("The model 'mine' is gone; now using" in m for m in notifications)

@@ -21,7 +21,7 @@ def pixel_size_um(layer: Any) -> float | None:
     a scale without a length unit counts as micrometres; None for an uncalibrated layer."""
     from napari_unet.io._units import in_unit
 
-    scale = float(layer.scale[-1])
+    scale = abs(float(layer.scale[-1]))  # (a flipped layer's scale is negative: its pixels are as large)
     units = getattr(layer, "units", None)
     micrometres = in_unit(scale, units[-1]) if units else None
     if micrometres is not None:
@@ -80,13 +80,16 @@ class DiameterControls:
     def from_selected_label(self, viewer: Any, masks: Any) -> None:
         """Fill the field with the equivalent diameter of ``masks``' selected label (in the slice
         shown): one well-drawn cell tells the size of the others."""
+        from napari.layers import Labels
+
         from napari_unet.core.scale import median_diameter
 
-        if masks is None:
-            notify_warning("Segment or draw a cell first: its label gives the diameter.")
+        if masks is None or not isinstance(masks, Labels):  # (a layer of another kind named as the masks)
+            notify_warning("Segment or draw a cell first (in a Labels layer): its label gives the diameter.")
             return
         index = current_plane_index(viewer, masks)
-        plane = np.asarray(masks.data[index] if index else masks.data)
+        data = masks.data[0] if getattr(masks, "multiscale", False) else masks.data  # full resolution, not the coarsest
+        plane = np.asarray(data[index] if index else data)
         selected = int(masks.selected_label)
         if selected == 0:
             notify_warning("The label selected is the background (0): pick a cell with the color picker first.")

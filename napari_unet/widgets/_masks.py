@@ -201,6 +201,9 @@ def ready_for_writing(layer: Any) -> None:
         raise ValueError(f"The layer {layer.name!r} is not held in memory (read lazily from its file), so nothing "
                          "can be written into it: open it in memory (Load stack, Loading: in memory), or rename or "
                          "remove it.")
+    if not layer.data.flags.writeable:  # (a read-only memory map: writing raised inside the Qt slot, then "Done")
+        raise ValueError(f"The labels of {layer.name!r} are read-only (a file mapped read-only), so nothing can be "
+                         "written into them: rename or remove the layer, and segment again into a new masks layer.")
     dtype = np.dtype(layer.data.dtype)
     if dtype.kind in "iu" and np.iinfo(dtype).max >= np.iinfo(np.int32).max:
         return

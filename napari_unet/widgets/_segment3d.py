@@ -133,7 +133,7 @@ def voxel_size(layer: Any, z_axis: int) -> tuple[float, float, float] | None:
     one unit per axis), else as they are; None when it holds no calibration (all ones, no units) or
     only some of the three axes have a length."""
     axes = (z_axis, layer.ndim - 2, layer.ndim - 1)
-    scale = [float(layer.scale[a]) for a in axes]
+    scale = [abs(float(layer.scale[a])) for a in axes]  # (flipped axes have negative scales)
     from napari_unet.io._units import in_unit
 
     units = getattr(layer, "units", None)

@@ -203,19 +203,26 @@ class SegmentWidget(Container):
         model is gone, the model proposed for the image is chosen again (not the list's first), and
         the status says so."""
         before = self._model_combo.value
-        gone = bool(before) and before not in [value for _label, value in self._model_choices()]
         self._model_combo.reset_choices()
-        if not gone:
+        self._after_model_gone(before)
+
+    def _after_model_gone(self, before: str | None) -> None:
+        """When the model chosen (``before`` the lists were made again) is gone: the proposed one instead
+        (not the list's first), and the status says so."""
+        if not before or before in [value for _label, value in self._model_choices()]:
             return
         self._proposal.user_chose = False  # the list's fallback is nobody's choice
         self._proposal.refresh()
         now = self._model_combo.value
         self._status.value = (f"The model {Path(before).stem!r} is gone; "
                               f"{'now using ' + repr(Path(now).stem) if now else 'no model left'}.")
+        notify_warning(self._status.value)  # (the status line is soon another run's)
 
     def reset_choices(self, *_args) -> None:
+        before = self._model_combo.value
         super().reset_choices()
         self._three_d.refresh()
+        self._after_model_gone(before)  # (every layer event resets the lists: a deleted model is said here too)
 
     def _ask_model_file(self, *_args) -> None:
         from qtpy.QtWidgets import QFileDialog
@@ -775,7 +782,7 @@ class SegmentWidget(Container):
         # corrected slices keep the user's masks ('Overwrite slices I corrected' is for the runs the
         # user starts), and so does a plane edited since it was segmented (then unmarked as corrected)
         protected = corrected_planes(masks)
-        cached = [r for r in self._kept.results(masks) if r.index not in protected]
+        cached = [r for r in self._kept.results(masks) if r.index not in protected and _still_fits(masks, r)]
         edited = [r for r in cached if self._kept.written(masks, r) != _checksum(masks, r)]
         if edited:
             cached = [r for r in cached if all(r is not e for e in edited)]
@@ -805,6 +812,15 @@ class SegmentWidget(Container):
         generator = iter_rethreshold(cached, float(self._threshold.value), int(self._min_size.value))
         self._run_layers = (None, masks)  # no image needed: only the masks are written
         self._start(generator, "Applying threshold", rethreshold=True, masks=masks)
+
+
+def _still_fits(masks: Any, result: Any) -> bool:
+    """Whether a kept result's plane and region are still in ``masks`` (whose data may have been
+    replaced by an array of another shape since: re-thresholding it raised an IndexError)."""
+    shape = tuple(masks.data.shape)
+    if len(result.index) != len(shape) - 2 or not all(0 <= i < n for i, n in zip(result.index, shape[:-2], strict=True)):
+        return False
+    return all(s.stop is None or s.stop <= n for s, n in zip(result.region, shape[-2:], strict=True))
 
 
 def _checksum(masks: Any, result: Any) -> int:
