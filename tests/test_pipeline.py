@@ -121,3 +121,20 @@ def test_read_plane_reads_a_window_of_a_lazy_stack(fields):
     window = (slice(3, 9), slice(100, 104))
     np.testing.assert_array_equal(read_plane(lazy, (1,), window), fields[1, 3:9, 100:104])
     assert stack_layout(lazy.shape).indices() == [(0,), (1,), (2,), (3,)]
+
+
+def test_float64_images_beyond_float32s_range_segment_as_the_same_image(dsb_fluo_crop):
+    """A float64 image of values near 1e40 or 1e-100 (a detector in physical units, a computed map)
+    segments as the same image scaled to ordinary values (it became inf or 0 in float32: "camera noise
+    alone", nothing found)."""
+    from napari_unet.core import load_model, segment
+    from napari_unet.core.metrics import average_precision
+    from napari_unet.core.stack import in_float32_range
+
+    image = dsb_fluo_crop[0].astype(np.float64)
+    model = load_model("nuclei")
+    plain = segment(model, image, diameter="native")
+    assert plain.max() > 3
+    for factor in (1e40, 1e-100):
+        assert np.isfinite(in_float32_range(image * factor).astype(np.float32)).all()
+        assert average_precision(plain, segment(model, image * factor, diameter="native")) > 0.95

@@ -145,7 +145,25 @@ def read_filled_plane(image: Any, index: tuple[int, ...] = (), window: Window | 
     is measured on it."""
     plane = read_plane(image, index, window)
     check_finite(plane, f" (plane {index})" if index else "")
-    return fill_missing(plane)
+    return fill_missing(in_float32_range(plane))
+
+
+#: float64 planes whose largest magnitude lies beyond this (or under its inverse) are scaled into it:
+#: the pipeline works in float32 (up to 3.4e38, down to 1.2e-38), where they became inf or 0.
+FLOAT32_SAFE = 1e30
+
+
+def in_float32_range(plane: np.ndarray) -> np.ndarray:
+    """``plane``, or a float64 plane scaled by its largest magnitude when that lies beyond float32's
+    range (values of 1e40 or 1e-100 read as infinity or zero: "camera noise alone"). Percentile
+    normalisation makes the scale no matter."""
+    if plane.dtype != np.float64 or plane.size == 0:
+        return plane
+    finite = np.abs(plane[np.isfinite(plane)])
+    top = float(finite.max()) if finite.size else 0.0
+    if top == 0.0 or 1 / FLOAT32_SAFE <= top <= FLOAT32_SAFE:
+        return plane
+    return plane / top
 
 
 def check_finite(plane: np.ndarray, where: str = "") -> None:
