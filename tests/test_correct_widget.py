@@ -215,6 +215,8 @@ def test_save_masks_writes_the_tiff_and_its_corrected_list(correcting, tmp_path,
     (image,) = viewer.open(data_dir / "c2c12_timelapse" / "images.tif", plugin="napari-unet")
     image.name = "c2c12"
     assert default_masks_path(viewer, layer) == data_dir / "c2c12_timelapse" / "c2c12 masks.tif"
+    layer.name = "img [DAPI] masks"  # a channel's masks keep their name, so that they pair again when reopened
+    assert default_masks_path(viewer, layer).name == "img [DAPI] masks.tif"
 
 
 def test_tools_never_edit_a_plane_that_is_not_shown(make_napari_viewer, canvas_mouse, c2c12_masks, data_dir,

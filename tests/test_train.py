@@ -368,3 +368,20 @@ def test_plain_mistakes_of_a_script_get_messages_that_say_what_to_do(dsb_fluo_cr
         save_model(finetune(model, [image], [labels], steps=1), tmp_path / "m.pt")
     with pytest.raises(ValueError, match=r"val_fraction must be in \[0, 1\), got -0.5"):
         run_finetune(model, [image], [labels], steps=1, val_fraction=-0.5)
+
+
+def test_an_rgb_fluorescence_merge_trains_on_the_colour_prediction_segments(dsb_fluo_crop):
+    """Nuclei in blue, a cytoplasm ring in green: prediction segments the blue colour alone, and so do
+    the training examples of a 1-channel model (they were the mean of the colours)."""
+    from scipy import ndimage as ndi
+
+    from napari_unet.core.examples import prepare_examples
+
+    image, labels = dsb_fluo_crop
+    nuclei = image.astype(np.float32)
+    ring = ndi.grey_dilation(nuclei, size=9) - nuclei
+    merge = np.stack([np.zeros_like(nuclei), ring, nuclei], -1).clip(0, 255).astype(np.uint8)
+    model = _tiny()
+    (from_merge,) = prepare_examples(model, [merge], [labels])
+    (from_blue,) = prepare_examples(model, [merge[..., 2]], [labels])
+    np.testing.assert_allclose(from_merge.image, from_blue.image)

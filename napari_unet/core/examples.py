@@ -71,6 +71,19 @@ def _as_list(images: Any, labels: Any) -> tuple[list, list]:
     return list(images), list(labels)
 
 
+def _colour_segmented(model: SegmentationModel, img: np.ndarray) -> np.ndarray:
+    """The colour of an RGB fluorescence merge that prediction segments (its nuclear colour, see
+    :func:`~napari_unet.core.channels.nuclear_colour`) for a 1-channel model, else ``img``: a model
+    fine-tuned on the mean of the colours (nuclei and cytoplasm) was then given the nuclear colour alone."""
+    if model.in_channels != 1 or img.ndim != 3 or img.shape[-1] not in (3, 4):
+        return img
+    from .channels import nuclear_colour
+
+    filled = np.nan_to_num(img[..., :3]) if np.issubdtype(img.dtype, np.floating) else img
+    colour = nuclear_colour(filled)
+    return img if colour is None else img[..., colour]
+
+
 def prepare_examples(
     model: SegmentationModel, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], what: str = "training"
 ) -> list[TrainingExample]:
@@ -112,6 +125,7 @@ def prepare_examples(
         # pixels without data filled (NaN, a mosaic's black border; nothing is learnt there), hot
         # pixels set to their neighbours' level before the rescale blurs them and a few objects far
         # brighter than the labelled ones clipped, as for prediction
+        img = _colour_segmented(model, img)
         img, missing = fill_missing(img)
         img = without_camera_artefacts(img)
         if (level := bright_outliers_level(img, lab)) is not None:  # clipped as prediction clips them

@@ -200,5 +200,6 @@ def default_masks_path(viewer: Any, layer: Any) -> Path:
         source = source or (meta.get("path") if isinstance(meta, dict) else None)
         if source and Path(source).parent.is_dir():
             folder = Path(source).parent
-    safe = "".join(c if c.isalnum() or c in " ._-" else "_" for c in layer.name).strip() or "masks"
+    # (brackets and parentheses kept: "img [DAPI] masks" must open again as the masks of "img [DAPI]")
+    safe = "".join(c if c.isalnum() or c in " ._-[]()" else "_" for c in layer.name).strip() or "masks"
     return folder / f"{safe}.tif"
