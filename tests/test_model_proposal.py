@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
+
+import numpy as np
 
 from napari_unet.io import load_sample
 from napari_unet.widgets.segment import SegmentWidget
@@ -37,3 +40,28 @@ def test_model_follows_the_image_until_the_user_chooses(make_napari_viewer):
     w._image_combo.value = viewer.layers["fluo"]
     assert _stem(w._model_combo.value) == "cells"
     assert "Proposed 'nuclei-fluo'" in w._model_hint.value
+
+
+def test_the_proposal_follows_the_plane_the_slider_rests_on(make_napari_viewer, qtbot, data_dir):
+    """A (C, Y, X) stack of phase contrast and DAPI is two kinds of image: when the slider rests on the
+    DAPI plane the proposal is for fluorescence (it stayed with the plane shown when the image was picked)."""
+    import tifffile
+    from skimage.io import imread
+
+    phase = tifffile.imread(data_dir / "usiigaci_phase" / "images.tif")[0, :256, :256].astype(np.float32)
+    phase = ((phase - phase.min()) / np.ptp(phase) * 255).astype(np.uint8)
+    with open(data_dir / "dsb2018" / "manifest.csv") as fh:
+        row = next(r for r in csv.DictReader(fh) if r["kind"] == "grey_dark" and int(r["height"]) >= 256
+                   and int(r["width"]) >= 256)
+    dapi = imread(data_dir / "dsb2018" / "images" / f"{row['id']}.png")
+    dapi = (dapi[..., :3].mean(-1) if dapi.ndim == 3 else dapi)[:256, :256].astype(np.uint8)
+    viewer = make_napari_viewer()
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    stack = viewer.add_image(np.stack([phase, dapi]), name="cyx")
+    viewer.dims.set_current_step(0, 0)
+    w.reset_choices()
+    w._image_combo.value = stack
+    qtbot.waitUntil(lambda: w._proposal.kind == "transmitted", timeout=5_000)
+    viewer.dims.set_current_step(0, 1)
+    qtbot.waitUntil(lambda: w._proposal.kind == "fluorescence", timeout=5_000)
+    assert "nuclei-fluo" in str(w._model_combo.value)

@@ -83,6 +83,8 @@ SCOPE_STACK = "Whole stack"
 NO_CHANNEL_AXIS = "none"
 #: ``kind`` of :meth:`SegmentWidget._apply_model_postprocessing` when the proposal's look at the plane decides.
 _PROPOSED = object()
+#: The proposal looks at the plane shown once the dims slider has rested this long (milliseconds).
+SLIDER_REST_MS = 300
 #: Probability maps kept for re-thresholding (float16), at most this many bytes.
 PROBABILITY_CACHE_BYTES = 512 * 2**20
 
@@ -169,6 +171,15 @@ class SegmentWidget(Container):
         viewer.layers.events.renamed.connect(self.reset_choices)  # the lists show the new name
         viewer.layers.events.removed.connect(self._on_layer_removed)
         viewer.layers.events.moved.connect(self.reset_choices)
+        # the plane shown decides the proposal too: a (C, Y, X) stack of phase contrast and DAPI is two
+        # kinds; told once the slider rests (tens of milliseconds each)
+        from qtpy.QtCore import QTimer
+
+        self._slider_rest = QTimer(self.native)
+        self._slider_rest.setSingleShot(True)
+        self._slider_rest.setInterval(SLIDER_REST_MS)
+        self._slider_rest.timeout.connect(self._on_plane_shown)
+        viewer.dims.events.current_step.connect(lambda *_: self._slider_rest.start())
         self._show_device()
         self._on_model_changed()
         self._proposal.refresh()
@@ -272,6 +283,17 @@ class SegmentWidget(Container):
         finetune = get_widget(self._viewer, "finetune")
         if finetune is not None:
             finetune.settings_panel.follow(self._model_combo.value)
+
+    def _on_plane_shown(self) -> None:
+        """The slider rests on another plane of a stack: the proposal looks at it (not during a run,
+        whose model is taken); the kind's own Threshold and Min. size follow when it changes."""
+        image = self._image_combo.value
+        if not qt_alive(self) or image is None or image.ndim - (3 if image.rgb else 2) < 1 or self._worker is not None:
+            return
+        before = self._proposal.kind
+        self._proposal.refresh()
+        if self._proposal.kind != before:
+            self._on_image_kind()
 
     def _on_image_kind(self, *_args) -> None:
         """Another image: when the model has post-processing of its own for that kind of image
