@@ -65,3 +65,8 @@ def test_the_proposal_follows_the_plane_the_slider_rests_on(make_napari_viewer, 
     viewer.dims.set_current_step(0, 1)
     qtbot.waitUntil(lambda: w._proposal.kind == "fluorescence", timeout=5_000)
     assert "nuclei-fluo" in str(w._model_combo.value)
+    viewer.window.remove_dock_widget(_dock)  # the dock closed, the viewer goes on: the slider still moves
+    w.native.deleteLater()
+    qtbot.wait(50)
+    viewer.dims.set_current_step(0, 0)
+    qtbot.wait(400)

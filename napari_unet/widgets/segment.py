@@ -179,7 +179,7 @@ class SegmentWidget(Container):
         self._slider_rest.setSingleShot(True)
         self._slider_rest.setInterval(SLIDER_REST_MS)
         self._slider_rest.timeout.connect(self._on_plane_shown)
-        viewer.dims.events.current_step.connect(lambda *_: self._slider_rest.start())
+        viewer.dims.events.current_step.connect(self._on_dims_step)
         self._show_device()
         self._on_model_changed()
         self._proposal.refresh()
@@ -283,6 +283,12 @@ class SegmentWidget(Container):
         finetune = get_widget(self._viewer, "finetune")
         if finetune is not None:
             finetune.settings_panel.follow(self._model_combo.value)
+
+    def _on_dims_step(self, *_args) -> None:
+        try:
+            self._slider_rest.start()
+        except RuntimeError:  # the dock was closed (its Qt parts deleted) while the viewer goes on
+            pass
 
     def _on_plane_shown(self) -> None:
         """The slider rests on another plane of a stack: the proposal looks at it (not during a run,
