@@ -296,6 +296,8 @@ class SegmentWidget(Container):
         image = self._image_combo.value
         if not qt_alive(self) or image is None or image.ndim - (3 if image.rgb else 2) < 1 or self._worker is not None:
             return
+        if not isinstance(image.data, np.ndarray):  # a lazy stack: no reading of its planes while scrubbing
+            return
         before = self._proposal.kind
         self._proposal.refresh()
         if self._proposal.kind != before:
