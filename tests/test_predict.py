@@ -919,3 +919,13 @@ def test_training_examples_clip_bright_debris_as_prediction_does(dsb_fluo_crop, 
     assert nuclei_level(debris) > 0.6 * clean
     monkeypatch.setattr(preprocess, "OUTLIER_RATIO", np.inf)
     assert nuclei_level(debris) < 0.4 * clean
+
+
+def test_an_array_of_two_channels_last_says_how_to_split_them_in_napari_too(real_image):
+    """(H, W, 2) added to napari as an array: the refusal says how to get one channel in napari (the
+    reader splits the channels of such files), not only in Python."""
+    from napari_unet.core.preprocess import ImageError
+
+    two = np.stack([real_image, real_image], -1)
+    with pytest.raises(ImageError, match=r"napari-unet's reader .* layer of its own; in Python, image\[\.\.\., 1\]"):
+        run_to_end(iter_segment(_model("same"), two))

@@ -93,8 +93,9 @@ def stack_layout(shape: tuple[int, ...], rgb: bool | None = None) -> StackLayout
         stack = f"image[..., {n - 1}]" if n == 2 else "image[..., 0]"
         raise ImageError(
             f"The image has shape {shape}: its last axis looks like {n} channel(s) of {shape[-3]} x {shape[-2]} "
-            f"planes, not {int(np.prod(shape[:-2]))} plane(s) {n} pixel(s) wide. Segment one channel: "
-            f"{stack} (e.g. the nuclei stain for the 'nuclei' model)."
+            f"planes, not {int(np.prod(shape[:-2]))} plane(s) {n} pixel(s) wide. Segment one channel (e.g. the "
+            f"nuclei stain): in napari, open the file with napari-unet's reader (File > Open, or Load stack), which "
+            f"puts each channel in a layer of its own; in Python, {stack}."
         )
     n_spatial = 3 if rgb else 2
     if ndim < n_spatial:
