@@ -470,7 +470,6 @@ def _labels_buffer(data: Any, rgb: bool, target: Path) -> Iterator[Any]:
         yield np.memmap(fh, dtype=np.int32, mode="w+", shape=shape)
 
 
-
 def _segment_with_bar(model: Any, data: Any, rgb: bool, diameter: float | None, args: argparse.Namespace,
                       name: str, axes: str = "", options_3d: dict[str, Any] | None = None, out: Any = None) -> Any:
     from tqdm import tqdm

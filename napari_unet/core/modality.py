@@ -135,14 +135,14 @@ def sample_plane(a: np.ndarray) -> np.ndarray:
     of a quarter's middle whose grey values spread :data:`EMPTY_MIDDLE` times as far: a slide whose
     middle is empty glass or background is told by its tissue."""
     window = central_window(a.shape)
+    if isinstance(a, np.ndarray) and max(a.shape[:2]) > MAX_SIDE * MAX_STEP:  # (larger than one window)
+        def structure(w: tuple[slice, slice]) -> float:
+            return float(np.std(np.asarray(a[w][::8, ::8], dtype=np.float32)))
 
-    def structure(w: tuple[slice, slice]) -> float:
-        return float(np.std(np.asarray(a[w][::8, ::8], dtype=np.float32)))
-
-    if isinstance(a, np.ndarray) and window != central_window(a.shape, QUARTER_CENTRES[0]):
         middle = structure(window)
-        best = max((central_window(a.shape, at) for at in QUARTER_CENTRES), key=structure)
-        if structure(best) > EMPTY_MIDDLE * middle:
+        spread, best = max(((structure(w), w) for w in (central_window(a.shape, at) for at in QUARTER_CENTRES)),
+                           key=lambda scored: scored[0])
+        if spread > EMPTY_MIDDLE * middle:
             window = best
     a = a[window]
     step = max(1, int(np.ceil(max(a.shape[:2]) / MAX_SIDE)))

@@ -109,11 +109,10 @@ def read_package_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise ModelFileError(f"{p.name}: its description is not valid YAML.") from exc
     if not isinstance(data, dict):
         raise ModelFileError(f"{p.name}: its description is not a BioImage.IO description.")
-    config = data.get("config")
-    own = (config.get(CONFIG_KEY) if isinstance(config, dict) else None) or {}
-    meta = dict(own.get("metadata") or {}) if isinstance(own, dict) and isinstance(own.get("metadata"), dict) else {}
+    own = _own_section(data)
+    meta = dict(own["metadata"]) if isinstance(own.get("metadata"), dict) else {}
     for key in ("postprocessing", "postprocessing_by_kind"):
-        if isinstance(own, dict) and isinstance(own.get(key), dict):
+        if isinstance(own.get(key), dict):
             meta.setdefault(key, own[key])
     meta.setdefault("name", str(data.get("name") or p.stem))
     return meta
@@ -128,9 +127,15 @@ def is_own_package(path: str | os.PathLike) -> bool:
         data = yaml.safe_load(_yaml_text(Path(path)))
     except (OSError, ModelFileError, yaml.YAMLError, UnicodeDecodeError):
         return False
+    return isinstance(_own_section(data).get("metadata"), dict)
+
+
+def _own_section(data: Any) -> dict[str, Any]:
+    """napari-unet's section (``config: napari-unet:``) of a parsed description; {} when there is none
+    or the description, its config or the section is not a mapping."""
     config = data.get("config") if isinstance(data, dict) else None
-    own = (config.get(CONFIG_KEY) if isinstance(config, dict) else None) or {}
-    return isinstance(own, dict) and isinstance(own.get("metadata"), dict)
+    own = config.get(CONFIG_KEY) if isinstance(config, dict) else None
+    return own if isinstance(own, dict) else {}
 
 
 # ---------------------------------------------------------------------- bioimageio access
@@ -434,7 +439,7 @@ def _packaged_network(descr: Any, name: str) -> tuple["PackagedNetwork", str, di
     net = PackagedNetwork(
         descr, name, formats, in_layout, out_layout, rule, halo, offset, mapping,
         n_classes=3 if representation == "bg-interior-boundary" else 2, one_per_batch=one_per_batch,
-        preprocessing=procs.pre, postprocessing=post,
+        postprocessing=post,
     )
     return net, representation, {"kind": "bioimageio", "preprocessing": [p.id for p in inp.preprocessing]}
 
@@ -453,7 +458,7 @@ class PackagedNetwork(nn.Module):
 
     def __init__(self, descr: Any, name: str, formats: list[str], in_layout: _Layout, out_layout: _Layout,
                  rule: tuple[int, int, int | None], halo: int, offset: int, mapping: str, *, n_classes: int,
-                 one_per_batch: bool, preprocessing: list[Any], postprocessing: list[Any]) -> None:
+                 one_per_batch: bool, postprocessing: list[Any]) -> None:
         super().__init__()
         self.descr, self.package_name, self.formats = descr, name, formats
         self.in_layout, self.out_layout = in_layout, out_layout
@@ -461,7 +466,7 @@ class PackagedNetwork(nn.Module):
         self.margin_in = -offset // 2  # input pixels lost on each side
         self.mapping = mapping
         self.one_per_batch = one_per_batch
-        self._pre, self._post = preprocessing, postprocessing
+        self._post = postprocessing  # (the preprocessing is made anew for each plane: _preprocessing)
         self.input_id, self.output_id = str(descr.inputs[0].id), str(descr.outputs[0].id)
         self.config = PackageGeometry(1, n_classes, 32, int(math.log2(self.divisor)) + 1)
         own_halo = halo if halo > 0 else DEFAULT_PACKAGE_HALO

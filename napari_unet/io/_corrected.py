@@ -176,9 +176,15 @@ def stored_layout(labels_path: str | os.PathLike) -> StoredLayout:
         scale, units = None, None
     transform = data.get("layer_transform")
     if not isinstance(transform, dict) or not transform or not all(
-            key in ("rotate", "shear", "affine") and _finite_array(value) for key, value in transform.items()):
+            key in transform_identities(2) and _finite_array(value) for key, value in transform.items()):
         transform = None
     return StoredLayout(axes, _numbers(data.get("offset_pixels")), scale, tuple(units) if units else None, transform)
+
+
+def transform_identities(ndim: int) -> dict[str, np.ndarray]:
+    """napari's ``rotate``, ``shear`` and ``affine`` of an untransformed layer of ``ndim`` axes: the
+    transforms the list beside a labels file keeps when a layer's differ (their shapes, when read back)."""
+    return {"rotate": np.eye(ndim), "shear": np.zeros(ndim * (ndim - 1) // 2), "affine": np.eye(ndim + 1)}
 
 
 def _finite_array(value: Any) -> bool:

@@ -265,8 +265,8 @@ def _open_tiff(p: Path) -> _Opened:
         try:
             series = tif.series[0] if tif.series else None
             others = sum(not _reduced(other) for other in tif.series[1:])  # (previews are no images of their own)
-            if others:
-                log.warning("'%s' holds %d image series (positions, or planes written one by one); the first "
+            if others:  # (said by File > Open, Load stack and predict: StackInfo.other_series)
+                log.info("'%s' holds %d image series (positions, or planes written one by one); the first "
                             "one, %s, is read.", p.name, others + 1, "x".join(map(str, tif.series[0].shape)))
         except Exception:
             tif.close()
@@ -521,8 +521,8 @@ def _open_zarr(p: Path) -> _Opened:
     if not multiscales and "0" in group and not hasattr(group["0"], "shape"):
         # bioformats2raw layout (the usual converter output): the images are groups 0, 1, ...
         series = [k for k in group.group_keys() if k.isdigit()]
-        if len(series) > 1:
-            log.warning("'%s' holds %d images (series); the first one (0) is opened.", p.name, len(series))
+        if len(series) > 1:  # (said by File > Open, Load stack and predict: StackInfo.other_series)
+            log.info("'%s' holds %d images (series); the first one (0) is opened.", p.name, len(series))
         others = max(0, len(series) - 1)
         group = group["0"]
         attrs = dict(group.attrs)

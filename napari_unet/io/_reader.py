@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ._corrected import CORRECTED_KEY, load_corrected_list, sidecar_path, stored_layout
+from ._corrected import CORRECTED_KEY, load_corrected_list, sidecar_path, stored_layout, transform_identities
 from ._formats import StackInfo, StackReadError, detect_kind, open_any
 
 log = logging.getLogger(__name__)
@@ -377,10 +377,10 @@ def _with_stored_calibration(layer: LayerData, stored: Any) -> LayerData:
         scale = meta.get("scale")
         scale = scale if scale is not None and len(scale) == ndim else [1.0] * ndim
         meta = {**meta, "translate": tuple(o * float(s) for o, s in zip(stored.offset, scale))}
-    sizes = {"rotate": (ndim, ndim), "shear": (ndim * (ndim - 1) // 2,), "affine": (ndim + 1, ndim + 1)}
+    identities = transform_identities(ndim)
     for key, value in (stored.transform or {}).items():  # a rotated or registered image's masks
         value = np.asarray(value, dtype=float)
-        if value.shape == sizes[key]:
+        if value.shape == identities[key].shape:
             meta = {**meta, key: value}
     return data, meta, kind
 

@@ -13,7 +13,7 @@ import numpy as np
 from napari_unet._atomic import atomic_write_all
 
 from ._axes import AxesError, check_axes, guess_axes
-from ._corrected import corrected_list_text, sidecar_path
+from ._corrected import corrected_list_text, sidecar_path, transform_identities
 
 log = logging.getLogger(__name__)
 
@@ -308,8 +308,7 @@ def _offset_pixels(meta: dict[str, Any], ndim: int) -> list[float] | None:
 def _transform_of(meta: dict[str, Any], ndim: int) -> dict[str, Any] | None:
     """The layer's ``rotate``, ``shear`` and ``affine`` (as lists) that are not the identity, or None."""
     out: dict[str, Any] = {}
-    for key, identity in (("rotate", np.eye(ndim)), ("shear", np.zeros(ndim * (ndim - 1) // 2)),
-                          ("affine", np.eye(ndim + 1))):
+    for key, identity in transform_identities(ndim).items():
         value = meta.get(key)
         if value is None:
             continue

@@ -220,7 +220,7 @@ class SegmentWidget(Container):
     def _after_model_gone(self, before: str | None) -> None:
         """When the model chosen (``before`` the lists were made again) is gone: the proposed one instead
         (not the list's first), and the status says so."""
-        if not before or before in [value for _label, value in self._model_choices()]:
+        if not before or before in self._model_combo.choices:  # (the list just made: the folders read once)
             return
         self._proposal.user_chose = False  # the list's fallback is nobody's choice
         self._proposal.refresh()
