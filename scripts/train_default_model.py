@@ -341,8 +341,10 @@ def model_card_markdown(meta: dict) -> str:
         "## Reproduce",
         "",
         ("From the repository root, with ../shared/data in place, one command retrains this model from scratch "
-         "(fixed seeds; every recorded stage is repeated step for step, also where the original run was driven "
-         "by a time budget or cut into legs):"),
+         "(fixed seeds; every recorded stage is repeated by its number of steps, also where the original run was "
+         "cut into legs; a stage that was driven by a time budget is repeated by the steps it made, so its "
+         "learning-rate schedule and validations follow steps and its weights may differ; bf16 stages give the "
+         "same weights only where the CPU or GPU computes bf16):"),
         "",
         "```bash",
         f"python scripts/train_default_model.py --reproduce napari_unet/models/{meta.get('name', 'nuclei')}.pt "
@@ -453,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reproduce", type=Path, metavar="MODEL", nargs="?",
                         const=ROOT / "napari_unet" / "models" / "nuclei.pt",
                         help="retrain MODEL (default: the shipped model) from scratch: run every stage recorded "
-                             "in its metadata, step for step, and write the result to --out")
+                             "in its metadata by its number of steps, and write the result to --out (required)")
     return parser
 
 
@@ -461,12 +463,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.out_given = args.out is not None
+    if args.reproduce and not args.out_given:
+        # the default out is the shipped model of --model: a retrained cells model would replace nuclei.pt
+        parser.error("--reproduce needs --out (where the retrained model goes, e.g. retrained/nuclei.pt)")
+    if args.leg_minutes is not None and isinstance(args.resume, Path):
+        parser.error("--resume MODEL starts a new stage from MODEL in one run (give --steps); training in legs "
+                     "goes on with its own run: --resume alone, with --checkpoint-dir")
     if args.out is None:
         args.out = ROOT / "napari_unet" / "models" / f"{args.model}.pt"
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
+    from napari_unet.core.checkpoint import ModelFileError
+
+    try:
+        return _run(parser, args)
+    except (ModelFileError, OSError, ValueError) as exc:  # a missing data folder, a damaged model file, a
+        # model that cannot be trained (a package made elsewhere): one line
+        raise SystemExit(f"error: {exc}") from None
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.reproduce:
         return reproduce(args.reproduce, args.out, args.data, args.device)  # None: each model's own default
     if args.tune_kinds and not args.rescore:
@@ -476,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.leg_minutes is not None or args.resume is training_legs.RESUME_LEGS:
         if args.leg_minutes is None:
             args.leg_minutes = 120.0
-        return training_legs.run_legs(args, load_rows, finalize, _stage_record)
+        return training_legs.run_legs(args, load_rows, finalize, _stage_record, _repeat_kinds)
     if args.steps is None and args.time_budget is None and args.finalize is None:
         parser.error("give --steps, --time-budget, --finalize or --reproduce")
 
@@ -505,9 +523,7 @@ def main(argv: list[str] | None = None) -> int:
 def train(args: argparse.Namespace, train_rows: list[dict], val_rows: list[dict], device):
     """Train from scratch (BatchNorm statistics updated) and return the best model on val."""
     from napari_unet.cli._progress import TrainingBar
-    from napari_unet.core.checkpoint import SegmentationModel
     from napari_unet.core.events import run_to_end
-    from napari_unet.core.model import UNet
     from napari_unet.core.schedule import validation_interval
     from napari_unet.core.train import finetune
 
@@ -517,10 +533,8 @@ def train(args: argparse.Namespace, train_rows: list[dict], val_rows: list[dict]
         model = read_model_file(args.resume, device=device)
         stages = list(model.metadata.get("stages") or [_stage_record(model.metadata, None)])
         print(f"resuming from {args.resume} ({sum(s['steps'] for s in stages)} steps in {len(stages)} stage(s))")
-    else:
-        net = UNet(in_channels=1, n_classes=3, base_width=args.base_width, depth=args.depth,
-                   padding="same", norm="batch")
-        model = SegmentationModel(net, "bg-interior-boundary", metadata={"name": "nuclei"})
+    else:  # the network and object diameter of the recipe, as a run in legs starts
+        model = training_legs.new_model(args)
         stages = []
     gen = finetune(
         model,
@@ -539,6 +553,7 @@ def train(args: argparse.Namespace, train_rows: list[dict], val_rows: list[dict]
         device=device,
         seed=args.seed,
         from_scratch=True,  # BatchNorm statistics keep learning, also when resuming
+        mixed_precision=args.precision == "bf16",  # fp32 means fp32 on a GPU too (as in legs)
         augment=training_legs.augment_config(args),
         **training_legs.patch_workers(device),
     )
@@ -622,6 +637,10 @@ def reproduce(model_path: Path, out: Path, data: Path | None, device: str) -> in
     if not stages:
         raise SystemExit(f"{model_path} records no training stages: it was not written by this script.")
     argvs = stage_arguments(stages, str(out))
+    for i, st in enumerate(stages, 1):
+        if st.get("time_budget"):
+            print(f"note: stage {i} was driven by a time budget ({st['time_budget']:g} s): it is repeated by the "
+                  f"{st['steps']} steps it made, with a schedule that follows steps; its weights may differ.")
     for i, argv in enumerate(argvs, 1):
         print(f"stage {i} of {len(argvs)}: {' '.join(argv)}", flush=True)
         code = main(argv + (["--data", str(data)] if data is not None else []) + ["--device", device])
@@ -641,6 +660,8 @@ def _stage_record(meta: dict, args: argparse.Namespace | None) -> dict:
         if args.kinds:
             record["kinds"] = list(args.kinds)
         record["validations"] = args.validations  # which steps are validated decides the weights kept
+        if getattr(args, "time_budget", None):  # repeated by its steps (see reproduce)
+            record["time_budget"] = args.time_budget
         if args.within_stage:
             record["within_stage"] = True
         if args.augment_upscaled:
@@ -667,7 +688,9 @@ def _stage_record(meta: dict, args: argparse.Namespace | None) -> dict:
         record["seed"] = args.seed
         record["model"] = args.model
         record["diameter"] = args.diameter
-        record["precision"] = args.precision
+        # what the run computed in (bf16 asked on a CPU without it trains in fp32; fp32 on a GPU is fp32)
+        used = (meta.get("training") or {}).get("mixed_precision")
+        record["precision"] = args.precision if used is None else ("fp32" if used == "off" else "bf16")
     return record
 
 

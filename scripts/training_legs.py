@@ -145,8 +145,10 @@ def augment_config(args: argparse.Namespace):
                          spots_prob=getattr(args, "augment_spots", 0.0))
 
 
-def run_legs(args: argparse.Namespace, load_rows, finalize, stage_record) -> int:
-    """One leg of a run (a new one, or ``--resume``); finalize the model when its steps are done."""
+def run_legs(args: argparse.Namespace, load_rows, finalize, stage_record, repeat_kinds) -> int:
+    """One leg of a run (a new one, or ``--resume``); finalize the model when its steps are done.
+    ``repeat_kinds(rows, specs)``: the train rows with ``--repeat-kind``'s kinds repeated (as one run
+    trains on them)."""
     import torch
 
     from napari_unet.core.checkpoint import SegmentationModel
@@ -187,8 +189,9 @@ def run_legs(args: argparse.Namespace, load_rows, finalize, stage_record) -> int
     print(f"{'leg ' + str(len(legs) + 1)} of the {args.model} run in {folder}: {len(train_rows)} train and "
           f"{len(val_rows)} val images; recipe {recipe}", flush=True)
 
+    examples = repeat_kinds(train_rows, args.repeat_kind or [])
     prepared = prepare_run(
-        model, [r["image"] for r in train_rows], [r["labels"] for r in train_rows],
+        model, [r["image"] for r in examples], [r["labels"] for r in examples],
         val_images=[r["image"] for r in val_rows], val_labels=[r["labels"] for r in val_rows],
         steps=args.steps, lr=args.lr, patch_size=args.patch_size, batch_size=args.batch_size,
         validate_every=validation_interval(args.validations, args.steps, None), device=device, seed=args.seed,
@@ -231,7 +234,9 @@ def run_legs(args: argparse.Namespace, load_rows, finalize, stage_record) -> int
     print(f"leg {record['leg']}: steps {first_step}-{run.steps} of {args.steps} in {minutes:.1f} min; "
           f"val AP@0.5 by kind {record['val_by_kind']}", flush=True)
     if not finished:
-        print(f"go on with: python scripts/train_default_model.py --resume --leg-minutes {args.leg_minutes:g}")
+        data = (f" --data {args.data}" if args.data else "") + (f" --out {args.out}" if args.out_given else "")
+        print(f"go on with: python scripts/train_default_model.py --model {args.model} --resume --leg-minutes "
+              f"{args.leg_minutes:g} --checkpoint-dir {folder}{data}")
         return 0
     result = prepared.result(run)
     args.resume = None  # one stage from scratch, trained in legs (listed in "legs")

@@ -263,3 +263,87 @@ def test_a_stage_keeps_the_post_processing_that_does_better_out_of_the_box(tmp_p
         from_start = "the start kept" in printed
         assert script._same_setting(kept, own if from_start else tuned)
         assert ("the setting of the model this stage started from" in card) is from_start
+
+
+def test_a_run_in_legs_and_its_reproduction_train_the_same_model(tmp_path, capsys):
+    # --diameter and --precision were applied in legs only, --repeat-kind in one run only, yet all three
+    # were recorded: --reproduce (one run per stage) trained another model than the run in legs
+    from napari_unet.core.optimise import cpu_has_fast_bf16
+
+    script = _script()
+    data = _tiny_dsb(tmp_path / "dsb")
+    folder = tmp_path / "legs"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # one reduction order: the two runs are compared weight for weight
+    try:
+        assert script.main(["--steps", "3", "--validations", "3", "--patch-size", "64", "--batch-size", "2",
+                            "--base-width", "4", "--depth", "2", "--seed", "2", "--diameter", "17",
+                            "--repeat-kind", "grey_dark=2", "--precision", "bf16", "--data", str(data),
+                            "--device", "cpu", "--checkpoint-dir", str(folder), "--leg-minutes", "5",
+                            "--no-card"]) == 0
+        legs = read_model_file(folder / "nuclei.pt")
+        stage = legs.metadata["stages"][0]
+        assert stage["repeat_kind"] == ["grey_dark=2"] and stage["diameter"] == 17.0
+        assert stage["precision"] == ("bf16" if cpu_has_fast_bf16() else "fp32")  # what it computed in
+        assert legs.metadata["n_examples"] == 6  # the 3 train fields, each twice
+        again = tmp_path / "again" / "nuclei.pt"
+        assert script.main(["--reproduce", str(folder / "nuclei.pt"), "--out", str(again), "--data", str(data),
+                            "--device", "cpu"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    retrained = read_model_file(again)
+    assert retrained.diameter == 17.0 and retrained.metadata["n_examples"] == 6
+    assert retrained.metadata["training"]["mixed_precision"] == legs.metadata["training"]["mixed_precision"]
+    for (name, a), b in zip(legs.net.state_dict().items(), retrained.net.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_the_shipped_records_say_how_their_stages_trained():
+    # the first stage of each shipped model was trained in legs, which repeated no kind and validated
+    # every twentieth of the run; the later stages, one run each on the CPU, trained in fp32
+    for name in ("nuclei", "nuclei-fluo", "cells"):
+        stages = read_model_file(ROOT / "napari_unet" / "models" / f"{name}.pt").metadata["stages"]
+        assert stages[0]["repeat_kind"] == [] and stages[0]["validations"] == 20, name
+        assert all(st["precision"] == "fp32" for st in stages[1:] if str(st["device"]).startswith("CPU")), name
+
+
+def test_bad_input_gives_one_line_and_nothing_shipped_is_replaced(tmp_path, capsys):
+    script = _script()
+    data = _tiny_dsb(tmp_path / "dsb")
+    tiny = ["--steps", "1", "--patch-size", "64", "--batch-size", "2", "--base-width", "4", "--depth", "2",
+            "--device", "cpu", "--no-card", "--out", str(tmp_path / "out.pt")]
+    shipped = ROOT / "napari_unet" / "models" / "cells.pt"
+    # --reproduce without --out wrote the retrained stages over napari_unet/models/nuclei.pt
+    with pytest.raises(SystemExit):
+        script.main(["--reproduce", str(shipped)])
+    assert "--reproduce needs --out" in capsys.readouterr().err
+    # a model given to --resume in legs started a new run from scratch, silently
+    with pytest.raises(SystemExit):
+        script.main([*tiny, "--data", str(data), "--resume", str(shipped), "--leg-minutes", "1",
+                     "--checkpoint-dir", str(tmp_path / "ck")])
+    assert "--resume alone" in capsys.readouterr().err and not (tmp_path / "ck").exists()
+    for argv, said in (
+        (["--data", str(tmp_path / "nowhere")], "nowhere"),  # no data folder
+        (["--data", str(data), "--resume", str(tmp_path / "missing.pt")], "missing.pt"),
+        (["--model", "cells", "--data", str(data)], "usiigaci_phase"),  # the nuclei data given for cells
+    ):
+        with pytest.raises(SystemExit) as exc:
+            script.main([*tiny, *argv])
+        message = str(exc.value.code)
+        assert message.startswith("error: ") and said in message and "\n" not in message
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_a_leg_says_how_to_go_on_with_its_own_folder(tmp_path, capsys):
+    script = _script()
+    data = _tiny_dsb(tmp_path / "dsb")
+    folder = tmp_path / "elsewhere" / "run"
+    assert script.main(["--steps", "4", "--patch-size", "64", "--batch-size", "2", "--base-width", "4", "--depth",
+                        "2", "--data", str(data), "--device", "cpu", "--checkpoint-dir", str(folder),
+                        "--leg-minutes", "0.0001", "--no-card"]) == 0
+    hint = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("go on with:"))
+    assert f"--checkpoint-dir {folder}" in hint and f"--data {data}" in hint and "--model nuclei" in hint
+    # the hint, run as printed (with a leg long enough to finish), goes on with that run
+    argv = hint.split("train_default_model.py ", 1)[1].replace("--leg-minutes 0.0001", "--leg-minutes 5").split()
+    argv += ["--device", "cpu", "--no-card"]
+    assert script.main(argv) == 0 and (folder / "nuclei.pt").is_file()

@@ -150,6 +150,11 @@ class Trainer:
             if self.validator is not None and validate_start and start is None and not stopped():
                 yield self.validator(self.net, 0)
                 last_val_step, last_val_time = 0, time.perf_counter()
+            if self._due_unseen(run.steps) and start is not None and not stopped():
+                # the last leg stopped right after a step due for validation (a stop skips it): validated
+                # now, with the same weights, as one uninterrupted run validated them
+                yield self.validator(self.net, run.steps)
+                last_val_step, last_val_time = run.steps, time.perf_counter()
             while True:
                 elapsed = time.perf_counter() - t0
                 if self.budget.finished(run.steps, elapsed):
@@ -172,6 +177,13 @@ class Trainer:
             self.sampler.close()
         run.training_time = time.perf_counter() - t0
         return run
+
+    def _due_unseen(self, step: int) -> bool:
+        """Whether ``step`` is due for validation by the step cadence and was not validated."""
+        every = self.cadence.every_steps
+        return (self.validator is not None and step > 0 and every is not None and step % every == 0
+                and not any(h.get("step") == step for h in self.validator.tracker.history)
+                and not self.budget.finished(step, 0.0))
 
     def _step(self, run: RunSummary, t0: float, elapsed: float) -> TrainStep:
         lr = self.schedule(self.budget.fraction(run.steps, elapsed))
