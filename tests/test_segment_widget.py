@@ -260,6 +260,27 @@ def test_masks_of_a_rotated_image_are_drawn_over_it_and_its_field_of_view_is_the
         assert rows.start <= y < rows.stop and cols.start <= x < cols.stop
 
 
+def test_the_field_of_view_is_the_part_shown_after_napari_transposes_the_view(make_napari_viewer):
+    """The camera's centre and the canvas are in the order of the axes on screen: after napari's
+    transpose button (X down, Y across) the field of view was read with Y and X swapped (masks
+    written where the user did not look, or "not in view" for a wide image)."""
+    viewer = make_napari_viewer(show=True)
+    image = viewer.add_image(np.zeros((100, 400), np.float32), name="wide")
+    for transposed in (False, True):
+        if transposed:
+            viewer.dims.transpose()
+        camera = viewer.camera
+        camera.zoom = 6
+        camera.center = (300, 40) if transposed else (40, 300)  # data row 40, column 300 in the middle
+        rows, cols = visible_region(viewer, image, image.data.shape)
+        assert rows.start <= 40 < rows.stop and cols.start <= 300 < cols.stop, transposed
+        half = np.asarray(canvas_size(viewer), float) / camera.zoom / 2  # (on screen: down, across)
+        shown_rows, shown_cols = (half[1], half[0]) if transposed else (half[0], half[1])
+        for got, centre, half_shown, size in ((rows, 40, shown_rows, 100), (cols, 300, shown_cols, 400)):
+            assert abs(got.start - np.clip(centre - half_shown, 0, size)) <= 2, (transposed, got)
+            assert abs(got.stop - np.clip(centre + half_shown, 0, size)) <= 2, (transposed, got)
+
+
 def test_a_run_that_cannot_start_leaves_no_empty_masks_layer(widget, qtbot, c2c12_stack, notifications):
     """The field of view is off the image, or the viewer shows a slice a shorter stack lacks: the
     run is refused with a notification, and the masks layer it had made is removed again."""

@@ -265,10 +265,13 @@ def visible_region(
     half = np.asarray(canvas, dtype=float) / zoom / 2
     center = np.asarray(camera.center[-2:], dtype=float)
     point = np.asarray(viewer.dims.point, dtype=float)
+    # the camera and the canvas are in the order of the axes on screen (after napari's transpose
+    # button, X then Y): the world axes they stand for, in that order
+    shown = list(viewer.dims.displayed)[-2:]
     corners = []
     for dy, dx in ((-1, -1), (-1, 1), (1, -1), (1, 1)):  # all four: a rotated or sheared layer's box
         world = point.copy()
-        world[-2:] = center + half * (dy, dx)
+        world[shown] = center + half * (dy, dx)
         corners.append(layer.world_to_data(world))
     yx = np.asarray(corners)[:, -2:]  # world_to_data gives the layer's ndim coordinates: never a colour one
     (y0, x0), (y1, x1) = yx.min(axis=0), yx.max(axis=0)
