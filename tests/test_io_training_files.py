@@ -215,3 +215,46 @@ def test_palette_png_labels_read_the_same_in_both(tmp_path, pair):
     (example,) = examples_from_folders(images, tmp_path / "lab")
     np.testing.assert_array_equal(cli_labels[0], labels)
     np.testing.assert_array_equal(example.labels, labels)
+
+
+def test_masks_saved_with_some_slices_corrected_train_on_those_only(tmp_path, caplog):
+    """Save masks writes every slice, the model's output included, and lists the corrected ones
+    beside the file: training from the folder took every slice (the model learnt its own mistakes)."""
+    from napari_unet.io import write_labels
+
+    image = np.zeros((2, 3, 64, 64), np.uint8)  # Z, T in the OME-TIFF; the masks are stored T, Z
+    labels = np.zeros(image.shape, np.uint16)
+    for k, (z, t) in enumerate(np.ndindex(2, 3)):
+        image[z, t, 7 * k : 7 * k + 6, 10:20] = 200
+        labels[z, t, 7 * k : 7 * k + 6, 10:20] = 1
+    (tmp_path / "img").mkdir()
+    tifffile.imwrite(tmp_path / "img" / "pos.ome.tif", image, metadata={"axes": "ZTYX"})
+    write_labels(tmp_path / "img" / "pos masks.tif", labels, axes="ZTYX", corrected=[(1, 2), (0, 1)])
+    with caplog.at_level(logging.WARNING):
+        images, masks = read_examples([str(tmp_path / "img")], [str(tmp_path / "img")])
+    assert len(images) == 2 and "4 of its 6 slices are not marked corrected" in caplog.text
+    for got, want in zip(images, (image[0, 1], image[1, 2]), strict=True):  # each with its own labels
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(masks, (labels[0, 1], labels[1, 2]), strict=True):
+        np.testing.assert_array_equal(got, want)
+    not_corrected = []
+    examples = examples_from_folders(tmp_path / "img", tmp_path / "img", not_corrected)
+    assert [e.source for e in examples] == ["pos.ome.tif, slice 1", "pos.ome.tif, slice 5"]
+    assert not_corrected == [("pos masks.tif", 4)]
+    # masks with no slice marked (written by napari-unet predict, corrected in another program): all count
+    write_labels(tmp_path / "img" / "pos masks.tif", labels, axes="ZTYX", corrected=[])
+    assert len(examples_from_folders(tmp_path / "img", tmp_path / "img")) == 6
+
+
+def test_folders_of_four_dimensional_stacks_give_one_example_per_plane(tmp_path):
+    # the widget refused a TZYX image and its TZYX masks: "has shape (4, 2, 96, 120) but ... has (4, 2, 96, 120)"
+    image = np.zeros((4, 2, 48, 40), np.uint8)
+    labels = np.zeros(image.shape, np.uint16)
+    image[..., 10:20, 10:20] = 200
+    labels[..., 10:20, 10:20] = 1
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lab").mkdir()
+    tifffile.imwrite(tmp_path / "img" / "tz.tif", image, imagej=True, metadata={"axes": "TZYX"})
+    tifffile.imwrite(tmp_path / "lab" / "tz.tif", labels, imagej=True, metadata={"axes": "TZYX"})
+    examples = examples_from_folders(tmp_path / "img", tmp_path / "lab")
+    assert len(examples) == 8 and all(e.labels.shape == (48, 40) for e in examples)

@@ -80,45 +80,6 @@ def add_parser(subparsers: Any) -> None:
 
 
 # ---------------------------------------------------------------------- reading
-def _read_file(path: Path) -> tuple[np.ndarray, str, bool]:
-    """(array, axes, whether the file says its axes) of one file, in memory."""
-    from napari_unet.io import read_stack
-
-    data, info = read_stack(path, lazy=False)
-    return np.asarray(data), info.axes, info.axes_from_file
-
-
-def _planes(arr: np.ndarray, axes: str, path: Path, is_labels: bool, channels_are_planes: bool = False
-            ) -> list[np.ndarray]:
-    """Split a stack into 2D planes ((H, W) or (H, W, 3) RGB); ``channels_are_planes``: a guessed
-    channel axis is a stack of planes (its labels file has as many)."""
-    rgb = axes.endswith("S")
-    spatial = 3 if rgb else 2
-    if arr.ndim < spatial:
-        raise CLIError(f"{path} is not an image (shape {arr.shape}).")
-    if is_labels and rgb:
-        raise CLIError(f"{path} looks like a colour image; label files must hold one integer per pixel.")
-    if "C" in axes and not is_labels and not channels_are_planes:
-        c = axes.index("C")
-        if arr.shape[c] != 1:
-            raise CLIError(
-                f"{path} has {arr.shape[c]} channels; save the channel to train on as its own file."
-            )
-    lead = arr.shape[: arr.ndim - spatial]
-    flat = arr.reshape((-1,) + arr.shape[arr.ndim - spatial:]) if lead else arr[None]
-    return [flat[i] for i in range(flat.shape[0])]
-
-
-def _in_image_order(labels: np.ndarray, axes: str, image_axes: str) -> tuple[np.ndarray, str]:
-    """``labels`` with its stack axes in the image's order, when both files name the same ones in
-    another order: masks are stored as ImageJ keeps them (T before Z), an OME-TIFF may hold Z before T,
-    and the planes are paired in order."""
-    image_axes = "".join(a for a in image_axes if a not in "CS")
-    if axes == image_axes or sorted(axes) != sorted(image_axes):
-        return labels, axes
-    return labels.transpose([axes.index(a) for a in image_axes]), image_axes
-
-
 def _pair_files(image_paths: list[str], label_paths: list[str]) -> list[tuple[Path, Path]]:
     """(image file, labels file) pairs from the command line arguments."""
     from napari_unet.io import is_ome_zarr, pair_images_with_labels
@@ -145,31 +106,20 @@ def _pair_files(image_paths: list[str], label_paths: list[str]) -> list[tuple[Pa
 
 
 def read_examples(image_paths: list[str], label_paths: list[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Lists of 2D image planes and label planes read from files and folders."""
-    from napari_unet.io import check_labels_not_an_image
+    """Lists of 2D image planes and label planes read from files and folders
+    (:func:`napari_unet.io.read_training_pair`: slices of masks saved by napari-unet that are not
+    marked corrected are left out, with a warning)."""
+    from napari_unet.io import read_training_pair
 
     images: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     for img_path, lab_path in _pair_files(image_paths, label_paths):
-        img, img_axes, img_told = _read_file(img_path)
-        lab, lab_axes, _told = _read_file(lab_path)
-        lab_planes = _planes(*_in_image_order(lab, lab_axes, img_axes), lab_path, is_labels=True)
-        # 3 or 4 planes without axes in the file look like channels; with as many labels planes they are planes
-        guessed_planes = ("C" in img_axes and not img_told and not img_axes.endswith("S")
-                          and img.shape[img_axes.index("C")] == len(lab_planes))
-        img_planes = _planes(img, img_axes, img_path, is_labels=False, channels_are_planes=guessed_planes)
-        check_labels_not_an_image(np.stack(lab_planes), lab_path.name)
-        if len(img_planes) != len(lab_planes):
-            raise CLIError(
-                f"{img_path.name} has {len(img_planes)} planes but {lab_path.name} has {len(lab_planes)}"
-            )
-        for k, (a, b) in enumerate(zip(img_planes, lab_planes)):
-            if a.shape[:2] != b.shape:
-                raise CLIError(
-                    f"plane {k} of {img_path.name} is {a.shape[:2]} but its labels in {lab_path.name} are {b.shape}"
-                )
-        images.extend(img_planes)
-        labels.extend(lab_planes)
+        try:
+            examples, _left_out = read_training_pair(img_path, lab_path)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        images.extend(image for image, _labels, _source in examples)
+        labels.extend(plane for _image, plane, _source in examples)
     return images, labels
 
 

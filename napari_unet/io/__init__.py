@@ -8,6 +8,7 @@ read_layer_data(path, lazy=None, axes=None) -> list of napari LayerData
 write_labels(path, labels, scale=None, axes=None) -> Path   (atomic, compressed TIFF)
 list_samples() -> list[SampleInfo]; load_sample(key) -> (image, labels, SampleInfo)
 pair_images_with_labels(images_folder, labels_folder) -> list[(image file, labels file)]
+read_training_pair(image file, labels file) -> ([(image plane, labels plane, source)], left out)
 check_labels_not_an_image(labels, name)       (raises ValueError for an intensity image)
 stack_name(path), list_plane_files(folder), is_ome_zarr(path)
 TIFF_SUFFIXES, STACK_SUFFIXES, PLANE_IMAGE_SUFFIXES, READABLE_SUFFIXES (file name endings)
@@ -39,6 +40,7 @@ from ._training_files import (
     PairingError,
     check_labels_not_an_image,
     pair_images_with_labels,
+    read_training_pair,
 )
 from ._writer import LabelsWriteError, check_labels, write_labels
 
@@ -67,6 +69,7 @@ __all__ = [
     "load_sample",
     "natural_key",
     "pair_images_with_labels",
+    "read_training_pair",
     "read_layer_data",
     "read_stack",
     "should_open_lazily",

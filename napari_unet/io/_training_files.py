@@ -1,7 +1,8 @@
 """Training data on disk: which labels file goes with which image, and labels that are images.
 
 One rule, used by ``napari-unet train`` and by the Fine-tune widget's "examples from folders"
-(:func:`pair_images_with_labels`), and one check that a labels file is not an intensity image
+(:func:`pair_images_with_labels`), one way to read a pair of files into training planes
+(:func:`read_training_pair`), and one check that a labels file is not an intensity image
 given by mistake (:func:`napari_unet.core.labels.check_labels_not_an_image`, which the core
 training runs on every example; re-exported here).
 """
@@ -11,6 +12,9 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from ._formats import PLANE_IMAGE_SUFFIXES, list_plane_files, stack_name
 
@@ -155,3 +159,123 @@ def check_labels_not_an_image(labels, name: str = "labels") -> None:
     from ..core.labels import check_labels_not_an_image as check
 
     check(labels, name)
+
+
+def _read_file(path: Path) -> tuple[np.ndarray, str, bool]:
+    """(array, axes, whether the file says its axes) of one file, in memory."""
+    from ._reader import read_stack
+
+    data, info = read_stack(path, lazy=False)
+    return np.asarray(data), info.axes, info.axes_from_file
+
+
+def _planes(arr: np.ndarray, axes: str, path: Path, is_labels: bool, channels_are_planes: bool = False
+            ) -> list[np.ndarray]:
+    """Split a stack into 2D planes ((H, W) or (H, W, 3) RGB); ``channels_are_planes``: a guessed
+    channel axis is a stack of planes (its labels file has as many)."""
+    rgb = axes.endswith("S")
+    spatial = 3 if rgb else 2
+    if arr.ndim < spatial:
+        raise ValueError(f"{path} is not an image (shape {arr.shape}).")
+    if is_labels and rgb:
+        raise ValueError(f"{path} looks like a colour image; label files must hold one integer per pixel.")
+    if "C" in axes and not is_labels and not channels_are_planes:
+        c = axes.index("C")
+        if arr.shape[c] != 1:
+            raise ValueError(
+                f"{path} has {arr.shape[c]} channels; save the channel to train on as its own file."
+            )
+    lead = arr.shape[: arr.ndim - spatial]
+    flat = arr.reshape((-1,) + arr.shape[arr.ndim - spatial:]) if lead else arr[None]
+    return [flat[i] for i in range(flat.shape[0])]
+
+
+def _in_image_order(labels: np.ndarray, axes: str, image_axes: str) -> tuple[np.ndarray, str]:
+    """``labels`` with its stack axes in the image's order, when both files name the same ones in
+    another order: masks are stored as ImageJ keeps them (T before Z), an OME-TIFF may hold Z before T,
+    and the planes are paired in order."""
+    image_axes = "".join(a for a in image_axes if a not in "CS")
+    if axes == image_axes or sorted(axes) != sorted(image_axes):
+        return labels, axes
+    return labels.transpose([axes.index(a) for a in image_axes]), image_axes
+
+
+def corrected_planes_of(labels_path: Path, axes: str, lead_shape: tuple[int, ...]) -> np.ndarray | None:
+    """Which planes of a labels file (read with ``axes``, its stack axes of ``lead_shape``) the list
+    of corrected slices napari-unet keeps beside it names: a boolean array of ``lead_shape``. None
+    when there is no list, or it names none (masks written by ``napari-unet predict``, or corrected in
+    another program): then every plane counts. A broken list raises ValueError."""
+    from ._corrected import load_corrected_list, sidecar_path, stored_layout
+    from ._writer import _IMAGEJ_ORDER
+
+    if not sidecar_path(labels_path).is_file():
+        return None
+    planes = load_corrected_list(labels_path)
+    if not planes:
+        return None
+    lead_axes = axes[: len(lead_shape)]
+    layer_axes = stored_layout(labels_path).axes
+    # the list indexes the file's stack axes as written (those of size 1 too) when it names the
+    # layer's axes beside, else the layer's axes, which the file reads back as
+    listed = "".join(a for a in _IMAGEJ_ORDER if a in layer_axes)[:-2] if layer_axes else lead_axes
+    keep = np.zeros(lead_shape, bool)
+    for plane in planes:
+        if len(plane) != len(listed):
+            continue
+        index = dict(zip(listed, plane, strict=True))
+        if any(index[a] != 0 for a in listed if a not in lead_axes):  # an axis of size 1 the file lost
+            continue
+        at = tuple(index.get(a, 0) for a in lead_axes)
+        if all(0 <= i < n for i, n in zip(at, lead_shape, strict=True)):
+            keep[at] = True
+    return keep
+
+
+def read_training_pair(image_path: Path, labels_path: Path) -> tuple[list[tuple[Any, Any, str]], int]:
+    """The training planes of an image file and its labels file: a list of (image plane, labels
+    plane, source) with the source ``"a.tif"`` or ``"a.tif, slice 3"``, and how many planes were
+    left out as not corrected (masks saved by napari-unet with some slices marked corrected: the
+    others are the model's output, which the model would learn as it is).
+
+    Planes are paired by the axes' names where both files name them (an OME-TIFF's Z before T with
+    masks stored T before Z); 3 or 4 planes that a file without axes shows as channels are planes
+    when the labels hold as many. ``napari-unet train`` and the Fine-tune widget's folders read
+    files so.
+
+    Raises
+    ------
+    ValueError
+        Files that are no images, labels of colour or of an intensity image, planes that do not
+        pair (another count or another height and width), an image with channels.
+    """
+    img, img_axes, img_told = _read_file(image_path)
+    lab, lab_axes, _told = _read_file(labels_path)
+    lead = lab.shape[: max(lab.ndim - 2, 0)]
+    keep = corrected_planes_of(labels_path, lab_axes, lead) if lab.ndim >= 2 else None
+    lab, order_axes = _in_image_order(lab, lab_axes, img_axes)
+    lab_planes = _planes(lab, order_axes, labels_path, is_labels=True)
+    if keep is not None:  # the same moves as the labels: their planes' order
+        keep = _in_image_order(keep[..., None, None], lab_axes, img_axes)[0].reshape(-1)
+    # 3 or 4 planes without axes in the file look like channels; with as many labels planes they are planes
+    guessed_planes = ("C" in img_axes and not img_told and not img_axes.endswith("S")
+                      and img.shape[img_axes.index("C")] == len(lab_planes))
+    img_planes = _planes(img, img_axes, image_path, is_labels=False, channels_are_planes=guessed_planes)
+    check_labels_not_an_image(np.stack(lab_planes), labels_path.name)
+    if len(img_planes) != len(lab_planes):
+        raise ValueError(
+            f"{image_path.name} has {len(img_planes)} planes but {labels_path.name} has {len(lab_planes)}"
+        )
+    examples = []
+    for k, (a, b) in enumerate(zip(img_planes, lab_planes, strict=True)):
+        if a.shape[:2] != b.shape:
+            raise ValueError(
+                f"plane {k} of {image_path.name} is {a.shape[:2]} but its labels in {labels_path.name} are {b.shape}"
+            )
+        if keep is None or keep[k]:
+            examples.append((a, b, image_path.name if len(lab_planes) == 1 and not lead
+                             else f"{image_path.name}, slice {k}"))
+    left_out = 0 if keep is None else int((~keep).sum())
+    if left_out:
+        log.warning("%s: %d of its %d slices are not marked corrected in the list beside it (%s): left out.",
+                    labels_path.name, left_out, len(lab_planes), Path(labels_path.name + ".corrected.json"))
+    return examples, left_out

@@ -125,20 +125,16 @@ def examples_from_layers(image: Any, labels: Any, planes: list[tuple[int, ...]] 
     return examples
 
 
-def _read_image_file(path: Path) -> np.ndarray:
-    """The pixels of an image or labels file, read as ``napari-unet train`` reads them."""
-    from napari_unet.io import read_stack
-
-    data, _info = read_stack(path, lazy=False)
-    return np.asarray(data)
-
-
-def examples_from_folders(image_dir: str | Path, labels_dir: str | Path) -> list[Example]:
+def examples_from_folders(image_dir: str | Path, labels_dir: str | Path,
+                          not_corrected: list[tuple[str, int]] | None = None) -> list[Example]:
     """Training examples from a folder of images and a folder of label images.
 
     Files are paired by :func:`napari_unet.io.pair_images_with_labels` ("a.tif" with "a.tif",
-    "a_masks.tif", "a_labels.png", ...; images without labels are left out). A 2D image (grey
-    or RGB) gives one example; a stack (N, H, W) with labels (N, H, W) gives N.
+    "a_masks.tif", "a_labels.png", ...; images without labels are left out) and read by
+    :func:`napari_unet.io.read_training_pair`, as ``napari-unet train`` reads them: a 2D image (grey
+    or RGB) gives one example, a stack one per plane (paired by the axes' names); of masks saved by
+    napari-unet with some slices marked corrected, only those (``not_corrected``, when given, gets
+    (labels file name, slices left out) for each such file).
 
     Raises
     ------
@@ -146,25 +142,15 @@ def examples_from_folders(image_dir: str | Path, labels_dir: str | Path) -> list
         Missing folders, files that do not pair, different shapes, labels that are not integers
         or look like an intensity image.
     """
-    from napari_unet.io import check_labels_not_an_image, pair_images_with_labels
+    from napari_unet.io import pair_images_with_labels, read_training_pair
 
     examples: list[Example] = []
     for image_path, labels_path in pair_images_with_labels(image_dir, labels_dir):
-        image = _read_image_file(image_path)
-        labels = as_label_plane(_read_image_file(labels_path), labels_path.name)
-        check_labels_not_an_image(labels, labels_path.name)
-        rgb = image.ndim == labels.ndim + 1 and image.shape[-1] in (3, 4)
-        image_shape = image.shape[:-1] if rgb else image.shape
-        if tuple(image_shape) != tuple(labels.shape) or labels.ndim not in (2, 3):
-            raise ValueError(
-                f"{image_path.name} has shape {image.shape} but {labels_path.name} has {labels.shape}; "
-                "an image and its labels must have the same height and width."
-            )
-        if labels.ndim == 2:
-            examples.append(Example(image, labels, image_path.name))
-        else:
-            for i in range(labels.shape[0]):
-                examples.append(Example(image[i], labels[i], f"{image_path.name}, slice {i}"))
+        planes, left_out = read_training_pair(image_path, labels_path)
+        if left_out and not_corrected is not None:
+            not_corrected.append((labels_path.name, left_out))
+        for image, labels, source in planes:
+            examples.append(Example(image, as_label_plane(labels, source), source))
     return examples
 
 

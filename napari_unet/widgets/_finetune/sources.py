@@ -109,7 +109,8 @@ class ExtraExamplesPanel(Container):
         """Read image/label file pairs from two folders as extra examples; returns how many."""
         if any(not str(d).strip() or str(d) == "." for d in (image_dir, labels_dir)):
             raise ValueError("choose an image folder and a label folder first.")
-        examples = examples_from_folders(image_dir, labels_dir)
+        not_corrected: list[tuple[str, int]] = []
+        examples = examples_from_folders(image_dir, labels_dir, not_corrected)
         self._extra_sources.append(FolderSource(Path(image_dir), Path(labels_dir), examples))
         self._extra_list.reset_choices()
         left_out = _images_without_labels(Path(image_dir), Path(labels_dir))
@@ -117,6 +118,11 @@ class ExtraExamplesPanel(Container):
         if left_out:
             message += (f" Left out {len(left_out)} image(s) without a labels file: {', '.join(left_out[:5])}"
                         f"{' …' if len(left_out) > 5 else ''}.")
+        if not_corrected:
+            n = sum(count for _name, count in not_corrected)
+            message += (f" Left out {n} slice(s) not marked corrected in the masks saved by napari-unet "
+                        f"({', '.join(name for name, _count in not_corrected[:3])}"
+                        f"{' …' if len(not_corrected) > 3 else ''}): the model's own output there.")
         notify_info(message)
         return len(examples)
 
