@@ -74,6 +74,30 @@ def test_labels_of_a_z_t_layer_come_back_in_its_order_with_their_corrected_slice
     assert kind == "labels" and data.shape == (4, 2, 16, 16) and meta["metadata"][CORRECTED_KEY] == []
 
 
+def test_masks_of_a_layer_with_a_channel_axis_come_back_as_one_layer(tmp_path, make_napari_viewer, caplog):
+    """Masks of a (T, C, Y, X) layer (Segment with a channel axis) reopened as two layers, one per
+    channel, each with the list of the whole: Fine-tune took slice (2, 0) of a 3D layer, a row."""
+    import logging
+
+    from napari_unet.io._corrected import CORRECTED_KEY
+    from napari_unet.io._reader import reader_function
+    from napari_unet.widgets._masks import corrected_planes
+
+    labels = np.zeros((4, 2, 16, 16), np.uint16)
+    labels[2, 0, 4:8, 4:8] = 7
+    path = write_labels(tmp_path / "tc masks.tif", labels, axes="TCYX", corrected=[(2, 0)])
+    ((data, meta, kind),) = reader_function(str(path))
+    assert kind == "labels" and data.shape == (4, 2, 16, 16) and tuple(meta["axis_labels"]) == ("t", "c", "y", "x")
+    assert meta["metadata"][CORRECTED_KEY] == [[2, 0]]
+    np.testing.assert_array_equal(np.asarray(data), labels)
+    # a list that does not fit its layer (one saved with other masks) names no slice there
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(labels[:, 0], metadata={CORRECTED_KEY: [[2, 0], [1]]})
+    with caplog.at_level(logging.WARNING):
+        assert corrected_planes(layer) == {(1,)}
+    assert "1 stored corrected slice(s) do not fit" in caplog.text
+
+
 def test_napari_writer_saves_labels_layer_with_scale(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     labels = np.zeros((4, 20, 20), np.int32)
@@ -140,13 +164,14 @@ def test_a_240_character_name_gets_its_labels_and_list(tmp_path):
     assert len(sidecar_path(path).name) == 255 and load_corrected_list(path) == [(0,)]
 
 
-def test_uncalibrated_labels_claim_no_pixel_size_and_units_are_converted(tmp_path):
+def test_uncalibrated_labels_claim_no_pixel_size_and_units_are_converted(tmp_path, make_napari_viewer):
     """Labels of an uncalibrated image are written without a pixel size (they claimed 1 um, and
     reopened beside the image napari warned of inconsistent units); a layer in nanometres is
     written in micrometres."""
     import napari
     from napari.layers import Labels
 
+    make_napari_viewer()  # napari finds its plugins (the writer) as it does for a user (run alone: none)
     labels = np.zeros((3, 32, 32), np.int32)
     labels[:, 5:15, 5:15] = 1
     write_labels(tmp_path / "plain.tif", labels, axes="TYX")

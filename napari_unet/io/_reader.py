@@ -184,8 +184,10 @@ def _as_levels(levels: list[Any]) -> Any:
     return levels if len(levels) > 1 else levels[0]
 
 
-def stack_layer_data(levels: list[Any] | Any, info: StackInfo) -> list[LayerData]:
-    """napari layer data for a stack: one image layer per channel, scaled and named.
+def stack_layer_data(levels: list[Any] | Any, info: StackInfo, split_channels: bool = True) -> list[LayerData]:
+    """napari layer data for a stack: one image layer per channel, scaled and named
+    (``split_channels=False``: one layer, the channel axis one of its axes, as masks saved from a
+    layer with one keep it).
 
     Parameters
     ----------
@@ -204,7 +206,7 @@ def stack_layer_data(levels: list[Any] | Any, info: StackInfo) -> list[LayerData
         levels = [levels]
     axes = info.axes
     rgb = axes.endswith("S")
-    layer_axes = "".join(a for a in axes if a not in "CS")
+    layer_axes = "".join(a for a in axes if a not in ("CS" if split_channels else "S"))
     common: dict[str, Any] = {
         "scale": info.scale_for(layer_axes),
         "axis_labels": tuple(a.lower() for a in layer_axes),
@@ -215,13 +217,13 @@ def stack_layer_data(levels: list[Any] | Any, info: StackInfo) -> list[LayerData
     # contrast from the smallest level that is still reasonably large (cheap to read)
     sample_level = levels[-1] if len(levels) > 1 else levels[0]
     sample_shape = tuple(sample_level.shape)
-    if "C" not in axes:
+    if "C" not in axes or not split_channels:
         meta = dict(common, name=info.name)
         if not rgb:
             sample = np.asarray(sample_level[sample_plane_indices(sample_shape, axes)])
             meta["contrast_limits"] = contrast_limits_from_sample(sample)
             meta["colormap"] = "gray"
-        meta["metadata"] = {"napari_unet": _layer_metadata(info, None)}
+        meta["metadata"] = {"napari_unet": {**_layer_metadata(info, None), "layer_axes": layer_axes}}
         return [(_as_levels(levels), meta, "image")]
 
     c_axis = axes.index("C")
@@ -275,7 +277,9 @@ def read_layer_data(
         With a one-line message when the path cannot be read.
     """
     levels, info = _read_levels(path, lazy=lazy, axes=axes)
-    return stack_layer_data(levels, info)
+    # masks saved by napari-unet (the list of corrected slices beside them) from a layer with a channel
+    # axis keep it: split, each channel became a layer of its own holding the list of the whole
+    return stack_layer_data(levels, info, split_channels=not sidecar_path(path).is_file())
 
 
 # ------------------------------------------------------------------------------- npe2 reader

@@ -157,8 +157,14 @@ class CorrectedSlices:
         #: the layer came with a list of corrected slices (made or saved by napari-unet): its other labels
         #: are the model's; without one, labels in it are someone's own (see _masks.masks_layer_for)
         self.came_with_list = CORRECTED_KEY in (layer.metadata or {})
-        # normalise whatever is stored (lists from a reader, tuples, ...)
-        self._write(planes_in_metadata(layer.metadata))
+        # normalise whatever is stored (lists from a reader, tuples, ...); slices the layer does not have
+        # (a list of another shape of the masks) are dropped: they would name a row as a slice
+        stored = planes_in_metadata(layer.metadata)
+        kept = [p for p in stored if self._exists(p)]
+        if len(kept) != len(stored):
+            log.warning("%s: %d stored corrected slice(s) do not fit its shape %s and were dropped.",
+                        layer.name, len(stored) - len(kept), tuple(layer.data.shape))
+        self._write(kept)
         self._mark_earlier_edits(layer)
         self.attach()
 
