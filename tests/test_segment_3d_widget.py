@@ -202,3 +202,25 @@ def test_3d_with_the_field_of_view_says_it_runs_the_volume_and_clears_the_diamet
     assert any("the field of view does not apply" in m for m in notifications)
     assert w._diameter_used.value == ""  # not the 2D run's any more
     assert viewer.layers[masks_layer_name("s")].data.max() > 0
+
+
+def test_the_bar_of_a_time_lapse_of_volumes_covers_the_whole_run(nuclei3d):
+    """Each volume's progress was passed on as it was: the bar went 0 -> 100% once per time point,
+    and the time left counted the current volume only."""
+    from napari_unet.core.catalog import builtin_models_dir
+    from napari_unet.core.events import Progress
+    from napari_unet.widgets._segment3d import VolumeResult, segment_volumes
+
+    stack = np.stack([nuclei3d[8:16, :32, :32]] * 3)  # (T 3, Z 8, 32, 32)
+    volumes = [(t, slice(None)) for t in range(3)]
+    events = list(segment_volumes(str(builtin_models_dir() / "nuclei-fluo.pt"), stack, volumes, spacing=(1.0, 1.0, 1.0),
+                                  threshold=None, min_size=None, diameter=None, device="cpu"))
+    bars = [e for e in events if isinstance(e, Progress)][1:]  # (after "Loading the model")
+    assert [e.index[0] for e in events if isinstance(e, VolumeResult)] == [0, 1, 2]
+    fractions = [e.fraction for e in bars]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+    assert {e.total for e in bars} == {bars[0].total}
+    first_of_second = next(e for e in bars if e.message.startswith("volume 2/3"))
+    assert first_of_second.fraction >= 1 / 3 - 1e-6  # the first volume's third stays done
+    elapsed = [e.elapsed for e in bars]
+    assert elapsed == sorted(elapsed)

@@ -10,6 +10,7 @@ stay apart: each of their indices is one volume.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Generator
 from typing import Any
 
@@ -184,6 +185,8 @@ def segment_volumes(model_path: str, data: Any, volumes: list[tuple[Any, ...]], 
 
     yield Progress(0, 1, message="Loading the model")
     model = _load_model_cached(model_cache if model_cache is not None else {}, model_path, device)
+    start = time.perf_counter()
+    per_volume = 1000  # each volume's own fraction, in thousandths of the run (a bar that restarted per volume)
     for k, index in enumerate(volumes):
         gen = iter_segment_volume(model, data[index], spacing=spacing, diameter=diameter, threshold=threshold,
                                   min_size=min_size)
@@ -194,8 +197,11 @@ def segment_volumes(model_path: str, data: Any, volumes: list[tuple[Any, ...]], 
                 except StopIteration as stop:
                     yield VolumeResult(index, stop.value)
                     break
-                if isinstance(event, Progress) and len(volumes) > 1:
-                    event = dataclasses.replace(event, message=f"volume {k + 1}/{len(volumes)}: {event.message}")
+                if isinstance(event, Progress) and len(volumes) > 1:  # the whole run's bar and time left
+                    event = dataclasses.replace(
+                        event, done=k * per_volume + round(per_volume * min(event.fraction, 1.0)),
+                        total=per_volume * len(volumes), plane=k, elapsed=time.perf_counter() - start,
+                        message=f"volume {k + 1}/{len(volumes)}: {event.message}")
                 yield event
         finally:
             gen.close()
