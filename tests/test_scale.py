@@ -738,3 +738,21 @@ def test_levels_without_agreement_are_told_apart_by_the_objects_found_at_both():
     small.found(_discs_at(256, single + clumps, 0.5), small.next_scale())
     assert small.next_scale() is None
     assert small.passes[1][1] == pytest.approx(36, rel=0.1) and small.diameter == pytest.approx(18, rel=0.1)
+
+
+def test_planes_segmented_again_at_the_size_found_keep_the_bar_going_forward(data_dir):
+    """C2C12 frames where the first two tell no size (no object, then two): they are segmented
+    again once the third tells it. The bar went back (100% -> 87%) and ended at 93%, and the message
+    named plane 1 again as if the run had restarted."""
+    from napari_unet.core.events import Progress
+
+    model = load_model("cells", device="cpu")
+    images = tifffile.imread(data_dir / "c2c12_timelapse" / "images.tif")[[0, 9, 1]]
+    events = list(iter_planes(model, images))
+    assert [e.index[0] for e in events if isinstance(e, PlaneResult)] == [0, 1, 2, 0, 1]
+    bars = [e for e in events if isinstance(e, Progress)]
+    fractions = [e.fraction for e in bars]
+    assert all(b >= a - 1e-9 for a, b in zip(fractions, fractions[1:], strict=False))
+    assert fractions[-1] == pytest.approx(1.0)
+    again = [e.message for e in bars if "again" in e.message]
+    assert again and again[0].endswith("of plane 1/3 again, at the object size found")

@@ -653,6 +653,7 @@ def iter_planes(
             # found (the later result of a plane replaces the earlier: the 3D path's xy view too)
             if sized_here and sizing.search is not None:
                 unsized.append((k, idx))
+                runner.again += 1
             elif sized_here and sizing.diameter is not None:
                 # the planes before, segmented at the image's own scale, again at the size now known
                 yield from segment_again(unsized)
@@ -741,6 +742,10 @@ class _PlaneRunner:
         self.done = 0
         self.total = 0
         self.start = time.perf_counter()
+        #: the furthest plane begun, and how many planes before it are to run again (segmented while
+        #: their object size was not known): counted in the total, so the bar does not go back
+        self.position = 0
+        self.again = 0
 
     def at_scale(self, plane: np.ndarray, scale: float, k: int) -> Generator[Progress, None, np.ndarray]:
         """Probabilities (C, H, W) of ``plane`` on its own grid, the network run at ``scale``."""
@@ -761,10 +766,23 @@ class _PlaneRunner:
         yield Progress(done=self.done, total=max(self.total, self.done), plane=k,
                        elapsed=time.perf_counter() - self.start, message=f"{what} (plane {k + 1}/{self.n_planes})")
 
+    def _units_left(self, k: int) -> int:
+        """Planes of work left, plane ``k`` (begun now) included."""
+        if k < self.position:  # a plane run again: the planes ahead, this one and those still to run again
+            return self.n_planes - self.position + self.again
+        return self.n_planes - k + self.again
+
     def _run(self, plane: np.ndarray, k: int) -> Generator[Progress, None, np.ndarray]:
         shape = (int(plane.shape[0]), int(plane.shape[1]))
         tiles_here = self.engine.plan(shape).n_tiles
-        self.total = max(self.total, self.done + tiles_here * (self.n_planes - k))
+        again = k < self.position
+        if again:
+            self.again = max(self.again - 1, 0)
+        else:
+            self.position = k
+        units = self._units_left(k)
+        self.total = max(self.total, self.done + tiles_here * units)
+        which = f"plane {k + 1}/{self.n_planes}" + (" again, at the object size found" if again else "")
         in_plane = 0
 
         def count() -> None:
@@ -783,14 +801,14 @@ class _PlaneRunner:
                 return stop.value
             tiles_now = self.engine.plan(shape).n_tiles
             if tiles_now != tiles_here:  # re-planned after running out of memory
-                self.total = self.done - in_plane + tiles_now * (self.n_planes - k)
+                self.total = self.done - in_plane + tiles_now * units
                 tiles_here = tiles_now
             yield Progress(
                 done=self.done,
                 total=max(self.total, self.done),
                 plane=k,
                 elapsed=time.perf_counter() - self.start,
-                message=f"tile {in_plane}/{tiles_here} of plane {k + 1}/{self.n_planes}",
+                message=f"tile {in_plane}/{tiles_here} of {which}",
             )
 
 
