@@ -8,12 +8,16 @@ PY=${PYTHON:-python3}
 if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
   echo "napari-unet needs Python 3.10 or newer (found $("$PY" --version 2>&1))." >&2; exit 1
 fi
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv || { echo "Could not create a virtual environment: on Debian/Ubuntu run 'sudo apt-get install python3-venv' first." >&2; exit 1; }
+# a .venv without pip (left by a first try before python3-venv was installed: venv makes the
+# interpreter, then ensurepip fails) is made again
+if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+  rm -rf .venv
+  "$PY" -m venv .venv || { rm -rf .venv; echo "Could not create a virtual environment: on Debian/Ubuntu run 'sudo apt-get install python3-venv' first." >&2; exit 1; }
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 # torch 2.13.0 first: a range would let pip pick a newer, much larger build. A regular (not
 # editable) install: setuptools prints a screen of warnings for editable ones, and a user who
 # only runs the plugin has nothing to edit (pip install -e ".[all]" for development).
+echo "Installing napari-unet, napari and PyTorch into .venv (the first time takes several minutes)..."
 .venv/bin/python -m pip install -q "torch==2.13.0" ".[all]"
 exec .venv/bin/napari-unet gui "$@"

@@ -62,12 +62,17 @@ def test_every_python_name_in_the_manifest_imports():
 
 
 def test_top_level_manifest_is_the_packaged_one():
+    # two real files, the same text (a git link in their place became a text file naming the other
+    # in a clone without links, Windows by default: npe2 could not read it, the plugin did not load)
     from importlib.resources import files
+    from pathlib import Path
 
-    packaged = yaml.safe_load(files("napari_unet").joinpath("napari.yaml").read_text())
-    with open(__import__("pathlib").Path(__file__).parents[1] / "napari.yaml") as fh:
-        top = yaml.safe_load(fh)
-    assert packaged == top
+    root = Path(__file__).parents[1]
+    packaged = root / "napari_unet" / "napari.yaml"
+    assert not packaged.is_symlink() and not (root / "napari.yaml").is_symlink()
+    assert packaged.read_text() == (root / "napari.yaml").read_text(), \
+        "napari.yaml changed at the top level or in napari_unet/: copy it to the other place"
+    assert yaml.safe_load(files("napari_unet").joinpath("napari.yaml").read_text())["name"] == "napari-unet"
 
 
 def test_gui_docks_contributed_widgets():

@@ -35,6 +35,10 @@ def test_wheel_contains_manifest_samples_and_models(wheel):
     samples = {n for n in names if n.startswith("napari_unet/sample_data/") and n.endswith(".tif")}
     assert samples, "sample images missing from the wheel"
     assert "napari_unet/sample_data/README.md" in names
+    with zipfile.ZipFile(wheel) as zf:  # the notices the MIT and BSD-3 sources ask every copy to carry
+        notices = zf.read("napari_unet/sample_data/LICENSES.md").decode()
+    assert "Copyright (c) 2018 Okinawa Institute of Science & Technology" in notices
+    assert "Copyright (c) 2018-2023, Uwe Schmidt, Martin Weigert" in notices
     assert any(n.startswith("napari_unet/models/") and n.endswith(".pt") for n in names)
     assert not any(n.startswith(("tests/", "benchmarks/", "sample_data/")) for n in names)
 

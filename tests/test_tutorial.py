@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from qtpy.QtCore import Qt
 from skimage.io import imread
 
@@ -157,3 +158,19 @@ def test_gui_opens_files_its_reader_does_not_take_with_naparis(make_napari_viewe
     populate_viewer(viewer, [str(tmp_path / "cells.png"), str(tmp_path / "stack.tif")], None)
     assert [layer.name for layer in viewer.layers] == ["cells", "stack"]
     np.testing.assert_array_equal(np.asarray(viewer.layers["cells"].data), image)
+
+
+def test_gui_says_in_one_line_what_it_cannot_open_or_show(make_napari_viewer, tmp_path):
+    # a folder of text files: napari's own reader raised struct.error, a screen of traceback
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("plate 3, well B2\n")
+    viewer = make_napari_viewer()
+    with pytest.raises(ValueError, match=r"^cannot open .*notes: ") as exc:
+        populate_viewer(viewer, [str(tmp_path / "notes")], None)
+    assert "\n" not in str(exc.value)
+    # no display (an SSH session): Qt aborted the process; now one line and exit status 2
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    result = subprocess.run([sys.executable, "-m", "napari_unet.cli", "gui"], capture_output=True, text=True,
+                            timeout=120, env=env)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "no display" in result.stderr and "xvfb-run" in result.stderr

@@ -40,7 +40,13 @@ def populate_viewer(viewer, paths: list[str], sample: str | None) -> dict:
             try:
                 viewer.open(path, plugin="napari-unet")
             except ValueError:  # a file napari-unet's reader does not take (a PNG, a JPEG): napari's own
-                viewer.open(path)
+                try:
+                    viewer.open(path)
+                except Exception as exc:  # noqa: BLE001 - any reader's failure on a file is the user's to read
+                    # (a folder of text files: napari's image reader raised struct.error, a screen of traceback)
+                    from . import one_line
+
+                    raise ValueError(f"cannot open {path}: {one_line(exc)}") from None
     elif sample and sample != "none":
         samples = {s.key for s in manifest.contributions.sample_data or []}
         if sample in samples:
@@ -62,12 +68,25 @@ def show_dock(viewer, name: str) -> None:
     raise_plugin_dock(viewer, "napari-unet", name)
 
 
+def _check_display() -> None:
+    """On Linux without a display (an SSH session, a server) Qt aborts the process with a screen of
+    messages: one line instead (an offscreen or other platform asked for with QT_QPA_PLATFORM runs)."""
+    import os
+    import sys
+
+    if (sys.platform.startswith("linux") and not os.environ.get("QT_QPA_PLATFORM")
+            and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY")):
+        raise ValueError("no display to open napari on (DISPLAY is not set): run it in a desktop session, "
+                         "with ssh -X, or under xvfb-run; napari-unet predict and train need no display.")
+
+
 def run(args: argparse.Namespace) -> int:
     import napari
 
     for path in args.paths:
         if not Path(path).exists():
             raise ValueError(f"No such file or folder: {path}")
+    _check_display()
     from qtpy.QtCore import QTimer
 
     viewer = napari.Viewer(title="napari-unet")

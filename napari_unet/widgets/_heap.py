@@ -198,7 +198,10 @@ def _later(ms: int, fn: Any) -> None:
     if threading.current_thread() is threading.main_thread():
         QTimer.singleShot(ms, fn)
     elif _caller is not None:
-        _caller.call.emit(lambda: QTimer.singleShot(ms, fn))
+        try:
+            _caller.call.emit(lambda: QTimer.singleShot(ms, fn))
+        except RuntimeError:  # Qt already gone (a worker thread at the application's exit): nothing to run
+            pass
 
 
 def _weak(obj: Any) -> weakref.ref[Any] | None:
