@@ -219,6 +219,19 @@ def test_other_files_are_not_ours(tmp_path, name):
     assert napari_get_reader(str(path)) is None
 
 
+def test_a_png_named_tif_is_left_to_naparis_reader(make_napari_viewer, tmp_path):
+    # napari-unet's reader took every .tif and said this one was broken; napari's own opens it
+    from PIL import Image
+
+    image = (np.arange(64 * 80) % 251).astype(np.uint8).reshape(64, 80)
+    Image.fromarray(image).save(tmp_path / "renamed.tif", format="PNG")
+    assert napari_get_reader(str(tmp_path / "renamed.tif")) is None
+    (layer,) = make_napari_viewer().open(str(tmp_path / "renamed.tif"))
+    np.testing.assert_array_equal(np.asarray(layer.data), image)
+    tifffile.imwrite(tmp_path / "real.tif", image)
+    assert napari_get_reader(str(tmp_path / "real.tif")) is reader_function
+
+
 def test_non_ome_zarr_and_empty_folder_are_not_ours(tmp_path):
     import zarr
 

@@ -297,6 +297,8 @@ def napari_get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]]
     kind = detect_kind(path)
     if kind not in ("tiff", "ome-zarr", "image-folder"):
         return None
+    if kind == "tiff" and _named_tiff_but_another_format(path):  # napari's own reader opens it
+        return None
     if kind == "ome-zarr":  # accept only OME-Zarr images (with multiscales); others are not ours
         try:
             import zarr
@@ -308,6 +310,21 @@ def napari_get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]]
         if "multiscales" not in ome and "bioformats2raw.layout" not in ome:  # (images in groups 0, 1, ...)
             return None
     return reader_function
+
+
+#: The first bytes of image formats that a file named .tif may hold instead (a PNG or JPEG renamed).
+_OTHER_FORMATS = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"GIF8")
+
+
+def _named_tiff_but_another_format(path: str) -> bool:
+    """Whether a file named like a TIFF starts as a PNG, JPEG, BMP or GIF does (napari's own reader
+    opens those; napari-unet's said it was a broken TIFF)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return False
+    return head.startswith(_OTHER_FORMATS)
 
 
 def reader_function(path: str | list[str]) -> list[LayerData]:
