@@ -385,3 +385,54 @@ def test_an_rgb_fluorescence_merge_trains_on_the_colour_prediction_segments(dsb_
     (from_merge,) = prepare_examples(model, [merge], [labels])
     (from_blue,) = prepare_examples(model, [merge[..., 2]], [labels])
     np.testing.assert_allclose(from_merge.image, from_blue.image)
+
+
+def test_a_run_that_diverged_in_its_last_step_is_refused_not_returned(dsb_fluo_crop, tmp_path):
+    # the loss is checked before each update: the last one was never checked, and with nothing held
+    # out a network that outputs NaN was returned (and saved by its caller)
+    image, labels = dsb_fluo_crop
+    with pytest.raises(FloatingPointError, match="diverged.*lower learning rate"):
+        run_finetune(_tiny(depth=2), [image], [labels], steps=1, patch_size=32, batch_size=2, lr=1e10,
+                     val_fraction=0)
+    assert not list(tmp_path.iterdir())
+
+
+def test_weights_with_a_nan_validation_loss_are_never_the_best():
+    from napari_unet.core.validation import BestWeights, Scores, SelectionRule
+
+    tracker = BestWeights(SelectionRule(select="best"))
+    net = _tiny(depth=2).net
+    assert not tracker.record(Scores(0, ap50=0.0, dice=0.0, loss=float("nan")), net)
+    assert tracker.best is None
+    assert tracker.record(Scores(5, ap50=0.0, dice=0.1, loss=0.7), net) and tracker.best.step == 5
+
+
+def test_stop_before_the_first_validation_keeps_what_was_trained(dsb_fluo_crop):
+    """Stop at step 3 of 20 (validated every 10): only the starting weights had been validated, and
+    they were kept under a fine-tuned name ("no step did better"); the trained ones are validated
+    once now. A Stop pressed during the last step no longer waits for its validation."""
+    image, labels = dsb_fluo_crop
+    base = _tiny(depth=2)
+    pressed = {"at": 3}
+
+    def drive():
+        gen = finetune(base, [image], [labels], steps=20, validate_every=10, patch_size=32, batch_size=2,
+                       stop=lambda: pressed["now"])
+        pressed["now"] = False
+        events = []
+        try:
+            while True:
+                event = next(gen)
+                events.append(event)
+                if isinstance(event, TrainStep) and event.step == pressed["at"]:
+                    pressed["now"] = True
+        except StopIteration as done:
+            return events, done.value
+
+    events, model = drive()
+    validated = [e.step for e in events if isinstance(e, Validation)]
+    assert validated == [0, 3] and model.metadata["steps"] == 3
+    assert model.metadata["training"]["selected_step"] in (0, 3)  # the better of the two, both measured
+    pressed["at"] = 20  # Stop during the last step: its weights are the result, no validation waited for
+    events, model = drive()
+    assert [e.step for e in events if isinstance(e, Validation)] == [0, 10]

@@ -131,11 +131,15 @@ class Trainer:
 
     def run(
         self, stopped: Callable[[], bool] = lambda: False, validate_start: bool = True,
-        start: RunSummary | None = None,
+        start: RunSummary | None = None, user_stop: bool = False,
     ) -> Generator[TrainStep | Validation, None, RunSummary]:
         """Train until the budget is spent or ``stopped()``, yielding a :class:`TrainStep` per step
         and a :class:`Validation` per validation (at step 0 if ``validate_start``, as the cadence
         says, and of the final weights unless stopped); return a :class:`RunSummary`.
+
+        ``user_stop``: ``stopped`` is a person's Stop (not a leg's time): a Stop pressed during the
+        last step also skips the final validation, and a Stop before any trained weights were
+        validated validates them once (else the starting weights were kept, "no step did better").
 
         ``start``: the summary of the run so far when it goes on from a checkpoint (see
         :mod:`napari_unet.core.resume`): steps, losses and time carry on from it, and the
@@ -169,9 +173,12 @@ class Trainer:
                         and not self.budget.finished(run.steps, event.elapsed) and not stopped()):
                     yield self.validator(self.net, run.steps)
                     last_val_step, last_val_time = run.steps, time.perf_counter()
-            # the final weights (not after a stop: the user wants the result now)
+            # the final weights (not after a stop: the user wants the result now, unless no trained
+            # weights were validated yet)
             final_unseen = run.steps > 0 and last_val_step != run.steps
-            if self.validator is not None and final_unseen and not run.stopped_early:
+            stop_pressed = run.stopped_early or (user_stop and stopped())
+            if self.validator is not None and final_unseen and (
+                    not stop_pressed or (user_stop and last_val_step <= 0)):
                 yield self.validator(self.net, run.steps)
         finally:
             self.sampler.close()
@@ -323,7 +330,7 @@ def finetune(
     for note in prepared.split.notes:
         log.warning("Fine-tuning: %s", note)
         yield TrainNote(note)
-    run = yield from prepared.trainer.run(_stop_check(stop), validate_start)
+    run = yield from prepared.trainer.run(_stop_check(stop), validate_start, user_stop=True)
     return prepared.result(run)
 
 
@@ -352,12 +359,32 @@ class PreparedRun:
         net = self.trainer.net
         chosen = self.tracker.keep(net, run.steps)
         net.eval()
+        if not _finite_network(net):
+            # the last update (whose loss no later step saw) diverged, and nothing validated kept earlier
+            # weights: never a model to save
+            raise FloatingPointError("The training diverged: the network now outputs NaN or infinite values; "
+                                     "try a lower learning rate.")
         self.work.metadata = trained_metadata(
             self.base, from_scratch=self.from_scratch, split=self.split, n_val_planes=self.n_val_planes,
             n_val_objects=self.n_val_objects, tracker=self.tracker, chosen=chosen, run=run, recipe=self.recipe,
             device=describe_device(self.device),
         )
         return self.work
+
+
+def _finite_network(net: torch.nn.Module) -> bool:
+    """Whether ``net``'s weights are finite and it gives finite outputs on a patch of normalised noise
+    (weights of 1e30 are finite, and their output is not)."""
+    if not all(bool(torch.isfinite(v).all()) for v in net.state_dict().values() if v.is_floating_point()):
+        return False
+    config = getattr(net, "config", None)
+    if config is None:
+        return True
+    side = net.valid_input_size(64)
+    param = next(net.parameters())
+    probe = torch.randn((1, config.in_channels, side, side), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return bool(torch.isfinite(net(probe.to(param.device, param.dtype))).all())
 
 
 def prepare_run(

@@ -184,7 +184,8 @@ class BestWeights:
 
     def record(self, scores: Scores, net: torch.nn.Module) -> bool:
         """Note the scores of ``net``'s current weights (copied when they are the best); True if best."""
-        improved = self.rule.improves(scores, self.best)
+        # weights whose validation loss is not finite (diverged) are never the best, even the first ones
+        improved = (scores.loss is None or math.isfinite(scores.loss)) and self.rule.improves(scores, self.best)
         if improved:
             self.best = scores
             self._state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
