@@ -140,6 +140,22 @@ def test_split_whole_planes_or_bands(dsb_fluo_crop):
     assert split_examples(five, 0.0, np.random.default_rng(0)) == (five, [])
 
 
+def test_an_empty_corrected_slice_is_never_the_one_held_out(dsb_fluo_crop):
+    # with slice 3 empty, seeds 0, 2 and 4 held it out: nothing was measured, so nothing was held out
+    image, labels = dsb_fluo_crop
+    model = _tiny()
+    planes = [labels] * 3 + [np.zeros_like(labels)] + [labels]
+    five = prepare_examples(model, [image] * 5, planes)
+    for seed in range(6):
+        train, val = split_examples(five, 0.2, np.random.default_rng(seed))
+        assert len(val) == 1 and val[0].labels.max() > 0 and len(train) == 4, seed
+    # bands (one plane too few to hold one out): an empty plane keeps none, and trains whole
+    two = prepare_examples(model, [image] * 2, [labels, np.zeros_like(labels)])
+    train, val = split_examples(two, 0.25, np.random.default_rng(0))
+    assert len(val) == 1 and val[0].labels.max() > 0
+    assert any(e.labels.shape == labels.shape and not e.labels.any() for e in train)
+
+
 @pytest.fixture(scope="module")
 def c2c12_frame0(data_dir) -> tuple[np.ndarray, np.ndarray]:
     """Frame 0 of the C2C12 phase-contrast time-lapse (CC-BY 4.0) and its 8 labelled cells."""
@@ -436,3 +452,24 @@ def test_stop_before_the_first_validation_keeps_what_was_trained(dsb_fluo_crop):
     pressed["at"] = 20  # Stop during the last step: its weights are the result, no validation waited for
     events, model = drive()
     assert [e.step for e in events if isinstance(e, Validation)] == [0, 10]
+
+
+def test_odd_inputs_of_a_script_get_clear_answers(dsb_fluo_crop):
+    from napari_unet.core.augment import NO_AUGMENT
+    from napari_unet.core.targets import border_weights, labels_to_targets
+
+    image, labels = dsb_fluo_crop
+    # a tracking tool's global ids: the targets measured memory by id (MemoryError at 2**31 - 1)
+    far = np.where(labels > 0, labels.astype(np.int64) + 2**31 - 1 - int(labels.max()), 0)
+    classes, weights = labels_to_targets(far)
+    np.testing.assert_array_equal(classes, labels_to_targets(labels)[0])
+    np.testing.assert_allclose(weights, labels_to_targets(labels)[1])
+    assert border_weights(far).shape == labels.shape
+    # an example without any data: one line, not the sampler's "high <= 0"
+    with pytest.raises(ValueError, match="Example 2 holds no data at all"):
+        run_finetune(_tiny(depth=2), [image, np.full(image.shape, np.nan, np.float32)], [labels, labels],
+                     steps=1, patch_size=32)
+    # training without augmentation says so in its metadata (it said "augment: True")
+    model = run_finetune(_tiny(depth=2), [image], [labels], steps=1, patch_size=32, augment=NO_AUGMENT,
+                         val_fraction=0)
+    assert model.metadata["training"]["augment"] is False

@@ -127,6 +127,9 @@ def prepare_examples(
         # brighter than the labelled ones clipped, as for prediction
         img = _colour_segmented(model, img)
         img, missing = fill_missing(img)
+        if missing is not None and missing.all():  # (the sampler failed on it: "high <= 0")
+            raise ValueError(f"Example {i + 1} holds no data at all (NaN only, or the black fill of a "
+                             "mosaic): leave it out.")
         img = without_camera_artefacts(img)
         if (level := bright_outliers_level(img, lab)) is not None:  # clipped as prediction clips them
             img = clipped_at(img, level)
@@ -213,15 +216,21 @@ def split_examples(
         return examples, []
     n = len(examples)
     k = int(math.floor(n * val_fraction + 1e-9))
-    if 1 <= k < n:
-        order = rng.permutation(n)
-        val = [examples[i] for i in sorted(order[:k])]
-        train = [examples[i] for i in sorted(order[k:])]
+    # planes are held out among those with objects (an empty corrected slice held out measured
+    # nothing, and nothing was held out at all)
+    with_objects = [i for i, e in enumerate(examples) if has_objects([e])]
+    if 1 <= k < n and k <= len(with_objects):
+        order = (rng.permutation(n) if len(with_objects) == n
+                 else np.asarray(with_objects)[rng.permutation(len(with_objects))])
+        held = set(int(i) for i in order[:k])
+        val = [examples[i] for i in sorted(held)]
+        train = [e for i, e in enumerate(examples) if i not in held]
         if has_objects(train):
             return _enough_held_out(examples, train, val)
     train, val = [], []
     for e in examples:
-        band = choose_band(e.labels, val_fraction)
+        # an empty slice keeps no band: one speck there scored 0 and outweighed every cell of the others
+        band = choose_band(e.labels, val_fraction) if has_objects([e]) else None
         if band is None:
             train.append(e)
             continue

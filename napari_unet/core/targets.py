@@ -8,7 +8,7 @@ instances:
   (Euclidean), drawn wherever the instance meets the background *or another instance*;
   it is not drawn along the image edge (an object cut by the edge goes on beyond it).
   Objects too small to keep an interior under a ``boundary_width`` band keep the pixels
-  a one-pixel band leaves, so every object has a seed.
+  a one-pixel band leaves, so every object more than two pixels thick has a seed.
 * ``"foreground"`` (2 classes, the paper's): 0 background, 1 foreground, where pixels of
   an instance that touch another instance are set to background, so that touching cells
   stay apart in connected components (as in the paper's annotations).
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from .labels import check_labels
+from .labels import check_labels, compact_ids
 
 REPRESENTATION_CLASSES = {"bg-interior-boundary": 3, "foreground": 2}
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
@@ -119,7 +119,7 @@ def border_weights(labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0) -> 
     ndarray
         (H, W) float32, zero on objects and far from any pair of objects.
     """
-    labels = check_labels(labels)
+    labels = compact_ids(check_labels(labels))  # (ids far beyond the pixels: memory by id, not by pixel)
     if sigma <= 0:
         raise ValueError(f"sigma must be positive, got {sigma}.")
     d1, d2 = _two_nearest(labels, 3.0 * sigma)
@@ -209,7 +209,7 @@ def labels_to_targets(
     weights : ndarray
         (H, W) float32 per-pixel loss weights (>= 0.1; 0 where the class is not known).
     """
-    labels = check_labels(labels)
+    labels = compact_ids(check_labels(labels))  # (ids far beyond the pixels: memory by id, not by pixel)
     classes = labels_to_classes(labels, representation, boundary_width)
     n_classes = REPRESENTATION_CLASSES[representation]
     weights = class_balance(classes if known is None else classes[known], n_classes)[classes]

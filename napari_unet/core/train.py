@@ -462,7 +462,8 @@ def prepare_run(
         freeze_norm=freeze_norm,
     )
     precision = str(amp_dtype).replace("torch.", "") if amp_dtype else "off"
-    recipe = Recipe(geometry.in_size, batch_size, lr, weight_decay, bool(augment), freeze_norm, precision, seed,
+    # (an AugmentConfig is always truthy: NO_AUGMENT was recorded as "augment: True")
+    recipe = Recipe(geometry.in_size, batch_size, lr, weight_decay, aug_config != NO_AUGMENT, freeze_norm, precision, seed,
                     boundary_width, w0, sigma,
                     "all" if from_scratch and labelled == "auto" else labelled)  # (what "auto" did from scratch)
     return PreparedRun(model, work, trainer, tracker, split, len(planes), n_val_objects, recipe, dev, from_scratch)
