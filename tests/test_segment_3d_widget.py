@@ -224,3 +224,28 @@ def test_the_bar_of_a_time_lapse_of_volumes_covers_the_whole_run(nuclei3d):
     assert first_of_second.fraction >= 1 / 3 - 1e-6  # the first volume's third stays done
     elapsed = [e.elapsed for e in bars]
     assert elapsed == sorted(elapsed)
+
+
+def test_a_cancelled_run_cleans_up_when_its_thread_ends(qtbot, make_napari_viewer):
+    """quit() stopped iterating a worker's generator without closing it: a 3D run's temporary file
+    of probabilities (400 MB for 100 x 1024 x 1024) and its arrays stayed until napari exited."""
+    import threading
+
+    from napari_unet.widgets._base import start_worker
+
+    make_napari_viewer()  # (a Qt application, as in napari)
+    cleaned, going = threading.Event(), threading.Event()
+
+    def work():
+        try:
+            while True:
+                going.set()
+                yield 1
+        finally:
+            cleaned.set()
+
+    done = []
+    worker = start_worker(work(), finished=lambda: done.append(True))
+    qtbot.waitUntil(going.is_set, timeout=10_000)
+    worker.quit()
+    qtbot.waitUntil(lambda: bool(done) and cleaned.is_set(), timeout=10_000)
