@@ -484,3 +484,36 @@ def test_3d_probabilities_that_the_disk_cannot_hold_are_a_clear_error(tmp_path):
     with pytest.raises(ImageError, match="not enough free space.*3D probabilities"):
         _ProbabilityStore((int(depth), side, side), workdir=str(tmp_path))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_narrow_stack_is_segmented_in_xy_planes_with_a_note(model, data_dir):
+    # a 20 px wide crop of the synthetic nuclei: 2D segmented it, 3D refused a side view's diameter
+    # ("more than half of the image (31 x 20 px)"), a size the user never typed
+    import tifffile
+
+    strip = tifffile.imread(data_dir / "nuclei3d_synthetic" / "image.tif")[:, 20:40, :]
+    events = []
+    labels = run_to_end(iter_segment_volume(model, strip, spacing=(1.0, 1.0, 1.0)), events.append)
+    notes = [e.message for e in events if isinstance(e, VolumeNote)]
+    assert any("px wide in y or x" in n and "only xy planes" in n for n in notes), notes
+    assert labels.max() > 0
+
+
+def test_the_bar_goes_on_when_the_xy_planes_run_again_clipped(model, data_dir):
+    # two nuclei 8x brighter than the others: the xy planes run again clipped, under the same stage,
+    # and the bar went back from 30% to 1% (the time left jumped to minutes)
+    import tifffile
+
+    from napari_unet.core.events import Progress
+
+    image = tifffile.imread(data_dir / "nuclei3d_synthetic" / "image.tif").astype(np.float32)
+    truth = tifffile.imread(data_dir / "nuclei3d_synthetic" / "labels.tif")
+    image = np.clip(image - np.percentile(image, 1), 0, None)
+    for k in (8, 31):
+        image[truth == k] *= 8
+    events = []
+    run_to_end(iter_segment_volume(model, image, spacing=(1.0, 1.0, 1.0)), events.append)
+    bars = [e for e in events if isinstance(e, Progress)]
+    assert any("clipped" in e.message for e in bars)
+    done = [e.done for e in bars]
+    assert done == sorted(done) and done[-1] == bars[-1].total

@@ -340,18 +340,35 @@ class _Stages:
     UNITS = 10_000
 
     def __init__(self, weights: dict[str, float]) -> None:
-        total = sum(weights.values()) or 1.0
+        self.weights = dict(weights)
         self.starts: dict[str, float] = {}
-        at = 0.0
-        for name, w in weights.items():
-            self.starts[name] = at
-            at += w / total
-        self.shares = {name: w / total for name, w in weights.items()}
+        self.shares: dict[str, float] = {}
+        self._place(list(weights), 0.0)
+        self.last = 0  # units reported last: the bar never goes back
         self.start = time.perf_counter()
+
+    def _place(self, names: list[str], at: float) -> None:
+        """Stages ``names``, in order, over the part of the bar from ``at`` on, by their weights."""
+        total = sum(self.weights[n] for n in names) or 1.0
+        span = 1.0 - at
+        for name in names:
+            self.starts[name] = at
+            self.shares[name] = span * self.weights[name] / total
+            at += self.shares[name]
+
+    def add_after(self, stage: str, name: str, weight: float) -> None:
+        """A stage found to be needed during the run (the xy planes again, clipped), after ``stage``:
+        it and the stages after it share what is left of the bar from where it is now."""
+        names = list(self.weights)
+        i = names.index(stage)
+        self.weights = {**{n: self.weights[n] for n in names[: i + 1]}, name: weight,
+                        **{n: self.weights[n] for n in names[i + 1:]}}
+        self._place([name, *names[i + 1:]], self.last / self.UNITS)
 
     def event(self, stage: str, fraction: float, message: str, plane: int = 0) -> Progress:
         done = self.starts[stage] + self.shares[stage] * min(max(fraction, 0.0), 1.0)
-        return Progress(done=int(round(done * self.UNITS)), total=self.UNITS, plane=plane,
+        self.last = max(self.last, int(round(done * self.UNITS)))
+        return Progress(done=self.last, total=self.UNITS, plane=plane,
                         elapsed=time.perf_counter() - self.start, message=message)
 
 
@@ -531,12 +548,13 @@ def _iter_3d(model, volume, spacing, diameter, orthogonal, threshold, min_size, 
             # unclipped, and the objects there were cut in z), the xy view again (its size measured again)
             volume = _Clipped(volume, float(np.median(found["clipped"])))
             yield VolumeNote(OUTLIERS_NOTE.replace("the image's", "the stack's"))
+            stages.add_after("xy", "xy clipped", weights["xy"])  # (the bar went back to 0 for the xy stage)
             yield from _forward(
                 iter_planes(model, volume, rgb=False, by_kind=False, planes=_middle_first(nz),
                             diameter=diameter, labels=False, threshold=threshold,
                             min_size=min_size, should_stop=should_stop, to_model_diameter=True, outliers="off",
                             **engine_options),
-                stages, "xy", "xy planes, bright objects clipped", add_xy)
+                stages, "xy clipped", "xy planes, bright objects clipped", add_xy)
             sized = found["last"]
         store.views += 1
         xy_diameter = sized.diameter
@@ -570,6 +588,13 @@ def _iter_3d(model, volume, spacing, diameter, orthogonal, threshold, min_size, 
             # a side view's pixel is one plane step wide: no object there to segment (nor a diameter)
             yield VolumeNote(f"The objects ({xy_diameter:.3g} px) are narrower than the planes are apart "
                              f"({z_factor:.3g} px): only xy planes are predicted (no yz / xz views).")
+            orthogonal = False
+        if orthogonal and xy_diameter and any(xy_diameter / side.pixel > min(side.plane_shape) / 2
+                                              for side in sides.values()):
+            # a narrow stack (31 x 20 px in a side view): its side planes hold less than two objects across,
+            # and their typed diameter was refused ("more than half of the image") though 2D segments it
+            yield VolumeNote(f"The stack is only {min(ny, nx)} px wide in y or x, less than two objects of "
+                             f"{xy_diameter:.3g} px: only xy planes are predicted (no yz / xz views).")
             orthogonal = False
         if orthogonal:
             weight = side_view_weight(z_factor)
