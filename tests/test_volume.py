@@ -517,3 +517,20 @@ def test_the_bar_goes_on_when_the_xy_planes_run_again_clipped(model, data_dir):
     assert any("clipped" in e.message for e in bars)
     done = [e.done for e in bars]
     assert done == sorted(done) and done[-1] == bars[-1].total
+
+
+def test_side_views_say_nothing_of_their_own_planes(model, data_dir, caplog):
+    # a z-stack with a NaN border: "The plane at index 0 holds no data at all" (a side view's plane, not
+    # the z plane 0 the user sees, which has data) and "Part of the image holds no data" twice
+    import logging
+
+    import tifffile
+
+    image = tifffile.imread(data_dir / "nuclei3d_synthetic" / "image.tif").astype(np.float32)
+    image[:, :, :3] = np.nan
+    with caplog.at_level(logging.WARNING, logger="napari_unet.core.predict"):
+        labels = segment_volume(model, image, spacing=(1.0, 1.0, 1.0))
+    said = [r.getMessage() for r in caplog.records]
+    assert not any("holds no data at all" in m for m in said), said
+    assert sum("Part of the image holds no data" in m for m in said) == 1
+    assert labels.max() > 0 and not labels[:, :, :3].any()

@@ -456,6 +456,7 @@ def iter_planes(
     by_kind: bool = True,
     colour: int | str | None = "auto",
     outliers: str = "clip",
+    plane_notes: bool = True,
     **engine_options: Any,
 ) -> Generator[Progress | PlaneResult, None, None]:
     """The one plane loop: read, rescale to the model's object size, predict and post-process planes.
@@ -515,6 +516,9 @@ def iter_planes(
         foreground's connected parts without labels) is segmented again clipped ("clip"), or only
         said in :attr:`PlaneResult.clipped` ("measure": the 3D path decides for the whole volume),
         or not looked at ("off").
+    plane_notes : bool
+        Say a plane without data or of camera noise (False: the side views of a z-stack, whose planes
+        are no planes of the user's; its xy planes said it).
     **engine_options
         ``tile_size``, ``batch_size``, ``halo``, ``device``, ``precision``, ``channels_last``
         (see :func:`iter_predict_probabilities`).
@@ -543,7 +547,10 @@ def iter_planes(
     runner = _PlaneRunner(_Engine(model, **engine_options), len(planes), should_stop)
     colour = _check_colour(colour, layout)
 
-    said_noise = said_missing = said_outliers = False
+    said_noise = said_missing = not plane_notes
+    if not plane_notes:
+        runner.engine._said_constant = True
+    said_outliers = False
 
     def load(idx: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray | None]:
         """Plane ``idx`` as read (all its colours), its pixels without data filled, and where those are

@@ -612,7 +612,7 @@ def _iter_3d(model, volume, spacing, diameter, orthogonal, threshold, min_size, 
                 yield from _forward(
                     iter_planes(model, side, rgb=False, by_kind=False, diameter=side_diameter, labels=False,
                                 threshold=threshold, min_size=min_size, should_stop=should_stop,
-                                to_model_diameter=True, outliers="off", **engine_options),
+                                to_model_diameter=True, outliers="off", plane_notes=False, **engine_options),
                     stages, stage, f"{stage} planes", add_side)
                 store.views += weight
         scale = sized.scale
