@@ -971,3 +971,30 @@ def test_folders_with_files_named_alike_both_count_and_names_with_commas_are_mat
     w.corrected_panel._labels_combo.value = masks
     assert len(w.gather_examples()) == 3
     assert not any("are not in this run" in m for m in notifications)
+
+
+def test_model_lists_follow_the_folder_on_layer_events(widget, base_model):
+    """A model saved by `napari-unet train` or deleted in a file manager: Segment's list followed, but
+    Fine-tune's lists were never made again (its panels sit in the layout): the new model could not be
+    renamed, deleted or exported until the widget was reopened."""
+    import shutil
+
+    from napari_unet.core.catalog import user_models_dir
+
+    viewer, w = widget
+    shutil.copy(base_model, user_models_dir() / "from-cli.pt")
+    viewer.add_points(name="any layer event")
+    assert "from-cli" in w.models_panel._manage_combo.choices
+    assert any("from-cli" in str(v) for v in w.settings_panel._base_model.choices)
+    (user_models_dir() / "from-cli.pt").unlink()
+    viewer.layers.remove("any layer event")
+    assert "from-cli" not in w.models_panel._manage_combo.choices
+
+
+def test_names_made_from_files_are_names_a_model_can_have(base_model):
+    from napari_unet.core.catalog import check_model_name, suggest_model_name
+
+    for downloaded in ("cells (1)", "unet@v2", "((x))"):  # Fine-tune proposed names it then refused
+        check_model_name(suggest_model_name(downloaded))
+    with pytest.raises(ValueError, match="too long for a file name"):  # 80 letters of 4 bytes: not a file
+        check_model_name("\U0001d402\U0001d41e\U0001d425\U0001d425\U0001d42c" * 13)

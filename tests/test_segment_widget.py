@@ -1220,3 +1220,54 @@ def test_a_model_deleted_behind_segments_back_is_said_when_the_lists_are_made_ag
     viewer.add_points(name="anything")  # a layer event
     assert w._model_combo.value != str(mine)
     assert any("The model 'mine' is gone; now using" in m for m in notifications)
+
+
+def test_model_files_added_by_hand_are_the_listed_ones_and_go_when_gone(widget, qtbot, tiny_model_path,
+                                                                        c2c12_stack, notifications, tmp_path):
+    """A user's model added by hand (through a linked folder, or as it is listed) was listed twice, the
+    "(file)" copy chosen, and it stayed offered after the file was deleted: "Segmentation failed:
+    [Errno 2]". A model deleted on disk before Segment was pressed ran all the same and failed."""
+    import shutil
+
+    from napari_unet.core.catalog import user_models_dir
+
+    viewer, w = widget
+    mine = user_models_dir() / "mine.pt"
+    mine.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(tiny_model_path, mine)
+    (tmp_path / "linked").symlink_to(mine.parent, target_is_directory=True)
+    w.add_model_file(tmp_path / "linked" / "mine.pt")
+    assert w._model_combo.value == str(mine) and sum("mine" in str(v) for v in w._model_combo.choices) == 1
+    w.select_model(tmp_path / "linked" / "mine.pt")
+    assert w._model_combo.value == str(mine)
+    image = viewer.add_image(c2c12_stack[0], name="one")
+    w.reset_choices()
+    w._image_combo.value = image
+    w._model_combo.value = str(mine)
+    mine.unlink()  # deleted in a file manager, then Segment pressed
+    w.run()
+    assert w._worker is None and w._model_combo.value != str(mine)
+    assert any("'mine' is gone" in m for m in notifications)
+    # an added file outside the model folders, deleted: no longer offered
+    elsewhere = tmp_path / "elsewhere.pt"
+    shutil.copy(tiny_model_path, elsewhere)
+    w.add_model_file(elsewhere)
+    elsewhere.unlink()
+    viewer.add_points(name="a layer event")
+    assert str(elsewhere) not in w._model_combo.choices
+
+
+def test_a_settings_file_edited_by_hand_does_not_stop_load_stack(make_napari_viewer, tmp_path):
+    import json
+    import os
+
+    from napari_unet.io._settings import SETTINGS_FILE, get_setting
+    from napari_unet.widgets.load import LoadWidget
+
+    config = Path(os.environ["NAPARI_UNET_CONFIG_DIR"])
+    config.mkdir(parents=True, exist_ok=True)
+    viewer = make_napari_viewer()
+    for value in (5, ["/tmp"], {"a": 1}):
+        (config / SETTINGS_FILE).write_text(json.dumps({"last_folder": value}))
+        assert get_setting("last_folder") == value
+        LoadWidget(viewer)  # (it raised TypeError and did not open)

@@ -155,6 +155,8 @@ def check_model_name(name: str) -> str:
             f"Model name {name!r} is not usable: use letters, digits, spaces, '.', '+', '-' or '_' "
             "(at most 80 characters), without a file extension."
         )
+    if len(f"{name}-99{MODEL_SUFFIX}".encode()) > 255:  # file names are bytes (80 letters of 4 bytes each)
+        raise ValueError(f"Model name {name[:20]!r}... is too long for a file name; choose a shorter one.")
     # (case aside: "NUCLEI.pt" and "nuclei.pt" are one file on macOS and Windows)
     if any(e.builtin and e.name.lower() == name.lower() for e in list_models()):
         raise ValueError(f"{name!r} is the name of a built-in model; choose another name.")
@@ -196,6 +198,8 @@ def suggest_model_name(base: str) -> str:
     if stem.endswith("-tuned"):
         stem = stem[: -len("-tuned")]
     stem = stem.rsplit("-tuned-", 1)[0]
+    # a file's name as it came ("cells (1).pt", "unet@v2.pt"): only the characters a name may have
+    stem = " ".join(re.sub(r"[^\w .+-]+", " ", stem).split()).lstrip(" .+-")
     stem = (stem or "model")[:60]
     candidate = f"{stem}-tuned"
     n = 2

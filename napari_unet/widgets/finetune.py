@@ -208,6 +208,17 @@ class FinetuneWidget(Container):
         """Ask the training to stop after the current step; the best model so far is kept."""
         self.run_panel.stop()
 
+    def reset_choices(self, *_args) -> None:
+        """napari calls this on layer events: the model lists are read from disk again too (a model saved
+        by ``napari-unet train`` or deleted in a file manager; the panels sit in the layout, where the
+        container's own reset never reached them: a model Segment listed could not be renamed here)."""
+        super().reset_choices()
+        self.settings_panel.refresh_models()
+        self.models_panel.refresh()
+        segment = get_widget(self._viewer, "segment")
+        if segment is not None and not self.settings_panel.user_chose_base:
+            self.settings_panel.follow(segment._model_combo.value)
+
     def refresh_models(self, *_args) -> None:
         """Reload the model lists (after training, renaming, deleting), Segment's too."""
         self.settings_panel.refresh_models()

@@ -47,7 +47,8 @@ class LoadWidget(Container):
         self._worker: Any = None
         self._missing_notified: Path | None = None
         last = get_setting("last_folder")
-        start = Path(last) if last and Path(last).is_dir() else Path.home()
+        # (a settings file edited by hand may hold anything there: Load stack did not open)
+        start = Path(last) if isinstance(last, str) and last and Path(last).is_dir() else Path.home()
 
         self._source = FixedRadioButtons(
             choices=["file", "folder"], value="file", label="Open", orientation="horizontal",

@@ -206,8 +206,15 @@ class SegmentWidget(Container):
         from napari_unet.core.checkpoint import list_models
 
         choices = [(f"{e.name}{'' if e.builtin else ' (yours)'}", str(e.path)) for e in list_models()]
-        choices += [(name, path) for name, path in self._extra_models.items()]
+        # a file added by hand and gone since (renamed, deleted) is no longer offered (it was, and failed)
+        choices += [(name, path) for name, path in self._extra_models.items() if Path(path).exists()]
         return choices
+
+    def _listed(self, path: str | Path) -> str | None:
+        """The value in the Model list of the file ``path`` (the same file by another path: a models
+        folder through a link, a relative NAPARI_UNET_MODELS), None when it is not listed."""
+        target = Path(path).resolve()
+        return next((value for _label, value in self._model_choices() if Path(value).resolve() == target), None)
 
     def refresh_models(self) -> None:
         """Reload the Model list (models trained, renamed or deleted under Fine-tune). When the chosen
@@ -253,6 +260,11 @@ class SegmentWidget(Container):
 
         package = is_bioimageio_package(path)
         path = str(package_location(Path(path).resolve()))
+        listed = self._listed(path)  # one of the models listed already (a user's model added by hand): that one
+        if listed is not None:
+            self._model_combo.reset_choices()
+            self._model_combo.value = listed
+            return
         if path not in self._extra_models.values():  # a second "model.pt" of another folder: both listed
             label = base = f"{Path(path).stem} ({'BioImage.IO' if package else 'file'})"
             if label in self._extra_models:
@@ -266,12 +278,12 @@ class SegmentWidget(Container):
 
     def select_model(self, path: str | Path) -> None:
         """Select the model at ``path`` (adding it to the list if needed)."""
-        path = str(Path(path).resolve())
         self._model_combo.reset_choices()
-        if path not in [value for _label, value in self._model_choices()]:
+        listed = self._listed(path)
+        if listed is None:
             self.add_model_file(path)
         else:
-            self._model_combo.value = path
+            self._model_combo.value = listed
 
     def _on_model_changed(self, *_args) -> None:
         """A new model: take its threshold and min. size (the masks made before keep their kept
@@ -424,6 +436,11 @@ class SegmentWidget(Container):
         model_path = self._model_combo.value
         if not model_path:
             notify_error("Segment", "no model available: add a model file or reinstall napari-unet.")
+            return
+        if not Path(model_path).exists():  # deleted or renamed on disk since the list was made: said, not run
+            self.refresh_models()  # (the proposed model is chosen instead, and the status says so)
+            if self._model_combo.value == model_path:  # (still chosen: nothing else to take)
+                notify_error("Segment", f"the model file {model_path} is gone.")
             return
         overwrite = bool(self._overwrite.value) and not keep_corrected
         try:
