@@ -50,7 +50,7 @@ def add_parser(subparsers: Any) -> None:
                    help="what runs the network (default: ONNX Runtime on the CPU, torch on a GPU; "
                         "or NAPARI_UNET_ENGINE)")
     p.add_argument("--threshold", type=float, default=None,
-                   help="probability threshold in (0, 1) (default: the model's own, usually about 0.5; its own for "
+                   help="probability threshold in (0, 1) (default: the model's own, 0.6-0.7 for the built-in models; its own for "
                         "the kind of image where it has one, e.g. colour images for 'nuclei')")
     p.add_argument("--min-size", type=int, default=None,
                    help="remove objects smaller than this many pixels (default: the model's own)")
