@@ -64,17 +64,79 @@ def seed_pixels(fraction: float, diameter: float) -> int:
     return int(round(fraction * math.pi * (diameter / 2) ** 2))
 
 
-def _remove_small_and_relabel(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Drop objects under ``min_size`` pixels and renumber 1..N (int32)."""
+def label_counts(labels: np.ndarray, minlength: int = 0) -> np.ndarray:
+    """``np.bincount(labels.ravel(), minlength=minlength)`` (non-negative integer labels), counted
+    a block of about a million pixels at a time: ``np.bincount`` counts an int64 copy of what it is
+    given, 8 bytes a pixel of a whole plane (128 MB for one of 4000 px a side, int32 labels)."""
+    labels = np.asarray(labels)
+    if labels.ndim < 2 or labels.size <= 1 << 20:
+        return np.bincount(labels.ravel(), minlength=minlength)
+    rows = max(1, (1 << 20) // (labels.size // labels.shape[0]))
+    counts = np.zeros(0, dtype=np.intp)
+    for start in range(0, labels.shape[0], rows):
+        part = np.bincount(labels[start : start + rows].ravel(), minlength=minlength)
+        if part.size > counts.size:
+            part[: counts.size] += counts
+            counts = part
+        else:
+            counts[: part.size] += part
+    return counts
+
+
+def _remove_small_and_relabel(labels: np.ndarray, min_size: int, in_place: bool = False) -> np.ndarray:
+    """Drop objects under ``min_size`` pixels and renumber 1..N (int32); ``in_place``: into
+    ``labels`` itself when it is an int32 array of its own (no second plane of labels)."""
     n = int(labels.max()) if labels.size else 0
     if n == 0:
         return labels.astype(np.int32, copy=False)
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    sizes = label_counts(labels, n + 1)
     keep = sizes >= max(1, min_size)
     keep[0] = False
     lut = np.zeros(n + 1, dtype=np.int32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    if in_place and labels.dtype == np.int32 and labels.flags.c_contiguous and labels.flags.writeable:
+        flat = labels.reshape(-1)  # a million pixels at a time (np.take(..., out=labels) copies the plane twice)
+        for start in range(0, flat.size, 1 << 20):
+            flat[start : start + (1 << 20)] = lut[flat[start : start + (1 << 20)]]
+        return labels
     return lut[labels]
+
+
+#: The watershed of a plane larger than this (pixels) runs on bands of whole rows of about this
+#: many pixels, each holding whole parts of the foreground: scikit-image's watershed takes about
+#: 21 bytes a pixel of what it is given (a float64 copy of the image, padded copies of the image,
+#: markers and mask, its output), which for a slide is gigabytes.
+WATERSHED_BAND_PX = 1 << 20
+
+
+def _watershed(image: np.ndarray, seeds: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+    """``watershed(image, markers=seeds, mask=foreground, connectivity=1)`` (int32).
+
+    Large planes (see :data:`WATERSHED_BAND_PX`): band by band, into ``seeds`` itself. The
+    flooding never leaves a 4-connected part of the mask, so each part is flooded on its own in
+    the band of rows that holds it whole, from its own seeds, in the same order."""
+    from skimage.segmentation import watershed
+
+    h, w = foreground.shape
+    rows = max(1, WATERSHED_BAND_PX // max(w, 1))
+    if h <= 2 * rows:
+        return watershed(image, markers=seeds, mask=foreground, connectivity=1)
+    parts, n_parts = ndi.label(foreground, structure=_STRUCT4)  # (numbered by their first row)
+    boxes = ndi.find_objects(parts)
+    first = 0
+    while first < n_parts:
+        y0, y1 = boxes[first][0].start, boxes[first][0].stop
+        last = first + 1
+        while last < n_parts and max(y1, boxes[last][0].stop) - y0 <= rows:
+            y1 = max(y1, boxes[last][0].stop)
+            last += 1
+        band = parts[y0:y1]
+        mask = (band > first) & (band <= last)  # parts first + 1 .. last (ids from 1)
+        flooded = watershed(image[y0:y1], markers=seeds[y0:y1], mask=mask, connectivity=1)
+        np.copyto(seeds[y0:y1], flooded, where=mask)
+        del band, mask, flooded
+        first = last
+    return seeds
 
 
 def instances_from_interior_boundary(
@@ -85,8 +147,6 @@ def instances_from_interior_boundary(
 
     ``min_seed``: interior parts smaller than this many pixels seed no object of their own.
     """
-    from skimage.segmentation import watershed
-
     threshold, min_size = _check_args(threshold, min_size)
     p_interior = probs[1]
     p_boundary = probs[2]
@@ -95,21 +155,22 @@ def instances_from_interior_boundary(
         return np.zeros(probs.shape[1:], dtype=np.int32)
     seeds, n_seeds = ndi.label((p_interior > threshold) & foreground, structure=_STRUCT4)
     if n_seeds and min_seed > 1:
-        small = np.bincount(seeds.ravel(), minlength=n_seeds + 1) < min_seed
+        small = label_counts(seeds, n_seeds + 1) < min_seed
         small[0] = False
         if small.any():
             seeds[small[seeds]] = 0
-    if n_seeds:
-        labels = watershed(p_boundary, markers=seeds, mask=foreground, connectivity=1)
-    else:
-        labels = np.zeros(probs.shape[1:], dtype=np.int32)
+    labels = _watershed(p_boundary, seeds, foreground) if n_seeds else seeds  # (seeds: zeros then)
+    del seeds
     # foreground islands that no seed reached become objects of their own
     rest = foreground & (labels == 0)
+    del foreground
     if rest.any():
         extra, n_extra = ndi.label(rest, structure=_STRUCT8)
         if n_extra:
-            labels = np.where(extra > 0, extra + int(labels.max()), labels)
-    return _remove_small_and_relabel(labels.astype(np.int32, copy=False), min_size)
+            np.add(extra, int(labels.max()), out=labels, where=rest)  # (rest: where extra > 0)
+        del extra
+    del rest
+    return _remove_small_and_relabel(labels.astype(np.int32, copy=False), min_size, in_place=True)
 
 
 def instances_from_foreground(
@@ -194,8 +255,10 @@ def probabilities_to_labels(
         )
     _check_args(threshold, min_size)
     lead = probs.shape[:-3]
-    out = np.zeros(lead + probs.shape[-2:], dtype=np.int32)
     extra = {"min_seed": int(min_seed)} if fn is instances_from_interior_boundary else {}
+    if not lead:  # one plane: its labels as they are (no copy)
+        return fn(probs, threshold, min_size, **extra)
+    out = np.zeros(lead + probs.shape[-2:], dtype=np.int32)
     for idx in np.ndindex(*lead) if lead else [()]:
         out[idx] = fn(probs[idx], threshold, min_size, **extra)
     return out

@@ -211,14 +211,18 @@ class _Engine:
         chw = self.model.prepare_plane(plane)
         while True:
             plan = self.plan(shape)
+            padded = mirror_pad(chw, plan)
+            # the plane is kept as the padded copy's centre (a view): one copy of it, not two
+            (yb, _), (xb, _) = plan.pad_width()
+            chw = padded[:, yb : yb + shape[0], xb : xb + shape[1]]
             try:
-                return (yield from self._iter_tiles(chw, plan, counter))
+                return (yield from self._iter_tiles(padded, shape, plan, counter))
             except _Replan:
                 continue
 
-    def _iter_tiles(self, chw: np.ndarray, plan: TilePlan, counter: Callable[[], None]) -> Generator[None, None, np.ndarray]:
-        padded = mirror_pad(chw, plan)
-        H, W = chw.shape[1:]
+    def _iter_tiles(self, padded: np.ndarray, shape: tuple[int, int], plan: TilePlan,
+                    counter: Callable[[], None]) -> Generator[None, None, np.ndarray]:
+        H, W = shape
         out = np.empty((self.n_classes, H, W), dtype=np.float32)
         ty, tx = plan.tile_shape
         origins = plan.origins()
@@ -244,6 +248,9 @@ class _Engine:
                 counter()
                 yield
             pos += len(chunk)
+        if plan.n_tiles > 1:  # a plane of several tiles: its post-processing needs the arena's memory
+            batch = probs = p = None  # (ONNX Runtime's output lies in its arena: kept, it keeps a part of it)
+            self.runner.release_memory()
         return out
 
     def _shrink_after_oom(self, plan: TilePlan) -> None:

@@ -221,7 +221,7 @@ def object_percentile(plane: np.ndarray, labels: np.ndarray, q: float) -> np.nda
     """The ``q``-th percentile of each object's pixels of a 2D ``plane`` (the lower of the two values
     around it, as ``np.percentile(..., method="lower")``), in the order of the labels present."""
     inside = labels > 0
-    ids, values = labels[inside], np.asarray(plane, dtype=np.float32)[inside]
+    ids, values = labels[inside], np.asarray(plane)[inside].astype(np.float32)  # (no float copy of the plane)
     order = np.lexsort((values, ids))
     ids, values = ids[order], values[order]
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
@@ -237,7 +237,9 @@ def bright_outliers_level(plane: np.ndarray, labels: np.ndarray, min_objects: in
     x = np.asarray(plane)
     if x.ndim != 2 or x.shape != labels.shape or not np.issubdtype(x.dtype, np.number):
         return None
-    if np.count_nonzero(np.bincount(labels.ravel())[1:]) < min_objects:
+    from .instances import label_counts
+
+    if np.count_nonzero(label_counts(labels)[1:]) < min_objects:
         return None
     grid = sample_grid(x.shape)
     sample = x[grid]
