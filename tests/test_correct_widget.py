@@ -314,3 +314,39 @@ def test_a_pick_outlived_by_its_slice_pan_zoom_keys_and_the_transposed_view(corr
     assert not (layer.data[FRAME] == 4).any()  # deleted (it said "show the Y-X plane")
     widget.tools.fill_holes()  # the slice shown, found in that view too
     assert not any("show the Y-X plane" in m for m in notifications)
+
+
+def test_delete_and_merge_act_on_the_3d_object_when_napari_edits_in_3d(make_napari_viewer, data_dir, qtbot):
+    """3D masks (one id per nucleus over its planes): Delete took one click per plane. With napari's
+    "n edit dim" at 3 (its brush, eraser and fill then act in 3D), Delete and Merge act on the objects
+    in every plane, as one undo step; with 2 (the default) on the plane shown, as before."""
+    truth = tifffile.imread(data_dir / "nuclei3d_synthetic" / "labels.tif").astype(np.int32)
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(truth.copy(), name="nuclei masks")
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Correct")
+    widget.tools.mode = MODE_DELETE
+    ids, counts = np.unique(truth[truth > 0], return_counts=True)
+    victim = int(ids[np.argmax(counts)])
+    zs = np.unique(np.nonzero(truth == victim)[0])
+    z = int(zs[len(zs) // 2])
+    yx = np.argwhere(truth[z] == victim)[0]
+    widget.tools.click((z,), yx)  # napari's default: the plane shown only
+    assert not (layer.data[z] == victim).any() and (layer.data == victim).sum() == (truth == victim).sum() - (
+        truth[z] == victim).sum()
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, truth)
+    layer.n_edit_dimensions = 3
+    widget.tools.click((z,), yx)
+    assert not (layer.data == victim).any()
+    np.testing.assert_array_equal(layer.data[truth != victim], truth[truth != victim])
+    assert set(CorrectedSlices.for_layer(layer).planes) >= {(int(k),) for k in zs}
+    assert "in all planes" in widget._status.value
+    layer.undo()  # one step
+    np.testing.assert_array_equal(layer.data, truth)
+    # Merge: the second object clicked in another plane of the volume
+    other = next(int(i) for i in ids if i != victim and (truth[int(zs[0])] == i).any())
+    widget.tools.mode = MODE_MERGE
+    widget.tools.click((z,), yx)
+    widget.tools.click((int(zs[0]),), np.argwhere(truth[int(zs[0])] == other)[0])
+    assert not (layer.data == other).any() and (layer.data == victim).sum() == (
+        (truth == victim) | (truth == other)).sum()

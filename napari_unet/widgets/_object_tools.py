@@ -268,21 +268,21 @@ class ObjectTools:
         if self._mode == MODE_OFF:
             return None
         label = self._id_at(plane, yx)
+        target = self._target(plane) if self._mode in (MODE_DELETE, MODE_MERGE) else plane
         if self._mode == MODE_DELETE:
-            return self._apply(plane, core_edit.delete_object(plane_of(self.layer, plane), label))
+            return self._apply(target, core_edit.delete_object(plane_of(self.layer, target), label))
         pending, self._pending = self._pending, None
-        if pending is None or pending[0] != plane:
+        if pending is None or self._target(pending[0]) != target or (target == plane and pending[0] != plane):
             self._pending = (plane, label, tuple(yx))
             if self._mode == MODE_MERGE:
                 return f"Object {label} picked: click the object to merge into it."
             return f"Seed 1 on object {label}: click a second seed in it (or drag a line across it)."
         first_plane, first_label, first_yx = pending
-        if self._id_at(plane, np.asarray(first_yx)) != first_label:  # the slice was segmented again meanwhile
+        if self._id_at(first_plane, np.asarray(first_yx)) != first_label:  # the slice was segmented again meanwhile
             raise EditError(f"the slice changed since object {first_label} was picked (segmented again): "
                             "click the first object again.")
-        labels = plane_of(self.layer, plane)
         if self._mode == MODE_MERGE:
-            return self._apply(plane, core_edit.merge_objects(labels, [first_label, label]))
+            return self._apply(target, core_edit.merge_objects(plane_of(self.layer, target), [first_label, label]))
         if label != first_label:
             raise EditError(f"the second seed is on object {label}, the first on object {first_label}: "
                             "put both seeds in the object to split.")
@@ -362,11 +362,25 @@ class ObjectTools:
         self._run("New object", action)
 
     # ---------------------------------------------------------------- plumbing
+    def _target(self, plane: Plane) -> Plane:
+        """Where a Delete or Merge acts: the plane, or the volume through it (the axis before Y, X with
+        them: a z-stack's 3D objects) when napari edits the layer in 3D (its "n edit dim" set to 3, as
+        napari's brush, eraser and fill then do): one click instead of one per plane."""
+        layer = self.layer
+        if int(getattr(layer, "n_edit_dimensions", 2)) < 3 or not plane:
+            return plane
+        order = list(self._viewer.dims.order)
+        offset = self._viewer.dims.ndim - layer.ndim
+        return plane[:-1] if len(order) >= 3 and order[-3] - offset == layer.ndim - 3 else plane
+
     def _apply(self, plane: Plane, edit: core_edit.LabelEdit) -> str:
         apply_edit(self.layer, plane, edit)
         if edit.new_labels and self.layer.selected_label in edit.new_labels:
             select_next_free_label(self.layer)  # the brush must not paint a new cell with a split piece's id
-        where = f" in {format_plane(plane)}" if plane else ""
+        if len(plane) < self.layer.ndim - 2:  # a volume (see _target)
+            where = " in all planes" + (f" of {format_plane(plane)}" if plane else "")
+        else:
+            where = f" in {format_plane(plane)}" if plane else ""
         return f"{edit.message[:1].upper()}{edit.message[1:]}{where}."
 
     def _run(self, what: str, action: Callable[..., str | None], *args: Any) -> None:
