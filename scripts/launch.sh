@@ -8,11 +8,14 @@ PY=${PYTHON:-python3}
 if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
   echo "napari-unet needs Python 3.10 or newer (found $("$PY" --version 2>&1))." >&2; exit 1
 fi
-# a .venv without pip (left by a first try before python3-venv was installed: venv makes the
-# interpreter, then ensurepip fails) is made again
-if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
-  rm -rf .venv
+if [ ! -x .venv/bin/python ]; then
+  # (a failed try leaves nothing behind: venv makes the interpreter before ensurepip fails)
   "$PY" -m venv .venv || { rm -rf .venv; echo "Could not create a virtual environment: on Debian/Ubuntu run 'sudo apt-get install python3-venv' first." >&2; exit 1; }
+fi
+# a .venv without pip (left by an older try of this script, or made with --without-pip or uv): pip is
+# added to it, nothing in it removed
+if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+  .venv/bin/python -m ensurepip --upgrade >/dev/null 2>&1 || { echo "The .venv here has no pip and cannot get one: on Debian/Ubuntu run 'sudo apt-get install python3-venv' first (or move .venv away)." >&2; exit 1; }
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 # torch 2.13.0 first: a range would let pip pick a newer, much larger build. A regular (not

@@ -234,9 +234,12 @@ def run_legs(args: argparse.Namespace, load_rows, finalize, stage_record, repeat
     print(f"leg {record['leg']}: steps {first_step}-{run.steps} of {args.steps} in {minutes:.1f} min; "
           f"val AP@0.5 by kind {record['val_by_kind']}", flush=True)
     if not finished:
-        data = (f" --data {args.data}" if args.data else "") + (f" --out {args.out}" if args.out_given else "")
+        import shlex
+
+        data = (f" --data {shlex.quote(str(args.data))}" if args.data else "") + (
+            f" --out {shlex.quote(str(args.out))}" if args.out_given else "")
         print(f"go on with: python scripts/train_default_model.py --model {args.model} --resume --leg-minutes "
-              f"{args.leg_minutes:g} --checkpoint-dir {folder}{data}")
+              f"{args.leg_minutes:g} --checkpoint-dir {shlex.quote(str(folder))}{data}")
         return 0
     result = prepared.result(run)
     args.resume = None  # one stage from scratch, trained in legs (listed in "legs")

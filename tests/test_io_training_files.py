@@ -244,6 +244,11 @@ def test_masks_saved_with_some_slices_corrected_train_on_those_only(tmp_path, ca
     # masks with no slice marked (written by napari-unet predict, corrected in another program): all count
     write_labels(tmp_path / "img" / "pos masks.tif", labels, axes="ZTYX", corrected=[])
     assert len(examples_from_folders(tmp_path / "img", tmp_path / "img")) == 6
+    # a damaged list: said, and every slice counts (as napari's File > Open reads it; training refused it)
+    (tmp_path / "img" / "pos masks.tif.corrected.json").write_text("{not json")
+    with caplog.at_level(logging.WARNING):
+        assert len(examples_from_folders(tmp_path / "img", tmp_path / "img")) == 6
+    assert "its list of corrected slices is not read" in caplog.text
 
 
 def test_folders_of_four_dimensional_stacks_give_one_example_per_plane(tmp_path):

@@ -756,3 +756,10 @@ def test_planes_segmented_again_at_the_size_found_keep_the_bar_going_forward(dat
     assert fractions[-1] == pytest.approx(1.0)
     again = [e.message for e in bars if "again" in e.message]
     assert again and again[0].endswith("of plane 1/3 again, at the object size found")
+    # the run ends while the size is still looked for: the last plane runs again at the best estimate
+    # (it was counted as new work: the bar went back to 87.5% and ended there)
+    frames = tifffile.imread(data_dir / "c2c12_timelapse" / "images.tif")
+    events = list(iter_planes(model, np.stack([np.zeros_like(frames[9]), frames[9]])))
+    assert [e.index[0] for e in events if isinstance(e, PlaneResult)] == [0, 1, 1]
+    fractions = [e.fraction for e in events if isinstance(e, Progress)]
+    assert all(b >= a - 1e-9 for a, b in zip(fractions, fractions[1:], strict=False)) and fractions[-1] == 1.0

@@ -403,14 +403,13 @@ def test_an_rgb_fluorescence_merge_trains_on_the_colour_prediction_segments(dsb_
     np.testing.assert_allclose(from_merge.image, from_blue.image)
 
 
-def test_a_run_that_diverged_in_its_last_step_is_refused_not_returned(dsb_fluo_crop, tmp_path):
+def test_a_run_that_diverged_in_its_last_step_is_refused_not_returned(dsb_fluo_crop):
     # the loss is checked before each update: the last one was never checked, and with nothing held
     # out a network that outputs NaN was returned (and saved by its caller)
     image, labels = dsb_fluo_crop
     with pytest.raises(FloatingPointError, match="diverged.*lower learning rate"):
         run_finetune(_tiny(depth=2), [image], [labels], steps=1, patch_size=32, batch_size=2, lr=1e10,
                      val_fraction=0)
-    assert not list(tmp_path.iterdir())
 
 
 def test_weights_with_a_nan_validation_loss_are_never_the_best():

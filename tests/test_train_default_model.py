@@ -337,13 +337,15 @@ def test_bad_input_gives_one_line_and_nothing_shipped_is_replaced(tmp_path, caps
 def test_a_leg_says_how_to_go_on_with_its_own_folder(tmp_path, capsys):
     script = _script()
     data = _tiny_dsb(tmp_path / "dsb")
-    folder = tmp_path / "elsewhere" / "run"
+    folder = tmp_path / "my runs" / "run"  # (a space: the hint quotes it, as a shell needs)
     assert script.main(["--steps", "4", "--patch-size", "64", "--batch-size", "2", "--base-width", "4", "--depth",
                         "2", "--data", str(data), "--device", "cpu", "--checkpoint-dir", str(folder),
                         "--leg-minutes", "0.0001", "--no-card"]) == 0
     hint = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("go on with:"))
-    assert f"--checkpoint-dir {folder}" in hint and f"--data {data}" in hint and "--model nuclei" in hint
+    assert f"--checkpoint-dir '{folder}'" in hint and f"--data {data}" in hint and "--model nuclei" in hint
     # the hint, run as printed (with a leg long enough to finish), goes on with that run
-    argv = hint.split("train_default_model.py ", 1)[1].replace("--leg-minutes 0.0001", "--leg-minutes 5").split()
+    import shlex
+
+    argv = shlex.split(hint.split("train_default_model.py ", 1)[1].replace("--leg-minutes 0.0001", "--leg-minutes 5"))
     argv += ["--device", "cpu", "--no-card"]
     assert script.main(argv) == 0 and (folder / "nuclei.pt").is_file()

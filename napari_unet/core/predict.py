@@ -595,7 +595,7 @@ def iter_planes(
         """The planes segmented while no size was known, again at the size now known."""
         for k0, idx0 in unsized:
             plane0, _, missing0 = read(idx0)
-            probs0 = _background_where((yield from runner.at_scale(plane0, sizing.scale, k0)), missing0)
+            probs0 = _background_where((yield from runner.at_scale(plane0, sizing.scale, k0, again=True)), missing0)
             yield PlaneResult(idx0, region, labels_of(probs0) if labels else None, probs0, inner,
                               model.representation, sizing.diameter, sizing.scale, sizing.note, min_seed, kind,
                               colour)
@@ -761,12 +761,14 @@ class _PlaneRunner:
         self.position = 0
         self.again = 0
 
-    def at_scale(self, plane: np.ndarray, scale: float, k: int) -> Generator[Progress, None, np.ndarray]:
-        """Probabilities (C, H, W) of ``plane`` on its own grid, the network run at ``scale``."""
+    def at_scale(self, plane: np.ndarray, scale: float, k: int, again: bool = False
+                 ) -> Generator[Progress, None, np.ndarray]:
+        """Probabilities (C, H, W) of ``plane`` on its own grid, the network run at ``scale``
+        (``again``: a plane segmented before while its object size was not known, run again at it)."""
         from .scale import resize_image, resize_probabilities
 
         scaled = resize_image(plane, scale)
-        probs = yield from self._run(scaled, k)
+        probs = yield from self._run(scaled, k, again)
         if probs.shape[1:] == tuple(plane.shape[:2]):
             return probs
         yield from self.stage(k, "probabilities brought back to the image's pixels")
@@ -780,21 +782,21 @@ class _PlaneRunner:
         yield Progress(done=self.done, total=max(self.total, self.done), plane=k,
                        elapsed=time.perf_counter() - self.start, message=f"{what} (plane {k + 1}/{self.n_planes})")
 
-    def _units_left(self, k: int) -> int:
+    def _units_left(self, k: int, again: bool) -> int:
         """Planes of work left, plane ``k`` (begun now) included."""
-        if k < self.position:  # a plane run again: the planes ahead, this one and those still to run again
+        if again:  # a plane run again: the planes ahead, this one and those still to run again
             return self.n_planes - self.position + self.again
         return self.n_planes - k + self.again
 
-    def _run(self, plane: np.ndarray, k: int) -> Generator[Progress, None, np.ndarray]:
+    def _run(self, plane: np.ndarray, k: int, again: bool = False) -> Generator[Progress, None, np.ndarray]:
         shape = (int(plane.shape[0]), int(plane.shape[1]))
         tiles_here = self.engine.plan(shape).n_tiles
-        again = k < self.position
+        # (said by the caller: the last plane may run again too, where k is the furthest plane begun)
         if again:
             self.again = max(self.again - 1, 0)
         else:
             self.position = k
-        units = self._units_left(k)
+        units = self._units_left(k, again)
         self.total = max(self.total, self.done + tiles_here * units)
         which = f"plane {k + 1}/{self.n_planes}" + (" again, at the object size found" if again else "")
         in_plane = 0

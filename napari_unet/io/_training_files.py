@@ -204,13 +204,19 @@ def corrected_planes_of(labels_path: Path, axes: str, lead_shape: tuple[int, ...
     """Which planes of a labels file (read with ``axes``, its stack axes of ``lead_shape``) the list
     of corrected slices napari-unet keeps beside it names: a boolean array of ``lead_shape``. None
     when there is no list, or it names none (masks written by ``napari-unet predict``, or corrected in
-    another program): then every plane counts. A broken list raises ValueError."""
+    another program): then every plane counts. A broken list is said (a warning) and counts as none, as
+    napari's File > Open reads it."""
     from ._corrected import load_corrected_list, sidecar_path, stored_layout
     from ._writer import _IMAGEJ_ORDER
 
     if not sidecar_path(labels_path).is_file():
         return None
-    planes = load_corrected_list(labels_path)
+    try:
+        planes = load_corrected_list(labels_path)
+    except ValueError as exc:
+        log.warning("%s: its list of corrected slices is not read (%s): every slice counts.",
+                    Path(labels_path).name, exc)
+        return None
     if not planes:
         return None
     lead_axes = axes[: len(lead_shape)]
