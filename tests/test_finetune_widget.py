@@ -497,7 +497,7 @@ def test_steps_and_time_budget_settings(widget, c2c12, notifications):
     defaults = fresh.training_settings()
     assert defaults["patch_size"] is None and defaults["batch_size"] is None
     for box in (fresh._patch_size, fresh._batch_size):  # shown as "Auto" at 0, the minimum
-        assert box.value == 0 == box.native.minimum() and box.native.specialValueText() == "Auto"
+        assert box.value == 0 == box.native.minimum() and box.native.lineEdit().text() == "Auto"
     w.settings_panel._patch_size.value = 16
     w.run_panel._start_button.native.click()
     assert w.run_panel._worker is None
@@ -998,3 +998,15 @@ def test_names_made_from_files_are_names_a_model_can_have(base_model):
         check_model_name(suggest_model_name(downloaded))
     with pytest.raises(ValueError, match="too long for a file name"):  # 80 letters of 4 bytes: not a file
         check_model_name("\U0001d402\U0001d41e\U0001d425\U0001d425\U0001d42c" * 13)
+
+
+def test_auto_sizes_say_auto(widget):
+    """Patch and batch size at 0 showed "0" (superqt's spin box ignores Qt's special text) where the
+    README and the messages say Auto."""
+    viewer, w = widget
+    for spin in (w.settings_panel._patch_size, w.settings_panel._batch_size):
+        spin.value = 0
+        assert spin.native.lineEdit().text() == "Auto"
+        spin.value = 64
+        assert spin.native.lineEdit().text() == "64" and spin.value == 64
+        spin.value = 0

@@ -42,7 +42,7 @@ class TrainingSettingsPanel(Container):
         self._patch_size = SpinBox(label="Patch size", min=0, max=1024, step=16, value=0,
                                    tooltip="Training patch side in pixels (Auto: 128 for the built-in models and "
                                            "other padded networks, with batch 8; 256 for an unpadded one, batch 4).")
-        self._patch_size.native.setSpecialValueText("Auto")
+        _show_auto(self._patch_size)
         self._augment = CheckBox(text="Augmentation (flips, rotations, intensity)", value=True)
         self._labelled = ComboBox(
             label="Cells labelled", value="auto",
@@ -56,7 +56,7 @@ class TrainingSettingsPanel(Container):
         )
         self._batch_size = SpinBox(label="Batch size", min=0, max=64, value=0,
                                    tooltip="Patches per step (Auto: 8 with patches of up to 128 px, 4 with larger ones).")
-        self._batch_size.native.setSpecialValueText("Auto")
+        _show_auto(self._batch_size)
         from napari_unet.core.device import DEVICE_CHOICES  # not at the top: no torch on import
 
         self._device = ComboBox(label="Device", choices=list(DEVICE_CHOICES), value="auto")
@@ -189,3 +189,25 @@ class TrainingSettingsPanel(Container):
         later, self._follow_later = self._follow_later, None
         if not running and later:  # (the model just trained, which Segment took as the run ended)
             self.follow(later)
+
+
+def _show_auto(spin: Any) -> None:
+    """Show "Auto" in a spin box at its minimum (0), as the README and the messages call it. magicgui's
+    spin box is superqt's QLargeIntSpinBox, which ignores Qt's special value text (it showed "0")."""
+    box = spin.native
+    if not hasattr(box, "_updateEdit") or not hasattr(box, "_interpret"):  # a QSpinBox: Qt's own
+        box.setSpecialValueText("Auto")
+        return
+
+    def update(box: Any = box) -> None:
+        text = "Auto" if box.value() == box.minimum() else str(box.value())
+        if box.lineEdit().text() != text:
+            box.lineEdit().setText(text)
+
+    def interpret(policy: Any, box: Any = box) -> None:
+        text = (box.lineEdit().displayText() or str(box.value())).strip()
+        box._setValue(box.minimum() if text.lower() in ("auto", "") else int(text), policy)
+
+    box._updateEdit = update
+    box._interpret = interpret
+    update()
