@@ -1010,3 +1010,16 @@ def test_auto_sizes_say_auto(widget):
         spin.value = 64
         assert spin.native.lineEdit().text() == "64" and spin.value == 64
         spin.value = 0
+
+
+def test_the_docks_fit_a_laptop_screen(make_napari_viewer, qtbot):
+    """No dock could be shorter than its controls: napari's window needed 1119 px of height (Fine-tune
+    1053), so on a 768 px laptop screen the dock tabs, the slider and the status bar were off the
+    screen, and folded sections opened to a 44 px strip. The docks' controls now scroll (Fine-tune's
+    run, status lines and curves stay in view below them)."""
+    from napari_unet.cli.gui import populate_viewer
+
+    viewer = make_napari_viewer(show=True)
+    populate_viewer(viewer, [], "nuclei_fluorescence_fields")
+    qtbot.wait(200)
+    assert viewer.window._qt_window.minimumSizeHint().height() <= 700

@@ -59,6 +59,71 @@ def notify_warning(message: str) -> None:
     show_warning(message)
 
 
+def scroll_when_short(container: Any, only: tuple[Any, ...] | None = None) -> None:
+    """Put everything in a dock widget's layout into a scroll area, so that the dock can be shorter
+    than its contents: on a laptop screen of 768 px (and even 1080) napari's window could not be made
+    shorter than Fine-tune's 1053 px, and the dock tabs, the slider and the status bar were off the
+    screen; folded sections opened to a 44 px strip. (magicgui's ``scrollable=True`` puts the scroll area
+    around ``.native``, and napari docks ``.native`` itself: the scroll area is left out.) Call at the
+    end of the widget's ``__init__``, once its controls are in place. ``only``: the Qt widgets (in layout
+    order, one after the other) to put in the scroll area, where the first of them was; the others stay
+    as they are (Fine-tune's status lines, which a scroll area squeezed to one line: nested layouts'
+    heights for a width were not made again when a line wrapped)."""
+    from qtpy.QtCore import QCoreApplication, QEvent, Qt
+    from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
+
+    class WidthOfItsContents(QScrollArea):
+        """A scroll area at least as wide as what it holds (no horizontal scrolling: napari's dock keeps
+        it), also when that grows later (a long model name in a list)."""
+
+        def minimumSizeHint(self) -> Any:
+            hint = super().minimumSizeHint()
+            if self.widget() is not None:
+                hint.setWidth(self.widget().minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width())
+            return hint
+
+        def eventFilter(self, watched: Any, event: Any) -> bool:
+            if watched is self.widget() and event.type() == QEvent.Type.LayoutRequest:
+                # what it holds changed size (a status line wrapped to more lines): its width and height
+                # are made again once the layout is done
+                self.updateGeometry()
+                QCoreApplication.postEvent(self, QEvent(QEvent.Type.LayoutRequest))
+            return super().eventFilter(watched, event)
+
+    outer = container.native
+    layout = outer.layout()
+    inner = QWidget()
+    inner_layout = QVBoxLayout()
+    inner_layout.setContentsMargins(layout.contentsMargins())
+    inner_layout.setSpacing(layout.spacing())
+    at = 0 if only is None else next(i for i in range(layout.count()) if layout.itemAt(i).widget() is only[0])
+    i = at
+    while i < layout.count():
+        widget = layout.itemAt(i).widget()
+        if only is not None and widget not in only:
+            i += 1
+            continue
+        item = layout.takeAt(i)
+        if item.widget() is not None:
+            inner_layout.addWidget(item.widget())
+        else:
+            inner_layout.addItem(item)
+    if only is None:
+        inner_layout.addStretch(1)  # (the controls at the top when the dock is taller than they are)
+    inner.setLayout(inner_layout)
+    scroll = WidthOfItsContents(outer)
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.Shape.NoFrame)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    scroll.setWidget(inner)
+    inner.installEventFilter(scroll)
+    if only is None:
+        layout.setContentsMargins(0, 0, 0, 0)
+    else:  # a part of the dock: never squeezed to a sliver by what stays outside it
+        scroll.setMinimumHeight(min(150, inner.minimumSizeHint().height()))
+    layout.insertWidget(at, scroll, 1)
+
+
 def start_worker(
     generator: Generator[Any, None, Any],
     *,

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, Label, PushButton, SpinBox
 
-from ._base import FixedRadioButtons, notify_error, notify_info
+from ._base import FixedRadioButtons, notify_error, notify_info, scroll_when_short
 from ._object_tools import MODE_OFF, MODES, SHORTCUTS, ObjectTools, select_next_free_label
 from ._object_tools import MODE_DELETE, MODE_MERGE, MODE_SPLIT  # noqa: F401  (re-exported)
 from ._registry import _unwrap, register_widget
@@ -87,6 +87,7 @@ class CorrectWidget(Container):
         viewer.layers.events.renamed.connect(lambda *_: self._layer_combo.reset_choices())
         self._on_layer()
         register_widget(viewer, "correct", self)
+        scroll_when_short(self)  # (a dock shorter than its controls: a laptop's screen)
 
     # ---------------------------------------------------------------- layers
     def _labels_choices(self, _widget=None) -> list[tuple[str, Any]]:

@@ -23,7 +23,7 @@ from magicgui.widgets import Container
 from psygnal import Signal
 
 from . import _heap
-from ._base import notify_error, notify_warning, one_line, warm_up_in_background
+from ._base import notify_error, notify_warning, one_line, scroll_when_short, warm_up_in_background
 from ._corrections import CorrectedSlices
 from ._examples import Example, check_examples
 from ._finetune.curves import LiveCurves
@@ -77,10 +77,12 @@ class FinetuneWidget(Container):
             panel.margins = (0, 0, 0, 0)
         layout.addWidget(self.corrected_panel.native)
         layout.addWidget(self.settings_panel.native)
-        layout.addWidget(collapsible("More examples", self.examples_panel))
+        more_examples = collapsible("More examples", self.examples_panel)
+        layout.addWidget(more_examples)
+        manage_models = collapsible("Manage models", self.models_panel)
+        layout.addWidget(manage_models)
         layout.addWidget(self.run_panel.native)
         layout.addWidget(self.run_panel.curves.canvas)
-        layout.addWidget(collapsible("Manage models", self.models_panel))
 
         self.run_panel.start_requested.connect(self.start)
         self.run_panel.running_changed.connect(self.settings_panel.set_running)
@@ -96,6 +98,9 @@ class FinetuneWidget(Container):
             self.settings_panel.follow(segment._model_combo.value)
         _heap.add_host(self, self.native, viewer)  # full garbage collections kept short (see _heap)
         warm_up_in_background("segmenting", "training")  # the first run then holds up the window less
+        # (a dock shorter than its controls: a laptop's screen); the run's status lines and curves stay below
+        scroll_when_short(self, only=(self.corrected_panel.native, self.settings_panel.native, more_examples,
+                                      manage_models))
 
     @property
     def corrections(self) -> CorrectedSlices | None:

@@ -44,6 +44,7 @@ from ._base import (
     notify_warning,
     one_line,
     qt_alive,
+    scroll_when_short,
     shows_yx_planes,
     start_worker,
     visible_region,
@@ -187,6 +188,7 @@ class SegmentWidget(Container):
         self._register()
         _heap.add_host(self, self.native, viewer)  # full garbage collections kept short (see _heap)
         warm_up_in_background("segmenting")  # the first click then does not import or set up on the main thread
+        scroll_when_short(self)  # (a dock shorter than its controls: a laptop's screen)
 
     # ------------------------------------------------------------------ choices
     def _image_choices(self, _widget=None) -> list[tuple[str, Any]]:

@@ -66,7 +66,7 @@ def column_envelope(x: np.ndarray, y: np.ndarray, x0: float, x1: float, columns:
 
 @functools.cache  # one class for every chart (Qt is imported on first use)
 def _chart_class():
-    from qtpy.QtCore import QPointF, QRectF, Qt
+    from qtpy.QtCore import QPointF, QRectF, QSize, Qt
     from qtpy.QtGui import QColor, QFontMetrics, QPainter, QPainterPath, QPen, QPolygonF
     from qtpy.QtWidgets import QSizePolicy, QWidget
 
@@ -80,6 +80,11 @@ def _chart_class():
             self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
             self.setToolTip("Training loss (blue, left axis) and validation AP50 (orange, right axis, 0 to 1) "
                             "against the training step")
+
+        def sizeHint(self) -> Any:  # noqa: N802 (Qt's name)
+            # a size (a QWidget without a layout has none: in a scroll area the layout's height for the
+            # dock's width left the chart out, and squeezed the status lines above it to one line)
+            return QSize(240, self.minimumHeight())
 
         def paintEvent(self, _event: Any) -> None:  # noqa: N802 (Qt's name)
             painter = QPainter(self)
