@@ -20,6 +20,7 @@ import io
 import logging
 import os
 import shutil
+import sys
 import threading
 import uuid
 from collections.abc import Sequence
@@ -343,7 +344,7 @@ def _compute(task: Any, scheduler: str | Any | None, show_progress: bool, dask: 
         if show_progress:
             from dask.diagnostics import ProgressBar
 
-            with ProgressBar():
+            with ProgressBar(out=sys.stderr):  # (on stdout it was glued to the "input -> output" lines)
                 dask.compute(task, scheduler="threads")
         else:
             dask.compute(task, scheduler="threads")
@@ -355,9 +356,12 @@ def _compute(task: Any, scheduler: str | Any | None, show_progress: bool, dask: 
     try:
         future = client.compute(task)
         if show_progress:
+            import contextlib
+
             from distributed import progress
 
-            progress(future)
+            with contextlib.redirect_stdout(sys.stderr):  # (stdout lists the masks written)
+                progress(future)
         future.result()
     finally:
         if own:

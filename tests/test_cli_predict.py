@@ -528,3 +528,43 @@ def test_labels_of_a_large_stack_that_the_disk_cannot_hold_are_a_one_line_error(
     with open(tmp_path / "small", "wb") as fh:  # what fits is taken
         reserve_space(fh, 1 << 20, tmp_path)
     assert (tmp_path / "small").stat().st_size == 1 << 20
+
+
+def test_a_damaged_plane_read_lazily_fails_that_input_only(tmp_path, tiny_model_path, monkeypatch, capsys):
+    """A large file is read lazily, so a damaged compressed plane fails only when its pixels are decoded:
+    the DeflateError ended the whole batch with a traceback, and the inputs after it were never done."""
+    from napari_unet.io import _reader
+
+    monkeypatch.setattr(_reader, "LAZY_THRESHOLD_BYTES", 0)  # (as for a file of several gigabytes)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    stack = rng.integers(0, 255, (3, 64, 64)).astype(np.uint8)
+    tifffile.imwrite(folder / "b.tif", stack, compression="zlib", imagej=True, metadata={"axes": "TYX"})
+    with tifffile.TiffFile(folder / "b.tif") as tif:
+        offset, count = tif.pages[2].dataoffsets[0], tif.pages[2].databytecounts[0]
+    raw = bytearray((folder / "b.tif").read_bytes())
+    raw[offset + 2 : offset + count] = b"\x00" * (count - 2)  # the last plane's compressed data destroyed
+    (folder / "b.tif").write_bytes(bytes(raw))
+    tifffile.imwrite(folder / "c.tif", stack[0])
+    rc = main(["predict", str(folder / "b.tif"), str(folder / "c.tif"), "--out", str(tmp_path / "out"),
+               "--model", str(tiny_model_path), "--diameter", "10", "--no-progress"])
+    err = [line for line in capsys.readouterr().err.splitlines() if "b.tif" in line]
+    assert rc == 2 and (tmp_path / "out" / "c_masks.tif").is_file()
+    assert err and all("Traceback" not in line for line in err)
+    assert not list((tmp_path / "out").glob("*b_masks*")) and not list((tmp_path / "out").glob(".*"))
+
+
+def test_sigterm_stops_a_batch_as_ctrl_c_does(tmp_path, tiny_model_path):
+    """SIGTERM (a cluster job's time limit) ended the process at once, leaving hidden temporary files."""
+    import signal
+    import threading
+    import time
+
+    from napari_unet.cli.predict import _terminate_as_interrupt
+
+    with pytest.raises(KeyboardInterrupt), _terminate_as_interrupt():
+        threading.Timer(0.1, lambda: signal.raise_signal(signal.SIGTERM)).start()
+        for _ in range(100):
+            time.sleep(0.05)
+    assert signal.getsignal(signal.SIGTERM) is not None  # (the handler before is back)

@@ -18,8 +18,10 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -333,6 +335,17 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--out {out_dir} cannot be written ({exc.strerror or one_line(exc)}): give a folder you "
                        "can write to") from exc
     failed: list[Path] = []
+    with _terminate_as_interrupt():
+        _predict_all(models, inputs, targets, args, use_dask, failed)
+    if failed:
+        names = ", ".join(p.name for p in failed[:10]) + (", ..." if len(failed) > 10 else "")
+        raise CLIError(f"{len(failed)} of {len(inputs)} inputs failed (see above): {names}")
+    return 0
+
+
+def _predict_all(models: Any, inputs: list[Path], targets: list[Path], args: argparse.Namespace, use_dask: bool,
+                 failed: list[Path]) -> None:
+    """Segment each input into its target, one line per input (done, skipped or failed: ``failed``)."""
     for path, target in zip(inputs, targets, strict=True):
         try:
             # (lexists: a link to nowhere is the user's too)
@@ -341,15 +354,34 @@ def run(args: argparse.Namespace) -> int:
                 continue
             with _messages_about(path):
                 _segment_one(models, path, target, args, use_dask)
-        except (CLIError, ValueError, OSError) as exc:
-            print(f"napari-unet: {path}: {one_line(exc)}", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - one input's failure is a line, and the batch goes on
+            # (a damaged plane of a large file read lazily fails only when its pixels are decoded: a
+            # DeflateError or blosc's RuntimeError ended the whole batch with a traceback)
+            known = isinstance(exc, (CLIError, ValueError, OSError))
+            print(f"napari-unet: {path}: {one_line(exc) if known else f'{type(exc).__name__}: {one_line(exc)}'}",
+                  file=sys.stderr)
             failed.append(path)
             continue
         print(f"{path} -> {target}")
-    if failed:
-        names = ", ".join(p.name for p in failed[:10]) + (", ..." if len(failed) > 10 else "")
-        raise CLIError(f"{len(failed)} of {len(inputs)} inputs failed (see above): {names}")
-    return 0
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a cluster job at its time limit, ``kill``) stops the batch as Ctrl+C does: the file being
+    written is removed, "interrupted" is said (it ended the process at once, leaving hidden temporary
+    files and folders of masks half written, gigabytes for large stacks)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 @contextlib.contextmanager
@@ -439,7 +471,7 @@ def _segment_one(models: _ModelChoice, path: Path, target: Path, args: argparse.
             model, data, target, threshold=args.threshold, min_size=args.min_size, rgb=rgb, diameter=diameter,
             scheduler=args.scheduler, tile_size=args.tile, axes=label_axes,
             scale=[scale.get(a) for a in label_axes], overwrite=args.overwrite,
-            show_progress=not args.no_progress, engine=args.engine, objects_3d=options_3d,
+            show_progress=_show_progress(args), engine=args.engine, objects_3d=options_3d,
             device=None if args.device == "auto" else args.device,
         )
     else:
@@ -485,7 +517,7 @@ def _segment_with_bar(model: Any, data: Any, rgb: bool, diameter: float | None, 
         gen = iter_segment_stack_3d(model, data, axes, out=out, **options_3d, **options)
     else:
         gen = iter_segment(model, data, rgb=rgb, out=out, **options)
-    bar = tqdm(total=None, desc=name, unit="tile" if options_3d is None else "step", disable=args.no_progress,
+    bar = tqdm(total=None, desc=name, unit="tile" if options_3d is None else "step", disable=not _show_progress(args),
                file=sys.stderr, leave=False)
     said: set[str] = set()
 
@@ -504,3 +536,8 @@ def _segment_with_bar(model: Any, data: Any, rgb: bool, diameter: float | None, 
     finally:
         gen.close()
         bar.close()
+
+
+def _show_progress(args: argparse.Namespace) -> bool:
+    """Progress bars on a terminal only: redrawn with carriage returns, they filled a batch job's log."""
+    return not args.no_progress and sys.stderr.isatty()
