@@ -165,6 +165,15 @@ def test_folder_as_stack(tmp_path, dsb_fluo_crop, tiny_model_path):
     assert rc == 0
     masks = tifffile.imread(tmp_path / "o" / "planes_masks.tif")
     assert masks.shape == (3, 60, 50)
+    # the masks written into the folder itself, then the run again: they are no plane of the stack
+    # ("cannot stack folder 'planes': 'planes_masks.tif' has shape (3, 60, 50)")
+    for _ in range(2):
+        assert main(["predict", str(folder), "--out", str(folder), "--model", str(tiny_model_path),
+                     "--folder-as-stack", "--no-progress", "--overwrite"]) == 0
+    assert tifffile.imread(folder / "planes_masks.tif").shape == (3, 60, 50)
+    from napari_unet.io._formats import stack_name
+
+    assert stack_name(".") and stack_name(".") != "_"  # ("." named its masks "_masks.tif")
 
 
 def test_multichannel_stack_needs_a_channel(tmp_path, dsb_fluo_crop, tiny_model_path, capsys):

@@ -156,7 +156,7 @@ def natural_key(name: str) -> list[Any]:
 def stack_name(path: str | os.PathLike) -> str:
     """Layer name for a file or folder: its name without (double) extension."""
     p = Path(path)
-    name = p.name
+    name = p.name or p.resolve().name  # ("." or "..": the folder's own name, not "")
     for ext in (".ome.tiff", ".ome.tif", ".ome.zarr", *READABLE_SUFFIXES):
         if name.lower().endswith(ext) and len(name) > len(ext):
             return name[: -len(ext)]
@@ -672,14 +672,15 @@ def _open_image(p: Path) -> _Opened:
     return _Opened(info, load, lazy)
 
 
-def masks_files_among(files: list[Path]) -> list[Path]:
+def masks_files_among(files: list[Path], folder_name: str | None = None) -> list[Path]:
     """The files of a folder's listing that hold masks of another image rather than an image: a
     file with a napari-unet list of corrected slices beside it, or one named like the labels of
-    another file there ("p0_masks.tif" beside "p0.png", the names the CLI writes)."""
+    another file there ("p0_masks.tif" beside "p0.png", the names the CLI writes), or of the folder
+    itself, ``folder_name`` ("planes_masks.tif": the masks ``predict --folder-as-stack`` wrote there)."""
     from ._corrected import sidecar_path
     from ._training_files import LABEL_NAME_SUFFIXES
 
-    stems = {_stem(f).lower() for f in files}
+    stems = {_stem(f).lower() for f in files} | ({folder_name.lower()} if folder_name else set())
     out = []
     for f in files:
         stem = _stem(f).lower()
@@ -699,7 +700,7 @@ def _stem(path: Path) -> str:
 
 def _open_folder(p: Path) -> _Opened:
     files = list_plane_files(p)
-    masks = masks_files_among(files)
+    masks = masks_files_among(files, p.resolve().name)
     if masks and len(masks) < len(files):
         log.warning("Folder '%s': %d masks file(s) left out of the stack (%s).", p.name, len(masks),
                     ", ".join(f.name for f in masks[:3]) + (" …" if len(masks) > 3 else ""))
