@@ -1023,3 +1023,18 @@ def test_the_docks_fit_a_laptop_screen(make_napari_viewer, qtbot):
     populate_viewer(viewer, [], "nuclei_fluorescence_fields")
     qtbot.wait(200)
     assert viewer.window._qt_window.minimumSizeHint().height() <= 700
+
+
+def test_the_controls_a_review_found_silent_say_what_they_do(make_napari_viewer):
+    from napari_unet.cli.gui import populate_viewer
+
+    viewer = make_napari_viewer()
+    docked = populate_viewer(viewer, [], None)
+    seg, cor, tune = docked["Segment"], docked["Correct"], docked["Fine-tune"]
+    panel, slices, sources = tune.settings_panel, tune.corrected_panel, tune.examples_panel
+    for control in (seg._image_combo, seg._model_combo, seg._scope, seg._overwrite, seg._sizing.from_label_button,
+                    cor._fill_button, cor._new_button, cor._min_size, cor._small_button,
+                    panel._base_model, panel._name, panel._seed, panel._augment, panel._device,
+                    slices._mark_button, slices._unmark_button, slices._jump_button,
+                    sources._add_pair_button, sources._add_folder_button):
+        assert control.tooltip and len(control.tooltip) > 20, control

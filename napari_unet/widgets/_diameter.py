@@ -39,7 +39,9 @@ class DiameterControls:
                     "('8 um') when the image has a pixel size. The image is rescaled to the model's own "
                     "object size before the network; the masks keep the image's shape.",
         )
-        self.from_label_button = PushButton(text="Diameter from selected label")
+        self.from_label_button = PushButton(text="Diameter from selected label",
+                                            tooltip="Take the object diameter from the cell whose label is selected "
+                                                    "in the masks layer (pick it with napari's color picker).")
         self.used = Label(label="Diameter used", value="")
         self._last_note = ""
         self._run_auto = True  # whether the last run was given "Auto" (set when it starts)

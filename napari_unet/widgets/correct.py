@@ -55,10 +55,14 @@ class CorrectWidget(Container):
         self._layer_combo = ComboBox(label="Masks", choices=self._labels_choices)
         self._mode = FixedRadioButtons(label="Click tool", choices=MODES, value=MODE_OFF,
                                   tooltip="Off: napari's brush, eraser and fill. D, G, S switch tools.")
-        self._fill_button = PushButton(text="Fill holes (H)")
-        self._new_button = PushButton(text="New object (N)")
-        self._min_size = SpinBox(label="Min. size (px)", min=1, max=1_000_000, value=15)
-        self._small_button = PushButton(text="Remove smaller objects")
+        self._fill_button = PushButton(text="Fill holes (H)", tooltip="Fill the holes of every object of the slice shown.")
+        self._new_button = PushButton(text="New object (N)",
+                                      tooltip="napari's brush with the next free id: paint a cell the model missed.")
+        self._min_size = SpinBox(label="Min. size (px)", min=1, max=1_000_000, value=15,
+                                 tooltip="For 'Remove smaller objects': in the image's own pixels (Segment's Min. "
+                                         "size counts pixels at the model's scale).")
+        self._small_button = PushButton(text="Remove smaller objects",
+                                        tooltip="Delete the objects of the slice shown smaller than Min. size (specks).")
         shortcuts = "\n".join(f"{key}: {what}" for key, what in SHORTCUTS)
         self._shortcuts = Label(label="Shortcuts", value=shortcuts)
         self._save_button = PushButton(

@@ -116,13 +116,16 @@ class SegmentWidget(Container):
         self._after_cancel = ""  # the status of a cancelled run, kept while its re-threshold follows
         self.last_run_seconds: float | None = None
 
-        self._image_combo = ComboBox(label="Image", choices=self._image_choices, nullable=False)
+        self._image_combo = ComboBox(label="Image", choices=self._image_choices, nullable=False,
+                                     tooltip="The image layer to segment; its masks go to the Labels layer '<image> masks'.")
         self._channel_axis = ComboBox(
             label="Channel axis",
             choices=self._channel_axis_choices,
             tooltip="Axis holding channels: the whole-stack run keeps it at the channel shown now.",
         )
-        self._model_combo = ComboBox(label="Model", choices=self._model_choices)
+        self._model_combo = ComboBox(label="Model", choices=self._model_choices,
+                                     tooltip="The network that segments: a built-in model (proposed for the kind of "
+                                             "image), one of yours (fine-tuned), or a file added below.")
         self._add_model_button = PushButton(text="Add model file…")
         self._postprocessing_kind: str | None = None  # the kind whose setting the controls show
         self._postprocessing_applied: dict | None = None
@@ -131,7 +134,9 @@ class SegmentWidget(Container):
         self._proposal = ModelProposal(viewer, self._image_combo, self._model_combo, self._model_choices)
         self._model_hint = self._proposal.hint
         self._scope = FixedRadioButtons(label="Segment", choices=[SCOPE_SLICE, SCOPE_VIEW, SCOPE_STACK],
-                                        value=SCOPE_SLICE)
+                                        value=SCOPE_SLICE,
+                                        tooltip="What to segment: the slice the sliders show, only the part of it "
+                                                "on screen (fast on a large image), or every slice of the stack.")
         self._threshold = FloatSlider(label="Threshold", min=0.05, max=0.95, step=0.05, value=0.5,
                                       tooltip="Probability above which a pixel belongs to a cell.")
         from napari_unet.core.instances import DEFAULT_MIN_SIZE  # not at the top: no torch on import
@@ -141,7 +146,9 @@ class SegmentWidget(Container):
         self._sizing = DiameterControls()
         self._three_d = ThreeDControls(lambda: self._image_combo.value)
         self._diameter, self._diameter_used = self._sizing.field, self._sizing.used
-        self._overwrite = CheckBox(text="Overwrite slices I corrected", value=False)
+        self._overwrite = CheckBox(text="Overwrite slices I corrected", value=False,
+                                   tooltip="Off: slices you corrected (listed in Fine-tune) are never replaced by a "
+                                           "run. On: this run replaces them too.")
         self._run_button = PushButton(text="Segment")
         self._cancel_button = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(label="Progress", min=0, max=100, value=0, visible=False)

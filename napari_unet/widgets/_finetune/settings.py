@@ -30,8 +30,12 @@ class TrainingSettingsPanel(Container):
     def __init__(self) -> None:
         super().__init__(labels=True)
         self._extra_models: dict[str, str] = {}  # label -> path: files added in Segment, followed here
-        self._base_model = ComboBox(label="Base model", choices=self._model_choices)
-        self._name = LineEdit(label="New model name")
+        self._base_model = ComboBox(label="Base model", choices=self._model_choices,
+                                    tooltip="The model to start from (a copy is trained; it stays as it is). It "
+                                            "follows Segment's model unless you choose one here.")
+        self._name = LineEdit(label="New model name",
+                              tooltip="The name the trained model is saved under (your models folder); Segment "
+                                      "lists it as '<name> (yours)'.")
         self._steps = SpinBox(label="Steps", min=0, max=1_000_000, step=50, value=300,
                               tooltip="Training steps (0 = only the time budget limits the run).")
         self._time_budget = FloatSpinBox(label="Time budget (min)", min=0.0, max=24 * 60, step=1.0, value=0.0,
@@ -43,7 +47,9 @@ class TrainingSettingsPanel(Container):
                                    tooltip="Training patch side in pixels (Auto: 128 for the built-in models and "
                                            "other padded networks, with batch 8; 256 for an unpadded one, batch 4).")
         _show_auto(self._patch_size)
-        self._augment = CheckBox(text="Augmentation (flips, rotations, intensity)", value=True)
+        self._augment = CheckBox(text="Augmentation (flips, rotations, intensity)", value=True,
+                                 tooltip="Show the examples flipped, rotated, rescaled, deformed and with other "
+                                         "brightness: a model that learns from few cells needs it.")
         self._labelled = ComboBox(
             label="Cells labelled", value="auto",
             choices=[("Auto (told per slice)", "auto"), ("All (the rest is background)", "all"),
@@ -59,8 +65,11 @@ class TrainingSettingsPanel(Container):
         _show_auto(self._batch_size)
         from napari_unet.core.device import DEVICE_CHOICES  # not at the top: no torch on import
 
-        self._device = ComboBox(label="Device", choices=list(DEVICE_CHOICES), value="auto")
-        self._seed = SpinBox(label="Random seed", min=0, max=2**31 - 1, value=0)
+        self._device = ComboBox(label="Device", choices=list(DEVICE_CHOICES), value="auto",
+                                tooltip="Where to train: auto takes the GPU (CUDA or Apple MPS) when there is one, "
+                                        "else the CPU.")
+        self._seed = SpinBox(label="Random seed", min=0, max=2**31 - 1, value=0,
+                             tooltip="The same seed, examples and settings give the same patches and training.")
         self.extend([
             self._base_model, self._name, self._steps, self._time_budget, self._lr, self._patch_size, self._augment,
             self._labelled,

@@ -46,9 +46,11 @@ class CorrectedSlicesPanel(Container):
         wrap_text(self._corrected_info)
         self._corrected_list = Select(label="Slices", choices=self._corrected_choices)
         self._corrected_list.native.setMaximumHeight(110)
-        self._mark_button = PushButton(text="Mark current slice as correct")
-        self._unmark_button = PushButton(text="Unmark selected")
-        self._jump_button = PushButton(text="Go to selected")
+        self._mark_button = PushButton(text="Mark current slice as correct",
+                                       tooltip="A slice whose masks need no edit: it is learnt from too.")
+        self._unmark_button = PushButton(text="Unmark selected",
+                                         tooltip="Leave the slices selected in the list out of training.")
+        self._jump_button = PushButton(text="Go to selected", tooltip="Move the sliders to the slice selected in the list.")
         self.extend([
             self._image_combo, self._labels_combo, self._corrected_info, self._corrected_list,
             self._mark_button, self._unmark_button, self._jump_button,

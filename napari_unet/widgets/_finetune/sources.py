@@ -43,10 +43,13 @@ class ExtraExamplesPanel(Container):
         self._extra_labels_combo = ComboBox(label="Its labels",
                                             choices=lambda _w=None: layer_choices(viewer, Labels, Image),
                                             tooltip="A Labels layer, or an Image layer holding label ids.")
-        self._add_pair_button = PushButton(text="Add layer pair")
+        self._add_pair_button = PushButton(text="Add layer pair",
+                                           tooltip="Train on another image and its labels layer too (all its slices).")
         self._image_folder = FileEdit(label="Image folder", mode="d")
         self._labels_folder = FileEdit(label="Label folder", mode="d")
-        self._add_folder_button = PushButton(text="Add folders")
+        self._add_folder_button = PushButton(text="Add folders",
+                                             tooltip="Train on image files and their labels files too (paired by "
+                                                     "name: a.tif with a.tif, a_masks.tif, ...).")
         self._extra_list = Select(label="Extra examples", choices=self._extra_choices)
         self._extra_list.native.setMaximumHeight(80)
         self._remove_extra_button = PushButton(text="Remove selected examples")
