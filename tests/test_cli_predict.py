@@ -577,3 +577,16 @@ def test_sigterm_stops_a_batch_as_ctrl_c_does(tmp_path, tiny_model_path):
         for _ in range(100):
             time.sleep(0.05)
     assert signal.getsignal(signal.SIGTERM) is not None  # (the handler before is back)
+
+
+def test_a_closed_output_pipe_does_not_stop_the_batch(tmp_path, tiny_model_path):
+    # `predict a b c d e --out o | head -c1` stopped after 2 of 5 files, with exit 0 and no message
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image = (np.random.default_rng(0).random((48, 48)) * 200).astype(np.uint8)
+    for name in "abcd":
+        tifffile.imwrite(folder / f"{name}.tif", image)
+    command = (f"{sys.executable} -m napari_unet.cli predict {folder} --out {tmp_path / 'out'} --model "
+               f"{tiny_model_path} --diameter 10 --no-progress | head -c1")
+    subprocess.run(["bash", "-c", command], capture_output=True, timeout=300, check=False)
+    assert sorted(p.name for p in (tmp_path / "out").glob("*_masks.tif")) == [f"{n}_masks.tif" for n in "abcd"]
