@@ -1038,3 +1038,24 @@ def test_the_controls_a_review_found_silent_say_what_they_do(make_napari_viewer)
                     slices._mark_button, slices._unmark_button, slices._jump_button,
                     sources._add_pair_button, sources._add_folder_button):
         assert control.tooltip and len(control.tooltip) > 20, control
+
+
+def test_buttons_that_act_on_a_choice_are_enabled_only_with_one(widget, base_model):
+    """Unmark and Go to with no slice selected, Rename, Delete and Export with no model of yours: enabled,
+    they did nothing (or said so only when clicked)."""
+    viewer, w = widget
+    slices, models = w.corrected_panel, w.models_panel
+    assert not slices._unmark_button.enabled and not slices._jump_button.enabled
+    masks = viewer.add_labels(np.zeros((3, 32, 32), np.int32), name="img masks")
+    slices._labels_combo.value = masks
+    slices._tracker.mark((1,))
+    slices._corrected_list.value = [(1,)]
+    assert slices._unmark_button.enabled and slices._jump_button.enabled
+    assert models._rename_button.enabled and models._export_button.enabled  # the fixture's model "base"
+    models.set_running(True)
+    assert not models._rename_button.enabled and not models._delete_button.enabled and models._export_button.enabled
+    models.set_running(False)
+    base_model.unlink()
+    models.refresh()
+    assert not models._rename_button.enabled and not models._delete_button.enabled
+    assert not models._export_button.enabled

@@ -60,15 +60,27 @@ class ModelsPanel(Container):
         self._rename_button.changed.connect(self._rename_clicked)
         self._delete_button.changed.connect(self._delete_clicked)
         self._export_button.changed.connect(self._export_clicked)
+        self._running = False
+        self._manage_combo.changed.connect(lambda *_: self._update_buttons())
+        self._update_buttons()
 
     def refresh(self, *_args) -> None:
         """Reload the list of the user's models."""
         self._manage_combo.reset_choices()
+        self._update_buttons()
 
     def set_running(self, running: bool) -> None:
         """No renaming or deleting while a model is being trained."""
-        self._rename_button.enabled = not running
-        self._delete_button.enabled = not running
+        self._running = running
+        self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        """Rename, Delete and Export need a model of yours (with none they were enabled, and said so only
+        when clicked); renaming and deleting wait while a model is trained."""
+        has = bool(self._manage_combo.value)
+        self._rename_button.enabled = has and not self._running
+        self._delete_button.enabled = has and not self._running
+        self._export_button.enabled = has
 
     def _chosen(self, what: str) -> str | None:
         name = self._manage_combo.value

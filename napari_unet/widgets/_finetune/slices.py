@@ -61,6 +61,7 @@ class CorrectedSlicesPanel(Container):
         self._mark_button.changed.connect(self.mark_current_slice)
         self._unmark_button.changed.connect(self.unmark_selected)
         self._jump_button.changed.connect(self.jump_to_selected)
+        self._corrected_list.changed.connect(self._update_buttons)
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.moved,
                       viewer.layers.events.renamed):
             event.connect(self._on_layers_changed)
@@ -149,6 +150,14 @@ class CorrectedSlicesPanel(Container):
         self._corrected_list.reset_choices()
         if selected:
             self._corrected_list.value = selected
+        self._update_buttons()
+
+    def _update_buttons(self, *_args) -> None:
+        """Unmark and Go to act on the slices selected in the list: enabled when some are (they did
+        nothing, and said nothing, with none)."""
+        chosen = bool(self._corrected_list.value)
+        self._unmark_button.enabled = chosen
+        self._jump_button.enabled = chosen
 
     # ------------------------------------------------------------------ actions
     def mark_current_slice(self, *_args) -> None:
