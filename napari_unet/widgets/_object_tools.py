@@ -272,7 +272,7 @@ class ObjectTools:
         if self._mode == MODE_DELETE:
             return self._apply(target, core_edit.delete_object(plane_of(self.layer, target), label))
         pending, self._pending = self._pending, None
-        if pending is None or self._target(pending[0]) != target or (target == plane and pending[0] != plane):
+        if pending is None or self._target(pending[0]) != target:  # (2D: the same plane; 3D: the same volume)
             self._pending = (plane, label, tuple(yx))
             if self._mode == MODE_MERGE:
                 return f"Object {label} picked: click the object to merge into it."

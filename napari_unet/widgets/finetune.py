@@ -218,19 +218,20 @@ class FinetuneWidget(Container):
         by ``napari-unet train`` or deleted in a file manager; the panels sit in the layout, where the
         container's own reset never reached them: a model Segment listed could not be renamed here)."""
         super().reset_choices()
-        self.settings_panel.refresh_models()
-        self.models_panel.refresh()
-        segment = get_widget(self._viewer, "segment")
-        if segment is not None and not self.settings_panel.user_chose_base:
-            self.settings_panel.follow(segment._model_combo.value)
+        self._reload_model_lists(segment_too=False)  # (Segment gets the same event from napari)
 
     def refresh_models(self, *_args) -> None:
         """Reload the model lists (after training, renaming, deleting), Segment's too."""
+        self._reload_model_lists(segment_too=True)
+
+    def _reload_model_lists(self, segment_too: bool) -> None:
+        """This widget's model lists read again, the base following Segment's model (unless chosen here)."""
         self.settings_panel.refresh_models()
         self.models_panel.refresh()
         segment = get_widget(self._viewer, "segment")
         if segment is not None:
-            segment.refresh_models()
+            if segment_too:
+                segment.refresh_models()
             self.settings_panel.follow(segment._model_combo.value)
 
     def export_model(self, destination: str | Path, name: str | None = None) -> Path | None:
