@@ -301,3 +301,16 @@ def test_saved_masks_of_a_rotated_or_registered_image_keep_their_transform(make_
     plain = viewer.add_labels(labels, name="plain masks")  # no transform: none recorded
     assert plain.save(str(tmp_path / "plain.tif"), plugin="napari-unet")
     assert "layer_transform" not in (tmp_path / "plain.tif.corrected.json").read_text()
+
+
+def test_corrected_planes_move_between_axis_orders_by_the_axes_names():
+    """One mapping serves the writer, the reader and training from files: planes follow the axes'
+    letters; an axis the target lacks must be at 0 (a plane off it is left out), one the source
+    lacks is at 0; a plane with another number of indices is left out."""
+    from napari_unet.io._corrected import planes_along
+
+    assert planes_along([(1, 4), (0, 2)], "ZT", "TZ") == [(4, 1), (2, 0)]
+    assert planes_along([(0, 3), (2, 3)], "TZ", "Z") == [(3,)]  # T of size 1 lost: only its plane 0
+    assert planes_along([(3,)], "Z", "TZ") == [(0, 3)]
+    assert planes_along([(3,), (1, 2, 3)], "TZ", "ZT") == []
+    assert planes_along([(5,)], "", "") == []

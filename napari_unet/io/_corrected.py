@@ -70,6 +70,24 @@ def planes_given(planes: Iterable[Any] | dict | Any) -> list[Plane]:
     return sorted({as_plane(p) for p in planes})
 
 
+def planes_along(planes: Iterable[Plane], source: str, target: str) -> list[Plane]:
+    """Plane indices along the stack axes ``source`` (one letter each) re-indexed along ``target``:
+    an axis of ``source`` that ``target`` lacks must be at 0 (an axis of size 1 a file does not
+    keep; a plane elsewhere on it is left out), an axis of ``target`` that ``source`` lacks is at 0.
+    Planes with another number of indices than ``source`` has axes are left out. The one mapping
+    of the corrected slices between a layer's axis order and the order a file stores (writer,
+    reader, training from files)."""
+    moved = []
+    for plane in planes:
+        if len(plane) != len(source):
+            continue
+        index = dict(zip(source, plane, strict=True))
+        if any(index[a] != 0 for a in source if a not in target):
+            continue
+        moved.append(tuple(int(index.get(a, 0)) for a in target))
+    return moved
+
+
 def _version_known(data: Any) -> bool:
     """Whether a parsed sidecar is of a version this code reads (a plain list is version 1)."""
     version = data.get("version", 1) if isinstance(data, dict) else 1

@@ -411,6 +411,7 @@ def _in_axes_order(layer: LayerData, target: str, corrected: list[tuple[int, ...
     """``layer`` (and its corrected planes) with the axes ``target``: its axes of size 1 that the
     file does not keep put back, then transposed into that order (unchanged when its axes are not
     ``target``'s, or some of them, in the order the writer stores them)."""
+    from ._corrected import planes_along
     from ._writer import _IMAGEJ_ORDER
 
     data, meta, kind = layer
@@ -432,8 +433,7 @@ def _in_axes_order(layer: LayerData, target: str, corrected: list[tuple[int, ...
                       for a in stored]
             meta[key] = tuple(values[i] for i in order)
     meta["metadata"] = {**meta["metadata"], "napari_unet": {**meta["metadata"]["napari_unet"], "layer_axes": target}}
-    lead = [stored[:-2].index(a) for a in target[:-2]]
-    planes = [tuple(p[i] for i in lead) for p in corrected if len(p) == len(lead)]
+    planes = planes_along(corrected, stored[:-2], target[:-2])
     return [(moved if isinstance(data, list) else moved[0], meta, kind)], planes
 
 

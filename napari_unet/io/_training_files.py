@@ -206,7 +206,7 @@ def corrected_planes_of(labels_path: Path, axes: str, lead_shape: tuple[int, ...
     when there is no list, or it names none (masks written by ``napari-unet predict``, or corrected in
     another program): then every plane counts. A broken list is said (a warning) and counts as none, as
     napari's File > Open reads it."""
-    from ._corrected import load_corrected_list, sidecar_path, stored_layout
+    from ._corrected import load_corrected_list, planes_along, sidecar_path, stored_layout
     from ._writer import _IMAGEJ_ORDER
 
     if not sidecar_path(labels_path).is_file():
@@ -225,13 +225,7 @@ def corrected_planes_of(labels_path: Path, axes: str, lead_shape: tuple[int, ...
     # layer's axes beside, else the layer's axes, which the file reads back as
     listed = "".join(a for a in _IMAGEJ_ORDER if a in layer_axes)[:-2] if layer_axes else lead_axes
     keep = np.zeros(lead_shape, bool)
-    for plane in planes:
-        if len(plane) != len(listed):
-            continue
-        index = dict(zip(listed, plane, strict=True))
-        if any(index[a] != 0 for a in listed if a not in lead_axes):  # an axis of size 1 the file lost
-            continue
-        at = tuple(index.get(a, 0) for a in lead_axes)
+    for at in planes_along(planes, listed, lead_axes):  # (a plane off an axis of size 1 the file lost: none)
         if all(0 <= i < n for i, n in zip(at, lead_shape, strict=True)):
             keep[at] = True
     return keep

@@ -240,15 +240,13 @@ def _calibration_to_keep(calibration: tuple[Sequence[float], Sequence[Any]] | No
 def _planes_in_file_order(corrected: Any, axes: str, out_axes: str) -> list[tuple[int, ...]]:
     """Corrected plane indices along the stack axes of ``axes`` (all but Y, X) re-indexed along
     those of ``out_axes``, the order the file stores."""
-    from ._corrected import planes_given
+    from ._corrected import planes_along, planes_given
 
-    planes = planes_given(corrected)
     lead, out_lead = axes[:-2], out_axes[:-2]
     if sorted(lead) != sorted(out_lead):  # the layer's planes are not its Y, X: they map to none of the file's
         log.warning("the corrected slices of a layer with axes %s cannot be kept in a file of axes %s", axes, out_axes)
         return []
-    order = [lead.index(a) for a in out_lead]
-    return [tuple(p[i] for i in order) for p in planes if len(p) == len(lead)]
+    return planes_along(planes_given(corrected), lead, out_lead)
 
 
 def _exists(path: Path) -> bool:
