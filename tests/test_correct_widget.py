@@ -350,3 +350,21 @@ def test_delete_and_merge_act_on_the_3d_object_when_napari_edits_in_3d(make_napa
     widget.tools.click((int(zs[0]),), np.argwhere(truth[int(zs[0])] == other)[0])
     assert not (layer.data == other).any() and (layer.data == victim).sum() == (
         (truth == victim) | (truth == other)).sum()
+
+
+def test_a_hidden_labels_layer_comes_after_shown_ones_and_a_tool_shows_it(make_napari_viewer, c2c12_masks):
+    """A sample opened by ``napari-unet gui`` has its ground truth hidden: Correct proposes a shown
+    Labels layer before it, says when the one chosen is hidden, and choosing a tool shows it (edits
+    to a layer not shown could not be seen)."""
+    viewer = make_napari_viewer()
+    truth = viewer.add_labels(c2c12_masks[:2].copy(), name="c2c12 ground truth", visible=False)
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Correct")
+    assert widget._layer_combo.value is truth and "hidden" in widget._status.value
+    shown = viewer.add_labels(c2c12_masks[:2].copy(), name="other labels")
+    assert [name for name, _ in widget._labels_choices()] == ["other labels", "c2c12 ground truth"]
+    widget._layer_combo.value = truth
+    assert not truth.visible
+    widget._mode.value = MODE_DELETE
+    assert truth.visible and viewer.layers.selection.active is truth
+    widget._layer_combo.value = shown
+    assert widget._status.value == "Editing 'other labels'."

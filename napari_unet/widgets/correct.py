@@ -98,7 +98,8 @@ class CorrectWidget(Container):
         from napari.layers import Labels
 
         layers = [layer for layer in self._viewer.layers if isinstance(layer, Labels) and layer.ndim >= 2]
-        layers.sort(key=lambda layer: not layer.name.endswith(" masks"))  # masks layers first
+        # masks layers first, then those shown (a sample's ground truth, hidden, is not what to edit first)
+        layers.sort(key=lambda layer: (not layer.name.endswith(" masks"), not layer.visible))
         return [(layer.name, layer) for layer in layers]
 
     def _on_inserted(self, event: Any) -> None:
@@ -131,7 +132,8 @@ class CorrectWidget(Container):
         self.tools.mode_changed.connect(self._on_tools_mode)
         self.tools.status.connect(self._show_status)
         self._mode.value = MODE_OFF
-        self._status.value = f"Editing {layer.name!r}."
+        self._status.value = f"Editing {layer.name!r}." + (
+            "" if layer.visible else " It is hidden: choosing a tool shows it.")
 
     def _with_tools(self, action: Callable[[ObjectTools], None]) -> None:
         if self.tools is None:
@@ -181,6 +183,8 @@ class CorrectWidget(Container):
             return
         if mode != MODE_OFF:
             self._viewer.layers.selection.active = self.tools.layer  # clicks go to the active layer
+            if not self.tools.layer.visible:  # (edits to a layer not shown could not be seen)
+                self.tools.layer.visible = True
         self.tools.mode = mode
 
     def _on_tools_mode(self, mode: str) -> None:
