@@ -108,6 +108,22 @@ def test_widget_docks_with_defaults(widget, base_model):
     assert w.run_panel.curves.canvas.parent() is not None  # the live curves are in the widget
 
 
+def test_tab_passes_over_the_controls_of_a_folded_section(widget):
+    from qtpy.QtCore import Qt
+
+    _viewer, w = widget
+    advanced = w.settings_panel._advanced
+    control = w.settings_panel._seed.native  # a spin box of the folded "Advanced"
+    from magicgui.widgets import SpinBox
+
+    shown = SpinBox().native.focusPolicy()  # what the spin box had before it was folded
+    assert control.focusPolicy() == Qt.FocusPolicy.NoFocus  # folded: out of Tab's way
+    advanced._collapsible.expand(animate=False)
+    assert control.focusPolicy() == shown != Qt.FocusPolicy.NoFocus
+    advanced._collapsible.collapse(animate=False)
+    assert control.focusPolicy() == Qt.FocusPolicy.NoFocus
+
+
 def test_corrected_list_mark_unmark_and_jump(widget, c2c12):
     viewer, w = widget
     images, labels = c2c12

@@ -24,7 +24,29 @@ def collapsible(title: str, box: Container):
     # never squeezed below its header (a dock short of height cut the "Advanced" title in half)
     widget.setMinimumHeight(widget.sizeHint().height())
     box._collapsible = widget  # for tests and to expand it from code
+    _tab_skips_when_folded(widget, box.native)
+    widget.toggled.connect(lambda expanded: _tab_skips_when_folded(widget, box.native))
     return widget
+
+
+def _tab_skips_when_folded(collapsible: Any, content: Any) -> None:
+    """Tab passes over the controls of a folded section (folded, they are there but 0 px high: the
+    keyboard's focus went into them, out of sight) and reaches them again once it is unfolded."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QWidget
+
+    folded = not collapsible.isExpanded()
+    widgets = [content, *content.findChildren(QWidget)]
+    # (a spin box's line edit passes its policy on to the spin box, its focus proxy: put back after it)
+    for child in widgets if folded else widgets[::-1]:
+        kept = child.property("napari_unet_focus")
+        if folded and kept is None:
+            child.setProperty("napari_unet_focus", int(child.focusPolicy()) if isinstance(
+                child.focusPolicy(), int) else child.focusPolicy().value)
+            child.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        elif not folded and kept is not None:
+            child.setFocusPolicy(Qt.FocusPolicy(kept))
+            child.setProperty("napari_unet_focus", None)
 
 
 def ask(parent: Any, text: str, on_answer: Callable[[bool], None], *, yes: str = "Yes", no: str = "No"):
