@@ -582,8 +582,8 @@ def stage_arguments(stages: list[dict], out: str) -> list[list[str]]:
             argv += ["--model", st["model"]]
         if st.get("diameter"):
             argv += ["--diameter", f"{st['diameter']:g}"]
-        if st.get("precision", "fp32") != "fp32":
-            argv += ["--precision", st["precision"]]
+        if st.get("precision", "fp32") != "fp32":  # (fp16: bf16 asked on a GPU without it, as again here)
+            argv += ["--precision", "bf16"]
         if i == 0:
             argv += ["--base-width", str(st.get("base_width", 16)), "--depth", str(st.get("depth", 4))]
         else:
@@ -688,10 +688,15 @@ def _stage_record(meta: dict, args: argparse.Namespace | None) -> dict:
         record["seed"] = args.seed
         record["model"] = args.model
         record["diameter"] = args.diameter
-        # what the run computed in (bf16 asked on a CPU without it trains in fp32; fp32 on a GPU is fp32)
+        # what the run computed in (bf16 asked on a CPU without it trains in fp32, on a GPU without
+        # it in fp16; fp32 on a GPU is fp32)
         used = (meta.get("training") or {}).get("mixed_precision")
-        record["precision"] = args.precision if used is None else ("fp32" if used == "off" else "bf16")
+        record["precision"] = args.precision if used is None else _PRECISION_NAMES.get(used, "bf16")
     return record
+
+
+# a run's mixed precision as recorded in the model file -> the stage record's name for it
+_PRECISION_NAMES = {"off": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 def _repeat_kinds(rows: list[dict], specs: list[str]) -> list[dict]:

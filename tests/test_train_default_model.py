@@ -54,6 +54,19 @@ def test_shipped_stages_become_arguments_the_script_accepts():
         assert line in card
 
 
+def test_a_stage_records_the_precision_it_computed_in_and_reproduces_with_it():
+    """bf16 asked on a GPU without it trains in fp16 (a GradScaler): recorded so, not as bf16; the
+    record's stage asks for mixed precision again (bf16 where the device has it)."""
+    script = _script()
+    args = script.build_parser().parse_args(["--precision", "bf16", "--steps", "10"])
+    for used, name in (("float16", "fp16"), ("bfloat16", "bf16"), ("off", "fp32")):
+        assert script._stage_record({"training": {"mixed_precision": used}}, args)["precision"] == name
+    stage = {"steps": 10, "patch_size": 128, "batch_size": 8, "lr": 1e-3, "precision": "fp16"}
+    argv = script.stage_arguments([stage], "out/nuclei.pt")[0]
+    assert argv[argv.index("--precision") + 1] == "bf16"
+    assert script.build_parser().parse_args(argv).precision == "bf16"
+
+
 def _tiny_dsb(folder: Path) -> Path:
     """A manifest in the DSB2018 layout from the packaged CC0 sample fields (3 train, 1 val)."""
     images = tifffile.imread(ROOT / "sample_data" / "dsb2018_fluorescence_fields.tif")
