@@ -62,6 +62,16 @@ def test_list_find_and_resolve(mine):
         resolve_model_path("nope")
 
 
+def test_a_model_file_named_in_upper_case_is_listed_once(mine):
+    """"cells.PT" (a copy's name on some systems) is a model; beside "mine.pt", "mine.PT" (two files
+    on Linux) is not listed a second time."""
+    upper = Path(shutil.copyfile(mine, mine.with_name("Big.PT")))
+    shutil.copyfile(mine, mine.with_name("mine.PT"))
+    (mine.parent / ".hidden.PT").write_bytes(b"")
+    assert [(e.name, e.path) for e in user_models()] == [("Big", upper), ("mine", mine)]
+    assert resolve_model_path("Big") == upper and find_model("mine").path == mine
+
+
 def test_checkpoint_still_exports_the_catalog_names():
     for name in ("list_models", "resolve_model_path", "user_model_path", "check_model_name", "MODEL_SUFFIX",
                  "DEFAULT_MODEL_NAME", "ModelEntry", "builtin_models_dir", "user_models_dir"):

@@ -97,10 +97,26 @@ def list_models() -> list[ModelEntry]:
     entries = []
     for builtin, folder in ((True, builtin_models_dir()), (False, user_models_dir())):
         if folder.is_dir():
-            files = sorted(folder.glob(f"*{MODEL_SUFFIX}"), key=lambda p: (p.stem != DEFAULT_MODEL_NAME, p.stem))
-            entries.extend(ModelEntry(p.stem, p, builtin) for p in files
-                           if not p.name.startswith(".") and p.is_file())  # (a folder named x.pt is none)
+            files = _model_files(folder)
+            files.sort(key=lambda p: (p.stem != DEFAULT_MODEL_NAME, p.stem))
+            entries.extend(ModelEntry(p.stem, p, builtin) for p in files)
     return entries
+
+
+def _model_files(folder: Path) -> list[Path]:
+    """The model files of ``folder``: ``*.pt`` in any case ("cells.PT", as some systems name a copied
+    file), not hidden, no folder named so; of "x.pt" and "x.PT" (two files on Linux) the first."""
+    try:
+        found = [p for p in folder.iterdir() if p.suffix.lower() == MODEL_SUFFIX and not p.name.startswith(".")]
+    except OSError:  # (unreadable: no models there)
+        return []
+    found.sort(key=lambda p: (p.suffix != MODEL_SUFFIX, p.name))
+    files, stems = [], set()
+    for p in found:
+        if p.stem not in stems and p.is_file():
+            files.append(p)
+            stems.add(p.stem)
+    return files
 
 
 def user_models() -> list[ModelEntry]:
