@@ -109,6 +109,35 @@ def test_predict_with_dask_writes_ome_zarr(tmp_path, images, tiny_model_path):
     assert [kind for _data, _meta, kind in napari_get_reader(path)(path)] == ["labels"]
 
 
+def test_a_scheduler_is_connected_once_for_the_batch_and_refused_once(tmp_path, images, tiny_model_path, capsys,
+                                                                       monkeypatch):
+    """One connection serves every input; a scheduler that cannot be reached, or --3d with one,
+    stops the batch before any work with one line (not a timeout or a refusal per input)."""
+    import zarr
+    from distributed import LocalCluster
+
+    from napari_unet.cli import predict as predict_cli
+
+    inputs = [str(images / "a.tif"), str(images / "b.tif")]
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        rc = main(["predict", *inputs, "--out", str(tmp_path / "o"), "--model", str(tiny_model_path),
+                   "--scheduler", cluster.scheduler_address, "--no-progress"])
+    assert rc == 0
+    for name in ("a", "b"):
+        labels = np.asarray(zarr.open_group(str(tmp_path / "o" / f"{name}_masks.ome.zarr"), mode="r")["0"][...])
+        expected = segment(load_model(tiny_model_path, device="cpu"), tifffile.imread(images / f"{name}.tif"))
+        np.testing.assert_array_equal(labels, expected)
+    capsys.readouterr()
+
+    monkeypatch.setattr(predict_cli, "SCHEDULER_TIMEOUT_S", 1)
+    for extra in (["--scheduler", "tcp://127.0.0.1:9"], ["--scheduler", "tcp://127.0.0.1:9", "--3d"]):
+        rc = main(["predict", *inputs, "--out", str(tmp_path / "p"), "--model", str(tiny_model_path), *extra])
+        err = capsys.readouterr().err.strip()
+        assert rc != 0 and len(err.splitlines()) == 1, err
+        assert ("--3d" in err) if "--3d" in extra else ("cannot connect" in err)
+        assert not (tmp_path / "p").exists() or not any((tmp_path / "p").iterdir())
+
+
 def test_dask_masks_claim_no_pixel_size_the_input_has_not(tmp_path, images, dsb_fluo_crop, tiny_model_path):
     """An uncalibrated image's OME-Zarr masks have no units (not 1 µm); a stack with a pixel size
     but no z spacing keeps the pixel size only."""

@@ -329,18 +329,48 @@ def run(args: argparse.Namespace) -> int:
     args.voxel_size = _voxel_size(args.voxel_size)
     if not args.objects_3d and (args.voxel_size is not None or args.mode_3d != "3d" or args.orthogonal != "auto"):
         raise CLIError("--voxel-size, --3d-mode and --orthogonal go with --3d")
+    if args.objects_3d and args.scheduler is not None:  # (once, not for each file)
+        raise CLIError("--scheduler does not go with --3d: 3D objects are computed in this process, whole volumes "
+                       "in blocks; leave --scheduler out (--dask still writes OME-Zarr)")
     try:  # before any work: a batch is not segmented for hours to find then that nothing can be written
         check_folder_writable(out_dir)
     except OSError as exc:
         raise CLIError(f"--out {out_dir} cannot be written ({exc.strerror or one_line(exc)}): give a folder you "
                        "can write to") from exc
     failed: list[Path] = []
-    with _terminate_as_interrupt():
+    with _terminate_as_interrupt(), _scheduler_client(args):
         _predict_all(models, inputs, targets, args, use_dask, failed)
     if failed:
         names = ", ".join(p.name for p in failed[:10]) + (", ..." if len(failed) > 10 else "")
         raise CLIError(f"{len(failed)} of {len(inputs)} inputs failed (see above): {names}")
     return 0
+
+
+SCHEDULER_TIMEOUT_S = 20
+
+
+@contextlib.contextmanager
+def _scheduler_client(args: argparse.Namespace) -> Iterator[None]:
+    """With ``--scheduler``: one connection to it for the whole batch (``args.scheduler`` becomes the
+    client while it runs); a scheduler that cannot be reached stops the batch before any work, once,
+    not after a timeout for each input."""
+    address = args.scheduler
+    if address is None:
+        yield
+        return
+    from distributed import Client
+
+    try:
+        client = Client(address, timeout=SCHEDULER_TIMEOUT_S)
+    except Exception as exc:  # noqa: BLE001 - OSError, TimeoutError, ValueError of a bad address...
+        raise CLIError(f"--scheduler {address}: cannot connect ({one_line(exc)}): is the dask scheduler "
+                       "running there?") from None
+    args.scheduler = client
+    try:
+        yield
+    finally:
+        args.scheduler = address
+        client.close()
 
 
 def _predict_all(models: Any, inputs: list[Path], targets: list[Path], args: argparse.Namespace, use_dask: bool,
