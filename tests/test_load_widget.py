@@ -248,3 +248,31 @@ def test_a_file_stored_y_x_t_loads_as_time_points_of_y_x_planes(qtbot, widget, t
     (layer,) = viewer.layers
     assert layer.data.shape == (6, 40, 50) and tuple(layer.axis_labels) == ("t", "y", "x")
     assert np.asarray(layer.data[2]).max() == 200
+
+
+def test_the_zarr_group_picked_is_the_one_loaded(qtbot, widget, tmp_path):
+    """A labels group inside an OME-Zarr image loads as those labels (not the image around it); a
+    metadata file picked (``.zattrs``) means its group, in a folder of any name; a chunk picked
+    inside a level means the image."""
+    import zarr
+
+    viewer, w = widget
+    axes = [{"name": a, "type": "space"} for a in "yx"]
+    root = zarr.open_group(str(tmp_path / "experiment 1"), mode="w", zarr_format=2)  # (not named .zarr)
+    root.create_array("0", shape=(16, 20), dtype="uint16", chunks=(8, 10))[...] = 100
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": [{"path": "0"}]}]
+    nuclei = root.create_group("labels").create_group("nuclei")
+    root["labels"].attrs["labels"] = ["nuclei"]
+    nuclei.create_array("0", shape=(16, 20), dtype="uint32")[...] = 1
+    nuclei.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": [{"path": "0"}]}]
+    nuclei.attrs["image-label"] = {"version": "0.4"}
+    base = tmp_path / "experiment 1"
+    for source, picked, kind, name in (("file", base / "labels" / "nuclei" / ".zattrs", "Labels", "nuclei"),
+                                       ("folder", base / "labels" / "nuclei", "Labels", "nuclei"),
+                                       ("file", base / ".zattrs", "Image", "experiment 1"),
+                                       ("file", base / "0" / "0.0", "Image", "experiment 1")):
+        viewer.layers.clear()
+        w._source.value = source
+        w._path.value = str(picked)
+        _load(qtbot, w)
+        assert [(type(layer).__name__, layer.name) for layer in viewer.layers] == [(kind, name)], picked

@@ -14,7 +14,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, Pus
 
 from napari_unet.io import PLANE_IMAGE_SUFFIXES, TIFF_SUFFIXES, StackInfo, inspect_stack, read_layer_data
 from napari_unet.io._axes import AxesError
-from napari_unet.io._formats import StackReadError
+from napari_unet.io._formats import StackReadError, is_ome_zarr
 from napari_unet.io._reader import should_open_lazily
 from napari_unet.io._settings import get_setting, update_settings
 
@@ -29,6 +29,35 @@ LOADING_CHOICES = {"auto": None, "lazy": True, "in memory": False}
 _FILE_FILTER = "Microscopy images ({} *.zattrs *.zgroup zarr.json)".format(
     " ".join(f"*{s}" for s in dict.fromkeys((*TIFF_SUFFIXES, *PLANE_IMAGE_SUFFIXES)))
 )
+
+
+_ZARR_METADATA = (".zattrs", ".zgroup", ".zarray", "zarr.json")
+
+
+def zarr_group_of(path: Path) -> Path | None:
+    """The Zarr group a path picked in a file dialog means, or None when it is in none: the group
+    itself (a labels group inside an image, ``img.ome.zarr/labels/nuclei``, is that group, not the
+    image), the group of a metadata file picked (``.zattrs``, ``zarr.json``, in a folder of any
+    name), or the nearest group holding a file or array picked inside it (a chunk, a level)."""
+    if path.name in _ZARR_METADATA:
+        path = path.parent
+    outermost = None
+    for folder in (path, *path.parents):
+        if _is_zarr_group(folder):
+            return folder
+        if folder.suffix.lower() == ".zarr" and folder.is_dir():
+            outermost = folder  # (a .zarr folder without group metadata: as before, the outermost)
+    return outermost
+
+
+def _is_zarr_group(folder: Path) -> bool:
+    try:
+        if (folder / ".zgroup").is_file():
+            return True
+        meta = folder / "zarr.json"
+        return meta.is_file() and '"group"' in meta.read_text(errors="replace")[:4096]
+    except OSError:
+        return False
 
 
 class LoadWidget(Container):
@@ -90,11 +119,7 @@ class LoadWidget(Container):
         if value is None or str(value) in ("", "."):
             return None
         p = Path(str(value).strip()).expanduser()  # a typed "~/data/cells.tif"
-        # a file picked inside an OME-Zarr folder means the folder
-        for parent in (p, *p.parents):
-            if parent.suffix.lower() == ".zarr" and parent.is_dir():
-                return parent
-        return p
+        return zarr_group_of(p) or p
 
     def _on_path_changed(self, *_: Any) -> None:
         self._stack_info = None
@@ -108,7 +133,7 @@ class LoadWidget(Container):
             self._info.value = f"No such file or folder: {path}"
             return
         self._missing_notified = None
-        if path.is_dir() and self._source.value == "file" and path.suffix.lower() != ".zarr":
+        if path.is_dir() and self._source.value == "file" and not is_ome_zarr(path):
             self._info.value = "Choose a file, or switch Open to 'folder'."
             return
         update_settings(last_folder=str(path.parent if path.is_file() or path.suffix == ".zarr" else path))
