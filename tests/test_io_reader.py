@@ -364,14 +364,14 @@ def test_ome_zarr_with_a_missing_level_or_wrong_axes_says_so(tmp_path):
 
 
 def test_a_tiff_of_several_series_says_only_the_first_is_read(make_napari_viewer, tmp_path, notifications, capsys):
-    """Positions written one after the other into one TIFF: the first is opened, and File > Open,
-    Load stack's info line and predict say so (only the log said it)."""
+    """Positions written one after the other into one TIFF (not all of one shape: no stack): the
+    first is opened, and File > Open, Load stack's info line and predict say so (only the log said it)."""
     from napari_unet.cli import main
 
     path = tmp_path / "positions.tif"
     with tifffile.TiffWriter(path) as tif:
         for k in range(3):
-            tif.write(np.full((32, 40), 10 * k, np.uint8), photometric="minisblack")
+            tif.write(np.full((32, 40 - k), 10 * k, np.uint8), photometric="minisblack")
     info = inspect_stack(path)
     assert info.other_series == 2 and info.shape == (32, 40)
     thumbnail = tmp_path / "with_preview.tif"  # a reduced-resolution copy is no image of its own
@@ -385,3 +385,53 @@ def test_a_tiff_of_several_series_says_only_the_first_is_read(make_napari_viewer
     assert any("holds 3 images" in m for m in notifications)
     main(["predict", str(path), "--out", str(tmp_path / "out"), "--no-progress"])
     assert "holds 3 images (positions or series); the first one is segmented" in capsys.readouterr().err
+
+
+def test_a_stack_written_plane_by_plane_opens_as_the_stack(tmp_path):
+    """A script's loop of ``TiffWriter.write``, one plane a call (a series each), is the stack
+    ImageJ opens, not its first plane and "positions"; lazily too."""
+    path = tmp_path / "by_planes.tif"
+    planes = np.stack([np.full((20, 24), 10 * k, np.uint16) for k in range(6)])
+    with tifffile.TiffWriter(path) as tif:
+        for plane in planes:
+            tif.write(plane)
+    info = inspect_stack(path)
+    assert info.shape == (6, 20, 24) and info.other_series == 0 and not info.axes_from_file
+    for lazy in (False, True):
+        data, _info = read_stack(path, lazy=lazy)
+        np.testing.assert_array_equal(np.asarray(data), planes)
+
+
+def test_grey_channels_stored_side_by_side_are_channels_not_colour(tmp_path):
+    """Y, X, C of 3 or 4 grey channels (photometric MINISBLACK) is not an RGB(A) image: channels."""
+    path = tmp_path / "yxc.tif"
+    image = np.random.default_rng(0).integers(0, 4000, (30, 34, 4), dtype=np.uint16)
+    tifffile.imwrite(path, image, photometric="minisblack", planarconfig="contig")
+    info = inspect_stack(path)
+    assert info.axes.endswith("C") or info.axes.startswith("C")
+    assert "S" not in info.axes and info.axes_from_file
+    layers = reader_function(str(path))
+    assert len(layers) == 4 and not any(meta.get("rgb") for _data, meta, _kind in layers)
+    np.testing.assert_array_equal(np.asarray(layers[3][0]), image[..., 3])
+    rgb = tmp_path / "rgb.tif"
+    tifffile.imwrite(rgb, image[..., :3].astype(np.uint8), photometric="rgb")
+    assert inspect_stack(rgb).axes == "YXS"
+
+
+def test_a_folder_of_calibrated_planes_keeps_their_pixel_size(tmp_path):
+    """ImageJ's Save As > Image Sequence: each plane a calibrated TIFF; the folder opens at that
+    pixel size (it opened uncalibrated); stacks saved a time point each keep their Z and axes."""
+    folder = tmp_path / "sequence"
+    folder.mkdir()
+    for i in range(3):
+        tifffile.imwrite(folder / f"s{i:04d}.tif", np.full((12, 16), i, np.uint16), imagej=True,
+                         resolution=(1 / 0.16, 1 / 0.16), metadata={"unit": "micron"})
+    info = inspect_stack(folder)
+    assert info.axes == "ZYX" and info.scale == pytest.approx({"Y": 0.16, "X": 0.16})
+    timepoints = tmp_path / "timepoints"
+    timepoints.mkdir()
+    for i in range(2):
+        tifffile.imwrite(timepoints / f"t{i}.tif", np.zeros((5, 12, 16), np.uint16), imagej=True,
+                         resolution=(1 / 0.2, 1 / 0.2), metadata={"unit": "micron", "spacing": 1.5, "axes": "ZYX"})
+    info = inspect_stack(timepoints)
+    assert info.axes == "TZYX" and info.scale == pytest.approx({"Z": 1.5, "Y": 0.2, "X": 0.2})

@@ -314,3 +314,19 @@ def test_corrected_planes_move_between_axis_orders_by_the_axes_names():
     assert planes_along([(3,)], "Z", "TZ") == [(0, 3)]
     assert planes_along([(3,), (1, 2, 3)], "TZ", "ZT") == []
     assert planes_along([(5,)], "", "") == []
+
+
+def test_the_scale_given_survives_for_an_axis_of_size_one(tmp_path):
+    """``write_labels(scale=...)`` of T, Z=1: neither ImageJ nor OME-TIFF keeps Z, so its spacing
+    goes in the list beside the file (as the layer's calibration does) and reads back."""
+    from napari_unet.io._reader import reader_function
+
+    labels = np.zeros((3, 1, 20, 30), np.uint16)
+    labels[2, 0, 5:9, 5:9] = 4
+    path = write_labels(tmp_path / "tz1_masks.tif", labels, scale=[60, 2.0, 0.3, 0.3], axes="TZYX")
+    (data, meta, kind), = reader_function(str(path))
+    assert kind == "labels" and data.shape == (3, 1, 20, 30)
+    assert tuple(meta["scale"]) == pytest.approx((60, 2.0, 0.3, 0.3))
+    plain = write_labels(tmp_path / "plain_masks.tif", labels[:, 0], scale=[60, 0.3, 0.3], axes="TYX")
+    assert not (tmp_path / "plain_masks.tif.corrected.json").exists()  # nothing the file cannot say
+    assert tuple(reader_function(str(plain))[0][1]["scale"]) == pytest.approx((60, 0.3, 0.3))

@@ -257,9 +257,14 @@ def _open_tiff(p: Path) -> _Opened:
             f"cannot read '{p.name}': it is not a TIFF file (no TIFF header), although its name ends in "
             f"'{p.suffix}'"
         )
+    options: dict[str, Any] = {}
     with _TiffWarnings() as warned:
         try:
             tif = tifffile.TiffFile(p)
+            if _planes_written_one_by_one(tif):  # read as the stack it is, as ImageJ does
+                tif.close()
+                options = {"is_shaped": False}
+                tif = tifffile.TiffFile(p, **options)
         except Exception as e:
             raise StackReadError(f"cannot read '{p.name}': corrupt or truncated TIFF ({e})") from e
         try:
@@ -285,6 +290,8 @@ def _open_tiff(p: Path) -> _Opened:
             )
         shape = tuple(int(s) for s in series.shape)
         file_axes = series.axes
+        if file_axes.upper().endswith("S") and _grey_samples(series):  # channels stored side by side, not colour
+            file_axes = file_axes[:-1] + "C"
         _check_tiff_complete(p, tif, series, size)
         fmt = "ome-tiff" if tif.is_ome else "imagej-tiff" if tif.is_imagej else "tiff"
         known = bool(set(file_axes.upper()) - set("QIYXS")) or len(shape) <= 2 or (
@@ -313,7 +320,7 @@ def _open_tiff(p: Path) -> _Opened:
 
     def load() -> np.ndarray:
         try:
-            with tifffile.TiffFile(p) as t:
+            with tifffile.TiffFile(p, **options) as t:
                 return t.series[0].asarray()
         except MemoryError as e:
             raise StackReadError(f"'{p.name}' ({_human_bytes(info.nbytes)}) does not fit in memory; "
@@ -326,7 +333,7 @@ def _open_tiff(p: Path) -> _Opened:
         import zarr
 
         # the zarr stores keep this TiffFile open for as long as the dask arrays live
-        lazy_tif = tifffile.TiffFile(p)
+        lazy_tif = tifffile.TiffFile(p, **options)
         levels = []
         for level in range(n_levels):
             store = lazy_tif.series[0].aszarr(level=level)
@@ -334,6 +341,33 @@ def _open_tiff(p: Path) -> _Opened:
         return levels
 
     return _Opened(info, load, lazy)
+
+
+def _grey_samples(series: Any) -> bool:
+    """Whether a TIFF's samples per pixel are grey channels (photometric MINISBLACK or MINISWHITE:
+    a Y, X, C image of 2-4 channels written contiguous), not RGB(A) colour."""
+    try:
+        photometric = series.pages[0].photometric
+    except Exception:  # noqa: BLE001 - (no page to tell: colour, as the axes say)
+        return False
+    import tifffile
+
+    return photometric in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.MINISWHITE)
+
+
+def _planes_written_one_by_one(tif: Any) -> bool:
+    """Whether a TIFF is a stack whose planes tifffile wrote one call each (a script's loop over
+    ``TiffWriter.write``): each page a "shaped" series of its own, all of one shape and type, no OME
+    or ImageJ description; read as one series of pages it is the stack (not the first plane and
+    "positions or series")."""
+    try:
+        if not tif.is_shaped or tif.is_ome or tif.is_imagej or len(tif.series) < 2:
+            return False
+        first = tif.series[0]
+        return all(len(s.pages) == 1 and len(s.levels) == 1 and s.shape == first.shape and s.dtype == first.dtype
+                   for s in tif.series)
+    except Exception:  # noqa: BLE001 - (a damaged file: read as it is, and said there)
+        return False
 
 
 class _TiffWarnings(logging.Handler):
@@ -698,6 +732,26 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
+def _folder_axes_and_scale(first: Path, shape: tuple[int, ...], guessed: str) -> tuple[str, dict[str, float]]:
+    """Axes and pixel size of a folder of files stacked along a new first axis: what its first file
+    says of its own axes (a TIFF's calibration, as ImageJ's Image Sequence writes it; the axes of
+    stacks saved one a time point) under the stacking axis, which stays guessed (Z, or T over
+    files that hold Z)."""
+    if first.suffix.lower() not in TIFF_SUFFIXES:
+        return guessed, {}
+    try:
+        own = _open_tiff(first).info
+    except Exception:  # noqa: BLE001 - (read again, and said, when the planes are read)
+        return guessed, {}
+    if tuple(own.shape) != tuple(shape[1:]):
+        return guessed, {}
+    axes = guessed
+    if own.axes_from_file and guessed[1:] != own.axes:
+        lead = next((a for a in (guessed[0], "T", "Z") if a not in own.axes), None)
+        axes = lead + own.axes if lead else guessed
+    return axes, {a: v for a, v in own.scale.items() if a in axes[1:] and axes[1:] == own.axes}
+
+
 def _open_folder(p: Path) -> _Opened:
     files = list_plane_files(p)
     masks = masks_files_among(files, p.resolve().name)
@@ -723,10 +777,10 @@ def _open_folder(p: Path) -> _Opened:
             dtype = np.promote_types(dtype, d)
     shape = (len(files), *plane_shape)
     rgb = len(plane_shape) == 3 and plane_shape[-1] in (3, 4)
-    axes = guess_axes(shape, rgb=rgb)
+    axes, scale = _folder_axes_and_scale(files[0], shape, guess_axes(shape, rgb=rgb))
     info = StackInfo(
         path=str(p), name=stack_name(p), format="image-folder", shape=shape, dtype=np.dtype(dtype),
-        axes=axes, axes_from_file=False, left_out=tuple(f.name for f in masks if f not in files),
+        axes=axes, scale=scale, axes_from_file=False, left_out=tuple(f.name for f in masks if f not in files),
     )
 
     def load() -> np.ndarray:

@@ -144,6 +144,10 @@ def write_labels(
         raise LabelsWriteError(f"scale has {len(scale)} values but the labels have {arr.ndim} dimensions")
     if not all(s is None or (np.isfinite(s) and s > 0) for s in scale):
         raise LabelsWriteError(f"scale values must be positive numbers, got {scale}")
+    if calibration is None and any(s is not None for s in scale):  # the scale given, in the units it is in
+        calibration = ([1.0 if s is None else s for s in scale],
+                       ["pixel" if s is None or a == "C" else "second" if a == "T" else "micrometer"
+                        for a, s in zip(axes, scale, strict=True)])
     if offset is not None:
         offset = [float(t) for t in offset]
         if len(offset) != arr.ndim or not all(np.isfinite(offset)):
