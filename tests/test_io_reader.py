@@ -435,3 +435,34 @@ def test_a_folder_of_calibrated_planes_keeps_their_pixel_size(tmp_path):
                          resolution=(1 / 0.2, 1 / 0.2), metadata={"unit": "micron", "spacing": 1.5, "axes": "ZYX"})
     info = inspect_stack(timepoints)
     assert info.axes == "TZYX" and info.scale == pytest.approx({"Z": 1.5, "Y": 0.2, "X": 0.2})
+
+
+def test_a_huge_plane_without_a_pyramid_opens_lazily_as_levels(make_napari_viewer, tmp_path, monkeypatch):
+    """A plane larger than LARGE_PLANE_SIDE on a side (a slide scan without a pyramid), read
+    lazily, gets lazy overview levels (napari read the whole plane and copied it: a 2 GB plane took
+    6.5 GB); level 0 is the file's plane; the contrast comes from the plane's middle; masks of such
+    a plane open as one level (napari paints no levels)."""
+    from napari_unet.io import _reader, write_labels
+
+    monkeypatch.setattr(_reader, "LARGE_PLANE_SIDE", 512)
+    monkeypatch.setattr(_reader, "OVERVIEW_SIDE", 128)
+    monkeypatch.setattr(_reader, "SAMPLE_WINDOW", 256)
+    image = np.zeros((600, 1100), np.uint16)
+    image[172:428, 422:678] = np.arange(256 * 256, dtype=np.uint16).reshape(256, 256) % 1000 + 100  # its middle
+    path = tmp_path / "scan.tif"
+    tifffile.imwrite(path, image, tile=(128, 128))
+    (data, meta, kind), = read_layer_data(path, lazy=True)
+    assert kind == "image" and meta["multiscale"]
+    assert [tuple(level.shape) for level in data] == [(600, 1100), (300, 550), (150, 275), (75, 138)]
+    np.testing.assert_array_equal(np.asarray(data[0]), image)
+    np.testing.assert_array_equal(np.asarray(data[2]), image[::4, ::4])
+    assert meta["contrast_limits"][0] >= 100  # the middle's pixels, not the empty border
+    (small, small_meta, _), = read_layer_data(path, lazy=False)  # in memory: one array
+    assert not small_meta["multiscale"] and small.shape == (600, 1100)
+    masks = write_labels(tmp_path / "scan_masks.tif", (image > 0).astype(np.uint16))
+    viewer = make_napari_viewer()
+    monkeypatch.setattr(_reader, "should_open_lazily", lambda nbytes: True)
+    viewer.open(masks, plugin=PLUGIN)
+    assert viewer.layers[-1].__class__.__name__ == "Labels" and not viewer.layers[-1].multiscale
+    viewer.open(path, plugin=PLUGIN)
+    assert viewer.layers[-1].multiscale and tuple(viewer.layers[-1].data[0].shape) == (600, 1100)

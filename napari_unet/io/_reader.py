@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -121,7 +122,34 @@ def _read_levels(
             f"cannot read '{info.name}': the pixel data has shape {tuple(levels[0].shape)} but the "
             f"metadata says {info.shape} (the file may be truncated)"
         )
-    return _yx_last(levels, info)
+    levels, info = _yx_last(levels, info)
+    if lazy and len(levels) == 1:
+        levels = with_overview_levels(levels[0], info.axes)
+    return levels, info
+
+
+# a plane larger than this on a side, read lazily without a pyramid, gets lazy overview levels
+LARGE_PLANE_SIDE = 8192
+OVERVIEW_SIDE = 2048
+
+
+def with_overview_levels(data: Any, axes: str) -> list[Any]:
+    """``[data]``, and when its planes are larger than :data:`LARGE_PLANE_SIDE` on a side, lazy
+    views of every 2nd, 4th, ... pixel down to about :data:`OVERVIEW_SIDE`: napari shows such a
+    plane (a slide scan, a mosaic without a pyramid) as levels and reads only the tiles in view
+    at the level it needs; as one array it read the whole plane into memory and made copies of it
+    (a 2 GB plane: 6.5 GB). The full-resolution level is unchanged: segmentation reads it."""
+    y, x = axes.index("Y"), axes.index("X")
+    side = max(data.shape[y], data.shape[x])
+    if side <= LARGE_PLANE_SIDE:
+        return [data]
+    levels, step = [data], 2
+    while side / step >= OVERVIEW_SIDE:
+        index = [slice(None)] * data.ndim
+        index[y] = index[x] = slice(None, None, step)
+        levels.append(_marked_overview(data[tuple(index)]))
+        step *= 2
+    return levels
 
 
 def yx_last_order(axes: str) -> list[int] | None:
@@ -148,6 +176,9 @@ def _yx_last(levels: list[Any], info: StackInfo) -> tuple[list[Any], StackInfo]:
 
 
 # ----------------------------------------------------------------------------------- layer data
+SAMPLE_WINDOW = 4096
+
+
 def sample_plane_indices(shape: tuple[int, ...], axes: str, channel: int | None = None) -> tuple[Any, ...]:
     """Index of the middle plane (middle of every T, Z; given channel), Y and X subsampled to at most
     about 1024 × 1024 pixels. Used to estimate contrast limits without reading a whole stack."""
@@ -155,13 +186,26 @@ def sample_plane_indices(shape: tuple[int, ...], axes: str, channel: int | None 
     for a, n in zip(axes, shape, strict=True):
         if a == "C":
             idx.append(channel if channel is not None else 0)
-        elif a in "YX":
-            idx.append(slice(None, None, max(1, int(np.ceil(n / 1024)))))
+        elif a in "YX":  # (a plane larger than 4096 px: its middle 4096, not a read of every tile)
+            start = max(0, (n - SAMPLE_WINDOW) // 2)
+            stop = min(n, start + SAMPLE_WINDOW)
+            idx.append(slice(start, stop, max(1, int(np.ceil((stop - start) / 1024)))))
         elif a == "S":
             idx.append(slice(None))
         else:
             idx.append(n // 2)
     return tuple(idx)
+
+
+def _marked_overview(level: Any) -> Any:
+    with contextlib.suppress(AttributeError):  # (a dask array takes the mark; a numpy one is no overview)
+        level._napari_unet_overview = True
+    return level
+
+
+def _is_overview(levels: list[Any]) -> bool:
+    """Whether ``levels`` are :func:`with_overview_levels`' views (not a file's own pyramid)."""
+    return any(getattr(level, "_napari_unet_overview", False) for level in levels)
 
 
 def contrast_limits_from_sample(sample: np.ndarray) -> tuple[float, float]:
@@ -214,8 +258,9 @@ def stack_layer_data(levels: list[Any] | Any, info: StackInfo, split_channels: b
         "rgb": rgb,
         "multiscale": len(levels) > 1,
     }
-    # contrast from the smallest level that is still reasonably large (cheap to read)
-    sample_level = levels[-1] if len(levels) > 1 else levels[0]
+    # contrast from the smallest level that is still reasonably large (cheap to read; an overview
+    # level's every tile is not: the middle of the full plane, 4096 px at most)
+    sample_level = levels[-1] if len(levels) > 1 and not _is_overview(levels) else levels[0]
     sample_shape = tuple(sample_level.shape)
     if "C" not in axes or not split_channels:
         meta = dict(common, name=info.name)
@@ -234,6 +279,8 @@ def stack_layer_data(levels: list[Any] | Any, info: StackInfo, split_channels: b
     for i in range(n):
         index = (slice(None),) * c_axis + (i,)
         chan_levels = [lev[index] for lev in levels]
+        if _is_overview(levels):
+            chan_levels[1:] = [_marked_overview(lev) for lev in chan_levels[1:]]
         meta = dict(common, name=f"{info.name} [{names[i]}]" if n > 1 or info.channel_names else info.name)
         if not rgb:
             sample = np.asarray(sample_level[sample_plane_indices(sample_shape, axes, i)])
@@ -490,6 +537,9 @@ def as_labels_layer(layer: LayerData, corrected: list[tuple[int, ...]]) -> Layer
     data, meta, _kind = layer
     meta = {k: v for k, v in dict(meta).items() if k not in _IMAGE_ONLY_KEYS}
     meta["metadata"] = {**meta.get("metadata", {}), CORRECTED_KEY: [list(p) for p in corrected]}
+    if isinstance(data, list) and _is_overview(data):  # masks are painted: napari paints no levels
+        data = data[0]
+        meta["multiscale"] = False
     return (data, meta, "labels")
 
 
