@@ -39,6 +39,14 @@ log = logging.getLogger(__name__)
 __all__ = ["ModelSpec", "segment_to_ome_zarr", "write_ome_zarr_labels_metadata"]
 
 
+def _readable_model_source(path: Any) -> bool:
+    """Whether workers can load the model again from ``path``: a model file, or a BioImage.IO
+    package (a zip, or a folder: a package made elsewhere cannot be serialised)."""
+    from napari_unet.core.zoo_import import is_bioimageio_package
+
+    return Path(path).is_file() or is_bioimageio_package(path)
+
+
 class ModelSpec:
     """A picklable reference to a model that workers load once and keep.
 
@@ -52,7 +60,7 @@ class ModelSpec:
     def __init__(self, model: SegmentationModel, device: str | None = None, use_path: bool = True) -> None:
         path = model.metadata.get("path")
         self.device = device
-        if use_path and path and Path(path).is_file():
+        if use_path and path and _readable_model_source(path):
             self.path: str | None = str(path)
             self.payload: bytes | None = None
             self.key = f"{path}:{os.path.getmtime(path)}"

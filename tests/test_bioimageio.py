@@ -552,3 +552,83 @@ def test_damaged_package_descriptions_are_one_line_reasons(example_package, tmp_
         assert "\n" not in str(info.value)
     folder = _variant(example_package, tmp_path / "cfg", lambda data, _f: data.update(config="x"))
     assert read_model_metadata(folder)["name"]
+
+
+def test_a_package_whose_network_is_its_own_python_code_runs_only_when_trusted(shipped_package, tmp_path,
+                                                                             monkeypatch, dsb_fluo_crop):
+    """State-dict weights whose architecture is a Python file of the package run that file: not
+    done unless the user sets NAPARI_UNET_TRUST_PACKAGE_CODE=1 (a package could hold anything);
+    refused with a one-line reason that says so."""
+    import hashlib
+    import zipfile
+
+    from napari_unet.core import segment
+    from napari_unet.core.zoo_import import TRUST_CODE_ENV
+
+    folder = tmp_path / "foreign"
+    zipfile.ZipFile(shipped_package).extractall(folder)
+    marker = tmp_path / "code ran"
+    arch = (folder / "unet.py").read_bytes() + f"\nopen({str(marker)!r}, 'w').write('ran')\n".encode()
+    (folder / "unet.py").write_bytes(arch)
+    data = yaml.safe_load((folder / "rdf.yaml").read_text())
+    data.pop("config")  # no napari-unet section: a package made elsewhere
+    for kind in ("onnx", "torchscript"):
+        del data["weights"][kind]
+    data["weights"]["pytorch_state_dict"]["architecture"]["sha256"] = hashlib.sha256(arch).hexdigest()
+    (folder / "rdf.yaml").write_text(yaml.safe_dump(data))
+    monkeypatch.delenv(TRUST_CODE_ENV, raising=False)
+    with pytest.raises(ModelFileError, match=rf"own Python code \(unet.py\).*{TRUST_CODE_ENV}=1") as err:
+        read_model_file(folder)
+    assert "\n" not in str(err.value) and not marker.exists()
+    monkeypatch.setenv(TRUST_CODE_ENV, "1")
+    image, _truth = dsb_fluo_crop
+    assert segment(read_model_file(folder), image, diameter="native").max() > 0 and marker.exists()
+
+
+def test_exported_again_a_package_keeps_its_authors_licence_citations_and_card(tmp_path):
+    """Authors, licence, citations and the built-in card survive export -> import -> export; the
+    cells model cites and shows its own data (it cited DSB2018 and showed fluorescent nuclei), and a
+    model fine-tuned from it inherits that."""
+    import io
+    import zipfile
+
+    from napari_unet.core import load_model
+    from napari_unet.core.zoo_export import ORIGINS, export_bioimageio, model_origin
+
+    first = export_bioimageio("cells", tmp_path / "cells.zip", authors=["Jane Doe"], license="CC-BY-4.0")
+    again = export_bioimageio(read_model_file(first), tmp_path / "again.zip")
+    for path in (first, again):
+        with zipfile.ZipFile(path) as z:
+            rdf = yaml.safe_load(z.read("rdf.yaml"))
+            card = z.read("README.md").decode()
+            output = np.load(io.BytesIO(z.read("test_output.npy")))
+        assert [a["name"] for a in rdf["authors"]] == ["Jane Doe"] and rdf["license"] == "CC-BY-4.0"
+        assert any("Usiigaci" in c["text"] for c in rdf["cite"]) and not any("Bowl" in c["text"] for c in rdf["cite"])
+        assert "cells" in rdf["tags"] and "nuclei" not in rdf["tags"]
+        assert "## Model card" in card and "Usiigaci" in card
+        assert (output[0, 1] > 0.5).mean() > 0.05  # the sample shows whole cells the model finds
+    tuned = load_model("nuclei", device="cpu")
+    tuned.metadata.update(name="mine", base_model="mine-before", origin="cells", path=None)
+    assert model_origin(tuned) is ORIGINS["cells"]
+
+
+def test_export_refuses_a_folder_it_cannot_write_before_any_work(tmp_path):
+    from napari_unet.core.zoo_export import export_bioimageio
+
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    with pytest.raises(OSError, match="cannot be written"):
+        export_bioimageio("nuclei", blocker / "nuclei.zip")
+
+
+def test_a_foreground_watershed_model_exports_and_comes_back(tmp_path):
+    """A model whose instances are a distance watershed of its foreground (a representation the
+    loader takes) exported with a KeyError traceback."""
+    from napari_unet.core.zoo_export import export_bioimageio
+
+    tiny = _tiny_model("same")
+    model = SegmentationModel(tiny.net, "foreground-watershed", metadata={"name": "fg ws", "diameter": 12.0})
+    path = export_bioimageio(model, tmp_path / "fgws.zip")
+    back = read_model_file(path)
+    assert back.representation == "foreground-watershed"
+    assert "distance to the background" in __import__("zipfile").ZipFile(path).read("README.md").decode()

@@ -599,9 +599,9 @@ def test_sigterm_stops_a_batch_as_ctrl_c_does(tmp_path, tiny_model_path):
     import threading
     import time
 
-    from napari_unet.cli.predict import _terminate_as_interrupt
+    from napari_unet.cli import terminate_as_interrupt
 
-    with pytest.raises(KeyboardInterrupt), _terminate_as_interrupt():
+    with pytest.raises(KeyboardInterrupt), terminate_as_interrupt():
         threading.Timer(0.1, lambda: signal.raise_signal(signal.SIGTERM)).start()
         for _ in range(100):
             time.sleep(0.05)

@@ -7,10 +7,14 @@ Each sub-command lives in its own module with ``add_parser(subparsers)`` and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 from napari_unet import __version__
 
@@ -28,6 +32,25 @@ def one_line(exc: BaseException) -> str:
     """The first line of an error's message (its type name when it has none)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a cluster job at its time limit, ``kill``) stops a command as Ctrl+C does: the file being
+    written is removed, "interrupted" is said (it ended the process at once, leaving hidden temporary
+    files and folders half written: masks of a batch, gigabytes for large stacks; a model package)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def build_parser() -> argparse.ArgumentParser:

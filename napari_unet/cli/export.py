@@ -21,10 +21,11 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("model", metavar="NAME|PATH", help="model name (see 'napari-unet models') or .pt file")
     p.add_argument("out", metavar="OUT", help="the file to write: .zip for BioImage.IO (default), .pt for a copy")
     p.add_argument("--author", action="append", default=None, metavar="NAME",
-                   help="author of the package (repeat for several; default: napari-unet developers for built-in "
-                        "models, 'napari-unet user' for yours)")
-    p.add_argument("--license", default="BSD-3-Clause", metavar="SPDX",
-                   help="licence of the package, an SPDX id (default BSD-3-Clause)")
+                   help="author of the package (repeat for several; default: those of the package the model came "
+                        "from, else napari-unet developers for built-in models, 'napari-unet user' for yours)")
+    p.add_argument("--license", default=None, metavar="SPDX",
+                   help="licence of the package, an SPDX id (default: that of the package the model came from, "
+                        "else BSD-3-Clause)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT when it exists")
     p.set_defaults(run=run)
 
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from . import CLIError
+    from . import CLIError, terminate_as_interrupt
 
     out = Path(args.out).expanduser()
     if str(args.out).endswith(("/", os.sep)) and not out.exists():  # "newdir/": a folder to make, not newdir.zip
@@ -48,13 +49,14 @@ def run(args: argparse.Namespace) -> int:
     target = out if out.suffix.lower() in (".pt", ".zip") else out.with_name(out.name + ".zip")
     if target.exists() and not args.overwrite:
         raise CLIError(f"{target} exists; choose another name or pass --overwrite")
-    if out.suffix.lower() == ".pt":
-        from napari_unet.core.catalog import export_model
+    with terminate_as_interrupt():  # (a kill left the half-built package in the temporary folder)
+        if out.suffix.lower() == ".pt":
+            from napari_unet.core.catalog import export_model
 
-        written = export_model(args.model, out)
-    else:
-        from napari_unet.core.zoo_export import export_bioimageio
+            written = export_model(args.model, out)
+        else:
+            from napari_unet.core.zoo_export import export_bioimageio
 
-        written = export_bioimageio(args.model, out, authors=args.author, license=args.license)
+            written = export_bioimageio(args.model, out, authors=args.author, license=args.license)
     print(written)
     return 0

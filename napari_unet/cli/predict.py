@@ -18,17 +18,15 @@ import argparse
 import contextlib
 import logging
 import os
-import signal
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from napari_unet._atomic import check_folder_writable, reserve_space
 
-from . import DEVICE_HELP, CLIError, one_line
+from . import DEVICE_HELP, CLIError, one_line, terminate_as_interrupt
 
 log = logging.getLogger(__name__)
 
@@ -338,7 +336,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--out {out_dir} cannot be written ({exc.strerror or one_line(exc)}): give a folder you "
                        "can write to") from exc
     failed: list[Path] = []
-    with _terminate_as_interrupt(), _scheduler_client(args):
+    with terminate_as_interrupt(), _scheduler_client(args):
         _predict_all(models, inputs, targets, args, use_dask, failed)
     if failed:
         names = ", ".join(p.name for p in failed[:10]) + (", ..." if len(failed) > 10 else "")
@@ -397,25 +395,6 @@ def _predict_all(models: Any, inputs: list[Path], targets: list[Path], args: arg
         except BrokenPipeError:  # the list's reader stopped (`| head`): the batch goes on, unlisted
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
-
-
-@contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a cluster job at its time limit, ``kill``) stops the batch as Ctrl+C does: the file being
-    written is removed, "interrupted" is said (it ended the process at once, leaving hidden temporary
-    files and folders of masks half written, gigabytes for large stacks)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(_signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    before = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, before)
 
 
 @contextlib.contextmanager

@@ -52,7 +52,7 @@ class RunSummary:
 
 
 #: Keys of a base model's metadata that describe its own training and evaluation.
-_NOT_INHERITED = ("path", "val_ap75", "stages", "legs", "model_card", "description")
+_NOT_INHERITED = ("path", "val_ap75", "stages", "legs", "model_card", "description", "package")
 
 
 def trained_metadata(
@@ -84,6 +84,8 @@ def trained_metadata(
     meta.update(
         name=base.name if from_scratch else f"{base.name}-finetuned",
         base_model=None if from_scratch else base.name,
+        # the built-in model at the root of its line (what an exported package cites)
+        origin=None if from_scratch else (base.metadata.get("origin") or base.name),
         date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         n_examples=len(split.examples),
         steps=run.steps,

@@ -38,13 +38,14 @@ import os
 import shutil
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from napari_unet._atomic import atomic_write
+from napari_unet._atomic import atomic_write, check_folder_writable
 
 from .checkpoint import ModelFileError, SegmentationModel, _plain, load_model
 from .model import UNet, UNetProbabilities
@@ -59,18 +60,58 @@ OUTPUT_ID = "probabilities"
 CHANNEL_NAMES = {
     "bg-interior-boundary": ["background", "interior", "boundary"],
     "foreground": ["background", "foreground"],
+    "foreground-watershed": ["background", "foreground"],
 }
-#: The sample image the test tensors and the cover are made from (DSB2018, CC0).
+#: The sample image the test tensors and the cover are made from when a model's origin has none
+#: of its own (DSB2018, CC0).
 SAMPLE_IMAGE = "dsb2018_fluorescence_nuclei.tif"
 DEFAULT_LICENSE = "BSD-3-Clause"
-CITATIONS = (
-    ("Ronneberger O., Fischer P., Brox T. U-Net: Convolutional Networks for Biomedical Image "
-     "Segmentation. MICCAI 2015.", "10.1007/978-3-319-24574-4_28"),
-    ("Caicedo J.C. et al. Nucleus segmentation across imaging experiments: the 2018 Data Science Bowl. "
-     "Nature Methods 16, 2019 (training data of the built-in model).", "10.1038/s41592-019-0612-7"),
-)
-TAGS = ["napari-unet", "unet", "unet2d", "pytorch", "2d", "segmentation", "instance-segmentation",
-        "nuclei", "fluorescence-light-microscopy"]
+UNET_CITATION = ("Ronneberger O., Fischer P., Brox T. U-Net: Convolutional Networks for Biomedical Image "
+                 "Segmentation. MICCAI 2015.", "10.1007/978-3-319-24574-4_28")
+_DSB2018 = ("Caicedo J.C. et al. Nucleus segmentation across imaging experiments: the 2018 Data Science Bowl. "
+            "Nature Methods 16, 2019 (training data of napari-unet's built-in nuclei models).",
+            "10.1038/s41592-019-0612-7")
+_USIIGACI = ("Tsai H.-F. et al. Usiigaci: Instance-aware cell tracking in stain-free phase contrast microscopy "
+             "enabled by machine learning. SoftwareX 9, 2019 (phase-contrast training data of napari-unet's "
+             "built-in cells model).", "10.1016/j.softx.2019.02.007")
+_BBBC030 = ("Koos K. et al. DIC image reconstruction using an energy minimization framework to visualize optical "
+            "path length distribution. Scientific Reports 6, 2016 (BBBC030, DIC training data of napari-unet's "
+            "built-in cells model).", "10.1038/srep30420")
+TAGS = ["napari-unet", "unet", "unet2d", "pytorch", "2d", "segmentation", "instance-segmentation"]
+
+
+@dataclass(frozen=True)
+class Origin:
+    """What a package says of the data behind a built-in model and the models fine-tuned from it:
+    the sample its test tensors and cover are made from (``sample_data``, with its labels beside
+    it), the works to cite and the tags."""
+
+    sample: str
+    cite: tuple[tuple[str, str], ...]
+    tags: tuple[str, ...]
+
+
+_NUCLEI = Origin("dsb2018_fluorescence_nuclei.tif", (UNET_CITATION, _DSB2018),
+                 ("nuclei", "fluorescence-light-microscopy"))
+#: Built-in models by name (a model of unknown origin: the U-Net's citation, the DSB2018 sample).
+ORIGINS = {
+    "nuclei": _NUCLEI,
+    "nuclei-fluo": _NUCLEI,
+    "cells": Origin("usiigaci_phase_cells.tif", (UNET_CITATION, _USIIGACI, _BBBC030),
+                    ("cells", "whole-cell", "phase-contrast-light-microscopy", "differential-interference-contrast")),
+}
+_UNKNOWN_ORIGIN = Origin(SAMPLE_IMAGE, (UNET_CITATION,), ())
+
+
+def model_origin(model: SegmentationModel) -> Origin:
+    """The :class:`Origin` of ``model``: its own when it is a built-in model, else that of the
+    built-in model it was fine-tuned from (``origin`` in its metadata, or its base's name)."""
+    meta = model.metadata
+    for key in ("origin", "name", "base_model"):
+        value = meta.get(key)
+        if isinstance(value, str) and value in ORIGINS and (key != "name" or _is_builtin(model) or "package" in meta):
+            return ORIGINS[value]
+    return _UNKNOWN_ORIGIN
 
 
 def _import_spec() -> Any:
@@ -112,13 +153,35 @@ def model_name_for_package(name: str) -> str:
 
 
 # ---------------------------------------------------------------------- test tensors
-def _sample_plane() -> np.ndarray:
+SAMPLE_SIDE = 384
+
+
+def _sample_plane(model: SegmentationModel | None = None) -> np.ndarray:
+    """The sample of the model's origin, shown at the model's object size when its labels say the
+    objects' size (a whole cell of 45 px in a model of 30 px is shown at 30 px), its middle
+    :data:`SAMPLE_SIDE` px at most (test tensors of a few MB, not tens)."""
     import tifffile
 
-    path = Path(__file__).resolve().parents[2] / "sample_data" / SAMPLE_IMAGE
+    name = model_origin(model).sample if model is not None else SAMPLE_IMAGE
+    path = Path(__file__).resolve().parents[2] / "sample_data" / name
     if not path.is_file():  # installed: sample_data is the package napari_unet.sample_data
-        path = Path(__file__).resolve().parents[1] / "sample_data" / SAMPLE_IMAGE
-    return np.asarray(tifffile.imread(path))
+        path = Path(__file__).resolve().parents[1] / "sample_data" / name
+    plane = np.asarray(tifffile.imread(path))
+    labels_path = path.with_name(path.name.replace(".tif", "_labels.tif"))
+    if model is not None and model.diameter and labels_path.is_file() and plane.ndim == 2:
+        from skimage.transform import rescale
+
+        from .calibrate import training_diameter
+
+        measured = training_diameter([np.asarray(tifffile.imread(labels_path))])
+        factor = float(model.diameter) / measured if measured and np.isfinite(measured) else 1.0
+        if abs(factor - 1.0) > 0.15:
+            dtype = plane.dtype
+            plane = rescale(plane.astype(np.float32), factor, order=1, anti_aliasing=factor < 1,
+                            preserve_range=True).astype(dtype)
+    crops = tuple(slice(max(0, (n - SAMPLE_SIDE) // 2), max(0, (n - SAMPLE_SIDE) // 2) + SAMPLE_SIDE)
+                  for n in plane.shape[:2])
+    return plane[crops]
 
 
 def _fit_to_rule(plane: np.ndarray, minimum: int, step: int) -> np.ndarray:
@@ -145,7 +208,7 @@ def make_test_tensors(model: SegmentationModel, plane: np.ndarray | None = None)
     from .preprocess import as_channels_first, normalize
 
     net = model.net
-    plane = _sample_plane() if plane is None else np.asarray(plane)
+    plane = _sample_plane(model) if plane is None else np.asarray(plane)
     minimum, step = input_size_rule(net)
     raw = as_channels_first(plane, net.config.in_channels)  # RGB -> grey as in napari-unet
     raw = np.moveaxis(_fit_to_rule(np.moveaxis(raw, 0, -1), minimum, step), -1, 0)
@@ -188,6 +251,8 @@ def _documentation(model: SegmentationModel, halo: int, rule: tuple[int, int]) -
     card = builtin_models_dir() / model_card_name(name)
     if name and _is_builtin(model) and card.is_file():
         card_text = card.read_text(encoding="utf-8")
+    elif isinstance(_package_info(model).get("card"), str):  # a built-in model's package, imported
+        card_text = _package_info(model)["card"]
     lines = [f"# {model_name_for_package(model.name)}", "",
              str(meta.get("description") or "A U-Net for 2D cell or nucleus instance segmentation, "
                  "made with napari-unet."), "",
@@ -203,6 +268,8 @@ def _documentation(model: SegmentationModel, halo: int, rule: tuple[int, int]) -
              "- Instances: " + ("seeds where p(interior) > threshold, grown by watershed on p(boundary) within "
                                 "p(interior) + p(boundary) > threshold"
                                 if model.representation == "bg-interior-boundary"
+                                else "p(foreground) > threshold split by a watershed on its distance to the "
+                                "background" if model.representation == "foreground-watershed"
                                 else "connected components of p(foreground) > threshold")
              + f"; threshold {model.postprocessing['threshold']}, objects under "
              f"{model.postprocessing['min_size']} pixels removed"
@@ -235,7 +302,26 @@ def _documentation(model: SegmentationModel, halo: int, rule: tuple[int, int]) -
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _napari_unet_config(model: SegmentationModel) -> dict[str, Any]:
+def _package_info(model: SegmentationModel) -> dict[str, Any]:
+    """What the package a model was imported from said of it (authors, licence, citations, its
+    built-in model card): {} for a model not from a package."""
+    info = model.metadata.get("package")
+    return info if isinstance(info, dict) else {}
+
+
+def _card_text(model: SegmentationModel) -> str | None:
+    from .catalog import builtin_models_dir, model_card_name
+
+    card = builtin_models_dir() / model_card_name(str(model.metadata.get("name") or ""))
+    if _is_builtin(model) and card.is_file():
+        return card.read_text(encoding="utf-8")
+    text = _package_info(model).get("card")
+    return text if isinstance(text, str) else None
+
+
+def _napari_unet_config(model: SegmentationModel, package: dict[str, Any]) -> dict[str, Any]:
+    metadata = {k: v for k, v in model.metadata.items() if k != "path"}
+    metadata["package"] = package  # read back on import: a package exported again says the same
     return _plain({
         "format": "napari-unet-model",
         "format_version": 1,
@@ -245,13 +331,13 @@ def _napari_unet_config(model: SegmentationModel) -> dict[str, Any]:
         "diameter": model.diameter,
         "postprocessing": model.postprocessing,
         **({"postprocessing_by_kind": model.postprocessing_by_kind} if model.postprocessing_by_kind else {}),
-        "metadata": {k: v for k, v in model.metadata.items() if k != "path"},
+        "metadata": metadata,
     })
 
 
 # ---------------------------------------------------------------------- the package
 def build_description(model: SegmentationModel, folder: Path, *, authors: list[str] | None = None,
-                      license: str = DEFAULT_LICENSE, plane: np.ndarray | None = None) -> Any:
+                      license: str | None = None, plane: np.ndarray | None = None) -> Any:
     """Write the package's files into ``folder`` and return its ``ModelDescr`` (validated)."""
     v0_5 = _import_spec()
     from bioimageio.spec.model.v0_5 import (
@@ -343,23 +429,33 @@ def build_description(model: SegmentationModel, folder: Path, *, authors: list[s
                                             parent="pytorch_state_dict"),
         onnx=OnnxWeightsDescr(source=folder / "weights.onnx", opset_version=ONNX_OPSET, parent="pytorch_state_dict"),
     )
-    names = authors or (["napari-unet developers"] if _is_builtin(model) else ["napari-unet user"])
+    known = _package_info(model)
+    names = authors or [str(a) for a in known.get("authors") or []] or (
+        ["napari-unet developers"] if _is_builtin(model) else ["napari-unet user"])
+    license = license or str(known.get("license") or DEFAULT_LICENSE)
+    origin = model_origin(model)
+    cite = [{k: str(c[k]) for k in ("text", "doi", "url") if c.get(k)} for c in known.get("cite") or []
+            if isinstance(c, dict) and c.get("text") and (c.get("doi") or c.get("url"))]
+    cite = cite or [{"text": text, "doi": doi} for text, doi in origin.cite]
+    card = _card_text(model)
+    package = {"authors": names, "license": license, "cite": cite, **({"card": card} if card else {})}
     description = str(model.metadata.get("description") or
                       "U-Net for 2D cell/nucleus instance segmentation made with napari-unet").strip()
     return v0_5.ModelDescr(
         name=model_name_for_package(model.name),
         description=description[:1024],
         authors=[Author(name=n.replace("/", "-")) for n in names],
-        cite=[CiteEntry(text=text, doi=Doi(doi)) for text, doi in CITATIONS],
+        cite=[CiteEntry(text=c["text"], doi=Doi(c["doi"]) if c.get("doi") else None, url=c.get("url"))
+              for c in cite],
         license=LicenseId(license),
         documentation=FileDescr(source=folder / "README.md"),
         covers=[FileDescr(source=folder / "cover.png")],
-        tags=list(TAGS),
+        tags=list(dict.fromkeys([*TAGS, *origin.tags])),
         inputs=inputs,
         outputs=outputs,
         weights=weights,
         timestamp=_dt.datetime.now(_dt.timezone.utc),
-        config=Config(**{CONFIG_KEY: _napari_unet_config(model)}),
+        config=Config(**{CONFIG_KEY: _napari_unet_config(model, package)}),
     )
 
 
@@ -396,7 +492,7 @@ def _is_builtin(model: SegmentationModel) -> bool:
 
 
 def export_bioimageio(model: SegmentationModel | str | os.PathLike, destination: str | os.PathLike, *,
-                      authors: list[str] | None = None, license: str = DEFAULT_LICENSE,
+                      authors: list[str] | None = None, license: str | None = None,
                       plane: np.ndarray | None = None) -> Path:
     """Write ``model`` (a model, a name or a ``.pt`` file) as a BioImage.IO package (zip).
 
@@ -407,11 +503,15 @@ def export_bioimageio(model: SegmentationModel | str | os.PathLike, destination:
     destination : path
         The zip to write (``.zip`` added when missing); written atomically.
     authors : list of str, optional
-        Author names (default: "napari-unet developers" for built-in models, else "napari-unet user").
-    license : str
-        SPDX licence id of the package (default BSD-3-Clause, napari-unet's).
+        Author names (default: those of the package the model was imported from, else
+        "napari-unet developers" for built-in models, else "napari-unet user").
+    license : str, optional
+        SPDX licence id of the package (default: that of the package the model was imported
+        from, else BSD-3-Clause, napari-unet's).
     plane : ndarray, optional
-        (H, W) image for the test tensors and cover (default: a DSB2018 sample, CC0).
+        (H, W) image for the test tensors and cover (default: the sample of the data the model, or
+        the built-in model it was fine-tuned from, was trained on: DSB2018 nuclei, CC0, or a
+        Usiigaci phase-contrast field, MIT; shown at the model's object size).
 
     Returns
     -------
@@ -427,12 +527,17 @@ def export_bioimageio(model: SegmentationModel | str | os.PathLike, destination:
         The destination cannot be written (an earlier file there stays intact).
     """
     _import_spec()
-    license = check_license(license)  # before any work: a typo must not cost the whole packaging
+    if license is not None:
+        license = check_license(license)  # before any work: a typo must not cost the whole packaging
     if not isinstance(model, SegmentationModel):
         model = load_model(model, device="cpu")
     destination = Path(destination).expanduser()
     if destination.suffix.lower() != ".zip":
         destination = destination.with_name(destination.name + ".zip")
+    try:  # before any work: a folder that cannot be written must not cost the whole packaging
+        check_folder_writable(destination.parent)
+    except OSError as exc:
+        raise OSError(exc.errno, f"{destination.parent} cannot be written ({exc.strerror or exc})") from None
     _import_spec()
     from bioimageio.spec import save_bioimageio_package
     from bioimageio.spec._internal.validation_context import ValidationContext

@@ -23,9 +23,10 @@ another format, files missing or only on the web) is refused with a one-line
 web are refused, local files are read in place.
 
 ``bioimageio.spec`` / ``bioimageio.core`` (the extra ``napari-unet[bioimageio]``) are imported
-only when a package is read. Reading a package's state-dict weights with an architecture of its
-own runs that architecture's Python code (as ``bioimageio.core`` does); ONNX and TorchScript
-weights, preferred when present, run no Python code from the package.
+only when a package is read. A package's state-dict weights with an architecture of its own would
+run that architecture's Python code (as ``bioimageio.core`` does): they are used only when the user
+sets ``NAPARI_UNET_TRUST_PACKAGE_CODE=1``; ONNX and TorchScript weights, preferred when present,
+run no Python code from the package.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ PACKAGE_FILE_NAMES = ("bioimageio.yaml", "rdf.yaml")
 CONFIG_KEY = "napari-unet"
 #: Weight formats run here, in the order they are preferred.
 WEIGHT_FORMATS = ("onnx", "torchscript", "pytorch_state_dict")
+#: Set to 1 to let packages' own Python code run (state-dict weights whose architecture the package holds).
+TRUST_CODE_ENV = "NAPARI_UNET_TRUST_PACKAGE_CODE"
 #: Halo used when a package does not give one (pixels).
 DEFAULT_PACKAGE_HALO = 32
 
@@ -253,6 +256,12 @@ def _own_model(descr: Any, name: str) -> SegmentationModel | None:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds for damaged files
         raise ModelFileError(f"{name}: its pytorch_state_dict weights could not be read safely.") from exc
+    metadata = dict(own.get("metadata") or {})
+    # what the package says of itself (its description may have been edited since): exported again,
+    # the model keeps its authors, licence, citations and card
+    package = dict(metadata.get("package") or {}) if isinstance(metadata.get("package"), dict) else {}
+    package.update(_package_facts(descr))
+    metadata["package"] = package
     return SegmentationModel.from_dict({
         "format": FORMAT,
         "format_version": own.get("format_version", 1),
@@ -260,8 +269,29 @@ def _own_model(descr: Any, name: str) -> SegmentationModel | None:
         "state_dict": state,
         "representation": own.get("representation", "bg-interior-boundary"),
         "normalization": own.get("normalization"),
-        "metadata": dict(own.get("metadata") or {}),
+        "metadata": metadata,
     }, source=name)
+
+
+def _package_facts(descr: Any) -> dict[str, Any]:
+    """Authors, licence and citations of a package's description, as plain values."""
+    facts: dict[str, Any] = {}
+    authors = [str(a.name) for a in getattr(descr, "authors", None) or [] if getattr(a, "name", None)]
+    if authors:
+        facts["authors"] = authors
+    if getattr(descr, "license", None):
+        facts["license"] = str(descr.license)
+    cite = []
+    for entry in getattr(descr, "cite", None) or []:
+        item = {"text": str(entry.text)}
+        if getattr(entry, "doi", None):
+            item["doi"] = str(entry.doi)
+        if getattr(entry, "url", None):
+            item["url"] = str(entry.url)
+        cite.append(item)
+    if cite:
+        facts["cite"] = cite
+    return facts
 
 
 # ---------------------------------------------------------------------- other packages
@@ -400,6 +430,18 @@ def _representation(output: Any, name: str) -> tuple[str, str]:
     )
 
 
+def trusts_package_code() -> bool:
+    """Whether the user allowed packages' own Python code to run (:data:`TRUST_CODE_ENV` set to 1)."""
+    return os.environ.get(TRUST_CODE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def _package_code(weights: Any) -> str | None:
+    """The Python file of the package that state-dict weights need for their architecture (None:
+    no such weights, or an architecture from an installed library)."""
+    source = getattr(getattr(weights, "architecture", None), "source", None)
+    return None if source is None else str(getattr(source, "path", None) or source).rsplit("/", 1)[-1]
+
+
 def _weights_formats(descr: Any, name: str) -> list[str]:
     present = [f for f, w in descr.weights if w is not None]
     usable = [f for f in WEIGHT_FORMATS if f in present]
@@ -408,6 +450,17 @@ def _weights_formats(descr: Any, name: str) -> list[str]:
             f"{name}: its weights are {', '.join(present) or 'missing'}; napari-unet runs onnx, torchscript "
             "or pytorch_state_dict weights."
         )
+    code = _package_code(descr.weights.pytorch_state_dict) if "pytorch_state_dict" in usable else None
+    if code and not trusts_package_code():  # running a package's own code is running anything it holds
+        usable.remove("pytorch_state_dict")
+        if not usable:
+            raise ModelFileError(
+                f"{name}: its only weights napari-unet could run are pytorch_state_dict, whose network is the "
+                f"package's own Python code ({code}); napari-unet does not run code from a package, which could "
+                f"do anything on this computer. Ask its authors for onnx or torchscript weights, or, if you trust "
+                f"where it comes from, set {TRUST_CODE_ENV}=1.")
+        log.info("%s: its pytorch_state_dict weights are not used (they run the package's code, %s; %s=1 allows it)",
+                 name, code, TRUST_CODE_ENV)
     return usable
 
 
