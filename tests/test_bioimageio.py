@@ -632,3 +632,13 @@ def test_a_foreground_watershed_model_exports_and_comes_back(tmp_path):
     back = read_model_file(path)
     assert back.representation == "foreground-watershed"
     assert "distance to the background" in __import__("zipfile").ZipFile(path).read("README.md").decode()
+
+
+def test_a_package_folder_travels_to_dask_workers_by_its_path(example_package):
+    """``predict --dask`` with a package folder: workers read the package again from its path (a
+    package made elsewhere cannot be serialised: it said so and stopped)."""
+    from napari_unet.batch import ModelSpec
+
+    spec = ModelSpec(read_model_file(example_package))
+    assert spec.path == str(example_package) and spec.payload is None
+    assert spec.get().name == read_model_file(example_package).name
