@@ -763,3 +763,64 @@ def test_planes_segmented_again_at_the_size_found_keep_the_bar_going_forward(dat
     assert [e.index[0] for e in events if isinstance(e, PlaneResult)] == [0, 1, 1]
     fractions = [e.fraction for e in events if isinstance(e, Progress)]
     assert all(b >= a - 1e-9 for a, b in zip(fractions, fractions[1:], strict=False)) and fractions[-1] == 1.0
+
+
+def test_diameter_from_shapes_drawn_and_pixels_of_unequal_sides(make_napari_viewer, notifications):
+    """A circle (or box) drawn around a cell gives the diameter of a circle of its area, a line
+    across it its length, an outline its equivalent diameter, in the image's pixels; a point is
+    refused. A physical diameter on pixels of unequal sides converts through the side of a square
+    pixel of the same area (as the equivalent diameters measured are): a 10 um cell drawn on pixels
+    of 0.25 x 0.5 um is 28.3 px, both ways."""
+    from napari_unet.widgets._diameter import pixel_size_um
+
+    viewer = make_napari_viewer()
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    image = viewer.add_image(np.zeros((200, 300), np.float32), name="cells", scale=(0.25, 0.5))
+    w.reset_choices()
+    w._image_combo.value = image
+    shapes = viewer.add_shapes(scale=(0.25, 0.5))
+    shapes.add_ellipses(np.array([[50, 50], [50, 30]]))  # centre, radii (y, x) in the layer's pixels
+    shapes.add_lines(np.array([[10, 10], [10, 40]]))
+    shapes.add_polygons(np.array([[0, 0], [0, 20], [20, 20], [20, 0]]))
+    viewer.layers.selection.active = shapes
+    shapes.selected_data = {0}
+    w.diameter_from_selected_label()
+    assert float(w._diameter.value) == pytest.approx(np.sqrt(100 * 60), abs=0.1)
+    shapes.selected_data = {1}
+    w.diameter_from_selected_label()
+    assert float(w._diameter.value) == pytest.approx(30, abs=0.1)
+    shapes.selected_data = {2}
+    w.diameter_from_selected_label()
+    assert float(w._diameter.value) == pytest.approx(2 * np.sqrt(400 / np.pi), abs=0.1)
+    points = viewer.add_points([[5, 5]])
+    viewer.layers.selection.active = points
+    w._diameter.value = "auto"
+    w.diameter_from_selected_label()
+    assert w._diameter.value == "auto" and any("point has no size" in m for m in notifications)
+    # pixels of 0.25 x 0.5 um: a square pixel of the same area is sqrt(0.125) um a side
+    assert pixel_size_um(image) == pytest.approx(np.sqrt(0.25 * 0.5))
+    cell = viewer.add_labels(np.zeros((200, 300), np.int32), name="drawn", scale=(0.25, 0.5))
+    yy, xx = np.mgrid[:200, :300]
+    cell.data[((yy - 100) * 0.25) ** 2 + ((xx - 150) * 0.5) ** 2 <= 5 ** 2] = 1  # 10 um across
+    cell.selected_label = 1
+    viewer.layers.selection.active = cell
+    w.diameter_from_selected_label()
+    from_label = float(w._diameter.value)
+    assert from_label == pytest.approx(10 / pixel_size_um(image), rel=0.02)
+
+
+def test_a_diameter_given_to_a_model_without_one_is_not_reported_as_used(dsb_val_fluo):
+    """A model file that records no object size runs at the image's scale: the result says no
+    diameter was used (it said the one given), and its note says why."""
+    from napari_unet.core import load_model
+    from napari_unet.core.predict import PlaneResult, iter_planes
+
+    image, _labels = dsb_val_fluo[0]
+    model = load_model("nuclei", device="cpu")
+    model.metadata.pop("diameter", None)
+    model.metadata.pop("training_diameter", None)
+    model.metadata.pop("data_diameter", None)
+    if model.object_size is not None:
+        pytest.skip("this model's size comes from elsewhere in its metadata")
+    result = next(r for r in iter_planes(model, image, diameter=40) if isinstance(r, PlaneResult))
+    assert result.diameter is None and result.scale == 1.0 and "not used" in result.note

@@ -424,6 +424,8 @@ def _diameter(text: str, scale: dict[str, float], name: str | None) -> float | N
     from napari_unet.core.scale import parse_diameter
 
     pixel_size = scale.get("X")
+    if pixel_size is not None and scale.get("Y"):  # a diameter is the equivalent diameter of an area
+        pixel_size = float((pixel_size * scale["Y"]) ** 0.5)
     try:
         return parse_diameter(text, pixel_size)  # only calibrated axes are in the scale: 1.0 is a real 1 µm
     except ImageError as exc:

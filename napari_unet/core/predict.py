@@ -597,8 +597,8 @@ def iter_planes(
             plane0, _, missing0 = read(idx0)
             probs0 = _background_where((yield from runner.at_scale(plane0, sizing.scale, k0, again=True)), missing0)
             yield PlaneResult(idx0, region, labels_of(probs0) if labels else None, probs0, inner,
-                              model.representation, sizing.diameter, sizing.scale, sizing.note, min_seed, kind,
-                              colour)
+                              model.representation, sizing.used_diameter, sizing.scale, sizing.note, min_seed,
+                              kind, colour)
         unsized.clear()
 
     # a typed diameter is checked against the plane: a zoomed-in field of view of big cells is fine
@@ -662,7 +662,8 @@ def iter_planes(
                 probs = _background_where((yield from runner.at_scale(plane, sizing.scale, k)), missing)
                 plane_labels = labels_of(probs) if labels else None
             yield PlaneResult(idx, region, plane_labels, probs, inner, model.representation,
-                              sizing.diameter, sizing.scale, sizing.note, min_seed, kind, colour, blank, clipped)
+                              sizing.used_diameter, sizing.scale, sizing.note, min_seed, kind, colour, blank,
+                              clipped)
             # nothing found to size on: the next plane is tried, and this one comes again at the size
             # found (the later result of a plane replaces the earlier: the 3D path's xy view too)
             if sized_here and sizing.search is not None:
@@ -876,6 +877,12 @@ class _Sizing:
     #: the estimate resting on the most objects of the planes sized so far (while still searching)
     best: _Estimate | None = None
 
+    @property
+    def used_diameter(self) -> float | None:
+        """The diameter the plane ran at (given or estimated); None when the model records no object
+        size: a diameter given is then not used (the image runs at its own scale)."""
+        return self.diameter if self.size is not None else None
+
     @classmethod
     def choose(cls, model: SegmentationModel, diameter: float | str | None, plane_shape: tuple[int, int],
                to_model_diameter: bool = False) -> "_Sizing":
@@ -943,20 +950,21 @@ class _Sizing:
     ) -> Generator[Progress, None, np.ndarray | None]:
         """Passes over ``plane`` (or its centre) until the diameter is known; returns the
         probabilities of the final pass when it covered the whole plane (else None)."""
-        from .scale import ESTIMATE_CROP, central_crop, pixel_correlation, resize_image
+        from .scale import ESTIMATE_CROP, pixel_correlation, resize_image, structured_crop
 
         search, self.search = self.search, None
         search.smallest_side = min(plane.shape[:2])
         if search.prior is None:  # whether enlarged passes may look for tiny objects (not noise)
-            search.correlation = lambda: pixel_correlation(central_crop(plane, ESTIMATE_CROP))  # (rarely needed)
+            search.correlation = lambda: pixel_correlation(structured_crop(plane, ESTIMATE_CROP))  # (rarely needed)
         kept: dict[float, np.ndarray] = {}
         model = runner.engine.model
         while (scale := search.next_scale()) is not None:
-            # the centre of the plane that is at most ESTIMATE_CROP a side once rescaled: a shrunk pass
+            # the part of the plane (its centre, unless its objects are elsewhere) that is at most
+            # ESTIMATE_CROP a side once rescaled: a shrunk pass
             # sees a larger part (a crop taken first left the coarse passes, which measure large
             # objects, a few objects mostly cut by the crop's edge: SIM+ nuclei enlarged 3x were
             # measured at 11 px for 144), an enlarged one a smaller part (a 4x pass is no 4096 px)
-            crop = central_crop(plane, int(np.ceil(ESTIMATE_CROP / scale)))
+            crop = structured_crop(plane, int(np.ceil(ESTIMATE_CROP / scale)))
             probs = yield from runner._run(resize_image(crop, scale), k)
             # the passes' objects are made as the final ones are (at the model's scale here), with the
             # general post-processing or the values given: a kind's own setting is for the labels only

@@ -557,7 +557,8 @@ def _iter_3d(model, volume, spacing, diameter, orthogonal, threshold, min_size, 
                 stages, "xy clipped", "xy planes, bright objects clipped", add_xy)
             sized = found["last"]
         store.views += 1
-        xy_diameter = sized.diameter
+        # (a model without an object size runs at the image's scale: a diameter given still sizes the seeds)
+        xy_diameter = sized.diameter if sized.diameter is not None else _given_diameter(diameter)
         if orthogonal and len(found.get("blank", ())) == nz:
             # nothing in any plane (a dark time point, camera noise): the side views would find nothing either
             yield VolumeNote("Every plane of the volume is blank (one value, camera noise alone or no data): "
@@ -630,6 +631,19 @@ def _iter_3d(model, volume, spacing, diameter, orthogonal, threshold, min_size, 
         return labels
     finally:
         store.close()
+
+
+def _given_diameter(diameter: Any) -> float | None:
+    """A diameter given in pixels (a number or "12 px"); None for auto, native or a physical size."""
+    from .scale import parse_diameter
+
+    if isinstance(diameter, str) and diameter.strip().lower() in ("auto", "native", ""):
+        return None
+    try:
+        value = parse_diameter(diameter) if isinstance(diameter, str) else diameter
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _fallback_diameter(ny: int, nx: int) -> float:

@@ -17,13 +17,22 @@ DIAMETER_AUTO = "auto"
 
 
 def pixel_size_um(layer: Any) -> float | None:
-    """Micrometres per pixel along x of ``layer``, from its scale in its unit (nm, um, mm, ...);
-    a scale without a length unit counts as micrometres; None for an uncalibrated layer."""
+    """Micrometres per pixel of ``layer``'s planes, from its scale in its unit (nm, um, mm, ...):
+    the side of a square pixel of the same area when y and x differ (a diameter is the equivalent
+    diameter of an object's area, as the automatic one and the selected label's are measured); a
+    scale without a length unit counts as micrometres; None for an uncalibrated layer."""
+    sizes = [_axis_um(layer, axis) for axis in (-2, -1)]
+    if sizes[1] is None:
+        return None
+    return float(np.sqrt(sizes[0] * sizes[1])) if sizes[0] is not None else sizes[1]
+
+
+def _axis_um(layer: Any, axis: int) -> float | None:
     from napari_unet.io._units import in_unit
 
-    scale = abs(float(layer.scale[-1]))  # (a flipped layer's scale is negative: its pixels are as large)
+    scale = abs(float(layer.scale[axis]))  # (a flipped layer's scale is negative: its pixels are as large)
     units = getattr(layer, "units", None)
-    micrometres = in_unit(scale, units[-1]) if units else None
+    micrometres = in_unit(scale, units[axis]) if units else None
     if micrometres is not None:
         return micrometres
     return scale if scale != 1.0 else None
@@ -41,7 +50,9 @@ class DiameterControls:
         )
         self.from_label_button = PushButton(text="Diameter from selected label",
                                             tooltip="Take the object diameter from the cell whose label is selected "
-                                                    "in the masks layer (pick it with napari's color picker).")
+                                                    "in the masks layer (pick it with napari's color picker), or, "
+                                                    "with a Shapes layer active, from its selected shapes: a circle "
+                                                    "or box drawn around a cell, a line across it, its outline.")
         self.used = Label(label="Diameter used", value="")
         self._last_note = ""
         self._run_auto = True  # whether the last run was given "Auto" (set when it starts)
@@ -79,6 +90,29 @@ class DiameterControls:
             notify_info(f"Object diameter: {result.note}.")
         self._last_note = result.note
 
+    def from_shapes(self, shapes: Any, image: Any) -> None:
+        """Fill the field with the diameter of the selected shapes of a Shapes layer (all of them
+        when none is selected; their median when several), in the pixels of ``image``: an ellipse or
+        rectangle around a cell gives the diameter of a circle of its area, sqrt(a b); a line across
+        it its length (a path, its length along); a polygon, its outline, 2 sqrt(area / pi)."""
+        chosen = sorted(shapes.selected_data) or list(range(len(shapes.data)))
+        if not chosen:
+            notify_warning(f"{shapes.name!r} holds no shape: draw a circle around a cell, or a line across it.")
+            return
+        # shape coordinates -> the image's pixels (sizes only: the translate does not matter)
+        factor = np.abs(np.asarray(shapes.scale[-2:], float))
+        if image is not None:
+            factor = factor / np.abs(np.asarray(image.scale[-2:], float))
+        sizes = []
+        for i in chosen:
+            points = np.asarray(shapes.data[i], float)[:, -2:] * factor
+            sizes.append(_shape_diameter(str(shapes.shape_type[i]), points))
+        sizes = [d for d in sizes if d is not None and np.isfinite(d) and d > 0]
+        if not sizes:
+            notify_warning("The shapes chosen have no size: draw a circle around a cell, or a line across it.")
+            return
+        self.field.value = f"{float(np.median(sizes)):.1f}"
+
     def from_selected_label(self, viewer: Any, masks: Any) -> None:
         """Fill the field with the equivalent diameter of ``masks``' selected label (in the slice
         shown): one well-drawn cell tells the size of the others."""
@@ -101,3 +135,19 @@ class DiameterControls:
             notify_warning(f"Label {selected} is not in the slice shown: pick a cell with the picker first.")
             return
         self.field.value = f"{diameter:.1f}"
+
+
+def _shape_diameter(kind: str, points: np.ndarray) -> float | None:
+    """The diameter a napari shape (its vertices, in pixels) gives: see DiameterControls.from_shapes."""
+    if len(points) < 2:
+        return None
+    steps = np.linalg.norm(np.diff(points, axis=0), axis=1)
+    if kind in ("line", "path"):
+        return float(steps.sum())
+    if kind in ("ellipse", "rectangle"):  # four corners of its box (napari's ellipse data too)
+        if len(points) < 3:
+            return None
+        return float(np.sqrt(steps[0] * steps[1]))
+    y, x = points[:, 0], points[:, 1]  # polygon: its area (shoelace)
+    area = 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+    return float(2.0 * np.sqrt(area / np.pi))

@@ -708,13 +708,22 @@ class SegmentWidget(Container):
         return self._kept.results_of_plane(layer, index)
 
     def diameter_from_selected_label(self, *_args) -> None:
-        """Take the object diameter from the masks layer's selected label (see DiameterControls)."""
-        from napari.layers import Labels
+        """Take the object diameter from the masks layer's selected label (see DiameterControls), or
+        from the shapes selected in the active Shapes layer (a circle or box drawn around a cell, a
+        line across it, its outline)."""
+        from napari.layers import Labels, Points, Shapes
 
         image = self._image_combo.value
+        active = self._viewer.layers.selection.active
+        if isinstance(active, Shapes):
+            self._sizing.from_shapes(active, image)
+            return
+        if isinstance(active, Points):
+            notify_warning("A point has no size: draw a circle around a cell, or a line across it, in a Shapes "
+                           "layer (or pick a cell's label in the masks).")
+            return
         name = masks_layer_name(image.name) if image is not None else None
         masks = self._viewer.layers[name] if name is not None and name in self._viewer.layers else None
-        active = self._viewer.layers.selection.active
         if isinstance(active, Labels) and image is not None and tuple(active.data.shape[-2:]) == labels_shape(image)[-2:]:
             masks = active  # a cell drawn in a Labels layer of the image's size (before any masks exist)
         self._sizing.from_selected_label(self._viewer, masks)
