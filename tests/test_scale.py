@@ -824,3 +824,21 @@ def test_a_diameter_given_to_a_model_without_one_is_not_reported_as_used(dsb_val
         pytest.skip("this model's size comes from elsewhere in its metadata")
     result = next(r for r in iter_planes(model, image, diameter=40) if isinstance(r, PlaneResult))
     assert result.diameter is None and result.scale == 1.0 and "not used" in result.note
+
+
+def test_the_estimate_looks_where_the_objects_are(dsb_val_fluo):
+    """A large plane whose nuclei are all at one side (a colony, a wound's edge): the estimation
+    pass's window holds them, not the background of the centre; objects everywhere: the centre."""
+    from napari_unet.core.scale import central_crop, structured_crop
+
+    image, _labels = dsb_val_fluo[0]
+    rng = np.random.default_rng(0)
+    h, w = image.shape[:2]
+    plane = rng.normal(float(np.percentile(image, 5)), 1.0, (2 * h, 4 * w)).astype(np.float32)
+    plane[:h, :w] = image  # the nuclei in one corner
+    crop = structured_crop(plane, max(h, w))
+    offset = crop.__array_interface__["data"][0] - plane.__array_interface__["data"][0]
+    y0, x0 = divmod(offset // plane.itemsize, plane.shape[1])
+    assert y0 < h // 4 and x0 < w // 4, (y0, x0)  # (the centre's window starts at y h / 2, x 1.5 w)
+    tiled = np.tile(image, (2, 4)).astype(np.float32)
+    np.testing.assert_array_equal(structured_crop(tiled, max(h, w)), central_crop(tiled, max(h, w)))
