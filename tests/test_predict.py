@@ -955,3 +955,32 @@ def test_a_large_planes_watershed_in_bands_gives_the_same_objects(monkeypatch, d
     banded = probabilities_to_labels(probs, 0.5, 10, model.representation, min_seed=11)
     assert whole.max() > 50
     np.testing.assert_array_equal(banded, whole)
+
+
+def test_a_tile_too_small_or_a_bad_halo_is_a_clear_error(real_image):
+    """A tile no larger than twice the context it re-reads adds a few pixels a tile (128 px with
+    the built-in model: 1024 tiles for a 256 px image, 45x slower) and is refused; a negative halo
+    is refused and a halo beyond the network's reach is the network's own (24 GB for 5000 px)."""
+    from napari_unet.core.tiling import min_tile_size
+
+    model = load_model("nuclei", device="cpu")
+    context = default_halo(model.net)
+    with pytest.raises(ValueError, match=rf"tile_size {2 * context} is too small.*at least {min_tile_size(model.net)}"):
+        predict_probabilities(model, real_image, tile_size=2 * context)
+    with pytest.raises(ValueError, match="halo must be"):
+        predict_probabilities(model, real_image, halo=-5)
+    np.testing.assert_array_equal(predict_probabilities(model, real_image, halo=5000),
+                                  predict_probabilities(model, real_image))
+
+
+def test_an_out_array_too_narrow_for_the_ids_is_refused(real_image):
+    """``out=`` of uint8 kept 255 of 324 ids (the others wrapped onto them) without a word."""
+    model = _model()
+    stack = np.stack([real_image, real_image[::-1]])
+    for dtype in (np.uint8, np.uint16, np.float32):
+        with pytest.raises(ValueError, match="32 bits"):
+            segment(model, stack, out=np.zeros(stack.shape, dtype))
+    with pytest.raises(ValueError, match="float"):
+        predict_probabilities(model, real_image, out=np.zeros((3, *real_image.shape), np.int32))
+    out = np.zeros(stack.shape, np.uint32)
+    np.testing.assert_array_equal(segment(model, stack, out=out), segment(model, stack))

@@ -154,6 +154,18 @@ class _Engine:
         self.batch_size = int(batch_size) if batch_size else auto_batch
         if self.max_tile < 1 or self.batch_size < 1:
             raise ValueError("tile_size and batch_size must be positive.")
+        from .tiling import default_halo, min_tile_size
+
+        context = default_halo(self.net) if self.net.config.padding == "same" else self.net.margin
+        if tile_size and int(tile_size) <= 2 * context:  # each tile would add a few pixels (128: 45x slower)
+            raise ValueError(f"tile_size {int(tile_size)} is too small for this model: each tile re-reads {context} "
+                             f"pixels on each side; give at least {min_tile_size(self.net)}, or None for automatic.")
+        if halo is not None:
+            if not float(halo) == int(halo) or int(halo) < 0:
+                raise ValueError(f"halo must be a whole number of pixels >= 0 (or None for the model's own), got {halo!r}.")
+            # more context than the network sees changes nothing but the time (and memory: a halo of
+            # 5000 px took 24 GB)
+            halo = min(int(halo), default_halo(self.net))
         self.halo = halo
         self.channels_last = self.device.type == "cuda" if channels_last is None else bool(channels_last)
         self.n_classes = self.net.config.n_classes
@@ -331,7 +343,21 @@ def _allocate(out: Any, shape: tuple[int, ...], dtype: Any) -> Any:
         return np.zeros(shape, dtype=dtype)
     if tuple(out.shape) != tuple(shape):
         raise ValueError(f"out has shape {tuple(out.shape)}, expected {shape}.")
+    check_out_dtype(out, dtype)
     return out
+
+
+def check_out_dtype(out: Any, dtype: Any) -> None:
+    """A clear ValueError when ``out`` cannot hold what is written into it: labels need integers of 32
+    bits or more (uint8 or uint16 wrapped ids above 255 or 65,535 onto others: objects merged and
+    erased, silently), probabilities floats."""
+    have = np.dtype(getattr(out, "dtype", np.float64))
+    want = np.dtype(dtype)
+    if want.kind in "iu" and (have.kind not in "iu" or have.itemsize < 4):
+        raise ValueError(f"out must be an integer array of 32 bits or more (int32, uint32, int64) to hold the label "
+                         f"ids, got {have}: ids beyond its range would wrap onto others.")
+    if want.kind == "f" and have.kind != "f":
+        raise ValueError(f"out must be a float array to hold probabilities, got {have}.")
 
 
 # --------------------------------------------------------------------- the plane loop

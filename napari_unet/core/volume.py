@@ -469,6 +469,10 @@ def iter_segment_volume(
     shape = tuple(int(s) for s in volume.shape)
     if out is not None and tuple(out.shape) != shape:
         raise ValueError(f"out has shape {tuple(out.shape)}, expected {shape}.")
+    if out is not None:
+        from .predict import check_out_dtype
+
+        check_out_dtype(out, np.int32)
     if not given:
         yield VolumeNote("The voxel size is unknown: isotropic voxels (dz = dy = dx) were assumed. The planes "
                          "of most z-stacks are 2-5x further apart than their pixels: give the voxel size "
