@@ -207,3 +207,23 @@ def test_a_reader_that_stops_early_is_no_error():
     proc.stdout.close()  # the reader is gone before the list is written (the child takes seconds to start)
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0 and "Broken pipe" not in err, err
+
+
+def test_save_model_into_the_model_folder_names_the_model_by_its_file(tmp_path):
+    """``save_model`` into the user's folder: a built-in model's name is refused (the copy hid the
+    built-in and was never found by name), and the stored name is the file's (``load_model`` by
+    that name gave "nuclei-finetuned"); elsewhere the model keeps its name."""
+    from napari_unet.core import load_model, save_model
+
+    model = load_model("nuclei", device="cpu")
+    model.metadata["name"] = "nuclei-finetuned"
+    folder = user_models_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    with pytest.raises(ValueError, match="built-in"):
+        save_model(model, folder / "nuclei.pt")
+    assert not (folder / "nuclei.pt").exists()
+    save_model(model, folder / "my-nuclei.pt")
+    assert load_model("my-nuclei", device="cpu").name == "my-nuclei"
+    assert model.metadata["name"] == "nuclei-finetuned"  # (the model in memory is left as it was)
+    save_model(model, tmp_path / "elsewhere.pt")
+    assert read_model_file(tmp_path / "elsewhere.pt").name == "nuclei-finetuned"

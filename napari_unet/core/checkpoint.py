@@ -353,13 +353,29 @@ def save_model(model: SegmentationModel, path: str | os.PathLike) -> Path:
                         + (" (finetune is a generator of events: run_finetune returns the model)"
                            if inspect.isgenerator(model) else "") + ".")
     path = Path(path)
+    data = model.to_dict()
+    from .catalog import MODEL_SUFFIX, check_model_name, user_models_dir
+
+    if path.suffix.lower() == MODEL_SUFFIX and _same_folder(path.parent, user_models_dir()):
+        # in the model folder a model is known by its file's name: a built-in model's name would hide
+        # it (listed twice, never found by name), and the name stored is the file's (it was the
+        # training's "nuclei-finetuned" whatever the file was called)
+        check_model_name(path.stem)
+        data["metadata"] = {**dict(data.get("metadata") or {}), "name": path.stem}
     # serialised in memory first: torch's zip writer turns a full disk into a RuntimeError
     # ("enforce fail at inline_container.cc"), which no caller takes for the OSError it is
     buffer = io.BytesIO()
-    torch.save(model.to_dict(), buffer)
+    torch.save(data, buffer)
     with atomic_write(path, "wb") as fh:
         fh.write(buffer.getbuffer())
     return path
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return a.expanduser().resolve() == b.expanduser().resolve()
+    except OSError:
+        return False
 
 
 def _is_torchscript(path: Path) -> bool:
