@@ -50,3 +50,25 @@ def test_keep_freed_memory_takes_effect_with_glibc():
             "block = torch.empty(64 << 20, dtype=torch.uint8); block.fill_(1); print(ok, int(block[-1]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == [str(glibc), "1"]  # took effect with glibc; memory is handed out as usual afterwards
+
+
+def test_a_device_asked_through_the_environment_is_named_in_the_message(monkeypatch):
+    """NAPARI_UNET_DEVICE set to a device that is not there (or no device): the message names the
+    variable, not an 'auto' or None the user never typed; describe_device of an absent GPU is the
+    same clear ValueError (torch's AssertionError before)."""
+    import torch
+
+    from napari_unet.core.device import describe_device, select_device
+
+    monkeypatch.setenv("NAPARI_UNET_DEVICE", "gpu")
+    with pytest.raises(ValueError, match=r"NAPARI_UNET_DEVICE='gpu' is not a device.*unset NAPARI_UNET_DEVICE"):
+        select_device(None)
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("NAPARI_UNET_DEVICE", "cuda")
+        with pytest.raises(ValueError, match=r"NAPARI_UNET_DEVICE='cuda' was requested but no CUDA GPU"):
+            select_device("auto")
+        with pytest.raises(ValueError, match=r"Device 'cuda' was requested but no CUDA GPU"):
+            describe_device("cuda")
+    monkeypatch.delenv("NAPARI_UNET_DEVICE")
+    with pytest.raises(ValueError, match=r"Device 'cuda:x' is not a device"):
+        select_device("cuda:x")

@@ -42,28 +42,31 @@ def select_device(preference: str | torch.device | None = None) -> torch.device:
     """
     if isinstance(preference, torch.device):
         preference = str(preference)
-    pref = (preference or "auto").strip().lower()
+    pref = (str(preference) if preference is not None else "auto").strip().lower()
+    asked = f"Device {pref!r}"  # what the messages name: the argument, or the environment variable
+    fix = "use 'auto' or 'cpu'"
     if pref == "auto":
         pref = os.environ.get("NAPARI_UNET_DEVICE", "auto").strip().lower() or "auto"
+        asked = f"NAPARI_UNET_DEVICE={pref!r}"
+        fix = "unset NAPARI_UNET_DEVICE or set it to 'auto' or 'cpu'"
     if pref == "auto":
         return torch.device(available_devices()[0])
-    kind = pref.split(":")[0]
-    if kind not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"Unknown device {preference!r}: choose one of {', '.join(DEVICE_CHOICES)}.")
+    kind, _, number = pref.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (number and (kind != "cuda" or not number.isdigit())):
+        raise ValueError(f"{asked} is not a device: choose one of {', '.join(DEVICE_CHOICES)}"
+                         + (f" ({fix})." if asked.startswith("NAPARI") else "."))
     if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError("Device 'cuda' was requested but no CUDA GPU is available; use 'auto' or 'cpu'.")
+        raise ValueError(f"{asked} was requested but no CUDA GPU is available; {fix}.")
     if kind == "mps" and not _mps_available():
-        raise ValueError("Device 'mps' was requested but Apple MPS is not available; use 'auto' or 'cpu'.")
-    if kind == "cuda" and ":" in pref:
-        index = int(pref.split(":")[1])
-        if index >= torch.cuda.device_count():
-            raise ValueError(f"Device {pref!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s).")
+        raise ValueError(f"{asked} was requested but Apple MPS is not available; {fix}.")
+    if kind == "cuda" and number and int(number) >= torch.cuda.device_count():
+        raise ValueError(f"{asked} does not exist: this machine has {torch.cuda.device_count()} GPU(s).")
     return torch.device(pref)
 
 
 def describe_device(device: torch.device | str) -> str:
     """Short human-readable description, e.g. "NVIDIA H100 (79 GB)" or "CPU, 8 threads"."""
-    device = torch.device(device)
+    device = select_device(device)  # (a GPU that is not there: the clear ValueError, not torch's assertion)
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         props = torch.cuda.get_device_properties(index)
