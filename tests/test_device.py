@@ -56,10 +56,6 @@ def test_a_device_asked_through_the_environment_is_named_in_the_message(monkeypa
     """NAPARI_UNET_DEVICE set to a device that is not there (or no device): the message names the
     variable, not an 'auto' or None the user never typed; describe_device of an absent GPU is the
     same clear ValueError (torch's AssertionError before)."""
-    import torch
-
-    from napari_unet.core.device import describe_device, select_device
-
     monkeypatch.setenv("NAPARI_UNET_DEVICE", "gpu")
     with pytest.raises(ValueError, match=r"NAPARI_UNET_DEVICE='gpu' is not a device.*unset NAPARI_UNET_DEVICE"):
         select_device(None)
