@@ -131,6 +131,8 @@ def test_stitch_mode_gives_unique_ids_over_the_volume(model, stacked):
         (np.zeros((4, 32, 32), np.uint8), {"spacing": (1, 1)}, "voxel size"),
         (np.zeros((4, 32, 32), np.uint8), {"spacing": (2e-6, 0.5, 0.5)}, "one unit"),  # z in metres
         (np.zeros((4, 32, 32), np.uint8), {"mode": "4d"}, "mode"),
+        (np.zeros((31, 1, 61), np.uint8), {}, "too narrow"),  # (a TypeError deep inside before)
+        (np.zeros((31, 61, 2), np.uint8), {}, "too narrow"),
     ],
 )
 def test_bad_volumes_are_refused_with_a_clear_message(tiny_model_path, image, kwargs, message):

@@ -138,6 +138,9 @@ def _check_volume(volume: Any) -> Any:
         )
     if min(shape) < 1:
         raise ImageError(f"The volume is empty (shape {shape}).")
+    if min(shape[1:]) < 3:  # (a row or a column of pixels: it failed deep inside with a TypeError)
+        raise ImageError(f"The z-stack's planes are {shape[1]} x {shape[2]} pixels (shape {shape}): too narrow for 3D "
+                         "objects; segment its planes in 2D.")
     return volume
 
 
