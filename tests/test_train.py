@@ -472,3 +472,26 @@ def test_odd_inputs_of_a_script_get_clear_answers(dsb_fluo_crop):
     model = run_finetune(_tiny(depth=2), [image], [labels], steps=1, patch_size=32, augment=NO_AUGMENT,
                          val_fraction=0)
     assert model.metadata["training"]["augment"] is False
+
+
+@pytest.mark.parametrize("option, value", [("augment", "strong"), ("validate_every", 0), ("validate_every", -1),
+                                           ("validate_every", float("nan"))])
+def test_options_of_no_meaning_are_refused(dsb_fluo_crop, option, value):
+    """``augment="strong"`` was taken as True, ``validate_every=0`` or -1 as every step."""
+    image, labels = dsb_fluo_crop
+    with pytest.raises(ValueError, match=option):
+        run_finetune(_tiny(), [image], [labels], steps=2, patch_size=32, batch_size=2, device="cpu",
+                     **{option: value})
+
+
+def test_a_threading_event_stops_segmentation_as_it_stops_training(dsb_fluo_crop):
+    from napari_unet.core.predict import PredictionStopped, segment
+
+    image, _labels = dsb_fluo_crop
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(PredictionStopped):
+        segment(_tiny(), image, should_stop=stop)
+    import napari_unet.core as core
+
+    assert {"segment", "finetune", "load_model"} <= set(dir(core))  # (a notebook's tab completion)

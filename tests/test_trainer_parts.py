@@ -92,7 +92,9 @@ def test_validation_cadence_from_the_finetune_setting():
     assert validation_interval(4, None, 60.0) == 15.0 and validation_interval(4, None, None) is None
     assert ValidationCadence.from_setting(None, 200, None) == ValidationCadence(every_steps=200 // DEFAULT_VALIDATIONS)
     assert ValidationCadence.from_setting(None, None, 30.0) == ValidationCadence(every_seconds=3.0)
-    assert ValidationCadence.from_setting(0, 10, None) == ValidationCadence(every_steps=1)
+    for meaningless in (0, -1, float("nan"), True):  # (0 and -1 were taken as every step)
+        with pytest.raises(ValueError, match="validate_every"):
+            ValidationCadence.from_setting(meaningless, 10, None)
     assert ValidationCadence.from_setting(2.5, 10, None) == ValidationCadence(every_seconds=2.5)
     assert ValidationCadence.from_setting(None, 0, None) == ValidationCadence()
     steps = ValidationCadence(every_steps=3)

@@ -43,6 +43,10 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:  # (the names loaded on first use too: a notebook's tab completion lists them)
+    return sorted(set(globals()) | set(__all__))
+
+
 __all__ = [
     "DEFAULT_MODEL_NAME",
     "ImageError",

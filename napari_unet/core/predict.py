@@ -347,6 +347,17 @@ def _allocate(out: Any, shape: tuple[int, ...], dtype: Any) -> Any:
     return out
 
 
+def stop_check(should_stop: Any) -> Callable[[], bool] | None:
+    """``should_stop`` as a callable: a ``threading.Event`` (what ``finetune(stop=)`` takes) is
+    asked ``is_set()`` (it was called, a TypeError)."""
+    if should_stop is None or callable(should_stop):
+        return should_stop
+    if callable(getattr(should_stop, "is_set", None)):
+        return should_stop.is_set
+    raise TypeError(f"should_stop must be a callable returning True to stop, or a threading.Event; got "
+                    f"{type(should_stop).__name__}.")
+
+
 def check_out_dtype(out: Any, dtype: Any) -> None:
     """A clear ValueError when ``out`` cannot hold what is written into it: labels need integers of 32
     bits or more (uint8 or uint16 wrapped ids above 255 or 65,535 onto others: objects merged and
@@ -779,7 +790,7 @@ class _PlaneRunner:
     (the count changes with the scale and if running out of memory forces smaller tiles)."""
 
     def __init__(self, engine: _Engine, n_planes: int, should_stop: Callable[[], bool] | None) -> None:
-        self.engine, self.n_planes, self.should_stop = engine, n_planes, should_stop
+        self.engine, self.n_planes, self.should_stop = engine, n_planes, stop_check(should_stop)
         self.done = 0
         self.total = 0
         self.start = time.perf_counter()

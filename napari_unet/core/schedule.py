@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from numbers import Real
 
 #: Validations over a run when the caller does not say how often.
 DEFAULT_VALIDATIONS = 10
@@ -95,6 +96,10 @@ class ValidationCadence:
         An int is a number of steps, a float a number of seconds, None spreads
         ``DEFAULT_VALIDATIONS`` validations over the run.
         """
+        if validate_every is not None and (isinstance(validate_every, bool) or not isinstance(validate_every, Real)
+                                           or not math.isfinite(validate_every) or validate_every <= 0):
+            raise ValueError(f"validate_every must be a number of steps (int) or seconds (float) above 0, or None "
+                             f"for {DEFAULT_VALIDATIONS} validations over the run; got {validate_every!r}.")
         if validate_every is None:
             validate_every = validation_interval(DEFAULT_VALIDATIONS, steps, time_budget)
         if validate_every is None:

@@ -432,6 +432,8 @@ def prepare_run(
     patch_size = auto_patch if patch_size is None else patch_size
     steps = _check_arguments(model, steps, time_budget, lr, batch_size, select, workers)
     check_labelled(labelled)
+    if not isinstance(augment, (bool, AugmentConfig)):  # ("strong" was taken as True)
+        raise ValueError(f"augment must be True, False or an AugmentConfig, got {augment!r}.")
     rng = np.random.default_rng(seed)
     dev = select_device(device)
     work = model.copy()

@@ -467,6 +467,9 @@ def iter_segment_volume(
         raise ImageError(f"mode must be one of {', '.join(MODES)}, got {mode!r}.")
     volume = _check_volume(volume)
     _prepare(model, volume, False)  # the model is a model, the planes are planes
+    from .predict import stop_check
+
+    should_stop = stop_check(should_stop)
     spacing_t, given = check_spacing(spacing)
     threshold, min_size = _check_args(*model.resolve_postprocessing(threshold, min_size))
     shape = tuple(int(s) for s in volume.shape)
@@ -796,6 +799,7 @@ class _TimePoint:
     def __init__(self, array: Any, axis: int, t: int) -> None:
         self.array, self.axis, self.t = array, axis, t
         self.shape = tuple(s for i, s in enumerate(array.shape) if i != axis)
+        self.dtype = array.dtype
 
     def _key(self, index: Any) -> tuple[Any, ...]:
         index = list(index) if isinstance(index, tuple) else [index]
