@@ -6,15 +6,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-#: Smallest height and width of the plane before a last axis of 1 or 2 entries for that axis to
+#: Smallest height and width of the plane before a last axis of a few entries for that axis to
 #: be taken as channels.
 MIN_PLANE_SIDE = 16
+#: the most channels a last axis after planes of MIN_PLANE_SIDE or more is taken to hold
+MAX_CHANNELS_LAST = 8
 
 
 def channels_last(shape: Sequence[int]) -> bool:
-    """True when the last axis of ``shape`` holds 1 or 2 channels of (H, W) planes, not the
-    width of planes 1 or 2 pixels wide: ``(H, W, 2)`` (two stains, grey + alpha), ``(Z, H, W, 1)``.
+    """True when the last axis of ``shape`` holds channels of (H, W) planes (1, 2, or 5 to
+    :data:`MAX_CHANNELS_LAST`), not the width of planes that narrow: ``(H, W, 2)`` (two stains,
+    grey + alpha), ``(Z, H, W, 1)``, ``(H, W, 5)`` (five stains: segmented as 512 strips 5 px
+    wide before).
 
-    No microscopy plane is 1 or 2 pixels wide, and (H, W, 3|4) is colour (RGB[A]) anyway.
+    No microscopy plane is a few pixels wide, and (H, W, 3|4) is colour (RGB[A]) anyway.
     """
-    return len(shape) >= 3 and int(shape[-1]) in (1, 2) and min(int(shape[-3]), int(shape[-2])) >= MIN_PLANE_SIDE
+    if len(shape) < 3 or min(int(shape[-3]), int(shape[-2])) < MIN_PLANE_SIDE:
+        return False
+    n = int(shape[-1])
+    return n in (1, 2) or 5 <= n <= MAX_CHANNELS_LAST

@@ -63,6 +63,24 @@ def test_two_channels_last_are_refused_at_once_with_how_to_pick_one(model, nucle
     assert guess_axes(two.shape) == "YXC"
 
 
+def test_five_to_eight_channels_last_are_channels_too(model, nuclei, tmp_path):
+    """(H, W, 5) was segmented as H strips 5 px wide (and opened so in napari): channels, as 2 are;
+    a stack of planes 9 px wide stays planes."""
+    import tifffile
+
+    from napari_unet.io import guess_axes, read_layer_data
+
+    image, _labels = nuclei
+    five = np.stack([image] * 5, -1)
+    with pytest.raises(ImageError, match=r"5 channel"):
+        segment(model, five)
+    assert guess_axes(five.shape) == "YXC" and guess_axes((4, *image.shape, 8)) == "ZYXC"
+    assert guess_axes((*image.shape, 9)) == "ZYX"
+    path = tmp_path / "five.tif"
+    tifffile.imwrite(path, five)  # (no axes in the file)
+    assert len(read_layer_data(path)) == 5  # a layer per channel
+
+
 def test_one_channel_last_is_the_plane(model, nuclei):
     image, labels = nuclei
     expected = segment(model, image)

@@ -75,9 +75,9 @@ def stack_layout(shape: tuple[int, ...], rgb: bool | None = None) -> StackLayout
     rgb : bool, optional
         Whether the last axis is colour. Default: yes if it has 3 or 4 entries (as napari).
 
-    A last axis of 1 or 2 entries after a plane of at least 16 x 16 pixels holds channels (as
-    :func:`napari_unet.io.guess_axes` reads such files): 2 channels are refused with a message
-    that says how to pick one (a single channel is taken as the plane by the plane loop).
+    A last axis of 1, 2 or 5-8 entries after a plane of at least 16 x 16 pixels holds channels (as
+    :func:`napari_unet.io.guess_axes` reads such files): several channels are refused with a
+    message that says how to pick one (a single channel is taken as the plane by the plane loop).
     """
     shape = tuple(int(s) for s in shape)
     ndim = len(shape)
