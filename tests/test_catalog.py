@@ -227,3 +227,15 @@ def test_save_model_into_the_model_folder_names_the_model_by_its_file(tmp_path):
     assert model.metadata["name"] == "nuclei-finetuned"  # (the model in memory is left as it was)
     save_model(model, tmp_path / "elsewhere.pt")
     assert read_model_file(tmp_path / "elsewhere.pt").name == "nuclei-finetuned"
+
+
+def test_export_into_the_model_folder_follows_the_folder_s_naming(mine):
+    """A copy into the model folder under a built-in's name hid that model (listed twice, never
+    found by name): refused, as save_model refuses it; under a free name it is known by it."""
+    from napari_unet.core import load_model
+
+    with pytest.raises(ValueError, match="built-in"):
+        export_model("cells", user_models_dir() / "nuclei.pt")
+    assert not (user_models_dir() / "nuclei.pt").exists()
+    export_model("cells", user_models_dir() / "my cells.pt")
+    assert load_model("my cells", device="cpu").name == "my cells"

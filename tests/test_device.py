@@ -68,3 +68,13 @@ def test_a_device_asked_through_the_environment_is_named_in_the_message(monkeypa
     monkeypatch.delenv("NAPARI_UNET_DEVICE")
     with pytest.raises(ValueError, match=r"Device 'cuda:x' is not a device"):
         select_device("cuda:x")
+
+
+def test_a_device_given_back_with_its_index_or_empty_is_taken():
+    """``model.device`` on a Mac is mps:0 (a CPU tensor's may be cpu:0): taken back as the device;
+    an empty string means auto, as before."""
+    assert select_device("cpu:0") == torch.device("cpu")
+    assert select_device(torch.device("cpu", 0)) == torch.device("cpu")
+    assert select_device("") == select_device("auto")
+    with pytest.raises(ValueError, match="does not exist"):
+        select_device("cpu:3")

@@ -416,6 +416,9 @@ def test_grey_channels_stored_side_by_side_are_channels_not_colour(tmp_path):
     rgb = tmp_path / "rgb.tif"
     tifffile.imwrite(rgb, image[..., :3].astype(np.uint8), photometric="rgb")
     assert inspect_stack(rgb).axes == "YXS"
+    both = tmp_path / "cyxs.tif"  # channels named, and samples beside: opened as before (not "CYXC")
+    tifffile.imwrite(both, np.zeros((2, 16, 16, 3), np.uint8), photometric="minisblack", metadata={"axes": "CYXS"})
+    assert inspect_stack(both).shape == (2, 16, 16, 3)
 
 
 def test_a_folder_of_calibrated_planes_keeps_their_pixel_size(tmp_path):
@@ -460,9 +463,15 @@ def test_a_huge_plane_without_a_pyramid_opens_lazily_as_levels(make_napari_viewe
     (small, small_meta, _), = read_layer_data(path, lazy=False)  # in memory: one array
     assert not small_meta["multiscale"] and small.shape == (600, 1100)
     masks = write_labels(tmp_path / "scan_masks.tif", (image > 0).astype(np.uint16))
+    # masks of a layer with axes of size 1 (a slide's T=1, Z=1), stored without them, put back on reading
+    tz = write_labels(tmp_path / "scan_tz_masks.tif", (image > 0).astype(np.uint16)[None, None], axes="TZYX",
+                      corrected=[(0, 0)])
     viewer = make_napari_viewer()
     monkeypatch.setattr(_reader, "should_open_lazily", lambda nbytes: True)
     viewer.open(masks, plugin=PLUGIN)
     assert viewer.layers[-1].__class__.__name__ == "Labels" and not viewer.layers[-1].multiscale
+    viewer.open(tz, plugin=PLUGIN)
+    assert viewer.layers[-1].__class__.__name__ == "Labels" and not viewer.layers[-1].multiscale
+    assert viewer.layers[-1].data.shape == (1, 1, 600, 1100)
     viewer.open(path, plugin=PLUGIN)
     assert viewer.layers[-1].multiscale and tuple(viewer.layers[-1].data[0].shape) == (600, 1100)

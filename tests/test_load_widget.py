@@ -267,7 +267,9 @@ def test_the_zarr_group_picked_is_the_one_loaded(qtbot, widget, tmp_path):
     nuclei.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": [{"path": "0"}]}]
     nuclei.attrs["image-label"] = {"version": "0.4"}
     base = tmp_path / "experiment 1"
-    for source, picked, kind, name in (("file", base / "labels" / "nuclei" / ".zattrs", "Labels", "nuclei"),
+    for source, picked, kind, name in (("file", base / "labels" / ".zattrs", "Labels", "nuclei"),  # (its one)
+                                       ("folder", base / "labels", "Labels", "nuclei"),
+                                       ("file", base / "labels" / "nuclei" / ".zattrs", "Labels", "nuclei"),
                                        ("folder", base / "labels" / "nuclei", "Labels", "nuclei"),
                                        ("file", base / ".zattrs", "Image", "experiment 1"),
                                        ("file", base / "0" / "0.0", "Image", "experiment 1")):

@@ -967,8 +967,9 @@ def test_a_tile_too_small_or_a_bad_halo_is_a_clear_error(real_image):
     context = default_halo(model.net)
     with pytest.raises(ValueError, match=rf"tile_size {2 * context} is too small.*at least {min_tile_size(model.net)}"):
         predict_probabilities(model, real_image, tile_size=2 * context)
-    with pytest.raises(ValueError, match="halo must be"):
-        predict_probabilities(model, real_image, halo=-5)
+    for bad in (-5, float("nan"), 2.5):
+        with pytest.raises(ValueError, match="halo must be"):
+            predict_probabilities(model, real_image, halo=bad)
     np.testing.assert_array_equal(predict_probabilities(model, real_image, halo=5000),
                                   predict_probabilities(model, real_image))
 

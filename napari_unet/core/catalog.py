@@ -279,6 +279,15 @@ def delete_model(name: str) -> Path:
     return entry.path
 
 
+def in_user_models(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a file of the user's model folder (where a model is known by its file's name)."""
+    path = Path(path)
+    try:
+        return path.parent.expanduser().resolve() == user_models_dir().expanduser().resolve()
+    except OSError:
+        return False
+
+
 def export_model(name_or_path: str | os.PathLike, destination: str | os.PathLike) -> Path:
     """Copy a model (a name as :func:`resolve_model_path` takes it, or a file) to ``destination``.
 
@@ -304,7 +313,10 @@ def export_model(name_or_path: str | os.PathLike, destination: str | os.PathLike
     if destination.resolve() == source.resolve():
         raise ValueError("Choose another file to export to: that is the model file itself.")
     model = read_model_file(source, device="cpu")  # a file that is no (working) model is not passed on
-    if package:  # a zip is no model file: the model it holds is saved as one
+    if package or in_user_models(destination):
+        # a zip is no model file: the model it holds is saved as one; in the model folder a model is
+        # known by its file's name (save_model refuses a built-in's name, which would hide that model,
+        # and stores the file's name)
         return save_model(model, destination)
     with atomic_write(destination, "wb") as out, open(source, "rb") as src:
         shutil.copyfileobj(src, out)

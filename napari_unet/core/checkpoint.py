@@ -354,9 +354,9 @@ def save_model(model: SegmentationModel, path: str | os.PathLike) -> Path:
                            if inspect.isgenerator(model) else "") + ".")
     path = Path(path)
     data = model.to_dict()
-    from .catalog import MODEL_SUFFIX, check_model_name, user_models_dir
+    from .catalog import MODEL_SUFFIX, check_model_name, in_user_models
 
-    if path.suffix.lower() == MODEL_SUFFIX and _same_folder(path.parent, user_models_dir()):
+    if path.suffix.lower() == MODEL_SUFFIX and in_user_models(path):
         # in the model folder a model is known by its file's name: a built-in model's name would hide
         # it (listed twice, never found by name), and the name stored is the file's (it was the
         # training's "nuclei-finetuned" whatever the file was called)
@@ -369,13 +369,6 @@ def save_model(model: SegmentationModel, path: str | os.PathLike) -> Path:
     with atomic_write(path, "wb") as fh:
         fh.write(buffer.getbuffer())
     return path
-
-
-def _same_folder(a: Path, b: Path) -> bool:
-    try:
-        return a.expanduser().resolve() == b.expanduser().resolve()
-    except OSError:
-        return False
 
 
 def _is_torchscript(path: Path) -> bool:

@@ -42,7 +42,7 @@ def select_device(preference: str | torch.device | None = None) -> torch.device:
     """
     if isinstance(preference, torch.device):
         preference = str(preference)
-    pref = (str(preference) if preference is not None else "auto").strip().lower()
+    pref = (str(preference) if preference is not None else "auto").strip().lower() or "auto"
     asked = f"Device {pref!r}"  # what the messages name: the argument, or the environment variable
     fix = "use 'auto' or 'cpu'"
     if pref == "auto":
@@ -51,8 +51,8 @@ def select_device(preference: str | torch.device | None = None) -> torch.device:
         fix = "unset NAPARI_UNET_DEVICE or set it to 'auto' or 'cpu'"
     if pref == "auto":
         return torch.device(available_devices()[0])
-    kind, _, number = pref.partition(":")
-    if kind not in ("cpu", "cuda", "mps") or (number and (kind != "cuda" or not number.isdigit())):
+    kind, _, number = pref.partition(":")  # ("mps:0", "cpu:0": a model's or a tensor's device given back)
+    if kind not in ("cpu", "cuda", "mps") or (number and not number.isdigit()):
         raise ValueError(f"{asked} is not a device: choose one of {', '.join(DEVICE_CHOICES)}"
                          + (f" ({fix})." if asked.startswith("NAPARI") else "."))
     if kind == "cuda" and not torch.cuda.is_available():
@@ -61,7 +61,9 @@ def select_device(preference: str | torch.device | None = None) -> torch.device:
         raise ValueError(f"{asked} was requested but Apple MPS is not available; {fix}.")
     if kind == "cuda" and number and int(number) >= torch.cuda.device_count():
         raise ValueError(f"{asked} does not exist: this machine has {torch.cuda.device_count()} GPU(s).")
-    return torch.device(pref)
+    if kind != "cuda" and number and int(number) != 0:
+        raise ValueError(f"{asked} does not exist: this machine has one {'CPU' if kind == 'cpu' else 'Apple GPU'} device.")
+    return torch.device(pref if kind == "cuda" else kind)
 
 
 def describe_device(device: torch.device | str) -> str:

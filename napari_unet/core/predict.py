@@ -28,6 +28,7 @@ import contextlib
 import copy
 import dataclasses
 import logging
+import math
 import os
 import time
 import weakref
@@ -161,7 +162,7 @@ class _Engine:
             raise ValueError(f"tile_size {int(tile_size)} is too small for this model: each tile re-reads {context} "
                              f"pixels on each side; give at least {min_tile_size(self.net)}, or None for automatic.")
         if halo is not None:
-            if not float(halo) == int(halo) or int(halo) < 0:
+            if not math.isfinite(float(halo)) or not float(halo) == int(halo) or int(halo) < 0:
                 raise ValueError(f"halo must be a whole number of pixels >= 0 (or None for the model's own), got {halo!r}.")
             # more context than the network sees changes nothing but the time (and memory: a halo of
             # 5000 px took 24 GB)

@@ -345,9 +345,8 @@ def structured_crop(plane: np.ndarray, size: int) -> np.ndarray:
     h, w = plane.shape[:2]
     if h <= size and w <= size:
         return plane
-    grey = np.asarray(plane, dtype=np.float32)
     step = max(1, int(np.ceil(max(h, w) / 256)))
-    small = grey[::step, ::step]
+    small = np.asarray(plane[::step, ::step], dtype=np.float32)  # (subsampled first: no whole-plane copy)
     if small.ndim == 3:
         small = small.mean(axis=-1)
     small = np.nan_to_num(small - gaussian_filter(np.nan_to_num(small), 4.0))

@@ -244,15 +244,7 @@ def _cover(raw: np.ndarray, probs: np.ndarray, representation: str, path: Path) 
 # ---------------------------------------------------------------------- documentation
 def _documentation(model: SegmentationModel, halo: int, rule: tuple[int, int]) -> str:
     meta = model.metadata
-    card_text = ""
-    name = str(meta.get("name") or "")
-    from .catalog import builtin_models_dir, model_card_name
-
-    card = builtin_models_dir() / model_card_name(name)
-    if name and _is_builtin(model) and card.is_file():
-        card_text = card.read_text(encoding="utf-8")
-    elif isinstance(_package_info(model).get("card"), str):  # a built-in model's package, imported
-        card_text = _package_info(model)["card"]
+    card_text = _card_text(model) or ""  # (a built-in model's, or that of the package it was imported from)
     lines = [f"# {model_name_for_package(model.name)}", "",
              str(meta.get("description") or "A U-Net for 2D cell or nucleus instance segmentation, "
                  "made with napari-unet."), "",

@@ -290,7 +290,8 @@ def _open_tiff(p: Path) -> _Opened:
             )
         shape = tuple(int(s) for s in series.shape)
         file_axes = series.axes
-        if file_axes.upper().endswith("S") and _grey_samples(series):  # channels stored side by side, not colour
+        if (file_axes.upper().endswith("S") and "C" not in file_axes.upper()
+                and _grey_samples(series)):  # channels stored side by side, not colour
             file_axes = file_axes[:-1] + "C"
         _check_tiff_complete(p, tif, series, size)
         fmt = "ome-tiff" if tif.is_ome else "imagej-tiff" if tif.is_imagej else "tiff"
@@ -562,6 +563,13 @@ def _open_zarr(p: Path) -> _Opened:
         attrs = dict(group.attrs)
         ome = attrs.get("ome", attrs)
         multiscales = ome.get("multiscales")
+    if not multiscales and isinstance(ome.get("labels"), list) and ome["labels"]:
+        # the labels container of an OME-Zarr image: its one labels image, else which to choose
+        names = [str(n) for n in ome["labels"]]
+        if len(names) > 1 or names[0] not in group:
+            raise StackReadError(f"'{p.name}' holds the labels images {', '.join(names)} of an OME-Zarr image: "
+                                 f"open one of them ({p.name}/{names[0]}, ...)")
+        return _open_zarr(p / names[0])
     if not multiscales:
         raise StackReadError(f"cannot read '{p.name}': the Zarr group has no OME 'multiscales' metadata")
     ms = multiscales[0]

@@ -472,6 +472,8 @@ def _in_axes_order(layer: LayerData, target: str, corrected: list[tuple[int, ...
     order = [stored.index(a) for a in target]
     levels = data if isinstance(data, list) else [data]
     moved = [level[expand].transpose(order) for level in levels]
+    if _is_overview(levels):  # (views of views: still overview levels, which masks do not keep)
+        moved[1:] = [_marked_overview(level) for level in moved[1:]]
     meta = dict(meta)
     for key in ("scale", "axis_labels", "units", "translate"):
         if meta.get(key) is not None and len(meta[key]) == len(source):
@@ -514,6 +516,9 @@ def _is_ome_zarr_labels(path: str | os.PathLike) -> bool:
     except Exception:  # noqa: BLE001 - not readable as a group: the image reader has its say
         return False
     ome = attrs.get("ome") if isinstance(attrs.get("ome"), dict) else attrs  # NGFF 0.5 nests it
+    labels = ome.get("labels")
+    if "multiscales" not in ome and isinstance(labels, list) and len(labels) == 1:
+        return _is_ome_zarr_labels(Path(path) / str(labels[0]))  # the labels container: its one labels image
     return "image-label" in ome
 
 
