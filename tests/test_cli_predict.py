@@ -118,8 +118,14 @@ def test_a_scheduler_is_connected_once_for_the_batch_and_refused_once(tmp_path, 
 
     from napari_unet.cli import predict as predict_cli
 
+    from napari_unet.io import _reader
+
     inputs = [str(images / "a.tif"), str(images / "b.tif")]
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+    # files read lazily (large ones: what a cluster is for) travel by their path (an open file could
+    # not be sent: every such input failed); here every file is read so, and the cluster's worker is a
+    # process of its own
+    monkeypatch.setattr(_reader, "LAZY_THRESHOLD_BYTES", 1)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         rc = main(["predict", *inputs, "--out", str(tmp_path / "o"), "--model", str(tiny_model_path),
                    "--scheduler", cluster.scheduler_address, "--no-progress"])
     assert rc == 0
