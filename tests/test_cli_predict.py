@@ -117,7 +117,6 @@ def test_a_scheduler_is_connected_once_for_the_batch_and_refused_once(tmp_path, 
     from distributed import LocalCluster
 
     from napari_unet.cli import predict as predict_cli
-
     from napari_unet.io import _reader
 
     inputs = [str(images / "a.tif"), str(images / "b.tif")]
