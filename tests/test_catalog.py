@@ -70,6 +70,9 @@ def test_a_model_file_named_in_upper_case_is_listed_once(mine):
     (mine.parent / ".hidden.PT").write_bytes(b"")
     assert [(e.name, e.path) for e in user_models()] == [("Big", upper), ("mine", mine)]
     assert resolve_model_path("Big") == upper and find_model("mine").path == mine
+    from napari_unet.core import load_model
+
+    assert load_model("Big", device="cpu").name == "Big"  # (a copy keeps the name stored in it: "nuclei")
 
 
 def test_checkpoint_still_exports_the_catalog_names():

@@ -422,6 +422,10 @@ def read_model_file(path: str | os.PathLike, device: torch.device | str | None =
     model = SegmentationModel.from_dict(_load_dict(path), source=path.name)
     model.metadata.setdefault("name", path.stem)
     model.metadata["path"] = str(path)
+    from .catalog import MODEL_SUFFIX, in_user_models
+
+    if Path(path).suffix.lower() == MODEL_SUFFIX and in_user_models(path):  # (a file copied in by hand)
+        model.metadata["name"] = Path(path).stem  # known there by its file's name, as the lists show it
     return model.to(select_device(device))
 
 
