@@ -475,3 +475,18 @@ def test_a_huge_plane_without_a_pyramid_opens_lazily_as_levels(make_napari_viewe
     assert viewer.layers[-1].data.shape == (1, 1, 600, 1100)
     viewer.open(path, plugin=PLUGIN)
     assert viewer.layers[-1].multiscale and tuple(viewer.layers[-1].data[0].shape) == (600, 1100)
+
+
+def test_a_labels_container_naming_itself_is_refused_not_followed(tmp_path):
+    """A labels container's list naming "." or a path out of it: one line, no endless recursion."""
+    import zarr
+
+    from napari_unet.io._reader import _is_ome_zarr_labels
+
+    path = tmp_path / "x.zarr"
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    for name in (".", "../x.zarr", "a/b"):
+        group.attrs["labels"] = [name]
+        assert not _is_ome_zarr_labels(path)
+        with pytest.raises(StackReadError, match="labels images"):
+            inspect_stack(path)

@@ -602,7 +602,7 @@ def _open_zarr(p: Path) -> _Opened:
     if not multiscales and isinstance(ome.get("labels"), list) and ome["labels"]:
         # the labels container of an OME-Zarr image: its one labels image, else which to choose
         names = [str(n) for n in ome["labels"]]
-        if len(names) > 1 or names[0] not in group:
+        if len(names) > 1 or names[0] in (".", "..") or set(names[0]) & set("/\\") or names[0] not in group:
             raise StackReadError(f"'{p.name}' holds the labels images {', '.join(names)} of an OME-Zarr image: "
                                  f"open one of them ({p.name}/{names[0]}, ...)")
         return _open_zarr(p / names[0])

@@ -517,7 +517,9 @@ def _is_ome_zarr_labels(path: str | os.PathLike) -> bool:
         return False
     ome = attrs.get("ome") if isinstance(attrs.get("ome"), dict) else attrs  # NGFF 0.5 nests it
     labels = ome.get("labels")
-    if "multiscales" not in ome and isinstance(labels, list) and len(labels) == 1:
+    if ("multiscales" not in ome and isinstance(labels, list) and len(labels) == 1
+            and str(labels[0]).strip("./\\")  # (a child's name: never the group itself or above it)
+            and not set(str(labels[0])) & set("/\\")):
         return _is_ome_zarr_labels(Path(path) / str(labels[0]))  # the labels container: its one labels image
     return "image-label" in ome
 
