@@ -31,6 +31,7 @@ import numpy as np
 
 from napari_unet._atomic import temporary_folder_beside
 from napari_unet.core.checkpoint import SegmentationModel, read_model_file
+from napari_unet.core.device import select_device
 from napari_unet.core.predict import stack_layout
 from napari_unet.io import guess_axes
 
@@ -63,7 +64,7 @@ class ModelSpec:
         if use_path and path and _readable_model_source(path):
             self.path: str | None = str(path)
             self.payload: bytes | None = None
-            self.key = f"{path}:{os.path.getmtime(path)}"
+            self.key = f"{path}:{os.path.getmtime(path)}:{device or 'auto'}"
         else:
             import torch
 
@@ -71,7 +72,7 @@ class ModelSpec:
             torch.save(model.to_dict(), buf)
             self.path = None
             self.payload = buf.getvalue()
-            self.key = hashlib.sha1(self.payload).hexdigest()
+            self.key = f"{hashlib.sha1(self.payload).hexdigest()}:{device or 'auto'}"
 
     def __dask_tokenize__(self) -> str:
         return self.key
@@ -82,12 +83,14 @@ class ModelSpec:
             model = ModelSpec._cache.get(self.key)
             if model is None:
                 if self.path is not None:
-                    model = read_model_file(self.path, device=self.device or "cpu")
+                    # (no device given: each worker's best, as without dask; the CPU was taken before
+                    # whatever the machine had)
+                    model = read_model_file(self.path, device=self.device)
                 else:
                     import torch
 
                     data = torch.load(io.BytesIO(self.payload), map_location="cpu", weights_only=True)
-                    model = SegmentationModel.from_dict(data).to(self.device or "cpu")
+                    model = SegmentationModel.from_dict(data).to(select_device(self.device))
                 ModelSpec._cache[self.key] = model
         return model
 

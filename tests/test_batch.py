@@ -56,3 +56,16 @@ def test_distributed_cluster_matches_core(tmp_path, stack, tiny_model_path):
     np.testing.assert_array_equal(labels, np.stack([segment(model, p, min_size=0) for p in stack[0]]))
     labels2 = np.asarray(zarr.open_group(str(out2), mode="r")["0"][...])
     np.testing.assert_array_equal(labels2, np.stack([segment(model, p, min_size=0) for p in stack[1]]))
+
+
+def test_a_worker_model_is_on_the_device_asked_or_the_best_one(tiny_model_path, monkeypatch):
+    """No device given: each worker's best (as without dask; the CPU was taken whatever the machine
+    had); models cached per device (a call asking for another device got the cached one)."""
+    from napari_unet.batch import ModelSpec
+    from napari_unet.core.device import select_device
+
+    model = load_model(tiny_model_path, device="cpu")
+    auto, cpu = ModelSpec(model), ModelSpec(model, device="cpu")
+    assert auto.key != cpu.key
+    assert auto.get().device == select_device(None) and cpu.get().device.type == "cpu"
+    assert ModelSpec(model, device="mps").key != cpu.key

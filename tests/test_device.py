@@ -78,3 +78,18 @@ def test_a_device_given_back_with_its_index_or_empty_is_taken():
     assert select_device("") == select_device("auto")
     with pytest.raises(ValueError, match="does not exist"):
         select_device("cpu:3")
+
+
+def test_bf16_is_chosen_only_on_gpus_that_compute_it():
+    """``torch.cuda.is_bf16_supported()`` says yes on every CUDA GPU (emulated, slowly, on a T4 or
+    V100); the choice asks the GPU's compute capability. Without CUDA: no bf16 from the GPU side."""
+    from napari_unet.core.device import cuda_has_fast_bf16
+    from napari_unet.core.optimise import autocast_dtype
+
+    assert not cuda_has_fast_bf16("cpu")
+    if torch.cuda.is_available():
+        fast = torch.cuda.get_device_capability(0) >= (8, 0)
+        assert cuda_has_fast_bf16("cuda:0") == fast
+        assert autocast_dtype(torch.device("cuda:0"), None) == (torch.bfloat16 if fast else torch.float16)
+    else:
+        assert not cuda_has_fast_bf16("cuda")

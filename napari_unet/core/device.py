@@ -66,6 +66,20 @@ def select_device(preference: str | torch.device | None = None) -> torch.device:
     return torch.device(pref if kind == "cuda" else kind)
 
 
+def cuda_has_fast_bf16(device: torch.device | str) -> bool:
+    """Whether the CUDA GPU ``device`` computes bfloat16 in hardware (compute capability 8.0 on:
+    Ampere, Hopper...; ROCm's GPUs say so themselves). ``torch.cuda.is_bf16_supported()`` says yes
+    on every CUDA GPU (it emulates bf16 on a T4 or V100, slowly) and asks the current device, not
+    this one: those GPUs get fp16 with a GradScaler."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    if getattr(torch.version, "hip", None):
+        return bool(torch.cuda.is_bf16_supported())
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return tuple(torch.cuda.get_device_capability(index)) >= (8, 0)
+
+
 def describe_device(device: torch.device | str) -> str:
     """Short human-readable description, e.g. "NVIDIA H100 (79 GB)" or "CPU, 8 threads"."""
     device = select_device(device)  # (a GPU that is not there: the clear ValueError, not torch's assertion)

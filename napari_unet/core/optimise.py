@@ -72,7 +72,9 @@ def autocast_dtype(device: torch.device, mixed_precision: bool | None) -> torch.
         return None
     if mixed_precision is False:
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    from .device import cuda_has_fast_bf16
+
+    return torch.bfloat16 if cuda_has_fast_bf16(device) else torch.float16
 
 
 def forward(net: torch.nn.Module, x: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:
@@ -137,7 +139,9 @@ class Optimiser:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         x = torch.from_numpy(batch.images).to(self.device, non_blocking=True)
-        c = torch.from_numpy(batch.classes.astype(np.int64)).to(self.device, non_blocking=True)
+        # (not non_blocking: on MPS a copy made so reads its source later, and this int64 copy of the
+        # classes is a temporary that nothing holds by then)
+        c = torch.from_numpy(batch.classes.astype(np.int64)).to(self.device)
         w = torch.from_numpy(batch.weights).to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
         loss = weighted_cross_entropy(forward(self.net, x, self.amp_dtype), c, w)

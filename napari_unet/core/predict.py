@@ -112,7 +112,9 @@ def _resolve_precision(precision: str, device: torch.device) -> torch.dtype | No
     if precision == "auto":
         if device.type != "cuda":
             return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        from .device import cuda_has_fast_bf16
+
+        return torch.bfloat16 if cuda_has_fast_bf16(device) else torch.float16
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     if device.type == "cpu" and dtype == torch.float16:
         raise ValueError("fp16 is not supported on the CPU; use fp32 or bf16.")
@@ -276,7 +278,9 @@ class _Engine:
         smallest = plan_tiles((1, 1), self.net, 1, self.halo).tile_shape[0]
         if max(plan.tile_shape) <= smallest:
             raise MemoryError(
-                "Out of memory even with the smallest tile; close other programs or use the CPU (--device cpu)."
+                "Out of memory even with the smallest tile; close other programs"
+                + (" or use the CPU (--device cpu, or NAPARI_UNET_DEVICE=cpu for napari)."
+                   if self.device.type != "cpu" else ", or segment a smaller part of the image.")
             )
         self.max_tile = max(smallest, max(plan.tile_shape) // 2)
         self._plan_cache.clear()

@@ -526,7 +526,7 @@ class PackagedNetwork(nn.Module):
         self.halo = int(math.ceil(own_halo / self.divisor) * self.divisor)
         self.max_tile = self.fixed_size - 2 * self.margin_in if self.fixed_size is not None else None
         self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)  # where the model "is" (device)
-        self._backends: dict[str, Any] = {}
+        self._backends: dict[tuple[str, str], Any] = {}  # (weights kind, device) -> session or module
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ geometry (as UNet)
@@ -573,9 +573,11 @@ class PackagedNetwork(nn.Module):
         with self._lock:
             kind = "onnx" if engine == "onnx" and "onnx" in self.formats else next(
                 (f for f in self.formats if f != "onnx"), "onnx")
-            if kind not in self._backends:
+            # (a torch module is loaded onto the network's device: again after the model moved)
+            where = lambda k: (k, "cpu" if k == "onnx" else str(self.anchor.device))  # noqa: E731
+            if where(kind) not in self._backends:
                 try:
-                    self._backends[kind] = self._load(kind)
+                    self._backends[where(kind)] = self._load(kind)
                 except ModelFileError as exc:
                     others = [f for f in self.formats if f != kind]
                     if kind != "onnx" or not others:
@@ -583,9 +585,9 @@ class PackagedNetwork(nn.Module):
                     log.warning("%s; its %s weights are used instead.", str(exc).rstrip("."), others[0])
                     self.formats = others  # (said once: the next batches and runs go to them directly)
                     kind = others[0]
-                    if kind not in self._backends:
-                        self._backends[kind] = self._load(kind)
-            return kind, self._backends[kind]
+                    if where(kind) not in self._backends:
+                        self._backends[where(kind)] = self._load(kind)
+            return kind, self._backends[where(kind)]
 
     def _load(self, kind: str) -> Any:
         weights = getattr(self.descr.weights, kind)

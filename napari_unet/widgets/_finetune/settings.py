@@ -69,7 +69,8 @@ class TrainingSettingsPanel(Container):
                                 tooltip="Where to train: auto takes the GPU (CUDA or Apple MPS) when there is one, "
                                         "else the CPU.")
         self._seed = SpinBox(label="Random seed", min=0, max=2**31 - 1, value=0,
-                             tooltip="The same seed, examples and settings give the same patches and training.")
+                             tooltip="The same seed, examples and settings give the same patches and, on the CPU, "
+                                     "the same model (a GPU's convolutions add their own small differences).")
         self.extend([
             self._base_model, self._name, self._steps, self._time_budget, self._lr, self._patch_size, self._augment,
             self._labelled,
