@@ -356,3 +356,20 @@ def test_masks_of_an_ome_tiff_with_z_before_t_pair_plane_by_plane(tmp_path):
     write_labels(tmp_path / "img_masks.tif", labels, axes="ZTYX", corrected=[])
     images, masks = read_examples([str(tmp_path / "img.ome.tif")], [str(tmp_path / "img_masks.tif")])
     assert len(images) == 6 and all(np.array_equal(a > 0, b > 0) for a, b in zip(images, masks, strict=True))
+
+
+def test_output_to_a_reader_that_stopped_does_not_stop_the_command():
+    """``napari-unet train ... | head -1``: once the reader stops, what the command prints goes
+    nowhere and it goes on (training was aborted with exit 0 and no model saved)."""
+    import os
+
+    from napari_unet.cli import _StopTolerantStream
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has stopped
+    with os.fdopen(write_end, "w") as pipe:
+        out = _StopTolerantStream(pipe)
+        for _ in range(3):
+            out.write("saved model.pt (30 steps)\n" * 1000)
+            out.flush()
+        assert out.writable()

@@ -53,6 +53,47 @@ def terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, before)
 
 
+class _StopTolerantStream:
+    """``sys.stdout`` whose reader may stop (``napari-unet train ... | head -1``): once it has, what
+    is written goes nowhere and the command goes on (training was aborted, no model saved, exit 0)."""
+
+    def __init__(self, stream: object) -> None:
+        self._stream = stream
+
+    def _guard(self, call: str, *args: object) -> object:
+        try:
+            return getattr(self._stream, call)(*args)
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(devnull, self._stream.fileno())  # (Python's own flush at exit must not fail either)
+            self._stream = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+            return None
+
+    def write(self, text: str) -> int:
+        self._guard("write", text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._guard("flush")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _stdout_reader_may_stop() -> Iterator[None]:
+    before = sys.stdout
+    if before is None:
+        yield
+        return
+    sys.stdout = _StopTolerantStream(before)
+    try:
+        yield
+    finally:
+        sys.stdout = before
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-unet",
@@ -86,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
 
         keep_freed_memory()
     try:
-        return int(args.run(args) or 0)
+        with _stdout_reader_may_stop():
+            return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("napari-unet: interrupted", file=sys.stderr)
         return 130
