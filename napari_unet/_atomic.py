@@ -95,6 +95,27 @@ def temporary_folder_beside(path: str | os.PathLike) -> Path:
     return tmp
 
 
+def replace_folder(tmp: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Put the folder ``tmp`` in place of ``dest`` (an OME-Zarr written beside it): the old folder is
+    renamed aside first, then ``tmp`` to ``dest``, then the old one removed, so that an interruption
+    (Ctrl+C while a large old folder was being deleted) leaves the old folder or the new one, never
+    neither. An old folder left aside by an interruption is hidden (``.NAME.*.old``)."""
+    tmp, dest = Path(tmp), Path(dest)
+    aside = None
+    if dest.exists():
+        aside = Path(tempfile.mkdtemp(prefix=f".{_kept_name(dest)}.", suffix=".old", dir=dest.parent))
+        os.replace(dest, aside / dest.name)
+    try:
+        os.replace(tmp, dest)
+    except BaseException:
+        if aside is not None:
+            os.replace(aside / dest.name, dest)  # (the old one back)
+            shutil.rmtree(aside, ignore_errors=True)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
 class AtomicFiles:
     """Files written to temporary files first and put in place together by :meth:`commit`.
 

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from napari_unet._atomic import temporary_folder_beside
+from napari_unet._atomic import replace_folder, temporary_folder_beside
 from napari_unet.core.checkpoint import SegmentationModel, read_model_file
 from napari_unet.core.device import select_device
 from napari_unet.core.predict import stack_layout
@@ -290,9 +290,7 @@ def segment_to_ome_zarr(
         write_ome_zarr_labels_metadata(group, axes, scale, out_path.name.split(".")[0])
         store = da.store(labels, target, lock=False, compute=False)
         _compute(store, scheduler, show_progress, dask)
-        if out_path.exists():
-            shutil.rmtree(out_path)
-        os.replace(tmp, out_path)
+        replace_folder(tmp, out_path)  # (the old masks or the new ones, whatever interrupts it)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -341,9 +339,7 @@ def _volumes_to_ome_zarr(model: SegmentationModel, image: Any, out_path: Path, l
         finally:
             if bar is not None:
                 bar.close()
-        if out_path.exists():
-            shutil.rmtree(out_path)
-        os.replace(tmp, out_path)
+        replace_folder(tmp, out_path)  # (the old masks or the new ones, whatever interrupts it)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

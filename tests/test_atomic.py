@@ -68,3 +68,22 @@ def test_long_names_get_short_temporary_names(tmp_path):
     with atomic_write(wide, "wb") as fh:
         fh.write(b"ok")
     assert wide.read_bytes() == b"ok"
+
+
+def test_a_folder_is_replaced_by_renames_the_old_one_back_when_it_fails(tmp_path):
+    """An OME-Zarr written beside its destination takes the old one's place by renames (the old
+    one was deleted first: a Ctrl+C while a large one was deleted lost the old masks and the new);
+    a failure puts the old one back; nothing is left aside."""
+    from napari_unet._atomic import replace_folder
+
+    dest, new = tmp_path / "m.ome.zarr", tmp_path / ".m.tmp"
+    (dest / "0").mkdir(parents=True)
+    (dest / "0" / "old").write_text("old")
+    (new / "0").mkdir(parents=True)
+    (new / "0" / "new").write_text("new")
+    replace_folder(new, dest)
+    assert (dest / "0" / "new").is_file() and not (dest / "0" / "old").exists() and not new.exists()
+    with pytest.raises(OSError):
+        replace_folder(tmp_path / "gone", dest)  # (what the rename of the new one fails with)
+    assert (dest / "0" / "new").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ome.zarr"]
