@@ -113,7 +113,11 @@ def replace_folder(tmp: str | os.PathLike, dest: str | os.PathLike) -> None:
             shutil.rmtree(aside, ignore_errors=True)
         raise
     if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
+        try:
+            shutil.rmtree(aside, ignore_errors=True)
+        except BaseException:  # (Ctrl+C while a large old folder is removed: finished, then said)
+            shutil.rmtree(aside, ignore_errors=True)
+            raise
 
 
 class AtomicFiles:

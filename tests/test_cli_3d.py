@@ -89,3 +89,15 @@ def test_three_planes_saved_without_axes_name_the_axes_that_make_them_a_z_stack(
     assert "--axes ZYX" in capsys.readouterr().err
     assert main([*args, "--axes", "ZYX"]) == 0
     assert tifffile.imread(tmp_path / "o" / "three_masks.tif").shape == (3, 36, 36)
+
+
+def test_a_voxel_size_in_two_units_is_said_so(tmp_path, capsys):
+    """Three positive numbers whose sides are 1000x apart (z in nm, y and x in um) were told to be
+    'three positive numbers': the reason is the spacing check's own."""
+    from napari_unet.cli import main
+
+    tifffile.imwrite(tmp_path / "vol.tif", np.zeros((4, 32, 32), np.uint8))
+    rc = main(["predict", str(tmp_path / "vol.tif"), "--out", str(tmp_path / "o"), "--3d",
+               "--voxel-size", "2000,0.5,0.5"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "three positive numbers" not in err and "--voxel-size" in err

@@ -373,3 +373,24 @@ def test_output_to_a_reader_that_stopped_does_not_stop_the_command():
             out.write("saved model.pt (30 steps)\n" * 1000)
             out.flush()
         assert out.writable()
+
+
+@pytest.mark.parametrize("option, value, message", [("--lr", "1e308", "--lr must be a positive number below 1e38"),
+                                                    ("--batch-size", "100000", "--batch-size must be from 1 to 64")])
+def test_values_beyond_reason_are_refused_before_any_work(tmp_path, capsys, option, value, message):
+    """--lr 1e308 ended with the optimiser's traceback; --batch-size 100000 was killed for memory."""
+    from napari_unet.cli import main
+
+    rc = main(["train", "--images", str(tmp_path), "--labels", str(tmp_path), "--out", str(tmp_path / "m.pt"),
+               option, value])
+    assert rc == 2 and message in capsys.readouterr().err
+
+
+def test_gui_screenshot_into_a_missing_folder_is_one_line(tmp_path, capsys):
+    """``gui --screenshot nodir/shot.png`` printed a long traceback from inside napari's event loop,
+    and napari never quit."""
+    from napari_unet.cli import main
+
+    rc = main(["gui", "--sample", "none", "--screenshot", str(tmp_path / "nodir" / "shot.png")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "folder does not exist" in err and len(err.strip().splitlines()) == 1

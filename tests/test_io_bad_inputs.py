@@ -133,3 +133,16 @@ def test_napari_writer_notifies_and_keeps_existing_file(make_napari_viewer, tmp_
     assert written == []
     assert any("negative" in m and "masks.tif" in m for m in errors())
     assert path.read_bytes() == before
+
+
+def test_a_file_of_complex_numbers_is_refused_when_opened(tmp_path):
+    """A complex TIFF passed the readers and ended ``train`` and ``gui`` with a traceback."""
+    import tifffile
+
+    from napari_unet.io import inspect_stack
+    from napari_unet.io._formats import StackReadError
+
+    path = tmp_path / "fft.tif"
+    tifffile.imwrite(path, np.ones((16, 16), np.complex64))
+    with pytest.raises(StackReadError, match="complex64 values"):
+        inspect_stack(path)

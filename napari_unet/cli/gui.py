@@ -86,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
     for path in args.paths:
         if not Path(path).exists():
             raise ValueError(f"No such file or folder: {path}")
+    if args.screenshot and not Path(args.screenshot).expanduser().parent.is_dir():  # (napari then never quit)
+        raise ValueError(f"--screenshot {args.screenshot}: its folder does not exist")
     _check_display()
     from qtpy.QtCore import QTimer
 
@@ -96,8 +98,10 @@ def run(args: argparse.Namespace) -> int:
     if args.screenshot:
 
         def _shoot() -> None:
-            viewer.screenshot(str(args.screenshot), canvas_only=False, flash=False)
-            viewer.close()
+            try:
+                viewer.screenshot(str(args.screenshot), canvas_only=False, flash=False)
+            finally:  # (a screenshot that fails must not leave napari open)
+                viewer.close()
 
         QTimer.singleShot(1500, _shoot)
     napari.run()

@@ -442,7 +442,9 @@ def _voxel_size(text: str | None) -> tuple[float, float, float] | None:
     try:
         values = [float(v) for v in str(text).replace(" ", "").split(",")]
         return check_spacing(values)[0]
-    except (ValueError, ImageError):
+    except ImageError as exc:  # (three numbers, but not one voxel: its own reason, units apart...)
+        raise CLIError(f"--voxel-size {text!r}: {one_line(exc)}") from None
+    except ValueError:
         raise CLIError(f"--voxel-size {text!r}: give three positive numbers DZ,DY,DX (e.g. 2,0.5,0.5)") from None
 
 

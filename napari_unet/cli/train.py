@@ -217,6 +217,10 @@ def _stopped_by_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, old)
 
 
+#: the largest --batch-size (Fine-tune's too): about 20 MB a 128 px patch on a CPU
+MAX_BATCH = 64
+
+
 def run(args: argparse.Namespace) -> int:
     from napari_unet._atomic import check_folder_writable
     from napari_unet.cli._progress import TrainingBar
@@ -232,14 +236,14 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--steps must be at least 1")
     if args.time_budget is not None and not (math.isfinite(args.time_budget) and args.time_budget > 0):
         raise CLIError(f"--time-budget must be a positive number of seconds, got {args.time_budget}")
-    if not (math.isfinite(args.lr) and args.lr > 0):
-        raise CLIError(f"--lr must be a positive number, got {args.lr}")
+    if not (math.isfinite(args.lr) and 0 < args.lr < 1e38):  # (1e308: the optimiser's float32 overflow traceback)
+        raise CLIError(f"--lr must be a positive number below 1e38 (e.g. 0.0003), got {args.lr}")
     if not (math.isfinite(args.val_fraction) and 0 <= args.val_fraction < 1):
         raise CLIError(f"--val-fraction must be at least 0 and below 1 (0: no validation), got {args.val_fraction}")
     if args.patch_size is not None and args.patch_size < MIN_PATCH:
         raise CLIError(f"--patch-size must be at least {MIN_PATCH} pixels, got {args.patch_size}")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.batch_size is not None and not 1 <= args.batch_size <= MAX_BATCH:  # (100000: killed for memory)
+        raise CLIError(f"--batch-size must be from 1 to {MAX_BATCH} (as Fine-tune's), got {args.batch_size}")
     select_device(args.device)  # an unknown or missing device is refused before any reading
     out = _out_path(args.out, args.overwrite)
     in_model_folder = out.parent.resolve() == user_models_dir().resolve()
@@ -273,6 +277,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.close()
         gen.close()
+    if stop.is_set() and not result.metadata.get("steps"):  # (Ctrl+C before the first step)
+        print("napari-unet: interrupted before the first training step: nothing was learnt, no model saved",
+              file=sys.stderr)
+        return 130
     if stop.is_set():
         print("napari-unet: training stopped: the best model so far is saved", file=sys.stderr)
     if not result.metadata.get("steps"):  # an unchanged copy of the base must not be saved as trained

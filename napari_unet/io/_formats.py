@@ -236,6 +236,9 @@ def open_any(path: str | os.PathLike) -> _Opened:
 
 
 def _check_shape(info: StackInfo) -> None:
+    if np.dtype(info.dtype).kind not in "biuf":  # (complex numbers: a traceback from train and gui)
+        raise StackReadError(f"cannot read '{Path(info.path).name}': it holds {np.dtype(info.dtype)} values; "
+                             "napari-unet reads images of real numbers (integers or floats)")
     if any(s == 0 for s in info.shape):
         raise StackReadError(
             f"cannot read '{info.name}': it has an empty axis (shape {info.shape}, axes {info.axes}); "
