@@ -390,11 +390,8 @@ def _predict_all(models: Any, inputs: list[Path], targets: list[Path], args: arg
                   file=sys.stderr)
             failed.append(path)
             continue
-        try:
-            print(f"{path} -> {target}", flush=True)
-        except BrokenPipeError:  # the list's reader stopped (`| head`): the batch goes on, unlisted
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
+        # (a reader of the list that stops, `| head`: the batch goes on, unlisted; see cli.main)
+        print(f"{path} -> {target}", flush=True)
 
 
 @contextlib.contextmanager

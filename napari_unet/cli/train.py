@@ -148,12 +148,11 @@ def _out_path(text: str, overwrite: bool) -> Path:
 def _check_out_folder(path: Path) -> None:
     """A path into the user model folder names a user model (a built-in model's name there was listed
     beside the built-in one and never used); a path into the built-in models is refused."""
-    from napari_unet.core.catalog import builtin_models_dir, check_model_name, user_models_dir
+    from napari_unet.core.catalog import builtin_models_dir, check_model_name, in_user_models
 
-    folder = path.parent.resolve()
-    if folder == builtin_models_dir().resolve():
+    if path.parent.resolve() == builtin_models_dir().resolve():
         raise CLIError(f"{path} is among the built-in models, which are not replaced: give another --out")
-    if folder == user_models_dir().resolve():
+    if in_user_models(path):
         check_model_name(path.stem)
 
 
@@ -224,7 +223,7 @@ MAX_BATCH = 64
 def run(args: argparse.Namespace) -> int:
     from napari_unet._atomic import check_folder_writable
     from napari_unet.cli._progress import TrainingBar
-    from napari_unet.core.catalog import check_models_dir_writable, save_without_replacing, user_models_dir
+    from napari_unet.core.catalog import check_models_dir_writable, in_user_models, save_without_replacing
     from napari_unet.core.checkpoint import load_model
     from napari_unet.core.device import select_device
     from napari_unet.core.events import run_to_end
@@ -246,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--batch-size must be from 1 to {MAX_BATCH} (as Fine-tune's), got {args.batch_size}")
     select_device(args.device)  # an unknown or missing device is refused before any reading
     out = _out_path(args.out, args.overwrite)
-    in_model_folder = out.parent.resolve() == user_models_dir().resolve()
+    in_model_folder = in_user_models(out)
     try:  # before any reading or training: a run whose model cannot be saved is lost
         if in_model_folder:
             check_models_dir_writable(out.parent)

@@ -157,9 +157,9 @@ class _Engine:
         self.batch_size = int(batch_size) if batch_size else auto_batch
         if self.max_tile < 1 or self.batch_size < 1:
             raise ValueError("tile_size and batch_size must be positive.")
-        from .tiling import default_halo, min_tile_size
+        from .tiling import default_halo, min_tile_size, tile_context
 
-        context = default_halo(self.net) if self.net.config.padding == "same" else self.net.margin
+        context = tile_context(self.net)
         if tile_size and int(tile_size) <= 2 * context:  # each tile would add a few pixels (128: 45x slower)
             raise ValueError(f"tile_size {int(tile_size)} is too small for this model: each tile re-reads {context} "
                              f"pixels on each side; give at least {min_tile_size(self.net)}, or None for automatic.")

@@ -242,6 +242,11 @@ def choose_tile_and_batch(
     return side, min(batch, 16)
 
 
+def tile_context(net: UNet) -> int:
+    """The pixels each tile re-reads on a side: the halo of "same" networks, the margin of "valid" ones."""
+    return default_halo(net) if net.config.padding == "same" else net.margin
+
+
 def min_tile_size(net: UNet) -> int:
     """Smallest tile side worth asking for with ``net``.
 
@@ -250,5 +255,4 @@ def min_tile_size(net: UNet) -> int:
     at least as many new pixels as that context: smaller tiles multiply the tiles of a plane
     (a 1024 x 1024 plane in 8-pixel steps is 16,384 tiles) for the same result.
     """
-    context = default_halo(net) if net.config.padding == "same" else net.margin
-    return int(net.valid_input_size(max(MIN_TILE, 3 * context)))
+    return int(net.valid_input_size(max(MIN_TILE, 3 * tile_context(net))))

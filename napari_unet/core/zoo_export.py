@@ -242,9 +242,8 @@ def _cover(raw: np.ndarray, probs: np.ndarray, representation: str, path: Path) 
 
 
 # ---------------------------------------------------------------------- documentation
-def _documentation(model: SegmentationModel, halo: int, rule: tuple[int, int]) -> str:
+def _documentation(model: SegmentationModel, halo: int, rule: tuple[int, int], card_text: str | None) -> str:
     meta = model.metadata
-    card_text = _card_text(model) or ""  # (a built-in model's, or that of the package it was imported from)
     lines = [f"# {model_name_for_package(model.name)}", "",
              str(meta.get("description") or "A U-Net for 2D cell or nucleus instance segmentation, "
                  "made with napari-unet."), "",
@@ -373,7 +372,8 @@ def build_description(model: SegmentationModel, folder: Path, *, authors: list[s
     tifffile.imwrite(folder / "sample_input.tif", raw[0], photometric="minisblack")  # (C, H, W): for viewers
     tifffile.imwrite(folder / "sample_output.tif", expected[0], photometric="minisblack")
     _cover(raw, expected, model.representation, folder / "cover.png")
-    (folder / "README.md").write_text(_documentation(model, halo, (minimum, step)), encoding="utf-8")
+    card = _card_text(model)  # (a built-in model's, or that of the package it was imported from)
+    (folder / "README.md").write_text(_documentation(model, halo, (minimum, step), card), encoding="utf-8")
 
     # description
     in_names = ["grey"] if config.in_channels == 1 else (
@@ -429,7 +429,6 @@ def build_description(model: SegmentationModel, folder: Path, *, authors: list[s
     cite = [{k: str(c[k]) for k in ("text", "doi", "url") if c.get(k)} for c in known.get("cite") or []
             if isinstance(c, dict) and c.get("text") and (c.get("doi") or c.get("url"))]
     cite = cite or [{"text": text, "doi": doi} for text, doi in origin.cite]
-    card = _card_text(model)
     package = {"authors": names, "license": license, "cite": cite, **({"card": card} if card else {})}
     description = str(model.metadata.get("description") or
                       "U-Net for 2D cell/nucleus instance segmentation made with napari-unet").strip()
