@@ -53,11 +53,11 @@ def test_nuclei_fluo_finds_nuclei_in_low_light_where_nuclei_does_not():
 
 
 def test_a_builtin_model_exported_carries_its_own_card():
-    from napari_unet.core.zoo_export import _documentation, input_size_rule, package_halo
+    from napari_unet.core.zoo_export import _card_text, _documentation, input_size_rule, package_halo
 
     for name, heading in (("nuclei-fluo", "### `nuclei-fluo`"), ("cells", "### ")):
         model = load_model(name, device="cpu")
-        doc = _documentation(model, package_halo(model.net), input_size_rule(model.net))
+        doc = _documentation(model, package_halo(model.net), input_size_rule(model.net), _card_text(model))
         card = Path(model.metadata["path"]).with_name(f"MODEL_CARD_{name}.md").read_text()
         assert "## Model card" in doc and heading in doc
         assert card.splitlines()[2][:60] in doc  # the card's first paragraph
