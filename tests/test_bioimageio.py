@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +117,22 @@ def test_export_writes_atomically_and_refuses_bad_licence(tmp_path):
     assert len(str(refused.value)) < 200  # one short line, not the list of every SPDX id
     assert target.read_bytes() == b"an earlier export"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.zip"]
+
+
+def test_a_package_is_built_beside_its_destination_not_in_the_system_temporary_folder(tmp_path, monkeypatch):
+    """A full or small /tmp (a cluster node's) must not stop a package the destination has room for."""
+    import tempfile
+
+    from napari_unet.core.zoo_export import export_bioimageio
+
+    blocked = tmp_path / "tmp-is-a-file"
+    blocked.write_bytes(b"")
+    monkeypatch.setattr(tempfile, "tempdir", str(blocked))  # anything made in the system's temporary folder fails
+    out = tmp_path / "out"
+    out.mkdir()
+    path = export_bioimageio(_tiny_model("same"), out / "tiny.zip")
+    assert path == out / "tiny.zip" and zipfile.is_zipfile(path)
+    assert [p.name for p in out.iterdir()] == ["tiny.zip"]  # the building folder is gone
 
 
 # ---------------------------------------------------------------------- our packages back

@@ -77,6 +77,12 @@ def test_train_user_errors_are_one_line(tmp_path, dsb_fluo_crop, tiny_model_path
     assert rc == 2 and "labels" in capsys.readouterr().err
     rc = main(["train", "--images", str(tmp_path / "nope.tif"), "--labels", str(lab), "--out", "x", *base])
     assert rc == 2 and "not found" in capsys.readouterr().err
+    # the same image twice (here once by a path of its own, once in its folder): copies would be held
+    # out to validate the model on what it trained on
+    rc = main(["train", "--images", str(img), str(img.parent), "--labels", str(lab), str(lab.parent),
+               "--out", str(tmp_path / "x.pt"), *base])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "given twice" in err and len(err.splitlines()) == 1, err
     for option, value in (("--val-fraction", "-0.5"), ("--val-fraction", "1"), ("--patch-size", "3"),
                           ("--batch-size", "0")):
         rc = main(["train", "--images", str(img), "--labels", str(lab), "--out", str(tmp_path / "x.pt"), *base,

@@ -102,6 +102,12 @@ def _pair_files(image_paths: list[str], label_paths: list[str]) -> list[tuple[Pa
             pairs.extend(pair_images_with_labels(img, lab))
         else:
             pairs.append((img, lab))
+    seen: set[Path] = set()
+    for img, _lab in pairs:  # (a file given again, or given and in a folder given)
+        if img.resolve() in seen:
+            raise CLIError(f"{img} is given twice; give each image once (its copies would be held out to "
+                           "validate the model on what it trained on)")
+        seen.add(img.resolve())
     return pairs
 
 

@@ -103,6 +103,13 @@ def _cpu_budget() -> int:
     return int(min(CPU_MEMORY_BUDGET, free // 4))
 
 
+def activation_budget(device: torch.device) -> int:
+    """Bytes a forward pass's activations may take on ``device``."""
+    if device.type == "cuda":
+        return int((free_memory_bytes(device) or 4 * 1024**3) * GPU_MEMORY_FRACTION)
+    return _cpu_budget()
+
+
 def _resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype, or None for float32."""
     if precision not in PRECISIONS:
@@ -142,12 +149,7 @@ class _Engine:
         self.net = model.net
         self.amp_dtype = _resolve_precision(precision, self.device)
         bytes_per_value = 2 if self.amp_dtype is not None else 4
-        if self.device.type == "cuda":
-            free = free_memory_bytes(self.device) or 4 * 1024**3
-            budget = int(free * GPU_MEMORY_FRACTION)
-        else:
-            budget = _cpu_budget()
-        auto_tile, auto_batch = choose_tile_and_batch(self.net, budget, bytes_per_value)
+        auto_tile, auto_batch = choose_tile_and_batch(self.net, activation_budget(self.device), bytes_per_value)
         if self.device.type == "cpu":
             auto_batch = 1  # on a CPU one big tile beats several small ones
         self.max_tile = int(tile_size) if tile_size else auto_tile
@@ -237,14 +239,13 @@ class _Engine:
 
     def _iter_tiles(self, padded: np.ndarray, shape: tuple[int, int], plan: TilePlan,
                     counter: Callable[[], None]) -> Generator[None, None, np.ndarray]:
-        H, W = shape
-        out = np.empty((self.n_classes, H, W), dtype=np.float32)
+        out = np.empty((self.n_classes, *shape), dtype=np.float32)
         ty, tx = plan.tile_shape
-        origins = plan.origins()
+        placements = plan.placements()
         pos = 0
-        while pos < len(origins):
-            chunk = origins[pos : pos + self.batch_size]
-            batch = np.stack([padded[:, y : y + ty, x : x + tx] for y, x in chunk])
+        while pos < len(placements):
+            chunk = placements[pos : pos + self.batch_size]
+            batch = np.stack([padded[:, y : y + ty, x : x + tx] for (y, x), _, _ in chunk])
             try:
                 probs = self._forward(batch)
             except (torch.OutOfMemoryError, RuntimeError) as exc:
@@ -252,14 +253,8 @@ class _Engine:
                     raise
                 self._shrink_after_oom(plan)
                 continue
-            for (y, x), p in zip(chunk, probs):
-                iy, ix = y // plan.y.step, x // plan.x.step
-                y0, x0 = iy * plan.y.step, ix * plan.x.step
-                hy = min(plan.y.step, H - y0)
-                hx = min(plan.x.step, W - x0)
-                out[:, y0 : y0 + hy, x0 : x0 + hx] = p[
-                    :, plan.y.crop : plan.y.crop + hy, plan.x.crop : plan.x.crop + hx
-                ]
+            for (_, window, kept), p in zip(chunk, probs, strict=True):
+                out[(slice(None), *window)] = p[(slice(None), *kept)]
                 counter()
                 yield
             pos += len(chunk)

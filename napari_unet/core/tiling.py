@@ -126,6 +126,17 @@ class TilePlan:
     def pad_width(self) -> tuple[tuple[int, int], tuple[int, int]]:
         return (self.y.pad_before, self.y.pad_after), (self.x.pad_before, self.x.pad_after)
 
+    def placements(self) -> list[tuple[tuple[int, int], tuple[slice, slice], tuple[slice, slice]]]:
+        """Where each tile's output goes, row by row: its origin (padded coordinates), the
+        window of the plane its kept output covers, and that window's place in the output."""
+        out = []
+        for y, x in self.origins():
+            y0, x0 = y // self.y.step * self.y.step, x // self.x.step * self.x.step
+            hy, hx = min(self.y.step, self.y.length - y0), min(self.x.step, self.x.length - x0)
+            out.append(((y, x), (slice(y0, y0 + hy), slice(x0, x0 + hx)),
+                        (slice(self.y.crop, self.y.crop + hy), slice(self.x.crop, self.x.crop + hx))))
+        return out
+
 
 def _ceil_to(value: int, multiple: int) -> int:
     return int(math.ceil(value / multiple) * multiple)

@@ -31,6 +31,7 @@ from .instances import probabilities_to_labels
 from .metrics import average_precision, dice
 from .optimise import evaluation_mode, forward, weighted_nll
 from .targets import TargetRecipe
+from .tiling import choose_tile_and_batch, estimate_bytes_per_pixel, mirror_pad, plan_tiles
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,12 @@ def count_held_out_objects(planes: Sequence[ValPlane]) -> int:
 
 
 def forward_plane(
-    net: torch.nn.Module, chw: np.ndarray, device: torch.device, amp_dtype: torch.dtype | None = None
+    net: torch.nn.Module, chw: np.ndarray, device: torch.device, amp_dtype: torch.dtype | None = None,
+    budget: int | None = None,
 ) -> np.ndarray:
-    """Class probabilities of one whole (C, H, W) plane (mirror-padded to a valid size).
+    """Class probabilities of one whole (C, H, W) plane: in one pass (mirror-padded to a valid
+    size) when its activations fit the device's memory budget (``budget`` bytes; None: the
+    engine's), else tile by tile as prediction does (a 4096 px plane in one pass needs ~9 GB).
 
     Returns
     -------
@@ -92,12 +96,34 @@ def forward_plane(
     tw = net.output_size(net.valid_input_size(w + 2 * margin)) if margin else net.valid_input_size(w)
     # output covers [0, th) x [0, tw) >= image; input needs margin more on each side
     in_h, in_w = th + 2 * margin, tw + 2 * margin
+    from .predict import activation_budget
+
+    budget = activation_budget(device) if budget is None else int(budget)
+    bytes_per_value = 4 if amp_dtype is None else 2
+    if in_h * in_w * estimate_bytes_per_pixel(net, bytes_per_value) > budget:
+        return _forward_tiles(net, chw, device, amp_dtype, choose_tile_and_batch(net, budget, bytes_per_value)[0])
     padded = np.pad(chw, ((0, 0), (margin, in_h - h - margin), (margin, in_w - w - margin)), mode="symmetric")
-    x = torch.from_numpy(np.ascontiguousarray(padded))[None].to(device)
+    return _probabilities(net, padded, device, amp_dtype)[:, :h, :w]
+
+
+def _probabilities(net: torch.nn.Module, chw: np.ndarray, device: torch.device,
+                   amp_dtype: torch.dtype | None) -> np.ndarray:
+    x = torch.from_numpy(np.ascontiguousarray(chw))[None].to(device)
     with torch.no_grad():
         logits = forward(net, x, amp_dtype)
-        probs = torch.softmax(logits.float(), dim=1)[0, :, :h, :w]
-    return probs.cpu().numpy()
+        return torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
+
+
+def _forward_tiles(net: torch.nn.Module, chw: np.ndarray, device: torch.device, amp_dtype: torch.dtype | None,
+                   max_tile: int) -> np.ndarray:
+    plan = plan_tiles(chw.shape[1:], net, max_tile)
+    padded = mirror_pad(chw, plan)
+    ty, tx = plan.tile_shape
+    out = np.empty((net.config.n_classes, *chw.shape[1:]), dtype=np.float32)
+    for (y, x), window, kept in plan.placements():
+        out[(slice(None), *window)] = _probabilities(net, padded[:, y : y + ty, x : x + tx], device,
+                                                     amp_dtype)[(slice(None), *kept)]
+    return out
 
 
 @dataclass(frozen=True)

@@ -33,11 +33,12 @@ such a field as plain percentiles make it (its test tensors are made that way).
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import logging
 import os
 import shutil
-import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_unet._atomic import atomic_write, check_folder_writable
+from napari_unet._atomic import atomic_write, check_folder_writable, temporary_folder_beside
 
 from .checkpoint import ModelFileError, SegmentationModel, _plain, load_model
 from .model import UNet, UNetProbabilities
@@ -352,7 +353,7 @@ def build_description(model: SegmentationModel, folder: Path, *, authors: list[s
     arch = folder / "unet.py"
     shutil.copyfile(Path(__file__).resolve().parent / "model.py", arch)
     state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-    torch.save(state, folder / "weights.pt")
+    _torch_save(lambda fh: torch.save(state, fh), folder / "weights.pt")
     probs_net = UNetProbabilities.from_config(config)
     probs_net.load_state_dict(state)
     probs_net.eval()
@@ -360,7 +361,7 @@ def build_description(model: SegmentationModel, folder: Path, *, authors: list[s
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings: the size checks run once while tracing
         traced = torch.jit.trace(probs_net, torch.from_numpy(raw), check_trace=False)
-        torch.jit.save(traced, str(folder / "weights_torchscript.pt"))
+        _torch_save(lambda fh: torch.jit.save(traced, fh), folder / "weights_torchscript.pt")
     try:
         (folder / "weights.onnx").write_bytes(export_onnx(net))
     except EngineUnavailable as exc:
@@ -482,6 +483,14 @@ def _is_builtin(model: SegmentationModel) -> bool:
     return bool(path) and Path(path).resolve().parent == builtin_models_dir().resolve()
 
 
+def _torch_save(save: Callable[[io.BytesIO], None], path: Path) -> None:
+    """``save`` into memory, then to ``path``: torch's zip writer turns a full disk into a RuntimeError
+    ("enforce fail at inline_container.cc"), a plain write into the OSError it is."""
+    buffer = io.BytesIO()
+    save(buffer)
+    path.write_bytes(buffer.getbuffer())
+
+
 def export_bioimageio(model: SegmentationModel | str | os.PathLike, destination: str | os.PathLike, *,
                       authors: list[str] | None = None, license: str | None = None,
                       plane: np.ndarray | None = None) -> Path:
@@ -534,22 +543,25 @@ def export_bioimageio(model: SegmentationModel | str | os.PathLike, destination:
     from bioimageio.spec._internal.validation_context import ValidationContext
 
     device = model.device
+    # built beside the destination, not in the system's temporary folder: a small or full /tmp
+    # (a cluster node's) must not stop a package the destination has room for
+    tmp = temporary_folder_beside(destination)
     try:
-        with tempfile.TemporaryDirectory(prefix="napari-unet-bioimageio-") as tmp:
-            folder = Path(tmp) / "package"
-            folder.mkdir()
-            with ValidationContext(root=folder, perform_io_checks=True, log_warnings=False), \
-                    warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # bioimageio.spec's notes while packaging
-                descr = build_description(model, folder, authors=authors, license=license, plane=plane)
-                zipped = save_bioimageio_package(descr, output_path=Path(tmp) / "package.zip")
-            with atomic_write(destination, "wb") as out, open(zipped, "rb") as src:
-                shutil.copyfileobj(src, out)
+        folder = tmp / "package"
+        folder.mkdir()
+        with ValidationContext(root=folder, perform_io_checks=True, log_warnings=False), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # bioimageio.spec's notes while packaging
+            descr = build_description(model, folder, authors=authors, license=license, plane=plane)
+            zipped = save_bioimageio_package(descr, output_path=tmp / "package.zip")
+        with atomic_write(destination, "wb") as out, open(zipped, "rb") as src:
+            shutil.copyfileobj(src, out)
     except (ValueError, TypeError) as exc:
         if isinstance(exc, ModelFileError):
             raise
         raise ModelFileError(f"The BioImage.IO package could not be made: {first_error(exc)}") from exc
     finally:
+        shutil.rmtree(tmp, ignore_errors=True)
         model.to(device)
     log.info("Wrote the BioImage.IO package %s", destination)
     return destination
