@@ -11,6 +11,7 @@ Plain Python only, so that every layer (core, io, widgets) can use it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -44,7 +45,11 @@ def check_folder_writable(folder: str | os.PathLike) -> Path:
         The folder cannot be made or written (its ``strerror`` says why).
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # ("File exists" said of a folder to make)
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), folder)
+        raise NotADirectoryError(errno.ENOTDIR, f"{blocker} is a file, not a folder") from None
     fd, tmp = tempfile.mkstemp(prefix=".write-test.", dir=folder)
     try:
         os.write(fd, b"napari-unet")
@@ -61,7 +66,6 @@ def reserve_space(fh: Any, nbytes: int, folder: str | os.PathLike) -> None:
     cannot be stored: no message, no cleanup. Raises ``OSError(ENOSPC)`` with a one-line message
     instead (``folder``: where the file is, named in the message and asked for its free space where
     the blocks cannot be taken ahead: macOS, Windows, file systems without fallocate)."""
-    import errno
 
     def short() -> OSError:
         return OSError(errno.ENOSPC, f"not enough free space in {folder} for {nbytes / 2**30:.2f} GiB of "

@@ -343,8 +343,9 @@ def model_card_markdown(meta: dict) -> str:
         ("From the repository root, with ../shared/data in place, one command retrains this model from scratch "
          "(fixed seeds; every recorded stage is repeated by its number of steps, also where the original run was "
          "cut into legs; a stage that was driven by a time budget is repeated by the steps it made, so its "
-         "learning-rate schedule and validations follow steps and its weights may differ; bf16 stages give the "
-         "same weights only where the CPU or GPU computes bf16):"),
+         "learning-rate schedule and validations follow steps and its weights may differ; the same weights come "
+         "back on a CPU like the one that trained it, for bf16 stages one that computes bf16; elsewhere, and on a "
+         "GPU, whose convolutions are not deterministic, close but not equal ones):"),
         "",
         "```bash",
         f"python scripts/train_default_model.py --reproduce napari_unet/models/{meta.get('name', 'nuclei')}.pt "

@@ -507,6 +507,26 @@ def test_cli_exports_models_with_dots_in_their_names_into_a_folder(tmp_path, cap
     assert read_model_file(folder / "cells v1.2.zip").metadata["name"] == "cells v1.2"
 
 
+def test_cli_exports_to_a_relative_path_and_says_when_a_file_is_in_the_way(tmp_path, capsys, monkeypatch):
+    """A relative destination (built beside it, the package's files were looked for in a doubled path);
+    a file where a folder is meant ("File exists", "[Errno 17]", or a package written beside it)."""
+    from napari_unet.cli import main
+    from napari_unet.core.catalog import user_model_path
+    from napari_unet.core.checkpoint import save_model
+
+    save_model(_tiny_model("same"), user_model_path("tiny"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "tiny", "out/tiny.zip"]) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.strip() == str(tmp_path / "out" / "tiny.zip")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["tiny.zip"]
+    Path("afile").write_bytes(b"not a folder")
+    for out in ("afile/", "afile/tiny.zip"):
+        assert main(["export", "tiny", out]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "afile is a file, not a folder" in err and "Errno" not in err and len(err.splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "out"]
+
+
 def test_exporting_a_file_that_is_no_model_is_refused_and_writes_nothing(tmp_path, capsys):
     """Copied byte for byte before (exit 0): the copy failed only where it was used, later."""
     from napari_unet.cli import main

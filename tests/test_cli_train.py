@@ -83,6 +83,16 @@ def test_train_user_errors_are_one_line(tmp_path, dsb_fluo_crop, tiny_model_path
                "--out", str(tmp_path / "x.pt"), *base])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "given twice" in err and len(err.splitlines()) == 1, err
+    infinite = tmp_path / "inf.tif"
+    tifffile.imwrite(infinite, np.where(labels == labels.max(), np.inf, image).astype(np.float32))
+    rc = main(["train", "--images", str(infinite), "--labels", str(lab), "--out", str(tmp_path / "x.pt"), *base])
+    err = capsys.readouterr().err.strip()  # (numpy's warnings came first, then "before segmenting")
+    assert rc == 2 and err == ("napari-unet: error: The image holds infinite values in inf.tif; replace them "
+                               "(e.g. with NaN for pixels without data) before training."), err
+    (tmp_path / "afile").write_bytes(b"")  # a file in the way of the folder of --out ("File exists")
+    rc = main(["train", "--images", str(img), "--labels", str(lab), "--out", str(tmp_path / "afile" / "x.pt"), *base])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and f"{tmp_path / 'afile'} is a file, not a folder" in err and "Errno" not in err, err
     for option, value in (("--val-fraction", "-0.5"), ("--val-fraction", "1"), ("--patch-size", "3"),
                           ("--batch-size", "0")):
         rc = main(["train", "--images", str(img), "--labels", str(lab), "--out", str(tmp_path / "x.pt"), *base,

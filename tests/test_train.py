@@ -468,6 +468,13 @@ def test_odd_inputs_of_a_script_get_clear_answers(dsb_fluo_crop):
     with pytest.raises(ValueError, match="Example 2 holds no data at all"):
         run_finetune(_tiny(depth=2), [image, np.full(image.shape, np.nan, np.float32)], [labels, labels],
                      steps=1, patch_size=32)
+    # infinite values: one line that says training (numpy's warnings, then "before segmenting"); float64
+    # beyond float32's range is scaled into it, as for prediction (it became infinite)
+    with pytest.raises(ValueError, match=r"infinite values \(example 1\).*before training"):
+        prepare_examples(_tiny(depth=2), [np.where(labels == labels.max(), np.inf, image)], [labels])
+    huge = prepare_examples(_tiny(depth=2), [image * 1e300], [labels])[0]
+    assert np.isfinite(huge.image).all()
+    np.testing.assert_allclose(huge.image, prepare_examples(_tiny(depth=2), [image], [labels])[0].image, atol=1e-4)
     # training without augmentation says so in its metadata (it said "augment: True")
     model = run_finetune(_tiny(depth=2), [image], [labels], steps=1, patch_size=32, augment=NO_AUGMENT,
                          val_fraction=0)
@@ -475,13 +482,15 @@ def test_odd_inputs_of_a_script_get_clear_answers(dsb_fluo_crop):
 
 
 @pytest.mark.parametrize("option, value", [("augment", "strong"), ("validate_every", 0), ("validate_every", -1),
-                                           ("validate_every", float("nan"))])
+                                           ("validate_every", float("nan")), ("patch_size", 16),
+                                           ("batch_size", 65)])
 def test_options_of_no_meaning_are_refused(dsb_fluo_crop, option, value):
-    """``augment="strong"`` was taken as True, ``validate_every=0`` or -1 as every step."""
+    """``augment="strong"`` was taken as True, ``validate_every=0`` or -1 as every step; patches and
+    batches outside the bounds the CLI and Fine-tune keep to (a batch of 100,000 was killed for memory)."""
     image, labels = dsb_fluo_crop
     with pytest.raises(ValueError, match=option):
-        run_finetune(_tiny(), [image], [labels], steps=2, patch_size=32, batch_size=2, device="cpu",
-                     **{option: value})
+        run_finetune(_tiny(), [image], [labels], steps=2, device="cpu",
+                     **{"patch_size": 32, "batch_size": 2, option: value})
 
 
 def test_a_threading_event_stops_segmentation_as_it_stops_training(dsb_fluo_crop):

@@ -29,8 +29,11 @@ class CLIError(Exception):
 
 
 def one_line(exc: BaseException) -> str:
-    """The first line of an error's message (its type name when it has none)."""
+    """The first line of an error's message (its type name when it has none); an OSError's
+    without its "[Errno N]" (its file, then its reason)."""
     text = str(exc).strip()
+    if isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror if exc.filename is None else f"{exc.filename}: {exc.strerror}"
     return text.splitlines()[0] if text else type(exc).__name__
 
 

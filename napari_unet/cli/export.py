@@ -37,8 +37,10 @@ def run(args: argparse.Namespace) -> int:
     from . import CLIError, terminate_as_interrupt
 
     out = Path(args.out).expanduser()
-    if str(args.out).endswith(("/", os.sep)) and not out.exists():  # "newdir/": a folder to make, not newdir.zip
-        out.mkdir(parents=True)
+    if str(args.out).endswith(("/", os.sep)):  # "newdir/": a folder to make, not newdir.zip
+        if out.exists() and not out.is_dir():
+            raise CLIError(f"{args.out}: {out} is a file, not a folder")
+        out.mkdir(parents=True, exist_ok=True)
     if out.is_dir():  # a folder: the package goes inside it, named after the model
         from napari_unet.core.catalog import resolve_model_path
         from napari_unet.core.zoo_import import package_location

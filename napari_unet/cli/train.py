@@ -28,10 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from . import DEVICE_HELP, CLIError
+from napari_unet._training_bounds import MAX_BATCH, MIN_PATCH
 
-#: The smallest --patch-size taken (smaller patches hold no whole cell and no context).
-MIN_PATCH = 32
+from . import DEVICE_HELP, CLIError
 
 log = logging.getLogger(__name__)
 
@@ -220,10 +219,6 @@ def _stopped_by_signals(stop: threading.Event) -> Iterator[None]:
     finally:
         for sig, old in before.items():
             signal.signal(sig, old)
-
-
-#: the largest --batch-size (Fine-tune's too): about 20 MB a 128 px patch on a CPU
-MAX_BATCH = 64
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ from .preprocess import (
     without_camera_artefacts,
 )
 from .scale import count_objects  # (also re-exported: the examples' object count)
+from .stack import check_finite, in_float32_range
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,10 @@ def prepare_examples(
     out = []
     for i, (img, lab) in enumerate(zip(images, labels)):
         img = np.asarray(img)
+        # (infinite values ended the run after its start with numpy's warnings and "before segmenting";
+        # float64 values beyond float32's range became infinite)
+        check_finite(img, f" (example {i + 1})", before="training")
+        img = in_float32_range(img)
         lab = check_labels(lab, name=f"labels of example {i + 1}")
         try:
             check_labels_not_an_image(lab, f"The label image of example {i + 1}")

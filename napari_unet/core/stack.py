@@ -167,11 +167,11 @@ def in_float32_range(plane: np.ndarray) -> np.ndarray:
     return plane / top
 
 
-def check_finite(plane: np.ndarray, where: str = "") -> None:
+def check_finite(plane: np.ndarray, where: str = "", before: str = "segmenting") -> None:
     """Raise :class:`ImageError` when a float plane holds infinite values (NaN marks pixels without
     data: :func:`~napari_unet.core.preprocess.fill_missing`)."""
     if np.issubdtype(plane.dtype, np.floating) and np.isinf(plane).any():
         raise ImageError(
             f"The image holds infinite values{where}; replace them (e.g. with NaN for pixels without data) "
-            "before segmenting."
+            f"before {before}."
         )

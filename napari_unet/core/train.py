@@ -66,6 +66,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from napari_unet._training_bounds import MAX_BATCH, MIN_PATCH
+
 from .augment import NO_AUGMENT, AugmentConfig
 from .checkpoint import SegmentationModel
 from .device import describe_device, select_device
@@ -430,7 +432,7 @@ def prepare_run(
     if batch_size is None:  # follows a patch size given: as many pixels per step as the defaults
         batch_size = auto_batch if patch_size is None else (8 if patch_size <= 128 else 4)
     patch_size = auto_patch if patch_size is None else patch_size
-    steps = _check_arguments(model, steps, time_budget, lr, batch_size, select, workers)
+    steps = _check_arguments(model, steps, time_budget, lr, batch_size, patch_size, select, workers)
     check_labelled(labelled)
     if not isinstance(augment, (bool, AugmentConfig)):  # ("strong" was taken as True)
         raise ValueError(f"augment must be True, False or an AugmentConfig, got {augment!r}.")
@@ -473,7 +475,7 @@ def prepare_run(
 
 def _check_arguments(
     model: SegmentationModel, steps: int | None, time_budget: float | None, lr: float, batch_size: int,
-    select: str, workers: int | None,
+    patch_size: int, select: str, workers: int | None,
 ) -> int | None:
     """Raise ValueError for a bad argument; return the number of steps (the default when no bound is given)."""
     if select not in ("best", "latest"):
@@ -484,8 +486,11 @@ def _check_arguments(
         raise ValueError(f"time_budget must be a positive number of seconds, got {time_budget!r}.")
     if workers is not None and workers < 0:
         raise ValueError(f"workers must be 0 or more, got {workers}.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    if not 1 <= batch_size <= MAX_BATCH:  # (100,000 was killed for memory)
+        raise ValueError(f"batch_size must be from 1 to {MAX_BATCH}, got {batch_size}.")
+    if patch_size < MIN_PATCH:
+        raise ValueError(f"patch_size must be at least {MIN_PATCH} pixels (or None for the network's own), "
+                         f"got {patch_size}.")
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr}.")
     from .model import UNet

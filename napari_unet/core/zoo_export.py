@@ -531,7 +531,7 @@ def export_bioimageio(model: SegmentationModel | str | os.PathLike, destination:
         license = check_license(license)  # before any work: a typo must not cost the whole packaging
     if not isinstance(model, SegmentationModel):
         model = load_model(model, device="cpu")
-    destination = Path(destination).expanduser()
+    destination = Path(destination).expanduser().absolute()  # (a relative building folder lost its files)
     if destination.suffix.lower() != ".zip":
         destination = destination.with_name(destination.name + ".zip")
     try:  # before any work: a folder that cannot be written must not cost the whole packaging

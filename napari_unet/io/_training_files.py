@@ -246,7 +246,8 @@ def read_training_pair(image_path: Path, labels_path: Path) -> tuple[list[tuple[
     ------
     ValueError
         Files that are no images, labels of colour or of an intensity image, planes that do not
-        pair (another count or another height and width), an image with channels.
+        pair (another count or another height and width), an image with channels, an image with
+        infinite values.
     """
     img, img_axes, img_told = _read_file(image_path)
     lab, lab_axes, _told = _read_file(labels_path)
@@ -260,6 +261,9 @@ def read_training_pair(image_path: Path, labels_path: Path) -> tuple[list[tuple[
     guessed_planes = ("C" in img_axes and not img_told and not img_axes.endswith("S")
                       and img.shape[img_axes.index("C")] == len(lab_planes))
     img_planes = _planes(img, img_axes, image_path, is_labels=False, channels_are_planes=guessed_planes)
+    from napari_unet.core.stack import check_finite
+
+    check_finite(img, f" in {image_path.name}", before="training")  # (before anything is measured on it)
     check_labels_not_an_image(np.stack(lab_planes), labels_path.name)
     if len(img_planes) != len(lab_planes):
         raise ValueError(

@@ -12,6 +12,8 @@ from typing import Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEdit, SpinBox
 
+from napari_unet._training_bounds import MAX_BATCH, MAX_PATCH, MIN_PATCH
+
 from .ui import collapsible
 
 
@@ -43,7 +45,7 @@ class TrainingSettingsPanel(Container):
         self._lr = FloatSpinBox(label="Learning rate", min=1e-6, max=1.0, step=1e-4, value=1e-3,
                                 tooltip="Peak AdamW learning rate (warm-up, then cosine decay).")
         self._lr.native.setDecimals(6)
-        self._patch_size = SpinBox(label="Patch size", min=0, max=1024, step=16, value=0,
+        self._patch_size = SpinBox(label="Patch size", min=0, max=MAX_PATCH, step=16, value=0,
                                    tooltip="Training patch side in pixels (Auto: 128 for the built-in models and "
                                            "other padded networks, with batch 8; 256 for an unpadded one, batch 4).")
         _show_auto(self._patch_size)
@@ -60,7 +62,7 @@ class TrainingSettingsPanel(Container):
                     "are left out; cells it misses are to be drawn). Auto tells it per slice by what the base model "
                     "finds where nothing is labelled.",
         )
-        self._batch_size = SpinBox(label="Batch size", min=0, max=64, value=0,
+        self._batch_size = SpinBox(label="Batch size", min=0, max=MAX_BATCH, value=0,
                                    tooltip="Patches per step (Auto: 8 with patches of up to 128 px, 4 with larger ones).")
         _show_auto(self._batch_size)
         from napari_unet.core.device import DEVICE_CHOICES  # not at the top: no torch on import
@@ -113,8 +115,8 @@ class TrainingSettingsPanel(Container):
         minutes = float(self._time_budget.value)
         if steps <= 0 and minutes <= 0:
             raise ValueError("set a number of steps or a time budget (both are 0).")
-        if 0 < int(self._patch_size.value) < 32:
-            raise ValueError("set the patch size to Auto (0) or to 32 pixels or more.")
+        if 0 < int(self._patch_size.value) < MIN_PATCH:
+            raise ValueError(f"set the patch size to Auto (0) or to {MIN_PATCH} pixels or more.")
         return {
             "steps": steps if steps > 0 else None,
             "time_budget": minutes * 60.0 if minutes > 0 else None,
