@@ -126,6 +126,20 @@ def test_exported_once_then_read_from_the_cache_and_sessions_kept_per_weights(ca
     assert eng.onnx_network(tuned.net).key == first.key
 
 
+def test_onnx_runtime_takes_the_threads_torch_is_given():
+    """OMP_NUM_THREADS / torch.set_num_threads (one a dask worker) left ONNX Runtime on every core,
+    while the device line said torch's count."""
+    before = torch.get_num_threads()
+    eng.clear_sessions()
+    try:
+        torch.set_num_threads(1)
+        network = eng.onnx_network(_model(seed=5).net)
+        assert network.session.get_session_options().intra_op_num_threads == 1
+    finally:
+        torch.set_num_threads(before)
+        eng.clear_sessions()
+
+
 def test_damaged_or_foreign_cache_file_is_rebuilt(caplog):
     model = _model()
     image = _image((80, 96))

@@ -628,13 +628,15 @@ def test_hot_pixels_are_set_to_their_neighbours_level_and_real_structures_are_ke
     plane[30, 5:35] = 900  # a line one pixel wide (a membrane, a filament)
     plane[5, 30] = plane[25, 25] = plane[26, 25] = 65535  # a hot pixel, and two side by side
     plane[0, 0] = 65535  # at the corner (mirrored neighbours)
+    plane[0, 20] = plane[1, 20] = plane[39, 12] = plane[38, 12] = 65535  # pairs across the edge (they stayed)
     before = plane.copy()
     out = without_spikes(plane)
     assert np.array_equal(plane, before)  # the input is not changed
     assert out.dtype == plane.dtype
     assert out[5, 30] == out[25, 25] == out[26, 25] == out[0, 0] == 100
+    assert out[0, 20] == out[1, 20] == out[39, 12] == out[38, 12] == 100
     hot = np.zeros(plane.shape, bool)
-    hot[[5, 25, 26, 0], [30, 25, 25, 0]] = True
+    hot[[5, 25, 26, 0, 0, 1, 39, 38], [30, 25, 25, 0, 20, 20, 12, 12]] = True
     assert np.array_equal(out[~hot], plane[~hot])  # the object and the line are untouched
     rgb = np.stack([plane, before, np.full_like(plane, 7)], axis=-1)
     assert np.array_equal(without_spikes(rgb)[..., 0], out)  # each colour on its own

@@ -79,6 +79,22 @@ def test_diameter_larger_than_half_the_image_is_refused():
     assert check_diameter(50, (100, 300)) == 50
 
 
+def test_a_typed_diameter_that_would_enlarge_the_image_too_far_is_refused_before_any_work():
+    """A 4096 px plane at a typed 2 px was enlarged 8x: 32,768 px a side, ~12 GB of probabilities."""
+    from napari_unet.core.scale import MAX_ENLARGED_PIXELS, enlargement_limit
+
+    model = load_model("nuclei", device="cpu")
+    plane = np.zeros((4096, 4096), np.uint8)
+    with pytest.raises(ImageError, match=r"2 px would enlarge the image x[0-9.]+ \(to [0-9]{5} x [0-9]{5} px\).*too large"):
+        segment(model, plane, diameter=2)
+    # the part segmented counts: a field of view of 512 px enlarged 8x is 4096 px a side
+    (result,) = [r for r in iter_planes(model, plane, diameter=2, region=(slice(0, 512), slice(0, 512)))
+                 if isinstance(r, PlaneResult)]
+    assert result.labels.shape == (512, 512) and not result.labels.any()
+    assert enlargement_limit((4096, 4096)) == pytest.approx(np.sqrt(MAX_ENLARGED_PIXELS) / 4096)
+    assert enlargement_limit((100, 100)) > 8 and enlargement_limit((20000, 20000)) == 1.0
+
+
 def test_scale_brings_objects_into_the_models_range():
     one = ObjectSize.around(14)
     assert one.scale_for(15) == 1.0  # within 15 %

@@ -436,7 +436,9 @@ def _stop_pending_releases() -> None:
 
 def _session_options(ort: Any) -> Any:
     options = ort.SessionOptions()
-    options.intra_op_num_threads = cpu_threads()
+    # the threads torch is given (OMP_NUM_THREADS, torch.set_num_threads: dask's workers get one each, and
+    # the device line says torch's), within the cores this process may use
+    options.intra_op_num_threads = max(1, min(cpu_threads(), torch.get_num_threads()))
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -96,10 +96,9 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 def _cpu_budget() -> int:
-    try:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        free = 8 * 1024**3
+    from napari_unet._memory import available_memory
+
+    free = available_memory() or 8 * 1024**3
     return int(min(CPU_MEMORY_BUDGET, free // 4))
 
 
@@ -639,7 +638,8 @@ def iter_planes(
         unsized.clear()
 
     # a typed diameter is checked against the plane: a zoomed-in field of view of big cells is fine
-    sizing = _Sizing.choose(model, diameter, layout.plane_shape, to_model_diameter)
+    sizing = _Sizing.choose(model, diameter, layout.plane_shape, to_model_diameter,
+                            run_shape=tuple(sl.stop - sl.start for sl in window))
     sizing.retries = min(sizing.retries, max(len(planes) - 1, 0))  # only planes that follow
     unsized: list[tuple[int, tuple[int, ...]]] = []  # planes segmented while no plane had told the size
     with _eval_mode(runner.engine.net):
@@ -803,8 +803,12 @@ class _PlaneRunner:
                  ) -> Generator[Progress, None, np.ndarray]:
         """Probabilities (C, H, W) of ``plane`` on its own grid, the network run at ``scale``
         (``again``: a plane segmented before while its object size was not known, run again at it)."""
-        from .scale import resize_image, resize_probabilities
+        from .scale import enlargement_limit, resize_image, resize_probabilities
 
+        if scale > (limit := enlargement_limit(plane.shape[:2])):  # (an estimate of tiny objects on a large plane)
+            log.warning("Plane %d would be enlarged x%.2f for its objects' size: x%.2f only (%d x %d px), the most "
+                        "that is segmented; objects may be missed.", k + 1, scale, limit, *plane.shape[:2])
+            scale = limit
         scaled = resize_image(plane, scale)
         probs = yield from self._run(scaled, k, again)
         if probs.shape[1:] == tuple(plane.shape[:2]):
@@ -922,8 +926,11 @@ class _Sizing:
 
     @classmethod
     def choose(cls, model: SegmentationModel, diameter: float | str | None, plane_shape: tuple[int, int],
-               to_model_diameter: bool = False) -> "_Sizing":
-        from .scale import DiameterSearch, ObjectSize, check_diameter, parse_diameter
+               to_model_diameter: bool = False, run_shape: tuple[int, int] | None = None) -> "_Sizing":
+        """``plane_shape``: the plane's (a diameter given is checked against it); ``run_shape``: the
+        part of it segmented (the field of view; default: all of it), which a diameter given must not
+        enlarge beyond :data:`~napari_unet.core.scale.MAX_ENLARGED_PIXELS`."""
+        from .scale import DiameterSearch, ObjectSize, check_diameter, enlargement_limit, parse_diameter
 
         own = model.object_size
         if own is not None and to_model_diameter:
@@ -943,7 +950,15 @@ class _Sizing:
                     "was not used: the image was segmented at its own scale")
             log.warning("Object diameter: %s.", note)
             return cls(None, diameter=value, note=note)
-        return cls(own, scale=own.scale_for(value), diameter=value)
+        scale = own.scale_for(value)
+        h, w = run_shape or plane_shape
+        if scale > enlargement_limit((h, w)):  # (it was run: 8x a 4096 px plane, 12 GB of probabilities)
+            raise ImageError(
+                f"An object diameter of {value:g} px would enlarge the image x{scale:.1f} (to {round(h * scale)} x "
+                f"{round(w * scale)} px) to the model's {own.diameter:.0f} px: too large to segment. Check the "
+                "diameter (in pixels: one cell's), or segment a smaller part of the image."
+            )
+        return cls(own, scale=scale, diameter=value)
 
     def check(self, labels: np.ndarray) -> bool:
         """Measure the objects segmented at the estimated size (``labels``, on the image's grid).

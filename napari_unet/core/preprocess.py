@@ -396,11 +396,13 @@ def _spikes(channel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | 
     if ys.size == 0:
         return None
     neighbours = np.empty((len(_NEIGHBOURS), ys.size), dtype=channel.dtype)
-    for k, (dy, dx) in enumerate(_NEIGHBOURS):  # mirrored at the border
-        yy, xx = np.abs(ys + dy), np.abs(xs + dx)
-        yy = np.where(yy >= h, 2 * h - 2 - yy, yy)
-        xx = np.where(xx >= w, 2 * w - 2 - xx, xx)
-        neighbours[k] = channel[yy, xx]
+    lowest = channel.min()
+    for k, (dy, dx) in enumerate(_NEIGHBOURS):  # beyond the border: no neighbour (the lowest value)
+        # (mirrored, the hot pixel beside one at the edge was counted twice, as its second brightest
+        # neighbour too: the pair stayed and became an object)
+        yy, xx = ys + dy, xs + dx
+        inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+        neighbours[k] = np.where(inside, channel[np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)], lowest)
     # the second brightest neighbour: two hot pixels side by side are spikes too, while a line one
     # pixel wide has two bright neighbours at each of its pixels
     level = np.partition(neighbours, -2, axis=0)[-2]

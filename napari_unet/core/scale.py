@@ -62,6 +62,14 @@ MIN_OBJECTS = 3
 MATCH_IOU = 0.5
 #: Smallest and largest rescaling applied (a typo of 1000 px must not make a 1 px image).
 MIN_SCALE, MAX_SCALE = 1 / 16, 8.0
+#: The most pixels a plane is enlarged to (about 11,600 px a side: ~1.5 GB of class probabilities,
+#: minutes of a CPU); a 4096 px plane enlarged 8x for objects of 2 px would be 32,768 px a side.
+MAX_ENLARGED_PIXELS = 2**27
+
+
+def enlargement_limit(shape: tuple[int, int]) -> float:
+    """The largest scale a plane of ``shape`` may be enlarged by (:data:`MAX_ENLARGED_PIXELS`; >= 1)."""
+    return max(1.0, math.sqrt(MAX_ENLARGED_PIXELS / max(1, int(shape[0]) * int(shape[1]))))
 
 __all__ = [
     "DiameterSearch",

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_unet._memory import available_memory
+
 from ._corrected import CORRECTED_KEY, load_corrected_list, sidecar_path, stored_layout, transform_identities
 from ._formats import StackInfo, StackReadError, detect_kind, open_any
 
@@ -23,20 +25,6 @@ LayerData = tuple[Any, dict[str, Any], str]
 
 _MAGENTA_GREEN = ["magenta", "green"]
 _CMYBGR = ["cyan", "magenta", "yellow", "blue", "green", "red"]
-
-
-def available_memory() -> int | None:
-    """Bytes of RAM available now, or None when it cannot be told."""
-    try:
-        import psutil  # optional
-
-        return int(psutil.virtual_memory().available)
-    except Exception:  # noqa: BLE001 - psutil missing or failing
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def should_open_lazily(nbytes: int) -> bool:
