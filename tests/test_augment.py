@@ -88,6 +88,24 @@ def test_sample_patch_aligned_and_reproducible():
     np.testing.assert_array_equal(img[0], lab)
 
 
+def test_an_unpadded_networks_patches_reach_the_planes_edges():
+    """Drawn by the whole patch, the part an unpadded network's loss sees (its output, the patch's
+    centre) never came near the edges: the paper's U-Net learnt from 57% of a 512 px plane."""
+    h = w = 100
+    ids = np.arange(h * w, dtype=np.int64).reshape(h, w)
+    image = ids[None].astype(np.float32)
+    rng = np.random.default_rng(0)
+    rows = set()
+    for _ in range(200):
+        _img, lab = sample_patch(image, ids, 60, rng, NO_AUGMENT, valid=20)
+        rows.update((lab[20:40, 20:40] // w).ravel().tolist())  # the central 20 px
+    assert min(rows) <= 2 and max(rows) >= h - 3
+    # the whole patch's draw is unchanged (padded networks: the same patches as before)
+    first = sample_patch(image, ids, 60, np.random.default_rng(1), NO_AUGMENT)
+    again = sample_patch(image, ids, 60, np.random.default_rng(1), NO_AUGMENT, valid=60)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+
+
 def test_intensity_jitter():
     rng = np.random.default_rng(0)
     image = rng.random((2, 16, 16)).astype(np.float32)

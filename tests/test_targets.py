@@ -104,6 +104,17 @@ def test_targets_are_fast():
     assert set(np.unique(classes)) == {0, 1, 2}
 
 
+def test_foreground_classes_do_not_depend_on_the_ids():
+    """An id above int32's largest value touched "another object" all along its outline."""
+    lab = np.zeros((20, 20), np.int64)
+    lab[5:15, 5:15] = 1
+    lab[5:15, 15:18] = 2  # a neighbour it touches
+    for ids in (lab, lab * 2**31, np.where(lab > 0, lab + 2**40, 0).astype(np.uint64)):
+        classes = labels_to_classes(ids, "foreground")
+        np.testing.assert_array_equal(classes, labels_to_classes(lab, "foreground"))
+    assert (labels_to_classes(lab, "foreground") == 1).sum() == 10 * 9 + 10 * 2  # less the columns where they touch
+
+
 def test_bad_labels():
     with pytest.raises(ValueError, match="non-integer"):
         labels_to_targets(np.full((8, 8), 0.5))

@@ -73,7 +73,8 @@ def build_patch(
     """
     rng = np.random.default_rng(seed)
     if example.known is None:
-        img, lab = sample_patch(example.image, example.labels, geometry.in_size, rng, augment)
+        img, lab = sample_patch(example.image, example.labels, geometry.in_size, rng, augment,
+                                valid=geometry.out_size)
         known = None
     else:
         y, x = _known_pixel(example.known, rng)

@@ -17,7 +17,8 @@ legs. :func:`capture` takes everything the rest of the run depends on from a
 and :func:`restore` puts it into a run prepared with the same options, which then
 continues with ``trainer.run(start=...)``; :func:`iter_leg` runs one leg of a run that
 way and writes the checkpoint as it goes. On the CPU without patch threads, a run cut
-into legs takes the same steps as one run (tests check it bit for bit); with patch
+into legs takes the same steps as one run (tests check it bit for bit; for examples labelled
+in part, when each leg is prepared from the same model: see :func:`restore`); with patch
 threads (GPU) the batch being prepared when the checkpoint was taken is drawn anew.
 """
 
@@ -91,8 +92,12 @@ def capture(prepared: PreparedRun, run: RunSummary, extra: dict[str, Any] | None
 def restore(prepared: PreparedRun, state: dict[str, Any]) -> RunSummary:
     """Put a captured ``state`` into ``prepared`` (a run built with the same options); the run so far.
 
-    The network's weights are expected to come from ``state["model"]`` already (the run
-    is prepared from that model); they are loaded again here so that either way works.
+    The network's weights are loaded from ``state["model"]``, so the run may be prepared from
+    the model the first leg was prepared from or from the checkpoint's. Where examples are
+    labelled in part (``labelled="auto"`` or ``"some"`` when fine-tuning), prepare it from the
+    first leg's model: the pixels whose class is known are told from what that model finds, and
+    the checkpoint's half-trained weights find other cells (the resumed run then differs from one
+    uninterrupted run).
     """
     trainer, tracker = prepared.trainer, prepared.tracker
     trainer.net.load_state_dict(SegmentationModel.from_dict(state["model"]).net.state_dict())

@@ -158,7 +158,8 @@ def labels_to_classes(
         # pixels touching another instance become background so that touching cells separate
         footprint = np.ones((3, 3), bool)
         hi = ndi.maximum_filter(labels, footprint=footprint, mode="nearest")
-        masked = np.where(fg, labels, np.iinfo(np.int32).max).astype(np.int64)
+        # (above every id: a fill of int32's largest value made any larger id touch "another object")
+        masked = np.where(fg, labels.astype(np.int64), np.int64(labels.max()) + 1)
         lo = ndi.minimum_filter(masked, footprint=footprint, mode="nearest")
         contact = fg & ((hi != labels) | (lo != labels))
         classes[fg & ~contact] = 1
