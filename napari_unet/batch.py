@@ -329,8 +329,16 @@ def _volumes_to_ome_zarr(model: SegmentationModel, image: Any, out_path: Path, l
 
             bar = tqdm(total=None, desc=out_path.name, unit="step", leave=False)
 
+        said: set[str] = set()
+
         def show(event: Any) -> None:
-            if bar is not None and isinstance(event, Progress):
+            if not isinstance(event, Progress):  # a note of the 3D path (a voxel size assumed...): once
+                message = getattr(event, "message", str(event))
+                if message not in said:
+                    said.add(message)
+                    log.warning("%s", message)
+                return
+            if bar is not None:
                 bar.total = event.total
                 bar.update(event.done - bar.n)
 

@@ -101,3 +101,19 @@ def test_a_voxel_size_in_two_units_is_said_so(tmp_path, capsys):
                "--voxel-size", "2000,0.5,0.5"])
     err = capsys.readouterr().err
     assert rc == 2 and "three positive numbers" not in err and "--voxel-size" in err
+
+
+def test_a_z_step_alone_is_no_voxel_size_and_dask_runs_say_the_3d_notes(tmp_path, nuclei3d, capsys, caplog):
+    """A file calibrated in z only: its z step in um was taken over pixels in y and x (planes '3x
+    apart', twice the objects); with --dask the 3D notes were dropped."""
+    tifffile.imwrite(tmp_path / "zonly.ome.tif", nuclei3d, metadata={"axes": "ZYX", "PhysicalSizeZ": 3.0})
+    rc = main(["predict", str(tmp_path / "zonly.ome.tif"), "--out", str(tmp_path / "o"), "--3d", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "gives the z step but not the pixel size: isotropic voxels assumed" in err, err
+    assert "3x the pixel size apart" not in err
+    tifffile.imwrite(tmp_path / "apart.tif", nuclei3d[::4], imagej=True, resolution=(2.0, 2.0),
+                     metadata={"axes": "ZYX", "spacing": 2.0, "unit": "um"})
+    with caplog.at_level("WARNING"):
+        rc = main(["predict", str(tmp_path / "apart.tif"), "--out", str(tmp_path / "z"), "--3d", "--dask",
+                   "--no-progress"])
+    assert rc == 0 and "The z planes are 4x the pixel size apart" in caplog.text + capsys.readouterr().err

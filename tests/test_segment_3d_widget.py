@@ -249,3 +249,52 @@ def test_a_cancelled_run_cleans_up_when_its_thread_ends(qtbot, make_napari_viewe
     qtbot.waitUntil(going.is_set, timeout=10_000)
     worker.quit()
     qtbot.waitUntil(lambda: bool(done) and cleaned.is_set(), timeout=10_000)
+
+
+def test_the_voxel_size_is_typed_in_the_widget_and_the_masks_follow_the_images_scale(widget, qtbot, nuclei3d,
+                                                                                      notifications):
+    """The 3D notes ask for a voxel size, which napari has no control for; set on the image after a
+    first run, the masks kept their old scale (another plane shown, corrections into it)."""
+    viewer, w = widget
+    image = viewer.add_image(nuclei3d[::3], name="steps", axis_labels=("z", "y", "x"))  # planes 3 px apart
+    _run(w, qtbot, image)
+    masks = viewer.layers[masks_layer_name("steps")]
+    assert any("isotropic" in m for m in notifications) and not w._three_d.voxel.native.isHidden()
+    assert w._three_d.voxel.value == ""  # uncalibrated
+    notifications.clear()
+    w._three_d.voxel.value = "3, 1, 1"
+    w._three_d.voxel.native.editingFinished.emit()
+    assert tuple(image.scale) == (3.0, 1.0, 1.0) and w._three_d.voxel.value == "3, 1, 1"
+    w._three_d.voxel.value = "two"
+    w._three_d.voxel.native.editingFinished.emit()
+    assert tuple(image.scale) == (3.0, 1.0, 1.0) and any("Voxel size: give three numbers" in m for m in notifications)
+    _run(w, qtbot, image)
+    assert tuple(masks.scale) == tuple(image.scale)  # the masks show the plane the image shows
+    assert any("now has the pixel size and position" in m for m in notifications)
+    assert not any("isotropic" in m for m in notifications)
+    w._three_d.voxel.value = "4"  # the z step alone, in pixels
+    w._three_d.voxel.native.editingFinished.emit()
+    assert tuple(image.scale) == (4.0, 1.0, 1.0)
+
+
+def test_a_slice_segmented_again_in_2d_among_3d_objects_gets_ids_of_its_own(widget, qtbot, nuclei3d, notifications):
+    """Its ids 1..n named other nuclei of the volume (one id, two objects); a 3D run that finds
+    nothing says so, as 2D runs do (it ended "Done" with empty masks)."""
+    viewer, w = widget
+    image = viewer.add_image(nuclei3d, name="vol", axis_labels=("z", "y", "x"))
+    _run(w, qtbot, image)
+    masks = viewer.layers[masks_layer_name("vol")]
+    others = np.asarray(masks.data).copy()
+    assert others.max() > 5
+    viewer.dims.set_point(0, 15)
+    w._three_d.enabled.value = False
+    w._run_button.clicked.emit()  # the slice shown, in 2D
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+    plane = np.asarray(masks.data[15])
+    rest = np.delete(others, 15, axis=0)
+    assert plane.max() > 0 and not np.isin(np.unique(plane[plane > 0]), np.unique(rest[rest > 0])).any()
+    notifications.clear()
+    blank = viewer.add_image(np.full((6, 40, 40), 7, np.uint16), name="blank", axis_labels=("z", "y", "x"))
+    viewer.dims.set_point(0, 2)
+    _run(w, qtbot, blank)
+    assert any("No 3D objects found" in m for m in notifications)

@@ -445,18 +445,20 @@ def _voxel_size(text: str | None) -> tuple[float, float, float] | None:
         raise CLIError(f"--voxel-size {text!r}: give three positive numbers DZ,DY,DX (e.g. 2,0.5,0.5)") from None
 
 
-def _options_3d(args: argparse.Namespace, axes: str, scale: dict[str, float], rgb: bool, name: str
-                ) -> dict[str, Any] | None:
-    """Keyword arguments of the 3D path for one input (None without --3d), or a one-line error."""
+def _options_3d(args: argparse.Namespace, axes: str, scale: dict[str, float], rgb: bool, name: str,
+                say_spacing: bool = True) -> dict[str, Any] | None:
+    """Keyword arguments of the 3D path for one input (None without --3d), or a one-line error
+    (``say_spacing``: say here when the voxel size is unknown; with --dask the 3D path's note says it)."""
     if not args.objects_3d:
         return None
     if rgb or "Z" not in axes:
         raise CLIError(f"--3d needs a z-stack, but {name} has axes {axes} (no Z axis): segment it without --3d")
     spacing = args.voxel_size
-    if spacing is None and "Z" in scale:
-        spacing = (scale["Z"], scale.get("Y", 1.0), scale.get("X", 1.0))
-    if spacing is None:
-        print(f"napari-unet: {name}: the file does not say its voxel size: isotropic voxels assumed; the "
+    if spacing is None and {"Z", "Y", "X"} <= scale.keys():  # (a z step alone, in um, is no ratio to pixels)
+        spacing = (scale["Z"], scale["Y"], scale["X"])
+    if spacing is None and say_spacing:
+        what = ("gives the z step but not the pixel size" if "Z" in scale else "does not say its voxel size")
+        print(f"napari-unet: {name}: the file {what}: isotropic voxels assumed; the "
               "planes of most z-stacks are 2-5x further apart than their pixels: give --voxel-size DZ,DY,DX "
               "(e.g. 2,0.5,0.5), else the 3D objects may come out cut or merged", file=sys.stderr)
     orthogonal = {"auto": None, "on": True, "off": False}[args.orthogonal]
@@ -477,7 +479,7 @@ def _segment_one(models: _ModelChoice, path: Path, target: Path, args: argparse.
     model = models.for_input(data, rgb, name)
     label_axes = axes[:-1] if rgb else axes
     diameter = _diameter(args.diameter, scale, None)
-    options_3d = _options_3d(args, label_axes, scale, rgb, name)
+    options_3d = _options_3d(args, label_axes, scale, rgb, name, say_spacing=not use_dask)
     if use_dask:
         from napari_unet.batch import segment_to_ome_zarr
 

@@ -138,6 +138,7 @@ def masks_layer_for(viewer: Any, image: Any) -> "napari.layers.Labels":
         check_masks_of(viewer, layer, image)
         if not taken_before:
             _keep_labels_of_someone(layer)
+        _follow_the_images_geometry(layer, image, len(shape))
     else:
         n = len(shape)
         # napari creates the layer, lays out its controls and draws it (compiling shaders) in
@@ -226,6 +227,25 @@ def _select_then_show(viewer: Any, layer: Any) -> None:
     QTimer.singleShot(50, lambda: setattr(layer, "visible", True))
 
 
+def _follow_the_images_geometry(layer: Any, image: Any, n: int) -> None:
+    """Give the masks layer its image's pixel size, position and units where they changed since it
+    was made (a voxel size set after a first run: the masks showed and took corrections in another
+    plane than the image shown), and say so."""
+    wanted = {"scale": tuple(image.scale[:n]), "translate": tuple(image.translate[:n])}
+    units = _axes_of(image, n).get("units")
+    if units is not None:
+        wanted["units"] = tuple(units)
+    changed = [key for key, value in wanted.items() if tuple(getattr(layer, key, value)) != value]
+    if not changed:
+        return
+    for key in changed:
+        setattr(layer, key, wanted[key])
+    from ._base import notify_info
+
+    notify_info(f"{layer.name!r} now has the pixel size and position of {image.name!r} ({', '.join(changed)} "
+                "changed), so that they show the same plane.")
+
+
 def _transform_of(image: Any, n: int) -> dict[str, Any]:
     """The image's rotation, shear and affine, so that the masks are drawn over it (brush and
     clicks land on the cells they show); none when the layers differ in dimensions."""
@@ -303,14 +323,17 @@ def _max_outside(plane: np.ndarray, rows: slice, cols: slice) -> int:
     return max((int(strip.max()) for strip in strips if strip.size), default=0)
 
 
-def write_plane(layer: Any, result: Any) -> None:
+def write_plane(layer: Any, result: Any, above: int = 0) -> None:
     """Write a :class:`~napari_unet.core.predict.PlaneResult`'s labels into its plane of ``layer``
-    (a region's new ids start above the ids outside it)."""
+    (a region's new ids start above the ids outside it; all start above ``above``: the ids of 3D
+    objects in the other planes)."""
     plane = layer.data[result.index] if result.index else layer.data
     rows, cols = result.region
     labels = result.labels
+    offset = above
     if not covers_plane(plane.shape, result.region):
-        offset = _max_outside(plane, rows, cols)
+        offset = max(offset, _max_outside(plane, rows, cols))
+    if offset:
         labels = np.where(labels > 0, labels + offset, 0).astype(plane.dtype)
     plane[rows, cols] = labels
     forget_history_of_planes(layer, [result.index])  # Ctrl+Z must not replay edits of the masks replaced

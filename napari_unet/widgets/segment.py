@@ -97,6 +97,7 @@ class SegmentWidget(Container):
         super().__init__(labels=True)
         self._viewer = viewer
         self._worker = None
+        self._ids_above: int | None = None  # (see _start)
         self._run_corrections = RunCorrections()  # what the running job does with corrected slices
         self._model_cache: dict = {}
         self._extra_models: dict[str, str] = {}
@@ -601,6 +602,10 @@ class SegmentWidget(Container):
                masks: Any = None, automatic: bool = False) -> None:
         self._run_started = time.perf_counter()
         self._run_corrections = RunCorrections.start(masks, overwrite, automatic)
+        # planes segmented again in 2D among 3D objects: their ids start above those (they named
+        # other nuclei of the volume: one id, two objects)
+        self._ids_above = (int(np.max(masks.data)) if masks is not None and self._kept.is_3d(masks)
+                           and masks.data.size else None)
         self._rethresholding = rethreshold
         if not self._rethresholding:  # the object-size notes are the network run's, once
             self._sizing.new_run()
@@ -678,7 +683,9 @@ class SegmentWidget(Container):
         whole = covers_plane(masks.data.shape, result.region)
         if self._run_corrections.planes_to_keep(masks, [result.index], whole):
             return
-        write_plane(masks, result)
+        write_plane(masks, result, self._ids_above or 0)
+        if self._ids_above is not None:
+            self._ids_above += int(result.labels.max(initial=0))
         self._kept.keep(masks, result, _checksum(masks, result))
         for other in self._kept.overlapping(masks, result):  # the run changed them there, not the user
             self._kept.rewritten(masks, other, _checksum(masks, other))
