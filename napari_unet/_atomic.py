@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,8 +85,43 @@ def reserve_space(fh: Any, nbytes: int, folder: str | os.PathLike) -> None:
         raise short()
 
 
+#: A temporary file or folder beside a destination untouched this long was left by a writer that was
+#: killed (a force-quit while a large stack was saved): removed when that destination is written again.
+ABANDONED_SECONDS = 15 * 60
+
+
+def _remove_abandoned(path: Path) -> None:
+    """Remove what writers killed while writing ``path`` left beside it: hidden ``.NAME.*.tmp``,
+    ``.bak`` and ``.old`` files and folders not modified for :data:`ABANDONED_SECONDS` (each is a
+    whole copy of the data: they filled the data folder unseen). Only while ``path`` itself exists:
+    a writer killed between its renames may have left the only copy in them (an OME-Zarr set aside)."""
+    import time
+
+    if not path.exists():
+        return
+    prefix = f".{_kept_name(path)}."
+    try:
+        entries = [e for e in os.scandir(path.parent) if e.name.startswith(prefix)
+                   and e.name.endswith((".tmp", ".bak", ".old")) and len(e.name) > len(prefix) + 4]
+    except OSError:
+        return
+    now = time.time()
+    for entry in entries:
+        try:
+            if now - entry.stat(follow_symlinks=False).st_mtime < ABANDONED_SECONDS:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+            logging.getLogger(__name__).info("Removed %s, left by a save that was interrupted.", entry.path)
+        except OSError:
+            continue
+
+
 def _temporary_beside(path: Path, suffix: str) -> Path:
     """A new empty file in ``path``'s folder, named after ``path`` (hidden, short enough)."""
+    _remove_abandoned(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{_kept_name(path)}.", suffix=suffix, dir=path.parent)
     os.close(fd)  # reopened by name, so that the handle's ``name`` is a path (tifffile uses it)
     return Path(tmp)
@@ -94,6 +131,7 @@ def temporary_folder_beside(path: str | os.PathLike) -> Path:
     """A new empty folder in ``path``'s folder, named after ``path`` (hidden, short enough even
     for a long name): where a folder (an OME-Zarr) is written before it is renamed to ``path``."""
     path = Path(path)
+    _remove_abandoned(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{_kept_name(path)}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders; use the user's usual mode
     return tmp
@@ -140,6 +178,8 @@ class AtomicFiles:
         if mode not in ("wb", "w"):
             raise ValueError(f"atomic_write mode must be 'wb' or 'w', got {mode!r}")
         path = Path(path)
+        if path.is_symlink():  # the file it names is written (renamed over, the link became a copy)
+            path = Path(os.path.realpath(path))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = _temporary_beside(path, ".tmp")
         self._staged.append((tmp, path))
@@ -147,7 +187,11 @@ class AtomicFiles:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; use the user's usual mode
+        try:  # an existing file's permissions (a file shared 0640 stays so), else the user's usual mode
+            mode_bits = stat.S_IMODE(path.stat().st_mode)
+        except OSError:
+            mode_bits = 0o666 & ~_umask()  # (mkstemp makes 0600 files)
+        os.chmod(tmp, mode_bits)
 
     def commit(self) -> None:
         """Rename every temporary file over its destination; when one rename fails, the

@@ -175,6 +175,9 @@ def write_ome_zarr_labels_metadata(group: Any, axes: str, scale: Sequence[float 
         }
     ]
     group.attrs["image-label"] = {"version": "0.4"}  # labels (a standalone group: no source image path)
+    from napari_unet.io._corrected import MADE_BY
+
+    group.attrs[MADE_BY] = {"masks": "segmented"}  # a model's masks, none corrected (the reader's mark)
 
 
 def segment_to_ome_zarr(

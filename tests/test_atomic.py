@@ -87,3 +87,50 @@ def test_a_folder_is_replaced_by_renames_the_old_one_back_when_it_fails(tmp_path
         replace_folder(tmp_path / "gone", dest)  # (what the rename of the new one fails with)
     assert (dest / "0" / "new").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ome.zarr"]
+
+
+def test_what_a_killed_save_left_beside_a_file_is_removed_by_the_next_save(tmp_path):
+    """A force-quit while a large stack was saved left a hidden whole copy, never removed."""
+    import time
+
+    dest = tmp_path / "masks.tif"
+    dest.write_bytes(b"old")
+    abandoned = tmp_path / ".masks.tif.k1ll3d.tmp"
+    abandoned.write_bytes(b"x" * 1000)
+    aside = tmp_path / ".masks.tif.s3tas1de.old"
+    aside.mkdir()
+    recent = tmp_path / ".masks.tif.wr1t1ng.tmp"  # another save going on now: left alone
+    recent.write_bytes(b"y")
+    other = tmp_path / ".other.tif.k1ll3d.tmp"  # another file's
+    other.write_bytes(b"z")
+    hour_ago = time.time() - 3600
+    for p in (abandoned, aside, other):
+        os.utime(p, (hour_ago, hour_ago))
+    with atomic_write(dest, "wb") as fh:
+        fh.write(b"new")
+    assert dest.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["masks.tif", recent.name, other.name])
+    # where the destination is missing, what lies beside it may be the only copy: kept
+    gone = tmp_path / "gone.tif"
+    kept = tmp_path / ".gone.tif.k1ll3d.old"
+    kept.mkdir()
+    os.utime(kept, (hour_ago, hour_ago))
+    with atomic_write(gone, "wb") as fh:
+        fh.write(b"new")
+    assert kept.is_dir()
+
+
+def test_a_link_is_written_through_and_a_files_permissions_are_kept(tmp_path):
+    """Saved over a symbolic link, the link became a plain file (its target unchanged); a file
+    shared 0640 became 0644."""
+    real = tmp_path / "real"
+    real.mkdir()
+    target = real / "masks.tif"
+    target.write_bytes(b"old")
+    os.chmod(target, 0o640)
+    link = tmp_path / "masks.tif"
+    link.symlink_to(target)
+    with atomic_write(link, "wb") as fh:
+        fh.write(b"new")
+    assert link.is_symlink() and target.read_bytes() == b"new"
+    assert (target.stat().st_mode & 0o777) == 0o640

@@ -202,7 +202,10 @@ def test_save_masks_writes_the_tiff_and_its_corrected_list(correcting, tmp_path,
     image's file."""
     from napari_unet.widgets.correct import default_masks_path
 
+    from napari_unet.io._corrected import MASKS_KEY
+
     viewer, layer, widget, _mouse = correcting
+    layer.metadata[MASKS_KEY] = True  # a model's masks (made by Segment): their list as it is
     CorrectedSlices.for_layer(layer).mark((FRAME,))
     written = widget.save_masks(tmp_path / "frames")  # ".tif" added
     assert written == [str(tmp_path / "frames.tif")]
@@ -368,3 +371,19 @@ def test_a_hidden_labels_layer_comes_after_shown_ones_and_a_tool_shows_it(make_n
     assert truth.visible and viewer.layers.selection.active is truth
     widget._layer_combo.value = shown
     assert widget._status.value == "Editing 'other labels'."
+
+
+def test_the_buttons_edit_the_layer_shown_and_active(make_napari_viewer, c2c12_masks):
+    """Fill holes, New object and Remove smaller objects edited the layer picked in Correct while
+    another stayed active: Ctrl+Z then undid the other layer, and a hidden layer was edited unseen."""
+    viewer = make_napari_viewer()
+    picked = viewer.add_labels(c2c12_masks[:2].copy(), name="c2c12 masks", visible=False)
+    other = viewer.add_labels(c2c12_masks[:2].copy(), name="nuclei masks")
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Correct")
+    widget._layer_combo.value = picked
+    viewer.layers.selection.active = other
+    widget._min_size.value = 10_000
+    widget._small_button.changed.emit(True)
+    assert viewer.layers.selection.active is picked and picked.visible
+    assert np.count_nonzero(picked.data) < np.count_nonzero(c2c12_masks[:2])  # the slice shown emptied
+    np.testing.assert_array_equal(other.data, c2c12_masks[:2])

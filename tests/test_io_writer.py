@@ -65,7 +65,8 @@ def test_labels_of_a_z_t_layer_come_back_in_its_order_with_their_corrected_slice
     sidecar = tmp_path / "zt_masks.tif.corrected.json"
     sidecar.write_text(json.dumps({**stored, "version": 3}))
     ((data, meta, kind),) = reader_function(str(path))
-    assert data.shape == (2, 4, 16, 16) and meta["metadata"][CORRECTED_KEY] == []
+    # (and the labels are someone's own: kept from runs unasked, rather than a model's with none corrected)
+    assert data.shape == (2, 4, 16, 16) and CORRECTED_KEY not in meta.get("metadata", {})
     sidecar.write_text(json.dumps(stored))
 
     # without a list (napari-unet predict): the layer's order is recorded all the same
@@ -159,7 +160,8 @@ def test_a_240_character_name_gets_its_labels_and_list(tmp_path):
     path = tmp_path / ("x" * 236 + ".tif")
     write_labels(path, np.ones((8, 8), np.uint16))
     new = np.full((8, 8), 7, np.int32)
-    assert napari_write_labels(str(path), new, {"metadata": {"napari_unet_corrected": [[0]]}}) == [str(path)]
+    assert napari_write_labels(str(path), new, {"metadata": {"napari_unet_corrected": [[0]],
+                                                             "napari_unet_masks": True}}) == [str(path)]
     np.testing.assert_array_equal(tifffile.imread(path), new)
     assert len(sidecar_path(path).name) == 255 and load_corrected_list(path) == [(0,)]
 
@@ -205,6 +207,33 @@ def test_integer_files_named_as_masks_open_as_labels_and_others_as_images(tmp_pa
     kinds = {name: reader_function(str(tmp_path / name))[0][2]
              for name in ("cells_cp_masks.tif", "cells_labels.tif", "cells.tif")}
     assert kinds == {"cells_cp_masks.tif": "labels", "cells_labels.tif": "image", "cells.tif": "image"}
+
+
+def test_masks_of_unknown_origin_reopen_as_someones_own_and_napari_unets_as_a_models(tmp_path, make_napari_viewer):
+    """Another tool's masks file, labels painted in plain napari and saved, masks whose list beside
+    them is damaged: they reopened with an empty list (a model's masks), and the next run replaced
+    them unasked, beyond Ctrl+Z. napari-unet's own masks (predict) still open as a model's."""
+    from napari_unet.io._corrected import CORRECTED_KEY, MASKS_KEY, load_corrected_list, sidecar_path
+    from napari_unet.io._reader import reader_function
+
+    labels = np.zeros((3, 16, 16), np.uint16)
+    labels[0, 2:6, 2:6] = 1
+    labels[2, 8:12, 8:12] = 2
+    tifffile.imwrite(tmp_path / "other_masks.tif", labels, imagej=True, metadata={"axes": "ZYX"})  # another tool's
+    ((_, meta, kind),) = reader_function(str(tmp_path / "other_masks.tif"))
+    assert kind == "labels" and CORRECTED_KEY not in meta.get("metadata", {})  # the widgets keep its slices
+    write_labels(tmp_path / "ours_masks.tif", labels, axes="ZYX")  # what predict writes: no list
+    ((_, meta, _),) = reader_function(str(tmp_path / "ours_masks.tif"))
+    assert meta["metadata"][CORRECTED_KEY] == [] and meta["metadata"][MASKS_KEY]
+    sidecar_path(tmp_path / "ours_masks.tif").write_text('{"planes": [[0')  # damaged
+    ((_, meta, _),) = reader_function(str(tmp_path / "ours_masks.tif"))
+    assert CORRECTED_KEY not in meta.get("metadata", {})
+
+    viewer = make_napari_viewer()
+    viewer.add_labels(labels, name="painted")  # painted in plain napari, saved with napari-unet's writer
+    out = tmp_path / "painted_masks.tif"
+    assert viewer.layers.save(str(out), plugin="napari-unet") == [str(out)]
+    assert load_corrected_list(out) == [(0,), (2,)]  # every slice holding labels: the user's
 
 
 def test_labels_with_an_axis_of_size_1_come_back_with_it_and_their_corrected_slices(tmp_path):
@@ -330,3 +359,19 @@ def test_the_scale_given_survives_for_an_axis_of_size_one(tmp_path):
     plain = write_labels(tmp_path / "plain_masks.tif", labels[:, 0], scale=[60, 0.3, 0.3], axes="TYX")
     assert not (tmp_path / "plain_masks.tif.corrected.json").exists()  # nothing the file cannot say
     assert tuple(reader_function(str(plain))[0][1]["scale"]) == pytest.approx((60, 0.3, 0.3))
+
+
+def test_masks_of_a_flipped_image_are_saved_and_come_back_flipped(tmp_path, make_napari_viewer):
+    """Segment follows a flipped image (a negative scale); its masks could not be saved ("scale
+    values must be positive numbers")."""
+    from napari_unet.io._reader import reader_function
+
+    viewer = make_napari_viewer()
+    labels = np.zeros((20, 30), np.int32)
+    labels[2:5, 3:9] = 4
+    viewer.add_labels(labels, name="m", scale=(0.5, -0.5), translate=(1.0, 4.0))
+    out = tmp_path / "flipped_masks.tif"
+    assert viewer.layers.save(str(out), plugin="napari-unet") == [str(out)]
+    ((data, meta, kind),) = reader_function(str(out))
+    assert kind == "labels" and tuple(meta["scale"]) == (0.5, -0.5) and tuple(meta["translate"]) == (1.0, 4.0)
+    np.testing.assert_array_equal(np.asarray(data), labels)

@@ -26,6 +26,14 @@ log = logging.getLogger(__name__)
 
 #: Key of the corrected-plane list in a Labels layer's metadata.
 CORRECTED_KEY = "napari_unet_corrected"
+#: Key, in a Labels layer's metadata, that napari-unet keeps the layer's list of corrected slices:
+#: its other labels are a model's (napari-unet made the layer, segmented into it, or read it with
+#: its list). Labels without it are someone's own: saved, every slice holding labels is listed.
+MASKS_KEY = "napari_unet_masks"
+#: What napari-unet writes into masks files it makes (the TIFF's Software tag, an OME-Zarr
+#: attribute): such a file without its list holds a model's masks, none corrected; another tool's
+#: masks without a list are someone's own, kept from runs unasked.
+MADE_BY = "napari-unet"
 #: Suffix of the sidecar file written beside a labels file.
 SIDECAR_SUFFIX = ".corrected.json"
 SIDECAR_FORMAT = "napari-unet-corrected-slices"
@@ -169,9 +177,9 @@ class StoredLayout:
     transform: dict[str, Any] | None = None  # rotate, shear, affine (nested lists) that are not the identity
 
 
-def _numbers(values: Any, positive: bool = False) -> tuple[float, ...] | None:
+def _numbers(values: Any, nonzero: bool = False) -> tuple[float, ...] | None:
     if not isinstance(values, list) or not values or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 or not positive)
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v != 0 or not nonzero)
             for v in values):
         return None
     return tuple(float(v) for v in values)
@@ -188,7 +196,7 @@ def stored_layout(labels_path: str | os.PathLike) -> StoredLayout:
     axes = data.get("layer_axes")
     if not isinstance(axes, str) or not axes.isalpha():
         axes = None
-    scale, units = _numbers(data.get("layer_scale"), positive=True), data.get("layer_units")
+    scale, units = _numbers(data.get("layer_scale"), nonzero=True), data.get("layer_units")  # (< 0: flipped)
     if (scale is None or not isinstance(units, list) or len(units) != len(scale)
             or not all(isinstance(u, str) and u for u in units)):
         scale, units = None, None

@@ -13,7 +13,15 @@ import numpy as np
 
 from napari_unet._memory import available_memory
 
-from ._corrected import CORRECTED_KEY, load_corrected_list, sidecar_path, stored_layout, transform_identities
+from ._corrected import (
+    CORRECTED_KEY,
+    MADE_BY,
+    MASKS_KEY,
+    load_corrected_list,
+    sidecar_path,
+    stored_layout,
+    transform_identities,
+)
 from ._formats import StackInfo, StackReadError, detect_kind, open_any
 
 log = logging.getLogger(__name__)
@@ -409,16 +417,42 @@ def as_labels_where_masks(path: str | os.PathLike, layers: list[LayerData]) -> l
     Open and the Load stack widget both go through here."""
     path = str(path)
     if sidecar_path(path).is_file():
-        corrected = _stored_corrected_planes(path)
+        corrected = _stored_corrected_planes(path)  # (None: unreadable, then they are someone's own)
         stored = stored_layout(path)
         if stored.axes is not None and len(layers) == 1:  # stored in ImageJ's order: back to the layer's
             layers, corrected = _in_axes_order(layers[0], stored.axes, corrected)
         if len(layers) == 1:
             layers = [_with_stored_calibration(layers[0], stored)]
         return [as_labels_layer(layer, corrected) for layer in layers]
-    if _is_ome_zarr_labels(path) or _named_as_labels(path, layers):  # masks to correct, none corrected yet
-        return [as_labels_layer(layer, []) for layer in layers]
+    if _is_ome_zarr_labels(path) or _named_as_labels(path, layers):
+        # masks napari-unet made (predict, segment_to_ome_zarr): a model's, none corrected yet; another
+        # tool's or a hand-made file: someone's own (the widgets keep the slices holding labels)
+        return [as_labels_layer(layer, [] if _made_by_napari_unet(path) else None) for layer in layers]
     return layers
+
+
+def _made_by_napari_unet(path: str | os.PathLike) -> bool:
+    """Whether napari-unet wrote the masks file ``path`` (its :data:`MADE_BY` mark)."""
+    from ._formats import is_ome_zarr
+
+    try:
+        if is_ome_zarr(path):
+            import zarr
+
+            attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+            labels = attrs.get("labels")
+            if MADE_BY not in attrs and isinstance(labels, list) and len(labels) == 1 \
+                    and not set(str(labels[0])) & set("/\\") and str(labels[0]).strip("."):
+                attrs = dict(zarr.open_group(str(Path(path) / str(labels[0])), mode="r").attrs)  # the container's one
+            return MADE_BY in attrs
+        if Path(path).is_file():
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                return str(tif.pages.first.software or "").startswith(MADE_BY)
+    except Exception:  # noqa: BLE001 - unreadable: not ours to replace
+        return False
+    return False
 
 
 def _with_stored_calibration(layer: LayerData, stored: Any) -> LayerData:
@@ -512,26 +546,29 @@ def _is_ome_zarr_labels(path: str | os.PathLike) -> bool:
     return "image-label" in ome
 
 
-def _stored_corrected_planes(path: str) -> list[tuple[int, ...]]:
+def _stored_corrected_planes(path: str) -> list[tuple[int, ...]] | None:
     """The corrected slices stored beside ``path``; a broken list is reported (a warning
-    notification) and the labels open without it."""
+    notification) and the labels open without it (None): their slices are then someone's own."""
     try:
         return load_corrected_list(path)
     except (ValueError, OSError) as e:
-        message = f"Opened the labels without their list of corrected slices: {e}"
+        message = (f"Opened the labels without their list of corrected slices ({str(e).rstrip('.')}): every "
+                   "slice holding labels is kept as a correction")
         log.warning("%s", message)
         _notify(message, warning=True)
-        return []
+        return None
 
 
 _IMAGE_ONLY_KEYS = ("contrast_limits", "rgb", "colormap", "gamma", "interpolation2d", "interpolation3d")
 
 
-def as_labels_layer(layer: LayerData, corrected: list[tuple[int, ...]]) -> LayerData:
-    """An image layer tuple turned into a Labels layer tuple carrying the corrected-slices list."""
+def as_labels_layer(layer: LayerData, corrected: list[tuple[int, ...]] | None) -> LayerData:
+    """An image layer tuple turned into a Labels layer tuple carrying the corrected-slices list
+    (None: labels of unknown origin, without one: see :data:`~napari_unet.io._corrected.MASKS_KEY`)."""
     data, meta, _kind = layer
     meta = {k: v for k, v in dict(meta).items() if k not in _IMAGE_ONLY_KEYS}
-    meta["metadata"] = {**meta.get("metadata", {}), CORRECTED_KEY: [list(p) for p in corrected]}
+    if corrected is not None:
+        meta["metadata"] = {**meta.get("metadata", {}), CORRECTED_KEY: [list(p) for p in corrected], MASKS_KEY: True}
     if isinstance(data, list) and _is_overview(data):  # masks are painted: napari paints no levels
         data = data[0]
         meta["multiscale"] = False

@@ -13,7 +13,14 @@ import numpy as np
 from napari_unet._atomic import atomic_write_all
 
 from ._axes import AxesError, check_axes, guess_axes
-from ._corrected import corrected_list_text, sidecar_path, transform_identities
+from ._corrected import (
+    CORRECTED_KEY,
+    MADE_BY,
+    MASKS_KEY,
+    corrected_list_text,
+    sidecar_path,
+    transform_identities,
+)
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +174,7 @@ def write_labels(
         sizes.setdefault("Y", sizes.get("X"))
     # what the file says: a Z spacing only beside an X, Y pixel size (the reader's calibration rule)
     said = {a: v for a, v in sizes.items() if "X" in sizes or a == "T"}
-    kwargs: dict[str, Any] = {"compression": "zlib"}
+    kwargs: dict[str, Any] = {"compression": "zlib", "software": MADE_BY}  # (masks of a model's, without a list)
     if dtype == np.uint16:
         meta: dict[str, Any] = {"axes": out_axes}
         if "X" in said:
@@ -288,6 +295,7 @@ def _physical_scale(meta: dict[str, Any], ndim: int) -> list[float | None] | Non
     out: list[float | None] = []
     for k, value in enumerate(scale):
         unit = units[k] if units is not None and len(units) == ndim else None
+        value = abs(float(value))  # a flipped axis (negative scale): its pixel size; the sign stays in the list
         physical = in_unit(value, unit, "micrometer")
         if physical is None:
             physical = in_unit(value, unit, "second")
@@ -320,6 +328,20 @@ def _transform_of(meta: dict[str, Any], ndim: int) -> dict[str, Any] | None:
     return out or None
 
 
+def _corrected_of(metadata: dict[str, Any], labels: np.ndarray) -> Any:
+    """The corrected slices to save with a layer: its list where napari-unet keeps one (its other
+    labels are a model's); for labels napari-unet did not make (painted in plain napari, brought
+    from another tool) also every slice that holds labels: saved with an empty list, they reopened
+    as a model's masks, which the next run replaced unasked."""
+    if metadata.get(MASKS_KEY) and CORRECTED_KEY in metadata:
+        return metadata
+    from ._corrected import planes_given
+
+    n_lead = labels.ndim - 2
+    held = [idx for idx in np.ndindex(*labels.shape[:n_lead]) if labels[idx].any()]
+    return sorted(set(planes_given(metadata)) | set(held))
+
+
 def napari_write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     """npe2 single-layer writer for Labels layers: a compressed, atomic TIFF and, beside it, the
     list of corrected slices (both written, or neither).
@@ -335,7 +357,8 @@ def napari_write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]
         axes = _axes_from_layer_meta(meta, arr.ndim)
         # the corrected-slices list travels beside the file (and marks it as labels)
         written = write_labels(path, arr, scale=_physical_scale(meta, arr.ndim), axes=axes,
-                               corrected=meta.get("metadata") or {}, offset=_offset_pixels(meta, arr.ndim),
+                               corrected=_corrected_of(meta.get("metadata") or {}, arr),
+                               offset=_offset_pixels(meta, arr.ndim),
                                calibration=(meta.get("scale"), meta.get("units")),
                                transform=_transform_of(meta, arr.ndim))
     except (LabelsWriteError, OSError) as e:

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from qtpy.QtCore import QTimer
 
+from napari_unet.io._corrected import MASKS_KEY
+
 from ._corrections import CorrectedSlices, format_plane, planes_of_history_item
 from ._napari_compat import (
     forget_labels_history,
@@ -159,6 +161,7 @@ def masks_layer_for(viewer: Any, image: Any) -> "napari.layers.Labels":
         _record_owner(layer, image)
         QTimer.singleShot(30, lambda: _select_then_show(viewer, layer))
     CorrectedSlices.for_layer(layer)  # from now on, brush/fill/erase edits mark slices corrected
+    layer.metadata[MASKS_KEY] = True  # its list is kept from now on: its other labels are the model's
     return layer
 
 

@@ -139,7 +139,15 @@ class CorrectWidget(Container):
         if self.tools is None:
             notify_error("Correct", "there is no labels layer: segment an image first.")
             return
+        self._show_edited_layer()  # (Ctrl+Z undid another layer, the edit unseen in a hidden one)
         action(self.tools)
+
+    def _show_edited_layer(self) -> None:
+        """The layer the tools edit becomes the active one, shown: clicks and Ctrl+Z go to the
+        active layer, and an edit of a layer not shown could not be seen."""
+        self._viewer.layers.selection.active = self.tools.layer
+        if not self.tools.layer.visible:
+            self.tools.layer.visible = True
 
     # ---------------------------------------------------------------- saving
     def _on_save_clicked(self, *_args) -> None:
@@ -182,9 +190,7 @@ class CorrectWidget(Container):
                 notify_error("Correct", "there is no labels layer: segment an image first.")
             return
         if mode != MODE_OFF:
-            self._viewer.layers.selection.active = self.tools.layer  # clicks go to the active layer
-            if not self.tools.layer.visible:  # (edits to a layer not shown could not be seen)
-                self.tools.layer.visible = True
+            self._show_edited_layer()
         self.tools.mode = mode
 
     def _on_tools_mode(self, mode: str) -> None:
