@@ -200,9 +200,8 @@ def test_save_masks_writes_the_tiff_and_its_corrected_list(correcting, tmp_path,
     """Save masks… uses napari-unet's writer whatever napari's own dialog would offer first: the
     TIFF and its list of corrected slices, reopened together; the name proposed sits beside the
     image's file."""
-    from napari_unet.widgets.correct import default_masks_path
-
     from napari_unet.io._corrected import MASKS_KEY
+    from napari_unet.widgets.correct import default_masks_path
 
     viewer, layer, widget, _mouse = correcting
     layer.metadata[MASKS_KEY] = True  # a model's masks (made by Segment): their list as it is
