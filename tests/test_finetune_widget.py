@@ -212,6 +212,23 @@ def test_examples_of_two_images_are_neither_mixed_nor_doubled_nor_silently_left_
     assert any("corrected in 'pos2 masks' are not in this run" in m for m in notifications)
 
 
+def test_a_second_image_segmented_leaves_the_corrected_masks_chosen(widget, c2c12):
+    """A second image segmented to look at it made Fine-tune switch to its new, empty masks, and
+    Start said "No corrected slice yet"; when the chosen masks hold none, Start says where they are."""
+    viewer, w = widget
+    images, labels = c2c12
+    _image, masks1 = _add_pair(viewer, images, labels.copy(), name="pos1")
+    masks1.paint((1, 30, 30), 90)  # the user's correction
+    panel = w.corrected_panel
+    assert panel._labels_combo.value is masks1 and panel.corrections.planes == [(1,)]
+    _add_pair(viewer, images[:, ::-1].copy(), np.zeros_like(labels), name="pos2")  # what Segment makes
+    assert panel._labels_combo.value is masks1
+    assert [e.source for e in w.gather_examples()] == ["'pos1 masks', slice 1"]
+    panel._image_combo.value = viewer.layers["pos2"]  # chosen by hand: Start names the corrected masks
+    with pytest.raises(ValueError, match="the slices you corrected are in 'pos1 masks'"):
+        w.gather_examples()
+
+
 def test_training_keeps_gui_alive_saves_and_resegments(widget, c2c12, qtbot, base_model):
     """Train in the worker while a QTimer ticks and the user paints; the model is saved with
     its metadata, listed, and the current (uncorrected) slice is segmented again."""

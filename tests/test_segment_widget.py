@@ -9,7 +9,7 @@ import pytest
 import tifffile
 
 from napari_unet.widgets._base import canvas_size, visible_region
-from napari_unet.widgets._corrections import CORRECTED_KEY
+from napari_unet.widgets._corrections import CORRECTED_KEY, CorrectedSlices
 from napari_unet.widgets._masks import corrected_planes
 from napari_unet.widgets.segment import (
     SCOPE_SLICE,
@@ -968,6 +968,27 @@ def test_a_new_model_arriving_during_a_run_is_chosen_without_moving_the_view(wid
     assert scope == SCOPE_STACK and step == before
     assert "new model is chosen" in status and "running" in status
     assert Path(w._model_combo.value).name == "tuned.pt"
+    # the run's own "Done" line says which model made these masks (it replaced the note)
+    assert "is chosen for the next run" in w._status.value and "'tuned' is chosen" in w._status.value
+
+
+def test_the_run_after_fine_tuning_waits_for_a_brush_stroke_to_end(widget, qtbot, c2c12_stack, tiny_model_path):
+    """Fine-tuning ended while the user was painting the corrected slice shown: the view moved to
+    the next slice, the rest of the stroke went there, and that slice became a "correction"."""
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack, name="c2c12")
+    _segment(w, qtbot, image, SCOPE_STACK)
+    masks = viewer.layers[masks_layer_name("c2c12")]
+    viewer.dims.set_current_step(0, 1)
+    masks.paint((1, 50, 50), 999)  # slice 1 corrected
+    with masks.block_history():  # what napari's brush does from press to release
+        masks.paint((1, 60, 60), 999)
+        w.use_new_model(str(tiny_model_path), image)
+        assert w._worker is None and viewer.dims.current_step[0] == 1
+        assert "when your brush stroke ends" in w._status.value
+    qtbot.waitUntil(lambda: viewer.dims.current_step[0] == 2, timeout=10_000)  # after the stroke
+    _wait(qtbot, w)
+    assert CorrectedSlices.for_layer(masks).planes == [(1,)]
 
 
 def test_moving_min_size_re_applies_to_the_image_chosen_in_segment(widget, qtbot, c2c12_stack):

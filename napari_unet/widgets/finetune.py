@@ -121,26 +121,28 @@ class FinetuneWidget(Container):
         # the extra sources among themselves are not compared (two folders may hold files named alike)
         known = {ex.source for ex in corrected}
         examples = corrected + [ex for ex in self.examples_panel.examples() if ex.source not in known]
+        left = ", ".join(repr(n) for n in self._corrections_left_out(examples))
+        if not examples and left:  # (it said "No corrected slice yet" of the masks chosen)
+            raise ValueError(f"the slices you corrected are in {left}: choose their image under Corrected slices, "
+                             "or add the pair under More examples (Add layer pair).")
         check_examples(examples)
-        self._say_corrections_left_out(examples)
+        if left:
+            notify_warning(f"The slices you corrected in {left} are not in this run: Fine-tune learns from the masks "
+                           "chosen under Corrected slices; add the others under More examples (Add layer pair).")
         return examples
 
-    def _say_corrections_left_out(self, examples: list[Example]) -> None:
-        """Warn about masks layers with corrected slices that are not among the examples (another
-        image's, corrected before this one was segmented): Fine-tune learns from the masks chosen under
+    def _corrections_left_out(self, examples: list[Example]) -> list[str]:
+        """Masks layers with corrected slices that are not among the examples (another image's,
+        corrected before this one was segmented): Fine-tune learns from the masks chosen under
         Corrected slices and the extra examples only."""
         from napari.layers import Labels
 
         def used(name: str) -> bool:  # (sources read "'name'" or "'name', slice 3"; names may hold commas)
             return any(ex.source == repr(name) or ex.source.startswith(f"{name!r}, ") for ex in examples)
 
-        left = [layer.name for layer in self._viewer.layers if isinstance(layer, Labels)
+        return [layer.name for layer in self._viewer.layers if isinstance(layer, Labels)
                 and (tracker := CorrectedSlices.existing(layer)) is not None and tracker.planes
                 and not used(layer.name)]
-        if left:
-            names = ", ".join(repr(n) for n in left)
-            notify_warning(f"The slices you corrected in {names} are not in this run: Fine-tune learns from the masks "
-                           "chosen under Corrected slices; add the others under More examples (Add layer pair).")
 
     def training_settings(self) -> dict:
         """Keyword arguments for :func:`napari_unet.core.train.finetune` from the widgets."""

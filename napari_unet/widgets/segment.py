@@ -98,6 +98,7 @@ class SegmentWidget(Container):
         self._viewer = viewer
         self._worker = None
         self._ids_above: int | None = None  # (see _start)
+        self._run_model: Any = None  # the model path of the run going on
         self._run_corrections = RunCorrections()  # what the running job does with corrected slices
         self._model_cache: dict = {}
         self._extra_models: dict[str, str] = {}
@@ -540,8 +541,10 @@ class SegmentWidget(Container):
         target = unwrap_proxy(image) if image is not None else None
         if self._worker is not None:  # the user's run goes on: the view, scope and slider stay as they are
             self.select_model(model_path)
-            self._status.value = ("The new model is chosen; a segmentation is running: segment with the new "
-                                  "model when it has finished.")
+            message = ("The new model is chosen; a segmentation is running with the one before: segment again "
+                       "with the new model when it has finished.")
+            self._status.value = message
+            notify_info(message)  # (the status line is replaced by "Done" when the run ends)
             return
         self.reset_choices()
         match = next((c for c in self._image_combo.choices if target is not None and unwrap_proxy(c) is target), None)
@@ -567,6 +570,12 @@ class SegmentWidget(Container):
         if self._three_d.active:  # the volume shown, whole: its corrected planes are kept as they are
             self.run(keep_corrected=True)
             return
+        if self._stroke_going_on():  # (moved under a brush stroke, the rest of it went onto the next slice)
+            from qtpy.QtCore import QTimer
+
+            self._status.value = "The new model is chosen: segmenting when your brush stroke ends…"
+            QTimer.singleShot(250, lambda: qt_alive(self) and self._worker is None and self.segment_current_view())
+            return
         moved = self._move_past_corrected_slice()
         if not moved and self._shown_plane_is_corrected():
             # every slice was corrected (a 2D image, say): nothing to segment, and no warning for it
@@ -577,6 +586,14 @@ class SegmentWidget(Container):
         if moved and self._worker is not None:
             self._status.value = moved
             notify_info(moved)
+
+    def _stroke_going_on(self) -> bool:
+        """Whether the user is drawing a brush or eraser stroke in the masks of the image chosen."""
+        from ._napari_compat import stroke_in_progress
+
+        image = self._image_combo.value
+        name = masks_layer_name(image.name) if image is not None else None
+        return name is not None and name in self._viewer.layers and bool(stroke_in_progress(self._viewer.layers[name]))
 
     def _shown_plane_is_corrected(self) -> bool:
         image = self._image_combo.value
@@ -601,6 +618,7 @@ class SegmentWidget(Container):
     def _start(self, generator: Generator, message: str, rethreshold: bool = False, overwrite: bool = False,
                masks: Any = None, automatic: bool = False) -> None:
         self._run_started = time.perf_counter()
+        self._run_model = self._model_combo.value  # (a fine-tune may choose its model while this runs)
         self._run_corrections = RunCorrections.start(masks, overwrite, automatic)
         # planes segmented again in 2D among 3D objects: their ids start above those (they named
         # other nuclei of the volume: one id, two objects)
@@ -778,6 +796,9 @@ class SegmentWidget(Container):
             self._after_cancel = ""
         elif not self._failed:
             self._status.value = f"Done in {format_seconds(took)}"
+            if not self._rethresholding and self._model_combo.value != self._run_model:
+                self._status.value += (f" with {Path(str(self._run_model)).stem!r}; "
+                                       f"{Path(str(self._model_combo.value)).stem!r} is chosen for the next run.")
         if not self._failed and not self._abandoned:
             report_empty_planes(self._empty_planes)
         self._run_corrections.report()

@@ -95,7 +95,14 @@ class CorrectedSlicesPanel(Container):
         added = getattr(event, "value", None) if getattr(event, "type", "") == "inserted" else None
         if added is not None and isinstance(added, Labels):
             image = self._image_of(added)
-            if image is not None:
+            # (not away from masks with corrections to masks with none: a second image segmented to
+            # look at it left Start saying "No corrected slice yet")
+            holding = self._tracker is not None and bool(self._tracker.planes) and self._tracked is not added
+            theirs = CorrectedSlices.existing(added)
+            keep = holding and not (theirs is not None and theirs.planes)
+            if image is not None and keep:
+                CorrectedSlices.for_layer(added)  # its corrections are recorded all the same (and said at Start)
+            if image is not None and not keep:
                 if self._image_combo.value is image:
                     self._on_image_changed()
                 else:
