@@ -48,6 +48,8 @@ class _Record:
     dropped: set[Plane] = field(default_factory=set)
     too_large: set[Plane] = field(default_factory=set)  # planes whose probabilities alone exceed the cap
     three_d: bool = False
+    #: 3D objects were written into the layer (ids shared by planes), whatever ran after
+    held_3d: bool = False
 
 
 class KeptResults:
@@ -125,7 +127,8 @@ class KeptResults:
     def made_3d(self, layer: Any) -> None:
         """``layer`` now holds 3D objects: its planes' kept results no longer describe it."""
         self.forget(layer)
-        self._record(layer, create=True).three_d = True
+        record = self._record(layer, create=True)
+        record.three_d = record.held_3d = True
 
     def forget(self, layer: Any) -> None:
         """Drop everything kept for ``layer`` (removed, or filled by other means)."""
@@ -173,6 +176,11 @@ class KeptResults:
         """Whether the last run into ``layer`` made 3D objects."""
         record = self._record(layer)
         return record is not None and record.three_d
+
+    def held_3d(self, layer: Any) -> bool:
+        """Whether a run wrote 3D objects into ``layer`` (its other planes may hold their ids)."""
+        record = self._record(layer)
+        return record is not None and record.held_3d
 
     def __bool__(self) -> bool:
         return bool(self._order)

@@ -622,7 +622,7 @@ class SegmentWidget(Container):
         self._run_corrections = RunCorrections.start(masks, overwrite, automatic)
         # planes segmented again in 2D among 3D objects: their ids start above those (they named
         # other nuclei of the volume: one id, two objects)
-        self._ids_above = (int(np.max(masks.data)) if masks is not None and self._kept.is_3d(masks)
+        self._ids_above = (int(np.max(masks.data)) if masks is not None and self._kept.held_3d(masks)
                            and masks.data.size else None)
         self._rethresholding = rethreshold
         if not self._rethresholding:  # the object-size notes are the network run's, once
