@@ -3,6 +3,7 @@ folder (a fresh temporary folder per test, see conftest)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -73,6 +74,39 @@ def test_a_model_file_named_in_upper_case_is_listed_once(mine):
     from napari_unet.core import load_model
 
     assert load_model("Big", device="cpu").name == "Big"  # (a copy keeps the name stored in it: "nuclei")
+
+
+def test_a_model_of_that_name_in_upper_case_is_never_hidden_or_replaced_unasked(mine, tmp_path, monkeypatch):
+    """A user model "mine.PT" is listed as "mine": renaming to, training under or saving as "mine"
+    wrote "mine.pt" beside it, which hid it; a model deleted and saved anew under a name while a run
+    that was allowed to replace the old one trained was replaced, and "~" in NAPARI_UNET_MODELS
+    was a folder named "~" wherever napari was started."""
+    from napari_unet.core.catalog import file_identity, free_model_path, save_without_replacing, user_model_path
+
+    upper = mine.rename(mine.with_name("mine.PT"))
+    assert user_model_path("mine") == upper and free_model_path(mine) == mine.with_name("mine-2.pt")
+    shutil.copyfile(BUILTIN, mine.with_name("other.pt"))
+    with pytest.raises(ValueError, match="already exists"):
+        rename_model("other", "mine")
+    model = read_model_file(BUILTIN)
+    assert save_without_replacing(model, user_model_path("mine")) == mine.with_name("mine-2.pt")
+
+    agreed = file_identity(upper)  # the user answered Replace at Start ...
+    upper.unlink()  # ... then another window deleted it and saved a model of its own there
+    shutil.copyfile(BUILTIN, mine)
+    os.utime(mine, ns=(1, 1))
+    assert save_without_replacing(model, mine, agreed) == mine.with_name("mine-3.pt")  # kept
+    assert save_without_replacing(model, mine, file_identity(mine)) == mine  # the one agreed to: replaced
+
+    # a newer napari-unet's model (a format this version cannot read) is renamed as it is
+    data = torch.load(BUILTIN, map_location="cpu", weights_only=True)
+    torch.save({**data, "format_version": 99}, mine.with_name("newer.pt"))
+    renamed = rename_model("newer", "newer kept")
+    assert torch.load(renamed, map_location="cpu", weights_only=True)["format_version"] == 99
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NAPARI_UNET_MODELS", "~/unet models")
+    assert user_models_dir() == tmp_path / "unet models"
 
 
 def test_checkpoint_still_exports_the_catalog_names():

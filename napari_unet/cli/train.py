@@ -224,7 +224,12 @@ def _stopped_by_signals(stop: threading.Event) -> Iterator[None]:
 def run(args: argparse.Namespace) -> int:
     from napari_unet._atomic import check_folder_writable
     from napari_unet.cli._progress import TrainingBar
-    from napari_unet.core.catalog import check_models_dir_writable, in_user_models, save_without_replacing
+    from napari_unet.core.catalog import (
+        check_models_dir_writable,
+        file_identity,
+        in_user_models,
+        save_without_replacing,
+    )
     from napari_unet.core.checkpoint import load_model
     from napari_unet.core.device import select_device
     from napari_unet.core.events import run_to_end
@@ -246,6 +251,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--batch-size must be from 1 to {MAX_BATCH} (as Fine-tune's), got {args.batch_size}")
     select_device(args.device)  # an unknown or missing device is refused before any reading
     out = _out_path(args.out, args.overwrite)
+    # --overwrite replaces the model there now, not one saved there anew while this run trains
+    replace = file_identity(out) if args.overwrite else False
     in_model_folder = in_user_models(out)
     try:  # before any reading or training: a run whose model cannot be saved is lost
         if in_model_folder:
@@ -288,7 +295,7 @@ def run(args: argparse.Namespace) -> int:
                        "was saved; give a longer --time-budget (or --steps)")
     # a model saved there while this run trained (Fine-tune in the GUI, another run) is kept
     try:
-        saved = save_without_replacing(result, out, args.overwrite)
+        saved = save_without_replacing(result, out, replace)
     except OSError as exc:
         raise CLIError(f"the trained model could not be saved to {out} ({exc.strerror or exc}); free some space "
                        "or give another --out, and train again") from exc

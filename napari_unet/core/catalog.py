@@ -48,7 +48,9 @@ def user_models_dir() -> Path:
     """The user's model folder (platformdirs), overridable with ``NAPARI_UNET_MODELS``."""
     env = os.environ.get("NAPARI_UNET_MODELS")
     if env:
-        return Path(env)
+        # ("~/models" in quotes, a conda variable, a .desktop file: no shell expands it; relative, the
+        # models went wherever napari was started and "disappeared" elsewhere)
+        return Path(env).expanduser().absolute()
     from platformdirs import user_data_dir
 
     return Path(user_data_dir("napari-unet", appauthor=False)) / "models"
@@ -180,8 +182,32 @@ def check_model_name(name: str) -> str:
 
 
 def user_model_path(name: str) -> Path:
-    """Where the user's model ``name`` is (or would be) stored; the name is checked first."""
-    return user_models_dir() / f"{check_model_name(name)}{MODEL_SUFFIX}"
+    """Where the user's model ``name`` is (or would be) stored; the name is checked first. An existing
+    ``NAME.PT`` (listed as the user's model NAME) is that file: a new ``NAME.pt`` beside it hid it."""
+    path = user_models_dir() / f"{check_model_name(name)}{MODEL_SUFFIX}"
+    return _model_file_named(path) or path
+
+
+def _model_file_named(path: Path) -> Path | None:
+    """The model file of ``path``'s name in its folder, whatever the case of its ``.pt`` ("mine.PT"),
+    or None (other files: ``path`` itself when it exists)."""
+    if path.exists() or path.suffix.lower() != MODEL_SUFFIX:
+        return path if path.exists() else None
+    try:
+        return next((p for p in path.parent.iterdir() if p.stem == path.stem
+                     and p.suffix.lower() == MODEL_SUFFIX and not p.name.startswith(".")), None)
+    except OSError:
+        return None
+
+
+def file_identity(path: str | os.PathLike) -> tuple[int, ...] | None:
+    """The identity of the file at ``path`` now (None: no file): what a user agrees to replace, told
+    from a model saved there later by something else."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def free_model_path(path: str | os.PathLike) -> Path:
@@ -189,20 +215,26 @@ def free_model_path(path: str | os.PathLike) -> Path:
     where a trained model goes when its name was taken while it trained (nothing replaced unasked)."""
     path = Path(path)
     candidate, k = path, 2
-    while candidate.exists():
+    while _model_file_named(candidate) is not None:
         # within a model name's 80 characters (check_model_name), so that the name still works
         stem = path.stem[: max(1, MAX_NAME_LENGTH - len(f"-{k}"))]
-        candidate = path.with_name(f"{stem}-{k}{path.suffix}")
+        suffix = MODEL_SUFFIX if path.suffix.lower() == MODEL_SUFFIX else path.suffix  # (a new file: ".pt")
+        candidate = path.with_name(f"{stem}-{k}{suffix}")
         k += 1
     return candidate
 
 
-def save_without_replacing(model: SegmentationModel, path: str | os.PathLike, replace: bool = False) -> Path:
+def save_without_replacing(model: SegmentationModel, path: str | os.PathLike,
+                           replace: bool | tuple[int, ...] | None = False) -> Path:
     """Save a newly trained ``model`` to ``path`` (atomically), or, when a model is there and the
     user did not agree to ``replace`` it (another run, the CLI or another napari saved it while
     this one trained), to :func:`free_model_path` beside it; the model's name follows the file.
-    Returns the file written."""
-    path = Path(path) if replace else free_model_path(path)
+    ``replace``: True, or the :func:`file_identity` of the file the user agreed to replace, replaced
+    only while it is still that file (one deleted and saved anew meanwhile, by another napari, is
+    kept). Returns the file written."""
+    path = Path(path)
+    if not (replace is True or (replace and file_identity(path) == tuple(replace))):
+        path = free_model_path(path)
     model.metadata["name"] = path.stem
     return save_model(model, path)
 
@@ -254,7 +286,15 @@ def rename_model(name: str, new_name: str) -> Path:
     target = user_model_path(new_name)
     if target.exists():
         raise ValueError(f"A model named {new_name!r} already exists; choose another name.")
-    model = read_model_file(entry.path, device="cpu")
+    try:
+        model = read_model_file(entry.path, device="cpu")
+    except ModelFileError:  # (a newer napari-unet's file, one this version cannot read: moved as it is,
+        try:  # known in the folder by its file's name; never over another file)
+            os.link(entry.path, target)
+            entry.path.unlink()
+        except OSError:  # (no hard links here)
+            os.rename(entry.path, target)
+        return target
     model.metadata["name"] = new_name
     save_model(model, target)
     try:

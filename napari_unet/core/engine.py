@@ -198,7 +198,7 @@ def onnx_cache_dir() -> Path:
     """Folder of the exported networks: ``NAPARI_UNET_CACHE_DIR`` or the platform's user cache."""
     env = os.environ.get(CACHE_ENV)
     if env:
-        return Path(env) / "onnx"
+        return Path(env).expanduser().absolute() / "onnx"
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("napari-unet", appauthor=False)) / "onnx"

@@ -23,7 +23,7 @@ def user_config_dir() -> Path:
     """Folder for napari-unet settings (``NAPARI_UNET_CONFIG_DIR`` overrides the platform default)."""
     env = os.environ.get("NAPARI_UNET_CONFIG_DIR")
     if env:
-        return Path(env)
+        return Path(env).expanduser().absolute()  # ("~/x" in quotes, a conda variable: not expanded by a shell)
     from platformdirs import user_config_dir as _ucd
 
     return Path(_ucd("napari-unet"))

@@ -35,14 +35,14 @@ def train_and_save(
     name: str,
     settings: dict[str, Any],
     stop: threading.Event,
-    replace: bool = False,
+    replace: Any = False,
 ):
     """Worker body: load the base model, fine-tune it (yielding TrainStep/Validation events),
     then save the best model atomically to ``target``.
 
     Returns a :class:`TrainingResult`; a save failure is returned (not raised) so the
-    trained model is kept and can be saved again. ``replace``: the user agreed, when the run
-    started, to replace the model at ``target``; without it, a model saved there while this run
+    trained model is kept and can be saved again. ``replace``: the model at ``target`` the user agreed, when
+    the run started, to replace (its ``file_identity``; see ``save_without_replacing``); without it, a model saved there while this run
     trained is kept, and this one goes to the first free ``NAME-2``, ``NAME-3``, ...
     """
     from napari_unet.core.checkpoint import read_model_file, stamp_metadata

@@ -183,9 +183,12 @@ class FinetuneWidget(Container):
             # weakly: a removed image must not stay in memory until the next run
             self._trained_on = weakref.ref(unwrap_proxy(corrected_image)) if corrected_image is not None else None
             self.run_panel.show_device(settings["device"])
-            # a model there now is one the user agreed to replace (asked just before)
+            # the model there now is the one the user agreed to replace (asked just before); one saved
+            # there anew while this run trains (deleted and trained again in another window) is kept
+            from napari_unet.core.catalog import file_identity
+
             self.run_panel.launch(base_path, examples, target, name=name, settings=settings,
-                                  replace=target.exists())
+                                  replace=file_identity(target) or False)
 
         if target.exists():
             self._ask_to_replace(name, Path(base_path).resolve() == target.resolve(), launch)

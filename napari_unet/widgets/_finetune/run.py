@@ -116,7 +116,8 @@ class TrainingRunPanel(Container):
         self._stop_event: threading.Event | None = None
         self._run_started = 0.0
         self._run_name = ""  # the model name the run was started with
-        self._replace = False  # whether the user agreed, at Start, to replace a model of that name
+        # the model of that name the user agreed, at Start, to replace (its file_identity; False: none)
+        self._replace: Any = False
         self._pending: TrainingResult | None = None
         self._last_result: TrainingResult | None = None
         self._start_button = PushButton(text="Start")
@@ -155,7 +156,7 @@ class TrainingRunPanel(Container):
 
     # ------------------------------------------------------------------ run
     def launch(self, base_path: str, examples: list[Example], target: Path, *, name: str,
-               settings: dict[str, Any], replace: bool = False) -> None:
+               settings: dict[str, Any], replace: Any = False) -> None:
         """Fine-tune ``base_path`` on ``examples`` in a thread worker; save the result to ``target``
         (replacing a model there only when ``replace``: the user agreed to it)."""
         self._stop_event = threading.Event()
