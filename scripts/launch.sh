@@ -23,4 +23,8 @@ fi
 # only runs the plugin has nothing to edit (pip install -e ".[all]" for development).
 echo "Installing napari-unet, napari and PyTorch into .venv (the first time takes several minutes)..."
 .venv/bin/python -m pip install -q "torch==2.13.0" ".[all]"
+# Qt 6 starts on X11 only with libxcb-cursor, which some desktops lack: said before Qt's own error
+if [ "$(uname -s)" = Linux ] && command -v ldconfig >/dev/null 2>&1 && ! ldconfig -p | grep -q "libxcb-cursor.so.0"; then
+  echo "Qt may not start: libxcb-cursor is missing (on Debian/Ubuntu: sudo apt-get install libxcb-cursor0)." >&2
+fi
 exec .venv/bin/napari-unet gui "$@"
