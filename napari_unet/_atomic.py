@@ -90,25 +90,40 @@ def reserve_space(fh: Any, nbytes: int, folder: str | os.PathLike) -> None:
 ABANDONED_SECONDS = 15 * 60
 
 
+def _touched_since(entry: os.DirEntry, since: float) -> bool:
+    """Whether ``entry`` (a folder: anything in it, an OME-Zarr's chunks too) was modified after ``since``."""
+    if entry.stat(follow_symlinks=False).st_mtime >= since:
+        return True
+    if entry.is_dir(follow_symlinks=False):
+        for root, dirs, files in os.walk(entry.path):
+            for name in dirs + files:
+                with contextlib.suppress(OSError):
+                    if os.lstat(os.path.join(root, name)).st_mtime >= since:
+                        return True
+    return False
+
+
 def _remove_abandoned(path: Path) -> None:
-    """Remove what writers killed while writing ``path`` left beside it: hidden ``.NAME.*.tmp``,
-    ``.bak`` and ``.old`` files and folders not modified for :data:`ABANDONED_SECONDS` (each is a
-    whole copy of the data: they filled the data folder unseen). Only while ``path`` itself exists:
-    a writer killed between its renames may have left the only copy in them (an OME-Zarr set aside)."""
+    """Remove what writers killed while writing ``path`` left beside it: hidden ``.NAME.XXXXXXXX.tmp``,
+    ``.bak`` and ``.old`` files and folders (the names this module makes) in which nothing was
+    modified for :data:`ABANDONED_SECONDS` (each is a whole copy of the data: they filled the data
+    folder unseen). Only while ``path`` itself exists (a writer killed between its renames may have
+    left the only copy in them: an OME-Zarr set aside), and only for a name kept whole in those
+    names (a long name's cut start is shared with other files')."""
+    import re
     import time
 
-    if not path.exists():
+    if not path.exists() or _kept_name(path) != path.name:
         return
-    prefix = f".{_kept_name(path)}."
+    pattern = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}\.(tmp|bak|old)")
     try:
-        entries = [e for e in os.scandir(path.parent) if e.name.startswith(prefix)
-                   and e.name.endswith((".tmp", ".bak", ".old")) and len(e.name) > len(prefix) + 4]
+        entries = [e for e in os.scandir(path.parent) if pattern.fullmatch(e.name)]
     except OSError:
         return
-    now = time.time()
+    since = time.time() - ABANDONED_SECONDS
     for entry in entries:
         try:
-            if now - entry.stat(follow_symlinks=False).st_mtime < ABANDONED_SECONDS:
+            if _touched_since(entry, since):  # (a save going on now, in this process or another)
                 continue
             if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path, ignore_errors=True)
@@ -174,7 +189,8 @@ class AtomicFiles:
     @contextlib.contextmanager
     def open(self, path: str | os.PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
         """Open a temporary file beside ``path`` (created with its folder); it replaces ``path``
-        at :meth:`commit`."""
+        at :meth:`commit`. A symbolic link is written through: the file it names is replaced (the
+        temporary file lies beside that one), keeping its permissions."""
         if mode not in ("wb", "w"):
             raise ValueError(f"atomic_write mode must be 'wb' or 'w', got {mode!r}")
         path = Path(path)

@@ -95,24 +95,27 @@ def test_what_a_killed_save_left_beside_a_file_is_removed_by_the_next_save(tmp_p
 
     dest = tmp_path / "masks.tif"
     dest.write_bytes(b"old")
-    abandoned = tmp_path / ".masks.tif.k1ll3d.tmp"
+    abandoned = tmp_path / ".masks.tif.k1ll3dxx.tmp"
     abandoned.write_bytes(b"x" * 1000)
     aside = tmp_path / ".masks.tif.s3tas1de.old"
     aside.mkdir()
-    recent = tmp_path / ".masks.tif.wr1t1ng.tmp"  # another save going on now: left alone
+    recent = tmp_path / ".masks.tif.wr1t1ngx.tmp"  # another save going on now: left alone
     recent.write_bytes(b"y")
-    other = tmp_path / ".other.tif.k1ll3d.tmp"  # another file's
+    writing = tmp_path / ".masks.tif.z4rrw1th.tmp"  # an OME-Zarr being written: its chunks change, not it
+    (writing / "0" / "0").mkdir(parents=True)
+    (writing / "0" / "0" / "0").write_bytes(b"chunk")
+    other = tmp_path / ".other.tif.k1ll3dxx.tmp"  # another file's
     other.write_bytes(b"z")
     hour_ago = time.time() - 3600
-    for p in (abandoned, aside, other):
+    for p in (abandoned, aside, other, writing, writing / "0"):
         os.utime(p, (hour_ago, hour_ago))
     with atomic_write(dest, "wb") as fh:
         fh.write(b"new")
     assert dest.read_bytes() == b"new"
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["masks.tif", recent.name, other.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["masks.tif", recent.name, writing.name, other.name])
     # where the destination is missing, what lies beside it may be the only copy: kept
     gone = tmp_path / "gone.tif"
-    kept = tmp_path / ".gone.tif.k1ll3d.old"
+    kept = tmp_path / ".gone.tif.k1ll3dxx.old"
     kept.mkdir()
     os.utime(kept, (hour_ago, hour_ago))
     with atomic_write(gone, "wb") as fh:
@@ -134,3 +137,18 @@ def test_a_link_is_written_through_and_a_files_permissions_are_kept(tmp_path):
         fh.write(b"new")
     assert link.is_symlink() and target.read_bytes() == b"new"
     assert (target.stat().st_mode & 0o777) == 0o640
+
+
+def test_one_line_of_an_os_error_names_the_destination_without_errno():
+    """The CLI's and the widgets' one line: "[Errno 21] Is a directory: '.x.tmp' -> 'x'" named the
+    hidden temporary file of a rename; now its destination."""
+    import errno
+
+    from napari_unet._errors import one_line
+
+    rename = IsADirectoryError(errno.EISDIR, "Is a directory", "/d/.x.json.abcd1234.tmp", None, "/d/x.json")
+    assert one_line(rename) == "/d/x.json: Is a directory"
+    assert one_line(FileNotFoundError(errno.ENOENT, "No such file or directory", "a.tif")) == \
+        "a.tif: No such file or directory"
+    assert one_line(OSError(errno.ENOSPC, "not enough free space in /d")) == "not enough free space in /d"
+    assert one_line(ValueError("first\nsecond")) == "first" and one_line(RuntimeError()) == "RuntimeError"

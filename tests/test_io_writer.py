@@ -63,6 +63,9 @@ def test_labels_of_a_z_t_layer_come_back_in_its_order_with_their_corrected_slice
 
     # a list of a newer version is refused whole: neither its planes nor its axis order are used
     sidecar = tmp_path / "zt_masks.tif.corrected.json"
+    sidecar.write_text(json.dumps({**stored, "planes": [[1, "two"]]}))  # a damaged list that keeps the axes
+    ((data, meta, kind),) = reader_function(str(path))  # (a TypeError once)
+    assert data.shape == (4, 2, 16, 16) and CORRECTED_KEY not in meta.get("metadata", {})
     sidecar.write_text(json.dumps({**stored, "version": 3}))
     ((data, meta, kind),) = reader_function(str(path))
     # (and the labels are someone's own: kept from runs unasked, rather than a model's with none corrected)

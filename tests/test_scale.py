@@ -93,6 +93,13 @@ def test_a_typed_diameter_that_would_enlarge_the_image_too_far_is_refused_before
     assert result.labels.shape == (512, 512) and not result.labels.any()
     assert enlargement_limit((4096, 4096)) == pytest.approx(np.sqrt(MAX_ENLARGED_PIXELS) / 4096)
     assert enlargement_limit((100, 100)) > 8 and enlargement_limit((20000, 20000)) == 1.0
+    # an estimate beyond the limit is capped where it is recorded (results, min. sizes, re-thresholds
+    # used the scale not run)
+    from napari_unet.core.predict import _Sizing
+
+    sizing = _Sizing(model.object_size, limit=2.0)
+    sizing.scale = 3.27
+    assert sizing.scale == 2.0
 
 
 def test_scale_brings_objects_into_the_models_range():

@@ -265,6 +265,7 @@ def test_the_voxel_size_is_typed_in_the_widget_and_the_masks_follow_the_images_s
     w._three_d.voxel.value = "3, 1, 1"
     w._three_d.voxel.native.editingFinished.emit()
     assert tuple(image.scale) == (3.0, 1.0, 1.0) and w._three_d.voxel.value == "3, 1, 1"
+    assert tuple(masks.scale) == (3.0, 1.0, 1.0)  # at once: corrections land in the plane shown
     w._three_d.voxel.value = "two"
     w._three_d.voxel.native.editingFinished.emit()
     assert tuple(image.scale) == (3.0, 1.0, 1.0) and any("Voxel size: give three numbers" in m for m in notifications)
@@ -275,6 +276,21 @@ def test_the_voxel_size_is_typed_in_the_widget_and_the_masks_follow_the_images_s
     w._three_d.voxel.value = "4"  # the z step alone, in pixels
     w._three_d.voxel.native.editingFinished.emit()
     assert tuple(image.scale) == (4.0, 1.0, 1.0)
+
+    # a file calibrated in y, x only (z in pixels): the z step typed is in their unit, and used
+    from napari_unet.widgets._segment3d import voxel_size
+
+    calibrated = viewer.add_image(nuclei3d[::3], name="xy only", axis_labels=("z", "y", "x"),
+                                  scale=(1.0, 0.1234567, 0.1234567), units=("pixel", "micrometer", "micrometer"))
+    w.reset_choices()
+    w._image_combo.value = calibrated
+    w._three_d.enabled.value = True
+    assert w._three_d.voxel.value == "1, 0.1234567, 0.1234567" and voxel_size(calibrated, 0) is None
+    w._three_d.voxel.native.editingFinished.emit()  # focus in and out, nothing typed: nothing rounded
+    assert tuple(calibrated.scale) == (1.0, 0.1234567, 0.1234567)
+    w._three_d.voxel.value = "0.5, 0.1234567, 0.1234567"
+    w._three_d.voxel.native.editingFinished.emit()
+    assert voxel_size(calibrated, 0) == pytest.approx((0.5, 0.1234567, 0.1234567))
 
 
 def test_a_slice_segmented_again_in_2d_among_3d_objects_gets_ids_of_its_own(widget, qtbot, nuclei3d, notifications):

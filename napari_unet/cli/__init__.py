@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterator
 
 from napari_unet import __version__
+from napari_unet._errors import one_line  # noqa: F401  (the commands' one line of an error)
 
 SUBCOMMANDS = ("gui", "predict", "train", "models", "export")
 #: ``--device`` is checked by :func:`napari_unet.core.device.select_device` when the command runs
@@ -26,15 +27,6 @@ DEVICE_HELP = "where the network runs: auto (the default: cuda, then mps, then c
 
 class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
-
-
-def one_line(exc: BaseException) -> str:
-    """The first line of an error's message (its type name when it has none); an OSError's
-    without its "[Errno N]" (its file, then its reason)."""
-    text = str(exc).strip()
-    if isinstance(exc, OSError) and exc.strerror:
-        text = exc.strerror if exc.filename is None else f"{exc.filename}: {exc.strerror}"
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @contextlib.contextmanager

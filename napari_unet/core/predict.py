@@ -803,12 +803,8 @@ class _PlaneRunner:
                  ) -> Generator[Progress, None, np.ndarray]:
         """Probabilities (C, H, W) of ``plane`` on its own grid, the network run at ``scale``
         (``again``: a plane segmented before while its object size was not known, run again at it)."""
-        from .scale import enlargement_limit, resize_image, resize_probabilities
+        from .scale import resize_image, resize_probabilities
 
-        if scale > (limit := enlargement_limit(plane.shape[:2])):  # (an estimate of tiny objects on a large plane)
-            log.warning("Plane %d would be enlarged x%.2f for its objects' size: x%.2f only (%d x %d px), the most "
-                        "that is segmented; objects may be missed.", k + 1, scale, limit, *plane.shape[:2])
-            scale = limit
         scaled = resize_image(plane, scale)
         probs = yield from self._run(scaled, k, again)
         if probs.shape[1:] == tuple(plane.shape[:2]):
@@ -917,6 +913,19 @@ class _Sizing:
     unstructured: bool = False
     #: the estimate resting on the most objects of the planes sized so far (while still searching)
     best: _Estimate | None = None
+    #: the largest scale the part segmented may be enlarged by (MAX_ENLARGED_PIXELS): every scale
+    #: set is capped to it, so that the results, min. sizes and re-thresholds use the scale run
+    limit: float = math.inf
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "scale" and value > getattr(self, "limit", math.inf):
+            if not getattr(self, "_said_limit", False):  # (an estimate of tiny objects on a large plane)
+                log.warning("Object diameter: the image would be enlarged x%.2f for its objects' size; it is "
+                            "enlarged x%.2f only, the most that is segmented: small objects may be missed.",
+                            value, self.limit)
+                object.__setattr__(self, "_said_limit", True)
+            value = self.limit
+        object.__setattr__(self, name, value)
 
     @property
     def used_diameter(self) -> float | None:
@@ -942,7 +951,7 @@ class _Sizing:
             if own is None:  # an older model file: it works at the image's own scale, as it always did
                 return cls(None)
             return cls(own, search=DiameterSearch(own, prior=model.data_diameter), prior=model.data_diameter,
-                       retries=ESTIMATE_RETRY_PLANES)
+                       retries=ESTIMATE_RETRY_PLANES, limit=enlargement_limit(run_shape or plane_shape))
         # "12 px" as the GUI and the CLI take it; "8 um" needs a pixel size, which only they know
         value = check_diameter(parse_diameter(diameter) if isinstance(diameter, str) else diameter, plane_shape)
         if own is None:

@@ -2,9 +2,10 @@
 
 Plain JSON, no napari: the labels writer saves it, the reader restores it into the layer's
 metadata (key :data:`CORRECTED_KEY`), and the widgets track edits into it
-(``napari_unet.widgets._corrections``). A labels file written by napari-unet always has this
-sidecar (possibly with an empty list), which is also how the reader knows to open the file
-as a Labels layer.
+(``napari_unet.widgets._corrections``). A layer saved by the labels writer has this sidecar
+(possibly with an empty list); masks written without one (``napari-unet predict``) carry the
+:data:`MADE_BY` mark instead. Either tells the reader to open the file as a model's masks with
+those slices corrected; masks with neither are someone's own (see :data:`MASKS_KEY`).
 """
 
 from __future__ import annotations
@@ -67,6 +68,13 @@ def sidecar_path(labels_path: str | os.PathLike) -> Path:
     """``<labels file>.corrected.json`` beside the labels file."""
     path = Path(labels_path)
     return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def planes_holding_labels(labels: Any) -> list[Plane]:
+    """The planes (indices along the axes before Y, X) of a labels array that hold any label: the
+    slices of labels napari-unet did not make, which are someone's own work."""
+    n_lead = labels.ndim - 2
+    return [idx for idx in np.ndindex(*labels.shape[:n_lead]) if labels[idx].any()]
 
 
 def planes_given(planes: Iterable[Any] | dict | Any) -> list[Plane]:

@@ -440,10 +440,9 @@ def _made_by_napari_unet(path: str | os.PathLike) -> bool:
             import zarr
 
             attrs = dict(zarr.open_group(str(path), mode="r").attrs)
-            labels = attrs.get("labels")
-            if MADE_BY not in attrs and isinstance(labels, list) and len(labels) == 1 \
-                    and not set(str(labels[0])) & set("/\\") and str(labels[0]).strip("."):
-                attrs = dict(zarr.open_group(str(Path(path) / str(labels[0])), mode="r").attrs)  # the container's one
+            child = _one_labels_child(path, attrs)
+            if MADE_BY not in attrs and child is not None:  # the labels container: its one labels image
+                attrs = dict(zarr.open_group(str(child), mode="r").attrs)
             return MADE_BY in attrs
         if Path(path).is_file():
             import tifffile
@@ -475,8 +474,8 @@ def _with_stored_calibration(layer: LayerData, stored: Any) -> LayerData:
     return data, meta, kind
 
 
-def _in_axes_order(layer: LayerData, target: str, corrected: list[tuple[int, ...]]
-                   ) -> tuple[list[LayerData], list[tuple[int, ...]]]:
+def _in_axes_order(layer: LayerData, target: str, corrected: list[tuple[int, ...]] | None
+                   ) -> tuple[list[LayerData], list[tuple[int, ...]] | None]:
     """``layer`` (and its corrected planes) with the axes ``target``: its axes of size 1 that the
     file does not keep put back, then transposed into that order (unchanged when its axes are not
     ``target``'s, or some of them, in the order the writer stores them)."""
@@ -504,7 +503,7 @@ def _in_axes_order(layer: LayerData, target: str, corrected: list[tuple[int, ...
                       for a in stored]
             meta[key] = tuple(values[i] for i in order)
     meta["metadata"] = {**meta["metadata"], "napari_unet": {**meta["metadata"]["napari_unet"], "layer_axes": target}}
-    planes = planes_along(corrected, stored[:-2], target[:-2])
+    planes = None if corrected is None else planes_along(corrected, stored[:-2], target[:-2])  # (None: unknown)
     return [(moved if isinstance(data, list) else moved[0], meta, kind)], planes
 
 
@@ -537,13 +536,23 @@ def _is_ome_zarr_labels(path: str | os.PathLike) -> bool:
         attrs = dict(zarr.open_group(str(path), mode="r").attrs)
     except Exception:  # noqa: BLE001 - not readable as a group: the image reader has its say
         return False
+    child = _one_labels_child(path, attrs)
+    if child is not None:
+        return _is_ome_zarr_labels(child)  # the labels container: its one labels image
+    ome = attrs.get("ome") if isinstance(attrs.get("ome"), dict) else attrs  # NGFF 0.5 nests it
+    return "image-label" in ome
+
+
+def _one_labels_child(path: str | os.PathLike, attrs: dict) -> Path | None:
+    """The one labels image of an OME-Zarr labels container (``"labels": ["cells"]``, no image of
+    its own), given the group's attributes; None for any other group."""
     ome = attrs.get("ome") if isinstance(attrs.get("ome"), dict) else attrs  # NGFF 0.5 nests it
     labels = ome.get("labels")
     if ("multiscales" not in ome and isinstance(labels, list) and len(labels) == 1
             and str(labels[0]).strip("./\\")  # (a child's name: never the group itself or above it)
             and not set(str(labels[0])) & set("/\\")):
-        return _is_ome_zarr_labels(Path(path) / str(labels[0]))  # the labels container: its one labels image
-    return "image-label" in ome
+        return Path(path) / str(labels[0])
+    return None
 
 
 def _stored_corrected_planes(path: str) -> list[tuple[int, ...]] | None:

@@ -335,11 +335,9 @@ def _corrected_of(metadata: dict[str, Any], labels: np.ndarray) -> Any:
     as a model's masks, which the next run replaced unasked."""
     if metadata.get(MASKS_KEY) and CORRECTED_KEY in metadata:
         return metadata
-    from ._corrected import planes_given
+    from ._corrected import planes_given, planes_holding_labels
 
-    n_lead = labels.ndim - 2
-    held = [idx for idx in np.ndindex(*labels.shape[:n_lead]) if labels[idx].any()]
-    return sorted(set(planes_given(metadata)) | set(held))
+    return sorted(set(planes_given(metadata)) | set(planes_holding_labels(labels)))
 
 
 def napari_write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:

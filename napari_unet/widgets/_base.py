@@ -14,6 +14,8 @@ import numpy as np
 from magicgui.widgets import RadioButtons
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from napari_unet._errors import one_line  # noqa: F401  (the widgets' one line of an error)
+
 from . import _heap
 from ._napari_compat import canvas_size, viewer_camera  # noqa: F401  (re-exported for the widgets)
 
@@ -35,14 +37,6 @@ def FixedRadioButtons(**kwargs: Any) -> RadioButtons:  # noqa: N802  (stands for
     buttons = RadioButtons(**kwargs)
     buttons.reset_choices = lambda *_args: None  # type: ignore[method-assign]
     return buttons
-
-
-def one_line(exc: BaseException | str) -> str:
-    """The first line of an error message, never empty."""
-    text = str(exc).strip()
-    if not text and isinstance(exc, BaseException):
-        text = type(exc).__name__
-    return text.splitlines()[0] if text else "unknown error"
 
 
 def notify_error(what: str, exc: BaseException | str) -> None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from qtpy.QtCore import QTimer
 
-from napari_unet.io._corrected import MASKS_KEY
+from napari_unet.io._corrected import MASKS_KEY, planes_holding_labels
 
 from ._corrections import CorrectedSlices, format_plane, planes_of_history_item
 from ._napari_compat import (
@@ -140,7 +140,7 @@ def masks_layer_for(viewer: Any, image: Any) -> "napari.layers.Labels":
         check_masks_of(viewer, layer, image)
         if not taken_before:
             _keep_labels_of_someone(layer)
-        _follow_the_images_geometry(layer, image, len(shape))
+        follow_the_images_geometry(layer, image, len(shape))
     else:
         n = len(shape)
         # napari creates the layer, lays out its controls and draws it (compiling shaders) in
@@ -176,13 +176,13 @@ def _keep_labels_of_someone(layer: Any) -> None:
     data = layer.data
     if tracker.came_with_list or not isinstance(data, np.ndarray):
         return
-    n_lead = data.ndim - 2
     known = set(tracker.planes)
-    held = [idx for idx in np.ndindex(*data.shape[:n_lead]) if idx not in known and data[idx].any()]
+    held = [idx for idx in planes_holding_labels(data) if idx not in known]
     if held:
         tracker.update(held)
         notify_info(f"{layer.name!r} holds labels napari-unet did not make ({_planes_text(held)}): kept as your "
-                    "corrections (tick 'Overwrite slices I corrected' to segment them anyway).")
+                    "corrections (tick 'Overwrite slices I corrected' to segment them anyway; if they are a model's "
+                    "masks (napari-unet predict's written before 2026-12-06), unmark them in Fine-tune).")
 
 
 def ready_for_writing(layer: Any) -> None:
@@ -230,7 +230,7 @@ def _select_then_show(viewer: Any, layer: Any) -> None:
     QTimer.singleShot(50, lambda: setattr(layer, "visible", True))
 
 
-def _follow_the_images_geometry(layer: Any, image: Any, n: int) -> None:
+def follow_the_images_geometry(layer: Any, image: Any, n: int) -> None:
     """Give the masks layer its image's pixel size, position and units where they changed since it
     was made (a voxel size set after a first run: the masks showed and took corrections in another
     plane than the image shown), and say so."""

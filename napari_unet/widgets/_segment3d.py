@@ -66,10 +66,13 @@ def _unnamed_depth(layer: Any, candidates: list[int]) -> int:
 
 
 class ThreeDControls:
-    """"3D objects" check box and "Z axis" choice (shown for images with stack axes)."""
+    """"3D objects" check box, "Z axis" choice and "Voxel size" field (shown for images with stack
+    axes); ``on_scale(layer)`` is called when the field has changed the layer's scale."""
 
-    def __init__(self, image_getter: Any) -> None:
+    def __init__(self, image_getter: Any, on_scale: Any = None) -> None:
         self._image = image_getter
+        self._on_scale = on_scale
+        self._voxel_shown = ""  # what the field showed: left as it is, the scale is not written again
         self.enabled = CheckBox(
             text="3D objects", value=False,
             tooltip="Join the planes of a z-stack into 3D objects (one id per cell over the planes it spans). "
@@ -102,7 +105,8 @@ class ThreeDControls:
             self.voxel.value = ""
             return
         steps = [abs(float(layer.scale[a])) for a in (int(self.z_axis.value), layer.ndim - 2, layer.ndim - 1)]
-        self.voxel.value = "" if all(v == 1.0 for v in steps) else ", ".join(f"{v:g}" for v in steps)
+        self.voxel.value = self._voxel_shown = ("" if all(v == 1.0 for v in steps)
+                                                else ", ".join(f"{v:.10g}" for v in steps))
 
     def _apply_voxel(self) -> None:
         """Set the layer's scale from the field (a one-line notification when it cannot be read)."""
@@ -110,6 +114,8 @@ class ThreeDControls:
         if layer is None or not self.available or self.z_axis.value is None:
             return
         text = self.voxel.value.strip()
+        if text == self._voxel_shown:  # (focus left the field: nothing typed, nothing rounded written back)
+            return
         try:
             steps = parse_voxel_size(text, (float(abs(layer.scale[-2])), float(abs(layer.scale[-1]))))
         except ValueError as exc:
@@ -119,12 +125,19 @@ class ThreeDControls:
             return
         if steps is None:
             return
+        z = int(self.z_axis.value)
         scale = list(layer.scale)
-        for axis, value in zip((int(self.z_axis.value), layer.ndim - 2, layer.ndim - 1), steps, strict=True):
+        for axis, value in zip((z, layer.ndim - 2, layer.ndim - 1), steps, strict=True):
             scale[axis] = value if float(scale[axis]) >= 0 else -value  # (a flipped axis stays flipped)
+        units = list(getattr(layer, "units", None) or [])
+        if len(units) == layer.ndim and str(units[z]) == "pixel" and str(units[-1]) != "pixel":
+            units[z] = units[-1]  # (a file calibrated in y, x only: the z step typed is in their unit)
+            layer.units = units
         if tuple(map(float, scale)) != tuple(map(float, layer.scale)):
             layer.scale = scale
         self._show_voxel()
+        if self._on_scale is not None:
+            self._on_scale(layer)
 
     def _choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         layer = self._image()

@@ -146,7 +146,7 @@ class SegmentWidget(Container):
         self._min_size = SpinBox(label="Min. size (px)", min=0, max=100_000, value=DEFAULT_MIN_SIZE,
                                  tooltip="Objects smaller than this are removed (pixels at the model's scale).")
         self._sizing = DiameterControls()
-        self._three_d = ThreeDControls(lambda: self._image_combo.value)
+        self._three_d = ThreeDControls(lambda: self._image_combo.value, on_scale=self._masks_follow_image)
         self._diameter, self._diameter_used = self._sizing.field, self._sizing.used
         self._overwrite = CheckBox(text="Overwrite slices I corrected", value=False,
                                    tooltip="Off: slices you corrected (listed in Fine-tune) are never replaced by a "
@@ -586,6 +586,15 @@ class SegmentWidget(Container):
         if moved and self._worker is not None:
             self._status.value = moved
             notify_info(moved)
+
+    def _masks_follow_image(self, image: Any) -> None:
+        """The voxel size typed: the image's masks take its new scale at once (corrections went into
+        another plane than the one shown until the next run)."""
+        from ._masks import follow_the_images_geometry
+
+        name = masks_layer_name(image.name)
+        if name in self._viewer.layers:
+            follow_the_images_geometry(self._viewer.layers[name], image, len(labels_shape(image)))
 
     def _stroke_going_on(self) -> bool:
         """Whether the user is drawing a brush or eraser stroke in the masks of the image chosen."""
