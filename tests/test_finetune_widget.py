@@ -57,6 +57,20 @@ def _add_pair(viewer, images, labels, name="c2c12"):
     return image, masks
 
 
+def _wait_for_folders(w, timeout=60.0):
+    """Add folders reads the files in a thread worker: wait until it has (the button is back)."""
+    import time
+
+    from qtpy.QtWidgets import QApplication
+
+    end = time.monotonic() + timeout
+    while w.examples_panel.reading is not None and time.monotonic() < end:
+        QApplication.processEvents()
+        time.sleep(0.01)
+    QApplication.processEvents()
+    assert w.examples_panel.reading is None and w.examples_panel._add_folder_button.enabled
+
+
 def _wait(qtbot, w, timeout=120_000):
     qtbot.waitUntil(lambda: w.run_panel._worker is None, timeout=timeout)
 
@@ -588,6 +602,7 @@ def test_labels_of_floats_are_refused(widget, c2c12, notifications, tmp_path):
     w.examples_panel._labels_folder.value = tmp_path / "lab"
     n_before = len(notifications)
     w.examples_panel._add_folder_button.native.click()
+    _wait_for_folders(w)
     # (read as napari-unet train reads files: the same message)
     assert any("fractional or non-finite values" in m for m in notifications[n_before:])
     assert w.examples_panel._extra_sources == []
@@ -613,6 +628,9 @@ def test_extra_examples_from_layers_and_folders(widget, c2c12, tmp_path, notific
     w.examples_panel._image_folder.value = tmp_path / "img"
     w.examples_panel._labels_folder.value = tmp_path / "lab"
     w.examples_panel._add_folder_button.native.click()
+    # read in a worker (502 pairs held the window 3.3 s): the button is off meanwhile
+    assert w.examples_panel.reading is not None and not w.examples_panel._add_folder_button.enabled
+    _wait_for_folders(w)
     assert len(w.examples_panel._extra_list.choices) == 2
     assert any("Left out 1 image(s) without a labels file: unlabelled.tif" in m for m in notifications)
 
@@ -631,6 +649,7 @@ def test_extra_examples_from_layers_and_folders(widget, c2c12, tmp_path, notific
     w.examples_panel._image_folder.value = tmp_path / "other" / "img"
     w.examples_panel._labels_folder.value = tmp_path / "other" / "img"
     w.examples_panel._add_folder_button.native.click()
+    _wait_for_folders(w)
     rows = w.examples_panel._extra_list.native
     assert rows.count() == 2 and rows.item(0).text() != rows.item(1).text()
 
