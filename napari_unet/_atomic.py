@@ -136,7 +136,6 @@ def _remove_abandoned(path: Path) -> None:
 
 def _temporary_beside(path: Path, suffix: str) -> Path:
     """A new empty file in ``path``'s folder, named after ``path`` (hidden, short enough)."""
-    _remove_abandoned(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{_kept_name(path)}.", suffix=suffix, dir=path.parent)
     os.close(fd)  # reopened by name, so that the handle's ``name`` is a path (tifffile uses it)
     return Path(tmp)
@@ -197,6 +196,7 @@ class AtomicFiles:
         if path.is_symlink():  # the file it names is written (renamed over, the link became a copy)
             path = Path(os.path.realpath(path))
         path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned(path)  # (once per file written: its backup at commit needs no second look)
         tmp = _temporary_beside(path, ".tmp")
         self._staged.append((tmp, path))
         with open(tmp, mode, encoding=(encoding or "utf-8") if mode == "w" else None) as fh:

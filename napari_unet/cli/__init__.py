@@ -48,6 +48,14 @@ def terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, before)
 
 
+def _to_devnull(stream: object) -> None:
+    """Point ``stream``'s file descriptor at the null device, its reader having stopped (``| head``):
+    Python's own flush at exit must not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.dup2(devnull, stream.fileno())
+
+
 class _StopTolerantStream:
     """``sys.stdout`` whose reader may stop (``napari-unet train ... | head -1``): once it has, what
     is written goes nowhere and the command goes on (training was aborted, no model saved, exit 0)."""
@@ -59,9 +67,7 @@ class _StopTolerantStream:
         try:
             return getattr(self._stream, call)(*args)
         except BrokenPipeError:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            with contextlib.suppress(OSError, ValueError):
-                os.dup2(devnull, self._stream.fileno())  # (Python's own flush at exit must not fail either)
+            _to_devnull(self._stream)
             self._stream = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
             return None
 
@@ -128,8 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         print("napari-unet: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the output went to a reader that stopped (`napari-unet models | head`): no error
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # (Python's own flush at exit must not fail again)
+        _to_devnull(sys.stdout)
         return 0
     except (CLIError, ValueError, OSError, ArithmeticError) as exc:  # (a training loss that became nan)
         print(f"napari-unet: error: {one_line(exc)}", file=sys.stderr)

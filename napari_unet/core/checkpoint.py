@@ -346,7 +346,6 @@ def save_model(model: SegmentationModel, path: str | os.PathLike) -> Path:
         If the folder cannot be written (read-only, disk full); the previous file is intact.
     """
     import inspect
-    import io
 
     if not isinstance(model, SegmentationModel):  # (e.g. the generator finetune returns: run_finetune runs it)
         raise TypeError(f"model must be a SegmentationModel, got {type(model).__name__}"
@@ -362,13 +361,20 @@ def save_model(model: SegmentationModel, path: str | os.PathLike) -> Path:
         # training's "nuclei-finetuned" whatever the file was called)
         check_model_name(path.stem)
         data["metadata"] = {**dict(data.get("metadata") or {}), "name": path.stem}
-    # serialised in memory first: torch's zip writer turns a full disk into a RuntimeError
-    # ("enforce fail at inline_container.cc"), which no caller takes for the OSError it is
+    return torch_save_atomic(data, path)
+
+
+def torch_save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically, serialised in memory first: torch's zip writer
+    turns a full disk into a RuntimeError ("enforce fail at inline_container.cc"), which no caller
+    takes for the OSError it is; a plain write raises that."""
+    import io
+
     buffer = io.BytesIO()
-    torch.save(data, buffer)
+    torch.save(obj, buffer)
     with atomic_write(path, "wb") as fh:
         fh.write(buffer.getbuffer())
-    return path
+    return Path(path)
 
 
 def _is_torchscript(path: Path) -> bool:

@@ -942,6 +942,7 @@ class _Sizing:
         from .scale import DiameterSearch, ObjectSize, check_diameter, enlargement_limit, parse_diameter
 
         own = model.object_size
+        limit = enlargement_limit(run_shape or plane_shape)
         if own is not None and to_model_diameter:
             own = ObjectSize(own.diameter, own.diameter, own.diameter)
         word = diameter.strip().lower() if isinstance(diameter, str) else None
@@ -951,7 +952,7 @@ class _Sizing:
             if own is None:  # an older model file: it works at the image's own scale, as it always did
                 return cls(None)
             return cls(own, search=DiameterSearch(own, prior=model.data_diameter), prior=model.data_diameter,
-                       retries=ESTIMATE_RETRY_PLANES, limit=enlargement_limit(run_shape or plane_shape))
+                       retries=ESTIMATE_RETRY_PLANES, limit=limit)
         # "12 px" as the GUI and the CLI take it; "8 um" needs a pixel size, which only they know
         value = check_diameter(parse_diameter(diameter) if isinstance(diameter, str) else diameter, plane_shape)
         if own is None:
@@ -961,7 +962,7 @@ class _Sizing:
             return cls(None, diameter=value, note=note)
         scale = own.scale_for(value)
         h, w = run_shape or plane_shape
-        if scale > enlargement_limit((h, w)):  # (it was run: 8x a 4096 px plane, 12 GB of probabilities)
+        if scale > limit:  # (it was run: 8x a 4096 px plane, 12 GB of probabilities)
             raise ImageError(
                 f"An object diameter of {value:g} px would enlarge the image x{scale:.1f} (to {round(h * scale)} x "
                 f"{round(w * scale)} px) to the model's {own.diameter:.0f} px: too large to segment. Check the "

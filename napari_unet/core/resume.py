@@ -33,9 +33,7 @@ from typing import Any
 
 import torch
 
-from napari_unet._atomic import atomic_write
-
-from .checkpoint import SegmentationModel
+from .checkpoint import SegmentationModel, torch_save_atomic
 from .events import TrainStep, Validation
 from .train import PreparedRun
 from .train_metadata import RunSummary
@@ -118,11 +116,9 @@ def restore(prepared: PreparedRun, state: dict[str, Any]) -> RunSummary:
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``state`` to ``path`` atomically (the previous checkpoint stays until the new one is whole)."""
-    path = Path(path)
-    with atomic_write(path, "wb") as fh:
-        torch.save(state, fh)
-    return path
+    """Write ``state`` to ``path`` atomically (the previous checkpoint stays until the new one is whole;
+    a full disk is an OSError)."""
+    return torch_save_atomic(state, path)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

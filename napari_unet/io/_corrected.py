@@ -74,7 +74,7 @@ def planes_holding_labels(labels: Any) -> list[Plane]:
     """The planes (indices along the axes before Y, X) of a labels array that hold any label: the
     slices of labels napari-unet did not make, which are someone's own work."""
     n_lead = labels.ndim - 2
-    return [idx for idx in np.ndindex(*labels.shape[:n_lead]) if labels[idx].any()]
+    return [idx for idx in np.ndindex(*labels.shape[:n_lead]) if np.asarray(labels[idx]).any()]
 
 
 def planes_given(planes: Iterable[Any] | dict | Any) -> list[Plane]:

@@ -102,7 +102,7 @@ class CorrectedSlicesPanel(Container):
             keep = holding and not (theirs is not None and theirs.planes)
             if image is not None and keep:
                 CorrectedSlices.for_layer(added)  # its corrections are recorded all the same (and said at Start)
-            if image is not None and not keep:
+            elif image is not None:
                 if self._image_combo.value is image:
                     self._on_image_changed()
                 else:

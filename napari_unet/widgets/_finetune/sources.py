@@ -201,10 +201,11 @@ def _labelled_planes(labels: Any, description: str) -> list[tuple[int, ...]]:
     """The planes of a labels stack without a corrected list that hold labels: an empty one was
     most likely never segmented nor drawn (a stack segmented slice by slice), and would teach the
     model that there are no cells there. Those left out are said once."""
-    every = [tuple(int(i) for i in index) for index in np.ndindex(*labels.data.shape[: labels.ndim - 2])]
-    kept = [plane for plane in every if np.asarray(labels.data[plane]).any()]
-    if len(kept) < len(every):
-        n = len(every) - len(kept)
+    from napari_unet.io._corrected import planes_holding_labels
+
+    kept = planes_holding_labels(labels.data)
+    if len(kept) < (every := int(np.prod(labels.data.shape[: labels.ndim - 2]))):
+        n = every - len(kept)
         notify_info(f"{description}: left out {n} {'slice' if n == 1 else 'slices'} with no labels (never segmented "
                     "or drawn, most likely); mark a slice as correct (Corrected slices) to teach that it holds "
                     "no cells.")
