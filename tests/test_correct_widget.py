@@ -221,6 +221,35 @@ def test_save_masks_writes_the_tiff_and_its_corrected_list(correcting, tmp_path,
     assert default_masks_path(viewer, layer).name == "img [DAPI] masks.tif"
 
 
+def test_save_button_writes_in_the_background(correcting, tmp_path, qtbot, notifications):
+    """The button's save runs in a thread worker, the button off meanwhile: the file holds the
+    labels and the list of corrected slices as they were when Save was pressed, whatever is painted
+    while it is written; a failure is said in the status and a notification, the button back on."""
+    from napari_unet.io._corrected import MASKS_KEY, load_corrected_list
+
+    viewer, layer, widget, _mouse = correcting
+    layer.metadata[MASKS_KEY] = True
+    tracker = CorrectedSlices.for_layer(layer)
+    tracker.mark((FRAME,))
+    saved = layer.data.copy()
+    worker = widget.save_masks_in_background(tmp_path / "frames")
+    assert worker is not None and not widget._save_button.enabled and "Saving" in widget._status.value
+    tracker.mark((FRAME + 1,))  # marked while the file is written: in the layer's list, not in this file
+    qtbot.waitUntil(lambda: widget.saving is None, timeout=60_000)
+    assert widget._save_button.enabled and widget._status.value.startswith("Saved")
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "frames.tif"), saved)
+    assert load_corrected_list(tmp_path / "frames.tif") == [(FRAME,)]
+    assert tracker.planes == [(FRAME,), (FRAME + 1,)]
+    assert any("Saved 'c2c12 masks'" in m for m in notifications)
+
+    widget.save_masks_in_background(tmp_path / "no such folder" / "frames.tif")
+    qtbot.waitUntil(lambda: widget.saving is None, timeout=60_000)
+    assert widget._save_button.enabled
+    assert "not saved" in widget._status.value and "does not exist" in widget._status.value
+    assert any("Save masks: Labels not saved to 'frames.tif'" in m for m in notifications)
+    assert not (tmp_path / "no such folder").exists()
+
+
 def test_tools_never_edit_a_plane_that_is_not_shown(make_napari_viewer, canvas_mouse, c2c12_masks, data_dir,
                                                     qtbot, notifications):
     """Masks of the first 5 frames over the 10-frame time-lapse, the slider on frame 8 (napari

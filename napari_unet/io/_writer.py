@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from napari_unet._atomic import atomic_write_all
+from napari_unet._errors import one_line
 
 from ._axes import AxesError, check_axes, guess_axes
 from ._corrected import (
@@ -340,6 +341,36 @@ def _corrected_of(metadata: dict[str, Any], labels: np.ndarray) -> Any:
     return sorted(set(planes_given(metadata)) | set(planes_holding_labels(labels)))
 
 
+def write_layer_labels(path: str | os.PathLike, data: Any, meta: dict[str, Any]) -> str:
+    """Write a Labels layer's ``data`` with its napari ``meta`` (``layer.as_layer_data_tuple()``'s
+    state): the TIFF and, beside it, the list of corrected slices (both written, or neither), with
+    the layer's axes, calibration, offset and transform; returns the file written.
+
+    Raises
+    ------
+    LabelsWriteError
+        Bad labels (negative or float values, empty axis, ...) or destination; nothing was changed on disk.
+    OSError
+        A file could not be written or put in place; both files were left as they were.
+    """
+    if isinstance(data, list):  # multiscale labels: save the full resolution
+        data = data[0]
+    arr = np.asarray(data)
+    axes = _axes_from_layer_meta(meta, arr.ndim)
+    # the corrected-slices list travels beside the file (and marks it as labels)
+    written = write_labels(path, arr, scale=_physical_scale(meta, arr.ndim), axes=axes,
+                           corrected=_corrected_of(meta.get("metadata") or {}, arr),
+                           offset=_offset_pixels(meta, arr.ndim),
+                           calibration=(meta.get("scale"), meta.get("units")),
+                           transform=_transform_of(meta, arr.ndim))
+    return str(written)
+
+
+def not_saved_message(path: str | os.PathLike, exc: BaseException) -> str:
+    """The one line said when labels could not be saved to ``path``."""
+    return f"Labels not saved to '{Path(path).name}' (nothing was changed on disk): {one_line(exc)}"
+
+
 def napari_write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     """npe2 single-layer writer for Labels layers: a compressed, atomic TIFF and, beside it, the
     list of corrected slices (both written, or neither).
@@ -348,19 +379,10 @@ def napari_write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]
     the reason and return no written paths; the destination is left untouched. (A ``ValueError``
     raised here would be swallowed by napari's ``layers.save`` into a misleading warning.)
     """
-    if isinstance(data, list):  # multiscale labels: save the full resolution
-        data = data[0]
-    arr = np.asarray(data)
     try:
-        axes = _axes_from_layer_meta(meta, arr.ndim)
-        # the corrected-slices list travels beside the file (and marks it as labels)
-        written = write_labels(path, arr, scale=_physical_scale(meta, arr.ndim), axes=axes,
-                               corrected=_corrected_of(meta.get("metadata") or {}, arr),
-                               offset=_offset_pixels(meta, arr.ndim),
-                               calibration=(meta.get("scale"), meta.get("units")),
-                               transform=_transform_of(meta, arr.ndim))
+        return [write_layer_labels(path, data, meta)]
     except (LabelsWriteError, OSError) as e:
-        message = f"Labels not saved to '{Path(path).name}' (nothing was changed on disk): {e}"
+        message = not_saved_message(path, e)
         log.warning("%s", message)
         try:
             from napari.utils.notifications import show_error
@@ -369,4 +391,3 @@ def napari_write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]
         except ImportError:  # pragma: no cover
             pass
         return []
-    return [str(written)]

@@ -76,11 +76,130 @@ def as_label_plane(labels: Any, where: str) -> np.ndarray:
     return arr.astype(np.int32, copy=True)
 
 
-def _plane_of(data: Any, index: tuple[int, ...]) -> np.ndarray:
+def _plane_of(data: Any, index: tuple[int, ...], copy: bool = True) -> np.ndarray:
+    """The plane ``index`` of ``data`` as an array (a copy; with ``copy=False`` a view of data in memory)."""
     arr = data[index] if index else data
     if hasattr(arr, "compute"):
         arr = arr.compute()
-    return np.array(arr, copy=True)
+    return np.array(arr, copy=True) if copy else np.asarray(arr)
+
+
+def held_in_memory(data: Any) -> bool:
+    """Whether ``data`` is a numpy array (a plane of it is there at once: not read from a file)."""
+    return isinstance(data, np.ndarray)
+
+
+@dataclass
+class ExampleToRead:
+    """One training example still in its layers' arrays: :meth:`read` copies its planes and checks
+    its labels. Fine-tune reads its examples in the training worker (64 corrected 2048 x 2048
+    slices held the window 2.6 s; a layer pair opened lazily from its files, 5.6 s)."""
+
+    image_data: Any
+    labels_data: Any
+    plane: tuple[int, ...]
+    source: str
+
+    @property
+    def in_memory(self) -> bool:
+        return held_in_memory(self.labels_data)
+
+    def checked_labels(self) -> np.ndarray:
+        """The plane's labels as they are (a view of labels in memory), checked: ``ValueError``."""
+        from napari_unet.core.labels import check_labels
+
+        arr = check_labels(_plane_of(self.labels_data, self.plane, copy=False), f"labels in {self.source}", ndim=None)
+        if arr.size and arr.max() > np.iinfo(np.int32).max:
+            raise ValueError(f"{self.source} holds label ids too large for int32.")
+        return arr
+
+    def read(self) -> Example:
+        labels = as_label_plane(_plane_of(self.labels_data, self.plane, copy=False), self.source)  # (one copy)
+        return Example(_plane_of(self.image_data, self.plane), labels, self.source)
+
+
+@dataclass
+class LabelledSlicesToRead:
+    """The slices holding labels of a labels stack read lazily from its file (found by reading it
+    all, in the training worker): a layer pair given as extra examples without a corrected list."""
+
+    image_data: Any
+    labels_data: Any
+    name: str  # the labels layer's
+    description: str
+
+    @property
+    def source(self) -> str:
+        return repr(self.name)
+
+    def expand(self) -> tuple[list[ExampleToRead], str | None]:
+        """Its examples, and the note saying the slices left out (None: none)."""
+        from napari_unet.io._corrected import planes_holding_labels
+
+        kept = planes_holding_labels(self.labels_data)
+        examples = [ExampleToRead(self.image_data, self.labels_data, plane, _source(self.name, plane))
+                    for plane in kept]
+        return examples, empty_slices_note(self.description, len(kept), self.labels_data.shape)
+
+
+def empty_slices_note(description: str, kept: int, shape: tuple[int, ...]) -> str | None:
+    """What is said of the slices without labels of a labels stack left out (None: none)."""
+    every = int(np.prod(shape[:-2]))
+    if kept >= every:
+        return None
+    n = every - kept
+    return (f"{description}: left out {n} {'slice' if n == 1 else 'slices'} with no labels (never segmented or "
+            "drawn, most likely); mark a slice as correct (Corrected slices) to teach that it holds no cells.")
+
+
+def _source(labels_name: str, plane: tuple[int, ...]) -> str:
+    return f"{labels_name!r}" + (f", {format_plane(plane)}" if plane else "")
+
+
+#: What Fine-tune gathers at Start: examples read, or still to be read in the training worker.
+ExampleItem = Example | ExampleToRead | LabelledSlicesToRead
+
+
+def read_examples(items: list[Any], stop: Any = None):
+    """Generator: the examples of ``items`` read (planes copied, labels checked) one by one, yielding
+    :class:`~napari_unet.core.events.Progress` after each and a
+    :class:`~napari_unet.core.events.TrainNote` for slices left out; returns the examples, checked
+    with :func:`check_examples` (None when ``stop`` was set meanwhile).
+
+    Raises
+    ------
+    ExamplesError
+        Labels that are not whole ids, or examples that cannot teach anything.
+    """
+    from napari_unet.core.events import Progress, TrainNote
+
+    todo: list[Any] = []
+    for item in items:
+        if isinstance(item, LabelledSlicesToRead):
+            found, note = item.expand()
+            todo += found
+            if note:
+                yield TrainNote(note)
+        else:
+            todo.append(item)
+    examples: list[Example] = []
+    for k, item in enumerate(todo):
+        if stop is not None and stop.is_set():
+            return None
+        try:
+            examples.append(item.read() if isinstance(item, ExampleToRead) else item)
+        except ValueError as exc:
+            raise ExamplesError(str(exc)) from None
+        yield Progress(k + 1, len(todo), message=f"Reading the examples: {k + 1}/{len(todo)}…")
+    try:
+        check_examples(examples)
+    except ValueError as exc:
+        raise ExamplesError(str(exc)) from None
+    return examples
+
+
+class ExamplesError(ValueError):
+    """The examples cannot be trained on (said as "Cannot start fine-tuning")."""
 
 
 def _check_pair_shapes(image: Any, labels: Any) -> None:
@@ -97,7 +216,8 @@ def _check_pair_shapes(image: Any, labels: Any) -> None:
         raise ValueError(f"Labels {labels.name!r} must be at least 2D.")
 
 
-def examples_from_layers(image: Any, labels: Any, planes: list[tuple[int, ...]] | None = None) -> list[Example]:
+def examples_from_layers(image: Any, labels: Any, planes: list[tuple[int, ...]] | None = None,
+                         read: bool = True) -> list[Any]:
     """Training examples from an image layer and a labels layer (Labels or Image layer).
 
     Parameters
@@ -106,23 +226,21 @@ def examples_from_layers(image: Any, labels: Any, planes: list[tuple[int, ...]] 
         Same shape (the image may have an extra RGB axis).
     planes : list of tuples or None
         Plane indices (leading axes) to use; None = every plane.
+    read : bool
+        Read them now (:class:`Example`); False: :class:`ExampleToRead`, read later.
 
     Raises
     ------
     ValueError
-        Different shapes, or labels that are not whole numbers.
+        Different shapes, or (read now) labels that are not whole numbers.
     """
     _check_pair_shapes(image, labels)
     n_lead = labels.ndim - 2
     if planes is None:
         planes = [tuple(int(i) for i in idx) for idx in np.ndindex(*labels.data.shape[:n_lead])]
-    examples = []
-    for plane in planes:
-        where = f"{labels.name!r}" + (f", {format_plane(plane)}" if plane else "")
-        lab = as_label_plane(_plane_of(labels.data, plane), where)
-        img = _plane_of(full_resolution(image), plane)
-        examples.append(Example(img, lab, where))
-    return examples
+    to_read = [ExampleToRead(full_resolution(image), labels.data, plane, _source(labels.name, plane))
+               for plane in planes]
+    return [item.read() for item in to_read] if read else to_read
 
 
 def examples_from_folders(image_dir: str | Path, labels_dir: str | Path,
@@ -154,18 +272,28 @@ def examples_from_folders(image_dir: str | Path, labels_dir: str | Path,
     return examples
 
 
-def check_examples(examples: list[Example]) -> None:
-    """Raise ValueError when the examples cannot teach the model anything."""
+def check_examples(examples: list[Any]) -> None:
+    """Raise ValueError when the examples cannot teach the model anything.
+
+    Examples still to be read are checked where their labels are in memory (views, no copy); those
+    read from files are checked when read (:func:`read_examples`)."""
     if not examples:
         raise ValueError(
             "No corrected slice yet: correct the masks of at least one slice (brush, eraser, fill) "
             "or press 'Mark current slice as correct', then Start."
         )
+    cells = unknown = False
     for ex in examples:
-        img_shape = ex.image.shape[:2]
-        if tuple(img_shape) != tuple(ex.labels.shape):
-            raise ValueError(f"{ex.source}: image {ex.image.shape} and labels {ex.labels.shape} differ in size.")
-    if not any(ex.labels.any() for ex in examples):
+        if isinstance(ex, Example):
+            img_shape = ex.image.shape[:2]
+            if tuple(img_shape) != tuple(ex.labels.shape):
+                raise ValueError(f"{ex.source}: image {ex.image.shape} and labels {ex.labels.shape} differ in size.")
+            cells = cells or bool(ex.labels.any())
+        elif isinstance(ex, ExampleToRead) and ex.in_memory:
+            cells = bool(ex.checked_labels().any()) or cells
+        else:
+            unknown = True
+    if not cells and not unknown:
         raise ValueError(
             "The corrected slices contain no cells (only background); paint at least one cell "
             "so the model can learn what a cell looks like."

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._examples import Example
+from ._examples import Example, read_examples
 
 
 @dataclass
@@ -29,7 +29,7 @@ class TrainingResult:
 
 def train_and_save(
     base_model_path: str,
-    examples: list[Example],
+    examples: list[Any],
     target: Path,
     *,
     name: str,
@@ -37,7 +37,9 @@ def train_and_save(
     stop: threading.Event,
     replace: Any = False,
 ):
-    """Worker body: load the base model, fine-tune it (yielding TrainStep/Validation events),
+    """Worker body: read the examples not read yet (:func:`._examples.read_examples`: yielding
+    Progress, a TrainNote for slices left out; an ``ExamplesError`` for examples that cannot be
+    trained on), load the base model, fine-tune it (yielding TrainStep/Validation events),
     then save the best model atomically to ``target``.
 
     Returns a :class:`TrainingResult`; a save failure is returned (not raised) so the
@@ -49,6 +51,10 @@ def train_and_save(
     from napari_unet.core.events import TrainStep
     from napari_unet.core.train import finetune
 
+    if any(not isinstance(ex, Example) for ex in examples):  # read here, not in the window
+        examples = yield from read_examples(examples, stop)
+        if examples is None:  # stopped while reading them
+            return TrainingResult(None, None, None, 0, target)
     base = read_model_file(base_model_path, device="cpu")
     gen = finetune(
         base,

@@ -51,6 +51,7 @@ class CorrectWidget(Container):
         super().__init__(labels=True)
         self._viewer = viewer
         self.tools: ObjectTools | None = None
+        self.saving: Any = None  # the worker writing a masks file (None: none)
 
         self._layer_combo = ComboBox(label="Masks", choices=self._labels_choices)
         self._mode = FixedRadioButtons(label="Click tool", choices=MODES, value=MODE_OFF,
@@ -163,24 +164,88 @@ class CorrectWidget(Container):
         dialog.setAcceptMode(accept_save)
         dialog.setDefaultSuffix("tif")  # a name typed without it: Qt asks about replacing "name.tif" itself
         if dialog.exec() and dialog.selectedFiles():
-            self.save_masks(dialog.selectedFiles()[0])
+            self.save_masks_in_background(dialog.selectedFiles()[0])
 
-    def save_masks(self, path: str | Path) -> list[str]:
-        """Write the chosen masks layer with napari-unet's labels writer (a TIFF and the list of
-        its corrected slices, atomically); returns the paths written ([] on failure, which the
-        writer reports in a notification)."""
+    def _to_save(self, path: str | Path) -> tuple[Path, Any, dict[str, Any], str] | None:
+        """The destination, data and state of the chosen masks layer to write (None, said, without one).
+
+        The state is taken now: the list of corrected slices as it is when Save is pressed (a stroke
+        made while the file is written marks its slice in the layer, for the next save)."""
         layer = self._layer_combo.value
         if layer is None:
             notify_error("Save masks", "there is no labels layer: segment an image first.")
-            return []
+            return None
         path = Path(path)
         if path.suffix.lower() not in (".tif", ".tiff"):
             path = path.with_name(path.name + ".tif")
-        written = layer.save(str(path), plugin="napari-unet") or []
-        if written:
-            self._status.value = f"Saved {layer.name!r} to {path} (with its list of corrected slices)."
-            notify_info(f"Saved {layer.name!r} to {path}.")
-        return list(written)
+        data, state, _kind = layer.as_layer_data_tuple()
+        return path, data, {**state, "metadata": _metadata_now(state.get("metadata"))}, layer.name
+
+    def save_masks(self, path: str | Path) -> list[str]:
+        """Write the chosen masks layer with napari-unet's labels writer (a TIFF and the list of
+        its corrected slices, atomically), here and now; returns the paths written ([] on failure,
+        said in a notification). The button writes in the background: :meth:`save_masks_in_background`."""
+        job = self._to_save(path)
+        if job is None:
+            return []
+        path, data, state, name = job
+        from napari_unet.io._writer import LabelsWriteError, write_layer_labels
+
+        try:
+            written = write_layer_labels(path, data, state)
+        except (LabelsWriteError, OSError) as exc:
+            self._not_saved(path, exc)
+            return []
+        self._saved(name, path)
+        return [written]
+
+    def save_masks_in_background(self, path: str | Path) -> Any:
+        """:meth:`save_masks` in a thread worker (a 64 x 2048 x 2048 stack held the window 1.9 s),
+        the button off meanwhile; returns the worker (None when nothing is written).
+
+        The file holds the labels as they are while it is written: painted meanwhile, a pixel may be
+        in it or not (its slice is marked corrected all the same, and the next save holds it)."""
+        job = self._to_save(path)
+        if job is None:
+            return None
+        path, data, state, name = job
+        from napari_unet.io._writer import write_layer_labels
+
+        from ._base import qt_alive, start_worker
+
+        def write():
+            yield  # (a generator: start_worker runs those)
+            return write_layer_labels(path, data, state)
+
+        def finished() -> None:
+            self.saving = None
+            if qt_alive(self._save_button):
+                self._save_button.enabled = True
+
+        self._save_button.enabled = False
+        self._status.value = f"Saving {name!r} to {path}…"
+        self.saving = start_worker(write(), returned=lambda _written: self._saved(name, path),
+                                   errored=lambda exc: self._not_saved(path, exc), finished=finished)
+        return self.saving
+
+    def _saved(self, name: str, path: Path) -> None:
+        from ._base import qt_alive
+
+        if qt_alive(self._status):
+            self._status.value = f"Saved {name!r} to {path} (with its list of corrected slices)."
+        notify_info(f"Saved {name!r} to {path}.")
+
+    def _not_saved(self, path: Path, exc: BaseException) -> None:
+        from napari_unet.io._writer import LabelsWriteError, not_saved_message
+
+        from ._base import qt_alive
+
+        message = not_saved_message(path, exc)
+        if not isinstance(exc, (LabelsWriteError, OSError)):
+            log.error("Saving masks to %s failed", path, exc_info=exc)
+        if qt_alive(self._status):
+            self._status.value = message
+        notify_error("Save masks", message)
 
     # ---------------------------------------------------------------- mode and status
     def _on_mode_choice(self, mode: str) -> None:
@@ -199,6 +264,20 @@ class CorrectWidget(Container):
 
     def _show_status(self, message: str) -> None:
         self._status.value = message
+
+
+def _metadata_now(metadata: Any) -> dict[str, Any]:
+    """A layer's metadata as it is now, for a file written meanwhile: its list of corrected slices
+    and napari-unet's entries copied (the layer's own go on changing), the rest as they are."""
+    import copy
+
+    from napari_unet.io._corrected import CORRECTED_KEY
+
+    now = dict(metadata) if isinstance(metadata, dict) else {}
+    for key in (CORRECTED_KEY, "napari_unet"):
+        if key in now:
+            now[key] = copy.deepcopy(now[key])
+    return now
 
 
 def default_masks_path(viewer: Any, layer: Any) -> Path:

@@ -23,9 +23,16 @@ from magicgui.widgets import Container
 from psygnal import Signal
 
 from . import _heap
-from ._base import notify_error, notify_warning, one_line, scroll_when_short, warm_up_in_background
+from ._base import (
+    notify_error,
+    notify_info,
+    notify_warning,
+    one_line,
+    scroll_when_short,
+    warm_up_in_background,
+)
 from ._corrections import CorrectedSlices
-from ._examples import Example, check_examples
+from ._examples import check_examples, read_examples
 from ._finetune.curves import LiveCurves
 from ._finetune.models import ModelsPanel
 from ._finetune.run import TrainingRunPanel
@@ -107,8 +114,11 @@ class FinetuneWidget(Container):
         """The tracker of the chosen masks layer."""
         return self.corrected_panel.corrections
 
-    def gather_examples(self) -> list[Example]:
+    def gather_examples(self, read: bool = True) -> list[Any]:
         """All training examples: the corrected planes plus the extra sources.
+
+        ``read=False``: checked where that costs no copy, still to be read
+        (:func:`._examples.read_examples`, in the training worker: Start).
 
         Raises
         ------
@@ -116,11 +126,11 @@ class FinetuneWidget(Container):
             Missing layers, shape mismatches, labels that are not integers, no examples,
             or only background.
         """
-        corrected = self.corrected_panel.examples()
+        corrected = self.corrected_panel.examples(read=False)
         # the corrected slices given again under More examples (their layer pair added) count once;
         # the extra sources among themselves are not compared (two folders may hold files named alike)
         known = {ex.source for ex in corrected}
-        examples = corrected + [ex for ex in self.examples_panel.examples() if ex.source not in known]
+        examples = corrected + [ex for ex in self.examples_panel.examples(read=False) if ex.source not in known]
         left = ", ".join(repr(n) for n in self._corrections_left_out(examples))
         if not examples and left:  # (it said "No corrected slice yet" of the masks chosen)
             raise ValueError(f"the slices you corrected are in {left}: choose their image under Corrected slices, "
@@ -129,9 +139,20 @@ class FinetuneWidget(Container):
         if left:
             notify_warning(f"The slices you corrected in {left} are not in this run: Fine-tune learns from the masks "
                            "chosen under Corrected slices; add the others under More examples (Add layer pair).")
-        return examples
+        if not read:
+            return examples
+        from napari_unet.core.events import TrainNote
 
-    def _corrections_left_out(self, examples: list[Example]) -> list[str]:
+        reading = read_examples(examples)
+        while True:
+            try:
+                event = next(reading)
+            except StopIteration as done:
+                return done.value
+            if isinstance(event, TrainNote):
+                notify_info(event.message)
+
+    def _corrections_left_out(self, examples: list[Any]) -> list[str]:
         """Masks layers with corrected slices that are not among the examples (another image's,
         corrected before this one was segmented): Fine-tune learns from the masks chosen under
         Corrected slices and the extra examples only."""
@@ -169,7 +190,7 @@ class FinetuneWidget(Container):
                 raise ValueError("no base model: add a model file or reinstall napari-unet.")
             name = check_model_name(self.settings_panel.model_name)
             settings = self.training_settings()
-            examples = self.gather_examples()
+            examples = self.gather_examples(read=False)  # (read in the worker)
             check_models_dir_writable()
             target = user_model_path(name)
         except (ValueError, OSError) as exc:

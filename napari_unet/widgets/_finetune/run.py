@@ -155,7 +155,7 @@ class TrainingRunPanel(Container):
             self._device_label.value = f"unknown ({one_line(exc)})"
 
     # ------------------------------------------------------------------ run
-    def launch(self, base_path: str, examples: list[Example], target: Path, *, name: str,
+    def launch(self, base_path: str, examples: list[Any], target: Path, *, name: str,
                settings: dict[str, Any], replace: Any = False) -> None:
         """Fine-tune ``base_path`` on ``examples`` in a thread worker; save the result to ``target``
         (replacing a model there only when ``replace``: the user agreed to it)."""
@@ -168,7 +168,8 @@ class TrainingRunPanel(Container):
         self._save_again_button.visible = False
         self._progress.value = 0
         self._best_label.value = "–"
-        self._status.value = f"Fine-tuning on {len(examples)} example(s)…"
+        read = all(isinstance(ex, Example) for ex in examples)
+        self._status.value = f"Fine-tuning on {len(examples)} example(s)…" if read else "Reading the examples…"
         self._set_running(True)
         from napari.qt.threading import create_worker
 
@@ -218,10 +219,14 @@ class TrainingRunPanel(Container):
 
     # ------------------------------------------------------------------ worker signals
     def _on_yielded(self, event: Any) -> None:
-        from napari_unet.core.events import TrainNote, TrainStep, Validation
+        from napari_unet.core.events import Progress, TrainNote, TrainStep, Validation
 
         if isinstance(event, TrainNote):  # e.g. labels that look partial: said, the run goes on
             notify_warning(f"Fine-tuning: {event.message}")
+            return
+        if isinstance(event, Progress):  # the examples read (the first step comes after the model's loading)
+            self._status.value = event.message if event.done < event.total else (
+                f"Fine-tuning on {event.total} example(s)…")
             return
         if isinstance(event, TrainStep):
             self.curves.add_step(event.step, event.loss)
@@ -293,6 +298,12 @@ class TrainingRunPanel(Container):
         self.saved.emit(str(path))
 
     def _on_error(self, exc: BaseException) -> None:
+        from .._examples import ExamplesError
+
+        if isinstance(exc, ExamplesError):  # found when the examples were read: the run never began
+            notify_error("Cannot start fine-tuning", exc)
+            self._status.value = f"Not started: {one_line(exc)}"
+            return
         notify_error("Fine-tuning failed", exc)
         self._status.value = f"Failed: {one_line(exc)}"
 
@@ -300,7 +311,7 @@ class TrainingRunPanel(Container):
         self.curves.redraw(force=True)
         self._set_running(False)
         stopped = self._stop_event is not None and self._stop_event.is_set()
-        if not (stopped or self._status.value.startswith("Failed")):  # a stopped run shows how far it got
+        if not (stopped or self._status.value.startswith(("Failed", "Not started"))):  # a stopped run shows how far it got
             self._progress.value = 1000
         self._worker = None
         self._stop_event = None

@@ -23,7 +23,7 @@ from .._base import (
     wrap_text,
 )
 from .._corrections import CorrectedSlices, format_plane
-from .._examples import Example, examples_from_layers
+from .._examples import examples_from_layers
 from .._masks import check_masks_of, image_name_of_masks
 from .ui import layer_choices
 
@@ -211,8 +211,9 @@ class CorrectedSlicesPanel(Container):
             show_plane(self._viewer, layer, plane)
 
     # ------------------------------------------------------------------ examples
-    def examples(self) -> list[Example]:
-        """The corrected planes of the chosen image as training examples (unchecked).
+    def examples(self, read: bool = True) -> list[Any]:
+        """The corrected planes of the chosen image as training examples (unchecked); ``read=False``:
+        still to be read (:class:`~.._examples.ExampleToRead`).
 
         Raises
         ------
@@ -233,4 +234,4 @@ class CorrectedSlicesPanel(Container):
         if owner is not None and owner is not image:  # the masks of one image are not examples of another
             raise ValueError(f"{masks.name!r} holds the masks of {owner.name!r}, not of {image.name!r}: choose "
                              f"{owner.name!r} as the image, or the masks of {image.name!r} (segment it first).")
-        return examples_from_layers(image, masks, planes)
+        return examples_from_layers(image, masks, planes, read=read)

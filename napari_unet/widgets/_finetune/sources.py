@@ -9,22 +9,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, Select
 from napari.layers import Image, Labels
 
-from .._base import notify_error, notify_info
+from .._base import full_resolution, notify_error, notify_info
 from .._corrections import CorrectedSlices
 from .._masks import image_name_of_masks
 from .._napari_compat import unwrap_proxy
 from .._examples import (
-    Example,
     FolderSource,
+    LabelledSlicesToRead,
     LayerPairSource,
     _check_pair_shapes,
     as_label_plane,
+    empty_slices_note,
     examples_from_folders,
     examples_from_layers,
+    held_in_memory,
 )
 from .ui import layer_choices
 
@@ -164,15 +165,17 @@ class ExtraExamplesPanel(Container):
         self._extra_list.reset_choices()
 
     # ------------------------------------------------------------------ examples
-    def examples(self) -> list[Example]:
-        """The examples of every extra source, in the order they were added (unchecked).
+    def examples(self, read: bool = True) -> list[Any]:
+        """The examples of every extra source, in the order they were added (unchecked); ``read=False``:
+        those of layers still to be read (:class:`~.._examples.ExampleToRead`; the slices holding
+        labels of a stack read lazily from its file, :class:`~.._examples.LabelledSlicesToRead`).
 
         Raises
         ------
         ValueError
             A layer of a pair was removed, or its layers no longer match.
         """
-        examples: list[Example] = []
+        examples: list[Any] = []
         layers = self._viewer.layers
         for source in self._extra_sources:
             if isinstance(source, FolderSource):
@@ -187,8 +190,13 @@ class ExtraExamplesPanel(Container):
             if image_name_of_masks(extra_labels.name) is not None and extra_labels.metadata.get("napari_unet_corrected"):
                 extra_planes = CorrectedSlices.for_layer(extra_labels).planes
             elif extra_labels.ndim > 2:
+                if not read and not held_in_memory(extra_labels.data):  # (found by reading it all: later)
+                    _check_pair_shapes(layers[source.image_name], extra_labels)
+                    examples.append(LabelledSlicesToRead(full_resolution(layers[source.image_name]),
+                                                         extra_labels.data, extra_labels.name, source.description))
+                    continue
                 extra_planes = _labelled_planes(extra_labels, source.description)
-            examples += examples_from_layers(layers[source.image_name], extra_labels, extra_planes)
+            examples += examples_from_layers(layers[source.image_name], extra_labels, extra_planes, read=read)
         return examples
 
 
@@ -204,11 +212,8 @@ def _labelled_planes(labels: Any, description: str) -> list[tuple[int, ...]]:
     from napari_unet.io._corrected import planes_holding_labels
 
     kept = planes_holding_labels(labels.data)
-    if len(kept) < (every := int(np.prod(labels.data.shape[: labels.ndim - 2]))):
-        n = every - len(kept)
-        notify_info(f"{description}: left out {n} {'slice' if n == 1 else 'slices'} with no labels (never segmented "
-                    "or drawn, most likely); mark a slice as correct (Corrected slices) to teach that it holds "
-                    "no cells.")
+    if note := empty_slices_note(description, len(kept), labels.data.shape):
+        notify_info(note)
     return kept
 
 
