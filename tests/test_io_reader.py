@@ -490,3 +490,121 @@ def test_a_labels_container_naming_itself_is_refused_not_followed(tmp_path):
         assert not _is_ome_zarr_labels(path)
         with pytest.raises(StackReadError, match="labels images"):
             inspect_stack(path)
+
+
+# ------------------------------------------------------------------ files written by other tools
+_OME_NS = "http://www.openmicroscopy.org/Schemas/OME/2016-06"
+
+
+def _ome_xml(images: list[tuple[str, int, list[tuple[str, str, int]]]], own_uuid: str) -> str:
+    """OME-XML of Z stacks: per image (name, size z, [(file name, uuid, first z)...] one per plane)."""
+    parts = []
+    for k, (name, size_z, planes) in enumerate(images):
+        data = "".join(f'<TiffData FirstZ="{z}" IFD="{ifd}" PlaneCount="1"><UUID FileName="{file}">{uuid}</UUID>'
+                       "</TiffData>" for z, (file, uuid, ifd) in enumerate(planes))
+        parts.append(f'<Image ID="Image:{k}" Name="{name}"><Pixels ID="Pixels:{k}" DimensionOrder="XYZCT" '
+                     f'Type="uint16" SizeX="64" SizeY="48" SizeC="1" SizeZ="{size_z}" SizeT="1" PhysicalSizeX="0.{k + 2}" '
+                     f'PhysicalSizeY="0.{k + 2}" PhysicalSizeZ="1.0"><Channel ID="Channel:{k}:0" SamplesPerPixel="1"/>'
+                     f"{data}</Pixels></Image>")
+    return f'<?xml version="1.0" encoding="UTF-8"?><OME xmlns="{_OME_NS}" UUID="{own_uuid}">{"".join(parts)}</OME>'
+
+
+def _write_planes(path: Path, planes: np.ndarray, description: str) -> None:
+    with tifffile.TiffWriter(path) as tif:
+        for i, plane in enumerate(planes):
+            tif.write(plane, description=description if i == 0 else None, metadata=None, contiguous=False)
+
+
+def test_a_position_of_an_acquisition_split_per_file_opens_its_own_pixels(tmp_path, data_dir):
+    """bfconvert splits a multi-position acquisition into one OME-TIFF per position, each carrying the
+    OME-XML of every position: the second file opened the first position's pixels (from the other
+    file) and its calibration; a folder of them was the first position twice."""
+    frames = tifffile.imread(data_dir / "c2c12_timelapse" / "images.tif")[:6, :48, :64].astype(np.uint16)
+    names, uuids = ["acq_s0.ome.tif", "acq_s1.ome.tif"], ["urn:uuid:0a", "urn:uuid:1b"]
+    images = [(f"position {s}", 3, [(names[s], uuids[s], z) for z in range(3)]) for s in range(2)]
+    (tmp_path / "acq").mkdir()
+    for s in range(2):
+        _write_planes(tmp_path / "acq" / names[s], frames[3 * s: 3 * s + 3], _ome_xml(images, uuids[s]))
+    for s in range(2):
+        for lazy in (False, True):
+            data, info = read_stack(tmp_path / "acq" / names[s], lazy=lazy)
+            np.testing.assert_array_equal(np.asarray(data), frames[3 * s: 3 * s + 3])
+            assert info.other_series == 0 and info.scale["X"] == pytest.approx(0.2 + 0.1 * s)
+    data, info = read_stack(tmp_path / "acq", lazy=False)  # the folder: both positions
+    np.testing.assert_array_equal(np.asarray(data), frames.reshape(2, 3, 48, 64))
+
+
+def test_a_file_of_a_multi_file_ome_tiff_alone_is_refused_naming_the_missing_file(tmp_path, data_dir, capsys):
+    """Its planes in another file not beside it were read as zeros, silently (and tifffile's
+    warning went to the terminal)."""
+    frames = tifffile.imread(data_dir / "c2c12_timelapse" / "images.tif")[:6, :48, :64].astype(np.uint16)
+    names, uuids = ["pos_1.ome.tif", "pos_2.ome.tif"], ["urn:uuid:1a", "urn:uuid:2b"]
+    images = [("stack", 6, [(names[z // 3], uuids[z // 3], z % 3) for z in range(6)])]
+    for f in range(2):
+        _write_planes(tmp_path / names[f], frames[3 * f: 3 * f + 3], _ome_xml(images, uuids[f]))
+    data, _info = read_stack(tmp_path / names[0], lazy=False)  # both there: the whole stack
+    np.testing.assert_array_equal(np.asarray(data), frames)
+    (tmp_path / "alone").mkdir()
+    (tmp_path / names[0]).rename(tmp_path / "alone" / names[0])
+    for lazy in (False, True):
+        with pytest.raises(StackReadError, match=r"multi-file OME-TIFF.*not beside it \(pos_2\.ome\.tif\)"):
+            read_stack(tmp_path / "alone" / names[0], lazy=lazy)
+    assert "Missing data are zeroed" not in capsys.readouterr().err
+
+
+def test_planar_rgb_and_a_preview_page_first(make_napari_viewer, tmp_path, data_dir):
+    """Colour stored as planes (PlanarConfiguration separate, as Bio-Formats and scanners write it)
+    opened as three grey channels; a TIFF whose first page is a reduced preview opened the preview."""
+    from skimage import data as skdata
+
+    rgb = skdata.immunohistochemistry()[:96, :128]  # (a real IHC section: CC0, scikit-image)
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate")
+    tifffile.imwrite(tmp_path / "planar.ome.tif", np.moveaxis(rgb, -1, 0), photometric="rgb",
+                     planarconfig="separate", metadata={"axes": "SYX"})
+    viewer = make_napari_viewer()
+    for name in ("planar.tif", "planar.ome.tif"):
+        for lazy in (False, True):
+            data, info = read_stack(tmp_path / name, lazy=lazy)
+            assert info.axes == "YXS"
+            np.testing.assert_array_equal(np.asarray(data), rgb)
+        (layer,) = viewer.open(tmp_path / name, plugin=PLUGIN)
+        assert layer.rgb and layer.data.shape == rgb.shape
+    grey = tifffile.imread(data_dir / "c2c12_timelapse" / "images.tif")[0, :64, :80]
+    with tifffile.TiffWriter(tmp_path / "preview_first.tif") as tif:
+        tif.write(grey[::4, ::4], subfiletype=1)  # a reduced-resolution preview
+        tif.write(grey)
+    data, info = read_stack(tmp_path / "preview_first.tif", lazy=False)
+    np.testing.assert_array_equal(data, grey)
+    assert info.other_series == 0
+
+
+def test_file_open_takes_bigtiff_endings_and_an_ome_zarr_labels_folder(make_napari_viewer, tmp_path, data_dir):
+    """.btf / .tf8 / .tf2 BigTIFFs went to napari's own reader (channels on a slider, no scale, all in
+    memory, the name with '.ome' in it); an image's labels/ folder holding one labels image, which
+    Load stack opens, was refused by File > Open."""
+    frames = tifffile.imread(data_dir / "c2c12_timelapse" / "images.tif")[:2, :48, :64]
+    tifffile.imwrite(tmp_path / "cells.ome.btf", frames, bigtiff=True,
+                     metadata={"axes": "CYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5,
+                               "Channel": {"Name": ["DAPI", "GFP"]}})
+    viewer = make_napari_viewer()
+    layers = viewer.open(tmp_path / "cells.ome.btf", plugin=PLUGIN)
+    assert [ly.name for ly in layers] == ["cells [DAPI]", "cells [GFP]"]
+    np.testing.assert_allclose(layers[0].scale, [0.5, 0.5])
+
+    import zarr
+
+    labels = tifffile.imread(data_dir / "c2c12_timelapse" / "labels.tif")[:3, :48, :64].astype(np.uint16)
+    root = zarr.open_group(tmp_path / "img.ome.zarr", mode="w")
+    root.attrs["labels"] = ["cells"]  # (a labels container: its one labels image below)
+    group = root.create_group("cells")
+    group.create_array("0", data=labels) if hasattr(group, "create_array") else group.array("0", labels)
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": a, "type": "space", "unit": "micrometer"}
+                                                              for a in "zyx"],
+                                   "datasets": [{"path": "0", "coordinateTransformations": [
+                                       {"type": "scale", "scale": [2.0, 0.5, 0.5]}]}]}]
+    group.attrs["image-label"] = {"version": "0.4"}
+    assert napari_get_reader(str(tmp_path / "img.ome.zarr")) is not None
+    (layer,) = viewer.open(tmp_path / "img.ome.zarr", plugin=PLUGIN)
+    assert type(layer).__name__ == "Labels" and layer.name == "cells"
+    np.testing.assert_array_equal(np.asarray(layer.data), labels)
+    np.testing.assert_allclose(layer.scale, [2.0, 0.5, 0.5])

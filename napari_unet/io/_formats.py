@@ -157,7 +157,7 @@ def stack_name(path: str | os.PathLike) -> str:
     """Layer name for a file or folder: its name without (double) extension."""
     p = Path(path)
     name = p.name or p.resolve().name  # ("." or "..": the folder's own name, not "")
-    for ext in (".ome.tiff", ".ome.tif", ".ome.zarr", *READABLE_SUFFIXES):
+    for ext in (".ome.tiff", ".ome.tif", ".ome.btf", ".ome.tf8", ".ome.tf2", ".ome.zarr", *READABLE_SUFFIXES):
         if name.lower().endswith(ext) and len(name) > len(ext):
             return name[: -len(ext)]
     return name
@@ -271,11 +271,12 @@ def _open_tiff(p: Path) -> _Opened:
         except Exception as e:
             raise StackReadError(f"cannot read '{p.name}': corrupt or truncated TIFF ({e})") from e
         try:
-            series = tif.series[0] if tif.series else None
-            others = sum(not _reduced(other) for other in tif.series[1:])  # (previews are no images of their own)
+            index, in_file = _image_series(tif, p)
+            series = tif.series[index] if tif.series else None
+            others = len(in_file) - 1 if in_file else 0
             if others:  # (said by File > Open, Load stack and predict: StackInfo.other_series)
                 log.info("'%s' holds %d image series (positions, or planes written one by one); the first "
-                            "one, %s, is read.", p.name, others + 1, "x".join(map(str, tif.series[0].shape)))
+                            "one, %s, is read.", p.name, others + 1, "x".join(map(str, series.shape)))
         except Exception:
             tif.close()
             raise
@@ -285,6 +286,12 @@ def _open_tiff(p: Path) -> _Opened:
         broken = [m for m in warned if "invalid page offset" in m or "corrupt" in m or "truncat" in m]
         if broken:
             raise StackReadError(f"cannot read '{p.name}': the file is truncated or corrupt ({broken[0]})")
+        if any(page is None for page in series.pages):  # in files not found (tifffile reads zeros there)
+            missing = sorted({m.group(1) for m in map(re.compile(r"failed to read '([^']+)'").search, warned) if m})
+            raise StackReadError(
+                f"cannot read '{p.name}': it is one file of a multi-file OME-TIFF, and some of its planes are in "
+                f"files that are not beside it ({', '.join(missing[:3]) or 'files not found'}"
+                f"{' …' if len(missing) > 3 else ''}); put them back in its folder, under their own names")
         ij = tif.imagej_metadata if tif.is_imagej else None
         if ij and series.kind.lower() != "imagej" and int(ij.get("images", 1)) > len(tif.pages):
             raise StackReadError(
@@ -293,6 +300,9 @@ def _open_tiff(p: Path) -> _Opened:
             )
         shape = tuple(int(s) for s in series.shape)
         file_axes = series.axes
+        planar = _planar_colour_order(file_axes, shape, series)
+        if planar is not None:  # colour planes stored one after the other: read with the samples last
+            shape, file_axes = tuple(shape[i] for i in planar), "".join(file_axes[i] for i in planar)
         if (file_axes.upper().endswith("S") and "C" not in file_axes.upper()
                 and _grey_samples(series)):  # channels stored side by side, not colour
             file_axes = file_axes[:-1] + "C"
@@ -305,7 +315,7 @@ def _open_tiff(p: Path) -> _Opened:
         scale: dict[str, float] = {}
         names: list[str] | None = None
         if tif.is_ome:
-            scale, names = _ome_tiff_calibration(tif.ome_metadata or "")
+            scale, names = _ome_tiff_calibration(tif.ome_metadata or "", index, series.name)
         elif tif.is_imagej:
             scale = _imagej_calibration(tif)
         else:
@@ -324,8 +334,9 @@ def _open_tiff(p: Path) -> _Opened:
 
     def load() -> np.ndarray:
         try:
-            with tifffile.TiffFile(p, **options) as t:
-                return t.series[0].asarray()
+            with _TiffWarnings(), tifffile.TiffFile(p, **options) as t:  # (said when it was opened)
+                pixels = t.series[index].asarray()
+            return pixels if planar is None else pixels.transpose(planar)
         except MemoryError as e:
             raise StackReadError(f"'{p.name}' ({_human_bytes(info.nbytes)}) does not fit in memory; "
                                  "open it lazily instead") from e
@@ -337,26 +348,29 @@ def _open_tiff(p: Path) -> _Opened:
         from dask.base import tokenize
 
         # the levels keep this TiffFile open for as long as the dask arrays live
-        lazy_tif = tifffile.TiffFile(p, **options)
+        with _TiffWarnings():  # (said when it was opened)
+            lazy_tif = tifffile.TiffFile(p, **options)
         stamp = p.stat()
         levels = []
         for level in range(n_levels):
-            source = TiffLevel(p, level, options, lazy_tif)
-            name = "tiff-" + tokenize(str(p.resolve()), stamp.st_mtime_ns, stamp.st_size, level, options)
-            levels.append(da.from_array(source, chunks=source.chunks, name=name, asarray=True))
+            source = TiffLevel(p, level, options, lazy_tif, series=index)
+            name = "tiff-" + tokenize(str(p.resolve()), stamp.st_mtime_ns, stamp.st_size, level, options, index)
+            level = da.from_array(source, chunks=source.chunks, name=name, asarray=True)
+            levels.append(level if planar is None else level.transpose(planar))
         return levels
 
     return _Opened(info, load, lazy)
 
 
 class TiffLevel:
-    """One resolution level of a TIFF's first series as an array that dask reads block by block
-    (through tifffile's zarr store of it). It travels as its path: a dask.distributed worker opens
-    the file itself (a graph holding the open file could not be sent: ``predict --scheduler``
-    failed on every input read lazily)."""
+    """One resolution level of a TIFF's series (its image: :func:`_image_series`) as an array that
+    dask reads block by block (through tifffile's zarr store of it). It travels as its path: a
+    dask.distributed worker opens the file itself (a graph holding the open file could not be sent:
+    ``predict --scheduler`` failed on every input read lazily)."""
 
-    def __init__(self, path: str | os.PathLike, level: int, options: dict[str, Any], tif: Any = None) -> None:
-        self.path, self.level, self.options = str(path), int(level), dict(options)
+    def __init__(self, path: str | os.PathLike, level: int, options: dict[str, Any], tif: Any = None,
+                 series: int = 0) -> None:
+        self.path, self.level, self.options, self.series = str(path), int(level), dict(options), int(series)
         self._tif, self._array = tif, None
         array = self._open()
         self.shape, self.dtype, self.ndim = tuple(array.shape), np.dtype(array.dtype), len(array.shape)
@@ -368,8 +382,9 @@ class TiffLevel:
             import zarr
 
             if self._tif is None:
-                self._tif = tifffile.TiffFile(self.path, **self.options)
-            self._array = zarr.open_array(self._tif.series[0].aszarr(level=self.level), mode="r")
+                with _TiffWarnings():  # (said when it was opened)
+                    self._tif = tifffile.TiffFile(self.path, **self.options)
+            self._array = zarr.open_array(self._tif.series[self.series].aszarr(level=self.level), mode="r")
         return self._array
 
     def __getitem__(self, key: Any) -> np.ndarray:
@@ -393,6 +408,24 @@ def _grey_samples(series: Any) -> bool:
     import tifffile
 
     return photometric in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.MINISWHITE)
+
+
+def _planar_colour_order(axes: str, shape: tuple[int, ...], series: Any) -> list[int] | None:
+    """The order putting the colour samples last, for a TIFF of RGB(A) colour stored as planes one
+    after the other (PlanarConfiguration separate: tifffile's ``S`` before Y, X, as Bio-Formats and
+    scanners write it); None for any other (interleaved colour; grey samples, which are channels)."""
+    axes = axes.upper()
+    if "S" not in axes or axes.endswith("S") or shape[axes.index("S")] not in (3, 4) or _grey_samples(series):
+        return None
+    try:
+        import tifffile
+
+        if series.pages[0].photometric != tifffile.PHOTOMETRIC.RGB:
+            return None
+    except Exception:  # noqa: BLE001 - (no page to tell: channels, as before)
+        return None
+    s = axes.index("S")
+    return [i for i in range(len(axes)) if i != s] + [s]
 
 
 def _planes_written_one_by_one(tif: Any) -> bool:
@@ -428,6 +461,26 @@ class _TiffWarnings(logging.Handler):
 
     def __exit__(self, *exc: object) -> None:
         logging.getLogger("tifffile").removeHandler(self)
+
+
+def _image_series(tif: Any, p: Path) -> tuple[int, list[int]]:
+    """Which of a TIFF's series is its image, and the series of images held in this file.
+
+    Its image is the first series that is no preview and whose pixels are in this file: a file of a
+    multi-position acquisition split per position (Bio-Formats' bfconvert) carries the OME-XML of
+    every position, and its own is not the first (the first position was read, from another file);
+    a thumbnail page first is a preview, not the image. (0, []) for a TIFF without series."""
+    series = list(tif.series)
+    images = [i for i, s in enumerate(series) if not _reduced(s)] or list(range(len(series)))[:1]
+
+    def here(s: Any) -> bool:
+        try:
+            return os.path.samefile(s.pages[0].parent.filehandle.path, p)
+        except (AttributeError, IndexError, TypeError, OSError):
+            return True  # (nothing says it is elsewhere)
+
+    in_file = [i for i in images if here(series[i])]
+    return (in_file or images or [0])[0], in_file
 
 
 def _reduced(series: Any) -> bool:
@@ -478,7 +531,9 @@ def _set_calibration(scale: dict[str, float], axis: str, value: str, factor: flo
         log.warning("The OME-XML %s %r is not a number: the %s axis is left uncalibrated.", what, value, axis)
 
 
-def _ome_tiff_calibration(xml: str) -> tuple[dict[str, float], list[str] | None]:
+def _ome_tiff_calibration(xml: str, index: int = 0, name: str | None = None) -> tuple[dict[str, float], list[str] | None]:
+    """Pixel sizes and channel names of the OME-XML's image ``index`` (tifffile's series, in the
+    order of the Image elements; by its ``name`` where that is one image's alone)."""
     scale: dict[str, float] = {}
     names: list[str] | None = None
     if not xml:
@@ -488,7 +543,10 @@ def _ome_tiff_calibration(xml: str) -> tuple[dict[str, float], list[str] | None]
     except ET.ParseError:
         log.warning("OME-XML metadata is not valid XML; ignoring calibration")
         return scale, names
-    pixels = next((el for el in root.iter() if el.tag.endswith("}Pixels") or el.tag == "Pixels"), None)
+    images = [el for el in root if el.tag.endswith("}Image") or el.tag == "Image"]
+    named = [el for el in images if name and el.get("Name") == name]
+    image = named[0] if len(named) == 1 else images[index] if index < len(images) else root
+    pixels = next((el for el in image.iter() if el.tag.endswith("}Pixels") or el.tag == "Pixels"), None)
     if pixels is None:
         return scale, names
     for a in "XYZ":
@@ -695,7 +753,8 @@ def _read_plane(f: Path) -> np.ndarray:
     if f.suffix.lower() in (".tif", ".tiff"):
         import tifffile
 
-        return tifffile.imread(f)
+        with _TiffWarnings(), tifffile.TiffFile(f) as t:  # (a position's own file: its image, not the first)
+            return t.series[_image_series(t, f)[0]].asarray()
     from PIL import Image
 
     with Image.open(f) as im:
@@ -714,8 +773,8 @@ def _plane_header(f: Path) -> tuple[tuple[int, ...], np.dtype]:
     if f.suffix.lower() in (".tif", ".tiff"):
         import tifffile
 
-        with tifffile.TiffFile(f) as t:
-            s = t.series[0]
+        with _TiffWarnings(), tifffile.TiffFile(f) as t:
+            s = t.series[_image_series(t, f)[0]]
             return tuple(s.shape), np.dtype(s.dtype)
     from PIL import Image
 

@@ -350,7 +350,8 @@ def napari_get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]]
         except Exception:  # noqa: BLE001 - not a Zarr group we can open: napari moves on
             return None
         ome = attrs.get("ome", attrs)
-        if "multiscales" not in ome and "bioformats2raw.layout" not in ome:  # (images in groups 0, 1, ...)
+        if ("multiscales" not in ome and "bioformats2raw.layout" not in ome  # (images in groups 0, 1, ...)
+                and _one_labels_child(path, attrs) is None):  # (an image's labels/ folder of one labels image)
             return None
     return reader_function
 
