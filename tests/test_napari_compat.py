@@ -21,6 +21,7 @@ from napari_unet.widgets._napari_compat import (
     opened_from,
     overlays_shown_when_used,
     raise_plugin_dock,
+    refresh_labels_region,
     stroke_in_progress,
     unwrap_proxy,
     viewer_camera,
@@ -312,3 +313,33 @@ def test_adding_a_layer_does_not_remake_the_docked_widgets_radio_buttons(make_na
     assert after == before  # the same button objects, none made anew
     segment = widgets[1]
     assert segment._image_combo.value is viewer.layers["image"]  # lists that follow the layers still do
+
+
+def test_refresh_labels_region_draws_only_the_region_of_the_plane_shown(make_napari_viewer, data_dir, qtbot):
+    """A field of view written into the plane shown is drawn again alone (napari's partial refresh:
+    ``_slice.image.view``, ``_accumulate_updated_slice``, ``_partial_labels_refresh``; a whole
+    ``refresh()`` of a slide held the window 0.8 s); another plane, or the 3D view, refreshes all."""
+    import tifffile
+
+    truth = tifffile.imread(data_dir / "c2c12_timelapse" / "labels.tif")[:3].astype(np.int32)
+    viewer = make_napari_viewer(show=True)  # (a layer never drawn has no texture: napari refreshes it all)
+    layer = viewer.add_labels(np.zeros_like(truth), name="masks")
+    viewer.dims.set_current_step(0, 1)
+    qtbot.wait(300)
+    updates, whole = [], []
+    layer.events.labels_update.connect(lambda event: updates.append(tuple(event.offset)))
+    layer.events.set_data.connect(lambda _event: whole.append(True))
+    rows, cols = slice(40, 120), slice(60, None)
+    layer.data[1, rows, cols] = truth[1, rows, cols]
+    whole.clear()  # (the slider moved: napari's own refresh)
+    refresh_labels_region(layer, (1,), rows, cols)
+    shown = layer._slice.image
+    assert updates == [(40, 60)] and not whole, "napari's _partial_labels_refresh no longer emits labels_update"
+    np.testing.assert_array_equal(shown.view[rows, cols], layer.colormap._data_to_texture(truth[1, rows, cols]))
+    layer.data[2, rows, cols] = truth[2, rows, cols]  # a plane not shown
+    refresh_labels_region(layer, (2,), rows, cols)
+    assert whole and updates == [(40, 60)]
+    viewer.dims.ndisplay = 3
+    whole.clear()
+    refresh_labels_region(layer, (1,), rows, cols)
+    assert whole and updates == [(40, 60)]

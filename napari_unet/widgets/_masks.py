@@ -17,6 +17,7 @@ from ._napari_compat import (
     forget_labels_history,
     layers_added_unselected,
     overlays_shown_when_used,
+    refresh_labels_region,
     stroke_in_progress,
     unwrap_proxy,
 )
@@ -340,7 +341,10 @@ def write_plane(layer: Any, result: Any, above: int = 0) -> None:
         labels = np.where(labels > 0, labels + offset, 0).astype(plane.dtype)
     plane[rows, cols] = labels
     forget_history_of_planes(layer, [result.index])  # Ctrl+Z must not replay edits of the masks replaced
-    layer.refresh()
+    if covers_plane(plane.shape, result.region):
+        layer.refresh()
+    else:  # (a field of view of a slide: its region only)
+        refresh_labels_region(layer, tuple(result.index or ()), rows, cols)
 
 
 @dataclasses.dataclass

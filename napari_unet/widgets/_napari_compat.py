@@ -335,3 +335,35 @@ def window_destroyed_signal(viewer: Any) -> Any:
     if signal is None:
         log.debug("napari's window has no _qt_window: its closing is not watched")
     return signal
+
+
+def refresh_labels_region(layer: Any, index: tuple[int, ...], rows: slice, cols: slice) -> None:
+    """Show the labels just written into ``rows, cols`` of the plane ``index`` of ``layer``.
+
+    Where the layer shows that very plane, in 2D, from an array in memory, only the region is drawn
+    again, as napari's own ``data_setitem`` does (the texture of the region, ``_slice.image.view``,
+    then ``_accumulate_updated_slice`` and ``_partial_labels_refresh``): a ``layer.refresh()`` maps
+    every pixel of the plane to colours again, and a field of view segmented on a 10000 x 10000
+    slide held the window 0.8 s for it (the region: 2 ms). Anywhere else, or when napari changes,
+    ``layer.refresh()``. Checked against napari 0.9.2 (read in 0.5.0 to 0.8.0: the same three).
+    """
+    import numpy as np
+
+    try:
+        data = layer.data
+        shown = layer._slice.image
+        plane = data[index] if index else data
+        rows, cols = slice(*rows.indices(plane.shape[0])[:2]), slice(*cols.indices(plane.shape[1])[:2])
+        if (isinstance(data, np.ndarray) and not getattr(layer, "multiscale", False)
+                and layer._slice_input.ndisplay == 2
+                and tuple(layer._slice_input.displayed) == (layer.ndim - 2, layer.ndim - 1)
+                and shown.raw.shape == plane.shape and np.may_share_memory(shown.raw, plane)
+                and shown.view.shape[:2] == plane.shape):
+            if layer.contour == 0:
+                shown.view[rows, cols] = layer.colormap._data_to_texture(plane[rows, cols])
+            layer._accumulate_updated_slice(tuple(slice(i, i + 1) for i in index) + (rows, cols))
+            layer._partial_labels_refresh()
+            return
+    except (AttributeError, TypeError, ValueError, IndexError) as exc:  # napari changed: all of it, as before
+        log.debug("partial refresh of %r failed (%s); refreshing the layer", getattr(layer, "name", layer), exc)
+    layer.refresh()
