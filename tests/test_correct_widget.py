@@ -382,6 +382,24 @@ def test_delete_and_merge_act_on_the_3d_object_when_napari_edits_in_3d(make_napa
     assert not (layer.data == other).any() and (layer.data == victim).sum() == (
         (truth == victim) | (truth == other)).sum()
 
+    # a stack segmented plane by plane: each plane numbers its objects from 1, so the id clicked is also
+    # other cells in other planes; through the planes, Delete and Merge take the object clicked only
+    from skimage.measure import label as number
+
+    per_plane = np.stack([number(plane > 0) for plane in truth]).astype(np.int32)
+    layer.data = per_plane.copy()
+    widget.tools.mode = MODE_DELETE
+    clicked = int(per_plane[z, yx[0], yx[1]])
+    twins = (per_plane == clicked).sum()
+    widget.tools.click((z,), yx)
+    from scipy import ndimage as ndi
+
+    parts, _n = ndi.label(per_plane == clicked)
+    gone = parts == parts[z, yx[0], yx[1]]
+    assert 0 < gone.sum() < twins  # (the same id elsewhere, not connected to it, is another cell)
+    np.testing.assert_array_equal(layer.data[gone], 0)
+    np.testing.assert_array_equal(layer.data[~gone], per_plane[~gone])
+
 
 def test_a_hidden_labels_layer_comes_after_shown_ones_and_a_tool_shows_it(make_napari_viewer, c2c12_masks):
     """A sample opened by ``napari-unet gui`` has its ground truth hidden: Correct proposes a shown

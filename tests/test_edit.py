@@ -105,6 +105,27 @@ def test_merge_objects_keeps_the_first_id_and_leaves_neighbours(crowded):
     assert edit.region == (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
 
 
+def test_delete_and_merge_at_a_pixel_take_only_the_part_connected_to_it(crowded):
+    """Two planes numbered each from 1 (a stack segmented plane by plane, edited as a volume): the
+    id clicked is another cell in the other plane; ``at`` keeps the edit to the object clicked."""
+    stack = np.stack([crowded, np.roll(crowded, crowded.shape[1] // 2, axis=1)])
+    target = 100
+    where = tuple(int(v) for v in np.argwhere(stack[0] == target)[0])
+    assert not ((stack[0] == target) & (stack[1] == target)).any()  # (the twin is elsewhere: not connected)
+    after = applied(stack, delete_object(stack, target, at=(0, *where)))
+    assert not (after[0] == target).any()
+    np.testing.assert_array_equal(after[1], stack[1])
+    np.testing.assert_array_equal(after[0][crowded != target], crowded[crowded != target])
+    a, b = touching_pair(crowded)
+    pa, pb = (tuple(int(v) for v in np.argwhere(crowded == i)[0]) for i in (a, b))
+    after = applied(stack, merge_objects(stack, [a, b], at=[(0, *pa), (0, *pb)]))
+    assert not (after[0] == b).any() and (after[0] == a).sum() == (crowded == a).sum() + (crowded == b).sum()
+    np.testing.assert_array_equal(after[1], stack[1])  # b's twin in the other plane is another cell
+    # without ``at``, or ``at`` off the object: the whole id, as before
+    assert not (applied(stack, delete_object(stack, target)) == target).any()
+    assert not (applied(stack, delete_object(stack, target, at=(1, 0, 0))) == target).any()
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [

@@ -216,7 +216,7 @@ def relabel_sequential(labels: np.ndarray) -> LabelEdit:
 
 
 # ---------------------------------------------------------------------- delete, merge
-def delete_object(labels: np.ndarray, label_id: int) -> LabelEdit:
+def delete_object(labels: np.ndarray, label_id: int, at: Sequence[int] | None = None) -> LabelEdit:
     """Set the pixels of object ``label_id`` to background.
 
     Parameters
@@ -225,16 +225,33 @@ def delete_object(labels: np.ndarray, label_id: int) -> LabelEdit:
         (Y, X) or (Z, Y, X) integer instance labels (not changed).
     label_id : int
         The object to delete.
+    at : sequence of int, optional
+        A pixel of the object: only its part connected to that pixel (through faces) is deleted.
+        For a stack edited as a volume, whose planes were segmented one by one: each plane numbers
+        its objects from 1, and the id clicked is also unrelated cells in the other planes.
     """
     labels = _check_labels(labels)
     label_id = _check_id(label_id)
     box, obj = _object(labels, label_id)
+    if at is not None:
+        obj = _part_at(obj, box, at)
     values = labels[box].copy()
     values[obj] = 0
     return LabelEdit(box, values, f"deleted object {label_id} ({int(obj.sum())} px)")
 
 
-def merge_objects(labels: np.ndarray, label_ids: Sequence[int]) -> LabelEdit:
+def _part_at(obj: np.ndarray, box: Region, at: Sequence[int]) -> np.ndarray:
+    """The part of ``obj`` (an object's mask in its bounding ``box``) connected through faces to the
+    pixel ``at`` of the labels; all of it when ``at`` is not on it."""
+    local = tuple(int(a) - int(s.start) for a, s in zip(at, box, strict=True))
+    if not all(0 <= i < n for i, n in zip(local, obj.shape, strict=True)) or not obj[local]:
+        return obj
+    parts, _n = ndi.label(obj)
+    return parts == parts[local]
+
+
+def merge_objects(labels: np.ndarray, label_ids: Sequence[int],
+                  at: Sequence[Sequence[int] | None] | None = None) -> LabelEdit:
     """Give every pixel of the objects ``label_ids`` the first id of the list.
 
     Parameters
@@ -243,6 +260,9 @@ def merge_objects(labels: np.ndarray, label_ids: Sequence[int]) -> LabelEdit:
         (Y, X) or (Z, Y, X) integer instance labels (not changed).
     label_ids : sequence of int
         At least two different ids; the merged object keeps ``label_ids[0]``.
+    at : sequence of pixels, optional
+        A pixel of each object (None for any): of the objects merged into the first, only their
+        parts connected to it (see :func:`delete_object`).
     """
     labels = _check_labels(labels)
     ids = list(dict.fromkeys(_check_id(i) for i in label_ids))
@@ -251,11 +271,15 @@ def merge_objects(labels: np.ndarray, label_ids: Sequence[int]) -> LabelEdit:
         raise ValueError(f"Merging needs two different objects; got {shown}.")
     keep, others = ids[0], ids[1:]
     _object(labels, keep)  # raises when it is not there
+    where = {_check_id(i): pixel for i, pixel in zip(label_ids, at, strict=True)} if at is not None else {}
     mask = np.zeros(labels.shape, dtype=bool)
     for other in others:
         one = labels == other
         if not one.any():
             raise ValueError(f"There is no object {other} in these labels.")
+        if where.get(other) is not None:
+            box = bounding_box(one)
+            one[box] = _part_at(one[box], box, where[other])
         mask |= one
     box = bounding_box(mask)
     assert box is not None

@@ -270,7 +270,8 @@ class ObjectTools:
         label = self._id_at(plane, yx)
         target = self._target(plane) if self._mode in (MODE_DELETE, MODE_MERGE) else plane
         if self._mode == MODE_DELETE:
-            return self._apply(target, core_edit.delete_object(plane_of(self.layer, target), label))
+            return self._apply(target, core_edit.delete_object(plane_of(self.layer, target), label,
+                                                               at=_pixel_in(target, plane, yx)))
         pending, self._pending = self._pending, None
         if pending is None or self._target(pending[0]) != target:  # (2D: the same plane; 3D: the same volume)
             self._pending = (plane, label, tuple(yx))
@@ -282,7 +283,9 @@ class ObjectTools:
             raise EditError(f"the slice changed since object {first_label} was picked (segmented again): "
                             "click the first object again.")
         if self._mode == MODE_MERGE:
-            return self._apply(target, core_edit.merge_objects(plane_of(self.layer, target), [first_label, label]))
+            return self._apply(target, core_edit.merge_objects(
+                plane_of(self.layer, target), [first_label, label],
+                at=[_pixel_in(target, first_plane, np.asarray(first_yx)), _pixel_in(target, plane, yx)]))
         if label != first_label:
             raise EditError(f"the second seed is on object {label}, the first on object {first_label}: "
                             "put both seeds in the object to split.")
@@ -394,6 +397,16 @@ class ObjectTools:
             return
         if message:
             self.status.emit(message)
+
+
+def _pixel_in(target: Plane, plane: Plane, yx: np.ndarray) -> tuple[int, ...] | None:
+    """Where a click at ``yx`` of ``plane`` is in the volume ``target`` (a Delete or Merge through the
+    planes: :meth:`ObjectTools._target`), so that it acts on the object clicked, not on every object
+    of its id; None when the target is the plane itself (an id is one object there)."""
+    if len(target) >= len(plane):
+        return None
+    y, x = (int(np.floor(c + 0.5)) for c in yx)
+    return (*plane[len(target):], y, x)
 
 
 def _keybinding(key: str) -> Any:
