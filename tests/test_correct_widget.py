@@ -433,3 +433,24 @@ def test_the_buttons_edit_the_layer_shown_and_active(make_napari_viewer, c2c12_m
     assert viewer.layers.selection.active is picked and picked.visible
     assert np.count_nonzero(picked.data) < np.count_nonzero(c2c12_masks[:2])  # the slice shown emptied
     np.testing.assert_array_equal(other.data, c2c12_masks[:2])
+
+
+def test_closing_the_dock_switches_its_tools_off(correcting, qtbot):
+    """napari's close button keeps the widget (hidden): its Delete tool stayed on (a plain click
+    deleted an object, nothing showing a tool was on) and D, G, S, H, N stayed bound to the layer."""
+    from napari_unet.widgets._registry import get_widget
+
+    viewer, layer, widget, _mouse = correcting
+    widget._mode.value = MODE_DELETE
+    tools = widget.tools
+    assert tools._on_mouse in layer.mouse_drag_callbacks
+    from napari_unet.widgets._object_tools import _keybinding
+
+    assert all(layer.keymap.get(_keybinding(k)) for k in ("D", "G", "S", "H", "N"))
+    viewer.window.remove_dock_widget(widget.native)
+    assert widget.tools is None and tools.mode == MODE_OFF
+    assert tools._on_mouse not in layer.mouse_drag_callbacks
+    assert not any(layer.keymap.get(_keybinding(k)) for k in ("D", "G", "S", "H", "N"))
+    assert get_widget(viewer, "correct") is None
+    viewer.add_labels(np.zeros((4, 8, 8), np.int32), name="other masks")  # followed no more: no tools again
+    assert widget.tools is None

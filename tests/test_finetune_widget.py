@@ -1164,3 +1164,32 @@ def test_buttons_that_act_on_a_choice_are_enabled_only_with_one(widget, base_mod
     models.refresh()
     assert not models._rename_button.enabled and not models._delete_button.enabled
     assert not models._export_button.enabled
+
+
+def test_closing_the_dock_stops_the_run_and_saves_the_best_so_far(widget, c2c12, qtbot):
+    """napari's close button keeps the widget (hidden): its training went on, and the Fine-tune the
+    Plugins menu makes anew could start a second beside it ("saved as NAME-2")."""
+    from napari_unet.core.events import TrainStep
+    from napari_unet.widgets._registry import get_widget
+
+    viewer, w = widget
+    _add_pair(viewer, *c2c12)
+    w.corrected_panel._mark_button.native.click()
+    w.settings_panel._steps.value = 5000
+    w.run_panel._start_button.native.click()
+    worker = w.run_panel._worker
+    steps: list[int] = []
+
+    def close_at_step_2(event):
+        if isinstance(event, TrainStep):
+            steps.append(event.step)
+            if event.step == 2:
+                viewer.window.remove_dock_widget(w.native)
+
+    worker.yielded.connect(close_at_step_2)
+    _wait(qtbot, w)
+    assert 2 <= max(steps) < 100
+    assert "base-tuned" in _user_models()  # the best so far, saved
+    assert get_widget(viewer, "finetune") is None
+    _dock, again = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
+    assert again is not w and get_widget(viewer, "finetune") is again and again.run_panel._start_button.enabled

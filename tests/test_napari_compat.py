@@ -24,6 +24,7 @@ from napari_unet.widgets._napari_compat import (
     refresh_labels_region,
     stroke_in_progress,
     unwrap_proxy,
+    view_size,
     viewer_camera,
     watch_labels_replay,
 )
@@ -343,3 +344,27 @@ def test_refresh_labels_region_draws_only_the_region_of_the_plane_shown(make_nap
     whole.clear()
     refresh_labels_region(layer, (1,), rows, cols)
     assert whole and updates == [(40, 60)]
+
+
+def test_view_size_is_one_tile_in_grid_mode(make_napari_viewer, qtbot, data_dir):
+    """With View > Grid on, each layer is shown in a tile of its own (napari 0.9: a view box each, one
+    camera): "Visible field of view" segmented what the whole canvas would show, twice the tile."""
+    import tifffile
+
+    from napari_unet.widgets._base import visible_region
+
+    frames = tifffile.imread(data_dir / "c2c12_timelapse" / "images.tif")[:2]
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1200, 800)
+    image = viewer.add_image(frames[0], name="a")
+    viewer.add_image(frames[1], name="b")
+    qtbot.wait(200)
+    assert view_size(viewer) == canvas_size(viewer)
+    viewer.canvas.grid.enabled = True
+    viewer.camera.center, viewer.camera.zoom = (117, 117), 4.0
+    qtbot.wait(300)
+    tile = viewer.window._qt_viewer.canvas.grid_views[0].size  # (width, height) of napari's view box
+    height, width = view_size(viewer)
+    assert abs(width - tile[0]) <= 2 and abs(height - tile[1]) <= 2, "napari's grid no longer splits the canvas"
+    rows, cols = visible_region(viewer, image, frames[0].shape)
+    assert abs((cols.stop - cols.start) - tile[0] / 4) <= 3 and abs((rows.stop - rows.start) - tile[1] / 4) <= 3

@@ -1292,3 +1292,23 @@ def test_a_settings_file_edited_by_hand_does_not_stop_load_stack(make_napari_vie
         (config / SETTINGS_FILE).write_text(json.dumps({"last_folder": value}))
         assert get_setting("last_folder") == value
         LoadWidget(viewer)  # (it raised TypeError and did not open)
+
+
+def test_closing_the_dock_cancels_its_run_and_the_new_one_is_found(widget, qtbot, c2c12_stack, notifications):
+    """napari's close button of a dock keeps the widget (hidden): its whole-stack run went on writing,
+    and the Segment the Plugins menu makes anew could start a second run into the same masks."""
+    from napari_unet.widgets._registry import get_widget
+
+    viewer, w = widget
+    image = viewer.add_image(np.concatenate([c2c12_stack] * 4), name="c2c12")
+    done = _run_stack_doing_after_first_plane(w, image, lambda: viewer.window.remove_dock_widget(w.native))
+    _wait(qtbot, w)
+    assert done and w._status.value.startswith("Cancelled")
+    masks = viewer.layers[masks_layer_name("c2c12")]
+    assert sum(bool(plane.any()) for plane in masks.data) < len(masks.data)  # stopped: not every plane
+    assert get_widget(viewer, "segment") is None
+    _dock, again = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    assert again is not w and get_widget(viewer, "segment") is again
+    viewer.add_image(c2c12_stack, name="other")  # the closed one follows the layers no more
+    assert "other" in [layer.name for layer in again._image_combo.choices]
+    assert "other" not in [layer.name for layer in w._image_combo.choices]

@@ -17,7 +17,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from napari_unet._errors import one_line  # noqa: F401  (the widgets' one line of an error)
 
 from . import _heap
-from ._napari_compat import canvas_size, viewer_camera  # noqa: F401  (re-exported for the widgets)
+from ._napari_compat import canvas_size, view_size, viewer_camera  # noqa: F401  (re-exported for the widgets)
 
 if TYPE_CHECKING:
     import napari
@@ -230,6 +230,22 @@ def format_seconds(seconds: float | None) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+def when_undocked(widget: Any, callback: Callable[[], None]) -> None:
+    """Call ``callback`` when napari's close button of a dock takes ``widget`` (a QWidget) out of the
+    window: napari then deletes the dock but not the widget, which lives on hidden (its run going
+    on, its tools bound to the layers) until collected; the Plugins menu makes a new one."""
+    from qtpy.QtCore import QEvent, QObject
+
+    class Undocked(QObject):
+        def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 - Qt's name
+            if event.type() == QEvent.Type.ParentChange and obj.parent() is None:
+                callback()
+            return False
+
+    watcher = Undocked(widget)  # (a child of the widget: lives as long as it does)
+    widget.installEventFilter(watcher)
+
+
 def qt_alive(widget: Any) -> bool:
     """Whether a magicgui widget's Qt widget still exists: a worker's last signals can arrive
     after the viewer (and the dock widget with it) was closed."""
@@ -322,7 +338,7 @@ def visible_region(
     """
     h, w = plane_shape
     camera = viewer_camera(viewer)
-    canvas = canvas_size(viewer)
+    canvas = view_size(viewer)  # (in grid mode: one tile)
     zoom = float(camera.zoom)
     if canvas is None or min(canvas) <= 1 or zoom <= 0:
         return slice(0, h), slice(0, w)

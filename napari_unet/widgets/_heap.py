@@ -163,16 +163,9 @@ def _layer_removed(event: Any) -> None:
 def _watch_undocking(widget: Any, ref: weakref.ref[Any] | None) -> None:
     """napari's close button of a dock takes the widget out (no parent) and deletes the dock; the
     widget itself goes only when collected, which it cannot be while frozen: that is the sign."""
-    from qtpy.QtCore import QEvent, QObject
+    from ._base import when_undocked
 
-    class Undocked(QObject):
-        def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 - Qt's name
-            if event.type() == QEvent.Type.ParentChange and obj.parent() is None:
-                _host_gone(ref)
-            return False
-
-    watcher = Undocked(widget)  # (a child of the widget: lives as long as it does)
-    widget.installEventFilter(watcher)
+    when_undocked(widget, lambda: _host_gone(ref))
 
 
 def _main_thread_caller() -> Any:

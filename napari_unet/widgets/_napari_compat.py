@@ -188,6 +188,33 @@ def canvas_size(viewer: "napari.Viewer") -> tuple[int, int] | None:
     return None if size is None else (int(size[-2]), int(size[-1]))
 
 
+def view_size(viewer: "napari.Viewer") -> tuple[int, int] | None:
+    """(height, width) in screen pixels of the view that shows a layer: the canvas, or one tile of it
+    in grid mode (napari 0.9 shows each tile as a view box of its own with the same camera: the field
+    of view there is a tile's, and the canvas's was twice as wide with two layers side by side).
+
+    Checked against: napari 0.9.2 (public ``viewer.canvas.grid``, ``enabled``, ``actual_shape``;
+    private ``_compute_canvas_spacing``, degrading to no spacing). Before 0.9 (a grid made by moving
+    the layers under one camera): the canvas, as :func:`canvas_size`.
+    """
+    size = canvas_size(viewer)
+    viewer = unwrap_proxy(viewer)  # (napari warns of a private attribute read through a plugin's proxy)
+    grid = getattr(getattr(viewer, "canvas", None), "grid", None)
+    if size is None or grid is None or not getattr(grid, "enabled", False):
+        return size
+    layers = viewer.layers
+    try:
+        rows, cols = (int(n) for n in grid.actual_shape(layers))
+    except (AttributeError, TypeError, ValueError):
+        return size
+    try:
+        spacing = float(grid._compute_canvas_spacing((size[1], size[0]), layers))
+    except (AttributeError, TypeError, ValueError):
+        spacing = 0.0
+    height, width = (size[0] - (rows - 1) * spacing) / max(rows, 1), (size[1] - (cols - 1) * spacing) / max(cols, 1)
+    return max(int(height), 1), max(int(width), 1)
+
+
 def raise_plugin_dock(viewer: "napari.Viewer", plugin: str, widget_name: str) -> Any:
     """Show the dock of a plugin widget and bring it to the front of its tab group.
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, Label, PushButton, SpinBox
 
-from ._base import FixedRadioButtons, notify_error, notify_info, scroll_when_short
+from ._base import FixedRadioButtons, notify_error, notify_info, scroll_when_short, when_undocked
 from ._object_tools import MODE_OFF, MODES, SHORTCUTS, ObjectTools, select_next_free_label
 from ._object_tools import MODE_DELETE, MODE_MERGE, MODE_SPLIT  # noqa: F401  (re-exported)
 from ._registry import _unwrap, register_widget
@@ -89,10 +89,33 @@ class CorrectWidget(Container):
                 select_next_free_label(layer)
         viewer.layers.events.inserted.connect(self._on_inserted)
         viewer.layers.events.removed.connect(self._on_removed)
-        viewer.layers.events.renamed.connect(lambda *_: self._layer_combo.reset_choices())
+        viewer.layers.events.renamed.connect(self._on_renamed)
         self._on_layer()
         register_widget(viewer, "correct", self)
+        when_undocked(self.native, self._closed)
         scroll_when_short(self)  # (a dock shorter than its controls: a laptop's screen)
+
+    def _closed(self) -> None:
+        """The dock was closed (napari keeps the widget, hidden; the Plugins menu makes a new one): its
+        tools are switched off and unbound (a plain click still deleted an object, and D, G, S, H, N
+        stayed bound, with nothing shown), and it no longer follows the layers."""
+        from ._registry import unregister_widget
+
+        if self.tools is not None:
+            self.tools.detach()
+            self.tools = None
+        events = self._viewer.layers.events
+        for event, slot in ((events.inserted, self._on_inserted), (events.removed, self._on_removed),
+                            (events.renamed, self._on_renamed)):
+            try:
+                event.disconnect(slot)
+            except (TypeError, ValueError, RuntimeError):  # (not connected)
+                pass
+        self._layer_combo.changed.disconnect(self._on_layer)
+        unregister_widget(self._viewer, "correct", self)
+
+    def _on_renamed(self, *_args) -> None:
+        self._layer_combo.reset_choices()
 
     # ---------------------------------------------------------------- layers
     def _labels_choices(self, _widget=None) -> list[tuple[str, Any]]:

@@ -30,6 +30,7 @@ from ._base import (
     one_line,
     scroll_when_short,
     warm_up_in_background,
+    when_undocked,
 )
 from ._corrections import CorrectedSlices
 from ._examples import check_examples, read_examples
@@ -104,6 +105,8 @@ class FinetuneWidget(Container):
         if segment is not None:  # the base model: the one Segment uses (see TrainingSettingsPanel.follow)
             self.settings_panel.follow(segment._model_combo.value)
         _heap.add_host(self, self.native, viewer)  # full garbage collections kept short (see _heap)
+        self._dock_closed = False
+        when_undocked(self.native, self._closed)
         warm_up_in_background("segmenting", "training")  # the first run then holds up the window less
         # (a dock shorter than its controls: a laptop's screen); the run's status lines and curves stay below
         scroll_when_short(self, only=(self.corrected_panel.native, self.settings_panel.native, more_examples,
@@ -283,6 +286,24 @@ class FinetuneWidget(Container):
                 if match is not None:
                     combo.value = match
 
+    def _closed(self) -> None:
+        """The dock was closed (napari keeps the widget, hidden; the Plugins menu makes a new one): its
+        training stops after the current step, the best weights so far saved, as when the window
+        closes (it went on, and the new Fine-tune could start a second run beside it, saved as
+        "NAME-2"); the widget no longer follows the layers, nor segments again when the run ends."""
+        from ._registry import unregister_widget
+
+        self._dock_closed = True
+        self.run_panel.stop()
+        events = self._viewer.layers.events
+        for panel in (self.corrected_panel, self.examples_panel):
+            for event in (events.inserted, events.removed, events.moved, events.renamed):
+                try:
+                    event.disconnect(panel._on_layers_changed)
+                except (TypeError, ValueError, RuntimeError):  # (not connected)
+                    pass
+        unregister_widget(self._viewer, "finetune", self)
+
     def _on_model_saved(self, path: str) -> None:
         self.refresh_models()
         self.settings_panel.suggest_name(force=True)  # the name just used is taken now
@@ -296,6 +317,8 @@ class FinetuneWidget(Container):
         The Segment widget is docked first when it is not there. When the run learnt from files
         alone (or the image was removed meanwhile), Segment only selects the new model.
         """
+        if self._dock_closed:  # (its model is listed in Segment: refresh_models)
+            return
         segment = get_widget(self._viewer, "segment") or self._dock_segment_widget()
         if segment is None:
             return

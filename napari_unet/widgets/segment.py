@@ -49,6 +49,7 @@ from ._base import (
     start_worker,
     visible_region,
     warm_up_in_background,
+    when_undocked,
     wrap_text,
 )
 from ._corrections import format_plane
@@ -196,6 +197,7 @@ class SegmentWidget(Container):
         self._on_image_kind()
         self._register()
         _heap.add_host(self, self.native, viewer)  # full garbage collections kept short (see _heap)
+        when_undocked(self.native, self._closed)
         warm_up_in_background("segmenting")  # the first click then does not import or set up on the main thread
         scroll_when_short(self)  # (a dock shorter than its controls: a laptop's screen)
 
@@ -616,6 +618,25 @@ class SegmentWidget(Container):
             return ""
         # in order, the channel shown kept
         return move_past_corrected_slice(self._viewer, image, self._planes_for_scope(image, SCOPE_STACK))
+
+    def _closed(self) -> None:
+        """The dock was closed (napari keeps the widget, hidden; the Plugins menu makes a new one): its
+        run is cancelled (it went on writing, and the new Segment could start a second one into the
+        same masks), and it no longer follows the viewer nor is found by the other widgets."""
+        from ._registry import unregister_widget
+
+        self.cancel()
+        events = self._viewer.layers.events
+        for event, slot in ((events.inserted, self.reset_choices), (events.removed, self.reset_choices),
+                            (events.renamed, self.reset_choices), (events.removed, self._on_layer_removed),
+                            (events.moved, self.reset_choices),
+                            (self._viewer.dims.events.current_step, self._on_dims_step)):
+            try:
+                event.disconnect(slot)
+            except (TypeError, ValueError, RuntimeError):  # (not connected)
+                pass
+        self._slider_rest.stop()
+        unregister_widget(self._viewer, "segment", self)
 
     def cancel(self, *_args) -> None:
         """Stop the running worker between tiles; what was written so far stays."""
