@@ -558,9 +558,13 @@ def test_planar_rgb_and_a_preview_page_first(make_napari_viewer, tmp_path, data_
     from skimage import data as skdata
 
     rgb = skdata.immunohistochemistry()[:96, :128]  # (a real IHC section: CC0, scikit-image)
-    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate")
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate",
+                     metadata=None)  # (no tifffile "shaped" description: as another tool writes it)
     tifffile.imwrite(tmp_path / "planar.ome.tif", np.moveaxis(rgb, -1, 0), photometric="rgb",
                      planarconfig="separate", metadata={"axes": "SYX"})
+    # tifffile's own (3, Y, X) file: colour or three planes, it cannot tell; three planes, as before
+    tifffile.imwrite(tmp_path / "three.tif", np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate")
+    assert read_stack(tmp_path / "three.tif")[1].axes == "CYX"
     viewer = make_napari_viewer()
     for name in ("planar.tif", "planar.ome.tif"):
         for lazy in (False, True):

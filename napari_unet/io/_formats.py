@@ -300,7 +300,7 @@ def _open_tiff(p: Path) -> _Opened:
             )
         shape = tuple(int(s) for s in series.shape)
         file_axes = series.axes
-        planar = _planar_colour_order(file_axes, shape, series)
+        planar = None if tif.is_shaped else _planar_colour_order(file_axes, shape, series)
         if planar is not None:  # colour planes stored one after the other: read with the samples last
             shape, file_axes = tuple(shape[i] for i in planar), "".join(file_axes[i] for i in planar)
         if (file_axes.upper().endswith("S") and "C" not in file_axes.upper()
@@ -413,7 +413,9 @@ def _grey_samples(series: Any) -> bool:
 def _planar_colour_order(axes: str, shape: tuple[int, ...], series: Any) -> list[int] | None:
     """The order putting the colour samples last, for a TIFF of RGB(A) colour stored as planes one
     after the other (PlanarConfiguration separate: tifffile's ``S`` before Y, X, as Bio-Formats and
-    scanners write it); None for any other (interleaved colour; grey samples, which are channels)."""
+    scanners write it); None for any other (interleaved colour; grey samples, which are channels).
+    (Not asked of tifffile's own "shaped" files: it stores every (3, Y, X) array so, a stack of three
+    planes written without a word of colour as much as an RGB image.)"""
     axes = axes.upper()
     if "S" not in axes or axes.endswith("S") or shape[axes.index("S")] not in (3, 4) or _grey_samples(series):
         return None
