@@ -50,9 +50,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DATA = Path(os.environ.get("NAPARI_UNET_DATA", "/work/shared/data"))
-if not DATA.is_dir():
-    DATA = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(ROOT / "scripts"))
+from builtin_data import shared_data  # noqa: E402
+
+DATA = shared_data(ROOT)
 
 
 def load_stack() -> tuple[np.ndarray, np.ndarray]:
@@ -246,16 +247,19 @@ def machine() -> str:
             f"Python {platform.python_version()}, torch {torch.__version__}")
 
 
-def write_section(text: str) -> None:
-    path = ROOT / "benchmarks" / "RESULTS.md"
-    old = path.read_text()
-    title = "## 3D objects"
-    pattern = re.compile(r"## 3D objects\n.*?(?=\n## |\Z)", re.S)
-    new = pattern.sub(lambda _m: text.rstrip() + "\n", old) if title in old else old.rstrip() + "\n\n" + text
-    from napari_unet._atomic import atomic_write
+def command_line() -> str:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _results import command_line as typed
 
-    with atomic_write(path, "w", encoding="utf-8") as fh:
-        fh.write(new)
+    return typed()
+
+
+def write_section(text: str) -> None:
+    """The run's block of RESULTS.md (``benchmarks/_results.py``: the hand-written sections stay)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _results import write_block
+
+    write_block("bench_3d", text)
 
 
 def main() -> None:
@@ -272,8 +276,8 @@ def main() -> None:
     model = load_model(device="cpu")
     image, truth = load_stack()
     lines = ["## 3D objects", "",
-             f"`nice python benchmarks/bench_3d.py` on {dt.date.today().isoformat()}. Machine: {machine()}; "
-             "2 cores shared with other jobs.", "",
+             f"`{command_line()}` on {dt.date.today().isoformat()}. Machine: {machine()}; "
+             f"load average {os.getloadavg()[0]:.1f} at the start (other jobs on the machine slow the timings).", "",
              "### Accuracy on nuclei3d_synthetic (31 x 61 x 57, 51 nuclei, no voxel size: isotropic assumed)", "",
              "| method | 3D AP@0.5 | objects (51 true) | time |", "| --- | ---: | ---: | ---: |"]
     for name, ap, n, took in accuracy_table(model, image, truth):

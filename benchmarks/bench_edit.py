@@ -149,7 +149,7 @@ def layer_rows(plane: np.ndarray, repeats: int) -> list[tuple[str, list[float], 
     from napari.layers import Labels
 
     from napari_unet.widgets._corrections import CorrectedSlices
-    from napari_unet.widgets.correct import apply_edit
+    from napari_unet.widgets._object_tools import apply_edit
 
     stack = np.zeros((20, *plane.shape), dtype=np.int32)
     stack[10] = plane

@@ -22,11 +22,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import platform
-import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,9 +31,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DATA = Path("/work/shared/data")
-if not DATA.is_dir():
-    DATA = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(ROOT / "scripts"))
+from builtin_data import shared_data  # noqa: E402
+
+DATA = shared_data(ROOT)
 
 SECTION = "## Fine-tuning"
 
@@ -148,15 +146,19 @@ def hitl(name: str, device, budget: float | None, frame: int, eval_every: int, s
     }
 
 
+def command_line() -> str:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _results import command_line as typed
+
+    return typed()
+
+
 def write_results(text: str, path: Path) -> None:
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    block = f"{SECTION}\n\n{text.strip()}\n\n"
-    new = pattern.sub(lambda _m: block, old) if pattern.search(old) else old.rstrip() + "\n\n" + block
-    fd, tmp = tempfile.mkstemp(prefix=".RESULTS.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(new)
-    os.replace(tmp, path)
+    """The run's block of RESULTS.md (``benchmarks/_results.py``: the hand-written sections stay)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _results import write_block
+
+    write_block("bench_finetune", f"{SECTION}\n\n{text.strip()}", path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     bases = [load_model(m, device="cpu") for m in models]
     lines = [
         f"Run {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} on {machine} "
-        f"(`python benchmarks/bench_finetune.py --device {args.device}`). Base models: "
+        f"(`{command_line()}`). Base models: "
         + ", ".join(f"`{b.name}` ({b.metadata.get('steps', '?')} training steps, val AP@0.5 "
                     f"{b.metadata.get('val_ap50', '?')})" for b in bases) + ".",
         "",
@@ -214,10 +216,15 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"| {patch} | {batch} | {sps:.2f} | {sps * batch:.1f} |")
         lines.append("")
     how_long = f"{args.steps} steps" if args.steps else f"{budget:.0f} s"
+    from napari_unet.core.train import default_patch
+
+    sizes = sorted({(args.patch_size or default_patch(b.net)[0], args.batch_size or default_patch(b.net)[1])
+                    for b in bases})  # (what the runs take: the network's own when not given)
+    used = " / ".join(f"patch {p}, batch {n}" for p, n in sizes)
     lines += [
         f"Human in the loop: ground truth of frame {args.frame} as the correction, fine-tuning for {how_long} "
-        f"(AdamW, patch {args.patch_size or 256}, batch {args.batch_size or 4}, validation on an edge band of that frame; "
-        f"`--patch-size {args.patch_size or 256} --batch-size {args.batch_size or 4}`), AP@0.5 on the other frames:",
+        f"(AdamW, {used}{'' if args.patch_size and args.batch_size else ' (the network’s own where not given)'}, "
+        "validation on an edge band of that frame), AP@0.5 on the other frames:",
         "",
         "| data | base model | frame size | other frames | AP@0.5 before | AP@0.5 after | steps (kept) "
         "| kept by (held-out cells) | fine-tune s | largest diameter estimate error after |",

@@ -42,9 +42,10 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"  # a clone beside shared/, as in CI
-if not DATA.is_dir():
-    DATA = Path(os.environ.get("NAPARI_UNET_DATA", "/work/shared/data"))
+sys.path.insert(0, str(ROOT / "scripts"))
+from builtin_data import shared_data  # noqa: E402
+
+DATA = shared_data(ROOT)
 SECTION = "## GUI responsiveness"
 TICK_MS = 10
 
@@ -350,18 +351,11 @@ def _table(results: dict[str, Any]) -> str:
 
 
 def write_results(text: str) -> None:
-    path = ROOT / "benchmarks" / "RESULTS.md"
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = old.find(SECTION)
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n"
-    else:
-        end = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text.rstrip("\n") + "\n" + ("" if end < 0 else old[end:])
-    from napari_unet._atomic import atomic_write
+    """The run's block of RESULTS.md (``benchmarks/_results.py``: the hand-written sections stay)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _results import write_block
 
-    with atomic_write(path, "w") as fh:
-        fh.write(new)
+    write_block("bench_gui", text)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,7 +56,10 @@ from napari_unet.core.predict import predict_probabilities, segment
 from napari_unet.core.preprocess import prepare_plane
 from napari_unet.core.tiling import default_halo, plan_tiles
 
-DATA = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(ROOT / "scripts"))
+from builtin_data import shared_data  # noqa: E402
+
+DATA = shared_data(ROOT)
 
 
 def default_model(device: str) -> tuple[SegmentationModel, str]:
@@ -72,16 +75,17 @@ def default_model(device: str) -> tuple[SegmentationModel, str]:
 
 
 def test_image(size: int) -> np.ndarray:
-    """A size x size mosaic of ISBI 2012 slices (real EM data), or noise if absent."""
+    """A size x size mosaic of ISBI 2012 slices (real EM data); exits when they are not there (a timing
+    of noise said "ISBI 2012")."""
     vol_path = DATA / "isbi2012" / "volume.tif"
-    if vol_path.is_file():
-        import tifffile
+    if not vol_path.is_file():
+        raise SystemExit(f"{vol_path} is not there: set NAPARI_UNET_DATA to the data folder.")
+    import tifffile
 
-        vol = tifffile.imread(vol_path)
-        n = -(-size // vol.shape[1])
-        rows = [np.concatenate([vol[(r * n + c) % len(vol)] for c in range(n)], axis=1) for r in range(n)]
-        return np.ascontiguousarray(np.concatenate(rows, axis=0)[:size, :size])
-    return (np.random.default_rng(0).random((size, size)) * 255).astype(np.uint8)
+    vol = tifffile.imread(vol_path)
+    n = -(-size // vol.shape[1])
+    rows = [np.concatenate([vol[(r * n + c) % len(vol)] for c in range(n)], axis=1) for r in range(n)]
+    return np.ascontiguousarray(np.concatenate(rows, axis=0)[:size, :size])
 
 
 def sync(device: torch.device) -> None:
@@ -122,7 +126,10 @@ def flops_per_pixel(net: torch.nn.Module, device: torch.device) -> float:
 
 
 def bench_2048(model: SegmentationModel, args, device: torch.device) -> dict:
-    from monai.inferers import sliding_window_inference
+    try:
+        from monai.inferers import sliding_window_inference
+    except ImportError:
+        raise SystemExit("part 1 compares with MONAI, which is not installed: pip install -e '.[benchmarks]'") from None
 
     image = test_image(args.size)
     net = model.net
@@ -166,7 +173,10 @@ def bench_2048(model: SegmentationModel, args, device: torch.device) -> dict:
     def make_fns(plan, batch):
         roi = plan.tile_shape
         overlap = 2 * default_halo(net) / roi[0]
-        kw = dict(tile_size=roi[0], batch_size=batch, precision=precision, channels_last=channels_last)
+        # the same work as MONAI's: one pass at the image's own scale (no diameter estimate, whose passes
+        # and rescaling are another measurement: bench_scale.py), through torch as MONAI runs it
+        kw = dict(tile_size=roi[0], batch_size=batch, precision=precision, channels_last=channels_last,
+                  diameter="native", engine="torch")
 
         def ours():
             return predict_probabilities(model, image, **kw)

@@ -124,10 +124,16 @@ def samples(data: Path) -> list[tuple[str, str, np.ndarray]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=None, help="the data folder (default: NAPARI_UNET_DATA, else "
+                        "../shared/data)")
     parser.add_argument("--bright-on-dark", type=float, nargs="*", default=[])
     parser.add_argument("--variants", action="store_true", help="also whole images with ramps, vignetting, hot pixels")
     args = parser.parse_args(argv)
+    if args.data is None:
+        sys.path.insert(0, str(ROOT / "scripts"))
+        from builtin_data import shared_data
+
+        args.data = shared_data(ROOT)
     items = samples(args.data)
     told = [modality.image_modality(plane) for _, _, plane in items]
     by_set: dict[str, Counter] = {}

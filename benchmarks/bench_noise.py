@@ -15,6 +15,13 @@ Usage::
 
 ``--model`` takes a built-in name or a model file, so that a candidate is measured beside the
 shipped model in one run.
+
+The noise is drawn from one generator (``--seed``) across the images and photon levels, in order:
+the figures of a level depend on the levels asked before it, so compare only runs with the same
+``--photons`` (the figures in RESULTS.md and the README are the default levels'). With 13 images,
+one draw of the noise moves a level's AP by up to about 0.1 (``--photons 10 5`` alone: 0.720 / 0.416
+for nuclei-fluo, against 0.695 / 0.533 in the default run): differences smaller than that between
+two models are within the noise of the benchmark itself.
 """
 
 from __future__ import annotations

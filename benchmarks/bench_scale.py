@@ -65,11 +65,14 @@ def main() -> None:
     from napari_unet.core.predict import PlaneResult, iter_planes
     from napari_unet.core.scale import median_diameter
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    if "OMP_NUM_THREADS" not in os.environ:  # (told: as told, e.g. one thread on a shared machine)
+        torch.set_num_threads(os.cpu_count() or 1)
     model = load_model(args.model, device="cpu")
     pairs = load(args.limit)
     print(f"napari-unet bench_scale  {time.strftime('%Y-%m-%d')}  {platform.processor() or platform.machine()}"
-          f"  {os.cpu_count()} cores  torch {torch.__version__}")
+          f"  {os.cpu_count()} cores, {torch.get_num_threads()} threads  torch {torch.__version__}")
+    if pairs:  # one untimed run: the engine's one-off set-up (ONNX export, session) is no row's time
+        next(i for i in iter_planes(model, pairs[0][0], diameter="native") if isinstance(i, PlaneResult))
     print(f"model {model.name}: diameter {model.diameter:g} px, range {model.object_size.low:.1f}-"
           f"{model.object_size.high:.1f} px; {len(pairs)} DSB2018 val fluorescence images")
     print(f"{'factor':>6} | {'fixed AP':>8} {'s/img':>6} | {'auto AP':>8} {'s/img':>6} | {'est/true':>8}")

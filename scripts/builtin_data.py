@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +25,17 @@ VAL_EVERY, VAL_OFFSET = 7, 3
 
 
 def shared_data(root: Path) -> Path:
-    """The shared data folder (``/work/shared/data`` or ``../shared/data`` beside the repository)."""
-    for candidate in (Path("/work/shared/data"), root.parent / "shared" / "data"):
+    """The shared data folder: ``NAPARI_UNET_DATA`` when set (as the tests read it), else
+    ``../shared/data`` beside the repository, else ``/work/shared/data``."""
+    told = os.environ.get("NAPARI_UNET_DATA")
+    if told:
+        if Path(told).is_dir():
+            return Path(told)
+        raise SystemExit(f"NAPARI_UNET_DATA={told} is not a folder: the data is not there.")
+    for candidate in (root.parent / "shared" / "data", Path("/work/shared/data")):
         if candidate.is_dir():
             return candidate
-    raise SystemExit("No ../shared/data folder: the training data is not here.")
+    raise SystemExit("No ../shared/data folder (set NAPARI_UNET_DATA): the data is not here.")
 
 
 def nuclei_rows(data: Path, split: str) -> list[dict]:
