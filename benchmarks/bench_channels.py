@@ -26,6 +26,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 
 def main() -> None:
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # (--help, and no options)
     from skimage.io import imread
 
     from napari_unet.core import load_model

@@ -361,8 +361,8 @@ def write_results(text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--patch-size", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--patch-size", type=int, default=0, help="0: Auto, the widget's default (the network's own)")
+    parser.add_argument("--batch-size", type=int, default=0, help="0: Auto, the widget's default (the network's own)")
     parser.add_argument("--diagnose", action="store_true", help="print what blocked each stall over 100 ms")
     parser.add_argument("--no-write", action="store_true", help="do not update benchmarks/RESULTS.md")
     parser.add_argument("--note", default="", help="a sentence added under the table (e.g. the machine's load)")
