@@ -50,8 +50,11 @@ def main(argv: list[str] | None = None) -> int:
             totals[key].update(counts)
             totals[key]["objects"] += sum(counts[k] for k in TRUE_OBJECT_KINDS)
         print(f"  {n}/{len(rows)} {r['kind']}: found {counts['found']}, merged {counts['merged']}", flush=True)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _results import command_line as typed_command
+
     lines = [
-        f"`python benchmarks/bench_errors.py --model {args.model}`, "
+        f"`{typed_command()}`, "
         f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu_line()}, {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}; out of the box, {len(rows)} val images, every object counted at IoU {args.iou:g}.",
         "",

@@ -147,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from _results import command_line as typed_command
+
     model, rows = model_and_rows(args)
     n_params = sum(p.numel() for p in model.net.parameters())
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     flop = flops_per_pixel(model.net, torch.device("cpu"))
     scores = ap_by_kind(model, rows)
     lines = [
-        f"Figures of `{args.model}` from `python benchmarks/bench_model_card.py --model {args.model}`, "
+        f"Figures of `{args.model}` from `{typed_command()}`, "
         f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu_line()}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}.",
         "",
