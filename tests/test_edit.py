@@ -121,6 +121,11 @@ def test_delete_and_merge_at_a_pixel_take_only_the_part_connected_to_it(crowded)
     after = applied(stack, merge_objects(stack, [a, b], at=[(0, *pa), (0, *pb)]))
     assert not (after[0] == b).any() and (after[0] == a).sum() == (crowded == a).sum() + (crowded == b).sum()
     np.testing.assert_array_equal(after[1], stack[1])  # b's twin in the other plane is another cell
+    # a cell whose pixels touch only at a corner is one object (numbered 8-connected): deleted whole
+    corner = np.zeros((2, 8, 8), np.int32)
+    corner[:, 1:4, 1:4] = 1
+    corner[:, 4:7, 4:7] = 1
+    assert not (applied(corner, delete_object(corner, 1, at=(1, 2, 2))) == 1).any()
     # without ``at``, or ``at`` off the object: the whole id, as before
     assert not (applied(stack, delete_object(stack, target)) == target).any()
     assert not (applied(stack, delete_object(stack, target, at=(1, 0, 0))) == target).any()

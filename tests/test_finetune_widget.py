@@ -993,6 +993,13 @@ def test_start_reads_the_examples_in_the_training_worker(widget, c2c12, qtbot, n
     model = read_model_file(_user_models()["base-tuned"])
     assert model.metadata["examples"] == ["'c2c12 masks', slice 0", "'lazy ground truth', slice 2"]
 
+    # the lazy labels also chosen under Corrected slices: a slice given twice counts once
+    CorrectedSlices.for_layer(lazy_labels).mark((2,))
+    w.corrected_panel._image_combo.value = lazy_image
+    w.corrected_panel._labels_combo.value = lazy_labels
+    assert [ex.source for ex in w.gather_examples()] == ["'lazy ground truth', slice 2"]
+    CorrectedSlices.for_layer(lazy_labels).unmark((2,))
+
     # a lazy pair with no cells at all, the only examples: refused by the worker
     viewer.layers.remove(masks)
     w.examples_panel._extra_list.value = [0]

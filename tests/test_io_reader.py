@@ -550,6 +550,13 @@ def test_a_file_of_a_multi_file_ome_tiff_alone_is_refused_naming_the_missing_fil
         with pytest.raises(StackReadError, match=r"multi-file OME-TIFF.*not beside it \(pos_2\.ome\.tif\)"):
             read_stack(tmp_path / "alone" / names[0], lazy=lazy)
     assert "Missing data are zeroed" not in capsys.readouterr().err
+    # one file whose OME-XML lists more planes than it holds (an acquisition stopped early; a channel
+    # taken every other time point): no other file is missing, it opens, the planes without data zeros
+    xml = _ome_xml([("run", 6, [(names[0], uuids[0], z) for z in range(6)])], uuids[0])
+    _write_planes(tmp_path / "stopped.ome.tif", frames[:3], xml.replace(f' FileName="{names[0]}"', ""))
+    for lazy in (False, True):
+        data, _info = read_stack(tmp_path / "stopped.ome.tif", lazy=lazy)
+        np.testing.assert_array_equal(np.asarray(data)[:3], frames[:3])
 
 
 def test_planar_rgb_and_a_preview_page_first(make_napari_viewer, tmp_path, data_dir):

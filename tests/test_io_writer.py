@@ -378,3 +378,16 @@ def test_masks_of_a_flipped_image_are_saved_and_come_back_flipped(tmp_path, make
     ((data, meta, kind),) = reader_function(str(out))
     assert kind == "labels" and tuple(meta["scale"]) == (0.5, -0.5) and tuple(meta["translate"]) == (1.0, 4.0)
     np.testing.assert_array_equal(np.asarray(data), labels)
+
+
+def test_ids_beyond_the_type_chosen_at_the_start_are_refused_not_wrapped():
+    """Save masks writes in a worker while the masks may be edited: an id painted after the file's
+    type was chosen (uint16 for ids up to 65535) wrapped onto another object's id, silently."""
+    import numpy as np
+
+    from napari_unet.io._writer import LabelsWriteError, _fitting
+
+    plane = np.array([[7, 65023], [0, 70000]], np.int32)
+    with pytest.raises(LabelsWriteError, match="changed while they were saved"):
+        _fitting(plane, np.dtype(np.uint16))
+    np.testing.assert_array_equal(_fitting(plane, np.dtype(np.uint32)), plane)

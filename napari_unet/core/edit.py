@@ -241,12 +241,19 @@ def delete_object(labels: np.ndarray, label_id: int, at: Sequence[int] | None = 
 
 
 def _part_at(obj: np.ndarray, box: Region, at: Sequence[int]) -> np.ndarray:
-    """The part of ``obj`` (an object's mask in its bounding ``box``) connected through faces to the
-    pixel ``at`` of the labels; all of it when ``at`` is not on it."""
+    """The part of ``obj`` (an object's mask in its bounding ``box``) connected to the pixel ``at`` of
+    the labels (within a plane by sides and corners, between planes by faces); all of it when ``at``
+    is not on it."""
     local = tuple(int(a) - int(s.start) for a, s in zip(at, box, strict=True))
     if not all(0 <= i < n for i, n in zip(local, obj.shape, strict=True)) or not obj[local]:
         return obj
-    parts, _n = ndi.label(obj)
+    # one object of a plane is whole (8-connected, as instances are numbered); planes join through faces
+    structure = np.zeros((3,) * obj.ndim, dtype=bool)
+    structure[(1,) * (obj.ndim - 2)] = True
+    for axis in range(obj.ndim - 2):
+        for side in (0, 2):
+            structure[tuple(side if k == axis else 1 for k in range(obj.ndim))] = True
+    parts, _n = ndi.label(obj, structure=structure)
     return parts == parts[local]
 
 

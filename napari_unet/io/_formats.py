@@ -286,11 +286,11 @@ def _open_tiff(p: Path) -> _Opened:
         broken = [m for m in warned if "invalid page offset" in m or "corrupt" in m or "truncat" in m]
         if broken:
             raise StackReadError(f"cannot read '{p.name}': the file is truncated or corrupt ({broken[0]})")
-        if any(page is None for page in series.pages):  # in files not found (tifffile reads zeros there)
-            missing = sorted({m.group(1) for m in map(re.compile(r"failed to read '([^']+)'").search, warned) if m})
+        missing = sorted({m.group(1) for m in map(re.compile(r"failed to read '([^']+)'").search, warned) if m})
+        if missing and any(page is None for page in series.pages):  # in files not found (read as zeros)
             raise StackReadError(
                 f"cannot read '{p.name}': it is one file of a multi-file OME-TIFF, and some of its planes are in "
-                f"files that are not beside it ({', '.join(missing[:3]) or 'files not found'}"
+                f"files that are not beside it ({', '.join(missing[:3])}"
                 f"{' …' if len(missing) > 3 else ''}); put them back in its folder, under their own names")
         ij = tif.imagej_metadata if tif.is_imagej else None
         if ij and series.kind.lower() != "imagej" and int(ij.get("images", 1)) > len(tif.pages):
@@ -384,7 +384,8 @@ class TiffLevel:
             if self._tif is None:
                 with _TiffWarnings():  # (said when it was opened)
                     self._tif = tifffile.TiffFile(self.path, **self.options)
-            self._array = zarr.open_array(self._tif.series[self.series].aszarr(level=self.level), mode="r")
+            with _TiffWarnings():  # (tifffile finds its series here, on first use: said when it was opened)
+                self._array = zarr.open_array(self._tif.series[self.series].aszarr(level=self.level), mode="r")
         return self._array
 
     def __getitem__(self, key: Any) -> np.ndarray:

@@ -63,6 +63,17 @@ def _labels_dtype(arr: np.ndarray) -> np.dtype:
     raise LabelsWriteError(f"label id {top} is too large for a TIFF label image (maximum {2**32 - 1})")
 
 
+def _fitting(labels: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``labels`` as ``dtype``, checked afterwards: labels saved while they are edited (Save masks
+    writes in a worker) may get an id that the type chosen at the start cannot hold, which the
+    conversion would wrap onto another object's id, silently."""
+    converted = np.asarray(labels).astype(dtype, copy=False)
+    if labels.size and int(labels.max()) > np.iinfo(dtype).max:
+        raise LabelsWriteError("the masks changed while they were saved (ids above "
+                               f"{np.iinfo(dtype).max} appeared): save them again")
+    return converted
+
+
 def write_labels(
     path: str | os.PathLike,
     labels: Any,
@@ -211,11 +222,10 @@ def write_labels(
     with atomic_write_all() as files:
         with files.open(path, "wb") as fh:
             if nbytes > WRITE_BY_PLANES_BYTES and data.ndim > 2:  # no whole converted copy in memory
-                planes = (np.ascontiguousarray(data[i]).astype(dtype, copy=False)
-                          for i in np.ndindex(*data.shape[:-2]))
+                planes = (np.ascontiguousarray(_fitting(data[i], dtype)) for i in np.ndindex(*data.shape[:-2]))
                 tifffile.imwrite(fh, planes, shape=data.shape, dtype=dtype, **kwargs)
             else:
-                tifffile.imwrite(fh, np.ascontiguousarray(data.astype(dtype, copy=False)), **kwargs)
+                tifffile.imwrite(fh, np.ascontiguousarray(_fitting(data, dtype)), **kwargs)
         if corrected is None and (_exists(sidecar_path(path)) or layer_axes is not None or offset is not None
                                   or transform
                                   or kept is not None):

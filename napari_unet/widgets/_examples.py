@@ -182,6 +182,8 @@ def read_examples(items: list[Any], stop: Any = None):
                 yield TrainNote(note)
         else:
             todo.append(item)
+    seen: set[str] = set()  # a layer's slice given twice (a lazy pair also chosen under Corrected slices) counts once
+    todo = [item for item in todo if not isinstance(item, ExampleToRead) or not (item.source in seen or seen.add(item.source))]
     examples: list[Example] = []
     for k, item in enumerate(todo):
         if stop is not None and stop.is_set():
