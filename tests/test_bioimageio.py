@@ -540,11 +540,16 @@ def test_exporting_a_file_that_is_no_model_is_refused_and_writes_nothing(tmp_pat
         assert not (tmp_path / out).exists()
 
 
-def test_packages_with_per_dataset_statistics_broken_onnx_or_x_before_y(example_package, tmp_path, dsb_fluo_crop):
+def test_packages_with_per_dataset_statistics_broken_onnx_or_x_before_y(example_package, tmp_path, dsb_fluo_crop,
+                                                                       monkeypatch):
     """Statistics taken "per dataset" are each plane's own (a running measure over every plane seen
     made the same image come out differently after another); ONNX weights that ONNX Runtime cannot
-    load give way to the package's TorchScript ones; space axes declared (x, y) are read by their ids."""
+    load give way to the package's TorchScript ones where the user trusts the package's code (loading
+    them runs their program), else the reason is said; space axes declared (x, y) are read by their ids."""
     from napari_unet.core import segment
+    from napari_unet.core.zoo_import import TRUST_CODE_ENV
+
+    monkeypatch.delenv(TRUST_CODE_ENV, raising=False)
 
     image, _truth = dsb_fluo_crop
 
@@ -562,7 +567,11 @@ def test_packages_with_per_dataset_statistics_broken_onnx_or_x_before_y(example_
         (folder / data["weights"]["onnx"]["source"]).write_bytes(b"not an onnx graph")
         data["weights"]["onnx"].pop("sha256", None)
 
-    model = read_model_file(_variant(example_package, tmp_path / "b", broken_onnx))
+    with pytest.raises(ModelFileError, match="ONNX Runtime cannot load its onnx weights"):
+        segment(read_model_file(_variant(example_package, tmp_path / "b", broken_onnx)), image, engine="onnx",
+                diameter="native")
+    monkeypatch.setenv(TRUST_CODE_ENV, "1")
+    model = read_model_file(_variant(example_package, tmp_path / "b2", broken_onnx))
     assert segment(model, image, engine="onnx", diameter="native").max() > 0  # TorchScript ran
     assert "onnx" not in model.net.formats  # tried once, not again for every batch and run
 
@@ -614,12 +623,43 @@ def test_a_package_whose_network_is_its_own_python_code_runs_only_when_trusted(s
     data["weights"]["pytorch_state_dict"]["architecture"]["sha256"] = hashlib.sha256(arch).hexdigest()
     (folder / "rdf.yaml").write_text(yaml.safe_dump(data))
     monkeypatch.delenv(TRUST_CODE_ENV, raising=False)
-    with pytest.raises(ModelFileError, match=rf"own Python code \(unet.py\).*{TRUST_CODE_ENV}=1") as err:
+    with pytest.raises(ModelFileError, match=rf"own code \(unet.py\).*{TRUST_CODE_ENV}=1") as err:
         read_model_file(folder)
     assert "\n" not in str(err.value) and not marker.exists()
     monkeypatch.setenv(TRUST_CODE_ENV, "1")
     image, _truth = dsb_fluo_crop
     assert segment(read_model_file(folder), image, diameter="native").max() > 0 and marker.exists()
+
+
+def test_a_library_callable_or_a_torchscript_program_runs_only_when_trusted(shipped_package, tmp_path, monkeypatch):
+    """An architecture "from an installed library" is any function of any module called with the
+    package's arguments (``os.system`` ran a shell command); loading TorchScript weights runs their
+    program (its ``__setstate__`` can write any file): neither without NAPARI_UNET_TRUST_PACKAGE_CODE=1,
+    while the ONNX weights of the same package are used as before."""
+    import zipfile
+
+    import torch
+
+    from napari_unet.core.zoo_import import TRUST_CODE_ENV
+
+    monkeypatch.delenv(TRUST_CODE_ENV, raising=False)
+    folder = tmp_path / "foreign"
+    zipfile.ZipFile(shipped_package).extractall(folder)
+    marker = tmp_path / "code ran"
+    data = yaml.safe_load((folder / "rdf.yaml").read_text())
+    data.pop("config")  # a package made elsewhere
+    weights = data["weights"]
+    weights["pytorch_state_dict"]["architecture"] = {"callable": "system", "import_from": "os",
+                                                     "kwargs": {"command": f"touch '{marker}'"}}
+    onnx = weights.pop("onnx")
+    (folder / "rdf.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ModelFileError, match=rf"TorchScript program.*os\.system.*{TRUST_CODE_ENV}=1") as err:
+        read_model_file(folder)
+    assert "\n" not in str(err.value) and not marker.exists()
+    weights["onnx"] = onnx  # with ONNX weights beside them: those, and nothing of the package runs
+    (folder / "rdf.yaml").write_text(yaml.safe_dump(data))
+    model = read_model_file(folder)
+    assert model.net(torch.zeros(1, 1, 64, 64)).shape[-2:] == (64, 64) and not marker.exists()
 
 
 def test_exported_again_a_package_keeps_its_authors_licence_citations_and_card(tmp_path):

@@ -23,10 +23,10 @@ another format, files missing or only on the web) is refused with a one-line
 web are refused, local files are read in place.
 
 ``bioimageio.spec`` / ``bioimageio.core`` (the extra ``napari-unet[bioimageio]``) are imported
-only when a package is read. A package's state-dict weights with an architecture of its own would
-run that architecture's Python code (as ``bioimageio.core`` does): they are used only when the user
-sets ``NAPARI_UNET_TRUST_PACKAGE_CODE=1``; ONNX and TorchScript weights, preferred when present,
-run no Python code from the package.
+only when a package is read. A package's state-dict weights run code the package names (a Python
+file of its own, or any function of an installed module, as ``bioimageio.core`` calls them), and
+loading TorchScript weights runs their program (which can write files): both are used only when the
+user sets ``NAPARI_UNET_TRUST_PACKAGE_CODE=1``. ONNX weights, preferred, run no code of the package.
 """
 
 from __future__ import annotations
@@ -435,11 +435,30 @@ def trusts_package_code() -> bool:
     return os.environ.get(TRUST_CODE_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
-def _package_code(weights: Any) -> str | None:
-    """The Python file of the package that state-dict weights need for their architecture (None:
-    no such weights, or an architecture from an installed library)."""
-    source = getattr(getattr(weights, "architecture", None), "source", None)
-    return None if source is None else str(getattr(source, "path", None) or source).rsplit("/", 1)[-1]
+def _package_code(weights: Any, kind: str = "pytorch_state_dict") -> str | None:
+    """What of the package's own weights of ``kind`` would run as code (None: nothing): the Python
+    file or the library callable (``import_from`` + ``callable``: any function of any module, called
+    with the package's arguments, ``os.system`` as well as a network) that state-dict weights build
+    their network with; the TorchScript program of torchscript weights (loading it runs its
+    ``__setstate__``, which can write any file the user can)."""
+    if weights is None:
+        return None
+    if kind == "torchscript":
+        source = getattr(weights, "source", None)
+        name = str(getattr(source, "path", None) or source or "weights").rsplit("/", 1)[-1]
+        return f"the TorchScript program {name}"
+    architecture = getattr(weights, "architecture", None)
+    source = getattr(architecture, "source", None)
+    if source is not None:
+        return str(getattr(source, "path", None) or source).rsplit("/", 1)[-1]
+    library = getattr(architecture, "import_from", None)
+    if library is not None:
+        return f"{library}.{getattr(architecture, 'callable', '?')}"
+    return "its architecture" if architecture is not None else None
+
+
+def _on_the_web(weights: Any) -> bool:
+    return str(getattr(weights, "source", "")).startswith(("http://", "https://"))
 
 
 def _weights_formats(descr: Any, name: str) -> list[str]:
@@ -450,17 +469,21 @@ def _weights_formats(descr: Any, name: str) -> list[str]:
             f"{name}: its weights are {', '.join(present) or 'missing'}; napari-unet runs onnx, torchscript "
             "or pytorch_state_dict weights."
         )
-    code = _package_code(descr.weights.pytorch_state_dict) if "pytorch_state_dict" in usable else None
-    if code and not trusts_package_code():  # running a package's own code is running anything it holds
-        usable.remove("pytorch_state_dict")
+    if trusts_package_code():
+        return usable
+    code = {kind: _package_code(getattr(descr.weights, kind, None), kind) for kind in usable
+            if kind != "onnx" and not _on_the_web(getattr(descr.weights, kind, None))}  # (those: said when read)
+    code = {kind: what for kind, what in code.items() if what}
+    if code:  # running a package's own code is running anything it holds
+        usable = [kind for kind in usable if kind not in code]
         if not usable:
             raise ModelFileError(
-                f"{name}: its only weights napari-unet could run are pytorch_state_dict, whose network is the "
-                f"package's own Python code ({code}); napari-unet does not run code from a package, which could "
-                f"do anything on this computer. Ask its authors for onnx or torchscript weights, or, if you trust "
-                f"where it comes from, set {TRUST_CODE_ENV}=1.")
-        log.info("%s: its pytorch_state_dict weights are not used (they run the package's code, %s; %s=1 allows it)",
-                 name, code, TRUST_CODE_ENV)
+                f"{name}: its only weights napari-unet could run are {', '.join(code)}, which run the package's own "
+                f"code ({'; '.join(code.values())}); napari-unet does not run code from a package, which could do "
+                f"anything on this computer. Ask its authors for onnx weights, or, if you trust where it comes "
+                f"from, set {TRUST_CODE_ENV}=1.")
+        log.info("%s: its %s weights are not used (they run the package's code: %s; %s=1 allows it)",
+                 name, ", ".join(code), "; ".join(code.values()), TRUST_CODE_ENV)
     return usable
 
 
