@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import logging
 import math
 import os
 import warnings
@@ -35,6 +36,8 @@ from napari_unet._atomic import atomic_write
 from .device import select_device
 from .instances import DEFAULT_MIN_SIZE, DEFAULT_SEED_FRACTION, DEFAULT_THRESHOLD, seed_pixels
 from .model import UNet, UNetConfig
+
+log = logging.getLogger(__name__)
 
 FORMAT = "napari-unet-model"
 FORMAT_VERSION = 1
@@ -129,9 +132,9 @@ class SegmentationModel:
         training objects (``metadata["training_diameter"]``), else None (images are used at
         their own scale)."""
         for key in ("diameter", "training_diameter"):
-            value = self.metadata.get(key)
-            if isinstance(value, (int, float)) and value > 0:
-                return float(value)
+            value = _number(self.metadata.get(key), float)
+            if value is not None and value > 0:
+                return value
         return None
 
     @property
@@ -155,8 +158,9 @@ class SegmentationModel:
         if diameter is None:
             return None
         span = self.metadata.get("diameter_range")
-        if isinstance(span, (list, tuple)) and len(span) == 2 and 0 < float(span[0]) <= diameter <= float(span[1]):
-            return ObjectSize(diameter, float(span[0]), float(span[1]))
+        low, high = (_number(v, float) for v in span) if isinstance(span, (list, tuple)) and len(span) == 2 else (None, None)
+        if low is not None and high is not None and 0 < low <= diameter <= high:
+            return ObjectSize(diameter, low, high)
         return ObjectSize.around(diameter)
 
     def resolve_postprocessing(
@@ -229,7 +233,9 @@ class SegmentationModel:
                 f"{FORMAT_VERSION}. Update napari-unet to use it."
             )
         try:
-            net = UNet.from_config(UNetConfig.from_dict(data["config"]))
+            config = UNetConfig.from_dict(data["config"])
+            _check_shapes(config, data["state_dict"])  # (a config of 10**5 channels built first took 36 GB)
+            net = UNet.from_config(config)
             net.load_state_dict(data["state_dict"])
         except (KeyError, TypeError, RuntimeError, ValueError) as exc:
             raise ModelFileError(f"{source} is damaged or incomplete: {_first_reason(exc)}") from exc
@@ -240,12 +246,56 @@ class SegmentationModel:
                                  f"{' ...' if len(broken) > 3 else ''} hold values that are not numbers (NaN or "
                                  "infinite); train it again, with a lower learning rate if its loss diverged.")
         net.eval()
+        if _too_deep(data.get("metadata"), MAX_METADATA_DEPTH):  # (copying or saving it: RecursionError)
+            raise ModelFileError(f"{source} is damaged: its metadata is nested more than {MAX_METADATA_DEPTH} "
+                                 "levels deep.")
         return cls(
             net,
             data.get("representation", "bg-interior-boundary"),
             dict(_dict_entry(data, "normalization", source) or DEFAULT_NORMALIZATION),
             dict(_dict_entry(data, "metadata", source) or {}),
         )
+
+
+#: How deep a model's metadata may nest (napari-unet writes 3 levels; a crafted file of thousands
+#: loaded, then fine-tuning it ended in a RecursionError of 3000 lines).
+MAX_METADATA_DEPTH = 32
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether dicts and lists in ``value`` nest more than ``limit`` levels (no recursion)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        if depth >= limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _check_shapes(config: "UNetConfig", state: Any) -> None:
+    """Raise ``ValueError`` unless the weights ``state`` are those of the network ``config`` describes,
+    name by name and shape by shape, with the network built on torch's "meta" device (no memory): a
+    file of a few kilobytes whose config asked for a network of gigabytes made napari-unet build it
+    before finding that the weights were not there."""
+    if not isinstance(state, dict):
+        raise TypeError("its weights are not a state dict")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in UNet.from_config(config).state_dict().items()}
+    given = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    missing = sorted(set(expected) - set(given))
+    wrong = sorted(k for k in set(expected) & set(given) if expected[k] != given[k])
+    if missing:
+        raise ValueError(f"weights missing for {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+    if wrong:
+        k = wrong[0]
+        raise ValueError(f"the weights of {k} have shape {given[k]}, the network described takes {expected[k]}")
 
 
 def _first_reason(exc: BaseException) -> str:
@@ -275,11 +325,30 @@ def postprocessing_settings(metadata: dict[str, Any], kind: str | None = None) -
             return own
     stored = metadata.get("postprocessing")
     stored = stored if isinstance(stored, dict) else {}
-    return {
-        "threshold": float(stored.get("threshold", DEFAULT_THRESHOLD)),
-        "min_size": int(stored.get("min_size", DEFAULT_MIN_SIZE)),
-        "seed_fraction": float(stored.get("seed_fraction", DEFAULT_SEED_FRACTION)),
-    }
+    defaults = {"threshold": DEFAULT_THRESHOLD, "min_size": DEFAULT_MIN_SIZE, "seed_fraction": DEFAULT_SEED_FRACTION}
+    out: dict[str, float] = {}
+    for name, kind_of, fits in _PER_KIND_VALUES:  # a value that is no number, or out of range: the default
+        value = _number(stored.get(name), kind_of)
+        if value is None or not fits(value):
+            if name in stored and (name, repr(stored[name])) not in _SAID:
+                _SAID.add((name, repr(stored[name])))
+                log.warning("model metadata: post-processing %s %r is not usable; %s taken", name, stored[name],
+                            defaults[name])
+            value = kind_of(defaults[name])
+        out[name] = value
+    return out
+
+
+_SAID: set[tuple[str, str]] = set()  # (unusable post-processing values said once per process)
+
+
+def _number(value: Any, kind_of: type) -> float | int | None:
+    """``value`` as a finite number of ``kind_of`` (a whole one for int), or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    if kind_of is int and float(value) != int(value):
+        return None
+    return kind_of(value)
 
 
 #: The values a setting per kind of image may give: name, type, and the range a model file's value must be in.
@@ -388,6 +457,24 @@ def _is_torchscript(path: Path) -> bool:
         return False
 
 
+def _refuse_inflating(path: Path) -> None:
+    """Raise ``ModelFileError`` for a torch file (a zip) whose members unpack to more than the file
+    holds: torch stores them as they are; a few megabytes compressed to gigabytes (a zip bomb) took
+    4 GB of memory and 8 s, in the Segment widget's window."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (OSError, zipfile.BadZipFile):
+        return  # (a legacy torch file, or junk: torch.load says)
+    unpacked = sum(m.file_size for m in members)
+    if any(m.compress_type != zipfile.ZIP_STORED for m in members) and unpacked > 4 * path.stat().st_size + 2**20:
+        raise ModelFileError(f"{path.name} is not a napari-unet model file: it unpacks to {unpacked / 2**30:.1f} GB "
+                             "from a file of " f"{path.stat().st_size / 2**20:.1f} MB (torch stores its files as "
+                             "they are).")
+
+
 def _load_dict(path: Path) -> dict[str, Any]:
     if path.is_dir():
         raise ModelFileError(
@@ -400,6 +487,7 @@ def _load_dict(path: Path) -> dict[str, Any]:
             f"{path.name} is a TorchScript file, not a napari-unet model file: give the BioImage.IO package "
             "it came with (its folder or .zip), or a napari-unet model."
         )
+    _refuse_inflating(path)
     try:
         with warnings.catch_warnings():
             # torch warns about pickles of another protocol before failing on them: the

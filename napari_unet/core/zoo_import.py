@@ -174,7 +174,7 @@ def load_package_description(path: str | os.PathLike) -> Any:
     p = Path(path).expanduser()
     if not p.exists():
         raise ModelFileError(f"Model package not found: {p}")
-    _yaml_text(p)  # a clear message for folders and zips that are no packages
+    _refuse_aliases(_yaml_text(p), p.name)  # (also a clear message for folders and zips that are no packages)
     try:
         descr = spec.load_description(p, perform_io_checks=False, format_version="latest")
     except Exception as exc:  # noqa: BLE001 - the YAML parser and zip reader below raise their own kinds
@@ -191,6 +191,44 @@ def load_package_description(path: str | os.PathLike) -> Any:
     return descr
 
 
+#: The most values a package's description may hold once its YAML aliases are expanded.
+MAX_DESCRIPTION_VALUES = 10**6
+
+
+def _refuse_aliases(text: str, name: str) -> None:
+    """A description whose YAML aliases (``*name``) expand to more than
+    :data:`MAX_DESCRIPTION_VALUES` values is refused before bioimageio reads it: a kilobyte of nested
+    aliases ("billion laughs") expanded to gigabytes (3.6 GB and 74 s, then a MemoryError). Aliases
+    as PyYAML writes them (a value given twice) are read as before."""
+    import yaml
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)  # (aliases stay shared nodes: nothing expands)
+    except (yaml.YAMLError, RecursionError):
+        return  # (said by bioimageio's own reading)
+    sizes: dict[int, int] = {}
+    stack = [(root, False)] if root is not None else []
+    while stack:  # the expanded size of every node, children first, each node once
+        node, ready = stack.pop()
+        if id(node) in sizes:
+            continue
+        children = ([c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode)
+                    else node.value if isinstance(node, yaml.SequenceNode) else [])
+        if ready or not children:
+            sizes[id(node)] = min(1 + sum(sizes.get(id(c), 0) for c in children), 2 * MAX_DESCRIPTION_VALUES)
+            continue
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in sizes)
+    if root is not None and sizes.get(id(root), 0) > MAX_DESCRIPTION_VALUES:
+        raise ModelFileError(f"{name}: its description expands to more than {MAX_DESCRIPTION_VALUES} values through "
+                             "YAML aliases (*name): not a model's description (a crafted or damaged package).")
+
+
+#: The largest file of a package read (weights above it are refused before they fill the memory: a
+#: zip of 4 MB unpacked to 3.4 GB, and a link to /dev/zero never ends).
+MAX_PACKAGE_FILE_BYTES = 2**30
+
+
 def _weights_bytes(weights: Any, what: str, name: str) -> bytes:
     """The file of one weights entry, checked against the sha256 the package gives for it (damaged or
     swapped weights would run silently: the description is read without IO checks)."""
@@ -204,6 +242,22 @@ def _weights_bytes(weights: Any, what: str, name: str) -> bytes:
     return data
 
 
+def _declared_size(source: Any) -> int | None:
+    """The size of a package's file before it is read: a zip member's unpacked size, a local file's
+    size, -1 for what is no regular file (a link to /dev/zero), None where it cannot be told."""
+    try:
+        where = source.absolute() if hasattr(source, "absolute") else source
+        root, member = getattr(where, "root", None), getattr(where, "at", None)
+        if isinstance(root, zipfile.ZipFile) and member:
+            return int(root.getinfo(member).file_size)
+        local = Path(str(where))
+        if local.exists():
+            return int(local.stat().st_size) if local.is_file() else -1
+    except (OSError, KeyError, TypeError, ValueError, AttributeError):
+        pass
+    return None
+
+
 def _package_bytes(source: Any, what: str, name: str) -> bytes:
     """The content of one of the package's files; refuses web addresses (no downloads)."""
     from bioimageio.spec.utils import download
@@ -214,12 +268,22 @@ def _package_bytes(source: Any, what: str, name: str) -> bytes:
             f"{name}: its {what} is only on the web ({text}); napari-unet does not download at run time: "
             "get the complete package (a zip with all files) first."
         )
+    size = _declared_size(source)
+    if size == -1:
+        raise ModelFileError(f"{name}: its {what} ({text}) is not a file (a device or a folder).")
+    if size is not None and size > MAX_PACKAGE_FILE_BYTES:
+        raise ModelFileError(f"{name}: its {what} ({text}) are larger than {MAX_PACKAGE_FILE_BYTES / 2**30:.0f} GB: "
+                             "not the weights of a model napari-unet runs (a damaged or crafted package).")
     try:
-        return download(source).read()
+        data = download(source).read(MAX_PACKAGE_FILE_BYTES + 1)
     except Exception as exc:  # noqa: BLE001 - bioimageio.spec raises e.g. TypeError for a file missing from a zip
         if isinstance(exc, (TypeError, KeyError, FileNotFoundError)):  # (how a file absent from a zip is said)
             raise ModelFileError(f"{name}: the package lacks its {what} ({text}).") from exc
         raise ModelFileError(f"{name}: its {what} ({text}) cannot be read ({_one_line(exc)}).") from exc
+    if len(data) > MAX_PACKAGE_FILE_BYTES:
+        raise ModelFileError(f"{name}: its {what} ({text}) are larger than {MAX_PACKAGE_FILE_BYTES / 2**30:.0f} GB: "
+                             "not the weights of a model napari-unet runs (a damaged or crafted package).")
+    return data
 
 
 # ---------------------------------------------------------------------- reading

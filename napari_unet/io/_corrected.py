@@ -44,12 +44,28 @@ SIDECAR_VERSION = 2
 Plane = tuple[int, ...]
 
 
+#: The most planes a list of corrected slices holds (a 100 000-frame time-lapse fits; a crafted list
+#: of millions took a minute and a gigabyte to open).
+MAX_LISTED_PLANES = 10**6
+
+
+def _index(value: Any) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"A plane index must be a whole number, got {value!r}.")
+    if not 0 <= int(value) < 2**62:
+        raise ValueError(f"A plane index must be 0 or more, got {int(value)}.")
+    return int(value)
+
+
 def as_plane(plane: Any) -> Plane:
-    """A plane index as a tuple of Python ints (accepts ints, lists, tuples, numpy ints)."""
-    if isinstance(plane, (int, np.integer)):
-        return (int(plane),)
+    """A plane index as a tuple of Python ints (accepts ints, lists, tuples, numpy ints; refuses
+    fractions, text, booleans and negative numbers with ``ValueError``)."""
+    if isinstance(plane, (int, np.integer)) and not isinstance(plane, (bool, np.bool_)):
+        return (_index(plane),)
+    if isinstance(plane, (str, bytes, dict)):
+        raise ValueError(f"A plane index must be a sequence of integers, got {plane!r}.")
     try:
-        return tuple(int(i) for i in plane)
+        return tuple(_index(i) for i in plane)
     except TypeError as exc:
         raise ValueError(f"A plane index must be a sequence of integers, got {plane!r}.") from exc
 
@@ -197,7 +213,7 @@ def stored_layout(labels_path: str | os.PathLike) -> StoredLayout:
     """What the sidecar of ``labels_path`` records of the layer the labels came from, read once."""
     try:
         data = json.loads(sidecar_path(labels_path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return StoredLayout()
     if not isinstance(data, dict) or not _version_known(data):
         return StoredLayout()  # a newer sidecar is refused whole (see load_corrected_list), not read in part
@@ -246,8 +262,10 @@ def load_corrected_list(labels_path: str | os.PathLike) -> list[Plane]:
             raise ValueError(f"it is of version {data.get('version')!r}, written by a newer napari-unet: "
                              "update napari-unet")
         planes = data["planes"] if isinstance(data, dict) else data
+        if len(planes) > MAX_LISTED_PLANES:
+            raise ValueError(f"it lists {len(planes)} slices, more than {MAX_LISTED_PLANES}")
         return sorted({as_plane(p) for p in planes})
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, RecursionError, OverflowError) as exc:
         raise ValueError(
             f"{target.name} is not a list of corrected slices ({exc}); delete or fix it."
         ) from exc

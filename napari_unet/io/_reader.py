@@ -319,10 +319,14 @@ def read_layer_data(
     StackReadError
         With a one-line message when the path cannot be read.
     """
-    levels, info = _read_levels(path, lazy=lazy, axes=axes)
-    # masks saved by napari-unet (the list of corrected slices beside them) from a layer with a channel
-    # axis keep it: split, each channel became a layer of its own holding the list of the whole
-    return stack_layer_data(levels, info, split_channels=not sidecar_path(path).is_file())
+    try:
+        levels, info = _read_levels(path, lazy=lazy, axes=axes)
+        # masks saved by napari-unet (the list of corrected slices beside them) from a layer with a channel
+        # axis keep it: split, each channel became a layer of its own holding the list of the whole
+        return stack_layer_data(levels, info, split_channels=not sidecar_path(path).is_file())
+    except MemoryError:  # (a TIFF declaring 10**6 x 10**6 pixels in one compressed strip: an empty message)
+        raise StackReadError(f"cannot read '{Path(path).name}': what it holds does not fit in this computer's "
+                             "memory, even read lazily (a plane, or one compressed block of it, is too large)") from None
 
 
 # ------------------------------------------------------------------------------- npe2 reader

@@ -36,7 +36,7 @@ def read_settings() -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         log.warning("ignoring unreadable settings file %s: %s", path, e)
         return {}
     return data if isinstance(data, dict) else {}
