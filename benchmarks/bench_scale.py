@@ -21,12 +21,16 @@ import argparse
 import csv
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-DATA = Path(os.environ.get("NAPARI_UNET_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from builtin_data import shared_data  # noqa: E402
+
+DATA = shared_data(Path(__file__).resolve().parents[1])
 
 
 def load(limit: int | None) -> list[tuple[np.ndarray, np.ndarray]]:

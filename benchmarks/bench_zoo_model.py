@@ -22,12 +22,16 @@ import datetime
 import os
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-DATA = Path(os.environ.get("NAPARI_UNET_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from builtin_data import shared_data  # noqa: E402
+
+DATA = shared_data(Path(__file__).resolve().parents[1])
 
 
 def load(limit: int | None) -> list[tuple[str, np.ndarray, np.ndarray]]:

@@ -567,7 +567,8 @@ def test_packages_with_per_dataset_statistics_broken_onnx_or_x_before_y(example_
         (folder / data["weights"]["onnx"]["source"]).write_bytes(b"not an onnx graph")
         data["weights"]["onnx"].pop("sha256", None)
 
-    with pytest.raises(ModelFileError, match="ONNX Runtime cannot load its onnx weights"):
+    with pytest.raises(ModelFileError, match=rf"ONNX Runtime cannot load its onnx weights.*torchscript weights "
+                                             rf"\(the TorchScript program .*\).*{TRUST_CODE_ENV}=1"):
         segment(read_model_file(_variant(example_package, tmp_path / "b", broken_onnx)), image, engine="onnx",
                 diameter="native")
     monkeypatch.setenv(TRUST_CODE_ENV, "1")

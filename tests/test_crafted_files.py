@@ -121,6 +121,12 @@ def test_packages_with_alias_bombs_or_weights_of_gigabytes_or_devices_are_refuse
     with pytest.raises(ModelFileError, match="expands to more than 1000000 values through YAML aliases"):
         read_model_file(folder)
 
+    folder = _package(tmp_path, data_dir, "cycle")  # an anchor used inside itself: read forever, before
+    text = (folder / "bioimageio.yaml").read_text()
+    (folder / "bioimageio.yaml").write_text(text.replace("\ntags:\n", "\nconfig:\n  loop: &loop [*loop]\ntags:\n", 1))
+    with pytest.raises(ModelFileError, match="refers to itself through YAML aliases"):
+        read_model_file(folder)
+
     folder = _package(tmp_path, data_dir, "device")
     (folder / "weights.onnx").unlink()
     (folder / "weights.onnx").symlink_to("/dev/zero")

@@ -207,6 +207,7 @@ def _refuse_aliases(text: str, name: str) -> None:
     except (yaml.YAMLError, RecursionError):
         return  # (said by bioimageio's own reading)
     sizes: dict[int, int] = {}
+    opened: set[int] = set()  # nodes whose children are being sized: met again below themselves, a cycle
     stack = [(root, False)] if root is not None else []
     while stack:  # the expanded size of every node, children first, each node once
         node, ready = stack.pop()
@@ -215,8 +216,13 @@ def _refuse_aliases(text: str, name: str) -> None:
         children = ([c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode)
                     else node.value if isinstance(node, yaml.SequenceNode) else [])
         if ready or not children:
+            opened.discard(id(node))
             sizes[id(node)] = min(1 + sum(sizes.get(id(c), 0) for c in children), 2 * MAX_DESCRIPTION_VALUES)
             continue
+        if id(node) in opened:  # (an anchor used inside itself: "&loop [*loop]" never ends)
+            raise ModelFileError(f"{name}: its description refers to itself through YAML aliases (*name): not a "
+                                 "model's description (a crafted or damaged package).")
+        opened.add(id(node))
         stack.append((node, True))
         stack.extend((c, False) for c in children if id(c) not in sizes)
     if root is not None and sizes.get(id(root), 0) > MAX_DESCRIPTION_VALUES:
@@ -525,6 +531,16 @@ def _on_the_web(weights: Any) -> bool:
     return str(getattr(weights, "source", "")).startswith(("http://", "https://"))
 
 
+def _set_aside(descr: Any, formats: list[str]) -> dict[str, str]:
+    """The weights of ``formats`` left aside because they run the package's code (kind: what runs),
+    unless the user trusts packages' code; those only on the web are said when read."""
+    if trusts_package_code():
+        return {}
+    code = {kind: _package_code(getattr(descr.weights, kind, None), kind) for kind in formats
+            if kind != "onnx" and not _on_the_web(getattr(descr.weights, kind, None))}
+    return {kind: what for kind, what in code.items() if what}
+
+
 def _weights_formats(descr: Any, name: str) -> list[str]:
     present = [f for f, w in descr.weights if w is not None]
     usable = [f for f in WEIGHT_FORMATS if f in present]
@@ -533,11 +549,7 @@ def _weights_formats(descr: Any, name: str) -> list[str]:
             f"{name}: its weights are {', '.join(present) or 'missing'}; napari-unet runs onnx, torchscript "
             "or pytorch_state_dict weights."
         )
-    if trusts_package_code():
-        return usable
-    code = {kind: _package_code(getattr(descr.weights, kind, None), kind) for kind in usable
-            if kind != "onnx" and not _on_the_web(getattr(descr.weights, kind, None))}  # (those: said when read)
-    code = {kind: what for kind, what in code.items() if what}
+    code = _set_aside(descr, usable)
     if code:  # running a package's own code is running anything it holds
         usable = [kind for kind in usable if kind not in code]
         if not usable:
@@ -667,6 +679,14 @@ class PackagedNetwork(nn.Module):
                     self._backends[where(kind)] = self._load(kind)
                 except ModelFileError as exc:
                     others = [f for f in self.formats if f != kind]
+                    if kind == "onnx" and not others:  # (the weights left aside could have run: say how)
+                        present = [f for f, w in self.descr.weights if w is not None and f != "onnx"]
+                        aside = _set_aside(self.descr, present)
+                        if aside:
+                            raise ModelFileError(
+                                f"{str(exc).rstrip('.')}; its {', '.join(aside)} weights ({'; '.join(aside.values())}) "
+                                f"run the package's code, left aside: set {TRUST_CODE_ENV}=1 if you trust where it "
+                                "comes from.") from exc
                     if kind != "onnx" or not others:
                         raise
                     log.warning("%s; its %s weights are used instead.", str(exc).rstrip("."), others[0])
