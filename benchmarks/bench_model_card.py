@@ -146,7 +146,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-
     from _results import command_line as typed_command
 
     model, rows = model_and_rows(args)
