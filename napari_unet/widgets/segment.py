@@ -510,7 +510,7 @@ class SegmentWidget(Container):
             self._status.value = f"Nothing to segment: {what} one you corrected."
             return
         try:
-            ready_for_writing(masks)
+            ready_for_writing(masks, widen_16_bit=False)  # (plane by plane: write_plane widens when needed)
         except ValueError as exc:
             notify_error("Segment", exc)
             self._status.value = f"Not started: {one_line(exc)}"
