@@ -1016,6 +1016,40 @@ def test_start_reads_the_examples_in_the_training_worker(widget, c2c12, qtbot, n
     assert "never" not in _user_models()
 
 
+def test_a_labels_pyramid_teaches_its_finest_level_and_stop_ends_a_scan(widget, c2c12):
+    """napari-unet opens an OME-Zarr labels pyramid as a multiscale Labels layer: Start failed ("list
+    indices must be integers"), Add layer pair raised a TypeError, a 2D one was said to differ in size
+    (its coarsest level was read). The scan of a lazy pair's slices for labels heeds Stop."""
+    import threading
+
+    import dask.array as da
+
+    from napari_unet.widgets._examples import LabelledSlicesToRead, read_examples
+
+    viewer, w = widget
+    images, labels = c2c12
+    image = viewer.add_image(images, name="c2c12")
+    pyramid = viewer.add_labels([labels.copy(), labels[:, ::2, ::2].copy()], name="truth")
+    assert pyramid.multiscale
+    w.examples_panel.add_layer_pair(image, pyramid)
+    examples = w.gather_examples()
+    assert [ex.source for ex in examples] == [f"'truth', slice {k}" for k in range(3)]
+    np.testing.assert_array_equal(examples[1].labels, labels[1])
+    CorrectedSlices.for_layer(pyramid).mark((2,))
+    w.corrected_panel._image_combo.value = image
+    w.corrected_panel._labels_combo.value = pyramid
+    assert w.corrected_panel.examples()[0].labels.shape == labels.shape[1:]
+
+    stop = threading.Event()
+    stop.set()
+    lazy = LabelledSlicesToRead(images, da.from_array(labels, chunks=(1, 128, 128)), "lazy", "layers 'a' + 'lazy'")
+    assert lazy.expand(stop) == ([], None)
+    reading = read_examples([lazy], stop)
+    with pytest.raises(StopIteration) as done:
+        next(reading)
+    assert done.value.value is None
+
+
 def test_a_fully_labelled_layer_pair_gives_every_slice_even_one_touched_up_by_hand(make_napari_viewer, c2c12):
     viewer = make_napari_viewer()
     images, labels = c2c12

@@ -132,11 +132,16 @@ class LabelledSlicesToRead:
     def source(self) -> str:
         return repr(self.name)
 
-    def expand(self) -> tuple[list[ExampleToRead], str | None]:
-        """Its examples, and the note saying the slices left out (None: none)."""
-        from napari_unet.io._corrected import planes_holding_labels
-
-        kept = planes_holding_labels(self.labels_data)
+    def expand(self, stop: Any = None) -> tuple[list[ExampleToRead], str | None]:
+        """Its examples, and the note saying the slices left out (None: none); ``stop`` (an Event) set
+        meanwhile: none (a 500-frame stack read from a slow drive took seconds to scan)."""
+        kept = []
+        for index in np.ndindex(*self.labels_data.shape[:-2]):
+            if stop is not None and stop.is_set():
+                return [], None
+            plane = self.labels_data[index]
+            if bool(np.asarray(plane.compute() if hasattr(plane, "compute") else plane).any()):
+                kept.append(tuple(int(i) for i in index))
         examples = [ExampleToRead(self.image_data, self.labels_data, plane, _source(self.name, plane))
                     for plane in kept]
         return examples, empty_slices_note(self.description, len(kept), self.labels_data.shape)
@@ -176,7 +181,9 @@ def read_examples(items: list[Any], stop: Any = None):
     todo: list[Any] = []
     for item in items:
         if isinstance(item, LabelledSlicesToRead):
-            found, note = item.expand()
+            found, note = item.expand(stop)
+            if stop is not None and stop.is_set():
+                return None
             todo += found
             if note:
                 yield TrainNote(note)
@@ -240,7 +247,7 @@ def examples_from_layers(image: Any, labels: Any, planes: list[tuple[int, ...]] 
     n_lead = labels.ndim - 2
     if planes is None:
         planes = [tuple(int(i) for i in idx) for idx in np.ndindex(*labels.data.shape[:n_lead])]
-    to_read = [ExampleToRead(full_resolution(image), labels.data, plane, _source(labels.name, plane))
+    to_read = [ExampleToRead(full_resolution(image), full_resolution(labels), plane, _source(labels.name, plane))
                for plane in planes]
     return [item.read() for item in to_read] if read else to_read
 

@@ -96,8 +96,8 @@ class ExtraExamplesPanel(Container):
         if labels is image:
             raise ValueError("choose two different layers: an image and its labels.")
         _check_pair_shapes(image, labels)
-        as_label_plane(labels.data[(0,) * (labels.ndim - 2)] if labels.ndim > 2 else labels.data,
-                       f"{labels.name!r}")
+        finest = full_resolution(labels)  # (a labels pyramid: its level 0, as for images)
+        as_label_plane(finest[(0,) * (labels.ndim - 2)] if labels.ndim > 2 else finest, f"{labels.name!r}")
         source = LayerPairSource(image.name, labels.name, unwrap_proxy(image), unwrap_proxy(labels))
         if any(isinstance(s, LayerPairSource) and s == source for s in self._extra_sources):
             return
@@ -190,10 +190,11 @@ class ExtraExamplesPanel(Container):
             if image_name_of_masks(extra_labels.name) is not None and extra_labels.metadata.get("napari_unet_corrected"):
                 extra_planes = CorrectedSlices.for_layer(extra_labels).planes
             elif extra_labels.ndim > 2:
-                if not read and not held_in_memory(extra_labels.data):  # (found by reading it all: later)
+                if not read and not held_in_memory(full_resolution(extra_labels)):  # (found by reading it all: later)
                     _check_pair_shapes(layers[source.image_name], extra_labels)
                     examples.append(LabelledSlicesToRead(full_resolution(layers[source.image_name]),
-                                                         extra_labels.data, extra_labels.name, source.description))
+                                                         full_resolution(extra_labels), extra_labels.name,
+                                                         source.description))
                     continue
                 extra_planes = _labelled_planes(extra_labels, source.description)
             examples += examples_from_layers(layers[source.image_name], extra_labels, extra_planes, read=read)
@@ -211,8 +212,8 @@ def _labelled_planes(labels: Any, description: str) -> list[tuple[int, ...]]:
     model that there are no cells there. Those left out are said once."""
     from napari_unet.io._corrected import planes_holding_labels
 
-    kept = planes_holding_labels(labels.data)
-    if note := empty_slices_note(description, len(kept), labels.data.shape):
+    kept = planes_holding_labels(full_resolution(labels))
+    if note := empty_slices_note(description, len(kept), full_resolution(labels).shape):
         notify_info(note)
     return kept
 
