@@ -142,10 +142,8 @@ class SegmentationModel:
         """Median object diameter (pixels of the user's images) of the data this model was last
         fine-tuned on (``metadata["data_diameter"]``): where the automatic diameter starts on
         images of the same kind. None for a model that was not fine-tuned."""
-        value = self.metadata.get("data_diameter")
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
-            return float(value)
-        return None
+        value = _number(self.metadata.get("data_diameter"), float)
+        return value if value is not None and value > 0 else None
 
     @property
     def object_size(self):

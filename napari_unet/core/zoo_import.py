@@ -269,7 +269,7 @@ def _package_bytes(source: Any, what: str, name: str) -> bytes:
     from bioimageio.spec.utils import download
 
     text = str(source)
-    if text.startswith(("http://", "https://")):
+    if _on_the_web(source):
         raise ModelFileError(
             f"{name}: its {what} is only on the web ({text}); napari-unet does not download at run time: "
             "get the complete package (a zip with all files) first."
@@ -527,8 +527,9 @@ def _package_code(weights: Any, kind: str = "pytorch_state_dict") -> str | None:
     return "its architecture" if architecture is not None else None
 
 
-def _on_the_web(weights: Any) -> bool:
-    return str(getattr(weights, "source", "")).startswith(("http://", "https://"))
+def _on_the_web(source: Any) -> bool:
+    """Whether a package file's ``source`` is a web address (never downloaded)."""
+    return str(source).startswith(("http://", "https://"))
 
 
 def _set_aside(descr: Any, formats: list[str]) -> dict[str, str]:
@@ -537,7 +538,7 @@ def _set_aside(descr: Any, formats: list[str]) -> dict[str, str]:
     if trusts_package_code():
         return {}
     code = {kind: _package_code(getattr(descr.weights, kind, None), kind) for kind in formats
-            if kind != "onnx" and not _on_the_web(getattr(descr.weights, kind, None))}
+            if kind != "onnx" and not _on_the_web(getattr(getattr(descr.weights, kind, None), "source", ""))}
     return {kind: what for kind, what in code.items() if what}
 
 

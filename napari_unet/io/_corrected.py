@@ -86,11 +86,17 @@ def sidecar_path(labels_path: str | os.PathLike) -> Path:
     return path.with_name(path.name + SIDECAR_SUFFIX)
 
 
-def planes_holding_labels(labels: Any) -> list[Plane]:
+def planes_holding_labels(labels: Any, stop: Any = None) -> list[Plane]:
     """The planes (indices along the axes before Y, X) of a labels array that hold any label: the
-    slices of labels napari-unet did not make, which are someone's own work."""
-    n_lead = labels.ndim - 2
-    return [idx for idx in np.ndindex(*labels.shape[:n_lead]) if np.asarray(labels[idx]).any()]
+    slices of labels napari-unet did not make, which are someone's own work. ``stop`` (an Event) set
+    meanwhile: the planes found so far (a lazy stack on a slow drive takes seconds to scan)."""
+    kept = []
+    for idx in np.ndindex(*labels.shape[: labels.ndim - 2]):
+        if stop is not None and stop.is_set():
+            break
+        if np.asarray(labels[idx]).any():
+            kept.append(idx)
+    return kept
 
 
 def planes_given(planes: Iterable[Any] | dict | Any) -> list[Plane]:

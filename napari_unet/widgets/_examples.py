@@ -67,13 +67,18 @@ class FolderSource:
 
 
 def as_label_plane(labels: Any, where: str) -> np.ndarray:
-    """Labels as int32, or raise ``ValueError`` (floats with fractions, negative ids, ...)."""
+    """Labels as int32 (a copy), or raise ``ValueError`` (floats with fractions, negative ids, ...)."""
+    return _checked_label_plane(labels, where).astype(np.int32, copy=True)
+
+
+def _checked_label_plane(labels: Any, where: str) -> np.ndarray:
+    """Labels checked (as they are: no copy of integer labels), or ``ValueError``."""
     from napari_unet.core.labels import check_labels  # lazily: napari_unet.core imports torch
 
     arr = check_labels(labels, f"labels in {where}", ndim=None)
-    if arr.max() > np.iinfo(np.int32).max:
+    if arr.size and arr.max() > np.iinfo(np.int32).max:
         raise ValueError(f"{where} holds label ids too large for int32.")
-    return arr.astype(np.int32, copy=True)
+    return arr
 
 
 def _plane_of(data: Any, index: tuple[int, ...], copy: bool = True) -> np.ndarray:
@@ -106,12 +111,7 @@ class ExampleToRead:
 
     def checked_labels(self) -> np.ndarray:
         """The plane's labels as they are (a view of labels in memory), checked: ``ValueError``."""
-        from napari_unet.core.labels import check_labels
-
-        arr = check_labels(_plane_of(self.labels_data, self.plane, copy=False), f"labels in {self.source}", ndim=None)
-        if arr.size and arr.max() > np.iinfo(np.int32).max:
-            raise ValueError(f"{self.source} holds label ids too large for int32.")
-        return arr
+        return _checked_label_plane(_plane_of(self.labels_data, self.plane, copy=False), self.source)
 
     def read(self) -> Example:
         labels = as_label_plane(_plane_of(self.labels_data, self.plane, copy=False), self.source)  # (one copy)
@@ -135,13 +135,11 @@ class LabelledSlicesToRead:
     def expand(self, stop: Any = None) -> tuple[list[ExampleToRead], str | None]:
         """Its examples, and the note saying the slices left out (None: none); ``stop`` (an Event) set
         meanwhile: none (a 500-frame stack read from a slow drive took seconds to scan)."""
-        kept = []
-        for index in np.ndindex(*self.labels_data.shape[:-2]):
-            if stop is not None and stop.is_set():
-                return [], None
-            plane = self.labels_data[index]
-            if bool(np.asarray(plane.compute() if hasattr(plane, "compute") else plane).any()):
-                kept.append(tuple(int(i) for i in index))
+        from napari_unet.io._corrected import planes_holding_labels
+
+        kept = planes_holding_labels(self.labels_data, stop)
+        if stop is not None and stop.is_set():
+            return [], None
         examples = [ExampleToRead(self.image_data, self.labels_data, plane, _source(self.name, plane))
                     for plane in kept]
         return examples, empty_slices_note(self.description, len(kept), self.labels_data.shape)
@@ -159,10 +157,6 @@ def empty_slices_note(description: str, kept: int, shape: tuple[int, ...]) -> st
 
 def _source(labels_name: str, plane: tuple[int, ...]) -> str:
     return f"{labels_name!r}" + (f", {format_plane(plane)}" if plane else "")
-
-
-#: What Fine-tune gathers at Start: examples read, or still to be read in the training worker.
-ExampleItem = Example | ExampleToRead | LabelledSlicesToRead
 
 
 def read_examples(items: list[Any], stop: Any = None):
