@@ -391,3 +391,19 @@ def test_ids_beyond_the_type_chosen_at_the_start_are_refused_not_wrapped():
     with pytest.raises(LabelsWriteError, match="changed while they were saved"):
         _fitting(plane, np.dtype(np.uint16))
     np.testing.assert_array_equal(_fitting(plane, np.dtype(np.uint32)), plane)
+
+
+def test_a_labels_pyramid_is_saved_at_its_full_resolution(make_napari_viewer, tmp_path):
+    """napari hands a multiscale layer's data as MultiScaleData, which as an array is the coarsest
+    level: Save masks (and napari's File > Save) wrote the 4 x 4 level of an 8 x 8 pyramid."""
+    import numpy as np
+    import tifffile
+
+    from napari_unet.io._writer import write_layer_labels
+
+    viewer = make_napari_viewer()
+    finest = np.arange(64, dtype=np.int32).reshape(8, 8)
+    layer = viewer.add_labels([finest, finest[::2, ::2].copy()], name="pyramid")
+    data, state, _kind = layer.as_layer_data_tuple()
+    written = write_layer_labels(tmp_path / "pyramid.tif", data, state)
+    np.testing.assert_array_equal(tifffile.imread(written), finest)

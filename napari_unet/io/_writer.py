@@ -363,8 +363,8 @@ def write_layer_labels(path: str | os.PathLike, data: Any, meta: dict[str, Any])
     OSError
         A file could not be written or put in place; both files were left as they were.
     """
-    if isinstance(data, list):  # multiscale labels: save the full resolution
-        data = data[0]
+    if isinstance(data, list) or meta.get("multiscale"):  # labels pyramid: the full resolution (as an array,
+        data = data[0]  # napari's MultiScaleData is its coarsest level)
     arr = np.asarray(data)
     axes = _axes_from_layer_meta(meta, arr.ndim)
     # the corrected-slices list travels beside the file (and marks it as labels)
