@@ -381,10 +381,9 @@ class TiffLevel:
             import tifffile
             import zarr
 
-            if self._tif is None:
-                with _TiffWarnings():  # (said when it was opened)
+            with _TiffWarnings():  # (said when it was opened; tifffile finds its series here, on first use)
+                if self._tif is None:
                     self._tif = tifffile.TiffFile(self.path, **self.options)
-            with _TiffWarnings():  # (tifffile finds its series here, on first use: said when it was opened)
                 self._array = zarr.open_array(self._tif.series[self.series].aszarr(level=self.level), mode="r")
         return self._array
 

@@ -230,6 +230,16 @@ def format_seconds(seconds: float | None) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+def disconnect_all(*connections: tuple[Any, Callable[..., Any]]) -> None:
+    """Disconnect each ``(event, slot)`` pair, those not connected (any more) included: what a closed
+    dock's widget followed (see :func:`when_undocked`)."""
+    for event, slot in connections:
+        try:
+            event.disconnect(slot)
+        except (TypeError, ValueError, RuntimeError):  # (not connected)
+            pass
+
+
 def when_undocked(widget: Any, callback: Callable[[], None]) -> None:
     """Call ``callback`` when napari's close button of a dock takes ``widget`` (a QWidget) out of the
     window: napari then deletes the dock but not the widget, which lives on hidden (its run going

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, Label, PushButton, SpinBox
 
-from ._base import FixedRadioButtons, notify_error, notify_info, scroll_when_short, when_undocked
+from ._base import FixedRadioButtons, disconnect_all, notify_error, notify_info, scroll_when_short, when_undocked
 from ._object_tools import MODE_OFF, MODES, SHORTCUTS, ObjectTools, select_next_free_label
 from ._object_tools import MODE_DELETE, MODE_MERGE, MODE_SPLIT  # noqa: F401  (re-exported)
 from ._registry import _unwrap, register_widget
@@ -105,13 +105,8 @@ class CorrectWidget(Container):
             self.tools.detach()
             self.tools = None
         events = self._viewer.layers.events
-        for event, slot in ((events.inserted, self._on_inserted), (events.removed, self._on_removed),
-                            (events.renamed, self._on_renamed)):
-            try:
-                event.disconnect(slot)
-            except (TypeError, ValueError, RuntimeError):  # (not connected)
-                pass
-        self._layer_combo.changed.disconnect(self._on_layer)
+        disconnect_all((events.inserted, self._on_inserted), (events.removed, self._on_removed),
+                       (events.renamed, self._on_renamed), (self._layer_combo.changed, self._on_layer))
         unregister_widget(self._viewer, "correct", self)
 
     def _on_renamed(self, *_args) -> None:

@@ -24,6 +24,7 @@ from psygnal import Signal
 
 from . import _heap
 from ._base import (
+    disconnect_all,
     notify_error,
     notify_info,
     notify_warning,
@@ -296,12 +297,8 @@ class FinetuneWidget(Container):
         self._dock_closed = True
         self.run_panel.stop()
         events = self._viewer.layers.events
-        for panel in (self.corrected_panel, self.examples_panel):
-            for event in (events.inserted, events.removed, events.moved, events.renamed):
-                try:
-                    event.disconnect(panel._on_layers_changed)
-                except (TypeError, ValueError, RuntimeError):  # (not connected)
-                    pass
+        disconnect_all(*((event, panel._on_layers_changed) for panel in (self.corrected_panel, self.examples_panel)
+                         for event in (events.inserted, events.removed, events.moved, events.renamed)))
         unregister_widget(self._viewer, "finetune", self)
 
     def _on_model_saved(self, path: str) -> None:

@@ -36,6 +36,7 @@ from . import _heap
 from ._base import (
     FixedRadioButtons,
     current_plane_index,
+    disconnect_all,
     format_seconds,
     full_resolution,
     lead_ndim,
@@ -627,14 +628,9 @@ class SegmentWidget(Container):
 
         self.cancel()
         events = self._viewer.layers.events
-        for event, slot in ((events.inserted, self.reset_choices), (events.removed, self.reset_choices),
-                            (events.renamed, self.reset_choices), (events.removed, self._on_layer_removed),
-                            (events.moved, self.reset_choices),
-                            (self._viewer.dims.events.current_step, self._on_dims_step)):
-            try:
-                event.disconnect(slot)
-            except (TypeError, ValueError, RuntimeError):  # (not connected)
-                pass
+        disconnect_all((events.inserted, self.reset_choices), (events.removed, self.reset_choices),
+                       (events.renamed, self.reset_choices), (events.removed, self._on_layer_removed),
+                       (events.moved, self.reset_choices), (self._viewer.dims.events.current_step, self._on_dims_step))
         self._slider_rest.stop()
         unregister_widget(self._viewer, "segment", self)
 
