@@ -453,6 +453,37 @@ def test_whole_stack_keeps_event_loop_running_and_can_cancel(widget, qtbot, data
     assert not [m for m in notifications if "tile" in m or "plane" in m]  # no stray progress lines
 
 
+def test_cancel_ends_the_tile_the_network_is_running(widget, qtbot, tmp_path, data_dir, notifications):
+    """Cancel does not wait for the tile in progress (a tile of the paper's network runs ~35 s on a
+    laptop's CPU): ONNX Runtime's run is ended, and nothing more comes from the worker."""
+    import torch
+
+    from napari_unet.core.checkpoint import SegmentationModel, save_model
+    from napari_unet.core.model import UNet
+
+    viewer, w = widget
+    torch.manual_seed(0)
+    net = UNet(in_channels=1, n_classes=3, base_width=16, depth=4, padding="same", norm="batch").eval()
+    w.add_model_file(save_model(SegmentationModel(net, "bg-interior-boundary", metadata={"name": "wide"}),
+                                tmp_path / "wide.pt"))
+    frame = tifffile.imread(data_dir / "c2c12_timelapse" / "images.tif")[0]
+    plane = np.tile(frame, (9, 9))[:2048, :2048]  # real cells, a second or more a tile
+    image = viewer.add_image(plane, name="large")
+    w.reset_choices()
+    w._image_combo.value = image
+    w._run_button.clicked.emit()
+    qtbot.waitUntil(lambda: w._worker is None or bool(w._worker.interrupt._runs), timeout=120_000)
+    assert w._worker is not None, f"the run ended before a tile was running: {w._status.value}"
+    after_cancel: list = []
+    w._worker.yielded.connect(after_cancel.append)
+    w._cancel_button.clicked.emit()
+    _wait(qtbot, w)
+    assert after_cancel == []  # the tile did not end (its progress would have come)
+    assert w._status.value.startswith("Cancelled") and w._run_button.enabled
+    assert not [m for m in notifications if "failed" in m.lower()]
+    assert masks_layer_name("large") not in viewer.layers  # nothing was written: no empty layer left
+
+
 def test_field_of_view_writes_inside_the_view(widget, qtbot, c2c12_stack):
     viewer, w = widget
     plane = c2c12_stack[0]

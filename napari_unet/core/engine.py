@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import hashlib
 import io
 import json
@@ -30,6 +31,7 @@ import os
 import threading
 import warnings
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -65,12 +67,15 @@ __all__ = [
     "EngineUnavailable",
     "NetworkRunner",
     "OnnxNetwork",
+    "RunInterrupt",
+    "RunInterrupted",
     "clear_sessions",
     "cpu_threads",
     "describe_engine",
     "onnx_cache_dir",
     "onnx_network",
     "resolve_engine",
+    "run_session",
     "weights_key",
 ]
 
@@ -351,13 +356,7 @@ class OnnxNetwork:
         x = np.ascontiguousarray(batch, dtype=np.float32)
         self._cancel_release()
         try:
-            return self.session.run(None, {self._input: x}, _run_options(shrink=False))[0]
-        except Exception as exc:  # onnxruntime's own exception classes
-            text = str(exc)
-            if "alloc" in text.lower() or "memory" in text.lower():
-                # "out of memory" makes predict's tile loop shrink the tiles, as for torch
-                raise RuntimeError(f"ONNX Runtime ran out of memory: {text.splitlines()[0]}") from exc
-            raise
+            return run_session(self.session, {self._input: x})[0]
         finally:
             self._schedule_release()
 
@@ -390,6 +389,83 @@ class OnnxNetwork:
         if timer is not None and timer is not threading.current_thread():
             timer.cancel()
             _RELEASE_TIMERS.discard(timer)
+
+
+class RunInterrupted(RuntimeError):
+    """An ONNX Runtime run ended before its end by :meth:`RunInterrupt.set`."""
+
+
+_THIS_THREAD = threading.local()
+
+
+class RunInterrupt:
+    """Ends the ONNX Runtime runs of a job from another thread (a Cancel button).
+
+    A run of the paper's network on one tile takes ~35 s of a laptop's CPU, and a cancel that
+    waits for the tile's end waits that long: :meth:`set` ends the runs in progress in the
+    threads that are inside :meth:`around` (ONNX Runtime's ``RunOptions.terminate``, checked
+    between the graph's nodes), which raise :class:`RunInterrupted`; runs that would begin
+    after it raise at once. torch runs are not interrupted (they end with their tile).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._set = False
+        self._runs: list[Any] = []  # the RunOptions of the runs in progress
+
+    def set(self) -> None:
+        with self._lock:
+            self._set = True
+            for options in self._runs:
+                options.terminate = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+    @contextlib.contextmanager
+    def around(self) -> Iterator[None]:
+        """ONNX Runtime runs of this thread within the block are ended by :meth:`set`. Keep the
+        block to synchronous work: a generator suspended in it would leave the thread marked."""
+        before = getattr(_THIS_THREAD, "interrupt", None)
+        _THIS_THREAD.interrupt = self
+        try:
+            yield
+        finally:
+            _THIS_THREAD.interrupt = before
+
+    def _begin(self, options: Any) -> None:
+        with self._lock:
+            if self._set:
+                raise RunInterrupted("Stopped before the network ran.")
+            self._runs.append(options)
+
+    def _end(self, options: Any) -> None:
+        with self._lock:
+            self._runs.remove(options)
+
+
+def run_session(session: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """``session.run`` of an ONNX Runtime session: ended by the thread's :class:`RunInterrupt`
+    (:class:`RunInterrupted`), and its running out of memory said as "out of memory" (predict's tile
+    loop then shrinks the tiles, as for torch)."""
+    interrupt = getattr(_THIS_THREAD, "interrupt", None)
+    if interrupt is None:
+        options = _run_options(shrink=False)
+    else:
+        options = _import_onnxruntime().RunOptions()  # its own: terminate ends this run only
+        interrupt._begin(options)
+    try:
+        return session.run(None, feeds, options)
+    except Exception as exc:  # onnxruntime's own exception classes
+        if interrupt is not None and interrupt.is_set():
+            raise RunInterrupted("Stopped while the network ran.") from exc
+        text = str(exc)
+        if "alloc" in text.lower() or "memory" in text.lower():
+            raise RuntimeError(f"ONNX Runtime ran out of memory: {text.splitlines()[0]}") from exc
+        raise
+    finally:
+        if interrupt is not None:
+            interrupt._end(options)
 
 
 _LOCK = threading.RLock()

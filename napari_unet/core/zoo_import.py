@@ -47,6 +47,7 @@ from torch import nn
 
 from .checkpoint import FORMAT, ModelFileError, SegmentationModel
 from .device import select_device
+from .engine import run_session
 
 log = logging.getLogger(__name__)
 
@@ -780,13 +781,7 @@ class PackagedNetwork(nn.Module):
         x = self.in_layout.to_package(x)
         if kind == "onnx":
             name = backend.get_inputs()[0].name
-            try:
-                return backend.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
-            except Exception as exc:
-                text = str(exc)
-                if "alloc" in text.lower() or "memory" in text.lower():
-                    raise RuntimeError(f"ONNX Runtime ran out of memory: {text.splitlines()[0]}") from exc
-                raise
+            return run_session(backend, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
         with torch.inference_mode():
             y = backend(torch.from_numpy(np.ascontiguousarray(x)).to(self.anchor.device))
             if isinstance(y, (tuple, list)):

@@ -5,6 +5,7 @@ Nothing here imports torch: widgets import it lazily so napari starts fast.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Generator
@@ -118,6 +119,71 @@ def scroll_when_short(container: Any, only: tuple[Any, ...] | None = None) -> No
     layout.insertWidget(at, scroll, 1)
 
 
+class WorkerRuntimeError(Exception):
+    """A ``RuntimeError`` raised in a generator worker, carried out of it.
+
+    superqt's ``GeneratorWorker`` takes any ``RuntimeError`` from the generator for the sign that
+    its own Qt object was deleted: it warns "RuntimeError in aborted thread" and returns without
+    emitting ``errored`` or ``finished``, and the widget waited forever (its buttons off) after a
+    torch error, ONNX Runtime running out of memory, ... :func:`carry_runtime_errors` raises this
+    instead; :func:`original_error` gives back what was raised.
+    """
+
+    def __init__(self, error: RuntimeError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def carry_runtime_errors(generator: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
+    """``generator`` whose ``RuntimeError`` reach a worker's ``errored`` (see :class:`WorkerRuntimeError`)."""
+    try:
+        return (yield from generator)
+    except RuntimeError as exc:
+        raise WorkerRuntimeError(exc) from exc
+
+
+def original_error(exc: BaseException) -> BaseException:
+    """The error a worker's generator raised (``errored`` hands a :class:`WorkerRuntimeError`)."""
+    return exc.error if isinstance(exc, WorkerRuntimeError) else exc
+
+
+def _interruptible(generator: Generator[Any, None, Any], interrupt: Any) -> Generator[Any, None, Any]:
+    """``generator`` run step by step inside ``interrupt.around()``: its ONNX Runtime runs end when
+    the worker quits (:class:`~napari_unet.core.engine.RunInterrupt`), and then it ends quietly."""
+    from napari_unet.core.engine import RunInterrupted
+
+    while True:
+        with interrupt.around():
+            try:
+                item = next(generator)
+            except StopIteration as end:
+                return end.value
+            except RunInterrupted:
+                if interrupt.is_set():
+                    return None
+                raise
+            except RuntimeError as exc:
+                raise WorkerRuntimeError(exc) from exc
+        yield item
+
+
+@functools.cache
+def _worker_class() -> type:
+    from napari.qt.threading import GeneratorWorker
+
+    class InterruptingWorker(GeneratorWorker):
+        """A worker whose ``quit()`` also ends the network run in progress (see :func:`start_worker`)."""
+
+        interrupt: Any = None
+
+        def quit(self) -> None:
+            super().quit()
+            if self.interrupt is not None:
+                self.interrupt.set()
+
+    return InterruptingWorker
+
+
 def start_worker(
     generator: Generator[Any, None, Any],
     *,
@@ -129,18 +195,24 @@ def start_worker(
     """Run a core generator in a napari thread worker and connect its signals.
 
     Errors in the worker go to ``errored`` (on the main thread), never up the stack.
-    The returned worker's ``quit()`` stops the generator at its next yield, and it is closed (its
-    ``finally`` blocks run) when the worker has finished.
+    The returned worker's ``quit()`` stops the generator at its next yield, and ends an ONNX
+    Runtime run in progress (a tile of the paper's network runs ~35 s on a laptop: Cancel waited
+    for it). The generator is closed (its ``finally`` blocks run) when the worker has finished.
     """
     from napari.qt.threading import create_worker
 
-    worker = create_worker(lambda: (yield from generator), _start_thread=False, _ignore_errors=True)
+    from napari_unet.core.engine import RunInterrupt
+
+    interrupt = RunInterrupt()
+    worker = create_worker(_interruptible, generator, interrupt, _start_thread=False, _ignore_errors=True,
+                           _worker_class=_worker_class())
+    worker.interrupt = interrupt
     if yielded:
         worker.yielded.connect(yielded)
     if returned:
         worker.returned.connect(returned)
     if errored:
-        worker.errored.connect(errored)
+        worker.errored.connect(lambda exc: errored(original_error(exc)))
     if finished:
         worker.finished.connect(finished)
     # quit() stops iterating without closing the generator: its cleanup (a 3D run's temporary file of

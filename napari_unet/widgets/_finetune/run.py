@@ -23,7 +23,16 @@ from magicgui.widgets import Container, Label, ProgressBar, PushButton
 from napari.qt.threading import GeneratorWorker
 from psygnal import Signal
 
-from .._base import format_seconds, notify_error, notify_info, notify_warning, one_line, wrap_text
+from .._base import (
+    carry_runtime_errors,
+    format_seconds,
+    notify_error,
+    notify_info,
+    notify_warning,
+    one_line,
+    original_error,
+    wrap_text,
+)
 from .._examples import Example
 from .._training_job import TrainingResult, train_and_save
 from .curves import LiveCurves
@@ -38,7 +47,7 @@ CLOSE_WAIT_SECONDS = 30.0
 def _train_then_signal(done: threading.Event, *args: Any, **kwargs: Any):
     """:func:`train_and_save`, setting ``done`` once it has ended (saved, stopped or failed)."""
     try:
-        return (yield from train_and_save(*args, **kwargs))
+        return (yield from carry_runtime_errors(train_and_save(*args, **kwargs)))
     finally:
         done.set()
 
@@ -180,7 +189,7 @@ class TrainingRunPanel(Container):
         worker.on_quit = self._detach
         worker.yielded.connect(self._on_yielded)
         worker.returned.connect(self._on_returned)
-        worker.errored.connect(self._on_error)
+        worker.errored.connect(lambda exc: self._on_error(original_error(exc)))
         worker.finished.connect(self._on_finished)
         self._worker = worker
         worker.start()
