@@ -146,9 +146,10 @@ def _stack_colour(model: SegmentationModel, image: Any, layout: Any) -> int | st
 
 
 def write_ome_zarr_labels_metadata(group: Any, axes: str, scale: Sequence[float | None] | None,
-                                   name: str) -> None:
+                                   name: str, translate: Sequence[float] | None = None) -> None:
     """OME-NGFF 0.4 ``multiscales`` metadata (one level, dataset "0") on a zarr group; an axis
-    without a pixel size (``scale`` None, or None for it) gets scale 1 and no unit."""
+    without a pixel size (``scale`` None, or None for it) gets scale 1 and no unit. ``translate``:
+    where the first pixel lies (the image's own translation: its masks lie over it)."""
     kinds = {"T": ("time", "second"), "C": ("channel", None), "Z": ("space", "micrometer"),
              "Y": ("space", "micrometer"), "X": ("space", "micrometer")}
     scale = list(scale) if scale is not None else [None] * len(axes)
@@ -169,7 +170,8 @@ def write_ome_zarr_labels_metadata(group: Any, axes: str, scale: Sequence[float 
                     "path": "0",
                     "coordinateTransformations": [
                         {"type": "scale", "scale": [1.0 if s is None else float(s) for s in scale]}
-                    ],
+                    ] + ([{"type": "translation", "translation": [float(t) for t in translate]}]
+                         if translate is not None and len(translate) == len(axes) and any(translate) else []),
                 }
             ],
         }
@@ -194,6 +196,7 @@ def segment_to_ome_zarr(
     device: str | None = None,
     axes: str | None = None,
     scale: Sequence[float | None] | None = None,
+    translate: Sequence[float] | None = None,
     overwrite: bool = False,
     show_progress: bool = False,
     engine: str | None = None,
@@ -230,6 +233,9 @@ def segment_to_ome_zarr(
         Axis letters of the labels (e.g. "TZYX"); default guessed from the number of axes.
     scale : sequence of float, optional
         Physical pixel size per labels axis (None for an axis without one: no unit is written).
+    translate : sequence of float, optional
+        Position of the first pixel per labels axis, in the units of ``scale`` (an OME-Zarr image's
+        translation: its masks lie over it).
     overwrite : bool
         Replace an existing ``out_path``.
     show_progress : bool
@@ -256,7 +262,7 @@ def segment_to_ome_zarr(
     layout = stack_layout(tuple(image.shape), rgb)
     n_lead = len(layout.lead_shape)
     if objects_3d is not None:
-        return _volumes_to_ome_zarr(model, image, out_path, layout, axes, scale, objects_3d, scheduler,
+        return _volumes_to_ome_zarr(model, image, out_path, layout, axes, (scale, translate), objects_3d, scheduler,
                                     dict(threshold=threshold, min_size=min_size, diameter=diameter,
                                          tile_size=tile_size, device=device, engine=engine), show_progress)
     if not isinstance(image, da.Array):
@@ -290,7 +296,7 @@ def segment_to_ome_zarr(
         target = group.create_array(
             "0", shape=labels.shape, chunks=(1,) * n_lead + chunk_plane, dtype=np.int32, fill_value=0,
         )
-        write_ome_zarr_labels_metadata(group, axes, scale, out_path.name.split(".")[0])
+        write_ome_zarr_labels_metadata(group, axes, scale, out_path.name.split(".")[0], translate)
         store = da.store(labels, target, lock=False, compute=False)
         _compute(store, scheduler, show_progress, dask)
         replace_folder(tmp, out_path)  # (the old masks or the new ones, whatever interrupts it)
@@ -301,9 +307,10 @@ def segment_to_ome_zarr(
 
 
 def _volumes_to_ome_zarr(model: SegmentationModel, image: Any, out_path: Path, layout: Any, axes: str | None,
-                         scale: Sequence[float | None] | None, objects_3d: dict[str, Any], scheduler: Any,
+                         calibration: tuple[Any, Any], objects_3d: dict[str, Any], scheduler: Any,
                          options: dict[str, Any], show_progress: bool) -> Path:
-    """3D objects of every (Z, Y, X) volume of ``image``, written block by block to an OME-Zarr."""
+    """3D objects of every (Z, Y, X) volume of ``image``, written block by block to an OME-Zarr
+    (``calibration``: its scale and translate, as :func:`segment_to_ome_zarr` takes them)."""
     import zarr
 
     from napari_unet.core.events import Progress, run_to_end
@@ -325,7 +332,7 @@ def _volumes_to_ome_zarr(model: SegmentationModel, image: Any, out_path: Path, l
         group = zarr.open_group(str(tmp), mode="w", zarr_format=2)
         chunks = tuple(1 if a not in "ZYX" else (min(s, 64) if a == "Z" else min(s, 512)) for a, s in zip(axes, shape))
         target = group.create_array("0", shape=shape, chunks=chunks, dtype=np.int32, fill_value=0)
-        write_ome_zarr_labels_metadata(group, axes, scale, out_path.name.split(".")[0])
+        write_ome_zarr_labels_metadata(group, axes, calibration[0], out_path.name.split(".")[0], calibration[1])
         bar = None
         if show_progress:
             from tqdm import tqdm

@@ -395,6 +395,31 @@ def test_masks_of_a_2d_time_lapse_open_with_the_axes_of_its_image(tmp_path, dsb_
     np.testing.assert_array_equal(np.asarray(data)[2, 0], segment(model, movie[2, 0, 0]))
 
 
+def test_masks_of_a_translated_ome_zarr_lie_over_it(tmp_path, dsb_fluo_crop, tiny_model_path):
+    """An OME-Zarr crop of a larger image (a translation): its masks, TIFF or OME-Zarr, open where it lies."""
+    import zarr
+
+    image, _ = dsb_fluo_crop
+    path = tmp_path / "crop.ome.zarr"
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    group.create_array("0", data=np.ascontiguousarray(image[:64, :64]), chunks=(64, 64))
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": [
+        {"name": "y", "type": "space", "unit": "micrometer"}, {"name": "x", "type": "space", "unit": "micrometer"}],
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": [0.5, 0.5]}, {"type": "translation", "translation": [100.0, 250.0]}]}]}]
+    ((_data, image_meta, _),) = napari_get_reader(str(path))(str(path))
+    np.testing.assert_allclose(image_meta["translate"], [100.0, 250.0])
+    for extra, name in (([], "crop_masks.tif"), (["--dask"], "crop_masks.ome.zarr")):
+        rc = main(["predict", str(path), "--out", str(tmp_path / "o"), "--model", str(tiny_model_path),
+                   "--no-progress", *extra])
+        assert rc == 0
+        masks = str(tmp_path / "o" / name)
+        ((_data, meta, kind),) = napari_get_reader(masks)(masks)
+        assert kind == "labels", name
+        np.testing.assert_allclose(meta["scale"], [0.5, 0.5])
+        np.testing.assert_allclose(meta["translate"], [100.0, 250.0], err_msg=name)
+
+
 def test_dask_segments_a_stack_at_the_diameter_the_plain_run_finds_on_its_first_plane(tmp_path, data_dir):
     """--diameter auto: the size is told on the first plane and kept for the stack, with or
     without --dask (each plane's task estimated its own: other labels)."""

@@ -139,6 +139,37 @@ def test_ome_zarr_scale_of_zero_or_not_a_number_is_no_calibration(tmp_path):
     assert inspect_stack(path).scale == {}
 
 
+def test_ome_zarr_translation_places_the_layer(tmp_path):
+    """A crop of a larger image (OME-Zarr's translation after its scale, and the multiscales' own
+    transformations after the dataset's) lies where it was cut from, in micrometres."""
+    import zarr
+
+    path = tmp_path / "crop.ome.zarr"
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    root.create_array("0", data=np.zeros((3, 16, 16), np.uint8))
+    root.attrs["multiscales"] = [{
+        "version": "0.4",
+        "axes": [{"name": "z", "type": "space", "unit": "micrometer"},
+                 {"name": "y", "type": "space", "unit": "millimeter"},
+                 {"name": "x", "type": "space"}],
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": [2.0, 0.0005, 1.0]}, {"type": "translation", "translation": [4.0, 0.01, 7.0]}]}],
+        "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0, 1.0]},
+                                      {"type": "translation", "translation": [10.0, 0.0, 0.0]}],
+    }]
+    ((_data, meta, kind),) = napari_get_reader(str(path))(str(path))
+    assert kind == "image"
+    np.testing.assert_allclose(meta["scale"], [2.0, 0.5, 1.0])
+    np.testing.assert_allclose(meta["translate"], [14.0, 10.0, 7.0])  # 0.01 mm = 10 um; x in pixels
+
+    # a translation in the units of a scale that is no calibration (0) is left out with it
+    root.attrs["multiscales"] = [{**root.attrs["multiscales"][0], "coordinateTransformations": [], "datasets": [
+        {"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": [0.0, 0.5, 0.5]}, {"type": "translation", "translation": [4.0, 3.0, 1.0]}]}]}]
+    ((_data, meta, _),) = napari_get_reader(str(path))(str(path))
+    np.testing.assert_allclose(meta["translate"], [0.0, 3000.0, 1.0])  # (3 mm; x in pixels)
+
+
 def test_ome_zarr_v04_multiscale(make_napari_viewer, tmp_path):
     path = tmp_path / "organoid.zarr"
     data = np.random.default_rng(2).integers(0, 255, size=(2, 2, 3, 64, 64), dtype=np.uint8)

@@ -164,10 +164,14 @@ def _read(path: Path, axes: str | None = None) -> tuple[Any, Any]:
     return read_stack(path, axes=axes)
 
 
-def _write_tif(path: Path, labels: Any, axes: str, scale: dict[str, float]) -> None:
+def _write_tif(path: Path, labels: Any, axes: str, scale: dict[str, float],
+               translate: dict[str, float] | None = None) -> None:
     from napari_unet.io import write_labels
 
-    write_labels(path, labels, scale=[scale.get(a) for a in axes], axes=axes)  # None: not calibrated
+    # where the image lies (an OME-Zarr crop's translation): in pixels, kept beside the TIFF for the reader
+    offset = [(translate or {}).get(a, 0.0) / scale.get(a, 1.0) for a in axes]
+    write_labels(path, labels, scale=[scale.get(a) for a in axes], axes=axes,  # None: not calibrated
+                 offset=offset if any(offset) else None)
 
 
 def _select_channel(data: Any, axes: str, channel: int | None, name: str, axes_from_file: bool = True,
@@ -486,7 +490,7 @@ def _segment_one(models: _ModelChoice, path: Path, target: Path, args: argparse.
         segment_to_ome_zarr(
             model, data, target, threshold=args.threshold, min_size=args.min_size, rgb=rgb, diameter=diameter,
             scheduler=args.scheduler, tile_size=args.tile, axes=label_axes,
-            scale=[scale.get(a) for a in label_axes], overwrite=args.overwrite,
+            scale=[scale.get(a) for a in label_axes], translate=info.translate_for(label_axes), overwrite=args.overwrite,
             show_progress=_show_progress(args), engine=args.engine, objects_3d=options_3d,
             device=None if args.device == "auto" else args.device,
         )
@@ -496,7 +500,7 @@ def _segment_one(models: _ModelChoice, path: Path, target: Path, args: argparse.
             if args.min_size and not labels.any():  # what the size search's "no object found" does not say
                 print(f"napari-unet: {name}: no object is left with --min-size {args.min_size} (objects of fewer "
                       "pixels are removed): try a smaller one, or leave it out for the model's own", file=sys.stderr)
-            _write_tif(target, labels, label_axes, scale)
+            _write_tif(target, labels, label_axes, scale, info.translate)
 
 
 @contextlib.contextmanager

@@ -79,6 +79,9 @@ class StackInfo:
         Number of resolution levels (pyramids in OME-TIFF / OME-Zarr).
     axes_from_file : bool
         False when the axes were guessed from the shape (the metadata said nothing).
+    translate : dict
+        Position of the first pixel per axis letter, in the units of ``scale`` (OME-Zarr's
+        ``translation``: a crop of a larger image, a tile of a mosaic); axes missing are at 0.
     """
 
     path: str
@@ -93,6 +96,7 @@ class StackInfo:
     axes_from_file: bool = True
     left_out: tuple[str, ...] = ()  # files of a folder that are not planes of the stack (masks)
     other_series: int = 0  # images of the file not read (a TIFF's other series, OME-Zarr's images 1, 2, ...)
+    translate: dict[str, float] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
@@ -103,13 +107,19 @@ class StackInfo:
         """Physical size per letter of ``axes`` (1.0 where unknown)."""
         return tuple(float(self.scale.get(a, 1.0)) for a in axes)
 
+    def translate_for(self, axes: str) -> tuple[float, ...] | None:
+        """Position of the first pixel per letter of ``axes`` (0.0 where unknown); None when at the origin."""
+        values = tuple(float(self.translate.get(a, 0.0)) for a in axes)
+        return values if any(values) else None
+
     def with_axes(self, axes: str) -> StackInfo:
         """A copy whose axes are ``axes`` (checked against the shape); calibrations follow letters."""
         axes = check_axes(axes, self.shape)
         scale = {a: v for a, v in self.scale.items() if a in axes}
+        translate = {a: v for a, v in self.translate.items() if a in axes}
         names = self.channel_names if "C" in axes and self.channel_names and \
             len(self.channel_names) == self.shape[axes.index("C")] else None
-        return replace(self, axes=axes, scale=scale, channel_names=names, axes_from_file=True)
+        return replace(self, axes=axes, scale=scale, translate=translate, channel_names=names, axes_from_file=True)
 
     def describe(self) -> str:
         """One-line human summary: shape, axes, dtype, pixel size, size in memory."""
@@ -691,27 +701,30 @@ def _open_zarr(p: Path) -> _Opened:
     shape = tuple(int(s) for s in arrays[0].shape)
     raw_axes = ms.get("axes")
     scale: dict[str, float] = {}
+    translate: dict[str, float] = {}
     if raw_axes and len(raw_axes) != len(shape):
         raise StackReadError(f"cannot read '{p.name}': its OME metadata names {len(raw_axes)} axes but the array "
                              f"has {len(shape)} dimensions (shape {shape})")
     if raw_axes:
         axes = normalize_file_axes(_zarr_axis_letters(raw_axes), shape)
         known = True
-        level_scale = _zarr_scale(datasets[0].get("coordinateTransformations"), len(shape))
-        global_scale = _zarr_scale(ms.get("coordinateTransformations"), len(shape))
+        level_scale, level_shift = _zarr_transform(datasets[0].get("coordinateTransformations"), len(shape))
+        global_scale, global_shift = _zarr_transform(ms.get("coordinateTransformations"), len(shape))
         for i, a in enumerate(axes):
             unit = raw_axes[i].get("unit") if isinstance(raw_axes[i], dict) else None
             v = level_scale[i] * global_scale[i]
-            if a in "ZYX":
-                f = _unit_factor(unit, _LENGTH_TO_UM) if unit else None
+            # the dataset's transformations first, then the multiscales' own: x * s + t, then * S + T
+            shift = level_shift[i] * global_scale[i] + global_shift[i]
+            if a in "ZYXT":
+                f = _unit_factor(unit, _LENGTH_TO_UM if a != "T" else _TIME_TO_S) if unit else None
                 if f is not None or v != 1.0:
                     scale[a] = v * (f or 1.0)
-            elif a == "T":
-                f = _unit_factor(unit, _TIME_TO_S) if unit else None
-                if f is not None or v != 1.0:
-                    scale[a] = v * (f or 1.0)
+                if shift and np.isfinite(shift):
+                    translate[a] = shift * (f or 1.0)
         # as for TIFF: a scale of 0, negative or not a number is no calibration (the axis is uncalibrated)
         scale = {a: v for a, v in scale.items() if np.isfinite(v) and v > 0}
+        translate = {a: t for a, t in translate.items() if a in scale or level_scale[axes.index(a)]
+                     * global_scale[axes.index(a)] == 1.0}  # (in units of a scale left out: meaningless)
     else:  # OME-Zarr 0.1/0.2 have no axes: always TCZYX
         axes = "TCZYX"[-len(shape):] if len(shape) <= 5 else normalize_file_axes("Q" * len(shape), shape)
         known = len(shape) == 5
@@ -725,7 +738,7 @@ def _open_zarr(p: Path) -> _Opened:
     info = StackInfo(
         path=str(p), name=stack_name(p), format="ome-zarr", shape=shape, dtype=np.dtype(arrays[0].dtype),
         axes=axes, scale=scale, channel_names=chan_names, n_levels=len(arrays), axes_from_file=known,
-        other_series=others,
+        other_series=others, translate=translate,
     )
 
     def load() -> np.ndarray:
@@ -742,12 +755,26 @@ def _open_zarr(p: Path) -> _Opened:
     return _Opened(info, load, lazy)
 
 
-def _zarr_scale(transforms: Any, ndim: int) -> list[float]:
-    out = [1.0] * ndim
-    for t in transforms or []:
-        if t.get("type") == "scale" and len(t.get("scale", [])) == ndim:
-            out = [a * float(b) for a, b in zip(out, t["scale"], strict=True)]
-    return out
+def _zarr_transform(transforms: Any, ndim: int) -> tuple[list[float], list[float]]:
+    """The scale and translation per axis of a list of OME-Zarr coordinate transformations, applied
+    in their order (a scale after a translation scales it too); others, or of the wrong length, are
+    left out."""
+    scale, shift = [1.0] * ndim, [0.0] * ndim
+    for t in transforms if isinstance(transforms, list) else []:
+        kind = t.get("type") if isinstance(t, dict) else None
+        values = t.get(kind) if kind in ("scale", "translation") else None
+        if not isinstance(values, list) or len(values) != ndim:
+            continue
+        try:
+            values = [float(v) for v in values]
+        except (TypeError, ValueError):
+            continue
+        if kind == "scale":
+            scale = [a * b for a, b in zip(scale, values, strict=True)]
+            shift = [a * b for a, b in zip(shift, values, strict=True)]
+        else:
+            shift = [a + b for a, b in zip(shift, values, strict=True)]
+    return scale, shift
 
 
 # ------------------------------------------------------------------------------- folders and images

@@ -254,6 +254,9 @@ def stack_layer_data(levels: list[Any] | Any, info: StackInfo, split_channels: b
         "rgb": rgb,
         "multiscale": len(levels) > 1,
     }
+    translate = info.translate_for(layer_axes)
+    if translate is not None:  # (an OME-Zarr crop or tile: where it lies, with its labels)
+        common["translate"] = translate
     # contrast from the smallest level that is still reasonably large (cheap to read; an overview
     # level's every tile is not: the middle of the full plane, 4096 px at most)
     sample_level = levels[-1] if len(levels) > 1 and not _is_overview(levels) else levels[0]
