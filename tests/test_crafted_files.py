@@ -94,6 +94,20 @@ def test_a_corrected_slices_list_of_junk_opens_the_labels_without_it(tmp_path):
     assert load_corrected_list(tmp_path / "m.tif") == [(0,), (2,)]
 
 
+def test_corrected_slices_that_are_not_slices_of_the_labels_are_left_out(tmp_path, caplog):
+    from napari_unet.io import write_labels
+    from napari_unet.io._reader import napari_get_reader
+    from napari_unet.io._corrected import CORRECTED_KEY, sidecar_path
+
+    path = write_labels(tmp_path / "m.tif", np.ones((3, 8, 8), np.uint16), corrected=[(0,), (2,)])
+    text = json.loads(sidecar_path(path).read_text())
+    text["planes"] = [[0], [2], [3], [999999], [1, 1]]  # beyond the 3 slices, or of another shape
+    sidecar_path(path).write_text(json.dumps(text))
+    ((_data, meta, kind),) = napari_get_reader(str(path))(str(path))
+    assert kind == "labels" and meta["metadata"][CORRECTED_KEY] == [[0], [2]]
+    assert "3 slice(s) of the list of corrected slices are not slices of these labels" in caplog.text
+
+
 def test_settings_nested_too_deep_are_ignored(tmp_path, monkeypatch):
     from napari_unet.io import _settings
 

@@ -585,6 +585,12 @@ def as_labels_layer(layer: LayerData, corrected: list[tuple[int, ...]] | None) -
     data, meta, _kind = layer
     meta = {k: v for k, v in dict(meta).items() if k not in _IMAGE_ONLY_KEYS}
     if corrected is not None:
+        lead = tuple(int(n) for n in (data[0] if isinstance(data, list) else data).shape[:-2])
+        inside = [p for p in corrected if len(p) == len(lead) and all(0 <= i < n for i, n in zip(p, lead, strict=True))]
+        if len(inside) < len(corrected):  # (a list edited by hand, or beside other labels of that name)
+            log.warning("%d slice(s) of the list of corrected slices are not slices of these labels (of shape %s): "
+                        "left out.", len(corrected) - len(inside), lead)
+        corrected = inside
         meta["metadata"] = {**meta.get("metadata", {}), CORRECTED_KEY: [list(p) for p in corrected], MASKS_KEY: True}
     if isinstance(data, list) and _is_overview(data):  # masks are painted: napari paints no levels
         data = data[0]
