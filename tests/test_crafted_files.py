@@ -96,8 +96,8 @@ def test_a_corrected_slices_list_of_junk_opens_the_labels_without_it(tmp_path):
 
 def test_corrected_slices_that_are_not_slices_of_the_labels_are_left_out(tmp_path, caplog):
     from napari_unet.io import write_labels
-    from napari_unet.io._reader import napari_get_reader
     from napari_unet.io._corrected import CORRECTED_KEY, sidecar_path
+    from napari_unet.io._reader import napari_get_reader
 
     path = write_labels(tmp_path / "m.tif", np.ones((3, 8, 8), np.uint16), corrected=[(0,), (2,)])
     text = json.loads(sidecar_path(path).read_text())
