@@ -1234,3 +1234,37 @@ def test_closing_the_dock_stops_the_run_and_saves_the_best_so_far(widget, c2c12,
     assert get_widget(viewer, "finetune") is None
     _dock, again = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
     assert again is not w and get_widget(viewer, "finetune") is again and again.run_panel._start_button.enabled
+
+
+def test_a_run_that_failed_after_a_better_validation_says_so_and_its_model_is_listed(widget, data_dir, base_model,
+                                                                                     notifications):
+    """A failure in the middle of a run (out of memory) keeps the best weights validated before it:
+    saved, listed, and the status says what failed and which step's weights were kept."""
+    from napari_unet.core.checkpoint import user_model_path
+    from napari_unet.core.events import run_to_end
+    from napari_unet.widgets._examples import Example
+    from napari_unet.widgets._training_job import train_and_save
+
+    class FailsAtCall:  # the stop flag, looked at before every step: raises as a device would
+        calls = 0
+
+        def is_set(self):
+            self.calls += 1
+            if self.calls >= 14:
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return False
+
+    _viewer, w = widget
+    images = tifffile.imread(data_dir / "c2c12_timelapse" / "images.tif")[:1]  # a whole frame: cells to hold out
+    labels = tifffile.imread(data_dir / "c2c12_timelapse" / "labels.tif")[:1].astype(np.int32)
+    settings = dict(steps=30, patch_size=64, batch_size=2, validate_every=5, validate_start=False, device="cpu")
+    result = run_to_end(train_and_save(str(base_model), [Example(images[0], labels[0], "frame 0")],
+                                       user_model_path("rescued"), name="rescued", settings=settings,
+                                       stop=FailsAtCall()), lambda _event: None)
+    w.run_panel._run_started = 0.0
+    w.run_panel._on_returned(result)
+    status = w.run_panel._status.value
+    assert status.startswith("Failed at step") and "CUDA out of memory" in status and "'rescued'" in status
+    assert f"(step {result.failed_step})" in status
+    assert any("were saved as 'rescued'" in m for m in notifications)
+    assert "rescued" in w.models_panel._manage_combo.choices  # listed among the user's models

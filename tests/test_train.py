@@ -504,3 +504,47 @@ def test_a_threading_event_stops_segmentation_as_it_stops_training(dsb_fluo_crop
     import napari_unet.core as core
 
     assert {"segment", "finetune", "load_model"} <= set(dir(core))  # (a notebook's tab completion)
+
+
+class _FailsAtCall:
+    """A stop flag that raises, at its n-th look, the error a device raises in the middle of a run
+    (torch's out of memory is a RuntimeError): what the run keeps is then tested."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.calls = n, 0
+
+    def is_set(self) -> bool:
+        self.calls += 1
+        if self.calls >= self.n:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return False
+
+
+def test_a_failure_in_the_middle_of_training_keeps_the_best_weights_validated_before(dsb_fluo_crop, tmp_path):
+    from napari_unet.core.train import TrainingFailed
+    from napari_unet.widgets._training_job import train_and_save
+
+    image, labels = dsb_fluo_crop
+    options = dict(steps=30, patch_size=32, batch_size=1, validate_every=5, validate_start=False)
+    with pytest.raises(TrainingFailed) as failed:
+        _drain(finetune(_tiny(), [image], [labels], stop=_FailsAtCall(14), **options))
+    assert isinstance(failed.value.error, RuntimeError) and failed.value.__cause__ is failed.value.error
+    assert failed.value.step in (5, 10)  # the best weights validated before the failure
+    kept = failed.value.model
+    assert kept.metadata["training"]["selected_step"] == failed.value.step
+    assert all(torch.isfinite(v).all() for v in kept.net.state_dict().values() if v.is_floating_point())
+
+    # nothing validated yet: the failure itself, nothing to keep
+    with pytest.raises(RuntimeError, match="CUDA out of memory"):
+        _drain(finetune(_tiny(), [image], [labels], stop=_FailsAtCall(3), **options))
+
+    # the Fine-tune widget's worker body saves them and says what failed
+    base = save_model(_tiny(), tmp_path / "base.pt")
+    from napari_unet.widgets._examples import Example
+
+    job = train_and_save(str(base), [Example(image, labels, "crop")], tmp_path / "tuned.pt", name="tuned",
+                         settings=options, stop=_FailsAtCall(14))
+    result = run_to_end(job, lambda _event: None)
+    assert result.path == tmp_path / "tuned.pt" and result.failed_step in (5, 10)
+    assert "CUDA out of memory" in str(result.failure)
+    assert read_model_file(result.path).metadata["training"]["selected_step"] == result.failed_step

@@ -233,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_unet.core.checkpoint import load_model
     from napari_unet.core.device import select_device
     from napari_unet.core.events import run_to_end
-    from napari_unet.core.train import DEFAULT_STEPS, finetune
+    from napari_unet.core.train import DEFAULT_STEPS, TrainingFailed, finetune
 
     if args.seed < 0:
         raise CLIError(f"--seed must be 0 or more, got {args.seed}")
@@ -278,9 +278,12 @@ def run(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction, device=args.device, seed=args.seed, labelled=args.labelled, stop=stop,
     )
     bar = TrainingBar(steps, args.time_budget, enabled=not args.no_progress)
+    failed = None
     try:
         with _stopped_by_signals(stop):
             result = run_to_end(gen, bar)
+    except TrainingFailed as exc:  # (its best weights before the failure: saved, then the failure said)
+        result, failed = exc.model, exc
     finally:
         bar.close()
         gen.close()
@@ -302,6 +305,12 @@ def run(args: argparse.Namespace) -> int:
     if saved != out:
         print(f"{out} was saved by something else during training and is kept; this model goes to {saved.name}",
               file=sys.stderr)
+    if failed is not None:
+        from napari_unet._errors import one_line
+
+        print(f"napari-unet: training failed ({one_line(failed.error)}); the best model so far (step {failed.step}) "
+              f"is saved to {saved}", file=sys.stderr)
+        return 1
     meta = result.metadata
     if meta.get("val_ap50") is not None:
         print(

@@ -101,6 +101,7 @@ __all__ = [
     "PreparedRun",
     "default_patch",
     "Trainer",
+    "TrainingFailed",
     "finetune",
     "prepare_run",
     "forward_plane",
@@ -112,6 +113,18 @@ __all__ = [
 
 class StopFlag(Protocol):
     def is_set(self) -> bool: ...
+
+
+class TrainingFailed(Exception):
+    """Training failed (out of memory, a device lost, ...) after it had validated weights better than
+    the starting model's: :attr:`model` holds them (those of step :attr:`step`), with its metadata,
+    ready to save; :attr:`error` is what failed (also the ``__cause__``)."""
+
+    def __init__(self, error: BaseException, model: SegmentationModel, step: int) -> None:
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.error = error
+        self.model = model
+        self.step = step
 
 
 @dataclass
@@ -320,6 +333,10 @@ def finetune(
     ------
     ValueError
         Bad inputs (the message says what to fix), e.g. nothing to learn from.
+    TrainingFailed
+        An error during training after weights better than the start were validated: it holds
+        them (the minutes of training that found them are not lost). Without such weights, the
+        error itself is raised.
     """
     prepared = prepare_run(
         model, images, labels, steps=steps, time_budget=time_budget, lr=lr, weight_decay=weight_decay,
@@ -332,7 +349,15 @@ def finetune(
     for note in prepared.split.notes:
         log.warning("Fine-tuning: %s", note)
         yield TrainNote(note)
-    run = yield from prepared.trainer.run(_stop_check(stop), validate_start, user_stop=True)
+    try:
+        run = yield from prepared.trainer.run(_stop_check(stop), validate_start, user_stop=True)
+    except Exception as exc:
+        kept = prepared.salvage()
+        if kept is None:
+            raise
+        step = prepared.tracker.best.step  # (salvage returns None without one)
+        log.warning("Fine-tuning failed (%s); the best weights validated before, at step %d, are kept.", exc, step)
+        raise TrainingFailed(exc, kept, step) from exc
     return prepared.result(run)
 
 
@@ -355,6 +380,20 @@ class PreparedRun:
     recipe: Recipe
     device: torch.device
     from_scratch: bool
+
+    def salvage(self) -> SegmentationModel | None:
+        """After a failed run: the model with the best weights validated (:meth:`result` as if the run
+        had stopped at their step), or None when none beat the start (or the network cannot be read
+        back: its device failed)."""
+        best = self.tracker.best
+        if self.tracker.rule.select != "best" or best is None or best.step <= 0:
+            return None
+        try:
+            model = self.result(RunSummary(steps=best.step, stopped_early=True))
+        except Exception as exc:  # noqa: BLE001 - the failure itself is what is raised
+            log.warning("The best weights could not be kept after the failure: %s", exc)
+            return None
+        return model
 
     def result(self, run: RunSummary) -> SegmentationModel:
         """The trained model: the kept weights (see :class:`BestWeights`), eval mode, with its metadata."""

@@ -25,6 +25,10 @@ class TrainingResult:
     save_error: BaseException | None
     steps: int
     target: Path | None = None
+    #: The training failed after ``steps`` steps: ``model`` has the best weights validated before
+    #: (those of step ``failed_step``), what failed is here.
+    failure: BaseException | None = None
+    failed_step: int | None = None
 
 
 def train_and_save(
@@ -49,7 +53,7 @@ def train_and_save(
     """
     from napari_unet.core.checkpoint import read_model_file, stamp_metadata
     from napari_unet.core.events import TrainStep
-    from napari_unet.core.train import finetune
+    from napari_unet.core.train import TrainingFailed, finetune
 
     if any(not isinstance(ex, Example) for ex in examples):  # read here, not in the window
         examples = yield from read_examples(examples, stop)
@@ -64,11 +68,15 @@ def train_and_save(
         **settings,
     )
     steps = 0
+    failed: TrainingFailed | None = None
     while True:
         try:
             event = next(gen)
         except StopIteration as done:
             model = done.value
+            break
+        except TrainingFailed as exc:  # the weights that were best before it failed are saved
+            model, failed = exc.model, exc
             break
         if isinstance(event, TrainStep):
             steps = event.step
@@ -83,8 +91,9 @@ def train_and_save(
     stamp_metadata(model)  # adds the date when the engine did not
     from napari_unet.core.catalog import save_without_replacing
 
+    failure = dict(failure=failed.error, failed_step=failed.step) if failed is not None else {}
     try:
         path = save_without_replacing(model, target, replace)
     except OSError as exc:
-        return TrainingResult(model, None, exc, steps, target)
-    return TrainingResult(model, path, None, steps, target)
+        return TrainingResult(model, None, exc, steps, target, **failure)
+    return TrainingResult(model, path, None, steps, target, **failure)

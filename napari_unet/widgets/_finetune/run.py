@@ -256,10 +256,13 @@ class TrainingRunPanel(Container):
             self._status.value = "Stopped before the first step; no model was saved."
             notify_info("Fine-tuning stopped before the first step; no model was saved.")
             return
+        failed = (f"Failed at step {result.steps}: {one_line(result.failure)}; the best weights so far (step "
+                  f"{result.failed_step}) are kept" if result.failure is not None else "")
         if result.path is None:
             self._pending = result
             self._save_again_button.visible = True
-            self._status.value = "Trained, but the model could not be saved."
+            self._status.value = f"{failed}, but could not be saved." if failed else \
+                "Trained, but the model could not be saved."
             folder = result.target.parent if result.target is not None else "the model folder"
             notify_error(
                 "Could not save the fine-tuned model",
@@ -276,7 +279,11 @@ class TrainingRunPanel(Container):
             self._best_label.value = "– (no object was held out for validation)"
         elif training.get("selection_metric") == "loss" and "loss" not in self._best_label.value:
             self._best_label.value += "; the weights kept were chosen by validation loss"
-        if self._run_name and result.path.stem != self._run_name:
+        if failed:  # (the model's name is said: another may have taken the name asked for)
+            self._status.value = f"{failed}: saved as {result.path.stem!r}."
+            notify_error("Fine-tuning failed", f"{one_line(result.failure)}. The best weights so far (step "
+                         f"{result.failed_step}) were saved as {result.path.stem!r}.")
+        elif self._run_name and result.path.stem != self._run_name:
             self._status.value += (f" ({self._run_name!r} was saved by something else while this run trained, and "
                                    "is kept.)")
             notify_warning(f"A model named {self._run_name!r} was saved while this run trained; it is kept, and the "
