@@ -148,6 +148,49 @@ def test_fill_holes_and_new_object_keys(correcting, c2c12_masks, qtbot):
     assert layer.data[FRAME, 5, 5] == 18
 
 
+def test_fill_holes_and_remove_small_on_a_large_slice_run_in_a_worker(make_napari_viewer, c2c12_masks, qtbot,
+                                                                     notifications):
+    """A slide's plane (over WORKER_PIXELS) is filled in a thread worker: the window stays free, the
+    result is one undo step, and an edit of the plane meanwhile refuses it (nothing overwritten)."""
+    from napari_unet.widgets._object_tools import WORKER_PIXELS
+
+    tiles = np.tile(c2c12_masks[FRAME].astype(np.int32), (10, 10))  # 2340^2 real cells
+    assert tiles.size > WORKER_PIXELS
+    tile_ids = np.kron(np.arange(100, dtype=np.int32).reshape(10, 10) * 100, np.ones((234, 234), np.int32))
+    tiles[tiles > 0] += tile_ids[tiles > 0]  # (each tile's cells their own ids)
+    whole = tiles.copy()
+    cy, cx = (np.argwhere(tiles == 3).mean(axis=0)).astype(int)
+    holes = np.s_[cy - 2:cy + 3, cx - 2:cx + 3]
+    assert (tiles[holes] == 3).all()
+    tiles[holes] = 0
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(tiles.copy(), name="slide masks")
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Correct")
+    widget._fill_button.clicked.emit()
+    assert widget.tools.busy and "working on the image" in widget._status.value
+    widget._fill_button.clicked.emit()  # pressed again meanwhile: said, not started twice
+    assert any("Fill holes is still running" in m for m in notifications)
+    qtbot.waitUntil(lambda: not widget.tools.busy, timeout=60_000)
+    np.testing.assert_array_equal(layer.data, whole)
+    assert widget._status.value.startswith("Filled 25 px of holes in 1 object(s)")
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, tiles)
+
+    # the brush paints while it computes: refused, the stroke kept
+    widget._fill_button.clicked.emit()
+    layer.selected_label = 7
+    layer.paint((5, 5), 7)
+    qtbot.waitUntil(lambda: not widget.tools.busy, timeout=60_000)
+    assert layer.data[5, 5] == 7 and (layer.data[holes] == 0).all()
+    assert "was edited while it was computed" in widget._status.value
+
+    # Remove smaller objects too
+    widget._min_size.value = 1_000_000
+    widget._small_button.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.tools.busy, timeout=60_000)
+    assert layer.data.max() == 0
+
+
 def test_bad_clicks_notify_and_change_nothing(correcting, c2c12_masks, notifications):
     viewer, layer, widget, mouse = correcting
     frame = c2c12_masks[FRAME]
