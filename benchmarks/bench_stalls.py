@@ -13,6 +13,8 @@ ground truth as the masks.
   training worker reads them).
 - *Visible field of view* written into the slide's masks: ``layer.refresh()`` of the whole plane
   against ``refresh_labels_region`` (napari's partial refresh of the region).
+- *Fill holes* of the slide: ``core.edit.fill_holes`` in the window (as the button did) against the
+  button's thread worker (since 2026-12-06, for slices over 2048 x 2048).
 
 Usage::
 
@@ -160,6 +162,28 @@ def main(argv: list[str] | None = None) -> int:
         pump(0.5)
     rows.append((f"Visible field of view (600 x 320 px) written into a {args.side} x {args.side} slide",
                  "whole plane refreshed", before.longest, now.longest))
+
+    from napari_unet.core import edit as core_edit
+    from napari_unet.widgets._object_tools import apply_edit
+
+    slide.data[...] = slide_labels[0]
+    slide.data[::40, ::40] = 0  # holes (and some gaps) to fill
+    slide.refresh()
+    correct._layer_combo.reset_choices()
+    correct._layer_combo.value = slide
+    pump(0.5)
+    with_holes = slide.data.copy()
+    with Heartbeat() as before:
+        apply_edit(slide, (), core_edit.fill_holes(slide.data))
+        pump(0.3)
+    slide.data[...] = with_holes
+    slide.refresh()
+    pump(0.5)
+    with Heartbeat() as now:
+        correct.tools.fill_holes()
+        pump(0.3, until=lambda: not correct.tools.busy)
+    rows.append((f"Fill holes of a {args.side} x {args.side} slide", "computed in the window", before.longest,
+                 now.longest))
     viewer.close()
 
     import torch

@@ -191,6 +191,28 @@ def test_fill_holes_and_remove_small_on_a_large_slice_run_in_a_worker(make_napar
     assert layer.data.max() == 0
 
 
+def test_a_status_line_that_grows_is_shown_whole(make_napari_viewer, qtbot):
+    """A wrapped line whose text grew (Correct's status after Save masks names the file; Segment's
+    model hint from one image to another) kept its old height in the dock's scroll area, among the
+    docks of ``napari-unet gui``: cut off at the top and bottom."""
+    from napari_unet.cli.gui import populate_viewer, show_dock
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1600, 1000)
+    docked = populate_viewer(viewer, [], "nuclei_fluorescence_fields")
+    show_dock(viewer, "Correct")
+    qtbot.wait(300)
+    for widget, line in ((docked["Correct"], "_status"), (docked["Segment"], "_model_hint")):
+        label = getattr(widget, line).native
+        show_dock(viewer, "Correct" if line == "_status" else "Segment")
+        for text in ("Editing 'nuclei_fluorescence_fields masks' in two lines of the dock, as it is.",
+                     "Saved 'nuclei_fluorescence_fields masks' to /home/someone/experiments/2026-12-06/plate 3/"
+                     "well B4/nuclei_fluorescence_fields masks.tif (with its list of corrected slices)."):
+            getattr(widget, line).value = text
+            qtbot.wait(300)
+            assert label.height() >= label.heightForWidth(label.width()), (line, text)
+
+
 def test_bad_clicks_notify_and_change_nothing(correcting, c2c12_masks, notifications):
     viewer, layer, widget, mouse = correcting
     frame = c2c12_masks[FRAME]
@@ -460,6 +482,13 @@ def test_a_hidden_labels_layer_comes_after_shown_ones_and_a_tool_shows_it(make_n
     assert truth.visible and viewer.layers.selection.active is truth
     widget._layer_combo.value = shown
     assert widget._status.value == "Editing 'other labels'."
+    shown.visible = False  # (Segment's new masks are shown once drawn, napari-unet gui hides a ground truth)
+    assert widget._status.value == "Editing 'other labels'. It is hidden: choosing a tool shows it."
+    shown.visible = True
+    assert widget._status.value == "Editing 'other labels'."
+    widget._layer_combo.value = truth  # the layer left is no longer followed
+    shown.visible = False
+    assert widget._status.value.startswith("Editing 'c2c12 ground truth'.")
 
 
 def test_the_buttons_edit_the_layer_shown_and_active(make_napari_viewer, c2c12_masks):

@@ -198,6 +198,35 @@ def test_a_plane_that_cannot_be_read_is_one_message(qtbot, widget, tmp_path, not
     assert any("cannot read 'p2.png'" in m for m in notifications)
 
 
+def test_a_damaged_first_plane_of_a_lazily_read_file_is_one_message(qtbot, widget, tmp_path, notifications):
+    """Read lazily, the first plane is read by napari drawing the layer as it is added (the worker read
+    the middle one): a damaged one raised there, a traceback, and the status said "Loading..." on."""
+    import sys
+
+    viewer, w = widget
+    path = tmp_path / "damaged.tif"
+    tifffile.imwrite(path, np.random.default_rng(0).integers(0, 4000, (9, 128, 128), dtype=np.uint16),
+                     compression="zlib")
+    with tifffile.TiffFile(path) as tif:
+        offset = tif.pages[0].dataoffsets[0]
+    with open(path, "r+b") as fh:
+        fh.seek(offset + 10)
+        fh.write(b"\x00" * 200)
+    w._path.value = path
+    w._loading.value = "lazy"
+    raised = []
+    hook, sys.excepthook = sys.excepthook, lambda *args: raised.append(args)
+    try:
+        w._load_button.clicked.emit()
+        qtbot.waitUntil(lambda: w._worker is None, timeout=20_000)
+        qtbot.wait(50)
+    finally:
+        sys.excepthook = hook
+    assert not raised and not viewer.layers
+    assert w._status.value.startswith("Loading failed") and w._load_button.enabled
+    assert any(m.startswith("Loading failed") for m in notifications)
+
+
 def test_masks_open_as_labels_in_their_layer_order_as_with_file_open(qtbot, widget, tmp_path):
     from napari_unet.io import write_labels
 

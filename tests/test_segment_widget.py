@@ -1368,3 +1368,20 @@ def test_closing_the_dock_cancels_its_run_and_the_new_one_is_found(widget, qtbot
     viewer.add_image(c2c12_stack, name="other")  # the closed one follows the layers no more
     assert "other" in [layer.name for layer in again._image_combo.choices]
     assert "other" not in [layer.name for layer in w._image_combo.choices]
+
+
+def test_a_closed_dock_does_not_apply_a_threshold_moved_during_its_run(widget, qtbot, c2c12_stack):
+    """A Threshold moved during the run is applied after it; not by a dock closed meanwhile (its
+    re-threshold job wrote into the masks, beside the new Segment dock's runs)."""
+    viewer, w = widget
+    image = viewer.add_image(np.concatenate([c2c12_stack] * 4), name="c2c12")
+
+    def move_then_close():
+        w._threshold.value = 0.9  # (pending: the run goes on)
+        viewer.window.remove_dock_widget(w.native)
+
+    done = _run_stack_doing_after_first_plane(w, image, move_then_close)
+    _wait(qtbot, w)
+    assert done
+    qtbot.wait(300)  # (the pending re-threshold was started by a timer after the run's end)
+    assert w._worker is None and w._status.value.startswith("Cancelled") and "applied" not in w._status.value

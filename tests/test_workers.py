@@ -33,3 +33,36 @@ def test_the_training_body_carries_its_runtime_errors_out():
     with pytest.raises(WorkerRuntimeError) as raised:
         next(carried)
     assert raised.value.error is error and raised.value.__cause__ is error
+
+
+def _waits_for(event):
+    yield "started"
+    assert event.wait(30)
+    return "done"
+
+
+def test_a_job_starts_at_once_when_the_thread_pool_is_busy_and_warnings_are_shown_after(qtbot):
+    """Qt's pool has a thread per CPU: a third job on a 2-core laptop (Save masks during Fine-tune and
+    Segment) waited in its queue; and jobs that ended out of order left a dead worker's warnings hook."""
+    import threading
+    import warnings
+
+    from qtpy.QtCore import QThreadPool
+
+    hook = warnings.showwarning
+    release = [threading.Event() for _ in range(QThreadPool.globalInstance().maxThreadCount() + 1)]
+    started, ended = [], []
+    for i, event in enumerate(release):  # every thread of the pool busy
+        start_worker(_waits_for(event), yielded=started.append, finished=lambda i=i: ended.append(i))
+    qtbot.waitUntil(lambda: len(started) == len(release), timeout=10_000)
+    quick: list = []
+    start_worker(_fails_with(ValueError("quick")), errored=quick.append)
+    qtbot.waitUntil(lambda: bool(quick), timeout=10_000)  # ran while the others still hold their threads
+    assert not ended
+    release[0].set()  # the first started ends first: out of order
+    qtbot.waitUntil(lambda: ended == [0], timeout=10_000)
+    for event in release[1:]:
+        event.set()
+    qtbot.waitUntil(lambda: len(ended) == len(release), timeout=10_000)
+    qtbot.wait(50)
+    assert warnings.showwarning is hook

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import warnings
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
@@ -219,8 +220,42 @@ def start_worker(
     # probabilities, 400 MB for 100 x 1024 x 1024; arrays held in memory) waited for the process's end.
     # The thread is done when finished comes: the generator is closed here (a no-op once exhausted).
     worker.finished.connect(generator.close)
-    worker.start()
+    launch(worker)
     return worker
+
+
+_RUNNING: set[Any] = set()  # the workers of this plugin's jobs that have not finished
+_WARNINGS_HOOK: list[Any] = [None]  # warnings.showwarning when the first of them started
+
+
+def launch(worker: Any) -> None:
+    """Start a napari/superqt thread worker at once, in a thread of its own.
+
+    Qt's global thread pool has one thread per CPU (2 on many laptops): a third job (Save masks
+    while Fine-tune and Segment run) waited in its queue saying "Saving…", and was never run when
+    the window closed meanwhile (the masks lost). The pool is given a thread more when it is full.
+
+    superqt's workers also swap the process's ``warnings.showwarning`` while they run and put back
+    what they found: two jobs that end in the order they did not start left a dead worker's hook,
+    and napari showed no warning any more. napari's is put back when the last job has ended.
+    """
+    from qtpy.QtCore import QThreadPool
+
+    pool = QThreadPool.globalInstance()
+    if pool.activeThreadCount() >= pool.maxThreadCount():
+        pool.setMaxThreadCount(pool.activeThreadCount() + 1)
+    if not _RUNNING:
+        _WARNINGS_HOOK[0] = warnings.showwarning
+    _RUNNING.add(worker)
+    worker.finished.connect(lambda: _ended(worker))
+    worker.start()
+
+
+def _ended(worker: Any) -> None:
+    _RUNNING.discard(worker)
+    hook = _WARNINGS_HOOK[0]
+    if not _RUNNING and hook is not None and warnings.showwarning is not hook:
+        warnings.showwarning = hook
 
 
 _WARMED_UP: set[str] = set()
@@ -338,11 +373,32 @@ def qt_alive(widget: Any) -> bool:
     return True
 
 
+@functools.cache
+def _fit_to_text() -> Any:
+    """An event filter keeping a word-wrapped QLabel's minimum height at what its text needs for its
+    width: in a dock's scroll area (:func:`scroll_when_short`) magicgui's nested row layouts did not
+    make their height for a width again when a line's text grew, and the longer message was cut off
+    at the top and bottom (Segment's model hint, "Diameter used", Correct's status after Save masks)."""
+    from qtpy.QtCore import QEvent, QObject
+
+    class FitToText(QObject):
+        def eventFilter(self, watched: Any, event: Any) -> bool:
+            # a new text repaints the label (setText posts no event of its own); a new width resizes it
+            if event.type() in (QEvent.Type.Paint, QEvent.Type.Resize):
+                needed = watched.heightForWidth(max(watched.width(), 1))
+                if needed > 0 and watched.minimumHeight() != needed:
+                    watched.setMinimumHeight(needed)
+            return False
+
+    return FitToText()
+
+
 def wrap_text(*labels: Any) -> None:
     """Let magicgui ``Label`` widgets (status lines) wrap, so that long messages are shown
-    whole in a narrow dock instead of being cut off at its edge."""
+    whole in a narrow dock instead of being cut off at its edge (at the height they need)."""
     for label in labels:
         label.native.setWordWrap(True)
+        label.native.installEventFilter(_fit_to_text())
 
 
 def lead_ndim(layer: "napari.layers.Layer") -> int:

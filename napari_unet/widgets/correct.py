@@ -31,7 +31,15 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, Label, PushButton, SpinBox
 
-from ._base import FixedRadioButtons, disconnect_all, notify_error, notify_info, scroll_when_short, when_undocked
+from ._base import (
+    FixedRadioButtons,
+    disconnect_all,
+    notify_error,
+    notify_info,
+    scroll_when_short,
+    when_undocked,
+    wrap_text,
+)
 from ._object_tools import MODE_OFF, MODES, SHORTCUTS, ObjectTools, select_next_free_label
 from ._object_tools import MODE_DELETE, MODE_MERGE, MODE_SPLIT  # noqa: F401  (re-exported)
 from ._registry import _unwrap, register_widget
@@ -71,7 +79,7 @@ class CorrectWidget(Container):
             tooltip="A compressed TIFF, with the list of corrected slices beside it "
                     "(<name>.tif.corrected.json): both written, or neither. File > Open restores both.")
         self._status = Label(label="Status", value="")
-        self._status.native.setWordWrap(True)
+        wrap_text(self._status)
         self.extend([
             self._layer_combo, self._mode, self._fill_button, self._new_button,
             self._min_size, self._small_button, self._save_button, self._shortcuts, self._status,
@@ -101,9 +109,7 @@ class CorrectWidget(Container):
         stayed bound, with nothing shown), and it no longer follows the layers."""
         from ._registry import unregister_widget
 
-        if self.tools is not None:
-            self.tools.detach()
-            self.tools = None
+        self._drop_tools()
         events = self._viewer.layers.events
         disconnect_all((events.inserted, self._on_inserted), (events.removed, self._on_removed),
                        (events.renamed, self._on_renamed), (self._layer_combo.changed, self._on_layer))
@@ -133,8 +139,7 @@ class CorrectWidget(Container):
 
     def _on_removed(self, event: Any) -> None:
         if self.tools is not None and _unwrap(event.value) is self.tools.layer:
-            self.tools.detach()
-            self.tools = None
+            self._drop_tools()
         self._layer_combo.reset_choices()
 
     def _on_layer(self, *_args) -> None:
@@ -142,17 +147,32 @@ class CorrectWidget(Container):
         if self.tools is not None:
             if layer is not None and _unwrap(layer) is self.tools.layer:
                 return
-            self.tools.detach()
-            self.tools = None
+            self._drop_tools()
         if layer is None:
             self._status.value = "Segment an image first: its masks appear here."
             return
         self.tools = ObjectTools(self._viewer, layer)
         self.tools.mode_changed.connect(self._on_tools_mode)
         self.tools.status.connect(self._show_status)
+        self.tools.layer.events.visible.connect(self._on_visible)
         self._mode.value = MODE_OFF
-        self._status.value = f"Editing {layer.name!r}." + (
-            "" if layer.visible else " It is hidden: choosing a tool shows it.")
+        self._status.value = self._editing()
+
+    def _editing(self) -> str:
+        layer = self.tools.layer
+        return f"Editing {layer.name!r}." + ("" if layer.visible else " It is hidden: choosing a tool shows it.")
+
+    def _on_visible(self, *_args) -> None:
+        """The edited layer shown or hidden (Segment shows its new masks once drawn; napari-unet gui
+        hides a sample's ground truth): the "Editing" line says so, until an action says more."""
+        if self.tools is not None and self._status.value.startswith("Editing "):
+            self._status.value = self._editing()
+
+    def _drop_tools(self) -> None:
+        if self.tools is not None:
+            disconnect_all((self.tools.layer.events.visible, self._on_visible))
+            self.tools.detach()
+            self.tools = None
 
     def _with_tools(self, action: Callable[[ObjectTools], None]) -> None:
         if self.tools is None:

@@ -18,7 +18,7 @@ from napari_unet.io._formats import StackReadError, is_ome_zarr
 from napari_unet.io._reader import should_open_lazily
 from napari_unet.io._settings import get_setting, update_settings
 
-from ._base import FixedRadioButtons, notify_error, notify_warning, qt_alive, wrap_text
+from ._base import FixedRadioButtons, launch, notify_error, notify_warning, qt_alive, wrap_text
 
 if TYPE_CHECKING:
     import napari
@@ -209,19 +209,25 @@ class LoadWidget(Container):
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
         self._worker = worker
-        worker.start()
+        launch(worker)
 
     def _on_loaded(self, layer_data: list[tuple[Any, dict[str, Any], str]], path: Path) -> None:
         from ._napari_compat import opened_from
 
         if not qt_alive(self._status):  # the viewer was closed while the file was read
             return
-        names = []
-        with opened_from(path):
-            for data, meta, layer_type in layer_data:
-                layer = getattr(self._viewer, f"add_{layer_type}")(data, **meta)
-                names.append(layer.name)
-        self._status.value = f"Loaded {', '.join(names)}"
+        added = []
+        try:  # (a lazily read file's first plane is read here, by napari drawing it: a damaged one raises)
+            with opened_from(path):
+                for data, meta, layer_type in layer_data:
+                    added.append(getattr(self._viewer, f"add_{layer_type}")(data, **meta))
+        except Exception as exc:  # noqa: BLE001 - said as the worker's errors are, the layers added removed
+            for layer in added:
+                if layer in self._viewer.layers:
+                    self._viewer.layers.remove(layer)
+            self._on_error(exc)
+            return
+        self._status.value = f"Loaded {', '.join(layer.name for layer in added)}"
 
     def _on_error(self, exc: BaseException) -> None:
         from napari.utils.notifications import show_error

@@ -112,6 +112,7 @@ class SegmentWidget(Container):
         self._run_layers: tuple[Any, ...] = ()  # the image and masks layers of the running job
         self._abandoned = ""  # why the running job was given up ("" while it is not)
         self._rethreshold_pending = False  # Threshold / Min. size moved during a run: apply them after it
+        self._undocked = False  # its dock was closed (napari keeps the widget, hidden)
         self._last_masks: Any = None  # the masks layer last segmented into (the object behind any proxy)
         self._last_image: Any = None  # a weak reference to the image of the last run
         self._empty_planes: list[EmptyPlane] = []  # planes of this run where nothing was found
@@ -626,6 +627,8 @@ class SegmentWidget(Container):
         same masks), and it no longer follows the viewer nor is found by the other widgets."""
         from ._registry import unregister_widget
 
+        self._undocked = True  # (a Threshold moved during the run is not applied after it: nothing more is written)
+        self._rethreshold_pending = False
         self.cancel()
         events = self._viewer.layers.events
         disconnect_all((events.inserted, self.reset_choices), (events.removed, self.reset_choices),
@@ -889,6 +892,8 @@ class SegmentWidget(Container):
 
     def _rethreshold_layer(self, masks: Any) -> None:
         """Re-apply Threshold / Min. size to the kept results of the masks layer ``masks``."""
+        if self._undocked:
+            return
         if self._worker is not None:  # a run started meanwhile: after it
             self._rethreshold_pending = True
             return

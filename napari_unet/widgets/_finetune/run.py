@@ -26,6 +26,7 @@ from psygnal import Signal
 from .._base import (
     carry_runtime_errors,
     format_seconds,
+    launch,
     notify_error,
     notify_info,
     notify_warning,
@@ -192,7 +193,7 @@ class TrainingRunPanel(Container):
         worker.errored.connect(lambda exc: self._on_error(original_error(exc)))
         worker.finished.connect(self._on_finished)
         self._worker = worker
-        worker.start()
+        launch(worker)
 
     def stop(self, *_args) -> None:
         """Ask the training to stop after the current step; the best model so far is kept."""
