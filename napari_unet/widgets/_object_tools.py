@@ -85,14 +85,16 @@ def plane_of(layer: "napari.layers.Labels", plane: Plane) -> np.ndarray:
     return data[plane] if plane else data
 
 
-def apply_edit(layer: "napari.layers.Labels", plane: Plane, edit: core_edit.LabelEdit) -> int:
+def apply_edit(layer: "napari.layers.Labels", plane: Plane, edit: core_edit.LabelEdit,
+               changes: tuple[Any, np.ndarray] | None = None) -> int:
     """Write an edit computed on plane ``plane`` into the layer as one undo-history item.
 
     Goes through the layer's public ``data_setitem`` with the changed pixels only: napari records
     the old values for undo, refreshes the changed region, and emits the paint event that marks
-    the plane as corrected. Returns the number of pixels changed.
+    the plane as corrected. ``changes``: ``edit.changes`` of the plane as it is, found already (in
+    a worker). Returns the number of pixels changed.
     """
-    indices, values = edit.changes(plane_of(layer, plane))
+    indices, values = changes if changes is not None else edit.changes(plane_of(layer, plane))
     if values.size == 0:
         return 0
     lead = tuple(np.full(values.size, i, dtype=np.intp) for i in plane)
@@ -393,16 +395,17 @@ class ObjectTools:
             yield f"{what}…"  # (a generator: start_worker runs those)
             snapshot = np.array(labels, copy=True)  # (the brush, Ctrl+Z, a Segment run may write meanwhile)
             edit = operation(snapshot)
-            return edit if np.array_equal(snapshot, labels) else None  # None: the plane changed meanwhile
+            changes = edit.changes(snapshot)  # (which pixels: a whole slide's comparison, here too)
+            return (edit, changes) if np.array_equal(snapshot, labels) else None  # None: edited meanwhile
 
-        def done(edit: core_edit.LabelEdit | None) -> None:
+        def done(found: tuple[core_edit.LabelEdit, Any] | None) -> None:
             if self._detached:
                 return
-            if edit is None or edited:
+            if found is None or edited:
                 self._refused(what, EditError(f"{format_plane(plane) or 'the image'} was edited while it was "
                                               "computed; nothing was changed: press again."))
                 return
-            self._run(what, self._apply, plane, edit)
+            self._run(what, self._apply, plane, *found)
 
         def failed(exc: BaseException) -> None:
             if not self._detached:
@@ -439,8 +442,8 @@ class ObjectTools:
         offset = self._viewer.dims.ndim - layer.ndim
         return plane[:-1] if len(order) >= 3 and order[-3] - offset == layer.ndim - 3 else plane
 
-    def _apply(self, plane: Plane, edit: core_edit.LabelEdit) -> str:
-        apply_edit(self.layer, plane, edit)
+    def _apply(self, plane: Plane, edit: core_edit.LabelEdit, changes: Any = None) -> str:
+        apply_edit(self.layer, plane, edit, changes)
         if edit.new_labels and self.layer.selected_label in edit.new_labels:
             select_next_free_label(self.layer)  # the brush must not paint a new cell with a split piece's id
         if len(plane) < self.layer.ndim - 2:  # a volume (see _target)
