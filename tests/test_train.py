@@ -532,6 +532,7 @@ def test_a_failure_in_the_middle_of_training_keeps_the_best_weights_validated_be
     assert failed.value.step in (5, 10)  # the best weights validated before the failure
     kept = failed.value.model
     assert kept.metadata["training"]["selected_step"] == failed.value.step
+    assert kept.metadata["steps"] > failed.value.step and kept.metadata["training_time_s"] > 0  # as far as it got
     assert all(torch.isfinite(v).all() for v in kept.net.state_dict().values() if v.is_floating_point())
 
     # nothing validated yet: the failure itself, nothing to keep

@@ -49,7 +49,7 @@ def test_a_job_starts_at_once_when_the_thread_pool_is_busy_and_warnings_are_show
 
     from qtpy.QtCore import QThreadPool
 
-    hook = warnings.showwarning
+    hook, filters = warnings.showwarning, list(warnings.filters)
     release = [threading.Event() for _ in range(QThreadPool.globalInstance().maxThreadCount() + 1)]
     started, ended = [], []
     for i, event in enumerate(release):  # every thread of the pool busy
@@ -65,4 +65,4 @@ def test_a_job_starts_at_once_when_the_thread_pool_is_busy_and_warnings_are_show
         event.set()
     qtbot.waitUntil(lambda: len(ended) == len(release), timeout=10_000)
     qtbot.wait(50)
-    assert warnings.showwarning is hook
+    assert warnings.showwarning is hook and warnings.filters == filters

@@ -60,7 +60,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -143,6 +143,8 @@ class Trainer:
     cadence: ValidationCadence
     validator: Validator | None = None
     freeze_norm: bool = False
+    #: the summary of the run going on or last run (how far one that failed got: PreparedRun.salvage)
+    last_run: RunSummary | None = None
 
     def run(
         self, stopped: Callable[[], bool] = lambda: False, validate_start: bool = True,
@@ -162,6 +164,7 @@ class Trainer:
         """
         run = RunSummary() if start is None else RunSummary(start.steps, False, list(start.losses),
                                                               start.training_time)
+        self.last_run = run
         t0 = time.perf_counter() - run.training_time
         last_val_step, last_val_time = (-1 if start is None else run.steps), time.perf_counter()
         try:
@@ -197,7 +200,7 @@ class Trainer:
                 yield self.validator(self.net, run.steps)
         finally:
             self.sampler.close()
-        run.training_time = time.perf_counter() - t0
+            run.training_time = time.perf_counter() - t0
         return run
 
     def _due_unseen(self, step: int) -> bool:
@@ -388,8 +391,9 @@ class PreparedRun:
         best = self.tracker.best
         if self.tracker.rule.select != "best" or best is None or best.step <= 0:
             return None
+        run = self.trainer.last_run or RunSummary(steps=best.step)
         try:
-            model = self.result(RunSummary(steps=best.step, stopped_early=True))
+            model = self.result(replace(run, stopped_early=True))
         except Exception as exc:  # noqa: BLE001 - the failure itself is what is raised
             log.warning("The best weights could not be kept after the failure: %s", exc)
             return None

@@ -212,9 +212,9 @@ class BestWeights:
         """Note the scores of ``net``'s current weights (copied when they are the best); True if best."""
         # weights whose validation loss is not finite (diverged) are never the best, even the first ones
         improved = (scores.loss is None or math.isfinite(scores.loss)) and self.rule.improves(scores, self.best)
-        if improved:
-            self.best = scores
+        if improved:  # (copied first: a copy that fails leaves the best and its weights as they were)
             self._state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+            self.best = scores
         self.latest = scores
         self.history.append(asdict(scores))
         return improved

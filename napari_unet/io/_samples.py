@@ -139,7 +139,7 @@ def load_sample(key: str) -> tuple[np.ndarray, np.ndarray, SampleInfo]:
 
 
 def sample_layer_data(key: str) -> list[tuple[Any, dict[str, Any], str]]:
-    """napari layer data for a sample: its ground-truth labels (hidden) and the image."""
+    """napari layer data for a sample: the image and its ground-truth labels (hidden)."""
     from ._reader import contrast_limits_from_sample
 
     image, labels, info = load_sample(key)
@@ -152,10 +152,9 @@ def sample_layer_data(key: str) -> list[tuple[Any, dict[str, Any], str]]:
     if not rgb:
         img_meta["contrast_limits"] = contrast_limits_from_sample(image)
     # the ground truth hidden, there to compare with (shown, the image looked segmented before anything
-    # was done, and the object tools and Fine-tune took it for the masks to edit); the image added last
-    # is the layer selected, as after File > Open
+    # was done); above the image, so that ticking its eye shows it over the image
     lab_meta = dict(common, name=f"{info.key} ground truth", metadata=md, opacity=0.5, visible=False)
-    return [(labels, lab_meta, "labels"), (image, img_meta, "image")]
+    return [(image, img_meta, "image"), (labels, lab_meta, "labels")]
 
 
 def nuclei_fluorescence_2d() -> list[tuple[Any, dict[str, Any], str]]:

@@ -225,7 +225,7 @@ def start_worker(
 
 
 _RUNNING: set[Any] = set()  # the workers of this plugin's jobs that have not finished
-_WARNINGS_HOOK: list[Any] = [None]  # warnings.showwarning when the first of them started
+_WARNINGS_STATE: list[Any] = [None]  # (warnings.showwarning, warnings.filters) when the first of them started
 
 
 def launch(worker: Any) -> None:
@@ -235,9 +235,10 @@ def launch(worker: Any) -> None:
     while Fine-tune and Segment run) waited in its queue saying "Saving…", and was never run when
     the window closed meanwhile (the masks lost). The pool is given a thread more when it is full.
 
-    superqt's workers also swap the process's ``warnings.showwarning`` while they run and put back
-    what they found: two jobs that end in the order they did not start left a dead worker's hook,
-    and napari showed no warning any more. napari's is put back when the last job has ended.
+    superqt's workers also swap the process's ``warnings.showwarning`` (and add an "always" filter)
+    while they run and put back what they found: two jobs that end in the order they did not start
+    left a dead worker's hook, and napari showed no warning any more (and repeated warnings were
+    shown each time). napari's hook and the filters are put back when the last job has ended.
     """
     from qtpy.QtCore import QThreadPool
 
@@ -245,7 +246,7 @@ def launch(worker: Any) -> None:
     if pool.activeThreadCount() >= pool.maxThreadCount():
         pool.setMaxThreadCount(pool.activeThreadCount() + 1)
     if not _RUNNING:
-        _WARNINGS_HOOK[0] = warnings.showwarning
+        _WARNINGS_STATE[0] = (warnings.showwarning, list(warnings.filters))
     _RUNNING.add(worker)
     worker.finished.connect(lambda: _ended(worker))
     worker.start()
@@ -253,9 +254,16 @@ def launch(worker: Any) -> None:
 
 def _ended(worker: Any) -> None:
     _RUNNING.discard(worker)
-    hook = _WARNINGS_HOOK[0]
-    if not _RUNNING and hook is not None and warnings.showwarning is not hook:
+    if _RUNNING or _WARNINGS_STATE[0] is None:
+        return
+    hook, filters = _WARNINGS_STATE[0]
+    if warnings.showwarning is not hook:
         warnings.showwarning = hook
+    if warnings.filters != filters:
+        warnings.filters[:] = filters
+        mutated = getattr(warnings, "_filters_mutated", None)  # (the module's cache of what was shown)
+        if mutated is not None:
+            mutated()
 
 
 _WARMED_UP: set[str] = set()

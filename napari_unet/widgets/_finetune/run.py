@@ -190,7 +190,7 @@ class TrainingRunPanel(Container):
         worker.on_quit = self._detach
         worker.yielded.connect(self._on_yielded)
         worker.returned.connect(self._on_returned)
-        worker.errored.connect(lambda exc: self._on_error(original_error(exc)))
+        worker.errored.connect(self._on_error)  # (a bound method: _detach disconnects it)
         worker.finished.connect(self._on_finished)
         self._worker = worker
         launch(worker)
@@ -317,6 +317,7 @@ class TrainingRunPanel(Container):
     def _on_error(self, exc: BaseException) -> None:
         from .._examples import ExamplesError
 
+        exc = original_error(exc)  # (a RuntimeError comes wrapped out of the worker)
         if isinstance(exc, ExamplesError):  # found when the examples were read: the run never began
             notify_error("Cannot start fine-tuning", exc)
             self._status.value = f"Not started: {one_line(exc)}"
