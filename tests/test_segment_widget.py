@@ -1385,3 +1385,26 @@ def test_a_closed_dock_does_not_apply_a_threshold_moved_during_its_run(widget, q
     assert done
     qtbot.wait(300)  # (the pending re-threshold was started by a timer after the run's end)
     assert w._worker is None and w._status.value.startswith("Cancelled") and "applied" not in w._status.value
+
+
+def test_a_whole_stack_whose_masks_do_not_fit_in_memory_is_refused_before_it_starts(widget, notifications):
+    """A lazily opened stack far larger than memory: its whole-stack masks filled the memory plane by
+    plane until the system killed napari (the corrections lost); said before the run, with the ways
+    that work (a slice, a field of view, the CLI's block-by-block OME-Zarr)."""
+    import dask.array as da
+
+    from napari_unet._memory import available_memory
+
+    viewer, w = widget
+    free = available_memory()
+    plane = 4096 * 4096 * 4  # bytes of an int32 masks plane
+    n = int(free / plane) + 8  # (the masks of every plane: more than the memory free)
+    image = viewer.add_image(da.zeros((n, 4096, 4096), dtype=np.uint8, chunks=(1, 4096, 4096)),
+                             name="huge", contrast_limits=(0, 255))
+    w.reset_choices()
+    w._image_combo.value = image
+    w._scope.value = SCOPE_STACK
+    w._run_button.clicked.emit()
+    assert w._worker is None and w._status.value.startswith("Not started: the masks of")
+    assert any("do not fit in memory" in m and "--dask" in m for m in notifications)
+    assert masks_layer_name("huge") not in viewer.layers  # (made for the run, removed again)

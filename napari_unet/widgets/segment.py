@@ -92,6 +92,32 @@ SLIDER_REST_MS = 300
 PROBABILITY_CACHE_BYTES = 512 * 2**20
 
 
+
+#: A whole-stack run stops before it starts when the masks it writes would take more than this share
+#: of the memory available (a lazily opened stack of a thousand 2048^2 planes: 16 GB of int32 masks).
+MASKS_MEMORY_SHARE = 0.8
+
+
+def _check_masks_fit(image: Any, n_planes: int, plane_shape: tuple[int, ...], dtype: Any) -> None:
+    """Refuse a run whose masks (the planes it writes into the in-memory masks layer) do not fit in the
+    memory available: it filled it plane by plane, and the system killed napari (the corrections lost)."""
+    from napari_unet._memory import available_memory
+
+    if n_planes <= 1:
+        return
+    need = n_planes * int(np.prod(plane_shape)) * np.dtype(dtype).itemsize
+    free = available_memory()
+    if free is not None and need > MASKS_MEMORY_SHARE * free:
+        raise ValueError(_too_large_for_memory(image, (n_planes, *plane_shape), (need, free)))
+
+
+def _too_large_for_memory(image: Any, shape: tuple[int, ...], sizes: tuple[int, int] | None) -> str:
+    amounts = f" ({sizes[0] / 1e9:.1f} GB, with {sizes[1] / 1e9:.1f} GB of memory free)" if sizes else ""
+    source = (getattr(image, "source", None) and getattr(image.source, "path", None)) or f"<{image.name} file>"
+    return (f"the masks of {' x '.join(str(n) for n in shape)} pixels do not fit in memory{amounts}: segment the "
+            f"current slice or a field of view here, or the whole stack into an OME-Zarr file with "
+            f"`napari-unet predict {source} --dask` (block by block, in any memory).")
+
 class SegmentWidget(Container):
     """Dock widget "Segment": pick image, model and scope; Segment / Cancel."""
 
@@ -462,7 +488,10 @@ class SegmentWidget(Container):
             plane_shape = labels_shape(image)[-2:]
             diameter = self._sizing.chosen(image, plane_shape)  # checked before anything is written
             existed = masks_layer_name(image.name) in self._viewer.layers
-            masks = self._masks_layer(image)
+            try:
+                masks = self._masks_layer(image)
+            except MemoryError:  # (an array of the whole stack's shape, refused by the system)
+                raise ValueError(_too_large_for_memory(image, labels_shape(image), None)) from None
             self._new_masks = None if existed else masks  # removed again if the run fails before writing
             scope = self._scope.value
             if self._three_d.active:  # whole volumes: the field of view does not apply
@@ -478,6 +507,7 @@ class SegmentWidget(Container):
                     self._drop_new_masks()
                 return
             planes = self._planes_for_scope(image, scope)
+            _check_masks_fit(image, len(planes), plane_shape, masks.data.dtype)
             yx_view = shows_yx_planes(self._viewer, image)
             in_3d = self._viewer.dims.ndisplay == 3
             # (a field of view of another cut, or of a 3D view, is no part of a Y-X plane: the plane is segmented whole)
