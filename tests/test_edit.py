@@ -417,3 +417,19 @@ def test_core_edit_imports_no_gui():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_fill_holes_of_uint64_ids_past_2_63_as_of_small_ids():
+    """A cell inside another's hole, ids of another tool past 2^63 (the int64 pairs wrapped them
+    negative: a KeyError from the button)."""
+    small = np.zeros((40, 40), np.uint64)
+    small[5:20, 5:20] = 1
+    small[10:13, 10:13] = 0
+    small[22:38, 22:38] = 2
+    small[25:35, 25:35] = 0
+    small[28:32, 28:32] = 3
+    big = np.where(small > 0, small + np.uint64(2**63), 0).astype(np.uint64)
+    filled_small, filled_big = fill_holes(small), fill_holes(big)
+    assert filled_big.message == filled_small.message == "filled 93 px of holes in 2 object(s)"
+    np.testing.assert_array_equal(filled_big.values, np.where(filled_small.values > 0,
+                                                              filled_small.values + np.uint64(2**63), 0))

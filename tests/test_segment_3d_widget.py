@@ -320,3 +320,23 @@ def test_a_slice_segmented_again_in_2d_among_3d_objects_gets_ids_of_its_own(widg
     viewer.dims.set_point(0, 2)
     _run(w, qtbot, blank)
     assert any("No 3D objects found" in m for m in notifications)
+
+
+@pytest.mark.parametrize(("dtype", "top"), [(np.int64, 2**31 + 5), (np.int32, 2**31 - 3)])
+def test_a_volume_written_around_a_corrected_plane_with_large_ids(make_napari_viewer, dtype, top):
+    """The volume's ids go above the corrected plane's in the masks' own type (int64 ids past 2^31
+    overflowed the int32 sum: a traceback, the volume not written); int32 masks whose ids would pass
+    2^31 are made 64-bit (they wrapped to negative ids)."""
+    from napari_unet.widgets._segment3d import VolumeResult, write_volume
+
+    viewer = make_napari_viewer()
+    masks = viewer.add_labels(np.zeros((4, 16, 16), dtype), name="vol masks")
+    masks.data[1, :4, :4] = top  # the user's corrected plane
+    volume = np.zeros((4, 16, 16), np.int32)
+    volume[:, 8:12, 8:12] = 1
+    volume[:, 2:5, 10:14] = 2
+    kept = write_volume(masks, VolumeResult((slice(None),), volume), {(1,)})
+    assert kept == 1 and masks.data[1, 0, 0] == top and not masks.data[1, 8:, 8:].any()
+    for z in (0, 2, 3):
+        assert set(np.unique(masks.data[z]).tolist()) == {0, top + 1, top + 2}
+    assert masks.data.min() >= 0

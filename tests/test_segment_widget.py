@@ -510,6 +510,28 @@ def test_field_of_view_writes_inside_the_view(widget, qtbot, c2c12_stack):
     assert (masks.data[inside] > 0).any()  # the view itself was segmented (threshold 0.05)
 
 
+@pytest.mark.parametrize("dtype", [np.int64, np.uint32])
+def test_field_of_view_into_masks_with_ids_beyond_32_bits(widget, qtbot, c2c12_stack, dtype, notifications):
+    """Masks from another tool numbering past 2^31: the run's ids are moved above them in the masks'
+    own type (the run's int32 plus such an offset overflowed: a traceback, nothing written, "Done")."""
+    from napari_unet.widgets._base import viewer_camera
+
+    viewer, w = widget
+    plane = c2c12_stack[0]
+    image = viewer.add_image(plane, name="plane")
+    masks = viewer.add_labels(np.zeros(plane.shape, dtype), name=masks_layer_name("plane"))
+    masks.data[:5, :5] = 2**31 + 3  # outside the view
+    w._overwrite.value = True
+    camera = viewer_camera(viewer)
+    camera.center = (48, 48)
+    camera.zoom = 8 * camera.zoom
+    _segment(w, qtbot, image, SCOPE_VIEW)
+    assert w._status.value.startswith("Done") and masks.data.dtype == dtype
+    written = masks.data[masks.data != 2**31 + 3]
+    assert written.max() > 2**31 + 3 and (written[written > 0] > 2**31 + 3).all()
+    assert not [m for m in notifications if "failed" in m.lower()]
+
+
 def test_threshold_change_reapplies_without_the_network(widget, qtbot, c2c12_stack):
     viewer, w = widget
     image = viewer.add_image(c2c12_stack[0], name="one")

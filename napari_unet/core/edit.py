@@ -496,16 +496,16 @@ def _fill_every_hole(labels: np.ndarray) -> LabelEdit:
     in_multi = np.repeat(counts > 1, counts)  # pairs are sorted by region
     if in_multi.any():
         multi_pairs = pairs[in_multi]
-        objects = np.unique(multi_pairs[:, 1])
-        boxes = dict(_object_boxes(labels, only=objects.astype(labels.dtype)))
+        pair_ids = multi_pairs[:, 1].astype(labels.dtype)  # (uint64 ids past 2^63 wrap in the int64 pairs)
+        boxes = dict(_object_boxes(labels, only=np.unique(pair_ids)))
         # (object, axis, start/stop) for each pair; a candidate's box holds the union of its group's boxes
-        corners = np.array([[(b.start, b.stop) for b in boxes[int(i)]] for i in multi_pairs[:, 1]])
+        corners = np.array([[(b.start, b.stop) for b in boxes[int(i)]] for i in pair_ids])
         group_starts = np.flatnonzero(np.r_[True, multi_pairs[1:, 0] != multi_pairs[:-1, 0]])
         group_size = np.diff(np.r_[group_starts, len(multi_pairs)])
         low = np.repeat(np.minimum.reduceat(corners[:, :, 0], group_starts, axis=0), group_size, axis=0)
         high = np.repeat(np.maximum.reduceat(corners[:, :, 1], group_starts, axis=0), group_size, axis=0)
         holds_all = np.all((corners[:, :, 0] <= low) & (corners[:, :, 1] >= high), axis=1)
-        for object_id in np.unique(multi_pairs[holds_all, 1]).tolist():
+        for object_id in np.unique(pair_ids[holds_all]).tolist():
             box = boxes[object_id]
             holes = _holes(labels[box], object_id)
             if holes.any():

@@ -222,13 +222,22 @@ def ready_for_writing(layer: Any, widen_16_bit: bool = True) -> None:
     _widen(layer)
 
 
-def _widen(layer: Any) -> None:
-    """The layer's labels made 32-bit, values kept (said)."""
+def _widen(layer: Any, top: int = 0) -> None:
+    """The layer's labels made 32-bit (64-bit when ids up to ``top`` do not fit in 32), values kept (said)."""
     from ._base import notify_info
 
     dtype = np.dtype(layer.data.dtype)
-    layer.data = layer.data.astype(np.int32)
-    notify_info(f"{layer.name!r} held {dtype} labels: made 32-bit (values kept), so that the model's ids fit.")
+    wide = np.int32 if top <= np.iinfo(np.int32).max else np.int64
+    layer.data = layer.data.astype(wide)
+    notify_info(f"{layer.name!r} held {dtype} labels: made {np.dtype(wide).itemsize * 8}-bit (values kept), so "
+                "that the model's ids fit.")
+
+
+def ids_above(labels: np.ndarray, offset: int, dtype: Any) -> np.ndarray:
+    """``labels`` (a run's ids from 1) moved above ``offset``, in ``dtype`` (the masks layer's: ids of
+    another tool above 2^31 overflowed the run's int32)."""
+    dtype = np.dtype(dtype)
+    return np.where(labels > 0, labels.astype(dtype) + dtype.type(offset), 0).astype(dtype, copy=False)
 
 
 def _select_then_show(viewer: Any, layer: Any) -> None:
@@ -351,10 +360,10 @@ def write_plane(layer: Any, result: Any, above: int = 0) -> None:
         offset = max(offset, _max_outside(plane, rows, cols))
     top = (int(labels.max()) if labels.size else 0) + offset
     if plane.dtype.kind in "iu" and top > np.iinfo(plane.dtype).max:  # (16-bit masks kept so until now)
-        _widen(layer)
+        _widen(layer, top)
         plane = layer.data[result.index] if result.index else layer.data
     if offset:
-        labels = np.where(labels > 0, labels + offset, 0).astype(plane.dtype)
+        labels = ids_above(labels, offset, plane.dtype)
     plane[rows, cols] = labels
     forget_history_of_planes(layer, [result.index])  # Ctrl+Z must not replay edits of the masks replaced
     if covers_plane(plane.shape, result.region):
