@@ -271,7 +271,7 @@ def test_the_voxel_size_is_typed_in_the_widget_and_the_masks_follow_the_images_s
     assert tuple(image.scale) == (3.0, 1.0, 1.0) and any("Voxel size: give three numbers" in m for m in notifications)
     _run(w, qtbot, image)
     assert tuple(masks.scale) == tuple(image.scale)  # the masks show the plane the image shows
-    assert any("now has the pixel size and position" in m for m in notifications)
+    assert any("now has the pixel size, position and orientation" in m for m in notifications)
     assert not any("isotropic" in m for m in notifications)
     w._three_d.voxel.value = "4"  # the z step alone, in pixels
     w._three_d.voxel.native.editingFinished.emit()

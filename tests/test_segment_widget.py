@@ -1430,3 +1430,20 @@ def test_a_whole_stack_whose_masks_do_not_fit_in_memory_is_refused_before_it_sta
     assert w._worker is None and w._status.value.startswith("Not started: the masks of")
     assert any("do not fit in memory" in m and "--dask" in m for m in notifications)
     assert masks_layer_name("huge") not in viewer.layers  # (made for the run, removed again)
+
+
+def test_the_masks_follow_a_rotation_or_affine_set_on_the_image_after_a_first_run(widget, qtbot, c2c12_stack,
+                                                                                   notifications):
+    """Rotated (the console, another plugin) or moved in napari's Transform mode after a first run: the
+    next run's masks were drawn elsewhere than the cells, and clicks and the brush landed on others."""
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack[0], name="one")
+    _segment(w, qtbot, image)
+    masks = viewer.layers[masks_layer_name("one")]
+    w._overwrite.value = True
+    for change in ({"rotate": 90}, {"affine": np.array([[0.8, 0.3, 5.0], [-0.3, 0.8, 10.0], [0.0, 0.0, 1.0]])}):
+        for key, value in change.items():
+            setattr(image, key, value)
+        _segment(w, qtbot, image)
+        np.testing.assert_allclose(masks._data_to_world.affine_matrix, image._data_to_world.affine_matrix)
+    assert any("now has the pixel size, position and orientation of 'one'" in m for m in notifications)

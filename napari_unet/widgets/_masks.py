@@ -261,14 +261,22 @@ def follow_the_images_geometry(layer: Any, image: Any, n: int) -> None:
     if units is not None:
         wanted["units"] = tuple(units)
     changed = [key for key, value in wanted.items() if tuple(getattr(layer, key, value)) != value]
+    # a rotation, shear or affine set (or napari's Transform mode used) since: the masks were drawn
+    # elsewhere than the cells, and clicks and the brush landed on other cells
+    for key, value in _transform_of(image, n).items():
+        current = getattr(layer, key, None)
+        current = getattr(current, "affine_matrix", current)
+        if current is None or np.shape(current) != np.shape(value) or not np.allclose(current, value):
+            wanted[key] = value
+            changed.append(key)
     if not changed:
         return
     for key in changed:
         setattr(layer, key, wanted[key])
     from ._base import notify_info
 
-    notify_info(f"{layer.name!r} now has the pixel size and position of {image.name!r} ({', '.join(changed)} "
-                "changed), so that they show the same plane.")
+    notify_info(f"{layer.name!r} now has the pixel size, position and orientation of {image.name!r} "
+                f"({', '.join(changed)} changed), so that they show the same plane.")
 
 
 def _transform_of(image: Any, n: int) -> dict[str, Any]:
