@@ -1268,3 +1268,18 @@ def test_a_run_that_failed_after_a_better_validation_says_so_and_its_model_is_li
     assert f"(step {result.failed_step})" in status
     assert any("were saved as 'rescued'" in m for m in notifications)
     assert "rescued" in w.models_panel._manage_combo.choices  # listed among the user's models
+
+
+@pytest.mark.parametrize(("dtype", "base"), [(np.int64, 2**31), (np.uint64, 2**63)])
+def test_labels_with_ids_past_32_bits_are_numbered_again_to_learn_from(dtype, base):
+    """Another tool's 64-bit ids (Segment and Correct take them) were refused by Start: "too large
+    for int32". An id only names an object in its plane: the plane's objects are numbered from 1."""
+    from napari_unet.widgets._examples import as_label_plane
+
+    labels = np.zeros((8, 8), dtype)
+    labels[:3, :3] = dtype(base + 7)
+    labels[4:, 4:] = dtype(base + 2)
+    plane = as_label_plane(labels, "'cells masks', slice 0")
+    assert plane.dtype == np.int32 and set(np.unique(plane).tolist()) == {0, 1, 2}
+    np.testing.assert_array_equal(plane > 0, labels > 0)
+    assert len({int(v) for v in plane[:3, :3].ravel()}) == 1 and plane[0, 0] != plane[5, 5]

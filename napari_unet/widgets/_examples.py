@@ -67,18 +67,26 @@ class FolderSource:
 
 
 def as_label_plane(labels: Any, where: str) -> np.ndarray:
-    """Labels as int32 (a copy), or raise ``ValueError`` (floats with fractions, negative ids, ...)."""
-    return _checked_label_plane(labels, where).astype(np.int32, copy=True)
+    """Labels as int32 (a copy), or raise ``ValueError`` (floats with fractions, negative ids, ...).
+    Ids past int32's (another tool's 64-bit labels) are numbered again from 1: an id only names an
+    object in its plane (they were refused, where Segment and Correct take them)."""
+    arr = _checked_label_plane(labels, where)
+    if arr.size and arr.max() > np.iinfo(np.int32).max:
+        ids, renumbered = np.unique(arr, return_inverse=True)
+        if ids[0] != 0:  # (no background in the plane: ids from 1)
+            renumbered = renumbered + 1
+        return renumbered.reshape(arr.shape).astype(np.int32)
+    return arr.astype(np.int32, copy=True)
 
 
 def _checked_label_plane(labels: Any, where: str) -> np.ndarray:
     """Labels checked (as they are: no copy of integer labels), or ``ValueError``."""
     from napari_unet.core.labels import check_labels  # lazily: napari_unet.core imports torch
 
-    arr = check_labels(labels, f"labels in {where}", ndim=None)
-    if arr.size and arr.max() > np.iinfo(np.int32).max:
-        raise ValueError(f"{where} holds label ids too large for int32.")
-    return arr
+    arr = np.asarray(labels)
+    if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
+        return arr  # (unsigned: whole, none negative; as_label_plane numbers them again)
+    return check_labels(arr, f"labels in {where}", ndim=None)
 
 
 def _plane_of(data: Any, index: tuple[int, ...], copy: bool = True) -> np.ndarray:
