@@ -213,6 +213,22 @@ def test_a_status_line_that_grows_is_shown_whole(make_napari_viewer, qtbot):
             assert label.height() >= label.heightForWidth(label.width()), (line, text)
 
 
+def test_delete_on_a_binary_mask_takes_the_cell_clicked(make_napari_viewer, c2c12_masks):
+    """A threshold brought as labels (id 1 for every cell): one Delete click removed every cell."""
+    viewer = make_napari_viewer()
+    binary = (c2c12_masks[FRAME] > 0).astype(np.uint8)
+    layer = viewer.add_labels(binary.copy(), name="threshold")
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Correct")
+    widget._layer_combo.value = layer
+    widget._mode.value = MODE_DELETE
+    cell = c2c12_masks[FRAME] == 3
+    yx = tuple(np.argwhere(cell)[len(np.argwhere(cell)) // 2])
+    widget.tools.click((), yx)
+    assert not layer.data[cell].any()
+    np.testing.assert_array_equal(layer.data[~cell], binary[~cell])  # the other cells kept
+    assert "elsewhere kept" in widget._status.value
+
+
 def test_bad_clicks_notify_and_change_nothing(correcting, c2c12_masks, notifications):
     viewer, layer, widget, mouse = correcting
     frame = c2c12_masks[FRAME]

@@ -232,12 +232,13 @@ def delete_object(labels: np.ndarray, label_id: int, at: Sequence[int] | None = 
     """
     labels = _check_labels(labels)
     label_id = _check_id(label_id)
-    box, obj = _object(labels, label_id)
-    if at is not None:
-        obj = _part_at(obj, box, at)
+    box, whole = _object(labels, label_id)
+    obj = whole if at is None else _part_at(whole, box, at)
     values = labels[box].copy()
     values[obj] = 0
-    return LabelEdit(box, values, f"deleted object {label_id} ({int(obj.sum())} px)")
+    rest = int(whole.sum()) - int(obj.sum())  # (separate pieces of the id: a binary mask's other cells)
+    kept = f"; {rest} px of id {label_id} elsewhere kept: click them to delete them too" if rest else ""
+    return LabelEdit(box, values, f"deleted object {label_id} ({int(obj.sum())} px){kept}")
 
 
 def _part_at(obj: np.ndarray, box: Region, at: Sequence[int]) -> np.ndarray:

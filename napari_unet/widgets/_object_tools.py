@@ -468,12 +468,11 @@ class ObjectTools:
         self.status.emit(f"{what}: {one_line(exc)}")
 
 
-def _pixel_in(target: Plane, plane: Plane, yx: np.ndarray) -> tuple[int, ...] | None:
-    """Where a click at ``yx`` of ``plane`` is in the volume ``target`` (a Delete or Merge through the
-    planes: :meth:`ObjectTools._target`), so that it acts on the object clicked, not on every object
-    of its id; None when the target is the plane itself (an id is one object there)."""
-    if len(target) >= len(plane):
-        return None
+def _pixel_in(target: Plane, plane: Plane, yx: np.ndarray) -> tuple[int, ...]:
+    """Where a click at ``yx`` of ``plane`` is in ``target``, the plane itself or the volume through it
+    (a Delete or Merge through the planes: :meth:`ObjectTools._target`), so that it acts on the object
+    clicked, not on every object of its id: the other planes' cells numbered alike, or the other cells
+    of a binary mask brought as labels (id 1 for all: one click deleted every cell)."""
     y, x = (int(np.floor(c + 0.5)) for c in yx)
     return (*plane[len(target):], y, x)
 
