@@ -286,6 +286,9 @@ def test_a_binary_mask_is_split_into_its_separate_objects(dsb_fluo_crop, caplog)
         one[60 + k, 60 + k] = 3
     (single,) = prepare_examples(SegmentationModel(net), [image[:96, :96]], [one])
     np.testing.assert_array_equal(single.labels, one)  # one object as drawn, not split
+    # said as a note of the run (Fine-tune shows it; the log alone went unheard in the GUI)
+    events, _model = _drain(finetune(_tiny(), [image], [mask], steps=1, patch_size=32, batch_size=1, val_fraction=0))
+    assert any(isinstance(e, TrainNote) and "like a mask" in e.message for e in events)
 
 
 def test_a_fine_tuned_model_does_not_carry_the_bases_scores_and_card(dsb_fluo_crop):

@@ -52,12 +52,14 @@ class TrainingExample:
     known: np.ndarray | None = None
     #: Whether ``known`` says the plane was labelled in part (not only where it holds no data).
     in_part: bool = False
+    #: Its labels held one value over separate pieces (a mask), each piece made an object of its own.
+    from_mask: bool = False
 
     def part(self, rows: slice, cols: slice) -> TrainingExample:
         """The example cut to ``rows`` x ``cols`` (views, not copies)."""
         known = None if self.known is None else self.known[rows, cols]
         return TrainingExample(self.image[:, rows, cols], self.labels[rows, cols], self.source, self.scale, known,
-                               self.in_part)
+                               self.in_part, self.from_mask)
 
 
 def _as_list(images: Any, labels: Any) -> tuple[list, list]:
@@ -116,7 +118,8 @@ def prepare_examples(
         except ValueError as error:
             raise ValueError(f"{error} Are the images and the labels given the other way round?") from None
         lab = compact_ids(lab)
-        lab = _objects_of_a_mask(lab, f"example {i + 1}")
+        split = _objects_of_a_mask(lab, f"example {i + 1}")
+        from_mask, lab = split is not lab, split
         if img.shape[:2] != lab.shape:
             raise ValueError(
                 f"Example {i + 1}: the image is {img.shape[:2]} but its labels are {lab.shape}; "
@@ -145,7 +148,7 @@ def prepare_examples(
 
             known = ~(missing if missing.shape == lab.shape else resize(missing, lab.shape, order=0, anti_aliasing=False))
         chw = prepare_plane(img, model.in_channels, model.normalization)
-        out.append(TrainingExample(chw, lab.astype(np.int32, copy=False), i, scale, known))
+        out.append(TrainingExample(chw, lab.astype(np.int32, copy=False), i, scale, known, from_mask=from_mask))
     return out
 
 
@@ -350,6 +353,12 @@ def training_split(
             "Label or correct at least one object before fine-tuning."
         )
     notes = mark(examples) if mark is not None else []
+    masks = [e.source + 1 for e in examples if e.from_mask]
+    if masks:  # (a warning in the log alone: the GUI's user never heard it)
+        which = f"example {masks[0]}" if len(masks) == 1 else f"examples {', '.join(map(str, masks[:10]))}"
+        notes.insert(0, f"the labels of {which} hold one value over separate objects, like a mask: each separate "
+                        "piece is taken as an object of its own (touching cells stay one; give each cell its own id "
+                        "to separate them).")
     if val_images is not None or val_labels is not None:
         train = examples
         val = prepare_examples(model, val_images or [], val_labels or [], what="validation")
