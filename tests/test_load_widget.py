@@ -177,23 +177,29 @@ def test_a_folder_leaves_masks_files_out_and_a_changed_folder_is_looked_at_again
     np.testing.assert_array_equal(viewer.layers[0].data[:, 0, 0], [0, 1, 2, 3])  # the planes alone
 
 
-def test_a_plane_that_cannot_be_read_is_one_message(qtbot, widget, tmp_path, notifications):
+def _load_catching_uncaught(qtbot, widget) -> list:
+    """Press Load and wait for its end; the exceptions that reached the main thread uncaught."""
     import sys
 
+    raised: list = []
+    hook, sys.excepthook = sys.excepthook, lambda *args: raised.append(args)
+    try:
+        widget._load_button.clicked.emit()
+        qtbot.waitUntil(lambda: widget._worker is None, timeout=20_000)
+        qtbot.wait(50)
+    finally:
+        sys.excepthook = hook
+    return raised
+
+
+def test_a_plane_that_cannot_be_read_is_one_message(qtbot, widget, tmp_path, notifications):
     viewer, w = widget
     folder = _planes_folder(tmp_path, 4)
     raw = (folder / "p2.png").read_bytes()
     w._source.value = "folder"
     w._path.value = folder
     (folder / "p2.png").write_bytes(raw[:50])  # its header reads, its pixels do not
-    raised = []
-    hook, sys.excepthook = sys.excepthook, lambda *args: raised.append(args)
-    try:
-        w._load_button.clicked.emit()
-        qtbot.waitUntil(lambda: w._worker is None, timeout=20_000)
-        qtbot.wait(50)
-    finally:
-        sys.excepthook = hook
+    raised = _load_catching_uncaught(qtbot, w)
     assert not raised and not viewer.layers
     assert any("cannot read 'p2.png'" in m for m in notifications)
 
@@ -201,8 +207,6 @@ def test_a_plane_that_cannot_be_read_is_one_message(qtbot, widget, tmp_path, not
 def test_a_damaged_first_plane_of_a_lazily_read_file_is_one_message(qtbot, widget, tmp_path, notifications):
     """Read lazily, the first plane is read by napari drawing the layer as it is added (the worker read
     the middle one): a damaged one raised there, a traceback, and the status said "Loading..." on."""
-    import sys
-
     viewer, w = widget
     path = tmp_path / "damaged.tif"
     tifffile.imwrite(path, np.random.default_rng(0).integers(0, 4000, (9, 128, 128), dtype=np.uint16),
@@ -214,14 +218,7 @@ def test_a_damaged_first_plane_of_a_lazily_read_file_is_one_message(qtbot, widge
         fh.write(b"\x00" * 200)
     w._path.value = path
     w._loading.value = "lazy"
-    raised = []
-    hook, sys.excepthook = sys.excepthook, lambda *args: raised.append(args)
-    try:
-        w._load_button.clicked.emit()
-        qtbot.waitUntil(lambda: w._worker is None, timeout=20_000)
-        qtbot.wait(50)
-    finally:
-        sys.excepthook = hook
+    raised = _load_catching_uncaught(qtbot, w)
     assert not raised and not viewer.layers
     assert w._status.value.startswith("Loading failed") and w._load_button.enabled
     assert any(m.startswith("Loading failed") for m in notifications)
