@@ -1283,3 +1283,34 @@ def test_labels_with_ids_past_32_bits_are_numbered_again_to_learn_from(dtype, ba
     assert plane.dtype == np.int32 and set(np.unique(plane).tolist()) == {0, 1, 2}
     np.testing.assert_array_equal(plane > 0, labels > 0)
     assert len({int(v) for v in plane[:3, :3].ravel()}) == 1 and plane[0, 0] != plane[5, 5]
+
+
+def test_corrected_slices_close_together_are_said_at_start(widget, data_dir, notifications):
+    """Frames 0 and 1 of the C2C12 time-lapse corrected: the model learnt (and was checked on) the
+    round cells of the start only, and did worse on the later frames (AP@0.5 0.51 -> 0.41); frames 0
+    and 9: 0.50 -> 0.69. Start says so when the corrected slices lie within a third of the stack."""
+    viewer, w = widget
+    images = tifffile.imread(data_dir / "c2c12_timelapse" / "images.tif")[:, :128, :128]
+    labels = tifffile.imread(data_dir / "c2c12_timelapse" / "labels.tif")[:, :128, :128].astype(np.int32)
+    _image, masks = _add_pair(viewer, images, labels.copy())
+    panel = w.corrected_panel
+    panel._labels_combo.value = masks
+    panel.corrections.update([(0,), (1,)])
+    w.gather_examples(read=False)
+    said = [m for m in notifications if "lie close together (0 to 1 of 10)" in m]
+    assert len(said) == 1
+    panel.corrections.update([(9,)])  # one from the end too
+    w.gather_examples(read=False)
+    assert len([m for m in notifications if "lie close together" in m]) == 1
+
+
+def test_the_weights_kept_by_the_loss_say_on_how_few_cells():
+    """Chosen by the validation loss (fewer than 10 held-out cells), the weights were said "best"
+    with nothing to weigh it: 4 held-out cells kept weights worse on the other frames than the start."""
+    from napari_unet.widgets._finetune.run import _kept_weights
+
+    by_loss = {"training": {"selected_step": 240, "selected": "best", "selection_metric": "loss", "n_val_objects": 4}}
+    assert _kept_weights(by_loss) == ("Kept the weights of step 240 (best validation loss, judged on only 4 "
+                                      "held-out cells: check them on other slices).")
+    by_ap = {"training": {"selected_step": 120, "selected": "best", "selection_metric": "ap50", "n_val_objects": 30}}
+    assert _kept_weights(by_ap) == "Kept the weights of step 120 (best validation AP@0.5)."

@@ -143,6 +143,8 @@ class FinetuneWidget(Container):
         if left:
             notify_warning(f"The slices you corrected in {left} are not in this run: Fine-tune learns from the masks "
                            "chosen under Corrected slices; add the others under More examples (Add layer pair).")
+        if close := self._corrected_close_together():
+            notify_warning(close)
         if not read:
             return examples
         from napari_unet.core.events import TrainNote
@@ -155,6 +157,23 @@ class FinetuneWidget(Container):
                 return done.value
             if isinstance(event, TrainNote):
                 notify_info(event.message)
+
+    def _corrected_close_together(self) -> str:
+        """Advice when the corrected slices of a stack (5 slices or more along an axis) all lie within a
+        third of it: the model learns, and is checked, on how the cells look there only (C2C12 frames 0
+        and 1 corrected: AP@0.5 on the other frames 0.51 -> 0.41; frames 0 and 9: 0.50 -> 0.69)."""
+        panel = self.corrected_panel
+        planes = panel._tracker.planes if panel._tracker is not None else []
+        masks = panel._labels_combo.value
+        if len(planes) < 2 or masks is None:
+            return ""
+        for axis, n in enumerate(masks.data.shape[: len(planes[0])]):
+            first, last = min(p[axis] for p in planes), max(p[axis] for p in planes)
+            if n >= 5 and last - first + 1 < n / 3:
+                return (f"The slices you corrected lie close together ({first} to {last} of {n}): the model learns, "
+                        "and is checked, only on how the cells look there. Correct a slice from elsewhere in the "
+                        "stack too (the last one, say) before segmenting it whole with the new model.")
+        return ""
 
     def _corrections_left_out(self, examples: list[Any]) -> list[str]:
         """Masks layers with corrected slices that are not among the examples (another image's,

@@ -96,8 +96,11 @@ def _kept_weights(metadata: dict) -> str:
         return f"Kept the latest weights ({why})."
     if step == 0:
         return "Kept the starting weights: no step did better on the held-out part."
-    by = "validation loss" if training.get("selection_metric") == "loss" else "validation AP@0.5"
-    return f"Kept the weights of step {step} (best {by})."
+    if training.get("selection_metric") == "loss":  # (too few held-out cells for an AP)
+        n = training.get("n_val_objects")
+        judged = f", judged on only {n} held-out cells: check them on other slices" if n else ""
+        return f"Kept the weights of step {step} (best validation loss{judged})."
+    return f"Kept the weights of step {step} (best validation AP@0.5)."
 
 
 class TrainingRunPanel(Container):
