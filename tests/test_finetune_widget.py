@@ -1314,3 +1314,29 @@ def test_the_weights_kept_by_the_loss_say_on_how_few_cells():
                                       "held-out cells: check them on other slices).")
     by_ap = {"training": {"selected_step": 120, "selected": "best", "selection_metric": "ap50", "n_val_objects": 30}}
     assert _kept_weights(by_ap) == "Kept the weights of step 120 (best validation AP@0.5)."
+
+
+def test_a_model_trained_or_renamed_in_one_viewer_is_listed_and_followed_in_the_others(widget, make_napari_viewer,
+                                                                                       base_model):
+    """Two viewers: a model saved in one was not listed in the other until a layer changed there, and
+    after a rename in one, the other's Segment said the model "gone" and fell back to a built-in one."""
+    import shutil
+
+    from napari_unet.core.checkpoint import user_model_path
+
+    _viewer, w = widget
+    other = make_napari_viewer()
+    _dock, other_segment = other.window.add_plugin_dock_widget("napari-unet", "Segment")
+    _dock, other_finetune = other.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
+    other_segment._model_combo.reset_choices()
+    other_segment._model_combo.value = str(base_model)
+
+    trained = shutil.copy(base_model, user_model_path("trained here"))
+    w.run_panel.saved.emit(str(trained))  # as a run saving its model
+    assert "trained here" in [Path(str(v)).stem for v in other_segment._model_combo.choices]
+    assert "trained here" in other_finetune.models_panel._manage_combo.choices
+
+    w.models_panel._manage_combo.value = "base"
+    w.models_panel._rename_edit.value = "mine"
+    w.models_panel._rename_button.native.click()
+    assert Path(other_segment._model_combo.value).stem == "mine"  # followed, not "gone"

@@ -69,6 +69,19 @@ def get_widget(viewer: Any, kind: str) -> Any | None:
     return widget
 
 
+def all_widgets(kind: str) -> list[Any]:
+    """The live ``kind`` widgets of every open viewer (a model saved, renamed or deleted in one viewer is
+    listed, or followed, in the others)."""
+    _prune()
+    found = []
+    for viewer_ref, widgets in list(_REGISTRY.values()):
+        viewer = viewer_ref()
+        widget = get_widget(viewer, kind) if viewer is not None and kind in widgets else None
+        if widget is not None:
+            found.append(widget)
+    return found
+
+
 def _qt_alive(widget: Any) -> bool:
     """False when the widget's Qt object was already deleted (dock closed)."""
     native = getattr(widget, "native", None)

@@ -43,7 +43,7 @@ from ._finetune.slices import CorrectedSlicesPanel
 from ._finetune.sources import ExtraExamplesPanel
 from ._finetune.ui import ask, collapsible
 from ._napari_compat import unwrap_proxy
-from ._registry import get_widget, register_widget
+from ._registry import all_widgets, get_widget, register_widget
 
 if TYPE_CHECKING:
     import napari
@@ -270,8 +270,15 @@ class FinetuneWidget(Container):
         self._reload_model_lists(segment_too=False)  # (Segment gets the same event from napari)
 
     def refresh_models(self, *_args) -> None:
-        """Reload the model lists (after training, renaming, deleting), Segment's too."""
+        """Reload the model lists (after training, renaming, deleting), Segment's too, and those of the
+        other open viewers (a model trained in one was not listed in the other until a layer changed)."""
         self._reload_model_lists(segment_too=True)
+        for segment in all_widgets("segment"):
+            if get_widget(self._viewer, "segment") is not segment:
+                segment.refresh_models()
+        for other in all_widgets("finetune"):
+            if other is not self:
+                other._reload_model_lists(segment_too=False)
 
     def _reload_model_lists(self, segment_too: bool) -> None:
         """This widget's model lists read again, the base following Segment's model (unless chosen here)."""
@@ -293,10 +300,10 @@ class FinetuneWidget(Container):
         def same(a: Any, b: str) -> bool:
             return bool(a) and Path(str(a)).resolve() == Path(b).resolve()
 
-        combos = [self.settings_panel._base_model]
-        segment = get_widget(self._viewer, "segment")
-        if segment is not None:
-            combos.append(segment._model_combo)
+        # every open viewer's: another viewer's Segment said the model "gone" and fell back to a built-in one
+        finetunes = [self] + [other for other in all_widgets("finetune") if other is not self]
+        combos = [finetune.settings_panel._base_model for finetune in finetunes]
+        combos += [segment._model_combo for segment in all_widgets("segment")]
         chosen = [combo for combo in combos if same(combo.value, old_path)]
         with self.settings_panel.code_sets_base():  # the same model under its new name: nobody's new choice
             for combo in combos:
