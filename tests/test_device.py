@@ -23,8 +23,13 @@ def test_cpu_override_and_environment(monkeypatch):
 
 
 def test_describe_cpu_mentions_threads():
-    text = describe_device("cpu")
-    assert text.startswith("CPU") and f"{torch.get_num_threads()} threads" in text
+    before = torch.get_num_threads()
+    try:
+        for n, said in ((2, "CPU, 2 threads"), (1, "CPU, 1 thread")):  # (not "1 threads")
+            torch.set_num_threads(n)
+            assert describe_device("cpu") == said
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")

@@ -56,6 +56,9 @@ def populate_viewer(viewer, paths: list[str], sample: str | None) -> dict:
                     layer.visible = False
                 else:
                     viewer.layers.selection.active = layer
+                    axes = ((layer.metadata or {}).get("napari_unet") or {}).get("layer_axes", "")
+                    if axes.startswith("T"):  # the first field or time point (napari shows the middle one),
+                        viewer.dims.set_current_step(0, 0)  # as the tutorial says; a z-stack stays mid-way
         elif samples:
             raise ValueError(f"No sample named {sample!r}; choose one of: {', '.join(sorted(samples))}.")
     return docked

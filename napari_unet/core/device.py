@@ -89,7 +89,8 @@ def describe_device(device: torch.device | str) -> str:
         return f"GPU: {props.name} ({props.total_memory / 1e9:.0f} GB)"
     if device.type == "mps":
         return "GPU: Apple MPS"
-    return f"CPU, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"CPU, {threads} thread{'' if threads == 1 else 's'}"
 
 
 def free_memory_bytes(device: torch.device | str) -> int | None:
