@@ -91,8 +91,6 @@ SLIDER_REST_MS = 300
 #: Probability maps kept for re-thresholding (float16), at most this many bytes.
 PROBABILITY_CACHE_BYTES = 512 * 2**20
 
-
-
 #: A whole-stack run stops before it starts when the masks it writes would take more than this share
 #: of the memory available (a lazily opened stack of a thousand 2048^2 planes: 16 GB of int32 masks).
 MASKS_MEMORY_SHARE = 0.8
@@ -117,6 +115,7 @@ def _too_large_for_memory(image: Any, shape: tuple[int, ...], sizes: tuple[int, 
     return (f"the masks of {' x '.join(str(n) for n in shape)} pixels do not fit in memory{amounts}: segment the "
             f"current slice or a field of view here, or the whole stack into an OME-Zarr file with "
             f"`napari-unet predict {source} --dask` (block by block, in any memory).")
+
 
 class SegmentWidget(Container):
     """Dock widget "Segment": pick image, model and scope; Segment / Cancel."""
