@@ -70,6 +70,12 @@ def as_plane(plane: Any) -> Plane:
         raise ValueError(f"A plane index must be a sequence of integers, got {plane!r}.") from exc
 
 
+def plane_in(plane: Plane, lead_shape: tuple[int, ...]) -> bool:
+    """Whether ``plane`` (indices along the leading axes) is a plane of labels whose leading axes
+    are ``lead_shape``."""
+    return len(plane) == len(lead_shape) and all(0 <= i < n for i, n in zip(plane, lead_shape, strict=True))
+
+
 def planes_in_metadata(metadata: dict | None) -> list[Plane]:
     """Sorted, unique planes stored in a layer's metadata (empty when none)."""
     stored = (metadata or {}).get(CORRECTED_KEY) or []

@@ -18,6 +18,7 @@ from ._corrected import (
     MADE_BY,
     MASKS_KEY,
     load_corrected_list,
+    plane_in,
     sidecar_path,
     stored_layout,
     transform_identities,
@@ -586,7 +587,7 @@ def as_labels_layer(layer: LayerData, corrected: list[tuple[int, ...]] | None) -
     meta = {k: v for k, v in dict(meta).items() if k not in _IMAGE_ONLY_KEYS}
     if corrected is not None:
         lead = tuple(int(n) for n in (data[0] if isinstance(data, list) else data).shape[:-2])
-        inside = [p for p in corrected if len(p) == len(lead) and all(0 <= i < n for i, n in zip(p, lead, strict=True))]
+        inside = [p for p in corrected if plane_in(p, lead)]
         if len(inside) < len(corrected):  # (a list edited by hand, or beside other labels of that name)
             log.warning("%d slice(s) of the list of corrected slices are not slices of these labels (of shape %s): "
                         "left out.", len(corrected) - len(inside), lead)

@@ -51,6 +51,7 @@ from napari_unet.io._corrected import (  # noqa: F401  (re-exported for the widg
     Plane,
     as_plane,
     load_corrected_list,
+    plane_in,
     planes_in_metadata,
     save_corrected_list,
     sidecar_path,
@@ -292,8 +293,7 @@ class CorrectedSlices:
 
     def _exists(self, plane: Plane) -> bool:
         """Whether the layer has the plane ``plane`` (indices along its leading axes)."""
-        shape = self.layer.data.shape[: self.n_lead]
-        return len(plane) == len(shape) and all(0 <= i < s for i, s in zip(plane, shape))
+        return plane_in(plane, tuple(self.layer.data.shape[: self.n_lead]))
 
     def _check(self, plane: Any) -> Plane:
         plane = as_plane(plane)

@@ -233,6 +233,16 @@ def _widen(layer: Any, top: int = 0) -> None:
                 "that the model's ids fit.")
 
 
+def make_room_for(layer: Any, top: int) -> bool:
+    """Widen the layer's labels (:func:`_widen`) when ids up to ``top`` do not fit their type; whether
+    it did (its data is a new array then)."""
+    dtype = np.dtype(layer.data.dtype)
+    if dtype.kind not in "iu" or top <= np.iinfo(dtype).max:
+        return False
+    _widen(layer, top)
+    return True
+
+
 def ids_above(labels: np.ndarray, offset: int, dtype: Any) -> np.ndarray:
     """``labels`` (a run's ids from 1) moved above ``offset``, in ``dtype`` (the masks layer's: ids of
     another tool above 2^31 overflowed the run's int32)."""
@@ -367,8 +377,7 @@ def write_plane(layer: Any, result: Any, above: int = 0) -> None:
     if not covers_plane(plane.shape, result.region):
         offset = max(offset, _max_outside(plane, rows, cols))
     top = (int(labels.max()) if labels.size else 0) + offset
-    if plane.dtype.kind in "iu" and top > np.iinfo(plane.dtype).max:  # (16-bit masks kept so until now)
-        _widen(layer, top)
+    if make_room_for(layer, top):  # (16-bit masks kept so until now)
         plane = layer.data[result.index] if result.index else layer.data
     if offset:
         labels = ids_above(labels, offset, plane.dtype)

@@ -18,7 +18,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, LineEdit
 
 from ._base import full_resolution, lead_ndim
-from ._masks import _widen, forget_history_of_planes, ids_above
+from ._masks import forget_history_of_planes, ids_above, make_room_for
 
 __all__ = ["ThreeDControls", "VolumeResult", "segment_volumes", "write_volume"]
 
@@ -298,9 +298,7 @@ def write_volume(layer: Any, result: VolumeResult, protected: set[tuple[int, ...
     kept = [k for k, plane in enumerate(planes) if plane in protected]
     if kept:
         top = max(int(np.asarray(layer.data[planes[k]]).max()) for k in kept)
-        highest = top + (int(labels.max()) if labels.size else 0)
-        if layer.data.dtype.kind in "iu" and highest > np.iinfo(layer.data.dtype).max:
-            _widen(layer, highest)
+        make_room_for(layer, top + (int(labels.max()) if labels.size else 0))
         labels = ids_above(labels, top, layer.data.dtype)
     for k, plane in enumerate(planes):
         if k not in kept:
