@@ -393,11 +393,10 @@ class PreparedRun:
             return None
         run = self.trainer.last_run or RunSummary(steps=best.step)
         try:
-            model = self.result(replace(run, stopped_early=True))
+            return self.result(replace(run, stopped_early=True))
         except Exception as exc:  # noqa: BLE001 - the failure itself is what is raised
             log.warning("The best weights could not be kept after the failure: %s", exc)
             return None
-        return model
 
     def result(self, run: RunSummary) -> SegmentationModel:
         """The trained model: the kept weights (see :class:`BestWeights`), eval mode, with its metadata."""

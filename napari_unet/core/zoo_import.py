@@ -275,21 +275,21 @@ def _package_bytes(source: Any, what: str, name: str) -> bytes:
             f"{name}: its {what} is only on the web ({text}); napari-unet does not download at run time: "
             "get the complete package (a zip with all files) first."
         )
+    too_large = ModelFileError(f"{name}: its {what} ({text}) are larger than {MAX_PACKAGE_FILE_BYTES / 2**30:.0f} "
+                               "GB: not the weights of a model napari-unet runs (a damaged or crafted package).")
     size = _declared_size(source)
     if size == -1:
         raise ModelFileError(f"{name}: its {what} ({text}) is not a file (a device or a folder).")
     if size is not None and size > MAX_PACKAGE_FILE_BYTES:
-        raise ModelFileError(f"{name}: its {what} ({text}) are larger than {MAX_PACKAGE_FILE_BYTES / 2**30:.0f} GB: "
-                             "not the weights of a model napari-unet runs (a damaged or crafted package).")
+        raise too_large
     try:
         data = download(source).read(MAX_PACKAGE_FILE_BYTES + 1)
     except Exception as exc:  # noqa: BLE001 - bioimageio.spec raises e.g. TypeError for a file missing from a zip
         if isinstance(exc, (TypeError, KeyError, FileNotFoundError)):  # (how a file absent from a zip is said)
             raise ModelFileError(f"{name}: the package lacks its {what} ({text}).") from exc
         raise ModelFileError(f"{name}: its {what} ({text}) cannot be read ({_one_line(exc)}).") from exc
-    if len(data) > MAX_PACKAGE_FILE_BYTES:
-        raise ModelFileError(f"{name}: its {what} ({text}) are larger than {MAX_PACKAGE_FILE_BYTES / 2**30:.0f} GB: "
-                             "not the weights of a model napari-unet runs (a damaged or crafted package).")
+    if len(data) > MAX_PACKAGE_FILE_BYTES:  # (a size that could not be told before reading)
+        raise too_large
     return data
 
 

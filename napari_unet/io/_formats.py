@@ -715,16 +715,14 @@ def _open_zarr(p: Path) -> _Opened:
             v = level_scale[i] * global_scale[i]
             # the dataset's transformations first, then the multiscales' own: x * s + t, then * S + T
             shift = level_shift[i] * global_scale[i] + global_shift[i]
-            if a in "ZYXT":
+            # as for TIFF: a scale of 0, negative or not a number is no calibration (the axis is uncalibrated,
+            # and a translation in its units means nothing)
+            if a in "ZYXT" and np.isfinite(v) and v > 0:
                 f = _unit_factor(unit, _LENGTH_TO_UM if a != "T" else _TIME_TO_S) if unit else None
                 if f is not None or v != 1.0:
                     scale[a] = v * (f or 1.0)
                 if shift and np.isfinite(shift):
                     translate[a] = shift * (f or 1.0)
-        # as for TIFF: a scale of 0, negative or not a number is no calibration (the axis is uncalibrated)
-        scale = {a: v for a, v in scale.items() if np.isfinite(v) and v > 0}
-        translate = {a: t for a, t in translate.items() if a in scale or level_scale[axes.index(a)]
-                     * global_scale[axes.index(a)] == 1.0}  # (in units of a scale left out: meaningless)
     else:  # OME-Zarr 0.1/0.2 have no axes: always TCZYX
         axes = "TCZYX"[-len(shape):] if len(shape) <= 5 else normalize_file_axes("Q" * len(shape), shape)
         known = len(shape) == 5

@@ -147,7 +147,6 @@ class ObjectTools:
         self._pending: tuple[Plane, int, tuple[float, float]] | None = None  # merge or seed: first click
         self._napari_mode = "pan_zoom"  # napari's tool in use when one of ours was turned on
         self._job: str | None = None  # what a thread worker computes on a large plane (None: nothing)
-        self._worker: Any = None
         self._detached = False
         CorrectedSlices.for_layer(self.layer)
         self.layer.mouse_drag_callbacks.append(self._on_mouse)
@@ -417,7 +416,7 @@ class ObjectTools:
                 event.disconnect(mark)
 
         self._job = what
-        self._worker = start_worker(compute(), returned=done, errored=failed, finished=finished)
+        start_worker(compute(), returned=done, errored=failed, finished=finished)
 
     def new_object(self) -> None:
         """Select the next free id and napari's brush, to paint a new object."""

@@ -163,7 +163,7 @@ class FinetuneWidget(Container):
         third of it: the model learns, and is checked, on how the cells look there only (C2C12 frames 0
         and 1 corrected: AP@0.5 on the other frames 0.51 -> 0.41; frames 0 and 9: 0.50 -> 0.69)."""
         panel = self.corrected_panel
-        planes = panel._tracker.planes if panel._tracker is not None else []
+        planes = panel.corrections.planes if panel.corrections is not None else []
         masks = panel._labels_combo.value
         if len(planes) < 2 or masks is None:
             return ""
