@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -121,42 +122,35 @@ def test_ome_zarr_axes_named_in_words_are_read_by_their_type(tmp_path):
     assert info.scale == {"Y": 0.5, "X": 0.5}
 
 
+def _zyx_ome_zarr(path: Path, units: tuple[str | None, ...], transforms: list, **multiscales: Any):
+    """A one-level (3, 16, 16) ZYX OME-Zarr 0.4 image: axis units (None: none), the dataset's coordinate
+    transformations, other ``multiscales`` entries; its root group."""
+    import zarr
+
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    root.create_array("0", data=np.zeros((3, 16, 16), np.uint8))
+    axes = [{"name": a, "type": "space", **({"unit": u} if u else {})} for a, u in zip("zyx", units, strict=True)]
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": axes,
+                                  "datasets": [{"path": "0", "coordinateTransformations": transforms}], **multiscales}]
+    return root
+
+
 def test_ome_zarr_scale_of_zero_or_not_a_number_is_no_calibration(tmp_path):
     """As for TIFF: the axis is uncalibrated (a scale of 0 was kept, then refused by the writer
     after the segmentation, or copied into the masks of the dask path)."""
-    import zarr
-
     path = tmp_path / "zero.ome.zarr"
-    root = zarr.open_group(str(path), mode="w", zarr_format=2)
-    root.create_array("0", data=np.zeros((3, 16, 16), np.uint8))
-    root.attrs["multiscales"] = [{
-        "version": "0.4",
-        "axes": [{"name": "z", "type": "space", "unit": "micrometer"},
-                 {"name": "y", "type": "space", "unit": "micrometer"},
-                 {"name": "x", "type": "space", "unit": "micrometer"}],
-        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": ["NaN", 0, -0.5]}]}],
-    }]
+    _zyx_ome_zarr(path, ("micrometer",) * 3, [{"type": "scale", "scale": ["NaN", 0, -0.5]}])
     assert inspect_stack(path).scale == {}
 
 
 def test_ome_zarr_translation_places_the_layer(tmp_path):
     """A crop of a larger image (OME-Zarr's translation after its scale, and the multiscales' own
     transformations after the dataset's) lies where it was cut from, in micrometres."""
-    import zarr
-
     path = tmp_path / "crop.ome.zarr"
-    root = zarr.open_group(str(path), mode="w", zarr_format=2)
-    root.create_array("0", data=np.zeros((3, 16, 16), np.uint8))
-    root.attrs["multiscales"] = [{
-        "version": "0.4",
-        "axes": [{"name": "z", "type": "space", "unit": "micrometer"},
-                 {"name": "y", "type": "space", "unit": "millimeter"},
-                 {"name": "x", "type": "space"}],
-        "datasets": [{"path": "0", "coordinateTransformations": [
-            {"type": "scale", "scale": [2.0, 0.0005, 1.0]}, {"type": "translation", "translation": [4.0, 0.01, 7.0]}]}],
-        "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0, 1.0]},
-                                      {"type": "translation", "translation": [10.0, 0.0, 0.0]}],
-    }]
+    root = _zyx_ome_zarr(path, ("micrometer", "millimeter", None), [{"type": "scale", "scale": [2.0, 0.0005, 1.0]},
+                                       {"type": "translation", "translation": [4.0, 0.01, 7.0]}],
+                         coordinateTransformations=[{"type": "scale", "scale": [1.0, 1.0, 1.0]},
+                                                    {"type": "translation", "translation": [10.0, 0.0, 0.0]}])
     ((_data, meta, kind),) = napari_get_reader(str(path))(str(path))
     assert kind == "image"
     np.testing.assert_allclose(meta["scale"], [2.0, 0.5, 1.0])
