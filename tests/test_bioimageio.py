@@ -662,6 +662,14 @@ def test_a_library_callable_or_a_torchscript_program_runs_only_when_trusted(ship
     model = read_model_file(folder)
     assert model.net(torch.zeros(1, 1, 64, 64)).shape[-2:] == (64, 64) and not marker.exists()
 
+    # its only weights that run are ONNX: on the CPU even where the network was meant for a GPU, as said
+    from napari_unet.core.engine import resolve_engine
+
+    assert model.net.packaged_engine(resolve_engine("auto", "cpu")).describe() == "ONNX Runtime"
+    on_gpu = model.net.to("meta").packaged_engine(resolve_engine("auto", "meta"))
+    assert on_gpu.name == "onnx" and on_gpu.describe() == (
+        "ONNX Runtime (on the CPU, not meta: the package has only ONNX weights)")
+
 
 def test_exported_again_a_package_keeps_its_authors_licence_citations_and_card(tmp_path):
     """Authors, licence, citations and the built-in card survive export -> import -> export; the

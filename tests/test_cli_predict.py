@@ -638,6 +638,43 @@ def test_sigterm_stops_a_batch_as_ctrl_c_does(tmp_path, tiny_model_path):
     assert signal.getsignal(signal.SIGTERM) is not None  # (the handler before is back)
 
 
+def test_ctrl_c_ends_the_network_run_in_progress():
+    """Python runs its Ctrl+C handler only once the main thread is back from ONNX Runtime: the CLI
+    waited for the tile's end (~35 s for the paper's network on a laptop) before it stopped."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import torch
+
+    from napari_unet.cli import terminate_as_interrupt
+    from napari_unet.core import engine as eng
+    from napari_unet.core.model import UNet
+
+    torch.manual_seed(0)
+    net = UNet(in_channels=1, n_classes=3, base_width=16, depth=4, padding="same", norm="batch").eval()
+    network = eng.onnx_network(net)
+    batch = np.random.default_rng(0).random((2, 1, 1024, 1024), dtype=np.float32)  # seconds of work
+    outcome = []
+    with pytest.raises(KeyboardInterrupt) as stopped, terminate_as_interrupt() as runs:
+        def press_ctrl_c() -> None:
+            while not runs._runs:  # the run has begun
+                time.sleep(0.001)
+            os.kill(os.getpid(), signal.SIGINT)
+
+        threading.Thread(target=press_ctrl_c, daemon=True).start()
+        outcome.append(network(batch))
+    chain, error = [], stopped.value
+    while error is not None:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    assert not outcome and any(isinstance(e, eng.RunInterrupted) or "terminate" in str(e) for e in chain), \
+        "the run went on to its end"
+    assert signal.set_wakeup_fd(-1) == -1  # (the wake-up of the signals is put back)
+    assert not [t for t in threading.enumerate() if t.name == "napari-unet signals"]
+
+
 def test_a_closed_output_pipe_does_not_stop_the_batch(tmp_path, tiny_model_path):
     # `predict a b c d e --out o | head -c1` stopped after 2 of 5 files, with exit 0 and no message
     folder = tmp_path / "in"

@@ -958,6 +958,17 @@ def test_a_large_planes_watershed_in_bands_gives_the_same_objects(monkeypatch, d
     assert whole.max() > 50
     np.testing.assert_array_equal(banded, whole)
 
+    # Cancel (the job's RunInterrupt) ends it between bands: a slide's watershed took ~8 s after Cancel
+    from napari_unet.core.engine import RunInterrupt, RunInterrupted
+
+    interrupt = RunInterrupt()
+    with interrupt.around():
+        np.testing.assert_array_equal(probabilities_to_labels(probs, 0.5, 10, model.representation, min_seed=11),
+                                      whole)
+        interrupt.set()
+        with pytest.raises(RunInterrupted, match="post-processing"):
+            probabilities_to_labels(probs, 0.5, 10, model.representation, min_seed=11)
+
 
 def test_a_tile_too_small_or_a_bad_halo_is_a_clear_error(real_image):
     """A tile no larger than twice the context it re-reads adds a few pixels a tile (128 px with

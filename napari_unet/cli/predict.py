@@ -313,6 +313,8 @@ def run(args: argparse.Namespace) -> int:
 
     candidates = models.candidates()
     engine = resolve_engine(args.engine, candidates[0].device)
+    packaged = getattr(candidates[0].net, "packaged_engine", None)  # (a BioImage.IO package runs its own weights)
+    engine = packaged(engine) if packaged is not None else engine
     log.info("model %s on %s, engine %s", "/".join(m.name for m in candidates), candidates[0].device,
              engine.describe())
     if engine.reason:
@@ -378,6 +380,8 @@ def _scheduler_client(args: argparse.Namespace) -> Iterator[None]:
 def _predict_all(models: Any, inputs: list[Path], targets: list[Path], args: argparse.Namespace, use_dask: bool,
                  failed: list[Path]) -> None:
     """Segment each input into its target, one line per input (done, skipped or failed: ``failed``)."""
+    from napari_unet.core.engine import RunInterrupted
+
     for path, target in zip(inputs, targets, strict=True):
         try:
             # (lexists: a link to nowhere is the user's too)
@@ -387,6 +391,8 @@ def _predict_all(models: Any, inputs: list[Path], targets: list[Path], args: arg
             with _messages_about(path):
                 _segment_one(models, path, target, args, use_dask)
         except Exception as exc:  # noqa: BLE001 - one input's failure is a line, and the batch goes on
+            if isinstance(exc, RunInterrupted):  # (Ctrl+C or SIGTERM: terminate_as_interrupt)
+                raise KeyboardInterrupt from None
             # (a damaged plane of a large file read lazily fails only when its pixels are decoded: a
             # DeflateError or blosc's RuntimeError ended the whole batch with a traceback)
             known = isinstance(exc, (CLIError, ValueError, OSError))

@@ -104,9 +104,10 @@ class EngineChoice:
     reason: str = ""
 
     def describe(self) -> str:
-        """"ONNX Runtime", "torch", or "torch (ONNX Runtime not used: <reason>)"."""
+        """"ONNX Runtime", "torch", or "torch (ONNX Runtime not used: <reason>)" (or "ONNX Runtime
+        (<reason>)": a package whose only weights are ONNX runs on the CPU, whatever the device)."""
         if self.name == "onnx":
-            return "ONNX Runtime"
+            return f"ONNX Runtime ({self.reason})" if self.reason else "ONNX Runtime"
         return f"torch (ONNX Runtime not used: {self.reason})" if self.reason else "torch"
 
     def fall_back(self, reason: str) -> "EngineChoice":
@@ -442,6 +443,15 @@ class RunInterrupt:
     def _end(self, options: Any) -> None:
         with self._lock:
             self._runs.remove(options)
+
+
+def check_interrupt(what: str) -> None:
+    """Raise :class:`RunInterrupted` when the :class:`RunInterrupt` of this thread is set: long work
+    that is not the network's (the watershed of a slide, ~8 s) checks it between its steps, so that
+    Cancel (Ctrl+C in the command line) does not wait for its end."""
+    interrupt = getattr(_THIS_THREAD, "interrupt", None)
+    if interrupt is not None and interrupt.is_set():
+        raise RunInterrupted(f"Stopped while {what}.")
 
 
 def run_session(session: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -114,17 +114,21 @@ def _watershed(image: np.ndarray, seeds: np.ndarray, foreground: np.ndarray) -> 
 
     Large planes (see :data:`WATERSHED_BAND_PX`): band by band, into ``seeds`` itself. The
     flooding never leaves a 4-connected part of the mask, so each part is flooded on its own in
-    the band of rows that holds it whole, from its own seeds, in the same order."""
+    the band of rows that holds it whole, from its own seeds, in the same order. Between bands, a
+    Cancel of the job (its :class:`~napari_unet.core.engine.RunInterrupt`) ends it."""
     from skimage.segmentation import watershed
 
     h, w = foreground.shape
     rows = max(1, WATERSHED_BAND_PX // max(w, 1))
     if h <= 2 * rows:
         return watershed(image, markers=seeds, mask=foreground, connectivity=1)
+    from .engine import check_interrupt  # (only here: the engine imports torch)
+
     parts, n_parts = ndi.label(foreground, structure=_STRUCT4)  # (numbered by their first row)
     boxes = ndi.find_objects(parts)
     first = 0
     while first < n_parts:
+        check_interrupt("post-processing")
         y0, y1 = boxes[first][0].start, boxes[first][0].stop
         last = first + 1
         while last < n_parts and max(y1, boxes[last][0].stop) - y0 <= rows:

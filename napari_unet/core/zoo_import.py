@@ -668,7 +668,10 @@ class PackagedNetwork(nn.Module):
         if torch_formats:
             reason = choice.reason or ("the package has no ONNX weights" if choice.name == "onnx" else "")
             return choice.fall_back(reason) if choice.name == "onnx" else choice
-        return type(choice)("onnx", choice.requested, "")  # ONNX weights only: ONNX Runtime, on the CPU
+        # ONNX weights only: ONNX Runtime, on the CPU (said when the network was meant for a GPU)
+        where = self.anchor.device.type
+        return type(choice)("onnx", choice.requested,
+                            "" if where == "cpu" else f"on the CPU, not {where}: the package has only ONNX weights")
 
     def _backend(self, engine: str) -> tuple[str, Any]:
         with self._lock:
