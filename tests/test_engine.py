@@ -189,6 +189,28 @@ def test_sessions_are_safe_from_threads_and_stop_between_tiles():
     assert len(seen) == 2 and seen[-1].done < seen[-1].total
 
 
+def test_two_exports_at_once_both_work():
+    """A package exported (Manage models) while Segment's first run exported its network: torch's
+    exporter keeps its state in globals, both failed, and torch ran that network from then on."""
+    torch.manual_seed(0)
+    nets = [UNet(in_channels=1, n_classes=3, base_width=4, depth=3, padding="same", norm="batch").eval()
+            for _ in range(2)]
+    results: list[object] = []
+
+    def export(net: UNet) -> None:
+        try:
+            results.append(eng.export_onnx(net))
+        except eng.EngineUnavailable as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=export, args=(net,)) for net in nets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(isinstance(r, bytes) and r for r in results) and len(results) == 2, results
+
+
 def test_a_run_in_progress_ends_when_its_interrupt_is_set_and_the_session_runs_on():
     """Cancel ends the ONNX Runtime run of a tile at once (a paper-net tile runs ~35 s on a laptop)."""
     torch.manual_seed(0)

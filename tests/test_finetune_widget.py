@@ -630,6 +630,9 @@ def test_extra_examples_from_layers_and_folders(widget, c2c12, tmp_path, notific
     w.examples_panel._add_folder_button.native.click()
     # read in a worker (502 pairs held the window 3.3 s): the button is off meanwhile
     assert w.examples_panel.reading is not None and not w.examples_panel._add_folder_button.enabled
+    w.run_panel._start_button.native.click()  # (it trained without the folder, "Added 2 examples" said after)
+    assert not w.run_panel.is_running and "still being read" in w.run_panel._status.value
+    assert any("still being read" in m for m in notifications)
     _wait_for_folders(w)
     assert len(w.examples_panel._extra_list.choices) == 2
     assert any("Left out 1 image(s) without a labels file: unlabelled.tif" in m for m in notifications)
@@ -781,14 +784,17 @@ def test_rename_delete_with_confirmation_and_export(widget, base_model, tmp_path
     _dock, segment = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
     segment._model_combo.reset_choices()
     segment._model_combo.value = str(base_model)
+    segment._threshold.value, segment._min_size.value = 0.2, 3  # the user's own
     w.models_panel._manage_combo.reset_choices()
     assert w.models_panel._manage_combo.value == "base"
     w.models_panel._rename_edit.value = "nuclei v2"
     w.models_panel._rename_button.native.click()
     assert set(_user_models()) == {"nuclei v2"}
-    # chosen as the base model here and in Segment: it stays chosen there, under its new name
+    # chosen as the base model here and in Segment: it stays chosen there, under its new name, and
+    # Segment keeps the threshold and min. size the user set (the model's own came back)
     assert Path(w.settings_panel._base_model.value).stem == "nuclei v2"
     assert Path(segment._model_combo.value).stem == "nuclei v2"
+    assert (segment._threshold.value, segment._min_size.value) == (0.2, 3)
     assert read_model_file(_user_models()["nuclei v2"]).metadata["name"] == "nuclei v2"
     base_list = w.settings_panel._base_model.native
     assert "nuclei v2 (yours)" in [base_list.itemText(i) for i in range(base_list.count())]

@@ -322,6 +322,32 @@ def test_a_slice_segmented_again_in_2d_among_3d_objects_gets_ids_of_its_own(widg
     assert any("No 3D objects found" in m for m in notifications)
 
 
+def test_3d_objects_saved_and_reopened_still_get_a_2d_slices_ids_above_theirs(widget, qtbot, nuclei3d, tmp_path):
+    """Only the Segment widget of the 3D run knew the masks held 3D objects: saved and reopened (or
+    with the dock opened again), a slice segmented in 2D numbered its cells 1, 2, ... (one id, two
+    nuclei); the layer's metadata and the list beside the file say it now."""
+    from napari_unet.io._corrected import OBJECTS_3D_KEY, stored_layout
+
+    viewer, w = widget
+    image = viewer.add_image(nuclei3d, name="vol", axis_labels=("z", "y", "x"))
+    _run(w, qtbot, image)
+    masks = viewer.layers[masks_layer_name("vol")]
+    path = tmp_path / f"{masks.name}.tif"
+    assert masks.metadata[OBJECTS_3D_KEY] and masks.save(str(path), plugin="napari-unet")
+    assert stored_layout(path).objects_3d
+    viewer.layers.remove(masks)
+    reopened = viewer.open(path, plugin="napari-unet")[0]
+    assert reopened.name == masks_layer_name("vol") and reopened.metadata[OBJECTS_3D_KEY]
+    others = np.asarray(reopened.data).copy()
+    viewer.dims.set_point(0, 15)
+    w._three_d.enabled.value = False
+    w._run_button.clicked.emit()  # the slice shown, in 2D
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+    plane = np.asarray(reopened.data[15])
+    rest = np.delete(others, 15, axis=0)
+    assert plane.max() > 0 and not np.isin(np.unique(plane[plane > 0]), np.unique(rest[rest > 0])).any()
+
+
 @pytest.mark.parametrize(("dtype", "top"), [(np.int64, 2**31 + 5), (np.int32, 2**31 - 3)])
 def test_a_volume_written_around_a_corrected_plane_with_large_ids(make_napari_viewer, dtype, top):
     """The volume's ids go above the corrected plane's in the masks' own type (int64 ids past 2^31

@@ -328,6 +328,37 @@ def test_renaming_the_masks_layer_mid_run_keeps_writing_into_it(widget, qtbot, c
     assert masks.data.max() == 0  # no object of 96 x 96 planes is that large
 
 
+def test_a_label_picked_during_a_run_stays_the_brushs_when_it_ends(widget, qtbot, c2c12_stack):
+    """The user picks a cell of a finished slice to grow it while the stack runs: the run's end chose
+    the next free id for the brush, and the next stroke drew a second cell beside the first. An id
+    picked that the run writes elsewhere later is replaced as before (one cell of two)."""
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack, name="c2c12")
+    masks = viewer.add_labels(np.zeros(c2c12_stack.shape, np.int32), name=masks_layer_name("c2c12"))
+    masks.selected_label = 999  # (the brush's label before the run: anything but the cell picked)
+    picked = []
+
+    def pick_a_cell_of_the_slice_shown():
+        masks = viewer.layers[masks_layer_name("c2c12")]
+        viewer.dims.set_current_step(0, 0)
+        picked.append(int(masks.data[0].max()))
+        masks.selected_label = picked[0]
+
+    done = _run_stack_doing_after_first_plane(w, image, pick_a_cell_of_the_slice_shown)
+    _wait(qtbot, w)
+    masks = viewer.layers[masks_layer_name("c2c12")]
+    assert done and picked[0] > 0 and masks.selected_label == picked[0]
+    # untouched: the next free id, as before; picked, but an id of another slice only: the next free id too
+    masks.data[2, :3, :3] = 500
+    w._scope.value = SCOPE_SLICE  # (slice 0, shown)
+    for chosen in (None, 500):
+        w._run_button.clicked.emit()
+        if chosen is not None:
+            masks.selected_label = chosen
+        _wait(qtbot, w)
+        assert masks.selected_label == masks.data.max() + 1 == 501
+
+
 def test_min_size_moved_during_a_run_is_applied_when_it_ends(widget, qtbot, c2c12_stack):
     viewer, w = widget
     image = viewer.add_image(c2c12_stack, name="c2c12")

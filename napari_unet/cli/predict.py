@@ -165,13 +165,13 @@ def _read(path: Path, axes: str | None = None) -> tuple[Any, Any]:
 
 
 def _write_tif(path: Path, labels: Any, axes: str, scale: dict[str, float],
-               translate: dict[str, float] | None = None) -> None:
+               translate: dict[str, float] | None = None, objects_3d: bool = False) -> None:
     from napari_unet.io import write_labels
 
     # where the image lies (an OME-Zarr crop's translation): in pixels, kept beside the TIFF for the reader
     offset = [(translate or {}).get(a, 0.0) / scale.get(a, 1.0) for a in axes]
     write_labels(path, labels, scale=[scale.get(a) for a in axes], axes=axes,  # None: not calibrated
-                 offset=offset if any(offset) else None)
+                 offset=offset if any(offset) else None, objects_3d=objects_3d)
 
 
 def _select_channel(data: Any, axes: str, channel: int | None, name: str, axes_from_file: bool = True,
@@ -506,7 +506,7 @@ def _segment_one(models: _ModelChoice, path: Path, target: Path, args: argparse.
             if args.min_size and not labels.any():  # what the size search's "no object found" does not say
                 print(f"napari-unet: {name}: no object is left with --min-size {args.min_size} (objects of fewer "
                       "pixels are removed): try a smaller one, or leave it out for the model's own", file=sys.stderr)
-            _write_tif(target, labels, label_axes, scale, info.translate)
+            _write_tif(target, labels, label_axes, scale, info.translate, objects_3d=options_3d is not None)
 
 
 @contextlib.contextmanager

@@ -292,6 +292,12 @@ class _ExportNet(torch.nn.Module):
         return _softmax(net.head(x))
 
 
+#: Two exports at once (a package exported under Manage models while Segment's first run exports
+#: its network) failed both ways ("GLOBALS.in_onnx_export must be True"), and torch then ran that
+#: network for the rest of the session.
+_EXPORT_LOCK = threading.Lock()
+
+
 def export_onnx(net: torch.nn.Module) -> bytes:
     """The network (batch norm folded, softmax added; see :class:`_ExportNet`) as ONNX bytes,
     with dynamic batch, height and width.
@@ -316,8 +322,8 @@ def export_onnx(net: torch.nn.Module) -> bytes:
     example = torch.zeros(_small_input(net))
     axes = {0: "batch", 2: "height", 3: "width"}
     buf = io.BytesIO()
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
+    try:  # (one export at a time: torch.onnx's exporter keeps its state in globals)
+        with _EXPORT_LOCK, warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer and deprecation warnings: nothing for users
             torch.onnx.export(
                 _ExportNet(fused).eval(), (example,), buf, dynamo=False,

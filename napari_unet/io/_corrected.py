@@ -31,6 +31,10 @@ CORRECTED_KEY = "napari_unet_corrected"
 #: its other labels are a model's (napari-unet made the layer, segmented into it, or read it with
 #: its list). Labels without it are someone's own: saved, every slice holding labels is listed.
 MASKS_KEY = "napari_unet_masks"
+#: Key, in a Labels layer's metadata, saying that it holds 3D objects (ids shared by planes): a plane
+#: segmented again in 2D numbers its objects above them (kept in the list beside a saved file: the
+#: plane's ids reopened as 1, 2, ... joined nuclei of the planes around it).
+OBJECTS_3D_KEY = "napari_unet_objects_3d"
 #: What napari-unet writes into masks files it makes (the TIFF's Software tag, an OME-Zarr
 #: attribute): such a file without its list holds a model's masks, none corrected; another tool's
 #: masks without a list are someone's own, kept from runs unasked.
@@ -141,7 +145,7 @@ def _version_known(data: Any) -> bool:
 def corrected_list_text(labels_path: str | os.PathLike, planes: Iterable[Any] | dict | Any,
                         layer_axes: str | None = None, offset: Sequence[float] | None = None,
                         calibration: tuple[Sequence[float], Sequence[str]] | None = None,
-                        transform: dict[str, Any] | None = None) -> str:
+                        transform: dict[str, Any] | None = None, objects_3d: bool = False) -> str:
     """The JSON text of the corrected-slices list of ``labels_path`` (see :func:`save_corrected_list`).
 
     The planes index the file's own stack axes (size-1 ones included). ``layer_axes``: the axes
@@ -151,7 +155,8 @@ def corrected_list_text(labels_path: str | os.PathLike, planes: Iterable[Any] | 
     ``calibration``: the layer's scale and unit names per axis (its axis order), when the file
     cannot say them as they were (a Z spacing with Y, X uncalibrated, an axis of size 1, a bare
     scale without a unit): the reader gives them back. ``transform``: the layer's rotation, shear and
-    affine matrix that are not the identity (see :func:`napari_unet.io.write_labels`)."""
+    affine matrix that are not the identity (see :func:`napari_unet.io.write_labels`). ``objects_3d``:
+    the labels are 3D objects (see :data:`OBJECTS_3D_KEY`)."""
     plane_list = planes_given(planes)
     payload = {
         "format": SIDECAR_FORMAT,
@@ -168,6 +173,8 @@ def corrected_list_text(labels_path: str | os.PathLike, planes: Iterable[Any] | 
         payload["layer_units"] = [str(u) for u in calibration[1]]
     if transform:
         payload["layer_transform"] = transform
+    if objects_3d:
+        payload["objects_3d"] = True
     return json.dumps(payload, indent=1) + "\n"
 
 
@@ -211,6 +218,7 @@ class StoredLayout:
     scale: tuple[float, ...] | None = None  # the layer's own scale and units, when the file
     units: tuple[str, ...] | None = None  # cannot say them as they were
     transform: dict[str, Any] | None = None  # rotate, shear, affine (nested lists) that are not the identity
+    objects_3d: bool = False  # 3D objects (see OBJECTS_3D_KEY)
 
 
 def _numbers(values: Any, nonzero: bool = False) -> tuple[float, ...] | None:
@@ -240,7 +248,8 @@ def stored_layout(labels_path: str | os.PathLike) -> StoredLayout:
     if not isinstance(transform, dict) or not transform or not all(
             key in transform_identities(2) and _finite_array(value) for key, value in transform.items()):
         transform = None
-    return StoredLayout(axes, _numbers(data.get("offset_pixels")), scale, tuple(units) if units else None, transform)
+    return StoredLayout(axes, _numbers(data.get("offset_pixels")), scale, tuple(units) if units else None, transform,
+                        data.get("objects_3d") is True)
 
 
 def transform_identities(ndim: int) -> dict[str, np.ndarray]:

@@ -17,6 +17,7 @@ from ._corrected import (
     CORRECTED_KEY,
     MADE_BY,
     MASKS_KEY,
+    OBJECTS_3D_KEY,
     load_corrected_list,
     plane_in,
     sidecar_path,
@@ -432,7 +433,11 @@ def as_labels_where_masks(path: str | os.PathLike, layers: list[LayerData]) -> l
             layers, corrected = _in_axes_order(layers[0], stored.axes, corrected)
         if len(layers) == 1:
             layers = [_with_stored_calibration(layers[0], stored)]
-        return [as_labels_layer(layer, corrected) for layer in layers]
+        layers = [as_labels_layer(layer, corrected) for layer in layers]
+        if stored.objects_3d:  # (see OBJECTS_3D_KEY)
+            for _data, meta, _kind in layers:
+                meta["metadata"] = {**meta.get("metadata", {}), OBJECTS_3D_KEY: True}
+        return layers
     if _is_ome_zarr_labels(path) or _named_as_labels(path, layers):
         # masks napari-unet made (predict, segment_to_ome_zarr): a model's, none corrected yet; another
         # tool's or a hand-made file: someone's own (the widgets keep the slices holding labels)

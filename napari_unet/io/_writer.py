@@ -18,6 +18,7 @@ from ._corrected import (
     CORRECTED_KEY,
     MADE_BY,
     MASKS_KEY,
+    OBJECTS_3D_KEY,
     corrected_list_text,
     sidecar_path,
     transform_identities,
@@ -83,6 +84,7 @@ def write_labels(
     offset: Sequence[float] | None = None,
     calibration: tuple[Sequence[float], Sequence[Any]] | None = None,
     transform: dict[str, Any] | None = None,
+    objects_3d: bool = False,
 ) -> Path:
     """Write a label image to a compressed TIFF, atomically (with its corrected-slices list).
 
@@ -119,6 +121,9 @@ def write_labels(
         The layer's rotation, shear and affine matrix (napari's ``rotate``, ``shear``, ``affine``;
         only those that are not the identity), which a TIFF does not hold: kept in the list beside
         the file, so that masks of a rotated or registered image open over it again.
+    objects_3d : bool
+        The labels are 3D objects, whose ids the planes share: said in the list beside the file, so
+        that a plane segmented again in 2D after the file is reopened numbers its objects above them.
 
     Returns
     -------
@@ -227,12 +232,12 @@ def write_labels(
             else:
                 tifffile.imwrite(fh, np.ascontiguousarray(_fitting(data, dtype)), **kwargs)
         if corrected is None and (_exists(sidecar_path(path)) or layer_axes is not None or offset is not None
-                                  or transform
+                                  or transform or objects_3d
                                   or kept is not None):
             corrected = []  # a stale list emptied; or the layer's axes, offset or calibration recorded for the reader
         if corrected is not None:
             with files.open(sidecar_path(path), "w") as fh:
-                fh.write(corrected_list_text(path, corrected, layer_axes, offset, kept, transform or None))
+                fh.write(corrected_list_text(path, corrected, layer_axes, offset, kept, transform or None, objects_3d))
     log.info("wrote labels %s %s to %s", data.shape, dtype, path)
     return path
 
@@ -372,7 +377,8 @@ def write_layer_labels(path: str | os.PathLike, data: Any, meta: dict[str, Any])
                            corrected=_corrected_of(meta.get("metadata") or {}, arr),
                            offset=_offset_pixels(meta, arr.ndim),
                            calibration=(meta.get("scale"), meta.get("units")),
-                           transform=_transform_of(meta, arr.ndim))
+                           transform=_transform_of(meta, arr.ndim),
+                           objects_3d=bool((meta.get("metadata") or {}).get(OBJECTS_3D_KEY)))
     return str(written)
 
 

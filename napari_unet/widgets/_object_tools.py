@@ -75,6 +75,22 @@ def select_next_free_label(layer: "napari.layers.Labels") -> int | None:
     return None
 
 
+def select_next_free_label_after_run(viewer: "napari.Viewer", layer: "napari.layers.Labels", label_before: int) -> None:
+    """After a run wrote into ``layer``: the next free id for the brush (a model's id must not be
+    reused), unless the user chose the label while the run went on (it is no longer ``label_before``)
+    and it is theirs still: a cell of the slice shown (picked to grow it: the brush then drew a
+    second cell beside it), or an id no object has (New object). An id that the run has written
+    elsewhere since is replaced (painting with it would make one cell of two)."""
+    label = int(layer.selected_label)
+    if label not in (label_before, 0) and isinstance(layer.data, np.ndarray) and layer.data.ndim >= 2:
+        if label >= core_edit.next_free_label(layer.data):
+            return
+        index = current_plane_index(viewer, layer)
+        if np.any((layer.data[index] if index else layer.data) == label):
+            return
+    select_next_free_label(layer)
+
+
 def plane_of(layer: "napari.layers.Labels", plane: Plane) -> np.ndarray:
     """The (Y, X) plane ``plane`` of the layer's data: a view, not a copy."""
     data = layer.data

@@ -205,6 +205,11 @@ class FinetuneWidget(Container):
         if self.replace_question is not None:
             self.replace_question.raise_()
             return
+        if self.examples_panel.reading is not None:  # (it trained without them, and "Added N examples" came after)
+            notify_warning("The folder of examples is still being read: press Start once it says "
+                           "\"Added ... examples\".")
+            self.run_panel.set_status("Not started: the folder of examples is still being read.")
+            return
         from napari_unet.core.catalog import check_model_name, check_models_dir_writable, user_model_path
 
         base_path = self.settings_panel.base_model_path
@@ -305,12 +310,16 @@ class FinetuneWidget(Container):
         combos = [finetune.settings_panel._base_model for finetune in finetunes]
         combos += [segment._model_combo for segment in all_widgets("segment")]
         chosen = [combo for combo in combos if same(combo.value, old_path)]
+        segments = {id(segment._model_combo): segment for segment in all_widgets("segment")}
         with self.settings_panel.code_sets_base():  # the same model under its new name: nobody's new choice
             for combo in combos:
-                combo.reset_choices()
+                if id(combo) in segments and combo in chosen:  # (its threshold and min. size stay the user's)
+                    segments[id(combo)].follow_renamed_model(old_path, new_path)
+                else:
+                    combo.reset_choices()
             for combo in chosen:
                 match = next((v for v in combo.choices if same(v, new_path)), None)
-                if match is not None:
+                if match is not None and id(combo) not in segments:
                     combo.value = match
 
     def _closed(self) -> None:

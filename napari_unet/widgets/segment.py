@@ -32,6 +32,8 @@ from magicgui.widgets import (
     SpinBox,
 )
 
+from napari_unet.io._corrected import OBJECTS_3D_KEY
+
 from . import _heap
 from ._base import (
     FixedRadioButtons,
@@ -70,10 +72,10 @@ from ._masks import (
     write_plane,
 )
 from ._napari_compat import unwrap_proxy
+from ._object_tools import select_next_free_label_after_run
 from ._proposal import KIND_WORDS, ModelProposal
 from ._segment3d import ThreeDControls, VolumeResult, plan_3d_run, write_volume_result
 from ._segment_job import EmptyPlane, segment_planes
-from .correct import select_next_free_label
 
 if TYPE_CHECKING:
     from napari_unet.core.predict import PlaneResult
@@ -126,6 +128,7 @@ class SegmentWidget(Container):
         self._worker = None
         self._ids_above: int | None = None  # (see _start)
         self._run_model: Any = None  # the model path of the run going on
+        self._label_at_start = 0  # the brush's label of the masks when the run started
         self._run_corrections = RunCorrections()  # what the running job does with corrected slices
         self._model_cache: dict = {}
         self._extra_models: dict[str, str] = {}
@@ -324,6 +327,17 @@ class SegmentWidget(Container):
             self.add_model_file(path)
         else:
             self._model_combo.value = listed
+
+    def follow_renamed_model(self, old_path: str, new_path: str) -> None:
+        """The chosen model renamed (Manage models): the same model under its new name, chosen quietly,
+        not a new choice (which takes the model's threshold and min. size: the user's were lost)."""
+        with self._model_combo.changed.blocked():
+            self._model_combo.reset_choices()
+            listed = self._listed(new_path)
+            if listed is not None:
+                self._model_combo.value = listed
+        if self._run_model and Path(str(self._run_model)).resolve() == Path(old_path).resolve():
+            self._run_model = self._model_combo.value  # (a run in progress: its end says no other model is chosen)
 
     def _on_model_changed(self, *_args) -> None:
         """A new model: take its threshold and min. size (the masks made before keep their kept
@@ -678,10 +692,12 @@ class SegmentWidget(Container):
         self._run_started = time.perf_counter()
         self._run_model = self._model_combo.value  # (a fine-tune may choose its model while this runs)
         self._run_corrections = RunCorrections.start(masks, overwrite, automatic)
+        self._label_at_start = int(masks.selected_label) if masks is not None else 0
         # planes segmented again in 2D among 3D objects: their ids start above those (they named
         # other nuclei of the volume: one id, two objects)
-        self._ids_above = (int(np.max(masks.data)) if masks is not None and self._kept.held_3d(masks)
-                           and masks.data.size else None)
+        # (a file of 3D objects reopened says so in its metadata: see OBJECTS_3D_KEY)
+        held_3d = masks is not None and (self._kept.held_3d(masks) or bool((masks.metadata or {}).get(OBJECTS_3D_KEY)))
+        self._ids_above = int(np.max(masks.data)) if held_3d and masks.data.size else None
         self._rethresholding = rethreshold
         if not self._rethresholding:  # the object-size notes are the network run's, once
             self._sizing.new_run()
@@ -863,8 +879,8 @@ class SegmentWidget(Container):
         self._run_layers = ()
         self.last_run_seconds = took
         masks = self._follow_last_masks()
-        if masks is not None:  # the brush must not reuse a model's id
-            select_next_free_label(masks)
+        if masks is not None:  # the brush must not reuse a model's id (unless the user chose it meanwhile)
+            select_next_free_label_after_run(self._viewer, masks, self._label_at_start)
         self._progress.visible = False
         self._run_button.enabled = True
         self._cancel_button.enabled = False
