@@ -234,6 +234,13 @@ def test_a_hyperstack_layer_segments_its_current_slice_and_one_channel_of_the_st
     segmented = {tuple(i) for i in np.argwhere(masks.data.any(axis=(-2, -1)))}
     assert segmented == {(t, 1, z) for t in range(2) for z in range(2)}
     assert w._status.value.startswith("Done")
+    # a layer whose axis labels name its channels: their axis is chosen (and named in the list)
+    named = viewer.add_image(data, name="named", axis_labels=("t", "c", "z", "y", "x"))
+    w.reset_choices()
+    w._image_combo.value = named
+    assert w._channel_axis.value == 1 and "axis 1 'c' (size 2)" in [c[0] for c in w._channel_axis_choices()]
+    w._image_combo.value = image
+    assert w._channel_axis.value is None
 
 
 def test_masks_of_a_rotated_image_are_drawn_over_it_and_its_field_of_view_is_the_one_shown(

@@ -25,14 +25,25 @@ from ._masks import forget_history_of_planes, ids_above, make_room_for
 __all__ = ["ThreeDControls", "VolumeResult", "segment_volumes", "write_volume"]
 
 
+#: Stack axes named so hold channels.
+CHANNEL_LABELS = frozenset({"c", "ch", "channel", "channels"})
 #: Stack axes named so are never depth: time points and channels stay apart.
-NOT_DEPTH_LABELS = frozenset({"t", "time", "c", "ch", "channel", "channels"})
+NOT_DEPTH_LABELS = frozenset({"t", "time"}) | CHANNEL_LABELS
 
 
 def _layer_axes(layer: Any) -> str | None:
     """napari-unet's axis letters of the layer ("TZYX"), read from the file, when it has them."""
     axes = ((getattr(layer, "metadata", None) or {}).get("napari_unet") or {}).get("layer_axes")
     return axes if isinstance(axes, str) and len(axes) == layer.ndim else None
+
+
+def channel_axis_of(layer: Any) -> int | None:
+    """The stack axis that the layer names a channel axis (its axis labels, or its axis letters from
+    the file), None when none does: the Segment widget's Channel axis, preselected."""
+    labels = [str(a).lower() for a in (getattr(layer, "axis_labels", None) or ())]
+    letters = _layer_axes(layer)
+    return next((i for i in range(lead_ndim(layer)) if (i < len(labels) and labels[i] in CHANNEL_LABELS)
+                 or (letters is not None and letters[i] == "C")), None)
 
 
 def depth_candidates(layer: Any) -> list[int]:

@@ -74,7 +74,7 @@ from ._masks import (
 from ._napari_compat import unwrap_proxy
 from ._object_tools import select_next_free_label_after_run
 from ._proposal import KIND_WORDS, ModelProposal
-from ._segment3d import ThreeDControls, VolumeResult, plan_3d_run, write_volume_result
+from ._segment3d import ThreeDControls, VolumeResult, channel_axis_of, plan_3d_run, write_volume_result
 from ._segment_job import EmptyPlane, segment_planes
 
 if TYPE_CHECKING:
@@ -199,7 +199,7 @@ class SegmentWidget(Container):
         self._cancel_button.changed.connect(self.cancel)
         self._add_model_button.changed.connect(self._ask_model_file)
         self._sizing.from_label_button.changed.connect(self.diameter_from_selected_label)
-        self._image_combo.changed.connect(lambda *_: self._channel_axis.reset_choices())
+        self._image_combo.changed.connect(self._channel_axis_of_image)
         self._image_combo.changed.connect(lambda *_: self._three_d.refresh())
         self._image_combo.changed.connect(self._proposal.refresh)
         self._image_combo.changed.connect(self._on_image_kind)  # after the proposal: it tells the kind
@@ -241,9 +241,20 @@ class SegmentWidget(Container):
         choices: list[tuple[str, Any]] = [(NO_CHANNEL_AXIS, None)]
         layer = self._image_combo.value if hasattr(self, "_image_combo") else None
         if layer is not None:
+            labels = [str(a) for a in (getattr(layer, "axis_labels", None) or ())]
             for axis in range(lead_ndim(layer)):
-                choices.append((f"axis {axis} (size {layer.data.shape[axis]})", axis))
+                named = f" '{labels[axis]}'" if axis < len(labels) and not labels[axis].lstrip("-").isdigit() else ""
+                choices.append((f"axis {axis}{named} (size {layer.data.shape[axis]})", axis))
         return choices
+
+    def _channel_axis_of_image(self, *_args) -> None:
+        """Another image chosen: its own stack axes, the one it names a channel axis chosen (a
+        whole-stack run of a TCZYX layer segmented every channel, unsaid)."""
+        self._channel_axis.reset_choices()
+        image = self._image_combo.value
+        named = channel_axis_of(image) if image is not None else None
+        if named is not None:
+            self._channel_axis.value = named
 
     def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
         from napari_unet.core.checkpoint import list_models
