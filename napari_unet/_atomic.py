@@ -34,7 +34,9 @@ def _umask() -> int:
 
 def _kept_name(path: Path) -> str:
     """The start of ``path``'s name that a temporary name beside it keeps (hidden, short enough)."""
-    return path.name.encode("utf-8")[:_NAME_KEPT].decode("utf-8", errors="ignore")  # bytes: file names are
+    # (in bytes: file names are limited in bytes; surrogateescape: a name of bytes that are no UTF-8,
+    # as unzipped from a Windows archive, failed to encode, and nothing could be written under it)
+    return path.name.encode("utf-8", "surrogateescape")[:_NAME_KEPT].decode("utf-8", errors="ignore")
 
 
 def check_folder_writable(folder: str | os.PathLike) -> Path:

@@ -70,6 +70,16 @@ def test_long_names_get_short_temporary_names(tmp_path):
     assert wide.read_bytes() == b"ok"
 
 
+@pytest.mark.skipif(os.name == "nt", reason="names are text on Windows")
+def test_a_name_of_bytes_that_are_no_utf8_is_written(tmp_path):
+    """'Zelle_10\xb5M.tif' (Latin-1, as unzipped from a Windows archive): its temporary name failed to
+    encode ("surrogates not allowed"), and predict, train and export could write nothing under it."""
+    target = tmp_path / os.fsdecode(b"Zelle_10\xb5M.tif")
+    with atomic_write(target, "wb") as fh:
+        fh.write(b"ok")
+    assert target.read_bytes() == b"ok" and os.listdir(os.fsencode(tmp_path)) == [b"Zelle_10\xb5M.tif"]
+
+
 def test_a_folder_is_replaced_by_renames_the_old_one_back_when_it_fails(tmp_path):
     """An OME-Zarr written beside its destination takes the old one's place by renames (the old
     one was deleted first: a Ctrl+C while a large one was deleted lost the old masks and the new);

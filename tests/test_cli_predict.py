@@ -94,6 +94,26 @@ def test_existing_output_is_kept_without_overwrite(tmp_path, images, tiny_model_
     assert (out / "a_masks.tif").read_bytes() == b"precious"
 
 
+def test_overwrite_keeps_masks_corrected_by_hand_unless_asked(tmp_path, images, tiny_model_path, capsys):
+    """Masks opened in napari, corrected and saved under their name ("Save masks": the list of corrected
+    slices beside them) were replaced by ``--overwrite`` and their list emptied: the corrections lost."""
+    from napari_unet.io import write_labels
+    from napari_unet.io._corrected import load_corrected_list
+
+    out = tmp_path / "o"
+    out.mkdir()
+    hand = np.arange(48 * 48, dtype=np.uint16).reshape(48, 48) % 7
+    write_labels(out / "a_masks.tif", hand, corrected=[()])
+    command = ["predict", str(images / "a.tif"), "--out", str(out), "--model", str(tiny_model_path), "--overwrite"]
+    assert main(command) == 0
+    assert "holds labels corrected by hand (--overwrite-corrected replaces it)" in capsys.readouterr().err
+    np.testing.assert_array_equal(tifffile.imread(out / "a_masks.tif"), hand)
+    assert load_corrected_list(out / "a_masks.tif") == [()]
+    assert main([*command, "--overwrite-corrected", "--no-progress"]) == 0
+    assert not np.array_equal(tifffile.imread(out / "a_masks.tif"), hand)
+    assert load_corrected_list(out / "a_masks.tif") == []
+
+
 def test_predict_with_dask_writes_ome_zarr(tmp_path, images, tiny_model_path):
     import zarr
 
@@ -353,7 +373,20 @@ def test_rerun_into_the_input_folder_does_not_segment_the_masks(tmp_path, images
         rc = main(["predict", str(images), "--out", str(images), "--model", str(tiny_model_path), "--no-progress"])
         assert rc == 0
     assert sorted(p.name for p in images.iterdir()) == ["a.tif", "a_masks.tif", "b.tif", "b_masks.tif"]
-    assert "left out 2 file(s) named *_masks.tif" in capsys.readouterr().err
+    assert "left out 2 file(s) of masks or labels" in capsys.readouterr().err
+    # nor masks saved from napari ("<image> masks.tif", the list of corrected slices beside it), nor labels
+    # named after an image there: they were segmented as images
+    import shutil
+
+    from napari_unet.io import write_labels
+
+    (images / "a_masks.tif").unlink()
+    (images / "b_masks.tif").unlink()
+    write_labels(images / "a masks.tif", np.ones((8, 8), np.uint16), corrected=[()])
+    shutil.copy(images / "a.tif", images / "b_labels.tif")
+    rc = main(["predict", str(images), "--out", str(tmp_path / "o"), "--model", str(tiny_model_path), "--no-progress"])
+    assert rc == 0 and sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a_masks.tif", "b_masks.tif"]
+    assert "left out 2 file(s) of masks or labels" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("out", ["result.tif", "a_masks_file"])

@@ -321,6 +321,22 @@ def test_ctrl_c_during_training_saves_the_best_model_so_far(tmp_path, dsb_fluo_c
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are put back
 
 
+def test_ctrl_c_while_torch_is_imported_is_one_line(tmp_path, monkeypatch, capsys):
+    """``train``'s first second (torch imported for its memory setting, before the command's own
+    handling): a Ctrl+C printed a traceback and the process died by the signal."""
+    import sys
+
+    from napari_unet.core import device
+
+    def pressed() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(device, "keep_freed_memory", pressed)
+    monkeypatch.setattr(sys, "argv", ["napari-unet", "train", "--images", str(tmp_path), "--labels", str(tmp_path),
+                                      "--out", str(tmp_path / "m.pt")])
+    assert main() == 130 and capsys.readouterr().err.strip() == "napari-unet: interrupted"
+
+
 def test_a_full_disk_at_saving_is_one_line_and_leaves_no_file(tmp_path, dsb_fluo_crop, tiny_model_path, capsys):
     """torch's zip writer turned the full disk into a RuntimeError: a traceback (the model is
     serialised in memory now, and the disk's own OSError says what happened)."""

@@ -62,6 +62,20 @@ def test_bad_files_raise_a_clear_value_error(tmp_path):
         assert "\n" not in str(exc.value)
 
 
+def test_a_damaged_tiff_in_the_command_line_is_one_line(tmp_path):
+    """tifffile's own log records (object reprs and all) came before the CLI's one line."""
+    import subprocess
+    import sys
+
+    truncated = tmp_path / "truncated.tif"
+    _truncated_tiff(truncated)
+    result = subprocess.run([sys.executable, "-m", "napari_unet.cli", "predict", str(truncated), "--out",
+                             str(tmp_path / "out"), "--no-progress"], capture_output=True, text=True, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 2, lines  # the file's line, then the batch's
+    assert "truncated" in lines[0] and "tifffile" not in result.stderr
+
+
 def test_bad_files_in_napari_notify_and_open_nothing(make_napari_viewer, tmp_path, errors):
     viewer = make_napari_viewer()
     for path, words in _bad_files(tmp_path).items():

@@ -162,13 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
-    if argv is None and args.command == "train":
-        # run from the command line: the process ends after training, so each step's buffers are
-        # kept for the next step (not when main() is called inside another program, e.g. the tests)
-        from napari_unet.core.device import keep_freed_memory
+    try:  # (from here: a Ctrl+C while torch is imported, seconds on a laptop, is said in one line)
+        if argv is None and args.command == "train":
+            # run from the command line: the process ends after training, so each step's buffers are
+            # kept for the next step (not when main() is called inside another program, e.g. the tests)
+            from napari_unet.core.device import keep_freed_memory
 
-        keep_freed_memory()
-    try:
+            keep_freed_memory()
         with _stdout_reader_may_stop():
             return int(args.run(args) or 0)
     except KeyboardInterrupt:

@@ -9,7 +9,8 @@ A batch is checked before any work: two inputs with one output name (``a/x.tif``
 ``a_masks.tif`` with ``--out`` their folder), are refused. Then an input that fails (unreadable,
 wrong channel count) is reported and the others go on; the failed ones are listed at the
 end (exit status 2). Outputs that exist are skipped (said on stderr) unless ``--overwrite``,
-so a rerun finishes what a failed batch left.
+so a rerun finishes what a failed batch left; masks corrected by hand (their list beside them,
+as napari-unet saves them) are skipped even then, unless ``--overwrite-corrected``.
 """
 
 from __future__ import annotations
@@ -86,6 +87,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="dask.distributed scheduler address (implies --dask)")
     p.add_argument("--overwrite", action="store_true", help="replace existing masks")
+    p.add_argument("--overwrite-corrected", action="store_true",
+                   help="with --overwrite, also replace masks holding slices corrected by hand (listed in the "
+                        ".corrected.json beside them, as napari-unet saves them): skipped otherwise")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -103,11 +107,16 @@ def _expand_inputs(inputs: list[str], folder_as_stack: bool = False) -> list[Pat
         if path.is_dir() and not (folder_as_stack or is_ome_zarr(path)):
             found = sorted((p for p in path.iterdir() if p.suffix.lower() in READABLE_SUFFIXES
                             and not p.name.startswith(".")), key=lambda p: natural_key(p.name))
-            # masks written there by an earlier run (--out the input folder) are not images to segment
+            # masks written there by an earlier run (--out the input folder) are not images to segment, nor
+            # are masks saved from napari (a list of corrected slices beside them) or another image's labels
+            from napari_unet.io._formats import masks_files_among
+
             outputs = [p for p in found if _is_masks_name(p.name)]
+            outputs += masks_files_among([p for p in found if p not in outputs])
             if outputs:
-                print(f"napari-unet: {path}: left out {len(outputs)} file(s) named *_masks.tif "
-                      "(masks, as this command writes them; name one to segment it anyway)", file=sys.stderr)
+                print(f"napari-unet: {path}: left out {len(outputs)} file(s) of masks or labels (named *_masks.tif "
+                      "as this command writes them, or like another image's labels, or saved from napari with "
+                      "their list of corrected slices; name one to segment it anyway)", file=sys.stderr)
                 found = [p for p in found if p not in outputs]
             if not found:
                 raise CLIError(f"folder {path} holds no images ({', '.join(READABLE_SUFFIXES)})")
@@ -388,6 +397,11 @@ def _predict_all(models: Any, inputs: list[Path], targets: list[Path], args: arg
             if os.path.lexists(target) and not args.overwrite:
                 print(f"napari-unet: {path}: skipped, {target} exists (--overwrite replaces it)", file=sys.stderr)
                 continue
+            corrected = _slices_corrected_in(target) if os.path.lexists(target) and not args.overwrite_corrected else ""
+            if corrected:  # (--overwrite is for a model's masks: these are someone's work)
+                print(f"napari-unet: {path}: skipped, {target} holds {corrected} (--overwrite-corrected "
+                      "replaces it)", file=sys.stderr)
+                continue
             with _messages_about(path):
                 _segment_one(models, path, target, args, use_dask)
         except Exception as exc:  # noqa: BLE001 - one input's failure is a line, and the batch goes on
@@ -402,6 +416,22 @@ def _predict_all(models: Any, inputs: list[Path], targets: list[Path], args: arg
             continue
         # (a reader of the list that stops, `| head`: the batch goes on, unlisted; see cli.main)
         print(f"{path} -> {target}", flush=True)
+
+
+def _slices_corrected_in(target: Path) -> str:
+    """What the list beside an existing masks file says was corrected by hand ("" when nothing)."""
+    from napari_unet.io._corrected import load_corrected_list, sidecar_path
+    from napari_unet.io._formats import _is_file
+
+    if not _is_file(sidecar_path(target)):  # (none, or a name too long for one)
+        return ""
+    try:
+        planes = load_corrected_list(target)
+    except ValueError:  # (unreadable: kept as someone's, as the reader keeps them)
+        return "slices corrected by hand (its list of them cannot be read)"
+    if not planes:
+        return ""
+    return "labels corrected by hand" if planes == [()] else f"{len(planes)} slice(s) corrected by hand"
 
 
 @contextlib.contextmanager

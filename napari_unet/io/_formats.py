@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -457,7 +458,8 @@ def _planes_written_one_by_one(tif: Any) -> bool:
 
 class _TiffWarnings(logging.Handler):
     """Collect what tifffile logs while a file is opened (it logs, rather than raises, on many
-    kinds of corruption)."""
+    kinds of corruption): the reader says what matters in its own words; the rest is logged at the
+    debug level (passed on, tifffile's lines came before the CLI's one line about a damaged file)."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -467,12 +469,28 @@ class _TiffWarnings(logging.Handler):
         message = re.sub(r"<tifffile\.[^>]*>\s*", "", record.getMessage())
         self.messages.append(" ".join(message.split()))
 
+    _lock = threading.Lock()
+    _open = 0  # files being opened, in all threads
+    _propagate = True  # tifffile's logger's before the first of them
+
     def __enter__(self) -> list[str]:
-        logging.getLogger("tifffile").addHandler(self)
+        logger = logging.getLogger("tifffile")
+        with _TiffWarnings._lock:
+            if _TiffWarnings._open == 0:
+                _TiffWarnings._propagate, logger.propagate = logger.propagate, False
+            _TiffWarnings._open += 1
+        logger.addHandler(self)
         return self.messages
 
     def __exit__(self, *exc: object) -> None:
-        logging.getLogger("tifffile").removeHandler(self)
+        logger = logging.getLogger("tifffile")
+        logger.removeHandler(self)
+        with _TiffWarnings._lock:
+            _TiffWarnings._open -= 1
+            if _TiffWarnings._open == 0:
+                logger.propagate = _TiffWarnings._propagate
+        for message in self.messages:
+            log.debug("tifffile: %s", message)
 
 
 def _image_series(tif: Any, p: Path) -> tuple[int, list[int]]:
@@ -852,9 +870,17 @@ def masks_files_among(files: list[Path], folder_name: str | None = None) -> list
     for f in files:
         stem = _stem(f).lower()
         named = any(stem.endswith(end) and stem[: -len(end)] in stems for end in LABEL_NAME_SUFFIXES if end)
-        if named or sidecar_path(f).is_file():
+        if named or _is_file(sidecar_path(f)):
             out.append(f)
     return out
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False where the name cannot be one (a list's name past the length limit)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def _stem(path: Path) -> str:
