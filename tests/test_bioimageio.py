@@ -669,6 +669,17 @@ def test_a_library_callable_or_a_torchscript_program_runs_only_when_trusted(ship
     on_gpu = model.net.to("meta").packaged_engine(resolve_engine("auto", "meta"))
     assert on_gpu.name == "onnx" and on_gpu.describe() == (
         "ONNX Runtime (on the CPU, not meta: the package has only ONNX weights)")
+    # and Segment says so (its device line names the GPU)
+    from napari_unet.widgets._segment_job import RunNote, segment_planes
+
+    cache = {(str(folder), folder.stat().st_mtime_ns, None): model}
+    job = segment_planes(str(folder), np.zeros((64, 64), np.float32), [()], (slice(None), slice(None)), rgb=False,
+                         threshold=None, min_size=None, model_cache=cache)
+    next(job)  # "Loading the model"
+    note = next(job)
+    job.close()
+    assert isinstance(note, RunNote) and note.message == (
+        "foreign runs through ONNX Runtime, on the CPU, not meta: the package has only ONNX weights.")
 
 
 def test_exported_again_a_package_keeps_its_authors_licence_citations_and_card(tmp_path):

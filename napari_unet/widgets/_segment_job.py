@@ -38,6 +38,13 @@ class EmptyPlane:
     no_data: bool = False  # ... or no data at all (NaN, a black border: core.preprocess.fill_missing)
 
 
+@dataclasses.dataclass(frozen=True)
+class RunNote:
+    """Yielded by :func:`segment_planes`: what the user should know of the run, said once."""
+
+    message: str
+
+
 def segment_planes(
     model_path: str,
     data,
@@ -60,6 +67,13 @@ def segment_planes(
 
     yield Progress(0, len(planes), message="Loading the model")
     model = _load_model_cached(model_cache if model_cache is not None else {}, model_path, device)
+    packaged = getattr(model.net, "packaged_engine", None)  # (a BioImage.IO package runs its own weights)
+    if packaged is not None:
+        from napari_unet.core.engine import resolve_engine
+
+        choice = packaged(resolve_engine(None, model.device))
+        if choice.name == "onnx" and choice.reason:  # (the device line says the GPU)
+            yield RunNote(f"{Path(model_path).name} runs through ONNX Runtime, {choice.reason}.")
     for item in iter_planes(model, data, planes=planes, region=region, context=VIEW_CONTEXT, rgb=rgb,
                             diameter=diameter, threshold=threshold, min_size=min_size):
         if isinstance(item, PlaneResult):  # kept for re-thresholding: half the memory
