@@ -23,6 +23,7 @@ import shutil
 import sys
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -55,8 +56,11 @@ class ModelSpec:
     (shared file system), else the serialised model itself (a few MB).
     """
 
-    _cache: ClassVar[dict[str, SegmentationModel]] = {}
+    #: The models loaded, the last used last: at most :data:`CACHED_MODELS` (a notebook's loop over
+    #: models kept each, and through it its ONNX Runtime session: ~250 MB a paper-size network).
+    _cache: ClassVar[OrderedDict[str, SegmentationModel]] = OrderedDict()
     _lock: ClassVar[threading.Lock] = threading.Lock()
+    CACHED_MODELS: ClassVar[int] = 2
 
     def __init__(self, model: SegmentationModel, device: str | None = None, use_path: bool = True) -> None:
         path = model.metadata.get("path")
@@ -92,6 +96,9 @@ class ModelSpec:
                     data = torch.load(io.BytesIO(self.payload), map_location="cpu", weights_only=True)
                     model = SegmentationModel.from_dict(data).to(select_device(self.device))
                 ModelSpec._cache[self.key] = model
+            ModelSpec._cache.move_to_end(self.key)
+            while len(ModelSpec._cache) > ModelSpec.CACHED_MODELS:
+                ModelSpec._cache.popitem(last=False)
         return model
 
 

@@ -69,3 +69,21 @@ def test_a_worker_model_is_on_the_device_asked_or_the_best_one(tiny_model_path, 
     assert auto.key != cpu.key
     assert auto.get().device == select_device(None) and cpu.get().device.type == "cpu"
     assert ModelSpec(model, device="mps").key != cpu.key
+
+
+def test_the_models_of_the_workers_are_kept_two_at_a_time(tiny_model_path):
+    """A notebook's loop over models kept each for the process (and its ONNX Runtime session)."""
+    import torch
+
+    from napari_unet.batch import ModelSpec
+    from napari_unet.core.checkpoint import SegmentationModel
+    from napari_unet.core.model import UNet
+
+    specs = []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        net = UNet(in_channels=1, n_classes=3, base_width=4, depth=2, padding="same", norm="batch").eval()
+        specs.append(ModelSpec(SegmentationModel(net), device="cpu", use_path=False))
+    loaded = [spec.get() for spec in specs]
+    assert list(ModelSpec._cache) == [specs[2].key, specs[3].key]
+    assert specs[3].get() is loaded[3] and specs[0].get() is not loaded[0]  # (loaded again when asked again)

@@ -26,6 +26,7 @@ def fresh_heap(monkeypatch):
     monkeypatch.setattr(_base, "_WARMED_UP", set(_base._WARM_UPS))
     monkeypatch.setattr(_heap, "_pending", [])
     monkeypatch.setattr(_heap, "_gave_up", False)
+    monkeypatch.setattr(_heap, "_froze_once", False)
     monkeypatch.setattr(_heap, "_hosts", weakref.WeakSet())
     gc.unfreeze()
     yield
@@ -139,6 +140,9 @@ def test_a_dock_closed_with_its_button_gives_its_widget_back(make_napari_viewer,
     assert not _heap.frozen()
     gc.collect()
     assert ref() is None  # (frozen, it would stay: nothing else would ever delete it)
+    # opened again: frozen again (no warm-up comes to do it: the window's pauses were back for the session)
+    viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    qtbot.waitUntil(_heap.frozen, timeout=10000)
 
 
 def test_a_layer_of_another_viewer_open_at_the_freeze_is_collected(make_napari_viewer, qtbot, fresh_heap):

@@ -22,6 +22,7 @@ def test_records_follow_the_layer_object_not_its_name():
     kept.keep(a, _result((0,)), checksum=7)
     a.name = "renamed"
     assert kept.result(a, (0,)) is not None and kept.written(a, _result((0,))) == 7
+    assert kept.result(a, (0,)).labels is None  # (the layer holds them; the memory cap counts probabilities)
     assert kept.result(b, (0,)) is None  # same name, another layer
     kept.made_3d(b)
     assert kept.is_3d(b) and not kept.is_3d(a)

@@ -1428,6 +1428,8 @@ def test_closing_the_dock_cancels_its_run_and_the_new_one_is_found(widget, qtbot
     viewer.add_image(c2c12_stack, name="other")  # the closed one follows the layers no more
     assert "other" in [layer.name for layer in again._image_combo.choices]
     assert "other" not in [layer.name for layer in w._image_combo.choices]
+    # and lets go of the viewer's data (napari keeps the widget: its kept probabilities, last masks, model)
+    assert not w._kept and w._last_masks is None and not w._model_cache
 
 
 def test_a_closed_dock_does_not_apply_a_threshold_moved_during_its_run(widget, qtbot, c2c12_stack):

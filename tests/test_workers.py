@@ -66,3 +66,26 @@ def test_a_job_starts_at_once_when_the_thread_pool_is_busy_and_warnings_are_show
     qtbot.waitUntil(lambda: len(ended) == len(release), timeout=10_000)
     qtbot.wait(50)
     assert warnings.showwarning is hook and warnings.filters == filters
+
+
+def test_a_finished_jobs_slots_let_go_of_what_they_hold(make_napari_viewer, qtbot):
+    """napari keeps every worker it made in the window's task list for the session, and the slots
+    connected to a worker kept what they hold: a closed Segment dock with its layers and kept
+    probabilities (70 MB a round), each masks layer of a large plane filled."""
+    import gc
+    import weakref
+
+    import numpy as np
+
+    make_napari_viewer()  # (its window's task list keeps the workers)
+
+    def job():
+        yield 1
+
+    held = np.zeros(10)  # what a slot's closure holds (a widget, a layer)
+    ref = weakref.ref(held)
+    done: list = []
+    start_worker(job(), yielded=lambda _item, held=held: None, finished=lambda: done.append(True))
+    del held
+    qtbot.waitUntil(lambda: bool(done), timeout=10_000)
+    qtbot.waitUntil(lambda: (gc.collect(), ref() is None)[1], timeout=5_000)

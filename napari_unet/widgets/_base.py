@@ -253,7 +253,10 @@ def launch(worker: Any) -> None:
 
 
 def _ended(worker: Any) -> None:
+    from qtpy.QtCore import QTimer
+
     _RUNNING.discard(worker)
+    QTimer.singleShot(0, lambda: _forget_connections(worker))  # (after the other slots of its end)
     if _RUNNING or _WARNINGS_STATE[0] is None:
         return
     hook, filters = _WARNINGS_STATE[0]
@@ -264,6 +267,24 @@ def _ended(worker: Any) -> None:
         mutated = getattr(warnings, "_filters_mutated", None)  # (the module's cache of what was shown)
         if mutated is not None:
             mutated()
+
+
+_WORKER_SIGNALS = ("started", "yielded", "returned", "errored", "finished", "aborted", "paused", "resumed", "warned")
+
+
+def _forget_connections(worker: Any) -> None:
+    """Disconnect a finished worker's signals. napari (0.6.5 on) keeps every worker it created in the
+    window's task list for the session, and the slots connected to it (closures, bound methods) kept
+    what they hold: a closed Segment dock with its layers and kept probabilities (70 MB a round), the
+    masks of a large plane filled (each layer removed since), Save masks' and Load stack's docks."""
+    for name in _WORKER_SIGNALS:
+        signal = getattr(worker, name, None)
+        if signal is None:
+            continue
+        try:
+            signal.disconnect()
+        except (TypeError, RuntimeError):  # (nothing connected; a Qt object deleted with its window)
+            pass
 
 
 _WARMED_UP: set[str] = set()

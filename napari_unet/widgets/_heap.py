@@ -49,6 +49,7 @@ _watched: weakref.WeakSet[Any] = weakref.WeakSet()  # viewers whose layers and w
 _retries_left = 0
 _scheduled = False  # a freeze_now is due (one chain of retries at a time)
 _gave_up = False
+_froze_once = False  # a freeze was done in this session (after the first widget's warm-up)
 _RETRY_MS = 1000
 _MAX_RETRIES = 5
 _caller: Any = None  # runs functions on the main thread (made there, by the first add_host)
@@ -70,6 +71,8 @@ def add_host(owner: Any, widget: Any, viewer: Any) -> None:
     widget.destroyed.connect(lambda *_args: _host_gone(ref))
     _watch_undocking(widget, ref)
     _watch(unwrap_proxy(viewer))
+    if _froze_once and not frozen() and not _scheduled:  # a dock opened again after the last one closed (thawed
+        freeze_soon()  # then): no warm-up comes to freeze, and the window's pauses came back for the session
 
 
 def freeze_soon() -> None:
@@ -83,7 +86,7 @@ def freeze_now() -> None:
     viewer was closed), when disabled or given up; put off while something that went is still
     referenced (it might be frozen past its life): tried again a second later, a few times, then
     given up for the session."""
-    global _retries_left, _gave_up, _scheduled
+    global _retries_left, _gave_up, _scheduled, _froze_once
     _scheduled = False
     if not (enabled and _hosts) or _gave_up:
         return
@@ -108,6 +111,7 @@ def freeze_now() -> None:
         _frozen.add(viewer)
         _frozen.update(unwrap_proxy(layer) for layer in viewer.layers)
     gc.freeze()
+    _froze_once = True
     log.debug("heap frozen: %d objects, collection %.0f ms", gc.get_freeze_count(),
               1000 * (time.perf_counter() - start))
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ._napari_compat import unwrap_proxy
@@ -80,7 +80,10 @@ class KeptResults:
     # ------------------------------------------------------------------ writing
     def keep(self, layer: Any, result: Any, checksum: int) -> None:
         """``result`` (a PlaneResult with its probabilities) was written into ``layer``, whose
-        plane then had ``checksum``; drops the oldest kept planes of any layer beyond the cap."""
+        plane then had ``checksum``; drops the oldest kept planes of any layer beyond the cap. Its
+        labels are not kept (the layer holds them; re-thresholding makes new ones): the cap counts
+        the probabilities only, and 12 planes of 1024^2 kept 48 MB of labels beside its 72 MB."""
+        result = replace(result, labels=None)
         record = self._record(layer, create=True)
         key = id(unwrap_proxy(layer))
         record.three_d = False

@@ -690,6 +690,16 @@ class SegmentWidget(Container):
                        (events.moved, self.reset_choices), (self._viewer.dims.events.current_step, self._on_dims_step))
         self._slider_rest.stop()
         unregister_widget(self._viewer, "segment", self)
+        if self._worker is None:  # (else once its run has ended)
+            self._let_go()
+
+    def _let_go(self) -> None:
+        """A closed dock lets go of the viewer's data: napari keeps the widget for the session, and with
+        it the kept probabilities (up to 512 MB), the last masks layer, its image and the model."""
+        self._kept = KeptResults(PROBABILITY_CACHE_BYTES)
+        self._last_masks = self._last_image = None
+        self._model_cache.clear()
+        self._run_layers = ()
 
     def cancel(self, *_args) -> None:
         """Stop the running worker between tiles; what was written so far stays."""
@@ -899,6 +909,8 @@ class SegmentWidget(Container):
         if self._failed or self._cancelled or self._abandoned:
             self._drop_new_masks()
         self._new_masks = None
+        if self._undocked:  # (its cancelled run has ended)
+            self._let_go()
         pending, self._rethreshold_pending = self._rethreshold_pending, False
         if pending and not self._failed and not self._abandoned:
             from qtpy.QtCore import QTimer

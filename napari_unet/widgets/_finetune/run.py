@@ -228,6 +228,7 @@ class TrainingRunPanel(Container):
             except (TypeError, RuntimeError):  # already disconnected
                 pass
         worker.returned.connect(_log_result)
+        worker.on_quit = None  # (napari keeps its workers for the session: nothing of this panel through it)
         self._worker = None
 
     # ------------------------------------------------------------------ worker signals
@@ -334,6 +335,8 @@ class TrainingRunPanel(Container):
         stopped = self._stop_event is not None and self._stop_event.is_set()
         if not (stopped or self._status.value.startswith(("Failed", "Not started"))):  # a stopped run shows how far it got
             self._progress.value = 1000
+        if self._worker is not None:  # (napari keeps its workers for the session: the panel, its last model...)
+            self._worker.on_quit = None
         self._worker = None
         self._stop_event = None
 
