@@ -332,6 +332,15 @@ def test_diameter_search_starts_at_the_prior_and_checks_it():
     tiny = DiameterSearch(size, prior=300.0, smallest_side=100)  # its pass would be 10 px wide
     assert tiny.next_scale() == 1.0
 
+    # a size off the prior that its own pass would measure at the same scale (both within the model's
+    # range): what was measured stands (the prior was said: 22 px for nuclei of 14)
+    ranged = DiameterSearch(ObjectSize(20, 10, 30), prior=21.6)
+    first = ranged.next_scale()
+    assert first == 1.0
+    ranged.found(discs(7), first)  # 14 px objects
+    assert ranged.next_scale() is None and ranged.diameter == pytest.approx(14, rel=0.05)
+    assert ranged.final_scale == first
+
 
 # ------------------------------------------------------------------ with the built-in model
 def test_builtin_model_knows_its_diameter():

@@ -36,6 +36,8 @@ def model_rows() -> list[dict[str, Any]]:
             "kind": "builtin" if entry.builtin else "user",
             "path": str(entry.path),
             "val_ap50": None,
+            "val_objects": None,  # held-out objects the AP was measured on
+            "val_split": None,  # how they were held out: "explicit" (images of their own), "planes", "band"
             "base_model": None,
             "date": None,
             "error": None,
@@ -47,10 +49,23 @@ def model_rows() -> list[dict[str, Any]]:
         else:
             ap = meta.get("val_ap50")
             row["val_ap50"] = float(ap) if isinstance(ap, (int, float)) else None
+            training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
+            n = training.get("n_val_objects")
+            row["val_objects"] = n if isinstance(n, int) and not isinstance(n, bool) else None
+            row["val_split"] = training.get("val_split") if isinstance(training.get("val_split"), str) else None
             row["base_model"] = meta.get("base_model")
             row["date"] = meta.get("date")
         rows.append(row)
     return rows
+
+
+def _measured_on(row: dict[str, Any]) -> str:
+    """Where a model's AP was measured: "536 objects" (images of their own), "15 objects of its training
+    images" (a part of the images it learnt, held out), or "" when unknown."""
+    if row["val_ap50"] is None or row["val_objects"] is None:
+        return ""
+    objects = f"{row['val_objects']} object{'s' if row['val_objects'] != 1 else ''}"
+    return objects if row["val_split"] == "explicit" else f"{objects} of its training images"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,9 +79,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"no models found (user models go to {user_models_dir()})")
         return 0
     width = max(4, *(len(r["name"]) for r in rows))
-    print(f"{'name':<{width}}  {'kind':<7}  {'AP@0.5':>6}  path")
-    for r in rows:
+    # (a fine-tuned model's AP is of a few cells held out of the images it learnt: not comparable with a
+    # built-in model's, measured on hundreds of cells of other images)
+    measured = [_measured_on(r) for r in rows]
+    on_width = max(len("measured on"), *(len(m) for m in measured))
+    print(f"{'name':<{width}}  {'kind':<7}  {'AP@0.5':>6}  {'measured on':<{on_width}}  path")
+    for r, on in zip(rows, measured, strict=True):
         ap = f"{r['val_ap50']:.3f}" if r["val_ap50"] is not None else ("broken" if r["error"] else "-")
-        print(f"{r['name']:<{width}}  {r['kind']:<7}  {ap:>6}  {r['path']}")
+        print(f"{r['name']:<{width}}  {r['kind']:<7}  {ap:>6}  {on:<{on_width}}  {r['path']}")
     print(f"user model folder: {user_models_dir()}")
     return 0

@@ -663,7 +663,9 @@ class DiameterSearch:
             if _agree(estimate, self.prior):
                 return self._done(estimate, reuse=scale)
             second = self.size.scale_for(estimate)
-            if abs(second / scale - 1.0) > SCALE_TOLERANCE and self._fits(second):
+            if abs(second / scale - 1.0) <= SCALE_TOLERANCE:  # (a second pass would run at this scale again,
+                return self._done(estimate, reuse=scale)  # the scales clamped: what it measured stands)
+            if self._fits(second):
                 self._next = second
                 return
             return self._done(self.prior, reuse=scale)
