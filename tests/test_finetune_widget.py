@@ -1320,6 +1320,10 @@ def test_the_weights_kept_by_the_loss_say_on_how_few_cells():
                                       "held-out cells: check them on other slices).")
     by_ap = {"training": {"selected_step": 120, "selected": "best", "selection_metric": "ap50", "n_val_objects": 30}}
     assert _kept_weights(by_ap) == "Kept the weights of step 120 (best validation AP@0.5)."
+    # held out of the corrected slices themselves: a closer fit to them, maybe no better elsewhere
+    by_ap["training"]["val_split"] = "band"
+    assert _kept_weights(by_ap).startswith("Kept the weights of step 120 (best validation AP@0.5, on 30 cells held "
+                                           "out of the slices you corrected: check the new model on a slice")
 
 
 def test_a_model_trained_or_renamed_in_one_viewer_is_listed_and_followed_in_the_others(widget, make_napari_viewer,
