@@ -72,7 +72,9 @@ class TrainingSettingsPanel(Container):
                                         "else the CPU.")
         self._seed = SpinBox(label="Random seed", min=0, max=2**31 - 1, value=0,
                              tooltip="The same seed, examples and settings give the same patches and, on the CPU, "
-                                     "the same model (a GPU's convolutions add their own small differences).")
+                                     "the same model (a GPU's convolutions add their own small differences), when "
+                                     "the run is bounded by Steps: a time budget ends it, and paces its learning "
+                                     "rate, by the clock.")
         self.extend([
             self._base_model, self._name, self._steps, self._time_budget, self._lr, self._patch_size, self._augment,
             self._labelled,
