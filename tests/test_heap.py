@@ -125,7 +125,7 @@ def test_later_runs_a_function_called_from_another_thread_on_the_main_one(make_n
     assert ran == [threading.main_thread()]
 
 
-def test_a_dock_closed_with_its_button_gives_its_widget_back(make_napari_viewer, qtbot, fresh_heap):
+def test_a_dock_closed_with_its_button_gives_its_widget_back(make_napari_viewer, qtbot, fresh_heap, monkeypatch):
     viewer = make_napari_viewer()
     dock, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
     _heap.freeze_now()
@@ -140,9 +140,19 @@ def test_a_dock_closed_with_its_button_gives_its_widget_back(make_napari_viewer,
     assert not _heap.frozen()
     gc.collect()
     assert ref() is None  # (frozen, it would stay: nothing else would ever delete it)
-    # opened again: frozen again (no warm-up comes to do it: the window's pauses were back for the session)
+    # opened again: frozen again (no warm-up comes to do it: the window's pauses were back for the session),
+    # also when what went is still held a moment (a run's last tile) and the retries were spent before
+    class Held:
+        pass
+
+    held = Held()
+    monkeypatch.setattr(_heap, "_pending", [weakref.ref(held)])
+    monkeypatch.setattr(_heap, "_retries_left", 0)
     viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    qtbot.wait(300)
+    del held
     qtbot.waitUntil(_heap.frozen, timeout=10000)
+    assert not _heap._gave_up
 
 
 def test_a_layer_of_another_viewer_open_at_the_freeze_is_collected(make_napari_viewer, qtbot, fresh_heap):

@@ -670,8 +670,12 @@ class PackagedNetwork(nn.Module):
             return choice.fall_back(reason) if choice.name == "onnx" else choice
         # ONNX weights only: ONNX Runtime, on the CPU (said when the network was meant for a GPU)
         where = self.anchor.device.type
-        return type(choice)("onnx", choice.requested,
-                            "" if where == "cpu" else f"on the CPU, not {where}: the package has only ONNX weights")
+        if where == "cpu":
+            return type(choice)("onnx", choice.requested, "")
+        aside = _set_aside(self.descr, [f for f, w in self.descr.weights if w is not None and f != "onnx"])
+        why = (f"its {', '.join(aside)} weights run the package's code and were left aside: set {TRUST_CODE_ENV}=1 "
+               f"if you trust where it comes from, to run them on {where}") if aside else "the package has only ONNX weights"
+        return type(choice)("onnx", choice.requested, f"on the CPU, not {where}: {why}")
 
     def _backend(self, engine: str) -> tuple[str, Any]:
         with self._lock:

@@ -277,14 +277,16 @@ def _forget_connections(worker: Any) -> None:
     window's task list for the session, and the slots connected to it (closures, bound methods) kept
     what they hold: a closed Segment dock with its layers and kept probabilities (70 MB a round), the
     masks of a large plane filled (each layer removed since), Save masks' and Load stack's docks."""
-    for name in _WORKER_SIGNALS:
-        signal = getattr(worker, name, None)
-        if signal is None:
-            continue
-        try:
-            signal.disconnect()
-        except (TypeError, RuntimeError):  # (nothing connected; a Qt object deleted with its window)
-            pass
+    with warnings.catch_warnings():  # (PySide6 warns where the others raise: napari showed each warning)
+        warnings.filterwarnings("ignore", message="libpyside: Failed to disconnect", category=RuntimeWarning)
+        for name in _WORKER_SIGNALS:
+            signal = getattr(worker, name, None)
+            if signal is None:
+                continue
+            try:
+                signal.disconnect()
+            except (TypeError, RuntimeError):  # (nothing connected; a Qt object deleted with its window)
+                pass
 
 
 _WARMED_UP: set[str] = set()

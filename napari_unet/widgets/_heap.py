@@ -63,7 +63,7 @@ def frozen() -> bool:
 def add_host(owner: Any, widget: Any, viewer: Any) -> None:
     """Allow the freeze while ``widget`` (``owner``'s QWidget) lives in a dock; thaw when it is
     destroyed or taken out of its dock, or when something open at the freeze goes. Main thread."""
-    global _caller
+    global _caller, _retries_left
     if _caller is None:
         _caller = _main_thread_caller()
     _hosts.add(owner)
@@ -71,8 +71,11 @@ def add_host(owner: Any, widget: Any, viewer: Any) -> None:
     widget.destroyed.connect(lambda *_args: _host_gone(ref))
     _watch_undocking(widget, ref)
     _watch(unwrap_proxy(viewer))
-    if _froze_once and not frozen() and not _scheduled:  # a dock opened again after the last one closed (thawed
-        freeze_soon()  # then): no warm-up comes to freeze, and the window's pauses came back for the session
+    # a dock opened again after the last one closed (thawed then): no warm-up comes to freeze, and the
+    # window's pauses came back for the session; the closed one may be held a little longer (its run's last tile)
+    if _froze_once and not frozen() and not _scheduled:
+        _retries_left = _MAX_RETRIES
+        freeze_soon()
 
 
 def freeze_soon() -> None:

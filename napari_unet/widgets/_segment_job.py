@@ -73,7 +73,7 @@ def segment_planes(
 
         choice = packaged(resolve_engine(None, model.device))
         if choice.name == "onnx" and choice.reason:  # (the device line says the GPU)
-            yield RunNote(f"{Path(model_path).name} runs through ONNX Runtime, {choice.reason}.")
+            yield RunNote(f"{model.name} runs through ONNX Runtime, {choice.reason}.")
     for item in iter_planes(model, data, planes=planes, region=region, context=VIEW_CONTEXT, rgb=rgb,
                             diameter=diameter, threshold=threshold, min_size=min_size):
         if isinstance(item, PlaneResult):  # kept for re-thresholding: half the memory
