@@ -293,6 +293,17 @@ def test_the_voxel_size_is_typed_in_the_widget_and_the_masks_follow_the_images_s
     assert voxel_size(calibrated, 0) == pytest.approx((0.5, 0.1234567, 0.1234567))
 
 
+def _segment_slice_in_2d_with_ids_of_its_own(viewer, w, qtbot, masks, z: int) -> None:
+    """Segment slice ``z`` in 2D, 3D objects around it: none of its ids is one of the other slices'."""
+    others = np.delete(np.asarray(masks.data), z, axis=0)
+    viewer.dims.set_point(0, z)
+    w._three_d.enabled.value = False
+    w._run_button.clicked.emit()  # the slice shown, in 2D
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+    plane = np.asarray(masks.data[z])
+    assert plane.max() > 0 and not np.isin(np.unique(plane[plane > 0]), np.unique(others[others > 0])).any()
+
+
 def test_a_slice_segmented_again_in_2d_among_3d_objects_gets_ids_of_its_own(widget, qtbot, nuclei3d, notifications):
     """Its ids 1..n named other nuclei of the volume (one id, two objects); a 3D run that finds
     nothing says so, as 2D runs do (it ended "Done" with empty masks)."""
@@ -300,21 +311,9 @@ def test_a_slice_segmented_again_in_2d_among_3d_objects_gets_ids_of_its_own(widg
     image = viewer.add_image(nuclei3d, name="vol", axis_labels=("z", "y", "x"))
     _run(w, qtbot, image)
     masks = viewer.layers[masks_layer_name("vol")]
-    others = np.asarray(masks.data).copy()
-    assert others.max() > 5
-    viewer.dims.set_point(0, 15)
-    w._three_d.enabled.value = False
-    w._run_button.clicked.emit()  # the slice shown, in 2D
-    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
-    plane = np.asarray(masks.data[15])
-    rest = np.delete(others, 15, axis=0)
-    assert plane.max() > 0 and not np.isin(np.unique(plane[plane > 0]), np.unique(rest[rest > 0])).any()
-    viewer.dims.set_point(0, 16)  # a second 2D run (after the first, the last run was no 3D one)
-    w._run_button.clicked.emit()
-    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
-    plane = np.asarray(masks.data[16])
-    rest = np.delete(np.asarray(masks.data), 16, axis=0)
-    assert plane.max() > 0 and not np.isin(np.unique(plane[plane > 0]), np.unique(rest[rest > 0])).any()
+    assert np.asarray(masks.data).max() > 5
+    _segment_slice_in_2d_with_ids_of_its_own(viewer, w, qtbot, masks, 15)
+    _segment_slice_in_2d_with_ids_of_its_own(viewer, w, qtbot, masks, 16)  # (the last run was no 3D one now)
     notifications.clear()
     blank = viewer.add_image(np.full((6, 40, 40), 7, np.uint16), name="blank", axis_labels=("z", "y", "x"))
     viewer.dims.set_point(0, 2)
@@ -338,14 +337,7 @@ def test_3d_objects_saved_and_reopened_still_get_a_2d_slices_ids_above_theirs(wi
     viewer.layers.remove(masks)
     reopened = viewer.open(path, plugin="napari-unet")[0]
     assert reopened.name == masks_layer_name("vol") and reopened.metadata[OBJECTS_3D_KEY]
-    others = np.asarray(reopened.data).copy()
-    viewer.dims.set_point(0, 15)
-    w._three_d.enabled.value = False
-    w._run_button.clicked.emit()  # the slice shown, in 2D
-    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
-    plane = np.asarray(reopened.data[15])
-    rest = np.delete(others, 15, axis=0)
-    assert plane.max() > 0 and not np.isin(np.unique(plane[plane > 0]), np.unique(rest[rest > 0])).any()
+    _segment_slice_in_2d_with_ids_of_its_own(viewer, w, qtbot, reopened, 15)
 
 
 @pytest.mark.parametrize(("dtype", "top"), [(np.int64, 2**31 + 5), (np.int32, 2**31 - 3)])
