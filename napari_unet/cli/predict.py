@@ -420,13 +420,10 @@ def _predict_all(models: Any, inputs: list[Path], targets: list[Path], args: arg
 
 def _slices_corrected_in(target: Path) -> str:
     """What the list beside an existing masks file says was corrected by hand ("" when nothing)."""
-    from napari_unet.io._corrected import load_corrected_list, sidecar_path
-    from napari_unet.io._formats import _is_file
+    from napari_unet.io._corrected import load_corrected_list
 
-    if not _is_file(sidecar_path(target)):  # (none, or a name too long for one)
-        return ""
     try:
-        planes = load_corrected_list(target)
+        planes = load_corrected_list(target)  # (empty: none beside it, or a name too long for one)
     except ValueError:  # (unreadable: kept as someone's, as the reader keeps them)
         return "slices corrected by hand (its list of them cannot be read)"
     if not planes:

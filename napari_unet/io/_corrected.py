@@ -96,6 +96,15 @@ def sidecar_path(labels_path: str | os.PathLike) -> Path:
     return path.with_name(path.name + SIDECAR_SUFFIX)
 
 
+def has_sidecar(labels_path: str | os.PathLike) -> bool:
+    """Whether a list of corrected slices lies beside ``labels_path`` (False also where its name
+    cannot be one: past the file system's length limit, which raised)."""
+    try:
+        return sidecar_path(labels_path).is_file()
+    except OSError:
+        return False
+
+
 def planes_holding_labels(labels: Any, stop: Any = None) -> list[Plane]:
     """The planes (indices along the axes before Y, X) of a labels array that hold any label: the
     slices of labels napari-unet did not make, which are someone's own work. ``stop`` (an Event) set
@@ -274,9 +283,9 @@ def load_corrected_list(labels_path: str | os.PathLike) -> list[Plane]:
     ValueError
         If the sidecar exists but is not a corrected-slices list.
     """
-    target = sidecar_path(labels_path)
-    if not target.is_file():
+    if not has_sidecar(labels_path):
         return []
+    target = sidecar_path(labels_path)
     try:
         data = json.loads(target.read_text(encoding="utf-8"))
         if not _version_known(data):

@@ -862,7 +862,7 @@ def masks_files_among(files: list[Path], folder_name: str | None = None) -> list
     file with a napari-unet list of corrected slices beside it, or one named like the labels of
     another file there ("p0_masks.tif" beside "p0.png", the names the CLI writes), or of the folder
     itself, ``folder_name`` ("planes_masks.tif": the masks ``predict --folder-as-stack`` wrote there)."""
-    from ._corrected import sidecar_path
+    from ._corrected import has_sidecar
     from ._training_files import LABEL_NAME_SUFFIXES
 
     stems = {_stem(f).lower() for f in files} | ({folder_name.lower()} if folder_name else set())
@@ -870,17 +870,9 @@ def masks_files_among(files: list[Path], folder_name: str | None = None) -> list
     for f in files:
         stem = _stem(f).lower()
         named = any(stem.endswith(end) and stem[: -len(end)] in stems for end in LABEL_NAME_SUFFIXES if end)
-        if named or _is_file(sidecar_path(f)):
+        if named or has_sidecar(f):
             out.append(f)
     return out
-
-
-def _is_file(path: Path) -> bool:
-    """``path.is_file()``, False where the name cannot be one (a list's name past the length limit)."""
-    try:
-        return path.is_file()
-    except OSError:
-        return False
 
 
 def _stem(path: Path) -> str:

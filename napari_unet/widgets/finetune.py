@@ -307,10 +307,10 @@ class FinetuneWidget(Container):
 
         # every open viewer's: another viewer's Segment said the model "gone" and fell back to a built-in one
         finetunes = [self] + [other for other in all_widgets("finetune") if other is not self]
-        combos = [finetune.settings_panel._base_model for finetune in finetunes]
-        combos += [segment._model_combo for segment in all_widgets("segment")]
-        chosen = [combo for combo in combos if same(combo.value, old_path)]
         segments = {id(segment._model_combo): segment for segment in all_widgets("segment")}
+        combos = [finetune.settings_panel._base_model for finetune in finetunes]
+        combos += [segment._model_combo for segment in segments.values()]
+        chosen = [combo for combo in combos if same(combo.value, old_path)]
         with self.settings_panel.code_sets_base():  # the same model under its new name: nobody's new choice
             for combo in combos:
                 if id(combo) in segments and combo in chosen:  # (its threshold and min. size stay the user's)
