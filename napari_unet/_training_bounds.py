@@ -8,3 +8,6 @@ MIN_PATCH = 32
 MAX_PATCH = 1024
 #: The most patches a step takes: about 20 MB a 128 px patch on a CPU (100,000 was killed for memory).
 MAX_BATCH = 64
+#: Steps of a run given neither steps nor a time budget (the API, ``napari-unet train``) and Fine-tune's
+#: *Steps* (they were 200 and 300).
+DEFAULT_STEPS = 300

@@ -1324,6 +1324,33 @@ def test_the_weights_kept_by_the_loss_say_on_how_few_cells():
     by_ap["training"]["val_split"] = "band"
     assert _kept_weights(by_ap).startswith("Kept the weights of step 120 (best validation AP@0.5, on 30 cells held "
                                            "out of the slices you corrected: check the new model on a slice")
+    by_loss["training"]["val_split"] = "planes"  # too few for the gate (core.validation) to tell
+    assert "too few to tell whether they beat the model it started from" in _kept_weights(by_loss)
+    # the gate kept the start: say why, and what to do
+    gated = {"training": {"selected_step": 0, "selected": "best", "selection_metric": "ap50", "n_val_objects": 30,
+                          "val_split": "band", "selection_note": "no clear gain over cells on the held-out part: "
+                          "no step lowered its validation loss by more than the noise (...)"}}
+    text = _kept_weights(gated)
+    assert text.startswith("Kept the starting weights: no clear gain over cells on the held-out part (the cells")
+    assert "Correct cells on other slices or fields and fine-tune again." in text
+
+
+def test_the_best_label_says_when_a_higher_ap_was_held_back(widget):
+    """The gate (core.validation) keeps the start although a later step's AP on the held-out cells is
+    higher: the Best line said only "(now 0.882)" beside 0.824, with no reason."""
+    from napari_unet.core.events import Validation
+
+    _viewer, w = widget
+    panel = w.run_panel
+    panel.curves.clear(300)
+    panel._on_yielded(Validation(step=0, ap50=0.824, dice=0.9, loss=0.366, is_best=True, best_ap50=0.824))
+    assert panel._best_label.value == "validation AP50 0.824 (at step 0)"
+    panel._on_yielded(Validation(step=30, ap50=0.882, dice=0.9, loss=0.358, is_best=False, best_ap50=0.824,
+                                 held_back=True))
+    assert panel._best_label.value == ("validation AP50 0.824 (now 0.882: its loss is not clearly below the "
+                                       "starting model's)")
+    panel._on_yielded(Validation(step=60, ap50=0.80, dice=0.9, loss=0.40, is_best=False, best_ap50=0.824))
+    assert panel._best_label.value == "validation AP50 0.824 (now 0.800)"
 
 
 def test_a_model_trained_or_renamed_in_one_viewer_is_listed_and_followed_in_the_others(widget, make_napari_viewer,

@@ -43,11 +43,25 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("stop_after", [3, 4])
-def test_two_legs_equal_one_run(dsb_fluo_crop, tmp_path, one_thread, stop_after):
+def _many_cells(data_dir) -> tuple[np.ndarray, np.ndarray]:
+    """A DSB2018 val crop (CC0) whose held-out band holds 15 nuclei: the gate of
+    :mod:`napari_unet.core.validation` compares each step with the starting weights."""
+    from skimage.io import imread
+
+    name = "20b20ab049372d184c705acebe7af026d3580f5fd5a72ed796e3622e1685af2f"
+    image = imread(data_dir / "dsb2018" / "images" / f"{name}.png")
+    labels = imread(data_dir / "dsb2018" / "labels" / f"{name}.png")
+    if image.ndim == 3:
+        image = image[..., :3].mean(-1).astype(np.uint8)
+    return image[150:342, 600:792], labels[150:342, 600:792].astype(np.int32)
+
+
+@pytest.mark.parametrize("stop_after, gated", [(3, False), (4, False), (3, True)])
+def test_two_legs_equal_one_run(dsb_fluo_crop, data_dir, tmp_path, one_thread, stop_after, gated):
     # stop_after=4: the leg's time ran out right after a step due for validation (every 2): that
-    # validation was skipped for good, and the legs could keep other weights than the one run
-    image, labels = dsb_fluo_crop
+    # validation was skipped for good, and the legs could keep other weights than the one run.
+    # gated: the starting weights' block losses, which the gate compares each step with, are kept too
+    image, labels = _many_cells(data_dir) if gated else dsb_fluo_crop
 
     one = prepare_run(_fresh(), [image], [labels], **OPTIONS)
     events_one, run_one = _drive(one.trainer.run())
@@ -71,6 +85,8 @@ def test_two_legs_equal_one_run(dsb_fluo_crop, tmp_path, one_thread, stop_after)
     except StopIteration as end:
         run1 = end.value
     assert run1.steps == stop_after and run1.stopped_early
+    first_start = first.tracker.start
+    assert (first_start is not None and len(first_start.blocks) > 4) if gated else first_start is None
     path = save_checkpoint(capture(first, run1, {"leg": 1}), tmp_path / "training" / "checkpoint.pt")
     del first, gen
 
@@ -79,6 +95,7 @@ def test_two_legs_equal_one_run(dsb_fluo_crop, tmp_path, one_thread, stop_after)
     assert state["extra"] == {"leg": 1} and state["run"]["steps"] == stop_after
     second = prepare_run(SegmentationModel.from_dict(state["model"]), [image], [labels], **OPTIONS)
     start = restore(second, state)
+    assert second.tracker.rule.gate is gated and second.tracker.start == first_start
     events_two, run2 = _drive(second.trainer.run(start=start))
     resumed = second.result(run2)
 

@@ -56,7 +56,7 @@ def add_parser(subparsers: Any) -> None:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, default=None, help="optimisation steps")
     budget.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                        help="train for this many seconds (default if neither is given: 200 steps)")
+                        help="train for this many seconds (default if neither is given: 300 steps, as in napari)")
     p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
     p.add_argument("--patch-size", type=int, default=None,

@@ -69,6 +69,9 @@ class Validation:
     loss: float
     is_best: bool
     best_ap50: float
+    #: Better than the best under the rule, but not clearly better than the starting weights
+    #: (the gate of :mod:`napari_unet.core.validation`): not kept.
+    held_back: bool = False
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,7 @@ def capture(prepared: PreparedRun, run: RunSummary, extra: dict[str, Any] | None
             "latest": asdict(tracker.latest) if tracker.latest is not None else None,
             "history": list(tracker.history),
             "weights": tracker._state,
+            "start": asdict(tracker.start) if tracker.start is not None else None,
         },
         "extra": dict(extra or {}),
     }
@@ -110,6 +111,7 @@ def restore(prepared: PreparedRun, state: dict[str, Any]) -> RunSummary:
     tracker.latest = _scores(saved["latest"])
     tracker.history = list(saved["history"])
     tracker._state = saved["weights"]
+    tracker.start = _scores(saved.get("start"))
     r = state["run"]
     return RunSummary(steps=int(r["steps"]), losses=[float(x) for x in r["losses"].tolist()],
                       training_time=float(r["training_time"]))

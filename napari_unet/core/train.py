@@ -66,7 +66,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from napari_unet._training_bounds import MAX_BATCH, MIN_PATCH
+from napari_unet._training_bounds import DEFAULT_STEPS, MAX_BATCH, MIN_PATCH
 
 from .augment import NO_AUGMENT, AugmentConfig
 from .checkpoint import SegmentationModel
@@ -90,8 +90,6 @@ from .validation import (
 )
 
 log = logging.getLogger(__name__)
-
-DEFAULT_STEPS = 200
 
 __all__ = [
     "DEFAULT_STEPS",
@@ -493,7 +491,10 @@ def prepare_run(
     geometry = PatchGeometry.for_network(net, patch_size, max(max(e.labels.shape) for e in split.train))
     planes = validation_planes(split.val, targets)
     n_val_objects = count_held_out_objects(planes)
-    tracker = BestWeights(SelectionRule.for_validation(select, len(planes), n_val_objects))
+    # (the gate: only where the validation part was cut from the corrected images themselves; a run
+    # given its own validation images, as the built-in models' training, is chosen as before)
+    tracker = BestWeights(SelectionRule.for_validation(select, len(planes), n_val_objects,
+                                                       held_out_of_training=split.kind in ("planes", "band")))
     aug_config = augment if isinstance(augment, AugmentConfig) else (AugmentConfig() if augment else NO_AUGMENT)
     n_workers = _patch_workers(workers, dev)
     trainer = Trainer(

@@ -111,7 +111,8 @@ def trained_metadata(
     rule, latest = tracker.rule, tracker.latest
     meta["training"] = {
         "selected": rule.select,
-        "selection_note": rule.note,
+        "selection_note": "; ".join(n for n in (rule.note, tracker.gate_note(base.name)) if n) or None,
+        "selection_gate": rule.gate,
         "selection_metric": rule.recorded_metric,
         "n_val_objects": n_val_objects,
         "selected_step": chosen.step,

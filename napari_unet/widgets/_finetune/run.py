@@ -95,10 +95,18 @@ def _kept_weights(metadata: dict) -> str:
         why = "no object was held out for validation" if training.get("n_val_objects") == 0 else "as asked"
         return f"Kept the latest weights ({why})."
     if step == 0:
+        gate = [n for n in (training.get("selection_note") or "").split("; ") if n.startswith("no clear gain")]
+        if gate:  # (the gate: see napari_unet.core.validation)
+            return (f"Kept the starting weights: {gate[0].split(':')[0]} (the cells held out of the slices you "
+                    "corrected): a closer fit to these slices alone often does worse on other images. Correct "
+                    "cells on other slices or fields and fine-tune again.")
         return "Kept the starting weights: no step did better on the held-out part."
     n = training.get("n_val_objects")
     if training.get("selection_metric") == "loss":  # (too few held-out cells for an AP)
         judged = f", judged on only {n} held-out cells: check them on other slices" if n else ""
+        if n and training.get("val_split") in ("planes", "band"):  # (too few for the gate, see validation.py)
+            judged = (f", judged on only {n} cells held out of the slices you corrected: too few to tell whether "
+                      "they beat the model it started from; check the new model on a slice you did not correct")
         return f"Kept the weights of step {step} (best validation loss{judged})."
     if training.get("val_split") in ("planes", "band") and n:  # (held out of the corrected images themselves)
         # a gain there can be a closer fit to those images only: on phase contrast, fields not corrected
@@ -257,7 +265,8 @@ class TrainingRunPanel(Container):
         elif isinstance(event, Validation):
             self.curves.add_validation(event.step, event.ap50)
             self._best_label.value = f"validation AP50 {event.best_ap50:.3f}" + (
-                f" (at step {event.step})" if event.is_best else f" (now {event.ap50:.3f})")
+                f" (at step {event.step})" if event.is_best else f" (now {event.ap50:.3f}" + (
+                    ": its loss is not clearly below the starting model's)" if event.held_back else ")"))
         self.curves.redraw()
 
     def _on_returned(self, result: TrainingResult) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEdit, SpinBox
 
-from napari_unet._training_bounds import MAX_BATCH, MAX_PATCH, MIN_PATCH
+from napari_unet._training_bounds import DEFAULT_STEPS, MAX_BATCH, MAX_PATCH, MIN_PATCH
 
 from .ui import collapsible
 
@@ -38,7 +38,7 @@ class TrainingSettingsPanel(Container):
         self._name = LineEdit(label="New model name",
                               tooltip="The name the trained model is saved under (your models folder); Segment "
                                       "lists it as '<name> (yours)'.")
-        self._steps = SpinBox(label="Steps", min=0, max=1_000_000, step=50, value=300,
+        self._steps = SpinBox(label="Steps", min=0, max=1_000_000, step=50, value=DEFAULT_STEPS,
                               tooltip="Training steps (0 = only the time budget limits the run).")
         self._time_budget = FloatSpinBox(label="Time budget (min)", min=0.0, max=24 * 60, step=1.0, value=0.0,
                                          tooltip="Stop after this many minutes (0 = no limit); whichever comes first.")
