@@ -430,3 +430,21 @@ def test_gui_screenshot_into_a_missing_folder_is_one_line(tmp_path, capsys):
     rc = main(["gui", "--sample", "none", "--screenshot", str(tmp_path / "nodir" / "shot.png")])
     err = capsys.readouterr().err
     assert rc == 2 and "folder does not exist" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_summary_says_how_to_keep_trained_weights_the_gate_held_back():
+    """The gate (core.validation) kept the base's weights: the CLI user has no Fine-tune status, only
+    these lines; they say why, and which option keeps the trained weights."""
+    from napari_unet.cli.train import summary_lines
+
+    history = [{"step": 0, "ap50": 0.82, "loss": 0.366}, {"step": 30, "ap50": 0.88, "loss": 0.358}]
+    note = ("no clear gain over cells on the held-out part: no step lowered its validation loss by more than the "
+            "noise (2 standard errors over 51 blocks; closest: step 30, +0.0080 +/- 0.0053), so the starting "
+            "weights were kept")
+    meta = {"val_ap50": 0.82, "val_dice": 0.9, "steps": 300,
+            "training": {"selected_step": 0, "history": history, "selection_note": note, "selection_gate": True}}
+    lines = summary_lines(meta, 0.2)
+    assert lines[0] == "validation AP@0.5 0.820 (Dice 0.900) at step 0 of 300; before training 0.820"
+    assert lines[1] == f"note: {note}" and lines[2].startswith("note: --val-fraction 0 keeps the last weights")
+    meta["training"].update(selected_step=30, selection_note=None)  # the gate passed a step: nothing to add
+    assert summary_lines(meta, 0.2) == [lines[0].replace("at step 0", "at step 30")]

@@ -311,18 +311,27 @@ def run(args: argparse.Namespace) -> int:
         print(f"napari-unet: training failed ({one_line(failed.error)}); the best model so far (step {failed.step}) "
               f"is saved to {saved}", file=sys.stderr)
         return 1
-    meta = result.metadata
-    if meta.get("val_ap50") is not None:
-        print(
-            f"validation AP@0.5 {meta['val_ap50']:.3f} (Dice {meta['val_dice']:.3f}) at step "
-            f"{meta['training']['selected_step']} of {meta['steps']}"
-            + (f"; before training {result.metadata['training']['history'][0]['ap50']:.3f}"
-               if meta["training"]["history"] and meta["training"]["history"][0]["step"] == 0 else "")
-        )
-    else:
-        print("no validation (val fraction 0)" if not args.val_fraction else
-              "no validation: too few labelled objects to hold some out (all were trained on)")
-    if meta["training"].get("selection_note"):
-        print(f"note: {meta['training']['selection_note']}")
-    print(f"saved {saved} ({meta['steps']} steps, {meta['training_time_s']:.0f} s)")
+    for line in summary_lines(result.metadata, args.val_fraction):
+        print(line)
+    print(f"saved {saved} ({result.metadata['steps']} steps, {result.metadata['training_time_s']:.0f} s)")
     return 0
+
+
+def summary_lines(meta: dict, val_fraction: float) -> list[str]:
+    """What ``train`` says of a trained model's validation, from its metadata."""
+    training = meta["training"]
+    if meta.get("val_ap50") is not None:
+        history = training["history"]
+        lines = [f"validation AP@0.5 {meta['val_ap50']:.3f} (Dice {meta['val_dice']:.3f}) at step "
+                 f"{training['selected_step']} of {meta['steps']}"
+                 + (f"; before training {history[0]['ap50']:.3f}" if history and history[0]["step"] == 0 else "")]
+    else:
+        lines = ["no validation (val fraction 0)" if not val_fraction else
+                 "no validation: too few labelled objects to hold some out (all were trained on)"]
+    if training.get("selection_note"):
+        lines.append(f"note: {training['selection_note']}")
+        if training.get("selection_gate") and training.get("selected_step") == 0:
+            # (the gate of core.validation kept the base's weights: the way to the trained ones)
+            lines.append("note: --val-fraction 0 keeps the last weights without validating them (check them on "
+                         "images you did not train on)")
+    return lines
