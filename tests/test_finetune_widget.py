@@ -1327,12 +1327,17 @@ def test_the_weights_kept_by_the_loss_say_on_how_few_cells():
     by_loss["training"]["val_split"] = "planes"  # too few for the gate (core.validation) to tell
     assert "too few to tell whether they beat the model it started from" in _kept_weights(by_loss)
     # the gate kept the start: say why, and what to do
-    gated = {"training": {"selected_step": 0, "selected": "best", "selection_metric": "ap50", "n_val_objects": 30,
-                          "val_split": "band", "selection_note": "no clear gain over cells on the held-out part: "
-                          "no step lowered its validation loss by more than the noise (...)"}}
+    gated = {"base_model": "cells", "training": {"selected_step": 0, "selected": "best", "selection_metric": "ap50",
+                                                 "n_val_objects": 30, "val_split": "band", "gate_kept_start": True}}
     text = _kept_weights(gated)
-    assert text.startswith("Kept the starting weights: no clear gain over cells on the held-out part (the cells")
-    assert "Correct cells on other slices or fields and fine-tune again." in text
+    assert text.startswith("Kept the starting weights: the steps that scored higher on the cells held out of your "
+                           "slices were not clearly better than 'cells' there.")
+    assert text.endswith("Correct cells on other slices or fields, then fine-tune again.")
+    gated["training"]["stopped_early"] = True  # (Stop, or the time budget): not the slices' fault
+    assert _kept_weights(gated).endswith("The run was stopped early: a longer run may do better.")
+    # no step did better at all (a run that wrecked the model): not the gate's doing
+    gated["training"]["gate_kept_start"] = False
+    assert _kept_weights(gated) == "Kept the starting weights: no step did better on the held-out part."
 
 
 def test_the_best_label_says_when_a_higher_ap_was_held_back(widget):
@@ -1347,8 +1352,8 @@ def test_the_best_label_says_when_a_higher_ap_was_held_back(widget):
     assert panel._best_label.value == "validation AP50 0.824 (at step 0)"
     panel._on_yielded(Validation(step=30, ap50=0.882, dice=0.9, loss=0.358, is_best=False, best_ap50=0.824,
                                  held_back=True))
-    assert panel._best_label.value == ("validation AP50 0.824 (now 0.882: its loss is not clearly below the "
-                                       "starting model's)")
+    assert panel._best_label.value == ("validation AP50 0.824 (now 0.882, not kept: not clearly better than the "
+                                       "starting model)")
     panel._on_yielded(Validation(step=60, ap50=0.80, dice=0.9, loss=0.40, is_best=False, best_ap50=0.824))
     assert panel._best_label.value == "validation AP50 0.824 (now 0.800)"
 

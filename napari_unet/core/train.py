@@ -80,8 +80,10 @@ from .schedule import RunBudget, ValidationCadence, WarmupCosine
 from .targets import TargetRecipe
 from .train_metadata import Recipe, RunSummary, trained_metadata
 from .validation import (
+    GATE_MIN_BLOCKS,
     MIN_VAL_OBJECTS_FOR_AP,
     BestWeights,
+    BlockLayout,
     SelectionRule,
     Validator,
     count_held_out_objects,
@@ -491,10 +493,13 @@ def prepare_run(
     geometry = PatchGeometry.for_network(net, patch_size, max(max(e.labels.shape) for e in split.train))
     planes = validation_planes(split.val, targets)
     n_val_objects = count_held_out_objects(planes)
-    # (the gate: only where the validation part was cut from the corrected images themselves; a run
-    # given its own validation images, as the built-in models' training, is chosen as before)
-    tracker = BestWeights(SelectionRule.for_validation(select, len(planes), n_val_objects,
-                                                       held_out_of_training=split.kind in ("planes", "band")))
+    # (the gate: only where the validation part was cut from the corrected images themselves, a run
+    # given its own validation images, as the built-in models' training, being chosen as before; and
+    # only where it holds blocks enough to measure a gain's noise, a band of 20 x 100 px holding 3)
+    layout = BlockLayout.of(planes) if split.kind in ("planes", "band") else None
+    gated = layout is not None and layout.n_blocks >= GATE_MIN_BLOCKS
+    rule = SelectionRule.for_validation(select, len(planes), n_val_objects, held_out_of_training=gated)
+    tracker = BestWeights(rule, layout if gated else None)
     aug_config = augment if isinstance(augment, AugmentConfig) else (AugmentConfig() if augment else NO_AUGMENT)
     n_workers = _patch_workers(workers, dev)
     trainer = Trainer(

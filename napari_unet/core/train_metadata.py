@@ -112,7 +112,9 @@ def trained_metadata(
     meta["training"] = {
         "selected": rule.select,
         "selection_note": "; ".join(n for n in (rule.note, tracker.gate_note(base.name)) if n) or None,
-        "selection_gate": rule.gate,
+        # (a gate without the starting weights' scores, validate_start=False, compared nothing)
+        "selection_gate": rule.gate and tracker.start is not None,
+        "gate_kept_start": tracker.gate_kept_start,
         "selection_metric": rule.recorded_metric,
         "n_val_objects": n_val_objects,
         "selected_step": chosen.step,

@@ -95,11 +95,14 @@ def _kept_weights(metadata: dict) -> str:
         why = "no object was held out for validation" if training.get("n_val_objects") == 0 else "as asked"
         return f"Kept the latest weights ({why})."
     if step == 0:
-        gate = [n for n in (training.get("selection_note") or "").split("; ") if n.startswith("no clear gain")]
-        if gate:  # (the gate: see napari_unet.core.validation)
-            return (f"Kept the starting weights: {gate[0].split(':')[0]} (the cells held out of the slices you "
-                    "corrected): a closer fit to these slices alone often does worse on other images. Correct "
-                    "cells on other slices or fields and fine-tune again.")
+        if training.get("gate_kept_start"):  # (the gate: see napari_unet.core.validation)
+            base = f"{metadata['base_model']!r}" if metadata.get("base_model") else "the model it started from"
+            said = (f"Kept the starting weights: the steps that scored higher on the cells held out of your "
+                    f"slices were not clearly better than {base} there.")
+            if training.get("stopped_early"):
+                return f"{said} The run was stopped early: a longer run may do better."
+            return (f"{said} A closer fit to the slices you corrected often does worse on other images. Correct "
+                    "cells on other slices or fields, then fine-tune again.")
         return "Kept the starting weights: no step did better on the held-out part."
     n = training.get("n_val_objects")
     if training.get("selection_metric") == "loss":  # (too few held-out cells for an AP)
@@ -266,7 +269,7 @@ class TrainingRunPanel(Container):
             self.curves.add_validation(event.step, event.ap50)
             self._best_label.value = f"validation AP50 {event.best_ap50:.3f}" + (
                 f" (at step {event.step})" if event.is_best else f" (now {event.ap50:.3f}" + (
-                    ": its loss is not clearly below the starting model's)" if event.held_back else ")"))
+                    ", not kept: not clearly better than the starting model)" if event.held_back else ")"))
         self.curves.redraw()
 
     def _on_returned(self, result: TrainingResult) -> None:
