@@ -1358,6 +1358,50 @@ def test_the_best_label_says_when_a_higher_ap_was_held_back(widget):
     assert panel._best_label.value == "validation AP50 0.824 (now 0.800)"
 
 
+def test_the_trained_weights_the_gate_held_back_can_be_kept_instead(widget, base_model):
+    """The gate kept the starting weights (saved under the new name): the weights it held back are not
+    lost, a button saves them there instead, and Segment is told (the minutes of training are the user's)."""
+    import time
+
+    import torch
+
+    from napari_unet.core.catalog import user_model_path
+    from napari_unet.core.checkpoint import read_model_file, save_model
+    from napari_unet.widgets._training_job import TrainingResult
+
+    _viewer, w = widget
+    panel = w.run_panel
+    kept = read_model_file(base_model)
+    kept.metadata.update(name="base-tuned", base_model="base", training={
+        "selected": "best", "selected_step": 0, "selection_metric": "ap50", "n_val_objects": 20, "val_split": "band",
+        "gate_kept_start": True})
+    path = save_model(kept, user_model_path("base-tuned"))
+    held = read_model_file(base_model)
+    with torch.no_grad():
+        for p in held.net.parameters():
+            p.add_(0.01)
+    held.metadata.update(base_model="base", val_ap50=0.7, training={"selected": "best", "selected_step": 30,
+                                                                   "kept_against_gate": True})
+    saved = []
+    panel.saved.connect(saved.append)
+    panel._run_started = time.perf_counter()
+    panel._on_returned(TrainingResult(kept, path, None, 60, path, held_back=held))
+    assert not panel._keep_trained_button.native.isHidden() and panel._keep_trained_button.text.endswith("(step 30)")
+    assert panel._status.value.startswith("Saved 'base-tuned' after 60 steps")
+    assert "Kept the starting weights" in panel._status.value and "the button below" in panel._status.value
+    assert saved == [str(path)]
+
+    panel._keep_trained_button.native.click()
+    assert panel._keep_trained_button.native.isHidden() and panel._held_back is None
+    assert saved == [str(path), str(path)]  # Segment takes the model again (its file changed)
+    now = read_model_file(path)
+    assert now.name == "base-tuned" and now.metadata["training"]["kept_against_gate"]
+    for k, v in now.net.state_dict().items():
+        assert torch.equal(v, held.net.state_dict()[k]), k
+    assert panel._status.value == ("Saved the trained weights (step 30, validation AP@0.5 0.700) as 'base-tuned': "
+                                   "check them on a slice you did not correct.")
+
+
 def test_a_model_trained_or_renamed_in_one_viewer_is_listed_and_followed_in_the_others(widget, make_napari_viewer,
                                                                                        base_model):
     """Two viewers: a model saved in one was not listed in the other until a layer changed there, and

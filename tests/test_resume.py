@@ -176,3 +176,36 @@ def test_legs_write_checkpoints_and_say_when_the_run_is_finished(dsb_fluo_crop, 
     assert finished and run.steps == STEPS
     assert [e.step for e in rest if isinstance(e, TrainStep)] == list(range(3, STEPS + 1))
     assert load_checkpoint(path)["run"]["steps"] == STEPS
+
+
+def test_the_weights_the_gate_held_back_come_as_a_model_of_their_own(data_dir, one_thread):
+    """The gate kept the starting weights: the best weights it held back are offered (Fine-tune's "Keep the
+    trained weights instead"), as a model whose metadata says which step and why; the model returned is the
+    start's. Scores recorded by hand into the run's tracker: which steps the gate holds back in a real
+    run of a few steps is not foreseeable."""
+    from napari_unet.core.train_metadata import RunSummary
+    from napari_unet.core.validation import Scores
+
+    image, labels = _many_cells(data_dir)
+    base = _fresh()
+    start_weights = {k: v.clone() for k, v in base.net.state_dict().items()}
+    prepared = prepare_run(base, [image], [labels], **{**OPTIONS, "from_scratch": False})
+    tracker, net = prepared.tracker, prepared.trainer.net
+    assert tracker.rule.gate and tracker.layout.n_blocks >= 4
+    blocks = tuple(0.4 + 0.05 * np.sin(np.arange(tracker.layout.weights.size)))
+    assert tracker.record(Scores(0, 0.50, 0.8, 0.40, blocks), net)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.01)
+    trained = {k: v.clone() for k, v in net.state_dict().items()}
+    assert not tracker.record(Scores(2, 0.70, 0.8, 0.399, tuple(b - 0.001 + 0.03 * (-1) ** i for i, b in enumerate(blocks))), net)  # no clear gain
+    run = RunSummary(steps=2)
+    kept = prepared.result(run)
+    assert kept.metadata["training"]["gate_kept_start"] and kept.metadata["training"]["selected_step"] == 0
+    assert all(torch.equal(v, start_weights[k]) for k, v in kept.net.state_dict().items())
+    held = prepared.held_back_result(run)
+    assert held is not None and held.net is not kept.net
+    assert all(torch.equal(v, trained[k]) for k, v in held.net.state_dict().items())
+    training = held.metadata["training"]
+    assert training["selected_step"] == 2 and held.metadata["val_ap50"] == 0.70 and training["kept_against_gate"]
+    assert not training["gate_kept_start"] and "kept at the user's request" in training["selection_note"]

@@ -75,6 +75,17 @@ class Validation:
 
 
 @dataclass(frozen=True)
+class HeldBackWeights:
+    """The last event of a fine-tuning run whose gate kept the starting weights (see
+    :mod:`napari_unet.core.validation`): the model with the best weights it held back, ready to be
+    saved instead if the user wants them (``model``: a SegmentationModel; ``step``: theirs)."""
+
+    step: int
+    ap50: float | None
+    model: Any
+
+
+@dataclass(frozen=True)
 class TrainNote:
     """Something the user should know about a fine-tuning run before it goes on (one line)."""
 

@@ -71,7 +71,7 @@ from napari_unet._training_bounds import DEFAULT_STEPS, MAX_BATCH, MIN_PATCH
 from .augment import NO_AUGMENT, AugmentConfig
 from .checkpoint import SegmentationModel
 from .device import describe_device, select_device
-from .events import TrainNote, TrainStep, Validation, run_to_end
+from .events import HeldBackWeights, TrainNote, TrainStep, Validation, run_to_end
 from .examples import MIN_PLANE_SIZE, TrainingSplit, prepare_examples, split_examples, training_split
 from .optimise import Optimiser, autocast_dtype, set_train_mode
 from .partial import check_labelled, mark_partial
@@ -324,8 +324,10 @@ def finetune(
 
     Yields
     ------
-    TrainNote, TrainStep, Validation
-        A note first for each example found labelled in part ("auto", see ``labelled``).
+    TrainNote, TrainStep, Validation, HeldBackWeights
+        A note first for each example found labelled in part ("auto", see ``labelled``);
+        last, when the gate kept the starting weights (:mod:`napari_unet.core.validation`),
+        the model with the best weights it held back (to save instead, if wanted).
 
     Returns
     -------
@@ -361,7 +363,11 @@ def finetune(
         step = prepared.tracker.best.step  # (salvage returns None without one)
         log.warning("Fine-tuning failed (%s); the best weights validated before, at step %d, are kept.", exc, step)
         raise TrainingFailed(exc, kept, step) from exc
-    return prepared.result(run)
+    model = prepared.result(run)
+    held = prepared.held_back_result(run)
+    if held is not None:
+        yield HeldBackWeights(held.metadata["training"]["selected_step"], held.metadata.get("val_ap50"), held)
+    return model
 
 
 @dataclass
@@ -397,6 +403,31 @@ class PreparedRun:
         except Exception as exc:  # noqa: BLE001 - the failure itself is what is raised
             log.warning("The best weights could not be kept after the failure: %s", exc)
             return None
+
+    def held_back_result(self, run: RunSummary) -> SegmentationModel | None:
+        """After :meth:`result` kept the starting weights because the gate held later ones back: a
+        model of its own with the best of those (None otherwise), its metadata saying so."""
+        state = self.tracker.held_back_state()
+        if state is None or self.tracker.held is None:
+            return None
+        import copy
+
+        net = copy.deepcopy(self.trainer.net)
+        net.load_state_dict(state)
+        net.eval()
+        if not _finite_network(net):
+            return None
+        held = self.tracker.held
+        metadata = trained_metadata(
+            self.base, from_scratch=self.from_scratch, split=self.split, n_val_planes=self.n_val_planes,
+            n_val_objects=self.n_val_objects, tracker=self.tracker, chosen=held, run=run, recipe=self.recipe,
+            device=describe_device(self.device),
+        )
+        training = metadata["training"]
+        training.update(gate_kept_start=False, kept_against_gate=True, selection_note=(
+            f"the weights of step {held.step}, kept at the user's request although the gate held them back: they "
+            f"were not clearly better than {self.base.name!r} on the part held out of the training images"))
+        return SegmentationModel(net, self.work.representation, dict(self.work.normalization), metadata)
 
     def result(self, run: RunSummary) -> SegmentationModel:
         """The trained model: the kept weights (see :class:`BestWeights`), eval mode, with its metadata."""

@@ -97,7 +97,8 @@ def trained_metadata(
     )
     # settings per kind of image were tuned for the base's weights on the base's data, and are not
     # measured for the new ones: the trained model uses its general setting on every image
-    meta.pop("postprocessing_by_kind", None)
+    if chosen.step != 0:  # (the starting weights kept: theirs still hold)
+        meta.pop("postprocessing_by_kind", None)
     if from_scratch and base.diameter is None:  # its object size: that of the objects it learnt from
         from .calibrate import training_diameter
 

@@ -350,6 +350,11 @@ class BestWeights:
         self.start: Scores | None = None
         #: Whether the gate alone kept the weights last recorded from being the best.
         self.held_back = False
+        #: The best of the weights the gate held back, under the rule, and their scores: offered to
+        #: the user when the start is kept (Fine-tune's "Keep the trained weights"). Not kept across
+        #: a resumed run (:mod:`napari_unet.core.resume`: its legs validate on their own images).
+        self.held: Scores | None = None
+        self._held_state: dict[str, torch.Tensor] | None = None
 
     def record(self, scores: Scores, net: torch.nn.Module) -> bool:
         """Note the scores of ``net``'s current weights (copied when they are the best); True if best."""
@@ -373,6 +378,9 @@ class BestWeights:
         self.held_back = better and not gate_ok
         if self.held_back:  # (the gate alone kept these weights out: what gate_note reports)
             entry["held_back"] = True
+            if self.held is None or self.rule.improves(scores, self.held):
+                self._held_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+                self.held = scores
         if improved:  # (copied first: a copy that fails leaves the best and its weights as they were)
             self._state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
             self.best = scores
@@ -402,6 +410,10 @@ class BestWeights:
                 f"{top['loss_gain_blocks']} blocks of {GATE_BLOCK} px; closest: step {top['step']}, "
                 f"{top['loss_gain']:+.4f}, standard error {top['loss_gain_se']:.4f}), so the starting weights "
                 "were kept")
+
+    def held_back_state(self) -> dict[str, torch.Tensor] | None:
+        """The best weights the gate held back, when it kept the start for them (None otherwise)."""
+        return self._held_state if self.gate_kept_start else None
 
     def keep(self, net: torch.nn.Module, final_step: int) -> Scores:
         """Load the weights the rule keeps into ``net`` (the best, or leave the latest); their scores."""

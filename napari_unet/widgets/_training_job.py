@@ -29,6 +29,9 @@ class TrainingResult:
     #: (those of step ``failed_step``), what failed is here.
     failure: BaseException | None = None
     failed_step: int | None = None
+    #: The gate kept the starting weights: the model with the best weights it held back, which
+    #: the user may keep instead (:class:`napari_unet.core.events.HeldBackWeights`); not saved.
+    held_back: Any = None
 
 
 def train_and_save(
@@ -52,7 +55,7 @@ def train_and_save(
     trained is kept, and this one goes to the first free ``NAME-2``, ``NAME-3``, ...
     """
     from napari_unet.core.checkpoint import read_model_file, stamp_metadata
-    from napari_unet.core.events import TrainStep
+    from napari_unet.core.events import HeldBackWeights, TrainStep
     from napari_unet.core.train import TrainingFailed, finetune
 
     if any(not isinstance(ex, Example) for ex in examples):  # read here, not in the window
@@ -69,6 +72,7 @@ def train_and_save(
     )
     steps = 0
     failed: TrainingFailed | None = None
+    held_back = None
     while True:
         try:
             event = next(gen)
@@ -80,6 +84,9 @@ def train_and_save(
             break
         if isinstance(event, TrainStep):
             steps = event.step
+        if isinstance(event, HeldBackWeights):  # (handed back with the result, not through the event queue)
+            held_back = event.model
+            continue
         yield event
     if model is None or steps == 0:
         return TrainingResult(None, None, None, steps, target)
@@ -92,8 +99,10 @@ def train_and_save(
     from napari_unet.core.catalog import save_without_replacing
 
     failure = dict(failure=failed.error, failed_step=failed.step) if failed is not None else {}
+    if held_back is not None:
+        held_back.metadata.update({k: model.metadata[k] for k in ("base_model", "n_examples", "examples", "steps")})
     try:
         path = save_without_replacing(model, target, replace)
     except OSError as exc:
-        return TrainingResult(model, None, exc, steps, target, **failure)
-    return TrainingResult(model, path, None, steps, target, **failure)
+        return TrainingResult(model, None, exc, steps, target, **failure, held_back=held_back)
+    return TrainingResult(model, path, None, steps, target, **failure, held_back=held_back)

@@ -158,14 +158,20 @@ class TrainingRunPanel(Container):
         self._device_label = Label(label="Device", value="")
         wrap_text(self._status, self._best_label)
         self._save_again_button = PushButton(text="Save again", visible=False)
+        # the gate kept the starting weights: the trained ones it held back, if the user wants them
+        self._keep_trained_button = PushButton(text="Keep the trained weights instead", visible=False, tooltip=(
+            "Save the best weights this run trained in place of the starting ones (they were not clearly better "
+            "on the cells held out of your slices: check them on a slice you did not correct)."))
+        self._held_back: tuple[Any, Path, Any] | None = None  # (model, where the run saved, that file's identity)
         self.extend([
             self._start_button, self._stop_button, self._progress, self._status, self._best_label,
-            self._device_label, self._save_again_button,
+            self._device_label, self._save_again_button, self._keep_trained_button,
         ])
 
         self._start_button.changed.connect(lambda *_: self.start_requested.emit())
         self._stop_button.changed.connect(self.stop)
         self._save_again_button.changed.connect(self._save_again)
+        self._keep_trained_button.changed.connect(self._keep_trained)
         self.native.destroyed.connect(self._on_destroyed)
 
     @property
@@ -196,6 +202,8 @@ class TrainingRunPanel(Container):
         self._run_started = time.perf_counter()
         self._pending = None
         self._save_again_button.visible = False
+        self._held_back = None
+        self._keep_trained_button.visible = False
         self._progress.value = 0
         self._best_label.value = "–"
         read = all(isinstance(ex, Example) for ex in examples)
@@ -314,7 +322,40 @@ class TrainingRunPanel(Container):
         else:
             notify_info(f"Fine-tuned model saved as {result.path.stem!r}.")
         log.info("Saved fine-tuned model %s (metric %s)", result.path, metric)
+        if result.held_back is not None and training.get("gate_kept_start"):
+            from napari_unet.core.catalog import file_identity
+
+            step = (result.held_back.metadata.get("training") or {}).get("selected_step")
+            self._held_back = (result.held_back, result.path, file_identity(result.path))
+            result.held_back = None  # (held here only: dropped once saved or at the next run)
+            self._keep_trained_button.text = f"Keep the trained weights instead (step {step})"
+            self._keep_trained_button.visible = True
+            self._status.value += " Or keep the trained weights anyway: the button below."
         self.saved.emit(str(result.path))
+
+    def _keep_trained(self, *_args) -> None:
+        """Save the weights the gate held back in place of the starting ones the run saved (a model
+        saved there since, or renamed, is kept: these go beside it)."""
+        if self._held_back is None or self.is_running:
+            return
+        model, path, identity = self._held_back
+        from napari_unet.core.catalog import save_without_replacing
+
+        try:
+            saved = save_without_replacing(model, path, identity)
+        except OSError as exc:
+            notify_error("Could not save the trained weights", exc)
+            return
+        self._held_back = None
+        self._keep_trained_button.visible = False
+        step = (model.metadata.get("training") or {}).get("selected_step")
+        ap = model.metadata.get("val_ap50")
+        self._status.value = (f"Saved the trained weights (step {step}" + (f", validation AP@0.5 {ap:.3f}" if ap is not
+                              None else "") + f") as {saved.stem!r}: check them on a slice you did not correct.")
+        if saved != path:
+            self._status.value += f" ({path.stem!r} had changed meanwhile, and is kept.)"
+        notify_info(f"The trained weights are saved as {saved.stem!r}.")
+        self.saved.emit(str(saved))
 
     def _save_again(self, *_args) -> None:
         result = self._pending
