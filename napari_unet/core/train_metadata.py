@@ -95,9 +95,13 @@ def trained_metadata(
         training_time_s=round(run.training_time, 2),
         device=device,
     )
+    # the starting weights kept (step 0): the model segments as its base did, its settings per kind
+    # of image and its start for the automatic diameter unchanged (a new data_diameter moved the
+    # search: 0.766 -> 0.757 on the other Usiigaci fields with the very same weights)
+    unchanged = chosen.step == 0 and not from_scratch
     # settings per kind of image were tuned for the base's weights on the base's data, and are not
     # measured for the new ones: the trained model uses its general setting on every image
-    if chosen.step != 0:  # (the starting weights kept: theirs still hold)
+    if not unchanged:
         meta.pop("postprocessing_by_kind", None)
     if from_scratch and base.diameter is None:  # its object size: that of the objects it learnt from
         from .calibrate import training_diameter
@@ -105,7 +109,7 @@ def trained_metadata(
         meta["training_diameter"] = round(training_diameter([e.labels for e in split.examples]), 2)
     if from_scratch:
         meta.pop("data_diameter", None)
-    else:  # where the automatic diameter starts on this user's other images
+    elif not unchanged:  # where the automatic diameter starts on this user's other images
         data = data_diameter(split.examples)
         if data is not None:
             meta["data_diameter"] = round(data, 2)
