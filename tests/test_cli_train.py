@@ -445,6 +445,6 @@ def test_the_summary_says_how_to_keep_trained_weights_the_gate_held_back():
             "training": {"selected_step": 0, "history": history, "selection_note": note, "selection_gate": True}}
     lines = summary_lines(meta, 0.2)
     assert lines[0] == "validation AP@0.5 0.820 (Dice 0.900) at step 0 of 300; before training 0.820"
-    assert lines[1] == f"note: {note}" and lines[2].startswith("note: --val-fraction 0 keeps the last weights")
+    assert lines[1] == f"note: {note}" and lines[2].startswith("note: to keep trained weights anyway, train again with --val-fraction 0")
     meta["training"].update(selected_step=30, selection_note=None)  # the gate passed a step: nothing to add
     assert summary_lines(meta, 0.2) == [lines[0].replace("at step 0", "at step 30")]

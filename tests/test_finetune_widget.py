@@ -1372,7 +1372,7 @@ def test_the_trained_weights_the_gate_held_back_can_be_kept_instead(widget, base
     _viewer, w = widget
     panel = w.run_panel
     kept = read_model_file(base_model)
-    kept.metadata.update(name="base-tuned", base_model="base", training={
+    kept.metadata.update(name="base-tuned", base_model="base", val_ap50=0.5, training={
         "selected": "best", "selected_step": 0, "selection_metric": "ap50", "n_val_objects": 20, "val_split": "band",
         "gate_kept_start": True})
     path = save_model(kept, user_model_path("base-tuned"))
@@ -1386,7 +1386,9 @@ def test_the_trained_weights_the_gate_held_back_can_be_kept_instead(widget, base
     panel.saved.connect(saved.append)
     panel._run_started = time.perf_counter()
     panel._on_returned(TrainingResult(kept, path, None, 60, path, held_back=held))
-    assert not panel._keep_trained_button.native.isHidden() and panel._keep_trained_button.text.endswith("(step 30)")
+    assert not panel._keep_trained_button.native.isHidden()
+    assert panel._keep_trained_button.text == "Keep the trained weights instead (step 30, AP50 0.700)"
+    assert panel._best_label.value == "validation AP50 0.500 (the starting weights, kept); step 30 scored 0.700, held back"
     assert panel._status.value.startswith("Saved 'base-tuned' after 60 steps")
     assert "Kept the starting weights" in panel._status.value and "the button below" in panel._status.value
     assert saved == [str(path)]
@@ -1400,6 +1402,41 @@ def test_the_trained_weights_the_gate_held_back_can_be_kept_instead(widget, base
         assert torch.equal(v, held.net.state_dict()[k]), k
     assert panel._status.value == ("Saved the trained weights (step 30, validation AP@0.5 0.700) as 'base-tuned': "
                                    "check them on a slice you did not correct.")
+    assert panel._best_label.value == "validation AP50 0.700 (at step 30, kept at your request)"
+
+    # the model the run saved renamed (Manage models) before Keep: the trained weights go in its place
+    path = save_model(kept, path)
+    panel._on_returned(TrainingResult(kept, path, None, 60, path, held_back=held))
+    renamed = path.with_name("my cells.pt")
+    path.rename(renamed)
+    panel.follow_renamed(str(path), str(renamed))
+    panel._keep_trained_button.native.click()
+    assert saved[-1] == str(renamed) and not path.exists()
+    assert read_model_file(renamed).metadata["training"]["kept_against_gate"]
+
+
+def test_a_save_that_failed_then_succeeded_still_offers_the_held_back_weights(widget, base_model):
+    """The end-of-run save failed, Save again succeeded: the status said only "Saved 'x'." (the starting
+    weights, unannounced) and the trained weights the gate held back were never offered."""
+    import time
+
+    from napari_unet.core.catalog import user_model_path
+    from napari_unet.core.checkpoint import read_model_file
+    from napari_unet.widgets._training_job import TrainingResult
+
+    _viewer, w = widget
+    panel = w.run_panel
+    kept, held = read_model_file(base_model), read_model_file(base_model)
+    kept.metadata.update(base_model="base", training={"selected": "best", "selected_step": 0, "n_val_objects": 20,
+                                                     "val_split": "band", "gate_kept_start": True})
+    held.metadata.update(val_ap50=0.7, training={"selected_step": 30, "kept_against_gate": True})
+    target = user_model_path("base-tuned")
+    panel._run_started = time.perf_counter()
+    panel._on_returned(TrainingResult(kept, None, OSError(28, "No space left on device"), 60, target, held_back=held))
+    assert not panel._save_again_button.native.isHidden() and panel._keep_trained_button.native.isHidden()
+    panel._save_again_button.native.click()
+    assert target.exists() and panel._status.value.startswith("Saved 'base-tuned'. Kept the starting weights:")
+    assert not panel._keep_trained_button.native.isHidden() and panel._held_back[0] is held
 
 
 def test_a_model_trained_or_renamed_in_one_viewer_is_listed_and_followed_in_the_others(widget, make_napari_viewer,

@@ -386,7 +386,7 @@ def test_the_gate_keeps_the_starting_weights_unless_the_loss_gain_beats_its_nois
     assert tracker.record(Scores(0, 0.82, 0.9, 0.366, start), net)
     assert not tracker.record(Scores(30, 0.88, 0.9, 0.358, noise), net)  # AP up, loss within its noise
     assert tracker.history[-1]["passes_gate"] is False and "blocks" not in tracker.history[-1] and tracker.held_back
-    assert tracker.gate_kept_start and "no clear gain over cells" in tracker.gate_note("cells")
+    assert tracker.gate_kept_start and "no clear gain over 'cells'" in tracker.gate_note("cells")
     assert tracker.record(Scores(60, 0.85, 0.9, 0.31, clear), net) and tracker.best.step == 60
     assert not tracker.held_back
     assert tracker.gate_note("cells") is None

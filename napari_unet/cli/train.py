@@ -332,6 +332,6 @@ def summary_lines(meta: dict, val_fraction: float) -> list[str]:
         lines.append(f"note: {training['selection_note']}")
         if training.get("selection_gate") and training.get("selected_step") == 0:
             # (the gate of core.validation kept the base's weights: the way to the trained ones)
-            lines.append("note: --val-fraction 0 keeps the last weights without validating them (check them on "
-                         "images you did not train on)")
+            lines.append("note: to keep trained weights anyway, train again with --val-fraction 0 (the last "
+                         "weights are kept, not validated: check them on images you did not train on)")
     return lines

@@ -409,10 +409,10 @@ class BestWeights:
         measured = [h for h in self.history
                     if h.get("held_back") and h.get("loss_gain_se") and h.get("loss_gain_blocks", 0) >= GATE_MIN_BLOCKS]
         if not measured:
-            return (f"no clear gain over {base_name} on the held-out part: too small a part to tell a gain "
+            return (f"no clear gain over {base_name!r} on the held-out part: too small a part to tell a gain "
                     "from the noise, so the starting weights were kept")
         top = max(measured, key=lambda h: h["loss_gain"] / h["loss_gain_se"])
-        return (f"no clear gain over {base_name} on the held-out part: the steps that scored higher there did not "
+        return (f"no clear gain over {base_name!r} on the held-out part: the steps that scored higher there did not "
                 f"lower its validation loss by more than the noise ({GATE_Z:.1f} standard errors over "
                 f"{top['loss_gain_blocks']} blocks of {GATE_BLOCK} px; closest: step {top['step']}, "
                 f"{top['loss_gain']:+.4f}, standard error {top['loss_gain_se']:.4f}), so the starting weights "

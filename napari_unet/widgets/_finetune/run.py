@@ -275,9 +275,10 @@ class TrainingRunPanel(Container):
             self._status.value = f"step {event.step}{total}, loss {event.loss:.3f}" + (f" — {left} left" if left else "")
         elif isinstance(event, Validation):
             self.curves.add_validation(event.step, event.ap50)
+            not_kept = "" if event.ap50 <= event.best_ap50 else (
+                ", not kept: not clearly better than the starting model" if event.held_back else ", not kept")
             self._best_label.value = f"validation AP50 {event.best_ap50:.3f}" + (
-                f" (at step {event.step})" if event.is_best else f" (now {event.ap50:.3f}" + (
-                    ", not kept: not clearly better than the starting model)" if event.held_back else ")"))
+                f" (at step {event.step})" if event.is_best else f" (now {event.ap50:.3f}{not_kept})")
         self.curves.redraw()
 
     def _on_returned(self, result: TrainingResult) -> None:
@@ -322,16 +323,39 @@ class TrainingRunPanel(Container):
         else:
             notify_info(f"Fine-tuned model saved as {result.path.stem!r}.")
         log.info("Saved fine-tuned model %s (metric %s)", result.path, metric)
-        if result.held_back is not None and training.get("gate_kept_start"):
-            from napari_unet.core.catalog import file_identity
-
-            step = (result.held_back.metadata.get("training") or {}).get("selected_step")
-            self._held_back = (result.held_back, result.path, file_identity(result.path))
-            result.held_back = None  # (held here only: dropped once saved or at the next run)
-            self._keep_trained_button.text = f"Keep the trained weights instead (step {step})"
-            self._keep_trained_button.visible = True
-            self._status.value += " Or keep the trained weights anyway: the button below."
+        self._offer_held_back(result, result.path)
         self.saved.emit(str(result.path))
+
+    def _offer_held_back(self, result: TrainingResult, path: Path) -> None:
+        """The gate kept the starting weights (saved at ``path``): offer the trained ones it held back."""
+        held, result.held_back = result.held_back, None  # (held here only: dropped once saved or at the next run)
+        training = result.model.metadata.get("training") or {}
+        if held is None or not training.get("gate_kept_start"):
+            return
+        from napari_unet.core.catalog import file_identity
+
+        step = (held.metadata.get("training") or {}).get("selected_step")
+        ap, start_ap = held.metadata.get("val_ap50"), result.model.metadata.get("val_ap50")
+        self._held_back = (held, path, file_identity(path))
+        scored = f", AP50 {ap:.3f}" if ap is not None else ""
+        self._keep_trained_button.text = f"Keep the trained weights instead (step {step}{scored})"
+        self._keep_trained_button.visible = True
+        self._status.value += " Or keep the trained weights anyway: the button below."
+        if ap is not None and start_ap is not None:
+            self._best_label.value = (f"validation AP50 {start_ap:.3f} (the starting weights, kept); step {step} "
+                                      f"scored {ap:.3f}, held back")
+
+    def follow_renamed(self, old_path: str, new_path: str) -> None:
+        """The model saved by the last run was renamed (Manage models): the trained weights offered in its
+        place go to its new name (they went to the old one, the renamed file keeping the starting weights)."""
+        if self._held_back is None:
+            return
+        held, path, identity = self._held_back
+        try:
+            if Path(path).resolve() == Path(old_path).resolve():
+                self._held_back = (held, Path(new_path), identity)  # (a rename keeps the file's identity)
+        except OSError:
+            pass
 
     def _keep_trained(self, *_args) -> None:
         """Save the weights the gate held back in place of the starting ones the run saved (a model
@@ -344,7 +368,8 @@ class TrainingRunPanel(Container):
         try:
             saved = save_without_replacing(model, path, identity)
         except OSError as exc:
-            notify_error("Could not save the trained weights", exc)
+            notify_error("Could not save the trained weights", f"{path.parent}: {exc.strerror or one_line(exc)}. "
+                         "Free disk space or fix the folder, then press the button again.")
             return
         self._held_back = None
         self._keep_trained_button.visible = False
@@ -354,6 +379,8 @@ class TrainingRunPanel(Container):
                               None else "") + f") as {saved.stem!r}: check them on a slice you did not correct.")
         if saved != path:
             self._status.value += f" ({path.stem!r} had changed meanwhile, and is kept.)"
+        if ap is not None:
+            self._best_label.value = f"validation AP50 {ap:.3f} (at step {step}, kept at your request)"
         notify_info(f"The trained weights are saved as {saved.stem!r}.")
         self.saved.emit(str(saved))
 
@@ -370,7 +397,8 @@ class TrainingRunPanel(Container):
             return
         self._pending = None
         self._save_again_button.visible = False
-        self._status.value = f"Saved {path.stem!r}."
+        self._status.value = f"Saved {path.stem!r}. " + _kept_weights(result.model.metadata)
+        self._offer_held_back(result, path)
         if path != result.target:
             self._status.value += f" ({result.target.stem!r} was saved by something else meanwhile, and is kept.)"
             notify_warning(f"A model named {result.target.stem!r} was saved meanwhile; it is kept, and the "
