@@ -22,6 +22,9 @@ def _user_dirs(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("NAPARI_UNET_MODELS", str(root / "models"))
     monkeypatch.setenv("NAPARI_UNET_CONFIG_DIR", str(root / "config"))
     monkeypatch.setenv("NAPARI_UNET_CACHE_DIR", str(root / "cache"))
+    # (a developer's shell choosing the engine or trusting package code must not change what tests see)
+    monkeypatch.delenv("NAPARI_UNET_ENGINE", raising=False)
+    monkeypatch.delenv("NAPARI_UNET_TRUST_PACKAGE_CODE", raising=False)
     yield
 
 

