@@ -1409,11 +1409,13 @@ def test_the_trained_weights_the_gate_held_back_can_be_kept_instead(widget, base
     # the model the run saved renamed (Manage models) before Keep: the trained weights go in its place
     path = save_model(kept, path)
     panel._on_returned(TrainingResult(kept, path, None, 60, path, held_back=held))
-    renamed = path.with_name("my cells.pt")
-    path.rename(renamed)
+    from napari_unet.core.catalog import rename_model
+
+    renamed = rename_model("base-tuned", "my cells")  # (as Manage models does: a new file, the old one deleted)
     panel.follow_renamed(str(path), str(renamed))
     panel._keep_trained_button.native.click()
-    assert saved[-1] == str(renamed) and not path.exists()
+    assert saved[-1] == str(renamed) and not path.exists() and not renamed.with_name("my cells-2.pt").exists()
+    assert "had changed meanwhile" not in panel._status.value
     assert read_model_file(renamed).metadata["training"]["kept_against_gate"]
 
 

@@ -364,7 +364,11 @@ def finetune(
         log.warning("Fine-tuning failed (%s); the best weights validated before, at step %d, are kept.", exc, step)
         raise TrainingFailed(exc, kept, step) from exc
     model = prepared.result(run)
-    held = prepared.held_back_result(run)
+    try:
+        held = prepared.held_back_result(run)
+    except Exception as exc:  # noqa: BLE001 - an offer only: the run's model is what matters
+        log.warning("The weights the gate held back cannot be offered: %s", exc)
+        held = None
     if held is not None:
         yield HeldBackWeights(held.metadata["training"]["selected_step"], held.metadata.get("val_ap50"), held)
     return model
@@ -412,7 +416,7 @@ class PreparedRun:
             return None
         import copy
 
-        net = copy.deepcopy(self.trainer.net)
+        net = copy.deepcopy(self.trainer.net).cpu()  # (kept until the user chooses: not on the GPU)
         net.load_state_dict(state)
         net.eval()
         if not _finite_network(net):

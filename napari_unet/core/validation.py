@@ -14,7 +14,7 @@
 * :class:`BestWeights` keeps the best weights so far under that rule, the latest scores
   and the history; :class:`Validator` runs one validation and records it.
 * When the validation part was held out of the training images themselves (``gate``) and
-  holds at least ``MIN_VAL_OBJECTS_FOR_AP`` objects, weights other than the starting ones are
+  holds at least ``MIN_VAL_OBJECTS_FOR_AP`` objects (and ``GATE_MIN_BLOCKS`` blocks), weights other than the starting ones are
   kept only if their validation loss is lower than the starting weights' by more than its noise
   (:func:`loss_gain`): a paired comparison over ``GATE_BLOCK`` px blocks of the held-out
   planes (:class:`BlockLayout`), weighted by their loss weights, whose error counts the likeness
@@ -209,7 +209,8 @@ def loss_gain(start: Sequence[float] | None, blocks: Sequence[float] | None,
     ``blocks`` over ``start``, its standard error, number of blocks); None when not measured.
 
     The gain is the mean of the differences weighted by the blocks' loss weights (``layout``; equal
-    without one): the fall of the validation loss. Its standard error counts the covariance of
+    without one): the fall of the loss pooled over the held-out planes (for one plane, of its
+    validation loss; ``Scores.loss`` is the mean of the planes' own). Its standard error counts the covariance of
     neighbouring blocks too (a cell across two blocks makes their differences alike: on phase
     contrast, 0.13-0.46 correlated, and the plain error 20-30% too small), never less than the plain one.
     """

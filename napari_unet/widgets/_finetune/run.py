@@ -350,10 +350,13 @@ class TrainingRunPanel(Container):
         place go to its new name (they went to the old one, the renamed file keeping the starting weights)."""
         if self._held_back is None:
             return
-        held, path, identity = self._held_back
+        held, path, _identity = self._held_back
         try:
             if Path(path).resolve() == Path(old_path).resolve():
-                self._held_back = (held, Path(new_path), identity)  # (a rename keeps the file's identity)
+                from napari_unet.core.catalog import file_identity
+
+                # (the user's own rename, which writes a new file: the one to replace is that one)
+                self._held_back = (held, Path(new_path), file_identity(new_path))
         except OSError:
             pass
 
