@@ -35,7 +35,7 @@ from napari_unet._atomic import atomic_write
 
 from .device import select_device
 from .instances import DEFAULT_MIN_SIZE, DEFAULT_SEED_FRACTION, DEFAULT_THRESHOLD, seed_pixels
-from .model import UNet, UNetConfig
+from .model import UNet, UNetConfig, cpu_state
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ class SegmentationModel:
                 f"{self.name} runs the network of a BioImage.IO package: it cannot be saved or fine-tuned as a "
                 "napari-unet model (only napari-unet's own networks can)."
             )
-        state = {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
+        state = cpu_state(self.net)
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,

@@ -78,10 +78,8 @@ class Validation:
 class HeldBackWeights:
     """The last event of a fine-tuning run whose gate kept the starting weights (see
     :mod:`napari_unet.core.validation`): the model with the best weights it held back, ready to be
-    saved instead if the user wants them (``model``: a SegmentationModel; ``step``: theirs)."""
+    saved instead if the user wants them (a SegmentationModel: its metadata gives their step and scores)."""
 
-    step: int
-    ap50: float | None
     model: Any
 
 

@@ -358,3 +358,8 @@ def _valid_below(size: int, depth: int, padding: Padding) -> int | None:
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of ``model``'s state dict on the CPU, apart from the network (training goes on)."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

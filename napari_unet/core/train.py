@@ -370,7 +370,7 @@ def finetune(
         log.warning("The weights the gate held back cannot be offered: %s", exc)
         held = None
     if held is not None:
-        yield HeldBackWeights(held.metadata["training"]["selected_step"], held.metadata.get("val_ap50"), held)
+        yield HeldBackWeights(held)
     return model
 
 

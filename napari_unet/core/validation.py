@@ -38,6 +38,7 @@ from .events import Validation
 from .examples import TrainingExample, count_objects
 from .instances import probabilities_to_labels
 from .metrics import average_precision, dice
+from .model import cpu_state
 from .optimise import evaluation_mode, forward, weighted_nll
 from .targets import TargetRecipe
 from .tiling import choose_tile_and_batch, estimate_bytes_per_pixel, mirror_pad, plan_tiles
@@ -217,7 +218,9 @@ def loss_gain(start: Sequence[float] | None, blocks: Sequence[float] | None,
     if start is None or blocks is None or len(start) != len(blocks):
         return None
     a, b = np.asarray(start, dtype=float), np.asarray(blocks, dtype=float)
-    w = np.ones(a.size) if layout is None or layout.weights.size != a.size else layout.weights.astype(float)
+    if layout is not None and layout.weights.size != a.size:
+        layout = None  # (not these blocks' layout: equal weights, no neighbours)
+    w = np.ones(a.size) if layout is None else layout.weights.astype(float)
     ok = np.isfinite(a) & np.isfinite(b) & (w > 0)
     n = int(np.count_nonzero(ok))
     if n == 0:
@@ -230,7 +233,7 @@ def loss_gain(start: Sequence[float] | None, blocks: Sequence[float] | None,
     u = w * np.where(ok, d - mean, 0.0) / w.sum()  # each block's share of the deviation of the mean
     plain = float((u ** 2).sum())
     cross = 0.0
-    if layout is not None and layout.pairs.size and layout.weights.size == a.size:
+    if layout is not None and layout.pairs.size:
         cross = 2.0 * float((u[layout.pairs[:, 0]] * u[layout.pairs[:, 1]]).sum())
     var = max(plain, plain + cross) * n / (n - 1)
     return mean, math.sqrt(var), n
@@ -387,10 +390,10 @@ class BestWeights:
         if self.held_back:  # (the gate alone kept these weights out: what gate_note reports)
             entry["held_back"] = True
             if self.held is None or self.rule.improves(scores, self.held):
-                self._held_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+                self._held_state = cpu_state(net)
                 self.held = scores
         if improved:  # (copied first: a copy that fails leaves the best and its weights as they were)
-            self._state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+            self._state = cpu_state(net)
             self.best = scores
         self.latest = scores
         self.history.append(entry)

@@ -49,7 +49,7 @@ import torch
 from napari_unet._atomic import atomic_write, check_folder_writable, temporary_folder_beside
 
 from .checkpoint import ModelFileError, SegmentationModel, _plain, load_model
-from .model import UNet, UNetProbabilities
+from .model import UNet, UNetProbabilities, cpu_state
 
 log = logging.getLogger(__name__)
 
@@ -352,7 +352,7 @@ def build_description(model: SegmentationModel, folder: Path, *, authors: list[s
     # files
     arch = folder / "unet.py"
     shutil.copyfile(Path(__file__).resolve().parent / "model.py", arch)
-    state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    state = cpu_state(net)
     _torch_save(lambda fh: torch.save(state, fh), folder / "weights.pt")
     probs_net = UNetProbabilities.from_config(config)
     probs_net.load_state_dict(state)
