@@ -247,3 +247,73 @@ def test_a_merge_with_inf_is_refused_with_the_non_finite_message(model, nuclei, 
     with pytest.raises(ImageError, match="infinite values"):
         segment_to_ome_zarr(model, np.stack([merge, merge]), tmp_path / "nan.ome.zarr", rgb=True,
                             show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def ihc() -> np.ndarray:
+    """A real immunohistochemistry section (colonic glands, FHL2 in brown DAB, haematoxylin
+    counterstain; scikit-image's sample, no known copyright restrictions), 512 x 512 RGB."""
+    from skimage import data
+
+    return data.immunohistochemistry()
+
+
+def _haematoxylin_covered(labels: np.ndarray, rgb: np.ndarray) -> float:
+    """The share of the most haematoxylin-stained tenth of the pixels (the nuclei) that ``labels`` cover."""
+    from napari_unet.core.channels import stain_densities
+
+    h = stain_densities(rgb)[..., 0]
+    return float((labels > 0)[h > np.percentile(h, 90)].mean())
+
+
+def test_immunohistochemistry_is_segmented_without_its_dab(model, ihc, caplog):
+    """In the mean of the colours the brown DAB (a protein in the cells' membranes and cytoplasm) is as
+    dark as the nuclei: `nuclei` outlined the stained cells and missed the blue nuclei, covering 45% of
+    the most haematoxylin-stained pixels. Without the DAB (colour deconvolution) it covers ~90% of them;
+    a warning says so and how to have the mean."""
+    from napari_unet.core.channels import WITHOUT_DAB, colour_to_segment
+
+    assert colour_to_segment(ihc) == WITHOUT_DAB
+    with caplog.at_level("WARNING", logger="napari_unet"):
+        auto = segment(model, ihc)
+    assert sum("DAB" in r.getMessage() for r in caplog.records) == 1
+    mean = segment(model, ihc, colour="mean")
+    assert _haematoxylin_covered(auto, ihc) > 0.8
+    assert _haematoxylin_covered(mean, ihc) < 0.6
+    np.testing.assert_array_equal(auto, segment(model, ihc, colour="without DAB"))
+    # the dtype's range does not matter: the background (the light) is measured on the image
+    as16 = (ihc.astype(np.uint16) * 200)
+    assert colour_to_segment(as16) == WITHOUT_DAB
+    assert colour_to_segment(ihc.astype(np.float32) / 255) == WITHOUT_DAB
+
+
+def test_dab_is_left_out_only_where_it_is_most_of_the_stain(ihc):
+    """H&E-like tissue (DSB2018's 91 colour images measure at most 0.30 DAB) keeps the mean; an IHC
+    section whose DAB is weak (a negative control) too; a grey image stored as RGB is no stained tissue."""
+    from skimage.color import rgb_from_hed
+
+    from napari_unet.core.channels import DAB_SHARE, dab_share, leaves_out_dab, stain_densities
+
+    stained = tifffile.imread(SAMPLES / "dsb2018_stained_nuclei.tif")
+    assert dab_share(stained) < 0.1 and not leaves_out_dab(stained)
+    assert dab_share(ihc) > 0.8
+    faint = stain_densities(ihc)
+    faint[..., 2] *= 0.1
+    negative = (np.exp(-(faint @ rgb_from_hed.astype(np.float32))) * 255).clip(0, 255).astype(np.uint8)
+    assert dab_share(negative) < DAB_SHARE and not leaves_out_dab(negative)
+    grey = np.repeat(ihc.mean(-1, keepdims=True), 3, -1).astype(np.uint8)
+    assert not leaves_out_dab(grey)
+
+
+def test_fine_tuning_examples_of_immunohistochemistry_are_made_without_dab(model, ihc):
+    """Fine-tuning must see what prediction segments: the examples of an IHC image are made without
+    its DAB too (pixels without data stay so, to be filled as prediction fills them)."""
+    from napari_unet.core.channels import without_dab
+    from napari_unet.core.examples import _colour_segmented
+
+    np.testing.assert_allclose(_colour_segmented(model, ihc), without_dab(ihc))
+    holed = ihc.astype(np.float32)
+    holed[10:20, 10:20] = np.nan
+    made = _colour_segmented(model, holed)
+    assert made.shape == (512, 512, 3) and np.isnan(made[10:20, 10:20]).all()
+    assert np.isfinite(made[30:]).all()

@@ -75,16 +75,22 @@ def _as_list(images: Any, labels: Any) -> tuple[list, list]:
 
 
 def _colour_segmented(model: SegmentationModel, img: np.ndarray) -> np.ndarray:
-    """The colour of an RGB fluorescence merge that prediction segments (its nuclear colour, see
-    :func:`~napari_unet.core.channels.nuclear_colour`) for a 1-channel model, else ``img``: a model
-    fine-tuned on the mean of the colours (nuclei and cytoplasm) was then given the nuclear colour alone."""
+    """What prediction segments of an RGB image for a 1-channel model (the nuclear colour of a
+    fluorescence merge, an immunohistochemistry image without its DAB: see
+    :func:`~napari_unet.core.channels.colour_to_segment`), else ``img``: a model fine-tuned on the mean
+    of the colours (nuclei and cytoplasm) was then given the nuclear colour alone."""
     if model.in_channels != 1 or img.ndim != 3 or img.shape[-1] not in (3, 4):
         return img
-    from .channels import nuclear_colour
+    from .channels import WITHOUT_DAB, colour_to_segment, without_dab
 
     filled = np.nan_to_num(img[..., :3]) if np.issubdtype(img.dtype, np.floating) else img
-    colour = nuclear_colour(filled)
-    return img if colour is None else img[..., colour]
+    colour = colour_to_segment(filled)
+    if colour != WITHOUT_DAB:
+        return img if colour is None else img[..., colour]
+    out = without_dab(filled)
+    if filled is not img:  # pixels without data stay so (fill_missing fills them next, as for prediction)
+        out[np.isnan(img[..., :3]).any(-1)] = np.nan
+    return out
 
 
 def prepare_examples(

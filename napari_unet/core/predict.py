@@ -41,6 +41,7 @@ import torch
 
 from napari_unet._shapes import channels_last
 
+from .channels import colour_plane
 from .checkpoint import SegmentationModel
 from .device import free_memory_bytes, select_device
 from .engine import NetworkRunner
@@ -425,9 +426,11 @@ class PlaneResult:
     kind : str or None
         The kind of image whose own post-processing the model used (see
         ``SegmentationModel.postprocessing_by_kind``); None when it used its general one.
-    colour : int or None
+    colour : int, str or None
         The colour of an RGB image that was segmented on its own (0 red, 1 green, 2 blue; see
-        :func:`~napari_unet.core.channels.nuclear_colour`); None: a grey plane, or the mean of the colours.
+        :func:`~napari_unet.core.channels.nuclear_colour`), or
+        :data:`~napari_unet.core.channels.WITHOUT_DAB` (the image without its brown DAB stain); None: a
+        grey plane, or the mean of the colours.
     blank : {"constant", "noise", "no data"} or None
         Why nothing was segmented, when the plane (the window that was predicted, as the network
         got it: hot pixels out, the colour chosen) had nothing to segment: one value only, camera
@@ -452,7 +455,7 @@ class PlaneResult:
     note: str = ""
     min_seed: int = 0
     kind: str | None = None
-    colour: int | None = None
+    colour: int | str | None = None
     blank: str | None = None
     clipped: float | None = None
 
@@ -548,11 +551,13 @@ def iter_planes(
         one (told on the first plane, see :func:`postprocessing_kind`; the seed rule follows the
         kind also where ``threshold`` / ``min_size`` are given). False: its general setting (the
         3D path, whose volumes are not the 2D images the settings were tuned on).
-    colour : "auto", "mean" or int
+    colour : "auto", "mean", "without DAB" or int
         RGB images for a 1-channel model: "auto" (or None) segments the most nuclei-like colour of a
         merge of fluorescence channels (told on the first plane, see
-        :func:`~napari_unet.core.channels.nuclear_colour`; a warning says which) and the mean of the
-        colours of other colour images; "mean" always the mean; 0, 1, 2 that colour.
+        :func:`~napari_unet.core.channels.nuclear_colour`; a warning says which), an
+        immunohistochemistry image mostly stained in brown DAB without its DAB
+        (:func:`~napari_unet.core.channels.leaves_out_dab`), and the mean of the colours of other
+        colour images; "mean" always the mean; 0, 1, 2 that colour; "without DAB" always without DAB.
     outliers : {"clip", "measure", "off"}
         A plane where a few objects far brighter than the others set the brightness range
         (:func:`~napari_unet.core.preprocess.bright_outliers_level`, on the objects found, or on the
@@ -617,7 +622,7 @@ def iter_planes(
         where it holds no data."""
         nonlocal said_noise
         plane, missing = load(idx) if loaded is None else loaded
-        plane = plane if colour is None else plane[..., colour]
+        plane = plane if colour is None else colour_plane(plane, colour)
         plane = without_camera_artefacts(plane)  # hot pixels, stripes: before any rescaling blurs them
         if is_camera_noise(plane):
             if not said_noise:
@@ -739,30 +744,37 @@ def _background_where(probs: np.ndarray, missing: np.ndarray | None) -> np.ndarr
 
 
 def _check_colour(colour: int | str | None, layout: StackLayout) -> int | str | None:
-    """``colour`` of :func:`iter_planes` checked: an int (a colour), "auto" (told on the first plane)
-    or None (grey planes, or the mean of the colours)."""
+    """``colour`` of :func:`iter_planes` checked: an int (a colour), "auto" (told on the first plane),
+    :data:`~napari_unet.core.channels.WITHOUT_DAB` or None (grey planes, or the mean of the colours)."""
+    from .channels import WITHOUT_DAB
+
     word = colour.strip().lower() if isinstance(colour, str) else colour
     if word is None:
         word = "auto"
-    if word not in ("auto", "mean") and not (isinstance(word, (int, np.integer)) and not isinstance(word, bool)):
-        raise ValueError(f"colour must be 'auto', 'mean' or 0, 1, 2 (red, green, blue); got {colour!r}.")
+    if word not in ("auto", "mean", WITHOUT_DAB.lower()) \
+            and not (isinstance(word, (int, np.integer)) and not isinstance(word, bool)):
+        raise ValueError(f"colour must be 'auto', 'mean', {WITHOUT_DAB!r} or 0, 1, 2 (red, green, blue); "
+                         f"got {colour!r}.")
     if not layout.rgb or word == "mean":
         return None
     if word == "auto":
         return "auto"
+    if word == WITHOUT_DAB.lower():
+        return WITHOUT_DAB
     if not 0 <= int(word) < 3:
         raise ImageError(f"colour {word} is not a colour of an RGB image: give 0 (red), 1 (green) or 2 (blue).")
     return int(word)
 
 
-def auto_colour(model: SegmentationModel, plane: np.ndarray) -> int | None:
-    """The colour of an RGB ``plane`` (finite values) a 1-channel ``model`` segments on its own
-    (None: the mean), said once in a warning; the plane loop and the dask batch tell it so."""
+def auto_colour(model: SegmentationModel, plane: np.ndarray) -> int | str | None:
+    """The colour of an RGB ``plane`` (finite values) a 1-channel ``model`` segments on its own, or
+    :data:`~napari_unet.core.channels.WITHOUT_DAB` (None: the mean), said once in a warning; the plane
+    loop and the dask batch tell it so (:func:`~napari_unet.core.channels.colour_to_segment`)."""
     if model.in_channels != 1:
         return None  # a 3-channel model takes the colours as they are
-    from .channels import colour_note, nuclear_colour
+    from .channels import colour_note, colour_to_segment
 
-    colour = nuclear_colour(plane)
+    colour = colour_to_segment(plane)
     if colour is not None:
         log.warning("Colour: %s.", colour_note(colour))
     return colour
@@ -1139,9 +1151,10 @@ def iter_predict_probabilities(
         one plane at a time.
     rgb : bool, optional
         Whether the last axis is colour; default: yes if it has 3 or 4 entries.
-    colour : "auto", "mean" or int
+    colour : "auto", "mean", "without DAB" or int
         Which colour of an RGB image a 1-channel model segments: "auto" the most nuclei-like one of a
-        merge of fluorescence channels, else the mean (see :func:`iter_planes`).
+        merge of fluorescence channels, an immunohistochemistry image without its brown DAB, else the
+        mean (see :func:`iter_planes`).
     diameter : float, "auto" or None
         Object diameter in pixels; "auto"/None estimates it (see :func:`iter_planes`).
     tile_size : int, optional
