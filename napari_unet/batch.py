@@ -140,7 +140,8 @@ def _stack_diameter(model: SegmentationModel, image: Any, layout: Any, diameter:
 
 def _stack_colour(model: SegmentationModel, image: Any, layout: Any) -> int | str:
     """The colour every plane of an RGB stack is segmented in: told here once on the first plane,
-    as the plain plane loop tells it (:func:`~napari_unet.core.channels.nuclear_colour`), rather
+    as the plain plane loop tells it (:func:`~napari_unet.core.channels.colour_to_segment`: a
+    fluorescence merge's nuclear colour, or an immunohistochemistry image without its DAB), rather
     than by each plane's task on its own plane; "mean" for grey stacks and other colour images."""
     if not layout.rgb or model.in_channels != 1:
         return "mean"
@@ -208,6 +209,7 @@ def segment_to_ome_zarr(
     show_progress: bool = False,
     engine: str | None = None,
     objects_3d: dict[str, Any] | None = None,
+    colour: int | str = "auto",
 ) -> Path:
     """Segment a stack plane by plane with dask and write the labels to an OME-Zarr.
 
@@ -226,6 +228,9 @@ def segment_to_ome_zarr(
         model's own (``model.postprocessing_for`` the kind of each plane).
     rgb : bool, optional
         Whether the last axis is colour (default: if it has 3 or 4 entries).
+    colour : "auto", "mean", "without DAB" or int
+        What of an RGB stack a 1-channel model segments (see :func:`napari_unet.core.predict.iter_planes`);
+        "auto" is told once, on the first plane.
     diameter : float or "auto"
         Object diameter in pixels (see :func:`napari_unet.core.predict.iter_planes`); "auto"
         estimates it here on the first plane (the next ones while none holds enough objects to
@@ -280,7 +285,7 @@ def segment_to_ome_zarr(
     from napari_unet.core.instances import _check_args
 
     _check_args(*model.resolve_postprocessing(threshold, min_size))  # values given: before any task runs
-    colour = _stack_colour(model, image, layout)
+    colour = _stack_colour(model, image, layout) if colour in ("auto", None) else colour
     diameter = _stack_diameter(model, image, layout, diameter, threshold=threshold, min_size=min_size,
                                tile_size=tile_size, device=device, engine=engine, colour=colour)
     options = {"threshold": threshold, "min_size": min_size, "tile_size": tile_size, "diameter": diameter,

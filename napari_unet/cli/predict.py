@@ -61,10 +61,11 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--tile", type=int, default=None, metavar="PIXELS",
                    help="largest tile side in pixels (a side too small for the model is refused, with the "
                         "model's minimum); 0 or not given: automatic, from free memory")
-    p.add_argument("--channel", type=int, default=None,
+    p.add_argument("--channel", type=_channel_arg, default=None, metavar="N|mean|without-dab",
                    help="channel to segment in a multi-channel stack (in a file that names no axes: its first "
                         "axis if it has at most 4 entries), or colour of an RGB image (0 red, 1 green, 2 blue; default for RGB: the most nuclei-like colour of merged "
-                        "fluorescence channels, said on stderr, else the mean of the colours)")
+                        "fluorescence channels, or an immunohistochemistry image without its brown DAB, said on stderr, "
+                        "else the mean of the colours; 'mean' and 'without-dab' ask for those)")
     p.add_argument("--axes", default=None, metavar="LETTERS",
                    help="axis letters of the inputs, one per axis from TCZYXS (e.g. CYX for two channels of one "
                         "plane, TYX for a time-lapse), for files that do not name their axes or name them wrong; "
@@ -183,11 +184,33 @@ def _write_tif(path: Path, labels: Any, axes: str, scale: dict[str, float],
                  offset=offset if any(offset) else None, objects_3d=objects_3d)
 
 
-def _select_channel(data: Any, axes: str, channel: int | None, name: str, axes_from_file: bool = True,
+#: ``--channel`` words for RGB images, and the ``colour`` of the core each one asks for.
+RGB_CHANNEL_WORDS = {"mean": "mean", "without-dab": "without DAB"}
+
+
+def _channel_arg(value: str) -> int | str:
+    """``--channel``: a number, or one of :data:`RGB_CHANNEL_WORDS`."""
+    word = value.strip().lower()
+    if word in RGB_CHANNEL_WORDS:
+        return word
+    try:
+        return int(word)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a channel: give a number, or for an RGB image 'mean' or 'without-dab'") from None
+
+
+def _select_channel(data: Any, axes: str, channel: int | str | None, name: str, axes_from_file: bool = True,
                     names: list[str] | None = None, three_d: bool = False) -> tuple[Any, str]:
     """The channel to segment (``--channel``) of an input, and the axes left; for a file that names
-    no axes, a short first axis guessed as Z/T is said (or, with ``--channel``, taken as channels)."""
+    no axes, a short first axis guessed as Z/T is said (or, with ``--channel``, taken as channels).
+    A word of :data:`RGB_CHANNEL_WORDS` keeps an RGB image whole (the core is told what to segment)."""
     from napari_unet.io._axes import planes_not_channels_note, short_guessed_axis
+
+    if isinstance(channel, str):
+        if not (axes.endswith("S") and "C" not in axes):
+            raise CLIError(f"{name} is not an RGB image: --channel {channel} is for RGB images; give a number")
+        return data, axes
 
     short = short_guessed_axis(data.shape, axes, axes_from_file) if not axes.endswith("S") else None
     if short is not None and channel is not None:
@@ -525,7 +548,7 @@ def _segment_one(models: _ModelChoice, path: Path, target: Path, args: argparse.
             scheduler=args.scheduler, tile_size=args.tile, axes=label_axes,
             scale=[scale.get(a) for a in label_axes], translate=info.translate_for(label_axes), overwrite=args.overwrite,
             show_progress=_show_progress(args), engine=args.engine, objects_3d=options_3d,
-            device=None if args.device == "auto" else args.device,
+            device=None if args.device == "auto" else args.device, colour=_colour_arg(args),
         )
     else:
         with _labels_buffer(data, rgb, target) as out:
@@ -534,6 +557,13 @@ def _segment_one(models: _ModelChoice, path: Path, target: Path, args: argparse.
                 print(f"napari-unet: {name}: no object is left with --min-size {args.min_size} (objects of fewer "
                       "pixels are removed): try a smaller one, or leave it out for the model's own", file=sys.stderr)
             _write_tif(target, labels, label_axes, scale, info.translate, objects_3d=options_3d is not None)
+
+
+def _colour_arg(args: argparse.Namespace) -> str:
+    """The core's ``colour`` for an RGB input: what ``--channel mean|without-dab`` asks for, else "auto"
+    (a numbered colour was taken out of the image already: :func:`_select_channel`)."""
+    channel = getattr(args, "channel", None)
+    return RGB_CHANNEL_WORDS[channel] if isinstance(channel, str) else "auto"
 
 
 @contextlib.contextmanager
@@ -569,7 +599,7 @@ def _segment_with_bar(model: Any, data: Any, rgb: bool, diameter: float | None, 
 
         gen = iter_segment_stack_3d(model, data, axes, out=out, **options_3d, **options)
     else:
-        gen = iter_segment(model, data, rgb=rgb, out=out, **options)
+        gen = iter_segment(model, data, rgb=rgb, out=out, colour=_colour_arg(args), **options)
     bar = tqdm(total=None, desc=name, unit="tile" if options_3d is None else "step", disable=not _show_progress(args),
                file=sys.stderr, leave=False)
     said: set[str] = set()

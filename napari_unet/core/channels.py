@@ -13,6 +13,11 @@ The colour segmented is the one that looks most like nuclei among the fluorescen
 smallest bright area (Otsu's threshold), among those whose bright objects are compact (area-
 weighted solidity at least :data:`COMPACT`; a cytoplasm stain rings the nuclei, a membrane stain
 draws lines). A cell holds its nucleus, so a whole-cell or cytoplasm stain always covers more.
+
+Bright-field immunohistochemistry (a protein in brown DAB beside blue haematoxylin nuclei) is
+segmented without its DAB where the DAB is most of the stain and not in compact objects
+(:func:`leaves_out_dab`, :func:`without_dab`: colour deconvolution); :func:`colour_to_segment` says
+which of the three an RGB plane gets.
 """
 
 from __future__ import annotations
@@ -47,10 +52,6 @@ class ColourStats:
 
 def colour_stats(channel: np.ndarray, colour: int) -> ColourStats | None:
     """The numbers of one colour (None when it is flat: nothing in that colour)."""
-    from scipy.ndimage import gaussian_filter
-    from skimage.filters import threshold_otsu
-    from skimage.measure import label, regionprops
-
     from .modality import image_modality
 
     a = np.asarray(channel, dtype=np.float32)
@@ -60,9 +61,7 @@ def colour_stats(channel: np.ndarray, colour: int) -> ColourStats | None:
     kind = image_modality(a).kind
     if kind != "fluorescence":  # not a candidate: its objects need not be measured (0.1-0.2 s a colour)
         return ColourStats(colour, kind, 0.0, 0.0)
-    smooth = gaussian_filter(a, 1)
-    bright = smooth > threshold_otsu(smooth)
-    props = [p for p in regionprops(label(bright)) if p.area >= MIN_OBJECT]
+    bright, props = _bright_objects(a)
     solidity = float(np.average([p.solidity for p in props], weights=[p.area for p in props])) if props else 0.0
     return ColourStats(colour, kind, float(bright.mean()), solidity)
 
@@ -93,8 +92,10 @@ def colour_note(colour: int | str) -> str:
     without its DAB: :data:`WITHOUT_DAB`)."""
     if colour == WITHOUT_DAB:
         return ("the RGB image looks like immunohistochemistry with most of its stain in brown DAB, not in "
-                "compact objects: it was segmented without the DAB (the haematoxylin-stained nuclei), not by the "
-                "mean of the colours; for the mean, give colour='mean' (Python), or segment a grey copy of the image")
+                "compact objects: its haematoxylin-stained nuclei were segmented, with the DAB taken out, not the "
+                "mean of the colours; for the mean, give --channel mean (command line) or colour='mean' (Python); "
+                "in napari, a layer of the mean of its colours (or one colour: right-click it, Split RGB) is "
+                "segmented as it is")
     return (f"the RGB image looks like merged fluorescence channels: its {COLOUR_NAMES[colour]} channel "
             "(the most nuclei-like: compact bright objects) was segmented, not the mean of the colours; "
             "for another one, split the RGB layer into its channels (napari: right-click it, Split RGB), "
@@ -115,6 +116,18 @@ WITHOUT_DAB = "without DAB"
 DAB_SHARE = 0.5
 #: The most stained pixels (this top fraction of the optical density) that measure the stains' shares.
 STAINED_FRACTION = 0.3
+#: Pixels whose optical density summed over the three colours reaches this let almost no light through
+#: (under 1% in each colour): a mosaic's black fill, a scale bar, not stain (the IHC section's most
+#: stained pixels reach 3.8). An unfilled black square of 2.4% of that section made its DAB look a
+#: minority of the stain.
+BLACK_DENSITY = 4.0
+#: Colour deconvolution is for white light: the background's dimmest colour at least this fraction of
+#: its brightest (IHC fields without glass: 0.73 or more), else no stained tissue (a fluorescence image
+#: shown in a yellow colour map, taken for a colour image: 0.0; AP@0.5 0.864 -> 0.019 without "DAB").
+NEUTRAL_WHITE = 0.5
+#: A bright part larger than this fraction of the plane is no nucleus (cytoplasmic DAB filling a
+#: zoomed-in field is one convex sheet, solidity 0.85-0.89): it counts as not compact.
+NUCLEUS_MAX_FRACTION = 0.05
 #: Transmission below this (of the background's) counts as this: a black pixel has no finite density.
 MIN_TRANSMISSION = 1e-3
 #: Rows of a plane turned into stains at a time (the float32 copies of a slide stay small).
@@ -129,53 +142,85 @@ def _white(rgb: np.ndarray) -> np.ndarray:
     return np.maximum(white, np.finfo(np.float32).tiny)
 
 
+def _densities(rgb: np.ndarray, white: np.ndarray) -> np.ndarray:
+    """(H, W, 3) float32 optical densities of the colours of ``rgb`` (H, W, 3) against ``white``."""
+    return -np.log(np.clip(np.asarray(rgb)[..., :3].astype(np.float32) / white, MIN_TRANSMISSION, 1.0))
+
+
 def stain_densities(rgb: np.ndarray, white: np.ndarray | None = None) -> np.ndarray:
     """(H, W, 3) float32 optical densities of haematoxylin, eosin and DAB of a bright-field RGB plane
     (Ruifrok and Johnston's colour deconvolution, scikit-image's ``hed_from_rgb``), negatives as 0."""
     from skimage.color import hed_from_rgb
 
-    a = np.asarray(rgb)[..., :3]
-    white = _white(a) if white is None else white
-    transmission = np.clip(a.astype(np.float32) / white, MIN_TRANSMISSION, 1.0)
-    return np.maximum(-np.log(transmission) @ hed_from_rgb.astype(np.float32), 0.0)
+    white = _white(rgb) if white is None else white
+    return np.maximum(_densities(rgb, white) @ hed_from_rgb.astype(np.float32), 0.0)
 
 
-def dab_share(rgb: np.ndarray, stains: np.ndarray | None = None) -> float:
+def _stained_sample(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Of ``rgb``'s sample (:func:`~napari_unet.core.modality.sample_plane`): its stains, where light
+    came through (not :data:`BLACK_DENSITY`) and the background's level of each colour."""
+    from skimage.color import hed_from_rgb
+
+    sample = sample_plane(np.asarray(rgb))[..., :3]
+    white = _white(sample)
+    density = _densities(sample, white)
+    stains = np.maximum(density @ hed_from_rgb.astype(np.float32), 0.0)
+    return stains, density.sum(-1) < BLACK_DENSITY, white
+
+
+def dab_share(rgb: np.ndarray) -> float:
     """DAB's share of the stains' optical density in the most stained pixels of ``rgb`` (0 to 1;
-    ``stains``: its sample's :func:`stain_densities`, when known)."""
-    stains = stain_densities(sample_plane(np.asarray(rgb))[..., :3]) if stains is None else stains
+    black pixels, which let no light through, left out)."""
+    stains, lit, _white_level = _stained_sample(rgb)
+    return _dab_share(stains, lit)
+
+
+def _dab_share(stains: np.ndarray, lit: np.ndarray) -> float:
     total = stains.sum(-1)
-    stained = total >= np.quantile(total, 1.0 - STAINED_FRACTION)
+    if not lit.any():
+        return 0.0
+    stained = lit & (total >= np.quantile(total[lit], 1.0 - STAINED_FRACTION))
     sums = stains[stained].sum(0)
     return float(sums[2] / sums.sum()) if sums.sum() > 0 else 0.0
 
 
-def _compact(channel: np.ndarray) -> bool:
-    """Whether the bright parts of ``channel`` are compact objects (see :data:`COMPACT`)."""
+def _bright_objects(a: np.ndarray) -> tuple[np.ndarray, list]:
+    """The bright part of ``a`` (Otsu's threshold of it smoothed over 1 px) and its parts of at least
+    :data:`MIN_OBJECT` pixels (scikit-image region properties)."""
     from scipy.ndimage import gaussian_filter
     from skimage.filters import threshold_otsu
     from skimage.measure import label, regionprops
 
-    smooth = gaussian_filter(channel, 1)
-    if np.ptp(smooth) <= 0:
+    smooth = gaussian_filter(a, 1)
+    bright = smooth > threshold_otsu(smooth)
+    return bright, [p for p in regionprops(label(bright)) if p.area >= MIN_OBJECT]
+
+
+def _compact(channel: np.ndarray) -> bool:
+    """Whether the bright parts of ``channel`` are compact objects (area-weighted solidity at least
+    :data:`COMPACT`; a part larger than :data:`NUCLEUS_MAX_FRACTION` of the plane counts as 0)."""
+    if np.ptp(channel) <= 0:
         return False
-    props = [p for p in regionprops(label(smooth > threshold_otsu(smooth))) if p.area >= MIN_OBJECT]
-    return bool(props) and float(np.average([p.solidity for p in props],
-                                            weights=[p.area for p in props])) >= COMPACT
+    _bright, props = _bright_objects(channel)
+    largest = NUCLEUS_MAX_FRACTION * channel.size
+    solidity = [p.solidity if p.area <= largest else 0.0 for p in props]
+    return bool(props) and float(np.average(solidity, weights=[p.area for p in props])) >= COMPACT
 
 
 def leaves_out_dab(plane: np.ndarray) -> bool:
     """Whether an RGB ``plane`` is a bright-field immunohistochemistry image to segment without its DAB:
-    a colour (stained-tissue) image whose stain is mostly DAB (:data:`DAB_SHARE`), not in compact
-    objects. Not fluorescence merges (:func:`nuclear_colour` takes those) nor grey or pseudo-colour."""
+    a colour (stained-tissue) image in white light (:data:`NEUTRAL_WHITE`) whose stain is mostly DAB
+    (:data:`DAB_SHARE`), not in compact objects. Not fluorescence merges (:func:`nuclear_colour` takes
+    those) nor grey or pseudo-colour."""
     from .modality import image_modality
 
     a = np.asarray(plane)
     if a.ndim != 3 or a.shape[-1] not in (3, 4):
         return False
-    sample = sample_plane(a)  # (what image_modality looks at too)
-    stains = stain_densities(sample[..., :3])
-    if dab_share(sample, stains) <= DAB_SHARE or image_modality(sample).kind != "colour":  # (the quickest first)
+    stains, lit, white = _stained_sample(a)
+    if float(white.min() / white.max()) < NEUTRAL_WHITE or _dab_share(stains, lit) <= DAB_SHARE:
+        return False  # (the quickest tests first)
+    if image_modality(sample_plane(a)).kind != "colour":  # (the sample is what image_modality looks at)
         return False
     return not _compact(stains[..., 2])
 

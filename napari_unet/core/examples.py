@@ -75,22 +75,16 @@ def _as_list(images: Any, labels: Any) -> tuple[list, list]:
 
 
 def _colour_segmented(model: SegmentationModel, img: np.ndarray) -> np.ndarray:
-    """What prediction segments of an RGB image for a 1-channel model (the nuclear colour of a
-    fluorescence merge, an immunohistochemistry image without its DAB: see
+    """What prediction segments of an RGB image (its pixels without data filled) for a 1-channel model
+    (the nuclear colour of a fluorescence merge, an immunohistochemistry image without its DAB: see
     :func:`~napari_unet.core.channels.colour_to_segment`), else ``img``: a model fine-tuned on the mean
     of the colours (nuclei and cytoplasm) was then given the nuclear colour alone."""
     if model.in_channels != 1 or img.ndim != 3 or img.shape[-1] not in (3, 4):
         return img
-    from .channels import WITHOUT_DAB, colour_to_segment, without_dab
+    from .channels import colour_plane, colour_to_segment
 
-    filled = np.nan_to_num(img[..., :3]) if np.issubdtype(img.dtype, np.floating) else img
-    colour = colour_to_segment(filled)
-    if colour != WITHOUT_DAB:
-        return img if colour is None else img[..., colour]
-    out = without_dab(filled)
-    if filled is not img:  # pixels without data stay so (fill_missing fills them next, as for prediction)
-        out[np.isnan(img[..., :3]).any(-1)] = np.nan
-    return out
+    colour = colour_to_segment(img)
+    return img if colour is None else colour_plane(img, colour)
 
 
 def prepare_examples(
@@ -139,11 +133,12 @@ def prepare_examples(
         # pixels without data filled (NaN, a mosaic's black border; nothing is learnt there), hot
         # pixels set to their neighbours' level before the rescale blurs them and a few objects far
         # brighter than the labelled ones clipped, as for prediction
-        img = _colour_segmented(model, img)
+        # (filled before the colour is told, as prediction does: a black border or NaN taken for stain)
         img, missing = fill_missing(img)
         if missing is not None and missing.all():  # (the sampler failed on it: "high <= 0")
             raise ValueError(f"Example {i + 1} holds no data at all (NaN only, or the black fill of a "
                              "mosaic): leave it out.")
+        img = _colour_segmented(model, img)
         img = without_camera_artefacts(img)
         if (level := bright_outliers_level(img, lab)) is not None:  # clipped as prediction clips them
             img = clipped_at(img, level)

@@ -779,7 +779,8 @@ class SegmentWidget(Container):
 
     def _say_colour(self, result: PlaneResult) -> None:
         """Once a run: which colour of an RGB image was segmented on its own (a merge of fluorescence
-        channels: the most nuclei-like one, not the mean of the colours)."""
+        channels: the most nuclei-like one, not the mean of the colours), or that an immunohistochemistry
+        image was segmented without its DAB."""
         if result.colour is None:
             return
         from napari_unet.core.channels import colour_note
