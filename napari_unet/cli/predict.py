@@ -208,9 +208,11 @@ def _select_channel(data: Any, axes: str, channel: int | str | None, name: str, 
     from napari_unet.io._axes import planes_not_channels_note, short_guessed_axis
 
     if isinstance(channel, str):
-        if not (axes.endswith("S") and "C" not in axes):
-            raise CLIError(f"{name} is not an RGB image: --channel {channel} is for RGB images; give a number")
-        return data, axes
+        if axes.endswith("S") and "C" not in axes:
+            return data, axes
+        # (a batch may mix RGB files with others, as a number is left aside for a grey file)
+        print(f"napari-unet: {name}: not an RGB image: --channel {channel} left aside", file=sys.stderr)
+        channel = None
 
     short = short_guessed_axis(data.shape, axes, axes_from_file) if not axes.endswith("S") else None
     if short is not None and channel is not None:
