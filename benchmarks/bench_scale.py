@@ -1,5 +1,7 @@
 """Object size: AP@0.5 and time on DSB2018 val fluorescence images rescaled 0.2x to 4x.
 
+(``--kind color``: its stained-tissue colour images instead.)
+
 For each rescaling of the images (bicubic; labels by nearest neighbour), and for each object size
 of ``--diameters`` (every image rescaled so that its nuclei measure that many pixels at the median:
 the tiny nuclei of a 10x objective), it prints the mean AP@0.5 and the seconds per image of the
@@ -33,14 +35,15 @@ from builtin_data import shared_data  # noqa: E402
 DATA = shared_data(Path(__file__).resolve().parents[1])
 
 
-def load(limit: int | None) -> list[tuple[np.ndarray, np.ndarray]]:
+def load(limit: int | None, kind: str = "grey_dark") -> list[tuple[np.ndarray, np.ndarray]]:
     from skimage.io import imread
 
     root = DATA / "dsb2018"
     with open(root / "manifest.csv") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["split"] == "val" and r["kind"] == "grey_dark"]
+        rows = [r for r in csv.DictReader(fh) if r["split"] == "val" and r["kind"] == kind]
     rows = sorted(rows, key=lambda r: r["id"])[:limit]
-    return [(imread(root / "images" / f"{r['id']}.png"), imread(root / "labels" / f"{r['id']}.png")) for r in rows]
+    pairs = [(imread(root / "images" / f"{r['id']}.png"), imread(root / "labels" / f"{r['id']}.png")) for r in rows]
+    return [(image[..., :3] if image.ndim == 3 else image, labels) for image, labels in pairs]
 
 
 def rescaled(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
@@ -48,7 +51,8 @@ def rescaled(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[np.n
 
     if factor == 1:
         return image, labels
-    img = rescale(image.astype(np.float32), factor, order=3, preserve_range=True, anti_aliasing=factor < 1)
+    img = rescale(image.astype(np.float32), factor, order=3, preserve_range=True, anti_aliasing=factor < 1,
+                  channel_axis=2 if image.ndim == 3 else None)
     lab = rescale(labels, factor, order=0, preserve_range=True, anti_aliasing=False).astype(np.int32)
     return img, lab
 
@@ -57,6 +61,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=None, help="first N images (by id)")
     parser.add_argument("--model", default=None, help="model name or file (default: the built-in model)")
+    parser.add_argument("--kind", default="grey_dark", choices=["grey_dark", "color"],
+                        help="DSB2018 val images of this kind: fluorescence (default) or stained tissue (colour)")
     parser.add_argument("--factors", type=float, nargs="+", default=[0.2, 0.25, 0.5, 1, 2, 3, 4])
     parser.add_argument("--diameters", type=float, nargs="*", default=[4],
                         help="also rescale every image so that its nuclei measure this many pixels")
@@ -72,13 +78,14 @@ def main() -> None:
     if "OMP_NUM_THREADS" not in os.environ:  # (told: as told, e.g. one thread on a shared machine)
         torch.set_num_threads(os.cpu_count() or 1)
     model = load_model(args.model, device="cpu")
-    pairs = load(args.limit)
+    pairs = load(args.limit, args.kind)
     print(f"napari-unet bench_scale  {time.strftime('%Y-%m-%d')}  {platform.processor() or platform.machine()}"
           f"  {os.cpu_count()} cores, {torch.get_num_threads()} threads  torch {torch.__version__}")
     if pairs:  # one untimed run: the engine's one-off set-up (ONNX export, session) is no row's time
         next(i for i in iter_planes(model, pairs[0][0], diameter="native") if isinstance(i, PlaneResult))
     print(f"model {model.name}: diameter {model.diameter:g} px, range {model.object_size.low:.1f}-"
-          f"{model.object_size.high:.1f} px; {len(pairs)} DSB2018 val fluorescence images")
+          f"{model.object_size.high:.1f} px; {len(pairs)} DSB2018 val "
+          f"{'fluorescence' if args.kind == 'grey_dark' else 'stained-tissue (colour)'} images")
     print(f"{'factor':>6} | {'fixed AP':>8} {'s/img':>6} | {'auto AP':>8} {'s/img':>6} | {'est/true':>8}")
     rows = [(f"{f:g}", lambda _labels, f=f: f) for f in args.factors]
     rows += [(f"{d:g} px", lambda labels, d=d: d / median_diameter(labels)) for d in args.diameters]

@@ -234,6 +234,52 @@ def test_diameter_search_converges_and_falls_back():
     assert empty.diameter is None and empty.final_scale == 1.0 and "no object found" in empty.note
 
 
+def test_without_agreement_the_network_surest_of_its_objects_measures_stained_tissue():
+    """On a stained-tissue image (``by_certainty``), of levels that do not agree the one where the
+    network is clearly surest of its objects (lowest foreground entropy, by more than
+    CERTAINTY_MARGIN) measures them, not the finest within the model's range, which held pieces of
+    the large nuclei; on other images (bright-field nuclei were surest merged into clumps) and within
+    the margin, the size rules stand."""
+    from napari_unet.core.scale import CERTAINTY_MARGIN
+
+    model_17 = ObjectSize(17, 15, 19)
+
+    def run(by_certainty: bool, uncertainties: list[float]) -> float | None:
+        search = DiameterSearch(model_17, smallest_side=1024, by_certainty=by_certainty)
+        # 120 px nuclei: pieces of 18 px at scale 1, 39 px at 1/2, 74 px at 1/4, 113 px at 1/8 (14 px there)
+        for radius, u in zip((9, 10, 9, 7), uncertainties):
+            search.found(discs(radius), search.next_scale(), uncertainty=u)
+        assert search.next_scale() is None
+        return search.diameter
+
+    surest_coarse = [0.85, 0.75, 0.70, 0.66]
+    assert run(False, surest_coarse) == pytest.approx(18, rel=0.1)  # the finest level within the range
+    assert run(True, surest_coarse) == pytest.approx(112, rel=0.1)
+    close = [0.70, 0.75, 0.72, 0.70 - CERTAINTY_MARGIN / 2]
+    assert run(True, close) == pytest.approx(18, rel=0.1)
+
+
+def test_stained_tissue_enlarged_is_measured_whole(data_dir):
+    """A DSB2018 val colour image of large nuclei (60 px) enlarged 2x: the size rules took the 18 px
+    pieces the model cut the 120 px nuclei into (AP@0.5 0.02); the level the network was surest of
+    measures them (AP@0.5 over 0.3)."""
+    from skimage.io import imread
+    from skimage.transform import rescale, resize
+
+    from napari_unet.core.metrics import average_precision
+    from napari_unet.core.predict import PlaneResult, iter_planes
+    from napari_unet.core.scale import median_diameter
+
+    name = "13f2bec0a24c70345372febb14c4352877b1b6c1b01896246048e83c345c0914.png"
+    image = imread(data_dir / "dsb2018" / "images" / name)[..., :3]
+    truth = imread(data_dir / "dsb2018" / "labels" / name)
+    big = rescale(image.astype(np.float32), 2, channel_axis=2, order=3, preserve_range=True).clip(0, 255).astype(np.uint8)
+    labels = resize(truth, big.shape[:2], order=0, preserve_range=True, anti_aliasing=False).astype(np.int32)
+    result = next(r for r in iter_planes(load_model("nuclei", device="cpu"), big) if isinstance(r, PlaneResult))
+    assert result.diameter == pytest.approx(median_diameter(labels), rel=0.25)
+    assert average_precision(labels, result.labels) > 0.3
+
+
 def test_diameter_search_looks_finer_for_tiny_objects():
     """Objects far smaller than the model's (4-5 px nuclei of a 10x objective, for a 14 px model) are
     lost to the minimum size at the image's own scale, or merge: enlarged passes (2x, then 4x) find

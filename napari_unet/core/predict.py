@@ -797,6 +797,19 @@ def postprocessing_kind(model: SegmentationModel, plane: np.ndarray) -> str | No
     return kind if kind in kinds else None
 
 
+def _stained_tissue(plane: np.ndarray) -> bool:
+    """Whether ``plane`` (as the network gets it) is a stained-tissue colour image (see
+    :data:`~napari_unet.core.scale.CERTAINTY_MARGIN`)."""
+    if np.ndim(plane) != 3:
+        return False
+    from .modality import image_modality
+
+    try:
+        return image_modality(plane).kind == "colour"
+    except ValueError:  # (not a plane the kinds are told on)
+        return False
+
+
 class _PlaneRunner:
     """Runs planes through the engine at a scale, counting tiles over all planes for progress
     (the count changes with the scale and if running out of memory forces smaller tiles)."""
@@ -1024,10 +1037,11 @@ class _Sizing:
     ) -> Generator[Progress, None, np.ndarray | None]:
         """Passes over ``plane`` (or its centre) until the diameter is known; returns the
         probabilities of the final pass when it covered the whole plane (else None)."""
-        from .scale import ESTIMATE_CROP, pixel_correlation, resize_image, structured_crop
+        from .scale import ESTIMATE_CROP, foreground_uncertainty, pixel_correlation, resize_image, structured_crop
 
         search, self.search = self.search, None
         search.smallest_side = min(plane.shape[:2])
+        search.by_certainty = _stained_tissue(plane)
         if search.prior is None:  # whether enlarged passes may look for tiny objects (not noise)
             search.correlation = lambda: pixel_correlation(structured_crop(plane, ESTIMATE_CROP))  # (rarely needed)
         kept: dict[float, np.ndarray] = {}
@@ -1044,7 +1058,7 @@ class _Sizing:
             # general post-processing or the values given: a kind's own setting is for the labels only
             found = probabilities_to_labels(probs, threshold, min_size, model.representation, min_seed=min_seed)
             search.found(found, scale, specks=lambda probs=probs: probabilities_to_labels(
-                probs, threshold, 0, model.representation, min_seed=0))
+                probs, threshold, 0, model.representation, min_seed=0), uncertainty=foreground_uncertainty(probs))
             if crop.shape[:2] == plane.shape[:2]:
                 kept[scale] = probs
         first_found = self.best is None
