@@ -268,7 +268,7 @@ def _haematoxylin_covered(labels: np.ndarray, rgb: np.ndarray) -> float:
 
 def test_immunohistochemistry_is_segmented_without_its_dab(model, ihc, caplog):
     """In the mean of the colours the brown DAB (a protein in the cells' membranes and cytoplasm) is as
-    dark as the nuclei: `nuclei` outlined the stained cells and missed the blue nuclei, covering 45% of
+    dark as the nuclei: `nuclei` outlined the stained cells and missed the blue nuclei, covering 45-54% of
     the most haematoxylin-stained pixels. Without the DAB (colour deconvolution) it covers ~90% of them;
     a warning says so and how to have the mean."""
     from napari_unet.core.channels import WITHOUT_DAB, colour_to_segment
@@ -279,7 +279,7 @@ def test_immunohistochemistry_is_segmented_without_its_dab(model, ihc, caplog):
     assert sum("DAB" in r.getMessage() for r in caplog.records) == 1
     mean = segment(model, ihc, colour="mean")
     assert _haematoxylin_covered(auto, ihc) > 0.8
-    assert _haematoxylin_covered(mean, ihc) < 0.6
+    assert _haematoxylin_covered(auto, ihc) > _haematoxylin_covered(mean, ihc) + 0.25
     np.testing.assert_array_equal(auto, segment(model, ihc, colour="without DAB"))
     # the dtype's range does not matter: the background (the light) is measured on the image
     as16 = (ihc.astype(np.uint16) * 200)
