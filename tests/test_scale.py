@@ -237,26 +237,40 @@ def test_diameter_search_converges_and_falls_back():
 def test_without_agreement_the_network_surest_of_its_objects_measures_stained_tissue():
     """On a stained-tissue image (``by_certainty``), of levels that do not agree the one where the
     network is clearly surest of its objects (lowest foreground entropy, by more than
-    CERTAINTY_MARGIN) measures them, not the finest within the model's range, which held pieces of
-    the large nuclei; on other images (bright-field nuclei were surest merged into clumps) and within
-    the margin, the size rules stand."""
+    CERTAINTY_MARGIN) measures them, not the level the size rules choose, when its objects show whole
+    one level finer too; on other images (bright-field nuclei were surest merged into clumps), within
+    the margin, and where the surest level's objects come apart one level finer (clumps of small
+    nuclei: the IHC section at its own size), the size rules stand."""
     from napari_unet.core.scale import CERTAINTY_MARGIN
 
     model_17 = ObjectSize(17, 15, 19)
 
-    def run(by_certainty: bool, uncertainties: list[float]) -> float | None:
-        search = DiameterSearch(model_17, smallest_side=1024, by_certainty=by_certainty)
-        # 120 px nuclei: pieces of 18 px at scale 1, 39 px at 1/2, 74 px at 1/4, 113 px at 1/8 (14 px there)
-        for radius, u in zip((9, 10, 9, 7), uncertainties):
-            search.found(discs(radius), search.next_scale(), uncertainty=u)
+    def run(by_certainty: bool, levels: list[np.ndarray], uncertainties: list[float]) -> float | None:
+        search = DiameterSearch(model_17, smallest_side=256, by_certainty=by_certainty)  # (1/8 is too small)
+        for labels, u in zip(levels, uncertainties):
+            search.found(labels, search.next_scale(), uncertainty=u)
         assert search.next_scale() is None
         return search.diameter
 
-    surest_coarse = [0.85, 0.75, 0.70, 0.66]
-    assert run(False, surest_coarse) == pytest.approx(18, rel=0.1)  # the finest level within the range
-    assert run(True, surest_coarse) == pytest.approx(112, rel=0.1)
-    close = [0.70, 0.75, 0.72, 0.70 - CERTAINTY_MARGIN / 2]
-    assert run(True, close) == pytest.approx(18, rel=0.1)
+    # three levels that do not agree: the rules take 1/2's objects, the network is surest at scale 1
+    # (the finest level: nothing finer to find its objects again)
+    levels = [discs(18, 256), discs(4, 128), discs(15, 64)]  # 36 px (above the range), "16 px", "120 px"
+    surest_at_1 = [0.60, 0.75, 0.72]
+    assert run(False, levels, surest_at_1) == pytest.approx(16, rel=0.1)  # the finest level within the range
+    assert run(True, levels, surest_at_1) == pytest.approx(36, rel=0.1)
+    assert run(True, levels, [0.75 - CERTAINTY_MARGIN / 2, 0.75, 0.72]) == pytest.approx(16, rel=0.1)
+
+    # the network surest at 1/4, whose objects are found again one to one at 1/2 (among pieces there):
+    # large objects found whole, they measure
+    pieces = discs(12, 128)  # three objects of 24 px at 1/2 ...
+    for c in range(8, 120, 12):  # ... among pieces of 6 px
+        pieces[(np.mgrid[:128, :128][0] - 20) ** 2 + (np.mgrid[:128, :128][1] - c) ** 2 <= 9] = pieces.max() + 1
+    whole = [discs(18, 256), pieces, discs(6, 64)]  # 36 px (above the range), "12 px", "48 px"
+    assert run(False, whole, [0.80, 0.75, 0.60]) == pytest.approx(12, rel=0.1)
+    assert run(True, whole, [0.80, 0.75, 0.60]) == pytest.approx(48, rel=0.1)
+    # ... but where none of them is found again one level finer, they are clumps: the rules stand
+    clumps = [discs(9, 512), discs(12, 256), discs(10, 128)]  # 18 px, "48 px", "80 px" (3 of them)
+    assert run(True, clumps, [0.80, 0.78, 0.60]) == pytest.approx(18, rel=0.1)
 
 
 def test_stained_tissue_enlarged_is_measured_whole(data_dir):

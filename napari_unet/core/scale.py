@@ -120,14 +120,17 @@ def object_diameters(labels: np.ndarray) -> np.ndarray:
 
 #: Of pyramid levels that do not agree, on a stained-tissue colour image, the level where the network
 #: is surest of its objects (lowest :func:`foreground_uncertainty`, by more than this many nats than
-#: the level the rules of :meth:`DiameterSearch._without_agreement` choose) measures the objects. On
-#: DSB2018 colour images enlarged 2x and 3x (nuclei of 25-180 px) the finest level within the model's
-#: range held pieces of the large nuclei (120 px measured 18 px): val AP@0.5 0.553 -> 0.674 and
-#: 0.545 -> 0.672 (train, 2x: 0.653 -> 0.685), their own size and half unchanged (0.695, 0.558). The
-#: certainty finds the level within a factor 1.5 of the right one on 22 of 24 such images, and a margin
-#: of noise (a half-size image, 0.004 nats) changed one for the worse. Not on grey images: bright-field
-#: nuclei at half size were surest merged into clumps (AP@0.5 0.241 -> 0.006); fluorescence, phase
-#: contrast and DIC did not change (benchmarks/RESULTS.md, "Stained tissue at other magnifications").
+#: the level the rules of :meth:`DiameterSearch._without_agreement` choose) measures the objects, when
+#: a third of them are found again one to one a level finer (:meth:`DiameterSearch._whole_at_finer`).
+#: On DSB2018 colour images enlarged 2x and 3x (nuclei of 25-180 px) the finest level within the
+#: model's range held pieces of the large nuclei (120 px measured 18 px): val AP@0.5 (bench_scale.py
+#: --kind color) 0.543 -> 0.650 and 0.483 -> 0.638, their own size and half unchanged. The certainty
+#: finds the level within a factor 1.5 of the right one on 22 of 24 such images; a margin of noise (a
+#: half-size image, 0.004 nats) changed one for the worse. Not on grey images: bright-field nuclei at
+#: half size were surest merged into clumps (AP@0.5 0.241 -> 0.006), as were the 10-20 px nuclei of
+#: scikit-image's IHC section at its own size (6 "113 px" clumps at 1/8, only one of them found again
+#: at 1/4: hence the check); fluorescence, phase contrast and DIC did not change
+#: (benchmarks/RESULTS.md, "Stained tissue at other magnifications").
 CERTAINTY_MARGIN = 0.05
 
 
@@ -472,7 +475,9 @@ class DiameterSearch:
     else the coarsest level that found objects; but when the objects of the next level looked within
     the range too, that level stands if the objects found one to one at both levels measure nearer
     its size (:meth:`_whole_at_coarser`: large nuclei found whole at both, among fragments of others
-    at the finer level; not small nuclei found at both among clumps at the coarser). The pyramid
+    at the finer level; not small nuclei found at both among clumps at the coarser). On a stained-tissue
+    colour image (``by_certainty``), the level the network is clearly surest of stands instead, when its
+    objects are found again one level finer (:data:`CERTAINTY_MARGIN`). The pyramid
     goes no coarser than a level whose objects looked smaller than ``size.low`` when those of the
     level before were within the model's range: the objects shrank with the image, and below that
     they only merge into clumps,
@@ -648,9 +653,22 @@ class DiameterSearch:
             sure = [p for p in found if self._counts[p[0]] >= MIN_OBJECTS and p[0] in self._uncertainty]
             if sure:
                 surest = min(sure, key=lambda p: self._uncertainty[p[0]])
-                if self._uncertainty[surest[0]] < self._uncertainty[chosen[0]] - CERTAINTY_MARGIN:
+                if self._uncertainty[surest[0]] < self._uncertainty[chosen[0]] - CERTAINTY_MARGIN \
+                        and self._whole_at_finer(surest):
                     return surest[1]
         return chosen[1]
+
+    def _whole_at_finer(self, level: tuple[float, float]) -> bool:
+        """Whether at least a third of the objects of ``level`` are found one to one at the next finer
+        level (:func:`matched_diameter`): large nuclei found whole at a coarse level show whole one
+        level finer too, where clumps of small nuclei merged at it come apart (scikit-image's IHC
+        section at its own size, 10-20 px nuclei: 1 of its 6 "113 px" objects at scale 1/8, which
+        the network was surest of; the finest level passes)."""
+        finer = [p for p in self.passes if p[0] == level[0] * 2 and p[1] is not None]
+        if not finer:
+            return level[0] == self.passes[0][0]
+        count, _diameter = matched_diameter(self._labels[finer[0][0]], self._labels[level[0]], 2.0)
+        return count * 3 >= self._counts[level[0]]
 
     def _by_rules(self, found: list[tuple[float, float]]) -> tuple[float, float]:
         """The level (scale, estimate) of :meth:`_without_agreement` chosen by the objects' sizes."""
