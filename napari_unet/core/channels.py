@@ -147,25 +147,27 @@ def _densities(rgb: np.ndarray, white: np.ndarray) -> np.ndarray:
     return -np.log(np.clip(np.asarray(rgb)[..., :3].astype(np.float32) / white, MIN_TRANSMISSION, 1.0))
 
 
-def stain_densities(rgb: np.ndarray, white: np.ndarray | None = None) -> np.ndarray:
-    """(H, W, 3) float32 optical densities of haematoxylin, eosin and DAB of a bright-field RGB plane
-    (Ruifrok and Johnston's colour deconvolution, scikit-image's ``hed_from_rgb``), negatives as 0."""
+def _stains(density: np.ndarray) -> np.ndarray:
+    """Colours' optical densities (:func:`_densities`) -> haematoxylin, eosin and DAB's (Ruifrok and
+    Johnston's colour deconvolution, scikit-image's ``hed_from_rgb``), negatives as 0."""
     from skimage.color import hed_from_rgb
 
-    white = _white(rgb) if white is None else white
-    return np.maximum(_densities(rgb, white) @ hed_from_rgb.astype(np.float32), 0.0)
+    return np.maximum(density @ hed_from_rgb.astype(np.float32), 0.0)
+
+
+def stain_densities(rgb: np.ndarray, white: np.ndarray | None = None) -> np.ndarray:
+    """(H, W, 3) float32 optical densities of haematoxylin, eosin and DAB of a bright-field RGB plane
+    (:func:`_stains`; ``white``: the background's level, default measured on ``rgb``)."""
+    return _stains(_densities(rgb, _white(rgb) if white is None else white))
 
 
 def _stained_sample(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Of ``rgb``'s sample (:func:`~napari_unet.core.modality.sample_plane`): its stains, where light
     came through (not :data:`BLACK_DENSITY`) and the background's level of each colour."""
-    from skimage.color import hed_from_rgb
-
     sample = sample_plane(np.asarray(rgb))[..., :3]
     white = _white(sample)
     density = _densities(sample, white)
-    stains = np.maximum(density @ hed_from_rgb.astype(np.float32), 0.0)
-    return stains, density.sum(-1) < BLACK_DENSITY, white
+    return _stains(density), density.sum(-1) < BLACK_DENSITY, white
 
 
 def dab_share(rgb: np.ndarray) -> float:

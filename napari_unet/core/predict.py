@@ -662,9 +662,10 @@ def iter_planes(
             if blank == "no data":  # said when it was read: no news that the filled plane is constant
                 runner.engine._said_constant = True
             sized_here = sizing.search is not None and blank is None
+            plane_kind = _PlaneKind(plane)  # (asked by both below: told once)
             if sized_here:  # the first plane tells the object size ...
-                probs = yield from sizing.estimate(runner, plane, k, *search_setting, index=idx)
-            if k == 0 and by_kind and (kind := postprocessing_kind(model, plane)) is not None:  # ... and the kind
+                probs = yield from sizing.estimate(runner, plane, k, *search_setting, index=idx, kind=plane_kind)
+            if k == 0 and by_kind and (kind := postprocessing_kind(model, plane, plane_kind)) is not None:  # ... and the kind
                 threshold, min_size = _check_args(*model.resolve_postprocessing(*given, kind))
                 min_seed = model.min_seed_for(kind)
             if probs is None:
@@ -780,34 +781,44 @@ def auto_colour(model: SegmentationModel, plane: np.ndarray) -> int | str | None
     return colour
 
 
-def postprocessing_kind(model: SegmentationModel, plane: np.ndarray) -> str | None:
+def postprocessing_kind(model: SegmentationModel, plane: np.ndarray,
+                        kind: _PlaneKind | None = None) -> str | None:
     """The kind of image (:func:`~napari_unet.core.modality.image_modality`) of ``plane`` when
     ``model`` has a post-processing of its own for it, else None (the general one applies).
     Only models with such settings look at the plane (tens of milliseconds), and only when it can
-    be of one of their kinds."""
+    be of one of their kinds (``kind``: the plane's :class:`_PlaneKind`, when one is kept)."""
     kinds = model.postprocessing_by_kind
     if not kinds or (np.ndim(plane) == 2 and set(kinds) <= {"colour"}):
         return None  # (a grey plane is never a colour image: no need to look)
-    from .modality import image_modality
-
-    try:
-        kind = image_modality(plane).kind
-    except ValueError:  # not a plane the kinds are told on (e.g. several channels): the general one
-        return None
-    return kind if kind in kinds else None
+    told = (kind or _PlaneKind(plane))()
+    return told if told in kinds else None
 
 
-def _stained_tissue(plane: np.ndarray) -> bool:
+class _PlaneKind:
+    """The kind of one plane (:func:`~napari_unet.core.modality.image_modality`; None where the kinds are
+    not told, e.g. several channels), told on the first call only: the diameter estimate (stained tissue?)
+    and the post-processing kind both ask for it, 140-170 ms each on a colour plane."""
+
+    def __init__(self, plane: np.ndarray) -> None:
+        self.plane: np.ndarray | None = plane
+        self.kind: str | None = None
+
+    def __call__(self) -> str | None:
+        if self.plane is not None:
+            from .modality import image_modality
+
+            try:
+                self.kind = image_modality(self.plane).kind
+            except ValueError:  # not a plane the kinds are told on: the general post-processing
+                self.kind = None
+            self.plane = None  # (told: the plane is not held for it)
+        return self.kind
+
+
+def _stained_tissue(plane: np.ndarray, kind: _PlaneKind | None = None) -> bool:
     """Whether ``plane`` (as the network gets it) is a stained-tissue colour image (see
-    :data:`~napari_unet.core.scale.CERTAINTY_MARGIN`)."""
-    if np.ndim(plane) != 3:
-        return False
-    from .modality import image_modality
-
-    try:
-        return image_modality(plane).kind == "colour"
-    except ValueError:  # (not a plane the kinds are told on)
-        return False
+    :data:`~napari_unet.core.scale.CERTAINTY_MARGIN`; ``kind``: its :class:`_PlaneKind`, when one is kept)."""
+    return np.ndim(plane) == 3 and (kind or _PlaneKind(plane))() == "colour"
 
 
 class _PlaneRunner:
@@ -1033,15 +1044,16 @@ class _Sizing:
 
     def estimate(
         self, runner: _PlaneRunner, plane: np.ndarray, k: int, threshold: float, min_size: int, min_seed: int,
-        index: tuple[int, ...] = (),
+        index: tuple[int, ...] = (), kind: _PlaneKind | None = None,
     ) -> Generator[Progress, None, np.ndarray | None]:
         """Passes over ``plane`` (or its centre) until the diameter is known; returns the
-        probabilities of the final pass when it covered the whole plane (else None)."""
+        probabilities of the final pass when it covered the whole plane (else None). ``kind``: the
+        plane's :class:`_PlaneKind`, when one is kept."""
         from .scale import ESTIMATE_CROP, foreground_uncertainty, pixel_correlation, resize_image, structured_crop
 
         search, self.search = self.search, None
         search.smallest_side = min(plane.shape[:2])
-        search.by_certainty = _stained_tissue(plane)
+        search.by_certainty = _stained_tissue(plane, kind)
         if search.prior is None:  # whether enlarged passes may look for tiny objects (not noise)
             search.correlation = lambda: pixel_correlation(structured_crop(plane, ESTIMATE_CROP))  # (rarely needed)
         kept: dict[float, np.ndarray] = {}
