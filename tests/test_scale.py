@@ -935,3 +935,54 @@ def test_the_estimate_looks_where_the_objects_are(dsb_val_fluo):
     assert y0 < h // 4 and x0 < w // 4, (y0, x0)  # (the centre's window starts at y h / 2, x 1.5 w)
     tiled = np.tile(image, (2, 4)).astype(np.float32)
     np.testing.assert_array_equal(structured_crop(tiled, max(h, w)), central_crop(tiled, max(h, w)))
+
+
+def test_field_of_view_is_sized_with_its_surroundings(dsb_val_fluo):
+    """A zoomed-in field of view of a few large nuclei (DSB2018 val, 100 px nuclei enlarged 2x; a view of
+    216 px, two or three nuclei, most cut by its edge) was sized from itself: 16 px, the nuclei cut into
+    pieces (AP@0.5 0.12). The estimate's shrunk passes look around the view, and the view's edge cuts
+    no object that measures the size again: as the whole slice."""
+    from skimage.transform import rescale
+
+    from napari_unet.core.metrics import average_precision
+    from napari_unet.core.predict import PlaneResult, iter_planes
+
+    image, truth = dsb_val_fluo[1]
+    image = rescale(image.astype(np.float32), 2, order=3, preserve_range=True, anti_aliasing=False)
+    truth = np.kron(truth, np.ones((2, 2), truth.dtype))
+    h, w = truth.shape
+    view = (slice(h * 35 // 100, h * 65 // 100), slice(w * 35 // 100, w * 65 // 100))
+    result = next(r for r in iter_planes(load_model("nuclei", device="cpu"), image, region=view, context=32)
+                  if isinstance(r, PlaneResult))
+    assert result.diameter == pytest.approx(median_diameter(truth), rel=0.2)
+    assert result.labels.shape == truth[view].shape
+    assert average_precision(truth[view], result.labels) > 0.5
+
+
+def test_estimate_windows_of_a_view():
+    from napari_unet.core.predict import uncut
+    from napari_unet.core.scale import ESTIMATE_CROP, ESTIMATE_MIN_SIDE, estimate_window, surroundings
+
+    # a view of 200 px in a 3000 x 900 plane: looked around up to 4 x 512 px, within the plane
+    around = surroundings((slice(1000, 1200), slice(50, 250)), (3000, 900))
+    assert around == (slice(76, 2124), slice(0, 900))
+    plane = np.zeros((2048, 900), np.float32)
+    view = (slice(924, 1124), slice(50, 250))  # (the view in those surroundings)
+    rows, cols = estimate_window(plane, 1.0, view)  # scale 1: at least 512 px a side
+    assert (rows.stop - rows.start, cols.stop - cols.start) == (ESTIMATE_MIN_SIDE, ESTIMATE_MIN_SIDE)
+    assert rows.start <= 924 and rows.stop >= 1124 and cols.start == 0
+    rows, cols = estimate_window(plane, 0.5, view)  # half scale: twice that, clipped to the plane
+    assert (rows.stop - rows.start, cols.stop - cols.start) == (2 * ESTIMATE_MIN_SIDE, 900)
+    rows, cols = estimate_window(plane, 2.0, view)  # enlarged: within the view
+    assert (rows, cols) == view
+    # a view larger than the crop: its centre, as a whole plane's
+    big = np.zeros((3000, 3000), np.float32)
+    rows, cols = estimate_window(big, 1.0, (slice(0, 3000), slice(0, 3000)))
+    assert rows.stop - rows.start == ESTIMATE_CROP == cols.stop - cols.start
+
+    # the objects a view's edges cut (not the plane's) are left out of the size measured again
+    labels = np.zeros((10, 10), np.int32)
+    labels[0:3, 4:6], labels[4:6, 4:6], labels[7:10, 0:2] = 1, 2, 3
+    kept = uncut(labels, (slice(0, 10), slice(20, 30)), (50, 50))  # the plane's top edge, the view's left
+    assert set(np.unique(kept)) == {0, 1, 2}
+    assert uncut(labels, (slice(0, 10), slice(0, 10)), (10, 10)) is labels  # the whole plane: all of them

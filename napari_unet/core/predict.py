@@ -56,7 +56,7 @@ from .preprocess import (
     is_constant,
     without_camera_artefacts,
 )
-from .scale import MIN_OBJECTS, min_size_at
+from .scale import MIN_OBJECTS, min_size_at, surroundings
 from .stack import MAX_STACK_AXES, StackLayout, Window, read_filled_plane, stack_layout  # noqa: F401  (MAX_STACK_AXES: re-exported)
 from .tiling import TilePlan, choose_tile_and_batch, mirror_pad, plan_tiles
 
@@ -663,8 +663,16 @@ def iter_planes(
                 runner.engine._said_constant = True
             sized_here = sizing.search is not None and blank is None
             plane_kind = _PlaneKind(plane)  # (asked by both below: told once)
-            if sized_here:  # the first plane tells the object size ...
-                probs = yield from sizing.estimate(runner, plane, k, *search_setting, index=idx, kind=plane_kind)
+            if sized_here:  # the first plane tells the object size (a part of it: looked around too) ...
+                around = surroundings(window, layout.plane_shape)
+                if around == window:
+                    probs = yield from sizing.estimate(runner, plane, k, *search_setting, index=idx, kind=plane_kind)
+                else:  # (read as the window was, without its notes: the window's say what it holds)
+                    wider = read_filled_plane(image, idx, around)[0]
+                    wider = without_camera_artefacts(wider if colour is None else colour_plane(wider, colour))
+                    probs = yield from sizing.estimate(
+                        runner, wider, k, *search_setting, index=idx, kind=plane_kind,
+                        view=tuple(slice(w.start - a.start, w.stop - a.start) for w, a in zip(window, around, strict=True)))
             if k == 0 and by_kind and (kind := postprocessing_kind(model, plane, plane_kind)) is not None:  # ... and the kind
                 threshold, min_size = _check_args(*model.resolve_postprocessing(*given, kind))
                 min_seed = model.min_seed_for(kind)
@@ -687,7 +695,7 @@ def iter_planes(
             # (a kind's own setting is for the labels only); not the planes of a z-stack, which cut every
             # object at all heights: their cross-sections measure smaller than the objects
             if sized_here and sizing.check_pending and not to_model_diameter:
-                if sizing.check(labels_of(probs, search_setting)):
+                if sizing.check(uncut(labels_of(probs, search_setting), region, layout.plane_shape)):
                     probs = _background_where((yield from runner.at_scale(plane, sizing.scale, k)), missing)
                     plane_labels = labels_of(probs) if labels else None
             # a few objects far brighter than the others set the plane's brightness range: again without them
@@ -1044,35 +1052,47 @@ class _Sizing:
 
     def estimate(
         self, runner: _PlaneRunner, plane: np.ndarray, k: int, threshold: float, min_size: int, min_seed: int,
-        index: tuple[int, ...] = (), kind: _PlaneKind | None = None,
+        index: tuple[int, ...] = (), kind: _PlaneKind | None = None, view: Window | None = None,
     ) -> Generator[Progress, None, np.ndarray | None]:
-        """Passes over ``plane`` (or its centre) until the diameter is known; returns the
+        """Passes over ``plane`` (or parts of it) until the diameter is known; returns the
         probabilities of the final pass when it covered the whole plane (else None). ``kind``: the
-        plane's :class:`_PlaneKind`, when one is kept."""
-        from .scale import ESTIMATE_CROP, foreground_uncertainty, pixel_correlation, resize_image, structured_crop
+        plane's :class:`_PlaneKind`, when one is kept. ``view``: the part of ``plane`` to be segmented
+        (``plane`` is its :func:`~napari_unet.core.scale.surroundings`): the probabilities returned
+        are the view's, and the shrunk passes look around it (see
+        :func:`~napari_unet.core.scale.estimate_window`)."""
+        from .scale import (
+            ESTIMATE_CROP,
+            estimate_window,
+            foreground_uncertainty,
+            pixel_correlation,
+            resize_image,
+            structured_crop,
+        )
 
         search, self.search = self.search, None
         search.smallest_side = min(plane.shape[:2])
         search.by_certainty = _stained_tissue(plane, kind)
         if search.prior is None:  # whether enlarged passes may look for tiny objects (not noise)
             search.correlation = lambda: pixel_correlation(structured_crop(plane, ESTIMATE_CROP))  # (rarely needed)
-        kept: dict[float, np.ndarray] = {}
+        kept: dict[float, tuple[np.ndarray, Window]] = {}
         model = runner.engine.model
+        view = view or _whole(plane)
         while (scale := search.next_scale()) is not None:
             # the part of the plane (its centre, unless its objects are elsewhere) that is at most
             # ESTIMATE_CROP a side once rescaled: a shrunk pass
             # sees a larger part (a crop taken first left the coarse passes, which measure large
             # objects, a few objects mostly cut by the crop's edge: SIM+ nuclei enlarged 3x were
             # measured at 11 px for 144), an enlarged one a smaller part (a 4x pass is no 4096 px)
-            crop = structured_crop(plane, int(np.ceil(ESTIMATE_CROP / scale)))
+            where = estimate_window(plane, scale, view if view != _whole(plane) else None)
+            crop = plane[where]
             probs = yield from runner._run(resize_image(crop, scale), k)
             # the passes' objects are made as the final ones are (at the model's scale here), with the
             # general post-processing or the values given: a kind's own setting is for the labels only
             found = probabilities_to_labels(probs, threshold, min_size, model.representation, min_seed=min_seed)
             search.found(found, scale, specks=lambda probs=probs: probabilities_to_labels(
                 probs, threshold, 0, model.representation, min_seed=0), uncertainty=foreground_uncertainty(probs))
-            if crop.shape[:2] == plane.shape[:2]:
-                kept[scale] = probs
+            if all(w.start <= v.start and v.stop <= w.stop for w, v in zip(where, view, strict=True)):
+                kept[scale] = probs, where
         first_found = self.best is None
         if search.diameter is not None and (self.best is None or search.count > self.best.count):
             self.best = _Estimate(search.count, search.diameter, search.final_scale, search.note, index, k)
@@ -1108,11 +1128,30 @@ class _Sizing:
             self.best = None
         if self.note:
             log.warning("Object diameter: %s.", self.note)
-        if self.scale in kept:
+        if self.scale in kept:  # the final pass covered the view: its probabilities there
             from .scale import resize_probabilities
 
-            return resize_probabilities(kept[self.scale], plane.shape[:2])
+            probs, where = kept[self.scale]
+            probs = resize_probabilities(probs, plane[where].shape[:2])
+            return probs[(slice(None), *(slice(v.start - w.start, v.stop - w.start)
+                                         for v, w in zip(view, where, strict=True)))]
         return None
+
+
+def uncut(labels: np.ndarray, region: Window, plane_shape: tuple[int, int]) -> np.ndarray:
+    """``labels`` of ``region`` (concrete bounds) of a plane without the objects that its sides inside
+    the plane cut (a field of view's edge cuts objects smaller: they are no measure of their size)."""
+    (y0, y1), (x0, x1) = ((sl.start, sl.stop) for sl in region)
+    (h, w) = plane_shape
+    sides = [labels[0] if y0 > 0 else None, labels[-1] if y1 < h else None,
+             labels[:, 0] if x0 > 0 else None, labels[:, -1] if x1 < w else None]
+    cut = np.unique(np.concatenate([side for side in sides if side is not None] or [np.zeros(1, labels.dtype)]))
+    cut = cut[cut != 0]
+    return np.where(np.isin(labels, cut), 0, labels) if cut.size else labels
+
+
+def _whole(plane: np.ndarray) -> Window:
+    return slice(0, plane.shape[0]), slice(0, plane.shape[1])
 
 
 def iter_rethreshold(
