@@ -986,3 +986,21 @@ def test_estimate_windows_of_a_view():
     kept = uncut(labels, (slice(0, 10), slice(20, 30)), (50, 50))  # the plane's top edge, the view's left
     assert set(np.unique(kept)) == {0, 1, 2}
     assert uncut(labels, (slice(0, 10), slice(0, 10)), (10, 10)) is labels  # the whole plane: all of them
+
+
+def test_field_of_view_is_told_with_its_surroundings(data_dir):
+    """A view of 76 x 96 px in a corner of a stained section (DSB2018 val, CC0) was taken for merged
+    fluorescence channels (its blue one segmented): told with its surroundings, it is what the
+    whole slice is, and sized as it is."""
+    from skimage.io import imread
+
+    from napari_unet.core.predict import PlaneResult, iter_planes
+
+    name = "f4b7c24baf69b8752c49d0eb5db4b7b5e1524945d48e54925bff401d5658045d.png"
+    image = imread(data_dir / "dsb2018" / "images" / name)[..., :3]
+    model = load_model("nuclei", device="cpu")
+    whole, view = (next(r for r in iter_planes(model, image, region=region, context=32) if isinstance(r, PlaneResult))
+                   for region in (None, (slice(166, 242), slice(208, 304))))
+    assert view.labels.shape == (76, 96)
+    assert (view.colour, view.kind) == (whole.colour, whole.kind) == (None, "colour")
+    assert view.diameter == pytest.approx(whole.diameter, rel=0.05)

@@ -647,13 +647,21 @@ def iter_planes(
                             run_shape=tuple(sl.stop - sl.start for sl in window))
     sizing.retries = min(sizing.retries, max(len(planes) - 1, 0))  # only planes that follow
     unsized: list[tuple[int, tuple[int, ...]]] = []  # planes segmented while no plane had told the size
+    # a part of a plane (a field of view) is told what it is and sized with its surroundings: a view of
+    # a few objects is a small sample of them (the kind of a view of large bright nuclei, the colours of
+    # one of a stained section's background)
+    around = surroundings(window, layout.plane_shape)
     with _eval_mode(runner.engine.net):
         for k, idx in enumerate(planes):
-            first = None
+            first = wider = None
+            if around != window and (k == 0 or sizing.search is not None):
+                wider = read_filled_plane(image, idx, around)[0]  # (without notes: the window's say what it holds)
             if k == 0 and colour == "auto":
                 first = load(idx)  # its own message for infinite values, before the colours are measured
-                colour = auto_colour(model, first[0])
+                colour = auto_colour(model, first[0] if wider is None else wider)
             plane, noise, missing = read(idx, first)
+            if wider is not None:
+                wider = without_camera_artefacts(wider if colour is None else colour_plane(wider, colour))
             probs = None
             # a blank plane (one value, camera noise alone, no data) tells no size and takes none of the
             # planes the size may be looked for on (a time-lapse whose first frames are dark)
@@ -662,14 +670,11 @@ def iter_planes(
             if blank == "no data":  # said when it was read: no news that the filled plane is constant
                 runner.engine._said_constant = True
             sized_here = sizing.search is not None and blank is None
-            plane_kind = _PlaneKind(plane)  # (asked by both below: told once)
-            if sized_here:  # the first plane tells the object size (a part of it: looked around too) ...
-                around = surroundings(window, layout.plane_shape)
-                if around == window:
+            plane_kind = _PlaneKind(plane if wider is None else wider)  # (asked by both below: told once)
+            if sized_here:  # the first plane tells the object size ...
+                if wider is None:
                     probs = yield from sizing.estimate(runner, plane, k, *search_setting, index=idx, kind=plane_kind)
-                else:  # (read as the window was, without its notes: the window's say what it holds)
-                    wider = read_filled_plane(image, idx, around)[0]
-                    wider = without_camera_artefacts(wider if colour is None else colour_plane(wider, colour))
+                else:
                     probs = yield from sizing.estimate(
                         runner, wider, k, *search_setting, index=idx, kind=plane_kind,
                         view=tuple(slice(w.start - a.start, w.stop - a.start) for w, a in zip(window, around, strict=True)))
