@@ -1060,10 +1060,10 @@ class _Sizing:
         index: tuple[int, ...] = (), kind: _PlaneKind | None = None, view: Window | None = None,
     ) -> Generator[Progress, None, np.ndarray | None]:
         """Passes over ``plane`` (or parts of it) until the diameter is known; returns the
-        probabilities of the final pass when it covered the whole plane (else None). ``kind``: the
+        probabilities of the final pass when it covered the whole plane, or ``view`` (else None). ``kind``: the
         plane's :class:`_PlaneKind`, when one is kept. ``view``: the part of ``plane`` to be segmented
         (``plane`` is its :func:`~napari_unet.core.scale.surroundings`): the probabilities returned
-        are the view's, and the shrunk passes look around it (see
+        are the view's, and the passes look around it (see
         :func:`~napari_unet.core.scale.estimate_window`)."""
         from .scale import (
             ESTIMATE_CROP,

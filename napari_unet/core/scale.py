@@ -407,9 +407,8 @@ def structured_window(plane: np.ndarray, size: int) -> tuple[slice, slice]:
 
 
 #: The estimate of the object size on a part of a plane (a field of view) also looks around it, up to
-#: this many times its side (clipped to the plane): its shrunk passes, which measure large objects,
-#: see as many pixels as the part, a pass at half scale twice its side (a view of two or three large
-#: nuclei, most cut by its edge, is no sample of their size: DSB2018 val stained-tissue images
+#: this many times its side (clipped to the plane; see :func:`estimate_window`): a view of two or three
+#: large nuclei, most cut by its edge, is no sample of their size (DSB2018 val stained-tissue images
 #: enlarged 2x, views of half their side: 86 and 120 px nuclei measured 42 and 23 px, AP@0.5 0.30 and
 #: 0.00, against 0.58 and 0.38 at the whole slice's estimate).
 ESTIMATE_SURROUND = 4
@@ -439,8 +438,10 @@ def estimate_window(plane: np.ndarray, scale: float, view: tuple[slice, slice] |
     :data:`ESTIMATE_CROP` a side once rescaled, where the objects are (:func:`structured_window`;
     a shrunk pass sees a larger part: a crop taken first left the coarse passes, which measure large
     objects, a few objects mostly cut by the crop's edge). With ``view`` (the part of ``plane`` to be
-    segmented; ``plane`` is its :func:`surroundings`): passes at scale 1 and above run within it, a
-    shrunk one on as many pixels around it (its side / ``scale``; not beyond the crop's size)."""
+    segmented; ``plane`` is its :func:`surroundings`): enlarged passes run within it (where its objects
+    are), the others on the view and around it, :data:`ESTIMATE_MIN_SIDE` / ``scale`` a side or the
+    view's side / ``scale`` if longer (as many pixels through the network at every level; not beyond
+    the crop's size nor the surroundings)."""
     size = int(np.ceil(ESTIMATE_CROP / scale))
     if view is None:
         return structured_window(plane, size)
