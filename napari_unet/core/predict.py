@@ -651,10 +651,11 @@ def iter_planes(
     # a few objects is a small sample of them (the kind of a view of large bright nuclei, the colours of
     # one of a stained section's background)
     around = surroundings(window, layout.plane_shape)
+    told_on_first = colour == "auto" or (by_kind and bool(model.postprocessing_by_kind))
     with _eval_mode(runner.engine.net):
         for k, idx in enumerate(planes):
             first = wider = None
-            if around != window and (k == 0 or sizing.search is not None):
+            if around != window and (sizing.search is not None or (k == 0 and told_on_first)):
                 wider = read_filled_plane(image, idx, around)[0]  # (without notes: the window's say what it holds)
             if k == 0 and colour == "auto":
                 first = load(idx)  # its own message for infinite values, before the colours are measured
