@@ -960,12 +960,14 @@ def test_field_of_view_is_sized_with_its_surroundings(dsb_val_fluo):
 
 
 def test_estimate_windows_of_a_view():
-    from napari_unet.core.predict import uncut
     from napari_unet.core.scale import ESTIMATE_CROP, ESTIMATE_MIN_SIDE, estimate_window, surroundings
 
     # a view of 200 px in a 3000 x 900 plane: looked around up to 4 x 512 px, within the plane
     around = surroundings((slice(1000, 1200), slice(50, 250)), (3000, 900))
     assert around == (slice(76, 2124), slice(0, 900))
+    # a large view: at most 2048 px a side, or its own side (a 2000 px view of an 8000 px plane read it all)
+    assert surroundings((slice(3000, 5000), slice(3000, 5000)), (8000, 8000)) == (slice(2976, 5024),) * 2
+    assert surroundings((slice(1000, 4000), slice(0, 100)), (8000, 8000)) == (slice(1000, 4000), slice(0, 2048))
     plane = np.zeros((2048, 900), np.float32)
     view = (slice(924, 1124), slice(50, 250))  # (the view in those surroundings)
     rows, cols = estimate_window(plane, 1.0, view)  # scale 1: at least 512 px a side
@@ -979,13 +981,6 @@ def test_estimate_windows_of_a_view():
     big = np.zeros((3000, 3000), np.float32)
     rows, cols = estimate_window(big, 1.0, (slice(0, 3000), slice(0, 3000)))
     assert rows.stop - rows.start == ESTIMATE_CROP == cols.stop - cols.start
-
-    # the objects a view's edges cut (not the plane's) are left out of the size measured again
-    labels = np.zeros((10, 10), np.int32)
-    labels[0:3, 4:6], labels[4:6, 4:6], labels[7:10, 0:2] = 1, 2, 3
-    kept = uncut(labels, (slice(0, 10), slice(20, 30)), (50, 50))  # the plane's top edge, the view's left
-    assert set(np.unique(kept)) == {0, 1, 2}
-    assert uncut(labels, (slice(0, 10), slice(0, 10)), (10, 10)) is labels  # the whole plane: all of them
 
 
 def test_field_of_view_is_told_with_its_surroundings(data_dir):
@@ -1004,3 +999,9 @@ def test_field_of_view_is_told_with_its_surroundings(data_dir):
     assert view.labels.shape == (76, 96)
     assert (view.colour, view.kind) == (whole.colour, whole.kind) == (None, "colour")
     assert view.diameter == pytest.approx(whole.diameter, rel=0.05)
+    # an infinite value around the view, not in it: the view is segmented (sized on itself)
+    spoilt = image.astype(np.float32)
+    spoilt[5, 5] = np.inf
+    (alone,) = [r for r in iter_planes(model, spoilt, region=(slice(166, 242), slice(208, 304)), context=32)
+                if isinstance(r, PlaneResult)]
+    assert alone.labels.shape == (76, 96) and alone.diameter > 0

@@ -415,13 +415,18 @@ ESTIMATE_SURROUND = 4
 #: ... and every pass of it sees at least this many pixels a side of the plane (at scale 1; twice that
 #: at 1/2, ...): a view of a few dozen objects is a small sample of their sizes.
 ESTIMATE_MIN_SIDE = 512
+#: ... but the surroundings read are at most this many pixels a side (or the view's side): a large
+#: view holds objects enough, and a view of 2000 px read the whole of an 8000 x 8000 plane.
+ESTIMATE_SURROUND_MAX = 2 * ESTIMATE_CROP
 
 
 def surroundings(window: tuple[slice, slice], plane_shape: tuple[int, int],
                  factor: float = ESTIMATE_SURROUND) -> tuple[slice, slice]:
     """``window`` (concrete bounds) grown about its centre to ``factor`` times its side (or
-    :data:`ESTIMATE_MIN_SIDE`, if longer), shifted to stay inside the plane and clipped to it."""
-    return tuple(_grown(sl, n, int(np.ceil(factor * max(sl.stop - sl.start, ESTIMATE_MIN_SIDE))))
+    :data:`ESTIMATE_MIN_SIDE`, if longer), at most :data:`ESTIMATE_SURROUND_MAX` (or its own side),
+    shifted to stay inside the plane and clipped to it."""
+    return tuple(_grown(sl, n, min(int(np.ceil(factor * max(sl.stop - sl.start, ESTIMATE_MIN_SIDE))),
+                                   max(sl.stop - sl.start, ESTIMATE_SURROUND_MAX)))
                  for sl, n in zip(window, plane_shape, strict=True))
 
 
