@@ -651,10 +651,8 @@ def iter_planes(
     # a few objects is a small sample of them (the kind of a view of large bright nuclei, the colours of
     # one of a stained section's background)
     around = surroundings(window, layout.plane_shape)
-    # (the post-processing kind looks at a plane only where one of the model's kinds can be: a grey plane,
-    # or one colour of an RGB one, is never a "colour" image)
-    kinds = set(model.postprocessing_by_kind or ()) if by_kind else set()
-    told_on_first = colour == "auto" or (bool(kinds) and not (kinds <= {"colour"} and not (layout.rgb and colour is None)))
+    # (the planes the network gets are RGB where colour is None: grey planes, or one colour of an RGB one)
+    told_on_first = colour == "auto" or (by_kind and _kinds_apply(model, 3 if layout.rgb and colour is None else 2))
     with _eval_mode(runner.engine.net):
         for k, idx in enumerate(planes):
             first = wider = None
@@ -679,12 +677,10 @@ def iter_planes(
             sized_here = sizing.search is not None and blank is None
             plane_kind = _PlaneKind(plane if wider is None else wider)  # (asked by both below: told once)
             if sized_here:  # the first plane tells the object size ...
-                if wider is None:
-                    probs = yield from sizing.estimate(runner, plane, k, *search_setting, index=idx, kind=plane_kind)
-                else:
-                    probs = yield from sizing.estimate(
-                        runner, wider, k, *search_setting, index=idx, kind=plane_kind,
-                        view=tuple(slice(w.start - a.start, w.stop - a.start) for w, a in zip(window, around, strict=True)))
+                view = None if wider is None else tuple(
+                    slice(w.start - a.start, w.stop - a.start) for w, a in zip(window, around, strict=True))
+                probs = yield from sizing.estimate(runner, plane if wider is None else wider, k, *search_setting,
+                                                   index=idx, kind=plane_kind, view=view)
             if k == 0 and by_kind and (kind := postprocessing_kind(model, plane, plane_kind)) is not None:  # ... and the kind
                 threshold, min_size = _check_args(*model.resolve_postprocessing(*given, kind))
                 min_seed = model.min_seed_for(kind)
@@ -810,11 +806,17 @@ def postprocessing_kind(model: SegmentationModel, plane: np.ndarray,
     ``model`` has a post-processing of its own for it, else None (the general one applies).
     Only models with such settings look at the plane (tens of milliseconds), and only when it can
     be of one of their kinds (``kind``: the plane's :class:`_PlaneKind`, when one is kept)."""
-    kinds = model.postprocessing_by_kind
-    if not kinds or (np.ndim(plane) == 2 and set(kinds) <= {"colour"}):
-        return None  # (a grey plane is never a colour image: no need to look)
+    if not _kinds_apply(model, np.ndim(plane)):
+        return None
     told = (kind or _PlaneKind(plane))()
-    return told if told in kinds else None
+    return told if told in model.postprocessing_by_kind else None
+
+
+def _kinds_apply(model: SegmentationModel, ndim: int) -> bool:
+    """Whether a plane of ``ndim`` dimensions can be of a kind ``model`` has a post-processing of its
+    own for (a grey plane is never a colour image: no need to look)."""
+    kinds = model.postprocessing_by_kind
+    return bool(kinds) and not (ndim == 2 and set(kinds) <= {"colour"})
 
 
 class _PlaneKind:
@@ -1091,14 +1093,14 @@ class _Sizing:
             search.correlation = lambda: pixel_correlation(structured_crop(plane, ESTIMATE_CROP))  # (rarely needed)
         kept: dict[float, tuple[np.ndarray, Window]] = {}
         model = runner.engine.model
-        view = view or _whole(plane)
+        part, view = view, view or _whole(plane)
         while (scale := search.next_scale()) is not None:
             # the part of the plane (its centre, unless its objects are elsewhere) that is at most
             # ESTIMATE_CROP a side once rescaled: a shrunk pass
             # sees a larger part (a crop taken first left the coarse passes, which measure large
             # objects, a few objects mostly cut by the crop's edge: SIM+ nuclei enlarged 3x were
             # measured at 11 px for 144), an enlarged one a smaller part (a 4x pass is no 4096 px)
-            where = estimate_window(plane, scale, view if view != _whole(plane) else None)
+            where = estimate_window(plane, scale, part)
             crop = plane[where]
             probs = yield from runner._run(resize_image(crop, scale), k)
             # the passes' objects are made as the final ones are (at the model's scale here), with the
