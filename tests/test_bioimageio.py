@@ -452,13 +452,19 @@ def test_closing_the_viewer_during_an_export_still_writes_the_package(make_napar
                                                                       notifications):
     """The export's last signal reaches a panel whose Qt parts are gone: nothing raises in the
     event loop, and the package is written all the same."""
-    from qtpy.QtCore import QThreadPool
+    from qtpy.QtCore import QThreadPool, QTimer
 
     viewer, panel = _models_panel_on_mine(make_napari_viewer)
-    assert panel.export_package(tmp_path / "mine.zip") is not None
-    viewer.close()
+
+    def export_and_close() -> None:  # (from the event loop, as in napari: the worker starts on a timer)
+        assert panel.export_package(tmp_path / "mine.zip") is not None
+        viewer.close()  # napari asks its window's running tasks to stop: an export is not stopped
+
+    QTimer.singleShot(0, export_and_close)
+    qtbot.waitUntil(lambda: (tmp_path / "mine.zip").exists(), timeout=60_000)
     assert QThreadPool.globalInstance().waitForDone(60_000)
     qtbot.wait(200)  # the worker's queued signals are delivered
+    assert any("as a BioImage.IO package" in m for m in notifications), notifications
     assert isinstance(read_model_file(tmp_path / "mine.zip").net, UNet)
 
 

@@ -331,6 +331,24 @@ def test_save_button_writes_in_the_background(correcting, tmp_path, qtbot, notif
     assert not (tmp_path / "no such folder").exists()
 
 
+def test_closing_the_window_just_after_save_still_writes_the_masks(correcting, tmp_path, qtbot):
+    """Save masks, then the window closed at once (as from the event loop, where a worker starts on
+    a timer): napari asks its running tasks to stop as its window closes, and the masks were not
+    written. A save is not stopped: the file is written."""
+    from qtpy.QtCore import QTimer
+
+    viewer, layer, widget, _mouse = correcting
+    saved = layer.data.copy()
+
+    def save_and_close() -> None:
+        widget.save_masks_in_background(tmp_path / "frames.tif")
+        viewer.close()
+
+    QTimer.singleShot(0, save_and_close)
+    qtbot.waitUntil(lambda: (tmp_path / "frames.tif").exists(), timeout=30_000)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "frames.tif"), saved)
+
+
 def test_tools_never_edit_a_plane_that_is_not_shown(make_napari_viewer, canvas_mouse, c2c12_masks, data_dir,
                                                     qtbot, notifications):
     """Masks of the first 5 frames over the 10-frame time-lapse, the slider on frame 8 (napari

@@ -176,8 +176,11 @@ def _worker_class() -> type:
         """A worker whose ``quit()`` also ends the network run in progress (see :func:`start_worker`)."""
 
         interrupt: Any = None
+        finishes = False  # writes the user's file: nothing stops it (see start_worker's ``finishes``)
 
         def quit(self) -> None:
+            if self.finishes:
+                return
             super().quit()
             if self.interrupt is not None:
                 self.interrupt.set()
@@ -192,6 +195,7 @@ def start_worker(
     returned: Callable[[Any], None] | None = None,
     errored: Callable[[BaseException], None] | None = None,
     finished: Callable[[], None] | None = None,
+    finishes: bool = False,
 ):
     """Run a core generator in a napari thread worker and connect its signals.
 
@@ -199,6 +203,10 @@ def start_worker(
     The returned worker's ``quit()`` stops the generator at its next yield, and ends an ONNX
     Runtime run in progress (a tile of the paper's network runs ~35 s on a laptop: Cancel waited
     for it). The generator is closed (its ``finally`` blocks run) when the worker has finished.
+
+    ``finishes``: a job that writes a file of the user's (Save masks, an export) is never stopped:
+    napari's window, as it closes, asks every task of its viewer to stop (``quit()``), and a save
+    whose thread had not yet begun wrote nothing (the window closed just after Save: masks lost).
     """
     from napari.qt.threading import create_worker
 
@@ -208,6 +216,7 @@ def start_worker(
     worker = create_worker(_interruptible, generator, interrupt, _start_thread=False, _ignore_errors=True,
                            _worker_class=_worker_class())
     worker.interrupt = interrupt
+    worker.finishes = finishes
     if yielded:
         worker.yielded.connect(yielded)
     if returned:

@@ -263,7 +263,8 @@ class CorrectWidget(Container):
         self._save_button.enabled = False
         self._status.value = f"Saving {name!r} to {path}…"
         self.saving = start_worker(write(), returned=lambda _written: self._saved(name, path),
-                                   errored=lambda exc: self._not_saved(path, exc), finished=finished)
+                                   errored=lambda exc: self._not_saved(path, exc), finished=finished,
+                                   finishes=True)
         return self.saving
 
     def _saved(self, name: str, path: Path) -> None:
