@@ -500,6 +500,37 @@ def test_closing_the_viewer_mid_training_keeps_the_best_model(widget, c2c12, qtb
     assert "best model so far" in caplog.text and "base-tuned.pt" in caplog.text
 
 
+def test_closing_the_window_just_after_start_does_not_hold_it(widget, c2c12, qtbot):
+    """Start, then the window closed in the same turn of the event loop (as a click can be): the
+    close waited 30 s (CLOSE_WAIT_SECONDS) for a run whose thread could not begin meanwhile. napari's
+    list of running tasks (what its dialog on closing says) names the job."""
+    from qtpy.QtCore import QThreadPool, QTimer
+
+    from napari_unet.widgets._finetune.run import CLOSE_WAIT_SECONDS
+
+    viewer, w = widget
+    _add_pair(viewer, *c2c12)
+    w.corrected_panel._mark_button.native.click()
+    w.settings_panel._steps.value = 100_000
+    took: list[float] = []
+    tasks: list[str] = []
+
+    def start_and_close() -> None:
+        w.run_panel._start_button.native.click()
+        tasks.extend(viewer.window._task_status_manager.get_status())
+        started = time.perf_counter()
+        viewer.close()
+        took.append(time.perf_counter() - started)
+
+    QTimer.singleShot(0, start_and_close)
+    qtbot.waitUntil(lambda: bool(took), timeout=120_000)
+    assert QThreadPool.globalInstance().waitForDone(120_000)
+    qtbot.wait(300)  # (the worker's last signals: to the log only)
+    assert took[0] < CLOSE_WAIT_SECONDS / 2, took  # not the wait for a run that could not begin
+    assert any("napari-unet: Fine-tune of 'base-tuned'" in t for t in tasks), tasks
+    assert not any("<function" in t for t in tasks), tasks
+
+
 # ---------------------------------------------------------------------- bad inputs
 def test_no_corrected_slice_gives_a_clear_notification(widget, c2c12, notifications):
     viewer, w = widget

@@ -742,9 +742,31 @@ def test_closing_the_viewer_mid_run_is_quiet(widget, qtbot, data_dir):
     w._scope.value = SCOPE_STACK
     w._run_button.clicked.emit()
     qtbot.waitUntil(lambda: w._progress.value > 0, timeout=60_000)
+    # napari's dialog on closing a window with running tasks names them: this one by its name, not
+    # "Executing <function _interruptible at 0x7f2611fc7100>"
+    tasks = viewer.window._task_status_manager.get_status()
+    assert any("napari-unet: Segment of 'long'" in t for t in tasks) and not any("<function" in t for t in tasks)
     viewer.close()
     assert QThreadPool.globalInstance().waitForDone(60_000)  # the worker stopped
     qtbot.waitUntil(lambda: w._worker is None, timeout=10_000)  # and its signals were handled
+
+
+def test_a_run_stopped_by_closing_another_window_says_so(widget, make_napari_viewer, qtbot, data_dir):
+    """napari files a worker under the window current when it starts, and asks those to stop as that
+    window closes: a run of viewer A started while viewer B was current (the run after a fine-tune, a
+    timer's) stopped when B closed, and said "Done" with slices not segmented."""
+    viewer, w = widget
+    stack = tifffile.imread(data_dir / "c2c12_timelapse" / "images.tif")
+    image = viewer.add_image(np.tile(stack, (2, 2, 2)), name="long")
+    other = make_napari_viewer()  # now napari's current viewer
+    w.reset_choices()
+    w._image_combo.value = image
+    w._scope.value = SCOPE_STACK
+    w._run_button.clicked.emit()
+    qtbot.waitUntil(lambda: w._progress.value > 0, timeout=60_000)
+    other.close()
+    qtbot.waitUntil(lambda: w._worker is None, timeout=60_000)
+    assert w._status.value.startswith("Stopped (napari asked its tasks to stop"), w._status.value
 
 
 def test_physical_diameters_and_voxel_sizes_follow_the_layers_units():

@@ -89,3 +89,26 @@ def test_a_finished_jobs_slots_let_go_of_what_they_hold(make_napari_viewer, qtbo
     del held
     qtbot.waitUntil(lambda: bool(done), timeout=10_000)
     qtbot.waitUntil(lambda: (gc.collect(), ref() is None)[1], timeout=5_000)
+
+
+def test_a_titled_job_is_its_function_under_the_title_napari_shows():
+    """napari's dialog on closing a window with running tasks says "Executing <function>": a job's
+    body is named by its title there, and is still the generator function (or plain function) it
+    wraps for superqt, which tells the worker's kind by it."""
+    import inspect
+
+    from napari_unet.widgets._base import titled
+
+    def body(n):
+        yield from range(n)
+        return n
+
+    def plain(n):
+        return 2 * n
+
+    named = titled(body, "Segment of 'cells' (stops)")
+    assert f"Executing {named}" == "Executing napari-unet: Segment of 'cells' (stops)"
+    assert inspect.isgeneratorfunction(named) and list(named(3)) == [0, 1, 2]
+    named_plain = titled(plain, "Load stack, reading a.tif")
+    assert not inspect.isgeneratorfunction(named_plain) and named_plain(2) == 4
+    assert titled(body, None) is body

@@ -188,6 +188,41 @@ def _worker_class() -> type:
     return InterruptingWorker
 
 
+class _Titled:
+    """``func`` under ``title``, for napari's ``create_worker``: napari names a worker's task by its
+    function in the dialog that asks before a window with running tasks closes ("napari-worker:
+    Executing <function _interruptible at 0x7f2611fc7100>", the same line for every job). This says
+    which job it is and what closing does to it. It stands for ``func`` wherever a function is looked
+    at (superqt tells a generator function by its code: :func:`titled` checks that it still does)."""
+
+    def __init__(self, func: Callable[..., Any], title: str) -> None:
+        functools.update_wrapper(self, func)
+        self.__code__ = func.__code__
+        self.__defaults__ = func.__defaults__
+        self.__kwdefaults__ = func.__kwdefaults__
+        self._title = title
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.__wrapped__(*args, **kwargs)
+
+    def __str__(self) -> str:
+        return self._title
+
+    __repr__ = __str__
+
+
+def titled(func: Callable[..., Any], title: str | None) -> Callable[..., Any]:
+    """``func`` named ``title`` where napari shows its task (see :class:`_Titled`): "napari-unet: "
+    and ``title`` follow napari's "Executing" (and come before its "execution pending"); ``func``
+    itself where the title cannot stand for it."""
+    import inspect
+
+    if not title:
+        return func
+    named = _Titled(func, f"napari-unet: {title}")
+    return named if inspect.isgeneratorfunction(named) == inspect.isgeneratorfunction(func) else func
+
+
 def start_worker(
     generator: Generator[Any, None, Any],
     *,
@@ -196,6 +231,7 @@ def start_worker(
     errored: Callable[[BaseException], None] | None = None,
     finished: Callable[[], None] | None = None,
     finishes: bool = False,
+    title: str | None = None,
 ):
     """Run a core generator in a napari thread worker and connect its signals.
 
@@ -207,14 +243,16 @@ def start_worker(
     ``finishes``: a job that writes a file of the user's (Save masks, an export) is never stopped:
     napari's window, as it closes, asks every task of its viewer to stop (``quit()``), and a save
     whose thread had not yet begun wrote nothing (the window closed just after Save: masks lost).
+    ``title``: the job, as napari's dialog on closing a window with running tasks names it (see
+    :func:`titled`), with what closing does to it.
     """
     from napari.qt.threading import create_worker
 
     from napari_unet.core.engine import RunInterrupt
 
     interrupt = RunInterrupt()
-    worker = create_worker(_interruptible, generator, interrupt, _start_thread=False, _ignore_errors=True,
-                           _worker_class=_worker_class())
+    worker = create_worker(titled(_interruptible, title), generator, interrupt, _start_thread=False,
+                           _ignore_errors=True, _worker_class=_worker_class())
     worker.interrupt = interrupt
     worker.finishes = finishes
     if yielded:
@@ -248,6 +286,13 @@ def launch(worker: Any) -> None:
     while they run and put back what they found: two jobs that end in the order they did not start
     left a dead worker's hook, and napari showed no warning any more (and repeated warnings were
     shown each time). napari's hook and the filters are put back when the last job has ended.
+
+    The worker goes into the thread pool now: superqt's ``start()``, called from a running event loop
+    (always, in napari), puts it there on a 1 ms timer. A window closed meanwhile asked a job whose
+    thread had not begun to stop: Fine-tune's ``quit()`` waited 30 s for a run that could not begin
+    (the window frozen), and napari's exit, waiting for the pool's threads, found none: Save masks
+    then ran during the interpreter's shutdown (the process aborted). This plugin holds its running
+    workers (``_RUNNING``), as superqt's start would.
     """
     from qtpy.QtCore import QThreadPool
 
@@ -258,7 +303,7 @@ def launch(worker: Any) -> None:
         _WARNINGS_STATE[0] = (warnings.showwarning, list(warnings.filters))
     _RUNNING.add(worker)
     worker.finished.connect(lambda: _ended(worker))
-    worker.start()
+    pool.start(worker)
 
 
 def _ended(worker: Any) -> None:

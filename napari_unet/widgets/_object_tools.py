@@ -432,7 +432,8 @@ class ObjectTools:
                 event.disconnect(mark)
 
         self._job = what
-        start_worker(compute(), returned=done, errored=failed, finished=finished)
+        start_worker(compute(), returned=done, errored=failed, finished=finished,
+                     title=f"{what} in {self.layer.name!r} (stops; the masks are left as they are)")
 
     def new_object(self) -> None:
         """Select the next free id and napari's brush, to paint a new object."""

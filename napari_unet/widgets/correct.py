@@ -264,7 +264,7 @@ class CorrectWidget(Container):
         self._status.value = f"Saving {name!r} to {path}…"
         self.saving = start_worker(write(), returned=lambda _written: self._saved(name, path),
                                    errored=lambda exc: self._not_saved(path, exc), finished=finished,
-                                   finishes=True)
+                                   finishes=True, title=f"Save masks of {name!r} to {path.name} (written all the same)")
         return self.saving
 
     def _saved(self, name: str, path: Path) -> None:

@@ -18,7 +18,7 @@ from napari_unet.io._formats import StackReadError, is_ome_zarr
 from napari_unet.io._reader import should_open_lazily
 from napari_unet.io._settings import get_setting, update_settings
 
-from ._base import FixedRadioButtons, launch, notify_error, notify_warning, qt_alive, wrap_text
+from ._base import FixedRadioButtons, launch, notify_error, notify_warning, qt_alive, titled, wrap_text
 
 if TYPE_CHECKING:
     import napari
@@ -204,7 +204,8 @@ class LoadWidget(Container):
         self._load_button.enabled = False
         self._status.value = f"Loading {path.name}..."
         # errors are shown by _on_error alone (without _ignore_errors superqt raises them again)
-        worker = create_worker(_read_layers, path, lazy=lazy, axes=axes, _start_thread=False, _ignore_errors=True)
+        worker = create_worker(titled(_read_layers, f"Load stack, reading {path.name}"),
+                               path, lazy=lazy, axes=axes, _start_thread=False, _ignore_errors=True)
         worker.returned.connect(lambda layer_data: self._on_loaded(layer_data, path))
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)

@@ -736,11 +736,14 @@ class SegmentWidget(Container):
         self._progress.visible = True
         self._run_button.enabled = False
         self._cancel_button.enabled = True
+        image = self._run_layers[0] if self._run_layers else None
+        of = f" of {image.name!r}" if image is not None else ""
         self._worker = start_worker(
             generator,
             yielded=self._on_yielded,
             errored=self._on_error,
             finished=self._on_finished,
+            title=f"Segment{of} (stops; the slices done stay in the masks layer)",
         )
 
     # ------------------------------------------------------------------ results
@@ -883,13 +886,17 @@ class SegmentWidget(Container):
         if not qt_alive(self):  # the viewer was closed meanwhile
             self._worker = None
             return
+        stopped = self._worker is not None and self._worker.abort_requested and not self._cancelled
         if self._abandoned:
             message = f"Segmentation abandoned: {self._abandoned}."
             self._status.value = message
             notify_warning(message)
-        elif self._cancelled:
+        elif self._cancelled or stopped:
+            # (napari asks the tasks filed under a window to stop as it closes: with two windows, one filed
+            # under the other, whichever was current when it started; it had said "Done")
             kept = "nothing was segmented yet" if self._new_masks_unused() else "finished slices kept"
-            self._status.value = self._after_cancel = f"Cancelled after {format_seconds(took)}; {kept}."
+            how = "Cancelled" if self._cancelled else "Stopped (napari asked its tasks to stop as a window closed)"
+            self._status.value = self._after_cancel = f"{how} after {format_seconds(took)}; {kept}."
         elif self._rethresholding and self._after_cancel and not self._failed:  # the one that followed the cancel
             self._status.value = f"{self._after_cancel} The new Threshold / Min. size were applied to them."
             self._after_cancel = ""
@@ -910,7 +917,7 @@ class SegmentWidget(Container):
         self._run_button.enabled = True
         self._cancel_button.enabled = False
         self._worker = None
-        if self._failed or self._cancelled or self._abandoned:
+        if self._failed or self._cancelled or self._abandoned or stopped:
             self._drop_new_masks()
         self._new_masks = None
         if self._undocked:  # (its cancelled run has ended)

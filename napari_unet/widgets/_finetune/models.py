@@ -174,7 +174,8 @@ class ModelsPanel(Container):
 
         self._export_worker = start_worker(
             _export_package_job(source, Path(destination)), returned=done,
-            errored=lambda exc: notify_error("Export model", exc), finished=finished, finishes=True)
+            errored=lambda exc: notify_error("Export model", exc), finished=finished, finishes=True,
+            title=f"Export of {name!r} as a BioImage.IO package (written all the same)")
         return self._export_worker
 
     def export_model(self, destination: str | Path, name: str | None = None) -> Path | None:

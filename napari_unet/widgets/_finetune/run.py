@@ -32,6 +32,7 @@ from .._base import (
     notify_warning,
     one_line,
     original_error,
+    titled,
     wrap_text,
 )
 from .._examples import Example
@@ -72,7 +73,12 @@ class TrainingWorker(GeneratorWorker):
         super().__init__(func, done, *args, **kwargs)
         self.stop_event: threading.Event = kwargs["stop"]
         self.done = done
+        self.began = threading.Event()  # set as its thread begins
         self.on_quit: Callable[[], None] | None = None
+
+    def run(self) -> None:
+        self.began.set()
+        super().run()
 
     def quit(self) -> None:
         if self.done.is_set():
@@ -80,6 +86,8 @@ class TrainingWorker(GeneratorWorker):
         if self.on_quit is not None:
             self.on_quit()
         self.stop_event.set()
+        if not self.began.is_set():  # it stops as it begins: nothing trained, nothing to wait for (the
+            return  # window, closed just after Start, waited 30 s for a run that could not begin meanwhile)
         if not self.done.wait(CLOSE_WAIT_SECONDS):
             log.warning("Fine-tuning did not stop within %.0f s of closing; it goes on in the background "
                         "and saves its model when it ends.", CLOSE_WAIT_SECONDS)
@@ -212,7 +220,8 @@ class TrainingRunPanel(Container):
         from napari.qt.threading import create_worker
 
         worker = create_worker(
-            _train_then_signal, threading.Event(), base_path, examples, target, name=name, settings=settings,
+            titled(_train_then_signal, f"Fine-tune of {name!r} (stops after its step; the best model so far is saved)"),
+            threading.Event(), base_path, examples, target, name=name, settings=settings,
             replace=replace, stop=self._stop_event, _start_thread=False, _ignore_errors=True, _worker_class=TrainingWorker,
         )
         worker.on_quit = self._detach

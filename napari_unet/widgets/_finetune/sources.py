@@ -132,7 +132,8 @@ class ExtraExamplesPanel(Container):
                 self._add_folder_button.enabled = True
 
         self._add_folder_button.enabled = False
-        self.reading = start_worker(read(), returned=added, errored=failed, finished=done)
+        self.reading = start_worker(read(), returned=added, errored=failed, finished=done,
+                                    title=f"Fine-tune reading the examples in {Path(image_dir).name} (stops)")
 
     def add_example_folders(self, image_dir: str | Path, labels_dir: str | Path) -> int:
         """Read image/label file pairs from two folders as extra examples; returns how many."""
