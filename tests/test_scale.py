@@ -959,63 +959,6 @@ def test_field_of_view_is_sized_with_its_surroundings(dsb_val_fluo):
     assert average_precision(truth[view], result.labels) > 0.5
 
 
-def test_a_known_size_segments_as_its_estimate_did(dsb_val_fluo):
-    """A size estimated before on the plane (its diameter and scale) runs the plane at that scale
-    with no estimate: the labels of the automatic run, on a plane enlarged 2x (estimated, not 1x)."""
-    from skimage.transform import rescale
-
-    from napari_unet.core.predict import PlaneResult, iter_planes
-    from napari_unet.core.scale import KnownSize
-
-    model = load_model("nuclei", device="cpu")
-    image = rescale(dsb_val_fluo[1][0].astype(np.float32), 2, order=3, preserve_range=True, anti_aliasing=False)
-    auto = next(r for r in iter_planes(model, image) if isinstance(r, PlaneResult))
-    assert auto.scale < 0.8
-    known = next(r for r in iter_planes(model, image, diameter=KnownSize(auto.diameter, auto.scale))
-                 if isinstance(r, PlaneResult))
-    assert (known.diameter, known.scale) == (auto.diameter, auto.scale)
-    np.testing.assert_array_equal(known.labels, auto.labels)
-    with pytest.raises(ValueError, match="positive"):
-        KnownSize(float("nan"), 1.0)
-
-
-def test_a_slices_estimate_is_kept_for_the_next_view_within_it(make_napari_viewer, qtbot, dsb_val_fluo):
-    """Segment's Visible field of view with Auto: the next view of the slice within the part the last
-    estimate was made on (its surroundings: at most 2048 px a side) runs at that size with no new
-    estimate (which cost 2.5-5x the view's segmentation); a view outside it, other data or a whole
-    slice larger than it are estimated again."""
-    from napari_unet.widgets.segment import SCOPE_SLICE, SCOPE_VIEW
-
-    image = np.tile(dsb_val_fluo[0][0], (16, 16))[:2600, :2600]
-    assert image.shape == (2600, 2600)
-    viewer = make_napari_viewer(show=True)
-    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
-    layer = viewer.add_image(image, name="nuclei")
-    w.reset_choices()
-    w._image_combo.value = layer
-    w._scope.value = SCOPE_VIEW
-    viewer.camera.zoom = 4
-
-    def run_at(y: float, x: float, scope: str = SCOPE_VIEW) -> str:
-        w._scope.value = scope
-        viewer.camera.center = (0, y, x)
-        w._run_button.clicked.emit()
-        qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
-        assert w._status.value.startswith("Done"), w._status.value
-        return w._diameter_used.value
-
-    first = run_at(300, 300)
-    assert "(estimated)" in first
-    assert run_at(700, 500) == first.replace("(estimated)", "(estimated before, on this slice)")
-    assert "(estimated)" in run_at(2300, 2300)  # beyond the first estimate's 2048 px
-    assert "before" in run_at(2000, 2200)
-    assert "(estimated)" in run_at(1300, 1300, SCOPE_SLICE)  # the whole slice: more than was looked at
-    assert "before" in run_at(300, 300)  # within the slice's estimate
-    layer.data = image.copy()
-    assert "(estimated)" in run_at(300, 300)
-    assert viewer.layers["nuclei masks"].data.max() > 0
-
-
 def test_estimate_windows_of_a_view():
     from napari_unet.core.scale import ESTIMATE_CROP, ESTIMATE_MIN_SIDE, estimate_window, surroundings
 

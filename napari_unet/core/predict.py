@@ -485,13 +485,6 @@ def plane_window(region: Window | None, plane_shape: tuple[int, int], context: i
     return as_slices(bounds), as_slices(grown), as_slices(inner)
 
 
-def estimated_on(region: Window | None, plane_shape: tuple[int, int], context: int = 0) -> Window:
-    """The part of a plane that :func:`iter_planes` sizes a run of ``region`` (grown by ``context``)
-    on, and tells its kind and colours on: its :func:`~napari_unet.core.scale.surroundings` (the whole
-    plane for a whole plane). An automatic diameter stands for the objects there."""
-    return surroundings(plane_window(region, plane_shape, context)[1], plane_shape)
-
-
 def iter_planes(
     model: SegmentationModel,
     image: Any,
@@ -533,7 +526,7 @@ def iter_planes(
         plane), so objects cut by the region's edge are judged with their surroundings.
     rgb : bool, optional
         Whether the last axis is colour; default: yes if it has 3 or 4 entries.
-    diameter : float, "auto", None, "native" or KnownSize
+    diameter : float, "auto", None or "native"
         Object diameter in the image's pixels: the image is rescaled by
         ``model.diameter / diameter`` (within 15% of 1: not rescaled) and the probabilities
         come back on the image's own grid. "auto" (or None) estimates it on the first plane
@@ -542,8 +535,6 @@ def iter_planes(
         the estimate resting on the most objects) and keeps it for the others; the planes looked
         at before are segmented again at that size (not those of a z-stack's 3D path).
         Models that do not know their diameter run at the image's own scale, as does "native".
-        A :class:`~napari_unet.core.scale.KnownSize` (a run's estimate before, on this plane): its
-        scale, with no estimate.
     threshold, min_size : optional
         Post-processing (see :func:`probabilities_to_labels`); None = the model's own.
         ``min_size`` counts pixels at the model's scale (it follows the rescaling).
@@ -659,7 +650,7 @@ def iter_planes(
     # a part of a plane (a field of view) is told what it is and sized with its surroundings: a view of
     # a few objects is a small sample of them (the kind of a view of large bright nuclei, the colours of
     # one of a stained section's background)
-    around = estimated_on(region, layout.plane_shape, context)
+    around = surroundings(window, layout.plane_shape)
     # (the planes the network gets are RGB where colour is None: grey planes, or one colour of an RGB one)
     told_on_first = colour == "auto" or (by_kind and _kinds_apply(model, 3 if layout.rgb and colour is None else 2))
     with _eval_mode(runner.engine.net):
@@ -1009,22 +1000,12 @@ class _Sizing:
         """``plane_shape``: the plane's (a diameter given is checked against it); ``run_shape``: the
         part of it segmented (the field of view; default: all of it), which a diameter given must not
         enlarge beyond :data:`~napari_unet.core.scale.MAX_ENLARGED_PIXELS`."""
-        from .scale import (
-            DiameterSearch,
-            KnownSize,
-            ObjectSize,
-            check_diameter,
-            enlargement_limit,
-            parse_diameter,
-        )
+        from .scale import DiameterSearch, ObjectSize, check_diameter, enlargement_limit, parse_diameter
 
         own = model.object_size
         limit = enlargement_limit(run_shape or plane_shape)
         if own is not None and to_model_diameter:
             own = ObjectSize(own.diameter, own.diameter, own.diameter)
-        if isinstance(diameter, KnownSize):  # estimated before: its scale, capped for this run's part
-            return cls(own, scale=min(diameter.scale, limit), diameter=diameter.diameter) if own is not None \
-                else cls(None)
         word = diameter.strip().lower() if isinstance(diameter, str) else None
         if word == "native":
             return cls(own)

@@ -196,23 +196,6 @@ def _positive(number: str, text: Any) -> float:
 _UNITS_UM = {"um": 1.0, "µm": 1.0, "μm": 1.0, "micron": 1.0, "microns": 1.0, "nm": 1e-3, "mm": 1e3}
 
 
-@dataclass(frozen=True)
-class KnownSize:
-    """An object size a run estimated before on the same plane: the diameter and the scale it used
-    (:attr:`~napari_unet.core.predict.PlaneResult.diameter`, ``.scale``). Given as the ``diameter`` of
-    :func:`~napari_unet.core.predict.iter_planes`, planes run at that scale with no estimate: the
-    Segment widget keeps a slice's estimate for the next field of view within what it was estimated
-    on (:func:`~napari_unet.core.predict.estimated_on`), where the estimate cost 2.5-5x the view's
-    segmentation."""
-
-    diameter: float
-    scale: float
-
-    def __post_init__(self) -> None:
-        if not all(math.isfinite(v) and v > 0 for v in (self.diameter, self.scale)):
-            raise ValueError(f"A known size needs a positive diameter and scale, not {self}.")
-
-
 def parse_diameter(text: Any, pixel_size_um: float | None = None) -> float | None:
     """A diameter as a user types it: ``"auto"`` (or empty) -> None; ``"12"`` or ``"12 px"`` ->
     12.0 pixels; ``"5 um"`` (µm, nm, mm) -> pixels through ``pixel_size_um`` (µm per pixel).

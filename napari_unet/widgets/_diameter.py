@@ -6,8 +6,6 @@ selected label, and saying which diameter a run used (and why, when something wa
 
 from __future__ import annotations
 
-import weakref
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,11 +56,6 @@ class DiameterControls:
         self.used = Label(label="Diameter used", value="")
         self._last_note = ""
         self._run_auto = True  # whether the last run was given "Auto" (set when it starts)
-        # the last automatic estimate on one plane: (what it is of, the part of the plane it stands for,
-        # the KnownSize); the planned run's and the running run's (what it is of, the part, reused?)
-        self._kept: tuple[tuple, tuple[slice, slice], Any] | None = None
-        self._planned: tuple[tuple, tuple[slice, slice], bool] | None = None
-        self._running: tuple[tuple, tuple[slice, slice], bool] | None = None
 
     @property
     def widgets(self) -> list[Any]:
@@ -79,55 +72,17 @@ class DiameterControls:
         diameter = parse_diameter(self.field.value, pixel_size_um(image))
         return None if diameter is None else check_diameter(diameter, plane_shape[:2])
 
-    def kept_for(self, image: Any, plane: tuple[int, ...], region: tuple[slice, slice], plane_shape: tuple[int, int],
-                 context: int, model_path: str, given: tuple[Any, ...]) -> Any:
-        """For a run with "Auto" of ``region`` of one plane of ``image`` (grown by ``context`` pixels
-        of image around it; ``plane_shape``: the plane's, its labels'): the object
-        size the last automatic run estimated on that plane (a
-        :class:`~napari_unet.core.scale.KnownSize`), when the run's region lies within the part it was
-        estimated on (a field of view panned or zoomed within it) and nothing it rests on has changed
-        (the layer and its data, the model file, the post-processing values given); else None: the
-        run estimates, and its estimate is kept for the next. A view's estimate cost 2.5-5x its
-        segmentation (a 256 px view of a 2412 x 4096 plane: 1.44 s against 0.28 s, 2 threads)."""
-        from napari_unet.core.predict import estimated_on, plane_window
-
-        from ._napari_compat import unwrap_proxy
-
-        layer = unwrap_proxy(image)
-        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-        try:
-            model_file = (str(model_path), Path(model_path).stat().st_mtime_ns)
-        except OSError:
-            self._planned = None
-            return None
-        of = (weakref.ref(layer), id(data), tuple(data.shape), str(data.dtype), bool(layer.rgb), tuple(plane),
-              model_file, tuple(given))
-        region = plane_window(region, plane_shape, 0)[0]  # (concrete bounds)
-        part = estimated_on(region, plane_shape, context)
-        kept = self._kept
-        reused = kept is not None and _same_source(kept[0], of) and all(
-            k.start <= r.start and r.stop <= k.stop for k, r in zip(kept[1], region, strict=True))
-        self._planned = (of, kept[1] if reused else part, reused)
-        return kept[2] if reused else None
-
     def new_run(self) -> None:
         self._last_note = ""
         self.used.value = ""  # until the run says (a 3D run does not: the last 2D run's value would stay)
         self._run_auto = self.is_auto  # what the run was given, whatever the field says later
-        self._running, self._planned = self._planned, None  # (None: a run that keeps no estimate)
 
     def show(self, result: Any) -> None:
         """Say which object diameter a run used (and any note about it, once per run)."""
-        reused = self._running is not None and self._running[2]
         if result.diameter is None:
             text = "image's own scale"
         else:
-            how = "estimated before, on this slice" if reused else "estimated" if self._run_auto else "given"
-            text = f"{result.diameter:.0f} px ({how})"
-            if self._running is not None and not reused:
-                from napari_unet.core.scale import KnownSize
-
-                self._kept = (self._running[0], self._running[1], KnownSize(result.diameter, result.scale))
+            text = f"{result.diameter:.0f} px ({'estimated' if self._run_auto else 'given'})"
             if result.scale != 1.0:
                 text += f", image scaled x{result.scale:.2f}"
         self.used.value = text
@@ -180,12 +135,6 @@ class DiameterControls:
             notify_warning(f"Label {selected} is not in the slice shown: pick a cell with the picker first.")
             return
         self.field.value = f"{diameter:.1f}"
-
-
-def _same_source(kept: tuple, now: tuple) -> bool:
-    """Whether two runs' sources (see :meth:`DiameterControls.kept_for`) are the same: the layer
-    itself (held weakly), its data, the model file and the values given."""
-    return kept[0]() is not None and kept[0]() is now[0]() and kept[1:] == now[1:]
 
 
 def _shape_diameter(kind: str, points: np.ndarray) -> float | None:

@@ -54,7 +54,7 @@ def segment_planes(
     rgb: bool,
     threshold: float | None,
     min_size: int | None,
-    diameter: Any = None,
+    diameter: float | None = None,
     model_cache: dict | None = None,
     device: str | None = None,
 ) -> Generator[Any, None, None]:

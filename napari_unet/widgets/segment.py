@@ -75,7 +75,7 @@ from ._napari_compat import unwrap_proxy
 from ._object_tools import select_next_free_label_after_run
 from ._proposal import KIND_WORDS, ModelProposal
 from ._segment3d import ThreeDControls, VolumeResult, channel_axis_of, plan_3d_run, write_volume_result
-from ._segment_job import VIEW_CONTEXT, EmptyPlane, segment_planes
+from ._segment_job import EmptyPlane, segment_planes
 
 if TYPE_CHECKING:
     from napari_unet.core.predict import PlaneResult
@@ -573,9 +573,6 @@ class SegmentWidget(Container):
             return
         self._remember_run(image, masks)
         threshold, min_size = self._run_given = self._postprocessing_given()
-        if diameter is None and len(planes) == 1:  # "Auto": the slice's last estimate, where it stands
-            diameter = self._sizing.kept_for(image, planes[0], region, plane_shape, VIEW_CONTEXT, model_path,
-                                             (threshold, min_size))
         generator = segment_planes(
             model_path,
             full_resolution(image),
