@@ -196,14 +196,13 @@ class _Titled:
     at (superqt tells a generator function by its code: :func:`titled` checks that it still does)."""
 
     def __init__(self, func: Callable[..., Any], title: str) -> None:
-        functools.update_wrapper(self, func)
-        self.__code__ = func.__code__
-        self.__defaults__ = func.__defaults__
-        self.__kwdefaults__ = func.__kwdefaults__
-        self._title = title
+        self._func, self._title = func, title
+        for name in ("__module__", "__name__", "__qualname__", "__doc__", "__code__", "__defaults__",
+                     "__kwdefaults__"):
+            setattr(self, name, getattr(func, name))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.__wrapped__(*args, **kwargs)
+        return self._func(*args, **kwargs)
 
     def __str__(self) -> str:
         return self._title
