@@ -456,7 +456,7 @@ def test_closing_the_viewer_during_an_export_still_writes_the_package(make_napar
 
     viewer, panel = _models_panel_on_mine(make_napari_viewer)
 
-    def export_and_close() -> None:  # (from the event loop, as in napari: the worker starts on a timer)
+    def export_and_close() -> None:  # (from the event loop, as in napari, where superqt started workers on a timer)
         assert panel.export_package(tmp_path / "mine.zip") is not None
         viewer.close()  # napari asks its window's running tasks to stop: an export is not stopped
 

@@ -332,9 +332,9 @@ def test_save_button_writes_in_the_background(correcting, tmp_path, qtbot, notif
 
 
 def test_closing_the_window_just_after_save_still_writes_the_masks(correcting, tmp_path, qtbot):
-    """Save masks, then the window closed at once (as from the event loop, where a worker starts on
-    a timer): napari asks its running tasks to stop as its window closes, and the masks were not
-    written. A save is not stopped: the file is written."""
+    """Save masks, then the window closed at once, from the event loop (as in napari, where superqt
+    started a worker on a timer): napari asks its running tasks to stop as its window closes, and the
+    masks were not written. A save is not stopped: the file is written."""
     from qtpy.QtCore import QTimer
 
     viewer, layer, widget, _mouse = correcting
