@@ -17,6 +17,7 @@ from napari_unet.core.scale import (
     check_diameter,
     median_diameter,
     min_size_at,
+    nested_share,
     object_diameters,
     parse_diameter,
     pixel_correlation,
@@ -1005,3 +1006,21 @@ def test_field_of_view_is_told_with_its_surroundings(data_dir):
     (alone,) = [r for r in iter_planes(model, spoilt, region=(slice(166, 242), slice(208, 304)), context=32)
                 if isinstance(r, PlaneResult)]
     assert alone.labels.shape == (76, 96) and alone.diameter > 0
+
+
+def test_spots_inside_larger_objects_are_not_taken_for_the_objects():
+    # chromocentres: at scale 1 the network outlines four bright spots of its own size (17 px) inside
+    # each of four 48 px nuclei; at 1/2 the nuclei measure 48 px (too large for the model there), at 1/4
+    # 38 px: no two levels agree. The spots lie four to one inside the nuclei of the next level: they are
+    # parts of objects, not objects, and the coarsest level within the model's range measures the size
+    model_17 = ObjectSize(17, 15, 19)
+    centres = [(64, 64), (64, 192), (192, 64), (192, 192)]
+    spots = [(r + dr, c + dc, 8.5) for r, c in centres for dr in (-10, 10) for dc in (-10, 10)]
+    search = DiameterSearch(model_17, smallest_side=256)
+    search.found(_discs_at(256, spots, 1.0), search.next_scale())
+    search.found(_discs_at(256, [(r, c, 24) for r, c in centres], 0.5), search.next_scale())
+    search.found(_discs_at(256, [(r, c, 19) for r, c in centres], 0.25), search.next_scale())
+    assert search.next_scale() is None
+    assert [d for _s, d in search.passes] == pytest.approx([17, 48, 38], rel=0.05)
+    assert nested_share(_discs_at(256, spots, 1.0), _discs_at(256, [(r, c, 24) for r, c in centres], 0.5)) == 1.0
+    assert search.diameter == pytest.approx(38, rel=0.05)
