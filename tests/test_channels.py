@@ -369,3 +369,76 @@ def test_cli_channel_mean_or_without_dab_for_an_rgb_image(tmp_path, ihc, model, 
     with pytest.raises(SystemExit):
         main(["predict", str(tmp_path / "ihc.tif"), "--out", str(out), "--channel", "blue"])
     assert "'blue' is not a channel" in capsys.readouterr().err
+
+
+def test_segment_widget_segments_the_colour_chosen_and_fine_tuning_learns_from_it(
+        make_napari_viewer, qtbot, model, nuclei, composite, notifications):
+    """Segment had no colour choice: an RGB merge was segmented by its most nuclei-like colour, and
+    another colour took splitting the layer. Colour (shown for RGB images) chooses it; the masks record
+    it, and fine-tuning on them learns from that colour (as the next runs segment it)."""
+    from napari_unet.core.examples import prepare_examples
+    from napari_unet.widgets._examples import COLOUR_KEY, examples_from_layers
+    from napari_unet.widgets.segment import SCOPE_SLICE, masks_layer_name
+
+    _image, labels = nuclei
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    grey = viewer.add_image(_image, name="grey")
+    widget.reset_choices()
+    widget._image_combo.value = grey
+    assert widget._colour.native.isHidden()  # (a grey image has no colours to choose from)
+    layer = viewer.add_image(composite, name="merge", rgb=True)
+    widget.reset_choices()
+    widget._image_combo.value = layer
+    assert not widget._colour.native.isHidden() and widget._colour.value == "auto"
+    widget._colour.value = 1  # green: the cytoplasm
+    widget._scope.value = SCOPE_SLICE
+    widget._run_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
+    masks = viewer.layers[masks_layer_name("merge")]
+    green = segment(model, composite, colour=1)
+    assert average_precision(green, np.asarray(masks.data)) == 1.0
+    assert not np.array_equal(segment(model, composite), green)  # (not what Auto segments: the blue nuclei)
+    assert not any("blue channel" in n for n in notifications)  # (the user chose: no "looks like a merge")
+    assert masks.metadata[COLOUR_KEY] == 1
+    (example,) = examples_from_layers(layer, masks, [()])
+    assert example.colour == 1
+    (chosen,) = prepare_examples(model, [example.image], [labels], colours=[example.colour])
+    (auto,) = prepare_examples(model, [example.image], [labels])
+    green_alone, blue_alone = (prepare_examples(model, [composite[..., c]], [labels])[0].image for c in (1, 2))
+
+    def likeness(a: np.ndarray, b: np.ndarray) -> float:  # (the colours' pixels without data are filled apart)
+        return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+    assert likeness(chosen.image, green_alone) > 0.5 > 0 > likeness(chosen.image, blue_alone)  # (0.75, -0.32)
+    assert likeness(auto.image, blue_alone) > 0.9 and likeness(auto.image, green_alone) < 0  # (Auto: the nuclei's)
+    # the choice follows the image: another image's masks have their own; Auto again forgets it
+    widget._image_combo.value = grey
+    widget._image_combo.value = layer
+    assert widget._colour.value == 1
+    widget._colour.value = "auto"
+    widget._run_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
+    assert COLOUR_KEY not in masks.metadata
+    assert examples_from_layers(layer, masks, [()])[0].colour == "auto"
+    assert sum("blue channel" in n and "Colour in Segment" in n for n in notifications) == 1
+
+
+def test_fine_tuning_takes_the_colour_of_each_rgb_image(model, nuclei, composite):
+    from napari_unet.core.train import finetune
+
+    _image, labels = nuclei
+
+    def run(colours):
+        gen = finetune(model, [composite], [labels], steps=1, val_fraction=0, validate_start=False, colours=colours)
+        while True:
+            try:
+                next(gen)
+            except StopIteration as done:
+                return done.value
+
+    assert run([1]).metadata is not None
+    with pytest.raises(ValueError, match="colour must be"):
+        run(["purple"])
+    with pytest.raises(ValueError, match="one colour per image"):
+        run([1, 2])

@@ -87,19 +87,20 @@ def nuclear_colour(plane: np.ndarray) -> int | None:
     return min(compact, key=lambda s: s.bright_fraction).colour
 
 
-def colour_note(colour: int | str) -> str:
+def colour_note(colour: int | str, napari: bool = False) -> str:
     """What to tell the user when ``colour`` of an RGB image was segmented on its own (or the image
-    without its DAB: :data:`WITHOUT_DAB`)."""
+    without its DAB: :data:`WITHOUT_DAB`) as the automatic choice; ``napari``: said in napari (where
+    Segment's Colour chooses), else on the command line or in Python."""
     if colour == WITHOUT_DAB:
+        other = ("for the mean, choose 'Mean of the colours' under Colour in Segment" if napari else
+                 "for the mean, give --channel mean (command line) or colour='mean' (Python)")
         return ("the RGB image looks like immunohistochemistry with most of its stain in brown DAB, not in "
                 "compact objects: its haematoxylin-stained nuclei were segmented, with the DAB taken out, not the "
-                "mean of the colours; for the mean, give --channel mean (command line) or colour='mean' (Python); "
-                "in napari, a layer of the mean of its colours (or one colour: right-click it, Split RGB) is "
-                "segmented as it is")
+                f"mean of the colours; {other}")
+    other = ("for another one (or the mean), choose it under Colour in Segment" if napari else
+             "for another one, give --channel 0|1|2 (command line) or colour=0|1|2|'mean' (Python)")
     return (f"the RGB image looks like merged fluorescence channels: its {COLOUR_NAMES[colour]} channel "
-            "(the most nuclei-like: compact bright objects) was segmented, not the mean of the colours; "
-            "for another one, split the RGB layer into its channels (napari: right-click it, Split RGB), "
-            "or give --channel 0|1|2 (command line) or colour=0|1|2|'mean' (Python)")
+            f"(the most nuclei-like: compact bright objects) was segmented, not the mean of the colours; {other}")
 
 
 # ------------------------------------------------------------------ stained tissue: DAB left out

@@ -74,24 +74,41 @@ def _as_list(images: Any, labels: Any) -> tuple[list, list]:
     return list(images), list(labels)
 
 
-def _colour_segmented(model: SegmentationModel, img: np.ndarray) -> np.ndarray:
-    """What prediction segments of an RGB image (its pixels without data filled) for a 1-channel model
-    (the nuclear colour of a fluorescence merge, an immunohistochemistry image without its DAB: see
-    :func:`~napari_unet.core.channels.colour_to_segment`), else ``img``: a model fine-tuned on the mean
-    of the colours (nuclei and cytoplasm) was then given the nuclear colour alone."""
-    if model.in_channels != 1 or img.ndim != 3 or img.shape[-1] not in (3, 4):
+def _colour_segmented(model: SegmentationModel, img: np.ndarray, colour: int | str | None = "auto") -> np.ndarray:
+    """What prediction segments of an RGB image (its pixels without data filled) given ``colour`` (as
+    :func:`~napari_unet.core.predict.iter_planes` takes it): for "auto" (or None) and a 1-channel model,
+    the nuclear colour of a fluorescence merge or an immunohistochemistry image without its DAB (see
+    :func:`~napari_unet.core.channels.colour_to_segment`), else ``img`` (a model fine-tuned on the mean
+    of the colours, nuclei and cytoplasm, was then given the nuclear colour alone); "mean": ``img``;
+    a colour (0, 1, 2) or "without DAB": that, whatever the model (as prediction gives it)."""
+    if img.ndim != 3 or img.shape[-1] not in (3, 4):
         return img
-    from .channels import colour_plane, colour_to_segment
+    from .channels import WITHOUT_DAB, colour_plane, colour_to_segment
 
-    colour = colour_to_segment(img)
+    word = colour.strip().lower() if isinstance(colour, str) else colour
+    if word is None or word == "auto":
+        if model.in_channels != 1:
+            return img
+        colour = colour_to_segment(img)
+    elif word == "mean":
+        return img
+    elif word == WITHOUT_DAB.lower():
+        colour = WITHOUT_DAB
+    elif isinstance(word, (int, np.integer)) and not isinstance(word, bool) and 0 <= int(word) < 3:
+        colour = int(word)
+    else:
+        raise ValueError(f"colour must be 'auto', 'mean', {WITHOUT_DAB!r} or 0, 1, 2 (red, green, blue); got {colour!r}.")
     return img if colour is None else colour_plane(img, colour)
 
 
 def prepare_examples(
-    model: SegmentationModel, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], what: str = "training"
+    model: SegmentationModel, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], what: str = "training",
+    colours: Sequence[int | str | None] | None = None,
 ) -> list[TrainingExample]:
     """Check image/label pairs, bring them to the model's object size (see :func:`at_model_scale`)
-    and normalise the images the way prediction does.
+    and normalise the images the way prediction does; ``colours``: of each RGB image, what is segmented
+    (``colour`` of :func:`~napari_unet.core.predict.iter_planes`: the colour the user chose to segment
+    it by; None: "auto" for every image).
 
     Raises
     ------
@@ -105,8 +122,11 @@ def prepare_examples(
         )
     if len(images) != len(labels):
         raise ValueError(f"Got {len(images)} images but {len(labels)} label images; give one label image per image.")
+    colours = ["auto"] * len(images) if colours is None else list(colours)
+    if len(colours) != len(images):
+        raise ValueError(f"Got {len(images)} images but {len(colours)} colours; give one colour per image.")
     out = []
-    for i, (img, lab) in enumerate(zip(images, labels)):
+    for i, (img, lab, colour) in enumerate(zip(images, labels, colours, strict=True)):
         img = np.asarray(img)
         # (infinite values ended the run after its start with numpy's warnings and "before segmenting";
         # float64 values beyond float32's range became infinite)
@@ -138,7 +158,7 @@ def prepare_examples(
         if missing is not None and missing.all():  # (the sampler failed on it: "high <= 0")
             raise ValueError(f"Example {i + 1} holds no data at all (NaN only, or the black fill of a "
                              "mosaic): leave it out.")
-        img = _colour_segmented(model, img)
+        img = _colour_segmented(model, img, colour)
         img = without_camera_artefacts(img)
         if (level := bright_outliers_level(img, lab)) is not None:  # clipped as prediction clips them
             img = clipped_at(img, level)
@@ -335,19 +355,21 @@ def training_split(
     val_fraction: float,
     rng: np.random.Generator,
     mark: Callable[[list[TrainingExample]], list[str]] | None = None,
+    colours: Sequence[int | str | None] | None = None,
 ) -> TrainingSplit:
     """Prepare the examples and hold out a validation part (explicit, or see :func:`split_examples`).
 
     ``mark``: called on the prepared examples (and on explicit validation examples) before
     the split, e.g. to give the examples labelled in part their ``known`` mask
     (:func:`napari_unet.core.partial.mark_partial`); the notes it returns are the split's.
+    ``colours``: see :func:`prepare_examples` (of ``images``; explicit validation images are told "auto").
 
     Raises
     ------
     ValueError
         Bad examples (see :func:`prepare_examples`), or no object in any label image.
     """
-    examples = prepare_examples(model, images, labels)
+    examples = prepare_examples(model, images, labels, colours=colours)
     if not has_objects(examples):
         raise ValueError(
             "Nothing to learn from: every label image is empty (only background). "

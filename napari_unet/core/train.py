@@ -264,6 +264,7 @@ def finetune(
     labelled: str = "auto",
     stop: StopFlag | None = None,
     patch_processes: bool = False,
+    colours: Sequence[int | str | None] | None = None,
 ) -> Generator[TrainNote | TrainStep | Validation, None, SegmentationModel]:
     """Fine-tune a copy of ``model`` on labelled planes, yielding progress events.
 
@@ -321,6 +322,11 @@ def finetune(
         :mod:`napari_unet.core.partial`.
     stop : object with ``is_set()``, or a callable returning bool, optional
         Checked before every step; when set, training ends and the model is returned.
+    colours : list, optional
+        Of each RGB image of ``images``, what is learnt from: as ``colour`` of
+        :func:`~napari_unet.core.predict.iter_planes` ("auto", "mean", 0, 1, 2 or "without DAB"),
+        the choice the image is segmented with, so that training sees what prediction does. None:
+        "auto" for every image.
 
     Yields
     ------
@@ -349,7 +355,7 @@ def finetune(
         val_images=val_images, val_labels=val_labels, validate_every=validate_every, device=device, seed=seed,
         mixed_precision=mixed_precision, freeze_norm=freeze_norm, from_scratch=from_scratch,
         boundary_width=boundary_width, w0=w0, sigma=sigma, select=select, workers=workers, labelled=labelled,
-        patch_processes=patch_processes,
+        patch_processes=patch_processes, colours=colours,
     )
     for note in prepared.split.notes:
         log.warning("Fine-tuning: %s", note)
@@ -494,6 +500,7 @@ def prepare_run(
     workers: int | None = None,
     labelled: str = "auto",
     patch_processes: bool = False,
+    colours: Sequence[int | str | None] | None = None,
 ) -> PreparedRun:
     """Check the arguments and build the parts of a run (arguments as :func:`finetune` takes them).
 
@@ -521,7 +528,7 @@ def prepare_run(
     def mark(examples: list) -> list[str]:  # planes labelled in part learn only where they are known
         return mark_partial(work, examples, labelled, untrained=from_scratch)
 
-    split = training_split(model, images, labels, val_images, val_labels, val_fraction, rng, mark)
+    split = training_split(model, images, labels, val_images, val_labels, val_fraction, rng, mark, colours)
     amp_dtype = autocast_dtype(dev, mixed_precision)
     freeze_norm = (not from_scratch) if freeze_norm is None else bool(freeze_norm)
     targets = TargetRecipe(model.representation, boundary_width, w0, sigma)

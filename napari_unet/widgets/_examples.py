@@ -30,6 +30,26 @@ class Example:
     image: np.ndarray  # (H, W) or (H, W, 3|4)
     labels: np.ndarray  # (H, W) int32
     source: str  # "c2c12 masks, slice 17"
+    #: what of an RGB image is learnt from: the colour its masks were segmented by (Segment's Colour,
+    #: :data:`COLOUR_KEY`), as ``colour`` of core's ``iter_planes``
+    colour: Any = "auto"
+
+
+#: The masks layer's metadata entry saying which colour of its RGB image Segment segmented, when the
+#: user chose one (Segment's Colour; absent: "auto"): fine-tuning on the masks learns from that colour.
+COLOUR_KEY = "napari_unet_colour"
+
+
+def colour_of(labels: Any, image: Any) -> Any:
+    """The colour of ``image`` (an RGB layer) the masks ``labels`` were segmented by ("auto" unless
+    the user chose one, see :data:`COLOUR_KEY`)."""
+    if not getattr(image, "rgb", False):
+        return "auto"
+    metadata = getattr(labels, "metadata", None)
+    colour = metadata.get(COLOUR_KEY, "auto") if isinstance(metadata, dict) else "auto"
+    valid = colour in ("auto", "mean", "without DAB") or (
+        isinstance(colour, int) and not isinstance(colour, bool) and 0 <= colour < 3)
+    return colour if valid else "auto"
 
 
 @dataclass
@@ -112,6 +132,7 @@ class ExampleToRead:
     labels_data: Any
     plane: tuple[int, ...]
     source: str
+    colour: Any = "auto"  # (see Example.colour)
 
     @property
     def in_memory(self) -> bool:
@@ -123,7 +144,7 @@ class ExampleToRead:
 
     def read(self) -> Example:
         labels = as_label_plane(_plane_of(self.labels_data, self.plane, copy=False), self.source)  # (one copy)
-        return Example(_plane_of(self.image_data, self.plane), labels, self.source)
+        return Example(_plane_of(self.image_data, self.plane), labels, self.source, self.colour)
 
 
 @dataclass
@@ -135,6 +156,7 @@ class LabelledSlicesToRead:
     labels_data: Any
     name: str  # the labels layer's
     description: str
+    colour: Any = "auto"  # (see Example.colour)
 
     @property
     def source(self) -> str:
@@ -148,7 +170,7 @@ class LabelledSlicesToRead:
         kept = planes_holding_labels(self.labels_data, stop)
         if stop is not None and stop.is_set():
             return [], None
-        examples = [ExampleToRead(self.image_data, self.labels_data, plane, _source(self.name, plane))
+        examples = [ExampleToRead(self.image_data, self.labels_data, plane, _source(self.name, plane), self.colour)
                     for plane in kept]
         return examples, empty_slices_note(self.description, len(kept), self.labels_data.shape)
 
@@ -249,8 +271,9 @@ def examples_from_layers(image: Any, labels: Any, planes: list[tuple[int, ...]] 
     n_lead = labels.ndim - 2
     if planes is None:
         planes = [tuple(int(i) for i in idx) for idx in np.ndindex(*labels.data.shape[:n_lead])]
-    to_read = [ExampleToRead(full_resolution(image), full_resolution(labels), plane, _source(labels.name, plane))
-               for plane in planes]
+    colour = colour_of(labels, image)
+    to_read = [ExampleToRead(full_resolution(image), full_resolution(labels), plane, _source(labels.name, plane),
+                             colour) for plane in planes]
     return [item.read() for item in to_read] if read else to_read
 
 

@@ -52,6 +52,7 @@ def segment_planes(
     region: tuple[slice, slice],
     *,
     rgb: bool,
+    colour: Any = "auto",
     threshold: float | None,
     min_size: int | None,
     diameter: float | None = None,
@@ -59,8 +60,8 @@ def segment_planes(
     device: str | None = None,
 ) -> Generator[Any, None, None]:
     """Worker body: loads the model, then core's plane loop (``threshold`` / ``min_size`` None: the
-    model's own for the kind of image; Progress events and one
-    :class:`~napari_unet.core.predict.PlaneResult` per plane, probabilities as float16), and
+    model's own for the kind of image; ``colour``: of an RGB image, what is segmented, see
+    ``iter_planes``); Progress events and one :class:`~napari_unet.core.predict.PlaneResult` per plane, probabilities as float16), and
     an :class:`EmptyPlane` after a plane where nothing was found."""
     from napari_unet.core.events import Progress
     from napari_unet.core.predict import PlaneResult, iter_planes
@@ -75,7 +76,7 @@ def segment_planes(
         if choice.name == "onnx" and choice.reason:  # (the device line says the GPU)
             yield RunNote(f"{model.name} runs through ONNX Runtime, {choice.reason}.")
     for item in iter_planes(model, data, planes=planes, region=region, context=VIEW_CONTEXT, rgb=rgb,
-                            diameter=diameter, threshold=threshold, min_size=min_size):
+                            colour=colour, diameter=diameter, threshold=threshold, min_size=min_size):
         if isinstance(item, PlaneResult):  # kept for re-thresholding: half the memory
             item = dataclasses.replace(item, probabilities=item.probabilities.astype(np.float16))
         yield item

@@ -68,6 +68,7 @@ def train_and_save(
         [ex.image for ex in examples],
         [ex.labels for ex in examples],
         stop=stop,
+        colours=[ex.colour for ex in examples],
         **settings,
     )
     steps = 0

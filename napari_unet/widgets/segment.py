@@ -86,6 +86,11 @@ SCOPE_SLICE = "Current slice"
 SCOPE_VIEW = "Visible field of view"
 SCOPE_STACK = "Whole stack"
 NO_CHANNEL_AXIS = "none"
+#: Segment's Colour (shown for RGB images): what of the colours the model segments, as ``colour`` of
+#: core's ``iter_planes`` (a merge of fluorescence channels: the cells' colour rather than the nuclei's;
+#: "auto" takes the most nuclei-like one of a merge, stained tissue's mean, an IHC image without its DAB)
+COLOUR_CHOICES = [("Auto", "auto"), ("Mean of the colours", "mean"), ("Red", 0), ("Green", 1), ("Blue", 2),
+                  ("Without the brown DAB (IHC)", "without DAB")]
 #: ``kind`` of :meth:`SegmentWidget._apply_model_postprocessing` when the proposal's look at the plane decides.
 _PROPOSED = object()
 #: The proposal looks at the plane shown once the dims slider has rested this long (milliseconds).
@@ -148,6 +153,7 @@ class SegmentWidget(Container):
         self._rethresholding = False  # the job running applies a new threshold (no network run)
         self._after_cancel = ""  # the status of a cancelled run, kept while its re-threshold follows
         self.last_run_seconds: float | None = None
+        self._run_colour: Any = "auto"  # Colour of the run going on (or the last)
 
         self._image_combo = ComboBox(label="Image", choices=self._image_choices, nullable=False,
                                      tooltip="The image layer to segment; its masks go to the Labels layer '<image> masks'.")
@@ -156,6 +162,12 @@ class SegmentWidget(Container):
             choices=self._channel_axis_choices,
             tooltip="Axis holding channels: the whole-stack run keeps it at the channel shown now.",
         )
+        self._colour = ComboBox(
+            label="Colour", choices=COLOUR_CHOICES, value="auto", visible=False,
+            tooltip="What of the RGB image the model segments. Auto: the most nuclei-like colour of merged "
+                    "fluorescence channels, the mean of the colours of stained tissue, an immunohistochemistry "
+                    "image without its brown DAB. Choose a colour to segment what it shows (the cells' colour of a "
+                    "merge, say); fine-tuning on these masks then learns from that colour too.")
         self._model_combo = ComboBox(label="Model", choices=self._model_choices,
                                      tooltip="The network that segments: a built-in model (proposed for the kind of "
                                              "image), one of yours (fine-tuned), or a file added below.")
@@ -189,7 +201,7 @@ class SegmentWidget(Container):
         self._device_label = Label(label="Device", value="")
         wrap_text(self._status, self._diameter_used)
         self.extend([
-            self._image_combo, self._channel_axis, self._model_combo, self._model_hint, self._add_model_button,
+            self._image_combo, self._channel_axis, self._colour, self._model_combo, self._model_hint, self._add_model_button,
             self._scope, *self._three_d.widgets, *self._sizing.widgets,
             self._threshold, self._min_size, self._overwrite,
             self._run_button, self._cancel_button, self._progress, self._status, self._device_label,
@@ -200,6 +212,7 @@ class SegmentWidget(Container):
         self._add_model_button.changed.connect(self._ask_model_file)
         self._sizing.from_label_button.changed.connect(self.diameter_from_selected_label)
         self._image_combo.changed.connect(self._channel_axis_of_image)
+        self._image_combo.changed.connect(self._colour_of_image)
         self._image_combo.changed.connect(lambda *_: self._three_d.refresh())
         self._image_combo.changed.connect(self._proposal.refresh)
         self._image_combo.changed.connect(self._on_image_kind)  # after the proposal: it tells the kind
@@ -225,6 +238,7 @@ class SegmentWidget(Container):
         self._on_model_changed()
         self._proposal.refresh()
         self._on_image_kind()
+        self._colour_of_image()
         self._register()
         _heap.add_host(self, self.native, viewer)  # full garbage collections kept short (see _heap)
         when_undocked(self.native, self._closed)
@@ -255,6 +269,18 @@ class SegmentWidget(Container):
         named = channel_axis_of(image) if image is not None else None
         if named is not None:
             self._channel_axis.value = named
+
+    def _colour_of_image(self, *_args) -> None:
+        """Colour is shown for an RGB image only, at the choice its masks were made with (Auto for new ones)."""
+        from ._examples import colour_of
+
+        image = self._image_combo.value
+        rgb = image is not None and bool(getattr(image, "rgb", False))
+        self._colour.visible = rgb
+        if rgb:
+            name = masks_layer_name(image.name)
+            masks = self._viewer.layers[name] if name in self._viewer.layers else None
+            self._colour.value = colour_of(masks, image) if masks is not None else "auto"
 
     def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
         from napari_unet.core.checkpoint import list_models
@@ -573,12 +599,21 @@ class SegmentWidget(Container):
             return
         self._remember_run(image, masks)
         threshold, min_size = self._run_given = self._postprocessing_given()
+        colour = self._run_colour = self._colour.value if image.rgb else "auto"
+        if image.rgb:  # (fine-tuning on these masks learns from the colour they were segmented by)
+            from ._examples import COLOUR_KEY
+
+            if colour == "auto":
+                masks.metadata.pop(COLOUR_KEY, None)
+            else:
+                masks.metadata[COLOUR_KEY] = colour
         generator = segment_planes(
             model_path,
             full_resolution(image),
             planes,
             region,
             rgb=bool(image.rgb),
+            colour=colour,
             threshold=threshold,
             min_size=min_size,
             diameter=diameter,
@@ -783,12 +818,12 @@ class SegmentWidget(Container):
     def _say_colour(self, result: PlaneResult) -> None:
         """Once a run: which colour of an RGB image was segmented on its own (a merge of fluorescence
         channels: the most nuclei-like one, not the mean of the colours), or that an immunohistochemistry
-        image was segmented without its DAB."""
-        if result.colour is None:
+        image was segmented without its DAB; not when the user chose the colour (Colour)."""
+        if result.colour is None or self._run_colour != "auto":
             return
         from napari_unet.core.channels import colour_note
 
-        note = colour_note(result.colour)
+        note = colour_note(result.colour, napari=True)
         if note not in self._notes_said:
             self._notes_said.add(note)
             notify_info(note[0].upper() + note[1:] + ".")

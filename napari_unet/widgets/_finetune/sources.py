@@ -22,6 +22,7 @@ from .._examples import (
     LayerPairSource,
     _check_pair_shapes,
     as_label_plane,
+    colour_of,
     empty_slices_note,
     examples_from_folders,
     examples_from_layers,
@@ -195,7 +196,8 @@ class ExtraExamplesPanel(Container):
                     _check_pair_shapes(layers[source.image_name], extra_labels)
                     examples.append(LabelledSlicesToRead(full_resolution(layers[source.image_name]),
                                                          full_resolution(extra_labels), extra_labels.name,
-                                                         source.description))
+                                                         source.description,
+                                                         colour_of(extra_labels, layers[source.image_name])))
                     continue
                 extra_planes = _labelled_planes(extra_labels, source.description)
             examples += examples_from_layers(layers[source.image_name], extra_labels, extra_planes, read=read)
