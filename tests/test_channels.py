@@ -372,12 +372,13 @@ def test_cli_channel_mean_or_without_dab_for_an_rgb_image(tmp_path, ihc, model, 
 
 
 def test_segment_widget_segments_the_colour_chosen_and_fine_tuning_learns_from_it(
-        make_napari_viewer, qtbot, model, nuclei, composite, notifications):
+        make_napari_viewer, qtbot, model, nuclei, composite, notifications, tmp_path):
     """Segment had no colour choice: an RGB merge was segmented by its most nuclei-like colour, and
     another colour took splitting the layer. Colour (shown for RGB images) chooses it; the masks record
     it, and fine-tuning on them learns from that colour (as the next runs segment it)."""
     from napari_unet.core.examples import prepare_examples
-    from napari_unet.widgets._examples import COLOUR_KEY, examples_from_layers
+    from napari_unet.io._corrected import COLOUR_KEY
+    from napari_unet.widgets._examples import examples_from_layers
     from napari_unet.widgets.segment import SCOPE_SLICE, masks_layer_name
 
     _image, labels = nuclei
@@ -412,6 +413,14 @@ def test_segment_widget_segments_the_colour_chosen_and_fine_tuning_learns_from_i
 
     assert likeness(chosen.image, green_alone) > 0.5 > 0 > likeness(chosen.image, blue_alone)  # (0.75, -0.32)
     assert likeness(auto.image, blue_alone) > 0.9 and likeness(auto.image, green_alone) < 0  # (Auto: the nuclei's)
+    # saved and reopened, the masks still say it (in the list beside the file)
+    from napari_unet.io._corrected import stored_layout
+
+    path = tmp_path / f"{masks.name}.tif"
+    assert masks.save(str(path), plugin="napari-unet") and stored_layout(path).colour == 1
+    reopened = viewer.open(path, plugin="napari-unet", name="reopened")[0]
+    assert reopened.metadata[COLOUR_KEY] == 1 and examples_from_layers(layer, reopened, [()])[0].colour == 1
+    viewer.layers.remove(reopened)
     # the choice follows the image: another image's masks have their own; Auto again forgets it
     widget._image_combo.value = grey
     widget._image_combo.value = layer
@@ -442,3 +451,26 @@ def test_fine_tuning_takes_the_colour_of_each_rgb_image(model, nuclei, composite
         run(["purple"])
     with pytest.raises(ValueError, match="one colour per image"):
         run([1, 2])
+
+
+def test_cli_train_learns_from_the_colour_given(tmp_path, nuclei, composite, capsys):
+    """``napari-unet train --channel``, as ``predict --channel``: an RGB merge's green learnt from, not the
+    nuclear blue that is told by default; a colour that is none is refused in one line."""
+    from napari_unet.cli import main
+    from napari_unet.core.checkpoint import read_model_file
+
+    _image, labels = nuclei
+    tifffile.imwrite(tmp_path / "merge.tif", composite, photometric="rgb")
+    tifffile.imwrite(tmp_path / "merge_masks.tif", labels)
+    common = ["train", "--images", str(tmp_path / "merge.tif"), "--labels", str(tmp_path / "merge_masks.tif"),
+              "--from", "nuclei", "--steps", "1", "--batch-size", "2", "--val-fraction", "0", "--device", "cpu",
+              "--no-progress"]
+    weights = {}
+    for channel in (None, "1", "2"):
+        out = tmp_path / f"{channel}.pt"
+        assert main([*common, "--out", str(out), *(["--channel", channel] if channel else [])]) == 0, capsys.readouterr().err
+        weights[channel] = next(iter(read_model_file(out).net.state_dict().values()))
+    assert weights[None].equal(weights["2"]) and not weights[None].equal(weights["1"])  # (default: the blue nuclei)
+    assert main([*common, "--out", str(tmp_path / "x.pt"), "--channel", "3"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--channel must be 0, 1 or 2" in err[0] and not (tmp_path / "x.pt").exists()

@@ -31,6 +31,7 @@ import numpy as np
 from napari_unet._training_bounds import MAX_BATCH, MIN_PATCH
 
 from . import DEVICE_HELP, CLIError
+from .predict import RGB_CHANNEL_WORDS, _channel_arg
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,11 @@ def add_parser(subparsers: Any) -> None:
                         "learn from the labelled cells, and as background from what lies around them and wherever "
                         "the starting model finds no cell (cells it finds that are not labelled are left out); "
                         "auto (default): told per image by what the starting model finds where nothing is labelled")
+    p.add_argument("--channel", type=_channel_arg, default=None, metavar="N|mean|without-dab",
+                   help="of RGB training images, the colour to learn from: 0, 1, 2 (red, green, blue), mean, or "
+                        "without-dab; give the one predict --channel segments with (default: as predict tells it: "
+                        "the most nuclei-like colour of merged fluorescence channels, the mean of stained tissue, "
+                        "an immunohistochemistry image without its DAB)")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model of that name/path")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -263,7 +269,13 @@ def run(args: argparse.Namespace) -> int:
         if in_model_folder:
             raise CLIError(str(exc.strerror or exc)) from None
         raise CLIError(f"--out {out}: its folder cannot be written ({exc.strerror or exc}); give another") from None
+    if isinstance(args.channel, int) and not 0 <= args.channel < 3:
+        raise CLIError(f"--channel must be 0, 1 or 2 (red, green, blue), mean or without-dab, got {args.channel}")
     images, labels = read_examples(args.images, args.labels)
+    colour = RGB_CHANNEL_WORDS.get(args.channel, args.channel) if args.channel is not None else "auto"
+    colours = [colour if np.ndim(image) == 3 and np.shape(image)[-1] in (3, 4) else "auto" for image in images]
+    if args.channel is not None and all(c == "auto" for c in colours):
+        print(f"napari-unet: no RGB training image: --channel {args.channel} left aside", file=sys.stderr)
     base, why = (load_model(args.base, device=args.device), "") if args.base is not None \
         else _fitting_builtin(images, args.device)
     print(f"fine-tuning {base.name!r}{why} on {len(images)} example(s), device {base.device}")
@@ -276,6 +288,7 @@ def run(args: argparse.Namespace) -> int:
         base, images, labels, steps=steps, time_budget=args.time_budget, lr=args.lr,
         patch_size=args.patch_size, batch_size=args.batch_size, augment=not args.no_augment,
         val_fraction=args.val_fraction, device=args.device, seed=args.seed, labelled=args.labelled, stop=stop,
+        colours=colours,
     )
     bar = TrainingBar(steps, args.time_budget, enabled=not args.no_progress)
     failed = None

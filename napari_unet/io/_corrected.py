@@ -35,6 +35,16 @@ MASKS_KEY = "napari_unet_masks"
 #: segmented again in 2D numbers its objects above them (kept in the list beside a saved file: the
 #: plane's ids reopened as 1, 2, ... joined nuclei of the planes around it).
 OBJECTS_3D_KEY = "napari_unet_objects_3d"
+#: Key, in a masks layer's metadata, saying which colour of its RGB image Segment segmented, when the
+#: user chose one (Segment's Colour; absent: "auto"): fine-tuning on the masks learns from that colour.
+#: Kept in the list beside a saved file.
+COLOUR_KEY = "napari_unet_colour"
+
+
+def valid_colour(colour: Any) -> bool:
+    """Whether ``colour`` is a choice :data:`COLOUR_KEY` records: "mean", "without DAB" or 0, 1, 2."""
+    return colour in ("mean", "without DAB") or (
+        isinstance(colour, int) and not isinstance(colour, bool) and 0 <= colour < 3)
 #: What napari-unet writes into masks files it makes (the TIFF's Software tag, an OME-Zarr
 #: attribute): such a file without its list holds a model's masks, none corrected; another tool's
 #: masks without a list are someone's own, kept from runs unasked.
@@ -154,7 +164,8 @@ def _version_known(data: Any) -> bool:
 def corrected_list_text(labels_path: str | os.PathLike, planes: Iterable[Any] | dict | Any,
                         layer_axes: str | None = None, offset: Sequence[float] | None = None,
                         calibration: tuple[Sequence[float], Sequence[str]] | None = None,
-                        transform: dict[str, Any] | None = None, objects_3d: bool = False) -> str:
+                        transform: dict[str, Any] | None = None, objects_3d: bool = False,
+                        colour: Any = None) -> str:
     """The JSON text of the corrected-slices list of ``labels_path`` (see :func:`save_corrected_list`).
 
     The planes index the file's own stack axes (size-1 ones included). ``layer_axes``: the axes
@@ -165,7 +176,8 @@ def corrected_list_text(labels_path: str | os.PathLike, planes: Iterable[Any] | 
     cannot say them as they were (a Z spacing with Y, X uncalibrated, an axis of size 1, a bare
     scale without a unit): the reader gives them back. ``transform``: the layer's rotation, shear and
     affine matrix that are not the identity (see :func:`napari_unet.io.write_labels`). ``objects_3d``:
-    the labels are 3D objects (see :data:`OBJECTS_3D_KEY`)."""
+    the labels are 3D objects (see :data:`OBJECTS_3D_KEY`); ``colour``: the colour of the RGB image
+    they were segmented by, when chosen (see :data:`COLOUR_KEY`; None or "auto": not recorded)."""
     plane_list = planes_given(planes)
     payload = {
         "format": SIDECAR_FORMAT,
@@ -184,6 +196,8 @@ def corrected_list_text(labels_path: str | os.PathLike, planes: Iterable[Any] | 
         payload["layer_transform"] = transform
     if objects_3d:
         payload["objects_3d"] = True
+    if valid_colour(colour):
+        payload["colour"] = colour
     return json.dumps(payload, indent=1) + "\n"
 
 
@@ -228,6 +242,7 @@ class StoredLayout:
     units: tuple[str, ...] | None = None  # cannot say them as they were
     transform: dict[str, Any] | None = None  # rotate, shear, affine (nested lists) that are not the identity
     objects_3d: bool = False  # 3D objects (see OBJECTS_3D_KEY)
+    colour: Any = None  # the colour of the RGB image chosen to segment (see COLOUR_KEY); None: auto
 
 
 def _numbers(values: Any, nonzero: bool = False) -> tuple[float, ...] | None:
@@ -257,8 +272,9 @@ def stored_layout(labels_path: str | os.PathLike) -> StoredLayout:
     if not isinstance(transform, dict) or not transform or not all(
             key in transform_identities(2) and _finite_array(value) for key, value in transform.items()):
         transform = None
+    colour = data.get("colour")
     return StoredLayout(axes, _numbers(data.get("offset_pixels")), scale, tuple(units) if units else None, transform,
-                        data.get("objects_3d") is True)
+                        data.get("objects_3d") is True, colour if valid_colour(colour) else None)
 
 
 def transform_identities(ndim: int) -> dict[str, np.ndarray]:

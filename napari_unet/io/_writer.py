@@ -15,6 +15,7 @@ from napari_unet._errors import one_line
 
 from ._axes import AxesError, check_axes, guess_axes
 from ._corrected import (
+    COLOUR_KEY,
     CORRECTED_KEY,
     MADE_BY,
     MASKS_KEY,
@@ -22,6 +23,7 @@ from ._corrected import (
     corrected_list_text,
     sidecar_path,
     transform_identities,
+    valid_colour,
 )
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,7 @@ def write_labels(
     calibration: tuple[Sequence[float], Sequence[Any]] | None = None,
     transform: dict[str, Any] | None = None,
     objects_3d: bool = False,
+    colour: Any = None,
 ) -> Path:
     """Write a label image to a compressed TIFF, atomically (with its corrected-slices list).
 
@@ -124,6 +127,9 @@ def write_labels(
     objects_3d : bool
         The labels are 3D objects, whose ids the planes share: said in the list beside the file, so
         that a plane segmented again in 2D after the file is reopened numbers its objects above them.
+    colour : "mean", "without DAB", 0, 1 or 2, optional
+        The colour of the RGB image the labels were segmented by, when chosen (Segment's Colour):
+        said in the list beside the file, so that fine-tuning on the reopened masks learns from it.
 
     Returns
     -------
@@ -232,12 +238,13 @@ def write_labels(
             else:
                 tifffile.imwrite(fh, np.ascontiguousarray(_fitting(data, dtype)), **kwargs)
         if corrected is None and (_exists(sidecar_path(path)) or layer_axes is not None or offset is not None
-                                  or transform or objects_3d
+                                  or transform or objects_3d or valid_colour(colour)
                                   or kept is not None):
             corrected = []  # a stale list emptied; or the layer's axes, offset or calibration recorded for the reader
         if corrected is not None:
             with files.open(sidecar_path(path), "w") as fh:
-                fh.write(corrected_list_text(path, corrected, layer_axes, offset, kept, transform or None, objects_3d))
+                fh.write(corrected_list_text(path, corrected, layer_axes, offset, kept, transform or None, objects_3d,
+                                             colour))
     log.info("wrote labels %s %s to %s", data.shape, dtype, path)
     return path
 
@@ -378,7 +385,8 @@ def write_layer_labels(path: str | os.PathLike, data: Any, meta: dict[str, Any])
                            offset=_offset_pixels(meta, arr.ndim),
                            calibration=(meta.get("scale"), meta.get("units")),
                            transform=_transform_of(meta, arr.ndim),
-                           objects_3d=bool((meta.get("metadata") or {}).get(OBJECTS_3D_KEY)))
+                           objects_3d=bool((meta.get("metadata") or {}).get(OBJECTS_3D_KEY)),
+                           colour=(meta.get("metadata") or {}).get(COLOUR_KEY))
     return str(written)
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_unet.io._corrected import COLOUR_KEY, valid_colour
+
 from ._base import full_resolution
 from ._corrections import format_plane
 
@@ -35,21 +37,14 @@ class Example:
     colour: Any = "auto"
 
 
-#: The masks layer's metadata entry saying which colour of its RGB image Segment segmented, when the
-#: user chose one (Segment's Colour; absent: "auto"): fine-tuning on the masks learns from that colour.
-COLOUR_KEY = "napari_unet_colour"
-
-
 def colour_of(labels: Any, image: Any) -> Any:
     """The colour of ``image`` (an RGB layer) the masks ``labels`` were segmented by ("auto" unless
     the user chose one, see :data:`COLOUR_KEY`)."""
     if not getattr(image, "rgb", False):
         return "auto"
     metadata = getattr(labels, "metadata", None)
-    colour = metadata.get(COLOUR_KEY, "auto") if isinstance(metadata, dict) else "auto"
-    valid = colour in ("auto", "mean", "without DAB") or (
-        isinstance(colour, int) and not isinstance(colour, bool) and 0 <= colour < 3)
-    return colour if valid else "auto"
+    colour = metadata.get(COLOUR_KEY) if isinstance(metadata, dict) else None
+    return colour if valid_colour(colour) else "auto"
 
 
 @dataclass

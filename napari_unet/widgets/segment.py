@@ -32,7 +32,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from napari_unet.io._corrected import OBJECTS_3D_KEY
+from napari_unet.io._corrected import COLOUR_KEY, OBJECTS_3D_KEY
 
 from . import _heap
 from ._base import (
@@ -601,8 +601,6 @@ class SegmentWidget(Container):
         threshold, min_size = self._run_given = self._postprocessing_given()
         colour = self._run_colour = self._colour.value if image.rgb else "auto"
         if image.rgb:  # (fine-tuning on these masks learns from the colour they were segmented by)
-            from ._examples import COLOUR_KEY
-
             if colour == "auto":
                 masks.metadata.pop(COLOUR_KEY, None)
             else:
