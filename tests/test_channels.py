@@ -474,3 +474,28 @@ def test_cli_train_learns_from_the_colour_given(tmp_path, nuclei, composite, cap
     assert main([*common, "--out", str(tmp_path / "x.pt"), "--channel", "3"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--channel must be 0, 1 or 2" in err[0] and not (tmp_path / "x.pt").exists()
+
+
+def test_compactness_of_thousands_of_parts_is_measured_on_a_few_hundred():
+    """A 2048 px merge's surroundings hold thousands of nuclei: a convex hull each took 0.6 s of the
+    1.0 s that told its colour. The largest parts and every n-th of the others by size stand for all."""
+    from skimage.draw import disk, rectangle
+    from skimage.measure import regionprops
+
+    from napari_unet.core.channels import MAX_MEASURED_OBJECTS, _solidity
+
+    rng = np.random.default_rng(0)
+    labels = np.zeros((1200, 1200), np.int32)
+    for i in range(1600):  # discs of 3-9 px radius, and one part in four an L (solidity about 0.5-0.75)
+        r, c = divmod(i, 40)
+        centre, radius = (15 + 30 * r, 15 + 30 * c), int(rng.integers(3, 10))
+        labels[disk(centre, radius, shape=labels.shape)] = i + 1
+        if i % 4 == 0:
+            labels[rectangle((centre[0] - radius, centre[1] - radius), extent=(radius, radius))] = 0
+    props = regionprops(labels)
+    exact = float(np.average([p.solidity for p in props], weights=[p.area for p in props]))
+    assert len(props) > 5 * MAX_MEASURED_OBJECTS
+    assert _solidity(props) == pytest.approx(exact, abs=0.01)
+    few = props[:MAX_MEASURED_OBJECTS]  # (as many as are measured: all of them, exactly)
+    assert _solidity(few) == pytest.approx(np.average([p.solidity for p in few], weights=[p.area for p in few]))
+    assert _solidity(props, largest=0) == 0.0 and _solidity([]) == 0.0
