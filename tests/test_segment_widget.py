@@ -1515,3 +1515,33 @@ def test_the_masks_follow_a_rotation_or_affine_set_on_the_image_after_a_first_ru
         _segment(w, qtbot, image)
         np.testing.assert_allclose(masks._data_to_world.affine_matrix, image._data_to_world.affine_matrix)
     assert any("now has the pixel size, position and orientation of 'one'" in m for m in notifications)
+
+
+def test_weights_kept_during_the_run_after_fine_tuning_segment_the_view_again(widget, qtbot, c2c12_stack,
+                                                                              tiny_model_path, tmp_path):
+    """"Keep the trained weights instead" pressed while Segment re-segmented the view after the fine-tuning
+    (with the weights the gate had kept): the view stayed segmented by those, a note said to segment
+    again. That run was no run of the user's: it stops and the view is segmented with the new weights.
+    Cancel pressed meanwhile stops it all; a run of the user's is never stopped (see the test above)."""
+    import shutil
+
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack, name="c2c12")
+    kept = tmp_path / "kept.pt"
+    shutil.copy(tiny_model_path, kept)
+    w.use_new_model(str(tiny_model_path), image)  # the run after the fine-tuning: the gate's weights
+    assert w._worker is not None and w._run_automatic
+    w.use_new_model(str(kept), image)  # Keep pressed: the trained weights saved
+    assert "once the run with the one before stops" in w._status.value
+    qtbot.waitUntil(lambda: w._worker is None and w._new_model_after_run is None and w._run_model == str(kept),
+                    timeout=60_000)
+    _wait(qtbot, w)
+    assert w._status.value.startswith("Done") and Path(w._model_combo.value).name == "kept.pt"
+    assert viewer.layers[masks_layer_name("c2c12")].data[viewer.dims.current_step[0]].any()
+
+    w.use_new_model(str(tiny_model_path), image)
+    w.use_new_model(str(kept), image)
+    w.cancel()  # the user's Cancel: nothing follows
+    _wait(qtbot, w)
+    qtbot.wait(100)
+    assert w._worker is None and w._run_model == str(tiny_model_path) and w._new_model_after_run is None

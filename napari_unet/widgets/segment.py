@@ -154,6 +154,8 @@ class SegmentWidget(Container):
         self._after_cancel = ""  # the status of a cancelled run, kept while its re-threshold follows
         self.last_run_seconds: float | None = None
         self._run_colour: Any = "auto"  # Colour of the run going on (or the last)
+        self._run_automatic = False  # the run going on is no run of the user's (the one after a fine-tuning)
+        self._new_model_after_run: tuple[Any, Any] | None = None  # (model path, image) to segment with next
 
         self._image_combo = ComboBox(label="Image", choices=self._image_choices, nullable=False,
                                      tooltip="The image layer to segment; its masks go to the Labels layer '<image> masks'.")
@@ -630,6 +632,15 @@ class SegmentWidget(Container):
         """A new (fine-tuned) model: select it and segment ``image`` with it (its current view,
         see :meth:`segment_current_view`); with no image (or one no longer open), only select it."""
         target = unwrap_proxy(image) if image is not None else None
+        if self._worker is not None and self._run_automatic and not self._rethresholding:
+            # the run going on segments with the weights before (the fine-tuned model just saved, whose
+            # held-back weights were then kept: "Keep the trained weights instead"): stopped, and the
+            # view segmented again with these once it has stopped
+            self.select_model(model_path)
+            self.cancel()
+            self._new_model_after_run = (model_path, image)
+            self._status.value = "Segmenting again with the new model once the run with the one before stops…"
+            return
         if self._worker is not None:  # the user's run goes on: the view, scope and slider stay as they are
             self.select_model(model_path)
             message = ("The new model is chosen; a segmentation is running with the one before: segment again "
@@ -735,7 +746,8 @@ class SegmentWidget(Container):
         self._run_layers = ()
 
     def cancel(self, *_args) -> None:
-        """Stop the running worker between tiles; what was written so far stays."""
+        """Stop the running worker between tiles; what was written so far stays (and nothing follows)."""
+        self._new_model_after_run = None
         if self._worker is not None:
             self._cancelled = True
             self._worker.quit()
@@ -746,6 +758,7 @@ class SegmentWidget(Container):
         self._run_started = time.perf_counter()
         self._run_model = self._model_combo.value  # (a fine-tune may choose its model while this runs)
         self._run_corrections = RunCorrections.start(masks, overwrite, automatic)
+        self._run_automatic = automatic
         self._label_at_start = int(masks.selected_label) if masks is not None else 0
         # planes segmented again in 2D among 3D objects: their ids start above those (they named
         # other nuclei of the volume: one id, two objects)
@@ -952,6 +965,13 @@ class SegmentWidget(Container):
         self._new_masks = None
         if self._undocked:  # (its cancelled run has ended)
             self._let_go()
+        new_model, self._new_model_after_run = self._new_model_after_run, None
+        if new_model is not None and not self._undocked:
+            from qtpy.QtCore import QTimer
+
+            self._rethreshold_pending = False
+            QTimer.singleShot(0, lambda: qt_alive(self) and self._worker is None and self.use_new_model(*new_model))
+            return  # (the new run segments with the Threshold / Min. size chosen now)
         pending, self._rethreshold_pending = self._rethreshold_pending, False
         if pending and not self._failed and not self._abandoned:
             from qtpy.QtCore import QTimer
