@@ -401,7 +401,7 @@ def test_segment_widget_segments_the_colour_chosen_and_fine_tuning_learns_from_i
     assert average_precision(green, np.asarray(masks.data)) == 1.0
     assert not np.array_equal(segment(model, composite), green)  # (not what Auto segments: the blue nuclei)
     assert not any("blue channel" in n for n in notifications)  # (the user chose: no "looks like a merge")
-    assert masks.metadata[COLOUR_KEY] == 1
+    assert masks.metadata[COLOUR_KEY] == [[[], 1]]  # (each slice's: here the image's one)
     (example,) = examples_from_layers(layer, masks, [()])
     assert example.colour == 1
     (chosen,) = prepare_examples(model, [example.image], [labels], colours=[example.colour])
@@ -417,9 +417,9 @@ def test_segment_widget_segments_the_colour_chosen_and_fine_tuning_learns_from_i
     from napari_unet.io._corrected import stored_layout
 
     path = tmp_path / f"{masks.name}.tif"
-    assert masks.save(str(path), plugin="napari-unet") and stored_layout(path).colour == 1
+    assert masks.save(str(path), plugin="napari-unet") and stored_layout(path).colours == [[[], 1]]
     reopened = viewer.open(path, plugin="napari-unet", name="reopened")[0]
-    assert reopened.metadata[COLOUR_KEY] == 1 and examples_from_layers(layer, reopened, [()])[0].colour == 1
+    assert reopened.metadata[COLOUR_KEY] == [[[], 1]] and examples_from_layers(layer, reopened, [()])[0].colour == 1
     viewer.layers.remove(reopened)
     # the choice follows the image: another image's masks have their own; Auto again forgets it
     widget._image_combo.value = grey
@@ -499,3 +499,89 @@ def test_compactness_of_thousands_of_parts_is_measured_on_a_few_hundred():
     few = props[:MAX_MEASURED_OBJECTS]  # (as many as are measured: all of them, exactly)
     assert _solidity(few) == pytest.approx(np.average([p.solidity for p in few], weights=[p.area for p in few]))
     assert _solidity(props, largest=0) == 0.0 and _solidity([]) == 0.0
+
+
+def test_each_slice_keeps_its_colour_and_colour_follows_masks_opened_later(make_napari_viewer, qtbot, nuclei,
+                                                                          composite, tmp_path):
+    """One colour a masks layer, replaced by every run: a frame segmented by green and corrected was then
+    learnt from the colour of the next run (blue nuclei for green cells). Each slice keeps its own; the
+    masks of the image opened after it set Colour to theirs (it said Auto, and the next run forgot theirs)."""
+    from napari_unet.io._corrected import colour_of_slice
+    from napari_unet.widgets._examples import examples_from_layers
+    from napari_unet.widgets.segment import SCOPE_SLICE, masks_layer_name
+
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    layer = viewer.add_image(np.stack([composite, composite]), name="merge", rgb=True)
+    widget.reset_choices()
+    widget._image_combo.value = layer
+    widget._scope.value = SCOPE_SLICE
+    for frame, colour in ((0, 1), (1, "auto")):
+        viewer.dims.set_current_step(0, frame)
+        widget._colour.value = colour
+        widget._run_button.clicked.emit()
+        qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
+    masks = viewer.layers[masks_layer_name("merge")]
+    assert colour_of_slice(masks.metadata, (0,)) == 1 and colour_of_slice(masks.metadata, (1,)) == "auto"
+    assert [e.colour for e in examples_from_layers(layer, masks, [(0,), (1,)])] == [1, "auto"]
+    path = tmp_path / "merge masks.tif"
+    assert masks.save(str(path), plugin="napari-unet")
+    viewer.layers.remove(masks)
+    widget._colour.value = "auto"
+    viewer.open(path, plugin="napari-unet")  # the masks after the image: Colour takes their last choice
+    assert widget._colour.value == 1
+    reopened = viewer.layers[masks_layer_name("merge")]
+    assert [e.colour for e in examples_from_layers(layer, reopened, [(0,), (1,)])] == [1, "auto"]
+
+
+def test_a_model_fine_tuned_on_one_colour_segments_it_by_default(model, nuclei, composite, caplog):
+    """A model fine-tuned on the green of RGB merges was given their blue nuclei again by "auto": it
+    records the colour it learnt from, and segments (and is fine-tuned again on) that one."""
+    from napari_unet.core.train import finetune
+
+    _image, labels = nuclei
+
+    def tuned(base, images, colours):
+        gen = finetune(base, images, [labels] * len(images), steps=1, val_fraction=0, validate_start=False,
+                       colours=colours)
+        while True:
+            try:
+                next(gen)
+            except StopIteration as done:
+                return done.value
+
+    green = tuned(model, [composite], [1])
+    assert green.colour == 1 and model.colour is None
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        np.testing.assert_array_equal(segment(green, composite), segment(green, composite, colour=1))
+    assert any("fine-tuned on the green colour" in r.getMessage() for r in caplog.records)
+    assert tuned(green, [composite], ["auto"]).colour == 1  # ("auto" is its own colour)
+    assert tuned(green, [composite[..., 2]], None).colour == 1  # (no RGB image: it keeps it)
+    assert tuned(green, [composite, composite], [2, "mean"]).colour is None  # (two colours: told on each)
+    assert tuned(model, [composite], None).colour is None  # (told on the image: nothing to record)
+
+
+def test_training_from_files_learns_from_the_colour_saved_with_the_masks(tmp_path, nuclei, composite):
+    from napari_unet.cli.train import read_examples
+    from napari_unet.io import write_labels
+    from napari_unet.io._corrected import COLOUR_KEY
+    from napari_unet.widgets._examples import examples_from_folders
+
+    _image, labels = nuclei
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lab").mkdir()
+    tifffile.imwrite(tmp_path / "img" / "merge.tif", composite, photometric="rgb")
+    write_labels(tmp_path / "lab" / "merge.tif", labels, corrected=[()], colours={COLOUR_KEY: [[[], 1]]})
+    (example,) = examples_from_folders(tmp_path / "img", tmp_path / "lab")
+    assert example.colour == 1
+    _images, _labels, colours = read_examples([str(tmp_path / "img")], [str(tmp_path / "lab")])
+    assert colours == [1]
+
+
+def test_colour_choices_are_read_whatever_their_case_and_others_are_none():
+    from napari_unet.core.channels import WITHOUT_DAB, chosen_colour
+
+    assert chosen_colour("Without DAB") == WITHOUT_DAB and chosen_colour(" MEAN ") == "mean"
+    assert chosen_colour(np.int64(2)) == 2 and chosen_colour(0) == 0
+    assert all(chosen_colour(v) is None for v in ("auto", "1", 1.0, True, 3, -1, None, [1], "purple"))

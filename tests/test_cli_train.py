@@ -390,7 +390,7 @@ def test_masks_of_an_ome_tiff_with_z_before_t_pair_plane_by_plane(tmp_path):
         labels[z, t, 7 * k : 7 * k + 6, 10:20] = 1
     tifffile.imwrite(tmp_path / "img.ome.tif", image, metadata={"axes": "ZTYX"})
     write_labels(tmp_path / "img_masks.tif", labels, axes="ZTYX", corrected=[])
-    images, masks = read_examples([str(tmp_path / "img.ome.tif")], [str(tmp_path / "img_masks.tif")])
+    images, masks, _colours = read_examples([str(tmp_path / "img.ome.tif")], [str(tmp_path / "img_masks.tif")])
     assert len(images) == 6 and all(np.array_equal(a > 0, b > 0) for a, b in zip(images, masks, strict=True))
 
 

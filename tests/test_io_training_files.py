@@ -119,7 +119,7 @@ def test_one_folder_holding_images_and_their_labels(tmp_path, pair):
     _files(folder, ["a_masks.tif", "b_seg.png"], labels)
     expected = [("a.tif", "a_masks.tif"), ("b.png", "b_seg.png")]
     assert _names(pair_images_with_labels(folder, folder)) == expected
-    images, masks = read_examples([str(folder)], [str(folder)])
+    images, masks, _colours = read_examples([str(folder)], [str(folder)])
     assert len(images) == 2
     np.testing.assert_array_equal(masks[1], labels)
     assert [e.source for e in examples_from_folders(folder, folder)] == ["a.tif", "b.png"]
@@ -211,7 +211,7 @@ def test_palette_png_labels_read_the_same_in_both(tmp_path, pair):
     palette = Image.fromarray(labels.astype(np.uint8), mode="P")
     palette.putpalette(list(np.random.default_rng(0).integers(0, 256, 768)))
     palette.save(tmp_path / "lab" / "a_masks.png")
-    _images, cli_labels = read_examples([str(images)], [str(tmp_path / "lab")])
+    _images, cli_labels, _colours = read_examples([str(images)], [str(tmp_path / "lab")])
     (example,) = examples_from_folders(images, tmp_path / "lab")
     np.testing.assert_array_equal(cli_labels[0], labels)
     np.testing.assert_array_equal(example.labels, labels)
@@ -231,7 +231,7 @@ def test_masks_saved_with_some_slices_corrected_train_on_those_only(tmp_path, ca
     tifffile.imwrite(tmp_path / "img" / "pos.ome.tif", image, metadata={"axes": "ZTYX"})
     write_labels(tmp_path / "img" / "pos masks.tif", labels, axes="ZTYX", corrected=[(1, 2), (0, 1)])
     with caplog.at_level(logging.WARNING):
-        images, masks = read_examples([str(tmp_path / "img")], [str(tmp_path / "img")])
+        images, masks, _colours = read_examples([str(tmp_path / "img")], [str(tmp_path / "img")])
     assert len(images) == 2 and "4 of its 6 slices are not marked corrected" in caplog.text
     for got, want in zip(images, (image[0, 1], image[1, 2]), strict=True):  # each with its own labels
         np.testing.assert_array_equal(got, want)

@@ -75,9 +75,10 @@ def add_parser(subparsers: Any) -> None:
                         "auto (default): told per image by what the starting model finds where nothing is labelled")
     p.add_argument("--channel", type=_channel_arg, default=None, metavar="N|mean|without-dab",
                    help="of RGB training images, the colour to learn from: 0, 1, 2 (red, green, blue), mean, or "
-                        "without-dab; give the one predict --channel segments with (default: as predict tells it: "
-                        "the most nuclei-like colour of merged fluorescence channels, the mean of stained tissue, "
-                        "an immunohistochemistry image without its DAB)")
+                        "without-dab (the model records it and segments it by default). Default: the one masks saved "
+                        "from napari record (Segment's Colour), else the model's own, else as predict tells it: the "
+                        "most nuclei-like colour of merged fluorescence channels, the mean of stained tissue, an "
+                        "immunohistochemistry image without its DAB")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model of that name/path")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -116,14 +117,18 @@ def _pair_files(image_paths: list[str], label_paths: list[str]) -> list[tuple[Pa
     return pairs
 
 
-def read_examples(image_paths: list[str], label_paths: list[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def read_examples(image_paths: list[str], label_paths: list[str]
+                  ) -> tuple[list[np.ndarray], list[np.ndarray], list[int | str]]:
     """Lists of 2D image planes and label planes read from files and folders
     (:func:`napari_unet.io.read_training_pair`: slices of masks saved by napari-unet that are not
-    marked corrected are left out, with a warning)."""
+    marked corrected are left out, with a warning), and the colour of each plane's RGB image its
+    masks were segmented by (saved from napari after Segment's Colour; "auto" otherwise)."""
     from napari_unet.io import read_training_pair
+    from napari_unet.io._corrected import stored_colour
 
     images: list[np.ndarray] = []
     labels: list[np.ndarray] = []
+    colours: list[int | str] = []
     for img_path, lab_path in _pair_files(image_paths, label_paths):
         try:
             examples, _left_out = read_training_pair(img_path, lab_path)
@@ -131,7 +136,8 @@ def read_examples(image_paths: list[str], label_paths: list[str]) -> tuple[list[
             raise CLIError(str(exc)) from None
         images.extend(image for image, _labels, _source in examples)
         labels.extend(plane for _image, plane, _source in examples)
-    return images, labels
+        colours.extend([stored_colour(lab_path)] * len(examples))
+    return images, labels, colours
 
 
 def _out_path(text: str, overwrite: bool) -> Path:
@@ -271,11 +277,16 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--out {out}: its folder cannot be written ({exc.strerror or exc}); give another") from None
     if isinstance(args.channel, int) and not 0 <= args.channel < 3:
         raise CLIError(f"--channel must be 0, 1 or 2 (red, green, blue), mean or without-dab, got {args.channel}")
-    images, labels = read_examples(args.images, args.labels)
-    colour = RGB_CHANNEL_WORDS.get(args.channel, args.channel) if args.channel is not None else "auto"
-    colours = [colour if np.ndim(image) == 3 and np.shape(image)[-1] in (3, 4) else "auto" for image in images]
-    if args.channel is not None and all(c == "auto" for c in colours):
-        print(f"napari-unet: no RGB training image: --channel {args.channel} left aside", file=sys.stderr)
+    images, labels, stored = read_examples(args.images, args.labels)
+    rgb = [np.ndim(image) == 3 and np.shape(image)[-1] in (3, 4) for image in images]
+    if args.channel is not None:  # (over what saved masks record)
+        stored = [RGB_CHANNEL_WORDS.get(args.channel, args.channel)] * len(images)
+        if not any(rgb):
+            print(f"napari-unet: no RGB training image: --channel {args.channel} left aside", file=sys.stderr)
+        elif not all(rgb):
+            print(f"napari-unet: --channel {args.channel} applies to the RGB training images only "
+                  f"({sum(rgb)} of {len(rgb)})", file=sys.stderr)
+    colours = [c if is_rgb else "auto" for c, is_rgb in zip(stored, rgb, strict=True)]
     base, why = (load_model(args.base, device=args.device), "") if args.base is not None \
         else _fitting_builtin(images, args.device)
     print(f"fine-tuning {base.name!r}{why} on {len(images)} example(s), device {base.device}")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -89,6 +90,27 @@ def nuclear_colour(plane: np.ndarray) -> int | None:
             return None  # one picture in several colours (a colour map): the mean is that picture
     compact = [s for s in fluorescent if s.solidity >= COMPACT] or fluorescent
     return min(compact, key=lambda s: s.bright_fraction).colour
+
+
+def chosen_colour(colour: Any) -> int | str | None:
+    """``colour`` as a choice of what to segment of an RGB image (``colour`` of
+    :func:`~napari_unet.core.predict.iter_planes` other than "auto"): "mean", :data:`WITHOUT_DAB` (any
+    case) or 0, 1, 2; None for anything else (Auto, or a value that is no colour)."""
+    if isinstance(colour, str):
+        return {"mean": "mean", WITHOUT_DAB.lower(): WITHOUT_DAB}.get(colour.strip().lower())
+    if isinstance(colour, (int, np.integer)) and not isinstance(colour, (bool, np.bool_)) and 0 <= colour < 3:
+        return int(colour)
+    return None
+
+
+def model_colour_note(colour: int | str, napari: bool = False) -> str:
+    """What to tell the user when ``colour`` of an RGB image was segmented because the model was
+    fine-tuned on it (``SegmentationModel.colour``)."""
+    what = {"mean": "the mean of the colours", WITHOUT_DAB: "the image without its DAB"}.get(
+        colour, f"the {COLOUR_NAMES[colour] if isinstance(colour, int) else colour} colour")
+    other = ("for another, choose it under Colour in Segment" if napari else
+             "for another, give --channel (command line) or colour= (Python)")
+    return f"the model was fine-tuned on {what} of RGB images: {what} was segmented; {other}"
 
 
 def colour_note(colour: int | str, napari: bool = False) -> str:

@@ -146,6 +146,15 @@ class SegmentationModel:
         return value if value is not None and value > 0 else None
 
     @property
+    def colour(self) -> int | str | None:
+        """What of an RGB image this model was fine-tuned on, where every RGB image it learnt from was
+        given one (``metadata["colour"]``: 0, 1, 2, "mean" or "without DAB"; Segment's Colour, ``train
+        --channel``): what it segments of RGB images when told "auto". None: told on each image."""
+        from .channels import chosen_colour
+
+        return chosen_colour(self.metadata.get("colour"))
+
+    @property
     def object_size(self):
         """The object sizes this model segments well (:class:`~napari_unet.core.scale.ObjectSize`):
         around :attr:`diameter`, or the range ``metadata["diameter_range"]`` measured when it was

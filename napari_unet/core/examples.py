@@ -79,13 +79,16 @@ def _colour_segmented(model: SegmentationModel, img: np.ndarray, colour: int | s
     :func:`~napari_unet.core.predict.iter_planes` takes it): for "auto" (or None) and a 1-channel model,
     the nuclear colour of a fluorescence merge or an immunohistochemistry image without its DAB (see
     :func:`~napari_unet.core.channels.colour_to_segment`), else ``img`` (a model fine-tuned on the mean
-    of the colours, nuclei and cytoplasm, was then given the nuclear colour alone); "mean": ``img``;
-    a colour (0, 1, 2) or "without DAB": that, whatever the model (as prediction gives it)."""
+    of the colours, nuclei and cytoplasm, was then given the nuclear colour alone), or for a model
+    fine-tuned on one colour (``model.colour``) that one; "mean": ``img``; a colour (0, 1, 2) or
+    "without DAB": that, whatever the model (as prediction gives it)."""
     if img.ndim != 3 or img.shape[-1] not in (3, 4):
         return img
     from .channels import WITHOUT_DAB, colour_plane, colour_to_segment
 
     word = colour.strip().lower() if isinstance(colour, str) else colour
+    if (word is None or word == "auto") and model.colour is not None:  # (as prediction segments it)
+        word = model.colour.lower() if isinstance(model.colour, str) else model.colour
     if word is None or word == "auto":
         if model.in_channels != 1:
             return img
@@ -99,6 +102,23 @@ def _colour_segmented(model: SegmentationModel, img: np.ndarray, colour: int | s
     else:
         raise ValueError(f"colour must be 'auto', 'mean', {WITHOUT_DAB!r} or 0, 1, 2 (red, green, blue); got {colour!r}.")
     return img if colour is None else colour_plane(img, colour)
+
+
+#: :attr:`TrainingSplit.colour` of examples without RGB images: the model keeps its own colour.
+INHERITED = "inherited"
+
+
+def _common_colour(model: SegmentationModel, images: Sequence[np.ndarray],
+                   colours: Sequence[int | str | None] | None) -> Any:
+    """What all the RGB ``images`` were learnt from when it is one thing (see :attr:`TrainingSplit.colour`)."""
+    from .channels import chosen_colour
+
+    given = ["auto"] * len(images) if colours is None else list(colours)
+    rgb = [c for img, c in zip(images, given, strict=True) if np.ndim(img) == 3 and np.shape(img)[-1] in (3, 4)]
+    if not rgb:
+        return INHERITED
+    used = {chosen_colour(c) if chosen_colour(c) is not None else model.colour for c in rgb}
+    return used.pop() if len(used) == 1 else None
 
 
 def prepare_examples(
@@ -339,6 +359,10 @@ class TrainingSplit:
     val: list[TrainingExample]
     kind: str
     notes: list[str] = field(default_factory=list)
+    #: what of the RGB images was learnt from, where all of them were given the same (0, 1, 2, "mean",
+    #: "without DAB"; the model's own colour counts for "auto"); None where they were told one by one or
+    #: given different ones; :data:`INHERITED` without RGB images (the model's own stands)
+    colour: Any = INHERITED
 
     @property
     def partial(self) -> list[int]:
@@ -370,6 +394,7 @@ def training_split(
         Bad examples (see :func:`prepare_examples`), or no object in any label image.
     """
     examples = prepare_examples(model, images, labels, colours=colours)
+    colour = _common_colour(model, images, colours)
     if not has_objects(examples):
         raise ValueError(
             "Nothing to learn from: every label image is empty (only background). "
@@ -401,4 +426,4 @@ def training_split(
     if not has_objects(train):
         train = examples  # every object fell in the validation part: train on all
         log.warning("All labelled objects are in the validation part; training on everything.")
-    return TrainingSplit(examples, train, val, kind, notes)
+    return TrainingSplit(examples, train, val, kind, notes, colour)

@@ -789,10 +789,15 @@ def _check_colour(colour: int | str | None, layout: StackLayout) -> int | str | 
 def auto_colour(model: SegmentationModel, plane: np.ndarray) -> int | str | None:
     """The colour of an RGB ``plane`` (finite values) a 1-channel ``model`` segments on its own, or
     :data:`~napari_unet.core.channels.WITHOUT_DAB` (None: the mean), said once in a warning; the plane
-    loop and the dask batch tell it so (:func:`~napari_unet.core.channels.colour_to_segment`)."""
+    loop and the dask batch tell it so (:func:`~napari_unet.core.channels.colour_to_segment`). A model
+    fine-tuned on one colour of RGB images (:attr:`SegmentationModel.colour`) segments that one."""
+    from .channels import colour_note, colour_to_segment, model_colour_note
+
+    if model.colour is not None:
+        log.warning("Colour: %s.", model_colour_note(model.colour))
+        return None if model.colour == "mean" else model.colour
     if model.in_channels != 1:
         return None  # a 3-channel model takes the colours as they are
-    from .channels import colour_note, colour_to_segment
 
     colour = colour_to_segment(plane)
     if colour is not None:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .checkpoint import SegmentationModel
-from .examples import TrainingSplit
+from .examples import INHERITED, TrainingSplit
 from .validation import BestWeights, Scores
 
 
@@ -107,6 +107,11 @@ def trained_metadata(
         from .calibrate import training_diameter
 
         meta["training_diameter"] = round(training_diameter([e.labels for e in split.examples]), 2)
+    if not unchanged and split.colour != INHERITED:  # what of RGB images it learnt from (its "auto")
+        if split.colour is None:
+            meta.pop("colour", None)
+        else:
+            meta["colour"] = split.colour
     if from_scratch:
         meta.pop("data_diameter", None)
     elif not unchanged:  # where the automatic diameter starts on this user's other images

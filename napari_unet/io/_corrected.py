@@ -35,16 +35,61 @@ MASKS_KEY = "napari_unet_masks"
 #: segmented again in 2D numbers its objects above them (kept in the list beside a saved file: the
 #: plane's ids reopened as 1, 2, ... joined nuclei of the planes around it).
 OBJECTS_3D_KEY = "napari_unet_objects_3d"
-#: Key, in a masks layer's metadata, saying which colour of its RGB image Segment segmented, when the
-#: user chose one (Segment's Colour; absent: "auto"): fine-tuning on the masks learns from that colour.
-#: Kept in the list beside a saved file.
+#: Key, in a masks layer's metadata, saying which colour of its RGB image Segment segmented each slice
+#: by, where the user chose one (Segment's Colour; a slice not listed: "auto"): a list of [slice index
+#: (a list of ints, the layer's stack axes), colour], in the order they were written. Fine-tuning on a
+#: slice learns from its colour; kept in the list beside a saved file.
 COLOUR_KEY = "napari_unet_colour"
 
 
-def valid_colour(colour: Any) -> bool:
-    """Whether ``colour`` is a choice :data:`COLOUR_KEY` records: "mean", "without DAB" or 0, 1, 2."""
-    return colour in ("mean", "without DAB") or (
-        isinstance(colour, int) and not isinstance(colour, bool) and 0 <= colour < 3)
+def recorded_colours(metadata: Any) -> list[tuple[tuple[int, ...], int | str]]:
+    """The (slice, colour) pairs :data:`COLOUR_KEY` holds in ``metadata`` (a dict; malformed entries
+    left out, said in the log), the last written last."""
+    stored = metadata.get(COLOUR_KEY) if isinstance(metadata, dict) else None
+    if stored is None:
+        return []
+    pairs: list[tuple[tuple[int, ...], int | str]] = []
+    for entry in stored if isinstance(stored, (list, tuple)) else [stored]:
+        ok = isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], (list, tuple)) \
+            and all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) and i >= 0 for i in entry[0])
+        from napari_unet.core.channels import chosen_colour
+
+        colour = chosen_colour(entry[1]) if ok else None
+        if colour is None:
+            log.warning("Ignoring a malformed %r entry in layer metadata: %r", COLOUR_KEY, entry)
+            continue
+        pairs.append((tuple(int(i) for i in entry[0]), colour))
+    return pairs
+
+
+def stored_colour(labels_path: str | os.PathLike) -> int | str:
+    """The colour of its RGB image the masks saved at ``labels_path`` were segmented by, read from the
+    list beside them (see :data:`COLOUR_KEY`), when all their slices that record one record the same
+    ("auto" otherwise: without a list, without colours, or slices of different colours, said in the log)."""
+    colours = {c for _p, c in recorded_colours({COLOUR_KEY: stored_layout(labels_path).colours or None})}
+    if len(colours) > 1:
+        log.warning("%s: its slices were segmented by different colours of the image; learnt from the colour "
+                    "told on each (open the pair in napari to learn each slice from its own).", Path(labels_path).name)
+    return colours.pop() if len(colours) == 1 else "auto"
+
+
+def colour_of_slice(metadata: Any, plane: tuple[int, ...]) -> int | str:
+    """The colour slice ``plane`` was segmented by (see :data:`COLOUR_KEY`); "auto" when not recorded."""
+    found = [c for p, c in recorded_colours(metadata) if p == tuple(plane)]
+    return found[-1] if found else "auto"
+
+
+def record_colour(metadata: dict, plane: tuple[int, ...], colour: Any) -> None:
+    """Say in ``metadata`` (a layer's) that slice ``plane`` was segmented by ``colour`` (Auto: forgotten)."""
+    from napari_unet.core.channels import chosen_colour
+
+    pairs = [(p, c) for p, c in recorded_colours(metadata) if p != tuple(plane)]
+    if chosen_colour(colour) is not None:
+        pairs.append((tuple(plane), chosen_colour(colour)))
+    if pairs:
+        metadata[COLOUR_KEY] = [[list(p), c] for p, c in pairs]
+    else:
+        metadata.pop(COLOUR_KEY, None)
 #: What napari-unet writes into masks files it makes (the TIFF's Software tag, an OME-Zarr
 #: attribute): such a file without its list holds a model's masks, none corrected; another tool's
 #: masks without a list are someone's own, kept from runs unasked.
@@ -165,7 +210,7 @@ def corrected_list_text(labels_path: str | os.PathLike, planes: Iterable[Any] | 
                         layer_axes: str | None = None, offset: Sequence[float] | None = None,
                         calibration: tuple[Sequence[float], Sequence[str]] | None = None,
                         transform: dict[str, Any] | None = None, objects_3d: bool = False,
-                        colour: Any = None) -> str:
+                        colours: Any = None) -> str:
     """The JSON text of the corrected-slices list of ``labels_path`` (see :func:`save_corrected_list`).
 
     The planes index the file's own stack axes (size-1 ones included). ``layer_axes``: the axes
@@ -176,8 +221,9 @@ def corrected_list_text(labels_path: str | os.PathLike, planes: Iterable[Any] | 
     cannot say them as they were (a Z spacing with Y, X uncalibrated, an axis of size 1, a bare
     scale without a unit): the reader gives them back. ``transform``: the layer's rotation, shear and
     affine matrix that are not the identity (see :func:`napari_unet.io.write_labels`). ``objects_3d``:
-    the labels are 3D objects (see :data:`OBJECTS_3D_KEY`); ``colour``: the colour of the RGB image
-    they were segmented by, when chosen (see :data:`COLOUR_KEY`; None or "auto": not recorded)."""
+    the labels are 3D objects (see :data:`OBJECTS_3D_KEY`); ``colours``: the colours of the RGB image
+    the slices were segmented by, where chosen (a layer's metadata, see :data:`COLOUR_KEY`; its slices
+    in the layer's axis order, which the reader gives back)."""
     plane_list = planes_given(planes)
     payload = {
         "format": SIDECAR_FORMAT,
@@ -196,8 +242,9 @@ def corrected_list_text(labels_path: str | os.PathLike, planes: Iterable[Any] | 
         payload["layer_transform"] = transform
     if objects_3d:
         payload["objects_3d"] = True
-    if valid_colour(colour):
-        payload["colour"] = colour
+    pairs = recorded_colours(colours)
+    if pairs:
+        payload["colours"] = [[list(p), c] for p, c in pairs]
     return json.dumps(payload, indent=1) + "\n"
 
 
@@ -242,7 +289,8 @@ class StoredLayout:
     units: tuple[str, ...] | None = None  # cannot say them as they were
     transform: dict[str, Any] | None = None  # rotate, shear, affine (nested lists) that are not the identity
     objects_3d: bool = False  # 3D objects (see OBJECTS_3D_KEY)
-    colour: Any = None  # the colour of the RGB image chosen to segment (see COLOUR_KEY); None: auto
+    #: the colours of the RGB image chosen to segment slices by (see COLOUR_KEY): [[slice, colour], ...]
+    colours: list | None = None
 
 
 def _numbers(values: Any, nonzero: bool = False) -> tuple[float, ...] | None:
@@ -272,9 +320,9 @@ def stored_layout(labels_path: str | os.PathLike) -> StoredLayout:
     if not isinstance(transform, dict) or not transform or not all(
             key in transform_identities(2) and _finite_array(value) for key, value in transform.items()):
         transform = None
-    colour = data.get("colour")
+    colours = [[list(p), c] for p, c in recorded_colours({COLOUR_KEY: data.get("colours")})]
     return StoredLayout(axes, _numbers(data.get("offset_pixels")), scale, tuple(units) if units else None, transform,
-                        data.get("objects_3d") is True, colour if valid_colour(colour) else None)
+                        data.get("objects_3d") is True, colours or None)
 
 
 def transform_identities(ndim: int) -> dict[str, np.ndarray]:

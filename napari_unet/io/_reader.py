@@ -438,9 +438,9 @@ def as_labels_where_masks(path: str | os.PathLike, layers: list[LayerData]) -> l
         if stored.objects_3d:  # (see OBJECTS_3D_KEY)
             for _data, meta, _kind in layers:
                 meta["metadata"] = {**meta.get("metadata", {}), OBJECTS_3D_KEY: True}
-        if stored.colour is not None:  # (see COLOUR_KEY)
+        if stored.colours:  # (see COLOUR_KEY)
             for _data, meta, _kind in layers:
-                meta["metadata"] = {**meta.get("metadata", {}), COLOUR_KEY: stored.colour}
+                meta["metadata"] = {**meta.get("metadata", {}), COLOUR_KEY: stored.colours}
         return layers
     if _is_ome_zarr_labels(path) or _named_as_labels(path, layers):
         # masks napari-unet made (predict, segment_to_ome_zarr): a model's, none corrected yet; another

@@ -15,7 +15,6 @@ from napari_unet._errors import one_line
 
 from ._axes import AxesError, check_axes, guess_axes
 from ._corrected import (
-    COLOUR_KEY,
     CORRECTED_KEY,
     MADE_BY,
     MASKS_KEY,
@@ -23,7 +22,7 @@ from ._corrected import (
     corrected_list_text,
     sidecar_path,
     transform_identities,
-    valid_colour,
+    recorded_colours,
 )
 
 log = logging.getLogger(__name__)
@@ -87,7 +86,7 @@ def write_labels(
     calibration: tuple[Sequence[float], Sequence[Any]] | None = None,
     transform: dict[str, Any] | None = None,
     objects_3d: bool = False,
-    colour: Any = None,
+    colours: Any = None,
 ) -> Path:
     """Write a label image to a compressed TIFF, atomically (with its corrected-slices list).
 
@@ -127,9 +126,10 @@ def write_labels(
     objects_3d : bool
         The labels are 3D objects, whose ids the planes share: said in the list beside the file, so
         that a plane segmented again in 2D after the file is reopened numbers its objects above them.
-    colour : "mean", "without DAB", 0, 1 or 2, optional
-        The colour of the RGB image the labels were segmented by, when chosen (Segment's Colour):
-        said in the list beside the file, so that fine-tuning on the reopened masks learns from it.
+    colours : dict, optional
+        The colours of the RGB image the slices were segmented by, where chosen (Segment's Colour; a
+        layer's metadata, see :data:`~napari_unet.io._corrected.COLOUR_KEY`): said in the list beside
+        the file, so that fine-tuning on the reopened masks learns from them.
 
     Returns
     -------
@@ -238,13 +238,13 @@ def write_labels(
             else:
                 tifffile.imwrite(fh, np.ascontiguousarray(_fitting(data, dtype)), **kwargs)
         if corrected is None and (_exists(sidecar_path(path)) or layer_axes is not None or offset is not None
-                                  or transform or objects_3d or valid_colour(colour)
+                                  or transform or objects_3d or recorded_colours(colours)
                                   or kept is not None):
             corrected = []  # a stale list emptied; or the layer's axes, offset or calibration recorded for the reader
         if corrected is not None:
             with files.open(sidecar_path(path), "w") as fh:
                 fh.write(corrected_list_text(path, corrected, layer_axes, offset, kept, transform or None, objects_3d,
-                                             colour))
+                                             colours))
     log.info("wrote labels %s %s to %s", data.shape, dtype, path)
     return path
 
@@ -386,7 +386,7 @@ def write_layer_labels(path: str | os.PathLike, data: Any, meta: dict[str, Any])
                            calibration=(meta.get("scale"), meta.get("units")),
                            transform=_transform_of(meta, arr.ndim),
                            objects_3d=bool((meta.get("metadata") or {}).get(OBJECTS_3D_KEY)),
-                           colour=(meta.get("metadata") or {}).get(COLOUR_KEY))
+                           colours=meta.get("metadata") or {})
     return str(written)
 
 

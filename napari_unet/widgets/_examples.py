@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_unet.io._corrected import COLOUR_KEY, valid_colour
+from napari_unet.io._corrected import colour_of_slice
 
 from ._base import full_resolution
 from ._corrections import format_plane
@@ -37,14 +37,20 @@ class Example:
     colour: Any = "auto"
 
 
-def colour_of(labels: Any, image: Any) -> Any:
-    """The colour of ``image`` (an RGB layer) the masks ``labels`` were segmented by ("auto" unless
-    the user chose one, see :data:`COLOUR_KEY`)."""
+def colour_metadata(labels: Any, image: Any) -> dict | None:
+    """The metadata of the masks ``labels`` that says which colour of ``image`` each slice was
+    segmented by (see :data:`~napari_unet.io._corrected.COLOUR_KEY`); None for an image without colours."""
     if not getattr(image, "rgb", False):
-        return "auto"
+        return None
     metadata = getattr(labels, "metadata", None)
-    colour = metadata.get(COLOUR_KEY) if isinstance(metadata, dict) else None
-    return colour if valid_colour(colour) else "auto"
+    return dict(metadata) if isinstance(metadata, dict) else None
+
+
+def colour_of(labels: Any, image: Any, plane: tuple[int, ...]) -> Any:
+    """The colour of ``image`` (an RGB layer) slice ``plane`` of the masks ``labels`` was segmented by
+    ("auto" unless the user chose one)."""
+    metadata = colour_metadata(labels, image)
+    return "auto" if metadata is None else colour_of_slice(metadata, plane)
 
 
 @dataclass
@@ -151,7 +157,7 @@ class LabelledSlicesToRead:
     labels_data: Any
     name: str  # the labels layer's
     description: str
-    colour: Any = "auto"  # (see Example.colour)
+    colours: dict | None = None  # the labels layer's metadata, for its slices' colours (see colour_metadata)
 
     @property
     def source(self) -> str:
@@ -165,7 +171,8 @@ class LabelledSlicesToRead:
         kept = planes_holding_labels(self.labels_data, stop)
         if stop is not None and stop.is_set():
             return [], None
-        examples = [ExampleToRead(self.image_data, self.labels_data, plane, _source(self.name, plane), self.colour)
+        examples = [ExampleToRead(self.image_data, self.labels_data, plane, _source(self.name, plane),
+                                  "auto" if self.colours is None else colour_of_slice(self.colours, plane))
                     for plane in kept]
         return examples, empty_slices_note(self.description, len(kept), self.labels_data.shape)
 
@@ -266,9 +273,8 @@ def examples_from_layers(image: Any, labels: Any, planes: list[tuple[int, ...]] 
     n_lead = labels.ndim - 2
     if planes is None:
         planes = [tuple(int(i) for i in idx) for idx in np.ndindex(*labels.data.shape[:n_lead])]
-    colour = colour_of(labels, image)
     to_read = [ExampleToRead(full_resolution(image), full_resolution(labels), plane, _source(labels.name, plane),
-                             colour) for plane in planes]
+                             colour_of(labels, image, plane)) for plane in planes]
     return [item.read() for item in to_read] if read else to_read
 
 
@@ -290,14 +296,16 @@ def examples_from_folders(image_dir: str | Path, labels_dir: str | Path,
         or look like an intensity image.
     """
     from napari_unet.io import pair_images_with_labels, read_training_pair
+    from napari_unet.io._corrected import stored_colour
 
     examples: list[Example] = []
     for image_path, labels_path in pair_images_with_labels(image_dir, labels_dir):
         planes, left_out = read_training_pair(image_path, labels_path)
         if left_out and not_corrected is not None:
             not_corrected.append((labels_path.name, left_out))
+        colour = stored_colour(labels_path)  # (masks saved from napari after Segment's Colour)
         for image, labels, source in planes:
-            examples.append(Example(image, as_label_plane(labels, source), source))
+            examples.append(Example(image, as_label_plane(labels, source), source, colour))
     return examples
 
 

@@ -32,7 +32,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from napari_unet.io._corrected import COLOUR_KEY, OBJECTS_3D_KEY
+from napari_unet.io._corrected import OBJECTS_3D_KEY
 
 from . import _heap
 from ._base import (
@@ -225,6 +225,8 @@ class SegmentWidget(Container):
         viewer.layers.events.inserted.connect(self.reset_choices)
         viewer.layers.events.removed.connect(self.reset_choices)
         viewer.layers.events.renamed.connect(self.reset_choices)  # the lists show the new name
+        viewer.layers.events.inserted.connect(self._on_masks_arrived)
+        viewer.layers.events.renamed.connect(self._on_masks_arrived)
         viewer.layers.events.removed.connect(self._on_layer_removed)
         viewer.layers.events.moved.connect(self.reset_choices)
         # the plane shown decides the proposal too: a (C, Y, X) stack of phase contrast and DAPI is two
@@ -273,8 +275,9 @@ class SegmentWidget(Container):
             self._channel_axis.value = named
 
     def _colour_of_image(self, *_args) -> None:
-        """Colour is shown for an RGB image only, at the choice its masks were made with (Auto for new ones)."""
-        from ._examples import colour_of
+        """Colour is shown for an RGB image only, at the choice its masks' last slice was segmented by
+        (Auto for new masks, or masks of no choice)."""
+        from napari_unet.io._corrected import recorded_colours
 
         image = self._image_combo.value
         rgb = image is not None and bool(getattr(image, "rgb", False))
@@ -282,7 +285,22 @@ class SegmentWidget(Container):
         if rgb:
             name = masks_layer_name(image.name)
             masks = self._viewer.layers[name] if name in self._viewer.layers else None
-            self._colour.value = colour_of(masks, image) if masks is not None else "auto"
+            pairs = recorded_colours(masks.metadata) if masks is not None else []
+            self._colour.value = pairs[-1][1] if pairs else "auto"
+
+    def _on_masks_arrived(self, event: Any = None) -> None:
+        """A layer added or renamed: when it is the chosen image's masks (opened after the image, say)
+        and records the colour they were segmented by, Colour shows it (new masks leave the choice be)."""
+        from napari_unet.io._corrected import recorded_colours
+
+        layer = getattr(event, "value", None)
+        if layer is None and isinstance(getattr(event, "index", None), int) \
+                and 0 <= event.index < len(self._viewer.layers):  # (renamed: the index alone)
+            layer = self._viewer.layers[event.index]
+        image = self._image_combo.value
+        if image is not None and getattr(layer, "name", None) == masks_layer_name(image.name) \
+                and self._worker is None and recorded_colours(getattr(layer, "metadata", None)):
+            self._colour_of_image()
 
     def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
         from napari_unet.core.checkpoint import list_models
@@ -602,11 +620,6 @@ class SegmentWidget(Container):
         self._remember_run(image, masks)
         threshold, min_size = self._run_given = self._postprocessing_given()
         colour = self._run_colour = self._colour.value if image.rgb else "auto"
-        if image.rgb:  # (fine-tuning on these masks learns from the colour they were segmented by)
-            if colour == "auto":
-                masks.metadata.pop(COLOUR_KEY, None)
-            else:
-                masks.metadata[COLOUR_KEY] = colour
         generator = segment_planes(
             model_path,
             full_resolution(image),
@@ -829,12 +842,20 @@ class SegmentWidget(Container):
     def _say_colour(self, result: PlaneResult) -> None:
         """Once a run: which colour of an RGB image was segmented on its own (a merge of fluorescence
         channels: the most nuclei-like one, not the mean of the colours), or that an immunohistochemistry
-        image was segmented without its DAB; not when the user chose the colour (Colour)."""
-        if result.colour is None or self._run_colour != "auto":
+        image was segmented without its DAB, or the colour the model was fine-tuned on; not when the
+        user chose the colour (Colour)."""
+        image = self._run_layers[0] if self._run_layers else None
+        if self._run_colour != "auto" or not getattr(image, "rgb", False):
             return
-        from napari_unet.core.channels import colour_note
+        from napari_unet.core.channels import chosen_colour, colour_note, model_colour_note
 
-        note = colour_note(result.colour, napari=True)
+        own = chosen_colour((self._model_metadata() or {}).get("colour"))
+        if own is not None:
+            note = model_colour_note(own, napari=True)
+        elif result.colour is None:
+            return
+        else:
+            note = colour_note(result.colour, napari=True)
         if note not in self._notes_said:
             self._notes_said.add(note)
             notify_info(note[0].upper() + note[1:] + ".")
@@ -847,6 +868,11 @@ class SegmentWidget(Container):
         if self._run_corrections.planes_to_keep(masks, [result.index], whole):
             return
         write_plane(masks, result, self._ids_above or 0)
+        image = self._run_layers[0] if self._run_layers else None
+        if getattr(image, "rgb", False) and not self._rethresholding:  # (fine-tuning learns a slice from its colour)
+            from napari_unet.io._corrected import record_colour
+
+            record_colour(masks.metadata, result.index, self._run_colour)
         if self._ids_above is not None:
             self._ids_above += int(result.labels.max(initial=0))
         self._kept.keep(masks, result, _checksum(masks, result))

@@ -22,7 +22,7 @@ from .._examples import (
     LayerPairSource,
     _check_pair_shapes,
     as_label_plane,
-    colour_of,
+    colour_metadata,
     empty_slices_note,
     examples_from_folders,
     examples_from_layers,
@@ -197,7 +197,7 @@ class ExtraExamplesPanel(Container):
                     examples.append(LabelledSlicesToRead(full_resolution(layers[source.image_name]),
                                                          full_resolution(extra_labels), extra_labels.name,
                                                          source.description,
-                                                         colour_of(extra_labels, layers[source.image_name])))
+                                                         colour_metadata(extra_labels, layers[source.image_name])))
                     continue
                 extra_planes = _labelled_planes(extra_labels, source.description)
             examples += examples_from_layers(layers[source.image_name], extra_labels, extra_planes, read=read)
