@@ -141,9 +141,10 @@ def _stack_diameter(model: SegmentationModel, image: Any, layout: Any, diameter:
 def _stack_colour(model: SegmentationModel, image: Any, layout: Any) -> int | str:
     """The colour every plane of an RGB stack is segmented in: told here once on the first plane,
     as the plain plane loop tells it (:func:`~napari_unet.core.channels.colour_to_segment`: a
-    fluorescence merge's nuclear colour, or an immunohistochemistry image without its DAB), rather
-    than by each plane's task on its own plane; "mean" for grey stacks and other colour images."""
-    if not layout.rgb or model.in_channels != 1:
+    fluorescence merge's nuclear colour, or an immunohistochemistry image without its DAB; the colour a
+    model was fine-tuned on), rather than by each plane's task on its own plane; "mean" for grey stacks
+    and other colour images."""
+    if not layout.rgb:
         return "mean"
     from napari_unet.core.predict import auto_colour
     from napari_unet.core.stack import read_filled_plane

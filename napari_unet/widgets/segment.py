@@ -744,6 +744,7 @@ class SegmentWidget(Container):
         events = self._viewer.layers.events
         disconnect_all((events.inserted, self.reset_choices), (events.removed, self.reset_choices),
                        (events.renamed, self.reset_choices), (events.removed, self._on_layer_removed),
+                       (events.inserted, self._on_masks_arrived), (events.renamed, self._on_masks_arrived),
                        (events.moved, self.reset_choices), (self._viewer.dims.events.current_step, self._on_dims_step))
         self._slider_rest.stop()
         unregister_widget(self._viewer, "segment", self)
