@@ -585,3 +585,27 @@ def test_colour_choices_are_read_whatever_their_case_and_others_are_none():
     assert chosen_colour("Without DAB") == WITHOUT_DAB and chosen_colour(" MEAN ") == "mean"
     assert chosen_colour(np.int64(2)) == 2 and chosen_colour(0) == 0
     assert all(chosen_colour(v) is None for v in ("auto", "1", 1.0, True, 3, -1, None, [1], "purple"))
+
+
+def test_cli_train_takes_a_channel_of_a_multi_channel_file(two_channel_files, nuclei, tmp_path, capsys):
+    """``train`` refused an image with channels ("save the channel as its own file") where ``predict
+    --channel`` segments one: ``--channel N`` picks it, as training on that channel's own file."""
+    from napari_unet.cli import main
+    from napari_unet.core.checkpoint import read_model_file
+
+    _image, labels = nuclei
+    tifffile.imwrite(tmp_path / "masks.tif", labels)
+    tifffile.imwrite(tmp_path / "alone.tif", tifffile.imread(two_channel_files / "ome.ome.tif")[1])
+    common = ["train", "--labels", str(tmp_path / "masks.tif"), "--from", "nuclei", "--steps", "1", "--batch-size",
+              "2", "--val-fraction", "0", "--device", "cpu", "--no-progress"]
+    assert main([*common, "--images", str(two_channel_files / "ome.ome.tif"), "--out", str(tmp_path / "no.pt")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "2 channels" in err[0] and "--channel N" in err[0]
+    assert main([*common, "--images", str(two_channel_files / "ome.ome.tif"), "--channel", "5",
+                 "--out", str(tmp_path / "no.pt")]) != 0
+    assert "0 to 1" in capsys.readouterr().err and not (tmp_path / "no.pt").exists()
+    for name, extra in (("one", ["--images", str(two_channel_files / "ome.ome.tif"), "--channel", "1"]),
+                        ("alone", ["--images", str(tmp_path / "alone.tif")])):
+        assert main([*common, *extra, "--out", str(tmp_path / f"{name}.pt")]) == 0, capsys.readouterr().err
+    one, alone = (next(iter(read_model_file(tmp_path / f"{n}.pt").net.state_dict().values())) for n in ("one", "alone"))
+    assert one.equal(alone)

@@ -74,7 +74,8 @@ def add_parser(subparsers: Any) -> None:
                         "the starting model finds no cell (cells it finds that are not labelled are left out); "
                         "auto (default): told per image by what the starting model finds where nothing is labelled")
     p.add_argument("--channel", type=_channel_arg, default=None, metavar="N|mean|without-dab",
-                   help="of RGB training images, the colour to learn from: 0, 1, 2 (red, green, blue), mean, or "
+                   help="of training files with channels, the channel to learn from (as predict --channel); of RGB "
+                        "training images, the colour: 0, 1, 2 (red, green, blue), mean, or "
                         "without-dab (the model records it and segments it by default). Default: the one masks saved "
                         "from napari record (Segment's Colour), else the model's own, else as predict tells it: the "
                         "most nuclei-like colour of merged fluorescence channels, the mean of stained tissue, an "
@@ -117,12 +118,13 @@ def _pair_files(image_paths: list[str], label_paths: list[str]) -> list[tuple[Pa
     return pairs
 
 
-def read_examples(image_paths: list[str], label_paths: list[str]
+def read_examples(image_paths: list[str], label_paths: list[str], channel: int | None = None
                   ) -> tuple[list[np.ndarray], list[np.ndarray], list[int | str]]:
     """Lists of 2D image planes and label planes read from files and folders
     (:func:`napari_unet.io.read_training_pair`: slices of masks saved by napari-unet that are not
     marked corrected are left out, with a warning), and the colour of each plane's RGB image its
-    masks were segmented by (saved from napari after Segment's Colour; "auto" otherwise)."""
+    masks were segmented by (saved from napari after Segment's Colour; "auto" otherwise). ``channel``:
+    of images with channels, the one to train on."""
     from napari_unet.io import read_training_pair
     from napari_unet.io._corrected import stored_colour
 
@@ -131,7 +133,7 @@ def read_examples(image_paths: list[str], label_paths: list[str]
     colours: list[int | str] = []
     for img_path, lab_path in _pair_files(image_paths, label_paths):
         try:
-            examples, _left_out = read_training_pair(img_path, lab_path)
+            examples, _left_out = read_training_pair(img_path, lab_path, channel)
         except ValueError as exc:
             raise CLIError(str(exc)) from None
         images.extend(image for image, _labels, _source in examples)
@@ -275,10 +277,13 @@ def run(args: argparse.Namespace) -> int:
         if in_model_folder:
             raise CLIError(str(exc.strerror or exc)) from None
         raise CLIError(f"--out {out}: its folder cannot be written ({exc.strerror or exc}); give another") from None
-    if isinstance(args.channel, int) and not 0 <= args.channel < 3:
-        raise CLIError(f"--channel must be 0, 1 or 2 (red, green, blue), mean or without-dab, got {args.channel}")
-    images, labels, stored = read_examples(args.images, args.labels)
+    if isinstance(args.channel, int) and args.channel < 0:
+        raise CLIError(f"--channel must be 0 or more (for RGB images 0, 1 or 2), mean or without-dab, got {args.channel}")
+    images, labels, stored = read_examples(args.images, args.labels,
+                                           args.channel if isinstance(args.channel, int) else None)
     rgb = [np.ndim(image) == 3 and np.shape(image)[-1] in (3, 4) for image in images]
+    if isinstance(args.channel, int) and args.channel >= 3 and any(rgb):
+        raise CLIError(f"--channel must be 0, 1 or 2 (red, green, blue) for RGB images, got {args.channel}")
     if args.channel is not None:  # (over what saved masks record)
         stored = [RGB_CHANNEL_WORDS.get(args.channel, args.channel)] * len(images)
         if not any(rgb):

@@ -183,7 +183,8 @@ def _planes(arr: np.ndarray, axes: str, path: Path, is_labels: bool, channels_ar
         c = axes.index("C")
         if arr.shape[c] != 1:
             raise ValueError(
-                f"{path} has {arr.shape[c]} channels; save the channel to train on as its own file."
+                f"{path} has {arr.shape[c]} channels; give the channel to train on (napari-unet train "
+                "--channel N), or save it as its own file."
             )
     lead = arr.shape[: arr.ndim - spatial]
     flat = arr.reshape((-1,) + arr.shape[arr.ndim - spatial:]) if lead else arr[None]
@@ -231,7 +232,8 @@ def corrected_planes_of(labels_path: Path, axes: str, lead_shape: tuple[int, ...
     return keep
 
 
-def read_training_pair(image_path: Path, labels_path: Path) -> tuple[list[tuple[Any, Any, str]], int]:
+def read_training_pair(image_path: Path, labels_path: Path, channel: int | None = None
+                       ) -> tuple[list[tuple[Any, Any, str]], int]:
     """The training planes of an image file and its labels file: a list of (image plane, labels
     plane, source) with the source ``"a.tif"`` or ``"a.tif, slice 3"``, and how many planes were
     left out as not corrected (masks saved by napari-unet with some slices marked corrected: the
@@ -240,7 +242,9 @@ def read_training_pair(image_path: Path, labels_path: Path) -> tuple[list[tuple[
     Planes are paired by the axes' names where both files name them (an OME-TIFF's Z before T with
     masks stored T before Z); 3 or 4 planes that a file without axes shows as channels are planes
     when the labels hold as many. ``napari-unet train`` and the Fine-tune widget's folders read
-    files so.
+    files so. ``channel``: of an image with channels (not RGB colours), the one to train on
+    (``napari-unet train --channel N``, as ``predict --channel`` segments it); an image with channels
+    and no ``channel`` is refused.
 
     Raises
     ------
@@ -260,6 +264,11 @@ def read_training_pair(image_path: Path, labels_path: Path) -> tuple[list[tuple[
     # 3 or 4 planes without axes in the file look like channels; with as many labels planes they are planes
     guessed_planes = ("C" in img_axes and not img_told and not img_axes.endswith("S")
                       and img.shape[img_axes.index("C")] == len(lab_planes))
+    if channel is not None and "C" in img_axes and not guessed_planes:
+        n = img.shape[img_axes.index("C")]
+        if not 0 <= channel < n:
+            raise ValueError(f"{image_path.name} has {n} channels (0 to {n - 1}); --channel {channel} is none of them")
+        img, img_axes = np.take(img, channel, axis=img_axes.index("C")), img_axes.replace("C", "")
     img_planes = _planes(img, img_axes, image_path, is_labels=False, channels_are_planes=guessed_planes)
     from napari_unet.core.stack import check_finite
 
