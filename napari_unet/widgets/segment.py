@@ -169,7 +169,9 @@ class SegmentWidget(Container):
             tooltip="What of the RGB image the model segments. Auto: the most nuclei-like colour of merged "
                     "fluorescence channels, the mean of the colours of stained tissue, an immunohistochemistry "
                     "image without its brown DAB. Choose a colour to segment what it shows (the cells' colour of a "
-                    "merge, say); fine-tuning on these masks then learns from that colour too.")
+                    "merge, say); fine-tuning on these masks then learns from that colour too, and the model it "
+                    "makes segments that colour under Auto. (A model that takes three colours gets them as they are "
+                    "under Auto and Mean, one colour three times under Red, Green or Blue.)")
         self._model_combo = ComboBox(label="Model", choices=self._model_choices,
                                      tooltip="The network that segments: a built-in model (proposed for the kind of "
                                              "image), one of yours (fine-tuned), or a file added below.")
