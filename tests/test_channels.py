@@ -446,7 +446,7 @@ def test_fine_tuning_takes_the_colour_of_each_rgb_image(model, nuclei, composite
             except StopIteration as done:
                 return done.value
 
-    assert run([1]).metadata is not None
+    assert run([1]).colour == 1  # (learnt from green: recorded, see the model test below)
     with pytest.raises(ValueError, match="colour must be"):
         run(["purple"])
     with pytest.raises(ValueError, match="one colour per image"):
@@ -577,6 +577,12 @@ def test_training_from_files_learns_from_the_colour_saved_with_the_masks(tmp_pat
     assert example.colour == 1
     _images, _labels, colours = read_examples([str(tmp_path / "img")], [str(tmp_path / "lab")])
     assert colours == [1]
+    # a time-lapse whose frame 0 was segmented by green, frame 1 on Auto: each frame learnt from its own
+    tifffile.imwrite(tmp_path / "img" / "merge.tif", np.stack([composite, composite]), photometric="rgb")
+    write_labels(tmp_path / "lab" / "merge.tif", np.stack([labels, labels]), axes="TYX", corrected=[(0,), (1,)],
+                 colours={COLOUR_KEY: [[[0], 1]]})
+    assert [e.colour for e in examples_from_folders(tmp_path / "img", tmp_path / "lab")] == [1, "auto"]
+    assert read_examples([str(tmp_path / "img")], [str(tmp_path / "lab")])[2] == [1, "auto"]
 
 
 def test_colour_choices_are_read_whatever_their_case_and_others_are_none():
@@ -609,3 +615,16 @@ def test_cli_train_takes_a_channel_of_a_multi_channel_file(two_channel_files, nu
         assert main([*common, *extra, "--out", str(tmp_path / f"{name}.pt")]) == 0, capsys.readouterr().err
     one, alone = (next(iter(read_model_file(tmp_path / f"{n}.pt").net.state_dict().values())) for n in ("one", "alone"))
     assert one.equal(alone)
+
+
+def test_a_bioimageio_package_of_a_colour_model_says_which_colour_it_takes(model, composite):
+    """A model fine-tuned on the green of RGB merges, exported: its input was described as "colour images
+    averaged over R, G and B" and its test tensors made so, which another BioImage.IO tool would follow."""
+    from napari_unet.core.zoo_export import _grey_of_colour, make_test_tensors
+
+    green = model.copy()
+    green.metadata["colour"] = 1
+    assert "green colour of RGB images" in _grey_of_colour(green) and "averaged" in _grey_of_colour(model)
+    raw, _probs = make_test_tensors(green, composite)
+    np.testing.assert_array_equal(raw, make_test_tensors(model, composite[..., 1])[0])  # (not the colours' mean)
+    assert not np.array_equal(raw, make_test_tensors(model, composite)[0])

@@ -1024,3 +1024,28 @@ def test_spots_inside_larger_objects_are_not_taken_for_the_objects():
     assert [d for _s, d in search.passes] == pytest.approx([17, 48, 38], rel=0.05)
     assert nested_share(_discs_at(256, spots, 1.0), _discs_at(256, [(r, c, 24) for r, c in centres], 0.5)) == 1.0
     assert search.diameter == pytest.approx(38, rel=0.05)
+
+
+def test_nuclei_merged_into_bands_at_coarser_levels_are_not_taken_for_parts():
+    # rows of 17 px nuclei that the next level merges into bands and the one after into one blob (a
+    # Drosophila embryo's ring): nested in the bands, but the bands are no whole objects (they merge
+    # again one level coarser): the nuclei stand (their level was dropped for a 69 px "size")
+    from skimage.draw import rectangle
+
+    def bands(scale: float, rows: list[tuple[int, int]]) -> np.ndarray:
+        n = round(256 * scale)
+        labels = np.zeros((n, n), np.int32)
+        for i, (top, bottom) in enumerate(rows, start=1):
+            labels[rectangle((round(top * scale), round(31 * scale)), end=(round(bottom * scale), round(103 * scale)),
+                             shape=labels.shape)] = i
+        return labels
+
+    model_17 = ObjectSize(17, 15, 19)
+    nuclei = [(y, x, 8.5) for y in (64, 128, 192) for x in (40, 58, 76, 94)]
+    search = DiameterSearch(model_17, smallest_side=256)
+    search.found(_discs_at(256, nuclei, 1.0), search.next_scale())
+    search.found(bands(0.5, [(55, 73), (119, 137), (183, 201)]), search.next_scale())
+    search.found(bands(0.25, [(55, 201)]), search.next_scale())
+    assert search.next_scale() is None
+    assert nested_share(_discs_at(256, nuclei, 1.0), bands(0.5, [(55, 73), (119, 137), (183, 201)])) == 1.0
+    assert search.diameter == pytest.approx(17, rel=0.05)

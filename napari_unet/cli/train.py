@@ -126,19 +126,18 @@ def read_examples(image_paths: list[str], label_paths: list[str], channel: int |
     masks were segmented by (saved from napari after Segment's Colour; "auto" otherwise). ``channel``:
     of images with channels, the one to train on."""
     from napari_unet.io import read_training_pair
-    from napari_unet.io._corrected import stored_colour
 
     images: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     colours: list[int | str] = []
     for img_path, lab_path in _pair_files(image_paths, label_paths):
         try:
-            examples, _left_out = read_training_pair(img_path, lab_path, channel)
+            examples, _left_out = read_training_pair(img_path, lab_path, channel, with_colours=True)
         except ValueError as exc:
             raise CLIError(str(exc)) from None
-        images.extend(image for image, _labels, _source in examples)
-        labels.extend(plane for _image, plane, _source in examples)
-        colours.extend([stored_colour(lab_path)] * len(examples))
+        images.extend(image for image, _labels, _source, _colour in examples)
+        labels.extend(plane for _image, plane, _source, _colour in examples)
+        colours.extend(colour for _image, _labels, _source, colour in examples)
     return images, labels, colours
 
 
@@ -286,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--channel must be 0, 1 or 2 (red, green, blue) for RGB images, got {args.channel}")
     if args.channel is not None:  # (over what saved masks record)
         stored = [RGB_CHANNEL_WORDS.get(args.channel, args.channel)] * len(images)
-        if not any(rgb):
+        if not any(rgb) and isinstance(args.channel, str):  # (a number picked the channel of files with channels)
             print(f"napari-unet: no RGB training image: --channel {args.channel} left aside", file=sys.stderr)
         elif not all(rgb):
             print(f"napari-unet: --channel {args.channel} applies to the RGB training images only "

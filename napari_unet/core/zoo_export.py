@@ -210,6 +210,10 @@ def make_test_tensors(model: SegmentationModel, plane: np.ndarray | None = None)
 
     net = model.net
     plane = _sample_plane(model) if plane is None else np.asarray(plane)
+    if model.colour not in (None, "mean") and plane.ndim == 3 and plane.shape[-1] in (3, 4):
+        from .channels import colour_plane
+
+        plane = colour_plane(plane, model.colour)  # (the colour of RGB images it was fine-tuned on)
     minimum, step = input_size_rule(net)
     raw = as_channels_first(plane, net.config.in_channels)  # RGB -> grey as in napari-unet
     raw = np.moveaxis(_fit_to_rule(np.moveaxis(raw, 0, -1), minimum, step), -1, 0)
@@ -242,6 +246,18 @@ def _cover(raw: np.ndarray, probs: np.ndarray, representation: str, path: Path) 
     iio.imwrite(path, image)
 
 
+def _grey_of_colour(model: SegmentationModel) -> str:
+    """How a 1-channel model's input is made of an RGB image (its fine-tuned colour, or the mean)."""
+    from .channels import COLOUR_NAMES, WITHOUT_DAB
+
+    if isinstance(model.colour, int):
+        return f"the {COLOUR_NAMES[model.colour]} colour of RGB images, which it was fine-tuned on"
+    if model.colour == WITHOUT_DAB:
+        return ("RGB images without their brown DAB stain (colour deconvolution), then averaged over R, G and B, "
+                "as it was fine-tuned")
+    return "colour images averaged over R, G and B"
+
+
 # ---------------------------------------------------------------------- documentation
 def _documentation(model: SegmentationModel, halo: int, rule: tuple[int, int], card_text: str | None) -> str:
     meta = model.metadata
@@ -250,8 +266,7 @@ def _documentation(model: SegmentationModel, halo: int, rule: tuple[int, int], c
                  "made with napari-unet."), "",
              "## How to use it", "",
              f"- Input `{INPUT_ID}`: one 2D image, {model.in_channels} channel(s)"
-             + (" (grey; napari-unet turns colour images into grey by the mean of R, G and B)."
-                if model.in_channels == 1 else "."),
+             + (f" (grey; napari-unet gives it {_grey_of_colour(model)})." if model.in_channels == 1 else "."),
              f"  Sizes `{rule[0]} + n * {rule[1]}` pixels per side. Preprocessing: percentiles "
              f"{model.normalization.get('low', 1.0)} and {model.normalization.get('high', 99.8)} of each "
              "image mapped to 0 and 1 (`scale_range`, not clipped).",
@@ -383,7 +398,7 @@ def build_description(model: SegmentationModel, folder: Path, *, authors: list[s
     low, high = float(model.normalization.get("low", 1.0)), float(model.normalization.get("high", 99.8))
     inputs = [InputTensorDescr(
         id=TensorId(INPUT_ID),
-        description="a 2D image" + (" (grey: colour images averaged over R, G and B)" if config.in_channels == 1 else ""),
+        description="a 2D image" + (f" (grey: {_grey_of_colour(model)})" if config.in_channels == 1 else ""),
         axes=[BatchAxis(), ChannelAxis(channel_names=[Identifier(n) for n in in_names]), *space_in],
         test_tensor=FileDescr(source=folder / "test_input.npy"),
         sample_tensor=FileDescr(source=folder / "sample_input.tif"),

@@ -62,32 +62,30 @@ def recorded_colours(metadata: Any) -> list[tuple[tuple[int, ...], int | str]]:
     return pairs
 
 
-def stored_colour(labels_path: str | os.PathLike) -> int | str:
-    """The colour of its RGB image the masks saved at ``labels_path`` were segmented by, read from the
-    list beside them (see :data:`COLOUR_KEY`), when all their slices that record one record the same
-    ("auto" otherwise: without a list, without colours, or slices of different colours, said in the log)."""
-    colours = {c for _p, c in recorded_colours({COLOUR_KEY: stored_layout(labels_path).colours or None})}
-    if len(colours) > 1:
-        log.warning("%s: its slices were segmented by different colours of the image; learnt from the colour "
-                    "told on each (open the pair in napari to learn each slice from its own).", Path(labels_path).name)
-    return colours.pop() if len(colours) == 1 else "auto"
+def colours_by_slice(metadata: Any) -> dict[tuple[int, ...], int | str]:
+    """The colour each slice was segmented by, where recorded (see :data:`COLOUR_KEY`), read once."""
+    return dict(recorded_colours(metadata))
 
 
 def colour_of_slice(metadata: Any, plane: tuple[int, ...]) -> int | str:
     """The colour slice ``plane`` was segmented by (see :data:`COLOUR_KEY`); "auto" when not recorded."""
-    found = [c for p, c in recorded_colours(metadata) if p == tuple(plane)]
-    return found[-1] if found else "auto"
+    return colours_by_slice(metadata).get(tuple(plane), "auto")
 
 
 def record_colour(metadata: dict, plane: tuple[int, ...], colour: Any) -> None:
-    """Say in ``metadata`` (a layer's) that slice ``plane`` was segmented by ``colour`` (Auto: forgotten)."""
+    """Say in ``metadata`` (a layer's) that slice ``plane`` was segmented by ``colour`` (Auto: forgotten).
+    Called for every plane a run writes: the entries of other slices are kept as they are (read and
+    checked when used), a new list each time (a worker may hold the old)."""
     from napari_unet.core.channels import chosen_colour
 
-    pairs = [(p, c) for p, c in recorded_colours(metadata) if p != tuple(plane)]
+    stored = metadata.get(COLOUR_KEY)
+    entries = stored if isinstance(stored, list) else []
+    key = [int(i) for i in plane]
+    kept = [e for e in entries if not (isinstance(e, (list, tuple)) and len(e) == 2 and e[0] == key)]
     if chosen_colour(colour) is not None:
-        pairs.append((tuple(plane), chosen_colour(colour)))
-    if pairs:
-        metadata[COLOUR_KEY] = [[list(p), c] for p, c in pairs]
+        kept.append([key, chosen_colour(colour)])
+    if kept:
+        metadata[COLOUR_KEY] = kept
     else:
         metadata.pop(COLOUR_KEY, None)
 #: What napari-unet writes into masks files it makes (the TIFF's Software tag, an OME-Zarr

@@ -232,8 +232,32 @@ def corrected_planes_of(labels_path: Path, axes: str, lead_shape: tuple[int, ...
     return keep
 
 
-def read_training_pair(image_path: Path, labels_path: Path, channel: int | None = None
-                       ) -> tuple[list[tuple[Any, Any, str]], int]:
+def colours_of_planes(labels_path: Path, axes: str, lead_shape: tuple[int, ...]) -> np.ndarray | None:
+    """The colour of its RGB image each plane of a labels file (read with ``axes``, its stack axes of
+    ``lead_shape``) was segmented by, as the list beside it records them (Segment's Colour, see
+    :data:`~napari_unet.io._corrected.COLOUR_KEY`): an object array of ``lead_shape`` ("auto" where none
+    is recorded); None when the list records none."""
+    from ._corrected import COLOUR_KEY, planes_along, recorded_colours, sidecar_path, stored_layout
+
+    if not sidecar_path(labels_path).is_file():
+        return None
+    stored = stored_layout(labels_path)
+    pairs = recorded_colours({COLOUR_KEY: stored.colours})
+    if not pairs:
+        return None
+    lead_axes = axes[: len(lead_shape)]
+    # (the colours index the layer's stack axes, which the file names beside when it stores others)
+    listed = stored.axes[:-2] if stored.axes else lead_axes
+    colours = np.full(lead_shape, "auto", dtype=object)
+    for plane, colour in pairs:
+        for at in planes_along([plane], listed, lead_axes):
+            if all(0 <= i < n for i, n in zip(at, lead_shape, strict=True)):
+                colours[at] = colour
+    return colours
+
+
+def read_training_pair(image_path: Path, labels_path: Path, channel: int | None = None, with_colours: bool = False
+                       ) -> tuple[list[tuple[Any, ...]], int]:
     """The training planes of an image file and its labels file: a list of (image plane, labels
     plane, source) with the source ``"a.tif"`` or ``"a.tif, slice 3"``, and how many planes were
     left out as not corrected (masks saved by napari-unet with some slices marked corrected: the
@@ -244,7 +268,8 @@ def read_training_pair(image_path: Path, labels_path: Path, channel: int | None 
     when the labels hold as many. ``napari-unet train`` and the Fine-tune widget's folders read
     files so. ``channel``: of an image with channels (not RGB colours), the one to train on
     (``napari-unet train --channel N``, as ``predict --channel`` segments it); an image with channels
-    and no ``channel`` is refused.
+    and no ``channel`` is refused. ``with_colours``: each entry also holds the colour of its RGB image
+    the plane's masks were segmented by (:func:`colours_of_planes`; "auto" where none is recorded).
 
     Raises
     ------
@@ -257,6 +282,9 @@ def read_training_pair(image_path: Path, labels_path: Path, channel: int | None 
     lab, lab_axes, _told = _read_file(labels_path)
     lead = lab.shape[: max(lab.ndim - 2, 0)]
     keep = corrected_planes_of(labels_path, lab_axes, lead) if lab.ndim >= 2 else None
+    colours = colours_of_planes(labels_path, lab_axes, lead) if with_colours and lab.ndim >= 2 else None
+    if colours is not None:  # the same moves as the labels: their planes' order
+        colours = _in_image_order(colours[..., None, None], lab_axes, img_axes)[0].reshape(-1)
     lab, order_axes = _in_image_order(lab, lab_axes, img_axes)
     lab_planes = _planes(lab, order_axes, labels_path, is_labels=True)
     if keep is not None:  # the same moves as the labels: their planes' order
@@ -285,8 +313,8 @@ def read_training_pair(image_path: Path, labels_path: Path, channel: int | None 
                 f"plane {k} of {image_path.name} is {a.shape[:2]} but its labels in {labels_path.name} are {b.shape}"
             )
         if keep is None or keep[k]:
-            examples.append((a, b, image_path.name if len(lab_planes) == 1 and not lead
-                             else f"{image_path.name}, slice {k}"))
+            source = image_path.name if len(lab_planes) == 1 and not lead else f"{image_path.name}, slice {k}"
+            examples.append((a, b, source, "auto" if colours is None else colours[k]) if with_colours else (a, b, source))
     left_out = 0 if keep is None else int((~keep).sum())
     if left_out:
         log.warning("%s: %d of its %d slices are not marked corrected in the list beside it (%s): left out.",

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_unet.io._corrected import colour_of_slice
+from napari_unet.io._corrected import colours_by_slice
 
 from ._base import full_resolution
 from ._corrections import format_plane
@@ -44,13 +44,6 @@ def colour_metadata(labels: Any, image: Any) -> dict | None:
         return None
     metadata = getattr(labels, "metadata", None)
     return dict(metadata) if isinstance(metadata, dict) else None
-
-
-def colour_of(labels: Any, image: Any, plane: tuple[int, ...]) -> Any:
-    """The colour of ``image`` (an RGB layer) slice ``plane`` of the masks ``labels`` was segmented by
-    ("auto" unless the user chose one)."""
-    metadata = colour_metadata(labels, image)
-    return "auto" if metadata is None else colour_of_slice(metadata, plane)
 
 
 @dataclass
@@ -171,9 +164,9 @@ class LabelledSlicesToRead:
         kept = planes_holding_labels(self.labels_data, stop)
         if stop is not None and stop.is_set():
             return [], None
+        colours = colours_by_slice(self.colours)
         examples = [ExampleToRead(self.image_data, self.labels_data, plane, _source(self.name, plane),
-                                  "auto" if self.colours is None else colour_of_slice(self.colours, plane))
-                    for plane in kept]
+                                  colours.get(tuple(plane), "auto")) for plane in kept]
         return examples, empty_slices_note(self.description, len(kept), self.labels_data.shape)
 
 
@@ -273,8 +266,9 @@ def examples_from_layers(image: Any, labels: Any, planes: list[tuple[int, ...]] 
     n_lead = labels.ndim - 2
     if planes is None:
         planes = [tuple(int(i) for i in idx) for idx in np.ndindex(*labels.data.shape[:n_lead])]
+    colours = colours_by_slice(colour_metadata(labels, image))
     to_read = [ExampleToRead(full_resolution(image), full_resolution(labels), plane, _source(labels.name, plane),
-                             colour_of(labels, image, plane)) for plane in planes]
+                             colours.get(tuple(plane), "auto")) for plane in planes]
     return [item.read() for item in to_read] if read else to_read
 
 
@@ -296,15 +290,14 @@ def examples_from_folders(image_dir: str | Path, labels_dir: str | Path,
         or look like an intensity image.
     """
     from napari_unet.io import pair_images_with_labels, read_training_pair
-    from napari_unet.io._corrected import stored_colour
 
     examples: list[Example] = []
     for image_path, labels_path in pair_images_with_labels(image_dir, labels_dir):
-        planes, left_out = read_training_pair(image_path, labels_path)
+        # (each plane learnt from the colour its masks were segmented by, when saved from napari)
+        planes, left_out = read_training_pair(image_path, labels_path, with_colours=True)
         if left_out and not_corrected is not None:
             not_corrected.append((labels_path.name, left_out))
-        colour = stored_colour(labels_path)  # (masks saved from napari after Segment's Colour)
-        for image, labels, source in planes:
+        for image, labels, source, colour in planes:
             examples.append(Example(image, as_label_plane(labels, source), source, colour))
     return examples
 

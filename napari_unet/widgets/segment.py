@@ -433,11 +433,11 @@ class SegmentWidget(Container):
         (or had for the last one), the Threshold and Min. size controls take it."""
         self._apply_model_postprocessing(force=False)
 
-    def _model_metadata(self) -> dict | None:
-        """The chosen model's metadata, read once per file version (path, mtime): image changes
-        must not reload a large file each time. None without a model or for a broken file (it is
-        reported when the user segments with it)."""
-        path = self._model_combo.value
+    def _model_metadata(self, path: Any = None) -> dict | None:
+        """The chosen model's metadata (``path``: another model file's), read once per file version
+        (path, mtime): image changes must not reload a large file each time. None without a model or
+        for a broken file (it is reported when the user segments with it)."""
+        path = self._model_combo.value if path is None else path
         if not path:
             return None
         from napari_unet.core.checkpoint import ModelFileError, read_model_metadata
@@ -672,6 +672,13 @@ class SegmentWidget(Container):
         self._image_combo.value = match
         self.segment_current_view(model_path)
 
+    def _use_new_model_now(self, model_path: str | Path, image: Any) -> None:
+        """:meth:`use_new_model` from the event loop: a failure is said, not a traceback."""
+        try:
+            self.use_new_model(model_path, image)
+        except Exception as exc:  # noqa: BLE001 - a slot of Qt's: the user hears of it
+            notify_error("Segmenting again", exc)
+
     def segment_current_view(self, model_path: str | Path | None = None) -> None:
         """Segment the current slice (or field of view) again, e.g. with a new model.
 
@@ -852,7 +859,7 @@ class SegmentWidget(Container):
             return
         from napari_unet.core.channels import chosen_colour, colour_note, model_colour_note
 
-        own = chosen_colour((self._model_metadata() or {}).get("colour"))
+        own = chosen_colour((self._model_metadata(self._run_model) or {}).get("colour"))  # (the run's model)
         if own is not None:
             note = model_colour_note(own, napari=True)
         elif result.colour is None:
@@ -999,7 +1006,7 @@ class SegmentWidget(Container):
             from qtpy.QtCore import QTimer
 
             self._rethreshold_pending = False
-            QTimer.singleShot(0, lambda: qt_alive(self) and self._worker is None and self.use_new_model(*new_model))
+            QTimer.singleShot(0, lambda: qt_alive(self) and self._worker is None and self._use_new_model_now(*new_model))
             return  # (the new run segments with the Threshold / Min. size chosen now)
         pending, self._rethreshold_pending = self._rethreshold_pending, False
         if pending and not self._failed and not self._abandoned:
