@@ -628,3 +628,25 @@ def test_a_bioimageio_package_of_a_colour_model_says_which_colour_it_takes(model
     raw, _probs = make_test_tensors(green, composite)
     np.testing.assert_array_equal(raw, make_test_tensors(model, composite[..., 1])[0])  # (not the colours' mean)
     assert not np.array_equal(raw, make_test_tensors(model, composite)[0])
+
+
+def test_fine_tune_says_when_its_rgb_slices_were_segmented_by_different_colours(nuclei, composite):
+    from napari_unet.core.events import TrainNote
+    from napari_unet.widgets._examples import Example, read_examples
+
+    _image, labels = nuclei
+
+    def notes(colours):
+        gen = read_examples([Example(composite, labels, f"merge {i}", c) for i, c in enumerate(colours)])
+        said = []
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration:
+                return said
+            if isinstance(event, TrainNote):
+                said.append(event.message)
+
+    (note,) = notes([1, "auto", 1])
+    assert "different colours (green: 2, auto: 1)" in note
+    assert notes([1, 1]) == [] and notes(["auto"]) == []

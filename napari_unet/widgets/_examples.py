@@ -219,11 +219,30 @@ def read_examples(items: list[Any], stop: Any = None):
         except ValueError as exc:
             raise ExamplesError(str(exc)) from None
         yield Progress(k + 1, len(todo), message=f"Reading the examples: {k + 1}/{len(todo)}…")
+    note = mixed_colours_note(examples)
+    if note:
+        yield TrainNote(note)
     try:
         check_examples(examples)
     except ValueError as exc:
         raise ExamplesError(str(exc)) from None
     return examples
+
+
+def mixed_colours_note(examples: list[Example]) -> str | None:
+    """What to say when the RGB examples were segmented by different colours (Segment's Colour): each
+    is learnt from its own (None: one colour, or no RGB example)."""
+    from collections import Counter
+
+    from napari_unet.core.channels import COLOUR_NAMES
+
+    rgb = [e.colour for e in examples if np.ndim(e.image) == 3 and np.shape(e.image)[-1] in (3, 4)]
+    counts = Counter(COLOUR_NAMES[c] if isinstance(c, int) else str(c) for c in rgb)
+    if len(counts) < 2:
+        return None
+    said = ", ".join(f"{name}: {n}" for name, n in counts.most_common())
+    return (f"the RGB slices were segmented by different colours ({said}): each is learnt from its own; check "
+            "Colour in Segment when you segment with the new model")
 
 
 class ExamplesError(ValueError):
