@@ -56,6 +56,12 @@ class ColourStats:
     solidity: float
 
 
+def _varies(channel: np.ndarray) -> bool:
+    """Whether a colour holds anything (its 1st and 99.8th percentiles differ)."""
+    lo, hi = np.percentile(channel, (1, 99.8))
+    return bool(hi - lo > 0)
+
+
 def colour_stats(channel: np.ndarray, colour: int) -> ColourStats | None:
     """The numbers of one colour (None when it is flat: nothing in that colour)."""
     from .modality import image_modality
@@ -79,15 +85,15 @@ def nuclear_colour(plane: np.ndarray) -> int | None:
     if a.ndim != 3 or a.shape[-1] not in (3, 4):
         return None
     rgb = np.asarray(sample_plane(a)[..., :3], dtype=np.float32)  # (never sparser than every 2nd pixel)
-    stats = [s for c in range(3) if (s := colour_stats(rgb[..., c], c)) is not None]
+    varying = [c for c in range(3) if _varies(rgb[..., c])]
+    if len(varying) > 1:  # (told first: it decides alone, and the kinds below cost 0.1 s a colour)
+        corr = np.corrcoef(rgb.reshape(-1, 3)[:, varying].T)
+        if np.all(corr[np.triu_indices(len(varying), 1)] > SAME_PICTURE):
+            return None  # one picture in several colours (a colour map, grey as RGB): the mean is that picture
+    stats = [s for c in varying if (s := colour_stats(rgb[..., c], c)) is not None]
     fluorescent = [s for s in stats if s.kind == "fluorescence" and s.solidity > 0]
     if not fluorescent:
         return None  # no colour on a dark background: stained tissue, or nothing at all
-    if len(stats) > 1:
-        flat = rgb.reshape(-1, 3)[:, [s.colour for s in stats]]
-        corr = np.corrcoef(flat.T)
-        if np.all(corr[np.triu_indices(len(stats), 1)] > SAME_PICTURE):
-            return None  # one picture in several colours (a colour map): the mean is that picture
     compact = [s for s in fluorescent if s.solidity >= COMPACT] or fluorescent
     return min(compact, key=lambda s: s.bright_fraction).colour
 
