@@ -506,7 +506,7 @@ def test_each_slice_keeps_its_colour_and_colour_follows_masks_opened_later(make_
     """One colour a masks layer, replaced by every run: a frame segmented by green and corrected was then
     learnt from the colour of the next run (blue nuclei for green cells). Each slice keeps its own; the
     masks of the image opened after it set Colour to theirs (it said Auto, and the next run forgot theirs)."""
-    from napari_unet.io._corrected import colour_of_slice
+    from napari_unet.io._corrected import colours_by_slice
     from napari_unet.widgets._examples import examples_from_layers
     from napari_unet.widgets.segment import SCOPE_SLICE, masks_layer_name
 
@@ -522,7 +522,8 @@ def test_each_slice_keeps_its_colour_and_colour_follows_masks_opened_later(make_
         widget._run_button.clicked.emit()
         qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
     masks = viewer.layers[masks_layer_name("merge")]
-    assert colour_of_slice(masks.metadata, (0,)) == 1 and colour_of_slice(masks.metadata, (1,)) == "auto"
+    assert colours_by_slice(masks.metadata).get((0,), "auto") == 1
+    assert colours_by_slice(masks.metadata).get((1,), "auto") == "auto"
     assert [e.colour for e in examples_from_layers(layer, masks, [(0,), (1,)])] == [1, "auto"]
     path = tmp_path / "merge masks.tif"
     assert masks.save(str(path), plugin="napari-unet")

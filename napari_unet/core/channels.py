@@ -62,14 +62,11 @@ def _varies(channel: np.ndarray) -> bool:
     return bool(hi - lo > 0)
 
 
-def colour_stats(channel: np.ndarray, colour: int) -> ColourStats | None:
-    """The numbers of one colour (None when it is flat: nothing in that colour)."""
+def colour_stats(channel: np.ndarray, colour: int) -> ColourStats:
+    """The numbers of one colour that holds something (see :func:`_varies`)."""
     from .modality import image_modality
 
     a = np.asarray(channel, dtype=np.float32)
-    lo, hi = np.percentile(a, (1, 99.8))
-    if hi - lo <= 0:
-        return None
     kind = image_modality(a).kind
     if kind != "fluorescence":  # not a candidate: its objects need not be measured (0.1-0.2 s a colour)
         return ColourStats(colour, kind, 0.0, 0.0)
@@ -90,7 +87,7 @@ def nuclear_colour(plane: np.ndarray) -> int | None:
         corr = np.corrcoef(rgb.reshape(-1, 3)[:, varying].T)
         if np.all(corr[np.triu_indices(len(varying), 1)] > SAME_PICTURE):
             return None  # one picture in several colours (a colour map, grey as RGB): the mean is that picture
-    stats = [s for c in varying if (s := colour_stats(rgb[..., c], c)) is not None]
+    stats = [colour_stats(rgb[..., c], c) for c in varying]
     fluorescent = [s for s in stats if s.kind == "fluorescence" and s.solidity > 0]
     if not fluorescent:
         return None  # no colour on a dark background: stained tissue, or nothing at all

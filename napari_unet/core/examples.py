@@ -84,24 +84,19 @@ def _colour_segmented(model: SegmentationModel, img: np.ndarray, colour: int | s
     "without DAB": that, whatever the model (as prediction gives it)."""
     if img.ndim != 3 or img.shape[-1] not in (3, 4):
         return img
-    from .channels import WITHOUT_DAB, colour_plane, colour_to_segment
+    from .channels import WITHOUT_DAB, chosen_colour, colour_plane, colour_to_segment
 
-    word = colour.strip().lower() if isinstance(colour, str) else colour
-    if (word is None or word == "auto") and model.colour is not None:  # (as prediction segments it)
-        word = model.colour.lower() if isinstance(model.colour, str) else model.colour
-    if word is None or word == "auto":
+    chosen = chosen_colour(colour)
+    if chosen is None:
+        if not (colour is None or (isinstance(colour, str) and colour.strip().lower() == "auto")):
+            raise ValueError(f"colour must be 'auto', 'mean', {WITHOUT_DAB!r} or 0, 1, 2 (red, green, blue); "
+                             f"got {colour!r}.")
+        chosen = model.colour  # (as prediction segments it)
+    if chosen is None:
         if model.in_channels != 1:
             return img
-        colour = colour_to_segment(img)
-    elif word == "mean":
-        return img
-    elif word == WITHOUT_DAB.lower():
-        colour = WITHOUT_DAB
-    elif isinstance(word, (int, np.integer)) and not isinstance(word, bool) and 0 <= int(word) < 3:
-        colour = int(word)
-    else:
-        raise ValueError(f"colour must be 'auto', 'mean', {WITHOUT_DAB!r} or 0, 1, 2 (red, green, blue); got {colour!r}.")
-    return img if colour is None else colour_plane(img, colour)
+        chosen = colour_to_segment(img)
+    return img if chosen is None or chosen == "mean" else colour_plane(img, chosen)
 
 
 #: :attr:`TrainingSplit.colour` of examples without RGB images: the model keeps its own colour.

@@ -67,11 +67,6 @@ def colours_by_slice(metadata: Any) -> dict[tuple[int, ...], int | str]:
     return dict(recorded_colours(metadata))
 
 
-def colour_of_slice(metadata: Any, plane: tuple[int, ...]) -> int | str:
-    """The colour slice ``plane`` was segmented by (see :data:`COLOUR_KEY`); "auto" when not recorded."""
-    return colours_by_slice(metadata).get(tuple(plane), "auto")
-
-
 def record_colour(metadata: dict, plane: tuple[int, ...], colour: Any) -> None:
     """Say in ``metadata`` (a layer's) that slice ``plane`` was segmented by ``colour`` (Auto: forgotten).
     Called for every plane a run writes: the entries of other slices are kept as they are (read and
