@@ -13,6 +13,11 @@ MIN_PLANE_SIDE = 16
 MAX_CHANNELS_LAST = 8
 
 
+def is_rgb(shape: Sequence[int]) -> bool:
+    """True when ``shape`` is one plane in colour: (H, W, 3) or (H, W, 4) (RGB, RGBA)."""
+    return len(shape) == 3 and int(shape[-1]) in (3, 4)
+
+
 def channels_last(shape: Sequence[int]) -> bool:
     """True when the last axis of ``shape`` holds channels of (H, W) planes (1, 2, or 5 to
     :data:`MAX_CHANNELS_LAST`), not the width of planes that narrow: ``(H, W, 2)`` (two stains,

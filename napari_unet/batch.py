@@ -122,8 +122,9 @@ def _stack_diameter(model: SegmentationModel, image: Any, layout: Any, diameter:
     next ones while none holds enough objects to measure), rather than by each plane's task on its
     own plane."""
     from napari_unet.core.predict import ESTIMATE_RETRY_PLANES, PlaneResult, iter_planes
+    from napari_unet.core.scale import diameter_word
 
-    auto = diameter is None or (isinstance(diameter, str) and diameter.strip().lower() == "auto")
+    auto = diameter_word(diameter) == "auto"
     planes = layout.indices()
     if not auto or model.object_size is None or len(planes) < 2:
         return diameter  # a number, "native", one plane, or a model that works at the image's own scale
@@ -286,7 +287,9 @@ def segment_to_ome_zarr(
     from napari_unet.core.instances import _check_args
 
     _check_args(*model.resolve_postprocessing(threshold, min_size))  # values given: before any task runs
-    colour = _stack_colour(model, image, layout) if colour in ("auto", None) else colour
+    from napari_unet.core.channels import colour_choice
+
+    colour = _stack_colour(model, image, layout) if colour_choice(colour) == "auto" else colour
     diameter = _stack_diameter(model, image, layout, diameter, threshold=threshold, min_size=min_size,
                                tile_size=tile_size, device=device, engine=engine, colour=colour)
     options = {"threshold": threshold, "min_size": min_size, "tile_size": tile_size, "diameter": diameter,

@@ -651,3 +651,15 @@ def test_fine_tune_says_when_its_rgb_slices_were_segmented_by_different_colours(
     (note,) = notes([1, "auto", 1])
     assert "different colours (green: 2, auto: 1)" in note
     assert notes([1, 1]) == [] and notes(["auto"]) == []
+
+
+def test_the_colour_words_are_read_alike_in_the_plane_loop_training_and_the_batch():
+    """One reading of the colour words (the plane loop, training's examples and the dask batch each
+    parsed them; the batch took only "auto" as is, so "Auto" told the colour block by block)."""
+    from napari_unet.core.channels import WITHOUT_DAB, colour_choice
+
+    assert [colour_choice(c) for c in (None, "auto", " Auto ", "MEAN", "without dab", 1, np.int64(2), 7)] == \
+        ["auto", "auto", "auto", "mean", WITHOUT_DAB, 1, 2, 7]
+    for bad in ("purple", True, 1.5, [0]):
+        with pytest.raises(ValueError, match="colour must be"):
+            colour_choice(bad)

@@ -1049,3 +1049,17 @@ def test_nuclei_merged_into_bands_at_coarser_levels_are_not_taken_for_parts():
     assert search.next_scale() is None
     assert nested_share(_discs_at(256, nuclei, 1.0), bands(0.5, [(55, 73), (119, 137), (183, 201)])) == 1.0
     assert search.diameter == pytest.approx(17, rel=0.05)
+
+
+def test_the_diameter_words_mean_the_same_in_every_path(tiny_model_path):
+    """"" is "auto" for the widget, the CLI's parser and the 3D path, but the plane loop refused it
+    ("got None"); one reading of the words now serves them all."""
+    from napari_unet.core.scale import diameter_word
+
+    assert [diameter_word(d) for d in (None, "", " AUTO ", "native", "Native ", 12, "12 px")] == \
+        ["auto", "auto", "auto", "native", "native", None, None]
+    model = load_model(tiny_model_path)
+    image = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    auto = segment(model, image, diameter="auto", threshold=0.5)
+    for word in ("", " AUTO ", None):
+        np.testing.assert_array_equal(segment(model, image, diameter=word, threshold=0.5), auto)

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_unet._shapes import is_rgb
 from napari_unet._training_bounds import MAX_BATCH, MIN_PATCH
 
 from . import DEVICE_HELP, CLIError
@@ -143,7 +144,7 @@ def read_examples(image_paths: list[str], label_paths: list[str], channel: int |
 
 def _out_path(text: str, overwrite: bool) -> Path:
     """Where ``--out`` saves: a model name goes to the user model folder, a path gets ``.pt``."""
-    from napari_unet.core.checkpoint import MODEL_SUFFIX, user_model_path
+    from napari_unet.core.catalog import MODEL_SUFFIX, user_model_path
 
     separators = {os.sep, "/"} | ({os.altsep} if os.altsep else set())
     if text.lower().endswith(MODEL_SUFFIX) or any(sep in text for sep in separators):
@@ -280,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--channel must be 0 or more (for RGB images 0, 1 or 2), mean or without-dab, got {args.channel}")
     images, labels, stored = read_examples(args.images, args.labels,
                                            args.channel if isinstance(args.channel, int) else None)
-    rgb = [np.ndim(image) == 3 and np.shape(image)[-1] in (3, 4) for image in images]
+    rgb = [is_rgb(np.shape(image)) for image in images]
     if isinstance(args.channel, int) and args.channel >= 3 and any(rgb):
         raise CLIError(f"--channel must be 0, 1 or 2 (red, green, blue) for RGB images, got {args.channel}")
     if args.channel is not None:  # (over what saved masks record)

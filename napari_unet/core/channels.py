@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_unet._shapes import is_rgb
+
 from .modality import sample_plane  # planes sampled as image_modality samples them
 
 #: Names of the colours of an RGB image, by index.
@@ -79,7 +81,7 @@ def nuclear_colour(plane: np.ndarray) -> int | None:
     where the mean of the colours is the image (stained tissue, grey stored as RGB, a single
     pseudo-coloured channel, a grey plane). See the module docs."""
     a = np.asarray(plane)
-    if a.ndim != 3 or a.shape[-1] not in (3, 4):
+    if not is_rgb(a.shape):
         return None
     rgb = np.asarray(sample_plane(a)[..., :3], dtype=np.float32)  # (never sparser than every 2nd pixel)
     varying = [c for c in range(3) if _varies(rgb[..., c])]
@@ -104,6 +106,20 @@ def chosen_colour(colour: Any) -> int | str | None:
     if isinstance(colour, (int, np.integer)) and not isinstance(colour, (bool, np.bool_)) and 0 <= colour < 3:
         return int(colour)
     return None
+
+
+def colour_choice(colour: Any) -> int | str:
+    """``colour`` of :func:`~napari_unet.core.predict.iter_planes` checked: "auto" (None or "auto",
+    any case), "mean", :data:`WITHOUT_DAB` or an int (a colour; the caller checks it is one of the
+    image's); a ValueError for anything else."""
+    if colour is None or (isinstance(colour, str) and colour.strip().lower() == "auto"):
+        return "auto"
+    chosen = chosen_colour(colour)
+    if chosen is not None:
+        return chosen
+    if isinstance(colour, (int, np.integer)) and not isinstance(colour, (bool, np.bool_)):
+        return int(colour)
+    raise ValueError(f"colour must be 'auto', 'mean', {WITHOUT_DAB!r} or 0, 1, 2 (red, green, blue); got {colour!r}.")
 
 
 def model_colour_note(colour: int | str, napari: bool = False) -> str:
@@ -259,7 +275,7 @@ def leaves_out_dab(plane: np.ndarray) -> bool:
     from .modality import image_modality
 
     a = np.asarray(plane)
-    if a.ndim != 3 or a.shape[-1] not in (3, 4):
+    if not is_rgb(a.shape):
         return False
     stains, lit, white = _stained_sample(a)
     if float(white.min() / white.max()) < NEUTRAL_WHITE or _dab_share(stains, lit) <= DAB_SHARE:

@@ -614,6 +614,7 @@ def clear_sessions() -> None:
         _SESSIONS.clear()
         _BY_NET.clear()
         _FAILED.clear()
+        _LAST_EXPORT_FAILURE[0] = ""
 
 
 def _load_or_export(ort: Any, net: torch.nn.Module, key: str) -> OnnxNetwork:

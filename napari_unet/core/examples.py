@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_unet._shapes import is_rgb
+
 from .checkpoint import SegmentationModel
 from .labels import check_labels, check_labels_not_an_image, compact_ids
 from .preprocess import (
@@ -82,15 +84,15 @@ def _colour_segmented(model: SegmentationModel, img: np.ndarray, colour: int | s
     of the colours, nuclei and cytoplasm, was then given the nuclear colour alone), or for a model
     fine-tuned on one colour (``model.colour``) that one; "mean": ``img``; a colour (0, 1, 2) or
     "without DAB": that, whatever the model (as prediction gives it)."""
-    if img.ndim != 3 or img.shape[-1] not in (3, 4):
+    if not is_rgb(img.shape):
         return img
-    from .channels import WITHOUT_DAB, chosen_colour, colour_plane, colour_to_segment
+    from .channels import chosen_colour, colour_choice, colour_plane, colour_to_segment
 
-    chosen = chosen_colour(colour)
+    choice = colour_choice(colour)
+    chosen = chosen_colour(choice)  # (None for "auto", and for a number that is no colour)
     if chosen is None:
-        if not (colour is None or (isinstance(colour, str) and colour.strip().lower() == "auto")):
-            raise ValueError(f"colour must be 'auto', 'mean', {WITHOUT_DAB!r} or 0, 1, 2 (red, green, blue); "
-                             f"got {colour!r}.")
+        if choice != "auto":
+            raise ValueError(f"colour {choice} is not a colour of an RGB image: give 0 (red), 1 (green) or 2 (blue).")
         chosen = model.colour  # (as prediction segments it)
     if chosen is None:
         if model.in_channels != 1:
@@ -109,7 +111,7 @@ def _common_colour(model: SegmentationModel, images: Sequence[np.ndarray],
     from .channels import chosen_colour
 
     given = ["auto"] * len(images) if colours is None else list(colours)
-    rgb = [c for img, c in zip(images, given, strict=True) if np.ndim(img) == 3 and np.shape(img)[-1] in (3, 4)]
+    rgb = [c for img, c in zip(images, given, strict=True) if is_rgb(np.shape(img))]
     if not rgb:
         return INHERITED
     used = {chosen_colour(c) if chosen_colour(c) is not None else model.colour for c in rgb}

@@ -42,6 +42,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from napari_unet._shapes import is_rgb
+
 #: Below this many noise units between the 1st percentile and the median, the background is
 #: flat and dark: fluorescence.
 FLAT_DARK_BACKGROUND = 5.0
@@ -102,7 +104,7 @@ def _grey(plane: np.ndarray) -> tuple[np.ndarray, bool]:
     """The grey values of ``plane``'s sample (:func:`sample_plane`: sampled first, a slide's colours
     were all turned into float32 before, 1.8 s of 4096 x 4096), and whether it is in colour."""
     a = np.asarray(plane)
-    colour = a.ndim == 3 and a.shape[-1] in (3, 4)
+    colour = is_rgb(a.shape)
     if not colour and a.ndim != 2:
         raise ValueError(f"Expected one 2D plane (H, W) or (H, W, 3), got shape {np.shape(plane)}.")
     sample = np.asarray(sample_plane(a), dtype=np.float32)

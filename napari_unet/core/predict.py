@@ -459,17 +459,12 @@ class PlaneResult:
     blank: str | None = None
     clipped: float | None = None
 
-    def relabel(self, threshold: float, min_size: int, keep_dtype: Any = None) -> "PlaneResult":
-        """The same plane post-processed with another threshold / minimum size (no network run).
-
-        ``keep_dtype``: store the probabilities in this dtype in the result (e.g. float16
-        to halve a cache); default as they are.
-        """
+    def relabel(self, threshold: float, min_size: int) -> "PlaneResult":
+        """The same plane post-processed with another threshold / minimum size (no network run)."""
         probs = self.probabilities.astype(np.float32, copy=False)
         labels = probabilities_to_labels(probs, threshold, min_size_at(min_size, self.scale), self.representation,
                                          min_seed=min_size_at(self.min_seed, self.scale))
-        kept = self.probabilities if keep_dtype is None else self.probabilities.astype(keep_dtype, copy=False)
-        return dataclasses.replace(self, labels=labels[self.inner].astype(np.int32, copy=False), probabilities=kept)
+        return dataclasses.replace(self, labels=labels[self.inner].astype(np.int32, copy=False))
 
 
 def plane_window(region: Window | None, plane_shape: tuple[int, int], context: int) -> tuple[Window, Window, Window]:
@@ -766,24 +761,14 @@ def _background_where(probs: np.ndarray, missing: np.ndarray | None) -> np.ndarr
 def _check_colour(colour: int | str | None, layout: StackLayout) -> int | str | None:
     """``colour`` of :func:`iter_planes` checked: an int (a colour), "auto" (told on the first plane),
     :data:`~napari_unet.core.channels.WITHOUT_DAB` or None (grey planes, or the mean of the colours)."""
-    from .channels import WITHOUT_DAB
+    from .channels import colour_choice
 
-    word = colour.strip().lower() if isinstance(colour, str) else colour
-    if word is None:
-        word = "auto"
-    if word not in ("auto", "mean", WITHOUT_DAB.lower()) \
-            and not (isinstance(word, (int, np.integer)) and not isinstance(word, bool)):
-        raise ValueError(f"colour must be 'auto', 'mean', {WITHOUT_DAB!r} or 0, 1, 2 (red, green, blue); "
-                         f"got {colour!r}.")
-    if not layout.rgb or word == "mean":
+    choice = colour_choice(colour)
+    if not layout.rgb or choice == "mean":
         return None
-    if word == "auto":
-        return "auto"
-    if word == WITHOUT_DAB.lower():
-        return WITHOUT_DAB
-    if not 0 <= int(word) < 3:
-        raise ImageError(f"colour {word} is not a colour of an RGB image: give 0 (red), 1 (green) or 2 (blue).")
-    return int(word)
+    if isinstance(choice, int) and not 0 <= choice < 3:
+        raise ImageError(f"colour {choice} is not a colour of an RGB image: give 0 (red), 1 (green) or 2 (blue).")
+    return choice
 
 
 def auto_colour(model: SegmentationModel, plane: np.ndarray) -> int | str | None:
@@ -1005,16 +990,23 @@ class _Sizing:
         """``plane_shape``: the plane's (a diameter given is checked against it); ``run_shape``: the
         part of it segmented (the field of view; default: all of it), which a diameter given must not
         enlarge beyond :data:`~napari_unet.core.scale.MAX_ENLARGED_PIXELS`."""
-        from .scale import DiameterSearch, ObjectSize, check_diameter, enlargement_limit, parse_diameter
+        from .scale import (
+            DiameterSearch,
+            ObjectSize,
+            check_diameter,
+            diameter_word,
+            enlargement_limit,
+            parse_diameter,
+        )
 
         own = model.object_size
         limit = enlargement_limit(run_shape or plane_shape)
         if own is not None and to_model_diameter:
             own = ObjectSize(own.diameter, own.diameter, own.diameter)
-        word = diameter.strip().lower() if isinstance(diameter, str) else None
+        word = diameter_word(diameter)
         if word == "native":
             return cls(own)
-        if diameter is None or word == "auto":
+        if word == "auto":
             if own is None:  # an older model file: it works at the image's own scale, as it always did
                 return cls(None)
             return cls(own, search=DiameterSearch(own, prior=model.data_diameter), prior=model.data_diameter,
@@ -1165,7 +1157,7 @@ def _whole(plane: np.ndarray) -> Window:
 
 
 def iter_rethreshold(
-    results: list[PlaneResult], threshold: float, min_size: int, keep_dtype: Any = None
+    results: list[PlaneResult], threshold: float, min_size: int
 ) -> Generator[Progress | PlaneResult, None, None]:
     """New labels for kept :class:`PlaneResult` s (no network run): one result and one
     :class:`Progress` per plane."""
@@ -1174,7 +1166,7 @@ def iter_rethreshold(
     threshold, min_size = _check_args(threshold, min_size)
     start = time.perf_counter()
     for n, result in enumerate(results):
-        yield result.relabel(threshold, min_size, keep_dtype)
+        yield result.relabel(threshold, min_size)
         yield Progress(n + 1, len(results), plane=n, elapsed=time.perf_counter() - start,
                        message=f"plane {n + 1}/{len(results)}")
 

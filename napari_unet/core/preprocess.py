@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_unet._shapes import is_rgb
+
 from .checkpoint import DEFAULT_NORMALIZATION
 
 
@@ -32,7 +34,7 @@ def as_channels_first(plane: np.ndarray, in_channels: int) -> np.ndarray:
         arr = arr.astype(np.uint8)
     if not (np.issubdtype(arr.dtype, np.number)) or np.iscomplexobj(arr):
         raise ImageError(f"Images must hold real numbers, got dtype {arr.dtype}.")
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.shape[0] > 4:
+    if is_rgb(arr.shape) and arr.shape[0] > 4:
         arr = arr[..., :3]
         if in_channels == 1:
             return arr.astype(np.float32).mean(axis=-1, keepdims=False)[None]
@@ -265,7 +267,7 @@ _NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
 def _camera_channels(arr: np.ndarray, min_side: int) -> int | None:
     """How many channels of a camera's plane ``arr`` holds ((H, W): 1, (H, W, 3|4) colour: 3 or 4),
     or None when it is no plane of real numbers at least ``min_side`` a side (left as it is)."""
-    colour = arr.ndim == 3 and arr.shape[-1] in (3, 4)
+    colour = is_rgb(arr.shape)
     if not (arr.ndim == 2 or colour) or min(arr.shape[:2]) < min_side or arr.dtype == bool:
         return None
     if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
@@ -462,7 +464,7 @@ def fill_missing(plane: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     alone becomes a constant plane of zeros.
     """
     arr = np.asarray(plane)
-    colour = arr.ndim == 3 and arr.shape[-1] in (3, 4)
+    colour = is_rgb(arr.shape)
     if not (arr.ndim == 2 or colour) or arr.size == 0 or not np.issubdtype(arr.dtype, np.number):
         return arr, None
     if np.iscomplexobj(arr) or arr.dtype == bool or (not colour and is_two_valued(arr)):
@@ -543,8 +545,8 @@ def _overlays(arr: np.ndarray, colour: bool, nan: np.ndarray | None) -> np.ndarr
 
 
 def _grey(values: np.ndarray, colour: bool) -> np.ndarray:
-    """Pixel values as float64 grey (the mean of the colours)."""
-    return values.mean(axis=-1) if colour else values.astype(np.float64)
+    """Pixel values as float64 grey (the mean of the colours, an alpha channel left out)."""
+    return values[..., :3].mean(axis=-1) if colour else values.astype(np.float64)
 
 
 def _brightest_tenth(values: np.ndarray) -> float:
@@ -637,7 +639,7 @@ def is_camera_noise(plane: np.ndarray, tile: int = 1024) -> bool:
     tell (under 16 px a side)."""
     arr = np.asarray(plane)
     if arr.ndim == 3:
-        arr = arr.mean(axis=-1)
+        arr = arr[..., :3].mean(axis=-1)  # (an alpha channel left out)
     if arr.ndim != 2 or min(arr.shape) < 16 or is_constant(arr):
         return False
     h, w = arr.shape

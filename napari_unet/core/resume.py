@@ -51,10 +51,6 @@ class CheckpointError(ValueError):
     """A training checkpoint that cannot be used (missing, not one, another version or recipe)."""
 
 
-def _cpu_state(module_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in module_state.items()}
-
-
 def _scores(value: dict | None) -> Scores | None:
     return None if value is None else Scores(**value)
 

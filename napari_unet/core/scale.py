@@ -206,6 +206,15 @@ def _positive(number: str, text: Any) -> float:
 _UNITS_UM = {"um": 1.0, "µm": 1.0, "μm": 1.0, "micron": 1.0, "microns": 1.0, "nm": 1e-3, "mm": 1e3}
 
 
+def diameter_word(diameter: Any) -> str | None:
+    """What a ``diameter`` that is a word asks for: "auto" (None, "" or "auto", any case) or
+    "native"; None when it is a size (a number, "12 px", "5 um": :func:`parse_diameter`)."""
+    if diameter is None:
+        return "auto"
+    word = diameter.strip().lower() if isinstance(diameter, str) else None
+    return {"": "auto", "auto": "auto", "native": "native"}.get(word) if word is not None else None
+
+
 def parse_diameter(text: Any, pixel_size_um: float | None = None) -> float | None:
     """A diameter as a user types it: ``"auto"`` (or empty) -> None; ``"12"`` or ``"12 px"`` ->
     12.0 pixels; ``"5 um"`` (µm, nm, mm) -> pixels through ``pixel_size_um`` (µm per pixel).
@@ -222,7 +231,7 @@ def parse_diameter(text: Any, pixel_size_um: float | None = None) -> float | Non
         raise ImageError(f"The object diameter {text!r} can be read two ways: write it without the comma "
                          f"({words.replace(',', '')}) or with a decimal point ({words.replace(',', '.')}).")
     words = words.replace(",", ".")
-    if words in ("", "auto"):
+    if diameter_word(words) == "auto":
         return None
     for unit in ("px", "pixels", "pixel", *_UNITS_UM):
         if words.endswith(unit) and words[: -len(unit)].strip():
@@ -403,7 +412,7 @@ def structured_window(plane: np.ndarray, size: int) -> tuple[slice, slice]:
     step = max(1, int(np.ceil(max(h, w) / 256)))
     small = np.asarray(plane[::step, ::step], dtype=np.float32)  # (subsampled first: no whole-plane copy)
     if small.ndim == 3:
-        small = small.mean(axis=-1)
+        small = small[..., :3].mean(axis=-1)  # (an alpha channel left out)
     small = np.nan_to_num(small - gaussian_filter(np.nan_to_num(small), 4.0))
     energy = np.pad(np.cumsum(np.cumsum(small.astype(np.float64) ** 2, axis=0), axis=1), ((1, 0), (1, 0)))
     wy, wx = max(1, min(h, size) // step), max(1, min(w, size) // step)
@@ -484,7 +493,7 @@ def pixel_correlation(plane: np.ndarray, clip: float = 0.0) -> float:
 
     x = np.asarray(plane, dtype=np.float32)
     if x.ndim == 3:
-        x = x.mean(axis=-1)
+        x = x[..., :3].mean(axis=-1)  # (an alpha channel left out)
     if min(x.shape) < 2:
         return 0.0
     x = x - gaussian_filter(x, 8.0)

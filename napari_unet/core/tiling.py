@@ -95,10 +95,6 @@ class AxisPlan:
     crop: int
     n_tiles: int
 
-    @property
-    def padded_length(self) -> int:
-        return self.pad_before + self.length + self.pad_after
-
 
 @dataclass(frozen=True)
 class TilePlan:

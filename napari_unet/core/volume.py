@@ -645,9 +645,9 @@ def _iter_3d(model, volume, spacing, diameter, orthogonal, threshold, min_size, 
 
 def _given_diameter(diameter: Any) -> float | None:
     """A diameter given in pixels (a number or "12 px"); None for auto, native or a physical size."""
-    from .scale import parse_diameter
+    from .scale import diameter_word, parse_diameter
 
-    if isinstance(diameter, str) and diameter.strip().lower() in ("auto", "native", ""):
+    if diameter_word(diameter) is not None:
         return None
     try:
         value = parse_diameter(diameter) if isinstance(diameter, str) else diameter

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from napari_unet._atomic import atomic_write, check_folder_writable, temporary_folder_beside
+from napari_unet._shapes import is_rgb
 
 from .checkpoint import ModelFileError, SegmentationModel, _plain, load_model
 from .model import UNet, UNetProbabilities, cpu_state
@@ -210,7 +211,7 @@ def make_test_tensors(model: SegmentationModel, plane: np.ndarray | None = None)
 
     net = model.net
     plane = _sample_plane(model) if plane is None else np.asarray(plane)
-    if model.colour not in (None, "mean") and plane.ndim == 3 and plane.shape[-1] in (3, 4):
+    if model.colour not in (None, "mean") and is_rgb(plane.shape):
         from .channels import colour_plane
 
         plane = colour_plane(plane, model.colour)  # (the colour of RGB images it was fine-tuned on)

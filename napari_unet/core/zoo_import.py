@@ -608,8 +608,6 @@ class PackagedNetwork(nn.Module):
     smaller than their input), and the output cropped back.
     """
 
-    outputs_probabilities = True
-
     def __init__(self, descr: Any, name: str, formats: list[str], in_layout: _Layout, out_layout: _Layout,
                  rule: tuple[int, int, int | None], halo: int, offset: int, mapping: str, *, n_classes: int,
                  one_per_batch: bool, postprocessing: list[Any]) -> None:

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_unet._shapes import is_rgb
+
 from ._axes import AxesError, check_axes, guess_axes, normalize_file_axes
 
 log = logging.getLogger(__name__)
@@ -317,7 +319,7 @@ def _open_tiff(p: Path) -> _Opened:
         if (file_axes.upper().endswith("S") and "C" not in file_axes.upper()
                 and _grey_samples(series)):  # channels stored side by side, not colour
             file_axes = file_axes[:-1] + "C"
-        _check_tiff_complete(p, tif, series, size)
+        _check_tiff_complete(p, series, size)
         fmt = "ome-tiff" if tif.is_ome else "imagej-tiff" if tif.is_imagej else "tiff"
         known = bool(set(file_axes.upper()) - set("QIYXS")) or len(shape) <= 2 or (
             len(shape) == 3 and file_axes.upper() == "YXS"
@@ -522,7 +524,7 @@ def _reduced(series: Any) -> bool:
         return False
 
 
-def _check_tiff_complete(p: Path, tif: Any, series: Any, size: int) -> None:
+def _check_tiff_complete(p: Path, series: Any, size: int) -> None:
     """Raise when the pixel data the TIFF points to lies beyond the end of the file (truncated)."""
     itemsize = np.dtype(series.dtype).itemsize
     offset = getattr(series, "dataoffset", None)
@@ -841,7 +843,7 @@ def _open_image(p: Path) -> _Opened:
     if p.stat().st_size == 0:
         raise StackReadError(f"cannot read '{p.name}': the file is empty (0 bytes)")
     shape, dtype = _plane_header(p)
-    axes = guess_axes(shape, rgb=len(shape) == 3 and shape[-1] in (3, 4))
+    axes = guess_axes(shape, rgb=is_rgb(shape))
     info = StackInfo(path=str(p), name=stack_name(p), format="image", shape=shape, dtype=dtype, axes=axes,
                      axes_from_file=True)
 
@@ -927,7 +929,7 @@ def _open_folder(p: Path) -> _Opened:
         if d != dtype:
             dtype = np.promote_types(dtype, d)
     shape = (len(files), *plane_shape)
-    rgb = len(plane_shape) == 3 and plane_shape[-1] in (3, 4)
+    rgb = is_rgb(plane_shape)
     axes, scale = _folder_axes_and_scale(files[0], shape, guess_axes(shape, rgb=rgb))
     info = StackInfo(
         path=str(p), name=stack_name(p), format="image-folder", shape=shape, dtype=np.dtype(dtype),

@@ -31,7 +31,6 @@ This module has no Qt code; it needs napari only for the layer it is given.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import os
@@ -151,7 +150,6 @@ class CorrectedSlices:
         if getattr(layer, "ndim", 0) < 2:
             raise ValueError("Corrected slices need a Labels layer with at least 2 dimensions.")
         self._layer_ref = weakref.ref(layer)
-        self._suspended = 0
         self._said_spanning = False
         self._attached = False
         self._unwatch_replay: Callable[[], None] | None = None
@@ -239,23 +237,12 @@ class CorrectedSlices:
             self._unwatch_replay = None
         self._attached = False
 
-    @contextlib.contextmanager
-    def suspended(self) -> Iterator[None]:
-        """Edits made inside this block are not recorded (e.g. writing model output)."""
-        self._suspended += 1
-        try:
-            yield
-        finally:
-            self._suspended -= 1
-
     def _on_paint(self, event: Any) -> None:
-        if self._suspended:
-            return
         layer = self.layer
         self._record(planes_of_history_item(getattr(event, "value", None), layer.ndim, layer.data.shape))
 
     def _before_replay(self, item: list[Any] | None) -> None:
-        if self._suspended or not item:
+        if not item:
             return
         layer = self.layer
         self._record(planes_of_history_item(item, layer.ndim, layer.data.shape))
@@ -375,3 +362,8 @@ def format_plane(plane: Plane) -> str:
     if len(plane) == 1:
         return f"slice {plane[0]}"
     return f"slice {tuple(plane)}"
+
+
+def planes_text(planes: Sequence[Plane], most: int = 5) -> str:
+    """"slice 2, slice 5", at most ``most`` named (then " …")."""
+    return ", ".join(format_plane(p) for p in planes[:most]) + (" …" if len(planes) > most else "")

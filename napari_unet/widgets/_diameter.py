@@ -63,7 +63,9 @@ class DiameterControls:
 
     @property
     def is_auto(self) -> bool:
-        return self.field.value.strip().lower() in ("", DIAMETER_AUTO)
+        from napari_unet.core.scale import diameter_word
+
+        return diameter_word(self.field.value) == "auto"
 
     def chosen(self, image: Any, plane_shape: tuple[int, ...]) -> float | None:
         """The diameter in the field in pixels (None for auto); a clear ValueError otherwise."""

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_unet._shapes import is_rgb
 from napari_unet.io._corrected import colours_by_slice
 
 from ._base import full_resolution
@@ -236,7 +237,7 @@ def mixed_colours_note(examples: list[Example]) -> str | None:
 
     from napari_unet.core.channels import COLOUR_NAMES
 
-    rgb = [e.colour for e in examples if np.ndim(e.image) == 3 and np.shape(e.image)[-1] in (3, 4)]
+    rgb = [e.colour for e in examples if is_rgb(np.shape(e.image))]
     counts = Counter(COLOUR_NAMES[c] if isinstance(c, int) else str(c) for c in rgb)
     if len(counts) < 2:
         return None

@@ -12,7 +12,7 @@ from qtpy.QtCore import QTimer
 
 from napari_unet.io._corrected import MASKS_KEY, planes_holding_labels
 
-from ._corrections import CorrectedSlices, format_plane, planes_of_history_item
+from ._corrections import CorrectedSlices, format_plane, planes_of_history_item, planes_text
 from ._napari_compat import (
     forget_labels_history,
     layers_added_unselected,
@@ -181,7 +181,7 @@ def _keep_labels_of_someone(layer: Any) -> None:
     held = [idx for idx in planes_holding_labels(data) if idx not in known]
     if held:
         tracker.update(held)
-        notify_info(f"{layer.name!r} holds labels napari-unet did not make ({_planes_text(held)}): kept as your "
+        notify_info(f"{layer.name!r} holds labels napari-unet did not make ({planes_text(held)}): kept as your "
                     "corrections (tick 'Overwrite slices I corrected' to segment them anyway; if they are a model's "
                     "masks (napari-unet predict's written before 2026-12-06), unmark them in Fine-tune).")
 
@@ -311,11 +311,6 @@ def _axes_of(image: Any, n: int) -> dict[str, Any]:
     if isinstance(axes, str) and len(axes) == n:
         out["metadata"] = {"napari_unet": {"layer_axes": axes}}
     return out
-
-
-def _planes_text(planes: list[tuple[int, ...]]) -> str:
-    """"slice 2, slice 5", at most five named."""
-    return ", ".join(format_plane(p) for p in planes[:5]) + (" …" if len(planes) > 5 else "")
 
 
 def _sentence(text: str) -> str:
@@ -451,16 +446,16 @@ class RunCorrections:
 
         if self.meanwhile:
             verb = "it" if len(self.meanwhile) == 1 else "them"
-            notify_warning(f"Left {_planes_text(self.meanwhile)} as you corrected {verb} while the run was going.")
+            notify_warning(f"Left {planes_text(self.meanwhile)} as you corrected {verb} while the run was going.")
         if self.partly:
             one = len(self.partly) == 1
-            notify_info(f"Replaced the part in view of {_planes_text(self.partly)}, which you had corrected: "
+            notify_info(f"Replaced the part in view of {planes_text(self.partly)}, which you had corrected: "
                         f"the rest of {'it' if one else 'them'} is still yours, so "
                         f"{'it stays' if one else 'they stay'} listed as corrected (the new masks in that "
                         f"part included: check them before fine-tuning).")
         if self.replaced:
             one = len(self.replaced) == 1
-            notify_info(f"Replaced {_planes_text(self.replaced)}, which you had corrected: "
+            notify_info(f"Replaced {planes_text(self.replaced)}, which you had corrected: "
                         f"{'it is' if one else 'they are'} no longer listed as corrected (not "
                         f"{'a training example' if one else 'training examples'}); correct or mark "
                         f"{'it' if one else 'them'} again to make {'it one' if one else 'them examples'}.")
@@ -487,16 +482,16 @@ def report_empty_planes(empty_planes: list[Any]) -> None:
     others = [e.index for e in empty_planes if not (e.constant or e.noise or e.no_data)]
     if constant:
         verb = "has" if len(constant) == 1 else "have"
-        notify_warning(f"{_sentence(_planes_text(constant))} {verb} a single value everywhere: nothing to "
+        notify_warning(f"{_sentence(planes_text(constant))} {verb} a single value everywhere: nothing to "
                        "segment there (masks left empty).")
     if no_data:
         verb = "holds" if len(no_data) == 1 else "hold"
-        notify_warning(f"{_sentence(_planes_text(no_data))} {verb} no data (NaN, or a black border, everywhere): "
+        notify_warning(f"{_sentence(planes_text(no_data))} {verb} no data (NaN, or a black border, everywhere): "
                        "nothing to segment there (masks left empty).")
     if noise:
         verb = "holds" if len(noise) == 1 else "hold"
-        notify_warning(f"{_sentence(_planes_text(noise))} {verb} camera noise alone (no structure at any "
+        notify_warning(f"{_sentence(planes_text(noise))} {verb} camera noise alone (no structure at any "
                        "scale): nothing to segment there (masks left empty).")
     if others:
-        notify_warning(f"No objects found in {_planes_text(others)}: try a lower threshold or another "
+        notify_warning(f"No objects found in {planes_text(others)}: try a lower threshold or another "
                        "object diameter.")

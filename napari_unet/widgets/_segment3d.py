@@ -321,10 +321,10 @@ def write_volume(layer: Any, result: VolumeResult, protected: set[tuple[int, ...
     return len(kept)
 
 
-def plan_3d_run(widget: Any, image: Any, masks: Any, diameter: float | None) -> tuple[Any, str]:
+def plan_3d_run(widget: Any, image: Any, diameter: float | None) -> tuple[Any, str]:
     """The worker body and status text of a 3D run of the Segment widget (``(None, "")`` and a
-    notification when there is nothing to run). Forgets the widget's kept 2D probabilities of
-    ``masks``: moving the threshold must not put plane results back over 3D objects."""
+    notification when there is nothing to run). The widget's kept 2D probabilities of the masks
+    are forgotten when the first volume is written (:func:`write_volume_result`)."""
     from ._base import current_plane_index, notify_error
     from .segment import SCOPE_STACK
 

@@ -55,7 +55,7 @@ from ._base import (
     when_undocked,
     wrap_text,
 )
-from ._corrections import format_plane
+from ._corrections import format_plane, planes_text
 from ._diameter import DiameterControls
 from ._kept import KeptResults
 from ._masks import (
@@ -305,7 +305,7 @@ class SegmentWidget(Container):
             self._colour_of_image()
 
     def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
-        from napari_unet.core.checkpoint import list_models
+        from napari_unet.core.catalog import list_models
 
         choices = [(f"{e.name}{'' if e.builtin else ' (yours)'}", str(e.path)) for e in list_models()]
         # a file added by hand and gone since (renamed, deleted) is no longer offered (it was, and failed)
@@ -570,8 +570,8 @@ class SegmentWidget(Container):
                 if scope == SCOPE_VIEW:
                     notify_info("3D objects are segmented in whole volumes: the field of view does not apply "
                                 "(untick '3D objects' to segment only what you see).")
-                ready_for_writing(masks)  # (before planning, which forgets the layer's kept results)
-                generator, message = plan_3d_run(self, image, masks, diameter)
+                ready_for_writing(masks)
+                generator, message = plan_3d_run(self, image, diameter)
                 if generator is not None:
                     self._remember_run(image, masks)
                     self._start(generator, message, overwrite=overwrite, masks=masks, automatic=keep_corrected)
@@ -603,7 +603,7 @@ class SegmentWidget(Container):
             skipped = [p for p in planes if p in protected]
             planes = [p for p in planes if p not in protected]
         if skipped:
-            shown = ", ".join(format_plane(p) for p in skipped[:5]) + (" …" if len(skipped) > 5 else "")
+            shown = planes_text(skipped)
             if skipped == [()]:
                 what = "the image, which you corrected"
             else:
@@ -1076,19 +1076,18 @@ class SegmentWidget(Container):
         if edited:
             cached = [r for r in cached if all(r is not e for e in edited)]
             notify_info(f"Left {_plural(len(edited), 'slice')} you edited as they are "
-                        f"({', '.join(format_plane(r.index) for r in edited[:5])}); segment them again with "
+                        f"({planes_text([r.index for r in edited])}); segment them again with "
                         "'Overwrite slices I corrected' ticked for masks made with the new values.")
         too_large = self._kept.too_large(masks)
         if too_large:
-            notify_info(f"{_plural(len(too_large), 'slice').capitalize()} ({', '.join(format_plane(p) for p in too_large[:5])}"
-                        f"{' …' if len(too_large) > 5 else ''}) keep their masks: their probabilities are larger "
-                        f"than the {PROBABILITY_CACHE_BYTES // 2**20} MB kept for re-thresholding; segment again "
-                        "for the new values.")
+            notify_info(f"{_plural(len(too_large), 'slice').capitalize()} ({planes_text(too_large)}) keep their "
+                        f"masks: their probabilities are larger than the {PROBABILITY_CACHE_BYTES // 2**20} MB "
+                        "kept for re-thresholding; segment again for the new values.")
         dropped = self._kept.dropped(masks)
         if dropped:
             notify_info(f"The new values apply to the {len(cached)} slices segmented last; "
-                        f"{_plural(len(dropped), 'slice')} segmented before ({', '.join(format_plane(p) for p in dropped[:5])}"
-                        f"{' …' if len(dropped) > 5 else ''}) keep their masks: segment them again for the new values "
+                        f"{_plural(len(dropped), 'slice')} segmented before ({planes_text(dropped)}) "
+                        "keep their masks: segment them again for the new values "
                         "(the probabilities of a run are kept up to "
                         f"{PROBABILITY_CACHE_BYTES // 2**20} MB).")
         if not cached:

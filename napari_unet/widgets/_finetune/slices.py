@@ -22,7 +22,7 @@ from .._base import (
     shows_yx_planes,
     wrap_text,
 )
-from .._corrections import CorrectedSlices, format_plane
+from .._corrections import CorrectedSlices, format_plane, planes_text
 from .._examples import examples_from_layers
 from .._masks import check_masks_of, image_name_of_masks
 from .ui import layer_choices
@@ -150,7 +150,7 @@ class CorrectedSlicesPanel(Container):
         if not planes:
             self._corrected_info.value = "none yet: correct masks or mark a slice"
         else:
-            shown = ", ".join(format_plane(p) for p in planes[:6]) + (" …" if len(planes) > 6 else "")
+            shown = planes_text(planes, most=6)
             self._corrected_info.value = f"{len(planes)}: {shown}"
         selected = [p for p in (self._corrected_list.value or []) if p in planes]
         self._corrected_list.native.clear()  # rebuild so that the list stays sorted
