@@ -308,7 +308,7 @@ def test_training_keeps_gui_alive_saves_and_resegments(widget, c2c12, qtbot, bas
     if training.get("n_val_objects") == 0:  # no AP measured: no "best AP" shown
         assert best == "– (no object was held out for validation)"
     else:
-        assert best.startswith("validation AP50")
+        assert best.startswith("validation AP@0.5")
         assert ("chosen by validation loss" in best) == (training.get("selection_metric") == "loss")
     assert w.run_panel._status.value.startswith("Saved 'base-tuned' after 12 steps")
     if training["selected"] == "latest":  # this 128 x 128 crop has few cells: none may be held out
@@ -1382,13 +1382,13 @@ def test_the_best_label_says_when_a_higher_ap_was_held_back(widget):
     panel = w.run_panel
     panel.curves.clear(300)
     panel._on_yielded(Validation(step=0, ap50=0.824, dice=0.9, loss=0.366, is_best=True, best_ap50=0.824))
-    assert panel._best_label.value == "validation AP50 0.824 (at step 0)"
+    assert panel._best_label.value == "validation AP@0.5 0.824 (at step 0)"
     panel._on_yielded(Validation(step=30, ap50=0.882, dice=0.9, loss=0.358, is_best=False, best_ap50=0.824,
                                  held_back=True))
-    assert panel._best_label.value == ("validation AP50 0.824 (now 0.882, not kept: not clearly better than the "
+    assert panel._best_label.value == ("validation AP@0.5 0.824 (now 0.882, not kept: not clearly better than the "
                                        "starting model)")
     panel._on_yielded(Validation(step=60, ap50=0.80, dice=0.9, loss=0.40, is_best=False, best_ap50=0.824))
-    assert panel._best_label.value == "validation AP50 0.824 (now 0.800)"
+    assert panel._best_label.value == "validation AP@0.5 0.824 (now 0.800)"
 
 
 def test_the_trained_weights_the_gate_held_back_can_be_kept_instead(widget, base_model):
@@ -1420,8 +1420,8 @@ def test_the_trained_weights_the_gate_held_back_can_be_kept_instead(widget, base
     panel._run_started = time.perf_counter()
     panel._on_returned(TrainingResult(kept, path, None, 60, path, held_back=held))
     assert not panel._keep_trained_button.native.isHidden()
-    assert panel._keep_trained_button.text == "Keep the trained weights instead (step 30, AP50 0.700)"
-    assert panel._best_label.value == "validation AP50 0.500 (the starting weights, kept); step 30 scored 0.700, held back"
+    assert panel._keep_trained_button.text == "Keep the trained weights instead (step 30, AP@0.5 0.700)"
+    assert panel._best_label.value == "validation AP@0.5 0.500 (the starting weights, kept); step 30 scored 0.700, held back"
     assert panel._status.value.startswith("Saved 'base-tuned' after 60 steps")
     assert "Kept the starting weights" in panel._status.value and "the button below" in panel._status.value
     assert saved == [str(path)]
@@ -1435,7 +1435,7 @@ def test_the_trained_weights_the_gate_held_back_can_be_kept_instead(widget, base
         assert torch.equal(v, held.net.state_dict()[k]), k
     assert panel._status.value == ("Saved the trained weights (step 30, validation AP@0.5 0.700) as 'base-tuned': "
                                    "check them on a slice you did not correct.")
-    assert panel._best_label.value == "validation AP50 0.700 (at step 30, kept at your request)"
+    assert panel._best_label.value == "validation AP@0.5 0.700 (at step 30, kept at your request)"
 
     # the model the run saved renamed (Manage models) before Keep: the trained weights go in its place
     path = save_model(kept, path)
@@ -1498,3 +1498,24 @@ def test_a_model_trained_or_renamed_in_one_viewer_is_listed_and_followed_in_the_
     w.models_panel._rename_edit.value = "mine"
     w.models_panel._rename_button.native.click()
     assert Path(other_segment._model_combo.value).stem == "mine"  # followed, not "gone"
+
+
+def test_tab_reaches_start_right_after_the_settings(make_napari_viewer, base_model, qtbot):
+    """The settings sit in a scroll area made after the run panel: Tab went from the last setting
+    round the whole napari window (72 presses from Image) before it reached Start. The live curves
+    wait for the first Start, leaving their height to the settings on a laptop's screen."""
+    from qtpy.QtCore import Qt
+
+    viewer = make_napari_viewer(show=True)
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
+    qtbot.wait(100)
+    assert not w.run_panel.curves.canvas.isVisible()
+    toggle = w.models_panel._collapsible._toggle_btn  # the last control above the run panel (folded)
+    widget, reached = toggle, []
+    for _ in range(200):
+        widget = widget.nextInFocusChain()
+        if widget.isVisible() and widget.isEnabled() and widget.focusPolicy() & Qt.FocusPolicy.TabFocus:
+            reached.append(widget)
+            if len(reached) == 1:
+                break
+    assert reached == [w.run_panel._start_button.native]

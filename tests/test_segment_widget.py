@@ -1545,3 +1545,41 @@ def test_weights_kept_during_the_run_after_fine_tuning_segment_the_view_again(wi
     _wait(qtbot, w)
     qtbot.wait(100)
     assert w._worker is None and w._run_model == str(tiny_model_path) and w._new_model_after_run is None
+
+
+def test_a_keyboard_user_who_starts_a_run_with_space_can_cancel_it_with_space(make_napari_viewer, qtbot,
+                                                                               tiny_model_path, c2c12_stack):
+    """Segment disabled at its start passed the keyboard focus on to the dock's title bar, where a
+    second Space hid the dock while the run went on: the focus goes to Cancel, and back at the end."""
+    from qtpy.QtCore import Qt
+
+    viewer = make_napari_viewer(show=True)
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    w.add_model_file(tiny_model_path)
+    w.reset_choices()
+    w._image_combo.value = viewer.add_image(c2c12_stack, name="c2c12")
+    w._scope.value = SCOPE_STACK
+    window = viewer.window._qt_window
+    window.activateWindow()
+    qtbot.waitUntil(window.isActiveWindow, timeout=5000)
+    w._run_button.native.setFocus(Qt.FocusReason.TabFocusReason)
+    qtbot.waitUntil(w._run_button.native.hasFocus, timeout=5000)
+    qtbot.keyClick(w._run_button.native, Qt.Key.Key_Space)
+    assert w._cancel_button.native.hasFocus() and w._cancel_button.enabled
+    _wait(qtbot, w)
+    assert w._run_button.native.hasFocus() and not w._cancel_button.enabled
+
+
+def test_long_status_notes_wrap_in_the_dock_instead_of_widening_it(make_napari_viewer, qtbot, tiny_model_path):
+    """magicgui makes its labels as wide as their text: a long note widened the dock for good (412 ->
+    641 px on a 1366 px screen) and cut its last line off; the status lines now take the row's width."""
+    viewer = make_napari_viewer(show=True)
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    qtbot.wait(100)
+    before = w.native.minimumSizeHint().width()
+    w._status.value = " ".join(["A long note about the run that a user should read whole."] * 6)
+    w._diameter_used.value = "17 px (estimated), image scaled x1.41 " * 3
+    qtbot.wait(100)
+    assert w.native.minimumSizeHint().width() <= before + 5
+    label = w._status.native
+    assert label.height() >= label.heightForWidth(label.width()) - 1  # every line of it shown

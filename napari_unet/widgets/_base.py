@@ -111,6 +111,7 @@ def scroll_when_short(container: Any, only: tuple[Any, ...] | None = None) -> No
     scroll.setWidgetResizable(True)
     scroll.setFrameShape(QFrame.Shape.NoFrame)
     scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    scroll.setFocusPolicy(Qt.FocusPolicy.NoFocus)  # (no tab stop of its own: it follows the focus inside)
     scroll.setWidget(inner)
     inner.installEventFilter(scroll)
     if only is None:
@@ -118,6 +119,49 @@ def scroll_when_short(container: Any, only: tuple[Any, ...] | None = None) -> No
     else:  # a part of the dock: never squeezed to a sliver by what stays outside it
         scroll.setMinimumHeight(min(150, inner.minimumSizeHint().height()))
     layout.insertWidget(at, scroll, 1)
+    if only is not None:  # what stays below comes after it for Tab too (the scroll area, made last, came last:
+        # Start was 72 Tab presses from Fine-tune's Image), made again each time the dock is docked or shown
+        after = [w for w in (layout.itemAt(i).widget() for i in range(at + 1, layout.count())) if w is not None]
+        outer.installEventFilter(_TabOrderAfter(outer, inner, after))
+
+
+def _tab_order_after(first: Any, then: list[Any]) -> None:
+    """Tab goes through ``first``'s controls, then through those of each of ``then`` in turn."""
+    from qtpy.QtWidgets import QWidget
+
+    chain = _focus_chain(first)
+    for widget in then:
+        for follower in _focus_chain(widget):
+            if chain:
+                QWidget.setTabOrder(chain[-1], follower)
+            chain.append(follower)
+
+
+def _TabOrderAfter(parent: Any, first: Any, then: list[Any]) -> Any:
+    """An event filter that keeps :func:`_tab_order_after` when its widget is docked (napari's dock
+    makes the tab order of what it takes in again) or shown."""
+    from qtpy.QtCore import QEvent, QObject
+
+    class TabOrderAfter(QObject):
+        def eventFilter(self, watched: Any, event: Any) -> bool:
+            if event.type() in (QEvent.Type.ParentChange, QEvent.Type.Show):
+                _tab_order_after(first, then)
+            return False
+
+    return TabOrderAfter(parent)
+
+
+def _focus_chain(root: Any) -> list[Any]:
+    """The widgets in ``root`` (itself included) that Tab can reach, in the window's tab order."""
+    from qtpy.QtCore import Qt
+
+    found, widget = [], root
+    while True:
+        if (widget is root or root.isAncestorOf(widget)) and widget.focusPolicy() & Qt.FocusPolicy.TabFocus:
+            found.append(widget)
+        widget = widget.nextInFocusChain()
+        if widget is root or widget is None:
+            return found
 
 
 class WorkerRuntimeError(Exception):
@@ -477,11 +521,30 @@ def _fit_to_text() -> Any:
     return FitToText()
 
 
+def hand_over(off: Any, on: Any) -> None:
+    """Disable the magicgui button ``off`` (Segment, Start) and enable ``on`` (Cancel, Stop), the
+    keyboard focus moved along when ``off`` had it: Qt passes it on to the next control, which for
+    a keyboard user was the dock's title bar, where a second Space hid the dock while the run went on."""
+    had_focus = off.native.hasFocus()
+    on.enabled = True
+    off.enabled = False
+    if had_focus:
+        on.native.setFocus()
+
+
 def wrap_text(*labels: Any) -> None:
     """Let magicgui ``Label`` widgets (status lines) wrap, so that long messages are shown
-    whole in a narrow dock instead of being cut off at its edge (at the height they need)."""
+    whole in a narrow dock instead of being cut off at its edge (at the height they need).
+
+    The labels take the row's width rather than their text's: magicgui makes them Fixed, so a
+    long note widened the dock for good (a fine-tuning's closing note: 412 -> 641 px, the image's
+    part of a 1366 px screen 607 -> 379 px), cut the text's last lines off, and set their row
+    names apart from the others'."""
+    from qtpy.QtWidgets import QSizePolicy
+
     for label in labels:
         label.native.setWordWrap(True)
+        label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         label.native.installEventFilter(_fit_to_text())
 
 

@@ -79,7 +79,7 @@ class CorrectWidget(Container):
             tooltip="A compressed TIFF, with the list of corrected slices beside it "
                     "(<name>.tif.corrected.json): both written, or neither. File > Open restores both.")
         self._status = Label(label="Status", value="")
-        wrap_text(self._status)
+        wrap_text(self._status, self._shortcuts)
         self.extend([
             self._layer_combo, self._mode, self._fill_button, self._new_button,
             self._min_size, self._small_button, self._save_button, self._shortcuts, self._status,

@@ -92,6 +92,9 @@ class FinetuneWidget(Container):
         layout.addWidget(manage_models)
         layout.addWidget(self.run_panel.native)
         layout.addWidget(self.run_panel.curves.canvas)
+        # shown from the first Start: until then its 170 px go to the settings (292 -> 468 px of them on a
+        # 1366 x 768 screen, where Steps, Time budget and Learning rate were below the fold)
+        self.run_panel.curves.canvas.setVisible(False)
 
         self.run_panel.start_requested.connect(self.start)
         self.run_panel.running_changed.connect(self.settings_panel.set_running)

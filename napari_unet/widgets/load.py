@@ -95,7 +95,7 @@ class LoadWidget(Container):
             tooltip="lazy: read only the planes on screen (large files); in memory: read everything now; "
             "auto: lazy above 1 GB or a quarter of free memory",
         )
-        self._load_button = PushButton(text="Load")
+        self._load_button = PushButton(text="Load", tooltip="Open the file or folder in Path as layers of the viewer.")
         self._load_button.enabled = False
         self._status = Label(value="", label="")
         wrap_text(self._info, self._status)

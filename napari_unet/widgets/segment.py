@@ -41,6 +41,7 @@ from ._base import (
     disconnect_all,
     format_seconds,
     full_resolution,
+    hand_over,
     lead_ndim,
     notify_error,
     notify_info,
@@ -175,7 +176,10 @@ class SegmentWidget(Container):
         self._model_combo = ComboBox(label="Model", choices=self._model_choices,
                                      tooltip="The network that segments: a built-in model (proposed for the kind of "
                                              "image), one of yours (fine-tuned), or a file added below.")
-        self._add_model_button = PushButton(text="Add model file…")
+        self._add_model_button = PushButton(
+            text="Add model file…",
+            tooltip="Add a model someone gave you to the Model list: a napari-unet model (.pt) or a "
+                    "BioImage.IO Model Zoo package (.zip or rdf.yaml).")
         self._postprocessing_kind: str | None = None  # the kind whose setting the controls show
         self._postprocessing_applied: dict | None = None
         self._metadata_cache: dict[tuple[str, int], dict] = {}  # (model path, mtime) -> its metadata
@@ -198,12 +202,16 @@ class SegmentWidget(Container):
         self._overwrite = CheckBox(text="Overwrite slices I corrected", value=False,
                                    tooltip="Off: slices you corrected (listed in Fine-tune) are never replaced by a "
                                            "run. On: this run replaces them too.")
-        self._run_button = PushButton(text="Segment")
-        self._cancel_button = PushButton(text="Cancel", enabled=False)
+        self._run_button = PushButton(
+            text="Segment", tooltip="Segment what 'Segment' above asks for into the '<image> masks' labels layer "
+                                    "(slices you corrected are kept unless you tick Overwrite).")
+        self._cancel_button = PushButton(
+            text="Cancel", enabled=False,
+            tooltip="Stop the run: slices finished so far keep their new masks, the others stay as they were.")
         self._progress = ProgressBar(label="Progress", min=0, max=100, value=0, visible=False)
         self._status = Label(label="Status", value="")
         self._device_label = Label(label="Device", value="")
-        wrap_text(self._status, self._diameter_used)
+        wrap_text(self._status, self._diameter_used, self._device_label)
         self.extend([
             self._image_combo, self._channel_axis, self._colour, self._model_combo, self._model_hint, self._add_model_button,
             self._scope, *self._three_d.widgets, *self._sizing.widgets,
@@ -799,9 +807,9 @@ class SegmentWidget(Container):
         self._notes_said = set()
         self._status.value = message + "…"
         self._progress.value = 0
+        self._progress_shown = 0.0
         self._progress.visible = True
-        self._run_button.enabled = False
-        self._cancel_button.enabled = True
+        hand_over(self._run_button, self._cancel_button)
         image = self._run_layers[0] if self._run_layers else None
         of = f" of {image.name!r}" if image is not None else ""
         self._worker = start_worker(
@@ -993,8 +1001,7 @@ class SegmentWidget(Container):
         if masks is not None:  # the brush must not reuse a model's id (unless the user chose it meanwhile)
             select_next_free_label_after_run(self._viewer, masks, self._label_at_start)
         self._progress.visible = False
-        self._run_button.enabled = True
-        self._cancel_button.enabled = False
+        hand_over(self._cancel_button, self._run_button)
         self._worker = None
         if self._failed or self._cancelled or self._abandoned or stopped:
             self._drop_new_masks()

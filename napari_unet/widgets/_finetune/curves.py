@@ -78,7 +78,7 @@ def _chart_class():
             self._curves = curves
             self.setMinimumHeight(170)
             self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-            self.setToolTip("Training loss (blue, left axis) and validation AP50 (orange, right axis, 0 to 1) "
+            self.setToolTip("Training loss (blue, left axis) and validation AP@0.5 (orange, right axis, 0 to 1) "
                             "against the training step")
 
         def sizeHint(self) -> Any:  # noqa: N802 (Qt's name)
@@ -145,7 +145,7 @@ def _chart_class():
                 painter.drawText(QRectF(plot.right() + 4, py(v, 0, 1) - line / 2, right, line), left_align,
                                  tick_text(v, 0.5))
             # the axes' names along the outer edges, read upwards on the left and downwards on the right
-            for label, colour, x, angle in (("loss", loss_colour, 0.0, -90), ("AP50", ap_colour, self.width(), 90)):
+            for label, colour, x, angle in (("loss", loss_colour, 0.0, -90), ("AP@0.5", ap_colour, self.width(), 90)):
                 painter.save()
                 painter.setPen(QPen(colour, 1))
                 painter.translate(x, plot.center().y())
@@ -175,7 +175,7 @@ def _chart_class():
 
 
 class LiveCurves:
-    """Training loss (left axis) and validation AP50 (right axis, 0 to 1) of one run.
+    """Training loss (left axis) and validation AP@0.5 (right axis, 0 to 1) of one run.
 
     Attributes
     ----------

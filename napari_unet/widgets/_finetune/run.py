@@ -26,6 +26,7 @@ from psygnal import Signal
 from .._base import (
     carry_runtime_errors,
     format_seconds,
+    hand_over,
     launch,
     notify_error,
     notify_info,
@@ -157,14 +158,20 @@ class TrainingRunPanel(Container):
         # the model of that name the user agreed, at Start, to replace (its file_identity; False: none)
         self._replace: Any = False
         self._pending: TrainingResult | None = None
-        self._last_result: TrainingResult | None = None
-        self._start_button = PushButton(text="Start")
-        self._stop_button = PushButton(text="Stop", enabled=False)
+        self._start_button = PushButton(
+            text="Start", tooltip="Fine-tune the model on the slices you corrected, in the background; it is "
+                                  "saved under 'New model name', chosen in Segment when done.")
+        self._stop_button = PushButton(
+            text="Stop", enabled=False,
+            tooltip="Stop after the current step: the best weights so far are saved as the new model.")
         self._progress = ProgressBar(label="Progress", min=0, max=1000, value=0)
         self._status = Label(label="Status", value="Correct some slices, then Start.")
         self._best_label = Label(label="Best", value="–")
+        self._best_label.tooltip = ("The best validation score so far: AP@0.5, from 0 to 1, the share of cells held "
+                                    "out of training that the model finds (at least half of each right), spurious "
+                                    "objects counted against it. Higher is better.")
         self._device_label = Label(label="Device", value="")
-        wrap_text(self._status, self._best_label)
+        wrap_text(self._status, self._best_label, self._device_label)
         self._save_again_button = PushButton(text="Save again", visible=False)
         # the gate kept the starting weights: the trained ones it held back, if the user wants them
         self._keep_trained_button = PushButton(text="Keep the trained weights instead", visible=False, tooltip=(
@@ -207,6 +214,7 @@ class TrainingRunPanel(Container):
         self._run_name = name
         self._replace = replace
         self.curves.clear(settings.get("steps"))
+        self.curves.canvas.setVisible(True)
         self._run_started = time.perf_counter()
         self._pending = None
         self._save_again_button.visible = False
@@ -240,8 +248,10 @@ class TrainingRunPanel(Container):
             self._stop_button.enabled = False
 
     def _set_running(self, running: bool) -> None:
-        self._start_button.enabled = not running
-        self._stop_button.enabled = running
+        if running:
+            hand_over(self._start_button, self._stop_button)
+        else:
+            hand_over(self._stop_button, self._start_button)
         self.running_changed.emit(running)
 
     def _on_destroyed(self, *_args) -> None:
@@ -286,12 +296,11 @@ class TrainingRunPanel(Container):
             self.curves.add_validation(event.step, event.ap50)
             not_kept = "" if event.ap50 <= event.best_ap50 else (
                 ", not kept: not clearly better than the starting model" if event.held_back else ", not kept")
-            self._best_label.value = f"validation AP50 {event.best_ap50:.3f}" + (
+            self._best_label.value = f"validation AP@0.5 {event.best_ap50:.3f}" + (
                 f" (at step {event.step})" if event.is_best else f" (now {event.ap50:.3f}{not_kept})")
         self.curves.redraw()
 
     def _on_returned(self, result: TrainingResult) -> None:
-        self._last_result = result
         took = format_seconds(time.perf_counter() - self._run_started)
         if result.model is None:
             self._status.value = "Stopped before the first step; no model was saved."
@@ -346,12 +355,12 @@ class TrainingRunPanel(Container):
         step = (held.metadata.get("training") or {}).get("selected_step")
         ap, start_ap = held.metadata.get("val_ap50"), result.model.metadata.get("val_ap50")
         self._held_back = (held, path, file_identity(path))
-        scored = f", AP50 {ap:.3f}" if ap is not None else ""
+        scored = f", AP@0.5 {ap:.3f}" if ap is not None else ""
         self._keep_trained_button.text = f"Keep the trained weights instead (step {step}{scored})"
         self._keep_trained_button.visible = True
         self._status.value += " Or keep the trained weights anyway: the button below."
         if ap is not None and start_ap is not None:
-            self._best_label.value = (f"validation AP50 {start_ap:.3f} (the starting weights, kept); step {step} "
+            self._best_label.value = (f"validation AP@0.5 {start_ap:.3f} (the starting weights, kept); step {step} "
                                       f"scored {ap:.3f}, held back")
 
     def follow_renamed(self, old_path: str, new_path: str) -> None:
@@ -392,7 +401,7 @@ class TrainingRunPanel(Container):
         if saved != path:
             self._status.value += f" ({path.stem!r} had changed meanwhile, and is kept.)"
         if ap is not None:
-            self._best_label.value = f"validation AP50 {ap:.3f} (at step {step}, kept at your request)"
+            self._best_label.value = f"validation AP@0.5 {ap:.3f} (at step {step}, kept at your request)"
         notify_info(f"The trained weights are saved as {saved.stem!r}.")
         self.saved.emit(str(saved))
 

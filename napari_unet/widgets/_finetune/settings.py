@@ -43,11 +43,13 @@ class TrainingSettingsPanel(Container):
         self._time_budget = FloatSpinBox(label="Time budget (min)", min=0.0, max=24 * 60, step=1.0, value=0.0,
                                          tooltip="Stop after this many minutes (0 = no limit); whichever comes first.")
         self._lr = FloatSpinBox(label="Learning rate", min=1e-6, max=1.0, step=1e-4, value=1e-3,
-                                tooltip="Peak AdamW learning rate (warm-up, then cosine decay).")
+                                tooltip="How large a change each training step makes at most (it rises, then falls "
+                                        "off towards the end). Lower it if the loss jumps about; the default suits "
+                                        "most data.")
         self._lr.native.setDecimals(6)
         self._patch_size = SpinBox(label="Patch size", min=0, max=MAX_PATCH, step=16, value=0,
-                                   tooltip="Training patch side in pixels (Auto: 128 for the built-in models and "
-                                           "other padded networks, with batch 8; 256 for an unpadded one, batch 4).")
+                                   tooltip="Side in pixels of the square pieces of your slices the model learns from "
+                                           "(Auto: 128 for the built-in models, 256 for the paper's U-Net).")
         _show_auto(self._patch_size)
         self._augment = CheckBox(text="Augmentation (flips, rotations, intensity)", value=True,
                                  tooltip="Show the examples flipped, rotated, rescaled, deformed and with other "
@@ -56,11 +58,9 @@ class TrainingSettingsPanel(Container):
             label="Cells labelled", value="auto",
             choices=[("Auto (told per slice)", "auto"), ("All (the rest is background)", "all"),
                      ("Some (learn from those only)", "some")],
-            tooltip="Whether every cell of a corrected slice is labelled. Unlabelled pixels are learnt as background "
-                    "only when all are; with some, the labelled cells are learnt from, and as background what lies "
-                    "around them and wherever the base model finds no cell (cells it finds that are not labelled "
-                    "are left out; cells it misses are to be drawn). Auto tells it per slice by what the base model "
-                    "finds where nothing is labelled.",
+            tooltip="Whether every cell of a corrected slice is labelled. All: everything unlabelled is learnt as "
+                    "background. Some: the labelled cells are learnt, and as background only what lies around them "
+                    "and where the model finds nothing (draw the cells it misses). Auto decides per slice.",
         )
         self._batch_size = SpinBox(label="Batch size", min=0, max=MAX_BATCH, value=0,
                                    tooltip="Patches per step (Auto: 8 with patches of up to 128 px, 4 with larger ones).")
@@ -71,10 +71,8 @@ class TrainingSettingsPanel(Container):
                                 tooltip="Where to train: auto takes the GPU (CUDA or Apple MPS) when there is one, "
                                         "else the CPU.")
         self._seed = SpinBox(label="Random seed", min=0, max=2**31 - 1, value=0,
-                             tooltip="The same seed, examples and settings give the same patches and, on the CPU, "
-                                     "the same model (a GPU's convolutions add their own small differences), when "
-                                     "the run is bounded by Steps: a time budget ends it, and paces its learning "
-                                     "rate, by the clock.")
+                             tooltip="The same seed, slices and settings give the same model again on the CPU "
+                                     "(nearly the same on a GPU) when Steps ends the run, not the time budget.")
         self.extend([
             self._base_model, self._name, self._steps, self._time_budget, self._lr, self._patch_size, self._augment,
             self._labelled,
