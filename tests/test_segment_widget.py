@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_unet.widgets._base import canvas_size, visible_region
+from napari_unet.widgets._base import canvas_size, current_plane_index, visible_region
 from napari_unet.widgets._corrections import CORRECTED_KEY, CorrectedSlices
 from napari_unet.widgets._masks import corrected_planes
 from napari_unet.widgets.segment import (
@@ -286,6 +286,38 @@ def test_the_field_of_view_is_the_part_shown_after_napari_transposes_the_view(ma
         for got, centre, half_shown, size in ((rows, 40, shown_rows, 100), (cols, 300, shown_cols, 400)):
             assert abs(got.start - np.clip(centre - half_shown, 0, size)) <= 2, (transposed, got)
             assert abs(got.stop - np.clip(centre + half_shown, 0, size)) <= 2, (transposed, got)
+
+
+def test_a_sheared_stack_is_segmented_and_cut_where_napari_shows_it(make_napari_viewer, qtbot):
+    """napari slices a stack through the block of its data-to-world transform of the axes not shown,
+    and draws the plane through the block of those shown: the current slice and the field of view
+    followed the whole transform, so under a shear that mixes them (deskewed light-sheet data, an
+    oblique plane) another slice was segmented (world z 10 shown, slice 1 taken) and other rows cut."""
+    from napari_unet.widgets._napari_compat import viewer_camera
+
+    viewer = make_napari_viewer(show=True)
+    stack = np.zeros((31, 244, 228), np.float32)
+    zy = np.eye(4)
+    zy[0, 1] = 0.3  # world z = z + 0.3 y
+    layer = viewer.add_image(stack, affine=zy, name="zy")
+    for z in (3, 10, 20):
+        viewer.dims.set_point(0, float(z))
+        assert current_plane_index(viewer, layer) == (z,)
+    viewer.layers.remove(layer)
+    deskew = np.eye(4)
+    deskew[1, 0] = 3.0  # world y = y + 3 z
+    layer = viewer.add_image(stack, affine=deskew, name="deskew")
+    camera = viewer_camera(viewer)
+    for z in (5, 25):
+        viewer.dims.set_current_step(0, z)
+        camera.center = tuple(np.asarray(layer.data_to_world((z, 120, 110)))[1:])
+        camera.zoom = 6
+        qtbot.waitUntil(lambda: np.ptp(np.asarray(layer.corner_pixels)[:, 1]) < 200, timeout=5000)
+        qtbot.wait(200)
+        shown = np.asarray(layer.corner_pixels)[:, 1:]  # napari's own: the data rows and columns on the canvas
+        rows, cols = visible_region(viewer, layer, stack.shape[1:])
+        assert abs(rows.start - shown[0, 0]) <= 2 and abs(rows.stop - shown[1, 0]) <= 2, (z, rows, shown)
+        assert abs(cols.start - shown[0, 1]) <= 2 and abs(cols.stop - shown[1, 1]) <= 2, (z, cols, shown)
 
 
 def test_a_run_that_cannot_start_leaves_no_empty_masks_layer(widget, qtbot, c2c12_stack, notifications):

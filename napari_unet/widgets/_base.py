@@ -575,6 +575,28 @@ def shows_yx_planes(viewer: Any, layer: Any) -> bool:
     return set(dims.displayed) == {offset + layer.ndim - 2, offset + layer.ndim - 1}
 
 
+def _sliced_data_point(viewer: Any, layer: Any) -> np.ndarray:
+    """The viewer's position in the layer's data coordinates as napari slices the layer: its axes not
+    displayed are mapped through their own block of the world-to-data transform, as napari's slicing does
+    (``_SliceInput.data_slice``); the displayed ones through the whole transform. The whole transform alone
+    named another slice than the one shown when an affine mixes the sliced axis with the displayed ones
+    (a shear of deskewed light-sheet data, an oblique rotation): world z 10 shown, slice 1 segmented."""
+    dims = viewer.dims
+    n = int(layer.ndim)
+    offset = dims.ndim - n
+    world = np.asarray(dims.point, dtype=float)[offset:]
+    point = np.asarray(layer.world_to_data(dims.point), dtype=float)[-n:]
+    hidden = [a - offset for a in dims.not_displayed if a >= offset]
+    if not hidden:
+        return point
+    origin = np.asarray(layer.world_to_data(np.zeros(n)), dtype=float)[-n:]
+    linear = np.stack([np.asarray(layer.world_to_data(np.eye(n)[j]), dtype=float)[-n:] - origin for j in range(n)],
+                      axis=1)  # (data axis, world axis)
+    block = linear[np.ix_(hidden, hidden)]
+    point[hidden] = block @ world[hidden] + origin[hidden]
+    return point
+
+
 def current_plane_index(viewer: "napari.Viewer", layer: "napari.layers.Layer", strict: bool = False) -> tuple[int, ...]:
     """Indices along the layer's non-plane axes of the slice the viewer shows now (the nearest one
     when the viewer's position lies outside the layer, as with a stack shorter than another).
@@ -587,9 +609,7 @@ def current_plane_index(viewer: "napari.Viewer", layer: "napari.layers.Layer", s
     n_lead = lead_ndim(layer)
     if n_lead <= 0:
         return ()
-    data_point = np.asarray(layer.world_to_data(viewer.dims.point))
-    # world_to_data returns the layer's non-displayed + displayed coordinates in data order
-    coords = data_point[-layer.ndim :][:n_lead]
+    coords = _sliced_data_point(viewer, layer)[:n_lead]
     shape = layer.data.shape[:n_lead]
     index = tuple(int(np.round(c)) for c in coords)
     if strict:
@@ -629,16 +649,25 @@ def visible_region(
         return slice(0, h), slice(0, w)
     half = np.asarray(canvas, dtype=float) / zoom / 2
     center = np.asarray(camera.center[-2:], dtype=float)
-    point = np.asarray(viewer.dims.point, dtype=float)
     # the camera and the canvas are in the order of the axes on screen (after napari's transpose
     # button, X then Y): the world axes they stand for, in that order
     shown = list(viewer.dims.displayed)[-2:]
+    # napari draws a slice through the block of the layer's data-to-world transform of the displayed axes
+    # only (an out-of-slice shear or rotation is not applied: a deskew shear, world y = y + k z): the part
+    # on screen is found through that block too (the whole transform put it k z rows away)
+    n = int(layer.ndim)
+    offset = viewer.dims.ndim - n
+    axes = [a - offset for a in shown]  # the layer's displayed axes, in screen order
+    origin = np.asarray(layer.data_to_world(np.zeros(n)), dtype=float)[-n:]
+    forward = np.stack([np.asarray(layer.data_to_world(np.eye(n)[j]), dtype=float)[-n:] - origin for j in range(n)],
+                       axis=1)  # (world axis, data axis)
+    inverse = np.linalg.inv(forward[np.ix_(axes, axes)])
     corners = []
     for dy, dx in ((-1, -1), (-1, 1), (1, -1), (1, 1)):  # all four: a rotated or sheared layer's box
-        world = point.copy()
-        world[shown] = center + half * (dy, dx)
-        corners.append(layer.world_to_data(world))
-    yx = np.asarray(corners)[:, -2:]  # world_to_data gives the layer's ndim coordinates: never a colour one
+        data = np.zeros(n)
+        data[axes] = inverse @ (center + half * (dy, dx) - origin[axes])
+        corners.append(data)
+    yx = np.asarray(corners)[:, -2:]  # the layer's ndim coordinates: never a colour one
     (y0, x0), (y1, x1) = yx.min(axis=0), yx.max(axis=0)
     y0, y1 = int(np.clip(np.floor(y0), 0, h)), int(np.clip(np.ceil(y1) + 1, 0, h))
     x0, x1 = int(np.clip(np.floor(x0), 0, w)), int(np.clip(np.ceil(x1) + 1, 0, w))
