@@ -320,6 +320,19 @@ def test_a_sheared_stack_is_segmented_and_cut_where_napari_shows_it(make_napari_
         assert abs(cols.start - shown[0, 1]) <= 2 and abs(cols.stop - shown[1, 1]) <= 2, (z, cols, shown)
 
 
+def test_a_projected_view_says_that_one_slice_is_segmented(widget, qtbot, c2c12_stack, notifications):
+    """napari's thick slicing shows the maximum (or mean) of several slices: Segment takes the one
+    slice where the sliders stand, and now says so."""
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack, name="c2c12", projection_mode="max")
+    viewer.dims.thickness = (3, 1, 1)
+    viewer.dims.set_current_step(0, 2)
+    _segment(w, qtbot, image, SCOPE_SLICE)
+    assert any("projection of several slices" in m and "slice 2 alone" in m for m in notifications)
+    masks = viewer.layers[masks_layer_name("c2c12")].data
+    assert masks[2].any() and not masks[[0, 1, 3]].any()
+
+
 def test_a_run_that_cannot_start_leaves_no_empty_masks_layer(widget, qtbot, c2c12_stack, notifications):
     """The field of view is off the image, or the viewer shows a slice a shorter stack lacks: the
     run is refused with a notification, and the masks layer it had made is removed again."""

@@ -602,6 +602,9 @@ class SegmentWidget(Container):
             if in_3d and scope != SCOPE_STACK and planes != [()]:
                 notify_info(f"The viewer shows 3D: {format_plane(planes[0])}, where the sliders stand, is "
                             f"segmented{whole} (switch to 2D to see it).")
+            if scope != SCOPE_STACK and planes != [()] and _projects(self._viewer, image):
+                notify_info(f"The canvas shows a projection of several slices (the viewer's slice thickness): "
+                            f"{format_plane(planes[0])} alone, where the sliders stand, is segmented.")
             if scope != SCOPE_STACK and not yx_view and planes != [()]:  # (a 2D image: its one plane, turned)
                 notify_warning("The view shows another cut through the stack than its Y-X planes (axes "
                                f"transposed or rolled): {format_plane(planes[0])}, the Y-X plane where the "
@@ -1134,6 +1137,15 @@ def _checksum(masks: Any, result: Any) -> int:
     plane = masks.data[result.index] if result.index else masks.data
     rows, cols = result.region
     return zlib.crc32(np.ascontiguousarray(plane[rows, cols]))  # (its buffer: no copy of a whole plane)
+
+
+def _projects(viewer: Any, layer: Any) -> bool:
+    """Whether the canvas shows ``layer`` projected over several slices (napari's thick slicing:
+    a slice thickness above 1 on an axis not shown, and a projection mode other than "none")."""
+    mode = str(getattr(layer, "projection_mode", "none") or "none").lower()
+    thickness = getattr(viewer.dims, "thickness", ())
+    shown = set(viewer.dims.displayed)
+    return mode != "none" and any(t > 1 for axis, t in enumerate(thickness) if axis not in shown)
 
 
 def _plural(n: int, word: str) -> str:

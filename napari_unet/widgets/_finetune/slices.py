@@ -44,7 +44,10 @@ class CorrectedSlicesPanel(Container):
                                       tooltip="The Labels layer you correct; its changed slices are the examples.")
         self._corrected_info = Label(label="Corrected", value="")
         wrap_text(self._corrected_info)
-        self._corrected_list = Select(label="Corrected slices", choices=self._corrected_choices)
+        self._corrected_list = Select(
+            label="Slices", choices=self._corrected_choices,  # ("Corrected slices" was cut to "Corrected slice:")
+            tooltip="The slices you corrected or marked as correct: what the model learns from. Select some to "
+                    "unmark them or go to them.")
         self._corrected_list.native.setMaximumHeight(110)
         self._mark_button = PushButton(text="Mark current slice as correct",
                                        tooltip="A slice whose masks need no edit: it is learnt from too.")

@@ -53,7 +53,8 @@ class ExtraExamplesPanel(Container):
         self._add_folder_button = PushButton(text="Add folders",
                                              tooltip="Train on image files and their labels files too (paired by "
                                                      "name: a.tif with a.tif, a_masks.tif, ...).")
-        self._extra_list = Select(label="Extra examples", choices=self._extra_choices)
+        self._extra_list = Select(label="Added", choices=self._extra_choices,
+                                  tooltip="The examples added here, learnt from beside the corrected slices.")
         self._extra_list.native.setMaximumHeight(80)
         self._remove_extra_button = PushButton(text="Remove selected examples")
         self.extend([
