@@ -1628,3 +1628,16 @@ def test_long_status_notes_wrap_in_the_dock_instead_of_widening_it(make_napari_v
     assert w.native.minimumSizeHint().width() <= before + 5
     label = w._status.native
     assert label.height() >= label.heightForWidth(label.width()) - 1  # every line of it shown
+
+
+def test_a_field_of_view_without_objects_is_named_so(make_napari_viewer, notifications):
+    """Nothing found in the part of a plane in view was reported as nothing found in the plane."""
+    from napari_unet.widgets._masks import report_empty_planes
+    from napari_unet.widgets._segment_job import EmptyPlane
+
+    make_napari_viewer()  # (notifications go through a viewer's window)
+    report_empty_planes([EmptyPlane((1,), False, in_view=True)])
+    report_empty_planes([EmptyPlane((2,), False), EmptyPlane((3,), False, in_view=True)])
+    assert notifications[-2:] == [
+        "No objects found in the part in view of slice 1: try a lower threshold or another object diameter.",
+        "No objects found in slice 2, slice 3: try a lower threshold or another object diameter."]

@@ -479,7 +479,8 @@ def report_empty_planes(empty_planes: list[Any]) -> None:
     constant = [e.index for e in empty_planes if e.constant]
     no_data = [e.index for e in empty_planes if e.no_data and not e.constant]
     noise = [e.index for e in empty_planes if e.noise and not (e.constant or e.no_data)]
-    others = [e.index for e in empty_planes if not (e.constant or e.noise or e.no_data)]
+    rest = [e for e in empty_planes if not (e.constant or e.noise or e.no_data)]
+    others = [e.index for e in rest]
     if constant:
         verb = "has" if len(constant) == 1 else "have"
         notify_warning(f"{_sentence(planes_text(constant))} {verb} a single value everywhere: nothing to "
@@ -493,5 +494,6 @@ def report_empty_planes(empty_planes: list[Any]) -> None:
         notify_warning(f"{_sentence(planes_text(noise))} {verb} camera noise alone (no structure at any "
                        "scale): nothing to segment there (masks left empty).")
     if others:
-        notify_warning(f"No objects found in {planes_text(others)}: try a lower threshold or another "
+        where = "the part in view of " if all(e.in_view for e in rest) else ""
+        notify_warning(f"No objects found in {where}{planes_text(others)}: try a lower threshold or another "
                        "object diameter.")

@@ -36,6 +36,7 @@ class EmptyPlane:
     constant: bool  # the segmented part of the plane holds one value only
     noise: bool = False  # ... or camera noise alone (core.preprocess.is_camera_noise)
     no_data: bool = False  # ... or no data at all (NaN, a black border: core.preprocess.fill_missing)
+    in_view: bool = False  # only the part of the plane in view was segmented (the field of view)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,4 +82,5 @@ def segment_planes(
             item = dataclasses.replace(item, probabilities=item.probabilities.astype(np.float16))
         yield item
         if isinstance(item, PlaneResult) and item.labels is not None and not item.labels.any():
-            yield EmptyPlane(item.index, item.blank == "constant", item.blank == "noise", item.blank == "no data")
+            yield EmptyPlane(item.index, item.blank == "constant", item.blank == "noise", item.blank == "no data",
+                             in_view=tuple(region) != (slice(None), slice(None)))
