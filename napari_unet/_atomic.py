@@ -153,6 +153,19 @@ def temporary_folder_beside(path: str | os.PathLike) -> Path:
     return tmp
 
 
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """A new folder beside ``path`` to write a folder (an OME-Zarr) into: it takes ``path``'s place
+    when the block ends (:func:`replace_folder`), and is removed when the block raises."""
+    tmp = temporary_folder_beside(path)
+    try:
+        yield tmp
+        replace_folder(tmp, path)  # (the old folder or the new one, whatever interrupts it)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def replace_folder(tmp: str | os.PathLike, dest: str | os.PathLike) -> None:
     """Put the folder ``tmp`` in place of ``dest`` (an OME-Zarr written beside it): the old folder is
     renamed aside first, then ``tmp`` to ``dest``, then the old one removed, so that an interruption

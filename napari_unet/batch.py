@@ -19,7 +19,6 @@ import hashlib
 import io
 import logging
 import os
-import shutil
 import sys
 import threading
 import uuid
@@ -30,7 +29,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from napari_unet._atomic import replace_folder, temporary_folder_beside
+from napari_unet._atomic import atomic_folder
 from napari_unet.core.checkpoint import SegmentationModel, read_model_file
 from napari_unet.core.device import select_device
 from napari_unet.core.predict import stack_layout
@@ -305,8 +304,7 @@ def segment_to_ome_zarr(
         raise ValueError(f"axes {axes!r} has {len(axes)} letters but the labels have {labels.ndim} axes.")
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_folder_beside(out_path)
-    try:
+    with atomic_folder(out_path) as tmp:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=2)
         chunk_plane = tuple(min(s, 2048) for s in layout.plane_shape)
         target = group.create_array(
@@ -315,10 +313,6 @@ def segment_to_ome_zarr(
         write_ome_zarr_labels_metadata(group, axes, scale, out_path.name.split(".")[0], translate)
         store = da.store(labels, target, lock=False, compute=False)
         _compute(store, scheduler, show_progress, dask)
-        replace_folder(tmp, out_path)  # (the old masks or the new ones, whatever interrupts it)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_path
 
 
@@ -343,8 +337,7 @@ def _volumes_to_ome_zarr(model: SegmentationModel, image: Any, out_path: Path, l
         raise ValueError(f"3D objects need a Z axis, but the axes are {axes!r}.")
     shape = tuple(int(s) for s in image.shape)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_folder_beside(out_path)
-    try:
+    with atomic_folder(out_path) as tmp:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=2)
         chunks = tuple(1 if a not in "ZYX" else (min(s, 64) if a == "Z" else min(s, 512)) for a, s in zip(axes, shape))
         target = group.create_array("0", shape=shape, chunks=chunks, dtype=np.int32, fill_value=0)
@@ -373,10 +366,6 @@ def _volumes_to_ome_zarr(model: SegmentationModel, image: Any, out_path: Path, l
         finally:
             if bar is not None:
                 bar.close()
-        replace_folder(tmp, out_path)  # (the old masks or the new ones, whatever interrupts it)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_path
 
 
