@@ -524,6 +524,39 @@ class _FailsAtCall:
         return False
 
 
+def test_a_device_that_failed_for_good_still_hands_back_the_best_weights(dsb_fluo_crop, monkeypatch):
+    """A CUDA launch failure or illegal memory access fails every later call on the device, the trained
+    network's too (imitated on that network alone): the best weights validated before, kept on the CPU,
+    now go into a new network there (they were lost: the error alone was raised, nothing saved)."""
+    import napari_unet.core.optimise as optimise
+    from napari_unet.core.train import TrainingFailed
+
+    error = "CUDA error: an illegal memory access was encountered"
+    step = optimise.Optimiser.step
+
+    def failing(self, batch, lr, k):
+        if k == 14:
+            def dead(*_args, **_kwargs):
+                raise RuntimeError(error)
+
+            self.net.forward = self.net.load_state_dict = dead
+            dead()
+        return step(self, batch, lr, k)
+
+    monkeypatch.setattr(optimise.Optimiser, "step", failing)
+    image, labels = dsb_fluo_crop
+    with pytest.raises(TrainingFailed) as failed:
+        _drain(finetune(_tiny(), [image], [labels], steps=30, patch_size=32, batch_size=1, validate_every=5,
+                        validate_start=False))
+    assert str(failed.value.error) == error and failed.value.step in (5, 10)
+    kept = failed.value.model
+    assert kept.metadata["training"]["selected_step"] == failed.value.step
+    from napari_unet.core.predict import predict_probabilities
+
+    probs = predict_probabilities(kept, image)
+    assert np.isfinite(probs).all() and probs.shape[-2:] == image.shape
+
+
 def test_a_failure_in_the_middle_of_training_keeps_the_best_weights_validated_before(dsb_fluo_crop, tmp_path):
     from napari_unet.core.train import TrainingFailed
     from napari_unet.widgets._training_job import train_and_save

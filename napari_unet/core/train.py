@@ -407,10 +407,20 @@ class PreparedRun:
         best = self.tracker.best
         if self.tracker.rule.select != "best" or best is None or best.step <= 0:
             return None
-        run = self.trainer.last_run or RunSummary(steps=best.step)
+        run = replace(self.trainer.last_run or RunSummary(steps=best.step), stopped_early=True)
         try:
-            return self.result(replace(run, stopped_early=True))
+            return self.result(run)
         except Exception as exc:  # noqa: BLE001 - the failure itself is what is raised
+            log.info("The best weights could not be read into the trained network (%s): into a new one.", exc)
+        # a device that failed for good (a CUDA launch failure, an illegal memory access) fails every later call
+        # as well, but the best weights are kept on the CPU (BestWeights): a new network there takes them
+        from .model import UNet
+
+        try:
+            net = UNet.from_config(self.trainer.net.config)
+            self.trainer.net = self.work.net = net
+            return self.result(run)
+        except Exception as exc:  # noqa: BLE001
             log.warning("The best weights could not be kept after the failure: %s", exc)
             return None
 
