@@ -565,16 +565,20 @@ def test_a_failure_in_the_middle_of_training_keeps_the_best_weights_validated_be
     options = dict(steps=30, patch_size=32, batch_size=1, validate_every=5, validate_start=False)
     with pytest.raises(TrainingFailed) as failed:
         _drain(finetune(_tiny(), [image], [labels], stop=_FailsAtCall(14), **options))
-    assert isinstance(failed.value.error, RuntimeError) and failed.value.__cause__ is failed.value.error
+    assert isinstance(failed.value.error, MemoryError) and failed.value.__cause__ is failed.value.error
     assert failed.value.step in (5, 10)  # the best weights validated before the failure
     kept = failed.value.model
     assert kept.metadata["training"]["selected_step"] == failed.value.step
     assert kept.metadata["steps"] > failed.value.step and kept.metadata["training_time_s"] > 0  # as far as it got
     assert all(torch.isfinite(v).all() for v in kept.net.state_dict().values() if v.is_floating_point())
 
-    # nothing validated yet: the failure itself, nothing to keep
-    with pytest.raises(RuntimeError, match="CUDA out of memory"):
+    assert str(failed.value.error) == ("CUDA out of memory while training on patches of 32 px, 1 at a time: lower Patch "
+                                       "size or Batch size (Fine-tune's Advanced; --patch-size, --batch-size).")
+
+    # nothing validated yet: the failure itself (in a user's words), nothing to keep
+    with pytest.raises(MemoryError, match="CUDA out of memory while training on patches of 32 px") as failed:
         _drain(finetune(_tiny(), [image], [labels], stop=_FailsAtCall(3), **options))
+    assert "Tried to allocate 2.00 GiB" in str(failed.value.__cause__)
 
     # the Fine-tune widget's worker body saves them and says what failed
     base = save_model(_tiny(), tmp_path / "base.pt")

@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the output went to a reader that stopped (`napari-unet models | head`): no error
         _to_devnull(sys.stdout)
         return 0
-    except (CLIError, ValueError, OSError, ArithmeticError) as exc:  # (a training loss that became nan)
+    # (ArithmeticError: a training loss that became nan; MemoryError: a device out of memory, said what to lower)
+    except (CLIError, ValueError, OSError, ArithmeticError, MemoryError) as exc:
         print(f"napari-unet: error: {one_line(exc)}", file=sys.stderr)
         return 2
 

@@ -93,7 +93,10 @@ def _is_oom(exc: BaseException) -> bool:
     if isinstance(exc, torch.OutOfMemoryError):
         return True
     text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+    # (cuDNN's and cuBLAS's own words for it, raised as plain RuntimeErrors on large tiles)
+    return isinstance(exc, RuntimeError) and any(words in text for words in (
+        "out of memory", "can't allocate memory", "cudnn_status_alloc_failed", "cublas_status_alloc_failed",
+        "cudnn_status_not_enough_workspace"))
 
 
 def _cpu_budget() -> int:

@@ -363,12 +363,17 @@ def finetune(
     try:
         run = yield from prepared.trainer.run(_stop_check(stop), validate_start, user_stop=True)
     except Exception as exc:
+        error = _out_of_memory(exc, prepared.recipe, prepared.device) or exc
+        if error is not exc:
+            error.__cause__ = exc  # (torch's whole message)
         kept = prepared.salvage()
         if kept is None:
-            raise
+            if error is exc:
+                raise
+            raise error from exc
         step = prepared.tracker.best.step  # (salvage returns None without one)
-        log.warning("Fine-tuning failed (%s); the best weights validated before, at step %d, are kept.", exc, step)
-        raise TrainingFailed(exc, kept, step) from exc
+        log.warning("Fine-tuning failed (%s); the best weights validated before, at step %d, are kept.", error, step)
+        raise TrainingFailed(error, kept, step) from error
     model = prepared.result(run)
     try:
         held = prepared.held_back_result(run)
@@ -465,6 +470,19 @@ class PreparedRun:
             device=describe_device(self.device),
         )
         return self.work
+
+
+def _out_of_memory(exc: BaseException, recipe: Recipe, device: torch.device) -> MemoryError | None:
+    """``exc`` in a user's words when it is the device running out of memory (torch's own message runs
+    to 500 characters and a web address, and says nothing of what to change); None otherwise."""
+    from .predict import _is_oom
+
+    if not _is_oom(exc):
+        return None
+    what = str(exc).split(". ")[0].strip().rstrip(".") or "Out of memory"
+    elsewhere = ", or train on the CPU (Device: cpu)" if device.type != "cpu" else ""
+    return MemoryError(f"{what} while training on patches of {recipe.patch_size} px, {recipe.batch_size} at a time: "
+                       f"lower Patch size or Batch size (Fine-tune's Advanced; --patch-size, --batch-size){elsewhere}.")
 
 
 def _finite_network(net: torch.nn.Module) -> bool:
