@@ -1641,3 +1641,18 @@ def test_a_field_of_view_without_objects_is_named_so(make_napari_viewer, notific
     assert notifications[-2:] == [
         "No objects found in the part in view of slice 1: try a lower threshold or another object diameter.",
         "No objects found in slice 2, slice 3: try a lower threshold or another object diameter."]
+
+
+def test_a_short_status_after_a_long_one_is_drawn_in_its_row(make_napari_viewer, qtbot):
+    """The status line's height followed the longest text it had shown (QLabel's height for a width
+    counts the minimum height set from it): "Done in 25 s" after three lines of progress was drawn
+    in the middle of 50 px, below the row it stood in, and read as an empty status."""
+    viewer = make_napari_viewer(show=True)
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    label = w._status.native
+    w._status.value = "brightness of the objects checked (plane 11/11) — 0.0 s left; " * 3
+    qtbot.waitUntil(lambda: label.minimumHeight() > 2 * label.fontMetrics().height(), timeout=5000)
+    w._status.value = "Done in 25 s"
+    qtbot.waitUntil(lambda: label.minimumHeight() < 2 * label.fontMetrics().height(), timeout=5000)
+    qtbot.waitUntil(lambda: label.height() < 2 * label.fontMetrics().height(), timeout=5000)
+    assert label.parentWidget().rect().contains(label.geometry())  # drawn inside its row

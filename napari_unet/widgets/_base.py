@@ -509,13 +509,27 @@ def _fit_to_text() -> Any:
     at the top and bottom (Segment's model hint, "Diameter used", Correct's status after Save masks)."""
     from qtpy.QtCore import QEvent, QObject
 
+    QWIDGETSIZE_MAX = (1 << 24) - 1
+
+    def needed(label: Any) -> int:
+        # QLabel's height for a width counts the minimum height set here: measured without it, or the
+        # height only grew, and a short text after a long one ("Done in 25 s" after three lines of
+        # progress) was drawn in the middle of 50 px, out of its row, an empty status to the user
+        low, high = label.minimumHeight(), label.maximumHeight()
+        label.setMinimumHeight(0)
+        label.setMaximumHeight(QWIDGETSIZE_MAX)
+        height = label.heightForWidth(max(label.width(), 1))
+        label.setMinimumHeight(low)
+        label.setMaximumHeight(high)
+        return height
+
     class FitToText(QObject):
         def eventFilter(self, watched: Any, event: Any) -> bool:
             # a new text repaints the label (setText posts no event of its own); a new width resizes it
             if event.type() in (QEvent.Type.Paint, QEvent.Type.Resize):
-                needed = watched.heightForWidth(max(watched.width(), 1))
-                if needed > 0 and watched.minimumHeight() != needed:
-                    watched.setMinimumHeight(needed)
+                height = needed(watched)
+                if height > 0 and (watched.minimumHeight(), watched.maximumHeight()) != (height, height):
+                    watched.setFixedHeight(height)  # (at most too: the text is drawn in its row's height)
             return False
 
     return FitToText()
