@@ -374,6 +374,26 @@ def test_the_image_learnt_from_is_segmented_again_not_the_one_segment_shows(widg
     assert w._trained_on() is b  # held weakly: a removed image does not stay in memory for it
 
 
+def test_a_model_that_kept_its_starting_weights_is_chosen_not_run_again(widget, c2c12, qtbot, notifications):
+    """A run whose steps were not clearly better saves the weights it started from: segmenting again
+    with them gave the same masks after seconds of work; Segment now only chooses the model."""
+    viewer, w = widget
+    images, labels = c2c12
+    image, masks = _add_pair(viewer, images, labels.copy())
+    _dock, segment = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    w.corrected_panel._mark_button.native.click()
+    w.run_panel._start_button.native.click()
+    _wait(qtbot, w)
+    qtbot.waitUntil(lambda: segment._worker is None, timeout=60_000)
+    path = Path(_user_models()[w.run_panel._run_name])
+    before = masks.data.copy()
+    w.run_panel.saved_start_weights = True  # (as a run that kept them leaves it)
+    w.resegment_current_view(path)
+    assert segment._worker is None and "new model is chosen" in segment._status.value
+    assert Path(segment._model_combo.value).resolve() == path.resolve()
+    np.testing.assert_array_equal(masks.data, before)
+
+
 def test_after_training_on_files_alone_segment_only_chooses_the_model(widget, c2c12, qtbot, tmp_path, notifications):
     viewer, w = widget
     images, labels = c2c12
@@ -1370,7 +1390,8 @@ def test_the_weights_kept_by_the_loss_say_on_how_few_cells():
     assert _kept_weights(gated).endswith("The run was stopped early: a longer run may do better.")
     # no step did better at all (a run that wrecked the model): not the gate's doing
     gated["training"]["gate_kept_start"] = False
-    assert _kept_weights(gated) == "Kept the starting weights: no step did better on the held-out part."
+    assert _kept_weights(gated) == ("Kept the starting weights: no step found clearly more of the 30 cells held out "
+                                    "(a score higher by a cell or so is within chance).")
 
 
 def test_the_best_label_says_when_a_higher_ap_was_held_back(widget):

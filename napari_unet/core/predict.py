@@ -696,7 +696,7 @@ def iter_planes(
                 )[inner]
 
             if labels:
-                yield from runner.stage(k, "objects from the probabilities")
+                yield from runner.stage(k, "objects separated")
             plane_labels = labels_of(probs) if labels else None
             # the objects segmented at that size measure it again, made as the estimate passes made theirs
             # (a kind's own setting is for the labels only); not the planes of a z-stack, which cut every
@@ -863,7 +863,7 @@ class _PlaneRunner:
         probs = yield from self._run(scaled, k, again)
         if probs.shape[1:] == tuple(plane.shape[:2]):
             return probs
-        yield from self.stage(k, "probabilities brought back to the image's pixels")
+        yield from self.stage(k, "brought back to the image's size")
         return resize_probabilities(probs, plane.shape[:2])
 
     def stage(self, k: int, what: str) -> Generator[Progress, None, None]:

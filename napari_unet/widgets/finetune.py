@@ -352,15 +352,18 @@ class FinetuneWidget(Container):
         current view, past the slices the user corrected) with ``model_path``.
 
         The Segment widget is docked first when it is not there. When the run learnt from files
-        alone (or the image was removed meanwhile), Segment only selects the new model.
+        alone (or the image was removed meanwhile), or kept the weights it started from, Segment only
+        selects the new model.
         """
         if self._dock_closed:  # (its model is listed in Segment: refresh_models)
             return
         segment = get_widget(self._viewer, "segment") or self._dock_segment_widget()
         if segment is None:
             return
+        # the weights the run started from, kept (no step clearly better): the same masks again, so only chosen
+        again = self._trained_on is not None and not self.run_panel.saved_start_weights
         try:
-            segment.use_new_model(str(model_path), self._trained_on() if self._trained_on is not None else None)
+            segment.use_new_model(str(model_path), self._trained_on() if again else None)
         except Exception as exc:  # never break the loop over the other widget
             notify_error("Segmenting again", exc)
 

@@ -842,7 +842,7 @@ class SegmentWidget(Container):
             if not self._cancelled and (item.fraction >= 1 or now - self._progress_shown >= PROGRESS_INTERVAL):
                 self._progress_shown = now
                 self._progress.value = int(round(100 * item.fraction))
-                eta = format_seconds(item.eta)
+                eta = format_seconds(item.eta) if item.fraction < 1 else ""  # (the last steps after the tiles)
                 self._status.value = item.message + (f" — {eta} left" if eta else "")
         elif isinstance(item, PlaneResult) and not self._abandoned:
             # a plane segmented again (at the size a later plane told) is judged by its last result

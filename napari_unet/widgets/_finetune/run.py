@@ -94,6 +94,11 @@ class TrainingWorker(GeneratorWorker):
                         "and saves its model when it ends.", CLOSE_WAIT_SECONDS)
 
 
+def _starting_weights(metadata: dict) -> bool:
+    """Whether a fine-tuned model kept the weights its run started from (no step clearly better)."""
+    return (metadata.get("training") or {}).get("selected_step") == 0
+
+
 def _kept_weights(metadata: dict) -> str:
     """One sentence on which weights were kept and why (from the fine-tuning metadata)."""
     training = metadata.get("training") or {}
@@ -112,7 +117,10 @@ def _kept_weights(metadata: dict) -> str:
                 return f"{said} The run was stopped early: a longer run may do better."
             return (f"{said} A closer fit to the slices you corrected often does worse on other images. Correct "
                     "cells on other slices or fields, then fine-tune again.")
-        return "Kept the starting weights: no step did better on the held-out part."
+        n = training.get("n_val_objects")
+        cells = f"the {n} cells held out" if n else "the part held out"
+        return (f"Kept the starting weights: no step found clearly more of {cells} (a score higher by a cell or "
+                "so is within chance).")
     n = training.get("n_val_objects")
     if training.get("selection_metric") == "loss":  # (too few held-out cells for an AP)
         judged = f", judged on only {n} held-out cells: check them on other slices" if n else ""
@@ -158,6 +166,8 @@ class TrainingRunPanel(Container):
         # the model of that name the user agreed, at Start, to replace (its file_identity; False: none)
         self._replace: Any = False
         self._pending: TrainingResult | None = None
+        # whether the model saved last holds the weights the run started from (Segment then only selects it)
+        self.saved_start_weights = False
         self._start_button = PushButton(
             text="Start", tooltip="Fine-tune the model on the slices you corrected, in the background; it is "
                                   "saved under 'New model name', chosen in Segment when done.")
@@ -338,10 +348,15 @@ class TrainingRunPanel(Container):
                                    "is kept.)")
             notify_warning(f"A model named {self._run_name!r} was saved while this run trained; it is kept, and the "
                            f"fine-tuned model is saved as {result.path.stem!r}.")
+        elif _starting_weights(result.model.metadata):
+            base = result.model.metadata.get("base_model")
+            notify_info(f"Saved {result.path.stem!r} with the weights it started from" + (f" ({base!r})" if base else "")
+                        + ": no step was clearly better (see Status), so nothing is segmented again.")
         else:
             notify_info(f"Fine-tuned model saved as {result.path.stem!r}.")
         log.info("Saved fine-tuned model %s (metric %s)", result.path, metric)
         self._offer_held_back(result, result.path)
+        self.saved_start_weights = _starting_weights(result.model.metadata)
         self.saved.emit(str(result.path))
 
     def _offer_held_back(self, result: TrainingResult, path: Path) -> None:
@@ -403,6 +418,7 @@ class TrainingRunPanel(Container):
         if ap is not None:
             self._best_label.value = f"validation AP@0.5 {ap:.3f} (at step {step}, kept at your request)"
         notify_info(f"The trained weights are saved as {saved.stem!r}.")
+        self.saved_start_weights = False
         self.saved.emit(str(saved))
 
     def _save_again(self, *_args) -> None:
@@ -424,6 +440,7 @@ class TrainingRunPanel(Container):
             self._status.value += f" ({result.target.stem!r} was saved by something else meanwhile, and is kept.)"
             notify_warning(f"A model named {result.target.stem!r} was saved meanwhile; it is kept, and the "
                            f"fine-tuned model is saved as {path.stem!r}.")
+        self.saved_start_weights = _starting_weights(result.model.metadata)
         self.saved.emit(str(path))
 
     def _on_error(self, exc: BaseException) -> None:
