@@ -1656,3 +1656,18 @@ def test_a_short_status_after_a_long_one_is_drawn_in_its_row(make_napari_viewer,
     qtbot.waitUntil(lambda: label.minimumHeight() < 2 * label.fontMetrics().height(), timeout=5000)
     qtbot.waitUntil(lambda: label.height() < 2 * label.fontMetrics().height(), timeout=5000)
     assert label.parentWidget().rect().contains(label.geometry())  # drawn inside its row
+
+
+def test_a_gpu_failure_says_how_to_run_on_the_cpu(make_napari_viewer, notifications):
+    """A card the installed PyTorch was not built for fails every run with a CUDA error, and Segment
+    has no device choice: its message says how to run on the CPU; other errors say nothing of it."""
+    from napari_unet.widgets._base import gpu_hint
+
+    viewer = make_napari_viewer()
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    w._on_error(RuntimeError("CUDA error: no kernel image is available for execution on the device"))
+    assert notifications[-1].endswith("start napari with the environment variable NAPARI_UNET_DEVICE=cpu.")
+    assert w._status.value.startswith("Failed: CUDA error: no kernel image")
+    assert gpu_hint(ValueError("The image holds no data"), "") == ""
+    assert gpu_hint(RuntimeError("MPS backend out of memory"), "choose Device: cpu under Advanced") == \
+        " To run on the CPU instead, choose Device: cpu under Advanced."

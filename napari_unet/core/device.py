@@ -94,11 +94,14 @@ def describe_device(device: torch.device | str) -> str:
 
 
 def free_memory_bytes(device: torch.device | str) -> int | None:
-    """Free memory on a CUDA device in bytes, or None where it cannot be known."""
+    """Memory on a CUDA device this process can use, in bytes (the device's free memory and what
+    torch's allocator holds unused: after a first run it kept about half the free memory cached, and
+    later runs were given half of what was left), or None where it cannot be known."""
     device = torch.device(device)
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + max(cached, 0))
     return None
 
 

@@ -269,6 +269,8 @@ class _Engine:
     def _shrink_after_oom(self, plan: TilePlan) -> None:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+        elif self.device.type == "mps":
+            torch.mps.empty_cache()
         if self.batch_size > 1:
             self.batch_size //= 2
             log.warning("Out of memory: %d tiles per batch from now on.", self.batch_size)

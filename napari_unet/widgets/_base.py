@@ -47,6 +47,21 @@ def notify_error(what: str, exc: BaseException | str) -> None:
     show_error(f"{what}: {one_line(exc)}")
 
 
+#: Words of the errors a GPU's driver or libraries raise (a card the installed PyTorch was not built for:
+#: "CUDA error: no kernel image is available", a lost device, an MPS command buffer that failed).
+_GPU_ERROR_WORDS = ("CUDA", "cuDNN", "CUDNN", "CUBLAS", "cuBLAS", "MPS", "Metal")
+
+
+def gpu_hint(exc: BaseException | str, where: str) -> str:
+    """What to add to a GPU's error (empty for any other): how to run on the CPU instead, ``where``
+    the user can choose so ("" when only the environment can)."""
+    text = str(exc)
+    if "NAPARI_UNET_DEVICE" in text or not any(word in text for word in _GPU_ERROR_WORDS):
+        return ""
+    return (f" To run on the CPU instead, {where}." if where else
+            " To run on the CPU instead, start napari with the environment variable NAPARI_UNET_DEVICE=cpu.")
+
+
 def notify_info(message: str) -> None:
     show_info(message)
 

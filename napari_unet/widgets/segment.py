@@ -41,6 +41,7 @@ from ._base import (
     disconnect_all,
     format_seconds,
     full_resolution,
+    gpu_hint,
     hand_over,
     lead_ndim,
     notify_error,
@@ -959,8 +960,9 @@ class SegmentWidget(Container):
         if not qt_alive(self):  # the viewer was closed meanwhile
             log.debug("Segmentation failed after its widget was closed", exc_info=exc)
             return
-        notify_error("Segmentation failed", exc)
-        self._status.value = f"Failed: {one_line(exc)}"
+        message = one_line(exc) + gpu_hint(exc, "")
+        notify_error("Segmentation failed", message)
+        self._status.value = f"Failed: {message}"
 
     def _on_layer_removed(self, event: Any = None) -> None:
         """A layer was removed: what was kept for it goes; when it is the image or the masks layer

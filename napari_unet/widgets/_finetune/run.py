@@ -26,6 +26,7 @@ from psygnal import Signal
 from .._base import (
     carry_runtime_errors,
     format_seconds,
+    gpu_hint,
     hand_over,
     launch,
     notify_error,
@@ -451,8 +452,9 @@ class TrainingRunPanel(Container):
             notify_error("Cannot start fine-tuning", exc)
             self._status.value = f"Not started: {one_line(exc)}"
             return
-        notify_error("Fine-tuning failed", exc)
-        self._status.value = f"Failed: {one_line(exc)}"
+        message = one_line(exc) + gpu_hint(exc, "choose Device: cpu under Advanced")
+        notify_error("Fine-tuning failed", message)
+        self._status.value = f"Failed: {message}"
 
     def _on_finished(self) -> None:
         self.curves.redraw(force=True)
