@@ -1063,3 +1063,22 @@ def test_the_diameter_words_mean_the_same_in_every_path(tiny_model_path):
     auto = segment(model, image, diameter="auto", threshold=0.5)
     for word in ("", " AUTO ", None):
         np.testing.assert_array_equal(segment(model, image, diameter=word, threshold=0.5), auto)
+
+
+def test_the_diameter_used_is_said_in_micrometres_too_for_a_calibrated_image(make_napari_viewer, qtbot, dsb_val_fluo):
+    """A diameter typed in µm was said back in pixels alone ("Diameter used: 20 px (given)")."""
+    image, _labels = dsb_val_fluo[0]
+    viewer = make_napari_viewer()
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    layer = viewer.add_image(image[:128, :128], name="calibrated", scale=(0.5, 0.5), units=("um", "um"))
+    w.reset_choices()
+    w._image_combo.value = layer
+    w._diameter.value = "10 um"
+    w._run_button.clicked.emit()
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+    assert w._diameter_used.value.startswith("20 px = 10 µm (given)"), w._diameter_used.value
+    layer.scale, layer.units = (1, 1), ("pixel", "pixel")  # an image without a pixel size: pixels alone
+    w._diameter.value = "20"
+    w._run_button.clicked.emit()
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+    assert w._diameter_used.value.startswith("20 px (given)"), w._diameter_used.value

@@ -56,6 +56,7 @@ class DiameterControls:
         self.used = Label(label="Diameter used", value="")
         self._last_note = ""
         self._run_auto = True  # whether the last run was given "Auto" (set when it starts)
+        self._pixel_um: float | None = None  # the run's image's pixel size (µm), when it has one
 
     @property
     def widgets(self) -> list[Any]:
@@ -74,8 +75,10 @@ class DiameterControls:
         diameter = parse_diameter(self.field.value, pixel_size_um(image))
         return None if diameter is None else check_diameter(diameter, plane_shape[:2])
 
-    def new_run(self) -> None:
+    def new_run(self, image: Any = None) -> None:
+        """A run of ``image`` begins (its pixel size, when it has one, says the diameter used in µm too)."""
         self._last_note = ""
+        self._pixel_um = pixel_size_um(image) if image is not None else None
         self.used.value = ""  # until the run says (a 3D run does not: the last 2D run's value would stay)
         self._run_auto = self.is_auto  # what the run was given, whatever the field says later
 
@@ -84,7 +87,8 @@ class DiameterControls:
         if result.diameter is None:
             text = "image's own scale"
         else:
-            text = f"{result.diameter:.0f} px ({'estimated' if self._run_auto else 'given'})"
+            physical = f" = {result.diameter * self._pixel_um:.3g} µm" if self._pixel_um else ""
+            text = f"{result.diameter:.0f} px{physical} ({'estimated' if self._run_auto else 'given'})"
             if result.scale != 1.0:
                 text += f", image scaled x{result.scale:.2f}"
         self.used.value = text

@@ -808,7 +808,7 @@ class SegmentWidget(Container):
         self._ids_above = int(np.max(masks.data)) if held_3d and masks.data.size else None
         self._rethresholding = rethreshold
         if not self._rethresholding:  # the object-size notes are the network run's, once
-            self._sizing.new_run()
+            self._sizing.new_run(self._run_layers[0] if self._run_layers else None)
             self._after_cancel = ""
         self._cancelled = False
         self._failed = False
