@@ -2,7 +2,7 @@
 bright-field nuclei, cells for phase contrast and DIC (:mod:`napari_unet.core.modality`), always overridable.
 
 The proposal looks at the plane on screen (a 2D plane, subsampled to at most 1024 px a side:
-a few tens of milliseconds). It switches the Model list only while the user has not chosen a
+0.1-0.2 s for a plane of 1024 px on one core, on the main thread once the slider has rested). It switches the Model list only while the user has not chosen a
 model by hand, and only between built-in models; the hint line says what it proposed and why.
 """
 
