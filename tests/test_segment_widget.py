@@ -1669,5 +1669,59 @@ def test_a_gpu_failure_says_how_to_run_on_the_cpu(make_napari_viewer, notificati
     assert notifications[-1].endswith("start napari with the environment variable NAPARI_UNET_DEVICE=cpu.")
     assert w._status.value.startswith("Failed: CUDA error: no kernel image")
     assert gpu_hint(ValueError("The image holds no data"), "") == ""
+    assert gpu_hint(OSError("Metal_alloy_03.tif: no MPS images here"), "") == ""  # (words of a GPU's errors only)
+    assert gpu_hint(MemoryError("The GPU ran out of memory ... or train on the CPU (Device: cpu)."), "x") == ""
     assert gpu_hint(RuntimeError("MPS backend out of memory"), "choose Device: cpu under Advanced") == \
         " To run on the CPU instead, choose Device: cpu under Advanced."
+
+
+def test_an_empty_field_of_view_is_told_from_an_empty_plane(tiny_model_path, c2c12_stack):
+    """The worker says whether nothing was found in a part of the plane (a field of view) or in all
+    of it: a field of view that holds the whole plane is the plane."""
+    from napari_unet.widgets._segment_job import EmptyPlane, segment_planes
+
+    plane = c2c12_stack[0]
+    h, w = plane.shape
+    for region, part in (((slice(0, h), slice(0, w)), False), ((slice(None), slice(None)), False),
+                         ((slice(10, 60), slice(0, w)), True)):
+        empty = [item for item in segment_planes(str(tiny_model_path), plane, [()], region, rgb=False,
+                                                 threshold=0.999, min_size=10**6) if isinstance(item, EmptyPlane)]
+        assert [e.in_view for e in empty] == [part], region
+
+
+def test_a_projection_is_told_in_the_layers_slices_not_in_world_units(make_napari_viewer):
+    """napari's slice thickness is in world units: over slices 0.25 apart a thickness of 1 projects 4
+    of them, over slices 5 apart a thickness of 2 none."""
+    from napari_unet.widgets.segment import _projects
+
+    viewer = make_napari_viewer()
+    close = viewer.add_image(np.zeros((8, 16, 16), np.float32), scale=(0.25, 1, 1), projection_mode="max")
+    apart = viewer.add_image(np.zeros((8, 16, 16), np.float32), scale=(5, 1, 1), projection_mode="max")
+    viewer.dims.thickness = (1, 1, 1)
+    assert _projects(viewer, close) and not _projects(viewer, apart)
+    viewer.dims.thickness = (2, 1, 1)
+    assert not _projects(viewer, apart)
+    apart.projection_mode = "none"
+    viewer.dims.thickness = (20, 1, 1)
+    assert not _projects(viewer, apart)
+
+
+def test_progress_is_shown_at_most_every_interval_and_the_latest_is_not_lost(widget, qtbot):
+    """Each progress update repaints the window (in the 3D view, the volume): at most every 0.2 s. An
+    update that comes sooner (a plane's steps after its last tile, a few ms later) is shown when the
+    interval is over, not dropped: the status kept the tile's words through those steps."""
+    from napari_unet.core.events import Progress
+    from napari_unet.widgets.segment import PROGRESS_INTERVAL
+
+    _viewer, w = widget
+    w._worker = object()  # (as while a run goes on: the updates come from its worker)
+    try:
+        w._on_yielded(Progress(1, 4, message="tile 1/1 of plane 1/4"))
+        assert w._status.value.startswith("tile 1/1 of plane 1/4") and w._progress.value == 25
+        w._on_yielded(Progress(1, 4, message="objects separated (plane 1/4)"))
+        w._on_yielded(Progress(1, 4, message="brightness of the objects checked (plane 1/4)"))
+        assert w._status.value.startswith("tile 1/1")  # (not yet)
+        qtbot.waitUntil(lambda: w._status.value.startswith("brightness of the objects checked"),
+                        timeout=int(5000 * PROGRESS_INTERVAL))
+    finally:
+        w._worker = None

@@ -479,7 +479,8 @@ def _out_of_memory(exc: BaseException, recipe: Recipe, device: torch.device) -> 
 
     if not _is_oom(exc):
         return None
-    what = str(exc).split(". ")[0].strip().rstrip(".") or "Out of memory"
+    what = {"cuda": "The GPU ran out of memory", "mps": "The GPU (MPS) ran out of memory"}.get(
+        device.type, "The computer ran out of memory")  # (torch's first words on the CPU: "[enforce fail at ...")
     elsewhere = ", or train on the CPU (Device: cpu)" if device.type != "cpu" else ""
     return MemoryError(f"{what} while training on patches of {recipe.patch_size} px, {recipe.batch_size} at a time: "
                        f"lower Patch size or Batch size (Fine-tune's Advanced; --patch-size, --batch-size){elsewhere}.")

@@ -47,17 +47,18 @@ def notify_error(what: str, exc: BaseException | str) -> None:
     show_error(f"{what}: {one_line(exc)}")
 
 
-#: Words of the errors a GPU's driver or libraries raise (a card the installed PyTorch was not built for:
-#: "CUDA error: no kernel image is available", a lost device, an MPS command buffer that failed).
-_GPU_ERROR_WORDS = ("CUDA", "cuDNN", "CUDNN", "CUBLAS", "cuBLAS", "MPS", "Metal")
+#: How the errors of a GPU's driver or libraries begin or name them (a card the installed PyTorch was not
+#: built for: "CUDA error: no kernel image is available", a lost device, an MPS command buffer that failed).
+_GPU_ERROR_WORDS = ("CUDA error", "CUDA out of memory", "CUDA driver", "cuDNN error", "CUDNN_STATUS_",
+                    "CUBLAS_STATUS_", "MPS backend", "MPSGraph")
 
 
 def gpu_hint(exc: BaseException | str, where: str) -> str:
     """What to add to a GPU's error (empty for any other): how to run on the CPU instead, ``where``
     the user can choose so ("" when only the environment can)."""
     text = str(exc)
-    if "NAPARI_UNET_DEVICE" in text or not any(word in text for word in _GPU_ERROR_WORDS):
-        return ""
+    if isinstance(exc, MemoryError) or "NAPARI_UNET_DEVICE" in text or not any(w in text for w in _GPU_ERROR_WORDS):
+        return ""  # (a MemoryError of napari-unet's says what to lower, the CPU included)
     return (f" To run on the CPU instead, {where}." if where else
             " To run on the CPU instead, start napari with the environment variable NAPARI_UNET_DEVICE=cpu.")
 

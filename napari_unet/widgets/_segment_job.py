@@ -68,6 +68,7 @@ def segment_planes(
     from napari_unet.core.predict import PlaneResult, iter_planes
 
     yield Progress(0, len(planes), message="Loading the model")
+    plane_shape = tuple(int(n) for n in data.shape[data.ndim - (3 if rgb else 2):][:2])  # (a part: a field of view)
     model = _load_model_cached(model_cache if model_cache is not None else {}, model_path, device)
     packaged = getattr(model.net, "packaged_engine", None)  # (a BioImage.IO package runs its own weights)
     if packaged is not None:
@@ -83,4 +84,4 @@ def segment_planes(
         yield item
         if isinstance(item, PlaneResult) and item.labels is not None and not item.labels.any():
             yield EmptyPlane(item.index, item.blank == "constant", item.blank == "noise", item.blank == "no data",
-                             in_view=tuple(region) != (slice(None), slice(None)))
+                             in_view=tuple(item.labels.shape) != plane_shape)

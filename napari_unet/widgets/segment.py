@@ -146,6 +146,14 @@ class SegmentWidget(Container):
         self._kept = KeptResults(PROBABILITY_CACHE_BYTES)  # probabilities etc. of each masks layer's planes
         self._run_started = 0.0
         self._progress_shown = 0.0  # when the progress bar last changed (perf_counter)
+        # a progress update that came too soon after the one shown: shown when the interval is over (the
+        # steps after a plane's last tile came a few ms after it, and the status kept the tile's words)
+        self._progress_pending: Any = None
+        from qtpy.QtCore import QTimer
+
+        self._progress_timer = QTimer(self.native)
+        self._progress_timer.setSingleShot(True)
+        self._progress_timer.timeout.connect(self._show_pending_progress)
         self._cancelled = False
         self._failed = False
         self._new_masks: Any = None  # the masks layer the running job made (None: it was there before)
@@ -818,6 +826,8 @@ class SegmentWidget(Container):
         self._status.value = message + "…"
         self._progress.value = 0
         self._progress_shown = 0.0
+        self._progress_pending = None
+        self._progress_timer.stop()
         self._progress.visible = True
         hand_over(self._run_button, self._cancel_button)
         image = self._run_layers[0] if self._run_layers else None
@@ -838,13 +848,15 @@ class SegmentWidget(Container):
         if not qt_alive(self):
             return
         if isinstance(item, Progress):
-            now = time.perf_counter()
-            # after Cancel, the last steps' progress says nothing; at most every PROGRESS_INTERVAL, and the end
-            if not self._cancelled and (item.fraction >= 1 or now - self._progress_shown >= PROGRESS_INTERVAL):
-                self._progress_shown = now
-                self._progress.value = int(round(100 * item.fraction))
-                eta = format_seconds(item.eta) if item.fraction < 1 else ""  # (the last steps after the tiles)
-                self._status.value = item.message + (f" — {eta} left" if eta else "")
+            if self._cancelled:  # after Cancel, the last steps' progress says nothing
+                return
+            # at most every PROGRESS_INTERVAL: one that comes sooner waits for it (the latest one wins)
+            self._progress_pending = item
+            wait = PROGRESS_INTERVAL - (time.perf_counter() - self._progress_shown)
+            if wait <= 0:
+                self._show_pending_progress()
+            elif not self._progress_timer.isActive():
+                self._progress_timer.start(max(1, int(1000 * wait)))
         elif isinstance(item, PlaneResult) and not self._abandoned:
             # a plane segmented again (at the size a later plane told) is judged by its last result
             self._empty_planes = [e for e in self._empty_planes if e.index != item.index]
@@ -982,11 +994,22 @@ class SegmentWidget(Container):
         self._worker.quit()
         self._status.value = f"Stopping: {self._abandoned}…"
 
+    def _show_pending_progress(self) -> None:
+        item, self._progress_pending = self._progress_pending, None
+        if item is None or self._worker is None or self._cancelled or not qt_alive(self):
+            return
+        self._progress_shown = time.perf_counter()
+        self._progress.value = int(round(100 * item.fraction))
+        eta = format_seconds(item.eta) if item.fraction < 1 else ""  # (the last steps after the tiles)
+        self._status.value = item.message + (f" — {eta} left" if eta else "")
+
     def _on_finished(self) -> None:
         took = time.perf_counter() - self._run_started
+        self._progress_pending = None
         if not qt_alive(self):  # the viewer was closed meanwhile
             self._worker = None
             return
+        self._progress_timer.stop()
         stopped = self._worker is not None and self._worker.abort_requested and not self._cancelled
         if self._abandoned:
             message = f"Segmentation abandoned: {self._abandoned}."
@@ -1145,9 +1168,12 @@ def _projects(viewer: Any, layer: Any) -> bool:
     """Whether the canvas shows ``layer`` projected over several slices (napari's thick slicing:
     a slice thickness above 1 on an axis not shown, and a projection mode other than "none")."""
     mode = str(getattr(layer, "projection_mode", "none") or "none").lower()
-    thickness = getattr(viewer.dims, "thickness", ())
-    shown = set(viewer.dims.displayed)
-    return mode != "none" and any(t > 1 for axis, t in enumerate(thickness) if axis not in shown)
+    if mode == "none":
+        return False
+    thickness = getattr(viewer.dims, "thickness", ())  # (in world units: the layer's slices are its scale apart)
+    shown, offset = set(viewer.dims.displayed), viewer.dims.ndim - layer.ndim
+    return any(t / max(abs(float(layer.scale[axis - offset])), 1e-12) > 1
+               for axis, t in enumerate(thickness) if axis not in shown and axis >= offset)
 
 
 def _plural(n: int, word: str) -> str:

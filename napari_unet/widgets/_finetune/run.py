@@ -256,13 +256,16 @@ class TrainingRunPanel(Container):
         if self._stop_event is not None and self._worker is not None:
             self._stop_event.set()
             self._status.value = "Stopping after this step…"
-            self._stop_button.enabled = False
+            # (Stop stays enabled: disabled, it passed the keyboard focus to the dock's title bar, where a
+            # second Space hid the dock; pressed again, it asks again)
+            self._stop_button.text = "Stopping…"
 
     def _set_running(self, running: bool) -> None:
         if running:
             hand_over(self._start_button, self._stop_button)
         else:
             hand_over(self._stop_button, self._start_button)
+            self._stop_button.text = "Stop"
         self.running_changed.emit(running)
 
     def _on_destroyed(self, *_args) -> None:
