@@ -1542,3 +1542,17 @@ def test_tab_reaches_start_right_after_the_settings(make_napari_viewer, base_mod
             if len(reached) == 1:
                 break
     assert reached == [w.run_panel._start_button.native]
+
+
+def test_the_plugins_docks_open_as_tabs_not_one_under_another(make_napari_viewer, base_model, qtbot):
+    """napari's Plugins menu put a second dock under the first: Fine-tune's notes and curves under
+    Segment made the window taller than a laptop's screen. The plugin's docks join one another as tabs."""
+    from qtpy.QtWidgets import QDockWidget
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    fine_dock, _w = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
+    window = viewer.window._qt_window
+    qtbot.waitUntil(lambda: bool(window.tabifiedDockWidgets(fine_dock)), timeout=5000)
+    assert [d.windowTitle() for d in window.tabifiedDockWidgets(fine_dock)] == ["Segment (napari-unet)"]
+    assert isinstance(fine_dock, QDockWidget) and not fine_dock.visibleRegion().isEmpty()  # the new one in front

@@ -507,6 +507,48 @@ def when_undocked(widget: Any, callback: Callable[[], None]) -> None:
     widget.installEventFilter(watcher)
 
 
+#: How napari titles the docks of this plugin's widgets ("Segment (napari-unet)").
+PLUGIN_DOCK_SUFFIX = "(napari-unet)"
+
+
+def tab_with_plugin_docks(widget: Any) -> None:
+    """Once ``widget`` (a dock's QWidget) is docked in napari's window, it joins another of this
+    plugin's docks in the same area as a tab, in front (napari's Plugins menu stacks docks in one
+    column: Fine-tune's wrapped notes and curves under Segment made the window taller than a 1000 px
+    screen, its canvas, slider and status bar below it; ``napari-unet gui`` tabs them too). Once: a
+    dock the user moves or floats afterwards stays where it is put."""
+    from qtpy.QtCore import QEvent, QObject, QTimer
+    from qtpy.QtWidgets import QDockWidget, QMainWindow
+
+    def join() -> None:
+        try:
+            dock = widget.parentWidget()
+        except RuntimeError:  # (deleted meanwhile)
+            return
+        while dock is not None and not isinstance(dock, QDockWidget):
+            dock = dock.parentWidget()
+        window = dock.parentWidget() if dock is not None else None
+        if not isinstance(window, QMainWindow) or dock.isFloating() or window.tabifiedDockWidgets(dock):
+            return
+        area = window.dockWidgetArea(dock)
+        others = [d for d in window.findChildren(QDockWidget) if d is not dock and d.isVisible()
+                  and not d.isFloating() and window.dockWidgetArea(d) == area
+                  and d.windowTitle().endswith(PLUGIN_DOCK_SUFFIX)]
+        if others:
+            window.tabifyDockWidget(others[-1], dock)
+            dock.show()
+            dock.raise_()
+
+    class Docked(QObject):
+        def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 - Qt's name
+            if event.type() == QEvent.Type.ParentChange and obj.parent() is not None:
+                obj.removeEventFilter(self)
+                QTimer.singleShot(0, join)  # (napari puts the dock in its window after it is made)
+            return False
+
+    widget.installEventFilter(Docked(widget))
+
+
 def qt_alive(widget: Any) -> bool:
     """Whether a magicgui widget's Qt widget still exists: a worker's last signals can arrive
     after the viewer (and the dock widget with it) was closed."""

@@ -37,6 +37,7 @@ from ._base import (
     notify_error,
     notify_info,
     scroll_when_short,
+    tab_with_plugin_docks,
     when_undocked,
     wrap_text,
 )
@@ -101,6 +102,7 @@ class CorrectWidget(Container):
         self._on_layer()
         register_widget(viewer, "correct", self)
         when_undocked(self.native, self._closed)
+        tab_with_plugin_docks(self.native)  # (beside the plugin's other docks, not under them)
         scroll_when_short(self)  # (a dock shorter than its controls: a laptop's screen)
 
     def _closed(self) -> None:

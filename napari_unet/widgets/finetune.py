@@ -30,6 +30,7 @@ from ._base import (
     notify_warning,
     one_line,
     scroll_when_short,
+    tab_with_plugin_docks,
     warm_up_in_background,
     when_undocked,
 )
@@ -111,6 +112,7 @@ class FinetuneWidget(Container):
         _heap.add_host(self, self.native, viewer)  # full garbage collections kept short (see _heap)
         self._dock_closed = False
         when_undocked(self.native, self._closed)
+        tab_with_plugin_docks(self.native)  # (beside the plugin's other docks, not under them)
         warm_up_in_background("segmenting", "training")  # the first run then holds up the window less
         # (a dock shorter than its controls: a laptop's screen); the run's status lines and curves stay below
         scroll_when_short(self, only=(self.corrected_panel.native, self.settings_panel.native, more_examples,

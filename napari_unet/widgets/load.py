@@ -18,7 +18,16 @@ from napari_unet.io._formats import StackReadError, is_ome_zarr
 from napari_unet.io._reader import should_open_lazily
 from napari_unet.io._settings import get_setting, update_settings
 
-from ._base import FixedRadioButtons, launch, notify_error, notify_warning, qt_alive, titled, wrap_text
+from ._base import (
+    FixedRadioButtons,
+    launch,
+    notify_error,
+    notify_warning,
+    qt_alive,
+    tab_with_plugin_docks,
+    titled,
+    wrap_text,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -108,6 +117,7 @@ class LoadWidget(Container):
         self._path.line_edit.native.editingFinished.connect(self._notify_missing_path)
         self._axes.changed.connect(self._on_axes_changed)
         self._load_button.changed.connect(self._on_load)
+        tab_with_plugin_docks(self.native)  # (beside the plugin's other docks, not under them)
 
     # ------------------------------------------------------------------------------ reactions
     def _on_source_changed(self, value: str) -> None:

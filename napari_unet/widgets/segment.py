@@ -49,6 +49,7 @@ from ._base import (
     notify_warning,
     one_line,
     qt_alive,
+    tab_with_plugin_docks,
     scroll_when_short,
     shows_yx_planes,
     start_worker,
@@ -270,6 +271,7 @@ class SegmentWidget(Container):
         self._register()
         _heap.add_host(self, self.native, viewer)  # full garbage collections kept short (see _heap)
         when_undocked(self.native, self._closed)
+        tab_with_plugin_docks(self.native)  # (beside the plugin's other docks, not under them)
         warm_up_in_background("segmenting")  # the first click then does not import or set up on the main thread
         scroll_when_short(self)  # (a dock shorter than its controls: a laptop's screen)
 
