@@ -1082,3 +1082,15 @@ def test_the_diameter_used_is_said_in_micrometres_too_for_a_calibrated_image(mak
     w._run_button.clicked.emit()
     qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
     assert w._diameter_used.value.startswith("20 px (given)"), w._diameter_used.value
+
+
+def test_the_passes_that_measure_the_object_size_say_so(dsb_val_fluo):
+    """The size search's passes said "tile 1/1 of plane 1/1" again and again: a user saw the same
+    words for seconds, before the plane's own tiles."""
+    from napari_unet.core.events import Progress
+
+    image, _labels = dsb_val_fluo[0]
+    messages = [e.message for e in iter_planes(load_model("nuclei-fluo", device="cpu"), image)
+                if isinstance(e, Progress)]
+    measuring = [m for m in messages if m.startswith("measuring the object size, pass ")]
+    assert measuring and measuring[0] == "measuring the object size, pass 1 (plane 1/1): tile 1/1", messages

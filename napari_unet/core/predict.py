@@ -882,7 +882,10 @@ class _PlaneRunner:
             return self.n_planes - self.position + self.again
         return self.n_planes - k + self.again
 
-    def _run(self, plane: np.ndarray, k: int, again: bool = False) -> Generator[Progress, None, np.ndarray]:
+    def _run(self, plane: np.ndarray, k: int, again: bool = False, what: str = ""
+             ) -> Generator[Progress, None, np.ndarray]:
+        """Probabilities of ``plane`` (plane ``k`` of the run, or a part of it), a Progress after each
+        tile; ``what``: what the pass is for, when not the plane's own segmentation (said before the tile)."""
         shape = (int(plane.shape[0]), int(plane.shape[1]))
         tiles_here = self.engine.plan(shape).n_tiles
         # (said by the caller: the last plane may run again too, where k is the furthest plane begun)
@@ -918,7 +921,7 @@ class _PlaneRunner:
                 total=max(self.total, self.done),
                 plane=k,
                 elapsed=time.perf_counter() - self.start,
-                message=f"tile {in_plane}/{tiles_here} of {which}",
+                message=f"{what}: tile {in_plane}/{tiles_here}" if what else f"tile {in_plane}/{tiles_here} of {which}",
             )
 
 
@@ -1096,6 +1099,7 @@ class _Sizing:
         kept: dict[float, tuple[np.ndarray, Window]] = {}
         model = runner.engine.model
         part, view = view, view or _whole(plane)
+        passes = 0
         while (scale := search.next_scale()) is not None:
             # the part of the plane (its centre, unless its objects are elsewhere) that is at most
             # ESTIMATE_CROP a side once rescaled: a shrunk pass
@@ -1104,7 +1108,9 @@ class _Sizing:
             # measured at 11 px for 144), an enlarged one a smaller part (a 4x pass is no 4096 px)
             where = estimate_window(plane, scale, part)
             crop = plane[where]
-            probs = yield from runner._run(resize_image(crop, scale), k)
+            passes += 1
+            probs = yield from runner._run(resize_image(crop, scale), k, what=(
+                f"measuring the object size, pass {passes} (plane {k + 1}/{runner.n_planes})"))
             # the passes' objects are made as the final ones are (at the model's scale here), with the
             # general post-processing or the values given: a kind's own setting is for the labels only
             found = probabilities_to_labels(probs, threshold, min_size, model.representation, min_seed=min_seed)
