@@ -517,12 +517,18 @@ def tab_with_plugin_docks(widget: Any) -> None:
     column: Fine-tune's wrapped notes and curves under Segment made the window taller than a 1000 px
     screen, its canvas, slider and status bar below it; ``napari-unet gui`` tabs them too). Once: a
     dock the user moves or floats afterwards stays where it is put."""
+    import weakref
+
     from qtpy.QtCore import QEvent, QObject, QTimer
     from qtpy.QtWidgets import QDockWidget, QMainWindow
 
+    held = weakref.ref(widget)  # (held strongly, through the filter, a child of the widget, it kept a closed
+    # dock's widget alive for good)
+
     def join() -> None:
+        widget = held()
         try:
-            dock = widget.parentWidget()
+            dock = widget.parentWidget() if widget is not None else None
         except RuntimeError:  # (deleted meanwhile)
             return
         while dock is not None and not isinstance(dock, QDockWidget):
@@ -543,6 +549,7 @@ def tab_with_plugin_docks(widget: Any) -> None:
         def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 - Qt's name
             if event.type() == QEvent.Type.ParentChange and obj.parent() is not None:
                 obj.removeEventFilter(self)
+                self.deleteLater()
                 QTimer.singleShot(0, join)  # (napari puts the dock in its window after it is made)
             return False
 
