@@ -176,7 +176,8 @@ class TrainingRunPanel(Container):
             text="Stop", enabled=False,
             tooltip="Stop after the current step: the best weights so far are saved as the new model.")
         self._progress = ProgressBar(label="Progress", min=0, max=1000, value=0)
-        self._status = Label(label="Status", value="Correct some slices, then Start.")
+        # (true before and after slices are listed: "Correct some slices" read wrong beside a list of them)
+        self._status = Label(label="Status", value="Start learns from the slices listed above (correct or mark some).")
         self._best_label = Label(label="Best", value="–")
         self._best_label.tooltip = ("The best validation score so far: AP@0.5, from 0 to 1, the share of cells held "
                                     "out of training that the model finds (at least half of each right), spurious "
