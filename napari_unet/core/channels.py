@@ -108,16 +108,20 @@ def chosen_colour(colour: Any) -> int | str | None:
     return None
 
 
-def colour_choice(colour: Any) -> int | str:
+def colour_choice(colour: Any, rgb: bool = False) -> int | str:
     """``colour`` of :func:`~napari_unet.core.predict.iter_planes` checked: "auto" (None or "auto",
-    any case), "mean", :data:`WITHOUT_DAB` or an int (a colour; the caller checks it is one of the
-    image's); a ValueError for anything else."""
+    any case), "mean", :data:`WITHOUT_DAB` or an int (a colour); a ValueError for anything else, and
+    for an RGB image (``rgb``) an ImageError for a number that is none of its colours."""
     if colour is None or (isinstance(colour, str) and colour.strip().lower() == "auto"):
         return "auto"
     chosen = chosen_colour(colour)
     if chosen is not None:
         return chosen
     if isinstance(colour, (int, np.integer)) and not isinstance(colour, (bool, np.bool_)):
+        if rgb:  # (0, 1, 2 were taken above)
+            from .preprocess import ImageError
+
+            raise ImageError(f"colour {colour} is not a colour of an RGB image: give 0 (red), 1 (green) or 2 (blue).")
         return int(colour)
     raise ValueError(f"colour must be 'auto', 'mean', {WITHOUT_DAB!r} or 0, 1, 2 (red, green, blue); got {colour!r}.")
 

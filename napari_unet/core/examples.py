@@ -88,11 +88,8 @@ def _colour_segmented(model: SegmentationModel, img: np.ndarray, colour: int | s
         return img
     from .channels import chosen_colour, colour_choice, colour_plane, colour_to_segment
 
-    choice = colour_choice(colour)
-    chosen = chosen_colour(choice)  # (None for "auto", and for a number that is no colour)
+    chosen = chosen_colour(colour_choice(colour, rgb=True))  # (None for "auto")
     if chosen is None:
-        if choice != "auto":
-            raise ValueError(f"colour {choice} is not a colour of an RGB image: give 0 (red), 1 (green) or 2 (blue).")
         chosen = model.colour  # (as prediction segments it)
     if chosen is None:
         if model.in_channels != 1:

@@ -768,12 +768,8 @@ def _check_colour(colour: int | str | None, layout: StackLayout) -> int | str | 
     :data:`~napari_unet.core.channels.WITHOUT_DAB` or None (grey planes, or the mean of the colours)."""
     from .channels import colour_choice
 
-    choice = colour_choice(colour)
-    if not layout.rgb or choice == "mean":
-        return None
-    if isinstance(choice, int) and not 0 <= choice < 3:
-        raise ImageError(f"colour {choice} is not a colour of an RGB image: give 0 (red), 1 (green) or 2 (blue).")
-    return choice
+    choice = colour_choice(colour, rgb=layout.rgb)
+    return None if not layout.rgb or choice == "mean" else choice
 
 
 def auto_colour(model: SegmentationModel, plane: np.ndarray) -> int | str | None:
