@@ -41,10 +41,11 @@ def FixedRadioButtons(**kwargs: Any) -> RadioButtons:  # noqa: N802  (stands for
     return buttons
 
 
-def notify_error(what: str, exc: BaseException | str) -> None:
-    """Show a one-line error notification (never a traceback dialog)."""
+def notify_error(what: str, exc: BaseException | str, more: str = "") -> None:
+    """Show a one-line error notification (never a traceback dialog); ``more``: said after it (a
+    hint); the traceback goes to the log."""
     log.debug("%s failed", what, exc_info=isinstance(exc, BaseException))
-    show_error(f"{what}: {one_line(exc)}")
+    show_error(f"{what}: {one_line(exc)}{more}")
 
 
 #: How the errors of a GPU's driver or libraries begin or name them (a card the installed PyTorch was not

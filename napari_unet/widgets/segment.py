@@ -974,9 +974,9 @@ class SegmentWidget(Container):
         if not qt_alive(self):  # the viewer was closed meanwhile
             log.debug("Segmentation failed after its widget was closed", exc_info=exc)
             return
-        message = one_line(exc) + gpu_hint(exc, "")
-        notify_error("Segmentation failed", message)
-        self._status.value = f"Failed: {message}"
+        hint = gpu_hint(exc, "")
+        notify_error("Segmentation failed", exc, hint)  # (the traceback in the log)
+        self._status.value = f"Failed: {one_line(exc)}{hint}"
 
     def _on_layer_removed(self, event: Any = None) -> None:
         """A layer was removed: what was kept for it goes; when it is the image or the masks layer

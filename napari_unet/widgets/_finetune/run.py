@@ -456,9 +456,9 @@ class TrainingRunPanel(Container):
             notify_error("Cannot start fine-tuning", exc)
             self._status.value = f"Not started: {one_line(exc)}"
             return
-        message = one_line(exc) + gpu_hint(exc, "choose Device: cpu under Advanced")
-        notify_error("Fine-tuning failed", message)
-        self._status.value = f"Failed: {message}"
+        hint = gpu_hint(exc, "choose Device: cpu under Advanced")
+        notify_error("Fine-tuning failed", exc, hint)  # (the traceback in the log)
+        self._status.value = f"Failed: {one_line(exc)}{hint}"
 
     def _on_finished(self) -> None:
         self.curves.redraw(force=True)
