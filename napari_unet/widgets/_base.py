@@ -655,6 +655,14 @@ def shows_yx_planes(viewer: Any, layer: Any) -> bool:
     return set(dims.displayed) == {offset + layer.ndim - 2, offset + layer.ndim - 1}
 
 
+def _affine_of(transform: Callable[[Any], Any], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(origin, matrix)`` of a layer's map between world and data coordinates over its ``n`` axes
+    (``layer.world_to_data`` or ``layer.data_to_world``): ``transform(x) = matrix @ x + origin``."""
+    origin = np.asarray(transform(np.zeros(n)), dtype=float)[-n:]
+    matrix = np.stack([np.asarray(transform(np.eye(n)[j]), dtype=float)[-n:] - origin for j in range(n)], axis=1)
+    return origin, matrix
+
+
 def _sliced_data_point(viewer: Any, layer: Any) -> np.ndarray:
     """The viewer's position in the layer's data coordinates as napari slices the layer: its axes not
     displayed are mapped through their own block of the world-to-data transform, as napari's slicing does
@@ -669,9 +677,7 @@ def _sliced_data_point(viewer: Any, layer: Any) -> np.ndarray:
     hidden = [a - offset for a in dims.not_displayed if a >= offset]
     if not hidden:
         return point
-    origin = np.asarray(layer.world_to_data(np.zeros(n)), dtype=float)[-n:]
-    linear = np.stack([np.asarray(layer.world_to_data(np.eye(n)[j]), dtype=float)[-n:] - origin for j in range(n)],
-                      axis=1)  # (data axis, world axis)
+    origin, linear = _affine_of(layer.world_to_data, n)  # (data axis, world axis)
     block = linear[np.ix_(hidden, hidden)]
     point[hidden] = block @ world[hidden] + origin[hidden]
     return point
@@ -738,9 +744,7 @@ def visible_region(
     n = int(layer.ndim)
     offset = viewer.dims.ndim - n
     axes = [a - offset for a in shown]  # the layer's displayed axes, in screen order
-    origin = np.asarray(layer.data_to_world(np.zeros(n)), dtype=float)[-n:]
-    forward = np.stack([np.asarray(layer.data_to_world(np.eye(n)[j]), dtype=float)[-n:] - origin for j in range(n)],
-                       axis=1)  # (world axis, data axis)
+    origin, forward = _affine_of(layer.data_to_world, n)  # (world axis, data axis)
     inverse = np.linalg.inv(forward[np.ix_(axes, axes)])
     corners = []
     for dy, dx in ((-1, -1), (-1, 1), (1, -1), (1, 1)):  # all four: a rotated or sheared layer's box
