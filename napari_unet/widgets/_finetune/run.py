@@ -344,6 +344,7 @@ class TrainingRunPanel(Container):
             self._best_label.value = "– (no object was held out for validation)"
         elif training.get("selection_metric") == "loss" and "loss" not in self._best_label.value:
             self._best_label.value += "; the weights kept were chosen by validation loss"
+        self.saved_start_weights = _starting_weights(result.model.metadata)
         if failed:  # (the model's name is said: another may have taken the name asked for)
             self._status.value = f"{failed}: saved as {result.path.stem!r}."
             notify_error("Fine-tuning failed", f"{one_line(result.failure)}. The best weights so far (step "
@@ -353,7 +354,7 @@ class TrainingRunPanel(Container):
                                    "is kept.)")
             notify_warning(f"A model named {self._run_name!r} was saved while this run trained; it is kept, and the "
                            f"fine-tuned model is saved as {result.path.stem!r}.")
-        elif _starting_weights(result.model.metadata):
+        elif self.saved_start_weights:
             base = result.model.metadata.get("base_model")
             notify_info(f"Saved {result.path.stem!r} with the weights it started from" + (f" ({base!r})" if base else "")
                         + ": no step was clearly better (see Status), so nothing is segmented again.")
@@ -361,7 +362,6 @@ class TrainingRunPanel(Container):
             notify_info(f"Fine-tuned model saved as {result.path.stem!r}.")
         log.info("Saved fine-tuned model %s (metric %s)", result.path, metric)
         self._offer_held_back(result, result.path)
-        self.saved_start_weights = _starting_weights(result.model.metadata)
         self.saved.emit(str(result.path))
 
     def _offer_held_back(self, result: TrainingResult, path: Path) -> None:
