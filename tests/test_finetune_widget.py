@@ -840,11 +840,16 @@ def test_rename_delete_with_confirmation_and_export(widget, base_model, tmp_path
     segment._model_combo.reset_choices()
     segment._model_combo.value = str(base_model)
     segment._threshold.value, segment._min_size.value = 0.2, 3  # the user's own
+    from napari_unet.io._corrected import record_model, recorded_model
+
+    made = viewer.add_labels(np.zeros((8, 8), np.int32), name="earlier masks")
+    record_model(made.metadata, base_model)  # (masks this model made, to be saved later)
     w.models_panel._manage_combo.reset_choices()
     assert w.models_panel._manage_combo.value == "base"
     w.models_panel._rename_edit.value = "nuclei v2"
     w.models_panel._rename_button.native.click()
     assert set(_user_models()) == {"nuclei v2"}
+    assert recorded_model(made.metadata)["name"] == "nuclei v2"  # (saved and reopened, they propose it)
     # chosen as the base model here and in Segment: it stays chosen there, under its new name, and
     # Segment keeps the threshold and min. size the user set (the model's own came back)
     assert Path(w.settings_panel._base_model.value).stem == "nuclei v2"

@@ -70,3 +70,52 @@ def test_the_proposal_follows_the_plane_the_slider_rests_on(make_napari_viewer, 
     qtbot.wait(50)
     viewer.dims.set_current_step(0, 0)
     qtbot.wait(400)
+
+
+def test_reopened_masks_propose_the_model_that_made_them(make_napari_viewer, qtbot, tiny_model_path, tmp_path):
+    """Masks saved after segmenting with the user's fine-tuned model, reopened the next day beside
+    their image: Segment proposed the built-in model of the image's kind (a second session segmented
+    with 'cells', not the user's 'cells-tuned'). The masks record their model, and it is proposed while
+    it is listed; gone, the hint says so and the built-in model is proposed."""
+    import shutil
+
+    from napari_unet.core.catalog import user_models_dir
+    from napari_unet.io._corrected import MODEL_KEY, stored_layout
+    from napari_unet.widgets.segment import SCOPE_SLICE, masks_layer_name
+
+    user_models_dir().mkdir(parents=True, exist_ok=True)
+    tuned = shutil.copy(tiny_model_path, user_models_dir() / "cells-tuned.pt")
+    cells, _, _ = load_sample("cells_phase_2d")
+    viewer = make_napari_viewer()
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    image = viewer.add_image(cells[:128, :128], name="phase")
+    w.reset_choices()
+    w._image_combo.value = image
+    assert _stem(w._model_combo.value) == "cells"
+    w.select_model(tuned)
+    w._scope.value = SCOPE_SLICE
+    w._run_button.clicked.emit()
+    qtbot.waitUntil(lambda: w._worker is None, timeout=60_000)
+    masks = viewer.layers[masks_layer_name("phase")]
+    assert masks.metadata[MODEL_KEY]["name"] == "cells-tuned"
+    path = tmp_path / f"{masks.name}.tif"
+    assert masks.save(str(path), plugin="napari-unet")
+    assert stored_layout(path).model["name"] == "cells-tuned"
+
+    # the next day: the image, a new Segment dock (the built-in model proposed), then the masks opened
+    viewer.layers.clear()
+    viewer.window.remove_dock_widget(_dock)
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    viewer.add_image(cells[:128, :128], name="phase")
+    w.reset_choices()
+    assert _stem(w._model_combo.value) == "cells"
+    viewer.open(path, plugin="napari-unet")
+    assert _stem(w._model_combo.value) == "cells-tuned"
+    assert "Proposed 'cells-tuned': it made this image's masks" in w._model_hint.value
+
+    # the model renamed in the file manager: the built-in one, and the hint says why
+    Path(tuned).rename(Path(tuned).with_name("old.pt"))
+    w.reset_choices()  # (as any layer event does)
+    assert "'cells-tuned' is gone" in w._status.value
+    assert _stem(w._model_combo.value) == "cells"
+    assert "made by 'cells-tuned', not in the Model list. Proposed 'cells'" in w._model_hint.value

@@ -40,6 +40,10 @@ OBJECTS_3D_KEY = "napari_unet_objects_3d"
 #: (a list of ints, the layer's stack axes), colour], in the order they were written. Fine-tuning on a
 #: slice learns from its colour; kept in the list beside a saved file.
 COLOUR_KEY = "napari_unet_colour"
+#: Key, in a masks layer's metadata, of the model that last segmented into it: {"name": its file's stem,
+#: "path": its file}. Kept in the list beside a saved file: reopened the next day, Segment proposes that
+#: model (the user's fine-tuned one) for the image, not the built-in model of its kind.
+MODEL_KEY = "napari_unet_model"
 
 
 def recorded_colours(metadata: Any) -> list[tuple[tuple[int, ...], int | str]]:
@@ -60,6 +64,21 @@ def recorded_colours(metadata: Any) -> list[tuple[tuple[int, ...], int | str]]:
             continue
         pairs.append((tuple(int(i) for i in entry[0]), colour))
     return pairs
+
+
+def record_model(metadata: dict, path: Any) -> None:
+    """Say in ``metadata`` (a masks layer's) that the model file ``path`` segmented into it last."""
+    if path:
+        metadata[MODEL_KEY] = {"name": Path(str(path)).stem, "path": str(Path(str(path)).absolute())}
+
+
+def recorded_model(metadata: Any) -> dict[str, str] | None:
+    """The model :data:`MODEL_KEY` records in ``metadata`` ({"name", "path"}), None when none is
+    (or what is there is malformed)."""
+    stored = metadata.get(MODEL_KEY) if isinstance(metadata, dict) else None
+    if not isinstance(stored, dict) or not all(isinstance(stored.get(k), str) and stored[k] for k in ("name", "path")):
+        return None
+    return {"name": stored["name"], "path": stored["path"]}
 
 
 def colours_by_slice(metadata: Any) -> dict[tuple[int, ...], int | str]:
@@ -203,7 +222,7 @@ def corrected_list_text(labels_path: str | os.PathLike, planes: Iterable[Any] | 
                         layer_axes: str | None = None, offset: Sequence[float] | None = None,
                         calibration: tuple[Sequence[float], Sequence[str]] | None = None,
                         transform: dict[str, Any] | None = None, objects_3d: bool = False,
-                        colours: Any = None) -> str:
+                        colours: Any = None, model: Any = None) -> str:
     """The JSON text of the corrected-slices list of ``labels_path`` (see :func:`save_corrected_list`).
 
     The planes index the file's own stack axes (size-1 ones included). ``layer_axes``: the axes
@@ -216,7 +235,8 @@ def corrected_list_text(labels_path: str | os.PathLike, planes: Iterable[Any] | 
     affine matrix that are not the identity (see :func:`napari_unet.io.write_labels`). ``objects_3d``:
     the labels are 3D objects (see :data:`OBJECTS_3D_KEY`); ``colours``: the colours of the RGB image
     the slices were segmented by, where chosen (a layer's metadata, see :data:`COLOUR_KEY`; its slices
-    in the layer's axis order, which the reader gives back)."""
+    in the layer's axis order, which the reader gives back); ``model``: the model that segmented into the
+    layer last (a layer's metadata, see :data:`MODEL_KEY`)."""
     plane_list = planes_given(planes)
     payload = {
         "format": SIDECAR_FORMAT,
@@ -238,6 +258,9 @@ def corrected_list_text(labels_path: str | os.PathLike, planes: Iterable[Any] | 
     pairs = recorded_colours(colours)
     if pairs:
         payload["colours"] = [[list(p), c] for p, c in pairs]
+    made_by = recorded_model(model)
+    if made_by:
+        payload["model"] = made_by
     return json.dumps(payload, indent=1) + "\n"
 
 
@@ -284,6 +307,8 @@ class StoredLayout:
     objects_3d: bool = False  # 3D objects (see OBJECTS_3D_KEY)
     #: the colours of the RGB image chosen to segment slices by (see COLOUR_KEY): [[slice, colour], ...]
     colours: list | None = None
+    #: the model that segmented into the layer last (see MODEL_KEY): {"name", "path"}
+    model: dict | None = None
 
 
 def _numbers(values: Any, nonzero: bool = False) -> tuple[float, ...] | None:
@@ -315,7 +340,7 @@ def stored_layout(labels_path: str | os.PathLike) -> StoredLayout:
         transform = None
     colours = [[list(p), c] for p, c in recorded_colours({COLOUR_KEY: data.get("colours")})]
     return StoredLayout(axes, _numbers(data.get("offset_pixels")), scale, tuple(units) if units else None, transform,
-                        data.get("objects_3d") is True, colours or None)
+                        data.get("objects_3d") is True, colours or None, recorded_model({MODEL_KEY: data.get("model")}))
 
 
 def transform_identities(ndim: int) -> dict[str, np.ndarray]:

@@ -18,6 +18,7 @@ from ._corrected import (
     CORRECTED_KEY,
     MADE_BY,
     MASKS_KEY,
+    MODEL_KEY,
     OBJECTS_3D_KEY,
     load_corrected_list,
     plane_in,
@@ -441,6 +442,9 @@ def as_labels_where_masks(path: str | os.PathLike, layers: list[LayerData]) -> l
         if stored.colours:  # (see COLOUR_KEY)
             for _data, meta, _kind in layers:
                 meta["metadata"] = {**meta.get("metadata", {}), COLOUR_KEY: stored.colours}
+        if stored.model:  # (see MODEL_KEY)
+            for _data, meta, _kind in layers:
+                meta["metadata"] = {**meta.get("metadata", {}), MODEL_KEY: stored.model}
         return layers
     if _is_ome_zarr_labels(path) or _named_as_labels(path, layers):
         # masks napari-unet made (predict, segment_to_ome_zarr): a model's, none corrected yet; another

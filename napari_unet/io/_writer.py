@@ -20,9 +20,10 @@ from ._corrected import (
     MASKS_KEY,
     OBJECTS_3D_KEY,
     corrected_list_text,
+    recorded_colours,
+    recorded_model,
     sidecar_path,
     transform_identities,
-    recorded_colours,
 )
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ def write_labels(
     transform: dict[str, Any] | None = None,
     objects_3d: bool = False,
     colours: Any = None,
+    model: Any = None,
 ) -> Path:
     """Write a label image to a compressed TIFF, atomically (with its corrected-slices list).
 
@@ -130,6 +132,10 @@ def write_labels(
         The colours of the RGB image the slices were segmented by, where chosen (Segment's Colour; a
         layer's metadata, see :data:`~napari_unet.io._corrected.COLOUR_KEY`): said in the list beside
         the file, so that fine-tuning on the reopened masks learns from them.
+    model : dict, optional
+        A layer's metadata recording the model that segmented into it last (see
+        :data:`~napari_unet.io._corrected.MODEL_KEY`): said in the list beside the file, so that
+        Segment proposes that model when the masks are reopened.
 
     Returns
     -------
@@ -239,12 +245,12 @@ def write_labels(
                 tifffile.imwrite(fh, np.ascontiguousarray(_fitting(data, dtype)), **kwargs)
         if corrected is None and (_exists(sidecar_path(path)) or layer_axes is not None or offset is not None
                                   or transform or objects_3d or recorded_colours(colours)
-                                  or kept is not None):
+                                  or recorded_model(model) or kept is not None):
             corrected = []  # a stale list emptied; or the layer's axes, offset or calibration recorded for the reader
         if corrected is not None:
             with files.open(sidecar_path(path), "w") as fh:
                 fh.write(corrected_list_text(path, corrected, layer_axes, offset, kept, transform or None, objects_3d,
-                                             colours))
+                                             colours, model))
     log.info("wrote labels %s %s to %s", data.shape, dtype, path)
     return path
 
@@ -386,7 +392,7 @@ def write_layer_labels(path: str | os.PathLike, data: Any, meta: dict[str, Any])
                            calibration=(meta.get("scale"), meta.get("units")),
                            transform=_transform_of(meta, arr.ndim),
                            objects_3d=bool((meta.get("metadata") or {}).get(OBJECTS_3D_KEY)),
-                           colours=meta.get("metadata") or {})
+                           colours=meta.get("metadata") or {}, model=meta.get("metadata") or {})
     return str(written)
 
 

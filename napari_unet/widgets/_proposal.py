@@ -3,7 +3,9 @@ bright-field nuclei, cells for phase contrast and DIC (:mod:`napari_unet.core.mo
 
 The proposal looks at the plane on screen (a 2D plane, subsampled to at most 1024 px a side:
 0.1-0.2 s for a plane of 1024 px on one core, on the main thread once the slider has rested). It switches the Model list only while the user has not chosen a
-model by hand, and only between built-in models; the hint line says what it proposed and why.
+model by hand; the hint line says what it proposed and why. An image whose masks record the model that
+made them (:data:`~napari_unet.io._corrected.MODEL_KEY`: masks saved after fine-tuning, reopened the
+next day) gets that model proposed, the user's own included, while it is in the Model list.
 """
 
 from __future__ import annotations
@@ -65,6 +67,27 @@ def proposal_for(kind: str | None, builtin: dict[str, str]) -> tuple[str | None,
     return builtin[name], f"Proposed '{name}' for this {words} (choose another model if you like)."
 
 
+def masks_model(viewer: Any, image: Any, choices: list[tuple[str, str]]) -> tuple[str | None, str] | None:
+    """(the Model list's value of the model that made the masks of ``image``, its name) when those
+    masks are in ``viewer`` and record it (:data:`~napari_unet.io._corrected.MODEL_KEY`; the value None
+    when no listed model is that file or has its name: renamed, deleted, another computer's); None
+    when they record none."""
+    from napari_unet.io._corrected import recorded_model
+
+    from ._masks import masks_layer_name
+
+    name = masks_layer_name(image.name)
+    masks = viewer.layers[name] if name in viewer.layers else None
+    made = recorded_model(getattr(masks, "metadata", None))
+    if made is None:
+        return None
+    target = Path(made["path"]).resolve()
+    listed = next((value for _label, value in choices if Path(value).resolve() == target), None)
+    if listed is None:  # (the same name: a models folder moved, the masks brought from another computer)
+        listed = next((value for _label, value in choices if Path(value).stem == made["name"]), None)
+    return listed, made["name"]
+
+
 def builtin_paths(choices: list[tuple[str, str]]) -> dict[str, str]:
     """Built-in model names and paths among the Model list's (label, path) choices."""
     from napari_unet.core.catalog import builtin_models_dir
@@ -99,7 +122,15 @@ class ModelProposal:
         """Propose a model for the chosen image; switch to it unless the user chose one."""
         image = self._images.value
         self.kind = None if image is None else shown_kind(self._viewer, image)
-        path, self.hint.value = proposal_for(self.kind, builtin_paths(self._choices()))
+        choices = self._choices()
+        made = None if image is None else masks_model(self._viewer, image, choices)
+        if made is not None and made[0] is not None:
+            path, self.hint.value = made[0], (f"Proposed {Path(made[0]).stem!r}: it made this image's masks "
+                                              "(choose another model if you like).")
+        else:
+            path, self.hint.value = proposal_for(self.kind, builtin_paths(choices))
+            if made is not None:
+                self.hint.value = f"This image's masks were made by {made[1]!r}, not in the Model list. {self.hint.value}"
         if path and not self.user_chose and path != self._models.value:
             self._switching = True
             try:

@@ -326,6 +326,8 @@ class FinetuneWidget(Container):
                 match = next((v for v in combo.choices if same(v, new_path)), None)
                 if match is not None and id(combo) not in segments:
                     combo.value = match
+        for segment in segments.values():
+            segment.masks_follow_renamed_model(old_path, new_path)
         for finetune in finetunes:  # the trained weights offered in place of a model just renamed: in its place
             finetune.run_panel.follow_renamed(old_path, new_path)
 

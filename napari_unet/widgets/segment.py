@@ -316,17 +316,21 @@ class SegmentWidget(Container):
 
     def _on_masks_arrived(self, event: Any = None) -> None:
         """A layer added or renamed: when it is the chosen image's masks (opened after the image, say)
-        and records the colour they were segmented by, Colour shows it (new masks leave the choice be)."""
-        from napari_unet.io._corrected import recorded_colours
+        and records the colour they were segmented by, Colour shows it (new masks leave the choice be);
+        when they record the model that made them, the proposal takes it."""
+        from napari_unet.io._corrected import recorded_colours, recorded_model
 
         layer = getattr(event, "value", None)
         if layer is None and isinstance(getattr(event, "index", None), int) \
                 and 0 <= event.index < len(self._viewer.layers):  # (renamed: the index alone)
             layer = self._viewer.layers[event.index]
         image = self._image_combo.value
-        if image is not None and getattr(layer, "name", None) == masks_layer_name(image.name) \
-                and self._worker is None and recorded_colours(getattr(layer, "metadata", None)):
+        if image is None or getattr(layer, "name", None) != masks_layer_name(image.name) or self._worker is not None:
+            return
+        if recorded_colours(getattr(layer, "metadata", None)):
             self._colour_of_image()
+        if recorded_model(getattr(layer, "metadata", None)):
+            self._proposal.refresh()
 
     def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
         from napari_unet.core.catalog import list_models
@@ -421,6 +425,16 @@ class SegmentWidget(Container):
                 self._model_combo.value = listed
         if self._run_model and Path(str(self._run_model)).resolve() == Path(old_path).resolve():
             self._run_model = self._model_combo.value  # (a run in progress: its end says no other model is chosen)
+
+    def masks_follow_renamed_model(self, old_path: str, new_path: str) -> None:
+        """A model renamed (Manage models): the masks it made in this viewer record its new name (saved
+        and reopened, they propose it)."""
+        from napari_unet.io._corrected import record_model, recorded_model
+
+        for layer in self._viewer.layers:
+            made = recorded_model(getattr(layer, "metadata", None))
+            if made is not None and Path(made["path"]).resolve() == Path(old_path).resolve():
+                record_model(layer.metadata, new_path)
 
     def _on_model_changed(self, *_args) -> None:
         """A new model: take its threshold and min. size (the masks made before keep their kept
@@ -914,10 +928,12 @@ class SegmentWidget(Container):
             return
         write_plane(masks, result, self._ids_above or 0)
         image = self._run_layers[0] if self._run_layers else None
-        if getattr(image, "rgb", False) and not self._rethresholding:  # (fine-tuning learns a slice from its colour)
-            from napari_unet.io._corrected import record_colour
+        if not self._rethresholding:
+            from napari_unet.io._corrected import record_colour, record_model
 
-            record_colour(masks.metadata, result.index, self._run_colour)
+            record_model(masks.metadata, self._run_model)  # (reopened, the masks propose their model)
+            if getattr(image, "rgb", False):  # (fine-tuning learns a slice from its colour)
+                record_colour(masks.metadata, result.index, self._run_colour)
         if self._ids_above is not None:
             self._ids_above += int(result.labels.max(initial=0))
         self._kept.keep(masks, result, _checksum(masks, result))
