@@ -89,6 +89,37 @@ def test_widget_docks_and_shows_device(widget):
     assert w._scope.value == SCOPE_SLICE
 
 
+def test_a_slow_device_description_comes_from_a_thread_and_the_latest_wins(widget, qtbot):
+    """With CUDA's torch, describing the GPU starts CUDA: a second or more of a frozen window as a dock
+    opened (its Device line). That is asked from a thread; the line says so meanwhile, and a newer
+    description (another device chosen) is not overwritten by an older one arriving late."""
+    import threading
+
+    from napari_unet.core.device import describing_is_quick
+    from napari_unet.widgets._base import show_when_known
+
+    viewer, w = widget
+    assert describing_is_quick("cpu")
+    release = threading.Event()
+    on = []
+
+    def slow() -> str:
+        on.append(threading.current_thread() is threading.main_thread())
+        release.wait(10)
+        return "GPU: slow one"
+
+    show_when_known(w._device_label, slow, quick=False)
+    assert w._device_label.value == "finding the GPU…"
+    qtbot.waitUntil(lambda: bool(on), timeout=5_000)
+    assert on == [False]  # (asked off the main thread)
+    show_when_known(w._device_label, lambda: "CPU, 1 thread", quick=True)  # chosen since: said at once
+    release.set()
+    qtbot.wait(200)
+    assert w._device_label.value == "CPU, 1 thread"
+    show_when_known(w._device_label, lambda: 1 / 0, quick=False)
+    qtbot.waitUntil(lambda: w._device_label.value.startswith("unknown (division by zero"), timeout=5_000)
+
+
 def test_current_slice_writes_only_that_slice(widget, qtbot, c2c12_stack):
     viewer, w = widget
     image = viewer.add_image(c2c12_stack, name="c2c12")

@@ -80,17 +80,34 @@ def cuda_has_fast_bf16(device: torch.device | str) -> bool:
     return tuple(torch.cuda.get_device_capability(index)) >= (8, 0)
 
 
+#: describe_device's words for each CUDA GPU already asked about (index -> words).
+_CUDA_WORDS: dict[int, str] = {}
+
+
 def describe_device(device: torch.device | str) -> str:
-    """Short human-readable description, e.g. "NVIDIA H100 (79 GB)" or "CPU, 8 threads"."""
+    """Short human-readable description, e.g. "NVIDIA H100 (79 GB)" or "CPU, 8 threads".
+
+    The first call for a CUDA GPU starts CUDA (a second or more, and its context's memory):
+    :func:`describing_is_quick` tells a GUI when to ask from another thread."""
     device = select_device(device)  # (a GPU that is not there: the clear ValueError, not torch's assertion)
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
-        props = torch.cuda.get_device_properties(index)
-        return f"GPU: {props.name} ({props.total_memory / 1e9:.0f} GB)"
+        if index not in _CUDA_WORDS:
+            props = torch.cuda.get_device_properties(index)
+            _CUDA_WORDS[index] = f"GPU: {props.name} ({props.total_memory / 1e9:.0f} GB)"
+        return _CUDA_WORDS[index]
     if device.type == "mps":
         return "GPU: Apple MPS"
     threads = torch.get_num_threads()
     return f"CPU, {threads} thread{'' if threads == 1 else 's'}"
+
+
+def describing_is_quick(choice: torch.device | str | None = None) -> bool:
+    """Whether :func:`describe_device` of ``choice`` (None: auto) answers at once: always with a torch
+    built without CUDA (the CPU wheels) or for the CPU; with CUDA's torch once it has described a GPU
+    (CUDA is started then)."""
+    built = bool(getattr(torch.version, "cuda", None) or getattr(torch.version, "hip", None))
+    return not built or str(choice or "").strip().lower().startswith("cpu") or bool(_CUDA_WORDS)
 
 
 def free_memory_bytes(device: torch.device | str) -> int | None:

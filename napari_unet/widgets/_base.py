@@ -567,6 +567,38 @@ def qt_alive(widget: Any) -> bool:
     return True
 
 
+def show_when_known(label: Any, describe: Callable[[], str], quick: bool, waiting: str = "finding the GPU…") -> None:
+    """Set the magicgui Label ``label`` to ``describe()`` (its error's one line: "unknown (...)"): at
+    once when ``quick``; otherwise from a daemon thread, the label saying ``waiting`` until then (the
+    first look at a CUDA GPU starts CUDA: a second or more on the main thread as a dock opened). The
+    text of the latest call wins; a label closed meanwhile is left be."""
+    def text() -> str:
+        try:
+            return describe()
+        except Exception as exc:  # noqa: BLE001 - a broken torch install must not break the widget
+            return f"unknown ({one_line(exc)})"
+
+    ticket = object()
+    label._napari_unet_pending = ticket  # (a later call's text is the one shown)
+    if quick:
+        label.value = text()
+        return
+    from qtpy.QtCore import QObject, Signal
+
+    class Relay(QObject):
+        said = Signal(str)
+
+    relay = Relay()  # made on the main thread: its signal, sent from the thread, is queued to it
+
+    def show(words: str) -> None:
+        if qt_alive(label) and getattr(label, "_napari_unet_pending", None) is ticket:
+            label.value = words
+
+    relay.said.connect(show)
+    label.value = waiting
+    threading.Thread(target=lambda: relay.said.emit(text()), name="napari-unet device", daemon=True).start()
+
+
 @functools.cache
 def _fit_to_text() -> Any:
     """An event filter keeping a word-wrapped QLabel's minimum height at what its text needs for its

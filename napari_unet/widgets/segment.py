@@ -48,6 +48,7 @@ from ._base import (
     notify_info,
     notify_warning,
     one_line,
+    show_when_known,
     qt_alive,
     tab_with_plugin_docks,
     scroll_when_short,
@@ -541,14 +542,14 @@ class SegmentWidget(Container):
             self._apply_model_postprocessing(force=True, kind=result.kind, only=left)
 
     def _show_device(self) -> None:
-        try:
-            from napari_unet.core.device import describe_device, select_device
-            from napari_unet.core.engine import describe_engine
+        from napari_unet.core.device import describe_device, describing_is_quick, select_device
+        from napari_unet.core.engine import describe_engine
 
+        def words() -> str:
             device = select_device()
-            self._device_label.value = f"{describe_device(device)}, {describe_engine(device)}"
-        except Exception as exc:  # a broken torch install must not break the widget
-            self._device_label.value = f"unknown ({one_line(exc)})"
+            return f"{describe_device(device)}, {describe_engine(device)}"
+
+        show_when_known(self._device_label, words, describing_is_quick())
 
     def _register(self) -> None:
         try:

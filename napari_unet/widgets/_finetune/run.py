@@ -34,6 +34,7 @@ from .._base import (
     notify_warning,
     one_line,
     original_error,
+    show_when_known,
     titled,
     wrap_text,
 )
@@ -210,12 +211,9 @@ class TrainingRunPanel(Container):
 
     def show_device(self, choice: str | None) -> None:
         """Say which device ``choice`` (None = auto) means on this machine."""
-        try:
-            from napari_unet.core.device import describe_device, select_device
+        from napari_unet.core.device import describe_device, describing_is_quick, select_device
 
-            self._device_label.value = describe_device(select_device(choice))
-        except Exception as exc:  # a broken torch install must not break the widget
-            self._device_label.value = f"unknown ({one_line(exc)})"
+        show_when_known(self._device_label, lambda: describe_device(select_device(choice)), describing_is_quick(choice))
 
     # ------------------------------------------------------------------ run
     def launch(self, base_path: str, examples: list[Any], target: Path, *, name: str,
