@@ -625,6 +625,11 @@ def _fit_to_text() -> Any:
         def eventFilter(self, watched: Any, event: Any) -> bool:
             # a new text repaints the label (setText posts no event of its own); a new width resizes it
             if event.type() in (QEvent.Type.Paint, QEvent.Type.Resize):
+                # measured once a text and width (every repaint, a progress bar's among them, had a layout pass)
+                key = f"{watched.width()}\n{watched.text()}"
+                if watched.property("napariUnetFitted") == key:
+                    return False
+                watched.setProperty("napariUnetFitted", key)
                 height = needed(watched)
                 if height > 0 and (watched.minimumHeight(), watched.maximumHeight()) != (height, height):
                     watched.setFixedHeight(height)  # (at most too: the text is drawn in its row's height)
