@@ -310,15 +310,53 @@ def write_volume(layer: Any, result: VolumeResult, protected: set[tuple[int, ...
     planes = volume_planes(result)
     kept = [k for k, plane in enumerate(planes) if plane in protected]
     if kept:
-        top = max(int(np.asarray(layer.data[planes[k]]).max()) for k in kept)
+        users = {k: np.asarray(layer.data[planes[k]]) for k in kept}
+        top = max(int(users[k].max()) for k in kept)
         make_room_for(layer, top + (int(labels.max()) if labels.size else 0))
-        labels = ids_above(labels, top, layer.data.dtype)
+        # a new object that is one of the user's on a kept plane takes its id: it went on above and below
+        # with another, a nucleus cut in three at each corrected plane (3D AP 0.78 -> 0.58 for one brush dab)
+        adopted = adopted_ids([(labels[k], users[k]) for k in kept])
+        run_ids, labels = labels, ids_above(labels, top, layer.data.dtype)
+        if adopted:  # (the run's ids are 1..n: a table of them)
+            table = np.zeros(int(run_ids.max()) + 1, labels.dtype)
+            table[list(adopted)] = list(adopted.values())
+            labels = np.where(table[run_ids] > 0, table[run_ids], labels)
     for k, plane in enumerate(planes):
         if k not in kept:
             layer.data[plane] = labels[k]
     forget_history_of_planes(layer, [p for k, p in enumerate(planes) if k not in kept])  # see write_plane
     layer.refresh()
     return len(kept)
+
+
+def adopted_ids(pairs: list[tuple[np.ndarray, np.ndarray]], min_iou: float = 0.5) -> dict[int, int]:
+    """{new id: the user's id} for the objects of a volume that are one of the user's on a plane they
+    corrected: ``pairs`` of (the volume's labels there, the user's) planes; IoU above ``min_iou``
+    (one match a plane at most, each way), the best of the planes where several match; each
+    user's id is taken by one object at most (two new objects are not merged)."""
+    best: dict[int, tuple[float, int]] = {}
+    for new_plane, user_plane in pairs:
+        new_plane, user_plane = new_plane.ravel(), user_plane.ravel()
+        news, new_area = np.unique(new_plane[new_plane > 0], return_counts=True)
+        users, user_area = np.unique(user_plane[user_plane > 0], return_counts=True)
+        both = (new_plane > 0) & (user_plane > 0)
+        shared, counts = np.unique(np.stack([new_plane[both], user_plane[both]]).astype(np.int64), axis=1,
+                                   return_counts=True)
+        if not counts.size:
+            continue
+        a = new_area[np.searchsorted(news, shared[0])]
+        b = user_area[np.searchsorted(users, shared[1])]
+        iou = counts / (a + b - counts)
+        for new, user, value in zip(shared[0][iou > min_iou], shared[1][iou > min_iou], iou[iou > min_iou]):
+            if value > best.get(int(new), (0.0, 0))[0]:
+                best[int(new)] = (float(value), int(user))
+    adopted: dict[int, int] = {}
+    taken: set[int] = set()
+    for new, (_iou, user) in sorted(best.items(), key=lambda item: -item[1][0]):
+        if user not in taken:
+            adopted[new] = user
+            taken.add(user)
+    return adopted
 
 
 def plan_3d_run(widget: Any, image: Any, diameter: float | None) -> tuple[Any, str]:
@@ -371,7 +409,8 @@ def write_volume_result(widget: Any, result: VolumeResult) -> None:
     protected = corrections.planes_to_keep(masks, volume_planes(result))  # (those replaced are unmarked)
     # (slices corrected while the run went on are reported when it ends)
     if write_volume(masks, result, protected) and protected - set(corrections.meanwhile):
-        notify_warning("Slices you corrected were left as they are (the new objects around them got new ids)" + (
+        notify_warning("Slices you corrected were left as they are (an object found across one goes on with your id "
+                       "for it above and below)" + (
             "." if corrections.automatic else "; tick 'Overwrite slices I corrected' to replace them."))
     if not result.labels.any():  # (said of 2D planes; a 3D run ended "Done" with empty masks)
         others = tuple(i for i in result.index if not isinstance(i, slice))
