@@ -298,6 +298,23 @@ def test_the_voxel_size_is_typed_in_the_widget_and_the_masks_follow_the_images_s
     w._three_d.voxel.native.editingFinished.emit()
     assert voxel_size(calibrated, 0) == pytest.approx((0.5, 0.1234567, 0.1234567))
 
+    # an isotropic stack said so ("1, 1, 1" typed): kept, not taken for an uncalibrated one (the field
+    # emptied, and every run asked for the voxel size again)
+    iso = viewer.add_image(nuclei3d, name="iso", axis_labels=("z", "y", "x"))
+    w.reset_choices()
+    w._image_combo.value = iso
+    w._three_d.enabled.value = True
+    assert w._three_d.voxel.value == "" and voxel_size(iso, 0) is None
+    w._three_d.voxel.value = "1, 1, 1"
+    w._three_d.voxel.native.editingFinished.emit()
+    assert w._three_d.voxel.value == "1, 1, 1" and voxel_size(iso, 0) == (1.0, 1.0, 1.0)
+    notifications.clear()
+    _run(w, qtbot, iso)
+    assert not any("isotropic" in m for m in notifications)
+    w._three_d.voxel.value = ""  # emptied: unknown again
+    w._three_d.voxel.native.editingFinished.emit()
+    assert voxel_size(iso, 0) is None and w._three_d.voxel.value == ""
+
 
 def _segment_slice_in_2d_with_ids_of_its_own(viewer, w, qtbot, masks, z: int) -> None:
     """Segment slice ``z`` in 2D, 3D objects around it: none of its ids is one of the other slices'."""

@@ -118,7 +118,8 @@ class ThreeDControls:
             self.voxel.value = ""
             return
         steps = [abs(float(layer.scale[a])) for a in (int(self.z_axis.value), layer.ndim - 2, layer.ndim - 1)]
-        self.voxel.value = self._voxel_shown = ("" if all(v == 1.0 for v in steps)
+        given = isinstance(layer.metadata, dict) and bool(layer.metadata.get(VOXEL_GIVEN_KEY))
+        self.voxel.value = self._voxel_shown = ("" if all(v == 1.0 for v in steps) and not given
                                                 else ", ".join(f"{v:.10g}" for v in steps))
 
     def _apply_voxel(self) -> None:
@@ -136,8 +137,12 @@ class ThreeDControls:
 
             notify_error("Voxel size", exc)
             return
-        if steps is None:
+        if steps is None:  # (emptied: "1, 1, 1" typed before is forgotten)
+            if isinstance(layer.metadata, dict) and layer.metadata.pop(VOXEL_GIVEN_KEY, None):
+                self._show_voxel()
             return
+        if isinstance(layer.metadata, dict):  # ("1, 1, 1": an isotropic stack said so, not an uncalibrated one)
+            layer.metadata[VOXEL_GIVEN_KEY] = True
         z = int(self.z_axis.value)
         scale = list(layer.scale)
         for axis, value in zip((z, layer.ndim - 2, layer.ndim - 1), steps, strict=True):
@@ -217,10 +222,15 @@ def parse_voxel_size(text: str, pixel: tuple[float, float] = (1.0, 1.0)) -> tupl
     return (values[0], values[1], values[2])
 
 
+#: Key, in an image layer's metadata, saying that the user typed its voxel size (Segment's Voxel size):
+#: a scale of all ones is then an isotropic stack's, not a missing calibration.
+VOXEL_GIVEN_KEY = "napari_unet_voxel_given"
+
+
 def voxel_size(layer: Any, z_axis: int) -> tuple[float, float, float] | None:
     """(dz, dy, dx) from the layer's scale: in micrometres when its units are lengths (nm, um, ...,
-    one unit per axis), else as they are; None when it holds no calibration (all ones, no units) or
-    only some of the three axes have a length."""
+    one unit per axis), else as they are; None when it holds no calibration (all ones, no units, and
+    no voxel size typed: :data:`VOXEL_GIVEN_KEY`) or only some of the three axes have a length."""
     axes = (z_axis, layer.ndim - 2, layer.ndim - 1)
     scale = [abs(float(layer.scale[a])) for a in axes]  # (flipped axes have negative scales)
     from napari_unet.io._units import in_unit
@@ -233,7 +243,8 @@ def voxel_size(layer: Any, z_axis: int) -> tuple[float, float, float] | None:
         # some axes in a length, the others in pixels (a file calibrated in x and y with no z step, as
         # ImageJ writes a step of 1): the step between the planes is not known, as the CLI reads it
         return None
-    return None if all(s == 1.0 for s in scale) else (scale[0], scale[1], scale[2])
+    given = isinstance(getattr(layer, "metadata", None), dict) and bool(layer.metadata.get(VOXEL_GIVEN_KEY))
+    return None if all(s == 1.0 for s in scale) and not given else (scale[0], scale[1], scale[2])
 
 
 def volume_indices(shape: tuple[int, ...], z_axis: int, current: tuple[int, ...], whole_stack: bool,
