@@ -403,3 +403,16 @@ def test_a_volume_s_object_that_is_one_of_a_corrected_plane_s_takes_its_id(make_
     for z in (2, 3):
         assert set(np.unique(masks.data[z]).tolist()) == {0, 7, 11}
     assert set(np.unique(masks.data[0]).tolist()) == {0, 11, 12}
+
+
+def test_a_3d_run_takes_the_volume_wherever_the_z_slider_is(widget, qtbot, nuclei3d, notifications):
+    """A stack placed at z = 10 beside another layer, the slider at z = 0: its 3D run was refused ("no
+    slice at the viewer's position: move the slider into it") though it takes the whole volume."""
+    viewer, w = widget
+    viewer.add_image(np.zeros((4, 36, 40), np.uint8), name="other")
+    image = viewer.add_image(nuclei3d, name="placed", translate=(10, 0, 0))
+    viewer.dims.set_point(0, 0)
+    _run(w, qtbot, image)
+    masks = viewer.layers[masks_layer_name("placed")]
+    assert w._status.value.startswith("Done") and np.asarray(masks.data).max() > 5
+    assert not any("no slice" in m for m in notifications)

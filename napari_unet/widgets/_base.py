@@ -720,9 +720,11 @@ def _sliced_data_point(viewer: Any, layer: Any) -> np.ndarray:
     return point
 
 
-def current_plane_index(viewer: "napari.Viewer", layer: "napari.layers.Layer", strict: bool = False) -> tuple[int, ...]:
+def current_plane_index(viewer: "napari.Viewer", layer: "napari.layers.Layer", strict: bool = False,
+                        free_axes: tuple[int, ...] = ()) -> tuple[int, ...]:
     """Indices along the layer's non-plane axes of the slice the viewer shows now (the nearest one
     when the viewer's position lies outside the layer, as with a stack shorter than another).
+    ``free_axes``: axes that ``strict`` leaves be (a 3D run's Z: it takes the whole volume).
 
     Raises
     ------
@@ -737,7 +739,7 @@ def current_plane_index(viewer: "napari.Viewer", layer: "napari.layers.Layer", s
     index = tuple(int(np.round(c)) for c in coords)
     if strict:
         for axis, (i, s) in enumerate(zip(index, shape)):
-            if not 0 <= i < s:
+            if not 0 <= i < s and axis not in free_axes:
                 label = str(viewer.dims.axis_labels[viewer.dims.ndim - layer.ndim + axis])
                 if label.lstrip("-").isdigit():  # napari's own labels ("-3") name no axis to a user
                     label = f"its axis {axis}"

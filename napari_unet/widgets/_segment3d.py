@@ -391,7 +391,8 @@ def plan_3d_run(widget: Any, image: Any, diameter: float | None) -> tuple[Any, s
         widget._status.value = f"Not started: {message}"
         return None, ""
     n_lead = lead_ndim(image)
-    current = current_plane_index(widget._viewer, image, strict=widget._scope.value != SCOPE_STACK)
+    current = current_plane_index(widget._viewer, image, strict=widget._scope.value != SCOPE_STACK,
+                                  free_axes=(int(z_axis),))  # (the whole volume, wherever its Z slider is)
     volumes = volume_indices(tuple(image.data.shape[:n_lead]), z_axis, current,
                              widget._scope.value == SCOPE_STACK, widget._channel_axis.value)
     threshold, min_size = widget._postprocessing_given()
