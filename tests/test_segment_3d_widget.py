@@ -8,7 +8,7 @@ import pytest
 import tifffile
 
 from napari_unet.widgets._corrections import CORRECTED_KEY, CorrectedSlices
-from napari_unet.widgets.segment import SCOPE_STACK, SegmentWidget, masks_layer_name
+from napari_unet.widgets.segment import SCOPE_SLICE, SCOPE_STACK, SegmentWidget, masks_layer_name
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +89,9 @@ def test_3d_without_voxel_size_says_isotropic_and_bad_inputs_are_notifications(w
     _run(w, qtbot, image)
     assert len([m for m in notifications if "isotropic" in m]) == 1  # said once, not once a volume
     assert viewer.layers[masks_layer_name("plain")].data.max() > 0
+    w._scope.value = SCOPE_SLICE
+    _run(w, qtbot, image)
+    assert len([m for m in notifications if "isotropic" in m]) == 1  # nor once a run (it was, 5 times an hour)
 
     flat = viewer.add_image(nuclei3d[:1], name="one plane")
     _run(w, qtbot, flat)
@@ -184,11 +187,24 @@ def test_a_3d_run_cancelled_before_writing_leaves_the_2d_masks_re_thresholdable(
     w.cancel()  # at once: no volume written
     qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
     assert np.array_equal(masks.data, two_d)
+    assert "no volume was finished: the masks are as they were" in w._status.value  # (not "finished slices kept")
     w._three_d.enabled.value = False
     w._threshold.value = 0.95
     # the 2D masks take the new threshold (they were said to be 3D objects, and kept as they were)
     qtbot.waitUntil(lambda: w._worker is None and not np.array_equal(masks.data, two_d), timeout=60_000)
     assert "not re-thresholded" not in w._status.value
+
+    # a time-lapse of volumes cancelled after the first: said in volumes
+    from napari_unet.widgets._segment3d import VolumeResult
+
+    lapse = viewer.add_image(np.stack([nuclei3d] * 3), name="t")  # (t, z, y, x)
+    w.reset_choices()
+    w._image_combo.value = lapse
+    w._three_d.enabled.value = True
+    w._run_button.clicked.emit()
+    w._worker.yielded.connect(lambda item: isinstance(item, VolumeResult) and w.cancel())
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+    assert "Cancelled" in w._status.value and "1 finished volume kept" in w._status.value
 
 
 def test_3d_with_the_field_of_view_says_it_runs_the_volume_and_clears_the_diameter_line(widget, qtbot, nuclei3d,

@@ -97,6 +97,12 @@ class VolumeNote:
 MAX_VOXEL_RATIO = 1000.0
 
 
+#: What the 3D path says when no voxel size is given.
+UNKNOWN_SPACING_NOTE = ("The voxel size is unknown: the planes were taken to be as far apart as the pixels "
+                        "(isotropic voxels). The planes of most z-stacks are 2-5x further apart: give the voxel "
+                        "size (z step, pixel height, pixel width), else the 3D objects may come out cut or merged.")
+
+
 def check_spacing(spacing: Sequence[float] | None) -> tuple[tuple[float, float, float], bool]:
     """``((dz, dy, dx), given)``: the voxel size as floats, isotropic (1, 1, 1) when None.
 
@@ -480,10 +486,7 @@ def iter_segment_volume(
 
         check_out_dtype(out, np.int32)
     if not given:
-        yield VolumeNote("The voxel size is unknown: isotropic voxels (dz = dy = dx) were assumed. The planes "
-                         "of most z-stacks are 2-5x further apart than their pixels: give the voxel size "
-                         "(z, y, x), else the 3D objects may come out cut or merged (planes 3x apart taken "
-                         "for isotropic: 3D AP@0.5 0.45 on synthetic nuclei, 0.51 with the voxel size given).")
+        yield VolumeNote(UNKNOWN_SPACING_NOTE)
     dz, _dy, dx = spacing_t
     anisotropy = dz / dx
     if mode == "stitch":

@@ -167,6 +167,9 @@ class SegmentWidget(Container):
         self._last_image: Any = None  # a weak reference to the image of the last run
         self._empty_planes: list[EmptyPlane] = []  # planes of this run where nothing was found
         self._notes_said: set[str] = set()  # the notes of this run already shown
+        self._volumes_written: int | None = None  # the volumes a 3D run wrote (None: a run of planes)
+        #: the images whose unknown voxel size was said (once an image: it was said at each run)
+        self._spacing_asked: weakref.WeakSet[Any] = weakref.WeakSet()
         self._rethresholding = False  # the job running applies a new threshold (no network run)
         self._after_cancel = ""  # the status of a cancelled run, kept while its re-threshold follows
         self.last_run_seconds: float | None = None
@@ -612,12 +615,14 @@ class SegmentWidget(Container):
                 ready_for_writing(masks)
                 generator, message = plan_3d_run(self, image, diameter)
                 if generator is not None:
+                    self._volumes_written = 0
                     self._remember_run(image, masks)
                     self._start(generator, message, overwrite=overwrite, masks=masks, automatic=keep_corrected)
                 else:
                     self._drop_new_masks()
                 return
             planes = self._planes_for_scope(image, scope)
+            self._volumes_written = None
             _check_masks_fit(image, len(planes), plane_shape, masks.data.dtype)
             yx_view = shows_yx_planes(self._viewer, image)
             in_3d = self._viewer.dims.ndisplay == 3
@@ -887,8 +892,16 @@ class SegmentWidget(Container):
             self._empty_planes.append(item)
         elif isinstance(item, VolumeResult) and not self._abandoned:
             write_volume_result(self, item)
+            self._volumes_written = (self._volumes_written or 0) + 1
         elif hasattr(item, "message") and item.message not in self._notes_said:
             self._notes_said.add(item.message)  # a note of the 3D path (an assumed voxel size, ...), once a run
+            from napari_unet.core.volume import UNKNOWN_SPACING_NOTE
+
+            image = unwrap_proxy(self._run_layers[0]) if self._run_layers else None
+            if item.message == UNKNOWN_SPACING_NOTE and image is not None:  # once an image: the field is there
+                if image in self._spacing_asked:
+                    return
+                self._spacing_asked.add(image)
             notify_info(item.message)
 
     def _say_clipped(self, result: PlaneResult) -> None:
@@ -1037,7 +1050,10 @@ class SegmentWidget(Container):
         elif self._cancelled or stopped:
             # (napari asks the tasks filed under a window to stop as it closes: with two windows, one filed
             # under the other, whichever was current when it started; it had said "Done")
-            kept = "nothing was segmented yet" if self._new_masks_unused() else "finished slices kept"
+            done = self._volumes_written  # (a 3D run's: volumes, not slices)
+            kept = ("nothing was segmented yet" if self._new_masks_unused() else "finished slices kept" if done is None
+                    else "no volume was finished: the masks are as they were" if done == 0
+                    else f"{done} finished volume{'s' if done > 1 else ''} kept")
             how = "Cancelled" if self._cancelled else "Stopped (napari asked its tasks to stop as a window closed)"
             self._status.value = self._after_cancel = f"{how} after {format_seconds(took)}; {kept}."
         elif self._rethresholding and self._after_cancel and not self._failed:  # the one that followed the cancel
