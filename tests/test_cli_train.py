@@ -377,6 +377,22 @@ def test_a_built_in_models_name_cannot_be_taken_by_a_path_or_in_capitals(tmp_pat
     assert not (user_models_dir() / "cells.pt").exists() and not (builtin_models_dir() / "mine.pt").exists()
 
 
+def test_masks_of_3d_objects_train_as_sections(tmp_path, dsb_fluo_crop, tiny_model_path, capsys):
+    """Masks of 3D objects saved from napari (the list beside them says so): their planes cut the objects
+    above and below their widest, and the model keeps its base's start for the automatic diameter."""
+    from napari_unet.io import write_labels
+
+    image, labels = dsb_fluo_crop
+    img = tmp_path / "stack.tif"
+    tifffile.imwrite(img, np.stack([image, image]))
+    write_labels(tmp_path / "stack_masks.tif", np.stack([labels, labels]), corrected=[(0,), (1,)], objects_3d=True)
+    rc = main(["train", "--images", str(img), "--labels", str(tmp_path / "stack_masks.tif"), "--out",
+               str(tmp_path / "cut.pt"), "--from", str(tiny_model_path), "--steps", "2", "--patch-size", "32",
+               "--batch-size", "2", "--device", "cpu", "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    assert read_model_file(tmp_path / "cut.pt").metadata["training"]["sections"] is True
+
+
 def test_masks_of_an_ome_tiff_with_z_before_t_pair_plane_by_plane(tmp_path):
     """An OME-TIFF of axes ZTYX (time varying fastest) and its masks as Save masks and predict write
     them (ImageJ's order, TZYX): each image plane is paired with its own labels, not another's."""

@@ -1386,6 +1386,10 @@ def test_the_weights_kept_by_the_loss_say_on_how_few_cells():
                                            "out of the slices you corrected: check the new model on a slice")
     by_loss["training"]["val_split"] = "planes"  # too few for the gate (core.validation) to tell
     assert "too few to tell whether they beat the model it started from" in _kept_weights(by_loss)
+    # slices of 3D objects: validated on planes, its 3D objects unchecked (they came out worse)
+    by_ap["training"]["sections"] = True
+    assert _kept_weights(by_ap).endswith("It was validated plane by plane: check its 3D objects on a volume you did "
+                                         "not correct before relying on it.")
     # the gate kept the start: say why, and what to do
     gated = {"base_model": "cells", "training": {"selected_step": 0, "selected": "best", "selection_metric": "ap50",
                                                  "n_val_objects": 30, "val_split": "band", "gate_kept_start": True}}

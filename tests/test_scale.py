@@ -607,6 +607,11 @@ def test_a_fine_tuned_model_records_the_size_of_its_data(dsb_fluo_crop):
     tuned = run_to_end(finetune(base, [image], [labels], steps=2, patch_size=64, batch_size=2, select="latest"))
     assert tuned.data_diameter == pytest.approx(median_diameter(labels), rel=0.1)
     assert tuned.diameter == base.diameter  # the model's own scale is its base's
+    # planes through 3D objects (a z-stack's masks): their cross-sections measure smaller than the objects
+    # (10.3 px against 13.4 on the synthetic nuclei: 3D AP 0.61 -> 0.67 with the base's start kept)
+    cut = run_to_end(finetune(base, [image], [labels], steps=2, patch_size=64, batch_size=2, select="latest",
+                              sections=True))
+    assert cut.data_diameter == base.data_diameter and cut.metadata["training"]["sections"] is True
 
     net = UNet(in_channels=1, n_classes=3, base_width=4, depth=3, padding="same", norm="batch")
     fresh = SegmentationModel(net, "bg-interior-boundary", metadata={"name": "fresh", "data_diameter": 40.0})

@@ -142,6 +142,15 @@ def read_examples(image_paths: list[str], label_paths: list[str], channel: int |
     return images, labels, colours
 
 
+def _sections_of_3d_objects(image_paths: list[str], label_paths: list[str]) -> bool:
+    """Whether every labels file holds 3D objects (masks saved from napari after a 3D run, as the list
+    beside them says): their planes are cross-sections (``sections`` of core's ``finetune``)."""
+    from napari_unet.io._corrected import stored_layout
+
+    pairs = list(_pair_files(image_paths, label_paths))
+    return bool(pairs) and all(stored_layout(lab).objects_3d for _img, lab in pairs)
+
+
 def _out_path(text: str, overwrite: bool) -> Path:
     """Where ``--out`` saves: a model name goes to the user model folder, a path gets ``.pt``."""
     from napari_unet.core.catalog import MODEL_SUFFIX, user_model_path
@@ -304,7 +313,7 @@ def run(args: argparse.Namespace) -> int:
         base, images, labels, steps=steps, time_budget=args.time_budget, lr=args.lr,
         patch_size=args.patch_size, batch_size=args.batch_size, augment=not args.no_augment,
         val_fraction=args.val_fraction, device=args.device, seed=args.seed, labelled=args.labelled, stop=stop,
-        colours=colours,
+        colours=colours, sections=_sections_of_3d_objects(args.images, args.labels),
     )
     bar = TrainingBar(steps, args.time_budget, enabled=not args.no_progress)
     failed = None

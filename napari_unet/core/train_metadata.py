@@ -34,6 +34,7 @@ class Recipe:
     w0: float
     sigma: float
     labelled: str = "all"  # "auto", "all" or "some": see napari_unet.core.partial
+    sections: bool = False  # the labels were planes through 3D objects (see napari_unet.core.train.finetune)
 
 
 @dataclass
@@ -114,7 +115,8 @@ def trained_metadata(
             meta["colour"] = split.colour
     if from_scratch:
         meta.pop("data_diameter", None)
-    elif not unchanged:  # where the automatic diameter starts on this user's other images
+    elif not unchanged and not recipe.sections:  # where the automatic diameter starts on this user's other images
+        # (sections of 3D objects measure smaller than the objects: the base's start is kept)
         data = data_diameter(split.examples)
         if data is not None:
             meta["data_diameter"] = round(data, 2)

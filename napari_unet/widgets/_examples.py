@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from napari_unet._shapes import is_rgb
-from napari_unet.io._corrected import colours_by_slice
+from napari_unet.io._corrected import OBJECTS_3D_KEY, colours_by_slice
 
 from ._base import full_resolution
 from ._corrections import format_plane
@@ -36,6 +36,9 @@ class Example:
     #: what of an RGB image is learnt from: the colour its masks were segmented by (Segment's Colour,
     #: :data:`COLOUR_KEY`), as ``colour`` of core's ``iter_planes``
     colour: Any = "auto"
+    #: the labels are a plane through 3D objects (masks of 3D objects: :data:`OBJECTS_3D_KEY`), whose
+    #: cross-sections measure smaller than the objects (``sections`` of core's ``finetune``)
+    sections: bool = False
 
 
 def colour_metadata(labels: Any, image: Any) -> dict | None:
@@ -128,6 +131,7 @@ class ExampleToRead:
     plane: tuple[int, ...]
     source: str
     colour: Any = "auto"  # (see Example.colour)
+    sections: bool = False  # (see Example.sections)
 
     @property
     def in_memory(self) -> bool:
@@ -139,7 +143,7 @@ class ExampleToRead:
 
     def read(self) -> Example:
         labels = as_label_plane(_plane_of(self.labels_data, self.plane, copy=False), self.source)  # (one copy)
-        return Example(_plane_of(self.image_data, self.plane), labels, self.source, self.colour)
+        return Example(_plane_of(self.image_data, self.plane), labels, self.source, self.colour, self.sections)
 
 
 @dataclass
@@ -287,8 +291,9 @@ def examples_from_layers(image: Any, labels: Any, planes: list[tuple[int, ...]] 
     if planes is None:
         planes = [tuple(int(i) for i in idx) for idx in np.ndindex(*labels.data.shape[:n_lead])]
     colours = colours_by_slice(colour_metadata(labels, image))
+    sections = isinstance(labels.metadata, dict) and bool(labels.metadata.get(OBJECTS_3D_KEY))
     to_read = [ExampleToRead(full_resolution(image), full_resolution(labels), plane, _source(labels.name, plane),
-                             colours.get(tuple(plane), "auto")) for plane in planes]
+                             colours.get(tuple(plane), "auto"), sections) for plane in planes]
     return [item.read() for item in to_read] if read else to_read
 
 

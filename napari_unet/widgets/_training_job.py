@@ -69,6 +69,7 @@ def train_and_save(
         [ex.labels for ex in examples],
         stop=stop,
         colours=[ex.colour for ex in examples],
+        sections=bool(examples) and all(ex.sections for ex in examples),  # (every one through 3D objects)
         **settings,
     )
     steps = 0
