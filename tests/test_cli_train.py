@@ -320,8 +320,15 @@ def test_ctrl_c_during_training_saves_the_best_model_so_far(tmp_path, dsb_fluo_c
                "--steps", "500", "--patch-size", "32", "--batch-size", "2", "--device", "cpu", "--no-progress"])
     captured = capsys.readouterr()
     assert rc == 0 and sent, captured.err
-    assert "the best model so far is saved" in captured.err
-    assert 3 <= read_model_file(out).metadata["steps"] < 500
+    saved = read_model_file(out).metadata
+    assert 3 <= saved["steps"] < 500
+    if signum == "SIGINT":  # (no trained weights validated yet: validated once, then the best kept)
+        assert "the best model so far is saved" in captured.err
+        assert not saved["training"].get("unvalidated")
+    else:  # a scheduler's SIGTERM, whose kill follows in seconds: that validation took 16-44 s on a large set,
+        # and the job was killed before it saved; the latest weights are saved as they are, said unvalidated
+        assert "the latest weights are saved, not validated" in captured.err
+        assert saved["training"]["unvalidated"] and saved["training"]["selected_step"] == saved["steps"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are put back
 
 

@@ -232,6 +232,8 @@ def _stopped_by_signals(stop: threading.Event) -> Iterator[None]:
     def handler(signum: int, _frame: Any) -> None:
         if stop.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        if signum == signal.SIGTERM:  # a scheduler's: its kill follows in seconds, no validation first
+            stop.urgent = True  # type: ignore[attr-defined]  (see core.train.StopFlag)
         stop.set()
         print(f"\nnapari-unet: stopping after this step ({signal.Signals(signum).name}); the best model so far "
               "will be saved (Ctrl+C again quits without saving)", file=sys.stderr)
@@ -329,7 +331,10 @@ def run(args: argparse.Namespace) -> int:
         print("napari-unet: interrupted before the first training step: nothing was learnt, no model saved",
               file=sys.stderr)
         return 130
-    if stop.is_set():
+    if stop.is_set() and (result.metadata.get("training") or {}).get("unvalidated"):
+        print("napari-unet: training stopped (SIGTERM) before any validation of the trained weights: the latest "
+              "weights are saved, not validated", file=sys.stderr)
+    elif stop.is_set():
         print("napari-unet: training stopped: the best model so far is saved", file=sys.stderr)
     if not result.metadata.get("steps"):  # an unchanged copy of the base must not be saved as trained
         raise CLIError("the time budget ended before the first training step: nothing was learnt and no model "

@@ -84,6 +84,7 @@ from .validation import (
     MIN_VAL_OBJECTS_FOR_AP,
     BestWeights,
     BlockLayout,
+    Scores,
     SelectionRule,
     Validator,
     count_held_out_objects,
@@ -112,6 +113,12 @@ __all__ = [
 
 
 class StopFlag(Protocol):
+    """What ``stop`` of :func:`finetune` is: a ``threading.Event`` or the like. Set with an attribute
+    ``urgent`` that is True (a scheduler's SIGTERM, whose kill follows in seconds), the run ends without
+    validating again: the best weights validated, or, when no trained weights were validated yet, the
+    latest ones, said to be unvalidated (validating them took 16-44 s on a large set: the job was
+    killed before it saved)."""
+
     def is_set(self) -> bool: ...
 
 
@@ -148,7 +155,7 @@ class Trainer:
 
     def run(
         self, stopped: Callable[[], bool] = lambda: False, validate_start: bool = True,
-        start: RunSummary | None = None, user_stop: bool = False,
+        start: RunSummary | None = None, user_stop: bool = False, urgent: Callable[[], bool] = lambda: False,
     ) -> Generator[TrainStep | Validation, None, RunSummary]:
         """Train until the budget is spent or ``stopped()``, yielding a :class:`TrainStep` per step
         and a :class:`Validation` per validation (at step 0 if ``validate_start``, as the cadence
@@ -156,7 +163,8 @@ class Trainer:
 
         ``user_stop``: ``stopped`` is a person's Stop (not a leg's time): a Stop pressed during the
         last step also skips the final validation, and a Stop before any trained weights were
-        validated validates them once (else the starting weights were kept, "no step did better").
+        validated validates them once (else the starting weights were kept, "no step did better"),
+        unless ``urgent()``: they are then kept unvalidated (``RunSummary.unvalidated``).
 
         ``start``: the summary of the run so far when it goes on from a checkpoint (see
         :mod:`napari_unet.core.resume`): steps, losses and time carry on from it, and the
@@ -197,7 +205,10 @@ class Trainer:
             stop_pressed = run.stopped_early or (user_stop and stopped())
             if self.validator is not None and final_unseen and (
                     not stop_pressed or (user_stop and last_val_step <= 0)):
-                yield self.validator(self.net, run.steps)
+                if stop_pressed and urgent():  # (a scheduler's kill follows: the weights as they are)
+                    run.unvalidated = True
+                else:
+                    yield self.validator(self.net, run.steps)
         finally:
             self.sampler.close()
             run.training_time = time.perf_counter() - t0
@@ -366,7 +377,8 @@ def finetune(
         log.warning("Fine-tuning: %s", note)
         yield TrainNote(note)
     try:
-        run = yield from prepared.trainer.run(_stop_check(stop), validate_start, user_stop=True)
+        run = yield from prepared.trainer.run(_stop_check(stop), validate_start, user_stop=True,
+                                              urgent=lambda: bool(getattr(stop, "urgent", False)))
     except Exception as exc:
         error = _out_of_memory(exc, prepared.recipe, prepared.device) or exc
         if error is not exc:
@@ -462,7 +474,8 @@ class PreparedRun:
     def result(self, run: RunSummary) -> SegmentationModel:
         """The trained model: the kept weights (see :class:`BestWeights`), eval mode, with its metadata."""
         net = self.trainer.net
-        chosen = self.tracker.keep(net, run.steps)
+        # (stopped in a hurry before any trained weights were validated: the latest, not the start's again)
+        chosen = Scores(run.steps) if run.unvalidated else self.tracker.keep(net, run.steps)
         net.eval()
         if not _finite_network(net):
             # the last update (whose loss no later step saw) diverged, and nothing validated kept earlier

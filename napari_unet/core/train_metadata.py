@@ -45,6 +45,9 @@ class RunSummary:
     stopped_early: bool = False
     losses: list[float] = field(default_factory=list)
     training_time: float = 0.0
+    #: stopped in a hurry (``urgent``: a scheduler's SIGTERM) before any trained weights were validated:
+    #: the latest weights are kept unvalidated
+    unvalidated: bool = False
 
     @property
     def final_train_loss(self) -> float | None:
@@ -141,6 +144,10 @@ def trained_metadata(
         "final_train_loss": run.final_train_loss,
         "history": tracker.history,
     }
+    if run.unvalidated:  # (see RunSummary.unvalidated)
+        meta["training"].update(selected="latest", gate_kept_start=False, unvalidated=True, selection_note=(
+            "stopped in a hurry (a scheduler's SIGTERM) before any trained weights were validated: the latest "
+            "weights, not validated"))
     return meta
 
 
