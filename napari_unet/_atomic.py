@@ -26,6 +26,30 @@ from typing import IO, Any
 _NAME_KEPT = 100
 
 
+def file_identity(path: str | os.PathLike) -> tuple[int, ...] | None:
+    """The identity of the file (or folder) at ``path`` now (None: nothing there): what a user agrees
+    to replace, told from one written there later by something else."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class ChangedMeanwhile(FileExistsError):
+    """A file a run was to replace was written by something else while it ran (see :func:`check_unchanged`)."""
+
+
+def check_unchanged(before: dict[str, tuple[int, ...] | None] | None) -> None:
+    """Raise :class:`ChangedMeanwhile` when a file of ``before`` ({path: its :func:`file_identity` when a
+    run decided to write it}) is not as it was: masks corrected and saved there while a batch ran,
+    which the batch's output would have replaced."""
+    for path, identity in (before or {}).items():
+        if file_identity(path) != identity:
+            raise ChangedMeanwhile(f"{Path(path).name} was written by something else while this ran: it is kept, "
+                                   "and these masks were not written (run again to replace it)")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -154,12 +178,14 @@ def temporary_folder_beside(path: str | os.PathLike) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_folder(path: str | os.PathLike, unchanged: dict[str, Any] | None = None) -> Iterator[Path]:
     """A new folder beside ``path`` to write a folder (an OME-Zarr) into: it takes ``path``'s place
-    when the block ends (:func:`replace_folder`), and is removed when the block raises."""
+    when the block ends (:func:`replace_folder`), and is removed when the block raises or when a file
+    of ``unchanged`` changed meanwhile (:func:`check_unchanged`)."""
     tmp = temporary_folder_beside(path)
     try:
         yield tmp
+        check_unchanged(unchanged)
         replace_folder(tmp, path)  # (the old folder or the new one, whatever interrupts it)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -211,6 +211,7 @@ def segment_to_ome_zarr(
     engine: str | None = None,
     objects_3d: dict[str, Any] | None = None,
     colour: int | str = "auto",
+    unchanged: dict[str, Any] | None = None,
 ) -> Path:
     """Segment a stack plane by plane with dask and write the labels to an OME-Zarr.
 
@@ -259,6 +260,10 @@ def segment_to_ome_zarr(
         ``orthogonal``; ``{}`` for the defaults). ``axes`` (or the guess) must hold Z; each
         (Z, Y, X) volume is segmented in this process, in blocks, and written to the OME-Zarr
         block by block (memory stays bounded); ``scheduler`` is refused.
+    unchanged : dict, optional
+        {path: :func:`~napari_unet._atomic.file_identity`} of what was at ``out_path`` when the caller
+        decided to write it: when it changed since (masks corrected there while this ran), nothing is
+        put in its place (:class:`~napari_unet._atomic.ChangedMeanwhile`).
 
     Returns
     -------
@@ -277,7 +282,7 @@ def segment_to_ome_zarr(
     if objects_3d is not None:
         return _volumes_to_ome_zarr(model, image, out_path, layout, axes, (scale, translate), objects_3d, scheduler,
                                     dict(threshold=threshold, min_size=min_size, diameter=diameter,
-                                         tile_size=tile_size, device=device, engine=engine), show_progress)
+                                         tile_size=tile_size, device=device, engine=engine), show_progress, unchanged)
     if not isinstance(image, da.Array):
         image = da.from_array(image, chunks=(1,) * n_lead + tuple(image.shape[n_lead:]), asarray=True)
     else:
@@ -304,7 +309,7 @@ def segment_to_ome_zarr(
         raise ValueError(f"axes {axes!r} has {len(axes)} letters but the labels have {labels.ndim} axes.")
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_folder(out_path) as tmp:
+    with atomic_folder(out_path, unchanged) as tmp:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=2)
         chunk_plane = tuple(min(s, 2048) for s in layout.plane_shape)
         target = group.create_array(
@@ -318,7 +323,7 @@ def segment_to_ome_zarr(
 
 def _volumes_to_ome_zarr(model: SegmentationModel, image: Any, out_path: Path, layout: Any, axes: str | None,
                          calibration: tuple[Any, Any], objects_3d: dict[str, Any], scheduler: Any,
-                         options: dict[str, Any], show_progress: bool) -> Path:
+                         options: dict[str, Any], show_progress: bool, unchanged: dict[str, Any] | None = None) -> Path:
     """3D objects of every (Z, Y, X) volume of ``image``, written block by block to an OME-Zarr
     (``calibration``: its scale and translate, as :func:`segment_to_ome_zarr` takes them)."""
     import zarr
@@ -337,7 +342,7 @@ def _volumes_to_ome_zarr(model: SegmentationModel, image: Any, out_path: Path, l
         raise ValueError(f"3D objects need a Z axis, but the axes are {axes!r}.")
     shape = tuple(int(s) for s in image.shape)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_folder(out_path) as tmp:
+    with atomic_folder(out_path, unchanged) as tmp:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=2)
         chunks = tuple(1 if a not in "ZYX" else (min(s, 64) if a == "Z" else min(s, 512)) for a, s in zip(axes, shape))
         target = group.create_array("0", shape=shape, chunks=chunks, dtype=np.int32, fill_value=0)

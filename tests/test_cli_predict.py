@@ -719,3 +719,57 @@ def test_a_closed_output_pipe_does_not_stop_the_batch(tmp_path, tiny_model_path)
                f"{tiny_model_path} --diameter 10 --no-progress | head -c1")
     subprocess.run(["bash", "-c", command], capture_output=True, timeout=300, check=False)
     assert sorted(p.name for p in (tmp_path / "out").glob("*_masks.tif")) == [f"{n}_masks.tif" for n in "abcd"]
+
+
+@pytest.mark.parametrize("dask", [False, True])
+def test_masks_corrected_and_saved_while_the_batch_runs_are_kept(tmp_path, images, tiny_model_path, capsys,
+                                                                  monkeypatch, dask):
+    """Masks corrected in napari and saved over a batch's target while it segmented that image: the
+    batch's output replaced them when it finished (1 corrected object -> 59, the list emptied, exit 0).
+    What was there when the batch decided to write is compared again before the output is put in place."""
+    from napari_unet import batch
+    from napari_unet.cli import predict as cli_predict
+    from napari_unet.io import write_labels
+
+    folder = images
+    out = tmp_path / "masks"
+    target = out / ("a_masks.ome.zarr" if dask else "a_masks.tif")
+    corrected = np.zeros((32, 48), np.int32)
+    corrected[4:10, 4:10] = 1
+
+    def save_meanwhile() -> None:  # (the user's Save masks, in another program, during the run)
+        if dask:
+            import shutil
+
+            target.mkdir(parents=True)
+            (target / ".zattrs").write_text("{}")
+            shutil.copy(tiny_model_path, target / "theirs")
+        else:
+            write_labels(target, corrected, corrected=[()])
+
+    if dask:
+        run = batch._compute
+
+        def computing(*args, **kwargs):
+            save_meanwhile()
+            return run(*args, **kwargs)
+
+        monkeypatch.setattr(batch, "_compute", computing)
+    else:
+        run = cli_predict._segment_with_bar
+
+        def segmenting(*args, **kwargs):
+            save_meanwhile()
+            return run(*args, **kwargs)
+
+        monkeypatch.setattr(cli_predict, "_segment_with_bar", segmenting)
+    rc = main(["predict", str(folder / "a.tif"), "--out", str(out), "--model", str(tiny_model_path), "--no-progress",
+               *(["--dask"] if dask else [])])
+    err = capsys.readouterr().err
+    assert rc != 0 and "was written by something else while this ran: it is kept" in err
+    if dask:
+        assert (target / "theirs").read_bytes() == tiny_model_path.read_bytes()
+    else:
+        assert np.array_equal(tifffile.imread(target), corrected)
+        assert '"planes": [\n  []\n ]' in (out / "a_masks.tif.corrected.json").read_text()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # (no temporary file left)

@@ -175,13 +175,14 @@ def _read(path: Path, axes: str | None = None) -> tuple[Any, Any]:
 
 
 def _write_tif(path: Path, labels: Any, axes: str, scale: dict[str, float],
-               translate: dict[str, float] | None = None, objects_3d: bool = False) -> None:
+               translate: dict[str, float] | None = None, objects_3d: bool = False,
+               unchanged: dict[str, Any] | None = None) -> None:
     from napari_unet.io import write_labels
 
     # where the image lies (an OME-Zarr crop's translation): in pixels, kept beside the TIFF for the reader
     offset = [(translate or {}).get(a, 0.0) / scale.get(a, 1.0) for a in axes]
     write_labels(path, labels, scale=[scale.get(a) for a in axes], axes=axes,  # None: not calibrated
-                 offset=offset if any(offset) else None, objects_3d=objects_3d)
+                 offset=offset if any(offset) else None, objects_3d=objects_3d, unchanged=unchanged)
 
 
 #: ``--channel`` words for RGB images, and the ``colour`` of the core each one asks for.
@@ -427,8 +428,9 @@ def _predict_all(models: Any, inputs: list[Path], targets: list[Path], args: arg
                 print(f"napari-unet: {path}: skipped, {target} holds {corrected} (--overwrite-corrected "
                       "replaces it)", file=sys.stderr)
                 continue
+            found = _as_found(target)  # (compared again before the masks are put in place)
             with _messages_about(path):
-                _segment_one(models, path, target, args, use_dask)
+                _segment_one(models, path, target, args, use_dask, found)
         except Exception as exc:  # noqa: BLE001 - one input's failure is a line, and the batch goes on
             if isinstance(exc, RunInterrupted):  # (Ctrl+C or SIGTERM: terminate_as_interrupt)
                 raise KeyboardInterrupt from None
@@ -441,6 +443,19 @@ def _predict_all(models: Any, inputs: list[Path], targets: list[Path], args: arg
             continue
         # (a reader of the list that stops, `| head`: the batch goes on, unlisted; see cli.main)
         print(f"{path} -> {target}", flush=True)
+
+
+def _as_found(target: Path) -> dict[str, Any]:
+    """What is at ``target`` now ({path: file identity}: the masks file or folder, the list beside it,
+    an OME-Zarr's metadata files): masks corrected and saved there while the batch runs are then kept,
+    not replaced by its output (they were: 1 corrected object -> 59, the list emptied, exit 0)."""
+    from napari_unet._atomic import file_identity
+    from napari_unet.io._corrected import sidecar_path
+
+    paths = [target, sidecar_path(target)]
+    if target.is_dir():
+        paths += [target / name for name in (".zattrs", ".zgroup", "zarr.json")]
+    return {str(p): file_identity(p) for p in paths}
 
 
 def _slices_corrected_in(target: Path) -> str:
@@ -527,7 +542,8 @@ def _options_3d(args: argparse.Namespace, axes: str, scale: dict[str, float], rg
     return {"spacing": spacing, "mode": args.mode_3d, "orthogonal": orthogonal}
 
 
-def _segment_one(models: _ModelChoice, path: Path, target: Path, args: argparse.Namespace, use_dask: bool) -> None:
+def _segment_one(models: _ModelChoice, path: Path, target: Path, args: argparse.Namespace, use_dask: bool,
+                 found: dict[str, Any] | None = None) -> None:
     """Segment one input into ``target``."""
     name = path.name
     data, info = _read(path, getattr(args, "axes", None))
@@ -550,7 +566,7 @@ def _segment_one(models: _ModelChoice, path: Path, target: Path, args: argparse.
             scheduler=args.scheduler, tile_size=args.tile, axes=label_axes,
             scale=[scale.get(a) for a in label_axes], translate=info.translate_for(label_axes), overwrite=args.overwrite,
             show_progress=_show_progress(args), engine=args.engine, objects_3d=options_3d,
-            device=None if args.device == "auto" else args.device, colour=_colour_arg(args),
+            device=None if args.device == "auto" else args.device, colour=_colour_arg(args), unchanged=found,
         )
     else:
         with _labels_buffer(data, rgb, target) as out:
@@ -558,7 +574,8 @@ def _segment_one(models: _ModelChoice, path: Path, target: Path, args: argparse.
             if args.min_size and not labels.any():  # what the size search's "no object found" does not say
                 print(f"napari-unet: {name}: no object is left with --min-size {args.min_size} (objects of fewer "
                       "pixels are removed): try a smaller one, or leave it out for the model's own", file=sys.stderr)
-            _write_tif(target, labels, label_axes, scale, info.translate, objects_3d=options_3d is not None)
+            _write_tif(target, labels, label_axes, scale, info.translate, objects_3d=options_3d is not None,
+                       unchanged=found)
 
 
 def _colour_arg(args: argparse.Namespace) -> str:

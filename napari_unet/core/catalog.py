@@ -22,7 +22,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from napari_unet._atomic import atomic_write, check_folder_writable
+from napari_unet._atomic import atomic_write, check_folder_writable, file_identity  # noqa: F401  (file_identity: the catalog's too)
 
 from .checkpoint import ModelFileError, SegmentationModel, read_model_file, save_model
 
@@ -198,16 +198,6 @@ def _model_file_named(path: Path) -> Path | None:
                      and p.suffix.lower() == MODEL_SUFFIX and not p.name.startswith(".")), None)
     except OSError:
         return None
-
-
-def file_identity(path: str | os.PathLike) -> tuple[int, ...] | None:
-    """The identity of the file at ``path`` now (None: no file): what a user agrees to replace, told
-    from a model saved there later by something else."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def free_model_path(path: str | os.PathLike) -> Path:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_unet._atomic import atomic_write_all
+from napari_unet._atomic import atomic_write_all, check_unchanged
 from napari_unet._errors import one_line
 
 from ._axes import AxesError, check_axes, guess_axes
@@ -89,6 +89,7 @@ def write_labels(
     objects_3d: bool = False,
     colours: Any = None,
     model: Any = None,
+    unchanged: dict[str, Any] | None = None,
 ) -> Path:
     """Write a label image to a compressed TIFF, atomically (with its corrected-slices list).
 
@@ -136,6 +137,11 @@ def write_labels(
         A layer's metadata recording the model that segmented into it last (see
         :data:`~napari_unet.io._corrected.MODEL_KEY`): said in the list beside the file, so that
         Segment proposes that model when the masks are reopened.
+    unchanged : dict, optional
+        {path: :func:`~napari_unet._atomic.file_identity`} of the files as they were when the caller
+        decided to write (the labels file and its list, before a batch segmented the image): when one
+        changed since (masks corrected and saved there meanwhile), nothing is written
+        (:class:`~napari_unet._atomic.ChangedMeanwhile`).
 
     Returns
     -------
@@ -251,6 +257,7 @@ def write_labels(
             with files.open(sidecar_path(path), "w") as fh:
                 fh.write(corrected_list_text(path, corrected, layer_axes, offset, kept, transform or None, objects_3d,
                                              colours, model))
+        check_unchanged(unchanged)  # (last: the files are put in place right after)
     log.info("wrote labels %s %s to %s", data.shape, dtype, path)
     return path
 
