@@ -773,3 +773,23 @@ def test_masks_corrected_and_saved_while_the_batch_runs_are_kept(tmp_path, image
         assert np.array_equal(tifffile.imread(target), corrected)
         assert '"planes": [\n  []\n ]' in (out / "a_masks.tif.corrected.json").read_text()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # (no temporary file left)
+
+
+def test_a_file_name_that_is_no_utf8_is_printed_and_the_batch_goes_on(tmp_path, dsb_fluo_crop, tiny_model_path,
+                                                                       capsys):
+    """A Latin-1 name ("café" from an old share) printed in a UTF-8 locale raised UnicodeEncodeError:
+    'napari-unet: error: 'utf-8' codec can't encode…', exit 2, the rest of the batch never run."""
+    import os
+
+    image, _ = dsb_fluo_crop
+    folder = tmp_path / "in"
+    folder.mkdir()
+    odd = folder / os.fsdecode(b"a_caf\xe9.tif")
+    tifffile.imwrite(odd, image[:64, :64])
+    tifffile.imwrite(folder / "b.tif", image[:64, :64])
+    rc = main(["predict", str(folder), "--out", str(tmp_path / "out"), "--model", str(tiny_model_path),
+               "--no-progress"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert sorted(os.listdir(os.fsencode(tmp_path / "out"))) == [b"a_caf\xe9_masks.tif", b"b_masks.tif"]
+    assert "b_masks.tif" in captured.out and "a_caf\\udce9_masks.tif" in captured.out

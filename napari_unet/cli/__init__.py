@@ -124,6 +124,28 @@ class _StopTolerantStream:
 
 
 @contextlib.contextmanager
+def _names_printable() -> Iterator[None]:
+    """File names that are no UTF-8 (a Latin-1 "café.tif" from an old share or a microscope's PC, which
+    Python holds with surrogates) printed with their odd bytes escaped ("a_caf\\udce9.tif"): in a UTF-8
+    locale printing one raised, and the batch ended at that file ("'utf-8' codec can't encode…")."""
+    changed = []
+    for stream in (sys.stdout, sys.stderr):
+        errors = getattr(stream, "errors", None)
+        if errors == "strict" and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="backslashreplace")  # (text any reader decodes, as stderr's)
+            except (ValueError, OSError):  # (a stream that cannot change: left as it is)
+                continue
+            changed.append((stream, errors))
+    try:
+        yield
+    finally:
+        for stream, errors in changed:
+            with contextlib.suppress(ValueError, OSError):
+                stream.reconfigure(errors=errors)
+
+
+@contextlib.contextmanager
 def _stdout_reader_may_stop() -> Iterator[None]:
     before = sys.stdout
     if before is None:
@@ -169,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             from napari_unet.core.device import keep_freed_memory
 
             keep_freed_memory()
-        with _stdout_reader_may_stop():
+        with _stdout_reader_may_stop(), _names_printable():
             return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("napari-unet: interrupted", file=sys.stderr)
