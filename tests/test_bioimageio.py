@@ -329,6 +329,29 @@ def test_unusable_packages_get_a_one_line_reason(example_package, tmp_path, chan
     assert "\n" not in str(info.value)
 
 
+def test_a_package_whose_weights_cannot_run_is_refused_once_before_any_input(example_package, tmp_path,
+                                                                           dsb_fluo_crop, capsys):
+    """Weights load at the first tile: ONNX weights missing (its TorchScript left untrusted) failed once
+    per input, each read first, with the same long line (25 of 30 inputs), and blank images still got
+    masks that a later run skipped."""
+    import tifffile
+
+    from napari_unet.cli import main
+
+    def no_onnx(_data, folder):
+        (folder / "weights.onnx").unlink()
+
+    folder = _variant(example_package, tmp_path, no_onnx)
+    images = tmp_path / "in"
+    images.mkdir()
+    for name in ("a", "b", "c"):
+        tifffile.imwrite(images / f"{name}.tif", dsb_fluo_crop[0][:64, :64])
+    rc = main(["predict", str(images), "--out", str(tmp_path / "out"), "--model", str(folder), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and len(err.splitlines()) == 1 and "napari-unet: error:" in err, err
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
 def test_not_a_package_is_a_one_line_reason(tmp_path):
     from napari_unet.core import load_model
 

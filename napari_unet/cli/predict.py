@@ -350,6 +350,13 @@ def run(args: argparse.Namespace) -> int:
     engine = resolve_engine(args.engine, candidates[0].device)
     packaged = getattr(candidates[0].net, "packaged_engine", None)  # (a BioImage.IO package runs its own weights)
     engine = packaged(engine) if packaged is not None else engine
+    if packaged is not None:  # (its weights loaded now: weights that cannot run failed once per input, 25 of 30)
+        from napari_unet.core.checkpoint import ModelFileError
+
+        try:
+            candidates[0].net.load_weights(engine.name)
+        except ModelFileError as exc:
+            raise CLIError(f"{args.model}: {one_line(exc)}") from None
     log.info("model %s on %s, engine %s", "/".join(m.name for m in candidates), candidates[0].device,
              engine.describe())
     if engine.reason:

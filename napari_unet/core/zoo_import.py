@@ -658,6 +658,12 @@ class PackagedNetwork(nn.Module):
         return self.min_size + int(math.ceil((size - self.min_size) / self.size_step)) * self.size_step
 
     # ------------------------------------------------------------------ engines
+    def load_weights(self, engine: str) -> None:
+        """Load the weights ``engine`` runs now (they load at the first tile otherwise): a package whose
+        weights cannot run says so once, before a batch reads any image (``ModelFileError``), not once
+        an input."""
+        self._backend(engine)
+
     def packaged_engine(self, choice: Any) -> Any:
         """The engine that runs this package, given what was asked (an ``EngineChoice``)."""
         if choice.name == "onnx" and "onnx" in self.formats:
