@@ -363,8 +363,13 @@ def test_a_full_disk_at_saving_is_one_line_and_leaves_no_file(tmp_path, dsb_fluo
         rc = main(["train", "--images", str(img), "--labels", str(lab), "--out", str(full / "x.pt"),
                    "--from", str(tiny_model_path), "--steps", "1", "--patch-size", "32", "--no-progress"])
         err = capsys.readouterr().err.strip()
-        assert rc == 2 and len(err.splitlines()) == 1 and "could not be saved" in err and "No space" in err
+        assert rc == 1 and len(err.splitlines()) == 1 and "could not be saved" in err and "No space" in err
         assert list(full.iterdir()) == []
+        # the trained model is not thrown away: saved in the user's model folder, and said where
+        from napari_unet.core.catalog import user_models_dir
+
+        assert f"it was saved to {user_models_dir() / 'x.pt'} instead" in err
+        assert read_model_file(user_models_dir() / "x.pt").metadata["steps"] == 1
     finally:
         subprocess.run(["umount", str(full)], check=False)
 

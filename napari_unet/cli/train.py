@@ -142,6 +142,23 @@ def read_examples(image_paths: list[str], label_paths: list[str], channel: int |
     return images, labels, colours
 
 
+def _saved_elsewhere(model: Any, out: Path) -> Path | None:
+    """Save ``model`` where it can be, ``out`` having failed (a full disk): the user's model folder,
+    else the system's temporary folder, under ``out``'s name (nothing replaced); None when neither works."""
+    import tempfile
+
+    from napari_unet.core.catalog import save_without_replacing, user_models_dir
+
+    for folder in (user_models_dir(), Path(tempfile.gettempdir())):
+        if folder.resolve() == out.parent.resolve():
+            continue
+        try:
+            return save_without_replacing(model, folder / out.name, False)
+        except OSError:
+            continue
+    return None
+
+
 def _sections_of_3d_objects(image_paths: list[str], label_paths: list[str]) -> bool:
     """Whether every labels file holds 3D objects (masks saved from napari after a 3D run, as the list
     beside them says): their planes are cross-sections (``sections`` of core's ``finetune``)."""
@@ -343,8 +360,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         saved = save_without_replacing(result, out, replace)
     except OSError as exc:
-        raise CLIError(f"the trained model could not be saved to {out} ({exc.strerror or exc}); free some space "
-                       "or give another --out, and train again") from exc
+        kept = _saved_elsewhere(result, out)  # (the run's minutes or hours not thrown away for a full disk)
+        if kept is None:
+            raise CLIError(f"the trained model could not be saved to {out} ({exc.strerror or exc}); free some space "
+                           "or give another --out, and train again") from exc
+        print(f"napari-unet: error: the trained model could not be saved to {out} ({exc.strerror or exc}); it was "
+              f"saved to {kept} instead", file=sys.stderr)
+        return 1
     if saved != out:
         print(f"{out} was saved by something else during training and is kept; this model goes to {saved.name}",
               file=sys.stderr)
