@@ -129,19 +129,19 @@ def _touched_since(entry: os.DirEntry, since: float) -> bool:
     return False
 
 
-def _remove_abandoned(path: Path) -> None:
+def _remove_abandoned(path: Path, kinds: tuple[str, ...] = ("tmp", "bak", "old")) -> None:
     """Remove what writers killed while writing ``path`` left beside it: hidden ``.NAME.XXXXXXXX.tmp``,
     ``.bak`` and ``.old`` files and folders (the names this module makes) in which nothing was
     modified for :data:`ABANDONED_SECONDS` (each is a whole copy of the data: they filled the data
     folder unseen). Only while ``path`` itself exists (a writer killed between its renames may have
     left the only copy in them: an OME-Zarr set aside), and only for a name kept whole in those
-    names (a long name's cut start is shared with other files')."""
+    names (a long name's cut start is shared with other files'). ``kinds``: which of the three."""
     import re
     import time
 
     if not path.exists() or _kept_name(path) != path.name:
         return
-    pattern = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}\.(tmp|bak|old)")
+    pattern = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}\.(" + "|".join(kinds) + ")")
     try:
         entries = [e for e in os.scandir(path.parent) if pattern.fullmatch(e.name)]
     except OSError:
@@ -186,7 +186,10 @@ def atomic_folder(path: str | os.PathLike, unchanged: dict[str, Any] | None = No
     try:
         yield tmp
         check_unchanged(unchanged)
-        replace_folder(tmp, path)  # (the old folder or the new one, whatever interrupts it)
+        first = not Path(path).exists()
+        replace_folder(tmp, path)
+        if first:  # (what a writer killed before left beside it was not looked at while there was no folder;
+            _remove_abandoned(Path(path), ("tmp",))  # an old folder set aside may be the only copy: kept)  # (the old folder or the new one, whatever interrupts it)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -274,10 +277,12 @@ class AtomicFiles:
                         os.replace(old, dest)
             self.discard()
             raise
-        for _dest, old in replaced:
+        for dest, old in replaced:
             if old is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(old)
+            if old is None:  # (a first write: what a killed earlier one left was not looked at, dest not there;
+                _remove_abandoned(dest, ("tmp",))  # its old content set aside may be the only copy: kept)
         self._staged = []
 
     def discard(self) -> None:

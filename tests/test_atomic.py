@@ -128,9 +128,24 @@ def test_what_a_killed_save_left_beside_a_file_is_removed_by_the_next_save(tmp_p
     kept = tmp_path / ".gone.tif.k1ll3dxx.old"
     kept.mkdir()
     os.utime(kept, (hour_ago, hour_ago))
+    written = tmp_path / ".gone.tif.k1ll3dxy.tmp"  # a first save killed while writing: a copy never put in place
+    written.write_bytes(b"x" * 1000)
+    os.utime(written, (hour_ago, hour_ago))
     with atomic_write(gone, "wb") as fh:
         fh.write(b"new")
     assert kept.is_dir()
+    assert not written.exists()  # (removed once the new file is in place: the rerun left it for good)
+
+    # the same for an OME-Zarr written as a folder (predict --dask killed: its rerun left the copy)
+    from napari_unet._atomic import atomic_folder
+
+    zarr_left = tmp_path / ".new.ome.zarr.k1ll3dxz.tmp"
+    (zarr_left / "0").mkdir(parents=True)
+    for p in (zarr_left, zarr_left / "0"):
+        os.utime(p, (hour_ago, hour_ago))
+    with atomic_folder(tmp_path / "new.ome.zarr") as folder:
+        (folder / ".zattrs").write_text("{}")
+    assert (tmp_path / "new.ome.zarr" / ".zattrs").exists() and not zarr_left.exists()
 
 
 def test_a_link_is_written_through_and_a_files_permissions_are_kept(tmp_path):
