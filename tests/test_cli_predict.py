@@ -109,6 +109,9 @@ def test_overwrite_keeps_masks_corrected_by_hand_unless_asked(tmp_path, images, 
     assert "holds labels corrected by hand (--overwrite-corrected replaces it)" in capsys.readouterr().err
     np.testing.assert_array_equal(tifffile.imread(out / "a_masks.tif"), hand)
     assert load_corrected_list(out / "a_masks.tif") == [()]
+    alone = [c for c in command if c != "--overwrite"]  # (it did nothing, silently)
+    assert main([*alone, "--overwrite-corrected"]) == 2
+    assert "--overwrite-corrected goes with --overwrite" in capsys.readouterr().err
     assert main([*command, "--overwrite-corrected", "--no-progress"]) == 0
     assert not np.array_equal(tifffile.imread(out / "a_masks.tif"), hand)
     assert load_corrected_list(out / "a_masks.tif") == []

@@ -18,7 +18,7 @@ def add_parser(subparsers: Any) -> None:
         description="Write a model as a BioImage.IO model package (OUT.zip: weights as pytorch_state_dict, "
                     "torchscript and onnx, test tensors, cover, documentation) or copy its napari-unet file (OUT.pt).",
     )
-    p.add_argument("model", metavar="NAME|PATH", help="model name (see 'napari-unet models') or .pt file")
+    p.add_argument("model", metavar="NAME|PATH", help="model name (see 'napari-unet models'), a .pt file or a BioImage.IO package")
     p.add_argument("out", metavar="OUT", help="the file to write: .zip for BioImage.IO (default), .pt for a copy")
     p.add_argument("--author", action="append", default=None, metavar="NAME",
                    help="author of the package (repeat for several; default: those of the package the model came "

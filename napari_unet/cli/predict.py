@@ -372,6 +372,9 @@ def run(args: argparse.Namespace) -> int:
     # a bad value stops everything, before any work (a physical size is checked against each
     # file's own pixel size later: a tiny one here checks the words without refusing small sizes)
     _diameter(args.diameter, {"X": 1e-9}, "--diameter")
+    if args.overwrite_corrected and not args.overwrite:  # (it did nothing, silently: every masks file skipped)
+        raise CLIError("--overwrite-corrected goes with --overwrite (which replaces existing masks; this also "
+                       "those with slices corrected by hand)")
     args.voxel_size = _voxel_size(args.voxel_size)
     if not args.objects_3d and (args.voxel_size is not None or args.mode_3d != "3d" or args.orthogonal != "auto"):
         raise CLIError("--voxel-size, --3d-mode and --orthogonal go with --3d")
