@@ -595,6 +595,9 @@ def show_when_known(label: Any, describe: Callable[[], str], quick: bool, waitin
             label.value = words
 
     relay.said.connect(show)
+    # held by the label (main thread), not by the thread alone: a QObject freed by the thread that
+    # dropped its last reference is deleted outside its own thread, its queued call maybe with it
+    label._napari_unet_relay = relay
     label.value = waiting
     threading.Thread(target=lambda: relay.said.emit(text()), name="napari-unet device", daemon=True).start()
 
