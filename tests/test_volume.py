@@ -3,6 +3,8 @@ for objects touching in z, blocks that agree with one piece, stitching, bad inpu
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
@@ -519,6 +521,10 @@ def test_the_bar_goes_on_when_the_xy_planes_run_again_clipped(model, data_dir):
     assert any("clipped" in e.message for e in bars)
     done = [e.done for e in bars]
     assert done == sorted(done) and done[-1] == bars[-1].total
+    # a side view's planes are said as counted ("yz planes: brought back to the image's size (plane 3/57)",
+    # its planes' last step, stood for the whole stage)
+    sides = [e.message for e in bars if e.message.startswith(("yz", "xz"))]
+    assert sides and all(re.fullmatch(r"(yz|xz) planes: plane \d+/\d+", m) for m in sides), sides[:5]
 
 
 def test_side_views_say_nothing_of_their_own_planes(model, data_dir, caplog):

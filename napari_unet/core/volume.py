@@ -382,8 +382,10 @@ class _Stages:
 
 
 def _forward(planes_gen: Generator, stages: _Stages, stage: str, label: str,
-             on_result: Callable[[Any], None]) -> Generator[Progress, None, None]:
-    """Run :func:`iter_planes` to the end: progress re-scaled into the stage, results to ``on_result``."""
+             on_result: Callable[[Any], None], n_planes: int | None = None) -> Generator[Progress, None, None]:
+    """Run :func:`iter_planes` to the end: progress re-scaled into the stage, results to ``on_result``;
+    with ``n_planes``, said as the plane reached alone (a side view's small planes: their last step's
+    words, "brought back to the image's size", stood for the whole stage)."""
     from .predict import PlaneResult
 
     try:
@@ -391,7 +393,8 @@ def _forward(planes_gen: Generator, stages: _Stages, stage: str, label: str,
             if isinstance(item, PlaneResult):
                 on_result(item)
             else:
-                yield stages.event(stage, item.fraction, f"{label}: {item.message}", item.plane)
+                said = f"plane {item.plane + 1}/{n_planes}" if n_planes else item.message
+                yield stages.event(stage, item.fraction, f"{label}: {said}", item.plane)
     finally:
         planes_gen.close()
 
@@ -627,7 +630,7 @@ def _iter_3d(model, volume, spacing, diameter, orthogonal, threshold, min_size, 
                     iter_planes(model, side, rgb=False, by_kind=False, diameter=side_diameter, labels=False,
                                 threshold=threshold, min_size=min_size, should_stop=should_stop,
                                 to_model_diameter=True, outliers="off", plane_notes=False, **engine_options),
-                    stages, stage, f"{stage} planes", add_side)
+                    stages, stage, f"{stage} planes", add_side, n_planes=int(side.shape[0]))
                 store.views += weight
         scale = sized.scale
         object_diameter = xy_diameter if xy_diameter else (model.diameter or _fallback_diameter(ny, nx))
