@@ -290,6 +290,13 @@ def test_two_inputs_with_one_output_name_are_refused_before_any_work(tmp_path, i
     rc = main(["predict", str(images), "--out", str(out), "--model", str(tiny_model_path), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and "a.png" in err and "a.tif" in err and not out.exists()
+    # Cell.tif and cell.tif of two folders: one file on macOS's and Windows' disks (the second replaced the first)
+    (images / "a.png").unlink()
+    (other / "A.tif").write_bytes((images / "b.tif").read_bytes())
+    rc = main(["predict", str(images / "a.tif"), str(other / "A.tif"), "--out", str(out),
+               "--model", str(tiny_model_path), "--overwrite", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "differ only in capitals" in err and not out.exists()
 
 
 def test_an_input_that_is_another_inputs_output_is_refused_before_any_work(tmp_path, images, tiny_model_path,

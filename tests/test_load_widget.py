@@ -139,6 +139,10 @@ def test_switching_to_folder_after_the_hint_takes_the_folder_and_home_is_expande
     monkeypatch.setenv("HOME", str(tmp_path))
     w._path.value = "~/planes"
     assert w._load_button.enabled
+    # pasted from Windows Explorer's "Copy as path": in quotes (taken for a name in the current folder)
+    w._path.value = ""
+    w._path.line_edit.value = f'"{folder}"'
+    assert w._load_button.enabled and w._selected_path() == folder
 
 
 def test_a_saved_masks_file_loads_as_labels_with_its_corrected_slices(qtbot, widget, tmp_path):

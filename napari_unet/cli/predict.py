@@ -150,7 +150,7 @@ def _targets(inputs: list[Path], out_dir: Path, suffix: str) -> list[Path]:
     from napari_unet.io import stack_name
 
     targets = [out_dir / f"{stack_name(path)}{MASKS_SUFFIX}{suffix}" for path in inputs]
-    first: dict[Path, Path] = {}
+    first: dict[str, Path] = {}  # (by the name folded: one file on macOS's and Windows' disks, "Cell" and "cell")
     given = {path.resolve(): path for path in inputs}
     for path, target in zip(inputs, targets):
         if target.resolve() in given:
@@ -158,12 +158,13 @@ def _targets(inputs: list[Path], out_dir: Path, suffix: str) -> list[Path]:
                 f"the masks of {path} would be written over {given[target.resolve()]}, which is also an "
                 "input; leave that one out or segment into another --out folder"
             )
-        if target in first:
+        folded = str(target).casefold()
+        if folded in first:
             raise CLIError(
-                f"{first[target]} and {path} would both be written to {target}; "
-                "rename one or segment them into different --out folders"
+                f"{first[folded]} and {path} would both be written to {target} (on macOS and Windows, names that "
+                "differ only in capitals are one file); rename one or segment them into different --out folders"
             )
-        first[target] = path
+        first[folded] = path
     return targets
 
 

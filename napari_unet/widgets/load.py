@@ -125,10 +125,12 @@ class LoadWidget(Container):
         self._on_path_changed()  # the path chosen may now be what Open asks for
 
     def _selected_path(self) -> Path | None:
-        value = self._path.value
-        if value is None or str(value) in ("", "."):
+        # the text as typed or pasted: Windows Explorer's "Copy as path" quotes it, and the field's own value
+        # made '"C:\...\cells.tif"' a name in the current folder ("No such file or folder")
+        text = str(self._path.line_edit.value or "").strip().strip("\"'").strip()
+        if text in ("", "."):
             return None
-        p = Path(str(value).strip()).expanduser()  # a typed "~/data/cells.tif"
+        p = Path(text).expanduser()  # a typed "~/data/cells.tif"
         return zarr_group_of(p) or p
 
     def _on_path_changed(self, *_: Any) -> None:
