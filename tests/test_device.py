@@ -98,3 +98,32 @@ def test_bf16_is_chosen_only_on_gpus_that_compute_it():
         assert autocast_dtype(torch.device("cuda:0"), None) == (torch.bfloat16 if fast else torch.float16)
     else:
         assert not cuda_has_fast_bf16("cuda")
+
+
+def test_work_on_apples_gpu_takes_turns_and_other_devices_hold_nothing():
+    """Two threads on MPS at once abort the process inside Metal (Segment while Fine-tune trains):
+    the network's work there is done under one lock; the CPU and CUDA hold none."""
+    import threading
+    import time
+
+    from napari_unet.core.device import device_lock
+
+    assert device_lock("mps") is device_lock(torch.device("mps")) and device_lock("mps") is not device_lock("cpu")
+    inside, overlaps = [], []
+
+    def work() -> None:
+        for _ in range(5):
+            with device_lock("mps"):
+                inside.append(1)
+                overlaps.append(len(inside))
+                time.sleep(0.002)
+                inside.pop()
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(overlaps) == 15 and max(overlaps) == 1
+    with device_lock("cpu"), device_lock("cuda:0"):  # (nothing held: no turns to take)
+        pass

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from typing import Any
 
 import torch
@@ -64,6 +66,18 @@ def select_device(preference: str | torch.device | None = None) -> torch.device:
     if kind != "cuda" and number and int(number) != 0:
         raise ValueError(f"{asked} does not exist: this machine has one {'CPU' if kind == 'cpu' else 'Apple GPU'} device.")
     return torch.device(pref if kind == "cuda" else kind)
+
+
+#: Held while the network works on Apple's GPU (see :func:`device_lock`).
+_MPS_LOCK = threading.RLock()
+
+
+def device_lock(device: torch.device | str) -> Any:
+    """A lock to hold while the network works on ``device`` (a forward pass, an optimiser step): on
+    Apple's GPU (MPS) two threads running at once abort the process inside Metal, with no Python error
+    (pytorch/pytorch#197805: Segment while Fine-tune trains, napari closed and unsaved corrections
+    lost); there they take turns, tile by tile and step by step. Nothing to hold on other devices."""
+    return _MPS_LOCK if torch.device(device).type == "mps" else contextlib.nullcontext()
 
 
 def cuda_has_fast_bf16(device: torch.device | str) -> bool:

@@ -136,6 +136,12 @@ class Optimiser:
         FloatingPointError
             The loss is not finite (``step`` names the step in the message).
         """
+        from .device import device_lock
+
+        with device_lock(self.device):  # (Apple's GPU: one thread at a time; Segment may run meanwhile)
+            return self._step(batch, lr, step)
+
+    def _step(self, batch: Batch, lr: float, step: int) -> float:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         x = torch.from_numpy(batch.images).to(self.device, non_blocking=True)

@@ -196,23 +196,26 @@ class _Engine:
         probs = self.runner.probabilities(batch)
         if probs is not None:
             return probs
-        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        from .device import device_lock
+
         autocast = (
             torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
             if self.amp_dtype is not None
             else contextlib.nullcontext()
         )
-        # inference_mode is thread-local state: enter it around the forward pass only, never
-        # across a yield, or a generator abandoned in a pooled worker thread leaks it there.
-        with torch.inference_mode():
-            if self.run_net is None:
-                self.run_net = inference_net(self.net, self.channels_last)
-            with autocast:
-                logits = self.run_net(x)
-        probs = torch.softmax(logits.float(), dim=1)
-        return probs.cpu().numpy()
+        with device_lock(self.device):  # (Apple's GPU: one thread at a time)
+            x = torch.from_numpy(batch).to(self.device, non_blocking=True)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            # inference_mode is thread-local state: enter it around the forward pass only, never
+            # across a yield, or a generator abandoned in a pooled worker thread leaks it there.
+            with torch.inference_mode():
+                if self.run_net is None:
+                    self.run_net = inference_net(self.net, self.channels_last)
+                with autocast:
+                    logits = self.run_net(x)
+            probs = torch.softmax(logits.float(), dim=1)
+            return probs.cpu().numpy()
 
     def iter_plane(self, plane: np.ndarray, counter: Callable[[], None]) -> Generator[None, None, np.ndarray]:
         """Probabilities (n_classes, H, W) of one plane; yields after each tile."""

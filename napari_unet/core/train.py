@@ -70,7 +70,7 @@ from napari_unet._training_bounds import DEFAULT_STEPS, MAX_BATCH, MIN_PATCH
 
 from .augment import NO_AUGMENT, AugmentConfig
 from .checkpoint import SegmentationModel
-from .device import describe_device, select_device
+from .device import describe_device, device_lock, select_device
 from .events import HeldBackWeights, TrainNote, TrainStep, Validation, run_to_end
 from .examples import MIN_PLANE_SIZE, TrainingSplit, prepare_examples, split_examples, training_split
 from .optimise import Optimiser, autocast_dtype, set_train_mode
@@ -515,7 +515,7 @@ def _finite_network(net: torch.nn.Module) -> bool:
     side = net.valid_input_size(64)
     param = next(net.parameters())
     probe = torch.randn((1, config.in_channels, side, side), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
+    with device_lock(param.device), torch.no_grad():  # (Apple's GPU: one thread at a time)
         return bool(torch.isfinite(net(probe.to(param.device, param.dtype))).all())
 
 

@@ -131,8 +131,10 @@ def forward_plane(
 
 def _probabilities(net: torch.nn.Module, chw: np.ndarray, device: torch.device,
                    amp_dtype: torch.dtype | None) -> np.ndarray:
-    x = torch.from_numpy(np.ascontiguousarray(chw))[None].to(device)
-    with torch.no_grad():
+    from .device import device_lock
+
+    with device_lock(device), torch.no_grad():  # (Apple's GPU: one thread at a time)
+        x = torch.from_numpy(np.ascontiguousarray(chw))[None].to(device)
         logits = forward(net, x, amp_dtype)
         return torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
 

@@ -793,7 +793,9 @@ class PackagedNetwork(nn.Module):
         if kind == "onnx":
             name = backend.get_inputs()[0].name
             return run_session(backend, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
-        with torch.inference_mode():
+        from .device import device_lock
+
+        with device_lock(self.anchor.device), torch.inference_mode():  # (Apple's GPU: one thread at a time)
             y = backend(torch.from_numpy(np.ascontiguousarray(x)).to(self.anchor.device))
             if isinstance(y, (tuple, list)):
                 y = y[0]
