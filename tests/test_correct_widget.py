@@ -290,11 +290,12 @@ def test_save_masks_writes_the_tiff_and_its_corrected_list(correcting, tmp_path,
     written = widget.save_masks(tmp_path / "frames")  # ".tif" added
     assert written == [str(tmp_path / "frames.tif")]
     assert (tmp_path / "frames.tif.corrected.json").is_file()
+    assert "Saved" in widget._status.value
     (reopened,) = viewer.open(tmp_path / "frames.tif", plugin="napari-unet")
     assert reopened.__class__.__name__ == "Labels"
     np.testing.assert_array_equal(reopened.data, layer.data)
     assert CorrectedSlices.for_layer(reopened).planes == [(FRAME,)]
-    assert "Saved" in widget._status.value
+    assert widget._status.value == "Editing 'frames'."  # (opened, it is the active layer: its tools follow)
     (image,) = viewer.open(data_dir / "c2c12_timelapse" / "images.tif", plugin="napari-unet")
     image.name = "c2c12"
     assert default_masks_path(viewer, layer) == data_dir / "c2c12_timelapse" / "c2c12 masks.tif"
@@ -532,13 +533,29 @@ def test_the_buttons_edit_the_layer_shown_and_active(make_napari_viewer, c2c12_m
     picked = viewer.add_labels(c2c12_masks[:2].copy(), name="c2c12 masks", visible=False)
     other = viewer.add_labels(c2c12_masks[:2].copy(), name="nuclei masks")
     _dock, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Correct")
-    widget._layer_combo.value = picked
     viewer.layers.selection.active = other
+    widget._layer_combo.value = picked  # (picked after: a layer clicked in the list is followed, see below)
     widget._min_size.value = 10_000
     widget._small_button.changed.emit(True)
     assert viewer.layers.selection.active is picked and picked.visible
     assert np.count_nonzero(picked.data) < np.count_nonzero(c2c12_masks[:2])  # the slice shown emptied
     np.testing.assert_array_equal(other.data, c2c12_masks[:2])
+
+
+def test_the_tools_follow_the_labels_layer_clicked_in_the_layer_list(correcting, c2c12_masks):
+    """The keys were bound to the masks added last: on another masks layer, clicked in the layer list, D
+    and a click did nothing, and in paint mode the click painted into the cell, counted as a correction."""
+    viewer, layer, widget, mouse = correcting
+    newer = viewer.add_labels(c2c12_masks.copy(), name="other masks")
+    assert widget._layer_combo.value is newer
+    viewer.layers.selection.active = layer  # the first masks clicked in the layer list
+    assert widget._layer_combo.value is layer and widget.tools.layer is layer
+    mouse.key(Qt.Key.Key_D)
+    mouse.click(mouse.inside(c2c12_masks[FRAME], 5))
+    assert not (layer.data[FRAME] == 5).any()
+    np.testing.assert_array_equal(newer.data, c2c12_masks)  # (the other layer untouched)
+    viewer.layers.selection.active = viewer.add_image(np.zeros((10, 234, 234), np.uint8), name="img")
+    assert widget._layer_combo.value is layer  # (an image made active: the tools stay where they were)
 
 
 def test_closing_the_dock_switches_its_tools_off(correcting, qtbot):

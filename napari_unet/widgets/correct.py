@@ -99,6 +99,7 @@ class CorrectWidget(Container):
         viewer.layers.events.inserted.connect(self._on_inserted)
         viewer.layers.events.removed.connect(self._on_removed)
         viewer.layers.events.renamed.connect(self._on_renamed)
+        viewer.layers.selection.events.active.connect(self._on_active)
         self._on_layer()
         register_widget(viewer, "correct", self)
         when_undocked(self.native, self._closed)
@@ -114,7 +115,8 @@ class CorrectWidget(Container):
         self._drop_tools()
         events = self._viewer.layers.events
         disconnect_all((events.inserted, self._on_inserted), (events.removed, self._on_removed),
-                       (events.renamed, self._on_renamed), (self._layer_combo.changed, self._on_layer))
+                       (events.renamed, self._on_renamed), (self._layer_combo.changed, self._on_layer),
+                       (self._viewer.layers.selection.events.active, self._on_active))
         unregister_widget(self._viewer, "correct", self)
 
     def _on_renamed(self, *_args) -> None:
@@ -137,6 +139,19 @@ class CorrectWidget(Container):
             select_next_free_label(layer)  # a saved file reopened: new objects must not reuse ids
         self._layer_combo.reset_choices()
         if isinstance(layer, Labels) and layer.name.endswith(" masks"):
+            self._layer_combo.value = layer
+
+    def _on_active(self, event: Any = None) -> None:
+        """A Labels layer clicked in the layer list is the one the tools work on: they stayed bound to the
+        masks added last, and on another masks layer D, G, S, H and N did nothing (a click in paint
+        mode painted into the cell instead of deleting it)."""
+        from napari.layers import Labels
+
+        layer = getattr(event, "value", None)
+        if not isinstance(layer, Labels) or layer.ndim < 2 or layer is self._layer_combo.value:
+            return
+        self._layer_combo.reset_choices()
+        if any(value is layer for _name, value in self._labels_choices()):
             self._layer_combo.value = layer
 
     def _on_removed(self, event: Any) -> None:
