@@ -58,14 +58,43 @@ def test_eraser_undo_and_redo_mark_planes(stack_layer):
     assert layer.data[0, 10, 10] == 0
 
     layer.paint((3, 10, 10), 1)
-    tracker.clear()
-    layer.undo()  # the undo changed slice 3 back
+    assert tracker.planes == [(0,), (3,)]
+    layer.undo()  # the only edit of slice 3 undone: the model's again (it stayed listed, and was learnt as true)
     assert layer.data[3, 10, 10] == 0
-    assert tracker.planes == [(3,)]
-    tracker.clear()
-    layer.redo()
+    assert tracker.planes == [(0,)]
+    layer.redo()  # edited again
     assert layer.data[3, 10, 10] == 1
-    assert tracker.planes == [(3,)]
+    assert tracker.planes == [(0,), (3,)]
+    layer.undo()  # (and undone again)
+    assert tracker.planes == [(0,)]
+    layer.redo()
+    layer.paint((3, 20, 20), 2)  # a second edit of slice 3: undoing it leaves the first
+    layer.undo()
+    assert tracker.planes == [(0,), (3,)]
+    tracker.mark((4,))  # marked by hand ("right as it is"): an edit undone leaves it corrected
+    layer.paint((4, 10, 10), 5)
+    layer.undo()
+    assert tracker.planes == [(0,), (3,), (4,)]
+    tracker.unmark((3,))  # unmarked by hand, then its last edit undone: the model's, unmarked
+    layer.undo()
+    assert tracker.planes == [(0,), (4,)] and layer.data[3, 10, 10] == 0
+
+
+def test_an_undo_that_brings_back_the_brushs_new_id_moves_the_brush_on():
+    """An object deleted, New object (the next free id: the deleted one's), Ctrl+Z: the object came back
+    with the brush's id, and the next cell painted was one id with it. A label picked to grow a cell stays."""
+    layer = Labels(np.zeros((2, 32, 32), dtype=np.int32))
+    layer.data[0, 2:8, 2:8] = 1
+    layer.data[0, 10:20, 10:20] = 2  # a model's objects
+    CorrectedSlices.for_layer(layer)
+    layer.fill((0, 15, 15), 0)  # object 2 deleted
+    layer.selected_label = 2  # New object: the next free id
+    layer.undo()
+    assert (layer.data[0] == 2).any() and layer.selected_label == 3
+    layer.selected_label = 1  # picked to grow object 1
+    layer.redo()
+    layer.undo()
+    assert layer.selected_label == 1
 
 
 def test_2d_layer_and_4d_layer(stack_layer):

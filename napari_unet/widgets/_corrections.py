@@ -153,6 +153,10 @@ class CorrectedSlices:
         self._said_spanning = False
         self._attached = False
         self._unwatch_replay: Callable[[], None] | None = None
+        #: slices corrected only by edits the layer can still undo (not before them, nor marked by hand):
+        #: when the last of those edits is undone, the slice is the model's again (see _before_replay)
+        self._by_edit: set[Plane] = set()
+        self._replaying: tuple[set[Plane], bool] | None = None  # (slices to unmark, the brush held a new id)
         #: the layer came with a list of corrected slices (made or saved by napari-unet): its other labels
         #: are the model's; without one, labels in it are someone's own (see _masks.masks_layer_for)
         self.came_with_list = CORRECTED_KEY in (layer.metadata or {})
@@ -174,6 +178,7 @@ class CorrectedSlices:
         for item in labels_edit_history(layer):
             planes = {p for p in planes_of_history_item(item, layer.ndim, layer.data.shape) if self._exists(p)}
             if planes:
+                self._by_edit |= planes - set(self.planes)
                 self._record(planes)  # (an edit across several slices is said, as when it is made)
 
     # ---------------------------------------------------------------- creation
@@ -221,7 +226,12 @@ class CorrectedSlices:
             if tracker is not None:
                 tracker._before_replay(item)
 
-        self._unwatch_replay = watch_labels_replay(layer, before_replay)
+        def after_replay(undo: bool) -> None:
+            tracker = tracker_ref()
+            if tracker is not None:
+                tracker._after_replay(undo)
+
+        self._unwatch_replay = watch_labels_replay(layer, before_replay, after_replay)
         self._attached = True
 
     def detach(self) -> None:
@@ -239,13 +249,58 @@ class CorrectedSlices:
 
     def _on_paint(self, event: Any) -> None:
         layer = self.layer
-        self._record(planes_of_history_item(getattr(event, "value", None), layer.ndim, layer.data.shape))
+        planes = planes_of_history_item(getattr(event, "value", None), layer.ndim, layer.data.shape)
+        self._by_edit |= planes - set(self.planes)
+        self._record(planes)
 
     def _before_replay(self, item: list[Any] | None) -> None:
+        """An undo or redo is about to replay ``item``: a redo edits its slices again (marked); an undo
+        marks those that keep other edits to undo, and unmarks, once replayed, those corrected only by
+        edits of which this was the last (a stroke then Ctrl+Z left the slice the model's, listed as
+        corrected: "Nothing to segment", and the model's output learnt as the truth); slices corrected
+        before their edits (marked by hand, a list from a file) stay as they are."""
+        layer = self.layer
+        self._replaying = (set(), self._brush_holds_new_id(layer))
         if not item:
             return
+        planes = planes_of_history_item(item, layer.ndim, layer.data.shape)
+        history = labels_edit_history(layer)
+        last = history[-1] if history else []
+        if len(last) == len(item) and all(a is b for a, b in zip(last, item)):  # an undo: the last it can undo
+            rest: set[Plane] = set()
+            for earlier in history[:-1]:
+                rest |= planes_of_history_item(earlier, layer.ndim, layer.data.shape)
+            self._replaying[0].update(p for p in planes if p in self._by_edit and p not in rest)
+            planes &= rest  # (still edited)
+        else:  # a redo: an edit again
+            self._by_edit |= planes - set(self.planes)
+        self._record(planes)
+
+    def _after_replay(self, undo: bool) -> None:
+        """Once an undo or redo is replayed: the slices it left the model's are unmarked; the brush's new id,
+        when the replay brought back an object of that id (a deleted object, New object, then Ctrl+Z: one
+        id, two cells), becomes the next free one."""
+        unmark, fresh = self._replaying or (set(), False)
+        self._replaying = None
+        if undo and unmark:
+            self._by_edit -= unmark
+            current = set(self.planes)
+            if current & unmark:
+                self._write(current - unmark)
+                self.changed.emit()
         layer = self.layer
-        self._record(planes_of_history_item(item, layer.ndim, layer.data.shape))
+        if fresh and not self._brush_holds_new_id(layer):
+            from ._object_tools import select_next_free_label
+
+            select_next_free_label(layer)
+
+    @staticmethod
+    def _brush_holds_new_id(layer: Any) -> bool:
+        """Whether the layer's brush label is an id no object of the layer has (labels in memory)."""
+        label = int(getattr(layer, "selected_label", 0) or 0)
+        if label <= 0 or not isinstance(layer.data, np.ndarray) or not layer.data.size:
+            return False
+        return label > int(layer.data.max())
 
     def _record(self, planes: set[Plane]) -> None:
         """Mark the planes one edit changed; one across several planes is said once (see the module)."""
@@ -304,11 +359,13 @@ class CorrectedSlices:
 
     def mark(self, plane: Any) -> bool:
         """Mark one plane as corrected (e.g. "this slice is right as it is")."""
+        self._by_edit.discard(as_plane(plane))  # (the user's word: an undo leaves it corrected)
         return self.update([plane])
 
     def unmark(self, plane: Any) -> bool:
         """Remove one plane from the set; returns True if it was there."""
         plane = as_plane(plane)
+        self._by_edit.discard(plane)
         current = set(self.planes)
         if plane not in current:
             return False
