@@ -275,3 +275,20 @@ def test_a_run_leaves_a_slice_under_a_stroke_in_progress(stack_layer):
     assert run.meanwhile == [(2,)]
     assert run.planes_to_keep(stack_layer, [(1,)]) == set()  # no stroke now, nothing corrected there
     assert (2,) in CorrectedSlices.for_layer(stack_layer).planes  # the stroke, once ended, is a correction
+
+
+def test_an_undo_of_an_edit_in_another_slice_shows_that_slice(make_napari_viewer, notifications):
+    """napari keeps one undo history for the whole stack: Ctrl+Z on slice 3 silently erased a stroke
+    on slice 9. The viewer now moves to the slice the undo changed, and says so."""
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(np.zeros((10, 32, 32), dtype=np.int32), name="cells masks")
+    CorrectedSlices.for_layer(layer)
+    viewer.dims.set_current_step(0, 9)
+    layer.paint((9, 10, 10), 4)
+    viewer.dims.set_current_step(0, 3)
+    layer.undo()
+    assert viewer.dims.current_step[0] == 9 and not layer.data[9].any()
+    assert any("Undid an edit in slice 9 of 'cells masks', not the slice shown" in m for m in notifications)
+    notifications.clear()
+    layer.redo()  # (shown already: nothing said)
+    assert viewer.dims.current_step[0] == 9 and not notifications

@@ -260,10 +260,11 @@ class CorrectedSlices:
         corrected: "Nothing to segment", and the model's output learnt as the truth); slices corrected
         before their edits (marked by hand, a list from a file) stay as they are."""
         layer = self.layer
-        self._replaying = (set(), self._brush_holds_new_id(layer))
+        self._replaying = (set(), self._brush_holds_new_id(layer), set())
         if not item:
             return
         planes = planes_of_history_item(item, layer.ndim, layer.data.shape)
+        self._replaying[2].update(planes)
         history = labels_edit_history(layer)
         last = history[-1] if history else []
         if len(last) == len(item) and all(a is b for a, b in zip(last, item)):  # an undo: the last it can undo
@@ -280,8 +281,9 @@ class CorrectedSlices:
         """Once an undo or redo is replayed: the slices it left the model's are unmarked; the brush's new id,
         when the replay brought back an object of that id (a deleted object, New object, then Ctrl+Z: one
         id, two cells), becomes the next free one."""
-        unmark, fresh = self._replaying or (set(), False)
+        unmark, fresh, replayed = self._replaying or (set(), False, set())
         self._replaying = None
+        _show_replayed_plane(self.layer, replayed, undo)
         if undo and unmark:
             self._by_edit -= unmark
             current = set(self.planes)
@@ -410,6 +412,29 @@ class CorrectedSlices:
         ]
         self.update(found)
         return found
+
+
+def _show_replayed_plane(layer: Any, planes: set[Plane], undo: bool) -> None:
+    """An undo or redo replayed an edit of one slice while a viewer showed another (napari keeps one
+    history for the whole stack): the viewer moves to that slice and says so (Ctrl+Z on slice 3 had
+    silently erased a stroke on slice 9)."""
+    if len(planes) != 1:
+        return
+    (plane,) = planes
+    from ._base import current_plane_index, notify_info, show_plane
+    from ._napari_compat import open_viewers
+
+    for viewer in open_viewers():
+        if layer not in [unwrap_proxy(other) for other in viewer.layers] or viewer.dims.ndisplay != 2:
+            continue
+        try:
+            if current_plane_index(viewer, layer) == plane:
+                continue
+            show_plane(viewer, layer, plane)
+        except (ValueError, IndexError):
+            continue
+        notify_info(f"{'Undid' if undo else 'Redid'} an edit in {format_plane(plane)} of {layer.name!r}, not the "
+                    "slice shown: it is shown now.")
 
 
 def format_plane(plane: Plane) -> str:
