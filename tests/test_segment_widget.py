@@ -442,6 +442,25 @@ def test_a_label_picked_during_a_run_stays_the_brushs_when_it_ends(widget, qtbot
         assert masks.selected_label == masks.data.max() + 1 == 501
 
 
+def test_a_cell_half_painted_on_a_corrected_slice_keeps_its_id_through_a_run_of_the_others(widget, qtbot,
+                                                                                             c2c12_stack):
+    """New object, half a cell painted on slice 0, then Whole stack (slice 0 kept as corrected): the
+    brush's id was replaced at the run's end, and the cell was finished with another (one cell, two ids).
+    Slices number their objects from 1: the run's ids elsewhere are other slices' cells."""
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack, name="c2c12")
+    viewer.dims.set_current_step(0, 0)
+    _segment(w, qtbot, image, SCOPE_SLICE)
+    masks = viewer.layers[masks_layer_name("c2c12")]
+    masks.data[:] = 0  # (the tiny model's one object a slice, gone: the new cell is id 1)
+    new = int(masks.data.max()) + 1
+    masks.selected_label = new
+    masks.paint((0, 5, 5), new)  # half a cell: slice 0 corrected
+    _segment(w, qtbot, image, SCOPE_STACK)
+    assert masks.data[1:].max() >= new  # (the run's ids of other slices reach it)
+    assert masks.selected_label == new and (masks.data[0] == new).any()
+
+
 def test_min_size_moved_during_a_run_is_applied_when_it_ends(widget, qtbot, c2c12_stack):
     viewer, w = widget
     image = viewer.add_image(c2c12_stack, name="c2c12")

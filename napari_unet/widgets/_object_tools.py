@@ -80,15 +80,34 @@ def select_next_free_label_after_run(viewer: "napari.Viewer", layer: "napari.lay
     reused), unless the user chose the label while the run went on (it is no longer ``label_before``)
     and it is theirs still: a cell of the slice shown (picked to grow it: the brush then drew a
     second cell beside it), or an id no object has (New object). An id that the run has written
-    elsewhere since is replaced (painting with it would make one cell of two)."""
+    elsewhere since is replaced (painting with it would make one cell of two). The label held since
+    before the run stays when it is a cell of a corrected slice shown, which the run left as it was, of
+    masks whose ids are a slice's own (not 3D objects): a cell half painted on slice 0 went on with
+    another id after a run of the whole stack (one cell, two ids)."""
     label = int(layer.selected_label)
-    if label not in (label_before, 0) and isinstance(layer.data, np.ndarray) and layer.data.ndim >= 2:
-        if label >= core_edit.next_free_label(layer.data):
+    if label != 0 and isinstance(layer.data, np.ndarray) and layer.data.ndim >= 2:
+        if label != label_before and label >= core_edit.next_free_label(layer.data):
             return
         index = current_plane_index(viewer, layer)
-        if np.any((layer.data[index] if index else layer.data) == label):
+        in_plane = bool(np.any((layer.data[index] if index else layer.data) == label))
+        if label != label_before and in_plane:
+            return
+        if label == label_before and in_plane and index and _slice_kept_by_runs(layer, index):
             return
     select_next_free_label(layer)
+
+
+def _slice_kept_by_runs(layer: "napari.layers.Labels", index: tuple[int, ...]) -> bool:
+    """Whether slice ``index`` of ``layer`` is a corrected one (left as it is by runs) of masks whose ids
+    are each slice's own (a 2D run numbers each slice from 1; 3D objects share ids across slices)."""
+    from napari_unet.io._corrected import OBJECTS_3D_KEY
+
+    from ._corrections import CorrectedSlices
+
+    if (layer.metadata or {}).get(OBJECTS_3D_KEY):
+        return False
+    tracker = CorrectedSlices.existing(layer)
+    return tracker is not None and tuple(index) in tracker
 
 
 def plane_of(layer: "napari.layers.Labels", plane: Plane) -> np.ndarray:
