@@ -8,7 +8,8 @@ a Labels layer; every edit is :mod:`napari_unet.core.edit`'s, written with the l
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -190,7 +191,7 @@ class ObjectTools:
             **{key: (lambda _layer, m=mode: self.toggle_mode(m)) for key, mode in MODE_KEYS.items()},
             "H": lambda _layer: self.fill_holes(),
             # napari's pan/zoom keys: the tools keep the layer in pan/zoom, so napari says no change of tool
-            **{key: (lambda _layer: self._to_pan_zoom()) for key in PAN_ZOOM_KEYS},
+            **{key: self._pan_zoom_key for key in PAN_ZOOM_KEYS},
             "N": lambda _layer: self.new_object(),
         }
         for key, action in self._keys.items():
@@ -245,6 +246,21 @@ class ObjectTools:
         """napari's pan/zoom chosen by its key: back to napari's tools, in pan/zoom."""
         self.mode = MODE_OFF
         self.layer.mode = "pan_zoom"
+
+    def _pan_zoom_key(self, _layer: Any) -> Generator[None, None, None]:
+        """napari's pan/zoom key (Z, 6): pan/zoom; held longer than napari's hold delay, the tool in use
+        before comes back on release, as napari's own binding does (the layer stayed in pan/zoom)."""
+        from napari.settings import get_settings
+
+        tool, napari_mode, pressed = self._mode, str(self.layer.mode), time.perf_counter()
+        self._to_pan_zoom()
+        yield
+        if time.perf_counter() - pressed < float(get_settings().application.hold_button_delay) or self._detached:
+            return
+        if tool != MODE_OFF:
+            self.mode = tool
+        elif self.layer.mode == "pan_zoom":
+            self.layer.mode = napari_mode
 
     def _on_layer_mode(self, event: Any = None) -> None:
         if self._mode != MODE_OFF and self.layer.mode != "pan_zoom":  # the user picked a napari tool
@@ -360,7 +376,9 @@ class ObjectTools:
         probabilities = object_probabilities(self._viewer, self.layer, plane, box) if box else None
         edit = core_edit.split_object(labels, label, probabilities=probabilities, ids_of=self.layer.data, **how)
         message = self._apply(plane, edit)
-        return message + (" (on the kept probabilities)" if probabilities is not None else "")
+        if probabilities is None:
+            return message
+        return message.removesuffix(".") + " (on the kept probabilities)."
 
     # ---------------------------------------------------------------- actions on the slice
     def current_plane(self) -> Plane:
