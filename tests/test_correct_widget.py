@@ -146,6 +146,9 @@ def test_fill_holes_and_new_object_keys(correcting, c2c12_masks, qtbot):
     layer.brush_size = 5
     mouse.click((5, 5))
     assert layer.data[FRAME, 5, 5] == 18
+    assert widget._status.value == "New object: painting with id 18."
+    mouse.key(Qt.Key.Key_E)  # napari's eraser: the line no longer says what the brush does
+    assert widget._status.value == "Editing 'c2c12 masks'."
 
 
 def test_fill_holes_and_remove_small_on_a_large_slice_run_in_a_worker(make_napari_viewer, c2c12_masks, qtbot,
@@ -273,7 +276,7 @@ def test_segment_then_split_on_the_kept_probabilities(make_napari_viewer, dsb_fl
     widget.tools.mode = MODE_SPLIT
     widget.tools.click((), left)
     widget.tools.click((), right)
-    assert widget._status.value.endswith("(on the kept probabilities)")
+    assert widget._status.value.endswith(" (on the kept probabilities).")
     assert set(np.unique(masks.data[before == target])) == {target, before.max() + 1}
 
 
@@ -436,6 +439,23 @@ def test_a_pick_outlived_by_its_slice_pan_zoom_keys_and_the_transposed_view(corr
     assert layer.mode == "pan_zoom"
     mouse.key(Qt.Key.Key_D)
     assert widget._mode.value == MODE_OFF and layer.mode == "paint"
+    # Z held (napari's press-and-hold: pan while held), then released: the brush again, as napari does
+    # without the plugin (the layer stayed in pan/zoom); a tap stays in pan/zoom
+    mouse.canvas.setFocus()
+    qtbot.keyPress(mouse.canvas, Qt.Key.Key_Z)
+    assert layer.mode == "pan_zoom"
+    qtbot.wait(700)  # (napari's hold delay: 0.5 s)
+    qtbot.keyRelease(mouse.canvas, Qt.Key.Key_Z)
+    qtbot.wait(10)
+    assert layer.mode == "paint"
+    mouse.key(Qt.Key.Key_S)
+    qtbot.keyPress(mouse.canvas, Qt.Key.Key_Z)
+    qtbot.wait(700)
+    qtbot.keyRelease(mouse.canvas, Qt.Key.Key_Z)
+    qtbot.wait(10)
+    assert widget._mode.value == MODE_SPLIT  # (one of the plugin's tools: that one again)
+    mouse.key(Qt.Key.Key_Z)
+    assert widget._mode.value == MODE_OFF and layer.mode == "pan_zoom"
     layer.mode = "pan_zoom"
 
     viewer.dims.transpose()  # X drawn down, Y across: a real click there, in screen order (x, y)

@@ -172,12 +172,23 @@ class CorrectWidget(Container):
         self.tools.mode_changed.connect(self._on_tools_mode)
         self.tools.status.connect(self._show_status)
         self.tools.layer.events.visible.connect(self._on_visible)
+        self.tools.layer.events.selected_label.connect(self._on_brush)
+        self.tools.layer.events.mode.connect(self._on_brush)
         self._mode.value = MODE_OFF
         self._status.value = self._editing()
 
     def _editing(self) -> str:
         layer = self.tools.layer
         return f"Editing {layer.name!r}." + ("" if layer.visible else " It is hidden: choosing a tool shows it.")
+
+    def _on_brush(self, *_args) -> None:
+        """Another label or tool picked (the eraser, the fill, the picker): "New object: painting with id 11"
+        no longer says what the brush does."""
+        if self.tools is None or not self._status.value.startswith("New object: painting with id"):
+            return
+        layer = self.tools.layer
+        if layer.mode != "paint" or self._status.value != f"New object: painting with id {layer.selected_label}.":
+            self._status.value = self._editing()
 
     def _on_visible(self, *_args) -> None:
         """The edited layer shown or hidden (Segment shows its new masks once drawn; napari-unet gui
@@ -187,7 +198,9 @@ class CorrectWidget(Container):
 
     def _drop_tools(self) -> None:
         if self.tools is not None:
-            disconnect_all((self.tools.layer.events.visible, self._on_visible))
+            disconnect_all((self.tools.layer.events.visible, self._on_visible),
+                           (self.tools.layer.events.selected_label, self._on_brush),
+                           (self.tools.layer.events.mode, self._on_brush))
             self.tools.detach()
             self.tools = None
 
