@@ -597,3 +597,44 @@ def test_closing_the_dock_switches_its_tools_off(correcting, qtbot):
     assert get_widget(viewer, "correct") is None
     viewer.add_labels(np.zeros((4, 8, 8), np.int32), name="other masks")  # followed no more: no tools again
     assert widget.tools is None
+
+
+def test_closing_the_window_with_edits_not_saved_asks_first(correcting, tmp_path, qtbot):
+    """napari's own question ("Close window?") did not say that corrections would be lost: closing by
+    hand with masks edited since they were saved (or opened) asks, and Cancel keeps the window."""
+    from qtpy.QtCore import QTimer
+    from qtpy.QtGui import QCloseEvent
+    from qtpy.QtWidgets import QApplication
+
+    from napari_unet.widgets._base import close_with_unsaved_masks, unsaved_masks
+    from napari_unet.widgets._napari_compat import main_window
+
+    viewer, layer, widget, mouse = correcting
+    assert unsaved_masks(viewer) == []  # (opened: nothing to save)
+    mouse.key(Qt.Key.Key_D)
+    mouse.click(mouse.inside(layer.data[FRAME], 5))  # an edit
+    assert unsaved_masks(viewer) == [layer]
+
+    def answer(text: str) -> None:
+        box = QApplication.activeModalWidget()
+        button = next(b for b in box.buttons() if b.text() == text)
+        button.click()
+
+    class ByHand(QCloseEvent):  # (a close from the window's button: napari asks only then, and so does this)
+        def spontaneous(self) -> bool:
+            return True
+
+    window = main_window(viewer)
+    (ask,) = [child for child in window.children() if type(child).__name__ == "AskFirst"]
+    QTimer.singleShot(200, lambda: answer("Cancel"))
+    event = ByHand()
+    assert ask.eventFilter(window, event) is True and not event.isAccepted()  # the window stays
+    QTimer.singleShot(200, lambda: answer("Close without saving"))
+    assert close_with_unsaved_masks(viewer) is True
+
+    widget.save_masks(tmp_path / "frames.tif")  # saved: nothing to ask
+    assert unsaved_masks(viewer) == [] and ask.eventFilter(window, ByHand()) is False
+    layer.undo()  # edited again, then saved by napari's File > Save with napari-unet's writer
+    assert unsaved_masks(viewer) == [layer]
+    assert layer.save(str(tmp_path / "again.tif"), plugin="napari-unet")
+    assert unsaved_masks(viewer) == []

@@ -40,6 +40,21 @@ OBJECTS_3D_KEY = "napari_unet_objects_3d"
 #: (a list of ints, the layer's stack axes), colour], in the order they were written. Fine-tuning on a
 #: slice learns from its colour; kept in the list beside a saved file.
 COLOUR_KEY = "napari_unet_colour"
+#: Keys, in a masks layer's metadata, of the count of the user's edits of it (brush, eraser, fill,
+#: undo, slices marked or unmarked by hand) and of that count when it was last saved: closing the
+#: window with edits not saved asks first (see :func:`unsaved_edits`).
+EDITS_KEY = "napari_unet_edits"
+SAVED_EDITS_KEY = "napari_unet_saved_edits"
+
+
+def unsaved_edits(metadata: Any) -> bool:
+    """Whether a masks layer's metadata says it was edited by the user since it was last saved (or
+    opened: a layer read from a file holds no count)."""
+    if not isinstance(metadata, dict):
+        return False
+    return int(metadata.get(EDITS_KEY, 0) or 0) != int(metadata.get(SAVED_EDITS_KEY, 0) or 0)
+
+
 #: Key, in a masks layer's metadata, of the model that last segmented into it: {"name": its file's stem,
 #: "path": its file}. Kept in the list beside a saved file: reopened the next day, Segment proposes that
 #: model (the user's fine-tuned one) for the image, not the built-in model of its kind.

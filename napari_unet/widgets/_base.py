@@ -641,6 +641,70 @@ def _fit_to_text() -> Any:
     return FitToText()
 
 
+def unsaved_masks(viewer: Any) -> list[Any]:
+    """The Labels layers of ``viewer`` with the user's edits not saved (see
+    :data:`~napari_unet.io._corrected.EDITS_KEY`)."""
+    from napari.layers import Labels
+
+    from napari_unet.io._corrected import unsaved_edits
+
+    return [layer for layer in viewer.layers if isinstance(layer, Labels) and unsaved_edits(layer.metadata)]
+
+
+def ask_before_closing_with_unsaved_masks(viewer: Any) -> None:
+    """Closing the viewer's window by hand (its close button, Cmd+Q) while masks hold edits not saved
+    asks first: napari's own question ("Close window?", when it is on) did not say that corrections
+    would be lost. Set up once a window."""
+    from qtpy.QtCore import QEvent, QObject
+
+    from ._napari_compat import main_window
+
+    window = main_window(viewer)
+    if window is None or window.property("napariUnetAsksUnsaved"):
+        return
+    window.setProperty("napariUnetAsksUnsaved", True)
+    import weakref
+
+    from ._napari_compat import unwrap_proxy
+
+    viewer_ref = weakref.ref(unwrap_proxy(viewer))  # (the window's filter must not keep the viewer alive)
+
+    class AskFirst(QObject):
+        def eventFilter(self, watched: Any, event: Any) -> bool:
+            if event.type() != QEvent.Type.Close or not event.spontaneous():
+                return False
+            shown = viewer_ref()
+            if shown is not None and not close_with_unsaved_masks(shown):
+                event.ignore()
+                return True
+            return False
+
+    window.installEventFilter(AskFirst(window))  # (a child of the window: it goes with it)
+
+
+def close_with_unsaved_masks(viewer: Any) -> bool:
+    """Whether to close ``viewer``'s window: yes when no masks hold edits not saved, else the user's answer."""
+    from qtpy.QtWidgets import QMessageBox
+
+    from ._napari_compat import main_window
+
+    layers = unsaved_masks(viewer)
+    if not layers:
+        return True
+    names = ", ".join(repr(layer.name) for layer in layers)
+    box = QMessageBox(main_window(viewer))
+    box.setIcon(QMessageBox.Icon.Warning)
+    box.setWindowTitle("Edits not saved")
+    box.setText(f"Your edits of {names} are not saved.")
+    box.setInformativeText("Close without saving them? (Save them with Save masks… in the Correct tab, or File > "
+                           "Save Selected Layers…)")
+    close = box.addButton("Close without saving", QMessageBox.ButtonRole.DestructiveRole)
+    keep = box.addButton(QMessageBox.StandardButton.Cancel)
+    box.setDefaultButton(keep)
+    box.exec()
+    return box.clickedButton() is close
+
+
 def hand_over(off: Any, on: Any) -> None:
     """Disable the magicgui button ``off`` (Segment, Start) and enable ``on`` (Cancel, Stop), the
     keyboard focus moved along when ``off`` had it: Qt passes it on to the next control, which for

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 from napari_unet.io._corrected import (  # noqa: F401  (re-exported for the widgets and tests)
     CORRECTED_KEY,
+    EDITS_KEY,
     SIDECAR_SUFFIX,
     Plane,
     as_plane,
@@ -247,8 +248,14 @@ class CorrectedSlices:
             self._unwatch_replay = None
         self._attached = False
 
+    def _edited(self) -> None:
+        """One more edit by the user, not saved yet (see :data:`EDITS_KEY`)."""
+        metadata = self.layer.metadata
+        metadata[EDITS_KEY] = int(metadata.get(EDITS_KEY, 0) or 0) + 1
+
     def _on_paint(self, event: Any) -> None:
         layer = self.layer
+        self._edited()
         planes = planes_of_history_item(getattr(event, "value", None), layer.ndim, layer.data.shape)
         self._by_edit |= planes - set(self.planes)
         self._record(planes)
@@ -263,6 +270,7 @@ class CorrectedSlices:
         self._replaying = (set(), self._brush_holds_new_id(layer), set())
         if not item:
             return
+        self._edited()
         planes = planes_of_history_item(item, layer.ndim, layer.data.shape)
         self._replaying[2].update(planes)
         history = labels_edit_history(layer)
@@ -362,12 +370,18 @@ class CorrectedSlices:
     def mark(self, plane: Any) -> bool:
         """Mark one plane as corrected (e.g. "this slice is right as it is")."""
         self._by_edit.discard(as_plane(plane))  # (the user's word: an undo leaves it corrected)
-        return self.update([plane])
+        changed = self.update([plane])
+        if changed:
+            self._edited()
+        return changed
 
-    def unmark(self, plane: Any) -> bool:
-        """Remove one plane from the set; returns True if it was there."""
+    def unmark(self, plane: Any, by_user: bool = True) -> bool:
+        """Remove one plane from the set; returns True if it was there (``by_user``: the user's choice,
+        an edit to save; not a run replacing the slice)."""
         plane = as_plane(plane)
         self._by_edit.discard(plane)
+        if by_user and plane in set(self.planes):
+            self._edited()
         current = set(self.planes)
         if plane not in current:
             return False

@@ -430,7 +430,7 @@ class RunCorrections:
                     self.partly.append(plane)
                 continue
             if plane in self.replaceable:
-                slices.unmark(plane)
+                slices.unmark(plane, by_user=False)
                 if plane not in self.replaced:
                     self.replaced.append(plane)
                 continue

@@ -356,6 +356,18 @@ def open_viewers() -> list[Any]:
     return [] if current is None else [unwrap_proxy(current)]
 
 
+def main_window(viewer: Any) -> Any:
+    """The viewer's Qt main window (a ``QMainWindow``), or None.
+
+    Checked against: napari 0.5.0 to 0.9.2 (``viewer.window._qt_window``). Degrades to: None (what
+    needs it is then not done: the question before closing with edits not saved).
+    """
+    window = getattr(getattr(unwrap_proxy(viewer), "window", None), "_qt_window", None)
+    if window is None:
+        log.debug("napari's window has no _qt_window")
+    return window
+
+
 def window_destroyed_signal(viewer: Any) -> Any:
     """The Qt ``destroyed`` signal of the viewer's main window, sent as the viewer closes (within
     ``Viewer.close``), or None.

@@ -33,6 +33,7 @@ from magicgui.widgets import ComboBox, Container, Label, PushButton, SpinBox
 
 from ._base import (
     FixedRadioButtons,
+    ask_before_closing_with_unsaved_masks,
     disconnect_all,
     notify_error,
     notify_info,
@@ -104,6 +105,7 @@ class CorrectWidget(Container):
         register_widget(viewer, "correct", self)
         when_undocked(self.native, self._closed)
         tab_with_plugin_docks(self.native)  # (beside the plugin's other docks, not under them)
+        ask_before_closing_with_unsaved_masks(viewer)  # (the user's edits are not lost unasked)
         scroll_when_short(self)  # (a dock shorter than its controls: a laptop's screen)
 
     def _closed(self) -> None:
@@ -249,6 +251,14 @@ class CorrectWidget(Container):
         data, state, _kind = layer.as_layer_data_tuple()
         return path, data, {**state, "metadata": _metadata_now(state.get("metadata"))}, layer.name
 
+    def _mark_saved(self, layer: Any, metadata: dict[str, Any]) -> None:
+        """The file holds the layer's edits up to the count in ``metadata`` (taken when Save was pressed:
+        an edit made while it was written is still to save)."""
+        from napari_unet.io._corrected import EDITS_KEY, SAVED_EDITS_KEY
+
+        if layer is not None and EDITS_KEY in metadata:
+            layer.metadata[SAVED_EDITS_KEY] = metadata[EDITS_KEY]
+
     def save_masks(self, path: str | Path) -> list[str]:
         """Write the chosen masks layer with napari-unet's labels writer (a TIFF and the list of
         its corrected slices, atomically), here and now; returns the paths written ([] on failure,
@@ -259,11 +269,13 @@ class CorrectWidget(Container):
         path, data, state, name = job
         from napari_unet.io._writer import LabelsWriteError, write_layer_labels
 
+        layer = self._layer_combo.value
         try:
             written = write_layer_labels(path, data, state)
         except (LabelsWriteError, OSError) as exc:
             self._not_saved(path, exc)
             return []
+        self._mark_saved(layer, state["metadata"])
         self._saved(name, path)
         return [written]
 
@@ -281,6 +293,12 @@ class CorrectWidget(Container):
 
         from ._base import qt_alive, start_worker
 
+        layer = self._layer_combo.value
+
+        def returned(_written: Any) -> None:
+            self._mark_saved(layer, state["metadata"])
+            self._saved(name, path)
+
         def write():
             yield  # (a generator: start_worker runs those)
             return write_layer_labels(path, data, state)
@@ -292,7 +310,7 @@ class CorrectWidget(Container):
 
         self._save_button.enabled = False
         self._status.value = f"Saving {name!r} to {path}…"
-        self.saving = start_worker(write(), returned=lambda _written: self._saved(name, path),
+        self.saving = start_worker(write(), returned=returned,
                                    errored=lambda exc: self._not_saved(path, exc), finished=finished,
                                    finishes=True, title=f"Save masks of {name!r} to {path.name} (written all the same)")
         return self.saving

@@ -24,6 +24,7 @@ from psygnal import Signal
 
 from . import _heap
 from ._base import (
+    ask_before_closing_with_unsaved_masks,
     disconnect_all,
     notify_error,
     notify_info,
@@ -113,6 +114,7 @@ class FinetuneWidget(Container):
         self._dock_closed = False
         when_undocked(self.native, self._closed)
         tab_with_plugin_docks(self.native)  # (beside the plugin's other docks, not under them)
+        ask_before_closing_with_unsaved_masks(viewer)  # (the user's edits are not lost unasked)
         warm_up_in_background("segmenting", "training")  # the first run then holds up the window less
         # (a dock shorter than its controls: a laptop's screen); the run's status lines and curves stay below
         scroll_when_short(self, only=(self.corrected_panel.native, self.settings_panel.native, more_examples,

@@ -37,6 +37,7 @@ from napari_unet.io._corrected import OBJECTS_3D_KEY
 from . import _heap
 from ._base import (
     FixedRadioButtons,
+    ask_before_closing_with_unsaved_masks,
     current_plane_index,
     disconnect_all,
     format_seconds,
@@ -48,12 +49,12 @@ from ._base import (
     notify_info,
     notify_warning,
     one_line,
-    show_when_known,
     qt_alive,
-    tab_with_plugin_docks,
     scroll_when_short,
+    show_when_known,
     shows_yx_planes,
     start_worker,
+    tab_with_plugin_docks,
     visible_region,
     warm_up_in_background,
     when_undocked,
@@ -276,6 +277,7 @@ class SegmentWidget(Container):
         _heap.add_host(self, self.native, viewer)  # full garbage collections kept short (see _heap)
         when_undocked(self.native, self._closed)
         tab_with_plugin_docks(self.native)  # (beside the plugin's other docks, not under them)
+        ask_before_closing_with_unsaved_masks(viewer)  # (the user's edits are not lost unasked)
         warm_up_in_background("segmenting")  # the first click then does not import or set up on the main thread
         scroll_when_short(self)  # (a dock shorter than its controls: a laptop's screen)
 
