@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import stat
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,40 @@ def file_identity(path: str | os.PathLike) -> tuple[int, ...] | None:
     except OSError:
         return None
     return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+#: Windows: how long a rename onto a file that another program holds open is tried again (OneDrive or
+#: an antivirus scanner opens a new file for a moment), in seconds.
+BUSY_RETRY_SECONDS = 2.0
+_WINDOWS = sys.platform == "win32"
+
+
+def _busy(exc: OSError) -> bool:
+    """Whether ``exc`` is Windows refusing a file another program has open (ERROR_ACCESS_DENIED,
+    ERROR_SHARING_VIOLATION)."""
+    return isinstance(exc, PermissionError) and getattr(exc, "winerror", None) in (5, 32)
+
+
+def _rename(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """``os.replace(src, dst)``; on Windows, a destination another program holds open is tried again for
+    :data:`BUSY_RETRY_SECONDS`, then said plainly (it was "[WinError 32] … being used by another process",
+    naming no program, when napari itself held a file it had read lazily)."""
+    import time
+
+    waited, delay = 0.0, 0.05
+    while True:
+        try:
+            os.replace(src, dst)
+            return
+        except OSError as exc:
+            if not (_WINDOWS and _busy(exc)):
+                raise
+            if waited >= BUSY_RETRY_SECONDS:
+                raise PermissionError(
+                    exc.errno, f"{Path(dst).name} is open in another program (or in napari, as a layer read from "
+                    "the file as it is needed): close it there, or save under another name", str(dst)) from exc
+            time.sleep(delay)
+            waited, delay = waited + delay, min(delay * 2, 0.5)
 
 
 class ChangedMeanwhile(FileExistsError):
@@ -204,9 +239,9 @@ def replace_folder(tmp: str | os.PathLike, dest: str | os.PathLike) -> None:
     aside = None
     if dest.exists():
         aside = Path(tempfile.mkdtemp(prefix=f".{_kept_name(dest)}.", suffix=".old", dir=dest.parent))
-        os.replace(dest, aside / dest.name)
+        _rename(dest, aside / dest.name)
     try:
-        os.replace(tmp, dest)
+        _rename(tmp, dest)
     except BaseException:
         if aside is not None:
             os.replace(aside / dest.name, dest)  # (the old one back)
@@ -262,7 +297,7 @@ class AtomicFiles:
         try:
             for tmp, dest in self._staged:
                 backup = self._backup(dest)
-                os.replace(tmp, dest)
+                _rename(tmp, dest)
                 replaced.append((dest, backup))
                 backup = None
         except BaseException:

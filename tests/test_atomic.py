@@ -177,3 +177,44 @@ def test_one_line_of_an_os_error_names_the_destination_without_errno():
         "a.tif: No such file or directory"
     assert one_line(OSError(errno.ENOSPC, "not enough free space in /d")) == "not enough free space in /d"
     assert one_line(ValueError("first\nsecond")) == "first" and one_line(RuntimeError()) == "RuntimeError"
+
+
+def test_a_file_held_open_on_windows_is_tried_again_then_said_plainly(tmp_path, monkeypatch):
+    """Windows refuses to rename onto a file another program holds open (OneDrive or a virus scanner for
+    a moment; napari itself for a layer read lazily): a few tries, then one plain line, not
+    "[WinError 32] ... being used by another process"; the old file is kept either way."""
+    import os
+
+    from napari_unet import _atomic
+
+    monkeypatch.setattr(_atomic, "_WINDOWS", True)
+    monkeypatch.setattr(_atomic, "BUSY_RETRY_SECONDS", 0.3)
+    real = os.replace
+    refusals = []
+
+    def held_open(src, dst):
+        if len(refusals) < limit[0]:
+            refusals.append(dst)
+            error = PermissionError(13, "The process cannot access the file because it is being used by another process",
+                                    str(dst))
+            error.winerror = 32
+            raise error
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", held_open)
+    dest = tmp_path / "masks.tif"
+    dest.write_bytes(b"old")
+    limit = [2]  # held a moment: written on the third try
+    with atomic_write(dest, "wb") as fh:
+        fh.write(b"new")
+    assert dest.read_bytes() == b"new" and len(refusals) == 2
+    limit, refusals[:] = [1000], []  # held for good
+    with pytest.raises(PermissionError, match="masks.tif is open in another program"):
+        with atomic_write(dest, "wb") as fh:
+            fh.write(b"newer")
+    assert dest.read_bytes() == b"new" and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    limit, refusals[:] = [1], []  # not Windows: no second try
+    monkeypatch.setattr(_atomic, "_WINDOWS", False)
+    with pytest.raises(PermissionError, match="being used"):
+        with atomic_write(dest, "wb") as fh:
+            fh.write(b"newer")
