@@ -292,3 +292,16 @@ def test_an_undo_of_an_edit_in_another_slice_shows_that_slice(make_napari_viewer
     notifications.clear()
     layer.redo()  # (shown already: nothing said)
     assert viewer.dims.current_step[0] == 9 and not notifications
+
+
+def test_an_undo_leaves_a_slice_corrected_while_edits_out_of_napari_s_history_remain(stack_layer):
+    """napari keeps 100 undo steps: a stroke that fell out of them is still in its slice. Undoing a later
+    stroke of that slice unmarked it, and the next run replaced the older stroke."""
+    layer = stack_layer
+    tracker = CorrectedSlices.for_layer(layer)
+    layer.paint((0, 10, 10), 3)  # stroke A
+    for k in range(105):  # (more than napari keeps)
+        layer.paint((1, 5 + k % 20, 5), 4 + k % 3)
+    layer.paint((0, 20, 20), 5)  # stroke B
+    layer.undo()
+    assert layer.data[0, 10, 10] == 3 and (0,) in tracker.planes

@@ -157,6 +157,9 @@ class CorrectedSlices:
         #: slices corrected only by edits the layer can still undo (not before them, nor marked by hand):
         #: when the last of those edits is undone, the slice is the model's again (see _before_replay)
         self._by_edit: set[Plane] = set()
+        #: edits made and not undone, by slice (never lowered by napari dropping old steps, or a run dropping
+        #: steps that touched a slice it replaced: their effect is still in the slice)
+        self._live: dict[Plane, int] = {}
         self._replaying: tuple[set[Plane], bool] | None = None  # (slices to unmark, the brush held a new id)
         #: the layer came with a list of corrected slices (made or saved by napari-unet): its other labels
         #: are the model's; without one, labels in it are someone's own (see _masks.masks_layer_for)
@@ -180,6 +183,7 @@ class CorrectedSlices:
             planes = {p for p in planes_of_history_item(item, layer.ndim, layer.data.shape) if self._exists(p)}
             if planes:
                 self._by_edit |= planes - set(self.planes)
+                self._count(planes, 1)
                 self._record(planes)  # (an edit across several slices is said, as when it is made)
 
     # ---------------------------------------------------------------- creation
@@ -258,11 +262,17 @@ class CorrectedSlices:
         self._edited()
         planes = planes_of_history_item(getattr(event, "value", None), layer.ndim, layer.data.shape)
         self._by_edit |= planes - set(self.planes)
+        self._count(planes, 1)
         self._record(planes)
+
+    def _count(self, planes: set[Plane], step: int) -> None:
+        for p in planes:
+            self._live[p] = max(0, self._live.get(p, 0) + step)
 
     def _before_replay(self, item: list[Any] | None) -> None:
         """An undo or redo is about to replay ``item``: a redo edits its slices again (marked); an undo
-        marks those that keep other edits to undo, and unmarks, once replayed, those corrected only by
+        marks those that keep edits not undone (counted here: napari drops old steps, and a run the steps
+        of a slice it replaced, while their edits stay), and unmarks, once replayed, those corrected only by
         edits of which this was the last (a stroke then Ctrl+Z left the slice the model's, listed as
         corrected: "Nothing to segment", and the model's output learnt as the truth); slices corrected
         before their edits (marked by hand, a list from a file) stay as they are."""
@@ -276,13 +286,12 @@ class CorrectedSlices:
         history = labels_edit_history(layer)
         last = history[-1] if history else []
         if len(last) == len(item) and all(a is b for a, b in zip(last, item)):  # an undo: the last it can undo
-            rest: set[Plane] = set()
-            for earlier in history[:-1]:
-                rest |= planes_of_history_item(earlier, layer.ndim, layer.data.shape)
-            self._replaying[0].update(p for p in planes if p in self._by_edit and p not in rest)
-            planes &= rest  # (still edited)
+            self._count(planes, -1)
+            self._replaying[0].update(p for p in planes if p in self._by_edit and not self._live.get(p))
+            planes = {p for p in planes if self._live.get(p)}  # (still edited)
         else:  # a redo: an edit again
             self._by_edit |= planes - set(self.planes)
+            self._count(planes, 1)
         self._record(planes)
 
     def _after_replay(self, undo: bool) -> None:
