@@ -631,6 +631,12 @@ def test_closing_the_window_with_edits_not_saved_asks_first(correcting, tmp_path
     assert ask.eventFilter(window, event) is True and not event.isAccepted()  # the window stays
     QTimer.singleShot(200, lambda: answer("Close without saving"))
     assert close_with_unsaved_masks(viewer) is True
+    # napari's File > Close Window and File > Exit (Ctrl+W, Ctrl+Q) close it from the program, not the window
+    # system: not a spontaneous event, and they were not asked about
+    QTimer.singleShot(200, lambda: answer("Cancel"))
+    assert window.close(quit_app=False, confirm_need=True) is None
+    qtbot.wait(50)
+    assert window.isVisible() and layer in viewer.layers
 
     widget.save_masks(tmp_path / "frames.tif")  # saved: nothing to ask
     assert unsaved_masks(viewer) == [] and ask.eventFilter(window, ByHand()) is False

@@ -652,9 +652,13 @@ def unsaved_masks(viewer: Any) -> list[Any]:
 
 
 def ask_before_closing_with_unsaved_masks(viewer: Any) -> None:
-    """Closing the viewer's window by hand (its close button, Cmd+Q) while masks hold edits not saved
-    asks first: napari's own question ("Close window?", when it is on) did not say that corrections
-    would be lost. Set up once a window."""
+    """Closing the viewer's window by hand (its close button; File > Close Window, File > Exit and their
+    keys, Ctrl+W, Ctrl+Q) while masks hold edits not saved asks first: napari's own question ("Close
+    window?", when it is on) did not say that corrections would be lost. Set up once a window.
+
+    The button's close event is the window system's (spontaneous); napari's menu items call the
+    window's ``close`` with ``confirm_need`` (checked against napari 0.5.0 to 0.9.2), which is
+    wrapped; scripts and ``viewer.close()`` close without asking, as napari's own question does."""
     from qtpy.QtCore import QEvent, QObject
 
     from ._napari_compat import main_window
@@ -680,6 +684,16 @@ def ask_before_closing_with_unsaved_masks(viewer: Any) -> None:
             return False
 
     window.installEventFilter(AskFirst(window))  # (a child of the window: it goes with it)
+    napari_close = window.close
+
+    def close(*args: Any, **kwargs: Any) -> Any:
+        confirm = kwargs.get("confirm_need", args[1] if len(args) > 1 else False)
+        shown = viewer_ref()
+        if confirm and shown is not None and not close_with_unsaved_masks(shown):
+            return None  # (as napari's own question, answered no)
+        return napari_close(*args, **kwargs)
+
+    window.close = close
 
 
 def close_with_unsaved_masks(viewer: Any) -> bool:
