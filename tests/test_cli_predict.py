@@ -274,7 +274,7 @@ def test_channel_of_an_rgb_image_is_that_colour(tmp_path, dsb_fluo_crop, tiny_mo
 
 # ---------------------------------------------------------------------- issue #17
 def test_two_inputs_with_one_output_name_are_refused_before_any_work(tmp_path, images, tiny_model_path,
-                                                                     capsys):
+                                                                     capsys, monkeypatch):
     other = tmp_path / "in2"
     other.mkdir()
     (other / "a.tif").write_bytes((images / "b.tif").read_bytes())
@@ -290,13 +290,21 @@ def test_two_inputs_with_one_output_name_are_refused_before_any_work(tmp_path, i
     rc = main(["predict", str(images), "--out", str(out), "--model", str(tiny_model_path), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and "a.png" in err and "a.tif" in err and not out.exists()
-    # Cell.tif and cell.tif of two folders: one file on macOS's and Windows' disks (the second replaced the first)
+    # Cell.tif and cell.tif of two folders: one file on macOS's and Windows' disks (the second replaced the
+    # first), two on Linux's (asked of the disk: they were refused there too)
+    from napari_unet.cli import predict as cli_predict
+
     (images / "a.png").unlink()
     (other / "A.tif").write_bytes((images / "b.tif").read_bytes())
-    rc = main(["predict", str(images / "a.tif"), str(other / "A.tif"), "--out", str(out),
-               "--model", str(tiny_model_path), "--overwrite", "--no-progress"])
+    command = ["predict", str(images / "a.tif"), str(other / "A.tif"), "--out", str(out),
+               "--model", str(tiny_model_path), "--overwrite", "--no-progress"]
+    monkeypatch.setattr(cli_predict, "_names_fold_case", lambda _folder: True)  # (a Mac's disk)
+    rc = main(command)
     err = capsys.readouterr().err
     assert rc == 2 and "differ only in capitals" in err and not out.exists()
+    monkeypatch.undo()
+    assert cli_predict._names_fold_case(out) is False  # (this Linux disk)
+    assert main(command) == 0 and sorted(p.name for p in out.iterdir()) == ["A_masks.tif", "a_masks.tif"]
 
 
 def test_an_input_that_is_another_inputs_output_is_refused_before_any_work(tmp_path, images, tiny_model_path,

@@ -144,13 +144,30 @@ def _check_out_dir(out_dir: Path) -> None:
                        "(they are named <name>_masks.tif after each input)")
 
 
+def _names_fold_case(folder: Path) -> bool:
+    """Whether names that differ only in capitals are one file in ``folder`` (or the nearest folder above
+    it that exists): macOS's and Windows' disks, an SMB share; not Linux's (ext4) — asked of the disk."""
+    import tempfile
+
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        with tempfile.NamedTemporaryFile(prefix=".napari-unet-case-", dir=probe) as fh:
+            name = Path(fh.name)
+            return name.with_name(name.name.swapcase()).exists()
+    except OSError:  # (a folder that cannot be written: said later; the system's usual disks meanwhile)
+        return sys.platform in ("darwin", "win32")
+
+
 def _targets(inputs: list[Path], out_dir: Path, suffix: str) -> list[Path]:
     """``out_dir/<name>_masks<suffix>`` per input; refuses two inputs with one output, and an
     output that is an input (it would be overwritten, then segmented)."""
     from napari_unet.io import stack_name
 
     targets = [out_dir / f"{stack_name(path)}{MASKS_SUFFIX}{suffix}" for path in inputs]
-    first: dict[str, Path] = {}  # (by the name folded: one file on macOS's and Windows' disks, "Cell" and "cell")
+    folds = _names_fold_case(out_dir)
+    first: dict[str, Path] = {}  # (by the name folded where names differing in capitals are one file)
     given = {path.resolve(): path for path in inputs}
     for path, target in zip(inputs, targets):
         if target.resolve() in given:
@@ -158,7 +175,7 @@ def _targets(inputs: list[Path], out_dir: Path, suffix: str) -> list[Path]:
                 f"the masks of {path} would be written over {given[target.resolve()]}, which is also an "
                 "input; leave that one out or segment into another --out folder"
             )
-        folded = str(target).casefold()
+        folded = str(target).casefold() if folds else str(target)
         if folded in first:
             raise CLIError(
                 f"{first[folded]} and {path} would both be written to {target} (on macOS and Windows, names that "
