@@ -118,6 +118,9 @@ def test_a_slow_device_description_comes_from_a_thread_and_the_latest_wins(widge
     assert w._device_label.value == "CPU, 1 thread"
     show_when_known(w._device_label, lambda: 1 / 0, quick=False)
     qtbot.waitUntil(lambda: w._device_label.value.startswith("unknown (division by zero"), timeout=5_000)
+    from napari_unet.widgets import _base
+
+    assert not _base._RELAYS  # (each held until its text came, then let go on the main thread)
 
 
 def test_current_slice_writes_only_that_slice(widget, qtbot, c2c12_stack):

@@ -567,6 +567,10 @@ def qt_alive(widget: Any) -> bool:
     return True
 
 
+#: The relays of :func:`show_when_known` whose text has not arrived yet.
+_RELAYS: set[Any] = set()
+
+
 def show_when_known(label: Any, describe: Callable[[], str], quick: bool, waiting: str = "finding the GPU…") -> None:
     """Set the magicgui Label ``label`` to ``describe()`` (its error's one line: "unknown (...)"): at
     once when ``quick``; otherwise from a daemon thread, the label saying ``waiting`` until then (the
@@ -591,13 +595,14 @@ def show_when_known(label: Any, describe: Callable[[], str], quick: bool, waitin
     relay = Relay()  # made on the main thread: its signal, sent from the thread, is queued to it
 
     def show(words: str) -> None:
+        _RELAYS.discard(relay)  # (let go here, on the main thread)
         if qt_alive(label) and getattr(label, "_napari_unet_pending", None) is ticket:
             label.value = words
 
     relay.said.connect(show)
-    # held by the label (main thread), not by the thread alone: a QObject freed by the thread that
-    # dropped its last reference is deleted outside its own thread, its queued call maybe with it
-    label._napari_unet_relay = relay
+    # held here until its text arrived, not by the thread alone: a QObject freed by the thread that dropped
+    # its last reference is deleted outside its own thread, its queued call maybe with it
+    _RELAYS.add(relay)
     label.value = waiting
     threading.Thread(target=lambda: relay.said.emit(text()), name="napari-unet device", daemon=True).start()
 
