@@ -419,6 +419,12 @@ def test_a_volume_s_object_that_is_one_of_a_corrected_plane_s_takes_its_id(make_
     for z in (2, 3):
         assert set(np.unique(masks.data[z]).tolist()) == {0, 7, 11}
     assert set(np.unique(masks.data[0]).tolist()) == {0, 11, 12}
+    # uint64 masks with ids of 2^63 or more (another tool's): adopted as well (they overflowed the pairing)
+    huge = viewer.add_labels(np.zeros((4, 16, 16), np.uint64), name="huge masks")
+    top = 2**63 + 5
+    huge.data[1, 8:12, 8:12] = top
+    write_volume(huge, VolumeResult((slice(None),), volume), {(1,)})
+    assert int(huge.data[2, 9, 9]) == top and int(huge.data[2, 3, 11]) == top + 2
 
 
 def test_a_3d_run_takes_the_volume_wherever_the_z_slider_is(widget, qtbot, nuclei3d, notifications):

@@ -351,14 +351,17 @@ def adopted_ids(pairs: list[tuple[np.ndarray, np.ndarray]], min_iou: float = 0.5
         news, new_area = np.unique(new_plane[new_plane > 0], return_counts=True)
         users, user_area = np.unique(user_plane[user_plane > 0], return_counts=True)
         both = (new_plane > 0) & (user_plane > 0)
-        shared, counts = np.unique(np.stack([new_plane[both], user_plane[both]]).astype(np.int64), axis=1,
+        # (the user's ids by their rank: ids of 2^63 or more in uint64 masks did not fit the pairs' int64)
+        met, rank = np.unique(user_plane[both], return_inverse=True)
+        shared, counts = np.unique(np.stack([new_plane[both].astype(np.int64), rank.astype(np.int64)]), axis=1,
                                    return_counts=True)
         if not counts.size:
             continue
+        user_ids = met[shared[1]]
         a = new_area[np.searchsorted(news, shared[0])]
-        b = user_area[np.searchsorted(users, shared[1])]
+        b = user_area[np.searchsorted(users, user_ids)]
         iou = counts / (a + b - counts)
-        for new, user, value in zip(shared[0][iou > min_iou], shared[1][iou > min_iou], iou[iou > min_iou]):
+        for new, user, value in zip(shared[0][iou > min_iou], user_ids[iou > min_iou], iou[iou > min_iou]):
             if value > best.get(int(new), (0.0, 0))[0]:
                 best[int(new)] = (float(value), int(user))
     adopted: dict[int, int] = {}
