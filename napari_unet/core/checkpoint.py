@@ -188,7 +188,11 @@ class SegmentationModel:
         return next(self.net.parameters()).device
 
     def to(self, device: torch.device | str | None) -> "SegmentationModel":
-        self.net.to(select_device(device) if not isinstance(device, torch.device) else device)
+        from .device import device_lock
+
+        where = select_device(device) if not isinstance(device, torch.device) else device
+        with device_lock(where), device_lock(self.device):  # (Apple's GPU: one thread at a time, see device_lock)
+            self.net.to(where)
         return self
 
     def copy(self) -> "SegmentationModel":

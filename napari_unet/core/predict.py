@@ -273,7 +273,10 @@ class _Engine:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         elif self.device.type == "mps":
-            torch.mps.empty_cache()
+            from .device import device_lock
+
+            with device_lock(self.device):
+                torch.mps.empty_cache()
         if self.batch_size > 1:
             self.batch_size //= 2
             log.warning("Out of memory: %d tiles per batch from now on.", self.batch_size)

@@ -507,8 +507,10 @@ def _out_of_memory(exc: BaseException, recipe: Recipe, device: torch.device) -> 
 def _finite_network(net: torch.nn.Module) -> bool:
     """Whether ``net``'s weights are finite and it gives finite outputs on a patch of normalised noise
     (weights of 1e30 are finite, and their output is not)."""
-    if not all(bool(torch.isfinite(v).all()) for v in net.state_dict().values() if v.is_floating_point()):
-        return False
+    first = next(iter(net.parameters()), None)
+    with device_lock(first.device if first is not None else "cpu"):  # (Apple's GPU: one thread at a time)
+        if not all(bool(torch.isfinite(v).all()) for v in net.state_dict().values() if v.is_floating_point()):
+            return False
     config = getattr(net, "config", None)
     if config is None:
         return True
