@@ -825,6 +825,15 @@ def test_long_status_lines_wrap_in_a_narrow_dock(make_napari_viewer, qtbot):
             assert native.wordWrap(), label.label
             assert native.minimumSizeHint().width() < 300, label.label  # never forces the dock wider
             assert native.height() >= native.heightForWidth(native.width()), label.label  # all lines shown
+    # a larger font (napari's preferences): measured again, not the height kept for the text and width
+    native = seg._status.native
+    _d1.raise_()
+    qtbot.wait(100)
+    font = native.font()
+    font.setPointSizeF(font.pointSizeF() * 1.6)
+    native.setFont(font)
+    qtbot.wait(200)
+    assert native.height() >= native.heightForWidth(native.width())
 
 
 def test_closing_the_viewer_mid_run_is_quiet(widget, qtbot, data_dir):

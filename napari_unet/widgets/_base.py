@@ -634,7 +634,7 @@ def _fit_to_text() -> Any:
             # a new text repaints the label (setText posts no event of its own); a new width resizes it
             if event.type() in (QEvent.Type.Paint, QEvent.Type.Resize):
                 # measured once a text and width (every repaint, a progress bar's among them, had a layout pass)
-                key = f"{watched.width()}\n{watched.text()}"
+                key = f"{watched.width()}\n{watched.font().key()}\n{watched.text()}"  # (a new font size too)
                 if watched.property("napariUnetFitted") == key:
                     return False
                 watched.setProperty("napariUnetFitted", key)

@@ -1180,6 +1180,7 @@ class SegmentWidget(Container):
 
         generator = iter_rethreshold(cached, float(self._threshold.value), int(self._min_size.value))
         self._run_layers = (None, masks)  # no image needed: only the masks are written
+        self._volumes_written = None  # (planes: a cancel says "finished slices kept", not the last 3D run's volumes)
         self._start(generator, "Applying threshold", rethreshold=True, masks=masks)
 
 
