@@ -98,6 +98,8 @@ def test_reopened_masks_propose_the_model_that_made_them(make_napari_viewer, qtb
     qtbot.waitUntil(lambda: w._worker is None, timeout=60_000)
     masks = viewer.layers[masks_layer_name("phase")]
     assert masks.metadata[MODEL_KEY]["name"] == "cells-tuned"
+    # (the hint follows the masks' model at the run's end: it named the built-in model they were made by before)
+    assert "Proposed 'cells-tuned': it made this image's masks" in w._model_hint.value
     path = tmp_path / f"{masks.name}.tif"
     assert masks.save(str(path), plugin="napari-unet")
     assert stored_layout(path).model["name"] == "cells-tuned"

@@ -420,6 +420,7 @@ class SegmentWidget(Container):
             self.add_model_file(path)
         else:
             self._model_combo.value = listed
+        self._proposal.refresh()  # (the hint said the model the masks record before this one was chosen)
 
     def follow_renamed_model(self, old_path: str, new_path: str) -> None:
         """The chosen model renamed (Manage models): the same model under its new name, chosen quietly,
@@ -441,6 +442,7 @@ class SegmentWidget(Container):
             made = recorded_model(getattr(layer, "metadata", None))
             if made is not None and Path(made["path"]).resolve() == Path(old_path).resolve():
                 record_model(layer.metadata, new_path)
+        self._proposal.refresh()  # (the hint named the old name)
 
     def _on_model_changed(self, *_args) -> None:
         """A new model: take its threshold and min. size (the masks made before keep their kept
@@ -1068,6 +1070,8 @@ class SegmentWidget(Container):
                                        f"{Path(str(self._model_combo.value)).stem!r} is chosen for the next run.")
         if not self._failed and not self._abandoned:
             report_empty_planes(self._empty_planes)
+            if not self._rethresholding:  # (the masks now record the run's model: the hint says so)
+                self._proposal.refresh()
         self._run_corrections.report()
         self._run_layers = ()
         self.last_run_seconds = took
