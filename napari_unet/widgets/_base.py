@@ -689,14 +689,18 @@ def ask_before_closing_with_unsaved_masks(viewer: Any) -> None:
             return False
 
     window.installEventFilter(AskFirst(window))  # (a child of the window: it goes with it)
-    napari_close = window.close
+    # (the window held weakly, napari's close unbound: a window holding a closure that held it was a cycle,
+    # kept alive while the heap was frozen, and the closed viewer never thawed it: see _heap)
+    napari_close, window_ref = type(window).close, weakref.ref(window)
 
     def close(*args: Any, **kwargs: Any) -> Any:
         confirm = kwargs.get("confirm_need", args[1] if len(args) > 1 else False)
-        shown = viewer_ref()
+        shown, target = viewer_ref(), window_ref()
+        if target is None:
+            return None
         if confirm and shown is not None and not close_with_unsaved_masks(shown):
             return None  # (as napari's own question, answered no)
-        return napari_close(*args, **kwargs)
+        return napari_close(target, *args, **kwargs)
 
     window.close = close
 
