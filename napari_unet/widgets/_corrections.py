@@ -285,7 +285,7 @@ class CorrectedSlices:
         self._replaying[2].update(planes)
         history = labels_edit_history(layer)
         last = history[-1] if history else []
-        if len(last) == len(item) and all(a is b for a, b in zip(last, item)):  # an undo: the last it can undo
+        if len(last) == len(item) and all(a is b for a, b in zip(last, item, strict=True)):  # an undo: the last it can undo
             self._count(planes, -1)
             self._replaying[0].update(p for p in planes if p in self._by_edit and not self._live.get(p))
             planes = {p for p in planes if self._live.get(p)}  # (still edited)

@@ -361,7 +361,8 @@ def adopted_ids(pairs: list[tuple[np.ndarray, np.ndarray]], min_iou: float = 0.5
         a = new_area[np.searchsorted(news, shared[0])]
         b = user_area[np.searchsorted(users, user_ids)]
         iou = counts / (a + b - counts)
-        for new, user, value in zip(shared[0][iou > min_iou], user_ids[iou > min_iou], iou[iou > min_iou]):
+        kept = iou > min_iou
+        for new, user, value in zip(shared[0][kept], user_ids[kept], iou[kept], strict=True):
             if value > best.get(int(new), (0.0, 0))[0]:
                 best[int(new)] = (float(value), int(user))
     adopted: dict[int, int] = {}
