@@ -97,7 +97,7 @@ def test_watch_labels_replay_sees_undo_redo_and_the_key_bindings(labels):
         "correction cannot tell which slice they change"
     )
     seen = []
-    unwatch = watch_labels_replay(layer, seen.append)
+    unwatch = watch_labels_replay(layer, lambda item, _undo: seen.append(item))
     layer.paint((2, 12, 12), 9)
     layer.undo()
     assert layer.data[2, 12, 12] == 0

@@ -160,7 +160,8 @@ class CorrectedSlices:
         #: edits made and not undone, by slice (never lowered by napari dropping old steps, or a run dropping
         #: steps that touched a slice it replaced: their effect is still in the slice)
         self._live: dict[Plane, int] = {}
-        self._replaying: tuple[set[Plane], bool] | None = None  # (slices to unmark, the brush held a new id)
+        #: during an undo or redo: (slices to unmark once replayed, the brush held a new id, slices replayed)
+        self._replaying: tuple[set[Plane], bool, set[Plane]] | None = None
         #: the layer came with a list of corrected slices (made or saved by napari-unet): its other labels
         #: are the model's; without one, labels in it are someone's own (see _masks.masks_layer_for)
         self.came_with_list = CORRECTED_KEY in (layer.metadata or {})
@@ -226,10 +227,10 @@ class CorrectedSlices:
         layer.events.data.connect(self._on_data_replaced)
         tracker_ref = weakref.ref(self)  # the layer's undo/redo wrappers must not keep the tracker alive
 
-        def before_replay(item: list[Any] | None) -> None:
+        def before_replay(item: list[Any] | None, undo: bool) -> None:
             tracker = tracker_ref()
             if tracker is not None:
-                tracker._before_replay(item)
+                tracker._before_replay(item, undo)
 
         def after_replay(undo: bool) -> None:
             tracker = tracker_ref()
@@ -269,7 +270,7 @@ class CorrectedSlices:
         for p in planes:
             self._live[p] = max(0, self._live.get(p, 0) + step)
 
-    def _before_replay(self, item: list[Any] | None) -> None:
+    def _before_replay(self, item: list[Any] | None, undo: bool) -> None:
         """An undo or redo is about to replay ``item``: a redo edits its slices again (marked); an undo
         marks those that keep edits not undone (counted here: napari drops old steps, and a run the steps
         of a slice it replaced, while their edits stay), and unmarks, once replayed, those corrected only by
@@ -283,9 +284,7 @@ class CorrectedSlices:
         self._edited()
         planes = planes_of_history_item(item, layer.ndim, layer.data.shape)
         self._replaying[2].update(planes)
-        history = labels_edit_history(layer)
-        last = history[-1] if history else []
-        if len(last) == len(item) and all(a is b for a, b in zip(last, item, strict=True)):  # an undo: the last it can undo
+        if undo:
             self._count(planes, -1)
             self._replaying[0].update(p for p in planes if p in self._by_edit and not self._live.get(p))
             planes = {p for p in planes if self._live.get(p)}  # (still edited)

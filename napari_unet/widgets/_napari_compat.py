@@ -119,10 +119,10 @@ def labels_edit_history(layer: Any) -> list[list[Any]]:
     return [list(item) for item in history]
 
 
-def watch_labels_replay(layer: Any, before_replay: Callable[[list[Any] | None], None],
+def watch_labels_replay(layer: Any, before_replay: Callable[[list[Any] | None, bool], None],
                         after_replay: Callable[[bool], None] | None = None) -> Callable[[], None]:
-    """Call ``before_replay(item)`` each time ``layer.undo()`` or ``layer.redo()`` replays an edit,
-    and ``after_replay(undo)`` once it is replayed (``undo``: True for an undo).
+    """Call ``before_replay(item, undo)`` each time ``layer.undo()`` or ``layer.redo()`` replays an
+    edit, and ``after_replay(undo)`` once it is replayed (``undo``: True for an undo).
 
     napari's ``Labels.undo``/``redo`` emit no event of their own (``events.paint`` fires only
     for new edits), so the layer's ``undo`` and ``redo`` are wrapped on the instance; the
@@ -142,13 +142,13 @@ def watch_labels_replay(layer: Any, before_replay: Callable[[list[Any] | None], 
     original_undo, original_redo = layer.undo, layer.redo
 
     def undo() -> None:
-        before_replay(_last_history_item(layer, "_undo_history"))
+        before_replay(_last_history_item(layer, "_undo_history"), True)
         original_undo()
         if after_replay is not None:
             after_replay(True)
 
     def redo() -> None:
-        before_replay(_last_history_item(layer, "_redo_history"))
+        before_replay(_last_history_item(layer, "_redo_history"), False)
         original_redo()
         if after_replay is not None:
             after_replay(False)
