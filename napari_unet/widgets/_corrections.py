@@ -388,11 +388,11 @@ class CorrectedSlices:
         an edit to save; not a run replacing the slice)."""
         plane = as_plane(plane)
         self._by_edit.discard(plane)
-        if by_user and plane in set(self.planes):
-            self._edited()
         current = set(self.planes)
         if plane not in current:
             return False
+        if by_user:
+            self._edited()
         current.discard(plane)
         self._write(current)
         self.changed.emit()
