@@ -55,6 +55,15 @@ def unsaved_edits(metadata: Any) -> bool:
     return int(metadata.get(EDITS_KEY, 0) or 0) != int(metadata.get(SAVED_EDITS_KEY, 0) or 0)
 
 
+def mark_saved(metadata: dict, written: dict | None = None) -> None:
+    """Say in a masks layer's ``metadata`` that a file holds its edits up to the count in ``written`` (the
+    metadata as it was written: a copy taken when Save was pressed, an edit made since still to save;
+    by default ``metadata`` itself)."""
+    source = metadata if written is None else written
+    if EDITS_KEY in source:
+        metadata[SAVED_EDITS_KEY] = source[EDITS_KEY]
+
+
 #: Key, in a masks layer's metadata, of the model that last segmented into it: {"name": its file's stem,
 #: "path": its file}. Kept in the list beside a saved file: reopened the next day, Segment proposes that
 #: model (the user's fine-tuned one) for the image, not the built-in model of its kind.

@@ -16,12 +16,11 @@ from napari_unet._errors import one_line
 from ._axes import AxesError, check_axes, guess_axes
 from ._corrected import (
     CORRECTED_KEY,
-    EDITS_KEY,
     MADE_BY,
     MASKS_KEY,
     OBJECTS_3D_KEY,
-    SAVED_EDITS_KEY,
     corrected_list_text,
+    mark_saved,
     recorded_colours,
     recorded_model,
     sidecar_path,
@@ -402,9 +401,8 @@ def write_layer_labels(path: str | os.PathLike, data: Any, meta: dict[str, Any])
                            transform=_transform_of(meta, arr.ndim),
                            objects_3d=bool((meta.get("metadata") or {}).get(OBJECTS_3D_KEY)),
                            colours=meta.get("metadata") or {}, model=meta.get("metadata") or {})
-    metadata = meta.get("metadata")
-    if isinstance(metadata, dict) and EDITS_KEY in metadata:  # (napari's writer hands the layer's own)
-        metadata[SAVED_EDITS_KEY] = metadata[EDITS_KEY]
+    if isinstance(meta.get("metadata"), dict):  # (napari's writer hands the layer's own)
+        mark_saved(meta["metadata"])
     return str(written)
 
 

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, Label, PushButton, SpinBox
 
+from napari_unet.io._corrected import mark_saved
+
 from ._base import (
     FixedRadioButtons,
     ask_before_closing_with_unsaved_masks,
@@ -251,14 +253,6 @@ class CorrectWidget(Container):
         data, state, _kind = layer.as_layer_data_tuple()
         return path, data, {**state, "metadata": _metadata_now(state.get("metadata"))}, layer.name
 
-    def _mark_saved(self, layer: Any, metadata: dict[str, Any]) -> None:
-        """The file holds the layer's edits up to the count in ``metadata`` (taken when Save was pressed:
-        an edit made while it was written is still to save)."""
-        from napari_unet.io._corrected import EDITS_KEY, SAVED_EDITS_KEY
-
-        if layer is not None and EDITS_KEY in metadata:
-            layer.metadata[SAVED_EDITS_KEY] = metadata[EDITS_KEY]
-
     def save_masks(self, path: str | Path) -> list[str]:
         """Write the chosen masks layer with napari-unet's labels writer (a TIFF and the list of
         its corrected slices, atomically), here and now; returns the paths written ([] on failure,
@@ -275,7 +269,7 @@ class CorrectWidget(Container):
         except (LabelsWriteError, OSError) as exc:
             self._not_saved(path, exc)
             return []
-        self._mark_saved(layer, state["metadata"])
+        mark_saved(layer.metadata, state["metadata"])
         self._saved(name, path)
         return [written]
 
@@ -296,7 +290,7 @@ class CorrectWidget(Container):
         layer = self._layer_combo.value
 
         def returned(_written: Any) -> None:
-            self._mark_saved(layer, state["metadata"])
+            mark_saved(layer.metadata, state["metadata"])
             self._saved(name, path)
 
         def write():
