@@ -619,14 +619,13 @@ class SegmentWidget(Container):
                 ready_for_writing(masks)
                 generator, message = plan_3d_run(self, image, diameter)
                 if generator is not None:
-                    self._volumes_written = 0
                     self._remember_run(image, masks)
                     self._start(generator, message, overwrite=overwrite, masks=masks, automatic=keep_corrected)
+                    self._volumes_written = 0  # (a run of volumes; its items come once this returns)
                 else:
                     self._drop_new_masks()
                 return
             planes = self._planes_for_scope(image, scope)
-            self._volumes_written = None
             _check_masks_fit(image, len(planes), plane_shape, masks.data.dtype)
             yx_view = shows_yx_planes(self._viewer, image)
             in_3d = self._viewer.dims.ndisplay == 3
@@ -847,6 +846,7 @@ class SegmentWidget(Container):
         self._cancelled = False
         self._failed = False
         self._abandoned = ""
+        self._volumes_written = None  # (a run of planes, unless a 3D run says otherwise)
         self._empty_planes = []
         self._notes_said = set()
         self._status.value = message + "…"
@@ -1184,7 +1184,6 @@ class SegmentWidget(Container):
 
         generator = iter_rethreshold(cached, float(self._threshold.value), int(self._min_size.value))
         self._run_layers = (None, masks)  # no image needed: only the masks are written
-        self._volumes_written = None  # (planes: a cancel says "finished slices kept", not the last 3D run's volumes)
         self._start(generator, "Applying threshold", rethreshold=True, masks=masks)
 
 
