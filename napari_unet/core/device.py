@@ -80,6 +80,12 @@ def device_lock(device: torch.device | str) -> Any:
     return _MPS_LOCK if torch.device(device).type == "mps" else contextlib.nullcontext()
 
 
+def module_lock(module: torch.nn.Module) -> Any:
+    """:func:`device_lock` of the device ``module``'s weights are on (none: the CPU's, nothing held)."""
+    first = next(iter(module.parameters()), None)
+    return device_lock(first.device if first is not None else "cpu")
+
+
 def cuda_has_fast_bf16(device: torch.device | str) -> bool:
     """Whether the CUDA GPU ``device`` computes bfloat16 in hardware (compute capability 8.0 on:
     Ampere, Hopper...; ROCm's GPUs say so themselves). ``torch.cuda.is_bf16_supported()`` says yes

@@ -362,8 +362,7 @@ def count_parameters(model: nn.Module) -> int:
 
 def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """A copy of ``model``'s state dict on the CPU, apart from the network (training goes on)."""
-    from .device import device_lock
+    from .device import module_lock
 
-    first = next(iter(model.parameters()), None)
-    with device_lock(first.device if first is not None else "cpu"):  # (Apple's GPU: one thread at a time)
+    with module_lock(model):  # (Apple's GPU: one thread at a time)
         return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

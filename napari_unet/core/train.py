@@ -70,7 +70,7 @@ from napari_unet._training_bounds import DEFAULT_STEPS, MAX_BATCH, MIN_PATCH
 
 from .augment import NO_AUGMENT, AugmentConfig
 from .checkpoint import SegmentationModel
-from .device import describe_device, device_lock, select_device
+from .device import describe_device, module_lock, select_device
 from .events import HeldBackWeights, TrainNote, TrainStep, Validation, run_to_end
 from .examples import MIN_PLANE_SIZE, TrainingSplit, prepare_examples, split_examples, training_split
 from .optimise import Optimiser, autocast_dtype, set_train_mode
@@ -507,8 +507,7 @@ def _out_of_memory(exc: BaseException, recipe: Recipe, device: torch.device) -> 
 def _finite_network(net: torch.nn.Module) -> bool:
     """Whether ``net``'s weights are finite and it gives finite outputs on a patch of normalised noise
     (weights of 1e30 are finite, and their output is not)."""
-    first = next(iter(net.parameters()), None)
-    with device_lock(first.device if first is not None else "cpu"):  # (Apple's GPU: one thread at a time)
+    with module_lock(net):  # (Apple's GPU: one thread at a time)
         if not all(bool(torch.isfinite(v).all()) for v in net.state_dict().values() if v.is_floating_point()):
             return False
     config = getattr(net, "config", None)
@@ -517,7 +516,7 @@ def _finite_network(net: torch.nn.Module) -> bool:
     side = net.valid_input_size(64)
     param = next(net.parameters())
     probe = torch.randn((1, config.in_channels, side, side), generator=torch.Generator().manual_seed(0))
-    with device_lock(param.device), torch.no_grad():  # (Apple's GPU: one thread at a time)
+    with module_lock(net), torch.no_grad():  # (Apple's GPU: one thread at a time)
         return bool(torch.isfinite(net(probe.to(param.device, param.dtype))).all())
 
 
