@@ -118,8 +118,7 @@ class ThreeDControls:
             self.voxel.value = ""
             return
         steps = [abs(float(layer.scale[a])) for a in (int(self.z_axis.value), layer.ndim - 2, layer.ndim - 1)]
-        given = isinstance(layer.metadata, dict) and bool(layer.metadata.get(VOXEL_GIVEN_KEY))
-        self.voxel.value = self._voxel_shown = ("" if all(v == 1.0 for v in steps) and not given
+        self.voxel.value = self._voxel_shown = ("" if all(v == 1.0 for v in steps) and not _voxel_typed(layer)
                                                 else ", ".join(f"{v:.10g}" for v in steps))
 
     def _apply_voxel(self) -> None:
@@ -243,8 +242,13 @@ def voxel_size(layer: Any, z_axis: int) -> tuple[float, float, float] | None:
         # some axes in a length, the others in pixels (a file calibrated in x and y with no z step, as
         # ImageJ writes a step of 1): the step between the planes is not known, as the CLI reads it
         return None
-    given = isinstance(getattr(layer, "metadata", None), dict) and bool(layer.metadata.get(VOXEL_GIVEN_KEY))
-    return None if all(s == 1.0 for s in scale) and not given else (scale[0], scale[1], scale[2])
+    return None if all(s == 1.0 for s in scale) and not _voxel_typed(layer) else (scale[0], scale[1], scale[2])
+
+
+def _voxel_typed(layer: Any) -> bool:
+    """Whether the user typed the layer's voxel size (see :data:`VOXEL_GIVEN_KEY`)."""
+    metadata = getattr(layer, "metadata", None)
+    return isinstance(metadata, dict) and bool(metadata.get(VOXEL_GIVEN_KEY))
 
 
 def volume_indices(shape: tuple[int, ...], z_axis: int, current: tuple[int, ...], whole_stack: bool,
