@@ -87,13 +87,12 @@ def select_next_free_label_after_run(viewer: "napari.Viewer", layer: "napari.lay
     another id after a run of the whole stack (one cell, two ids)."""
     label = int(layer.selected_label)
     if label != 0 and isinstance(layer.data, np.ndarray) and layer.data.ndim >= 2:
-        if label != label_before and label >= core_edit.next_free_label(layer.data):
+        chosen_meanwhile = label != label_before
+        if chosen_meanwhile and label >= core_edit.next_free_label(layer.data):
             return
         index = current_plane_index(viewer, layer)
-        in_plane = bool(np.any((layer.data[index] if index else layer.data) == label))
-        if label != label_before and in_plane:
-            return
-        if label == label_before and in_plane and index and _slice_kept_by_runs(layer, index):
+        if np.any((layer.data[index] if index else layer.data) == label) and (
+                chosen_meanwhile or (index and _slice_kept_by_runs(layer, index))):
             return
     select_next_free_label(layer)
 
