@@ -222,9 +222,9 @@ def atomic_folder(path: str | os.PathLike, unchanged: dict[str, Any] | None = No
         yield tmp
         check_unchanged(unchanged)
         first = not Path(path).exists()
-        replace_folder(tmp, path)
+        replace_folder(tmp, path)  # (the old folder or the new one, whatever interrupts it)
         if first:  # (what a writer killed before left beside it was not looked at while there was no folder;
-            _remove_abandoned(Path(path), ("tmp",))  # an old folder set aside may be the only copy: kept)  # (the old folder or the new one, whatever interrupts it)
+            _remove_abandoned(Path(path), ("tmp",))  # an old folder set aside may be the only copy: kept)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

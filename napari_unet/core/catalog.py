@@ -22,7 +22,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from napari_unet._atomic import atomic_write, check_folder_writable, file_identity  # noqa: F401  (file_identity: the catalog's too)
+from napari_unet._atomic import atomic_write, check_folder_writable, file_identity
 
 from .checkpoint import ModelFileError, SegmentationModel, read_model_file, save_model
 

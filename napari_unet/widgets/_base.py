@@ -664,18 +664,16 @@ def ask_before_closing_with_unsaved_masks(viewer: Any) -> None:
     The button's close event is the window system's (spontaneous); napari's menu items call the
     window's ``close`` with ``confirm_need`` (checked against napari 0.5.0 to 0.9.2), which is
     wrapped; scripts and ``viewer.close()`` close without asking, as napari's own question does."""
+    import weakref
+
     from qtpy.QtCore import QEvent, QObject
 
-    from ._napari_compat import main_window
+    from ._napari_compat import main_window, unwrap_proxy
 
     window = main_window(viewer)
     if window is None or window.property("napariUnetAsksUnsaved"):
         return
     window.setProperty("napariUnetAsksUnsaved", True)
-    import weakref
-
-    from ._napari_compat import unwrap_proxy
-
     viewer_ref = weakref.ref(unwrap_proxy(viewer))  # (the window's filter must not keep the viewer alive)
 
     class AskFirst(QObject):

@@ -375,8 +375,7 @@ def window_destroyed_signal(viewer: Any) -> Any:
     Checked against: napari 0.5.0 to 0.9.2 (``viewer.window._qt_window``, the ``QMainWindow``).
     Degrades to: None (callers then learn of the close from the layers leaving only).
     """
-    window = getattr(getattr(unwrap_proxy(viewer), "window", None), "_qt_window", None)
-    signal = getattr(window, "destroyed", None)
+    signal = getattr(main_window(viewer), "destroyed", None)
     if signal is None:
         log.debug("napari's window has no _qt_window: its closing is not watched")
     return signal
