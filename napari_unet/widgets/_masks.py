@@ -33,6 +33,15 @@ def masks_layer_name(image_name: str) -> str:
     return f"{image_name}{MASKS_SUFFIX}"
 
 
+def masks_of(viewer: Any, image: Any) -> Any:
+    """The layer named as ``image``'s masks ("<image> masks") in ``viewer``, or None (no image, no
+    such layer; a layer of another kind so named is returned: callers that need Labels check)."""
+    if image is None:
+        return None
+    name = masks_layer_name(image.name)
+    return viewer.layers[name] if name in viewer.layers else None
+
+
 def image_name_of_masks(masks_name: str) -> str | None:
     """"cells" for a masks layer named "cells masks"; None for a name that is no such name."""
     return masks_name[: -len(MASKS_SUFFIX)] if masks_name.endswith(MASKS_SUFFIX) else None
@@ -321,10 +330,8 @@ def shown_plane_corrected(viewer: Any, image: Any) -> bool:
     """Whether the slice of ``image`` shown now is one the user corrected in "<image> masks"."""
     from ._base import current_plane_index
 
-    name = masks_layer_name(image.name)
-    if name not in viewer.layers:
-        return False
-    return current_plane_index(viewer, image) in corrected_planes(viewer.layers[name])
+    masks = masks_of(viewer, image)
+    return masks is not None and current_plane_index(viewer, image) in corrected_planes(masks)
 
 
 def move_past_corrected_slice(viewer: Any, image: Any, planes: list[tuple[int, ...]]) -> str:
@@ -334,7 +341,7 @@ def move_past_corrected_slice(viewer: Any, image: Any, planes: list[tuple[int, .
 
     if not shown_plane_corrected(viewer, image):
         return ""
-    protected = corrected_planes(viewer.layers[masks_layer_name(image.name)])
+    protected = corrected_planes(masks_of(viewer, image))
     current = current_plane_index(viewer, image)
     at = planes.index(current) if current in planes else -1
     following = planes[at + 1:] + planes[:max(at, 0)]

@@ -70,6 +70,7 @@ from ._masks import (
     labels_shape,
     masks_layer_for,
     masks_layer_name,
+    masks_of,
     move_past_corrected_slice,
     ready_for_writing,
     report_empty_planes,
@@ -315,8 +316,7 @@ class SegmentWidget(Container):
         rgb = image is not None and bool(getattr(image, "rgb", False))
         self._colour.visible = rgb
         if rgb:
-            name = masks_layer_name(image.name)
-            masks = self._viewer.layers[name] if name in self._viewer.layers else None
+            masks = masks_of(self._viewer, image)
             pairs = recorded_colours(masks.metadata) if masks is not None else []
             self._colour.value = pairs[-1][1] if pairs else "auto"
 
@@ -605,7 +605,7 @@ class SegmentWidget(Container):
         try:
             plane_shape = labels_shape(image)[-2:]
             diameter = self._sizing.chosen(image, plane_shape)  # checked before anything is written
-            existed = masks_layer_name(image.name) in self._viewer.layers
+            existed = masks_of(self._viewer, image) is not None
             try:
                 masks = self._masks_layer(image)
             except MemoryError:  # (an array of the whole stack's shape, refused by the system)
@@ -767,17 +767,16 @@ class SegmentWidget(Container):
         another plane than the one shown until the next run)."""
         from ._masks import follow_the_images_geometry
 
-        name = masks_layer_name(image.name)
-        if name in self._viewer.layers:
-            follow_the_images_geometry(self._viewer.layers[name], image, len(labels_shape(image)))
+        masks = masks_of(self._viewer, image)
+        if masks is not None:
+            follow_the_images_geometry(masks, image, len(labels_shape(image)))
 
     def _stroke_going_on(self) -> bool:
         """Whether the user is drawing a brush or eraser stroke in the masks of the image chosen."""
         from ._napari_compat import stroke_in_progress
 
-        image = self._image_combo.value
-        name = masks_layer_name(image.name) if image is not None else None
-        return name is not None and name in self._viewer.layers and bool(stroke_in_progress(self._viewer.layers[name]))
+        masks = masks_of(self._viewer, self._image_combo.value)
+        return masks is not None and bool(stroke_in_progress(masks))
 
     def _shown_plane_is_corrected(self) -> bool:
         image = self._image_combo.value
@@ -997,8 +996,7 @@ class SegmentWidget(Container):
             notify_warning("A point has no size: draw a circle around a cell, or a line across it, in a Shapes "
                            "layer (or pick a cell's label in the masks).")
             return
-        name = masks_layer_name(image.name) if image is not None else None
-        masks = self._viewer.layers[name] if name is not None and name in self._viewer.layers else None
+        masks = masks_of(self._viewer, image)
         if isinstance(active, Labels) and image is not None and tuple(active.data.shape[-2:]) == labels_shape(image)[-2:]:
             masks = active  # a cell drawn in a Labels layer of the image's size (before any masks exist)
         self._sizing.from_selected_label(self._viewer, masks)
@@ -1122,8 +1120,7 @@ class SegmentWidget(Container):
         last_image = self._last_image() if self._last_image is not None else None
         if image is None or unwrap_proxy(image) is last_image:
             return self._follow_last_masks()
-        name = masks_layer_name(image.name)
-        masks = self._viewer.layers[name] if name in self._viewer.layers else None
+        masks = masks_of(self._viewer, image)
         if masks is None or not self._kept.results(masks):
             self._status.value = (f"The new Threshold and Min. size apply when you segment {image.name!r}: none of "
                                   "its masks are kept to re-apply them to.")
