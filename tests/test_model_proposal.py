@@ -121,3 +121,83 @@ def test_reopened_masks_propose_the_model_that_made_them(make_napari_viewer, qtb
     assert "'cells-tuned' is gone" in w._status.value
     assert _stem(w._model_combo.value) == "cells"
     assert "made by 'cells-tuned', not in the Model list. Proposed 'cells'" in w._model_hint.value
+
+
+def test_reopened_masks_give_back_the_diameter_typed_for_them(make_napari_viewer, qtbot, tiny_model_path, tmp_path):
+    """A size found by hand on day one (C2C12's cells need 14 px: Auto finds nothing there) was lost
+    with the window: the masks reopened the next day left the field at Auto. They record the diameter
+    typed for their last run; the field shows it again while it says Auto, goes back to Auto for an
+    image without one, and a size the user types is never replaced."""
+    from napari_unet.io._corrected import DIAMETER_KEY, stored_layout
+    from napari_unet.widgets.segment import SCOPE_SLICE, masks_layer_name
+
+    cells, _, _ = load_sample("cells_phase_2d")
+    viewer = make_napari_viewer()
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    image = viewer.add_image(cells[:128, :128], name="phase")
+    w.reset_choices()
+    w._image_combo.value = image
+    w.select_model(tiny_model_path)
+    w._scope.value = SCOPE_SLICE
+    w._diameter.value = "14"
+    w._run_button.clicked.emit()
+    qtbot.waitUntil(lambda: w._worker is None, timeout=60_000)
+    masks = viewer.layers[masks_layer_name("phase")]
+    assert masks.metadata[DIAMETER_KEY] == "14"
+    path = tmp_path / f"{masks.name}.tif"
+    assert masks.save(str(path), plugin="napari-unet")
+    assert stored_layout(path).diameter == "14"
+
+    # the next day: the image, a new Segment dock (Auto), then the masks opened beside it
+    viewer.layers.clear()
+    viewer.window.remove_dock_widget(_dock)
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    viewer.add_image(cells[:128, :128], name="phase")
+    w.reset_choices()
+    assert w._diameter.value == "auto"
+    viewer.open(path, plugin="napari-unet")
+    assert w._diameter.value == "14"
+    assert "given when these masks were made" in w._diameter_used.value
+    # another image, without masks: Auto again; back to the first: 14
+    other = viewer.add_image(cells[128:256, :128], name="other")
+    w.reset_choices()
+    w._image_combo.value = other
+    assert w._diameter.value == "auto" and w._diameter_used.value == ""
+    w._image_combo.value = viewer.layers["phase"]
+    assert w._diameter.value == "14"
+    # the user's own size stays theirs, whichever image is chosen
+    w._diameter.value = "20"
+    w._image_combo.value = other
+    w._image_combo.value = viewer.layers["phase"]
+    assert w._diameter.value == "20"
+    # a run given Auto forgets the size typed before
+    w._diameter.value = "auto"
+    w._run_button.clicked.emit()
+    qtbot.waitUntil(lambda: w._worker is None, timeout=60_000)
+    assert DIAMETER_KEY not in viewer.layers[masks_layer_name("phase")].metadata
+
+
+def test_masks_do_not_propose_another_model_of_the_same_name(make_napari_viewer, tiny_model_path, tmp_path):
+    """Masks brought from another computer, made by its 'cells-tuned': this computer's own
+    'cells-tuned' (trained another day) is not the model that made them; one moved from the folder
+    recorded, trained the same day, is."""
+    from napari_unet.core.catalog import user_models_dir
+    from napari_unet.core.checkpoint import read_model_file, read_model_metadata, save_model
+    from napari_unet.io._corrected import record_model
+    from napari_unet.widgets._proposal import masks_model
+
+    user_models_dir().mkdir(parents=True, exist_ok=True)
+    model = read_model_file(tiny_model_path)
+    date = model.metadata["date"] = "2026-12-01T10:00:00+00:00"
+    ours = save_model(model, user_models_dir() / "cells-tuned.pt")
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((64, 64), np.float32), name="phase")
+    masks = viewer.add_labels(np.zeros((64, 64), np.int32), name="phase masks")
+    choices = [("cells-tuned (yours)", str(ours))]
+    elsewhere = tmp_path / "other computer" / "cells-tuned.pt"
+    record_model(masks.metadata, elsewhere, "2020-01-01T00:00:00+00:00")
+    assert masks_model(viewer, image, choices, read_model_metadata) == (None, "cells-tuned")
+    record_model(masks.metadata, elsewhere, date)
+    assert masks_model(viewer, image, choices, read_model_metadata) == (str(ours), "cells-tuned")
+    record_model(masks.metadata, elsewhere)  # (masks saved before models' dates were recorded)
+    assert masks_model(viewer, image, choices, read_model_metadata) == (str(ours), "cells-tuned")

@@ -65,9 +65,16 @@ def mark_saved(metadata: dict, written: dict | None = None) -> None:
 
 
 #: Key, in a masks layer's metadata, of the model that last segmented into it: {"name": its file's stem,
-#: "path": its file}. Kept in the list beside a saved file: reopened the next day, Segment proposes that
+#: "path": its file, "date": when it was trained, where known (tells it from another computer's model
+#: of the same name)}. Kept in the list beside a saved file: reopened the next day, Segment proposes that
 #: model (the user's fine-tuned one) for the image, not the built-in model of its kind.
 MODEL_KEY = "napari_unet_model"
+
+#: Key, in a masks layer's metadata, of the object diameter typed in Segment for the run that
+#: segmented into it last, as typed ("14", "8 um"); absent when that run estimated it (Auto). Kept in
+#: the list beside a saved file: reopened, Segment's field shows it again (a size found by hand on day
+#: one is not to be found again on day two).
+DIAMETER_KEY = "napari_unet_diameter"
 
 
 def recorded_colours(metadata: Any) -> list[tuple[tuple[int, ...], int | str]]:
@@ -90,19 +97,47 @@ def recorded_colours(metadata: Any) -> list[tuple[tuple[int, ...], int | str]]:
     return pairs
 
 
-def record_model(metadata: dict, path: Any) -> None:
-    """Say in ``metadata`` (a masks layer's) that the model file ``path`` segmented into it last."""
+def record_model(metadata: dict, path: Any, date: Any = None) -> None:
+    """Say in ``metadata`` (a masks layer's) that the model file ``path`` segmented into it last
+    (``date``: the model's own, its metadata's "date", when it has one)."""
     if path:
-        metadata[MODEL_KEY] = {"name": Path(str(path)).stem, "path": str(Path(str(path)).absolute())}
+        made = {"name": Path(str(path)).stem, "path": str(Path(str(path)).absolute())}
+        if isinstance(date, str) and date:
+            made["date"] = date
+        metadata[MODEL_KEY] = made
 
 
 def recorded_model(metadata: Any) -> dict[str, str] | None:
-    """The model :data:`MODEL_KEY` records in ``metadata`` ({"name", "path"}), None when none is
-    (or what is there is malformed)."""
+    """The model :data:`MODEL_KEY` records in ``metadata`` ({"name", "path"} and "date" where
+    recorded), None when none is (or what is there is malformed)."""
     stored = metadata.get(MODEL_KEY) if isinstance(metadata, dict) else None
     if not isinstance(stored, dict) or not all(isinstance(stored.get(k), str) and stored[k] for k in ("name", "path")):
         return None
-    return {"name": stored["name"], "path": stored["path"]}
+    made = {"name": stored["name"], "path": stored["path"]}
+    if isinstance(stored.get("date"), str) and stored["date"]:
+        made["date"] = stored["date"]
+    return made
+
+
+def record_diameter(metadata: dict, typed: str | None) -> None:
+    """Say in ``metadata`` (a masks layer's) the object diameter typed for the run that segmented into
+    it last (None: that run estimated it, and an earlier run's typed size is forgotten)."""
+    if typed:
+        metadata[DIAMETER_KEY] = str(typed)
+    else:
+        metadata.pop(DIAMETER_KEY, None)
+
+
+def recorded_diameter(metadata: Any) -> str | None:
+    """The object diameter :data:`DIAMETER_KEY` records in ``metadata``, as typed; None when none is
+    (or what is there is no size: checked again, against the image, when a run is given it)."""
+    from napari_unet.core.scale import diameter_word
+
+    stored = metadata.get(DIAMETER_KEY) if isinstance(metadata, dict) else None
+    if not isinstance(stored, str) or not 0 < len(stored.strip()) <= 40 or diameter_word(stored) is not None \
+            or not any(c.isdigit() for c in stored):
+        return None
+    return stored.strip()
 
 
 def colours_by_slice(metadata: Any) -> dict[tuple[int, ...], int | str]:
@@ -260,7 +295,8 @@ def corrected_list_text(labels_path: str | os.PathLike, planes: Iterable[Any] | 
     the labels are 3D objects (see :data:`OBJECTS_3D_KEY`); ``colours``: the colours of the RGB image
     the slices were segmented by, where chosen (a layer's metadata, see :data:`COLOUR_KEY`; its slices
     in the layer's axis order, which the reader gives back); ``model``: the model that segmented into the
-    layer last (a layer's metadata, see :data:`MODEL_KEY`)."""
+    layer last and the object diameter typed for that run (a layer's metadata, see :data:`MODEL_KEY`
+    and :data:`DIAMETER_KEY`)."""
     plane_list = planes_given(planes)
     payload = {
         "format": SIDECAR_FORMAT,
@@ -285,6 +321,9 @@ def corrected_list_text(labels_path: str | os.PathLike, planes: Iterable[Any] | 
     made_by = recorded_model(model)
     if made_by:
         payload["model"] = made_by
+    typed = recorded_diameter(model)
+    if typed:
+        payload["diameter"] = typed
     return json.dumps(payload, indent=1) + "\n"
 
 
@@ -333,6 +372,8 @@ class StoredLayout:
     colours: list | None = None
     #: the model that segmented into the layer last (see MODEL_KEY): {"name", "path"}
     model: dict | None = None
+    #: the object diameter typed for that run (see DIAMETER_KEY), as typed
+    diameter: str | None = None
 
 
 def _numbers(values: Any, nonzero: bool = False) -> tuple[float, ...] | None:
@@ -364,7 +405,8 @@ def stored_layout(labels_path: str | os.PathLike) -> StoredLayout:
         transform = None
     colours = [[list(p), c] for p, c in recorded_colours({COLOUR_KEY: data.get("colours")})]
     return StoredLayout(axes, _numbers(data.get("offset_pixels")), scale, tuple(units) if units else None, transform,
-                        data.get("objects_3d") is True, colours or None, recorded_model({MODEL_KEY: data.get("model")}))
+                        data.get("objects_3d") is True, colours or None, recorded_model({MODEL_KEY: data.get("model")}),
+                        recorded_diameter({DIAMETER_KEY: data.get("diameter")}))
 
 
 def transform_identities(ndim: int) -> dict[str, np.ndarray]:

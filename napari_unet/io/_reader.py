@@ -16,6 +16,7 @@ from napari_unet._memory import available_memory
 from ._corrected import (
     COLOUR_KEY,
     CORRECTED_KEY,
+    DIAMETER_KEY,
     MADE_BY,
     MASKS_KEY,
     MODEL_KEY,
@@ -445,6 +446,9 @@ def as_labels_where_masks(path: str | os.PathLike, layers: list[LayerData]) -> l
         if stored.model:  # (see MODEL_KEY)
             for _data, meta, _kind in layers:
                 meta["metadata"] = {**meta.get("metadata", {}), MODEL_KEY: stored.model}
+        if stored.diameter:  # (see DIAMETER_KEY)
+            for _data, meta, _kind in layers:
+                meta["metadata"] = {**meta.get("metadata", {}), DIAMETER_KEY: stored.diameter}
         return layers
     if _is_ome_zarr_labels(path) or _named_as_labels(path, layers):
         # masks napari-unet made (predict, segment_to_ome_zarr): a model's, none corrected yet; another

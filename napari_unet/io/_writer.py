@@ -22,6 +22,7 @@ from ._corrected import (
     corrected_list_text,
     mark_saved,
     recorded_colours,
+    recorded_diameter,
     recorded_model,
     sidecar_path,
     transform_identities,
@@ -135,9 +136,10 @@ def write_labels(
         layer's metadata, see :data:`~napari_unet.io._corrected.COLOUR_KEY`): said in the list beside
         the file, so that fine-tuning on the reopened masks learns from them.
     model : dict, optional
-        A layer's metadata recording the model that segmented into it last (see
-        :data:`~napari_unet.io._corrected.MODEL_KEY`): said in the list beside the file, so that
-        Segment proposes that model when the masks are reopened.
+        A layer's metadata recording the model that segmented into it last and the object diameter
+        typed for that run (see :data:`~napari_unet.io._corrected.MODEL_KEY` and ``DIAMETER_KEY``):
+        said in the list beside the file, so that Segment proposes that model and diameter when the
+        masks are reopened.
     unchanged : dict, optional
         {path: :func:`~napari_unet._atomic.file_identity`} of the files as they were when the caller
         decided to write (the labels file and its list, before a batch segmented the image): when one
@@ -252,7 +254,7 @@ def write_labels(
                 tifffile.imwrite(fh, np.ascontiguousarray(_fitting(data, dtype)), **kwargs)
         if corrected is None and (_exists(sidecar_path(path)) or layer_axes is not None or offset is not None
                                   or transform or objects_3d or recorded_colours(colours)
-                                  or recorded_model(model) or kept is not None):
+                                  or recorded_model(model) or recorded_diameter(model) or kept is not None):
             corrected = []  # a stale list emptied; or the layer's axes, offset or calibration recorded for the reader
         if corrected is not None:
             with files.open(sidecar_path(path), "w") as fh:

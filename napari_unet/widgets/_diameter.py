@@ -57,6 +57,9 @@ class DiameterControls:
         self._last_note = ""
         self._run_auto = True  # whether the last run was given "Auto" (set when it starts)
         self._pixel_um: float | None = None  # the run's image's pixel size (µm), when it has one
+        #: the diameter the last run was given, as typed (None: Auto)
+        self.run_typed: str | None = None
+        self._restored: str | None = None  # the value restore() put in the field, while it is there
 
     @property
     def widgets(self) -> list[Any]:
@@ -81,6 +84,23 @@ class DiameterControls:
         self._pixel_um = pixel_size_um(image) if image is not None else None
         self.used.value = ""  # until the run says (a 3D run does not: the last 2D run's value would stay)
         self._run_auto = self.is_auto  # what the run was given, whatever the field says later
+        self.run_typed = None if self._run_auto else str(self.field.value).strip()
+
+    def restore(self, typed: str | None) -> None:
+        """The image chosen has masks that record the diameter typed for them (``typed``; None: none
+        recorded): the field shows it while it says Auto (a size the user typed since is theirs), and
+        goes back to Auto for an image without one while it still shows the one restored."""
+        said = f"{self._restored} (given when these masks were made)"
+        if typed and (self.is_auto or self.field.value == self._restored):
+            if self.field.value != typed:
+                self.field.value = typed
+            self._restored = typed
+            self.used.value = f"{typed} (given when these masks were made)"
+        elif not typed and self._restored is not None and self.field.value == self._restored:
+            self.field.value = DIAMETER_AUTO
+            self._restored = None
+            if self.used.value == said:
+                self.used.value = ""
 
     def show(self, result: Any) -> None:
         """Say which object diameter a run used (and any note about it, once per run)."""

@@ -10,6 +10,7 @@ next day) gets that model proposed, the user's own included, while it is in the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,25 +68,35 @@ def proposal_for(kind: str | None, builtin: dict[str, str]) -> tuple[str | None,
     return builtin[name], f"Proposed '{name}' for this {words} (choose another model if you like)."
 
 
-def masks_model(viewer: Any, image: Any, choices: list[tuple[str, str]]) -> tuple[str | None, str] | None:
+def masks_model(viewer: Any, image: Any, choices: list[tuple[str, str]],
+                metadata_of: Callable[[str], dict | None] | None = None) -> tuple[str | None, str] | None:
     """(the Model list's value of the model that made the masks of ``image``, its name) when those
     masks are in ``viewer`` and record it (:data:`~napari_unet.io._corrected.MODEL_KEY`; the value None
-    when no listed model is that file or has its name: renamed, deleted, another computer's); None
-    when they record none."""
+    when no listed model is that file, or has its name and date: renamed, deleted, another computer's
+    model of that name); None when they record none. ``metadata_of``: a model file's metadata (its
+    "date"), for a model found by name only."""
     from napari_unet.io._corrected import recorded_model
 
-    from ._masks import masks_layer_name
+    from ._masks import masks_of
 
-    name = masks_layer_name(image.name)
-    masks = viewer.layers[name] if name in viewer.layers else None
-    made = recorded_model(getattr(masks, "metadata", None))
+    made = recorded_model(getattr(masks_of(viewer, image), "metadata", None))
     if made is None:
         return None
     target = Path(made["path"]).resolve()
     listed = next((value for _label, value in choices if Path(value).resolve() == target), None)
     if listed is None:  # (the same name: a models folder moved, the masks brought from another computer)
-        listed = next((value for _label, value in choices if Path(value).stem == made["name"]), None)
+        listed = next((value for _label, value in choices if Path(value).stem == made["name"]
+                       and _same_date(made, value, metadata_of)), None)
     return listed, made["name"]
+
+
+def _same_date(made: dict[str, str], path: str, metadata_of: Callable[[str], dict | None] | None) -> bool:
+    """Whether the model file ``path`` was trained when the masks' record ``made`` says (true when
+    either does not say: masks saved before models' dates were recorded)."""
+    if "date" not in made or metadata_of is None:
+        return True
+    date = (metadata_of(path) or {}).get("date")
+    return not isinstance(date, str) or date == made["date"]
 
 
 def builtin_paths(choices: list[tuple[str, str]]) -> dict[str, str]:
@@ -100,7 +111,8 @@ class ModelProposal:
     """The hint line under Segment's Model list, and the rule: switch the list to the proposed
     built-in model for each chosen image until the user picks a model (then only say it)."""
 
-    def __init__(self, viewer: Any, image_combo: Any, model_combo: Any, choices: Any) -> None:
+    def __init__(self, viewer: Any, image_combo: Any, model_combo: Any, choices: Any,
+                 metadata_of: Callable[[str], dict | None] | None = None) -> None:
         from magicgui.widgets import Label
 
         from ._base import wrap_text
@@ -111,6 +123,7 @@ class ModelProposal:
         #: The kind of the chosen image's plane on screen (None: no image, or not told).
         self.kind: str | None = None
         self._viewer, self._images, self._models, self._choices = viewer, image_combo, model_combo, choices
+        self._metadata_of = metadata_of  # a model file's metadata (see masks_model)
         self._switching = False
 
     def model_changed(self, *_args: Any) -> None:
@@ -123,7 +136,7 @@ class ModelProposal:
         image = self._images.value
         self.kind = None if image is None else shown_kind(self._viewer, image)
         choices = self._choices()
-        made = None if image is None else masks_model(self._viewer, image, choices)
+        made = None if image is None else masks_model(self._viewer, image, choices, self._metadata_of)
         if made is not None and made[0] is not None:
             path, self.hint.value = made[0], (f"Proposed {Path(made[0]).stem!r}: it made this image's masks "
                                               "(choose another model if you like).")

@@ -205,7 +205,8 @@ class SegmentWidget(Container):
         self._postprocessing_applied: dict | None = None
         self._metadata_cache: dict[tuple[str, int], dict] = {}  # (model path, mtime) -> its metadata
         self._run_given: tuple[float | None, int | None] = (None, None)  # what the last run was given
-        self._proposal = ModelProposal(viewer, self._image_combo, self._model_combo, self._model_choices)
+        self._proposal = ModelProposal(viewer, self._image_combo, self._model_combo, self._model_choices,
+                                       self._model_metadata)
         self._model_hint = self._proposal.hint
         self._scope = FixedRadioButtons(label="Segment", choices=[SCOPE_SLICE, SCOPE_VIEW, SCOPE_STACK],
                                         value=SCOPE_SLICE,
@@ -246,6 +247,7 @@ class SegmentWidget(Container):
         self._sizing.from_label_button.changed.connect(self.diameter_from_selected_label)
         self._image_combo.changed.connect(self._channel_axis_of_image)
         self._image_combo.changed.connect(self._colour_of_image)
+        self._image_combo.changed.connect(self._diameter_of_image)
         self._image_combo.changed.connect(lambda *_: self._three_d.refresh())
         self._image_combo.changed.connect(self._proposal.refresh)
         self._image_combo.changed.connect(self._on_image_kind)  # after the proposal: it tells the kind
@@ -274,6 +276,7 @@ class SegmentWidget(Container):
         self._proposal.refresh()
         self._on_image_kind()
         self._colour_of_image()
+        self._diameter_of_image()
         self._register()
         _heap.add_host(self, self.native, viewer)  # full garbage collections kept short (see _heap)
         when_undocked(self.native, self._closed)
@@ -320,11 +323,19 @@ class SegmentWidget(Container):
             pairs = recorded_colours(masks.metadata) if masks is not None else []
             self._colour.value = pairs[-1][1] if pairs else "auto"
 
+    def _diameter_of_image(self, *_args) -> None:
+        """The object diameter typed for the chosen image's masks, when they record one (reopened the
+        next day), is in the field again while it says Auto (see DiameterControls.restore)."""
+        from napari_unet.io._corrected import recorded_diameter
+
+        self._sizing.restore(recorded_diameter(getattr(masks_of(self._viewer, self._image_combo.value), "metadata", None)))
+
     def _on_masks_arrived(self, event: Any = None) -> None:
         """A layer added or renamed: when it is the chosen image's masks (opened after the image, say)
         and records the colour they were segmented by, Colour shows it (new masks leave the choice be);
-        when they record the model that made them, the proposal takes it."""
-        from napari_unet.io._corrected import recorded_colours, recorded_model
+        when they record the model that made them, the proposal takes it, and the diameter typed for
+        them, the field."""
+        from napari_unet.io._corrected import recorded_colours, recorded_diameter, recorded_model
 
         layer = getattr(event, "value", None)
         if layer is None and isinstance(getattr(event, "index", None), int) \
@@ -337,6 +348,8 @@ class SegmentWidget(Container):
             self._colour_of_image()
         if recorded_model(getattr(layer, "metadata", None)):
             self._proposal.refresh()
+        if recorded_diameter(getattr(layer, "metadata", None)):
+            self._diameter_of_image()
 
     def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
         from napari_unet.core.catalog import list_models
@@ -441,7 +454,7 @@ class SegmentWidget(Container):
         for layer in self._viewer.layers:
             made = recorded_model(getattr(layer, "metadata", None))
             if made is not None and Path(made["path"]).resolve() == Path(old_path).resolve():
-                record_model(layer.metadata, new_path)
+                record_model(layer.metadata, new_path, made.get("date"))
         self._proposal.refresh()  # (the hint named the old name)
 
     def _on_model_changed(self, *_args) -> None:
@@ -946,9 +959,11 @@ class SegmentWidget(Container):
         write_plane(masks, result, self._ids_above or 0)
         image = self._run_layers[0] if self._run_layers else None
         if not self._rethresholding:
-            from napari_unet.io._corrected import record_colour, record_model
+            from napari_unet.io._corrected import record_colour, record_diameter, record_model
 
-            record_model(masks.metadata, self._run_model)  # (reopened, the masks propose their model)
+            # (reopened, the masks propose their model, and the diameter typed for it)
+            record_model(masks.metadata, self._run_model, (self._model_metadata(self._run_model) or {}).get("date"))
+            record_diameter(masks.metadata, self._sizing.run_typed)
             if getattr(image, "rgb", False):  # (fine-tuning learns a slice from its colour)
                 record_colour(masks.metadata, result.index, self._run_colour)
         if self._ids_above is not None:
