@@ -244,6 +244,58 @@ def test_optimiser_step_learns_and_refuses_a_non_finite_loss(dsb_fluo_crop):
         optimiser.step(broken, 3e-3, 16)
 
 
+class _Cramped(torch.nn.Module):
+    """A real network on a device with room for ``room`` patches at once: more raise torch's own
+    out-of-memory error, as a GPU shared with another program (or a laptop's) does."""
+
+    def __init__(self, net: torch.nn.Module, room: int) -> None:
+        super().__init__()
+        self.net, self.room = net, room
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > self.room:
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {x.shape[0]} patches.")
+        return self.net(x)
+
+
+def test_a_batch_that_does_not_fit_runs_in_parts_for_the_same_step(dsb_fluo_crop):
+    """Out of memory at the first step ended fine-tuning ("lower Batch size"): the batch now runs in
+    twice as many parts until they fit, their gradients summed, the same step as the whole batch's;
+    said once; a single patch that does not fit still ends it."""
+    examples = _examples(dsb_fluo_crop)
+    torch.manual_seed(0)
+    whole = UNet(in_channels=1, n_classes=3, base_width=4, depth=2, padding="same", norm=None)
+    cramped = _Cramped(UNet(in_channels=1, n_classes=3, base_width=4, depth=2, padding="same", norm=None), room=3)
+    cramped.net.load_state_dict(whole.state_dict())
+    sampler = PatchSampler(examples, PatchGeometry.for_network(whole, 64, 128), TargetRecipe(), NO_AUGMENT, 8,
+                           np.random.default_rng(1))
+    batches = [sampler.next_batch() for _ in range(2)]
+    plain, parted = Optimiser(whole, 3e-3, 1e-4, CPU), Optimiser(cramped, 3e-3, 1e-4, CPU)
+    for step, batch in enumerate(batches, 1):
+        assert parted.step(batch, 3e-3, step) == pytest.approx(plain.step(batch, 3e-3, step), rel=1e-5)
+        for a, b in zip(whole.parameters(), cramped.net.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        assert parted.parts == 4  # 8 patches: 4 did not fit, 2 do
+        assert (parted.take_note() is not None) == (step == 1)
+    cramped.room = 0
+    with pytest.raises(torch.OutOfMemoryError):
+        parted.step(batches[0], 3e-3, 3)
+
+
+def test_the_trainer_says_when_the_batch_was_split(dsb_fluo_crop):
+    examples = _examples(dsb_fluo_crop)
+    net = _Cramped(_net(), room=1)
+    sampler = PatchSampler(examples, PatchGeometry.for_network(net.net, 32, 128), TargetRecipe(), NO_AUGMENT, 2,
+                           np.random.default_rng(0))
+    trainer = Trainer(net, sampler, Optimiser(net, 1e-3, 1e-4, CPU), WarmupCosine(1e-3), RunBudget(steps=2),
+                      ValidationCadence(every_steps=None))
+    events: list = []
+    run = run_to_end(trainer.run(), events.append)
+    assert run.steps == 2
+    assert [type(e).__name__ for e in events] == ["TrainStep", "TrainNote", "TrainStep"]
+    assert "ran out of memory with 2 patches at a time: training goes on with 1 at a time" in events[1].message
+
+
 def test_evaluation_mode_gives_every_module_its_mode_back():
     net = _net()
     set_train_mode(net, freeze_norm=True)

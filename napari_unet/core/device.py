@@ -86,6 +86,17 @@ def module_lock(module: torch.nn.Module) -> Any:
     return device_lock(first.device if first is not None else "cpu")
 
 
+def empty_cache(device: torch.device | str) -> None:
+    """Give the memory torch's allocator holds unused on ``device`` (a GPU) back to it, after running
+    out of memory (the next try then finds it). Nothing to do on the CPU."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        torch.cuda.empty_cache()
+    elif kind == "mps":
+        with device_lock(device):
+            torch.mps.empty_cache()
+
+
 def cuda_has_fast_bf16(device: torch.device | str) -> bool:
     """Whether the CUDA GPU ``device`` computes bfloat16 in hardware (compute capability 8.0 on:
     Ampere, Hopper...; ROCm's GPUs say so themselves). ``torch.cuda.is_bf16_supported()`` says yes

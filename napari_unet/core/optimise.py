@@ -7,7 +7,8 @@
   number from the two ends of the network.
 * Mixed precision on CUDA: bf16 autocast where supported, else fp16 with a GradScaler; on
   the CPU bf16 when asked for and the CPU has bf16 instructions.
-* :class:`Optimiser`: AdamW, one step per batch at the learning rate it is given.
+* :class:`Optimiser`: AdamW, one step per batch at the learning rate it is given; a batch that
+  does not fit the device's memory is run in parts, their gradients summed (the same step).
 """
 
 from __future__ import annotations
@@ -127,38 +128,81 @@ class Optimiser:
         self.amp_dtype = amp_dtype
         self.optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
         self.scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+        #: the batch runs in this many parts (more after running out of memory: see :meth:`step`)
+        self.parts = 1
+        #: what to tell the user once the batch was split, taken by :meth:`take_note`
+        self.note: str | None = None
+
+    def take_note(self) -> str | None:
+        """The note of a batch split since the last call (None: none), said once."""
+        note, self.note = self.note, None
+        return note
 
     def step(self, batch: Batch, lr: float, step: int) -> float:
         """One update at learning rate ``lr``; returns the batch loss.
+
+        When the device runs out of memory, the batch is run again in twice as many parts (from then
+        on), their gradients summed before the one update: the same step, in more passes (a GPU
+        shared with another program, a laptop's memory; only BatchNorm's statistics see smaller
+        batches). :attr:`note` says so once.
 
         Raises
         ------
         FloatingPointError
             The loss is not finite (``step`` names the step in the message).
+        torch.OutOfMemoryError, RuntimeError
+            Out of memory with one patch at a time.
         """
-        from .device import device_lock
+        from .device import device_lock, empty_cache
+        from .predict import _is_oom
 
-        with device_lock(self.device):  # (Apple's GPU: one thread at a time; Segment may run meanwhile)
-            return self._step(batch, lr, step)
+        size = len(batch.images)
+        while True:
+            try:
+                with device_lock(self.device):  # (Apple's GPU: one thread at a time; Segment may run meanwhile)
+                    return self._step(batch, lr, step)
+            except (torch.OutOfMemoryError, RuntimeError) as exc:
+                if not _is_oom(exc) or self.parts >= size:
+                    raise
+            self.optimizer.zero_grad(set_to_none=True)  # (outside the except: its traceback held the tensors)
+            empty_cache(self.device)
+            self.parts = min(self.parts * 2, size)
+            at_a_time = -(-size // self.parts)
+            log.warning("Out of memory at step %d: the batch of %d patches runs %d at a time.", step, size, at_a_time)
+            self.note = (f"The {'computer' if self.device.type == 'cpu' else 'GPU'} ran out of memory with {size} "
+                         f"patches at a time: training goes on with {at_a_time} at a time (the same steps, slower).")
 
     def _step(self, batch: Batch, lr: float, step: int) -> float:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        x = torch.from_numpy(batch.images).to(self.device, non_blocking=True)
-        # (not non_blocking: on MPS a copy made so reads its source later, and this int64 copy of the
-        # classes is a temporary that nothing holds by then)
-        c = torch.from_numpy(batch.classes.astype(np.int64)).to(self.device)
-        w = torch.from_numpy(batch.weights).to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
-        loss = weighted_cross_entropy(forward(self.net, x, self.amp_dtype), c, w)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise FloatingPointError(f"The training loss became {value} at step {step}; try a lower learning rate.")
+        size = len(batch.images)
+        # the loss of the whole batch, in parts: each part's weighted sum over the batch's weights
+        total = None if self.parts == 1 else torch.from_numpy(batch.weights).sum().clamp_min(1e-6).item()
+        value = 0.0
+        for start in range(0, size, -(-size // self.parts)):
+            part = slice(start, start + -(-size // self.parts))
+            x = torch.from_numpy(batch.images[part]).to(self.device, non_blocking=True)
+            # (not non_blocking: on MPS a copy made so reads its source later, and this int64 copy of the
+            # classes is a temporary that nothing holds by then)
+            c = torch.from_numpy(batch.classes[part].astype(np.int64)).to(self.device)
+            w = torch.from_numpy(batch.weights[part]).to(self.device, non_blocking=True)
+            logits = forward(self.net, x, self.amp_dtype)
+            if total is None:
+                loss = weighted_cross_entropy(logits, c, w)
+            else:
+                loss = (F.cross_entropy(logits.float(), c, reduction="none") * w).sum() / total
+            value += float(loss.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError(f"The training loss became {value} at step {step}; try a lower learning rate.")
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+            else:
+                loss.backward()
+            del x, c, w, logits, loss
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            loss.backward()
             self.optimizer.step()
         return value

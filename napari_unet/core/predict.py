@@ -270,13 +270,9 @@ class _Engine:
         return out
 
     def _shrink_after_oom(self, plan: TilePlan) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-        elif self.device.type == "mps":
-            from .device import device_lock
+        from .device import empty_cache
 
-            with device_lock(self.device):
-                torch.mps.empty_cache()
+        empty_cache(self.device)
         if self.batch_size > 1:
             self.batch_size //= 2
             log.warning("Out of memory: %d tiles per batch from now on.", self.batch_size)

@@ -156,10 +156,11 @@ class Trainer:
     def run(
         self, stopped: Callable[[], bool] = lambda: False, validate_start: bool = True,
         start: RunSummary | None = None, user_stop: bool = False, urgent: Callable[[], bool] = lambda: False,
-    ) -> Generator[TrainStep | Validation, None, RunSummary]:
+    ) -> Generator[TrainStep | Validation | TrainNote, None, RunSummary]:
         """Train until the budget is spent or ``stopped()``, yielding a :class:`TrainStep` per step
         and a :class:`Validation` per validation (at step 0 if ``validate_start``, as the cadence
-        says, and of the final weights unless stopped); return a :class:`RunSummary`.
+        says, and of the final weights unless stopped), and a :class:`TrainNote` when the batch had to
+        be split to fit the device's memory (:meth:`Optimiser.step`); return a :class:`RunSummary`.
 
         ``user_stop``: ``stopped`` is a person's Stop (not a leg's time): a Stop pressed during the
         last step also skips the final validation, and a Stop before any trained weights were
@@ -194,6 +195,8 @@ class Trainer:
                     break
                 event = self._step(run, t0, elapsed)
                 yield event
+                if note := self.optimiser.take_note():  # (out of memory: the batch runs in parts)
+                    yield TrainNote(note)
                 now = t0 + event.elapsed
                 if (self.validator is not None and self.cadence.due(run.steps, now, last_val_time)
                         and not self.budget.finished(run.steps, event.elapsed) and not stopped()):
