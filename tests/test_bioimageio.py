@@ -89,6 +89,18 @@ def test_exported_package_is_valid_and_passes_test_model(shipped_package):
     failed = [(d.name, [e.msg for e in d.errors]) for d in summary.details if d.status == "failed"]
     assert summary.status == "passed", failed
     assert sum("Reproduce test outputs" in d.name for d in summary.details) == 3  # every weight format
+    # written in format 0.5.4, covers and documentation as plain names: bioimageio.spec before 0.5.11
+    # (and the tools on it) refused the {source, sha256} entries of 0.5.12
+    import zipfile
+
+    import yaml
+
+    with zipfile.ZipFile(shipped_package) as z:
+        raw = yaml.safe_load(z.read("rdf.yaml"))
+        readme = z.read("README.md").decode()
+    assert raw["format_version"] == "0.5.4" and raw["covers"] == ["cover.png"] and raw["documentation"] == "README.md"
+    # what the description cannot say, said in words (another tool's probabilities differ there)
+    assert "## What napari-unet does around the network" in readme and "`reflect`" in readme
 
 
 def test_valid_padding_network_exports_and_passes_test_model(tmp_path):
