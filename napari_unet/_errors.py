@@ -13,3 +13,8 @@ def one_line(exc: BaseException | str) -> str:
     if not text:
         return type(exc).__name__ if isinstance(exc, BaseException) else "unknown error"
     return text.splitlines()[0]
+
+
+class ModelFileError(ValueError):
+    """A file that is not a usable napari-unet model (message says why). Defined here, without torch:
+    the model list (``core.catalog``) raises it, and the widgets read that list as a dock opens."""

@@ -120,3 +120,62 @@ def test_new_masks_layer_is_selected_and_shown_in_separate_turns(make_napari_vie
     QApplication.processEvents()  # one turn: the selection
     assert viewer.layers.selection.active is masks and not masks.visible
     qtbot.waitUntil(lambda: masks.visible, timeout=3000)  # then, in a later turn, shown
+
+
+_DOCKS_WITHOUT_TORCH = r'''
+import sys, threading, time
+import napari
+from qtpy.QtWidgets import QApplication
+
+on_main_thread = []  # torch imported on the window's thread as a dock opened
+
+
+class Spy:
+    opening = False
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and Spy.opening and threading.current_thread() is threading.main_thread():
+            on_main_thread.append(name)
+        return None
+
+
+sys.meta_path.insert(0, Spy())
+viewer = napari.Viewer(show=False)
+assert "torch" not in sys.modules
+docks = {}
+for name in ("Segment", "Correct", "Fine-tune"):
+    Spy.opening = True
+    docks[name] = viewer.window.add_plugin_dock_widget("napari-unet", name)[1]
+    Spy.opening = False
+segment = docks["Segment"]
+deadline = time.monotonic() + 120
+while segment._postprocessing_applied is None and time.monotonic() < deadline:
+    QApplication.processEvents()
+    time.sleep(0.01)
+from napari_unet.core.checkpoint import postprocessing_settings, read_model_metadata
+
+own = postprocessing_settings(read_model_metadata(segment._model_combo.value))
+print("main-thread imports:", len(on_main_thread))
+print("threshold", segment._threshold.value, own["threshold"], "min_size", segment._min_size.value, own["min_size"])
+ok = not on_main_thread and abs(segment._threshold.value - own["threshold"]) < 1e-6 \
+    and segment._min_size.value == own["min_size"]
+viewer.close()
+print("ok" if ok else "not ok")
+'''
+
+
+def test_docks_open_without_importing_torch_on_the_window_thread(tmp_path):
+    """Opening Segment imported torch on the window's thread (through the core's package and the
+    model's metadata): 2-3.5 s of a frozen window as the first dock opened, longer on a laptop. The
+    warm-up thread imports it now (the window answers within 0.4 s meanwhile); the model's Threshold
+    and Min. size, which need torch to be read, follow when it is there."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "docks.py"
+    script.write_text(_DOCKS_WITHOUT_TORCH)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-1] == "ok", out.stdout

@@ -10,14 +10,23 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .catalog import DEFAULT_MODEL_NAME, list_models, user_models_dir
-from .checkpoint import ModelFileError, SegmentationModel, load_model, save_model
-from .device import describe_device, select_device
-from .model import UNet, UNetConfig, count_parameters
-from .preprocess import ImageError
-
-# Heavier parts load on first use.
+# Every name loads on first use: importing one light module of the core (``core.edit`` for the
+# widgets' object tools) must not import torch (2 s holding the window as a dock opened: the
+# widgets import torch in a background thread instead, see widgets._base.warm_up_in_background).
 _LAZY = {
+    "DEFAULT_MODEL_NAME": "catalog",
+    "list_models": "catalog",
+    "user_models_dir": "catalog",
+    "ModelFileError": "checkpoint",
+    "SegmentationModel": "checkpoint",
+    "load_model": "checkpoint",
+    "save_model": "checkpoint",
+    "describe_device": "device",
+    "select_device": "device",
+    "UNet": "model",
+    "UNetConfig": "model",
+    "count_parameters": "model",
+    "ImageError": "preprocess",
     "predict_probabilities": "predict",
     "segment": "predict",
     "probabilities_to_labels": "predict",
@@ -47,19 +56,4 @@ def __dir__() -> list[str]:  # (the names loaded on first use too: a notebook's 
     return sorted(set(globals()) | set(__all__))
 
 
-__all__ = [
-    "DEFAULT_MODEL_NAME",
-    "ImageError",
-    "ModelFileError",
-    "SegmentationModel",
-    "UNet",
-    "UNetConfig",
-    "count_parameters",
-    "describe_device",
-    "list_models",
-    "load_model",
-    "save_model",
-    "select_device",
-    "user_models_dir",
-    *_LAZY,
-]
+__all__ = [*_LAZY]

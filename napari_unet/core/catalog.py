@@ -21,10 +21,16 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from napari_unet._atomic import atomic_write, check_folder_writable, file_identity
+from napari_unet._errors import ModelFileError
 
-from .checkpoint import ModelFileError, SegmentationModel, read_model_file, save_model
+if TYPE_CHECKING:
+    from .checkpoint import SegmentationModel
+
+# (the model files are read and written through .checkpoint, imported where they are: the list of
+# models is read as a dock opens, which must not import torch on the window's thread)
 
 MODEL_SUFFIX = ".pt"
 DEFAULT_MODEL_NAME = "nuclei"
@@ -225,6 +231,8 @@ def save_without_replacing(model: SegmentationModel, path: str | os.PathLike,
     path = Path(path)
     if not (replace is True or (replace and file_identity(path) == tuple(replace))):
         path = free_model_path(path)
+    from .checkpoint import save_model
+
     model.metadata["name"] = path.stem
     return save_model(model, path)
 
@@ -276,6 +284,8 @@ def rename_model(name: str, new_name: str) -> Path:
     target = user_model_path(new_name)
     if target.exists():
         raise ValueError(f"A model named {new_name!r} already exists; choose another name.")
+    from .checkpoint import read_model_file, save_model
+
     try:
         model = read_model_file(entry.path, device="cpu")
     except ModelFileError:  # (a newer napari-unet's file, one this version cannot read: moved as it is,
@@ -342,6 +352,8 @@ def export_model(name_or_path: str | os.PathLike, destination: str | os.PathLike
         destination = destination.with_name(destination.name + MODEL_SUFFIX)
     if destination.resolve() == source.resolve():
         raise ValueError("Choose another file to export to: that is the model file itself.")
+    from .checkpoint import read_model_file, save_model
+
     model = read_model_file(source, device="cpu")  # a file that is no (working) model is not passed on
     if package or in_user_models(destination):
         # a zip is no model file: the model it holds is saved as one; in the model folder a model is

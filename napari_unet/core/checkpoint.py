@@ -32,10 +32,12 @@ from typing import Any
 import torch
 
 from napari_unet._atomic import atomic_write
+from napari_unet._errors import ModelFileError
 
 from .device import select_device
 from .instances import DEFAULT_MIN_SIZE, DEFAULT_SEED_FRACTION, DEFAULT_THRESHOLD, seed_pixels
 from .model import UNet, UNetConfig, cpu_state
+from .preprocess import DEFAULT_NORMALIZATION  # (defined there, torch-free; still importable from here)
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +50,6 @@ FORMAT_VERSION = 1
 #: "foreground-watershed": 2 classes, split by a distance watershed (BioImage.IO packages that
 #: give a foreground probability only; never trained here).
 REPRESENTATIONS = {"bg-interior-boundary": 3, "foreground": 2, "foreground-watershed": 2}
-
-DEFAULT_NORMALIZATION = {"kind": "percentile", "low": 1.0, "high": 99.8}
-
-
-class ModelFileError(ValueError):
-    """A file that is not a usable napari-unet model (message says why)."""
 
 
 @dataclass

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+from ._choices import DEVICE_CHOICES  # (named there, without torch)
 
 
 def _mps_available() -> bool:

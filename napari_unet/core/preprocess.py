@@ -11,7 +11,9 @@ import numpy as np
 
 from napari_unet._shapes import is_rgb
 
-from .checkpoint import DEFAULT_NORMALIZATION
+#: How a model normalises its input unless its file says otherwise (defined here, where it is used,
+#: and not in ``checkpoint``: this module is imported without torch).
+DEFAULT_NORMALIZATION = {"kind": "percentile", "low": 1.0, "high": 99.8}
 
 
 class ImageError(ValueError):

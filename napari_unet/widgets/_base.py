@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Generator
@@ -429,6 +430,25 @@ def _warm_up_training() -> None:
 
 
 _WARM_UPS = {"segmenting": _warm_up_segmenting, "training": _warm_up_training}
+
+
+def torch_imported() -> bool:
+    """Whether torch is imported whole in this process: its module is in ``sys.modules`` from the
+    start of its import, which takes 2 s and more (the warm-up thread's, while a dock opens); a
+    module still being imported says so in its spec, as Python's own import machinery reads it."""
+    module = sys.modules.get("torch")
+    return module is not None and not getattr(getattr(module, "__spec__", None), "_initializing", False)
+
+
+def device_words_at_once(choice: Any = None) -> bool:
+    """Whether the words for the device ``choice`` (None: auto) can be written as a dock opens (see
+    :func:`show_when_known`): not while torch is not imported yet (its import is the warm-up
+    thread's), nor while CUDA is not started (:func:`~napari_unet.core.device.describing_is_quick`)."""
+    if not torch_imported():
+        return False
+    from napari_unet.core.device import describing_is_quick
+
+    return describing_is_quick(choice)
 
 
 def _unit_registry_ready() -> None:

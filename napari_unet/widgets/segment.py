@@ -39,6 +39,7 @@ from ._base import (
     FixedRadioButtons,
     ask_before_closing_with_unsaved_masks,
     current_plane_index,
+    device_words_at_once,
     disconnect_all,
     format_seconds,
     full_resolution,
@@ -55,6 +56,7 @@ from ._base import (
     shows_yx_planes,
     start_worker,
     tab_with_plugin_docks,
+    torch_imported,
     visible_region,
     warm_up_in_background,
     when_undocked,
@@ -204,6 +206,8 @@ class SegmentWidget(Container):
         self._postprocessing_kind: str | None = None  # the kind whose setting the controls show
         self._postprocessing_applied: dict | None = None
         self._metadata_cache: dict[tuple[str, int], dict] = {}  # (model path, mtime) -> its metadata
+        self._metadata_wait: Any = None  # a timer while the models' metadata wait for torch (see _model_metadata)
+        self._metadata_wait_since = 0.0
         self._run_given: tuple[float | None, int | None] = (None, None)  # what the last run was given
         self._proposal = ModelProposal(viewer, self._image_combo, self._model_combo, self._model_choices,
                                        self._model_metadata)
@@ -492,22 +496,59 @@ class SegmentWidget(Container):
         (or had for the last one), the Threshold and Min. size controls take it."""
         self._apply_model_postprocessing(force=False)
 
-    def _model_metadata(self, path: Any = None) -> dict | None:
+    def _model_metadata(self, path: Any = None, wait: bool = False) -> dict | None:
         """The chosen model's metadata (``path``: another model file's), read once per file version
         (path, mtime): image changes must not reload a large file each time. None without a model or
-        for a broken file (it is reported when the user segments with it)."""
+        for a broken file (it is reported when the user segments with it).
+
+        Reading a model file needs torch. While the warm-up thread imports it (2 s and more, as the
+        dock opens) this gives None, unless ``wait``, and the metadata are read and applied once it is
+        there (:meth:`_metadata_ready`): the window is not held for the import."""
         path = self._model_combo.value if path is None else path
         if not path:
             return None
-        from napari_unet.core.checkpoint import ModelFileError, read_model_metadata
-
         try:
             key = (str(path), Path(path).stat().st_mtime_ns)  # a file replaced on disk is read again
             if key not in self._metadata_cache:
-                self._metadata_cache[key] = read_model_metadata(path)
-        except (ModelFileError, OSError):
+                if not wait and not torch_imported() and self._wait_for_torch():
+                    return None
+                from napari_unet.core.checkpoint import ModelFileError, read_model_metadata
+
+                try:
+                    self._metadata_cache[key] = read_model_metadata(path)
+                except ModelFileError:
+                    return None
+        except OSError:
             return None
         return self._metadata_cache[key]
+
+    #: How long the metadata wait for the warm-up's import of torch before reading it on the main thread.
+    TORCH_WAIT_S = 30.0
+
+    def _wait_for_torch(self) -> bool:
+        """Start (once) the timer that applies the models' metadata when torch is imported; False
+        when it waited long enough already (the warm-up failed: read now, as before)."""
+        from qtpy.QtCore import QTimer
+
+        if self._metadata_wait is None:
+            self._metadata_wait = QTimer(self.native)
+            self._metadata_wait.setInterval(100)
+            self._metadata_wait.timeout.connect(self._metadata_ready)
+            self._metadata_wait.start()
+            self._metadata_wait_since = time.monotonic()
+        return time.monotonic() - self._metadata_wait_since < self.TORCH_WAIT_S
+
+    def _metadata_ready(self, *_args: Any) -> None:
+        """The timer of :meth:`_wait_for_torch`: once torch is imported, what the model's metadata
+        decide is done as when the model was chosen (its post-processing, the proposal's hint)."""
+        waited = time.monotonic() - self._metadata_wait_since >= self.TORCH_WAIT_S
+        if self._metadata_wait is None or not (torch_imported() or waited) or not qt_alive(self):
+            return
+        self._metadata_wait.stop()
+        self._metadata_wait = None  # (a later model's metadata are read at once)
+        if self._model_metadata(wait=True) is not None and self._postprocessing_applied is None:
+            self._on_model_changed()
+            self._proposal.refresh()
 
     def _apply_model_postprocessing(self, force: bool, kind: Any = _PROPOSED, only: tuple[str, ...] = ()) -> None:
         """Set Threshold and Min. size to the model's own for the chosen image's kind (see
@@ -562,14 +603,14 @@ class SegmentWidget(Container):
             self._apply_model_postprocessing(force=True, kind=result.kind, only=left)
 
     def _show_device(self) -> None:
-        from napari_unet.core.device import describe_device, describing_is_quick, select_device
-        from napari_unet.core.engine import describe_engine
-
         def words() -> str:
+            from napari_unet.core.device import describe_device, select_device
+            from napari_unet.core.engine import describe_engine
+
             device = select_device()
             return f"{describe_device(device)}, {describe_engine(device)}"
 
-        show_when_known(self._device_label, words, describing_is_quick())
+        show_when_known(self._device_label, words, device_words_at_once(), waiting="checking for a GPU…")
 
     def _register(self) -> None:
         try:
@@ -614,6 +655,8 @@ class SegmentWidget(Container):
             if self._model_combo.value == model_path:  # (still chosen: nothing else to take)
                 notify_error("Segment", f"the model file {model_path} is gone.")
             return
+        if self._postprocessing_applied is None and self._model_metadata(wait=True) is not None:
+            self._apply_model_postprocessing(force=True)  # (pressed before torch was imported: see _model_metadata)
         overwrite = bool(self._overwrite.value) and not keep_corrected
         try:
             plane_shape = labels_shape(image)[-2:]

@@ -25,6 +25,7 @@ from psygnal import Signal
 
 from .._base import (
     carry_runtime_errors,
+    device_words_at_once,
     format_seconds,
     gpu_hint,
     hand_over,
@@ -224,9 +225,12 @@ class TrainingRunPanel(Container):
 
     def show_device(self, choice: str | None) -> None:
         """Say which device ``choice`` (None = auto) means on this machine."""
-        from napari_unet.core.device import describe_device, describing_is_quick, select_device
+        def words() -> str:
+            from napari_unet.core.device import describe_device, select_device
 
-        show_when_known(self._device_label, lambda: describe_device(select_device(choice)), describing_is_quick(choice))
+            return describe_device(select_device(choice))
+
+        show_when_known(self._device_label, words, device_words_at_once(choice), waiting="checking for a GPU…")
 
     # ------------------------------------------------------------------ run
     def launch(self, base_path: str, examples: list[Any], target: Path, *, name: str,

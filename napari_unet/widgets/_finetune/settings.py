@@ -13,6 +13,7 @@ from typing import Any
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEdit, SpinBox
 
 from napari_unet._training_bounds import DEFAULT_STEPS, MAX_BATCH, MAX_PATCH, MIN_PATCH
+from napari_unet.core._choices import DEVICE_CHOICES  # (core.device imports torch: not as the dock opens)
 
 from .ui import collapsible
 
@@ -65,8 +66,6 @@ class TrainingSettingsPanel(Container):
         self._batch_size = SpinBox(label="Batch size", min=0, max=MAX_BATCH, value=0,
                                    tooltip="Patches per step (Auto: 8 with patches of up to 128 px, 4 with larger ones).")
         _show_auto(self._batch_size)
-        from napari_unet.core.device import DEVICE_CHOICES  # not at the top: no torch on import
-
         self._device = ComboBox(label="Device", choices=list(DEVICE_CHOICES), value="auto",
                                 tooltip="Where to train: auto takes the GPU (CUDA or Apple MPS) when there is one, "
                                         "else the CPU.")
