@@ -201,3 +201,50 @@ def test_masks_do_not_propose_another_model_of_the_same_name(make_napari_viewer,
     assert masks_model(viewer, image, choices, read_model_metadata) == (str(ours), "cells-tuned")
     record_model(masks.metadata, elsewhere)  # (masks saved before models' dates were recorded)
     assert masks_model(viewer, image, choices, read_model_metadata) == (str(ours), "cells-tuned")
+
+
+def test_a_channel_of_another_kind_is_proposed_its_own_model(make_napari_viewer, qtbot, tiny_model_path, data_dir):
+    """A (C, Y, X) stack of phase contrast and DAPI as one layer: once the phase plane was segmented,
+    the DAPI plane was proposed the phase model too ("it made this image's masks"; 0 objects there).
+    The masks record the kind of image their model segmented; a plane of another kind gets its own
+    proposal, and the hint says whose masks these are when the user chose another model."""
+    import shutil
+
+    import tifffile
+    from skimage.io import imread
+
+    from napari_unet.core.catalog import user_models_dir
+    from napari_unet.io._corrected import MODEL_KEY
+    from napari_unet.widgets.segment import SCOPE_SLICE, masks_layer_name
+
+    user_models_dir().mkdir(parents=True, exist_ok=True)
+    tuned = shutil.copy(tiny_model_path, user_models_dir() / "phase-tuned.pt")
+    phase = tifffile.imread(data_dir / "usiigaci_phase" / "images.tif")[0, :256, :256].astype(np.float32)
+    phase = ((phase - phase.min()) / np.ptp(phase) * 255).astype(np.uint8)
+    with open(data_dir / "dsb2018" / "manifest.csv") as fh:
+        row = next(r for r in csv.DictReader(fh) if r["kind"] == "grey_dark" and int(r["height"]) >= 256
+                   and int(r["width"]) >= 256)
+    dapi = imread(data_dir / "dsb2018" / "images" / f"{row['id']}.png")
+    dapi = (dapi[..., :3].mean(-1) if dapi.ndim == 3 else dapi)[:256, :256].astype(np.uint8)
+    viewer = make_napari_viewer()
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    stack = viewer.add_image(np.stack([phase, dapi]), name="cyx")
+    viewer.dims.set_current_step(0, 0)
+    w.reset_choices()
+    w._image_combo.value = stack
+    qtbot.waitUntil(lambda: w._proposal.kind == "transmitted", timeout=5_000)
+    w.select_model(tuned)
+    w._scope.value = SCOPE_SLICE
+    w._run_button.clicked.emit()
+    qtbot.waitUntil(lambda: w._worker is None, timeout=60_000)
+    assert viewer.layers[masks_layer_name("cyx")].metadata[MODEL_KEY]["kind"] == "transmitted"
+    assert "Proposed 'phase-tuned': it made this image's masks" in w._model_hint.value
+    viewer.dims.set_current_step(0, 1)  # the DAPI plane: the fluorescence model proposed, not the phase one
+    qtbot.waitUntil(lambda: w._proposal.kind == "fluorescence", timeout=5_000)
+    assert "Proposed 'nuclei-fluo'" in w._model_hint.value
+    assert _stem(w._model_combo.value) == "phase-tuned"  # (the user's choice stays theirs)
+    viewer.dims.set_current_step(0, 0)  # back on phase: the masks' model, and the user chose another
+    qtbot.waitUntil(lambda: w._proposal.kind == "transmitted", timeout=5_000)
+    w._model_combo.value = next(v for _label, v in w._model_choices() if _stem(v) == "cells")
+    w._proposal.refresh()
+    assert w._model_hint.value == "This image's masks were made by 'phase-tuned'; 'cells' is chosen."

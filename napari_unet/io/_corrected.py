@@ -66,7 +66,8 @@ def mark_saved(metadata: dict, written: dict | None = None) -> None:
 
 #: Key, in a masks layer's metadata, of the model that last segmented into it: {"name": its file's stem,
 #: "path": its file, "date": when it was trained, where known (tells it from another computer's model
-#: of the same name)}. Kept in the list beside a saved file: reopened the next day, Segment proposes that
+#: of the same name), "kind": the kind of image it segmented (napari_unet.core.modality: a stack of
+#: phase contrast and a DAPI channel is two kinds, each proposed its own model), where told}. Kept in the list beside a saved file: reopened the next day, Segment proposes that
 #: model (the user's fine-tuned one) for the image, not the built-in model of its kind.
 MODEL_KEY = "napari_unet_model"
 
@@ -97,26 +98,25 @@ def recorded_colours(metadata: Any) -> list[tuple[tuple[int, ...], int | str]]:
     return pairs
 
 
-def record_model(metadata: dict, path: Any, date: Any = None) -> None:
+def record_model(metadata: dict, path: Any, date: Any = None, kind: Any = None) -> None:
     """Say in ``metadata`` (a masks layer's) that the model file ``path`` segmented into it last
-    (``date``: the model's own, its metadata's "date", when it has one)."""
+    (``date``: the model's own, its metadata's "date", when it has one; ``kind``: the kind of image
+    it segmented, when told)."""
     if path:
         made = {"name": Path(str(path)).stem, "path": str(Path(str(path)).absolute())}
-        if isinstance(date, str) and date:
-            made["date"] = date
+        for key, value in (("date", date), ("kind", kind)):
+            if isinstance(value, str) and value:
+                made[key] = value
         metadata[MODEL_KEY] = made
 
 
 def recorded_model(metadata: Any) -> dict[str, str] | None:
-    """The model :data:`MODEL_KEY` records in ``metadata`` ({"name", "path"} and "date" where
-    recorded), None when none is (or what is there is malformed)."""
+    """The model :data:`MODEL_KEY` records in ``metadata`` ({"name", "path"}, "date" and "kind"
+    where recorded), None when none is (or what is there is malformed)."""
     stored = metadata.get(MODEL_KEY) if isinstance(metadata, dict) else None
     if not isinstance(stored, dict) or not all(isinstance(stored.get(k), str) and stored[k] for k in ("name", "path")):
         return None
-    made = {"name": stored["name"], "path": stored["path"]}
-    if isinstance(stored.get("date"), str) and stored["date"]:
-        made["date"] = stored["date"]
-    return made
+    return {k: stored[k] for k in ("name", "path", "date", "kind") if isinstance(stored.get(k), str) and stored[k]}
 
 
 def record_diameter(metadata: dict, typed: str | None) -> None:

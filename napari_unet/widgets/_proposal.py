@@ -69,18 +69,21 @@ def proposal_for(kind: str | None, builtin: dict[str, str]) -> tuple[str | None,
 
 
 def masks_model(viewer: Any, image: Any, choices: list[tuple[str, str]],
-                metadata_of: Callable[[str], dict | None] | None = None) -> tuple[str | None, str] | None:
+                metadata_of: Callable[[str], dict | None] | None = None,
+                kind: str | None = None) -> tuple[str | None, str] | None:
     """(the Model list's value of the model that made the masks of ``image``, its name) when those
     masks are in ``viewer`` and record it (:data:`~napari_unet.io._corrected.MODEL_KEY`; the value None
     when no listed model is that file, or has its name and date: renamed, deleted, another computer's
-    model of that name); None when they record none. ``metadata_of``: a model file's metadata (its
+    model of that name); None when they record none, or a model that segmented another ``kind`` of
+    image than the plane shown (a (T, C, Y, X) stack of phase contrast and DAPI: the phase
+    model is not proposed for the DAPI plane). ``metadata_of``: a model file's metadata (its
     "date"), for a model found by name only."""
     from napari_unet.io._corrected import recorded_model
 
     from ._masks import masks_of
 
     made = recorded_model(getattr(masks_of(viewer, image), "metadata", None))
-    if made is None:
+    if made is None or (kind is not None and made.get("kind", kind) != kind):
         return None
     target = Path(made["path"]).resolve()
     listed = next((value for _label, value in choices if Path(value).resolve() == target), None)
@@ -136,10 +139,13 @@ class ModelProposal:
         image = self._images.value
         self.kind = None if image is None else shown_kind(self._viewer, image)
         choices = self._choices()
-        made = None if image is None else masks_model(self._viewer, image, choices, self._metadata_of)
+        made = None if image is None else masks_model(self._viewer, image, choices, self._metadata_of, self.kind)
         if made is not None and made[0] is not None:
             path, self.hint.value = made[0], (f"Proposed {Path(made[0]).stem!r}: it made this image's masks "
                                               "(choose another model if you like).")
+            if self.user_chose and self._models.value and Path(str(self._models.value)) != Path(made[0]):
+                self.hint.value = (f"This image's masks were made by {Path(made[0]).stem!r}; "
+                                   f"{Path(str(self._models.value)).stem!r} is chosen.")
         else:
             path, self.hint.value = proposal_for(self.kind, builtin_paths(choices))
             if made is not None:

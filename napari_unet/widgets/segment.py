@@ -145,6 +145,7 @@ class SegmentWidget(Container):
         self._worker = None
         self._ids_above: int | None = None  # (see _start)
         self._run_model: Any = None  # the model path of the run going on
+        self._run_kind: str | None = None  # the kind of image it was started on (see record_model)
         self._label_at_start = 0  # the brush's label of the masks when the run started
         self._run_corrections = RunCorrections()  # what the running job does with corrected slices
         self._model_cache: dict = {}
@@ -458,7 +459,7 @@ class SegmentWidget(Container):
         for layer in self._viewer.layers:
             made = recorded_model(getattr(layer, "metadata", None))
             if made is not None and Path(made["path"]).resolve() == Path(old_path).resolve():
-                record_model(layer.metadata, new_path, made.get("date"))
+                record_model(layer.metadata, new_path, made.get("date"), made.get("kind"))
         self._proposal.refresh()  # (the hint named the old name)
 
     def _on_model_changed(self, *_args) -> None:
@@ -886,6 +887,7 @@ class SegmentWidget(Container):
                masks: Any = None, automatic: bool = False) -> None:
         self._run_started = time.perf_counter()
         self._run_model = self._model_combo.value  # (a fine-tune may choose its model while this runs)
+        self._run_kind = self._proposal.kind  # the kind of the plane shown, which the masks record with the model
         self._run_corrections = RunCorrections.start(masks, overwrite, automatic)
         self._run_automatic = automatic
         self._label_at_start = int(masks.selected_label) if masks is not None else 0
@@ -1005,7 +1007,8 @@ class SegmentWidget(Container):
             from napari_unet.io._corrected import record_colour, record_diameter, record_model
 
             # (reopened, the masks propose their model, and the diameter typed for it)
-            record_model(masks.metadata, self._run_model, (self._model_metadata(self._run_model) or {}).get("date"))
+            record_model(masks.metadata, self._run_model, (self._model_metadata(self._run_model) or {}).get("date"),
+                         self._run_kind)
             record_diameter(masks.metadata, self._sizing.run_typed)
             if getattr(image, "rgb", False):  # (fine-tuning learns a slice from its colour)
                 record_colour(masks.metadata, result.index, self._run_colour)
