@@ -41,6 +41,26 @@ class LabelsWriteError(ValueError):
 WRITE_BY_PLANES_BYTES = 16 * 2**20
 
 
+def _is_lazy(data: Any) -> bool:
+    """Whether ``data`` is an array read on demand (dask, zarr, ...) of a stack, not one in memory."""
+    return not isinstance(data, np.ndarray) and hasattr(data, "dtype") and getattr(data, "ndim", 0) > 2
+
+
+def _check_lazy_labels(labels: Any) -> Any:
+    """:func:`check_labels` for a stack read on demand, one plane at a time (no copy of the stack)."""
+    dtype = np.dtype(labels.dtype)
+    if not np.issubdtype(dtype, np.integer) or dtype == np.uint64:
+        return check_labels(np.asarray(labels))  # (rare: floats or uint64 need the full conversion)
+    if labels.ndim > 5 or 0 in labels.shape:
+        return check_labels(np.asarray(labels[(0,) * (labels.ndim - 2)]))  # (says what is wrong)
+    if dtype.kind == "i":
+        low = min(int(np.asarray(labels[i]).min()) for i in np.ndindex(*labels.shape[:-2]))
+        if low < 0:
+            raise LabelsWriteError(f"The labels hold negative values (minimum {low}); labels must be 0 "
+                                   "(background) or positive.")
+    return labels
+
+
 def check_labels(labels: Any) -> np.ndarray:
     """Check that ``labels`` is a label image of 2 to 5 dimensions and return it as an integer array.
 
@@ -60,7 +80,12 @@ def check_labels(labels: Any) -> np.ndarray:
 
 
 def _labels_dtype(arr: np.ndarray) -> np.dtype:
-    top = int(arr.max()) if arr.size else 0
+    if np.dtype(arr.dtype).kind in "ub" and np.dtype(arr.dtype).itemsize <= 2:
+        return np.dtype(np.uint16)  # (fits whatever the ids: no pass over the stack)
+    if _is_lazy(arr):  # one plane at a time
+        top = max(int(np.asarray(arr[i]).max()) for i in np.ndindex(*arr.shape[:-2]))
+    else:
+        top = int(arr.max()) if arr.size else 0
     if top <= np.iinfo(np.uint16).max:
         return np.dtype(np.uint16)
     if top <= np.iinfo(np.uint32).max:
@@ -174,7 +199,7 @@ def write_labels(
         raise LabelsWriteError(f"'{path}' is a folder; give a file name ending in .tif")
     if not path.parent.is_dir():
         raise LabelsWriteError(f"folder '{path.parent}' does not exist")
-    arr = check_labels(labels)
+    arr = _check_lazy_labels(labels) if _is_lazy(labels) else check_labels(labels)
     try:
         axes = check_axes(axes, arr.shape) if axes else guess_axes(arr.shape)
     except AxesError as e:
@@ -247,8 +272,9 @@ def write_labels(
     kept = _calibration_to_keep(calibration, axes, said, read_axes)
     with atomic_write_all() as files:
         with files.open(path, "wb") as fh:
-            if nbytes > WRITE_BY_PLANES_BYTES and data.ndim > 2:  # no whole converted copy in memory
-                planes = (np.ascontiguousarray(_fitting(data[i], dtype)) for i in np.ndindex(*data.shape[:-2]))
+            if (nbytes > WRITE_BY_PLANES_BYTES or _is_lazy(data)) and data.ndim > 2:  # no whole copy in memory
+                planes = (np.ascontiguousarray(_fitting(np.asarray(data[i]), dtype))
+                          for i in np.ndindex(*data.shape[:-2]))
                 tifffile.imwrite(fh, planes, shape=data.shape, dtype=dtype, **kwargs)
             else:
                 tifffile.imwrite(fh, np.ascontiguousarray(_fitting(data, dtype)), **kwargs)
@@ -393,7 +419,9 @@ def write_layer_labels(path: str | os.PathLike, data: Any, meta: dict[str, Any])
     """
     if isinstance(data, list) or meta.get("multiscale"):  # labels pyramid: the full resolution (as an array,
         data = data[0]  # napari's MultiScaleData is its coarsest level)
-    arr = np.asarray(data)
+    # labels read lazily (dask, zarr: a large masks file opened again) stay so: written plane by plane
+    # below; np.asarray made the whole stack, twice over while dask joined its chunks (4 GB for 2 GB)
+    arr = data if _is_lazy(data) else np.asarray(data)
     axes = _axes_from_layer_meta(meta, arr.ndim)
     # the corrected-slices list travels beside the file (and marks it as labels)
     written = write_labels(path, arr, scale=_physical_scale(meta, arr.ndim), axes=axes,
