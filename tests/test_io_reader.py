@@ -644,3 +644,31 @@ def test_file_open_takes_bigtiff_endings_and_an_ome_zarr_labels_folder(make_napa
     assert type(layer).__name__ == "Labels" and layer.name == "cells"
     np.testing.assert_array_equal(np.asarray(layer.data), labels)
     np.testing.assert_allclose(layer.scale, [2.0, 0.5, 0.5])
+
+
+def test_masks_open_in_memory_when_they_fit_and_are_locked_when_read_lazily(tmp_path, monkeypatch, make_napari_viewer,
+                                                                            notifications):
+    """Masks compress well: a 19 MB file of 2 GB of masks opened lazily by the 1 GiB rule of images,
+    and napari's brush then painted into the dask array, each dab a step replayed on every read (the
+    window slower at each). napari-unet's masks open in memory whenever they fit in half the free
+    memory; read lazily (they do not), the Correct dock locks them with what to do."""
+    import dask.array as da
+
+    import napari_unet.io._reader as reader
+    from napari_unet.io import write_labels
+
+    masks = np.zeros((16, 256, 256), np.int32)
+    masks[3, 10:40, 10:40] = 1
+    path = write_labels(tmp_path / "cells masks.tif", masks, corrected=[])
+    image = tmp_path / "cells.tif"
+    tifffile.imwrite(image, masks.astype(np.uint16) * 100)
+    monkeypatch.setattr(reader, "LAZY_THRESHOLD_BYTES", 1 << 20)  # (an image of 2 MB is "large" by this rule)
+    assert not isinstance(reader_function(str(image))[0][0], np.ndarray)  # an image that large: lazy
+    data, meta, kind = reader_function(str(path))[0]
+    assert kind == "labels" and isinstance(data, np.ndarray)  # masks: in memory, to be edited
+
+    viewer = make_napari_viewer()
+    viewer.window.add_plugin_dock_widget("napari-unet", "Correct")
+    layer = viewer.add_labels(da.from_array(masks, chunks=(1, 256, 256)), name="big masks")
+    assert not layer.editable
+    assert any("too large to be edited" in m and "Loading: in memory" in m for m in notifications)

@@ -49,6 +49,16 @@ def should_open_lazily(nbytes: int) -> bool:
     return free is not None and nbytes > free // 4
 
 
+def should_open_masks_lazily(nbytes: int) -> bool:
+    """True when masks of ``nbytes`` (in memory) would not fit: above half the RAM available now
+    (above 4 GiB when that is unknown). Masks are edited, and a layer read lazily cannot be (napari's
+    brush wrote into a dask array, each dab a step replayed on every read: 0.2-0.8 s a dab); they
+    compress well, so a small file (19 MB) is often a large stack (2 GB), which the 1 GiB rule of
+    :func:`should_open_lazily` opened lazily."""
+    free = available_memory()
+    return nbytes > (4 * LAZY_THRESHOLD_BYTES if free is None else free // 2)
+
+
 def inspect_stack(path: str | os.PathLike, axes: str | None = None) -> StackInfo:
     """Read only the metadata of a stack: shape, axes, dtype, pixel size, channel names.
 
@@ -388,8 +398,14 @@ def reader_function(path: str | list[str]) -> list[LayerData]:
     napari's "no layers" sentinel ``[(None,)]`` so that no exception reaches the user."""
     if isinstance(path, list):
         path = path[0]
+    lazy = None
+    if sidecar_path(path).is_file():  # napari-unet's masks: in memory whenever they fit, to be edited
+        try:
+            lazy = should_open_masks_lazily(inspect_stack(path).nbytes)
+        except (StackReadError, ValueError):
+            lazy = None  # (read_layer_data says what is wrong)
     try:
-        layers = read_layer_data(path)
+        layers = read_layer_data(path, lazy=lazy)
     except (StackReadError, ValueError) as e:
         log.warning("%s", e)
         _notify(str(e))

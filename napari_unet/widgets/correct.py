@@ -44,7 +44,7 @@ from ._base import (
     when_undocked,
     wrap_text,
 )
-from ._object_tools import MODE_OFF, MODES, SHORTCUTS, ObjectTools, select_next_free_label
+from ._object_tools import MODE_OFF, MODES, SHORTCUTS, ObjectTools, not_editable_when_lazy, select_next_free_label
 from ._object_tools import MODE_DELETE, MODE_MERGE, MODE_SPLIT  # noqa: F401  (re-exported)
 from ._registry import _unwrap, register_widget
 
@@ -99,6 +99,7 @@ class CorrectWidget(Container):
         for layer in viewer.layers:  # labels opened before the widget: new objects get fresh ids too
             if isinstance(layer, Labels):
                 select_next_free_label(layer)
+                not_editable_when_lazy(layer)
         viewer.layers.events.inserted.connect(self._on_inserted)
         viewer.layers.events.removed.connect(self._on_removed)
         viewer.layers.events.renamed.connect(self._on_renamed)
@@ -141,6 +142,7 @@ class CorrectWidget(Container):
         layer = event.value
         if isinstance(layer, Labels):
             select_next_free_label(layer)  # a saved file reopened: new objects must not reuse ids
+            not_editable_when_lazy(layer)
         self._layer_combo.reset_choices()
         if isinstance(layer, Labels) and layer.name.endswith(" masks"):
             self._layer_combo.value = layer
