@@ -320,6 +320,13 @@ def _weights_swapped(data, _folder):  # damaged or replaced weights ran silently
         entry["sha256"] = "0" * 64
 
 
+def _axes_lie(data, _folder):  # b, y, x, c declared, the weights take b, c, y, x: ONNX Runtime's own words
+    axes = data["inputs"][0]["axes"]
+    data["inputs"][0]["axes"] = [axes[0], axes[2], axes[3], axes[1]]
+    for tensor in (*data["inputs"], *data["outputs"]):
+        tensor.pop("sample_tensor", None)
+
+
 @pytest.mark.parametrize(("change", "reason"), [
     (_add_z, "2D models only"),
     (_two_inputs, "takes 2 inputs"),
@@ -330,6 +337,7 @@ def _weights_swapped(data, _folder):  # damaged or replaced weights ran silently
     (_two_unknown_channels, "needs a foreground probability"),
     (_one_boundary_channel, "one output channel is 'boundaries', not a foreground probability"),
     (_weights_swapped, "do not match the sha256"),
+    (_axes_lie, "the description does not match its weights"),
 ])
 def test_unusable_packages_get_a_one_line_reason(example_package, tmp_path, change, reason):
     from napari_unet.core import load_model
@@ -361,6 +369,7 @@ def test_a_package_whose_weights_cannot_run_is_refused_once_before_any_input(exa
     rc = main(["predict", str(images), "--out", str(tmp_path / "out"), "--model", str(folder), "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert rc != 0 and len(err.splitlines()) == 1 and "napari-unet: error:" in err, err
+    assert err.count("variant") == 1, err  # (the package named once: "…/variant: variant: …" before)
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
@@ -788,3 +797,66 @@ def test_a_package_folder_travels_to_dask_workers_by_its_path(example_package):
     spec = ModelSpec(read_model_file(example_package))
     assert spec.path == str(example_package) and spec.payload is None
     assert spec.get().name == read_model_file(example_package).name
+
+
+@pytest.mark.parametrize("name", ["model.yaml", "unet.bioimageio.yaml"])
+def test_description_file_names_bioimageio_spec_takes_are_taken(shipped_package, tmp_path, name):
+    """A package whose description is model.yaml or *.bioimageio.yaml (names bioimageio.spec takes)
+    was refused ("holds no bioimageio.yaml or rdf.yaml"; a folder: "is a folder, not a model file")."""
+    import zipfile
+
+    from napari_unet.core import load_model
+    from napari_unet.core.checkpoint import read_model_metadata
+    from napari_unet.core.zoo_import import is_bioimageio_package
+
+    folder = tmp_path / "pkg"
+    with zipfile.ZipFile(shipped_package) as z:
+        z.extractall(folder)
+    (folder / "rdf.yaml").rename(folder / name)
+    assert is_bioimageio_package(folder) and is_bioimageio_package(folder / name)
+    assert read_model_metadata(folder)["name"] == "nuclei"
+    assert load_model(folder, device="cpu").representation == "bg-interior-boundary"
+    zipped = tmp_path / "renamed.zip"
+    with zipfile.ZipFile(zipped, "w") as z:
+        for path in folder.iterdir():
+            z.write(path, path.name)
+    assert read_model_metadata(zipped)["name"] == "nuclei"
+
+
+def test_a_zip_of_the_package_folder_says_to_unzip_it(shipped_package, tmp_path):
+    import zipfile
+
+    from napari_unet.core.checkpoint import ModelFileError, read_model_metadata
+
+    nested = tmp_path / "nested.zip"
+    with zipfile.ZipFile(shipped_package) as src, zipfile.ZipFile(nested, "w") as out:
+        for name in src.namelist():
+            out.writestr(f"nuclei/{name}", src.read(name))
+    with pytest.raises(ModelFileError, match="in its folder 'nuclei', not at its top: unzip it"):
+        read_model_metadata(nested)
+
+
+def test_one_of_our_packages_without_its_state_dict_keeps_its_diameter_and_post_processing(shipped_package, tmp_path):
+    """One of our packages whose state dict was dropped (converted to other weight formats) ran as a
+    foreign package: threshold 0.5, min. size 16 and no object diameter (67 objects for 64), while
+    Fine-tune offered it as a base and then failed ("made elsewhere")."""
+    import zipfile
+
+    from napari_unet.core import load_model
+    from napari_unet.core.zoo_import import is_own_package
+
+    folder = tmp_path / "converted"
+    with zipfile.ZipFile(shipped_package) as z:
+        z.extractall(folder)
+    data = yaml.safe_load((folder / "rdf.yaml").read_text())
+    del data["weights"]["pytorch_state_dict"]
+    for entry in data["weights"].values():
+        entry.pop("parent", None)
+    (folder / "rdf.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    (folder / "weights.pt").unlink()
+    shipped = load_model("nuclei", device="cpu")
+    model = load_model(folder, device="cpu")
+    assert model.metadata.get("bioimageio") and not is_own_package(folder) and is_own_package(shipped_package)
+    assert model.diameter == pytest.approx(shipped.diameter)
+    assert model.postprocessing["threshold"] == shipped.postprocessing["threshold"]
+    assert model.postprocessing["min_size"] == shipped.postprocessing["min_size"]

@@ -373,8 +373,9 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             candidates[0].net.load_weights(engine.name)
-        except ModelFileError as exc:
-            raise CLIError(f"{args.model}: {one_line(exc)}") from None
+        except ModelFileError as exc:  # (its message names the package already, most often)
+            said = one_line(exc)
+            raise CLIError(said if said.startswith(f"{Path(args.model).name}:") else f"{args.model}: {said}") from None
     log.info("model %s on %s, engine %s", "/".join(m.name for m in candidates), candidates[0].device,
              engine.describe())
     if engine.reason:

@@ -37,6 +37,7 @@ import math
 import os
 import threading
 import zipfile
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,9 @@ from .engine import run_session
 
 log = logging.getLogger(__name__)
 
-PACKAGE_FILE_NAMES = ("bioimageio.yaml", "rdf.yaml")
+#: The names of a package's description, as bioimageio.spec finds it: one of these, or a name ending in
+#: "." and one of these ("unet.bioimageio.yaml"), at the top of the folder or zip.
+PACKAGE_FILE_NAMES = ("bioimageio.yaml", "rdf.yaml", "model.yaml")
 CONFIG_KEY = "napari-unet"
 #: Weight formats run here, in the order they are preferred.
 WEIGHT_FORMATS = ("onnx", "torchscript", "pytorch_state_dict")
@@ -62,40 +65,66 @@ DEFAULT_PACKAGE_HALO = 32
 
 
 # ---------------------------------------------------------------------- finding packages
+def description_name(names: Iterable[str]) -> str | None:
+    """The package description among ``names`` (a folder's or a zip's members): the first of
+    :data:`PACKAGE_FILE_NAMES` found at the top, itself or as the end of a name after a "."; None."""
+    top = sorted(n for n in names if "/" not in n.rstrip("/"))
+    for wanted in PACKAGE_FILE_NAMES:
+        for name in top:
+            if name.lower() == wanted or name.lower().endswith("." + wanted):
+                return name
+    return None
+
+
+def _folder_description(folder: Path) -> str | None:
+    try:
+        return description_name(p.name for p in folder.iterdir() if p.is_file())
+    except OSError:
+        return None
+
+
 def is_bioimageio_package(path: str | os.PathLike) -> bool:
-    """True for a ``.zip``, a ``bioimageio.yaml`` / ``rdf.yaml`` file, or a folder holding one."""
+    """True for a ``.zip``, a package description file (``bioimageio.yaml``, ``rdf.yaml``,
+    ``model.yaml``, ``*.bioimageio.yaml``), or a folder holding one."""
     p = Path(path)
     if p.is_dir():
-        return any((p / name).is_file() for name in PACKAGE_FILE_NAMES)
-    name = p.name.lower()
-    return p.suffix.lower() == ".zip" or name.endswith(PACKAGE_FILE_NAMES)
+        return _folder_description(p) is not None
+    return p.suffix.lower() == ".zip" or description_name([p.name]) is not None
 
 
 def package_location(path: str | os.PathLike) -> Path:
-    """Where a package is: the folder for its ``bioimageio.yaml`` / ``rdf.yaml``, else ``path``."""
+    """Where a package is: the folder of its description file, else ``path``."""
     p = Path(path)
-    if p.is_file() and p.name.lower().endswith(PACKAGE_FILE_NAMES):
+    if p.is_file() and description_name([p.name]) is not None:
         return p.parent
     return p
+
+
+_NO_DESCRIPTION = ("holds no bioimageio.yaml, rdf.yaml or model.yaml (nor a file named *.bioimageio.yaml): it is "
+                   "not a BioImage.IO package")
 
 
 def _yaml_text(path: Path) -> str:
     """The package description's text (zip member, file in a folder, or the file itself)."""
     if path.is_dir():
-        for name in PACKAGE_FILE_NAMES:
-            if (path / name).is_file():
-                return (path / name).read_text(encoding="utf-8")
-        raise ModelFileError(f"{path} holds no bioimageio.yaml or rdf.yaml: it is not a BioImage.IO package.")
+        name = _folder_description(path)
+        if name is None:
+            raise ModelFileError(f"{path} {_NO_DESCRIPTION}.")
+        return (path / name).read_text(encoding="utf-8")
     if path.suffix.lower() == ".zip":
         try:
             with zipfile.ZipFile(path) as zf:
                 names = zf.namelist()
-                for name in PACKAGE_FILE_NAMES:
-                    if name in names:
-                        return zf.read(name).decode("utf-8")
+                name = description_name(names)
+                if name is not None:
+                    return zf.read(name).decode("utf-8")
         except (zipfile.BadZipFile, OSError) as exc:
             raise ModelFileError(f"{path.name} is not a readable zip file ({exc}).") from exc
-        raise ModelFileError(f"{path.name} holds no bioimageio.yaml or rdf.yaml: it is not a BioImage.IO package.")
+        inner = sorted({n.split("/")[0] for n in names if "/" in n and description_name([n.rsplit("/", 1)[1]])})
+        if inner:  # (a zip of the package's folder: bioimageio.spec reads none either)
+            raise ModelFileError(f"{path.name} holds the package in its folder {inner[0]!r}, not at its top: unzip it "
+                                 "and choose the description file in that folder.")
+        raise ModelFileError(f"{path.name} {_NO_DESCRIPTION}.")
     return path.read_text(encoding="utf-8")
 
 
@@ -131,7 +160,16 @@ def is_own_package(path: str | os.PathLike) -> bool:
         data = yaml.safe_load(_yaml_text(Path(path)))
     except (OSError, ModelFileError, yaml.YAMLError, UnicodeDecodeError):
         return False
-    return isinstance(_own_section(data).get("metadata"), dict)
+    weights = data.get("weights") if isinstance(data, dict) else None
+    # (one of ours converted to other weight formats, its state dict dropped, runs as any package: it
+    # cannot be fine-tuned, and Fine-tune must not offer it)
+    return isinstance(_own_section(data).get("metadata"), dict) and isinstance(weights, dict) \
+        and bool(weights.get("pytorch_state_dict"))
+
+
+#: What napari-unet's section tells of a package of its own whose state dict is gone (its other weights
+#: run as any package's): how it sizes objects and makes them from its output.
+_KEPT_WITHOUT_STATE = ("diameter", "data_diameter", "postprocessing", "postprocessing_by_kind", "colour")
 
 
 def _own_section(data: Any) -> dict[str, Any]:
@@ -307,9 +345,15 @@ def read_bioimageio_model(path: str | os.PathLike, device: torch.device | str | 
     name = p.name
     model = _own_model(descr, name)
     if model is None:
+        own = (descr.config.model_extra or {}).get(CONFIG_KEY)
+        kept = own.get("metadata") if isinstance(own, dict) and isinstance(own.get("metadata"), dict) else {}
         model = SegmentationModel(*_packaged_network(descr, name), metadata={
             "name": str(descr.name), "description": str(descr.description), "bioimageio": True,
+            **{key: kept[key] for key in _KEPT_WITHOUT_STATE if key in kept},
         })
+        if kept:
+            log.info("%s: napari-unet's package without its pytorch_state_dict weights: run as any package, "
+                     "with its object diameter and post-processing", name)
     model.metadata.setdefault("name", p.stem)
     model.metadata["path"] = str(p)
     return model.to(select_device(device))
@@ -792,7 +836,16 @@ class PackagedNetwork(nn.Module):
         x = self.in_layout.to_package(x)
         if kind == "onnx":
             name = backend.get_inputs()[0].name
-            return run_session(backend, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+            try:
+                return run_session(backend, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+            except Exception as exc:  # (onnxruntime's own classes) an input of the shape the description gives
+                text = str(exc)
+                if "INVALID_ARGUMENT" not in text and "invalid dimensions" not in text.lower():
+                    raise
+                raise ModelFileError(
+                    f"{self.package_name}: its onnx weights refuse an input of shape {tuple(x.shape)}, as its description "
+                    f"lays out its input's axes: the description does not match its weights ({_one_line(text)})"
+                ) from exc
         from .device import device_lock
 
         with device_lock(self.anchor.device), torch.inference_mode():  # (Apple's GPU: one thread at a time)
