@@ -490,6 +490,19 @@ def test_manage_models_exports_a_package(make_napari_viewer, qtbot, tmp_path, no
     qtbot.waitUntil(lambda: panel._export_button.enabled, timeout=60_000)
     assert any("as a BioImage.IO package" in m for m in notifications), notifications
     assert isinstance(read_model_file(tmp_path / "mine.zip").net, UNet)
+    # who made it and its licence, as typed (the package said "napari-unet user", BSD-3-Clause, always)
+    panel._authors_edit.value = "Smith, J.; Doe, A."
+    panel._license_edit.value = "CC-BY-4.0"
+    panel.export_package(tmp_path / "signed.zip")
+    qtbot.waitUntil(lambda: panel._export_button.enabled, timeout=60_000)
+    with __import__("zipfile").ZipFile(tmp_path / "signed.zip") as z:
+        raw = yaml.safe_load(z.read("rdf.yaml"))
+    assert [a["name"] for a in raw["authors"]] == ["Smith, J.", "Doe, A."] and raw["license"] == "CC-BY-4.0"
+    panel._license_edit.value = "CC-BY"  # not an SPDX id: said, nothing written
+    notifications.clear()
+    panel.export_package(tmp_path / "bad.zip")
+    qtbot.waitUntil(lambda: panel._export_button.enabled, timeout=60_000)
+    assert any("unknown SPDX license id 'CC-BY'" in m for m in notifications) and not (tmp_path / "bad.zip").exists()
 
 
 def test_closing_the_viewer_during_an_export_still_writes_the_package(make_napari_viewer, qtbot, tmp_path,

@@ -19,14 +19,20 @@ PACKAGE_FILTER = "BioImage.IO model package (*.zip)"
 MODEL_FILTER = "napari-unet model (*.pt)"
 
 
-def _export_package_job(source, destination: Path):
+def _export_package_job(source, destination: Path, authors: list[str] | None = None, license: str | None = None):
     """Worker body: the BioImage.IO export (a generator, so that it runs in a thread worker). It
     yields nothing before it is done: a worker asked to quit (the viewer closed) stops at a yield,
     and one before the export left no package."""
     from napari_unet.core.zoo_export import export_bioimageio
 
-    return export_bioimageio(source, destination)
+    return export_bioimageio(source, destination, authors=authors, license=license)
     yield  # noqa: B901 - unreachable: makes this a generator
+
+
+def _names(text: str) -> list[str] | None:
+    """The authors typed, separated by ";" ("Smith, J.; Doe, A."), None when none."""
+    names = [n.strip() for n in str(text or "").split(";") if n.strip()]
+    return names or None
 
 
 def _user_model_choices(_widget=None) -> list[str]:
@@ -54,8 +60,19 @@ class ModelsPanel(Container):
         self._rename_button = PushButton(text="Rename")
         self._delete_button = PushButton(text="Delete…")
         self._export_button = PushButton(text="Export…")
+        # what a BioImage.IO package says of who made it (the Model Zoo shows it): "napari-unet user" and
+        # BSD-3-Clause unless typed (a model imported from a package keeps that package's)
+        self._authors_edit = LineEdit(label="Package authors",
+                                      tooltip="Who made the model, for a BioImage.IO package (Export… as .zip): names "
+                                              "separated by ';' (e.g. 'Smith, J.; Doe, A.'). Empty: the authors of "
+                                              "the package it came from, else 'napari-unet user'.")
+        self._license_edit = LineEdit(label="Package licence",
+                                      tooltip="The package's licence, an SPDX id such as CC-BY-4.0, MIT or "
+                                              "BSD-3-Clause. Empty: that of the package it came from, else "
+                                              "BSD-3-Clause (napari-unet's).")
         self.extend([
-            self._manage_combo, self._rename_edit, self._rename_button, self._delete_button, self._export_button,
+            self._manage_combo, self._rename_edit, self._rename_button, self._delete_button, self._authors_edit,
+            self._license_edit, self._export_button,
         ])
         self._rename_button.changed.connect(self._rename_clicked)
         self._delete_button.changed.connect(self._delete_clicked)
@@ -158,6 +175,7 @@ class ModelsPanel(Container):
 
         chosen = name is None
         name = self._manage_combo.value if chosen else name
+        license = str(self._license_edit.value or "").strip() or None  # (a typo is said before any packaging)
         try:
             source = find_model(name, user_only=True).path if chosen else name
         except (ValueError, OSError) as exc:
@@ -173,7 +191,7 @@ class ModelsPanel(Container):
                 self._export_button.enabled = True
 
         self._export_worker = start_worker(
-            _export_package_job(source, Path(destination)), returned=done,
+            _export_package_job(source, Path(destination), _names(self._authors_edit.value), license), returned=done,
             errored=lambda exc: notify_error("Export model", exc), finished=finished, finishes=True,
             title=f"Export of {name!r} as a BioImage.IO package (written all the same)")
         return self._export_worker
