@@ -248,3 +248,41 @@ def test_a_channel_of_another_kind_is_proposed_its_own_model(make_napari_viewer,
     w._model_combo.value = next(v for _label, v in w._model_choices() if _stem(v) == "cells")
     w._proposal.refresh()
     assert w._model_hint.value == "This image's masks were made by 'phase-tuned'; 'cells' is chosen."
+
+
+def test_a_whole_stack_run_takes_unnamed_channels_of_different_kinds_as_the_channel_axis(
+        make_napari_viewer, qtbot, tiny_model_path, data_dir, notifications):
+    """A (T, C, Y, X) file opened by napari's own reader names no axis: a whole-stack run segmented the
+    nuclear channel with the phase model (and moved past a corrected slice into the other channel).
+    Its channels, planes of different kinds, are taken as the channel axis, said once an image."""
+    import tifffile
+    from skimage.io import imread
+
+    from napari_unet.widgets.segment import SCOPE_STACK, masks_layer_name
+
+    phase = tifffile.imread(data_dir / "usiigaci_phase" / "images.tif")[:3, :128, :128].astype(np.float32)
+    phase = ((phase - phase.min()) / np.ptp(phase) * 255).astype(np.uint8)
+    with open(data_dir / "dsb2018" / "manifest.csv") as fh:
+        row = next(r for r in csv.DictReader(fh) if r["kind"] == "grey_dark" and int(r["height"]) >= 256
+                   and int(r["width"]) >= 256)
+    dapi = imread(data_dir / "dsb2018" / "images" / f"{row['id']}.png")
+    dapi = (dapi[..., :3].mean(-1) if dapi.ndim == 3 else dapi)[:128, :128].astype(np.uint8)
+    tcyx = np.stack([np.stack([p, dapi]) for p in phase])  # (3, 2, 128, 128), axes unnamed
+    viewer = make_napari_viewer()
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    stack = viewer.add_image(tcyx, name="tcyx")
+    w.reset_choices()
+    w._image_combo.value = stack
+    assert w._channel_axis.value is None
+    w.select_model(tiny_model_path)
+    w._scope.value = SCOPE_STACK
+    w._run_button.clicked.emit()
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+    assert w._channel_axis.value == 1
+    assert sum("Axis 1 of 'tcyx' holds planes of different kinds" in m for m in notifications) == 1
+    masks = viewer.layers[masks_layer_name("tcyx")]
+    assert sorted(tuple(r.index) for r in w._kept.results(masks)) == [(0, 0), (1, 0), (2, 0)]  # the channel shown
+    w._channel_axis.value = None  # the user's 'none': not taken again
+    w._run_button.clicked.emit()
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+    assert w._channel_axis.value is None

@@ -20,17 +20,17 @@ from napari_unet.core.modality import KIND_WORDS  # what each kind is called in 
 from napari_unet.core.preprocess import fill_missing
 from napari_unet.core.stack import read_plane
 
-from ._base import current_plane_index
+from ._base import current_plane_index, lead_ndim
 
 
-def shown_plane(viewer: Any, layer: Any) -> np.ndarray:
-    """The 2D plane of ``layer`` on screen, (H, W) or (H, W, 3), as its kind is told: at most about
-    1024 px a side, every pixel or every second of its central part
+def shown_plane(viewer: Any, layer: Any, index: tuple[int, ...] | None = None) -> np.ndarray:
+    """The 2D plane of ``layer`` on screen (``index``: that plane instead), (H, W) or (H, W, 3), as
+    its kind is told: at most about 1024 px a side, every pixel or every second of its central part
     (:func:`~napari_unet.core.modality.sample_plane`; a multiscale layer's full resolution, of which
     only that part is read: its coarsest level showed nuclei as dots)."""
     from napari_unet.core.modality import central_window, sample_plane
 
-    index = current_plane_index(viewer, layer)
+    index = current_plane_index(viewer, layer) if index is None else index
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
     rgb = bool(getattr(layer, "rgb", False))
     plane_shape = tuple(data.shape[data.ndim - (3 if rgb else 2):])
@@ -40,15 +40,36 @@ def shown_plane(viewer: Any, layer: Any) -> np.ndarray:
     return fill_missing(sample_plane(plane))[0]  # NaN, the black border of a mosaic: no data
 
 
-def shown_kind(viewer: Any, layer: Any) -> str | None:
+def shown_kind(viewer: Any, layer: Any, index: tuple[int, ...] | None = None) -> str | None:
     """The kind of image (:data:`~napari_unet.core.modality.MODALITIES`) of the plane of ``layer`` on
-    screen, or None when it is not a plane the kinds are told on."""
+    screen (``index``: that plane), or None when it is not a plane the kinds are told on."""
     from napari_unet.core.modality import image_modality
 
     try:
-        return image_modality(shown_plane(viewer, layer)).kind
+        return image_modality(shown_plane(viewer, layer, index)).kind
     except (ValueError, IndexError, TypeError):
         return None
+
+
+#: A stack axis this long or shorter may be channels that napari's reader did not name (see channel_axis_by_kind).
+MAX_UNNAMED_CHANNELS = 4
+
+
+def channel_axis_by_kind(viewer: Any, layer: Any) -> tuple[int, list[str]] | None:
+    """A stack axis of ``layer`` of 2 to :data:`MAX_UNNAMED_CHANNELS` planes whose planes (the others
+    where the sliders stand) are of different kinds, and those kinds: channels of a (T, C, Y, X) file
+    that napari's own reader opened without naming its axes (phase contrast and a nuclear stain: a
+    whole-stack run segmented both with the phase model). None when no axis is so."""
+    current = current_plane_index(viewer, layer)
+    for axis in range(lead_ndim(layer)):
+        if not 2 <= layer.data.shape[axis] <= MAX_UNNAMED_CHANNELS:
+            continue
+        kinds = [shown_kind(viewer, layer, current[:axis] + (i,) + current[axis + 1:])
+                 for i in range(layer.data.shape[axis])]
+        told = [k for k in kinds if k is not None]
+        if len(set(told)) > 1:
+            return axis, [KIND_WORDS.get(k, k) for k in kinds if k is not None]
+    return None
 
 
 def proposal_for(kind: str | None, builtin: dict[str, str]) -> tuple[str | None, str]:

@@ -209,6 +209,8 @@ class SegmentWidget(Container):
         self._metadata_cache: dict[tuple[str, int], dict] = {}  # (model path, mtime) -> its metadata
         self._metadata_wait: Any = None  # a timer while the models' metadata wait for torch (see _model_metadata)
         self._metadata_wait_since = 0.0
+        #: images whose stack axes were looked at for channels of different kinds (see _channels_by_kind)
+        self._kinds_looked_at: weakref.WeakSet[Any] = weakref.WeakSet()
         self._run_given: tuple[float | None, int | None] = (None, None)  # what the last run was given
         self._proposal = ModelProposal(viewer, self._image_combo, self._model_combo, self._model_choices,
                                        self._model_metadata)
@@ -334,6 +336,27 @@ class SegmentWidget(Container):
         from napari_unet.io._corrected import recorded_diameter
 
         self._sizing.restore(recorded_diameter(getattr(masks_of(self._viewer, self._image_combo.value), "metadata", None)))
+
+    def _channels_by_kind(self, image: Any) -> None:
+        """Before a whole-stack run with no Channel axis: an unnamed axis whose planes are of different
+        kinds (channels of a file napari's own reader opened) is taken as the channel axis, once an
+        image, said, so that each channel is segmented by a model of its kind (the user may choose
+        'none' again: not asked twice)."""
+        from ._proposal import channel_axis_by_kind
+
+        if unwrap_proxy(image) in self._kinds_looked_at:
+            return
+        self._kinds_looked_at.add(unwrap_proxy(image))
+        found = channel_axis_by_kind(self._viewer, image)
+        if found is None:
+            return
+        axis, kinds = found
+        self._channel_axis.value = axis
+        shown = current_plane_index(self._viewer, image)[axis]
+        notify_info(f"Axis {axis} of {image.name!r} holds planes of different kinds ({', '.join(kinds)}): taken as "
+                    f"its channel axis, so that each channel is segmented by a model of its kind; this run segments "
+                    f"channel {shown} (the one shown). Choose 'none' under Channel axis to segment every plane with "
+                    "one model.")
 
     def _on_masks_arrived(self, event: Any = None) -> None:
         """A layer added or renamed: when it is the chosen image's masks (opened after the image, say)
@@ -682,6 +705,8 @@ class SegmentWidget(Container):
                 else:
                     self._drop_new_masks()
                 return
+            if scope == SCOPE_STACK and self._channel_axis.value is None:
+                self._channels_by_kind(image)
             planes = self._planes_for_scope(image, scope)
             _check_masks_fit(image, len(planes), plane_shape, masks.data.dtype)
             yx_view = shows_yx_planes(self._viewer, image)
