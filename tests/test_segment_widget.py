@@ -1787,3 +1787,32 @@ def test_progress_is_shown_at_most_every_interval_and_the_latest_is_not_lost(wid
                         timeout=int(5000 * PROGRESS_INTERVAL))
     finally:
         w._worker = None
+
+
+def test_a_cancelled_whole_stack_run_is_gone_on_from(widget, qtbot, c2c12_stack, notifications):
+    """Cancelled at frame 300 of 500, the next whole-stack run redid the 300 (a review). Given the same
+    (model, Threshold, Min. size, diameter, slices), it segments only the slices left; a slice
+    segmented meanwhile to look does not lose that; other settings segment them all."""
+    from napari_unet.core.predict import PlaneResult
+
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack, name="c2c12")
+    done = _run_stack_doing_after_first_plane(w, image, w.cancel)
+    _wait(qtbot, w)
+    assert done and "goes on from there" in w._status.value
+    w._scope.value = SCOPE_SLICE  # a look at one slice, then the whole stack again
+    w._run_button.clicked.emit()
+    _wait(qtbot, w)
+    w._scope.value = SCOPE_STACK
+    written: list = []
+    w._run_button.clicked.emit()
+    w._worker.yielded.connect(lambda item: isinstance(item, PlaneResult) and written.append(tuple(item.index)))
+    _wait(qtbot, w)
+    assert sorted(written) == sorted({(0,), (1,), (2,), (3,)} - {tuple(done[0])})
+    assert any(m.startswith("Going on from the run cancelled before, given the same: 1 of these 4 slices")
+               for m in notifications)
+    written.clear()  # finished: the next run segments them all
+    w._run_button.clicked.emit()
+    w._worker.yielded.connect(lambda item: isinstance(item, PlaneResult) and written.append(tuple(item.index)))
+    _wait(qtbot, w)
+    assert len(written) == 4

@@ -16,6 +16,7 @@ import logging
 import time
 import weakref
 from collections.abc import Generator, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -115,6 +116,33 @@ PROBABILITY_CACHE_BYTES = 512 * 2**20
 MASKS_MEMORY_SHARE = 0.8
 
 
+@dataclass(frozen=True)
+class _Resumable:
+    """A whole-stack run that was cancelled: its image and masks, what it was given (model file and
+    its version, Threshold, Min. size, Colour, diameter, Channel axis, slices) and the slices it
+    finished. The next whole-stack run given the same goes on from there (a cancel at frame 300 of
+    500 redid the 300)."""
+
+    image: Any  # weakref.ref of the layers
+    masks: Any
+    given: tuple
+    done: frozenset
+
+    def left_of(self, image: Any, masks: Any, given: tuple, planes: list[tuple[int, ...]]) -> list[tuple[int, ...]] | None:
+        """``planes`` less those this run finished, when a run of ``image`` into ``masks`` is given the
+        same; None when it is another run."""
+        if self.image() is not unwrap_proxy(image) or self.masks() is not unwrap_proxy(masks) or self.given != given:
+            return None
+        return [p for p in planes if p not in self.done]
+
+
+def _file_version(path: Any) -> int | None:
+    try:
+        return Path(path).stat().st_mtime_ns
+    except OSError:
+        return None
+
+
 def _check_masks_fit(image: Any, n_planes: int, plane_shape: tuple[int, ...], dtype: Any) -> None:
     """Refuse a run whose masks (the planes it writes into the in-memory masks layer) do not fit in the
     memory available: it filled it plane by plane, and the system killed napari (the corrections lost)."""
@@ -163,6 +191,9 @@ class SegmentWidget(Container):
         self._progress_timer.timeout.connect(self._show_pending_progress)
         self._cancelled = False
         self._failed = False
+        self._resumable: _Resumable | None = None  # the whole-stack run cancelled last (see _Resumable)
+        self._run_stack: tuple[tuple, frozenset] | None = None  # a whole-stack run's (given, slices done before)
+        self._run_written: set[tuple[int, ...]] = set()  # the slices it finished
         self._new_masks: Any = None  # the masks layer the running job made (None: it was there before)
         self._run_layers: tuple[Any, ...] = ()  # the image and masks layers of the running job
         self._abandoned = ""  # why the running job was given up ("" while it is not)
@@ -708,6 +739,7 @@ class SegmentWidget(Container):
             if scope == SCOPE_STACK and self._channel_axis.value is None:
                 self._channels_by_kind(image)
             planes = self._planes_for_scope(image, scope)
+            all_planes = tuple(planes)
             _check_masks_fit(image, len(planes), plane_shape, masks.data.dtype)
             yx_view = shows_yx_planes(self._viewer, image)
             in_3d = self._viewer.dims.ndisplay == 3
@@ -746,6 +778,21 @@ class SegmentWidget(Container):
             what = f"{format_plane(skipped[0])} is" if len(skipped) == 1 else "every chosen slice is"
             self._status.value = f"Nothing to segment: {what} one you corrected."
             return
+        self._run_stack = None
+        if scope == SCOPE_STACK:  # (a slice segmented meanwhile, to look, leaves the cancelled run to go on from)
+            resumable, self._resumable = self._resumable, None
+            given = (str(model_path), _file_version(model_path), self._postprocessing_given(),
+                     self._colour.value if image.rgb else "auto", diameter, self._channel_axis.value, all_planes)
+            left = None if resumable is None else resumable.left_of(image, masks, given, planes)
+            if left is not None and len(left) < len(planes):
+                if not left:
+                    self._status.value = "Nothing left to segment: the run cancelled before had finished every slice."
+                    return
+                notify_info(f"Going on from the run cancelled before, given the same: {len(planes) - len(left)} of "
+                            f"these {len(planes)} slices were segmented then; the other {len(left)} now.")
+                planes = left
+            self._run_stack = (given, resumable.done if left is not None else frozenset())
+        self._run_written = set()
         try:
             ready_for_writing(masks, widen_16_bit=False)  # (plane by plane: write_plane widens when needed)
         except ValueError as exc:
@@ -1037,6 +1084,8 @@ class SegmentWidget(Container):
             record_diameter(masks.metadata, self._sizing.run_typed)
             if getattr(image, "rgb", False):  # (fine-tuning learns a slice from its colour)
                 record_colour(masks.metadata, result.index, self._run_colour)
+        if self._run_stack is not None:
+            self._run_written.add(tuple(result.index))
         if self._ids_above is not None:
             self._ids_above += int(result.labels.max(initial=0))
         self._kept.keep(masks, result, _checksum(masks, result))
@@ -1143,6 +1192,11 @@ class SegmentWidget(Container):
                     else "no volume was finished: the masks are as they were" if done == 0
                     else f"{done} finished volume{'s' if done > 1 else ''} kept")
             how = "Cancelled" if self._cancelled else "Stopped (napari asked its tasks to stop as a window closed)"
+            if self._run_stack is not None and self._run_written and len(self._run_layers) == 2:
+                given, before = self._run_stack
+                image, masks = (weakref.ref(unwrap_proxy(layer)) for layer in self._run_layers)
+                self._resumable = _Resumable(image, masks, given, before | frozenset(self._run_written))
+                kept += " (the whole stack segmented again, given the same, goes on from there)"
             self._status.value = self._after_cancel = f"{how} after {format_seconds(took)}; {kept}."
         elif self._rethresholding and self._after_cancel and not self._failed:  # the one that followed the cancel
             self._status.value = f"{self._after_cancel} The new Threshold / Min. size were applied to them."
