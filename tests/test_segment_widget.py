@@ -1594,7 +1594,7 @@ def test_a_whole_stack_whose_masks_do_not_fit_in_memory_is_refused_before_it_sta
 
     viewer, w = widget
     free = available_memory()
-    plane = 4096 * 4096 * 4  # bytes of an int32 masks plane
+    plane = 4096 * 4096 * 2  # bytes of a masks plane (uint16: the masks of a stack read lazily)
     n = int(free / plane) + 8  # (the masks of every plane: more than the memory free)
     image = viewer.add_image(da.zeros((n, 4096, 4096), dtype=np.uint8, chunks=(1, 4096, 4096)),
                              name="huge", contrast_limits=(0, 255))
@@ -1796,10 +1796,13 @@ def test_a_cancelled_whole_stack_run_is_gone_on_from(widget, qtbot, c2c12_stack,
     from napari_unet.core.predict import PlaneResult
 
     viewer, w = widget
-    image = viewer.add_image(c2c12_stack, name="c2c12")
+    image = viewer.add_image(np.tile(c2c12_stack, (3, 1, 1)), name="c2c12")  # 12 slices
     done = _run_stack_doing_after_first_plane(w, image, w.cancel)
+    finished: list = []  # (a slice or two may finish before the cancel is taken)
+    w._worker.yielded.connect(lambda item: isinstance(item, PlaneResult) and finished.append(tuple(item.index)))
     _wait(qtbot, w)
     assert done and "goes on from there" in w._status.value
+    finished = {*finished, tuple(done[0])}
     w._scope.value = SCOPE_SLICE  # a look at one slice, then the whole stack again
     w._run_button.clicked.emit()
     _wait(qtbot, w)
@@ -1808,11 +1811,25 @@ def test_a_cancelled_whole_stack_run_is_gone_on_from(widget, qtbot, c2c12_stack,
     w._run_button.clicked.emit()
     w._worker.yielded.connect(lambda item: isinstance(item, PlaneResult) and written.append(tuple(item.index)))
     _wait(qtbot, w)
-    assert sorted(written) == sorted({(0,), (1,), (2,), (3,)} - {tuple(done[0])})
-    assert any(m.startswith("Going on from the run cancelled before, given the same: 1 of these 4 slices")
-               for m in notifications)
+    assert sorted(written) == sorted({(i,) for i in range(12)} - finished)
+    assert any(m.startswith(f"Going on from the run cancelled before, given the same: {len(finished)} of these 12 "
+                            "slices") for m in notifications)
     written.clear()  # finished: the next run segments them all
     w._run_button.clicked.emit()
     w._worker.yielded.connect(lambda item: isinstance(item, PlaneResult) and written.append(tuple(item.index)))
     _wait(qtbot, w)
-    assert len(written) == 4
+    assert len(written) == 12
+
+
+def test_masks_of_a_lazily_read_stack_are_16_bit(widget, qtbot, c2c12_stack):
+    """The masks of a stack read lazily are held whole in memory: 2 GB of planes made 4 GB of int32
+    masks (a review of large stacks). They are uint16 (a plane's ids start from 1; widened if a run's
+    ids do not fit)."""
+    import dask.array as da
+
+    viewer, w = widget
+    image = viewer.add_image(da.from_array(c2c12_stack, chunks=(1, 96, 96)), name="lazy")
+    done = _run_stack_doing_after_first_plane(w, image, lambda: None)
+    _wait(qtbot, w)
+    masks = viewer.layers[masks_layer_name("lazy")]
+    assert done and masks.data.dtype == np.uint16 and masks.data.max() > 0

@@ -134,7 +134,10 @@ def check_masks_of(viewer: Any, masks: Any, image: Any) -> None:
 
 
 def masks_layer_for(viewer: Any, image: Any) -> "napari.layers.Labels":
-    """The "<image> masks" layer, created (zeros, int32, same plane shape) if missing."""
+    """The "<image> masks" layer, created (zeros, same plane shape) if missing: int32, or uint16 for
+    an image read lazily from its file (a large stack: its masks are held whole in memory, and 2 GB of
+    planes made 4 GB of int32 masks; a plane's ids start from 1, and a run widens the layer when they
+    do not fit)."""
     from napari.layers import Labels
 
     name = masks_layer_name(image.name)
@@ -156,8 +159,9 @@ def masks_layer_for(viewer: Any, image: Any) -> "napari.layers.Labels":
         # napari creates the layer, lays out its controls and draws it (compiling shaders) in
         # three later turns of the event loop, not all in this one, and its editing overlays when
         # their tool is first used: shorter pauses of the window instead of one long one (bench_gui.py)
+        data = image.data[0] if getattr(image, "multiscale", False) else image.data
         layer = Labels(
-            np.zeros(shape, dtype=np.int32),
+            np.zeros(shape, dtype=np.int32 if isinstance(data, np.ndarray) else np.uint16),
             name=name,
             scale=image.scale[:n],
             translate=image.translate[:n],
