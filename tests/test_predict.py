@@ -998,3 +998,29 @@ def test_an_out_array_too_narrow_for_the_ids_is_refused(real_image):
         predict_probabilities(model, real_image, out=np.zeros((3, *real_image.shape), np.int32))
     out = np.zeros(stack.shape, np.uint32)
     np.testing.assert_array_equal(segment(model, stack, out=out), segment(model, stack))
+
+
+def test_a_slice_that_tells_no_size_is_sized_on_the_next_slices_given(data_dir):
+    """C2C12's first frame (8 cells of about 14 px, smaller than `cells`' objects) alone: "no object
+    found at any scale", nothing segmented; the next frames tell the size. Given as size_planes (the
+    Segment widget's current slice), they are measured only, and the slice segmented at that size."""
+    import tifffile
+
+    from napari_unet.core.checkpoint import load_model
+    from napari_unet.core.metrics import average_precision
+    from napari_unet.core.predict import PlaneResult, iter_planes
+
+    images = tifffile.imread(data_dir / "c2c12_timelapse" / "images.tif")[:5]
+    truth = tifffile.imread(data_dir / "c2c12_timelapse" / "labels.tif")[0]
+    model = load_model("cells", device="cpu")
+    alone = [r for r in iter_planes(model, images, planes=[(0,)]) if isinstance(r, PlaneResult)]
+    assert len(alone) == 1 and alone[0].labels.max() == 0 and alone[0].diameter is None
+    results = [r for r in iter_planes(model, images, planes=[(0,)], size_planes=[(1,), (2,), (3,), (4,)])
+               if isinstance(r, PlaneResult)]
+    assert {tuple(r.index) for r in results} == {(0,)}  # the others measured only
+    last = results[-1]
+    assert last.diameter is not None and 8 < last.diameter < 20 and "estimated on the plane at index" in last.note
+    assert average_precision(truth, last.labels, 0.5) > 0.4
+    typed = [r for r in iter_planes(model, images, planes=[(0,)], diameter=14.0, size_planes=[(1,)])
+             if isinstance(r, PlaneResult)]
+    assert len(typed) == 1 and typed[0].diameter == 14.0  # (a size given: the others are not read)

@@ -1833,3 +1833,15 @@ def test_masks_of_a_lazily_read_stack_are_16_bit(widget, qtbot, c2c12_stack):
     _wait(qtbot, w)
     masks = viewer.layers[masks_layer_name("lazy")]
     assert done and masks.data.dtype == np.uint16 and masks.data.max() > 0
+
+
+def test_a_slice_run_may_measure_the_size_on_the_slices_after_it(widget, c2c12_stack):
+    """With the automatic diameter, a slice (or a field of view) of a stack gives the core the slices
+    after it, in the stack's order, to measure the object size on when it does not tell it (see
+    core's size_planes); none for a whole-stack run or a 2D image."""
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack, name="c2c12")  # 4 frames
+    assert w._size_planes(image, SCOPE_SLICE, [(2,)]) == [(3,), (0,), (1,)]
+    assert w._size_planes(image, SCOPE_STACK, [(0,), (1,), (2,), (3,)]) is None
+    plane = viewer.add_image(c2c12_stack[0], name="one")
+    assert w._size_planes(plane, SCOPE_SLICE, [()]) is None

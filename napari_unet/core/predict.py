@@ -505,6 +505,7 @@ def iter_planes(
     colour: int | str | None = "auto",
     outliers: str = "clip",
     plane_notes: bool = True,
+    size_planes: list[tuple[int, ...]] | None = None,
     **engine_options: Any,
 ) -> Generator[Progress | PlaneResult, None, None]:
     """The one plane loop: read, rescale to the model's object size, predict and post-process planes.
@@ -569,6 +570,11 @@ def iter_planes(
     plane_notes : bool
         Say a plane without data or of camera noise (False: the side views of a z-stack, whose planes
         are no planes of the user's; its xy planes said it).
+    size_planes : list of tuple of int, optional
+        With the automatic diameter, planes of the stack the object size may also be measured on
+        when ``planes`` do not tell it (too few objects, or none the model finds at any scale:
+        the first frame of a time-lapse of sparse small cells); measured only, never yielded, and
+        not read once the size is known. ``planes`` are then segmented again at that size.
     **engine_options
         ``tile_size``, ``batch_size``, ``halo``, ``device``, ``precision``, ``channels_last``
         (see :func:`iter_predict_probabilities`).
@@ -593,6 +599,8 @@ def iter_planes(
     search_setting = (threshold, min_size, min_seed)  # the objects the size is measured on are made so
     kind = None
     planes = layout.indices() if planes is None else [layout.check_index(p) for p in planes]
+    extra = [layout.check_index(p) for p in size_planes or ()]
+    extra = [p for p in dict.fromkeys(extra) if p not in planes]
     region, window, inner = plane_window(region, layout.plane_shape, context)
     runner = _PlaneRunner(_Engine(model, **engine_options), len(planes), should_stop)
     colour = _check_colour(colour, layout)
@@ -647,7 +655,7 @@ def iter_planes(
     # a typed diameter is checked against the plane: a zoomed-in field of view of big cells is fine
     sizing = _Sizing.choose(model, diameter, layout.plane_shape, to_model_diameter,
                             run_shape=tuple(sl.stop - sl.start for sl in window))
-    sizing.retries = min(sizing.retries, max(len(planes) - 1, 0))  # only planes that follow
+    sizing.retries = min(sizing.retries, max(len(planes) + len(extra) - 1, 0))  # only planes that follow
     unsized: list[tuple[int, tuple[int, ...]]] = []  # planes segmented while no plane had told the size
     # a part of a plane (a field of view) is told what it is and sized with its surroundings: a view of
     # a few objects is a small sample of them (the kind of a view of large bright nuclei, the colours of
@@ -656,7 +664,12 @@ def iter_planes(
     # (the planes the network gets are RGB where colour is None: grey planes, or one colour of an RGB one)
     told_on_first = colour == "auto" or (by_kind and _kinds_apply(model, 3 if layout.rgb and colour is None else 2))
     with _eval_mode(runner.engine.net):
-        for k, idx in enumerate(planes):
+        for k, idx in enumerate([*planes, *extra]):
+            measuring = k >= len(planes)  # a plane of size_planes: its objects' size only
+            if measuring and sizing.search is None:
+                break
+            if measuring:
+                runner.n_planes = len(planes) + len(extra)  # (the progress counts the planes looked at)
             first = wider = None
             if around != window and (sizing.search is not None or (k == 0 and told_on_first)):
                 try:  # (without notes: the window's say what it holds)
@@ -683,6 +696,10 @@ def iter_planes(
                     slice(w.start - a.start, w.stop - a.start) for w, a in zip(window, around, strict=True))
                 probs = yield from sizing.estimate(runner, plane if wider is None else wider, k, *search_setting,
                                                    index=idx, kind=plane_kind, view=view)
+            if measuring:  # the planes looked at before, again at the size found here
+                if sized_here and sizing.search is None and sizing.diameter is not None:
+                    yield from segment_again(unsized)
+                continue
             if k == 0 and by_kind and (kind := postprocessing_kind(model, plane, plane_kind)) is not None:  # ... and the kind
                 threshold, min_size = _check_args(*model.resolve_postprocessing(*given, kind))
                 min_seed = model.min_seed_for(kind)

@@ -59,11 +59,13 @@ def segment_planes(
     diameter: float | None = None,
     model_cache: dict | None = None,
     device: str | None = None,
+    size_planes: list[tuple[int, ...]] | None = None,
 ) -> Generator[Any, None, None]:
     """Worker body: loads the model, then core's plane loop (``threshold`` / ``min_size`` None: the
     model's own for the kind of image; ``colour``: of an RGB image, what is segmented, see
     ``iter_planes``); Progress events and one :class:`~napari_unet.core.predict.PlaneResult` per plane, probabilities as float16), and
-    an :class:`EmptyPlane` after a plane where nothing was found."""
+    an :class:`EmptyPlane` after a plane where nothing was found. ``size_planes``: other planes the
+    automatic diameter may be measured on (see ``iter_planes``)."""
     from napari_unet.core.events import Progress
     from napari_unet.core.predict import PlaneResult, iter_planes
 
@@ -78,7 +80,8 @@ def segment_planes(
         if choice.name == "onnx" and choice.reason:  # (the device line says the GPU)
             yield RunNote(f"{model.name} runs through ONNX Runtime, {choice.reason}.")
     for item in iter_planes(model, data, planes=planes, region=region, context=VIEW_CONTEXT, rgb=rgb,
-                            colour=colour, diameter=diameter, threshold=threshold, min_size=min_size):
+                            colour=colour, diameter=diameter, threshold=threshold, min_size=min_size,
+                            size_planes=size_planes):
         if isinstance(item, PlaneResult):  # kept for re-thresholding: half the memory
             item = dataclasses.replace(item, probabilities=item.probabilities.astype(np.float16))
         yield item

@@ -813,9 +813,23 @@ class SegmentWidget(Container):
             min_size=min_size,
             diameter=diameter,
             model_cache=self._model_cache,
+            size_planes=self._size_planes(image, scope, planes) if diameter is None else None,
         )
         self._start(generator, f"Segmenting {len(planes)} slice(s)" if len(planes) > 1 else "Segmenting",
                     overwrite=overwrite, masks=masks, automatic=keep_corrected)
+
+    def _size_planes(self, image: Any, scope: str, planes: list[tuple[int, ...]]) -> list[tuple[int, ...]] | None:
+        """For a slice or a field of view of a stack with the automatic diameter: the slices after it
+        (in the whole stack's order, the channel shown), where the object size may be measured when
+        the slice does not tell it (C2C12's first frame, 8 cells of 14 px: 'no object found at any
+        scale'; the next frames tell 10-18 px). Read only then."""
+        from napari_unet.core.predict import ESTIMATE_RETRY_PLANES
+
+        if scope == SCOPE_STACK or len(planes) != 1 or planes == [()]:
+            return None
+        stack = self._planes_for_scope(image, SCOPE_STACK)
+        at = stack.index(planes[0]) if planes[0] in stack else -1
+        return (stack[at + 1:] + stack[:max(at, 0)])[:ESTIMATE_RETRY_PLANES] or None
 
     def _remember_run(self, image: Any, masks: Any) -> None:
         """The layers of the run about to start: written to now, re-thresholded later."""
