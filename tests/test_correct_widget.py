@@ -644,3 +644,39 @@ def test_closing_the_window_with_edits_not_saved_asks_first(correcting, tmp_path
     assert unsaved_masks(viewer) == [layer]
     assert layer.save(str(tmp_path / "again.tif"), plugin="napari-unet")
     assert unsaved_masks(viewer) == []
+
+
+def test_saving_over_a_masks_file_changed_on_disk_since_asks_first(correcting, tmp_path, qtbot):
+    """A colleague's corrected masks unzipped over the file opened: Save masks replaced them, saying
+    only "Saved" (a review of a handoff between labs). Saved there again after the file changed since
+    it was opened or saved, Save masks asks; No keeps the file as it is."""
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    from napari_unet.io import write_labels
+    from napari_unet.io._corrected import MASKS_KEY
+
+    viewer, layer, widget, _mouse = correcting
+    layer.metadata[MASKS_KEY] = True
+    path = tmp_path / "c2c12 masks.tif"
+    assert widget.save_masks(path) == [str(path)]
+    viewer.layers.remove(layer)
+    (mine,) = viewer.open(path, plugin="napari-unet")  # opened again: the file as it is now is recorded
+    widget._layer_combo.value = mine
+    assert widget.save_masks(path) == [str(path)]  # unchanged since: no question
+    theirs = np.zeros_like(mine.data)
+    theirs[FRAME, :10, :10] = 7
+    write_labels(path, theirs, corrected=[(FRAME,)])  # someone else's version put there
+
+    def answer(text: str) -> None:
+        box = QApplication.activeModalWidget()
+        next(b for b in box.buttons() if text in b.text().replace("&", "")).click()
+
+    QTimer.singleShot(200, lambda: answer("No"))
+    assert widget.save_masks(path) == []
+    assert "was changed by someone else" in widget._status.value
+    np.testing.assert_array_equal(tifffile.imread(path), theirs)  # kept
+    QTimer.singleShot(200, lambda: answer("Yes"))
+    assert widget.save_masks(path) == [str(path)]
+    np.testing.assert_array_equal(tifffile.imread(path), mine.data)
+    assert widget.save_masks(path) == [str(path)]  # saved by this layer: no question again

@@ -55,13 +55,40 @@ def unsaved_edits(metadata: Any) -> bool:
     return int(metadata.get(EDITS_KEY, 0) or 0) != int(metadata.get(SAVED_EDITS_KEY, 0) or 0)
 
 
-def mark_saved(metadata: dict, written: dict | None = None) -> None:
+def mark_saved(metadata: dict, written: dict | None = None, path: Any = None) -> None:
     """Say in a masks layer's ``metadata`` that a file holds its edits up to the count in ``written`` (the
     metadata as it was written: a copy taken when Save was pressed, an edit made since still to save;
-    by default ``metadata`` itself)."""
+    by default ``metadata`` itself); ``path``: that file, as it is now (see :data:`FILE_KEY`)."""
     source = metadata if written is None else written
     if EDITS_KEY in source:
         metadata[SAVED_EDITS_KEY] = source[EDITS_KEY]
+    if path is not None:
+        metadata[FILE_KEY] = file_state(path)
+
+
+#: Key, in a masks layer's metadata, of the file it was opened from or saved to last, and how that file
+#: and its list were then ({"path", "identity"}): saved there again after another person or program
+#: changed it (a colleague's corrected masks unzipped over it), Save masks asks first; they were
+#: replaced, saying only "Saved".
+FILE_KEY = "napari_unet_file"
+
+
+def file_state(path: Any) -> dict[str, Any]:
+    """What :data:`FILE_KEY` records of the labels file ``path`` and its list now."""
+    from napari_unet._atomic import file_identity
+
+    where = Path(str(path)).absolute()
+    return {"path": str(where), "identity": [list(file_identity(p) or ()) for p in (where, sidecar_path(where))]}
+
+
+def changed_on_disk(metadata: Any, path: Any) -> bool:
+    """Whether the labels file ``path`` is the one ``metadata`` records (:data:`FILE_KEY`) and it, or its
+    list, changed since (a file gone since holds nothing to lose)."""
+    stored = metadata.get(FILE_KEY) if isinstance(metadata, dict) else None
+    if not isinstance(stored, dict) or stored.get("path") != str(Path(str(path)).absolute()):
+        return False
+    now = file_state(path)
+    return bool(now["identity"][0]) and now["identity"] != stored.get("identity")
 
 
 #: Key, in a masks layer's metadata, of the model that last segmented into it: {"name": its file's stem,

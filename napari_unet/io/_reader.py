@@ -17,10 +17,12 @@ from ._corrected import (
     COLOUR_KEY,
     CORRECTED_KEY,
     DIAMETER_KEY,
+    FILE_KEY,
     MADE_BY,
     MASKS_KEY,
     MODEL_KEY,
     OBJECTS_3D_KEY,
+    file_state,
     load_corrected_list,
     plane_in,
     sidecar_path,
@@ -465,6 +467,8 @@ def as_labels_where_masks(path: str | os.PathLike, layers: list[LayerData]) -> l
         if stored.diameter:  # (see DIAMETER_KEY)
             for _data, meta, _kind in layers:
                 meta["metadata"] = {**meta.get("metadata", {}), DIAMETER_KEY: stored.diameter}
+        for _data, meta, _kind in layers:  # saved there again after someone changed it: asked (see FILE_KEY)
+            meta["metadata"] = {**meta.get("metadata", {}), FILE_KEY: file_state(path)}
         return layers
     if _is_ome_zarr_labels(path) or _named_as_labels(path, layers):
         # masks napari-unet made (predict, segment_to_ome_zarr): a model's, none corrected yet; another

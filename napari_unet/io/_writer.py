@@ -432,7 +432,7 @@ def write_layer_labels(path: str | os.PathLike, data: Any, meta: dict[str, Any])
                            objects_3d=bool((meta.get("metadata") or {}).get(OBJECTS_3D_KEY)),
                            colours=meta.get("metadata") or {}, model=meta.get("metadata") or {})
     if isinstance(meta.get("metadata"), dict):  # (napari's writer hands the layer's own)
-        mark_saved(meta["metadata"])
+        mark_saved(meta["metadata"], path=written)
     return str(written)
 
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, Label, PushButton, SpinBox
 
-from napari_unet.io._corrected import mark_saved
+from napari_unet.io._corrected import changed_on_disk, mark_saved
 
 from ._base import (
     FixedRadioButtons,
@@ -252,8 +252,24 @@ class CorrectWidget(Container):
         path = Path(path)
         if path.suffix.lower() not in (".tif", ".tiff"):
             path = path.with_name(path.name + ".tif")
+        if changed_on_disk(layer.metadata, path) and not self._replace_changed_file(layer.name, path):
+            self._status.value = f"Not saved: {path.name} was changed by someone else, and is kept."
+            return None
         data, state, _kind = layer.as_layer_data_tuple()
         return path, data, {**state, "metadata": _metadata_now(state.get("metadata"))}, layer.name
+
+    def _replace_changed_file(self, name: str, path: Path) -> bool:
+        """Ask whether to replace the masks file ``path``, changed on disk since ``name`` was opened
+        from it or saved to it (a colleague's corrected version unzipped over it, another napari)."""
+        from qtpy.QtWidgets import QMessageBox
+
+        box = QMessageBox(QMessageBox.Warning, "napari-unet",
+                          f"{path.name} was changed on disk since {name!r} was opened from it or saved to it (by "
+                          "another program, another napari, or a colleague's copy put there). Replace it with "
+                          f"{name!r}? What it holds now would be lost: choose No, then Save masks… under another "
+                          "name, to keep both.", QMessageBox.Yes | QMessageBox.No, self.native)
+        box.setDefaultButton(QMessageBox.No)
+        return box.exec_() == QMessageBox.Yes
 
     def save_masks(self, path: str | Path) -> list[str]:
         """Write the chosen masks layer with napari-unet's labels writer (a TIFF and the list of
@@ -271,7 +287,7 @@ class CorrectWidget(Container):
         except (LabelsWriteError, OSError) as exc:
             self._not_saved(path, exc)
             return []
-        mark_saved(layer.metadata, state["metadata"])
+        mark_saved(layer.metadata, state["metadata"], path)
         self._saved(name, path)
         return [written]
 
@@ -292,7 +308,7 @@ class CorrectWidget(Container):
         layer = self._layer_combo.value
 
         def returned(_written: Any) -> None:
-            mark_saved(layer.metadata, state["metadata"])
+            mark_saved(layer.metadata, state["metadata"], path)
             self._saved(name, path)
 
         def write():
