@@ -286,3 +286,27 @@ def test_a_whole_stack_run_takes_unnamed_channels_of_different_kinds_as_the_chan
     w._run_button.clicked.emit()
     qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
     assert w._channel_axis.value is None
+
+
+def test_a_model_file_added_by_hand_is_listed_in_the_next_session(make_napari_viewer, tiny_model_path, tmp_path):
+    """A colleague's model added with Add model file… was gone the next session, and the masks it made
+    said it was not in the Model list; the hint also went stale when it was added."""
+    import shutil
+
+    from napari_unet.io._corrected import record_model
+
+    theirs = Path(shutil.copy(tiny_model_path, tmp_path / "colleague-tuned.pt"))
+    viewer = make_napari_viewer()
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    image = viewer.add_image(np.zeros((64, 64), np.float32), name="field")
+    masks = viewer.add_labels(np.zeros((64, 64), np.int32), name="field masks")
+    record_model(masks.metadata, tmp_path / "elsewhere" / "colleague-tuned.pt")
+    w.reset_choices()
+    w._image_combo.value = image
+    w._proposal.refresh()  # (as the masks' arrival does)
+    assert "made by 'colleague-tuned', not in the Model list" in w._model_hint.value
+    w.add_model_file(theirs)
+    assert "Proposed 'colleague-tuned': it made this image's masks" in w._model_hint.value
+    viewer.window.remove_dock_widget(_dock)  # the next session: a new dock
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    assert str(theirs.resolve()) in [value for _label, value in w._model_choices()]

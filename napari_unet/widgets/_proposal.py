@@ -169,7 +169,10 @@ class ModelProposal:
                                    f"{Path(str(self._models.value)).stem!r} is chosen.")
         else:
             path, self.hint.value = proposal_for(self.kind, builtin_paths(choices))
-            if made is not None:
+            if made is not None and any(Path(value).stem == made[1] for _label, value in choices):
+                self.hint.value = (f"This image's masks were made by another model named {made[1]!r} (trained "
+                                   f"elsewhere, or replaced since): Add model file… to use it. {self.hint.value}")
+            elif made is not None:
                 self.hint.value = f"This image's masks were made by {made[1]!r}, not in the Model list. {self.hint.value}"
         if path and not self.user_chose and path != self._models.value:
             self._switching = True

@@ -136,6 +136,29 @@ class _Resumable:
         return [p for p in planes if p not in self.done]
 
 
+#: The setting that lists the model files added by hand (Add model file…), the last added first.
+ADDED_MODELS_SETTING = "added_model_files"
+#: ... at most this many.
+MAX_ADDED_MODELS = 20
+
+
+def _added_models() -> list[str]:
+    """The model files added by hand in earlier sessions that are still there (a colleague's model,
+    forgotten with the window: the masks it made said it was not in the Model list)."""
+    from napari_unet.io._settings import get_setting
+
+    stored = get_setting(ADDED_MODELS_SETTING, [])
+    return [p for p in stored if isinstance(p, str) and Path(p).exists()] if isinstance(stored, list) else []
+
+
+def _remember_added_model(path: str) -> None:
+    from napari_unet.io._settings import get_setting, update_settings
+
+    stored = get_setting(ADDED_MODELS_SETTING, [])
+    earlier = [p for p in stored if isinstance(p, str) and p != path] if isinstance(stored, list) else []
+    update_settings(**{ADDED_MODELS_SETTING: [path, *earlier][:MAX_ADDED_MODELS]})
+
+
 def _file_version(path: Any) -> int | None:
     try:
         return Path(path).stat().st_mtime_ns
@@ -178,6 +201,8 @@ class SegmentWidget(Container):
         self._run_corrections = RunCorrections()  # what the running job does with corrected slices
         self._model_cache: dict = {}
         self._extra_models: dict[str, str] = {}
+        for added in _added_models():  # (files added by hand in earlier sessions: a colleague's model)
+            self._list_extra(added)
         self._kept = KeptResults(PROBABILITY_CACHE_BYTES)  # probabilities etc. of each masks layer's planes
         self._run_started = 0.0
         self._progress_shown = 0.0  # when the progress bar last changed (perf_counter)
@@ -464,25 +489,34 @@ class SegmentWidget(Container):
         """Offer a model file (``.pt``) or a BioImage.IO package (``.zip``, a folder with
         ``bioimageio.yaml``, or that file) in the Model list and select it. A file that cannot be
         used is reported (one line) when segmenting with it, as for a damaged ``.pt``."""
-        from napari_unet.core.zoo_import import is_bioimageio_package, package_location
+        from napari_unet.core.zoo_import import package_location
 
-        package = is_bioimageio_package(path)
         path = str(package_location(Path(path).resolve()))
         listed = self._listed(path)  # one of the models listed already (a user's model added by hand): that one
         if listed is not None:
             self._model_combo.reset_choices()
             self._model_combo.value = listed
             return
-        if path not in self._extra_models.values():  # a second "model.pt" of another folder: both listed
-            label = base = f"{Path(path).stem} ({'BioImage.IO' if package else 'file'})"
-            if label in self._extra_models:
-                label = base = f"{Path(path).stem} ({'BioImage.IO' if package else 'file'}, {Path(path).parent.name})"
-            n = 2
-            while label in self._extra_models:
-                label, n = f"{base} #{n}", n + 1
-            self._extra_models[label] = path
+        self._list_extra(path)
+        _remember_added_model(path)
         self._model_combo.reset_choices()
         self._model_combo.value = path
+        self._proposal.refresh()  # (masks this model made said it was not in the list)
+
+    def _list_extra(self, path: str) -> None:
+        """Offer the model file or package ``path`` (outside the model folders) in the Model list."""
+        from napari_unet.core.zoo_import import is_bioimageio_package
+
+        if path in self._extra_models.values():
+            return
+        package = is_bioimageio_package(path)
+        label = base = f"{Path(path).stem} ({'BioImage.IO' if package else 'file'})"
+        if label in self._extra_models:  # a second "model.pt" of another folder: both listed
+            label = base = f"{Path(path).stem} ({'BioImage.IO' if package else 'file'}, {Path(path).parent.name})"
+        n = 2
+        while label in self._extra_models:
+            label, n = f"{base} #{n}", n + 1
+        self._extra_models[label] = path
 
     def select_model(self, path: str | Path) -> None:
         """Select the model at ``path`` (adding it to the list if needed)."""
