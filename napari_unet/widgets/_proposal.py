@@ -59,7 +59,10 @@ def channel_axis_by_kind(viewer: Any, layer: Any) -> tuple[int, list[str]] | Non
     """A stack axis of ``layer`` of 2 to :data:`MAX_UNNAMED_CHANNELS` planes whose planes (the others
     where the sliders stand) are of different kinds, and those kinds: channels of a (T, C, Y, X) file
     that napari's own reader opened without naming its axes (phase contrast and a nuclear stain: a
-    whole-stack run segmented both with the phase model). None when no axis is so."""
+    whole-stack run segmented both with the phase model). None when no axis is so, and for an RGB
+    layer (its colours are its channels: its planes are images, of whatever kind each)."""
+    if getattr(layer, "rgb", False):
+        return None
     current = current_plane_index(viewer, layer)
     for axis in range(lead_ndim(layer)):
         if not 2 <= layer.data.shape[axis] <= MAX_UNNAMED_CHANNELS:
