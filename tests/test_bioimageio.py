@@ -873,3 +873,21 @@ def test_one_of_our_packages_without_its_state_dict_keeps_its_diameter_and_post_
     assert model.diameter == pytest.approx(shipped.diameter)
     assert model.postprocessing["threshold"] == shipped.postprocessing["threshold"]
     assert model.postprocessing["min_size"] == shipped.postprocessing["min_size"]
+
+
+def test_cli_export_into_the_model_folder_writes_a_model_file(tmp_path, capsys):
+    """`napari-unet export their.pt $NAPARI_UNET_MODELS/` (importing a colleague's model) wrote a
+    BioImage.IO zip there, which no model list showed; it writes a model file, listed, and says so."""
+    from napari_unet.cli import main
+    from napari_unet.core.catalog import list_models, user_models_dir
+    from napari_unet.core.checkpoint import save_model
+
+    model = _tiny_model("same")
+    model.metadata["name"] = "theirs"
+    theirs = save_model(model, tmp_path / "theirs.pt")
+    user_models_dir().mkdir(parents=True, exist_ok=True)
+    assert main(["export", str(theirs), str(user_models_dir())]) == 0
+    err = capsys.readouterr().err
+    assert "written as theirs.pt" in err
+    assert "theirs" in [e.name for e in list_models()]
+    assert not list(user_models_dir().glob("*.zip"))

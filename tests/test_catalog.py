@@ -170,6 +170,8 @@ def test_new_names_and_the_model_folder(mine, tmp_path, monkeypatch):
     assert suggest_model_name("nuclei") == "nuclei-tuned-2"
     assert suggest_model_name("nuclei-tuned") == "nuclei-tuned-2"
     assert suggest_model_name("") == "model-tuned"
+    # a colleague's "cells-tuned", added from a file (not in this folder): not its fine-tuned model's name too
+    assert suggest_model_name("cells-tuned") == "cells-tuned-2"
     from napari_unet.core.catalog import check_model_name
 
     assert check_model_name("a" * 80) == "a" * 80

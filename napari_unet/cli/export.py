@@ -49,6 +49,14 @@ def run(args: argparse.Namespace) -> int:
         source = package_location(resolve_model_path(args.model))
         out = out / f"{source.stem if source.suffix.lower() in ('.pt', '.zip') else source.name}.zip"
     target = out if out.suffix.lower() in (".pt", ".zip") else out.with_name(out.name + ".zip")
+    from napari_unet.core.catalog import in_user_models
+
+    if target.suffix.lower() == ".zip" and in_user_models(target):  # (a package there was listed nowhere)
+        import sys
+
+        out = target = target.with_suffix(".pt")
+        print(f"napari-unet: the model folder holds napari-unet model files: written as {target.name}, listed by "
+              "'napari-unet models' and in napari", file=sys.stderr)
     if target.exists() and not args.overwrite:
         raise CLIError(f"{target} exists; choose another name or pass --overwrite")
     with terminate_as_interrupt():  # (a kill left the half-built package in the temporary folder)

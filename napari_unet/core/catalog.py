@@ -238,8 +238,10 @@ def save_without_replacing(model: SegmentationModel, path: str | os.PathLike,
 
 
 def suggest_model_name(base: str) -> str:
-    """A free user-model name derived from ``base``: "nuclei-tuned", "nuclei-tuned-2", ..."""
-    taken = {e.name for e in list_models()}
+    """A free user-model name derived from ``base``: "nuclei-tuned", "nuclei-tuned-2", ... (never
+    ``base`` itself: a colleague's "nuclei-tuned", added from a file, fine-tuned again was saved under
+    its own name, two models of one name, each recording the other's as its base)."""
+    taken = {e.name for e in list_models()} | {base}
     stem = base
     if stem.endswith("-tuned"):
         stem = stem[: -len("-tuned")]
