@@ -212,6 +212,34 @@ def test_imported_own_package_fine_tunes_again(tmp_path, dsb_fluo_crop):
     assert not np.allclose(tuned.net.state_dict()["head.weight"].numpy(), before.numpy())
 
 
+def test_a_colleagues_packaged_model_fine_tuned_again_credits_them(tmp_path, dsb_fluo_crop):
+    """A colleague's package (CC-BY-4.0, "Alpha, A.") fine-tuned and exported again said 'napari-unet
+    user', BSD-3-Clause, and named them nowhere (a review of a handoff between labs): the new model
+    records whom it comes from; its package takes their licence unless told another, cites their
+    citations and says so in its README."""
+    import zipfile
+
+    from napari_unet.core.train import run_finetune
+    from napari_unet.core.zoo_export import export_bioimageio
+
+    theirs = export_bioimageio(_tiny_model("same"), tmp_path / "theirs.zip", authors=["Alpha, A."],
+                               license="CC-BY-4.0")
+    imported = read_model_file(theirs)
+    image, labels = dsb_fluo_crop
+    tuned = run_finetune(imported, [image], [labels], steps=1, patch_size=64, batch_size=2, device="cpu",
+                         validate_every=None, validate_start=False)
+    assert tuned.metadata["derived_from"][0]["authors"] == ["Alpha, A."]
+    ours = export_bioimageio(tuned, tmp_path / "ours.zip", authors=["Beta, B."])
+    with zipfile.ZipFile(ours) as z:
+        raw = yaml.safe_load(z.read("rdf.yaml"))
+        readme = z.read("README.md").decode()
+    assert raw["license"] == "CC-BY-4.0" and [a["name"] for a in raw["authors"]] == ["Beta, B."]
+    assert "by Alpha, A. (licence CC-BY-4.0)" in readme
+    mine = export_bioimageio(tuned, tmp_path / "mine.zip", license="MIT")  # another licence, when told
+    with zipfile.ZipFile(mine) as z:
+        assert yaml.safe_load(z.read("rdf.yaml"))["license"] == "MIT"
+
+
 # ---------------------------------------------------------------------- the spec's example model
 def test_example_package_reproduces_its_test_output(example_package):
     from bioimageio.spec import load_model_description

@@ -55,6 +55,22 @@ class RunSummary:
         return float(np.mean(self.losses[-10:])) if self.losses else None
 
 
+#: Key, in a fine-tuned model's metadata, of the models it comes from that a package described
+#: ([{"name", "authors", "license", "cite"}], the nearest first): a colleague's CC-BY model fine-tuned
+#: again was exported as 'napari-unet user', BSD-3-Clause, its authors named nowhere.
+DERIVED_KEY = "derived_from"
+
+
+def derived_from(base: SegmentationModel) -> list[dict[str, Any]]:
+    """The lineage a model fine-tuned from ``base`` records (see :data:`DERIVED_KEY`)."""
+    chain = [dict(d) for d in base.metadata.get(DERIVED_KEY) or [] if isinstance(d, dict)]
+    info = base.metadata.get("package")
+    if isinstance(info, dict) and (info.get("authors") or info.get("license")):
+        chain.insert(0, {"name": base.name, **{k: copy.deepcopy(info[k]) for k in ("authors", "license", "cite")
+                                               if info.get(k)}})
+    return chain
+
+
 #: Keys of a base model's metadata that describe its own training and evaluation.
 _NOT_INHERITED = ("path", "val_ap75", "stages", "legs", "model_card", "description", "package")
 
@@ -83,6 +99,10 @@ def trained_metadata(
     # what describes the base's own training and evaluation is not carried over: the new model has
     # its own scores, and its export must not print the base's recipe and card as its own
     meta = {k: v for k, v in copy.deepcopy(base.metadata).items() if k not in _NOT_INHERITED}
+    meta.pop(DERIVED_KEY, None)
+    lineage = [] if from_scratch else derived_from(base)
+    if lineage:  # (its export credits them, and takes their licence unless told another)
+        meta[DERIVED_KEY] = lineage
     if not from_scratch and base.metadata.get("description"):
         meta["description"] = f"Fine-tuned from {base.name!r} ({str(base.metadata['description']).strip()})"
     meta.update(

@@ -288,6 +288,10 @@ def _documentation(model: SegmentationModel, halo: int, rule: tuple[int, int], c
     if model.diameter is not None:
         lines.append(f"- Object diameter: {model.diameter:.1f} pixels. Rescale images whose objects are of "
                      "another size by model diameter / object diameter first (napari-unet does this itself).")
+    for d in _lineage(model):
+        authors = ", ".join(str(a) for a in d.get("authors") or []) or "authors not said"
+        lines.append(f"- Fine-tuned from `{d.get('name')}`, by {authors}"
+                     + (f" (licence {d['license']})" if d.get("license") else "") + ".")
     if model.data_diameter is not None and model.diameter is not None:
         lines.append(f"- Fine-tuned on objects of about {model.data_diameter:.1f} pixels (before that rescaling): "
                      f"images like those it learnt from are rescaled by {model.diameter:.1f} / "
@@ -328,6 +332,12 @@ def _documentation(model: SegmentationModel, halo: int, rule: tuple[int, int], c
         else:
             lines.append("No validation figures were recorded for this model.")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _lineage(model: SegmentationModel) -> list[dict[str, Any]]:
+    """The packaged models ``model`` was fine-tuned from (see ``train_metadata.DERIVED_KEY``)."""
+    chain = model.metadata.get("derived_from")
+    return [d for d in chain if isinstance(d, dict)] if isinstance(chain, list) else []
 
 
 def _package_info(model: SegmentationModel) -> dict[str, Any]:
@@ -461,11 +471,18 @@ def build_description(model: SegmentationModel, folder: Path, *, authors: list[s
     known = _package_info(model)
     names = authors or [str(a) for a in known.get("authors") or []] or (
         ["napari-unet developers"] if _is_builtin(model) else ["napari-unet user"])
-    license = license or str(known.get("license") or DEFAULT_LICENSE)
+    lineage = _lineage(model)
+    # (a model fine-tuned from a package's takes its licence unless told another: CC-BY asks for credit)
+    license = license or str(known.get("license") or next((d["license"] for d in lineage if d.get("license")), None)
+                             or DEFAULT_LICENSE)
     origin = model_origin(model)
     cite = [{k: str(c[k]) for k in ("text", "doi", "url") if c.get(k)} for c in known.get("cite") or []
             if isinstance(c, dict) and c.get("text") and (c.get("doi") or c.get("url"))]
     cite = cite or [{"text": text, "doi": doi} for text, doi in origin.cite]
+    for entry in (c for d in lineage for c in d.get("cite") or []):  # the packages it comes from, cited
+        if isinstance(entry, dict) and entry.get("text") and (entry.get("doi") or entry.get("url")) \
+                and all((c.get("doi"), c.get("text")) != (entry.get("doi"), entry.get("text")) for c in cite):
+            cite.append({k: str(entry[k]) for k in ("text", "doi", "url") if entry.get(k)})
     package = {"authors": names, "license": license, "cite": cite, **({"card": card} if card else {})}
     description = str(model.metadata.get("description") or
                       "U-Net for 2D cell/nucleus instance segmentation made with napari-unet").strip()
