@@ -672,3 +672,20 @@ def test_masks_open_in_memory_when_they_fit_and_are_locked_when_read_lazily(tmp_
     layer = viewer.add_labels(da.from_array(masks, chunks=(1, 256, 256)), name="big masks")
     assert not layer.editable
     assert any("too large to be edited" in m and "Loading: in memory" in m for m in notifications)
+
+
+def test_predicts_masks_open_named_as_the_masks_of_their_image(tmp_path, make_napari_viewer):
+    """`napari-unet predict` writes "<image>_masks.tif"; opened in napari it was the layer
+    "<image>_masks", paired with nothing (Segment made a second masks layer, Fine-tune did not find
+    them). It opens as "<image> masks"; another tool's "_masks" file keeps its name."""
+    from napari_unet.io import write_labels
+
+    labels = np.zeros((32, 32), np.uint16)
+    labels[4:10, 4:10] = 1
+    ours = write_labels(tmp_path / "field_masks.tif", labels)  # (no list beside it: predict's own output)
+    tifffile.imwrite(tmp_path / "other_masks.tif", labels)  # another tool's
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(ours, plugin="napari-unet")
+    assert layer.name == "field masks" and type(layer).__name__ == "Labels"
+    (other,) = viewer.open(tmp_path / "other_masks.tif", plugin="napari-unet")
+    assert other.name == "other_masks"

@@ -473,8 +473,23 @@ def as_labels_where_masks(path: str | os.PathLike, layers: list[LayerData]) -> l
     if _is_ome_zarr_labels(path) or _named_as_labels(path, layers):
         # masks napari-unet made (predict, segment_to_ome_zarr): a model's, none corrected yet; another
         # tool's or a hand-made file: someone's own (the widgets keep the slices holding labels)
-        return [as_labels_layer(layer, [] if _made_by_napari_unet(path) else None) for layer in layers]
+        made = _made_by_napari_unet(path)
+        layers = [as_labels_layer(layer, [] if made else None) for layer in layers]
+        if made and len(layers) == 1:
+            _named_as_masks_of_their_image(path, layers[0][1])
+        return layers
     return layers
+
+
+def _named_as_masks_of_their_image(path: str | os.PathLike, meta: dict[str, Any]) -> None:
+    """``napari-unet predict``'s "<image>_masks.tif" opened as the layer "<image> masks", the name by
+    which the widgets pair masks with their image ("<image>_masks" paired with nothing: Segment made a
+    second masks layer, Fine-tune did not find them)."""
+    from ._formats import stack_name
+
+    stem = stack_name(path)
+    if meta.get("name") == stem and stem.endswith("_masks") and len(stem) > len("_masks"):
+        meta["name"] = stem[: -len("_masks")] + " masks"
 
 
 def _made_by_napari_unet(path: str | os.PathLike) -> bool:
