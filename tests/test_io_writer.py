@@ -439,3 +439,18 @@ def test_masks_read_lazily_are_saved_plane_by_plane(tmp_path, dtype):
     negative[5, 0, 0] = -1
     with pytest.raises(LabelsWriteError, match="negative"):
         write_layer_labels(tmp_path / "bad masks.tif", da.from_array(negative, chunks=(1, 256, 256)), meta)
+
+
+def test_lazy_labels_of_a_shape_not_written_are_refused_as_any(tmp_path):
+    """A lazy stack of 6 dimensions was written as its first plane (15 of 16 planes lost, silently),
+    and one with an empty axis raised an IndexError (a review of the day's changes)."""
+    import dask.array as da
+
+    from napari_unet.io._writer import LabelsWriteError, write_layer_labels
+
+    meta = {"name": "x masks", "metadata": {}}
+    with pytest.raises(LabelsWriteError, match="at most 5"):
+        write_layer_labels(tmp_path / "six.tif", da.zeros((2, 2, 2, 2, 16, 16), dtype=np.int32), meta)
+    with pytest.raises(LabelsWriteError, match="empty axis"):
+        write_layer_labels(tmp_path / "empty.tif", da.zeros((0, 16, 16), dtype=np.int32), meta)
+    assert not list(tmp_path.iterdir())

@@ -51,8 +51,9 @@ def _check_lazy_labels(labels: Any) -> Any:
     dtype = np.dtype(labels.dtype)
     if not np.issubdtype(dtype, np.integer) or dtype == np.uint64:
         return check_labels(np.asarray(labels))  # (rare: floats or uint64 need the full conversion)
-    if labels.ndim > 5 or 0 in labels.shape:
-        return check_labels(np.asarray(labels[(0,) * (labels.ndim - 2)]))  # (says what is wrong)
+    if not 2 <= labels.ndim <= 5 or 0 in labels.shape:  # (said as for any array: a view of that shape, no memory)
+        check_labels(np.broadcast_to(np.zeros((), dtype), labels.shape))
+        raise LabelsWriteError(f"labels of shape {tuple(labels.shape)} cannot be written")
     if dtype.kind == "i":
         low = min(int(np.asarray(labels[i]).min()) for i in np.ndindex(*labels.shape[:-2]))
         if low < 0:
