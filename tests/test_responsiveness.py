@@ -140,6 +140,10 @@ class Spy:
 
 
 sys.meta_path.insert(0, Spy())
+import os
+from napari_unet.io._settings import update_settings
+
+update_settings(added_model_files=[os.environ["ADDED_MODEL"]])  # (added by hand in an earlier session)
 viewer = napari.Viewer(show=False)
 assert "torch" not in sys.modules
 docks = {}
@@ -158,7 +162,8 @@ own = postprocessing_settings(read_model_metadata(segment._model_combo.value))
 print("main-thread imports:", len(on_main_thread))
 print("threshold", segment._threshold.value, own["threshold"], "min_size", segment._min_size.value, own["min_size"])
 ok = not on_main_thread and abs(segment._threshold.value - own["threshold"]) < 1e-6 \
-    and segment._min_size.value == own["min_size"]
+    and segment._min_size.value == own["min_size"] \
+    and os.environ["ADDED_MODEL"] in [value for _label, value in segment._model_choices()]
 viewer.close()
 print("ok" if ok else "not ok")
 '''
@@ -166,16 +171,22 @@ print("ok" if ok else "not ok")
 
 def test_docks_open_without_importing_torch_on_the_window_thread(tmp_path):
     """Opening Segment imported torch on the window's thread (through the core's package and the
-    model's metadata): 2-3.5 s of a frozen window as the first dock opened, longer on a laptop. The
+    model's metadata; a model file added by hand in an earlier session, through the package names):
+    2-3.5 s of a frozen window as the first dock opened, longer on a laptop. The
     warm-up thread imports it now (the window answers within 0.4 s meanwhile); the model's Threshold
     and Min. size, which need torch to be read, follow when it is there."""
     import os
     import subprocess
     import sys
 
+    import shutil
+
+    from napari_unet.core.catalog import builtin_models_dir
+
     script = tmp_path / "docks.py"
     script.write_text(_DOCKS_WITHOUT_TORCH)
+    added = shutil.copy(builtin_models_dir() / "nuclei.pt", tmp_path / "colleague.pt")  # (a model file added by hand)
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "ADDED_MODEL": str(Path(added).resolve())})
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split()[-1] == "ok", out.stdout

@@ -489,7 +489,7 @@ class SegmentWidget(Container):
         """Offer a model file (``.pt``) or a BioImage.IO package (``.zip``, a folder with
         ``bioimageio.yaml``, or that file) in the Model list and select it. A file that cannot be
         used is reported (one line) when segmenting with it, as for a damaged ``.pt``."""
-        from napari_unet.core.zoo_import import package_location
+        from napari_unet.core._package_names import package_location
 
         path = str(package_location(Path(path).resolve()))
         listed = self._listed(path)  # one of the models listed already (a user's model added by hand): that one
@@ -505,7 +505,7 @@ class SegmentWidget(Container):
 
     def _list_extra(self, path: str) -> None:
         """Offer the model file or package ``path`` (outside the model folders) in the Model list."""
-        from napari_unet.core.zoo_import import is_bioimageio_package
+        from napari_unet.core._package_names import is_bioimageio_package
 
         if path in self._extra_models.values():
             return

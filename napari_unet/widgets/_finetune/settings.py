@@ -22,7 +22,7 @@ def fine_tunable_file(path: str) -> bool:
     """Whether a model outside the model folders (Segment's *Add model file…*) can be a base model:
     a napari-unet model file, or a BioImage.IO package that napari-unet exported (not another
     network's package: that one cannot be fine-tuned)."""
-    from napari_unet.core.zoo_import import is_bioimageio_package, is_own_package
+    from napari_unet.core._package_names import is_bioimageio_package, is_own_package
 
     return is_own_package(path) if is_bioimageio_package(path) else Path(path).is_file()
 
