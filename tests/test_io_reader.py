@@ -689,3 +689,15 @@ def test_predicts_masks_open_named_as_the_masks_of_their_image(tmp_path, make_na
     assert layer.name == "field masks" and type(layer).__name__ == "Labels"
     (other,) = viewer.open(tmp_path / "other_masks.tif", plugin="napari-unet")
     assert other.name == "other_masks"
+
+
+def test_zarr_labels_stay_editable_beside_the_correct_dock(make_napari_viewer):
+    """A review of the day's changes: Correct locked every Labels layer not held as a numpy array,
+    a writeable zarr array included (napari paints it as it is); only napari-unet's lazy reading (dask)
+    is locked."""
+    import zarr
+
+    viewer = make_napari_viewer()
+    viewer.window.add_plugin_dock_widget("napari-unet", "Correct")
+    layer = viewer.add_labels(zarr.zeros((4, 64, 64), dtype="int32"), name="zarr masks")
+    assert layer.editable

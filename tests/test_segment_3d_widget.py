@@ -438,3 +438,23 @@ def test_a_3d_run_takes_the_volume_wherever_the_z_slider_is(widget, qtbot, nucle
     masks = viewer.layers[masks_layer_name("placed")]
     assert w._status.value.startswith("Done") and np.asarray(masks.data).max() > 5
     assert not any("no slice" in m for m in notifications)
+
+
+def test_a_3d_run_records_its_model_and_diameter_and_makes_wide_masks_of_a_lazy_stack(widget, qtbot, nuclei3d):
+    """A review of the day's changes: a 3D run recorded its model without its date or kind and left a
+    2D run's typed diameter in the masks (reopened, restored for masks made at another size); the
+    uint16 masks made for a lazy stack were widened at once by it (both held a moment, and said)."""
+    import dask.array as da
+
+    from napari_unet.io._corrected import DIAMETER_KEY, MODEL_KEY
+
+    viewer, w = widget
+    image = viewer.add_image(da.from_array(nuclei3d, chunks=(1, 36, 40)), name="lazy", axis_labels=("z", "y", "x"))
+    w._diameter.value = "9"
+    _run(w, qtbot, image)
+    masks = viewer.layers[masks_layer_name("lazy")]
+    assert masks.data.dtype == np.int32
+    assert masks.metadata[DIAMETER_KEY] == "9" and "date" in masks.metadata[MODEL_KEY]
+    w._diameter.value = "auto"
+    _run(w, qtbot, image)
+    assert DIAMETER_KEY not in masks.metadata

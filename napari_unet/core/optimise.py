@@ -165,6 +165,8 @@ class Optimiser:
                 if not _is_oom(exc) or self.parts >= size:
                     raise
             self.optimizer.zero_grad(set_to_none=True)  # (outside the except: its traceback held the tensors)
+            if self.scaler is not None:  # (out of memory after unscaling the gradients: a scaler afresh, same scale)
+                self.scaler = torch.amp.GradScaler("cuda", init_scale=self.scaler.get_scale())
             empty_cache(self.device)
             self.parts = min(self.parts * 2, size)
             at_a_time = -(-size // self.parts)

@@ -137,7 +137,8 @@ def masks_layer_for(viewer: Any, image: Any) -> "napari.layers.Labels":
     """The "<image> masks" layer, created (zeros, same plane shape) if missing: int32, or uint16 for
     an image read lazily from its file (a large stack: its masks are held whole in memory, and 2 GB of
     planes made 4 GB of int32 masks; a plane's ids start from 1, and a run widens the layer when they
-    do not fit)."""
+    do not fit) unless ``wide`` (3D objects: a volume's ids pass 65535, and the 16-bit masks made for
+    the run were widened at once, both held a moment, and said)."""
     from napari.layers import Labels
 
     name = masks_layer_name(image.name)
@@ -161,7 +162,7 @@ def masks_layer_for(viewer: Any, image: Any) -> "napari.layers.Labels":
         # their tool is first used: shorter pauses of the window instead of one long one (bench_gui.py)
         data = image.data[0] if getattr(image, "multiscale", False) else image.data
         layer = Labels(
-            np.zeros(shape, dtype=np.int32 if isinstance(data, np.ndarray) else np.uint16),
+            np.zeros(shape, dtype=np.int32 if wide or isinstance(data, np.ndarray) else np.uint16),
             name=name,
             scale=image.scale[:n],
             translate=image.translate[:n],

@@ -119,7 +119,10 @@ def not_editable_when_lazy(layer: "napari.layers.Labels") -> bool:
     brush wrote into its dask array, each dab a step replayed on every read, the window slower at each
     (0.2 s a dab after 50, 0.8 s after 200), the edits held nowhere but there. Said once; returns
     whether it was locked."""
-    if isinstance(layer.data, np.ndarray) or getattr(layer, "multiscale", False) or not layer.editable:
+    # (napari-unet's lazy reading gives dask arrays; a zarr array is written into as it is, and napari
+    # paints it well: left editable)
+    if isinstance(layer.data, np.ndarray) or "dask" not in type(layer.data).__module__ \
+            or getattr(layer, "multiscale", False) or not layer.editable:
         return False
     layer.editable = False
     from ._base import notify_warning

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, LineEdit
 
-from napari_unet.io._corrected import OBJECTS_3D_KEY, record_model
+from napari_unet.io._corrected import OBJECTS_3D_KEY
 
 from ._base import full_resolution, lead_ndim
 from ._masks import forget_history_of_planes, ids_above, make_room_for
@@ -424,7 +424,9 @@ def write_volume_result(widget: Any, result: VolumeResult) -> None:
     # written, not when the run starts: a run cancelled or failed before it leaves the 2D results usable)
     widget._kept.made_3d(masks)
     masks.metadata[OBJECTS_3D_KEY] = True  # (saved with the masks: a 2D run after they are reopened numbers above)
-    record_model(masks.metadata, widget._run_model)  # (reopened, the masks propose their model)
+    from .segment import record_made_by
+
+    record_made_by(widget, masks)  # (reopened, the masks propose their model, and the diameter typed)
     corrections = widget._run_corrections
     protected = corrections.planes_to_keep(masks, volume_planes(result))  # (those replaced are unmarked)
     # (slices corrected while the run went on are reported when it ends)

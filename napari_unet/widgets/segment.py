@@ -159,6 +159,16 @@ def _remember_added_model(path: str) -> None:
     update_settings(**{ADDED_MODELS_SETTING: [path, *earlier][:MAX_ADDED_MODELS]})
 
 
+def record_made_by(widget: Any, masks: Any) -> None:
+    """Say in ``masks``' metadata what the run of ``widget`` (a SegmentWidget) going on segments with:
+    its model (file, date, the kind of image) and the object diameter typed for it (2D and 3D runs)."""
+    from napari_unet.io._corrected import record_diameter, record_model
+
+    date = (widget._model_metadata(widget._run_model) or {}).get("date")
+    record_model(masks.metadata, widget._run_model, date, widget._run_kind)
+    record_diameter(masks.metadata, widget._sizing.run_typed)
+
+
 def _file_version(path: Any) -> int | None:
     try:
         return Path(path).stat().st_mtime_ns
@@ -480,8 +490,8 @@ class SegmentWidget(Container):
 
         path, _ = QFileDialog.getOpenFileName(
             self.native, "Choose a napari-unet model or a BioImage.IO package", "",
-            "Models (*.pt *.zip bioimageio.yaml rdf.yaml);;napari-unet models (*.pt);;"
-            "BioImage.IO packages (*.zip bioimageio.yaml rdf.yaml)")
+            "Models (*.pt *.zip bioimageio.yaml rdf.yaml model.yaml *.bioimageio.yaml);;napari-unet models (*.pt);;"
+            "BioImage.IO packages (*.zip bioimageio.yaml rdf.yaml model.yaml *.bioimageio.yaml)")
         if path:
             self.add_model_file(path)
 
@@ -619,6 +629,8 @@ class SegmentWidget(Container):
         when it waited long enough already (the warm-up failed: read now, as before)."""
         from qtpy.QtCore import QTimer
 
+        if self._metadata_wait_since and time.monotonic() - self._metadata_wait_since >= self.TORCH_WAIT_S:
+            return False  # (waited once already: not each time again)
         if self._metadata_wait is None:
             self._metadata_wait = QTimer(self.native)
             self._metadata_wait.setInterval(100)
@@ -710,7 +722,7 @@ class SegmentWidget(Container):
 
     # ------------------------------------------------------------------ layers
     def _masks_layer(self, image) -> "napari.layers.Labels":
-        return masks_layer_for(self._viewer, image)
+        return masks_layer_for(self._viewer, image, wide=self._three_d.active)
 
     # ------------------------------------------------------------------ run
     def _planes_for_scope(self, image, scope: str) -> list[tuple[int, ...]]:
@@ -1124,12 +1136,9 @@ class SegmentWidget(Container):
         write_plane(masks, result, self._ids_above or 0)
         image = self._run_layers[0] if self._run_layers else None
         if not self._rethresholding:
-            from napari_unet.io._corrected import record_colour, record_diameter, record_model
+            from napari_unet.io._corrected import record_colour
 
-            # (reopened, the masks propose their model, and the diameter typed for it)
-            record_model(masks.metadata, self._run_model, (self._model_metadata(self._run_model) or {}).get("date"),
-                         self._run_kind)
-            record_diameter(masks.metadata, self._sizing.run_typed)
+            record_made_by(self, masks)  # (reopened, the masks propose their model, and the diameter typed)
             if getattr(image, "rgb", False):  # (fine-tuning learns a slice from its colour)
                 record_colour(masks.metadata, result.index, self._run_colour)
         if self._run_stack is not None:
