@@ -1845,3 +1845,19 @@ def test_a_slice_run_may_measure_the_size_on_the_slices_after_it(widget, c2c12_s
     assert w._size_planes(image, SCOPE_STACK, [(0,), (1,), (2,), (3,)]) is None
     plane = viewer.add_image(c2c12_stack[0], name="one")
     assert w._size_planes(plane, SCOPE_SLICE, [()]) is None
+
+
+def test_masks_do_not_follow_their_image_into_a_name_another_layer_holds(widget, qtbot, c2c12_stack, notifications):
+    """Image A renamed B while a Labels layer "B masks" was there: A's masks became "B masks [1]",
+    unsaid, paired with nothing, and the next run wrote into the other "B masks" (a review of a long
+    session). They keep their name, and it is said."""
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack, name="A")
+    _segment(w, qtbot, image)
+    masks = viewer.layers[masks_layer_name("A")]
+    viewer.add_labels(np.zeros(c2c12_stack.shape, np.int32), name="B masks")
+    image.name = "B"
+    assert masks.name == "A masks"
+    assert any("'A masks' keep their name: another layer is named 'B masks'" in m for m in notifications)
+    image.name = "C"  # a free name: followed again
+    assert masks.name == "C masks"

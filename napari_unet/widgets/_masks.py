@@ -66,23 +66,26 @@ def _file_of(image: Any) -> str | None:
     return str(Path(path).resolve()) if path else None
 
 
-def _record_owner(masks: Any, image: Any) -> None:
+def _record_owner(masks: Any, image: Any, viewer: Any = None) -> None:
     """``masks`` hold ``image``'s masks from now on (see :func:`check_masks_of`), and follow its
-    renames (see :func:`_follow_renames`)."""
+    renames in ``viewer`` (see :func:`_follow_renames`)."""
     image, masks = unwrap_proxy(image), unwrap_proxy(masks)
     _OWNERS[masks] = (weakref.ref(image), _file_of(image))
-    _follow_renames(masks, image)
+    _follow_renames(masks, image, viewer)
 
 
 #: the masks layer that follows each image's renames (one a image: the last one recorded)
 _FOLLOWERS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
 
 
-def _follow_renames(masks: Any, image: Any) -> None:
+def _follow_renames(masks: Any, image: Any, viewer: Any = None) -> None:
     """When ``image`` is renamed, its masks layer "<old name> masks" becomes "<new name> masks": the
     masks are found by their name (Segment writes into them, Fine-tune pairs them with the image),
     and a renamed image otherwise lost them (a new empty masks layer, the corrected slices no
-    training examples any more). Masks the user renamed themselves are left as they are."""
+    training examples any more). Masks the user renamed themselves are left as they are; so are masks
+    whose new name another layer of ``viewer`` holds (napari named them "B masks [1]", paired with
+    nothing, and the next run wrote into the other "B masks"): said."""
+    viewer_ref = weakref.ref(unwrap_proxy(viewer)) if viewer is not None else lambda: None
     following = image in _FOLLOWERS
     _FOLLOWERS[image] = weakref.ref(masks)
     if following:
@@ -98,6 +101,16 @@ def _follow_renames(masks: Any, image: Any) -> None:
         follower = _FOLLOWERS.get(image)
         masks = follower() if follower is not None else None
         if masks is not None and old != image.name and masks.name == masks_layer_name(old):
+            held = viewer_ref()
+            if held is not None and masks_layer_name(image.name) in held.layers:
+                from ._base import notify_warning
+
+                new = masks_layer_name(image.name)
+                notify_warning(f"{masks.name!r} keep their name: another layer is named {new!r} (Segment and "
+                               f"Fine-tune take that one for {image.name!r}). Rename or remove it, then rename "
+                               f"{masks.name!r} to {new!r}.")
+                last["name"] = old  # (their name still follows the image's next name)
+                return
             masks.name = masks_layer_name(image.name)
 
     image.events.name.connect(renamed)
@@ -130,10 +143,10 @@ def check_masks_of(viewer: Any, masks: Any, image: Any) -> None:
         if made_from is not None and now_from is not None and made_from != now_from:
             raise ValueError(f"{masks.name!r} holds the masks of another image named {image.name!r} ({made_from}), "
                              f"which was closed: rename or remove that masks layer to use this one ({now_from}).")
-    _record_owner(masks, image)
+    _record_owner(masks, image, viewer)
 
 
-def masks_layer_for(viewer: Any, image: Any) -> "napari.layers.Labels":
+def masks_layer_for(viewer: Any, image: Any, wide: bool = False) -> "napari.layers.Labels":
     """The "<image> masks" layer, created (zeros, same plane shape) if missing: int32, or uint16 for
     an image read lazily from its file (a large stack: its masks are held whole in memory, and 2 GB of
     planes made 4 GB of int32 masks; a plane's ids start from 1, and a run widens the layer when they
@@ -173,7 +186,7 @@ def masks_layer_for(viewer: Any, image: Any) -> "napari.layers.Labels":
         overlays_shown_when_used(layer)
         with layers_added_unselected(viewer):
             viewer.add_layer(layer)
-        _record_owner(layer, image)
+        _record_owner(layer, image, viewer)
         QTimer.singleShot(30, lambda: _select_then_show(viewer, layer))
     CorrectedSlices.for_layer(layer)  # from now on, brush/fill/erase edits mark slices corrected
     layer.metadata[MASKS_KEY] = True  # its list is kept from now on: its other labels are the model's
