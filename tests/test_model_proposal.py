@@ -14,6 +14,21 @@ from napari_unet.widgets.segment import SegmentWidget
 def _stem(path) -> str:
     return Path(path).stem
 
+def _phase_and_dapi(data_dir, side: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """A phase-contrast field (Usiigaci, MIT) and a DAPI field (DSB2018, CC0), side x side, uint8."""
+    import tifffile
+    from skimage.io import imread
+
+    phase = tifffile.imread(data_dir / "usiigaci_phase" / "images.tif")[0, :side, :side].astype(np.float32)
+    phase = ((phase - phase.min()) / np.ptp(phase) * 255).astype(np.uint8)
+    with open(data_dir / "dsb2018" / "manifest.csv") as fh:
+        row = next(r for r in csv.DictReader(fh) if r["kind"] == "grey_dark" and int(r["height"]) >= 256
+                   and int(r["width"]) >= 256)
+    dapi = imread(data_dir / "dsb2018" / "images" / f"{row['id']}.png")
+    dapi = (dapi[..., :3].mean(-1) if dapi.ndim == 3 else dapi)[:side, :side].astype(np.uint8)
+    return phase, dapi
+
+
 
 def test_model_follows_the_image_until_the_user_chooses(make_napari_viewer):
     viewer = make_napari_viewer()
@@ -45,16 +60,8 @@ def test_model_follows_the_image_until_the_user_chooses(make_napari_viewer):
 def test_the_proposal_follows_the_plane_the_slider_rests_on(make_napari_viewer, qtbot, data_dir):
     """A (C, Y, X) stack of phase contrast and DAPI is two kinds of image: when the slider rests on the
     DAPI plane the proposal is for fluorescence (it stayed with the plane shown when the image was picked)."""
-    import tifffile
-    from skimage.io import imread
 
-    phase = tifffile.imread(data_dir / "usiigaci_phase" / "images.tif")[0, :256, :256].astype(np.float32)
-    phase = ((phase - phase.min()) / np.ptp(phase) * 255).astype(np.uint8)
-    with open(data_dir / "dsb2018" / "manifest.csv") as fh:
-        row = next(r for r in csv.DictReader(fh) if r["kind"] == "grey_dark" and int(r["height"]) >= 256
-                   and int(r["width"]) >= 256)
-    dapi = imread(data_dir / "dsb2018" / "images" / f"{row['id']}.png")
-    dapi = (dapi[..., :3].mean(-1) if dapi.ndim == 3 else dapi)[:256, :256].astype(np.uint8)
+    phase, dapi = _phase_and_dapi(data_dir)
     viewer = make_napari_viewer()
     _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
     stack = viewer.add_image(np.stack([phase, dapi]), name="cyx")
@@ -210,22 +217,13 @@ def test_a_channel_of_another_kind_is_proposed_its_own_model(make_napari_viewer,
     proposal, and the hint says whose masks these are when the user chose another model."""
     import shutil
 
-    import tifffile
-    from skimage.io import imread
-
     from napari_unet.core.catalog import user_models_dir
     from napari_unet.io._corrected import MODEL_KEY
     from napari_unet.widgets.segment import SCOPE_SLICE, masks_layer_name
 
     user_models_dir().mkdir(parents=True, exist_ok=True)
     tuned = shutil.copy(tiny_model_path, user_models_dir() / "phase-tuned.pt")
-    phase = tifffile.imread(data_dir / "usiigaci_phase" / "images.tif")[0, :256, :256].astype(np.float32)
-    phase = ((phase - phase.min()) / np.ptp(phase) * 255).astype(np.uint8)
-    with open(data_dir / "dsb2018" / "manifest.csv") as fh:
-        row = next(r for r in csv.DictReader(fh) if r["kind"] == "grey_dark" and int(r["height"]) >= 256
-                   and int(r["width"]) >= 256)
-    dapi = imread(data_dir / "dsb2018" / "images" / f"{row['id']}.png")
-    dapi = (dapi[..., :3].mean(-1) if dapi.ndim == 3 else dapi)[:256, :256].astype(np.uint8)
+    phase, dapi = _phase_and_dapi(data_dir)
     viewer = make_napari_viewer()
     _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
     stack = viewer.add_image(np.stack([phase, dapi]), name="cyx")
@@ -255,19 +253,11 @@ def test_a_whole_stack_run_takes_unnamed_channels_of_different_kinds_as_the_chan
     """A (T, C, Y, X) file opened by napari's own reader names no axis: a whole-stack run segmented the
     nuclear channel with the phase model (and moved past a corrected slice into the other channel).
     Its channels, planes of different kinds, are taken as the channel axis, said once an image."""
-    import tifffile
-    from skimage.io import imread
 
     from napari_unet.widgets.segment import SCOPE_STACK, masks_layer_name
 
-    phase = tifffile.imread(data_dir / "usiigaci_phase" / "images.tif")[:3, :128, :128].astype(np.float32)
-    phase = ((phase - phase.min()) / np.ptp(phase) * 255).astype(np.uint8)
-    with open(data_dir / "dsb2018" / "manifest.csv") as fh:
-        row = next(r for r in csv.DictReader(fh) if r["kind"] == "grey_dark" and int(r["height"]) >= 256
-                   and int(r["width"]) >= 256)
-    dapi = imread(data_dir / "dsb2018" / "images" / f"{row['id']}.png")
-    dapi = (dapi[..., :3].mean(-1) if dapi.ndim == 3 else dapi)[:128, :128].astype(np.uint8)
-    tcyx = np.stack([np.stack([p, dapi]) for p in phase])  # (3, 2, 128, 128), axes unnamed
+    phase, dapi = _phase_and_dapi(data_dir, 128)
+    tcyx = np.stack([np.stack([np.roll(phase, 7 * t, axis=1), dapi]) for t in range(3)])  # (3, 2, 128, 128), unnamed
     viewer = make_napari_viewer()
     _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
     stack = viewer.add_image(tcyx, name="tcyx")
