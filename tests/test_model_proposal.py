@@ -29,6 +29,31 @@ def _phase_and_dapi(data_dir, side: int = 256) -> tuple[np.ndarray, np.ndarray]:
     return phase, dapi
 
 
+def _phase_and_dapi_stack(make_napari_viewer, qtbot, data_dir):
+    """A viewer with Segment and the (C, Y, X) stack "cyx" of those two fields, the phase plane shown
+    and told (viewer, dock, widget, layer)."""
+    phase, dapi = _phase_and_dapi(data_dir)
+    viewer = make_napari_viewer()
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    stack = viewer.add_image(np.stack([phase, dapi]), name="cyx")
+    viewer.dims.set_current_step(0, 0)
+    w.reset_choices()
+    w._image_combo.value = stack
+    qtbot.waitUntil(lambda: w._proposal.kind == "transmitted", timeout=5_000)
+    return viewer, _dock, w, stack
+
+
+def _segment_dock_on_a_phase_field(make_napari_viewer):
+    """A viewer with Segment on a 128 px phase-contrast field "phase" (viewer, dock, widget, layer)."""
+    cells, _, _ = load_sample("cells_phase_2d")
+    viewer = make_napari_viewer()
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    image = viewer.add_image(cells[:128, :128], name="phase")
+    w.reset_choices()
+    w._image_combo.value = image
+    return viewer, _dock, w, image
+
+
 
 def test_model_follows_the_image_until_the_user_chooses(make_napari_viewer):
     viewer = make_napari_viewer()
@@ -60,15 +85,7 @@ def test_model_follows_the_image_until_the_user_chooses(make_napari_viewer):
 def test_the_proposal_follows_the_plane_the_slider_rests_on(make_napari_viewer, qtbot, data_dir):
     """A (C, Y, X) stack of phase contrast and DAPI is two kinds of image: when the slider rests on the
     DAPI plane the proposal is for fluorescence (it stayed with the plane shown when the image was picked)."""
-
-    phase, dapi = _phase_and_dapi(data_dir)
-    viewer = make_napari_viewer()
-    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
-    stack = viewer.add_image(np.stack([phase, dapi]), name="cyx")
-    viewer.dims.set_current_step(0, 0)
-    w.reset_choices()
-    w._image_combo.value = stack
-    qtbot.waitUntil(lambda: w._proposal.kind == "transmitted", timeout=5_000)
+    viewer, _dock, w, stack = _phase_and_dapi_stack(make_napari_viewer, qtbot, data_dir)
     viewer.dims.set_current_step(0, 1)
     qtbot.waitUntil(lambda: w._proposal.kind == "fluorescence", timeout=5_000)
     assert "nuclei-fluo" in str(w._model_combo.value)
@@ -92,12 +109,8 @@ def test_reopened_masks_propose_the_model_that_made_them(make_napari_viewer, qtb
 
     user_models_dir().mkdir(parents=True, exist_ok=True)
     tuned = shutil.copy(tiny_model_path, user_models_dir() / "cells-tuned.pt")
-    cells, _, _ = load_sample("cells_phase_2d")
-    viewer = make_napari_viewer()
-    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
-    image = viewer.add_image(cells[:128, :128], name="phase")
-    w.reset_choices()
-    w._image_combo.value = image
+    viewer, _dock, w, image = _segment_dock_on_a_phase_field(make_napari_viewer)
+    cells = image.data
     assert _stem(w._model_combo.value) == "cells"
     w.select_model(tuned)
     w._scope.value = SCOPE_SLICE
@@ -138,12 +151,8 @@ def test_reopened_masks_give_back_the_diameter_typed_for_them(make_napari_viewer
     from napari_unet.io._corrected import DIAMETER_KEY, stored_layout
     from napari_unet.widgets.segment import SCOPE_SLICE, masks_layer_name
 
-    cells, _, _ = load_sample("cells_phase_2d")
-    viewer = make_napari_viewer()
-    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
-    image = viewer.add_image(cells[:128, :128], name="phase")
-    w.reset_choices()
-    w._image_combo.value = image
+    viewer, _dock, w, image = _segment_dock_on_a_phase_field(make_napari_viewer)
+    cells = image.data
     w.select_model(tiny_model_path)
     w._scope.value = SCOPE_SLICE
     w._diameter.value = "14"
@@ -223,14 +232,7 @@ def test_a_channel_of_another_kind_is_proposed_its_own_model(make_napari_viewer,
 
     user_models_dir().mkdir(parents=True, exist_ok=True)
     tuned = shutil.copy(tiny_model_path, user_models_dir() / "phase-tuned.pt")
-    phase, dapi = _phase_and_dapi(data_dir)
-    viewer = make_napari_viewer()
-    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
-    stack = viewer.add_image(np.stack([phase, dapi]), name="cyx")
-    viewer.dims.set_current_step(0, 0)
-    w.reset_choices()
-    w._image_combo.value = stack
-    qtbot.waitUntil(lambda: w._proposal.kind == "transmitted", timeout=5_000)
+    viewer, _dock, w, _stack = _phase_and_dapi_stack(make_napari_viewer, qtbot, data_dir)
     w.select_model(tuned)
     w._scope.value = SCOPE_SLICE
     w._run_button.clicked.emit()
