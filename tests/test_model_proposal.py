@@ -175,7 +175,7 @@ def test_reopened_masks_give_back_the_diameter_typed_for_them(make_napari_viewer
     assert w._diameter.value == "14"
     assert "given when these masks were made" in w._diameter_used.value
     # another image, without masks: Auto again; back to the first: 14
-    other = viewer.add_image(cells[128:256, :128], name="other")
+    other = viewer.add_image(load_sample("cells_phase_2d")[0][128:256, :128], name="other")
     w.reset_choices()
     w._image_combo.value = other
     assert w._diameter.value == "auto" and w._diameter_used.value == ""
