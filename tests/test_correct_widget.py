@@ -680,3 +680,19 @@ def test_saving_over_a_masks_file_changed_on_disk_since_asks_first(correcting, t
     assert widget.save_masks(path) == [str(path)]
     np.testing.assert_array_equal(tifffile.imread(path), mine.data)
     assert widget.save_masks(path) == [str(path)]  # saved by this layer: no question again
+
+
+def test_a_second_masks_file_of_an_image_is_said_and_saved_beside_its_own_file(correcting, tmp_path, notifications):
+    """A colleague's version of "c2c12 masks" opened beside one's own became "c2c12 masks [1]", paired with
+    nothing, unsaid, and Save masks… proposed the current folder for it (a review of a handoff)."""
+    from napari_unet.io import write_labels
+    from napari_unet.widgets.correct import default_masks_path
+
+    viewer, layer, _widget, _mouse = correcting
+    theirs = tmp_path / "from colleague"
+    theirs.mkdir()
+    path = write_labels(theirs / "c2c12 masks.tif", layer.data, corrected=[])
+    (second,) = viewer.open(path, plugin="napari-unet")
+    assert second.name == "c2c12 masks [1]"
+    assert any("'c2c12 masks [1]' was opened beside 'c2c12 masks'" in m for m in notifications)
+    assert default_masks_path(viewer, second).parent == theirs

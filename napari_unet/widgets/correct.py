@@ -146,6 +146,8 @@ class CorrectWidget(Container):
         self._layer_combo.reset_choices()
         if isinstance(layer, Labels) and layer.name.endswith(" masks"):
             self._layer_combo.value = layer
+        elif isinstance(layer, Labels):
+            _say_a_second_copy(self._viewer, layer)
 
     def _on_active(self, event: Any = None) -> None:
         """A Labels layer clicked in the layer list is the one the tools work on: they stayed bound to the
@@ -379,6 +381,18 @@ def _metadata_now(metadata: Any) -> dict[str, Any]:
     return now
 
 
+def _say_a_second_copy(viewer: Any, layer: Any) -> None:
+    """napari names a layer opened under a name taken "<name> [1]": a second masks file of an image
+    (a colleague's version opened beside one's own) became "x masks [1]", paired with nothing
+    (Segment, Fine-tune and Save go by "x masks"), unsaid."""
+    import re
+
+    match = re.fullmatch(r"(.+ masks) \[\d+\]", str(layer.name))
+    if match is not None and match.group(1) in viewer.layers:
+        notify_info(f"{layer.name!r} was opened beside {match.group(1)!r}, which has that name: Segment, Fine-tune "
+                    f"and Save take {match.group(1)!r} for its image. Rename one of them to use the other.")
+
+
 def default_masks_path(viewer: Any, layer: Any) -> Path:
     """Where Save masks proposes to write ``layer``: "<layer name>.tif" in the folder of its image's
     file ("<image> masks" -> the layer "<image>"), else in the current folder."""
@@ -393,6 +407,10 @@ def default_masks_path(viewer: Any, layer: Any) -> Path:
         source = source or (meta.get("path") if isinstance(meta, dict) else None)
         if source and Path(source).parent.is_dir():
             folder = Path(source).parent
+    else:  # (masks opened from a file, of no image open: "x masks [1]", a second copy) their own file's folder
+        own = getattr(getattr(layer, "source", None), "path", None)
+        if own and Path(own).parent.is_dir():
+            folder = Path(own).parent
     # (brackets and parentheses kept: "img [DAPI] masks" must open again as the masks of "img [DAPI]")
     safe = "".join(c if c.isalnum() or c in " ._-[]()" else "_" for c in layer.name).strip() or "masks"
     return folder / f"{safe}.tif"
