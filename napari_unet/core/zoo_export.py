@@ -519,9 +519,11 @@ def _readable_by_older_tools(zipped: Path) -> Path:
 
     import yaml
 
+    from ._package_names import description_name
+
     with zipfile.ZipFile(zipped) as src:
         names = src.namelist()
-        described = next(n for n in names if n in ("rdf.yaml", "bioimageio.yaml"))
+        described = description_name(names)  # (bioimageio.spec's name for it: rdf.yaml)
         description = yaml.safe_load(src.read(described))
         description["format_version"] = WRITTEN_FORMAT
         description["covers"] = [_plain_file(c) for c in description.get("covers") or []]
