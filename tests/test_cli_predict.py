@@ -18,7 +18,7 @@ from PIL import Image
 
 from napari_unet.cli import main
 from napari_unet.core import load_model, segment
-from napari_unet.io._corrected import CORRECTED_KEY
+from napari_unet.io._corrected import CORRECTED_KEY, DIAMETER_KEY, MODEL_KEY
 from napari_unet.io._reader import napari_get_reader
 
 
@@ -43,13 +43,21 @@ def test_predict_file_and_folder(tmp_path, images, tiny_model_path, capsys):
     np.testing.assert_array_equal(masks, expected)
     assert "a_masks.tif" in capsys.readouterr().out
 
-    rc = main(["predict", str(images), "--out", str(out), "--model", str(tiny_model_path), "--overwrite"])
+    ((_, meta, _),) = napari_get_reader(str(out / "a_masks.tif"))(str(out / "a_masks.tif"))
+    assert meta["metadata"][MODEL_KEY]["path"] == str(tiny_model_path.absolute())  # proposed again in napari
+    assert DIAMETER_KEY not in meta["metadata"]  # (estimated: Auto)
+
+    rc = main(["predict", str(images), "--out", str(out), "--model", str(tiny_model_path), "--overwrite",
+               "--diameter", "14"])
     assert rc == 0
-    assert sorted(p.name for p in out.iterdir()) == ["a_masks.tif", "b_masks.tif"]
+    # (beside each, the list napari-unet reads back: no slice corrected, the model and the diameter typed)
+    assert sorted(p.name for p in out.iterdir()) == ["a_masks.tif", "a_masks.tif.corrected.json", "b_masks.tif",
+                                                     "b_masks.tif.corrected.json"]
     assert tifffile.imread(out / "b_masks.tif").shape == (128, 70)
     ((data, meta, kind),) = napari_get_reader(str(out / "a_masks.tif"))(str(out / "a_masks.tif"))
     assert kind == "labels" and meta["metadata"][CORRECTED_KEY] == []  # masks to correct in napari
-    np.testing.assert_array_equal(np.asarray(data), masks)
+    assert meta["metadata"][MODEL_KEY]["name"] == tiny_model_path.stem and meta["metadata"][DIAMETER_KEY] == "14"
+    assert tifffile.imread(out / "a_masks.tif").shape == masks.shape
 
 
 def test_predict_stack_keeps_its_shape(tmp_path, dsb_fluo_crop, tiny_model_path):
@@ -304,7 +312,7 @@ def test_two_inputs_with_one_output_name_are_refused_before_any_work(tmp_path, i
     assert rc == 2 and "differ only in capitals" in err and not out.exists()
     monkeypatch.undo()
     assert cli_predict._names_fold_case(out) is False  # (this Linux disk)
-    assert main(command) == 0 and sorted(p.name for p in out.iterdir()) == ["A_masks.tif", "a_masks.tif"]
+    assert main(command) == 0 and sorted(p.name for p in out.glob("*.tif")) == ["A_masks.tif", "a_masks.tif"]
 
 
 def test_an_input_that_is_another_inputs_output_is_refused_before_any_work(tmp_path, images, tiny_model_path,
@@ -330,7 +338,7 @@ def test_batch_goes_on_after_a_bad_file_and_a_rerun_skips_what_exists(tmp_path, 
     rc = main(args)
     captured = capsys.readouterr()
     assert rc == 2
-    assert sorted(p.name for p in out.iterdir()) == ["a_masks.tif", "b_masks.tif"]
+    assert sorted(p.name for p in out.glob("*.tif")) == ["a_masks.tif", "b_masks.tif"]
     assert "not a TIFF" in captured.err and captured.err.strip().splitlines()[-1].endswith(
         "1 of 3 inputs failed (see above): a2.tif")
     assert "b_masks.tif" in captured.out
@@ -390,7 +398,7 @@ def test_rerun_into_the_input_folder_does_not_segment_the_masks(tmp_path, images
     for _ in range(2):
         rc = main(["predict", str(images), "--out", str(images), "--model", str(tiny_model_path), "--no-progress"])
         assert rc == 0
-    assert sorted(p.name for p in images.iterdir()) == ["a.tif", "a_masks.tif", "b.tif", "b_masks.tif"]
+    assert sorted(p.name for p in images.glob("*.tif")) == ["a.tif", "a_masks.tif", "b.tif", "b_masks.tif"]
     assert "left out 2 file(s) of masks or labels" in capsys.readouterr().err
     # nor masks saved from napari ("<image> masks.tif", the list of corrected slices beside it), nor labels
     # named after an image there: they were segmented as images
@@ -403,7 +411,7 @@ def test_rerun_into_the_input_folder_does_not_segment_the_masks(tmp_path, images
     write_labels(images / "a masks.tif", np.ones((8, 8), np.uint16), corrected=[()])
     shutil.copy(images / "a.tif", images / "b_labels.tif")
     rc = main(["predict", str(images), "--out", str(tmp_path / "o"), "--model", str(tiny_model_path), "--no-progress"])
-    assert rc == 0 and sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a_masks.tif", "b_masks.tif"]
+    assert rc == 0 and sorted(p.name for p in (tmp_path / "o").glob("*.tif")) == ["a_masks.tif", "b_masks.tif"]
     assert "left out 2 file(s) of masks or labels" in capsys.readouterr().err
 
 
@@ -511,7 +519,8 @@ def test_a_stack_read_lazily_is_segmented_without_its_labels_in_memory(tmp_path,
     tifffile.imwrite(tmp_path / "small.tif", stack[195:205], imagej=True, metadata={"axes": "TYX"})
     args = ["--out", str(tmp_path / "o"), "--model", str(tiny_model_path), "--no-progress"]
     assert main(["predict", str(tmp_path / "small.tif"), *args]) == 0  # the same path once: its imports made
-    (tmp_path / "o" / "small_masks.tif").unlink()
+    for done in (tmp_path / "o").iterdir():
+        done.unlink()
     tracemalloc.start()
     try:
         rc = main(["predict", str(tmp_path / "big.tif"), *args])
@@ -524,7 +533,8 @@ def test_a_stack_read_lazily_is_segmented_without_its_labels_in_memory(tmp_path,
     np.testing.assert_array_equal(masks[200], segment(model, stack[200]))
     assert masks.shape == stack.shape and not masks[8].any()
     assert peak < 25e6, f"{peak / 1e6:.0f} MB traced (the labels alone are 79 MB as int32)"
-    assert [p.name for p in (tmp_path / "o").iterdir()] == ["big_masks.tif"]  # no temporary file left
+    # no temporary file left; the list beside the masks says the model
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["big_masks.tif", "big_masks.tif.corrected.json"]
 
 
 def test_messages_about_one_input_of_a_batch_name_it(tmp_path, images, tiny_model_path, caplog):
@@ -809,5 +819,17 @@ def test_a_file_name_that_is_no_utf8_is_printed_and_the_batch_goes_on(tmp_path, 
                "--no-progress"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
-    assert sorted(os.listdir(os.fsencode(tmp_path / "out"))) == [b"a_caf\xe9_masks.tif", b"b_masks.tif"]
+    assert sorted(os.listdir(os.fsencode(tmp_path / "out"))) == [
+        b"a_caf\xe9_masks.tif", b"a_caf\xe9_masks.tif.corrected.json", b"b_masks.tif", b"b_masks.tif.corrected.json"]
     assert "b_masks.tif" in captured.out and "a_caf\\udce9_masks.tif" in captured.out
+
+
+def test_predict_records_the_built_in_model_chosen_and_its_kind(tmp_path, images):
+    from napari_unet.core.modality import MODEL_FOR
+
+    out = tmp_path / "out"
+    assert main(["predict", str(images / "a.tif"), "--out", str(out), "--no-progress"]) == 0
+    ((_, meta, _),) = napari_get_reader(str(out / "a_masks.tif"))(str(out / "a_masks.tif"))
+    made = meta["metadata"][MODEL_KEY]
+    # (the kind told on the image, and the model proposed for it, as Segment records them)
+    assert made["kind"] in MODEL_FOR and made["name"] == MODEL_FOR[made["kind"]] and made["date"]

@@ -192,15 +192,29 @@ def _read(path: Path, axes: str | None = None) -> tuple[Any, Any]:
     return read_stack(path, axes=axes)
 
 
+def _made_by(model: Any, diameter: str, kind: str | None) -> dict[str, Any]:
+    """What the list beside a masks file says of the run that made them, as Segment records it in
+    the GUI: the model (its file, date and the kind of image it was chosen for) and the object
+    diameter typed (none for ``auto``). Opened in napari, the masks propose that model and diameter
+    again."""
+    from napari_unet.core.scale import diameter_word
+    from napari_unet.io._corrected import record_diameter, record_model
+
+    made: dict[str, Any] = {}
+    record_model(made, model.metadata.get("path"), model.metadata.get("date"), kind)
+    record_diameter(made, None if diameter_word(diameter) else diameter)
+    return made
+
+
 def _write_tif(path: Path, labels: Any, axes: str, scale: dict[str, float],
                translate: dict[str, float] | None = None, objects_3d: bool = False,
-               unchanged: dict[str, Any] | None = None) -> None:
+               unchanged: dict[str, Any] | None = None, made_by: dict[str, Any] | None = None) -> None:
     from napari_unet.io import write_labels
 
     # where the image lies (an OME-Zarr crop's translation): in pixels, kept beside the TIFF for the reader
     offset = [(translate or {}).get(a, 0.0) / scale.get(a, 1.0) for a in axes]
     write_labels(path, labels, scale=[scale.get(a) for a in axes], axes=axes,  # None: not calibrated
-                 offset=offset if any(offset) else None, objects_3d=objects_3d, unchanged=unchanged)
+                 offset=offset if any(offset) else None, objects_3d=objects_3d, unchanged=unchanged, model=made_by)
 
 
 #: ``--channel`` words for RGB images, and the ``colour`` of the core each one asks for.
@@ -283,6 +297,7 @@ class _ModelChoice:
         self.given = load_model(given, device=device) if given is not None else None
         self._loaded: dict[str, Any] = {}
         self._last: str | None = None
+        self.kind: str | None = None  # the kind of image the last input was told to be (None: not told)
 
     def _load(self, name: str | None) -> Any:
         from napari_unet.core import load_model
@@ -306,6 +321,7 @@ class _ModelChoice:
         return [self._load(name) for name in dict.fromkeys(MODEL_FOR.values())]
 
     def for_input(self, data: Any, rgb: bool, name: str) -> Any:
+        self.kind = None
         if self.given is not None:
             return self.given
         from napari_unet.core.modality import KIND_WORDS, MODEL_FOR, image_modality
@@ -319,6 +335,7 @@ class _ModelChoice:
             kind = None
         model_name = MODEL_FOR[kind] if kind is not None else None
         model = self._load(model_name)
+        self.kind = kind
         if model.name != self._last:
             why = f"for this {KIND_WORDS[kind]}" if kind is not None else "(the default)"
             print(f"napari-unet: {name}: model '{model.name}' {why}; --model chooses another", file=sys.stderr)
@@ -604,7 +621,7 @@ def _segment_one(models: _ModelChoice, path: Path, target: Path, args: argparse.
                 print(f"napari-unet: {name}: no object is left with --min-size {args.min_size} (objects of fewer "
                       "pixels are removed): try a smaller one, or leave it out for the model's own", file=sys.stderr)
             _write_tif(target, labels, label_axes, scale, info.translate, objects_3d=options_3d is not None,
-                       unchanged=found)
+                       unchanged=found, made_by=_made_by(model, args.diameter, models.kind))
 
 
 def _colour_arg(args: argparse.Namespace) -> str:
