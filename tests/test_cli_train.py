@@ -61,6 +61,11 @@ def test_train_stack_and_folders_to_user_model(tmp_path, dsb_fluo_crop, tiny_mod
     mine = next(line for line in listing.splitlines() if line.startswith("my cells"))
     nuclei = next(line for line in listing.splitlines() if line.startswith("nuclei "))
     assert "of its training images" in mine and "of its training images" not in nuclei and " objects " in nuclei
+    # the model it was fine-tuned from and the day it was trained (two "my cells" told apart)
+    import datetime
+
+    today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    assert " tiny " in mine and f" {today} " in mine and " - " in nuclei
 
 
 def test_train_user_errors_are_one_line(tmp_path, dsb_fluo_crop, tiny_model_path, capsys):

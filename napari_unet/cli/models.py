@@ -15,7 +15,8 @@ def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "models",
         help="list the built-in and user models",
-        description="List the built-in models and the user's models (name, kind, validation AP@0.5, path).",
+        description="List the built-in models and the user's models (name, kind, validation AP@0.5, the model "
+                    "each was fine-tuned from, the day it was trained, path).",
     )
     p.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
     p.set_defaults(run=run)
@@ -68,6 +69,12 @@ def _measured_on(row: dict[str, Any]) -> str:
     return objects if row["val_split"] == "explicit" else f"{objects} of its training images"
 
 
+def _day(date: Any) -> str:
+    """The day of a model's ISO date ("2026-12-07T16:55:02+00:00" -> "2026-12-07"), "-" when none."""
+    text = date.strip() if isinstance(date, str) else ""
+    return text[:10] if len(text) >= 10 and text[4] == "-" and text[7] == "-" else "-"
+
+
 def run(args: argparse.Namespace) -> int:
     from napari_unet.core.catalog import user_models_dir
 
@@ -83,9 +90,14 @@ def run(args: argparse.Namespace) -> int:
     # built-in model's, measured on hundreds of cells of other images)
     measured = [_measured_on(r) for r in rows]
     on_width = max(len("measured on"), *(len(m) for m in measured))
-    print(f"{'name':<{width}}  {'kind':<7}  {'AP@0.5':>6}  {'measured on':<{on_width}}  path")
-    for r, on in zip(rows, measured, strict=True):
+    # (which model a fine-tuned one started from, and when it was trained: two "my cells" told apart)
+    bases = [str(r["base_model"]) if isinstance(r["base_model"], str) and r["base_model"] else "-" for r in rows]
+    base_width = max(len("from"), *(len(b) for b in bases))
+    print(f"{'name':<{width}}  {'kind':<7}  {'AP@0.5':>6}  {'measured on':<{on_width}}  {'from':<{base_width}}  "
+          f"{'trained':<10}  path")
+    for r, on, base in zip(rows, measured, bases, strict=True):
         ap = f"{r['val_ap50']:.3f}" if r["val_ap50"] is not None else ("broken" if r["error"] else "-")
-        print(f"{r['name']:<{width}}  {r['kind']:<7}  {ap:>6}  {on:<{on_width}}  {r['path']}")
+        print(f"{r['name']:<{width}}  {r['kind']:<7}  {ap:>6}  {on:<{on_width}}  {base:<{base_width}}  "
+              f"{_day(r['date']):<10}  {r['path']}")
     print(f"user model folder: {user_models_dir()}")
     return 0
