@@ -689,6 +689,12 @@ def test_predicts_masks_open_named_as_the_masks_of_their_image(tmp_path, make_na
     assert layer.name == "field masks" and type(layer).__name__ == "Labels"
     (other,) = viewer.open(tmp_path / "other_masks.tif", plugin="napari-unet")
     assert other.name == "other_masks"
+    # with the list predict writes beside them (the model that made them): the same
+    listed = write_labels(tmp_path / "listed_masks.tif", labels,
+                          model={"napari_unet_model": {"name": "m", "path": "/m.pt"}})
+    assert (tmp_path / "listed_masks.tif.corrected.json").is_file()
+    (layer,) = viewer.open(listed, plugin="napari-unet")
+    assert layer.name == "listed masks" and layer.metadata["napari_unet_model"]["name"] == "m"
 
 
 def test_zarr_labels_stay_editable_beside_the_correct_dock(make_napari_viewer):

@@ -469,6 +469,8 @@ def as_labels_where_masks(path: str | os.PathLike, layers: list[LayerData]) -> l
                 meta["metadata"] = {**meta.get("metadata", {}), DIAMETER_KEY: stored.diameter}
         for _data, meta, _kind in layers:  # saved there again after someone changed it: asked (see FILE_KEY)
             meta["metadata"] = {**meta.get("metadata", {}), FILE_KEY: file_state(path)}
+        if len(layers) == 1:  # (predict's masks, with the list that records their model)
+            _named_as_masks_of_their_image(path, layers[0][1])
         return layers
     if _is_ome_zarr_labels(path) or _named_as_labels(path, layers):
         # masks napari-unet made (predict, segment_to_ome_zarr): a model's, none corrected yet; another
