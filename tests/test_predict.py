@@ -1024,3 +1024,22 @@ def test_a_slice_that_tells_no_size_is_sized_on_the_next_slices_given(data_dir):
     typed = [r for r in iter_planes(model, images, planes=[(0,)], diameter=14.0, size_planes=[(1,)])
              if isinstance(r, PlaneResult)]
     assert len(typed) == 1 and typed[0].diameter == 14.0  # (a size given: the others are not read)
+
+
+def test_planes_segmented_before_the_size_was_found_are_said_provisional(data_dir):
+    """With the automatic diameter, planes that tell no size are yielded at the image's own scale,
+    then again at the size found: the first result says so (a cancelled whole-stack run counted it
+    finished, and the run that went on from there left the plane at the wrong scale; a review)."""
+    import tifffile
+
+    from napari_unet.core.checkpoint import load_model
+    from napari_unet.core.predict import PlaneResult, iter_planes
+
+    frames = tifffile.imread(data_dir / "c2c12_timelapse" / "images.tif")[:4, :120, :120]
+    results = [r for r in iter_planes(load_model("cells", device="cpu"), frames) if isinstance(r, PlaneResult)]
+    provisional = [tuple(r.index) for r in results if r.provisional]
+    assert provisional and len(results) == 4 + len(provisional)
+    for idx in provisional:  # each comes again, at the size found, after its provisional result
+        last = max(k for k, r in enumerate(results) if tuple(r.index) == idx)
+        assert not results[last].provisional and results[last].diameter is not None
+    assert all(not r.provisional for r in results if r.diameter is not None)

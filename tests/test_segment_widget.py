@@ -1821,6 +1821,65 @@ def test_a_cancelled_whole_stack_run_is_gone_on_from(widget, qtbot, c2c12_stack,
     assert len(written) == 12
 
 
+def test_a_cancelled_re_threshold_after_a_whole_stack_run_leaves_the_dock_usable(widget, qtbot, c2c12_stack):
+    """A review: Threshold moved after a whole-stack run, that re-threshold cancelled: the dock took it
+    for the stack run (TypeError in the slot), stayed at "Cancelling…" and refused every later run."""
+    viewer, w = widget
+    image = viewer.add_image(c2c12_stack, name="c2c12")
+    _segment(w, qtbot, image, SCOPE_STACK)
+    w._min_size.value = 10_000  # a re-threshold starts at once
+    assert w._worker is not None and w._rethresholding
+    w.cancel()
+    _wait(qtbot, w)
+    assert w._status.value.startswith("Cancelled") and w._resumable is None
+    w._scope.value = SCOPE_SLICE
+    w._run_button.clicked.emit()  # the next run starts
+    assert w._worker is not None
+    _wait(qtbot, w)
+    assert w._status.value.startswith("Done")
+
+
+def test_slices_segmented_before_the_size_was_found_are_not_gone_on_from(widget, qtbot, data_dir):
+    """A review: with the automatic diameter, a whole-stack run yields the slices that tell no size at
+    the image's own scale first, then again at the size found; cancelled in between, the next run
+    took them for finished and left them so (C2C12 frame 0 empty). Only results at the size found
+    count, and the run goes on at that size."""
+    import tifffile
+
+    from napari_unet.core.catalog import resolve_model_path
+    from napari_unet.core.predict import PlaneResult
+
+    viewer, w = widget
+    frames = tifffile.imread(data_dir / "c2c12_timelapse" / "images.tif")[:4, :120, :120]
+    image = viewer.add_image(frames, name="c2c12")
+    w.reset_choices()
+    w._image_combo.value = image
+    w.select_model(resolve_model_path("cells"))
+    w._scope.value = SCOPE_STACK
+    w._run_button.clicked.emit()
+    seen: list = []
+
+    def cancel_at_the_first_result_at_its_size(item):
+        if isinstance(item, PlaneResult):
+            seen.append(item)
+            if not item.provisional:
+                w.cancel()
+
+    w._worker.yielded.connect(cancel_at_the_first_result_at_its_size)
+    _wait(qtbot, w)
+    assert seen[0].provisional  # (frame 0 tells no size)
+    sized = {tuple(r.index) for r in seen if not r.provisional}
+    assert w._resumable is not None and set(w._resumable.done) == sized
+    measured = next(r for r in seen if not r.provisional).diameter
+    assert w._resumable.diameter == measured
+    written: list = []
+    w._run_button.clicked.emit()
+    w._worker.yielded.connect(lambda item: isinstance(item, PlaneResult) and written.append(item))
+    _wait(qtbot, w)
+    assert {tuple(r.index) for r in written} == {(i,) for i in range(4)} - sized
+    assert all(not r.provisional and r.diameter == measured for r in written)  # (the size that run measured)
+
+
 def test_masks_of_a_lazily_read_stack_are_16_bit(widget, qtbot, c2c12_stack):
     """The masks of a stack read lazily are held whole in memory: 2 GB of planes made 4 GB of int32
     masks (a review of large stacks). They are uint16 (a plane's ids start from 1; widened if a run's

@@ -449,6 +449,10 @@ class PlaneResult:
         dead cells) set its brightness range (:func:`~napari_unet.core.preprocess.bright_outliers_level`;
         said by :data:`OUTLIERS_NOTE`); with ``outliers="measure"`` the value it would be clipped at
         (it was not); None when it was not.
+    provisional : bool
+        True when the plane was segmented at its own scale while the object size was still looked for
+        (nothing found to size on yet): it comes again at the size found, when one is found, and that
+        later result is the one that counts.
     """
 
     index: tuple[int, ...]
@@ -465,6 +469,7 @@ class PlaneResult:
     colour: int | str | None = None
     blank: str | None = None
     clipped: float | None = None
+    provisional: bool = False
 
     def relabel(self, threshold: float, min_size: int) -> "PlaneResult":
         """The same plane post-processed with another threshold / minimum size (no network run)."""
@@ -744,7 +749,7 @@ def iter_planes(
                 plane_labels = labels_of(probs) if labels else None
             yield PlaneResult(idx, region, plane_labels, probs, inner, model.representation,
                               sizing.used_diameter, sizing.scale, sizing.note, min_seed, kind, colour, blank,
-                              clipped)
+                              clipped, provisional=sized_here and sizing.search is not None)
             # nothing found to size on: the next plane is tried, and this one comes again at the size
             # found (the later result of a plane replaces the earlier: the 3D path's xy view too)
             if sized_here and sizing.search is not None:

@@ -121,12 +121,15 @@ class _Resumable:
     """A whole-stack run that was cancelled: its image and masks, what it was given (model file and
     its version, Threshold, Min. size, Colour, diameter, Channel axis, slices) and the slices it
     finished. The next whole-stack run given the same goes on from there (a cancel at frame 300 of
-    500 redid the 300)."""
+    500 redid the 300), at the object size it used (``diameter``: the one it estimated, when the
+    diameter is Auto; the frames after 300 were sized on frame 300 again, at another scale than those
+    before)."""
 
     image: Any  # weakref.ref of the layers
     masks: Any
     given: tuple
     done: frozenset
+    diameter: float | None = None
 
     def left_of(self, image: Any, masks: Any, given: tuple, planes: list[tuple[int, ...]]) -> list[tuple[int, ...]] | None:
         """``planes`` less those this run finished, when a run of ``image`` into ``masks`` is given the
@@ -229,6 +232,7 @@ class SegmentWidget(Container):
         self._resumable: _Resumable | None = None  # the whole-stack run cancelled last (see _Resumable)
         self._run_stack: tuple[tuple, frozenset] | None = None  # a whole-stack run's (given, slices done before)
         self._run_written: set[tuple[int, ...]] = set()  # the slices it finished
+        self._run_diameter: float | None = None  # the object size its finished slices were segmented at
         self._new_masks: Any = None  # the masks layer the running job made (None: it was there before)
         self._run_layers: tuple[Any, ...] = ()  # the image and masks layers of the running job
         self._abandoned = ""  # why the running job was given up ("" while it is not)
@@ -824,7 +828,7 @@ class SegmentWidget(Container):
             what = f"{format_plane(skipped[0])} is" if len(skipped) == 1 else "every chosen slice is"
             self._status.value = f"Nothing to segment: {what} one you corrected."
             return
-        self._run_stack = None
+        run_stack = None
         if scope == SCOPE_STACK:  # (a slice segmented meanwhile, to look, leaves the cancelled run to go on from)
             resumable, self._resumable = self._resumable, None
             given = (str(model_path), _file_version(model_path), self._postprocessing_given(),
@@ -834,11 +838,14 @@ class SegmentWidget(Container):
                 if not left:
                     self._status.value = "Nothing left to segment: the run cancelled before had finished every slice."
                     return
+                at = ""
+                if diameter is None and resumable.diameter is not None:  # (Auto: the size that run measured)
+                    diameter = resumable.diameter
+                    at = f", at the object size it measured ({diameter:.1f} px)"
                 notify_info(f"Going on from the run cancelled before, given the same: {len(planes) - len(left)} of "
-                            f"these {len(planes)} slices were segmented then; the other {len(left)} now.")
+                            f"these {len(planes)} slices were segmented then; the other {len(left)} now{at}.")
                 planes = left
-            self._run_stack = (given, resumable.done if left is not None else frozenset())
-        self._run_written = set()
+            run_stack = (given, resumable.done if left is not None else frozenset())
         try:
             ready_for_writing(masks, widen_16_bit=False)  # (plane by plane: write_plane widens when needed)
         except ValueError as exc:
@@ -862,7 +869,7 @@ class SegmentWidget(Container):
             size_planes=self._size_planes(image, scope, planes) if diameter is None else None,
         )
         self._start(generator, f"Segmenting {len(planes)} slice(s)" if len(planes) > 1 else "Segmenting",
-                    overwrite=overwrite, masks=masks, automatic=keep_corrected)
+                    overwrite=overwrite, masks=masks, automatic=keep_corrected, stack=run_stack)
 
     def _size_planes(self, image: Any, scope: str, planes: list[tuple[int, ...]]) -> list[tuple[int, ...]] | None:
         """For a slice or a field of view of a stack with the automatic diameter: the slices after it
@@ -1016,8 +1023,12 @@ class SegmentWidget(Container):
             self._status.value = "Cancelling…"
 
     def _start(self, generator: Generator, message: str, rethreshold: bool = False, overwrite: bool = False,
-               masks: Any = None, automatic: bool = False) -> None:
+               masks: Any = None, automatic: bool = False, stack: tuple[tuple, frozenset] | None = None) -> None:
+        """``stack``: of a whole-stack run of planes, what it was given and the slices finished before
+        (see :class:`_Resumable`); None for every other run (a slice, a view, 3D objects, Threshold
+        applied again), which leaves nothing to go on from when cancelled."""
         self._run_started = time.perf_counter()
+        self._run_stack, self._run_written, self._run_diameter = stack, set(), None
         self._run_model = self._model_combo.value  # (a fine-tune may choose its model while this runs)
         self._run_kind = self._proposal.kind  # the kind of the plane shown, which the masks record with the model
         self._run_corrections = RunCorrections.start(masks, overwrite, automatic)
@@ -1141,8 +1152,9 @@ class SegmentWidget(Container):
             record_made_by(self, masks)  # (reopened, the masks propose their model, and the diameter typed)
             if getattr(image, "rgb", False):  # (fine-tuning learns a slice from its colour)
                 record_colour(masks.metadata, result.index, self._run_colour)
-        if self._run_stack is not None:
+        if self._run_stack is not None and not result.provisional:  # (a provisional one comes again)
             self._run_written.add(tuple(result.index))
+            self._run_diameter = result.diameter
         if self._ids_above is not None:
             self._ids_above += int(result.labels.max(initial=0))
         self._kept.keep(masks, result, _checksum(masks, result))
@@ -1249,10 +1261,12 @@ class SegmentWidget(Container):
                     else "no volume was finished: the masks are as they were" if done == 0
                     else f"{done} finished volume{'s' if done > 1 else ''} kept")
             how = "Cancelled" if self._cancelled else "Stopped (napari asked its tasks to stop as a window closed)"
-            if self._run_stack is not None and self._run_written and len(self._run_layers) == 2:
+            if (self._run_stack is not None and self._run_written and len(self._run_layers) == 2
+                    and all(layer is not None for layer in self._run_layers)):
                 given, before = self._run_stack
                 image, masks = (weakref.ref(unwrap_proxy(layer)) for layer in self._run_layers)
-                self._resumable = _Resumable(image, masks, given, before | frozenset(self._run_written))
+                self._resumable = _Resumable(image, masks, given, before | frozenset(self._run_written),
+                                             self._run_diameter)
                 kept += " (the whole stack segmented again, given the same, goes on from there)"
             self._status.value = self._after_cancel = f"{how} after {format_seconds(took)}; {kept}."
         elif self._rethresholding and self._after_cancel and not self._failed:  # the one that followed the cancel
