@@ -531,6 +531,15 @@ def test_manage_models_exports_a_package(make_napari_viewer, qtbot, tmp_path, no
     panel.export_package(tmp_path / "bad.zip")
     qtbot.waitUntil(lambda: panel._export_button.enabled, timeout=60_000)
     assert any("unknown SPDX license id 'CC-BY'" in m for m in notifications) and not (tmp_path / "bad.zip").exists()
+    # typed for "mine": another model chosen shows its own (they went into its package, over its authors)
+    from napari_unet.core.checkpoint import save_model, user_model_path
+
+    save_model(_tiny_model("same"), user_model_path("theirs"))
+    panel.refresh()
+    panel._manage_combo.value = "theirs"
+    assert panel._authors_edit.value == "" and panel._license_edit.value == ""
+    panel._manage_combo.value = "mine"  # and back: what was typed for it
+    assert panel._authors_edit.value == "Smith, J.; Doe, A." and panel._license_edit.value == "CC-BY"
 
 
 def test_closing_the_viewer_during_an_export_still_writes_the_package(make_napari_viewer, qtbot, tmp_path,

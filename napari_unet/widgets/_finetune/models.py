@@ -78,7 +78,18 @@ class ModelsPanel(Container):
         self._delete_button.changed.connect(self._delete_clicked)
         self._export_button.changed.connect(self._export_clicked)
         self._running = False
-        self._manage_combo.changed.connect(lambda *_: self._update_buttons())
+        # the authors and licence typed are of the model chosen when typed: another model chosen shows its
+        # own (typed for one, they went into the next model's package, over that package's own authors)
+        self._typed_for: dict[str, tuple[str, str]] = {}
+        self._fields_of = self._manage_combo.value
+        self._manage_combo.changed.connect(self._model_chosen)
+        self._update_buttons()
+
+    def _model_chosen(self, *_args) -> None:
+        if self._fields_of:
+            self._typed_for[self._fields_of] = (str(self._authors_edit.value or ""), str(self._license_edit.value or ""))
+        self._fields_of = self._manage_combo.value
+        self._authors_edit.value, self._license_edit.value = self._typed_for.get(self._fields_of, ("", ""))
         self._update_buttons()
 
     def refresh(self, *_args) -> None:
