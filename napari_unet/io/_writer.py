@@ -46,20 +46,26 @@ def _is_lazy(data: Any) -> bool:
     return not isinstance(data, np.ndarray) and hasattr(data, "dtype") and getattr(data, "ndim", 0) > 2
 
 
-def _check_lazy_labels(labels: Any) -> Any:
-    """:func:`check_labels` for a stack read on demand, one plane at a time (no copy of the stack)."""
+def _check_lazy_labels(labels: Any) -> tuple[Any, int | None]:
+    """:func:`check_labels` for a stack read on demand, one plane at a time (no copy of the stack);
+    with the largest id when it was read on the way (labels wider than 16 bits: their lowest and
+    largest ids of a plane read together, not the stack read once for each)."""
     dtype = np.dtype(labels.dtype)
     if not np.issubdtype(dtype, np.integer) or dtype == np.uint64:
-        return check_labels(np.asarray(labels))  # (rare: floats or uint64 need the full conversion)
+        return check_labels(np.asarray(labels)), None  # (rare: floats or uint64 need the full conversion)
     if not 2 <= labels.ndim <= 5 or 0 in labels.shape:  # (said as for any array: a view of that shape, no memory)
         check_labels(np.broadcast_to(np.zeros((), dtype), labels.shape))
         raise LabelsWriteError(f"labels of shape {tuple(labels.shape)} cannot be written")
-    if dtype.kind == "i":
-        low = min(int(np.asarray(labels[i]).min()) for i in np.ndindex(*labels.shape[:-2]))
-        if low < 0:
-            raise LabelsWriteError(f"The labels hold negative values (minimum {low}); labels must be 0 "
-                                   "(background) or positive.")
-    return labels
+    if dtype.kind == "u" and dtype.itemsize <= 2:
+        return labels, None  # (fits a TIFF's 16 bits whatever the ids: no pass over the stack)
+    low, top = 0, 0
+    for i in np.ndindex(*labels.shape[:-2]):
+        plane = np.asarray(labels[i])
+        low, top = min(low, int(plane.min())), max(top, int(plane.max()))
+    if low < 0:
+        raise LabelsWriteError(f"The labels hold negative values (minimum {low}); labels must be 0 "
+                               "(background) or positive.")
+    return labels, top
 
 
 def check_labels(labels: Any) -> np.ndarray:
@@ -80,10 +86,13 @@ def check_labels(labels: Any) -> np.ndarray:
         raise LabelsWriteError(str(exc)) from None
 
 
-def _labels_dtype(arr: np.ndarray) -> np.dtype:
+def _labels_dtype(arr: np.ndarray, top: int | None = None) -> np.dtype:
+    """The TIFF type of labels ``arr`` (``top``: their largest id, when known)."""
     if np.dtype(arr.dtype).kind in "ub" and np.dtype(arr.dtype).itemsize <= 2:
         return np.dtype(np.uint16)  # (fits whatever the ids: no pass over the stack)
-    if _is_lazy(arr):  # one plane at a time
+    if top is not None:
+        pass
+    elif _is_lazy(arr):  # one plane at a time
         top = max(int(np.asarray(arr[i]).max()) for i in np.ndindex(*arr.shape[:-2]))
     else:
         top = int(arr.max()) if arr.size else 0
@@ -200,7 +209,7 @@ def write_labels(
         raise LabelsWriteError(f"'{path}' is a folder; give a file name ending in .tif")
     if not path.parent.is_dir():
         raise LabelsWriteError(f"folder '{path.parent}' does not exist")
-    arr = _check_lazy_labels(labels) if _is_lazy(labels) else check_labels(labels)
+    arr, top = _check_lazy_labels(labels) if _is_lazy(labels) else (check_labels(labels), None)
     try:
         axes = check_axes(axes, arr.shape) if axes else guess_axes(arr.shape)
     except AxesError as e:
@@ -225,7 +234,7 @@ def write_labels(
             raise LabelsWriteError(f"offset must be {arr.ndim} finite numbers, got {offset}")
         if not any(offset):
             offset = None
-    dtype = _labels_dtype(arr)
+    dtype = _labels_dtype(arr, top)
 
     # reorder to ImageJ/OME order (T, Z, C, Y, X subset) so that both can read the axes
     order = [axes.index(a) for a in _IMAGEJ_ORDER if a in axes]
