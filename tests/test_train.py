@@ -478,6 +478,16 @@ def test_odd_inputs_of_a_script_get_clear_answers(dsb_fluo_crop):
         prepare_examples(_tiny(depth=2), [np.where(labels == labels.max(), np.inf, image)], [labels])
     huge = prepare_examples(_tiny(depth=2), [image * 1e300], [labels])[0]
     assert np.isfinite(huge.image).all()
+    # a blank image (a wrong channel or colour) with real labels: refused (it trained, "val AP 0.000")
+    with pytest.raises(ValueError, match="Example 2: the image has one value everywhere"):
+        prepare_examples(_tiny(depth=2), [image, np.full(image.shape, 50, np.uint8)], [labels, labels])
+    assert prepare_examples(_tiny(depth=2), [np.zeros_like(image)], [np.zeros_like(labels)])  # (no objects: as before)
+    # the background labelled (Fiji's inverted 0/255 mask; a tool's background id): refused, said
+    with pytest.raises(ValueError, match=r"labels of example 1 hold one object \(255\) over \d+% of the image, "
+                                         r"touching all four edges: the background labelled"):
+        prepare_examples(_tiny(depth=2), [image], [((labels == 0) * 255).astype(np.uint8)])
+    with pytest.raises(ValueError, match="the background labelled"):
+        prepare_examples(_tiny(depth=2), [image], [np.where(labels > 0, labels + 1, 1)])
     np.testing.assert_allclose(huge.image, prepare_examples(_tiny(depth=2), [image], [labels])[0].image, atol=1e-4)
     # training without augmentation says so in its metadata (it said "augment: True")
     model = run_finetune(_tiny(depth=2), [image], [labels], steps=1, patch_size=32, augment=NO_AUGMENT,

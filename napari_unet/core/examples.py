@@ -23,6 +23,7 @@ from .preprocess import (
     bright_outliers_level,
     clipped_at,
     fill_missing,
+    is_constant,
     prepare_plane,
     without_camera_artefacts,
 )
@@ -154,6 +155,7 @@ def prepare_examples(
         lab = compact_ids(lab)
         split = _objects_of_a_mask(lab, f"example {i + 1}")
         from_mask, lab = split is not lab, split
+        _check_background_not_labelled(lab, f"example {i + 1}")
         if img.shape[:2] != lab.shape:
             raise ValueError(
                 f"Example {i + 1}: the image is {img.shape[:2]} but its labels are {lab.shape}; "
@@ -173,6 +175,10 @@ def prepare_examples(
             raise ValueError(f"Example {i + 1} holds no data at all (NaN only, or the black fill of a "
                              "mosaic): leave it out.")
         img = _colour_segmented(model, img, colour)
+        if is_constant(img) and lab.any():  # (trained on, and saved: "val AP 0.000", nothing said)
+            raise ValueError(f"Example {i + 1}: the image has one value everywhere (an empty frame, or another "
+                             "channel or colour than the cells' chosen), but its labels hold objects: nothing to "
+                             "learn from. Pair the labels with the image they outline.")
         img = without_camera_artefacts(img)
         if (level := bright_outliers_level(img, lab)) is not None:  # clipped as prediction clips them
             img = clipped_at(img, level)
@@ -214,6 +220,30 @@ def _objects_of_a_mask(labels: np.ndarray, where: str) -> np.ndarray:
                 "piece is taken as an object of its own (touching cells stay one; give one id per cell to "
                 "separate them).", where, ids[0], n)
     return pieces.astype(np.int32)
+
+
+#: An object touching all four edges of its plane and covering more than this share of it is no cell:
+#: the background labelled (a mask inverted, cells 0 and the rest 255; a tool's background id 1).
+BACKGROUND_OBJECT_SHARE = 0.5
+
+
+def _check_background_not_labelled(labels: np.ndarray, where: str) -> None:
+    """Refuse labels whose background is labelled as an object (:data:`BACKGROUND_OBJECT_SHARE`):
+    trained on, an inverted 0/255 mask taught the model to take 78% of an image for cells, and
+    fine-tuning said nothing but "only 1 labelled object"."""
+    if labels.ndim != 2 or not labels.size:
+        return
+    edges = [labels[0], labels[-1], labels[:, 0], labels[:, -1]]
+    around = set(np.unique(edges[0]).tolist())
+    for edge in edges[1:]:
+        around &= set(np.unique(edge).tolist())
+    for value in around - {0}:
+        share = float(np.count_nonzero(labels == value)) / labels.size
+        if share > BACKGROUND_OBJECT_SHARE:
+            raise ValueError(
+                f"The labels of {where} hold one object ({value}) over {share:.0%} of the image, touching all four "
+                "edges: the background labelled? (a mask inverted, the cells 0; or a tool's background id). "
+                "Label the cells, with 0 for the background.")
 
 
 def at_model_scale(model: SegmentationModel, image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
