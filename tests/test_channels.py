@@ -474,6 +474,12 @@ def test_cli_train_learns_from_the_colour_given(tmp_path, nuclei, composite, cap
     assert main([*common, "--out", str(tmp_path / "x.pt"), "--channel", "3"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--channel must be 0, 1 or 2" in err[0] and not (tmp_path / "x.pt").exists()
+    # a file with channels (C, Y, X): the number takes its channel, not said to be left aside (it was)
+    tifffile.imwrite(tmp_path / "two.tif", np.stack([composite[..., 0], composite[..., 2]]), imagej=True,
+                     metadata={"axes": "CYX"})
+    channels = [a if a != str(tmp_path / "merge.tif") else str(tmp_path / "two.tif") for a in common]
+    assert main([*channels, "--out", str(tmp_path / "c.pt"), "--channel", "1"]) == 0
+    assert "--channel" not in capsys.readouterr().err
 
 
 def test_compactness_of_thousands_of_parts_is_measured_on_a_few_hundred():

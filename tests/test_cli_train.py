@@ -481,3 +481,8 @@ def test_the_summary_says_how_to_keep_trained_weights_the_gate_held_back():
     assert lines[1] == f"note: {note}" and lines[2].startswith("note: to keep trained weights anyway, train again with --val-fraction 0")
     meta["training"].update(selected_step=30, selection_note=None)  # the gate passed a step: nothing to add
     assert summary_lines(meta, 0.2) == [lines[0].replace("at step 0", "at step 30")]
+    # stopped (a scheduler's SIGTERM) before the trained weights were validated: not "too few objects"
+    stopped = {"val_ap50": None, "steps": 40, "training": {"history": history[:1], "n_val_objects": 9}}
+    assert summary_lines(stopped, 0.2)[0].startswith("the trained weights were not validated (stopped")
+    few = {"val_ap50": None, "steps": 40, "training": {"history": [], "n_val_objects": 0}}
+    assert summary_lines(few, 0.2)[0].startswith("no validation: too few labelled objects")

@@ -316,9 +316,13 @@ def run(args: argparse.Namespace) -> int:
         stored = [RGB_CHANNEL_WORDS.get(args.channel, args.channel)] * len(images)
         if not any(rgb) and isinstance(args.channel, str):  # (a number picked the channel of files with channels)
             print(f"napari-unet: no RGB training image: --channel {args.channel} left aside", file=sys.stderr)
-        elif not all(rgb):
+        elif isinstance(args.channel, str) and not all(rgb):
             print(f"napari-unet: --channel {args.channel} applies to the RGB training images only "
                   f"({sum(rgb)} of {len(rgb)})", file=sys.stderr)
+        elif any(rgb) and not all(rgb):  # (a number: the colour of RGB images, the channel of files with channels)
+            print(f"napari-unet: --channel {args.channel} took colour {args.channel} of the RGB training images "
+                  f"({sum(rgb)} of {len(rgb)}) and channel {args.channel} of the files with channels",
+                  file=sys.stderr)
     colours = [c if is_rgb else "auto" for c, is_rgb in zip(stored, rgb, strict=True)]
     base, why = (load_model(args.base, device=args.device), "") if args.base is not None \
         else _fitting_builtin(images, args.device)
@@ -390,9 +394,13 @@ def summary_lines(meta: dict, val_fraction: float) -> list[str]:
         lines = [f"validation AP@0.5 {meta['val_ap50']:.3f} (Dice {meta['val_dice']:.3f}) at step "
                  f"{training['selected_step']} of {meta['steps']}"
                  + (f"; before training {history[0]['ap50']:.3f}" if history and history[0]["step"] == 0 else "")]
+    elif not val_fraction:
+        lines = ["no validation (val fraction 0)"]
+    elif training.get("n_val_objects") or training.get("history"):  # (objects held out: stopped before)
+        lines = ["the trained weights were not validated (stopped before a validation of them): check them on "
+                 "images it did not learn"]
     else:
-        lines = ["no validation (val fraction 0)" if not val_fraction else
-                 "no validation: too few labelled objects to hold some out (all were trained on)"]
+        lines = ["no validation: too few labelled objects to hold some out (all were trained on)"]
     if training.get("selection_note"):
         lines.append(f"note: {training['selection_note']}")
         if training.get("selection_gate") and training.get("selected_step") == 0:
