@@ -146,6 +146,18 @@ class StackInfo:
         return "; ".join(parts)
 
 
+def xarray_imported() -> None:
+    """Import xarray (when installed) before dask arrays are made: dask's ``from_array`` looks it up in
+    ``sys.modules`` without importing it, and while another thread imports it (the Segment dock's
+    warm-up thread makes a napari layer, which imports xarray) it found a module half made ("partially
+    initialized module 'xarray' has no attribute 'DataArray'": a large stack opened then failed). An
+    import here waits for that one to end; done already, it costs nothing."""
+    try:
+        import xarray  # noqa: F401
+    except ImportError:
+        pass
+
+
 def _human_bytes(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
@@ -360,6 +372,7 @@ def _open_tiff(p: Path) -> _Opened:
         import dask.array as da
         from dask.base import tokenize
 
+        xarray_imported()
         # the levels keep this TiffFile open for as long as the dask arrays live
         with _TiffWarnings():  # (said when it was opened)
             lazy_tif = tifffile.TiffFile(p, **options)
@@ -768,6 +781,7 @@ def _open_zarr(p: Path) -> _Opened:
     def lazy() -> list[Any]:
         import dask.array as da
 
+        xarray_imported()
         return [da.from_zarr(a) for a in arrays]
 
     return _Opened(info, load, lazy)
