@@ -1920,3 +1920,27 @@ def test_masks_do_not_follow_their_image_into_a_name_another_layer_holds(widget,
     assert any("'A masks' keep their name: another layer is named 'B masks'" in m for m in notifications)
     image.name = "C"  # a free name: followed again
     assert masks.name == "C masks"
+
+
+def test_a_lazily_read_file_damaged_since_it_was_opened_is_said_so(widget, qtbot, tmp_path, c2c12_stack):
+    """A stack opened lazily, its file replaced by a truncated copy meanwhile (another program exporting
+    it): the run failed with the decoder's words alone ("libdeflate_zlib_decompress returned
+    LIBDEFLATE_BAD_DATA"; a review). It says the file changed or is damaged, and to open it again;
+    the slices finished stay. (Opened right after the dock, it also met the warm-up thread importing
+    xarray: dask's from_array found it half made, "partially initialized module 'xarray'".)"""
+    import os
+
+    from napari_unet.io._reader import read_layer_data
+
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, np.tile(c2c12_stack, (2, 1, 1)), compression="zlib")  # 8 frames
+    ((data, meta, _kind),) = read_layer_data(path, lazy=True)
+    viewer, w = widget
+    image = viewer.add_image(data, name="stack")
+    with open(path, "r+b") as fh:
+        fh.truncate(os.path.getsize(path) // 2)
+    _run_stack_doing_after_first_plane(w, image, lambda: None)
+    _wait(qtbot, w)
+    assert w._status.value.startswith("Failed: The plane at index ") and "changed or damaged since it was " \
+        "opened (open it again" in w._status.value
+    assert viewer.layers[masks_layer_name("stack")].data[0].any()  # (the slices finished stay)

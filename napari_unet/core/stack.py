@@ -132,10 +132,26 @@ def read_plane(image: Any, index: tuple[int, ...] = (), window: Window | None = 
         Rows and columns to read; default the whole plane.
     """
     key = tuple(index) + (tuple(window) if window is not None else ())
-    plane = image[key] if key else image
-    if hasattr(plane, "compute"):  # dask
-        plane = plane.compute()
-    return np.asarray(plane)
+    if isinstance(image, np.ndarray):
+        return np.asarray(image[key] if key else image)
+    try:
+        plane = image[key] if key else image
+        if hasattr(plane, "compute"):  # dask
+            plane = plane.compute()
+        return np.asarray(plane)
+    except (IndexError, TypeError, MemoryError):
+        raise
+    except (OSError, ValueError, RuntimeError) as exc:  # (the decoder's words alone said nothing of the file)
+        from napari_unet._errors import one_line
+
+        where = f"The plane at index {', '.join(map(str, index))}" if index else "The image"
+        raise PlaneReadError(f"{where} could not be read from its file, changed or damaged since it was opened "
+                             f"(open it again; {one_line(exc)})") from exc
+
+
+class PlaneReadError(ValueError):
+    """A plane of an image read from its file on demand (a large stack opened lazily) could not be read:
+    the file was truncated, replaced or damaged after it was opened."""
 
 
 def read_filled_plane(image: Any, index: tuple[int, ...] = (), window: Window | None = None
