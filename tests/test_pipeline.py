@@ -138,3 +138,6 @@ def test_float64_images_beyond_float32s_range_segment_as_the_same_image(dsb_fluo
     for factor in (1e40, 1e-100):
         assert np.isfinite(in_float32_range(image * factor).astype(np.float32)).all()
         assert average_precision(plain, segment(model, image * factor, diameter="native")) > 0.95
+    # 64-bit values far from 0 (an offset of 1e12 over 0-255): one value in float32, "camera noise alone"
+    for offset in (image.astype(np.int64) + 10**12, image - 1e12, image.astype(np.uint64) + 2**50):
+        assert average_precision(plain, segment(model, offset, diameter="native")) > 0.95

@@ -170,14 +170,27 @@ def read_filled_plane(image: Any, index: tuple[int, ...] = (), window: Window | 
 FLOAT32_SAFE = 1e30
 
 
+#: 64-bit planes whose values all lie this far from 0 lose their detail in float32 (24 bits of
+#: mantissa: 0-255 over an offset of 1e12 became one value, "camera noise alone"): their lowest value is
+#: taken off first (in float64), which percentile normalisation makes no matter.
+FLOAT32_EXACT = 2.0**24
+
+
 def in_float32_range(plane: np.ndarray) -> np.ndarray:
-    """``plane``, or a float64 plane scaled by its largest magnitude when that lies beyond float32's
+    """``plane``; a 64-bit plane (int64, uint64, float64) far from 0 (:data:`FLOAT32_EXACT`) less its
+    lowest value; a float64 plane scaled by its largest magnitude when that lies beyond float32's
     range (values of 1e40 or 1e-100 read as infinity or zero: "camera noise alone"). Percentile
-    normalisation makes the scale no matter."""
-    if plane.dtype != np.float64 or plane.size == 0:
+    normalisation makes the offset and the scale no matter."""
+    if plane.dtype.itemsize != 8 or plane.dtype.kind not in "iuf" or plane.size == 0:
         return plane
     # (NaN skipped, infinite values refused before; two passes, no copy of the plane)
-    top = max(abs(float(np.fmax.reduce(plane, axis=None))), abs(float(np.fmin.reduce(plane, axis=None))))
+    low, high = float(np.fmin.reduce(plane, axis=None)), float(np.fmax.reduce(plane, axis=None))
+    if np.isfinite(low) and abs(low) > FLOAT32_EXACT and high - low < abs(low) / 2**8:
+        plane = np.subtract(plane, plane.dtype.type(low), dtype=np.float64)  # (an offset beyond the values' spread)
+        low, high = 0.0, high - low
+    if plane.dtype != np.float64:
+        return plane
+    top = max(abs(high), abs(low))
     if not np.isfinite(top) or top == 0.0 or 1 / FLOAT32_SAFE <= top <= FLOAT32_SAFE:
         return plane
     return plane / top
