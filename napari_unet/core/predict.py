@@ -56,7 +56,7 @@ from .preprocess import (
     is_constant,
     without_camera_artefacts,
 )
-from .scale import MIN_OBJECTS, min_size_at, surroundings
+from .scale import MAX_SCALE, MIN_OBJECTS, MIN_SCALE, min_size_at, surroundings
 from .stack import MAX_STACK_AXES, StackLayout, Window, read_filled_plane, stack_layout  # noqa: F401  (MAX_STACK_AXES: re-exported)
 from .tiling import TilePlan, choose_tile_and_batch, mirror_pad, plan_tiles
 
@@ -1054,6 +1054,15 @@ class _Sizing:
                 f"{round(w * scale)} px) to the model's {own.diameter:.0f} px: too large to segment. Check the "
                 "diameter (in pixels: one cell's), or segment a smaller part of the image."
             )
+        needed = min(max(value, own.low), own.high) / value
+        if not MIN_SCALE <= needed <= MAX_SCALE:  # (capped, unsaid: 1 px cells enlarged 8x stayed 3.7x too small)
+            way, left = ("enlarged", "smaller") if needed > 1 else ("shrunk", "larger")
+            note = (f"an object diameter of {value:g} px needs the image {way} x{max(needed, 1 / needed):.0f} for the "
+                    f"model's {own.diameter:.0f} px; it was {way} x{max(scale, 1 / scale):.0f}, the most, and its "
+                    f"objects stay {max(needed / scale, scale / needed):.1f}x {left} than the model's: check the "
+                    "diameter (in pixels: one cell's)")
+            log.warning("Object diameter: %s.", note)
+            return cls(own, scale=scale, diameter=value, note=note)
         return cls(own, scale=scale, diameter=value)
 
     def check(self, labels: np.ndarray) -> bool:
