@@ -137,6 +137,14 @@ def test_writer_rejects_bad_labels_and_keeps_existing_file(tmp_path, labels, wor
     assert [p.name for p in tmp_path.iterdir()] == ["masks.tif"]
 
 
+def test_a_folder_that_is_a_file_is_said_so(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(LabelsWriteError, match="is a file, not a folder"):  # (it said "does not exist")
+        write_labels(tmp_path / "afile" / "x.tif", np.ones((4, 4), np.uint16))
+    with pytest.raises(LabelsWriteError, match="does not exist"):
+        write_labels(tmp_path / "none" / "x.tif", np.ones((4, 4), np.uint16))
+
+
 def test_napari_writer_notifies_and_keeps_existing_file(make_napari_viewer, tmp_path, errors):
     path = write_labels(tmp_path / "masks.tif", np.ones((4, 4), np.uint16))
     before = path.read_bytes()

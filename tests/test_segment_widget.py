@@ -691,6 +691,7 @@ def test_errors_are_notifications(widget, qtbot, tmp_path, notifications):
     viewer, w = widget
     w._run_button.clicked.emit()  # no image yet
     assert any("open an image first" in m for m in notifications)
+    assert w._status.value == "Not started: no image open."  # (it kept saying the last run's "Done")
     bogus = tmp_path / "bogus.pt"
     bogus.write_text("not a model")
     image = viewer.add_image(np.random.default_rng(0).random((32, 32)), name="noise")

@@ -107,7 +107,11 @@ def _grey(plane: np.ndarray) -> tuple[np.ndarray, bool]:
     colour = is_rgb(a.shape)
     if not colour and a.ndim != 2:
         raise ValueError(f"Expected one 2D plane (H, W) or (H, W, 3), got shape {np.shape(plane)}.")
-    sample = np.asarray(sample_plane(a), dtype=np.float32)
+    from .stack import in_float32_range
+
+    # (float64 far beyond float32's range, or 64-bit values far from 0: brought in first, as for segmenting;
+    # cast as they were, they overflowed with numpy's warnings, or lost their detail)
+    sample = in_float32_range(np.asarray(sample_plane(a))).astype(np.float32, copy=False)
     if colour:
         rgb = sample[..., :3]
         colour = bool(np.ptp(rgb - rgb.mean(-1, keepdims=True)) > 0)  # grey stored as RGB is not colour

@@ -208,7 +208,8 @@ def write_labels(
     if path.is_dir():
         raise LabelsWriteError(f"'{path}' is a folder; give a file name ending in .tif")
     if not path.parent.is_dir():
-        raise LabelsWriteError(f"folder '{path.parent}' does not exist")
+        raise LabelsWriteError(f"'{path.parent}' is a file, not a folder" if path.parent.exists()
+                               else f"folder '{path.parent}' does not exist")
     arr, top = _check_lazy_labels(labels) if _is_lazy(labels) else (check_labels(labels), None)
     try:
         axes = check_axes(axes, arr.shape) if axes else guess_axes(arr.shape)

@@ -350,6 +350,7 @@ def check_examples(examples: list[Any]) -> None:
             unknown = True
     if not cells and not unknown:
         raise ValueError(
-            "The corrected slices contain no cells (only background); paint at least one cell "
+            "The examples (the corrected slices, and pairs added under More examples) contain no cells (only "
+            "background); paint at least one cell "
             "so the model can learn what a cell looks like."
         )

@@ -750,6 +750,7 @@ class SegmentWidget(Container):
         image = self._image_combo.value
         if image is None:
             notify_error("Segment", "open an image first (File > Open, or File > Open Sample).")
+            self._status.value = "Not started: no image open."  # (not the last run's "Done")
             return
         model_path = self._model_combo.value
         if not model_path:
