@@ -36,7 +36,9 @@ def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "predict",
         help="segment images, stacks or folders of images",
-        description="Segment cells in images, stacks or folders; writes DIR/<stem>_masks.tif per input.",
+        description="Segment cells in images, stacks or folders; writes DIR/<stem>_masks.tif per input (and beside "
+                    "it <stem>_masks.tif.corrected.json, which records the model and --diameter for napari), or "
+                    "DIR/<stem>_masks.ome.zarr with --dask.",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image or stack files (TIFF, OME-Zarr, PNG, JPEG) or folders of them")
@@ -54,7 +56,8 @@ def add_parser(subparsers: Any) -> None:
                    help="probability threshold in (0, 1) (default: the model's own, 0.6-0.7 for the built-in models; its own for "
                         "the kind of image where it has one, e.g. colour images for 'nuclei')")
     p.add_argument("--min-size", type=int, default=None,
-                   help="remove objects smaller than this many pixels (default: the model's own)")
+                   help="remove objects smaller than this many pixels at the model's object size (as Segment's "
+                        "Min. size: an image enlarged 2x to reach it needs 4x the value; default: the model's own)")
     p.add_argument("--diameter", default="auto", metavar="PIXELS|auto",
                    help="typical object diameter in pixels (or '8um' with the file's pixel size); the image is "
                         "rescaled to the model's own object size. Default 'auto': estimated per image")
