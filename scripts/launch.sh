@@ -20,9 +20,11 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 # torch 2.13.0 first: a range would let pip pick a newer, much larger build. A regular (not
 # editable) install: setuptools prints a screen of warnings for editable ones, and a user who
-# only runs the plugin has nothing to edit (pip install -e ".[all]" for development).
+# only runs the plugin has nothing to edit (pip install -e ".[all]" for development). On Linux PyPI's
+# torch brings CUDA's libraries (gigabytes a laptop without an NVIDIA GPU does not use):
+# TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu bash scripts/launch.sh takes the CPU build.
 echo "Installing napari-unet, napari and PyTorch into .venv (the first time takes several minutes)..."
-.venv/bin/python -m pip install -q "torch==2.13.0" ".[all]"
+.venv/bin/python -m pip install -q ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} "torch==2.13.0" ".[all]"
 # Qt 6 starts on X11 only with libxcb-cursor, which some desktops lack: said before Qt's own error
 if [ "$(uname -s)" = Linux ] && command -v ldconfig >/dev/null 2>&1 && ! ldconfig -p | grep -q "libxcb-cursor.so.0"; then
   echo "Qt may not start: libxcb-cursor is missing (on Debian/Ubuntu: sudo apt-get install libxcb-cursor0)." >&2
