@@ -624,6 +624,19 @@ def test_all_background_correction_is_refused(widget, c2c12, notifications):
     assert any("contain no cells" in m for m in notifications)
 
 
+def test_an_inverted_mask_is_refused_with_its_reason(widget, qtbot, c2c12, notifications):
+    """A slice whose background was painted as one object (a bucket fill of the background, an inverted
+    mask): the model learnt to take most of an image for cells, unsaid (a review). Fine-tune says why."""
+    viewer, w = widget
+    images, labels = c2c12
+    inverted = np.where(labels > 0, 0, 1).astype(np.int32)
+    _image, masks = _add_pair(viewer, images, inverted)
+    CorrectedSlices.for_layer(masks).update([(0,)])
+    w.run_panel._start_button.native.click()
+    _wait(qtbot, w)
+    assert any("the background labelled?" in m for m in notifications), notifications
+
+
 def test_image_and_labels_of_different_shapes(widget, c2c12, notifications):
     viewer, w = widget
     images, labels = c2c12
