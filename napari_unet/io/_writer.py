@@ -62,6 +62,7 @@ def _check_lazy_labels(labels: Any) -> tuple[Any, int | None]:
     for i in np.ndindex(*labels.shape[:-2]):
         plane = np.asarray(labels[i])
         low, top = min(low, int(plane.min())), max(top, int(plane.max()))
+        del plane  # (not held while the next one is read)
     if low < 0:
         raise LabelsWriteError(f"The labels hold negative values (minimum {low}); labels must be 0 "
                                "(background) or positive.")
