@@ -80,6 +80,28 @@ def test_diameter_larger_than_half_the_image_is_refused():
     assert check_diameter(50, (100, 300)) == 50
 
 
+def test_a_measured_size_segments_at_the_scale_it_was_measured_at(data_dir, monkeypatch):
+    """A cancelled whole-stack run goes on at the size it measured (a review): given as a typed
+    diameter, its scale was worked out again and checked, and an estimate capped by the enlargement
+    limit of a large plane failed as "too large to segment". A MeasuredSize runs at its own scale."""
+    import tifffile
+
+    from napari_unet.core import scale as core_scale
+    from napari_unet.core.scale import MeasuredSize
+
+    monkeypatch.setattr(core_scale, "MAX_ENLARGED_PIXELS", 2**17)  # (a large plane's limit, on a small one)
+    frame = tifffile.imread(data_dir / "c2c12_timelapse" / "images.tif")[2]
+    model = load_model("cells", device="cpu")
+    (auto,) = [r for r in iter_planes(model, frame) if isinstance(r, PlaneResult)]
+    assert auto.diameter is not None and auto.scale < model.object_size.scale_for(auto.diameter)  # (capped)
+    with pytest.raises(ImageError, match="too large to segment"):
+        segment(model, frame, diameter=auto.diameter)
+    (again,) = [r for r in iter_planes(model, frame, diameter=MeasuredSize(auto.diameter, auto.scale))
+                if isinstance(r, PlaneResult)]
+    assert (again.diameter, again.scale, again.note) == (auto.diameter, auto.scale, "")
+    np.testing.assert_array_equal(again.labels, auto.labels)
+
+
 def test_a_typed_diameter_beyond_the_largest_rescale_is_said():
     """1 px typed for the `cells` model (30 px) needs the image enlarged 26x; it is enlarged 8x, the
     most, and that was not said (a review: 3.5 min, 3.6 GB, objects still 3.7x too small)."""

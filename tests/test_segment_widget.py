@@ -1871,14 +1871,16 @@ def test_slices_segmented_before_the_size_was_found_are_not_gone_on_from(widget,
     assert seen[0].provisional  # (frame 0 tells no size)
     sized = {tuple(r.index) for r in seen if not r.provisional}
     assert w._resumable is not None and set(w._resumable.done) == sized
-    measured = next(r for r in seen if not r.provisional).diameter
-    assert w._resumable.diameter == measured
+    first = next(r for r in seen if not r.provisional)
+    measured = first.diameter
+    assert (w._resumable.size.diameter, w._resumable.size.scale) == (measured, first.scale)
     written: list = []
     w._run_button.clicked.emit()
     w._worker.yielded.connect(lambda item: isinstance(item, PlaneResult) and written.append(item))
     _wait(qtbot, w)
     assert {tuple(r.index) for r in written} == {(i,) for i in range(4)} - sized
-    assert all(not r.provisional and r.diameter == measured for r in written)  # (the size that run measured)
+    # (the size that run measured, at its scale)
+    assert all(not r.provisional and r.diameter == measured and r.scale == first.scale for r in written)
 
 
 def test_masks_of_a_lazily_read_stack_are_16_bit(widget, qtbot, c2c12_stack):

@@ -534,8 +534,9 @@ def iter_planes(
         plane), so objects cut by the region's edge are judged with their surroundings.
     rgb : bool, optional
         Whether the last axis is colour; default: yes if it has 3 or 4 entries.
-    diameter : float, "auto", None or "native"
-        Object diameter in the image's pixels: the image is rescaled by
+    diameter : float, "auto", None, "native" or MeasuredSize
+        Object diameter in the image's pixels (a :class:`~napari_unet.core.scale.MeasuredSize`: an
+        earlier run's estimate, segmented at its scale): the image is rescaled by
         ``model.diameter / diameter`` (within 15% of 1: not rescaled) and the probabilities
         come back on the image's own grid. "auto" (or None) estimates it on the first plane
         (see :class:`~napari_unet.core.scale.DiameterSearch`; on the next ones too, up to
@@ -1020,6 +1021,7 @@ class _Sizing:
         enlarge beyond :data:`~napari_unet.core.scale.MAX_ENLARGED_PIXELS`."""
         from .scale import (
             DiameterSearch,
+            MeasuredSize,
             ObjectSize,
             check_diameter,
             diameter_word,
@@ -1029,6 +1031,8 @@ class _Sizing:
 
         own = model.object_size
         limit = enlargement_limit(run_shape or plane_shape)
+        if isinstance(diameter, MeasuredSize):  # (an earlier run's estimate: its scale, as it ran)
+            return cls(own, scale=diameter.scale, diameter=diameter.diameter, limit=limit)
         if own is not None and to_model_diameter:
             own = ObjectSize(own.diameter, own.diameter, own.diameter)
         word = diameter_word(diameter)

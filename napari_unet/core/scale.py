@@ -85,6 +85,7 @@ __all__ = [
     "DiameterSearch",
     "FINE_SCALES",
     "MIN_OBJECTS",
+    "MeasuredSize",
     "check_diameter",
     "count_objects",
     "equivalent_diameters",
@@ -279,6 +280,18 @@ class ObjectSize:
         target = min(max(diameter, self.low), self.high)
         scale = float(np.clip(target / diameter, MIN_SCALE, MAX_SCALE))
         return 1.0 if abs(scale - 1.0) <= SCALE_TOLERANCE else scale
+
+
+@dataclass(frozen=True)
+class MeasuredSize:
+    """An object diameter an earlier run measured (its estimate, in the image's pixels) and the scale
+    it segmented at. A run given it segments at that scale, as that run did: not as a typed diameter,
+    whose scale would be worked out again and checked (a cancelled whole-stack run went on, and failed
+    on the estimate taken for a diameter typed too small for a large plane: "too large to segment").
+    """
+
+    diameter: float
+    scale: float
 
 
 def min_size_at(min_size: int, scale: float) -> int:

@@ -129,7 +129,7 @@ class _Resumable:
     masks: Any
     given: tuple
     done: frozenset
-    diameter: float | None = None
+    size: Any = None  # core.scale.MeasuredSize of its finished slices (Auto: the estimate and its scale)
 
     def left_of(self, image: Any, masks: Any, given: tuple, planes: list[tuple[int, ...]]) -> list[tuple[int, ...]] | None:
         """``planes`` less those this run finished, when a run of ``image`` into ``masks`` is given the
@@ -232,7 +232,7 @@ class SegmentWidget(Container):
         self._resumable: _Resumable | None = None  # the whole-stack run cancelled last (see _Resumable)
         self._run_stack: tuple[tuple, frozenset] | None = None  # a whole-stack run's (given, slices done before)
         self._run_written: set[tuple[int, ...]] = set()  # the slices it finished
-        self._run_diameter: float | None = None  # the object size its finished slices were segmented at
+        self._run_size: Any = None  # the object size and scale its finished slices were segmented at
         self._new_masks: Any = None  # the masks layer the running job made (None: it was there before)
         self._run_layers: tuple[Any, ...] = ()  # the image and masks layers of the running job
         self._abandoned = ""  # why the running job was given up ("" while it is not)
@@ -840,9 +840,9 @@ class SegmentWidget(Container):
                     self._status.value = "Nothing left to segment: the run cancelled before had finished every slice."
                     return
                 at = ""
-                if diameter is None and resumable.diameter is not None:  # (Auto: the size that run measured)
-                    diameter = resumable.diameter
-                    at = f", at the object size it measured ({diameter:.1f} px)"
+                if diameter is None and resumable.size is not None:  # (Auto: the size that run measured)
+                    diameter = resumable.size
+                    at = f", at the object size it measured ({resumable.size.diameter:.1f} px)"
                 notify_info(f"Going on from the run cancelled before, given the same: {len(planes) - len(left)} of "
                             f"these {len(planes)} slices were segmented then; the other {len(left)} now{at}.")
                 planes = left
@@ -1029,7 +1029,7 @@ class SegmentWidget(Container):
         (see :class:`_Resumable`); None for every other run (a slice, a view, 3D objects, Threshold
         applied again), which leaves nothing to go on from when cancelled."""
         self._run_started = time.perf_counter()
-        self._run_stack, self._run_written, self._run_diameter = stack, set(), None
+        self._run_stack, self._run_written, self._run_size = stack, set(), None
         self._run_model = self._model_combo.value  # (a fine-tune may choose its model while this runs)
         self._run_kind = self._proposal.kind  # the kind of the plane shown, which the masks record with the model
         self._run_corrections = RunCorrections.start(masks, overwrite, automatic)
@@ -1155,7 +1155,10 @@ class SegmentWidget(Container):
                 record_colour(masks.metadata, result.index, self._run_colour)
         if self._run_stack is not None and not result.provisional:  # (a provisional one comes again)
             self._run_written.add(tuple(result.index))
-            self._run_diameter = result.diameter
+            if result.diameter is not None:
+                from napari_unet.core.scale import MeasuredSize
+
+                self._run_size = MeasuredSize(float(result.diameter), float(result.scale))
         if self._ids_above is not None:
             self._ids_above += int(result.labels.max(initial=0))
         self._kept.keep(masks, result, _checksum(masks, result))
@@ -1267,7 +1270,7 @@ class SegmentWidget(Container):
                 given, before = self._run_stack
                 image, masks = (weakref.ref(unwrap_proxy(layer)) for layer in self._run_layers)
                 self._resumable = _Resumable(image, masks, given, before | frozenset(self._run_written),
-                                             self._run_diameter)
+                                             self._run_size)
                 kept += " (the whole stack segmented again, given the same, goes on from there)"
             self._status.value = self._after_cancel = f"{how} after {format_seconds(took)}; {kept}."
         elif self._rethresholding and self._after_cancel and not self._failed:  # the one that followed the cancel
