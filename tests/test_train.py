@@ -488,6 +488,10 @@ def test_odd_inputs_of_a_script_get_clear_answers(dsb_fluo_crop):
         prepare_examples(_tiny(depth=2), [image], [((labels == 0) * 255).astype(np.uint8)])
     with pytest.raises(ValueError, match="the background labelled"):
         prepare_examples(_tiny(depth=2), [image], [np.where(labels > 0, labels + 1, 1)])
+    # one cell filling the tile (a muscle fibre, an adipocyte at high magnification): no holes, taken
+    yy, xx = np.mgrid[: image.shape[0], : image.shape[1]]
+    big = ((yy - image.shape[0] / 2) ** 2 + (xx - image.shape[1] / 2) ** 2 < (0.7 * max(image.shape)) ** 2)
+    assert prepare_examples(_tiny(depth=2), [image], [big.astype(np.uint8)])[0].labels.max() == 1
     np.testing.assert_allclose(huge.image, prepare_examples(_tiny(depth=2), [image], [labels])[0].image, atol=1e-4)
     # training without augmentation says so in its metadata (it said "augment: True")
     model = run_finetune(_tiny(depth=2), [image], [labels], steps=1, patch_size=32, augment=NO_AUGMENT,

@@ -222,9 +222,12 @@ def _objects_of_a_mask(labels: np.ndarray, where: str) -> np.ndarray:
     return pieces.astype(np.int32)
 
 
-#: An object touching all four edges of its plane and covering more than this share of it is no cell:
-#: the background labelled (a mask inverted, cells 0 and the rest 255; a tool's background id 1).
+#: An object touching all four edges of its plane, covering more than this share of it and holding
+#: :data:`BACKGROUND_OBJECT_HOLES` separate unlabelled parts or more inside is no cell: the background
+#: labelled (a mask inverted, cells 0 and the rest 255; a tool's background id 1), its holes the cells.
+#: (One cell filling a tile, a muscle fibre or an adipocyte at high magnification, holds none.)
 BACKGROUND_OBJECT_SHARE = 0.5
+BACKGROUND_OBJECT_HOLES = 2
 
 
 def _check_background_not_labelled(labels: np.ndarray, where: str) -> None:
@@ -239,11 +242,21 @@ def _check_background_not_labelled(labels: np.ndarray, where: str) -> None:
         around &= set(np.unique(edge).tolist())
     for value in around - {0}:
         share = float(np.count_nonzero(labels == value)) / labels.size
-        if share > BACKGROUND_OBJECT_SHARE:
+        if share > BACKGROUND_OBJECT_SHARE and _holes(labels == value) >= BACKGROUND_OBJECT_HOLES:
             raise ValueError(
                 f"The labels of {where} hold one object ({value}) over {share:.0%} of the image, touching all four "
                 "edges: the background labelled? (a mask inverted, the cells 0; or a tool's background id). "
                 "Label the cells, with 0 for the background.")
+
+
+def _holes(region: np.ndarray) -> int:
+    """The parts of a plane outside ``region`` (a boolean mask) that do not reach the plane's edge:
+    what the region encloses."""
+    from scipy import ndimage as ndi
+
+    outside, n = ndi.label(~region)
+    reaching = set(np.unique(np.concatenate([outside[0], outside[-1], outside[:, 0], outside[:, -1]])).tolist())
+    return n - len(reaching - {0})
 
 
 def at_model_scale(model: SegmentationModel, image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
