@@ -628,8 +628,11 @@ def test_an_inverted_mask_is_refused_with_its_reason(widget, qtbot, c2c12, notif
     """A slice whose background was painted as one object (a bucket fill of the background, an inverted
     mask): the model learnt to take most of an image for cells, unsaid (a review). Fine-tune says why."""
     viewer, w = widget
-    images, labels = c2c12
-    inverted = np.where(labels > 0, 0, 1).astype(np.int32)
+    images, _labels = c2c12
+    cells = np.zeros(images.shape, np.int32)
+    for k, (y, x) in enumerate([(20, 20), (20, 80), (80, 30), (90, 90)], start=1):
+        cells[:, y : y + 14, x : x + 12] = k
+    inverted = np.where(cells > 0, 0, 1).astype(np.int32)  # the cells 0, the rest one object
     _image, masks = _add_pair(viewer, images, inverted)
     CorrectedSlices.for_layer(masks).update([(0,)])
     w.run_panel._start_button.native.click()
