@@ -139,5 +139,6 @@ def test_float64_images_beyond_float32s_range_segment_as_the_same_image(dsb_fluo
         assert np.isfinite(in_float32_range(image * factor).astype(np.float32)).all()
         assert average_precision(plain, segment(model, image * factor, diameter="native")) > 0.95
     # 64-bit values far from 0 (an offset of 1e12 over 0-255): one value in float32, "camera noise alone"
-    for offset in (image.astype(np.int64) + 10**12, image - 1e12, image.astype(np.uint64) + 2**50):
+    for offset in (image.astype(np.int64) + 10**12, image - 1e12, image.astype(np.uint64) + 2**50,
+                   image.astype(np.int64) + 2**60, image.astype(np.uint64) + (2**64 - 512)):  # (past float64's 53 bits)
         assert average_precision(plain, segment(model, offset, diameter="native")) > 0.95

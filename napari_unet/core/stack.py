@@ -186,8 +186,14 @@ def in_float32_range(plane: np.ndarray) -> np.ndarray:
     # (NaN skipped, infinite values refused before; two passes, no copy of the plane)
     low, high = float(np.fmin.reduce(plane, axis=None)), float(np.fmax.reduce(plane, axis=None))
     if np.isfinite(low) and abs(low) > FLOAT32_EXACT and high - low < abs(low) / 2**8:
-        plane = np.subtract(plane, plane.dtype.type(low), dtype=np.float64)  # (an offset beyond the values' spread)
-        low, high = 0.0, high - low
+        if plane.dtype.kind in "iu":  # (in integers: float64 holds 53 bits, 2**60 + 0..255 became 2 values)
+            lowest = plane.min()
+            plane = (plane - lowest).astype(np.float64)  # (the spread is small: no overflow)
+            high = float(plane.max())
+        else:
+            plane = np.subtract(plane, low)  # (an offset beyond the values' spread)
+            high = high - low
+        low = 0.0
     if plane.dtype != np.float64:
         return plane
     top = max(abs(high), abs(low))
