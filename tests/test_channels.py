@@ -480,6 +480,11 @@ def test_cli_train_learns_from_the_colour_given(tmp_path, nuclei, composite, cap
     channels = [a if a != str(tmp_path / "merge.tif") else str(tmp_path / "two.tif") for a in common]
     assert main([*channels, "--out", str(tmp_path / "c.pt"), "--channel", "1"]) == 0
     assert "--channel" not in capsys.readouterr().err
+    # a grey file without channels: the number is left aside, and said so (it was, silently)
+    tifffile.imwrite(tmp_path / "grey.tif", composite[..., 2])
+    grey = [a if a != str(tmp_path / "merge.tif") else str(tmp_path / "grey.tif") for a in common]
+    assert main([*grey, "--out", str(tmp_path / "g.pt"), "--channel", "1"]) == 0
+    assert "no RGB training image nor one with channels: --channel 1 left aside" in capsys.readouterr().err
 
 
 def test_compactness_of_thousands_of_parts_is_measured_on_a_few_hundred():

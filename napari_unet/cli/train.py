@@ -119,13 +119,14 @@ def _pair_files(image_paths: list[str], label_paths: list[str]) -> list[tuple[Pa
     return pairs
 
 
-def read_examples(image_paths: list[str], label_paths: list[str], channel: int | None = None
-                  ) -> tuple[list[np.ndarray], list[np.ndarray], list[int | str]]:
+def read_examples(image_paths: list[str], label_paths: list[str], channel: int | None = None,
+                  channel_taken: list[str] | None = None) -> tuple[list[np.ndarray], list[np.ndarray], list[int | str]]:
     """Lists of 2D image planes and label planes read from files and folders
     (:func:`napari_unet.io.read_training_pair`: slices of masks saved by napari-unet that are not
     marked corrected are left out, with a warning), and the colour of each plane's RGB image its
     masks were segmented by (saved from napari after Segment's Colour; "auto" otherwise). ``channel``:
-    of images with channels, the one to train on."""
+    of images with channels, the one to train on (the names of the files it was taken from are added
+    to ``channel_taken``)."""
     from napari_unet.io import read_training_pair
 
     images: list[np.ndarray] = []
@@ -133,7 +134,8 @@ def read_examples(image_paths: list[str], label_paths: list[str], channel: int |
     colours: list[int | str] = []
     for img_path, lab_path in _pair_files(image_paths, label_paths):
         try:
-            examples, _left_out = read_training_pair(img_path, lab_path, channel, with_colours=True)
+            examples, _left_out = read_training_pair(img_path, lab_path, channel, with_colours=True,
+                                                     channel_taken=channel_taken)
         except ValueError as exc:
             raise CLIError(str(exc)) from None
         images.extend(image for image, _labels, _source, _colour in examples)
@@ -307,22 +309,22 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--out {out}: its folder cannot be written ({exc.strerror or exc}); give another") from None
     if isinstance(args.channel, int) and args.channel < 0:
         raise CLIError(f"--channel must be 0 or more (for RGB images 0, 1 or 2), mean or without-dab, got {args.channel}")
+    taken: list[str] = []  # image files whose channel --channel N picked
     images, labels, stored = read_examples(args.images, args.labels,
-                                           args.channel if isinstance(args.channel, int) else None)
+                                           args.channel if isinstance(args.channel, int) else None, taken)
     rgb = [is_rgb(np.shape(image)) for image in images]
     if isinstance(args.channel, int) and args.channel >= 3 and any(rgb):
         raise CLIError(f"--channel must be 0, 1 or 2 (red, green, blue) for RGB images, got {args.channel}")
     if args.channel is not None:  # (over what saved masks record)
         stored = [RGB_CHANNEL_WORDS.get(args.channel, args.channel)] * len(images)
-        if not any(rgb) and isinstance(args.channel, str):  # (a number picked the channel of files with channels)
-            print(f"napari-unet: no RGB training image: --channel {args.channel} left aside", file=sys.stderr)
-        elif isinstance(args.channel, str) and not all(rgb):
-            print(f"napari-unet: --channel {args.channel} applies to the RGB training images only "
-                  f"({sum(rgb)} of {len(rgb)})", file=sys.stderr)
-        elif any(rgb) and not all(rgb):  # (a number: the colour of RGB images, the channel of files with channels)
+        # (a number: the colour of RGB images, the channel of files with channels; a word: RGB images only)
+        if not any(rgb) and not taken:
+            what = "no RGB training image" + ("" if isinstance(args.channel, str) else " nor one with channels")
+            print(f"napari-unet: {what}: --channel {args.channel} left aside", file=sys.stderr)
+        elif any(rgb) and not all(rgb):
+            others = f"channel {args.channel} of {len(taken)} file(s) with channels" if taken else "nothing of the others"
             print(f"napari-unet: --channel {args.channel} took colour {args.channel} of the RGB training images "
-                  f"({sum(rgb)} of {len(rgb)}) and channel {args.channel} of the files with channels",
-                  file=sys.stderr)
+                  f"({sum(rgb)} of {len(rgb)}) and {others}", file=sys.stderr)
     colours = [c if is_rgb else "auto" for c, is_rgb in zip(stored, rgb, strict=True)]
     base, why = (load_model(args.base, device=args.device), "") if args.base is not None \
         else _fitting_builtin(images, args.device)

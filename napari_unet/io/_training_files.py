@@ -256,7 +256,8 @@ def colours_of_planes(labels_path: Path, axes: str, lead_shape: tuple[int, ...])
     return colours
 
 
-def read_training_pair(image_path: Path, labels_path: Path, channel: int | None = None, with_colours: bool = False
+def read_training_pair(image_path: Path, labels_path: Path, channel: int | None = None, with_colours: bool = False,
+                       channel_taken: list[str] | None = None
                        ) -> tuple[list[tuple[Any, ...]], int]:
     """The training planes of an image file and its labels file: a list of (image plane, labels
     plane, source) with the source ``"a.tif"`` or ``"a.tif, slice 3"``, and how many planes were
@@ -297,6 +298,8 @@ def read_training_pair(image_path: Path, labels_path: Path, channel: int | None 
         if not 0 <= channel < n:
             raise ValueError(f"{image_path.name} has {n} channels (0 to {n - 1}); --channel {channel} is none of them")
         img, img_axes = np.take(img, channel, axis=img_axes.index("C")), img_axes.replace("C", "")
+        if channel_taken is not None:  # (said by the caller: the number was used here, not left aside)
+            channel_taken.append(image_path.name)
     img_planes = _planes(img, img_axes, image_path, is_labels=False, channels_are_planes=guessed_planes)
     from napari_unet.core.stack import check_finite
 
