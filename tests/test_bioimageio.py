@@ -540,6 +540,12 @@ def test_manage_models_exports_a_package(make_napari_viewer, qtbot, tmp_path, no
     assert panel._authors_edit.value == "" and panel._license_edit.value == ""
     panel._manage_combo.value = "mine"  # and back: what was typed for it
     assert panel._authors_edit.value == "Smith, J.; Doe, A." and panel._license_edit.value == "CC-BY"
+    panel._rename_edit.value = "mine2"  # renamed: still its own (the fields went blank)
+    panel._rename_clicked()
+    assert panel._manage_combo.value == "mine2" and panel._authors_edit.value == "Smith, J.; Doe, A."
+    panel._manage_combo.value = "theirs"
+    panel._manage_combo.value = "mine2"
+    assert panel._license_edit.value == "CC-BY" and "mine" not in panel._typed_for
 
 
 def test_closing_the_viewer_during_an_export_still_writes_the_package(make_napari_viewer, qtbot, tmp_path,

@@ -139,6 +139,11 @@ class ModelsPanel(Container):
         except (ValueError, OSError) as exc:
             notify_error("Rename model", exc)
             return
+        self._model_chosen()  # (what is typed is kept for the model under its new name)
+        typed = self._typed_for.pop(name, None)
+        if typed is not None:
+            self._typed_for[new_name.strip()] = typed
+        self._fields_of = None
         self.refresh()
         self._manage_combo.value = new_name.strip()
         self._rename_edit.value = ""
@@ -153,6 +158,7 @@ class ModelsPanel(Container):
             return
         try:
             delete_model(name)
+            self._typed_for.pop(name, None)  # (not given to a later model of that name)
         except (ValueError, OSError) as exc:
             notify_error("Delete model", exc)
             return
