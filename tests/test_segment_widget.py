@@ -1944,6 +1944,6 @@ def test_a_lazily_read_file_damaged_since_it_was_opened_is_said_so(widget, qtbot
         fh.truncate(os.path.getsize(path) // 2)
     _run_stack_doing_after_first_plane(w, image, lambda: None)
     _wait(qtbot, w)
-    assert w._status.value.startswith("Failed: The plane at index ") and "changed or damaged since it was " \
-        "opened (open it again" in w._status.value
+    assert w._status.value.startswith("Failed: The plane at index ") and "could not be read: its file may be " \
+        "damaged, or changed since it was opened (then open it again" in w._status.value
     assert viewer.layers[masks_layer_name("stack")].data[0].any()  # (the slices finished stay)

@@ -145,8 +145,8 @@ def read_plane(image: Any, index: tuple[int, ...] = (), window: Window | None = 
         from napari_unet._errors import one_line
 
         where = f"The plane at index {', '.join(map(str, index))}" if index else "The image"
-        raise PlaneReadError(f"{where} could not be read from its file, changed or damaged since it was opened "
-                             f"(open it again; {one_line(exc)})") from exc
+        raise PlaneReadError(f"{where} could not be read: its file may be damaged, or changed since it was "
+                             f"opened (then open it again; {one_line(exc)})") from exc
 
 
 class PlaneReadError(ValueError):
