@@ -127,3 +127,15 @@ def test_bad_labels():
     # whole-number floats are accepted
     c, _ = labels_to_targets(np.pad(np.ones((6, 6)), 4))
     assert (c > 0).sum() == 36
+
+
+def test_class_weights_are_capped_as_asked():
+    """Cells covering 1.5% of a frame: their classes get the cap (10 by default; fine-tuning asks 3:
+    its models outlined cells larger than the labels they learnt)."""
+    from napari_unet.core.targets import class_balance
+
+    classes = np.zeros((100, 100), np.uint8)
+    classes[:2, :5] = 1  # 0.1%
+    classes[2:4, :5] = 2
+    assert class_balance(classes, 3).max() == 10.0
+    np.testing.assert_allclose(class_balance(classes, 3, cap=3.0), [1.0, 3.0, 3.0])

@@ -55,6 +55,7 @@ def test_finetune_on_real_crop_yields_events_and_returns_copy(dsb_fluo_crop):
     assert meta["val_ap50"] == chosen.ap50 and training["selected_step"] == chosen.step
     assert meta["training"]["val_split"] == "band" and "date" in meta and "CPU" in meta["device"]
     assert not result.net.training
+    assert training["class_weight_cap"] == 3.0  # fine-tuning's (see core.targets.FINETUNE_CLASS_WEIGHT_CAP)
 
 
 def test_a_few_dozen_steps_lower_the_loss(dsb_fluo_crop):
@@ -68,6 +69,7 @@ def test_a_few_dozen_steps_lower_the_loss(dsb_fluo_crop):
     assert result.metadata["val_ap50"] is None  # no validation asked
     # an untrained model tells nothing about unlabelled cells: "auto" learnt every plane as labelled in full
     assert result.metadata["training"]["labelled"] == "all" and result.metadata["training"]["partial_examples"] == []
+    assert result.metadata["training"]["class_weight_cap"] == 10.0  # (from scratch: the built-in models' recipe)
 
 
 def test_stop_right_after_start_returns_unchanged_copy(dsb_fluo_crop):
@@ -488,6 +490,8 @@ def test_odd_inputs_of_a_script_get_clear_answers(dsb_fluo_crop):
         prepare_examples(_tiny(depth=2), [image], [((labels == 0) * 255).astype(np.uint8)])
     with pytest.raises(ValueError, match="the background labelled"):
         prepare_examples(_tiny(depth=2), [image], [np.where(labels > 0, labels + 1, 1)])
+    with pytest.raises(ValueError, match="class_weight_cap must be a number of 1 or more"):
+        run_finetune(_tiny(depth=2), [image], [labels], steps=1, patch_size=32, class_weight_cap=0.5)
     # one cell filling the tile (a muscle fibre, an adipocyte at high magnification): no holes, taken
     yy, xx = np.mgrid[: image.shape[0], : image.shape[1]]
     big = ((yy - image.shape[0] / 2) ** 2 + (xx - image.shape[1] / 2) ** 2 < (0.7 * max(image.shape)) ** 2)

@@ -128,17 +128,27 @@ def border_weights(labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0) -> 
     return term.astype(np.float32)
 
 
-def class_balance(classes: np.ndarray, n_classes: int) -> np.ndarray:
+#: The largest class weight of :func:`class_balance`: the built-in models' training (from scratch).
+CLASS_WEIGHT_CAP = 10.0
+#: ... and fine-tuning's. Cells covering 1.5% of a C2C12 frame got the cap 10 for their classes: a
+#: model fine-tuned on one frame called a pixel a cell at a tenth of the evidence, and outlined cells
+#: 1.15-1.36x the diameter of the labels it learnt (on that frame too). At 3: 1.02-1.14x, AP@0.5 on the
+#: other frames 0.542 against 0.519, AP@0.75 0.168 against 0.109 (4 runs), SIM+ equal
+#: (benchmarks/RESULTS.md, "Fine-tuning's class weights").
+FINETUNE_CLASS_WEIGHT_CAP = 3.0
+
+
+def class_balance(classes: np.ndarray, n_classes: int, cap: float = CLASS_WEIGHT_CAP) -> np.ndarray:
     """Per-class weights proportional to 1/sqrt(frequency), background = 1.
 
-    Returns an (n_classes,) float32 array; absent classes get weight 1; capped at 10.
+    Returns an (n_classes,) float32 array; absent classes get weight 1; capped at ``cap``.
     """
     counts = np.bincount(classes.ravel(), minlength=n_classes).astype(np.float64)
     weights = np.ones(n_classes, dtype=np.float64)
     if counts[0] > 0:
         present = counts > 0
         weights[present] = np.sqrt(counts[0] / counts[present])
-    return np.clip(weights, 0.1, 10.0).astype(np.float32)
+    return np.clip(weights, 0.1, cap).astype(np.float32)
 
 
 def labels_to_classes(
@@ -186,6 +196,7 @@ def labels_to_targets(
     w0: float = 10.0,
     sigma: float = 5.0,
     known: np.ndarray | None = None,
+    class_cap: float = CLASS_WEIGHT_CAP,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Instance labels -> (classes, weights) for the network's loss.
 
@@ -199,6 +210,8 @@ def labels_to_targets(
         Width in pixels of the boundary band ("bg-interior-boundary" only).
     w0, sigma : float
         Border weight parameters (``w0 = 0`` turns the border term off).
+    class_cap : float
+        The largest class weight (:func:`class_balance`).
     known : ndarray, optional
         (H, W) bool: the pixels whose class is known (a plane labelled in part); the others
         weigh 0 and do not count in the class balance. None: every pixel.
@@ -213,7 +226,7 @@ def labels_to_targets(
     labels = compact_ids(check_labels(labels))  # (ids far beyond the pixels: memory by id, not by pixel)
     classes = labels_to_classes(labels, representation, boundary_width)
     n_classes = REPRESENTATION_CLASSES[representation]
-    weights = class_balance(classes if known is None else classes[known], n_classes)[classes]
+    weights = class_balance(classes if known is None else classes[known], n_classes, class_cap)[classes]
     if w0 > 0 and labels.max() > 0:
         d1, d2 = _two_nearest(labels, 3.0 * sigma)
         term = w0 * np.exp(-((d1 + d2) ** 2) / (2.0 * sigma * sigma))
@@ -235,8 +248,10 @@ class TargetRecipe:
     boundary_width: int = 2
     w0: float = 10.0
     sigma: float = 5.0
+    class_cap: float = CLASS_WEIGHT_CAP
 
     def __call__(self, labels: np.ndarray, known: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(H, W) labels (and the pixels whose class is known) -> (classes, weights), see
         :func:`labels_to_targets`."""
-        return labels_to_targets(labels, self.representation, self.boundary_width, self.w0, self.sigma, known)
+        return labels_to_targets(labels, self.representation, self.boundary_width, self.w0, self.sigma, known,
+                                 class_cap=self.class_cap)

@@ -57,6 +57,7 @@ Recipe
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -77,7 +78,7 @@ from .optimise import Optimiser, autocast_dtype, set_train_mode
 from .partial import check_labelled, mark_partial
 from .patches import PatchGeometry, PatchSampler
 from .schedule import RunBudget, ValidationCadence, WarmupCosine
-from .targets import TargetRecipe
+from .targets import CLASS_WEIGHT_CAP, FINETUNE_CLASS_WEIGHT_CAP, TargetRecipe
 from .train_metadata import Recipe, RunSummary, trained_metadata
 from .validation import (
     GATE_MIN_BLOCKS,
@@ -273,6 +274,7 @@ def finetune(
     boundary_width: int = 2,
     w0: float = 10.0,
     sigma: float = 5.0,
+    class_weight_cap: float | None = None,
     select: str = "best",
     workers: int | None = None,
     labelled: str = "auto",
@@ -321,6 +323,11 @@ def finetune(
         The model is untrained (training the default model): BatchNorm statistics learn.
     boundary_width, w0, sigma :
         Target parameters, see :func:`napari_unet.core.targets.labels_to_targets`.
+    class_weight_cap : float, optional
+        The largest class weight of the loss (:func:`napari_unet.core.targets.class_balance`). None:
+        :data:`~napari_unet.core.targets.FINETUNE_CLASS_WEIGHT_CAP` (3) when fine-tuning,
+        :data:`~napari_unet.core.targets.CLASS_WEIGHT_CAP` (10) ``from_scratch`` (the built-in models'
+        recipe, as they were trained).
     select : {"best", "latest"}
         Return the best weights on the validation part (rules in the module docs; the
         metadata's ``training`` entry records the choice) or the latest ones.
@@ -373,7 +380,8 @@ def finetune(
         patch_size=patch_size, batch_size=batch_size, augment=augment, val_fraction=val_fraction,
         val_images=val_images, val_labels=val_labels, validate_every=validate_every, device=device, seed=seed,
         mixed_precision=mixed_precision, freeze_norm=freeze_norm, from_scratch=from_scratch,
-        boundary_width=boundary_width, w0=w0, sigma=sigma, select=select, workers=workers, labelled=labelled,
+        boundary_width=boundary_width, w0=w0, sigma=sigma, class_weight_cap=class_weight_cap, select=select,
+        workers=workers, labelled=labelled,
         patch_processes=patch_processes, colours=colours, sections=sections,
     )
     for note in prepared.split.notes:
@@ -547,6 +555,7 @@ def prepare_run(
     boundary_width: int = 2,
     w0: float = 10.0,
     sigma: float = 5.0,
+    class_weight_cap: float | None = None,
     select: str = "best",
     workers: int | None = None,
     labelled: str = "auto",
@@ -583,7 +592,11 @@ def prepare_run(
     split = training_split(model, images, labels, val_images, val_labels, val_fraction, rng, mark, colours)
     amp_dtype = autocast_dtype(dev, mixed_precision)
     freeze_norm = (not from_scratch) if freeze_norm is None else bool(freeze_norm)
-    targets = TargetRecipe(model.representation, boundary_width, w0, sigma)
+    if class_weight_cap is None:  # (the built-in models' recipe trains from scratch: as it always did)
+        class_weight_cap = CLASS_WEIGHT_CAP if from_scratch else FINETUNE_CLASS_WEIGHT_CAP
+    if not (isinstance(class_weight_cap, (int, float)) and math.isfinite(class_weight_cap) and class_weight_cap >= 1):
+        raise ValueError(f"class_weight_cap must be a number of 1 or more, got {class_weight_cap!r}.")
+    targets = TargetRecipe(model.representation, boundary_width, w0, sigma, float(class_weight_cap))
     geometry = PatchGeometry.for_network(net, patch_size, max(max(e.labels.shape) for e in split.train))
     planes = validation_planes(split.val, targets)
     n_val_objects = count_held_out_objects(planes)
@@ -611,7 +624,7 @@ def prepare_run(
     # (an AugmentConfig is always truthy: NO_AUGMENT was recorded as "augment: True")
     recipe = Recipe(geometry.in_size, batch_size, lr, weight_decay, aug_config != NO_AUGMENT, freeze_norm, precision, seed,
                     boundary_width, w0, sigma,
-                    "all" if from_scratch and labelled == "auto" else labelled, sections)  # (what "auto" did from scratch)
+                    "all" if from_scratch and labelled == "auto" else labelled, sections, float(class_weight_cap))  # (what "auto" did from scratch)
     return PreparedRun(model, work, trainer, tracker, split, len(planes), n_val_objects, recipe, dev, from_scratch)
 
 

@@ -35,6 +35,7 @@ class Recipe:
     sigma: float
     labelled: str = "all"  # "auto", "all" or "some": see napari_unet.core.partial
     sections: bool = False  # the labels were planes through 3D objects (see napari_unet.core.train.finetune)
+    class_weight_cap: float = 10.0  # the largest class weight of the loss (see napari_unet.core.targets)
 
 
 @dataclass
