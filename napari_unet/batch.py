@@ -155,10 +155,13 @@ def _stack_colour(model: SegmentationModel, image: Any, layout: Any) -> int | st
 
 
 def write_ome_zarr_labels_metadata(group: Any, axes: str, scale: Sequence[float | None] | None,
-                                   name: str, translate: Sequence[float] | None = None) -> None:
+                                   name: str, translate: Sequence[float] | None = None,
+                                   made_by: dict[str, Any] | None = None) -> None:
     """OME-NGFF 0.4 ``multiscales`` metadata (one level, dataset "0") on a zarr group; an axis
     without a pixel size (``scale`` None, or None for it) gets scale 1 and no unit. ``translate``:
-    where the first pixel lies (the image's own translation: its masks lie over it)."""
+    where the first pixel lies (the image's own translation: its masks lie over it). ``made_by``:
+    {"model": the model's record, "diameter": the diameter typed} (see :func:`segment_to_ome_zarr`),
+    kept in napari-unet's mark."""
     kinds = {"T": ("time", "second"), "C": ("channel", None), "Z": ("space", "micrometer"),
              "Y": ("space", "micrometer"), "X": ("space", "micrometer")}
     scale = list(scale) if scale is not None else [None] * len(axes)
@@ -188,7 +191,8 @@ def write_ome_zarr_labels_metadata(group: Any, axes: str, scale: Sequence[float 
     group.attrs["image-label"] = {"version": "0.4"}  # labels (a standalone group: no source image path)
     from napari_unet.io._corrected import MADE_BY
 
-    group.attrs[MADE_BY] = {"masks": "segmented"}  # a model's masks, none corrected (the reader's mark)
+    # a model's masks, none corrected (the reader's mark), and which model made them at what size
+    group.attrs[MADE_BY] = {"masks": "segmented", **{k: v for k, v in (made_by or {}).items() if v}}
 
 
 def segment_to_ome_zarr(
@@ -212,6 +216,7 @@ def segment_to_ome_zarr(
     objects_3d: dict[str, Any] | None = None,
     colour: int | str = "auto",
     unchanged: dict[str, Any] | None = None,
+    made_by: dict[str, Any] | None = None,
 ) -> Path:
     """Segment a stack plane by plane with dask and write the labels to an OME-Zarr.
 
@@ -264,6 +269,9 @@ def segment_to_ome_zarr(
         {path: :func:`~napari_unet._atomic.file_identity`} of what was at ``out_path`` when the caller
         decided to write it: when it changed since (masks corrected there while this ran), nothing is
         put in its place (:class:`~napari_unet._atomic.ChangedMeanwhile`).
+    made_by : dict, optional
+        {"model": {"name", "path", "date", "kind"}, "diameter": as typed}: recorded with the masks
+        (napari opens them proposing that model and diameter, as for ``predict``'s TIFFs).
 
     Returns
     -------
@@ -282,7 +290,8 @@ def segment_to_ome_zarr(
     if objects_3d is not None:
         return _volumes_to_ome_zarr(model, image, out_path, layout, axes, (scale, translate), objects_3d, scheduler,
                                     dict(threshold=threshold, min_size=min_size, diameter=diameter,
-                                         tile_size=tile_size, device=device, engine=engine), show_progress, unchanged)
+                                         tile_size=tile_size, device=device, engine=engine), show_progress, unchanged,
+                                    made_by)
     if not isinstance(image, da.Array):
         image = da.from_array(image, chunks=(1,) * n_lead + tuple(image.shape[n_lead:]), asarray=True)
     else:
@@ -315,7 +324,7 @@ def segment_to_ome_zarr(
         target = group.create_array(
             "0", shape=labels.shape, chunks=(1,) * n_lead + chunk_plane, dtype=np.int32, fill_value=0,
         )
-        write_ome_zarr_labels_metadata(group, axes, scale, out_path.name.split(".")[0], translate)
+        write_ome_zarr_labels_metadata(group, axes, scale, out_path.name.split(".")[0], translate, made_by)
         store = da.store(labels, target, lock=False, compute=False)
         _compute(store, scheduler, show_progress, dask)
     return out_path
@@ -323,7 +332,8 @@ def segment_to_ome_zarr(
 
 def _volumes_to_ome_zarr(model: SegmentationModel, image: Any, out_path: Path, layout: Any, axes: str | None,
                          calibration: tuple[Any, Any], objects_3d: dict[str, Any], scheduler: Any,
-                         options: dict[str, Any], show_progress: bool, unchanged: dict[str, Any] | None = None) -> Path:
+                         options: dict[str, Any], show_progress: bool, unchanged: dict[str, Any] | None = None,
+                         made_by: dict[str, Any] | None = None) -> Path:
     """3D objects of every (Z, Y, X) volume of ``image``, written block by block to an OME-Zarr
     (``calibration``: its scale and translate, as :func:`segment_to_ome_zarr` takes them)."""
     import zarr
@@ -346,7 +356,8 @@ def _volumes_to_ome_zarr(model: SegmentationModel, image: Any, out_path: Path, l
         group = zarr.open_group(str(tmp), mode="w", zarr_format=2)
         chunks = tuple(1 if a not in "ZYX" else (min(s, 64) if a == "Z" else min(s, 512)) for a, s in zip(axes, shape))
         target = group.create_array("0", shape=shape, chunks=chunks, dtype=np.int32, fill_value=0)
-        write_ome_zarr_labels_metadata(group, axes, calibration[0], out_path.name.split(".")[0], calibration[1])
+        write_ome_zarr_labels_metadata(group, axes, calibration[0], out_path.name.split(".")[0], calibration[1],
+                                       made_by)
         bar = None
         if show_progress:
             from tqdm import tqdm

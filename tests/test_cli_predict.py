@@ -139,6 +139,12 @@ def test_predict_with_dask_writes_ome_zarr(tmp_path, images, tiny_model_path):
     assert group.attrs["multiscales"][0]["axes"][-1]["name"] == "x"
     path = str(tmp_path / "o" / "a_masks.ome.zarr")
     assert [kind for _data, _meta, kind in napari_get_reader(path)(path)] == ["labels"]
+    # the model and the diameter given, kept in napari-unet's mark: opened, Segment proposes them
+    assert main(["predict", str(images / "a.tif"), "--out", str(tmp_path / "o"), "--model", str(tiny_model_path),
+                 "--dask", "--no-progress", "--overwrite", "--diameter", "14"]) == 0
+    ((_data, meta, _kind),) = napari_get_reader(path)(path)
+    assert meta["metadata"][MODEL_KEY]["path"] == str(tiny_model_path.absolute())
+    assert meta["metadata"][DIAMETER_KEY] == "14" and meta["name"] == "a masks"
 
 
 def test_a_scheduler_is_connected_once_for_the_batch_and_refused_once(tmp_path, images, tiny_model_path, capsys,

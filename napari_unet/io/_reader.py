@@ -25,6 +25,8 @@ from ._corrected import (
     file_state,
     load_corrected_list,
     plane_in,
+    recorded_diameter,
+    recorded_model,
     sidecar_path,
     stored_layout,
     transform_identities,
@@ -479,6 +481,7 @@ def as_labels_where_masks(path: str | os.PathLike, layers: list[LayerData]) -> l
         layers = [as_labels_layer(layer, [] if made else None) for layer in layers]
         if made and len(layers) == 1:
             _named_as_masks_of_their_image(path, layers[0][1])
+            _with_zarr_record(path, layers[0][1])
         return layers
     return layers
 
@@ -492,6 +495,32 @@ def _named_as_masks_of_their_image(path: str | os.PathLike, meta: dict[str, Any]
     stem = stack_name(path)
     if meta.get("name") == stem and stem.endswith("_masks") and len(stem) > len("_masks"):
         meta["name"] = stem[: -len("_masks")] + " masks"
+
+
+def _with_zarr_record(path: str | os.PathLike, meta: dict[str, Any]) -> None:
+    """The model and diameter an OME-Zarr's mark records (``predict --dask``), put in the layer's
+    metadata as a TIFF's list gives them (Segment proposes them)."""
+    from ._formats import is_ome_zarr
+
+    try:
+        if not is_ome_zarr(path):
+            return
+        import zarr
+
+        attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+        child = _one_labels_child(path, attrs)
+        if MADE_BY not in attrs and child is not None:
+            attrs = dict(zarr.open_group(str(child), mode="r").attrs)
+        mark = attrs.get(MADE_BY)
+    except Exception:  # noqa: BLE001 - unreadable: nothing recorded
+        return
+    if not isinstance(mark, dict):
+        return
+    model = recorded_model({MODEL_KEY: mark.get("model")})
+    diameter = recorded_diameter({DIAMETER_KEY: mark.get("diameter")})
+    extra = {k: v for k, v in ((MODEL_KEY, model), (DIAMETER_KEY, diameter)) if v}
+    if extra:
+        meta["metadata"] = {**meta.get("metadata", {}), **extra}
 
 
 def _made_by_napari_unet(path: str | os.PathLike) -> bool:
