@@ -159,9 +159,8 @@ def write_ome_zarr_labels_metadata(group: Any, axes: str, scale: Sequence[float 
                                    made_by: dict[str, Any] | None = None) -> None:
     """OME-NGFF 0.4 ``multiscales`` metadata (one level, dataset "0") on a zarr group; an axis
     without a pixel size (``scale`` None, or None for it) gets scale 1 and no unit. ``translate``:
-    where the first pixel lies (the image's own translation: its masks lie over it). ``made_by``:
-    {"model": the model's record, "diameter": the diameter typed} (see :func:`segment_to_ome_zarr`),
-    kept in napari-unet's mark."""
+    where the first pixel lies (the image's own translation: its masks lie over it). ``made_by``: the
+    model and diameter of the run (see :func:`segment_to_ome_zarr`), kept in napari-unet's mark."""
     kinds = {"T": ("time", "second"), "C": ("channel", None), "Z": ("space", "micrometer"),
              "Y": ("space", "micrometer"), "X": ("space", "micrometer")}
     scale = list(scale) if scale is not None else [None] * len(axes)
@@ -192,7 +191,7 @@ def write_ome_zarr_labels_metadata(group: Any, axes: str, scale: Sequence[float 
     from napari_unet.io._corrected import MADE_BY
 
     # a model's masks, none corrected (the reader's mark), and which model made them at what size
-    group.attrs[MADE_BY] = {"masks": "segmented", **{k: v for k, v in (made_by or {}).items() if v}}
+    group.attrs[MADE_BY] = {"masks": "segmented", **(made_by or {})}
 
 
 def segment_to_ome_zarr(
@@ -270,8 +269,9 @@ def segment_to_ome_zarr(
         decided to write it: when it changed since (masks corrected there while this ran), nothing is
         put in its place (:class:`~napari_unet._atomic.ChangedMeanwhile`).
     made_by : dict, optional
-        {"model": {"name", "path", "date", "kind"}, "diameter": as typed}: recorded with the masks
-        (napari opens them proposing that model and diameter, as for ``predict``'s TIFFs).
+        The model that segments and the diameter typed, under a masks layer's metadata keys
+        (:data:`~napari_unet.io._corrected.MODEL_KEY`, ``DIAMETER_KEY``; see ``record_model``): recorded
+        with the masks (napari opens them proposing that model and diameter, as for ``predict``'s TIFFs).
 
     Returns
     -------

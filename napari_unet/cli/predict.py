@@ -209,13 +209,6 @@ def _made_by(model: Any, diameter: str, kind: str | None) -> dict[str, Any]:
     return made
 
 
-def _zarr_made_by(made: dict[str, Any]) -> dict[str, Any]:
-    """:func:`_made_by`'s record as an OME-Zarr's mark keeps it ({"model", "diameter"})."""
-    from napari_unet.io._corrected import recorded_diameter, recorded_model
-
-    return {"model": recorded_model(made), "diameter": recorded_diameter(made)}
-
-
 def _write_tif(path: Path, labels: Any, axes: str, scale: dict[str, float],
                translate: dict[str, float] | None = None, objects_3d: bool = False,
                unchanged: dict[str, Any] | None = None, made_by: dict[str, Any] | None = None) -> None:
@@ -623,7 +616,7 @@ def _segment_one(models: _ModelChoice, path: Path, target: Path, args: argparse.
             scale=[scale.get(a) for a in label_axes], translate=info.translate_for(label_axes), overwrite=args.overwrite,
             show_progress=_show_progress(args), engine=args.engine, objects_3d=options_3d,
             device=None if args.device == "auto" else args.device, colour=_colour_arg(args), unchanged=found,
-            made_by=_zarr_made_by(_made_by(model, args.diameter, models.kind)),
+            made_by=_made_by(model, args.diameter, models.kind),
         )
     else:
         with _labels_buffer(data, rgb, target) as out:

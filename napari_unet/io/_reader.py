@@ -477,11 +477,15 @@ def as_labels_where_masks(path: str | os.PathLike, layers: list[LayerData]) -> l
     if _is_ome_zarr_labels(path) or _named_as_labels(path, layers):
         # masks napari-unet made (predict, segment_to_ome_zarr): a model's, none corrected yet; another
         # tool's or a hand-made file: someone's own (the widgets keep the slices holding labels)
-        made = _made_by_napari_unet(path)
-        layers = [as_labels_layer(layer, [] if made else None) for layer in layers]
-        if made and len(layers) == 1:
+        mark = _napari_unet_mark(path)
+        layers = [as_labels_layer(layer, [] if mark is not None else None) for layer in layers]
+        if mark is not None and len(layers) == 1:
             _named_as_masks_of_their_image(path, layers[0][1])
-            _with_zarr_record(path, layers[0][1])
+            # the model and diameter an OME-Zarr's mark records (predict --dask), as a TIFF's list gives them
+            recorded = {k: v for k, v in ((MODEL_KEY, recorded_model(mark)), (DIAMETER_KEY, recorded_diameter(mark)))
+                        if v}
+            if recorded:
+                layers[0][1]["metadata"] = {**layers[0][1].get("metadata", {}), **recorded}
         return layers
     return layers
 
@@ -497,34 +501,10 @@ def _named_as_masks_of_their_image(path: str | os.PathLike, meta: dict[str, Any]
         meta["name"] = stem[: -len("_masks")] + " masks"
 
 
-def _with_zarr_record(path: str | os.PathLike, meta: dict[str, Any]) -> None:
-    """The model and diameter an OME-Zarr's mark records (``predict --dask``), put in the layer's
-    metadata as a TIFF's list gives them (Segment proposes them)."""
-    from ._formats import is_ome_zarr
-
-    try:
-        if not is_ome_zarr(path):
-            return
-        import zarr
-
-        attrs = dict(zarr.open_group(str(path), mode="r").attrs)
-        child = _one_labels_child(path, attrs)
-        if MADE_BY not in attrs and child is not None:
-            attrs = dict(zarr.open_group(str(child), mode="r").attrs)
-        mark = attrs.get(MADE_BY)
-    except Exception:  # noqa: BLE001 - unreadable: nothing recorded
-        return
-    if not isinstance(mark, dict):
-        return
-    model = recorded_model({MODEL_KEY: mark.get("model")})
-    diameter = recorded_diameter({DIAMETER_KEY: mark.get("diameter")})
-    extra = {k: v for k, v in ((MODEL_KEY, model), (DIAMETER_KEY, diameter)) if v}
-    if extra:
-        meta["metadata"] = {**meta.get("metadata", {}), **extra}
-
-
-def _made_by_napari_unet(path: str | os.PathLike) -> bool:
-    """Whether napari-unet wrote the masks file ``path`` (its :data:`MADE_BY` mark)."""
+def _napari_unet_mark(path: str | os.PathLike) -> dict[str, Any] | None:
+    """napari-unet's :data:`MADE_BY` mark of the masks file ``path`` when napari-unet wrote it, else
+    None: an OME-Zarr's (a dict: "masks", and the model and diameter ``predict --dask`` records under
+    the layer metadata's keys), or {} for a TIFF."""
     from ._formats import is_ome_zarr
 
     try:
@@ -535,15 +515,17 @@ def _made_by_napari_unet(path: str | os.PathLike) -> bool:
             child = _one_labels_child(path, attrs)
             if MADE_BY not in attrs and child is not None:  # the labels container: its one labels image
                 attrs = dict(zarr.open_group(str(child), mode="r").attrs)
-            return MADE_BY in attrs
+            if MADE_BY not in attrs:
+                return None
+            return attrs[MADE_BY] if isinstance(attrs[MADE_BY], dict) else {}
         if Path(path).is_file():
             import tifffile
 
             with tifffile.TiffFile(path) as tif:
-                return str(tif.pages.first.software or "").startswith(MADE_BY)
+                return {} if str(tif.pages.first.software or "").startswith(MADE_BY) else None
     except Exception:  # noqa: BLE001 - unreadable: not ours to replace
-        return False
-    return False
+        return None
+    return None
 
 
 def _with_stored_calibration(layer: LayerData, stored: Any) -> LayerData:
