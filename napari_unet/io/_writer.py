@@ -88,14 +88,11 @@ def check_labels(labels: Any) -> np.ndarray:
 
 
 def _labels_dtype(arr: np.ndarray, top: int | None = None) -> np.dtype:
-    """The TIFF type of labels ``arr`` (``top``: their largest id, when known)."""
+    """The TIFF type of labels ``arr`` (``top``: their largest id, read already for lazy labels wider
+    than 16 bits by :func:`_check_lazy_labels`; else measured here, on labels in memory)."""
     if np.dtype(arr.dtype).kind in "ub" and np.dtype(arr.dtype).itemsize <= 2:
         return np.dtype(np.uint16)  # (fits whatever the ids: no pass over the stack)
-    if top is not None:
-        pass
-    elif _is_lazy(arr):  # one plane at a time
-        top = max(int(np.asarray(arr[i]).max()) for i in np.ndindex(*arr.shape[:-2]))
-    else:
+    if top is None:
         top = int(arr.max()) if arr.size else 0
     if top <= np.iinfo(np.uint16).max:
         return np.dtype(np.uint16)
