@@ -121,9 +121,9 @@ class _Resumable:
     """A whole-stack run that was cancelled: its image and masks, what it was given (model file and
     its version, Threshold, Min. size, Colour, diameter, Channel axis, slices) and the slices it
     finished. The next whole-stack run given the same goes on from there (a cancel at frame 300 of
-    500 redid the 300), at the object size it used (``diameter``: the one it estimated, when the
-    diameter is Auto; the frames after 300 were sized on frame 300 again, at another scale than those
-    before)."""
+    500 redid the 300), at the object size and scale it used (``size``: the ones it estimated, when
+    the diameter is Auto; the frames after 300 were sized on frame 300 again, at another scale than
+    those before)."""
 
     image: Any  # weakref.ref of the layers
     masks: Any
@@ -1265,8 +1265,7 @@ class SegmentWidget(Container):
                     else "no volume was finished: the masks are as they were" if done == 0
                     else f"{done} finished volume{'s' if done > 1 else ''} kept")
             how = "Cancelled" if self._cancelled else "Stopped (napari asked its tasks to stop as a window closed)"
-            if (self._run_stack is not None and self._run_written and len(self._run_layers) == 2
-                    and all(layer is not None for layer in self._run_layers)):
+            if self._run_stack is not None and self._run_written and len(self._run_layers) == 2:
                 given, before = self._run_stack
                 image, masks = (weakref.ref(unwrap_proxy(layer)) for layer in self._run_layers)
                 self._resumable = _Resumable(image, masks, given, before | frozenset(self._run_written),
