@@ -604,6 +604,7 @@ def _segment_one(models: _ModelChoice, path: Path, target: Path, args: argparse.
                                  three_d=args.objects_3d)
     rgb = axes.endswith("S")
     model = models.for_input(data, rgb, name)
+    made_by = _made_by(model, args.diameter, models.kind)  # (recorded with the masks, either way)
     label_axes = axes[:-1] if rgb else axes
     diameter = _diameter(args.diameter, scale, None)
     options_3d = _options_3d(args, label_axes, scale, rgb, name, say_spacing=not use_dask)
@@ -616,7 +617,7 @@ def _segment_one(models: _ModelChoice, path: Path, target: Path, args: argparse.
             scale=[scale.get(a) for a in label_axes], translate=info.translate_for(label_axes), overwrite=args.overwrite,
             show_progress=_show_progress(args), engine=args.engine, objects_3d=options_3d,
             device=None if args.device == "auto" else args.device, colour=_colour_arg(args), unchanged=found,
-            made_by=_made_by(model, args.diameter, models.kind),
+            made_by=made_by,
         )
     else:
         with _labels_buffer(data, rgb, target) as out:
@@ -625,7 +626,7 @@ def _segment_one(models: _ModelChoice, path: Path, target: Path, args: argparse.
                 print(f"napari-unet: {name}: no object is left with --min-size {args.min_size} (objects of fewer "
                       "pixels are removed): try a smaller one, or leave it out for the model's own", file=sys.stderr)
             _write_tif(target, labels, label_axes, scale, info.translate, objects_3d=options_3d is not None,
-                       unchanged=found, made_by=_made_by(model, args.diameter, models.kind))
+                       unchanged=found, made_by=made_by)
 
 
 def _colour_arg(args: argparse.Namespace) -> str:
