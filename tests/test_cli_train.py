@@ -486,3 +486,41 @@ def test_the_summary_says_how_to_keep_trained_weights_the_gate_held_back():
     assert summary_lines(stopped, 0.2)[0].startswith("the trained weights were not validated (stopped")
     few = {"val_ap50": None, "steps": 40, "training": {"history": [], "n_val_objects": 0}}
     assert summary_lines(few, 0.2)[0].startswith("no validation: too few labelled objects")
+
+
+def test_new_networks_train_from_scratch_and_record_their_object_size(tmp_path, dsb_fluo_crop, capsys):
+    """``--new paper`` trains the paper's network (a user's way to it), ``--new unet`` the built-in models' one:
+    from scratch (class weights capped at 10, all labelled), and each records the object size it learnt at,
+    so that a typed or automatic diameter then applies (it did not: "records no object size")."""
+    from napari_unet.core.checkpoint import NEW_NETWORKS
+    from napari_unet.core.model import UNet, count_parameters
+    from napari_unet.core.calibrate import training_diameter
+
+    image, labels = dsb_fluo_crop
+    img, lab = _write_pair(tmp_path, image, labels)
+    for network, patch in (("paper", "188"), ("unet", "32")):
+        out = tmp_path / f"{network}.pt"
+        rc = main(["train", "--new", network, "--images", str(img), "--labels", str(lab), "--out", str(out),
+                   "--steps", "1", "--patch-size", patch, "--batch-size", "1", "--val-fraction", "0",
+                   "--device", "cpu", "--no-progress"])
+        captured = capsys.readouterr()
+        assert rc == 0, captured.err
+        assert f"training a new {network!r} network from scratch on 1 example(s)" in captured.out
+        model = read_model_file(out)
+        assert model.metadata["name"] == network and model.metadata.get("base_model") is None
+        assert model.metadata["training"]["class_weight_cap"] == 10 and model.metadata["training"]["labelled"] == "all"
+        assert model.diameter == pytest.approx(training_diameter([labels]), abs=0.01)
+        if network == "paper":
+            assert model.net.config == UNet.paper().config and model.representation == "foreground"
+            assert count_parameters(model.net) == 31_030_658
+        else:
+            assert model.net.config.padding == "same" and count_parameters(model.net) == 482_483
+        rc = main(["predict", str(img), "--model", str(out), "--out", str(tmp_path / network), "--diameter", "14"])
+        captured = capsys.readouterr()
+        assert rc == 0, captured.err
+        assert "not used" not in captured.out + captured.err and (tmp_path / network / "crop_masks.tif").exists()
+    assert set(NEW_NETWORKS) == {"unet", "paper"}  # (the CLI's choices)
+    with pytest.raises(SystemExit):
+        main(["train", "--new", "paper", "--from", "nuclei", "--images", str(img), "--labels", str(lab),
+              "--out", str(tmp_path / "x.pt")])
+    assert "not allowed with argument" in capsys.readouterr().err

@@ -10,6 +10,8 @@ example) or folders of 2D files, paired by name with
 :func:`napari_unet.io.pair_images_with_labels` (the rule the Fine-tune widget uses).
 ``--out`` is a model name (saved in the user's model folder, listed by
 ``napari-unet models``) or a file path (``.pt`` is added when missing).
+``--new unet|paper`` trains a new network from scratch instead (:func:`napari_unet.core.checkpoint.untrained_model`;
+``paper`` is the U-Net of Ronneberger et al. 2015).
 """
 
 from __future__ import annotations
@@ -51,10 +53,16 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--out", required=True, metavar="MODEL",
                    help="name of the new model (saved in the user model folder) or a file path "
                         "(with a folder in it; .pt is added when missing)")
-    p.add_argument("--from", dest="base", default=None, metavar="NAME|PATH",
-                   help="model to start from (default: the built-in model that fits the images, as predict "
-                        "and Segment choose it: 'nuclei-fluo' for fluorescence, 'nuclei' for stained and "
-                        "bright-field nuclei, 'cells' for phase contrast and DIC; said on stdout)")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--from", dest="base", default=None, metavar="NAME|PATH",
+                       help="model to start from (default: the built-in model that fits the images, as predict "
+                            "and Segment choose it: 'nuclei-fluo' for fluorescence, 'nuclei' for stained and "
+                            "bright-field nuclei, 'cells' for phase contrast and DIC; said on stdout)")
+    start.add_argument("--new", choices=("unet", "paper"), default=None,  # (core.checkpoint.NEW_NETWORKS)
+                       help="train a new network from scratch instead: 'unet', the built-in models' network "
+                            "(482,483 parameters), or 'paper', the U-Net of Ronneberger et al. 2015 (31 million "
+                            "parameters, seconds a step on a CPU). From scratch needs many labelled images and "
+                            "thousands of steps; fine-tuning (--from) learns from a few")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, default=None, help="optimisation steps")
     budget.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
@@ -274,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
         in_user_models,
         save_without_replacing,
     )
-    from napari_unet.core.checkpoint import load_model
+    from napari_unet.core.checkpoint import load_model, untrained_model
     from napari_unet.core.device import select_device
     from napari_unet.core.events import run_to_end
     from napari_unet.core.train import DEFAULT_STEPS, TrainingFailed, finetune
@@ -326,9 +334,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"napari-unet: --channel {args.channel} took colour {args.channel} of the RGB training images "
                   f"({sum(rgb)} of {len(rgb)}) and {others}", file=sys.stderr)
     colours = [c if is_rgb else "auto" for c, is_rgb in zip(stored, rgb, strict=True)]
-    base, why = (load_model(args.base, device=args.device), "") if args.base is not None \
-        else _fitting_builtin(images, args.device)
-    print(f"fine-tuning {base.name!r}{why} on {len(images)} example(s), device {base.device}")
+    if args.new is not None:
+        base = untrained_model(args.new, name=out.stem)
+        print(f"training a new {args.new!r} network from scratch on {len(images)} example(s), device "
+              f"{select_device(args.device)}")
+    else:
+        base, why = (load_model(args.base, device=args.device), "") if args.base is not None \
+            else _fitting_builtin(images, args.device)
+        print(f"fine-tuning {base.name!r}{why} on {len(images)} example(s), device {base.device}")
 
     steps = args.steps
     if steps is None and args.time_budget is None:
@@ -338,7 +351,7 @@ def run(args: argparse.Namespace) -> int:
         base, images, labels, steps=steps, time_budget=args.time_budget, lr=args.lr,
         patch_size=args.patch_size, batch_size=args.batch_size, augment=not args.no_augment,
         val_fraction=args.val_fraction, device=args.device, seed=args.seed, labelled=args.labelled, stop=stop,
-        colours=colours, sections=_sections_of_3d_objects(args.images, args.labels),
+        colours=colours, sections=_sections_of_3d_objects(args.images, args.labels), from_scratch=args.new is not None,
     )
     bar = TrainingBar(steps, args.time_budget, enabled=not args.no_progress)
     failed = None

@@ -51,6 +51,14 @@ FORMAT_VERSION = 1
 #: give a foreground probability only; never trained here).
 REPRESENTATIONS = {"bg-interior-boundary": 3, "foreground": 2, "foreground-watershed": 2}
 
+#: The networks :func:`untrained_model` makes (``napari-unet train --new``), and what each is.
+NEW_NETWORKS = {
+    "unet": "the built-in models' network: 4 levels of 16 to 128 channels, padded 3x3 convolutions with batch "
+            "normalisation, classes background / interior / boundary; 482,483 parameters",
+    "paper": "Ronneberger et al. 2015's U-Net: 5 levels of 64 to 1024 channels, unpadded 3x3 convolutions, "
+             "classes background / cell with the paper's border weights; 31,030,658 parameters",
+}
+
 
 @dataclass
 class SegmentationModel:
@@ -559,6 +567,25 @@ def __getattr__(name: str) -> Any:
 
         return getattr(catalog, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def untrained_model(network: str, name: str | None = None) -> SegmentationModel:
+    """A new model with random weights, to train from scratch (``finetune(..., from_scratch=True)``).
+
+    ``network`` is a key of :data:`NEW_NETWORKS`: "unet", the network of the built-in models (a
+    padded U-Net with batch normalisation, three classes: instances from interior seeds); "paper",
+    :meth:`UNet.paper` (two classes, instances from connected components, as in the paper; trained
+    with its border weights, w0 = 10 and sigma = 5). It records no object size: training records that
+    of the objects it learns from.
+    """
+    if network == "unet":
+        net, representation = UNet(in_channels=1, n_classes=3, base_width=16, depth=4, padding="same",
+                                   norm="batch"), "bg-interior-boundary"
+    elif network == "paper":
+        net, representation = UNet.paper(), "foreground"
+    else:
+        raise ValueError(f"unknown network {network!r}: one of {', '.join(NEW_NETWORKS)}.")
+    return SegmentationModel(net, representation, metadata={"name": name or network})
 
 
 def load_model(

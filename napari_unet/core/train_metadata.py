@@ -128,7 +128,8 @@ def trained_metadata(
     # measured for the new ones: the trained model uses its general setting on every image
     if not unchanged:
         meta.pop("postprocessing_by_kind", None)
-    if from_scratch and base.diameter is None:  # its object size: that of the objects it learnt from
+    if base.diameter is None and not unchanged:  # its object size: that of the objects it learnt from
+        # (as they were: a base of no object size trains on the images at their own scale)
         from .calibrate import training_diameter
 
         meta["training_diameter"] = round(training_diameter([e.labels for e in split.examples]), 2)
