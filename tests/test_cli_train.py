@@ -492,9 +492,9 @@ def test_new_networks_train_from_scratch_and_record_their_object_size(tmp_path, 
     """``--new paper`` trains the paper's network (a user's way to it), ``--new unet`` the built-in models' one:
     from scratch (class weights capped at 10, all labelled), and each records the object size it learnt at,
     so that a typed or automatic diameter then applies (it did not: "records no object size")."""
+    from napari_unet.core.calibrate import training_diameter
     from napari_unet.core.checkpoint import NEW_NETWORKS
     from napari_unet.core.model import UNet, count_parameters
-    from napari_unet.core.calibrate import training_diameter
 
     image, labels = dsb_fluo_crop
     img, lab = _write_pair(tmp_path, image, labels)
