@@ -210,7 +210,12 @@ def mirror_pad(chw: np.ndarray, plan: TilePlan) -> np.ndarray:
 
     Axes of one pixel, which cannot be mirrored, are extended by repeating the pixel.
     """
-    (yb, ya), (xb, xa) = plan.pad_width()
+    return mirror_pad_by(chw, *plan.pad_width())
+
+
+def mirror_pad_by(chw: np.ndarray, y_pad: tuple[int, int], x_pad: tuple[int, int]) -> np.ndarray:
+    """Extend a (C, H, W) array by mirroring, as :func:`mirror_pad`, by (before, after) pixels per axis."""
+    (yb, ya), (xb, xa) = y_pad, x_pad
     mode_y = "reflect" if chw.shape[1] > 1 else "edge"
     mode_x = "reflect" if chw.shape[2] > 1 else "edge"
     if mode_y == mode_x:

@@ -41,7 +41,7 @@ from .metrics import average_precision, dice
 from .model import cpu_state
 from .optimise import evaluation_mode, forward, weighted_nll
 from .targets import TargetRecipe
-from .tiling import choose_tile_and_batch, estimate_bytes_per_pixel, mirror_pad, plan_tiles
+from .tiling import choose_tile_and_batch, estimate_bytes_per_pixel, mirror_pad, mirror_pad_by, plan_tiles
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,8 @@ def forward_plane(
     bytes_per_value = 4 if amp_dtype is None else 2
     if in_h * in_w * estimate_bytes_per_pixel(net, bytes_per_value) > budget:
         return _forward_tiles(net, chw, device, amp_dtype, choose_tile_and_batch(net, budget, bytes_per_value)[0])
-    padded = np.pad(chw, ((0, 0), (margin, in_h - h - margin), (margin, in_w - w - margin)), mode="symmetric")
+    # (mirrored as prediction's tiles are: the same border as Segment's for an unpadded network)
+    padded = mirror_pad_by(chw, (margin, in_h - h - margin), (margin, in_w - w - margin))
     return _probabilities(net, padded, device, amp_dtype)[:, :h, :w]
 
 
