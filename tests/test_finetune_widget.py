@@ -1396,6 +1396,13 @@ def test_the_weights_kept_by_the_loss_say_on_how_few_cells():
                                       "held-out cells: check them on other slices).")
     by_ap = {"training": {"selected_step": 120, "selected": "best", "selection_metric": "ap50", "n_val_objects": 30}}
     assert _kept_weights(by_ap) == "Kept the weights of step 120 (best validation AP@0.5)."
+    # an AP tied with other validations' (none found at any step: 0.000 everywhere): the loss chose, said so
+    tied = {"training": {**by_ap["training"], "history": [{"step": s, "ap50": 0.0} for s in (0, 60, 120)]}}
+    assert _kept_weights(tied) == ("Kept the weights of step 120 (validation AP@0.5 0.000 at several steps; the lowest "
+                                   "validation loss of them).")
+    tied["training"]["history"][1]["ap50"] = 0.25  # the best AP alone
+    tied["training"]["selected_step"] = 60
+    assert _kept_weights(tied) == "Kept the weights of step 60 (best validation AP@0.5)."
     # held out of the corrected slices themselves: a closer fit to them, maybe no better elsewhere
     by_ap["training"]["val_split"] = "band"
     assert _kept_weights(by_ap).startswith("Kept the weights of step 120 (best validation AP@0.5, on 30 cells held "

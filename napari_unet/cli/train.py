@@ -89,7 +89,7 @@ def add_parser(subparsers: Any) -> None:
                         "from napari record (Segment's Colour), else the model's own, else as predict tells it: the "
                         "most nuclei-like colour of merged fluorescence channels, the mean of stained tissue, an "
                         "immunohistochemistry image without its DAB")
-    p.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    p.add_argument("--no-augment", action="store_true", help="train without augmentation (flips, rotations, scale, elastic deformation, brightness)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model of that name/path")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)

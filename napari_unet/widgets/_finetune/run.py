@@ -152,10 +152,20 @@ def _which_weights(metadata: dict) -> str:
     if training.get("val_split") in ("planes", "band") and n:  # (held out of the corrected images themselves)
         # a gain there can be a closer fit to those images only: on phase contrast, fields not corrected
         # did worse than with the model it started from while this figure rose (0.77 -> 0.66 on 4 fields)
-        return (f"Kept the weights of step {step} (best validation AP@0.5, on {n} cells held out of the slices "
-                "you corrected: check the new model on a slice you did not correct; the model it started from "
-                "stays in Segment's list).")
-    return f"Kept the weights of step {step} (best validation AP@0.5)."
+        return (f"Kept the weights of step {step} ({_best_by_ap(training, step)}, on {n} cells held out of the "
+                "slices you corrected: check the new model on a slice you did not correct; the model it started "
+                "from stays in Segment's list).")
+    return f"Kept the weights of step {step} ({_best_by_ap(training, step)})."
+
+
+def _best_by_ap(training: dict, step: int) -> str:
+    """Why weights chosen by AP@0.5 were: the best AP, or, where other validations scored the same (the lower
+    loss chose: "best AP@0.5" was said of AP 0.000 at every step), that."""
+    history = [h for h in training.get("history") or [] if h.get("ap50") is not None]
+    chosen = next((h["ap50"] for h in history if h.get("step") == step), None)
+    if chosen is not None and sum(h["ap50"] == chosen for h in history) > 1:
+        return f"validation AP@0.5 {chosen:.3f} at several steps; the lowest validation loss of them"
+    return "best validation AP@0.5"
 
 
 class TrainingRunPanel(Container):

@@ -52,7 +52,7 @@ class TrainingSettingsPanel(Container):
                                    tooltip="Side in pixels of the square pieces of your slices the model learns from "
                                            "(Auto: 128 for the built-in models, 256 for the paper's U-Net).")
         _show_auto(self._patch_size)
-        self._augment = CheckBox(text="Augmentation (flips, rotations, intensity)", value=True,
+        self._augment = CheckBox(text="Augmentation (flips, rotations, scale, deformation, brightness)", value=True,
                                  tooltip="Show the examples flipped, rotated, rescaled, deformed and with other "
                                          "brightness: a model that learns from few cells needs it.")
         self._labelled = ComboBox(
