@@ -639,8 +639,16 @@ def test_a_min_size_that_removes_every_object_says_so(tmp_path, images, capsys):
     rc = main(["predict", str(images / "a.tif"), "--out", str(tmp_path / "o"), "--model", "nuclei",
                "--min-size", "100000", "--no-progress"])
     err = capsys.readouterr().err
-    assert rc == 0 and "no object is left with --min-size 100000" in err
+    assert rc == 0 and "no object is left with --min-size 100000" in err and "no object found" not in err
     assert not tifffile.imread(tmp_path / "o" / "a_masks.tif").any()
+    # nothing found at a diameter given (the size search, which says its own, not run): said too, not in silence
+    blank = tmp_path / "blank.tif"
+    tifffile.imwrite(blank, np.full((64, 64), 7, np.uint8))
+    rc = main(["predict", str(blank), "--out", str(tmp_path / "o"), "--model", "nuclei", "--diameter", "17",
+               "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "blank.tif: no object found, the masks written are empty" in err
+    assert not tifffile.imread(tmp_path / "o" / "blank_masks.tif").any()
 
 
 def test_labels_of_a_large_stack_that_the_disk_cannot_hold_are_a_one_line_error(tmp_path):

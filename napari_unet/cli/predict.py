@@ -625,6 +625,9 @@ def _segment_one(models: _ModelChoice, path: Path, target: Path, args: argparse.
             if args.min_size and not labels.any():  # what the size search's "no object found" does not say
                 print(f"napari-unet: {name}: no object is left with --min-size {args.min_size} (objects of fewer "
                       "pixels are removed): try a smaller one, or leave it out for the model's own", file=sys.stderr)
+            elif not labels.any():  # (an empty mask was written in silence: Segment says it)
+                print(f"napari-unet: {name}: no object found, the masks written are empty: try another --diameter "
+                      "or --threshold, or a model fine-tuned on images like it", file=sys.stderr)
             _write_tif(target, labels, label_axes, scale, info.translate, objects_3d=options_3d is not None,
                        unchanged=found, made_by=made_by)
 
