@@ -503,6 +503,30 @@ def test_odd_inputs_of_a_script_get_clear_answers(dsb_fluo_crop):
     assert model.metadata["training"]["augment"] is False
 
 
+def test_electron_micrographs_labels_are_told_from_membrane_masks(data_dir):
+    """ISBI 2012 EM: a crop whose large profile encloses cells within rings of membrane (0) was refused as
+    "the background labelled"; a mask of the membranes (1, the cells 0) was trained on as one object."""
+    import tifffile
+    from scipy import ndimage as ndi
+
+    from napari_unet.core.examples import MEMBRANE_OBJECT_HOLES
+
+    volume = tifffile.imread(data_dir / "isbi2012" / "volume.tif")
+    regions = tifffile.imread(data_dir / "isbi2012" / "labels.tif")  # 255 the cells, 0 the membranes
+    crop = np.s_[144:272, 96:224]
+    cells = ndi.label(regions[1][crop] > 0)[0]
+    assert np.count_nonzero(cells == np.bincount(cells.ravel())[1:].argmax() + 1) > 0.5 * cells.size  # (one large)
+    example = prepare_examples(_tiny(depth=2), [volume[1][crop]], [cells])[0]
+    assert example.labels.max() == cells.max()
+    membranes = (regions[0] == 0).astype(np.uint8)  # 22% of the slice, one object around ~100 cells
+    with pytest.raises(ValueError, match=r"labels of example 1 hold one object \(1\) touching all four edges around "
+                                         r"\d+ unlabelled parts: a mask of membranes or cell borders\?"):
+        prepare_examples(_tiny(depth=2), [volume[0]], [membranes])
+    # the slice's own labels, one id for all cells (a mask: split into its pieces) or one per cell, are taken
+    assert prepare_examples(_tiny(depth=2), [volume[0]], [regions[0]])[0].labels.max() > MEMBRANE_OBJECT_HOLES
+    assert prepare_examples(_tiny(depth=2), [volume[0]], [ndi.label(regions[0] > 0)[0]])[0].labels.max() > 100
+
+
 @pytest.mark.parametrize("option, value", [("augment", "strong"), ("validate_every", 0), ("validate_every", -1),
                                            ("validate_every", float("nan")), ("patch_size", 16),
                                            ("batch_size", 65)])

@@ -228,6 +228,10 @@ def _objects_of_a_mask(labels: np.ndarray, where: str) -> np.ndarray:
 #: (One cell filling a tile, a muscle fibre or an adipocyte at high magnification, holds none.)
 BACKGROUND_OBJECT_SHARE = 0.5
 BACKGROUND_OBJECT_HOLES = 2
+#: An object touching all four edges around this many unlabelled parts or more, more than there are
+#: other objects, is a mask of membranes or cell borders (1 on the membranes, the cells 0: an electron
+#: microscopy convention), whatever its share: trained on as one object, shrunk to the model's scale.
+MEMBRANE_OBJECT_HOLES = 10
 
 
 def _check_background_not_labelled(labels: np.ndarray, where: str) -> None:
@@ -241,22 +245,39 @@ def _check_background_not_labelled(labels: np.ndarray, where: str) -> None:
     for edge in edges[1:]:
         around &= set(np.unique(edge).tolist())
     for value in around - {0}:
-        share = float(np.count_nonzero(labels == value)) / labels.size
-        if share > BACKGROUND_OBJECT_SHARE and _holes(labels == value) >= BACKGROUND_OBJECT_HOLES:
+        region = labels == value
+        share = float(np.count_nonzero(region)) / labels.size
+        holes = _holes(labels, region)
+        if share > BACKGROUND_OBJECT_SHARE and holes >= BACKGROUND_OBJECT_HOLES:
             raise ValueError(
                 f"The labels of {where} hold one object ({value}) over {share:.0%} of the image, touching all four "
                 "edges: the background labelled? (a mask inverted, the cells 0; or a tool's background id). "
                 "Label the cells, with 0 for the background.")
+        if holes >= MEMBRANE_OBJECT_HOLES and holes > np.count_nonzero(np.unique(labels)) - 1:  # (other objects)
+            raise ValueError(
+                f"The labels of {where} hold one object ({value}) touching all four edges around {holes} unlabelled "
+                "parts: a mask of membranes or cell borders? Label the cells (the parts between the membranes), "
+                "with 0 for the membranes and the background.")
 
 
-def _holes(region: np.ndarray) -> int:
-    """The parts of a plane outside ``region`` (a boolean mask) that do not reach the plane's edge:
-    what the region encloses."""
+def _holes(labels: np.ndarray, region: np.ndarray) -> int:
+    """The parts of a plane outside ``region`` (a boolean mask of one object of ``labels``) that it
+    encloses (they do not reach the plane's edge) and that are cells of an inverted mask or of a
+    background id: wholly unlabelled, or holding objects that touch the region. (A cell within a
+    ring of unlabelled membrane, inside a large profile of an electron micrograph, is no hole of it:
+    real crops of such images were refused.)"""
     from scipy import ndimage as ndi
 
     outside, n = ndi.label(~region)
     reaching = set(np.unique(np.concatenate([outside[0], outside[-1], outside[:, 0], outside[:, -1]])).tolist())
-    return n - len(reaching - {0})
+    enclosed = np.setdiff1d(np.arange(1, n + 1), np.fromiter(reaching - {0}, int, len(reaching - {0})))
+    if not enclosed.size:
+        return 0
+    labelled = np.bincount(outside[labels != 0], minlength=n + 1)  # labelled pixels of each part
+    rim = ndi.binary_dilation(region) & ~region & (labels != 0)  # labelled pixels touching the region
+    touching = np.zeros(n + 1, bool)
+    touching[outside[rim]] = True
+    return int(np.count_nonzero((labelled[enclosed] == 0) | touching[enclosed]))
 
 
 def at_model_scale(model: SegmentationModel, image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
