@@ -521,4 +521,5 @@ def report_empty_planes(empty_planes: list[Any]) -> None:
     if others:
         where = "the part in view of " if all(e.in_view for e in rest) else ""
         notify_warning(f"No objects found in {where}{planes_text(others)}: try a lower threshold or another "
-                       "object diameter.")
+                       "object diameter; if the model does not know images like these, label a few cells by hand "
+                       "(Correct) and Fine-tune it.")
