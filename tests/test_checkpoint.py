@@ -137,3 +137,33 @@ def test_a_torchscript_file_is_refused_in_one_line_without_torch_warnings(data_d
     with pytest.raises(ModelFileError, match="is a TorchScript file"):
         read_model_file(data_dir / "bioimageio_unet2d_nuclei_broad" / "weights.pt")
     assert not [w for w in recwarn if "torch" in str(w.filename)]
+
+
+def _audit_net(padding="same", depth=3):
+    torch.manual_seed(0)
+    return UNet(in_channels=1, n_classes=3, base_width=4, depth=depth, padding=padding, norm=None).eval()
+
+
+def _audit_model(**metadata):
+    from napari_unet.core.checkpoint import SegmentationModel
+
+    return SegmentationModel(_audit_net(), "bg-interior-boundary", metadata=metadata)
+
+
+def test_a_diameter_range_that_does_not_hold_the_diameter_is_not_used():
+    from napari_unet.core.scale import ObjectSize
+
+    assert _audit_model(diameter=20.0, diameter_range=[15.0, 25.0]).object_size == ObjectSize(20.0, 15.0, 25.0)
+    assert _audit_model(diameter=20.0, diameter_range=[30.0, 40.0]).object_size == ObjectSize.around(20.0)
+    assert _audit_model(diameter=20.0, diameter_range=[0.0, 40.0]).object_size == ObjectSize.around(20.0)
+
+
+def test_model_format_version_zero_is_refused_and_normalization_round_trips(tmp_path):
+    from napari_unet.core.checkpoint import ModelFileError, SegmentationModel, read_model_file, save_model
+
+    model = _audit_model()
+    model.normalization = {"kind": "percentile", "low": 2.0, "high": 98.0}
+    again = read_model_file(save_model(model, tmp_path / "m.pt"))
+    assert again.normalization == model.normalization
+    with pytest.raises(ModelFileError, match="format version"):
+        SegmentationModel.from_dict(dict(model.to_dict(), format_version=0))

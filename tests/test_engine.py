@@ -209,6 +209,15 @@ def test_two_exports_at_once_both_work():
     for t in threads:
         t.join()
     assert all(isinstance(r, bytes) and r for r in results) and len(results) == 2, results
+    # and each runs its network right (the race left torch running one: compared with torch)
+    x = np.random.default_rng(0).random((1, 1, 32, 32), dtype=np.float32)
+    outputs = [onnxruntime.InferenceSession(r, providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+               for r in results]
+    with torch.no_grad():
+        expected = [torch.softmax(net(torch.from_numpy(x)), dim=1).numpy() for net in nets]
+    assert np.abs(expected[0] - expected[1]).max() > 1e-3  # (two networks told apart)
+    # each network is one of the exports (which thread finished first: either order)
+    assert all(any(np.abs(o - e).max() < 1e-4 for o in outputs) for e in expected)
 
 
 def test_a_run_in_progress_ends_when_its_interrupt_is_set_and_the_session_runs_on():

@@ -707,3 +707,14 @@ def test_zarr_labels_stay_editable_beside_the_correct_dock(make_napari_viewer):
     viewer.window.add_plugin_dock_widget("napari-unet", "Correct")
     layer = viewer.add_labels(zarr.zeros((4, 64, 64), dtype="int32"), name="zarr masks")
     assert layer.editable
+
+
+def test_imagej_spacing_in_nanometres_is_converted(tmp_path):
+    import tifffile
+
+    from napari_unet.io._reader import napari_get_reader
+
+    tifffile.imwrite(tmp_path / "em.tif", np.zeros((3, 16, 16), np.uint8), imagej=True,
+                     resolution=(1 / 65, 1 / 65), metadata={"unit": "nm", "spacing": 200, "axes": "ZYX"})
+    ((_data, meta, _kind),) = napari_get_reader(str(tmp_path / "em.tif"))(str(tmp_path / "em.tif"))
+    assert tuple(meta["scale"]) == pytest.approx((0.2, 0.065, 0.065))

@@ -454,3 +454,14 @@ def test_lazy_labels_of_a_shape_not_written_are_refused_as_any(tmp_path):
     with pytest.raises(LabelsWriteError, match="empty axis"):
         write_layer_labels(tmp_path / "empty.tif", da.zeros((0, 16, 16), dtype=np.int32), meta)
     assert not list(tmp_path.iterdir())
+
+
+def test_uint32_masks_keep_their_z_spacing(tmp_path):
+    from napari_unet.io._reader import napari_get_reader
+    from napari_unet.io._writer import write_labels
+
+    lab = np.zeros((3, 16, 16), np.uint32)
+    lab[1, 2:6, 2:6] = 70_000  # above 16 bits: the OME-TIFF path
+    path = write_labels(tmp_path / "big_masks.tif", lab, scale=(2.0, 0.5, 0.5))
+    ((_data, meta, kind),) = napari_get_reader(str(path))(str(path))
+    assert kind == "labels" and tuple(meta["scale"]) == pytest.approx((2.0, 0.5, 0.5))

@@ -93,7 +93,9 @@ def test_paper_network_backward_on_cpu():
     out = net(x)
     assert out.shape == (1, 2, 4, 4)
     out.sum().backward()
-    assert net.down[0][0].weight.grad is not None
+    for layer in (net.down[0][0], net.head):  # the gradient reaches both ends, finite
+        assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all()
+        assert layer.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize(

@@ -328,7 +328,6 @@ def test_segment_returns_int32_labels_of_spatial_shape(real_image):
     model = _model("same")
     labels = segment(model, real_image, threshold=0.4, min_size=0)
     assert labels.shape == real_image.shape and labels.dtype == np.int32
-    assert labels.max() >= 0
     probs = predict_probabilities(model, real_image)
     np.testing.assert_array_equal(labels, probabilities_to_labels(probs, 0.4, 0))
 
@@ -1045,3 +1044,72 @@ def test_planes_segmented_before_the_size_was_found_are_said_provisional(data_di
         last = max(k for k, r in enumerate(results) if tuple(r.index) == idx)
         assert not results[last].provisional and results[last].diameter is not None
     assert all(not r.provisional for r in results if r.diameter is not None)
+
+
+# ---- found by a mutation audit: tiles no larger than asked, seeds, foreground corners, large planes
+def _audit_net(padding="same", depth=3):
+    torch.manual_seed(0)
+    return UNet(in_channels=1, n_classes=3, base_width=4, depth=depth, padding=padding, norm=None).eval()
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_plan_axis_tiles_never_exceed_the_tile_asked_for(padding):
+    from napari_unet.core.tiling import min_tile_size, plan_axis
+
+    net = _audit_net(padding)
+    smallest = min_tile_size(net)
+    for max_tile in (smallest, smallest + 40, 256, 300):
+        for length in (1, 37, 255, 256, 257, 1000):
+            p = plan_axis(length, net, max_tile)
+            assert p.tile <= max(max_tile, smallest), (length, max_tile, p)
+            assert p.step * p.n_tiles >= length and p.pad_after >= 0
+
+
+def _seed_probs(seed_px):
+    """One object whose interior is two parts joined by boundary: a big one and one of seed_px pixels."""
+    probs = np.zeros((3, 20, 60), np.float32)
+    probs[0] = 1
+    probs[:, 5:15, 5:55] = [[[0]], [[0]], [[1]]]  # boundary everywhere on the object
+    probs[:, 7:13, 7:30] = [[[0]], [[1]], [[0]]]  # big interior
+    probs[:, 9:9 + 1, 40:40 + seed_px] = [[[0]], [[1]], [[0]]]  # small interior of seed_px pixels, apart
+    return probs
+
+
+def test_a_seed_of_exactly_min_seed_pixels_seeds_its_own_object():
+    from napari_unet.core.instances import probabilities_to_labels
+
+    probs = _seed_probs(6)
+    assert probabilities_to_labels(probs, 0.5, 0, min_seed=6).max() == 2  # 6 px is not "smaller than 6"
+    assert probabilities_to_labels(probs, 0.5, 0, min_seed=7).max() == 1
+
+
+def test_foreground_objects_touching_at_a_corner_are_one():
+    from napari_unet.core.instances import probabilities_to_labels
+
+    fg = np.zeros((10, 10), np.float32)
+    fg[2:5, 2:5] = 1
+    fg[5:8, 5:8] = 1  # meets the first at one corner
+    labels = probabilities_to_labels(np.stack([1 - fg, fg]), 0.5, 0)
+    assert labels.max() == 1
+
+
+def test_label_counts_of_a_large_plane_are_bincounts():
+    from napari_unet.core.instances import label_counts
+
+    labels = np.zeros((2100, 1000), np.int32)  # > 2**20 pixels: counted block by block
+    labels[:10, :10] = 1
+    labels[-10:, :] = 7  # a larger id appears only in the last block
+    np.testing.assert_array_equal(label_counts(labels), np.bincount(labels.ravel()))
+
+
+def test_foreground_watershed_keeps_islands_no_seed_reached():
+    """A BioImage.IO foreground model's islands too small for a seed of their own stay objects
+    (with no minimum size): dropping them left 1 object of 3."""
+    from napari_unet.core.instances import probabilities_to_labels
+
+    fg = np.zeros((40, 40), np.float32)
+    fg[5:25, 5:25] = 1  # a large object
+    fg[30, 30] = 1  # a 1 px island
+    fg[34, 5:7] = 1  # a 2 px island
+    labels = probabilities_to_labels(np.stack([1 - fg, fg]), 0.5, 0, representation="foreground-watershed")
+    assert labels.max() == 3 and labels[30, 30] and labels[34, 5] == labels[34, 6] != 0

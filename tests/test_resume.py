@@ -215,3 +215,21 @@ def test_the_weights_the_gate_held_back_come_as_a_model_of_their_own(data_dir, o
     assert training["selected_step"] == 2 and held.metadata["val_ap50"] == 0.70 and training["kept_against_gate"]
     assert held.metadata["data_diameter"] > 0 and "postprocessing_by_kind" not in held.metadata
     assert not training["gate_kept_start"] and "kept at the user's request" in training["selection_note"]
+
+
+def test_a_leg_writes_its_checkpoint_at_a_validation_before_it_ends(dsb_fluo_crop, tmp_path):
+    """A leg's checkpoint is written at each validation (``checkpoint_every=0``), not only at its end:
+    a leg that crashes keeps what it learnt up to its last validation."""
+    from napari_unet.core.resume import iter_leg
+
+    image, labels = dsb_fluo_crop
+    path = tmp_path / "checkpoint.pt"
+    gen = iter_leg(prepare_run(_fresh(), [image], [labels], **OPTIONS), path, checkpoint_every=0.0)
+    for event in gen:
+        if isinstance(event, Validation) and event.step > 0:
+            next(gen)  # (the checkpoint is written after the validation is yielded)
+            assert load_checkpoint(path)["run"]["steps"] == event.step
+            break
+    else:
+        pytest.fail("no validation after the first step")
+    gen.close()

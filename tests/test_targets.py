@@ -139,3 +139,48 @@ def test_class_weights_are_capped_as_asked():
     classes[2:4, :5] = 2
     assert class_balance(classes, 3).max() == 10.0
     np.testing.assert_allclose(class_balance(classes, 3, cap=3.0), [1.0, 3.0, 3.0])
+
+
+def test_class_weights_are_inverse_square_root_frequencies():
+    from napari_unet.core.targets import class_balance
+
+    classes = np.zeros(100, np.uint8)
+    classes[:25] = 1  # 25 % vs 75 % background
+    classes[25:29] = 2  # 4 %
+    np.testing.assert_allclose(class_balance(classes, 3), [1.0, np.sqrt(71 / 25), np.sqrt(71 / 4)], rtol=1e-6)
+
+
+def test_border_weight_is_near_zero_beside_a_lone_cell():
+    from napari_unet.core.targets import border_weights
+
+    labels = np.zeros((40, 40), np.int32)
+    labels[10:20, 10:20] = 1  # no second cell within 3 sigma
+    assert border_weights(labels, 10.0, 5.0)[15, 21] < 1e-3
+
+
+def test_target_weights_are_class_weight_plus_the_border_term():
+    from napari_unet.core.targets import BOUNDARY, class_balance, labels_to_targets
+
+    labels = np.zeros((20, 40), np.int32)
+    labels[5:15, 5:15] = 1
+    labels[5:15, 15:25] = 2  # touching at columns 14 | 15
+    classes, weights = labels_to_targets(labels, w0=10.0, sigma=5.0)
+    cw = class_balance(classes, 3)
+    # background pixel between nothing: d1 = 1 (above object 1), d2 beyond the reach -> class weight only
+    # contact band: pixel (10, 14) is boundary of object 1, d1 = 0, d2 = 1 -> + 10 exp(-1 / 50)
+    assert classes[10, 14] == BOUNDARY
+    assert weights[10, 14] == pytest.approx(cw[BOUNDARY] + 10 * np.exp(-1 / 50), rel=1e-4)
+    # a background pixel one column left of object 1 and 11 from object 2: d1 + d2 = 12
+    assert weights[10, 4] == pytest.approx(cw[0] + 10 * np.exp(-144 / 50), rel=1e-4)
+
+
+def test_the_class_balance_counts_only_the_known_pixels():
+    from napari_unet.core.targets import class_balance, labels_to_classes, labels_to_targets
+
+    labels = np.zeros((40, 40), np.int32)
+    labels[5:15, 5:15] = 1
+    known = np.zeros_like(labels, bool)
+    known[:20, :20] = True
+    classes, weights = labels_to_targets(labels, w0=0.0, known=known)
+    expected = class_balance(labels_to_classes(labels)[known], 3)
+    np.testing.assert_allclose(weights[known], expected[classes[known]])
