@@ -122,10 +122,16 @@ def border_weights(labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0) -> 
     labels = compact_ids(check_labels(labels))  # (ids far beyond the pixels: memory by id, not by pixel)
     if sigma <= 0:
         raise ValueError(f"sigma must be positive, got {sigma}.")
-    d1, d2 = _two_nearest(labels, 3.0 * sigma)
-    term = w0 * np.exp(-((d1 + d2) ** 2) / (2.0 * sigma * sigma))
+    term = _separation_term(labels, w0, sigma)
     term[labels > 0] = 0.0
     return term.astype(np.float32)
+
+
+def _separation_term(labels: np.ndarray, w0: float, sigma: float) -> np.ndarray:
+    """``w0 * exp(-(d1 + d2)**2 / (2 sigma**2))`` at every pixel (d1, d2: distances to the nearest and
+    second-nearest objects, within 3 sigma)."""
+    d1, d2 = _two_nearest(labels, 3.0 * sigma)
+    return w0 * np.exp(-((d1 + d2) ** 2) / (2.0 * sigma * sigma))
 
 
 #: The largest class weight of :func:`class_balance`: the built-in models' training (from scratch).
@@ -228,8 +234,7 @@ def labels_to_targets(
     n_classes = REPRESENTATION_CLASSES[representation]
     weights = class_balance(classes if known is None else classes[known], n_classes, class_cap)[classes]
     if w0 > 0 and labels.max() > 0:
-        d1, d2 = _two_nearest(labels, 3.0 * sigma)
-        term = w0 * np.exp(-((d1 + d2) ** 2) / (2.0 * sigma * sigma))
+        term = _separation_term(labels, w0, sigma)
         if representation == "bg-interior-boundary":
             apply = classes != INTERIOR
         else:
