@@ -192,7 +192,8 @@ def test_segment_shows_the_models_setting_for_the_kind_of_image(make_napari_view
 
 def test_a_trained_model_drops_the_settings_per_kind_of_its_base(dsb_fluo_crop):
     """They were tuned for the base's weights: the fine-tuned model keeps its base's general
-    setting, which applies to every image, and no setting per kind it was never measured with."""
+    setting (at the threshold 0.5: see core.train_metadata.finetuned_postprocessing), which applies to
+    every image, and no setting per kind it was never measured with."""
     import torch
 
     from napari_unet.core.checkpoint import SegmentationModel
@@ -212,7 +213,7 @@ def test_a_trained_model_drops_the_settings_per_kind_of_its_base(dsb_fluo_crop):
     tuned = run_to_end(finetune(base, [image], [labels], steps=2, patch_size=32, batch_size=2, device="cpu",
                                 select="latest"))
     assert "postprocessing_by_kind" not in tuned.metadata and tuned.postprocessing_by_kind == {}
-    assert tuned.postprocessing == general == tuned.postprocessing_for("fluorescence")
+    assert tuned.postprocessing == {**general, "threshold": 0.5} == tuned.postprocessing_for("fluorescence")
     assert base.postprocessing_by_kind  # the base is untouched
 
 

@@ -633,3 +633,25 @@ def test_a_failure_in_the_middle_of_training_keeps_the_best_weights_validated_be
     assert result.path == tmp_path / "tuned.pt" and result.failed_step in (5, 10)
     assert "ran out of memory while training" in str(result.failure)
     assert read_model_file(result.path).metadata["training"]["selected_step"] == result.failed_step
+
+
+def test_a_finetuned_model_segments_at_threshold_0_5_with_its_bases_sizes(dsb_fluo_crop):
+    """Fine-tuning (class weights capped at 3) makes models that call fewer pixels cells than their base
+    (capped at 10) at its threshold: the fine-tuned model takes 0.5 and keeps the base's minimum size and
+    seed fraction, and its validation scores the objects so (it used 0.5 / 16 px / every seed)."""
+    from napari_unet.core.instances import seed_pixels
+    from napari_unet.core.train import prepare_run
+
+    image, labels = dsb_fluo_crop
+    base = _tiny(depth=2)
+    base.metadata.update(postprocessing={"threshold": 0.7, "min_size": 32, "seed_fraction": 0.1}, diameter=17.0)
+    run = prepare_run(base, [image], [labels], steps=2, patch_size=32, batch_size=2)
+    assert run.trainer.validator.setting == (0.5, 32, seed_pixels(0.1, 17.0))
+    model = run_finetune(base, [image], [labels], steps=2, patch_size=32, batch_size=2, select="latest")
+    assert model.metadata["postprocessing"] == {"threshold": 0.5, "min_size": 32, "seed_fraction": 0.1}
+    assert base.metadata["postprocessing"]["threshold"] == 0.7  # (the base is not changed)
+    # from scratch: the recipe's own setting is tuned after training (scripts/train_default_model.py)
+    scratch = prepare_run(base, [image], [labels], steps=2, patch_size=32, batch_size=2, from_scratch=True)
+    assert scratch.trainer.validator.setting is None
+    assert run_finetune(base, [image], [labels], steps=1, patch_size=32, batch_size=2, select="latest",
+                        from_scratch=True).metadata["postprocessing"]["threshold"] == 0.7

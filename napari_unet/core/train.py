@@ -74,12 +74,13 @@ from .checkpoint import SegmentationModel
 from .device import describe_device, module_lock, select_device
 from .events import HeldBackWeights, TrainNote, TrainStep, Validation, run_to_end
 from .examples import MIN_PLANE_SIZE, TrainingSplit, prepare_examples, split_examples, training_split
+from .instances import seed_pixels
 from .optimise import Optimiser, autocast_dtype, set_train_mode
 from .partial import check_labelled, mark_partial
 from .patches import PatchGeometry, PatchSampler
 from .schedule import RunBudget, ValidationCadence, WarmupCosine
 from .targets import CLASS_WEIGHT_CAP, FINETUNE_CLASS_WEIGHT_CAP, TargetRecipe
-from .train_metadata import Recipe, RunSummary, trained_metadata
+from .train_metadata import Recipe, RunSummary, finetuned_postprocessing, trained_metadata
 from .validation import (
     GATE_MIN_BLOCKS,
     MIN_VAL_OBJECTS_FOR_AP,
@@ -617,7 +618,8 @@ def prepare_run(
         schedule=WarmupCosine(lr),
         budget=RunBudget(steps, time_budget),
         cadence=ValidationCadence.from_setting(validate_every, steps, time_budget),
-        validator=Validator(planes, tracker, dev, amp_dtype, model.representation) if planes else None,
+        validator=Validator(planes, tracker, dev, amp_dtype, model.representation,
+                            None if from_scratch else _finetuned_setting(model, split)) if planes else None,
         freeze_norm=freeze_norm,
     )
     precision = str(amp_dtype).replace("torch.", "") if amp_dtype else "off"
@@ -626,6 +628,19 @@ def prepare_run(
                     boundary_width, w0, sigma,
                     "all" if from_scratch and labelled == "auto" else labelled, sections, float(class_weight_cap))  # (what "auto" did from scratch)
     return PreparedRun(model, work, trainer, tracker, split, len(planes), n_val_objects, recipe, dev, from_scratch)
+
+
+def _finetuned_setting(base: SegmentationModel, split: TrainingSplit) -> tuple[float, int, int]:
+    """Threshold, minimum size and smallest seed (pixels at the model's scale, where the held-out
+    planes are) with which a model fine-tuned from ``base`` on ``split`` makes its objects: its
+    validation scores them so (it scored 0.5 / 16 px / every seed, neither the base's setting nor the
+    new one)."""
+    from .calibrate import training_diameter
+
+    setting = finetuned_postprocessing(base)
+    diameter = base.diameter if base.diameter is not None else training_diameter([e.labels for e in split.examples])
+    return (float(setting["threshold"]), int(setting["min_size"]),
+            seed_pixels(setting["seed_fraction"], diameter) if diameter is not None else 0)
 
 
 def _check_arguments(

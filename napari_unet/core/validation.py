@@ -36,7 +36,7 @@ import torch
 
 from .events import Validation
 from .examples import TrainingExample, count_objects
-from .instances import probabilities_to_labels
+from .instances import DEFAULT_MIN_SIZE, DEFAULT_THRESHOLD, probabilities_to_labels
 from .metrics import average_precision, dice
 from .model import cpu_state
 from .optimise import evaluation_mode, forward, weighted_nll
@@ -264,14 +264,16 @@ class Scores:
 
 def score_planes(
     net: torch.nn.Module, planes: Sequence[ValPlane], device: torch.device, amp_dtype: torch.dtype | None,
-    representation: str, step: int, with_blocks: bool = False,
+    representation: str, step: int, with_blocks: bool = False, setting: tuple[float, int, int] | None = None,
 ) -> Scores:
     """Mean AP@0.5, Dice and loss of ``net`` (as it is: callers set eval mode) over ``planes``
-    (and the losses per block, ``with_blocks``)."""
+    (and the losses per block, ``with_blocks``); objects made with ``setting`` (threshold, minimum
+    size, smallest seed: pixels of the planes), None: :func:`probabilities_to_labels`' defaults."""
     aps, dices, losses, blocks = [], [], [], []
+    threshold, min_size, min_seed = setting or (DEFAULT_THRESHOLD, DEFAULT_MIN_SIZE, 0)
     for vp in planes:
         probs = forward_plane(net, vp.image, device, amp_dtype)
-        pred = where_known(probabilities_to_labels(probs, representation=representation), vp.known)
+        pred = where_known(probabilities_to_labels(probs, threshold, min_size, representation, min_seed), vp.known)
         aps.append(average_precision(vp.labels, pred, 0.5))
         dices.append(dice(vp.labels, pred) if vp.known is None else dice(vp.labels[vp.known], pred[vp.known]))
         losses.append(weighted_nll(probs, vp.classes, vp.weights))
@@ -444,9 +446,10 @@ class Validator:
 
     def __init__(
         self, planes: Sequence[ValPlane], tracker: BestWeights, device: torch.device,
-        amp_dtype: torch.dtype | None, representation: str,
+        amp_dtype: torch.dtype | None, representation: str, setting: tuple[float, int, int] | None = None,
     ) -> None:
         self.planes = list(planes)
+        self.setting = setting  # (see score_planes: the objects made as the trained model will make them)
         self.tracker = tracker
         self.device = device
         self.amp_dtype = amp_dtype
@@ -456,7 +459,7 @@ class Validator:
         """Score ``net`` (in eval mode, its modes restored after) and record it; the event to report."""
         with evaluation_mode(net):
             scores = score_planes(net, self.planes, self.device, self.amp_dtype, self.representation, step,
-                                  with_blocks=self.tracker.rule.gate)
+                                  with_blocks=self.tracker.rule.gate, setting=self.setting)
         improved = self.tracker.record(scores, net)
         best = self.tracker.best
         return Validation(step=step, ap50=scores.ap50, dice=scores.dice, loss=scores.loss, is_best=improved,
