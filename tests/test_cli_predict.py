@@ -635,20 +635,25 @@ def test_a_link_to_nowhere_is_kept_and_a_name_too_long_stops_only_its_input(tmp_
     assert (out / "b_masks.tif").exists()  # the input after the long name was segmented
 
 
-def test_a_min_size_that_removes_every_object_says_so(tmp_path, images, capsys):
+def test_a_min_size_that_removes_every_object_says_so(tmp_path, images, capsys, caplog, tiny_model_path):
     rc = main(["predict", str(images / "a.tif"), "--out", str(tmp_path / "o"), "--model", "nuclei",
                "--min-size", "100000", "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 0 and "no object is left with --min-size 100000" in err and "no object found" not in err
     assert not tifffile.imread(tmp_path / "o" / "a_masks.tif").any()
-    # nothing found at a diameter given (the size search, which says its own, not run): said too, not in silence
+    # nothing found by a model of no object size (no size search, which says its own): said, not in silence
+    rc = main(["predict", str(images / "a.tif"), "--out", str(tmp_path / "t"), "--model", str(tiny_model_path),
+               "--threshold", "0.99", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "a.tif: no object found, the masks written are empty" in err
+    assert not tifffile.imread(tmp_path / "t" / "a_masks.tif").any()
+    # a blank plane is said as such, without advice on the diameter
     blank = tmp_path / "blank.tif"
     tifffile.imwrite(blank, np.full((64, 64), 7, np.uint8))
     rc = main(["predict", str(blank), "--out", str(tmp_path / "o"), "--model", "nuclei", "--diameter", "17",
                "--no-progress"])
     err = capsys.readouterr().err
-    assert rc == 0 and "blank.tif: no object found, the masks written are empty" in err
-    assert not tifffile.imread(tmp_path / "o" / "blank_masks.tif").any()
+    assert rc == 0 and "no object found" not in err and any("constant" in r.getMessage() for r in caplog.records)
 
 
 def test_labels_of_a_large_stack_that_the_disk_cannot_hold_are_a_one_line_error(tmp_path):

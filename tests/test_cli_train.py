@@ -520,6 +520,15 @@ def test_new_networks_train_from_scratch_and_record_their_object_size(tmp_path, 
         assert rc == 0, captured.err
         assert "not used" not in captured.out + captured.err and (tmp_path / network / "crop_masks.tif").exists()
     assert set(NEW_NETWORKS) == {"unet", "paper"}  # (the CLI's choices)
+    # the same seed, the same starting weights (torch's own generator left as it was)
+    import torch
+
+    from napari_unet.core.checkpoint import untrained_model
+
+    state = torch.random.get_rng_state()
+    a, b = untrained_model("unet", seed=3).net.state_dict(), untrained_model("unet", seed=3).net.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a) and torch.equal(state, torch.random.get_rng_state())
+    assert not torch.equal(untrained_model("unet", seed=4).net.state_dict()["head.weight"], a["head.weight"])
     with pytest.raises(SystemExit):
         main(["train", "--new", "paper", "--from", "nuclei", "--images", str(img), "--labels", str(lab),
               "--out", str(tmp_path / "x.pt")])

@@ -1398,9 +1398,13 @@ def test_the_weights_kept_by_the_loss_say_on_how_few_cells():
     assert _kept_weights(by_ap) == "Kept the weights of step 120 (best validation AP@0.5)."
     # an AP tied with other validations' (none found at any step: 0.000 everywhere): the loss chose, said so
     tied = {"training": {**by_ap["training"], "history": [{"step": s, "ap50": 0.0} for s in (0, 60, 120)]}}
-    assert _kept_weights(tied) == ("Kept the weights of step 120 (validation AP@0.5 0.000 at several steps; the lowest "
+    assert _kept_weights(tied) == ("Kept the weights of step 120 (no held-out cell found at any validation yet, AP@0.5 "
+                                   "0.000; the lowest validation loss).")
+    for h, ap in zip(tied["training"]["history"], (0.1, 0.25, 0.25), strict=True):
+        h["ap50"] = ap
+    assert _kept_weights(tied) == ("Kept the weights of step 120 (validation AP@0.5 0.250 at several steps; the lowest "
                                    "validation loss of them).")
-    tied["training"]["history"][1]["ap50"] = 0.25  # the best AP alone
+    tied["training"]["history"][2]["ap50"] = 0.2  # the best AP alone
     tied["training"]["selected_step"] = 60
     assert _kept_weights(tied) == "Kept the weights of step 60 (best validation AP@0.5)."
     # held out of the corrected slices themselves: a closer fit to them, maybe no better elsewhere

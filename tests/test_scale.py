@@ -1133,4 +1133,6 @@ def test_the_passes_that_measure_the_object_size_say_so(dsb_val_fluo):
     messages = [e.message for e in iter_planes(load_model("nuclei-fluo", device="cpu"), image)
                 if isinstance(e, Progress)]
     measuring = [m for m in messages if m.startswith("measuring the object size, pass ")]
-    assert measuring and measuring[0] == "measuring the object size, pass 1 (plane 1/1): tile 1/1", messages
+    # (said before the run's first tile, then after it)
+    assert measuring[:2] == ["measuring the object size, pass 1 (plane 1/1): 1 tile",
+                             "measuring the object size, pass 1 (plane 1/1): tile 1/1"], messages

@@ -490,6 +490,12 @@ def test_odd_inputs_of_a_script_get_clear_answers(dsb_fluo_crop):
         prepare_examples(_tiny(depth=2), [image], [((labels == 0) * 255).astype(np.uint8)])
     with pytest.raises(ValueError, match="the background labelled"):
         prepare_examples(_tiny(depth=2), [image], [np.where(labels > 0, labels + 1, 1)])
+    # ... also behind a watershed's dams (a line of 0 between the background id and each cell)
+    from scipy import ndimage as ndi
+
+    dams = ndi.binary_dilation(labels > 0) & (labels == 0)
+    with pytest.raises(ValueError, match="the background labelled"):
+        prepare_examples(_tiny(depth=2), [image], [np.where(dams, 0, np.where(labels > 0, labels + 1, 1))])
     with pytest.raises(ValueError, match="class_weight_cap must be a number of 1 or more"):
         run_finetune(_tiny(depth=2), [image], [labels], steps=1, patch_size=32, class_weight_cap=0.5)
     # one cell filling the tile (a muscle fibre, an adipocyte at high magnification): no holes, taken
@@ -647,11 +653,13 @@ def test_a_finetuned_model_segments_at_threshold_0_5_with_its_bases_sizes(dsb_fl
     base.metadata.update(postprocessing={"threshold": 0.7, "min_size": 32, "seed_fraction": 0.1}, diameter=17.0)
     run = prepare_run(base, [image], [labels], steps=2, patch_size=32, batch_size=2)
     assert run.trainer.validator.setting == (0.5, 32, seed_pixels(0.1, 17.0))
+    # the starting weights (step 0), saved with the base's own setting if kept, are scored with it
+    assert run.trainer.validator.start_setting == (0.7, 32, seed_pixels(0.1, 17.0))
     model = run_finetune(base, [image], [labels], steps=2, patch_size=32, batch_size=2, select="latest")
     assert model.metadata["postprocessing"] == {"threshold": 0.5, "min_size": 32, "seed_fraction": 0.1}
     assert base.metadata["postprocessing"]["threshold"] == 0.7  # (the base is not changed)
     # from scratch: the recipe's own setting is tuned after training (scripts/train_default_model.py)
     scratch = prepare_run(base, [image], [labels], steps=2, patch_size=32, batch_size=2, from_scratch=True)
-    assert scratch.trainer.validator.setting is None
+    assert scratch.trainer.validator.setting is None and scratch.trainer.validator.start_setting is None
     assert run_finetune(base, [image], [labels], steps=1, patch_size=32, batch_size=2, select="latest",
                         from_scratch=True).metadata["postprocessing"]["threshold"] == 0.7

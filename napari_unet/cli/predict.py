@@ -620,16 +620,38 @@ def _segment_one(models: _ModelChoice, path: Path, target: Path, args: argparse.
             made_by=made_by,
         )
     else:
-        with _labels_buffer(data, rgb, target) as out:
+        with _labels_buffer(data, rgb, target) as out, _warnings_counted() as warned:
             labels = _segment_with_bar(model, data, rgb, diameter, args, name, label_axes, options_3d, out)
             if args.min_size and not labels.any():  # what the size search's "no object found" does not say
                 print(f"napari-unet: {name}: no object is left with --min-size {args.min_size} (objects of fewer "
                       "pixels are removed): try a smaller one, or leave it out for the model's own", file=sys.stderr)
-            elif not labels.any():  # (an empty mask was written in silence: Segment says it)
+            elif not warned.count and not labels.any():  # (empty masks written in silence: Segment says it; not
+                # where a plane was said to be blank, or the size search said it found nothing)
                 print(f"napari-unet: {name}: no object found, the masks written are empty: try another --diameter "
                       "or --threshold, or a model fine-tuned on images like it", file=sys.stderr)
             _write_tif(target, labels, label_axes, scale, info.translate, objects_3d=options_3d is not None,
                        unchanged=found, made_by=made_by)
+
+
+class _WarningCount(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+
+
+@contextlib.contextmanager
+def _warnings_counted() -> Iterator[_WarningCount]:
+    """The warnings napari-unet logs meanwhile (a blank plane, nothing found at any scale...), counted."""
+    handler = _WarningCount()
+    logger = logging.getLogger("napari_unet")
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
 
 
 def _colour_arg(args: argparse.Namespace) -> str:

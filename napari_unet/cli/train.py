@@ -335,9 +335,12 @@ def run(args: argparse.Namespace) -> int:
                   f"({sum(rgb)} of {len(rgb)}) and {others}", file=sys.stderr)
     colours = [c if is_rgb else "auto" for c, is_rgb in zip(stored, rgb, strict=True)]
     if args.new is not None:
-        base = untrained_model(args.new, name=out.stem)
+        base = untrained_model(args.new, name=out.stem, seed=args.seed)
         print(f"training a new {args.new!r} network from scratch on {len(images)} example(s), device "
               f"{select_device(args.device)}")
+        if args.steps is None and args.time_budget is None:
+            print(f"napari-unet: note: {DEFAULT_STEPS} steps (the default); a new network learns in thousands: give "
+                  "--steps or --time-budget", file=sys.stderr)
     else:
         base, why = (load_model(args.base, device=args.device), "") if args.base is not None \
             else _fitting_builtin(images, args.device)
@@ -352,6 +355,7 @@ def run(args: argparse.Namespace) -> int:
         patch_size=args.patch_size, batch_size=args.batch_size, augment=not args.no_augment,
         val_fraction=args.val_fraction, device=args.device, seed=args.seed, labelled=args.labelled, stop=stop,
         colours=colours, sections=_sections_of_3d_objects(args.images, args.labels), from_scratch=args.new is not None,
+        validate_start=args.new is None,  # (random weights: nothing to keep)
     )
     bar = TrainingBar(steps, args.time_budget, enabled=not args.no_progress)
     failed = None

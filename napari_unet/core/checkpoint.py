@@ -569,22 +569,26 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def untrained_model(network: str, name: str | None = None) -> SegmentationModel:
+def untrained_model(network: str, name: str | None = None, seed: int | None = None) -> SegmentationModel:
     """A new model with random weights, to train from scratch (``finetune(..., from_scratch=True)``).
 
     ``network`` is a key of :data:`NEW_NETWORKS`: "unet", the network of the built-in models (a
     padded U-Net with batch normalisation, three classes: instances from interior seeds); "paper",
     :meth:`UNet.paper` (two classes, instances from connected components, as in the paper; trained
     with its border weights, w0 = 10 and sigma = 5). It records no object size: training records that
-    of the objects it learns from.
+    of the objects it learns from. ``seed``: its random weights drawn from that seed (torch's global
+    generator left as it was), else from torch's global generator.
     """
-    if network == "unet":
-        net, representation = UNet(in_channels=1, n_classes=3, base_width=16, depth=4, padding="same",
-                                   norm="batch"), "bg-interior-boundary"
-    elif network == "paper":
-        net, representation = UNet.paper(), "foreground"
-    else:
+    if network not in NEW_NETWORKS:
         raise ValueError(f"unknown network {network!r}: one of {', '.join(NEW_NETWORKS)}.")
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        if network == "unet":
+            net, representation = UNet(in_channels=1, n_classes=3, base_width=16, depth=4, padding="same",
+                                       norm="batch"), "bg-interior-boundary"
+        else:
+            net, representation = UNet.paper(), "foreground"
     return SegmentationModel(net, representation, metadata={"name": name or network})
 
 

@@ -263,9 +263,9 @@ def _check_background_not_labelled(labels: np.ndarray, where: str) -> None:
 def _holes(labels: np.ndarray, region: np.ndarray) -> int:
     """The parts of a plane outside ``region`` (a boolean mask of one object of ``labels``) that it
     encloses (they do not reach the plane's edge) and that are cells of an inverted mask or of a
-    background id: wholly unlabelled, or holding objects that touch the region. (A cell within a
-    ring of unlabelled membrane, inside a large profile of an electron micrograph, is no hole of it:
-    real crops of such images were refused.)"""
+    background id: wholly unlabelled, or holding objects that touch the region or lie a one-pixel line
+    from it. (A cell within a ring of unlabelled membrane, inside a large profile of an electron
+    micrograph, is no hole of it: real crops of such images were refused.)"""
     from scipy import ndimage as ndi
 
     outside, n = ndi.label(~region)
@@ -274,7 +274,9 @@ def _holes(labels: np.ndarray, region: np.ndarray) -> int:
     if not enclosed.size:
         return 0
     labelled = np.bincount(outside[labels != 0], minlength=n + 1)  # labelled pixels of each part
-    rim = ndi.binary_dilation(region) & ~region & (labels != 0)  # labelled pixels touching the region
+    # labelled pixels touching the region, or across a line of one pixel (a watershed's dams between a
+    # tool's background id and its cells); a ring of membrane, thicker, keeps its cell apart
+    rim = ndi.binary_dilation(region, iterations=2) & ~region & (labels != 0)
     touching = np.zeros(n + 1, bool)
     touching[outside[rim]] = True
     return int(np.count_nonzero((labelled[enclosed] == 0) | touching[enclosed]))

@@ -619,7 +619,8 @@ def prepare_run(
         budget=RunBudget(steps, time_budget),
         cadence=ValidationCadence.from_setting(validate_every, steps, time_budget),
         validator=Validator(planes, tracker, dev, amp_dtype, model.representation,
-                            None if from_scratch else _finetuned_setting(model, split)) if planes else None,
+                            *((None, None) if from_scratch else (_finetuned_setting(model, split), _own_setting(model))),
+                            ) if planes else None,
         freeze_norm=freeze_norm,
     )
     precision = str(amp_dtype).replace("torch.", "") if amp_dtype else "off"
@@ -628,6 +629,13 @@ def prepare_run(
                     boundary_width, w0, sigma,
                     "all" if from_scratch and labelled == "auto" else labelled, sections, float(class_weight_cap))  # (what "auto" did from scratch)
     return PreparedRun(model, work, trainer, tracker, split, len(planes), n_val_objects, recipe, dev, from_scratch)
+
+
+def _own_setting(model: SegmentationModel) -> tuple[float, int, int]:
+    """Threshold, minimum size and smallest seed with which ``model`` makes its objects (its general
+    setting: the starting weights of a fine-tuning, scored as the model they stay if kept)."""
+    own = model.postprocessing_for(None)
+    return float(own["threshold"]), int(own["min_size"]), model.min_seed
 
 
 def _finetuned_setting(base: SegmentationModel, split: TrainingSplit) -> tuple[float, int, int]:

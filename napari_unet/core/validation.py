@@ -125,8 +125,10 @@ def forward_plane(
     bytes_per_value = 4 if amp_dtype is None else 2
     if in_h * in_w * estimate_bytes_per_pixel(net, bytes_per_value) > budget:
         return _forward_tiles(net, chw, device, amp_dtype, choose_tile_and_batch(net, budget, bytes_per_value)[0])
-    # (mirrored as prediction's tiles are: the same border as Segment's for an unpadded network)
-    padded = mirror_pad_by(chw, (margin, in_h - h - margin), (margin, in_w - w - margin))
+    if margin:  # (mirrored as Segment's tiles are: an unpadded network sees them, 0.0017 apart at the edges)
+        padded = mirror_pad_by(chw, (margin, in_h - h - margin), (margin, in_w - w - margin))
+    else:  # (a padded network's planes are only made a valid size: as ever, or --reproduce's runs change)
+        padded = np.pad(chw, ((0, 0), (0, in_h - h), (0, in_w - w)), mode="symmetric")
     return _probabilities(net, padded, device, amp_dtype)[:, :h, :w]
 
 
@@ -447,9 +449,13 @@ class Validator:
     def __init__(
         self, planes: Sequence[ValPlane], tracker: BestWeights, device: torch.device,
         amp_dtype: torch.dtype | None, representation: str, setting: tuple[float, int, int] | None = None,
+        start_setting: tuple[float, int, int] | None = None,
     ) -> None:
         self.planes = list(planes)
-        self.setting = setting  # (see score_planes: the objects made as the trained model will make them)
+        # (see score_planes: objects made as the trained model will make them; the starting weights' (step
+        # 0), kept, are saved with the base's setting: scored with it, ``start_setting``, when given)
+        self.setting = setting
+        self.start_setting = start_setting if start_setting is not None else setting
         self.tracker = tracker
         self.device = device
         self.amp_dtype = amp_dtype
@@ -459,7 +465,8 @@ class Validator:
         """Score ``net`` (in eval mode, its modes restored after) and record it; the event to report."""
         with evaluation_mode(net):
             scores = score_planes(net, self.planes, self.device, self.amp_dtype, self.representation, step,
-                                  with_blocks=self.tracker.rule.gate, setting=self.setting)
+                                  with_blocks=self.tracker.rule.gate,
+                                  setting=self.start_setting if step == 0 else self.setting)
         improved = self.tracker.record(scores, net)
         best = self.tracker.best
         return Validation(step=step, ap50=scores.ap50, dice=scores.dice, loss=scores.loss, is_best=improved,

@@ -164,6 +164,8 @@ def _best_by_ap(training: dict, step: int) -> str:
     history = [h for h in training.get("history") or [] if h.get("ap50") is not None]
     chosen = next((h["ap50"] for h in history if h.get("step") == step), None)
     if chosen is not None and sum(h["ap50"] == chosen for h in history) > 1:
+        if chosen == 0:
+            return "no held-out cell found at any validation yet, AP@0.5 0.000; the lowest validation loss"
         return f"validation AP@0.5 {chosen:.3f} at several steps; the lowest validation loss of them"
     return "best validation AP@0.5"
 
