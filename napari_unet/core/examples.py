@@ -269,9 +269,11 @@ def _holes(labels: np.ndarray, region: np.ndarray) -> int:
     from scipy import ndimage as ndi
 
     outside, n = ndi.label(~region)
-    reaching = set(np.unique(np.concatenate([outside[0], outside[-1], outside[:, 0], outside[:, -1]])).tolist())
-    enclosed = np.setdiff1d(np.arange(1, n + 1), np.fromiter(reaching - {0}, int, len(reaching - {0})))
-    if not enclosed.size:
+    enclosed = np.ones(n + 1, bool)  # per part (0: the region itself)
+    for edge in (outside[0], outside[-1], outside[:, 0], outside[:, -1]):
+        enclosed[edge] = False
+    enclosed[0] = False
+    if not enclosed.any():
         return 0
     labelled = np.bincount(outside[labels != 0], minlength=n + 1)  # labelled pixels of each part
     # labelled pixels touching the region, or across a line of one pixel (a watershed's dams between a
@@ -279,7 +281,7 @@ def _holes(labels: np.ndarray, region: np.ndarray) -> int:
     rim = ndi.binary_dilation(region, iterations=2) & ~region & (labels != 0)
     touching = np.zeros(n + 1, bool)
     touching[outside[rim]] = True
-    return int(np.count_nonzero((labelled[enclosed] == 0) | touching[enclosed]))
+    return int(np.count_nonzero(enclosed & ((labelled == 0) | touching)))
 
 
 def at_model_scale(model: SegmentationModel, image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:

@@ -925,7 +925,7 @@ class _PlaneRunner:
             in_plane += 1
 
         gen = self.engine.iter_plane(plane, count)
-        if in_plane == 0 and self.done == 0:  # said before the run's first tile (seconds to minutes for a large
+        if self.done == 0:  # said before the run's first tile (seconds to minutes for a large
             # network, the engine prepared with it), not "Loading the model" until it ends
             many = f"{tiles_here} tiles" if tiles_here > 1 else "1 tile"
             yield Progress(done=0, total=max(self.total, 1), plane=k, elapsed=time.perf_counter() - self.start,

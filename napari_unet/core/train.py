@@ -631,24 +631,27 @@ def prepare_run(
     return PreparedRun(model, work, trainer, tracker, split, len(planes), n_val_objects, recipe, dev, from_scratch)
 
 
+def _setting(post: dict[str, float], diameter: float | None) -> tuple[float, int, int]:
+    """Threshold, minimum size and smallest seed (pixels at the model's scale, where the held-out planes
+    are) of post-processing ``post`` for objects of ``diameter`` (None: every part seeds an object)."""
+    return (float(post["threshold"]), int(post["min_size"]),
+            seed_pixels(post["seed_fraction"], diameter) if diameter is not None else 0)
+
+
 def _own_setting(model: SegmentationModel) -> tuple[float, int, int]:
-    """Threshold, minimum size and smallest seed with which ``model`` makes its objects (its general
-    setting: the starting weights of a fine-tuning, scored as the model they stay if kept)."""
-    own = model.postprocessing_for(None)
-    return float(own["threshold"]), int(own["min_size"]), model.min_seed
+    """The setting with which ``model`` makes its objects (its general one: the starting weights of a
+    fine-tuning, scored as the model they stay if kept)."""
+    return _setting(model.postprocessing_for(None), model.diameter)
 
 
 def _finetuned_setting(base: SegmentationModel, split: TrainingSplit) -> tuple[float, int, int]:
-    """Threshold, minimum size and smallest seed (pixels at the model's scale, where the held-out
-    planes are) with which a model fine-tuned from ``base`` on ``split`` makes its objects: its
+    """The setting with which a model fine-tuned from ``base`` on ``split`` makes its objects: its
     validation scores them so (it scored 0.5 / 16 px / every seed, neither the base's setting nor the
     new one)."""
     from .calibrate import training_diameter
 
-    setting = finetuned_postprocessing(base)
     diameter = base.diameter if base.diameter is not None else training_diameter([e.labels for e in split.examples])
-    return (float(setting["threshold"]), int(setting["min_size"]),
-            seed_pixels(setting["seed_fraction"], diameter) if diameter is not None else 0)
+    return _setting(finetuned_postprocessing(base), diameter)
 
 
 def _check_arguments(
