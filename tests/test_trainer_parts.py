@@ -435,6 +435,9 @@ def test_the_gate_keeps_the_starting_weights_unless_the_loss_gain_beats_its_nois
     few = SelectionRule.for_validation("best", 1, 2, held_out_of_training=True)
     assert not few.gate and few.metric == "loss" and "too few to tell whether the new weights" in few.note
     assert few.note.startswith("the validation part holds only 2 object(s), so the best weights were chosen by")
+    # a new network (`train --new`) has no starting model for the note to compare with
+    new = SelectionRule.for_validation("best", 1, 2, held_out_of_training=True, from_scratch=True)
+    assert new.metric == "loss" and "starting model" not in new.note and new.note.startswith("the validation part")
     net = _net()
     tracker = BestWeights(rule)
     assert tracker.record(Scores(0, 0.82, 0.9, 0.366, start), net)

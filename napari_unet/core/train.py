@@ -606,7 +606,8 @@ def prepare_run(
     # only where it holds blocks enough to measure a gain's noise, a band of 20 x 100 px holding 3)
     layout = BlockLayout.of(planes) if split.kind in ("planes", "band") else None
     gated = layout is not None and layout.n_blocks >= GATE_MIN_BLOCKS
-    rule = SelectionRule.for_validation(select, len(planes), n_val_objects, held_out_of_training=gated)
+    rule = SelectionRule.for_validation(select, len(planes), n_val_objects, held_out_of_training=gated,
+                                      from_scratch=from_scratch)
     tracker = BestWeights(rule, layout if gated else None)
     aug_config = augment if isinstance(augment, AugmentConfig) else (AugmentConfig() if augment else NO_AUGMENT)
     n_workers = _patch_workers(workers, dev)
