@@ -1585,15 +1585,19 @@ def test_a_closed_dock_does_not_apply_a_threshold_moved_during_its_run(widget, q
     assert w._worker is None and w._status.value.startswith("Cancelled") and "applied" not in w._status.value
 
 
-def test_a_whole_stack_whose_masks_do_not_fit_in_memory_is_refused_before_it_starts(widget, notifications):
+def test_a_whole_stack_whose_masks_fit_neither_in_memory_nor_on_disk_is_refused_before_it_starts(
+        widget, notifications, monkeypatch):
     """A lazily opened stack far larger than memory: its whole-stack masks filled the memory plane by
-    plane until the system killed napari (the corrections lost); said before the run, with the ways
-    that work (a slice, a field of view, the CLI's block-by-block OME-Zarr)."""
+    plane until the system killed napari (the corrections lost). They go to disk now (next test); where
+    the disk has no room either, the run is refused before it starts, with the ways that work (a slice,
+    a field of view, the CLI's block-by-block OME-Zarr)."""
     import dask.array as da
 
     from napari_unet._memory import available_memory
+    from napari_unet.widgets import _disk_masks
 
     viewer, w = widget
+    monkeypatch.setattr(_disk_masks, "DISK_MARGIN_BYTES", 1 << 62)  # (no disk has that much room)
     free = available_memory()
     plane = 4096 * 4096 * 2  # bytes of a masks plane (uint16: the masks of a stack read lazily)
     n = int(free / plane) + 8  # (the masks of every plane: more than the memory free)
@@ -1604,8 +1608,107 @@ def test_a_whole_stack_whose_masks_do_not_fit_in_memory_is_refused_before_it_sta
     w._scope.value = SCOPE_STACK
     w._run_button.clicked.emit()
     assert w._worker is None and w._status.value.startswith("Not started: the masks of")
-    assert any("do not fit in memory" in m and "--dask" in m for m in notifications)
+    assert any("do not fit in memory" in m and "nor on the disk" in m and "--dask" in m for m in notifications)
     assert masks_layer_name("huge") not in viewer.layers  # (made for the run, removed again)
+    assert not list(_disk_masks.masks_dir().glob("*.masks"))
+
+
+def test_masks_larger_than_the_memory_free_are_held_on_disk_edited_saved_and_removed_with_the_layer(
+        widget, qtbot, c2c12_stack, tmp_path, notifications, monkeypatch):
+    """Masks that do not fit in the memory free live in a file (a memory map) instead of being refused:
+    the run writes them plane by plane as into memory, the brush paints into them, the brush's next free
+    id comes without a pass over the file, they save as any masks, and the file goes with the layer.
+    A layer made in memory by a run of one slice moves to disk, its slice kept, before a whole-stack
+    run that would not fit. (The memory free made small by the share of it masks may take.)"""
+    import dask.array as da
+
+    from napari_unet.io._writer import write_labels
+    from napari_unet.widgets import _disk_masks
+    from napari_unet.widgets._object_tools import select_next_free_label
+
+    viewer, w = widget
+    stack = np.concatenate([c2c12_stack] * 2)  # (8 frames)
+    in_memory = viewer.add_image(stack, name="in memory")
+    _segment(w, qtbot, in_memory, SCOPE_STACK)
+    expected = np.asarray(viewer.layers[masks_layer_name("in memory")].data).copy()
+    assert expected[0].max() > 0 and not _disk_masks.on_disk(viewer.layers[masks_layer_name("in memory")].data)
+
+    # a slice first (its masks made in memory: one plane fits), then the whole stack: moved to disk
+    image = viewer.add_image(stack, name="stack")
+    _segment(w, qtbot, image, SCOPE_SLICE)
+    masks = viewer.layers[masks_layer_name("stack")]
+    assert not _disk_masks.on_disk(masks.data)
+    monkeypatch.setattr(_disk_masks, "MASKS_MEMORY_SHARE", 1e-9)
+    w._overwrite.value = True
+    _segment(w, qtbot, image, SCOPE_STACK)
+    data = masks.data
+    assert _disk_masks.on_disk(data) and Path(data.filename).parent == _disk_masks.masks_dir()
+    assert any("does not fit in the memory free: held in a file on disk" in m for m in notifications)
+    np.testing.assert_array_equal(np.asarray(data), expected)  # (the same masks as in memory)
+    assert _disk_masks.top_id(data) == int(expected.max())
+
+    # the brush: its next free id above every id written (runs and edits), no pass over the file
+    label = select_next_free_label(masks)
+    assert label == int(expected.max()) + 1
+    masks.paint((3, 10, 10), label + 40, refresh=True)
+    assert data[3, 10, 10] == label + 40 and _disk_masks.top_id(data) == label + 40
+    assert select_next_free_label(masks) == label + 41
+
+    # saved plane by plane as any masks, read back the same
+    path = write_labels(tmp_path / "stack_masks.tif", data, corrected=masks.metadata)
+    np.testing.assert_array_equal(tifffile.imread(path), np.asarray(data))
+
+    # a new layer of a lazily read stack whose masks do not fit: made on disk at once
+    lazy = viewer.add_image(da.from_array(stack, chunks=(1, 96, 96)), name="lazy", contrast_limits=(0, 255))
+    _segment(w, qtbot, lazy, SCOPE_STACK)
+    lazy_masks = viewer.layers[masks_layer_name("lazy")]
+    assert _disk_masks.on_disk(lazy_masks.data) and lazy_masks.data.dtype == np.uint16
+    np.testing.assert_array_equal(np.asarray(lazy_masks.data), expected)
+
+    # the files go with their layers
+    files = {Path(data.filename), Path(lazy_masks.data.filename)}
+    assert all(f.exists() for f in files)
+    del data
+    viewer.layers.remove(masks)
+    viewer.layers.remove(lazy_masks)
+    del masks, lazy_masks
+    import gc
+
+    for _ in range(20):
+        gc.collect()
+        qtbot.wait(50)
+        if not any(f.exists() for f in files):
+            break
+    assert not any(f.exists() for f in files)
+
+
+def test_masks_files_left_by_a_napari_that_ended_are_removed_and_16_bit_masks_on_disk_widen_on_disk(
+        tmp_path, monkeypatch):
+    """A masks file of a process that is gone (napari crashed) is removed when masks next go to disk; one
+    of a process still running is left. 16-bit masks on disk widen into a new file, plane by plane, values
+    and the largest id kept."""
+    import subprocess
+    import sys
+
+    from napari_unet.widgets import _disk_masks
+
+    folder = _disk_masks.masks_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = folder / f"{int(ended.stdout)}-0000-old{_disk_masks._SUFFIX}"
+    running = folder / f"1-0000-init{_disk_masks._SUFFIX}"  # (pid 1 is always running)
+    gone.write_bytes(b"x")
+    running.write_bytes(b"x")
+    monkeypatch.setattr(_disk_masks, "MASKS_MEMORY_SHARE", 1e-9)
+    data = _disk_masks.new_masks((3, 16, 16), np.uint16, "some masks")
+    assert _disk_masks.on_disk(data) and not gone.exists() and running.exists()
+    data[1, 2:4, 2:4] = 65535
+    _disk_masks.note_ids(data, 65535)
+    wide = _disk_masks.widened(data, np.int32)
+    assert _disk_masks.on_disk(wide) and wide.dtype == np.int32 and wide.filename != data.filename
+    np.testing.assert_array_equal(np.asarray(wide), np.asarray(data))
+    assert _disk_masks.top_id(wide) == 65535 and _disk_masks.top_id(np.zeros((2, 2))) is None
+    running.unlink()
 
 
 def test_the_masks_follow_a_rotation_or_affine_set_on_the_image_after_a_first_run(widget, qtbot, c2c12_stack,

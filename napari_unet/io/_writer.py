@@ -42,8 +42,10 @@ WRITE_BY_PLANES_BYTES = 16 * 2**20
 
 
 def _is_lazy(data: Any) -> bool:
-    """Whether ``data`` is an array read on demand (dask, zarr, ...) of a stack, not one in memory."""
-    return not isinstance(data, np.ndarray) and hasattr(data, "dtype") and getattr(data, "ndim", 0) > 2
+    """Whether ``data`` is an array read on demand (dask, zarr, ...; or a memory map: masks held on disk,
+    larger than the memory) of a stack, not one in memory."""
+    return (isinstance(data, np.memmap) or not isinstance(data, np.ndarray)) and hasattr(data, "dtype") \
+        and getattr(data, "ndim", 0) > 2
 
 
 def _check_lazy_labels(labels: Any) -> tuple[Any, int | None]:

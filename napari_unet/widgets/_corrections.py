@@ -318,7 +318,10 @@ class CorrectedSlices:
         label = int(getattr(layer, "selected_label", 0) or 0)
         if label <= 0 or not isinstance(layer.data, np.ndarray) or not layer.data.size:
             return False
-        return label > int(layer.data.max())
+        from ._disk_masks import top_id
+
+        top = top_id(layer.data)  # (masks on disk: no pass over their file)
+        return label > (int(layer.data.max()) if top is None else top)
 
     def _record(self, planes: set[Plane]) -> None:
         """Mark the planes one edit changed; one across several planes is said once (see the module)."""

@@ -13,6 +13,7 @@ from qtpy.QtCore import QTimer
 from napari_unet.io._corrected import MASKS_KEY, planes_holding_labels
 
 from ._corrections import CorrectedSlices, format_plane, planes_of_history_item, planes_text
+from ._disk_masks import new_masks, note_ids, watch_edits, widened
 from ._napari_compat import (
     forget_labels_history,
     layers_added_unselected,
@@ -175,7 +176,7 @@ def masks_layer_for(viewer: Any, image: Any, wide: bool = False) -> "napari.laye
         # their tool is first used: shorter pauses of the window instead of one long one (bench_gui.py)
         data = image.data[0] if getattr(image, "multiscale", False) else image.data
         layer = Labels(
-            np.zeros(shape, dtype=np.int32 if wide or isinstance(data, np.ndarray) else np.uint16),
+            new_masks(shape, np.int32 if wide or isinstance(data, np.ndarray) else np.uint16, name),
             name=name,
             scale=image.scale[:n],
             translate=image.translate[:n],
@@ -189,6 +190,7 @@ def masks_layer_for(viewer: Any, image: Any, wide: bool = False) -> "napari.laye
         _record_owner(layer, image, viewer)
         QTimer.singleShot(30, lambda: _select_then_show(viewer, layer))
     CorrectedSlices.for_layer(layer)  # from now on, brush/fill/erase edits mark slices corrected
+    watch_edits(layer)  # (masks on disk: the ids the brush writes, for its next free id)
     layer.metadata[MASKS_KEY] = True  # its list is kept from now on: its other labels are the model's
     return layer
 
@@ -255,7 +257,7 @@ def _widen(layer: Any, top: int = 0) -> None:
 
     dtype = np.dtype(layer.data.dtype)
     wide = np.int32 if top <= np.iinfo(np.int32).max else np.int64
-    layer.data = layer.data.astype(wide)
+    layer.data = widened(layer.data, wide)
     notify_info(f"{layer.name!r} held {dtype} labels: made {np.dtype(wide).itemsize * 8}-bit (values kept), so "
                 "that the model's ids fit.")
 
@@ -402,6 +404,7 @@ def write_plane(layer: Any, result: Any, above: int = 0) -> None:
     if offset:
         labels = ids_above(labels, offset, plane.dtype)
     plane[rows, cols] = labels
+    note_ids(layer.data, top)  # (masks on disk: the brush's next free id, see _disk_masks)
     forget_history_of_planes(layer, [result.index])  # Ctrl+Z must not replay edits of the masks replaced
     if covers_plane(plane.shape, result.region):
         layer.refresh()

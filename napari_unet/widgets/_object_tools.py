@@ -19,6 +19,7 @@ from napari_unet.core import edit as core_edit
 
 from ._base import current_plane_index, hides_current_slice, notify_error, one_line
 from ._corrections import CorrectedSlices, format_plane
+from ._disk_masks import top_id
 from ._registry import _unwrap, get_widget
 
 if TYPE_CHECKING:
@@ -69,11 +70,18 @@ def select_next_free_label(layer: "napari.layers.Labels") -> int | None:
     """
     if not isinstance(layer.data, np.ndarray) or layer.data.ndim < 2:
         return None
-    label = core_edit.next_free_label(layer.data)
+    label = next_free_id(layer.data)
     if label <= np.iinfo(layer.data.dtype).max:
         layer.selected_label = label
         return label
     return None
+
+
+def next_free_id(data: np.ndarray) -> int:
+    """:func:`~napari_unet.core.edit.next_free_label` of labels in memory; above the largest id written
+    into masks on disk (no pass over their file, see :mod:`._disk_masks`)."""
+    top = top_id(data)
+    return core_edit.next_free_label(data) if top is None else top + 1
 
 
 def select_next_free_label_after_run(viewer: "napari.Viewer", layer: "napari.layers.Labels", label_before: int) -> None:
@@ -88,7 +96,7 @@ def select_next_free_label_after_run(viewer: "napari.Viewer", layer: "napari.lay
     label = int(layer.selected_label)
     if label != 0 and isinstance(layer.data, np.ndarray) and layer.data.ndim >= 2:
         chosen_meanwhile = label != label_before
-        if chosen_meanwhile and label >= core_edit.next_free_label(layer.data):
+        if chosen_meanwhile and label >= next_free_id(layer.data):
             return
         index = current_plane_index(viewer, layer)
         if np.any((layer.data[index] if index else layer.data) == label) and (
@@ -396,7 +404,9 @@ class ObjectTools:
         labels = plane_of(self.layer, plane)
         box = core_edit.bounding_box(labels == label)
         probabilities = object_probabilities(self._viewer, self.layer, plane, box) if box else None
-        edit = core_edit.split_object(labels, label, probabilities=probabilities, ids_of=self.layer.data, **how)
+        top = top_id(self.layer.data)  # (masks on disk: no pass over their file for the free ids)
+        free = {"ids_of": self.layer.data} if top is None else {"new_label": max(top, int(labels.max())) + 1}
+        edit = core_edit.split_object(labels, label, probabilities=probabilities, **free, **how)
         message = self._apply(plane, edit)
         if probabilities is None:
             return message

@@ -65,6 +65,7 @@ from ._base import (
 )
 from ._corrections import format_plane, planes_text
 from ._diameter import DiameterControls
+from ._disk_masks import NoRoomForMasks
 from ._kept import KeptResults
 from ._masks import (
     RunCorrections,
@@ -110,10 +111,6 @@ SLIDER_REST_MS = 300
 PROGRESS_INTERVAL = 0.2
 #: Probability maps kept for re-thresholding (float16), at most this many bytes.
 PROBABILITY_CACHE_BYTES = 512 * 2**20
-
-#: A whole-stack run stops before it starts when the masks it writes would take more than this share
-#: of the memory available (a lazily opened stack of a thousand 2048^2 planes: 16 GB of int32 masks).
-MASKS_MEMORY_SHARE = 0.8
 
 
 @dataclass(frozen=True)
@@ -179,25 +176,32 @@ def _file_version(path: Any) -> int | None:
         return None
 
 
-def _check_masks_fit(image: Any, n_planes: int, plane_shape: tuple[int, ...], dtype: Any) -> None:
-    """Refuse a run whose masks (the planes it writes into the in-memory masks layer) do not fit in the
-    memory available: it filled it plane by plane, and the system killed napari (the corrections lost)."""
-    from napari_unet._memory import available_memory
+def _masks_fit(image: Any, masks: Any, n_planes: int) -> None:
+    """Hold the masks layer's labels on disk when the planes a run writes into them do not fit in the
+    memory free (it filled them plane by plane, and the system killed napari: the corrections lost).
 
-    if n_planes <= 1:
+    Raises
+    ------
+    ValueError
+        They fit neither in memory nor on the disk (said with the ways that work)."""
+    from ._disk_masks import NoRoomForMasks, fits_in_memory, move_to_disk, on_disk
+
+    data = masks.data
+    if n_planes <= 1 or on_disk(data) or not isinstance(data, np.ndarray):
         return
-    need = n_planes * int(np.prod(plane_shape)) * np.dtype(dtype).itemsize
-    free = available_memory()
-    if free is not None and need > MASKS_MEMORY_SHARE * free:
-        raise ValueError(_too_large_for_memory(image, (n_planes, *plane_shape), (need, free)))
+    if fits_in_memory(n_planes * int(np.prod(data.shape[-2:])) * data.dtype.itemsize):
+        return
+    try:
+        move_to_disk(masks)
+    except NoRoomForMasks as exc:
+        raise ValueError(_too_large_for_memory(image, data.shape, str(exc))) from None
 
 
-def _too_large_for_memory(image: Any, shape: tuple[int, ...], sizes: tuple[int, int] | None) -> str:
-    amounts = f" ({sizes[0] / 1e9:.1f} GB, with {sizes[1] / 1e9:.1f} GB of memory free)" if sizes else ""
+def _too_large_for_memory(image: Any, shape: tuple[int, ...], reason: str | None = None) -> str:
     source = (getattr(image, "source", None) and getattr(image.source, "path", None)) or f"<{image.name} file>"
-    return (f"the masks of {' x '.join(str(n) for n in shape)} pixels do not fit in memory{amounts}: segment the "
-            f"current slice or a field of view here, or the whole stack into an OME-Zarr file with "
-            f"`napari-unet predict {source} --dask` (block by block, in any memory).")
+    return (f"the masks of {' x '.join(str(n) for n in shape)} pixels do not fit in memory"
+            f"{f' ({reason})' if reason else ''}: segment the current slice or a field of view here, or the whole "
+            f"stack into an OME-Zarr file with `napari-unet predict {source} --dask` (block by block, in any memory).")
 
 
 class SegmentWidget(Container):
@@ -771,7 +775,9 @@ class SegmentWidget(Container):
             try:
                 masks = self._masks_layer(image)
             except MemoryError:  # (an array of the whole stack's shape, refused by the system)
-                raise ValueError(_too_large_for_memory(image, labels_shape(image), None)) from None
+                raise ValueError(_too_large_for_memory(image, labels_shape(image))) from None
+            except NoRoomForMasks as exc:  # (nor on disk)
+                raise ValueError(_too_large_for_memory(image, labels_shape(image), str(exc))) from None
             self._new_masks = None if existed else masks  # removed again if the run fails before writing
             scope = self._scope.value
             if self._three_d.active:  # whole volumes: the field of view does not apply
@@ -791,7 +797,7 @@ class SegmentWidget(Container):
                 self._channels_by_kind(image)
             planes = self._planes_for_scope(image, scope)
             all_planes = tuple(planes)
-            _check_masks_fit(image, len(planes), plane_shape, masks.data.dtype)
+            _masks_fit(image, masks, len(planes))
             yx_view = shows_yx_planes(self._viewer, image)
             in_3d = self._viewer.dims.ndisplay == 3
             # (a field of view of another cut, or of a 3D view, is no part of a Y-X plane: the plane is segmented whole)

@@ -1,0 +1,228 @@
+"""Masks larger than the memory, held in a file on disk (a memory map) while napari shows them.
+
+A whole-stack run of a lazily read stack (500 frames of 2048 x 2048: 4 GB of 16-bit masks, 8 GB of
+32-bit ones) filled an in-memory masks layer plane by plane until the system killed napari; runs
+whose masks would not fit were refused, and the CLI's ``--dask`` was the only way. Masks that do not
+fit in the memory free are now a ``numpy.memmap`` of a file in the cache folder: an ndarray to
+napari and to this plugin (the brush, fill and eraser write into it, runs write plane by plane), its
+pages written back to the file and dropped by the system as it needs the memory.
+
+What would read the whole file in the window's thread does not: the next free id for the brush is
+the largest id the runs and the edits have written (kept here, :func:`top_id`), not a scan of the
+stack; widening 16-bit masks copies them plane by plane into a new file. The writer saves them plane
+by plane (``io._writer``). The file is removed when the masks are dropped (the layer removed, napari
+closed), and files left by a napari that crashed are removed the next time masks go to disk: like
+masks in memory, they are kept by saving them (Correct, Save masks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import mmap
+import os
+import re
+import shutil
+import uuid
+import weakref
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: Masks are held in memory when they take at most this share of the memory free (the rest: the
+#: image's planes, the network, napari itself); on disk otherwise.
+MASKS_MEMORY_SHARE = 0.8
+#: Room kept free on the disk beyond the masks' file (other programs, the saved masks).
+DISK_MARGIN_BYTES = 1 << 30
+CACHE_ENV = "NAPARI_UNET_CACHE_DIR"  # (as the ONNX cache's: core.engine, which imports torch)
+_SUFFIX = ".masks"
+
+#: {the file's memory map: [largest id written]} for masks on disk (see :func:`top_id`).
+_TOPS: weakref.WeakKeyDictionary[mmap.mmap, list[int]] = weakref.WeakKeyDictionary()
+_WATCHED: weakref.WeakSet[Any] = weakref.WeakSet()  # (layers whose edits :func:`watch_edits` follows)
+
+
+class NoRoomForMasks(ValueError):
+    """Masks that fit neither in memory nor on the disk (its message says where and how much)."""
+
+
+def masks_dir() -> Path:
+    """Folder of masks held on disk: ``NAPARI_UNET_CACHE_DIR``/masks or the platform's user cache."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser().absolute() / "masks"
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("napari-unet", appauthor=False)) / "masks"
+
+
+def fits_in_memory(nbytes: int) -> bool:
+    """Whether ``nbytes`` of masks fit in the memory free (:data:`MASKS_MEMORY_SHARE` of it; True when
+    the memory free cannot be told)."""
+    from napari_unet._memory import available_memory
+
+    free = available_memory()
+    return free is None or nbytes <= MASKS_MEMORY_SHARE * free
+
+
+def on_disk(data: Any) -> bool:
+    """Whether ``data`` are masks held in a file by this module."""
+    return isinstance(data, np.memmap) and getattr(data, "_mmap", None) in _TOPS
+
+
+def top_id(data: Any) -> int | None:
+    """The largest id written into masks on disk (by runs and edits; ids erased since may be lower),
+    read without a pass over the file; None for other arrays."""
+    if not on_disk(data):
+        return None
+    return _TOPS[data._mmap][0]
+
+
+def note_ids(data: Any, top: int) -> None:
+    """Record that ids up to ``top`` were written into ``data`` (masks on disk; nothing otherwise)."""
+    if on_disk(data):
+        entry = _TOPS[data._mmap]
+        entry[0] = max(entry[0], int(top))
+
+
+def watch_edits(layer: Any) -> None:
+    """Keep :func:`top_id` of a Labels layer's masks on disk up with its brush, fill and undo (napari's
+    paint events), whatever array the layer holds later."""
+    if layer in _WATCHED:
+        return
+    ref = weakref.ref(layer)
+
+    def painted(event: Any) -> None:
+        watched = ref()
+        data = watched.data if watched is not None else None
+        if not on_disk(data):
+            return
+        for atom in getattr(event, "value", None) or ():
+            if hasattr(atom, "new_value"):  # (napari's brush, fill, polygon: a masked atom)
+                values = (atom.new_value, atom.old_values)
+            elif isinstance(atom, tuple) and len(atom) == 3:  # (data_setitem: indices, before, after)
+                values = (atom[2], atom[1])
+            else:
+                continue
+            for v in values:  # (the values before too: an undo writes them back)
+                if v is not None and np.size(v):
+                    note_ids(data, int(np.max(v)))
+
+    layer.events.paint.connect(painted)
+    _WATCHED.add(layer)
+
+
+def new_masks(shape: tuple[int, ...], dtype: Any, name: str) -> np.ndarray:
+    """Zeros of ``shape`` and ``dtype`` for masks named ``name``: in memory when they fit there, else
+    in a file (said).
+
+    Raises
+    ------
+    NoRoomForMasks
+        They fit neither in memory nor on the disk (the message says both sizes).
+    """
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    if fits_in_memory(nbytes):
+        return np.zeros(shape, dtype=dtype)
+    data = _disk_array(shape, dtype, name)
+    _say_on_disk(name, shape, nbytes, data)
+    return data
+
+
+def move_to_disk(layer: Any) -> bool:
+    """Hold a masks layer's labels in a file when a run is to fill more of them than the memory free
+    takes (said; what it held is copied plane by plane); whether they moved."""
+    data = layer.data
+    if on_disk(data) or not isinstance(data, np.ndarray) or data.ndim < 3:
+        return False
+    moved = _disk_array(data.shape, data.dtype, layer.name)
+    top = 0
+    for i in np.ndindex(*data.shape[:-2]):
+        plane = data[i]
+        if plane.any():
+            moved[i] = plane
+            top = max(top, int(plane.max()))
+    note_ids(moved, top)
+    layer.data = moved
+    _say_on_disk(layer.name, data.shape, data.nbytes, moved)
+    return True
+
+
+def widened(data: np.ndarray, dtype: Any) -> np.ndarray:
+    """``data`` as ``dtype`` (values kept): masks on disk are copied plane by plane into a new file
+    (a whole copy in memory is what they are on disk for); others with ``astype``."""
+    if not on_disk(data):
+        return data.astype(dtype)
+    wide = _disk_array(data.shape, dtype, Path(data.filename).stem if data.filename else "masks")
+    for i in np.ndindex(*data.shape[:-2]):
+        wide[i] = data[i]
+    note_ids(wide, top_id(data) or 0)
+    return wide
+
+
+def _disk_array(shape: tuple[int, ...], dtype: Any, name: str) -> np.memmap:
+    folder = masks_dir()
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _remove_left_behind(folder)
+        free = shutil.disk_usage(folder).free
+    except OSError as exc:
+        raise NoRoomForMasks(f"the masks ({_gb(nbytes)}) do not fit in memory, and the folder for masks on disk "
+                         f"({folder}) cannot be used: {exc}") from None
+    if nbytes + DISK_MARGIN_BYTES > free:
+        raise NoRoomForMasks(f"the masks ({_gb(nbytes)}) fit neither in memory nor on the disk of {folder} "
+                         f"({_gb(free)} free; the environment variable {CACHE_ENV} names another folder)")
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:60] or "masks"
+    path = folder / f"{os.getpid()}-{uuid.uuid4().hex[:8]}-{safe}{_SUFFIX}"
+    data = np.memmap(path, dtype=dtype, mode="w+", shape=tuple(shape))
+    _TOPS[data._mmap] = [0]
+    weakref.finalize(data._mmap, _remove, str(path))  # (the masks dropped, or napari closed)
+    log.info("masks %s of %s held on disk in %s", tuple(shape), np.dtype(dtype), path)
+    return data
+
+
+def _say_on_disk(name: str, shape: tuple[int, ...], nbytes: int, data: np.memmap) -> None:
+    from ._base import notify_info
+
+    notify_info(f"{name!r} ({' x '.join(str(n) for n in shape)} pixels, {_gb(nbytes)}) does not fit in the memory "
+                f"free: held in a file on disk instead ({data.filename}), removed when napari closes. Save the "
+                "masks (Correct, Save masks) to keep them.")
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(OSError):  # (Windows: still mapped somewhere; removed with the next ones)
+        os.remove(path)
+
+
+def _remove_left_behind(folder: Path) -> None:
+    """Remove masks files of napari processes that ended without removing them (a crash)."""
+    for path in folder.glob(f"*{_SUFFIX}"):
+        pid = path.name.split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            _remove(str(path))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        import psutil
+
+        return bool(psutil.pid_exists(pid))
+    except ImportError:
+        pass
+    if os.name == "nt":
+        return True  # (cannot tell without psutil: kept)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _gb(nbytes: int) -> str:
+    return f"{nbytes / 1e9:.1f} GB"
