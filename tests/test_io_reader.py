@@ -671,7 +671,7 @@ def test_masks_open_in_memory_when_they_fit_and_are_locked_when_read_lazily(tmp_
     viewer.window.add_plugin_dock_widget("napari-unet", "Correct")
     layer = viewer.add_labels(da.from_array(masks, chunks=(1, 256, 256)), name="big masks")
     assert not layer.editable
-    assert any("too large to be edited" in m and "Loading: in memory" in m for m in notifications)
+    assert any("too large to be edited" in m and "Load stack (Loading: auto)" in m for m in notifications)
 
 
 def test_predicts_masks_open_named_as_the_masks_of_their_image(tmp_path, make_napari_viewer):

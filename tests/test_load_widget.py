@@ -308,3 +308,38 @@ def test_the_zarr_group_picked_is_the_one_loaded(qtbot, widget, tmp_path):
         w._path.value = str(picked)
         _load(qtbot, w)
         assert [(type(layer).__name__, layer.name) for layer in viewer.layers] == [(kind, name)], picked
+
+
+def test_masks_too_large_for_memory_load_into_a_file_on_disk_where_they_can_be_edited(
+        qtbot, widget, tmp_path, monkeypatch, notifications):
+    """Saved masks larger than half the free memory opened lazily and were locked (napari's brush in a
+    dask array); Load stack (Loading: auto) copies them into a file on disk: editable, the brush's next
+    free id above the file's ids. Loading "lazy" keeps them lazy (and locked), as chosen. (The memory
+    free made small by the share of it masks may take, and the size above which stacks are read lazily.)"""
+    import napari_unet.io._reader as reader
+    from napari_unet.io import write_labels
+    from napari_unet.widgets import _disk_masks
+    from napari_unet.widgets._object_tools import select_next_free_label
+
+    viewer, w = widget
+    masks = np.zeros((5, 40, 48), np.uint16)
+    masks[1, 5:15, 5:15] = 3
+    masks[4, 20:30, 20:30] = 9
+    path = write_labels(tmp_path / "cells masks.tif", masks, corrected=[(1,)])
+    monkeypatch.setattr(reader, "LAZY_THRESHOLD_BYTES", 0)  # (what a stack over 1 GiB gets)
+    monkeypatch.setattr(_disk_masks, "MASKS_MEMORY_SHARE", 1e-9)
+    w._path.value = path
+    _load(qtbot, w)
+    layer = viewer.layers["cells masks"]
+    assert type(layer).__name__ == "Labels" and _disk_masks.on_disk(layer.data) and layer.editable
+    np.testing.assert_array_equal(np.asarray(layer.data), masks)
+    assert any("held in a file on disk" in m for m in notifications)
+    assert select_next_free_label(layer) == 10
+    layer.paint((2, 35, 40), 25)
+    assert layer.data[2, 35, 40] == 25 and select_next_free_label(layer) == 26
+
+    w._loading.value = "lazy"
+    viewer.layers.remove(layer)
+    _load(qtbot, w)
+    lazy = viewer.layers["cells masks"]
+    assert not isinstance(lazy.data, np.ndarray)

@@ -91,6 +91,9 @@ def note_ids(data: Any, top: int) -> None:
 def watch_edits(layer: Any) -> None:
     """Keep :func:`top_id` of a Labels layer's masks on disk up with its brush, fill and undo (napari's
     paint events), whatever array the layer holds later."""
+    from ._napari_compat import unwrap_proxy
+
+    layer = unwrap_proxy(layer)  # (a plugin's viewer hands out proxies, made anew at each access)
     if layer in _WATCHED:
         return
     ref = weakref.ref(layer)
@@ -130,6 +133,36 @@ def new_masks(shape: tuple[int, ...], dtype: Any, name: str) -> np.ndarray:
     data = _disk_array(shape, dtype, name)
     _say_on_disk(name, shape, nbytes, data)
     return data
+
+
+def editable_copy(data: Any, name: str) -> np.ndarray:
+    """Labels read lazily from their file (dask) copied, plane by plane, where they can be edited: into
+    memory when they fit there, else into a file on disk (not said here: called in a worker thread;
+    :func:`say_on_disk` says it). napari's brush wrote into the dask array, each dab replayed at every
+    read, so lazily read masks were locked, and opening them in memory was the only remedy.
+
+    Raises
+    ------
+    NoRoomForMasks
+        They fit neither in memory nor on the disk."""
+    shape, dtype = tuple(data.shape), np.dtype(data.dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    copy = np.zeros(shape, dtype=dtype) if fits_in_memory(nbytes) else _disk_array(shape, dtype, name)
+    top = 0
+    for i in np.ndindex(*shape[:-2]):
+        plane = np.asarray(data[i])
+        if plane.any():
+            copy[i] = plane
+            top = max(top, int(plane.max()))
+    note_ids(copy, top)
+    return copy
+
+
+def say_on_disk(layer: Any) -> None:
+    """Say that a layer's labels are held on disk (when they are)."""
+    data = layer.data
+    if on_disk(data):
+        _say_on_disk(layer.name, data.shape, data.nbytes, data)
 
 
 def move_to_disk(layer: Any) -> bool:

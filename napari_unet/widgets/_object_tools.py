@@ -119,7 +119,8 @@ def _slice_kept_by_runs(layer: "napari.layers.Labels", index: tuple[int, ...]) -
 
 
 #: What to do with labels read lazily from their file (too large for the memory free when opened).
-IN_MEMORY_REMEDY = "open them in memory (Load stack, Loading: in memory), closing other programs first"
+IN_MEMORY_REMEDY = ("open them with Load stack (Loading: auto), which copies them into a file on disk where they "
+                    "can be edited")
 
 
 def not_editable_when_lazy(layer: "napari.layers.Labels") -> bool:

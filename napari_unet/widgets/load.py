@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton
 
 from napari_unet.io import PLANE_IMAGE_SUFFIXES, TIFF_SUFFIXES, StackInfo, inspect_stack, read_layer_data
@@ -240,6 +241,14 @@ class LoadWidget(Container):
                     self._viewer.layers.remove(layer)
             self._on_error(exc)
             return
+        from napari.layers import Labels
+
+        from ._disk_masks import say_on_disk, watch_edits
+
+        for layer in added:
+            if isinstance(layer, Labels):
+                watch_edits(layer)  # (labels on disk: the ids the brush writes, for its next free id)
+                say_on_disk(layer)
         self._status.value = f"Loaded {', '.join(layer.name for layer in added)}"
 
     def _on_error(self, exc: BaseException) -> None:
@@ -258,7 +267,21 @@ class LoadWidget(Container):
 
 def _read_layers(path: Any, lazy: bool | None = None, axes: str | None = None) -> list[tuple[Any, dict[str, Any], str]]:
     """The layers of ``path``; masks (a labels file saved by napari-unet with its list of corrected
-    slices, OME-Zarr labels, a file named like masks) open as Labels layers, as File > Open does."""
+    slices, OME-Zarr labels, a file named like masks) open as Labels layers, as File > Open does.
+    Labels of a stack that open lazily (large) with Loading "auto" are copied where they can be
+    edited: into memory when they fit there, else into a file on disk (:mod:`._disk_masks`); read
+    lazily, napari's brush could not edit them well, and they were locked."""
     from napari_unet.io._reader import as_labels_where_masks
 
-    return as_labels_where_masks(path, read_layer_data(path, lazy=lazy, axes=axes))
+    from ._disk_masks import editable_copy
+
+    layers = as_labels_where_masks(path, read_layer_data(path, lazy=lazy, axes=axes))
+    if lazy is not None:  # (Loading "lazy" or "in memory": as chosen)
+        return layers
+    out = []
+    for data, meta, kind in layers:
+        if kind == "labels" and not isinstance(data, (np.ndarray, list)) and not meta.get("multiscale") \
+                and "dask" in type(data).__module__ and getattr(data, "ndim", 0) >= 3:
+            data = editable_copy(data, str(meta.get("name") or Path(path).stem))
+        out.append((data, meta, kind))
+    return out
