@@ -112,3 +112,27 @@ def test_a_titled_job_is_its_function_under_the_title_napari_shows():
     named_plain = titled(plain, "Load stack, reading a.tif")
     assert not inspect.isgeneratorfunction(named_plain) and named_plain(2) == 4
     assert titled(body, None) is body
+
+
+def test_the_interpreters_exit_waits_for_the_background_threads(tmp_path):
+    """Closed a few seconds after Fine-tune docked, napari died at exit ("terminate called without an
+    active exception", a segmentation fault): torch's first optimiser step still ran in the warm-up
+    thread while the interpreter was torn down. Exit now waits for the plugin's background threads, and
+    tells them to stop between their steps."""
+    import subprocess
+    import sys
+
+    done = tmp_path / "done"
+    code = f"""
+import time
+from napari_unet.widgets import _base
+
+def slow():
+    time.sleep(1.0)
+    open({str(done)!r}, "w").write("exiting" if _base.EXITING.is_set() else "not told")
+
+_base.start_background(slow, "napari-unet test")
+"""  # (the interpreter exits at once)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert done.read_text() == "exiting"

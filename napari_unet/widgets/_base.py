@@ -406,6 +406,38 @@ def _forget_connections(worker: Any) -> None:
 
 _WARMED_UP: set[str] = set()
 _WARM_UP_LOCK = threading.Lock()
+#: Set when the interpreter exits: background threads stop between their steps (see :func:`start_background`).
+EXITING = threading.Event()
+_BACKGROUND: list[threading.Thread] = []
+#: How long the interpreter's exit waits for background threads (a warm-up's optimiser step: 3-6 s).
+EXIT_WAIT_S = 20.0
+
+
+def _wait_for_background() -> None:
+    """At exit: let background threads end before the interpreter is torn down (closed a few seconds
+    after Fine-tune docked, napari died with "terminate called without an active exception" or a
+    segmentation fault, torch's first optimiser step still running in the warm-up thread)."""
+    import time
+
+    EXITING.set()
+    deadline = time.monotonic() + EXIT_WAIT_S
+    for thread in list(_BACKGROUND):
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def start_background(target: Callable[[], Any], name: str) -> threading.Thread:
+    """Start ``target`` in a daemon thread that the interpreter's exit waits for (up to
+    :data:`EXIT_WAIT_S`; :data:`EXITING` is set then, for it to stop between its steps)."""
+    import atexit
+
+    with _WARM_UP_LOCK:
+        if not _BACKGROUND:
+            atexit.register(_wait_for_background)
+        _BACKGROUND[:] = [t for t in _BACKGROUND if t.is_alive()]
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        _BACKGROUND.append(thread)
+    thread.start()
+    return thread
 
 
 def _warm_up_segmenting() -> None:
@@ -479,13 +511,15 @@ def warm_up_in_background(*what: str) -> None:
 
     def warm_up() -> None:
         for name in todo:
+            if EXITING.is_set():  # (napari closing: the rest is not needed)
+                return
             try:
                 _WARM_UPS[name]()
             except Exception:  # noqa: BLE001 - an optimisation only
                 log.debug("warm-up %r failed", name, exc_info=True)
         _heap.freeze_soon()  # the imports' objects are long-lived: see _heap
 
-    threading.Thread(target=warm_up, name="napari-unet warm-up", daemon=True).start()
+    start_background(warm_up, "napari-unet warm-up")
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -624,7 +658,7 @@ def show_when_known(label: Any, describe: Callable[[], str], quick: bool, waitin
     # its last reference is deleted outside its own thread, its queued call maybe with it
     _RELAYS.add(relay)
     label.value = waiting
-    threading.Thread(target=lambda: relay.said.emit(text()), name="napari-unet device", daemon=True).start()
+    start_background(lambda: relay.said.emit(text()), "napari-unet device")
 
 
 @functools.cache
