@@ -277,6 +277,16 @@ def test_a_hyperstack_layer_segments_its_current_slice_and_one_channel_of_the_st
     assert w._channel_axis.value is None
 
 
+def test_a_channel_axis_named_by_an_image_open_before_the_dock_is_chosen(make_napari_viewer):
+    """The usual order: the file opened, then Segment docked. The image is the first value of its list,
+    which never "changed": Channel axis stayed None, and a whole-stack run of a TCZYX layer segmented
+    the membrane channel with the nuclei model too, unsaid."""
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((2, 2, 3, 32, 32), np.uint8), name="tczyx", axis_labels=("t", "c", "z", "y", "x"))
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    assert w._image_combo.value.name == "tczyx" and w._channel_axis.value == 1
+
+
 def test_masks_of_a_rotated_image_are_drawn_over_it_and_its_field_of_view_is_the_one_shown(
         make_napari_viewer, qtbot, tiny_model_path, c2c12_stack):
     """An image with a rotation (and shear, scale) from its reader or a script: its masks layer takes

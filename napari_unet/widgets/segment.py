@@ -356,6 +356,7 @@ class SegmentWidget(Container):
         self._on_model_changed()
         self._proposal.refresh()
         self._on_image_kind()
+        self._channel_axis_of_image()  # (an image open before the dock: its combo's value never "changed")
         self._colour_of_image()
         self._diameter_of_image()
         self._register()
