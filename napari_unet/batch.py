@@ -356,8 +356,10 @@ def _volumes_to_ome_zarr(model: SegmentationModel, image: Any, out_path: Path, l
         group = zarr.open_group(str(tmp), mode="w", zarr_format=2)
         chunks = tuple(1 if a not in "ZYX" else (min(s, 64) if a == "Z" else min(s, 512)) for a, s in zip(axes, shape))
         target = group.create_array("0", shape=shape, chunks=chunks, dtype=np.int32, fill_value=0)
+        # (3D objects, whose ids the planes share, said as a TIFF's list says it: a plane segmented again in
+        # 2D after they are reopened numbers its objects above theirs, not from 1 over other nuclei's ids)
         write_ome_zarr_labels_metadata(group, axes, calibration[0], out_path.name.split(".")[0], calibration[1],
-                                       made_by)
+                                       {**(made_by or {}), "objects_3d": True})
         bar = None
         if show_progress:
             from tqdm import tqdm

@@ -37,6 +37,14 @@ def test_predict_3d_writes_3d_objects_with_the_files_voxel_size(tmp_path, nuclei
     written = zarr.open_group(str(tmp_path / "z" / "stack_masks.ome.zarr"), mode="r")
     np.testing.assert_array_equal(np.asarray(written["0"][...]), expected)
     assert [a["name"] for a in written.attrs["multiscales"][0]["axes"]] == ["z", "y", "x"]
+    # reopened, they are 3D objects, as the TIFF's are (a plane segmented again in 2D numbered its objects
+    # from 1, over other nuclei's ids in the planes around it)
+    from napari_unet.io._corrected import OBJECTS_3D_KEY
+    from napari_unet.io._reader import reader_function
+
+    for path in (tmp_path / "z" / "stack_masks.ome.zarr", tmp_path / "o" / "stack_masks.tif"):
+        (_data, meta, kind), = reader_function(str(path))
+        assert kind == "labels" and meta["metadata"].get(OBJECTS_3D_KEY) is True, path
 
 
 def test_predict_3d_without_voxel_size_assumes_isotropic_and_says_so(tmp_path, nuclei3d, capsys):

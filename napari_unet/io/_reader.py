@@ -482,8 +482,8 @@ def as_labels_where_masks(path: str | os.PathLike, layers: list[LayerData]) -> l
         if mark is not None and len(layers) == 1:
             _named_as_masks_of_their_image(path, layers[0][1])
             # the model and diameter an OME-Zarr's mark records (predict --dask), as a TIFF's list gives them
-            recorded = {k: v for k, v in ((MODEL_KEY, recorded_model(mark)), (DIAMETER_KEY, recorded_diameter(mark)))
-                        if v}
+            recorded = {k: v for k, v in ((MODEL_KEY, recorded_model(mark)), (DIAMETER_KEY, recorded_diameter(mark)),
+                                          (OBJECTS_3D_KEY, mark.get("objects_3d") is True)) if v}
             if recorded:
                 layers[0][1]["metadata"] = {**layers[0][1].get("metadata", {}), **recorded}
         return layers
