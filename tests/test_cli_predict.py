@@ -261,6 +261,35 @@ def test_multichannel_stack_needs_a_channel(tmp_path, dsb_fluo_crop, tiny_model_
     np.testing.assert_array_equal(masks, segment(load_model(tiny_model_path, device="cpu"), stack[1]))
 
 
+@pytest.mark.parametrize("dask", [False, True])
+def test_the_masks_of_one_channel_open_as_the_masks_of_that_channels_layer(tmp_path, dsb_fluo_crop, tiny_model_path,
+                                                                           capsys, dask):
+    """A multi-channel file opens as one layer a channel ("two [nuclei]", "two [membrane]"); predict's masks
+    of one of them opened as "two masks", the masks of no layer (Segment made a second masks layer, and did
+    not propose their model). They record their channel and open as "two [nuclei] masks"; another channel
+    segmented into the same folder is skipped with why."""
+    from napari_unet.io._reader import reader_function
+
+    image, _ = dsb_fluo_crop
+    stack = np.stack([image[:64, :64], 255 - image[:64, :64]])
+    tifffile.imwrite(tmp_path / "two.ome.tif", stack, ome=True,
+                     metadata={"axes": "CYX", "Channel": {"Name": ["nuclei", "membrane"]}})
+    names = [meta["name"] for _data, meta, _kind in reader_function(str(tmp_path / "two.ome.tif"))]
+    assert names == ["two [nuclei]", "two [membrane]"]
+    out = tmp_path / "o"
+    extra = ["--dask"] if dask else []
+    rc = main(["predict", str(tmp_path / "two.ome.tif"), "--out", str(out), "--model", str(tiny_model_path),
+               "--channel", "0", "--no-progress", *extra])
+    assert rc == 0, capsys.readouterr().err
+    (written,) = [p for p in out.iterdir() if p.name.startswith("two_masks") and not p.name.endswith(".json")]
+    (_data, meta, kind), = reader_function(str(written))
+    assert kind == "labels" and meta["name"] == "two [nuclei] masks"
+    rc = main(["predict", str(tmp_path / "two.ome.tif"), "--out", str(out), "--model", str(tiny_model_path),
+               "--channel", "1", "--no-progress", *extra])
+    assert rc == 0 and "exists (the masks of channel 'nuclei': segment another channel into another --out" \
+        in capsys.readouterr().err
+
+
 def test_channel_of_an_rgb_image_is_that_colour(tmp_path, dsb_fluo_crop, tiny_model_path, capsys):
     image, _ = dsb_fluo_crop
     grey = image[:64, :64] if image.ndim == 2 else image[:64, :64, 0]

@@ -470,7 +470,10 @@ def _predict_all(models: Any, inputs: list[Path], targets: list[Path], args: arg
         try:
             # (lexists: a link to nowhere is the user's too)
             if os.path.lexists(target) and not args.overwrite:
-                print(f"napari-unet: {path}: skipped, {target} exists (--overwrite replaces it)", file=sys.stderr)
+                channel = _channel_of_masks(target) if args.channel is not None else None
+                of = (f"the masks of channel {channel!r}: segment another channel into another --out folder; "
+                      if channel else "")
+                print(f"napari-unet: {path}: skipped, {target} exists ({of}--overwrite replaces it)", file=sys.stderr)
                 continue
             corrected = _slices_corrected_in(target) if os.path.lexists(target) and not args.overwrite_corrected else ""
             if corrected:  # (--overwrite is for a model's masks: these are someone's work)
@@ -492,6 +495,17 @@ def _predict_all(models: Any, inputs: list[Path], targets: list[Path], args: arg
             continue
         # (a reader of the list that stops, `| head`: the batch goes on, unlisted; see cli.main)
         print(f"{path} -> {target}", flush=True)
+
+
+def _channel_of_masks(target: Path) -> str | None:
+    """The channel of a multi-channel file that the masks at ``target`` were made from, as their list
+    or OME-Zarr mark records it (None: not recorded, or not napari-unet's)."""
+    from napari_unet.io._corrected import recorded_channel, stored_layout
+    from napari_unet.io._reader import _napari_unet_mark
+
+    if target.is_dir():
+        return recorded_channel(_napari_unet_mark(target))
+    return stored_layout(target).channel
 
 
 def _as_found(target: Path) -> dict[str, Any]:
@@ -605,6 +619,13 @@ def _segment_one(models: _ModelChoice, path: Path, target: Path, args: argparse.
     rgb = axes.endswith("S")
     model = models.for_input(data, rgb, name)
     made_by = _made_by(model, args.diameter, models.kind)  # (recorded with the masks, either way)
+    if "C" in info.axes and "C" not in axes:  # one channel of several: the reader's layer of it, named
+        from napari_unet.io._corrected import CHANNEL_KEY
+        from napari_unet.io._reader import channel_layer_suffix
+
+        suffix = channel_layer_suffix(info, args.channel if isinstance(args.channel, int) else 0)
+        if suffix is not None:
+            made_by[CHANNEL_KEY] = suffix
     label_axes = axes[:-1] if rgb else axes
     diameter = _diameter(args.diameter, scale, None)
     options_3d = _options_3d(args, label_axes, scale, rgb, name, say_spacing=not use_dask)

@@ -104,6 +104,12 @@ MODEL_KEY = "napari_unet_model"
 #: one is not to be found again on day two).
 DIAMETER_KEY = "napari_unet_diameter"
 
+#: Key, in the metadata of masks made from one channel of a multi-channel file (``predict --channel``),
+#: of that channel's name as the reader names its layer ("<image> [nuclei]"): reopened, the masks are
+#: named "<image> [nuclei] masks", the masks of that layer (they paired with no layer, and Segment made
+#: a second masks layer beside them).
+CHANNEL_KEY = "napari_unet_channel"
+
 
 def recorded_colours(metadata: Any) -> list[tuple[tuple[int, ...], int | str]]:
     """The (slice, colour) pairs :data:`COLOUR_KEY` holds in ``metadata`` (a dict; malformed entries
@@ -163,6 +169,14 @@ def recorded_diameter(metadata: Any) -> str | None:
     stored = metadata.get(DIAMETER_KEY) if isinstance(metadata, dict) else None
     if not isinstance(stored, str) or not 0 < len(stored.strip()) <= 40 or diameter_word(stored) is not None \
             or not any(c.isdigit() for c in stored):
+        return None
+    return stored.strip()
+
+
+def recorded_channel(metadata: Any) -> str | None:
+    """The channel name :data:`CHANNEL_KEY` records in ``metadata``; None when none is (or it is no name)."""
+    stored = metadata.get(CHANNEL_KEY) if isinstance(metadata, dict) else None
+    if not isinstance(stored, str) or not 0 < len(stored.strip()) <= 200 or any(c in stored for c in "\n\r"):
         return None
     return stored.strip()
 
@@ -351,6 +365,9 @@ def corrected_list_text(labels_path: str | os.PathLike, planes: Iterable[Any] | 
     typed = recorded_diameter(model)
     if typed:
         payload["diameter"] = typed
+    channel = recorded_channel(model)
+    if channel:
+        payload["channel"] = channel
     return json.dumps(payload, indent=1) + "\n"
 
 
@@ -401,6 +418,8 @@ class StoredLayout:
     model: dict | None = None
     #: the object diameter typed for that run (see DIAMETER_KEY), as typed
     diameter: str | None = None
+    #: the channel of a multi-channel file the masks were made from (see CHANNEL_KEY)
+    channel: str | None = None
 
 
 def _numbers(values: Any, nonzero: bool = False) -> tuple[float, ...] | None:
@@ -433,7 +452,8 @@ def stored_layout(labels_path: str | os.PathLike) -> StoredLayout:
     colours = [[list(p), c] for p, c in recorded_colours({COLOUR_KEY: data.get("colours")})]
     return StoredLayout(axes, _numbers(data.get("offset_pixels")), scale, tuple(units) if units else None, transform,
                         data.get("objects_3d") is True, colours or None, recorded_model({MODEL_KEY: data.get("model")}),
-                        recorded_diameter({DIAMETER_KEY: data.get("diameter")}))
+                        recorded_diameter({DIAMETER_KEY: data.get("diameter")}),
+                        recorded_channel({CHANNEL_KEY: data.get("channel")}))
 
 
 def transform_identities(ndim: int) -> dict[str, np.ndarray]:

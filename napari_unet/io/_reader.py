@@ -25,6 +25,7 @@ from ._corrected import (
     file_state,
     load_corrected_list,
     plane_in,
+    recorded_channel,
     recorded_diameter,
     recorded_model,
     sidecar_path,
@@ -291,7 +292,6 @@ def stack_layer_data(levels: list[Any] | Any, info: StackInfo, split_channels: b
 
     c_axis = axes.index("C")
     n = info.shape[c_axis]
-    names = info.channel_names or [f"ch{i}" for i in range(n)]
     cmaps = ["gray"] if n == 1 else _MAGENTA_GREEN if n == 2 else _CMYBGR
     out: list[LayerData] = []
     for i in range(n):
@@ -299,7 +299,8 @@ def stack_layer_data(levels: list[Any] | Any, info: StackInfo, split_channels: b
         chan_levels = [lev[index] for lev in levels]
         if _is_overview(levels):
             chan_levels[1:] = [_marked_overview(lev) for lev in chan_levels[1:]]
-        meta = dict(common, name=f"{info.name} [{names[i]}]" if n > 1 or info.channel_names else info.name)
+        suffix = channel_layer_suffix(info, i)
+        meta = dict(common, name=f"{info.name} [{suffix}]" if suffix is not None else info.name)
         if not rgb:
             sample = np.asarray(sample_level[sample_plane_indices(sample_shape, axes, i)])
             meta["contrast_limits"] = contrast_limits_from_sample(sample)
@@ -472,7 +473,7 @@ def as_labels_where_masks(path: str | os.PathLike, layers: list[LayerData]) -> l
         for _data, meta, _kind in layers:  # saved there again after someone changed it: asked (see FILE_KEY)
             meta["metadata"] = {**meta.get("metadata", {}), FILE_KEY: file_state(path)}
         if len(layers) == 1:  # (predict's masks, with the list that records their model)
-            _named_as_masks_of_their_image(path, layers[0][1])
+            _named_as_masks_of_their_image(path, layers[0][1], stored.channel)
         return layers
     if _is_ome_zarr_labels(path) or _named_as_labels(path, layers):
         # masks napari-unet made (predict, segment_to_ome_zarr): a model's, none corrected yet; another
@@ -480,7 +481,7 @@ def as_labels_where_masks(path: str | os.PathLike, layers: list[LayerData]) -> l
         mark = _napari_unet_mark(path)
         layers = [as_labels_layer(layer, [] if mark is not None else None) for layer in layers]
         if mark is not None and len(layers) == 1:
-            _named_as_masks_of_their_image(path, layers[0][1])
+            _named_as_masks_of_their_image(path, layers[0][1], recorded_channel(mark))
             # the model and diameter an OME-Zarr's mark records (predict --dask), as a TIFF's list gives them
             recorded = {k: v for k, v in ((MODEL_KEY, recorded_model(mark)), (DIAMETER_KEY, recorded_diameter(mark)),
                                           (OBJECTS_3D_KEY, mark.get("objects_3d") is True)) if v}
@@ -490,15 +491,27 @@ def as_labels_where_masks(path: str | os.PathLike, layers: list[LayerData]) -> l
     return layers
 
 
-def _named_as_masks_of_their_image(path: str | os.PathLike, meta: dict[str, Any]) -> None:
+def channel_layer_suffix(info: StackInfo, channel: int) -> str | None:
+    """What the layer of ``channel`` of a stack with a C axis (``info``) is named by, in brackets after
+    the stack's name ("cells [nuclei]"; "cells [ch1]" where the file names none); None for the one
+    channel of a file that names none (the layer is named as the stack)."""
+    n = info.shape[info.axes.index("C")]
+    names = list(info.channel_names or [])
+    names += [f"ch{i}" for i in range(len(names), n)]
+    return names[channel] if n > 1 or info.channel_names else None
+
+
+def _named_as_masks_of_their_image(path: str | os.PathLike, meta: dict[str, Any], channel: str | None = None) -> None:
     """``napari-unet predict``'s "<image>_masks.tif" opened as the layer "<image> masks", the name by
     which the widgets pair masks with their image ("<image>_masks" paired with nothing: Segment made a
-    second masks layer, Fine-tune did not find them)."""
+    second masks layer, Fine-tune did not find them); made from ``channel`` of a multi-channel file
+    (see :data:`~napari_unet.io._corrected.CHANNEL_KEY`), "<image> [<channel>] masks", the masks of
+    that channel's layer."""
     from ._formats import stack_name
 
     stem = stack_name(path)
     if meta.get("name") == stem and stem.endswith("_masks") and len(stem) > len("_masks"):
-        meta["name"] = stem[: -len("_masks")] + " masks"
+        meta["name"] = stem[: -len("_masks")] + (f" [{channel}]" if channel else "") + " masks"
 
 
 def _napari_unet_mark(path: str | os.PathLike) -> dict[str, Any] | None:

@@ -21,6 +21,7 @@ from ._corrected import (
     OBJECTS_3D_KEY,
     corrected_list_text,
     mark_saved,
+    recorded_channel,
     recorded_colours,
     recorded_diameter,
     recorded_model,
@@ -291,7 +292,8 @@ def write_labels(
                 tifffile.imwrite(fh, np.ascontiguousarray(_fitting(data, dtype)), **kwargs)
         if corrected is None and (_exists(sidecar_path(path)) or layer_axes is not None or offset is not None
                                   or transform or objects_3d or recorded_colours(colours)
-                                  or recorded_model(model) or recorded_diameter(model) or kept is not None):
+                                  or recorded_model(model) or recorded_diameter(model) or recorded_channel(model)
+                                  or kept is not None):
             corrected = []  # a stale list emptied; or the layer's axes, offset or calibration recorded for the reader
         if corrected is not None:
             with files.open(sidecar_path(path), "w") as fh:
