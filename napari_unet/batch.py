@@ -370,8 +370,8 @@ def _volumes_to_ome_zarr(model: SegmentationModel, image: Any, out_path: Path, l
 
         def show(event: Any) -> None:
             if not isinstance(event, Progress):  # a note of the 3D path (a voxel size assumed...): once
-                message = getattr(event, "message", str(event))
-                if message not in said:
+                message = getattr(event, "message", None)  # (None: no note, a volume's size for Segment's dock)
+                if message is not None and message not in said:
                     said.add(message)
                     log.warning("%s", message)
                 return

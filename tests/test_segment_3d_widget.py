@@ -207,8 +207,8 @@ def test_a_3d_run_cancelled_before_writing_leaves_the_2d_masks_re_thresholdable(
     assert "Cancelled" in w._status.value and "1 finished volume kept" in w._status.value
 
 
-def test_3d_with_the_field_of_view_says_it_runs_the_volume_and_clears_the_diameter_line(widget, qtbot, nuclei3d,
-                                                                                        notifications):
+def test_3d_with_the_field_of_view_says_it_runs_the_volume_and_its_own_diameter(widget, qtbot, nuclei3d,
+                                                                                notifications):
     from napari_unet.widgets.segment import SCOPE_SLICE, SCOPE_VIEW
 
     viewer, w = widget
@@ -219,10 +219,12 @@ def test_3d_with_the_field_of_view_says_it_runs_the_volume_and_clears_the_diamet
     w._run_button.clicked.emit()  # a 2D run: the diameter line says what it used
     qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
     assert w._diameter_used.value
+    w._diameter_used.value = "the 2D run's"
     w._scope.value = SCOPE_VIEW
     _run(w, qtbot, image)
     assert any("the field of view does not apply" in m for m in notifications)
-    assert w._diameter_used.value == ""  # not the 2D run's any more
+    # not the 2D run's any more: the size the volume was segmented at (it said nothing)
+    assert w._diameter_used.value not in ("", "the 2D run's")
     assert viewer.layers[masks_layer_name("s")].data.max() > 0
 
 

@@ -722,8 +722,8 @@ def _segment_with_bar(model: Any, data: Any, rgb: bool, diameter: float | None, 
 
     def show(event: Any) -> None:
         if not isinstance(event, Progress):  # a note of the 3D path (e.g. an assumed voxel size): once
-            message = getattr(event, "message", str(event))
-            if message not in said and "voxel size is unknown" not in message:  # that one is said above
+            message = getattr(event, "message", None)  # (None: no note, a volume's size for Segment's dock)
+            if message is not None and message not in said and "voxel size is unknown" not in message:
                 said.add(message)
                 bar.write(f"napari-unet: {name}: {message}", file=sys.stderr)
             return

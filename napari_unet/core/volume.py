@@ -80,7 +80,7 @@ LEVEL_MAX_GAIN = 20.0
 LEVEL_MIN_PIXELS = 50
 
 __all__ = [
-    "MODES", "VolumeNote", "check_spacing", "iter_segment_stack_3d", "iter_segment_volume", "segment_volume",
+    "MODES", "VolumeNote", "VolumeSized", "check_spacing", "iter_segment_stack_3d", "iter_segment_volume", "segment_volume",
     "side_view_weight", "stitch_plane",
 ]
 
@@ -90,6 +90,16 @@ class VolumeNote:
     """Something the user should know about a 3D run (yielded once, before the work)."""
 
     message: str
+
+
+@dataclass(frozen=True)
+class VolumeSized:
+    """The object size a volume's xy planes were segmented at (yielded once a volume, when it is
+    known): what Segment's "Diameter used" says after a 3D run (it said nothing)."""
+
+    diameter: float | None  # xy pixels (None: the image's own scale, a model without an object size)
+    scale: float  # the planes rescaled by this
+    note: str = ""  # about the estimate (said in a VolumeNote too)
 
 
 #: A voxel size whose sides differ more than this is taken for a mistake (units mixed up: z in
@@ -580,6 +590,7 @@ def _iter_3d(model, volume, spacing, diameter, orthogonal, threshold, min_size, 
             yield VolumeNote("Every plane of the volume is blank (one value, camera noise alone or no data): "
                              "nothing to segment.")
             orthogonal = False
+        yield VolumeSized(sized.diameter, float(sized.scale), sized.note or "")
         if sized.note:
             yield VolumeNote(f"Object diameter: {sized.note}.")
         if orthogonal and xy_diameter and nzr < 2 * xy_diameter:
@@ -707,6 +718,7 @@ def _iter_stitch(model, volume, diameter, threshold, min_size, should_stop, out,
                     should_stop=should_stop, **engine_options),
         stages, "middle", "xy planes", lambda r: got.__setitem__(r.index[0], r))
     first = got[mid]
+    yield VolumeSized(first.diameter, float(first.scale), first.note or "")
     if first.note:
         yield VolumeNote(f"Object diameter: {first.note}.")
     rest_diameter: float | str = first.diameter if first.diameter else "native"

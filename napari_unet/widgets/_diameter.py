@@ -82,7 +82,7 @@ class DiameterControls:
         """A run of ``image`` begins (its pixel size, when it has one, says the diameter used in µm too)."""
         self._last_note = ""
         self._pixel_um = pixel_size_um(image) if image is not None else None
-        self.used.value = ""  # until the run says (a 3D run does not: the last 2D run's value would stay)
+        self.used.value = ""  # until the run says (a plane's result, or a volume's size: not the last run's)
         self._run_auto = self.is_auto  # what the run was given, whatever the field says later
         self.run_typed = None if self._run_auto else str(self.field.value).strip()
 

@@ -1078,6 +1078,7 @@ class SegmentWidget(Container):
     def _on_yielded(self, item: Any) -> None:
         from napari_unet.core.events import Progress
         from napari_unet.core.predict import PlaneResult
+        from napari_unet.core.volume import VolumeSized
 
         if not qt_alive(self):
             return
@@ -1105,6 +1106,9 @@ class SegmentWidget(Container):
         elif isinstance(item, VolumeResult) and not self._abandoned:
             write_volume_result(self, item)
             self._volumes_written = (self._volumes_written or 0) + 1
+        elif isinstance(item, VolumeSized):  # (the size a volume was segmented at: Diameter used says it)
+            self._notes_said.add(f"Object diameter: {item.note}.")  # (said by show, not again by its note)
+            self._sizing.show(item)
         elif hasattr(item, "message") and item.message not in self._notes_said:
             self._notes_said.add(item.message)  # a note of the 3D path (an assumed voxel size, ...), once a run
             from napari_unet.core.volume import UNKNOWN_SPACING_NOTE
