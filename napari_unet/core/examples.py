@@ -7,6 +7,7 @@ edge band of each plane, and :func:`training_split` puts both together for a run
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -430,6 +431,15 @@ class TrainingSplit:
     def partial(self) -> list[int]:
         """Input planes (indices) learnt from in part: only where their class is known."""
         return sorted({e.source for e in self.examples if e.in_part})
+
+    @functools.cached_property
+    def labels_diameter(self) -> float:
+        """The median object diameter of all the examples' labels as they are (:func:`~napari_unet.core.
+        calibrate.training_diameter`): the object size a model of none learns at. Measured once (the
+        validation's setting and the model's record both ask for it)."""
+        from .calibrate import training_diameter
+
+        return training_diameter([e.labels for e in self.examples])
 
 
 def training_split(

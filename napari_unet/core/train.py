@@ -649,9 +649,7 @@ def _finetuned_setting(base: SegmentationModel, split: TrainingSplit) -> tuple[f
     """The setting with which a model fine-tuned from ``base`` on ``split`` makes its objects: its
     validation scores them so (it scored 0.5 / 16 px / every seed, neither the base's setting nor the
     new one)."""
-    from .calibrate import training_diameter
-
-    diameter = base.diameter if base.diameter is not None else training_diameter([e.labels for e in split.examples])
+    diameter = base.diameter if base.diameter is not None else split.labels_diameter
     return _setting(finetuned_postprocessing(base), diameter)
 
 

@@ -149,9 +149,7 @@ def trained_metadata(
         meta["postprocessing"] = finetuned_postprocessing(base)
     if base.diameter is None and not unchanged:  # its object size: that of the objects it learnt from
         # (as they were: a base of no object size trains on the images at their own scale)
-        from .calibrate import training_diameter
-
-        meta["training_diameter"] = round(training_diameter([e.labels for e in split.examples]), 2)
+        meta["training_diameter"] = round(split.labels_diameter, 2)
     if not unchanged and split.colour != INHERITED:  # what of RGB images it learnt from (its "auto")
         if split.colour is None:
             meta.pop("colour", None)
