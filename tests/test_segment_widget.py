@@ -1618,7 +1618,8 @@ def test_a_whole_stack_whose_masks_fit_neither_in_memory_nor_on_disk_is_refused_
     w._scope.value = SCOPE_STACK
     w._run_button.clicked.emit()
     assert w._worker is None and w._status.value.startswith("Not started: the masks of")
-    assert any("do not fit in memory" in m and "nor on the disk" in m and "--dask" in m for m in notifications)
+    assert any("do not fit in memory, nor in" in m and "NAPARI_UNET_CACHE_DIR" in m and "--dask" in m
+               for m in notifications)
     assert masks_layer_name("huge") not in viewer.layers  # (made for the run, removed again)
     assert not list(_disk_masks.masks_dir().glob("*.masks"))
 
@@ -1656,6 +1657,18 @@ def test_masks_larger_than_the_memory_free_are_held_on_disk_edited_saved_and_rem
     assert any("does not fit in the memory free: held in a file on disk" in m for m in notifications)
     np.testing.assert_array_equal(np.asarray(data), expected)  # (the same masks as in memory)
     assert _disk_masks.top_id(data) == int(expected.max())
+
+    # from now on nothing reads the whole file in the window's thread (a 4 GB file: seconds each time)
+    def guarded(name):
+        def check(self, *args, **kwargs):
+            assert self.size != data.size, f"a pass over the whole masks file ({name})"
+            return getattr(np.ndarray, name)(self, *args, **kwargs)
+        return check
+
+    for name in ("max", "any", "min", "astype"):
+        monkeypatch.setattr(np.memmap, name, guarded(name), raising=False)
+    _segment(w, qtbot, image, SCOPE_SLICE)  # (a run into masks on disk: its start, its plane, its end)
+    assert w._status.value.startswith("Done")
 
     # the brush: its next free id above every id written (runs and edits), no pass over the file
     label = select_next_free_label(masks)
@@ -1705,13 +1718,15 @@ def test_masks_files_left_by_a_napari_that_ended_are_removed_and_16_bit_masks_on
     folder = _disk_masks.masks_dir()
     folder.mkdir(parents=True, exist_ok=True)
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    gone = folder / f"{int(ended.stdout)}-0000-old{_disk_masks._SUFFIX}"
-    running = folder / f"1-0000-init{_disk_masks._SUFFIX}"  # (pid 1 is always running)
-    gone.write_bytes(b"x")
-    running.write_bytes(b"x")
+    host = _disk_masks._OWNER.split("@", 1)[1]
+    gone = folder / f"{int(ended.stdout)}@{host}~0000~old{_disk_masks._SUFFIX}"
+    running = folder / f"1@{host}~0000~init{_disk_masks._SUFFIX}"  # (pid 1 is always running)
+    elsewhere = folder / f"{int(ended.stdout)}@another-computer~0000~theirs{_disk_masks._SUFFIX}"  # (a shared cache)
+    for path in (gone, running, elsewhere):
+        path.write_bytes(b"x")
     monkeypatch.setattr(_disk_masks, "MASKS_MEMORY_SHARE", 1e-9)
     data = _disk_masks.new_masks((3, 16, 16), np.uint16, "some masks")
-    assert _disk_masks.on_disk(data) and not gone.exists() and running.exists()
+    assert _disk_masks.on_disk(data) and not gone.exists() and running.exists() and elsewhere.exists()
     data[1, 2:4, 2:4] = 65535
     _disk_masks.note_ids(data, 65535)
     wide = _disk_masks.widened(data, np.int32)
@@ -1719,6 +1734,42 @@ def test_masks_files_left_by_a_napari_that_ended_are_removed_and_16_bit_masks_on
     np.testing.assert_array_equal(np.asarray(wide), np.asarray(data))
     assert _disk_masks.top_id(wide) == 65535 and _disk_masks.top_id(np.zeros((2, 2))) is None
     running.unlink()
+    elsewhere.unlink()
+
+
+def test_masks_moved_to_disk_keep_the_ids_of_their_undo_history(make_napari_viewer, monkeypatch):
+    """napari keeps a layer's undo history when its data is replaced: an object painted then erased
+    before the masks moved to disk came back with Ctrl+Z after, and the brush's next free id (from the
+    ids written since) was its id: one id, two cells."""
+    from napari_unet.widgets import _disk_masks
+    from napari_unet.widgets._object_tools import select_next_free_label
+
+    viewer = make_napari_viewer()
+    data = np.zeros((3, 64, 64), np.int32)
+    data[1, :10, :10] = 5
+    layer = viewer.add_labels(data, name="m")
+    _disk_masks.watch_edits(layer)
+    layer.brush_size = 6
+    layer.paint((1, 30, 30), 6)
+    layer.paint((1, 30, 30), 0)  # (erased: 6 is only in the history now)
+    monkeypatch.setattr(_disk_masks, "MASKS_MEMORY_SHARE", 1e-9)
+    assert _disk_masks.move_to_disk(layer) and _disk_masks.on_disk(layer.data)
+    layer.undo()
+    assert layer.data[1, 30, 30] == 6 and select_next_free_label(layer) == 7
+
+
+def test_a_run_into_masks_on_a_full_disk_stops_before_writing(widget, qtbot, c2c12_stack, notifications, monkeypatch):
+    """Written into a memory map on a full disk, napari dies (SIGBUS) and the corrections with it: the run
+    stops before a plane that would not fit, and says why."""
+    from napari_unet.widgets import _disk_masks
+
+    viewer, w = widget
+    monkeypatch.setattr(_disk_masks, "MASKS_MEMORY_SHARE", 1e-9)
+    monkeypatch.setattr(_disk_masks, "WRITE_MARGIN_BYTES", 1 << 62)
+    image = viewer.add_image(c2c12_stack, name="full")
+    _segment(w, qtbot, image, SCOPE_STACK)
+    assert any("is full: the run stops" in m for m in notifications) and w._status.value.startswith("Cancelled")
+    assert masks_layer_name("full") not in viewer.layers  # (made for the run, nothing written: removed again)
 
 
 def test_the_masks_follow_a_rotation_or_affine_set_on_the_image_after_a_first_run(widget, qtbot, c2c12_stack,

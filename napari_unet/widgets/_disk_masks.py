@@ -21,6 +21,7 @@ import contextlib
 import logging
 import mmap
 import os
+import platform
 import re
 import shutil
 import uuid
@@ -42,11 +43,23 @@ _SUFFIX = ".masks"
 
 #: {the file's memory map: [largest id written]} for masks on disk (see :func:`top_id`).
 _TOPS: weakref.WeakKeyDictionary[mmap.mmap, list[int]] = weakref.WeakKeyDictionary()
+#: {the file's memory map: planes holding labels} of labels copied from a file (:func:`editable_copy`).
+_HELD: weakref.WeakKeyDictionary[mmap.mmap, list[tuple[int, ...]]] = weakref.WeakKeyDictionary()
+#: {path: bytes} of this process's masks files (sparse until written: their room is kept for them).
+_LIVE: dict[str, int] = {}
+#: Room a plane's write leaves free on the masks' disk, at least (a full disk under a memory map is no
+#: error but a crash: SIGBUS).
+WRITE_MARGIN_BYTES = 64 << 20
 _WATCHED: weakref.WeakSet[Any] = weakref.WeakSet()  # (layers whose edits :func:`watch_edits` follows)
 
 
 class NoRoomForMasks(ValueError):
-    """Masks that fit neither in memory nor on the disk (its message says where and how much)."""
+    """Masks that fit neither in memory nor on the disk: its message says so whole, ``where`` the disk's
+    part ("nor in <folder> (N GB free ...)") for a sentence of its caller's."""
+
+    def __init__(self, message: str, where: str) -> None:
+        super().__init__(message)
+        self.where = where
 
 
 def masks_dir() -> Path:
@@ -79,6 +92,25 @@ def top_id(data: Any) -> int | None:
     if not on_disk(data):
         return None
     return _TOPS[data._mmap][0]
+
+
+def held_planes(data: Any) -> list[tuple[int, ...]] | None:
+    """The planes holding labels of masks on disk copied from a file (:func:`editable_copy`), read
+    without a pass over the file; [] for masks on disk made empty; None for other arrays."""
+    if not on_disk(data):
+        return None
+    return list(_HELD.get(data._mmap, []))
+
+
+def room_to_write(data: Any, nbytes: int) -> bool:
+    """Whether ``nbytes`` can be written into ``data`` without filling its disk (True for arrays not on
+    disk): writing into a memory map on a full disk kills the process (SIGBUS), the corrections lost."""
+    if not on_disk(data) or not data.filename:
+        return True
+    try:
+        return shutil.disk_usage(Path(data.filename).parent).free >= nbytes + WRITE_MARGIN_BYTES
+    except OSError:
+        return True
 
 
 def note_ids(data: Any, top: int) -> None:
@@ -148,13 +180,16 @@ def editable_copy(data: Any, name: str) -> np.ndarray:
     shape, dtype = tuple(data.shape), np.dtype(data.dtype)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     copy = np.zeros(shape, dtype=dtype) if fits_in_memory(nbytes) else _disk_array(shape, dtype, name)
-    top = 0
+    top, held = 0, []
     for i in np.ndindex(*shape[:-2]):
         plane = np.asarray(data[i])
         if plane.any():
             copy[i] = plane
             top = max(top, int(plane.max()))
+            held.append(tuple(int(k) for k in i))
     note_ids(copy, top)
+    if on_disk(copy):
+        _HELD[copy._mmap] = held  # (the planes holding someone's labels: no pass over the file to find them)
     return copy
 
 
@@ -168,11 +203,13 @@ def say_on_disk(layer: Any) -> None:
 def move_to_disk(layer: Any) -> bool:
     """Hold a masks layer's labels in a file when a run is to fill more of them than the memory free
     takes (said; what it held is copied plane by plane); whether they moved."""
+    from ._napari_compat import labels_history_top
+
     data = layer.data
     if on_disk(data) or not isinstance(data, np.ndarray) or data.ndim < 3:
         return False
     moved = _disk_array(data.shape, data.dtype, layer.name)
-    top = 0
+    top = labels_history_top(layer)  # (napari keeps the layer's history: an undo brings its ids back)
     for i in np.ndindex(*data.shape[:-2]):
         plane = data[i]
         if plane.any():
@@ -201,18 +238,20 @@ def _disk_array(shape: tuple[int, ...], dtype: Any, name: str) -> np.memmap:
     nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        _remove_left_behind(folder)
-        free = shutil.disk_usage(folder).free
+        remove_left_behind(folder)
+        free = shutil.disk_usage(folder).free - _unwritten(folder)  # (this process's other files fill too)
     except OSError as exc:
-        raise NoRoomForMasks(f"the masks ({_gb(nbytes)}) do not fit in memory, and the folder for masks on disk "
-                         f"({folder}) cannot be used: {exc}") from None
+        where = f"nor in the folder for masks on disk, {folder}, which cannot be used ({exc})"
+        raise NoRoomForMasks(f"the masks ({_gb(nbytes)}) fit neither in memory {where}", where) from None
     if nbytes + DISK_MARGIN_BYTES > free:
-        raise NoRoomForMasks(f"the masks ({_gb(nbytes)}) fit neither in memory nor on the disk of {folder} "
-                         f"({_gb(free)} free; the environment variable {CACHE_ENV} names another folder)")
+        where = (f"nor in {folder} ({_gb(max(free, 0))} free; set the environment variable {CACHE_ENV} to a "
+                 "folder on a disk with room)")
+        raise NoRoomForMasks(f"the masks ({_gb(nbytes)}) fit neither in memory {where}", where)
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:60] or "masks"
-    path = folder / f"{os.getpid()}-{uuid.uuid4().hex[:8]}-{safe}{_SUFFIX}"
+    path = folder / f"{_OWNER}~{uuid.uuid4().hex[:8]}~{safe}{_SUFFIX}"
     data = np.memmap(path, dtype=dtype, mode="w+", shape=tuple(shape))
     _TOPS[data._mmap] = [0]
+    _LIVE[str(path)] = nbytes
     weakref.finalize(data._mmap, _remove, str(path))  # (the masks dropped, or napari closed)
     log.info("masks %s of %s held on disk in %s", tuple(shape), np.dtype(dtype), path)
     return data
@@ -222,20 +261,48 @@ def _say_on_disk(name: str, shape: tuple[int, ...], nbytes: int, data: np.memmap
     from ._base import notify_info
 
     notify_info(f"{name!r} ({' x '.join(str(n) for n in shape)} pixels, {_gb(nbytes)}) does not fit in the memory "
-                f"free: held in a file on disk instead ({data.filename}), removed when napari closes. Save the "
-                "masks (Correct, Save masks) to keep them.")
+                f"free: held in a file on disk instead ({data.filename}), removed with the layer or when napari "
+                "closes. Save the masks (Correct, Save masks) to keep them.")
 
 
 def _remove(path: str) -> None:
+    _LIVE.pop(path, None)
     with contextlib.suppress(OSError):  # (Windows: still mapped somewhere; removed with the next ones)
         os.remove(path)
 
 
-def _remove_left_behind(folder: Path) -> None:
-    """Remove masks files of napari processes that ended without removing them (a crash)."""
-    for path in folder.glob(f"*{_SUFFIX}"):
-        pid = path.name.split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+def _unwritten(folder: Path) -> int:
+    """Bytes of this process's masks files in ``folder`` not yet taken on its disk (sparse files)."""
+    total = 0
+    for path, nbytes in list(_LIVE.items()):
+        if Path(path).parent != folder:
+            continue
+        try:
+            total += max(0, nbytes - os.stat(path).st_blocks * 512)
+        except AttributeError:  # (Windows: no st_blocks; counted whole)
+            total += nbytes
+        except OSError:  # (gone)
+            pass
+    return total
+
+
+#: Who made a masks file, in its name: the process and the computer ("1234@host"), so that a cache shared
+#: between computers (a home folder on a network disk) removes only its own computer's files left behind.
+_OWNER = f"{os.getpid()}@{re.sub(r'[^A-Za-z0-9_.-]+', '_', platform.node())[:40] or 'host'}"
+
+
+def remove_left_behind(folder: Path | None = None) -> None:
+    """Remove masks files that napari processes of this computer left behind when they ended (a crash;
+    on Windows, files still mapped when napari closed). Called when masks go to disk and as Segment docks."""
+    folder = masks_dir() if folder is None else folder
+    host = _OWNER.split("@", 1)[1]
+    try:
+        paths = list(folder.glob(f"*{_SUFFIX}"))
+    except OSError:
+        return
+    for path in paths:
+        pid, _, made_on = path.name.split("~", 1)[0].partition("@")
+        if made_on == host and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             _remove(str(path))
 
 

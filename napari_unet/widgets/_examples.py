@@ -116,8 +116,9 @@ def _plane_of(data: Any, index: tuple[int, ...], copy: bool = True) -> np.ndarra
 
 
 def held_in_memory(data: Any) -> bool:
-    """Whether ``data`` is a numpy array (a plane of it is there at once: not read from a file)."""
-    return isinstance(data, np.ndarray)
+    """Whether ``data`` is a numpy array in memory (a plane of it is there at once: not read from a file,
+    nor from a memory map of one: masks larger than the memory, see ``_disk_masks``)."""
+    return isinstance(data, np.ndarray) and not isinstance(data, np.memmap)
 
 
 @dataclass

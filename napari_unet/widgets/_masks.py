@@ -13,7 +13,7 @@ from qtpy.QtCore import QTimer
 from napari_unet.io._corrected import MASKS_KEY, planes_holding_labels
 
 from ._corrections import CorrectedSlices, format_plane, planes_of_history_item, planes_text
-from ._disk_masks import new_masks, note_ids, watch_edits, widened
+from ._disk_masks import held_planes, new_masks, note_ids, watch_edits, widened
 from ._napari_compat import (
     forget_labels_history,
     layers_added_unselected,
@@ -207,7 +207,8 @@ def _keep_labels_of_someone(layer: Any) -> None:
     if tracker.came_with_list or not isinstance(data, np.ndarray):
         return
     known = set(tracker.planes)
-    held = [idx for idx in planes_holding_labels(data) if idx not in known]
+    on_file = held_planes(data)  # (labels copied to disk from their file: found then, no pass over it now)
+    held = [idx for idx in (planes_holding_labels(data) if on_file is None else on_file) if idx not in known]
     if held:
         tracker.update(held)
         notify_info(f"{layer.name!r} holds labels napari-unet did not make ({planes_text(held)}): kept as your "
@@ -234,9 +235,9 @@ def ready_for_writing(layer: Any, widen_16_bit: bool = True) -> None:
         raise ValueError(f"The layer {layer.name!r} holds several resolutions (a pyramid), which cannot be written "
                          "plane by plane: rename or remove it, and segment again into a new masks layer.")
     if not isinstance(layer.data, np.ndarray):  # dask (read lazily), zarr, ...: a plane read is a copy
-        raise ValueError(f"The layer {layer.name!r} is not held in memory (read lazily from its file), so nothing "
-                         "can be written into it: open it in memory (Load stack, Loading: in memory), or rename or "
-                         "remove it.")
+        raise ValueError(f"The layer {layer.name!r} is read lazily from its file, so nothing can be written into it: "
+                         "open it with Load stack (Loading: auto), which copies it where it can be written into, or "
+                         "rename or remove it.")
     if not layer.data.flags.writeable:  # (a read-only memory map: writing raised inside the Qt slot, then "Done")
         raise ValueError(f"The labels of {layer.name!r} are read-only (a file mapped read-only), so nothing can be "
                          "written into them: rename or remove the layer, and segment again into a new masks layer.")

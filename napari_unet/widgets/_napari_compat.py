@@ -20,6 +20,8 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 if TYPE_CHECKING:
     import napari
 
@@ -117,6 +119,31 @@ def labels_edit_history(layer: Any) -> list[list[Any]]:
                     "layer do not mark slices as corrected.")
         return []
     return [list(item) for item in history]
+
+
+def labels_history_top(layer: Any) -> int:
+    """The largest id in a Labels layer's undo and redo histories (painted, or there before an edit:
+    an undo or redo writes it back), 0 when none.
+
+    Checked against: napari 0.9.2 (``Labels._undo_history`` and ``_redo_history``, deques of history
+    items, each a list of atoms: a ``_MaskedPaintAtom`` (``new_value``, ``old_values``) or an
+    ``(indices, old values, new values)`` tuple). Degrades to: 0 (the histories' ids not known).
+    """
+    layer = unwrap_proxy(layer)
+    top = 0
+    for name in ("_undo_history", "_redo_history"):
+        for item in getattr(layer, name, None) or ():
+            for atom in item:
+                if hasattr(atom, "new_value"):
+                    values: tuple[Any, ...] = (atom.new_value, getattr(atom, "old_values", None))
+                elif isinstance(atom, tuple) and len(atom) == 3:
+                    values = (atom[1], atom[2])
+                else:
+                    continue
+                for v in values:
+                    if v is not None and np.size(v):
+                        top = max(top, int(np.max(v)))
+    return top
 
 
 def watch_labels_replay(layer: Any, before_replay: Callable[[list[Any] | None, bool], None],

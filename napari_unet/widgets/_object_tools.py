@@ -81,7 +81,9 @@ def next_free_id(data: np.ndarray) -> int:
     """:func:`~napari_unet.core.edit.next_free_label` of labels in memory; above the largest id written
     into masks on disk (no pass over their file, see :mod:`._disk_masks`)."""
     top = top_id(data)
-    return core_edit.next_free_label(data) if top is None else top + 1
+    if top is None or top + 1 > np.iinfo(data.dtype).max:  # (an id at the type's top, erased since: look)
+        return core_edit.next_free_label(data)
+    return top + 1
 
 
 def select_next_free_label_after_run(viewer: "napari.Viewer", layer: "napari.layers.Labels", label_before: int) -> None:
@@ -119,8 +121,8 @@ def _slice_kept_by_runs(layer: "napari.layers.Labels", index: tuple[int, ...]) -
 
 
 #: What to do with labels read lazily from their file (too large for the memory free when opened).
-IN_MEMORY_REMEDY = ("open them with Load stack (Loading: auto), which copies them into a file on disk where they "
-                    "can be edited")
+IN_MEMORY_REMEDY = ("open them with Load stack (Loading: auto), which copies them where they can be edited (into "
+                    "memory, or into a file on disk when they do not fit)")
 
 
 def not_editable_when_lazy(layer: "napari.layers.Labels") -> bool:
@@ -147,8 +149,8 @@ def plane_of(layer: "napari.layers.Labels", plane: Plane) -> np.ndarray:
     if getattr(layer, "multiscale", False):
         raise EditError(f"{layer.name!r} is a multiscale (pyramid) layer; object tools edit single-scale labels.")
     if not isinstance(data, np.ndarray):
-        raise EditError(f"{layer.name!r} is read lazily from its file; object tools need labels in memory: "
-                        f"{IN_MEMORY_REMEDY}.")
+        raise EditError(f"{layer.name!r} is read lazily from its file; object tools edit labels that can be written "
+                        f"into: {IN_MEMORY_REMEDY}.")
     return data[plane] if plane else data
 
 

@@ -55,6 +55,7 @@ from ._base import (
     scroll_when_short,
     show_when_known,
     shows_yx_planes,
+    start_background,
     start_worker,
     tab_with_plugin_docks,
     torch_imported,
@@ -65,7 +66,7 @@ from ._base import (
 )
 from ._corrections import format_plane, planes_text
 from ._diameter import DiameterControls
-from ._disk_masks import NoRoomForMasks
+from ._disk_masks import NoRoomForMasks, remove_left_behind, room_to_write, top_id
 from ._kept import KeptResults
 from ._masks import (
     RunCorrections,
@@ -194,13 +195,15 @@ def _masks_fit(image: Any, masks: Any, n_planes: int) -> None:
     try:
         move_to_disk(masks)
     except NoRoomForMasks as exc:
-        raise ValueError(_too_large_for_memory(image, data.shape, str(exc))) from None
+        raise ValueError(_too_large_for_memory(image, data.shape, exc.where)) from None
 
 
-def _too_large_for_memory(image: Any, shape: tuple[int, ...], reason: str | None = None) -> str:
+def _too_large_for_memory(image: Any, shape: tuple[int, ...], where: str | None = None) -> str:
+    """Why a run cannot hold its masks, with the ways that work (``where``: the disk's part of it,
+    :attr:`NoRoomForMasks.where`)."""
     source = (getattr(image, "source", None) and getattr(image.source, "path", None)) or f"<{image.name} file>"
     return (f"the masks of {' x '.join(str(n) for n in shape)} pixels do not fit in memory"
-            f"{f' ({reason})' if reason else ''}: segment the current slice or a field of view here, or the whole "
+            f"{f', {where}' if where else ''}: segment the current slice or a field of view here, or the whole "
             f"stack into an OME-Zarr file with `napari-unet predict {source} --dask` (block by block, in any memory).")
 
 
@@ -360,6 +363,7 @@ class SegmentWidget(Container):
         self._colour_of_image()
         self._diameter_of_image()
         self._register()
+        start_background(remove_left_behind, "napari-unet masks left behind")  # (a crash's; Windows' at close)
         _heap.add_host(self, self.native, viewer)  # full garbage collections kept short (see _heap)
         when_undocked(self.native, self._closed)
         tab_with_plugin_docks(self.native)  # (beside the plugin's other docks, not under them)
@@ -778,7 +782,7 @@ class SegmentWidget(Container):
             except MemoryError:  # (an array of the whole stack's shape, refused by the system)
                 raise ValueError(_too_large_for_memory(image, labels_shape(image))) from None
             except NoRoomForMasks as exc:  # (nor on disk)
-                raise ValueError(_too_large_for_memory(image, labels_shape(image), str(exc))) from None
+                raise ValueError(_too_large_for_memory(image, labels_shape(image), exc.where)) from None
             self._new_masks = None if existed else masks  # removed again if the run fails before writing
             scope = self._scope.value
             if self._three_d.active:  # whole volumes: the field of view does not apply
@@ -1046,7 +1050,9 @@ class SegmentWidget(Container):
         # other nuclei of the volume: one id, two objects)
         # (a file of 3D objects reopened says so in its metadata: see OBJECTS_3D_KEY)
         held_3d = masks is not None and (self._kept.held_3d(masks) or bool((masks.metadata or {}).get(OBJECTS_3D_KEY)))
-        self._ids_above = int(np.max(masks.data)) if held_3d and masks.data.size else None
+        top = top_id(masks.data) if masks is not None else None  # (masks on disk: no pass over their file)
+        self._ids_above = (top if top is not None else int(np.max(masks.data))) if held_3d and masks.data.size \
+            else None
         self._rethresholding = rethreshold
         if not self._rethresholding:  # the object-size notes are the network run's, once
             self._sizing.new_run(self._run_layers[0] if self._run_layers else None)
@@ -1155,6 +1161,12 @@ class SegmentWidget(Container):
             return  # the user removed the masks layer meanwhile (the run is being abandoned)
         whole = covers_plane(masks.data.shape, result.region)
         if self._run_corrections.planes_to_keep(masks, [result.index], whole):
+            return
+        if not room_to_write(masks.data, result.labels.size * masks.data.dtype.itemsize):
+            if not self._cancelled:  # (written into a file on a full disk, napari would die: SIGBUS)
+                notify_error("Segment", f"the disk holding {masks.name!r} ({Path(masks.data.filename).parent}) is "
+                             "full: the run stops. Free some room there, and save the masks (Correct, Save masks).")
+                self.cancel()
             return
         write_plane(masks, result, self._ids_above or 0)
         image = self._run_layers[0] if self._run_layers else None
@@ -1333,8 +1345,10 @@ class SegmentWidget(Container):
     def _new_masks_unused(self) -> bool:
         """Whether the masks layer this run made is still there with no plane written into it."""
         new = self._new_masks
-        return (new is not None and new in self._viewer.layers and not self._kept.results(new)
-                and not np.any(new.data))
+        if new is None or new not in self._viewer.layers or self._kept.results(new):
+            return False
+        top = top_id(new.data)  # (masks on disk: no pass over their file)
+        return not np.any(new.data) if top is None else top == 0
 
     # ------------------------------------------------------------------ re-threshold
     def _masks_to_rethreshold(self) -> Any:
