@@ -1659,9 +1659,11 @@ def test_masks_larger_than_the_memory_free_are_held_on_disk_edited_saved_and_rem
     assert _disk_masks.top_id(data) == int(expected.max())
 
     # from now on nothing reads the whole file in the window's thread (a 4 GB file: seconds each time)
+    whole = data.size
+
     def guarded(name):
         def check(self, *args, **kwargs):
-            assert self.size != data.size, f"a pass over the whole masks file ({name})"
+            assert self.size != whole, f"a pass over the whole masks file ({name})"
             return getattr(np.ndarray, name)(self, *args, **kwargs)
         return check
 
