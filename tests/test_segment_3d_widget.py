@@ -460,3 +460,28 @@ def test_a_3d_run_records_its_model_and_diameter_and_makes_wide_masks_of_a_lazy_
     w._diameter.value = "auto"
     _run(w, qtbot, image)
     assert DIAMETER_KEY not in masks.metadata
+
+
+def test_a_whole_stack_of_volumes_whose_masks_do_not_fit_in_memory_moves_them_to_disk(widget, qtbot, nuclei3d,
+                                                                                     monkeypatch):
+    """A 3D run of every volume fills the whole masks layer: made in memory by a 2D run of one slice, the
+    layer went on filling memory unchecked (only runs of planes were). It moves to disk first, as theirs do,
+    the slice corrected by hand kept. (The memory free made small by the share of it masks may take.)"""
+    from napari_unet.widgets import _disk_masks
+
+    viewer, w = widget
+    stack = np.stack([nuclei3d[8:20], nuclei3d[10:22]])  # (T, Z, Y, X)
+    image = viewer.add_image(stack, name="tl", axis_labels=("t", "z", "y", "x"))
+    w.reset_choices()
+    w._image_combo.value = image
+    w._scope.value = SCOPE_SLICE
+    w._run_button.clicked.emit()
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+    masks = viewer.layers[masks_layer_name("tl")]
+    assert not _disk_masks.on_disk(masks.data)
+    masks.paint((0, 0, 2, 2), 77)  # (a slice corrected by hand)
+    monkeypatch.setattr(_disk_masks, "MASKS_MEMORY_SHARE", 1e-9)
+    w._scope.value = SCOPE_STACK
+    _run(w, qtbot, image)
+    assert _disk_masks.on_disk(masks.data) and w._status.value.startswith("Done")
+    assert masks.data[0, 0, 2, 2] == 77 and np.asarray(masks.data[1]).max() > 0

@@ -789,6 +789,8 @@ class SegmentWidget(Container):
                 if scope == SCOPE_VIEW:
                     notify_info("3D objects are segmented in whole volumes: the field of view does not apply "
                                 "(untick '3D objects' to segment only what you see).")
+                if scope == SCOPE_STACK:  # (every volume: the whole layer filled)
+                    _masks_fit(image, masks, int(np.prod(masks.data.shape[:-2])))
                 ready_for_writing(masks)
                 generator, message = plan_3d_run(self, image, diameter)
                 if generator is not None:
