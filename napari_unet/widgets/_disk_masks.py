@@ -249,7 +249,11 @@ def _disk_array(shape: tuple[int, ...], dtype: Any, name: str) -> np.memmap:
         raise NoRoomForMasks(f"the masks ({_gb(nbytes)}) fit neither in memory {where}", where)
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:60] or "masks"
     path = folder / f"{_OWNER}~{uuid.uuid4().hex[:8]}~{safe}{_SUFFIX}"
-    data = np.memmap(path, dtype=dtype, mode="w+", shape=tuple(shape))
+    # the file made at its size by truncate, not by numpy's "w+" (a byte written at its end: NTFS then
+    # writes zeros over the whole file first, in the window's thread); sparse on Linux's and macOS's disks
+    with open(path, "xb") as fh:
+        fh.truncate(nbytes)
+    data = np.memmap(path, dtype=dtype, mode="r+", shape=tuple(shape))
     _TOPS[data._mmap] = [0]
     _LIVE[str(path)] = nbytes
     weakref.finalize(data._mmap, _remove, str(path))  # (the masks dropped, or napari closed)
