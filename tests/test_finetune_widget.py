@@ -1592,3 +1592,29 @@ def test_the_plugins_docks_open_as_tabs_not_one_under_another(make_napari_viewer
     qtbot.waitUntil(lambda: bool(window.tabifiedDockWidgets(fine_dock)), timeout=5000)
     assert [d.windowTitle() for d in window.tabifiedDockWidgets(fine_dock)] == ["Segment (napari-unet)"]
     assert isinstance(fine_dock, QDockWidget) and not fine_dock.visibleRegion().isEmpty()  # the new one in front
+
+
+def test_masks_held_on_disk_are_learnt_from_and_segmented_again(widget, c2c12, qtbot, monkeypatch):
+    """Masks larger than the memory free live in a file (a memory map, see _disk_masks): Fine-tune reads
+    their corrected slices in its worker, learns, and the run after it writes into them on disk. (The
+    memory free made small by the share of it masks may take.)"""
+    from napari_unet.widgets import _disk_masks
+
+    viewer, w = widget
+    images, labels = c2c12
+    monkeypatch.setattr(_disk_masks, "MASKS_MEMORY_SHARE", 1e-9)
+    image = viewer.add_image(images, name="c2c12")
+    disk = _disk_masks.new_masks(labels.shape, np.int32, "c2c12 masks")
+    disk[0] = labels[0]
+    _disk_masks.note_ids(disk, int(labels[0].max()))
+    masks = viewer.add_labels(disk, name="c2c12 masks")
+    viewer.dims.set_current_step(0, 0)
+    w.corrected_panel._mark_button.native.click()
+    w.run_panel._start_button.native.click()
+    _wait(qtbot, w)
+    segment = get_widget(viewer, "segment")
+    qtbot.waitUntil(lambda: segment._worker is None, timeout=60_000)
+    assert segment._status.value.startswith("Done") and _disk_masks.on_disk(masks.data)
+    np.testing.assert_array_equal(np.asarray(masks.data[0]), labels[0])  # (the corrected slice kept)
+    assert np.asarray(masks.data[1]).any()  # (the next slice segmented, on disk)
+    assert image is viewer.layers["c2c12"]
