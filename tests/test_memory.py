@@ -1,0 +1,73 @@
+"""The memory available to napari-unet: the machine's, or what a control group's limit leaves (a Slurm
+job's --mem, a container's): a job given 8 GB of a 512 GB node was told 400 GB, and the system killed it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from napari_unet._memory import cgroup_available
+
+GB = 2**30
+
+
+def _group(folder: Path, files: dict[str, str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+
+
+def test_a_cgroup_v2_limit_of_the_group_or_of_a_parent_is_what_is_left(tmp_path):
+    # the job's group has no limit of its own; its parent (the Slurm job) has 8 GB, 5 GB used, 1 GB of it
+    # inactive page cache (the kernel gives that back first)
+    _group(tmp_path / "job", {"memory.max": str(8 * GB), "memory.current": str(5 * GB),
+                              "memory.stat": f"anon 123\ninactive_file {GB}\nactive_file 7\n"})
+    _group(tmp_path / "job" / "step", {"memory.max": "max", "memory.current": str(5 * GB)})
+    assert cgroup_available("0::/job/step\n", tmp_path) == 4 * GB
+    # a tighter limit below it wins
+    _group(tmp_path / "job" / "step", {"memory.max": str(6 * GB), "memory.current": str(5 * GB)})
+    assert cgroup_available("0::/job/step\n", tmp_path) == 1 * GB
+    # no limit anywhere, or no memory files (not Linux, a cgroup without the memory controller)
+    _group(tmp_path / "free", {"memory.max": "max", "memory.current": "1"})
+    assert cgroup_available("0::/free\n", tmp_path) is None
+    assert cgroup_available("", tmp_path) is None and cgroup_available("garbage\n", tmp_path) is None
+
+
+def test_a_cgroup_v1_memory_limit_and_a_containers_own_root(tmp_path):
+    _group(tmp_path / "memory" / "slurm" / "job_1", {
+        "memory.limit_in_bytes": str(2 * GB), "memory.usage_in_bytes": str(GB),
+        "memory.stat": "cache 5\ntotal_inactive_file 1024\n"})
+    text = "4:memory:/slurm/job_1\n3:cpuset:/\n0::/\n"
+    assert cgroup_available(text, tmp_path) == GB + 1024
+    # 2^63 less a page: v1's "no limit"
+    _group(tmp_path / "memory" / "open", {"memory.limit_in_bytes": "9223372036854771712",
+                                          "memory.usage_in_bytes": "5"})
+    assert cgroup_available("4:memory:/open\n", tmp_path) is None
+    # a container: the kernel names a path outside what is mounted, whose root is the container's group
+    _group(tmp_path / "memory", {"memory.limit_in_bytes": str(3 * GB), "memory.usage_in_bytes": str(GB)})
+    assert cgroup_available("4:cpu,memory:/docker/abc123\n", tmp_path) == 2 * GB
+
+
+def test_available_memory_is_never_more_than_a_limit_leaves():
+    """In a real memory cgroup capped at 1 GiB (Linux, root, a writable cgroup v1 hierarchy), the memory
+    said available is at most that, whatever the machine has."""
+    group = Path("/sys/fs/cgroup/memory/napari_unet_test")
+    try:
+        group.mkdir(exist_ok=True)
+        (group / "memory.limit_in_bytes").write_text(str(GB))
+    except OSError:
+        pytest.skip("no writable cgroup v1 memory hierarchy here")
+    try:
+        def join() -> None:
+            (group / "cgroup.procs").write_text(str(os.getpid()))
+
+        child = subprocess.run([sys.executable, "-c", "from napari_unet._memory import available_memory as a; "
+                                "print(a())"], preexec_fn=join, capture_output=True, text=True, timeout=60)
+        assert child.returncode == 0, child.stderr
+        assert 0 < int(child.stdout) <= GB
+    finally:
+        group.rmdir()
