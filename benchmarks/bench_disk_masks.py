@@ -33,8 +33,10 @@ import napari
 import napari_unet.io._reader as reader
 reader.LAZY_THRESHOLD_BYTES = 0  # what a stack over 1 GiB gets
 from napari_unet.widgets import _disk_masks
-if args["disk"]:
+if args["disk"] is True:
     _disk_masks.MASKS_MEMORY_SHARE = 1e-9  # what masks larger than the memory free get
+elif args["disk"] is False:
+    _disk_masks.MASKS_MEMORY_SHARE = 1e9  # held in memory whatever their size (as before this change)
 from bench_gui import wait_until
 
 def status():
@@ -96,6 +98,9 @@ def main() -> int:
     parser.add_argument("--planes", type=int, default=400)
     parser.add_argument("--side", type=int, default=1024)
     parser.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
+    parser.add_argument("--memory-limit-gb", type=float, default=None,
+                        help="run each way in a memory cgroup capped at this (Linux, root, cgroup v1); the masks "
+                             "then go where the plugin puts them by itself ('auto'), besides in memory forced")
     args = parser.parse_args()
     import numpy as np
 
@@ -106,24 +111,42 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "stack.tif"
         nbytes = make_stack(path, args.planes, args.side)
-        for disk in (False, True):
-            spec = {"path": str(path), "out": str(Path(tmp) / f"masks{int(disk)}.tif"), "disk": disk,
+        preexec = None
+        if args.memory_limit_gb:
+            sys.path.insert(0, str(ROOT / "benchmarks"))
+            from bench_inference import _memory_cgroup
+
+            procs = _memory_cgroup(args.memory_limit_gb) / "cgroup.procs"
+
+            def preexec() -> None:  # runs in the child before exec: join the capped cgroup
+                procs.write_text(str(os.getpid()))
+
+        for disk in ((False, None) if args.memory_limit_gb else (False, True)):
+            spec = {"path": str(path), "out": str(Path(tmp) / f"masks{disk}.tif"), "disk": disk,
                     "bench": str(ROOT / "benchmarks")}
             done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], capture_output=True, text=True,
-                                  env={**os.environ, "NAPARI_UNET_CACHE_DIR": str(Path(tmp) / "cache")})
+                                  env={**os.environ, "NAPARI_UNET_CACHE_DIR": str(Path(tmp) / "cache")},
+                                  preexec_fn=preexec)
             line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            if line is None and args.memory_limit_gb:
+                killed = "killed by the system (out of memory)" if done.returncode in (-9, 137) else \
+                    f"failed (exit {done.returncode})"
+                rows.append(f"| {'in memory (forced)' if disk is False else 'auto'} | | {killed} | | | |")
+                continue
             if line is None:
                 print(done.stdout[-2000:], done.stderr[-4000:], file=sys.stderr)
                 return 1
             r = json.loads(line[7:])
             mb = 1e6
             masks_mb = int(np.prod(r["shape"])) * (2 if r["dtype"] == "uint16" else 4) / mb
-            rows.append(f"| {'on disk' if r['on_disk'] else 'in memory'} | {r['dtype']} {' x '.join(map(str, r['shape']))} "
+            where = ("on disk" if r["on_disk"] else "in memory") + (" (auto)" if disk is None else "")
+            rows.append(f"| {where} | {r['dtype']} {' x '.join(map(str, r['shape']))} "
                         f"({masks_mb:.0f} MB) | {(r['peak']['RssAnon'] - r['before']['RssAnon']) / mb:.0f} | "
                         f"{r['peak']['RssFile'] / mb:.0f} | {r['took']:.1f} | {r['saved']:.1f} |")
     table = "\n".join([
         f"{args.planes} planes of {args.side} x {args.side}, 8-bit, opened lazily ({nbytes / 1e6:.0f} MB; blank but the "
-        "first), Segment's whole stack with the built-in model, then the masks saved (`io._writer.write_labels`). "
+        "first), Segment's whole stack with the built-in model, then the masks saved (`io._writer.write_labels`)"
+        + (f", in a memory cgroup capped at {args.memory_limit_gb:g} GiB. " if args.memory_limit_gb else ". ") +
         f"{machine()}, {dt.date.today()}.",
         "",
         "| masks | layer | anonymous memory, peak over the start (MB) | file-backed pages, peak (MB) | run (s) | save (s) |",
@@ -134,7 +157,7 @@ def main() -> int:
     if args.write:
         from _results import write_block
 
-        write_block("bench_disk_masks", table)
+        write_block("bench_disk_masks_capped" if args.memory_limit_gb else "bench_disk_masks", table)
     return 0
 
 
