@@ -323,6 +323,55 @@ def test_bioformats2raw_layout_opens_its_first_image(tmp_path):
     assert napari_get_reader(str(path)) is reader_function  # File > Open takes it too (it refused it)
 
 
+def test_an_hcs_plate_says_which_field_to_open_and_its_fields_are_named_and_saved_beside_it(
+        tmp_path, make_napari_viewer, notifications, capsys):
+    """A plate (NGFF: plate / row / column / field groups): refused with "no multiscales" (its root) or by
+    npe2 (File > Open); a well opened its first field unsaid; every field was named "0" (masks of all of
+    them written by predict to one "0_masks.tif", another well's masks replaced with --overwrite), and Save
+    masks proposed a TIFF inside the plate's store. The root says which field to open; a well opens its
+    first field and names the others; fields are named by the plate and their place; masks save beside it."""
+    import zarr
+
+    from napari_unet.cli import main
+    from napari_unet.io import StackReadError
+    from napari_unet.widgets.correct import default_masks_path
+
+    plate = tmp_path / "plate.ome.zarr"
+    root = zarr.open_group(str(plate), mode="w", zarr_format=2)
+    root.attrs["plate"] = {"version": "0.4", "rows": [{"name": "A"}, {"name": "B"}],
+                           "columns": [{"name": "1"}, {"name": "2"}],
+                           "wells": [{"path": "A/1", "rowIndex": 0, "columnIndex": 0},
+                                     {"path": "B/2", "rowIndex": 1, "columnIndex": 1}]}
+    rng = np.random.default_rng(5)
+    for well in ("A/1", "B/2"):
+        group = root.require_group(well)
+        group.attrs["well"] = {"version": "0.4", "images": [{"path": "0"}, {"path": "1"}]}
+        for field in ("0", "1"):
+            _write_ome_zarr(plate / well / field, rng.integers(0, 255, size=(1, 1, 1, 64, 64), dtype=np.uint8))
+    with pytest.raises(StackReadError, match=r"is a plate of 2 well\(s\) \(A/1, B/2\): open one field of a "
+                                             r"well, e.g. plate.ome.zarr/A/1/0"):
+        inspect_stack(plate)
+    assert napari_get_reader(str(plate)) is reader_function  # (the reason said, not npe2's refusal)
+    well = inspect_stack(plate / "A" / "1")
+    assert well.name == "plate_A_1_0" and well.other_series == 1 and well.others_at == ("plate.ome.zarr/A/1/1",)
+    assert "the others: plate.ome.zarr/A/1/1" in well.describe()
+    viewer = make_napari_viewer()
+    viewer.open(plate / "A" / "1", plugin=PLUGIN)
+    assert any("open the others by their paths (plate.ome.zarr/A/1/1)" in m for m in notifications)
+    assert inspect_stack(plate / "B" / "2" / "1").name == "plate_B_2_1"
+
+    layers = viewer.open(plate / "B" / "2" / "1", plugin=PLUGIN)
+    image = layers[0]
+    assert image.name.startswith("plate_B_2_1")
+    masks = viewer.add_labels(np.zeros(image.data.shape, np.int32), name=f"{image.name} masks")
+    assert default_masks_path(viewer, masks).parent == tmp_path  # beside the plate, not in its store
+    out = tmp_path / "out"
+    for field in ("A/1/0", "B/2/0"):
+        assert main(["predict", str(plate / field), "--out", str(out), "--no-progress", "--channel", "0",
+                     "--diameter", "14"]) == 0
+    assert sorted(p.name for p in out.glob("*.tif")) == ["plate_A_1_0_masks.tif", "plate_B_2_0_masks.tif"]
+
+
 def test_y_and_x_are_moved_last_when_time_comes_after_them(tmp_path):
     """A time-lapse stored (Y, X, T), as MATLAB writes it, told with axes YXT: read as (T, Y, X), so
     napari shows and predict segments the Y, X planes (it segmented 6-px-wide strips before), and
@@ -409,7 +458,7 @@ def test_a_tiff_of_several_series_says_only_the_first_is_read(make_napari_viewer
     viewer.open(path, plugin=PLUGIN)
     assert any("holds 3 images" in m for m in notifications)
     main(["predict", str(path), "--out", str(tmp_path / "out"), "--no-progress"])
-    assert "holds 3 images (positions or series); the first one is segmented" in capsys.readouterr().err
+    assert "3 images (positions, series or fields); the first one is segmented" in capsys.readouterr().err
 
 
 def test_a_stack_written_plane_by_plane_opens_as_the_stack(tmp_path):

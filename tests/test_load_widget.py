@@ -310,6 +310,21 @@ def test_the_zarr_group_picked_is_the_one_loaded(qtbot, widget, tmp_path):
         assert [(type(layer).__name__, layer.name) for layer in viewer.layers] == [(kind, name)], picked
 
 
+def test_bioformats2raws_ome_metadata_picked_means_its_images(tmp_path):
+    """bioformats2raw writes OME/METADATA.ome.xml in a group of its own, beside the images 0, 1, ...:
+    picked in the file dialog, it was opened as a group ("cannot read 'OME'"); it means the images."""
+    import zarr
+
+    from napari_unet.widgets.load import zarr_group_of
+
+    top = zarr.open_group(str(tmp_path / "scan.ome.zarr"), mode="w", zarr_format=2)
+    top.attrs["bioformats2raw.layout"] = 3
+    top.create_group("OME")
+    (tmp_path / "scan.ome.zarr" / "OME" / "METADATA.ome.xml").write_text("<OME/>")
+    for picked in ("OME/METADATA.ome.xml", "OME/.zgroup", "OME"):
+        assert zarr_group_of(tmp_path / "scan.ome.zarr" / picked) == tmp_path / "scan.ome.zarr", picked
+
+
 def test_masks_too_large_for_memory_load_into_a_file_on_disk_where_they_can_be_edited(
         qtbot, widget, tmp_path, monkeypatch, notifications):
     """Saved masks larger than half the free memory opened lazily and were locked (napari's brush in a

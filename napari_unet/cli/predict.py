@@ -612,8 +612,11 @@ def _segment_one(models: _ModelChoice, path: Path, target: Path, args: argparse.
     data, info = _read(path, getattr(args, "axes", None))
     axes, scale = info.axes, dict(info.scale)
     if info.other_series:
-        print(f"napari-unet: {name}: the file holds {info.other_series + 1} images (positions or series); the "
-              "first one is segmented", file=sys.stderr)
+        from napari_unet.io._formats import others_text
+
+        give = f"; give the others by their paths ({others_text(info.others_at)})" if info.others_at else ""
+        print(f"napari-unet: {name}: {info.other_series + 1} images (positions, series or fields); the first one is "
+              f"segmented{give}", file=sys.stderr)
     data, axes = _select_channel(data, axes, args.channel, name, info.axes_from_file, info.channel_names,
                                  three_d=args.objects_3d)
     rgb = axes.endswith("S")

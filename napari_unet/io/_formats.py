@@ -101,6 +101,8 @@ class StackInfo:
     left_out: tuple[str, ...] = ()  # files of a folder that are not planes of the stack (masks)
     other_series: int = 0  # images of the file not read (a TIFF's other series, OME-Zarr's images 1, 2, ...)
     translate: dict[str, float] = field(default_factory=dict)
+    #: where the other images are, when each can be opened by its own path (a Zarr's series or fields)
+    others_at: tuple[str, ...] = ()
 
     @property
     def nbytes(self) -> int:
@@ -143,8 +145,15 @@ class StackInfo:
             shown = ", ".join(self.left_out[:3]) + (" …" if len(self.left_out) > 3 else "")
             parts.append(f"left out {len(self.left_out)} masks file(s): {shown}")
         if self.other_series:
-            parts.append(f"the first of {self.other_series + 1} images in the file (the others are not read)")
+            parts.append(f"the first of {self.other_series + 1} images (the others: {others_text(self.others_at)})"
+                         if self.others_at else
+                         f"the first of {self.other_series + 1} images in the file (the others are not read)")
         return "; ".join(parts)
+
+
+def others_text(paths: tuple[str, ...]) -> str:
+    """The paths of a Zarr's other images, to open each by its own ("scan.ome.zarr/1, scan.ome.zarr/2")."""
+    return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
 
 
 def xarray_imported() -> None:
@@ -178,9 +187,27 @@ def natural_key(name: str) -> list[Any]:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
 
 
+def zarr_container(path: str | os.PathLike) -> Path | None:
+    """The outermost ``.zarr`` folder that ``path`` lies inside (an HCS plate's field
+    ``plate.ome.zarr/A/1/0``, a bioformats2raw series ``scan.ome.zarr/1``), None when it lies in none."""
+    outer = None
+    for parent in Path(path).parents:
+        if parent.suffix.lower() == ".zarr" and parent.name.lower() != ".zarr":
+            outer = parent
+    return outer
+
+
 def stack_name(path: str | os.PathLike) -> str:
-    """Layer name for a file or folder: its name without (double) extension."""
+    """Layer name for a file or folder: its name without (double) extension. An image inside a Zarr
+    container is named by the container and its path in it ("plate_A_1_0" for ``plate.ome.zarr/A/1/0``):
+    every field of a plate was "0", and predict wrote them all to one "0_masks.tif" (the labels images of
+    an OME-Zarr image, ``img.ome.zarr/labels/nuclei``, keep their own name)."""
     p = Path(path)
+    container = zarr_container(p)
+    if container is not None:
+        parts = p.relative_to(container).parts
+        if parts and parts[0] != "labels" and ".." not in parts:
+            return "_".join((stack_name(container), *parts))
     name = p.name or p.resolve().name  # ("." or "..": the folder's own name, not "")
     for ext in (".ome.tiff", ".ome.tif", ".ome.btf", ".ome.tf8", ".ome.tf2", ".ome.zarr", *READABLE_SUFFIXES):
         if name.lower().endswith(ext) and len(name) > len(ext):
@@ -684,6 +711,20 @@ def _zarr_axis_letters(raw_axes: list[Any]) -> str:
     return "".join("Q" if letter == "S" else letter for letter in letters)
 
 
+def _shown_path(p: Path) -> str:
+    """``p`` as a user finds it: from its Zarr container on ("plate.ome.zarr/A/1"), or its name."""
+    container = zarr_container(p)
+    return p.relative_to(container.parent).as_posix() if container is not None else p.name
+
+
+def _well_fields(group: Any) -> list[str]:
+    """The paths of the fields (images) an OME-Zarr well group lists (NGFF ``well.images``)."""
+    attrs = dict(group.attrs)
+    well = attrs.get("ome", attrs).get("well")
+    images = well.get("images") if isinstance(well, dict) else None
+    return [i["path"] for i in images or [] if isinstance(i, dict) and isinstance(i.get("path"), str)]
+
+
 def _open_zarr(p: Path) -> _Opened:
     import zarr
 
@@ -695,12 +736,30 @@ def _open_zarr(p: Path) -> _Opened:
     ome = attrs.get("ome", attrs)
     multiscales = ome.get("multiscales")
     others = 0
+    others_at: tuple[str, ...] = ()
+    if not multiscales and isinstance(ome.get("plate"), dict):  # an HCS plate: its wells hold the images
+        wells = [w["path"] for w in ome["plate"].get("wells") or [] if isinstance(w, dict) and isinstance(w.get("path"), str)]
+        first_field = _well_fields(group[wells[0]])[:1] if wells and wells[0] in group else []
+        example = f"{_shown_path(p)}/{wells[0]}/{(first_field or ['0'])[0]}" if wells else None
+        raise StackReadError(f"'{p.name}' is a plate of {len(wells)} well(s)"
+                             f"{' (' + ', '.join(wells[:4]) + (' …' if len(wells) > 4 else '') + ')' if wells else ''}: "
+                             f"open one field of a well{f', e.g. {example}' if example else ''}")
+    if not multiscales and isinstance(ome.get("well"), dict):  # a well of a plate: its fields are the images
+        fields = _well_fields(group)
+        if not fields:
+            raise StackReadError(f"cannot read '{p.name}': a well of a plate that lists no field (image)")
+        opened = _open_zarr(p / fields[0])
+        if len(fields) > 1:  # (said by File > Open, Load stack and predict: StackInfo.other_series)
+            log.info("'%s' holds %d fields; the first one (%s) is opened.", p.name, len(fields), fields[0])
+        return replace(opened, info=replace(opened.info, other_series=len(fields) - 1,
+                                            others_at=tuple(f"{_shown_path(p)}/{f}" for f in fields[1:])))
     if not multiscales and "0" in group and not hasattr(group["0"], "shape"):
         # bioformats2raw layout (the usual converter output): the images are groups 0, 1, ...
-        series = [k for k in group.group_keys() if k.isdigit()]
+        series = sorted((k for k in group.group_keys() if k.isdigit()), key=int)
         if len(series) > 1:  # (said by File > Open, Load stack and predict: StackInfo.other_series)
             log.info("'%s' holds %d images (series); the first one (0) is opened.", p.name, len(series))
         others = max(0, len(series) - 1)
+        others_at = tuple(f"{_shown_path(p)}/{k}" for k in series if k != "0")
         group = group["0"]
         attrs = dict(group.attrs)
         ome = attrs.get("ome", attrs)
@@ -711,7 +770,8 @@ def _open_zarr(p: Path) -> _Opened:
         if len(names) > 1 or names[0] in (".", "..") or set(names[0]) & set("/\\") or names[0] not in group:
             raise StackReadError(f"'{p.name}' holds the labels images {', '.join(names)} of an OME-Zarr image: "
                                  f"open one of them ({p.name}/{names[0]}, ...)")
-        return _open_zarr(p / names[0])
+        opened = _open_zarr(p / names[0])
+        return replace(opened, info=replace(opened.info, name=names[0]))  # (its own name, as a labels image's)
     if not multiscales:
         raise StackReadError(f"cannot read '{p.name}': the Zarr group has no OME 'multiscales' metadata")
     ms = multiscales[0]
@@ -769,7 +829,7 @@ def _open_zarr(p: Path) -> _Opened:
     info = StackInfo(
         path=str(p), name=stack_name(p), format="ome-zarr", shape=shape, dtype=np.dtype(arrays[0].dtype),
         axes=axes, scale=scale, channel_names=chan_names, n_levels=len(arrays), axes_from_file=known,
-        other_series=others, translate=translate,
+        other_series=others, translate=translate, others_at=others_at,
     )
 
     def load() -> np.ndarray:

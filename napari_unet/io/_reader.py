@@ -32,7 +32,7 @@ from ._corrected import (
     stored_layout,
     transform_identities,
 )
-from ._formats import StackInfo, StackReadError, detect_kind, open_any
+from ._formats import StackInfo, StackReadError, detect_kind, open_any, others_text
 
 log = logging.getLogger(__name__)
 
@@ -329,6 +329,7 @@ def _layer_metadata(info: StackInfo, channel: int | None) -> dict[str, Any]:
         "axes_from_file": info.axes_from_file,
         "shape": tuple(int(n) for n in info.shape),
         "other_series": info.other_series,
+        "others_at": list(info.others_at),
     }
 
 
@@ -378,6 +379,7 @@ def napari_get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]]
             return None
         ome = attrs.get("ome", attrs)
         if ("multiscales" not in ome and "bioformats2raw.layout" not in ome  # (images in groups 0, 1, ...)
+                and "plate" not in ome and "well" not in ome  # (an HCS plate: which field to open is said)
                 and _one_labels_child(path, attrs) is None):  # (an image's labels/ folder of one labels image)
             return None
     return reader_function
@@ -440,8 +442,11 @@ def _say_planes_not_channels(path: str | os.PathLike, layers: list[LayerData]) -
         _notify(f"{Path(path).name}: {hint}", warning=True)
     others = meta.get("other_series") or 0
     if others:
-        _notify(f"{Path(path).name} holds {others + 1} images (positions or series): the first one is opened; "
-                "export the others as files of their own to open them.", warning=True)
+        at = meta.get("others_at") or ()
+        how = (f"open the others by their paths ({others_text(tuple(at))})" if at else
+               "export the others as files of their own to open them")
+        _notify(f"{Path(path).name} holds {others + 1} images (positions, series or fields): the first one is "
+                f"opened; {how}.", warning=True)
 
 
 def as_labels_where_masks(path: str | os.PathLike, layers: list[LayerData]) -> list[LayerData]:

@@ -395,7 +395,11 @@ def _say_a_second_copy(viewer: Any, layer: Any) -> None:
 
 def default_masks_path(viewer: Any, layer: Any) -> Path:
     """Where Save masks proposes to write ``layer``: "<layer name>.tif" in the folder of its image's
-    file ("<image> masks" -> the layer "<image>"), else in the current folder."""
+    file ("<image> masks" -> the layer "<image>"), else in the current folder; beside a Zarr container,
+    not in it (a field of a plate, ``plate.ome.zarr/A/1/0``: a TIFF in the store, which every later
+    read warned of, and lost when the plate is converted again)."""
+    from napari_unet.io._formats import zarr_container
+
     folder = Path.cwd()
     from ._masks import image_name_of_masks
 
@@ -406,11 +410,11 @@ def default_masks_path(viewer: Any, layer: Any) -> Path:
         meta = image.metadata.get("napari_unet") if isinstance(image.metadata, dict) else None
         source = source or (meta.get("path") if isinstance(meta, dict) else None)
         if source and Path(source).parent.is_dir():
-            folder = Path(source).parent
+            folder = (zarr_container(source) or Path(source)).parent
     else:  # (masks opened from a file, of no image open: "x masks [1]", a second copy) their own file's folder
         own = getattr(getattr(layer, "source", None), "path", None)
         if own and Path(own).parent.is_dir():
-            folder = Path(own).parent
+            folder = (zarr_container(own) or Path(own)).parent
     # (brackets and parentheses kept: "img [DAPI] masks" must open again as the masks of "img [DAPI]")
     safe = "".join(c if c.isalnum() or c in " ._-[]()" else "_" for c in layer.name).strip() or "masks"
     return folder / f"{safe}.tif"

@@ -54,6 +54,9 @@ def zarr_group_of(path: Path) -> Path | None:
     outermost = None
     for folder in (path, *path.parents):
         if _is_zarr_group(folder):
+            # bioformats2raw's OME/ group (METADATA.ome.xml) holds no image: the images are beside it
+            if folder.name == "OME" and (_is_zarr_group(folder.parent) or folder.parent.suffix.lower() == ".zarr"):
+                return folder.parent
             return folder
         if folder.suffix.lower() == ".zarr" and folder.is_dir():
             outermost = folder  # (a .zarr folder without group metadata: as before, the outermost)
