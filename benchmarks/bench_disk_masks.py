@@ -132,6 +132,8 @@ def main() -> int:
                 killed = "killed by the system (out of memory)" if done.returncode in (-9, 137) else \
                     f"failed (exit {done.returncode})"
                 rows.append(f"| {'in memory (forced)' if disk is False else 'auto'} | | {killed} | | | |")
+                if done.returncode not in (-9, 137):
+                    print(done.stderr[-3000:], file=sys.stderr)
                 continue
             if line is None:
                 print(done.stdout[-2000:], done.stderr[-4000:], file=sys.stderr)

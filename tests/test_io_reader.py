@@ -458,7 +458,20 @@ def test_a_tiff_of_several_series_says_only_the_first_is_read(make_napari_viewer
     viewer.open(path, plugin=PLUGIN)
     assert any("holds 3 images" in m for m in notifications)
     main(["predict", str(path), "--out", str(tmp_path / "out"), "--no-progress"])
-    assert "3 images (positions, series or fields); the first one is segmented" in capsys.readouterr().err
+    assert "3 images (positions, series or fields); the first one is segmented; --series N segments another" \
+        in capsys.readouterr().err
+    # the others: Load stack's Series and predict --series (there was no way to them)
+    other = inspect_stack(path, series=2)
+    assert other.shape == (32, 38) and other.series == 2 and other.name == "positions_s2"
+    assert other.series_names == ("0: 32 x 40", "1: 32 x 39", "2: 32 x 38")
+    data, _info = read_stack(path, series=2)
+    assert np.asarray(data).shape == (32, 38) and int(np.asarray(data).max()) == 20
+    with pytest.raises(StackReadError, match="holds 3 image"):
+        inspect_stack(path, series=3)
+    assert main(["predict", str(path), "--out", str(tmp_path / "out"), "--no-progress", "--series", "2",
+                 "--diameter", "14"]) == 0
+    assert (tmp_path / "out" / "positions_s2_masks.tif").is_file()
+    assert tifffile.imread(tmp_path / "out" / "positions_s2_masks.tif").shape == (32, 38)
 
 
 def test_a_stack_written_plane_by_plane_opens_as_the_stack(tmp_path):

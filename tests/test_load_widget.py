@@ -310,6 +310,29 @@ def test_the_zarr_group_picked_is_the_one_loaded(qtbot, widget, tmp_path):
         assert [(type(layer).__name__, layer.name) for layer in viewer.layers] == [(kind, name)], picked
 
 
+def test_series_chooses_another_position_of_a_multi_position_file(qtbot, widget, tmp_path):
+    """A multi-position TIFF (positions written one after the other): only the first could be opened.
+    Series lists the file's images; the one chosen is described, loaded and named apart."""
+    viewer, w = widget
+    path = tmp_path / "positions.tif"
+    with tifffile.TiffWriter(path) as tif:
+        for k in range(3):
+            tif.write(np.full((32, 40 - k), 10 * k, np.uint8), photometric="minisblack")
+    w._path.value = path
+    assert not w._series.native.isHidden()
+    assert [w._series.native.itemText(i) for i in range(3)] == ["0: 32 x 40", "1: 32 x 39", "2: 32 x 38"]
+    assert "Series chooses another" in w._info.value
+    w._series.value = 2
+    assert "image 2 of 3" in w._info.value
+    _load(qtbot, w)
+    (layer,) = viewer.layers
+    assert layer.name == "positions_s2" and layer.data.shape == (32, 38) and int(np.asarray(layer.data).max()) == 20
+    single = tmp_path / "one.tif"
+    tifffile.imwrite(single, np.zeros((8, 9), np.uint8))
+    w._path.value = single
+    assert w._series.native.isHidden()
+
+
 def test_bioformats2raws_ome_metadata_picked_means_its_images(tmp_path):
     """bioformats2raw writes OME/METADATA.ome.xml in a group of its own, beside the images 0, 1, ...:
     picked in the file dialog, it was opened as a group ("cannot read 'OME'"); it means the images."""

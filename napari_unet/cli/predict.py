@@ -73,6 +73,9 @@ def add_parser(subparsers: Any) -> None:
                    help="axis letters of the inputs, one per axis from TCZYXS (e.g. CYX for two channels of one "
                         "plane, TYX for a time-lapse), for files that do not name their axes or name them wrong; "
                         "default: the file's (guessed when it names none)")
+    p.add_argument("--series", type=_series_arg, default=None, metavar="N",
+                   help="which image of a TIFF holding several (positions of a multi-position acquisition) to "
+                        "segment, from 0 (default: the first); its masks are <name>_sN_masks.tif")
     p.add_argument("--folder-as-stack", action="store_true",
                    help="read each folder of 2D images as one stack (one masks file) instead of image by image")
     p.add_argument("--3d", dest="objects_3d", action="store_true",
@@ -163,12 +166,25 @@ def _names_fold_case(folder: Path) -> bool:
         return sys.platform in ("darwin", "win32")
 
 
-def _targets(inputs: list[Path], out_dir: Path, suffix: str) -> list[Path]:
-    """``out_dir/<name>_masks<suffix>`` per input; refuses two inputs with one output, and an
-    output that is an input (it would be overwritten, then segmented)."""
+def _series_arg(value: str) -> int:
+    """``--series``: a whole number from 0."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a series: give a whole number from 0")
+    return number
+
+
+def _targets(inputs: list[Path], out_dir: Path, suffix: str, series: int | None = None) -> list[Path]:
+    """``out_dir/<name>_masks<suffix>`` per input (``<name>_sN`` for series N > 0, as napari names its
+    layer); refuses two inputs with one output, and an output that is an input (it would be
+    overwritten, then segmented)."""
     from napari_unet.io import stack_name
 
-    targets = [out_dir / f"{stack_name(path)}{MASKS_SUFFIX}{suffix}" for path in inputs]
+    tag = f"_s{series}" if series else ""
+    targets = [out_dir / f"{stack_name(path)}{tag}{MASKS_SUFFIX}{suffix}" for path in inputs]
     folds = _names_fold_case(out_dir)
     first: dict[str, Path] = {}  # (by the name folded where names differing in capitals are one file)
     given = {path.resolve(): path for path in inputs}
@@ -188,11 +204,12 @@ def _targets(inputs: list[Path], out_dir: Path, suffix: str) -> list[Path]:
     return targets
 
 
-def _read(path: Path, axes: str | None = None) -> tuple[Any, Any]:
-    """(array, StackInfo) of an input; ``axes`` (``--axes``) overrides the file's."""
+def _read(path: Path, axes: str | None = None, series: int | None = None) -> tuple[Any, Any]:
+    """(array, StackInfo) of an input; ``axes`` (``--axes``) overrides the file's; ``series``: which
+    image of a TIFF holding several (``--series``)."""
     from napari_unet.io import read_stack
 
-    return read_stack(path, axes=axes)
+    return read_stack(path, axes=axes, series=series)
 
 
 def _made_by(model: Any, diameter: str, kind: str | None) -> dict[str, Any]:
@@ -379,7 +396,7 @@ def run(args: argparse.Namespace) -> int:
     inputs = _expand_inputs(args.inputs, args.folder_as_stack)
     out_dir = Path(args.out).expanduser()
     _check_out_dir(out_dir)
-    targets = _targets(inputs, out_dir, ".ome.zarr" if use_dask else ".tif")
+    targets = _targets(inputs, out_dir, ".ome.zarr" if use_dask else ".tif", getattr(args, "series", None))
     device = None if args.device == "auto" else args.device
     models = _ModelChoice(args.model, device)
     from napari_unet.core.engine import resolve_engine
@@ -609,13 +626,15 @@ def _segment_one(models: _ModelChoice, path: Path, target: Path, args: argparse.
                  found: dict[str, Any] | None = None) -> None:
     """Segment one input into ``target``."""
     name = path.name
-    data, info = _read(path, getattr(args, "axes", None))
+    data, info = _read(path, getattr(args, "axes", None), getattr(args, "series", None))
     axes, scale = info.axes, dict(info.scale)
     if info.other_series:
         from napari_unet.io._formats import others_text
 
-        give = f"; give the others by their paths ({others_text(info.others_at)})" if info.others_at else ""
-        print(f"napari-unet: {name}: {info.other_series + 1} images (positions, series or fields); the first one is "
+        give = (f"; give the others by their paths ({others_text(info.others_at)})" if info.others_at else
+                "; --series N segments another" if not info.series else "")
+        which = "the first one" if not info.series else f"image {info.series}"
+        print(f"napari-unet: {name}: {info.other_series + 1} images (positions, series or fields); {which} is "
               f"segmented{give}", file=sys.stderr)
     data, axes = _select_channel(data, axes, args.channel, name, info.axes_from_file, info.channel_names,
                                  three_d=args.objects_3d)

@@ -103,6 +103,10 @@ class StackInfo:
     translate: dict[str, float] = field(default_factory=dict)
     #: where the other images are, when each can be opened by its own path (a Zarr's series or fields)
     others_at: tuple[str, ...] = ()
+    #: which of the file's images this is (0: the first; see ``series`` of :func:`open_any`)
+    series: int = 0
+    #: the file's images, one line each ("0: Pos1, 512 x 512"), when it holds several (a TIFF's positions)
+    series_names: tuple[str, ...] = ()
 
     @property
     def nbytes(self) -> int:
@@ -145,9 +149,11 @@ class StackInfo:
             shown = ", ".join(self.left_out[:3]) + (" …" if len(self.left_out) > 3 else "")
             parts.append(f"left out {len(self.left_out)} masks file(s): {shown}")
         if self.other_series:
-            parts.append(f"the first of {self.other_series + 1} images (the others: {others_text(self.others_at)})"
+            which = "the first" if self.series == 0 else f"image {self.series}"
+            parts.append(f"{which} of {self.other_series + 1} images (the others: {others_text(self.others_at)})"
                          if self.others_at else
-                         f"the first of {self.other_series + 1} images in the file (the others are not read)")
+                         f"{which} of {self.other_series + 1} images in the file"
+                         + (" (Series chooses another)" if self.series_names else " (the others are not read)"))
         return "; ".join(parts)
 
 
@@ -253,13 +259,15 @@ def detect_kind(path: str | os.PathLike) -> str | None:
     return None
 
 
-def open_any(path: str | os.PathLike) -> _Opened:
-    """Open ``path`` (metadata only) with the opener its kind calls for.
+def open_any(path: str | os.PathLike, series: int | None = None) -> _Opened:
+    """Open ``path`` (metadata only) with the opener its kind calls for; ``series``: which of a TIFF's
+    images (positions) to open (None: the first).
 
     Raises
     ------
     StackReadError
-        When the path is missing, of an unknown kind, empty, corrupt or of unsupported shape.
+        When the path is missing, of an unknown kind, empty, corrupt or of unsupported shape, or holds
+        no image ``series``.
     """
     p = Path(path)
     if not p.exists():
@@ -273,8 +281,11 @@ def open_any(path: str | os.PathLike) -> _Opened:
             f"'{p.name}' is not a file type napari-unet reads (TIFF, OME-Zarr, PNG, JPEG, BMP)"
         )
     opener = {"tiff": _open_tiff, "ome-zarr": _open_zarr, "image-folder": _open_folder, "image": _open_image}
+    if series and kind != "tiff":
+        where = " (a Zarr's other images open by their paths: x.ome.zarr/1, ...)" if kind == "ome-zarr" else ""
+        raise StackReadError(f"'{p.name}' holds one image: a series is chosen in TIFF files of several{where}")
     try:
-        opened = opener[kind](p)
+        opened = _open_tiff(p, series) if kind == "tiff" else opener[kind](p)
     except StackReadError:
         raise
     except AxesError as e:
@@ -299,7 +310,7 @@ def _check_shape(info: StackInfo) -> None:
 
 
 # -------------------------------------------------------------------------------------------- TIFF
-def _open_tiff(p: Path) -> _Opened:
+def _open_tiff(p: Path, choice: int | None = None) -> _Opened:
     import tifffile
 
     size = p.stat().st_size
@@ -324,11 +335,18 @@ def _open_tiff(p: Path) -> _Opened:
             raise StackReadError(f"cannot read '{p.name}': corrupt or truncated TIFF ({e})") from e
         try:
             index, in_file = _image_series(tif, p)
+            if choice:  # (another of the file's images: a position of a multi-position acquisition)
+                if not 0 <= choice < max(len(in_file), 1):
+                    raise StackReadError(f"'{p.name}' holds {max(len(in_file), 1)} image(s): series {choice} is "
+                                         f"not one (0 to {max(len(in_file), 1) - 1})")
+                index = in_file[choice]
             series = tif.series[index] if tif.series else None
             others = len(in_file) - 1 if in_file else 0
+            series_names = tuple(f"{k}: {_series_label(tif.series[i], k)}" for k, i in enumerate(in_file)) \
+                if others else ()
             if others:  # (said by File > Open, Load stack and predict: StackInfo.other_series)
-                log.info("'%s' holds %d image series (positions, or planes written one by one); the first "
-                            "one, %s, is read.", p.name, others + 1, "x".join(map(str, series.shape)))
+                log.info("'%s' holds %d image series (positions, or planes written one by one); image %d, %s, is "
+                         "read.", p.name, others + 1, choice or 0, "x".join(map(str, series.shape)))
         except Exception:
             tif.close()
             raise
@@ -377,9 +395,9 @@ def _open_tiff(p: Path) -> _Opened:
             names = None
         n_levels = len(series.levels)
         info = StackInfo(
-            path=str(p), name=stack_name(p), format=fmt, shape=shape, dtype=np.dtype(series.dtype),
-            axes=axes, scale=scale, channel_names=names, n_levels=n_levels, axes_from_file=known,
-            other_series=others,
+            path=str(p), name=stack_name(p) + (f"_s{choice}" if choice else ""), format=fmt, shape=shape,
+            dtype=np.dtype(series.dtype), axes=axes, scale=scale, channel_names=names, n_levels=n_levels,
+            axes_from_file=known, other_series=others, series=int(choice or 0), series_names=series_names,
         )
     finally:
         tif.close()  # metadata is all we need now; pixels are read by load() / lazy()
@@ -553,6 +571,13 @@ def _image_series(tif: Any, p: Path) -> tuple[int, list[int]]:
 
     in_file = [i for i in images if here(series[i])]
     return (in_file or images or [0])[0], in_file
+
+
+def _series_label(series: Any, k: int) -> str:
+    """One line for a TIFF series in a list to choose from: its name (an OME position's) and shape."""
+    name = str(getattr(series, "name", "") or "").strip()
+    shape = " x ".join(str(int(s)) for s in series.shape)
+    return f"{name}, {shape}" if name and name.lower() not in ("", "series", f"series {k}") else shape
 
 
 def _reduced(series: Any) -> bool:

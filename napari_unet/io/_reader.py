@@ -64,7 +64,7 @@ def should_open_masks_lazily(nbytes: int) -> bool:
     return nbytes > (4 * LAZY_THRESHOLD_BYTES if free is None else free // 2)
 
 
-def inspect_stack(path: str | os.PathLike, axes: str | None = None) -> StackInfo:
+def inspect_stack(path: str | os.PathLike, axes: str | None = None, series: int | None = None) -> StackInfo:
     """Read only the metadata of a stack: shape, axes, dtype, pixel size, channel names.
 
     Parameters
@@ -73,6 +73,8 @@ def inspect_stack(path: str | os.PathLike, axes: str | None = None) -> StackInfo
         A TIFF file, an OME-Zarr folder, a folder of 2D images, or a PNG/JPEG file.
     axes : str, optional
         Axis letters (``TCZYXS``) that override the file's, one per dimension.
+    series : int, optional
+        Which of a TIFF's images (positions) to describe (None: the first).
 
     Returns
     -------
@@ -83,12 +85,12 @@ def inspect_stack(path: str | os.PathLike, axes: str | None = None) -> StackInfo
     StackReadError
         A ``ValueError`` with a one-line message when the path cannot be read.
     """
-    info = open_any(path).info
+    info = open_any(path, series).info
     return info.with_axes(axes) if axes else info  # (the file's order: what ``axes`` names; read_stack moves Y, X last)
 
 
 def read_stack(
-    path: str | os.PathLike, lazy: bool | None = None, axes: str | None = None
+    path: str | os.PathLike, lazy: bool | None = None, axes: str | None = None, series: int | None = None
 ) -> tuple[Any, StackInfo]:
     """Read a microscopy stack.
 
@@ -104,6 +106,8 @@ def read_stack(
     axes : str, optional
         Axis letters from ``TCZYXS`` overriding the file's (for example ``"TYX"`` for a 3D TIFF that
         is really a time-lapse).
+    series : int, optional
+        Which of a TIFF's images (positions of a multi-position acquisition) to read (None: the first).
 
     Returns
     -------
@@ -118,14 +122,14 @@ def read_stack(
     StackReadError
         A ``ValueError`` with a one-line message: missing, empty, corrupt, truncated or unsupported.
     """
-    levels, info = _read_levels(path, lazy=lazy, axes=axes)
+    levels, info = _read_levels(path, lazy=lazy, axes=axes, series=series)
     return levels[0], info
 
 
 def _read_levels(
-    path: str | os.PathLike, lazy: bool | None = None, axes: str | None = None
+    path: str | os.PathLike, lazy: bool | None = None, axes: str | None = None, series: int | None = None
 ) -> tuple[list[Any], StackInfo]:
-    opened = open_any(path)
+    opened = open_any(path, series)
     info = opened.info.with_axes(axes) if axes else opened.info
     if lazy is None:
         lazy = should_open_lazily(info.nbytes)
@@ -329,12 +333,13 @@ def _layer_metadata(info: StackInfo, channel: int | None) -> dict[str, Any]:
         "axes_from_file": info.axes_from_file,
         "shape": tuple(int(n) for n in info.shape),
         "other_series": info.other_series,
+        "series": info.series,
         "others_at": list(info.others_at),
     }
 
 
 def read_layer_data(
-    path: str | os.PathLike, lazy: bool | None = None, axes: str | None = None
+    path: str | os.PathLike, lazy: bool | None = None, axes: str | None = None, series: int | None = None
 ) -> list[LayerData]:
     """Read ``path`` and return napari layer data (see :func:`stack_layer_data`).
 
@@ -344,7 +349,7 @@ def read_layer_data(
         With a one-line message when the path cannot be read.
     """
     try:
-        levels, info = _read_levels(path, lazy=lazy, axes=axes)
+        levels, info = _read_levels(path, lazy=lazy, axes=axes, series=series)
         # masks saved by napari-unet (the list of corrected slices beside them) from a layer with a channel
         # axis keep it: split, each channel became a layer of its own holding the list of the whole
         return stack_layer_data(levels, info, split_channels=not sidecar_path(path).is_file())
@@ -441,10 +446,10 @@ def _say_planes_not_channels(path: str | os.PathLike, layers: list[LayerData]) -
         log.warning("%s: %s", Path(path).name, hint)
         _notify(f"{Path(path).name}: {hint}", warning=True)
     others = meta.get("other_series") or 0
-    if others:
+    if others and not meta.get("series"):  # (another than the first, chosen: nothing to say)
         at = meta.get("others_at") or ()
         how = (f"open the others by their paths ({others_text(tuple(at))})" if at else
-               "export the others as files of their own to open them")
+               "Load stack's Series opens another (and predict --series N segments it)")
         _notify(f"{Path(path).name} holds {others + 1} images (positions, series or fields): the first one is "
                 f"opened; {how}.", warning=True)
 

@@ -108,18 +108,23 @@ class LoadWidget(Container):
             tooltip="lazy: read only the planes on screen (large files); in memory: read everything now; "
             "auto: lazy above 1 GB or a quarter of free memory",
         )
+        self._series = ComboBox(
+            choices=[], label="Series", visible=False,
+            tooltip="The file holds several images (positions of a multi-position acquisition): the one to open",
+        )
         self._load_button = PushButton(text="Load", tooltip="Open the file or folder in Path as layers of the viewer.")
         self._load_button.enabled = False
         self._status = Label(value="", label="")
         wrap_text(self._info, self._status)
-        self.extend([self._source, self._path, self._info, self._axes, self._loading, self._load_button,
-                     self._status])
+        self.extend([self._source, self._path, self._info, self._series, self._axes, self._loading,
+                     self._load_button, self._status])
 
         self._source.changed.connect(self._on_source_changed)
         self._path.changed.connect(self._on_path_changed)
         # typed paths: say that one is missing once the typing is done (Enter, or leaving the field)
         self._path.line_edit.native.editingFinished.connect(self._notify_missing_path)
         self._axes.changed.connect(self._on_axes_changed)
+        self._series.changed.connect(self._on_series_changed)
         self._load_button.changed.connect(self._on_load)
         tab_with_plugin_docks(self.native)  # (beside the plugin's other docks, not under them)
 
@@ -158,6 +163,36 @@ class LoadWidget(Container):
         except (StackReadError, AxesError) as e:
             self._info.value = str(e)
             self._axes.value = ""
+            self._show_series(())
+            return
+        self._show_series(info.series_names)
+        self._stack_info = info
+        with self._axes.changed.blocked():
+            self._axes.value = info.axes
+        self._show_info(info)
+        self._load_button.enabled = True
+
+    def _show_series(self, names: tuple[str, ...]) -> None:
+        """The Series choice: the file's images when it holds several (the first chosen), hidden otherwise."""
+        with self._series.changed.blocked():
+            self._series.choices = [(name, k) for k, name in enumerate(names)]
+            if names:
+                self._series.value = 0
+        self._series.visible = len(names) > 1
+
+    def _chosen_series(self) -> int | None:
+        return self._series.value if len(self._series.choices) > 1 and self._series.value else None
+
+    def _on_series_changed(self, *_: Any) -> None:
+        """Another of the file's images chosen: its own shape, axes and pixel size."""
+        path = self._selected_path()
+        if path is None or self._stack_info is None:
+            return
+        try:
+            info = inspect_stack(path, series=self._chosen_series())
+        except (StackReadError, AxesError) as e:
+            self._info.value = str(e)
+            self._load_button.enabled = False
             return
         self._stack_info = info
         with self._axes.changed.blocked():
@@ -203,8 +238,9 @@ class LoadWidget(Container):
             notify_error("Load stack", f"{path} no longer exists.")
             self._on_path_changed()
             return
+        series = self._chosen_series()
         try:  # the file or folder may have changed since it was chosen (a file saved into the folder)
-            now = inspect_stack(path)
+            now = inspect_stack(path, series=series)
         except (StackReadError, AxesError) as e:
             notify_error("Load stack", e)
             self._on_path_changed()
@@ -221,7 +257,7 @@ class LoadWidget(Container):
         self._status.value = f"Loading {path.name}..."
         # errors are shown by _on_error alone (without _ignore_errors superqt raises them again)
         worker = create_worker(titled(_read_layers, f"Load stack, reading {path.name}"),
-                               path, lazy=lazy, axes=axes, _start_thread=False, _ignore_errors=True)
+                               path, lazy=lazy, axes=axes, series=series, _start_thread=False, _ignore_errors=True)
         worker.returned.connect(lambda layer_data: self._on_loaded(layer_data, path))
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
@@ -268,7 +304,8 @@ class LoadWidget(Container):
             self._load_button.enabled = self._stack_info is not None
 
 
-def _read_layers(path: Any, lazy: bool | None = None, axes: str | None = None) -> list[tuple[Any, dict[str, Any], str]]:
+def _read_layers(path: Any, lazy: bool | None = None, axes: str | None = None,
+                 series: int | None = None) -> list[tuple[Any, dict[str, Any], str]]:
     """The layers of ``path``; masks (a labels file saved by napari-unet with its list of corrected
     slices, OME-Zarr labels, a file named like masks) open as Labels layers, as File > Open does.
     Labels of a stack that open lazily (large) with Loading "auto" are copied where they can be
@@ -278,7 +315,7 @@ def _read_layers(path: Any, lazy: bool | None = None, axes: str | None = None) -
 
     from ._disk_masks import editable_copy
 
-    layers = as_labels_where_masks(path, read_layer_data(path, lazy=lazy, axes=axes))
+    layers = as_labels_where_masks(path, read_layer_data(path, lazy=lazy, axes=axes, series=series))
     if lazy is not None:  # (Loading "lazy" or "in memory": as chosen)
         return layers
     out = []
