@@ -145,6 +145,11 @@ def main() -> int:
             rows.append(f"| {where} | {r['dtype']} {' x '.join(map(str, r['shape']))} "
                         f"({masks_mb:.0f} MB) | {(r['peak']['RssAnon'] - r['before']['RssAnon']) / mb:.0f} | "
                         f"{r['peak']['RssFile'] / mb:.0f} | {r['took']:.1f} | {r['saved']:.1f} |")
+    if args.memory_limit_gb:  # (the capped group removed: it held its limit for anything put there later)
+        try:
+            procs.parent.rmdir()
+        except OSError:
+            pass
     table = "\n".join([
         f"{args.planes} planes of {args.side} x {args.side}, 8-bit, opened lazily ({nbytes / 1e6:.0f} MB; blank but the "
         "first), Segment's whole stack with the built-in model, then the masks saved (`io._writer.write_labels`)"

@@ -46,16 +46,24 @@ def _system_available() -> int | None:
         return None
 
 
-def cgroup_available(proc_cgroup: str | None = None, root: Path = CGROUP_ROOT) -> int | None:
+def cgroup_available(proc_cgroup: str | None = None, root: Path = CGROUP_ROOT,
+                     mountinfo: str | None = None) -> int | None:
     """What the tightest memory limit of this process's control groups leaves (limit less usage, the
-    inactive page cache counted as free, as the kernel reclaims it first), or None without a limit
-    (not Linux, none set, unreadable). ``proc_cgroup``: the text of ``/proc/self/cgroup`` (read when
-    None); ``root``: where the hierarchies are mounted."""
+    inactive page cache and half the active one counted as free, as the kernel reclaims them), or None
+    without a limit (not Linux, none set, unreadable). ``proc_cgroup``: the text of ``/proc/self/cgroup``
+    (read when None); ``mountinfo``: of ``/proc/self/mountinfo``, which says where each hierarchy is
+    mounted (read when None and ``root`` is the system's; else ``root`` and ``root``/memory)."""
     if proc_cgroup is None:
         try:
             proc_cgroup = Path("/proc/self/cgroup").read_text()
         except OSError:
             return None
+    if mountinfo is None and root == CGROUP_ROOT:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            mountinfo = None
+    mounts = _cgroup_mounts(mountinfo) if mountinfo else {}
     best: int | None = None
     for line in proc_cgroup.splitlines():
         parts = line.split(":", 2)
@@ -63,30 +71,52 @@ def cgroup_available(proc_cgroup: str | None = None, root: Path = CGROUP_ROOT) -
             continue
         _hid, controllers, path = parts
         if controllers == "":  # cgroup v2: one hierarchy
-            left = _walk(root, path, ("memory.max", "memory.current", "inactive_file"))
+            base, mounted = mounts.get("v2", (root, "/"))
+            names = ("memory.max", "memory.current", "inactive_file", "active_file")
         elif "memory" in controllers.split(","):  # cgroup v1: the memory controller's hierarchy
-            left = _walk(root / "memory", path, ("memory.limit_in_bytes", "memory.usage_in_bytes",
-                                                 "total_inactive_file"))
+            base, mounted = mounts.get("v1", (root / "memory", "/"))
+            names = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file", "total_active_file")
         else:
             continue
+        if mounted != "/" and (path + "/").startswith(mounted.rstrip("/") + "/"):  # (a container's own root)
+            path = path[len(mounted.rstrip("/")):] or "/"
+        left = _walk(base, path, names)
         if left is not None:
             best = left if best is None else min(best, left)
     return best
 
 
-def _walk(base: Path, path: str, names: tuple[str, str, str]) -> int | None:
+def _cgroup_mounts(mountinfo: str) -> dict[str, tuple[Path, str]]:
+    """{"v1": (mount point, root), "v2": ...} of the memory controller's hierarchies in ``mountinfo``
+    (v1's memory may be mounted with other controllers: "cpu,memory")."""
+    found: dict[str, tuple[Path, str]] = {}
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if "-" not in fields:
+            continue
+        dash = fields.index("-")
+        if len(fields) < dash + 4 or dash < 5:
+            continue
+        kind, options = fields[dash + 1], fields[dash + 3].split(",")
+        if kind == "cgroup2" and "v2" not in found:
+            found["v2"] = (Path(fields[4]), fields[3])
+        elif kind == "cgroup" and "memory" in options and "v1" not in found:
+            found["v1"] = (Path(fields[4]), fields[3])
+    return found
+
+
+def _walk(base: Path, path: str, names: tuple[str, str, str, str]) -> int | None:
     """The least that the limits of the group ``path`` under ``base`` and of its parents leave. Inside a
     container, the path the kernel names may be outside what is mounted: the mounted root is then the
     container's own group."""
-    limit_name, usage_name, inactive_name = names
     relative = Path(path.lstrip("/"))
     leaf = base / relative
-    if not leaf.is_dir():
+    if ".." in relative.parts or not leaf.is_dir():
         leaf = base
     best: int | None = None
     folder = leaf
     while True:
-        left = _left_in(folder, limit_name, usage_name, inactive_name)
+        left = _left_in(folder, *names)
         if left is not None:
             best = left if best is None else min(best, left)
         if folder == base or base not in folder.parents:
@@ -95,21 +125,22 @@ def _walk(base: Path, path: str, names: tuple[str, str, str]) -> int | None:
     return best
 
 
-def _left_in(folder: Path, limit_name: str, usage_name: str, inactive_name: str) -> int | None:
+def _left_in(folder: Path, limit_name: str, usage_name: str, inactive_name: str, active_name: str) -> int | None:
     limit = _read_number(folder / limit_name)
     if limit is None or limit >= _NO_LIMIT:
         return None
     usage = _read_number(folder / usage_name) or 0
-    inactive = 0
+    stat: dict[str, int] = {}
     try:
         for line in (folder / "memory.stat").read_text().splitlines():
             key, _, value = line.partition(" ")
-            if key == inactive_name:
-                inactive = int(value)
-                break
+            if key in (inactive_name, active_name):
+                stat[key] = int(value)
     except (OSError, ValueError):
         pass
-    return max(0, limit - usage + inactive)
+    # (page cache: inactive pages go first, active ones after; half of them, as the system's MemAvailable
+    # counts its own: a file read three times in a 1 GiB job left 196 MiB said free of about 1 GiB)
+    return max(0, limit - usage + stat.get(inactive_name, 0) + stat.get(active_name, 0) // 2)
 
 
 def _read_number(path: Path) -> int | None:

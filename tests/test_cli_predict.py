@@ -288,6 +288,10 @@ def test_the_masks_of_one_channel_open_as_the_masks_of_that_channels_layer(tmp_p
                "--channel", "1", "--no-progress", *extra])
     assert rc == 0 and "exists (the masks of channel 'nuclei': segment another channel into another --out" \
         in capsys.readouterr().err
+    rc = main(["predict", str(tmp_path / "two.ome.tif"), "--out", str(out), "--model", str(tiny_model_path),
+               "--channel", "0", "--no-progress", *extra])  # (the same channel again: no other folder to go to)
+    err = capsys.readouterr().err
+    assert rc == 0 and "exists (--overwrite replaces it)" in err and "another --out" not in err
 
 
 def test_channel_of_an_rgb_image_is_that_colour(tmp_path, dsb_fluo_crop, tiny_model_path, capsys):

@@ -1615,6 +1615,10 @@ def test_masks_held_on_disk_are_learnt_from_and_segmented_again(widget, c2c12, q
     segment = get_widget(viewer, "segment")
     qtbot.waitUntil(lambda: segment._worker is None, timeout=60_000)
     assert segment._status.value.startswith("Done") and _disk_masks.on_disk(masks.data)
+    from napari_unet.core.checkpoint import read_model_file
+
+    meta = read_model_file(_user_models()["base-tuned"]).metadata  # (learnt from the slice on disk)
+    assert meta["n_examples"] == 1 and meta["examples"] == ["'c2c12 masks', slice 0"]
     np.testing.assert_array_equal(np.asarray(masks.data[0]), labels[0])  # (the corrected slice kept)
     assert np.asarray(masks.data[1]).any()  # (the next slice segmented, on disk)
     assert image is viewer.layers["c2c12"]

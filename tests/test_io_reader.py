@@ -325,6 +325,10 @@ def test_bioformats2raw_layout_opens_its_first_image(tmp_path):
 
 def test_an_hcs_plate_says_which_field_to_open_and_its_fields_are_named_and_saved_beside_it(
         tmp_path, make_napari_viewer, notifications, capsys):
+    import os
+
+    from napari_unet.io import stack_name
+
     """A plate (NGFF: plate / row / column / field groups): refused with "no multiscales" (its root) or by
     npe2 (File > Open); a well opened its first field unsaid; every field was named "0" (masks of all of
     them written by predict to one "0_masks.tif", another well's masks replaced with --overwrite), and Save
@@ -370,6 +374,22 @@ def test_an_hcs_plate_says_which_field_to_open_and_its_fields_are_named_and_save
         assert main(["predict", str(plate / field), "--out", str(out), "--no-progress", "--channel", "0",
                      "--diameter", "14"]) == 0
     assert sorted(p.name for p in out.glob("*.tif")) == ["plate_A_1_0_masks.tif", "plate_B_2_0_masks.tif"]
+    # a well given to predict: its first field's masks, named as that field's layer (they paired with none)
+    assert main(["predict", str(plate / "A" / "1"), "--out", str(tmp_path / "well"), "--no-progress",
+                 "--channel", "0", "--diameter", "14"]) == 0
+    assert [p.name for p in (tmp_path / "well").glob("*.tif")] == ["plate_A_1_0_masks.tif"]
+    assert "napari-unet: plate.ome.zarr/A/1: 2 images" in capsys.readouterr().err  # (not "napari-unet: 1: ...")
+    # from inside the plate, by a relative path: the same name
+    here = os.getcwd()
+    try:
+        os.chdir(plate)
+        assert stack_name(Path("A") / "1" / "0") == "plate_A_1_0"
+    finally:
+        os.chdir(here)
+    # a project folder named .zarr that is no store, and labels in a field: their own names
+    project = tmp_path / "project.zarr" / "train"
+    project.mkdir(parents=True)
+    assert stack_name(project / "a.tif") == "a" and stack_name(plate / "A" / "1" / "0" / "labels" / "nuclei") == "nuclei"
 
 
 def test_y_and_x_are_moved_last_when_time_comes_after_them(tmp_path):

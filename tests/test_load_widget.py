@@ -327,6 +327,12 @@ def test_series_chooses_another_position_of_a_multi_position_file(qtbot, widget,
     _load(qtbot, w)
     (layer,) = viewer.layers
     assert layer.name == "positions_s2" and layer.data.shape == (32, 38) and int(np.asarray(layer.data).max()) == 20
+    w._path.value = tmp_path / "missing.tif"  # (the last file's images are not offered for another)
+    assert w._series.native.isHidden()
+    w._path.value = path
+    w._axes.value = "XY"  # (corrected by the user: kept when another image of the file is chosen)
+    w._series.value = 1
+    assert w._axes.value == "XY" and "image 1 of 3" in w._info.value
     single = tmp_path / "one.tif"
     tifffile.imwrite(single, np.zeros((8, 9), np.uint8))
     w._path.value = single

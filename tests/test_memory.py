@@ -22,12 +22,12 @@ def _group(folder: Path, files: dict[str, str]) -> None:
 
 
 def test_a_cgroup_v2_limit_of_the_group_or_of_a_parent_is_what_is_left(tmp_path):
-    # the job's group has no limit of its own; its parent (the Slurm job) has 8 GB, 5 GB used, 1 GB of it
-    # inactive page cache (the kernel gives that back first)
+    # the job's group has no limit of its own; its parent (the Slurm job) has 8 GB, 5 GB used, of it 1 GB of
+    # inactive page cache (the kernel gives that back first) and 2 GB of active (half of it counted free)
     _group(tmp_path / "job", {"memory.max": str(8 * GB), "memory.current": str(5 * GB),
-                              "memory.stat": f"anon 123\ninactive_file {GB}\nactive_file 7\n"})
+                              "memory.stat": f"anon 123\ninactive_file {GB}\nactive_file {2 * GB}\n"})
     _group(tmp_path / "job" / "step", {"memory.max": "max", "memory.current": str(5 * GB)})
-    assert cgroup_available("0::/job/step\n", tmp_path) == 4 * GB
+    assert cgroup_available("0::/job/step\n", tmp_path) == 5 * GB
     # a tighter limit below it wins
     _group(tmp_path / "job" / "step", {"memory.max": str(6 * GB), "memory.current": str(5 * GB)})
     assert cgroup_available("0::/job/step\n", tmp_path) == 1 * GB
@@ -49,18 +49,36 @@ def test_a_cgroup_v1_memory_limit_and_a_containers_own_root(tmp_path):
     assert cgroup_available("4:memory:/open\n", tmp_path) is None
     # a container: the kernel names a path outside what is mounted, whose root is the container's group
     _group(tmp_path / "memory", {"memory.limit_in_bytes": str(3 * GB), "memory.usage_in_bytes": str(GB)})
-    assert cgroup_available("4:cpu,memory:/docker/abc123\n", tmp_path) == 2 * GB
+    assert cgroup_available("4:memory:/docker/abc123\n", tmp_path) == 2 * GB
+
+
+def test_where_the_hierarchies_are_mounted_comes_from_mountinfo(tmp_path):
+    """v1's memory controller mounted with another ("cpu,memory"), and a container's hierarchy mounted from
+    its own group (mount root /docker/abc): found through /proc/self/mountinfo, not at a fixed place."""
+    both = tmp_path / "cpu,memory"
+    _group(both / "job", {"memory.limit_in_bytes": str(2 * GB), "memory.usage_in_bytes": str(GB)})
+    mountinfo = (f"31 23 0:28 / {tmp_path} rw - tmpfs tmpfs rw\n"
+                 f"35 31 0:33 / {both} rw,relatime shared:9 - cgroup cgroup rw,cpu,memory\n")
+    assert cgroup_available("4:cpu,memory:/job\n", tmp_path, mountinfo) == GB
+    mounted = tmp_path / "unified"  # (cgroup v2, mounted from the container's group)
+    _group(mounted / "inner", {"memory.max": str(4 * GB), "memory.current": str(GB)})
+    mountinfo = f"40 31 0:40 /docker/abc {mounted} rw - cgroup2 cgroup2 rw\n"
+    assert cgroup_available("0::/docker/abc/inner\n", tmp_path, mountinfo) == 3 * GB
 
 
 def test_available_memory_is_never_more_than_a_limit_leaves():
     """In a real memory cgroup capped at 1 GiB (Linux, root, a writable cgroup v1 hierarchy), the memory
     said available is at most that, whatever the machine has."""
-    group = Path("/sys/fs/cgroup/memory/napari_unet_test")
+    group = Path(f"/sys/fs/cgroup/memory/napari_unet_test_{os.getpid()}")
     try:
         group.mkdir(exist_ok=True)
-        (group / "memory.limit_in_bytes").write_text(str(GB))
     except OSError:
         pytest.skip("no writable cgroup v1 memory hierarchy here")
+    try:
+        (group / "memory.limit_in_bytes").write_text(str(GB))
+    except OSError:
+        group.rmdir()
+        pytest.skip("no memory limit can be set here")
     try:
         def join() -> None:
             (group / "cgroup.procs").write_text(str(os.getpid()))

@@ -177,14 +177,26 @@ def _series_arg(value: str) -> int:
     return number
 
 
+def _input_name(path: Path) -> str:
+    """The name of an input's image, as napari names its layer (the masks pair with it): a Zarr's from its
+    metadata (a well of a plate opens its first field, "plate_A_1_0"), a file's from its name."""
+    from napari_unet.io import stack_name
+    from napari_unet.io._formats import StackReadError, is_ome_zarr, open_any
+
+    if is_ome_zarr(path):
+        try:
+            return open_any(path).info.name
+        except StackReadError:  # (said when it is segmented)
+            pass
+    return stack_name(path)
+
+
 def _targets(inputs: list[Path], out_dir: Path, suffix: str, series: int | None = None) -> list[Path]:
     """``out_dir/<name>_masks<suffix>`` per input (``<name>_sN`` for series N > 0, as napari names its
     layer); refuses two inputs with one output, and an output that is an input (it would be
     overwritten, then segmented)."""
-    from napari_unet.io import stack_name
-
     tag = f"_s{series}" if series else ""
-    targets = [out_dir / f"{stack_name(path)}{tag}{MASKS_SUFFIX}{suffix}" for path in inputs]
+    targets = [out_dir / f"{_input_name(path)}{tag}{MASKS_SUFFIX}{suffix}" for path in inputs]
     folds = _names_fold_case(out_dir)
     first: dict[str, Path] = {}  # (by the name folded where names differing in capitals are one file)
     given = {path.resolve(): path for path in inputs}
@@ -489,7 +501,7 @@ def _predict_all(models: Any, inputs: list[Path], targets: list[Path], args: arg
             if os.path.lexists(target) and not args.overwrite:
                 channel = _channel_of_masks(target) if args.channel is not None else None
                 of = (f"the masks of channel {channel!r}: segment another channel into another --out folder; "
-                      if channel else "")
+                      if channel and channel != _channel_asked(path, args) else "")
                 print(f"napari-unet: {path}: skipped, {target} exists ({of}--overwrite replaces it)", file=sys.stderr)
                 continue
             corrected = _slices_corrected_in(target) if os.path.lexists(target) and not args.overwrite_corrected else ""
@@ -512,6 +524,21 @@ def _predict_all(models: Any, inputs: list[Path], targets: list[Path], args: arg
             continue
         # (a reader of the list that stops, `| head`: the batch goes on, unlisted; see cli.main)
         print(f"{path} -> {target}", flush=True)
+
+
+def _channel_asked(path: Path, args: argparse.Namespace) -> str | None:
+    """The name of the channel ``--channel`` asks for in ``path`` (as its masks record it), None when
+    it cannot be told (no C axis, unreadable: said when it is segmented)."""
+    from napari_unet.io import inspect_stack
+    from napari_unet.io._reader import channel_layer_suffix
+
+    try:
+        info = inspect_stack(path, getattr(args, "axes", None), getattr(args, "series", None))
+        if "C" not in info.axes or not isinstance(args.channel, int):
+            return None
+        return channel_layer_suffix(info, args.channel)
+    except (ValueError, IndexError):
+        return None
 
 
 def _channel_of_masks(target: Path) -> str | None:
@@ -625,7 +652,9 @@ def _options_3d(args: argparse.Namespace, axes: str, scale: dict[str, float], rg
 def _segment_one(models: _ModelChoice, path: Path, target: Path, args: argparse.Namespace, use_dask: bool,
                  found: dict[str, Any] | None = None) -> None:
     """Segment one input into ``target``."""
-    name = path.name
+    from napari_unet.io._formats import _shown_path
+
+    name = _shown_path(path)  # (a field of a plate: "plate.ome.zarr/A/1/0", not "0")
     data, info = _read(path, getattr(args, "axes", None), getattr(args, "series", None))
     axes, scale = info.axes, dict(info.scale)
     if info.other_series:

@@ -102,8 +102,8 @@ def _is_oom(exc: BaseException) -> bool:
 def _cpu_budget() -> int:
     from napari_unet._memory import available_memory
 
-    free = available_memory() or 8 * 1024**3
-    return int(min(CPU_MEMORY_BUDGET, free // 4))
+    free = available_memory()  # (0 is a cgroup's limit reached: no room, not "unknown")
+    return int(min(CPU_MEMORY_BUDGET, (8 * 1024**3 if free is None else free) // 4))
 
 
 def activation_budget(device: torch.device) -> int:

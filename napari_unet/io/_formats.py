@@ -194,26 +194,35 @@ def natural_key(name: str) -> list[Any]:
 
 
 def zarr_container(path: str | os.PathLike) -> Path | None:
-    """The outermost ``.zarr`` folder that ``path`` lies inside (an HCS plate's field
-    ``plate.ome.zarr/A/1/0``, a bioformats2raw series ``scan.ome.zarr/1``), None when it lies in none."""
+    """The outermost Zarr store that ``path`` lies inside (an HCS plate's field ``plate.ome.zarr/A/1/0``,
+    a bioformats2raw series ``scan.ome.zarr/1``): a ``.zarr`` folder that is a Zarr group; None when it
+    lies in none (a project folder named ``x.zarr`` holding TIFFs is no store)."""
     outer = None
-    for parent in Path(path).parents:
-        if parent.suffix.lower() == ".zarr" and parent.name.lower() != ".zarr":
+    for parent in Path(path).absolute().parents:
+        if parent.suffix.lower() == ".zarr" and parent.name.lower() != ".zarr" and _zarr_group_files(parent):
             outer = parent
     return outer
 
 
+def _zarr_group_files(folder: Path) -> bool:
+    try:
+        return (folder / ".zgroup").is_file() or (folder / ".zattrs").is_file() or (folder / "zarr.json").is_file()
+    except OSError:
+        return False
+
+
 def stack_name(path: str | os.PathLike) -> str:
-    """Layer name for a file or folder: its name without (double) extension. An image inside a Zarr
-    container is named by the container and its path in it ("plate_A_1_0" for ``plate.ome.zarr/A/1/0``):
-    every field of a plate was "0", and predict wrote them all to one "0_masks.tif" (the labels images of
-    an OME-Zarr image, ``img.ome.zarr/labels/nuclei``, keep their own name)."""
+    """Layer name for a file or folder: its name without (double) extension. A Zarr image inside a Zarr
+    store is named by the store and its place in it ("plate_A_1_0" for ``plate.ome.zarr/A/1/0``): every
+    field of a plate was "0", and predict wrote them all to one "0_masks.tif" (the labels images of an
+    OME-Zarr image, ``.../labels/nuclei``, and files in a store keep their own name)."""
     p = Path(path)
-    container = zarr_container(p)
-    if container is not None:
-        parts = p.relative_to(container).parts
-        if parts and parts[0] != "labels" and ".." not in parts:
-            return "_".join((stack_name(container), *parts))
+    if is_ome_zarr(p) and not p.is_file():
+        container = zarr_container(p)
+        if container is not None:
+            parts = p.absolute().relative_to(container).parts
+            if parts and "labels" not in parts and ".." not in parts:
+                return "_".join((stack_name(container), *parts))
     name = p.name or p.resolve().name  # ("." or "..": the folder's own name, not "")
     for ext in (".ome.tiff", ".ome.tif", ".ome.btf", ".ome.tf8", ".ome.tf2", ".ome.zarr", *READABLE_SUFFIXES):
         if name.lower().endswith(ext) and len(name) > len(ext):
@@ -282,8 +291,10 @@ def open_any(path: str | os.PathLike, series: int | None = None) -> _Opened:
         )
     opener = {"tiff": _open_tiff, "ome-zarr": _open_zarr, "image-folder": _open_folder, "image": _open_image}
     if series and kind != "tiff":
-        where = " (a Zarr's other images open by their paths: x.ome.zarr/1, ...)" if kind == "ome-zarr" else ""
-        raise StackReadError(f"'{p.name}' holds one image: a series is chosen in TIFF files of several{where}")
+        if kind == "ome-zarr":
+            raise StackReadError(f"'{p.name}': a series is chosen in TIFF files of several images; a Zarr's images "
+                                 f"open by their paths ({p.name}/1, ...)")
+        raise StackReadError(f"'{p.name}' holds one image: a series is chosen in TIFF files of several")
     try:
         opened = _open_tiff(p, series) if kind == "tiff" else opener[kind](p)
     except StackReadError:
@@ -747,7 +758,9 @@ def _well_fields(group: Any) -> list[str]:
     attrs = dict(group.attrs)
     well = attrs.get("ome", attrs).get("well")
     images = well.get("images") if isinstance(well, dict) else None
-    return [i["path"] for i in images or [] if isinstance(i, dict) and isinstance(i.get("path"), str)]
+    # (a field's path is one name: "../x" or "/x" would open outside the well)
+    return [i["path"] for i in images or [] if isinstance(i, dict) and isinstance(i.get("path"), str)
+            and re.fullmatch(r"[A-Za-z0-9_.-]+", i["path"]) and i["path"] not in (".", "..")]
 
 
 def _open_zarr(p: Path) -> _Opened:
@@ -762,6 +775,7 @@ def _open_zarr(p: Path) -> _Opened:
     multiscales = ome.get("multiscales")
     others = 0
     others_at: tuple[str, ...] = ()
+    named = p  # (what the image is named by: the store, or series 0 of several, as when opened by its path)
     if not multiscales and isinstance(ome.get("plate"), dict):  # an HCS plate: its wells hold the images
         wells = [w["path"] for w in ome["plate"].get("wells") or [] if isinstance(w, dict) and isinstance(w.get("path"), str)]
         first_field = _well_fields(group[wells[0]])[:1] if wells and wells[0] in group else []
@@ -785,6 +799,8 @@ def _open_zarr(p: Path) -> _Opened:
             log.info("'%s' holds %d images (series); the first one (0) is opened.", p.name, len(series))
         others = max(0, len(series) - 1)
         others_at = tuple(f"{_shown_path(p)}/{k}" for k in series if k != "0")
+        if others:  # ("scan_0", as scan.ome.zarr/0 opened by its path is: its masks pair with either)
+            named = p / "0"
         group = group["0"]
         attrs = dict(group.attrs)
         ome = attrs.get("ome", attrs)
@@ -852,7 +868,7 @@ def _open_zarr(p: Path) -> _Opened:
         if len(labels) == shape[axes.index("C")] and all(labels):
             chan_names = [str(x) for x in labels]
     info = StackInfo(
-        path=str(p), name=stack_name(p), format="ome-zarr", shape=shape, dtype=np.dtype(arrays[0].dtype),
+        path=str(p), name=stack_name(named), format="ome-zarr", shape=shape, dtype=np.dtype(arrays[0].dtype),
         axes=axes, scale=scale, channel_names=chan_names, n_levels=len(arrays), axes_from_file=known,
         other_series=others, translate=translate, others_at=others_at,
     )

@@ -363,7 +363,7 @@ def napari_get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]]
     """npe2 reader contribution: a reader function for paths napari-unet understands, else None.
 
     TIFF files are always accepted (a broken one gets a clear notification from the reader
-    function); folders are accepted when they are Zarr groups or hold 2D images.
+    function); folders when they hold 2D images, or are OME-Zarr images, stores of them, or plates.
     """
     if isinstance(path, list):
         if len(path) != 1:
@@ -375,7 +375,10 @@ def napari_get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]]
         return None
     if kind == "tiff" and _named_tiff_but_another_format(path):  # napari's own reader opens it
         return None
-    if kind == "ome-zarr":  # accept only OME-Zarr images (with multiscales); others are not ours
+    # OME-Zarr: images (multiscales), bioformats2raw's stores, an image's labels, and plates and wells (a
+    # plate is refused with the field to open: napari's "refused the file" said nothing; where
+    # napari-ome-zarr is installed too, napari asks which reader to use, and that one shows the plate)
+    if kind == "ome-zarr":
         try:
             import zarr
 

@@ -146,6 +146,7 @@ class LoadWidget(Container):
         self._stack_info = None
         self._load_button.enabled = False
         self._status.value = ""
+        self._show_series(())  # (the last file's images: until this one is read)
         path = self._selected_path()
         if path is None:
             self._info.value = "Choose a file or a folder."
@@ -163,7 +164,6 @@ class LoadWidget(Container):
         except (StackReadError, AxesError) as e:
             self._info.value = str(e)
             self._axes.value = ""
-            self._show_series(())
             return
         self._show_series(info.series_names)
         self._stack_info = info
@@ -188,6 +188,8 @@ class LoadWidget(Container):
         path = self._selected_path()
         if path is None or self._stack_info is None:
             return
+        typed = self._axes.value.strip().upper()
+        edited = typed != self._stack_info.axes  # (axes the user corrected: kept where they fit this image)
         try:
             info = inspect_stack(path, series=self._chosen_series())
         except (StackReadError, AxesError) as e:
@@ -195,8 +197,13 @@ class LoadWidget(Container):
             self._load_button.enabled = False
             return
         self._stack_info = info
+        if edited and len(typed) == len(info.shape):
+            try:
+                info = info.with_axes(typed)
+            except AxesError:
+                edited = False
         with self._axes.changed.blocked():
-            self._axes.value = info.axes
+            self._axes.value = typed if edited and len(typed) == len(info.shape) else info.axes
         self._show_info(info)
         self._load_button.enabled = True
 
