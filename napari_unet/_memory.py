@@ -86,9 +86,9 @@ def cgroup_available(proc_cgroup: str | None = None, root: Path = CGROUP_ROOT,
     return best
 
 
-def _cgroup_mounts(mountinfo: str) -> dict[str, tuple[Path, str]]:
-    """{"v1": (mount point, root), "v2": ...} of the memory controller's hierarchies in ``mountinfo``
-    (v1's memory may be mounted with other controllers: "cpu,memory")."""
+def _cgroup_mounts(mountinfo: str, controller: str = "memory") -> dict[str, tuple[Path, str]]:
+    """{"v1": (mount point, root), "v2": ...} of the hierarchies of ``controller`` in ``mountinfo``
+    (v1's may be mounted with other controllers: "cpu,memory")."""
     found: dict[str, tuple[Path, str]] = {}
     for line in mountinfo.splitlines():
         fields = line.split()
@@ -100,9 +100,69 @@ def _cgroup_mounts(mountinfo: str) -> dict[str, tuple[Path, str]]:
         kind, options = fields[dash + 1], fields[dash + 3].split(",")
         if kind == "cgroup2" and "v2" not in found:
             found["v2"] = (Path(fields[4]), fields[3])
-        elif kind == "cgroup" and "memory" in options and "v1" not in found:
+        elif kind == "cgroup" and controller in options and "v1" not in found:
             found["v1"] = (Path(fields[4]), fields[3])
     return found
+
+
+def cgroup_cpus(proc_cgroup: str | None = None, root: Path = CGROUP_ROOT, mountinfo: str | None = None) -> float | None:
+    """The CPUs a control group's quota allows this process (``docker --cpus 2``, a job's CPU limit: 2.0),
+    the least of its group's and parents'; None without a quota. The arguments as
+    :func:`cgroup_available`'s."""
+    if proc_cgroup is None:
+        try:
+            proc_cgroup = Path("/proc/self/cgroup").read_text()
+        except OSError:
+            return None
+    if mountinfo is None and root == CGROUP_ROOT:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            mountinfo = None
+    mounts = _cgroup_mounts(mountinfo, "cpu") if mountinfo else {}
+    best: float | None = None
+    for line in proc_cgroup.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _hid, controllers, path = parts
+        if controllers == "":
+            base, mounted = mounts.get("v2", (root, "/"))
+        elif "cpu" in controllers.split(","):
+            base, mounted = mounts.get("v1", (root / "cpu", "/"))
+        else:
+            continue
+        if mounted != "/" and (path + "/").startswith(mounted.rstrip("/") + "/"):
+            path = path[len(mounted.rstrip("/")):] or "/"
+        relative = Path(path.lstrip("/"))
+        folder = base / relative if ".." not in relative.parts and (base / relative).is_dir() else base
+        while True:
+            cpus = _quota_in(folder, v2=controllers == "")
+            if cpus is not None:
+                best = cpus if best is None else min(best, cpus)
+            if folder == base or base not in folder.parents:
+                break
+            folder = folder.parent
+    return best
+
+
+def _quota_in(folder: Path, v2: bool) -> float | None:
+    try:
+        if v2:
+            fields = (folder / "cpu.max").read_text().split()  # ("200000 100000", or "max 100000")
+            if len(fields) < 2:
+                return None
+            quota, period = fields[0], fields[1]
+        else:
+            quota = (folder / "cpu.cfs_quota_us").read_text().strip()
+            period = (folder / "cpu.cfs_period_us").read_text().strip()
+    except (OSError, ValueError):
+        return None
+    try:
+        q, p = int(quota), int(period)
+    except ValueError:  # ("max": no quota)
+        return None
+    return q / p if q > 0 and p > 0 else None
 
 
 def _walk(base: Path, path: str, names: tuple[str, str, str, str]) -> int | None:

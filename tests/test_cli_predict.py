@@ -689,7 +689,7 @@ def test_a_min_size_that_removes_every_object_says_so(tmp_path, images, capsys, 
     assert rc == 0 and "no object found" not in err and any("constant" in r.getMessage() for r in caplog.records)
 
 
-def test_labels_of_a_large_stack_that_the_disk_cannot_hold_are_a_one_line_error(tmp_path):
+def test_labels_of_a_large_stack_that_the_disk_cannot_hold_are_a_one_line_error(tmp_path, monkeypatch):
     """The temporary labels of a stack read lazily take their disk space first: a full disk is a
     message for that input (the others go on), where the memory map ended the process with a bus error."""
     import shutil
@@ -707,6 +707,17 @@ def test_labels_of_a_large_stack_that_the_disk_cannot_hold_are_a_one_line_error(
         with _labels_buffer(stack, False, tmp_path / "big_masks.tif"):
             pass
     assert list(tmp_path.iterdir()) == []  # nothing left behind
+    # a stack read whole whose labels (4 bytes a pixel) do not fit in the memory free goes to the file too
+    # (a 280 MB uint8 stack made 1.1 GB of labels in memory, and a 1.5 GiB job was killed)
+    import napari_unet.cli.predict as predict_cli
+
+    whole = np.zeros((4, 64, 64), np.uint8)
+    with _labels_buffer(whole, False, tmp_path / "whole_masks.tif") as buffer:
+        assert buffer is None  # (they fit)
+    monkeypatch.setattr(predict_cli, "LABELS_MEMORY_SHARE", 1e-9)
+    with _labels_buffer(whole, False, tmp_path / "whole_masks.tif") as buffer:
+        assert isinstance(buffer, np.memmap) and buffer.shape == whole.shape
+    assert list(tmp_path.iterdir()) == []
     with open(tmp_path / "small", "wb") as fh:  # what fits is taken
         reserve_space(fh, 1 << 20, tmp_path)
     assert (tmp_path / "small").stat().st_size == 1 << 20

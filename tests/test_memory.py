@@ -89,3 +89,18 @@ def test_available_memory_is_never_more_than_a_limit_leaves():
         assert 0 < int(child.stdout) <= GB
     finally:
         group.rmdir()
+
+
+def test_a_cgroup_cpu_quota_is_the_cpus_a_process_may_use(tmp_path):
+    """``docker --cpus 1.5`` (a CFS quota, not an affinity): the cores seen are all the machine's, the time
+    given is 1.5 of them; the engine's threads follow it (every core's thread competed for that time)."""
+    from napari_unet._memory import cgroup_cpus
+
+    _group(tmp_path / "cpu" / "job", {"cpu.cfs_quota_us": "150000", "cpu.cfs_period_us": "100000"})
+    assert cgroup_cpus("3:cpu,cpuacct:/job\n", tmp_path) == 1.5
+    _group(tmp_path / "cpu" / "free", {"cpu.cfs_quota_us": "-1", "cpu.cfs_period_us": "100000"})
+    assert cgroup_cpus("3:cpu,cpuacct:/free\n", tmp_path) is None
+    _group(tmp_path / "job2", {"cpu.max": "200000 100000"})  # (cgroup v2)
+    _group(tmp_path / "job2" / "step", {"cpu.max": "max 100000"})
+    assert cgroup_cpus("0::/job2/step\n", tmp_path) == 2.0
+    assert cgroup_cpus("", tmp_path) is None

@@ -542,3 +542,36 @@ def test_side_views_say_nothing_of_their_own_planes(model, data_dir, caplog):
     assert not any("holds no data at all" in m for m in said), said
     assert sum("Part of the image holds no data" in m for m in said) == 1
     assert labels.max() > 0 and not labels[:, :, :3].any()
+
+
+def test_3d_memory_follows_the_memory_free(tmp_path, monkeypatch):
+    """A cluster job's limit (a cgroup): the 3D path's fixed budgets, 512 MiB of probabilities in memory
+    and watershed blocks of 16 M voxels (634 MB a block), killed a 1.5 GiB job. Both follow the memory
+    free; probability folders of runs killed (SIGKILL) are removed by the next run."""
+    import os
+    import subprocess
+    import sys
+
+    import napari_unet._memory as memory
+    from napari_unet.core import volume, volume_instances
+
+    free = memory.available_memory()
+    assert volume_instances.block_budget() == volume_instances.BLOCK_VOXELS or (free is not None and free < 4 * 2**30)
+    monkeypatch.setattr(memory, "available_memory", lambda: 900 * 2**20)  # (what a 1.5 GiB job has left)
+    assert 2**20 < volume_instances.block_budget() < 8 * 2**20
+    monkeypatch.setattr(memory, "available_memory", lambda: 0)
+    assert volume_instances.block_budget() == 2**20  # (a floor: blocks of a few planes are slow, not wrong)
+    monkeypatch.setattr(memory, "available_memory", lambda: 16 * 2**20)
+    store = volume._ProbabilityStore((16, 256, 256), workdir=str(tmp_path))  # 8 MiB: more than a quarter of 16
+    try:
+        assert store.folder is not None and os.path.basename(store.folder).startswith(f"napari-unet-3d-{os.getpid()}-")
+    finally:
+        store.close()
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = tmp_path / f"napari-unet-3d-{int(ended.stdout)}-abc"
+    running = tmp_path / "napari-unet-3d-1-def"  # (pid 1 runs)
+    for folder in (killed, running):
+        folder.mkdir()
+        (folder / "probabilities.npy").write_bytes(b"x")
+    volume._remove_left_behind(str(tmp_path))
+    assert not killed.exists() and running.exists()

@@ -733,17 +733,26 @@ def _colour_arg(args: argparse.Namespace) -> str:
     return RGB_CHANNEL_WORDS[channel] if isinstance(channel, str) else "auto"
 
 
+#: The labels of a stack read whole are held in memory when they take at most this share of the memory free.
+LABELS_MEMORY_SHARE = 0.5
+
+
 @contextlib.contextmanager
 def _labels_buffer(data: Any, rgb: bool, target: Path) -> Iterator[Any]:
-    """Where the labels of a stack read lazily (a large file) are put before the TIFF is written:
-    a temporary file beside the output (removed when done, even after a crash), not memory, which
-    would need 4 bytes per pixel; None (in memory) for an image read whole."""
+    """Where the labels of a stack read lazily (a large file), or whose labels do not fit in the memory
+    free, are put before the TIFF is written: a temporary file beside the output (removed when done,
+    even after a crash), not memory, which needs 4 bytes per pixel (a 280 MB uint8 stack read whole
+    made 1.1 GB of labels, and a 1.5 GiB job was killed); None (in memory) otherwise."""
     import numpy as np
 
-    if isinstance(data, np.ndarray):
+    from napari_unet._memory import available_memory
+
+    shape = tuple(data.shape[:-1] if rgb else data.shape)
+    free = available_memory()
+    fits = free is None or int(np.prod(shape, dtype=np.int64)) * 4 <= LABELS_MEMORY_SHARE * free
+    if isinstance(data, np.ndarray) and fits:
         yield None
         return
-    shape = tuple(data.shape[:-1] if rgb else data.shape)
     with tempfile.TemporaryFile(dir=target.parent, prefix=".napari-unet-labels-") as fh:
         try:
             reserve_space(fh, int(np.prod(shape, dtype=np.int64)) * 4, target.parent)

@@ -402,7 +402,9 @@ def run(args: argparse.Namespace) -> int:
     for line in summary_lines(result.metadata, args.val_fraction):
         print(line)
     print(f"saved {saved} ({result.metadata['steps']} steps, {result.metadata['training_time_s']:.0f} s)")
-    return 0
+    # stopped (Ctrl+C, a scheduler's SIGTERM): saved, but not the run asked for, as predict's 130 says (a job's
+    # `train && predict` went on with a model of a few steps, and its log read as a full run)
+    return 130 if stop.is_set() else 0
 
 
 def summary_lines(meta: dict, val_fraction: float) -> list[str]:

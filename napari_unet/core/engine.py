@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import threading
 import warnings
@@ -115,11 +116,17 @@ class EngineChoice:
 
 
 def cpu_threads() -> int:
-    """Cores this process may run on (``os.sched_getaffinity``; ``os.cpu_count`` where absent)."""
+    """Cores this process may run on (``os.sched_getaffinity``; ``os.cpu_count`` where absent), no more
+    than a control group's CPU quota allows (``docker --cpus 2`` left every core's thread competing for
+    two cores' time)."""
+    from napari_unet._memory import cgroup_cpus
+
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    quota = cgroup_cpus()
+    return cores if quota is None else max(1, min(cores, math.ceil(quota)))
 
 
 def _import_onnxruntime() -> Any:

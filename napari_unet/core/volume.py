@@ -161,6 +161,27 @@ def _check_volume(volume: Any) -> Any:
 
 
 # --------------------------------------------------------------------- probability store
+def _remove_left_behind(folder: str) -> None:
+    """Remove the probability folders of 3D runs whose process is gone (killed: SIGKILL, the system out of
+    memory), which nothing else removes (tens of GB on a cluster's scratch disk)."""
+    if os.name != "posix":
+        return
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith("napari-unet-3d-")]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len("napari-unet-3d-"):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+        except OSError:
+            pass
+
+
 class _ProbabilityStore:
     """Weighted sums of (foreground, interior) probabilities over the views: in memory for small
     volumes, else a float16 memory map in a temporary folder (removed by :meth:`close`)."""
@@ -168,10 +189,14 @@ class _ProbabilityStore:
     def __init__(self, shape: tuple[int, int, int], workdir: str | None = None) -> None:
         self.folder: str | None = None
         full = (2, *shape)
-        if 4 * int(np.prod(full)) <= IN_MEMORY_PROBABILITIES:
+        from napari_unet._memory import available_memory
+
+        free = available_memory()  # (a cluster job's limit: 512 MiB of them in memory killed a 1.5 GiB job)
+        if 4 * int(np.prod(full)) <= min(IN_MEMORY_PROBABILITIES, IN_MEMORY_PROBABILITIES if free is None else free // 4):
             self.data: np.ndarray = np.zeros(full, dtype=np.float32)
         else:
-            self.folder = tempfile.mkdtemp(prefix="napari-unet-3d-", dir=workdir)
+            _remove_left_behind(workdir or tempfile.gettempdir())
+            self.folder = tempfile.mkdtemp(prefix=f"napari-unet-3d-{os.getpid()}-", dir=workdir)
             path = f"{self.folder}/probabilities.npy"
             self.data = None  # type: ignore[assignment]  (for close() when the map cannot be made)
             try:

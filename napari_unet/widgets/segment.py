@@ -207,8 +207,8 @@ def _too_large_for_memory(image: Any, shape: tuple[int, ...], where: str | None 
     more = f" --series {series}" if isinstance(series, int) and series > 0 else ""  # (another image of the file)
     return (f"the masks of {' x '.join(str(n) for n in shape)} pixels do not fit in memory"
             f"{f', {where}' if where else ''}: segment the current slice or a field of view here, or the whole "
-            f"stack into an OME-Zarr file with `napari-unet predict {source}{more} --dask` (block by block, in any "
-            "memory).")
+            f"stack into an OME-Zarr file with `napari-unet predict {source}{more} --out FOLDER --dask` (block by "
+            "block, in any memory).")
 
 
 class SegmentWidget(Container):
