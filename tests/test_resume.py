@@ -233,3 +233,25 @@ def test_a_leg_writes_its_checkpoint_at_a_validation_before_it_ends(dsb_fluo_cro
     else:
         pytest.fail("no validation after the first step")
     gen.close()
+
+
+def test_an_urgent_stop_during_a_validation_drops_it(dsb_fluo_crop, one_thread):
+    """A scheduler's SIGTERM (an urgent stop) during a validation of many held-out images waited for its end
+    (14 s, up to ~50 s a held-out image on a loaded node: Slurm's kill comes 30 s after). The validation is
+    dropped between its planes, nothing of it recorded, and the run stops as after a step."""
+    image, labels = dsb_fluo_crop
+    halves = [image[:, : image.shape[1] // 2], image[:, image.shape[1] // 2:]]
+    label_halves = [labels[:, : labels.shape[1] // 2], labels[:, labels.shape[1] // 2:]]
+    run = prepare_run(_fresh(), [image], [labels], val_images=halves, val_labels=label_halves, **OPTIONS)
+    calls = []
+
+    def urgent() -> bool:  # (false at the first held-out plane of the first validation after steps, then true)
+        calls.append(1)
+        return len(calls) >= 2
+
+    events, summary = _drive(run.trainer.run(user_stop=True, urgent=urgent))
+    validations = [e for e in events if isinstance(e, Validation)]
+    steps = [e.step for e in events if isinstance(e, TrainStep)]
+    assert [v.step for v in validations] == [0] and steps == [1, 2]  # (the one at step 2 dropped)
+    assert summary.stopped_early and summary.unvalidated
+    assert [h["step"] for h in run.tracker.history] == [0]

@@ -88,6 +88,7 @@ from .validation import (
     BlockLayout,
     Scores,
     SelectionRule,
+    ValidationStopped,
     Validator,
     count_held_out_objects,
     forward_plane,
@@ -202,7 +203,12 @@ class Trainer:
                 now = t0 + event.elapsed
                 if (self.validator is not None and self.cadence.due(run.steps, now, last_val_time)
                         and not self.budget.finished(run.steps, event.elapsed) and not stopped()):
-                    yield self.validator(self.net, run.steps)
+                    try:  # (an urgent stop during it drops it: a scheduler's kill follows within seconds)
+                        validation = self.validator(self.net, run.steps, should_stop=urgent)
+                    except ValidationStopped:
+                        run.stopped_early = True
+                        break
+                    yield validation
                     last_val_step, last_val_time = run.steps, time.perf_counter()
             # the final weights (not after a stop: the user wants the result now, unless no trained
             # weights were validated yet)

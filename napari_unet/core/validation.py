@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from statistics import NormalDist
 
@@ -264,16 +264,25 @@ class Scores:
     blocks: tuple[float, ...] | None = None
 
 
+class ValidationStopped(Exception):
+    """A validation dropped before its end (``should_stop`` of :func:`score_planes`)."""
+
+
 def score_planes(
     net: torch.nn.Module, planes: Sequence[ValPlane], device: torch.device, amp_dtype: torch.dtype | None,
     representation: str, step: int, with_blocks: bool = False, setting: tuple[float, int, int] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Scores:
     """Mean AP@0.5, Dice and loss of ``net`` (as it is: callers set eval mode) over ``planes``
     (and the losses per block, ``with_blocks``); objects made with ``setting`` (threshold, minimum
-    size, smallest seed: pixels of the planes), None: :func:`probabilities_to_labels`' defaults."""
+    size, smallest seed: pixels of the planes), None: :func:`probabilities_to_labels`' defaults.
+    ``should_stop()`` true before a plane: :class:`ValidationStopped` (a scheduler's kill follows a
+    SIGTERM within seconds, and a validation of many held-out images took longer)."""
     aps, dices, losses, blocks = [], [], [], []
     threshold, min_size, min_seed = setting or (DEFAULT_THRESHOLD, DEFAULT_MIN_SIZE, 0)
     for vp in planes:
+        if should_stop is not None and should_stop():
+            raise ValidationStopped
         probs = forward_plane(net, vp.image, device, amp_dtype)
         pred = where_known(probabilities_to_labels(probs, threshold, min_size, representation, min_seed), vp.known)
         aps.append(average_precision(vp.labels, pred, 0.5))
@@ -464,12 +473,13 @@ class Validator:
         self.amp_dtype = amp_dtype
         self.representation = representation
 
-    def __call__(self, net: torch.nn.Module, step: int) -> Validation:
-        """Score ``net`` (in eval mode, its modes restored after) and record it; the event to report."""
+    def __call__(self, net: torch.nn.Module, step: int, should_stop: Callable[[], bool] | None = None) -> Validation:
+        """Score ``net`` (in eval mode, its modes restored after) and record it; the event to report.
+        ``should_stop``: see :func:`score_planes` (nothing is recorded then)."""
         with evaluation_mode(net):
             scores = score_planes(net, self.planes, self.device, self.amp_dtype, self.representation, step,
                                   with_blocks=self.tracker.rule.gate,
-                                  setting=self.start_setting if step == 0 else self.setting)
+                                  setting=self.start_setting if step == 0 else self.setting, should_stop=should_stop)
         improved = self.tracker.record(scores, net)
         best = self.tracker.best
         return Validation(step=step, ap50=scores.ap50, dice=scores.dice, loss=scores.loss, is_best=improved,
