@@ -53,18 +53,37 @@ def cgroup_available(proc_cgroup: str | None = None, root: Path = CGROUP_ROOT,
     without a limit (not Linux, none set, unreadable). ``proc_cgroup``: the text of ``/proc/self/cgroup``
     (read when None); ``mountinfo``: of ``/proc/self/mountinfo``, which says where each hierarchy is
     mounted (read when None and ``root`` is the system's; else ``root`` and ``root``/memory)."""
+    v1 = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file", "total_active_file")
+    v2 = ("memory.max", "memory.current", "inactive_file", "active_file")
+    found = [_left_in(folder, *(v2 if is_v2 else v1))
+             for folder, is_v2 in _group_folders("memory", proc_cgroup, root, mountinfo)]
+    return min((v for v in found if v is not None), default=None)
+
+
+def cgroup_cpus(proc_cgroup: str | None = None, root: Path = CGROUP_ROOT, mountinfo: str | None = None) -> float | None:
+    """The CPUs a control group's quota allows this process (``docker --cpus 2``, a job's CPU limit: 2.0),
+    the least of its group's and parents'; None without a quota. The arguments as
+    :func:`cgroup_available`'s."""
+    found = [_quota_in(folder, is_v2) for folder, is_v2 in _group_folders("cpu", proc_cgroup, root, mountinfo)]
+    return min((v for v in found if v is not None), default=None)
+
+
+def _group_folders(controller: str, proc_cgroup: str | None, root: Path,
+                   mountinfo: str | None) -> list[tuple[Path, bool]]:
+    """The folders of this process's control groups of ``controller`` and of their parents, up to where
+    each hierarchy is mounted, with whether it is cgroup v2 (see :func:`cgroup_available`)."""
     if proc_cgroup is None:
         try:
             proc_cgroup = Path("/proc/self/cgroup").read_text()
         except OSError:
-            return None
+            return []
     if mountinfo is None and root == CGROUP_ROOT:
         try:
             mountinfo = Path("/proc/self/mountinfo").read_text()
         except OSError:
             mountinfo = None
-    mounts = _cgroup_mounts(mountinfo) if mountinfo else {}
-    best: int | None = None
+    mounts = _cgroup_mounts(mountinfo, controller) if mountinfo else {}
+    folders: list[tuple[Path, bool]] = []
     for line in proc_cgroup.splitlines():
         parts = line.split(":", 2)
         if len(parts) != 3:
@@ -72,18 +91,24 @@ def cgroup_available(proc_cgroup: str | None = None, root: Path = CGROUP_ROOT,
         _hid, controllers, path = parts
         if controllers == "":  # cgroup v2: one hierarchy
             base, mounted = mounts.get("v2", (root, "/"))
-            names = ("memory.max", "memory.current", "inactive_file", "active_file")
-        elif "memory" in controllers.split(","):  # cgroup v1: the memory controller's hierarchy
-            base, mounted = mounts.get("v1", (root / "memory", "/"))
-            names = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file", "total_active_file")
+        elif controller in controllers.split(","):  # cgroup v1: the controller's own hierarchy
+            base, mounted = mounts.get("v1", (root / controller, "/"))
         else:
             continue
         if mounted != "/" and (path + "/").startswith(mounted.rstrip("/") + "/"):  # (a container's own root)
             path = path[len(mounted.rstrip("/")):] or "/"
-        left = _walk(base, path, names)
-        if left is not None:
-            best = left if best is None else min(best, left)
-    return best
+        # inside a container, the path the kernel names may be outside what is mounted: the mounted root is
+        # then the container's own group
+        relative = Path(path.lstrip("/"))
+        folder = base / relative
+        if ".." in relative.parts or not folder.is_dir():
+            folder = base
+        while True:
+            folders.append((folder, controllers == ""))
+            if folder == base or base not in folder.parents:
+                break
+            folder = folder.parent
+    return folders
 
 
 def _cgroup_mounts(mountinfo: str, controller: str = "memory") -> dict[str, tuple[Path, str]]:
@@ -105,47 +130,6 @@ def _cgroup_mounts(mountinfo: str, controller: str = "memory") -> dict[str, tupl
     return found
 
 
-def cgroup_cpus(proc_cgroup: str | None = None, root: Path = CGROUP_ROOT, mountinfo: str | None = None) -> float | None:
-    """The CPUs a control group's quota allows this process (``docker --cpus 2``, a job's CPU limit: 2.0),
-    the least of its group's and parents'; None without a quota. The arguments as
-    :func:`cgroup_available`'s."""
-    if proc_cgroup is None:
-        try:
-            proc_cgroup = Path("/proc/self/cgroup").read_text()
-        except OSError:
-            return None
-    if mountinfo is None and root == CGROUP_ROOT:
-        try:
-            mountinfo = Path("/proc/self/mountinfo").read_text()
-        except OSError:
-            mountinfo = None
-    mounts = _cgroup_mounts(mountinfo, "cpu") if mountinfo else {}
-    best: float | None = None
-    for line in proc_cgroup.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        _hid, controllers, path = parts
-        if controllers == "":
-            base, mounted = mounts.get("v2", (root, "/"))
-        elif "cpu" in controllers.split(","):
-            base, mounted = mounts.get("v1", (root / "cpu", "/"))
-        else:
-            continue
-        if mounted != "/" and (path + "/").startswith(mounted.rstrip("/") + "/"):
-            path = path[len(mounted.rstrip("/")):] or "/"
-        relative = Path(path.lstrip("/"))
-        folder = base / relative if ".." not in relative.parts and (base / relative).is_dir() else base
-        while True:
-            cpus = _quota_in(folder, v2=controllers == "")
-            if cpus is not None:
-                best = cpus if best is None else min(best, cpus)
-            if folder == base or base not in folder.parents:
-                break
-            folder = folder.parent
-    return best
-
-
 def _quota_in(folder: Path, v2: bool) -> float | None:
     try:
         if v2:
@@ -163,26 +147,6 @@ def _quota_in(folder: Path, v2: bool) -> float | None:
     except ValueError:  # ("max": no quota)
         return None
     return q / p if q > 0 and p > 0 else None
-
-
-def _walk(base: Path, path: str, names: tuple[str, str, str, str]) -> int | None:
-    """The least that the limits of the group ``path`` under ``base`` and of its parents leave. Inside a
-    container, the path the kernel names may be outside what is mounted: the mounted root is then the
-    container's own group."""
-    relative = Path(path.lstrip("/"))
-    leaf = base / relative
-    if ".." in relative.parts or not leaf.is_dir():
-        leaf = base
-    best: int | None = None
-    folder = leaf
-    while True:
-        left = _left_in(folder, *names)
-        if left is not None:
-            best = left if best is None else min(best, left)
-        if folder == base or base not in folder.parents:
-            break
-        folder = folder.parent
-    return best
 
 
 def _left_in(folder: Path, limit_name: str, usage_name: str, inactive_name: str, active_name: str) -> int | None:
