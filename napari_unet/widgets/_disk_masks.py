@@ -180,13 +180,7 @@ def editable_copy(data: Any, name: str) -> np.ndarray:
     shape, dtype = tuple(data.shape), np.dtype(data.dtype)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     copy = np.zeros(shape, dtype=dtype) if fits_in_memory(nbytes) else _disk_array(shape, dtype, name)
-    top, held = 0, []
-    for i in np.ndindex(*shape[:-2]):
-        plane = np.asarray(data[i])
-        if plane.any():
-            copy[i] = plane
-            top = max(top, int(plane.max()))
-            held.append(tuple(int(k) for k in i))
+    top, held = _copy_planes(data, copy)
     note_ids(copy, top)
     if on_disk(copy):
         _HELD[copy._mmap] = held  # (the planes holding someone's labels: no pass over the file to find them)
@@ -209,13 +203,9 @@ def move_to_disk(layer: Any) -> bool:
     if on_disk(data) or not isinstance(data, np.ndarray) or data.ndim < 3:
         return False
     moved = _disk_array(data.shape, data.dtype, layer.name)
-    top = labels_history_top(layer)  # (napari keeps the layer's history: an undo brings its ids back)
-    for i in np.ndindex(*data.shape[:-2]):
-        plane = data[i]
-        if plane.any():
-            moved[i] = plane
-            top = max(top, int(plane.max()))
-    note_ids(moved, top)
+    top, _held = _copy_planes(data, moved)
+    # (napari keeps the layer's history: an undo brings its ids back)
+    note_ids(moved, max(top, labels_history_top(layer)))
     layer.data = moved
     _say_on_disk(layer.name, data.shape, data.nbytes, moved)
     return True
@@ -227,10 +217,22 @@ def widened(data: np.ndarray, dtype: Any) -> np.ndarray:
     if not on_disk(data):
         return data.astype(dtype)
     wide = _disk_array(data.shape, dtype, Path(data.filename).stem if data.filename else "masks")
-    for i in np.ndindex(*data.shape[:-2]):
-        wide[i] = data[i]
+    _copy_planes(data, wide)
     note_ids(wide, top_id(data) or 0)
     return wide
+
+
+def _copy_planes(source: Any, target: np.ndarray) -> tuple[int, list[tuple[int, ...]]]:
+    """Copy the planes of ``source`` (an array, or one read lazily) that hold labels into ``target``
+    (zeros of its shape), one at a time; their largest id and the planes holding labels."""
+    top, held = 0, []
+    for i in np.ndindex(*source.shape[:-2]):
+        plane = np.asarray(source[i])
+        if plane.any():
+            target[i] = plane
+            top = max(top, int(plane.max()))
+            held.append(tuple(int(k) for k in i))
+    return top, held
 
 
 def _disk_array(shape: tuple[int, ...], dtype: Any, name: str) -> np.memmap:

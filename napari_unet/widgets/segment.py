@@ -66,7 +66,15 @@ from ._base import (
 )
 from ._corrections import format_plane, planes_text
 from ._diameter import DiameterControls
-from ._disk_masks import NoRoomForMasks, remove_left_behind, room_to_write, top_id
+from ._disk_masks import (
+    NoRoomForMasks,
+    fits_in_memory,
+    move_to_disk,
+    on_disk,
+    remove_left_behind,
+    room_to_write,
+    top_id,
+)
 from ._kept import KeptResults
 from ._masks import (
     RunCorrections,
@@ -185,8 +193,6 @@ def _masks_fit(image: Any, masks: Any, n_planes: int) -> None:
     ------
     ValueError
         They fit neither in memory nor on the disk (said with the ways that work)."""
-    from ._disk_masks import NoRoomForMasks, fits_in_memory, move_to_disk, on_disk
-
     data = masks.data
     if n_planes <= 1 or on_disk(data) or not isinstance(data, np.ndarray):
         return
