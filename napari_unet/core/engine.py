@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from napari_unet._atomic import atomic_write
+from napari_unet._host import cache_folder
 
 from .device import give_freed_memory_back
 
@@ -48,7 +49,6 @@ log = logging.getLogger(__name__)
 
 ENGINES = ("auto", "torch", "onnx")
 ENGINE_ENV = "NAPARI_UNET_ENGINE"
-CACHE_ENV = "NAPARI_UNET_CACHE_DIR"
 #: Part of the cache key: raise it whenever the exported graph changes.
 EXPORT_VERSION = 2
 ONNX_OPSET = 17
@@ -209,12 +209,7 @@ def describe_engine(device: torch.device | str, engine: str | None = None) -> st
 # ------------------------------------------------------------------ the cache
 def onnx_cache_dir() -> Path:
     """Folder of the exported networks: ``NAPARI_UNET_CACHE_DIR`` or the platform's user cache."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser().absolute() / "onnx"
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("napari-unet", appauthor=False)) / "onnx"
+    return cache_folder("onnx")
 
 
 def weights_key(net: torch.nn.Module) -> str:

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from napari_unet._atomic import reserve_space
+from napari_unet._host import process_alive
 
 from .checkpoint import SegmentationModel
 from .events import Progress, run_to_end
@@ -172,14 +173,8 @@ def _remove_left_behind(folder: str) -> None:
         return
     for name in names:
         pid = name[len("napari-unet-3d-"):].split("-", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
             shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
-        except OSError:
-            pass
 
 
 class _ProbabilityStore:

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_unet._host import CACHE_ENV, cache_folder, process_alive
+
 log = logging.getLogger(__name__)
 
 #: Masks are held in memory when they take at most this share of the memory free (the rest: the
@@ -38,7 +40,6 @@ log = logging.getLogger(__name__)
 MASKS_MEMORY_SHARE = 0.8
 #: Room kept free on the disk beyond the masks' file (other programs, the saved masks).
 DISK_MARGIN_BYTES = 1 << 30
-CACHE_ENV = "NAPARI_UNET_CACHE_DIR"  # (as the ONNX cache's: core.engine, which imports torch)
 _SUFFIX = ".masks"
 
 #: {the file's memory map: [largest id written]} for masks on disk (see :func:`top_id`).
@@ -64,12 +65,7 @@ class NoRoomForMasks(ValueError):
 
 def masks_dir() -> Path:
     """Folder of masks held on disk: ``NAPARI_UNET_CACHE_DIR``/masks or the platform's user cache."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser().absolute() / "masks"
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("napari-unet", appauthor=False)) / "masks"
+    return cache_folder("masks")
 
 
 def fits_in_memory(nbytes: int) -> bool:
@@ -308,26 +304,8 @@ def remove_left_behind(folder: Path | None = None) -> None:
         return
     for path in paths:
         pid, _, made_on = path.name.split("~", 1)[0].partition("@")
-        if made_on == host and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if made_on == host and pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
             _remove(str(path))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        import psutil
-
-        return bool(psutil.pid_exists(pid))
-    except ImportError:
-        pass
-    if os.name == "nt":
-        return True  # (cannot tell without psutil: kept)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def _gb(nbytes: int) -> str:
