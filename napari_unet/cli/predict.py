@@ -652,9 +652,9 @@ def _options_3d(args: argparse.Namespace, axes: str, scale: dict[str, float], rg
 def _segment_one(models: _ModelChoice, path: Path, target: Path, args: argparse.Namespace, use_dask: bool,
                  found: dict[str, Any] | None = None) -> None:
     """Segment one input into ``target``."""
-    from napari_unet.io._formats import _shown_path
+    from napari_unet.io._formats import shown_path
 
-    name = _shown_path(path)  # (a field of a plate: "plate.ome.zarr/A/1/0", not "0")
+    name = shown_path(path)  # (a field of a plate: "plate.ome.zarr/A/1/0", not "0")
     data, info = _read(path, getattr(args, "axes", None), getattr(args, "series", None))
     axes, scale = info.axes, dict(info.scale)
     if info.other_series:

@@ -199,14 +199,18 @@ def zarr_container(path: str | os.PathLike) -> Path | None:
     lies in none (a project folder named ``x.zarr`` holding TIFFs is no store)."""
     outer = None
     for parent in Path(path).absolute().parents:
-        if parent.suffix.lower() == ".zarr" and parent.name.lower() != ".zarr" and _zarr_group_files(parent):
+        if parent.suffix.lower() == ".zarr" and parent.name.lower() != ".zarr" and is_zarr_group(parent):
             outer = parent
     return outer
 
 
-def _zarr_group_files(folder: Path) -> bool:
+def is_zarr_group(folder: Path) -> bool:
+    """Whether ``folder`` is a Zarr group (v2's ``.zgroup``, or v3's ``zarr.json`` of a group)."""
     try:
-        return (folder / ".zgroup").is_file() or (folder / ".zattrs").is_file() or (folder / "zarr.json").is_file()
+        if (folder / ".zgroup").is_file():
+            return True
+        meta = folder / "zarr.json"
+        return meta.is_file() and '"group"' in meta.read_text(errors="replace")[:4096]
     except OSError:
         return False
 
@@ -217,7 +221,7 @@ def stack_name(path: str | os.PathLike) -> str:
     field of a plate was "0", and predict wrote them all to one "0_masks.tif" (the labels images of an
     OME-Zarr image, ``.../labels/nuclei``, and files in a store keep their own name)."""
     p = Path(path)
-    if is_ome_zarr(p) and not p.is_file():
+    if is_ome_zarr(p):  # (a folder)
         container = zarr_container(p)
         if container is not None:
             parts = p.absolute().relative_to(container).parts
@@ -747,7 +751,7 @@ def _zarr_axis_letters(raw_axes: list[Any]) -> str:
     return "".join("Q" if letter == "S" else letter for letter in letters)
 
 
-def _shown_path(p: Path) -> str:
+def shown_path(p: Path) -> str:
     """``p`` as a user finds it: from its Zarr container on ("plate.ome.zarr/A/1"), or its name."""
     container = zarr_container(p)
     return p.relative_to(container.parent).as_posix() if container is not None else p.name
@@ -779,7 +783,7 @@ def _open_zarr(p: Path) -> _Opened:
     if not multiscales and isinstance(ome.get("plate"), dict):  # an HCS plate: its wells hold the images
         wells = [w["path"] for w in ome["plate"].get("wells") or [] if isinstance(w, dict) and isinstance(w.get("path"), str)]
         first_field = _well_fields(group[wells[0]])[:1] if wells and wells[0] in group else []
-        example = f"{_shown_path(p)}/{wells[0]}/{(first_field or ['0'])[0]}" if wells else None
+        example = f"{shown_path(p)}/{wells[0]}/{(first_field or ['0'])[0]}" if wells else None
         raise StackReadError(f"'{p.name}' is a plate of {len(wells)} well(s)"
                              f"{' (' + ', '.join(wells[:4]) + (' …' if len(wells) > 4 else '') + ')' if wells else ''}: "
                              f"open one field of a well{f', e.g. {example}' if example else ''}")
@@ -791,14 +795,14 @@ def _open_zarr(p: Path) -> _Opened:
         if len(fields) > 1:  # (said by File > Open, Load stack and predict: StackInfo.other_series)
             log.info("'%s' holds %d fields; the first one (%s) is opened.", p.name, len(fields), fields[0])
         return replace(opened, info=replace(opened.info, other_series=len(fields) - 1,
-                                            others_at=tuple(f"{_shown_path(p)}/{f}" for f in fields[1:])))
+                                            others_at=tuple(f"{shown_path(p)}/{f}" for f in fields[1:])))
     if not multiscales and "0" in group and not hasattr(group["0"], "shape"):
         # bioformats2raw layout (the usual converter output): the images are groups 0, 1, ...
         series = sorted((k for k in group.group_keys() if k.isdigit()), key=int)
         if len(series) > 1:  # (said by File > Open, Load stack and predict: StackInfo.other_series)
             log.info("'%s' holds %d images (series); the first one (0) is opened.", p.name, len(series))
         others = max(0, len(series) - 1)
-        others_at = tuple(f"{_shown_path(p)}/{k}" for k in series if k != "0")
+        others_at = tuple(f"{shown_path(p)}/{k}" for k in series if k != "0")
         if others:  # ("scan_0", as scan.ome.zarr/0 opened by its path is: its masks pair with either)
             named = p / "0"
         group = group["0"]

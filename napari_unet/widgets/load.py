@@ -15,7 +15,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, Pus
 
 from napari_unet.io import PLANE_IMAGE_SUFFIXES, TIFF_SUFFIXES, StackInfo, inspect_stack, read_layer_data
 from napari_unet.io._axes import AxesError
-from napari_unet.io._formats import StackReadError, is_ome_zarr
+from napari_unet.io._formats import StackReadError, is_ome_zarr, is_zarr_group
 from napari_unet.io._reader import should_open_lazily
 from napari_unet.io._settings import get_setting, update_settings
 
@@ -53,24 +53,14 @@ def zarr_group_of(path: Path) -> Path | None:
         path = path.parent
     outermost = None
     for folder in (path, *path.parents):
-        if _is_zarr_group(folder):
+        if is_zarr_group(folder):
             # bioformats2raw's OME/ group (METADATA.ome.xml) holds no image: the images are beside it
-            if folder.name == "OME" and (_is_zarr_group(folder.parent) or folder.parent.suffix.lower() == ".zarr"):
+            if folder.name == "OME" and (is_zarr_group(folder.parent) or folder.parent.suffix.lower() == ".zarr"):
                 return folder.parent
             return folder
         if folder.suffix.lower() == ".zarr" and folder.is_dir():
             outermost = folder  # (a .zarr folder without group metadata: as before, the outermost)
     return outermost
-
-
-def _is_zarr_group(folder: Path) -> bool:
-    try:
-        if (folder / ".zgroup").is_file():
-            return True
-        meta = folder / "zarr.json"
-        return meta.is_file() and '"group"' in meta.read_text(errors="replace")[:4096]
-    except OSError:
-        return False
 
 
 class LoadWidget(Container):
