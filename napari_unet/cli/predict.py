@@ -530,15 +530,24 @@ def _channel_asked(path: Path, args: argparse.Namespace) -> str | None:
     """The name of the channel ``--channel`` asks for in ``path`` (as its masks record it), None when
     it cannot be told (no C axis, unreadable: said when it is segmented)."""
     from napari_unet.io import inspect_stack
-    from napari_unet.io._reader import channel_layer_suffix
 
+    if not isinstance(args.channel, int):
+        return None
     try:
-        info = inspect_stack(path, getattr(args, "axes", None), getattr(args, "series", None))
-        if "C" not in info.axes or not isinstance(args.channel, int):
-            return None
-        return channel_layer_suffix(info, args.channel)
+        return _channel_recorded(inspect_stack(path, getattr(args, "axes", None), getattr(args, "series", None)),
+                                 args.channel)
     except (ValueError, IndexError):
         return None
+
+
+def _channel_recorded(info: Any, channel: int | str | None) -> str | None:
+    """The name the masks of ``channel`` of an image with a C axis record (as the reader names that
+    channel's layer, see CHANNEL_KEY); None for an image without one."""
+    from napari_unet.io._reader import channel_layer_suffix
+
+    if "C" not in info.axes:
+        return None
+    return channel_layer_suffix(info, channel if isinstance(channel, int) else 0)
 
 
 def _channel_of_masks(target: Path) -> str | None:
@@ -670,13 +679,10 @@ def _segment_one(models: _ModelChoice, path: Path, target: Path, args: argparse.
     rgb = axes.endswith("S")
     model = models.for_input(data, rgb, name)
     made_by = _made_by(model, args.diameter, models.kind)  # (recorded with the masks, either way)
-    if "C" in info.axes and "C" not in axes:  # one channel of several: the reader's layer of it, named
+    if "C" not in axes and (suffix := _channel_recorded(info, args.channel)) is not None:  # (one channel of several)
         from napari_unet.io._corrected import CHANNEL_KEY
-        from napari_unet.io._reader import channel_layer_suffix
 
-        suffix = channel_layer_suffix(info, args.channel if isinstance(args.channel, int) else 0)
-        if suffix is not None:
-            made_by[CHANNEL_KEY] = suffix
+        made_by[CHANNEL_KEY] = suffix
     label_axes = axes[:-1] if rgb else axes
     diameter = _diameter(args.diameter, scale, None)
     options_3d = _options_3d(args, label_axes, scale, rgb, name, say_spacing=not use_dask)
