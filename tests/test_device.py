@@ -33,6 +33,37 @@ def test_describe_cpu_mentions_threads():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_torch_threads_follow_a_cpu_quota(monkeypatch):
+    """torch starts a thread per core of the machine: in a container or job given two cores of 64, 64
+    threads shared two cores' time. The first device chosen lowers them to the quota (never raises them,
+    and not when OMP_NUM_THREADS says how many)."""
+    import napari_unet.core.device as device
+    import napari_unet.core.engine as engine
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setattr(engine, "cpu_threads", lambda: 1)  # (what a quota of one core gives)
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        monkeypatch.setattr(device, "_QUOTA_FOLLOWED", False)
+        select_device("cpu")
+        assert torch.get_num_threads() == 2  # the user's setting stands
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+        monkeypatch.setattr(device, "_QUOTA_FOLLOWED", False)
+        select_device("cpu")
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)  # set later, by a user: it stays
+        select_device("cpu")
+        assert torch.get_num_threads() == 2
+        monkeypatch.setattr(engine, "cpu_threads", lambda: 8)
+        monkeypatch.setattr(device, "_QUOTA_FOLLOWED", False)
+        select_device("cpu")
+        assert torch.get_num_threads() == 2  # only ever lowered
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_missing_gpu_is_a_clear_error():
     with pytest.raises(ValueError, match="no CUDA GPU is available"):
         select_device("cuda")

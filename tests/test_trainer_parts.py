@@ -22,7 +22,9 @@ from napari_unet.core.optimise import (
     Batch,
     Optimiser,
     evaluation_mode,
+    parts_for_memory,
     set_train_mode,
+    step_memory,
     weighted_cross_entropy,
     weighted_nll,
 )
@@ -294,6 +296,48 @@ def test_the_trainer_says_when_the_batch_was_split(dsb_fluo_crop):
     assert run.steps == 2
     assert [type(e).__name__ for e in events] == ["TrainStep", "TrainNote", "TrainStep"]
     assert "ran out of memory with 2 patches at a time: training goes on with 1 at a time" in events[1].message
+
+
+def test_the_memory_of_a_step_is_told_before_it_runs():
+    """A memory limit (a Slurm job's, a container's) kills the process at the first step with no error to
+    split the batch on: its memory is told beforehand, from a forward pass on torch's meta device (the
+    built-in network: 31 MB per 128 px patch measured, benchmarks/RESULTS.md), and the batch is split to
+    fit 70% of the memory free."""
+    net = UNet(in_channels=1, n_classes=3, base_width=16, depth=4, padding="same", norm="batch")  # the built-in models'
+    weights = [p.detach().clone() for p in net.parameters()]
+    per_patch, once = step_memory(net, 128)
+    assert 25 * 2**20 < per_patch < 60 * 2**20
+    assert once == 3 * 4 * sum(p.numel() for p in net.parameters())  # gradients, AdamW's two moments
+    assert step_memory(net, 64)[0] == pytest.approx(per_patch / 4, rel=0.05)  # activations follow the pixels
+    for a, b in zip(net.parameters(), weights, strict=True):  # (nothing of the network was touched)
+        assert a.device.type == "cpu" and torch.equal(a, b)
+    fits = lambda n: (n * per_patch + once) / 0.7  # noqa: E731 - the memory free that holds n patches
+    assert parts_for_memory(net, 128, 8, None) == 1  # not known: the batch as asked
+    assert parts_for_memory(net, 128, 8, int(fits(8)) + 2**20) == 1
+    assert parts_for_memory(net, 128, 8, int(fits(4)) + 2**20) == 2
+    assert parts_for_memory(net, 128, 8, int(fits(3)) + 2**20) == 3  # (3 + 3 + 2)
+    assert parts_for_memory(net, 128, 8, int(fits(1)) - 2**20) == 8  # one at a time, the most it can do
+    assert parts_for_memory(net, 128, 1, 1) == 1
+
+
+def test_a_step_too_large_for_the_memory_free_runs_in_parts_from_the_first(dsb_fluo_crop):
+    examples = _examples(dsb_fluo_crop)
+    net = _net()
+    per_patch, once = step_memory(net, 32)
+    sampler = PatchSampler(examples, PatchGeometry.for_network(net, 32, 128), TargetRecipe(), NO_AUGMENT, 4,
+                           np.random.default_rng(0))
+    optimiser = Optimiser(net, 1e-3, 1e-4, CPU)
+    optimiser.fit_memory(32, 4, int((2 * per_patch + once) / 0.7) + 1)
+    assert optimiser.parts == 2
+    trainer = Trainer(net, sampler, optimiser, WarmupCosine(1e-3), RunBudget(steps=2), ValidationCadence(every_steps=None))
+    events: list = []
+    run = run_to_end(trainer.run(), events.append)
+    assert run.steps == 2 and optimiser.parts == 2
+    assert [type(e).__name__ for e in events] == ["TrainStep", "TrainNote", "TrainStep"]
+    assert "holds about 2 of the 4 patches of a step at a time: each step runs in 2 parts" in events[1].message
+    roomy = Optimiser(net, 1e-3, 1e-4, CPU)
+    roomy.fit_memory(32, 4, 2**40)
+    assert roomy.parts == 1 and roomy.take_note() is None
 
 
 def test_evaluation_mode_gives_every_module_its_mode_back():

@@ -42,6 +42,7 @@ def select_device(preference: str | torch.device | None = None) -> torch.device:
     ValueError
         If the requested device is unknown or not available here.
     """
+    follow_cpu_quota()
     if isinstance(preference, torch.device):
         preference = str(preference)
     pref = (str(preference) if preference is not None else "auto").strip().lower() or "auto"
@@ -66,6 +67,29 @@ def select_device(preference: str | torch.device | None = None) -> torch.device:
     if kind != "cuda" and number and int(number) != 0:
         raise ValueError(f"{asked} does not exist: this machine has one {'CPU' if kind == 'cpu' else 'Apple GPU'} device.")
     return torch.device(pref if kind == "cuda" else kind)
+
+
+#: Whether :func:`follow_cpu_quota` looked (once: a thread count set later, by a user or a script, stays).
+_QUOTA_FOLLOWED = False
+
+
+def follow_cpu_quota() -> None:
+    """Lower torch's CPU threads to the cores a control group's CPU quota gives this process (once, and
+    only lower; not where ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS`` says how many). torch starts one
+    thread per core of the machine: in a Slurm job or ``docker --cpus 2`` on a 64-core node, 64 threads
+    shared two cores' time, and training and the torch engine ran slower than on one thread (ONNX
+    Runtime's threads already follow :func:`napari_unet.core.engine.cpu_threads`)."""
+    global _QUOTA_FOLLOWED
+    if _QUOTA_FOLLOWED:
+        return
+    _QUOTA_FOLLOWED = True
+    if os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS"):
+        return
+    from .engine import cpu_threads
+
+    allowed = cpu_threads()
+    if torch.get_num_threads() > allowed:
+        torch.set_num_threads(allowed)
 
 
 #: Held while the network works on Apple's GPU (see :func:`device_lock`).

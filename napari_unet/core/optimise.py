@@ -8,7 +8,9 @@
 * Mixed precision on CUDA: bf16 autocast where supported, else fp16 with a GradScaler; on
   the CPU bf16 when asked for and the CPU has bf16 instructions.
 * :class:`Optimiser`: AdamW, one step per batch at the learning rate it is given; a batch that
-  does not fit the device's memory is run in parts, their gradients summed (the same step).
+  does not fit the device's memory is run in parts, their gradients summed (the same step). On the
+  CPU the parts are chosen before the first step from the memory free (:func:`parts_for_memory`): a
+  memory limit's kill gives no error to catch.
 """
 
 from __future__ import annotations
@@ -116,6 +118,55 @@ class Batch:
     weights: np.ndarray
 
 
+#: Of the memory free, the share a training step may plan to take (the patch sampler, the
+#: validation and the window share the rest).
+STEP_MEMORY_SHARE = 0.7
+
+
+def step_memory(net: torch.nn.Module, patch_size: int) -> tuple[int, int]:
+    """Bytes a training step of ``net`` on ``patch_size`` px patches holds: per patch (twice the
+    activations autograd keeps for the backward pass, counted in a forward pass on torch's meta device,
+    which takes neither memory nor time; twice, for the gradients the backward pass makes beside
+    them), and once (the weights' gradients and AdamW's two moments). Measured on a CPU (ru_maxrss,
+    benchmarks/RESULTS.md): the built-in network at 128 px took 31 MB per patch against 37 MB told,
+    the paper's at 252 px 53 MB per patch against 144 MB told."""
+    from torch.func import functional_call
+
+    state = {name: p.detach().to("meta").requires_grad_(True) for name, p in net.named_parameters()}
+    state.update({name: b.to("meta") for name, b in net.named_buffers()})
+    kept: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if not t.is_leaf:  # (the weights, saved by each convolution, are counted once below)
+            kept[id(t)] = t.numel() * t.element_size()  # (by id: a ReLU's output is the next convolution's input)
+        return t
+
+    channels = net.config.in_channels
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = functional_call(net, state, (torch.zeros(1, channels, patch_size, patch_size, device="meta"),))
+    del out
+    weights = sum(p.numel() * p.element_size() for p in net.parameters())
+    return 2 * sum(kept.values()), 3 * weights
+
+
+def parts_for_memory(net: torch.nn.Module, patch_size: int, batch_size: int, free: int | None) -> int:
+    """The fewest parts a batch of ``batch_size`` patches runs in for a step to take no more than
+    :data:`STEP_MEMORY_SHARE` of ``free`` bytes (None: not known, 1 part); ``batch_size`` parts (one
+    patch at a time) where even that is more."""
+    if free is None or batch_size <= 1:
+        return 1
+    try:
+        per_patch, once = step_memory(net, patch_size)
+    except Exception as exc:  # noqa: BLE001 - a network the meta device cannot run: the batch as asked
+        log.debug("The memory of a training step could not be told: %s", exc)
+        return 1
+    room = STEP_MEMORY_SHARE * free - once
+    fits = int(room // per_patch) if per_patch > 0 and room > 0 else 0
+    if fits >= batch_size:
+        return 1
+    return batch_size if fits < 1 else -(-batch_size // fits)
+
+
 class Optimiser:
     """AdamW on ``net``'s parameters, one :meth:`step` per batch (fp16 runs through a GradScaler)."""
 
@@ -132,6 +183,20 @@ class Optimiser:
         self.parts = 1
         #: what to tell the user once the batch was split, taken by :meth:`take_note`
         self.note: str | None = None
+
+    def fit_memory(self, patch_size: int, batch_size: int, free: int | None) -> None:
+        """Run each batch of ``batch_size`` patches of ``patch_size`` px in as many parts as ``free``
+        bytes of memory need (:func:`parts_for_memory`; :attr:`note` says so). For the CPU: a memory
+        limit (a Slurm job's, a container's, a laptop's swap-less memory) kills the process at the
+        first step, before torch could raise the error :meth:`step` splits a batch on."""
+        self.parts = parts_for_memory(self.net, patch_size, batch_size, free)
+        if self.parts > 1 and free is not None:
+            at_a_time = -(-batch_size // self.parts)
+            self.note = (f"The memory free ({free / 1e9:.1f} GB) holds about {at_a_time} of the {batch_size} patches of "
+                         f"a step at a time: each step runs in {self.parts} parts (the same steps, slower)"
+                         + (". Training may still run out of memory: close other programs or choose smaller patches."
+                            if at_a_time == 1 else "."))
+            log.warning(self.note)
 
     def take_note(self) -> str | None:
         """The note of a batch split since the last call (None: none), said once."""

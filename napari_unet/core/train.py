@@ -67,6 +67,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from napari_unet._memory import available_memory
 from napari_unet._training_bounds import DEFAULT_STEPS, MAX_BATCH, MIN_PATCH
 
 from .augment import NO_AUGMENT, AugmentConfig
@@ -617,11 +618,14 @@ def prepare_run(
     tracker = BestWeights(rule, layout if gated else None)
     aug_config = augment if isinstance(augment, AugmentConfig) else (AugmentConfig() if augment else NO_AUGMENT)
     n_workers = _patch_workers(workers, dev)
+    optimiser = Optimiser(net, lr, weight_decay, dev, amp_dtype)
+    if dev.type == "cpu":  # (a GPU's running out of memory raises, and the batch is split then)
+        optimiser.fit_memory(geometry.in_size, batch_size, available_memory())
     trainer = Trainer(
         net=net,
         sampler=PatchSampler(split.train, geometry, targets, aug_config, batch_size, rng, n_workers,
                              patch_processes and n_workers > 0),
-        optimiser=Optimiser(net, lr, weight_decay, dev, amp_dtype),
+        optimiser=optimiser,
         schedule=WarmupCosine(lr),
         budget=RunBudget(steps, time_budget),
         cadence=ValidationCadence.from_setting(validate_every, steps, time_budget),
