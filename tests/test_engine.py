@@ -125,6 +125,21 @@ def test_exported_once_then_read_from_the_cache_and_sessions_kept_per_weights(ca
     assert eng.onnx_network(tuned.net).key == first.key
 
 
+def test_a_cache_folder_that_cannot_be_written_runs_the_network_from_memory_and_says_how_to_keep_it(
+        tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "a file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("NAPARI_UNET_CACHE_DIR", str(blocker / "cache"))  # (a read-only one, for root too)
+    model = _model()
+    with caplog.at_level(logging.WARNING, logger="napari_unet.core.engine"):
+        network = eng.onnx_network(model.net)
+    assert network.path is None
+    assert "it runs from memory" in caplog.text and "set NAPARI_UNET_CACHE_DIR to a folder" in caplog.text
+    image = _image((90, 70))
+    np.testing.assert_allclose(predict_probabilities(model, image),
+                               predict_probabilities(model, image, engine="torch"), atol=1e-4)
+
+
 def test_onnx_runtime_takes_the_threads_torch_is_given():
     """OMP_NUM_THREADS / torch.set_num_threads (one a dask worker) left ONNX Runtime on every core,
     while the device line said torch's count."""

@@ -50,6 +50,19 @@ def test_gui_command_rejects_a_missing_file():
     assert result.stderr.strip() == "napari-unet: error: No such file or folder: /nonexistent/cells.tif"
 
 
+def test_gui_command_in_a_home_folder_that_cannot_be_written_says_what_to_set(tmp_path):
+    """A cluster's read-only home: napari writes its theme icons there first, and the message named one
+    of them; it says what to set too."""
+    (tmp_path / "a file").write_text("not a folder")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XDG_")}
+    env["HOME"] = str(tmp_path / "a file" / "home")  # (read-only for root too)
+    result = subprocess.run([sys.executable, "-m", "napari_unet.cli", "gui"], capture_output=True, text=True,
+                            timeout=240, env=env)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr[-2000:]
+    assert "napari could not write its own files" in result.stderr
+    assert "set XDG_CACHE_HOME and XDG_CONFIG_HOME" in result.stderr
+
+
 def test_tutorial_walkthrough(make_napari_viewer, qtbot, tmp_path, canvas_mouse):
     from napari_unet.cli.gui import show_dock
 

@@ -475,10 +475,12 @@ def test_a_blank_volume_is_said_so_once_and_its_side_views_are_not_run(caplog):
     assert not np.asarray(labels).any()
 
 
-def test_3d_probabilities_that_the_disk_cannot_hold_are_a_clear_error(tmp_path):
+def test_3d_probabilities_that_the_disk_cannot_hold_are_a_clear_error(tmp_path, monkeypatch):
     """The memory-mapped probabilities of a large volume take their disk space first: a full disk is
-    an ImageError, and the temporary folder is removed (a bus error ended the process before)."""
+    an ImageError, and the temporary folder is removed (a bus error ended the process before). In the
+    temporary folder, the message names it and TMPDIR (it named the run's own folder, removed by then)."""
     import shutil
+    import tempfile
 
     from napari_unet.core.preprocess import ImageError
     from napari_unet.core.volume import _ProbabilityStore
@@ -488,6 +490,12 @@ def test_3d_probabilities_that_the_disk_cannot_hold_are_a_clear_error(tmp_path):
     with pytest.raises(ImageError, match="not enough free space.*3D probabilities"):
         _ProbabilityStore((int(depth), side, side), workdir=str(tmp_path))
     assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # (what TMPDIR sets)
+    with pytest.raises(ImageError) as caught:
+        _ProbabilityStore((int(depth), side, side))
+    message = str(caught.value)
+    assert f"not enough free space in {tmp_path} (the temporary folder: set TMPDIR" in message
+    assert "napari-unet-3d-" not in message and list(tmp_path.iterdir()) == []
 
 
 def test_a_narrow_stack_is_segmented_in_xy_planes_with_a_note(model, data_dir):

@@ -94,7 +94,13 @@ def run(args: argparse.Namespace) -> int:
     _check_display()
     from qtpy.QtCore import QTimer
 
-    viewer = napari.Viewer(title="napari-unet")
+    try:
+        viewer = napari.Viewer(title="napari-unet")
+    except OSError as exc:  # (napari writes its theme icons and settings under the home folder first)
+        name = exc.filename or ""
+        raise OSError(exc.errno, f"napari could not write its own files ({exc.strerror or exc}: {name}): make the "
+                      "home folder writable, or set XDG_CACHE_HOME and XDG_CONFIG_HOME to folders that can be "
+                      "written") from None
     populate_viewer(viewer, args.paths, args.sample)
 
     QTimer.singleShot(300, viewer.reset_view)  # fit the image once the docks have their size

@@ -645,7 +645,9 @@ def _load_or_export(ort: Any, net: torch.nn.Module, key: str) -> OnnxNetwork:
             fh.write(data)
         _prune_cache(folder, path)
     except OSError as exc:  # read-only cache: run from memory, export again next time
-        log.warning("Could not write the ONNX network to the cache folder %s (%s).", folder, exc)
+        log.warning("Could not write the ONNX network to the cache folder %s (%s): it runs from memory, exported "
+                    "again in each new session (seconds); set NAPARI_UNET_CACHE_DIR to a folder that can be written "
+                    "to keep it.", folder, exc)
         path = None
     log.info("Exported the network for ONNX Runtime (%s)", path or "kept in memory")
     return OnnxNetwork(session, key, path, n_classes, _small_input(net))
