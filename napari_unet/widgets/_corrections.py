@@ -183,6 +183,7 @@ class CorrectedSlices:
         for item in labels_edit_history(layer):
             planes = {p for p in planes_of_history_item(item, layer.ndim, layer.data.shape) if self._exists(p)}
             if planes:
+                self._edited()  # (unsaved: closing napari asks, as for edits made with a dock open)
                 self._by_edit |= planes - set(self.planes)
                 self._count(planes, 1)
                 self._record(planes)  # (an edit across several slices is said, as when it is made)
@@ -401,6 +402,21 @@ class CorrectedSlices:
         self.changed.emit()
         return True
 
+    def replaced(self, planes: Iterable[Any]) -> None:
+        """``planes`` were written whole by a run (their undo steps dropped): no edit of the user is left
+        in them, so an edit made later and undone leaves them the model's again (it stayed listed as
+        corrected: "Nothing to segment", and the model's output learnt as the truth)."""
+        for plane in planes:
+            plane = as_plane(plane)
+            self._live.pop(plane, None)
+            self._by_edit.discard(plane)
+
+    def keep_as_theirs(self, planes: Iterable[Any]) -> None:
+        """``planes`` hold someone's own labels from before any edit the layer can undo: undoing those
+        edits leaves them corrected (one stroke, then Ctrl+Z, unmarked a slice of hand-made labels, and a
+        Whole-stack run replaced it)."""
+        self._by_edit -= {as_plane(p) for p in planes}
+
     def clear(self) -> None:
         if self.planes:
             self._write([])
@@ -458,8 +474,10 @@ def _show_replayed_plane(layer: Any, planes: set[Plane], undo: bool) -> None:
             show_plane(viewer, layer, plane)
         except (ValueError, IndexError):
             continue
+        # (Ctrl+Z right after a run: the user meant the run, which Ctrl+Z does not undo)
         notify_info(f"{'Undid' if undo else 'Redid'} an edit in {format_plane(plane)} of {layer.name!r}, not the "
-                    "slice shown: it is shown now.")
+                    "slice shown: it is shown now" + (" (Ctrl+Shift+Z brings it back; Segment's runs are not undone "
+                                                      "by Ctrl+Z)." if undo else "."))
 
 
 def format_plane(plane: Plane) -> str:

@@ -208,7 +208,9 @@ def _keep_labels_of_someone(layer: Any) -> None:
         return
     known = set(tracker.planes)
     on_file = held_planes(data)  # (labels copied to disk from their file: found then, no pass over it now)
-    held = [idx for idx in (planes_holding_labels(data) if on_file is None else on_file) if idx not in known]
+    holding = planes_holding_labels(data) if on_file is None else on_file
+    tracker.keep_as_theirs(holding)  # (their labels were there before any stroke the layer can undo)
+    held = [idx for idx in holding if idx not in known]
     if held:
         tracker.update(held)
         notify_info(f"{layer.name!r} holds labels napari-unet did not make ({planes_text(held)}): kept as your "
@@ -408,6 +410,7 @@ def write_plane(layer: Any, result: Any, above: int = 0) -> None:
     note_ids(layer.data, top)  # (masks on disk: the brush's next free id, see _disk_masks)
     forget_history_of_planes(layer, [result.index])  # Ctrl+Z must not replay edits of the masks replaced
     if covers_plane(plane.shape, result.region):
+        CorrectedSlices.for_layer(layer).replaced([tuple(result.index or ())])  # (no edit of the user left in it)
         layer.refresh()
     else:  # (a field of view of a slide: its region only)
         refresh_labels_region(layer, tuple(result.index or ()), rows, cols)

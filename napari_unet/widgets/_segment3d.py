@@ -21,6 +21,7 @@ from napari_unet.io._corrected import OBJECTS_3D_KEY
 
 from ._base import full_resolution, lead_ndim
 from ._disk_masks import note_ids
+from ._corrections import CorrectedSlices
 from ._masks import forget_history_of_planes, ids_above, make_room_for
 
 __all__ = ["ThreeDControls", "VolumeResult", "segment_volumes", "write_volume"]
@@ -341,7 +342,9 @@ def write_volume(layer: Any, result: VolumeResult, protected: set[tuple[int, ...
         if k not in kept:
             layer.data[plane] = labels[k]
     note_ids(layer.data, int(labels.max()) if labels.size else 0)  # (masks on disk: the brush's next free id)
-    forget_history_of_planes(layer, [p for k, p in enumerate(planes) if k not in kept])  # see write_plane
+    replaced = [p for k, p in enumerate(planes) if k not in kept]
+    forget_history_of_planes(layer, replaced)  # see write_plane
+    CorrectedSlices.for_layer(layer).replaced(replaced)
     layer.refresh()
     return len(kept)
 

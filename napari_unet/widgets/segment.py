@@ -317,7 +317,8 @@ class SegmentWidget(Container):
         self._diameter, self._diameter_used = self._sizing.field, self._sizing.used
         self._overwrite = CheckBox(text="Overwrite slices I corrected", value=False,
                                    tooltip="Off: slices you corrected (listed in Fine-tune) are never replaced by a "
-                                           "run. On: this run replaces them too.")
+                                           "run. On: the next run replaces them too (it unticks once that run starts: a later run "
+                                           "asks again).")
         self._run_button = PushButton(
             text="Segment", tooltip="Segment what 'Segment' above asks for into the '<image> masks' labels layer "
                                     "(slices you corrected are kept unless you tick Overwrite).")
@@ -1056,6 +1057,8 @@ class SegmentWidget(Container):
         self._run_model = self._model_combo.value  # (a fine-tune may choose its model while this runs)
         self._run_kind = self._proposal.kind  # the kind of the plane shown, which the masks record with the model
         self._run_corrections = RunCorrections.start(masks, overwrite, automatic)
+        if overwrite:  # (the consent of one run: left ticked, a Whole-stack run later replaced corrections unasked)
+            self._overwrite.value = False
         self._run_automatic = automatic
         self._label_at_start = int(masks.selected_label) if masks is not None else 0
         # planes segmented again in 2D among 3D objects: their ids start above those (they named
