@@ -20,8 +20,8 @@ from magicgui.widgets import CheckBox, ComboBox, LineEdit
 from napari_unet.io._corrected import OBJECTS_3D_KEY
 
 from ._base import full_resolution, lead_ndim
-from ._disk_masks import note_ids
 from ._corrections import CorrectedSlices
+from ._disk_masks import note_ids
 from ._masks import forget_history_of_planes, ids_above, make_room_for
 
 __all__ = ["ThreeDControls", "VolumeResult", "segment_volumes", "write_volume"]
