@@ -1038,6 +1038,25 @@ def test_a_layer_pair_leaves_out_the_slices_nobody_labelled(widget, c2c12, notif
     assert any("left out" in m and f"{len(labels) - 1} slices with no labels" in m for m in notifications)
 
 
+def test_an_edit_while_the_worker_reads_the_examples_is_said(widget, c2c12, qtbot, notifications):
+    """The worker reads the corrected slices after Start (not to hold the window): a stroke or Ctrl+Z
+    meanwhile was learnt as it was read, unsaid (an undone correction trained on as the truth)."""
+    viewer, w = widget
+    images, labels = c2c12
+    _image, masks = _add_pair(viewer, images, labels.copy())
+    masks.paint((0, 30, 30), 90)
+    w.run_panel._start_button.native.click()
+    _wait(qtbot, w)
+    assert w.run_panel._status.value.startswith("Saved")
+    assert not any("changed while its slices were being read" in m for m in notifications)
+    w.settings_panel._name.value = "base-tuned-2"
+    w.run_panel._start_button.native.click()
+    masks.undo()  # (in the window's thread, before it hears that the reading ended)
+    _wait(qtbot, w)
+    said = [m for m in notifications if "changed while its slices were being read" in m]
+    assert len(said) == 1 and "'c2c12 masks'" in said[0] and "press Stop, then Start" in said[0]
+
+
 def test_start_reads_the_examples_in_the_training_worker(widget, c2c12, qtbot, notifications):
     """Start copies no slice in the window (64 corrected 2048 x 2048 slices held it 2.6 s; a layer
     pair opened lazily from its files 5.6 s): the training worker reads them, says the slices left

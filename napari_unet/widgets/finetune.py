@@ -243,8 +243,12 @@ class FinetuneWidget(Container):
             # there anew while this run trains (deleted and trained again in another window) is kept
             from napari_unet.core.catalog import file_identity
 
+            from napari.layers import Labels
+
+            read_from = [unwrap_proxy(layer) for layer in self._viewer.layers if isinstance(layer, Labels) and any(
+                getattr(ex, "labels_data", None) is layer.data for ex in examples)]
             self.run_panel.launch(base_path, examples, target, name=name, settings=settings,
-                                  replace=file_identity(target) or False)
+                                  replace=file_identity(target) or False, read_from=read_from)
 
         if target.exists():
             self._ask_to_replace(name, Path(base_path).resolve() == target.resolve(), launch)

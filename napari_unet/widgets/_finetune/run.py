@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,15 @@ log = logging.getLogger(__name__)
 #: When the window closes during training, it waits at most this long (seconds) for the
 #: training to stop after its current step and save the best model so far.
 CLOSE_WAIT_SECONDS = 30.0
+
+
+def edits_of(layer: Any) -> int:
+    """How many edits (strokes, fills, undos, redos) the user made in a labels layer napari-unet watches
+    (:data:`~napari_unet.io._corrected.EDITS_KEY`)."""
+    from napari_unet.io._corrected import EDITS_KEY
+
+    metadata = getattr(layer, "metadata", None)
+    return int((metadata or {}).get(EDITS_KEY, 0) or 0)
 
 
 def _train_then_signal(done: threading.Event, *args: Any, **kwargs: Any):
@@ -199,6 +209,8 @@ class TrainingRunPanel(Container):
         # the model of that name the user agreed, at Start, to replace (its file_identity; False: none)
         self._replace: Any = False
         self._pending: TrainingResult | None = None
+        #: the labels layers the run's worker reads examples of, and their edits at Start (see launch)
+        self._watched: list[tuple[Any, int]] = []
         # whether the model saved last holds the weights the run started from (Segment then only selects it)
         self.saved_start_weights = False
         self._start_button = PushButton(
@@ -251,10 +263,13 @@ class TrainingRunPanel(Container):
 
     # ------------------------------------------------------------------ run
     def launch(self, base_path: str, examples: list[Any], target: Path, *, name: str,
-               settings: dict[str, Any], replace: Any = False) -> None:
+               settings: dict[str, Any], replace: Any = False, read_from: list[Any] | None = None) -> None:
         """Fine-tune ``base_path`` on ``examples`` in a thread worker; save the result to ``target``
-        (replacing a model there only when ``replace``: the user agreed to it)."""
+        (replacing a model there only when ``replace``: the user agreed to it). ``read_from``: the
+        labels layers the worker reads examples of (an edit, an undo, while it reads is said)."""
         self._stop_event = threading.Event()
+        self._watched = [(weakref.ref(layer), edits_of(layer)) for layer in read_from or ()] if not all(
+            isinstance(ex, Example) for ex in examples) else []
         self._run_name = name
         self._replace = replace
         self.curves.clear(settings.get("steps"))
@@ -329,6 +344,8 @@ class TrainingRunPanel(Container):
         if isinstance(event, TrainNote):  # e.g. labels that look partial: said, the run goes on
             notify_warning(f"Fine-tuning: {event.message}")
             return
+        if self._watched and (not isinstance(event, Progress) or event.done >= event.total):
+            self._say_edits_while_read()
         if isinstance(event, Progress):  # the examples read (the first step comes after the model's loading)
             self._status.value = event.message if event.done < event.total else (
                 f"Fine-tuning on {event.total} example(s)…")
@@ -346,6 +363,17 @@ class TrainingRunPanel(Container):
             self._best_label.value = f"validation AP@0.5 {event.best_ap50:.3f}" + (
                 f" (at step {event.step})" if event.is_best else f" (now {event.ap50:.3f}{not_kept})")
         self.curves.redraw()
+
+    def _say_edits_while_read(self) -> None:
+        """Once the examples are read: say the labels layers edited (a stroke, an undo) while the worker
+        read them. It reads them after Start, not to hold the window (64 slices of 2048 x 2048: 2.6 s),
+        and learns them as they were when read: an undo meanwhile was trained on as the truth."""
+        watched, self._watched = self._watched, []
+        edited = [layer.name for ref, edits in watched if (layer := ref()) is not None and edits_of(layer) != edits]
+        if edited:
+            names = ", ".join(repr(name) for name in edited)
+            notify_warning(f"Fine-tuning: {names} changed while its slices were being read: this run learns them "
+                           "as they were read then, perhaps partly; press Stop, then Start, to learn your latest edits.")
 
     def _on_returned(self, result: TrainingResult) -> None:
         took = format_seconds(time.perf_counter() - self._run_started)
