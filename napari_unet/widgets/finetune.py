@@ -241,9 +241,9 @@ class FinetuneWidget(Container):
             self.run_panel.show_device(settings["device"])
             # the model there now is the one the user agreed to replace (asked just before); one saved
             # there anew while this run trains (deleted and trained again in another window) is kept
-            from napari_unet.core.catalog import file_identity
-
             from napari.layers import Labels
+
+            from napari_unet.core.catalog import file_identity
 
             read_from = [unwrap_proxy(layer) for layer in self._viewer.layers if isinstance(layer, Labels) and any(
                 getattr(ex, "labels_data", None) is layer.data for ex in examples)]
