@@ -187,6 +187,13 @@ def test_fill_holes_and_remove_small_on_a_large_slice_run_in_a_worker(make_napar
     assert layer.data[5, 5] == 7 and (layer.data[holes] == 0).all()
     assert "was edited while it was computed" in widget._status.value
 
+    # Ctrl+Z while it computes (napari's undo emits no event): refused too, not written over the undo
+    widget._fill_button.clicked.emit()
+    layer.undo()
+    qtbot.waitUntil(lambda: not widget.tools.busy, timeout=60_000)
+    assert layer.data[5, 5] != 7 and (layer.data[holes] == 0).all()
+    assert "was edited while it was computed" in widget._status.value
+
     # Remove smaller objects too
     widget._min_size.value = 1_000_000
     widget._small_button.clicked.emit()

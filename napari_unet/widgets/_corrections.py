@@ -455,6 +455,13 @@ class CorrectedSlices:
         return found
 
 
+def edits_of(layer: Any) -> int:
+    """How many edits (strokes, fills, undos, redos) the user made in a labels layer napari-unet watches
+    (:data:`~napari_unet.io._corrected.EDITS_KEY`: napari's undo and redo emit no event)."""
+    metadata = getattr(layer, "metadata", None)
+    return int((metadata or {}).get(EDITS_KEY, 0) or 0)
+
+
 def _show_replayed_plane(layer: Any, planes: set[Plane], undo: bool) -> None:
     """An undo or redo replayed an edit of one slice while a viewer showed another (napari keeps one
     history for the whole stack): the viewer moves to that slice and says so (Ctrl+Z on slice 3 had

@@ -18,7 +18,7 @@ from psygnal import Signal
 from napari_unet.core import edit as core_edit
 
 from ._base import current_plane_index, hides_current_slice, notify_error, one_line
-from ._corrections import CorrectedSlices, format_plane
+from ._corrections import CorrectedSlices, edits_of, format_plane
 from ._disk_masks import top_id
 from ._registry import _unwrap, get_widget
 
@@ -477,6 +477,7 @@ class ObjectTools:
         events = (self.layer.events.paint, self.layer.events.data)
         for event in events:
             event.connect(mark)
+        edits = edits_of(self.layer)  # (Ctrl+Z and Ctrl+Shift+Z emit neither event: counted there)
 
         def compute():
             yield f"{what}…"  # (a generator: start_worker runs those)
@@ -488,7 +489,7 @@ class ObjectTools:
         def done(found: tuple[core_edit.LabelEdit, Any] | None) -> None:
             if self._detached:
                 return
-            if found is None or edited:
+            if found is None or edited or edits_of(self.layer) != edits:
                 self._refused(what, EditError(f"{format_plane(plane) or 'the image'} was edited while it was "
                                               "computed; nothing was changed: press again."))
                 return

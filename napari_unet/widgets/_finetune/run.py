@@ -40,6 +40,7 @@ from .._base import (
     titled,
     wrap_text,
 )
+from .._corrections import edits_of
 from .._examples import Example
 from .._training_job import TrainingResult, train_and_save
 from .curves import LiveCurves
@@ -49,15 +50,6 @@ log = logging.getLogger(__name__)
 #: When the window closes during training, it waits at most this long (seconds) for the
 #: training to stop after its current step and save the best model so far.
 CLOSE_WAIT_SECONDS = 30.0
-
-
-def edits_of(layer: Any) -> int:
-    """How many edits (strokes, fills, undos, redos) the user made in a labels layer napari-unet watches
-    (:data:`~napari_unet.io._corrected.EDITS_KEY`)."""
-    from napari_unet.io._corrected import EDITS_KEY
-
-    metadata = getattr(layer, "metadata", None)
-    return int((metadata or {}).get(EDITS_KEY, 0) or 0)
 
 
 def _train_then_signal(done: threading.Event, *args: Any, **kwargs: Any):
