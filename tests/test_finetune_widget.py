@@ -1449,6 +1449,10 @@ def test_the_weights_kept_by_the_loss_say_on_how_few_cells():
     gated["training"]["gate_kept_start"] = False
     assert _kept_weights(gated) == ("Kept the starting weights: no step found clearly more of the 30 cells held out "
                                     "(a score higher by a cell or so is within chance).")
+    # chosen by the loss (too few held-out cells for an AP): no cells were compared, the losses were
+    gated["training"].update(selection_metric="loss", n_val_objects=6)
+    assert _kept_weights(gated).startswith("Kept the starting weights: no step had a lower validation loss on the 6 "
+                                           "cells held out")
 
 
 def test_the_best_label_says_when_a_higher_ap_was_held_back(widget):

@@ -141,6 +141,10 @@ def _which_weights(metadata: dict) -> str:
             return (f"{said} A closer fit to the slices you corrected often does worse on other images. Correct "
                     "cells on other slices or fields, then fine-tune again.")
         n = training.get("n_val_objects")
+        if training.get("selection_metric") == "loss":  # (no cells compared: too few held out for an AP)
+            held = f"the {n} cells held out" if n else "the part held out"
+            return (f"Kept the starting weights: no step had a lower validation loss on {held} (too few cells to "
+                    "count found ones). Correct cells on other slices or fields, then fine-tune again.")
         cells = f"the {n} cells held out" if n else "the part held out"
         return (f"Kept the starting weights: no step found clearly more of {cells} (a score higher by a cell or "
                 "so is within chance).")
