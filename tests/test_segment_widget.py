@@ -1739,6 +1739,27 @@ def test_masks_files_left_by_a_napari_that_ended_are_removed_and_16_bit_masks_on
     elsewhere.unlink()
 
 
+def test_3d_probabilities_left_by_a_napari_that_was_killed_are_removed_as_segment_docks(
+        make_napari_viewer, tmp_path, monkeypatch, qtbot):
+    """Removed only by the next 3D run large enough to need a file, they stayed (gigabytes, often in a
+    /tmp held in memory); those of a process still running stay."""
+    import subprocess
+    import sys
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = tmp_path / f"napari-unet-3d-{int(ended.stdout)}-abc"
+    running = tmp_path / "napari-unet-3d-1-abc"  # (pid 1 is always running)
+    for folder in (gone, running):
+        folder.mkdir()
+        (folder / "probabilities.npy").write_bytes(b"x")
+    viewer = make_napari_viewer()
+    viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    qtbot.waitUntil(lambda: not gone.exists(), timeout=30_000)
+    assert running.exists()
+
+
 def test_masks_moved_to_disk_keep_the_ids_of_their_undo_history(make_napari_viewer, monkeypatch):
     """napari keeps a layer's undo history when its data is replaced: an object painted then erased
     before the masks moved to disk came back with Ctrl+Z after, and the brush's next free id (from the
