@@ -1038,6 +1038,38 @@ def test_a_layer_pair_leaves_out_the_slices_nobody_labelled(widget, c2c12, notif
     assert any("left out" in m and f"{len(labels) - 1} slices with no labels" in m for m in notifications)
 
 
+def test_a_corrected_slice_whose_objects_are_mostly_unedited_model_masks_is_said(widget, dsb_fluo_crop, qtbot,
+                                                                                 notifications):
+    """A slice is learnt whole: a few cells corrected in a model's masks, the rest left as they were,
+    taught every one of them as right and every cell the model missed as background, unsaid (a
+    review's first finding on partial corrections). Said now, naming how many objects lie away from
+    the edits; not for labels of the user's own, nor where the edits span the slice."""
+    from napari_unet.io._corrected import MASKS_KEY
+
+    viewer, w = widget
+    image, labels = dsb_fluo_crop
+    n = len(np.unique(labels)) - 1
+    assert n >= 12
+    _image, masks = _add_pair(viewer, image, labels.copy())
+    masks.metadata[MASKS_KEY] = True  # (masks Segment made: their objects are the model's)
+    w.corrected_panel._image_combo.value = _image
+    w.corrected_panel._labels_combo.value = masks
+    masks.brush_size = 3
+    masks.paint((5, 5), int(labels.max()) + 1)  # one cell drawn in a corner
+    w.run_panel._start_button.native.click()
+    _wait(qtbot, w)
+    said = [m for m in notifications if "lie away from your edits" in m]
+    assert len(said) == 1 and "'c2c12 masks': " in said[0] and f" of {n + 1}" in said[0]
+    assert "unmark the slice" in said[0]
+
+    notifications.clear()  # labels of the user's own (not napari-unet's masks): every object theirs
+    del masks.metadata[MASKS_KEY]
+    w.settings_panel._name.value = "base-tuned-2"
+    w.run_panel._start_button.native.click()
+    _wait(qtbot, w)
+    assert not [m for m in notifications if "lie away from your edits" in m]
+
+
 def test_an_edit_while_the_worker_reads_the_examples_is_said(widget, c2c12, qtbot, notifications):
     """The worker reads the corrected slices after Start (not to hold the window): a stroke or Ctrl+Z
     meanwhile was learnt as it was read, unsaid (an undone correction trained on as the truth)."""

@@ -127,6 +127,21 @@ def planes_of_history_item(item: Iterable[Any], ndim: int, shape: Sequence[int])
     return planes
 
 
+def yx_box(key: Sequence[Any], shape: Sequence[int]) -> tuple[int, int, int, int] | None:
+    """(y0, y1, x0, x1): the rows and columns an edit of ``data[key]`` spans in its planes (None: none)."""
+    box: list[int] = []
+    for k, s in zip(key[-2:], shape[-2:], strict=True):
+        if isinstance(k, slice):
+            start, stop, _step = k.indices(int(s))
+        else:
+            a = np.asarray(k).ravel()
+            if not a.size:
+                return None
+            start, stop = int(a.min()), int(a.max()) + 1
+        box += [start, stop]
+    return (box[0], box[1], box[2], box[3]) if box[0] < box[1] and box[2] < box[3] else None
+
+
 # ---------------------------------------------------------------------- sidecar file
 # ---------------------------------------------------------------------- the tracker
 _TRACKERS: "weakref.WeakKeyDictionary[Any, CorrectedSlices]" = weakref.WeakKeyDictionary()
@@ -160,6 +175,8 @@ class CorrectedSlices:
         #: edits made and not undone, by slice (never lowered by napari dropping old steps, or a run dropping
         #: steps that touched a slice it replaced: their effect is still in the slice)
         self._live: dict[Plane, int] = {}
+        #: the rows and columns the user's edits of this session span, by slice (see edited_box)
+        self._boxes: dict[Plane, tuple[int, int, int, int]] = {}
         #: during an undo or redo: (slices to unmark once replayed, the brush held a new id, slices replayed)
         self._replaying: tuple[set[Plane], bool, set[Plane]] | None = None
         #: the layer came with a list of corrected slices (made or saved by napari-unet): its other labels
@@ -183,6 +200,7 @@ class CorrectedSlices:
         for item in labels_edit_history(layer):
             planes = {p for p in planes_of_history_item(item, layer.ndim, layer.data.shape) if self._exists(p)}
             if planes:
+                self._grow_boxes(item)
                 self._edited()  # (unsaved: closing napari asks, as for edits made with a dock open)
                 self._by_edit |= planes - set(self.planes)
                 self._count(planes, 1)
@@ -263,9 +281,28 @@ class CorrectedSlices:
         layer = self.layer
         self._edited()
         planes = planes_of_history_item(getattr(event, "value", None), layer.ndim, layer.data.shape)
+        self._grow_boxes(getattr(event, "value", None))
         self._by_edit |= planes - set(self.planes)
         self._count(planes, 1)
         self._record(planes)
+
+    def _grow_boxes(self, item: Iterable[Any] | None) -> None:
+        layer = self.layer
+        shape = layer.data.shape
+        for key in edited_regions(item):
+            if len(key) != layer.ndim or (box := yx_box(key, shape)) is None:
+                continue
+            for plane in planes_of_region(key, layer.ndim - 2, shape):
+                old = self._boxes.get(plane)
+                self._boxes[plane] = box if old is None else (
+                    min(old[0], box[0]), max(old[1], box[1]), min(old[2], box[2]), max(old[3], box[3]))
+
+    def edited_box(self, plane: Any) -> tuple[int, int, int, int] | None:
+        """(y0, y1, x0, x1) spanned by the user's edits of ``plane`` in this session, when the rest of it
+        is a model's masks (corrected only by those edits); None otherwise: labels of the user's own,
+        marked right by hand, corrected in an earlier session."""
+        plane = as_plane(plane)
+        return self._boxes.get(plane) if plane in self._by_edit else None
 
     def _count(self, planes: set[Plane], step: int) -> None:
         for p in planes:
@@ -410,6 +447,7 @@ class CorrectedSlices:
             plane = as_plane(plane)
             self._live.pop(plane, None)
             self._by_edit.discard(plane)
+            self._boxes.pop(plane, None)
 
     def keep_as_theirs(self, planes: Iterable[Any]) -> None:
         """``planes`` hold someone's own labels from before any edit the layer can undo: undoing those

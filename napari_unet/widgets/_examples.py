@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 
 from napari_unet._shapes import is_rgb
-from napari_unet.io._corrected import OBJECTS_3D_KEY, colours_by_slice
+from napari_unet.io._corrected import MASKS_KEY, OBJECTS_3D_KEY, colours_by_slice
 
 from ._base import full_resolution
-from ._corrections import format_plane
+from ._corrections import CorrectedSlices, format_plane
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,9 @@ class ExampleToRead:
     source: str
     colour: Any = "auto"  # (see Example.colour)
     sections: bool = False  # (see Example.sections)
+    #: (y0, y1, x0, x1) spanned by the user's edits of a model's masks in this plane (see
+    #: :func:`unedited_note`); None: not known, or labels that are all the user's
+    edited: tuple[int, int, int, int] | None = None
 
     @property
     def in_memory(self) -> bool:
@@ -214,6 +217,7 @@ def read_examples(items: list[Any], stop: Any = None):
                 yield TrainNote(note)
         else:
             todo.append(item)
+    unedited: list[tuple[str, int, int]] = []
     seen: set[str] = set()  # a layer's slice given twice (a lazy pair also chosen under Corrected slices) counts once
     todo = [item for item in todo if not isinstance(item, ExampleToRead) or not (item.source in seen or seen.add(item.source))]
     examples: list[Example] = []
@@ -224,15 +228,46 @@ def read_examples(items: list[Any], stop: Any = None):
             examples.append(item.read() if isinstance(item, ExampleToRead) else item)
         except ValueError as exc:
             raise ExamplesError(str(exc)) from None
+        if isinstance(item, ExampleToRead) and item.edited is not None:
+            unedited.append((item.source, *_objects_away(examples[-1].labels, item.edited)))
         yield Progress(k + 1, len(todo), message=f"Reading the examples: {k + 1}/{len(todo)}…")
-    note = mixed_colours_note(examples)
-    if note:
-        yield TrainNote(note)
+    for note in (mixed_colours_note(examples), unedited_note(unedited)):
+        if note:
+            yield TrainNote(note)
     try:
         check_examples(examples)
     except ValueError as exc:
         raise ExamplesError(str(exc)) from None
     return examples
+
+
+#: A corrected slice with at least this many of a model's objects away from the user's edits, and more
+#: of them than near, is named (see :func:`unedited_note`).
+UNEDITED_MIN = 5
+
+
+def _objects_away(labels: np.ndarray, box: tuple[int, int, int, int]) -> tuple[int, int]:
+    """(objects with no pixel in ``box``, all objects) of a labels plane."""
+    y0, y1, x0, x1 = box
+    every = np.unique(labels)
+    near = np.unique(labels[y0:y1, x0:x1])
+    n_all = int(every.size - (every[0] == 0 if every.size else 0))
+    n_near = int(near.size - (near[0] == 0 if near.size else 0))
+    return n_all - n_near, n_all
+
+
+def unedited_note(counts: list[tuple[str, int, int]]) -> str | None:
+    """What to say of the corrected slices of a model's masks where most objects lie away from the
+    user's edits ((source, objects away, all objects) each; None: none such). A slice is learnt whole:
+    a review that corrected 5-10 of a frame's cells and left the rest found them all learnt as right,
+    and every cell the model missed there as background, with nothing said."""
+    many = [(source, away, n) for source, away, n in counts if away >= UNEDITED_MIN and 2 * away > n]
+    if not many:
+        return None
+    shown = "; ".join(f"{source}: {away} of {n}" for source, away, n in many[:4]) + ("; ..." if len(many) > 4 else "")
+    return (f"most of the model's objects in {len(many)} corrected slice(s) lie away from your edits ({shown}). "
+            "Every object of a corrected slice is learnt as right, and any cell not drawn there as background: "
+            "fine if you checked them; otherwise correct them, or unmark the slice.")
 
 
 def mixed_colours_note(examples: list[Example]) -> str | None:
@@ -293,8 +328,13 @@ def examples_from_layers(image: Any, labels: Any, planes: list[tuple[int, ...]] 
         planes = [tuple(int(i) for i in idx) for idx in np.ndindex(*labels.data.shape[:n_lead])]
     colours = colours_by_slice(colour_metadata(labels, image))
     sections = isinstance(labels.metadata, dict) and bool(labels.metadata.get(OBJECTS_3D_KEY))
+    tracker = CorrectedSlices.existing(labels)
+    if not (isinstance(labels.metadata, dict) and labels.metadata.get(MASKS_KEY)):  # (not masks napari-unet made)
+        tracker = None
     to_read = [ExampleToRead(full_resolution(image), full_resolution(labels), plane, _source(labels.name, plane),
-                             colours.get(tuple(plane), "auto"), sections) for plane in planes]
+                             colours.get(tuple(plane), "auto"), sections,
+                             tracker.edited_box(plane) if tracker is not None else None)
+               for plane in planes]
     return [item.read() for item in to_read] if read else to_read
 
 
