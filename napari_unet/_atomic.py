@@ -195,6 +195,21 @@ def _remove_abandoned(path: Path, kinds: tuple[str, ...] = ("tmp", "bak", "old")
             continue
 
 
+def remove_abandoned_in(folder: str | os.PathLike) -> None:
+    """:func:`_remove_abandoned` for every file of ``folder`` that has such leftovers beside it (napari-unet's
+    own folders: the models folder, where a killed save left a whole model's copy hidden until a model of
+    the same name was saved again). Leftovers whose file is not there are left: they may be its only copy."""
+    import re
+
+    pattern = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.(tmp|bak|old)")
+    try:
+        names = {m.group(1) for e in os.scandir(folder) if (m := pattern.fullmatch(e.name))}
+    except OSError:
+        return
+    for name in names:
+        _remove_abandoned(Path(folder) / name)
+
+
 def _temporary_beside(path: Path, suffix: str) -> Path:
     """A new empty file in ``path``'s folder, named after ``path`` (hidden, short enough)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{_kept_name(path)}.", suffix=suffix, dir=path.parent)

@@ -1739,7 +1739,7 @@ def test_masks_files_left_by_a_napari_that_ended_are_removed_and_16_bit_masks_on
     elsewhere.unlink()
 
 
-def test_3d_probabilities_left_by_a_napari_that_was_killed_are_removed_as_segment_docks(
+def test_files_left_by_a_napari_that_was_killed_are_removed_as_segment_docks(
         make_napari_viewer, tmp_path, monkeypatch, qtbot):
     """Removed only by the next 3D run large enough to need a file, they stayed (gigabytes, often in a
     /tmp held in memory); those of a process still running stay."""
@@ -1754,10 +1754,25 @@ def test_3d_probabilities_left_by_a_napari_that_was_killed_are_removed_as_segmen
     for folder in (gone, running):
         folder.mkdir()
         (folder / "probabilities.npy").write_bytes(b"x")
+    # and a model's hidden copy that a save killed before its rename left beside the model (a whole
+    # model, kept until a model of that name was saved again); one whose model is not there is kept
+    import os
+    import time
+
+    from napari_unet.core.catalog import user_models_dir
+
+    models = user_models_dir()
+    models.mkdir(parents=True, exist_ok=True)
+    (models / "mine.pt").write_bytes(b"model")
+    left = models / ".mine.pt.ab12cd34.tmp"
+    only_copy = models / ".other.pt.ab12cd34.tmp"
+    for path in (left, only_copy):
+        path.write_bytes(b"half a model")
+        os.utime(path, (time.time() - 3600,) * 2)
     viewer = make_napari_viewer()
     viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
-    qtbot.waitUntil(lambda: not gone.exists(), timeout=30_000)
-    assert running.exists()
+    qtbot.waitUntil(lambda: not gone.exists() and not left.exists(), timeout=30_000)
+    assert running.exists() and only_copy.exists() and (models / "mine.pt").exists()
 
 
 def test_masks_moved_to_disk_keep_the_ids_of_their_undo_history(make_napari_viewer, monkeypatch):
