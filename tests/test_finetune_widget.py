@@ -1563,6 +1563,15 @@ def test_the_trained_weights_the_gate_held_back_can_be_kept_instead(widget, base
     assert "had changed meanwhile" not in panel._status.value
     assert read_model_file(renamed).metadata["training"]["kept_against_gate"]
 
+    # no step scored better, the gate aside (a held-out part mostly of the model's own masks favours the
+    # start): the run's last weights are offered too, not said to be held back
+    kept.metadata["training"].update(gate_kept_start=False)
+    held.metadata.update(val_ap50=0.45, training={"selected": "best", "selected_step": 60, "kept_against_gate": False})
+    path = save_model(kept, user_model_path("base-tuned"))
+    panel._on_returned(TrainingResult(kept, path, None, 60, path, held_back=held))
+    assert panel._keep_trained_button.text == "Keep the trained weights instead (step 60, AP@0.5 0.450)"
+    assert panel._best_label.value == "validation AP@0.5 0.500 (the starting weights, kept); step 60 scored 0.450"
+
 
 def test_a_save_that_failed_then_succeeded_still_offers_the_held_back_weights(widget, base_model):
     """The end-of-run save failed, Save again succeeded: the status said only "Saved 'x'." (the starting

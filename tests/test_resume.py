@@ -217,6 +217,38 @@ def test_the_weights_the_gate_held_back_come_as_a_model_of_their_own(data_dir, o
     assert not training["gate_kept_start"] and "kept at the user's request" in training["selection_note"]
 
 
+def test_where_no_step_scored_better_the_runs_last_weights_are_offered(data_dir, one_thread):
+    """No step beat the start on the held-out part, the gate aside: the run's last weights are offered
+    too (a user who corrected a few cells: the held-out part, mostly the model's own masks, favoured the
+    start, while the last weights did better on other frames), their metadata saying so."""
+    from napari_unet.core.model import cpu_state
+    from napari_unet.core.train_metadata import RunSummary
+    from napari_unet.core.validation import Scores
+
+    image, labels = _many_cells(data_dir)
+    base = _fresh()
+    prepared = prepare_run(base, [image], [labels], **{**OPTIONS, "from_scratch": False})
+    tracker, net = prepared.tracker, prepared.trainer.net
+    blocks = tuple(0.4 + 0.05 * np.sin(np.arange(tracker.layout.weights.size)))
+    assert tracker.record(Scores(0, 0.50, 0.8, 0.40, blocks), net)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.01)
+    trained = {k: v.clone() for k, v in net.state_dict().items()}
+    assert not tracker.record(Scores(2, 0.40, 0.7, 0.45, tuple(b + 0.05 for b in blocks)), net)  # worse
+    assert not tracker.gate_kept_start
+    run = RunSummary(steps=2)
+    latest = cpu_state(net)
+    kept = prepared.result(run)
+    assert kept.metadata["training"]["selected_step"] == 0
+    assert prepared.held_back_result(run) is None  # (nothing the gate held back)
+    offered = prepared.held_back_result(run, latest)
+    assert all(torch.equal(v, trained[k]) for k, v in offered.net.state_dict().items())
+    training = offered.metadata["training"]
+    assert training["selected_step"] == 2 and offered.metadata["val_ap50"] == 0.40
+    assert not training["kept_against_gate"] and "the last weights of the run (step 2)" in training["selection_note"]
+
+
 def test_a_leg_writes_its_checkpoint_at_a_validation_before_it_ends(dsb_fluo_crop, tmp_path):
     """A leg's checkpoint is written at each validation (``checkpoint_every=0``), not only at its end:
     a leg that crashes keeps what it learnt up to its last validation."""

@@ -421,10 +421,11 @@ class TrainingRunPanel(Container):
         self.saved.emit(str(result.path))
 
     def _offer_held_back(self, result: TrainingResult, path: Path) -> None:
-        """The gate kept the starting weights (saved at ``path``): offer the trained ones it held back."""
+        """The starting weights were kept (saved at ``path``): offer the trained ones, those the gate held
+        back, or the run's last ones where no step scored better on the held-out part."""
         held, result.held_back = result.held_back, None  # (held here only: dropped once saved or at the next run)
         training = result.model.metadata.get("training") or {}
-        if held is None or not training.get("gate_kept_start"):
+        if held is None or training.get("selected_step") != 0:
             return
         from napari_unet.core.catalog import file_identity
 
@@ -436,8 +437,9 @@ class TrainingRunPanel(Container):
         self._keep_trained_button.visible = True
         self._status.value += " Or keep the trained weights anyway: the button below."
         if ap is not None and start_ap is not None:
+            gated = bool(training.get("gate_kept_start"))
             self._best_label.value = (f"validation AP@0.5 {start_ap:.3f} (the starting weights, kept); step {step} "
-                                      f"scored {ap:.3f}, held back")
+                                      f"scored {ap:.3f}" + (", held back" if gated else ""))
 
     def follow_renamed(self, old_path: str, new_path: str) -> None:
         """The model saved by the last run was renamed (Manage models): the trained weights offered in its
