@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -45,21 +47,28 @@ def test_torch_threads_follow_a_cpu_quota(monkeypatch):
         torch.set_num_threads(2)
         monkeypatch.setattr(engine, "cpu_threads", lambda: 1)  # (what a quota of one core gives)
         monkeypatch.setenv("OMP_NUM_THREADS", "2")
-        monkeypatch.setattr(device, "_QUOTA_FOLLOWED", False)
+        monkeypatch.setattr(device, "_QUOTA_FOLLOWED", threading.local())
         select_device("cpu")
         assert torch.get_num_threads() == 2  # the user's setting stands
         monkeypatch.delenv("OMP_NUM_THREADS")
         monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
-        monkeypatch.setattr(device, "_QUOTA_FOLLOWED", False)
+        monkeypatch.setattr(device, "_QUOTA_FOLLOWED", threading.local())
         select_device("cpu")
         assert torch.get_num_threads() == 1
         torch.set_num_threads(2)  # set later, by a user: it stays
         select_device("cpu")
         assert torch.get_num_threads() == 2
         monkeypatch.setattr(engine, "cpu_threads", lambda: 8)
-        monkeypatch.setattr(device, "_QUOTA_FOLLOWED", False)
+        monkeypatch.setattr(device, "_QUOTA_FOLLOWED", threading.local())
         select_device("cpu")
         assert torch.get_num_threads() == 2  # only ever lowered
+        # a worker thread's first choice lowers its own (with OpenMP, each thread has its count)
+        monkeypatch.setattr(engine, "cpu_threads", lambda: 1)
+        seen = []
+        worker = threading.Thread(target=lambda: (select_device("cpu"), seen.append(torch.get_num_threads())))
+        worker.start()
+        worker.join()
+        assert seen == [1]
     finally:
         torch.set_num_threads(threads)
 

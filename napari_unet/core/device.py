@@ -69,8 +69,9 @@ def select_device(preference: str | torch.device | None = None) -> torch.device:
     return torch.device(pref if kind == "cuda" else kind)
 
 
-#: Whether :func:`follow_cpu_quota` looked (once: a thread count set later, by a user or a script, stays).
-_QUOTA_FOLLOWED = False
+#: Whether :func:`follow_cpu_quota` looked, in each thread (once: a thread count set later, by a user or a
+#: script, stays; in each thread: with OpenMP, a count set in a worker thread left the window's at every core).
+_QUOTA_FOLLOWED = threading.local()
 
 
 def follow_cpu_quota() -> None:
@@ -79,10 +80,9 @@ def follow_cpu_quota() -> None:
     thread per core of the machine: in a Slurm job or ``docker --cpus 2`` on a 64-core node, 64 threads
     shared two cores' time, and training and the torch engine ran slower than on one thread (ONNX
     Runtime's threads already follow :func:`napari_unet.core.engine.cpu_threads`)."""
-    global _QUOTA_FOLLOWED
-    if _QUOTA_FOLLOWED:
+    if getattr(_QUOTA_FOLLOWED, "done", False):
         return
-    _QUOTA_FOLLOWED = True
+    _QUOTA_FOLLOWED.done = True
     if os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS"):
         return
     from .engine import cpu_threads
