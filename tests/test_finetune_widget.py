@@ -1070,6 +1070,31 @@ def test_a_corrected_slice_whose_objects_are_mostly_unedited_model_masks_is_said
     assert not [m for m in notifications if "lie away from your edits" in m]
 
 
+def test_the_best_weights_of_a_run_going_on_are_on_disk_until_it_ends(widget, c2c12, qtbot, base_model):
+    """napari killed during fine-tuning (out of memory, a force-quit) kept nothing: the best weights so far
+    are written as 'NAME unfinished' (listed with the user's models) and removed once the model is saved;
+    one left by a run that did not end is kept (the next goes beside it)."""
+    from napari_unet.core.checkpoint import read_model_file
+    from napari_unet.widgets._training_job import _UnfinishedCopy
+
+    keeper = _UnfinishedCopy("mine")
+    keeper(read_model_file(base_model))
+    assert "mine unfinished" in _user_models()
+    assert read_model_file(_user_models()["mine unfinished"]).metadata["description"].startswith("The best weights")
+    again = _UnfinishedCopy("mine")  # (a later run of that name: the one left is kept)
+    assert again.path.name == "mine unfinished-2.pt"
+    keeper.remove()
+    assert "mine unfinished" not in _user_models()
+
+    viewer, w = widget
+    images, labels = c2c12
+    _add_pair(viewer, images, labels.copy())[1].paint((0, 30, 30), 90)
+    w.run_panel._start_button.native.click()
+    _wait(qtbot, w)
+    assert w.run_panel._status.value.startswith("Saved")
+    assert not [name for name in _user_models() if "unfinished" in name]
+
+
 def test_an_edit_while_the_worker_reads_the_examples_is_said(widget, c2c12, qtbot, notifications):
     """The worker reads the corrected slices after Start (not to hold the window): a stroke or Ctrl+Z
     meanwhile was learnt as it was read, unsaid (an undone correction trained on as the truth)."""

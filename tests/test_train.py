@@ -72,6 +72,28 @@ def test_a_few_dozen_steps_lower_the_loss(dsb_fluo_crop):
     assert result.metadata["training"]["class_weight_cap"] == 10.0  # (from scratch: the built-in models' recipe)
 
 
+def test_the_best_weights_so_far_are_handed_out_as_they_are_found(dsb_fluo_crop):
+    """A process killed mid-run (out of memory, a force-quit) kept nothing: each new best is handed to
+    ``keep_best`` as a model of its own (Fine-tune writes it to disk), the run itself untouched."""
+    image, labels = dsb_fluo_crop
+    kept: list = []
+    events, result = _drain(finetune(_tiny(depth=2, width=8), [image], [labels], steps=30, patch_size=64,
+                                     batch_size=4, lr=3e-3, augment=False, validate_every=5, from_scratch=True,
+                                     device="cpu", seed=1, keep_best=kept.append, keep_best_every=0))
+    bests = [e.step for e in events if isinstance(e, Validation) and e.is_best and e.step > 0]
+    assert bests and [m.metadata["training"]["selected_step"] for m in kept] == bests
+    last = kept[-1]
+    assert result.metadata["training"]["selected_step"] == bests[-1]
+    for key, value in result.net.state_dict().items():
+        assert torch.equal(value.cpu(), last.net.state_dict()[key]), key
+    assert last.metadata["training"]["stopped_early"] and last.net is not result.net
+    once: list = []  # at most every keep_best_every seconds
+    _drain(finetune(_tiny(depth=2, width=8), [image], [labels], steps=30, patch_size=64, batch_size=4, lr=3e-3,
+                    augment=False, validate_every=5, from_scratch=True, device="cpu", seed=1, keep_best=once.append,
+                    keep_best_every=3600))
+    assert len(once) == 1
+
+
 def test_stop_right_after_start_returns_unchanged_copy(dsb_fluo_crop):
     image, labels = dsb_fluo_crop
     model = _tiny()

@@ -256,6 +256,30 @@ def default_patch(net: torch.nn.Module) -> tuple[int, int]:
     return (128, 8) if getattr(net, "margin", 0) == 0 else (256, 4)
 
 
+def _keeping_best(events: Generator, prepared: PreparedRun, keep_best: Callable[[SegmentationModel], None],
+                  every: float) -> Generator:
+    """``events`` passed on; after a validation that found new best weights, ``keep_best`` given them
+    (see :func:`finetune`)."""
+    last = -math.inf
+    try:
+        while True:
+            try:
+                event = next(events)
+            except StopIteration as end:
+                return end.value
+            yield event
+            if isinstance(event, Validation) and event.is_best and event.step > 0 and time.monotonic() - last >= every:
+                try:
+                    kept = prepared.best_so_far(event.step)
+                    if kept is not None:
+                        keep_best(kept)
+                        last = time.monotonic()
+                except Exception as exc:  # noqa: BLE001 - a copy for safety only: the run goes on
+                    log.warning("The best weights so far could not be kept on disk: %s", exc)
+    finally:
+        events.close()
+
+
 # ---------------------------------------------------------------------- the generator
 def finetune(
     model: SegmentationModel,
@@ -290,8 +314,16 @@ def finetune(
     patch_processes: bool = False,
     colours: Sequence[int | str | None] | None = None,
     sections: bool = False,
+    keep_best: Callable[[SegmentationModel], None] | None = None,
+    keep_best_every: float = 60.0,
 ) -> Generator[TrainNote | TrainStep | Validation, None, SegmentationModel]:
     """Fine-tune a copy of ``model`` on labelled planes, yielding progress events.
+
+    ``keep_best``: called, in the generator's thread, with a copy of the model holding the best weights
+    validated so far each time new ones are found (a step's, not the start's), at most every
+    ``keep_best_every`` seconds: what a caller writes to disk so that a process killed (out of memory, a
+    force-quit: no error to catch) keeps the minutes of training it had (its failure is logged, the run
+    goes on).
 
     Parameters
     ----------
@@ -396,8 +428,9 @@ def finetune(
         log.warning("Fine-tuning: %s", note)
         yield TrainNote(note)
     try:
-        run = yield from prepared.trainer.run(_stop_check(stop), validate_start, user_stop=True,
-                                              urgent=lambda: bool(getattr(stop, "urgent", False)))
+        events = prepared.trainer.run(_stop_check(stop), validate_start, user_stop=True,
+                                      urgent=lambda: bool(getattr(stop, "urgent", False)))
+        run = yield from (events if keep_best is None else _keeping_best(events, prepared, keep_best, keep_best_every))
     except Exception as exc:
         error = _out_of_memory(exc, prepared.recipe, prepared.device) or exc
         if error is not exc:
@@ -447,6 +480,26 @@ class PreparedRun:
     recipe: Recipe
     device: torch.device
     from_scratch: bool
+
+    def best_so_far(self, steps: int) -> SegmentationModel | None:
+        """A copy of the model with the best weights validated so far, as :meth:`result` would give them
+        had the run stopped after ``steps`` (None where none beat the start); the run is left as it is."""
+        best, state = self.tracker.best, self.tracker.best_state
+        if self.tracker.rule.select != "best" or best is None or best.step <= 0 or state is None:
+            return None
+        import copy
+
+        from .model import UNet
+
+        config = getattr(self.trainer.net, "config", None)
+        net = UNet.from_config(config) if config is not None else copy.deepcopy(self.trainer.net).cpu()
+        net.load_state_dict(state)
+        net.eval()
+        metadata = trained_metadata(
+            self.base, from_scratch=self.from_scratch, split=self.split, n_val_planes=self.n_val_planes,
+            n_val_objects=self.n_val_objects, tracker=self.tracker, chosen=best,
+            run=RunSummary(steps=steps, stopped_early=True), recipe=self.recipe, device=describe_device(self.device))
+        return SegmentationModel(net, self.work.representation, dict(self.work.normalization), metadata)
 
     def salvage(self) -> SegmentationModel | None:
         """After a failed run: the model with the best weights validated (:meth:`result` as if the run

@@ -419,6 +419,11 @@ class BestWeights:
         return improved
 
     @property
+    def best_state(self) -> dict[str, torch.Tensor] | None:
+        """The best weights recorded (on the CPU), or None."""
+        return self._state
+
+    @property
     def gate_kept_start(self) -> bool:
         """Whether the starting weights are kept because the gate held back steps the rule would
         have taken (not because no step did better)."""

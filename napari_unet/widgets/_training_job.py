@@ -8,6 +8,7 @@ the Segment widget's job. torch is imported lazily, inside the function.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,15 +55,59 @@ def train_and_save(
     the run started, to replace (its ``file_identity``; see ``save_without_replacing``); without it, a model saved there while this run
     trained is kept, and this one goes to the first free ``NAME-2``, ``NAME-3``, ...
     """
-    from napari_unet.core.checkpoint import read_model_file, stamp_metadata
-    from napari_unet.core.events import HeldBackWeights, TrainStep
-    from napari_unet.core.train import TrainingFailed, finetune
+    from napari_unet.core.checkpoint import read_model_file
 
     if any(not isinstance(ex, Example) for ex in examples):  # read here, not in the window
         examples = yield from read_examples(examples, stop)
         if examples is None:  # stopped while reading them
             return TrainingResult(None, None, None, 0, target)
     base = read_model_file(base_model_path, device="cpu")
+    keeper = _UnfinishedCopy(name)
+    result = yield from _train(base, examples, target, name, settings, stop, replace, keeper)
+    if result.path is not None or result.model is None:  # (saved, or nothing to keep; a failed save: kept)
+        keeper.remove()
+    return result
+
+
+class _UnfinishedCopy:
+    """The best weights of a run going on, written to the model folder as ``NAME unfinished`` each time
+    better ones are validated (at most once a minute): napari killed (out of memory, a force-quit) kept
+    nothing of a fine-tuning, its best weights held in memory alone. Listed with the user's models, so
+    that they find it after such an end; removed when the run ends."""
+
+    def __init__(self, name: str) -> None:
+        from napari_unet.core.catalog import free_model_path, user_model_path
+
+        try:
+            self.path: Any = free_model_path(user_model_path(f"{name} unfinished"))  # (one left before: kept)
+        except ValueError:  # (a name too long for the word)
+            self.path = None
+        self.written = False
+
+    def __call__(self, model: Any) -> None:
+        from napari_unet.core.checkpoint import save_model
+
+        if self.path is None:
+            return
+        model.metadata["name"] = self.path.stem
+        model.metadata["description"] = ("The best weights of a fine-tuning that did not end (napari closed or "
+                                         "killed during it), at the step its training says.")
+        save_model(model, self.path)
+        self.written = True
+
+    def remove(self) -> None:
+        if self.written and self.path is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            self.written = False
+
+
+def _train(base: Any, examples: list, target: Path, name: str, settings: dict[str, Any], stop: Any, replace: Any,
+           keeper: _UnfinishedCopy):
+    from napari_unet.core.checkpoint import stamp_metadata
+    from napari_unet.core.events import HeldBackWeights, TrainStep
+    from napari_unet.core.train import TrainingFailed, finetune
+
     gen = finetune(
         base,
         [ex.image for ex in examples],
@@ -70,6 +115,7 @@ def train_and_save(
         stop=stop,
         colours=[ex.colour for ex in examples],
         sections=bool(examples) and all(ex.sections for ex in examples),  # (every one through 3D objects)
+        keep_best=keeper,
         **settings,
     )
     steps = 0
