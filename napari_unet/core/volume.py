@@ -193,19 +193,19 @@ class _ProbabilityStore:
             parent = workdir or tempfile.gettempdir()
             _remove_left_behind(parent)
             self.data = None  # type: ignore[assignment]  (for close() when the map cannot be made)
-            # (the folder named is the temporary folder, not the run's own one, which is gone by then)
-            where = parent if workdir else f"{parent} (the temporary folder: set TMPDIR to a folder on a disk with room)"
             try:
                 self.folder = tempfile.mkdtemp(prefix=f"napari-unet-3d-{os.getpid()}-", dir=workdir)
                 path = f"{self.folder}/probabilities.npy"
                 self.data = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=full)
                 with open(path, "r+b") as fh:  # its blocks taken now: a full disk is an error, not a SIGBUS
-                    reserve_space(fh, os.path.getsize(path), where)
+                    reserve_space(fh, os.path.getsize(path), parent)  # (a folder: asked for its free space)
             except OSError as exc:
                 self.close()
+                # (the folder named is the temporary folder, not the run's own one, which is gone by then)
                 message = exc.strerror or str(exc)  # (reserve_space's names the folder; the system's do not)
-                raise ImageError(f"{message} (the 3D probabilities of this volume"
-                                 f"{'' if str(parent) in message else f', in {where}'})") from None
+                where = "" if str(parent) in message else f", in {parent}"
+                hint = "" if workdir else "; set TMPDIR to a folder on a disk with room"
+                raise ImageError(f"{message} (the 3D probabilities of this volume{where}{hint})") from None
         self.views = 0.0  # the sum of the views' weights
 
     def add(self, key: tuple[Any, ...], probs: np.ndarray, representation: str, weight: float = 1.0,
