@@ -127,3 +127,21 @@ def test_labels_painted_before_the_docks_opened_are_unsaved(make_napari_viewer, 
     widget.corrected_panel._labels_combo.value = masks
     assert (1,) in CorrectedSlices.for_layer(masks)
     assert masks in unsaved_masks(viewer)
+
+
+def test_a_cell_painted_in_a_new_labels_layer_then_undone_leaves_its_slice_unlisted(segment, c2c12, notifications):
+    """A new labels layer named as masks: one cell painted on slice 0, a run on slice 2 (the slices
+    holding labels taken as the user's), then Ctrl+Z: slice 0 is empty, and no longer listed as corrected
+    (it was: learnt as holding no cells, skipped by Whole stack)."""
+    viewer, _widget, run = segment
+    image = viewer.add_image(c2c12[0], name="c")
+    masks = viewer.add_labels(np.zeros((4, 96, 96), np.int32), name=masks_layer_name("c"))
+    viewer.window.add_plugin_dock_widget("napari-unet", "Correct")
+    masks.brush_size = 9
+    masks.paint((0, 30, 30), 5)
+    viewer.dims.set_current_step(0, 2)
+    run(image)
+    assert (0,) in CorrectedSlices.for_layer(masks)
+    masks.undo()
+    assert not masks.data[0].any()
+    assert (0,) not in CorrectedSlices.for_layer(masks)

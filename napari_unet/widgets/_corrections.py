@@ -450,10 +450,21 @@ class CorrectedSlices:
             self._boxes.pop(plane, None)
 
     def keep_as_theirs(self, planes: Iterable[Any]) -> None:
-        """``planes`` hold someone's own labels from before any edit the layer can undo: undoing those
-        edits leaves them corrected (one stroke, then Ctrl+Z, unmarked a slice of hand-made labels, and a
-        Whole-stack run replaced it)."""
-        self._by_edit -= {as_plane(p) for p in planes}
+        """``planes`` hold someone's own labels: those holding labels beyond the rows and columns of this
+        session's edits had them before any edit the layer can undo, and undoing the edits leaves them
+        corrected (one stroke, then Ctrl+Z, unmarked a slice of hand-made labels, and a Whole-stack run
+        replaced it); a slice whose labels all came from those edits is the model's again once they are
+        undone (empty, it was listed as corrected: learnt as holding no cells)."""
+        data = self.layer.data
+        for plane in (as_plane(p) for p in planes):
+            box = self._boxes.get(plane)
+            if plane in self._by_edit and box is not None:
+                labels = data[plane] if plane else data
+                y0, y1, x0, x1 = box
+                if not (np.any(labels[:y0]) or np.any(labels[y1:]) or np.any(labels[y0:y1, :x0])
+                        or np.any(labels[y0:y1, x1:])):
+                    continue  # (all its labels within the edits' span: painted in this session)
+            self._by_edit.discard(plane)
 
     def clear(self) -> None:
         if self.planes:
