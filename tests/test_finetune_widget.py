@@ -1112,6 +1112,13 @@ def test_an_edit_while_the_worker_reads_the_examples_is_said(widget, c2c12, qtbo
     _wait(qtbot, w)
     said = [m for m in notifications if "changed while its slices were being read" in m]
     assert len(said) == 1 and "'c2c12 masks'" in said[0] and "press Stop, then Start" in said[0]
+    notifications.clear()  # a slice not learnt from, edited meanwhile: nothing to say
+    w.settings_panel._name.value = "base-tuned-3"
+    masks.redo()
+    w.run_panel._start_button.native.click()
+    masks.paint((2, 30, 30), 91)
+    _wait(qtbot, w)
+    assert not [m for m in notifications if "changed while its slices were being read" in m]
 
 
 def test_start_reads_the_examples_in_the_training_worker(widget, c2c12, qtbot, notifications):

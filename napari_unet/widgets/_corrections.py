@@ -177,6 +177,8 @@ class CorrectedSlices:
         self._live: dict[Plane, int] = {}
         #: the rows and columns the user's edits of this session span, by slice (see edited_box)
         self._boxes: dict[Plane, tuple[int, int, int, int]] = {}
+        #: edits, undos and redos of each slice in this session, never lowered (see touches_of)
+        self._touches: dict[Plane, int] = {}
         #: during an undo or redo: (slices to unmark once replayed, the brush held a new id, slices replayed)
         self._replaying: tuple[set[Plane], bool, set[Plane]] | None = None
         #: the layer came with a list of corrected slices (made or saved by napari-unet): its other labels
@@ -282,6 +284,7 @@ class CorrectedSlices:
         self._edited()
         planes = planes_of_history_item(getattr(event, "value", None), layer.ndim, layer.data.shape)
         self._grow_boxes(getattr(event, "value", None))
+        self._touch(planes)
         self._by_edit |= planes - set(self.planes)
         self._count(planes, 1)
         self._record(planes)
@@ -304,6 +307,10 @@ class CorrectedSlices:
         plane = as_plane(plane)
         return self._boxes.get(plane) if plane in self._by_edit else None
 
+    def _touch(self, planes: Iterable[Plane]) -> None:
+        for p in planes:
+            self._touches[p] = self._touches.get(p, 0) + 1
+
     def _count(self, planes: set[Plane], step: int) -> None:
         for p in planes:
             self._live[p] = max(0, self._live.get(p, 0) + step)
@@ -321,6 +328,7 @@ class CorrectedSlices:
             return
         self._edited()
         planes = planes_of_history_item(item, layer.ndim, layer.data.shape)
+        self._touch(planes)
         self._replaying[2].update(planes)
         if undo:
             self._count(planes, -1)
@@ -502,6 +510,15 @@ class CorrectedSlices:
         ]
         self.update(found)
         return found
+
+
+def touches_of(layer: Any, planes: Iterable[Any]) -> int:
+    """How many edits, undos and redos of ``planes`` of a labels layer the plugin watched in this session
+    (0 where it watches none)."""
+    tracker = CorrectedSlices.existing(layer)
+    if tracker is None:
+        return 0
+    return sum(tracker._touches.get(as_plane(p), 0) for p in planes)
 
 
 def edits_of(layer: Any) -> int:

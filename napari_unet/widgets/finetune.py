@@ -26,6 +26,7 @@ from . import _heap
 from ._base import (
     ask_before_closing_with_unsaved_masks,
     disconnect_all,
+    full_resolution,
     notify_error,
     notify_info,
     notify_warning,
@@ -245,8 +246,12 @@ class FinetuneWidget(Container):
 
             from napari_unet.core.catalog import file_identity
 
-            read_from = [unwrap_proxy(layer) for layer in self._viewer.layers if isinstance(layer, Labels) and any(
-                getattr(ex, "labels_data", None) is layer.data for ex in examples)]
+            read_from = []  # (the labels layers, and their slices, the worker reads after Start)
+            for layer in self._viewer.layers:
+                data = full_resolution(layer) if isinstance(layer, Labels) else None
+                planes = [ex.plane for ex in examples if data is not None and getattr(ex, "labels_data", None) is data]
+                if planes:
+                    read_from.append((unwrap_proxy(layer), planes))
             self.run_panel.launch(base_path, examples, target, name=name, settings=settings,
                                   replace=file_identity(target) or False, read_from=read_from)
 

@@ -40,7 +40,7 @@ from .._base import (
     titled,
     wrap_text,
 )
-from .._corrections import edits_of
+from .._corrections import touches_of
 from .._examples import Example
 from .._training_job import TrainingResult, train_and_save
 from .curves import LiveCurves
@@ -206,7 +206,7 @@ class TrainingRunPanel(Container):
         self._replace: Any = False
         self._pending: TrainingResult | None = None
         #: the labels layers the run's worker reads examples of, and their edits at Start (see launch)
-        self._watched: list[tuple[Any, int]] = []
+        self._watched: list[tuple[Any, list[Any], int]] = []
         # whether the model saved last holds the weights the run started from (Segment then only selects it)
         self.saved_start_weights = False
         self._start_button = PushButton(
@@ -259,12 +259,14 @@ class TrainingRunPanel(Container):
 
     # ------------------------------------------------------------------ run
     def launch(self, base_path: str, examples: list[Any], target: Path, *, name: str,
-               settings: dict[str, Any], replace: Any = False, read_from: list[Any] | None = None) -> None:
+               settings: dict[str, Any], replace: Any = False,
+               read_from: list[tuple[Any, list[Any]]] | None = None) -> None:
         """Fine-tune ``base_path`` on ``examples`` in a thread worker; save the result to ``target``
         (replacing a model there only when ``replace``: the user agreed to it). ``read_from``: the
         labels layers the worker reads examples of (an edit, an undo, while it reads is said)."""
         self._stop_event = threading.Event()
-        self._watched = [(weakref.ref(layer), edits_of(layer)) for layer in read_from or ()] if not all(
+        self._watched = [(weakref.ref(layer), planes, touches_of(layer, planes)) for layer, planes in read_from or ()
+                         ] if not all(
             isinstance(ex, Example) for ex in examples) else []
         self._run_name = name
         self._replace = replace
@@ -340,7 +342,8 @@ class TrainingRunPanel(Container):
         if isinstance(event, TrainNote):  # e.g. labels that look partial: said, the run goes on
             notify_warning(f"Fine-tuning: {event.message}")
             return
-        if self._watched and (not isinstance(event, Progress) or event.done >= event.total):
+        if self._watched and (isinstance(event, (TrainStep, Validation))
+                              or (isinstance(event, Progress) and event.done >= event.total)):
             self._say_edits_while_read()
         if isinstance(event, Progress):  # the examples read (the first step comes after the model's loading)
             self._status.value = event.message if event.done < event.total else (
@@ -365,7 +368,8 @@ class TrainingRunPanel(Container):
         read them. It reads them after Start, not to hold the window (64 slices of 2048 x 2048: 2.6 s),
         and learns them as they were when read: an undo meanwhile was trained on as the truth."""
         watched, self._watched = self._watched, []
-        edited = [layer.name for ref, edits in watched if (layer := ref()) is not None and edits_of(layer) != edits]
+        edited = [layer.name for ref, planes, touches in watched
+                  if (layer := ref()) is not None and touches_of(layer, planes) != touches]
         if edited:
             names = ", ".join(repr(name) for name in edited)
             notify_warning(f"Fine-tuning: {names} changed while its slices were being read: this run learns them "
