@@ -1070,6 +1070,19 @@ def test_a_corrected_slice_whose_objects_are_mostly_unedited_model_masks_is_said
     assert not [m for m in notifications if "lie away from your edits" in m]
 
 
+def test_the_unedited_note_needs_most_objects_away_from_the_edits(dsb_fluo_crop):
+    from napari_unet.widgets._examples import UNEDITED_MIN, _objects_away, unedited_note
+
+    _image, labels = dsb_fluo_crop
+    n = len(np.unique(labels)) - 1
+    assert _objects_away(labels, (0, 128, 0, 128)) == (0, n)  # edits spanning the slice: every object near
+    away, total = _objects_away(labels, (0, 4, 0, 4))
+    assert total == n and away >= n - 1
+    assert unedited_note([("'a', slice 3", away, total)]).startswith("most of the model's objects in 1 corrected")
+    assert unedited_note([("'a'", 0, n)]) is None
+    assert unedited_note([("'a'", UNEDITED_MIN - 1, UNEDITED_MIN)]) is None  # (too few to say)
+
+
 def test_the_best_weights_of_a_run_going_on_are_on_disk_until_it_ends(widget, c2c12, qtbot, base_model):
     """napari killed during fine-tuning (out of memory, a force-quit) kept nothing: the best weights so far
     are written as 'NAME unfinished' (listed with the user's models) and removed once the model is saved;
