@@ -178,6 +178,22 @@ def test_legs_write_checkpoints_and_say_when_the_run_is_finished(dsb_fluo_crop, 
     assert load_checkpoint(path)["run"]["steps"] == STEPS
 
 
+def _start_then_trained(base, image, labels):
+    """A run prepared with the starting weights' scores recorded (AP 0.5, loss 0.40 and its blocks), then
+    weights moved as by training: (the run, the start's block losses, the trained weights)."""
+    from napari_unet.core.validation import Scores
+
+    prepared = prepare_run(base, [image], [labels], **{**OPTIONS, "from_scratch": False})
+    tracker, net = prepared.tracker, prepared.trainer.net
+    assert tracker.rule.gate and tracker.layout.n_blocks >= 4
+    blocks = tuple(0.4 + 0.05 * np.sin(np.arange(tracker.layout.weights.size)))
+    assert tracker.record(Scores(0, 0.50, 0.8, 0.40, blocks), net)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.01)
+    return prepared, blocks, {k: v.clone() for k, v in net.state_dict().items()}
+
+
 def test_the_weights_the_gate_held_back_come_as_a_model_of_their_own(data_dir, one_thread):
     """The gate kept the starting weights: the best weights it held back are offered (Fine-tune's "Keep the
     trained weights instead"), as a model whose metadata says which step and why; the model returned is the
@@ -189,15 +205,8 @@ def test_the_weights_the_gate_held_back_come_as_a_model_of_their_own(data_dir, o
     image, labels = _many_cells(data_dir)
     base = _fresh()
     start_weights = {k: v.clone() for k, v in base.net.state_dict().items()}
-    prepared = prepare_run(base, [image], [labels], **{**OPTIONS, "from_scratch": False})
+    prepared, blocks, trained = _start_then_trained(base, image, labels)
     tracker, net = prepared.tracker, prepared.trainer.net
-    assert tracker.rule.gate and tracker.layout.n_blocks >= 4
-    blocks = tuple(0.4 + 0.05 * np.sin(np.arange(tracker.layout.weights.size)))
-    assert tracker.record(Scores(0, 0.50, 0.8, 0.40, blocks), net)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.01)
-    trained = {k: v.clone() for k, v in net.state_dict().items()}
     assert not tracker.record(Scores(2, 0.70, 0.8, 0.399, tuple(b - 0.001 + 0.03 * (-1) ** i for i, b in enumerate(blocks))), net)  # no clear gain
     run = RunSummary(steps=2)
     kept = prepared.result(run)
@@ -227,14 +236,8 @@ def test_where_no_step_scored_better_the_runs_last_weights_are_offered(data_dir,
 
     image, labels = _many_cells(data_dir)
     base = _fresh()
-    prepared = prepare_run(base, [image], [labels], **{**OPTIONS, "from_scratch": False})
+    prepared, blocks, trained = _start_then_trained(base, image, labels)
     tracker, net = prepared.tracker, prepared.trainer.net
-    blocks = tuple(0.4 + 0.05 * np.sin(np.arange(tracker.layout.weights.size)))
-    assert tracker.record(Scores(0, 0.50, 0.8, 0.40, blocks), net)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.01)
-    trained = {k: v.clone() for k, v in net.state_dict().items()}
     assert not tracker.record(Scores(2, 0.40, 0.7, 0.45, tuple(b + 0.05 for b in blocks)), net)  # worse
     assert not tracker.gate_kept_start
     run = RunSummary(steps=2)
