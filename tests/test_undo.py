@@ -106,6 +106,12 @@ def test_someones_labels_stay_protected_after_a_stroke_on_them_is_undone(segment
     assert not np.array_equal(masks.data[0], stroked)
     np.testing.assert_array_equal(masks.data[0], theirs[0])
     assert (0,) in CorrectedSlices.for_layer(masks)
+    masks.paint((0, 2, 2), 98)  # two strokes in opposite corners, undone: still theirs
+    masks.paint((0, 93, 93), 99)
+    masks.undo()
+    masks.undo()
+    np.testing.assert_array_equal(masks.data[0], theirs[0])
+    assert (0,) in CorrectedSlices.for_layer(masks)
     run(image, scope=SCOPE_STACK)
     holding = [k for k in range(4) if theirs[k].any()]
     assert 0 in holding and 2 in holding

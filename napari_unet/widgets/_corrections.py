@@ -177,6 +177,8 @@ class CorrectedSlices:
         self._live: dict[Plane, int] = {}
         #: the rows and columns the user's edits of this session span, by slice (see edited_box)
         self._boxes: dict[Plane, tuple[int, int, int, int]] = {}
+        #: slices holding someone's own labels (see keep_as_theirs)
+        self._theirs: set[Plane] = set()
         #: edits, undos and redos of each slice in this session, never lowered (see touches_of)
         self._touches: dict[Plane, int] = {}
         #: during an undo or redo: (slices to unmark once replayed, the brush held a new id, slices replayed)
@@ -346,6 +348,11 @@ class CorrectedSlices:
         unmark, fresh, replayed = self._replaying or (set(), False, set())
         self._replaying = None
         _show_replayed_plane(self.layer, replayed, undo)
+        if undo:  # (someone's slices an undo left with no labels: theirs were all painted in this session)
+            data = self.layer.data
+            emptied = {p for p in replayed & self._theirs if not np.any(data[p] if p else data)}
+            self._theirs -= emptied
+            unmark = unmark | emptied
         if undo and unmark:
             self._by_edit -= unmark
             current = set(self.planes)
@@ -458,21 +465,13 @@ class CorrectedSlices:
             self._boxes.pop(plane, None)
 
     def keep_as_theirs(self, planes: Iterable[Any]) -> None:
-        """``planes`` hold someone's own labels: those holding labels beyond the rows and columns of this
-        session's edits had them before any edit the layer can undo, and undoing the edits leaves them
-        corrected (one stroke, then Ctrl+Z, unmarked a slice of hand-made labels, and a Whole-stack run
-        replaced it); a slice whose labels all came from those edits is the model's again once they are
-        undone (empty, it was listed as corrected: learnt as holding no cells)."""
-        data = self.layer.data
-        for plane in (as_plane(p) for p in planes):
-            box = self._boxes.get(plane)
-            if plane in self._by_edit and box is not None:
-                labels = data[plane] if plane else data
-                y0, y1, x0, x1 = box
-                if not (np.any(labels[:y0]) or np.any(labels[y1:]) or np.any(labels[y0:y1, :x0])
-                        or np.any(labels[y0:y1, x1:])):
-                    continue  # (all its labels within the edits' span: painted in this session)
-            self._by_edit.discard(plane)
+        """``planes`` hold someone's own labels: undoing edits on them leaves them corrected (one stroke,
+        then Ctrl+Z, unmarked a slice of hand-made labels, and a Whole-stack run replaced it), unless the
+        undo leaves one with no labels at all (all of them were painted in this session: empty, it was
+        listed as corrected, learnt as holding no cells; see :meth:`_after_replay`)."""
+        planes = {as_plane(p) for p in planes}
+        self._by_edit -= planes
+        self._theirs |= planes
 
     def clear(self) -> None:
         if self.planes:

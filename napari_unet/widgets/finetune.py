@@ -249,7 +249,9 @@ class FinetuneWidget(Container):
             read_from = []  # (the labels layers, and their slices, the worker reads after Start)
             for layer in self._viewer.layers:
                 data = full_resolution(layer) if isinstance(layer, Labels) else None
-                planes = [ex.plane for ex in examples if data is not None and getattr(ex, "labels_data", None) is data]
+                # (a lazily read pair's slices are found in the worker, and cannot be edited: left out)
+                planes = [ex.plane for ex in examples if data is not None and getattr(ex, "plane", None) is not None
+                          and getattr(ex, "labels_data", None) is data]
                 if planes:
                     read_from.append((unwrap_proxy(layer), planes))
             self.run_panel.launch(base_path, examples, target, name=name, settings=settings,
