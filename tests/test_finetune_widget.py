@@ -1098,6 +1098,10 @@ def test_the_best_weights_of_a_run_going_on_are_on_disk_until_it_ends(widget, c2
     assert again.path.name == "mine unfinished-2.pt"
     keeper.remove()
     assert "mine unfinished" not in _user_models()
+    other = _UnfinishedCopy("mine")  # (two runs of one name at once, in two windows: a file each)
+    assert other.path != again.path and again.path.exists() is False
+    other.remove()
+    again.remove()
 
     viewer, w = widget
     images, labels = c2c12
@@ -1624,7 +1628,7 @@ def test_a_save_that_failed_then_succeeded_still_offers_the_held_back_weights(wi
     import time
 
     from napari_unet.core.catalog import user_model_path
-    from napari_unet.core.checkpoint import read_model_file
+    from napari_unet.core.checkpoint import read_model_file, save_model
     from napari_unet.widgets._training_job import TrainingResult
 
     _viewer, w = widget
@@ -1634,12 +1638,16 @@ def test_a_save_that_failed_then_succeeded_still_offers_the_held_back_weights(wi
                                                      "val_split": "band", "gate_kept_start": True})
     held.metadata.update(val_ap50=0.7, training={"selected_step": 30, "kept_against_gate": True})
     target = user_model_path("base-tuned")
+    unfinished = save_model(held, user_model_path("base-tuned unfinished"))  # (kept while the model was not saved)
     panel._run_started = time.perf_counter()
-    panel._on_returned(TrainingResult(kept, None, OSError(28, "No space left on device"), 60, target, held_back=held))
+    panel._on_returned(TrainingResult(kept, None, OSError(28, "No space left on device"), 60, target, held_back=held,
+                                      unfinished=unfinished))
     assert not panel._save_again_button.native.isHidden() and panel._keep_trained_button.native.isHidden()
+    assert unfinished.exists()
     panel._save_again_button.native.click()
     assert target.exists() and panel._status.value.startswith("Saved 'base-tuned'. Kept the starting weights:")
     assert not panel._keep_trained_button.native.isHidden() and panel._held_back[0] is held
+    assert not unfinished.exists()  # (the model saved: its copy removed)
 
 
 def test_a_model_trained_or_renamed_in_one_viewer_is_listed_and_followed_in_the_others(widget, make_napari_viewer,

@@ -260,7 +260,7 @@ def _keeping_best(events: Generator, prepared: PreparedRun, keep_best: Callable[
                   every: float) -> Generator:
     """``events`` passed on; after a validation that found new best weights, ``keep_best`` given them
     (see :func:`finetune`)."""
-    last = -math.inf
+    last, pending, steps = -math.inf, False, 0
     try:
         while True:
             try:
@@ -268,9 +268,16 @@ def _keeping_best(events: Generator, prepared: PreparedRun, keep_best: Callable[
             except StopIteration as end:
                 return end.value
             yield event
-            if isinstance(event, Validation) and event.is_best and event.step > 0 and time.monotonic() - last >= every:
+            if isinstance(event, TrainStep):
+                steps = event.step
+            if isinstance(event, Validation) and event.is_best and event.step > 0:
+                pending, steps = True, max(steps, event.step)
+            # (a best found within ``every`` of the last copy is given once that time has passed: it was
+            # never given when no later best came)
+            if pending and time.monotonic() - last >= every:
+                pending = False
                 try:
-                    kept = prepared.best_so_far(event.step)
+                    kept = prepared.best_so_far(steps)
                     if kept is not None:
                         keep_best(kept)
                         last = time.monotonic()

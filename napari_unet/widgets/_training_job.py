@@ -33,6 +33,9 @@ class TrainingResult:
     #: The gate kept the starting weights: the model with the best weights it held back, which
     #: the user may keep instead (:class:`napari_unet.core.events.HeldBackWeights`); not saved.
     held_back: Any = None
+    #: The best weights of the run written as 'NAME unfinished', left where the model could not be saved
+    #: (removed by a later Save again)
+    unfinished: Path | None = None
 
 
 def train_and_save(
@@ -66,7 +69,15 @@ def train_and_save(
     result = yield from _train(base, examples, target, name, settings, stop, replace, keeper)
     if result.path is not None or result.model is None:  # (saved, or nothing to keep; a failed save: kept)
         keeper.remove()
+    elif keeper.written:
+        result.unfinished = keeper.path
     return result
+
+
+#: The 'NAME unfinished' files of runs going on in this process (two windows training one name at once
+#: took the same file: each wrote over the other's, and the first to end removed the other's)
+_CLAIMED: set[Path] = set()
+_CLAIM_LOCK = threading.Lock()
 
 
 class _UnfinishedCopy:
@@ -78,11 +89,17 @@ class _UnfinishedCopy:
     def __init__(self, name: str) -> None:
         from napari_unet.core.catalog import free_model_path, user_model_path
 
-        try:
-            self.path: Any = free_model_path(user_model_path(f"{name} unfinished"))  # (one left before: kept)
-        except ValueError:  # (a name too long for the word)
-            self.path = None
+        self.path: Any = None
         self.written = False
+        with _CLAIM_LOCK:
+            try:
+                candidate, k = free_model_path(user_model_path(f"{name} unfinished")), 2  # (one left before: kept)
+                while candidate in _CLAIMED:
+                    candidate, k = free_model_path(user_model_path(f"{name} unfinished {k}")), k + 1
+            except ValueError:  # (a name too long for the word: no copy)
+                return
+            _CLAIMED.add(candidate)
+            self.path = candidate
 
     def __call__(self, model: Any) -> None:
         from napari_unet.core.checkpoint import save_model
@@ -100,6 +117,8 @@ class _UnfinishedCopy:
             with contextlib.suppress(OSError):
                 self.path.unlink()
             self.written = False
+        with _CLAIM_LOCK:
+            _CLAIMED.discard(self.path)
 
 
 def _train(base: Any, examples: list, target: Path, name: str, settings: dict[str, Any], stop: Any, replace: Any,

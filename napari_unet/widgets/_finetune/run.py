@@ -12,6 +12,7 @@ step, save the best weights" (see :class:`TrainingWorker`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -501,6 +502,9 @@ class TrainingRunPanel(Container):
             return
         self._pending = None
         self._save_again_button.visible = False
+        if result.unfinished is not None:  # (the copy kept while the model was not saved)
+            with contextlib.suppress(OSError):
+                result.unfinished.unlink()
         self._status.value = f"Saved {path.stem!r}. " + _kept_weights(result.model.metadata)
         self._offer_held_back(result, path)
         if path != result.target:
