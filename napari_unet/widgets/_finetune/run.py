@@ -142,11 +142,10 @@ def _which_weights(metadata: dict) -> str:
             return (f"{said} A closer fit to the slices you corrected often does worse on other images. Correct "
                     "cells on other slices or fields, then fine-tune again.")
         n = training.get("n_val_objects")
-        if training.get("selection_metric") == "loss":  # (no cells compared: too few held out for an AP)
-            held = f"the {n} cells held out" if n else "the part held out"
-            return (f"Kept the starting weights: no step had a lower validation loss on {held} (too few cells to "
-                    "count found ones). Correct cells on other slices or fields, then fine-tune again.")
         cells = f"the {n} cells held out" if n else "the part held out"
+        if training.get("selection_metric") == "loss":  # (no cells compared: too few held out for an AP)
+            return (f"Kept the starting weights: no step had a lower validation loss on {cells} (too few cells to "
+                    "count found ones). Correct cells on other slices or fields, then fine-tune again.")
         return (f"Kept the starting weights: no step found clearly more of {cells} (a score higher by a cell or "
                 "so is within chance).")
     n = training.get("n_val_objects")
@@ -206,7 +205,8 @@ class TrainingRunPanel(Container):
         # the model of that name the user agreed, at Start, to replace (its file_identity; False: none)
         self._replace: Any = False
         self._pending: TrainingResult | None = None
-        #: the labels layers the run's worker reads examples of, and their edits at Start (see launch)
+        #: the labels layers the run's worker reads examples of, their slices read, and those slices' edits at
+        #: Start (see launch)
         self._watched: list[tuple[Any, list[Any], int]] = []
         # whether the model saved last holds the weights the run started from (Segment then only selects it)
         self.saved_start_weights = False
@@ -266,9 +266,10 @@ class TrainingRunPanel(Container):
         (replacing a model there only when ``replace``: the user agreed to it). ``read_from``: the
         labels layers the worker reads examples of (an edit, an undo, while it reads is said)."""
         self._stop_event = threading.Event()
-        self._watched = [(weakref.ref(layer), planes, touches_of(layer, planes)) for layer, planes in read_from or ()
-                         ] if not all(
-            isinstance(ex, Example) for ex in examples) else []
+        read = all(isinstance(ex, Example) for ex in examples)
+        # (examples read already, as scripts give them: nothing is read after Start)
+        self._watched = [] if read else [(weakref.ref(layer), planes, touches_of(layer, planes))
+                                         for layer, planes in read_from or ()]
         self._run_name = name
         self._replace = replace
         self.curves.clear(settings.get("steps"))
@@ -280,7 +281,6 @@ class TrainingRunPanel(Container):
         self._keep_trained_button.visible = False
         self._progress.value = 0
         self._best_label.value = "–"
-        read = all(isinstance(ex, Example) for ex in examples)
         self._status.value = f"Fine-tuning on {len(examples)} example(s)…" if read else "Reading the examples…"
         self._set_running(True)
         from napari.qt.threading import create_worker
