@@ -494,6 +494,10 @@ class PreparedRun:
         best, state = self.tracker.best, self.tracker.best_state
         if self.tracker.rule.select != "best" or best is None or best.step <= 0 or state is None:
             return None
+        return self._model_of(self._cpu_network(state), best, RunSummary(steps=steps, stopped_early=True))
+
+    def _cpu_network(self, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+        """A network of the run's kind on the CPU holding ``state``, in eval mode (the run's is left as it is)."""
         import copy
 
         from .model import UNet
@@ -501,12 +505,20 @@ class PreparedRun:
         config = getattr(self.trainer.net, "config", None)
         net = UNet.from_config(config) if config is not None else copy.deepcopy(self.trainer.net).cpu()
         net.load_state_dict(state)
-        net.eval()
-        metadata = trained_metadata(
+        return net.eval()
+
+    def _metadata(self, chosen: Scores, run: RunSummary) -> dict[str, Any]:
+        """What a model of this run's weights scored ``chosen`` records (:func:`trained_metadata`)."""
+        return trained_metadata(
             self.base, from_scratch=self.from_scratch, split=self.split, n_val_planes=self.n_val_planes,
-            n_val_objects=self.n_val_objects, tracker=self.tracker, chosen=best,
-            run=RunSummary(steps=steps, stopped_early=True), recipe=self.recipe, device=describe_device(self.device))
-        return SegmentationModel(net, self.work.representation, dict(self.work.normalization), metadata)
+            n_val_objects=self.n_val_objects, tracker=self.tracker, chosen=chosen, run=run, recipe=self.recipe,
+            device=describe_device(self.device),
+        )
+
+    def _model_of(self, net: torch.nn.Module, chosen: Scores, run: RunSummary) -> SegmentationModel:
+        """A model of its own (not :attr:`work`) of ``net``, its metadata those of ``chosen``."""
+        return SegmentationModel(net, self.work.representation, dict(self.work.normalization),
+                                 self._metadata(chosen, run))
 
     def salvage(self) -> SegmentationModel | None:
         """After a failed run: the model with the best weights validated (:meth:`result` as if the run
@@ -549,23 +561,14 @@ class PreparedRun:
                     f"scored better than {self.base.name!r} on the part held out of the training images")
         if state is None or held is None:
             return None
-        import copy
-
-        net = copy.deepcopy(self.trainer.net).cpu()  # (kept until the user chooses: not on the GPU)
-        net.load_state_dict(state)
-        net.eval()
+        net = self._cpu_network(state)  # (kept until the user chooses: not on the GPU)
         if not _finite_network(net):
             return None
-        metadata = trained_metadata(
-            self.base, from_scratch=self.from_scratch, split=self.split, n_val_planes=self.n_val_planes,
-            n_val_objects=self.n_val_objects, tracker=self.tracker, chosen=held, run=run, recipe=self.recipe,
-            device=describe_device(self.device),
-        )
-        training = metadata["training"]
-        training.update(gate_kept_start=False, kept_against_gate=note is None, selection_note=note or (
+        model = self._model_of(net, held, run)
+        model.metadata["training"].update(gate_kept_start=False, kept_against_gate=note is None, selection_note=note or (
             f"the weights of step {held.step}, kept at the user's request although the gate held them back: they "
             f"were not clearly better than {self.base.name!r} on the part held out of the training images"))
-        return SegmentationModel(net, self.work.representation, dict(self.work.normalization), metadata)
+        return model
 
     def result(self, run: RunSummary) -> SegmentationModel:
         """The trained model: the kept weights (see :class:`BestWeights`), eval mode, with its metadata."""
@@ -578,11 +581,7 @@ class PreparedRun:
             # weights: never a model to save
             raise FloatingPointError("The training diverged: the network now outputs NaN or infinite values; "
                                      "try a lower learning rate.")
-        self.work.metadata = trained_metadata(
-            self.base, from_scratch=self.from_scratch, split=self.split, n_val_planes=self.n_val_planes,
-            n_val_objects=self.n_val_objects, tracker=self.tracker, chosen=chosen, run=run, recipe=self.recipe,
-            device=describe_device(self.device),
-        )
+        self.work.metadata = self._metadata(chosen, run)
         return self.work
 
 
