@@ -149,6 +149,8 @@ def reserve_space(fh: Any, nbytes: int, folder: str | os.PathLike) -> None:
 #: A temporary file or folder beside a destination untouched this long was left by a writer that was
 #: killed (a force-quit while a large stack was saved): removed when that destination is written again.
 ABANDONED_SECONDS = 15 * 60
+#: The random part ``tempfile`` puts in the names of this module's temporary files and folders.
+_TEMP_TAG = r"[a-z0-9_]{8}"
 
 
 def _touched_since(entry: os.DirEntry, since: float) -> bool:
@@ -176,7 +178,7 @@ def _remove_abandoned(path: Path, kinds: tuple[str, ...] = ("tmp", "bak", "old")
 
     if not path.exists() or _kept_name(path) != path.name:
         return
-    pattern = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}\.(" + "|".join(kinds) + ")")
+    pattern = re.compile(re.escape(f".{path.name}.") + _TEMP_TAG + r"\.(" + "|".join(kinds) + ")")
     try:
         entries = [e for e in os.scandir(path.parent) if pattern.fullmatch(e.name)]
     except OSError:
@@ -201,7 +203,7 @@ def remove_abandoned_in(folder: str | os.PathLike) -> None:
     the same name was saved again). Leftovers whose file is not there are left: they may be its only copy."""
     import re
 
-    pattern = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.(tmp|bak|old)")
+    pattern = re.compile(r"\.(.+)\." + _TEMP_TAG + r"\.(tmp|bak|old)")
     try:
         names = {m.group(1) for e in os.scandir(folder) if (m := pattern.fullmatch(e.name))}
     except OSError:

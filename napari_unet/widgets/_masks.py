@@ -209,7 +209,7 @@ def _keep_labels_of_someone(layer: Any) -> None:
     known = set(tracker.planes)
     on_file = held_planes(data)  # (labels copied to disk from their file: found then, no pass over it now)
     holding = planes_holding_labels(data) if on_file is None else on_file
-    tracker.keep_as_theirs(holding)  # (their labels were there before any stroke the layer can undo)
+    tracker.keep_as_theirs(holding)  # (an undo of a stroke on one leaves it theirs, unless it empties it)
     held = [idx for idx in holding if idx not in known]
     if held:
         tracker.update(held)

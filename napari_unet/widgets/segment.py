@@ -179,15 +179,17 @@ def record_made_by(widget: Any, masks: Any) -> None:
 
 
 def _remove_killed_runs_files() -> None:
-    """What runs of a napari that was killed left: 3D probabilities (gigabytes, often in a /tmp held in
-    memory), removed as Segment docks, not only by the next 3D run large enough to need a file; hidden
-    copies of models whose save was interrupted, beside the models saved (see remove_abandoned_in)."""
+    """What napari processes that ended left, removed as Segment docks: masks files (a crash's; Windows'
+    at close); 3D probabilities (gigabytes, often in a /tmp held in memory), not only by the next 3D run
+    large enough to need a file; hidden copies of models whose save was interrupted, beside the models
+    saved (see remove_abandoned_in)."""
     import tempfile
 
     from napari_unet._atomic import remove_abandoned_in
     from napari_unet.core.catalog import user_models_dir
     from napari_unet.core.volume import _remove_left_behind
 
+    remove_left_behind()
     _remove_left_behind(tempfile.gettempdir())
     remove_abandoned_in(user_models_dir())
 
@@ -388,8 +390,7 @@ class SegmentWidget(Container):
         self._colour_of_image()
         self._diameter_of_image()
         self._register()
-        start_background(remove_left_behind, "napari-unet masks left behind")  # (a crash's; Windows' at close)
-        start_background(_remove_killed_runs_files, "napari-unet files left by killed runs")
+        start_background(_remove_killed_runs_files, "napari-unet files left by napari that ended")
         _heap.add_host(self, self.native, viewer)  # full garbage collections kept short (see _heap)
         when_undocked(self.native, self._closed)
         tab_with_plugin_docks(self.native)  # (beside the plugin's other docks, not under them)
